@@ -1,0 +1,491 @@
+//! The coordinator: executor membership with leases, leader election with fencing, the job
+//! queue and job state machine, task assignment and progress, model version numbers.
+//!
+//! Written once over [`KvBackend`]; the etcd and the embedded backends only supply the
+//! primitives. This module alone knows the key layout:
+//!
+//! ```text
+//! <root>/leader                    scheduler id, bound to the leader's lease
+//! <root>/executors/<id>            ExecutorInfo, bound to the executor's lease
+//! <root>/jobs/<job>                JobRecord
+//! <root>/tasks/<executor>/<job>    TaskAssignment (written by the leader)
+//! <root>/progress/<job>            TaskProgress (written by the assigned executor)
+//! <root>/models/<name>/next        next model version number
+//! ```
+//!
+//! **Invariants.** Every write that changes a job's state is one transaction that compares
+//! the job's revision (compare-and-swap) and the leader key's revision (the fence): a
+//! deposed scheduler's write fails with [`Error::Fenced`]. An executor's progress write
+//! compares the revision of its assignment, so an executor whose task was taken away
+//! cannot report on it.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::error::{Error, Result};
+use crate::kv::{Compare, KvBackend, KvEntry, TxnOp};
+use crate::records::{ExecutorInfo, JobRecord, TaskAssignment, TaskProgress};
+
+/// A value with the revision it was read at, for compare-and-swap.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Versioned<T> {
+    /// The value.
+    pub value: T,
+    /// Revision of the key's last write.
+    pub revision: i64,
+}
+
+/// Proof of leadership: the term's lease and the revision of the leader key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Leadership {
+    /// The scheduler that holds it.
+    pub candidate: String,
+    /// Its lease.
+    pub lease: i64,
+    /// Revision at which the leader key was created for this term: the fence.
+    pub revision: i64,
+}
+
+/// The cluster's coordination, over one backend, under one key root.
+#[derive(Clone)]
+pub struct Coordinator {
+    kv: Arc<dyn KvBackend>,
+    root: String,
+}
+
+impl std::fmt::Debug for Coordinator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Coordinator")
+            .field("backend", &self.kv.name())
+            .field("root", &self.root)
+            .finish()
+    }
+}
+
+fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+    serde_json::to_vec(value).expect("coordinator records always serialise")
+}
+
+fn decode<T: DeserializeOwned>(entry: &KvEntry) -> Result<Versioned<T>> {
+    let value = serde_json::from_slice(&entry.value).map_err(|e| Error::Corrupt {
+        key: entry.key.clone(),
+        message: e.to_string(),
+    })?;
+    Ok(Versioned {
+        value,
+        revision: entry.mod_revision,
+    })
+}
+
+fn put(key: String, value: Vec<u8>) -> TxnOp {
+    TxnOp::Put {
+        key,
+        value,
+        lease: None,
+    }
+}
+
+impl Coordinator {
+    /// A coordinator over `kv`, with every key under `root` (such as `/halyard`).
+    pub fn new(kv: Arc<dyn KvBackend>, root: &str) -> Self {
+        Coordinator {
+            kv,
+            root: root.trim_end_matches('/').to_string(),
+        }
+    }
+
+    /// The backend's name.
+    pub fn backend(&self) -> &'static str {
+        self.kv.name()
+    }
+
+    fn key(&self, rest: &str) -> String {
+        format!("{}/{rest}", self.root)
+    }
+    fn leader_key(&self) -> String {
+        self.key("leader")
+    }
+    fn executor_key(&self, id: &str) -> String {
+        self.key(&format!("executors/{id}"))
+    }
+    fn job_key(&self, id: &str) -> String {
+        self.key(&format!("jobs/{id}"))
+    }
+    fn task_key(&self, executor: &str, job: &str) -> String {
+        self.key(&format!("tasks/{executor}/{job}"))
+    }
+    fn progress_key(&self, job: &str) -> String {
+        self.key(&format!("progress/{job}"))
+    }
+    fn model_counter_key(&self, name: &str) -> String {
+        self.key(&format!("models/{name}/next"))
+    }
+
+    // ---- leases ------------------------------------------------------------------------
+
+    /// Grant a lease of `ttl`.
+    pub async fn grant_lease(&self, ttl: Duration) -> Result<i64> {
+        self.kv.grant_lease(ttl).await
+    }
+
+    /// Renew a lease; [`Error::LeaseLost`] once it expired.
+    pub async fn keep_alive(&self, lease: i64) -> Result<()> {
+        self.kv.keep_alive(lease).await
+    }
+
+    /// End a lease and drop its keys.
+    pub async fn revoke(&self, lease: i64) -> Result<()> {
+        self.kv.revoke(lease).await
+    }
+
+    // ---- membership --------------------------------------------------------------------
+
+    /// Register an executor under `lease`. Refused when a live executor has the same id.
+    pub async fn register_executor(&self, info: &ExecutorInfo, lease: i64) -> Result<()> {
+        let key = self.executor_key(&info.id);
+        let out = self
+            .kv
+            .txn(
+                vec![Compare::ModRevision {
+                    key: key.clone(),
+                    revision: 0,
+                }],
+                vec![TxnOp::Put {
+                    key,
+                    value: encode(info),
+                    lease: Some(lease),
+                }],
+            )
+            .await?;
+        if !out.succeeded {
+            return Err(Error::Coordinator(format!(
+                "executor id {} is already registered by a live executor: pick another --id",
+                info.id
+            )));
+        }
+        Ok(())
+    }
+
+    /// Live executors.
+    pub async fn list_executors(&self) -> Result<Vec<ExecutorInfo>> {
+        let entries = self.kv.range(&self.key("executors/")).await?;
+        entries
+            .iter()
+            .map(|e| decode(e).map(|v: Versioned<ExecutorInfo>| v.value))
+            .collect()
+    }
+
+    // ---- election ----------------------------------------------------------------------
+
+    /// Try once to become leader with `lease`. `Some` when this candidate now leads
+    /// (or already led with this lease), `None` when another does.
+    pub async fn campaign(&self, candidate: &str, lease: i64) -> Result<Option<Leadership>> {
+        let key = self.leader_key();
+        let out = self
+            .kv
+            .txn(
+                vec![Compare::ModRevision {
+                    key: key.clone(),
+                    revision: 0,
+                }],
+                vec![TxnOp::Put {
+                    key: key.clone(),
+                    value: candidate.as_bytes().to_vec(),
+                    lease: Some(lease),
+                }],
+            )
+            .await?;
+        if out.succeeded {
+            return Ok(Some(Leadership {
+                candidate: candidate.to_string(),
+                lease,
+                revision: out.revision,
+            }));
+        }
+        match self.kv.get(&key).await? {
+            Some(e) if e.lease == lease && e.value == candidate.as_bytes() => Ok(Some(Leadership {
+                candidate: candidate.to_string(),
+                lease,
+                revision: e.mod_revision,
+            })),
+            _ => Ok(None),
+        }
+    }
+
+    /// The current leader's id.
+    pub async fn leader(&self) -> Result<Option<String>> {
+        Ok(self
+            .kv
+            .get(&self.leader_key())
+            .await?
+            .map(|e| String::from_utf8_lossy(&e.value).into_owned()))
+    }
+
+    /// Whether `leadership` still holds.
+    pub async fn is_leader(&self, leadership: &Leadership) -> Result<bool> {
+        Ok(self
+            .kv
+            .get(&self.leader_key())
+            .await?
+            .is_some_and(|e| e.mod_revision == leadership.revision))
+    }
+
+    /// Give up leadership (a clean shutdown): a standby can take over at once.
+    pub async fn resign(&self, leadership: &Leadership) -> Result<()> {
+        self.kv
+            .txn(
+                vec![Compare::ModRevision {
+                    key: self.leader_key(),
+                    revision: leadership.revision,
+                }],
+                vec![TxnOp::Delete {
+                    key: self.leader_key(),
+                }],
+            )
+            .await?;
+        self.kv.revoke(leadership.lease).await
+    }
+
+    /// A transaction fenced on `leadership`, comparing `key`'s revision too. Tells
+    /// a lost fence ([`Error::Fenced`]) from a lost race on the key ([`Error::Conflict`]).
+    async fn fenced(
+        &self,
+        leadership: &Leadership,
+        key: &str,
+        revision: i64,
+        then: Vec<TxnOp>,
+    ) -> Result<i64> {
+        let when = vec![
+            Compare::ModRevision {
+                key: self.leader_key(),
+                revision: leadership.revision,
+            },
+            Compare::ModRevision {
+                key: key.to_string(),
+                revision,
+            },
+        ];
+        let out = self.kv.txn(when, then).await?;
+        if out.succeeded {
+            return Ok(out.revision);
+        }
+        if self.is_leader(leadership).await? {
+            Err(Error::Conflict {
+                key: key.to_string(),
+            })
+        } else {
+            Err(Error::Fenced)
+        }
+    }
+
+    // ---- jobs --------------------------------------------------------------------------
+
+    /// Store a new job. Any scheduler may do this: a new key changes no existing state.
+    pub async fn submit_job(&self, job: &JobRecord) -> Result<i64> {
+        let key = self.job_key(&job.id);
+        let out = self
+            .kv
+            .txn(
+                vec![Compare::ModRevision {
+                    key: key.clone(),
+                    revision: 0,
+                }],
+                vec![put(key.clone(), encode(job))],
+            )
+            .await?;
+        if !out.succeeded {
+            return Err(Error::Conflict { key });
+        }
+        Ok(out.revision)
+    }
+
+    /// One job.
+    pub async fn get_job(&self, id: &str) -> Result<Option<Versioned<JobRecord>>> {
+        self.kv
+            .get(&self.job_key(id))
+            .await?
+            .map(|e| decode(&e))
+            .transpose()
+    }
+
+    /// All jobs, oldest first.
+    pub async fn list_jobs(&self) -> Result<Vec<Versioned<JobRecord>>> {
+        let entries = self.kv.range(&self.key("jobs/")).await?;
+        let mut jobs = entries
+            .iter()
+            .map(decode)
+            .collect::<Result<Vec<Versioned<JobRecord>>>>()?;
+        jobs.sort_by_key(|j| (j.value.created_ms, j.value.id.clone()));
+        Ok(jobs)
+    }
+
+    /// Change a job (leader only): compare-and-swap on the job, fenced on leadership.
+    pub async fn update_job(
+        &self,
+        leadership: &Leadership,
+        old: &Versioned<JobRecord>,
+        new: &JobRecord,
+    ) -> Result<i64> {
+        let key = self.job_key(&new.id);
+        self.fenced(leadership, &key, old.revision, vec![put(key.clone(), encode(new))])
+            .await
+    }
+
+    /// Record a user's cancel request (any scheduler). Retries lost races.
+    pub async fn request_cancel(&self, id: &str) -> Result<JobRecord> {
+        loop {
+            let Some(old) = self.get_job(id).await? else {
+                return Err(Error::NoSuchJob(id.to_string()));
+            };
+            if old.value.state.is_terminal() || old.value.cancel_requested {
+                return Ok(old.value);
+            }
+            let mut new = old.value.clone();
+            new.cancel_requested = true;
+            new.log("client", "cancel requested");
+            let key = self.job_key(id);
+            let out = self
+                .kv
+                .txn(
+                    vec![Compare::ModRevision {
+                        key: key.clone(),
+                        revision: old.revision,
+                    }],
+                    vec![put(key, encode(&new))],
+                )
+                .await?;
+            if out.succeeded {
+                return Ok(new);
+            }
+        }
+    }
+
+    // ---- tasks -------------------------------------------------------------------------
+
+    /// Place a job's task: the job record update and the assignment in one fenced
+    /// transaction.
+    pub async fn assign_task(
+        &self,
+        leadership: &Leadership,
+        old: &Versioned<JobRecord>,
+        new: &JobRecord,
+        task: &TaskAssignment,
+    ) -> Result<i64> {
+        let key = self.job_key(&new.id);
+        let ops = vec![
+            put(key.clone(), encode(new)),
+            put(self.task_key(&task.executor, &task.job_id), encode(task)),
+            TxnOp::Delete {
+                key: self.progress_key(&task.job_id),
+            },
+        ];
+        self.fenced(leadership, &key, old.revision, ops).await
+    }
+
+    /// Take a job's task away (requeue, finish, cancel) and update the job, in one fenced
+    /// transaction. The executor's later progress writes then fail.
+    pub async fn release_task(
+        &self,
+        leadership: &Leadership,
+        old: &Versioned<JobRecord>,
+        new: &JobRecord,
+    ) -> Result<i64> {
+        let key = self.job_key(&new.id);
+        let mut ops = vec![put(key.clone(), encode(new))];
+        if let Some(executor) = &old.value.executor {
+            ops.push(TxnOp::Delete {
+                key: self.task_key(executor, &new.id),
+            });
+        }
+        ops.push(TxnOp::Delete {
+            key: self.progress_key(&new.id),
+        });
+        self.fenced(leadership, &key, old.revision, ops).await
+    }
+
+    /// Tasks assigned to one executor.
+    pub async fn tasks_for(&self, executor: &str) -> Result<Vec<Versioned<TaskAssignment>>> {
+        let entries = self
+            .kv
+            .range(&self.key(&format!("tasks/{executor}/")))
+            .await?;
+        entries.iter().map(decode).collect()
+    }
+
+    /// Every assignment in the cluster.
+    pub async fn all_tasks(&self) -> Result<Vec<Versioned<TaskAssignment>>> {
+        let entries = self.kv.range(&self.key("tasks/")).await?;
+        entries.iter().map(decode).collect()
+    }
+
+    /// Report progress on a task, only while the assignment read at `assignment` stands:
+    /// [`Error::Conflict`] means the task was taken away and the executor must stop.
+    pub async fn report_progress(
+        &self,
+        assignment: &Versioned<TaskAssignment>,
+        progress: &TaskProgress,
+    ) -> Result<()> {
+        let task_key = self.task_key(&assignment.value.executor, &assignment.value.job_id);
+        let out = self
+            .kv
+            .txn(
+                vec![Compare::ModRevision {
+                    key: task_key.clone(),
+                    revision: assignment.revision,
+                }],
+                vec![put(self.progress_key(&progress.job_id), encode(progress))],
+            )
+            .await?;
+        if !out.succeeded {
+            return Err(Error::Conflict { key: task_key });
+        }
+        Ok(())
+    }
+
+    /// The latest progress report of a job's current task.
+    pub async fn get_progress(&self, job: &str) -> Result<Option<TaskProgress>> {
+        Ok(self
+            .kv
+            .get(&self.progress_key(job))
+            .await?
+            .map(|e| decode(&e))
+            .transpose()?
+            .map(|v: Versioned<TaskProgress>| v.value))
+    }
+
+    // ---- models ------------------------------------------------------------------------
+
+    /// Allocate the next version number of a model (1, 2, …): never the same twice.
+    pub async fn next_model_version(&self, name: &str) -> Result<u64> {
+        let key = self.model_counter_key(name);
+        loop {
+            let (current, revision) = match self.kv.get(&key).await? {
+                Some(e) => {
+                    let text = String::from_utf8_lossy(&e.value).into_owned();
+                    let n: u64 = text.parse().map_err(|_| Error::Corrupt {
+                        key: key.clone(),
+                        message: format!("not a number: {text:?}"),
+                    })?;
+                    (n, e.mod_revision)
+                }
+                None => (1, 0),
+            };
+            let out = self
+                .kv
+                .txn(
+                    vec![Compare::ModRevision {
+                        key: key.clone(),
+                        revision,
+                    }],
+                    vec![put(key.clone(), (current + 1).to_string().into_bytes())],
+                )
+                .await?;
+            if out.succeeded {
+                return Ok(current);
+            }
+        }
+    }
+}

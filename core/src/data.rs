@@ -1,0 +1,179 @@
+//! Reading a data source (CSV or Parquet bytes) into Arrow record batches, with errors that
+//! name the file, the line and the column.
+
+use std::io::Cursor;
+use std::sync::Arc;
+
+use arrow::array::{Array, RecordBatch, StringArray};
+use arrow::csv::reader::Format;
+use arrow::datatypes::{DataType, SchemaRef};
+use bytes::Bytes;
+use sha2::{Digest, Sha256};
+
+use crate::error::{Error, Result};
+use crate::spec::{DataFormat, DataSpec};
+
+/// Rows read to infer a CSV schema. A later value that does not fit is an error that
+/// names its line and column.
+const INFER_ROWS: usize = 1000;
+
+/// A data source read into memory.
+#[derive(Debug, Clone)]
+pub struct Table {
+    /// Column names and types.
+    pub schema: SchemaRef,
+    /// The rows.
+    pub batches: Vec<RecordBatch>,
+    /// Number of rows.
+    pub rows: usize,
+    /// `sha256:<hex>` of the source bytes: the data's identity in a model's lineage.
+    pub digest: String,
+}
+
+/// `sha256:<hex>` of some bytes.
+pub fn digest(bytes: &[u8]) -> String {
+    format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
+}
+
+/// Parse `bytes` read from `file` as the spec's format.
+pub fn read_table(bytes: &Bytes, spec: &DataSpec, file: &str) -> Result<Table> {
+    let err = |message: String| Error::Data {
+        file: file.to_string(),
+        message,
+    };
+    let (schema, batches) = match spec.resolved_format()? {
+        DataFormat::Csv => read_csv(bytes, spec, file)?,
+        DataFormat::Parquet => {
+            let builder = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(
+                bytes.clone(),
+            )
+            .map_err(|e| err(format!("not a readable Parquet file: {e}")))?;
+            let schema = builder.schema().clone();
+            let reader = builder
+                .with_batch_size(8192)
+                .build()
+                .map_err(|e| err(e.to_string()))?;
+            let batches = reader
+                .collect::<std::result::Result<Vec<_>, _>>()
+                .map_err(|e| err(e.to_string()))?;
+            (schema, batches)
+        }
+    };
+    let rows = batches.iter().map(|b| b.num_rows()).sum();
+    Ok(Table {
+        schema,
+        batches,
+        rows,
+        digest: digest(bytes),
+    })
+}
+
+fn read_csv(bytes: &Bytes, spec: &DataSpec, file: &str) -> Result<(SchemaRef, Vec<RecordBatch>)> {
+    let err = |message: String| Error::Data {
+        file: file.to_string(),
+        message,
+    };
+    if bytes.iter().all(|b| b.is_ascii_whitespace()) {
+        return Err(err("the file is empty".into()));
+    }
+    let format = Format::default()
+        .with_header(spec.has_header)
+        .with_delimiter(spec.delimiter_byte());
+    let (schema, _) = format
+        .infer_schema(Cursor::new(&bytes[..]), Some(INFER_ROWS))
+        .map_err(|e| err(describe_csv_error(&e.to_string(), None)))?;
+    let schema = Arc::new(schema);
+    let reader = arrow::csv::ReaderBuilder::new(schema.clone())
+        .with_header(spec.has_header)
+        .with_delimiter(spec.delimiter_byte())
+        .with_batch_size(8192)
+        .build(Cursor::new(&bytes[..]))
+        .map_err(|e| err(e.to_string()))?;
+    let mut batches = Vec::new();
+    for batch in reader {
+        batches.push(batch.map_err(|e| err(describe_csv_error(&e.to_string(), Some(&schema))))?);
+    }
+    check_mostly_numeric(&schema, &batches, spec.has_header).map_err(err)?;
+    Ok((schema, batches))
+}
+
+/// Reword arrow's CSV errors: 1-based column numbers with the column's name.
+fn describe_csv_error(message: &str, schema: Option<&SchemaRef>) -> String {
+    // "Parser error: Error while parsing value 'x' as type 'Float64' for column 3 at line 7. Row data: '[..]'"
+    if let Some(rest) = message.split("Error while parsing value '").nth(1)
+        && let Some((value, rest)) = rest.split_once("' as type '")
+        && let Some((ty, rest)) = rest.split_once("' for column ")
+        && let Some((col, rest)) = rest.split_once(" at line ")
+    {
+        let line = rest.split('.').next().unwrap_or(rest);
+        let col: usize = col.trim().parse().unwrap_or(0);
+        let name = schema
+            .and_then(|s| s.fields().get(col))
+            .map(|f| format!(" ({:?})", f.name()))
+            .unwrap_or_default();
+        return format!(
+            "line {line}, column {}{name}: value {value:?} is not a valid {ty}; \
+             fix the value or leave the cell empty for a missing value",
+            col + 1
+        );
+    }
+    if let Some(rest) = message.split("incorrect number of fields for line ").nth(1) {
+        return format!(
+            "line {}: wrong number of fields (a ragged row); every row needs as many fields as the header",
+            rest.replace(", expected ", ": expected ")
+        );
+    }
+    message.to_string()
+}
+
+/// A string column whose values are nearly all numbers holds a few bad cells: report the
+/// first, instead of silently treating a numeric column as categorical.
+fn check_mostly_numeric(
+    schema: &SchemaRef,
+    batches: &[RecordBatch],
+    has_header: bool,
+) -> std::result::Result<(), String> {
+    for (col, field) in schema.fields().iter().enumerate() {
+        if field.data_type() != &DataType::Utf8 {
+            continue;
+        }
+        let (mut numeric, mut other) = (0usize, 0usize);
+        let mut first_bad: Option<(usize, String)> = None;
+        let mut row_base = 0usize;
+        for batch in batches {
+            let Some(arr) = batch.column(col).as_any().downcast_ref::<StringArray>() else {
+                continue;
+            };
+            for i in 0..arr.len() {
+                if arr.is_null(i) {
+                    continue;
+                }
+                let v = arr.value(i).trim();
+                if v.is_empty() {
+                    continue;
+                }
+                if v.parse::<f64>().is_ok() {
+                    numeric += 1;
+                } else {
+                    other += 1;
+                    if first_bad.is_none() {
+                        first_bad = Some((row_base + i, v.to_string()));
+                    }
+                }
+            }
+            row_base += batch.num_rows();
+        }
+        if numeric >= 20 && other * 100 <= numeric {
+            if let Some((row, value)) = first_bad {
+                let line = row + 1 + usize::from(has_header);
+                return Err(format!(
+                    "line {line}, column {} ({:?}): value {value:?} is not a number, \
+                     but {numeric} other values of this column are; fix the value or leave the cell empty",
+                    col + 1,
+                    field.name()
+                ));
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,122 @@
+//! The one error type of `halyard-core`.
+
+use std::path::PathBuf;
+
+/// Result alias for `halyard-core`.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong in `halyard-core`. Expected errors (bad input, lost node,
+/// lost leadership) are apart from internal ones; [`Error::is_retryable`] decides retries.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A job spec or config value breaks a rule.
+    #[error("{location} {field} = {value}: {rule}")]
+    Invalid {
+        /// Where the value came from, such as `job.toml [train]`.
+        location: String,
+        /// The key.
+        field: String,
+        /// The offending value, as written.
+        value: String,
+        /// The rule it breaks.
+        rule: String,
+    },
+    /// A TOML document could not be parsed (syntax, unknown key, wrong type).
+    #[error("{source_name}: {message}")]
+    Toml {
+        /// The file or origin of the text.
+        source_name: String,
+        /// The parser's message, with line and column.
+        message: String,
+    },
+    /// A data file could not be read as a table.
+    #[error("data {file}: {message}")]
+    Data {
+        /// The file, as a URL or path.
+        file: String,
+        /// What was wrong, with line and column where known.
+        message: String,
+    },
+    /// An object-store location does not exist.
+    #[error("{location} not found: check the path and that the store is reachable")]
+    NotFound {
+        /// The missing location.
+        location: String,
+    },
+    /// Reading or writing object storage failed.
+    #[error("object store {location}: {message}")]
+    Store {
+        /// Location involved.
+        location: String,
+        /// The store's message, without credentials.
+        message: String,
+    },
+    /// A store URL or store config is unusable.
+    #[error("store url {url}: {message}")]
+    StoreUrl {
+        /// The URL.
+        url: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// The coordinator (etcd) could not be reached or refused a request.
+    #[error("coordinator: {0}")]
+    Coordinator(String),
+    /// A compare-and-swap lost: someone else wrote first. Re-read and retry.
+    #[error("conflict on {key}: it changed since it was read")]
+    Conflict {
+        /// The key whose revision moved.
+        key: String,
+    },
+    /// This scheduler is no longer leader: its write was fenced off.
+    #[error("not the leader: leadership was lost, the write was refused")]
+    Fenced,
+    /// A lease expired or was revoked.
+    #[error("lease {0} expired or was revoked")]
+    LeaseLost(i64),
+    /// No job with this id.
+    #[error("no job {0}")]
+    NoSuchJob(String),
+    /// A local file could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The path.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// Encoding or decoding a stored record failed: a bug or a foreign writer.
+    #[error("corrupt record {key}: {message}")]
+    Corrupt {
+        /// The key.
+        key: String,
+        /// The decoder's message.
+        message: String,
+    },
+}
+
+impl Error {
+    /// Shorthand for [`Error::Invalid`].
+    pub fn invalid(
+        location: impl Into<String>,
+        field: impl Into<String>,
+        value: impl std::fmt::Display,
+        rule: impl Into<String>,
+    ) -> Self {
+        Error::Invalid {
+            location: location.into(),
+            field: field.into(),
+            value: value.to_string(),
+            rule: rule.into(),
+        }
+    }
+
+    /// Whether retrying the same operation later can succeed (a transient fault),
+    /// as opposed to bad input that will fail the same way again.
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self,
+            Error::Coordinator(_) | Error::Conflict { .. } | Error::Store { .. }
+        )
+    }
+}

@@ -1,0 +1,420 @@
+//! The key-value backends under the coordinator: a real etcd, or an embedded in-process
+//! store with the same semantics (revisions, leases that expire, compare-and-swap
+//! transactions) for `halyard standalone`.
+//!
+//! Only these primitives differ between backends; every piece of coordination logic
+//! (membership, election, fencing, the job state machine) is written once, in
+//! [`crate::coord`], over this trait. Both backends pass one conformance suite
+//! (`core/tests/coordinator.rs`).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+
+use crate::error::{Error, Result};
+
+/// A stored key with its value and metadata.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KvEntry {
+    /// The key.
+    pub key: String,
+    /// The value.
+    pub value: Vec<u8>,
+    /// Revision of the last write to this key.
+    pub mod_revision: i64,
+    /// The lease the key is bound to, 0 for none.
+    pub lease: i64,
+}
+
+/// A condition of a transaction.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Compare {
+    /// The key's last write was at `revision`; 0 means the key does not exist.
+    ModRevision {
+        /// The key.
+        key: String,
+        /// The expected revision.
+        revision: i64,
+    },
+}
+
+/// A write inside a transaction.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TxnOp {
+    /// Set a key, bound to a lease when given.
+    Put {
+        /// The key.
+        key: String,
+        /// The value.
+        value: Vec<u8>,
+        /// Lease id, or none.
+        lease: Option<i64>,
+    },
+    /// Remove a key (absent keys are fine).
+    Delete {
+        /// The key.
+        key: String,
+    },
+}
+
+/// What a transaction did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TxnOutcome {
+    /// Whether every comparison held and the writes were applied.
+    pub succeeded: bool,
+    /// The store's revision after the transaction.
+    pub revision: i64,
+}
+
+/// The primitives of a coordination store, as etcd defines them.
+#[async_trait]
+pub trait KvBackend: Send + Sync + 'static {
+    /// Short name for logs: `etcd` or `embedded`.
+    fn name(&self) -> &'static str;
+    /// One key.
+    async fn get(&self, key: &str) -> Result<Option<KvEntry>>;
+    /// All keys under a prefix, in key order.
+    async fn range(&self, prefix: &str) -> Result<Vec<KvEntry>>;
+    /// Apply `then` atomically if every comparison holds.
+    async fn txn(&self, when: Vec<Compare>, then: Vec<TxnOp>) -> Result<TxnOutcome>;
+    /// A new lease; keys bound to it vanish when it is not kept alive for `ttl`.
+    async fn grant_lease(&self, ttl: Duration) -> Result<i64>;
+    /// Renew a lease; [`Error::LeaseLost`] when it already expired.
+    async fn keep_alive(&self, lease: i64) -> Result<()>;
+    /// End a lease now, removing its keys.
+    async fn revoke(&self, lease: i64) -> Result<()>;
+}
+
+/// The embedded backend: one process, in memory. The default of `halyard standalone`.
+#[derive(Debug, Default)]
+pub struct EmbeddedKv {
+    state: Mutex<EmbeddedState>,
+}
+
+#[derive(Debug, Default)]
+struct EmbeddedState {
+    revision: i64,
+    next_lease: i64,
+    data: BTreeMap<String, Stored>,
+    leases: HashMap<i64, LeaseState>,
+}
+
+#[derive(Debug)]
+struct Stored {
+    value: Vec<u8>,
+    mod_revision: i64,
+    lease: i64,
+}
+
+#[derive(Debug)]
+struct LeaseState {
+    ttl: Duration,
+    deadline: Instant,
+}
+
+impl EmbeddedKv {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, EmbeddedState> {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        state.expire(Instant::now());
+        state
+    }
+}
+
+impl EmbeddedState {
+    /// Drop leases past their deadline and the keys bound to them, as etcd does.
+    fn expire(&mut self, now: Instant) {
+        let expired: Vec<i64> = self
+            .leases
+            .iter()
+            .filter(|(_, l)| l.deadline <= now)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in expired {
+            self.drop_lease(id);
+        }
+    }
+
+    fn drop_lease(&mut self, id: i64) {
+        self.leases.remove(&id);
+        let before = self.data.len();
+        self.data.retain(|_, s| s.lease != id);
+        if self.data.len() != before {
+            self.revision += 1;
+        }
+    }
+
+    fn entry(&self, key: &str, s: &Stored) -> KvEntry {
+        KvEntry {
+            key: key.to_string(),
+            value: s.value.clone(),
+            mod_revision: s.mod_revision,
+            lease: s.lease,
+        }
+    }
+}
+
+#[async_trait]
+impl KvBackend for EmbeddedKv {
+    fn name(&self) -> &'static str {
+        "embedded"
+    }
+
+    async fn get(&self, key: &str) -> Result<Option<KvEntry>> {
+        let state = self.lock();
+        Ok(state.data.get(key).map(|s| state.entry(key, s)))
+    }
+
+    async fn range(&self, prefix: &str) -> Result<Vec<KvEntry>> {
+        let state = self.lock();
+        Ok(state
+            .data
+            .range(prefix.to_string()..)
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .map(|(k, s)| state.entry(k, s))
+            .collect())
+    }
+
+    async fn txn(&self, when: Vec<Compare>, then: Vec<TxnOp>) -> Result<TxnOutcome> {
+        let mut state = self.lock();
+        let holds = when.iter().all(|c| match c {
+            Compare::ModRevision { key, revision } => {
+                state.data.get(key).map_or(0, |s| s.mod_revision) == *revision
+            }
+        });
+        if !holds {
+            return Ok(TxnOutcome {
+                succeeded: false,
+                revision: state.revision,
+            });
+        }
+        for op in &then {
+            if let TxnOp::Put { lease: Some(l), .. } = op
+                && !state.leases.contains_key(l)
+            {
+                return Err(Error::LeaseLost(*l));
+            }
+        }
+        if !then.is_empty() {
+            state.revision += 1;
+        }
+        let revision = state.revision;
+        for op in then {
+            match op {
+                TxnOp::Put { key, value, lease } => {
+                    state.data.insert(
+                        key,
+                        Stored {
+                            value,
+                            mod_revision: revision,
+                            lease: lease.unwrap_or(0),
+                        },
+                    );
+                }
+                TxnOp::Delete { key } => {
+                    state.data.remove(&key);
+                }
+            }
+        }
+        Ok(TxnOutcome {
+            succeeded: true,
+            revision,
+        })
+    }
+
+    async fn grant_lease(&self, ttl: Duration) -> Result<i64> {
+        let mut state = self.lock();
+        state.next_lease += 1;
+        let id = state.next_lease;
+        state.leases.insert(
+            id,
+            LeaseState {
+                ttl,
+                deadline: Instant::now() + ttl,
+            },
+        );
+        Ok(id)
+    }
+
+    async fn keep_alive(&self, lease: i64) -> Result<()> {
+        let mut state = self.lock();
+        match state.leases.get_mut(&lease) {
+            Some(l) => {
+                l.deadline = Instant::now() + l.ttl;
+                Ok(())
+            }
+            None => Err(Error::LeaseLost(lease)),
+        }
+    }
+
+    async fn revoke(&self, lease: i64) -> Result<()> {
+        let mut state = self.lock();
+        state.drop_lease(lease);
+        Ok(())
+    }
+}
+
+/// The etcd backend (etcd 3.4+, through `etcd-client`).
+#[derive(Clone)]
+pub struct EtcdKv {
+    client: etcd_client::Client,
+}
+
+impl std::fmt::Debug for EtcdKv {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("EtcdKv")
+    }
+}
+
+fn etcd_err(context: &str, e: etcd_client::Error) -> Error {
+    Error::Coordinator(format!("etcd {context}: {e}"))
+}
+
+impl EtcdKv {
+    /// Connect to etcd at `endpoints` (`http://127.0.0.1:2379` or `127.0.0.1:2379`).
+    pub async fn connect(endpoints: &[String]) -> Result<Self> {
+        let options = etcd_client::ConnectOptions::new()
+            .with_connect_timeout(Duration::from_secs(3))
+            .with_timeout(Duration::from_secs(5))
+            .with_keep_alive(Duration::from_secs(2), Duration::from_secs(2));
+        let client = etcd_client::Client::connect(endpoints, Some(options))
+            .await
+            .map_err(|e| {
+                Error::Coordinator(format!(
+                    "cannot connect to etcd at {}: {e}; is etcd running there?",
+                    endpoints.join(",")
+                ))
+            })?;
+        let kv = EtcdKv { client };
+        // The client connects lazily; one read proves the server answers.
+        kv.get("/halyard-ping").await.map_err(|e| {
+            Error::Coordinator(format!(
+                "etcd at {} does not answer: {e}",
+                endpoints.join(",")
+            ))
+        })?;
+        Ok(kv)
+    }
+
+    fn to_entry(kv: &etcd_client::KeyValue) -> KvEntry {
+        KvEntry {
+            key: String::from_utf8_lossy(kv.key()).into_owned(),
+            value: kv.value().to_vec(),
+            mod_revision: kv.mod_revision(),
+            lease: kv.lease(),
+        }
+    }
+}
+
+#[async_trait]
+impl KvBackend for EtcdKv {
+    fn name(&self) -> &'static str {
+        "etcd"
+    }
+
+    async fn get(&self, key: &str) -> Result<Option<KvEntry>> {
+        let resp = self
+            .client
+            .clone()
+            .get(key, None)
+            .await
+            .map_err(|e| etcd_err("get", e))?;
+        Ok(resp.kvs().first().map(Self::to_entry))
+    }
+
+    async fn range(&self, prefix: &str) -> Result<Vec<KvEntry>> {
+        let resp = self
+            .client
+            .clone()
+            .get(prefix, Some(etcd_client::GetOptions::new().with_prefix()))
+            .await
+            .map_err(|e| etcd_err("range", e))?;
+        Ok(resp.kvs().iter().map(Self::to_entry).collect())
+    }
+
+    async fn txn(&self, when: Vec<Compare>, then: Vec<TxnOp>) -> Result<TxnOutcome> {
+        use etcd_client::{CompareOp, PutOptions};
+        let lease_used = then.iter().find_map(|op| match op {
+            TxnOp::Put { lease: Some(l), .. } => Some(*l),
+            _ => None,
+        });
+        let compares: Vec<etcd_client::Compare> = when
+            .into_iter()
+            .map(|c| match c {
+                Compare::ModRevision { key, revision } => {
+                    etcd_client::Compare::mod_revision(key, CompareOp::Equal, revision)
+                }
+            })
+            .collect();
+        let ops: Vec<etcd_client::TxnOp> = then
+            .into_iter()
+            .map(|op| match op {
+                TxnOp::Put { key, value, lease } => etcd_client::TxnOp::put(
+                    key,
+                    value,
+                    lease.map(|l| PutOptions::new().with_lease(l)),
+                ),
+                TxnOp::Delete { key } => etcd_client::TxnOp::delete(key, None),
+            })
+            .collect();
+        let txn = etcd_client::Txn::new().when(compares).and_then(ops);
+        let resp = self.client.clone().txn(txn).await.map_err(|e| {
+            let text = e.to_string();
+            match lease_used {
+                Some(l) if text.contains("lease not found") => Error::LeaseLost(l),
+                _ => etcd_err("txn", e),
+            }
+        })?;
+        Ok(TxnOutcome {
+            succeeded: resp.succeeded(),
+            revision: resp.header().map_or(0, |h| h.revision()),
+        })
+    }
+
+    async fn grant_lease(&self, ttl: Duration) -> Result<i64> {
+        let secs = ttl.as_secs().max(1) as i64;
+        let resp = self
+            .client
+            .clone()
+            .lease_grant(secs, None)
+            .await
+            .map_err(|e| etcd_err("lease grant", e))?;
+        Ok(resp.id())
+    }
+
+    async fn keep_alive(&self, lease: i64) -> Result<()> {
+        let (mut keeper, mut stream) = self
+            .client
+            .clone()
+            .lease_keep_alive(lease)
+            .await
+            .map_err(|e| etcd_err("lease keep-alive", e))?;
+        keeper
+            .keep_alive()
+            .await
+            .map_err(|e| etcd_err("lease keep-alive", e))?;
+        match stream
+            .message()
+            .await
+            .map_err(|e| etcd_err("lease keep-alive", e))?
+        {
+            Some(resp) if resp.ttl() > 0 => Ok(()),
+            _ => Err(Error::LeaseLost(lease)),
+        }
+    }
+
+    async fn revoke(&self, lease: i64) -> Result<()> {
+        match self.client.clone().lease_revoke(lease).await {
+            Ok(_) => Ok(()),
+            // Revoking an expired lease is not an error: the goal is reached.
+            Err(e) if e.to_string().contains("lease not found") => Ok(()),
+            Err(e) => Err(etcd_err("lease revoke", e)),
+        }
+    }
+}

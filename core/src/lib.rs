@@ -1,0 +1,28 @@
+//! `halyard-core`: what every role shares. The wire protocol, the job spec, the role
+//! configs, the coordinator (etcd or embedded) and the object-store layout.
+//!
+//! Only this crate knows the coordinator's key layout ([`coord`]) and the object-store
+//! path layout ([`store`]).
+
+pub mod config;
+pub mod coord;
+pub mod data;
+pub mod error;
+pub mod kv;
+pub mod records;
+pub mod spec;
+pub mod store;
+
+pub use error::{Error, Result};
+
+/// The gRPC protocol (`proto/halyard.proto`).
+#[allow(missing_docs, clippy::all)]
+pub mod proto {
+    tonic::include_proto!("halyard.v1");
+}
+
+/// Version of the wire protocol; a scheduler refuses clients of another version.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Halyard's version, recorded in executors' registrations and model manifests.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

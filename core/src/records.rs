@@ -1,0 +1,244 @@
+//! The records kept in the coordinator: executors, jobs, task assignments, task progress.
+//! Serialised as JSON values under the keys of [`crate::coord`].
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::spec::JobSpec;
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+/// What an executor offers; stored under its lease, so it vanishes when the executor dies.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ExecutorInfo {
+    /// Unique id.
+    pub id: String,
+    /// `HOST:PORT` it listens on.
+    pub address: String,
+    /// CPU slots for tasks.
+    pub cpu_slots: u32,
+    /// Memory for tasks, MiB.
+    pub memory_mb: u64,
+    /// GPUs.
+    pub gpus: u32,
+    /// Halyard version.
+    pub version: String,
+    /// When it registered.
+    pub started_ms: i64,
+}
+
+/// Where a job is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JobState {
+    /// Waiting for an executor.
+    Pending,
+    /// Assigned to an executor.
+    Running,
+    /// Done; the model is published.
+    Succeeded,
+    /// Ended with an error.
+    Failed,
+    /// Stopped by a user.
+    Cancelled,
+}
+
+impl JobState {
+    /// Whether the job has ended.
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            JobState::Succeeded | JobState::Failed | JobState::Cancelled
+        )
+    }
+
+    /// Lowercase name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobState::Pending => "pending",
+            JobState::Running => "running",
+            JobState::Succeeded => "succeeded",
+            JobState::Failed => "failed",
+            JobState::Cancelled => "cancelled",
+        }
+    }
+}
+
+/// One line of a job's log.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LogLine {
+    /// When.
+    pub time_ms: i64,
+    /// Who said it: `scheduler/<id>` or `executor/<id>`.
+    pub source: String,
+    /// What.
+    pub message: String,
+}
+
+/// A job as the scheduler keeps it. Only the leader changes `state`, by fenced
+/// compare-and-swap.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobRecord {
+    /// Job id.
+    pub id: String,
+    /// The validated spec.
+    pub spec: JobSpec,
+    /// Life state.
+    pub state: JobState,
+    /// Placement attempts so far (1 after the first assignment).
+    pub attempt: u32,
+    /// Executor of the current or last attempt.
+    pub executor: Option<String>,
+    /// Submission time.
+    pub created_ms: i64,
+    /// Last change.
+    pub updated_ms: i64,
+    /// Why it failed.
+    pub error: Option<String>,
+    /// Final metrics.
+    pub metrics: BTreeMap<String, f64>,
+    /// URL of the published model version.
+    pub artifact: Option<String>,
+    /// Published model version.
+    pub model_version: Option<u64>,
+    /// A user asked to cancel; the leader acts on it.
+    pub cancel_requested: bool,
+    /// Scheduler-side events.
+    pub events: Vec<LogLine>,
+}
+
+/// Events kept per job record; older ones are dropped.
+pub const MAX_EVENTS: usize = 200;
+
+impl JobRecord {
+    /// A new pending job.
+    pub fn new(id: String, spec: JobSpec) -> Self {
+        let now = now_ms();
+        JobRecord {
+            id,
+            spec,
+            state: JobState::Pending,
+            attempt: 0,
+            executor: None,
+            created_ms: now,
+            updated_ms: now,
+            error: None,
+            metrics: BTreeMap::new(),
+            artifact: None,
+            model_version: None,
+            cancel_requested: false,
+            events: Vec::new(),
+        }
+    }
+
+    /// Append an event and touch `updated_ms`.
+    pub fn log(&mut self, source: &str, message: impl Into<String>) {
+        self.updated_ms = now_ms();
+        self.events.push(LogLine {
+            time_ms: self.updated_ms,
+            source: source.to_string(),
+            message: message.into(),
+        });
+        if self.events.len() > MAX_EVENTS {
+            let extra = self.events.len() - MAX_EVENTS;
+            self.events.drain(..extra);
+        }
+    }
+}
+
+/// A task placed on an executor: one attempt at one job.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskAssignment {
+    /// The job.
+    pub job_id: String,
+    /// Which attempt this is.
+    pub attempt: u32,
+    /// The executor.
+    pub executor: String,
+    /// The spec to run.
+    pub spec: JobSpec,
+    /// When it was placed.
+    pub assigned_ms: i64,
+}
+
+/// State of a task on its executor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TaskState {
+    /// Training.
+    Running,
+    /// Trained and published.
+    Succeeded,
+    /// Failed; the error says why.
+    Failed,
+}
+
+/// What an executor reports about its task; written only while its assignment stands.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskProgress {
+    /// The job.
+    pub job_id: String,
+    /// The attempt reporting.
+    pub attempt: u32,
+    /// The executor.
+    pub executor: String,
+    /// Task state.
+    pub state: TaskState,
+    /// Epochs done.
+    pub epoch: u32,
+    /// Epochs planned.
+    pub epochs: u32,
+    /// Mean training loss of the last epoch.
+    pub loss: Option<f64>,
+    /// Metrics once evaluated.
+    pub metrics: BTreeMap<String, f64>,
+    /// URL of the published artifact.
+    pub artifact: Option<String>,
+    /// Published version.
+    pub model_version: Option<u64>,
+    /// Why it failed.
+    pub error: Option<String>,
+    /// Executor-side log lines (bounded).
+    pub lines: Vec<LogLine>,
+    /// Last report.
+    pub updated_ms: i64,
+}
+
+impl TaskProgress {
+    /// A fresh report for a just-started task.
+    pub fn started(a: &TaskAssignment) -> Self {
+        TaskProgress {
+            job_id: a.job_id.clone(),
+            attempt: a.attempt,
+            executor: a.executor.clone(),
+            state: TaskState::Running,
+            epoch: 0,
+            epochs: a.spec.train.epochs,
+            loss: None,
+            metrics: BTreeMap::new(),
+            artifact: None,
+            model_version: None,
+            error: None,
+            lines: Vec::new(),
+            updated_ms: now_ms(),
+        }
+    }
+
+    /// Append a log line (bounded like job events).
+    pub fn log(&mut self, message: impl Into<String>) {
+        self.updated_ms = now_ms();
+        self.lines.push(LogLine {
+            time_ms: self.updated_ms,
+            source: format!("executor/{}", self.executor),
+            message: message.into(),
+        });
+        if self.lines.len() > MAX_EVENTS {
+            let extra = self.lines.len() - MAX_EVENTS;
+            self.lines.drain(..extra);
+        }
+    }
+}

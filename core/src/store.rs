@@ -1,0 +1,301 @@
+//! Object storage: `file://` (default) and `s3://`, through `object_store`, and the
+//! artifact layout. Only this module knows where things live in a store.
+//!
+//! Layout under a store's base URL:
+//!
+//! ```text
+//! models/<name>/<version>/model.safetensors
+//! models/<name>/<version>/manifest.json      written last: its presence marks a whole artifact
+//! ```
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use object_store::aws::AmazonS3Builder;
+use object_store::local::LocalFileSystem;
+use object_store::path::Path as ObjectPath;
+use object_store::{GetOptions, ObjectStore, PutOptions, PutPayload};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+/// S3 settings; unset fields fall back to the usual AWS environment variables
+/// (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_REGION`, `AWS_ENDPOINT_URL`).
+#[derive(Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct S3Config {
+    /// Endpoint URL of an S3-compatible server, such as `http://127.0.0.1:9000`.
+    pub endpoint: Option<String>,
+    /// Region; `us-east-1` when unset anywhere.
+    pub region: Option<String>,
+    /// Access key id.
+    pub access_key_id: Option<String>,
+    /// Secret access key. Never logged or shown.
+    pub secret_access_key: Option<String>,
+}
+
+impl std::fmt::Debug for S3Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("S3Config")
+            .field("endpoint", &self.endpoint)
+            .field("region", &self.region)
+            .field("access_key_id", &self.access_key_id)
+            .field(
+                "secret_access_key",
+                &self.secret_access_key.as_ref().map(|_| "<redacted>"),
+            )
+            .finish()
+    }
+}
+
+/// An object store with a base location: everything is read and written relative to it.
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<dyn ObjectStore>,
+    base_url: String,
+    prefix: ObjectPath,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("url", &self.base_url).finish()
+    }
+}
+
+fn map_err(location: &str, e: object_store::Error) -> Error {
+    match e {
+        object_store::Error::NotFound { .. } => Error::NotFound {
+            location: location.to_string(),
+        },
+        other => {
+            let text = other.to_string();
+            let message = if text.contains("403") || text.contains("SignatureDoesNotMatch") || text.contains("InvalidAccessKeyId") {
+                "access denied by the S3 server: check the access key id and secret \
+                 (--s3-access-key-id / HALYARD_S3_ACCESS_KEY_ID or AWS_ACCESS_KEY_ID)"
+                    .to_string()
+            } else {
+                text
+            };
+            Error::Store {
+                location: location.to_string(),
+                message,
+            }
+        }
+    }
+}
+
+/// Split `scheme://rest` into its parts.
+fn split_url(url: &str) -> Result<(&str, &str)> {
+    url.split_once("://").ok_or_else(|| Error::StoreUrl {
+        url: url.to_string(),
+        message: "expected file:///absolute/path or s3://bucket/prefix".into(),
+    })
+}
+
+impl Store {
+    /// Open the store at `url`: `file:///dir` or `s3://bucket[/prefix]`.
+    pub fn open(url: &str, s3: &S3Config) -> Result<Store> {
+        let (scheme, rest) = split_url(url)?;
+        match scheme {
+            "file" => {
+                let dir = std::path::Path::new(rest);
+                if !dir.is_absolute() {
+                    return Err(Error::StoreUrl {
+                        url: url.into(),
+                        message: "a file:// store needs an absolute path".into(),
+                    });
+                }
+                std::fs::create_dir_all(dir).map_err(|source| Error::Io {
+                    path: dir.to_path_buf(),
+                    source,
+                })?;
+                let fs = LocalFileSystem::new_with_prefix(dir).map_err(|e| map_err(url, e))?;
+                Ok(Store {
+                    inner: Arc::new(fs),
+                    base_url: format!("file://{}", rest.trim_end_matches('/')),
+                    prefix: ObjectPath::default(),
+                })
+            }
+            "s3" => {
+                let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+                if bucket.is_empty() {
+                    return Err(Error::StoreUrl {
+                        url: url.into(),
+                        message: "no bucket name".into(),
+                    });
+                }
+                let s3 = build_s3(bucket, s3).map_err(|e| Error::StoreUrl {
+                    url: url.into(),
+                    message: e.to_string(),
+                })?;
+                Ok(Store {
+                    inner: Arc::new(s3),
+                    base_url: format!("s3://{bucket}/{}", prefix.trim_end_matches('/'))
+                        .trim_end_matches('/')
+                        .to_string(),
+                    prefix: ObjectPath::from(prefix.trim_matches('/')),
+                })
+            }
+            other => Err(Error::StoreUrl {
+                url: url.into(),
+                message: format!("unsupported scheme {other}: use file:// or s3://"),
+            }),
+        }
+    }
+
+    /// The base URL.
+    pub fn url(&self) -> &str {
+        &self.base_url
+    }
+
+    /// The URL of a path relative to the base.
+    pub fn url_of(&self, rel: &str) -> String {
+        format!("{}/{}", self.base_url, rel.trim_start_matches('/'))
+    }
+
+    fn path(&self, rel: &str) -> ObjectPath {
+        let mut p = self.prefix.clone();
+        for part in rel.split('/').filter(|s| !s.is_empty()) {
+            p = p.clone().join(part);
+        }
+        p
+    }
+
+    /// Write one object. Objects appear whole or not at all (local files are renamed into
+    /// place; an S3 PUT is atomic).
+    pub async fn put(&self, rel: &str, bytes: Bytes) -> Result<()> {
+        self.inner
+            .put_opts(&self.path(rel), PutPayload::from(bytes), PutOptions::default())
+            .await
+            .map(|_| ())
+            .map_err(|e| map_err(&self.url_of(rel), e))
+    }
+
+    /// Read one object.
+    pub async fn get(&self, rel: &str) -> Result<Bytes> {
+        let result = self
+            .inner
+            .get_opts(&self.path(rel), GetOptions::default())
+            .await
+            .map_err(|e| map_err(&self.url_of(rel), e))?;
+        result
+            .bytes()
+            .await
+            .map_err(|e| map_err(&self.url_of(rel), e))
+    }
+
+    /// Whether an object exists.
+    pub async fn exists(&self, rel: &str) -> Result<bool> {
+        let head = GetOptions {
+            head: true,
+            ..Default::default()
+        };
+        match self.inner.get_opts(&self.path(rel), head).await {
+            Ok(_) => Ok(true),
+            Err(object_store::Error::NotFound { .. }) => Ok(false),
+            Err(e) => Err(map_err(&self.url_of(rel), e)),
+        }
+    }
+}
+
+fn build_s3(bucket: &str, cfg: &S3Config) -> object_store::Result<object_store::aws::AmazonS3> {
+    let mut b = AmazonS3Builder::from_env().with_bucket_name(bucket);
+    if let Some(endpoint) = &cfg.endpoint {
+        b = b
+            .with_endpoint(endpoint)
+            .with_allow_http(endpoint.starts_with("http://"));
+    } else if let Ok(endpoint) = std::env::var("AWS_ENDPOINT_URL") {
+        b = b.with_allow_http(endpoint.starts_with("http://"));
+    }
+    if let Some(region) = &cfg.region {
+        b = b.with_region(region);
+    } else if std::env::var("AWS_REGION").is_err() && std::env::var("AWS_DEFAULT_REGION").is_err() {
+        b = b.with_region("us-east-1");
+    }
+    if let Some(k) = &cfg.access_key_id {
+        b = b.with_access_key_id(k);
+    }
+    if let Some(s) = &cfg.secret_access_key {
+        b = b.with_secret_access_key(s);
+    }
+    let retry = object_store::RetryConfig {
+        max_retries: 2,
+        retry_timeout: Duration::from_secs(10),
+        ..Default::default()
+    };
+    b.with_retry(retry).build()
+}
+
+/// Read a whole object given by URL (`file:///…` or `s3://bucket/key`), such as a data source.
+pub async fn read_url(url: &str, s3: &S3Config) -> Result<Bytes> {
+    let (scheme, rest) = split_url(url)?;
+    let (dir_url, name) = match scheme {
+        "file" => {
+            let path = std::path::Path::new(rest);
+            let parent = path.parent().unwrap_or(std::path::Path::new("/"));
+            if !path.is_file() {
+                return Err(Error::NotFound {
+                    location: url.to_string(),
+                });
+            }
+            (
+                format!("file://{}", parent.display()),
+                path.file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default(),
+            )
+        }
+        "s3" => {
+            let (dir, name) = rest.rsplit_once('/').ok_or_else(|| Error::StoreUrl {
+                url: url.into(),
+                message: "expected s3://bucket/key".into(),
+            })?;
+            (format!("s3://{dir}"), name.to_string())
+        }
+        other => {
+            return Err(Error::StoreUrl {
+                url: url.into(),
+                message: format!("unsupported scheme {other}: use a path, file:// or s3://"),
+            });
+        }
+    };
+    Store::open(&dir_url, s3)?.get(&name).await
+}
+
+/// Relative location of a model version's folder.
+pub fn model_dir(name: &str, version: u64) -> String {
+    format!("models/{name}/{version}")
+}
+
+/// File name of the weights inside a model version's folder.
+pub const WEIGHTS_FILE: &str = "model.safetensors";
+/// File name of the manifest inside a model version's folder; written last.
+pub const MANIFEST_FILE: &str = "manifest.json";
+
+/// Publish a model version: the weights first, the manifest last, so that a reader who
+/// finds the manifest finds a whole artifact. Returns the version folder's URL.
+pub async fn publish_model(
+    store: &Store,
+    name: &str,
+    version: u64,
+    weights: Bytes,
+    manifest: Bytes,
+) -> Result<String> {
+    let dir = model_dir(name, version);
+    store.put(&format!("{dir}/{WEIGHTS_FILE}"), weights).await?;
+    store.put(&format!("{dir}/{MANIFEST_FILE}"), manifest).await?;
+    Ok(store.url_of(&dir))
+}
+
+/// Read a published model version: `None` while its manifest is not written.
+pub async fn read_model(store: &Store, name: &str, version: u64) -> Result<Option<(Bytes, Bytes)>> {
+    let dir = model_dir(name, version);
+    let manifest = match store.get(&format!("{dir}/{MANIFEST_FILE}")).await {
+        Ok(m) => m,
+        Err(Error::NotFound { .. }) => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let weights = store.get(&format!("{dir}/{WEIGHTS_FILE}")).await?;
+    Ok(Some((weights, manifest)))
+}
