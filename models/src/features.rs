@@ -1,0 +1,395 @@
+//! Preprocessing: raw Arrow columns into a dense, standardised feature matrix.
+//!
+//! Rules, fitted on the training rows only and recorded in the manifest:
+//! - numeric columns are standardised (`(x - mean) / std`; `std = 1` for a constant column);
+//!   a missing, NaN or infinite value becomes the mean (0 after scaling);
+//! - categorical columns (strings, or numerics listed as categorical) are one-hot encoded
+//!   over their `max_categories` most frequent values plus one `other` slot for the rest,
+//!   unseen values and missing values; or hashed (FNV-1a) into `hash_buckets` columns;
+//! - the label is 1 for the positive class and 0 otherwise.
+
+use std::collections::{BTreeSet, HashMap};
+
+use arrow::array::{Array, ArrayRef, AsArray, RecordBatch};
+use arrow::compute::cast;
+use arrow::datatypes::{DataType, Float64Type, Schema};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{ModelError, Result};
+
+/// How categorical columns become numbers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Encoding {
+    /// One column per frequent value, plus `other`.
+    OneHot,
+    /// FNV-1a hash of the value into buckets.
+    Hashed,
+}
+
+/// What to do with the columns.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FeatureConfig {
+    /// The label column.
+    pub label: String,
+    /// The positive class of a string label; `None`: yes/true/1/y in any case.
+    pub positive: Option<String>,
+    /// Columns left out.
+    pub exclude: Vec<String>,
+    /// Numeric columns to treat as categorical.
+    pub categorical: Vec<String>,
+    /// Categorical encoding.
+    pub encoding: Encoding,
+    /// One-hot: values kept per column.
+    pub max_categories: usize,
+    /// Hashed: buckets per column.
+    pub hash_buckets: usize,
+    /// Every `holdout_every`-th row (index % n == n - 1) is a test row.
+    pub holdout_every: usize,
+}
+
+/// How one input column is encoded; part of the manifest.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum ColumnEncoding {
+    /// Standardised number.
+    Numeric {
+        /// Training mean.
+        mean: f64,
+        /// Training standard deviation (1 for a constant column).
+        std: f64,
+    },
+    /// One-hot over a vocabulary; the last slot is `other`.
+    OneHot {
+        /// Values in slot order.
+        vocabulary: Vec<String>,
+    },
+    /// Hashed into buckets.
+    Hashed {
+        /// Bucket count.
+        buckets: usize,
+    },
+}
+
+/// One input column of the model.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FeatureColumn {
+    /// Column name in the raw data.
+    pub name: String,
+    /// Arrow type it had in the training data.
+    pub source_type: String,
+    /// First slot in the feature vector.
+    pub offset: usize,
+    /// Slots it takes.
+    pub width: usize,
+    /// Encoding.
+    pub encoding: ColumnEncoding,
+}
+
+/// A fitted preprocessor: everything needed to turn raw records into model input.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Preprocessor {
+    /// The label column.
+    pub label: String,
+    /// The positive class of a string label.
+    pub positive: Option<String>,
+    /// Input columns in order.
+    pub columns: Vec<FeatureColumn>,
+    /// Length of the feature vector.
+    pub dim: usize,
+}
+
+/// A dense matrix of rows and their labels.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Encoded {
+    /// Row-major features, `rows * dim`.
+    pub x: Vec<f32>,
+    /// Labels, 0 or 1.
+    pub y: Vec<f32>,
+    /// Row count.
+    pub rows: usize,
+    /// Features per row.
+    pub dim: usize,
+}
+
+impl Encoded {
+    /// Row `i`'s features.
+    pub fn row(&self, i: usize) -> &[f32] {
+        &self.x[i * self.dim..(i + 1) * self.dim]
+    }
+}
+
+/// Whether row `index` is held out for testing.
+pub fn is_test_row(index: usize, holdout_every: usize) -> bool {
+    index % holdout_every == holdout_every - 1
+}
+
+fn is_numeric(dt: &DataType) -> bool {
+    dt.is_numeric() || matches!(dt, DataType::Boolean)
+}
+
+fn column_names(schema: &Schema) -> String {
+    schema
+        .fields()
+        .iter()
+        .map(|f| f.name().as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn concat_column(batches: &[RecordBatch], name: &str) -> Result<Vec<ArrayRef>> {
+    batches
+        .iter()
+        .map(|b| {
+            b.column_by_name(name)
+                .cloned()
+                .ok_or_else(|| ModelError::MissingColumn {
+                    column: name.to_string(),
+                    available: column_names(b.schema().as_ref()),
+                })
+        })
+        .collect()
+}
+
+/// Column values as f64 (NaN for missing).
+fn numeric_values(arrays: &[ArrayRef]) -> Result<Vec<f64>> {
+    let mut out = Vec::new();
+    for a in arrays {
+        let a = if a.data_type() == &DataType::Boolean {
+            cast(a, &DataType::UInt8).map_err(|e| ModelError::Internal(e.to_string()))?
+        } else {
+            a.clone()
+        };
+        let f = cast(&a, &DataType::Float64).map_err(|e| ModelError::Internal(e.to_string()))?;
+        let f = f.as_primitive::<Float64Type>();
+        out.extend((0..f.len()).map(|i| if f.is_null(i) { f64::NAN } else { f.value(i) }));
+    }
+    Ok(out)
+}
+
+/// Column values as strings (`None` for missing).
+fn string_values(arrays: &[ArrayRef]) -> Result<Vec<Option<String>>> {
+    let mut out = Vec::new();
+    for a in arrays {
+        let s = cast(a, &DataType::Utf8).map_err(|e| ModelError::Internal(e.to_string()))?;
+        let s = s.as_string::<i32>();
+        out.extend((0..s.len()).map(|i| (!s.is_null(i)).then(|| s.value(i).to_string())));
+    }
+    Ok(out)
+}
+
+/// FNV-1a, 64 bit: stable across processes and versions (unlike std's hasher).
+pub fn fnv1a(s: &str) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in s.as_bytes() {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
+}
+
+impl Preprocessor {
+    /// Fit on the training rows of `batches`.
+    pub fn fit(batches: &[RecordBatch], cfg: &FeatureConfig) -> Result<Preprocessor> {
+        let schema = batches
+            .first()
+            .map(|b| b.schema())
+            .ok_or(ModelError::NoRows { purpose: "train on", rows: 0 })?;
+        if schema.field_with_name(&cfg.label).is_err() {
+            return Err(ModelError::MissingColumn {
+                column: cfg.label.clone(),
+                available: column_names(&schema),
+            });
+        }
+        for name in cfg.exclude.iter().chain(&cfg.categorical) {
+            if schema.field_with_name(name).is_err() {
+                return Err(ModelError::MissingColumn {
+                    column: name.clone(),
+                    available: column_names(&schema),
+                });
+            }
+        }
+        let excluded: BTreeSet<&str> = cfg.exclude.iter().map(String::as_str).collect();
+        let forced: BTreeSet<&str> = cfg.categorical.iter().map(String::as_str).collect();
+        let mut columns = Vec::new();
+        let mut offset = 0;
+        for field in schema.fields() {
+            let name = field.name();
+            if name == &cfg.label || excluded.contains(name.as_str()) {
+                continue;
+            }
+            let dt = field.data_type();
+            let arrays = concat_column(batches, name)?;
+            let encoding = if is_numeric(dt) && !forced.contains(name.as_str()) {
+                let values = numeric_values(&arrays)?;
+                let train: Vec<f64> = values
+                    .iter()
+                    .enumerate()
+                    .filter(|(i, v)| !is_test_row(*i, cfg.holdout_every) && v.is_finite())
+                    .map(|(_, v)| *v)
+                    .collect();
+                let n = train.len().max(1) as f64;
+                let mean = train.iter().sum::<f64>() / n;
+                let var = train.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / n;
+                let std = if var.sqrt() > 1e-12 { var.sqrt() } else { 1.0 };
+                ColumnEncoding::Numeric { mean, std }
+            } else if matches!(
+                dt,
+                DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View
+            ) || is_numeric(dt)
+                || matches!(dt, DataType::Date32 | DataType::Date64 | DataType::Timestamp(..))
+            {
+                match cfg.encoding {
+                    Encoding::Hashed => ColumnEncoding::Hashed {
+                        buckets: cfg.hash_buckets,
+                    },
+                    Encoding::OneHot => {
+                        let values = string_values(&arrays)?;
+                        let mut counts: HashMap<&str, usize> = HashMap::new();
+                        for (i, v) in values.iter().enumerate() {
+                            if let Some(v) = v
+                                && !is_test_row(i, cfg.holdout_every)
+                            {
+                                *counts.entry(v.as_str()).or_default() += 1;
+                            }
+                        }
+                        let mut by_count: Vec<(&str, usize)> = counts.into_iter().collect();
+                        by_count.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
+                        by_count.truncate(cfg.max_categories);
+                        ColumnEncoding::OneHot {
+                            vocabulary: by_count.into_iter().map(|(v, _)| v.to_string()).collect(),
+                        }
+                    }
+                }
+            } else {
+                return Err(ModelError::UnsupportedType {
+                    column: name.clone(),
+                    data_type: dt.to_string(),
+                });
+            };
+            let width = match &encoding {
+                ColumnEncoding::Numeric { .. } => 1,
+                ColumnEncoding::OneHot { vocabulary } => vocabulary.len() + 1,
+                ColumnEncoding::Hashed { buckets } => *buckets,
+            };
+            columns.push(FeatureColumn {
+                name: name.clone(),
+                source_type: dt.to_string(),
+                offset,
+                width,
+                encoding,
+            });
+            offset += width;
+        }
+        Ok(Preprocessor {
+            label: cfg.label.clone(),
+            positive: cfg.positive.clone(),
+            columns,
+            dim: offset,
+        })
+    }
+
+    /// Encode the rows of `batches` selected by `keep(row_index)`. Labels are read when
+    /// the label column is present (scoring input may lack it: labels are then empty).
+    pub fn transform(
+        &self,
+        batches: &[RecordBatch],
+        keep: impl Fn(usize) -> bool,
+    ) -> Result<Encoded> {
+        let total: usize = batches.iter().map(|b| b.num_rows()).sum();
+        let selected: Vec<usize> = (0..total).filter(|&i| keep(i)).collect();
+        let rows = selected.len();
+        let mut x = vec![0f32; rows * self.dim];
+        for col in &self.columns {
+            let arrays = concat_column(batches, &col.name)?;
+            match &col.encoding {
+                ColumnEncoding::Numeric { mean, std } => {
+                    let values = numeric_values(&arrays)?;
+                    for (r, &i) in selected.iter().enumerate() {
+                        let v = values[i];
+                        x[r * self.dim + col.offset] = if v.is_finite() {
+                            ((v - mean) / std) as f32
+                        } else {
+                            0.0
+                        };
+                    }
+                }
+                ColumnEncoding::OneHot { vocabulary } => {
+                    let index: HashMap<&str, usize> = vocabulary
+                        .iter()
+                        .enumerate()
+                        .map(|(k, v)| (v.as_str(), k))
+                        .collect();
+                    let values = string_values(&arrays)?;
+                    for (r, &i) in selected.iter().enumerate() {
+                        let slot = values[i]
+                            .as_deref()
+                            .and_then(|v| index.get(v).copied())
+                            .unwrap_or(vocabulary.len());
+                        x[r * self.dim + col.offset + slot] = 1.0;
+                    }
+                }
+                ColumnEncoding::Hashed { buckets } => {
+                    let values = string_values(&arrays)?;
+                    for (r, &i) in selected.iter().enumerate() {
+                        let v = values[i].as_deref().unwrap_or("");
+                        let slot = (fnv1a(v) % *buckets as u64) as usize;
+                        x[r * self.dim + col.offset + slot] = 1.0;
+                    }
+                }
+            }
+        }
+        let has_label = batches
+            .first()
+            .is_some_and(|b| b.column_by_name(&self.label).is_some());
+        let y = if has_label {
+            let labels = self.labels(batches)?;
+            selected.iter().map(|&i| labels[i]).collect()
+        } else {
+            Vec::new()
+        };
+        Ok(Encoded {
+            x,
+            y,
+            rows,
+            dim: self.dim,
+        })
+    }
+
+    /// Every row's label as 0 or 1.
+    fn labels(&self, batches: &[RecordBatch]) -> Result<Vec<f32>> {
+        let arrays = concat_column(batches, &self.label)?;
+        let dt = arrays[0].data_type().clone();
+        let bad = |row: usize, value: String| ModelError::BadLabel {
+            label: self.label.clone(),
+            row: row + 1,
+            value,
+        };
+        if is_numeric(&dt) && self.positive.is_none() {
+            numeric_values(&arrays)?
+                .into_iter()
+                .enumerate()
+                .map(|(i, v)| match v {
+                    v if v == 0.0 => Ok(0.0),
+                    v if v == 1.0 => Ok(1.0),
+                    v if v.is_nan() => Err(bad(i, "(missing)".into())),
+                    v => Err(bad(i, v.to_string())),
+                })
+                .collect()
+        } else {
+            string_values(&arrays)?
+                .into_iter()
+                .enumerate()
+                .map(|(i, v)| {
+                    let v = v.ok_or_else(|| bad(i, "(missing)".into()))?;
+                    let t = v.trim();
+                    let positive = match &self.positive {
+                        Some(p) => t.eq_ignore_ascii_case(p),
+                        None => ["yes", "true", "1", "y"].iter().any(|p| t.eq_ignore_ascii_case(p)),
+                    };
+                    Ok(if positive { 1.0 } else { 0.0 })
+                })
+                .collect()
+        }
+    }
+}

@@ -1,0 +1,95 @@
+//! Classification metrics on predicted probabilities.
+
+use std::collections::BTreeMap;
+
+/// Area under the ROC curve, by ranks with ties averaged. `None` with one class only.
+pub fn auc(scores: &[f32], labels: &[f32]) -> Option<f64> {
+    let n = scores.len();
+    let mut idx: Vec<usize> = (0..n).collect();
+    idx.sort_by(|&a, &b| scores[a].total_cmp(&scores[b]));
+    let mut rank_sum_pos = 0.0f64;
+    let mut i = 0;
+    while i < n {
+        let mut j = i;
+        while j + 1 < n && scores[idx[j + 1]] == scores[idx[i]] {
+            j += 1;
+        }
+        // Ranks i+1 ..= j+1 share their mean.
+        let mean_rank = (i + j + 2) as f64 / 2.0;
+        for &k in &idx[i..=j] {
+            if labels[k] > 0.5 {
+                rank_sum_pos += mean_rank;
+            }
+        }
+        i = j + 1;
+    }
+    let pos = labels.iter().filter(|&&y| y > 0.5).count() as f64;
+    let neg = n as f64 - pos;
+    if pos == 0.0 || neg == 0.0 {
+        return None;
+    }
+    Some((rank_sum_pos - pos * (pos + 1.0) / 2.0) / (pos * neg))
+}
+
+/// Mean binary cross-entropy, probabilities clipped to [1e-15, 1 - 1e-15].
+pub fn log_loss(probs: &[f32], labels: &[f32]) -> f64 {
+    let eps = 1e-15f64;
+    let total: f64 = probs
+        .iter()
+        .zip(labels)
+        .map(|(&p, &y)| {
+            let p = (p as f64).clamp(eps, 1.0 - eps);
+            if y > 0.5 { -p.ln() } else { -(1.0 - p).ln() }
+        })
+        .sum();
+    total / probs.len().max(1) as f64
+}
+
+/// Share of rows classified right at threshold 0.5.
+pub fn accuracy(probs: &[f32], labels: &[f32]) -> f64 {
+    let right = probs
+        .iter()
+        .zip(labels)
+        .filter(|&(&p, &y)| (p >= 0.5) == (y > 0.5))
+        .count();
+    right as f64 / probs.len().max(1) as f64
+}
+
+/// The standard set, under `prefix` (`test_`, `train_`): auc (when defined), log_loss,
+/// accuracy, positive_rate, rows.
+pub fn classification(prefix: &str, probs: &[f32], labels: &[f32]) -> BTreeMap<String, f64> {
+    let mut m = BTreeMap::new();
+    if let Some(a) = auc(probs, labels) {
+        m.insert(format!("{prefix}auc"), a);
+    }
+    m.insert(format!("{prefix}log_loss"), log_loss(probs, labels));
+    m.insert(format!("{prefix}accuracy"), accuracy(probs, labels));
+    let pos = labels.iter().filter(|&&y| y > 0.5).count() as f64;
+    m.insert(format!("{prefix}positive_rate"), pos / labels.len().max(1) as f64);
+    m.insert(format!("{prefix}rows"), labels.len() as f64);
+    m
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn auc_of_perfect_reversed_and_tied_rankings() {
+        let y = [0.0, 0.0, 1.0, 1.0];
+        assert_eq!(auc(&[0.1, 0.2, 0.8, 0.9], &y), Some(1.0));
+        assert_eq!(auc(&[0.9, 0.8, 0.2, 0.1], &y), Some(0.0));
+        assert_eq!(auc(&[0.5, 0.5, 0.5, 0.5], &y), Some(0.5));
+        // One positive ranked between the negatives: 2 of 4 pairs right... (0.3 > 0.2, 0.3 < 0.4)
+        assert_eq!(auc(&[0.2, 0.4, 0.3, 0.9], &y), Some(0.75));
+        assert_eq!(auc(&[0.1, 0.2], &[1.0, 1.0]), None);
+    }
+
+    #[test]
+    fn log_loss_matches_hand_computation() {
+        let ll = log_loss(&[0.9, 0.2], &[1.0, 0.0]);
+        let expected = (-(0.9f64.ln()) - (0.8f64.ln())) / 2.0;
+        assert!((ll - expected).abs() < 1e-6, "{ll} vs {expected}");
+        assert!(log_loss(&[0.0], &[1.0]).is_finite());
+    }
+}
