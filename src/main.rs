@@ -1,1 +1,333 @@
-fn main() {}
+//! `halyard`: one binary, many roles. Parses flags, builds a config, calls a library.
+//!
+//! Exit codes: 0 success; 1 an error (or, for `submit --follow`, a job that did not
+//! succeed); 2 bad usage.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use halyard_client::{Client, commands};
+use halyard_core::config::{ExecutorConfig, SchedulerConfig, Settings};
+use halyard_core::store::S3Config;
+
+#[derive(Parser)]
+#[command(
+    name = "halyard",
+    version,
+    about = "Distributed training and serving of marketing-analytics models",
+    long_about = "Distributed training and serving of marketing-analytics models.\n\n\
+        Quick start: `halyard standalone` in one terminal; then `halyard datagen` and \
+        `halyard submit examples/campaign-response.toml --follow` in another.\n\n\
+        Exit codes: 0 success; 1 error, or a followed job that did not succeed; 2 bad usage."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a scheduler and N executors in one process, with embedded coordination and a
+    /// local folder as object store: the zero-setup cluster
+    Standalone(ServerArgs),
+    /// Run a scheduler: job API, leader election through etcd, placement
+    Scheduler(ServerArgs),
+    /// Run an executor: registers in etcd, trains assigned tasks, publishes models
+    Executor(ServerArgs),
+    /// Submit a job spec (TOML); with --follow, show progress until it ends
+    Submit {
+        /// The job spec file
+        spec: PathBuf,
+        /// Follow the job: progress bar, then metrics and the model's location; exit 0
+        /// only if the job succeeded
+        #[arg(short, long)]
+        follow: bool,
+        /// Print the job as JSON
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// List jobs
+    Jobs {
+        /// Print JSON
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Show one job: state, progress, metrics, artifact
+    Job {
+        /// Job id
+        id: String,
+        /// Print JSON
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Show a job's log: scheduler events and executor progress
+    Logs {
+        /// Job id
+        id: String,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Cancel a job
+    Cancel {
+        /// Job id
+        id: String,
+        /// Print JSON
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Show the leader and the live executors
+    Cluster {
+        /// Print JSON
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Write the synthetic marketing data set of the demo (campaign responses, daily KPIs)
+    Datagen {
+        /// Output folder; files go to OUT/campaign/
+        #[arg(long, default_value = "data")]
+        out: PathBuf,
+        /// Customer rows
+        #[arg(long, default_value_t = 20_000)]
+        rows: usize,
+        /// Random seed
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+    },
+}
+
+#[derive(Args)]
+struct Conn {
+    /// Scheduler address, HOST:PORT
+    #[arg(long, env = "HALYARD_SCHEDULER", default_value = halyard_client::DEFAULT_SCHEDULER)]
+    scheduler: String,
+}
+
+/// Server settings. Each flag also reads the HALYARD_* variable shown; unset ones come from
+/// --config, then defaults.
+#[derive(Args)]
+struct ServerArgs {
+    /// Config file (TOML, same keys as the flags with '_' for '-')
+    #[arg(long, env = "HALYARD_CONFIG")]
+    config: Option<PathBuf>,
+    /// Address to listen on [default: 127.0.0.1:7070 scheduler and standalone, 127.0.0.1:7071 executor]
+    #[arg(long, env = "HALYARD_LISTEN")]
+    listen: Option<String>,
+    /// Address others reach this node at [default: --listen]
+    #[arg(long, env = "HALYARD_ADVERTISE")]
+    advertise: Option<String>,
+    /// Node id [default: ROLE-HOSTNAME-PORT]
+    #[arg(long, env = "HALYARD_ID")]
+    id: Option<String>,
+    /// etcd endpoints, comma-separated (required for scheduler and executor; standalone
+    /// uses its embedded coordinator without it)
+    #[arg(long, env = "HALYARD_ETCD", value_delimiter = ',')]
+    etcd: Option<Vec<String>>,
+    /// Key prefix of this cluster in etcd [default: /halyard]
+    #[arg(long, env = "HALYARD_ETCD_ROOT")]
+    etcd_root: Option<String>,
+    /// Object store URL, file:///dir or s3://bucket/prefix [default: DATA_DIR/store]
+    #[arg(long, env = "HALYARD_STORE")]
+    store: Option<String>,
+    /// Folder for local state and the default object store [default: halyard-data]
+    #[arg(long, env = "HALYARD_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Lease TTL in seconds: a dead node is noticed within this [default: 5]
+    #[arg(long, env = "HALYARD_LEASE_TTL")]
+    lease_ttl: Option<u64>,
+    /// CPU slots offered by an executor [default: all cores; standalone: cores / executors]
+    #[arg(long, env = "HALYARD_CPU_SLOTS")]
+    cpu_slots: Option<u32>,
+    /// Memory offered by an executor, MiB [default: 4096]
+    #[arg(long, env = "HALYARD_MEMORY_MB")]
+    memory_mb: Option<u64>,
+    /// GPUs offered by an executor [default: 0]
+    #[arg(long, env = "HALYARD_GPUS")]
+    gpus: Option<u32>,
+    /// Standalone: executors to run [default: 2]
+    #[arg(long, env = "HALYARD_EXECUTORS")]
+    executors: Option<u32>,
+    /// S3 endpoint URL [default: AWS_ENDPOINT_URL or AWS]
+    #[arg(long, env = "HALYARD_S3_ENDPOINT")]
+    s3_endpoint: Option<String>,
+    /// S3 region [default: AWS_REGION or us-east-1]
+    #[arg(long, env = "HALYARD_S3_REGION")]
+    s3_region: Option<String>,
+    /// S3 access key id [default: AWS_ACCESS_KEY_ID]
+    #[arg(long, env = "HALYARD_S3_ACCESS_KEY_ID")]
+    s3_access_key_id: Option<String>,
+    /// S3 secret access key [default: AWS_SECRET_ACCESS_KEY]
+    #[arg(long, env = "HALYARD_S3_SECRET_ACCESS_KEY", hide_env_values = true)]
+    s3_secret_access_key: Option<String>,
+}
+
+impl ServerArgs {
+    fn settings(self) -> halyard_core::Result<Settings> {
+        let file = match &self.config {
+            Some(path) => Settings::from_file(path)?,
+            None => Settings::default(),
+        };
+        let flags = Settings {
+            listen: self.listen,
+            advertise: self.advertise,
+            id: self.id,
+            etcd: self.etcd,
+            etcd_root: self.etcd_root,
+            store: self.store,
+            data_dir: self.data_dir,
+            lease_ttl_secs: self.lease_ttl,
+            cpu_slots: self.cpu_slots,
+            memory_mb: self.memory_mb,
+            gpus: self.gpus,
+            executors: self.executors,
+            s3: S3Config {
+                endpoint: self.s3_endpoint,
+                region: self.s3_region,
+                access_key_id: self.s3_access_key_id,
+                secret_access_key: self.s3_secret_access_key,
+            },
+        };
+        Ok(flags.or(file))
+    }
+}
+
+type AnyError = Box<dyn std::error::Error>;
+
+fn init_tracing(default: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("HALYARD_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn require_etcd(s: &Settings, role: &str) -> Result<(), AnyError> {
+    if s.etcd.as_ref().is_none_or(|e| e.is_empty()) {
+        return Err(format!(
+            "halyard {role} needs etcd: pass --etcd HOST:PORT or set HALYARD_ETCD \
+             (for a one-process cluster without etcd, run `halyard standalone`)"
+        )
+        .into());
+    }
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("signal handler");
+        tokio::select! { _ = ctrl_c => {}, _ = term.recv() => {} }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
+async fn run(cli: Cli) -> Result<(), AnyError> {
+    match cli.command {
+        Command::Standalone(args) => {
+            init_tracing("info");
+            let cluster = halyard::start_standalone(args.settings()?).await?;
+            eprintln!(
+                "halyard standalone: API on {}, {} executors, models in {}; Ctrl-C stops",
+                cluster.scheduler.addr,
+                cluster.executors.len(),
+                cluster.store_url
+            );
+            wait_for_signal().await;
+            cluster.stop().await;
+        }
+        Command::Scheduler(args) => {
+            init_tracing("info");
+            let s = args.settings()?;
+            require_etcd(&s, "scheduler")?;
+            let cfg = SchedulerConfig::from_settings(&s)?;
+            let coord = cfg.coordinator.connect().await?;
+            let handle = halyard_scheduler::start_scheduler(cfg, coord).await?;
+            wait_for_signal().await;
+            handle.stop().await;
+        }
+        Command::Executor(args) => {
+            init_tracing("info");
+            let s = args.settings()?;
+            require_etcd(&s, "executor")?;
+            let cfg = ExecutorConfig::from_settings(&s)?;
+            let coord = cfg.coordinator.connect().await?;
+            let handle = halyard_executor::start_executor(cfg, coord).await?;
+            wait_for_signal().await;
+            handle.stop().await;
+        }
+        Command::Submit { spec, follow, json, conn } => {
+            init_tracing("warn");
+            let client = Client::connect(&conn.scheduler).await?;
+            commands::submit(&client, &spec, follow, json).await?;
+        }
+        Command::Jobs { json, conn } => {
+            init_tracing("warn");
+            commands::jobs(&Client::connect(&conn.scheduler).await?, json).await?;
+        }
+        Command::Job { id, json, conn } => {
+            init_tracing("warn");
+            commands::job(&Client::connect(&conn.scheduler).await?, &id, json).await?;
+        }
+        Command::Logs { id, conn } => {
+            init_tracing("warn");
+            commands::logs(&Client::connect(&conn.scheduler).await?, &id).await?;
+        }
+        Command::Cancel { id, json, conn } => {
+            init_tracing("warn");
+            commands::cancel(&Client::connect(&conn.scheduler).await?, &id, json).await?;
+        }
+        Command::Cluster { json, conn } => {
+            init_tracing("warn");
+            commands::cluster(&Client::connect(&conn.scheduler).await?, json).await?;
+        }
+        Command::Datagen { out, rows, seed } => {
+            init_tracing("warn");
+            let g = halyard_client::datagen::generate(&out, rows, seed)?;
+            println!(
+                "wrote {} ({} rows, {:.1}% responded) and {}",
+                g.responses.display(),
+                g.rows,
+                g.response_rate * 100.0,
+                g.kpis.display()
+            );
+        }
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            let mut source = e.source();
+            while let Some(s) = source {
+                eprintln!("  caused by: {s}");
+                source = s.source();
+            }
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,1 +1,133 @@
-//! halyard-client
+//! `halyard-client`: the typed Rust SDK of the job API and the client commands of the CLI
+//! (`submit`, `jobs`, `job`, `logs`, `cancel`, `cluster`), plus `datagen`, the synthetic
+//! marketing data set of the demo.
+
+pub mod commands;
+pub mod datagen;
+mod error;
+
+use halyard_core::proto::job_service_client::JobServiceClient;
+use halyard_core::proto::{
+    CancelRequest, ClusterStatusRequest, ClusterStatusResponse, GetJobRequest, JobInfo,
+    ListJobsRequest, LogLine, LogsRequest, SubmitRequest, WatchRequest,
+};
+use halyard_core::spec::JobSpec;
+use tonic::transport::Channel;
+
+pub use error::{ClientError, Result};
+
+/// Default scheduler address.
+pub const DEFAULT_SCHEDULER: &str = "127.0.0.1:7070";
+
+/// A connection to a scheduler.
+#[derive(Debug, Clone)]
+pub struct Client {
+    inner: JobServiceClient<Channel>,
+}
+
+impl Client {
+    /// Connect to `addr` (`HOST:PORT` or `http://HOST:PORT`).
+    pub async fn connect(addr: &str) -> Result<Client> {
+        let url = if addr.contains("://") {
+            addr.to_string()
+        } else {
+            format!("http://{addr}")
+        };
+        let endpoint = Channel::from_shared(url.clone()).map_err(|e| ClientError::Connect {
+            addr: addr.into(),
+            message: e.to_string(),
+        })?;
+        let channel = endpoint
+            .connect_timeout(std::time::Duration::from_secs(3))
+            .connect()
+            .await
+            .map_err(|e| ClientError::Connect {
+                addr: addr.into(),
+                message: e.to_string(),
+            })?;
+        Ok(Client {
+            inner: JobServiceClient::new(channel),
+        })
+    }
+
+    /// Submit a validated spec.
+    pub async fn submit(&self, spec: &JobSpec) -> Result<JobInfo> {
+        let resp = self
+            .inner
+            .clone()
+            .submit(SubmitRequest {
+                protocol_version: halyard_core::PROTOCOL_VERSION,
+                spec_toml: spec.to_toml(),
+            })
+            .await?;
+        resp.into_inner()
+            .job
+            .ok_or_else(|| ClientError::Rpc("empty submit response".into()))
+    }
+
+    /// One job.
+    pub async fn job(&self, id: &str) -> Result<JobInfo> {
+        let resp = self
+            .inner
+            .clone()
+            .get_job(GetJobRequest { job_id: id.into() })
+            .await?;
+        resp.into_inner()
+            .job
+            .ok_or_else(|| ClientError::Rpc("empty response".into()))
+    }
+
+    /// All jobs, oldest first.
+    pub async fn jobs(&self) -> Result<Vec<JobInfo>> {
+        Ok(self
+            .inner
+            .clone()
+            .list_jobs(ListJobsRequest {})
+            .await?
+            .into_inner()
+            .jobs)
+    }
+
+    /// Ask to cancel a job.
+    pub async fn cancel(&self, id: &str) -> Result<JobInfo> {
+        let resp = self
+            .inner
+            .clone()
+            .cancel(CancelRequest { job_id: id.into() })
+            .await?;
+        resp.into_inner()
+            .job
+            .ok_or_else(|| ClientError::Rpc("empty response".into()))
+    }
+
+    /// A job's log.
+    pub async fn logs(&self, id: &str) -> Result<Vec<LogLine>> {
+        Ok(self
+            .inner
+            .clone()
+            .logs(LogsRequest { job_id: id.into() })
+            .await?
+            .into_inner()
+            .lines)
+    }
+
+    /// Stream a job's updates until it ends.
+    pub async fn watch(&self, id: &str) -> Result<tonic::Streaming<halyard_core::proto::JobEvent>> {
+        Ok(self
+            .inner
+            .clone()
+            .watch(WatchRequest { job_id: id.into() })
+            .await?
+            .into_inner())
+    }
+
+    /// Leader and executors.
+    pub async fn cluster(&self) -> Result<ClusterStatusResponse> {
+        Ok(self
+            .inner
+            .clone()
+            .cluster_status(ClusterStatusRequest {})
+            .await?
+            .into_inner())
+    }
+}

@@ -106,7 +106,8 @@ pub enum CoordinatorConfig {
 }
 
 impl CoordinatorConfig {
-    fn from_settings(s: &Settings) -> Self {
+    /// Embedded unless etcd endpoints are set.
+    pub fn from_settings(s: &Settings) -> Self {
         match &s.etcd {
             Some(endpoints) if !endpoints.is_empty() => CoordinatorConfig::Etcd {
                 endpoints: endpoints.clone(),

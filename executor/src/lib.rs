@@ -1,1 +1,196 @@
-//! halyard-executor
+//! `halyard-executor`: a worker. Registers itself with a lease, keeps the lease alive, takes
+//! the tasks the leader assigns to it, trains on its own threads (never on the async
+//! runtime), publishes the model to object storage and reports progress.
+//!
+//! **Invariants.** It reports on a task only while its assignment stands (the coordinator
+//! fences the write). When its lease is lost it stops its tasks and takes no work until it
+//! has registered again.
+
+mod error;
+mod task;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use halyard_core::config::ExecutorConfig;
+use halyard_core::coord::Coordinator;
+use halyard_core::records::{ExecutorInfo, now_ms};
+use halyard_core::store::Store;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::TcpListenerStream;
+use tracing::{info, warn};
+
+pub use error::{ExecutorError, Result};
+
+/// A running executor.
+pub struct ExecutorHandle {
+    /// The address it listens on (health service).
+    pub addr: SocketAddr,
+    /// Its id.
+    pub id: String,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl ExecutorHandle {
+    /// Stop: cancel running tasks, revoke the lease, wait for the loops to end.
+    pub async fn stop(self) {
+        let _ = self.shutdown.send(true);
+        for t in self.tasks {
+            let _ = t.await;
+        }
+    }
+}
+
+/// Start an executor: bind, register, then serve tasks in the background.
+pub async fn start_executor(cfg: ExecutorConfig, coord: Coordinator) -> Result<ExecutorHandle> {
+    let store = cfg.open_store()?;
+    let listener = tokio::net::TcpListener::bind(&cfg.listen)
+        .await
+        .map_err(|source| ExecutorError::Bind {
+            addr: cfg.listen.clone(),
+            source,
+        })?;
+    let addr = listener.local_addr().map_err(|source| ExecutorError::Bind {
+        addr: cfg.listen.clone(),
+        source,
+    })?;
+    let (shutdown, shutdown_rx) = watch::channel(false);
+    let (_reporter, health) = tonic_health::server::health_reporter();
+    let mut rx = shutdown_rx.clone();
+    let server = tokio::spawn(async move {
+        let _ = tonic::transport::Server::builder()
+            .add_service(health)
+            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+                let _ = rx.wait_for(|s| *s).await;
+            })
+            .await;
+    });
+    let advertise = if cfg.advertise.ends_with(":0") {
+        addr.to_string()
+    } else {
+        cfg.advertise.clone()
+    };
+    let info = ExecutorInfo {
+        id: cfg.id.clone(),
+        address: advertise,
+        cpu_slots: cfg.cpu_slots,
+        memory_mb: cfg.memory_mb,
+        gpus: cfg.gpus,
+        version: halyard_core::VERSION.to_string(),
+        started_ms: now_ms(),
+    };
+    let lease = register(&coord, &info, &cfg).await?;
+    info!(id = %cfg.id, %addr, slots = cfg.cpu_slots, store = %store.url(), "executor registered");
+    let id = cfg.id.clone();
+    let worker = tokio::spawn(run(cfg, coord, store, info, lease, shutdown_rx));
+    Ok(ExecutorHandle {
+        addr,
+        id,
+        shutdown,
+        tasks: vec![server, worker],
+    })
+}
+
+async fn register(coord: &Coordinator, info: &ExecutorInfo, cfg: &ExecutorConfig) -> Result<i64> {
+    let lease = coord.grant_lease(cfg.lease_ttl).await?;
+    coord.register_executor(info, lease).await?;
+    Ok(lease)
+}
+
+/// One running task: its cancel flag and the join handle of its driver.
+struct Running {
+    cancel: Arc<AtomicBool>,
+    handle: JoinHandle<()>,
+}
+
+/// The executor's loop: keep the lease alive, start assigned tasks, stop revoked ones.
+async fn run(
+    cfg: ExecutorConfig,
+    coord: Coordinator,
+    store: Store,
+    info: ExecutorInfo,
+    mut lease: i64,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let renew_every = cfg.lease_ttl / 3;
+    let mut renewed = std::time::Instant::now();
+    let mut running: HashMap<(String, u32), Running> = HashMap::new();
+    loop {
+        if *shutdown.borrow() {
+            break;
+        }
+        if renewed.elapsed() >= renew_every {
+            match coord.keep_alive(lease).await {
+                Ok(()) => renewed = std::time::Instant::now(),
+                Err(e) => {
+                    // Lost (expired or unreachable): stop everything, then register anew.
+                    warn!(id = %cfg.id, error = %e, "lease lost; stopping tasks and taking no work");
+                    stop_all(&mut running).await;
+                    match register(&coord, &info, &cfg).await {
+                        Ok(l) => {
+                            lease = l;
+                            renewed = std::time::Instant::now();
+                            info!(id = %cfg.id, "registered again");
+                        }
+                        Err(e) => warn!(error = %e, "cannot register again; retrying"),
+                    }
+                    tokio::time::sleep(cfg.poll).await;
+                    continue;
+                }
+            }
+        }
+        match coord.tasks_for(&cfg.id).await {
+            Ok(assigned) => {
+                let current: Vec<(String, u32)> = assigned
+                    .iter()
+                    .map(|a| (a.value.job_id.clone(), a.value.attempt))
+                    .collect();
+                // Tasks taken away (cancelled, or requeued elsewhere) stop. A finished task
+                // stays known until the leader releases its assignment, so it never runs twice.
+                for (key, r) in &running {
+                    if !current.contains(key) {
+                        r.cancel.store(true, Ordering::Relaxed);
+                    }
+                }
+                running.retain(|key, r| current.contains(key) || !r.handle.is_finished());
+                for a in assigned {
+                    let key = (a.value.job_id.clone(), a.value.attempt);
+                    if running.contains_key(&key) {
+                        continue;
+                    }
+                    info!(job = %a.value.job_id, attempt = a.value.attempt, "task started");
+                    let cancel = Arc::new(AtomicBool::new(false));
+                    let handle = tokio::spawn(task::run(
+                        a,
+                        coord.clone(),
+                        store.clone(),
+                        cfg.s3.clone(),
+                        cancel.clone(),
+                    ));
+                    running.insert(key, Running { cancel, handle });
+                }
+            }
+            Err(e) => warn!(error = %e, "cannot read assignments"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(cfg.poll) => {}
+            _ = shutdown.wait_for(|s| *s) => break,
+        }
+    }
+    stop_all(&mut running).await;
+    let _ = coord.revoke(lease).await;
+    info!(id = %cfg.id, "executor stopped");
+}
+
+async fn stop_all(running: &mut HashMap<(String, u32), Running>) {
+    for r in running.values() {
+        r.cancel.store(true, Ordering::Relaxed);
+    }
+    for (_, r) in running.drain() {
+        let _ = r.handle.await;
+    }
+}

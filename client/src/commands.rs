@@ -1,0 +1,251 @@
+//! The client commands of the CLI. Results go to stdout (tables, or JSON with `--json`);
+//! progress goes to stderr and only when it is a terminal.
+
+use std::io::{IsTerminal, Write};
+use std::path::Path;
+
+use halyard_core::proto::JobInfo;
+use halyard_core::spec::JobSpec;
+use indicatif::{ProgressBar, ProgressStyle};
+use serde_json::json;
+
+use crate::{Client, ClientError, Result};
+
+/// A job as JSON, for scripts.
+pub fn job_json(j: &JobInfo) -> serde_json::Value {
+    json!({
+        "id": j.id,
+        "name": j.name,
+        "state": j.state,
+        "attempt": j.attempt,
+        "executor": j.executor,
+        "model_type": j.model_type,
+        "epoch": j.epoch,
+        "epochs": j.epochs,
+        "loss": if j.loss.is_finite() { json!(j.loss) } else { json!(null) },
+        "metrics": j.metrics,
+        "artifact": if j.artifact.is_empty() { json!(null) } else { json!(j.artifact) },
+        "error": if j.error.is_empty() { json!(null) } else { json!(j.error) },
+        "cancel_requested": j.cancel_requested,
+        "created_ms": j.created_ms,
+        "updated_ms": j.updated_ms,
+    })
+}
+
+fn out(text: &str) {
+    let mut stdout = std::io::stdout().lock();
+    // A closed pipe (`| head`) is not an error.
+    let _ = writeln!(stdout, "{text}");
+}
+
+fn fmt_metrics(j: &JobInfo) -> String {
+    let mut keys: Vec<&String> = j.metrics.keys().collect();
+    keys.sort();
+    keys.iter()
+        .map(|k| format!("  {k:<20} {:.4}", j.metrics[*k]))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// `halyard submit`: validate the spec here, submit it, and with `follow` show progress
+/// until the job ends; fails unless the job succeeded.
+pub async fn submit(client: &Client, spec_path: &Path, follow: bool, as_json: bool) -> Result<()> {
+    let spec = JobSpec::from_file(spec_path)?;
+    let job = client.submit(&spec).await?;
+    if !follow {
+        if as_json {
+            out(&job_json(&job).to_string());
+        } else {
+            out(&format!("submitted job {}", job.id));
+        }
+        return Ok(());
+    }
+    if !as_json {
+        eprintln!("submitted job {} ({})", job.id, job.name);
+    }
+    let last = follow_job(client, &job.id, !as_json).await?;
+    if as_json {
+        out(&job_json(&last).to_string());
+    } else if last.state == "succeeded" {
+        out(&format!("job {} succeeded", last.id));
+        out(&format!("metrics (held-out rows unless train_):\n{}", fmt_metrics(&last)));
+        out(&format!("model: {}", last.artifact));
+    }
+    finish(last)
+}
+
+fn finish(job: JobInfo) -> Result<()> {
+    if job.state == "succeeded" {
+        Ok(())
+    } else {
+        Err(ClientError::JobFailed {
+            id: job.id,
+            state: job.state,
+            error: job.error,
+        })
+    }
+}
+
+/// Watch a job to its end, drawing a progress bar on a terminal; returns its last state.
+pub async fn follow_job(client: &Client, id: &str, show: bool) -> Result<JobInfo> {
+    let tty = show && std::io::stderr().is_terminal();
+    let bar = if tty {
+        let b = ProgressBar::new(0);
+        b.set_style(
+            ProgressStyle::with_template(
+                "{spinner} {prefix} [{bar:30}] epoch {pos}/{len} {msg} ({elapsed})",
+            )
+            .expect("valid template")
+            .progress_chars("=> "),
+        );
+        b.enable_steady_tick(std::time::Duration::from_millis(120));
+        Some(b)
+    } else {
+        None
+    };
+    let mut stream = client.watch(id).await?;
+    let mut last: Option<JobInfo> = None;
+    let mut last_state = String::new();
+    let mut last_epoch = 0;
+    while let Some(event) = stream.message().await? {
+        let Some(job) = event.job else { continue };
+        if job.state != last_state || job.attempt != last.as_ref().map_or(0, |l| l.attempt) {
+            let line = if job.executor.is_empty() {
+                format!("{}: {}", job.id, job.state)
+            } else {
+                format!("{}: {} (attempt {} on {})", job.id, job.state, job.attempt, job.executor)
+            };
+            match &bar {
+                Some(b) => b.println(line),
+                None if show => eprintln!("{line}"),
+                None => {}
+            }
+            last_state = job.state.clone();
+        }
+        if let Some(b) = &bar {
+            b.set_length(u64::from(job.epochs));
+            b.set_position(u64::from(job.epoch));
+            b.set_prefix(job.state.clone());
+            if job.loss.is_finite() {
+                b.set_message(format!("loss {:.4}", job.loss));
+            }
+        } else if show && job.epoch != last_epoch && job.loss.is_finite() {
+            eprintln!("{}: epoch {}/{} loss {:.4}", job.id, job.epoch, job.epochs, job.loss);
+        }
+        last_epoch = job.epoch;
+        last = Some(job);
+    }
+    if let Some(b) = bar {
+        b.finish_and_clear();
+    }
+    last.ok_or_else(|| ClientError::Rpc(format!("no news of job {id}")))
+}
+
+/// `halyard jobs`.
+pub async fn jobs(client: &Client, as_json: bool) -> Result<()> {
+    let jobs = client.jobs().await?;
+    if as_json {
+        out(&serde_json::Value::Array(jobs.iter().map(job_json).collect()).to_string());
+        return Ok(());
+    }
+    out(&format!(
+        "{:<32} {:<10} {:>7} {:>9} {:>8}  {}",
+        "ID", "STATE", "ATTEMPT", "EPOCH", "TEST AUC", "EXECUTOR"
+    ));
+    for j in jobs {
+        let auc = j
+            .metrics
+            .get("test_auc")
+            .map_or("-".to_string(), |a| format!("{a:.4}"));
+        out(&format!(
+            "{:<32} {:<10} {:>7} {:>9} {:>8}  {}",
+            j.id,
+            j.state,
+            j.attempt,
+            format!("{}/{}", j.epoch, j.epochs),
+            auc,
+            if j.executor.is_empty() { "-" } else { &j.executor }
+        ));
+    }
+    Ok(())
+}
+
+/// `halyard job ID`.
+pub async fn job(client: &Client, id: &str, as_json: bool) -> Result<()> {
+    let j = client.job(id).await?;
+    if as_json {
+        out(&job_json(&j).to_string());
+        return Ok(());
+    }
+    out(&format!("id:        {}", j.id));
+    out(&format!("name:      {}", j.name));
+    out(&format!("model:     {}", j.model_type));
+    out(&format!("state:     {}{}", j.state, if j.cancel_requested && j.state != "cancelled" { " (cancel requested)" } else { "" }));
+    out(&format!("attempt:   {}", j.attempt));
+    out(&format!("executor:  {}", if j.executor.is_empty() { "-" } else { &j.executor }));
+    out(&format!("epoch:     {}/{}", j.epoch, j.epochs));
+    if j.loss.is_finite() {
+        out(&format!("loss:      {:.5}", j.loss));
+    }
+    if !j.artifact.is_empty() {
+        out(&format!("artifact:  {}", j.artifact));
+    }
+    if !j.error.is_empty() {
+        out(&format!("error:     {}", j.error));
+    }
+    if !j.metrics.is_empty() {
+        out(&format!("metrics:\n{}", fmt_metrics(&j)));
+    }
+    Ok(())
+}
+
+/// `halyard logs ID`.
+pub async fn logs(client: &Client, id: &str) -> Result<()> {
+    for l in client.logs(id).await? {
+        let t = chrono::DateTime::from_timestamp_millis(l.time_ms)
+            .map(|t| t.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string())
+            .unwrap_or_default();
+        out(&format!("{t} {:<28} {}", l.source, l.message));
+    }
+    Ok(())
+}
+
+/// `halyard cancel ID`.
+pub async fn cancel(client: &Client, id: &str, as_json: bool) -> Result<()> {
+    let j = client.cancel(id).await?;
+    if as_json {
+        out(&job_json(&j).to_string());
+    } else if j.state == "pending" || j.state == "running" {
+        out(&format!("cancel requested for job {} ({})", j.id, j.state));
+    } else {
+        out(&format!("job {} already {}", j.id, j.state));
+    }
+    Ok(())
+}
+
+/// `halyard cluster`.
+pub async fn cluster(client: &Client, as_json: bool) -> Result<()> {
+    let c = client.cluster().await?;
+    if as_json {
+        let execs: Vec<_> = c
+            .executors
+            .iter()
+            .map(|e| {
+                json!({"id": e.id, "address": e.address, "cpu_slots": e.cpu_slots,
+                       "memory_mb": e.memory_mb, "gpus": e.gpus, "version": e.version,
+                       "running_tasks": e.running_tasks})
+            })
+            .collect();
+        out(&json!({"leader": c.leader, "executors": execs}).to_string());
+        return Ok(());
+    }
+    out(&format!("leader: {}", if c.leader.is_empty() { "(none)" } else { &c.leader }));
+    out(&format!("{:<28} {:<22} {:>5} {:>8} {:>4} {:>7}", "EXECUTOR", "ADDRESS", "SLOTS", "MEM MiB", "GPUS", "RUNNING"));
+    for e in c.executors {
+        out(&format!(
+            "{:<28} {:<22} {:>5} {:>8} {:>4} {:>7}",
+            e.id, e.address, e.cpu_slots, e.memory_mb, e.gpus, e.running_tasks
+        ));
+    }
+    Ok(())
+}

@@ -1,0 +1,297 @@
+//! Leader election and the leader's duties: placement, supervision, completion.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use halyard_core::config::SchedulerConfig;
+use halyard_core::coord::{Coordinator, Leadership, Versioned};
+use halyard_core::records::{
+    ExecutorInfo, JobRecord, JobState, TaskAssignment, TaskProgress, TaskState, now_ms,
+};
+use halyard_core::{Error, Result};
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+/// Campaign, lead until leadership is lost or shutdown, campaign again.
+pub(crate) async fn run(cfg: SchedulerConfig, coord: Coordinator, mut shutdown: watch::Receiver<bool>) {
+    loop {
+        if *shutdown.borrow() {
+            return;
+        }
+        let leadership = tokio::select! {
+            l = campaign(&cfg, &coord) => l,
+            _ = shutdown.wait_for(|s| *s) => return,
+        };
+        info!(id = %cfg.id, revision = leadership.revision, "became leader");
+        let reason = lead(&cfg, &coord, &leadership, &mut shutdown).await;
+        match reason {
+            Ok(()) => {
+                if let Err(e) = coord.resign(&leadership).await {
+                    warn!(error = %e, "resign failed; the lease will expire");
+                }
+                info!(id = %cfg.id, "resigned leadership");
+                return;
+            }
+            Err(e) => warn!(id = %cfg.id, error = %e, "lost leadership"),
+        }
+    }
+}
+
+/// Wait until this scheduler is leader. A standby keeps its lease alive while it waits.
+async fn campaign(cfg: &SchedulerConfig, coord: &Coordinator) -> Leadership {
+    let poll = (cfg.lease_ttl / 4).max(Duration::from_millis(200));
+    let mut announced = false;
+    loop {
+        let lease = match coord.grant_lease(cfg.lease_ttl).await {
+            Ok(l) => l,
+            Err(e) => {
+                warn!(error = %e, "cannot grant a lease; retrying");
+                tokio::time::sleep(poll).await;
+                continue;
+            }
+        };
+        loop {
+            match coord.campaign(&cfg.id, lease).await {
+                Ok(Some(l)) => return l,
+                Ok(None) => {
+                    if !announced {
+                        let leader = coord.leader().await.ok().flatten().unwrap_or_default();
+                        info!(id = %cfg.id, %leader, "standing by");
+                        announced = true;
+                    }
+                }
+                Err(e) => warn!(error = %e, "campaign failed; retrying"),
+            }
+            tokio::time::sleep(poll).await;
+            if coord.keep_alive(lease).await.is_err() {
+                break;
+            }
+        }
+    }
+}
+
+/// Lead: keep the lease alive and run ticks. `Ok` on shutdown, `Err` when leadership is lost.
+async fn lead(
+    cfg: &SchedulerConfig,
+    coord: &Coordinator,
+    leadership: &Leadership,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Result<()> {
+    let renew_every = cfg.lease_ttl / 3;
+    let mut renewed = Instant::now();
+    let mut leader = Leader {
+        cfg,
+        coord,
+        leadership,
+        source: format!("scheduler/{}", cfg.id),
+    };
+    loop {
+        if *shutdown.borrow() {
+            return Ok(());
+        }
+        if renewed.elapsed() >= renew_every {
+            coord.keep_alive(leadership.lease).await?;
+            renewed = Instant::now();
+        }
+        match leader.tick().await {
+            Ok(()) => {}
+            Err(Error::Fenced) => return Err(Error::Fenced),
+            Err(Error::LeaseLost(l)) => return Err(Error::LeaseLost(l)),
+            Err(e) => warn!(error = %e, "tick failed; retrying"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(cfg.tick) => {}
+            _ = shutdown.wait_for(|s| *s) => return Ok(()),
+        }
+    }
+}
+
+struct Leader<'a> {
+    cfg: &'a SchedulerConfig,
+    coord: &'a Coordinator,
+    leadership: &'a Leadership,
+    source: String,
+}
+
+impl Leader<'_> {
+    async fn tick(&mut self) -> Result<()> {
+        let jobs = self.coord.list_jobs().await?;
+        if jobs.iter().all(|j| j.value.state.is_terminal()) {
+            return Ok(());
+        }
+        let executors = self.coord.list_executors().await?;
+        let tasks = self.coord.all_tasks().await?;
+        let mut free: HashMap<String, Free> = executors
+            .iter()
+            .map(|e| (e.id.clone(), Free::of(e)))
+            .collect();
+        for t in &tasks {
+            if let Some(f) = free.get_mut(&t.value.executor) {
+                f.take(&t.value.spec.resources);
+            }
+        }
+        for job in jobs {
+            let result = match job.value.state {
+                JobState::Pending => self.place(&job, &mut free).await,
+                JobState::Running => self.supervise(&job, &free).await,
+                _ => Ok(()),
+            };
+            match result {
+                // Another writer moved the job since it was read: next tick re-reads it.
+                Err(Error::Conflict { .. }) => {}
+                other => other?,
+            }
+        }
+        Ok(())
+    }
+
+    async fn place(&self, job: &Versioned<JobRecord>, free: &mut HashMap<String, Free>) -> Result<()> {
+        let mut new = job.value.clone();
+        if new.cancel_requested {
+            new.state = JobState::Cancelled;
+            new.log(&self.source, "cancelled before it started");
+            self.coord.update_job(self.leadership, job, &new).await?;
+            return Ok(());
+        }
+        let need = &job.value.spec.resources;
+        // The executor with the most free slots that fits.
+        let Some((executor, slot)) = free
+            .iter_mut()
+            .filter(|(_, f)| f.fits(need))
+            .max_by_key(|(id, f)| (f.cpus, std::cmp::Reverse((*id).clone())))
+        else {
+            return Ok(());
+        };
+        let executor = executor.clone();
+        new.state = JobState::Running;
+        new.attempt += 1;
+        new.executor = Some(executor.clone());
+        new.log(
+            &self.source,
+            format!("attempt {} placed on executor {executor}", new.attempt),
+        );
+        let task = TaskAssignment {
+            job_id: new.id.clone(),
+            attempt: new.attempt,
+            executor: executor.clone(),
+            spec: new.spec.clone(),
+            assigned_ms: now_ms(),
+        };
+        self.coord
+            .assign_task(self.leadership, job, &new, &task)
+            .await?;
+        slot.take(need);
+        info!(job = %new.id, %executor, attempt = new.attempt, "task placed");
+        Ok(())
+    }
+
+    async fn supervise(&self, job: &Versioned<JobRecord>, free: &HashMap<String, Free>) -> Result<()> {
+        let mut new = job.value.clone();
+        let executor = new.executor.clone().unwrap_or_default();
+        if new.cancel_requested {
+            new.state = JobState::Cancelled;
+            new.log(&self.source, "cancelled");
+            self.absorb_progress(&mut new, None).await?;
+            self.coord.release_task(self.leadership, job, &new).await?;
+            info!(job = %new.id, "job cancelled");
+            return Ok(());
+        }
+        let progress = self
+            .coord
+            .get_progress(&new.id)
+            .await?
+            .filter(|p| p.attempt == new.attempt);
+        if let Some(p) = &progress {
+            match p.state {
+                TaskState::Succeeded => {
+                    new.state = JobState::Succeeded;
+                    new.metrics = p.metrics.clone();
+                    new.artifact = p.artifact.clone();
+                    new.model_version = p.model_version;
+                    self.absorb_progress(&mut new, Some(p)).await?;
+                    new.log(&self.source, "succeeded");
+                    self.coord.release_task(self.leadership, job, &new).await?;
+                    info!(job = %new.id, artifact = ?new.artifact, "job succeeded");
+                    return Ok(());
+                }
+                TaskState::Failed => {
+                    new.state = JobState::Failed;
+                    new.error = p.error.clone();
+                    self.absorb_progress(&mut new, Some(p)).await?;
+                    new.log(&self.source, "failed");
+                    self.coord.release_task(self.leadership, job, &new).await?;
+                    info!(job = %new.id, error = ?new.error, "job failed");
+                    return Ok(());
+                }
+                TaskState::Running => {}
+            }
+        }
+        if !free.contains_key(&executor) {
+            // The executor's lease expired: its key is gone. Requeue the task.
+            self.absorb_progress(&mut new, progress.as_ref()).await?;
+            if new.attempt >= self.cfg.max_attempts {
+                new.state = JobState::Failed;
+                new.error = Some(format!(
+                    "lost its executor {} times (last: {executor}); giving up",
+                    new.attempt
+                ));
+                new.log(&self.source, format!("executor {executor} lost; attempts exhausted"));
+            } else {
+                new.state = JobState::Pending;
+                new.log(&self.source, format!("executor {executor} lost; task requeued"));
+            }
+            self.coord.release_task(self.leadership, job, &new).await?;
+            new.executor = None;
+            warn!(job = %new.id, %executor, "executor lost; task requeued");
+        }
+        Ok(())
+    }
+
+    /// Keep the executor's log lines in the job record before its progress key goes.
+    async fn absorb_progress(&self, job: &mut JobRecord, p: Option<&TaskProgress>) -> Result<()> {
+        let fetched;
+        let p = match p {
+            Some(p) => Some(p),
+            None => {
+                fetched = self.coord.get_progress(&job.id).await?;
+                fetched.as_ref().filter(|p| p.attempt == job.attempt)
+            }
+        };
+        if let Some(p) = p {
+            job.events.extend(p.lines.iter().cloned());
+            job.events.sort_by_key(|l| l.time_ms);
+            let max = halyard_core::records::MAX_EVENTS;
+            if job.events.len() > max {
+                let extra = job.events.len() - max;
+                job.events.drain(..extra);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Free capacity of one executor during a tick.
+#[derive(Debug, Clone, Copy)]
+struct Free {
+    cpus: u32,
+    memory_mb: u64,
+    gpus: u32,
+}
+
+impl Free {
+    fn of(e: &ExecutorInfo) -> Self {
+        Free {
+            cpus: e.cpu_slots,
+            memory_mb: e.memory_mb,
+            gpus: e.gpus,
+        }
+    }
+    fn fits(&self, need: &halyard_core::spec::ResourceSpec) -> bool {
+        self.cpus >= need.cpus && self.memory_mb >= need.memory_mb && self.gpus >= need.gpus
+    }
+    fn take(&mut self, need: &halyard_core::spec::ResourceSpec) {
+        self.cpus = self.cpus.saturating_sub(need.cpus);
+        self.memory_mb = self.memory_mb.saturating_sub(need.memory_mb);
+        self.gpus = self.gpus.saturating_sub(need.gpus);
+    }
+}

@@ -1,0 +1,234 @@
+//! The job API (gRPC): submit, get, list, cancel, watch, logs, cluster status.
+
+use std::pin::Pin;
+use std::time::Duration;
+
+use futures::Stream;
+use halyard_core::coord::Coordinator;
+use halyard_core::proto::job_service_server::JobService;
+use halyard_core::proto::{
+    CancelRequest, CancelResponse, ClusterStatusRequest, ClusterStatusResponse, ExecutorInfo,
+    GetJobRequest, GetJobResponse, JobEvent, JobInfo, ListJobsRequest, ListJobsResponse, LogLine,
+    LogsRequest, LogsResponse, SubmitRequest, SubmitResponse, WatchRequest,
+};
+use halyard_core::records::{JobRecord, TaskProgress};
+use halyard_core::spec::JobSpec;
+use tonic::{Request, Response, Status};
+use tracing::info;
+
+use crate::error::to_status;
+
+/// How often a watch looks for changes.
+const WATCH_POLL: Duration = Duration::from_millis(100);
+
+pub(crate) struct JobApi {
+    coord: Coordinator,
+    id: String,
+}
+
+impl JobApi {
+    pub(crate) fn new(coord: Coordinator, id: String) -> Self {
+        JobApi { coord, id }
+    }
+
+    async fn info(&self, id: &str) -> Result<JobInfo, Status> {
+        let job = self
+            .coord
+            .get_job(id)
+            .await
+            .map_err(to_status)?
+            .ok_or_else(|| Status::not_found(format!("no job {id}")))?;
+        let progress = self.coord.get_progress(id).await.map_err(to_status)?;
+        Ok(job_info(&job.value, progress.as_ref()))
+    }
+}
+
+/// The wire view of a job: its record merged with its current task's progress.
+pub fn job_info(job: &JobRecord, progress: Option<&TaskProgress>) -> JobInfo {
+    let progress = progress.filter(|p| p.attempt == job.attempt);
+    JobInfo {
+        id: job.id.clone(),
+        name: job.spec.name.clone(),
+        state: job.state.as_str().to_string(),
+        attempt: job.attempt,
+        executor: job.executor.clone().unwrap_or_default(),
+        created_ms: job.created_ms,
+        updated_ms: progress.map_or(job.updated_ms, |p| p.updated_ms.max(job.updated_ms)),
+        epoch: if job.state == halyard_core::records::JobState::Succeeded {
+            job.spec.train.epochs
+        } else {
+            progress.map_or(0, |p| p.epoch)
+        },
+        epochs: job.spec.train.epochs,
+        loss: progress.and_then(|p| p.loss).unwrap_or(f64::NAN),
+        metrics: job.metrics.clone().into_iter().collect(),
+        artifact: job.artifact.clone().unwrap_or_default(),
+        error: job.error.clone().unwrap_or_default(),
+        model_type: job.spec.model.kind.as_str().to_string(),
+        cancel_requested: job.cancel_requested,
+    }
+}
+
+fn new_job_id(name: &str) -> String {
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    format!("{name}-{}", &id[..8])
+}
+
+type WatchStream = Pin<Box<dyn Stream<Item = Result<JobEvent, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl JobService for JobApi {
+    async fn submit(
+        &self,
+        request: Request<SubmitRequest>,
+    ) -> Result<Response<SubmitResponse>, Status> {
+        let req = request.into_inner();
+        if req.protocol_version != halyard_core::PROTOCOL_VERSION {
+            return Err(Status::failed_precondition(format!(
+                "client speaks protocol {}, this scheduler {}: use matching halyard versions",
+                req.protocol_version,
+                halyard_core::PROTOCOL_VERSION
+            )));
+        }
+        let spec = JobSpec::from_toml(&req.spec_toml, "job spec").map_err(to_status)?;
+        let mut job = JobRecord::new(new_job_id(&spec.name), spec);
+        job.log(&format!("scheduler/{}", self.id), "submitted");
+        self.coord.submit_job(&job).await.map_err(to_status)?;
+        info!(job = %job.id, name = %job.spec.name, "job submitted");
+        Ok(Response::new(SubmitResponse {
+            job: Some(job_info(&job, None)),
+        }))
+    }
+
+    async fn get_job(
+        &self,
+        request: Request<GetJobRequest>,
+    ) -> Result<Response<GetJobResponse>, Status> {
+        let job = self.info(&request.into_inner().job_id).await?;
+        Ok(Response::new(GetJobResponse { job: Some(job) }))
+    }
+
+    async fn list_jobs(
+        &self,
+        _request: Request<ListJobsRequest>,
+    ) -> Result<Response<ListJobsResponse>, Status> {
+        let jobs = self.coord.list_jobs().await.map_err(to_status)?;
+        let mut out = Vec::with_capacity(jobs.len());
+        for job in jobs {
+            let progress = if job.value.state.is_terminal() {
+                None
+            } else {
+                self.coord.get_progress(&job.value.id).await.map_err(to_status)?
+            };
+            out.push(job_info(&job.value, progress.as_ref()));
+        }
+        Ok(Response::new(ListJobsResponse { jobs: out }))
+    }
+
+    async fn cancel(
+        &self,
+        request: Request<CancelRequest>,
+    ) -> Result<Response<CancelResponse>, Status> {
+        let id = request.into_inner().job_id;
+        let job = self.coord.request_cancel(&id).await.map_err(to_status)?;
+        info!(job = %id, "cancel requested");
+        Ok(Response::new(CancelResponse {
+            job: Some(job_info(&job, None)),
+        }))
+    }
+
+    type WatchStream = WatchStream;
+
+    async fn watch(
+        &self,
+        request: Request<WatchRequest>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        let id = request.into_inner().job_id;
+        let first = self.info(&id).await?;
+        let coord = self.coord.clone();
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        tokio::spawn(async move {
+            let mut last = first;
+            if tx.send(Ok(JobEvent { job: Some(last.clone()) })).await.is_err() {
+                return;
+            }
+            while !is_terminal(&last) {
+                tokio::time::sleep(WATCH_POLL).await;
+                let info = match coord.get_job(&id).await {
+                    Ok(Some(job)) => {
+                        let progress = coord.get_progress(&id).await.ok().flatten();
+                        job_info(&job.value, progress.as_ref())
+                    }
+                    Ok(None) => {
+                        let _ = tx.send(Err(Status::not_found(format!("no job {id}")))).await;
+                        return;
+                    }
+                    // A transient coordinator fault: the watcher keeps watching.
+                    Err(_) => continue,
+                };
+                if info != last {
+                    last = info;
+                    if tx.send(Ok(JobEvent { job: Some(last.clone()) })).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+        let stream = tokio_stream::wrappers::ReceiverStream::new(rx);
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn logs(&self, request: Request<LogsRequest>) -> Result<Response<LogsResponse>, Status> {
+        let id = request.into_inner().job_id;
+        let job = self
+            .coord
+            .get_job(&id)
+            .await
+            .map_err(to_status)?
+            .ok_or_else(|| Status::not_found(format!("no job {id}")))?;
+        let mut lines = job.value.events.clone();
+        if let Some(p) = self.coord.get_progress(&id).await.map_err(to_status)? {
+            lines.extend(p.lines);
+        }
+        lines.sort_by_key(|l| l.time_ms);
+        Ok(Response::new(LogsResponse {
+            lines: lines
+                .into_iter()
+                .map(|l| LogLine {
+                    time_ms: l.time_ms,
+                    source: l.source,
+                    message: l.message,
+                })
+                .collect(),
+        }))
+    }
+
+    async fn cluster_status(
+        &self,
+        _request: Request<ClusterStatusRequest>,
+    ) -> Result<Response<ClusterStatusResponse>, Status> {
+        let leader = self.coord.leader().await.map_err(to_status)?.unwrap_or_default();
+        let tasks = self.coord.all_tasks().await.map_err(to_status)?;
+        let executors = self
+            .coord
+            .list_executors()
+            .await
+            .map_err(to_status)?
+            .into_iter()
+            .map(|e| ExecutorInfo {
+                running_tasks: tasks.iter().filter(|t| t.value.executor == e.id).count() as u32,
+                id: e.id,
+                address: e.address,
+                cpu_slots: e.cpu_slots,
+                memory_mb: e.memory_mb,
+                gpus: e.gpus,
+                version: e.version,
+            })
+            .collect();
+        Ok(Response::new(ClusterStatusResponse { leader, executors }))
+    }
+}
+
+fn is_terminal(job: &JobInfo) -> bool {
+    matches!(job.state.as_str(), "succeeded" | "failed" | "cancelled")
+}
