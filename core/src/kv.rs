@@ -389,21 +389,21 @@ impl KvBackend for EtcdKv {
     }
 
     async fn keep_alive(&self, lease: i64) -> Result<()> {
+        let err = |e: etcd_client::Error| {
+            if e.to_string().contains("lease not found") {
+                Error::LeaseLost(lease)
+            } else {
+                etcd_err("lease keep-alive", e)
+            }
+        };
         let (mut keeper, mut stream) = self
             .client
             .clone()
             .lease_keep_alive(lease)
             .await
-            .map_err(|e| etcd_err("lease keep-alive", e))?;
-        keeper
-            .keep_alive()
-            .await
-            .map_err(|e| etcd_err("lease keep-alive", e))?;
-        match stream
-            .message()
-            .await
-            .map_err(|e| etcd_err("lease keep-alive", e))?
-        {
+            .map_err(err)?;
+        keeper.keep_alive().await.map_err(err)?;
+        match stream.message().await.map_err(err)? {
             Some(resp) if resp.ttl() > 0 => Ok(()),
             _ => Err(Error::LeaseLost(lease)),
         }

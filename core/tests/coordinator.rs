@@ -1,0 +1,225 @@
+//! The coordinator conformance suite: every test runs against the embedded backend and a
+//! real etcd (`HALYARD_TEST_ETCD=HOST:PORT`, which `.ci/run` starts). Each test works under
+//! its own key root, so tests share one etcd safely.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use halyard_core::Error;
+use halyard_core::coord::Coordinator;
+use halyard_core::kv::{EmbeddedKv, EtcdKv};
+use halyard_core::records::{ExecutorInfo, JobRecord, JobState, TaskAssignment, TaskProgress};
+use halyard_core::spec::JobSpec;
+
+const TTL: Duration = Duration::from_secs(2);
+
+fn root() -> String {
+    format!("/halyard-test/{}", uuid::Uuid::new_v4().simple())
+}
+
+async fn embedded() -> Coordinator {
+    Coordinator::new(Arc::new(EmbeddedKv::new()), &root())
+}
+
+async fn etcd() -> Coordinator {
+    let endpoint = std::env::var("HALYARD_TEST_ETCD").expect(
+        "HALYARD_TEST_ETCD is not set: these tests need a real etcd; run .ci/run, which starts one",
+    );
+    let kv = EtcdKv::connect(&[endpoint]).await.expect("etcd reachable");
+    Coordinator::new(Arc::new(kv), &root())
+}
+
+fn spec() -> JobSpec {
+    JobSpec::from_toml(
+        "name = \"t\"\n[data]\nsource = \"file:///tmp/x.csv\"\nlabel = \"y\"\n",
+        "test",
+    )
+    .unwrap()
+}
+
+fn executor(id: &str) -> ExecutorInfo {
+    ExecutorInfo {
+        id: id.into(),
+        address: "127.0.0.1:1".into(),
+        cpu_slots: 2,
+        memory_mb: 1024,
+        gpus: 0,
+        version: "test".into(),
+        started_ms: 0,
+    }
+}
+
+async fn lease_keys_vanish_without_keep_alive(c: Coordinator) {
+    let lease = c.grant_lease(TTL).await.unwrap();
+    c.register_executor(&executor("e1"), lease).await.unwrap();
+    assert_eq!(c.list_executors().await.unwrap().len(), 1);
+    // Kept alive past its TTL, it stays.
+    for _ in 0..4 {
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        c.keep_alive(lease).await.unwrap();
+    }
+    assert_eq!(c.list_executors().await.unwrap().len(), 1);
+    // Left alone, it expires with its key.
+    let mut gone = false;
+    for _ in 0..40 {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        if c.list_executors().await.unwrap().is_empty() {
+            gone = true;
+            break;
+        }
+    }
+    assert!(gone, "executor key outlived its lease");
+    let err = c.keep_alive(lease).await;
+    assert!(matches!(err, Err(Error::LeaseLost(_))), "{err:?}");
+}
+
+async fn duplicate_executor_id_is_refused(c: Coordinator) {
+    let l1 = c.grant_lease(TTL).await.unwrap();
+    let l2 = c.grant_lease(TTL).await.unwrap();
+    c.register_executor(&executor("same"), l1).await.unwrap();
+    let err = c.register_executor(&executor("same"), l2).await.unwrap_err();
+    assert!(err.to_string().contains("already registered"), "{err}");
+    c.revoke(l1).await.unwrap();
+    c.register_executor(&executor("same"), l2).await.unwrap();
+}
+
+async fn one_leader_and_a_deposed_leader_is_fenced(c: Coordinator) {
+    let la = c.grant_lease(TTL).await.unwrap();
+    let lb = c.grant_lease(TTL).await.unwrap();
+    let a = c.campaign("a", la).await.unwrap().expect("a leads");
+    assert!(c.campaign("b", lb).await.unwrap().is_none());
+    assert_eq!(c.leader().await.unwrap().as_deref(), Some("a"));
+    // Campaigning again with the same lease is idempotent.
+    assert_eq!(c.campaign("a", la).await.unwrap(), Some(a.clone()));
+
+    let job = JobRecord::new("j1".into(), spec());
+    c.submit_job(&job).await.unwrap();
+    let read = c.get_job("j1").await.unwrap().unwrap();
+    let mut running = read.value.clone();
+    running.state = JobState::Running;
+    c.update_job(&a, &read, &running).await.unwrap();
+
+    // a's lease ends (a crashed); b takes over.
+    c.revoke(la).await.unwrap();
+    let b = c.campaign("b", lb).await.unwrap().expect("b leads");
+    assert!(!c.is_leader(&a).await.unwrap());
+    let read = c.get_job("j1").await.unwrap().unwrap();
+    let mut stale = read.value.clone();
+    stale.state = JobState::Failed;
+    // Even with the current revision of the job, the deposed leader is refused.
+    assert!(matches!(c.update_job(&a, &read, &stale).await, Err(Error::Fenced)));
+    let mut done = read.value.clone();
+    done.state = JobState::Succeeded;
+    c.update_job(&b, &read, &done).await.unwrap();
+    assert_eq!(c.get_job("j1").await.unwrap().unwrap().value.state, JobState::Succeeded);
+}
+
+async fn job_writes_are_compare_and_swap(c: Coordinator) {
+    let l = c.grant_lease(TTL).await.unwrap();
+    let lead = c.campaign("s", l).await.unwrap().unwrap();
+    let job = JobRecord::new("j".into(), spec());
+    c.submit_job(&job).await.unwrap();
+    assert!(matches!(c.submit_job(&job).await, Err(Error::Conflict { .. })));
+    let v1 = c.get_job("j").await.unwrap().unwrap();
+    let mut first = v1.value.clone();
+    first.attempt = 1;
+    c.update_job(&lead, &v1, &first).await.unwrap();
+    let mut second = v1.value.clone();
+    second.attempt = 7;
+    // Written against a stale read: refused, and the first write stands.
+    assert!(matches!(c.update_job(&lead, &v1, &second).await, Err(Error::Conflict { .. })));
+    assert_eq!(c.get_job("j").await.unwrap().unwrap().value.attempt, 1);
+    // A cancel request is recorded by anyone, once.
+    let cancelled = c.request_cancel("j").await.unwrap();
+    assert!(cancelled.cancel_requested);
+    assert!(matches!(c.request_cancel("nope").await, Err(Error::NoSuchJob(_))));
+    let all = c.list_jobs().await.unwrap();
+    assert_eq!(all.len(), 1);
+    assert!(all[0].value.cancel_requested);
+}
+
+async fn progress_is_fenced_on_the_assignment(c: Coordinator) {
+    let l = c.grant_lease(TTL).await.unwrap();
+    let lead = c.campaign("s", l).await.unwrap().unwrap();
+    let job = JobRecord::new("j".into(), spec());
+    c.submit_job(&job).await.unwrap();
+    let v = c.get_job("j").await.unwrap().unwrap();
+    let mut placed = v.value.clone();
+    placed.state = JobState::Running;
+    placed.attempt = 1;
+    placed.executor = Some("e1".into());
+    let task = TaskAssignment {
+        job_id: "j".into(),
+        attempt: 1,
+        executor: "e1".into(),
+        spec: spec(),
+        assigned_ms: 0,
+    };
+    c.assign_task(&lead, &v, &placed, &task).await.unwrap();
+    let assigned = c.tasks_for("e1").await.unwrap();
+    assert_eq!(assigned.len(), 1);
+    assert!(c.tasks_for("e2").await.unwrap().is_empty());
+    let mut p = TaskProgress::started(&assigned[0].value);
+    p.epoch = 3;
+    c.report_progress(&assigned[0], &p).await.unwrap();
+    assert_eq!(c.get_progress("j").await.unwrap().unwrap().epoch, 3);
+
+    // The leader takes the task away (requeue): the executor's next report is refused.
+    let v = c.get_job("j").await.unwrap().unwrap();
+    let mut requeued = v.value.clone();
+    requeued.state = JobState::Pending;
+    c.release_task(&lead, &v, &requeued).await.unwrap();
+    assert!(c.tasks_for("e1").await.unwrap().is_empty());
+    assert!(c.get_progress("j").await.unwrap().is_none());
+    assert!(matches!(
+        c.report_progress(&assigned[0], &p).await,
+        Err(Error::Conflict { .. })
+    ));
+}
+
+async fn model_versions_are_unique_under_contention(c: Coordinator) {
+    assert_eq!(c.next_model_version("m").await.unwrap(), 1);
+    assert_eq!(c.next_model_version("m").await.unwrap(), 2);
+    assert_eq!(c.next_model_version("other").await.unwrap(), 1);
+    let mut handles = Vec::new();
+    for _ in 0..8 {
+        let c = c.clone();
+        handles.push(tokio::spawn(async move { c.next_model_version("m").await.unwrap() }));
+    }
+    let mut got = Vec::new();
+    for h in handles {
+        got.push(h.await.unwrap());
+    }
+    got.sort();
+    assert_eq!(got, (3..=10).collect::<Vec<u64>>());
+}
+
+macro_rules! conformance {
+    ($($name:ident),* $(,)?) => {
+        mod embedded_backend {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(super::embedded().await).await;
+                }
+            )*
+        }
+        mod etcd_backend {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(super::etcd().await).await;
+                }
+            )*
+        }
+    };
+}
+
+conformance!(
+    lease_keys_vanish_without_keep_alive,
+    duplicate_executor_id_is_refused,
+    one_leader_and_a_deposed_leader_is_fenced,
+    job_writes_are_compare_and_swap,
+    progress_is_fenced_on_the_assignment,
+    model_versions_are_unique_under_contention,
+);
