@@ -81,7 +81,7 @@ fn read_csv(bytes: &Bytes, spec: &DataSpec, file: &str) -> Result<(SchemaRef, Ve
         .with_delimiter(spec.delimiter_byte());
     let (schema, _) = format
         .infer_schema(Cursor::new(&bytes[..]), Some(INFER_ROWS))
-        .map_err(|e| err(describe_csv_error(&e.to_string(), None)))?;
+        .map_err(|e| err(describe_csv_error(&e.to_string(), None, spec.has_header)))?;
     let schema = Arc::new(schema);
     let reader = arrow::csv::ReaderBuilder::new(schema.clone())
         .with_header(spec.has_header)
@@ -91,21 +91,26 @@ fn read_csv(bytes: &Bytes, spec: &DataSpec, file: &str) -> Result<(SchemaRef, Ve
         .map_err(|e| err(e.to_string()))?;
     let mut batches = Vec::new();
     for batch in reader {
-        batches.push(batch.map_err(|e| err(describe_csv_error(&e.to_string(), Some(&schema))))?);
+        batches.push(batch.map_err(|e| err(describe_csv_error(&e.to_string(), Some(&schema), spec.has_header)))?);
     }
     check_mostly_numeric(&schema, &batches, spec.has_header).map_err(err)?;
     Ok((schema, batches))
 }
 
 /// Reword arrow's CSV errors: 1-based column numbers with the column's name.
-fn describe_csv_error(message: &str, schema: Option<&SchemaRef>) -> String {
+fn describe_csv_error(message: &str, schema: Option<&SchemaRef>, has_header: bool) -> String {
     // "Parser error: Error while parsing value 'x' as type 'Float64' for column 3 at line 7. Row data: '[..]'"
     if let Some(rest) = message.split("Error while parsing value '").nth(1)
         && let Some((value, rest)) = rest.split_once("' as type '")
         && let Some((ty, rest)) = rest.split_once("' for column ")
         && let Some((col, rest)) = rest.split_once(" at line ")
     {
-        let line = rest.split('.').next().unwrap_or(rest);
+        // arrow counts data rows from 1; the file's line adds the header.
+        let line = rest
+            .split('.')
+            .next()
+            .and_then(|l| l.trim().parse::<usize>().ok())
+            .map_or_else(|| rest.to_string(), |l| (l + usize::from(has_header)).to_string());
         let col: usize = col.trim().parse().unwrap_or(0);
         let name = schema
             .and_then(|s| s.fields().get(col))
@@ -121,6 +126,17 @@ fn describe_csv_error(message: &str, schema: Option<&SchemaRef>) -> String {
         return format!(
             "line {}: wrong number of fields (a ragged row); every row needs as many fields as the header",
             rest.replace(", expected ", ": expected ")
+        );
+    }
+    // The csv crate, during schema inference: "... Expected 3 records, found 2 records at line 4"
+    if let Some((head, line)) = message.split_once(" at line ")
+        && head.contains("unequal lengths")
+    {
+        let detail = head.rsplit_once(". ").map_or("", |(_, d)| d);
+        return format!(
+            "line {}: wrong number of fields (a ragged row): {}; every row needs as many fields as the header",
+            line.trim(),
+            detail.replace(" records", " fields").to_lowercase()
         );
     }
     message.to_string()

@@ -1,0 +1,126 @@
+//! Bad specs and bad data files get errors that name the field or the line and column.
+
+use bytes::Bytes;
+use halyard_core::data::read_table;
+use halyard_core::spec::JobSpec;
+
+const GOOD: &str = r#"
+name = "resp"
+[data]
+source = "file:///tmp/x.csv"
+label = "y"
+[train]
+epochs = 3
+"#;
+
+fn spec_error(text: &str) -> String {
+    JobSpec::from_toml(text, "job.toml").unwrap_err().to_string()
+}
+
+#[test]
+fn a_good_spec_parses_with_defaults() {
+    let s = JobSpec::from_toml(GOOD, "job.toml").unwrap();
+    assert_eq!(s.train.epochs, 3);
+    assert_eq!(s.train.batch_size, 256);
+    assert_eq!(s.resources.cpus, 1);
+    // It survives the trip to the scheduler.
+    assert_eq!(JobSpec::from_toml(&s.to_toml(), "wire").unwrap(), s);
+}
+
+#[test]
+fn each_broken_rule_names_field_value_and_rule() {
+    let cases = [
+        (GOOD.replace("epochs = 3", "epochs = 0"), "job.toml [train] epochs = 0: must be at least 1"),
+        (GOOD.replace("epochs = 3", "learning_rate = -0.1"), "job.toml [train] learning_rate = -0.1: must be > 0"),
+        (GOOD.replace("epochs = 3", "holdout_every = 1"), "job.toml [train] holdout_every = 1"),
+        (GOOD.replace("name = \"resp\"", "name = \"bad name!\""), "job.toml name = \"bad name!\""),
+        (GOOD.replace("label = \"y\"", "label = \"\""), "[data] label"),
+        (GOOD.replace("x.csv", "x.bin"), "set format = \"csv\" or \"parquet\""),
+        (GOOD.replace("label = \"y\"", "label = \"y\"\nexclude = [\"y\"]"), "must not contain the label column"),
+        (format!("{GOOD}\n[resources]\ncpus = 0\n"), "[resources] cpus = 0: must be at least 1"),
+    ];
+    for (text, expected) in cases {
+        let err = spec_error(&text);
+        assert!(err.contains(expected), "expected {expected:?} in {err:?}");
+    }
+}
+
+#[test]
+fn unknown_keys_are_errors() {
+    let err = spec_error(&GOOD.replace("epochs = 3", "epochs = 3\nepoch = 4"));
+    assert!(err.contains("unknown field `epoch`"), "{err}");
+    let err = spec_error(&format!("{GOOD}\n[trian]\nepochs = 2\n"));
+    assert!(err.contains("unknown field `trian`"), "{err}");
+}
+
+#[test]
+fn malformed_toml_names_the_line() {
+    let err = spec_error("name = \"x\"\n[data\nsource = 1\n");
+    assert!(err.starts_with("job.toml:"), "{err}");
+    assert!(err.contains("line 2"), "{err}");
+}
+
+#[test]
+fn wrong_types_are_errors() {
+    let err = spec_error(&GOOD.replace("epochs = 3", "epochs = \"three\""));
+    assert!(err.contains("epochs") || err.contains("invalid type"), "{err}");
+}
+
+fn data_spec() -> halyard_core::spec::DataSpec {
+    JobSpec::from_toml(GOOD, "t").unwrap().data
+}
+
+fn csv_error(text: &str) -> String {
+    read_table(&Bytes::from(text.to_string()), &data_spec(), "f.csv")
+        .unwrap_err()
+        .to_string()
+}
+
+#[test]
+fn a_ragged_row_names_its_line() {
+    let err = csv_error("a,b,y\n1,2,0\n3,4,1\n5,1\n6,7,0\n");
+    assert!(err.starts_with("data f.csv: line 4"), "{err}");
+    assert!(err.contains("ragged"), "{err}");
+    // Past the rows used to infer the schema, arrow's reader finds it.
+    let mut text = String::from("a,b,y\n");
+    for i in 0..1200 {
+        text.push_str(&format!("{i},{i},{}\n", i % 2));
+    }
+    text.push_str("1,2\n");
+    let err = csv_error(&text);
+    assert!(err.contains("line 1202") && err.contains("ragged"), "{err}");
+}
+
+#[test]
+fn a_non_numeric_value_in_a_numeric_column_names_line_and_column() {
+    // Past the rows used to infer the schema: arrow's parse error, reworded.
+    let mut text = String::from("age,income,y\n");
+    for i in 0..1500 {
+        text.push_str(&format!("{},{},{}\n", 20 + i % 50, 1000 + i, i % 2));
+    }
+    text.push_str("33,lots,1\n");
+    let err = csv_error(&text);
+    assert!(err.contains("line 1502, column 2 (\"income\")"), "{err}");
+    assert!(err.contains("\"lots\""), "{err}");
+
+    // Early in the file, the column reads as text; the mostly-numeric check finds it.
+    let mut text = String::from("age,income,y\n1,abc,0\n");
+    for i in 0..100 {
+        text.push_str(&format!("{},{},{}\n", 20 + i % 50, 1000 + i, i % 2));
+    }
+    let err = csv_error(&text);
+    assert!(err.contains("line 2, column 2 (\"income\")"), "{err}");
+    assert!(err.contains("\"abc\" is not a number"), "{err}");
+}
+
+#[test]
+fn an_empty_file_is_refused() {
+    assert!(csv_error("").contains("empty"));
+}
+
+#[test]
+fn a_header_only_file_reads_as_zero_rows() {
+    let t = read_table(&Bytes::from_static(b"a,b,y\n"), &data_spec(), "f.csv").unwrap();
+    assert_eq!(t.rows, 0);
+    assert!(t.digest.starts_with("sha256:"));
+}
