@@ -1,0 +1,137 @@
+//! Test harness: real `halyard` processes on free loopback ports, with their logs kept and
+//! shown when a test fails, and killed when dropped.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use halyard_client::Client;
+use halyard_core::proto::JobInfo;
+use halyard_core::spec::JobSpec;
+
+/// A free TCP port on loopback.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The etcd the tests use (`.ci/run` starts it and sets `HALYARD_TEST_ETCD`).
+pub fn etcd_endpoint() -> String {
+    std::env::var("HALYARD_TEST_ETCD").expect(
+        "HALYARD_TEST_ETCD is not set: cluster tests need a real etcd; run .ci/run, which starts one",
+    )
+}
+
+/// A spawned `halyard` process.
+pub struct Proc {
+    pub name: String,
+    pub child: Child,
+    pub log: PathBuf,
+}
+
+impl Proc {
+    pub fn spawn(name: &str, dir: &Path, args: &[&str]) -> Proc {
+        let log = dir.join(format!("{name}.log"));
+        let file = std::fs::File::create(&log).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_halyard"))
+            .args(args)
+            .env("HALYARD_LOG", "info,halyard=debug")
+            .stdout(Stdio::from(file.try_clone().unwrap()))
+            .stderr(Stdio::from(file))
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
+        Proc {
+            name: name.into(),
+            child,
+            log,
+        }
+    }
+
+    /// kill -9.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+        if std::thread::panicking() {
+            let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+            let tail: Vec<&str> = text.lines().rev().take(60).collect();
+            eprintln!("----- {} log (last 60 lines) -----", self.name);
+            for l in tail.iter().rev() {
+                eprintln!("{l}");
+            }
+        }
+    }
+}
+
+/// Poll `f` until it returns `Some`, or panic after `timeout` naming `what`.
+pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        if start.elapsed() > timeout {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Connect to a scheduler once it answers.
+pub async fn connect(addr: &str) -> Client {
+    wait_for(&format!("scheduler at {addr}"), Duration::from_secs(30), || async {
+        Client::connect(addr).await.ok()
+    })
+    .await
+}
+
+/// Write a response-model spec for `data` and parse it as the client does.
+pub fn spec(dir: &Path, name: &str, data: &Path, epochs: u32, batch: usize) -> JobSpec {
+    let path = dir.join(format!("{name}.toml"));
+    std::fs::write(
+        &path,
+        format!(
+            "name = \"{name}\"\n[data]\nsource = \"{}\"\nlabel = \"responded\"\nexclude = [\"customer_id\"]\n\
+             [train]\nepochs = {epochs}\nbatch_size = {batch}\nlearning_rate = 0.01\n",
+            data.display()
+        ),
+    )
+    .unwrap();
+    JobSpec::from_file(&path).unwrap()
+}
+
+/// Wait until the job ends; returns its final state.
+pub async fn wait_done(client: &Client, id: &str, timeout: Duration) -> JobInfo {
+    wait_for(&format!("job {id} to end"), timeout, || async {
+        let j = client.job(id).await.ok()?;
+        matches!(j.state.as_str(), "succeeded" | "failed" | "cancelled").then_some(j)
+    })
+    .await
+}
+
+/// Versions of a model published in a `file://` store folder.
+pub fn published_versions(store: &Path, name: &str) -> Vec<u64> {
+    let dir = store.join("models").join(name);
+    let mut v: Vec<u64> = std::fs::read_dir(&dir)
+        .map(|rd| {
+            rd.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
