@@ -269,7 +269,12 @@ async fn run(cli: Cli) -> Result<(), AnyError> {
             wait_for_signal().await;
             handle.stop().await;
         }
-        Command::Submit { spec, follow, json, conn } => {
+        Command::Submit {
+            spec,
+            follow,
+            json,
+            conn,
+        } => {
             init_tracing("warn");
             let client = Client::connect(&conn.scheduler).await?;
             commands::submit(&client, &spec, follow, json).await?;

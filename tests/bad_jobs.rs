@@ -27,7 +27,12 @@ async fn bad_jobs_fail_clearly_and_the_cluster_keeps_running() {
     };
     let mut csv = String::from("age,channel,responded\n");
     for i in 0..200 {
-        csv.push_str(&format!("{},{},{}\n", 20 + i % 40, if i % 3 == 0 { "sms" } else { "email" }, if i % 4 == 0 { "yes" } else { "no" }));
+        csv.push_str(&format!(
+            "{},{},{}\n",
+            20 + i % 40,
+            if i % 3 == 0 { "sms" } else { "email" },
+            if i % 4 == 0 { "yes" } else { "no" }
+        ));
     }
     write("good.csv", &csv);
     write("ragged.csv", &format!("{csv}33,sms\n"));
@@ -36,23 +41,42 @@ async fn bad_jobs_fail_clearly_and_the_cluster_keeps_running() {
     let job = |name: &str, data: &str, label: &str| {
         let p = write(
             &format!("{name}.toml"),
-            &format!("name = \"{name}\"\n[data]\nsource = \"{data}\"\nlabel = \"{label}\"\n[train]\nepochs = 2\n"),
+            &format!(
+                "name = \"{name}\"\n[data]\nsource = \"{data}\"\nlabel = \"{label}\"\n[train]\nepochs = 2\n"
+            ),
         );
         JobSpec::from_file(&p).unwrap()
     };
 
     let cases = [
-        (job("missing", "nowhere.csv", "responded"), "nowhere.csv not found"),
-        (job("ragged", "ragged.csv", "responded"), "ragged.csv: line 202: wrong number of fields"),
-        (job("oneclass", "one-class.csv", "responded"), "single class"),
+        (
+            job("missing", "nowhere.csv", "responded"),
+            "nowhere.csv not found",
+        ),
+        (
+            job("ragged", "ragged.csv", "responded"),
+            "ragged.csv: line 202: wrong number of fields",
+        ),
+        (
+            job("oneclass", "one-class.csv", "responded"),
+            "single class",
+        ),
         (job("empty", "header-only.csv", "responded"), "no rows"),
-        (job("nolabel", "good.csv", "converted"), "column \"converted\" not found"),
+        (
+            job("nolabel", "good.csv", "converted"),
+            "column \"converted\" not found",
+        ),
     ];
     for (spec, expected) in cases {
         let submitted = client.submit(&spec).await.unwrap();
         let done = common::wait_done(&client, &submitted.id, Duration::from_secs(60)).await;
         assert_eq!(done.state, "failed", "{} should fail: {done:?}", spec.name);
-        assert!(done.error.contains(expected), "{}: expected {expected:?} in {:?}", spec.name, done.error);
+        assert!(
+            done.error.contains(expected),
+            "{}: expected {expected:?} in {:?}",
+            spec.name,
+            done.error
+        );
         assert_eq!(done.attempt, 1, "bad input is not retried: {done:?}");
     }
 
@@ -60,10 +84,16 @@ async fn bad_jobs_fail_clearly_and_the_cluster_keeps_running() {
     let mut bad = job("refused", "good.csv", "responded");
     bad.train.epochs = 0;
     let err = client.submit(&bad).await.unwrap_err().to_string();
-    assert!(err.contains("[train] epochs = 0: must be at least 1"), "{err}");
+    assert!(
+        err.contains("[train] epochs = 0: must be at least 1"),
+        "{err}"
+    );
 
     // The cluster still works.
-    let ok = client.submit(&job("fine", "good.csv", "responded")).await.unwrap();
+    let ok = client
+        .submit(&job("fine", "good.csv", "responded"))
+        .await
+        .unwrap();
     let done = common::wait_done(&client, &ok.id, Duration::from_secs(60)).await;
     assert_eq!(done.state, "succeeded", "{done:?}");
 

@@ -26,7 +26,19 @@ async fn jobs_survive_killed_executor_and_killed_leader() {
         Proc::spawn(
             &id,
             dir,
-            &["scheduler", "--listen", &listen, "--id", &id, "--etcd", &etcd, "--etcd-root", &root, "--lease-ttl", "2"],
+            &[
+                "scheduler",
+                "--listen",
+                &listen,
+                "--id",
+                &id,
+                "--etcd",
+                &etcd,
+                "--etcd-root",
+                &root,
+                "--lease-ttl",
+                "2",
+            ],
         )
     };
     let exec = |i: usize| {
@@ -36,8 +48,21 @@ async fn jobs_survive_killed_executor_and_killed_leader() {
             &id,
             dir,
             &[
-                "executor", "--listen", &listen, "--id", &id, "--etcd", &etcd, "--etcd-root", &root,
-                "--lease-ttl", "2", "--store", &store_url, "--cpu-slots", "1",
+                "executor",
+                "--listen",
+                &listen,
+                "--id",
+                &id,
+                "--etcd",
+                &etcd,
+                "--etcd-root",
+                &root,
+                "--lease-ttl",
+                "2",
+                "--store",
+                &store_url,
+                "--cpu-slots",
+                "1",
             ],
         )
     };
@@ -56,26 +81,48 @@ async fn jobs_survive_killed_executor_and_killed_leader() {
     .await;
 
     // 1. A job succeeds and its artifact is in the store, whole.
-    let job = a.submit(&spec(dir, "quick", &data.responses, 3, 256)).await.unwrap();
+    let job = a
+        .submit(&spec(dir, "quick", &data.responses, 3, 256))
+        .await
+        .unwrap();
     let done = wait_done(&a, &job.id, Duration::from_secs(120)).await;
     assert_eq!(done.state, "succeeded", "{done:?}");
     assert!(done.metrics["test_auc"] > 0.6, "{done:?}");
     let version_dir = store.join("models/quick/1");
-    assert!(done.artifact.ends_with("models/quick/1"), "{}", done.artifact);
+    assert!(
+        done.artifact.ends_with("models/quick/1"),
+        "{}",
+        done.artifact
+    );
     let manifest: serde_json::Value =
         serde_json::from_slice(&std::fs::read(version_dir.join("manifest.json")).unwrap()).unwrap();
     assert_eq!(manifest["job_id"], job.id.as_str());
-    assert!(manifest["data"]["digest"].as_str().unwrap().starts_with("sha256:"));
+    assert!(
+        manifest["data"]["digest"]
+            .as_str()
+            .unwrap()
+            .starts_with("sha256:")
+    );
     let weights = std::fs::read(version_dir.join("model.safetensors")).unwrap();
-    halyard_models::artifact::LoadedModel::from_bytes(&weights, &serde_json::to_vec(&manifest).unwrap())
-        .expect("the artifact loads");
+    halyard_models::artifact::LoadedModel::from_bytes(
+        &weights,
+        &serde_json::to_vec(&manifest).unwrap(),
+    )
+    .expect("the artifact loads");
 
     // 2. kill -9 the executor running a task: the task is requeued and the job succeeds.
-    let job = a.submit(&spec(dir, "requeued", &data.responses, 60, 32)).await.unwrap();
-    let running = wait_for("job to train a few epochs", Duration::from_secs(60), || async {
-        let j = a.job(&job.id).await.ok()?;
-        (j.state == "running" && j.epoch >= 2).then_some(j)
-    })
+    let job = a
+        .submit(&spec(dir, "requeued", &data.responses, 60, 32))
+        .await
+        .unwrap();
+    let running = wait_for(
+        "job to train a few epochs",
+        Duration::from_secs(60),
+        || async {
+            let j = a.job(&job.id).await.ok()?;
+            (j.state == "running" && j.epoch >= 2).then_some(j)
+        },
+    )
     .await;
     let victim = execs
         .iter_mut()
@@ -88,13 +135,17 @@ async fn jobs_survive_killed_executor_and_killed_leader() {
     assert_ne!(done.executor, running.executor);
     let logs = a.logs(&job.id).await.unwrap();
     assert!(
-        logs.iter().any(|l| l.message.contains("lost; task requeued")),
+        logs.iter()
+            .any(|l| l.message.contains("lost; task requeued")),
         "{logs:?}"
     );
     assert_eq!(published_versions(&store, "requeued"), vec![1]);
 
     // 3. kill -9 the leader mid-job: the standby takes over and the job succeeds, once.
-    let job = a.submit(&spec(dir, "failover", &data.responses, 40, 32)).await.unwrap();
+    let job = a
+        .submit(&spec(dir, "failover", &data.responses, 40, 32))
+        .await
+        .unwrap();
     wait_for("job to start training", Duration::from_secs(60), || async {
         let j = a.job(&job.id).await.ok()?;
         (j.state == "running" && j.epoch >= 1).then_some(())
@@ -108,10 +159,16 @@ async fn jobs_survive_killed_executor_and_killed_leader() {
     .await;
     let takeover = killed.elapsed();
     // The lease is 2 s; a standby polls at a quarter of it.
-    assert!(takeover < Duration::from_secs(8), "takeover took {takeover:?}");
+    assert!(
+        takeover < Duration::from_secs(8),
+        "takeover took {takeover:?}"
+    );
     let done = wait_done(&b, &job.id, Duration::from_secs(180)).await;
     assert_eq!(done.state, "succeeded", "{done:?}");
-    assert_eq!(done.attempt, 1, "the executor was not lost, so no retry: {done:?}");
+    assert_eq!(
+        done.attempt, 1,
+        "the executor was not lost, so no retry: {done:?}"
+    );
     assert_eq!(published_versions(&store, "failover"), vec![1]);
     // Every job is still there, each succeeded once.
     let jobs = b.jobs().await.unwrap();

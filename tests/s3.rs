@@ -27,28 +27,52 @@ fn creds(endpoint: &str, secret: &str) -> S3Config {
 async fn artifact_round_trip_and_wrong_credentials() {
     let tmp = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(tmp.path().join("s3/models-bucket")).unwrap();
-    let (addr, _server) = halyard_s3_server::spawn(&tmp.path().join("s3"), AK, SK).await.unwrap();
+    let (addr, _server) = halyard_s3_server::spawn(&tmp.path().join("s3"), AK, SK)
+        .await
+        .unwrap();
     let endpoint = format!("http://{addr}");
 
     let store = Store::open("s3://models-bucket/team-a", &creds(&endpoint, SK)).unwrap();
     assert!(read_model(&store, "m", 1).await.unwrap().is_none());
-    let url = publish_model(&store, "m", 1, Bytes::from_static(b"weights"), Bytes::from_static(b"{}"))
-        .await
-        .unwrap();
+    let url = publish_model(
+        &store,
+        "m",
+        1,
+        Bytes::from_static(b"weights"),
+        Bytes::from_static(b"{}"),
+    )
+    .await
+    .unwrap();
     assert_eq!(url, "s3://models-bucket/team-a/models/m/1");
     let (w, m) = read_model(&store, "m", 1).await.unwrap().unwrap();
     assert_eq!((&w[..], &m[..]), (&b"weights"[..], &b"{}"[..]));
     // It is really in the server's folder, under the prefix.
-    assert!(tmp.path().join("s3/models-bucket/team-a/models/m/1/manifest.json").exists());
+    assert!(
+        tmp.path()
+            .join("s3/models-bucket/team-a/models/m/1/manifest.json")
+            .exists()
+    );
 
-    let bad = Store::open("s3://models-bucket/team-a", &creds(&endpoint, "wrong-secret")).unwrap();
+    let bad = Store::open(
+        "s3://models-bucket/team-a",
+        &creds(&endpoint, "wrong-secret"),
+    )
+    .unwrap();
     let err = bad.get("models/m/1/manifest.json").await.unwrap_err();
     let text = err.to_string();
     assert!(matches!(err, Error::Store { .. }), "{text}");
-    assert!(text.contains("access denied") && text.contains("access key"), "{text}");
-    assert!(!text.contains("wrong-secret"), "the secret leaked into an error: {text}");
+    assert!(
+        text.contains("access denied") && text.contains("access key"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("wrong-secret"),
+        "the secret leaked into an error: {text}"
+    );
 
-    let err = read_url("s3://models-bucket/nope.csv", &creds(&endpoint, SK)).await.unwrap_err();
+    let err = read_url("s3://models-bucket/nope.csv", &creds(&endpoint, SK))
+        .await
+        .unwrap_err();
     assert!(matches!(err, Error::NotFound { .. }), "{err}");
 }
 
@@ -84,6 +108,10 @@ async fn a_job_reads_data_from_s3_and_publishes_to_s3() {
     let done = common::wait_done(&client, &job.id, Duration::from_secs(120)).await;
     assert_eq!(done.state, "succeeded", "{done:?}");
     assert_eq!(done.artifact, "s3://models/halyard/models/s3job/1");
-    assert!(s3_root.join("models/halyard/models/s3job/1/model.safetensors").exists());
+    assert!(
+        s3_root
+            .join("models/halyard/models/s3job/1/model.safetensors")
+            .exists()
+    );
     cluster.stop().await;
 }

@@ -68,7 +68,10 @@ pub async fn submit(client: &Client, spec_path: &Path, follow: bool, as_json: bo
         out(&job_json(&last).to_string());
     } else if last.state == "succeeded" {
         out(&format!("job {} succeeded", last.id));
-        out(&format!("metrics (held-out rows unless train_):\n{}", fmt_metrics(&last)));
+        out(&format!(
+            "metrics (held-out rows unless train_):\n{}",
+            fmt_metrics(&last)
+        ));
         out(&format!("model: {}", last.artifact));
     }
     finish(last)
@@ -113,7 +116,10 @@ pub async fn follow_job(client: &Client, id: &str, show: bool) -> Result<JobInfo
             let line = if job.executor.is_empty() {
                 format!("{}: {}", job.id, job.state)
             } else {
-                format!("{}: {} (attempt {} on {})", job.id, job.state, job.attempt, job.executor)
+                format!(
+                    "{}: {} (attempt {} on {})",
+                    job.id, job.state, job.attempt, job.executor
+                )
             };
             match &bar {
                 Some(b) => b.println(line),
@@ -130,7 +136,10 @@ pub async fn follow_job(client: &Client, id: &str, show: bool) -> Result<JobInfo
                 b.set_message(format!("loss {:.4}", job.loss));
             }
         } else if show && job.epoch != last_epoch && job.loss.is_finite() {
-            eprintln!("{}: epoch {}/{} loss {:.4}", job.id, job.epoch, job.epochs, job.loss);
+            eprintln!(
+                "{}: epoch {}/{} loss {:.4}",
+                job.id, job.epoch, job.epochs, job.loss
+            );
         }
         last_epoch = job.epoch;
         last = Some(job);
@@ -164,7 +173,11 @@ pub async fn jobs(client: &Client, as_json: bool) -> Result<()> {
             j.attempt,
             format!("{}/{}", j.epoch, j.epochs),
             auc,
-            if j.executor.is_empty() { "-" } else { &j.executor }
+            if j.executor.is_empty() {
+                "-"
+            } else {
+                &j.executor
+            }
         ));
     }
     Ok(())
@@ -180,9 +193,24 @@ pub async fn job(client: &Client, id: &str, as_json: bool) -> Result<()> {
     out(&format!("id:        {}", j.id));
     out(&format!("name:      {}", j.name));
     out(&format!("model:     {}", j.model_type));
-    out(&format!("state:     {}{}", j.state, if j.cancel_requested && j.state != "cancelled" { " (cancel requested)" } else { "" }));
+    out(&format!(
+        "state:     {}{}",
+        j.state,
+        if j.cancel_requested && j.state != "cancelled" {
+            " (cancel requested)"
+        } else {
+            ""
+        }
+    ));
     out(&format!("attempt:   {}", j.attempt));
-    out(&format!("executor:  {}", if j.executor.is_empty() { "-" } else { &j.executor }));
+    out(&format!(
+        "executor:  {}",
+        if j.executor.is_empty() {
+            "-"
+        } else {
+            &j.executor
+        }
+    ));
     out(&format!("epoch:     {}/{}", j.epoch, j.epochs));
     if j.loss.is_finite() {
         out(&format!("loss:      {:.5}", j.loss));
@@ -239,8 +267,18 @@ pub async fn cluster(client: &Client, as_json: bool) -> Result<()> {
         out(&json!({"leader": c.leader, "executors": execs}).to_string());
         return Ok(());
     }
-    out(&format!("leader: {}", if c.leader.is_empty() { "(none)" } else { &c.leader }));
-    out(&format!("{:<28} {:<22} {:>5} {:>8} {:>4} {:>7}", "EXECUTOR", "ADDRESS", "SLOTS", "MEM MiB", "GPUS", "RUNNING"));
+    out(&format!(
+        "leader: {}",
+        if c.leader.is_empty() {
+            "(none)"
+        } else {
+            &c.leader
+        }
+    ));
+    out(&format!(
+        "{:<28} {:<22} {:>5} {:>8} {:>4} {:>7}",
+        "EXECUTOR", "ADDRESS", "SLOTS", "MEM MiB", "GPUS", "RUNNING"
+    ));
     for e in c.executors {
         out(&format!(
             "{:<28} {:<22} {:>5} {:>8} {:>4} {:>7}",

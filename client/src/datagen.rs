@@ -23,10 +23,31 @@ offer: discount_20 +0.7, discount_10 +0.35, free_shipping +0.25, none -0.3; \
 segment: premium +0.3, young_family +0.2, value 0, retired -0.2, student -0.4; \
 campaign: loyalty +0.4, spring_sale +0.1, new_product 0, winback -0.5";
 
-const CHANNELS: [(&str, f64); 4] = [("email", 0.3), ("sms", 0.0), ("push", -0.4), ("direct_mail", 0.6)];
-const OFFERS: [(&str, f64); 4] = [("discount_20", 0.7), ("discount_10", 0.35), ("free_shipping", 0.25), ("none", -0.3)];
-const SEGMENTS: [(&str, f64); 5] = [("premium", 0.3), ("young_family", 0.2), ("value", 0.0), ("retired", -0.2), ("student", -0.4)];
-const CAMPAIGNS: [(&str, f64); 4] = [("loyalty", 0.4), ("spring_sale", 0.1), ("new_product", 0.0), ("winback", -0.5)];
+const CHANNELS: [(&str, f64); 4] = [
+    ("email", 0.3),
+    ("sms", 0.0),
+    ("push", -0.4),
+    ("direct_mail", 0.6),
+];
+const OFFERS: [(&str, f64); 4] = [
+    ("discount_20", 0.7),
+    ("discount_10", 0.35),
+    ("free_shipping", 0.25),
+    ("none", -0.3),
+];
+const SEGMENTS: [(&str, f64); 5] = [
+    ("premium", 0.3),
+    ("young_family", 0.2),
+    ("value", 0.0),
+    ("retired", -0.2),
+    ("student", -0.4),
+];
+const CAMPAIGNS: [(&str, f64); 4] = [
+    ("loyalty", 0.4),
+    ("spring_sale", 0.1),
+    ("new_product", 0.0),
+    ("winback", -0.5),
+];
 const REGIONS: [&str; 5] = ["north", "south", "east", "west", "central"];
 
 /// What `datagen` wrote.
@@ -59,7 +80,9 @@ pub fn generate(dir: &Path, rows: usize, seed: u64) -> Result<Generated> {
     let mut responders = 0usize;
     for i in 0..rows {
         let age: u32 = rng.random_range(18..80);
-        let income = (rng.random_range(15_000.0..140_000.0f64) * (0.6 + f64::from(age).min(55.0) / 80.0)).round();
+        let income = (rng.random_range(15_000.0..140_000.0f64)
+            * (0.6 + f64::from(age).min(55.0) / 80.0))
+            .round();
         let tenure: u32 = rng.random_range(0..120);
         let region = REGIONS[rng.random_range(0..REGIONS.len())];
         let (segment, seg_fx) = pick(&mut rng, &SEGMENTS);
@@ -72,7 +95,10 @@ pub fn generate(dir: &Path, rows: usize, seed: u64) -> Result<Generated> {
         let z = -2.4 + 0.35 * f64::from(previous) - 0.004 * f64::from(days)
             + 0.15 * f64::from(opened)
             + 0.3 * (income - 50_000.0) / 20_000.0
-            + ch_fx + off_fx + seg_fx + camp_fx;
+            + ch_fx
+            + off_fx
+            + seg_fx
+            + camp_fx;
         let p = 1.0 / (1.0 + (-z).exp());
         let responded = rng.random_bool(p);
         responders += usize::from(responded);
@@ -107,7 +133,8 @@ pub fn generate(dir: &Path, rows: usize, seed: u64) -> Result<Generated> {
             let ctr = 0.021 * if promotion { 1.3 } else { 1.0 };
             let clicks = (impressions * ctr * (1.0 + rng.random_range(-0.1..0.1))).round();
             let conversions = (clicks * 0.045 * (1.0 + rng.random_range(-0.2..0.2))).round();
-            let spend = (impressions * 0.004 * if promotion { 1.5 } else { 1.0 } * 100.0).round() / 100.0;
+            let spend =
+                (impressions * 0.004 * if promotion { 1.5 } else { 1.0 } * 100.0).round() / 100.0;
             let _ = writeln!(
                 kpi,
                 "{},{campaign},{},{impressions},{clicks},{conversions},{spend}",

@@ -7,7 +7,9 @@ pub type Result<T, E = ClientError> = std::result::Result<T, E>;
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     /// The scheduler could not be reached.
-    #[error("cannot reach the scheduler at {addr}: {message}; is `halyard standalone` or `halyard scheduler` running there? (set --scheduler or HALYARD_SCHEDULER)")]
+    #[error(
+        "cannot reach the scheduler at {addr}: {message}; is `halyard standalone` or `halyard scheduler` running there? (set --scheduler or HALYARD_SCHEDULER)"
+    )]
     Connect {
         /// The address.
         addr: String,

@@ -125,7 +125,9 @@ impl CoordinatorConfig {
                 let kv = EtcdKv::connect(endpoints).await?;
                 Ok(Coordinator::new(Arc::new(kv), root))
             }
-            CoordinatorConfig::Embedded => Ok(Coordinator::new(Arc::new(EmbeddedKv::new()), "/halyard")),
+            CoordinatorConfig::Embedded => {
+                Ok(Coordinator::new(Arc::new(EmbeddedKv::new()), "/halyard"))
+            }
         }
     }
 }
@@ -164,7 +166,10 @@ impl SchedulerConfig {
             .clone()
             .unwrap_or_else(|| format!("127.0.0.1:{DEFAULT_SCHEDULER_PORT}"));
         Ok(SchedulerConfig {
-            id: s.id.clone().unwrap_or_else(|| default_id("scheduler", &listen)),
+            id: s
+                .id
+                .clone()
+                .unwrap_or_else(|| default_id("scheduler", &listen)),
             coordinator: CoordinatorConfig::from_settings(s),
             lease_ttl: Duration::from_secs(lease_ttl(s)?),
             listen,
@@ -227,7 +232,10 @@ impl ExecutorConfig {
             (None, None) => file_url(Path::new("halyard-data/store"))?,
         };
         Ok(ExecutorConfig {
-            id: s.id.clone().unwrap_or_else(|| default_id("executor", &listen)),
+            id: s
+                .id
+                .clone()
+                .unwrap_or_else(|| default_id("executor", &listen)),
             advertise: s.advertise.clone().unwrap_or_else(|| listen.clone()),
             listen,
             cpu_slots: s.cpu_slots.unwrap_or_else(|| {

@@ -206,11 +206,13 @@ impl Coordinator {
             }));
         }
         match self.kv.get(&key).await? {
-            Some(e) if e.lease == lease && e.value == candidate.as_bytes() => Ok(Some(Leadership {
-                candidate: candidate.to_string(),
-                lease,
-                revision: e.mod_revision,
-            })),
+            Some(e) if e.lease == lease && e.value == candidate.as_bytes() => {
+                Ok(Some(Leadership {
+                    candidate: candidate.to_string(),
+                    lease,
+                    revision: e.mod_revision,
+                }))
+            }
             _ => Ok(None),
         }
     }
@@ -330,8 +332,13 @@ impl Coordinator {
         new: &JobRecord,
     ) -> Result<i64> {
         let key = self.job_key(&new.id);
-        self.fenced(leadership, &key, old.revision, vec![put(key.clone(), encode(new))])
-            .await
+        self.fenced(
+            leadership,
+            &key,
+            old.revision,
+            vec![put(key.clone(), encode(new))],
+        )
+        .await
     }
 
     /// Record a user's cancel request (any scheduler). Retries lost races.

@@ -91,7 +91,13 @@ fn read_csv(bytes: &Bytes, spec: &DataSpec, file: &str) -> Result<(SchemaRef, Ve
         .map_err(|e| err(e.to_string()))?;
     let mut batches = Vec::new();
     for batch in reader {
-        batches.push(batch.map_err(|e| err(describe_csv_error(&e.to_string(), Some(&schema), spec.has_header)))?);
+        batches.push(batch.map_err(|e| {
+            err(describe_csv_error(
+                &e.to_string(),
+                Some(&schema),
+                spec.has_header,
+            ))
+        })?);
     }
     check_mostly_numeric(&schema, &batches, spec.has_header).map_err(err)?;
     Ok((schema, batches))
@@ -110,7 +116,10 @@ fn describe_csv_error(message: &str, schema: Option<&SchemaRef>, has_header: boo
             .split('.')
             .next()
             .and_then(|l| l.trim().parse::<usize>().ok())
-            .map_or_else(|| rest.to_string(), |l| (l + usize::from(has_header)).to_string());
+            .map_or_else(
+                || rest.to_string(),
+                |l| (l + usize::from(has_header)).to_string(),
+            );
         let col: usize = col.trim().parse().unwrap_or(0);
         let name = schema
             .and_then(|s| s.fields().get(col))

@@ -335,7 +335,11 @@ impl JobSpec {
                 .name
                 .chars()
                 .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-            && self.name.chars().next().is_some_and(|c| c.is_ascii_alphanumeric());
+            && self
+                .name
+                .chars()
+                .next()
+                .is_some_and(|c| c.is_ascii_alphanumeric());
         if !name_ok {
             return Err(Error::invalid(
                 at(""),
@@ -346,7 +350,12 @@ impl JobSpec {
         }
         let d = &self.data;
         if d.source.trim().is_empty() {
-            return Err(Error::invalid(at("[data]"), "source", "\"\"", "must name a file or URL"));
+            return Err(Error::invalid(
+                at("[data]"),
+                "source",
+                "\"\"",
+                "must name a file or URL",
+            ));
         }
         d.resolved_format()
             .map_err(|_| {
@@ -369,7 +378,12 @@ impl JobSpec {
             ));
         }
         if d.label.trim().is_empty() {
-            return Err(Error::invalid(at("[data]"), "label", "\"\"", "must name the column to predict"));
+            return Err(Error::invalid(
+                at("[data]"),
+                "label",
+                "\"\"",
+                "must name the column to predict",
+            ));
         }
         if d.exclude.contains(&d.label) {
             return Err(Error::invalid(
@@ -381,26 +395,61 @@ impl JobSpec {
         }
         let m = &self.model;
         if m.max_categories < 1 {
-            return Err(Error::invalid(at("[model]"), "max_categories", m.max_categories, "must be at least 1"));
+            return Err(Error::invalid(
+                at("[model]"),
+                "max_categories",
+                m.max_categories,
+                "must be at least 1",
+            ));
         }
         if !(2..=1 << 20).contains(&m.hash_buckets) {
-            return Err(Error::invalid(at("[model]"), "hash_buckets", m.hash_buckets, "must be between 2 and 1048576"));
+            return Err(Error::invalid(
+                at("[model]"),
+                "hash_buckets",
+                m.hash_buckets,
+                "must be between 2 and 1048576",
+            ));
         }
         if !(m.l2.is_finite() && m.l2 >= 0.0) {
-            return Err(Error::invalid(at("[model]"), "l2", m.l2, "must be a finite number >= 0"));
+            return Err(Error::invalid(
+                at("[model]"),
+                "l2",
+                m.l2,
+                "must be a finite number >= 0",
+            ));
         }
         let t = &self.train;
         if t.epochs < 1 {
-            return Err(Error::invalid(at("[train]"), "epochs", t.epochs, "must be at least 1"));
+            return Err(Error::invalid(
+                at("[train]"),
+                "epochs",
+                t.epochs,
+                "must be at least 1",
+            ));
         }
         if t.epochs > 100_000 {
-            return Err(Error::invalid(at("[train]"), "epochs", t.epochs, "must be at most 100000"));
+            return Err(Error::invalid(
+                at("[train]"),
+                "epochs",
+                t.epochs,
+                "must be at most 100000",
+            ));
         }
         if t.batch_size < 1 {
-            return Err(Error::invalid(at("[train]"), "batch_size", t.batch_size, "must be at least 1"));
+            return Err(Error::invalid(
+                at("[train]"),
+                "batch_size",
+                t.batch_size,
+                "must be at least 1",
+            ));
         }
         if !(t.learning_rate.is_finite() && t.learning_rate > 0.0) {
-            return Err(Error::invalid(at("[train]"), "learning_rate", t.learning_rate, "must be > 0"));
+            return Err(Error::invalid(
+                at("[train]"),
+                "learning_rate",
+                t.learning_rate,
+                "must be > 0",
+            ));
         }
         if t.holdout_every < 2 {
             return Err(Error::invalid(
@@ -420,10 +469,20 @@ impl JobSpec {
         }
         let r = &self.resources;
         if r.cpus < 1 {
-            return Err(Error::invalid(at("[resources]"), "cpus", r.cpus, "must be at least 1"));
+            return Err(Error::invalid(
+                at("[resources]"),
+                "cpus",
+                r.cpus,
+                "must be at least 1",
+            ));
         }
         if r.memory_mb < 1 {
-            return Err(Error::invalid(at("[resources]"), "memory_mb", r.memory_mb, "must be at least 1"));
+            return Err(Error::invalid(
+                at("[resources]"),
+                "memory_mb",
+                r.memory_mb,
+                "must be at least 1",
+            ));
         }
         Ok(())
     }
@@ -439,7 +498,11 @@ pub fn resolve_source(source: &str, base: &Path) -> Result<String> {
     let abs = if path.is_absolute() {
         path.to_path_buf()
     } else {
-        let base = if base.as_os_str().is_empty() { Path::new(".") } else { base };
+        let base = if base.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            base
+        };
         let base = std::fs::canonicalize(base).map_err(|source| Error::Io {
             path: base.to_path_buf(),
             source,

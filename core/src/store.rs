@@ -59,7 +59,9 @@ pub struct Store {
 
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Store").field("url", &self.base_url).finish()
+        f.debug_struct("Store")
+            .field("url", &self.base_url)
+            .finish()
     }
 }
 
@@ -70,7 +72,10 @@ fn map_err(location: &str, e: object_store::Error) -> Error {
         },
         other => {
             let text = other.to_string();
-            let message = if text.contains("403") || text.contains("SignatureDoesNotMatch") || text.contains("InvalidAccessKeyId") {
+            let message = if text.contains("403")
+                || text.contains("SignatureDoesNotMatch")
+                || text.contains("InvalidAccessKeyId")
+            {
                 "access denied by the S3 server: check the access key id and secret \
                  (--s3-access-key-id / HALYARD_S3_ACCESS_KEY_ID or AWS_ACCESS_KEY_ID)"
                     .to_string()
@@ -166,7 +171,11 @@ impl Store {
     /// place; an S3 PUT is atomic).
     pub async fn put(&self, rel: &str, bytes: Bytes) -> Result<()> {
         self.inner
-            .put_opts(&self.path(rel), PutPayload::from(bytes), PutOptions::default())
+            .put_opts(
+                &self.path(rel),
+                PutPayload::from(bytes),
+                PutOptions::default(),
+            )
             .await
             .map(|_| ())
             .map_err(|e| map_err(&self.url_of(rel), e))
@@ -284,7 +293,9 @@ pub async fn publish_model(
 ) -> Result<String> {
     let dir = model_dir(name, version);
     store.put(&format!("{dir}/{WEIGHTS_FILE}"), weights).await?;
-    store.put(&format!("{dir}/{MANIFEST_FILE}"), manifest).await?;
+    store
+        .put(&format!("{dir}/{MANIFEST_FILE}"), manifest)
+        .await?;
     Ok(store.url_of(&dir))
 }
 

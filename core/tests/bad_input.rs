@@ -14,7 +14,9 @@ epochs = 3
 "#;
 
 fn spec_error(text: &str) -> String {
-    JobSpec::from_toml(text, "job.toml").unwrap_err().to_string()
+    JobSpec::from_toml(text, "job.toml")
+        .unwrap_err()
+        .to_string()
 }
 
 #[test]
@@ -30,14 +32,38 @@ fn a_good_spec_parses_with_defaults() {
 #[test]
 fn each_broken_rule_names_field_value_and_rule() {
     let cases = [
-        (GOOD.replace("epochs = 3", "epochs = 0"), "job.toml [train] epochs = 0: must be at least 1"),
-        (GOOD.replace("epochs = 3", "learning_rate = -0.1"), "job.toml [train] learning_rate = -0.1: must be > 0"),
-        (GOOD.replace("epochs = 3", "holdout_every = 1"), "job.toml [train] holdout_every = 1"),
-        (GOOD.replace("name = \"resp\"", "name = \"bad name!\""), "job.toml name = \"bad name!\""),
-        (GOOD.replace("label = \"y\"", "label = \"\""), "[data] label"),
-        (GOOD.replace("x.csv", "x.bin"), "set format = \"csv\" or \"parquet\""),
-        (GOOD.replace("label = \"y\"", "label = \"y\"\nexclude = [\"y\"]"), "must not contain the label column"),
-        (format!("{GOOD}\n[resources]\ncpus = 0\n"), "[resources] cpus = 0: must be at least 1"),
+        (
+            GOOD.replace("epochs = 3", "epochs = 0"),
+            "job.toml [train] epochs = 0: must be at least 1",
+        ),
+        (
+            GOOD.replace("epochs = 3", "learning_rate = -0.1"),
+            "job.toml [train] learning_rate = -0.1: must be > 0",
+        ),
+        (
+            GOOD.replace("epochs = 3", "holdout_every = 1"),
+            "job.toml [train] holdout_every = 1",
+        ),
+        (
+            GOOD.replace("name = \"resp\"", "name = \"bad name!\""),
+            "job.toml name = \"bad name!\"",
+        ),
+        (
+            GOOD.replace("label = \"y\"", "label = \"\""),
+            "[data] label",
+        ),
+        (
+            GOOD.replace("x.csv", "x.bin"),
+            "set format = \"csv\" or \"parquet\"",
+        ),
+        (
+            GOOD.replace("label = \"y\"", "label = \"y\"\nexclude = [\"y\"]"),
+            "must not contain the label column",
+        ),
+        (
+            format!("{GOOD}\n[resources]\ncpus = 0\n"),
+            "[resources] cpus = 0: must be at least 1",
+        ),
     ];
     for (text, expected) in cases {
         let err = spec_error(&text);
@@ -63,7 +89,10 @@ fn malformed_toml_names_the_line() {
 #[test]
 fn wrong_types_are_errors() {
     let err = spec_error(&GOOD.replace("epochs = 3", "epochs = \"three\""));
-    assert!(err.contains("epochs") || err.contains("invalid type"), "{err}");
+    assert!(
+        err.contains("epochs") || err.contains("invalid type"),
+        "{err}"
+    );
 }
 
 fn data_spec() -> halyard_core::spec::DataSpec {

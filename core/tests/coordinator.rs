@@ -77,7 +77,10 @@ async fn duplicate_executor_id_is_refused(c: Coordinator) {
     let l1 = c.grant_lease(TTL).await.unwrap();
     let l2 = c.grant_lease(TTL).await.unwrap();
     c.register_executor(&executor("same"), l1).await.unwrap();
-    let err = c.register_executor(&executor("same"), l2).await.unwrap_err();
+    let err = c
+        .register_executor(&executor("same"), l2)
+        .await
+        .unwrap_err();
     assert!(err.to_string().contains("already registered"), "{err}");
     c.revoke(l1).await.unwrap();
     c.register_executor(&executor("same"), l2).await.unwrap();
@@ -107,11 +110,17 @@ async fn one_leader_and_a_deposed_leader_is_fenced(c: Coordinator) {
     let mut stale = read.value.clone();
     stale.state = JobState::Failed;
     // Even with the current revision of the job, the deposed leader is refused.
-    assert!(matches!(c.update_job(&a, &read, &stale).await, Err(Error::Fenced)));
+    assert!(matches!(
+        c.update_job(&a, &read, &stale).await,
+        Err(Error::Fenced)
+    ));
     let mut done = read.value.clone();
     done.state = JobState::Succeeded;
     c.update_job(&b, &read, &done).await.unwrap();
-    assert_eq!(c.get_job("j1").await.unwrap().unwrap().value.state, JobState::Succeeded);
+    assert_eq!(
+        c.get_job("j1").await.unwrap().unwrap().value.state,
+        JobState::Succeeded
+    );
 }
 
 async fn job_writes_are_compare_and_swap(c: Coordinator) {
@@ -119,7 +128,10 @@ async fn job_writes_are_compare_and_swap(c: Coordinator) {
     let lead = c.campaign("s", l).await.unwrap().unwrap();
     let job = JobRecord::new("j".into(), spec());
     c.submit_job(&job).await.unwrap();
-    assert!(matches!(c.submit_job(&job).await, Err(Error::Conflict { .. })));
+    assert!(matches!(
+        c.submit_job(&job).await,
+        Err(Error::Conflict { .. })
+    ));
     let v1 = c.get_job("j").await.unwrap().unwrap();
     let mut first = v1.value.clone();
     first.attempt = 1;
@@ -127,12 +139,18 @@ async fn job_writes_are_compare_and_swap(c: Coordinator) {
     let mut second = v1.value.clone();
     second.attempt = 7;
     // Written against a stale read: refused, and the first write stands.
-    assert!(matches!(c.update_job(&lead, &v1, &second).await, Err(Error::Conflict { .. })));
+    assert!(matches!(
+        c.update_job(&lead, &v1, &second).await,
+        Err(Error::Conflict { .. })
+    ));
     assert_eq!(c.get_job("j").await.unwrap().unwrap().value.attempt, 1);
     // A cancel request is recorded by anyone, once.
     let cancelled = c.request_cancel("j").await.unwrap();
     assert!(cancelled.cancel_requested);
-    assert!(matches!(c.request_cancel("nope").await, Err(Error::NoSuchJob(_))));
+    assert!(matches!(
+        c.request_cancel("nope").await,
+        Err(Error::NoSuchJob(_))
+    ));
     let all = c.list_jobs().await.unwrap();
     assert_eq!(all.len(), 1);
     assert!(all[0].value.cancel_requested);
@@ -184,7 +202,9 @@ async fn model_versions_are_unique_under_contention(c: Coordinator) {
     let mut handles = Vec::new();
     for _ in 0..8 {
         let c = c.clone();
-        handles.push(tokio::spawn(async move { c.next_model_version("m").await.unwrap() }));
+        handles.push(tokio::spawn(async move {
+            c.next_model_version("m").await.unwrap()
+        }));
     }
     let mut got = Vec::new();
     for h in handles {

@@ -54,10 +54,12 @@ pub async fn start_executor(cfg: ExecutorConfig, coord: Coordinator) -> Result<E
             addr: cfg.listen.clone(),
             source,
         })?;
-    let addr = listener.local_addr().map_err(|source| ExecutorError::Bind {
-        addr: cfg.listen.clone(),
-        source,
-    })?;
+    let addr = listener
+        .local_addr()
+        .map_err(|source| ExecutorError::Bind {
+            addr: cfg.listen.clone(),
+            source,
+        })?;
     let (shutdown, shutdown_rx) = watch::channel(false);
     let (_reporter, health) = tonic_health::server::health_reporter();
     let mut rx = shutdown_rx.clone();

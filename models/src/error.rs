@@ -23,7 +23,9 @@ pub enum ModelError {
         rows: usize,
     },
     /// The label has only one class among the training rows.
-    #[error("label {label:?} has a single class ({class}) in the training rows: a response model needs both responders and non-responders")]
+    #[error(
+        "label {label:?} has a single class ({class}) in the training rows: a response model needs both responders and non-responders"
+    )]
     SingleClass {
         /// The label column.
         label: String,
@@ -31,7 +33,9 @@ pub enum ModelError {
         class: u8,
     },
     /// A label value is neither of the two classes.
-    #[error("label {label:?} at data row {row}: value {value:?} is not a class; numeric labels must be 0 or 1, string labels are compared with `positive`")]
+    #[error(
+        "label {label:?} at data row {row}: value {value:?} is not a class; numeric labels must be 0 or 1, string labels are compared with `positive`"
+    )]
     BadLabel {
         /// The label column.
         label: String,

@@ -194,7 +194,10 @@ impl Preprocessor {
         let schema = batches
             .first()
             .map(|b| b.schema())
-            .ok_or(ModelError::NoRows { purpose: "train on", rows: 0 })?;
+            .ok_or(ModelError::NoRows {
+                purpose: "train on",
+                rows: 0,
+            })?;
         if schema.field_with_name(&cfg.label).is_err() {
             return Err(ModelError::MissingColumn {
                 column: cfg.label.clone(),
@@ -237,7 +240,10 @@ impl Preprocessor {
                 dt,
                 DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View
             ) || is_numeric(dt)
-                || matches!(dt, DataType::Date32 | DataType::Date64 | DataType::Timestamp(..))
+                || matches!(
+                    dt,
+                    DataType::Date32 | DataType::Date64 | DataType::Timestamp(..)
+                )
             {
                 match cfg.encoding {
                     Encoding::Hashed => ColumnEncoding::Hashed {
@@ -385,7 +391,9 @@ impl Preprocessor {
                     let t = v.trim();
                     let positive = match &self.positive {
                         Some(p) => t.eq_ignore_ascii_case(p),
-                        None => ["yes", "true", "1", "y"].iter().any(|p| t.eq_ignore_ascii_case(p)),
+                        None => ["yes", "true", "1", "y"]
+                            .iter()
+                            .any(|p| t.eq_ignore_ascii_case(p)),
                     };
                     Ok(if positive { 1.0 } else { 0.0 })
                 })

@@ -65,7 +65,10 @@ pub fn classification(prefix: &str, probs: &[f32], labels: &[f32]) -> BTreeMap<S
     m.insert(format!("{prefix}log_loss"), log_loss(probs, labels));
     m.insert(format!("{prefix}accuracy"), accuracy(probs, labels));
     let pos = labels.iter().filter(|&&y| y > 0.5).count() as f64;
-    m.insert(format!("{prefix}positive_rate"), pos / labels.len().max(1) as f64);
+    m.insert(
+        format!("{prefix}positive_rate"),
+        pos / labels.len().max(1) as f64,
+    );
     m.insert(format!("{prefix}rows"), labels.len() as f64);
     m
 }

@@ -45,10 +45,16 @@ pub fn train_response_model(
     let train_set = preprocessor.transform(batches, |i| !is_test_row(i, every))?;
     let test_set = preprocessor.transform(batches, |i| is_test_row(i, every))?;
     if train_set.rows == 0 {
-        return Err(ModelError::NoRows { purpose: "train on", rows });
+        return Err(ModelError::NoRows {
+            purpose: "train on",
+            rows,
+        });
     }
     if test_set.rows == 0 {
-        return Err(ModelError::NoRows { purpose: "test on", rows });
+        return Err(ModelError::NoRows {
+            purpose: "test on",
+            rows,
+        });
     }
     let positives = train_set.y.iter().filter(|&&y| y > 0.5).count();
     if positives == 0 || positives == train_set.rows {
@@ -59,7 +65,11 @@ pub fn train_response_model(
     }
     let scorer = train(&train_set, cfg, on_epoch)?;
     let mut metrics = classification("test_", &scorer.predict(&test_set), &test_set.y);
-    metrics.extend(classification("train_", &scorer.predict(&train_set), &train_set.y));
+    metrics.extend(classification(
+        "train_",
+        &scorer.predict(&train_set),
+        &train_set.y,
+    ));
     metrics.retain(|_, v| v.is_finite());
     Ok(TrainedModel {
         preprocessor,

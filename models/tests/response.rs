@@ -93,7 +93,10 @@ fn learns_known_effects_and_reaches_the_bayes_auc() {
     };
     let email = vocab.iter().position(|v| v == "email").unwrap();
     let sms = vocab.iter().position(|v| v == "sms").unwrap();
-    assert!(w[chan.offset + email] > w[chan.offset + sms] + 0.5, "weights {w:?}");
+    assert!(
+        w[chan.offset + email] > w[chan.offset + sms] + 0.5,
+        "weights {w:?}"
+    );
 }
 
 #[test]
@@ -157,14 +160,21 @@ fn one_class_label_is_refused() {
     let only_no = StringArray::from(vec!["no"; 200]);
     let batch = RecordBatch::try_new(
         schema,
-        vec![batch.column(0).clone(), batch.column(1).clone(), Arc::new(only_no)],
+        vec![
+            batch.column(0).clone(),
+            batch.column(1).clone(),
+            Arc::new(only_no),
+        ],
     )
     .unwrap();
     let err = train_response_model(&[batch], &features(Encoding::OneHot), &train_cfg(), |_| {
         ControlFlow::Continue(())
     })
     .unwrap_err();
-    assert!(matches!(err, ModelError::SingleClass { class: 0, .. }), "{err}");
+    assert!(
+        matches!(err, ModelError::SingleClass { class: 0, .. }),
+        "{err}"
+    );
     assert!(err.to_string().contains("single class"));
 }
 
@@ -177,7 +187,10 @@ fn missing_label_column_names_the_columns() {
     })
     .unwrap_err();
     let text = err.to_string();
-    assert!(text.contains("\"converted\"") && text.contains("x, channel, responded"), "{text}");
+    assert!(
+        text.contains("\"converted\"") && text.contains("x, channel, responded"),
+        "{text}"
+    );
 }
 
 #[test]
@@ -196,7 +209,13 @@ fn cancellation_stops_training() {
         &[synthetic(500, 8)],
         &features(Encoding::OneHot),
         &train_cfg(),
-        |r| if r.epoch == 2 { ControlFlow::Break(()) } else { ControlFlow::Continue(()) },
+        |r| {
+            if r.epoch == 2 {
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(())
+            }
+        },
     )
     .unwrap_err();
     assert!(matches!(err, ModelError::Cancelled));

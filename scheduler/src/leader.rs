@@ -13,7 +13,11 @@ use tokio::sync::watch;
 use tracing::{info, warn};
 
 /// Campaign, lead until leadership is lost or shutdown, campaign again.
-pub(crate) async fn run(cfg: SchedulerConfig, coord: Coordinator, mut shutdown: watch::Receiver<bool>) {
+pub(crate) async fn run(
+    cfg: SchedulerConfig,
+    coord: Coordinator,
+    mut shutdown: watch::Receiver<bool>,
+) {
     loop {
         if *shutdown.borrow() {
             return;
@@ -145,7 +149,11 @@ impl Leader<'_> {
         Ok(())
     }
 
-    async fn place(&self, job: &Versioned<JobRecord>, free: &mut HashMap<String, Free>) -> Result<()> {
+    async fn place(
+        &self,
+        job: &Versioned<JobRecord>,
+        free: &mut HashMap<String, Free>,
+    ) -> Result<()> {
         let mut new = job.value.clone();
         if new.cancel_requested {
             new.state = JobState::Cancelled;
@@ -185,7 +193,11 @@ impl Leader<'_> {
         Ok(())
     }
 
-    async fn supervise(&self, job: &Versioned<JobRecord>, free: &HashMap<String, Free>) -> Result<()> {
+    async fn supervise(
+        &self,
+        job: &Versioned<JobRecord>,
+        free: &HashMap<String, Free>,
+    ) -> Result<()> {
         let mut new = job.value.clone();
         let executor = new.executor.clone().unwrap_or_default();
         if new.cancel_requested {
@@ -235,10 +247,16 @@ impl Leader<'_> {
                     "lost its executor {} times (last: {executor}); giving up",
                     new.attempt
                 ));
-                new.log(&self.source, format!("executor {executor} lost; attempts exhausted"));
+                new.log(
+                    &self.source,
+                    format!("executor {executor} lost; attempts exhausted"),
+                );
             } else {
                 new.state = JobState::Pending;
-                new.log(&self.source, format!("executor {executor} lost; task requeued"));
+                new.log(
+                    &self.source,
+                    format!("executor {executor} lost; task requeued"),
+                );
             }
             self.coord.release_task(self.leadership, job, &new).await?;
             new.executor = None;

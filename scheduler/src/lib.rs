@@ -50,10 +50,12 @@ pub async fn start_scheduler(cfg: SchedulerConfig, coord: Coordinator) -> Result
             addr: cfg.listen.clone(),
             source,
         })?;
-    let addr = listener.local_addr().map_err(|source| SchedulerError::Bind {
-        addr: cfg.listen.clone(),
-        source,
-    })?;
+    let addr = listener
+        .local_addr()
+        .map_err(|source| SchedulerError::Bind {
+            addr: cfg.listen.clone(),
+            source,
+        })?;
     let (shutdown, shutdown_rx) = watch::channel(false);
     let svc = service::JobApi::new(coord.clone(), cfg.id.clone());
     let (health_reporter, health) = tonic_health::server::health_reporter();

@@ -118,7 +118,10 @@ impl JobService for JobApi {
             let progress = if job.value.state.is_terminal() {
                 None
             } else {
-                self.coord.get_progress(&job.value.id).await.map_err(to_status)?
+                self.coord
+                    .get_progress(&job.value.id)
+                    .await
+                    .map_err(to_status)?
             };
             out.push(job_info(&job.value, progress.as_ref()));
         }
@@ -149,7 +152,13 @@ impl JobService for JobApi {
         let (tx, rx) = tokio::sync::mpsc::channel(16);
         tokio::spawn(async move {
             let mut last = first;
-            if tx.send(Ok(JobEvent { job: Some(last.clone()) })).await.is_err() {
+            if tx
+                .send(Ok(JobEvent {
+                    job: Some(last.clone()),
+                }))
+                .await
+                .is_err()
+            {
                 return;
             }
             while !is_terminal(&last) {
@@ -160,7 +169,9 @@ impl JobService for JobApi {
                         job_info(&job.value, progress.as_ref())
                     }
                     Ok(None) => {
-                        let _ = tx.send(Err(Status::not_found(format!("no job {id}")))).await;
+                        let _ = tx
+                            .send(Err(Status::not_found(format!("no job {id}"))))
+                            .await;
                         return;
                     }
                     // A transient coordinator fault: the watcher keeps watching.
@@ -168,7 +179,13 @@ impl JobService for JobApi {
                 };
                 if info != last {
                     last = info;
-                    if tx.send(Ok(JobEvent { job: Some(last.clone()) })).await.is_err() {
+                    if tx
+                        .send(Ok(JobEvent {
+                            job: Some(last.clone()),
+                        }))
+                        .await
+                        .is_err()
+                    {
                         return;
                     }
                 }
@@ -207,7 +224,12 @@ impl JobService for JobApi {
         &self,
         _request: Request<ClusterStatusRequest>,
     ) -> Result<Response<ClusterStatusResponse>, Status> {
-        let leader = self.coord.leader().await.map_err(to_status)?.unwrap_or_default();
+        let leader = self
+            .coord
+            .leader()
+            .await
+            .map_err(to_status)?
+            .unwrap_or_default();
         let tasks = self.coord.all_tasks().await.map_err(to_status)?;
         let executors = self
             .coord

@@ -93,9 +93,11 @@ where
 
 /// Connect to a scheduler once it answers.
 pub async fn connect(addr: &str) -> Client {
-    wait_for(&format!("scheduler at {addr}"), Duration::from_secs(30), || async {
-        Client::connect(addr).await.ok()
-    })
+    wait_for(
+        &format!("scheduler at {addr}"),
+        Duration::from_secs(30),
+        || async { Client::connect(addr).await.ok() },
+    )
     .await
 }
 
