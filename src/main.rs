@@ -92,6 +92,20 @@ enum Command {
         #[command(flatten)]
         conn: Conn,
     },
+    /// Measure a running cluster: `scheduling` gives submit-to-running latency and jobs/s
+    Bench {
+        /// What to measure: scheduling
+        #[arg(value_parser = ["scheduling"])]
+        what: String,
+        /// Sequential jobs for the latency figure
+        #[arg(long, default_value_t = 30)]
+        jobs: usize,
+        /// Jobs submitted at once for the throughput figure
+        #[arg(long, default_value_t = 30)]
+        batch: usize,
+        #[command(flatten)]
+        conn: Conn,
+    },
     /// Write the synthetic marketing data set of the demo (campaign responses, daily KPIs)
     Datagen {
         /// Output folder; files go to OUT/campaign/
@@ -298,6 +312,14 @@ async fn run(cli: Cli) -> Result<(), AnyError> {
         Command::Cluster { json, conn } => {
             init_tracing("warn");
             commands::cluster(&Client::connect(&conn.scheduler).await?, json).await?;
+        }
+        Command::Bench { what: _, jobs, batch, conn } => {
+            init_tracing("warn");
+            let client = Client::connect(&conn.scheduler).await?;
+            let dir = std::env::temp_dir().join(format!("halyard-bench-{}", std::process::id()));
+            let figures = halyard_client::bench::scheduling(&client, &dir, jobs.max(1), batch.max(1)).await?;
+            let _ = std::fs::remove_dir_all(&dir);
+            println!("{}", figures.summary());
         }
         Command::Datagen { out, rows, seed } => {
             init_tracing("warn");

@@ -2,6 +2,7 @@
 //! (`submit`, `jobs`, `job`, `logs`, `cancel`, `cluster`), plus `datagen`, the synthetic
 //! marketing data set of the demo.
 
+pub mod bench;
 pub mod commands;
 pub mod datagen;
 mod error;

@@ -1,1 +1,0 @@
-//! halyard-benches
