@@ -313,11 +313,17 @@ async fn run(cli: Cli) -> Result<(), AnyError> {
             init_tracing("warn");
             commands::cluster(&Client::connect(&conn.scheduler).await?, json).await?;
         }
-        Command::Bench { what: _, jobs, batch, conn } => {
+        Command::Bench {
+            what: _,
+            jobs,
+            batch,
+            conn,
+        } => {
             init_tracing("warn");
             let client = Client::connect(&conn.scheduler).await?;
             let dir = std::env::temp_dir().join(format!("halyard-bench-{}", std::process::id()));
-            let figures = halyard_client::bench::scheduling(&client, &dir, jobs.max(1), batch.max(1)).await?;
+            let figures =
+                halyard_client::bench::scheduling(&client, &dir, jobs.max(1), batch.max(1)).await?;
             let _ = std::fs::remove_dir_all(&dir);
             println!("{}", figures.summary());
         }

@@ -74,7 +74,7 @@ async fn jobs_survive_killed_executor_and_killed_leader() {
     .await;
     let _sched_b = sched(1);
     let b = connect(&format!("127.0.0.1:{}", sched_ports[1])).await;
-    let mut execs = vec![exec(0), exec(1)];
+    let mut execs = [exec(0), exec(1)];
     wait_for("two executors", Duration::from_secs(20), || async {
         (a.cluster().await.ok()?.executors.len() == 2).then_some(())
     })

@@ -188,16 +188,17 @@ fn check_mostly_numeric(
             }
             row_base += batch.num_rows();
         }
-        if numeric >= 20 && other * 100 <= numeric {
-            if let Some((row, value)) = first_bad {
-                let line = row + 1 + usize::from(has_header);
-                return Err(format!(
-                    "line {line}, column {} ({:?}): value {value:?} is not a number, \
-                     but {numeric} other values of this column are; fix the value or leave the cell empty",
-                    col + 1,
-                    field.name()
-                ));
-            }
+        if numeric >= 20
+            && other * 100 <= numeric
+            && let Some((row, value)) = first_bad
+        {
+            let line = row + 1 + usize::from(has_header);
+            return Err(format!(
+                "line {line}, column {} ({:?}): value {value:?} is not a number, \
+                 but {numeric} other values of this column are; fix the value or leave the cell empty",
+                col + 1,
+                field.name()
+            ));
         }
     }
     Ok(())

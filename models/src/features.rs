@@ -376,8 +376,8 @@ impl Preprocessor {
                 .into_iter()
                 .enumerate()
                 .map(|(i, v)| match v {
-                    v if v == 0.0 => Ok(0.0),
-                    v if v == 1.0 => Ok(1.0),
+                    0.0 => Ok(0.0),
+                    1.0 => Ok(1.0),
                     v if v.is_nan() => Err(bad(i, "(missing)".into())),
                     v => Err(bad(i, v.to_string())),
                 })
