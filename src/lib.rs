@@ -68,7 +68,6 @@ pub async fn start_standalone(settings: Settings) -> Result<Standalone, Error> {
     let cores = std::thread::available_parallelism().map_or(1, |c| c.get() as u32);
     let scheduler = start_scheduler(sched_cfg, coord.clone()).await?;
     let mut executors = Vec::new();
-    let mut store_url = String::new();
     for i in 0..n {
         let exec_settings = Settings {
             listen: Some("127.0.0.1:0".into()),
@@ -78,9 +77,10 @@ pub async fn start_standalone(settings: Settings) -> Result<Standalone, Error> {
             ..settings.clone()
         };
         let cfg = ExecutorConfig::from_settings(&exec_settings)?;
-        store_url = cfg.store_url.clone();
         executors.push(start_executor(cfg, coord.clone()).await?);
     }
+    // Every executor resolves the same store from the same settings.
+    let store_url = ExecutorConfig::from_settings(&settings)?.store_url;
     info!(addr = %scheduler.addr, executors = n, store = %store_url, "standalone cluster up");
     Ok(Standalone {
         scheduler,

@@ -20,6 +20,10 @@ pub use error::{ClientError, Result};
 /// Default scheduler address.
 pub const DEFAULT_SCHEDULER: &str = "127.0.0.1:7070";
 
+fn job_of(job: Option<JobInfo>) -> Result<JobInfo> {
+    job.ok_or_else(|| ClientError::Rpc("the scheduler answered without a job".into()))
+}
+
 /// A connection to a scheduler.
 #[derive(Debug, Clone)]
 pub struct Client {
@@ -61,9 +65,7 @@ impl Client {
                 spec_toml: spec.to_toml(),
             })
             .await?;
-        resp.into_inner()
-            .job
-            .ok_or_else(|| ClientError::Rpc("empty submit response".into()))
+        job_of(resp.into_inner().job)
     }
 
     /// One job.
@@ -73,9 +75,7 @@ impl Client {
             .clone()
             .get_job(GetJobRequest { job_id: id.into() })
             .await?;
-        resp.into_inner()
-            .job
-            .ok_or_else(|| ClientError::Rpc("empty response".into()))
+        job_of(resp.into_inner().job)
     }
 
     /// All jobs, oldest first.
@@ -96,9 +96,7 @@ impl Client {
             .clone()
             .cancel(CancelRequest { job_id: id.into() })
             .await?;
-        resp.into_inner()
-            .job
-            .ok_or_else(|| ClientError::Rpc("empty response".into()))
+        job_of(resp.into_inner().job)
     }
 
     /// A job's log.

@@ -26,7 +26,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::error::{Error, Result};
-use crate::kv::{Compare, KvBackend, KvEntry, TxnOp};
+use crate::kv::{Compare, KvBackend, KvEntry, TxnOp, TxnOutcome};
 use crate::records::{ExecutorInfo, JobRecord, TaskAssignment, TaskProgress};
 
 /// A value with the revision it was read at, for compare-and-swap.
@@ -102,6 +102,15 @@ impl Coordinator {
         self.kv.name()
     }
 
+    /// Apply `then` if `key` was last written at `revision` (0: if it does not exist).
+    async fn cas(&self, key: &str, revision: i64, then: Vec<TxnOp>) -> Result<TxnOutcome> {
+        let when = vec![Compare::ModRevision {
+            key: key.to_string(),
+            revision,
+        }];
+        self.kv.txn(when, then).await
+    }
+
     fn key(&self, rest: &str) -> String {
         format!("{}/{rest}", self.root)
     }
@@ -147,14 +156,11 @@ impl Coordinator {
     pub async fn register_executor(&self, info: &ExecutorInfo, lease: i64) -> Result<()> {
         let key = self.executor_key(&info.id);
         let out = self
-            .kv
-            .txn(
-                vec![Compare::ModRevision {
-                    key: key.clone(),
-                    revision: 0,
-                }],
+            .cas(
+                &key,
+                0,
                 vec![TxnOp::Put {
-                    key,
+                    key: key.clone(),
                     value: encode(info),
                     lease: Some(lease),
                 }],
@@ -185,12 +191,9 @@ impl Coordinator {
     pub async fn campaign(&self, candidate: &str, lease: i64) -> Result<Option<Leadership>> {
         let key = self.leader_key();
         let out = self
-            .kv
-            .txn(
-                vec![Compare::ModRevision {
-                    key: key.clone(),
-                    revision: 0,
-                }],
+            .cas(
+                &key,
+                0,
                 vec![TxnOp::Put {
                     key: key.clone(),
                     value: candidate.as_bytes().to_vec(),
@@ -237,17 +240,14 @@ impl Coordinator {
 
     /// Give up leadership (a clean shutdown): a standby can take over at once.
     pub async fn resign(&self, leadership: &Leadership) -> Result<()> {
-        self.kv
-            .txn(
-                vec![Compare::ModRevision {
-                    key: self.leader_key(),
-                    revision: leadership.revision,
-                }],
-                vec![TxnOp::Delete {
-                    key: self.leader_key(),
-                }],
-            )
-            .await?;
+        self.cas(
+            &self.leader_key(),
+            leadership.revision,
+            vec![TxnOp::Delete {
+                key: self.leader_key(),
+            }],
+        )
+        .await?;
         self.kv.revoke(leadership.lease).await
     }
 
@@ -289,14 +289,7 @@ impl Coordinator {
     pub async fn submit_job(&self, job: &JobRecord) -> Result<i64> {
         let key = self.job_key(&job.id);
         let out = self
-            .kv
-            .txn(
-                vec![Compare::ModRevision {
-                    key: key.clone(),
-                    revision: 0,
-                }],
-                vec![put(key.clone(), encode(job))],
-            )
+            .cas(&key, 0, vec![put(key.clone(), encode(job))])
             .await?;
         if !out.succeeded {
             return Err(Error::Conflict { key });
@@ -355,14 +348,7 @@ impl Coordinator {
             new.log("client", "cancel requested");
             let key = self.job_key(id);
             let out = self
-                .kv
-                .txn(
-                    vec![Compare::ModRevision {
-                        key: key.clone(),
-                        revision: old.revision,
-                    }],
-                    vec![put(key, encode(&new))],
-                )
+                .cas(&key, old.revision, vec![put(key.clone(), encode(&new))])
                 .await?;
             if out.succeeded {
                 return Ok(new);
@@ -437,12 +423,9 @@ impl Coordinator {
     ) -> Result<()> {
         let task_key = self.task_key(&assignment.value.executor, &assignment.value.job_id);
         let out = self
-            .kv
-            .txn(
-                vec![Compare::ModRevision {
-                    key: task_key.clone(),
-                    revision: assignment.revision,
-                }],
+            .cas(
+                &task_key,
+                assignment.revision,
                 vec![put(self.progress_key(&progress.job_id), encode(progress))],
             )
             .await?;
@@ -481,12 +464,9 @@ impl Coordinator {
                 None => (1, 0),
             };
             let out = self
-                .kv
-                .txn(
-                    vec![Compare::ModRevision {
-                        key: key.clone(),
-                        revision,
-                    }],
+                .cas(
+                    &key,
+                    revision,
                     vec![put(key.clone(), (current + 1).to_string().into_bytes())],
                 )
                 .await?;

@@ -77,6 +77,14 @@ pub enum Error {
     /// No job with this id.
     #[error("no job {0}")]
     NoSuchJob(String),
+    /// A listen address could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: String,
+        /// The cause.
+        source: std::io::Error,
+    },
     /// A local file could not be read or written.
     #[error("{path}: {source}")]
     Io {
@@ -109,14 +117,5 @@ impl Error {
             value: value.to_string(),
             rule: rule.into(),
         }
-    }
-
-    /// Whether retrying the same operation later can succeed (a transient fault),
-    /// as opposed to bad input that will fail the same way again.
-    pub fn is_retryable(&self) -> bool {
-        matches!(
-            self,
-            Error::Coordinator(_) | Error::Conflict { .. } | Error::Store { .. }
-        )
     }
 }

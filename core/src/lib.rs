@@ -15,6 +15,18 @@ pub mod store;
 
 pub use error::{Error, Result};
 
+/// Bind a server's listen address (`HOST:PORT`; port 0 picks a free one), returning the
+/// listener and the address it got.
+pub async fn bind(addr: &str) -> Result<(tokio::net::TcpListener, std::net::SocketAddr)> {
+    let err = |source| Error::Bind {
+        addr: addr.to_string(),
+        source,
+    };
+    let listener = tokio::net::TcpListener::bind(addr).await.map_err(err)?;
+    let local = listener.local_addr().map_err(err)?;
+    Ok((listener, local))
+}
+
 /// The gRPC protocol (`proto/halyard.proto`).
 #[allow(missing_docs, clippy::all)]
 pub mod proto {

@@ -111,8 +111,18 @@ pub struct JobRecord {
     pub events: Vec<LogLine>,
 }
 
-/// Events kept per job record; older ones are dropped.
+/// Log lines kept per job record and per progress report; older ones are dropped.
 pub const MAX_EVENTS: usize = 200;
+
+/// Add `lines` to a log kept in time order, dropping the oldest past [`MAX_EVENTS`].
+pub fn append_lines(log: &mut Vec<LogLine>, lines: impl IntoIterator<Item = LogLine>) {
+    log.extend(lines);
+    log.sort_by_key(|l| l.time_ms);
+    if log.len() > MAX_EVENTS {
+        let extra = log.len() - MAX_EVENTS;
+        log.drain(..extra);
+    }
+}
 
 impl JobRecord {
     /// A new pending job.
@@ -138,15 +148,12 @@ impl JobRecord {
     /// Append an event and touch `updated_ms`.
     pub fn log(&mut self, source: &str, message: impl Into<String>) {
         self.updated_ms = now_ms();
-        self.events.push(LogLine {
+        let line = LogLine {
             time_ms: self.updated_ms,
             source: source.to_string(),
             message: message.into(),
-        });
-        if self.events.len() > MAX_EVENTS {
-            let extra = self.events.len() - MAX_EVENTS;
-            self.events.drain(..extra);
-        }
+        };
+        append_lines(&mut self.events, [line]);
     }
 }
 
@@ -231,14 +238,11 @@ impl TaskProgress {
     /// Append a log line (bounded like job events).
     pub fn log(&mut self, message: impl Into<String>) {
         self.updated_ms = now_ms();
-        self.lines.push(LogLine {
+        let line = LogLine {
             time_ms: self.updated_ms,
             source: format!("executor/{}", self.executor),
             message: message.into(),
-        });
-        if self.lines.len() > MAX_EVENTS {
-            let extra = self.lines.len() - MAX_EVENTS;
-            self.lines.drain(..extra);
-        }
+        };
+        append_lines(&mut self.lines, [line]);
     }
 }

@@ -264,17 +264,21 @@ impl Default for ResourceSpec {
 impl DataSpec {
     /// The format, from `format` or else the source's extension.
     pub fn resolved_format(&self) -> Result<DataFormat> {
+        self.format_at("[data]")
+    }
+
+    fn format_at(&self, location: &str) -> Result<DataFormat> {
         if let Some(f) = self.format {
             return Ok(f);
         }
         let lower = self.source.to_ascii_lowercase();
-        if lower.ends_with(".csv") || lower.ends_with(".tsv") || lower.ends_with(".txt") {
+        if [".csv", ".tsv", ".txt"].iter().any(|e| lower.ends_with(e)) {
             Ok(DataFormat::Csv)
-        } else if lower.ends_with(".parquet") || lower.ends_with(".pq") {
+        } else if [".parquet", ".pq"].iter().any(|e| lower.ends_with(e)) {
             Ok(DataFormat::Parquet)
         } else {
             Err(Error::invalid(
-                "[data]",
+                location,
                 "format",
                 "(absent)",
                 format!(
@@ -357,18 +361,7 @@ impl JobSpec {
                 "must name a file or URL",
             ));
         }
-        d.resolved_format()
-            .map_err(|_| {
-                Error::invalid(
-                    at("[data]"),
-                    "format",
-                    "(absent)",
-                    format!(
-                        "cannot tell the format of {} from its extension: set format = \"csv\" or \"parquet\"",
-                        d.source
-                    ),
-                )
-            })?;
+        d.format_at(&at("[data]"))?;
         if d.delimiter.len() != 1 {
             return Err(Error::invalid(
                 at("[data]"),

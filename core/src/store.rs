@@ -193,19 +193,6 @@ impl Store {
             .await
             .map_err(|e| map_err(&self.url_of(rel), e))
     }
-
-    /// Whether an object exists.
-    pub async fn exists(&self, rel: &str) -> Result<bool> {
-        let head = GetOptions {
-            head: true,
-            ..Default::default()
-        };
-        match self.inner.get_opts(&self.path(rel), head).await {
-            Ok(_) => Ok(true),
-            Err(object_store::Error::NotFound { .. }) => Ok(false),
-            Err(e) => Err(map_err(&self.url_of(rel), e)),
-        }
-    }
 }
 
 fn build_s3(bucket: &str, cfg: &S3Config) -> object_store::Result<object_store::aws::AmazonS3> {

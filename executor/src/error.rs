@@ -6,14 +6,6 @@ pub type Result<T, E = ExecutorError> = std::result::Result<T, E>;
 /// What can stop an executor from starting, or fail a task.
 #[derive(Debug, thiserror::Error)]
 pub enum ExecutorError {
-    /// The listen address could not be bound.
-    #[error("cannot listen on {addr}: {source}")]
-    Bind {
-        /// The address.
-        addr: String,
-        /// The cause.
-        source: std::io::Error,
-    },
     /// Coordination, storage or data reading failed.
     #[error(transparent)]
     Core(#[from] halyard_core::Error),

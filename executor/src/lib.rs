@@ -48,18 +48,7 @@ impl ExecutorHandle {
 /// Start an executor: bind, register, then serve tasks in the background.
 pub async fn start_executor(cfg: ExecutorConfig, coord: Coordinator) -> Result<ExecutorHandle> {
     let store = cfg.open_store()?;
-    let listener = tokio::net::TcpListener::bind(&cfg.listen)
-        .await
-        .map_err(|source| ExecutorError::Bind {
-            addr: cfg.listen.clone(),
-            source,
-        })?;
-    let addr = listener
-        .local_addr()
-        .map_err(|source| ExecutorError::Bind {
-            addr: cfg.listen.clone(),
-            source,
-        })?;
+    let (listener, addr) = halyard_core::bind(&cfg.listen).await?;
     let (shutdown, shutdown_rx) = watch::channel(false);
     let (_reporter, health) = tonic_health::server::health_reporter();
     let mut rx = shutdown_rx.clone();

@@ -10,7 +10,9 @@ use halyard_core::data::read_table;
 use halyard_core::records::{TaskAssignment, TaskProgress, TaskState, now_ms};
 use halyard_core::spec::{CategoricalEncoding, JobSpec, OptimizerKind};
 use halyard_core::store::{S3Config, Store, publish_model, read_url};
-use halyard_models::artifact::{DataLineage, FORMAT, Manifest, linear_to_safetensors};
+use halyard_models::artifact::{
+    DataLineage, FORMAT, Manifest, linear_tensor_shapes, linear_to_safetensors,
+};
 use halyard_models::features::{Encoding, FeatureConfig};
 use halyard_models::logistic::{EpochReport, Optimizer, TrainConfig};
 use halyard_models::pipeline::{TrainedModel, train_response_model};
@@ -150,12 +152,7 @@ async fn train_and_publish(
         version,
         model_type: spec.model.kind.as_str().into(),
         preprocessor: trained.preprocessor.clone(),
-        tensors: [
-            ("weight".to_string(), vec![1, trained.preprocessor.dim]),
-            ("bias".to_string(), vec![1]),
-        ]
-        .into_iter()
-        .collect(),
+        tensors: linear_tensor_shapes(trained.preprocessor.dim),
         metrics: trained.metrics.clone(),
         spec: serde_json::to_value(&spec).unwrap_or_default(),
         data: lineage,

@@ -58,6 +58,11 @@ pub struct Manifest {
     pub created_ms: i64,
 }
 
+/// Names and shapes of a linear model's tensors, as written by [`linear_to_safetensors`].
+pub fn linear_tensor_shapes(dim: usize) -> BTreeMap<String, Vec<usize>> {
+    BTreeMap::from([("weight".into(), vec![1, dim]), ("bias".into(), vec![1])])
+}
+
 /// Weights of a linear model as safetensors bytes: `weight` `[1, dim]`, `bias` `[1]`.
 pub fn linear_to_safetensors(model: &LinearScorer) -> Result<Vec<u8>> {
     let w: Vec<u8> = model.weight.iter().flat_map(|v| v.to_le_bytes()).collect();

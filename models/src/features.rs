@@ -113,6 +113,28 @@ pub struct Encoded {
 }
 
 impl Encoded {
+    /// Split the rows in two, keeping their order: those where `second(i)` is false, then
+    /// those where it is true.
+    pub fn partition(&self, second: impl Fn(usize) -> bool) -> (Encoded, Encoded) {
+        let mut parts = (Encoded::default(), Encoded::default());
+        for part in [&mut parts.0, &mut parts.1] {
+            part.dim = self.dim;
+        }
+        for i in 0..self.rows {
+            let part = if second(i) {
+                &mut parts.1
+            } else {
+                &mut parts.0
+            };
+            part.x.extend_from_slice(self.row(i));
+            if let Some(y) = self.y.get(i) {
+                part.y.push(*y);
+            }
+            part.rows += 1;
+        }
+        parts
+    }
+
     /// Row `i`'s features.
     pub fn row(&self, i: usize) -> &[f32] {
         &self.x[i * self.dim..(i + 1) * self.dim]

@@ -83,7 +83,7 @@ mod tests {
         assert_eq!(auc(&[0.1, 0.2, 0.8, 0.9], &y), Some(1.0));
         assert_eq!(auc(&[0.9, 0.8, 0.2, 0.1], &y), Some(0.0));
         assert_eq!(auc(&[0.5, 0.5, 0.5, 0.5], &y), Some(0.5));
-        // One positive ranked between the negatives: 2 of 4 pairs right... (0.3 > 0.2, 0.3 < 0.4)
+        // The positive 0.3 beats one negative (0.2) but not the other (0.4): 3 of 4 pairs.
         assert_eq!(auc(&[0.2, 0.4, 0.3, 0.9], &y), Some(0.75));
         assert_eq!(auc(&[0.1, 0.2], &[1.0, 1.0]), None);
     }

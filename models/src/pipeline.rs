@@ -42,8 +42,10 @@ pub fn train_response_model(
     }
     let every = features.holdout_every;
     let preprocessor = Preprocessor::fit(batches, features)?;
-    let train_set = preprocessor.transform(batches, |i| !is_test_row(i, every))?;
-    let test_set = preprocessor.transform(batches, |i| is_test_row(i, every))?;
+    // One pass over the columns, then the split.
+    let (train_set, test_set) = preprocessor
+        .transform(batches, |_| true)?
+        .partition(|i| is_test_row(i, every));
     if train_set.rows == 0 {
         return Err(ModelError::NoRows {
             purpose: "train on",

@@ -6,14 +6,6 @@ pub type Result<T, E = SchedulerError> = std::result::Result<T, E>;
 /// What can stop a scheduler from starting or serving.
 #[derive(Debug, thiserror::Error)]
 pub enum SchedulerError {
-    /// The API address could not be bound.
-    #[error("cannot listen on {addr}: {source}")]
-    Bind {
-        /// The address.
-        addr: String,
-        /// The cause.
-        source: std::io::Error,
-    },
     /// Coordination or storage failed.
     #[error(transparent)]
     Core(#[from] halyard_core::Error),

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use halyard_core::config::SchedulerConfig;
 use halyard_core::coord::{Coordinator, Leadership, Versioned};
 use halyard_core::records::{
-    ExecutorInfo, JobRecord, JobState, TaskAssignment, TaskProgress, TaskState, now_ms,
+    ExecutorInfo, JobRecord, JobState, TaskAssignment, TaskState, append_lines, now_ms,
 };
 use halyard_core::{Error, Result};
 use tokio::sync::watch;
@@ -200,47 +200,29 @@ impl Leader<'_> {
     ) -> Result<()> {
         let mut new = job.value.clone();
         let executor = new.executor.clone().unwrap_or_default();
-        if new.cancel_requested {
-            new.state = JobState::Cancelled;
-            new.log(&self.source, "cancelled");
-            self.absorb_progress(&mut new, None).await?;
-            self.coord.release_task(self.leadership, job, &new).await?;
-            info!(job = %new.id, "job cancelled");
-            return Ok(());
-        }
         let progress = self
             .coord
             .get_progress(&new.id)
             .await?
             .filter(|p| p.attempt == new.attempt);
-        if let Some(p) = &progress {
-            match p.state {
-                TaskState::Succeeded => {
-                    new.state = JobState::Succeeded;
-                    new.metrics = p.metrics.clone();
-                    new.artifact = p.artifact.clone();
-                    new.model_version = p.model_version;
-                    self.absorb_progress(&mut new, Some(p)).await?;
-                    new.log(&self.source, "succeeded");
-                    self.coord.release_task(self.leadership, job, &new).await?;
-                    info!(job = %new.id, artifact = ?new.artifact, "job succeeded");
-                    return Ok(());
-                }
-                TaskState::Failed => {
-                    new.state = JobState::Failed;
-                    new.error = p.error.clone();
-                    self.absorb_progress(&mut new, Some(p)).await?;
-                    new.log(&self.source, "failed");
-                    self.coord.release_task(self.leadership, job, &new).await?;
-                    info!(job = %new.id, error = ?new.error, "job failed");
-                    return Ok(());
-                }
-                TaskState::Running => {}
-            }
-        }
-        if !free.contains_key(&executor) {
+        let state = progress.as_ref().map(|p| p.state);
+        if new.cancel_requested {
+            new.state = JobState::Cancelled;
+            new.log(&self.source, "cancelled");
+        } else if state == Some(TaskState::Succeeded) {
+            let p = progress.as_ref().expect("state came from it");
+            new.state = JobState::Succeeded;
+            new.metrics = p.metrics.clone();
+            new.artifact = p.artifact.clone();
+            new.model_version = p.model_version;
+            new.log(&self.source, "succeeded");
+        } else if state == Some(TaskState::Failed) {
+            new.state = JobState::Failed;
+            new.error = progress.as_ref().and_then(|p| p.error.clone());
+            new.log(&self.source, "failed");
+        } else if !free.contains_key(&executor) {
             // The executor's lease expired: its key is gone. Requeue the task.
-            self.absorb_progress(&mut new, progress.as_ref()).await?;
+            new.executor = None;
             if new.attempt >= self.cfg.max_attempts {
                 new.state = JobState::Failed;
                 new.error = Some(format!(
@@ -258,30 +240,18 @@ impl Leader<'_> {
                     format!("executor {executor} lost; task requeued"),
                 );
             }
-            self.coord.release_task(self.leadership, job, &new).await?;
-            new.executor = None;
-            warn!(job = %new.id, %executor, "executor lost; task requeued");
+        } else {
+            return Ok(());
         }
-        Ok(())
-    }
-
-    /// Keep the executor's log lines in the job record before its progress key goes.
-    async fn absorb_progress(&self, job: &mut JobRecord, p: Option<&TaskProgress>) -> Result<()> {
-        let fetched;
-        let p = match p {
-            Some(p) => Some(p),
-            None => {
-                fetched = self.coord.get_progress(&job.id).await?;
-                fetched.as_ref().filter(|p| p.attempt == job.attempt)
-            }
-        };
-        if let Some(p) = p {
-            job.events.extend(p.lines.iter().cloned());
-            job.events.sort_by_key(|l| l.time_ms);
-            let max = halyard_core::records::MAX_EVENTS;
-            if job.events.len() > max {
-                let extra = job.events.len() - max;
-                job.events.drain(..extra);
+        // The executor's log lines join the job's before its progress key goes.
+        if let Some(p) = &progress {
+            append_lines(&mut new.events, p.lines.iter().cloned());
+        }
+        self.coord.release_task(self.leadership, job, &new).await?;
+        match new.state {
+            JobState::Pending => warn!(job = %new.id, %executor, "executor lost; task requeued"),
+            state => {
+                info!(job = %new.id, state = state.as_str(), artifact = ?new.artifact, error = ?new.error, "job ended")
             }
         }
         Ok(())

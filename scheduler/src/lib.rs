@@ -44,18 +44,7 @@ impl SchedulerHandle {
 
 /// Start a scheduler: bind its API, then campaign for leadership in the background.
 pub async fn start_scheduler(cfg: SchedulerConfig, coord: Coordinator) -> Result<SchedulerHandle> {
-    let listener = tokio::net::TcpListener::bind(&cfg.listen)
-        .await
-        .map_err(|source| SchedulerError::Bind {
-            addr: cfg.listen.clone(),
-            source,
-        })?;
-    let addr = listener
-        .local_addr()
-        .map_err(|source| SchedulerError::Bind {
-            addr: cfg.listen.clone(),
-            source,
-        })?;
+    let (listener, addr) = halyard_core::bind(&cfg.listen).await?;
     let (shutdown, shutdown_rx) = watch::channel(false);
     let svc = service::JobApi::new(coord.clone(), cfg.id.clone());
     let (health_reporter, health) = tonic_health::server::health_reporter();

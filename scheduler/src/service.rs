@@ -31,15 +31,19 @@ impl JobApi {
         JobApi { coord, id }
     }
 
-    async fn info(&self, id: &str) -> Result<JobInfo, Status> {
-        let job = self
-            .coord
+    async fn load_job(&self, id: &str) -> Result<JobRecord, Status> {
+        self.coord
             .get_job(id)
             .await
             .map_err(to_status)?
-            .ok_or_else(|| Status::not_found(format!("no job {id}")))?;
+            .map(|j| j.value)
+            .ok_or_else(|| Status::not_found(format!("no job {id}")))
+    }
+
+    async fn info(&self, id: &str) -> Result<JobInfo, Status> {
+        let job = self.load_job(id).await?;
         let progress = self.coord.get_progress(id).await.map_err(to_status)?;
-        Ok(job_info(&job.value, progress.as_ref()))
+        Ok(job_info(&job, progress.as_ref()))
     }
 }
 
@@ -151,22 +155,29 @@ impl JobService for JobApi {
         let coord = self.coord.clone();
         let (tx, rx) = tokio::sync::mpsc::channel(16);
         tokio::spawn(async move {
-            let mut last = first;
-            if tx
-                .send(Ok(JobEvent {
-                    job: Some(last.clone()),
-                }))
-                .await
-                .is_err()
-            {
-                return;
-            }
-            while !is_terminal(&last) {
+            // Send every change, starting with the state at the call, until the job ends
+            // or the caller hangs up.
+            let mut last: Option<JobInfo> = None;
+            let mut next = Some(first);
+            loop {
+                if let Some(info) = next.take() {
+                    let end = is_terminal(&info);
+                    let event = JobEvent {
+                        job: Some(info.clone()),
+                    };
+                    if tx.send(Ok(event)).await.is_err() || end {
+                        return;
+                    }
+                    last = Some(info);
+                }
                 tokio::time::sleep(WATCH_POLL).await;
-                let info = match coord.get_job(&id).await {
+                match coord.get_job(&id).await {
                     Ok(Some(job)) => {
                         let progress = coord.get_progress(&id).await.ok().flatten();
-                        job_info(&job.value, progress.as_ref())
+                        let info = job_info(&job.value, progress.as_ref());
+                        if last.as_ref() != Some(&info) {
+                            next = Some(info);
+                        }
                     }
                     Ok(None) => {
                         let _ = tx
@@ -175,19 +186,7 @@ impl JobService for JobApi {
                         return;
                     }
                     // A transient coordinator fault: the watcher keeps watching.
-                    Err(_) => continue,
-                };
-                if info != last {
-                    last = info;
-                    if tx
-                        .send(Ok(JobEvent {
-                            job: Some(last.clone()),
-                        }))
-                        .await
-                        .is_err()
-                    {
-                        return;
-                    }
+                    Err(_) => {}
                 }
             }
         });
@@ -197,13 +196,7 @@ impl JobService for JobApi {
 
     async fn logs(&self, request: Request<LogsRequest>) -> Result<Response<LogsResponse>, Status> {
         let id = request.into_inner().job_id;
-        let job = self
-            .coord
-            .get_job(&id)
-            .await
-            .map_err(to_status)?
-            .ok_or_else(|| Status::not_found(format!("no job {id}")))?;
-        let mut lines = job.value.events.clone();
+        let mut lines = self.load_job(&id).await?.events;
         if let Some(p) = self.coord.get_progress(&id).await.map_err(to_status)? {
             lines.extend(p.lines);
         }
