@@ -8,6 +8,7 @@
 //! <root>/leader                    scheduler id, bound to the leader's lease
 //! <root>/executors/<id>            ExecutorInfo, bound to the executor's lease
 //! <root>/jobs/<job>                JobRecord
+//! <root>/active/<job>              empty; present while the job has not ended
 //! <root>/tasks/<executor>/<job>    TaskAssignment (written by the leader)
 //! <root>/progress/<job>            TaskProgress (written by the assigned executor)
 //! <root>/models/<name>/next        next model version number
@@ -122,6 +123,9 @@ impl Coordinator {
     }
     fn job_key(&self, id: &str) -> String {
         self.key(&format!("jobs/{id}"))
+    }
+    fn active_key(&self, id: &str) -> String {
+        self.key(&format!("active/{id}"))
     }
     fn task_key(&self, executor: &str, job: &str) -> String {
         self.key(&format!("tasks/{executor}/{job}"))
@@ -289,7 +293,14 @@ impl Coordinator {
     pub async fn submit_job(&self, job: &JobRecord) -> Result<i64> {
         let key = self.job_key(&job.id);
         let out = self
-            .cas(&key, 0, vec![put(key.clone(), encode(job))])
+            .cas(
+                &key,
+                0,
+                vec![
+                    put(key.clone(), encode(job)),
+                    put(self.active_key(&job.id), Vec::new()),
+                ],
+            )
             .await?;
         if !out.succeeded {
             return Err(Error::Conflict { key });
@@ -317,6 +328,35 @@ impl Coordinator {
         Ok(jobs)
     }
 
+    /// Jobs that have not ended, oldest first: what the leader supervises. Reads only the
+    /// active index and those jobs, however long the history.
+    pub async fn list_active_jobs(&self) -> Result<Vec<Versioned<JobRecord>>> {
+        let prefix = self.key("active/");
+        let mut jobs = Vec::new();
+        for entry in self.kv.range(&prefix).await? {
+            let id = &entry.key[prefix.len()..];
+            // A job ended between the two reads: its index key is gone now, skip it.
+            if let Some(job) = self.get_job(id).await?
+                && !job.value.state.is_terminal()
+            {
+                jobs.push(job);
+            }
+        }
+        jobs.sort_by_key(|j| (j.value.created_ms, j.value.id.clone()));
+        Ok(jobs)
+    }
+
+    /// A job write, plus dropping the job from the active index when it has ended.
+    fn job_write(&self, job: &JobRecord) -> Vec<TxnOp> {
+        let mut ops = vec![put(self.job_key(&job.id), encode(job))];
+        if job.state.is_terminal() {
+            ops.push(TxnOp::Delete {
+                key: self.active_key(&job.id),
+            });
+        }
+        ops
+    }
+
     /// Change a job (leader only): compare-and-swap on the job, fenced on leadership.
     pub async fn update_job(
         &self,
@@ -325,13 +365,8 @@ impl Coordinator {
         new: &JobRecord,
     ) -> Result<i64> {
         let key = self.job_key(&new.id);
-        self.fenced(
-            leadership,
-            &key,
-            old.revision,
-            vec![put(key.clone(), encode(new))],
-        )
-        .await
+        self.fenced(leadership, &key, old.revision, self.job_write(new))
+            .await
     }
 
     /// Record a user's cancel request (any scheduler). Retries lost races.
@@ -368,13 +403,14 @@ impl Coordinator {
         task: &TaskAssignment,
     ) -> Result<i64> {
         let key = self.job_key(&new.id);
-        let ops = vec![
-            put(key.clone(), encode(new)),
-            put(self.task_key(&task.executor, &task.job_id), encode(task)),
-            TxnOp::Delete {
-                key: self.progress_key(&task.job_id),
-            },
-        ];
+        let mut ops = self.job_write(new);
+        ops.push(put(
+            self.task_key(&task.executor, &task.job_id),
+            encode(task),
+        ));
+        ops.push(TxnOp::Delete {
+            key: self.progress_key(&task.job_id),
+        });
         self.fenced(leadership, &key, old.revision, ops).await
     }
 
@@ -387,7 +423,7 @@ impl Coordinator {
         new: &JobRecord,
     ) -> Result<i64> {
         let key = self.job_key(&new.id);
-        let mut ops = vec![put(key.clone(), encode(new))];
+        let mut ops = self.job_write(new);
         if let Some(executor) = &old.value.executor {
             ops.push(TxnOp::Delete {
                 key: self.task_key(executor, &new.id),

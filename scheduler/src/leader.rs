@@ -119,8 +119,8 @@ struct Leader<'a> {
 
 impl Leader<'_> {
     async fn tick(&mut self) -> Result<()> {
-        let jobs = self.coord.list_jobs().await?;
-        if jobs.iter().all(|j| j.value.state.is_terminal()) {
+        let jobs = self.coord.list_active_jobs().await?;
+        if jobs.is_empty() {
             return Ok(());
         }
         let executors = self.coord.list_executors().await?;
