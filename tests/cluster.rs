@@ -104,7 +104,7 @@ async fn jobs_survive_killed_executor_and_killed_leader() {
             .starts_with("sha256:")
     );
     let weights = std::fs::read(version_dir.join("model.safetensors")).unwrap();
-    halyard_models::artifact::LoadedModel::from_bytes(
+    halyard_models::runtime::LoadedModel::from_bytes(
         &weights,
         &serde_json::to_vec(&manifest).unwrap(),
     )

@@ -30,6 +30,65 @@ pub struct JobSpec {
     /// What the job needs from an executor.
     #[serde(default)]
     pub resources: ResourceSpec,
+    /// Forecasting jobs (`[model] type = "nbeats"`): horizon, layout of the series.
+    #[serde(default)]
+    pub forecast: Option<ForecastSpec>,
+}
+
+/// The `[forecast]` section of a forecasting job.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ForecastSpec {
+    /// Steps to forecast.
+    pub horizon: usize,
+    /// Seasonal period (24 for hourly data with a daily cycle; MASE's lag).
+    #[serde(default = "default_period")]
+    pub period: usize,
+    /// `wide` (one line per series, the M4 layout) or `long` (one row per observation).
+    #[serde(default)]
+    pub layout: SeriesLayout,
+    /// Long layout: the column naming the series.
+    #[serde(default)]
+    pub id_column: Option<String>,
+    /// Long layout: the column holding the values.
+    #[serde(default)]
+    pub value_column: Option<String>,
+    /// Long layout: covariate columns known in advance (holiday, promotion flags).
+    #[serde(default)]
+    pub covariates: Vec<String>,
+    /// The true futures for the test metrics, same layout and series order as the source
+    /// (wide layout). Without it, the last `horizon` points of every series are held out.
+    #[serde(default)]
+    pub test_source: Option<String>,
+    /// Input windows of the ensemble members, as multiples of the horizon.
+    #[serde(default = "default_lookbacks")]
+    pub lookbacks: Vec<usize>,
+    /// Blocks per member.
+    #[serde(default = "default_blocks")]
+    pub blocks: usize,
+    /// Fully connected layers per block.
+    #[serde(default = "default_layers")]
+    pub layers: usize,
+    /// Width of those layers.
+    #[serde(default = "default_width")]
+    pub width: usize,
+    /// Training windows end within the last `history_horizons * horizon` points.
+    #[serde(default = "default_history_horizons")]
+    pub history_horizons: usize,
+    /// Gradient steps per member.
+    #[serde(default = "default_steps")]
+    pub steps: usize,
+}
+
+/// How series are laid out in a file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SeriesLayout {
+    /// `"id","v1","v2",…` per line, empty trailing cells (M4).
+    #[default]
+    Wide,
+    /// One row per observation: id, value and covariate columns.
+    Long,
 }
 
 /// The `[data]` section.
@@ -47,7 +106,8 @@ pub struct DataSpec {
     /// Whether the first CSV line holds the column names.
     #[serde(default = "default_true")]
     pub has_header: bool,
-    /// The column to predict.
+    /// The column to predict (response models; forecasting jobs leave it out).
+    #[serde(default)]
     pub label: String,
     /// For a string label: the value that means a response (1). When absent, any of
     /// `yes`, `true`, `1`, `y` (any case) counts as 1.
@@ -87,9 +147,18 @@ pub struct ModelSpec {
     /// Hashed: buckets per column.
     #[serde(default = "default_hash_buckets")]
     pub hash_buckets: usize,
-    /// L2 penalty on the weights.
+    /// L2 penalty on the logistic regression's weights.
     #[serde(default = "default_l2")]
     pub l2: f64,
+    /// MLP: hidden layer widths.
+    #[serde(default = "default_hidden")]
+    pub hidden: Vec<usize>,
+    /// MLP: the widest embedding of a categorical column.
+    #[serde(default = "default_max_embedding")]
+    pub max_embedding: usize,
+    /// Members trained with consecutive seeds and averaged.
+    #[serde(default = "default_ensemble")]
+    pub ensemble: usize,
 }
 
 /// Model families.
@@ -99,6 +168,10 @@ pub enum ModelKind {
     /// Logistic regression for response prediction.
     #[default]
     LogisticRegression,
+    /// MLP with embeddings for response prediction.
+    Mlp,
+    /// N-BEATS ensemble for trend forecasting (needs `[forecast]`).
+    Nbeats,
 }
 
 impl ModelKind {
@@ -106,6 +179,8 @@ impl ModelKind {
     pub fn as_str(self) -> &'static str {
         match self {
             ModelKind::LogisticRegression => "logistic_regression",
+            ModelKind::Mlp => "mlp",
+            ModelKind::Nbeats => "nbeats",
         }
     }
 }
@@ -147,6 +222,26 @@ pub struct TrainSpec {
     /// `cpu`, `gpu` or `auto`.
     #[serde(default)]
     pub device: DeviceKind,
+    /// MLP: decoupled weight decay (AdamW).
+    #[serde(default = "default_weight_decay")]
+    pub weight_decay: f64,
+    /// MLP: epochs without a better validation loss before stopping (0: never stop early).
+    #[serde(default = "default_patience")]
+    pub patience: u32,
+    /// `none`, or `balanced` to weigh positives by negatives / positives.
+    #[serde(default)]
+    pub class_weight: ClassWeight,
+}
+
+/// Class weighting of the loss.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ClassWeight {
+    /// Every row counts the same (best calibrated probabilities).
+    #[default]
+    None,
+    /// Positives weighed by negatives / positives.
+    Balanced,
 }
 
 /// Optimizers.
@@ -218,6 +313,42 @@ fn default_seed() -> u64 {
 fn default_holdout_every() -> usize {
     5
 }
+fn default_period() -> usize {
+    1
+}
+fn default_lookbacks() -> Vec<usize> {
+    vec![2, 3, 4]
+}
+fn default_blocks() -> usize {
+    6
+}
+fn default_layers() -> usize {
+    3
+}
+fn default_width() -> usize {
+    256
+}
+fn default_history_horizons() -> usize {
+    10
+}
+fn default_steps() -> usize {
+    1500
+}
+fn default_hidden() -> Vec<usize> {
+    vec![128, 64]
+}
+fn default_max_embedding() -> usize {
+    16
+}
+fn default_ensemble() -> usize {
+    1
+}
+fn default_weight_decay() -> f64 {
+    1e-4
+}
+fn default_patience() -> u32 {
+    3
+}
 fn default_cpus() -> u32 {
     1
 }
@@ -233,6 +364,9 @@ impl Default for ModelSpec {
             max_categories: default_max_categories(),
             hash_buckets: default_hash_buckets(),
             l2: default_l2(),
+            hidden: default_hidden(),
+            max_embedding: default_max_embedding(),
+            ensemble: default_ensemble(),
         }
     }
 }
@@ -247,6 +381,9 @@ impl Default for TrainSpec {
             seed: default_seed(),
             holdout_every: default_holdout_every(),
             device: DeviceKind::default(),
+            weight_decay: default_weight_decay(),
+            patience: default_patience(),
+            class_weight: ClassWeight::default(),
         }
     }
 }
@@ -316,6 +453,11 @@ impl JobSpec {
         let mut spec = JobSpec::from_toml(&text, &path.display().to_string())?;
         let base = path.parent().unwrap_or(Path::new("."));
         spec.data.source = resolve_source(&spec.data.source, base)?;
+        if let Some(f) = spec.forecast.as_mut()
+            && let Some(t) = f.test_source.as_mut()
+        {
+            *t = resolve_source(t, base)?;
+        }
         Ok(spec)
     }
 
@@ -370,13 +512,37 @@ impl JobSpec {
                 "must be exactly one ASCII character",
             ));
         }
-        if d.label.trim().is_empty() {
+        let forecasting = self.model.kind == ModelKind::Nbeats;
+        if !forecasting && d.label.trim().is_empty() {
             return Err(Error::invalid(
                 at("[data]"),
                 "label",
                 "\"\"",
                 "must name the column to predict",
             ));
+        }
+        match (&self.forecast, forecasting) {
+            (None, true) => {
+                return Err(Error::invalid(
+                    at(""),
+                    "forecast",
+                    "(absent)",
+                    "a [forecast] section with at least `horizon` is needed for [model] type = \"nbeats\"",
+                ));
+            }
+            (Some(_), false) => {
+                return Err(Error::invalid(
+                    at(""),
+                    "forecast",
+                    "(present)",
+                    format!(
+                        "[forecast] only applies to [model] type = \"nbeats\", not {:?}",
+                        self.model.kind.as_str()
+                    ),
+                ));
+            }
+            (Some(f), true) => f.validate(&at("[forecast]"))?,
+            (None, false) => {}
         }
         if d.exclude.contains(&d.label) {
             return Err(Error::invalid(
@@ -401,6 +567,30 @@ impl JobSpec {
                 "hash_buckets",
                 m.hash_buckets,
                 "must be between 2 and 1048576",
+            ));
+        }
+        if m.hidden.is_empty() || m.hidden.iter().any(|&h| !(1..=65_536).contains(&h)) {
+            return Err(Error::invalid(
+                at("[model]"),
+                "hidden",
+                format!("{:?}", m.hidden),
+                "must list one or more layer widths between 1 and 65536",
+            ));
+        }
+        if !(1..=1024).contains(&m.max_embedding) {
+            return Err(Error::invalid(
+                at("[model]"),
+                "max_embedding",
+                m.max_embedding,
+                "must be between 1 and 1024",
+            ));
+        }
+        if !(1..=64).contains(&m.ensemble) {
+            return Err(Error::invalid(
+                at("[model]"),
+                "ensemble",
+                m.ensemble,
+                "must be between 1 and 64",
             ));
         }
         if !(m.l2.is_finite() && m.l2 >= 0.0) {
@@ -444,6 +634,14 @@ impl JobSpec {
                 "must be > 0",
             ));
         }
+        if !(t.weight_decay.is_finite() && t.weight_decay >= 0.0) {
+            return Err(Error::invalid(
+                at("[train]"),
+                "weight_decay",
+                t.weight_decay,
+                "must be a finite number >= 0",
+            ));
+        }
         if t.holdout_every < 2 {
             return Err(Error::invalid(
                 at("[train]"),
@@ -476,6 +674,47 @@ impl JobSpec {
                 r.memory_mb,
                 "must be at least 1",
             ));
+        }
+        Ok(())
+    }
+}
+
+impl ForecastSpec {
+    fn validate(&self, at: &str) -> Result<()> {
+        if !(1..=10_000).contains(&self.horizon) {
+            return Err(Error::invalid(at, "horizon", self.horizon, "must be between 1 and 10000"));
+        }
+        if !(1..=10_000).contains(&self.period) {
+            return Err(Error::invalid(at, "period", self.period, "must be between 1 and 10000"));
+        }
+        if self.layout == SeriesLayout::Long
+            && (self.id_column.is_none() || self.value_column.is_none())
+        {
+            return Err(Error::invalid(
+                at,
+                "layout",
+                "\"long\"",
+                "needs id_column and value_column",
+            ));
+        }
+        if self.lookbacks.is_empty() || self.lookbacks.iter().any(|&l| !(1..=100).contains(&l)) {
+            return Err(Error::invalid(
+                at,
+                "lookbacks",
+                format!("{:?}", self.lookbacks),
+                "must list one or more multiples of the horizon between 1 and 100",
+            ));
+        }
+        for (field, v, max) in [
+            ("blocks", self.blocks, 256),
+            ("layers", self.layers, 64),
+            ("width", self.width, 65_536),
+            ("history_horizons", self.history_horizons, 100_000),
+            ("steps", self.steps, 10_000_000),
+        ] {
+            if !(1..=max).contains(&v) {
+                return Err(Error::invalid(at, field, v, format!("must be between 1 and {max}")));
+            }
         }
         Ok(())
     }

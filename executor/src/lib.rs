@@ -160,6 +160,7 @@ async fn run(
                         coord.clone(),
                         store.clone(),
                         cfg.s3.clone(),
+                        cfg.gpus,
                         cancel.clone(),
                     ));
                     running.insert(key, Running { cancel, handle });

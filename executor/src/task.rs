@@ -8,21 +8,40 @@ use bytes::Bytes;
 use halyard_core::coord::{Coordinator, Versioned};
 use halyard_core::data::read_table;
 use halyard_core::records::{TaskAssignment, TaskProgress, TaskState, now_ms};
-use halyard_core::spec::{CategoricalEncoding, JobSpec, OptimizerKind};
-use halyard_core::store::{S3Config, Store, publish_model, read_url};
-use halyard_models::artifact::{
-    DataLineage, FORMAT, Manifest, linear_tensor_shapes, linear_to_safetensors,
+use halyard_core::data::digest;
+use halyard_core::spec::{
+    CategoricalEncoding, ClassWeight, DeviceKind, ForecastSpec, JobSpec, ModelKind, OptimizerKind,
+    SeriesLayout,
 };
+use halyard_core::store::{S3Config, Store, publish_model, read_url};
+use halyard_models::artifact::{DataLineage, FORMAT, Manifest, tensor_shapes};
+use halyard_models::device::{GPU_BUILD, Placement};
 use halyard_models::features::{Encoding, FeatureConfig};
-use halyard_models::logistic::{EpochReport, Optimizer, TrainConfig};
-use halyard_models::pipeline::{TrainedModel, train_response_model};
+use halyard_models::forecast::Series;
+use halyard_models::forecast::data::{from_long_table, read_wide_csv};
+use halyard_models::forecast::nbeats::NBeatsTrainConfig;
+use halyard_models::logistic::{Optimizer, TrainConfig};
+use halyard_models::pipeline::{
+    ResponseConfig, ResponseKind, TrainedModel, train_forecaster, train_response_model,
+};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{info, warn};
 
 use crate::error::{ExecutorError, Result};
 
+/// The training device for a job: `auto` takes the GPU when this build has GPU support and
+/// the executor advertises a GPU.
+pub(crate) fn placement(spec: &JobSpec, gpus: u32) -> Placement {
+    match spec.train.device {
+        DeviceKind::Cpu => Placement::Cpu,
+        DeviceKind::Gpu => Placement::Gpu,
+        DeviceKind::Auto if GPU_BUILD && gpus > 0 => Placement::Gpu,
+        DeviceKind::Auto => Placement::Cpu,
+    }
+}
+
 /// The models crate's configs from a job spec.
-pub(crate) fn model_configs(spec: &JobSpec) -> (FeatureConfig, TrainConfig) {
+pub(crate) fn model_configs(spec: &JobSpec, placement: Placement) -> (FeatureConfig, ResponseConfig) {
     let features = FeatureConfig {
         label: spec.data.label.clone(),
         positive: spec.data.positive.clone(),
@@ -45,9 +64,44 @@ pub(crate) fn model_configs(spec: &JobSpec) -> (FeatureConfig, TrainConfig) {
             OptimizerKind::Sgd => Optimizer::Sgd,
         },
         l2: spec.model.l2,
+        weight_decay: spec.train.weight_decay,
+        patience: spec.train.patience,
+        positive_weight: 1.0,
         seed: spec.train.seed,
+        placement,
     };
-    (features, train)
+    let kind = match spec.model.kind {
+        ModelKind::Mlp => ResponseKind::Mlp {
+            hidden: spec.model.hidden.clone(),
+            max_embedding: spec.model.max_embedding,
+        },
+        _ => ResponseKind::LogisticRegression,
+    };
+    (
+        features,
+        ResponseConfig {
+            kind,
+            train,
+            ensemble: spec.model.ensemble,
+            balance_classes: spec.train.class_weight == ClassWeight::Balanced,
+        },
+    )
+}
+
+/// The forecaster's training settings from a job spec.
+pub(crate) fn forecast_config(f: &ForecastSpec, spec: &JobSpec, placement: Placement) -> NBeatsTrainConfig {
+    NBeatsTrainConfig {
+        steps: f.steps,
+        batch_size: spec.train.batch_size,
+        learning_rate: spec.train.learning_rate,
+        history_horizons: f.history_horizons,
+        lookbacks: f.lookbacks.clone(),
+        blocks: f.blocks,
+        layers: f.layers,
+        width: f.width,
+        seed: spec.train.seed,
+        placement,
+    }
 }
 
 /// Report, unless the assignment is gone; `false` means the task must stop.
@@ -68,6 +122,7 @@ pub(crate) async fn run(
     coord: Coordinator,
     store: Store,
     s3: S3Config,
+    gpus: u32,
     cancel: Arc<AtomicBool>,
 ) {
     let mut progress = TaskProgress::started(&a.value);
@@ -75,7 +130,7 @@ pub(crate) async fn run(
     if !report(&coord, &a, &progress).await {
         return;
     }
-    match train_and_publish(&a, &coord, &store, &s3, &cancel, &mut progress).await {
+    match train_and_publish(&a, &coord, &store, &s3, gpus, &cancel, &mut progress).await {
         Ok(()) => {
             progress.state = TaskState::Succeeded;
             progress.log("published");
@@ -99,6 +154,7 @@ async fn train_and_publish(
     coord: &Coordinator,
     store: &Store,
     s3: &S3Config,
+    gpus: u32,
     cancel: &Arc<AtomicBool>,
     progress: &mut TaskProgress,
 ) -> Result<()> {
@@ -106,9 +162,26 @@ async fn train_and_publish(
     let source = spec.data.source.clone();
     let bytes = read_url(&source, s3).await?;
     progress.log(format!("read {} bytes from {source}", bytes.len()));
+    let test_bytes = match spec.forecast.as_ref().and_then(|f| f.test_source.clone()) {
+        Some(url) => {
+            let b = read_url(&url, s3).await?;
+            progress.log(format!("read {} bytes from {url}", b.len()));
+            Some(b)
+        }
+        None => None,
+    };
+    let placement = placement(&spec, gpus);
+    progress.log(format!(
+        "training {} on the {}",
+        spec.model.kind.as_str(),
+        match placement {
+            Placement::Cpu => "CPU",
+            Placement::Gpu => "GPU",
+        }
+    ));
     report(coord, a, progress).await;
 
-    let (tx, mut rx) = mpsc::unbounded_channel::<EpochReport>();
+    let (tx, mut rx) = mpsc::unbounded_channel::<Progress>();
     let (done_tx, done_rx) = oneshot::channel();
     let thread_cancel = cancel.clone();
     let thread_spec = spec.clone();
@@ -116,7 +189,14 @@ async fn train_and_publish(
         .name(format!("train-{}", a.value.job_id))
         .spawn(move || {
             let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                train_blocking(&bytes, &thread_spec, &thread_cancel, &tx)
+                train_blocking(
+                    &bytes,
+                    test_bytes.as_ref(),
+                    &thread_spec,
+                    placement,
+                    &thread_cancel,
+                    &tx,
+                )
             }))
             .unwrap_or_else(|p| {
                 let msg = p
@@ -133,7 +213,7 @@ async fn train_and_publish(
     while let Some(r) = rx.recv().await {
         progress.epoch = r.epoch;
         progress.loss = Some(r.loss);
-        progress.log(format!("epoch {}/{} loss {:.5}", r.epoch, r.epochs, r.loss));
+        progress.log(r.line);
         if !report(coord, a, progress).await {
             cancel.store(true, Ordering::Relaxed);
         }
@@ -150,9 +230,8 @@ async fn train_and_publish(
         format: FORMAT.into(),
         name: spec.name.clone(),
         version,
-        model_type: spec.model.kind.as_str().into(),
-        preprocessor: trained.preprocessor.clone(),
-        tensors: linear_tensor_shapes(trained.preprocessor.dim),
+        architecture: trained.architecture.clone(),
+        tensors: tensor_shapes(&trained.weights)?,
         metrics: trained.metrics.clone(),
         spec: serde_json::to_value(&spec).unwrap_or_default(),
         data: lineage,
@@ -160,7 +239,7 @@ async fn train_and_publish(
         halyard_version: halyard_core::VERSION.into(),
         created_ms: now_ms(),
     };
-    let weights = linear_to_safetensors(&trained.scorer)?;
+    let weights = trained.weights;
     let manifest_bytes = serde_json::to_vec_pretty(&manifest).expect("manifest serialises");
     let url = publish_model(
         store,
@@ -174,26 +253,78 @@ async fn train_and_publish(
     progress.metrics = trained.metrics;
     progress.artifact = Some(url);
     progress.model_version = Some(version);
-    progress.epoch = spec.train.epochs;
     Ok(())
+}
+
+/// A progress line from the training thread.
+struct Progress {
+    epoch: u32,
+    loss: f64,
+    line: String,
 }
 
 /// Parse and train, on the calling (dedicated) thread.
 fn train_blocking(
     bytes: &Bytes,
+    test_bytes: Option<&Bytes>,
     spec: &JobSpec,
+    placement: Placement,
     cancel: &AtomicBool,
-    reports: &mpsc::UnboundedSender<EpochReport>,
+    reports: &mpsc::UnboundedSender<Progress>,
 ) -> Result<(TrainedModel, DataLineage)> {
-    let table = read_table(bytes, &spec.data, &spec.data.source)?;
-    let (features, train) = model_configs(spec);
-    let trained = train_response_model(&table.batches, &features, &train, |r| {
-        let _ = reports.send(r);
+    let flow = || {
         if cancel.load(Ordering::Relaxed) {
             ControlFlow::Break(())
         } else {
             ControlFlow::Continue(())
         }
+    };
+    if let Some(f) = &spec.forecast {
+        let (train, test, digest) = read_series(bytes, test_bytes, spec, f)?;
+        let tc = forecast_config(f, spec, placement);
+        let trained = train_forecaster(&train, &test, f.horizon, f.period, &tc, |r| {
+            let _ = reports.send(Progress {
+                epoch: r.step as u32,
+                loss: r.loss,
+                line: format!(
+                    "member {}/{} step {}/{} scaled MAE {:.5}",
+                    r.member + 1,
+                    r.members,
+                    r.step,
+                    r.steps,
+                    r.loss
+                ),
+            });
+            flow()
+        })?;
+        let lineage = DataLineage {
+            source: spec.data.source.clone(),
+            digest,
+            rows: train.len(),
+            train_rows: trained.train_rows,
+            test_rows: trained.test_rows,
+        };
+        return Ok((trained, lineage));
+    }
+    let table = read_table(bytes, &spec.data, &spec.data.source)?;
+    let (features, rc) = model_configs(spec, placement);
+    let trained = train_response_model(&table.batches, &features, &rc, |r| {
+        let e = r.epoch;
+        let member = if r.members > 1 {
+            format!("member {}/{} ", r.member + 1, r.members)
+        } else {
+            String::new()
+        };
+        let valid = e
+            .valid_loss
+            .map(|v| format!(" validation log loss {v:.5}"))
+            .unwrap_or_default();
+        let _ = reports.send(Progress {
+            epoch: e.epoch,
+            loss: e.loss,
+            line: format!("{member}epoch {}/{} loss {:.5}{valid}", e.epoch, e.epochs, e.loss),
+        });
+        flow()
     })?;
     let lineage = DataLineage {
         source: spec.data.source.clone(),
@@ -203,4 +334,53 @@ fn train_blocking(
         test_rows: trained.test_rows,
     };
     Ok((trained, lineage))
+}
+
+/// Training and test series of a forecasting job, and the digest of the source.
+fn read_series(
+    bytes: &Bytes,
+    test_bytes: Option<&Bytes>,
+    spec: &JobSpec,
+    f: &ForecastSpec,
+) -> Result<(Vec<Series>, Vec<Series>, String)> {
+    let source = &spec.data.source;
+    let (series, digest) = match f.layout {
+        SeriesLayout::Wide => (
+            read_wide_csv(&String::from_utf8_lossy(bytes), source)?,
+            digest(bytes),
+        ),
+        SeriesLayout::Long => {
+            let table = read_table(bytes, &spec.data, source)?;
+            let id = f.id_column.clone().unwrap_or_default();
+            let value = f.value_column.clone().unwrap_or_default();
+            (
+                from_long_table(&table.batches, &id, &value, &f.covariates)?,
+                table.digest,
+            )
+        }
+    };
+    match test_bytes {
+        Some(t) => {
+            let origin = f.test_source.clone().unwrap_or_default();
+            Ok((series, read_wide_csv(&String::from_utf8_lossy(t), &origin)?, digest))
+        }
+        None => {
+            // Hold out the last `horizon` points of every long enough series.
+            let (mut train, mut test) = (Vec::new(), Vec::new());
+            for s in series {
+                if s.values.len() <= f.horizon {
+                    continue;
+                }
+                let cut = s.values.len() - f.horizon;
+                let mut head = s.clone();
+                head.values.truncate(cut);
+                if !head.covariates.is_empty() {
+                    head.covariates.truncate(cut);
+                }
+                test.push(Series::new(s.id.clone(), s.values[cut..].to_vec()));
+                train.push(head);
+            }
+            Ok((train, test, digest))
+        }
+    }
 }

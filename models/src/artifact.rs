@@ -1,18 +1,25 @@
-//! The model artifact: weights as safetensors (PyTorch layout: a linear layer's `weight`
-//! is `[out, in]`) plus a JSON manifest holding everything needed to score raw records.
+//! The model artifact: weights as safetensors in PyTorch layout (a linear layer's `weight`
+//! is `[out, in]`; names are the module paths, `hidden.0.weight`) plus a JSON manifest
+//! holding everything needed to score raw input: architecture, preprocessing, metrics and
+//! lineage. Ensembles keep each member's tensors under `members.<k>.`.
+//!
+//! Training writes weights with burn's `SafetensorsStore` and its PyTorch adapter; serving
+//! reads them with candle ([`crate::runtime`]).
 
 use std::collections::BTreeMap;
 
-use arrow::array::RecordBatch;
+use burn::module::Module;
+use burn::store::{BurnToPyTorchAdapter, ModuleSnapshot, SafetensorsStore};
 use safetensors::tensor::{Dtype, TensorView};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{ModelError, Result};
 use crate::features::Preprocessor;
-use crate::logistic::LinearScorer;
+use crate::forecast::nbeats::ForecastConfig;
+use crate::mlp::MlpConfig;
 
 /// The manifest's format tag.
-pub const FORMAT: &str = "halyard-model/1";
+pub const FORMAT: &str = "halyard-model/2";
 
 /// Where the training data came from.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -21,12 +28,59 @@ pub struct DataLineage {
     pub source: String,
     /// `sha256:<hex>` of the source bytes.
     pub digest: String,
-    /// Rows in the source.
+    /// Rows (or series) in the source.
     pub rows: usize,
-    /// Rows trained on.
+    /// Rows (or series) trained on.
     pub train_rows: usize,
-    /// Rows held out for the test metrics.
+    /// Rows (or series) held out for the test metrics.
     pub test_rows: usize,
+}
+
+/// What the weights are and how raw input reaches them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Architecture {
+    /// One linear layer on the preprocessed features (`linear.weight`, `linear.bias`).
+    LogisticRegression {
+        /// Preprocessing of raw records.
+        preprocessor: Preprocessor,
+        /// Members averaged (1: a single model).
+        members: usize,
+    },
+    /// Embeddings, hidden layers, one logit.
+    Mlp {
+        /// Preprocessing of raw records.
+        preprocessor: Preprocessor,
+        /// Network shape.
+        config: MlpConfig,
+        /// Members averaged.
+        members: usize,
+    },
+    /// N-BEATS forecaster ensemble.
+    NBeats {
+        /// Horizon, members, scaling rules.
+        config: ForecastConfig,
+    },
+}
+
+impl Architecture {
+    /// The model family's name (`logistic_regression`, `mlp`, `nbeats`).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Architecture::LogisticRegression { .. } => "logistic_regression",
+            Architecture::Mlp { .. } => "mlp",
+            Architecture::NBeats { .. } => "nbeats",
+        }
+    }
+
+    /// The preprocessing of a response model.
+    pub fn preprocessor(&self) -> Option<&Preprocessor> {
+        match self {
+            Architecture::LogisticRegression { preprocessor, .. }
+            | Architecture::Mlp { preprocessor, .. } => Some(preprocessor),
+            Architecture::NBeats { .. } => None,
+        }
+    }
 }
 
 /// The JSON manifest of a model version.
@@ -38,13 +92,11 @@ pub struct Manifest {
     pub name: String,
     /// Version number.
     pub version: u64,
-    /// Model family (`logistic_regression`).
-    pub model_type: String,
-    /// Preprocessing: feature schema, scaling, vocabularies.
-    pub preprocessor: Preprocessor,
+    /// Architecture and preprocessing.
+    pub architecture: Architecture,
     /// Tensor names and shapes in the weights file.
     pub tensors: BTreeMap<String, Vec<usize>>,
-    /// Metrics on the held-out rows (`test_*`) and training rows (`train_*`).
+    /// Metrics on the held-out data (`test_*`) and the training data (`train_*`).
     pub metrics: BTreeMap<String, f64>,
     /// The job spec it was trained from, as JSON.
     pub spec: serde_json::Value,
@@ -58,91 +110,57 @@ pub struct Manifest {
     pub created_ms: i64,
 }
 
-/// Names and shapes of a linear model's tensors, as written by [`linear_to_safetensors`].
-pub fn linear_tensor_shapes(dim: usize) -> BTreeMap<String, Vec<usize>> {
-    BTreeMap::from([("weight".into(), vec![1, dim]), ("bias".into(), vec![1])])
+/// A burn module's weights as safetensors bytes in PyTorch layout.
+pub fn export_module<M: Module>(module: &M) -> Result<Vec<u8>> {
+    let mut store = SafetensorsStore::from_bytes(None).with_to_adapter(BurnToPyTorchAdapter);
+    module
+        .save_into(&mut store)
+        .map_err(|e| ModelError::Internal(format!("saving weights: {e}")))?;
+    store
+        .get_bytes()
+        .map_err(|e| ModelError::Internal(format!("saving weights: {e}")))
 }
 
-/// Weights of a linear model as safetensors bytes: `weight` `[1, dim]`, `bias` `[1]`.
-pub fn linear_to_safetensors(model: &LinearScorer) -> Result<Vec<u8>> {
-    let w: Vec<u8> = model.weight.iter().flat_map(|v| v.to_le_bytes()).collect();
-    let b: Vec<u8> = model.bias.to_le_bytes().to_vec();
-    let tensors = vec![
-        (
-            "weight",
-            TensorView::new(Dtype::F32, vec![1, model.weight.len()], &w)
-                .map_err(|e| ModelError::Internal(e.to_string()))?,
-        ),
-        (
-            "bias",
-            TensorView::new(Dtype::F32, vec![1], &b)
-                .map_err(|e| ModelError::Internal(e.to_string()))?,
-        ),
-    ];
-    safetensors::serialize(tensors, None).map_err(|e| ModelError::Internal(e.to_string()))
-}
-
-fn f32s(view: &TensorView<'_>) -> Vec<f32> {
-    view.data()
-        .chunks_exact(4)
-        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-        .collect()
-}
-
-/// Read linear weights from safetensors bytes.
-pub fn linear_from_safetensors(bytes: &[u8]) -> Result<LinearScorer> {
+/// Names, shapes and f32 data of every tensor in a safetensors file.
+pub fn read_tensors(bytes: &[u8]) -> Result<BTreeMap<String, (Vec<usize>, Vec<u8>)>> {
     let st = safetensors::SafeTensors::deserialize(bytes)
         .map_err(|e| ModelError::Artifact(format!("weights file: {e}")))?;
-    let get = |name: &str| {
-        st.tensor(name)
-            .map_err(|e| ModelError::Artifact(format!("weights file has no {name}: {e}")))
-    };
-    let w = get("weight")?;
-    let b = get("bias")?;
-    if w.dtype() != Dtype::F32 || b.dtype() != Dtype::F32 {
-        return Err(ModelError::Artifact("weights must be f32".into()));
-    }
-    Ok(LinearScorer {
-        weight: f32s(&w),
-        bias: f32s(&b).first().copied().unwrap_or(0.0),
-    })
-}
-
-/// A loaded artifact, ready to score raw records.
-#[derive(Debug, Clone)]
-pub struct LoadedModel {
-    /// The manifest.
-    pub manifest: Manifest,
-    /// The weights.
-    pub scorer: LinearScorer,
-}
-
-impl LoadedModel {
-    /// Load from the two files' bytes.
-    pub fn from_bytes(weights: &[u8], manifest: &[u8]) -> Result<LoadedModel> {
-        let manifest: Manifest = serde_json::from_slice(manifest)
-            .map_err(|e| ModelError::Artifact(format!("manifest: {e}")))?;
-        if manifest.format != FORMAT {
+    let mut out = BTreeMap::new();
+    for (name, view) in st.tensors() {
+        if view.dtype() != Dtype::F32 {
             return Err(ModelError::Artifact(format!(
-                "manifest format {:?}, expected {FORMAT:?}",
-                manifest.format
+                "tensor {name} is {:?}; weights must be f32",
+                view.dtype()
             )));
         }
-        let scorer = linear_from_safetensors(weights)?;
-        if scorer.weight.len() != manifest.preprocessor.dim {
-            return Err(ModelError::Artifact(format!(
-                "weights have {} inputs but the manifest's features have {}",
-                scorer.weight.len(),
-                manifest.preprocessor.dim
-            )));
-        }
-        Ok(LoadedModel { manifest, scorer })
+        out.insert(name, (view.shape().to_vec(), view.data().to_vec()));
     }
+    Ok(out)
+}
 
-    /// Response probabilities for raw records (the training data's columns; the label
-    /// column may be absent).
-    pub fn score(&self, batches: &[RecordBatch]) -> Result<Vec<f32>> {
-        let encoded = self.manifest.preprocessor.transform(batches, |_| true)?;
-        Ok(self.scorer.predict(&encoded))
+/// Several members' weights in one file, member `k`'s tensors under `members.<k>.`.
+pub fn merge_members(members: &[Vec<u8>]) -> Result<Vec<u8>> {
+    let mut all = Vec::new();
+    for (k, bytes) in members.iter().enumerate() {
+        for (name, (shape, data)) in read_tensors(bytes)? {
+            all.push((format!("members.{k}.{name}"), shape, data));
+        }
     }
+    let views = all
+        .iter()
+        .map(|(name, shape, data)| {
+            TensorView::new(Dtype::F32, shape.clone(), data)
+                .map(|v| (name.clone(), v))
+                .map_err(|e| ModelError::Internal(e.to_string()))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    safetensors::serialize(views, None).map_err(|e| ModelError::Internal(e.to_string()))
+}
+
+/// Tensor names and shapes of a weights file, for the manifest.
+pub fn tensor_shapes(bytes: &[u8]) -> Result<BTreeMap<String, Vec<usize>>> {
+    Ok(read_tensors(bytes)?
+        .into_iter()
+        .map(|(k, (shape, _))| (k, shape))
+        .collect())
 }

@@ -58,6 +58,29 @@ pub enum ModelError {
         /// The epoch.
         epoch: u32,
     },
+    /// A series no forecaster can use.
+    #[error("series {id:?} cannot be forecast: {reason}")]
+    BadSeries {
+        /// Series id.
+        id: String,
+        /// What is wrong and what to do.
+        reason: String,
+    },
+    /// A cell of an input file is not what its column needs.
+    #[error("{origin} line {line} column {column}: {message}")]
+    BadData {
+        /// File or URL.
+        origin: String,
+        /// 1-based line.
+        line: usize,
+        /// 1-based column.
+        column: usize,
+        /// What is wrong.
+        message: String,
+    },
+    /// A request asks for more than the model was trained for.
+    #[error("{0}")]
+    Unsupported(String),
     /// A manifest or weights file is not a Halyard artifact.
     #[error("invalid artifact: {0}")]
     Artifact(String),

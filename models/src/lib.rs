@@ -1,17 +1,25 @@
-//! `halyard-models`: turns Arrow record batches and configs into trained models, metrics and
-//! artifact bytes. **It knows nothing of gRPC, etcd, Ballista or object storage**: everything
-//! ML is testable here in isolation.
+//! `halyard-models`: turns Arrow record batches and series into trained models, metrics and
+//! artifact bytes, and serves them. **It knows nothing of gRPC, etcd, Ballista or object
+//! storage**: everything ML is testable here in isolation.
 //!
 //! - [`features`]: preprocessing (standardisation, one-hot or hashed categoricals).
-//! - [`logistic`]: logistic regression trained with burn (`Device::flex()`).
-//! - [`metrics`]: AUC, log loss, accuracy.
-//! - [`artifact`]: safetensors weights plus a JSON manifest, and scoring from them.
+//! - [`logistic`], [`mlp`]: response models trained with burn.
+//! - [`forecast`]: M4 classical methods, N-BEATS, sMAPE / MASE / OWA.
+//! - [`metrics`]: AUC, log loss, calibration, lift.
+//! - [`artifact`]: safetensors weights in PyTorch layout plus a JSON manifest.
+//! - [`runtime`]: serving with candle-core (no burn in that path).
+//! - [`device`]: CPU (flex) or GPU (Vulkan, cargo feature `gpu`) training devices.
+//! - [`pipeline`]: the whole recipes.
 
 pub mod artifact;
+pub mod device;
 pub mod error;
 pub mod features;
+pub mod forecast;
 pub mod logistic;
 pub mod metrics;
+pub mod mlp;
 pub mod pipeline;
+pub mod runtime;
 
 pub use error::{ModelError, Result};

@@ -6,12 +6,12 @@ use std::ops::ControlFlow;
 use burn::module::Module;
 use burn::nn::{Linear, LinearConfig};
 use burn::optim::{AdamConfig, GradientsParams, SgdConfig};
-use burn::tensor::activation::{relu, softplus};
 use burn::tensor::{Device, Tensor, TensorData};
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use serde::{Deserialize, Serialize};
 
+use crate::device::{Placement, bce_with_logits, finite_loss, training_device};
 use crate::error::{ModelError, Result};
 use crate::features::Encoded;
 
@@ -19,27 +19,52 @@ use crate::features::Encoded;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Optimizer {
-    /// Adam.
+    /// Adam (the MLP always uses AdamW with `weight_decay`).
     Adam,
     /// Plain SGD.
     Sgd,
 }
 
-/// Training settings.
+/// Training settings shared by the response models.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TrainConfig {
-    /// Passes over the data.
+    /// Passes over the data (the most, with early stopping).
     pub epochs: u32,
     /// Rows per step.
     pub batch_size: usize,
-    /// Step size.
+    /// Step size (the peak of the MLP's cosine schedule).
     pub learning_rate: f64,
-    /// Optimizer.
+    /// Optimizer of the logistic regression.
     pub optimizer: Optimizer,
-    /// L2 penalty on the weights (not the bias).
+    /// L2 penalty on the logistic regression's weights (not the bias).
     pub l2: f64,
+    /// Decoupled weight decay of the MLP's AdamW.
+    pub weight_decay: f64,
+    /// MLP: stop after this many epochs without a better validation loss (0: never).
+    pub patience: u32,
+    /// Loss weight of a positive row (1: unweighted; `negatives / positives` balances).
+    pub positive_weight: f64,
     /// Seed for initialisation and shuffling.
     pub seed: u64,
+    /// Training device.
+    pub placement: Placement,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        TrainConfig {
+            epochs: 10,
+            batch_size: 256,
+            learning_rate: 0.01,
+            optimizer: Optimizer::Adam,
+            l2: 1e-4,
+            weight_decay: 1e-4,
+            patience: 3,
+            positive_weight: 1.0,
+            seed: 42,
+            placement: Placement::Cpu,
+        }
+    }
 }
 
 /// The model: one linear layer whose output is the log-odds of a response.
@@ -63,63 +88,6 @@ impl LogisticRegression {
     pub fn forward(&self, x: Tensor<2>) -> Tensor<2> {
         self.linear.forward(x)
     }
-
-    /// The weights as plain numbers.
-    pub fn to_scorer(&self) -> Result<LinearScorer> {
-        let weight = self
-            .linear
-            .weight
-            .val()
-            .into_data()
-            .try_to_vec::<f32>()
-            .map_err(|e| ModelError::Internal(format!("{e:?}")))?;
-        let bias = match &self.linear.bias {
-            Some(b) => b
-                .val()
-                .into_data()
-                .try_to_vec::<f32>()
-                .map_err(|e| ModelError::Internal(format!("{e:?}")))?[0],
-            None => 0.0,
-        };
-        Ok(LinearScorer { weight, bias })
-    }
-}
-
-/// A trained linear model in plain numbers: what serving needs, with no tensor library.
-#[derive(Debug, Clone, PartialEq)]
-pub struct LinearScorer {
-    /// One weight per feature.
-    pub weight: Vec<f32>,
-    /// Intercept.
-    pub bias: f32,
-}
-
-impl LinearScorer {
-    /// Probability of a response for each row.
-    pub fn predict(&self, data: &Encoded) -> Vec<f32> {
-        (0..data.rows)
-            .map(|i| {
-                let z: f32 = data
-                    .row(i)
-                    .iter()
-                    .zip(&self.weight)
-                    .map(|(a, b)| a * b)
-                    .sum::<f32>()
-                    + self.bias;
-                sigmoid(z)
-            })
-            .collect()
-    }
-}
-
-/// The logistic function, stable for large |z|.
-pub fn sigmoid(z: f32) -> f32 {
-    if z >= 0.0 {
-        1.0 / (1.0 + (-z).exp())
-    } else {
-        let e = z.exp();
-        e / (1.0 + e)
-    }
 }
 
 /// Progress of one epoch, given to the caller's callback.
@@ -131,6 +99,8 @@ pub struct EpochReport {
     pub epochs: u32,
     /// Mean training loss over the epoch (with the L2 term).
     pub loss: f64,
+    /// Log loss on the validation rows, when there are some.
+    pub valid_loss: Option<f64>,
 }
 
 /// Train on `data`. `on_epoch` is called after each epoch; `ControlFlow::Break` stops
@@ -139,15 +109,14 @@ pub fn train(
     data: &Encoded,
     cfg: &TrainConfig,
     mut on_epoch: impl FnMut(EpochReport) -> ControlFlow<()>,
-) -> Result<LinearScorer> {
+) -> Result<LogisticRegression> {
     if data.rows == 0 {
         return Err(ModelError::NoRows {
             purpose: "train on",
             rows: 0,
         });
     }
-    let device = Device::flex().autodiff();
-    device.seed(cfg.seed);
+    let device = training_device(cfg.placement, cfg.seed)?;
     let mut model = LogisticRegression::new(data.dim, &device);
     let mut optim = match cfg.optimizer {
         Optimizer::Adam => AdamConfig::new().init(),
@@ -170,20 +139,13 @@ pub fn train(
             }
             let x = Tensor::<2>::from_data(TensorData::new(xb, [b, data.dim]), &device);
             let y = Tensor::<2>::from_data(TensorData::new(yb, [b, 1]), &device);
-            let z = model.forward(x);
-            // Binary cross-entropy on logits, in its stable form:
-            // max(z, 0) - z*y + log(1 + exp(-|z|)).
-            let bce = relu(z.clone()) - z.clone() * y + softplus(z.abs().neg(), 1.0);
-            let mut loss = bce.mean();
+            let w = positive_weights(&y_rows(data, chunk), cfg.positive_weight, &device);
+            let mut loss = (bce_with_logits(model.forward(x), y) * w).mean();
             if cfg.l2 > 0.0 {
                 let w = model.linear.weight.val();
                 loss = loss + w.square().sum().mul_scalar(cfg.l2 / 2.0);
             }
-            let value: f32 = loss.clone().into_scalar();
-            if !value.is_finite() {
-                return Err(ModelError::Diverged { epoch });
-            }
-            loss_sum += f64::from(value) * b as f64;
+            loss_sum += finite_loss(&loss, epoch)? * b as f64;
             seen += b;
             let grads = GradientsParams::from_grads(loss.backward(), &model);
             model = optim.step(cfg.learning_rate, model, grads);
@@ -192,10 +154,27 @@ pub fn train(
             epoch,
             epochs: cfg.epochs,
             loss: loss_sum / seen as f64,
+            valid_loss: None,
         };
         if on_epoch(report).is_break() {
             return Err(ModelError::Cancelled);
         }
     }
-    model.to_scorer()
+    Ok(model.valid())
+}
+
+fn y_rows(data: &Encoded, rows: &[usize]) -> Vec<f32> {
+    rows.iter().map(|&i| data.y[i]).collect()
+}
+
+/// Per-row loss weights: `positive_weight` for positives, 1 for negatives.
+///
+/// # Shapes
+/// -> `[rows, 1]`
+pub fn positive_weights(y: &[f32], positive_weight: f64, device: &Device) -> Tensor<2> {
+    let w: Vec<f32> = y
+        .iter()
+        .map(|&v| if v > 0.5 { positive_weight as f32 } else { 1.0 })
+        .collect();
+    Tensor::from_data(TensorData::new(w, [y.len(), 1]), device)
 }

@@ -55,8 +55,41 @@ pub fn accuracy(probs: &[f32], labels: &[f32]) -> f64 {
     right as f64 / probs.len().max(1) as f64
 }
 
+/// Expected calibration error: over ten equal-width probability bins, the row-weighted mean
+/// of |mean predicted − observed rate|.
+pub fn expected_calibration_error(probs: &[f32], labels: &[f32]) -> f64 {
+    let mut count = [0usize; 10];
+    let mut p_sum = [0f64; 10];
+    let mut y_sum = [0f64; 10];
+    for (&p, &y) in probs.iter().zip(labels) {
+        let bin = ((p as f64 * 10.0) as usize).min(9);
+        count[bin] += 1;
+        p_sum[bin] += p as f64;
+        y_sum[bin] += if y > 0.5 { 1.0 } else { 0.0 };
+    }
+    let n = probs.len().max(1) as f64;
+    (0..10)
+        .filter(|&b| count[b] > 0)
+        .map(|b| (p_sum[b] - y_sum[b]).abs() / n)
+        .sum()
+}
+
+/// Response rate among the top-scored tenth of rows, and its lift over the overall rate.
+pub fn top_decile(probs: &[f32], labels: &[f32]) -> (f64, f64) {
+    let n = probs.len();
+    if n == 0 {
+        return (0.0, 0.0);
+    }
+    let mut idx: Vec<usize> = (0..n).collect();
+    idx.sort_by(|&a, &b| probs[b].total_cmp(&probs[a]));
+    let k = n.div_ceil(10);
+    let top = idx[..k].iter().filter(|&&i| labels[i] > 0.5).count() as f64 / k as f64;
+    let base = labels.iter().filter(|&&y| y > 0.5).count() as f64 / n as f64;
+    (top, if base > 0.0 { top / base } else { 0.0 })
+}
+
 /// The standard set, under `prefix` (`test_`, `train_`): auc (when defined), log_loss,
-/// accuracy, positive_rate, rows.
+/// accuracy, ece, top_decile_rate, top_decile_lift, positive_rate, rows.
 pub fn classification(prefix: &str, probs: &[f32], labels: &[f32]) -> BTreeMap<String, f64> {
     let mut m = BTreeMap::new();
     if let Some(a) = auc(probs, labels) {
@@ -64,6 +97,13 @@ pub fn classification(prefix: &str, probs: &[f32], labels: &[f32]) -> BTreeMap<S
     }
     m.insert(format!("{prefix}log_loss"), log_loss(probs, labels));
     m.insert(format!("{prefix}accuracy"), accuracy(probs, labels));
+    m.insert(
+        format!("{prefix}ece"),
+        expected_calibration_error(probs, labels),
+    );
+    let (rate, lift) = top_decile(probs, labels);
+    m.insert(format!("{prefix}top_decile_rate"), rate);
+    m.insert(format!("{prefix}top_decile_lift"), lift);
     let pos = labels.iter().filter(|&&y| y > 0.5).count() as f64;
     m.insert(
         format!("{prefix}positive_rate"),
@@ -94,5 +134,20 @@ mod tests {
         let expected = (-(0.9f64.ln()) - (0.8f64.ln())) / 2.0;
         assert!((ll - expected).abs() < 1e-6, "{ll} vs {expected}");
         assert!(log_loss(&[0.0], &[1.0]).is_finite());
+    }
+
+    #[test]
+    fn calibration_and_lift_by_hand() {
+        // Bin 0.2: predicted 0.2 twice, observed 1 of 2 → |0.4 - 1| / 4; bin 0.9: |1.8 - 2| / 4.
+        let e = expected_calibration_error(&[0.2, 0.2, 0.9, 0.9], &[1.0, 0.0, 1.0, 1.0]);
+        assert!((e - (0.6 + 0.2) / 4.0).abs() < 1e-6, "{e}");
+        // 20 rows, 2 positive, both scored highest: top tenth is 2 rows, rate 1, lift 10.
+        let mut p = vec![0.1f32; 20];
+        let mut y = vec![0.0f32; 20];
+        p[3] = 0.9;
+        p[7] = 0.8;
+        y[3] = 1.0;
+        y[7] = 1.0;
+        assert_eq!(top_decile(&p, &y), (1.0, 10.0));
     }
 }

@@ -1,37 +1,89 @@
-//! The whole response-model recipe: split, fit preprocessing on the training rows, train,
-//! evaluate on the held-out rows.
+//! Whole recipes: data in, weights + architecture + metrics out.
+//!
+//! - [`train_response_model`]: split, fit preprocessing on the training rows, train one or
+//!   several members (logistic regression or MLP), score the held-out rows **with the
+//!   serving runtime** so that the recorded metrics are those of the artifact served.
+//! - [`train_forecaster`]: N-BEATS on the histories, scored on the held-out futures with
+//!   sMAPE / MASE / OWA against Naive2.
 
 use std::collections::BTreeMap;
 use std::ops::ControlFlow;
 
 use arrow::array::RecordBatch;
+use serde::{Deserialize, Serialize};
 
+use crate::artifact::{Architecture, export_module, merge_members};
 use crate::error::{ModelError, Result};
 use crate::features::{FeatureConfig, Preprocessor, is_test_row};
-use crate::logistic::{EpochReport, LinearScorer, TrainConfig, train};
+use crate::forecast::Series;
+use crate::forecast::classical::{Method, forecast};
+use crate::forecast::metrics::score;
+use crate::forecast::nbeats::{NBeatsTrainConfig, StepReport, train_nbeats};
+use crate::logistic::{EpochReport, TrainConfig, train};
 use crate::metrics::classification;
+use crate::mlp::{InputLayout, MlpConfig, train_mlp};
+use crate::runtime::Runtime;
 
-/// A trained response model with its preprocessing and metrics.
+/// Which response model, and its shape.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ResponseKind {
+    /// Logistic regression.
+    LogisticRegression,
+    /// MLP with embeddings.
+    Mlp {
+        /// Hidden layer widths.
+        hidden: Vec<usize>,
+        /// Widest embedding.
+        max_embedding: usize,
+    },
+}
+
+/// A response model recipe.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ResponseConfig {
+    /// Model.
+    pub kind: ResponseKind,
+    /// Training.
+    pub train: TrainConfig,
+    /// Members trained with seeds `seed, seed + 1, …` and averaged.
+    pub ensemble: usize,
+    /// Weigh positives by `negatives / positives` (overrides `train.positive_weight`).
+    pub balance_classes: bool,
+}
+
+/// A trained model, ready to publish.
 #[derive(Debug, Clone)]
 pub struct TrainedModel {
-    /// Fitted preprocessing.
-    pub preprocessor: Preprocessor,
-    /// Weights.
-    pub scorer: LinearScorer,
+    /// Architecture and preprocessing.
+    pub architecture: Architecture,
+    /// Safetensors bytes.
+    pub weights: Vec<u8>,
     /// `test_*` and `train_*` metrics.
     pub metrics: BTreeMap<String, f64>,
-    /// Rows trained on.
+    /// Rows (series) trained on.
     pub train_rows: usize,
-    /// Rows held out.
+    /// Rows (series) held out.
     pub test_rows: usize,
 }
 
-/// Train a logistic-regression response model on `batches`.
+/// Progress of a member's epoch.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct MemberReport {
+    /// Member (0-based).
+    pub member: usize,
+    /// Members in all.
+    pub members: usize,
+    /// The epoch's report.
+    pub epoch: EpochReport,
+}
+
+/// Train a response model on `batches`.
 pub fn train_response_model(
     batches: &[RecordBatch],
     features: &FeatureConfig,
-    cfg: &TrainConfig,
-    on_epoch: impl FnMut(EpochReport) -> ControlFlow<()>,
+    rc: &ResponseConfig,
+    mut on_epoch: impl FnMut(MemberReport) -> ControlFlow<()>,
 ) -> Result<TrainedModel> {
     let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
     if rows == 0 {
@@ -42,10 +94,17 @@ pub fn train_response_model(
     }
     let every = features.holdout_every;
     let preprocessor = Preprocessor::fit(batches, features)?;
-    // One pass over the columns, then the split.
-    let (train_set, test_set) = preprocessor
-        .transform(batches, |_| true)?
-        .partition(|i| is_test_row(i, every));
+    // One pass over the columns, then the splits: test rows (index % every == every - 1);
+    // for early stopping, validation rows among the others (index % every == every - 2).
+    let all = preprocessor.transform(batches, |_| true)?;
+    let (fit_rows, test_set) = all.partition(|i| is_test_row(i, every));
+    let original: Vec<usize> = (0..rows).filter(|&i| !is_test_row(i, every)).collect();
+    let early_stopping = matches!(rc.kind, ResponseKind::Mlp { .. }) && rc.train.patience > 0;
+    let (train_set, valid_set) = if early_stopping {
+        fit_rows.partition(|j| original[j] % every == every - 2)
+    } else {
+        (fit_rows.clone(), fit_rows.partition(|_| false).1)
+    };
     if train_set.rows == 0 {
         return Err(ModelError::NoRows {
             purpose: "train on",
@@ -65,19 +124,124 @@ pub fn train_response_model(
             class: u8::from(positives > 0),
         });
     }
-    let scorer = train(&train_set, cfg, on_epoch)?;
-    let mut metrics = classification("test_", &scorer.predict(&test_set), &test_set.y);
+    let mut tc = rc.train.clone();
+    if rc.balance_classes {
+        tc.positive_weight = (train_set.rows - positives) as f64 / positives as f64;
+    }
+    let members = rc.ensemble.max(1);
+    let mut weights = Vec::with_capacity(members);
+    let mlp_config = match &rc.kind {
+        ResponseKind::Mlp {
+            hidden,
+            max_embedding,
+        } => Some(MlpConfig::new(
+            InputLayout::of(&preprocessor),
+            hidden.clone(),
+            *max_embedding,
+        )),
+        ResponseKind::LogisticRegression => None,
+    };
+    for member in 0..members {
+        let mut mtc = tc.clone();
+        mtc.seed = tc.seed.wrapping_add(member as u64);
+        let report = |epoch| {
+            on_epoch(MemberReport {
+                member,
+                members,
+                epoch,
+            })
+        };
+        let bytes = match &mlp_config {
+            Some(cfg) => export_module(&train_mlp(&train_set, &valid_set, cfg, &mtc, report)?)?,
+            None => export_module(&train(&train_set, &mtc, report)?)?,
+        };
+        weights.push(bytes);
+    }
+    let architecture = match mlp_config {
+        Some(config) => Architecture::Mlp {
+            preprocessor,
+            config,
+            members,
+        },
+        None => Architecture::LogisticRegression {
+            preprocessor,
+            members,
+        },
+    };
+    let weights = merge_members(&weights)?;
+    let runtime = Runtime::new(architecture, &weights)?;
+    let mut metrics = classification("test_", &runtime.score_encoded(&test_set)?, &test_set.y);
     metrics.extend(classification(
         "train_",
-        &scorer.predict(&train_set),
-        &train_set.y,
+        &runtime.score_encoded(&fit_rows)?,
+        &fit_rows.y,
     ));
     metrics.retain(|_, v| v.is_finite());
     Ok(TrainedModel {
-        preprocessor,
-        scorer,
+        architecture: runtime.architecture,
+        weights,
         metrics,
-        train_rows: train_set.rows,
+        train_rows: fit_rows.rows,
         test_rows: test_set.rows,
+    })
+}
+
+/// Train an N-BEATS forecaster on `train` and score it on `test` (the true futures of the
+/// same series, in the same order; empty: no test metrics). Metrics: `test_smape`,
+/// `test_mase`, `test_owa` and Naive2's for reference.
+pub fn train_forecaster(
+    train: &[Series],
+    test: &[Series],
+    horizon: usize,
+    period: usize,
+    tc: &NBeatsTrainConfig,
+    on_progress: impl FnMut(StepReport) -> ControlFlow<()>,
+) -> Result<TrainedModel> {
+    let trained = train_nbeats(train, horizon, period, tc, on_progress)?;
+    let weights = merge_members(
+        &trained
+            .members
+            .iter()
+            .map(export_module)
+            .collect::<Result<Vec<_>>>()?,
+    )?;
+    let runtime = Runtime::new(
+        Architecture::NBeats {
+            config: trained.config,
+        },
+        &weights,
+    )?;
+    let mut metrics = BTreeMap::new();
+    if !test.is_empty() {
+        if test.len() != train.len() {
+            return Err(ModelError::Unsupported(format!(
+                "the test set has {} series but the training set {}: they must match one to one",
+                test.len(),
+                train.len()
+            )));
+        }
+        let h = test.iter().map(|s| s.values.len()).min().unwrap_or(0).min(horizon);
+        let ours = runtime.forecast(train, h)?;
+        let naive2: Vec<Vec<f64>> = train
+            .iter()
+            .map(|s| forecast(&s.values, period, h, Method::Naive2))
+            .collect();
+        let insample: Vec<&[f64]> = train.iter().map(|s| s.values.as_slice()).collect();
+        let actual: Vec<&[f64]> = test.iter().map(|s| &s.values[..h]).collect();
+        let a = score(&insample, &actual, &ours, period);
+        let n2 = score(&insample, &actual, &naive2, period);
+        metrics.insert("test_smape".into(), a.smape);
+        metrics.insert("test_mase".into(), a.mase);
+        metrics.insert("test_owa".into(), a.owa(&n2));
+        metrics.insert("naive2_smape".into(), n2.smape);
+        metrics.insert("naive2_mase".into(), n2.mase);
+        metrics.insert("test_series".into(), a.series as f64);
+    }
+    Ok(TrainedModel {
+        architecture: runtime.architecture,
+        weights,
+        metrics,
+        train_rows: train.len(),
+        test_rows: test.len(),
     })
 }

@@ -6,10 +6,11 @@ use std::sync::Arc;
 use arrow::array::{Float64Array, RecordBatch, StringArray};
 use arrow::datatypes::{DataType, Field, Schema};
 use halyard_models::ModelError;
-use halyard_models::artifact::{LoadedModel, linear_to_safetensors};
-use halyard_models::features::{Encoding, FeatureConfig};
+use halyard_models::artifact::{Architecture, read_tensors};
+use halyard_models::features::{Encoding, FeatureConfig, Preprocessor};
 use halyard_models::logistic::{Optimizer, TrainConfig};
-use halyard_models::pipeline::train_response_model;
+use halyard_models::pipeline::{ResponseConfig, ResponseKind, TrainedModel, train_response_model};
+use halyard_models::runtime::LoadedModel;
 use rand::{Rng, SeedableRng};
 
 /// Rows whose response depends on `x` (positively) and `channel` (email > sms).
@@ -56,15 +57,36 @@ fn features(encoding: Encoding) -> FeatureConfig {
     }
 }
 
-fn train_cfg() -> TrainConfig {
-    TrainConfig {
-        epochs: 8,
-        batch_size: 128,
-        learning_rate: 0.05,
-        optimizer: Optimizer::Adam,
-        l2: 1e-4,
-        seed: 7,
+fn train_cfg() -> ResponseConfig {
+    ResponseConfig {
+        kind: ResponseKind::LogisticRegression,
+        train: TrainConfig {
+            epochs: 8,
+            batch_size: 128,
+            learning_rate: 0.05,
+            optimizer: Optimizer::Adam,
+            l2: 1e-4,
+            seed: 7,
+            ..TrainConfig::default()
+        },
+        ensemble: 1,
+        balance_classes: false,
     }
+}
+
+fn preprocessor(m: &TrainedModel) -> &Preprocessor {
+    m.architecture.preprocessor().unwrap()
+}
+
+/// The logistic regression's weights, `[dim]`, from the artifact's tensors.
+fn linear_weights(m: &TrainedModel) -> Vec<f32> {
+    let t = read_tensors(&m.weights).unwrap();
+    let (shape, bytes) = &t["members.0.linear.weight"];
+    assert_eq!(shape, &vec![1, preprocessor(m).dim], "PyTorch layout [out, in]");
+    bytes
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect()
 }
 
 #[test]
@@ -72,7 +94,7 @@ fn learns_known_effects_and_reaches_the_bayes_auc() {
     let batch = synthetic(4000, 1);
     let mut epochs = Vec::new();
     let model = train_response_model(&[batch], &features(Encoding::OneHot), &train_cfg(), |r| {
-        epochs.push(r.loss);
+        epochs.push(r.epoch.loss);
         ControlFlow::Continue(())
     })
     .unwrap();
@@ -83,8 +105,8 @@ fn learns_known_effects_and_reaches_the_bayes_auc() {
     assert!(auc > 0.82, "test auc {auc}");
     assert_eq!(model.test_rows, 800);
     // x's weight is positive, email's slot above sms's.
-    let p = &model.preprocessor;
-    let w = &model.scorer.weight;
+    let p = preprocessor(&model);
+    let w = &linear_weights(&model);
     assert!(w[p.columns[0].offset] > 0.5, "weights {w:?}");
     let chan = &p.columns[1];
     let vocab = match &chan.encoding {
@@ -108,7 +130,7 @@ fn hashed_encoding_trains_too() {
         |_| ControlFlow::Continue(()),
     )
     .unwrap();
-    assert_eq!(model.preprocessor.dim, 1 + 16);
+    assert_eq!(preprocessor(&model).dim, 1 + 16);
     assert!(model.metrics["test_auc"] > 0.8);
 }
 
@@ -122,13 +144,11 @@ fn artifact_scores_raw_records_like_the_trained_model() {
         |_| ControlFlow::Continue(()),
     )
     .unwrap();
-    let weights = linear_to_safetensors(&model.scorer).unwrap();
     let manifest = halyard_models::artifact::Manifest {
         format: halyard_models::artifact::FORMAT.into(),
         name: "t".into(),
         version: 1,
-        model_type: "logistic_regression".into(),
-        preprocessor: model.preprocessor.clone(),
+        architecture: model.architecture.clone(),
         tensors: Default::default(),
         metrics: model.metrics.clone(),
         spec: serde_json::json!({}),
@@ -144,13 +164,22 @@ fn artifact_scores_raw_records_like_the_trained_model() {
         created_ms: 0,
     };
     let loaded =
-        LoadedModel::from_bytes(&weights, &serde_json::to_vec(&manifest).unwrap()).unwrap();
-    // Score without the label column, as a service would send it.
+        LoadedModel::from_bytes(&model.weights, &serde_json::to_vec(&manifest).unwrap()).unwrap();
+    // Score without the label column, as a service would send it, and by hand from the
+    // weights: sigmoid(w . x + b).
     let raw = batch.project(&[0, 1]).unwrap();
     let served = loaded.score(&[raw]).unwrap();
-    let encoded = model.preprocessor.transform(&[batch], |_| true).unwrap();
-    let trained = model.scorer.predict(&encoded);
-    assert_eq!(served, trained);
+    let encoded = preprocessor(&model).transform(&[batch], |_| true).unwrap();
+    let w = linear_weights(&model);
+    let t = read_tensors(&model.weights).unwrap();
+    let b = f32::from_le_bytes(t["members.0.linear.bias"].1[..4].try_into().unwrap());
+    assert_eq!(served.len(), 1000);
+    for (i, p) in served.iter().enumerate() {
+        let z: f32 = encoded.row(i).iter().zip(&w).map(|(a, b)| a * b).sum::<f32>() + b;
+        let by_hand = 1.0 / (1.0 + (-z).exp());
+        assert!((p - by_hand).abs() < 1e-5, "row {i}: {p} vs {by_hand}");
+    }
+    assert!(matches!(manifest.architecture, Architecture::LogisticRegression { .. }));
 }
 
 #[test]
@@ -210,7 +239,7 @@ fn cancellation_stops_training() {
         &features(Encoding::OneHot),
         &train_cfg(),
         |r| {
-            if r.epoch == 2 {
+            if r.epoch.epoch == 2 {
                 ControlFlow::Break(())
             } else {
                 ControlFlow::Continue(())
@@ -219,4 +248,92 @@ fn cancellation_stops_training() {
     )
     .unwrap_err();
     assert!(matches!(err, ModelError::Cancelled));
+}
+
+fn mlp_cfg() -> ResponseConfig {
+    ResponseConfig {
+        kind: ResponseKind::Mlp {
+            hidden: vec![32, 16],
+            max_embedding: 4,
+        },
+        train: TrainConfig {
+            epochs: 12,
+            batch_size: 128,
+            learning_rate: 0.01,
+            patience: 2,
+            seed: 3,
+            ..TrainConfig::default()
+        },
+        ensemble: 2,
+        balance_classes: false,
+    }
+}
+
+#[test]
+fn mlp_ensemble_learns_known_effects_and_stops_early() {
+    let mut reports = Vec::new();
+    let model = train_response_model(&[synthetic(4000, 11)], &features(Encoding::OneHot), &mlp_cfg(), |r| {
+        reports.push(r);
+        ControlFlow::Continue(())
+    })
+    .unwrap();
+    let auc = model.metrics["test_auc"];
+    assert!(auc > 0.82, "test auc {auc}");
+    // Both members trained, each reporting a validation loss.
+    assert!(reports.iter().any(|r| r.member == 1));
+    assert!(reports.iter().all(|r| r.epoch.valid_loss.is_some()));
+    for key in ["test_ece", "test_top_decile_lift", "test_top_decile_rate"] {
+        assert!(model.metrics.contains_key(key), "{key} missing: {:?}", model.metrics);
+    }
+    // Top decile responds well above the base rate on data this separable.
+    assert!(model.metrics["test_top_decile_lift"] > 1.5);
+    let t = read_tensors(&model.weights).unwrap();
+    assert!(t.contains_key("members.1.embeddings.0.weight"), "{:?}", t.keys());
+    assert_eq!(t["members.0.hidden.0.weight"].0[0], 32, "PyTorch layout [out, in]");
+}
+
+#[test]
+fn balanced_class_weights_raise_predicted_rates() {
+    // Rare responders: only the high-x ones of the synthetic rows.
+    let batch = synthetic(3000, 12);
+    let x = batch.column(0).as_any().downcast_ref::<Float64Array>().unwrap();
+    let y = batch.column(2).as_any().downcast_ref::<StringArray>().unwrap();
+    let rare: StringArray = (0..batch.num_rows())
+        .map(|i| Some(if y.value(i) == "yes" && x.value(i) > 60.0 { "yes" } else { "no" }))
+        .collect();
+    let batch = RecordBatch::try_new(
+        batch.schema(),
+        vec![batch.column(0).clone(), batch.column(1).clone(), Arc::new(rare)],
+    )
+    .unwrap();
+    let plain = train_response_model(std::slice::from_ref(&batch), &features(Encoding::OneHot), &train_cfg(), |_| ControlFlow::Continue(())).unwrap();
+    let mut cfg = train_cfg();
+    cfg.balance_classes = true;
+    let weighted = train_response_model(&[batch], &features(Encoding::OneHot), &cfg, |_| ControlFlow::Continue(())).unwrap();
+    // Weighting positives up moves the mean prediction towards 0.5 and hurts calibration.
+    assert!(weighted.metrics["test_ece"] > plain.metrics["test_ece"], "{:?} vs {:?}", weighted.metrics, plain.metrics);
+}
+
+#[test]
+fn scoring_handles_unseen_categories_and_non_finite_numbers() {
+    let model = train_response_model(&[synthetic(1000, 13)], &features(Encoding::OneHot), &mlp_cfg(), |_| ControlFlow::Continue(())).unwrap();
+    let runtime = halyard_models::runtime::Runtime::new(model.architecture.clone(), &model.weights).unwrap();
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("x", DataType::Float64, true),
+        Field::new("channel", DataType::Utf8, true),
+    ]));
+    let batch = RecordBatch::try_new(
+        schema,
+        vec![
+            Arc::new(Float64Array::from(vec![Some(f64::NAN), Some(f64::INFINITY), None, Some(55.0)])),
+            Arc::new(StringArray::from(vec![Some("email"), Some("carrier pigeon"), None, Some("sms")])),
+        ],
+    )
+    .unwrap();
+    let p = runtime.score(&[batch.clone()]).unwrap();
+    assert_eq!(p.len(), 4);
+    assert!(p.iter().all(|v| v.is_finite() && (0.0..=1.0).contains(v)), "{p:?}");
+    // A missing column is refused with the columns the data has.
+    let err = runtime.score(&[batch.project(&[0]).unwrap()]).unwrap_err();
+    assert!(err.to_string().contains("\"channel\""), "{err}");
 }

@@ -1,0 +1,421 @@
+//! The serving runtime: loads an artifact and scores raw records or forecasts from
+//! histories with candle-core on the CPU. No burn type is used here; the parity tests hold
+//! this path equal to burn's forward pass (within 1e-5).
+//!
+//! Rules at scoring time (documented in `docs/models.md`):
+//! - a missing, NaN or infinite numeric value is the training mean (0 after scaling);
+//! - an unseen or missing category takes the `other` slot (one-hot) or its hash bucket;
+//! - a missing feature column is refused with the list of columns the data has;
+//! - a series shorter than a member's input window is padded on the left with its first
+//!   value; a series with NaN or infinite values is refused;
+//! - a horizon longer than the model was trained for is refused;
+//! - a prediction that is not finite is an error, never an answer.
+
+use std::collections::HashMap;
+
+use arrow::array::RecordBatch;
+use candle_core::{Device, Tensor};
+
+use crate::artifact::{Architecture, FORMAT, Manifest};
+use crate::error::{ModelError, Result};
+use crate::features::Encoded;
+use crate::forecast::nbeats::{NBeatsConfig, window};
+use crate::forecast::{Series, check_series};
+use crate::mlp::{InputLayout, MlpConfig};
+
+fn candle_err(e: candle_core::Error) -> ModelError {
+    ModelError::Internal(format!("candle: {e}"))
+}
+
+/// A linear layer in PyTorch layout.
+#[derive(Debug, Clone)]
+struct Lin {
+    /// `[out, in]`, stored transposed for the matmul.
+    wt: Tensor,
+    /// `[out]`.
+    b: Tensor,
+}
+
+impl Lin {
+    fn load(t: &HashMap<String, Tensor>, prefix: &str) -> Result<Lin> {
+        let w = take(t, &format!("{prefix}.weight"))?;
+        let b = take(t, &format!("{prefix}.bias"))?;
+        Ok(Lin {
+            wt: w.t().and_then(|w| w.contiguous()).map_err(candle_err)?,
+            b,
+        })
+    }
+
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        x.matmul(&self.wt)
+            .and_then(|y| y.broadcast_add(&self.b))
+            .map_err(candle_err)
+    }
+}
+
+fn take(t: &HashMap<String, Tensor>, name: &str) -> Result<Tensor> {
+    t.get(name)
+        .cloned()
+        .ok_or_else(|| ModelError::Artifact(format!("weights file has no tensor {name}")))
+}
+
+#[derive(Debug, Clone)]
+enum ResponseNet {
+    Linear(Lin),
+    Mlp {
+        embeddings: Vec<Tensor>,
+        hidden: Vec<Lin>,
+        output: Lin,
+    },
+}
+
+#[derive(Debug, Clone)]
+struct NBeatsNet {
+    cfg: NBeatsConfig,
+    blocks: Vec<(Vec<Lin>, Lin, Lin)>,
+}
+
+#[derive(Debug, Clone)]
+enum Net {
+    Response(Vec<ResponseNet>),
+    Forecast(Vec<NBeatsNet>),
+}
+
+/// A loaded artifact, ready to score.
+#[derive(Debug, Clone)]
+pub struct LoadedModel {
+    /// The manifest.
+    pub manifest: Manifest,
+    /// The networks.
+    pub runtime: Runtime,
+}
+
+impl LoadedModel {
+    /// Load from the weights file's and the manifest's bytes.
+    pub fn from_bytes(weights: &[u8], manifest: &[u8]) -> Result<LoadedModel> {
+        let manifest: Manifest = serde_json::from_slice(manifest)
+            .map_err(|e| ModelError::Artifact(format!("manifest: {e}")))?;
+        if manifest.format != FORMAT {
+            return Err(ModelError::Artifact(format!(
+                "manifest format {:?}, expected {FORMAT:?} (retrain the model with this Halyard)",
+                manifest.format
+            )));
+        }
+        let runtime = Runtime::new(manifest.architecture.clone(), weights)?;
+        Ok(LoadedModel { manifest, runtime })
+    }
+
+    /// Response probabilities of raw records: see [`Runtime::score`].
+    pub fn score(&self, batches: &[RecordBatch]) -> Result<Vec<f32>> {
+        self.runtime.score(batches)
+    }
+
+    /// Forecasts: see [`Runtime::forecast`].
+    pub fn forecast(&self, series: &[Series], horizon: usize) -> Result<Vec<Vec<f64>>> {
+        self.runtime.forecast(series, horizon)
+    }
+}
+
+/// An architecture with its weights in candle tensors.
+#[derive(Debug, Clone)]
+pub struct Runtime {
+    /// What the weights are.
+    pub architecture: Architecture,
+    net: Net,
+}
+
+const CPU: Device = Device::Cpu;
+
+impl Runtime {
+    /// Build from an architecture and its safetensors bytes.
+    pub fn new(architecture: Architecture, weights: &[u8]) -> Result<Runtime> {
+        let t = candle_core::safetensors::load_buffer(weights, &CPU)
+            .map_err(|e| ModelError::Artifact(format!("weights file: {e}")))?;
+        let net = match &architecture {
+            Architecture::LogisticRegression {
+                preprocessor,
+                members,
+            } => Net::Response(
+                (0..*members)
+                    .map(|k| {
+                        let lin = Lin::load(&t, &format!("members.{k}.linear"))?;
+                        let inputs = lin.wt.dims()[0];
+                        if inputs != preprocessor.dim {
+                            return Err(ModelError::Artifact(format!(
+                                "weights have {inputs} inputs but the manifest's features have {}",
+                                preprocessor.dim
+                            )));
+                        }
+                        Ok(ResponseNet::Linear(lin))
+                    })
+                    .collect::<Result<_>>()?,
+            ),
+            Architecture::Mlp {
+                config, members, ..
+            } => Net::Response(
+                (0..*members)
+                    .map(|k| load_mlp(&t, &format!("members.{k}"), config))
+                    .collect::<Result<_>>()?,
+            ),
+            Architecture::NBeats { config } => Net::Forecast(
+                config
+                    .members
+                    .iter()
+                    .enumerate()
+                    .map(|(k, cfg)| load_nbeats(&t, &format!("members.{k}"), cfg))
+                    .collect::<Result<_>>()?,
+            ),
+        };
+        Ok(Runtime { architecture, net })
+    }
+
+    /// Response probabilities of raw records (the training data's columns; the label may
+    /// be absent).
+    pub fn score(&self, batches: &[RecordBatch]) -> Result<Vec<f32>> {
+        let pre = self.architecture.preprocessor().ok_or_else(|| {
+            ModelError::Unsupported(
+                "this model is a forecaster: ask it for a forecast, not a score".into(),
+            )
+        })?;
+        let encoded = pre.transform(batches, |_| true)?;
+        self.score_encoded(&encoded)
+    }
+
+    /// Response probabilities of preprocessed rows.
+    pub fn score_encoded(&self, data: &Encoded) -> Result<Vec<f32>> {
+        let Net::Response(members) = &self.net else {
+            return Err(ModelError::Unsupported("a forecaster cannot score rows".into()));
+        };
+        if data.rows == 0 {
+            return Ok(Vec::new());
+        }
+        let mut sum = vec![0f64; data.rows];
+        for m in members {
+            let z = self.logits(m, data)?;
+            for (s, z) in sum.iter_mut().zip(z) {
+                *s += f64::from(sigmoid(z));
+            }
+        }
+        let out: Vec<f32> = sum
+            .iter()
+            .map(|s| (*s / members.len() as f64) as f32)
+            .collect();
+        if let Some(i) = out.iter().position(|p| !p.is_finite()) {
+            return Err(ModelError::Internal(format!(
+                "prediction for row {} is not finite",
+                i + 1
+            )));
+        }
+        Ok(out)
+    }
+
+    /// Log-odds of one member, before averaging (the parity tests compare these).
+    fn logits(&self, net: &ResponseNet, data: &Encoded) -> Result<Vec<f32>> {
+        let z = match net {
+            ResponseNet::Linear(lin) => {
+                let x = Tensor::from_slice(&data.x, (data.rows, data.dim), &CPU)
+                    .map_err(candle_err)?;
+                lin.forward(&x)?
+            }
+            ResponseNet::Mlp {
+                embeddings,
+                hidden,
+                output,
+            } => {
+                let Architecture::Mlp { config, .. } = &self.architecture else {
+                    unreachable!("an MLP net comes from an MLP manifest")
+                };
+                mlp_forward(&config.layout, embeddings, hidden, output, data)?
+            }
+        };
+        z.flatten_all()
+            .and_then(|z| z.to_vec1::<f32>())
+            .map_err(candle_err)
+    }
+
+    /// One member's log-odds, before averaging (for the parity tests).
+    pub fn member_logits(&self, member: usize, data: &Encoded) -> Result<Vec<f32>> {
+        match &self.net {
+            Net::Response(m) => self.logits(&m[member], data),
+            Net::Forecast(_) => Err(ModelError::Unsupported("a forecaster has no logits".into())),
+        }
+    }
+
+    /// Forecast `horizon` steps after each series' history: the members' median, floored
+    /// at 0 when the training series were never negative.
+    pub fn forecast(&self, series: &[Series], horizon: usize) -> Result<Vec<Vec<f64>>> {
+        let (Net::Forecast(members), Architecture::NBeats { config }) =
+            (&self.net, &self.architecture)
+        else {
+            return Err(ModelError::Unsupported(
+                "this model is a response model: ask it for scores, not a forecast".into(),
+            ));
+        };
+        if horizon > config.horizon {
+            return Err(ModelError::Unsupported(format!(
+                "horizon {horizon} is longer than the {} steps the model was trained for: ask for at most {} or retrain with a longer horizon",
+                config.horizon, config.horizon
+            )));
+        }
+        for s in series {
+            check_series(s)?;
+        }
+        if series.is_empty() {
+            return Ok(Vec::new());
+        }
+        let per_member: Vec<Vec<Vec<f64>>> = members
+            .iter()
+            .map(|m| self.forecast_member(m, series))
+            .collect::<Result<_>>()?;
+        let mut out = Vec::with_capacity(series.len());
+        for (i, s) in series.iter().enumerate() {
+            let mut f = Vec::with_capacity(horizon);
+            for h in 0..horizon {
+                let mut v: Vec<f64> = per_member.iter().map(|m| m[i][h]).collect();
+                v.sort_by(f64::total_cmp);
+                let mid = v.len() / 2;
+                let med = if v.len() % 2 == 1 {
+                    v[mid]
+                } else {
+                    0.5 * (v[mid - 1] + v[mid])
+                };
+                let med = if config.nonnegative { med.max(0.0) } else { med };
+                if !med.is_finite() {
+                    return Err(ModelError::Internal(format!(
+                        "forecast of series {:?} step {} is not finite",
+                        s.id,
+                        h + 1
+                    )));
+                }
+                f.push(med);
+            }
+            out.push(f);
+        }
+        Ok(out)
+    }
+
+    /// One member's forecasts, unfloored (the parity tests compare these).
+    pub fn member_forecast(&self, member: usize, series: &[Series]) -> Result<Vec<Vec<f64>>> {
+        match &self.net {
+            Net::Forecast(m) => self.forecast_member(&m[member], series),
+            Net::Response(_) => Err(ModelError::Unsupported("not a forecaster".into())),
+        }
+    }
+
+    fn forecast_member(&self, net: &NBeatsNet, series: &[Series]) -> Result<Vec<Vec<f64>>> {
+        let cfg = &net.cfg;
+        let b = series.len();
+        let mut xs = Vec::with_capacity(b * cfg.input_size);
+        let mut cs = Vec::new();
+        let mut scales = Vec::with_capacity(b);
+        for s in series {
+            let w = window(s, cfg, s.values.len());
+            xs.extend(w.input);
+            cs.extend(w.covariates);
+            scales.push(w.scale);
+        }
+        let x = Tensor::from_vec(xs, (b, cfg.input_size), &CPU).map_err(candle_err)?;
+        let cov = if cfg.covariates > 0 {
+            Some(
+                Tensor::from_vec(cs, (b, cfg.covariates * (cfg.input_size + cfg.horizon)), &CPU)
+                    .map_err(candle_err)?,
+            )
+        } else {
+            None
+        };
+        let mut residual = x;
+        let mut forecast: Option<Tensor> = None;
+        for (layers, backcast, head) in &net.blocks {
+            let mut h = match &cov {
+                Some(c) => Tensor::cat(&[&residual, c], 1).map_err(candle_err)?,
+                None => residual.clone(),
+            };
+            for l in layers {
+                h = l.forward(&h)?.relu().map_err(candle_err)?;
+            }
+            residual = (&residual - backcast.forward(&h)?).map_err(candle_err)?;
+            let f = head.forward(&h)?;
+            forecast = Some(match forecast {
+                Some(acc) => (acc + f).map_err(candle_err)?,
+                None => f,
+            });
+        }
+        let out = forecast
+            .ok_or_else(|| ModelError::Artifact("an N-BEATS member has no blocks".into()))?
+            .to_vec2::<f32>()
+            .map_err(candle_err)?;
+        Ok(out
+            .into_iter()
+            .zip(scales)
+            .map(|(f, s)| f.into_iter().map(|v| f64::from(v) * s).collect())
+            .collect())
+    }
+}
+
+fn load_mlp(t: &HashMap<String, Tensor>, prefix: &str, cfg: &MlpConfig) -> Result<ResponseNet> {
+    let embeddings = (0..cfg.layout.categorical.len())
+        .map(|c| take(t, &format!("{prefix}.embeddings.{c}.weight")))
+        .collect::<Result<_>>()?;
+    let hidden = (0..cfg.hidden.len())
+        .map(|i| Lin::load(t, &format!("{prefix}.hidden.{i}")))
+        .collect::<Result<_>>()?;
+    Ok(ResponseNet::Mlp {
+        embeddings,
+        hidden,
+        output: Lin::load(t, &format!("{prefix}.output"))?,
+    })
+}
+
+fn load_nbeats(t: &HashMap<String, Tensor>, prefix: &str, cfg: &NBeatsConfig) -> Result<NBeatsNet> {
+    let blocks = (0..cfg.blocks)
+        .map(|k| {
+            let p = format!("{prefix}.blocks.{k}");
+            let layers = (0..cfg.layers)
+                .map(|i| Lin::load(t, &format!("{p}.layers.{i}")))
+                .collect::<Result<_>>()?;
+            Ok((
+                layers,
+                Lin::load(t, &format!("{p}.backcast"))?,
+                Lin::load(t, &format!("{p}.forecast"))?,
+            ))
+        })
+        .collect::<Result<_>>()?;
+    Ok(NBeatsNet {
+        cfg: cfg.clone(),
+        blocks,
+    })
+}
+
+fn mlp_forward(
+    layout: &InputLayout,
+    embeddings: &[Tensor],
+    hidden: &[Lin],
+    output: &Lin,
+    data: &Encoded,
+) -> Result<Tensor> {
+    let rows: Vec<usize> = (0..data.rows).collect();
+    let (num, cat) = layout.split(data, &rows);
+    let b = data.rows;
+    let mut parts = vec![Tensor::from_vec(num, (b, layout.numeric.len()), &CPU).map_err(candle_err)?];
+    let ncat = layout.categorical.len();
+    for (c, table) in embeddings.iter().enumerate() {
+        let idx: Vec<u32> = (0..b).map(|r| cat[r * ncat + c] as u32).collect();
+        let idx = Tensor::from_vec(idx, b, &CPU).map_err(candle_err)?;
+        parts.push(table.index_select(&idx, 0).map_err(candle_err)?);
+    }
+    let mut x = Tensor::cat(&parts, 1).map_err(candle_err)?;
+    for l in hidden {
+        x = l.forward(&x)?.relu().map_err(candle_err)?;
+    }
+    output.forward(&x)
+}
+
+/// The logistic function, stable for large |z|.
+pub fn sigmoid(z: f32) -> f32 {
+    if z >= 0.0 {
+        1.0 / (1.0 + (-z).exp())
+    } else {
+        let e = z.exp();
+        e / (1.0 + e)
+    }
+}
