@@ -2,6 +2,8 @@
 //! and N executors in one process sharing the embedded coordinator and a local folder as
 //! object store; tests start whole clusters in-process through [`start_standalone`].
 
+pub mod train;
+
 use std::path::PathBuf;
 
 use halyard_core::config::{CoordinatorConfig, ExecutorConfig, SchedulerConfig, Settings};

@@ -9,6 +9,7 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 use halyard_client::{Client, commands};
 use halyard_core::config::{ExecutorConfig, SchedulerConfig, Settings};
+use halyard_core::spec::DeviceKind;
 use halyard_core::store::S3Config;
 
 #[derive(Parser)]
@@ -105,6 +106,26 @@ enum Command {
         batch: usize,
         #[command(flatten)]
         conn: Conn,
+    },
+    /// Train a job spec here, without a cluster, and print its metrics
+    ///
+    /// Runs exactly the executor's training path in this process: useful to try a spec
+    /// before submitting it, and the source of the figures in benches/RESULTS.md.
+    Train {
+        /// Job spec (TOML)
+        spec: PathBuf,
+        /// Override the spec's [train] device
+        #[arg(long, value_parser = ["cpu", "gpu", "auto"])]
+        device: Option<String>,
+        /// GPUs `auto` may use here
+        #[arg(long, default_value_t = 0, env = "HALYARD_GPUS")]
+        gpus: u32,
+        /// Folder to write the weights and a training summary to
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Forecasters: also score the M4 classical methods on the same split
+        #[arg(long)]
+        baselines: bool,
     },
     /// Write the synthetic marketing data set of the demo (campaign responses, daily KPIs)
     Datagen {
@@ -326,6 +347,21 @@ async fn run(cli: Cli) -> Result<(), AnyError> {
                 halyard_client::bench::scheduling(&client, &dir, jobs.max(1), batch.max(1)).await?;
             let _ = std::fs::remove_dir_all(&dir);
             println!("{}", figures.summary());
+        }
+        Command::Train {
+            spec,
+            device,
+            gpus,
+            out,
+            baselines,
+        } => {
+            init_tracing("warn");
+            let device = device.map(|d| match d.as_str() {
+                "cpu" => DeviceKind::Cpu,
+                "gpu" => DeviceKind::Gpu,
+                _ => DeviceKind::Auto,
+            });
+            halyard::train::train_local(&spec, device, gpus, out.as_deref(), baselines).await?;
         }
         Command::Datagen { out, rows, seed } => {
             init_tracing("warn");

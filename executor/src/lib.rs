@@ -9,6 +9,8 @@
 mod error;
 mod task;
 
+pub use task::{Progress, placement, placement_name, read_inputs, read_series, spawn_training};
+
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;

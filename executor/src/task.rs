@@ -31,7 +31,7 @@ use crate::error::{ExecutorError, Result};
 
 /// The training device for a job: `auto` takes the GPU when this build has GPU support and
 /// the executor advertises a GPU.
-pub(crate) fn placement(spec: &JobSpec, gpus: u32) -> Placement {
+pub fn placement(spec: &JobSpec, gpus: u32) -> Placement {
     match spec.train.device {
         DeviceKind::Cpu => Placement::Cpu,
         DeviceKind::Gpu => Placement::Gpu,
@@ -159,57 +159,22 @@ async fn train_and_publish(
     progress: &mut TaskProgress,
 ) -> Result<()> {
     let spec = a.value.spec.clone();
-    let source = spec.data.source.clone();
-    let bytes = read_url(&source, s3).await?;
-    progress.log(format!("read {} bytes from {source}", bytes.len()));
-    let test_bytes = match spec.forecast.as_ref().and_then(|f| f.test_source.clone()) {
-        Some(url) => {
-            let b = read_url(&url, s3).await?;
-            progress.log(format!("read {} bytes from {url}", b.len()));
-            Some(b)
-        }
-        None => None,
-    };
+    let (bytes, test_bytes) = read_inputs(&spec, s3, &mut |line| progress.log(line)).await?;
     let placement = placement(&spec, gpus);
     progress.log(format!(
         "training {} on the {}",
         spec.model.kind.as_str(),
-        match placement {
-            Placement::Cpu => "CPU",
-            Placement::Gpu => "GPU",
-        }
+        placement_name(placement)
     ));
     report(coord, a, progress).await;
-
-    let (tx, mut rx) = mpsc::unbounded_channel::<Progress>();
-    let (done_tx, done_rx) = oneshot::channel();
-    let thread_cancel = cancel.clone();
-    let thread_spec = spec.clone();
-    std::thread::Builder::new()
-        .name(format!("train-{}", a.value.job_id))
-        .spawn(move || {
-            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                train_blocking(
-                    &bytes,
-                    test_bytes.as_ref(),
-                    &thread_spec,
-                    placement,
-                    &thread_cancel,
-                    &tx,
-                )
-            }))
-            .unwrap_or_else(|p| {
-                let msg = p
-                    .downcast_ref::<String>()
-                    .cloned()
-                    .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
-                    .unwrap_or_default();
-                Err(ExecutorError::Panicked(msg))
-            });
-            let _ = done_tx.send(result);
-        })
-        .map_err(|e| ExecutorError::Panicked(e.to_string()))?;
-
+    let (mut rx, done_rx) = spawn_training(
+        &a.value.job_id,
+        bytes,
+        test_bytes,
+        spec.clone(),
+        placement,
+        cancel.clone(),
+    )?;
     while let Some(r) = rx.recv().await {
         progress.epoch = r.epoch;
         progress.loss = Some(r.loss);
@@ -257,10 +222,79 @@ async fn train_and_publish(
 }
 
 /// A progress line from the training thread.
-struct Progress {
-    epoch: u32,
-    loss: f64,
-    line: String,
+#[derive(Debug, Clone)]
+pub struct Progress {
+    /// Epoch (response models) or step (forecasters).
+    pub epoch: u32,
+    /// Training loss.
+    pub loss: f64,
+    /// A line for the job's log.
+    pub line: String,
+}
+
+/// `CPU` or `GPU`.
+pub fn placement_name(p: Placement) -> &'static str {
+    match p {
+        Placement::Cpu => "CPU",
+        Placement::Gpu => "GPU",
+    }
+}
+
+/// Read a job's data source (and its forecast test source), logging each read.
+pub async fn read_inputs(
+    spec: &JobSpec,
+    s3: &S3Config,
+    log: &mut (dyn FnMut(String) + Send),
+) -> Result<(Bytes, Option<Bytes>)> {
+    let source = &spec.data.source;
+    let bytes = read_url(source, s3).await?;
+    log(format!("read {} bytes from {source}", bytes.len()));
+    let test_bytes = match spec.forecast.as_ref().and_then(|f| f.test_source.clone()) {
+        Some(url) => {
+            let b = read_url(&url, s3).await?;
+            log(format!("read {} bytes from {url}", b.len()));
+            Some(b)
+        }
+        None => None,
+    };
+    Ok((bytes, test_bytes))
+}
+
+type Trained = (TrainedModel, DataLineage);
+
+/// Train on a dedicated OS thread (training is CPU-bound and must not stall the runtime).
+/// Progress lines arrive on the channel; the result on the oneshot.
+pub fn spawn_training(
+    name: &str,
+    bytes: Bytes,
+    test_bytes: Option<Bytes>,
+    spec: JobSpec,
+    placement: Placement,
+    cancel: Arc<AtomicBool>,
+) -> Result<(
+    mpsc::UnboundedReceiver<Progress>,
+    oneshot::Receiver<Result<Trained>>,
+)> {
+    let (tx, rx) = mpsc::unbounded_channel::<Progress>();
+    let (done_tx, done_rx) = oneshot::channel();
+    std::thread::Builder::new()
+        .name(format!("train-{name}"))
+        .spawn(move || {
+            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                train_blocking(&bytes, test_bytes.as_ref(), &spec, placement, &cancel, &tx)
+            }))
+            .unwrap_or_else(|p| {
+                let msg = p
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+                    .unwrap_or_default();
+                Err(ExecutorError::Panicked(msg))
+            });
+            let _ = done_tx.send(result);
+        })
+        .map_err(|e| ExecutorError::Panicked(e.to_string()))?;
+    Ok((rx, done_rx))
 }
 
 /// Parse and train, on the calling (dedicated) thread.
@@ -337,7 +371,7 @@ fn train_blocking(
 }
 
 /// Training and test series of a forecasting job, and the digest of the source.
-fn read_series(
+pub fn read_series(
     bytes: &Bytes,
     test_bytes: Option<&Bytes>,
     spec: &JobSpec,

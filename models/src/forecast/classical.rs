@@ -484,3 +484,39 @@ pub fn nelder_mead(
         .unwrap_or(0);
     simplex[best].clone()
 }
+
+/// Every method's accuracy on `train` histories against `test` futures (same series order),
+/// with each method's OWA against Naive2.
+pub fn evaluate(
+    train: &[super::Series],
+    test: &[super::Series],
+    period: usize,
+    horizon: usize,
+) -> Vec<(Method, super::metrics::Accuracy, f64)> {
+    let forecasts: Vec<Vec<(Method, Vec<f64>)>> = train
+        .iter()
+        .map(|s| forecast_all(&s.values, period, horizon))
+        .collect();
+    let insample: Vec<&[f64]> = train.iter().map(|s| s.values.as_slice()).collect();
+    let actual: Vec<&[f64]> = test
+        .iter()
+        .map(|s| &s.values[..horizon.min(s.values.len())])
+        .collect();
+    let scores: Vec<(Method, super::metrics::Accuracy)> = Method::ALL
+        .iter()
+        .enumerate()
+        .map(|(k, m)| {
+            let f: Vec<Vec<f64>> = forecasts.iter().map(|all| all[k].1.clone()).collect();
+            (*m, super::metrics::score(&insample, &actual, &f, period))
+        })
+        .collect();
+    let naive2 = scores
+        .iter()
+        .find(|(m, _)| *m == Method::Naive2)
+        .map(|(_, a)| *a)
+        .unwrap_or_default();
+    scores
+        .into_iter()
+        .map(|(m, a)| (m, a, a.owa(&naive2)))
+        .collect()
+}

@@ -1,0 +1,106 @@
+//! `halyard train`: run a job spec's training in this process, without a cluster, and print
+//! its metrics (and, for a forecaster, the M4 classical methods on the same split). The
+//! figures of `benches/RESULTS.md` come from here.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::Instant;
+
+use halyard_core::spec::{DeviceKind, JobSpec};
+use halyard_core::store::S3Config;
+use halyard_executor::{placement, placement_name, read_inputs, read_series, spawn_training};
+use halyard_models::forecast::classical::evaluate;
+
+use crate::Error;
+
+/// Train `spec_path` here. `device` overrides the spec's `[train] device`; `gpus` is what
+/// `auto` may use. `out`: a folder for `model.safetensors` and `manifest.json`.
+pub async fn train_local(
+    spec_path: &Path,
+    device: Option<DeviceKind>,
+    gpus: u32,
+    out: Option<&Path>,
+    baselines: bool,
+) -> Result<(), Error> {
+    let mut spec = JobSpec::from_file(spec_path)?;
+    if let Some(d) = device {
+        spec.train.device = d;
+    }
+    // S3 credentials come from the AWS_* environment.
+    let s3 = S3Config::default();
+    let (bytes, test_bytes) = read_inputs(&spec, &s3, &mut |l| eprintln!("{l}")).await?;
+    let placement = placement(&spec, gpus);
+    eprintln!(
+        "training {} on the {}",
+        spec.model.kind.as_str(),
+        placement_name(placement)
+    );
+    let started = Instant::now();
+    let (mut rx, done) = spawn_training(
+        &spec.name,
+        bytes.clone(),
+        test_bytes.clone(),
+        spec.clone(),
+        placement,
+        Arc::new(AtomicBool::new(false)),
+    )?;
+    while let Some(p) = rx.recv().await {
+        eprintln!("{}", p.line);
+    }
+    let (trained, lineage) = done
+        .await
+        .map_err(|_| halyard_executor::ExecutorError::Panicked("training thread vanished".into()))??;
+    let secs = started.elapsed().as_secs_f64();
+    println!(
+        "{} ({}) trained on the {} in {secs:.1} s: {} train, {} test",
+        spec.name,
+        spec.model.kind.as_str(),
+        placement_name(placement),
+        lineage.train_rows,
+        lineage.test_rows
+    );
+    for (k, v) in &trained.metrics {
+        println!("  {k:<24} {v:.4}");
+    }
+    if let Some(dir) = out {
+        std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
+        let manifest = serde_json::json!({
+            "architecture": trained.architecture,
+            "metrics": trained.metrics,
+            "data": lineage,
+        });
+        let w = dir.join("model.safetensors");
+        std::fs::write(&w, &trained.weights).map_err(|e| io(&w, e))?;
+        let m = dir.join("training.json");
+        std::fs::write(&m, serde_json::to_vec_pretty(&manifest).unwrap_or_default())
+            .map_err(|e| io(&m, e))?;
+        println!("  weights in {}", w.display());
+    }
+    if baselines && let Some(f) = &spec.forecast {
+        let (train, test, _) = read_series(&bytes, test_bytes.as_ref(), &spec, f)?;
+        let started = Instant::now();
+        let rows = tokio::task::spawn_blocking({
+            let (period, horizon) = (f.period, f.horizon);
+            move || evaluate(&train, &test, period, horizon)
+        })
+        .await
+        .map_err(|e| halyard_executor::ExecutorError::Panicked(e.to_string()))?;
+        println!(
+            "classical methods on the same split ({:.1} s):",
+            started.elapsed().as_secs_f64()
+        );
+        println!("  {:<16} {:>8} {:>8} {:>7}", "method", "sMAPE", "MASE", "OWA");
+        for (m, a, owa) in rows {
+            println!("  {:<16} {:>8.3} {:>8.3} {:>7.3}", m.name(), a.smape, a.mase, owa);
+        }
+    }
+    Ok(())
+}
+
+fn io(path: &Path, source: std::io::Error) -> Error {
+    Error::Core(halyard_core::Error::Io {
+        path: path.to_path_buf(),
+        source,
+    })
+}
