@@ -48,9 +48,9 @@ pub async fn train_local(
     while let Some(p) = rx.recv().await {
         eprintln!("{}", p.line);
     }
-    let (trained, lineage) = done
-        .await
-        .map_err(|_| halyard_executor::ExecutorError::Panicked("training thread vanished".into()))??;
+    let (trained, lineage) = done.await.map_err(|_| {
+        halyard_executor::ExecutorError::Panicked("training thread vanished".into())
+    })??;
     let secs = started.elapsed().as_secs_f64();
     println!(
         "{} ({}) trained on the {} in {secs:.1} s: {} train, {} test",
@@ -90,9 +90,18 @@ pub async fn train_local(
             "classical methods on the same split ({:.1} s):",
             started.elapsed().as_secs_f64()
         );
-        println!("  {:<16} {:>8} {:>8} {:>7}", "method", "sMAPE", "MASE", "OWA");
+        println!(
+            "  {:<16} {:>8} {:>8} {:>7}",
+            "method", "sMAPE", "MASE", "OWA"
+        );
         for (m, a, owa) in rows {
-            println!("  {:<16} {:>8.3} {:>8.3} {:>7.3}", m.name(), a.smape, a.mase, owa);
+            println!(
+                "  {:<16} {:>8.3} {:>8.3} {:>7.3}",
+                m.name(),
+                a.smape,
+                a.mase,
+                owa
+            );
         }
     }
     Ok(())

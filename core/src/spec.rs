@@ -150,6 +150,10 @@ pub struct ModelSpec {
     /// L2 penalty on the logistic regression's weights.
     #[serde(default = "default_l2")]
     pub l2: f64,
+    /// Also encode each numeric column by its training quantile bucket (up to this many
+    /// buckets; 0: off).
+    #[serde(default)]
+    pub numeric_buckets: usize,
     /// MLP: hidden layer widths.
     #[serde(default = "default_hidden")]
     pub hidden: Vec<usize>,
@@ -364,6 +368,7 @@ impl Default for ModelSpec {
             max_categories: default_max_categories(),
             hash_buckets: default_hash_buckets(),
             l2: default_l2(),
+            numeric_buckets: 0,
             hidden: default_hidden(),
             max_embedding: default_max_embedding(),
             ensemble: default_ensemble(),
@@ -577,6 +582,14 @@ impl JobSpec {
                 "must list one or more layer widths between 1 and 65536",
             ));
         }
+        if m.numeric_buckets == 1 || m.numeric_buckets > 1024 {
+            return Err(Error::invalid(
+                at("[model]"),
+                "numeric_buckets",
+                m.numeric_buckets,
+                "must be 0 (off) or between 2 and 1024",
+            ));
+        }
         if !(1..=1024).contains(&m.max_embedding) {
             return Err(Error::invalid(
                 at("[model]"),
@@ -682,10 +695,20 @@ impl JobSpec {
 impl ForecastSpec {
     fn validate(&self, at: &str) -> Result<()> {
         if !(1..=10_000).contains(&self.horizon) {
-            return Err(Error::invalid(at, "horizon", self.horizon, "must be between 1 and 10000"));
+            return Err(Error::invalid(
+                at,
+                "horizon",
+                self.horizon,
+                "must be between 1 and 10000",
+            ));
         }
         if !(1..=10_000).contains(&self.period) {
-            return Err(Error::invalid(at, "period", self.period, "must be between 1 and 10000"));
+            return Err(Error::invalid(
+                at,
+                "period",
+                self.period,
+                "must be between 1 and 10000",
+            ));
         }
         if self.layout == SeriesLayout::Long
             && (self.id_column.is_none() || self.value_column.is_none())
@@ -713,7 +736,12 @@ impl ForecastSpec {
             ("steps", self.steps, 10_000_000),
         ] {
             if !(1..=max).contains(&v) {
-                return Err(Error::invalid(at, field, v, format!("must be between 1 and {max}")));
+                return Err(Error::invalid(
+                    at,
+                    field,
+                    v,
+                    format!("must be between 1 and {max}"),
+                ));
             }
         }
         Ok(())

@@ -6,9 +6,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use bytes::Bytes;
 use halyard_core::coord::{Coordinator, Versioned};
+use halyard_core::data::digest;
 use halyard_core::data::read_table;
 use halyard_core::records::{TaskAssignment, TaskProgress, TaskState, now_ms};
-use halyard_core::data::digest;
 use halyard_core::spec::{
     CategoricalEncoding, ClassWeight, DeviceKind, ForecastSpec, JobSpec, ModelKind, OptimizerKind,
     SeriesLayout,
@@ -41,7 +41,10 @@ pub fn placement(spec: &JobSpec, gpus: u32) -> Placement {
 }
 
 /// The models crate's configs from a job spec.
-pub(crate) fn model_configs(spec: &JobSpec, placement: Placement) -> (FeatureConfig, ResponseConfig) {
+pub(crate) fn model_configs(
+    spec: &JobSpec,
+    placement: Placement,
+) -> (FeatureConfig, ResponseConfig) {
     let features = FeatureConfig {
         label: spec.data.label.clone(),
         positive: spec.data.positive.clone(),
@@ -54,6 +57,7 @@ pub(crate) fn model_configs(spec: &JobSpec, placement: Placement) -> (FeatureCon
         max_categories: spec.model.max_categories,
         hash_buckets: spec.model.hash_buckets,
         holdout_every: spec.train.holdout_every,
+        numeric_buckets: spec.model.numeric_buckets,
     };
     let train = TrainConfig {
         epochs: spec.train.epochs,
@@ -89,7 +93,11 @@ pub(crate) fn model_configs(spec: &JobSpec, placement: Placement) -> (FeatureCon
 }
 
 /// The forecaster's training settings from a job spec.
-pub(crate) fn forecast_config(f: &ForecastSpec, spec: &JobSpec, placement: Placement) -> NBeatsTrainConfig {
+pub(crate) fn forecast_config(
+    f: &ForecastSpec,
+    spec: &JobSpec,
+    placement: Placement,
+) -> NBeatsTrainConfig {
     NBeatsTrainConfig {
         steps: f.steps,
         batch_size: spec.train.batch_size,
@@ -356,7 +364,10 @@ fn train_blocking(
         let _ = reports.send(Progress {
             epoch: e.epoch,
             loss: e.loss,
-            line: format!("{member}epoch {}/{} loss {:.5}{valid}", e.epoch, e.epochs, e.loss),
+            line: format!(
+                "{member}epoch {}/{} loss {:.5}{valid}",
+                e.epoch, e.epochs, e.loss
+            ),
         });
         flow()
     })?;
@@ -396,7 +407,11 @@ pub fn read_series(
     match test_bytes {
         Some(t) => {
             let origin = f.test_source.clone().unwrap_or_default();
-            Ok((series, read_wide_csv(&String::from_utf8_lossy(t), &origin)?, digest))
+            Ok((
+                series,
+                read_wide_csv(&String::from_utf8_lossy(t), &origin)?,
+                digest,
+            ))
         }
         None => {
             // Hold out the last `horizon` points of every long enough series.

@@ -46,6 +46,10 @@ pub struct FeatureConfig {
     pub hash_buckets: usize,
     /// Every `holdout_every`-th row (index % n == n - 1) is a test row.
     pub holdout_every: usize,
+    /// Also encode each numeric column as the one-hot of its training quantile bucket, with
+    /// up to this many buckets (0: off). The MLP learns an embedding per bucket, which lets
+    /// it follow thresholds and heavy tails that standardising hides.
+    pub numeric_buckets: usize,
 }
 
 /// How one input column is encoded; part of the manifest.
@@ -69,6 +73,36 @@ pub enum ColumnEncoding {
         /// Bucket count.
         buckets: usize,
     },
+    /// One-hot of the quantile bucket of a number: slot `k` holds values in
+    /// `[edges[k-1], edges[k])`; the last slot holds missing and non-finite values.
+    Buckets {
+        /// Bucket edges, ascending.
+        edges: Vec<f64>,
+    },
+}
+
+/// Up to `n` buckets' inner edges at the quantiles of `values` (sorted, finite), ties merged.
+fn quantile_edges(values: &mut [f64], n: usize) -> Vec<f64> {
+    values.sort_by(f64::total_cmp);
+    let mut edges: Vec<f64> = Vec::new();
+    if values.is_empty() {
+        return edges;
+    }
+    for k in 1..n {
+        let v = values[(k * values.len() / n).min(values.len() - 1)];
+        if edges.last().is_none_or(|e| v > *e) && v > values[0] {
+            edges.push(v);
+        }
+    }
+    edges
+}
+
+/// The bucket of `v` among `edges` (the last slot for a non-finite value).
+pub fn bucket_of(v: f64, edges: &[f64]) -> usize {
+    if !v.is_finite() {
+        return edges.len() + 1;
+    }
+    edges.partition_point(|e| *e <= v)
 }
 
 /// One input column of the model.
@@ -237,6 +271,8 @@ impl Preprocessor {
         let excluded: BTreeSet<&str> = cfg.exclude.iter().map(String::as_str).collect();
         let forced: BTreeSet<&str> = cfg.categorical.iter().map(String::as_str).collect();
         let mut columns = Vec::new();
+        // Bucket columns, placed after the plain columns.
+        let mut extra: Vec<FeatureColumn> = Vec::new();
         let mut offset = 0;
         for field in schema.fields() {
             let name = field.name();
@@ -257,6 +293,18 @@ impl Preprocessor {
                 let mean = train.iter().sum::<f64>() / n;
                 let var = train.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / n;
                 let std = if var.sqrt() > 1e-12 { var.sqrt() } else { 1.0 };
+                if cfg.numeric_buckets > 1 {
+                    let mut train = train;
+                    let edges = quantile_edges(&mut train, cfg.numeric_buckets);
+                    let width = edges.len() + 2;
+                    extra.push(FeatureColumn {
+                        name: name.clone(),
+                        source_type: dt.to_string(),
+                        offset: 0,
+                        width,
+                        encoding: ColumnEncoding::Buckets { edges },
+                    });
+                }
                 ColumnEncoding::Numeric { mean, std }
             } else if matches!(
                 dt,
@@ -299,6 +347,7 @@ impl Preprocessor {
                 ColumnEncoding::Numeric { .. } => 1,
                 ColumnEncoding::OneHot { vocabulary } => vocabulary.len() + 1,
                 ColumnEncoding::Hashed { buckets } => *buckets,
+                ColumnEncoding::Buckets { edges } => edges.len() + 2,
             };
             columns.push(FeatureColumn {
                 name: name.clone(),
@@ -308,6 +357,11 @@ impl Preprocessor {
                 encoding,
             });
             offset += width;
+        }
+        for mut c in extra {
+            c.offset = offset;
+            offset += c.width;
+            columns.push(c);
         }
         Ok(Preprocessor {
             label: cfg.label.clone(),
@@ -355,6 +409,12 @@ impl Preprocessor {
                             .and_then(|v| index.get(v).copied())
                             .unwrap_or(vocabulary.len());
                         x[r * self.dim + col.offset + slot] = 1.0;
+                    }
+                }
+                ColumnEncoding::Buckets { edges } => {
+                    let values = numeric_values(&arrays)?;
+                    for (r, &i) in selected.iter().enumerate() {
+                        x[r * self.dim + col.offset + bucket_of(values[i], edges)] = 1.0;
                     }
                 }
                 ColumnEncoding::Hashed { buckets } => {

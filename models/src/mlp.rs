@@ -57,10 +57,7 @@ impl InputLayout {
             let row = data.row(i);
             num.extend(self.numeric.iter().map(|&o| row[o]));
             cat.extend(self.categorical.iter().map(|&(o, w)| {
-                row[o..o + w]
-                    .iter()
-                    .position(|&v| v > 0.5)
-                    .unwrap_or(w - 1) as i64
+                row[o..o + w].iter().position(|&v| v > 0.5).unwrap_or(w - 1) as i64
             }));
         }
         (num, cat)

@@ -220,7 +220,12 @@ pub fn train_forecaster(
                 train.len()
             )));
         }
-        let h = test.iter().map(|s| s.values.len()).min().unwrap_or(0).min(horizon);
+        let h = test
+            .iter()
+            .map(|s| s.values.len())
+            .min()
+            .unwrap_or(0)
+            .min(horizon);
         let ours = runtime.forecast(train, h)?;
         let naive2: Vec<Vec<f64>> = train
             .iter()

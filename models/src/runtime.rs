@@ -184,7 +184,9 @@ impl Runtime {
     /// Response probabilities of preprocessed rows.
     pub fn score_encoded(&self, data: &Encoded) -> Result<Vec<f32>> {
         let Net::Response(members) = &self.net else {
-            return Err(ModelError::Unsupported("a forecaster cannot score rows".into()));
+            return Err(ModelError::Unsupported(
+                "a forecaster cannot score rows".into(),
+            ));
         };
         if data.rows == 0 {
             return Ok(Vec::new());
@@ -213,8 +215,8 @@ impl Runtime {
     fn logits(&self, net: &ResponseNet, data: &Encoded) -> Result<Vec<f32>> {
         let z = match net {
             ResponseNet::Linear(lin) => {
-                let x = Tensor::from_slice(&data.x, (data.rows, data.dim), &CPU)
-                    .map_err(candle_err)?;
+                let x =
+                    Tensor::from_slice(&data.x, (data.rows, data.dim), &CPU).map_err(candle_err)?;
                 lin.forward(&x)?
             }
             ResponseNet::Mlp {
@@ -279,7 +281,11 @@ impl Runtime {
                 } else {
                     0.5 * (v[mid - 1] + v[mid])
                 };
-                let med = if config.nonnegative { med.max(0.0) } else { med };
+                let med = if config.nonnegative {
+                    med.max(0.0)
+                } else {
+                    med
+                };
                 if !med.is_finite() {
                     return Err(ModelError::Internal(format!(
                         "forecast of series {:?} step {} is not finite",
@@ -317,8 +323,12 @@ impl Runtime {
         let x = Tensor::from_vec(xs, (b, cfg.input_size), &CPU).map_err(candle_err)?;
         let cov = if cfg.covariates > 0 {
             Some(
-                Tensor::from_vec(cs, (b, cfg.covariates * (cfg.input_size + cfg.horizon)), &CPU)
-                    .map_err(candle_err)?,
+                Tensor::from_vec(
+                    cs,
+                    (b, cfg.covariates * (cfg.input_size + cfg.horizon)),
+                    &CPU,
+                )
+                .map_err(candle_err)?,
             )
         } else {
             None
@@ -396,7 +406,8 @@ fn mlp_forward(
     let rows: Vec<usize> = (0..data.rows).collect();
     let (num, cat) = layout.split(data, &rows);
     let b = data.rows;
-    let mut parts = vec![Tensor::from_vec(num, (b, layout.numeric.len()), &CPU).map_err(candle_err)?];
+    let mut parts =
+        vec![Tensor::from_vec(num, (b, layout.numeric.len()), &CPU).map_err(candle_err)?];
     let ncat = layout.categorical.len();
     for (c, table) in embeddings.iter().enumerate() {
         let idx: Vec<u32> = (0..b).map(|r| cat[r * ncat + c] as u32).collect();

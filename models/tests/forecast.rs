@@ -16,7 +16,10 @@ fn m4_dir() -> Option<PathBuf> {
     if dir.join("Hourly-train.csv").exists() {
         Some(dir)
     } else {
-        eprintln!("skipped: {} is absent (the M4 data sits beside the repository)", dir.display());
+        eprintln!(
+            "skipped: {} is absent (the M4 data sits beside the repository)",
+            dir.display()
+        );
         None
     }
 }
@@ -24,12 +27,23 @@ fn m4_dir() -> Option<PathBuf> {
 #[test]
 fn naive2_reproduces_the_published_m4_hourly_scores() {
     let Some(dir) = m4_dir() else { return };
-    let train = read_wide_csv(&std::fs::read_to_string(dir.join("Hourly-train.csv")).unwrap(), "train").unwrap();
-    let test = read_wide_csv(&std::fs::read_to_string(dir.join("Hourly-test.csv")).unwrap(), "test").unwrap();
+    let train = read_wide_csv(
+        &std::fs::read_to_string(dir.join("Hourly-train.csv")).unwrap(),
+        "train",
+    )
+    .unwrap();
+    let test = read_wide_csv(
+        &std::fs::read_to_string(dir.join("Hourly-test.csv")).unwrap(),
+        "test",
+    )
+    .unwrap();
     assert_eq!(train.len(), 414);
     let insample: Vec<&[f64]> = train.iter().map(|s| s.values.as_slice()).collect();
     let actual: Vec<&[f64]> = test.iter().map(|s| s.values.as_slice()).collect();
-    let f: Vec<Vec<f64>> = train.iter().map(|s| forecast(&s.values, 24, 48, Method::Naive2)).collect();
+    let f: Vec<Vec<f64>> = train
+        .iter()
+        .map(|s| forecast(&s.values, 24, 48, Method::Naive2))
+        .collect();
     let a = score(&insample, &actual, &f, 24);
     // Published (M4 "Evaluation and Ranks.xlsx"): sMAPE 18.383, MASE 2.395.
     assert_eq!(format!("{:.3}", a.smape), "18.383", "sMAPE {}", a.smape);
@@ -38,7 +52,10 @@ fn naive2_reproduces_the_published_m4_hourly_scores() {
 
 fn seasonal(n: usize, period: usize, level: f64) -> Vec<f64> {
     (0..n)
-        .map(|t| level * (1.0 + 0.3 * ((t % period) as f64 / period as f64 * std::f64::consts::TAU).sin()))
+        .map(|t| {
+            level
+                * (1.0 + 0.3 * ((t % period) as f64 / period as f64 * std::f64::consts::TAU).sin())
+        })
         .collect()
 }
 
@@ -50,7 +67,9 @@ fn classical_methods_on_known_structure() {
     let mut state = 7u64;
     let noise: Vec<f64> = (0..240)
         .map(|_| {
-            state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             100.0 + (state >> 33) as f64 / (1u64 << 31) as f64
         })
         .collect();
@@ -95,8 +114,14 @@ fn nbeats_beats_naive2_on_seasonal_series_and_refuses_bad_requests() {
         })
         .collect();
     let h = 24;
-    let train: Vec<Series> = full.iter().map(|s| Series::new(s.id.clone(), s.values[..s.values.len() - h].to_vec())).collect();
-    let test: Vec<Series> = full.iter().map(|s| Series::new(s.id.clone(), s.values[s.values.len() - h..].to_vec())).collect();
+    let train: Vec<Series> = full
+        .iter()
+        .map(|s| Series::new(s.id.clone(), s.values[..s.values.len() - h].to_vec()))
+        .collect();
+    let test: Vec<Series> = full
+        .iter()
+        .map(|s| Series::new(s.id.clone(), s.values[s.values.len() - h..].to_vec()))
+        .collect();
     let tc = NBeatsTrainConfig {
         steps: 300,
         batch_size: 64,
@@ -118,7 +143,8 @@ fn nbeats_beats_naive2_on_seasonal_series_and_refuses_bad_requests() {
     assert!(m["test_smape"] < m["naive2_smape"], "{m:?}");
     assert!(m["test_owa"] < 1.0, "{m:?}");
 
-    let rt = halyard_models::runtime::Runtime::new(model.architecture.clone(), &model.weights).unwrap();
+    let rt =
+        halyard_models::runtime::Runtime::new(model.architecture.clone(), &model.weights).unwrap();
     // Longer than trained for: refused with the limit.
     let err = rt.forecast(&train[..1], h + 1).unwrap_err();
     assert!(err.to_string().contains("at most 24"), "{err}");
@@ -126,7 +152,10 @@ fn nbeats_beats_naive2_on_seasonal_series_and_refuses_bad_requests() {
     let mut bad = train[0].clone();
     bad.values[3] = f64::NAN;
     let err = rt.forecast(&[bad.clone()], h).unwrap_err();
-    assert!(err.to_string().contains("\"s0\"") && err.to_string().contains("observation 4"), "{err}");
+    assert!(
+        err.to_string().contains("\"s0\"") && err.to_string().contains("observation 4"),
+        "{err}"
+    );
     assert!(check_series(&bad).is_err());
     // Shorter than the input window: padded, still a finite forecast.
     let short = Series::new("short", train[0].values[..10].to_vec());

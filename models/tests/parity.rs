@@ -29,7 +29,13 @@ fn records(rows: usize) -> RecordBatch {
         x.push(v);
         c.push(ch);
         seg.push(format!("s{}", rng.random_range(0..7)));
-        y.push(if rng.random_bool((v / 120.0 + if ch == "email" { 0.1 } else { 0.0 }).min(1.0)) { "yes" } else { "no" });
+        y.push(
+            if rng.random_bool((v / 120.0 + if ch == "email" { 0.1 } else { 0.0 }).min(1.0)) {
+                "yes"
+            } else {
+                "no"
+            },
+        );
     }
     RecordBatch::try_new(
         Arc::new(Schema::new(vec![
@@ -58,18 +64,27 @@ fn features() -> FeatureConfig {
         max_categories: 10,
         hash_buckets: 8,
         holdout_every: 5,
+        numeric_buckets: 0,
     }
 }
 
 fn assert_close(a: &[f32], b: &[f32]) {
     assert_eq!(a.len(), b.len());
     for (i, (x, y)) in a.iter().zip(b).enumerate() {
-        assert!((x - y).abs() <= 1e-5 * x.abs().max(1.0), "row {i}: burn {x} vs candle {y}");
+        assert!(
+            (x - y).abs() <= 1e-5 * x.abs().max(1.0),
+            "row {i}: burn {x} vs candle {y}"
+        );
     }
 }
 
 fn tc() -> TrainConfig {
-    TrainConfig { epochs: 2, batch_size: 64, patience: 0, ..TrainConfig::default() }
+    TrainConfig {
+        epochs: 2,
+        batch_size: 64,
+        patience: 0,
+        ..TrainConfig::default()
+    }
 }
 
 #[test]
@@ -79,10 +94,20 @@ fn logistic_regression_burn_equals_candle() {
     let data = pre.transform(&[batch], |_| true).unwrap();
     let model = train(&data, &tc(), |_| ControlFlow::Continue(())).unwrap();
     let device = Device::flex();
-    let x = Tensor::<2>::from_data(TensorData::new(data.x.clone(), [data.rows, data.dim]), &device);
+    let x = Tensor::<2>::from_data(
+        TensorData::new(data.x.clone(), [data.rows, data.dim]),
+        &device,
+    );
     let burn_z = model.forward(x).into_data().try_to_vec::<f32>().unwrap();
     let weights = merge_members(&[export_module(&model).unwrap()]).unwrap();
-    let rt = Runtime::new(Architecture::LogisticRegression { preprocessor: pre, members: 1 }, &weights).unwrap();
+    let rt = Runtime::new(
+        Architecture::LogisticRegression {
+            preprocessor: pre,
+            members: 1,
+        },
+        &weights,
+    )
+    .unwrap();
     assert_close(&burn_z, &rt.member_logits(0, &data).unwrap());
 }
 
@@ -97,7 +122,11 @@ fn mlp_burn_equals_candle() {
     let burn_p = model.predict(&cfg.layout, &data, &Device::flex());
     let weights = merge_members(&[export_module(&model).unwrap()]).unwrap();
     let rt = Runtime::new(
-        Architecture::Mlp { preprocessor: pre, config: cfg, members: 1 },
+        Architecture::Mlp {
+            preprocessor: pre,
+            config: cfg,
+            members: 1,
+        },
         &weights,
     )
     .unwrap();
@@ -113,7 +142,9 @@ fn series(n: usize, covariates: bool) -> Vec<Series> {
             let mut s = Series::new(format!("s{k}"), values);
             if covariates {
                 // One flag per step, for the history and 8 future steps.
-                s.covariates = (0..n + 8).map(|t| vec![f64::from(u8::from(t % 7 == 0))]).collect();
+                s.covariates = (0..n + 8)
+                    .map(|t| vec![f64::from(u8::from(t % 7 == 0))])
+                    .collect();
             }
             s
         })
@@ -132,12 +163,25 @@ fn nbeats_parity(covariates: bool) {
         ..NBeatsTrainConfig::default()
     };
     let trained = train_nbeats(&train_series, 8, 12, &tc, |_| ControlFlow::Continue(())).unwrap();
-    assert_eq!(trained.config.members[0].covariates, usize::from(covariates));
+    assert_eq!(
+        trained.config.members[0].covariates,
+        usize::from(covariates)
+    );
     let weights = merge_members(
-        &trained.members.iter().map(|m| export_module(m).unwrap()).collect::<Vec<_>>(),
+        &trained
+            .members
+            .iter()
+            .map(|m| export_module(m).unwrap())
+            .collect::<Vec<_>>(),
     )
     .unwrap();
-    let rt = Runtime::new(Architecture::NBeats { config: trained.config.clone() }, &weights).unwrap();
+    let rt = Runtime::new(
+        Architecture::NBeats {
+            config: trained.config.clone(),
+        },
+        &weights,
+    )
+    .unwrap();
     for (k, member) in trained.members.iter().enumerate() {
         let cfg = &trained.config.members[k];
         let burn_f = forecast_member(member, cfg, &train_series, &Device::flex()).unwrap();

@@ -54,6 +54,7 @@ fn features(encoding: Encoding) -> FeatureConfig {
         max_categories: 10,
         hash_buckets: 16,
         holdout_every: 5,
+        numeric_buckets: 0,
     }
 }
 
@@ -82,7 +83,11 @@ fn preprocessor(m: &TrainedModel) -> &Preprocessor {
 fn linear_weights(m: &TrainedModel) -> Vec<f32> {
     let t = read_tensors(&m.weights).unwrap();
     let (shape, bytes) = &t["members.0.linear.weight"];
-    assert_eq!(shape, &vec![1, preprocessor(m).dim], "PyTorch layout [out, in]");
+    assert_eq!(
+        shape,
+        &vec![1, preprocessor(m).dim],
+        "PyTorch layout [out, in]"
+    );
     bytes
         .chunks_exact(4)
         .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
@@ -175,11 +180,20 @@ fn artifact_scores_raw_records_like_the_trained_model() {
     let b = f32::from_le_bytes(t["members.0.linear.bias"].1[..4].try_into().unwrap());
     assert_eq!(served.len(), 1000);
     for (i, p) in served.iter().enumerate() {
-        let z: f32 = encoded.row(i).iter().zip(&w).map(|(a, b)| a * b).sum::<f32>() + b;
+        let z: f32 = encoded
+            .row(i)
+            .iter()
+            .zip(&w)
+            .map(|(a, b)| a * b)
+            .sum::<f32>()
+            + b;
         let by_hand = 1.0 / (1.0 + (-z).exp());
         assert!((p - by_hand).abs() < 1e-5, "row {i}: {p} vs {by_hand}");
     }
-    assert!(matches!(manifest.architecture, Architecture::LogisticRegression { .. }));
+    assert!(matches!(
+        manifest.architecture,
+        Architecture::LogisticRegression { .. }
+    ));
 }
 
 #[test]
@@ -272,10 +286,15 @@ fn mlp_cfg() -> ResponseConfig {
 #[test]
 fn mlp_ensemble_learns_known_effects_and_stops_early() {
     let mut reports = Vec::new();
-    let model = train_response_model(&[synthetic(4000, 11)], &features(Encoding::OneHot), &mlp_cfg(), |r| {
-        reports.push(r);
-        ControlFlow::Continue(())
-    })
+    let model = train_response_model(
+        &[synthetic(4000, 11)],
+        &features(Encoding::OneHot),
+        &mlp_cfg(),
+        |r| {
+            reports.push(r);
+            ControlFlow::Continue(())
+        },
+    )
     .unwrap();
     let auc = model.metrics["test_auc"];
     assert!(auc > 0.82, "test auc {auc}");
@@ -283,41 +302,91 @@ fn mlp_ensemble_learns_known_effects_and_stops_early() {
     assert!(reports.iter().any(|r| r.member == 1));
     assert!(reports.iter().all(|r| r.epoch.valid_loss.is_some()));
     for key in ["test_ece", "test_top_decile_lift", "test_top_decile_rate"] {
-        assert!(model.metrics.contains_key(key), "{key} missing: {:?}", model.metrics);
+        assert!(
+            model.metrics.contains_key(key),
+            "{key} missing: {:?}",
+            model.metrics
+        );
     }
     // Top decile responds well above the base rate on data this separable.
     assert!(model.metrics["test_top_decile_lift"] > 1.5);
     let t = read_tensors(&model.weights).unwrap();
-    assert!(t.contains_key("members.1.embeddings.0.weight"), "{:?}", t.keys());
-    assert_eq!(t["members.0.hidden.0.weight"].0[0], 32, "PyTorch layout [out, in]");
+    assert!(
+        t.contains_key("members.1.embeddings.0.weight"),
+        "{:?}",
+        t.keys()
+    );
+    assert_eq!(
+        t["members.0.hidden.0.weight"].0[0], 32,
+        "PyTorch layout [out, in]"
+    );
 }
 
 #[test]
 fn balanced_class_weights_raise_predicted_rates() {
     // Rare responders: only the high-x ones of the synthetic rows.
     let batch = synthetic(3000, 12);
-    let x = batch.column(0).as_any().downcast_ref::<Float64Array>().unwrap();
-    let y = batch.column(2).as_any().downcast_ref::<StringArray>().unwrap();
+    let x = batch
+        .column(0)
+        .as_any()
+        .downcast_ref::<Float64Array>()
+        .unwrap();
+    let y = batch
+        .column(2)
+        .as_any()
+        .downcast_ref::<StringArray>()
+        .unwrap();
     let rare: StringArray = (0..batch.num_rows())
-        .map(|i| Some(if y.value(i) == "yes" && x.value(i) > 60.0 { "yes" } else { "no" }))
+        .map(|i| {
+            Some(if y.value(i) == "yes" && x.value(i) > 60.0 {
+                "yes"
+            } else {
+                "no"
+            })
+        })
         .collect();
     let batch = RecordBatch::try_new(
         batch.schema(),
-        vec![batch.column(0).clone(), batch.column(1).clone(), Arc::new(rare)],
+        vec![
+            batch.column(0).clone(),
+            batch.column(1).clone(),
+            Arc::new(rare),
+        ],
     )
     .unwrap();
-    let plain = train_response_model(std::slice::from_ref(&batch), &features(Encoding::OneHot), &train_cfg(), |_| ControlFlow::Continue(())).unwrap();
+    let plain = train_response_model(
+        std::slice::from_ref(&batch),
+        &features(Encoding::OneHot),
+        &train_cfg(),
+        |_| ControlFlow::Continue(()),
+    )
+    .unwrap();
     let mut cfg = train_cfg();
     cfg.balance_classes = true;
-    let weighted = train_response_model(&[batch], &features(Encoding::OneHot), &cfg, |_| ControlFlow::Continue(())).unwrap();
+    let weighted = train_response_model(&[batch], &features(Encoding::OneHot), &cfg, |_| {
+        ControlFlow::Continue(())
+    })
+    .unwrap();
     // Weighting positives up moves the mean prediction towards 0.5 and hurts calibration.
-    assert!(weighted.metrics["test_ece"] > plain.metrics["test_ece"], "{:?} vs {:?}", weighted.metrics, plain.metrics);
+    assert!(
+        weighted.metrics["test_ece"] > plain.metrics["test_ece"],
+        "{:?} vs {:?}",
+        weighted.metrics,
+        plain.metrics
+    );
 }
 
 #[test]
 fn scoring_handles_unseen_categories_and_non_finite_numbers() {
-    let model = train_response_model(&[synthetic(1000, 13)], &features(Encoding::OneHot), &mlp_cfg(), |_| ControlFlow::Continue(())).unwrap();
-    let runtime = halyard_models::runtime::Runtime::new(model.architecture.clone(), &model.weights).unwrap();
+    let model = train_response_model(
+        &[synthetic(1000, 13)],
+        &features(Encoding::OneHot),
+        &mlp_cfg(),
+        |_| ControlFlow::Continue(()),
+    )
+    .unwrap();
+    let runtime =
+        halyard_models::runtime::Runtime::new(model.architecture.clone(), &model.weights).unwrap();
     let schema = Arc::new(Schema::new(vec![
         Field::new("x", DataType::Float64, true),
         Field::new("channel", DataType::Utf8, true),
@@ -325,14 +394,27 @@ fn scoring_handles_unseen_categories_and_non_finite_numbers() {
     let batch = RecordBatch::try_new(
         schema,
         vec![
-            Arc::new(Float64Array::from(vec![Some(f64::NAN), Some(f64::INFINITY), None, Some(55.0)])),
-            Arc::new(StringArray::from(vec![Some("email"), Some("carrier pigeon"), None, Some("sms")])),
+            Arc::new(Float64Array::from(vec![
+                Some(f64::NAN),
+                Some(f64::INFINITY),
+                None,
+                Some(55.0),
+            ])),
+            Arc::new(StringArray::from(vec![
+                Some("email"),
+                Some("carrier pigeon"),
+                None,
+                Some("sms"),
+            ])),
         ],
     )
     .unwrap();
     let p = runtime.score(&[batch.clone()]).unwrap();
     assert_eq!(p.len(), 4);
-    assert!(p.iter().all(|v| v.is_finite() && (0.0..=1.0).contains(v)), "{p:?}");
+    assert!(
+        p.iter().all(|v| v.is_finite() && (0.0..=1.0).contains(v)),
+        "{p:?}"
+    );
     // A missing column is refused with the columns the data has.
     let err = runtime.score(&[batch.project(&[0]).unwrap()]).unwrap_err();
     assert!(err.to_string().contains("\"channel\""), "{err}");

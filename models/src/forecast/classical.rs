@@ -301,7 +301,12 @@ impl Ets {
         let (beta, phi, level, slope) = match trend {
             Trend::None => (0.0, 1.0, p[1], 0.0),
             Trend::Linear => (p[2].clamp(1e-4, alpha), 1.0, p[1], p[3]),
-            Trend::Damped => (p[2].clamp(1e-4, alpha), p[4].clamp(PHI.0, PHI.1), p[1], p[3]),
+            Trend::Damped => (
+                p[2].clamp(1e-4, alpha),
+                p[4].clamp(PHI.0, PHI.1),
+                p[1],
+                p[3],
+            ),
         };
         Ets {
             trend,
@@ -341,9 +346,7 @@ impl Ets {
             let tm = (m as f64 + 1.0) / 2.0;
             let xm = x[..m].iter().sum::<f64>() / m as f64;
             let sxx: f64 = (1..=m).map(|t| (t as f64 - tm).powi(2)).sum();
-            let sxy: f64 = (1..=m)
-                .map(|t| (t as f64 - tm) * (x[t - 1] - xm))
-                .sum();
+            let sxy: f64 = (1..=m).map(|t| (t as f64 - tm) * (x[t - 1] - xm)).sum();
             let b = sxy / sxx;
             (xm - b * tm, b)
         } else {

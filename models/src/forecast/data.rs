@@ -114,7 +114,8 @@ mod tests {
 
     #[test]
     fn wide_csv_with_ragged_rows() {
-        let text = "\"V1\",\"V2\",\"V3\",\"V4\"\n\"H1\",\"1\",\"2\",\"3\"\n\"H2\",\"4\",\"5\",\"\"\n";
+        let text =
+            "\"V1\",\"V2\",\"V3\",\"V4\"\n\"H1\",\"1\",\"2\",\"3\"\n\"H2\",\"4\",\"5\",\"\"\n";
         let s = read_wide_csv(text, "t.csv").unwrap();
         assert_eq!(s.len(), 2);
         assert_eq!(s[0].values, vec![1.0, 2.0, 3.0]);

@@ -37,10 +37,7 @@ pub fn mase_scale(insample: &[f64], period: usize) -> f64 {
 /// MASE of one series.
 pub fn mase(insample: &[f64], actual: &[f64], forecast: &[f64], period: usize) -> f64 {
     let h = actual.len().min(forecast.len());
-    let mae: f64 = (0..h)
-        .map(|i| (actual[i] - forecast[i]).abs())
-        .sum::<f64>()
-        / h.max(1) as f64;
+    let mae: f64 = (0..h).map(|i| (actual[i] - forecast[i]).abs()).sum::<f64>() / h.max(1) as f64;
     mae / mase_scale(insample, period)
 }
 

@@ -143,11 +143,7 @@ pub fn window(s: &Series, cfg: &NBeatsConfig, cut: usize) -> Window {
     let raw: Vec<f64> = (0..l)
         .map(|k| {
             let t = cut as isize - l as isize + k as isize;
-            if t < 0 {
-                first
-            } else {
-                s.values[t as usize]
-            }
+            if t < 0 { first } else { s.values[t as usize] }
         })
         .collect();
     let mean_abs = raw.iter().map(|v| v.abs()).sum::<f64>() / l as f64;
@@ -156,9 +152,7 @@ pub fn window(s: &Series, cfg: &NBeatsConfig, cut: usize) -> Window {
     if cfg.covariates > 0 {
         for k in 0..l + cfg.horizon {
             let t = cut as isize - l as isize + k as isize;
-            let row = (t >= 0)
-                .then(|| s.covariates.get(t as usize))
-                .flatten();
+            let row = (t >= 0).then(|| s.covariates.get(t as usize)).flatten();
             for c in 0..cfg.covariates {
                 covariates.push(row.and_then(|r| r.get(c)).copied().unwrap_or(0.0) as f32);
             }
@@ -247,10 +241,7 @@ pub fn train_nbeats(
     for s in series {
         check_series(s)?;
     }
-    let usable: Vec<&Series> = series
-        .iter()
-        .filter(|s| s.values.len() > horizon)
-        .collect();
+    let usable: Vec<&Series> = series.iter().filter(|s| s.values.len() > horizon).collect();
     if usable.is_empty() {
         return Err(ModelError::NoRows {
             purpose: "train on (no series is longer than the horizon)",

@@ -1,0 +1,110 @@
+//! Scoring latency of the candle serving runtime: one record and a batch of 1,024, for the
+//! bank-marketing-shaped logistic regression and MLP (preprocessed rows, so the figure is
+//! the model's own cost; `score_raw` adds the Arrow preprocessing of raw records).
+//!
+//! `cargo bench -p halyard-models --bench inference`
+
+use std::hint::black_box;
+use std::ops::ControlFlow;
+use std::sync::Arc;
+
+use arrow::array::{Float64Array, RecordBatch, StringArray};
+use arrow::datatypes::{DataType, Field, Schema};
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use halyard_models::features::{Encoding, FeatureConfig};
+use halyard_models::logistic::TrainConfig;
+use halyard_models::pipeline::{ResponseConfig, ResponseKind, train_response_model};
+use halyard_models::runtime::Runtime;
+
+/// A bank-marketing-shaped table: 7 numerics, 9 categoricals, a label.
+fn table(rows: usize) -> RecordBatch {
+    let mut fields = Vec::new();
+    let mut cols: Vec<arrow::array::ArrayRef> = Vec::new();
+    for k in 0..7 {
+        fields.push(Field::new(format!("n{k}"), DataType::Float64, true));
+        cols.push(Arc::new(Float64Array::from(
+            (0..rows)
+                .map(|i| ((i * (k + 3) * 7919) % 1000) as f64)
+                .collect::<Vec<_>>(),
+        )));
+    }
+    for k in 0..9 {
+        fields.push(Field::new(format!("c{k}"), DataType::Utf8, true));
+        cols.push(Arc::new(StringArray::from(
+            (0..rows)
+                .map(|i| format!("v{}", (i * (k + 5)) % (3 + k * 2)))
+                .collect::<Vec<_>>(),
+        )));
+    }
+    fields.push(Field::new("y", DataType::Utf8, true));
+    cols.push(Arc::new(StringArray::from(
+        (0..rows)
+            .map(|i| if (i * 31) % 9 == 0 { "yes" } else { "no" })
+            .collect::<Vec<_>>(),
+    )));
+    RecordBatch::try_new(Arc::new(Schema::new(fields)), cols).unwrap()
+}
+
+fn bench(c: &mut Criterion) {
+    let data = table(4096);
+    let features = FeatureConfig {
+        label: "y".into(),
+        positive: None,
+        exclude: vec![],
+        categorical: vec![],
+        encoding: Encoding::OneHot,
+        max_categories: 64,
+        hash_buckets: 16,
+        holdout_every: 5,
+        numeric_buckets: 0,
+    };
+    let mut g = c.benchmark_group("score");
+    for (name, kind) in [
+        ("logistic", ResponseKind::LogisticRegression),
+        (
+            "mlp_128x64",
+            ResponseKind::Mlp {
+                hidden: vec![128, 64],
+                max_embedding: 16,
+            },
+        ),
+    ] {
+        let rc = ResponseConfig {
+            kind,
+            train: TrainConfig {
+                epochs: 1,
+                ..TrainConfig::default()
+            },
+            ensemble: 1,
+            balance_classes: false,
+        };
+        let m = train_response_model(std::slice::from_ref(&data), &features, &rc, |_| {
+            ControlFlow::Continue(())
+        })
+        .unwrap();
+        let rt = Runtime::new(m.architecture.clone(), &m.weights).unwrap();
+        let pre = m.architecture.preprocessor().unwrap().clone();
+        let all = pre
+            .transform(std::slice::from_ref(&data), |_| true)
+            .unwrap();
+        let one = all.partition(|i| i != 0).0;
+        let batch = all.partition(|i| i >= 1024).0;
+        g.throughput(Throughput::Elements(1));
+        g.bench_function(format!("{name}/1"), |b| {
+            b.iter(|| black_box(rt.score_encoded(&one).unwrap()))
+        });
+        g.throughput(Throughput::Elements(1024));
+        g.bench_function(format!("{name}/1024"), |b| {
+            b.iter(|| black_box(rt.score_encoded(&batch).unwrap()))
+        });
+        let raw1 = data.slice(0, 1);
+        g.throughput(Throughput::Elements(1));
+        g.bench_function(format!("{name}/score_raw_1"), |b| {
+            b.iter(|| black_box(rt.score(std::slice::from_ref(&raw1)).unwrap()))
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
