@@ -421,11 +421,9 @@ pub fn read_series(
                     continue;
                 }
                 let cut = s.values.len() - f.horizon;
+                // Covariates are known in advance: the held-out steps keep theirs.
                 let mut head = s.clone();
                 head.values.truncate(cut);
-                if !head.covariates.is_empty() {
-                    head.covariates.truncate(cut);
-                }
                 test.push(Series::new(s.id.clone(), s.values[cut..].to_vec()));
                 train.push(head);
             }
