@@ -121,8 +121,11 @@ pub fn export_module<M: Module>(module: &M) -> Result<Vec<u8>> {
         .map_err(|e| ModelError::Internal(format!("saving weights: {e}")))
 }
 
+/// A tensor's shape and its little-endian f32 bytes.
+pub type RawTensor = (Vec<usize>, Vec<u8>);
+
 /// Names, shapes and f32 data of every tensor in a safetensors file.
-pub fn read_tensors(bytes: &[u8]) -> Result<BTreeMap<String, (Vec<usize>, Vec<u8>)>> {
+pub fn read_tensors(bytes: &[u8]) -> Result<BTreeMap<String, RawTensor>> {
     let st = safetensors::SafeTensors::deserialize(bytes)
         .map_err(|e| ModelError::Artifact(format!("weights file: {e}")))?;
     let mut out = BTreeMap::new();

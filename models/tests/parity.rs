@@ -137,7 +137,9 @@ fn series(n: usize, covariates: bool) -> Vec<Series> {
     (0..6)
         .map(|k| {
             let values: Vec<f64> = (0..n)
-                .map(|t| 10.0 + k as f64 + 3.0 * ((t % 12) as f64 / 12.0 * 6.28).sin())
+                .map(|t| {
+                    10.0 + k as f64 + 3.0 * ((t % 12) as f64 / 12.0 * std::f64::consts::TAU).sin()
+                })
                 .collect();
             let mut s = Series::new(format!("s{k}"), values);
             if covariates {

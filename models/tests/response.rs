@@ -409,7 +409,7 @@ fn scoring_handles_unseen_categories_and_non_finite_numbers() {
         ],
     )
     .unwrap();
-    let p = runtime.score(&[batch.clone()]).unwrap();
+    let p = runtime.score(std::slice::from_ref(&batch)).unwrap();
     assert_eq!(p.len(), 4);
     assert!(
         p.iter().all(|v| v.is_finite() && (0.0..=1.0).contains(v)),

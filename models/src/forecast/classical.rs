@@ -103,7 +103,7 @@ pub fn multiplicative_indices(x: &[f64], period: usize) -> Option<Vec<f64>> {
     let n = x.len();
     let f = period;
     // Centred moving average: weights 1/f, halved at both ends for an even period.
-    let (weights, half) = if f % 2 == 0 {
+    let (weights, half) = if f.is_multiple_of(2) {
         let mut w = vec![1.0 / f as f64; f + 1];
         w[0] /= 2.0;
         w[f] /= 2.0;
