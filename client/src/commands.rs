@@ -89,6 +89,15 @@ fn finish(job: JobInfo) -> Result<()> {
     }
 }
 
+/// What a job's progress counts: gradient steps for a forecaster, epochs otherwise.
+fn progress_unit(j: &JobInfo) -> &'static str {
+    if j.model_type == "nbeats" {
+        "step"
+    } else {
+        "epoch"
+    }
+}
+
 /// Watch a job to its end, drawing a progress bar on a terminal; returns its last state.
 pub async fn follow_job(client: &Client, id: &str, show: bool) -> Result<JobInfo> {
     let tty = show && std::io::stderr().is_terminal();
@@ -96,7 +105,7 @@ pub async fn follow_job(client: &Client, id: &str, show: bool) -> Result<JobInfo
         let b = ProgressBar::new(0);
         b.set_style(
             ProgressStyle::with_template(
-                "{spinner} {prefix} [{bar:30}] epoch {pos}/{len} {msg} ({elapsed})",
+                "{spinner} {prefix} [{bar:30}] {pos}/{len} {msg} ({elapsed})",
             )
             .expect("valid template")
             .progress_chars("=> "),
@@ -137,8 +146,12 @@ pub async fn follow_job(client: &Client, id: &str, show: bool) -> Result<JobInfo
             }
         } else if show && job.epoch != last_epoch && job.loss.is_finite() {
             eprintln!(
-                "{}: epoch {}/{} loss {:.4}",
-                job.id, job.epoch, job.epochs, job.loss
+                "{}: {} {}/{} loss {:.4}",
+                job.id,
+                progress_unit(&job),
+                job.epoch,
+                job.epochs,
+                job.loss
             );
         }
         last_epoch = job.epoch;
@@ -211,7 +224,12 @@ pub async fn job(client: &Client, id: &str, as_json: bool) -> Result<()> {
             &j.executor
         }
     ));
-    out(&format!("epoch:     {}/{}", j.epoch, j.epochs));
+    out(&format!(
+        "{:<10} {}/{}",
+        format!("{}:", progress_unit(&j)),
+        j.epoch,
+        j.epochs
+    ));
     if j.loss.is_finite() {
         out(&format!("loss:      {:.5}", j.loss));
     }

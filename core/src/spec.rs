@@ -466,6 +466,17 @@ impl JobSpec {
         Ok(spec)
     }
 
+    /// Progress units a job counts to: epochs of a response model, or gradient steps over
+    /// all members of a forecaster (the executor reports progress in the same units).
+    pub fn progress_total(&self) -> u32 {
+        match &self.forecast {
+            Some(f) if self.model.kind == ModelKind::Nbeats => {
+                u32::try_from(f.steps.saturating_mul(f.lookbacks.len())).unwrap_or(u32::MAX)
+            }
+            _ => self.train.epochs,
+        }
+    }
+
     /// The spec as TOML text.
     pub fn to_toml(&self) -> String {
         toml::to_string(self).expect("a job spec always serialises")

@@ -326,7 +326,8 @@ fn train_blocking(
         let tc = forecast_config(f, spec, placement);
         let trained = train_forecaster(&train, &test, f.horizon, f.period, &tc, |r| {
             let _ = reports.send(Progress {
-                epoch: r.step as u32,
+                // Steps over all members, the units of JobSpec::progress_total.
+                epoch: u32::try_from(r.member * r.steps + r.step).unwrap_or(u32::MAX),
                 loss: r.loss,
                 line: format!(
                     "member {}/{} step {}/{} scaled MAE {:.5}",

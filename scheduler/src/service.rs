@@ -59,11 +59,11 @@ pub fn job_info(job: &JobRecord, progress: Option<&TaskProgress>) -> JobInfo {
         created_ms: job.created_ms,
         updated_ms: progress.map_or(job.updated_ms, |p| p.updated_ms.max(job.updated_ms)),
         epoch: if job.state == halyard_core::records::JobState::Succeeded {
-            job.spec.train.epochs
+            job.spec.progress_total()
         } else {
             progress.map_or(0, |p| p.epoch)
         },
-        epochs: job.spec.train.epochs,
+        epochs: job.spec.progress_total(),
         loss: progress.and_then(|p| p.loss).unwrap_or(f64::NAN),
         metrics: job.metrics.clone().into_iter().collect(),
         artifact: job.artifact.clone().unwrap_or_default(),
