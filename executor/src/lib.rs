@@ -50,6 +50,12 @@ impl ExecutorHandle {
 /// Start an executor: bind, register, then serve tasks in the background.
 pub async fn start_executor(cfg: ExecutorConfig, coord: Coordinator) -> Result<ExecutorHandle> {
     let store = cfg.open_store()?;
+    if cfg.gpus > 0 && !halyard_models::device::GPU_BUILD {
+        warn!(
+            gpus = cfg.gpus,
+            "this executor advertises GPUs but was built without the `gpu` feature: GPU jobs placed here will fail; build with --features gpu"
+        );
+    }
     let (listener, addr) = halyard_core::bind(&cfg.listen).await?;
     let (shutdown, shutdown_rx) = watch::channel(false);
     let (_reporter, health) = tonic_health::server::health_reporter();
