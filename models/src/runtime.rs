@@ -62,28 +62,11 @@ fn take(t: &HashMap<String, Tensor>, name: &str) -> Result<Tensor> {
 #[derive(Debug, Clone)]
 enum ResponseNet {
     Linear(Lin),
-    Mlp(FoldedMlp),
-}
-
-/// An MLP whose embeddings are folded into its first layer at load time: for every
-/// categorical column `c`, `table_c = E_c · W1_c` (`[values, width]`), all stacked in one
-/// table, so the first layer is one matmul over the numerics plus one gather-and-sum over
-/// the table, whatever the number of categorical columns. Mathematically the same network
-/// (the parity tests hold it to burn's within 1e-5); it saves a gather, a concatenation
-/// and most of the first matmul per request.
-#[derive(Debug, Clone)]
-struct FoldedMlp {
-    /// First layer's weights over the numerics, `[numeric, width]` (None without numerics).
-    numeric: Option<Tensor>,
-    /// Stacked folded embedding tables, `[Σ values, width]`.
-    table: Tensor,
-    /// Row offset of each categorical column's table.
-    offsets: Vec<u32>,
-    /// First layer's bias.
-    bias: Tensor,
-    /// Layers after the first (hidden layers then the output); empty when the first layer
-    /// is the output.
-    rest: Vec<Lin>,
+    Mlp {
+        embeddings: Vec<Tensor>,
+        hidden: Vec<Lin>,
+        output: Lin,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -236,11 +219,15 @@ impl Runtime {
                     Tensor::from_slice(&data.x, (data.rows, data.dim), &CPU).map_err(candle_err)?;
                 lin.forward(&x)?
             }
-            ResponseNet::Mlp(net) => {
+            ResponseNet::Mlp {
+                embeddings,
+                hidden,
+                output,
+            } => {
                 let Architecture::Mlp { config, .. } = &self.architecture else {
                     unreachable!("an MLP net comes from an MLP manifest")
                 };
-                mlp_forward(&config.layout, net, data)?
+                mlp_forward(&config.layout, embeddings, hidden, output, data)?
             }
         };
         z.flatten_all()
@@ -378,42 +365,15 @@ impl Runtime {
 fn load_mlp(t: &HashMap<String, Tensor>, prefix: &str, cfg: &MlpConfig) -> Result<ResponseNet> {
     let embeddings = (0..cfg.layout.categorical.len())
         .map(|c| take(t, &format!("{prefix}.embeddings.{c}.weight")))
-        .collect::<Result<Vec<_>>>()?;
-    let mut layers = (0..cfg.hidden.len())
+        .collect::<Result<_>>()?;
+    let hidden = (0..cfg.hidden.len())
         .map(|i| Lin::load(t, &format!("{prefix}.hidden.{i}")))
-        .collect::<Result<Vec<_>>>()?;
-    layers.push(Lin::load(t, &format!("{prefix}.output"))?);
-    let first = layers.remove(0);
-    let n_num = cfg.layout.numeric.len();
-    let numeric = if n_num > 0 {
-        Some(first.wt.narrow(0, 0, n_num).map_err(candle_err)?)
-    } else {
-        None
-    };
-    let mut tables = Vec::with_capacity(embeddings.len());
-    let mut offsets = Vec::with_capacity(embeddings.len());
-    let (mut row, mut col) = (0u32, n_num);
-    for e in &embeddings {
-        let (values, dim) = e.dims2().map_err(candle_err)?;
-        let w = first.wt.narrow(0, col, dim).map_err(candle_err)?;
-        tables.push(e.matmul(&w).map_err(candle_err)?);
-        offsets.push(row);
-        row += values as u32;
-        col += dim;
-    }
-    let width = first.b.dims1().map_err(candle_err)?;
-    let table = if tables.is_empty() {
-        Tensor::zeros((1, width), candle_core::DType::F32, &CPU).map_err(candle_err)?
-    } else {
-        Tensor::cat(&tables, 0).map_err(candle_err)?
-    };
-    Ok(ResponseNet::Mlp(FoldedMlp {
-        numeric,
-        table,
-        offsets,
-        bias: first.b,
-        rest: layers,
-    }))
+        .collect::<Result<_>>()?;
+    Ok(ResponseNet::Mlp {
+        embeddings,
+        hidden,
+        output: Lin::load(t, &format!("{prefix}.output"))?,
+    })
 }
 
 fn load_nbeats(t: &HashMap<String, Tensor>, prefix: &str, cfg: &NBeatsConfig) -> Result<NBeatsNet> {
@@ -436,37 +396,29 @@ fn load_nbeats(t: &HashMap<String, Tensor>, prefix: &str, cfg: &NBeatsConfig) ->
     })
 }
 
-fn mlp_forward(layout: &InputLayout, net: &FoldedMlp, data: &Encoded) -> Result<Tensor> {
+fn mlp_forward(
+    layout: &InputLayout,
+    embeddings: &[Tensor],
+    hidden: &[Lin],
+    output: &Lin,
+    data: &Encoded,
+) -> Result<Tensor> {
     let rows: Vec<usize> = (0..data.rows).collect();
     let (num, cat) = layout.split(data, &rows);
     let b = data.rows;
-    let k = net.offsets.len();
-    let width = net.bias.dims1().map_err(candle_err)?;
-    let mut z = match &net.numeric {
-        Some(w) => Tensor::from_vec(num, (b, layout.numeric.len()), &CPU)
-            .and_then(|x| x.matmul(w))
-            .map_err(candle_err)?,
-        None => Tensor::zeros((b, width), candle_core::DType::F32, &CPU).map_err(candle_err)?,
-    };
-    if k > 0 {
-        let idx: Vec<u32> = cat
-            .iter()
-            .enumerate()
-            .map(|(i, v)| net.offsets[i % k] + *v as u32)
-            .collect();
-        let gathered = Tensor::from_vec(idx, b * k, &CPU)
-            .and_then(|i| net.table.index_select(&i, 0))
-            .and_then(|g| g.reshape((b, k, width)))
-            .and_then(|g| g.sum(1))
-            .map_err(candle_err)?;
-        z = (z + gathered).map_err(candle_err)?;
+    let mut parts =
+        vec![Tensor::from_vec(num, (b, layout.numeric.len()), &CPU).map_err(candle_err)?];
+    let ncat = layout.categorical.len();
+    for (c, table) in embeddings.iter().enumerate() {
+        let idx: Vec<u32> = (0..b).map(|r| cat[r * ncat + c] as u32).collect();
+        let idx = Tensor::from_vec(idx, b, &CPU).map_err(candle_err)?;
+        parts.push(table.index_select(&idx, 0).map_err(candle_err)?);
     }
-    let mut x = z.broadcast_add(&net.bias).map_err(candle_err)?;
-    for l in &net.rest {
-        x = x.relu().map_err(candle_err)?;
-        x = l.forward(&x)?;
+    let mut x = Tensor::cat(&parts, 1).map_err(candle_err)?;
+    for l in hidden {
+        x = l.forward(&x)?.relu().map_err(candle_err)?;
     }
-    Ok(x)
+    output.forward(&x)
 }
 
 /// The logistic function, stable for large |z|.
