@@ -119,6 +119,10 @@ pub struct DataSpec {
     /// Numeric columns to treat as categorical (string columns always are).
     #[serde(default)]
     pub categorical: Vec<String>,
+    /// Crossed categoricals: each list of two or more columns becomes one more categorical
+    /// feature whose value joins theirs (`[["month", "day"]]`).
+    #[serde(default)]
+    pub crosses: Vec<Vec<String>>,
 }
 
 /// File format of a data source.
@@ -566,6 +570,14 @@ impl JobSpec {
                 "exclude",
                 format!("{:?}", d.exclude),
                 format!("must not contain the label column {:?}", d.label),
+            ));
+        }
+        if let Some(c) = d.crosses.iter().find(|c| c.len() < 2) {
+            return Err(Error::invalid(
+                at("[data]"),
+                "crosses",
+                format!("{c:?}"),
+                "each cross must list at least two columns",
             ));
         }
         let m = &self.model;

@@ -58,6 +58,7 @@ pub(crate) fn model_configs(
         hash_buckets: spec.model.hash_buckets,
         holdout_every: spec.train.holdout_every,
         numeric_buckets: spec.model.numeric_buckets,
+        crosses: spec.data.crosses.clone(),
     };
     let train = TrainConfig {
         epochs: spec.train.epochs,

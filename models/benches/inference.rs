@@ -57,6 +57,7 @@ fn bench(c: &mut Criterion) {
         hash_buckets: 16,
         holdout_every: 5,
         numeric_buckets: 0,
+        crosses: vec![],
     };
     let mut g = c.benchmark_group("score");
     for (name, kind) in [

@@ -50,6 +50,9 @@ pub struct FeatureConfig {
     /// up to this many buckets (0: off). The MLP learns an embedding per bucket, which lets
     /// it follow thresholds and heavy tails that standardising hides.
     pub numeric_buckets: usize,
+    /// Crossed categoricals: each list of columns becomes one more categorical column whose
+    /// value joins theirs (`may|5`), so a model can learn their combinations.
+    pub crosses: Vec<Vec<String>>,
 }
 
 /// How one input column is encoded; part of the manifest.
@@ -108,8 +111,11 @@ pub fn bucket_of(v: f64, edges: &[f64]) -> usize {
 /// One input column of the model.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct FeatureColumn {
-    /// Column name in the raw data.
+    /// Column name in the raw data (for a cross, the joined names).
     pub name: String,
+    /// A cross: the raw columns whose string values, joined with `|`, are this column's.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sources: Vec<String>,
     /// Arrow type it had in the training data.
     pub source_type: String,
     /// First slot in the feature vector.
@@ -234,6 +240,51 @@ fn string_values(arrays: &[ArrayRef]) -> Result<Vec<Option<String>>> {
     Ok(out)
 }
 
+/// The values of a categorical column: its own, or for a cross its sources' joined.
+fn column_strings(batches: &[RecordBatch], col: &FeatureColumn) -> Result<Vec<Option<String>>> {
+    if col.sources.is_empty() {
+        string_values(&concat_column(batches, &col.name)?)
+    } else {
+        cross_values(batches, &col.sources)
+    }
+}
+
+/// The joined values of crossed columns (`None` when any is missing).
+fn cross_values(batches: &[RecordBatch], sources: &[String]) -> Result<Vec<Option<String>>> {
+    let parts: Vec<Vec<Option<String>>> = sources
+        .iter()
+        .map(|c| string_values(&concat_column(batches, c)?))
+        .collect::<Result<_>>()?;
+    let rows = parts.first().map_or(0, Vec::len);
+    Ok((0..rows)
+        .map(|i| {
+            parts
+                .iter()
+                .map(|p| p[i].clone())
+                .collect::<Option<Vec<String>>>()
+                .map(|v| v.join("|"))
+        })
+        .collect())
+}
+
+/// A one-hot vocabulary: the `max_categories` most frequent values among the training rows.
+fn one_hot(values: &[Option<String>], cfg: &FeatureConfig) -> ColumnEncoding {
+    let mut counts: HashMap<&str, usize> = HashMap::new();
+    for (i, v) in values.iter().enumerate() {
+        if let Some(v) = v
+            && !is_test_row(i, cfg.holdout_every)
+        {
+            *counts.entry(v.as_str()).or_default() += 1;
+        }
+    }
+    let mut by_count: Vec<(&str, usize)> = counts.into_iter().collect();
+    by_count.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
+    by_count.truncate(cfg.max_categories);
+    ColumnEncoding::OneHot {
+        vocabulary: by_count.into_iter().map(|(v, _)| v.to_string()).collect(),
+    }
+}
+
 /// FNV-1a, 64 bit: stable across processes and versions (unlike std's hasher).
 pub fn fnv1a(s: &str) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
@@ -299,6 +350,7 @@ impl Preprocessor {
                     let width = edges.len() + 2;
                     extra.push(FeatureColumn {
                         name: name.clone(),
+                        sources: Vec::new(),
                         source_type: dt.to_string(),
                         offset: 0,
                         width,
@@ -319,23 +371,7 @@ impl Preprocessor {
                     Encoding::Hashed => ColumnEncoding::Hashed {
                         buckets: cfg.hash_buckets,
                     },
-                    Encoding::OneHot => {
-                        let values = string_values(&arrays)?;
-                        let mut counts: HashMap<&str, usize> = HashMap::new();
-                        for (i, v) in values.iter().enumerate() {
-                            if let Some(v) = v
-                                && !is_test_row(i, cfg.holdout_every)
-                            {
-                                *counts.entry(v.as_str()).or_default() += 1;
-                            }
-                        }
-                        let mut by_count: Vec<(&str, usize)> = counts.into_iter().collect();
-                        by_count.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
-                        by_count.truncate(cfg.max_categories);
-                        ColumnEncoding::OneHot {
-                            vocabulary: by_count.into_iter().map(|(v, _)| v.to_string()).collect(),
-                        }
-                    }
+                    Encoding::OneHot => one_hot(&string_values(&arrays)?, cfg),
                 }
             } else {
                 return Err(ModelError::UnsupportedType {
@@ -351,12 +387,40 @@ impl Preprocessor {
             };
             columns.push(FeatureColumn {
                 name: name.clone(),
+                sources: Vec::new(),
                 source_type: dt.to_string(),
                 offset,
                 width,
                 encoding,
             });
             offset += width;
+        }
+        for sources in &cfg.crosses {
+            if sources.len() < 2 {
+                return Err(ModelError::Unsupported(format!(
+                    "a cross needs at least two columns, got {sources:?}"
+                )));
+            }
+            let values = cross_values(batches, sources)?;
+            let encoding = match cfg.encoding {
+                Encoding::Hashed => ColumnEncoding::Hashed {
+                    buckets: cfg.hash_buckets,
+                },
+                Encoding::OneHot => one_hot(&values, cfg),
+            };
+            let width = match &encoding {
+                ColumnEncoding::OneHot { vocabulary } => vocabulary.len() + 1,
+                ColumnEncoding::Hashed { buckets } => *buckets,
+                _ => unreachable!("a cross is categorical"),
+            };
+            extra.push(FeatureColumn {
+                name: sources.join("|"),
+                sources: sources.clone(),
+                source_type: "cross".into(),
+                offset: 0,
+                width,
+                encoding,
+            });
         }
         for mut c in extra {
             c.offset = offset;
@@ -383,10 +447,9 @@ impl Preprocessor {
         let rows = selected.len();
         let mut x = vec![0f32; rows * self.dim];
         for col in &self.columns {
-            let arrays = concat_column(batches, &col.name)?;
             match &col.encoding {
                 ColumnEncoding::Numeric { mean, std } => {
-                    let values = numeric_values(&arrays)?;
+                    let values = numeric_values(&concat_column(batches, &col.name)?)?;
                     for (r, &i) in selected.iter().enumerate() {
                         let v = values[i];
                         x[r * self.dim + col.offset] = if v.is_finite() {
@@ -402,7 +465,7 @@ impl Preprocessor {
                         .enumerate()
                         .map(|(k, v)| (v.as_str(), k))
                         .collect();
-                    let values = string_values(&arrays)?;
+                    let values = column_strings(batches, col)?;
                     for (r, &i) in selected.iter().enumerate() {
                         let slot = values[i]
                             .as_deref()
@@ -412,13 +475,13 @@ impl Preprocessor {
                     }
                 }
                 ColumnEncoding::Buckets { edges } => {
-                    let values = numeric_values(&arrays)?;
+                    let values = numeric_values(&concat_column(batches, &col.name)?)?;
                     for (r, &i) in selected.iter().enumerate() {
                         x[r * self.dim + col.offset + bucket_of(values[i], edges)] = 1.0;
                     }
                 }
                 ColumnEncoding::Hashed { buckets } => {
-                    let values = string_values(&arrays)?;
+                    let values = column_strings(batches, col)?;
                     for (r, &i) in selected.iter().enumerate() {
                         let v = values[i].as_deref().unwrap_or("");
                         let slot = (fnv1a(v) % *buckets as u64) as usize;

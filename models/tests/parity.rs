@@ -65,6 +65,7 @@ fn features() -> FeatureConfig {
         hash_buckets: 8,
         holdout_every: 5,
         numeric_buckets: 0,
+        crosses: vec![],
     }
 }
 

@@ -55,6 +55,7 @@ fn features(encoding: Encoding) -> FeatureConfig {
         hash_buckets: 16,
         holdout_every: 5,
         numeric_buckets: 0,
+        crosses: vec![],
     }
 }
 
@@ -418,4 +419,63 @@ fn scoring_handles_unseen_categories_and_non_finite_numbers() {
     // A missing column is refused with the columns the data has.
     let err = runtime.score(&[batch.project(&[0]).unwrap()]).unwrap_err();
     assert!(err.to_string().contains("\"channel\""), "{err}");
+}
+
+#[test]
+fn crossed_categoricals_learn_an_interaction_a_linear_model_cannot() {
+    // Response depends on a XOR b: no main effect, all interaction.
+    let mut rng = rand::rngs::StdRng::seed_from_u64(21);
+    let (mut a, mut b, mut y) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..3000 {
+        let pa = rng.random_bool(0.5);
+        let pb = rng.random_bool(0.5);
+        a.push(if pa { "p" } else { "q" });
+        b.push(if pb { "u" } else { "v" });
+        y.push(if rng.random_bool(if pa ^ pb { 0.8 } else { 0.2 }) {
+            "yes"
+        } else {
+            "no"
+        });
+    }
+    let batch = RecordBatch::try_new(
+        Arc::new(Schema::new(vec![
+            Field::new("a", DataType::Utf8, true),
+            Field::new("b", DataType::Utf8, true),
+            Field::new("responded", DataType::Utf8, true),
+        ])),
+        vec![
+            Arc::new(StringArray::from(a)),
+            Arc::new(StringArray::from(b)),
+            Arc::new(StringArray::from(y)),
+        ],
+    )
+    .unwrap();
+    let plain = train_response_model(
+        std::slice::from_ref(&batch),
+        &features(Encoding::OneHot),
+        &train_cfg(),
+        |_| ControlFlow::Continue(()),
+    )
+    .unwrap();
+    let mut f = features(Encoding::OneHot);
+    f.crosses = vec![vec!["a".into(), "b".into()]];
+    let crossed = train_response_model(std::slice::from_ref(&batch), &f, &train_cfg(), |_| {
+        ControlFlow::Continue(())
+    })
+    .unwrap();
+    assert!(plain.metrics["test_auc"] < 0.6, "{:?}", plain.metrics);
+    assert!(crossed.metrics["test_auc"] > 0.75, "{:?}", crossed.metrics);
+    let cross = preprocessor(&crossed)
+        .columns
+        .iter()
+        .find(|c| !c.sources.is_empty())
+        .unwrap();
+    assert_eq!(cross.name, "a|b");
+    // Scoring raw records rebuilds the cross from its sources.
+    let rt = halyard_models::runtime::Runtime::new(crossed.architecture.clone(), &crossed.weights)
+        .unwrap();
+    let p = rt.score(&[batch.project(&[0, 1]).unwrap()]).unwrap();
+    assert_eq!(p.len(), 3000);
+    let err = rt.score(&[batch.project(&[0]).unwrap()]).unwrap_err();
+    assert!(err.to_string().contains("\"b\""), "{err}");
 }
