@@ -153,3 +153,70 @@ fn a_header_only_file_reads_as_zero_rows() {
     assert_eq!(t.rows, 0);
     assert!(t.digest.starts_with("sha256:"));
 }
+
+const FORECAST: &str = r#"
+name = "kpi"
+[data]
+source = "file:///tmp/kpi.csv"
+[model]
+type = "nbeats"
+[forecast]
+horizon = 14
+period = 7
+layout = "long"
+id_column = "campaign"
+value_column = "conversions"
+"#;
+
+#[test]
+fn model_and_forecast_rules_name_field_value_and_rule() {
+    // A forecasting spec needs no label and survives the trip to the scheduler.
+    let s = JobSpec::from_toml(FORECAST, "job.toml").unwrap();
+    assert_eq!(s.forecast.as_ref().unwrap().lookbacks, vec![2, 3, 4]);
+    assert_eq!(s.progress_total(), 1500 * 3);
+    assert_eq!(JobSpec::from_toml(&s.to_toml(), "wire").unwrap(), s);
+    let cases = [
+        (
+            FORECAST.replace("[forecast]\nhorizon = 14", "[forecast]\nhorizon = 0"),
+            "[forecast] horizon = 0: must be between 1 and 10000",
+        ),
+        (
+            FORECAST.replace("id_column = \"campaign\"\n", ""),
+            "[forecast] layout = \"long\": needs id_column and value_column",
+        ),
+        (
+            FORECAST.replace("period = 7", "period = 7\nlookbacks = []"),
+            "[forecast] lookbacks = []: must list one or more",
+        ),
+        (
+            FORECAST
+                .replace("type = \"nbeats\"", "type = \"mlp\"")
+                .replace("[data]\n", "[data]\nlabel = \"y\"\n"),
+            "[forecast] only applies to [model] type = \"nbeats\"",
+        ),
+        (
+            GOOD.replace("[train]", "[model]\ntype = \"nbeats\"\n[train]"),
+            "a [forecast] section with at least `horizon` is needed",
+        ),
+        (
+            GOOD.replace("[train]", "[model]\nhidden = []\n[train]"),
+            "[model] hidden = []: must list one or more layer widths",
+        ),
+        (
+            GOOD.replace("[train]", "[model]\nensemble = 0\n[train]"),
+            "[model] ensemble = 0: must be between 1 and 64",
+        ),
+        (
+            GOOD.replace("[train]", "[model]\nnumeric_buckets = 1\n[train]"),
+            "[model] numeric_buckets = 1: must be 0 (off) or between 2 and 1024",
+        ),
+        (
+            GOOD.replace("label = \"y\"", "label = \"y\"\ncrosses = [[\"month\"]]"),
+            "[data] crosses = [[\"month\"]]: each cross must list at least two columns",
+        ),
+    ];
+    for (text, expected) in cases {
+        let err = spec_error(&text);
+        assert!(err.contains(expected), "expected {expected:?} in {err:?}");
+    }
+}
