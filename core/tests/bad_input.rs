@@ -212,7 +212,7 @@ fn model_and_forecast_rules_name_field_value_and_rule() {
         ),
         (
             GOOD.replace("label = \"y\"", "label = \"y\"\ncrosses = [[\"month\"]]"),
-            "[data] crosses = [[\"month\"]]: each cross must list at least two columns",
+            "[data] crosses = [\"month\"]: each cross must list at least two columns",
         ),
     ];
     for (text, expected) in cases {
