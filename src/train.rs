@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use halyard_core::spec::{DeviceKind, JobSpec};
 use halyard_core::store::S3Config;
-use halyard_executor::{placement, placement_name, read_inputs, read_series, spawn_training};
+use halyard_executor::{placement, read_inputs, read_series, spawn_training};
 use halyard_models::forecast::classical::evaluate;
 
 use crate::Error;
@@ -31,11 +31,7 @@ pub async fn train_local(
     let s3 = S3Config::default();
     let (bytes, test_bytes) = read_inputs(&spec, &s3, &mut |l| eprintln!("{l}")).await?;
     let placement = placement(&spec, gpus);
-    eprintln!(
-        "training {} on the {}",
-        spec.model.kind.as_str(),
-        placement_name(placement)
-    );
+    eprintln!("training {} on the {placement}", spec.model.kind.as_str());
     let started = Instant::now();
     let (mut rx, done) = spawn_training(
         &spec.name,
@@ -53,10 +49,9 @@ pub async fn train_local(
     })??;
     let secs = started.elapsed().as_secs_f64();
     println!(
-        "{} ({}) trained on the {} in {secs:.1} s: {} train, {} test",
+        "{} ({}) trained on the {placement} in {secs:.1} s: {} train, {} test",
         spec.name,
         spec.model.kind.as_str(),
-        placement_name(placement),
         lineage.train_rows,
         lineage.test_rows
     );
@@ -78,7 +73,8 @@ pub async fn train_local(
         println!("  weights in {}", w.display());
     }
     if baselines && let Some(f) = &spec.forecast {
-        let (train, test, _) = read_series(&bytes, test_bytes.as_ref(), &spec, f)?;
+        let series = read_series(&bytes, test_bytes.as_ref(), &spec, f)?;
+        let (train, test) = (series.train, series.test);
         let started = Instant::now();
         let rows = tokio::task::spawn_blocking({
             let (period, horizon) = (f.period, f.horizon);

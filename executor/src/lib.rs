@@ -9,7 +9,7 @@
 mod error;
 mod task;
 
-pub use task::{Progress, placement, placement_name, read_inputs, read_series, spawn_training};
+pub use task::{JobSeries, Progress, placement, read_inputs, read_series, spawn_training};
 
 use std::collections::HashMap;
 use std::net::SocketAddr;

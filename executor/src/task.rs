@@ -17,9 +17,9 @@ use halyard_core::store::{S3Config, Store, publish_model, read_url};
 use halyard_models::artifact::{DataLineage, FORMAT, Manifest, tensor_shapes};
 use halyard_models::device::{GPU_BUILD, Placement};
 use halyard_models::features::{Encoding, FeatureConfig};
-use halyard_models::forecast::Series;
 use halyard_models::forecast::data::{from_long_table, read_wide_csv};
 use halyard_models::forecast::nbeats::NBeatsTrainConfig;
+use halyard_models::forecast::{Series, split_last};
 use halyard_models::logistic::{Optimizer, TrainConfig};
 use halyard_models::pipeline::{
     ResponseConfig, ResponseKind, TrainedModel, train_forecaster, train_response_model,
@@ -80,7 +80,8 @@ pub(crate) fn model_configs(
             hidden: spec.model.hidden.clone(),
             max_embedding: spec.model.max_embedding,
         },
-        _ => ResponseKind::LogisticRegression,
+        // A forecaster's spec never reaches the response path (it has `[forecast]`).
+        ModelKind::LogisticRegression | ModelKind::Nbeats => ResponseKind::LogisticRegression,
     };
     (
         features,
@@ -171,9 +172,8 @@ async fn train_and_publish(
     let (bytes, test_bytes) = read_inputs(&spec, s3, &mut |line| progress.log(line)).await?;
     let placement = placement(&spec, gpus);
     progress.log(format!(
-        "training {} on the {}",
-        spec.model.kind.as_str(),
-        placement_name(placement)
+        "training {} on the {placement}",
+        spec.model.kind.as_str()
     ));
     report(coord, a, progress).await;
     let (mut rx, done_rx) = spawn_training(
@@ -239,14 +239,6 @@ pub struct Progress {
     pub loss: f64,
     /// A line for the job's log.
     pub line: String,
-}
-
-/// `CPU` or `GPU`.
-pub fn placement_name(p: Placement) -> &'static str {
-    match p {
-        Placement::Cpu => "CPU",
-        Placement::Gpu => "GPU",
-    }
 }
 
 /// Read a job's data source (and its forecast test source), logging each read.
@@ -323,7 +315,8 @@ fn train_blocking(
         }
     };
     if let Some(f) = &spec.forecast {
-        let (train, test, digest) = read_series(bytes, test_bytes, spec, f)?;
+        let series = read_series(bytes, test_bytes, spec, f)?;
+        let (train, test) = (series.train, series.test);
         let tc = forecast_config(f, spec, placement);
         let trained = train_forecaster(&train, &test, f.horizon, f.period, &tc, |r| {
             let _ = reports.send(Progress {
@@ -341,13 +334,7 @@ fn train_blocking(
             });
             flow()
         })?;
-        let lineage = DataLineage {
-            source: spec.data.source.clone(),
-            digest,
-            rows: train.len(),
-            train_rows: trained.train_rows,
-            test_rows: trained.test_rows,
-        };
+        let lineage = lineage(spec, series.digest, series.in_source, &trained);
         return Ok((trained, lineage));
     }
     let table = read_table(bytes, &spec.data, &spec.data.source)?;
@@ -373,23 +360,40 @@ fn train_blocking(
         });
         flow()
     })?;
-    let lineage = DataLineage {
-        source: spec.data.source.clone(),
-        digest: table.digest,
-        rows: table.rows,
-        train_rows: trained.train_rows,
-        test_rows: trained.test_rows,
-    };
+    let lineage = lineage(spec, table.digest, table.rows, &trained);
     Ok((trained, lineage))
 }
 
-/// Training and test series of a forecasting job, and the digest of the source.
+fn lineage(spec: &JobSpec, digest: String, rows: usize, trained: &TrainedModel) -> DataLineage {
+    DataLineage {
+        source: spec.data.source.clone(),
+        digest,
+        rows,
+        train_rows: trained.train_rows,
+        test_rows: trained.test_rows,
+    }
+}
+
+/// A forecasting job's series.
+pub struct JobSeries {
+    /// Histories to train on.
+    pub train: Vec<Series>,
+    /// Their true futures, for the test metrics.
+    pub test: Vec<Series>,
+    /// Series in the source.
+    pub in_source: usize,
+    /// `sha256:<hex>` of the source.
+    pub digest: String,
+}
+
+/// Training and test series of a forecasting job: the test source's futures, or else the
+/// last `horizon` points of every series held out.
 pub fn read_series(
     bytes: &Bytes,
     test_bytes: Option<&Bytes>,
     spec: &JobSpec,
     f: &ForecastSpec,
-) -> Result<(Vec<Series>, Vec<Series>, String)> {
+) -> Result<JobSeries> {
     let source = &spec.data.source;
     let (series, digest) = match f.layout {
         SeriesLayout::Wide => (
@@ -406,30 +410,18 @@ pub fn read_series(
             )
         }
     };
-    match test_bytes {
+    let in_source = series.len();
+    let (train, test) = match test_bytes {
         Some(t) => {
             let origin = f.test_source.clone().unwrap_or_default();
-            Ok((
-                series,
-                read_wide_csv(&String::from_utf8_lossy(t), &origin)?,
-                digest,
-            ))
+            (series, read_wide_csv(&String::from_utf8_lossy(t), &origin)?)
         }
-        None => {
-            // Hold out the last `horizon` points of every long enough series.
-            let (mut train, mut test) = (Vec::new(), Vec::new());
-            for s in series {
-                if s.values.len() <= f.horizon {
-                    continue;
-                }
-                let cut = s.values.len() - f.horizon;
-                // Covariates are known in advance: the held-out steps keep theirs.
-                let mut head = s.clone();
-                head.values.truncate(cut);
-                test.push(Series::new(s.id.clone(), s.values[cut..].to_vec()));
-                train.push(head);
-            }
-            Ok((train, test, digest))
-        }
-    }
+        None => split_last(series, f.horizon),
+    };
+    Ok(JobSeries {
+        train,
+        test,
+        in_source,
+        digest,
+    })
 }

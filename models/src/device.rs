@@ -1,7 +1,7 @@
 //! Choosing the training device and the pieces every burn training loop shares.
 
 use burn::tensor::activation::{relu, softplus};
-use burn::tensor::{Device, Tensor};
+use burn::tensor::{Device, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{ModelError, Result};
@@ -15,6 +15,15 @@ pub enum Placement {
     Cpu,
     /// burn's Vulkan backend on the first GPU (needs the `gpu` cargo feature).
     Gpu,
+}
+
+impl std::fmt::Display for Placement {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Placement::Cpu => "CPU",
+            Placement::Gpu => "GPU",
+        })
+    }
 }
 
 /// Whether this build can train on a GPU (the `gpu` cargo feature, burn's Vulkan backend).
@@ -64,6 +73,27 @@ pub fn bce_with_logits(z: Tensor<2>, y: Tensor<2>) -> Tensor<2> {
     relu(z.clone()) - z.clone() * y + softplus(z.abs().neg(), 1.0)
 }
 
+/// Mean binary cross-entropy of a batch's logits against its labels (0 or 1), a positive
+/// row weighing `positive_weight` and a negative one 1.
+///
+/// # Shapes
+/// `z: [batch, 1]`, `labels: batch` -> `[1]`
+pub fn weighted_bce(
+    z: Tensor<2>,
+    labels: Vec<f32>,
+    positive_weight: f64,
+    device: &Device,
+) -> Tensor<1> {
+    let b = labels.len();
+    let w: Vec<f32> = labels
+        .iter()
+        .map(|&v| if v > 0.5 { positive_weight as f32 } else { 1.0 })
+        .collect();
+    let y = Tensor::<2>::from_data(TensorData::new(labels, [b, 1]), device);
+    let w = Tensor::<2>::from_data(TensorData::new(w, [b, 1]), device);
+    (bce_with_logits(z, y) * w).mean()
+}
+
 /// Cosine learning-rate decay from `base` to `base * floor` over `total` steps, after a
 /// linear warm-up of `warmup` steps.
 pub fn cosine_lr(base: f64, step: usize, total: usize, warmup: usize, floor: f64) -> f64 {
@@ -75,13 +105,14 @@ pub fn cosine_lr(base: f64, step: usize, total: usize, warmup: usize, floor: f64
     base * (floor + (1.0 - floor) * 0.5 * (1.0 + (std::f64::consts::PI * t).cos()))
 }
 
-/// A loss value as f64, or an error when training diverged.
-pub fn finite_loss(loss: &Tensor<1>, epoch: u32) -> Result<f64> {
+/// A loss value as f64, or an error when training diverged; `at` says where
+/// (`epoch 3`, `step 1200`).
+pub fn finite_loss(loss: &Tensor<1>, at: impl std::fmt::Display) -> Result<f64> {
     let v: f32 = loss.clone().into_scalar();
     if v.is_finite() {
         Ok(f64::from(v))
     } else {
-        Err(ModelError::Diverged { epoch })
+        Err(ModelError::Diverged { at: at.to_string() })
     }
 }
 

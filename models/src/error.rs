@@ -53,10 +53,10 @@ pub enum ModelError {
         data_type: String,
     },
     /// Training produced non-finite numbers (diverged).
-    #[error("training diverged at epoch {epoch} (loss is not finite): lower [train] learning_rate")]
+    #[error("training diverged at {at} (loss is not finite): lower [train] learning_rate")]
     Diverged {
-        /// The epoch.
-        epoch: u32,
+        /// Where: `epoch 3`, `step 1200`.
+        at: String,
     },
     /// A series no forecaster can use.
     #[error("series {id:?} cannot be forecast: {reason}")]

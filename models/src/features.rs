@@ -175,6 +175,19 @@ impl Encoded {
         parts
     }
 
+    /// No rows of `dim` features.
+    pub fn empty(dim: usize) -> Encoded {
+        Encoded {
+            dim,
+            ..Encoded::default()
+        }
+    }
+
+    /// The labels of `rows`.
+    pub fn labels(&self, rows: &[usize]) -> Vec<f32> {
+        rows.iter().map(|&i| self.y[i]).collect()
+    }
+
     /// Row `i`'s features.
     pub fn row(&self, i: usize) -> &[f32] {
         &self.x[i * self.dim..(i + 1) * self.dim]
@@ -199,7 +212,8 @@ fn column_names(schema: &Schema) -> String {
         .join(", ")
 }
 
-fn concat_column(batches: &[RecordBatch], name: &str) -> Result<Vec<ArrayRef>> {
+/// A column's arrays across batches, or an error listing the columns the data has.
+pub(crate) fn concat_column(batches: &[RecordBatch], name: &str) -> Result<Vec<ArrayRef>> {
     batches
         .iter()
         .map(|b| {
@@ -214,7 +228,7 @@ fn concat_column(batches: &[RecordBatch], name: &str) -> Result<Vec<ArrayRef>> {
 }
 
 /// Column values as f64 (NaN for missing).
-fn numeric_values(arrays: &[ArrayRef]) -> Result<Vec<f64>> {
+pub(crate) fn numeric_values(arrays: &[ArrayRef]) -> Result<Vec<f64>> {
     let mut out = Vec::new();
     for a in arrays {
         let a = if a.data_type() == &DataType::Boolean {
@@ -230,7 +244,7 @@ fn numeric_values(arrays: &[ArrayRef]) -> Result<Vec<f64>> {
 }
 
 /// Column values as strings (`None` for missing).
-fn string_values(arrays: &[ArrayRef]) -> Result<Vec<Option<String>>> {
+pub(crate) fn string_values(arrays: &[ArrayRef]) -> Result<Vec<Option<String>>> {
     let mut out = Vec::new();
     for a in arrays {
         let s = cast(a, &DataType::Utf8).map_err(|e| ModelError::Internal(e.to_string()))?;

@@ -11,7 +11,7 @@ use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use serde::{Deserialize, Serialize};
 
-use crate::device::{Placement, bce_with_logits, finite_loss, training_device};
+use crate::device::{Placement, finite_loss, training_device, weighted_bce};
 use crate::error::{ModelError, Result};
 use crate::features::Encoded;
 
@@ -131,21 +131,19 @@ pub fn train(
         let mut seen = 0usize;
         for chunk in order.chunks(batch_size) {
             let b = chunk.len();
-            let mut xb = Vec::with_capacity(b * data.dim);
-            let mut yb = Vec::with_capacity(b);
-            for &i in chunk {
-                xb.extend_from_slice(data.row(i));
-                yb.push(data.y[i]);
-            }
+            let xb: Vec<f32> = chunk.iter().flat_map(|&i| data.row(i)).copied().collect();
             let x = Tensor::<2>::from_data(TensorData::new(xb, [b, data.dim]), &device);
-            let y = Tensor::<2>::from_data(TensorData::new(yb, [b, 1]), &device);
-            let w = positive_weights(&y_rows(data, chunk), cfg.positive_weight, &device);
-            let mut loss = (bce_with_logits(model.forward(x), y) * w).mean();
+            let mut loss = weighted_bce(
+                model.forward(x),
+                data.labels(chunk),
+                cfg.positive_weight,
+                &device,
+            );
             if cfg.l2 > 0.0 {
                 let w = model.linear.weight.val();
                 loss = loss + w.square().sum().mul_scalar(cfg.l2 / 2.0);
             }
-            loss_sum += finite_loss(&loss, epoch)? * b as f64;
+            loss_sum += finite_loss(&loss, format_args!("epoch {epoch}"))? * b as f64;
             seen += b;
             let grads = GradientsParams::from_grads(loss.backward(), &model);
             model = optim.step(cfg.learning_rate, model, grads);
@@ -161,20 +159,4 @@ pub fn train(
         }
     }
     Ok(model.valid())
-}
-
-fn y_rows(data: &Encoded, rows: &[usize]) -> Vec<f32> {
-    rows.iter().map(|&i| data.y[i]).collect()
-}
-
-/// Per-row loss weights: `positive_weight` for positives, 1 for negatives.
-///
-/// # Shapes
-/// -> `[rows, 1]`
-pub fn positive_weights(y: &[f32], positive_weight: f64, device: &Device) -> Tensor<2> {
-    let w: Vec<f32> = y
-        .iter()
-        .map(|&v| if v > 0.5 { positive_weight as f32 } else { 1.0 })
-        .collect();
-    Tensor::from_data(TensorData::new(w, [y.len(), 1]), device)
 }

@@ -16,10 +16,10 @@ use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use serde::{Deserialize, Serialize};
 
-use crate::device::{bce_with_logits, cosine_lr, finite_loss, to_vec, training_device};
+use crate::device::{cosine_lr, finite_loss, to_vec, training_device, weighted_bce};
 use crate::error::{ModelError, Result};
 use crate::features::{ColumnEncoding, Encoded, Preprocessor};
-use crate::logistic::{EpochReport, TrainConfig, positive_weights};
+use crate::logistic::{EpochReport, TrainConfig};
 use crate::metrics::log_loss;
 
 /// Where each model input sits in the preprocessor's dense feature vector.
@@ -147,16 +147,20 @@ impl ResponseMlp {
         self.output.forward(x)
     }
 
-    /// Response probabilities of `rows` of `data`, in batches.
-    pub fn predict(&self, layout: &InputLayout, data: &Encoded, device: &Device) -> Vec<f32> {
+    /// Response probabilities of the rows of `data`, in batches.
+    pub fn predict(
+        &self,
+        layout: &InputLayout,
+        data: &Encoded,
+        device: &Device,
+    ) -> Result<Vec<f32>> {
         let rows: Vec<usize> = (0..data.rows).collect();
         let mut out = Vec::with_capacity(data.rows);
         for chunk in rows.chunks(4096) {
             let (num, cat) = tensors(layout, data, chunk, device);
-            let p = sigmoid(self.forward(num, cat));
-            out.extend(to_vec(p).unwrap_or_default());
+            out.extend(to_vec(sigmoid(self.forward(num, cat)))?);
         }
-        out
+        Ok(out)
     }
 }
 
@@ -207,12 +211,13 @@ pub fn train_mlp(
         let mut loss_sum = 0.0f64;
         for chunk in order.chunks(batch_size) {
             let (num, cat) = tensors(&cfg.layout, train, chunk, &device);
-            let yb: Vec<f32> = chunk.iter().map(|&i| train.y[i]).collect();
-            let b = chunk.len();
-            let w = positive_weights(&yb, tc.positive_weight, &device);
-            let y = Tensor::<2>::from_data(TensorData::new(yb, [b, 1]), &device);
-            let loss = (bce_with_logits(model.forward(num, cat), y) * w).mean();
-            loss_sum += finite_loss(&loss, epoch)? * b as f64;
+            let loss = weighted_bce(
+                model.forward(num, cat),
+                train.labels(chunk),
+                tc.positive_weight,
+                &device,
+            );
+            loss_sum += finite_loss(&loss, format_args!("epoch {epoch}"))? * chunk.len() as f64;
             let lr = cosine_lr(tc.learning_rate, step, total, warmup, 0.05);
             let grads = GradientsParams::from_grads(loss.backward(), &model);
             model = optim.step(lr, model, grads);
@@ -226,7 +231,7 @@ pub fn train_mlp(
         };
         if valid.rows > 0 {
             let inner = model.valid();
-            let p = inner.predict(&cfg.layout, valid, &inner.devices()[0]);
+            let p = inner.predict(&cfg.layout, valid, &inner.devices()[0])?;
             let vl = log_loss(&p, &valid.y);
             report.valid_loss = Some(vl);
             if best.as_ref().is_none_or(|(b, _)| vl < *b) {

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::artifact::{Architecture, export_module, merge_members};
 use crate::error::{ModelError, Result};
-use crate::features::{FeatureConfig, Preprocessor, is_test_row};
+use crate::features::{Encoded, FeatureConfig, Preprocessor, is_test_row};
 use crate::forecast::Series;
 use crate::forecast::classical::{Method, forecast};
 use crate::forecast::metrics::score;
@@ -100,10 +100,11 @@ pub fn train_response_model(
     let (fit_rows, test_set) = all.partition(|i| is_test_row(i, every));
     let original: Vec<usize> = (0..rows).filter(|&i| !is_test_row(i, every)).collect();
     let early_stopping = matches!(rc.kind, ResponseKind::Mlp { .. }) && rc.train.patience > 0;
-    let (train_set, valid_set) = if early_stopping {
-        fit_rows.partition(|j| original[j] % every == every - 2)
-    } else {
-        (fit_rows.clone(), fit_rows.partition(|_| false).1)
+    let split = early_stopping.then(|| fit_rows.partition(|j| original[j] % every == every - 2));
+    let no_rows = Encoded::empty(fit_rows.dim);
+    let (train_set, valid_set) = match &split {
+        Some((train, valid)) => (train, valid),
+        None => (&fit_rows, &no_rows),
     };
     if train_set.rows == 0 {
         return Err(ModelError::NoRows {
@@ -152,8 +153,8 @@ pub fn train_response_model(
             })
         };
         let bytes = match &mlp_config {
-            Some(cfg) => export_module(&train_mlp(&train_set, &valid_set, cfg, &mtc, report)?)?,
-            None => export_module(&train(&train_set, &mtc, report)?)?,
+            Some(cfg) => export_module(&train_mlp(train_set, valid_set, cfg, &mtc, report)?)?,
+            None => export_module(&train(train_set, &mtc, report)?)?,
         };
         weights.push(bytes);
     }

@@ -19,7 +19,7 @@ use candle_core::{Device, Tensor};
 use crate::artifact::{Architecture, FORMAT, Manifest};
 use crate::error::{ModelError, Result};
 use crate::features::Encoded;
-use crate::forecast::nbeats::{NBeatsConfig, window};
+use crate::forecast::nbeats::{NBeatsConfig, history_windows, unscale};
 use crate::forecast::{Series, check_series};
 use crate::mlp::{InputLayout, MlpConfig};
 
@@ -311,15 +311,7 @@ impl Runtime {
     fn forecast_member(&self, net: &NBeatsNet, series: &[Series]) -> Result<Vec<Vec<f64>>> {
         let cfg = &net.cfg;
         let b = series.len();
-        let mut xs = Vec::with_capacity(b * cfg.input_size);
-        let mut cs = Vec::new();
-        let mut scales = Vec::with_capacity(b);
-        for s in series {
-            let w = window(s, cfg, s.values.len());
-            xs.extend(w.input);
-            cs.extend(w.covariates);
-            scales.push(w.scale);
-        }
+        let (xs, cs, scales) = history_windows(series, cfg);
         let x = Tensor::from_vec(xs, (b, cfg.input_size), &CPU).map_err(candle_err)?;
         let cov = if cfg.covariates > 0 {
             Some(
@@ -352,13 +344,10 @@ impl Runtime {
         }
         let out = forecast
             .ok_or_else(|| ModelError::Artifact("an N-BEATS member has no blocks".into()))?
-            .to_vec2::<f32>()
+            .flatten_all()
+            .and_then(|t| t.to_vec1::<f32>())
             .map_err(candle_err)?;
-        Ok(out
-            .into_iter()
-            .zip(scales)
-            .map(|(f, s)| f.into_iter().map(|v| f64::from(v) * s).collect())
-            .collect())
+        Ok(unscale(&out, cfg.horizon, &scales))
     }
 }
 

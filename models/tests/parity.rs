@@ -8,7 +8,7 @@ use arrow::array::{Float64Array, RecordBatch, StringArray};
 use arrow::datatypes::{DataType, Field, Schema};
 use burn::tensor::{Device, Tensor, TensorData};
 use halyard_models::artifact::{Architecture, export_module, merge_members};
-use halyard_models::features::{Encoding, FeatureConfig, Preprocessor};
+use halyard_models::features::{Encoded, Encoding, FeatureConfig, Preprocessor};
 use halyard_models::forecast::Series;
 use halyard_models::forecast::nbeats::{NBeatsTrainConfig, forecast_member, train_nbeats};
 use halyard_models::logistic::{TrainConfig, train};
@@ -118,9 +118,9 @@ fn mlp_burn_equals_candle() {
     let pre = Preprocessor::fit(std::slice::from_ref(&batch), &features()).unwrap();
     let data = pre.transform(&[batch], |_| true).unwrap();
     let cfg = MlpConfig::new(InputLayout::of(&pre), vec![16, 8], 4);
-    let empty = data.partition(|_| false).1;
+    let empty = Encoded::empty(data.dim);
     let model = train_mlp(&data, &empty, &cfg, &tc(), |_| ControlFlow::Continue(())).unwrap();
-    let burn_p = model.predict(&cfg.layout, &data, &Device::flex());
+    let burn_p = model.predict(&cfg.layout, &data, &Device::flex()).unwrap();
     let weights = merge_members(&[export_module(&model).unwrap()]).unwrap();
     let rt = Runtime::new(
         Architecture::Mlp {

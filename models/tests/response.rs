@@ -76,6 +76,15 @@ fn train_cfg() -> ResponseConfig {
     }
 }
 
+/// Train without watching progress.
+fn fit(
+    batches: &[RecordBatch],
+    features: &FeatureConfig,
+    cfg: &ResponseConfig,
+) -> halyard_models::Result<TrainedModel> {
+    train_response_model(batches, features, cfg, |_| ControlFlow::Continue(()))
+}
+
 fn preprocessor(m: &TrainedModel) -> &Preprocessor {
     m.architecture.preprocessor().unwrap()
 }
@@ -129,11 +138,10 @@ fn learns_known_effects_and_reaches_the_bayes_auc() {
 
 #[test]
 fn hashed_encoding_trains_too() {
-    let model = train_response_model(
+    let model = fit(
         &[synthetic(2000, 2)],
         &features(Encoding::Hashed),
         &train_cfg(),
-        |_| ControlFlow::Continue(()),
     )
     .unwrap();
     assert_eq!(preprocessor(&model).dim, 1 + 16);
@@ -143,11 +151,10 @@ fn hashed_encoding_trains_too() {
 #[test]
 fn artifact_scores_raw_records_like_the_trained_model() {
     let batch = synthetic(1000, 3);
-    let model = train_response_model(
+    let model = fit(
         std::slice::from_ref(&batch),
         &features(Encoding::OneHot),
         &train_cfg(),
-        |_| ControlFlow::Continue(()),
     )
     .unwrap();
     let manifest = halyard_models::artifact::Manifest {
@@ -211,10 +218,7 @@ fn one_class_label_is_refused() {
         ],
     )
     .unwrap();
-    let err = train_response_model(&[batch], &features(Encoding::OneHot), &train_cfg(), |_| {
-        ControlFlow::Continue(())
-    })
-    .unwrap_err();
+    let err = fit(&[batch], &features(Encoding::OneHot), &train_cfg()).unwrap_err();
     assert!(
         matches!(err, ModelError::SingleClass { class: 0, .. }),
         "{err}"
@@ -226,10 +230,7 @@ fn one_class_label_is_refused() {
 fn missing_label_column_names_the_columns() {
     let mut f = features(Encoding::OneHot);
     f.label = "converted".into();
-    let err = train_response_model(&[synthetic(50, 5)], &f, &train_cfg(), |_| {
-        ControlFlow::Continue(())
-    })
-    .unwrap_err();
+    let err = fit(&[synthetic(50, 5)], &f, &train_cfg()).unwrap_err();
     let text = err.to_string();
     assert!(
         text.contains("\"converted\"") && text.contains("x, channel, responded"),
@@ -240,10 +241,7 @@ fn missing_label_column_names_the_columns() {
 #[test]
 fn empty_data_is_refused() {
     let batch = synthetic(10, 6).slice(0, 0);
-    let err = train_response_model(&[batch], &features(Encoding::OneHot), &train_cfg(), |_| {
-        ControlFlow::Continue(())
-    })
-    .unwrap_err();
+    let err = fit(&[batch], &features(Encoding::OneHot), &train_cfg()).unwrap_err();
     assert!(matches!(err, ModelError::NoRows { .. }), "{err}");
 }
 
@@ -355,19 +353,15 @@ fn balanced_class_weights_raise_predicted_rates() {
         ],
     )
     .unwrap();
-    let plain = train_response_model(
+    let plain = fit(
         std::slice::from_ref(&batch),
         &features(Encoding::OneHot),
         &train_cfg(),
-        |_| ControlFlow::Continue(()),
     )
     .unwrap();
     let mut cfg = train_cfg();
     cfg.balance_classes = true;
-    let weighted = train_response_model(&[batch], &features(Encoding::OneHot), &cfg, |_| {
-        ControlFlow::Continue(())
-    })
-    .unwrap();
+    let weighted = fit(&[batch], &features(Encoding::OneHot), &cfg).unwrap();
     // Weighting positives up moves the mean prediction towards 0.5 and hurts calibration.
     assert!(
         weighted.metrics["test_ece"] > plain.metrics["test_ece"],
@@ -379,11 +373,10 @@ fn balanced_class_weights_raise_predicted_rates() {
 
 #[test]
 fn scoring_handles_unseen_categories_and_non_finite_numbers() {
-    let model = train_response_model(
+    let model = fit(
         &[synthetic(1000, 13)],
         &features(Encoding::OneHot),
         &mlp_cfg(),
-        |_| ControlFlow::Continue(()),
     )
     .unwrap();
     let runtime =
@@ -450,19 +443,15 @@ fn crossed_categoricals_learn_an_interaction_a_linear_model_cannot() {
         ],
     )
     .unwrap();
-    let plain = train_response_model(
+    let plain = fit(
         std::slice::from_ref(&batch),
         &features(Encoding::OneHot),
         &train_cfg(),
-        |_| ControlFlow::Continue(()),
     )
     .unwrap();
     let mut f = features(Encoding::OneHot);
     f.crosses = vec![vec!["a".into(), "b".into()]];
-    let crossed = train_response_model(std::slice::from_ref(&batch), &f, &train_cfg(), |_| {
-        ControlFlow::Continue(())
-    })
-    .unwrap();
+    let crossed = fit(std::slice::from_ref(&batch), &f, &train_cfg()).unwrap();
     assert!(plain.metrics["test_auc"] < 0.6, "{:?}", plain.metrics);
     assert!(crossed.metrics["test_auc"] > 0.75, "{:?}", crossed.metrics);
     let cross = preprocessor(&crossed)

@@ -175,76 +175,69 @@ pub fn seasonal_adjust(x: &[f64], period: usize, horizon: usize) -> Adjusted {
 ///
 /// `x` must be non-empty and finite (the caller checks: [`crate::forecast::check_series`]).
 pub fn forecast(x: &[f64], period: usize, horizon: usize, method: Method) -> Vec<f64> {
-    let last = *x.last().expect("non-empty series");
-    match method {
-        Method::Naive => vec![last; horizon],
-        Method::SeasonalNaive => {
-            let p = period.clamp(1, x.len());
-            let season = &x[x.len() - p..];
-            (0..horizon).map(|h| season[h % p]).collect()
-        }
-        _ => {
-            let adj = seasonal_adjust(x, period, horizon);
-            let base = adjusted_forecast(&adj.values, horizon, method);
-            base.iter()
-                .zip(&adj.future_indices)
-                .map(|(f, s)| f * s)
-                .collect()
-        }
-    }
+    forecast_methods(x, period, horizon, &[method])
+        .pop()
+        .map(|(_, f)| f)
+        .unwrap_or_default()
 }
 
-/// Every method's forecast at once (the decomposition and fits shared).
+/// Every method's forecast at once.
 pub fn forecast_all(x: &[f64], period: usize, horizon: usize) -> Vec<(Method, Vec<f64>)> {
-    let adj = seasonal_adjust(x, period, horizon);
-    let reseason = |f: Vec<f64>| -> Vec<f64> {
-        f.iter()
-            .zip(&adj.future_indices)
-            .map(|(f, s)| f * s)
-            .collect()
-    };
-    let ses = reseason(ets_forecast(&adj.values, Trend::None, horizon));
-    let holt = reseason(ets_forecast(&adj.values, Trend::Linear, horizon));
-    let damped = reseason(ets_forecast(&adj.values, Trend::Damped, horizon));
-    let comb = (0..horizon)
-        .map(|h| (ses[h] + holt[h] + damped[h]) / 3.0)
-        .collect();
-    vec![
-        (Method::Naive, forecast(x, period, horizon, Method::Naive)),
-        (
-            Method::SeasonalNaive,
-            forecast(x, period, horizon, Method::SeasonalNaive),
-        ),
-        (
-            Method::Naive2,
-            reseason(vec![*adj.values.last().expect("non-empty"); horizon]),
-        ),
-        (Method::Ses, ses),
-        (Method::Holt, holt),
-        (Method::Damped, damped),
-        (Method::Theta, reseason(theta(&adj.values, horizon))),
-        (Method::Comb, comb),
-    ]
+    forecast_methods(x, period, horizon, &Method::ALL)
 }
 
-fn adjusted_forecast(x: &[f64], horizon: usize, method: Method) -> Vec<f64> {
-    match method {
-        Method::Naive2 => vec![*x.last().expect("non-empty"); horizon],
-        Method::Ses => ets_forecast(x, Trend::None, horizon),
-        Method::Holt => ets_forecast(x, Trend::Linear, horizon),
-        Method::Damped => ets_forecast(x, Trend::Damped, horizon),
-        Method::Theta => theta(x, horizon),
-        Method::Comb => {
-            let parts: Vec<Vec<f64>> = [Trend::None, Trend::Linear, Trend::Damped]
-                .iter()
-                .map(|t| ets_forecast(x, *t, horizon))
-                .collect();
-            (0..horizon)
-                .map(|h| parts.iter().map(|p| p[h]).sum::<f64>() / 3.0)
-                .collect()
-        }
-        Method::Naive | Method::SeasonalNaive => unreachable!("handled before adjustment"),
+/// The forecasts of `methods`, sharing the seasonal adjustment and each exponential
+/// smoothing fit among them (Comb reuses SES, Holt and damped); nothing a method does not
+/// need is computed.
+fn forecast_methods(
+    x: &[f64],
+    period: usize,
+    horizon: usize,
+    methods: &[Method],
+) -> Vec<(Method, Vec<f64>)> {
+    let last = *x.last().expect("non-empty series");
+    let mut adjusted: Option<Adjusted> = None;
+    let mut fits: [Option<Vec<f64>>; 3] = [None, None, None];
+    let trends = [Trend::None, Trend::Linear, Trend::Damped];
+    let mut out = Vec::with_capacity(methods.len());
+    for &m in methods {
+        let f = match m {
+            Method::Naive => vec![last; horizon],
+            Method::SeasonalNaive => {
+                let p = period.clamp(1, x.len());
+                let season = &x[x.len() - p..];
+                (0..horizon).map(|h| season[h % p]).collect()
+            }
+            _ => {
+                let adj = adjusted.get_or_insert_with(|| seasonal_adjust(x, period, horizon));
+                let mut ets = |k: usize| -> Vec<f64> {
+                    fits[k]
+                        .get_or_insert_with(|| ets_forecast(&adj.values, trends[k], horizon))
+                        .clone()
+                };
+                let base = match m {
+                    Method::Naive2 => vec![*adj.values.last().expect("non-empty"); horizon],
+                    Method::Ses => ets(0),
+                    Method::Holt => ets(1),
+                    Method::Damped => ets(2),
+                    Method::Comb => {
+                        let parts = [ets(0), ets(1), ets(2)];
+                        (0..horizon)
+                            .map(|h| parts.iter().map(|p| p[h]).sum::<f64>() / 3.0)
+                            .collect()
+                    }
+                    Method::Theta => theta(&adj.values, horizon),
+                    Method::Naive | Method::SeasonalNaive => unreachable!("matched above"),
+                };
+                base.iter()
+                    .zip(&adj.future_indices)
+                    .map(|(f, s)| f * s)
+                    .collect()
+            }
+        };
+        out.push((m, f));
     }
+    out
 }
 
 /// The classic Theta method of the M4 code: the theta = 0 line (least-squares linear trend)

@@ -7,12 +7,11 @@
 
 use std::collections::BTreeMap;
 
-use arrow::array::{Array, AsArray, RecordBatch};
-use arrow::compute::cast;
-use arrow::datatypes::{DataType, Float64Type};
+use arrow::array::RecordBatch;
 
 use super::Series;
 use crate::error::{ModelError, Result};
+use crate::features::{concat_column, numeric_values, string_values};
 
 /// Parse the M4 wide CSV layout. Empty cells end a series; a cell that is not a number is
 /// an error naming its line and column.
@@ -42,67 +41,30 @@ pub fn read_wide_csv(text: &str, origin: &str) -> Result<Vec<Series>> {
     Ok(out)
 }
 
-fn f64_column(batch: &RecordBatch, name: &str) -> Result<Vec<f64>> {
-    let col = batch
-        .column_by_name(name)
-        .ok_or_else(|| ModelError::MissingColumn {
-            column: name.to_string(),
-            available: batch
-                .schema()
-                .fields()
-                .iter()
-                .map(|f| f.name().as_str())
-                .collect::<Vec<_>>()
-                .join(", "),
-        })?;
-    let f = cast(col, &DataType::Float64).map_err(|e| ModelError::UnsupportedType {
-        column: name.to_string(),
-        data_type: format!("{} ({e})", col.data_type()),
-    })?;
-    let f = f.as_primitive::<Float64Type>();
-    Ok((0..f.len())
-        .map(|i| if f.is_null(i) { f64::NAN } else { f.value(i) })
-        .collect())
-}
-
-/// Series from a long table: rows grouped by `id_column` (in order of first appearance
-/// kept by id), values from `value_column`, covariates from `covariate_columns`.
+/// Series from a long table: rows grouped by `id_column` (series in id order), values from
+/// `value_column`, covariates from `covariate_columns`; a missing value is NaN (refused
+/// later by [`super::check_series`]), a missing id is the empty id.
 pub fn from_long_table(
     batches: &[RecordBatch],
     id_column: &str,
     value_column: &str,
     covariate_columns: &[String],
 ) -> Result<Vec<Series>> {
+    let ids = string_values(&concat_column(batches, id_column)?)?;
+    let values = numeric_values(&concat_column(batches, value_column)?)?;
+    let covs: Vec<Vec<f64>> = covariate_columns
+        .iter()
+        .map(|c| numeric_values(&concat_column(batches, c)?))
+        .collect::<Result<_>>()?;
     let mut by_id: BTreeMap<String, Series> = BTreeMap::new();
-    for batch in batches {
-        let ids = batch
-            .column_by_name(id_column)
-            .ok_or_else(|| ModelError::MissingColumn {
-                column: id_column.to_string(),
-                available: batch
-                    .schema()
-                    .fields()
-                    .iter()
-                    .map(|f| f.name().as_str())
-                    .collect::<Vec<_>>()
-                    .join(", "),
-            })?;
-        let ids = cast(ids, &DataType::Utf8).map_err(|e| ModelError::Internal(e.to_string()))?;
-        let ids = ids.as_string::<i32>();
-        let values = f64_column(batch, value_column)?;
-        let covs: Vec<Vec<f64>> = covariate_columns
-            .iter()
-            .map(|c| f64_column(batch, c))
-            .collect::<Result<_>>()?;
-        for (r, value) in values.iter().enumerate() {
-            let id = if ids.is_null(r) { "" } else { ids.value(r) };
-            let s = by_id
-                .entry(id.to_string())
-                .or_insert_with(|| Series::new(id, Vec::new()));
-            s.values.push(*value);
-            if !covs.is_empty() {
-                s.covariates.push(covs.iter().map(|c| c[r]).collect());
-            }
+    for (r, (id, value)) in ids.into_iter().zip(values).enumerate() {
+        let id = id.unwrap_or_default();
+        let s = by_id
+            .entry(id.clone())
+            .or_insert_with(|| Series::new(id, Vec::new()));
+        s.values.push(value);
+        if !covs.is_empty() {
+            s.covariates.push(covs.iter().map(|c| c[r]).collect());
         }
     }
     Ok(by_id.into_values().collect())

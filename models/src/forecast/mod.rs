@@ -60,3 +60,40 @@ pub fn check_series(s: &Series) -> Result<()> {
     }
     Ok(())
 }
+
+/// Hold out the last `horizon` points of every series longer than that: the histories (with
+/// all their covariates, which are known in advance) and the held-out futures. Series no
+/// longer than the horizon are left out of both.
+pub fn split_last(series: Vec<Series>, horizon: usize) -> (Vec<Series>, Vec<Series>) {
+    series
+        .into_iter()
+        .filter(|s| s.values.len() > horizon)
+        .map(|mut s| {
+            let future = s.values.split_off(s.values.len() - horizon);
+            let test = Series::new(s.id.clone(), future);
+            (s, test)
+        })
+        .unzip()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn split_last_keeps_covariates_and_drops_short_series() {
+        let mut a = Series::new("a", vec![1.0, 2.0, 3.0, 4.0]);
+        a.covariates = vec![vec![0.0]; 4];
+        let b = Series::new("b", vec![1.0, 2.0]);
+        let (train, test) = split_last(vec![a, b], 2);
+        assert_eq!(train.len(), 1);
+        assert_eq!(train[0].values, vec![1.0, 2.0]);
+        assert_eq!(
+            train[0].covariates.len(),
+            4,
+            "future covariates are known in advance"
+        );
+        assert_eq!(test[0].id, "a");
+        assert_eq!(test[0].values, vec![3.0, 4.0]);
+    }
+}

@@ -273,7 +273,7 @@ pub fn train_nbeats(
         for step in 0..tc.steps {
             let (x, cov, y) = sample_batch(&usable, &cfg, tc, &mut rng, &device);
             let loss = (model.forward(x, cov) - y).abs().mean();
-            loss_sum += finite_loss(&loss, step as u32 + 1)?;
+            loss_sum += finite_loss(&loss, format_args!("step {}", step + 1))?;
             loss_n += 1;
             let lr = cosine_lr(tc.learning_rate, step, tc.steps, tc.steps / 50, 0.02);
             let grads = GradientsParams::from_grads(loss.backward(), &model);
@@ -346,6 +346,30 @@ fn sample_batch(
     )
 }
 
+/// The input windows at the end of each series' history, as one batch: inputs
+/// (`series × input_size`), covariates (`series × covariates × (input_size + horizon)`) and
+/// each window's scale. Training and serving build forecasts from the same windows.
+pub fn history_windows(series: &[Series], cfg: &NBeatsConfig) -> (Vec<f32>, Vec<f32>, Vec<f64>) {
+    let mut xs = Vec::with_capacity(series.len() * cfg.input_size);
+    let mut cs = Vec::new();
+    let mut scales = Vec::with_capacity(series.len());
+    for s in series {
+        let w = window(s, cfg, s.values.len());
+        xs.extend(w.input);
+        cs.extend(w.covariates);
+        scales.push(w.scale);
+    }
+    (xs, cs, scales)
+}
+
+/// Scaled network outputs (`series × horizon`, row-major) back in the series' units.
+pub fn unscale(out: &[f32], horizon: usize, scales: &[f64]) -> Vec<Vec<f64>> {
+    out.chunks(horizon)
+        .zip(scales)
+        .map(|(f, s)| f.iter().map(|v| f64::from(*v) * s).collect())
+        .collect()
+}
+
 /// Forecast with one trained member in burn (the runtime serves with candle; this is the
 /// reference the parity tests hold it to).
 pub fn forecast_member(
@@ -355,15 +379,7 @@ pub fn forecast_member(
     device: &Device,
 ) -> Result<Vec<Vec<f64>>> {
     let b = series.len();
-    let mut xs = Vec::new();
-    let mut cs = Vec::new();
-    let mut scales = Vec::new();
-    for s in series {
-        let w = window(s, cfg, s.values.len());
-        xs.extend(w.input);
-        cs.extend(w.covariates);
-        scales.push(w.scale);
-    }
+    let (xs, cs, scales) = history_windows(series, cfg);
     let x = Tensor::from_data(TensorData::new(xs, [b, cfg.input_size]), device);
     let cov = (cfg.covariates > 0).then(|| {
         Tensor::from_data(
@@ -371,10 +387,9 @@ pub fn forecast_member(
             device,
         )
     });
-    let out = to_vec(model.forward(x, cov))?;
-    Ok(out
-        .chunks(cfg.horizon)
-        .zip(&scales)
-        .map(|(f, s)| f.iter().map(|v| f64::from(*v) * s).collect())
-        .collect())
+    Ok(unscale(
+        &to_vec(model.forward(x, cov))?,
+        cfg.horizon,
+        &scales,
+    ))
 }
