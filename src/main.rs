@@ -192,6 +192,13 @@ struct ServerArgs {
     /// Standalone: executors to run [default: 2]
     #[arg(long, env = "HALYARD_EXECUTORS")]
     executors: Option<u32>,
+    /// Serving: most records an executor scores in one micro-batch [default: 256]
+    #[arg(long, env = "HALYARD_MAX_BATCH")]
+    max_batch: Option<usize>,
+    /// Serving: longest a micro-batch waits for more requests, in microseconds; 0 scores a
+    /// lone request at once and batches only what queues under load [default: 0]
+    #[arg(long, env = "HALYARD_BATCH_WAIT_US")]
+    batch_wait_us: Option<u64>,
     /// S3 endpoint URL [default: AWS_ENDPOINT_URL or AWS]
     #[arg(long, env = "HALYARD_S3_ENDPOINT")]
     s3_endpoint: Option<String>,
@@ -225,6 +232,8 @@ impl ServerArgs {
             memory_mb: self.memory_mb,
             gpus: self.gpus,
             executors: self.executors,
+            max_batch: self.max_batch,
+            batch_wait_us: self.batch_wait_us,
             s3: S3Config {
                 endpoint: self.s3_endpoint,
                 region: self.s3_region,

@@ -42,6 +42,10 @@ pub struct Settings {
     pub gpus: Option<u32>,
     /// Standalone: executors started in the process.
     pub executors: Option<u32>,
+    /// Executor serving: most records scored in one micro-batch.
+    pub max_batch: Option<usize>,
+    /// Executor serving: longest a micro-batch waits for more requests, microseconds.
+    pub batch_wait_us: Option<u64>,
     /// S3 settings.
     pub s3: S3Config,
 }
@@ -74,6 +78,8 @@ impl Settings {
             memory_mb: self.memory_mb.or(lower.memory_mb),
             gpus: self.gpus.or(lower.gpus),
             executors: self.executors.or(lower.executors),
+            max_batch: self.max_batch.or(lower.max_batch),
+            batch_wait_us: self.batch_wait_us.or(lower.batch_wait_us),
             s3: S3Config {
                 endpoint: self.s3.endpoint.or(lower.s3.endpoint),
                 region: self.s3.region.or(lower.s3.region),
@@ -217,6 +223,10 @@ pub struct ExecutorConfig {
     pub lease_ttl: Duration,
     /// How often it looks for new tasks.
     pub poll: Duration,
+    /// Serving: most records scored in one micro-batch.
+    pub max_batch: usize,
+    /// Serving: longest a micro-batch waits for more requests.
+    pub batch_wait: Duration,
 }
 
 impl ExecutorConfig {
@@ -248,6 +258,19 @@ impl ExecutorConfig {
             s3: s.s3.clone(),
             lease_ttl: Duration::from_secs(lease_ttl(s)?),
             poll: Duration::from_millis(100),
+            max_batch: match s.max_batch {
+                Some(0) => {
+                    return Err(Error::invalid(
+                        "config",
+                        "max_batch",
+                        0,
+                        "must be at least 1",
+                    ));
+                }
+                Some(n) => n,
+                None => 256,
+            },
+            batch_wait: Duration::from_micros(s.batch_wait_us.unwrap_or(0)),
         })
     }
 

@@ -12,6 +12,10 @@
 //! <root>/tasks/<executor>/<job>    TaskAssignment (written by the leader)
 //! <root>/progress/<job>            TaskProgress (written by the assigned executor)
 //! <root>/models/<name>/next        next model version number
+//! <root>/models/<name>/versions/<n> ModelVersion (immutable once written)
+//! <root>/deployments/<name>        Deployment: traffic split, aliases, history
+//! <root>/serving/<executor>        ServingInfo, bound to the executor's lease
+//! <root>/outcomes/<name>/<version> Outcomes fed back for a version
 //! ```
 //!
 //! **Invariants.** Every write that changes a job's state is one transaction that compares
@@ -29,6 +33,7 @@ use serde::de::DeserializeOwned;
 use crate::error::{Error, Result};
 use crate::kv::{Compare, KvBackend, KvEntry, TxnOp, TxnOutcome};
 use crate::records::{ExecutorInfo, JobRecord, TaskAssignment, TaskProgress};
+use crate::registry::{Change, Deployment, ModelVersion, Outcomes, ServingInfo};
 
 /// A value with the revision it was read at, for compare-and-swap.
 #[derive(Debug, Clone, PartialEq)]
@@ -135,6 +140,18 @@ impl Coordinator {
     }
     fn model_counter_key(&self, name: &str) -> String {
         self.key(&format!("models/{name}/next"))
+    }
+    fn version_key(&self, name: &str, version: u64) -> String {
+        self.key(&format!("models/{name}/versions/{version}"))
+    }
+    fn deployment_key(&self, name: &str) -> String {
+        self.key(&format!("deployments/{name}"))
+    }
+    fn serving_key(&self, executor: &str) -> String {
+        self.key(&format!("serving/{executor}"))
+    }
+    fn outcomes_key(&self, name: &str, version: u64) -> String {
+        self.key(&format!("outcomes/{name}/{version}"))
     }
 
     // ---- leases ------------------------------------------------------------------------
@@ -510,5 +527,201 @@ impl Coordinator {
                 return Ok(current);
             }
         }
+    }
+
+    /// Register a published version, only while the task's assignment read at
+    /// `assignment` stands ([`Error::Conflict`] otherwise).
+    pub async fn register_version(
+        &self,
+        assignment: &Versioned<TaskAssignment>,
+        version: &ModelVersion,
+    ) -> Result<()> {
+        let task_key = self.task_key(&assignment.value.executor, &assignment.value.job_id);
+        let out = self
+            .cas(
+                &task_key,
+                assignment.revision,
+                vec![put(
+                    self.version_key(&version.name, version.version),
+                    encode(version),
+                )],
+            )
+            .await?;
+        if !out.succeeded {
+            return Err(Error::Conflict { key: task_key });
+        }
+        Ok(())
+    }
+
+    /// A model's registered versions, oldest first.
+    pub async fn model_versions(&self, name: &str) -> Result<Vec<ModelVersion>> {
+        let entries = self
+            .kv
+            .range(&self.key(&format!("models/{name}/versions/")))
+            .await?;
+        let mut out = entries
+            .iter()
+            .map(|e| decode(e).map(|v: Versioned<ModelVersion>| v.value))
+            .collect::<Result<Vec<_>>>()?;
+        out.sort_by_key(|v| v.version);
+        Ok(out)
+    }
+
+    /// One registered version.
+    pub async fn model_version(&self, name: &str, version: u64) -> Result<Option<ModelVersion>> {
+        Ok(self
+            .kv
+            .get(&self.version_key(name, version))
+            .await?
+            .map(|e| decode(&e))
+            .transpose()?
+            .map(|v: Versioned<ModelVersion>| v.value))
+    }
+
+    /// Names of the models with at least one registered version, sorted.
+    pub async fn model_names(&self) -> Result<Vec<String>> {
+        let prefix = self.key("models/");
+        let mut names: Vec<String> = self
+            .kv
+            .range(&prefix)
+            .await?
+            .iter()
+            .filter_map(|e| {
+                let rest = &e.key[prefix.len()..];
+                let (name, tail) = rest.split_once('/')?;
+                tail.starts_with("versions/").then(|| name.to_string())
+            })
+            .collect();
+        names.dedup();
+        Ok(names)
+    }
+
+    /// A model's deployment, if it was ever deployed.
+    pub async fn deployment(&self, name: &str) -> Result<Option<Deployment>> {
+        Ok(self
+            .kv
+            .get(&self.deployment_key(name))
+            .await?
+            .map(|e| decode(&e))
+            .transpose()?
+            .map(|v: Versioned<Deployment>| v.value))
+    }
+
+    /// Every deployment, by name.
+    pub async fn deployments(&self) -> Result<Vec<Deployment>> {
+        let entries = self.kv.range(&self.key("deployments/")).await?;
+        entries
+            .iter()
+            .map(|e| decode(e).map(|v: Versioned<Deployment>| v.value))
+            .collect()
+    }
+
+    /// Change a model's deployment (any scheduler): compare-and-swap, retrying lost
+    /// races. Versions named by the change must be registered.
+    pub async fn change_deployment(&self, name: &str, change: &Change) -> Result<Deployment> {
+        let versions: Vec<u64> = self
+            .model_versions(name)
+            .await?
+            .iter()
+            .map(|v| v.version)
+            .collect();
+        if versions.is_empty() {
+            return Err(Error::invalid(
+                "deployment",
+                "model",
+                name,
+                "no version of this model is registered (see `halyard models`)",
+            ));
+        }
+        let key = self.deployment_key(name);
+        loop {
+            let (old, revision) = match self.kv.get(&key).await? {
+                Some(e) => {
+                    let v: Versioned<Deployment> = decode(&e)?;
+                    (v.value, v.revision)
+                }
+                None => (
+                    Deployment {
+                        name: name.to_string(),
+                        ..Deployment::default()
+                    },
+                    0,
+                ),
+            };
+            let new = old.apply(change, |v| versions.contains(&v))?;
+            let out = self
+                .cas(&key, revision, vec![put(key.clone(), encode(&new))])
+                .await?;
+            if out.succeeded {
+                return Ok(new);
+            }
+        }
+    }
+
+    /// Publish what an executor serves, bound to its lease (it vanishes with the executor).
+    pub async fn advertise_serving(&self, info: &ServingInfo, lease: i64) -> Result<()> {
+        self.kv
+            .txn(
+                Vec::new(),
+                vec![TxnOp::Put {
+                    key: self.serving_key(&info.executor),
+                    value: encode(info),
+                    lease: Some(lease),
+                }],
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// What every live executor serves.
+    pub async fn serving(&self) -> Result<Vec<ServingInfo>> {
+        let entries = self.kv.range(&self.key("serving/")).await?;
+        entries
+            .iter()
+            .map(|e| decode(e).map(|v: Versioned<ServingInfo>| v.value))
+            .collect()
+    }
+
+    /// Add one outcome for a version: compare-and-swap, retrying lost races.
+    pub async fn record_outcome(
+        &self,
+        name: &str,
+        version: u64,
+        converted: bool,
+    ) -> Result<Outcomes> {
+        let key = self.outcomes_key(name, version);
+        loop {
+            let (mut counts, revision) = match self.kv.get(&key).await? {
+                Some(e) => {
+                    let v: Versioned<Outcomes> = decode(&e)?;
+                    (v.value, v.revision)
+                }
+                None => (Outcomes::default(), 0),
+            };
+            counts.trials += 1;
+            counts.conversions += u64::from(converted);
+            let out = self
+                .cas(&key, revision, vec![put(key.clone(), encode(&counts))])
+                .await?;
+            if out.succeeded {
+                return Ok(counts);
+            }
+        }
+    }
+
+    /// Outcomes recorded for each version of a model.
+    pub async fn outcomes(&self, name: &str) -> Result<Vec<(u64, Outcomes)>> {
+        let prefix = self.key(&format!("outcomes/{name}/"));
+        let mut out = Vec::new();
+        for e in self.kv.range(&prefix).await? {
+            let version = e.key[prefix.len()..].parse().map_err(|_| Error::Corrupt {
+                key: e.key.clone(),
+                message: "the key does not end in a version number".into(),
+            })?;
+            let counts: Versioned<Outcomes> = decode(&e)?;
+            out.push((version, counts.value));
+        }
+        out.sort_by_key(|(v, _)| *v);
+        Ok(out)
     }
 }

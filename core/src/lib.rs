@@ -10,6 +10,7 @@ pub mod data;
 pub mod error;
 pub mod kv;
 pub mod records;
+pub mod registry;
 pub mod spec;
 pub mod store;
 

@@ -1,6 +1,7 @@
 //! `halyard-executor`: a worker. Registers itself with a lease, keeps the lease alive, takes
 //! the tasks the leader assigns to it, trains on its own threads (never on the async
-//! runtime), publishes the model to object storage and reports progress.
+//! runtime), publishes the model to object storage and reports progress. It also serves
+//! the deployed models ([`halyard_serving::Host`]) and the prediction API on its port.
 //!
 //! **Invariants.** It reports on a task only while its assignment stands (the coordinator
 //! fences the write). When its lease is lost it stops its tasks and takes no work until it
@@ -14,22 +15,24 @@ pub use task::{JobSeries, Progress, placement, read_inputs, read_series, spawn_t
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 
 use halyard_core::config::ExecutorConfig;
 use halyard_core::coord::Coordinator;
+use halyard_core::proto::prediction_service_server::PredictionServiceServer;
 use halyard_core::records::{ExecutorInfo, now_ms};
 use halyard_core::store::Store;
+use halyard_serving::grpc::PredictionApi;
+use halyard_serving::{BatchConfig, Gateway, Host};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tokio_stream::wrappers::TcpListenerStream;
 use tracing::{info, warn};
 
 pub use error::{ExecutorError, Result};
 
 /// A running executor.
 pub struct ExecutorHandle {
-    /// The address it listens on (health service).
+    /// The address it listens on (prediction API over HTTP and gRPC, health).
     pub addr: SocketAddr,
     /// Its id.
     pub id: String,
@@ -58,21 +61,39 @@ pub async fn start_executor(cfg: ExecutorConfig, coord: Coordinator) -> Result<E
     }
     let (listener, addr) = halyard_core::bind(&cfg.listen).await?;
     let (shutdown, shutdown_rx) = watch::channel(false);
-    let (_reporter, health) = tonic_health::server::health_reporter();
-    let mut rx = shutdown_rx.clone();
-    let server = tokio::spawn(async move {
-        let _ = tonic::transport::Server::builder()
-            .add_service(health)
-            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
-                let _ = rx.wait_for(|s| *s).await;
-            })
-            .await;
-    });
     let advertise = if cfg.advertise.ends_with(":0") {
         addr.to_string()
     } else {
         cfg.advertise.clone()
     };
+    let host = Host::new(
+        cfg.id.clone(),
+        advertise.clone(),
+        coord.clone(),
+        store.clone(),
+        BatchConfig {
+            max_rows: cfg.max_batch,
+            max_wait: cfg.batch_wait,
+            ..BatchConfig::default()
+        },
+    );
+    let gateway = Gateway::new(cfg.id.clone(), coord.clone(), Some(host.clone()));
+    let (_reporter, health) = tonic_health::server::health_reporter();
+    let grpc = tonic::service::Routes::new(health).add_service(PredictionServiceServer::new(
+        PredictionApi::new(gateway.clone()),
+    ));
+    let http = halyard_serving::http::router(gateway.clone());
+    let server = tokio::spawn(halyard_serving::http::serve(
+        listener,
+        http,
+        grpc,
+        shutdown_rx.clone(),
+    ));
+    let server = tokio::spawn(async move {
+        if let Ok(Err(e)) = server.await {
+            warn!(error = %e, "executor api stopped");
+        }
+    });
     let info = ExecutorInfo {
         id: cfg.id.clone(),
         address: advertise,
@@ -85,12 +106,15 @@ pub async fn start_executor(cfg: ExecutorConfig, coord: Coordinator) -> Result<E
     let lease = register(&coord, &info, &cfg).await?;
     info!(id = %cfg.id, %addr, slots = cfg.cpu_slots, store = %store.url(), "executor registered");
     let id = cfg.id.clone();
+    let lease = Arc::new(AtomicI64::new(lease));
+    let serving = tokio::spawn(host.run(lease.clone(), shutdown_rx.clone()));
+    let routing = tokio::spawn(gateway.run(shutdown_rx.clone()));
     let worker = tokio::spawn(run(cfg, coord, store, info, lease, shutdown_rx));
     Ok(ExecutorHandle {
         addr,
         id,
         shutdown,
-        tasks: vec![server, worker],
+        tasks: vec![server, serving, routing, worker],
     })
 }
 
@@ -112,9 +136,10 @@ async fn run(
     coord: Coordinator,
     store: Store,
     info: ExecutorInfo,
-    mut lease: i64,
+    lease_cell: Arc<AtomicI64>,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    let mut lease = lease_cell.load(Ordering::Relaxed);
     let renew_every = cfg.lease_ttl / 3;
     let mut renewed = std::time::Instant::now();
     let mut running: HashMap<(String, u32), Running> = HashMap::new();
@@ -132,6 +157,7 @@ async fn run(
                     match register(&coord, &info, &cfg).await {
                         Ok(l) => {
                             lease = l;
+                            lease_cell.store(l, Ordering::Relaxed);
                             renewed = std::time::Instant::now();
                             info!(id = %cfg.id, "registered again");
                         }

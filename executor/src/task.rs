@@ -9,6 +9,7 @@ use halyard_core::coord::{Coordinator, Versioned};
 use halyard_core::data::digest;
 use halyard_core::data::read_table;
 use halyard_core::records::{TaskAssignment, TaskProgress, TaskState, now_ms};
+use halyard_core::registry::ModelVersion;
 use halyard_core::spec::{
     CategoricalEncoding, ClassWeight, DeviceKind, ForecastSpec, JobSpec, ModelKind, OptimizerKind,
     SeriesLayout,
@@ -215,6 +216,17 @@ async fn train_and_publish(
     };
     let weights = trained.weights;
     let manifest_bytes = serde_json::to_vec_pretty(&manifest).expect("manifest serialises");
+    let record = ModelVersion {
+        name: spec.name.clone(),
+        version,
+        artifact: String::new(),
+        model_type: spec.model.kind.as_str().to_string(),
+        metrics: trained.metrics.clone(),
+        job_id: a.value.job_id.clone(),
+        data_source: manifest.data.source.clone(),
+        data_digest: manifest.data.digest.clone(),
+        created_ms: manifest.created_ms,
+    };
     let url = publish_model(
         store,
         &spec.name,
@@ -223,6 +235,16 @@ async fn train_and_publish(
         Bytes::from(manifest_bytes),
     )
     .await?;
+    // Registered only while the assignment stands: a task taken away publishes nothing.
+    coord
+        .register_version(
+            a,
+            &ModelVersion {
+                artifact: url.clone(),
+                ..record
+            },
+        )
+        .await?;
     info!(job = %a.value.job_id, %url, version, "model published");
     progress.metrics = trained.metrics;
     progress.artifact = Some(url);

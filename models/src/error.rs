@@ -78,6 +78,16 @@ pub enum ModelError {
         /// What is wrong.
         message: String,
     },
+    /// A record sent for scoring lacks a feature or has one of the wrong type.
+    #[error("record {row} field {field:?}: {message}")]
+    BadRecord {
+        /// 1-based record in the request.
+        row: usize,
+        /// The feature.
+        field: String,
+        /// What is wrong and what to send.
+        message: String,
+    },
     /// A request asks for more than the model was trained for.
     #[error("{0}")]
     Unsupported(String),

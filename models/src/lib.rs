@@ -10,6 +10,7 @@
 //! - [`runtime`]: serving with candle-core (no burn in that path).
 //! - [`device`]: CPU (flex) or GPU (Vulkan, cargo feature `gpu`) training devices.
 //! - [`pipeline`]: the whole recipes.
+//! - [`records`]: JSON scoring records encoded by an artifact's preprocessor.
 
 pub mod artifact;
 pub mod device;
@@ -20,6 +21,7 @@ pub mod logistic;
 pub mod metrics;
 pub mod mlp;
 pub mod pipeline;
+pub mod records;
 pub mod runtime;
 
 pub use error::{ModelError, Result};

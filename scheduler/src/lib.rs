@@ -1,4 +1,5 @@
-//! `halyard-scheduler`: the control plane. Serves the job API (gRPC), campaigns for
+//! `halyard-scheduler`: the control plane. Serves the job API and the model registry
+//! (gRPC) and the prediction gateway (HTTP/JSON and gRPC) on one port, campaigns for
 //! leadership through the coordinator, and, while leader, places pending jobs on executors
 //! with free slots, requeues the tasks of executors whose lease expired, and finishes jobs
 //! from their executors' reports.
@@ -9,6 +10,7 @@
 
 mod error;
 mod leader;
+mod models;
 mod service;
 
 use std::net::SocketAddr;
@@ -16,9 +18,12 @@ use std::net::SocketAddr;
 use halyard_core::config::SchedulerConfig;
 use halyard_core::coord::Coordinator;
 use halyard_core::proto::job_service_server::JobServiceServer;
+use halyard_core::proto::model_service_server::ModelServiceServer;
+use halyard_core::proto::prediction_service_server::PredictionServiceServer;
+use halyard_serving::Gateway;
+use halyard_serving::grpc::PredictionApi;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tokio_stream::wrappers::TcpListenerStream;
 use tracing::info;
 
 pub use error::{Result, SchedulerError};
@@ -51,24 +56,29 @@ pub async fn start_scheduler(cfg: SchedulerConfig, coord: Coordinator) -> Result
     health_reporter
         .set_serving::<JobServiceServer<service::JobApi>>()
         .await;
-    let mut rx = shutdown_rx.clone();
+    // The prediction gateway: this node holds no model and forwards to executors.
+    let gateway = Gateway::new(cfg.id.clone(), coord.clone(), None);
+    let grpc = tonic::service::Routes::new(health)
+        .add_service(JobServiceServer::new(svc))
+        .add_service(ModelServiceServer::new(models::ModelApi::new(
+            coord.clone(),
+        )))
+        .add_service(PredictionServiceServer::new(PredictionApi::new(
+            gateway.clone(),
+        )));
+    let http = halyard_serving::http::router(gateway.clone());
+    let api = halyard_serving::http::serve(listener, http, grpc, shutdown_rx.clone());
     let server = tokio::spawn(async move {
-        let result = tonic::transport::Server::builder()
-            .add_service(health)
-            .add_service(JobServiceServer::new(svc))
-            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
-                let _ = rx.wait_for(|stop| *stop).await;
-            })
-            .await;
-        if let Err(e) = result {
+        if let Err(e) = api.await {
             tracing::error!(error = %e, "scheduler api stopped");
         }
     });
     info!(id = %cfg.id, %addr, backend = coord.backend(), "scheduler listening");
+    let routing = tokio::spawn(gateway.run(shutdown_rx.clone()));
     let leader = tokio::spawn(leader::run(cfg, coord, shutdown_rx));
     Ok(SchedulerHandle {
         addr,
         shutdown,
-        tasks: vec![server, leader],
+        tasks: vec![server, routing, leader],
     })
 }

@@ -1,0 +1,440 @@
+//! The model registry's records and the rules of deployments: which versions serve a
+//! model's traffic, under which aliases, and how deploy, promote and rollback change that.
+//!
+//! **Invariants.** A version, once registered, never changes (its artifact is immutable).
+//! A deployment's variants name registered versions with positive weights; every change
+//! keeps the state it replaced, so `rollback` restores exactly what served before.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+/// The alias that names the version serving all traffic without a split.
+pub const PRODUCTION: &str = "production";
+/// The alias `promote` moves to production by default.
+pub const CANARY: &str = "canary";
+/// Deployment states kept for `rollback`.
+pub const MAX_HISTORY: usize = 20;
+
+/// One published, immutable version of a model.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelVersion {
+    /// Model name (the job spec's `name`).
+    pub name: String,
+    /// Version number, from 1.
+    pub version: u64,
+    /// URL of the version's folder in object storage.
+    pub artifact: String,
+    /// `logistic_regression`, `mlp` or `nbeats`.
+    pub model_type: String,
+    /// Held-out and training metrics.
+    pub metrics: BTreeMap<String, f64>,
+    /// The job that trained it.
+    pub job_id: String,
+    /// The training data's source URL.
+    pub data_source: String,
+    /// `sha256:<hex>` of the training data.
+    pub data_digest: String,
+    /// Registration time, ms since the epoch.
+    pub created_ms: i64,
+}
+
+/// A version and its share of the traffic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Variant {
+    /// The version.
+    pub version: u64,
+    /// Relative weight (a percentage when written by the CLI); positive.
+    pub weight: u32,
+}
+
+/// What serves a model: the traffic split and the aliases.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct DeploymentState {
+    /// Versions that share unpinned traffic, by weight.
+    pub variants: Vec<Variant>,
+    /// Names of versions (`production`, `canary`, any other); a request may pin one.
+    pub aliases: BTreeMap<String, u64>,
+}
+
+/// A model's deployment, with the states it replaced (newest last).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Deployment {
+    /// Model name.
+    pub name: String,
+    /// What serves now.
+    pub current: DeploymentState,
+    /// Earlier states, for rollback.
+    pub history: Vec<DeploymentState>,
+    /// Last change, ms since the epoch.
+    pub updated_ms: i64,
+}
+
+/// A change to a deployment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    /// Name `version` with `alias`. For production (without `percent`), it takes all
+    /// traffic. With `percent`, it takes that share and production keeps the rest.
+    Deploy {
+        /// The version.
+        version: u64,
+        /// The alias to give it.
+        alias: String,
+        /// Its share of traffic, 1..=99, beside production.
+        percent: Option<u32>,
+    },
+    /// Set the traffic split explicitly.
+    Split(Vec<Variant>),
+    /// Make the version behind `alias` production with all traffic; the alias is dropped.
+    Promote {
+        /// Alias to promote (default `canary`).
+        alias: String,
+    },
+    /// Restore the state before the last change.
+    Rollback,
+    /// Stop serving the model.
+    Undeploy,
+}
+
+impl DeploymentState {
+    /// Every version this state can serve (variants and aliases), ascending.
+    pub fn versions(&self) -> Vec<u64> {
+        let mut v: Vec<u64> = self
+            .variants
+            .iter()
+            .map(|v| v.version)
+            .chain(self.aliases.values().copied())
+            .collect();
+        v.sort_unstable();
+        v.dedup();
+        v
+    }
+
+    /// The variant a request key falls in: a stable hash of the key over the weights, so
+    /// one key always gets the same variant while the split stands.
+    pub fn variant_for(&self, key: &str) -> Option<u64> {
+        let total: u64 = self.variants.iter().map(|v| u64::from(v.weight)).sum();
+        if total == 0 {
+            return None;
+        }
+        let mut point = fnv1a(key.as_bytes()) % total;
+        for v in &self.variants {
+            if point < u64::from(v.weight) {
+                return Some(v.version);
+            }
+            point -= u64::from(v.weight);
+        }
+        None
+    }
+}
+
+/// FNV-1a, 64 bit: the same in every process and release.
+pub fn fnv1a(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in bytes {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    // Mix the high bits down: FNV's low bits follow the last byte closely.
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    h ^ (h >> 33)
+}
+
+fn invalid(field: &str, value: impl std::fmt::Display, rule: &str) -> Error {
+    Error::invalid("deployment", field, value, rule)
+}
+
+/// Parse a split written as `3=90,4=10`.
+pub fn parse_split(text: &str) -> Result<Vec<Variant>> {
+    text.split(',')
+        .map(|part| {
+            let (v, w) = part.trim().split_once('=').ok_or_else(|| {
+                invalid(
+                    "split",
+                    part,
+                    "write VERSION=WEIGHT pairs, such as 3=90,4=10",
+                )
+            })?;
+            let version = v
+                .trim()
+                .parse()
+                .map_err(|_| invalid("split", part, "the version must be a whole number"))?;
+            let weight = w
+                .trim()
+                .parse()
+                .map_err(|_| invalid("split", part, "the weight must be a whole number"))?;
+            Ok(Variant { version, weight })
+        })
+        .collect()
+}
+
+impl Deployment {
+    /// Apply `change`; `exists(v)` says whether version `v` is registered.
+    pub fn apply(&self, change: &Change, exists: impl Fn(u64) -> bool) -> Result<Deployment> {
+        let check = |version: u64| {
+            if exists(version) {
+                Ok(())
+            } else {
+                Err(invalid(
+                    "version",
+                    version,
+                    &format!(
+                        "model {} has no such version (see `halyard model {}`)",
+                        self.name, self.name
+                    ),
+                ))
+            }
+        };
+        let old = &self.current;
+        let mut next = old.clone();
+        match change {
+            Change::Deploy {
+                version,
+                alias,
+                percent,
+            } => {
+                check(*version)?;
+                if alias.is_empty() {
+                    return Err(invalid("alias", "\"\"", "an alias needs a name"));
+                }
+                match (alias.as_str(), percent) {
+                    (PRODUCTION, None) => {
+                        next.variants = vec![Variant {
+                            version: *version,
+                            weight: 100,
+                        }];
+                    }
+                    (PRODUCTION, Some(_)) => {
+                        return Err(invalid(
+                            "percent",
+                            "set",
+                            "production takes the traffic the others leave; give --percent to a canary",
+                        ));
+                    }
+                    (_, Some(p)) => {
+                        if !(1..=99).contains(p) {
+                            return Err(invalid("percent", p, "must be between 1 and 99"));
+                        }
+                        let Some(prod) = old.aliases.get(PRODUCTION) else {
+                            return Err(invalid(
+                                "percent",
+                                p,
+                                "a share beside production needs a production version: deploy one first",
+                            ));
+                        };
+                        next.variants = vec![
+                            Variant {
+                                version: *prod,
+                                weight: 100 - p,
+                            },
+                            Variant {
+                                version: *version,
+                                weight: *p,
+                            },
+                        ];
+                    }
+                    (_, None) => {}
+                }
+                next.aliases.insert(alias.clone(), *version);
+            }
+            Change::Split(variants) => {
+                if variants.is_empty() {
+                    return Err(invalid("split", "(empty)", "name at least one version"));
+                }
+                let mut seen = Vec::new();
+                for v in variants {
+                    check(v.version)?;
+                    if v.weight == 0 {
+                        return Err(invalid("split", v.version, "a weight must be positive"));
+                    }
+                    if seen.contains(&v.version) {
+                        return Err(invalid("split", v.version, "a version appears twice"));
+                    }
+                    seen.push(v.version);
+                }
+                next.variants = variants.clone();
+                if !next.aliases.contains_key(PRODUCTION) {
+                    let top = variants.iter().max_by_key(|v| v.weight).expect("not empty");
+                    next.aliases.insert(PRODUCTION.into(), top.version);
+                }
+            }
+            Change::Promote { alias } => {
+                let Some(version) = old.aliases.get(alias).copied() else {
+                    return Err(invalid(
+                        "alias",
+                        alias,
+                        &format!("model {} has no such alias to promote", self.name),
+                    ));
+                };
+                next.aliases.remove(alias);
+                next.aliases.insert(PRODUCTION.into(), version);
+                next.variants = vec![Variant {
+                    version,
+                    weight: 100,
+                }];
+            }
+            Change::Rollback => {
+                let mut out = self.clone();
+                let Some(prev) = out.history.pop() else {
+                    return Err(invalid(
+                        "rollback",
+                        &self.name,
+                        "nothing to roll back to: the deployment has no earlier state",
+                    ));
+                };
+                out.current = prev;
+                out.updated_ms = crate::records::now_ms();
+                return Ok(out);
+            }
+            Change::Undeploy => {
+                next = DeploymentState::default();
+            }
+        }
+        let mut out = self.clone();
+        out.history.push(old.clone());
+        if out.history.len() > MAX_HISTORY {
+            out.history.remove(0);
+        }
+        out.current = next;
+        out.updated_ms = crate::records::now_ms();
+        Ok(out)
+    }
+}
+
+/// Outcomes fed back for one version of a model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Outcomes {
+    /// Outcomes recorded.
+    pub trials: u64,
+    /// Of which conversions.
+    pub conversions: u64,
+}
+
+/// What one executor serves, under its lease: model name → loaded versions.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct ServingInfo {
+    /// The executor.
+    pub executor: String,
+    /// Where it answers (`HOST:PORT`, HTTP and gRPC).
+    pub address: String,
+    /// Models and their loaded versions.
+    pub models: BTreeMap<String, Vec<u64>>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn deployed(versions: &[u64]) -> impl Fn(u64) -> bool + '_ {
+        move |v| versions.contains(&v)
+    }
+
+    fn deploy(
+        d: &Deployment,
+        version: u64,
+        alias: &str,
+        percent: Option<u32>,
+    ) -> Result<Deployment> {
+        d.apply(
+            &Change::Deploy {
+                version,
+                alias: alias.into(),
+                percent,
+            },
+            deployed(&[1, 2, 3]),
+        )
+    }
+
+    #[test]
+    fn canary_promote_and_rollback_restore_each_state() {
+        let d = Deployment {
+            name: "m".into(),
+            ..Deployment::default()
+        };
+        let d1 = deploy(&d, 1, PRODUCTION, None).unwrap();
+        assert_eq!(
+            d1.current.variants,
+            vec![Variant {
+                version: 1,
+                weight: 100
+            }]
+        );
+        let d2 = deploy(&d1, 2, CANARY, Some(10)).unwrap();
+        assert_eq!(
+            d2.current.variants,
+            vec![
+                Variant {
+                    version: 1,
+                    weight: 90
+                },
+                Variant {
+                    version: 2,
+                    weight: 10
+                }
+            ]
+        );
+        let d3 = d2
+            .apply(
+                &Change::Promote {
+                    alias: CANARY.into(),
+                },
+                deployed(&[1, 2]),
+            )
+            .unwrap();
+        assert_eq!(d3.current.aliases.get(PRODUCTION), Some(&2));
+        assert!(!d3.current.aliases.contains_key(CANARY));
+        assert_eq!(d3.current.versions(), vec![2]);
+        let back = d3.apply(&Change::Rollback, deployed(&[])).unwrap();
+        assert_eq!(back.current, d2.current);
+        let back = back.apply(&Change::Rollback, deployed(&[])).unwrap();
+        assert_eq!(back.current, d1.current);
+    }
+
+    #[test]
+    fn bad_changes_are_refused_with_the_rule() {
+        let d = Deployment {
+            name: "m".into(),
+            ..Deployment::default()
+        };
+        let e = deploy(&d, 9, PRODUCTION, None).unwrap_err().to_string();
+        assert!(e.contains("no such version"), "{e}");
+        let e = deploy(&d, 2, CANARY, Some(10)).unwrap_err().to_string();
+        assert!(e.contains("needs a production version"), "{e}");
+        let d1 = deploy(&d, 1, PRODUCTION, None).unwrap();
+        assert!(deploy(&d1, 2, CANARY, Some(100)).is_err());
+        let e = d
+            .apply(&Change::Rollback, deployed(&[]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("nothing to roll back"), "{e}");
+        assert!(parse_split("3=90,4").is_err());
+        assert!(
+            d1.apply(&Change::Split(parse_split("1=0").unwrap()), deployed(&[1]))
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn split_by_key_is_stable_and_follows_the_weights() {
+        let state = DeploymentState {
+            variants: parse_split("3=90,4=10").unwrap(),
+            aliases: BTreeMap::new(),
+        };
+        let mut fours = 0;
+        for i in 0..10_000 {
+            let key = format!("customer-{i}");
+            let v = state.variant_for(&key).unwrap();
+            assert_eq!(state.variant_for(&key), Some(v));
+            if v == 4 {
+                fours += 1;
+            }
+        }
+        assert!(
+            (800..1200).contains(&fours),
+            "{fours} of 10000 on the 10% variant"
+        );
+    }
+}

@@ -1,0 +1,154 @@
+//! The model registry API (gRPC): models and their versions, deployments (deploy, split,
+//! promote, rollback, undeploy) and the A/B analysis of outcomes. Any scheduler answers:
+//! deployment changes are compare-and-swap writes, not leader work.
+
+use halyard_core::coord::Coordinator;
+use halyard_core::proto::deploy_request::Change as WireChange;
+use halyard_core::proto::model_service_server::ModelService;
+use halyard_core::proto::{
+    DeployRequest, DeploymentInfo, ExperimentRequest, ExperimentResponse, GetModelRequest,
+    GetModelResponse, ListModelsRequest, ListModelsResponse, ModelVersionInfo, VariantInfo,
+};
+use halyard_core::registry::{CANARY, Change, Deployment, PRODUCTION, Variant};
+use tonic::{Request, Response, Status};
+use tracing::info;
+
+use crate::error::to_status;
+
+pub(crate) struct ModelApi {
+    coord: Coordinator,
+}
+
+impl ModelApi {
+    pub(crate) fn new(coord: Coordinator) -> Self {
+        ModelApi { coord }
+    }
+
+    async fn model(&self, name: &str) -> Result<GetModelResponse, Status> {
+        let versions = self.coord.model_versions(name).await.map_err(to_status)?;
+        if versions.is_empty() {
+            return Err(Status::not_found(format!(
+                "no model {name}: no job named {name} has published a version (see `halyard models`)"
+            )));
+        }
+        let deployment = self.coord.deployment(name).await.map_err(to_status)?;
+        Ok(GetModelResponse {
+            name: name.to_string(),
+            versions: versions
+                .into_iter()
+                .map(|v| ModelVersionInfo {
+                    version: v.version,
+                    artifact: v.artifact,
+                    model_type: v.model_type,
+                    metrics: v.metrics.into_iter().collect(),
+                    job_id: v.job_id,
+                    data_source: v.data_source,
+                    data_digest: v.data_digest,
+                    created_ms: v.created_ms,
+                })
+                .collect(),
+            deployment: deployment.as_ref().map(deployment_info),
+        })
+    }
+}
+
+fn deployment_info(d: &Deployment) -> DeploymentInfo {
+    DeploymentInfo {
+        variants: d
+            .current
+            .variants
+            .iter()
+            .map(|v| VariantInfo {
+                version: v.version,
+                weight: v.weight,
+            })
+            .collect(),
+        aliases: d.current.aliases.clone().into_iter().collect(),
+        history: d.history.len() as u32,
+        updated_ms: d.updated_ms,
+    }
+}
+
+fn or_default(alias: String, default: &str) -> String {
+    if alias.is_empty() {
+        default.to_string()
+    } else {
+        alias
+    }
+}
+
+#[tonic::async_trait]
+impl ModelService for ModelApi {
+    async fn list_models(
+        &self,
+        _request: Request<ListModelsRequest>,
+    ) -> Result<Response<ListModelsResponse>, Status> {
+        let mut models = Vec::new();
+        for name in self.coord.model_names().await.map_err(to_status)? {
+            models.push(self.model(&name).await?);
+        }
+        Ok(Response::new(ListModelsResponse { models }))
+    }
+
+    async fn get_model(
+        &self,
+        request: Request<GetModelRequest>,
+    ) -> Result<Response<GetModelResponse>, Status> {
+        Ok(Response::new(self.model(&request.into_inner().name).await?))
+    }
+
+    async fn deploy(
+        &self,
+        request: Request<DeployRequest>,
+    ) -> Result<Response<GetModelResponse>, Status> {
+        let req = request.into_inner();
+        let change = match req.change {
+            Some(WireChange::Deploy(d)) => Change::Deploy {
+                version: d.version,
+                alias: or_default(d.alias, PRODUCTION),
+                percent: d.percent,
+            },
+            Some(WireChange::Split(s)) => Change::Split(
+                s.variants
+                    .into_iter()
+                    .map(|v| Variant {
+                        version: v.version,
+                        weight: v.weight,
+                    })
+                    .collect(),
+            ),
+            Some(WireChange::Promote(p)) => Change::Promote {
+                alias: or_default(p.alias, CANARY),
+            },
+            Some(WireChange::Rollback(_)) => Change::Rollback,
+            Some(WireChange::Undeploy(_)) => Change::Undeploy,
+            None => return Err(Status::invalid_argument("the request names no change")),
+        };
+        let d = self
+            .coord
+            .change_deployment(&req.name, &change)
+            .await
+            .map_err(to_status)?;
+        info!(model = %req.name, change = ?change, variants = ?d.current.variants, "deployment changed");
+        Ok(Response::new(self.model(&req.name).await?))
+    }
+
+    async fn experiment(
+        &self,
+        request: Request<ExperimentRequest>,
+    ) -> Result<Response<ExperimentResponse>, Status> {
+        let name = request.into_inner().name;
+        let deployment = self.coord.deployment(&name).await.map_err(to_status)?;
+        let outcomes = self.coord.outcomes(&name).await.map_err(to_status)?;
+        if deployment.is_none() && outcomes.is_empty() {
+            return Err(Status::not_found(format!(
+                "model {name} was never deployed and has no outcomes"
+            )));
+        }
+        Ok(Response::new(halyard_serving::experiment::analyse(
+            &name,
+            deployment.as_ref(),
+            &outcomes,
+        )))
+    }
+}

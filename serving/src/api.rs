@@ -1,0 +1,187 @@
+//! The prediction API's messages (HTTP/JSON; gRPC maps onto the same types) and its one
+//! error type, which always says what to fix.
+
+use axum::http::StatusCode;
+use halyard_models::forecast::Series;
+use halyard_models::records::Record;
+use serde::{Deserialize, Serialize};
+
+/// A scoring request: one record or a batch, raw feature values as in the training data.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PredictBody {
+    /// A batch of records.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub records: Vec<Record>,
+    /// Or one record.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub record: Option<Record>,
+    /// The request's key (a customer id): picks the variant of a split, stably.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    /// Or: the field of each record holding its own key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_field: Option<String>,
+    /// Pin a deployed version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<u64>,
+    /// Pin a deployed alias (`production`, `canary`, …).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alias: Option<String>,
+}
+
+/// One score and the version that produced it.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Prediction {
+    /// Response probability.
+    pub score: f64,
+    /// Version that served it.
+    pub version: u64,
+}
+
+/// The answer to a [`PredictBody`]: one prediction per record, in order.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PredictReply {
+    /// Model name.
+    pub model: String,
+    /// Predictions, one per record.
+    pub predictions: Vec<Prediction>,
+    /// Executor that served.
+    pub executor: String,
+}
+
+/// A forecast request.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ForecastBody {
+    /// Histories (and covariates, history then horizon, when the model uses them).
+    pub series: Vec<Series>,
+    /// Steps to forecast.
+    pub horizon: usize,
+    /// The request's key: picks the variant of a split.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    /// Pin a deployed version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<u64>,
+    /// Pin a deployed alias.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alias: Option<String>,
+}
+
+/// One series' forecast.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SeriesForecast {
+    /// Series id.
+    pub id: String,
+    /// Forecast values, `horizon` of them.
+    pub values: Vec<f64>,
+}
+
+/// The answer to a [`ForecastBody`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ForecastReply {
+    /// Model name.
+    pub model: String,
+    /// Version that served.
+    pub version: u64,
+    /// One per series, in order.
+    pub forecasts: Vec<SeriesForecast>,
+    /// Executor that served.
+    pub executor: String,
+}
+
+/// An outcome: did the customer convert after being served by a version?
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FeedbackBody {
+    /// The version that served (as the prediction named it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<u64>,
+    /// Or the request key, to find the variant by the current split.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    /// Whether the customer converted.
+    pub converted: bool,
+}
+
+/// The counts after recording an outcome.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FeedbackReply {
+    /// The version credited.
+    pub version: u64,
+    /// Outcomes recorded for it.
+    pub trials: u64,
+    /// Of which conversions.
+    pub conversions: u64,
+}
+
+/// Why a request failed: an HTTP status (4xx: the caller's to fix) and a message.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct ApiError {
+    /// HTTP status.
+    pub status: StatusCode,
+    /// What was wrong and what to do.
+    pub message: String,
+}
+
+impl ApiError {
+    /// 400: the request is wrong.
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, message)
+    }
+    /// 404: no such model, version or alias.
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, message)
+    }
+    /// 503: nothing can serve it right now; retrying may help.
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, message)
+    }
+    /// 500: a bug or a broken artifact.
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, message)
+    }
+    /// Any status.
+    pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            message: message.into(),
+        }
+    }
+
+    /// The gRPC status of the same error.
+    pub fn to_status(&self) -> tonic::Status {
+        let code = match self.status {
+            StatusCode::NOT_FOUND => tonic::Code::NotFound,
+            StatusCode::SERVICE_UNAVAILABLE => tonic::Code::Unavailable,
+            StatusCode::PAYLOAD_TOO_LARGE => tonic::Code::ResourceExhausted,
+            s if s.is_client_error() => tonic::Code::InvalidArgument,
+            _ => tonic::Code::Internal,
+        };
+        tonic::Status::new(code, self.message.clone())
+    }
+}
+
+impl From<halyard_models::ModelError> for ApiError {
+    fn from(e: halyard_models::ModelError) -> Self {
+        use halyard_models::ModelError as M;
+        match e {
+            M::Internal(_) | M::Artifact(_) | M::Cancelled | M::Diverged { .. } => {
+                ApiError::internal(e.to_string())
+            }
+            _ => ApiError::bad_request(e.to_string()),
+        }
+    }
+}
+
+impl From<halyard_core::Error> for ApiError {
+    fn from(e: halyard_core::Error) -> Self {
+        use halyard_core::Error as C;
+        match e {
+            C::Invalid { .. } => ApiError::bad_request(e.to_string()),
+            _ => ApiError::unavailable(format!("coordinator: {e}")),
+        }
+    }
+}

@@ -1,0 +1,422 @@
+//! The prediction gateway that every node runs: it answers for any deployed model, from
+//! its own host when this executor serves the model, else by forwarding to an executor
+//! that does (round robin over the replicas the coordinator lists, the next one on a
+//! failure). Outcomes are recorded here, in the coordinator.
+//!
+//! **Invariants.** A forwarded request carries [`FORWARDED`] and is never forwarded again,
+//! so requests cannot loop. Only connection failures and 503s move on to another replica:
+//! a 4xx is the caller's to fix and is returned as is.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use axum::http::StatusCode;
+use bytes::Bytes;
+use halyard_core::coord::Coordinator;
+use halyard_core::registry::{Deployment, ServingInfo};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tokio::sync::watch;
+use tracing::{debug, warn};
+
+use crate::api::{
+    ApiError, FeedbackBody, FeedbackReply, ForecastBody, ForecastReply, PredictBody, PredictReply,
+};
+use crate::host::Host;
+
+/// Header marking a request forwarded by another node.
+pub const FORWARDED: &str = "x-halyard-forwarded";
+/// How often the gateway reads which executors serve what.
+const REFRESH: Duration = Duration::from_millis(200);
+/// How long a replica that failed is skipped.
+const BENCH_FAILED: Duration = Duration::from_secs(3);
+/// How long one forwarded attempt may take.
+const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A node's gateway.
+pub struct Gateway {
+    node: String,
+    coord: Coordinator,
+    host: Option<Arc<Host>>,
+    client: reqwest::Client,
+    view: RwLock<Arc<View>>,
+    next: AtomicUsize,
+    failed: Mutex<HashMap<String, Instant>>,
+}
+
+impl std::fmt::Debug for Gateway {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gateway").field("node", &self.node).finish()
+    }
+}
+
+/// The cluster's serving state, as last read.
+#[derive(Debug, Default)]
+struct View {
+    replicas: Vec<ServingInfo>,
+    deployments: HashMap<String, Deployment>,
+}
+
+/// What a request asks of a model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verb {
+    /// Scores.
+    Predict,
+    /// Forecasts.
+    Forecast,
+}
+
+impl Verb {
+    fn as_str(self) -> &'static str {
+        match self {
+            Verb::Predict => "predict",
+            Verb::Forecast => "forecast",
+        }
+    }
+}
+
+fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(body).map_err(|e| {
+        ApiError::bad_request(format!(
+            "request body is not valid JSON for this call: {e} (see docs/serving.md)"
+        ))
+    })
+}
+
+impl Gateway {
+    /// A gateway for node `node`, serving from `host` when given.
+    pub fn new(node: String, coord: Coordinator, host: Option<Arc<Host>>) -> Arc<Gateway> {
+        let client = reqwest::Client::builder()
+            .pool_max_idle_per_host(64)
+            .timeout(ATTEMPT_TIMEOUT)
+            .build()
+            .expect("a plain HTTP client builds");
+        Arc::new(Gateway {
+            node,
+            coord,
+            host,
+            client,
+            view: RwLock::new(Arc::default()),
+            next: AtomicUsize::new(0),
+            failed: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The coordinator.
+    pub fn coord(&self) -> &Coordinator {
+        &self.coord
+    }
+
+    /// Keep the view of replicas and deployments fresh until `shutdown`.
+    pub async fn run(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+        loop {
+            self.refresh().await;
+            tokio::select! {
+                _ = tokio::time::sleep(REFRESH) => {}
+                _ = shutdown.wait_for(|s| *s) => break,
+            }
+        }
+    }
+
+    async fn refresh(&self) {
+        let (replicas, deployments) = tokio::join!(self.coord.serving(), self.coord.deployments());
+        match (replicas, deployments) {
+            (Ok(replicas), Ok(deployments)) => {
+                let deployments = deployments
+                    .into_iter()
+                    .map(|d| (d.name.clone(), d))
+                    .collect();
+                *self.view.write().expect("view lock") = Arc::new(View {
+                    replicas,
+                    deployments,
+                });
+            }
+            (Err(e), _) | (_, Err(e)) => warn!(error = %e, "cannot read serving state"),
+        }
+    }
+
+    fn view(&self) -> Arc<View> {
+        self.view.read().expect("view lock").clone()
+    }
+
+    /// Executors serving `name`, starting at the next in turn, skipping recent failures
+    /// (unless every one failed recently).
+    fn replicas(&self, name: &str) -> Vec<String> {
+        let view = self.view();
+        let mut all: Vec<String> = view
+            .replicas
+            .iter()
+            .filter(|r| {
+                r.models.contains_key(name)
+                    && Some(r.executor.as_str()) != self.host.as_ref().map(|h| h.executor())
+            })
+            .map(|r| r.address.clone())
+            .collect();
+        if all.is_empty() {
+            return all;
+        }
+        let start = self.next.fetch_add(1, Ordering::Relaxed) % all.len();
+        all.rotate_left(start);
+        let failed = self.failed.lock().expect("failed lock");
+        let (ok, bad): (Vec<String>, Vec<String>) = all
+            .into_iter()
+            .partition(|a| failed.get(a).is_none_or(|t| t.elapsed() > BENCH_FAILED));
+        ok.into_iter().chain(bad).collect()
+    }
+
+    fn mark_failed(&self, address: &str) {
+        self.failed
+            .lock()
+            .expect("failed lock")
+            .insert(address.to_string(), Instant::now());
+    }
+
+    /// Why nothing could serve `name`: unknown (404) or deployed but not loaded (503).
+    async fn none_serves(&self, name: &str) -> ApiError {
+        let deployment = match self.view().deployments.get(name) {
+            Some(d) => Some(d.clone()),
+            None => self.coord.deployment(name).await.ok().flatten(),
+        };
+        match deployment {
+            Some(d) if !d.current.versions().is_empty() => ApiError::unavailable(format!(
+                "model {name} is deployed but no executor has loaded it yet: retry shortly"
+            )),
+            _ => ApiError::not_found(format!(
+                "no model {name} is deployed (see `halyard models`; deploy with `halyard deploy {name} --version N`)"
+            )),
+        }
+    }
+
+    /// Send `body` to another executor serving `name`: `(status, body)` of the first
+    /// replica that answers (a 503 counts as not answering).
+    async fn forward(
+        &self,
+        name: &str,
+        path: &str,
+        body: Option<Bytes>,
+    ) -> Result<(StatusCode, Bytes), ApiError> {
+        let mut last = None;
+        for address in self.replicas(name) {
+            let url = format!("http://{address}{path}");
+            let req = match &body {
+                Some(b) => self
+                    .client
+                    .post(&url)
+                    .header("content-type", "application/json")
+                    .body(b.clone()),
+                None => self.client.get(&url),
+            };
+            match req.header(FORWARDED, &self.node).send().await {
+                Ok(resp) => {
+                    let status = StatusCode::from_u16(resp.status().as_u16())
+                        .unwrap_or(StatusCode::BAD_GATEWAY);
+                    match resp.bytes().await {
+                        Ok(bytes) if status != StatusCode::SERVICE_UNAVAILABLE => {
+                            return Ok((status, bytes));
+                        }
+                        Ok(bytes) => {
+                            last = Some(String::from_utf8_lossy(&bytes).into_owned());
+                        }
+                        Err(e) => {
+                            self.mark_failed(&address);
+                            last = Some(format!("{address}: {e}"));
+                        }
+                    }
+                }
+                Err(e) => {
+                    debug!(%address, error = %e, "replica failed; trying the next");
+                    self.mark_failed(&address);
+                    last = Some(format!("{address}: {e}"));
+                }
+            }
+        }
+        match last {
+            Some(why) => Err(ApiError::unavailable(format!(
+                "no executor serving model {name} answered; last: {why}"
+            ))),
+            None => Err(self.none_serves(name).await),
+        }
+    }
+
+    /// Forward and decode the reply (or the replica's error).
+    async fn forward_json<T: DeserializeOwned>(
+        &self,
+        name: &str,
+        path: &str,
+        body: Option<Bytes>,
+    ) -> Result<T, ApiError> {
+        let (status, bytes) = self.forward(name, path, body).await?;
+        if status.is_success() {
+            serde_json::from_slice(&bytes)
+                .map_err(|e| ApiError::internal(format!("a replica's answer did not decode: {e}")))
+        } else {
+            let message = serde_json::from_slice::<serde_json::Value>(&bytes)
+                .ok()
+                .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_string))
+                .unwrap_or_else(|| String::from_utf8_lossy(&bytes).into_owned());
+            Err(ApiError::new(status, message))
+        }
+    }
+
+    fn path(name: &str, verb: Verb) -> String {
+        format!("/v1/models/{name}:{}", verb.as_str())
+    }
+
+    /// Score: locally when served here, else on a replica. `forwarded` requests are
+    /// only served locally.
+    pub async fn predict(
+        &self,
+        name: &str,
+        body: PredictBody,
+        forwarded: bool,
+    ) -> Result<PredictReply, ApiError> {
+        if let Some(h) = &self.host
+            && let Some(r) = h.predict(name, body.clone()).await
+        {
+            return r;
+        }
+        if forwarded {
+            return Err(ApiError::unavailable(format!(
+                "model {name} is not loaded here"
+            )));
+        }
+        let bytes = Bytes::from(serde_json::to_vec(&body).expect("bodies serialise"));
+        self.forward_json(name, &Self::path(name, Verb::Predict), Some(bytes))
+            .await
+    }
+
+    /// Score from raw JSON bytes (the HTTP path: forwarded without re-encoding).
+    pub async fn predict_bytes(
+        &self,
+        name: &str,
+        body: Bytes,
+        forwarded: bool,
+    ) -> Result<PredictReply, ApiError> {
+        if let Some(h) = &self.host
+            && h.served(name).is_some()
+        {
+            let parsed: PredictBody = parse(&body)?;
+            if let Some(r) = h.predict(name, parsed).await {
+                return r;
+            }
+        }
+        if forwarded {
+            return Err(ApiError::unavailable(format!(
+                "model {name} is not loaded here"
+            )));
+        }
+        // Refuse malformed bodies here rather than on a replica.
+        let _: PredictBody = parse(&body)?;
+        self.forward_json(name, &Self::path(name, Verb::Predict), Some(body))
+            .await
+    }
+
+    /// Forecast: locally when served here, else on a replica.
+    pub async fn forecast(
+        &self,
+        name: &str,
+        body: ForecastBody,
+        forwarded: bool,
+    ) -> Result<ForecastReply, ApiError> {
+        if let Some(h) = &self.host
+            && let Some(r) = h.forecast(name, body.clone()).await
+        {
+            return r;
+        }
+        if forwarded {
+            return Err(ApiError::unavailable(format!(
+                "model {name} is not loaded here"
+            )));
+        }
+        let bytes = Bytes::from(serde_json::to_vec(&body).expect("bodies serialise"));
+        self.forward_json(name, &Self::path(name, Verb::Forecast), Some(bytes))
+            .await
+    }
+
+    /// The model's input schema.
+    pub async fn schema(&self, name: &str, forwarded: bool) -> Result<serde_json::Value, ApiError> {
+        if let Some(s) = self.host.as_ref().and_then(|h| h.schema(name)) {
+            return Ok(s);
+        }
+        if forwarded {
+            return Err(ApiError::unavailable(format!(
+                "model {name} is not loaded here"
+            )));
+        }
+        self.forward_json(name, &format!("/v1/models/{name}"), None)
+            .await
+    }
+
+    /// Record an outcome for the version that served (or the variant of `key`).
+    pub async fn feedback(
+        &self,
+        name: &str,
+        body: FeedbackBody,
+    ) -> Result<FeedbackReply, ApiError> {
+        let version = match (body.version, &body.key) {
+            (Some(v), _) => v,
+            (None, Some(key)) => {
+                let d =
+                    self.coord.deployment(name).await?.ok_or_else(|| {
+                        ApiError::not_found(format!("no model {name} is deployed"))
+                    })?;
+                d.current.variant_for(key).ok_or_else(|| {
+                    ApiError::bad_request(format!(
+                        "model {name} has no traffic split to find the key's variant: send `version`"
+                    ))
+                })?
+            }
+            (None, None) => {
+                return Err(ApiError::bad_request(
+                    "say which version served: send `version` (from the prediction) or `key`",
+                ));
+            }
+        };
+        if self.coord.model_version(name, version).await?.is_none() {
+            return Err(ApiError::not_found(format!(
+                "model {name} has no version {version}"
+            )));
+        }
+        let counts = self
+            .coord
+            .record_outcome(name, version, body.converted)
+            .await?;
+        Ok(FeedbackReply {
+            version,
+            trials: counts.trials,
+            conversions: counts.conversions,
+        })
+    }
+
+    /// Deployed models and where they are served.
+    pub fn overview(&self) -> serde_json::Value {
+        #[derive(Serialize)]
+        struct Entry<'a> {
+            name: &'a str,
+            variants: &'a [halyard_core::registry::Variant],
+            aliases: &'a std::collections::BTreeMap<String, u64>,
+            executors: Vec<&'a str>,
+        }
+        let view = self.view();
+        let mut entries: Vec<Entry> = view
+            .deployments
+            .values()
+            .filter(|d| !d.current.versions().is_empty())
+            .map(|d| Entry {
+                name: &d.name,
+                variants: &d.current.variants,
+                aliases: &d.current.aliases,
+                executors: view
+                    .replicas
+                    .iter()
+                    .filter(|r| r.models.contains_key(&d.name))
+                    .map(|r| r.executor.as_str())
+                    .collect(),
+            })
+            .collect();
+        entries.sort_by_key(|e| e.name);
+        serde_json::json!({ "models": entries })
+    }
+}

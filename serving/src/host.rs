@@ -1,0 +1,520 @@
+//! The model host of an executor: follows the deployments in the coordinator, loads the
+//! versions they name from object storage with the candle runtime, and serves them.
+//!
+//! **Invariants.** A deployment change takes effect on this executor only once every
+//! version it names is loaded: the routing table is swapped whole, so a request is served
+//! by the old table or the new one, never by a half-loaded model. Requests in flight keep
+//! the models they started with; a version no deployment names is dropped from the table
+//! and its scoring thread ends when its last request is answered.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use halyard_core::coord::Coordinator;
+use halyard_core::registry::{Deployment, DeploymentState, ServingInfo};
+use halyard_core::store::{Store, read_model};
+use halyard_models::records::Record;
+use halyard_models::runtime::LoadedModel;
+use serde_json::{Value, json};
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+use crate::api::{
+    ApiError, ForecastBody, ForecastReply, PredictBody, PredictReply, Prediction, SeriesForecast,
+};
+use crate::batcher::{BatchConfig, Batcher};
+
+/// How often the host looks at the deployments.
+pub const REFRESH: Duration = Duration::from_millis(100);
+/// How long a version that failed to load waits before the next try.
+const RETRY_LOAD: Duration = Duration::from_secs(5);
+
+/// One loaded version.
+#[derive(Debug)]
+pub struct Loaded {
+    /// Version number.
+    pub version: u64,
+    /// The artifact in candle tensors.
+    pub model: Arc<LoadedModel>,
+    /// Its scoring thread (response models).
+    batcher: Option<Batcher>,
+}
+
+/// A model as this executor serves it: a deployment state whose versions are all loaded.
+#[derive(Debug)]
+pub struct Served {
+    /// What serves.
+    pub state: DeploymentState,
+    /// Every version the state names.
+    pub versions: BTreeMap<u64, Arc<Loaded>>,
+}
+
+type Table = HashMap<String, Arc<Served>>;
+
+/// An executor's loaded models.
+pub struct Host {
+    executor: String,
+    address: String,
+    coord: Coordinator,
+    store: Store,
+    batch: BatchConfig,
+    table: RwLock<Arc<Table>>,
+    /// Spreads unkeyed requests over a split.
+    counter: AtomicU64,
+}
+
+impl std::fmt::Debug for Host {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Host")
+            .field("executor", &self.executor)
+            .finish()
+    }
+}
+
+/// Which version serves each record of a request.
+enum Choice<'a> {
+    Pinned(u64),
+    ByKey(&'a DeploymentState),
+}
+
+fn key_string(v: &Value) -> Option<String> {
+    match v {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+impl Host {
+    /// A host with nothing loaded; [`Host::run`] follows the deployments.
+    pub fn new(
+        executor: String,
+        address: String,
+        coord: Coordinator,
+        store: Store,
+        batch: BatchConfig,
+    ) -> Arc<Host> {
+        Arc::new(Host {
+            executor,
+            address,
+            coord,
+            store,
+            batch,
+            table: RwLock::new(Arc::new(Table::new())),
+            counter: AtomicU64::new(0),
+        })
+    }
+
+    /// This executor's id.
+    pub fn executor(&self) -> &str {
+        &self.executor
+    }
+
+    fn table(&self) -> Arc<Table> {
+        self.table.read().expect("table lock").clone()
+    }
+
+    /// The model as served here, if it is.
+    pub fn served(&self, name: &str) -> Option<Arc<Served>> {
+        self.table().get(name).cloned()
+    }
+
+    /// Follow the deployments until `shutdown`; advertise what is loaded under `lease`
+    /// (the executor's current lease, which changes when it registers again).
+    pub async fn run(self: Arc<Self>, lease: Arc<AtomicI64>, mut shutdown: watch::Receiver<bool>) {
+        let mut failed: HashMap<(String, u64), Instant> = HashMap::new();
+        let mut advertised: Option<(i64, ServingInfo)> = None;
+        loop {
+            match self.coord.deployments().await {
+                Ok(deployments) => self.refresh(&deployments, &mut failed).await,
+                Err(e) => warn!(error = %e, "cannot read deployments"),
+            }
+            let info = self.serving_info();
+            let lease_now = lease.load(Ordering::Relaxed);
+            if advertised.as_ref() != Some(&(lease_now, info.clone())) {
+                match self.coord.advertise_serving(&info, lease_now).await {
+                    Ok(()) => advertised = Some((lease_now, info)),
+                    Err(e) => warn!(error = %e, "cannot advertise served models"),
+                }
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(REFRESH) => {}
+                _ = shutdown.wait_for(|s| *s) => break,
+            }
+        }
+    }
+
+    fn serving_info(&self) -> ServingInfo {
+        ServingInfo {
+            executor: self.executor.clone(),
+            address: self.address.clone(),
+            models: self
+                .table()
+                .iter()
+                .map(|(name, s)| (name.clone(), s.versions.keys().copied().collect()))
+                .collect(),
+        }
+    }
+
+    /// Bring the table in line with `deployments`, loading what is missing first.
+    async fn refresh(
+        &self,
+        deployments: &[Deployment],
+        failed: &mut HashMap<(String, u64), Instant>,
+    ) {
+        let old = self.table();
+        let mut next = Table::new();
+        let mut changed = false;
+        for d in deployments {
+            let wanted = d.current.versions();
+            if wanted.is_empty() {
+                continue;
+            }
+            if let Some(s) = old.get(&d.name)
+                && s.state == d.current
+            {
+                next.insert(d.name.clone(), s.clone());
+                continue;
+            }
+            let mut versions = BTreeMap::new();
+            for v in wanted {
+                let have = old.get(&d.name).and_then(|s| s.versions.get(&v)).cloned();
+                let loaded = match have {
+                    Some(l) => Some(l),
+                    None => self.load(&d.name, v, failed).await,
+                };
+                match loaded {
+                    Some(l) => {
+                        versions.insert(v, l);
+                    }
+                    None => break,
+                }
+            }
+            if versions.len() == d.current.versions().len() {
+                info!(model = %d.name, versions = ?versions.keys().collect::<Vec<_>>(), "serving");
+                next.insert(
+                    d.name.clone(),
+                    Arc::new(Served {
+                        state: d.current.clone(),
+                        versions,
+                    }),
+                );
+                changed = true;
+            } else if let Some(s) = old.get(&d.name) {
+                // Not all loaded yet: the old state keeps serving.
+                next.insert(d.name.clone(), s.clone());
+            }
+        }
+        if changed || next.len() != old.len() {
+            for name in old.keys().filter(|n| !next.contains_key(*n)) {
+                info!(model = %name, "no longer deployed: unloaded");
+            }
+            *self.table.write().expect("table lock") = Arc::new(next);
+        }
+    }
+
+    async fn load(
+        &self,
+        name: &str,
+        version: u64,
+        failed: &mut HashMap<(String, u64), Instant>,
+    ) -> Option<Arc<Loaded>> {
+        let key = (name.to_string(), version);
+        if failed.get(&key).is_some_and(|t| t.elapsed() < RETRY_LOAD) {
+            return None;
+        }
+        let started = Instant::now();
+        let result = match read_model(&self.store, name, version).await {
+            Ok(Some((weights, manifest))) => {
+                tokio::task::spawn_blocking(move || LoadedModel::from_bytes(&weights, &manifest))
+                    .await
+                    .map_err(|e| e.to_string())
+                    .and_then(|r| r.map_err(|e| e.to_string()))
+            }
+            Ok(None) => Err("the artifact has no manifest in the store".to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        match result {
+            Ok(model) => {
+                failed.remove(&key);
+                let model = Arc::new(model);
+                let batcher = model.manifest.architecture.preprocessor().map(|p| {
+                    Batcher::start(
+                        model.clone(),
+                        p.dim,
+                        self.batch,
+                        &format!("{name}-{version}"),
+                    )
+                });
+                info!(model = %name, version, ms = started.elapsed().as_millis() as u64, "loaded");
+                Some(Arc::new(Loaded {
+                    version,
+                    model,
+                    batcher,
+                }))
+            }
+            Err(e) => {
+                warn!(model = %name, version, error = %e, "cannot load; retrying in 5 s");
+                failed.insert(key, Instant::now());
+                None
+            }
+        }
+    }
+
+    fn choose<'a>(
+        &self,
+        name: &str,
+        served: &'a Served,
+        version: Option<u64>,
+        alias: Option<&str>,
+    ) -> Result<Choice<'a>, ApiError> {
+        let deployed = || {
+            served
+                .versions
+                .keys()
+                .map(u64::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        if let Some(v) = version {
+            if !served.versions.contains_key(&v) {
+                return Err(ApiError::not_found(format!(
+                    "version {v} of model {name} is not deployed; deployed: {}",
+                    deployed()
+                )));
+            }
+            return Ok(Choice::Pinned(v));
+        }
+        if let Some(a) = alias {
+            return served
+                .state
+                .aliases
+                .get(a)
+                .map(|v| Choice::Pinned(*v))
+                .ok_or_else(|| {
+                    ApiError::not_found(format!(
+                        "model {name} has no alias {a:?}; aliases: {}",
+                        served
+                            .state
+                            .aliases
+                            .keys()
+                            .cloned()
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ))
+                });
+        }
+        if served.state.variants.is_empty() {
+            return Err(ApiError::not_found(format!(
+                "model {name} has no traffic split: pin a version or an alias"
+            )));
+        }
+        Ok(Choice::ByKey(&served.state))
+    }
+
+    fn unkeyed(&self) -> String {
+        self.counter.fetch_add(1, Ordering::Relaxed).to_string()
+    }
+
+    /// Score records; `None` when this executor does not serve the model.
+    pub async fn predict(
+        &self,
+        name: &str,
+        body: PredictBody,
+    ) -> Option<Result<PredictReply, ApiError>> {
+        let served = self.served(name)?;
+        Some(self.predict_served(name, &served, body).await)
+    }
+
+    async fn predict_served(
+        &self,
+        name: &str,
+        served: &Served,
+        body: PredictBody,
+    ) -> Result<PredictReply, ApiError> {
+        let PredictBody {
+            mut records,
+            record,
+            key,
+            key_field,
+            version,
+            alias,
+        } = body;
+        if let Some(r) = record {
+            if !records.is_empty() {
+                return Err(ApiError::bad_request(
+                    "send either `record` or `records`, not both",
+                ));
+            }
+            records.push(r);
+        }
+        if records.is_empty() {
+            return Err(ApiError::bad_request(
+                "no records: send {\"record\": {...}} or {\"records\": [{...}, ...]}",
+            ));
+        }
+        let choice = self.choose(name, served, version, alias.as_deref())?;
+        let request_key = key.unwrap_or_else(|| self.unkeyed());
+        // The version of each record.
+        let mut of_row = Vec::with_capacity(records.len());
+        for (i, r) in records.iter().enumerate() {
+            let v = match &choice {
+                Choice::Pinned(v) => *v,
+                Choice::ByKey(state) => {
+                    let k = match &key_field {
+                        Some(f) => r.get(f).and_then(key_string).ok_or_else(|| {
+                            ApiError::bad_request(format!(
+                                "record {} has no string or number in key field {f:?}",
+                                i + 1
+                            ))
+                        })?,
+                        None => request_key.clone(),
+                    };
+                    state
+                        .variant_for(&k)
+                        .expect("a split with positive weights")
+                }
+            };
+            of_row.push(v);
+        }
+        let mut scores = vec![0f64; records.len()];
+        let mut versions: Vec<u64> = of_row.clone();
+        versions.sort_unstable();
+        versions.dedup();
+        for v in versions {
+            let loaded = &served.versions[&v];
+            let (Some(pre), Some(batcher)) = (
+                loaded.model.manifest.architecture.preprocessor(),
+                loaded.batcher.as_ref(),
+            ) else {
+                return Err(ApiError::bad_request(format!(
+                    "model {name} version {v} is a forecaster: POST /v1/models/{name}:forecast"
+                )));
+            };
+            let rows: Vec<usize> = (0..records.len()).filter(|&i| of_row[i] == v).collect();
+            let refs: Vec<&Record> = rows.iter().map(|&i| &records[i]).collect();
+            let encoded = pre.encode_records(&refs).map_err(|e| {
+                // Record numbers are the request's, not the group's.
+                ApiError::bad_request(renumber(&e.to_string(), &rows))
+            })?;
+            let s = batcher.score(encoded).await?;
+            for (k, &i) in rows.iter().enumerate() {
+                scores[i] = f64::from(s[k]);
+            }
+        }
+        Ok(PredictReply {
+            model: name.to_string(),
+            predictions: scores
+                .into_iter()
+                .zip(of_row)
+                .map(|(score, version)| Prediction { score, version })
+                .collect(),
+            executor: self.executor.clone(),
+        })
+    }
+
+    /// Forecast series; `None` when this executor does not serve the model.
+    pub async fn forecast(
+        &self,
+        name: &str,
+        body: ForecastBody,
+    ) -> Option<Result<ForecastReply, ApiError>> {
+        let served = self.served(name)?;
+        Some(self.forecast_served(name, &served, body).await)
+    }
+
+    async fn forecast_served(
+        &self,
+        name: &str,
+        served: &Served,
+        body: ForecastBody,
+    ) -> Result<ForecastReply, ApiError> {
+        if body.series.is_empty() {
+            return Err(ApiError::bad_request(
+                "no series: send {\"series\": [{\"id\": ..., \"values\": [...]}], \"horizon\": N}",
+            ));
+        }
+        if body.horizon == 0 {
+            return Err(ApiError::bad_request("horizon must be at least 1"));
+        }
+        let version = match self.choose(name, served, body.version, body.alias.as_deref())? {
+            Choice::Pinned(v) => v,
+            Choice::ByKey(state) => state
+                .variant_for(&body.key.clone().unwrap_or_else(|| self.unkeyed()))
+                .expect("a split with positive weights"),
+        };
+        let loaded = served.versions[&version].clone();
+        if loaded.batcher.is_some() {
+            return Err(ApiError::bad_request(format!(
+                "model {name} version {version} is a response model: POST /v1/models/{name}:predict"
+            )));
+        }
+        let series = body.series;
+        let horizon = body.horizon;
+        let ids: Vec<String> = series.iter().map(|s| s.id.clone()).collect();
+        let values = tokio::task::spawn_blocking(move || loaded.model.forecast(&series, horizon))
+            .await
+            .map_err(|e| ApiError::internal(e.to_string()))??;
+        Ok(ForecastReply {
+            model: name.to_string(),
+            version,
+            forecasts: ids
+                .into_iter()
+                .zip(values)
+                .map(|(id, values)| SeriesForecast { id, values })
+                .collect(),
+            executor: self.executor.clone(),
+        })
+    }
+
+    /// The model's input schema and what serves it; `None` when not served here.
+    pub fn schema(&self, name: &str) -> Option<Value> {
+        let served = self.served(name)?;
+        let main = served
+            .state
+            .aliases
+            .get(halyard_core::registry::PRODUCTION)
+            .or_else(|| served.versions.keys().next())
+            .and_then(|v| served.versions.get(v))?;
+        let arch = &main.model.manifest.architecture;
+        let mut out = json!({
+            "model": name,
+            "model_type": arch.kind(),
+            "schema_version": main.version,
+            "variants": served.state.variants,
+            "aliases": served.state.aliases,
+            "executor": self.executor,
+        });
+        match arch.preprocessor() {
+            Some(p) => {
+                out["inputs"] = json!(p.input_fields());
+                out["missing_values"] = json!(
+                    "send null: a numeric takes its training mean, a categorical the `other` slot"
+                );
+                out["unknown_categories"] =
+                    json!("served as the `other` slot (hashed columns hash them)");
+            }
+            None => {
+                if let halyard_models::artifact::Architecture::NBeats { config } = arch {
+                    out["horizon"] = json!(config.horizon);
+                    out["covariates"] = json!(config.members.first().map_or(0, |m| m.covariates));
+                }
+            }
+        }
+        Some(out)
+    }
+}
+
+/// Rewrite `record K` (1-based within a group) to the request's own record number.
+fn renumber(message: &str, rows: &[usize]) -> String {
+    if let Some(rest) = message.strip_prefix("record ")
+        && let Some((n, tail)) = rest.split_once(' ')
+        && let Ok(k) = n.parse::<usize>()
+        && let Some(i) = rows.get(k.wrapping_sub(1))
+    {
+        return format!("record {}{}", i + 1, format_args!(" {tail}"));
+    }
+    message.to_string()
+}

@@ -1,0 +1,146 @@
+//! HTTP/JSON routes of the prediction API, and the one server that answers HTTP/1.1,
+//! HTTP/2 and gRPC on a node's single port.
+//!
+//! ```text
+//! GET  /v1/models                   deployed models and the executors serving them
+//! GET  /v1/models/{name}            input schema, variants and aliases
+//! POST /v1/models/{name}:predict    {"record": {...}} or {"records": [...]}, key, version, alias
+//! POST /v1/models/{name}:forecast   {"series": [{"id", "values"}], "horizon": N}
+//! POST /v1/models/{name}:feedback   {"version" or "key", "converted": bool}
+//! GET  /healthz
+//! ```
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::serve::ListenerExt;
+use serde::Serialize;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::api::{ApiError, ForecastBody};
+use crate::gateway::{FORWARDED, Gateway};
+
+/// Largest request body accepted.
+pub const MAX_BODY: usize = 4 << 20;
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = serde_json::json!({ "error": self.message });
+        (self.status, Json(body)).into_response()
+    }
+}
+
+fn reply<T: Serialize>(r: Result<T, ApiError>) -> Response {
+    match r {
+        Ok(v) => Json(v).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+fn body_of(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
+    body.map_err(|e| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!(
+                    "request body is larger than {} MiB: send fewer records per request",
+                    MAX_BODY >> 20
+                ),
+            )
+        } else {
+            ApiError::bad_request(format!("cannot read the request body: {e}"))
+        }
+    })
+}
+
+/// Split `name:verb`.
+fn target(t: &str) -> Result<(&str, &str), ApiError> {
+    t.rsplit_once(':').ok_or_else(|| {
+        ApiError::not_found(format!(
+            "POST /v1/models/{t}: add the call to the model name, such as /v1/models/{t}:predict"
+        ))
+    })
+}
+
+async fn post_model(
+    State(gw): State<Arc<Gateway>>,
+    Path(t): Path<String>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let forwarded = headers.contains_key(FORWARDED);
+    let result = async {
+        let (name, verb) = target(&t)?;
+        let body = body_of(body)?;
+        match verb {
+            "predict" => Ok(Json(gw.predict_bytes(name, body, forwarded).await?).into_response()),
+            "forecast" => {
+                let b: ForecastBody = serde_json::from_slice(&body).map_err(|e| {
+                    ApiError::bad_request(format!("request body is not a forecast request: {e}"))
+                })?;
+                Ok(Json(gw.forecast(name, b, forwarded).await?).into_response())
+            }
+            "feedback" => {
+                let b = serde_json::from_slice(&body).map_err(|e| {
+                    ApiError::bad_request(format!("request body is not a feedback record: {e}"))
+                })?;
+                Ok(Json(gw.feedback(name, b).await?).into_response())
+            }
+            other => Err(ApiError::not_found(format!(
+                "unknown call {other:?}: use :predict, :forecast or :feedback"
+            ))),
+        }
+    }
+    .await;
+    result.unwrap_or_else(|e: ApiError| e.into_response())
+}
+
+async fn get_model(
+    State(gw): State<Arc<Gateway>>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    reply(gw.schema(&name, headers.contains_key(FORWARDED)).await)
+}
+
+async fn list_models(State(gw): State<Arc<Gateway>>) -> Response {
+    Json(gw.overview()).into_response()
+}
+
+/// The HTTP routes over `gateway`.
+pub fn router(gateway: Arc<Gateway>) -> Router {
+    Router::new()
+        .route("/v1/models", get(list_models))
+        .route("/v1/models/{target}", get(get_model).post(post_model))
+        .route("/healthz", get(|| async { "ok" }))
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .with_state(gateway)
+}
+
+/// Serve `http` and the gRPC services in `grpc` on `listener` until `shutdown`: one
+/// port for HTTP/1.1, HTTP/2 and gRPC.
+pub async fn serve(
+    listener: TcpListener,
+    http: Router,
+    grpc: tonic::service::Routes,
+    mut shutdown: watch::Receiver<bool>,
+) -> std::io::Result<()> {
+    let app = grpc.into_axum_router().merge(http);
+    // Small answers must not wait for Nagle's algorithm.
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            let _ = shutdown.wait_for(|s| *s).await;
+        })
+        .await
+}
