@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
+use halyard_client::registry::{self, DeployAction};
 use halyard_client::{Client, commands};
 use halyard_core::config::{ExecutorConfig, SchedulerConfig, Settings};
 use halyard_core::spec::DeviceKind;
@@ -93,17 +94,120 @@ enum Command {
         #[command(flatten)]
         conn: Conn,
     },
-    /// Measure a running cluster: `scheduling` gives submit-to-running latency and jobs/s
+    /// Measure a running cluster: `scheduling` gives submit-to-running latency and jobs/s;
+    /// `serving` loads a deployed model's prediction endpoint from this process
     Bench {
-        /// What to measure: scheduling
-        #[arg(value_parser = ["scheduling"])]
+        /// What to measure
+        #[arg(value_parser = ["scheduling", "serving"])]
         what: String,
-        /// Sequential jobs for the latency figure
+        /// scheduling: sequential jobs for the latency figure
         #[arg(long, default_value_t = 30)]
         jobs: usize,
-        /// Jobs submitted at once for the throughput figure
+        /// scheduling: jobs submitted at once for the throughput figure; serving: records
+        /// per request of the batch phase (0 skips it)
         #[arg(long, default_value_t = 30)]
         batch: usize,
+        /// serving: the deployed model [default: the spec's name]
+        #[arg(long)]
+        model: Option<String>,
+        /// serving: job spec whose data supplies the records
+        #[arg(long, default_value = "examples/bank-marketing.toml")]
+        spec: PathBuf,
+        /// serving: address to load, any scheduler or executor [default: --scheduler]
+        #[arg(long)]
+        target: Option<String>,
+        /// serving: concurrent connections
+        #[arg(long, default_value_t = 32)]
+        connections: usize,
+        /// serving: seconds per phase
+        #[arg(long, default_value_t = 10.0)]
+        seconds: f64,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// List registered models: versions, traffic split, aliases
+    Models {
+        /// Print JSON
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Show a model: its versions (metrics, job, data lineage) and deployment
+    Model {
+        /// Model name (the job spec's `name`)
+        name: String,
+        /// Print JSON
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Serve a model version (all traffic, or a canary's share), or set a traffic split
+    ///
+    /// `deploy NAME --version 3` makes version 3 production with all traffic.
+    /// `deploy NAME --version 4 --alias canary --percent 10` sends 10% to version 4.
+    /// `deploy NAME --split 3=90,4=10` sets the split directly. A request's key (customer
+    /// id) picks its variant by a stable hash, so a customer always sees the same one.
+    Deploy {
+        /// Model name
+        name: String,
+        /// Version to deploy
+        #[arg(long, conflicts_with = "split", required_unless_present = "split")]
+        version: Option<u64>,
+        /// Alias to give the version
+        #[arg(long, default_value = "production")]
+        alias: String,
+        /// Share of traffic (1-99) for a non-production alias, beside production
+        #[arg(long, requires = "version")]
+        percent: Option<u32>,
+        /// Traffic split as VERSION=WEIGHT pairs, such as 3=90,4=10
+        #[arg(long)]
+        split: Option<String>,
+        /// Print JSON
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Make the canary (or --alias) version production, with all traffic
+    Promote {
+        /// Model name
+        name: String,
+        /// Alias to promote
+        #[arg(long, default_value = "canary")]
+        alias: String,
+        /// Print JSON
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Restore the deployment as it was before its last change
+    Rollback {
+        /// Model name
+        name: String,
+        /// Print JSON
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Stop serving a model (its versions stay registered)
+    Undeploy {
+        /// Model name
+        name: String,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// A/B analysis: each variant's conversion rate from the outcomes fed back, the
+    /// difference with production, its 95% interval and p-value
+    Experiment {
+        /// Model name
+        name: String,
+        /// Print JSON
+        #[arg(long)]
+        json: bool,
         #[command(flatten)]
         conn: Conn,
     },
@@ -344,18 +448,94 @@ async fn run(cli: Cli) -> Result<(), AnyError> {
             commands::cluster(&Client::connect(&conn.scheduler).await?, json).await?;
         }
         Command::Bench {
-            what: _,
+            what,
             jobs,
             batch,
+            model,
+            spec,
+            target,
+            connections,
+            seconds,
             conn,
         } => {
             init_tracing("warn");
+            if what == "serving" {
+                let model = match model {
+                    Some(m) => m,
+                    None => halyard_core::spec::JobSpec::from_file(&spec)?.name,
+                };
+                let summary = halyard_client::bench::serving(&halyard_client::bench::ServingBench {
+                    addr: target.unwrap_or(conn.scheduler),
+                    model,
+                    spec,
+                    connections: connections.max(1),
+                    seconds,
+                    batch,
+                })
+                .await?;
+                println!("{summary}");
+                return Ok(());
+            }
             let client = Client::connect(&conn.scheduler).await?;
             let dir = std::env::temp_dir().join(format!("halyard-bench-{}", std::process::id()));
             let figures =
                 halyard_client::bench::scheduling(&client, &dir, jobs.max(1), batch.max(1)).await?;
             let _ = std::fs::remove_dir_all(&dir);
             println!("{}", figures.summary());
+        }
+        Command::Models { json, conn } => {
+            init_tracing("warn");
+            registry::models(&Client::connect(&conn.scheduler).await?, json).await?;
+        }
+        Command::Model { name, json, conn } => {
+            init_tracing("warn");
+            registry::model(&Client::connect(&conn.scheduler).await?, &name, json).await?;
+        }
+        Command::Deploy {
+            name,
+            version,
+            alias,
+            percent,
+            split,
+            json,
+            conn,
+        } => {
+            init_tracing("warn");
+            let action = match (version, split) {
+                (Some(version), _) => DeployAction::Version {
+                    version,
+                    alias,
+                    percent,
+                },
+                (None, Some(split)) => DeployAction::Split(split),
+                (None, None) => unreachable!("clap requires --version or --split"),
+            };
+            let client = Client::connect(&conn.scheduler).await?;
+            registry::deploy(&client, &name, action, json).await?;
+        }
+        Command::Promote {
+            name,
+            alias,
+            json,
+            conn,
+        } => {
+            init_tracing("warn");
+            let client = Client::connect(&conn.scheduler).await?;
+            registry::deploy(&client, &name, DeployAction::Promote(alias), json).await?;
+        }
+        Command::Rollback { name, json, conn } => {
+            init_tracing("warn");
+            let client = Client::connect(&conn.scheduler).await?;
+            registry::deploy(&client, &name, DeployAction::Rollback, json).await?;
+        }
+        Command::Undeploy { name, conn } => {
+            init_tracing("warn");
+            let client = Client::connect(&conn.scheduler).await?;
+            registry::deploy(&client, &name, DeployAction::Undeploy, false).await?;
+        }
+        Command::Experiment { name, json, conn } => {
+            init_tracing("warn");
+            registry::experiment(&Client::connect(&conn.scheduler).await?, &name, json).await?;
         }
         Command::Train {
             spec,

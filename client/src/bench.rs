@@ -1,5 +1,7 @@
 //! `halyard bench scheduling`: scheduling latency and throughput of a running cluster,
 //! measured from the client with trivial jobs (a 200-row data set, one epoch).
+//! `halyard bench serving`: prediction throughput and latency of a deployed model, loaded
+//! from this (second) process by [`crate::load`].
 
 use std::time::{Duration, Instant};
 
@@ -101,4 +103,104 @@ pub async fn scheduling(
         jobs_per_second: batch as f64 / start.elapsed().as_secs_f64(),
         batch,
     })
+}
+
+/// What `halyard bench serving` does.
+#[derive(Debug, Clone)]
+pub struct ServingBench {
+    /// `HOST:PORT` of the node to load (any scheduler or executor).
+    pub addr: String,
+    /// The deployed model.
+    pub model: String,
+    /// Job spec whose data supplies the records (the label and excluded columns dropped).
+    pub spec: std::path::PathBuf,
+    /// Concurrent connections.
+    pub connections: usize,
+    /// Seconds per phase.
+    pub seconds: f64,
+    /// Records per request in the batch phase (0: skip it).
+    pub batch: usize,
+}
+
+fn latency_line(r: &crate::load::LoadReport) -> String {
+    format!(
+        "p50 {:.3} ms, p99 {:.3} ms, max {:.3} ms",
+        r.quantile_us(0.5) as f64 / 1e3,
+        r.quantile_us(0.99) as f64 / 1e3,
+        r.quantile_us(1.0) as f64 / 1e3
+    )
+}
+
+fn failures(r: &crate::load::LoadReport) -> String {
+    if r.failed == 0 {
+        "0 failed".into()
+    } else {
+        format!("{} failed (e.g. {})", r.failed, r.failures.join(" | "))
+    }
+}
+
+/// Saturation throughput of single-record requests, latency at half that rate, and the
+/// record throughput of batched requests. Prints as it goes; returns the summary.
+pub async fn serving(b: &ServingBench) -> Result<String> {
+    use crate::load::{LoadConfig, predict_bodies, records, run};
+    let spec = JobSpec::from_file(&b.spec)?;
+    let bytes = halyard_core::store::read_url(&spec.data.source, &Default::default()).await?;
+    let table = halyard_core::data::read_table(&bytes, &spec.data, &spec.data.source)?;
+    let mut drop: Vec<&str> = spec.data.exclude.iter().map(String::as_str).collect();
+    drop.push(spec.data.label.as_str());
+    let rows = records(&table.batches, &drop)?;
+    let duration = Duration::from_secs_f64(b.seconds);
+    let single = predict_bodies(&rows, 1, rows.len().min(10_000));
+    let cfg = |rate| LoadConfig {
+        addr: b.addr.clone(),
+        model: b.model.clone(),
+        connections: b.connections,
+        duration,
+        rate,
+        check: false,
+    };
+    // Warm up: connections, the model's first calls.
+    run(
+        LoadConfig {
+            duration: Duration::from_secs(1),
+            ..cfg(None)
+        },
+        single.clone(),
+    )
+    .await?;
+    let sat = run(cfg(None), single.clone()).await?;
+    let mut out = format!(
+        "saturation, single records, {} connections: {:.0} predictions/s ({}), {}",
+        b.connections,
+        sat.throughput(),
+        failures(&sat),
+        latency_line(&sat)
+    );
+    eprintln!("{out}");
+    let half = sat.throughput() / 2.0;
+    let at_half = run(cfg(Some(half)), single).await?;
+    let line = format!(
+        "\nhalf load, {:.0} requests/s offered: {:.0} answered/s ({}), {}",
+        half,
+        at_half.throughput(),
+        failures(&at_half),
+        latency_line(&at_half)
+    );
+    eprintln!("{}", line.trim_start());
+    out.push_str(&line);
+    if b.batch > 1 {
+        let batched = predict_bodies(&rows, b.batch, 1000);
+        let r = run(cfg(None), batched).await?;
+        let line = format!(
+            "\nsaturation, {} records per request: {:.0} requests/s = {:.0} predictions/s ({}), {}",
+            b.batch,
+            r.throughput(),
+            r.throughput() * b.batch as f64,
+            failures(&r),
+            latency_line(&r)
+        );
+        eprintln!("{}", line.trim_start());
+        out.push_str(&line);
+    }
+    Ok(out)
 }

@@ -32,7 +32,7 @@ pub fn job_json(j: &JobInfo) -> serde_json::Value {
     })
 }
 
-fn out(text: &str) {
+pub(crate) fn out(text: &str) {
     let mut stdout = std::io::stdout().lock();
     // A closed pipe (`| head`) is not an error.
     let _ = writeln!(stdout, "{text}");

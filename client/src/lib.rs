@@ -1,16 +1,23 @@
-//! `halyard-client`: the typed Rust SDK of the job API and the client commands of the CLI
-//! (`submit`, `jobs`, `job`, `logs`, `cancel`, `cluster`), plus `datagen`, the synthetic
-//! marketing data set of the demo.
+//! `halyard-client`: the typed Rust SDK of the job API and the model registry, the client
+//! commands of the CLI (`submit`, `jobs`, `job`, `logs`, `cancel`, `cluster`, `models`,
+//! `model`, `deploy`, `promote`, `rollback`, `experiment`), the load generator of
+//! `halyard bench serving`, and `datagen`, the synthetic marketing data set of the demo.
 
 pub mod bench;
 pub mod commands;
 pub mod datagen;
 mod error;
+pub mod load;
+pub mod registry;
 
 use halyard_core::proto::job_service_client::JobServiceClient;
+use halyard_core::proto::model_service_client::ModelServiceClient;
+use halyard_core::proto::prediction_service_client::PredictionServiceClient;
 use halyard_core::proto::{
-    CancelRequest, ClusterStatusRequest, ClusterStatusResponse, GetJobRequest, JobInfo,
-    ListJobsRequest, LogLine, LogsRequest, SubmitRequest, WatchRequest,
+    CancelRequest, ClusterStatusRequest, ClusterStatusResponse, DeployRequest, ExperimentRequest,
+    ExperimentResponse, GetJobRequest, GetModelRequest, GetModelResponse, JobInfo,
+    ListJobsRequest, ListModelsRequest, LogLine, LogsRequest, PredictRequest, PredictResponse,
+    SubmitRequest, WatchRequest,
 };
 use halyard_core::spec::JobSpec;
 use tonic::transport::Channel;
@@ -28,6 +35,8 @@ fn job_of(job: Option<JobInfo>) -> Result<JobInfo> {
 #[derive(Debug, Clone)]
 pub struct Client {
     inner: JobServiceClient<Channel>,
+    models: ModelServiceClient<Channel>,
+    predictions: PredictionServiceClient<Channel>,
 }
 
 impl Client {
@@ -51,7 +60,9 @@ impl Client {
                 message: e.to_string(),
             })?;
         Ok(Client {
-            inner: JobServiceClient::new(channel),
+            inner: JobServiceClient::new(channel.clone()),
+            models: ModelServiceClient::new(channel.clone()),
+            predictions: PredictionServiceClient::new(channel),
         })
     }
 
@@ -128,5 +139,46 @@ impl Client {
             .cluster_status(ClusterStatusRequest {})
             .await?
             .into_inner())
+    }
+
+    /// Every model with a registered version.
+    pub async fn models(&self) -> Result<Vec<GetModelResponse>> {
+        Ok(self
+            .models
+            .clone()
+            .list_models(ListModelsRequest {})
+            .await?
+            .into_inner()
+            .models)
+    }
+
+    /// One model: versions and deployment.
+    pub async fn model(&self, name: &str) -> Result<GetModelResponse> {
+        Ok(self
+            .models
+            .clone()
+            .get_model(GetModelRequest { name: name.into() })
+            .await?
+            .into_inner())
+    }
+
+    /// Change what serves a model.
+    pub async fn deploy(&self, request: DeployRequest) -> Result<GetModelResponse> {
+        Ok(self.models.clone().deploy(request).await?.into_inner())
+    }
+
+    /// A/B analysis of a model's outcomes.
+    pub async fn experiment(&self, name: &str) -> Result<ExperimentResponse> {
+        Ok(self
+            .models
+            .clone()
+            .experiment(ExperimentRequest { name: name.into() })
+            .await?
+            .into_inner())
+    }
+
+    /// Score records through the gRPC prediction API.
+    pub async fn predict(&self, request: PredictRequest) -> Result<PredictResponse> {
+        Ok(self.predictions.clone().predict(request).await?.into_inner())
     }
 }

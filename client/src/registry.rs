@@ -1,0 +1,260 @@
+//! The registry commands of the CLI: `models`, `model`, `deploy`, `promote`, `rollback`,
+//! `undeploy`, `experiment`. Tables on stdout, or JSON with `--json`.
+
+use halyard_core::proto::deploy_request::Change;
+use halyard_core::proto::{
+    DeployRequest, DeployVersion, DeploymentInfo, ExperimentResponse, GetModelResponse, Promote,
+    Rollback, SplitTraffic, Undeploy, VariantInfo,
+};
+use halyard_core::registry::parse_split;
+use serde_json::{Value, json};
+
+use crate::commands::out;
+use crate::{Client, Result};
+
+fn nan_null(x: f64) -> Value {
+    if x.is_finite() { json!(x) } else { Value::Null }
+}
+
+fn deployment_json(d: Option<&DeploymentInfo>) -> Value {
+    d.map_or(Value::Null, |d| {
+        json!({
+            "variants": d.variants.iter().map(|v| json!({"version": v.version, "weight": v.weight})).collect::<Vec<_>>(),
+            "aliases": d.aliases,
+            "history": d.history,
+            "updated_ms": d.updated_ms,
+        })
+    })
+}
+
+/// A model as JSON, for scripts.
+pub fn model_json(m: &GetModelResponse) -> Value {
+    json!({
+        "name": m.name,
+        "versions": m.versions.iter().map(|v| json!({
+            "version": v.version,
+            "model_type": v.model_type,
+            "artifact": v.artifact,
+            "metrics": v.metrics,
+            "job_id": v.job_id,
+            "data_source": v.data_source,
+            "data_digest": v.data_digest,
+            "created_ms": v.created_ms,
+        })).collect::<Vec<_>>(),
+        "deployment": deployment_json(m.deployment.as_ref()),
+    })
+}
+
+fn split_text(d: Option<&DeploymentInfo>) -> String {
+    match d {
+        Some(d) if !d.variants.is_empty() => d
+            .variants
+            .iter()
+            .map(|v| format!("{}={}", v.version, v.weight))
+            .collect::<Vec<_>>()
+            .join(","),
+        _ => "-".into(),
+    }
+}
+
+fn aliases_text(d: Option<&DeploymentInfo>) -> String {
+    let mut a: Vec<String> = d
+        .map(|d| d.aliases.iter().map(|(k, v)| format!("{k}={v}")).collect())
+        .unwrap_or_default();
+    a.sort();
+    if a.is_empty() { "-".into() } else { a.join(",") }
+}
+
+/// `halyard models`.
+pub async fn models(client: &Client, as_json: bool) -> Result<()> {
+    let models = client.models().await?;
+    if as_json {
+        out(&Value::Array(models.iter().map(model_json).collect()).to_string());
+        return Ok(());
+    }
+    out(&format!(
+        "{:<28} {:>8} {:<14} {:<16} ALIASES",
+        "MODEL", "VERSIONS", "TYPE", "SPLIT"
+    ));
+    for m in &models {
+        out(&format!(
+            "{:<28} {:>8} {:<14} {:<16} {}",
+            m.name,
+            m.versions.len(),
+            m.versions.last().map_or("-", |v| v.model_type.as_str()),
+            split_text(m.deployment.as_ref()),
+            aliases_text(m.deployment.as_ref())
+        ));
+    }
+    Ok(())
+}
+
+fn show_model(m: &GetModelResponse) {
+    out(&format!("model:    {}", m.name));
+    out(&format!("split:    {}", split_text(m.deployment.as_ref())));
+    out(&format!("aliases:  {}", aliases_text(m.deployment.as_ref())));
+    if let Some(d) = &m.deployment {
+        out(&format!("rollback: {} earlier states kept", d.history));
+    }
+    out(&format!(
+        "{:>7} {:<14} {:>9} {:>9} {:<30} DATA",
+        "VERSION", "TYPE", "TEST AUC", "LOG LOSS", "JOB"
+    ));
+    for v in &m.versions {
+        let metric = |k: &str| v.metrics.get(k).map_or("-".into(), |x| format!("{x:.4}"));
+        let (a, b) = if v.model_type == "nbeats" {
+            (metric("test_owa"), metric("test_smape"))
+        } else {
+            (metric("test_auc"), metric("test_log_loss"))
+        };
+        out(&format!(
+            "{:>7} {:<14} {:>9} {:>9} {:<30} {} {}",
+            v.version,
+            v.model_type,
+            a,
+            b,
+            v.job_id,
+            v.data_source,
+            v.data_digest.get(..19).unwrap_or(&v.data_digest)
+        ));
+    }
+}
+
+/// `halyard model NAME`.
+pub async fn model(client: &Client, name: &str, as_json: bool) -> Result<()> {
+    let m = client.model(name).await?;
+    if as_json {
+        out(&model_json(&m).to_string());
+    } else {
+        show_model(&m);
+    }
+    Ok(())
+}
+
+/// What `halyard deploy` and friends ask for.
+#[derive(Debug, Clone)]
+pub enum DeployAction {
+    /// `deploy NAME --version N [--alias A] [--percent P]`.
+    Version {
+        /// The version.
+        version: u64,
+        /// Its alias.
+        alias: String,
+        /// Its share beside production.
+        percent: Option<u32>,
+    },
+    /// `deploy NAME --split 3=90,4=10`.
+    Split(String),
+    /// `promote NAME [--alias A]`.
+    Promote(String),
+    /// `rollback NAME`.
+    Rollback,
+    /// `undeploy NAME`.
+    Undeploy,
+}
+
+/// `halyard deploy | promote | rollback | undeploy`: change the deployment, show the result.
+pub async fn deploy(client: &Client, name: &str, action: DeployAction, as_json: bool) -> Result<()> {
+    let change = match action {
+        DeployAction::Version {
+            version,
+            alias,
+            percent,
+        } => Change::Deploy(DeployVersion {
+            version,
+            alias,
+            percent,
+        }),
+        DeployAction::Split(text) => Change::Split(SplitTraffic {
+            variants: parse_split(&text)?
+                .into_iter()
+                .map(|v| VariantInfo {
+                    version: v.version,
+                    weight: v.weight,
+                })
+                .collect(),
+        }),
+        DeployAction::Promote(alias) => Change::Promote(Promote { alias }),
+        DeployAction::Rollback => Change::Rollback(Rollback {}),
+        DeployAction::Undeploy => Change::Undeploy(Undeploy {}),
+    };
+    let m = client
+        .deploy(DeployRequest {
+            name: name.into(),
+            change: Some(change),
+        })
+        .await?;
+    if as_json {
+        out(&model_json(&m).to_string());
+    } else {
+        out(&format!(
+            "{name}: split {} aliases {} (executors load new versions before serving them)",
+            split_text(m.deployment.as_ref()),
+            aliases_text(m.deployment.as_ref())
+        ));
+    }
+    Ok(())
+}
+
+/// An experiment as JSON.
+pub fn experiment_json(e: &ExperimentResponse) -> Value {
+    json!({
+        "name": e.name,
+        "control": e.control,
+        "confidence": e.confidence,
+        "variants": e.variants.iter().map(|v| json!({
+            "version": v.version,
+            "weight": v.weight,
+            "trials": v.trials,
+            "conversions": v.conversions,
+            "rate": v.rate,
+            "difference": v.difference,
+            "ci_low": nan_null(v.ci_low),
+            "ci_high": nan_null(v.ci_high),
+            "p_value": nan_null(v.p_value),
+            "significant": v.significant,
+        })).collect::<Vec<_>>(),
+    })
+}
+
+/// `halyard experiment NAME`.
+pub async fn experiment(client: &Client, name: &str, as_json: bool) -> Result<()> {
+    let e = client.experiment(name).await?;
+    if as_json {
+        out(&experiment_json(&e).to_string());
+        return Ok(());
+    }
+    out(&format!(
+        "model {} — control: version {} — {:.0}% intervals",
+        e.name,
+        e.control,
+        e.confidence * 100.0
+    ));
+    out(&format!(
+        "{:>7} {:>6} {:>8} {:>8} {:>8} {:>9} {:>21} {:>8}",
+        "VERSION", "WEIGHT", "OUTCOMES", "CONVERTS", "RATE", "DIFF", "INTERVAL", "P-VALUE"
+    ));
+    for v in &e.variants {
+        let (diff, ci, p) = if v.p_value.is_finite() {
+            (
+                format!("{:+.4}", v.difference),
+                format!("[{:+.4}, {:+.4}]", v.ci_low, v.ci_high),
+                format!("{:.4}{}", v.p_value, if v.significant { " *" } else { "" }),
+            )
+        } else if v.version == e.control {
+            ("control".into(), "-".into(), "-".into())
+        } else {
+            ("-".into(), "-".into(), "-".into())
+        };
+        out(&format!(
+            "{:>7} {:>6} {:>8} {:>8} {:>8.4} {:>9} {:>21} {:>8}",
+            v.version, v.weight, v.trials, v.conversions, v.rate, diff, ci, p
+        ));
+    }
+    out(&format!(
+        "* significant at {:.0}% (two-sided two-proportion z-test); feed outcomes with POST /v1/models/{}:feedback",
+        e.confidence * 100.0,
+        e.name
+    ));
+    Ok(())
+}
