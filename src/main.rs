@@ -464,15 +464,16 @@ async fn run(cli: Cli) -> Result<(), AnyError> {
                     Some(m) => m,
                     None => halyard_core::spec::JobSpec::from_file(&spec)?.name,
                 };
-                let summary = halyard_client::bench::serving(&halyard_client::bench::ServingBench {
-                    addr: target.unwrap_or(conn.scheduler),
-                    model,
-                    spec,
-                    connections: connections.max(1),
-                    seconds,
-                    batch,
-                })
-                .await?;
+                let summary =
+                    halyard_client::bench::serving(&halyard_client::bench::ServingBench {
+                        addr: target.unwrap_or(conn.scheduler),
+                        model,
+                        spec,
+                        connections: connections.max(1),
+                        seconds,
+                        batch,
+                    })
+                    .await?;
                 println!("{summary}");
                 return Ok(());
             }

@@ -15,9 +15,9 @@ use halyard_core::proto::model_service_client::ModelServiceClient;
 use halyard_core::proto::prediction_service_client::PredictionServiceClient;
 use halyard_core::proto::{
     CancelRequest, ClusterStatusRequest, ClusterStatusResponse, DeployRequest, ExperimentRequest,
-    ExperimentResponse, GetJobRequest, GetModelRequest, GetModelResponse, JobInfo,
-    ListJobsRequest, ListModelsRequest, LogLine, LogsRequest, PredictRequest, PredictResponse,
-    SubmitRequest, WatchRequest,
+    ExperimentResponse, GetJobRequest, GetModelRequest, GetModelResponse, JobInfo, ListJobsRequest,
+    ListModelsRequest, LogLine, LogsRequest, PredictRequest, PredictResponse, SubmitRequest,
+    WatchRequest,
 };
 use halyard_core::spec::JobSpec;
 use tonic::transport::Channel;
@@ -179,6 +179,11 @@ impl Client {
 
     /// Score records through the gRPC prediction API.
     pub async fn predict(&self, request: PredictRequest) -> Result<PredictResponse> {
-        Ok(self.predictions.clone().predict(request).await?.into_inner())
+        Ok(self
+            .predictions
+            .clone()
+            .predict(request)
+            .await?
+            .into_inner())
     }
 }

@@ -34,24 +34,48 @@ pub fn records(batches: &[RecordBatch], drop: &[&str]) -> Result<Vec<Map<String,
                 let a = cast(col, &DataType::Int64).map_err(err)?;
                 let a = a.as_primitive::<Int64Type>();
                 (0..a.len())
-                    .map(|i| if a.is_null(i) { Value::Null } else { json!(a.value(i)) })
+                    .map(|i| {
+                        if a.is_null(i) {
+                            Value::Null
+                        } else {
+                            json!(a.value(i))
+                        }
+                    })
                     .collect()
             } else if dt.is_numeric() {
                 let a = cast(col, &DataType::Float64).map_err(err)?;
                 let a = a.as_primitive::<Float64Type>();
                 (0..a.len())
-                    .map(|i| if a.is_null(i) { Value::Null } else { json!(a.value(i)) })
+                    .map(|i| {
+                        if a.is_null(i) {
+                            Value::Null
+                        } else {
+                            json!(a.value(i))
+                        }
+                    })
                     .collect()
             } else if dt == &DataType::Boolean {
                 let a = col.as_boolean();
                 (0..a.len())
-                    .map(|i| if a.is_null(i) { Value::Null } else { json!(a.value(i)) })
+                    .map(|i| {
+                        if a.is_null(i) {
+                            Value::Null
+                        } else {
+                            json!(a.value(i))
+                        }
+                    })
                     .collect()
             } else {
                 let a = cast(col, &DataType::Utf8).map_err(err)?;
                 let a = a.as_string::<i32>();
                 (0..a.len())
-                    .map(|i| if a.is_null(i) { Value::Null } else { json!(a.value(i)) })
+                    .map(|i| {
+                        if a.is_null(i) {
+                            Value::Null
+                        } else {
+                            json!(a.value(i))
+                        }
+                    })
                     .collect()
             };
             for (row, v) in rows.iter_mut().zip(values) {
@@ -159,7 +183,11 @@ async fn connect(addr: &str) -> std::result::Result<Sender, String> {
     Ok(sender)
 }
 
-async fn send(sender: &mut Sender, cfg: &LoadConfig, body: Bytes) -> std::result::Result<Bytes, String> {
+async fn send(
+    sender: &mut Sender,
+    cfg: &LoadConfig,
+    body: Bytes,
+) -> std::result::Result<Bytes, String> {
     sender.ready().await.map_err(|e| e.to_string())?;
     let req = hyper::Request::post(format!("/v1/models/{}:predict", cfg.model))
         .header("host", &cfg.addr)
@@ -195,7 +223,12 @@ fn count_versions(report: &mut LoadReport, answer: &[u8]) {
     }
 }
 
-async fn connection(cfg: Arc<LoadConfig>, bodies: Arc<Vec<Bytes>>, index: usize, start: Instant) -> LoadReport {
+async fn connection(
+    cfg: Arc<LoadConfig>,
+    bodies: Arc<Vec<Bytes>>,
+    index: usize,
+    start: Instant,
+) -> LoadReport {
     let mut report = LoadReport::default();
     let mut sender: Option<Sender> = None;
     let interval = cfg
@@ -252,7 +285,9 @@ async fn connection(cfg: Arc<LoadConfig>, bodies: Arc<Vec<Bytes>>, index: usize,
 /// Run the load and gather every connection's report.
 pub async fn run(cfg: LoadConfig, bodies: Vec<Bytes>) -> Result<LoadReport> {
     if bodies.is_empty() || cfg.connections == 0 {
-        return Err(ClientError::Rpc("a load needs bodies and connections".into()));
+        return Err(ClientError::Rpc(
+            "a load needs bodies and connections".into(),
+        ));
     }
     let cfg = Arc::new(cfg);
     let bodies = Arc::new(bodies);

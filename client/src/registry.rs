@@ -62,7 +62,11 @@ fn aliases_text(d: Option<&DeploymentInfo>) -> String {
         .map(|d| d.aliases.iter().map(|(k, v)| format!("{k}={v}")).collect())
         .unwrap_or_default();
     a.sort();
-    if a.is_empty() { "-".into() } else { a.join(",") }
+    if a.is_empty() {
+        "-".into()
+    } else {
+        a.join(",")
+    }
 }
 
 /// `halyard models`.
@@ -92,7 +96,10 @@ pub async fn models(client: &Client, as_json: bool) -> Result<()> {
 fn show_model(m: &GetModelResponse) {
     out(&format!("model:    {}", m.name));
     out(&format!("split:    {}", split_text(m.deployment.as_ref())));
-    out(&format!("aliases:  {}", aliases_text(m.deployment.as_ref())));
+    out(&format!(
+        "aliases:  {}",
+        aliases_text(m.deployment.as_ref())
+    ));
     if let Some(d) = &m.deployment {
         out(&format!("rollback: {} earlier states kept", d.history));
     }
@@ -154,7 +161,12 @@ pub enum DeployAction {
 }
 
 /// `halyard deploy | promote | rollback | undeploy`: change the deployment, show the result.
-pub async fn deploy(client: &Client, name: &str, action: DeployAction, as_json: bool) -> Result<()> {
+pub async fn deploy(
+    client: &Client,
+    name: &str,
+    action: DeployAction,
+    as_json: bool,
+) -> Result<()> {
     let change = match action {
         DeployAction::Version {
             version,

@@ -9,6 +9,7 @@ use halyard_core::Error;
 use halyard_core::coord::Coordinator;
 use halyard_core::kv::{EmbeddedKv, EtcdKv};
 use halyard_core::records::{ExecutorInfo, JobRecord, JobState, TaskAssignment, TaskProgress};
+use halyard_core::registry::{Change, ModelVersion, ServingInfo};
 use halyard_core::spec::JobSpec;
 
 const TTL: Duration = Duration::from_secs(2);
@@ -214,6 +215,122 @@ async fn model_versions_are_unique_under_contention(c: Coordinator) {
     assert_eq!(got, (3..=10).collect::<Vec<u64>>());
 }
 
+fn version(name: &str, v: u64) -> ModelVersion {
+    ModelVersion {
+        name: name.into(),
+        version: v,
+        artifact: format!("file:///store/models/{name}/{v}"),
+        model_type: "mlp".into(),
+        metrics: [("test_auc".to_string(), 0.8)].into(),
+        job_id: "j".into(),
+        data_source: "file:///x.csv".into(),
+        data_digest: "sha256:00".into(),
+        created_ms: 0,
+    }
+}
+
+async fn registry_versions_deployments_outcomes_and_serving(c: Coordinator) {
+    // A version registers only while its task's assignment stands.
+    let l = c.grant_lease(TTL).await.unwrap();
+    let lead = c.campaign("s", l).await.unwrap().unwrap();
+    let job = JobRecord::new("j".into(), spec());
+    c.submit_job(&job).await.unwrap();
+    let v = c.get_job("j").await.unwrap().unwrap();
+    let task = TaskAssignment {
+        job_id: "j".into(),
+        attempt: 1,
+        executor: "e1".into(),
+        spec: spec(),
+        assigned_ms: 0,
+    };
+    let mut placed = v.value.clone();
+    placed.executor = Some("e1".into());
+    c.assign_task(&lead, &v, &placed, &task).await.unwrap();
+    let assigned = c.tasks_for("e1").await.unwrap().remove(0);
+    for n in [1, 2] {
+        c.register_version(&assigned, &version("m", n))
+            .await
+            .unwrap();
+    }
+    assert_eq!(c.model_names().await.unwrap(), vec!["m".to_string()]);
+    let listed: Vec<u64> = c
+        .model_versions("m")
+        .await
+        .unwrap()
+        .iter()
+        .map(|v| v.version)
+        .collect();
+    assert_eq!(listed, vec![1, 2]);
+    assert_eq!(
+        c.model_version("m", 2).await.unwrap().unwrap(),
+        version("m", 2)
+    );
+    let v = c.get_job("j").await.unwrap().unwrap();
+    c.release_task(&lead, &v, &v.value).await.unwrap();
+    assert!(matches!(
+        c.register_version(&assigned, &version("m", 3)).await,
+        Err(Error::Conflict { .. })
+    ));
+    assert!(c.model_version("m", 3).await.unwrap().is_none());
+
+    // Deployments: changes name registered versions, and roll back.
+    let deploy = |version, alias: &str, percent| Change::Deploy {
+        version,
+        alias: alias.into(),
+        percent,
+    };
+    assert!(
+        c.change_deployment("m", &deploy(9, "production", None))
+            .await
+            .is_err()
+    );
+    assert!(
+        c.change_deployment("nope", &deploy(1, "production", None))
+            .await
+            .is_err()
+    );
+    c.change_deployment("m", &deploy(1, "production", None))
+        .await
+        .unwrap();
+    let d = c
+        .change_deployment("m", &deploy(2, "canary", Some(10)))
+        .await
+        .unwrap();
+    assert_eq!(d.current.versions(), vec![1, 2]);
+    assert_eq!(c.deployment("m").await.unwrap().unwrap(), d);
+    let d = c.change_deployment("m", &Change::Rollback).await.unwrap();
+    assert_eq!(d.current.versions(), vec![1]);
+    assert_eq!(c.deployments().await.unwrap(), vec![d]);
+
+    // Concurrent outcomes are all counted.
+    let mut handles = Vec::new();
+    for i in 0..12 {
+        let c = c.clone();
+        handles.push(tokio::spawn(async move {
+            c.record_outcome("m", 1 + i % 2, i % 3 == 0).await.unwrap()
+        }));
+    }
+    for h in handles {
+        h.await.unwrap();
+    }
+    let o = c.outcomes("m").await.unwrap();
+    assert_eq!(o.len(), 2);
+    assert_eq!(o[0].1.trials + o[1].1.trials, 12);
+    assert_eq!(o[0].1.conversions + o[1].1.conversions, 4);
+
+    // What an executor serves vanishes with its lease.
+    let lease = c.grant_lease(TTL).await.unwrap();
+    let info = ServingInfo {
+        executor: "e1".into(),
+        address: "127.0.0.1:1".into(),
+        models: [("m".to_string(), vec![1])].into(),
+    };
+    c.advertise_serving(&info, lease).await.unwrap();
+    assert_eq!(c.serving().await.unwrap(), vec![info]);
+    c.revoke(lease).await.unwrap();
+    assert!(c.serving().await.unwrap().is_empty());
+}
+
 macro_rules! conformance {
     ($($name:ident),* $(,)?) => {
         mod embedded_backend {
@@ -242,4 +359,5 @@ conformance!(
     job_writes_are_compare_and_swap,
     progress_is_fenced_on_the_assignment,
     model_versions_are_unique_under_contention,
+    registry_versions_deployments_outcomes_and_serving,
 );
