@@ -1,0 +1,634 @@
+//! The prediction endpoint end to end: scores over HTTP and gRPC equal the models crate's
+//! scoring of the same records; bad requests get a 4xx that says what to fix and the
+//! server stays up; a canary, a promote and a rollback under steady load fail no request
+//! and every answer names its version; outcomes feed the A/B analysis; and (real
+//! processes, real etcd) killing one of two serving executors under load fails no request,
+//! and a new executor picks the model up.
+
+mod common;
+
+use std::path::Path;
+use std::time::Duration;
+
+use common::*;
+use halyard_client::Client;
+use halyard_client::load::{LoadConfig, LoadReport, predict_bodies, records};
+use halyard_client::registry::DeployAction;
+use halyard_core::proto::deploy_request::Change;
+use halyard_core::proto::{DeployRequest, DeployVersion, PredictRequest, Promote, Rollback};
+use halyard_core::spec::JobSpec;
+use halyard_models::runtime::LoadedModel;
+use serde_json::{Value, json};
+
+fn mlp_spec(dir: &Path, name: &str, data: &Path, seed: u64) -> JobSpec {
+    let path = dir.join(format!("{name}-{seed}.toml"));
+    std::fs::write(
+        &path,
+        format!(
+            "name = \"{name}\"\n[data]\nsource = \"{}\"\nlabel = \"responded\"\nexclude = [\"customer_id\"]\n\
+             crosses = [[\"region\", \"channel\"]]\n\
+             [model]\ntype = \"mlp\"\nhidden = [16]\nensemble = 2\nnumeric_buckets = 6\n\
+             [train]\nepochs = 2\nbatch_size = 256\nlearning_rate = 0.01\nseed = {seed}\n",
+            data.display()
+        ),
+    )
+    .unwrap();
+    JobSpec::from_file(&path).unwrap()
+}
+
+async fn train(client: &Client, spec: &JobSpec) {
+    let job = client.submit(spec).await.unwrap();
+    let done = wait_done(client, &job.id, Duration::from_secs(180)).await;
+    assert_eq!(done.state, "succeeded", "{done:?}");
+}
+
+async fn deploy(client: &Client, name: &str, version: u64, alias: &str, percent: Option<u32>) {
+    client
+        .deploy(DeployRequest {
+            name: name.into(),
+            change: Some(Change::Deploy(DeployVersion {
+                version,
+                alias: alias.into(),
+                percent,
+            })),
+        })
+        .await
+        .unwrap();
+}
+
+/// POST a JSON body; the status and the parsed answer.
+async fn post(
+    http: &reqwest::Client,
+    addr: &str,
+    path: &str,
+    body: impl Into<reqwest::Body>,
+) -> (u16, Value) {
+    let resp = http
+        .post(format!("http://{addr}{path}"))
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    let bytes = resp.bytes().await.unwrap();
+    let v = serde_json::from_slice(&bytes)
+        .unwrap_or_else(|_| panic!("not JSON ({status}): {}", String::from_utf8_lossy(&bytes)));
+    (status, v)
+}
+
+/// Wait until `addr` serves `name` with exactly these versions.
+async fn wait_serving(http: &reqwest::Client, addr: &str, name: &str, versions: &[u64]) {
+    wait_for(
+        &format!("{addr} to serve {name} {versions:?}"),
+        Duration::from_secs(30),
+        || async {
+            let resp = http
+                .get(format!("http://{addr}/v1/models/{name}"))
+                .send()
+                .await
+                .ok()?;
+            let v: Value = resp.json_or_null().await;
+            let mut got: Vec<u64> = v["variants"]
+                .as_array()?
+                .iter()
+                .filter_map(|x| x["version"].as_u64())
+                .collect();
+            got.sort_unstable();
+            (got == versions).then_some(())
+        },
+    )
+    .await;
+}
+
+trait JsonOrNull {
+    async fn json_or_null(self) -> Value;
+}
+
+impl JsonOrNull for reqwest::Response {
+    async fn json_or_null(self) -> Value {
+        self.bytes()
+            .await
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or(Value::Null)
+    }
+}
+
+fn scores(v: &Value) -> Vec<f64> {
+    v["predictions"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no predictions in {v}"))
+        .iter()
+        .map(|p| p["score"].as_f64().unwrap())
+        .collect()
+}
+
+fn struct_of(record: &serde_json::Map<String, Value>) -> prost_types::Struct {
+    use prost_types::value::Kind;
+    let fields = record
+        .iter()
+        .map(|(k, v)| {
+            let kind = match v {
+                Value::Null => Kind::NullValue(0),
+                Value::Bool(b) => Kind::BoolValue(*b),
+                Value::Number(n) => Kind::NumberValue(n.as_f64().unwrap()),
+                Value::String(s) => Kind::StringValue(s.clone()),
+                _ => unreachable!("records are flat"),
+            };
+            (k.clone(), prost_types::Value { kind: Some(kind) })
+        })
+        .collect();
+    prost_types::Struct { fields }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn endpoint_scores_equal_the_models_crate_and_bad_requests_get_4xx() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let data = halyard_client::datagen::generate(dir, 3000, 5).unwrap();
+    let cluster = halyard::start_standalone(halyard_core::config::Settings {
+        listen: Some("127.0.0.1:0".into()),
+        data_dir: Some(dir.join("state")),
+        executors: Some(2),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let gw = cluster.scheduler.addr.to_string();
+    let exec = cluster.executors[0].addr.to_string();
+    let client = connect(&gw).await;
+    let http = reqwest::Client::new();
+    let spec = mlp_spec(dir, "resp", &data.responses, 1);
+    train(&client, &spec).await;
+    deploy(&client, "resp", 1, "production", None).await;
+    wait_serving(&http, &gw, "resp", &[1]).await;
+
+    // The models crate's scores of the same rows, from the same artifact.
+    let vdir = dir.join("state/store/models/resp/1");
+    let model = LoadedModel::from_bytes(
+        &std::fs::read(vdir.join("model.safetensors")).unwrap(),
+        &std::fs::read(vdir.join("manifest.json")).unwrap(),
+    )
+    .unwrap();
+    let bytes = bytes::Bytes::from(std::fs::read(&data.responses).unwrap());
+    let table = halyard_core::data::read_table(&bytes, &spec.data, "responses.csv").unwrap();
+    // Scores of rows `0..n` as one matrix (summation order follows the matrix shape, so
+    // each request is compared with the same rows scored together).
+    let first = &table.batches[0];
+    assert!(
+        first.num_rows() >= 300,
+        "the first batch holds the compared rows"
+    );
+    let expected_of = |n: usize| model.score(&[first.slice(0, n)]).unwrap();
+    let expected = expected_of(300);
+    // Raw records as a service would send them: every column but the label (the id is
+    // an extra field, ignored).
+    let rows = records(&table.batches, &["responded"]).unwrap();
+    let n = 300;
+
+    // A batch through the scheduler's gateway (forwarded) and one record at a time to an
+    // executor (served locally): equal to the last bit after the JSON round trip.
+    let (status, v) = post(
+        &http,
+        &gw,
+        "/v1/models/resp:predict",
+        json!({"records": &rows[..n]}).to_string(),
+    )
+    .await;
+    assert_eq!(status, 200, "{v}");
+    let got = scores(&v);
+    for i in 0..n {
+        assert_eq!(got[i], f64::from(expected[i]), "row {i}");
+        assert_eq!(v["predictions"][i]["version"], 1);
+    }
+    // A lone row is one matrix row: the models crate scores it alone too (a product's
+    // summation order depends on the matrix shape, by an ulp or so).
+    let alone = |i: usize| f64::from(model.score(&[first.slice(i, 1)]).unwrap()[0]);
+    for i in 0..20 {
+        let (status, v) = post(
+            &http,
+            &exec,
+            "/v1/models/resp:predict",
+            json!({"record": rows[i]}).to_string(),
+        )
+        .await;
+        assert_eq!(status, 200, "{v}");
+        assert_eq!(scores(&v), vec![alone(i)], "row {i}");
+    }
+    // The same through gRPC, on the same port as the job API.
+    let reply = client
+        .predict(PredictRequest {
+            model: "resp".into(),
+            records: rows[..50].iter().map(struct_of).collect(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let expected = expected_of(50);
+    for (i, p) in reply.predictions.iter().enumerate() {
+        assert_eq!(p.score, f64::from(expected[i]), "gRPC row {i}");
+        assert_eq!(p.version, 1);
+    }
+
+    // Bad requests: a 4xx that names the problem, through the gateway and locally.
+    let good = rows[0].clone();
+    let mut missing = good.clone();
+    missing.remove("income");
+    let mut wrong = good.clone();
+    wrong.insert("age".into(), json!("forty"));
+    let big = format!(
+        "{{\"records\": [{}]}}",
+        vec![json!(good).to_string(); 20_000].join(",")
+    );
+    let cases: Vec<(&str, String, u16, &str)> = vec![
+        (
+            "missing feature",
+            json!({"record": missing}).to_string(),
+            400,
+            "\"income\": missing",
+        ),
+        (
+            "wrong type",
+            json!({"record": wrong}).to_string(),
+            400,
+            "\"age\": expected a number",
+        ),
+        (
+            "malformed JSON",
+            "{\"record\": {".into(),
+            400,
+            "not valid JSON",
+        ),
+        (
+            "misspelt field",
+            json!({"recods": [good]}).to_string(),
+            400,
+            "unknown field",
+        ),
+        (
+            "no records",
+            json!({"records": []}).to_string(),
+            400,
+            "no records",
+        ),
+        (
+            "unknown version",
+            json!({"record": good, "version": 9}).to_string(),
+            404,
+            "version 9",
+        ),
+        (
+            "unknown alias",
+            json!({"record": good, "alias": "beta"}).to_string(),
+            404,
+            "no alias",
+        ),
+        ("oversized body", big, 413, "larger than"),
+    ];
+    for addr in [&gw, &exec] {
+        for (what, body, status, says) in &cases {
+            let (got, v) = post(&http, addr, "/v1/models/resp:predict", body.clone()).await;
+            assert_eq!(got, *status, "{what} at {addr}: {v}");
+            let msg = v["error"].as_str().unwrap_or_default();
+            assert!(msg.contains(says), "{what} at {addr}: {msg}");
+        }
+        let (got, v) = post(
+            &http,
+            addr,
+            "/v1/models/nope:predict",
+            json!({"record": good}).to_string(),
+        )
+        .await;
+        assert_eq!(got, 404, "{v}");
+        assert!(
+            v["error"].as_str().unwrap().contains("no model nope"),
+            "{v}"
+        );
+        let (got, v) = post(&http, addr, "/v1/models/resp:explain", "{}").await;
+        assert_eq!(got, 404, "{v}");
+        let (got, v) = post(
+            &http,
+            addr,
+            "/v1/models/resp:forecast",
+            json!({"series": [{"id": "a", "values": [1.0]}], "horizon": 2}).to_string(),
+        )
+        .await;
+        assert_eq!(got, 400, "{v}");
+        assert!(
+            v["error"].as_str().unwrap().contains("response model"),
+            "{v}"
+        );
+    }
+    // An unknown category is served by the documented rule: the `other` slot, as null.
+    let mut unseen = good.clone();
+    unseen.insert("region".into(), json!("atlantis"));
+    let mut absent = good.clone();
+    absent.insert("region".into(), Value::Null);
+    let (s1, a) = post(
+        &http,
+        &gw,
+        "/v1/models/resp:predict",
+        json!({"record": unseen}).to_string(),
+    )
+    .await;
+    let (s2, b) = post(
+        &http,
+        &gw,
+        "/v1/models/resp:predict",
+        json!({"record": absent}).to_string(),
+    )
+    .await;
+    assert_eq!((s1, s2), (200, 200), "{a} {b}");
+    assert_eq!(scores(&a), scores(&b));
+    // The server is still up and right.
+    let (status, v) = post(
+        &http,
+        &gw,
+        "/v1/models/resp:predict",
+        json!({"record": good}).to_string(),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(scores(&v), vec![alone(0)]);
+    // The schema names every input.
+    let schema: Value = http
+        .get(format!("http://{gw}/v1/models/resp"))
+        .send()
+        .await
+        .unwrap()
+        .json_or_null()
+        .await;
+    let inputs: Vec<&str> = schema["inputs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["name"].as_str().unwrap())
+        .collect();
+    assert!(
+        inputs.contains(&"region") && inputs.contains(&"age") && !inputs.contains(&"responded"),
+        "{schema}"
+    );
+
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn canary_promote_and_rollback_under_load_fail_no_request() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let data = halyard_client::datagen::generate(dir, 2000, 6).unwrap();
+    let cluster = halyard::start_standalone(halyard_core::config::Settings {
+        listen: Some("127.0.0.1:0".into()),
+        data_dir: Some(dir.join("state")),
+        executors: Some(2),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let gw = cluster.scheduler.addr.to_string();
+    let client = connect(&gw).await;
+    let http = reqwest::Client::new();
+    for seed in [1, 2] {
+        train(&client, &mlp_spec(dir, "ab", &data.responses, seed)).await;
+    }
+    deploy(&client, "ab", 1, "production", None).await;
+    wait_serving(&http, &gw, "ab", &[1]).await;
+
+    let spec = mlp_spec(dir, "ab", &data.responses, 1);
+    let bytes = bytes::Bytes::from(std::fs::read(&data.responses).unwrap());
+    let table = halyard_core::data::read_table(&bytes, &spec.data, "responses.csv").unwrap();
+    let rows = records(&table.batches, &["responded"]).unwrap();
+    let load = tokio::spawn(halyard_client::load::run(
+        LoadConfig {
+            addr: gw.clone(),
+            model: "ab".into(),
+            connections: 4,
+            duration: Duration::from_secs(7),
+            rate: Some(200.0),
+            check: true,
+        },
+        predict_bodies(&rows, 2, 500),
+    ));
+    let change = |c: Change| DeployRequest {
+        name: "ab".into(),
+        change: Some(c),
+    };
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    deploy(&client, "ab", 2, "canary", Some(50)).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    client
+        .deploy(change(Change::Promote(Promote {
+            alias: "canary".into(),
+        })))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    client
+        .deploy(change(Change::Rollback(Rollback {})))
+        .await
+        .unwrap();
+    let report: LoadReport = load.await.unwrap().unwrap();
+    assert_eq!(report.failed, 0, "failed requests: {:?}", report.failures);
+    assert_eq!(report.unnamed, 0, "answers without a version");
+    assert!(report.ok > 500, "{} requests answered", report.ok);
+    assert!(
+        report.versions.get(&1).is_some_and(|n| *n > 0)
+            && report.versions.get(&2).is_some_and(|n| *n > 0),
+        "both versions served: {:?}",
+        report.versions
+    );
+
+    // Rolled back to the canary split: one key always gets the same variant.
+    wait_serving(&http, &gw, "ab", &[1, 2]).await;
+    let body = json!({"record": rows[0], "key": "customer-42"}).to_string();
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..20 {
+        let (status, v) = post(&http, &gw, "/v1/models/ab:predict", body.clone()).await;
+        assert_eq!(status, 200, "{v}");
+        seen.insert(v["predictions"][0]["version"].as_u64().unwrap());
+    }
+    assert_eq!(seen.len(), 1, "one key, one variant: {seen:?}");
+
+    // Outcomes per variant feed the experiment report.
+    for i in 0..40 {
+        let (version, converted) = if i % 2 == 0 {
+            (1, i % 8 == 0)
+        } else {
+            (2, i % 4 == 1)
+        };
+        let (status, v) = post(
+            &http,
+            &gw,
+            "/v1/models/ab:feedback",
+            json!({"version": version, "converted": converted}).to_string(),
+        )
+        .await;
+        assert_eq!(status, 200, "{v}");
+    }
+    let (status, v) = post(
+        &http,
+        &gw,
+        "/v1/models/ab:feedback",
+        json!({"version": 7, "converted": true}).to_string(),
+    )
+    .await;
+    assert_eq!(status, 404, "{v}");
+    let e = client.experiment("ab").await.unwrap();
+    assert_eq!(e.control, 1);
+    let by = |v: u64| e.variants.iter().find(|s| s.version == v).unwrap().clone();
+    assert_eq!((by(1).trials, by(1).conversions), (20, 5));
+    assert_eq!((by(2).trials, by(2).conversions), (20, 10));
+    assert!((by(2).difference - 0.25).abs() < 1e-12);
+    assert!(by(2).p_value > 0.0 && by(2).p_value < 1.0 && by(2).ci_low < by(2).ci_high);
+
+    // The CLI's deploy path refuses a version that does not exist.
+    let err = halyard_client::registry::deploy(
+        &client,
+        "ab",
+        DeployAction::Version {
+            version: 5,
+            alias: "production".into(),
+            percent: None,
+        },
+        true,
+    )
+    .await
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("no such version"), "{err}");
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_a_serving_executor_under_load_fails_no_request() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let etcd = etcd_endpoint();
+    let root = format!("/halyard-serving-it/{}", std::process::id());
+    let store_url = format!("file://{}", dir.join("store").display());
+    let data = halyard_client::datagen::generate(&dir.join("data"), 2000, 7).unwrap();
+    let port = free_port();
+    let gw = format!("127.0.0.1:{port}");
+    let _sched = Proc::spawn(
+        "sched",
+        dir,
+        &[
+            "scheduler",
+            "--listen",
+            &gw,
+            "--id",
+            "sched",
+            "--etcd",
+            &etcd,
+            "--etcd-root",
+            &root,
+            "--lease-ttl",
+            "2",
+        ],
+    );
+    let exec = |i: usize| {
+        let listen = format!("127.0.0.1:{}", free_port());
+        let id = format!("exec-{i}");
+        let p = Proc::spawn(
+            &id,
+            dir,
+            &[
+                "executor",
+                "--listen",
+                &listen,
+                "--id",
+                &id,
+                "--etcd",
+                &etcd,
+                "--etcd-root",
+                &root,
+                "--lease-ttl",
+                "2",
+                "--store",
+                &store_url,
+                "--cpu-slots",
+                "1",
+            ],
+        );
+        (p, listen)
+    };
+    let client = connect(&gw).await;
+    let (mut victim, _) = exec(0);
+    let _survivor = exec(1);
+    wait_for("two executors", Duration::from_secs(20), || async {
+        (client.cluster().await.ok()?.executors.len() == 2).then_some(())
+    })
+    .await;
+    train(&client, &spec(dir, "kill", &data.responses, 3, 256)).await;
+    deploy(&client, "kill", 1, "production", None).await;
+    let http = reqwest::Client::new();
+    let serving_on = |n: usize| {
+        let http = http.clone();
+        let gw = gw.clone();
+        async move {
+            let v: Value = http
+                .get(format!("http://{gw}/v1/models"))
+                .send()
+                .await
+                .ok()?
+                .json_or_null()
+                .await;
+            let execs: Vec<String> = v["models"][0]["executors"]
+                .as_array()?
+                .iter()
+                .map(|e| e.as_str().unwrap_or_default().to_string())
+                .collect();
+            (execs.len() == n).then_some(execs)
+        }
+    };
+    wait_for("both executors to serve", Duration::from_secs(30), || {
+        serving_on(2)
+    })
+    .await;
+
+    let spec = JobSpec::from_file(&dir.join("kill.toml")).unwrap();
+    let bytes = bytes::Bytes::from(std::fs::read(&data.responses).unwrap());
+    let table = halyard_core::data::read_table(&bytes, &spec.data, "responses.csv").unwrap();
+    let rows = records(&table.batches, &["responded"]).unwrap();
+    let load = tokio::spawn(halyard_client::load::run(
+        LoadConfig {
+            addr: gw.clone(),
+            model: "kill".into(),
+            connections: 4,
+            duration: Duration::from_secs(6),
+            rate: Some(200.0),
+            check: true,
+        },
+        predict_bodies(&rows, 1, 500),
+    ));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    victim.kill();
+    let report = load.await.unwrap().unwrap();
+    assert_eq!(report.failed, 0, "failed requests: {:?}", report.failures);
+    assert!(report.ok > 800, "{} requests answered", report.ok);
+
+    // The dead executor's serving record goes with its lease; a new executor loads the
+    // model and answers for it itself.
+    wait_for(
+        "the dead executor to drop out",
+        Duration::from_secs(20),
+        || serving_on(1),
+    )
+    .await;
+    let (_newcomer, addr) = exec(2);
+    let execs = wait_for("the new executor to serve", Duration::from_secs(30), || {
+        serving_on(2)
+    })
+    .await;
+    assert!(execs.contains(&"exec-2".to_string()), "{execs:?}");
+    let (status, v) = post(
+        &http,
+        &addr,
+        "/v1/models/kill:predict",
+        json!({"record": rows[0]}).to_string(),
+    )
+    .await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["executor"], "exec-2");
+}
