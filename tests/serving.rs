@@ -205,12 +205,12 @@ async fn endpoint_scores_equal_the_models_crate_and_bad_requests_get_4xx() {
     // A lone row is one matrix row: the models crate scores it alone too (a product's
     // summation order depends on the matrix shape, by an ulp or so).
     let alone = |i: usize| f64::from(model.score(&[first.slice(i, 1)]).unwrap()[0]);
-    for i in 0..20 {
+    for (i, row) in rows.iter().enumerate().take(20) {
         let (status, v) = post(
             &http,
             &exec,
             "/v1/models/resp:predict",
-            json!({"record": rows[i]}).to_string(),
+            json!({"record": row}).to_string(),
         )
         .await;
         assert_eq!(status, 200, "{v}");
@@ -476,7 +476,7 @@ async fn canary_promote_and_rollback_under_load_fail_no_request() {
     assert_eq!(status, 404, "{v}");
     let e = client.experiment("ab").await.unwrap();
     assert_eq!(e.control, 1);
-    let by = |v: u64| e.variants.iter().find(|s| s.version == v).unwrap().clone();
+    let by = |v: u64| *e.variants.iter().find(|s| s.version == v).unwrap();
     assert_eq!((by(1).trials, by(1).conversions), (20, 5));
     assert_eq!((by(2).trials, by(2).conversions), (20, 10));
     assert!((by(2).difference - 0.25).abs() < 1e-12);

@@ -8,7 +8,7 @@
 //! without touching the process-wide pool that training uses.
 
 use std::sync::Arc;
-use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError, sync_channel};
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
 use std::time::{Duration, Instant};
 
 use halyard_models::features::Encoded;
@@ -124,11 +124,9 @@ fn run(model: &LoadedModel, rx: &Receiver<Job>, cfg: BatchConfig) {
             let next = match rx.try_recv() {
                 Ok(j) => Some(j),
                 Err(_) if cfg.max_wait.is_zero() => None,
-                Err(_) => match rx.recv_timeout(deadline.saturating_duration_since(Instant::now()))
-                {
-                    Ok(j) => Some(j),
-                    Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => None,
-                },
+                Err(_) => rx
+                    .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+                    .ok(),
             };
             let Some(j) = next else { break };
             rows += j.rows;
