@@ -159,8 +159,8 @@ pub async fn serving(b: &ServingBench) -> Result<String> {
         rate,
         check: false,
     };
-    // Warm up: connections, the model's first calls.
-    run(
+    // Warm up (connections, the model's first calls); stop at once if nothing answers.
+    let warm = run(
         LoadConfig {
             duration: Duration::from_secs(1),
             ..cfg(None)
@@ -168,6 +168,13 @@ pub async fn serving(b: &ServingBench) -> Result<String> {
         single.clone(),
     )
     .await?;
+    if warm.ok == 0 {
+        return Err(ClientError::Rpc(format!(
+            "no request to {} succeeded while warming up: {}",
+            b.addr,
+            warm.failures.first().map_or("(no answer)", String::as_str)
+        )));
+    }
     let sat = run(cfg(None), single.clone()).await?;
     let mut out = format!(
         "saturation, single records, {} connections: {:.0} predictions/s ({}), {}",
