@@ -3,9 +3,9 @@
 //! `max_wait` for more, up to `max_rows`), scores them as one matrix and answers each.
 //! With `max_wait = 0` a lone request is scored at once and batches form only under load.
 //!
-//! The thread runs inside its own one-thread rayon pool, so candle's matrix products run
-//! inline instead of waking the global pool (13-40x slower per record, see RESULTS.md),
-//! without touching the process-wide pool that training uses.
+//! The thread runs inside its own one-thread rayon pool (entered once, not per request),
+//! so whatever candle hands to rayon runs inline on it and never competes with the
+//! process-wide pool that training uses.
 
 use std::sync::Arc;
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
