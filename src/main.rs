@@ -589,7 +589,9 @@ fn pin_thread_count() {
         .env("RAYON_NUM_THREADS", cores.to_string())
         .exec();
     // exec returns only when it failed: carry on, slower to serve.
-    eprintln!("warning: cannot re-execute with RAYON_NUM_THREADS set ({err}); set it to the core count for fast serving");
+    eprintln!(
+        "warning: cannot re-execute with RAYON_NUM_THREADS set ({err}); set it to the core count for fast serving"
+    );
 }
 
 #[cfg(not(unix))]

@@ -196,26 +196,54 @@ impl Preprocessor {
             .map(|p| p.join("|")))
     }
 
-    /// Encode JSON records as [`Preprocessor::transform`] encodes Arrow rows.
+    /// Encode JSON records as [`Preprocessor::transform`] encodes Arrow rows (builds a
+    /// [`RecordEncoder`] each call: keep one to encode many requests).
     pub fn encode_records(&self, records: &[&Record]) -> Result<Encoded> {
-        let rows = records.len();
-        let mut x = vec![0f32; rows * self.dim];
-        let mut index: HashMap<usize, HashMap<&str, usize>> = HashMap::new();
-        for (k, col) in self.columns.iter().enumerate() {
-            if let ColumnEncoding::OneHot { vocabulary } = &col.encoding {
-                index.insert(
-                    k,
+        RecordEncoder::new(self.clone()).encode(records)
+    }
+}
+
+/// A preprocessor with its one-hot vocabularies indexed once, for encoding many requests.
+#[derive(Debug, Clone)]
+pub struct RecordEncoder {
+    pre: Preprocessor,
+    /// Per column: value → slot, for one-hot columns.
+    index: Vec<Option<HashMap<String, usize>>>,
+}
+
+impl RecordEncoder {
+    /// Index `pre`'s vocabularies.
+    pub fn new(pre: Preprocessor) -> Self {
+        let index = pre
+            .columns
+            .iter()
+            .map(|col| match &col.encoding {
+                ColumnEncoding::OneHot { vocabulary } => Some(
                     vocabulary
                         .iter()
                         .enumerate()
-                        .map(|(i, v)| (v.as_str(), i))
+                        .map(|(i, v)| (v.clone(), i))
                         .collect(),
-                );
-            }
-        }
+                ),
+                _ => None,
+            })
+            .collect();
+        RecordEncoder { pre, index }
+    }
+
+    /// The preprocessor.
+    pub fn preprocessor(&self) -> &Preprocessor {
+        &self.pre
+    }
+
+    /// Encode JSON records as [`Preprocessor::transform`] encodes Arrow rows.
+    pub fn encode(&self, records: &[&Record]) -> Result<Encoded> {
+        let pre = &self.pre;
+        let rows = records.len();
+        let mut x = vec![0f32; rows * pre.dim];
         for (r, record) in records.iter().enumerate() {
-            let out = &mut x[r * self.dim..(r + 1) * self.dim];
-            for (k, col) in self.columns.iter().enumerate() {
+            let out = &mut x[r * pre.dim..(r + 1) * pre.dim];
+            for (k, col) in pre.columns.iter().enumerate() {
                 match &col.encoding {
                     ColumnEncoding::Numeric { mean, std } => {
                         let v = number(record, r, &col.name)?;
@@ -230,15 +258,15 @@ impl Preprocessor {
                         out[col.offset + bucket_of(v, edges)] = 1.0;
                     }
                     ColumnEncoding::OneHot { vocabulary } => {
-                        let v = self.category_of(record, r, col)?;
+                        let v = pre.category_of(record, r, col)?;
                         let slot = v
                             .as_deref()
-                            .and_then(|v| index[&k].get(v).copied())
+                            .and_then(|v| self.index[k].as_ref().and_then(|i| i.get(v)).copied())
                             .unwrap_or(vocabulary.len());
                         out[col.offset + slot] = 1.0;
                     }
                     ColumnEncoding::Hashed { buckets } => {
-                        let v = self.category_of(record, r, col)?;
+                        let v = pre.category_of(record, r, col)?;
                         let slot = (fnv1a(v.as_deref().unwrap_or("")) % *buckets as u64) as usize;
                         out[col.offset + slot] = 1.0;
                     }
@@ -249,7 +277,7 @@ impl Preprocessor {
             x,
             y: Vec::new(),
             rows,
-            dim: self.dim,
+            dim: pre.dim,
         })
     }
 }

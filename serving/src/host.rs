@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use halyard_core::coord::Coordinator;
 use halyard_core::registry::{Deployment, DeploymentState, ServingInfo};
 use halyard_core::store::{Store, read_model};
-use halyard_models::records::Record;
+use halyard_models::records::{Record, RecordEncoder};
 use halyard_models::runtime::LoadedModel;
 use serde_json::{Value, json};
 use tokio::sync::watch;
@@ -38,8 +38,8 @@ pub struct Loaded {
     pub version: u64,
     /// The artifact in candle tensors.
     pub model: Arc<LoadedModel>,
-    /// Its scoring thread (response models).
-    batcher: Option<Batcher>,
+    /// Its record encoder and scoring thread (response models).
+    scorer: Option<(RecordEncoder, Batcher)>,
 }
 
 /// A model as this executor serves it: a deployment state whose versions are all loaded.
@@ -240,19 +240,18 @@ impl Host {
             Ok(model) => {
                 failed.remove(&key);
                 let model = Arc::new(model);
-                let batcher = model.manifest.architecture.preprocessor().map(|p| {
-                    Batcher::start(
-                        model.clone(),
-                        p.dim,
-                        self.batch,
-                        &format!("{name}-{version}"),
+                let scorer = model.manifest.architecture.preprocessor().map(|p| {
+                    let label = format!("{name}-{version}");
+                    (
+                        RecordEncoder::new(p.clone()),
+                        Batcher::start(model.clone(), p.dim, self.batch, &label),
                     )
                 });
                 info!(model = %name, version, ms = started.elapsed().as_millis() as u64, "loaded");
                 Some(Arc::new(Loaded {
                     version,
                     model,
-                    batcher,
+                    scorer,
                 }))
             }
             Err(e) => {
@@ -385,17 +384,14 @@ impl Host {
         versions.dedup();
         for v in versions {
             let loaded = &served.versions[&v];
-            let (Some(pre), Some(batcher)) = (
-                loaded.model.manifest.architecture.preprocessor(),
-                loaded.batcher.as_ref(),
-            ) else {
+            let Some((encoder, batcher)) = loaded.scorer.as_ref() else {
                 return Err(ApiError::bad_request(format!(
                     "model {name} version {v} is a forecaster: POST /v1/models/{name}:forecast"
                 )));
             };
             let rows: Vec<usize> = (0..records.len()).filter(|&i| of_row[i] == v).collect();
             let refs: Vec<&Record> = rows.iter().map(|&i| &records[i]).collect();
-            let encoded = pre.encode_records(&refs).map_err(|e| {
+            let encoded = encoder.encode(&refs).map_err(|e| {
                 // Record numbers are the request's, not the group's.
                 ApiError::bad_request(renumber(&e.to_string(), &rows))
             })?;
@@ -446,7 +442,7 @@ impl Host {
                 .expect("a split with positive weights"),
         };
         let loaded = served.versions[&version].clone();
-        if loaded.batcher.is_some() {
+        if loaded.scorer.is_some() {
             return Err(ApiError::bad_request(format!(
                 "model {name} version {version} is a response model: POST /v1/models/{name}:predict"
             )));
