@@ -1,8 +1,9 @@
 //! A load generator for the prediction endpoint (`halyard bench serving`, and the serving
 //! tests): HTTP/1.1 keep-alive connections, each sending one request at a time, either as
 //! fast as answers come (closed loop: throughput at saturation) or on a fixed schedule
-//! (open loop: latency at a given rate, measured from the scheduled send time so that a
-//! slow answer also delays the requests queued behind it).
+//! (open loop: latency at a given rate; a request scheduled while the previous answer on
+//! its connection was still out is timed from its scheduled send time, so that a slow
+//! answer also counts against the requests queued behind it).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -235,6 +236,7 @@ async fn connection(
         .rate
         .map(|r| Duration::from_secs_f64(cfg.connections as f64 / r.max(1e-9)));
     let mut k: u64 = 0;
+    let mut prev_done = start;
     loop {
         let scheduled = match interval {
             // Stagger the connections over one interval.
@@ -244,7 +246,17 @@ async fn connection(
         if scheduled.duration_since(start) >= cfg.duration {
             break;
         }
-        tokio::time::sleep_until(scheduled.into()).await;
+        // tokio's timer ticks every millisecond: a sleep may wake up to 1 ms late, and a
+        // sleep until now still waits for the next tick. So the closed loop never sleeps,
+        // and when this connection was idle at the scheduled time the clock starts at the
+        // actual send (the timer's lateness is the generator's, not the server's); when
+        // the previous answer was still out, it starts at the scheduled time (the wait
+        // behind the slow answer is the server's).
+        let idle = prev_done <= scheduled;
+        if interval.is_some() && scheduled > Instant::now() {
+            tokio::time::sleep_until(scheduled.into()).await;
+        }
+        let clock = if idle { Instant::now() } else { scheduled };
         let body = bodies[(index + k as usize * cfg.connections) % bodies.len()].clone();
         k += 1;
         let result = match &mut sender {
@@ -258,12 +270,13 @@ async fn connection(
                 Err(e) => Err(e),
             },
         };
+        prev_done = Instant::now();
         match result {
             Ok(answer) => {
                 report.ok += 1;
                 report
                     .latencies_us
-                    .push(scheduled.elapsed().as_micros() as u64);
+                    .push(prev_done.duration_since(clock).as_micros() as u64);
                 if cfg.check {
                     count_versions(&mut report, &answer);
                 }
