@@ -124,6 +124,22 @@ fn scores(v: &Value) -> Vec<f64> {
         .collect()
 }
 
+async fn two_executor_standalone(dir: &Path) -> halyard::Standalone {
+    halyard::start_standalone(halyard_core::config::Settings {
+        listen: Some("127.0.0.1:0".into()),
+        data_dir: Some(dir.join("state")),
+        executors: Some(2),
+        ..Default::default()
+    })
+    .await
+    .unwrap()
+}
+
+fn read_table(spec: &JobSpec, data: &Path) -> halyard_core::data::Table {
+    let bytes = bytes::Bytes::from(std::fs::read(data).unwrap());
+    halyard_core::data::read_table(&bytes, &spec.data, "responses.csv").unwrap()
+}
+
 fn struct_of(record: &serde_json::Map<String, Value>) -> prost_types::Struct {
     use prost_types::value::Kind;
     let fields = record
@@ -147,14 +163,7 @@ async fn endpoint_scores_equal_the_models_crate_and_bad_requests_get_4xx() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     let data = halyard_client::datagen::generate(dir, 3000, 5).unwrap();
-    let cluster = halyard::start_standalone(halyard_core::config::Settings {
-        listen: Some("127.0.0.1:0".into()),
-        data_dir: Some(dir.join("state")),
-        executors: Some(2),
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    let cluster = two_executor_standalone(dir).await;
     let gw = cluster.scheduler.addr.to_string();
     let exec = cluster.executors[0].addr.to_string();
     let client = connect(&gw).await;
@@ -171,8 +180,7 @@ async fn endpoint_scores_equal_the_models_crate_and_bad_requests_get_4xx() {
         &std::fs::read(vdir.join("manifest.json")).unwrap(),
     )
     .unwrap();
-    let bytes = bytes::Bytes::from(std::fs::read(&data.responses).unwrap());
-    let table = halyard_core::data::read_table(&bytes, &spec.data, "responses.csv").unwrap();
+    let table = read_table(&spec, &data.responses);
     // Scores of rows `0..n` as one matrix (summation order follows the matrix shape, so
     // each request is compared with the same rows scored together).
     let first = &table.batches[0];
@@ -378,14 +386,7 @@ async fn canary_promote_and_rollback_under_load_fail_no_request() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     let data = halyard_client::datagen::generate(dir, 2000, 6).unwrap();
-    let cluster = halyard::start_standalone(halyard_core::config::Settings {
-        listen: Some("127.0.0.1:0".into()),
-        data_dir: Some(dir.join("state")),
-        executors: Some(2),
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    let cluster = two_executor_standalone(dir).await;
     let gw = cluster.scheduler.addr.to_string();
     let client = connect(&gw).await;
     let http = reqwest::Client::new();
@@ -396,8 +397,7 @@ async fn canary_promote_and_rollback_under_load_fail_no_request() {
     wait_serving(&http, &gw, "ab", &[1]).await;
 
     let spec = mlp_spec(dir, "ab", &data.responses, 1);
-    let bytes = bytes::Bytes::from(std::fs::read(&data.responses).unwrap());
-    let table = halyard_core::data::read_table(&bytes, &spec.data, "responses.csv").unwrap();
+    let table = read_table(&spec, &data.responses);
     let rows = records(&table.batches, &["responded"]).unwrap();
     let load = tokio::spawn(halyard_client::load::run(
         LoadConfig {
@@ -588,8 +588,7 @@ async fn killing_a_serving_executor_under_load_fails_no_request() {
     .await;
 
     let spec = JobSpec::from_file(&dir.join("kill.toml")).unwrap();
-    let bytes = bytes::Bytes::from(std::fs::read(&data.responses).unwrap());
-    let table = halyard_core::data::read_table(&bytes, &spec.data, "responses.csv").unwrap();
+    let table = read_table(&spec, &data.responses);
     let rows = records(&table.batches, &["responded"]).unwrap();
     let load = tokio::spawn(halyard_client::load::run(
         LoadConfig {

@@ -20,6 +20,13 @@ use tokio::net::TcpStream;
 
 use crate::{ClientError, Result};
 
+/// An array's values as JSON, nulls as null.
+fn column(a: &dyn Array, value: impl Fn(usize) -> Value) -> Vec<Value> {
+    (0..a.len())
+        .map(|i| if a.is_null(i) { Value::Null } else { value(i) })
+        .collect()
+}
+
 /// Rows of Arrow batches as JSON records, with the values the training data had.
 pub fn records(batches: &[RecordBatch], drop: &[&str]) -> Result<Vec<Map<String, Value>>> {
     let mut out = Vec::new();
@@ -34,50 +41,18 @@ pub fn records(batches: &[RecordBatch], drop: &[&str]) -> Result<Vec<Map<String,
             let values: Vec<Value> = if dt.is_integer() {
                 let a = cast(col, &DataType::Int64).map_err(err)?;
                 let a = a.as_primitive::<Int64Type>();
-                (0..a.len())
-                    .map(|i| {
-                        if a.is_null(i) {
-                            Value::Null
-                        } else {
-                            json!(a.value(i))
-                        }
-                    })
-                    .collect()
+                column(a, |i| json!(a.value(i)))
             } else if dt.is_numeric() {
                 let a = cast(col, &DataType::Float64).map_err(err)?;
                 let a = a.as_primitive::<Float64Type>();
-                (0..a.len())
-                    .map(|i| {
-                        if a.is_null(i) {
-                            Value::Null
-                        } else {
-                            json!(a.value(i))
-                        }
-                    })
-                    .collect()
+                column(a, |i| json!(a.value(i)))
             } else if dt == &DataType::Boolean {
                 let a = col.as_boolean();
-                (0..a.len())
-                    .map(|i| {
-                        if a.is_null(i) {
-                            Value::Null
-                        } else {
-                            json!(a.value(i))
-                        }
-                    })
-                    .collect()
+                column(a, |i| json!(a.value(i)))
             } else {
                 let a = cast(col, &DataType::Utf8).map_err(err)?;
                 let a = a.as_string::<i32>();
-                (0..a.len())
-                    .map(|i| {
-                        if a.is_null(i) {
-                            Value::Null
-                        } else {
-                            json!(a.value(i))
-                        }
-                    })
-                    .collect()
+                column(a, |i| json!(a.value(i)))
             };
             for (row, v) in rows.iter_mut().zip(values) {
                 row.insert(field.name().clone(), v);
