@@ -77,12 +77,12 @@ pub async fn models(client: &Client, as_json: bool) -> Result<()> {
         return Ok(());
     }
     out(&format!(
-        "{:<28} {:>8} {:<14} {:<16} ALIASES",
+        "{:<28} {:>8} {:<20} {:<16} ALIASES",
         "MODEL", "VERSIONS", "TYPE", "SPLIT"
     ));
     for m in &models {
         out(&format!(
-            "{:<28} {:>8} {:<14} {:<16} {}",
+            "{:<28} {:>8} {:<20} {:<16} {}",
             m.name,
             m.versions.len(),
             m.versions.last().map_or("-", |v| v.model_type.as_str()),
@@ -104,7 +104,7 @@ fn show_model(m: &GetModelResponse) {
         out(&format!("rollback: {} earlier states kept", d.history));
     }
     out(&format!(
-        "{:>7} {:<14} {:>9} {:>9} {:<30} DATA",
+        "{:>7} {:<20} {:>9} {:>9} {:<30} DATA",
         "VERSION", "TYPE", "TEST AUC", "LOG LOSS", "JOB"
     ));
     for v in &m.versions {
@@ -115,7 +115,7 @@ fn show_model(m: &GetModelResponse) {
             (metric("test_auc"), metric("test_log_loss"))
         };
         out(&format!(
-            "{:>7} {:<14} {:>9} {:>9} {:<30} {} {}",
+            "{:>7} {:<20} {:>9} {:>9} {:<30} {} {}",
             v.version,
             v.model_type,
             a,
