@@ -77,6 +77,10 @@ impl Verb {
     }
 }
 
+fn not_here(name: &str) -> ApiError {
+    ApiError::unavailable(format!("model {name} is not loaded here: retry"))
+}
+
 fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     serde_json::from_slice(body).map_err(|e| {
         ApiError::bad_request(format!(
@@ -264,6 +268,38 @@ impl Gateway {
         format!("/v1/models/{name}:{}", verb.as_str())
     }
 
+    /// Answer from this executor's host when it serves `name`, else (unless the request
+    /// was forwarded here) from a replica.
+    async fn local_or_forward<B, R, F, Fut>(
+        &self,
+        name: &str,
+        verb: Verb,
+        body: B,
+        forwarded: bool,
+        local: F,
+    ) -> Result<R, ApiError>
+    where
+        B: Serialize,
+        R: DeserializeOwned,
+        F: FnOnce(Arc<Host>, B) -> Fut,
+        Fut: std::future::Future<Output = Option<Result<R, ApiError>>>,
+    {
+        if let Some(h) = &self.host
+            && h.served(name).is_some()
+        {
+            // Unloaded in between: the caller retries (503).
+            return local(h.clone(), body)
+                .await
+                .unwrap_or_else(|| Err(not_here(name)));
+        }
+        if forwarded {
+            return Err(not_here(name));
+        }
+        let bytes = Bytes::from(serde_json::to_vec(&body).expect("bodies serialise"));
+        self.forward_json(name, &Self::path(name, verb), Some(bytes))
+            .await
+    }
+
     /// Score: locally when served here, else on a replica. `forwarded` requests are
     /// only served locally.
     pub async fn predict(
@@ -272,43 +308,25 @@ impl Gateway {
         body: PredictBody,
         forwarded: bool,
     ) -> Result<PredictReply, ApiError> {
-        if let Some(h) = &self.host
-            && let Some(r) = h.predict(name, body.clone()).await
-        {
-            return r;
-        }
-        if forwarded {
-            return Err(ApiError::unavailable(format!(
-                "model {name} is not loaded here"
-            )));
-        }
-        let bytes = Bytes::from(serde_json::to_vec(&body).expect("bodies serialise"));
-        self.forward_json(name, &Self::path(name, Verb::Predict), Some(bytes))
-            .await
+        self.local_or_forward(name, Verb::Predict, body, forwarded, |h, b| async move {
+            h.predict(name, b).await
+        })
+        .await
     }
 
-    /// Score from raw JSON bytes (the HTTP path: forwarded without re-encoding).
+    /// Score from raw JSON bytes (the HTTP path): parsed once, refused here when
+    /// malformed, forwarded without re-encoding.
     pub async fn predict_bytes(
         &self,
         name: &str,
         body: Bytes,
         forwarded: bool,
     ) -> Result<PredictReply, ApiError> {
-        if let Some(h) = &self.host
-            && h.served(name).is_some()
-        {
-            let parsed: PredictBody = parse(&body)?;
-            if let Some(r) = h.predict(name, parsed).await {
-                return r;
-            }
+        let parsed: PredictBody = parse(&body)?;
+        if forwarded || self.host.as_ref().is_some_and(|h| h.served(name).is_some()) {
+            return self.predict(name, parsed, forwarded).await;
         }
-        if forwarded {
-            return Err(ApiError::unavailable(format!(
-                "model {name} is not loaded here"
-            )));
-        }
-        // Refuse malformed bodies here rather than on a replica.
-        let _: PredictBody = parse(&body)?;
+        // Forward the caller's bytes as they came.
         self.forward_json(name, &Self::path(name, Verb::Predict), Some(body))
             .await
     }
@@ -320,19 +338,10 @@ impl Gateway {
         body: ForecastBody,
         forwarded: bool,
     ) -> Result<ForecastReply, ApiError> {
-        if let Some(h) = &self.host
-            && let Some(r) = h.forecast(name, body.clone()).await
-        {
-            return r;
-        }
-        if forwarded {
-            return Err(ApiError::unavailable(format!(
-                "model {name} is not loaded here"
-            )));
-        }
-        let bytes = Bytes::from(serde_json::to_vec(&body).expect("bodies serialise"));
-        self.forward_json(name, &Self::path(name, Verb::Forecast), Some(bytes))
-            .await
+        self.local_or_forward(name, Verb::Forecast, body, forwarded, |h, b| async move {
+            h.forecast(name, b).await
+        })
+        .await
     }
 
     /// The model's input schema.
@@ -341,9 +350,7 @@ impl Gateway {
             return Ok(s);
         }
         if forwarded {
-            return Err(ApiError::unavailable(format!(
-                "model {name} is not loaded here"
-            )));
+            return Err(not_here(name));
         }
         self.forward_json(name, &format!("/v1/models/{name}"), None)
             .await
