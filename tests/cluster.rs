@@ -13,59 +13,18 @@ use common::*;
 async fn jobs_survive_killed_executor_and_killed_leader() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
-    let etcd = etcd_endpoint();
-    let root = format!("/halyard-it/{}", std::process::id());
+    let cl = EtcdCluster::new(dir, "it");
     let store = dir.join("store");
-    let store_url = format!("file://{}", store.display());
     let data = halyard_client::datagen::generate(&dir.join("data"), 6000, 3).unwrap();
 
     let sched_ports = [free_port(), free_port()];
     let sched = |i: usize| {
-        let listen = format!("127.0.0.1:{}", sched_ports[i]);
-        let id = format!("sched-{i}");
-        Proc::spawn(
-            &id,
-            dir,
-            &[
-                "scheduler",
-                "--listen",
-                &listen,
-                "--id",
-                &id,
-                "--etcd",
-                &etcd,
-                "--etcd-root",
-                &root,
-                "--lease-ttl",
-                "2",
-            ],
+        cl.scheduler(
+            &format!("sched-{i}"),
+            &format!("127.0.0.1:{}", sched_ports[i]),
         )
     };
-    let exec = |i: usize| {
-        let listen = format!("127.0.0.1:{}", free_port());
-        let id = format!("exec-{i}");
-        Proc::spawn(
-            &id,
-            dir,
-            &[
-                "executor",
-                "--listen",
-                &listen,
-                "--id",
-                &id,
-                "--etcd",
-                &etcd,
-                "--etcd-root",
-                &root,
-                "--lease-ttl",
-                "2",
-                "--store",
-                &store_url,
-                "--cpu-slots",
-                "1",
-            ],
-        )
-    };
+    let exec = |i: usize| cl.executor(&format!("exec-{i}")).0;
     let mut sched_a = sched(0);
     let a = connect(&format!("127.0.0.1:{}", sched_ports[0])).await;
     wait_for("sched-0 to lead", Duration::from_secs(20), || async {

@@ -504,55 +504,11 @@ async fn canary_promote_and_rollback_under_load_fail_no_request() {
 async fn killing_a_serving_executor_under_load_fails_no_request() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
-    let etcd = etcd_endpoint();
-    let root = format!("/halyard-serving-it/{}", std::process::id());
-    let store_url = format!("file://{}", dir.join("store").display());
+    let cl = EtcdCluster::new(dir, "serving-it");
     let data = halyard_client::datagen::generate(&dir.join("data"), 2000, 7).unwrap();
-    let port = free_port();
-    let gw = format!("127.0.0.1:{port}");
-    let _sched = Proc::spawn(
-        "sched",
-        dir,
-        &[
-            "scheduler",
-            "--listen",
-            &gw,
-            "--id",
-            "sched",
-            "--etcd",
-            &etcd,
-            "--etcd-root",
-            &root,
-            "--lease-ttl",
-            "2",
-        ],
-    );
-    let exec = |i: usize| {
-        let listen = format!("127.0.0.1:{}", free_port());
-        let id = format!("exec-{i}");
-        let p = Proc::spawn(
-            &id,
-            dir,
-            &[
-                "executor",
-                "--listen",
-                &listen,
-                "--id",
-                &id,
-                "--etcd",
-                &etcd,
-                "--etcd-root",
-                &root,
-                "--lease-ttl",
-                "2",
-                "--store",
-                &store_url,
-                "--cpu-slots",
-                "1",
-            ],
-        );
-        (p, listen)
-    };
+    let gw = format!("127.0.0.1:{}", free_port());
+    let _sched = cl.scheduler("sched", &gw);
+    let exec = |i: usize| cl.executor(&format!("exec-{i}"));
     let client = connect(&gw).await;
     let (mut victim, _) = exec(0);
     let _survivor = exec(1);

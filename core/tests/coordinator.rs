@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use halyard_core::Error;
-use halyard_core::coord::Coordinator;
+use halyard_core::coord::{Coordinator, Leadership};
 use halyard_core::kv::{EmbeddedKv, EtcdKv};
 use halyard_core::records::{ExecutorInfo, JobRecord, JobState, TaskAssignment, TaskProgress};
 use halyard_core::registry::{Change, ModelVersion, ServingInfo};
@@ -157,7 +157,8 @@ async fn job_writes_are_compare_and_swap(c: Coordinator) {
     assert!(all[0].value.cancel_requested);
 }
 
-async fn progress_is_fenced_on_the_assignment(c: Coordinator) {
+/// Lead, submit job `j` and place it on executor `e1`.
+async fn lead_and_place(c: &Coordinator) -> Leadership {
     let l = c.grant_lease(TTL).await.unwrap();
     let lead = c.campaign("s", l).await.unwrap().unwrap();
     let job = JobRecord::new("j".into(), spec());
@@ -175,6 +176,11 @@ async fn progress_is_fenced_on_the_assignment(c: Coordinator) {
         assigned_ms: 0,
     };
     c.assign_task(&lead, &v, &placed, &task).await.unwrap();
+    lead
+}
+
+async fn progress_is_fenced_on_the_assignment(c: Coordinator) {
+    let lead = lead_and_place(&c).await;
     let assigned = c.tasks_for("e1").await.unwrap();
     assert_eq!(assigned.len(), 1);
     assert!(c.tasks_for("e2").await.unwrap().is_empty());
@@ -231,21 +237,7 @@ fn version(name: &str, v: u64) -> ModelVersion {
 
 async fn registry_versions_deployments_outcomes_and_serving(c: Coordinator) {
     // A version registers only while its task's assignment stands.
-    let l = c.grant_lease(TTL).await.unwrap();
-    let lead = c.campaign("s", l).await.unwrap().unwrap();
-    let job = JobRecord::new("j".into(), spec());
-    c.submit_job(&job).await.unwrap();
-    let v = c.get_job("j").await.unwrap().unwrap();
-    let task = TaskAssignment {
-        job_id: "j".into(),
-        attempt: 1,
-        executor: "e1".into(),
-        spec: spec(),
-        assigned_ms: 0,
-    };
-    let mut placed = v.value.clone();
-    placed.executor = Some("e1".into());
-    c.assign_task(&lead, &v, &placed, &task).await.unwrap();
+    let lead = lead_and_place(&c).await;
     let assigned = c.tasks_for("e1").await.unwrap().remove(0);
     for n in [1, 2] {
         c.register_version(&assigned, &version("m", n))

@@ -137,3 +137,65 @@ pub fn published_versions(store: &Path, name: &str) -> Vec<u64> {
     v.sort();
     v
 }
+
+/// Processes of one cluster on a real etcd: the key root, the store and the flags they
+/// share (2 s leases, so lost nodes are noticed quickly).
+pub struct EtcdCluster {
+    pub dir: PathBuf,
+    pub etcd: String,
+    pub root: String,
+    pub store_url: String,
+}
+
+impl EtcdCluster {
+    /// A cluster under its own key root, storing in `dir/store`.
+    pub fn new(dir: &Path, name: &str) -> EtcdCluster {
+        EtcdCluster {
+            dir: dir.to_path_buf(),
+            etcd: etcd_endpoint(),
+            root: format!("/halyard-{name}/{}", std::process::id()),
+            store_url: format!("file://{}", dir.join("store").display()),
+        }
+    }
+
+    /// A scheduler `id` listening on `listen`.
+    pub fn scheduler(&self, id: &str, listen: &str) -> Proc {
+        let args = [
+            "scheduler",
+            "--listen",
+            listen,
+            "--id",
+            id,
+            "--etcd",
+            &self.etcd,
+            "--etcd-root",
+            &self.root,
+            "--lease-ttl",
+            "2",
+        ];
+        Proc::spawn(id, &self.dir, &args)
+    }
+
+    /// An executor `id` with one slot on a free port; returns it and its address.
+    pub fn executor(&self, id: &str) -> (Proc, String) {
+        let listen = format!("127.0.0.1:{}", free_port());
+        let args = [
+            "executor",
+            "--listen",
+            &listen,
+            "--id",
+            id,
+            "--etcd",
+            &self.etcd,
+            "--etcd-root",
+            &self.root,
+            "--lease-ttl",
+            "2",
+            "--store",
+            &self.store_url,
+            "--cpu-slots",
+            "1",
+        ];
+        (Proc::spawn(id, &self.dir, &args), listen)
+    }
+}
