@@ -570,10 +570,10 @@ async fn run(cli: Cli) -> Result<(), AnyError> {
 
 /// candle, the serving runtime, asks for its thread count before every matrix product
 /// and, unless `RAYON_NUM_THREADS` is set, recounts the physical cores from /proc each
-/// time: about 40 µs per product, most of a small model's scoring (1.4 ms instead of
-/// 0.1 ms for the 10-member bank-marketing MLP). Setting it to the cores rayon uses anyway
-/// changes nothing else; a process cannot safely set its own environment once threads
-/// may run, so the binary re-executes itself (same pid, same arguments) with it set.
+/// time: a lone bank-marketing request took 1.45 ms instead of 0.6 ms (curl, connection
+/// included; benches/RESULTS.md). Setting it to the cores rayon uses anyway changes
+/// nothing else; a process cannot safely set its own environment once threads may run,
+/// so the binary re-executes itself (same pid, same arguments) with it set.
 #[cfg(unix)]
 fn pin_thread_count() {
     use std::os::unix::process::CommandExt;
@@ -598,8 +598,14 @@ fn pin_thread_count() {
 fn pin_thread_count() {}
 
 fn main() -> ExitCode {
-    pin_thread_count();
     let cli = Cli::parse();
+    // Only the roles that run candle pay for the re-execution.
+    if matches!(
+        cli.command,
+        Command::Standalone(_) | Command::Executor(_) | Command::Train { .. }
+    ) {
+        pin_thread_count();
+    }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
         Err(e) => {

@@ -195,12 +195,6 @@ impl Preprocessor {
             .collect::<Option<Vec<String>>>()
             .map(|p| p.join("|")))
     }
-
-    /// Encode JSON records as [`Preprocessor::transform`] encodes Arrow rows (builds a
-    /// [`RecordEncoder`] each call: keep one to encode many requests).
-    pub fn encode_records(&self, records: &[&Record]) -> Result<Encoded> {
-        RecordEncoder::new(self.clone()).encode(records)
-    }
 }
 
 /// A preprocessor with its one-hot vocabularies indexed once, for encoding many requests.
@@ -229,11 +223,6 @@ impl RecordEncoder {
             })
             .collect();
         RecordEncoder { pre, index }
-    }
-
-    /// The preprocessor.
-    pub fn preprocessor(&self) -> &Preprocessor {
-        &self.pre
     }
 
     /// Encode JSON records as [`Preprocessor::transform`] encodes Arrow rows.
@@ -390,7 +379,7 @@ mod tests {
             let arrow = pre.transform(&[b], |_| true).unwrap();
             let recs = records();
             let refs: Vec<&Record> = recs.iter().collect();
-            let json = pre.encode_records(&refs).unwrap();
+            let json = RecordEncoder::new(pre).encode(&refs).unwrap();
             assert_eq!(json.x, arrow.x, "{encoding:?}");
             assert_eq!(json.rows, 6);
         }
@@ -399,25 +388,22 @@ mod tests {
     #[test]
     fn bad_records_name_the_record_and_field() {
         let b = batch();
-        let pre = Preprocessor::fit(&[b], &config(Encoding::OneHot)).unwrap();
+        let pre = RecordEncoder::new(Preprocessor::fit(&[b], &config(Encoding::OneHot)).unwrap());
         let mut recs = records();
         recs[1].remove("balance");
-        let e = pre
-            .encode_records(&[&recs[0], &recs[1]])
-            .unwrap_err()
-            .to_string();
+        let e = pre.encode(&[&recs[0], &recs[1]]).unwrap_err().to_string();
         assert!(e.contains("record 2 field \"balance\": missing"), "{e}");
         let mut recs = records();
         recs[0].insert("age".into(), json!("thirty"));
-        let e = pre.encode_records(&[&recs[0]]).unwrap_err().to_string();
+        let e = pre.encode(&[&recs[0]]).unwrap_err().to_string();
         assert!(e.contains("field \"age\": expected a number"), "{e}");
         let mut recs = records();
         recs[0].insert("day".into(), json!(5.5));
-        let e = pre.encode_records(&[&recs[0]]).unwrap_err().to_string();
+        let e = pre.encode(&[&recs[0]]).unwrap_err().to_string();
         assert!(e.contains("expected a whole number"), "{e}");
         let mut recs = records();
         recs[0].insert("job".into(), json!(3));
-        let e = pre.encode_records(&[&recs[0]]).unwrap_err().to_string();
+        let e = pre.encode(&[&recs[0]]).unwrap_err().to_string();
         assert!(e.contains("expected a string"), "{e}");
     }
 

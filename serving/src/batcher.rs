@@ -71,10 +71,10 @@ impl Batcher {
                     .thread_name(move |_| name.clone())
                     .build();
                 match pool {
-                    Ok(pool) => pool.install(move || run(&model, &rx, cfg)),
+                    Ok(pool) => pool.install(move || run(&model, dim, &rx, cfg)),
                     Err(e) => {
                         warn!(error = %e, "no scoring pool; scoring on the global pool");
-                        run(&model, &rx, cfg);
+                        run(&model, dim, &rx, cfg);
                     }
                 }
             });
@@ -110,12 +110,7 @@ impl Batcher {
     }
 }
 
-fn run(model: &LoadedModel, rx: &Receiver<Job>, cfg: BatchConfig) {
-    let dim = model
-        .manifest
-        .architecture
-        .preprocessor()
-        .map_or(0, |p| p.dim);
+fn run(model: &LoadedModel, dim: usize, rx: &Receiver<Job>, cfg: BatchConfig) {
     while let Ok(first) = rx.recv() {
         let mut jobs = vec![first];
         let mut rows = jobs[0].rows;

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use axum::http::StatusCode;
 use bytes::Bytes;
 use halyard_core::coord::Coordinator;
-use halyard_core::registry::{Deployment, ServingInfo};
+use halyard_core::registry::ServingInfo;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::sync::watch;
@@ -41,7 +41,8 @@ pub struct Gateway {
     coord: Coordinator,
     host: Option<Arc<Host>>,
     client: reqwest::Client,
-    view: RwLock<Arc<View>>,
+    /// What every executor serves, as last read.
+    replicas: RwLock<Arc<Vec<ServingInfo>>>,
     next: AtomicUsize,
     failed: Mutex<HashMap<String, Instant>>,
 }
@@ -50,13 +51,6 @@ impl std::fmt::Debug for Gateway {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Gateway").field("node", &self.node).finish()
     }
-}
-
-/// The cluster's serving state, as last read.
-#[derive(Debug, Default)]
-struct View {
-    replicas: Vec<ServingInfo>,
-    deployments: HashMap<String, Deployment>,
 }
 
 /// What a request asks of a model.
@@ -81,7 +75,7 @@ fn not_here(name: &str) -> ApiError {
     ApiError::unavailable(format!("model {name} is not loaded here: retry"))
 }
 
-fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+pub(crate) fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     serde_json::from_slice(body).map_err(|e| {
         ApiError::bad_request(format!(
             "request body is not valid JSON for this call: {e} (see docs/serving.md)"
@@ -102,7 +96,7 @@ impl Gateway {
             coord,
             host,
             client,
-            view: RwLock::new(Arc::default()),
+            replicas: RwLock::new(Arc::default()),
             next: AtomicUsize::new(0),
             failed: Mutex::new(HashMap::new()),
         })
@@ -113,10 +107,14 @@ impl Gateway {
         &self.coord
     }
 
-    /// Keep the view of replicas and deployments fresh until `shutdown`.
+    /// Keep the list of serving executors fresh until `shutdown`. (Deployments are read
+    /// only when needed: executors apply them, the gateway just routes.)
     pub async fn run(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
         loop {
-            self.refresh().await;
+            match self.coord.serving().await {
+                Ok(replicas) => *self.replicas.write().expect("replicas lock") = Arc::new(replicas),
+                Err(e) => warn!(error = %e, "cannot read serving state"),
+            }
             tokio::select! {
                 _ = tokio::time::sleep(REFRESH) => {}
                 _ = shutdown.wait_for(|s| *s) => break,
@@ -124,33 +122,15 @@ impl Gateway {
         }
     }
 
-    async fn refresh(&self) {
-        let (replicas, deployments) = tokio::join!(self.coord.serving(), self.coord.deployments());
-        match (replicas, deployments) {
-            (Ok(replicas), Ok(deployments)) => {
-                let deployments = deployments
-                    .into_iter()
-                    .map(|d| (d.name.clone(), d))
-                    .collect();
-                *self.view.write().expect("view lock") = Arc::new(View {
-                    replicas,
-                    deployments,
-                });
-            }
-            (Err(e), _) | (_, Err(e)) => warn!(error = %e, "cannot read serving state"),
-        }
-    }
-
-    fn view(&self) -> Arc<View> {
-        self.view.read().expect("view lock").clone()
+    fn serving(&self) -> Arc<Vec<ServingInfo>> {
+        self.replicas.read().expect("replicas lock").clone()
     }
 
     /// Executors serving `name`, starting at the next in turn, skipping recent failures
     /// (unless every one failed recently).
     fn replicas(&self, name: &str) -> Vec<String> {
-        let view = self.view();
-        let mut all: Vec<String> = view
-            .replicas
+        let mut all: Vec<String> = self
+            .serving()
             .iter()
             .filter(|r| {
                 r.models.contains_key(name)
@@ -179,11 +159,7 @@ impl Gateway {
 
     /// Why nothing could serve `name`: unknown (404) or deployed but not loaded (503).
     async fn none_serves(&self, name: &str) -> ApiError {
-        let deployment = match self.view().deployments.get(name) {
-            Some(d) => Some(d.clone()),
-            None => self.coord.deployment(name).await.ok().flatten(),
-        };
-        match deployment {
+        match self.coord.deployment(name).await.ok().flatten() {
             Some(d) if !d.current.versions().is_empty() => ApiError::unavailable(format!(
                 "model {name} is deployed but no executor has loaded it yet: retry shortly"
             )),
@@ -398,7 +374,7 @@ impl Gateway {
     }
 
     /// Deployed models and where they are served.
-    pub fn overview(&self) -> serde_json::Value {
+    pub async fn overview(&self) -> Result<serde_json::Value, ApiError> {
         #[derive(Serialize)]
         struct Entry<'a> {
             name: &'a str,
@@ -406,17 +382,16 @@ impl Gateway {
             aliases: &'a std::collections::BTreeMap<String, u64>,
             executors: Vec<&'a str>,
         }
-        let view = self.view();
-        let mut entries: Vec<Entry> = view
-            .deployments
-            .values()
+        let deployments = self.coord.deployments().await?;
+        let serving = self.serving();
+        let mut entries: Vec<Entry> = deployments
+            .iter()
             .filter(|d| !d.current.versions().is_empty())
             .map(|d| Entry {
                 name: &d.name,
                 variants: &d.current.variants,
                 aliases: &d.current.aliases,
-                executors: view
-                    .replicas
+                executors: serving
                     .iter()
                     .filter(|r| r.models.contains_key(&d.name))
                     .map(|r| r.executor.as_str())
@@ -424,6 +399,6 @@ impl Gateway {
             })
             .collect();
         entries.sort_by_key(|e| e.name);
-        serde_json::json!({ "models": entries })
+        Ok(serde_json::json!({ "models": entries }))
     }
 }

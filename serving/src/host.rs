@@ -179,20 +179,20 @@ impl Host {
                 continue;
             }
             let mut versions = BTreeMap::new();
+            let mut complete = true;
             for v in wanted {
                 let have = old.get(&d.name).and_then(|s| s.versions.get(&v)).cloned();
                 let loaded = match have {
                     Some(l) => Some(l),
                     None => self.load(&d.name, v, failed).await,
                 };
-                match loaded {
-                    Some(l) => {
-                        versions.insert(v, l);
-                    }
-                    None => break,
-                }
+                let Some(l) = loaded else {
+                    complete = false;
+                    break;
+                };
+                versions.insert(v, l);
             }
-            if versions.len() == d.current.versions().len() {
+            if complete {
                 info!(model = %d.name, versions = ?versions.keys().collect::<Vec<_>>(), "serving");
                 next.insert(
                     d.name.clone(),

@@ -26,7 +26,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::api::{ApiError, ForecastBody};
-use crate::gateway::{FORWARDED, Gateway};
+use crate::gateway::{FORWARDED, Gateway, parse};
 
 /// Largest request body accepted.
 pub const MAX_BODY: usize = 4 << 20;
@@ -83,17 +83,10 @@ async fn post_model(
         match verb {
             "predict" => Ok(Json(gw.predict_bytes(name, body, forwarded).await?).into_response()),
             "forecast" => {
-                let b: ForecastBody = serde_json::from_slice(&body).map_err(|e| {
-                    ApiError::bad_request(format!("request body is not a forecast request: {e}"))
-                })?;
+                let b: ForecastBody = parse(&body)?;
                 Ok(Json(gw.forecast(name, b, forwarded).await?).into_response())
             }
-            "feedback" => {
-                let b = serde_json::from_slice(&body).map_err(|e| {
-                    ApiError::bad_request(format!("request body is not a feedback record: {e}"))
-                })?;
-                Ok(Json(gw.feedback(name, b).await?).into_response())
-            }
+            "feedback" => Ok(Json(gw.feedback(name, parse(&body)?).await?).into_response()),
             other => Err(ApiError::not_found(format!(
                 "unknown call {other:?}: use :predict, :forecast or :feedback"
             ))),
@@ -112,7 +105,7 @@ async fn get_model(
 }
 
 async fn list_models(State(gw): State<Arc<Gateway>>) -> Response {
-    Json(gw.overview()).into_response()
+    reply(gw.overview().await)
 }
 
 /// The HTTP routes over `gateway`.
