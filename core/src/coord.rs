@@ -150,6 +150,9 @@ impl Coordinator {
     fn serving_key(&self, executor: &str) -> String {
         self.key(&format!("serving/{executor}"))
     }
+    fn sql_endpoint_key(&self) -> String {
+        self.key("sql/endpoint")
+    }
     fn outcomes_key(&self, name: &str, version: u64) -> String {
         self.key(&format!("outcomes/{name}/{version}"))
     }
@@ -671,6 +674,34 @@ impl Coordinator {
             )
             .await?;
         Ok(())
+    }
+
+    /// Advertise the leader's SQL (Ballista) scheduler endpoint, under the leader's lease
+    /// and fenced on its leadership: it vanishes with the leader.
+    pub async fn advertise_sql_endpoint(&self, leadership: &Leadership, endpoint: &str) -> Result<()> {
+        let when = vec![Compare::ModRevision {
+            key: self.leader_key(),
+            revision: leadership.revision,
+        }];
+        let then = vec![TxnOp::Put {
+            key: self.sql_endpoint_key(),
+            value: endpoint.as_bytes().to_vec(),
+            lease: Some(leadership.lease),
+        }];
+        if self.kv.txn(when, then).await?.succeeded {
+            Ok(())
+        } else {
+            Err(Error::Fenced)
+        }
+    }
+
+    /// The SQL scheduler endpoint (`HOST:PORT`) of the current leader, if it runs one.
+    pub async fn sql_endpoint(&self) -> Result<Option<String>> {
+        Ok(self
+            .kv
+            .get(&self.sql_endpoint_key())
+            .await?
+            .map(|e| String::from_utf8_lossy(&e.value).into_owned()))
     }
 
     /// What every live executor serves.

@@ -33,6 +33,148 @@ pub struct JobSpec {
     /// Forecasting jobs (`[model] type = "nbeats"`): horizon, layout of the series.
     #[serde(default)]
     pub forecast: Option<ForecastSpec>,
+    /// Feature engineering in SQL, run on the cluster before training; its output replaces
+    /// `[data] source` as the training input.
+    #[serde(default)]
+    pub features: Option<FeaturesSpec>,
+}
+
+/// The `[features]` section: named sources, SQL over them, the split rule and the shards.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FeaturesSpec {
+    /// The tables the SQL reads (`[[features.sources]]`).
+    pub sources: Vec<SourceSpec>,
+    /// One query whose result is the feature table.
+    #[serde(default)]
+    pub sql: Option<String>,
+    /// Or named steps (`[[features.steps]]`), each a view the next can read; the last
+    /// step's result is the feature table.
+    #[serde(default)]
+    pub steps: Vec<StepSpec>,
+    /// How rows are divided into train, validation and test.
+    pub split: SplitSpec,
+    /// Parquet files the feature table is written as (in parallel, one query each).
+    #[serde(default = "default_shards")]
+    pub shards: usize,
+    /// Column whose hash assigns a row to a shard (default: the split's key or column).
+    #[serde(default)]
+    pub shard_key: Option<String>,
+}
+
+/// One named source table.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceSpec {
+    /// The table's name in the SQL.
+    pub name: String,
+    /// A file or folder (relative to the spec file), `file://` or `s3://bucket/key` URL. A
+    /// folder (ending in `/`) reads every file in it, which must share one schema.
+    pub path: String,
+    /// `csv`, `parquet` or `json` (newline-delimited); taken from the extension when absent.
+    #[serde(default)]
+    pub format: Option<SourceFormat>,
+    /// CSV field separator.
+    #[serde(default = "default_delimiter")]
+    pub delimiter: String,
+    /// Whether CSV files start with a header line.
+    #[serde(default = "default_true")]
+    pub has_header: bool,
+    /// Add a column of this name holding each row's 0-based position in the file (one file
+    /// only): what index-based split protocols need.
+    #[serde(default)]
+    pub row_index: Option<String>,
+}
+
+/// Formats a feature source can have.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SourceFormat {
+    /// Delimited text.
+    Csv,
+    /// Apache Parquet.
+    Parquet,
+    /// Newline-delimited JSON.
+    Json,
+}
+
+impl SourceFormat {
+    /// The name as written in a spec.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SourceFormat::Csv => "csv",
+            SourceFormat::Parquet => "parquet",
+            SourceFormat::Json => "json",
+        }
+    }
+}
+
+/// One named step of a feature pipeline.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StepSpec {
+    /// The view's name, readable by later steps.
+    pub name: String,
+    /// Its query.
+    pub sql: String,
+}
+
+/// The rule that sends each row to train, validation or test: deterministic, so a rerun
+/// (or another worker) puts every row in the same part.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "method", rename_all = "lowercase", deny_unknown_fields)]
+pub enum SplitSpec {
+    /// By a stable hash of a key column (customers stay on one side).
+    Hash {
+        /// The key column.
+        key: String,
+        /// Share of rows in the test set, percent.
+        test_percent: f64,
+        /// Share of rows in the validation set, percent.
+        #[serde(default)]
+        validation_percent: f64,
+    },
+    /// By an integer key modulo `every` (with `row_index`, the file-order protocols such as
+    /// bank marketing's `index % 5 == 4`).
+    Modulo {
+        /// The integer key column.
+        key: String,
+        /// The modulus.
+        every: u64,
+        /// Rows with `key % every == test_remainder` are test rows.
+        test_remainder: u64,
+        /// Rows with `key % every == validation_remainder` are validation rows.
+        #[serde(default)]
+        validation_remainder: Option<u64>,
+    },
+    /// By time: rows at or after `test_from` are test rows (forecasting).
+    Time {
+        /// The date or timestamp column.
+        column: String,
+        /// First test time, as SQL compares it with the column (`2012-08-01`).
+        test_from: String,
+        /// First validation time (before `test_from`).
+        #[serde(default)]
+        validation_from: Option<String>,
+    },
+}
+
+impl SplitSpec {
+    /// The column the rule reads.
+    pub fn column(&self) -> &str {
+        match self {
+            SplitSpec::Hash { key, .. } | SplitSpec::Modulo { key, .. } => key,
+            SplitSpec::Time { column, .. } => column,
+        }
+    }
+}
+
+/// The column the feature stage adds to say which part a row is in: `train`,
+/// `validation` or `test`.
+pub const SPLIT_COLUMN: &str = "halyard_split";
+
+fn default_shards() -> usize {
+    2
 }
 
 /// The `[forecast]` section of a forecasting job.
@@ -96,6 +238,8 @@ pub enum SeriesLayout {
 #[serde(deny_unknown_fields)]
 pub struct DataSpec {
     /// A path (relative to the spec file), a `file://` URL or an `s3://bucket/key` URL.
+    /// Left out when `[features]` builds the input.
+    #[serde(default)]
     pub source: String,
     /// `csv` or `parquet`; taken from the extension when absent.
     #[serde(default)]
@@ -461,7 +605,18 @@ impl JobSpec {
         })?;
         let mut spec = JobSpec::from_toml(&text, &path.display().to_string())?;
         let base = path.parent().unwrap_or(Path::new("."));
-        spec.data.source = resolve_source(&spec.data.source, base)?;
+        if !spec.data.source.trim().is_empty() {
+            spec.data.source = resolve_source(&spec.data.source, base)?;
+        }
+        if let Some(f) = spec.features.as_mut() {
+            for src in &mut f.sources {
+                let folder = src.path.ends_with('/');
+                src.path = resolve_source(&src.path, base)?;
+                if folder && !src.path.ends_with('/') {
+                    src.path.push('/');
+                }
+            }
+        }
         if let Some(f) = spec.forecast.as_mut()
             && let Some(t) = f.test_source.as_mut()
         {
@@ -515,15 +670,20 @@ impl JobSpec {
             ));
         }
         let d = &self.data;
-        if d.source.trim().is_empty() {
-            return Err(Error::invalid(
-                at("[data]"),
-                "source",
-                "\"\"",
-                "must name a file or URL",
-            ));
+        match &self.features {
+            Some(f) => f.validate(&at("[features]"))?,
+            None if d.source.trim().is_empty() => {
+                return Err(Error::invalid(
+                    at("[data]"),
+                    "source",
+                    "\"\"",
+                    "must name a file or URL (or add a [features] section whose SQL builds the input)",
+                ));
+            }
+            None => {
+                d.format_at(&at("[data]"))?;
+            }
         }
-        d.format_at(&at("[data]"))?;
         if d.delimiter.len() != 1 {
             return Err(Error::invalid(
                 at("[data]"),
@@ -713,6 +873,148 @@ impl JobSpec {
         }
         Ok(())
     }
+}
+
+impl FeaturesSpec {
+    fn validate(&self, at: &str) -> Result<()> {
+        if self.sources.is_empty() {
+            return Err(Error::invalid(at, "sources", "[]", "list at least one [[features.sources]] table"));
+        }
+        let mut names = std::collections::BTreeSet::new();
+        for src in &self.sources {
+            if !is_identifier(&src.name) {
+                return Err(Error::invalid(
+                    at,
+                    "sources.name",
+                    format!("{:?}", src.name),
+                    "must be a SQL name: letters, digits and '_', starting with a letter or '_'",
+                ));
+            }
+            if !names.insert(src.name.to_ascii_lowercase()) {
+                return Err(Error::invalid(at, "sources.name", format!("{:?}", src.name), "names two sources"));
+            }
+            if src.path.trim().is_empty() {
+                return Err(Error::invalid(at, "sources.path", "\"\"", format!("source {:?} needs a path or URL", src.name)));
+            }
+            src.resolved_format(at)?;
+            if src.delimiter.len() != 1 {
+                return Err(Error::invalid(
+                    at,
+                    "sources.delimiter",
+                    format!("{:?}", src.delimiter),
+                    "must be exactly one ASCII character",
+                ));
+            }
+            if src.row_index.is_some() && src.path.ends_with('/') {
+                return Err(Error::invalid(
+                    at,
+                    "sources.row_index",
+                    format!("{:?}", src.row_index),
+                    format!("source {:?} is a folder: rows have a file order only within one file", src.name),
+                ));
+            }
+        }
+        match (&self.sql, self.steps.is_empty()) {
+            (Some(q), true) if !q.trim().is_empty() => {}
+            (None, false) => {
+                for step in &self.steps {
+                    if !is_identifier(&step.name) || step.sql.trim().is_empty() {
+                        return Err(Error::invalid(
+                            at,
+                            "steps",
+                            format!("{:?}", step.name),
+                            "every step needs a SQL name and a query",
+                        ));
+                    }
+                }
+            }
+            _ => {
+                return Err(Error::invalid(
+                    at,
+                    "sql",
+                    "(one of sql or steps)",
+                    "give either sql = \"SELECT …\" or [[features.steps]], not both and not neither",
+                ));
+            }
+        }
+        if !(1..=4096).contains(&self.shards) {
+            return Err(Error::invalid(at, "shards", self.shards, "must be between 1 and 4096"));
+        }
+        match &self.split {
+            SplitSpec::Hash { test_percent, validation_percent, .. } => {
+                let ok = |p: f64| p.is_finite() && (0.0..100.0).contains(&p);
+                if !ok(*test_percent) || !ok(*validation_percent) || test_percent + validation_percent >= 100.0 || *test_percent <= 0.0 {
+                    return Err(Error::invalid(
+                        at,
+                        "split.test_percent",
+                        format!("{test_percent} (validation {validation_percent})"),
+                        "test_percent must be above 0, and with validation_percent below 100",
+                    ));
+                }
+            }
+            SplitSpec::Modulo { every, test_remainder, validation_remainder, .. } => {
+                if *every < 2 || test_remainder >= every || validation_remainder.is_some_and(|v| v >= *every || v == *test_remainder) {
+                    return Err(Error::invalid(
+                        at,
+                        "split.every",
+                        every,
+                        "every must be at least 2 and the remainders distinct and below it",
+                    ));
+                }
+            }
+            SplitSpec::Time { test_from, .. } => {
+                if test_from.trim().is_empty() {
+                    return Err(Error::invalid(at, "split.test_from", "\"\"", "must give the first test date or time"));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The SQL text of the whole pipeline (for the job's lineage).
+    pub fn queries(&self) -> Vec<(&str, &str)> {
+        match &self.sql {
+            Some(q) => vec![("features", q.as_str())],
+            None => self.steps.iter().map(|s| (s.name.as_str(), s.sql.as_str())).collect(),
+        }
+    }
+}
+
+impl SourceSpec {
+    /// The format, from `format` or else the path's extension.
+    pub fn resolved_format(&self, at: &str) -> Result<SourceFormat> {
+        if let Some(f) = self.format {
+            return Ok(f);
+        }
+        let lower = self.path.to_ascii_lowercase();
+        if [".csv", ".tsv", ".txt"].iter().any(|e| lower.ends_with(e)) {
+            Ok(SourceFormat::Csv)
+        } else if [".parquet", ".pq"].iter().any(|e| lower.ends_with(e)) {
+            Ok(SourceFormat::Parquet)
+        } else if [".json", ".jsonl", ".ndjson"].iter().any(|e| lower.ends_with(e)) {
+            Ok(SourceFormat::Json)
+        } else {
+            Err(Error::invalid(
+                at,
+                "sources.format",
+                "(absent)",
+                format!(
+                    "cannot tell the format of source {:?} from its path: set format = \"csv\", \"parquet\" or \"json\"",
+                    self.name
+                ),
+            ))
+        }
+    }
+
+    /// The delimiter as one byte.
+    pub fn delimiter_byte(&self) -> u8 {
+        self.delimiter.as_bytes().first().copied().unwrap_or(b',')
+    }
+}
+
+fn is_identifier(name: &str) -> bool {
+    name.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
 impl ForecastSpec {

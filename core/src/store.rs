@@ -6,6 +6,8 @@
 //! ```text
 //! models/<name>/<version>/model.safetensors
 //! models/<name>/<version>/manifest.json      written last: its presence marks a whole artifact
+//! jobs/<job>/features/part-NNNNN.parquet      the feature stage's shards
+//! jobs/<job>/features/features.json           written last: shards, row counts, statistics
 //! ```
 
 use std::sync::Arc;
@@ -195,7 +197,8 @@ impl Store {
     }
 }
 
-fn build_s3(bucket: &str, cfg: &S3Config) -> object_store::Result<object_store::aws::AmazonS3> {
+/// An S3 client for one bucket, from Halyard's S3 settings (then the AWS environment).
+pub fn build_s3(bucket: &str, cfg: &S3Config) -> object_store::Result<object_store::aws::AmazonS3> {
     let mut b = AmazonS3Builder::from_env().with_bucket_name(bucket);
     if let Some(endpoint) = &cfg.endpoint {
         b = b
@@ -285,6 +288,15 @@ pub async fn publish_model(
         .await?;
     Ok(store.url_of(&dir))
 }
+
+/// Folder of a job's feature table: Parquet shards and `features.json`.
+pub fn features_dir(job_id: &str) -> String {
+    format!("jobs/{job_id}/features")
+}
+
+/// The feature stage's manifest, written after every shard: its presence marks a whole
+/// feature table.
+pub const FEATURES_MANIFEST: &str = "features.json";
 
 /// Read a published model version: `None` while its manifest is not written.
 pub async fn read_model(store: &Store, name: &str, version: u64) -> Result<Option<(Bytes, Bytes)>> {

@@ -1,0 +1,247 @@
+//! The SQL cluster: an embedded Ballista scheduler in the leading Halyard scheduler and an
+//! embedded Ballista executor in every Halyard executor, with the same id.
+//!
+//! Ballista 55 keeps its state in memory and has no failover: Halyard supplies it. The
+//! leader advertises its SQL endpoint in the coordinator; every executor follows the
+//! advertised endpoint and re-attaches its Ballista executor when leadership moves. When a
+//! Halyard executor's lease expires, the leader tells its Ballista scheduler at once, so
+//! the lost executor's tasks run again elsewhere (instead of after Ballista's own 180 s
+//! heartbeat timeout).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use ballista_core::config::TaskSchedulingPolicy;
+use ballista_core::extension::SessionConfigExt;
+use ballista_core::registry::BallistaFunctionRegistry;
+use ballista_core::serde::BallistaCodec;
+use ballista_core::serde::protobuf::scheduler_grpc_client::SchedulerGrpcClient;
+use ballista_core::serde::protobuf::scheduler_grpc_server::SchedulerGrpcServer;
+use ballista_core::serde::protobuf::{ExecutorRegistration, ExecutorStoppedParams};
+use ballista_core::serde::scheduler::{ExecutorOperatingSystemSpecification, ExecutorSpecification};
+use ballista_core::utils::{GrpcServerConfig, create_grpc_server};
+use ballista_core::{BALLISTA_PROTOCOL_VERSION, ConfigProducer, RuntimeProducer};
+use ballista_executor::execution_loop::poll_loop;
+use ballista_executor::executor::Executor;
+use ballista_executor::flight_service::BallistaFlightService;
+use ballista_executor::health::ExecutorHealth;
+use ballista_executor::metrics::LoggingMetricsCollector;
+use ballista_scheduler::cluster::BallistaCluster;
+use ballista_scheduler::config::SchedulerConfig as BallistaSchedulerConfig;
+use ballista_scheduler::metrics::default_metrics_collector;
+use ballista_scheduler::scheduler_server::SchedulerServer;
+use datafusion::prelude::SessionConfig;
+use datafusion_proto::protobuf::{LogicalPlanNode, PhysicalPlanNode};
+use halyard_core::store::S3Config;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::TcpListenerStream;
+use tracing::{info, warn};
+
+use crate::error::{FeatureError, Result};
+use crate::session::{node_state, runtime};
+
+/// A running Ballista scheduler, owned by the Halyard leader.
+pub struct SqlScheduler {
+    /// The address it listens on.
+    pub addr: SocketAddr,
+    shutdown: watch::Sender<bool>,
+    server: JoinHandle<()>,
+}
+
+impl SqlScheduler {
+    /// Start a Ballista scheduler on `listener`. Its planning resolves data URLs with
+    /// Halyard's object stores.
+    pub async fn start(listener: TcpListener, s3: &S3Config) -> Result<SqlScheduler> {
+        let addr = listener.local_addr().map_err(|e| FeatureError::Cluster(e.to_string()))?;
+        let rt = runtime(s3)?;
+        let session_builder = Arc::new(move |config: SessionConfig| Ok(node_state(config, rt.clone())));
+        let config_producer: ConfigProducer = Arc::new(SessionConfig::new_with_ballista);
+        let name = format!("halyard-sql-{addr}");
+        let cluster = BallistaCluster::new_memory(name.clone(), session_builder, config_producer);
+        let config = BallistaSchedulerConfig {
+            // A lost executor is reported by the leader from its lease; Ballista's own
+            // heartbeat check is the backstop.
+            executor_timeout_seconds: 60,
+            expire_dead_executor_interval_seconds: 5,
+            no_executors_grace_period_seconds: 60,
+            executor_termination_grace_period: 0,
+            ..BallistaSchedulerConfig::default()
+        }
+        .with_scheduler_policy(TaskSchedulingPolicy::PullStaged);
+        let mut server: SchedulerServer<LogicalPlanNode, PhysicalPlanNode> = SchedulerServer::new(
+            name,
+            cluster,
+            BallistaCodec::default(),
+            Arc::new(config),
+            default_metrics_collector()?,
+        );
+        server.init().await?;
+        let grpc = SchedulerGrpcServer::new(server)
+            .max_decoding_message_size(64 << 20)
+            .max_encoding_message_size(64 << 20);
+        let (shutdown, mut rx) = watch::channel(false);
+        let server = tokio::spawn(async move {
+            let stop = async move {
+                let _ = rx.wait_for(|s| *s).await;
+            };
+            if let Err(e) = create_grpc_server(&GrpcServerConfig::default())
+                .add_service(grpc)
+                .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stop)
+                .await
+            {
+                warn!(error = %e, "sql scheduler stopped");
+            }
+        });
+        info!(%addr, "sql scheduler (ballista) listening");
+        Ok(SqlScheduler { addr, shutdown, server })
+    }
+
+    /// Tell the scheduler an executor is gone: its running tasks, and the shuffle output it
+    /// held, are scheduled again on the others.
+    pub async fn executor_lost(&self, executor_id: &str, reason: &str) -> Result<()> {
+        let mut client = SchedulerGrpcClient::connect(format!("http://{}", self.addr))
+            .await
+            .map_err(|e| FeatureError::Cluster(e.to_string()))?;
+        client
+            .executor_stopped(ExecutorStoppedParams {
+                executor_id: executor_id.to_string(),
+                reason: reason.to_string(),
+            })
+            .await
+            .map_err(|e| FeatureError::Cluster(e.message().to_string()))?;
+        Ok(())
+    }
+
+    /// Stop serving (leadership lost or shutdown).
+    pub async fn stop(self) {
+        let _ = self.shutdown.send(true);
+        let _ = self.server.await;
+    }
+}
+
+/// A Ballista executor embedded in a Halyard executor: a Flight service for shuffle data
+/// and results, and a poll loop attached to the current SQL scheduler.
+pub struct SqlExecutor {
+    executor: Arc<Executor>,
+    vcores: usize,
+    flight: JoinHandle<()>,
+    attached: Option<(String, JoinHandle<()>)>,
+}
+
+impl SqlExecutor {
+    /// Start the Flight service on `listener`; `host` is the name other nodes reach this
+    /// one by. `vcores` tasks run at once.
+    pub async fn start(
+        id: &str,
+        host: &str,
+        listener: TcpListener,
+        vcores: usize,
+        s3: &S3Config,
+    ) -> Result<SqlExecutor> {
+        let addr = listener.local_addr().map_err(|e| FeatureError::Cluster(e.to_string()))?;
+        let work_dir = tempfile::Builder::new()
+            .prefix("halyard-sql-")
+            .tempdir()
+            .map_err(|e| FeatureError::Cluster(format!("cannot make a work folder: {e}")))?
+            .keep();
+        let work_dir = work_dir.display().to_string();
+        let metadata = ExecutorRegistration {
+            id: id.to_string(),
+            host: Some(host.to_string()),
+            port: u32::from(addr.port()),
+            grpc_port: 0,
+            specification: Some(ExecutorSpecification::default().with_vcores(vcores as u32).into()),
+            os_info: Some(ExecutorOperatingSystemSpecification::default().into()),
+            ballista_protocol_version: BALLISTA_PROTOCOL_VERSION,
+        };
+        let rt = runtime(s3)?;
+        let state = node_state(SessionConfig::new_with_ballista(), rt.clone());
+        let config_producer: ConfigProducer = Arc::new(SessionConfig::new_with_ballista);
+        let runtime_producer: RuntimeProducer = Arc::new(move |_| Ok(rt.clone()));
+        let executor = Arc::new(Executor::with_default_execution_engine(
+            metadata,
+            &work_dir,
+            runtime_producer,
+            config_producer,
+            Arc::new(BallistaFunctionRegistry::from(&state)),
+            Arc::new(LoggingMetricsCollector::default()),
+            vcores,
+        ));
+        let flight = arrow_flight::flight_service_server::FlightServiceServer::new(
+            BallistaFlightService::new(work_dir),
+        )
+        .max_decoding_message_size(64 << 20)
+        .max_encoding_message_size(64 << 20);
+        let flight = tokio::spawn(async move {
+            if let Err(e) = create_grpc_server(&GrpcServerConfig::default())
+                .add_service(flight)
+                .serve_with_incoming(TcpListenerStream::new(listener))
+                .await
+            {
+                warn!(error = %e, "sql executor flight service stopped");
+            }
+        });
+        info!(%addr, id, "sql executor (ballista) flight service listening");
+        Ok(SqlExecutor {
+            executor,
+            vcores: vcores,
+            flight,
+            attached: None,
+        })
+    }
+
+    /// Attach to the SQL scheduler at `endpoint` (`HOST:PORT`), leaving any other; `None`
+    /// detaches. Nothing happens when already attached there.
+    pub fn follow(&mut self, endpoint: Option<&str>) {
+        if self.attached.as_ref().map(|(e, _)| e.as_str()) == endpoint {
+            return;
+        }
+        if let Some((old, task)) = self.attached.take() {
+            info!(endpoint = %old, "sql executor leaves its scheduler");
+            task.abort();
+        }
+        let Some(endpoint) = endpoint else { return };
+        let url = format!("http://{endpoint}");
+        let executor = self.executor.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                match SchedulerGrpcClient::connect(url.clone()).await {
+                    Ok(client) => {
+                        let client = client
+                            .max_decoding_message_size(64 << 20)
+                            .max_encoding_message_size(64 << 20);
+                        info!(%url, "sql executor attached");
+                        if let Err(e) = poll_loop(
+                            client,
+                            executor.clone(),
+                            BallistaCodec::<LogicalPlanNode, PhysicalPlanNode>::default(),
+                            None,
+                            None,
+                            ExecutorHealth::new(),
+                        )
+                        .await
+                        {
+                            warn!(%url, error = %e, "sql executor poll loop ended; attaching again");
+                        }
+                    }
+                    Err(e) => warn!(%url, error = %e, "cannot reach the sql scheduler; retrying"),
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+            }
+        });
+        self.attached = Some((endpoint.to_string(), task));
+    }
+
+    /// Tasks this executor runs at once.
+    pub fn vcores(&self) -> usize {
+        self.vcores
+    }
+
+    /// Stop the poll loop and the Flight service.
+    pub fn stop(mut self) {
+        self.follow(None);
+        self.flight.abort();
+    }
+}

@@ -1,0 +1,21 @@
+//! `halyard-features`: distributed feature engineering on Apache Ballista 55 / DataFusion 55.
+//!
+//! - [`cluster`]: the Ballista scheduler embedded in the leading Halyard scheduler and the
+//!   Ballista executor embedded in every Halyard executor, following the leader.
+//! - [`session`]: DataFusion contexts (single-process, Ballista client, Ballista nodes), all
+//!   with Halyard's object stores ([`stores`]) and UDFs ([`udf`]).
+//! - [`stage`]: a job's feature stage: SQL over named sources, the split, Parquet shards
+//!   written in parallel, statistics by SQL aggregates.
+//!
+//! **Invariants.** Plans carry URLs, never credentials: every node builds its S3 clients
+//! from its own configuration. A feature table is whole once `features.json` is written
+//! (after every shard); a rerun of the stage rewrites every shard.
+
+pub mod cluster;
+mod error;
+pub mod session;
+pub mod stage;
+pub mod stores;
+pub mod udf;
+
+pub use error::{FeatureError, Result, describe};

@@ -1,0 +1,82 @@
+//! DataFusion session states for each place a query runs: single-process (standalone's
+//! reference and the benchmark's baseline), a Ballista client, and the Ballista scheduler
+//! and executors. Every one knows Halyard's UDFs and object stores.
+
+use std::sync::Arc;
+
+use ballista::prelude::SessionContextExt;
+use ballista_core::extension::{
+    SessionConfigExt, ballista_aggregate_functions, ballista_scalar_functions,
+    ballista_window_functions,
+};
+use datafusion::execution::SessionStateBuilder;
+use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
+use datafusion::prelude::{SessionConfig, SessionContext};
+use datafusion::execution::SessionState;
+use halyard_core::store::S3Config;
+
+use crate::error::Result;
+use crate::stores::Stores;
+use crate::udf;
+
+/// The runtime every node uses: Halyard's object stores.
+pub fn runtime(s3: &S3Config) -> Result<Arc<RuntimeEnv>> {
+    Ok(RuntimeEnvBuilder::new()
+        .with_object_store_registry(Arc::new(Stores::new(s3.clone())))
+        .build_arc()?)
+}
+
+/// Session settings shared by every context: `partitions` parallel partitions per stage.
+pub fn config(partitions: usize) -> SessionConfig {
+    SessionConfig::new_with_ballista()
+        .with_target_partitions(partitions.max(1))
+        .with_information_schema(true)
+}
+
+/// A single-process DataFusion context with the UDFs and object stores.
+pub fn local_context(s3: &S3Config, partitions: usize) -> Result<SessionContext> {
+    let state = SessionStateBuilder::new()
+        .with_default_features()
+        .with_config(config(partitions))
+        .with_runtime_env(runtime(s3)?)
+        .build();
+    let ctx = SessionContext::new_with_state(state);
+    register_udfs(&ctx);
+    Ok(ctx)
+}
+
+/// A context whose queries run on the Ballista cluster whose scheduler listens at
+/// `endpoint` (`HOST:PORT`).
+pub async fn remote_context(endpoint: &str, s3: &S3Config, partitions: usize) -> Result<SessionContext> {
+    let state = SessionStateBuilder::new()
+        .with_default_features()
+        .with_config(config(partitions))
+        .with_runtime_env(runtime(s3)?)
+        .build();
+    let ctx = SessionContext::remote_with_state(&format!("df://{endpoint}"), state).await?;
+    // Ballista's upgrade resets the function list to its own: add ours back.
+    register_udfs(&ctx);
+    Ok(ctx)
+}
+
+fn register_udfs(ctx: &SessionContext) {
+    for f in udf::all() {
+        ctx.register_udf(f.as_ref().clone());
+    }
+}
+
+/// The session state a Ballista scheduler or executor plans and runs with: Ballista's
+/// functions and optimizer rules, Halyard's UDFs, and the object stores.
+pub fn node_state(config: SessionConfig, runtime: Arc<RuntimeEnv>) -> SessionState {
+    let mut scalar = ballista_scalar_functions();
+    scalar.extend(udf::all());
+    SessionStateBuilder::new()
+        .with_default_features()
+        .with_config(config)
+        .with_runtime_env(runtime)
+        .with_optimizer_rules(ballista_core::optimizer::ballista_default_optimizer_rules())
+        .with_scalar_functions(scalar)
+        .with_aggregate_functions(ballista_aggregate_functions())
+        .with_window_functions(ballista_window_functions())
+        .build()
+}

@@ -1,0 +1,485 @@
+//! The feature stage of a job: register the sources, run the SQL on the cluster, add the
+//! split, write the feature table as Parquet shards (one query per shard, all at once:
+//! Ballista writes each `COPY` through one task), then compute the statistics the model
+//! needs with SQL aggregates over the shards, and write `features.json` last.
+
+use std::collections::BTreeMap;
+
+use arrow::array::{Array, AsArray, RecordBatch};
+use arrow::compute::cast;
+use arrow::datatypes::{DataType, Float64Type, UInt64Type};
+use datafusion::prelude::{CsvReadOptions, JsonReadOptions, ParquetReadOptions, SessionContext};
+use futures::StreamExt;
+use halyard_core::spec::{FeaturesSpec, SPLIT_COLUMN, SourceFormat, SourceSpec, SplitSpec};
+use object_store::ObjectStoreExt;
+use object_store::path::Path as ObjectPath;
+use serde::{Deserialize, Serialize};
+use url::Url;
+
+use crate::error::{FeatureError, Result};
+
+/// The view holding the feature table with its split column.
+const FEATURES_VIEW: &str = "halyard_features";
+/// The shards, read back for the statistics.
+const OUTPUT_TABLE: &str = "halyard_output";
+/// Most frequent values kept per categorical column.
+const TOP_VALUES: usize = 1000;
+/// Quantiles computed per numeric column.
+const QUANTILES: [f64; 9] = [0.01, 0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 0.99];
+
+/// `features.json`: the feature table's shards and statistics.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FeatureTable {
+    /// The shards, in order.
+    pub shards: Vec<Shard>,
+    /// Rows in all shards.
+    pub rows: u64,
+    /// Rows per split part (`train`, `validation`, `test`).
+    pub split_rows: BTreeMap<String, u64>,
+    /// Columns and their Arrow types.
+    pub columns: Vec<Column>,
+    /// Statistics of the numeric columns over the rows outside the test part.
+    pub numeric: Vec<NumericStats>,
+    /// Statistics of the string columns over the rows outside the test part.
+    pub categorical: Vec<CategoricalStats>,
+    /// The queries that built the table, by step name.
+    pub queries: Vec<(String, String)>,
+}
+
+/// One Parquet shard.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Shard {
+    /// File name within the features folder.
+    pub file: String,
+    /// Its rows.
+    pub rows: u64,
+}
+
+/// A column of the feature table.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Column {
+    /// Name.
+    pub name: String,
+    /// Arrow type, as Arrow prints it.
+    pub data_type: String,
+}
+
+/// Statistics of a numeric column.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NumericStats {
+    /// Column.
+    pub column: String,
+    /// Non-null values.
+    pub count: u64,
+    /// Mean.
+    pub mean: Option<f64>,
+    /// Population standard deviation.
+    pub std: Option<f64>,
+    /// Smallest value.
+    pub min: Option<f64>,
+    /// Largest value.
+    pub max: Option<f64>,
+    /// `(q, value)` pairs, approximate (t-digest).
+    pub quantiles: Vec<(f64, f64)>,
+}
+
+/// Statistics of a string column.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CategoricalStats {
+    /// Column.
+    pub column: String,
+    /// Distinct non-null values.
+    pub distinct: u64,
+    /// The most frequent values with their counts, most frequent first.
+    pub top: Vec<(String, u64)>,
+}
+
+fn quote(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+fn literal(text: &str) -> String {
+    format!("'{}'", text.replace('\'', "''"))
+}
+
+/// Rows of a one-column count result.
+fn count_of(batches: &[RecordBatch]) -> u64 {
+    batches
+        .iter()
+        .filter(|b| b.num_columns() > 0)
+        .map(|b| {
+            let c = cast(b.column(0), &DataType::UInt64).expect("a count casts to u64");
+            c.as_primitive::<UInt64Type>().iter().flatten().sum::<u64>()
+        })
+        .sum()
+}
+
+/// Register every source of the spec on `ctx`, checking that each exists and that a
+/// folder's files share one schema.
+pub async fn register_sources(ctx: &SessionContext, spec: &FeaturesSpec) -> Result<()> {
+    for src in &spec.sources {
+        register_source(ctx, src).await?;
+    }
+    Ok(())
+}
+
+fn source_error(src: &SourceSpec, message: impl Into<String>) -> FeatureError {
+    FeatureError::Source {
+        name: src.name.clone(),
+        location: src.path.clone(),
+        message: message.into(),
+    }
+}
+
+/// The files of a source: the file itself, or a folder's files.
+async fn source_files(ctx: &SessionContext, src: &SourceSpec) -> Result<Vec<String>> {
+    let url = Url::parse(&src.path).map_err(|e| source_error(src, format!("not a URL: {e}")))?;
+    let store = ctx
+        .runtime_env()
+        .object_store_registry
+        .get_store(&url)
+        .map_err(|e| source_error(src, crate::error::describe(&e)))?;
+    let path = ObjectPath::from_url_path(url.path()).map_err(|e| source_error(src, e.to_string()))?;
+    if !src.path.ends_with('/') {
+        return match store.head(&path).await {
+            Ok(_) => Ok(vec![src.path.clone()]),
+            Err(object_store::Error::NotFound { .. }) => Err(source_error(
+                src,
+                "does not exist; check the path (relative paths are relative to the spec file)",
+            )),
+            Err(e) => Err(source_error(src, e.to_string())),
+        };
+    }
+    let mut files = Vec::new();
+    let mut listing = store.list(Some(&path));
+    while let Some(meta) = listing.next().await {
+        let meta = meta.map_err(|e| source_error(src, e.to_string()))?;
+        let name = meta.location.filename().unwrap_or_default();
+        if name.starts_with('.') || name.starts_with('_') {
+            continue;
+        }
+        let mut u = url.clone();
+        u.set_path(&format!("/{}", meta.location));
+        files.push(u.to_string());
+    }
+    files.sort();
+    if files.is_empty() {
+        return Err(source_error(src, "the folder is empty or does not exist"));
+    }
+    Ok(files)
+}
+
+fn extension(path: &str, format: SourceFormat) -> String {
+    let name = path.rsplit('/').next().unwrap_or_default();
+    match name.rsplit_once('.') {
+        Some((_, ext)) if !path.ends_with('/') => format!(".{ext}"),
+        _ => format!(".{}", format.as_str()),
+    }
+}
+
+async fn register_file(ctx: &SessionContext, table: &str, path: &str, src: &SourceSpec, format: SourceFormat) -> Result<()> {
+    let ext = extension(path, format);
+    let r = match format {
+        SourceFormat::Csv => {
+            let opts = CsvReadOptions::new()
+                .delimiter(src.delimiter_byte())
+                .has_header(src.has_header)
+                .file_extension(&ext);
+            ctx.register_csv(table, path, opts).await
+        }
+        SourceFormat::Parquet => {
+            ctx.register_parquet(table, path, ParquetReadOptions::default().file_extension(&ext))
+                .await
+        }
+        SourceFormat::Json => {
+            ctx.register_json(table, path, JsonReadOptions::default().file_extension(&ext))
+                .await
+        }
+    };
+    r.map_err(|e| source_error(src, crate::error::describe(&e)))
+}
+
+async fn register_source(ctx: &SessionContext, src: &SourceSpec) -> Result<()> {
+    let format = src.resolved_format("[features]")?;
+    let files = source_files(ctx, src).await?;
+    if files.len() > 1 {
+        // Every file must have the first one's columns: a mismatch names both files.
+        let probe = format!("{}__probe", src.name);
+        let mut first: Option<(String, arrow::datatypes::SchemaRef)> = None;
+        for file in &files {
+            register_file(ctx, &probe, file, src, format).await?;
+            let schema = ctx.table(probe.as_str()).await?.schema().inner().clone();
+            ctx.deregister_table(probe.as_str())?;
+            match &first {
+                None => first = Some((file.clone(), schema)),
+                Some((f0, s0)) => {
+                    let names = |s: &arrow::datatypes::SchemaRef| {
+                        s.fields().iter().map(|f| format!("{} {}", f.name(), f.data_type())).collect::<Vec<_>>()
+                    };
+                    if names(s0) != names(&schema) {
+                        return Err(source_error(
+                            src,
+                            format!(
+                                "files differ in their columns: {f0} has [{}] but {file} has [{}]; \
+                                 make every file of a source share one schema",
+                                names(s0).join(", "),
+                                names(&schema).join(", ")
+                            ),
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    let table = if src.row_index.is_some() {
+        format!("{}__file", src.name)
+    } else {
+        src.name.clone()
+    };
+    register_file(ctx, &table, &src.path, src, format).await?;
+    if let Some(idx) = &src.row_index {
+        // One file, read as one partition (the stage turns off file-scan repartitioning),
+        // so row_number() counts rows in file order.
+        let sql = format!(
+            "CREATE VIEW {} AS SELECT CAST(row_number() OVER () - 1 AS BIGINT) AS {}, * FROM {}",
+            quote(&src.name),
+            quote(idx),
+            quote(&table)
+        );
+        ctx.sql(&sql).await?;
+    }
+    Ok(())
+}
+
+/// Create the pipeline's views; returns the name of the one holding the feature table.
+pub async fn create_views(ctx: &SessionContext, spec: &FeaturesSpec) -> Result<String> {
+    let mut last = String::new();
+    for (name, sql) in spec.queries() {
+        let body = sql.trim().trim_end_matches(';');
+        let view = if spec.sql.is_some() { "halyard_query" } else { name };
+        ctx.sql(&format!("CREATE VIEW {} AS {body}", quote(view)))
+            .await
+            .map_err(|e| FeatureError::Sql(format!("step {name:?}: {}", crate::error::describe(&e))))?;
+        last = view.to_string();
+    }
+    Ok(last)
+}
+
+fn split_case(split: &SplitSpec) -> String {
+    match split {
+        SplitSpec::Hash { key, test_percent, validation_percent } => {
+            let b = format!("hash_bucket({}, 10000)", quote(key));
+            let t = (test_percent * 100.0).round() as i64;
+            let v = t + (validation_percent * 100.0).round() as i64;
+            format!("CASE WHEN {b} < {t} THEN 'test' WHEN {b} < {v} THEN 'validation' ELSE 'train' END")
+        }
+        SplitSpec::Modulo { key, every, test_remainder, validation_remainder } => {
+            let m = format!("(CAST({} AS BIGINT) % {every})", quote(key));
+            let valid = validation_remainder
+                .map(|v| format!(" WHEN {m} = {v} THEN 'validation'"))
+                .unwrap_or_default();
+            format!("CASE WHEN {m} = {test_remainder} THEN 'test'{valid} ELSE 'train' END")
+        }
+        SplitSpec::Time { column, test_from, validation_from } => {
+            let c = quote(column);
+            let valid = validation_from
+                .as_ref()
+                .map(|v| format!(" WHEN {c} >= {} THEN 'validation'", literal(v)))
+                .unwrap_or_default();
+            format!("CASE WHEN {c} >= {} THEN 'test'{valid} ELSE 'train' END", literal(test_from))
+        }
+    }
+}
+
+/// Settings the stage needs on its context (a file's row order needs one scan partition).
+pub async fn prepare(ctx: &SessionContext, spec: &FeaturesSpec) -> Result<()> {
+    if spec.sources.iter().any(|s| s.row_index.is_some()) {
+        ctx.sql("SET datafusion.optimizer.repartition_file_scans = false").await?;
+    }
+    Ok(())
+}
+
+/// Run the whole stage on `ctx`, writing into the folder `out_url` (`file://…` or
+/// `s3://…`). `label` (may be empty) must be a column of the output. Progress lines go to
+/// `progress`. Returns the manifest, which the caller writes as `features.json`.
+pub async fn run_stage(
+    ctx: &SessionContext,
+    spec: &FeaturesSpec,
+    label: &str,
+    out_url: &str,
+    progress: &mut (dyn FnMut(String) + Send),
+) -> Result<FeatureTable> {
+    prepare(ctx, spec).await?;
+    register_sources(ctx, spec).await?;
+    let names: Vec<&str> = spec.sources.iter().map(|s| s.name.as_str()).collect();
+    progress(format!("features: sources {} registered", names.join(", ")));
+    let output = create_views(ctx, spec).await?;
+    let schema = ctx.table(output.as_str()).await?.schema().inner().clone();
+    let available = || {
+        schema.fields().iter().map(|f| f.name().as_str()).collect::<Vec<_>>().join(", ")
+    };
+    let need = |column: &str, role: &'static str| -> Result<()> {
+        if schema.field_with_name(column).is_err() {
+            return Err(FeatureError::MissingColumn { column: column.to_string(), role, available: available() });
+        }
+        Ok(())
+    };
+    if !label.is_empty() {
+        need(label, "the [data] label")?;
+    }
+    need(spec.split.column(), "the split's key")?;
+    let shard_key = spec.shard_key.as_deref().unwrap_or(spec.split.column());
+    need(shard_key, "the shard key")?;
+    if schema.field_with_name(SPLIT_COLUMN).is_ok() {
+        return Err(FeatureError::Sql(format!(
+            "the feature query's output already has a column {SPLIT_COLUMN:?}, which the stage adds; rename it"
+        )));
+    }
+    ctx.sql(&format!(
+        "CREATE VIEW {FEATURES_VIEW} AS SELECT *, {} AS {SPLIT_COLUMN} FROM {}",
+        split_case(&spec.split),
+        quote(&output)
+    ))
+    .await?;
+    let out = out_url.trim_end_matches('/');
+    let n = spec.shards;
+    progress(format!("features: writing {n} shard(s) to {out}"));
+    let writes = (0..n).map(|i| {
+        let file = format!("part-{i:05}.parquet");
+        let filter = if n > 1 {
+            format!(" WHERE hash_bucket({}, {n}) = {i}", quote(shard_key))
+        } else {
+            String::new()
+        };
+        let sql = format!(
+            "COPY (SELECT * FROM {FEATURES_VIEW}{filter}) TO {} STORED AS PARQUET",
+            literal(&format!("{out}/{file}"))
+        );
+        async move {
+            let batches = ctx.sql(&sql).await?.collect().await?;
+            Ok::<_, FeatureError>(Shard { file, rows: count_of(&batches) })
+        }
+    });
+    let shards = futures::future::try_join_all(writes).await?;
+    let rows: u64 = shards.iter().map(|s| s.rows).sum();
+    progress(format!("features: {rows} rows written"));
+    let mut table = statistics(ctx, &format!("{out}/"), shards).await?;
+    table.queries = spec.queries().into_iter().map(|(n, q)| (n.to_string(), q.to_string())).collect();
+    progress(format!(
+        "features: statistics of {} numeric and {} string columns; split {}",
+        table.numeric.len(),
+        table.categorical.len(),
+        table.split_rows.iter().map(|(k, v)| format!("{k} {v}")).collect::<Vec<_>>().join(", ")
+    ));
+    Ok(table)
+}
+
+/// Statistics over the written shards.
+async fn statistics(ctx: &SessionContext, dir: &str, shards: Vec<Shard>) -> Result<FeatureTable> {
+    ctx.register_parquet(OUTPUT_TABLE, dir, ParquetReadOptions::default()).await?;
+    let schema = ctx.table(OUTPUT_TABLE).await?.schema().inner().clone();
+    let columns: Vec<Column> = schema
+        .fields()
+        .iter()
+        .map(|f| Column { name: f.name().clone(), data_type: f.data_type().to_string() })
+        .collect();
+    let fit = format!("FROM {OUTPUT_TABLE} WHERE {SPLIT_COLUMN} <> 'test'");
+    let split_rows = ctx
+        .sql(&format!("SELECT {SPLIT_COLUMN}, count(*) FROM {OUTPUT_TABLE} GROUP BY {SPLIT_COLUMN}"))
+        .await?
+        .collect()
+        .await?;
+    let mut parts = BTreeMap::new();
+    for b in &split_rows {
+        let names = cast(b.column(0), &DataType::Utf8)?;
+        let names = names.as_string::<i32>();
+        let counts = cast(b.column(1), &DataType::UInt64)?;
+        let counts = counts.as_primitive::<UInt64Type>();
+        for i in 0..b.num_rows() {
+            parts.insert(names.value(i).to_string(), counts.value(i));
+        }
+    }
+    let numeric_cols: Vec<&str> = schema
+        .fields()
+        .iter()
+        .filter(|f| f.data_type().is_numeric() && f.name() != SPLIT_COLUMN)
+        .map(|f| f.name().as_str())
+        .collect();
+    let mut numeric = Vec::new();
+    if !numeric_cols.is_empty() {
+        let per = 5 + QUANTILES.len();
+        let exprs: Vec<String> = numeric_cols
+            .iter()
+            .flat_map(|c| {
+                let q = quote(c);
+                let f = format!("CAST({q} AS DOUBLE)");
+                let mut v = vec![
+                    format!("CAST(count({q}) AS DOUBLE)"),
+                    format!("avg({f})"),
+                    format!("stddev_pop({f})"),
+                    format!("min({f})"),
+                    format!("max({f})"),
+                ];
+                v.extend(QUANTILES.iter().map(|p| format!("approx_percentile_cont({p}) WITHIN GROUP (ORDER BY {f})")));
+                v
+            })
+            .collect();
+        let batches = ctx.sql(&format!("SELECT {} {fit}", exprs.join(", "))).await?.collect().await?;
+        let row: Vec<Option<f64>> = match batches.iter().find(|b| b.num_rows() > 0) {
+            Some(b) => (0..b.num_columns())
+                .map(|i| {
+                    let c = cast(b.column(i), &DataType::Float64).ok()?;
+                    let c = c.as_primitive::<Float64Type>();
+                    (!c.is_null(0)).then(|| c.value(0))
+                })
+                .collect(),
+            None => vec![None; exprs.len()],
+        };
+        for (k, c) in numeric_cols.iter().enumerate() {
+            let v = &row[k * per..(k + 1) * per];
+            numeric.push(NumericStats {
+                column: c.to_string(),
+                count: v[0].unwrap_or(0.0) as u64,
+                mean: v[1],
+                std: v[2],
+                min: v[3],
+                max: v[4],
+                quantiles: QUANTILES.iter().zip(&v[5..]).filter_map(|(q, x)| x.map(|x| (*q, x))).collect(),
+            });
+        }
+    }
+    let string_cols: Vec<&str> = schema
+        .fields()
+        .iter()
+        .filter(|f| matches!(f.data_type(), DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View | DataType::Boolean) && f.name() != SPLIT_COLUMN)
+        .map(|f| f.name().as_str())
+        .collect();
+    let vocab = string_cols.iter().map(|c| {
+        let q = quote(c);
+        let sql = format!(
+            "SELECT CAST({q} AS VARCHAR) AS v, count(*) AS n, count(*) OVER () AS d {fit} AND {q} IS NOT NULL \
+             GROUP BY {q} ORDER BY n DESC, v LIMIT {TOP_VALUES}"
+        );
+        async move {
+            let batches = ctx.sql(&sql).await?.collect().await?;
+            let mut top = Vec::new();
+            let mut distinct = 0;
+            for b in &batches {
+                let v = cast(b.column(0), &DataType::Utf8)?;
+                let v = v.as_string::<i32>();
+                let n = cast(b.column(1), &DataType::UInt64)?;
+                let n = n.as_primitive::<UInt64Type>();
+                let d = cast(b.column(2), &DataType::UInt64)?;
+                let d = d.as_primitive::<UInt64Type>();
+                for i in 0..b.num_rows() {
+                    top.push((v.value(i).to_string(), n.value(i)));
+                    distinct = d.value(i);
+                }
+            }
+            Ok::<_, FeatureError>(CategoricalStats { column: c.to_string(), distinct, top })
+        }
+    });
+    let categorical = futures::future::try_join_all(vocab).await?;
+    let rows = shards.iter().map(|s| s.rows).sum();
+    Ok(FeatureTable { shards, rows, split_rows: parts, columns, numeric, categorical, queries: Vec::new() })
+}
