@@ -211,6 +211,33 @@ enum Command {
         #[command(flatten)]
         conn: Conn,
     },
+    /// Run SQL on the cluster (its embedded Ballista) or, with --local, in this process
+    ///
+    /// `halyard sql --table events=data/events.csv -e "SELECT channel, count(*) FROM events GROUP BY channel"`.
+    /// Without -e, reads statements (each ending with ';') from standard input. Tables can
+    /// also be declared in SQL: CREATE EXTERNAL TABLE t STORED AS PARQUET LOCATION 's3://b/t/'.
+    /// The feature functions (bucketize, hash_bucket, day_of_week, week_of_year,
+    /// is_holiday) are available; docs/features.md shows each.
+    Sql {
+        /// A statement to run (repeat for several, run in order)
+        #[arg(short = 'e', long = "execute")]
+        execute: Vec<String>,
+        /// A table to register first, NAME=PATH (file, folder ending in '/', file:// or
+        /// s3:// URL; format from the extension)
+        #[arg(long = "table")]
+        tables: Vec<String>,
+        /// CSV field separator of the --table files
+        #[arg(long, default_value = ",")]
+        delimiter: char,
+        /// Write the last result to this .csv or .parquet file instead of printing it
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+        /// Run in this process on single-process DataFusion, without a cluster
+        #[arg(long)]
+        local: bool,
+        #[command(flatten)]
+        conn: Conn,
+    },
     /// Train a job spec here, without a cluster, and print its metrics
     ///
     /// Runs exactly the executor's training path in this process: useful to try a spec
@@ -303,6 +330,10 @@ struct ServerArgs {
     /// lone request at once and batches only what queues under load [default: 0]
     #[arg(long, env = "HALYARD_BATCH_WAIT_US")]
     batch_wait_us: Option<u64>,
+    /// Address of the SQL (Ballista) service: the leader's scheduler, an executor's data
+    /// service; advertised through the coordinator [default: the --listen host, any free port]
+    #[arg(long, env = "HALYARD_SQL_LISTEN")]
+    sql_listen: Option<String>,
     /// S3 endpoint URL [default: AWS_ENDPOINT_URL or AWS]
     #[arg(long, env = "HALYARD_S3_ENDPOINT")]
     s3_endpoint: Option<String>,
@@ -338,6 +369,7 @@ impl ServerArgs {
             executors: self.executors,
             max_batch: self.max_batch,
             batch_wait_us: self.batch_wait_us,
+            sql_listen: self.sql_listen,
             s3: S3Config {
                 endpoint: self.s3_endpoint,
                 region: self.s3_region,
@@ -537,6 +569,39 @@ async fn run(cli: Cli) -> Result<(), AnyError> {
         Command::Experiment { name, json, conn } => {
             init_tracing("warn");
             registry::experiment(&Client::connect(&conn.scheduler).await?, &name, json).await?;
+        }
+        Command::Sql {
+            execute,
+            tables,
+            delimiter,
+            output,
+            local,
+            conn,
+        } => {
+            init_tracing("warn");
+            if !delimiter.is_ascii() {
+                return Err(format!("--delimiter {delimiter:?}: must be one ASCII character").into());
+            }
+            // S3 credentials come from the AWS_* environment.
+            let s3 = S3Config::default();
+            let client;
+            let target = if local {
+                halyard_client::sql::Target::Local
+            } else {
+                client = Client::connect(&conn.scheduler).await?;
+                halyard_client::sql::Target::Cluster(&client)
+            };
+            let ctx = halyard_client::sql::context(target, &tables, delimiter as u8, &s3).await?;
+            if execute.is_empty() {
+                halyard_client::sql::interactive(&ctx, output).await?;
+            } else {
+                let last = execute.len() - 1;
+                for (i, q) in execute.iter().enumerate() {
+                    let batches = halyard_client::sql::run(&ctx, q).await?;
+                    let out = if i == last { output.as_deref() } else { None };
+                    halyard_client::sql::emit(&batches, out)?;
+                }
+            }
         }
         Command::Train {
             spec,

@@ -9,7 +9,10 @@ use std::time::Instant;
 
 use halyard_core::spec::{DeviceKind, JobSpec};
 use halyard_core::store::S3Config;
-use halyard_executor::{placement, read_inputs, read_series, spawn_training};
+use halyard_core::config::file_url;
+use halyard_core::store::Store;
+use halyard_executor::{feature_input, placement, read_inputs, read_series, spawn_training};
+use halyard_features::session::local_context;
 use halyard_models::forecast::classical::evaluate;
 
 use crate::Error;
@@ -29,14 +32,24 @@ pub async fn train_local(
     }
     // S3 credentials come from the AWS_* environment.
     let s3 = S3Config::default();
-    let (bytes, test_bytes) = read_inputs(&spec, &s3, &mut |l| eprintln!("{l}")).await?;
+    let input = match &spec.features {
+        // The feature stage runs here on single-process DataFusion, into OUT/features (or a
+        // temporary folder).
+        Some(_) => {
+            let scratch = tempfile_dir(out)?;
+            let store = Store::open(&file_url(&scratch)?, &s3)?;
+            let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+            let ctx = local_context(&s3, cores).map_err(halyard_executor::ExecutorError::from)?;
+            feature_input(&ctx, &spec, &store, "features", &s3, &mut |l| eprintln!("{l}")).await?
+        }
+        None => read_inputs(&spec, &s3, &mut |l| eprintln!("{l}")).await?,
+    };
     let placement = placement(&spec, gpus);
     eprintln!("training {} on the {placement}", spec.model.kind.as_str());
     let started = Instant::now();
     let (mut rx, done) = spawn_training(
         &spec.name,
-        bytes.clone(),
-        test_bytes.clone(),
+        input.clone(),
         spec.clone(),
         placement,
         Arc::new(AtomicBool::new(false)),
@@ -73,7 +86,7 @@ pub async fn train_local(
         println!("  weights in {}", w.display());
     }
     if baselines && let Some(f) = &spec.forecast {
-        let series = read_series(&bytes, test_bytes.as_ref(), &spec, f)?;
+        let series = read_series(&input, &spec, f)?;
         let (train, test) = (series.train, series.test);
         let started = Instant::now();
         let rows = tokio::task::spawn_blocking({
@@ -101,6 +114,17 @@ pub async fn train_local(
         }
     }
     Ok(())
+}
+
+/// Where `halyard train` writes a feature table: `OUT/` when given (kept), else a fresh
+/// folder under the system's temporary directory.
+fn tempfile_dir(out: Option<&Path>) -> Result<std::path::PathBuf, Error> {
+    let dir = match out {
+        Some(d) => d.to_path_buf(),
+        None => std::env::temp_dir().join(format!("halyard-train-{}", std::process::id())),
+    };
+    std::fs::create_dir_all(&dir).map_err(|e| io(&dir, e))?;
+    Ok(dir)
 }
 
 fn io(path: &Path, source: std::io::Error) -> Error {

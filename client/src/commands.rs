@@ -282,7 +282,7 @@ pub async fn cluster(client: &Client, as_json: bool) -> Result<()> {
                        "running_tasks": e.running_tasks})
             })
             .collect();
-        out(&json!({"leader": c.leader, "executors": execs}).to_string());
+        out(&json!({"leader": c.leader, "sql_endpoint": c.sql_endpoint, "executors": execs}).to_string());
         return Ok(());
     }
     out(&format!(
@@ -293,6 +293,9 @@ pub async fn cluster(client: &Client, as_json: bool) -> Result<()> {
             &c.leader
         }
     ));
+    if !c.sql_endpoint.is_empty() {
+        out(&format!("sql scheduler: {}", c.sql_endpoint));
+    }
     out(&format!(
         "{:<28} {:<22} {:>5} {:>8} {:>4} {:>7}",
         "EXECUTOR", "ADDRESS", "SLOTS", "MEM MiB", "GPUS", "RUNNING"

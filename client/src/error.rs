@@ -30,6 +30,9 @@ pub enum ClientError {
         /// The cause.
         source: std::io::Error,
     },
+    /// A SQL query failed, or the SQL cluster could not be reached.
+    #[error(transparent)]
+    Sql(#[from] halyard_features::FeatureError),
     /// The job ended without success.
     #[error("job {id} {state}{}", if .error.is_empty() { String::new() } else { format!(": {}", .error) })]
     JobFailed {

@@ -9,6 +9,7 @@ pub mod datagen;
 mod error;
 pub mod load;
 pub mod registry;
+pub mod sql;
 
 use halyard_core::proto::job_service_client::JobServiceClient;
 use halyard_core::proto::model_service_client::ModelServiceClient;

@@ -46,6 +46,10 @@ pub struct Settings {
     pub max_batch: Option<usize>,
     /// Executor serving: longest a micro-batch waits for more requests, microseconds.
     pub batch_wait_us: Option<u64>,
+    /// `HOST:PORT` of the SQL (Ballista) service: the leader's scheduler, an executor's
+    /// data (Arrow Flight) service. Port 0 picks a free one; the address is advertised
+    /// through the coordinator.
+    pub sql_listen: Option<String>,
     /// S3 settings.
     pub s3: S3Config,
 }
@@ -80,6 +84,7 @@ impl Settings {
             executors: self.executors.or(lower.executors),
             max_batch: self.max_batch.or(lower.max_batch),
             batch_wait_us: self.batch_wait_us.or(lower.batch_wait_us),
+            sql_listen: self.sql_listen.or(lower.sql_listen),
             s3: S3Config {
                 endpoint: self.s3.endpoint.or(lower.s3.endpoint),
                 region: self.s3.region.or(lower.s3.region),
@@ -162,6 +167,12 @@ pub struct SchedulerConfig {
     pub tick: Duration,
     /// Executor losses a job survives before it fails.
     pub max_attempts: u32,
+    /// `HOST:PORT` the SQL (Ballista) scheduler listens on while this node leads.
+    pub sql_listen: String,
+    /// Host name executors and clients reach this node's SQL scheduler at.
+    pub advertise_host: String,
+    /// S3 settings for the SQL scheduler's planning (it lists and reads source files).
+    pub s3: S3Config,
 }
 
 impl SchedulerConfig {
@@ -178,11 +189,25 @@ impl SchedulerConfig {
                 .unwrap_or_else(|| default_id("scheduler", &listen)),
             coordinator: CoordinatorConfig::from_settings(s),
             lease_ttl: Duration::from_secs(lease_ttl(s)?),
+            sql_listen: sql_listen(s, &listen),
+            advertise_host: host_of(s.advertise.as_deref().unwrap_or(&listen)).to_string(),
+            s3: s.s3.clone(),
             listen,
             tick: Duration::from_millis(100),
             max_attempts: 5,
         })
     }
+}
+
+/// The host part of `HOST:PORT`.
+pub fn host_of(addr: &str) -> &str {
+    addr.rsplit_once(':').map_or(addr, |(h, _)| h)
+}
+
+fn sql_listen(s: &Settings, listen: &str) -> String {
+    s.sql_listen
+        .clone()
+        .unwrap_or_else(|| format!("{}:0", host_of(listen)))
 }
 
 fn lease_ttl(s: &Settings) -> Result<u64> {
@@ -227,6 +252,8 @@ pub struct ExecutorConfig {
     pub max_batch: usize,
     /// Serving: longest a micro-batch waits for more requests.
     pub batch_wait: Duration,
+    /// `HOST:PORT` of the executor's SQL data service (Ballista's Arrow Flight).
+    pub sql_listen: String,
 }
 
 impl ExecutorConfig {
@@ -241,6 +268,7 @@ impl ExecutorConfig {
             (None, Some(dir)) => file_url(&dir.join("store"))?,
             (None, None) => file_url(Path::new("halyard-data/store"))?,
         };
+        let sql_listen = sql_listen(s, &listen);
         Ok(ExecutorConfig {
             id: s
                 .id
@@ -271,6 +299,7 @@ impl ExecutorConfig {
                 None => 256,
             },
             batch_wait: Duration::from_micros(s.batch_wait_us.unwrap_or(0)),
+            sql_listen,
         })
     }
 

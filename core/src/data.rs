@@ -68,6 +68,48 @@ pub fn read_table(bytes: &Bytes, spec: &DataSpec, file: &str) -> Result<Table> {
     })
 }
 
+/// Read Parquet files (a feature table's shards) as one table; `origin` names them in
+/// errors and `digest` is the table's identity.
+pub fn read_parquet_parts(parts: &[Bytes], origin: &str, digest: String) -> Result<Table> {
+    let mut schema = None;
+    let mut batches = Vec::new();
+    for (i, bytes) in parts.iter().enumerate() {
+        let err = |message: String| Error::Data {
+            file: format!("{origin} (shard {i})"),
+            message,
+        };
+        let builder =
+            parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(bytes.clone())
+                .map_err(|e| err(format!("not a readable Parquet file: {e}")))?;
+        let s = builder.schema().clone();
+        match &schema {
+            None => schema = Some(s),
+            Some(first) if first.fields() != s.fields() => {
+                return Err(err("its columns differ from the first shard's".into()));
+            }
+            Some(_) => {}
+        }
+        for b in builder
+            .with_batch_size(8192)
+            .build()
+            .map_err(|e| err(e.to_string()))?
+        {
+            batches.push(b.map_err(|e| err(e.to_string()))?);
+        }
+    }
+    let schema = schema.ok_or_else(|| Error::Data {
+        file: origin.to_string(),
+        message: "the feature table has no shards".into(),
+    })?;
+    let rows = batches.iter().map(|b| b.num_rows()).sum();
+    Ok(Table {
+        schema,
+        batches,
+        rows,
+        digest,
+    })
+}
+
 fn read_csv(bytes: &Bytes, spec: &DataSpec, file: &str) -> Result<(SchemaRef, Vec<RecordBatch>)> {
     let err = |message: String| Error::Data {
         file: file.to_string(),

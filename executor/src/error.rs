@@ -12,6 +12,12 @@ pub enum ExecutorError {
     /// Training failed.
     #[error(transparent)]
     Model(#[from] halyard_models::ModelError),
+    /// The feature stage failed (SQL, sources, output).
+    #[error(transparent)]
+    Features(#[from] halyard_features::FeatureError),
+    /// The SQL data service could not start.
+    #[error("sql executor: {0}")]
+    Sql(String),
     /// The training thread died.
     #[error("training thread panicked: {0}")]
     Panicked(String),

@@ -10,7 +10,9 @@
 mod error;
 mod task;
 
-pub use task::{JobSeries, Progress, placement, read_inputs, read_series, spawn_training};
+pub use task::{
+    Input, JobSeries, Progress, feature_input, placement, read_inputs, read_series, spawn_training,
+};
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -23,6 +25,7 @@ use halyard_core::proto::prediction_service_server::PredictionServiceServer;
 use halyard_core::records::{ExecutorInfo, now_ms};
 use halyard_core::store::Store;
 use halyard_serving::grpc::PredictionApi;
+use halyard_features::cluster::SqlExecutor;
 use halyard_serving::{BatchConfig, Gateway, Host};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -103,19 +106,50 @@ pub async fn start_executor(cfg: ExecutorConfig, coord: Coordinator) -> Result<E
         version: halyard_core::VERSION.to_string(),
         started_ms: now_ms(),
     };
+    let (sql_listener, _) = halyard_core::bind(&cfg.sql_listen).await?;
+    let sql = SqlExecutor::start(
+        &cfg.id,
+        halyard_core::config::host_of(&info.address),
+        sql_listener,
+        cfg.cpu_slots.max(1) as usize,
+        &cfg.s3,
+    )
+    .await
+    .map_err(|e| ExecutorError::Sql(e.to_string()))?;
     let lease = register(&coord, &info, &cfg).await?;
     info!(id = %cfg.id, %addr, slots = cfg.cpu_slots, store = %store.url(), "executor registered");
     let id = cfg.id.clone();
     let lease = Arc::new(AtomicI64::new(lease));
     let serving = tokio::spawn(host.run(lease.clone(), shutdown_rx.clone()));
     let routing = tokio::spawn(gateway.run(shutdown_rx.clone()));
+    let sql = tokio::spawn(follow_sql_leader(sql, coord.clone(), shutdown_rx.clone()));
     let worker = tokio::spawn(run(cfg, coord, store, info, lease, shutdown_rx));
     Ok(ExecutorHandle {
         addr,
         id,
         shutdown,
-        tasks: vec![server, serving, routing, worker],
+        tasks: vec![server, serving, routing, sql, worker],
     })
+}
+
+/// Keep the embedded Ballista executor attached to the leader's SQL scheduler: it moves
+/// when leadership moves.
+async fn follow_sql_leader(
+    mut sql: SqlExecutor,
+    coord: Coordinator,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        match coord.sql_endpoint().await {
+            Ok(endpoint) => sql.follow(endpoint.as_deref()),
+            Err(e) => warn!(error = %e, "cannot read the sql endpoint"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(std::time::Duration::from_millis(500)) => {}
+            _ = shutdown.wait_for(|s| *s) => break,
+        }
+    }
+    sql.stop();
 }
 
 async fn register(coord: &Coordinator, info: &ExecutorInfo, cfg: &ExecutorConfig) -> Result<i64> {

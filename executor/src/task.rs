@@ -7,14 +7,20 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use bytes::Bytes;
 use halyard_core::coord::{Coordinator, Versioned};
 use halyard_core::data::digest;
-use halyard_core::data::read_table;
+use halyard_core::data::{read_parquet_parts, read_table};
 use halyard_core::records::{TaskAssignment, TaskProgress, TaskState, now_ms};
 use halyard_core::registry::ModelVersion;
 use halyard_core::spec::{
     CategoricalEncoding, ClassWeight, DeviceKind, ForecastSpec, JobSpec, ModelKind, OptimizerKind,
     SeriesLayout,
 };
-use halyard_core::store::{S3Config, Store, publish_model, read_url};
+use halyard_core::spec::SPLIT_COLUMN;
+use halyard_core::store::{
+    FEATURES_MANIFEST, S3Config, Store, features_dir, publish_model, read_url,
+};
+use halyard_features::session::remote_context;
+use halyard_features::stage::{FeatureTable, run_stage};
+use datafusion::prelude::SessionContext;
 use halyard_models::artifact::{DataLineage, FORMAT, Manifest, tensor_shapes};
 use halyard_models::device::{GPU_BUILD, Placement};
 use halyard_models::features::{Encoding, FeatureConfig};
@@ -58,6 +64,7 @@ pub(crate) fn model_configs(
         max_categories: spec.model.max_categories,
         hash_buckets: spec.model.hash_buckets,
         holdout_every: spec.train.holdout_every,
+        split_column: None,
         numeric_buckets: spec.model.numeric_buckets,
         crosses: spec.data.crosses.clone(),
     };
@@ -115,6 +122,22 @@ pub(crate) fn forecast_config(
     }
 }
 
+/// Partitions per stage of a feature query on the cluster.
+const SQL_PARTITIONS: usize = 4;
+
+/// The leader's SQL endpoint, waiting a little for a new leader to advertise it.
+async fn sql_endpoint(coord: &Coordinator) -> Result<String> {
+    for _ in 0..40 {
+        if let Some(e) = coord.sql_endpoint().await? {
+            return Ok(e);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
+    Err(ExecutorError::Sql(
+        "no SQL scheduler is advertised: the leading scheduler runs one; check its log".into(),
+    ))
+}
+
 /// Report, unless the assignment is gone; `false` means the task must stop.
 async fn report(coord: &Coordinator, a: &Versioned<TaskAssignment>, p: &TaskProgress) -> bool {
     match coord.report_progress(a, p).await {
@@ -170,7 +193,16 @@ async fn train_and_publish(
     progress: &mut TaskProgress,
 ) -> Result<()> {
     let spec = a.value.spec.clone();
-    let (bytes, test_bytes) = read_inputs(&spec, s3, &mut |line| progress.log(line)).await?;
+    let input = if spec.features.is_some() {
+        let endpoint = sql_endpoint(coord).await?;
+        progress.log(format!("features: running the SQL on the cluster (scheduler {endpoint})"));
+        report(coord, a, progress).await;
+        let ctx = remote_context(&endpoint, s3, SQL_PARTITIONS).await?;
+        let dir = features_dir(&a.value.job_id);
+        feature_input(&ctx, &spec, store, &dir, s3, &mut |line| progress.log(line)).await?
+    } else {
+        read_inputs(&spec, s3, &mut |line| progress.log(line)).await?
+    };
     let placement = placement(&spec, gpus);
     progress.log(format!(
         "training {} on the {placement}",
@@ -179,8 +211,7 @@ async fn train_and_publish(
     report(coord, a, progress).await;
     let (mut rx, done_rx) = spawn_training(
         &a.value.job_id,
-        bytes,
-        test_bytes,
+        input,
         spec.clone(),
         placement,
         cancel.clone(),
@@ -263,24 +294,116 @@ pub struct Progress {
     pub line: String,
 }
 
-/// Read a job's data source (and its forecast test source), logging each read.
+/// What a job trains on: its source file, or the Parquet shards its feature stage wrote.
+#[derive(Debug, Clone)]
+pub struct Input {
+    /// The source file's bytes (one part), or the feature table's shards.
+    pub parts: Vec<Bytes>,
+    /// Forecasting: the test source's bytes.
+    pub test: Option<Bytes>,
+    /// The feature table's location and identity (`sha256:` of its manifest), when the
+    /// parts are its shards.
+    pub features: Option<(String, String)>,
+}
+
+impl Input {
+    /// Where the data came from, for the model's lineage.
+    pub fn location<'a>(&'a self, spec: &'a JobSpec) -> &'a str {
+        self.features.as_ref().map_or(&spec.data.source, |(l, _)| l)
+    }
+
+    /// The rows as one table.
+    pub fn table(&self, spec: &JobSpec) -> Result<halyard_core::data::Table> {
+        Ok(match &self.features {
+            Some((location, digest)) => {
+                read_parquet_parts(&self.parts, location, digest.clone())?
+            }
+            None => read_table(&self.parts[0], &spec.data, &spec.data.source)?,
+        })
+    }
+}
+
+/// Read a job's data source (and its forecast test source), logging each read. A job with
+/// `[features]` reads its feature table instead ([`feature_input`]).
 pub async fn read_inputs(
     spec: &JobSpec,
     s3: &S3Config,
     log: &mut (dyn FnMut(String) + Send),
-) -> Result<(Bytes, Option<Bytes>)> {
+) -> Result<Input> {
     let source = &spec.data.source;
     let bytes = read_url(source, s3).await?;
     log(format!("read {} bytes from {source}", bytes.len()));
-    let test_bytes = match spec.forecast.as_ref().and_then(|f| f.test_source.clone()) {
+    Ok(Input {
+        parts: vec![bytes],
+        test: read_test_source(spec, s3, log).await?,
+        features: None,
+    })
+}
+
+async fn read_test_source(
+    spec: &JobSpec,
+    s3: &S3Config,
+    log: &mut (dyn FnMut(String) + Send),
+) -> Result<Option<Bytes>> {
+    Ok(match spec.forecast.as_ref().and_then(|f| f.test_source.clone()) {
         Some(url) => {
             let b = read_url(&url, s3).await?;
             log(format!("read {} bytes from {url}", b.len()));
             Some(b)
         }
         None => None,
+    })
+}
+
+/// Run a job's feature stage on `ctx` (a Ballista cluster's, or a single-process context)
+/// into `dir` of `store`, unless an earlier attempt already wrote the whole table there;
+/// then read the shards.
+pub async fn feature_input(
+    ctx: &SessionContext,
+    spec: &JobSpec,
+    store: &Store,
+    dir: &str,
+    s3: &S3Config,
+    log: &mut (dyn FnMut(String) + Send),
+) -> Result<Input> {
+    let Some(features) = &spec.features else {
+        return read_inputs(spec, s3, log).await;
     };
-    Ok((bytes, test_bytes))
+    let manifest_path = format!("{dir}/{FEATURES_MANIFEST}");
+    let manifest = match store.get(&manifest_path).await {
+        Ok(bytes) => {
+            log(format!("features: reusing the table an earlier attempt wrote to {}", store.url_of(dir)));
+            bytes
+        }
+        Err(halyard_core::Error::NotFound { .. }) => {
+            let table = run_stage(ctx, features, &spec.data.label, &store.url_of(dir), log).await?;
+            let bytes = Bytes::from(serde_json::to_vec_pretty(&table).expect("feature table serialises"));
+            store.put(&manifest_path, bytes.clone()).await?;
+            bytes
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let table: FeatureTable = serde_json::from_slice(&manifest).map_err(|e| {
+        halyard_features::FeatureError::Output {
+            location: store.url_of(&manifest_path),
+            message: e.to_string(),
+        }
+    })?;
+    let mut parts = Vec::with_capacity(table.shards.len());
+    for shard in &table.shards {
+        parts.push(store.get(&format!("{dir}/{}", shard.file)).await?);
+    }
+    let read: usize = parts.iter().map(Bytes::len).sum();
+    log(format!(
+        "features: read {} shard(s), {} rows, {read} bytes",
+        parts.len(),
+        table.rows
+    ));
+    Ok(Input {
+        parts,
+        test: read_test_source(spec, s3, log).await?,
+        features: Some((store.url_of(dir), digest(&manifest))),
+    })
 }
 
 type Trained = (TrainedModel, DataLineage);
@@ -289,8 +412,7 @@ type Trained = (TrainedModel, DataLineage);
 /// Progress lines arrive on the channel; the result on the oneshot.
 pub fn spawn_training(
     name: &str,
-    bytes: Bytes,
-    test_bytes: Option<Bytes>,
+    input: Input,
     spec: JobSpec,
     placement: Placement,
     cancel: Arc<AtomicBool>,
@@ -304,7 +426,7 @@ pub fn spawn_training(
         .name(format!("train-{name}"))
         .spawn(move || {
             let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                train_blocking(&bytes, test_bytes.as_ref(), &spec, placement, &cancel, &tx)
+                train_blocking(&input, &spec, placement, &cancel, &tx)
             }))
             .unwrap_or_else(|p| {
                 let msg = p
@@ -322,8 +444,7 @@ pub fn spawn_training(
 
 /// Parse and train, on the calling (dedicated) thread.
 fn train_blocking(
-    bytes: &Bytes,
-    test_bytes: Option<&Bytes>,
+    input: &Input,
     spec: &JobSpec,
     placement: Placement,
     cancel: &AtomicBool,
@@ -337,7 +458,7 @@ fn train_blocking(
         }
     };
     if let Some(f) = &spec.forecast {
-        let series = read_series(bytes, test_bytes, spec, f)?;
+        let series = read_series(input, spec, f)?;
         let (train, test) = (series.train, series.test);
         let tc = forecast_config(f, spec, placement);
         let trained = train_forecaster(&train, &test, f.horizon, f.period, &tc, |r| {
@@ -356,11 +477,14 @@ fn train_blocking(
             });
             flow()
         })?;
-        let lineage = lineage(spec, series.digest, series.in_source, &trained);
+        let lineage = lineage(input.location(spec), series.digest, series.in_source, &trained);
         return Ok((trained, lineage));
     }
-    let table = read_table(bytes, &spec.data, &spec.data.source)?;
-    let (features, rc) = model_configs(spec, placement);
+    let table = input.table(spec)?;
+    let (mut features, rc) = model_configs(spec, placement);
+    if input.features.is_some() {
+        features.split_column = Some(SPLIT_COLUMN.to_string());
+    }
     let trained = train_response_model(&table.batches, &features, &rc, |r| {
         let e = r.epoch;
         let member = if r.members > 1 {
@@ -382,13 +506,13 @@ fn train_blocking(
         });
         flow()
     })?;
-    let lineage = lineage(spec, table.digest, table.rows, &trained);
+    let lineage = lineage(input.location(spec), table.digest, table.rows, &trained);
     Ok((trained, lineage))
 }
 
-fn lineage(spec: &JobSpec, digest: String, rows: usize, trained: &TrainedModel) -> DataLineage {
+fn lineage(source: &str, digest: String, rows: usize, trained: &TrainedModel) -> DataLineage {
     DataLineage {
-        source: spec.data.source.clone(),
+        source: source.to_string(),
         digest,
         rows,
         train_rows: trained.train_rows,
@@ -410,20 +534,15 @@ pub struct JobSeries {
 
 /// Training and test series of a forecasting job: the test source's futures, or else the
 /// last `horizon` points of every series held out.
-pub fn read_series(
-    bytes: &Bytes,
-    test_bytes: Option<&Bytes>,
-    spec: &JobSpec,
-    f: &ForecastSpec,
-) -> Result<JobSeries> {
-    let source = &spec.data.source;
+pub fn read_series(input: &Input, spec: &JobSpec, f: &ForecastSpec) -> Result<JobSeries> {
+    let source = input.location(spec);
     let (series, digest) = match f.layout {
         SeriesLayout::Wide => (
-            read_wide_csv(&String::from_utf8_lossy(bytes), source)?,
-            digest(bytes),
+            read_wide_csv(&String::from_utf8_lossy(&input.parts[0]), source)?,
+            digest(&input.parts[0]),
         ),
         SeriesLayout::Long => {
-            let table = read_table(bytes, &spec.data, source)?;
+            let table = input.table(spec)?;
             let id = f.id_column.clone().unwrap_or_default();
             let value = f.value_column.clone().unwrap_or_default();
             (
@@ -433,7 +552,7 @@ pub fn read_series(
         }
     };
     let in_source = series.len();
-    let (train, test) = match test_bytes {
+    let (train, test) = match &input.test {
         Some(t) => {
             let origin = f.test_source.clone().unwrap_or_default();
             (series, read_wide_csv(&String::from_utf8_lossy(t), &origin)?)

@@ -199,7 +199,8 @@ async fn register_file(ctx: &SessionContext, table: &str, path: &str, src: &Sour
     r.map_err(|e| source_error(src, crate::error::describe(&e)))
 }
 
-async fn register_source(ctx: &SessionContext, src: &SourceSpec) -> Result<()> {
+/// Register one source table (what `halyard sql --table` does too).
+pub async fn register_source(ctx: &SessionContext, src: &SourceSpec) -> Result<()> {
     let format = src.resolved_format("[features]")?;
     let files = source_files(ctx, src).await?;
     if files.len() > 1 {

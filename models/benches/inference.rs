@@ -56,6 +56,7 @@ fn bench(c: &mut Criterion) {
         max_categories: 64,
         hash_buckets: 16,
         holdout_every: 5,
+        split_column: None,
         numeric_buckets: 0,
         crosses: vec![],
     };

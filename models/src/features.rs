@@ -44,8 +44,13 @@ pub struct FeatureConfig {
     pub max_categories: usize,
     /// Hashed: buckets per column.
     pub hash_buckets: usize,
-    /// Every `holdout_every`-th row (index % n == n - 1) is a test row.
+    /// Every `holdout_every`-th row (index % n == n - 1) is a test row, and the one before
+    /// it (index % n == n - 2) a validation row: unless `split_column` is set.
     pub holdout_every: usize,
+    /// A column saying each row's part (`train`, `validation` or `test`), as the feature
+    /// stage writes it; it is never a feature.
+    #[serde(default)]
+    pub split_column: Option<String>,
     /// Also encode each numeric column as the one-hot of its training quantile bucket, with
     /// up to this many buckets (0: off). The MLP learns an embedding per bucket, which lets
     /// it follow thresholds and heavy tails that standardising hides.
@@ -194,9 +199,38 @@ impl Encoded {
     }
 }
 
-/// Whether row `index` is held out for testing.
-pub fn is_test_row(index: usize, holdout_every: usize) -> bool {
-    index % holdout_every == holdout_every - 1
+/// The part of the data a row is in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Fit on.
+    Train,
+    /// Fit on, except by models that stop early, which watch their loss on it.
+    Validation,
+    /// Held out for the test metrics.
+    Test,
+}
+
+/// Every row's part: from the split column when the config names one, else by row index.
+pub fn row_roles(batches: &[RecordBatch], cfg: &FeatureConfig) -> Result<Vec<Role>> {
+    if let Some(col) = &cfg.split_column {
+        return Ok(string_values(&concat_column(batches, col)?)?
+            .into_iter()
+            .map(|v| match v.as_deref() {
+                Some("test") => Role::Test,
+                Some("validation") => Role::Validation,
+                _ => Role::Train,
+            })
+            .collect());
+    }
+    let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
+    let every = cfg.holdout_every;
+    Ok((0..rows)
+        .map(|i| match i % every {
+            r if r == every - 1 => Role::Test,
+            r if r + 2 == every => Role::Validation,
+            _ => Role::Train,
+        })
+        .collect())
 }
 
 fn is_numeric(dt: &DataType) -> bool {
@@ -282,11 +316,11 @@ fn cross_values(batches: &[RecordBatch], sources: &[String]) -> Result<Vec<Optio
 }
 
 /// A one-hot vocabulary: the `max_categories` most frequent values among the training rows.
-fn one_hot(values: &[Option<String>], cfg: &FeatureConfig) -> ColumnEncoding {
+fn one_hot(values: &[Option<String>], roles: &[Role], cfg: &FeatureConfig) -> ColumnEncoding {
     let mut counts: HashMap<&str, usize> = HashMap::new();
     for (i, v) in values.iter().enumerate() {
         if let Some(v) = v
-            && !is_test_row(i, cfg.holdout_every)
+            && roles[i] != Role::Test
         {
             *counts.entry(v.as_str()).or_default() += 1;
         }
@@ -333,7 +367,13 @@ impl Preprocessor {
                 });
             }
         }
-        let excluded: BTreeSet<&str> = cfg.exclude.iter().map(String::as_str).collect();
+        let roles = row_roles(batches, cfg)?;
+        let excluded: BTreeSet<&str> = cfg
+            .exclude
+            .iter()
+            .chain(&cfg.split_column)
+            .map(String::as_str)
+            .collect();
         let forced: BTreeSet<&str> = cfg.categorical.iter().map(String::as_str).collect();
         let mut columns = Vec::new();
         // Bucket columns, placed after the plain columns.
@@ -351,7 +391,7 @@ impl Preprocessor {
                 let train: Vec<f64> = values
                     .iter()
                     .enumerate()
-                    .filter(|(i, v)| !is_test_row(*i, cfg.holdout_every) && v.is_finite())
+                    .filter(|(i, v)| roles[*i] != Role::Test && v.is_finite())
                     .map(|(_, v)| *v)
                     .collect();
                 let n = train.len().max(1) as f64;
@@ -385,7 +425,7 @@ impl Preprocessor {
                     Encoding::Hashed => ColumnEncoding::Hashed {
                         buckets: cfg.hash_buckets,
                     },
-                    Encoding::OneHot => one_hot(&string_values(&arrays)?, cfg),
+                    Encoding::OneHot => one_hot(&string_values(&arrays)?, &roles, cfg),
                 }
             } else {
                 return Err(ModelError::UnsupportedType {
@@ -420,7 +460,7 @@ impl Preprocessor {
                 Encoding::Hashed => ColumnEncoding::Hashed {
                     buckets: cfg.hash_buckets,
                 },
-                Encoding::OneHot => one_hot(&values, cfg),
+                Encoding::OneHot => one_hot(&values, &roles, cfg),
             };
             let width = match &encoding {
                 ColumnEncoding::OneHot { vocabulary } => vocabulary.len() + 1,

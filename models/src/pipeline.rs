@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::artifact::{Architecture, export_module, merge_members};
 use crate::error::{ModelError, Result};
-use crate::features::{Encoded, FeatureConfig, Preprocessor, is_test_row};
+use crate::features::{Encoded, FeatureConfig, Preprocessor, Role, row_roles};
 use crate::forecast::Series;
 use crate::forecast::classical::{Method, forecast};
 use crate::forecast::metrics::score;
@@ -92,15 +92,16 @@ pub fn train_response_model(
             rows,
         });
     }
-    let every = features.holdout_every;
     let preprocessor = Preprocessor::fit(batches, features)?;
-    // One pass over the columns, then the splits: test rows (index % every == every - 1);
-    // for early stopping, validation rows among the others (index % every == every - 2).
+    // One pass over the columns, then the splits: test rows; for early stopping, the
+    // validation rows among the others (row_roles: by split column or row index).
+    let roles = row_roles(batches, features)?;
     let all = preprocessor.transform(batches, |_| true)?;
-    let (fit_rows, test_set) = all.partition(|i| is_test_row(i, every));
-    let original: Vec<usize> = (0..rows).filter(|&i| !is_test_row(i, every)).collect();
+    let (fit_rows, test_set) = all.partition(|i| roles[i] == Role::Test);
+    let original: Vec<usize> = (0..rows).filter(|&i| roles[i] != Role::Test).collect();
     let early_stopping = matches!(rc.kind, ResponseKind::Mlp { .. }) && rc.train.patience > 0;
-    let split = early_stopping.then(|| fit_rows.partition(|j| original[j] % every == every - 2));
+    let split =
+        early_stopping.then(|| fit_rows.partition(|j| roles[original[j]] == Role::Validation));
     let no_rows = Encoded::empty(fit_rows.dim);
     let (train_set, valid_set) = match &split {
         Some((train, valid)) => (train, valid),

@@ -352,6 +352,7 @@ mod tests {
             max_categories: 2,
             hash_buckets: 8,
             holdout_every: 100,
+            split_column: None,
             numeric_buckets: 3,
             crosses: vec![vec!["job".into(), "day".into()]],
         }

@@ -64,6 +64,7 @@ fn features() -> FeatureConfig {
         max_categories: 10,
         hash_buckets: 8,
         holdout_every: 5,
+        split_column: None,
         numeric_buckets: 0,
         crosses: vec![],
     }

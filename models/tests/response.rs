@@ -54,6 +54,7 @@ fn features(encoding: Encoding) -> FeatureConfig {
         max_categories: 10,
         hash_buckets: 16,
         holdout_every: 5,
+        split_column: None,
         numeric_buckets: 0,
         crosses: vec![],
     }

@@ -1,6 +1,6 @@
 //! Leader election and the leader's duties: placement, supervision, completion.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
 use halyard_core::config::SchedulerConfig;
@@ -9,6 +9,7 @@ use halyard_core::records::{
     ExecutorInfo, JobRecord, JobState, TaskAssignment, TaskState, append_lines, now_ms,
 };
 use halyard_core::{Error, Result};
+use halyard_features::cluster::SqlScheduler;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
@@ -88,25 +89,88 @@ async fn lead(
         coord,
         leadership,
         source: format!("scheduler/{}", cfg.id),
+        sql: None,
+        sql_executors: BTreeSet::new(),
     };
-    loop {
-        if *shutdown.borrow() {
-            return Ok(());
+    let result = leader.run(shutdown, renew_every, &mut renewed).await;
+    if let Some(sql) = leader.sql.take() {
+        sql.stop().await;
+        info!(id = %cfg.id, "sql scheduler stopped");
+    }
+    result
+}
+
+impl Leader<'_> {
+    async fn run(
+        &mut self,
+        shutdown: &mut watch::Receiver<bool>,
+        renew_every: Duration,
+        renewed: &mut Instant,
+    ) -> Result<()> {
+        let (cfg, coord, leadership) = (self.cfg, self.coord, self.leadership);
+        loop {
+            if *shutdown.borrow() {
+                return Ok(());
+            }
+            if renewed.elapsed() >= renew_every {
+                coord.keep_alive(leadership.lease).await?;
+                *renewed = Instant::now();
+            }
+            self.sql_tick().await?;
+            match self.tick().await {
+                Ok(()) => {}
+                Err(Error::Fenced) => return Err(Error::Fenced),
+                Err(Error::LeaseLost(l)) => return Err(Error::LeaseLost(l)),
+                Err(e) => warn!(error = %e, "tick failed; retrying"),
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(cfg.tick) => {}
+                _ = shutdown.wait_for(|s| *s) => return Ok(()),
+            }
         }
-        if renewed.elapsed() >= renew_every {
-            coord.keep_alive(leadership.lease).await?;
-            renewed = Instant::now();
+    }
+
+    /// Run the SQL (Ballista) scheduler while leading and advertise it; tell it at once
+    /// about executors whose lease expired.
+    async fn sql_tick(&mut self) -> Result<()> {
+        if self.sql.is_none() {
+            let started = match halyard_core::bind(&self.cfg.sql_listen).await {
+                Ok((listener, _)) => SqlScheduler::start(listener, &self.cfg.s3)
+                    .await
+                    .map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            };
+            match started {
+                Ok(sql) => {
+                    let endpoint = format!("{}:{}", self.cfg.advertise_host, sql.addr.port());
+                    self.coord
+                        .advertise_sql_endpoint(self.leadership, &endpoint)
+                        .await?;
+                    info!(%endpoint, "sql scheduler advertised");
+                    self.sql = Some(sql);
+                }
+                Err(e) => {
+                    warn!(error = %e, listen = %self.cfg.sql_listen, "cannot start the sql scheduler; retrying");
+                    return Ok(());
+                }
+            }
         }
-        match leader.tick().await {
-            Ok(()) => {}
-            Err(Error::Fenced) => return Err(Error::Fenced),
-            Err(Error::LeaseLost(l)) => return Err(Error::LeaseLost(l)),
-            Err(e) => warn!(error = %e, "tick failed; retrying"),
+        let Some(sql) = &self.sql else { return Ok(()) };
+        let live: BTreeSet<String> = match self.coord.list_executors().await {
+            Ok(list) => list.into_iter().map(|e| e.id).collect(),
+            Err(e) => {
+                warn!(error = %e, "cannot list executors");
+                return Ok(());
+            }
+        };
+        for gone in self.sql_executors.difference(&live) {
+            info!(executor = %gone, "executor lease expired; its sql tasks run again elsewhere");
+            if let Err(e) = sql.executor_lost(gone, "halyard executor lease expired").await {
+                warn!(executor = %gone, error = %e, "cannot tell the sql scheduler");
+            }
         }
-        tokio::select! {
-            _ = tokio::time::sleep(cfg.tick) => {}
-            _ = shutdown.wait_for(|s| *s) => return Ok(()),
-        }
+        self.sql_executors = live;
+        Ok(())
     }
 }
 
@@ -115,6 +179,10 @@ struct Leader<'a> {
     coord: &'a Coordinator,
     leadership: &'a Leadership,
     source: String,
+    /// The SQL (Ballista) scheduler, run while leading.
+    sql: Option<SqlScheduler>,
+    /// Executors the SQL scheduler was last told about.
+    sql_executors: BTreeSet<String>,
 }
 
 impl Leader<'_> {

@@ -240,7 +240,17 @@ impl JobService for JobApi {
                 version: e.version,
             })
             .collect();
-        Ok(Response::new(ClusterStatusResponse { leader, executors }))
+        let sql_endpoint = self
+            .coord
+            .sql_endpoint()
+            .await
+            .map_err(to_status)?
+            .unwrap_or_default();
+        Ok(Response::new(ClusterStatusResponse {
+            leader,
+            executors,
+            sql_endpoint,
+        }))
     }
 }
 

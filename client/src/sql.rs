@@ -1,0 +1,148 @@
+//! `halyard sql`: run SQL on the cluster's Ballista (or, with `--local`, in this process),
+//! from `-e` or interactively, printing a table or writing CSV / Parquet.
+
+use std::io::{BufRead, IsTerminal, Write};
+use std::path::{Path, PathBuf};
+
+use arrow::array::RecordBatch;
+use datafusion::prelude::SessionContext;
+use halyard_core::spec::{SourceFormat, SourceSpec};
+use halyard_core::store::S3Config;
+use halyard_features::session::{local_context, remote_context};
+use halyard_features::stage::register_source;
+
+use crate::error::{ClientError, Result};
+use crate::Client;
+
+/// Where queries run.
+pub enum Target<'a> {
+    /// The cluster whose scheduler API is here.
+    Cluster(&'a Client),
+    /// Single-process DataFusion in this process.
+    Local,
+}
+
+/// Partitions per stage.
+const PARTITIONS: usize = 4;
+
+/// Open a SQL context on the target, with `tables` (`NAME=PATH`) registered.
+pub async fn context(target: Target<'_>, tables: &[String], delimiter: u8, s3: &S3Config) -> Result<SessionContext> {
+    let ctx = match target {
+        Target::Local => {
+            let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+            local_context(s3, cores)?
+        }
+        Target::Cluster(client) => {
+            let status = client.cluster().await?;
+            if status.sql_endpoint.is_empty() {
+                return Err(ClientError::Rpc(
+                    "the cluster advertises no SQL scheduler yet (its leader starts one); try again, or use --local".into(),
+                ));
+            }
+            remote_context(&status.sql_endpoint, s3, PARTITIONS).await?
+        }
+    };
+    let mut sources = Vec::with_capacity(tables.len());
+    for t in tables {
+        let (name, path) = t.split_once('=').ok_or_else(|| {
+            ClientError::Rpc(format!("--table {t:?}: write NAME=PATH, such as events=data/events.csv"))
+        })?;
+        let folder = path.ends_with('/');
+        let mut url = halyard_core::spec::resolve_source(path, Path::new("."))?;
+        if folder && !url.ends_with('/') {
+            url.push('/');
+        }
+        sources.push(SourceSpec {
+            name: name.to_string(),
+            path: url,
+            format: None::<SourceFormat>,
+            delimiter: (delimiter as char).to_string(),
+            has_header: true,
+            row_index: None,
+        });
+    }
+    for src in &sources {
+        register_source(&ctx, src).await?;
+    }
+    Ok(ctx)
+}
+
+/// Run one statement and collect its rows.
+pub async fn run(ctx: &SessionContext, sql: &str) -> Result<Vec<RecordBatch>> {
+    let df = ctx.sql(sql).await.map_err(halyard_features::FeatureError::from)?;
+    Ok(df.collect().await.map_err(halyard_features::FeatureError::from)?)
+}
+
+/// Print rows as a table, or write them to `output` (`.csv` or `.parquet`).
+pub fn emit(batches: &[RecordBatch], output: Option<&Path>) -> Result<()> {
+    let io = |path: &Path, e: std::io::Error| ClientError::Io {
+        path: path.display().to_string(),
+        source: e,
+    };
+    let Some(path) = output else {
+        let text = arrow::util::pretty::pretty_format_batches(batches)
+            .map_err(|e| ClientError::Rpc(e.to_string()))?;
+        let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
+        println!("{text}\n{rows} row(s)");
+        return Ok(());
+    };
+    let file = std::fs::File::create(path).map_err(|e| io(path, e))?;
+    let lower = path.display().to_string().to_ascii_lowercase();
+    if lower.ends_with(".parquet") {
+        let schema = batches.first().map(|b| b.schema()).unwrap_or_else(|| std::sync::Arc::new(arrow::datatypes::Schema::empty()));
+        let mut w = parquet::arrow::ArrowWriter::try_new(file, schema, None)
+            .map_err(|e| ClientError::Rpc(e.to_string()))?;
+        for b in batches {
+            w.write(b).map_err(|e| ClientError::Rpc(e.to_string()))?;
+        }
+        w.close().map_err(|e| ClientError::Rpc(e.to_string()))?;
+    } else if lower.ends_with(".csv") {
+        let mut w = arrow::csv::Writer::new(file);
+        for b in batches {
+            w.write(b).map_err(|e| ClientError::Rpc(e.to_string()))?;
+        }
+    } else {
+        return Err(ClientError::Rpc(format!(
+            "--output {}: the name must end in .csv or .parquet",
+            path.display()
+        )));
+    }
+    let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
+    eprintln!("wrote {rows} row(s) to {}", path.display());
+    Ok(())
+}
+
+/// Read statements from standard input (each ends with `;`), run each, print its result;
+/// an error is printed and the session goes on.
+pub async fn interactive(ctx: &SessionContext, output: Option<PathBuf>) -> Result<()> {
+    let stdin = std::io::stdin();
+    let tty = stdin.is_terminal();
+    let mut buf = String::new();
+    let prompt = |continuing: bool| {
+        if tty {
+            print!("{}", if continuing { "     -> " } else { "halyard> " });
+            let _ = std::io::stdout().flush();
+        }
+    };
+    prompt(false);
+    for line in stdin.lock().lines() {
+        let line = line.map_err(|e| ClientError::Io { path: "stdin".into(), source: e })?;
+        buf.push_str(&line);
+        buf.push('\n');
+        if !line.trim_end().ends_with(';') {
+            prompt(!buf.trim().is_empty());
+            continue;
+        }
+        let sql = std::mem::take(&mut buf);
+        match run(ctx, sql.trim().trim_end_matches(';')).await {
+            Ok(batches) => emit(&batches, output.as_deref())?,
+            Err(e) => eprintln!("error: {e}"),
+        }
+        prompt(false);
+    }
+    if !buf.trim().is_empty() {
+        let batches = run(ctx, buf.trim()).await?;
+        emit(&batches, output.as_deref())?;
+    }
+    Ok(())
+}
