@@ -383,9 +383,14 @@ impl ServerArgs {
 
 type AnyError = Box<dyn std::error::Error>;
 
+/// Ballista logs every job and task at info: only its warnings by default.
+const QUIET_BALLISTA: &str =
+    ",ballista=warn,ballista_core=warn,ballista_scheduler=warn,ballista_executor=warn";
+
 fn init_tracing(default: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("HALYARD_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let filter = tracing_subscriber::EnvFilter::try_from_env("HALYARD_LOG").unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new(format!("{default}{QUIET_BALLISTA}"))
+    });
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -580,7 +585,9 @@ async fn run(cli: Cli) -> Result<(), AnyError> {
         } => {
             init_tracing("warn");
             if !delimiter.is_ascii() {
-                return Err(format!("--delimiter {delimiter:?}: must be one ASCII character").into());
+                return Err(
+                    format!("--delimiter {delimiter:?}: must be one ASCII character").into(),
+                );
             }
             // S3 credentials come from the AWS_* environment.
             let s3 = S3Config::default();

@@ -7,9 +7,9 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::Instant;
 
+use halyard_core::config::file_url;
 use halyard_core::spec::{DeviceKind, JobSpec};
 use halyard_core::store::S3Config;
-use halyard_core::config::file_url;
 use halyard_core::store::Store;
 use halyard_executor::{feature_input, placement, read_inputs, read_series, spawn_training};
 use halyard_features::session::local_context;
@@ -40,7 +40,10 @@ pub async fn train_local(
             let store = Store::open(&file_url(&scratch)?, &s3)?;
             let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
             let ctx = local_context(&s3, cores).map_err(halyard_executor::ExecutorError::from)?;
-            feature_input(&ctx, &spec, &store, "features", &s3, &mut |l| eprintln!("{l}")).await?
+            feature_input(&ctx, &spec, &store, "features", &s3, &mut |l| {
+                eprintln!("{l}")
+            })
+            .await?
         }
         None => read_inputs(&spec, &s3, &mut |l| eprintln!("{l}")).await?,
     };

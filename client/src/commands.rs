@@ -282,7 +282,10 @@ pub async fn cluster(client: &Client, as_json: bool) -> Result<()> {
                        "running_tasks": e.running_tasks})
             })
             .collect();
-        out(&json!({"leader": c.leader, "sql_endpoint": c.sql_endpoint, "executors": execs}).to_string());
+        out(
+            &json!({"leader": c.leader, "sql_endpoint": c.sql_endpoint, "executors": execs})
+                .to_string(),
+        );
         return Ok(());
     }
     out(&format!(

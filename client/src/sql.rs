@@ -9,10 +9,10 @@ use datafusion::prelude::SessionContext;
 use halyard_core::spec::{SourceFormat, SourceSpec};
 use halyard_core::store::S3Config;
 use halyard_features::session::{local_context, remote_context};
-use halyard_features::stage::register_source;
+use halyard_features::stage::{collect_retrying, register_source};
 
-use crate::error::{ClientError, Result};
 use crate::Client;
+use crate::error::{ClientError, Result};
 
 /// Where queries run.
 pub enum Target<'a> {
@@ -26,7 +26,12 @@ pub enum Target<'a> {
 const PARTITIONS: usize = 4;
 
 /// Open a SQL context on the target, with `tables` (`NAME=PATH`) registered.
-pub async fn context(target: Target<'_>, tables: &[String], delimiter: u8, s3: &S3Config) -> Result<SessionContext> {
+pub async fn context(
+    target: Target<'_>,
+    tables: &[String],
+    delimiter: u8,
+    s3: &S3Config,
+) -> Result<SessionContext> {
     let ctx = match target {
         Target::Local => {
             let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -45,7 +50,9 @@ pub async fn context(target: Target<'_>, tables: &[String], delimiter: u8, s3: &
     let mut sources = Vec::with_capacity(tables.len());
     for t in tables {
         let (name, path) = t.split_once('=').ok_or_else(|| {
-            ClientError::Rpc(format!("--table {t:?}: write NAME=PATH, such as events=data/events.csv"))
+            ClientError::Rpc(format!(
+                "--table {t:?}: write NAME=PATH, such as events=data/events.csv"
+            ))
         })?;
         let folder = path.ends_with('/');
         let mut url = halyard_core::spec::resolve_source(path, Path::new("."))?;
@@ -67,10 +74,9 @@ pub async fn context(target: Target<'_>, tables: &[String], delimiter: u8, s3: &
     Ok(ctx)
 }
 
-/// Run one statement and collect its rows.
+/// Run one statement and collect its rows (again, when an executor is lost under it).
 pub async fn run(ctx: &SessionContext, sql: &str) -> Result<Vec<RecordBatch>> {
-    let df = ctx.sql(sql).await.map_err(halyard_features::FeatureError::from)?;
-    Ok(df.collect().await.map_err(halyard_features::FeatureError::from)?)
+    Ok(collect_retrying(ctx, sql).await?)
 }
 
 /// Print rows as a table, or write them to `output` (`.csv` or `.parquet`).
@@ -89,7 +95,10 @@ pub fn emit(batches: &[RecordBatch], output: Option<&Path>) -> Result<()> {
     let file = std::fs::File::create(path).map_err(|e| io(path, e))?;
     let lower = path.display().to_string().to_ascii_lowercase();
     if lower.ends_with(".parquet") {
-        let schema = batches.first().map(|b| b.schema()).unwrap_or_else(|| std::sync::Arc::new(arrow::datatypes::Schema::empty()));
+        let schema = batches
+            .first()
+            .map(|b| b.schema())
+            .unwrap_or_else(|| std::sync::Arc::new(arrow::datatypes::Schema::empty()));
         let mut w = parquet::arrow::ArrowWriter::try_new(file, schema, None)
             .map_err(|e| ClientError::Rpc(e.to_string()))?;
         for b in batches {
@@ -126,7 +135,10 @@ pub async fn interactive(ctx: &SessionContext, output: Option<PathBuf>) -> Resul
     };
     prompt(false);
     for line in stdin.lock().lines() {
-        let line = line.map_err(|e| ClientError::Io { path: "stdin".into(), source: e })?;
+        let line = line.map_err(|e| ClientError::Io {
+            path: "stdin".into(),
+            source: e,
+        })?;
         buf.push_str(&line);
         buf.push('\n');
         if !line.trim_end().ends_with(';') {

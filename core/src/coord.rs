@@ -678,7 +678,11 @@ impl Coordinator {
 
     /// Advertise the leader's SQL (Ballista) scheduler endpoint, under the leader's lease
     /// and fenced on its leadership: it vanishes with the leader.
-    pub async fn advertise_sql_endpoint(&self, leadership: &Leadership, endpoint: &str) -> Result<()> {
+    pub async fn advertise_sql_endpoint(
+        &self,
+        leadership: &Leadership,
+        endpoint: &str,
+    ) -> Result<()> {
         let when = vec![Compare::ModRevision {
             key: self.leader_key(),
             revision: leadership.revision,

@@ -878,7 +878,12 @@ impl JobSpec {
 impl FeaturesSpec {
     fn validate(&self, at: &str) -> Result<()> {
         if self.sources.is_empty() {
-            return Err(Error::invalid(at, "sources", "[]", "list at least one [[features.sources]] table"));
+            return Err(Error::invalid(
+                at,
+                "sources",
+                "[]",
+                "list at least one [[features.sources]] table",
+            ));
         }
         let mut names = std::collections::BTreeSet::new();
         for src in &self.sources {
@@ -891,10 +896,20 @@ impl FeaturesSpec {
                 ));
             }
             if !names.insert(src.name.to_ascii_lowercase()) {
-                return Err(Error::invalid(at, "sources.name", format!("{:?}", src.name), "names two sources"));
+                return Err(Error::invalid(
+                    at,
+                    "sources.name",
+                    format!("{:?}", src.name),
+                    "names two sources",
+                ));
             }
             if src.path.trim().is_empty() {
-                return Err(Error::invalid(at, "sources.path", "\"\"", format!("source {:?} needs a path or URL", src.name)));
+                return Err(Error::invalid(
+                    at,
+                    "sources.path",
+                    "\"\"",
+                    format!("source {:?} needs a path or URL", src.name),
+                ));
             }
             src.resolved_format(at)?;
             if src.delimiter.len() != 1 {
@@ -910,7 +925,10 @@ impl FeaturesSpec {
                     at,
                     "sources.row_index",
                     format!("{:?}", src.row_index),
-                    format!("source {:?} is a folder: rows have a file order only within one file", src.name),
+                    format!(
+                        "source {:?} is a folder: rows have a file order only within one file",
+                        src.name
+                    ),
                 ));
             }
         }
@@ -938,12 +956,25 @@ impl FeaturesSpec {
             }
         }
         if !(1..=4096).contains(&self.shards) {
-            return Err(Error::invalid(at, "shards", self.shards, "must be between 1 and 4096"));
+            return Err(Error::invalid(
+                at,
+                "shards",
+                self.shards,
+                "must be between 1 and 4096",
+            ));
         }
         match &self.split {
-            SplitSpec::Hash { test_percent, validation_percent, .. } => {
+            SplitSpec::Hash {
+                test_percent,
+                validation_percent,
+                ..
+            } => {
                 let ok = |p: f64| p.is_finite() && (0.0..100.0).contains(&p);
-                if !ok(*test_percent) || !ok(*validation_percent) || test_percent + validation_percent >= 100.0 || *test_percent <= 0.0 {
+                if !ok(*test_percent)
+                    || !ok(*validation_percent)
+                    || test_percent + validation_percent >= 100.0
+                    || *test_percent <= 0.0
+                {
                     return Err(Error::invalid(
                         at,
                         "split.test_percent",
@@ -952,8 +983,16 @@ impl FeaturesSpec {
                     ));
                 }
             }
-            SplitSpec::Modulo { every, test_remainder, validation_remainder, .. } => {
-                if *every < 2 || test_remainder >= every || validation_remainder.is_some_and(|v| v >= *every || v == *test_remainder) {
+            SplitSpec::Modulo {
+                every,
+                test_remainder,
+                validation_remainder,
+                ..
+            } => {
+                if *every < 2
+                    || test_remainder >= every
+                    || validation_remainder.is_some_and(|v| v >= *every || v == *test_remainder)
+                {
                     return Err(Error::invalid(
                         at,
                         "split.every",
@@ -964,7 +1003,12 @@ impl FeaturesSpec {
             }
             SplitSpec::Time { test_from, .. } => {
                 if test_from.trim().is_empty() {
-                    return Err(Error::invalid(at, "split.test_from", "\"\"", "must give the first test date or time"));
+                    return Err(Error::invalid(
+                        at,
+                        "split.test_from",
+                        "\"\"",
+                        "must give the first test date or time",
+                    ));
                 }
             }
         }
@@ -975,7 +1019,11 @@ impl FeaturesSpec {
     pub fn queries(&self) -> Vec<(&str, &str)> {
         match &self.sql {
             Some(q) => vec![("features", q.as_str())],
-            None => self.steps.iter().map(|s| (s.name.as_str(), s.sql.as_str())).collect(),
+            None => self
+                .steps
+                .iter()
+                .map(|s| (s.name.as_str(), s.sql.as_str()))
+                .collect(),
         }
     }
 }
@@ -991,7 +1039,10 @@ impl SourceSpec {
             Ok(SourceFormat::Csv)
         } else if [".parquet", ".pq"].iter().any(|e| lower.ends_with(e)) {
             Ok(SourceFormat::Parquet)
-        } else if [".json", ".jsonl", ".ndjson"].iter().any(|e| lower.ends_with(e)) {
+        } else if [".json", ".jsonl", ".ndjson"]
+            .iter()
+            .any(|e| lower.ends_with(e))
+        {
             Ok(SourceFormat::Json)
         } else {
             Err(Error::invalid(
@@ -1013,7 +1064,9 @@ impl SourceSpec {
 }
 
 fn is_identifier(name: &str) -> bool {
-    name.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+    name.chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
         && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 

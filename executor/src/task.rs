@@ -5,22 +5,22 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use bytes::Bytes;
+use datafusion::prelude::SessionContext;
 use halyard_core::coord::{Coordinator, Versioned};
 use halyard_core::data::digest;
 use halyard_core::data::{read_parquet_parts, read_table};
 use halyard_core::records::{TaskAssignment, TaskProgress, TaskState, now_ms};
 use halyard_core::registry::ModelVersion;
+use halyard_core::spec::SPLIT_COLUMN;
 use halyard_core::spec::{
     CategoricalEncoding, ClassWeight, DeviceKind, ForecastSpec, JobSpec, ModelKind, OptimizerKind,
     SeriesLayout,
 };
-use halyard_core::spec::SPLIT_COLUMN;
 use halyard_core::store::{
     FEATURES_MANIFEST, S3Config, Store, features_dir, publish_model, read_url,
 };
 use halyard_features::session::remote_context;
 use halyard_features::stage::{FeatureTable, run_stage};
-use datafusion::prelude::SessionContext;
 use halyard_models::artifact::{DataLineage, FORMAT, Manifest, tensor_shapes};
 use halyard_models::device::{GPU_BUILD, Placement};
 use halyard_models::features::{Encoding, FeatureConfig};
@@ -195,7 +195,9 @@ async fn train_and_publish(
     let spec = a.value.spec.clone();
     let input = if spec.features.is_some() {
         let endpoint = sql_endpoint(coord).await?;
-        progress.log(format!("features: running the SQL on the cluster (scheduler {endpoint})"));
+        progress.log(format!(
+            "features: running the SQL on the cluster (scheduler {endpoint})"
+        ));
         report(coord, a, progress).await;
         let ctx = remote_context(&endpoint, s3, SQL_PARTITIONS).await?;
         let dir = features_dir(&a.value.job_id);
@@ -315,9 +317,7 @@ impl Input {
     /// The rows as one table.
     pub fn table(&self, spec: &JobSpec) -> Result<halyard_core::data::Table> {
         Ok(match &self.features {
-            Some((location, digest)) => {
-                read_parquet_parts(&self.parts, location, digest.clone())?
-            }
+            Some((location, digest)) => read_parquet_parts(&self.parts, location, digest.clone())?,
             None => read_table(&self.parts[0], &spec.data, &spec.data.source)?,
         })
     }
@@ -345,14 +345,16 @@ async fn read_test_source(
     s3: &S3Config,
     log: &mut (dyn FnMut(String) + Send),
 ) -> Result<Option<Bytes>> {
-    Ok(match spec.forecast.as_ref().and_then(|f| f.test_source.clone()) {
-        Some(url) => {
-            let b = read_url(&url, s3).await?;
-            log(format!("read {} bytes from {url}", b.len()));
-            Some(b)
-        }
-        None => None,
-    })
+    Ok(
+        match spec.forecast.as_ref().and_then(|f| f.test_source.clone()) {
+            Some(url) => {
+                let b = read_url(&url, s3).await?;
+                log(format!("read {} bytes from {url}", b.len()));
+                Some(b)
+            }
+            None => None,
+        },
+    )
 }
 
 /// Run a job's feature stage on `ctx` (a Ballista cluster's, or a single-process context)
@@ -372,23 +374,26 @@ pub async fn feature_input(
     let manifest_path = format!("{dir}/{FEATURES_MANIFEST}");
     let manifest = match store.get(&manifest_path).await {
         Ok(bytes) => {
-            log(format!("features: reusing the table an earlier attempt wrote to {}", store.url_of(dir)));
+            log(format!(
+                "features: reusing the table an earlier attempt wrote to {}",
+                store.url_of(dir)
+            ));
             bytes
         }
         Err(halyard_core::Error::NotFound { .. }) => {
             let table = run_stage(ctx, features, &spec.data.label, &store.url_of(dir), log).await?;
-            let bytes = Bytes::from(serde_json::to_vec_pretty(&table).expect("feature table serialises"));
+            let bytes =
+                Bytes::from(serde_json::to_vec_pretty(&table).expect("feature table serialises"));
             store.put(&manifest_path, bytes.clone()).await?;
             bytes
         }
         Err(e) => return Err(e.into()),
     };
-    let table: FeatureTable = serde_json::from_slice(&manifest).map_err(|e| {
-        halyard_features::FeatureError::Output {
+    let table: FeatureTable =
+        serde_json::from_slice(&manifest).map_err(|e| halyard_features::FeatureError::Output {
             location: store.url_of(&manifest_path),
             message: e.to_string(),
-        }
-    })?;
+        })?;
     let mut parts = Vec::with_capacity(table.shards.len());
     for shard in &table.shards {
         parts.push(store.get(&format!("{dir}/{}", shard.file)).await?);
@@ -477,7 +482,12 @@ fn train_blocking(
             });
             flow()
         })?;
-        let lineage = lineage(input.location(spec), series.digest, series.in_source, &trained);
+        let lineage = lineage(
+            input.location(spec),
+            series.digest,
+            series.in_source,
+            &trained,
+        );
         return Ok((trained, lineage));
     }
     let table = input.table(spec)?;

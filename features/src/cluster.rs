@@ -18,7 +18,9 @@ use ballista_core::serde::BallistaCodec;
 use ballista_core::serde::protobuf::scheduler_grpc_client::SchedulerGrpcClient;
 use ballista_core::serde::protobuf::scheduler_grpc_server::SchedulerGrpcServer;
 use ballista_core::serde::protobuf::{ExecutorRegistration, ExecutorStoppedParams};
-use ballista_core::serde::scheduler::{ExecutorOperatingSystemSpecification, ExecutorSpecification};
+use ballista_core::serde::scheduler::{
+    ExecutorOperatingSystemSpecification, ExecutorSpecification,
+};
 use ballista_core::utils::{GrpcServerConfig, create_grpc_server};
 use ballista_core::{BALLISTA_PROTOCOL_VERSION, ConfigProducer, RuntimeProducer};
 use ballista_executor::execution_loop::poll_loop;
@@ -46,6 +48,7 @@ use crate::session::{node_state, runtime};
 pub struct SqlScheduler {
     /// The address it listens on.
     pub addr: SocketAddr,
+    ballista: SchedulerServer<LogicalPlanNode, PhysicalPlanNode>,
     shutdown: watch::Sender<bool>,
     server: JoinHandle<()>,
 }
@@ -54,9 +57,12 @@ impl SqlScheduler {
     /// Start a Ballista scheduler on `listener`. Its planning resolves data URLs with
     /// Halyard's object stores.
     pub async fn start(listener: TcpListener, s3: &S3Config) -> Result<SqlScheduler> {
-        let addr = listener.local_addr().map_err(|e| FeatureError::Cluster(e.to_string()))?;
+        let addr = listener
+            .local_addr()
+            .map_err(|e| FeatureError::Cluster(e.to_string()))?;
         let rt = runtime(s3)?;
-        let session_builder = Arc::new(move |config: SessionConfig| Ok(node_state(config, rt.clone())));
+        let session_builder =
+            Arc::new(move |config: SessionConfig| Ok(node_state(config, rt.clone())));
         let config_producer: ConfigProducer = Arc::new(SessionConfig::new_with_ballista);
         let name = format!("halyard-sql-{addr}");
         let cluster = BallistaCluster::new_memory(name.clone(), session_builder, config_producer);
@@ -67,6 +73,9 @@ impl SqlScheduler {
             expire_dead_executor_interval_seconds: 5,
             no_executors_grace_period_seconds: 60,
             executor_termination_grace_period: 0,
+            // A failed shuffle fetch fails the query (its caller runs it again) instead of
+            // rerunning map stages in place (see `executor_lost`).
+            stage_max_failures: 1,
             ..BallistaSchedulerConfig::default()
         }
         .with_scheduler_policy(TaskSchedulingPolicy::PullStaged);
@@ -78,11 +87,11 @@ impl SqlScheduler {
             default_metrics_collector()?,
         );
         server.init().await?;
-        let grpc = SchedulerGrpcServer::new(server)
+        let grpc = SchedulerGrpcServer::new(server.clone())
             .max_decoding_message_size(64 << 20)
             .max_encoding_message_size(64 << 20);
         let (shutdown, mut rx) = watch::channel(false);
-        let server = tokio::spawn(async move {
+        let task = tokio::spawn(async move {
             let stop = async move {
                 let _ = rx.wait_for(|s| *s).await;
             };
@@ -95,12 +104,32 @@ impl SqlScheduler {
             }
         });
         info!(%addr, "sql scheduler (ballista) listening");
-        Ok(SqlScheduler { addr, shutdown, server })
+        Ok(SqlScheduler {
+            addr,
+            ballista: server,
+            shutdown,
+            server: task,
+        })
     }
 
-    /// Tell the scheduler an executor is gone: its running tasks, and the shuffle output it
-    /// held, are scheduled again on the others.
+    /// Tell the scheduler an executor is gone. Every running query is cancelled first (its
+    /// caller runs it again: [`crate::stage::collect_retrying`]), then the executor is
+    /// removed. Ballista 55's own recovery of a running query, which reruns the lost
+    /// shuffle output in place, returned rows twice in `tests/features.rs`; a whole rerun
+    /// returns each row once.
     pub async fn executor_lost(&self, executor_id: &str, reason: &str) -> Result<()> {
+        let running: Vec<_> = self
+            .ballista
+            .state
+            .task_manager
+            .get_running_job_cache()
+            .keys()
+            .cloned()
+            .collect();
+        for job in running {
+            warn!(%job, executor = executor_id, "cancelling a sql query that ran on a lost executor; it runs again");
+            self.ballista.cancel_job(job).await?;
+        }
         let mut client = SchedulerGrpcClient::connect(format!("http://{}", self.addr))
             .await
             .map_err(|e| FeatureError::Cluster(e.to_string()))?;
@@ -140,7 +169,9 @@ impl SqlExecutor {
         vcores: usize,
         s3: &S3Config,
     ) -> Result<SqlExecutor> {
-        let addr = listener.local_addr().map_err(|e| FeatureError::Cluster(e.to_string()))?;
+        let addr = listener
+            .local_addr()
+            .map_err(|e| FeatureError::Cluster(e.to_string()))?;
         let work_dir = tempfile::Builder::new()
             .prefix("halyard-sql-")
             .tempdir()
@@ -152,7 +183,11 @@ impl SqlExecutor {
             host: Some(host.to_string()),
             port: u32::from(addr.port()),
             grpc_port: 0,
-            specification: Some(ExecutorSpecification::default().with_vcores(vcores as u32).into()),
+            specification: Some(
+                ExecutorSpecification::default()
+                    .with_vcores(vcores as u32)
+                    .into(),
+            ),
             os_info: Some(ExecutorOperatingSystemSpecification::default().into()),
             ballista_protocol_version: BALLISTA_PROTOCOL_VERSION,
         };

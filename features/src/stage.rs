@@ -114,6 +114,29 @@ fn count_of(batches: &[RecordBatch]) -> u64 {
         .sum()
 }
 
+/// Runs of a query that fails while executing, before its error stands.
+const ATTEMPTS: u32 = 3;
+
+/// Plan and run `sql`, running it again (up to [`ATTEMPTS`] times in all) when it fails
+/// while executing: a query cancelled because an executor was lost (the SQL cluster
+/// cancels them, `cluster::SqlScheduler::executor_lost`) then runs whole on the others. A
+/// planning error (syntax, unknown column) fails at once.
+pub async fn collect_retrying(ctx: &SessionContext, sql: &str) -> Result<Vec<RecordBatch>> {
+    let mut attempt = 1;
+    loop {
+        let df = ctx.sql(sql).await?;
+        match df.collect().await {
+            Ok(batches) => return Ok(batches),
+            Err(e) if attempt < ATTEMPTS => {
+                tracing::warn!(attempt, error = %crate::error::describe(&e), "sql query failed while running; running it again");
+                tokio::time::sleep(std::time::Duration::from_secs(u64::from(attempt))).await;
+                attempt += 1;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
 /// Register every source of the spec on `ctx`, checking that each exists and that a
 /// folder's files share one schema.
 pub async fn register_sources(ctx: &SessionContext, spec: &FeaturesSpec) -> Result<()> {
@@ -139,7 +162,8 @@ async fn source_files(ctx: &SessionContext, src: &SourceSpec) -> Result<Vec<Stri
         .object_store_registry
         .get_store(&url)
         .map_err(|e| source_error(src, crate::error::describe(&e)))?;
-    let path = ObjectPath::from_url_path(url.path()).map_err(|e| source_error(src, e.to_string()))?;
+    let path =
+        ObjectPath::from_url_path(url.path()).map_err(|e| source_error(src, e.to_string()))?;
     if !src.path.ends_with('/') {
         return match store.head(&path).await {
             Ok(_) => Ok(vec![src.path.clone()]),
@@ -177,7 +201,13 @@ fn extension(path: &str, format: SourceFormat) -> String {
     }
 }
 
-async fn register_file(ctx: &SessionContext, table: &str, path: &str, src: &SourceSpec, format: SourceFormat) -> Result<()> {
+async fn register_file(
+    ctx: &SessionContext,
+    table: &str,
+    path: &str,
+    src: &SourceSpec,
+    format: SourceFormat,
+) -> Result<()> {
     let ext = extension(path, format);
     let r = match format {
         SourceFormat::Csv => {
@@ -188,8 +218,12 @@ async fn register_file(ctx: &SessionContext, table: &str, path: &str, src: &Sour
             ctx.register_csv(table, path, opts).await
         }
         SourceFormat::Parquet => {
-            ctx.register_parquet(table, path, ParquetReadOptions::default().file_extension(&ext))
-                .await
+            ctx.register_parquet(
+                table,
+                path,
+                ParquetReadOptions::default().file_extension(&ext),
+            )
+            .await
         }
         SourceFormat::Json => {
             ctx.register_json(table, path, JsonReadOptions::default().file_extension(&ext))
@@ -215,7 +249,10 @@ pub async fn register_source(ctx: &SessionContext, src: &SourceSpec) -> Result<(
                 None => first = Some((file.clone(), schema)),
                 Some((f0, s0)) => {
                     let names = |s: &arrow::datatypes::SchemaRef| {
-                        s.fields().iter().map(|f| format!("{} {}", f.name(), f.data_type())).collect::<Vec<_>>()
+                        s.fields()
+                            .iter()
+                            .map(|f| format!("{} {}", f.name(), f.data_type()))
+                            .collect::<Vec<_>>()
                     };
                     if names(s0) != names(&schema) {
                         return Err(source_error(
@@ -257,10 +294,16 @@ pub async fn create_views(ctx: &SessionContext, spec: &FeaturesSpec) -> Result<S
     let mut last = String::new();
     for (name, sql) in spec.queries() {
         let body = sql.trim().trim_end_matches(';');
-        let view = if spec.sql.is_some() { "halyard_query" } else { name };
+        let view = if spec.sql.is_some() {
+            "halyard_query"
+        } else {
+            name
+        };
         ctx.sql(&format!("CREATE VIEW {} AS {body}", quote(view)))
             .await
-            .map_err(|e| FeatureError::Sql(format!("step {name:?}: {}", crate::error::describe(&e))))?;
+            .map_err(|e| {
+                FeatureError::Sql(format!("step {name:?}: {}", crate::error::describe(&e)))
+            })?;
         last = view.to_string();
     }
     Ok(last)
@@ -268,26 +311,44 @@ pub async fn create_views(ctx: &SessionContext, spec: &FeaturesSpec) -> Result<S
 
 fn split_case(split: &SplitSpec) -> String {
     match split {
-        SplitSpec::Hash { key, test_percent, validation_percent } => {
+        SplitSpec::Hash {
+            key,
+            test_percent,
+            validation_percent,
+        } => {
             let b = format!("hash_bucket({}, 10000)", quote(key));
             let t = (test_percent * 100.0).round() as i64;
             let v = t + (validation_percent * 100.0).round() as i64;
-            format!("CASE WHEN {b} < {t} THEN 'test' WHEN {b} < {v} THEN 'validation' ELSE 'train' END")
+            format!(
+                "CASE WHEN {b} < {t} THEN 'test' WHEN {b} < {v} THEN 'validation' ELSE 'train' END"
+            )
         }
-        SplitSpec::Modulo { key, every, test_remainder, validation_remainder } => {
+        SplitSpec::Modulo {
+            key,
+            every,
+            test_remainder,
+            validation_remainder,
+        } => {
             let m = format!("(CAST({} AS BIGINT) % {every})", quote(key));
             let valid = validation_remainder
                 .map(|v| format!(" WHEN {m} = {v} THEN 'validation'"))
                 .unwrap_or_default();
             format!("CASE WHEN {m} = {test_remainder} THEN 'test'{valid} ELSE 'train' END")
         }
-        SplitSpec::Time { column, test_from, validation_from } => {
+        SplitSpec::Time {
+            column,
+            test_from,
+            validation_from,
+        } => {
             let c = quote(column);
             let valid = validation_from
                 .as_ref()
                 .map(|v| format!(" WHEN {c} >= {} THEN 'validation'", literal(v)))
                 .unwrap_or_default();
-            format!("CASE WHEN {c} >= {} THEN 'test'{valid} ELSE 'train' END", literal(test_from))
+            format!(
+                "CASE WHEN {c} >= {} THEN 'test'{valid} ELSE 'train' END",
+                literal(test_from)
+            )
         }
     }
 }
@@ -295,7 +356,8 @@ fn split_case(split: &SplitSpec) -> String {
 /// Settings the stage needs on its context (a file's row order needs one scan partition).
 pub async fn prepare(ctx: &SessionContext, spec: &FeaturesSpec) -> Result<()> {
     if spec.sources.iter().any(|s| s.row_index.is_some()) {
-        ctx.sql("SET datafusion.optimizer.repartition_file_scans = false").await?;
+        ctx.sql("SET datafusion.optimizer.repartition_file_scans = false")
+            .await?;
     }
     Ok(())
 }
@@ -317,11 +379,20 @@ pub async fn run_stage(
     let output = create_views(ctx, spec).await?;
     let schema = ctx.table(output.as_str()).await?.schema().inner().clone();
     let available = || {
-        schema.fields().iter().map(|f| f.name().as_str()).collect::<Vec<_>>().join(", ")
+        schema
+            .fields()
+            .iter()
+            .map(|f| f.name().as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
     };
     let need = |column: &str, role: &'static str| -> Result<()> {
         if schema.field_with_name(column).is_err() {
-            return Err(FeatureError::MissingColumn { column: column.to_string(), role, available: available() });
+            return Err(FeatureError::MissingColumn {
+                column: column.to_string(),
+                role,
+                available: available(),
+            });
         }
         Ok(())
     };
@@ -357,39 +428,55 @@ pub async fn run_stage(
             literal(&format!("{out}/{file}"))
         );
         async move {
-            let batches = ctx.sql(&sql).await?.collect().await?;
-            Ok::<_, FeatureError>(Shard { file, rows: count_of(&batches) })
+            let batches = collect_retrying(ctx, &sql).await?;
+            Ok::<_, FeatureError>(Shard {
+                file,
+                rows: count_of(&batches),
+            })
         }
     });
     let shards = futures::future::try_join_all(writes).await?;
     let rows: u64 = shards.iter().map(|s| s.rows).sum();
     progress(format!("features: {rows} rows written"));
     let mut table = statistics(ctx, &format!("{out}/"), shards).await?;
-    table.queries = spec.queries().into_iter().map(|(n, q)| (n.to_string(), q.to_string())).collect();
+    table.queries = spec
+        .queries()
+        .into_iter()
+        .map(|(n, q)| (n.to_string(), q.to_string()))
+        .collect();
     progress(format!(
         "features: statistics of {} numeric and {} string columns; split {}",
         table.numeric.len(),
         table.categorical.len(),
-        table.split_rows.iter().map(|(k, v)| format!("{k} {v}")).collect::<Vec<_>>().join(", ")
+        table
+            .split_rows
+            .iter()
+            .map(|(k, v)| format!("{k} {v}"))
+            .collect::<Vec<_>>()
+            .join(", ")
     ));
     Ok(table)
 }
 
 /// Statistics over the written shards.
 async fn statistics(ctx: &SessionContext, dir: &str, shards: Vec<Shard>) -> Result<FeatureTable> {
-    ctx.register_parquet(OUTPUT_TABLE, dir, ParquetReadOptions::default()).await?;
+    ctx.register_parquet(OUTPUT_TABLE, dir, ParquetReadOptions::default())
+        .await?;
     let schema = ctx.table(OUTPUT_TABLE).await?.schema().inner().clone();
     let columns: Vec<Column> = schema
         .fields()
         .iter()
-        .map(|f| Column { name: f.name().clone(), data_type: f.data_type().to_string() })
+        .map(|f| Column {
+            name: f.name().clone(),
+            data_type: f.data_type().to_string(),
+        })
         .collect();
     let fit = format!("FROM {OUTPUT_TABLE} WHERE {SPLIT_COLUMN} <> 'test'");
-    let split_rows = ctx
-        .sql(&format!("SELECT {SPLIT_COLUMN}, count(*) FROM {OUTPUT_TABLE} GROUP BY {SPLIT_COLUMN}"))
-        .await?
-        .collect()
-        .await?;
+    let split_rows = collect_retrying(
+        ctx,
+        &format!("SELECT {SPLIT_COLUMN}, count(*) FROM {OUTPUT_TABLE} GROUP BY {SPLIT_COLUMN}"),
+    )
+    .await?;
     let mut parts = BTreeMap::new();
     for b in &split_rows {
         let names = cast(b.column(0), &DataType::Utf8)?;
@@ -409,23 +496,26 @@ async fn statistics(ctx: &SessionContext, dir: &str, shards: Vec<Shard>) -> Resu
     let mut numeric = Vec::new();
     if !numeric_cols.is_empty() {
         let per = 5 + QUANTILES.len();
-        let exprs: Vec<String> = numeric_cols
-            .iter()
-            .flat_map(|c| {
-                let q = quote(c);
-                let f = format!("CAST({q} AS DOUBLE)");
-                let mut v = vec![
-                    format!("CAST(count({q}) AS DOUBLE)"),
-                    format!("avg({f})"),
-                    format!("stddev_pop({f})"),
-                    format!("min({f})"),
-                    format!("max({f})"),
-                ];
-                v.extend(QUANTILES.iter().map(|p| format!("approx_percentile_cont({p}) WITHIN GROUP (ORDER BY {f})")));
-                v
-            })
-            .collect();
-        let batches = ctx.sql(&format!("SELECT {} {fit}", exprs.join(", "))).await?.collect().await?;
+        let exprs: Vec<String> =
+            numeric_cols
+                .iter()
+                .flat_map(|c| {
+                    let q = quote(c);
+                    let f = format!("CAST({q} AS DOUBLE)");
+                    let mut v = vec![
+                        format!("CAST(count({q}) AS DOUBLE)"),
+                        format!("avg({f})"),
+                        format!("stddev_pop({f})"),
+                        format!("min({f})"),
+                        format!("max({f})"),
+                    ];
+                    v.extend(QUANTILES.iter().map(|p| {
+                        format!("approx_percentile_cont({p}) WITHIN GROUP (ORDER BY {f})")
+                    }));
+                    v
+                })
+                .collect();
+        let batches = collect_retrying(ctx, &format!("SELECT {} {fit}", exprs.join(", "))).await?;
         let row: Vec<Option<f64>> = match batches.iter().find(|b| b.num_rows() > 0) {
             Some(b) => (0..b.num_columns())
                 .map(|i| {
@@ -445,14 +535,23 @@ async fn statistics(ctx: &SessionContext, dir: &str, shards: Vec<Shard>) -> Resu
                 std: v[2],
                 min: v[3],
                 max: v[4],
-                quantiles: QUANTILES.iter().zip(&v[5..]).filter_map(|(q, x)| x.map(|x| (*q, x))).collect(),
+                quantiles: QUANTILES
+                    .iter()
+                    .zip(&v[5..])
+                    .filter_map(|(q, x)| x.map(|x| (*q, x)))
+                    .collect(),
             });
         }
     }
     let string_cols: Vec<&str> = schema
         .fields()
         .iter()
-        .filter(|f| matches!(f.data_type(), DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View | DataType::Boolean) && f.name() != SPLIT_COLUMN)
+        .filter(|f| {
+            matches!(
+                f.data_type(),
+                DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View | DataType::Boolean
+            ) && f.name() != SPLIT_COLUMN
+        })
         .map(|f| f.name().as_str())
         .collect();
     let vocab = string_cols.iter().map(|c| {
@@ -462,7 +561,7 @@ async fn statistics(ctx: &SessionContext, dir: &str, shards: Vec<Shard>) -> Resu
              GROUP BY {q} ORDER BY n DESC, v LIMIT {TOP_VALUES}"
         );
         async move {
-            let batches = ctx.sql(&sql).await?.collect().await?;
+            let batches = collect_retrying(ctx, &sql).await?;
             let mut top = Vec::new();
             let mut distinct = 0;
             for b in &batches {
@@ -482,5 +581,13 @@ async fn statistics(ctx: &SessionContext, dir: &str, shards: Vec<Shard>) -> Resu
     });
     let categorical = futures::future::try_join_all(vocab).await?;
     let rows = shards.iter().map(|s| s.rows).sum();
-    Ok(FeatureTable { shards, rows, split_rows: parts, columns, numeric, categorical, queries: Vec::new() })
+    Ok(FeatureTable {
+        shards,
+        rows,
+        split_rows: parts,
+        columns,
+        numeric,
+        categorical,
+        queries: Vec::new(),
+    })
 }

@@ -42,7 +42,11 @@ impl Stores {
 }
 
 impl ObjectStoreRegistry for Stores {
-    fn register_store(&self, url: &Url, store: Arc<dyn ObjectStore>) -> Option<Arc<dyn ObjectStore>> {
+    fn register_store(
+        &self,
+        url: &Url,
+        store: Arc<dyn ObjectStore>,
+    ) -> Option<Arc<dyn ObjectStore>> {
         self.buckets
             .lock()
             .expect("store registry lock")
@@ -58,9 +62,10 @@ impl ObjectStoreRegistry for Stores {
             "file" | "" => Ok(self.local.clone()),
             "s3" => {
                 let bucket = url.host_str().unwrap_or_default();
-                let store: Arc<dyn ObjectStore> = Arc::new(build_s3(bucket, &self.s3).map_err(|e| {
-                    DataFusionError::Configuration(format!("s3 bucket {bucket}: {e}"))
-                })?);
+                let store: Arc<dyn ObjectStore> =
+                    Arc::new(build_s3(bucket, &self.s3).map_err(|e| {
+                        DataFusionError::Configuration(format!("s3 bucket {bucket}: {e}"))
+                    })?);
                 self.buckets
                     .lock()
                     .expect("store registry lock")

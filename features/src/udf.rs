@@ -13,9 +13,7 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use arrow::array::{
-    Array, ArrayRef, AsArray, BooleanArray, Date32Array, Int32Array, Int64Array,
-};
+use arrow::array::{Array, ArrayRef, AsArray, BooleanArray, Date32Array, Int32Array, Int64Array};
 use arrow::compute::cast;
 use arrow::datatypes::{DataType, Date32Type, Float64Type, Int64Type};
 use chrono::{Datelike, NaiveDate};
@@ -80,7 +78,9 @@ impl ScalarUDFImpl for Udf {
         let name = self.name();
         match self.kind {
             Kind::Bucketize if args.len() >= 2 => Ok(vec![DataType::Float64; args.len()]),
-            Kind::Bucketize => plan_err!("{name}(x, edge1, edge2, …) needs a value and at least one edge"),
+            Kind::Bucketize => {
+                plan_err!("{name}(x, edge1, edge2, …) needs a value and at least one edge")
+            }
             Kind::HashBucket if args.len() == 2 => Ok(vec![DataType::Utf8, DataType::Int64]),
             Kind::HashBucket => plan_err!("{name}(value, buckets) takes two arguments"),
             Kind::DayOfWeek | Kind::WeekOfYear if args.len() == 1 => Ok(vec![DataType::Date32]),
@@ -90,7 +90,9 @@ impl ScalarUDFImpl for Udf {
                 out.resize(args.len(), DataType::Utf8);
                 Ok(out)
             }
-            Kind::IsHoliday => plan_err!("{name}(date, 'YYYY-MM-DD', …) needs a date and at least one holiday"),
+            Kind::IsHoliday => {
+                plan_err!("{name}(date, 'YYYY-MM-DD', …) needs a date and at least one holiday")
+            }
         }
     }
 
@@ -103,7 +105,10 @@ impl ScalarUDFImpl for Udf {
     }
 
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
-        let scalar = args.args.iter().all(|a| matches!(a, ColumnarValue::Scalar(_)));
+        let scalar = args
+            .args
+            .iter()
+            .all(|a| matches!(a, ColumnarValue::Scalar(_)));
         let arrays = ColumnarValue::values_to_arrays(&args.args)?;
         let out: ArrayRef = match self.kind {
             Kind::Bucketize => bucketize(&arrays)?,
@@ -124,12 +129,18 @@ impl ScalarUDFImpl for Udf {
 
 fn bucketize(arrays: &[ArrayRef]) -> Result<ArrayRef> {
     let x = arrays[0].as_primitive::<Float64Type>();
-    let edges: Vec<_> = arrays[1..].iter().map(|a| a.as_primitive::<Float64Type>()).collect();
+    let edges: Vec<_> = arrays[1..]
+        .iter()
+        .map(|a| a.as_primitive::<Float64Type>())
+        .collect();
     let out: Int32Array = (0..x.len())
         .map(|i| {
             (!x.is_null(i)).then(|| {
                 let v = x.value(i);
-                edges.iter().filter(|e| !e.is_null(i) && e.value(i) <= v).count() as i32
+                edges
+                    .iter()
+                    .filter(|e| !e.is_null(i) && e.value(i) <= v)
+                    .count() as i32
             })
         })
         .collect();
@@ -155,7 +166,9 @@ fn hash_bucket(arrays: &[ArrayRef]) -> Result<ArrayRef> {
 }
 
 fn dates(a: &ArrayRef) -> Result<Date32Array> {
-    Ok(cast(a, &DataType::Date32)?.as_primitive::<Date32Type>().clone())
+    Ok(cast(a, &DataType::Date32)?
+        .as_primitive::<Date32Type>()
+        .clone())
 }
 
 fn calendar(a: &ArrayRef, part: impl Fn(NaiveDate) -> i32) -> Result<ArrayRef> {
@@ -206,7 +219,9 @@ mod tests {
             ctx.register_udf(f.as_ref().clone());
         }
         let batches = ctx.sql(sql).await.unwrap().collect().await.unwrap();
-        arrow::util::pretty::pretty_format_batches(&batches).unwrap().to_string()
+        arrow::util::pretty::pretty_format_batches(&batches)
+            .unwrap()
+            .to_string()
     }
 
     #[tokio::test]
@@ -215,7 +230,12 @@ mod tests {
             "SELECT bucketize(v, 10, 100) AS b FROM (VALUES (5.0), (10.0), (99.0), (1000.0), (NULL)) t(v)",
         )
         .await;
-        let got: Vec<&str> = t.lines().skip(3).filter(|l| l.starts_with('|')).map(|l| l.trim_matches(|c| c == '|' || c == ' ')).collect();
+        let got: Vec<&str> = t
+            .lines()
+            .skip(3)
+            .filter(|l| l.starts_with('|'))
+            .map(|l| l.trim_matches(|c| c == '|' || c == ' '))
+            .collect();
         assert_eq!(got, ["0", "1", "1", "2", ""]);
         // 2024-01-01 was a Monday in ISO week 1; 2024-12-29 a Sunday in week 52.
         let t = one(
@@ -226,7 +246,8 @@ mod tests {
         )
         .await;
         assert!(t.contains("| 1 | 1 | 7 | 52 | true | false |"), "{t}");
-        let t = one("SELECT hash_bucket('customer-17', 1000) AS h, hash_bucket(17, 1000) AS i").await;
+        let t =
+            one("SELECT hash_bucket('customer-17', 1000) AS h, hash_bucket(17, 1000) AS i").await;
         let want = fnv1a(b"customer-17") % 1000;
         let want_int = fnv1a(b"17") % 1000;
         assert!(t.contains(&format!("| {want} ")), "{t}");
@@ -239,9 +260,16 @@ mod tests {
         for f in all() {
             ctx.register_udf(f.as_ref().clone());
         }
-        let e = ctx.sql("SELECT bucketize(1.0)").await.unwrap_err().to_string();
+        let e = ctx
+            .sql("SELECT bucketize(1.0)")
+            .await
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("at least one edge"), "{e}");
-        let e = match ctx.sql("SELECT is_holiday(DATE '2024-01-01', '01/01/2024')").await {
+        let e = match ctx
+            .sql("SELECT is_holiday(DATE '2024-01-01', '01/01/2024')")
+            .await
+        {
             Ok(df) => df.collect().await.unwrap_err().to_string(),
             Err(e) => e.to_string(),
         };

@@ -22,12 +22,19 @@ fn write_data(dir: &Path) {
     let mut e = String::from("customer_id,campaign,day,amount,channel\n");
     let mut x: u64 = 7;
     for _ in 0..5000 {
-        x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        x = x
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         let cust = (x >> 33) % 220; // some events name unknown customers
         let day = 1 + (x >> 20) % 28;
         let amount = ((x >> 40) % 10_000) as f64 / 100.0;
         let channel = ["email", "sms", "push"][((x >> 13) % 3) as usize];
-        writeln!(e, "{cust},c{},2024-03-{day:02},{amount},{channel}", (x >> 50) % 4).unwrap();
+        writeln!(
+            e,
+            "{cust},c{},2024-03-{day:02},{amount},{channel}",
+            (x >> 50) % 4
+        )
+        .unwrap();
     }
     std::fs::write(dir.join("events.csv"), e).unwrap();
 }
@@ -55,17 +62,28 @@ const QUERIES: &[&str] = &[
 /// A result as sorted lines, so that row order (which SQL leaves open) does not matter.
 async fn rows(ctx: &SessionContext, sql: &str) -> Vec<String> {
     let batches = ctx.sql(sql).await.unwrap().collect().await.unwrap();
-    let text = arrow::util::pretty::pretty_format_batches(&batches).unwrap().to_string();
-    let mut lines: Vec<String> = text.lines().filter(|l| l.starts_with('|')).skip(1).map(str::to_string).collect();
+    let text = arrow::util::pretty::pretty_format_batches(&batches)
+        .unwrap()
+        .to_string();
+    let mut lines: Vec<String> = text
+        .lines()
+        .filter(|l| l.starts_with('|'))
+        .skip(1)
+        .map(str::to_string)
+        .collect();
     lines.sort();
     lines
 }
 
 async fn register(ctx: &SessionContext, dir: &Path) {
     for t in ["customers", "events"] {
-        ctx.register_csv(t, dir.join(format!("{t}.csv")).to_str().unwrap(), CsvReadOptions::new())
-            .await
-            .unwrap();
+        ctx.register_csv(
+            t,
+            dir.join(format!("{t}.csv")).to_str().unwrap(),
+            CsvReadOptions::new(),
+        )
+        .await
+        .unwrap();
     }
 }
 
@@ -80,7 +98,9 @@ async fn cluster_answers_equal_single_process_datafusion() {
     let mut executors = Vec::new();
     for id in ["sql-exec-a", "sql-exec-b"] {
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let mut e = SqlExecutor::start(id, "127.0.0.1", l, 2, &s3).await.unwrap();
+        let mut e = SqlExecutor::start(id, "127.0.0.1", l, 2, &s3)
+            .await
+            .unwrap();
         e.follow(Some(&endpoint));
         executors.push(e);
     }
@@ -95,9 +115,17 @@ async fn cluster_answers_equal_single_process_datafusion() {
         assert_eq!(got, want, "{q}");
     }
     // A syntax error names its position; an unknown column names the column.
-    let e = cluster.sql("SELECT customer_id FROM events WHERE amount > 1 ORDER customer_id").await.unwrap_err().to_string();
+    let e = cluster
+        .sql("SELECT customer_id FROM events WHERE amount > 1 ORDER customer_id")
+        .await
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("Line: 1") || e.contains("line 1"), "{e}");
-    let e = cluster.sql("SELECT spend FROM events").await.unwrap_err().to_string();
+    let e = cluster
+        .sql("SELECT spend FROM events")
+        .await
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("spend"), "{e}");
     for e in executors {
         e.stop();

@@ -165,7 +165,10 @@ impl Leader<'_> {
         };
         for gone in self.sql_executors.difference(&live) {
             info!(executor = %gone, "executor lease expired; its sql tasks run again elsewhere");
-            if let Err(e) = sql.executor_lost(gone, "halyard executor lease expired").await {
+            if let Err(e) = sql
+                .executor_lost(gone, "halyard executor lease expired")
+                .await
+            {
                 warn!(executor = %gone, error = %e, "cannot tell the sql scheduler");
             }
         }
