@@ -1,6 +1,7 @@
 //! Object storage over S3 against a real S3 protocol server that checks signatures
 //! (s3s-fs, in-process): an artifact round trip with the right credentials, a clear error
-//! with the wrong ones, and a training job whose data and model both live in S3.
+//! with the wrong ones, a training job whose data and model both live in S3, and a feature
+//! stage that reads its sources from S3 and writes its shards there.
 
 mod common;
 
@@ -114,4 +115,86 @@ async fn a_job_reads_data_from_s3_and_publishes_to_s3() {
             .exists()
     );
     cluster.stop().await;
+}
+
+/// The feature stage reads its sources from S3 and writes its shards to S3 (s3s-fs checks
+/// every request's signature); with a wrong secret the job fails with a message that
+/// names the problem and never the secret.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn feature_stage_reads_and_writes_s3() {
+    let tmp = tempfile::tempdir().unwrap();
+    let s3_root = tmp.path().join("s3");
+    std::fs::create_dir_all(s3_root.join("lake/campaign")).unwrap();
+    std::fs::create_dir_all(s3_root.join("models")).unwrap();
+    let data = halyard_client::datagen::generate(&tmp.path().join("gen"), 1500, 9).unwrap();
+    std::fs::copy(&data.responses, s3_root.join("lake/campaign/responses.csv")).unwrap();
+    let (addr, _server) = halyard_s3_server::spawn(&s3_root, AK, SK).await.unwrap();
+    let spec_text = |name: &str| {
+        format!(
+            "name = \"{name}\"\n\
+             [[features.sources]]\nname = \"responses\"\npath = \"s3://lake/campaign/responses.csv\"\n\
+             [features]\nsql = \"SELECT *, hash_bucket(region, 4) AS region_bucket FROM responses\"\nshards = 2\n\
+             [features.split]\nmethod = \"hash\"\nkey = \"customer_id\"\ntest_percent = 20\n\
+             [data]\nlabel = \"responded\"\nexclude = [\"customer_id\"]\n[train]\nepochs = 2\n"
+        )
+    };
+    for (secret, ok) in [(SK, true), ("a-wrong-secret-value", false)] {
+        let name = if ok { "s3feat" } else { "s3feat-denied" };
+        let settings = Settings {
+            listen: Some("127.0.0.1:0".into()),
+            data_dir: Some(tmp.path().join(format!("state-{name}"))),
+            // The models go to a local folder in the denied case, so only the feature
+            // stage meets the wrong secret.
+            store: ok.then(|| "s3://models/halyard".to_string()),
+            executors: Some(2),
+            s3: creds(&format!("http://{addr}"), secret),
+            ..Default::default()
+        };
+        let cluster = halyard::start_standalone(settings).await.unwrap();
+        let client = common::connect(&cluster.scheduler.addr.to_string()).await;
+        let path = tmp.path().join(format!("{name}.toml"));
+        std::fs::write(&path, spec_text(name)).unwrap();
+        let spec = halyard_core::spec::JobSpec::from_file(&path).unwrap();
+        let job = client.submit(&spec).await.unwrap();
+        let done = common::wait_done(&client, &job.id, Duration::from_secs(120)).await;
+        if ok {
+            assert_eq!(done.state, "succeeded", "{done:?}");
+            let dir = s3_root
+                .join("models/halyard/jobs")
+                .join(&job.id)
+                .join("features");
+            for f in ["part-00000.parquet", "part-00001.parquet", "features.json"] {
+                assert!(dir.join(f).exists(), "{f} in S3");
+            }
+            let table: halyard_features::stage::FeatureTable =
+                serde_json::from_slice(&std::fs::read(dir.join("features.json")).unwrap()).unwrap();
+            assert_eq!(table.rows, 1500);
+            assert!(table.columns.iter().any(|c| c.name == "region_bucket"));
+        } else {
+            assert_eq!(done.state, "failed", "{done:?}");
+            assert!(done.error.contains("responses"), "{}", done.error);
+            assert!(
+                done.error.contains("access denied by the S3 server"),
+                "{}",
+                done.error
+            );
+            assert!(
+                !done.error.contains(secret),
+                "the secret leaked: {}",
+                done.error
+            );
+            let logs: Vec<String> = client
+                .logs(&job.id)
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|l| l.message)
+                .collect();
+            assert!(
+                !logs.join("\n").contains(secret),
+                "the secret leaked into the log"
+            );
+        }
+        cluster.stop().await;
+    }
 }

@@ -72,23 +72,26 @@ fn map_err(location: &str, e: object_store::Error) -> Error {
         object_store::Error::NotFound { .. } => Error::NotFound {
             location: location.to_string(),
         },
-        other => {
-            let text = other.to_string();
-            let message = if text.contains("403")
-                || text.contains("SignatureDoesNotMatch")
-                || text.contains("InvalidAccessKeyId")
-            {
-                "access denied by the S3 server: check the access key id and secret \
-                 (--s3-access-key-id / HALYARD_S3_ACCESS_KEY_ID or AWS_ACCESS_KEY_ID)"
-                    .to_string()
-            } else {
-                text
-            };
-            Error::Store {
-                location: location.to_string(),
-                message,
-            }
-        }
+        other => Error::Store {
+            location: location.to_string(),
+            message: describe_store_error(&other),
+        },
+    }
+}
+
+/// An object store error in words, with what to do when the S3 server refused the
+/// credentials (the credentials themselves are never part of it).
+pub fn describe_store_error(e: &object_store::Error) -> String {
+    let text = e.to_string();
+    if text.contains("403")
+        || text.contains("SignatureDoesNotMatch")
+        || text.contains("InvalidAccessKeyId")
+    {
+        "access denied by the S3 server: check the access key id and secret \
+         (--s3-access-key-id / HALYARD_S3_ACCESS_KEY_ID or AWS_ACCESS_KEY_ID)"
+            .to_string()
+    } else {
+        text
     }
 }
 

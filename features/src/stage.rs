@@ -11,6 +11,7 @@ use arrow::datatypes::{DataType, Float64Type, UInt64Type};
 use datafusion::prelude::{CsvReadOptions, JsonReadOptions, ParquetReadOptions, SessionContext};
 use futures::StreamExt;
 use halyard_core::spec::{FeaturesSpec, SPLIT_COLUMN, SourceFormat, SourceSpec, SplitSpec};
+use halyard_core::store::describe_store_error;
 use object_store::ObjectStoreExt;
 use object_store::path::Path as ObjectPath;
 use serde::{Deserialize, Serialize};
@@ -171,13 +172,13 @@ async fn source_files(ctx: &SessionContext, src: &SourceSpec) -> Result<Vec<Stri
                 src,
                 "does not exist; check the path (relative paths are relative to the spec file)",
             )),
-            Err(e) => Err(source_error(src, e.to_string())),
+            Err(e) => Err(source_error(src, describe_store_error(&e))),
         };
     }
     let mut files = Vec::new();
     let mut listing = store.list(Some(&path));
     while let Some(meta) = listing.next().await {
-        let meta = meta.map_err(|e| source_error(src, e.to_string()))?;
+        let meta = meta.map_err(|e| source_error(src, describe_store_error(&e)))?;
         let name = meta.location.filename().unwrap_or_default();
         if name.starts_with('.') || name.starts_with('_') {
             continue;
