@@ -95,11 +95,28 @@ enum Command {
         conn: Conn,
     },
     /// Measure a running cluster: `scheduling` gives submit-to-running latency and jobs/s;
-    /// `serving` loads a deployed model's prediction endpoint from this process
+    /// `serving` loads a deployed model's prediction endpoint from this process;
+    /// `features` runs a campaign-events feature stage on an embedded SQL cluster and on
+    /// single-process DataFusion, in this process, and compares their times
     Bench {
         /// What to measure
-        #[arg(value_parser = ["scheduling", "serving"])]
+        #[arg(value_parser = ["scheduling", "serving", "features"])]
         what: String,
+        /// features: rows of the generated events table
+        #[arg(long, default_value_t = 10_000_000)]
+        rows: usize,
+        /// features: customers (rows of the feature table)
+        #[arg(long, default_value_t = 500_000)]
+        customers: usize,
+        /// features: SQL executors of the embedded cluster
+        #[arg(long, default_value_t = 2)]
+        executors: usize,
+        /// features: runs of each engine (medians are reported)
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+        /// features: folder for the generated tables (reused) and outputs
+        #[arg(long, default_value = "halyard-data/bench-features")]
+        dir: PathBuf,
         /// scheduling: sequential jobs for the latency figure
         #[arg(long, default_value_t = 30)]
         jobs: usize,
@@ -486,6 +503,11 @@ async fn run(cli: Cli) -> Result<(), AnyError> {
         }
         Command::Bench {
             what,
+            rows,
+            customers,
+            executors,
+            runs,
+            dir,
             jobs,
             batch,
             model,
@@ -496,6 +518,39 @@ async fn run(cli: Cli) -> Result<(), AnyError> {
             conn,
         } => {
             init_tracing("warn");
+            if what == "features" {
+                let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+                let b = halyard_client::features_bench::FeaturesBench {
+                    dir,
+                    rows,
+                    customers,
+                    executors: executors.max(1),
+                    // Together the executors have the cores the single process has.
+                    slots: (cores / executors.max(1)).max(1),
+                    partitions: cores,
+                    runs: runs.max(1),
+                };
+                let (cluster, local) = halyard_client::features_bench::run(&b).await?;
+                let (c, l) = (cluster.median(), local.median());
+                let rate = |d: std::time::Duration| rows as f64 / d.as_secs_f64();
+                println!(
+                    "feature stage over {rows} events -> {} feature rows (median of {} runs each):\n  \
+                     cluster ({} executors x {} slots): {:.2} s, {:.0} events/s\n  \
+                     single-process DataFusion ({} partitions): {:.2} s, {:.0} events/s\n  \
+                     cluster / single process: {:.2}x",
+                    cluster.rows,
+                    b.runs,
+                    b.executors,
+                    b.slots,
+                    c.as_secs_f64(),
+                    rate(c),
+                    b.partitions,
+                    l.as_secs_f64(),
+                    rate(l),
+                    c.as_secs_f64() / l.as_secs_f64()
+                );
+                return Ok(());
+            }
             if what == "serving" {
                 let model = match model {
                     Some(m) => m,

@@ -7,6 +7,7 @@ pub mod bench;
 pub mod commands;
 pub mod datagen;
 mod error;
+pub mod features_bench;
 pub mod load;
 pub mod registry;
 pub mod sql;

@@ -110,6 +110,42 @@ pub fn read_parquet_parts(parts: &[Bytes], origin: &str, digest: String) -> Resu
     })
 }
 
+/// The table's rows ordered by the named columns (nulls first); an unknown column is an
+/// error that lists the table's columns.
+pub fn sort_table(table: Table, by: &[&str], origin: &str) -> Result<Table> {
+    let err = |message: String| Error::Data {
+        file: origin.to_string(),
+        message,
+    };
+    let all = arrow::compute::concat_batches(&table.schema, &table.batches)
+        .map_err(|e| err(e.to_string()))?;
+    let mut keys = Vec::with_capacity(by.len());
+    for name in by {
+        let Ok(i) = table.schema.index_of(name) else {
+            let have: Vec<&str> = table
+                .schema
+                .fields()
+                .iter()
+                .map(|f| f.name().as_str())
+                .collect();
+            return Err(err(format!(
+                "no column {name:?} to order the rows by; the table has: {}",
+                have.join(", ")
+            )));
+        };
+        keys.push(arrow::compute::SortColumn {
+            values: all.column(i).clone(),
+            options: None,
+        });
+    }
+    let order = arrow::compute::lexsort_to_indices(&keys, None).map_err(|e| err(e.to_string()))?;
+    let sorted = arrow::compute::take_record_batch(&all, &order).map_err(|e| err(e.to_string()))?;
+    Ok(Table {
+        batches: vec![sorted],
+        ..table
+    })
+}
+
 fn read_csv(bytes: &Bytes, spec: &DataSpec, file: &str) -> Result<(SchemaRef, Vec<RecordBatch>)> {
     let err = |message: String| Error::Data {
         file: file.to_string(),

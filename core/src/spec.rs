@@ -19,7 +19,9 @@ pub struct JobSpec {
     /// Free text shown in listings.
     #[serde(default)]
     pub description: String,
-    /// Where the training data is and how to read it.
+    /// Where the training data is and how to read it (a `[features]` job may leave it
+    /// out when it needs no label or column rules).
+    #[serde(default)]
     pub data: DataSpec,
     /// Which model and its hyperparameters.
     #[serde(default)]
@@ -52,12 +54,15 @@ pub struct FeaturesSpec {
     /// step's result is the feature table.
     #[serde(default)]
     pub steps: Vec<StepSpec>,
-    /// How rows are divided into train, validation and test.
-    pub split: SplitSpec,
+    /// How rows are divided into train, validation and test (response models need one;
+    /// a forecaster holds out the last `horizon` points of every series itself).
+    #[serde(default)]
+    pub split: Option<SplitSpec>,
     /// Parquet files the feature table is written as (in parallel, one query each).
     #[serde(default = "default_shards")]
     pub shards: usize,
-    /// Column whose hash assigns a row to a shard (default: the split's key or column).
+    /// Column whose hash assigns a row to a shard (default: the split's key or column; a
+    /// forecaster's series id keeps each series in one shard).
     #[serde(default)]
     pub shard_key: Option<String>,
 }
@@ -198,6 +203,10 @@ pub struct ForecastSpec {
     /// Long layout: covariate columns known in advance (holiday, promotion flags).
     #[serde(default)]
     pub covariates: Vec<String>,
+    /// Long layout: the column that orders each series' rows (needed when `[features]`
+    /// builds the input: its shards keep no row order).
+    #[serde(default)]
+    pub time_column: Option<String>,
     /// The true futures for the test metrics, same layout and series order as the source
     /// (wide layout). Without it, the last `horizon` points of every series are held out.
     #[serde(default)]
@@ -541,6 +550,22 @@ impl Default for TrainSpec {
     }
 }
 
+impl Default for DataSpec {
+    fn default() -> Self {
+        DataSpec {
+            source: String::new(),
+            format: None,
+            delimiter: default_delimiter(),
+            has_header: true,
+            label: String::new(),
+            positive: None,
+            exclude: Vec::new(),
+            categorical: Vec::new(),
+            crosses: Vec::new(),
+        }
+    }
+}
+
 impl Default for ResourceSpec {
     fn default() -> Self {
         ResourceSpec {
@@ -700,6 +725,27 @@ impl JobSpec {
                 "\"\"",
                 "must name the column to predict",
             ));
+        }
+        if let Some(f) = &self.features {
+            match &self.forecast {
+                None if f.split.is_none() => {
+                    return Err(Error::invalid(
+                        at("[features]"),
+                        "split",
+                        "(absent)",
+                        "a response model needs [features.split]: method = \"hash\", \"modulo\" or \"time\"",
+                    ));
+                }
+                Some(fc) if fc.layout != SeriesLayout::Long || fc.time_column.is_none() => {
+                    return Err(Error::invalid(
+                        at("[forecast]"),
+                        "time_column",
+                        "(absent)",
+                        "a forecaster fed by [features] needs layout = \"long\" and time_column (the shards keep no row order)",
+                    ));
+                }
+                _ => {}
+            }
         }
         match (&self.forecast, forecasting) {
             (None, true) => {
@@ -963,12 +1009,21 @@ impl FeaturesSpec {
                 "must be between 1 and 4096",
             ));
         }
+        if self.shards > 1 && self.split.is_none() && self.shard_key.is_none() {
+            return Err(Error::invalid(
+                at,
+                "shard_key",
+                "(absent)",
+                "with more than one shard and no split, name the column that assigns rows to shards",
+            ));
+        }
         match &self.split {
-            SplitSpec::Hash {
+            None => {}
+            Some(SplitSpec::Hash {
                 test_percent,
                 validation_percent,
                 ..
-            } => {
+            }) => {
                 let ok = |p: f64| p.is_finite() && (0.0..100.0).contains(&p);
                 if !ok(*test_percent)
                     || !ok(*validation_percent)
@@ -983,12 +1038,12 @@ impl FeaturesSpec {
                     ));
                 }
             }
-            SplitSpec::Modulo {
+            Some(SplitSpec::Modulo {
                 every,
                 test_remainder,
                 validation_remainder,
                 ..
-            } => {
+            }) => {
                 if *every < 2
                     || test_remainder >= every
                     || validation_remainder.is_some_and(|v| v >= *every || v == *test_remainder)
@@ -1001,7 +1056,7 @@ impl FeaturesSpec {
                     ));
                 }
             }
-            SplitSpec::Time { test_from, .. } => {
+            Some(SplitSpec::Time { test_from, .. }) => {
                 if test_from.trim().is_empty() {
                     return Err(Error::invalid(
                         at,

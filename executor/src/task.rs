@@ -8,7 +8,7 @@ use bytes::Bytes;
 use datafusion::prelude::SessionContext;
 use halyard_core::coord::{Coordinator, Versioned};
 use halyard_core::data::digest;
-use halyard_core::data::{read_parquet_parts, read_table};
+use halyard_core::data::{read_parquet_parts, read_table, sort_table};
 use halyard_core::records::{TaskAssignment, TaskProgress, TaskState, now_ms};
 use halyard_core::registry::ModelVersion;
 use halyard_core::spec::SPLIT_COLUMN;
@@ -552,7 +552,11 @@ pub fn read_series(input: &Input, spec: &JobSpec, f: &ForecastSpec) -> Result<Jo
             digest(&input.parts[0]),
         ),
         SeriesLayout::Long => {
-            let table = input.table(spec)?;
+            let mut table = input.table(spec)?;
+            if let Some(time) = &f.time_column {
+                let id = f.id_column.as_deref().unwrap_or_default();
+                table = sort_table(table, &[id, time], source)?;
+            }
             let id = f.id_column.clone().unwrap_or_default();
             let value = f.value_column.clone().unwrap_or_default();
             (

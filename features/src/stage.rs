@@ -310,7 +310,10 @@ pub async fn create_views(ctx: &SessionContext, spec: &FeaturesSpec) -> Result<S
     Ok(last)
 }
 
-fn split_case(split: &SplitSpec) -> String {
+fn split_case(split: Option<&SplitSpec>) -> String {
+    let Some(split) = split else {
+        return "'train'".into();
+    };
     match split {
         SplitSpec::Hash {
             key,
@@ -400,9 +403,17 @@ pub async fn run_stage(
     if !label.is_empty() {
         need(label, "the [data] label")?;
     }
-    need(spec.split.column(), "the split's key")?;
-    let shard_key = spec.shard_key.as_deref().unwrap_or(spec.split.column());
-    need(shard_key, "the shard key")?;
+    if let Some(split) = &spec.split {
+        need(split.column(), "the split's key")?;
+    }
+    let shard_key = spec
+        .shard_key
+        .as_deref()
+        .or(spec.split.as_ref().map(SplitSpec::column))
+        .unwrap_or_default();
+    if spec.shards > 1 {
+        need(shard_key, "the shard key")?;
+    }
     if schema.field_with_name(SPLIT_COLUMN).is_ok() {
         return Err(FeatureError::Sql(format!(
             "the feature query's output already has a column {SPLIT_COLUMN:?}, which the stage adds; rename it"
@@ -410,7 +421,7 @@ pub async fn run_stage(
     }
     ctx.sql(&format!(
         "CREATE VIEW {FEATURES_VIEW} AS SELECT *, {} AS {SPLIT_COLUMN} FROM {}",
-        split_case(&spec.split),
+        split_case(spec.split.as_ref()),
         quote(&output)
     ))
     .await?;
