@@ -1043,29 +1043,26 @@ impl FeaturesSpec {
                 test_remainder,
                 validation_remainder,
                 ..
-            }) => {
-                if *every < 2
-                    || test_remainder >= every
-                    || validation_remainder.is_some_and(|v| v >= *every || v == *test_remainder)
-                {
-                    return Err(Error::invalid(
-                        at,
-                        "split.every",
-                        every,
-                        "every must be at least 2 and the remainders distinct and below it",
-                    ));
-                }
+            }) if *every < 2
+                || test_remainder >= every
+                || validation_remainder.is_some_and(|v| v >= *every || v == *test_remainder) =>
+            {
+                return Err(Error::invalid(
+                    at,
+                    "split.every",
+                    every,
+                    "every must be at least 2 and the remainders distinct and below it",
+                ));
             }
-            Some(SplitSpec::Time { test_from, .. }) => {
-                if test_from.trim().is_empty() {
-                    return Err(Error::invalid(
-                        at,
-                        "split.test_from",
-                        "\"\"",
-                        "must give the first test date or time",
-                    ));
-                }
+            Some(SplitSpec::Time { test_from, .. }) if test_from.trim().is_empty() => {
+                return Err(Error::invalid(
+                    at,
+                    "split.test_from",
+                    "\"\"",
+                    "must give the first test date or time",
+                ));
             }
+            Some(_) => {}
         }
         Ok(())
     }

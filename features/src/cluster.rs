@@ -221,7 +221,7 @@ impl SqlExecutor {
         info!(%addr, id, "sql executor (ballista) flight service listening");
         Ok(SqlExecutor {
             executor,
-            vcores: vcores,
+            vcores,
             flight,
             attached: None,
         })
