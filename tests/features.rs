@@ -13,7 +13,6 @@ use arrow::array::{Array, AsArray, RecordBatch};
 use arrow::compute::cast;
 use arrow::datatypes::DataType;
 use bytes::Bytes;
-use halyard_core::config::Settings;
 use halyard_core::spec::JobSpec;
 use halyard_core::store::S3Config;
 use halyard_features::session::{local_context, remote_context};
@@ -168,25 +167,11 @@ async fn standalone_feature_stage_equals_datafusion_and_trains() {
     let tmp = tempfile::tempdir().unwrap();
     write_inputs(tmp.path());
     let spec = write_spec(tmp.path(), "feat", &feature_spec(tmp.path(), "feat"));
-    let settings = Settings {
-        listen: Some("127.0.0.1:0".into()),
-        data_dir: Some(tmp.path().join("state")),
-        executors: Some(2),
-        ..Default::default()
-    };
-    let cluster = halyard::start_standalone(settings).await.unwrap();
-    let client = common::connect(&cluster.scheduler.addr.to_string()).await;
+    let (cluster, client) = common::standalone(tmp.path(), 2).await;
     let job = client.submit(&spec).await.unwrap();
     let done = common::wait_done(&client, &job.id, Duration::from_secs(180)).await;
     assert_eq!(done.state, "succeeded", "{done:?}");
-    let logs: Vec<String> = client
-        .logs(&job.id)
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|l| l.message)
-        .collect();
-    let logs = logs.join("\n");
+    let logs = common::log_text(&client, &job.id).await;
     assert!(
         logs.contains("features: running the SQL on the cluster"),
         "{logs}"
@@ -250,14 +235,7 @@ async fn bad_feature_input_fails_the_job_with_a_clear_error() {
         "customer_id,spend,extra\nc2,2.5,x\n",
     )
     .unwrap();
-    let settings = Settings {
-        listen: Some("127.0.0.1:0".into()),
-        data_dir: Some(tmp.path().join("state")),
-        executors: Some(1),
-        ..Default::default()
-    };
-    let cluster = halyard::start_standalone(settings).await.unwrap();
-    let client = common::connect(&cluster.scheduler.addr.to_string()).await;
+    let (cluster, client) = common::standalone(tmp.path(), 1).await;
     let base = feature_spec(tmp.path(), "bad");
     let cases: Vec<(&str, String, &[&str])> = vec![
         (

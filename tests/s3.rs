@@ -183,15 +183,8 @@ async fn feature_stage_reads_and_writes_s3() {
                 "the secret leaked: {}",
                 done.error
             );
-            let logs: Vec<String> = client
-                .logs(&job.id)
-                .await
-                .unwrap()
-                .into_iter()
-                .map(|l| l.message)
-                .collect();
             assert!(
-                !logs.join("\n").contains(secret),
+                !common::log_text(&client, &job.id).await.contains(secret),
                 "the secret leaked into the log"
             );
         }

@@ -8,14 +8,7 @@ use std::time::Duration;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn watch_streams_changes_and_ends_with_the_final_state() {
     let tmp = tempfile::tempdir().unwrap();
-    let settings = halyard_core::config::Settings {
-        listen: Some("127.0.0.1:0".into()),
-        data_dir: Some(tmp.path().join("state")),
-        executors: Some(1),
-        ..Default::default()
-    };
-    let cluster = halyard::start_standalone(settings).await.unwrap();
-    let client = common::connect(&cluster.scheduler.addr.to_string()).await;
+    let (cluster, client) = common::standalone(tmp.path(), 1).await;
     let data = halyard_client::datagen::generate(&tmp.path().join("data"), 3000, 9).unwrap();
     let spec = common::spec(tmp.path(), "watched", &data.responses, 60, 32);
     let job = client.submit(&spec).await.unwrap();

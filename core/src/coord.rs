@@ -246,9 +246,14 @@ impl Coordinator {
 
     /// The current leader's id.
     pub async fn leader(&self) -> Result<Option<String>> {
+        self.get_text(&self.leader_key()).await
+    }
+
+    /// A key's value as text.
+    async fn get_text(&self, key: &str) -> Result<Option<String>> {
         Ok(self
             .kv
-            .get(&self.leader_key())
+            .get(key)
             .await?
             .map(|e| String::from_utf8_lossy(&e.value).into_owned()))
     }
@@ -701,11 +706,7 @@ impl Coordinator {
 
     /// The SQL scheduler endpoint (`HOST:PORT`) of the current leader, if it runs one.
     pub async fn sql_endpoint(&self) -> Result<Option<String>> {
-        Ok(self
-            .kv
-            .get(&self.sql_endpoint_key())
-            .await?
-            .map(|e| String::from_utf8_lossy(&e.value).into_owned()))
+        self.get_text(&self.sql_endpoint_key()).await
     }
 
     /// What every live executor serves.

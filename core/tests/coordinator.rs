@@ -323,6 +323,35 @@ async fn registry_versions_deployments_outcomes_and_serving(c: Coordinator) {
     assert!(c.serving().await.unwrap().is_empty());
 }
 
+/// The SQL endpoint is the leader's: fenced on its leadership, gone with its lease.
+async fn sql_endpoint_follows_the_leader(c: Coordinator) {
+    assert_eq!(c.sql_endpoint().await.unwrap(), None);
+    let la = c.grant_lease(TTL).await.unwrap();
+    let lb = c.grant_lease(TTL).await.unwrap();
+    let a = c.campaign("a", la).await.unwrap().expect("a leads");
+    c.advertise_sql_endpoint(&a, "10.0.0.1:5000").await.unwrap();
+    assert_eq!(
+        c.sql_endpoint().await.unwrap().as_deref(),
+        Some("10.0.0.1:5000")
+    );
+    c.revoke(la).await.unwrap();
+    assert_eq!(
+        c.sql_endpoint().await.unwrap(),
+        None,
+        "gone with the leader's lease"
+    );
+    let b = c.campaign("b", lb).await.unwrap().expect("b leads");
+    assert!(matches!(
+        c.advertise_sql_endpoint(&a, "10.0.0.1:5000").await,
+        Err(Error::Fenced)
+    ));
+    c.advertise_sql_endpoint(&b, "10.0.0.2:5000").await.unwrap();
+    assert_eq!(
+        c.sql_endpoint().await.unwrap().as_deref(),
+        Some("10.0.0.2:5000")
+    );
+}
+
 macro_rules! conformance {
     ($($name:ident),* $(,)?) => {
         mod embedded_backend {
@@ -352,4 +381,5 @@ conformance!(
     progress_is_fenced_on_the_assignment,
     model_versions_are_unique_under_contention,
     registry_versions_deployments_outcomes_and_serving,
+    sql_endpoint_follows_the_leader,
 );

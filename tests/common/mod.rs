@@ -101,6 +101,32 @@ pub async fn connect(addr: &str) -> Client {
     .await
 }
 
+/// A standalone cluster in this process with `executors` executors and its state under
+/// `dir/state`, and a client connected to it.
+pub async fn standalone(dir: &Path, executors: u32) -> (halyard::Standalone, Client) {
+    let settings = halyard_core::config::Settings {
+        listen: Some("127.0.0.1:0".into()),
+        data_dir: Some(dir.join("state")),
+        executors: Some(executors),
+        ..Default::default()
+    };
+    let cluster = halyard::start_standalone(settings).await.unwrap();
+    let client = connect(&cluster.scheduler.addr.to_string()).await;
+    (cluster, client)
+}
+
+/// A job's log (scheduler events and executor progress) as one text.
+pub async fn log_text(client: &Client, id: &str) -> String {
+    let lines: Vec<String> = client
+        .logs(id)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|l| l.message)
+        .collect();
+    lines.join("\n")
+}
+
 /// Write a response-model spec for `data` and parse it as the client does.
 pub fn spec(dir: &Path, name: &str, data: &Path, epochs: u32, batch: usize) -> JobSpec {
     let path = dir.join(format!("{name}.toml"));
