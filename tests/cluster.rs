@@ -133,5 +133,34 @@ async fn jobs_survive_killed_executor_and_killed_leader() {
     let jobs = b.jobs().await.unwrap();
     assert_eq!(jobs.len(), 3);
     assert!(jobs.iter().all(|j| j.state == "succeeded"), "{jobs:?}");
+
+    // The new leader runs its own SQL scheduler; the executors follow it, and a query
+    // runs on them.
+    let endpoint = wait_for(
+        "the new leader's sql endpoint",
+        Duration::from_secs(20),
+        || async {
+            let c = b.cluster().await.ok()?;
+            (!c.sql_endpoint.is_empty()).then_some(c.sql_endpoint)
+        },
+    )
+    .await;
+    let s3 = halyard_core::store::S3Config::default();
+    let ctx = halyard_features::session::remote_context(&endpoint, &s3, 2)
+        .await
+        .unwrap();
+    let csv = data.responses.to_str().unwrap();
+    ctx.register_csv("responses", csv, Default::default())
+        .await
+        .unwrap();
+    let rows = halyard_features::stage::collect_retrying(&ctx, "SELECT count(*) FROM responses")
+        .await
+        .unwrap();
+    let n = arrow::compute::cast(rows[0].column(0), &arrow::datatypes::DataType::Int64).unwrap();
+    let n = arrow::array::AsArray::as_primitive::<arrow::datatypes::Int64Type>(&n).value(0);
+    assert_eq!(
+        n as usize, data.rows,
+        "counted on the executors, through the new leader"
+    );
     eprintln!("leader takeover after kill -9: {takeover:?}");
 }
