@@ -141,20 +141,62 @@ pub async fn interactive(ctx: &SessionContext, output: Option<PathBuf>) -> Resul
         })?;
         buf.push_str(&line);
         buf.push('\n');
-        if !line.trim_end().ends_with(';') {
-            prompt(!buf.trim().is_empty());
-            continue;
+        let (statements, rest) = split_statements(&buf);
+        buf = rest;
+        for sql in statements {
+            match run(ctx, &sql).await {
+                Ok(batches) => emit(&batches, output.as_deref())?,
+                Err(e) => eprintln!("error: {e}"),
+            }
         }
-        let sql = std::mem::take(&mut buf);
-        match run(ctx, sql.trim().trim_end_matches(';')).await {
-            Ok(batches) => emit(&batches, output.as_deref())?,
-            Err(e) => eprintln!("error: {e}"),
-        }
-        prompt(false);
+        prompt(!buf.trim().is_empty());
     }
     if !buf.trim().is_empty() {
         let batches = run(ctx, buf.trim()).await?;
         emit(&batches, output.as_deref())?;
     }
     Ok(())
+}
+
+/// Complete statements (ended by a `;` outside quotes and comments) and the unfinished
+/// rest of `text`.
+fn split_statements(text: &str) -> (Vec<String>, String) {
+    let mut out = Vec::new();
+    let mut start = 0;
+    let (mut quote, mut comment) = (None::<char>, false);
+    let chars: Vec<(usize, char)> = text.char_indices().collect();
+    for (k, &(i, c)) in chars.iter().enumerate() {
+        if comment {
+            comment = c != '\n';
+            continue;
+        }
+        match quote {
+            Some(q) if c == q => quote = None,
+            Some(_) => {}
+            None if c == '\'' || c == '"' => quote = Some(c),
+            None if c == '-' && chars.get(k + 1).is_some_and(|&(_, n)| n == '-') => comment = true,
+            None if c == ';' => {
+                let stmt = text[start..i].trim();
+                if !stmt.is_empty() {
+                    out.push(stmt.to_string());
+                }
+                start = i + 1;
+            }
+            None => {}
+        }
+    }
+    (out, text[start..].to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::split_statements;
+
+    #[test]
+    fn statements_split_on_semicolons_outside_quotes_and_comments() {
+        let (s, rest) =
+            split_statements("SELECT 'a;b'; -- one; two\nSELECT \"x;\" FROM t;\nSELECT 3");
+        assert_eq!(s, ["SELECT 'a;b'", "-- one; two\nSELECT \"x;\" FROM t"]);
+        assert_eq!(rest.trim(), "SELECT 3");
+    }
 }
