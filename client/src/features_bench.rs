@@ -339,13 +339,25 @@ pub async fn run(b: &FeaturesBench) -> Result<(Timings, Timings)> {
             let _ = std::fs::remove_dir_all(&out);
             let url = format!("file://{}", out.display());
             let t = Instant::now();
-            let table = run_stage(&ctx, &spec, "converted", &url, &mut |_| {}).await?;
+            // When each phase ended: the progress lines mark them.
+            let mut marks: Vec<(Duration, String)> = Vec::new();
+            let table = run_stage(&ctx, &spec, "converted", &url, &mut |line| {
+                marks.push((t.elapsed(), line));
+            })
+            .await?;
             let took = t.elapsed();
+            let phase = |word: &str| {
+                marks
+                    .iter()
+                    .find(|(_, l)| l.contains(word))
+                    .map_or(0.0, |(d, _)| d.as_secs_f64())
+            };
+            let (planned, written) = (phase("writing"), phase("rows written"));
             let timings = if on_cluster { &mut cluster } else { &mut local };
             timings.runs.push(took);
             timings.rows = table.rows;
             eprintln!(
-                "run {}: {} {:.2} s, {} feature rows",
+                "run {}: {} {:.2} s (sources and plan {planned:.2} s, query and shards {:.2} s, statistics {:.2} s), {} feature rows",
                 run + 1,
                 if on_cluster {
                     "cluster"
@@ -353,6 +365,8 @@ pub async fn run(b: &FeaturesBench) -> Result<(Timings, Timings)> {
                     "single process"
                 },
                 took.as_secs_f64(),
+                written - planned,
+                took.as_secs_f64() - written,
                 table.rows
             );
         }

@@ -38,7 +38,16 @@ pub fn config(partitions: usize) -> SessionConfig {
             ballista_core::config::BALLISTA_ADAPTIVE_PLANNER_ENABLED,
             false,
         )
+        // The sort shuffle's default 256 MiB per-task budget spilled a 10-million-row
+        // shuffle to disk in 136 small pieces per task (`halyard bench features`).
+        .set_u64(
+            ballista_core::config::BALLISTA_SHUFFLE_SORT_BASED_MEMORY_LIMIT_PER_TASK_BYTES,
+            SHUFFLE_TASK_BUFFER_BYTES,
+        )
 }
+
+/// Bytes a shuffle-writing task buffers before it spills.
+pub const SHUFFLE_TASK_BUFFER_BYTES: u64 = 1 << 30;
 
 /// A single-process DataFusion context with the UDFs and object stores.
 pub fn local_context(s3: &S3Config, partitions: usize) -> Result<SessionContext> {

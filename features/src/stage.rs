@@ -470,7 +470,8 @@ pub async fn run_stage(
     Ok(table)
 }
 
-/// Statistics over the written shards.
+/// Statistics over the written shards: three queries, run at once (the split's counts,
+/// every numeric column's moments and quantiles, every string column's vocabulary).
 async fn statistics(ctx: &SessionContext, dir: &str, shards: Vec<Shard>) -> Result<FeatureTable> {
     ctx.register_parquet(OUTPUT_TABLE, dir, ParquetReadOptions::default())
         .await?;
@@ -484,9 +485,29 @@ async fn statistics(ctx: &SessionContext, dir: &str, shards: Vec<Shard>) -> Resu
         })
         .collect();
     let fit = format!("FROM {OUTPUT_TABLE} WHERE {SPLIT_COLUMN} <> 'test'");
-    let split_rows = collect_retrying(
-        ctx,
-        &format!("SELECT {SPLIT_COLUMN}, count(*) FROM {OUTPUT_TABLE} GROUP BY {SPLIT_COLUMN}"),
+    let numeric_cols: Vec<&str> = schema
+        .fields()
+        .iter()
+        .filter(|f| f.data_type().is_numeric() && f.name() != SPLIT_COLUMN)
+        .map(|f| f.name().as_str())
+        .collect();
+    let string_cols: Vec<&str> = schema
+        .fields()
+        .iter()
+        .filter(|f| {
+            matches!(
+                f.data_type(),
+                DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View | DataType::Boolean
+            ) && f.name() != SPLIT_COLUMN
+        })
+        .map(|f| f.name().as_str())
+        .collect();
+    let split_sql =
+        format!("SELECT {SPLIT_COLUMN}, count(*) FROM {OUTPUT_TABLE} GROUP BY {SPLIT_COLUMN}");
+    let (split_rows, numeric, categorical) = futures::future::try_join3(
+        collect_retrying(ctx, &split_sql),
+        numeric_stats(ctx, &fit, &numeric_cols),
+        vocabularies(ctx, &fit, &string_cols),
     )
     .await?;
     let mut parts = BTreeMap::new();
@@ -499,48 +520,65 @@ async fn statistics(ctx: &SessionContext, dir: &str, shards: Vec<Shard>) -> Resu
             parts.insert(names.value(i).to_string(), counts.value(i));
         }
     }
-    let numeric_cols: Vec<&str> = schema
-        .fields()
+    let rows = shards.iter().map(|s| s.rows).sum();
+    Ok(FeatureTable {
+        shards,
+        rows,
+        split_rows: parts,
+        columns,
+        numeric,
+        categorical,
+        queries: Vec::new(),
+    })
+}
+
+/// Moments, extremes and approximate quantiles of `cols`, in one aggregate query.
+async fn numeric_stats(
+    ctx: &SessionContext,
+    fit: &str,
+    cols: &[&str],
+) -> Result<Vec<NumericStats>> {
+    if cols.is_empty() {
+        return Ok(Vec::new());
+    }
+    let per = 5 + QUANTILES.len();
+    let exprs: Vec<String> = cols
         .iter()
-        .filter(|f| f.data_type().is_numeric() && f.name() != SPLIT_COLUMN)
-        .map(|f| f.name().as_str())
+        .flat_map(|c| {
+            let q = quote(c);
+            let f = format!("CAST({q} AS DOUBLE)");
+            let mut v = vec![
+                format!("CAST(count({q}) AS DOUBLE)"),
+                format!("avg({f})"),
+                format!("stddev_pop({f})"),
+                format!("min({f})"),
+                format!("max({f})"),
+            ];
+            v.extend(
+                QUANTILES
+                    .iter()
+                    .map(|p| format!("approx_percentile_cont({p}) WITHIN GROUP (ORDER BY {f})")),
+            );
+            v
+        })
         .collect();
-    let mut numeric = Vec::new();
-    if !numeric_cols.is_empty() {
-        let per = 5 + QUANTILES.len();
-        let exprs: Vec<String> =
-            numeric_cols
-                .iter()
-                .flat_map(|c| {
-                    let q = quote(c);
-                    let f = format!("CAST({q} AS DOUBLE)");
-                    let mut v = vec![
-                        format!("CAST(count({q}) AS DOUBLE)"),
-                        format!("avg({f})"),
-                        format!("stddev_pop({f})"),
-                        format!("min({f})"),
-                        format!("max({f})"),
-                    ];
-                    v.extend(QUANTILES.iter().map(|p| {
-                        format!("approx_percentile_cont({p}) WITHIN GROUP (ORDER BY {f})")
-                    }));
-                    v
-                })
-                .collect();
-        let batches = collect_retrying(ctx, &format!("SELECT {} {fit}", exprs.join(", "))).await?;
-        let row: Vec<Option<f64>> = match batches.iter().find(|b| b.num_rows() > 0) {
-            Some(b) => (0..b.num_columns())
-                .map(|i| {
-                    let c = cast(b.column(i), &DataType::Float64).ok()?;
-                    let c = c.as_primitive::<Float64Type>();
-                    (!c.is_null(0)).then(|| c.value(0))
-                })
-                .collect(),
-            None => vec![None; exprs.len()],
-        };
-        for (k, c) in numeric_cols.iter().enumerate() {
+    let batches = collect_retrying(ctx, &format!("SELECT {} {fit}", exprs.join(", "))).await?;
+    let row: Vec<Option<f64>> = match batches.iter().find(|b| b.num_rows() > 0) {
+        Some(b) => (0..b.num_columns())
+            .map(|i| {
+                let c = cast(b.column(i), &DataType::Float64).ok()?;
+                let c = c.as_primitive::<Float64Type>();
+                (!c.is_null(0)).then(|| c.value(0))
+            })
+            .collect(),
+        None => vec![None; exprs.len()],
+    };
+    Ok(cols
+        .iter()
+        .enumerate()
+        .map(|(k, c)| {
             let v = &row[k * per..(k + 1) * per];
-            numeric.push(NumericStats {
+            NumericStats {
                 column: c.to_string(),
                 count: v[0].unwrap_or(0.0) as u64,
                 mean: v[1],
@@ -552,54 +590,66 @@ async fn statistics(ctx: &SessionContext, dir: &str, shards: Vec<Shard>) -> Resu
                     .zip(&v[5..])
                     .filter_map(|(q, x)| x.map(|x| (*q, x)))
                     .collect(),
-            });
+            }
+        })
+        .collect())
+}
+
+/// The [`TOP_VALUES`] most frequent values of each of `cols` with their counts, and each
+/// column's distinct count, in one query (a `UNION ALL` of the counts, ranked per column).
+async fn vocabularies(
+    ctx: &SessionContext,
+    fit: &str,
+    cols: &[&str],
+) -> Result<Vec<CategoricalStats>> {
+    if cols.is_empty() {
+        return Ok(Vec::new());
+    }
+    let counts: Vec<String> = cols
+        .iter()
+        .enumerate()
+        .map(|(k, c)| {
+            let q = quote(c);
+            format!(
+                "SELECT {k} AS c, CAST({q} AS VARCHAR) AS v, count(*) AS n {fit} AND {q} IS NOT NULL GROUP BY {q}"
+            )
+        })
+        .collect();
+    let sql = format!(
+        "SELECT c, v, n, d FROM (\
+           SELECT c, v, n, count(*) OVER (PARTITION BY c) AS d, \
+                  row_number() OVER (PARTITION BY c ORDER BY n DESC, v) AS r \
+           FROM ({}) counts) ranked \
+         WHERE r <= {TOP_VALUES}",
+        counts.join(" UNION ALL ")
+    );
+    let mut out: Vec<CategoricalStats> = cols
+        .iter()
+        .map(|c| CategoricalStats {
+            column: c.to_string(),
+            distinct: 0,
+            top: Vec::new(),
+        })
+        .collect();
+    for b in &collect_retrying(ctx, &sql).await? {
+        let c = cast(b.column(0), &DataType::UInt64)?;
+        let c = c.as_primitive::<UInt64Type>();
+        let v = cast(b.column(1), &DataType::Utf8)?;
+        let v = v.as_string::<i32>();
+        let n = cast(b.column(2), &DataType::UInt64)?;
+        let n = n.as_primitive::<UInt64Type>();
+        let d = cast(b.column(3), &DataType::UInt64)?;
+        let d = d.as_primitive::<UInt64Type>();
+        for i in 0..b.num_rows() {
+            let stats = &mut out[c.value(i) as usize];
+            stats.top.push((v.value(i).to_string(), n.value(i)));
+            stats.distinct = d.value(i);
         }
     }
-    let string_cols: Vec<&str> = schema
-        .fields()
-        .iter()
-        .filter(|f| {
-            matches!(
-                f.data_type(),
-                DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View | DataType::Boolean
-            ) && f.name() != SPLIT_COLUMN
-        })
-        .map(|f| f.name().as_str())
-        .collect();
-    let vocab = string_cols.iter().map(|c| {
-        let q = quote(c);
-        let sql = format!(
-            "SELECT CAST({q} AS VARCHAR) AS v, count(*) AS n, count(*) OVER () AS d {fit} AND {q} IS NOT NULL \
-             GROUP BY {q} ORDER BY n DESC, v LIMIT {TOP_VALUES}"
-        );
-        async move {
-            let batches = collect_retrying(ctx, &sql).await?;
-            let mut top = Vec::new();
-            let mut distinct = 0;
-            for b in &batches {
-                let v = cast(b.column(0), &DataType::Utf8)?;
-                let v = v.as_string::<i32>();
-                let n = cast(b.column(1), &DataType::UInt64)?;
-                let n = n.as_primitive::<UInt64Type>();
-                let d = cast(b.column(2), &DataType::UInt64)?;
-                let d = d.as_primitive::<UInt64Type>();
-                for i in 0..b.num_rows() {
-                    top.push((v.value(i).to_string(), n.value(i)));
-                    distinct = d.value(i);
-                }
-            }
-            Ok::<_, FeatureError>(CategoricalStats { column: c.to_string(), distinct, top })
-        }
-    });
-    let categorical = futures::future::try_join_all(vocab).await?;
-    let rows = shards.iter().map(|s| s.rows).sum();
-    Ok(FeatureTable {
-        shards,
-        rows,
-        split_rows: parts,
-        columns,
-        numeric,
-        categorical,
-        queries: Vec::new(),
-    })
+    for stats in &mut out {
+        stats
+            .top
+            .sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    }
+    Ok(out)
 }
