@@ -317,7 +317,19 @@ impl Input {
     /// The rows as one table.
     pub fn table(&self, spec: &JobSpec) -> Result<halyard_core::data::Table> {
         Ok(match &self.features {
-            Some((location, digest)) => read_parquet_parts(&self.parts, location, digest.clone())?,
+            Some((location, digest)) => {
+                // Shards hold their rows in whatever order the engine wrote them: order by
+                // every column, so the same table trains the same model on any engine.
+                let table = read_parquet_parts(&self.parts, location, digest.clone())?;
+                let names: Vec<String> = table
+                    .schema
+                    .fields()
+                    .iter()
+                    .map(|f| f.name().clone())
+                    .collect();
+                let by: Vec<&str> = names.iter().map(String::as_str).collect();
+                sort_table(table, &by, location)?
+            }
             None => read_table(&self.parts[0], &spec.data, &spec.data.source)?,
         })
     }
