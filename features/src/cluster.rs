@@ -154,7 +154,6 @@ impl SqlScheduler {
 /// and results, and a poll loop attached to the current SQL scheduler.
 pub struct SqlExecutor {
     executor: Arc<Executor>,
-    vcores: usize,
     flight: JoinHandle<()>,
     attached: Option<(String, JoinHandle<()>)>,
 }
@@ -221,7 +220,6 @@ impl SqlExecutor {
         info!(%addr, id, "sql executor (ballista) flight service listening");
         Ok(SqlExecutor {
             executor,
-            vcores,
             flight,
             attached: None,
         })
@@ -267,11 +265,6 @@ impl SqlExecutor {
             }
         });
         self.attached = Some((endpoint.to_string(), task));
-    }
-
-    /// Tasks this executor runs at once.
-    pub fn vcores(&self) -> usize {
-        self.vcores
     }
 
     /// Stop the poll loop and the Flight service.
