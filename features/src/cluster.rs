@@ -154,6 +154,8 @@ impl SqlScheduler {
 /// and results, and a poll loop attached to the current SQL scheduler.
 pub struct SqlExecutor {
     executor: Arc<Executor>,
+    /// Shuffle files and results; removed when the executor stops.
+    work_dir: std::path::PathBuf,
     flight: JoinHandle<()>,
     attached: Option<(String, JoinHandle<()>)>,
 }
@@ -176,6 +178,7 @@ impl SqlExecutor {
             .tempdir()
             .map_err(|e| FeatureError::Cluster(format!("cannot make a work folder: {e}")))?
             .keep();
+        let work_path = work_dir.clone();
         let work_dir = work_dir.display().to_string();
         let metadata = ExecutorRegistration {
             id: id.to_string(),
@@ -220,6 +223,7 @@ impl SqlExecutor {
         info!(%addr, id, "sql executor (ballista) flight service listening");
         Ok(SqlExecutor {
             executor,
+            work_dir: work_path,
             flight,
             attached: None,
         })
@@ -267,9 +271,12 @@ impl SqlExecutor {
         self.attached = Some((endpoint.to_string(), task));
     }
 
-    /// Stop the poll loop and the Flight service.
+    /// Stop the poll loop and the Flight service, and remove the work folder.
     pub fn stop(mut self) {
         self.follow(None);
         self.flight.abort();
+        if let Err(e) = std::fs::remove_dir_all(&self.work_dir) {
+            warn!(dir = %self.work_dir.display(), error = %e, "cannot remove the sql work folder");
+        }
     }
 }
