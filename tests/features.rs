@@ -265,7 +265,7 @@ async fn bad_feature_input_fails_the_job_with_a_clear_error() {
             "schema",
             base.replace(
                 &format!("{}/campaigns.csv\"", tmp.path().display()),
-                &format!("{}/mixed/\"\nformat = \"csv\"", tmp.path().display()),
+                &format!("{}/mixed/\"", tmp.path().display()),
             ),
             &["campaigns", "a.csv", "b.csv", "extra", "one schema"],
         ),

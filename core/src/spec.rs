@@ -76,7 +76,8 @@ pub struct SourceSpec {
     /// A file or folder (relative to the spec file), `file://` or `s3://bucket/key` URL. A
     /// folder (ending in `/`) reads every file in it, which must share one schema.
     pub path: String,
-    /// `csv`, `parquet` or `json` (newline-delimited); taken from the extension when absent.
+    /// `csv`, `parquet` or `json` (newline-delimited); taken from the extension (of a
+    /// folder's first file) when absent.
     #[serde(default)]
     pub format: Option<SourceFormat>,
     /// CSV field separator.
@@ -957,7 +958,10 @@ impl FeaturesSpec {
                     format!("source {:?} needs a path or URL", src.name),
                 ));
             }
-            src.resolved_format(at)?;
+            // A folder's format is read off its files' names when the stage lists them.
+            if !src.path.ends_with('/') {
+                src.resolved_format(at)?;
+            }
             if src.delimiter.len() != 1 {
                 return Err(Error::invalid(
                     at,

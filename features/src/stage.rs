@@ -236,8 +236,16 @@ async fn register_file(
 
 /// Register one source table (what `halyard sql --table` does too).
 pub async fn register_source(ctx: &SessionContext, src: &SourceSpec) -> Result<()> {
-    let format = src.resolved_format("[features]")?;
     let files = source_files(ctx, src).await?;
+    let format = match src.format {
+        Some(f) => f,
+        // A folder: its first file's name tells.
+        None => SourceSpec {
+            path: files[0].clone(),
+            ..src.clone()
+        }
+        .resolved_format("[features]")?,
+    };
     if files.len() > 1 {
         // Every file must have the first one's columns: a mismatch names both files.
         let probe = format!("{}__probe", src.name);
