@@ -117,6 +117,47 @@ impl Coordinator {
         self.kv.txn(when, then).await
     }
 
+    /// A key's value with its revision.
+    async fn get_versioned<T: DeserializeOwned>(&self, key: &str) -> Result<Option<Versioned<T>>> {
+        self.kv.get(key).await?.map(|e| decode(&e)).transpose()
+    }
+
+    /// A key's value.
+    async fn get_value<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>> {
+        Ok(self
+            .get_versioned(key)
+            .await?
+            .map(|v: Versioned<T>| v.value))
+    }
+
+    /// The values of every key under `prefix` (relative to the root), in key order.
+    async fn values<T: DeserializeOwned>(&self, prefix: &str) -> Result<Vec<T>> {
+        let entries = self.kv.range(&self.key(prefix)).await?;
+        entries
+            .iter()
+            .map(|e| decode(e).map(|v: Versioned<T>| v.value))
+            .collect()
+    }
+
+    /// Apply `then` only while the task assignment read at `assignment` stands:
+    /// [`Error::Conflict`] means the task was taken away.
+    async fn fenced_on_task(
+        &self,
+        assignment: &Versioned<TaskAssignment>,
+        then: Vec<TxnOp>,
+    ) -> Result<()> {
+        let task_key = self.task_key(&assignment.value.executor, &assignment.value.job_id);
+        if self
+            .cas(&task_key, assignment.revision, then)
+            .await?
+            .succeeded
+        {
+            Ok(())
+        } else {
+            Err(Error::Conflict { key: task_key })
+        }
+    }
+
     fn key(&self, rest: &str) -> String {
         format!("{}/{rest}", self.root)
     }
@@ -201,11 +242,7 @@ impl Coordinator {
 
     /// Live executors.
     pub async fn list_executors(&self) -> Result<Vec<ExecutorInfo>> {
-        let entries = self.kv.range(&self.key("executors/")).await?;
-        entries
-            .iter()
-            .map(|e| decode(e).map(|v: Versioned<ExecutorInfo>| v.value))
-            .collect()
+        self.values("executors/").await
     }
 
     // ---- election ----------------------------------------------------------------------
@@ -335,11 +372,7 @@ impl Coordinator {
 
     /// One job.
     pub async fn get_job(&self, id: &str) -> Result<Option<Versioned<JobRecord>>> {
-        self.kv
-            .get(&self.job_key(id))
-            .await?
-            .map(|e| decode(&e))
-            .transpose()
+        self.get_versioned(&self.job_key(id)).await
     }
 
     /// All jobs, oldest first.
@@ -482,29 +515,16 @@ impl Coordinator {
         assignment: &Versioned<TaskAssignment>,
         progress: &TaskProgress,
     ) -> Result<()> {
-        let task_key = self.task_key(&assignment.value.executor, &assignment.value.job_id);
-        let out = self
-            .cas(
-                &task_key,
-                assignment.revision,
-                vec![put(self.progress_key(&progress.job_id), encode(progress))],
-            )
-            .await?;
-        if !out.succeeded {
-            return Err(Error::Conflict { key: task_key });
-        }
-        Ok(())
+        self.fenced_on_task(
+            assignment,
+            vec![put(self.progress_key(&progress.job_id), encode(progress))],
+        )
+        .await
     }
 
     /// The latest progress report of a job's current task.
     pub async fn get_progress(&self, job: &str) -> Result<Option<TaskProgress>> {
-        Ok(self
-            .kv
-            .get(&self.progress_key(job))
-            .await?
-            .map(|e| decode(&e))
-            .transpose()?
-            .map(|v: Versioned<TaskProgress>| v.value))
+        self.get_value(&self.progress_key(job)).await
     }
 
     // ---- models ------------------------------------------------------------------------
@@ -544,46 +564,26 @@ impl Coordinator {
         assignment: &Versioned<TaskAssignment>,
         version: &ModelVersion,
     ) -> Result<()> {
-        let task_key = self.task_key(&assignment.value.executor, &assignment.value.job_id);
-        let out = self
-            .cas(
-                &task_key,
-                assignment.revision,
-                vec![put(
-                    self.version_key(&version.name, version.version),
-                    encode(version),
-                )],
-            )
-            .await?;
-        if !out.succeeded {
-            return Err(Error::Conflict { key: task_key });
-        }
-        Ok(())
+        self.fenced_on_task(
+            assignment,
+            vec![put(
+                self.version_key(&version.name, version.version),
+                encode(version),
+            )],
+        )
+        .await
     }
 
     /// A model's registered versions, oldest first.
     pub async fn model_versions(&self, name: &str) -> Result<Vec<ModelVersion>> {
-        let entries = self
-            .kv
-            .range(&self.key(&format!("models/{name}/versions/")))
-            .await?;
-        let mut out = entries
-            .iter()
-            .map(|e| decode(e).map(|v: Versioned<ModelVersion>| v.value))
-            .collect::<Result<Vec<_>>>()?;
+        let mut out: Vec<ModelVersion> = self.values(&format!("models/{name}/versions/")).await?;
         out.sort_by_key(|v| v.version);
         Ok(out)
     }
 
     /// One registered version.
     pub async fn model_version(&self, name: &str, version: u64) -> Result<Option<ModelVersion>> {
-        Ok(self
-            .kv
-            .get(&self.version_key(name, version))
-            .await?
-            .map(|e| decode(&e))
-            .transpose()?
-            .map(|v: Versioned<ModelVersion>| v.value))
+        self.get_value(&self.version_key(name, version)).await
     }
 
     /// Names of the models with at least one registered version, sorted.
@@ -606,22 +606,12 @@ impl Coordinator {
 
     /// A model's deployment, if it was ever deployed.
     pub async fn deployment(&self, name: &str) -> Result<Option<Deployment>> {
-        Ok(self
-            .kv
-            .get(&self.deployment_key(name))
-            .await?
-            .map(|e| decode(&e))
-            .transpose()?
-            .map(|v: Versioned<Deployment>| v.value))
+        self.get_value(&self.deployment_key(name)).await
     }
 
     /// Every deployment, by name.
     pub async fn deployments(&self) -> Result<Vec<Deployment>> {
-        let entries = self.kv.range(&self.key("deployments/")).await?;
-        entries
-            .iter()
-            .map(|e| decode(e).map(|v: Versioned<Deployment>| v.value))
-            .collect()
+        self.values("deployments/").await
     }
 
     /// Change a model's deployment (any scheduler): compare-and-swap, retrying lost
@@ -711,11 +701,7 @@ impl Coordinator {
 
     /// What every live executor serves.
     pub async fn serving(&self) -> Result<Vec<ServingInfo>> {
-        let entries = self.kv.range(&self.key("serving/")).await?;
-        entries
-            .iter()
-            .map(|e| decode(e).map(|v: Versioned<ServingInfo>| v.value))
-            .collect()
+        self.values("serving/").await
     }
 
     /// Add one outcome for a version: compare-and-swap, retrying lost races.
