@@ -10,7 +10,6 @@ use std::time::{Duration, Instant};
 use arrow::array::{
     ArrayRef, Date32Array, Float64Array, Int32Array, Int64Array, RecordBatch, StringArray,
 };
-use arrow::datatypes::{DataType, Field, Schema};
 use halyard_core::spec::{FeaturesSpec, SourceFormat, SourceSpec, SplitSpec};
 use halyard_core::store::S3Config;
 use halyard_features::cluster::{SqlExecutor, SqlScheduler};
@@ -108,18 +107,8 @@ fn write_parquet(path: &Path, batch: &RecordBatch) -> Result<()> {
     Ok(())
 }
 
-fn batch(fields: Vec<(&str, DataType, ArrayRef)>) -> RecordBatch {
-    let schema = Schema::new(
-        fields
-            .iter()
-            .map(|(n, t, _)| Field::new(*n, t.clone(), false))
-            .collect::<Vec<_>>(),
-    );
-    RecordBatch::try_new(
-        Arc::new(schema),
-        fields.into_iter().map(|(_, _, a)| a).collect(),
-    )
-    .expect("columns match the schema")
+fn batch(columns: Vec<(&str, ArrayRef)>) -> RecordBatch {
+    RecordBatch::try_from_iter(columns).expect("columns of one length")
 }
 
 /// Write `customers.parquet`, `campaigns.parquet` and `events/part-N.parquet` under `dir`
@@ -137,33 +126,28 @@ pub fn generate(dir: &Path, rows: usize, customers: usize, seed: u64) -> Result<
         &batch(vec![
             (
                 "customer_id",
-                DataType::Int64,
                 Arc::new(Int64Array::from_iter_values(0..n as i64)),
             ),
             (
                 "segment",
-                DataType::Utf8,
                 Arc::new(StringArray::from_iter_values(
                     (0..n).map(|_| SEGMENTS[rng.random_range(0..SEGMENTS.len())]),
                 )),
             ),
             (
                 "region",
-                DataType::Utf8,
                 Arc::new(StringArray::from_iter_values(
                     (0..n).map(|_| REGIONS[rng.random_range(0..REGIONS.len())]),
                 )),
             ),
             (
                 "age",
-                DataType::Int32,
                 Arc::new(Int32Array::from_iter_values(
                     (0..n).map(|_| rng.random_range(18..85)),
                 )),
             ),
             (
                 "signup_day",
-                DataType::Date32,
                 Arc::new(Date32Array::from_iter_values(
                     (0..n).map(|_| DAY0 - rng.random_range(0..1500)),
                 )),
@@ -175,19 +159,16 @@ pub fn generate(dir: &Path, rows: usize, customers: usize, seed: u64) -> Result<
         &batch(vec![
             (
                 "campaign_id",
-                DataType::Int32,
                 Arc::new(Int32Array::from_iter_values(0..CAMPAIGNS as i32)),
             ),
             (
                 "channel",
-                DataType::Utf8,
                 Arc::new(StringArray::from_iter_values(
                     (0..CAMPAIGNS).map(|i| CHANNELS[i % CHANNELS.len()]),
                 )),
             ),
             (
                 "cost_per_touch",
-                DataType::Float64,
                 Arc::new(Float64Array::from_iter_values(
                     (0..CAMPAIGNS).map(|_| rng.random_range(0.01..0.5)),
                 )),
@@ -224,23 +205,11 @@ pub fn generate(dir: &Path, rows: usize, customers: usize, seed: u64) -> Result<
         write_parquet(
             &dir.join(format!("events/part-{f}.parquet")),
             &batch(vec![
-                (
-                    "customer_id",
-                    DataType::Int64,
-                    Arc::new(Int64Array::from(cust)),
-                ),
-                (
-                    "campaign_id",
-                    DataType::Int32,
-                    Arc::new(Int32Array::from(camp)),
-                ),
-                ("day", DataType::Date32, Arc::new(Date32Array::from(day))),
-                ("event", DataType::Utf8, Arc::new(StringArray::from(event))),
-                (
-                    "amount",
-                    DataType::Float64,
-                    Arc::new(Float64Array::from(amount)),
-                ),
+                ("customer_id", Arc::new(Int64Array::from(cust))),
+                ("campaign_id", Arc::new(Int32Array::from(camp))),
+                ("day", Arc::new(Date32Array::from(day))),
+                ("event", Arc::new(StringArray::from(event))),
+                ("amount", Arc::new(Float64Array::from(amount))),
             ]),
         )?;
     }
