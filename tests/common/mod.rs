@@ -184,10 +184,10 @@ impl EtcdCluster {
         }
     }
 
-    /// A scheduler `id` listening on `listen`.
-    pub fn scheduler(&self, id: &str, listen: &str) -> Proc {
-        let args = [
-            "scheduler",
+    /// A `role` process `id` on `listen`, in this cluster, with `extra` flags.
+    fn spawn(&self, role: &str, id: &str, listen: &str, extra: &[&str]) -> Proc {
+        let mut args = vec![
+            role,
             "--listen",
             listen,
             "--id",
@@ -199,29 +199,19 @@ impl EtcdCluster {
             "--lease-ttl",
             "2",
         ];
+        args.extend_from_slice(extra);
         Proc::spawn(id, &self.dir, &args)
+    }
+
+    /// A scheduler `id` listening on `listen`.
+    pub fn scheduler(&self, id: &str, listen: &str) -> Proc {
+        self.spawn("scheduler", id, listen, &[])
     }
 
     /// An executor `id` with one slot on a free port; returns it and its address.
     pub fn executor(&self, id: &str) -> (Proc, String) {
         let listen = format!("127.0.0.1:{}", free_port());
-        let args = [
-            "executor",
-            "--listen",
-            &listen,
-            "--id",
-            id,
-            "--etcd",
-            &self.etcd,
-            "--etcd-root",
-            &self.root,
-            "--lease-ttl",
-            "2",
-            "--store",
-            &self.store_url,
-            "--cpu-slots",
-            "1",
-        ];
-        (Proc::spawn(id, &self.dir, &args), listen)
+        let extra = ["--store", &self.store_url, "--cpu-slots", "1"];
+        (self.spawn("executor", id, &listen, &extra), listen)
     }
 }
