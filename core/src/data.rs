@@ -110,6 +110,16 @@ pub fn read_parquet_parts(parts: &[Bytes], origin: &str, digest: String) -> Resu
     })
 }
 
+/// A schema's column names, comma-separated, for error messages.
+pub fn column_list(schema: &arrow::datatypes::Schema) -> String {
+    schema
+        .fields()
+        .iter()
+        .map(|f| f.name().as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// The table's rows ordered by the named columns (nulls first); an unknown column is an
 /// error that lists the table's columns.
 pub fn sort_table(table: Table, by: &[&str], origin: &str) -> Result<Table> {
@@ -122,15 +132,9 @@ pub fn sort_table(table: Table, by: &[&str], origin: &str) -> Result<Table> {
     let mut keys = Vec::with_capacity(by.len());
     for name in by {
         let Ok(i) = table.schema.index_of(name) else {
-            let have: Vec<&str> = table
-                .schema
-                .fields()
-                .iter()
-                .map(|f| f.name().as_str())
-                .collect();
             return Err(err(format!(
                 "no column {name:?} to order the rows by; the table has: {}",
-                have.join(", ")
+                column_list(&table.schema)
             )));
         };
         keys.push(arrow::compute::SortColumn {

@@ -10,6 +10,7 @@ use arrow::compute::cast;
 use arrow::datatypes::{DataType, Float64Type, UInt64Type};
 use datafusion::prelude::{CsvReadOptions, JsonReadOptions, ParquetReadOptions, SessionContext};
 use futures::StreamExt;
+use halyard_core::data::column_list;
 use halyard_core::spec::{FeaturesSpec, SPLIT_COLUMN, SourceFormat, SourceSpec, SplitSpec};
 use halyard_core::store::describe_store_error;
 use object_store::ObjectStoreExt;
@@ -390,20 +391,12 @@ pub async fn run_stage(
     progress(format!("features: sources {} registered", names.join(", ")));
     let output = create_views(ctx, spec).await?;
     let schema = ctx.table(output.as_str()).await?.schema().inner().clone();
-    let available = || {
-        schema
-            .fields()
-            .iter()
-            .map(|f| f.name().as_str())
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
     let need = |column: &str, role: &'static str| -> Result<()> {
         if schema.field_with_name(column).is_err() {
             return Err(FeatureError::MissingColumn {
                 column: column.to_string(),
                 role,
-                available: available(),
+                available: column_list(&schema),
             });
         }
         Ok(())
