@@ -213,8 +213,6 @@ async fn standalone_feature_stage_equals_datafusion_and_trains() {
         done.metrics
     );
 
-    // A second job of the same spec reruns the stage (a new job, a new folder) and
-    // writes the same rows.
     cluster.stop().await;
 }
 
