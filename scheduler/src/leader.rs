@@ -116,8 +116,17 @@ impl Leader<'_> {
                 coord.keep_alive(leadership.lease).await?;
                 *renewed = Instant::now();
             }
-            self.sql_tick().await?;
-            match self.tick().await {
+            // One read of the live executors serves both duties.
+            let executors = match coord.list_executors().await {
+                Ok(e) => e,
+                Err(e) => {
+                    warn!(error = %e, "cannot list executors; retrying");
+                    tokio::time::sleep(cfg.tick).await;
+                    continue;
+                }
+            };
+            self.sql_tick(&executors).await?;
+            match self.tick(&executors).await {
                 Ok(()) => {}
                 Err(Error::Fenced) => return Err(Error::Fenced),
                 Err(Error::LeaseLost(l)) => return Err(Error::LeaseLost(l)),
@@ -132,7 +141,7 @@ impl Leader<'_> {
 
     /// Run the SQL (Ballista) scheduler while leading and advertise it; tell it at once
     /// about executors whose lease expired.
-    async fn sql_tick(&mut self) -> Result<()> {
+    async fn sql_tick(&mut self, executors: &[ExecutorInfo]) -> Result<()> {
         if self.sql.is_none() {
             let started = match halyard_core::bind(&self.cfg.sql_listen).await {
                 Ok((listener, _)) => SqlScheduler::start(listener, &self.cfg.s3)
@@ -156,13 +165,7 @@ impl Leader<'_> {
             }
         }
         let Some(sql) = &self.sql else { return Ok(()) };
-        let live: BTreeSet<String> = match self.coord.list_executors().await {
-            Ok(list) => list.into_iter().map(|e| e.id).collect(),
-            Err(e) => {
-                warn!(error = %e, "cannot list executors");
-                return Ok(());
-            }
-        };
+        let live: BTreeSet<String> = executors.iter().map(|e| e.id.clone()).collect();
         for gone in self.sql_executors.difference(&live) {
             info!(executor = %gone, "executor lease expired; its sql tasks run again elsewhere");
             if let Err(e) = sql
@@ -189,12 +192,11 @@ struct Leader<'a> {
 }
 
 impl Leader<'_> {
-    async fn tick(&mut self) -> Result<()> {
+    async fn tick(&mut self, executors: &[ExecutorInfo]) -> Result<()> {
         let jobs = self.coord.list_active_jobs().await?;
         if jobs.is_empty() {
             return Ok(());
         }
-        let executors = self.coord.list_executors().await?;
         let tasks = self.coord.all_tasks().await?;
         let mut free: HashMap<String, Free> = executors
             .iter()
