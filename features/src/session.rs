@@ -49,14 +49,18 @@ pub fn config(partitions: usize) -> SessionConfig {
 /// Bytes a shuffle-writing task buffers before it spills.
 pub const SHUFFLE_TASK_BUFFER_BYTES: u64 = 1 << 30;
 
-/// A single-process DataFusion context with the UDFs and object stores.
-pub fn local_context(s3: &S3Config, partitions: usize) -> Result<SessionContext> {
-    let state = SessionStateBuilder::new()
+/// A plain DataFusion state with the shared settings and the object stores.
+fn client_state(s3: &S3Config, partitions: usize) -> Result<SessionState> {
+    Ok(SessionStateBuilder::new()
         .with_default_features()
         .with_config(config(partitions))
         .with_runtime_env(runtime(s3)?)
-        .build();
-    let ctx = SessionContext::new_with_state(state);
+        .build())
+}
+
+/// A single-process DataFusion context with the UDFs and object stores.
+pub fn local_context(s3: &S3Config, partitions: usize) -> Result<SessionContext> {
+    let ctx = SessionContext::new_with_state(client_state(s3, partitions)?);
     register_udfs(&ctx);
     Ok(ctx)
 }
@@ -68,11 +72,7 @@ pub async fn remote_context(
     s3: &S3Config,
     partitions: usize,
 ) -> Result<SessionContext> {
-    let state = SessionStateBuilder::new()
-        .with_default_features()
-        .with_config(config(partitions))
-        .with_runtime_env(runtime(s3)?)
-        .build();
+    let state = client_state(s3, partitions)?;
     let ctx = SessionContext::remote_with_state(&format!("df://{endpoint}"), state).await?;
     // Ballista's upgrade resets the function list to its own: add ours back.
     register_udfs(&ctx);
