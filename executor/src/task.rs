@@ -316,22 +316,36 @@ impl Input {
 
     /// The rows as one table.
     pub fn table(&self, spec: &JobSpec) -> Result<halyard_core::data::Table> {
-        Ok(match &self.features {
-            Some((location, digest)) => {
-                // Shards hold their rows in whatever order the engine wrote them: order by
-                // every column, so the same table trains the same model on any engine.
-                let table = read_parquet_parts(&self.parts, location, digest.clone())?;
-                let names: Vec<String> = table
-                    .schema
-                    .fields()
-                    .iter()
-                    .map(|f| f.name().clone())
-                    .collect();
-                let by: Vec<&str> = names.iter().map(String::as_str).collect();
-                sort_table(table, &by, location)?
+        let (table, origin) = match &self.features {
+            Some((location, digest)) => (
+                read_parquet_parts(&self.parts, location, digest.clone())?,
+                location.as_str(),
+            ),
+            None => (
+                read_table(&self.parts[0], &spec.data, &spec.data.source)?,
+                spec.data.source.as_str(),
+            ),
+        };
+        // Series are read in time order. Shards hold their rows in whatever order the
+        // engine wrote them: a feature table is ordered by every column, so the same table
+        // trains the same model on any engine.
+        let mut by: Vec<String> = spec
+            .forecast
+            .as_ref()
+            .and_then(|f| Some(vec![f.id_column.clone()?, f.time_column.clone()?]))
+            .unwrap_or_default();
+        if self.features.is_some() {
+            for f in table.schema.fields() {
+                if !by.contains(f.name()) {
+                    by.push(f.name().clone());
+                }
             }
-            None => read_table(&self.parts[0], &spec.data, &spec.data.source)?,
-        })
+        }
+        if by.is_empty() {
+            return Ok(table);
+        }
+        let by: Vec<&str> = by.iter().map(String::as_str).collect();
+        Ok(sort_table(table, &by, origin)?)
     }
 }
 
@@ -564,11 +578,7 @@ pub fn read_series(input: &Input, spec: &JobSpec, f: &ForecastSpec) -> Result<Jo
             digest(&input.parts[0]),
         ),
         SeriesLayout::Long => {
-            let mut table = input.table(spec)?;
-            if let Some(time) = &f.time_column {
-                let id = f.id_column.as_deref().unwrap_or_default();
-                table = sort_table(table, &[id, time], source)?;
-            }
+            let table = input.table(spec)?;
             let id = f.id_column.clone().unwrap_or_default();
             let value = f.value_column.clone().unwrap_or_default();
             (
