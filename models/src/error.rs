@@ -95,6 +95,10 @@ pub enum ModelError {
     #[error("invalid artifact: {0}")]
     Artifact(String),
     /// Training was stopped by its caller.
+    /// The group of data-parallel workers failed (a peer stopped answering, left, or
+    /// disagreed); the group must be formed again.
+    #[error("worker group failed: {0}")]
+    Collective(String),
     #[error("training cancelled")]
     Cancelled,
     /// A bug: an invariant did not hold.

@@ -10,10 +10,12 @@
 //! - [`runtime`]: serving with candle-core (no burn in that path).
 //! - [`device`]: CPU (flex) or GPU (Vulkan, cargo feature `gpu`) training devices.
 //! - [`pipeline`]: the whole recipes.
+//! - [`distributed`]: data-parallel MLP training over a [`distributed::Collective`].
 //! - [`records`]: JSON scoring records encoded by an artifact's preprocessor.
 
 pub mod artifact;
 pub mod device;
+pub mod distributed;
 pub mod error;
 pub mod features;
 pub mod forecast;

@@ -157,14 +157,15 @@ impl ResponseMlp {
         let rows: Vec<usize> = (0..data.rows).collect();
         let mut out = Vec::with_capacity(data.rows);
         for chunk in rows.chunks(4096) {
-            let (num, cat) = tensors(layout, data, chunk, device);
+            let (num, cat) = mlp_tensors(layout, data, chunk, device);
             out.extend(to_vec(sigmoid(self.forward(num, cat)))?);
         }
         Ok(out)
     }
 }
 
-fn tensors(
+/// The numeric and categorical input tensors of `rows` of `data`.
+pub fn mlp_tensors(
     layout: &InputLayout,
     data: &Encoded,
     rows: &[usize],
@@ -210,7 +211,7 @@ pub fn train_mlp(
         order.shuffle(&mut rng);
         let mut loss_sum = 0.0f64;
         for chunk in order.chunks(batch_size) {
-            let (num, cat) = tensors(&cfg.layout, train, chunk, &device);
+            let (num, cat) = mlp_tensors(&cfg.layout, train, chunk, &device);
             let loss = weighted_bce(
                 model.forward(num, cat),
                 train.labels(chunk),

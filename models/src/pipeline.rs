@@ -159,7 +159,17 @@ pub fn train_response_model(
         };
         weights.push(bytes);
     }
-    let architecture = match mlp_config {
+    let weights = merge_members(&weights)?;
+    let runtime = Runtime::new(architecture(preprocessor, mlp_config, members), &weights)?;
+    response_metrics(runtime, weights, &test_set, &fit_rows)
+}
+
+fn architecture(
+    preprocessor: Preprocessor,
+    mlp: Option<MlpConfig>,
+    members: usize,
+) -> Architecture {
+    match mlp {
         Some(config) => Architecture::Mlp {
             preprocessor,
             config,
@@ -169,13 +179,20 @@ pub fn train_response_model(
             preprocessor,
             members,
         },
-    };
-    let weights = merge_members(&weights)?;
-    let runtime = Runtime::new(architecture, &weights)?;
-    let mut metrics = classification("test_", &runtime.score_encoded(&test_set)?, &test_set.y);
+    }
+}
+
+/// Score the held-out and the fitted rows with the serving runtime.
+fn response_metrics(
+    runtime: Runtime,
+    weights: Vec<u8>,
+    test_set: &Encoded,
+    fit_rows: &Encoded,
+) -> Result<TrainedModel> {
+    let mut metrics = classification("test_", &runtime.score_encoded(test_set)?, &test_set.y);
     metrics.extend(classification(
         "train_",
-        &runtime.score_encoded(&fit_rows)?,
+        &runtime.score_encoded(fit_rows)?,
         &fit_rows.y,
     ));
     metrics.retain(|_, v| v.is_finite());
@@ -186,6 +203,24 @@ pub fn train_response_model(
         train_rows: fit_rows.rows,
         test_rows: test_set.rows,
     })
+}
+
+/// A model trained elsewhere (data-parallel: every member's weights), scored on every row's
+/// test part with the serving runtime.
+pub fn finish_response(
+    batches: &[RecordBatch],
+    features: &FeatureConfig,
+    preprocessor: Preprocessor,
+    mlp: Option<MlpConfig>,
+    weights: Vec<Vec<u8>>,
+) -> Result<TrainedModel> {
+    let roles = row_roles(batches, features)?;
+    let all = preprocessor.transform(batches, |_| true)?;
+    let (fit_rows, test_set) = all.partition(|i| roles[i] == Role::Test);
+    let members = weights.len();
+    let weights = merge_members(&weights)?;
+    let runtime = Runtime::new(architecture(preprocessor, mlp, members), &weights)?;
+    response_metrics(runtime, weights, &test_set, &fit_rows)
 }
 
 /// Train an N-BEATS forecaster on `train` and score it on `test` (the true futures of the

@@ -1,0 +1,146 @@
+//! Ring all-reduce and broadcast between real gRPC servers on loopback.
+
+use std::time::{Duration, Instant};
+
+use halyard_collective::{CollectiveError, Mailboxes, Ring, RingConfig, serve};
+
+/// `n` ranks, each with its own server; returns their rings.
+async fn ring(n: usize, cfg: RingConfig) -> Vec<Ring> {
+    let mut peers = Vec::new();
+    let mut boxes = Vec::new();
+    for _ in 0..n {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        peers.push(listener.local_addr().unwrap().to_string());
+        let b = Mailboxes::default();
+        tokio::spawn(serve(listener, b.clone(), std::future::pending()));
+        boxes.push(b);
+    }
+    boxes
+        .into_iter()
+        .enumerate()
+        .map(|(r, b)| Ring::new("job-1/1", r, &peers, b, cfg).unwrap())
+        .collect()
+}
+
+fn values(rank: usize, len: usize) -> Vec<f32> {
+    (0..len)
+        .map(|i| ((i * 7 + rank * 13) % 101) as f32 * 0.37 - rank as f32 * 1.5)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn all_reduce_sums_and_every_rank_gets_the_same_bits() {
+    for n in [2usize, 3, 4] {
+        // Small chunks so that segments span several; lengths below, at and above n.
+        let cfg = RingConfig {
+            chunk_floats: 5,
+            ..RingConfig::default()
+        };
+        let rings = ring(n, cfg).await;
+        let mut tasks = Vec::new();
+        for mut r in rings {
+            tasks.push(tokio::spawn(async move {
+                let mut outs = Vec::new();
+                for len in [0usize, 1, n - 1, n, 37, 1000] {
+                    let mut v = values(r.rank(), len);
+                    r.all_reduce(&mut v).await.unwrap();
+                    outs.push(v);
+                }
+                let mut b = if r.rank() == 0 {
+                    (0..100_000u32).flat_map(|i| i.to_le_bytes()).collect()
+                } else {
+                    Vec::new()
+                };
+                r.broadcast(&mut b).await.unwrap();
+                let mut empty = if r.rank() == 0 {
+                    Vec::new()
+                } else {
+                    vec![9u8; 3]
+                };
+                r.broadcast(&mut empty).await.unwrap();
+                r.barrier().await.unwrap();
+                (outs, b, empty)
+            }));
+        }
+        let mut results = Vec::new();
+        for t in tasks {
+            results.push(t.await.unwrap());
+        }
+        for (k, len) in [0usize, 1, n - 1, n, 37, 1000].into_iter().enumerate() {
+            let want: Vec<f32> = (0..len)
+                .map(|i| (0..n).map(|r| values(r, len)[i]).sum())
+                .collect();
+            for (rank, (outs, _, _)) in results.iter().enumerate() {
+                let bits: Vec<u32> = outs[k].iter().map(|v| v.to_bits()).collect();
+                let first: Vec<u32> = results[0].0[k].iter().map(|v| v.to_bits()).collect();
+                assert_eq!(bits, first, "{n} ranks, length {len}: rank {rank} differs");
+                for (a, b) in outs[k].iter().zip(&want) {
+                    assert!((a - b).abs() <= 1e-3 * b.abs().max(1.0), "{a} vs {b}");
+                }
+            }
+        }
+        let sent: Vec<u8> = (0..100_000u32).flat_map(|i| i.to_le_bytes()).collect();
+        for (_, b, empty) in &results {
+            assert_eq!(b, &sent);
+            assert!(empty.is_empty());
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_silent_peer_fails_the_operation_within_the_deadline() {
+    let cfg = RingConfig {
+        deadline: Duration::from_millis(800),
+        ..RingConfig::default()
+    };
+    let mut rings = ring(3, cfg).await;
+    // Rank 2 never calls: ranks 0 and 1 must fail, not hang.
+    let _silent = rings.pop().unwrap();
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for mut r in rings {
+        tasks.push(tokio::spawn(async move {
+            let mut v = vec![1.0f32; 10_000];
+            r.all_reduce(&mut v).await
+        }));
+    }
+    // The rank waiting on the silent one times out; the other learns it from its stream.
+    let mut errors = Vec::new();
+    for t in tasks {
+        errors.push(t.await.unwrap().unwrap_err());
+    }
+    assert!(
+        errors
+            .iter()
+            .any(|e| matches!(e, CollectiveError::Deadline { rank: 2, .. })
+                && e.to_string().contains("dead, stopped or unreachable")),
+        "{errors:?}"
+    );
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(5), "took {took:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_is_not_listening_fails_the_operation() {
+    let cfg = RingConfig {
+        deadline: Duration::from_millis(800),
+        ..RingConfig::default()
+    };
+    // The next rank's address has no server.
+    let free = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let dead = free.local_addr().unwrap().to_string();
+    drop(free);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let me = listener.local_addr().unwrap().to_string();
+    let boxes = Mailboxes::default();
+    tokio::spawn(serve(listener, boxes.clone(), std::future::pending()));
+    let mut r = Ring::new("job-2/1", 0, &[me, dead.clone()], boxes, cfg).unwrap();
+    let err = r.all_reduce(&mut [1.0, 2.0]).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            CollectiveError::Peer { .. } | CollectiveError::Deadline { .. }
+        ),
+        "unexpected error: {err}"
+    );
+}

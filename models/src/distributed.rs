@@ -1,0 +1,696 @@
+//! Synchronous data-parallel training of the response MLP across a group of workers.
+//!
+//! burn 0.22 has no cross-machine all-reduce, so Halyard keeps the parameters and the
+//! AdamW state as flat `f32` vectors (in the module's visiting order): each step, every
+//! worker computes the gradient of its own rows, flattens it, the group sums
+//! `gradient · local_batch` and `local_batch` with one all-reduce ([`Collective`]), every
+//! worker divides (the gradient weighted by batch size) and applies the same AdamW update to
+//! the same vector, and loads it back into its module. The all-reduce leaves the same bits on
+//! every rank, so the replicas stay bit for bit equal; each step carries every rank's
+//! checksum of its weights and a mismatch fails the step.
+//!
+//! - The preprocessor is fitted by rank 0 (which reads every row) and broadcast; the other
+//!   ranks read only their own rows. The split comes from the split column.
+//! - The initial weights are rank 0's, broadcast. Each epoch a worker shuffles its own rows
+//!   with a seed of (seed, member, epoch, rank) and takes `local_rows / steps` of them per step,
+//!   so every worker runs the same number of steps.
+//! - Early stopping watches the validation loss summed over every worker's validation rows.
+//! - Rank 0 writes a [`Checkpoint`] every K steps or T seconds; a group that starts from one
+//!   resumes at its step (same parameters, moments, epoch permutation and cursor): what is
+//!   lost is at most one interval.
+
+use std::ops::ControlFlow;
+use std::time::Instant;
+
+use arrow::array::RecordBatch;
+use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
+use burn::optim::GradientsParams;
+use burn::tensor::{Tensor, TensorData};
+use rand::SeedableRng;
+use rand::seq::SliceRandom;
+use serde::{Deserialize, Serialize};
+
+use crate::device::{cosine_lr, finite_loss, training_device, weighted_bce};
+use crate::error::{ModelError, Result};
+use crate::features::{Encoded, FeatureConfig, Preprocessor, Role, row_roles};
+use crate::logistic::EpochReport;
+use crate::metrics::log_loss;
+use crate::mlp::{InputLayout, MlpConfig, ResponseMlp, mlp_tensors};
+use crate::pipeline::{MemberReport, ResponseConfig, ResponseKind, TrainedModel, finish_response};
+
+/// A group of workers that can sum vectors and share bytes. Every rank makes the same calls
+/// in the same order.
+pub trait Collective {
+    /// This worker's rank, `0..size`.
+    fn rank(&self) -> usize;
+    /// Workers in the group.
+    fn size(&self) -> usize;
+    /// Sum `data` element-wise over the group; every rank ends with the same bits.
+    fn all_reduce(&mut self, data: &mut [f32]) -> Result<()>;
+    /// Replace `data` on every rank with rank 0's.
+    fn broadcast(&mut self, data: &mut Vec<u8>) -> Result<()>;
+}
+
+/// A group of one.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Solo;
+
+impl Collective for Solo {
+    fn rank(&self) -> usize {
+        0
+    }
+    fn size(&self) -> usize {
+        1
+    }
+    fn all_reduce(&mut self, _: &mut [f32]) -> Result<()> {
+        Ok(())
+    }
+    fn broadcast(&mut self, _: &mut Vec<u8>) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// Where rank 0 keeps checkpoints.
+pub trait Checkpoints {
+    /// The latest checkpoint, if any.
+    fn load(&mut self) -> Result<Option<Vec<u8>>>;
+    /// Keep `bytes` as the latest checkpoint.
+    fn save(&mut self, bytes: Vec<u8>, at: &Position) -> Result<()>;
+}
+
+/// No checkpoints.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct NoCheckpoints;
+
+impl Checkpoints for NoCheckpoints {
+    fn load(&mut self) -> Result<Option<Vec<u8>>> {
+        Ok(None)
+    }
+    fn save(&mut self, _: Vec<u8>, _: &Position) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// How often rank 0 checkpoints: after `every_steps` steps or `every_secs` seconds, which
+/// comes first (0: never by that rule).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct CheckpointPolicy {
+    /// Steps between checkpoints.
+    pub every_steps: u64,
+    /// Seconds between checkpoints.
+    pub every_secs: f64,
+}
+
+/// Where training stands: the next step to run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Position {
+    /// Ensemble member (0-based).
+    pub member: usize,
+    /// Epoch (1-based).
+    pub epoch: u32,
+    /// Steps done in this epoch (`steps_per_epoch`: its validation is next).
+    pub step_in_epoch: u64,
+    /// Steps done by this member.
+    pub step: u64,
+}
+
+/// What data-parallel training tells its caller.
+#[derive(Debug, Clone, PartialEq)]
+pub enum DpEvent {
+    /// The group formed: ranks, rows per rank, steps per epoch.
+    Formed {
+        /// Workers.
+        workers: usize,
+        /// Training rows of each rank.
+        rows: Vec<u64>,
+        /// Steps per epoch.
+        steps_per_epoch: u64,
+    },
+    /// Training resumes from a checkpoint at this position.
+    Resumed(Position),
+    /// A step finished (the caller may stop training by answering `Break`).
+    Step(Position),
+    /// An epoch finished.
+    Epoch(MemberReport),
+    /// Rank 0 wrote a checkpoint.
+    Checkpointed(Position),
+}
+
+/// One worker's data: its own rows and, on rank 0, every row (for fitting the preprocessor
+/// and for the test metrics). The split column must be set.
+#[derive(Debug, Clone, Copy)]
+pub struct WorkerData<'a> {
+    /// Every row (rank 0 only).
+    pub all: Option<&'a [RecordBatch]>,
+    /// This worker's rows.
+    pub local: &'a [RecordBatch],
+}
+
+/// A checkpoint: everything needed to continue training where it stopped.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Checkpoint {
+    /// The next step.
+    pub at: Position,
+    /// Workers of the group that wrote it.
+    pub workers: usize,
+    /// Training rows of every rank and each rank's cursor in its epoch permutation.
+    pub rows: Vec<u64>,
+    /// Each rank's data cursor: rows of its epoch permutation consumed.
+    pub cursors: Vec<u64>,
+    /// Seed; every permutation comes from (seed, member, epoch, rank).
+    pub seed: u64,
+    /// AdamW's step count.
+    pub adam_t: u64,
+    /// Training loss summed over this epoch's steps so far.
+    pub loss_sum: f64,
+    /// Best validation loss so far and epochs since.
+    pub best_loss: Option<f64>,
+    /// Epochs since the best.
+    pub since_best: u32,
+    /// Parameters, AdamW moments, best parameters, finished members' parameters.
+    #[serde(skip)]
+    pub params: Vec<f32>,
+    #[serde(skip)]
+    m: Vec<f32>,
+    #[serde(skip)]
+    v: Vec<f32>,
+    #[serde(skip)]
+    best: Vec<f32>,
+    #[serde(skip)]
+    finished: Vec<Vec<f32>>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Layout {
+    header: Checkpoint,
+    /// Lengths of the arrays that follow: params, m, v, best, finished…
+    arrays: Vec<usize>,
+}
+
+impl Checkpoint {
+    /// `u64` header length, JSON header, then the arrays as little-endian `f32`.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut arrays = vec![&self.params, &self.m, &self.v, &self.best];
+        arrays.extend(self.finished.iter());
+        let layout = Layout {
+            header: self.clone_header(),
+            arrays: arrays.iter().map(|a| a.len()).collect(),
+        };
+        let json = serde_json::to_vec(&layout).expect("checkpoint header serialises");
+        let mut out = Vec::with_capacity(8 + json.len() + 4 * layout.arrays.iter().sum::<usize>());
+        out.extend_from_slice(&(json.len() as u64).to_le_bytes());
+        out.extend_from_slice(&json);
+        for a in arrays {
+            out.extend(a.iter().flat_map(|v| v.to_le_bytes()));
+        }
+        out
+    }
+
+    fn clone_header(&self) -> Checkpoint {
+        Checkpoint {
+            params: Vec::new(),
+            m: Vec::new(),
+            v: Vec::new(),
+            best: Vec::new(),
+            finished: Vec::new(),
+            ..self.clone()
+        }
+    }
+
+    /// Read [`Checkpoint::encode`]'s bytes.
+    pub fn decode(bytes: &[u8]) -> Result<Checkpoint> {
+        let bad = |why: &str| ModelError::Artifact(format!("checkpoint: {why}"));
+        let len = bytes
+            .get(..8)
+            .map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")) as usize)
+            .ok_or_else(|| bad("shorter than its header"))?;
+        let json = bytes
+            .get(8..8 + len)
+            .ok_or_else(|| bad("shorter than its header"))?;
+        let layout: Layout = serde_json::from_slice(json).map_err(|e| bad(&e.to_string()))?;
+        let mut rest = &bytes[8 + len..];
+        let mut arrays = Vec::with_capacity(layout.arrays.len());
+        for n in layout.arrays {
+            let b = rest
+                .get(..4 * n)
+                .ok_or_else(|| bad("shorter than its arrays"))?;
+            arrays.push(floats(b));
+            rest = &rest[4 * n..];
+        }
+        if arrays.len() < 4 || !rest.is_empty() {
+            return Err(bad("wrong number of arrays"));
+        }
+        let mut it = arrays.into_iter();
+        let mut c = layout.header;
+        c.params = it.next().expect("checked");
+        c.m = it.next().expect("checked");
+        c.v = it.next().expect("checked");
+        c.best = it.next().expect("checked");
+        c.finished = it.collect();
+        Ok(c)
+    }
+}
+
+/// Little-endian `f32`s of `bytes` (whose length is a multiple of 4).
+pub fn floats(bytes: &[u8]) -> Vec<f32> {
+    bytes
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes(b.try_into().expect("4 bytes")))
+        .collect()
+}
+
+/// Little-endian bytes of `values`.
+pub fn float_bytes(values: &[f32]) -> Vec<u8> {
+    values.iter().flat_map(|v| v.to_le_bytes()).collect()
+}
+
+/// FNV-1a over the bits of `values`: equal replicas have equal checksums.
+pub fn checksum(values: &[f32]) -> u32 {
+    let mut h: u32 = 0x811c_9dc5;
+    for v in values {
+        for b in v.to_le_bytes() {
+            h ^= u32::from(b);
+            h = h.wrapping_mul(0x0100_0193);
+        }
+    }
+    h
+}
+
+/// The module's float parameters, flattened in visiting order.
+pub fn flatten_params<M: Module>(module: &M) -> Vec<f32> {
+    struct V(Vec<f32>);
+    impl ModuleVisitor for V {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            let data = param.val().into_data();
+            self.0.extend(data.iter::<f32>());
+        }
+    }
+    let mut v = V(Vec::new());
+    module.visit(&mut v);
+    v.0
+}
+
+/// The gradients of the module's parameters, flattened like [`flatten_params`] (zeros for a
+/// parameter without a gradient).
+pub fn flatten_grads<M: Module>(module: &M, grads: &GradientsParams) -> Vec<f32> {
+    struct V<'a>(&'a GradientsParams, Vec<f32>);
+    impl ModuleVisitor for V<'_> {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            match self.0.get::<D>(param.id) {
+                Some(g) => self.1.extend(g.into_data().iter::<f32>()),
+                None => {
+                    let n = param.lazy_shape().num_elements();
+                    self.1.extend(std::iter::repeat_n(0.0, n));
+                }
+            }
+        }
+    }
+    let mut v = V(grads, Vec::new());
+    module.visit(&mut v);
+    v.1
+}
+
+/// The module with its parameters replaced by `flat` (in [`flatten_params`] order).
+pub fn load_params<M: Module>(module: M, flat: &[f32]) -> M {
+    struct L<'a>(&'a [f32]);
+    impl ModuleMapper for L<'_> {
+        fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+            let (id, tensor, mapper) = param.consume();
+            let shape = tensor.shape();
+            let n = shape.num_elements();
+            let (mine, rest) = self.0.split_at(n);
+            self.0 = rest;
+            let mut t =
+                Tensor::<D>::from_data(TensorData::new(mine.to_vec(), shape), &tensor.device());
+            if tensor.is_require_grad() {
+                t = t.require_grad();
+            }
+            Param::from_mapped_value(id, t, mapper)
+        }
+    }
+    module.map(&mut L(flat))
+}
+
+/// AdamW on flat vectors, the same arithmetic as burn's `AdamW` (decoupled weight decay,
+/// bias-corrected moments).
+#[derive(Debug, Clone, Copy)]
+struct AdamW {
+    beta_1: f32,
+    beta_2: f32,
+    epsilon: f32,
+    weight_decay: f32,
+}
+
+impl AdamW {
+    fn step(&self, t: u64, lr: f64, p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32]) {
+        let (b1, b2) = (self.beta_1, self.beta_2);
+        let c1 = 1.0 - b1.powi(t as i32);
+        let c2 = 1.0 - b2.powi(t as i32);
+        let decay = (1.0 - lr * f64::from(self.weight_decay)) as f32;
+        let lr = lr as f32;
+        for i in 0..p.len() {
+            m[i] = m[i] * b1 + g[i] * (1.0 - b1);
+            v[i] = v[i] * b2 + g[i] * g[i] * (1.0 - b2);
+            let delta = (m[i] / c1) / ((v[i] / c2).sqrt() + self.epsilon);
+            p[i] = p[i] * decay - delta * lr;
+        }
+    }
+}
+
+/// A worker's seed for one epoch's permutation.
+fn epoch_seed(seed: u64, member: usize, epoch: u32, rank: usize) -> u64 {
+    seed ^ (member as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15)
+        ^ u64::from(epoch).wrapping_mul(0xbf58_476d_1ce4_e5b9)
+        ^ (rank as u64).wrapping_mul(0x94d0_49bb_1331_11eb)
+}
+
+/// Rows of step `s` of `steps` in a permutation of `n` rows: `[s·n/steps, (s+1)·n/steps)`.
+fn step_range(s: u64, steps: u64, n: u64) -> (usize, usize) {
+    ((s * n / steps) as usize, ((s + 1) * n / steps) as usize)
+}
+
+fn collective_error(e: impl std::fmt::Display) -> ModelError {
+    ModelError::Collective(e.to_string())
+}
+
+/// Train the response MLP data-parallel as one worker of `group`. Rank 0 returns the
+/// trained model (test metrics over every test row); the other ranks return `None`.
+pub fn train_response_parallel(
+    data: WorkerData<'_>,
+    features: &FeatureConfig,
+    rc: &ResponseConfig,
+    policy: CheckpointPolicy,
+    group: &mut dyn Collective,
+    checkpoints: &mut dyn Checkpoints,
+    mut on_event: impl FnMut(DpEvent) -> ControlFlow<()>,
+) -> Result<Option<TrainedModel>> {
+    let ResponseKind::Mlp {
+        hidden,
+        max_embedding,
+    } = &rc.kind
+    else {
+        return Err(ModelError::Unsupported(
+            "data-parallel training ([train] workers) trains the mlp model only".into(),
+        ));
+    };
+    if features.split_column.is_none() {
+        return Err(ModelError::Internal(
+            "data-parallel training needs the split column".into(),
+        ));
+    }
+    let (rank, size) = (group.rank(), group.size());
+    // The preprocessor: fitted by rank 0 on every row, the same on every rank.
+    let mut bytes = match (rank, data.all) {
+        (0, Some(all)) => serde_json::to_vec(&Preprocessor::fit(all, features)?)
+            .map_err(|e| ModelError::Internal(e.to_string()))?,
+        (0, None) => return Err(ModelError::Internal("rank 0 needs every row".into())),
+        _ => Vec::new(),
+    };
+    group.broadcast(&mut bytes)?;
+    let preprocessor: Preprocessor = serde_json::from_slice(&bytes)
+        .map_err(|e| collective_error(format!("the broadcast preprocessor: {e}")))?;
+
+    let roles = row_roles(data.local, features)?;
+    let local = preprocessor.transform(data.local, |_| true)?;
+    let early_stopping = rc.train.patience > 0;
+    let select = |keep: &dyn Fn(Role) -> bool| local.partition(|i| !keep(roles[i])).0;
+    let (train_set, valid_set) = if early_stopping {
+        (
+            select(&|r| r == Role::Train),
+            select(&|r| r == Role::Validation),
+        )
+    } else {
+        // Without early stopping the validation rows are trained on.
+        (select(&|r| r != Role::Test), Encoded::empty(local.dim))
+    };
+
+    // Rows, positives and validation rows of every rank.
+    let mut counts = vec![0.0f32; 3 * size];
+    counts[3 * rank] = train_set.rows as f32;
+    counts[3 * rank + 1] = train_set.y.iter().filter(|&&y| y > 0.5).count() as f32;
+    counts[3 * rank + 2] = valid_set.rows as f32;
+    group.all_reduce(&mut counts)?;
+    let rows: Vec<u64> = (0..size).map(|r| counts[3 * r] as u64).collect();
+    let total: u64 = rows.iter().sum();
+    let positives: u64 = (0..size).map(|r| counts[3 * r + 1] as u64).sum();
+    if total == 0 {
+        return Err(ModelError::NoRows {
+            purpose: "train on",
+            rows: 0,
+        });
+    }
+    if positives == 0 || positives == total {
+        return Err(ModelError::SingleClass {
+            label: features.label.clone(),
+            class: u8::from(positives > 0),
+        });
+    }
+    let mut tc = rc.train.clone();
+    if rc.balance_classes {
+        tc.positive_weight = (total - positives) as f64 / positives as f64;
+    }
+    let batch = (tc.batch_size as u64).clamp(1, total);
+    let steps = total.div_ceil(batch);
+    let epochs_total = steps * u64::from(tc.epochs);
+    let warmup = (epochs_total / 50).max(1);
+    if on_event(DpEvent::Formed {
+        workers: size,
+        rows: rows.clone(),
+        steps_per_epoch: steps,
+    })
+    .is_break()
+    {
+        return Err(ModelError::Cancelled);
+    }
+
+    let cfg = MlpConfig::new(
+        InputLayout::of(&preprocessor),
+        hidden.clone(),
+        *max_embedding,
+    );
+    let adam = AdamW {
+        beta_1: 0.9,
+        beta_2: 0.999,
+        epsilon: 1e-5,
+        weight_decay: tc.weight_decay as f32,
+    };
+
+    // A checkpoint from rank 0, shared with the group.
+    let mut bytes = if rank == 0 {
+        checkpoints.load()?.unwrap_or_default()
+    } else {
+        Vec::new()
+    };
+    group.broadcast(&mut bytes)?;
+    let mut resume = if bytes.is_empty() {
+        None
+    } else {
+        let c = Checkpoint::decode(&bytes)?;
+        if c.workers != size || c.rows != rows || c.seed != tc.seed {
+            return Err(ModelError::Unsupported(format!(
+                "the checkpoint was written by {} workers with rows {:?} (seed {}); this group has {size} with {rows:?} (seed {}): it cannot resume from it",
+                c.workers, c.rows, c.seed, tc.seed
+            )));
+        }
+        if on_event(DpEvent::Resumed(c.at)).is_break() {
+            return Err(ModelError::Cancelled);
+        }
+        Some(c)
+    };
+    let members = rc.ensemble.max(1);
+    let mut finished: Vec<Vec<f32>> = resume
+        .as_ref()
+        .map(|c| c.finished.clone())
+        .unwrap_or_default();
+    let mut last_save = (Instant::now(), 0u64);
+    for member in finished.len()..members {
+        let seed = tc.seed.wrapping_add(member as u64);
+        let device = training_device(tc.placement, seed)?;
+        let mut model = ResponseMlp::new(&cfg, &device);
+        let state = resume.take().filter(|c| c.at.member == member);
+        let (mut params, mut m, mut v, mut at, mut adam_t, mut loss_sum, mut best, mut since_best) =
+            match state {
+                Some(c) => (
+                    c.params,
+                    c.m,
+                    c.v,
+                    c.at,
+                    c.adam_t,
+                    c.loss_sum,
+                    c.best_loss.map(|l| (l, c.best)),
+                    c.since_best,
+                ),
+                None => {
+                    // Rank 0's initial weights for everyone.
+                    let mut init = float_bytes(&flatten_params(&model));
+                    group.broadcast(&mut init)?;
+                    let p = floats(&init);
+                    let n = p.len();
+                    let at = Position {
+                        member,
+                        epoch: 1,
+                        step_in_epoch: 0,
+                        step: 0,
+                    };
+                    (p, vec![0.0; n], vec![0.0; n], at, 0, 0.0, None, 0)
+                }
+            };
+        model = load_params(model, &params);
+        let n = params.len();
+        let mut stopped_early = false;
+        while at.epoch <= tc.epochs && !stopped_early {
+            let mut order: Vec<usize> = (0..train_set.rows).collect();
+            order.shuffle(&mut rand::rngs::StdRng::seed_from_u64(epoch_seed(
+                seed, member, at.epoch, rank,
+            )));
+            while at.step_in_epoch < steps {
+                let (lo, hi) = step_range(at.step_in_epoch, steps, train_set.rows as u64);
+                let chunk = &order[lo..hi];
+                // [gradient · b, loss · b, b, checksums of every rank (two 16-bit halves)]
+                let mut buf = vec![0.0f32; n + 2 + 2 * size];
+                if !chunk.is_empty() {
+                    let (num, cat) = mlp_tensors(&cfg.layout, &train_set, chunk, &device);
+                    let loss = weighted_bce(
+                        model.forward(num, cat),
+                        train_set.labels(chunk),
+                        tc.positive_weight,
+                        &device,
+                    );
+                    let b = chunk.len() as f32;
+                    let l = finite_loss(
+                        &loss,
+                        format_args!(
+                            "member {member} epoch {} step {}",
+                            at.epoch, at.step_in_epoch
+                        ),
+                    )?;
+                    let grads = GradientsParams::from_grads(loss.backward(), &model);
+                    for (o, g) in buf.iter_mut().zip(flatten_grads(&model, &grads)) {
+                        *o = g * b;
+                    }
+                    buf[n] = l as f32 * b;
+                    buf[n + 1] = b;
+                }
+                let sum = checksum(&params);
+                buf[n + 2 + 2 * rank] = (sum >> 16) as f32;
+                buf[n + 3 + 2 * rank] = (sum & 0xffff) as f32;
+                group.all_reduce(&mut buf)?;
+                let sums: Vec<u32> = (0..size)
+                    .map(|r| ((buf[n + 2 + 2 * r] as u32) << 16) | buf[n + 3 + 2 * r] as u32)
+                    .collect();
+                if sums.iter().any(|s| *s != sums[0]) {
+                    return Err(collective_error(format!(
+                        "the replicas' weights differ before step {} of member {member} (checksums by rank {sums:08x?})",
+                        at.step
+                    )));
+                }
+                let rows_in_step = buf[n + 1];
+                loss_sum += f64::from(buf[n]);
+                if rows_in_step > 0.0 {
+                    let g: Vec<f32> = buf[..n].iter().map(|x| x / rows_in_step).collect();
+                    let lr = cosine_lr(
+                        tc.learning_rate,
+                        at.step as usize,
+                        epochs_total as usize,
+                        warmup as usize,
+                        0.05,
+                    );
+                    adam_t += 1;
+                    adam.step(adam_t, lr, &mut params, &g, &mut m, &mut v);
+                    model = load_params(model, &params);
+                }
+                at.step_in_epoch += 1;
+                at.step += 1;
+                if on_event(DpEvent::Step(at)).is_break() {
+                    return Err(ModelError::Cancelled);
+                }
+                if rank == 0 {
+                    let due = (policy.every_steps > 0
+                        && at.step - last_save.1 >= policy.every_steps)
+                        || (policy.every_secs > 0.0
+                            && last_save.0.elapsed().as_secs_f64() >= policy.every_secs);
+                    if due {
+                        let c = Checkpoint {
+                            at,
+                            workers: size,
+                            rows: rows.clone(),
+                            cursors: rows
+                                .iter()
+                                .map(|&r| step_range(at.step_in_epoch, steps, r).0 as u64)
+                                .collect(),
+                            seed: tc.seed,
+                            adam_t,
+                            loss_sum,
+                            best_loss: best.as_ref().map(|b: &(f64, Vec<f32>)| b.0),
+                            since_best,
+                            params: params.clone(),
+                            m: m.clone(),
+                            v: v.clone(),
+                            best: best.as_ref().map(|b| b.1.clone()).unwrap_or_default(),
+                            finished: finished.clone(),
+                        };
+                        checkpoints.save(c.encode(), &at)?;
+                        last_save = (Instant::now(), at.step);
+                        if on_event(DpEvent::Checkpointed(at)).is_break() {
+                            return Err(ModelError::Cancelled);
+                        }
+                    }
+                }
+            }
+            let mut report = EpochReport {
+                epoch: at.epoch,
+                epochs: tc.epochs,
+                loss: loss_sum / total as f64,
+                valid_loss: None,
+            };
+            if early_stopping {
+                let mut lv = [0.0f32; 2];
+                if valid_set.rows > 0 {
+                    let inner = model.valid();
+                    let p = inner.predict(&cfg.layout, &valid_set, &inner.devices()[0])?;
+                    lv = [
+                        (log_loss(&p, &valid_set.y) * valid_set.rows as f64) as f32,
+                        valid_set.rows as f32,
+                    ];
+                }
+                group.all_reduce(&mut lv)?;
+                if lv[1] > 0.0 {
+                    let vl = f64::from(lv[0] / lv[1]);
+                    report.valid_loss = Some(vl);
+                    if best.as_ref().is_none_or(|(b, _)| vl < *b) {
+                        best = Some((vl, params.clone()));
+                        since_best = 0;
+                    } else {
+                        since_best += 1;
+                    }
+                }
+            }
+            if on_event(DpEvent::Epoch(MemberReport {
+                member,
+                members,
+                epoch: report,
+            }))
+            .is_break()
+            {
+                return Err(ModelError::Cancelled);
+            }
+            stopped_early = tc.patience > 0 && since_best >= tc.patience;
+            at.epoch += 1;
+            at.step_in_epoch = 0;
+            loss_sum = 0.0;
+        }
+        finished.push(best.map(|(_, p)| p).unwrap_or(params));
+    }
+    if rank != 0 {
+        return Ok(None);
+    }
+    let all = data.all.expect("checked for rank 0");
+    let device = training_device(tc.placement, tc.seed)?;
+    let weights = finished
+        .iter()
+        .map(|p| {
+            crate::artifact::export_module(&load_params(ResponseMlp::new(&cfg, &device), p).valid())
+        })
+        .collect::<Result<Vec<_>>>()?;
+    finish_response(all, features, preprocessor, Some(cfg), weights).map(Some)
+}
