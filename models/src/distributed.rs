@@ -25,7 +25,7 @@ use std::time::Instant;
 use arrow::array::RecordBatch;
 use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
 use burn::optim::GradientsParams;
-use burn::tensor::{Tensor, TensorData};
+use burn::tensor::{Device, Tensor, TensorData};
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use serde::{Deserialize, Serialize};
@@ -33,7 +33,7 @@ use serde::{Deserialize, Serialize};
 use crate::device::{cosine_lr, finite_loss, training_device, weighted_bce};
 use crate::error::{ModelError, Result};
 use crate::features::{Encoded, FeatureConfig, Preprocessor, Role, row_roles};
-use crate::logistic::EpochReport;
+use crate::logistic::{EpochReport, TrainConfig};
 use crate::metrics::log_loss;
 use crate::mlp::{InputLayout, MlpConfig, ResponseMlp, mlp_tensors};
 use crate::pipeline::{MemberReport, ResponseConfig, ResponseKind, TrainedModel, finish_response};
@@ -357,6 +357,17 @@ impl AdamW {
     }
 }
 
+/// The device seeds one random generator per process: seeding and drawing the initial
+/// weights hold this lock, so that groups in one process (tests) draw the same weights.
+static INIT: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn seeded_model(cfg: &MlpConfig, tc: &TrainConfig, seed: u64) -> Result<(Device, ResponseMlp)> {
+    let _guard = INIT.lock().unwrap_or_else(|p| p.into_inner());
+    let device = training_device(tc.placement, seed)?;
+    let model = ResponseMlp::new(cfg, &device);
+    Ok((device, model))
+}
+
 /// A worker's seed for one epoch's permutation.
 fn epoch_seed(seed: u64, member: usize, epoch: u32, rank: usize) -> u64 {
     seed ^ (member as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15)
@@ -505,8 +516,7 @@ pub fn train_response_parallel(
     let mut last_save = (Instant::now(), 0u64);
     for member in finished.len()..members {
         let seed = tc.seed.wrapping_add(member as u64);
-        let device = training_device(tc.placement, seed)?;
-        let mut model = ResponseMlp::new(&cfg, &device);
+        let (device, mut model) = seeded_model(&cfg, &tc, seed)?;
         let state = resume.take().filter(|c| c.at.member == member);
         let (mut params, mut m, mut v, mut at, mut adam_t, mut loss_sum, mut best, mut since_best) =
             match state {
@@ -537,6 +547,7 @@ pub fn train_response_parallel(
             };
         model = load_params(model, &params);
         let n = params.len();
+        last_save.1 = at.step;
         let mut stopped_early = false;
         while at.epoch <= tc.epochs && !stopped_early {
             let mut order: Vec<usize> = (0..train_set.rows).collect();
@@ -685,7 +696,7 @@ pub fn train_response_parallel(
         return Ok(None);
     }
     let all = data.all.expect("checked for rank 0");
-    let device = training_device(tc.placement, tc.seed)?;
+    let (device, _) = seeded_model(&cfg, &tc, tc.seed)?;
     let weights = finished
         .iter()
         .map(|p| {

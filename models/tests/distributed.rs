@@ -1,0 +1,256 @@
+//! Data-parallel training with a group of threads: replicas agree, group sizes agree, and a
+//! run resumed from a checkpoint ends exactly where an uninterrupted one does.
+
+use std::ops::ControlFlow;
+use std::sync::{Arc, Barrier, Mutex};
+
+use arrow::array::{Float64Array, RecordBatch, StringArray};
+use arrow::datatypes::{DataType, Field, Schema};
+use halyard_models::distributed::{
+    CheckpointPolicy, Checkpoints, Collective, DpEvent, Position, WorkerData,
+    train_response_parallel,
+};
+use halyard_models::features::{Encoding, FeatureConfig};
+use halyard_models::logistic::TrainConfig;
+use halyard_models::pipeline::{ResponseConfig, ResponseKind, TrainedModel};
+use rand::{Rng, SeedableRng};
+
+/// Threads summing through shared slots, in rank order (the same bits on every rank).
+struct Threads {
+    rank: usize,
+    size: usize,
+    slots: Arc<Mutex<Vec<Vec<f32>>>>,
+    bytes: Arc<Mutex<Vec<u8>>>,
+    barrier: Arc<Barrier>,
+}
+
+fn group(size: usize) -> Vec<Threads> {
+    let slots = Arc::new(Mutex::new(vec![Vec::new(); size]));
+    let bytes = Arc::new(Mutex::new(Vec::new()));
+    let barrier = Arc::new(Barrier::new(size));
+    (0..size)
+        .map(|rank| Threads {
+            rank,
+            size,
+            slots: slots.clone(),
+            bytes: bytes.clone(),
+            barrier: barrier.clone(),
+        })
+        .collect()
+}
+
+impl Collective for Threads {
+    fn rank(&self) -> usize {
+        self.rank
+    }
+    fn size(&self) -> usize {
+        self.size
+    }
+    fn all_reduce(&mut self, data: &mut [f32]) -> halyard_models::Result<()> {
+        self.slots.lock().unwrap()[self.rank] = data.to_vec();
+        self.barrier.wait();
+        {
+            let slots = self.slots.lock().unwrap();
+            for (i, x) in data.iter_mut().enumerate() {
+                *x = slots.iter().map(|s| s[i]).fold(0.0, |a, b| a + b);
+            }
+        }
+        self.barrier.wait();
+        Ok(())
+    }
+    fn broadcast(&mut self, data: &mut Vec<u8>) -> halyard_models::Result<()> {
+        if self.rank == 0 {
+            *self.bytes.lock().unwrap() = data.clone();
+        }
+        self.barrier.wait();
+        if self.rank != 0 {
+            *data = self.bytes.lock().unwrap().clone();
+        }
+        self.barrier.wait();
+        Ok(())
+    }
+}
+
+/// Checkpoints kept in memory; `saved` lists where.
+#[derive(Clone, Default)]
+struct Memory {
+    latest: Arc<Mutex<Option<Vec<u8>>>>,
+    saved: Arc<Mutex<Vec<Position>>>,
+}
+
+impl Checkpoints for Memory {
+    fn load(&mut self) -> halyard_models::Result<Option<Vec<u8>>> {
+        Ok(self.latest.lock().unwrap().clone())
+    }
+    fn save(&mut self, bytes: Vec<u8>, at: &Position) -> halyard_models::Result<()> {
+        *self.latest.lock().unwrap() = Some(bytes);
+        self.saved.lock().unwrap().push(*at);
+        Ok(())
+    }
+}
+
+/// Rows with known effects and a split column (every 5th row test, the one before
+/// validation).
+fn data(rows: usize) -> RecordBatch {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+    let (mut xs, mut chans, mut ys, mut split) = (vec![], vec![], vec![], vec![]);
+    for i in 0..rows {
+        let x: f64 = rng.random_range(-3.0..3.0);
+        let chan = ["email", "sms", "push"][i % 3];
+        let z = 1.5 * x + if chan == "email" { 1.0 } else { -0.5 };
+        ys.push(if rng.random_bool(1.0 / (1.0 + (-z).exp())) { "yes" } else { "no" });
+        xs.push(x);
+        chans.push(chan);
+        split.push(match i % 5 {
+            4 => "test",
+            3 => "validation",
+            _ => "train",
+        });
+    }
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("x", DataType::Float64, true),
+        Field::new("channel", DataType::Utf8, true),
+        Field::new("responded", DataType::Utf8, true),
+        Field::new("halyard_split", DataType::Utf8, true),
+    ]));
+    RecordBatch::try_new(
+        schema,
+        vec![
+            Arc::new(Float64Array::from(xs)),
+            Arc::new(StringArray::from(chans)),
+            Arc::new(StringArray::from(ys)),
+            Arc::new(StringArray::from(split)),
+        ],
+    )
+    .unwrap()
+}
+
+fn features() -> FeatureConfig {
+    FeatureConfig {
+        label: "responded".into(),
+        positive: None,
+        exclude: vec![],
+        categorical: vec![],
+        encoding: Encoding::OneHot,
+        max_categories: 10,
+        hash_buckets: 16,
+        holdout_every: 5,
+        split_column: Some("halyard_split".into()),
+        numeric_buckets: 0,
+        crosses: vec![],
+    }
+}
+
+fn config() -> ResponseConfig {
+    ResponseConfig {
+        kind: ResponseKind::Mlp {
+            hidden: vec![16],
+            max_embedding: 4,
+        },
+        train: TrainConfig {
+            epochs: 4,
+            batch_size: 64,
+            learning_rate: 0.01,
+            patience: 2,
+            seed: 11,
+            ..TrainConfig::default()
+        },
+        ensemble: 2,
+        balance_classes: false,
+    }
+}
+
+/// Train with `size` threads, rank r on rows `i % size == r`; stop every rank after
+/// `stop_at` steps of member 0 when given. Returns rank 0's model (or the error).
+fn run(
+    size: usize,
+    checkpoints: &Memory,
+    every_steps: u64,
+    stop_at: Option<u64>,
+) -> halyard_models::Result<(TrainedModel, Vec<DpEvent>)> {
+    let all = data(3000);
+    let policy = CheckpointPolicy {
+        every_steps,
+        every_secs: 0.0,
+    };
+    let handles: Vec<_> = group(size)
+        .into_iter()
+        .map(|mut g| {
+            let all = all.clone();
+            let mut ckpt = checkpoints.clone();
+            std::thread::spawn(move || {
+                let idx: Vec<u32> = (0..all.num_rows() as u32)
+                    .filter(|i| *i as usize % g.size == g.rank)
+                    .collect();
+                let local = arrow::compute::take_record_batch(
+                    &all,
+                    &arrow::array::UInt32Array::from(idx),
+                )
+                .unwrap();
+                let mut events = Vec::new();
+                let all_rows = [all];
+                let data = WorkerData {
+                    all: (g.rank == 0).then_some(&all_rows[..]),
+                    local: std::slice::from_ref(&local),
+                };
+                let out = train_response_parallel(
+                    data,
+                    &features(),
+                    &config(),
+                    policy,
+                    &mut g,
+                    &mut ckpt,
+                    |e| {
+                        let stop = matches!((&e, stop_at), (DpEvent::Step(p), Some(s)) if p.member == 0 && p.step >= s);
+                        events.push(e);
+                        if stop { ControlFlow::Break(()) } else { ControlFlow::Continue(()) }
+                    },
+                );
+                out.map(|m| (m, events))
+            })
+        })
+        .collect();
+    let mut results: Vec<_> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    for r in &results[1..] {
+        if let Ok((m, _)) = r {
+            assert!(m.is_none(), "only rank 0 returns the model");
+        }
+    }
+    results.swap_remove(0).map(|(m, e)| (m.unwrap(), e))
+}
+
+#[test]
+fn group_sizes_agree_and_replicas_stay_equal() {
+    // The replicas' checksums ride on every step's all-reduce: a difference fails the step,
+    // so finishing means they agreed at every step.
+    let (one, _) = run(1, &Memory::default(), 0, None).unwrap();
+    let (two, _) = run(2, &Memory::default(), 0, None).unwrap();
+    let (three, events) = run(3, &Memory::default(), 0, None).unwrap();
+    let auc = |m: &TrainedModel| m.metrics["test_auc"];
+    assert!(auc(&one) > 0.75, "{}", auc(&one));
+    for m in [&two, &three] {
+        assert!((auc(m) - auc(&one)).abs() < 0.01, "{} vs {}", auc(m), auc(&one));
+        assert_eq!(m.test_rows, one.test_rows);
+    }
+    assert!(matches!(&events[0], DpEvent::Formed { workers: 3, rows, .. } if rows.iter().sum::<u64>() == 1800));
+}
+
+#[test]
+fn a_run_resumed_from_its_checkpoint_ends_like_an_uninterrupted_one() {
+    let whole = run(2, &Memory::default(), 0, None).unwrap().0;
+    let ckpt = Memory::default();
+    let stopped = run(2, &ckpt, 7, Some(40));
+    assert!(matches!(stopped, Err(halyard_models::ModelError::Cancelled)));
+    let saved = ckpt.saved.lock().unwrap().clone();
+    assert_eq!(saved.last().unwrap().step, 35, "{saved:?}");
+    let (resumed, events) = run(2, &ckpt, 7, None).unwrap();
+    assert!(
+        events.iter().any(|e| matches!(e, DpEvent::Resumed(p) if p.step == 35)),
+        "{events:?}"
+    );
+    assert_eq!(resumed.weights, whole.weights, "resumed weights differ");
+    assert_eq!(resumed.metrics, whole.metrics);
+    // A group of another size refuses the checkpoint with a clear error.
+    let err = run(3, &ckpt, 7, None).unwrap_err();
+    assert!(err.to_string().contains("cannot resume"), "{err}");
+}
