@@ -451,29 +451,31 @@ impl Coordinator {
 
     // ---- tasks -------------------------------------------------------------------------
 
-    /// Place a job's task: the job record update and the assignment in one fenced
-    /// transaction.
+    /// Place a job's tasks (one, or a data-parallel group's, all or none): the job record
+    /// update and the assignments in one fenced transaction.
     pub async fn assign_task(
         &self,
         leadership: &Leadership,
         old: &Versioned<JobRecord>,
         new: &JobRecord,
-        task: &TaskAssignment,
+        tasks: &[TaskAssignment],
     ) -> Result<i64> {
         let key = self.job_key(&new.id);
         let mut ops = self.job_write(new);
-        ops.push(put(
-            self.task_key(&task.executor, &task.job_id),
-            encode(task),
-        ));
+        for task in tasks {
+            ops.push(put(
+                self.task_key(&task.executor, &task.job_id),
+                encode(task),
+            ));
+        }
         ops.push(TxnOp::Delete {
-            key: self.progress_key(&task.job_id),
+            key: self.progress_key(&new.id),
         });
         self.fenced(leadership, &key, old.revision, ops).await
     }
 
-    /// Take a job's task away (requeue, finish, cancel) and update the job, in one fenced
-    /// transaction. The executor's later progress writes then fail.
+    /// Take a job's tasks away (requeue, finish, cancel) and update the job, in one fenced
+    /// transaction. The executors' later progress writes then fail.
     pub async fn release_task(
         &self,
         leadership: &Leadership,
@@ -482,7 +484,11 @@ impl Coordinator {
     ) -> Result<i64> {
         let key = self.job_key(&new.id);
         let mut ops = self.job_write(new);
-        if let Some(executor) = &old.value.executor {
+        let mut executors: Vec<&String> = old.value.workers.iter().collect();
+        executors.extend(old.value.executor.iter());
+        executors.sort();
+        executors.dedup();
+        for executor in executors {
             ops.push(TxnOp::Delete {
                 key: self.task_key(executor, &new.id),
             });

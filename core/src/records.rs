@@ -107,6 +107,10 @@ pub struct JobRecord {
     pub model_version: Option<u64>,
     /// A user asked to cancel; the leader acts on it.
     pub cancel_requested: bool,
+    /// Data-parallel: the executors of the current attempt's workers, by rank (rank 0 is
+    /// `executor`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub workers: Vec<String>,
     /// Scheduler-side events.
     pub events: Vec<LogLine>,
 }
@@ -141,6 +145,7 @@ impl JobRecord {
             artifact: None,
             model_version: None,
             cancel_requested: false,
+            workers: Vec::new(),
             events: Vec::new(),
         }
     }
@@ -170,6 +175,20 @@ pub struct TaskAssignment {
     pub spec: JobSpec,
     /// When it was placed.
     pub assigned_ms: i64,
+    /// Data-parallel: this worker's rank (0 reports progress and publishes).
+    #[serde(default)]
+    pub rank: u32,
+    /// Data-parallel: the workers' addresses (`HOST:PORT`) by rank; empty when training
+    /// alone.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub group: Vec<String>,
+}
+
+impl TaskAssignment {
+    /// The group's name, the same on every rank: `<job>/<attempt>`.
+    pub fn group_id(&self) -> String {
+        format!("{}/{}", self.job_id, self.attempt)
+    }
 }
 
 /// State of a task on its executor.
@@ -209,6 +228,10 @@ pub struct TaskProgress {
     pub model_version: Option<u64>,
     /// Why it failed.
     pub error: Option<String>,
+    /// The failure was the worker group's (a peer died or stopped answering): the leader
+    /// forms the group again and training resumes from the last checkpoint.
+    #[serde(default)]
+    pub retry: bool,
     /// Executor-side log lines (bounded).
     pub lines: Vec<LogLine>,
     /// Last report.
@@ -230,6 +253,7 @@ impl TaskProgress {
             artifact: None,
             model_version: None,
             error: None,
+            retry: false,
             lines: Vec::new(),
             updated_ms: now_ms(),
         }

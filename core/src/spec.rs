@@ -393,6 +393,35 @@ pub struct TrainSpec {
     /// `none`, or `balanced` to weigh positives by negatives / positives.
     #[serde(default)]
     pub class_weight: ClassWeight,
+    /// Data-parallel training on this many executors at once (one worker each; MLP only).
+    /// Absent: one executor trains alone, without the group machinery.
+    #[serde(default)]
+    pub workers: Option<u32>,
+    /// Data-parallel: rank 0 checkpoints after this many steps (0: only by time).
+    #[serde(default = "default_checkpoint_steps")]
+    pub checkpoint_steps: u64,
+    /// Data-parallel: rank 0 checkpoints after this many seconds (0: only by steps).
+    #[serde(default = "default_checkpoint_secs")]
+    pub checkpoint_secs: f64,
+    /// Data-parallel: a peer silent for this long fails the step and the group.
+    #[serde(default = "default_step_timeout_secs")]
+    pub step_timeout_secs: f64,
+    /// Data-parallel: continue from this (cancelled or failed) job's last checkpoint when
+    /// this job has none of its own; `halyard resume JOB` sets it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resume_from: Option<String>,
+}
+
+fn default_checkpoint_steps() -> u64 {
+    200
+}
+
+fn default_checkpoint_secs() -> f64 {
+    60.0
+}
+
+fn default_step_timeout_secs() -> f64 {
+    30.0
 }
 
 /// Class weighting of the loss.
@@ -547,6 +576,11 @@ impl Default for TrainSpec {
             weight_decay: default_weight_decay(),
             patience: default_patience(),
             class_weight: ClassWeight::default(),
+            workers: None,
+            checkpoint_steps: default_checkpoint_steps(),
+            checkpoint_secs: default_checkpoint_secs(),
+            step_timeout_secs: default_step_timeout_secs(),
+            resume_from: None,
         }
     }
 }
@@ -859,6 +893,53 @@ impl JobSpec {
                 "epochs",
                 t.epochs,
                 "must be at most 100000",
+            ));
+        }
+        if let Some(w) = t.workers {
+            if !(1..=64).contains(&w) {
+                return Err(Error::invalid(
+                    at("[train]"),
+                    "workers",
+                    w,
+                    "must be between 1 and 64",
+                ));
+            }
+            if m.kind != ModelKind::Mlp {
+                return Err(Error::invalid(
+                    at("[train]"),
+                    "workers",
+                    w,
+                    format!(
+                        "data-parallel training trains [model] type = \"mlp\", not {:?}",
+                        m.kind.as_str()
+                    ),
+                ));
+            }
+            if let Some(f) = &self.features
+                && f.shards < w as usize
+            {
+                return Err(Error::invalid(
+                    at("[features]"),
+                    "shards",
+                    f.shards,
+                    format!("must be at least [train] workers ({w}): each worker reads its own shards"),
+                ));
+            }
+        }
+        if !(t.step_timeout_secs.is_finite() && (0.1..=3600.0).contains(&t.step_timeout_secs)) {
+            return Err(Error::invalid(
+                at("[train]"),
+                "step_timeout_secs",
+                t.step_timeout_secs,
+                "must be between 0.1 and 3600",
+            ));
+        }
+        if !(t.checkpoint_secs.is_finite() && t.checkpoint_secs >= 0.0) {
+            return Err(Error::invalid(
+                at("[train]"),
+                "checkpoint_secs",
+                t.checkpoint_secs,
+                "must be a number of seconds >= 0",
             ));
         }
         if t.batch_size < 1 {

@@ -297,6 +297,11 @@ pub fn features_dir(job_id: &str) -> String {
     format!("jobs/{job_id}/features")
 }
 
+/// A data-parallel job's latest checkpoint (rank 0 replaces it whole).
+pub fn checkpoint_path(job_id: &str) -> String {
+    format!("jobs/{job_id}/checkpoint/latest.ckpt")
+}
+
 /// The feature stage's manifest, written after every shard: its presence marks a whole
 /// feature table.
 pub const FEATURES_MANIFEST: &str = "features.json";

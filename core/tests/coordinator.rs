@@ -174,9 +174,54 @@ async fn lead_and_place(c: &Coordinator) -> Leadership {
         executor: "e1".into(),
         spec: spec(),
         assigned_ms: 0,
+        rank: 0,
+        group: Vec::new(),
     };
-    c.assign_task(&lead, &v, &placed, &task).await.unwrap();
+    c.assign_task(&lead, &v, &placed, &[task]).await.unwrap();
     lead
+}
+
+async fn a_worker_group_is_placed_and_released_whole(c: Coordinator) {
+    let l = c.grant_lease(TTL).await.unwrap();
+    let lead = c.campaign("s", l).await.unwrap().unwrap();
+    c.submit_job(&JobRecord::new("g".into(), spec())).await.unwrap();
+    let v = c.get_job("g").await.unwrap().unwrap();
+    let mut placed = v.value.clone();
+    placed.state = JobState::Running;
+    placed.attempt = 1;
+    placed.executor = Some("e1".into());
+    placed.workers = vec!["e1".into(), "e2".into(), "e3".into()];
+    let peers: Vec<String> = vec!["h1:1".into(), "h2:2".into(), "h3:3".into()];
+    let tasks: Vec<TaskAssignment> = placed
+        .workers
+        .iter()
+        .enumerate()
+        .map(|(rank, e)| TaskAssignment {
+            job_id: "g".into(),
+            attempt: 1,
+            executor: e.clone(),
+            spec: spec(),
+            assigned_ms: 0,
+            rank: rank as u32,
+            group: peers.clone(),
+        })
+        .collect();
+    c.assign_task(&lead, &v, &placed, &tasks).await.unwrap();
+    for (rank, e) in ["e1", "e2", "e3"].into_iter().enumerate() {
+        let mine = c.tasks_for(e).await.unwrap();
+        assert_eq!(mine.len(), 1, "{e}");
+        assert_eq!(mine[0].value.rank, rank as u32);
+        assert_eq!(mine[0].value.group, peers);
+        assert_eq!(mine[0].value.group_id(), "g/1");
+    }
+    let v = c.get_job("g").await.unwrap().unwrap();
+    let mut requeued = v.value.clone();
+    requeued.state = JobState::Pending;
+    requeued.workers.clear();
+    c.release_task(&lead, &v, &requeued).await.unwrap();
+    for e in ["e1", "e2", "e3"] {
+        assert!(c.tasks_for(e).await.unwrap().is_empty(), "{e} kept its task");
+    }
 }
 
 async fn progress_is_fenced_on_the_assignment(c: Coordinator) {
@@ -379,6 +424,7 @@ conformance!(
     one_leader_and_a_deposed_leader_is_fenced,
     job_writes_are_compare_and_swap,
     progress_is_fenced_on_the_assignment,
+    a_worker_group_is_placed_and_released_whole,
     model_versions_are_unique_under_contention,
     registry_versions_deployments_outcomes_and_serving,
     sql_endpoint_follows_the_leader,

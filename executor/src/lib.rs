@@ -8,6 +8,7 @@
 //! has registered again.
 
 mod error;
+mod parallel;
 mod task;
 
 pub use task::{
@@ -82,9 +83,13 @@ pub async fn start_executor(cfg: ExecutorConfig, coord: Coordinator) -> Result<E
     );
     let gateway = Gateway::new(cfg.id.clone(), coord.clone(), Some(host.clone()));
     let (_reporter, health) = tonic_health::server::health_reporter();
-    let grpc = tonic::service::Routes::new(health).add_service(PredictionServiceServer::new(
-        PredictionApi::new(gateway.clone()),
-    ));
+    // Data-parallel groups' chunks arrive here (the collective service on this port).
+    let boxes = halyard_collective::Mailboxes::default();
+    let grpc = tonic::service::Routes::new(health)
+        .add_service(PredictionServiceServer::new(PredictionApi::new(
+            gateway.clone(),
+        )))
+        .add_service(boxes.service());
     let http = halyard_serving::http::router(gateway.clone());
     let server = tokio::spawn(halyard_serving::http::serve(
         listener,
@@ -123,7 +128,7 @@ pub async fn start_executor(cfg: ExecutorConfig, coord: Coordinator) -> Result<E
     let serving = tokio::spawn(host.run(lease.clone(), shutdown_rx.clone()));
     let routing = tokio::spawn(gateway.run(shutdown_rx.clone()));
     let sql = tokio::spawn(follow_sql_leader(sql, coord.clone(), shutdown_rx.clone()));
-    let worker = tokio::spawn(run(cfg, coord, store, info, lease, shutdown_rx));
+    let worker = tokio::spawn(run(cfg, coord, store, info, lease, boxes, shutdown_rx));
     Ok(ExecutorHandle {
         addr,
         id,
@@ -171,6 +176,7 @@ async fn run(
     store: Store,
     info: ExecutorInfo,
     lease_cell: Arc<AtomicI64>,
+    boxes: halyard_collective::Mailboxes,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut lease = lease_cell.load(Ordering::Relaxed);
@@ -230,6 +236,7 @@ async fn run(
                         cfg.s3.clone(),
                         cfg.gpus,
                         cancel.clone(),
+                        boxes.clone(),
                     ));
                     running.insert(key, Running { cancel, handle });
                 }

@@ -138,8 +138,16 @@ async fn sql_endpoint(coord: &Coordinator) -> Result<String> {
     ))
 }
 
-/// Report, unless the assignment is gone; `false` means the task must stop.
-async fn report(coord: &Coordinator, a: &Versioned<TaskAssignment>, p: &TaskProgress) -> bool {
+/// Report, unless the assignment is gone; `false` means the task must stop. Only rank 0 of
+/// a data-parallel group reports (the others stop when the leader takes their task away).
+pub(crate) async fn report(
+    coord: &Coordinator,
+    a: &Versioned<TaskAssignment>,
+    p: &TaskProgress,
+) -> bool {
+    if a.value.rank != 0 {
+        return true;
+    }
     match coord.report_progress(a, p).await {
         Ok(()) => true,
         Err(halyard_core::Error::Conflict { .. }) => false,
@@ -151,6 +159,19 @@ async fn report(coord: &Coordinator, a: &Versioned<TaskAssignment>, p: &TaskProg
     }
 }
 
+/// A context on the cluster's SQL (Ballista) scheduler.
+pub(crate) async fn sql_context(
+    coord: &Coordinator,
+    s3: &S3Config,
+    log: &mut (dyn FnMut(String) + Send),
+) -> Result<SessionContext> {
+    let endpoint = sql_endpoint(coord).await?;
+    log(format!(
+        "features: running the SQL on the cluster (scheduler {endpoint})"
+    ));
+    Ok(remote_context(&endpoint, s3, SQL_PARTITIONS).await?)
+}
+
 pub(crate) async fn run(
     a: Versioned<TaskAssignment>,
     coord: Coordinator,
@@ -158,13 +179,18 @@ pub(crate) async fn run(
     s3: S3Config,
     gpus: u32,
     cancel: Arc<AtomicBool>,
+    boxes: halyard_collective::Mailboxes,
 ) {
     let mut progress = TaskProgress::started(&a.value);
     progress.log(format!("attempt {} started", a.value.attempt));
     if !report(&coord, &a, &progress).await {
         return;
     }
-    match train_and_publish(&a, &coord, &store, &s3, gpus, &cancel, &mut progress).await {
+    match train_and_publish(&a, &coord, &store, &s3, gpus, &cancel, &mut progress, &boxes).await {
+        Ok(()) if a.value.rank != 0 => {
+            info!(job = %a.value.job_id, rank = a.value.rank, "worker done");
+            return;
+        }
         Ok(()) => {
             progress.state = TaskState::Succeeded;
             progress.log("published");
@@ -176,6 +202,10 @@ pub(crate) async fn run(
         Err(e) => {
             warn!(job = %a.value.job_id, error = %e, "task failed");
             progress.state = TaskState::Failed;
+            progress.retry = matches!(
+                e,
+                ExecutorError::Model(halyard_models::ModelError::Collective(_))
+            );
             progress.error = Some(e.to_string());
             progress.log(format!("failed: {e}"));
         }
@@ -183,6 +213,7 @@ pub(crate) async fn run(
     report(&coord, &a, &progress).await;
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn train_and_publish(
     a: &Versioned<TaskAssignment>,
     coord: &Coordinator,
@@ -191,15 +222,34 @@ async fn train_and_publish(
     gpus: u32,
     cancel: &Arc<AtomicBool>,
     progress: &mut TaskProgress,
+    boxes: &halyard_collective::Mailboxes,
 ) -> Result<()> {
     let spec = a.value.spec.clone();
+    let (trained, lineage) = if spec.train.workers.is_some() {
+        match crate::parallel::train(a, coord, store, s3, gpus, cancel, progress, boxes).await? {
+            Some(t) => t,
+            // Ranks other than 0 publish nothing.
+            None => return Ok(()),
+        }
+    } else {
+        train_alone(a, coord, store, s3, gpus, cancel, progress).await?
+    };
+    publish(a, coord, store, progress, trained, lineage).await
+}
+
+async fn train_alone(
+    a: &Versioned<TaskAssignment>,
+    coord: &Coordinator,
+    store: &Store,
+    s3: &S3Config,
+    gpus: u32,
+    cancel: &Arc<AtomicBool>,
+    progress: &mut TaskProgress,
+) -> Result<Trained> {
+    let spec = a.value.spec.clone();
     let input = if spec.features.is_some() {
-        let endpoint = sql_endpoint(coord).await?;
-        progress.log(format!(
-            "features: running the SQL on the cluster (scheduler {endpoint})"
-        ));
+        let ctx = sql_context(coord, s3, &mut |line| progress.log(line)).await?;
         report(coord, a, progress).await;
-        let ctx = remote_context(&endpoint, s3, SQL_PARTITIONS).await?;
         let dir = features_dir(&a.value.job_id);
         feature_input(&ctx, &spec, store, &dir, s3, &mut |line| progress.log(line)).await?
     } else {
@@ -226,13 +276,26 @@ async fn train_and_publish(
             cancel.store(true, Ordering::Relaxed);
         }
     }
-    let (trained, lineage) = done_rx
+    let trained = done_rx
         .await
         .map_err(|_| ExecutorError::Panicked("training thread vanished".into()))??;
     if cancel.load(Ordering::Relaxed) {
         return Err(halyard_models::ModelError::Cancelled.into());
     }
+    Ok(trained)
+}
 
+/// Allocate a version, write the artifact and register it (only while the assignment
+/// stands).
+async fn publish(
+    a: &Versioned<TaskAssignment>,
+    coord: &Coordinator,
+    store: &Store,
+    progress: &mut TaskProgress,
+    trained: TrainedModel,
+    lineage: DataLineage,
+) -> Result<()> {
+    let spec = &a.value.spec;
     let version = coord.next_model_version(&spec.name).await?;
     let manifest = Manifest {
         format: FORMAT.into(),
@@ -241,7 +304,7 @@ async fn train_and_publish(
         architecture: trained.architecture.clone(),
         tensors: tensor_shapes(&trained.weights)?,
         metrics: trained.metrics.clone(),
-        spec: serde_json::to_value(&spec).unwrap_or_default(),
+        spec: serde_json::to_value(spec).unwrap_or_default(),
         data: lineage,
         job_id: a.value.job_id.clone(),
         halyard_version: halyard_core::VERSION.into(),
@@ -306,6 +369,8 @@ pub struct Input {
     /// The feature table's location and identity (`sha256:` of its manifest), when the
     /// parts are its shards.
     pub features: Option<(String, String)>,
+    /// Rows of every shard of the feature table (all of them, also those not read).
+    pub shard_rows: Vec<u64>,
 }
 
 impl Input {
@@ -363,6 +428,7 @@ pub async fn read_inputs(
         parts: vec![bytes],
         test: read_test_source(spec, s3, log).await?,
         features: None,
+        shard_rows: Vec::new(),
     })
 }
 
@@ -415,25 +481,45 @@ pub async fn feature_input(
         }
         Err(e) => return Err(e.into()),
     };
+    let mut input = read_feature_table(store, dir, &manifest, None, log).await?;
+    input.test = read_test_source(spec, s3, log).await?;
+    Ok(input)
+}
+
+/// Read the shards of the feature table whose manifest (`features.json`'s bytes) is
+/// `manifest`: all of them, or with `only = Some((rank, workers))` those whose number is
+/// `rank` modulo `workers`.
+pub(crate) async fn read_feature_table(
+    store: &Store,
+    dir: &str,
+    manifest: &Bytes,
+    only: Option<(usize, usize)>,
+    log: &mut (dyn FnMut(String) + Send),
+) -> Result<Input> {
+    let manifest_path = format!("{dir}/{FEATURES_MANIFEST}");
     let table: FeatureTable =
-        serde_json::from_slice(&manifest).map_err(|e| halyard_features::FeatureError::Output {
+        serde_json::from_slice(manifest).map_err(|e| halyard_features::FeatureError::Output {
             location: store.url_of(&manifest_path),
             message: e.to_string(),
         })?;
     let mut parts = Vec::with_capacity(table.shards.len());
-    for shard in &table.shards {
-        parts.push(store.get(&format!("{dir}/{}", shard.file)).await?);
+    for (i, shard) in table.shards.iter().enumerate() {
+        if only.is_none_or(|(rank, workers)| i % workers == rank) {
+            parts.push(store.get(&format!("{dir}/{}", shard.file)).await?);
+        }
     }
     let read: usize = parts.iter().map(Bytes::len).sum();
     log(format!(
-        "features: read {} shard(s), {} rows, {read} bytes",
+        "features: read {} of {} shard(s) ({} rows in all), {read} bytes",
         parts.len(),
+        table.shards.len(),
         table.rows
     ));
     Ok(Input {
         parts,
-        test: read_test_source(spec, s3, log).await?,
-        features: Some((store.url_of(dir), digest(&manifest))),
+        test: None,
+        features: Some((store.url_of(dir), digest(manifest))),
+        shard_rows: table.shards.iter().map(|s| s.rows).collect(),
     })
 }
 
@@ -546,7 +632,7 @@ fn train_blocking(
     Ok((trained, lineage))
 }
 
-fn lineage(source: &str, digest: String, rows: usize, trained: &TrainedModel) -> DataLineage {
+pub(crate) fn lineage(source: &str, digest: String, rows: usize, trained: &TrainedModel) -> DataLineage {
     DataLineage {
         source: source.to_string(),
         digest,

@@ -144,6 +144,9 @@ pub struct WorkerData<'a> {
     pub all: Option<&'a [RecordBatch]>,
     /// This worker's rows.
     pub local: &'a [RecordBatch],
+    /// Every local row's number in the whole data set: unique across the group and the same
+    /// whatever the group's size (a shard's offset plus the row's place in it).
+    pub ids: &'a [u64],
 }
 
 /// A checkpoint: everything needed to continue training where it stopped.
@@ -368,16 +371,82 @@ fn seeded_model(cfg: &MlpConfig, tc: &TrainConfig, seed: u64) -> Result<(Device,
     Ok((device, model))
 }
 
-/// A worker's seed for one epoch's permutation.
-fn epoch_seed(seed: u64, member: usize, epoch: u32, rank: usize) -> u64 {
-    seed ^ (member as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15)
-        ^ u64::from(epoch).wrapping_mul(0xbf58_476d_1ce4_e5b9)
-        ^ (rank as u64).wrapping_mul(0x94d0_49bb_1331_11eb)
+/// Rows of each rank among the first `consumed` positions of `order`.
+fn cursors(order: &[usize], owner: &[u32], consumed: u64, size: usize) -> Vec<u64> {
+    let mut c = vec![0u64; size];
+    for g in order.iter().take(consumed as usize) {
+        c[owner[*g] as usize] += 1;
+    }
+    c
 }
 
-/// Rows of step `s` of `steps` in a permutation of `n` rows: `[s·n/steps, (s+1)·n/steps)`.
-fn step_range(s: u64, steps: u64, n: u64) -> (usize, usize) {
-    ((s * n / steps) as usize, ((s + 1) * n / steps) as usize)
+/// The seed of one epoch's permutation of the training rows.
+fn epoch_seed(seed: u64, member: usize, epoch: u32) -> u64 {
+    seed ^ (member as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15)
+        ^ u64::from(epoch).wrapping_mul(0xbf58_476d_1ce4_e5b9)
+}
+
+/// The group's training rows in one global order, the same for any group size: every
+/// rank's training-row ids gathered (one all-reduce), sorted.
+struct GlobalRows {
+    /// Row ids in global order.
+    ids: Vec<u64>,
+    /// The rank holding each of them.
+    owner: Vec<u32>,
+    /// Global position -> this rank's training-row index.
+    mine: std::collections::HashMap<usize, usize>,
+}
+
+impl GlobalRows {
+    fn gather(group: &mut dyn Collective, local_ids: &[u64], rows: &[u64]) -> Result<GlobalRows> {
+        let rank = group.rank();
+        let total: u64 = rows.iter().sum();
+        let start: u64 = rows[..rank].iter().sum();
+        // Two exact 16-bit halves per id (ids below 2^32).
+        let mut buf = vec![0.0f32; 2 * total as usize];
+        for (k, id) in local_ids.iter().enumerate() {
+            if *id >= 1 << 32 {
+                return Err(ModelError::Unsupported(format!(
+                    "row id {id} is too large for data-parallel training (at most 2^32 rows)"
+                )));
+            }
+            let at = 2 * (start as usize + k);
+            buf[at] = (id >> 16) as f32;
+            buf[at + 1] = (id & 0xffff) as f32;
+        }
+        group.all_reduce(&mut buf)?;
+        let mut all: Vec<(u64, u32, usize)> = Vec::with_capacity(total as usize);
+        let mut r = 0u32;
+        let mut left = rows.first().copied().unwrap_or(0);
+        let mut local = 0usize;
+        for pair in buf.chunks_exact(2) {
+            while left == 0 {
+                r += 1;
+                left = rows[r as usize];
+                local = 0;
+            }
+            all.push(((pair[0] as u64) << 16 | pair[1] as u64, r, local));
+            left -= 1;
+            local += 1;
+        }
+        all.sort_unstable();
+        if all.windows(2).any(|w| w[0].0 == w[1].0) {
+            return Err(ModelError::Internal(
+                "two workers hold a row with the same id".into(),
+            ));
+        }
+        let mine = all
+            .iter()
+            .enumerate()
+            .filter(|(_, (_, o, _))| *o as usize == rank)
+            .map(|(g, (_, _, l))| (g, *l))
+            .collect();
+        Ok(GlobalRows {
+            ids: all.iter().map(|a| a.0).collect(),
+            owner: all.iter().map(|a| a.1).collect(),
+            mine,
+        })
+    }
 }
 
 fn collective_error(e: impl std::fmt::Display) -> ModelError {
@@ -456,6 +525,11 @@ pub fn train_response_parallel(
             class: u8::from(positives > 0),
         });
     }
+    let train_ids: Vec<u64> = (0..local.rows)
+        .filter(|&i| roles[i] == Role::Train || (!early_stopping && roles[i] == Role::Validation))
+        .map(|i| data.ids[i])
+        .collect();
+    let global = GlobalRows::gather(group, &train_ids, &rows)?;
     let mut tc = rc.train.clone();
     if rc.balance_classes {
         tc.positive_weight = (total - positives) as f64 / positives as f64;
@@ -550,13 +624,20 @@ pub fn train_response_parallel(
         last_save.1 = at.step;
         let mut stopped_early = false;
         while at.epoch <= tc.epochs && !stopped_early {
-            let mut order: Vec<usize> = (0..train_set.rows).collect();
+            // One permutation of the global order for the whole group; each step is the
+            // next `batch` positions of it, and each rank trains on the rows it holds.
+            let mut order: Vec<usize> = (0..global.ids.len()).collect();
             order.shuffle(&mut rand::rngs::StdRng::seed_from_u64(epoch_seed(
-                seed, member, at.epoch, rank,
+                seed, member, at.epoch,
             )));
             while at.step_in_epoch < steps {
-                let (lo, hi) = step_range(at.step_in_epoch, steps, train_set.rows as u64);
-                let chunk = &order[lo..hi];
+                let lo = (at.step_in_epoch * batch) as usize;
+                let hi = (lo + batch as usize).min(order.len());
+                let chunk: Vec<usize> = order[lo..hi]
+                    .iter()
+                    .filter_map(|g| global.mine.get(g).copied())
+                    .collect();
+                let chunk = &chunk[..];
                 // [gradient · b, loss · b, b, checksums of every rank (two 16-bit halves)]
                 let mut buf = vec![0.0f32; n + 2 + 2 * size];
                 if !chunk.is_empty() {
@@ -625,10 +706,7 @@ pub fn train_response_parallel(
                             at,
                             workers: size,
                             rows: rows.clone(),
-                            cursors: rows
-                                .iter()
-                                .map(|&r| step_range(at.step_in_epoch, steps, r).0 as u64)
-                                .collect(),
+                            cursors: cursors(&order, &global.owner, at.step_in_epoch * batch, size),
                             seed: tc.seed,
                             adam_t,
                             loss_sum,
@@ -704,4 +782,65 @@ pub fn train_response_parallel(
         })
         .collect::<Result<Vec<_>>>()?;
     finish_response(all, features, preprocessor, Some(cfg), weights).map(Some)
+}
+
+/// The batches with a split column named `column` (`train`, `validation`, `test` by the
+/// row-index rule of `cfg`), for data read without a feature stage.
+pub fn with_split_column(
+    batches: &[RecordBatch],
+    cfg: &FeatureConfig,
+    column: &str,
+) -> Result<Vec<RecordBatch>> {
+    let roles = row_roles(batches, cfg)?;
+    let mut offset = 0;
+    batches
+        .iter()
+        .map(|b| {
+            let names: Vec<&str> = roles[offset..offset + b.num_rows()]
+                .iter()
+                .map(|r| match r {
+                    Role::Train => "train",
+                    Role::Validation => "validation",
+                    Role::Test => "test",
+                })
+                .collect();
+            offset += b.num_rows();
+            let mut fields: Vec<arrow::datatypes::FieldRef> = b.schema().fields().to_vec();
+            fields.push(std::sync::Arc::new(arrow::datatypes::Field::new(
+                column,
+                arrow::datatypes::DataType::Utf8,
+                false,
+            )));
+            let mut columns = b.columns().to_vec();
+            columns.push(std::sync::Arc::new(arrow::array::StringArray::from(names)));
+            RecordBatch::try_new(
+                std::sync::Arc::new(arrow::datatypes::Schema::new(fields)),
+                columns,
+            )
+            .map_err(|e| ModelError::Internal(e.to_string()))
+        })
+        .collect()
+}
+
+/// Rank `rank`'s rows of `size` and their ids: the rows whose index (across the batches) is
+/// `rank` modulo `size`; the id is that index.
+pub fn rows_of_rank(
+    batches: &[RecordBatch],
+    rank: usize,
+    size: usize,
+) -> Result<(Vec<RecordBatch>, Vec<u64>)> {
+    let mut offset = 0;
+    let mut ids = Vec::new();
+    let parts = batches
+        .iter()
+        .map(|b| {
+            let first = (rank + size - offset % size) % size;
+            let idx: Vec<u32> = (first..b.num_rows()).step_by(size).map(|i| i as u32).collect();
+            ids.extend(idx.iter().map(|&i| (offset + i as usize) as u64));
+            offset += b.num_rows();
+            arrow::compute::take_record_batch(b, &arrow::array::UInt32Array::from(idx))
+                .map_err(|e| ModelError::Internal(e.to_string()))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok((parts, ids))
 }

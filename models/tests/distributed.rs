@@ -182,6 +182,7 @@ fn run(
                 let idx: Vec<u32> = (0..all.num_rows() as u32)
                     .filter(|i| *i as usize % g.size == g.rank)
                     .collect();
+                let ids: Vec<u64> = idx.iter().map(|&i| u64::from(i)).collect();
                 let local = arrow::compute::take_record_batch(
                     &all,
                     &arrow::array::UInt32Array::from(idx),
@@ -192,6 +193,7 @@ fn run(
                 let data = WorkerData {
                     all: (g.rank == 0).then_some(&all_rows[..]),
                     local: std::slice::from_ref(&local),
+                    ids: &ids,
                 };
                 let out = train_response_parallel(
                     data,
@@ -229,7 +231,9 @@ fn group_sizes_agree_and_replicas_stay_equal() {
     let auc = |m: &TrainedModel| m.metrics["test_auc"];
     assert!(auc(&one) > 0.75, "{}", auc(&one));
     for m in [&two, &three] {
-        assert!((auc(m) - auc(&one)).abs() < 0.01, "{} vs {}", auc(m), auc(&one));
+        // The same rows make each step's batch whatever the group's size: only the order
+        // of float additions differs.
+        assert!((auc(m) - auc(&one)).abs() < 0.002, "{} vs {}", auc(m), auc(&one));
         assert_eq!(m.test_rows, one.test_rows);
     }
     assert!(matches!(&events[0], DpEvent::Formed { workers: 3, rows, .. } if rows.iter().sum::<u64>() == 1800));

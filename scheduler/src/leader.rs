@@ -207,9 +207,13 @@ impl Leader<'_> {
                 f.take(&t.value.spec.resources);
             }
         }
+        let addresses: HashMap<&str, &str> = executors
+            .iter()
+            .map(|e| (e.id.as_str(), e.address.as_str()))
+            .collect();
         for job in jobs {
             let result = match job.value.state {
-                JobState::Pending => self.place(&job, &mut free).await,
+                JobState::Pending => self.place(&job, &mut free, &addresses).await,
                 JobState::Running => self.supervise(&job, &free).await,
                 _ => Ok(()),
             };
@@ -226,6 +230,7 @@ impl Leader<'_> {
         &self,
         job: &Versioned<JobRecord>,
         free: &mut HashMap<String, Free>,
+        addresses: &HashMap<&str, &str>,
     ) -> Result<()> {
         let mut new = job.value.clone();
         if new.cancel_requested {
@@ -235,34 +240,62 @@ impl Leader<'_> {
             return Ok(());
         }
         let need = &job.value.spec.resources;
-        // The executor with the most free slots that fits.
-        let Some((executor, slot)) = free
-            .iter_mut()
-            .filter(|(_, f)| f.fits(need))
-            .max_by_key(|(id, f)| (f.cpus, std::cmp::Reverse((*id).clone())))
-        else {
+        // The executors with the most free slots that fit: one, or one per worker of a
+        // data-parallel group (all of them or none).
+        let wanted = job.value.spec.train.workers.unwrap_or(1) as usize;
+        let mut fitting: Vec<(&String, &Free)> = free.iter().filter(|(_, f)| f.fits(need)).collect();
+        fitting.sort_by_key(|(id, f)| (std::cmp::Reverse(f.cpus), (*id).clone()));
+        if fitting.len() < wanted {
             return Ok(());
-        };
-        let executor = executor.clone();
+        }
+        let chosen: Vec<String> = fitting[..wanted].iter().map(|(id, _)| (*id).clone()).collect();
+        let executor = chosen[0].clone();
         new.state = JobState::Running;
         new.attempt += 1;
         new.executor = Some(executor.clone());
+        let group: Vec<String> = match job.value.spec.train.workers {
+            Some(_) => {
+                new.workers = chosen.clone();
+                chosen
+                    .iter()
+                    .map(|id| addresses.get(id.as_str()).copied().unwrap_or_default().to_string())
+                    .collect()
+            }
+            None => Vec::new(),
+        };
         new.log(
             &self.source,
-            format!("attempt {} placed on executor {executor}", new.attempt),
+            match job.value.spec.train.workers {
+                Some(n) => format!(
+                    "attempt {} placed on {n} worker(s): {} (rank 0 first)",
+                    new.attempt,
+                    chosen.join(", ")
+                ),
+                None => format!("attempt {} placed on executor {executor}", new.attempt),
+            },
         );
-        let task = TaskAssignment {
-            job_id: new.id.clone(),
-            attempt: new.attempt,
-            executor: executor.clone(),
-            spec: new.spec.clone(),
-            assigned_ms: now_ms(),
-        };
+        let tasks: Vec<TaskAssignment> = chosen
+            .iter()
+            .enumerate()
+            .map(|(rank, e)| TaskAssignment {
+                job_id: new.id.clone(),
+                attempt: new.attempt,
+                executor: e.clone(),
+                spec: new.spec.clone(),
+                assigned_ms: now_ms(),
+                rank: rank as u32,
+                group: group.clone(),
+            })
+            .collect();
         self.coord
-            .assign_task(self.leadership, job, &new, &task)
+            .assign_task(self.leadership, job, &new, &tasks)
             .await?;
-        slot.take(need);
-        info!(job = %new.id, %executor, attempt = new.attempt, "task placed");
+        for e in &chosen {
+            if let Some(slot) = free.get_mut(e) {
+                slot.take(need);
+            }
+        }
+        info!(job = %new.id, executors = ?chosen, attempt = new.attempt, "task placed");
         Ok(())
     }
 
@@ -289,29 +322,25 @@ impl Leader<'_> {
             new.artifact = p.artifact.clone();
             new.model_version = p.model_version;
             new.log(&self.source, "succeeded");
-        } else if state == Some(TaskState::Failed) {
+        } else if state == Some(TaskState::Failed) && !progress.as_ref().is_some_and(|p| p.retry) {
             new.state = JobState::Failed;
             new.error = progress.as_ref().and_then(|p| p.error.clone());
             new.log(&self.source, "failed");
-        } else if !free.contains_key(&executor) {
-            // The executor's lease expired: its key is gone. Requeue the task.
+        } else if let Some(lost) = self.lost(&new, free, progress.as_ref()) {
+            // An executor's lease expired (its key is gone), or the worker group failed:
+            // requeue the task (a group resumes from its last checkpoint).
             new.executor = None;
+            new.workers.clear();
             if new.attempt >= self.cfg.max_attempts {
                 new.state = JobState::Failed;
                 new.error = Some(format!(
-                    "lost its executor {} times (last: {executor}); giving up",
+                    "{lost} ({} attempts); giving up",
                     new.attempt
                 ));
-                new.log(
-                    &self.source,
-                    format!("executor {executor} lost; attempts exhausted"),
-                );
+                new.log(&self.source, format!("{lost}; attempts exhausted"));
             } else {
                 new.state = JobState::Pending;
-                new.log(
-                    &self.source,
-                    format!("executor {executor} lost; task requeued"),
-                );
+                new.log(&self.source, format!("{lost}; task requeued"));
             }
         } else {
             return Ok(());
@@ -322,12 +351,40 @@ impl Leader<'_> {
         }
         self.coord.release_task(self.leadership, job, &new).await?;
         match new.state {
-            JobState::Pending => warn!(job = %new.id, %executor, "executor lost; task requeued"),
+            JobState::Pending => warn!(job = %new.id, %executor, "task requeued"),
             state => {
                 info!(job = %new.id, state = state.as_str(), artifact = ?new.artifact, error = ?new.error, "job ended")
             }
         }
         Ok(())
+    }
+}
+
+impl Leader<'_> {
+    /// Why a running job's task must be placed again, if it must: one of its executors'
+    /// leases expired, or its worker group failed.
+    fn lost(
+        &self,
+        job: &JobRecord,
+        free: &HashMap<String, Free>,
+        progress: Option<&halyard_core::records::TaskProgress>,
+    ) -> Option<String> {
+        let mut executors: Vec<&String> = job.workers.iter().collect();
+        if executors.is_empty() {
+            executors.extend(job.executor.iter());
+        }
+        if let Some(gone) = executors.iter().find(|e| !free.contains_key(e.as_str())) {
+            return Some(format!("executor {gone} lost"));
+        }
+        if executors.is_empty() {
+            return Some("executor lost".into());
+        }
+        progress.filter(|p| p.retry && p.state == TaskState::Failed).map(|p| {
+            format!(
+                "worker group failed: {}",
+                p.error.as_deref().unwrap_or("no reason given")
+            )
+        })
     }
 }
 

@@ -1,0 +1,383 @@
+//! One worker of a data-parallel group: read this rank's rows, join the ring, train with
+//! the group on a dedicated thread, checkpoint (rank 0) to object storage.
+//!
+//! Rank 0 runs the job's feature stage (when it has one), reads every row (it fits the
+//! preprocessor and computes the test metrics), reports progress and publishes; the other
+//! ranks wait for the feature table, read only their shards (shard `i` goes to rank
+//! `i % workers`) and report nothing: a failure anywhere breaks the ring, rank 0 reports
+//! it as the group's, and the leader forms the group again.
+
+use std::ops::ControlFlow;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use arrow::array::RecordBatch;
+use bytes::Bytes;
+use halyard_collective::{BlockingRing, Mailboxes, Ring, RingConfig};
+use halyard_core::coord::{Coordinator, Versioned};
+use halyard_core::records::{TaskAssignment, TaskProgress};
+use halyard_core::spec::SPLIT_COLUMN;
+use halyard_core::store::{FEATURES_MANIFEST, S3Config, Store, checkpoint_path, features_dir};
+use halyard_models::ModelError;
+use halyard_models::artifact::DataLineage;
+use halyard_models::distributed::{
+    CheckpointPolicy, Checkpoints, DpEvent, Position, WorkerData, rows_of_rank,
+    train_response_parallel, with_split_column,
+};
+use halyard_models::pipeline::TrainedModel;
+use tokio::runtime::Handle;
+use tokio::sync::mpsc;
+use tracing::info;
+
+use crate::error::{ExecutorError, Result};
+use crate::task::{
+    Input, feature_input, lineage, model_configs, placement, read_feature_table, read_inputs,
+    report, sql_context,
+};
+
+/// How long a rank waits for rank 0's feature table.
+const FEATURES_WAIT: Duration = Duration::from_secs(1800);
+
+/// This rank's rows and, on rank 0, every row.
+struct Rows {
+    all: Option<Vec<RecordBatch>>,
+    local: Vec<RecordBatch>,
+    /// Global ids of the local rows.
+    ids: Vec<u64>,
+    location: String,
+    digest: String,
+    total: usize,
+}
+
+/// Train as rank `a.rank` of the group; rank 0 returns the model and its lineage.
+pub(crate) async fn train(
+    a: &Versioned<TaskAssignment>,
+    coord: &Coordinator,
+    store: &Store,
+    s3: &S3Config,
+    gpus: u32,
+    cancel: &Arc<AtomicBool>,
+    progress: &mut TaskProgress,
+    boxes: &Mailboxes,
+) -> Result<Option<(TrainedModel, DataLineage)>> {
+    let spec = a.value.spec.clone();
+    let (rank, workers) = (a.value.rank as usize, a.value.group.len().max(1));
+    let placement = placement(&spec, gpus);
+    let (mut features, rc) = model_configs(&spec, placement);
+    let rows = read_rows(a, coord, store, s3, cancel, progress, &features).await?;
+    features.split_column = Some(SPLIT_COLUMN.to_string());
+    let peers = if a.value.group.is_empty() {
+        vec![String::new()]
+    } else {
+        a.value.group.clone()
+    };
+    let ring = Ring::new(
+        &a.value.group_id(),
+        rank,
+        &peers,
+        boxes.clone(),
+        RingConfig {
+            deadline: Duration::from_secs_f64(spec.train.step_timeout_secs),
+            ..RingConfig::default()
+        },
+    )
+    .map_err(|e| ModelError::Collective(e.to_string()))?;
+    progress.log(format!(
+        "worker {rank} of {workers}: {} local rows; training {} on the {placement}",
+        rows.local.iter().map(RecordBatch::num_rows).sum::<usize>(),
+        spec.model.kind.as_str()
+    ));
+    report(coord, a, progress).await;
+    let runtime = Handle::current();
+    let mut checkpoints = StoreCheckpoints {
+        store: store.clone(),
+        own: checkpoint_path(&a.value.job_id),
+        earlier: spec.train.resume_from.as_deref().map(checkpoint_path),
+        runtime: runtime.clone(),
+    };
+    let policy = CheckpointPolicy {
+        every_steps: spec.train.checkpoint_steps,
+        every_secs: spec.train.checkpoint_secs,
+    };
+    let (tx, mut rx) = mpsc::unbounded_channel::<DpEvent>();
+    let stop = cancel.clone();
+    let thread_rows = (rows.all, rows.local, rows.ids);
+    let threads = spec.resources.cpus.max(1) as usize;
+    let handle = std::thread::Builder::new()
+        .name(format!("train-{}-rank{rank}", a.value.job_id))
+        .spawn(move || {
+            let mut group = BlockingRing::new(ring, runtime);
+            let (all, local, ids) = thread_rows;
+            let data = WorkerData {
+                all: all.as_deref(),
+                local: &local,
+                ids: &ids,
+            };
+            // The task's CPU slots, and no more: burn's kernels run on this pool (with one
+            // thread their float sums are in one order, so a run repeats bit for bit).
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .thread_name(|i| format!("train-pool-{i}"))
+                .build()
+                .map_err(|e| ModelError::Internal(e.to_string()))?;
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| pool.install(|| {
+                train_response_parallel(
+                    data,
+                    &features,
+                    &rc,
+                    policy,
+                    &mut group,
+                    &mut checkpoints,
+                    |e| {
+                        let _ = tx.send(e);
+                        if stop.load(Ordering::Relaxed) {
+                            ControlFlow::Break(())
+                        } else {
+                            ControlFlow::Continue(())
+                        }
+                    },
+                )
+            })))
+            .unwrap_or_else(|p| {
+                Err(ModelError::Internal(format!(
+                    "training panicked: {}",
+                    p.downcast_ref::<String>()
+                        .cloned()
+                        .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+                        .unwrap_or_default()
+                )))
+            })
+        })
+        .map_err(|e| ExecutorError::Panicked(e.to_string()))?;
+    while let Some(event) = rx.recv().await {
+        if let Some(line) = describe(&event, progress) {
+            progress.log(line);
+            if !report(coord, a, progress).await {
+                cancel.store(true, Ordering::Relaxed);
+            }
+        }
+    }
+    let trained = tokio::task::spawn_blocking(move || handle.join())
+        .await
+        .map_err(|e| ExecutorError::Panicked(e.to_string()))?
+        .map_err(|_| ExecutorError::Panicked("training thread vanished".into()))??;
+    if cancel.load(Ordering::Relaxed) {
+        return Err(ModelError::Cancelled.into());
+    }
+    info!(job = %a.value.job_id, rank, "worker finished");
+    Ok(trained.map(|t| {
+        let l = lineage(&rows.location, rows.digest, rows.total, &t);
+        (t, l)
+    }))
+}
+
+/// A line for the job's log (rank 0 reports them), keeping the epoch and loss current.
+fn describe(event: &DpEvent, progress: &mut TaskProgress) -> Option<String> {
+    let at = |p: &Position| {
+        format!(
+            "member {} epoch {} step {} ({} steps done by the member)",
+            p.member + 1,
+            p.epoch,
+            p.step_in_epoch,
+            p.step
+        )
+    };
+    match event {
+        DpEvent::Formed {
+            workers,
+            rows,
+            steps_per_epoch,
+        } => Some(format!(
+            "worker group formed: {workers} worker(s), training rows by rank {rows:?}, {steps_per_epoch} steps per epoch"
+        )),
+        DpEvent::Resumed(p) => Some(format!("resumed from the checkpoint at {}", at(p))),
+        DpEvent::Checkpointed(p) => Some(format!("checkpoint written at {}", at(p))),
+        DpEvent::Step(_) => None,
+        DpEvent::Epoch(r) => {
+            let e = r.epoch;
+            progress.epoch = e.epoch;
+            progress.loss = Some(e.loss);
+            let valid = e
+                .valid_loss
+                .map(|v| format!(" validation log loss {v:.5}"))
+                .unwrap_or_default();
+            Some(format!(
+                "member {}/{} epoch {}/{} loss {:.5}{valid}",
+                r.member + 1,
+                r.members,
+                e.epoch,
+                e.epochs,
+                e.loss
+            ))
+        }
+    }
+}
+
+/// Read this rank's rows (and rank 0's every row): the feature table's shards, or the
+/// source file split by row index.
+async fn read_rows(
+    a: &Versioned<TaskAssignment>,
+    coord: &Coordinator,
+    store: &Store,
+    s3: &S3Config,
+    cancel: &AtomicBool,
+    progress: &mut TaskProgress,
+    features: &halyard_models::features::FeatureConfig,
+) -> Result<Rows> {
+    let spec = &a.value.spec;
+    let (rank, workers) = (a.value.rank as usize, a.value.group.len().max(1));
+    let mut log = |line: String| progress.log(line);
+    if spec.features.is_none() {
+        let input = read_inputs(spec, s3, &mut log).await?;
+        let table = input.table(spec)?;
+        let all = with_split_column(&table.batches, features, SPLIT_COLUMN)?;
+        let (local, ids) = rows_of_rank(&all, rank, workers)?;
+        return Ok(Rows {
+            all: (rank == 0).then_some(all),
+            local,
+            ids,
+            location: spec.data.source.clone(),
+            digest: table.digest,
+            total: table.rows,
+        });
+    }
+    let dir = features_dir(&a.value.job_id);
+    let mine = |i: usize| i % workers == rank;
+    let (all, local) = if rank == 0 {
+        let ctx = sql_context(coord, s3, &mut log).await?;
+        let all = feature_input(&ctx, spec, store, &dir, s3, &mut log).await?;
+        let (all_rows, _) = shard_rows(&all, spec, |_| true)?;
+        let local = shard_rows(&all, spec, mine)?;
+        (Some((all_rows, all.clone())), (local, all))
+    } else {
+        log(format!("waiting for rank 0's feature table in {}", store.url_of(&dir)));
+        let manifest = wait_for(store, &format!("{dir}/{FEATURES_MANIFEST}"), cancel).await?;
+        let input = read_feature_table(store, &dir, &manifest, Some((rank, workers)), &mut log).await?;
+        // The input holds only this rank's shards: number them back.
+        let read = shard_rows(&input, spec, |_| true)?;
+        let ids = renumber(&read.1, &input.shard_rows, mine);
+        (None, ((read.0, ids), input))
+    };
+    let ((local, ids), input) = local;
+    let (location, digest) = input.features.clone().unwrap_or_default();
+    let total = input.shard_rows.iter().sum::<u64>() as usize;
+    Ok(Rows {
+        all: all.map(|(rows, _)| rows),
+        local,
+        ids,
+        location,
+        digest,
+        total,
+    })
+}
+
+/// The rows of the shards `keep` selects, each shard read and ordered on its own (so a
+/// row's place never depends on which shards sit beside it), with ids = the shard's offset
+/// in the whole table plus the row's place in it.
+fn shard_rows(
+    input: &Input,
+    spec: &halyard_core::spec::JobSpec,
+    keep: impl Fn(usize) -> bool,
+) -> Result<(Vec<RecordBatch>, Vec<u64>)> {
+    let mut batches = Vec::new();
+    let mut ids = Vec::new();
+    let mut offset = 0u64;
+    for (i, part) in input.parts.iter().enumerate() {
+        if keep(i) {
+            let one = Input {
+                parts: vec![part.clone()],
+                ..input.clone()
+            };
+            let table = one.table(spec)?;
+            ids.extend(offset..offset + table.rows as u64);
+            offset += table.rows as u64;
+            batches.extend(table.batches);
+        } else {
+            offset += input.shard_rows.get(i).copied().unwrap_or(0);
+        }
+    }
+    Ok((batches, ids))
+}
+
+/// Ids computed as if the shards read were the whole table (`read_ids`), turned into ids
+/// in the whole table, whose shards have `shard_rows` rows and of which `mine` were read.
+fn renumber(read_ids: &[u64], shard_rows: &[u64], mine: impl Fn(usize) -> bool) -> Vec<u64> {
+    // Offsets of the read shards in the read rows and in the whole table.
+    let mut spans = Vec::new();
+    let (mut read_at, mut whole_at) = (0u64, 0u64);
+    for (i, &rows) in shard_rows.iter().enumerate() {
+        if mine(i) {
+            spans.push((read_at, whole_at, rows));
+            read_at += rows;
+        }
+        whole_at += rows;
+    }
+    read_ids
+        .iter()
+        .map(|&id| {
+            let (r, w, _) = spans
+                .iter()
+                .copied()
+                .find(|(r, _, n)| id >= *r && id < r + n)
+                .unwrap_or((0, 0, 0));
+            id - r + w
+        })
+        .collect()
+}
+
+/// Wait for `path` to appear in the store (another rank writes it).
+async fn wait_for(store: &Store, path: &str, cancel: &AtomicBool) -> Result<Bytes> {
+    let started = std::time::Instant::now();
+    loop {
+        match store.get(path).await {
+            Ok(bytes) => return Ok(bytes),
+            Err(halyard_core::Error::NotFound { .. }) => {}
+            Err(e) => return Err(e.into()),
+        }
+        if cancel.load(Ordering::Relaxed) {
+            return Err(ModelError::Cancelled.into());
+        }
+        if started.elapsed() > FEATURES_WAIT {
+            return Err(ModelError::Collective(format!(
+                "rank 0 wrote no feature table to {} in {FEATURES_WAIT:?}",
+                store.url_of(path)
+            ))
+            .into());
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// Checkpoints in object storage: the job's own, or else the one of the job it resumes.
+struct StoreCheckpoints {
+    store: Store,
+    own: String,
+    earlier: Option<String>,
+    runtime: Handle,
+}
+
+impl StoreCheckpoints {
+    fn error(&self, path: &str, e: halyard_core::Error) -> ModelError {
+        ModelError::Internal(format!("checkpoint {}: {e}", self.store.url_of(path)))
+    }
+}
+
+impl Checkpoints for StoreCheckpoints {
+    fn load(&mut self) -> halyard_models::Result<Option<Vec<u8>>> {
+        for path in std::iter::once(&self.own).chain(self.earlier.iter()) {
+            match self.runtime.block_on(self.store.get(path)) {
+                Ok(bytes) => return Ok(Some(bytes.to_vec())),
+                Err(halyard_core::Error::NotFound { .. }) => {}
+                Err(e) => return Err(self.error(path, e)),
+            }
+        }
+        Ok(None)
+    }
+
+    fn save(&mut self, bytes: Vec<u8>, _at: &Position) -> halyard_models::Result<()> {
+        self.runtime
+            .block_on(self.store.put(&self.own, Bytes::from(bytes)))
+            .map_err(|e| self.error(&self.own, e))
+    }
+}
