@@ -922,7 +922,9 @@ impl JobSpec {
                     at("[features]"),
                     "shards",
                     f.shards,
-                    format!("must be at least [train] workers ({w}): each worker reads its own shards"),
+                    format!(
+                        "must be at least [train] workers ({w}): each worker reads its own shards"
+                    ),
                 ));
             }
         }

@@ -184,7 +184,9 @@ async fn lead_and_place(c: &Coordinator) -> Leadership {
 async fn a_worker_group_is_placed_and_released_whole(c: Coordinator) {
     let l = c.grant_lease(TTL).await.unwrap();
     let lead = c.campaign("s", l).await.unwrap().unwrap();
-    c.submit_job(&JobRecord::new("g".into(), spec())).await.unwrap();
+    c.submit_job(&JobRecord::new("g".into(), spec()))
+        .await
+        .unwrap();
     let v = c.get_job("g").await.unwrap().unwrap();
     let mut placed = v.value.clone();
     placed.state = JobState::Running;
@@ -220,7 +222,10 @@ async fn a_worker_group_is_placed_and_released_whole(c: Coordinator) {
     requeued.workers.clear();
     c.release_task(&lead, &v, &requeued).await.unwrap();
     for e in ["e1", "e2", "e3"] {
-        assert!(c.tasks_for(e).await.unwrap().is_empty(), "{e} kept its task");
+        assert!(
+            c.tasks_for(e).await.unwrap().is_empty(),
+            "{e} kept its task"
+        );
     }
 }
 

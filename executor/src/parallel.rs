@@ -121,24 +121,26 @@ pub(crate) async fn train(
                 .thread_name(|i| format!("train-pool-{i}"))
                 .build()
                 .map_err(|e| ModelError::Internal(e.to_string()))?;
-            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| pool.install(|| {
-                train_response_parallel(
-                    data,
-                    &features,
-                    &rc,
-                    policy,
-                    &mut group,
-                    &mut checkpoints,
-                    |e| {
-                        let _ = tx.send(e);
-                        if stop.load(Ordering::Relaxed) {
-                            ControlFlow::Break(())
-                        } else {
-                            ControlFlow::Continue(())
-                        }
-                    },
-                )
-            })))
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                pool.install(|| {
+                    train_response_parallel(
+                        data,
+                        &features,
+                        &rc,
+                        policy,
+                        &mut group,
+                        &mut checkpoints,
+                        |e| {
+                            let _ = tx.send(e);
+                            if stop.load(Ordering::Relaxed) {
+                                ControlFlow::Break(())
+                            } else {
+                                ControlFlow::Continue(())
+                            }
+                        },
+                    )
+                })
+            }))
             .unwrap_or_else(|p| {
                 Err(ModelError::Internal(format!(
                     "training panicked: {}",
@@ -194,6 +196,14 @@ fn describe(event: &DpEvent, progress: &mut TaskProgress) -> Option<String> {
         DpEvent::Resumed(p) => Some(format!("resumed from the checkpoint at {}", at(p))),
         DpEvent::Checkpointed(p) => Some(format!("checkpoint written at {}", at(p))),
         DpEvent::Step(_) => None,
+        DpEvent::Agreed {
+            member,
+            steps,
+            checksum,
+        } => Some(format!(
+            "member {}: the replicas' weights agreed bit for bit before every one of {steps} steps and after the last (checksum {checksum:08x})",
+            member + 1
+        )),
         DpEvent::Epoch(r) => {
             let e = r.epoch;
             progress.epoch = e.epoch;
@@ -251,9 +261,13 @@ async fn read_rows(
         let local = shard_rows(&all, spec, mine)?;
         (Some((all_rows, all.clone())), (local, all))
     } else {
-        log(format!("waiting for rank 0's feature table in {}", store.url_of(&dir)));
+        log(format!(
+            "waiting for rank 0's feature table in {}",
+            store.url_of(&dir)
+        ));
         let manifest = wait_for(store, &format!("{dir}/{FEATURES_MANIFEST}"), cancel).await?;
-        let input = read_feature_table(store, &dir, &manifest, Some((rank, workers)), &mut log).await?;
+        let input =
+            read_feature_table(store, &dir, &manifest, Some((rank, workers)), &mut log).await?;
         // The input holds only this rank's shards: number them back.
         let read = shard_rows(&input, spec, |_| true)?;
         let ids = renumber(&read.1, &input.shard_rows, mine);

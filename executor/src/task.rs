@@ -186,7 +186,18 @@ pub(crate) async fn run(
     if !report(&coord, &a, &progress).await {
         return;
     }
-    match train_and_publish(&a, &coord, &store, &s3, gpus, &cancel, &mut progress, &boxes).await {
+    match train_and_publish(
+        &a,
+        &coord,
+        &store,
+        &s3,
+        gpus,
+        &cancel,
+        &mut progress,
+        &boxes,
+    )
+    .await
+    {
         Ok(()) if a.value.rank != 0 => {
             info!(job = %a.value.job_id, rank = a.value.rank, "worker done");
             return;
@@ -632,7 +643,12 @@ fn train_blocking(
     Ok((trained, lineage))
 }
 
-pub(crate) fn lineage(source: &str, digest: String, rows: usize, trained: &TrainedModel) -> DataLineage {
+pub(crate) fn lineage(
+    source: &str,
+    digest: String,
+    rows: usize,
+    trained: &TrainedModel,
+) -> DataLineage {
     DataLineage {
         source: source.to_string(),
         digest,

@@ -134,6 +134,16 @@ pub enum DpEvent {
     Epoch(MemberReport),
     /// Rank 0 wrote a checkpoint.
     Checkpointed(Position),
+    /// A member finished: every rank's weights had the same checksum before each of its
+    /// steps, and have `checksum` now.
+    Agreed {
+        /// Member (0-based).
+        member: usize,
+        /// Steps checked.
+        steps: u64,
+        /// The final weights' checksum, the same on every rank.
+        checksum: u32,
+    },
 }
 
 /// One worker's data: its own rows and, on rank 0, every row (for fitting the preprocessor
@@ -768,6 +778,26 @@ pub fn train_response_parallel(
             at.step_in_epoch = 0;
             loss_sum = 0.0;
         }
+        // One last comparison, of the final weights.
+        let mut sums = vec![0.0f32; 2 * size];
+        let sum = checksum(&params);
+        sums[2 * rank] = (sum >> 16) as f32;
+        sums[2 * rank + 1] = (sum & 0xffff) as f32;
+        group.all_reduce(&mut sums)?;
+        if (0..size).any(|r| sums[2 * r] != sums[0] || sums[2 * r + 1] != sums[1]) {
+            return Err(collective_error(format!(
+                "the replicas' final weights of member {member} differ"
+            )));
+        }
+        if on_event(DpEvent::Agreed {
+            member,
+            steps: at.step,
+            checksum: sum,
+        })
+        .is_break()
+        {
+            return Err(ModelError::Cancelled);
+        }
         finished.push(best.map(|(_, p)| p).unwrap_or(params));
     }
     if rank != 0 {
@@ -835,7 +865,10 @@ pub fn rows_of_rank(
         .iter()
         .map(|b| {
             let first = (rank + size - offset % size) % size;
-            let idx: Vec<u32> = (first..b.num_rows()).step_by(size).map(|i| i as u32).collect();
+            let idx: Vec<u32> = (first..b.num_rows())
+                .step_by(size)
+                .map(|i| i as u32)
+                .collect();
             ids.extend(idx.iter().map(|&i| (offset + i as usize) as u64));
             offset += b.num_rows();
             arrow::compute::take_record_batch(b, &arrow::array::UInt32Array::from(idx))

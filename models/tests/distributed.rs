@@ -98,7 +98,11 @@ fn data(rows: usize) -> RecordBatch {
         let x: f64 = rng.random_range(-3.0..3.0);
         let chan = ["email", "sms", "push"][i % 3];
         let z = 1.5 * x + if chan == "email" { 1.0 } else { -0.5 };
-        ys.push(if rng.random_bool(1.0 / (1.0 + (-z).exp())) { "yes" } else { "no" });
+        ys.push(if rng.random_bool(1.0 / (1.0 + (-z).exp())) {
+            "yes"
+        } else {
+            "no"
+        });
         xs.push(x);
         chans.push(chan);
         split.push(match i % 5 {
@@ -233,10 +237,17 @@ fn group_sizes_agree_and_replicas_stay_equal() {
     for m in [&two, &three] {
         // The same rows make each step's batch whatever the group's size: only the order
         // of float additions differs.
-        assert!((auc(m) - auc(&one)).abs() < 0.002, "{} vs {}", auc(m), auc(&one));
+        assert!(
+            (auc(m) - auc(&one)).abs() < 0.002,
+            "{} vs {}",
+            auc(m),
+            auc(&one)
+        );
         assert_eq!(m.test_rows, one.test_rows);
     }
-    assert!(matches!(&events[0], DpEvent::Formed { workers: 3, rows, .. } if rows.iter().sum::<u64>() == 1800));
+    assert!(
+        matches!(&events[0], DpEvent::Formed { workers: 3, rows, .. } if rows.iter().sum::<u64>() == 1800)
+    );
 }
 
 #[test]
@@ -244,12 +255,17 @@ fn a_run_resumed_from_its_checkpoint_ends_like_an_uninterrupted_one() {
     let whole = run(2, &Memory::default(), 0, None).unwrap().0;
     let ckpt = Memory::default();
     let stopped = run(2, &ckpt, 7, Some(40));
-    assert!(matches!(stopped, Err(halyard_models::ModelError::Cancelled)));
+    assert!(matches!(
+        stopped,
+        Err(halyard_models::ModelError::Cancelled)
+    ));
     let saved = ckpt.saved.lock().unwrap().clone();
     assert_eq!(saved.last().unwrap().step, 35, "{saved:?}");
     let (resumed, events) = run(2, &ckpt, 7, None).unwrap();
     assert!(
-        events.iter().any(|e| matches!(e, DpEvent::Resumed(p) if p.step == 35)),
+        events
+            .iter()
+            .any(|e| matches!(e, DpEvent::Resumed(p) if p.step == 35)),
         "{events:?}"
     );
     assert_eq!(resumed.weights, whole.weights, "resumed weights differ");

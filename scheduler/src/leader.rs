@@ -243,12 +243,16 @@ impl Leader<'_> {
         // The executors with the most free slots that fit: one, or one per worker of a
         // data-parallel group (all of them or none).
         let wanted = job.value.spec.train.workers.unwrap_or(1) as usize;
-        let mut fitting: Vec<(&String, &Free)> = free.iter().filter(|(_, f)| f.fits(need)).collect();
+        let mut fitting: Vec<(&String, &Free)> =
+            free.iter().filter(|(_, f)| f.fits(need)).collect();
         fitting.sort_by_key(|(id, f)| (std::cmp::Reverse(f.cpus), (*id).clone()));
         if fitting.len() < wanted {
             return Ok(());
         }
-        let chosen: Vec<String> = fitting[..wanted].iter().map(|(id, _)| (*id).clone()).collect();
+        let chosen: Vec<String> = fitting[..wanted]
+            .iter()
+            .map(|(id, _)| (*id).clone())
+            .collect();
         let executor = chosen[0].clone();
         new.state = JobState::Running;
         new.attempt += 1;
@@ -258,7 +262,13 @@ impl Leader<'_> {
                 new.workers = chosen.clone();
                 chosen
                     .iter()
-                    .map(|id| addresses.get(id.as_str()).copied().unwrap_or_default().to_string())
+                    .map(|id| {
+                        addresses
+                            .get(id.as_str())
+                            .copied()
+                            .unwrap_or_default()
+                            .to_string()
+                    })
                     .collect()
             }
             None => Vec::new(),
@@ -333,10 +343,7 @@ impl Leader<'_> {
             new.workers.clear();
             if new.attempt >= self.cfg.max_attempts {
                 new.state = JobState::Failed;
-                new.error = Some(format!(
-                    "{lost} ({} attempts); giving up",
-                    new.attempt
-                ));
+                new.error = Some(format!("{lost} ({} attempts); giving up", new.attempt));
                 new.log(&self.source, format!("{lost}; attempts exhausted"));
             } else {
                 new.state = JobState::Pending;
@@ -379,12 +386,14 @@ impl Leader<'_> {
         if executors.is_empty() {
             return Some("executor lost".into());
         }
-        progress.filter(|p| p.retry && p.state == TaskState::Failed).map(|p| {
-            format!(
-                "worker group failed: {}",
-                p.error.as_deref().unwrap_or("no reason given")
-            )
-        })
+        progress
+            .filter(|p| p.retry && p.state == TaskState::Failed)
+            .map(|p| {
+                format!(
+                    "worker group failed: {}",
+                    p.error.as_deref().unwrap_or("no reason given")
+                )
+            })
     }
 }
 

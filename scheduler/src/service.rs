@@ -70,6 +70,7 @@ pub fn job_info(job: &JobRecord, progress: Option<&TaskProgress>) -> JobInfo {
         error: job.error.clone().unwrap_or_default(),
         model_type: job.spec.model.kind.as_str().to_string(),
         cancel_requested: job.cancel_requested,
+        workers: job.workers.clone(),
     }
 }
 

@@ -1,0 +1,233 @@
+//! Data-parallel training on real executor processes over a real etcd: groups of 1, 2 and 3
+//! workers reach the same test AUC on bank marketing with replicas equal bit for bit; a
+//! worker killed with SIGKILL, or stopped with SIGSTOP, fails its group, and the job
+//! resumes from its last checkpoint and succeeds as well as an uninterrupted run.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use common::{EtcdCluster, Proc};
+use halyard_client::Client;
+use halyard_core::spec::JobSpec;
+
+fn bank() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/bank-full.csv")
+}
+
+/// The bank-marketing-distributed example, made quick for a debug build and pointed at
+/// the shared data, with `workers` workers and `extra` `[train]` lines.
+fn spec(dir: &Path, name: &str, workers: u32, extra: &str) -> JobSpec {
+    let example = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/bank-marketing-distributed.toml"),
+    )
+    .unwrap();
+    let replaced: Vec<&str> = extra
+        .lines()
+        .filter_map(|l| l.split(" = ").next())
+        .collect();
+    let mut text = String::new();
+    for line in example.lines() {
+        let key = line.split(" = ").next().unwrap_or("");
+        if replaced.contains(&key) {
+            continue;
+        }
+        let line = match key {
+            "name"
+                if text.is_empty()
+                    || !text.contains("\nname = ") && !text.starts_with("name = ") =>
+            {
+                format!("name = \"{name}\"")
+            }
+            "path" => format!("path = \"{}\"", bank().display()),
+            "workers" => format!("workers = {workers}\n{extra}"),
+            "hidden" => "hidden = [32]".into(),
+            "ensemble" => "ensemble = 1".into(),
+            "epochs" => "epochs = 6".into(),
+            "max_embedding" => "max_embedding = 8".into(),
+            _ => line.to_string(),
+        };
+        text.push_str(&line);
+        text.push('\n');
+    }
+    let path = dir.join(format!("{name}.toml"));
+    std::fs::write(&path, text).unwrap();
+    JobSpec::from_file(&path).unwrap()
+}
+
+/// A scheduler and three one-slot executors; returns the client and the executors by id.
+async fn cluster(dir: &Path, name: &str) -> (Proc, Vec<(String, Proc)>, Client) {
+    let etcd = EtcdCluster::new(dir, name);
+    let api = format!("127.0.0.1:{}", common::free_port());
+    let scheduler = etcd.scheduler(&format!("{name}-scheduler"), &api);
+    let executors: Vec<(String, Proc)> = (0..3)
+        .map(|i| {
+            let id = format!("{name}-exec-{i}");
+            let (p, _) = etcd.executor(&id);
+            (id, p)
+        })
+        .collect();
+    let client = common::connect(&api).await;
+    common::wait_for("three executors", Duration::from_secs(60), || async {
+        (client.cluster().await.ok()?.executors.len() == 3).then_some(())
+    })
+    .await;
+    (scheduler, executors, client)
+}
+
+fn auc(job: &halyard_core::proto::JobInfo) -> f64 {
+    job.metrics["test_auc"]
+}
+
+async fn run(client: &Client, spec: &JobSpec) -> (halyard_core::proto::JobInfo, String) {
+    let id = client.submit(spec).await.unwrap().id;
+    let done = common::wait_done(client, &id, Duration::from_secs(900)).await;
+    let log = common::log_text(client, &id).await;
+    assert_eq!(done.state, "succeeded", "{}\n{log}", done.error);
+    (done, log)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn groups_of_one_two_and_three_workers_agree() {
+    if !bank().exists() {
+        panic!(
+            "{} is missing: the tests need ../shared beside the repository",
+            bank().display()
+        );
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let (_scheduler, _executors, client) = cluster(tmp.path(), "dp-sizes").await;
+    let mut aucs = Vec::new();
+    for workers in [1u32, 2, 3] {
+        let (done, log) = run(
+            &client,
+            &spec(tmp.path(), &format!("bank-dp-{workers}"), workers, ""),
+        )
+        .await;
+        assert!(
+            log.contains(&format!("worker group formed: {workers} worker(s)")),
+            "{log}"
+        );
+        // Each step's all-reduce carried every rank's weights checksum: a difference fails
+        // the step, so the job's success says they agreed; the log says it too.
+        assert!(
+            log.contains("the replicas' weights agreed bit for bit before every one of"),
+            "{log}"
+        );
+        assert!(
+            auc(&done) > 0.77,
+            "{workers} worker(s): test AUC {}",
+            auc(&done)
+        );
+        eprintln!("{workers} worker(s): test AUC {:.4}", auc(&done));
+        aucs.push(auc(&done));
+    }
+    for (i, a) in aucs.iter().enumerate() {
+        assert!(
+            (a - aucs[0]).abs() <= 0.003,
+            "{} worker(s): AUC {a} vs one worker's {}",
+            i + 1,
+            aucs[0]
+        );
+    }
+}
+
+/// Wait until the job's log shows a checkpoint, then return the id of its rank-1 executor.
+async fn rank_one_after_a_checkpoint(client: &Client, id: &str) -> String {
+    common::wait_for("a checkpoint", Duration::from_secs(300), || async {
+        let log = common::log_text(client, id).await;
+        let job = client.job(id).await.ok()?;
+        (log.contains("checkpoint written") && job.workers.len() == 2)
+            .then(|| job.workers[1].clone())
+    })
+    .await
+}
+
+fn proc_of<'a>(executors: &'a mut [(String, Proc)], id: &str) -> &'a mut Proc {
+    &mut executors.iter_mut().find(|(e, _)| e == id).unwrap().1
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_killed_worker_is_replaced_and_training_resumes_from_the_checkpoint() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_scheduler, mut executors, client) = cluster(tmp.path(), "dp-kill").await;
+    let extra = "checkpoint_steps = 20\ncheckpoint_secs = 0\nstep_timeout_secs = 5\nepochs = 12";
+    let spec_whole = spec(tmp.path(), "bank-dp-whole", 2, extra);
+    let (whole, _) = run(&client, &spec_whole).await;
+
+    let spec_killed = spec(tmp.path(), "bank-dp-killed", 2, extra);
+    let id = client.submit(&spec_killed).await.unwrap().id;
+    let victim = rank_one_after_a_checkpoint(&client, &id).await;
+    let killed_at = Instant::now();
+    proc_of(&mut executors, &victim).kill();
+    let resumed = common::wait_for("training to resume", Duration::from_secs(120), || async {
+        common::log_text(&client, &id)
+            .await
+            .contains("resumed from the checkpoint at")
+            .then_some(())
+    })
+    .await;
+    let _ = resumed;
+    eprintln!(
+        "from kill -9 to training resumed: {:?}",
+        killed_at.elapsed()
+    );
+    let done = common::wait_done(&client, &id, Duration::from_secs(900)).await;
+    let log = common::log_text(&client, &id).await;
+    assert_eq!(done.state, "succeeded", "{}\n{log}", done.error);
+    assert!(done.attempt >= 2, "{log}");
+    assert!(
+        !done.workers.contains(&victim) || done.workers.is_empty(),
+        "{log}"
+    );
+    assert!(
+        log.contains(&format!("executor {victim} lost")) || log.contains("worker group failed"),
+        "{log}"
+    );
+    // The resumed run continues the same computation: as good as the whole one.
+    assert!(
+        (auc(&done) - auc(&whole)).abs() <= 0.005,
+        "resumed AUC {} vs uninterrupted {}",
+        auc(&done),
+        auc(&whole)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_stopped_peer_fails_the_step_within_the_deadline_and_the_group_recovers() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_scheduler, mut executors, client) = cluster(tmp.path(), "dp-stop").await;
+    // A deadline shorter than the executors' 2 s lease: the step fails before the lease.
+    let extra = "checkpoint_steps = 20\ncheckpoint_secs = 0\nstep_timeout_secs = 1\nepochs = 12";
+    let id = client
+        .submit(&spec(tmp.path(), "bank-dp-stopped", 2, extra))
+        .await
+        .unwrap()
+        .id;
+    let victim = rank_one_after_a_checkpoint(&client, &id).await;
+    let pid = proc_of(&mut executors, &victim).child.id();
+    let stopped_at = Instant::now();
+    let signal = |sig: &str| {
+        std::process::Command::new("kill")
+            .args([sig, &pid.to_string()])
+            .status()
+            .unwrap()
+    };
+    assert!(signal("-STOP").success());
+    let failed = common::wait_for("the step to fail", Duration::from_secs(60), || async {
+        let log = common::log_text(&client, &id).await;
+        (log.contains("worker group failed") || log.contains(&format!("executor {victim} lost")))
+            .then_some(log)
+    })
+    .await;
+    let took = stopped_at.elapsed();
+    eprintln!("from SIGSTOP to the group's failure: {took:?}");
+    assert!(signal("-CONT").success());
+    // The step deadline (1 s) or the lease (2 s), plus a report and a leader tick.
+    assert!(took < Duration::from_secs(10), "took {took:?}\n{failed}");
+    let done = common::wait_done(&client, &id, Duration::from_secs(900)).await;
+    let log = common::log_text(&client, &id).await;
+    assert_eq!(done.state, "succeeded", "{}\n{log}", done.error);
+    assert!(log.contains("resumed from the checkpoint at"), "{log}");
+}
