@@ -27,6 +27,18 @@ pub fn job_json(j: &JobInfo) -> serde_json::Value {
         "artifact": if j.artifact.is_empty() { json!(null) } else { json!(j.artifact) },
         "error": if j.error.is_empty() { json!(null) } else { json!(j.error) },
         "cancel_requested": j.cancel_requested,
+        "workers": j.workers,
+        "trials": j.trials.iter().map(|t| json!({
+            "index": t.index,
+            "params": serde_json::from_str::<serde_json::Value>(&t.params).unwrap_or_default(),
+            "state": t.state,
+            "losses": t.losses,
+            "epochs": t.epochs,
+            "job": t.job,
+            "metrics": t.metrics,
+            "error": if t.error.is_empty() { json!(null) } else { json!(t.error) },
+            "best": t.best,
+        })).collect::<Vec<_>>(),
         "created_ms": j.created_ms,
         "updated_ms": j.updated_ms,
     })
@@ -239,10 +251,49 @@ pub async fn job(client: &Client, id: &str, as_json: bool) -> Result<()> {
     if !j.error.is_empty() {
         out(&format!("error:     {}", j.error));
     }
+    if !j.workers.is_empty() {
+        out(&format!(
+            "workers:   {} (rank 0 first)",
+            j.workers.join(", ")
+        ));
+    }
     if !j.metrics.is_empty() {
         out(&format!("metrics:\n{}", fmt_metrics(&j)));
     }
+    if !j.trials.is_empty() {
+        out(&trials_table(&j.trials));
+    }
     Ok(())
+}
+
+/// A search's trials: state, epochs, validation loss per rung, test AUC, parameters.
+fn trials_table(trials: &[halyard_core::proto::TrialInfo]) -> String {
+    let mut lines = vec![format!(
+        "trials:\n  {:<5} {:<10} {:>6}  {:<26} {:>8}  params",
+        "trial", "state", "epochs", "validation loss by rung", "test_auc"
+    )];
+    for t in trials {
+        let losses: Vec<String> = t.losses.iter().map(|l| format!("{l:.4}")).collect();
+        let auc = t
+            .metrics
+            .get("test_auc")
+            .map_or("-".to_string(), |a| format!("{a:.4}"));
+        lines.push(format!(
+            "  {:<5} {:<10} {:>6}  {:<26} {:>8}  {}{}",
+            format!("{}{}", t.index, if t.best { "*" } else { "" }),
+            t.state,
+            t.epochs,
+            losses.join(" "),
+            auc,
+            t.params,
+            if t.error.is_empty() {
+                String::new()
+            } else {
+                format!("  error: {}", t.error)
+            }
+        ));
+    }
+    lines.join("\n")
 }
 
 /// `halyard logs ID`.

@@ -243,6 +243,7 @@ pub fn spec(dir: &Path, shards: usize) -> FeaturesSpec {
         }),
         shards,
         shard_key: None,
+        table_of: None,
     }
 }
 

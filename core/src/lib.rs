@@ -11,6 +11,7 @@ pub mod error;
 pub mod kv;
 pub mod records;
 pub mod registry;
+pub mod search;
 pub mod spec;
 pub mod store;
 

@@ -111,6 +111,12 @@ pub struct JobRecord {
     /// `executor`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub workers: Vec<String>,
+    /// A search job's trials (the leader runs each rung of a trial as a job of its own).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub search: Option<crate::search::SearchState>,
+    /// The search job this job is a trial of.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<String>,
     /// Scheduler-side events.
     pub events: Vec<LogLine>,
 }
@@ -146,6 +152,8 @@ impl JobRecord {
             model_version: None,
             cancel_requested: false,
             workers: Vec::new(),
+            search: None,
+            parent: None,
             events: Vec::new(),
         }
     }
@@ -185,6 +193,15 @@ pub struct TaskAssignment {
 }
 
 impl TaskAssignment {
+    /// The job whose feature table this task reads: its own, or the one its spec names.
+    pub fn feature_job(&self) -> String {
+        self.spec
+            .features
+            .as_ref()
+            .and_then(|f| f.table_of.clone())
+            .unwrap_or_else(|| self.job_id.clone())
+    }
+
     /// The group's name, the same on every rank: `<job>/<attempt>`.
     pub fn group_id(&self) -> String {
         format!("{}/{}", self.job_id, self.attempt)

@@ -39,6 +39,10 @@ pub struct JobSpec {
     /// `[data] source` as the training input.
     #[serde(default)]
     pub features: Option<FeaturesSpec>,
+    /// Hyperparameter search: trials of this spec with sampled parameters, run as tasks
+    /// across the executors; the best is published.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub search: Option<crate::search::SearchSpec>,
 }
 
 /// The `[features]` section: named sources, SQL over them, the split rule and the shards.
@@ -65,6 +69,10 @@ pub struct FeaturesSpec {
     /// forecaster's series id keeps each series in one shard).
     #[serde(default)]
     pub shard_key: Option<String>,
+    /// Read the feature table of this job instead of running the stage (a search's trials
+    /// share the search job's table). Set by the leader.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub table_of: Option<String>,
 }
 
 /// One named source table.
@@ -410,6 +418,17 @@ pub struct TrainSpec {
     /// this job has none of its own; `halyard resume JOB` sets it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resume_from: Option<String>,
+    /// Data-parallel: stop after this epoch, checkpoint, and report the validation loss
+    /// (a search's rung); the job then publishes nothing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop_after_epoch: Option<u32>,
+    /// Publish the trained model (a search's trials do not; the search publishes the best).
+    #[serde(default = "default_publish")]
+    pub publish: bool,
+}
+
+fn default_publish() -> bool {
+    true
 }
 
 fn default_checkpoint_steps() -> u64 {
@@ -581,6 +600,8 @@ impl Default for TrainSpec {
             checkpoint_secs: default_checkpoint_secs(),
             step_timeout_secs: default_step_timeout_secs(),
             resume_from: None,
+            stop_after_epoch: None,
+            publish: true,
         }
     }
 }
@@ -894,6 +915,9 @@ impl JobSpec {
                 t.epochs,
                 "must be at most 100000",
             ));
+        }
+        if let Some(search) = &self.search {
+            search.validate(&at("[search]"), self)?;
         }
         if let Some(w) = t.workers {
             if !(1..=64).contains(&w) {

@@ -22,7 +22,7 @@ use halyard_core::store::{FEATURES_MANIFEST, S3Config, Store, checkpoint_path, f
 use halyard_models::ModelError;
 use halyard_models::artifact::DataLineage;
 use halyard_models::distributed::{
-    CheckpointPolicy, Checkpoints, DpEvent, Position, WorkerData, rows_of_rank,
+    CheckpointPolicy, Checkpoints, DpEvent, Outcome, Position, WorkerData, rows_of_rank,
     train_response_parallel, with_split_column,
 };
 use halyard_models::pipeline::TrainedModel;
@@ -50,7 +50,17 @@ struct Rows {
     total: usize,
 }
 
-/// Train as rank `a.rank` of the group; rank 0 returns the model and its lineage.
+/// What a worker ended with.
+pub(crate) enum Worked {
+    /// Rank 0: the model and its lineage.
+    Model(Box<(TrainedModel, DataLineage)>),
+    /// Paused after `[train] stop_after_epoch`, with the best validation loss so far.
+    Paused { valid_loss: Option<f64>, epoch: u32 },
+    /// A rank other than 0 finished.
+    Done,
+}
+
+/// Train as rank `a.rank` of the group.
 pub(crate) async fn train(
     a: &Versioned<TaskAssignment>,
     coord: &Coordinator,
@@ -60,7 +70,7 @@ pub(crate) async fn train(
     cancel: &Arc<AtomicBool>,
     progress: &mut TaskProgress,
     boxes: &Mailboxes,
-) -> Result<Option<(TrainedModel, DataLineage)>> {
+) -> Result<Worked> {
     let spec = a.value.spec.clone();
     let (rank, workers) = (a.value.rank as usize, a.value.group.len().max(1));
     let placement = placement(&spec, gpus);
@@ -99,6 +109,7 @@ pub(crate) async fn train(
     let policy = CheckpointPolicy {
         every_steps: spec.train.checkpoint_steps,
         every_secs: spec.train.checkpoint_secs,
+        stop_after_epoch: spec.train.stop_after_epoch,
     };
     let (tx, mut rx) = mpsc::unbounded_channel::<DpEvent>();
     let stop = cancel.clone();
@@ -168,10 +179,14 @@ pub(crate) async fn train(
         return Err(ModelError::Cancelled.into());
     }
     info!(job = %a.value.job_id, rank, "worker finished");
-    Ok(trained.map(|t| {
-        let l = lineage(&rows.location, rows.digest, rows.total, &t);
-        (t, l)
-    }))
+    Ok(match trained {
+        Outcome::Trained(Some(t)) => {
+            let l = lineage(&rows.location, rows.digest, rows.total, &t);
+            Worked::Model(Box::new((t, l)))
+        }
+        Outcome::Trained(None) => Worked::Done,
+        Outcome::Paused { valid_loss, epoch } => Worked::Paused { valid_loss, epoch },
+    })
 }
 
 /// A line for the job's log (rank 0 reports them), keeping the epoch and loss current.
@@ -252,7 +267,7 @@ async fn read_rows(
             total: table.rows,
         });
     }
-    let dir = features_dir(&a.value.job_id);
+    let dir = features_dir(&a.value.feature_job());
     let mine = |i: usize| i % workers == rank;
     let (all, local) = if rank == 0 {
         let ctx = sql_context(coord, s3, &mut log).await?;

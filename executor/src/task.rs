@@ -204,7 +204,9 @@ pub(crate) async fn run(
         }
         Ok(()) => {
             progress.state = TaskState::Succeeded;
-            progress.log("published");
+            if progress.artifact.is_some() {
+                progress.log("published");
+            }
         }
         Err(ExecutorError::Model(halyard_models::ModelError::Cancelled)) => {
             info!(job = %a.value.job_id, "task stopped");
@@ -237,14 +239,33 @@ async fn train_and_publish(
 ) -> Result<()> {
     let spec = a.value.spec.clone();
     let (trained, lineage) = if spec.train.workers.is_some() {
+        use crate::parallel::Worked;
         match crate::parallel::train(a, coord, store, s3, gpus, cancel, progress, boxes).await? {
-            Some(t) => t,
+            Worked::Model(t) => *t,
             // Ranks other than 0 publish nothing.
-            None => return Ok(()),
+            Worked::Done => return Ok(()),
+            Worked::Paused { valid_loss, epoch } => {
+                progress
+                    .metrics
+                    .insert("epochs_trained".into(), f64::from(epoch));
+                if let Some(l) = valid_loss {
+                    progress.metrics.insert("valid_log_loss".into(), l);
+                }
+                progress.log(format!("paused after epoch {epoch}, checkpointed"));
+                return Ok(());
+            }
         }
     } else {
         train_alone(a, coord, store, s3, gpus, cancel, progress).await?
     };
+    if !spec.train.publish {
+        progress.metrics = trained.metrics;
+        progress
+            .metrics
+            .insert("epochs_trained".into(), f64::from(progress.epoch));
+        progress.log("trained; not published ([train] publish = false)");
+        return Ok(());
+    }
     publish(a, coord, store, progress, trained, lineage).await
 }
 
@@ -261,7 +282,7 @@ async fn train_alone(
     let input = if spec.features.is_some() {
         let ctx = sql_context(coord, s3, &mut |line| progress.log(line)).await?;
         report(coord, a, progress).await;
-        let dir = features_dir(&a.value.job_id);
+        let dir = features_dir(&a.value.feature_job());
         feature_input(&ctx, &spec, store, &dir, s3, &mut |line| progress.log(line)).await?
     } else {
         read_inputs(&spec, s3, &mut |line| progress.log(line)).await?

@@ -99,6 +99,9 @@ pub struct CheckpointPolicy {
     pub every_steps: u64,
     /// Seconds between checkpoints.
     pub every_secs: f64,
+    /// Stop after this epoch with a checkpoint ([`Outcome::Paused`]); then, when training
+    /// ends, checkpoint its end too.
+    pub stop_after_epoch: Option<u32>,
 }
 
 /// Where training stands: the next step to run.
@@ -464,7 +467,8 @@ fn collective_error(e: impl std::fmt::Display) -> ModelError {
 }
 
 /// Train the response MLP data-parallel as one worker of `group`. Rank 0 returns the
-/// trained model (test metrics over every test row); the other ranks return `None`.
+/// trained model (test metrics over every test row); the other ranks return
+/// `Outcome::Trained(None)`.
 pub fn train_response_parallel(
     data: WorkerData<'_>,
     features: &FeatureConfig,
@@ -473,7 +477,7 @@ pub fn train_response_parallel(
     group: &mut dyn Collective,
     checkpoints: &mut dyn Checkpoints,
     mut on_event: impl FnMut(DpEvent) -> ControlFlow<()>,
-) -> Result<Option<TrainedModel>> {
+) -> Result<Outcome> {
     let ResponseKind::Mlp {
         hidden,
         max_embedding,
@@ -593,6 +597,7 @@ pub fn train_response_parallel(
         Some(c)
     };
     let members = rc.ensemble.max(1);
+    let mut best_losses = Vec::new();
     let mut finished: Vec<Vec<f32>> = resume
         .as_ref()
         .map(|c| c.finished.clone())
@@ -601,60 +606,55 @@ pub fn train_response_parallel(
     for member in finished.len()..members {
         let seed = tc.seed.wrapping_add(member as u64);
         let (device, mut model) = seeded_model(&cfg, &tc, seed)?;
-        let state = resume.take().filter(|c| c.at.member == member);
-        let (mut params, mut m, mut v, mut at, mut adam_t, mut loss_sum, mut best, mut since_best) =
-            match state {
-                Some(c) => (
-                    c.params,
-                    c.m,
-                    c.v,
-                    c.at,
-                    c.adam_t,
-                    c.loss_sum,
-                    c.best_loss.map(|l| (l, c.best)),
-                    c.since_best,
-                ),
-                None => {
-                    // Rank 0's initial weights for everyone.
-                    let mut init = float_bytes(&flatten_params(&model));
-                    group.broadcast(&mut init)?;
-                    let p = floats(&init);
-                    let n = p.len();
-                    let at = Position {
-                        member,
-                        epoch: 1,
-                        step_in_epoch: 0,
-                        step: 0,
-                    };
-                    (p, vec![0.0; n], vec![0.0; n], at, 0, 0.0, None, 0)
-                }
-            };
-        model = load_params(model, &params);
-        let n = params.len();
-        last_save.1 = at.step;
+        let mut st = match resume.take().filter(|c| c.at.member == member) {
+            Some(c) => MemberState {
+                at: c.at,
+                adam_t: c.adam_t,
+                loss_sum: c.loss_sum,
+                best: c.best_loss.map(|l| (l, c.best)),
+                since_best: c.since_best,
+                params: c.params,
+                m: c.m,
+                v: c.v,
+            },
+            None => {
+                // Rank 0's initial weights for everyone.
+                let mut init = float_bytes(&flatten_params(&model));
+                group.broadcast(&mut init)?;
+                MemberState::start(member, floats(&init))
+            }
+        };
+        model = load_params(model, &st.params);
+        let n = st.params.len();
+        last_save.1 = st.at.step;
         let mut stopped_early = false;
-        while at.epoch <= tc.epochs && !stopped_early {
+        let checkpoint = |st: &MemberState, consumed: Vec<u64>, finished: &[Vec<f32>]| {
+            st.checkpoint(size, &rows, consumed, tc.seed, finished)
+        };
+        while st.at.epoch <= tc.epochs && !stopped_early {
             // One permutation of the global order for the whole group; each step is the
             // next `batch` positions of it, and each rank trains on the rows it holds.
             let mut order: Vec<usize> = (0..global.ids.len()).collect();
             order.shuffle(&mut rand::rngs::StdRng::seed_from_u64(epoch_seed(
-                seed, member, at.epoch,
+                seed,
+                member,
+                st.at.epoch,
             )));
-            while at.step_in_epoch < steps {
+            while st.at.step_in_epoch < steps {
+                let at = st.at;
                 let lo = (at.step_in_epoch * batch) as usize;
                 let hi = (lo + batch as usize).min(order.len());
                 let chunk: Vec<usize> = order[lo..hi]
                     .iter()
                     .filter_map(|g| global.mine.get(g).copied())
                     .collect();
-                let chunk = &chunk[..];
                 // [gradient · b, loss · b, b, checksums of every rank (two 16-bit halves)]
                 let mut buf = vec![0.0f32; n + 2 + 2 * size];
                 if !chunk.is_empty() {
-                    let (num, cat) = mlp_tensors(&cfg.layout, &train_set, chunk, &device);
+                    let (num, cat) = mlp_tensors(&cfg.layout, &train_set, &chunk, &device);
                     let loss = weighted_bce(
                         model.forward(num, cat),
-                        train_set.labels(chunk),
+                        train_set.labels(&chunk),
                         tc.positive_weight,
                         &device,
                     );
@@ -673,21 +673,16 @@ pub fn train_response_parallel(
                     buf[n] = l as f32 * b;
                     buf[n + 1] = b;
                 }
-                let sum = checksum(&params);
-                buf[n + 2 + 2 * rank] = (sum >> 16) as f32;
-                buf[n + 3 + 2 * rank] = (sum & 0xffff) as f32;
+                put_checksum(&mut buf[n + 2..], rank, checksum(&st.params));
                 group.all_reduce(&mut buf)?;
-                let sums: Vec<u32> = (0..size)
-                    .map(|r| ((buf[n + 2 + 2 * r] as u32) << 16) | buf[n + 3 + 2 * r] as u32)
-                    .collect();
-                if sums.iter().any(|s| *s != sums[0]) {
+                if let Some(sums) = disagreement(&buf[n + 2..], size) {
                     return Err(collective_error(format!(
                         "the replicas' weights differ before step {} of member {member} (checksums by rank {sums:08x?})",
                         at.step
                     )));
                 }
                 let rows_in_step = buf[n + 1];
-                loss_sum += f64::from(buf[n]);
+                st.loss_sum += f64::from(buf[n]);
                 if rows_in_step > 0.0 {
                     let g: Vec<f32> = buf[..n].iter().map(|x| x / rows_in_step).collect();
                     let lr = cosine_lr(
@@ -697,49 +692,33 @@ pub fn train_response_parallel(
                         warmup as usize,
                         0.05,
                     );
-                    adam_t += 1;
-                    adam.step(adam_t, lr, &mut params, &g, &mut m, &mut v);
-                    model = load_params(model, &params);
+                    st.adam_t += 1;
+                    adam.step(st.adam_t, lr, &mut st.params, &g, &mut st.m, &mut st.v);
+                    model = load_params(model, &st.params);
                 }
-                at.step_in_epoch += 1;
-                at.step += 1;
-                if on_event(DpEvent::Step(at)).is_break() {
+                st.at.step_in_epoch += 1;
+                st.at.step += 1;
+                if on_event(DpEvent::Step(st.at)).is_break() {
                     return Err(ModelError::Cancelled);
                 }
-                if rank == 0 {
-                    let due = (policy.every_steps > 0
-                        && at.step - last_save.1 >= policy.every_steps)
-                        || (policy.every_secs > 0.0
-                            && last_save.0.elapsed().as_secs_f64() >= policy.every_secs);
-                    if due {
-                        let c = Checkpoint {
-                            at,
-                            workers: size,
-                            rows: rows.clone(),
-                            cursors: cursors(&order, &global.owner, at.step_in_epoch * batch, size),
-                            seed: tc.seed,
-                            adam_t,
-                            loss_sum,
-                            best_loss: best.as_ref().map(|b: &(f64, Vec<f32>)| b.0),
-                            since_best,
-                            params: params.clone(),
-                            m: m.clone(),
-                            v: v.clone(),
-                            best: best.as_ref().map(|b| b.1.clone()).unwrap_or_default(),
-                            finished: finished.clone(),
-                        };
-                        checkpoints.save(c.encode(), &at)?;
-                        last_save = (Instant::now(), at.step);
-                        if on_event(DpEvent::Checkpointed(at)).is_break() {
-                            return Err(ModelError::Cancelled);
-                        }
+                let due = (policy.every_steps > 0
+                    && st.at.step - last_save.1 >= policy.every_steps)
+                    || (policy.every_secs > 0.0
+                        && last_save.0.elapsed().as_secs_f64() >= policy.every_secs);
+                if rank == 0 && due {
+                    let consumed =
+                        cursors(&order, &global.owner, st.at.step_in_epoch * batch, size);
+                    checkpoints.save(checkpoint(&st, consumed, &finished).encode(), &st.at)?;
+                    last_save = (Instant::now(), st.at.step);
+                    if on_event(DpEvent::Checkpointed(st.at)).is_break() {
+                        return Err(ModelError::Cancelled);
                     }
                 }
             }
             let mut report = EpochReport {
-                epoch: at.epoch,
+                epoch: st.at.epoch,
                 epochs: tc.epochs,
-                loss: loss_sum / total as f64,
+                loss: st.loss_sum / total as f64,
                 valid_loss: None,
             };
             if early_stopping {
@@ -756,11 +735,11 @@ pub fn train_response_parallel(
                 if lv[1] > 0.0 {
                     let vl = f64::from(lv[0] / lv[1]);
                     report.valid_loss = Some(vl);
-                    if best.as_ref().is_none_or(|(b, _)| vl < *b) {
-                        best = Some((vl, params.clone()));
-                        since_best = 0;
+                    if st.best.as_ref().is_none_or(|(b, _)| vl < *b) {
+                        st.best = Some((vl, st.params.clone()));
+                        st.since_best = 0;
                     } else {
-                        since_best += 1;
+                        st.since_best += 1;
                     }
                 }
             }
@@ -773,35 +752,57 @@ pub fn train_response_parallel(
             {
                 return Err(ModelError::Cancelled);
             }
-            stopped_early = tc.patience > 0 && since_best >= tc.patience;
-            at.epoch += 1;
-            at.step_in_epoch = 0;
-            loss_sum = 0.0;
+            stopped_early = tc.patience > 0 && st.since_best >= tc.patience;
+            let paused_at = st.at.epoch;
+            st.at.epoch = if stopped_early {
+                tc.epochs + 1
+            } else {
+                st.at.epoch + 1
+            };
+            st.at.step_in_epoch = 0;
+            st.loss_sum = 0.0;
+            // A search's rung ends here: checkpoint (also at the end, so that the best
+            // trial's job can publish from it) and report.
+            if let Some(stop) = policy.stop_after_epoch
+                && (paused_at >= stop || st.at.epoch > tc.epochs)
+            {
+                if rank == 0 {
+                    checkpoints.save(checkpoint(&st, vec![0; size], &finished).encode(), &st.at)?;
+                }
+                if st.at.epoch <= tc.epochs {
+                    return Ok(Outcome::Paused {
+                        valid_loss: st.best.as_ref().map(|b| b.0),
+                        epoch: paused_at,
+                    });
+                }
+            }
         }
         // One last comparison, of the final weights.
         let mut sums = vec![0.0f32; 2 * size];
-        let sum = checksum(&params);
-        sums[2 * rank] = (sum >> 16) as f32;
-        sums[2 * rank + 1] = (sum & 0xffff) as f32;
+        let sum = checksum(&st.params);
+        put_checksum(&mut sums, rank, sum);
         group.all_reduce(&mut sums)?;
-        if (0..size).any(|r| sums[2 * r] != sums[0] || sums[2 * r + 1] != sums[1]) {
+        if disagreement(&sums, size).is_some() {
             return Err(collective_error(format!(
                 "the replicas' final weights of member {member} differ"
             )));
         }
         if on_event(DpEvent::Agreed {
             member,
-            steps: at.step,
+            steps: st.at.step,
             checksum: sum,
         })
         .is_break()
         {
             return Err(ModelError::Cancelled);
         }
-        finished.push(best.map(|(_, p)| p).unwrap_or(params));
+        if let Some((l, _)) = &st.best {
+            best_losses.push(*l);
+        }
+        finished.push(st.best.map(|(_, p)| p).unwrap_or(st.params));
     }
     if rank != 0 {
-        return Ok(None);
+        return Ok(Outcome::Trained(None));
     }
     let all = data.all.expect("checked for rank 0");
     let (device, _) = seeded_model(&cfg, &tc, tc.seed)?;
@@ -811,7 +812,100 @@ pub fn train_response_parallel(
             crate::artifact::export_module(&load_params(ResponseMlp::new(&cfg, &device), p).valid())
         })
         .collect::<Result<Vec<_>>>()?;
-    finish_response(all, features, preprocessor, Some(cfg), weights).map(Some)
+    let mut trained = finish_response(all, features, preprocessor, Some(cfg), weights)?;
+    if !best_losses.is_empty() {
+        let mean = best_losses.iter().sum::<f64>() / best_losses.len() as f64;
+        trained.metrics.insert("valid_log_loss".into(), mean);
+    }
+    Ok(Outcome::Trained(Some(trained)))
+}
+
+/// What data-parallel training ended with.
+#[derive(Debug)]
+pub enum Outcome {
+    /// Trained to the end: rank 0 has the model (with `valid_log_loss`, the members' mean
+    /// best validation loss, among its metrics); the other ranks have `None`.
+    Trained(Option<TrainedModel>),
+    /// Stopped after `[train] stop_after_epoch` (a search's rung), checkpointed.
+    Paused {
+        /// Best validation loss so far.
+        valid_loss: Option<f64>,
+        /// The epoch it stopped after.
+        epoch: u32,
+    },
+}
+
+/// One member's training state: what a checkpoint keeps.
+struct MemberState {
+    at: Position,
+    adam_t: u64,
+    loss_sum: f64,
+    best: Option<(f64, Vec<f32>)>,
+    since_best: u32,
+    params: Vec<f32>,
+    m: Vec<f32>,
+    v: Vec<f32>,
+}
+
+impl MemberState {
+    fn start(member: usize, params: Vec<f32>) -> MemberState {
+        let n = params.len();
+        MemberState {
+            at: Position {
+                member,
+                epoch: 1,
+                step_in_epoch: 0,
+                step: 0,
+            },
+            adam_t: 0,
+            loss_sum: 0.0,
+            best: None,
+            since_best: 0,
+            params,
+            m: vec![0.0; n],
+            v: vec![0.0; n],
+        }
+    }
+
+    fn checkpoint(
+        &self,
+        workers: usize,
+        rows: &[u64],
+        cursors: Vec<u64>,
+        seed: u64,
+        finished: &[Vec<f32>],
+    ) -> Checkpoint {
+        Checkpoint {
+            at: self.at,
+            workers,
+            rows: rows.to_vec(),
+            cursors,
+            seed,
+            adam_t: self.adam_t,
+            loss_sum: self.loss_sum,
+            best_loss: self.best.as_ref().map(|b| b.0),
+            since_best: self.since_best,
+            params: self.params.clone(),
+            m: self.m.clone(),
+            v: self.v.clone(),
+            best: self.best.as_ref().map(|b| b.1.clone()).unwrap_or_default(),
+            finished: finished.to_vec(),
+        }
+    }
+}
+
+/// Put rank `rank`'s checksum in its two slots (two exact 16-bit halves).
+fn put_checksum(slots: &mut [f32], rank: usize, sum: u32) {
+    slots[2 * rank] = (sum >> 16) as f32;
+    slots[2 * rank + 1] = (sum & 0xffff) as f32;
+}
+
+/// Every rank's checksum, when they differ.
+fn disagreement(slots: &[f32], size: usize) -> Option<Vec<u32>> {
+    let sums: Vec<u32> = (0..size)
+        .map(|r| ((slots[2 * r] as u32) << 16) | slots[2 * r + 1] as u32)
+        .collect();
+    sums.iter().any(|s| *s != sums[0]).then_some(sums)
 }
 
 /// The batches with a split column named `column` (`train`, `validation`, `test` by the

@@ -7,7 +7,7 @@ use std::sync::{Arc, Barrier, Mutex};
 use arrow::array::{Float64Array, RecordBatch, StringArray};
 use arrow::datatypes::{DataType, Field, Schema};
 use halyard_models::distributed::{
-    CheckpointPolicy, Checkpoints, Collective, DpEvent, Position, WorkerData,
+    CheckpointPolicy, Checkpoints, Collective, DpEvent, Outcome, Position, WorkerData,
     train_response_parallel,
 };
 use halyard_models::features::{Encoding, FeatureConfig};
@@ -176,6 +176,7 @@ fn run(
     let policy = CheckpointPolicy {
         every_steps,
         every_secs: 0.0,
+        stop_after_epoch: None,
     };
     let handles: Vec<_> = group(size)
         .into_iter()
@@ -212,7 +213,10 @@ fn run(
                         if stop { ControlFlow::Break(()) } else { ControlFlow::Continue(()) }
                     },
                 );
-                out.map(|m| (m, events))
+                out.map(|o| match o {
+                    Outcome::Trained(m) => (m, events),
+                    Outcome::Paused { .. } => panic!("paused without stop_after_epoch"),
+                })
             })
         })
         .collect();

@@ -8,6 +8,7 @@ use halyard_core::coord::{Coordinator, Leadership, Versioned};
 use halyard_core::records::{
     ExecutorInfo, JobRecord, JobState, TaskAssignment, TaskState, append_lines, now_ms,
 };
+use halyard_core::search::{Next, SearchState, TrialState, best_trial, next_step};
 use halyard_core::{Error, Result};
 use halyard_features::cluster::SqlScheduler;
 use tokio::sync::watch;
@@ -213,6 +214,7 @@ impl Leader<'_> {
             .collect();
         for job in jobs {
             let result = match job.value.state {
+                _ if job.value.spec.search.is_some() => self.search(&job).await,
                 JobState::Pending => self.place(&job, &mut free, &addresses).await,
                 JobState::Running => self.supervise(&job, &free).await,
                 _ => Ok(()),
@@ -395,6 +397,263 @@ impl Leader<'_> {
                 )
             })
     }
+}
+
+impl Leader<'_> {
+    /// A search job: no task of its own; it runs each rung of each trial as a job (placed
+    /// like any other), follows them, and ends with a job that publishes the best trial.
+    async fn search(&self, job: &Versioned<JobRecord>) -> Result<()> {
+        let mut new = job.value.clone();
+        let Some(spec) = new.spec.search.clone() else {
+            return Ok(());
+        };
+        let mut state = match new.search.take() {
+            Some(s) => s,
+            None => {
+                let s = SearchState::new(&spec, new.spec.train.epochs);
+                new.state = JobState::Running;
+                new.log(
+                    &self.source,
+                    format!(
+                        "search: {} trial(s), {:?} strategy, rungs at epochs {:?}, {} at once",
+                        s.trials.len(),
+                        spec.strategy,
+                        s.rungs,
+                        spec.parallel
+                    ),
+                );
+                s
+            }
+        };
+        let mut changed = new.state != job.value.state;
+        let children: Vec<String> = state
+            .trials
+            .iter()
+            .filter(|t| t.state == TrialState::Running)
+            .filter_map(|t| t.job.clone())
+            .chain(state.publish_job.clone())
+            .collect();
+        if new.cancel_requested {
+            for child in &children {
+                self.coord.request_cancel(child).await?;
+            }
+            new.state = JobState::Cancelled;
+            new.log(
+                &self.source,
+                format!("cancelled with {} running job(s)", children.len()),
+            );
+            new.search = Some(state);
+            self.coord.update_job(self.leadership, job, &new).await?;
+            return Ok(());
+        }
+        // Trials whose rung ended.
+        for t in state
+            .trials
+            .iter_mut()
+            .filter(|t| t.state == TrialState::Running)
+        {
+            let Some(child) = self
+                .coord
+                .get_job(t.job.as_deref().unwrap_or_default())
+                .await?
+            else {
+                continue;
+            };
+            let c = &child.value;
+            match c.state {
+                JobState::Succeeded => {
+                    let loss = c
+                        .metrics
+                        .get("valid_log_loss")
+                        .copied()
+                        .unwrap_or(f64::INFINITY);
+                    t.losses.push(loss);
+                    t.epochs = c
+                        .metrics
+                        .get("epochs_trained")
+                        .map_or(t.epochs, |e| *e as u32);
+                    t.metrics = c.metrics.clone();
+                    // A trial trained to its end has test metrics; a paused one has not.
+                    t.state = if c.metrics.contains_key("test_auc") {
+                        TrialState::Completed
+                    } else {
+                        TrialState::Paused
+                    };
+                    new.log(
+                        &self.source,
+                        format!(
+                            "trial {} {} after epoch {}: validation log loss {loss:.5}",
+                            t.index,
+                            t.state.as_str(),
+                            t.epochs
+                        ),
+                    );
+                }
+                JobState::Failed | JobState::Cancelled => {
+                    t.state = TrialState::Failed;
+                    t.error = c.error.clone().or(Some(c.state.as_str().into()));
+                    new.log(
+                        &self.source,
+                        format!(
+                            "trial {} failed: {}",
+                            t.index,
+                            t.error.as_deref().unwrap_or("")
+                        ),
+                    );
+                }
+                _ => continue,
+            }
+            changed = true;
+        }
+        if let Some(publish) = state.publish_job.clone() {
+            if let Some(child) = self.coord.get_job(&publish).await? {
+                let c = &child.value;
+                match c.state {
+                    JobState::Succeeded => {
+                        new.state = JobState::Succeeded;
+                        new.metrics = c.metrics.clone();
+                        if let Some(best) = state.best {
+                            new.metrics.insert("best_trial".into(), best as f64);
+                        }
+                        new.artifact = c.artifact.clone();
+                        new.model_version = c.model_version;
+                        new.log(
+                            &self.source,
+                            format!("succeeded: job {publish} published the best trial"),
+                        );
+                        changed = true;
+                    }
+                    JobState::Failed | JobState::Cancelled => {
+                        new.state = JobState::Failed;
+                        new.error = Some(format!(
+                            "publishing the best trial (job {publish}) failed: {}",
+                            c.error.as_deref().unwrap_or(c.state.as_str())
+                        ));
+                        new.log(&self.source, "failed");
+                        changed = true;
+                    }
+                    _ => {}
+                }
+            }
+        } else {
+            loop {
+                match next_step(&state, spec.reduction, spec.parallel) {
+                    Next::Wait => break,
+                    Next::Run(i) => {
+                        let t = &state.trials[i];
+                        let rung = t.losses.len();
+                        let id = format!("{}-t{i}-r{rung}", new.id);
+                        let child = match trial_spec(
+                            &new,
+                            &t.params,
+                            state.rungs[rung],
+                            t.job.clone(),
+                            false,
+                        ) {
+                            Ok(c) => c,
+                            Err(e) => {
+                                new.log(&self.source, format!("trial {i} failed: {e}"));
+                                let t = &mut state.trials[i];
+                                t.state = TrialState::Failed;
+                                t.error = Some(e);
+                                changed = true;
+                                continue;
+                            }
+                        };
+                        let mut record = JobRecord::new(id.clone(), child);
+                        record.parent = Some(new.id.clone());
+                        self.coord.submit_job(&record).await?;
+                        new.log(
+                            &self.source,
+                            format!(
+                                "trial {i} {} to epoch {} as job {id}: {}",
+                                if rung == 0 { "starts" } else { "promoted" },
+                                state.rungs[rung],
+                                serde_json::to_string(&t.params).unwrap_or_default()
+                            ),
+                        );
+                        let t = &mut state.trials[i];
+                        t.state = TrialState::Running;
+                        t.job = Some(id);
+                        changed = true;
+                    }
+                    Next::Finish => {
+                        for t in state
+                            .trials
+                            .iter_mut()
+                            .filter(|t| t.state == TrialState::Paused)
+                        {
+                            t.state = TrialState::Stopped;
+                        }
+                        match best_trial(&state) {
+                            None => {
+                                new.state = JobState::Failed;
+                                new.error =
+                                    Some("no trial completed: see the trials' errors".into());
+                                new.log(&self.source, "failed: no trial completed");
+                            }
+                            Some(best) => {
+                                let t = &state.trials[best];
+                                let id = format!("{}-best", new.id);
+                                let last = *state.rungs.last().unwrap_or(&new.spec.train.epochs);
+                                let child = trial_spec(&new, &t.params, last, t.job.clone(), true)
+                                    .map_err(|e| {
+                                        Error::invalid(
+                                            format!("search {}", new.id),
+                                            "trial",
+                                            best,
+                                            e,
+                                        )
+                                    })?;
+                                let mut record = JobRecord::new(id.clone(), child);
+                                record.parent = Some(new.id.clone());
+                                self.coord.submit_job(&record).await?;
+                                new.log(
+                                    &self.source,
+                                    format!(
+                                        "best: trial {best} (validation log loss {:.5}); job {id} publishes it from its checkpoint",
+                                        t.losses.last().copied().unwrap_or(f64::NAN)
+                                    ),
+                                );
+                                state.best = Some(best);
+                                state.publish_job = Some(id);
+                            }
+                        }
+                        changed = true;
+                        break;
+                    }
+                }
+            }
+        }
+        if changed {
+            new.search = Some(state);
+            self.coord.update_job(self.leadership, job, &new).await?;
+        }
+        Ok(())
+    }
+}
+
+/// The spec of a trial's job: the search's spec with the trial's parameters, trained
+/// data-parallel to epoch `until` from the checkpoint of `previous` (its last rung's job),
+/// on the search job's feature table.
+fn trial_spec(
+    search: &JobRecord,
+    params: &halyard_core::search::Params,
+    until: u32,
+    previous: Option<String>,
+    publish: bool,
+) -> std::result::Result<halyard_core::spec::JobSpec, String> {
+    let mut spec = search.spec.clone();
+    spec.search = None;
+    halyard_core::search::apply(&mut spec, params)?;
+    spec.train.workers = Some(spec.train.workers.unwrap_or(1));
+    spec.train.stop_after_epoch = Some(until);
+    spec.train.resume_from = previous;
+    spec.train.publish = publish;
+    if let Some(f) = &mut spec.features {
+        f.table_of = Some(search.id.clone());
+    }
+    Ok(spec)
 }
 
 /// Free capacity of one executor during a tick.

@@ -71,6 +71,26 @@ pub fn job_info(job: &JobRecord, progress: Option<&TaskProgress>) -> JobInfo {
         model_type: job.spec.model.kind.as_str().to_string(),
         cancel_requested: job.cancel_requested,
         workers: job.workers.clone(),
+        trials: job
+            .search
+            .as_ref()
+            .map(|s| {
+                s.trials
+                    .iter()
+                    .map(|t| halyard_core::proto::TrialInfo {
+                        index: t.index as u32,
+                        params: serde_json::to_string(&t.params).unwrap_or_default(),
+                        state: t.state.as_str().into(),
+                        losses: t.losses.clone(),
+                        epochs: t.epochs,
+                        job: t.job.clone().unwrap_or_default(),
+                        metrics: t.metrics.clone().into_iter().collect(),
+                        error: t.error.clone().unwrap_or_default(),
+                        best: s.best == Some(t.index),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default(),
     }
 }
 

@@ -1,0 +1,577 @@
+//! Hyperparameter search: the `[search]` section, the trials it samples, and the rules of
+//! successive halving (ASHA). Pure: the leader keeps a search's state in its job record and
+//! asks [`next_step`] what to run next.
+//!
+//! Every trial is trained through the data-parallel path (its checkpoints are what lets ASHA
+//! pause a trial at a rung and promote it later). A rung is a number of epochs: `min_epochs`,
+//! then × `reduction` until `[train] epochs`. A trial that finished a rung is promoted when
+//! its validation loss is in the best `1 / reduction` of the trials that finished that rung;
+//! a trial never promoted is stopped early when the search ends.
+
+use std::collections::BTreeMap;
+
+use rand::{Rng, SeedableRng};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::spec::JobSpec;
+
+/// The `[search]` section.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SearchSpec {
+    /// `grid`, `random` or `asha`.
+    pub strategy: Strategy,
+    /// Trials to sample (`random`, `asha`); `grid` runs every combination, or the first
+    /// `trials` of them.
+    #[serde(default)]
+    pub trials: Option<usize>,
+    /// Trials running at once.
+    #[serde(default = "default_parallel")]
+    pub parallel: usize,
+    /// Seed of the sampling.
+    #[serde(default = "default_seed")]
+    pub seed: u64,
+    /// ASHA: epochs of the first rung.
+    #[serde(default = "default_min_epochs")]
+    pub min_epochs: u32,
+    /// ASHA: each rung trains `reduction` times longer and keeps `1 / reduction` of the trials.
+    #[serde(default = "default_reduction")]
+    pub reduction: u32,
+    /// The parameters searched: `[train]` `learning_rate`, `weight_decay`, `batch_size`,
+    /// `patience`; `[model]` `hidden`, `max_embedding`, `max_categories`.
+    pub space: BTreeMap<String, Dist>,
+}
+
+fn default_parallel() -> usize {
+    2
+}
+fn default_seed() -> u64 {
+    1
+}
+fn default_min_epochs() -> u32 {
+    1
+}
+fn default_reduction() -> u32 {
+    3
+}
+
+/// Search strategies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Strategy {
+    /// Every combination of the `choice` values.
+    Grid,
+    /// `trials` samples, each trained to the end.
+    Random,
+    /// `trials` samples, trained rung by rung; the weak ones stop early.
+    Asha,
+}
+
+/// A parameter's distribution.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum Dist {
+    /// One of the values.
+    Choice(Vec<serde_json::Value>),
+    /// Uniform in `[low, high]`.
+    Uniform([f64; 2]),
+    /// Log-uniform in `[low, high]` (both > 0).
+    LogUniform([f64; 2]),
+    /// An integer in `[low, high]`.
+    Int([i64; 2]),
+}
+
+/// The parameters of one trial.
+pub type Params = BTreeMap<String, serde_json::Value>;
+
+const PARAMS: &[&str] = &[
+    "learning_rate",
+    "weight_decay",
+    "batch_size",
+    "patience",
+    "hidden",
+    "max_embedding",
+    "max_categories",
+];
+
+impl SearchSpec {
+    /// Check the section (`at` names it in errors).
+    pub fn validate(&self, at: &str, spec: &JobSpec) -> Result<()> {
+        if self.space.is_empty() {
+            return Err(Error::invalid(
+                at,
+                "space",
+                "{}",
+                "must name at least one parameter",
+            ));
+        }
+        for (name, dist) in &self.space {
+            if !PARAMS.contains(&name.as_str()) {
+                return Err(Error::invalid(
+                    at,
+                    format!("space.{name}"),
+                    name,
+                    format!(
+                        "is not a searchable parameter; these are: {}",
+                        PARAMS.join(", ")
+                    ),
+                ));
+            }
+            let ok = match dist {
+                Dist::Choice(v) => !v.is_empty(),
+                Dist::Uniform([lo, hi]) => lo.is_finite() && hi.is_finite() && lo <= hi,
+                Dist::LogUniform([lo, hi]) => {
+                    lo.is_finite() && hi.is_finite() && *lo > 0.0 && lo <= hi
+                }
+                Dist::Int([lo, hi]) => lo <= hi,
+            };
+            if !ok {
+                return Err(Error::invalid(
+                    at,
+                    format!("space.{name}"),
+                    format!("{dist:?}"),
+                    "choice needs values; uniform, log_uniform and int need [low, high] with low <= high (log_uniform: low > 0)",
+                ));
+            }
+            if self.strategy == Strategy::Grid && !matches!(dist, Dist::Choice(_) | Dist::Int(_)) {
+                return Err(Error::invalid(
+                    at,
+                    format!("space.{name}"),
+                    format!("{dist:?}"),
+                    "a grid search takes choice or int parameters only",
+                ));
+            }
+        }
+        if self.strategy != Strategy::Grid && self.trials.is_none_or(|t| t == 0) {
+            return Err(Error::invalid(
+                at,
+                "trials",
+                "(absent)",
+                "random and asha searches need trials >= 1",
+            ));
+        }
+        if self.trials.is_some_and(|t| t > 1000) {
+            return Err(Error::invalid(
+                at,
+                "trials",
+                self.trials.unwrap_or(0),
+                "must be at most 1000",
+            ));
+        }
+        if !(1..=64).contains(&self.parallel) {
+            return Err(Error::invalid(
+                at,
+                "parallel",
+                self.parallel,
+                "must be between 1 and 64",
+            ));
+        }
+        if self.reduction < 2 {
+            return Err(Error::invalid(
+                at,
+                "reduction",
+                self.reduction,
+                "must be at least 2",
+            ));
+        }
+        if self.min_epochs < 1 || self.min_epochs > spec.train.epochs {
+            return Err(Error::invalid(
+                at,
+                "min_epochs",
+                self.min_epochs,
+                format!(
+                    "must be between 1 and [train] epochs ({})",
+                    spec.train.epochs
+                ),
+            ));
+        }
+        if spec.model.ensemble != 1 {
+            return Err(Error::invalid(
+                at,
+                "strategy",
+                format!("{:?}", self.strategy),
+                "a search trains one model per trial: set [model] ensemble = 1",
+            ));
+        }
+        // Every sampled trial must make a valid spec.
+        if spec.model.kind != crate::spec::ModelKind::Mlp {
+            return Err(Error::invalid(
+                at,
+                "strategy",
+                format!("{:?}", self.strategy),
+                "a search trains [model] type = \"mlp\" (its trials run data-parallel, with checkpoints)",
+            ));
+        }
+        for params in self.sample().iter().take(50) {
+            let mut s = spec.clone();
+            s.search = None;
+            apply(&mut s, params)
+                .map_err(|e| Error::invalid(at, "space", format!("{params:?}"), e))?;
+        }
+        Ok(())
+    }
+
+    /// The trials' parameters, in trial order.
+    pub fn sample(&self) -> Vec<Params> {
+        match self.strategy {
+            Strategy::Grid => {
+                let mut all: Vec<Params> = vec![Params::new()];
+                for (name, dist) in &self.space {
+                    let values: Vec<serde_json::Value> = match dist {
+                        Dist::Choice(v) => v.clone(),
+                        Dist::Int([lo, hi]) => (*lo..=*hi).map(serde_json::Value::from).collect(),
+                        _ => Vec::new(),
+                    };
+                    all = all
+                        .into_iter()
+                        .flat_map(|p| {
+                            values.iter().map(move |v| {
+                                let mut p = p.clone();
+                                p.insert(name.clone(), v.clone());
+                                p
+                            })
+                        })
+                        .collect();
+                }
+                all.truncate(self.trials.unwrap_or(usize::MAX).min(1000));
+                all
+            }
+            Strategy::Random | Strategy::Asha => {
+                let mut rng = rand::rngs::StdRng::seed_from_u64(self.seed);
+                (0..self.trials.unwrap_or(0))
+                    .map(|_| {
+                        self.space
+                            .iter()
+                            .map(|(name, dist)| {
+                                let v = match dist {
+                                    Dist::Choice(v) => v[rng.random_range(0..v.len())].clone(),
+                                    Dist::Uniform([lo, hi]) => serde_json::Value::from(
+                                        lo + rng.random::<f64>() * (hi - lo),
+                                    ),
+                                    Dist::LogUniform([lo, hi]) => serde_json::Value::from(
+                                        (lo.ln() + rng.random::<f64>() * (hi.ln() - lo.ln())).exp(),
+                                    ),
+                                    Dist::Int([lo, hi]) => {
+                                        serde_json::Value::from(rng.random_range(*lo..=*hi))
+                                    }
+                                };
+                                (name.clone(), v)
+                            })
+                            .collect()
+                    })
+                    .collect()
+            }
+        }
+    }
+
+    /// Epochs at the end of each rung: `min_epochs × reduction^k`, then `[train] epochs`.
+    /// Grid and random searches have one rung, the whole training.
+    pub fn rungs(&self, epochs: u32) -> Vec<u32> {
+        if self.strategy != Strategy::Asha {
+            return vec![epochs];
+        }
+        let mut out = Vec::new();
+        let mut r = self.min_epochs.max(1);
+        while r < epochs {
+            out.push(r);
+            r = r.saturating_mul(self.reduction);
+        }
+        out.push(epochs);
+        out
+    }
+}
+
+/// Set a trial's parameters on a spec; the error says which value does not fit.
+pub fn apply(spec: &mut JobSpec, params: &Params) -> std::result::Result<(), String> {
+    let float = |v: &serde_json::Value| v.as_f64().ok_or(format!("{v} is not a number"));
+    let int = |v: &serde_json::Value| {
+        v.as_u64()
+            .or_else(|| {
+                v.as_f64()
+                    .filter(|f| f.fract() == 0.0 && *f >= 0.0)
+                    .map(|f| f as u64)
+            })
+            .ok_or(format!("{v} is not a whole number >= 0"))
+    };
+    for (name, v) in params {
+        match name.as_str() {
+            "learning_rate" => spec.train.learning_rate = float(v)?,
+            "weight_decay" => spec.train.weight_decay = float(v)?,
+            "batch_size" => spec.train.batch_size = int(v)? as usize,
+            "patience" => spec.train.patience = int(v)? as u32,
+            "max_embedding" => spec.model.max_embedding = int(v)? as usize,
+            "max_categories" => spec.model.max_categories = int(v)? as usize,
+            "hidden" => {
+                spec.model.hidden = match v {
+                    serde_json::Value::Array(a) => a
+                        .iter()
+                        .map(|x| int(x).map(|n| n as usize))
+                        .collect::<std::result::Result<_, _>>()?,
+                    other => vec![int(other)? as usize],
+                }
+            }
+            other => return Err(format!("{other} is not a searchable parameter")),
+        }
+    }
+    spec.validate("trial").map_err(|e| e.to_string())
+}
+
+/// Where a trial is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TrialState {
+    /// Not started.
+    Pending,
+    /// A task trains it.
+    Running,
+    /// Finished a rung; waits to be promoted.
+    Paused,
+    /// Trained to the end (or stopped by its own early stopping).
+    Completed,
+    /// Not promoted before the search ended.
+    Stopped,
+    /// Its task failed.
+    Failed,
+}
+
+impl TrialState {
+    /// Lowercase name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TrialState::Pending => "pending",
+            TrialState::Running => "running",
+            TrialState::Paused => "paused",
+            TrialState::Completed => "completed",
+            TrialState::Stopped => "stopped",
+            TrialState::Failed => "failed",
+        }
+    }
+}
+
+/// One trial of a search, as the leader keeps it in the search job's record.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Trial {
+    /// Trial number (0-based).
+    pub index: usize,
+    /// Its parameters.
+    pub params: Params,
+    /// State.
+    pub state: TrialState,
+    /// Validation loss at the end of each rung it finished.
+    pub losses: Vec<f64>,
+    /// Epochs trained.
+    pub epochs: u32,
+    /// The job training it now, or that trained it last (its checkpoint continues it).
+    pub job: Option<String>,
+    /// The last job's metrics.
+    pub metrics: BTreeMap<String, f64>,
+    /// Why it failed.
+    pub error: Option<String>,
+}
+
+/// A search job's state, kept in its record by the leader.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SearchState {
+    /// Every trial.
+    pub trials: Vec<Trial>,
+    /// Epochs at the end of each rung.
+    pub rungs: Vec<u32>,
+    /// The job that publishes the best trial's model, once chosen.
+    pub publish_job: Option<String>,
+    /// The best trial.
+    pub best: Option<usize>,
+}
+
+impl SearchState {
+    /// A search about to start.
+    pub fn new(search: &SearchSpec, epochs: u32) -> SearchState {
+        SearchState {
+            trials: search
+                .sample()
+                .into_iter()
+                .enumerate()
+                .map(|(index, params)| Trial {
+                    index,
+                    params,
+                    state: TrialState::Pending,
+                    losses: Vec::new(),
+                    epochs: 0,
+                    job: None,
+                    metrics: BTreeMap::new(),
+                    error: None,
+                })
+                .collect(),
+            rungs: search.rungs(epochs),
+            publish_job: None,
+            best: None,
+        }
+    }
+}
+
+/// What a search does next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Next {
+    /// Train this trial to the end of its next rung (start it, or promote it).
+    Run(usize),
+    /// Wait for running trials.
+    Wait,
+    /// Nothing left to run: pick the best.
+    Finish,
+}
+
+/// The next step of a search with `running` trials running and `parallel` allowed at once:
+/// promotions first (the highest rung first, the lowest loss first), then new trials.
+pub fn next_step(state: &SearchState, reduction: u32, parallel: usize) -> Next {
+    let running = state
+        .trials
+        .iter()
+        .filter(|t| t.state == TrialState::Running)
+        .count();
+    if running >= parallel {
+        return Next::Wait;
+    }
+    let last = state.rungs.len();
+    for rung in (0..last.saturating_sub(1)).rev() {
+        // Every trial that finished this rung, by loss.
+        let mut done: Vec<(f64, usize)> = state
+            .trials
+            .iter()
+            .filter_map(|t| t.losses.get(rung).map(|l| (*l, t.index)))
+            .collect();
+        done.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+        let keep = done.len() / reduction.max(2) as usize;
+        if let Some((_, i)) = done[..keep].iter().find(|(_, i)| {
+            let t = &state.trials[*i];
+            t.state == TrialState::Paused && t.losses.len() == rung + 1
+        }) {
+            return Next::Run(*i);
+        }
+    }
+    if let Some(t) = state.trials.iter().find(|t| t.state == TrialState::Pending) {
+        return Next::Run(t.index);
+    }
+    if running == 0 {
+        Next::Finish
+    } else {
+        Next::Wait
+    }
+}
+
+/// The completed trial with the lowest validation loss at its last rung.
+pub fn best_trial(state: &SearchState) -> Option<usize> {
+    state
+        .trials
+        .iter()
+        .filter(|t| t.state == TrialState::Completed)
+        .filter_map(|t| t.losses.last().map(|l| (*l, t.index)))
+        .min_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)))
+        .map(|(_, i)| i)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn search(strategy: Strategy, trials: usize) -> SearchSpec {
+        let mut space = BTreeMap::new();
+        space.insert("learning_rate".into(), Dist::LogUniform([1e-4, 1e-2]));
+        space.insert(
+            "hidden".into(),
+            Dist::Choice(vec![serde_json::json!([16]), serde_json::json!([32, 16])]),
+        );
+        SearchSpec {
+            strategy,
+            trials: Some(trials),
+            parallel: 2,
+            seed: 3,
+            min_epochs: 1,
+            reduction: 3,
+            space,
+        }
+    }
+
+    #[test]
+    fn sampling_is_seeded_and_in_range() {
+        let s = search(Strategy::Random, 20);
+        let a = s.sample();
+        assert_eq!(a, s.sample());
+        assert_eq!(a.len(), 20);
+        for p in &a {
+            let lr = p["learning_rate"].as_f64().unwrap();
+            assert!((1e-4..=1e-2).contains(&lr), "{lr}");
+        }
+        let mut grid = search(Strategy::Grid, 0);
+        grid.trials = None;
+        grid.space.insert("batch_size".into(), Dist::Int([1, 3]));
+        grid.space.remove("learning_rate");
+        assert_eq!(grid.sample().len(), 6);
+    }
+
+    #[test]
+    fn rungs_grow_by_the_reduction_up_to_the_epochs() {
+        assert_eq!(search(Strategy::Asha, 8).rungs(10), vec![1, 3, 9, 10]);
+        assert_eq!(search(Strategy::Asha, 8).rungs(9), vec![1, 3, 9]);
+        assert_eq!(search(Strategy::Random, 8).rungs(10), vec![10]);
+    }
+
+    #[test]
+    fn asha_promotes_the_best_and_stops_the_rest_early() {
+        let s = search(Strategy::Asha, 9);
+        let mut state = SearchState::new(&s, 9);
+        assert_eq!(state.rungs, vec![1, 3, 9]);
+        // Trial i's validation loss at rung k: trial 4 is the best at every rung.
+        let loss = |i: usize, k: usize| 1.0 + ((i * 7) % 9) as f64 / 10.0 - k as f64 / 100.0;
+        let mut runs = Vec::new();
+        loop {
+            match next_step(&state, 3, 2) {
+                Next::Run(i) => {
+                    runs.push(i);
+                    let t = &mut state.trials[i];
+                    t.state = TrialState::Running;
+                    // It finishes its rung at once (one trial running at a time).
+                    let k = t.losses.len();
+                    t.losses.push(loss(i, k));
+                    t.epochs = state.rungs[k];
+                    t.state = if k + 1 == state.rungs.len() {
+                        TrialState::Completed
+                    } else {
+                        TrialState::Paused
+                    };
+                }
+                Next::Wait => panic!("nothing runs, so nothing to wait for"),
+                Next::Finish => break,
+            }
+        }
+        let best = (0..9)
+            .min_by(|a, b| loss(*a, 0).total_cmp(&loss(*b, 0)))
+            .unwrap();
+        assert_eq!(best_trial(&state), Some(best));
+        let at_rung = |k: usize| state.trials.iter().filter(|t| t.losses.len() > k).count();
+        assert_eq!(at_rung(0), 9);
+        // Promotions are asynchronous: a third of the finishers at each moment.
+        assert!((3..9).contains(&at_rung(1)), "{}", at_rung(1));
+        assert!(at_rung(2) >= 1 && at_rung(2) < at_rung(1), "{}", at_rung(2));
+        let epochs: u32 = state.trials.iter().map(|t| t.epochs).sum();
+        assert!(
+            epochs < 9 * 9,
+            "ASHA trained {epochs} epochs, as many as a full random search"
+        );
+        // Every promotion came from the best third of its rung at the time.
+        assert_eq!(runs.iter().filter(|&&i| i == best).count(), 3);
+    }
+
+    #[test]
+    fn parallel_trials_wait_for_a_free_slot() {
+        let s = search(Strategy::Random, 3);
+        let mut state = SearchState::new(&s, 5);
+        for i in 0..2 {
+            assert_eq!(next_step(&state, 3, 2), Next::Run(i));
+            state.trials[i].state = TrialState::Running;
+        }
+        assert_eq!(next_step(&state, 3, 2), Next::Wait);
+        state.trials[0].state = TrialState::Completed;
+        state.trials[0].losses.push(0.4);
+        assert_eq!(next_step(&state, 3, 2), Next::Run(2));
+    }
+}
