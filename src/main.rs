@@ -86,6 +86,19 @@ enum Command {
         #[command(flatten)]
         conn: Conn,
     },
+    /// Continue a cancelled or failed data-parallel job from its last checkpoint, as a new job
+    Resume {
+        /// Job id
+        id: String,
+        /// Follow the new job to its end
+        #[arg(short, long)]
+        follow: bool,
+        /// Print JSON
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        conn: Conn,
+    },
     /// Show the leader and the live executors
     Cluster {
         /// Print JSON
@@ -496,6 +509,16 @@ async fn run(cli: Cli) -> Result<(), AnyError> {
         Command::Cancel { id, json, conn } => {
             init_tracing("warn");
             commands::cancel(&Client::connect(&conn.scheduler).await?, &id, json).await?;
+        }
+        Command::Resume {
+            id,
+            follow,
+            json,
+            conn,
+        } => {
+            init_tracing("warn");
+            let client = Client::connect(&conn.scheduler).await?;
+            commands::resume(&client, &id, follow, json).await?;
         }
         Command::Cluster { json, conn } => {
             init_tracing("warn");

@@ -16,9 +16,14 @@ fn bank() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/bank-full.csv")
 }
 
-/// The bank-marketing-distributed example, made quick for a debug build and pointed at
-/// the shared data, with `workers` workers and `extra` `[train]` lines.
+/// The bank-marketing-distributed example without its search, made quick for a debug build
+/// and pointed at the shared data, with `workers` workers and `extra` `[train]` lines.
 fn spec(dir: &Path, name: &str, workers: u32, extra: &str) -> JobSpec {
+    spec_with(dir, name, workers, extra, "")
+}
+
+/// The same with `search` (a `[search]` section and its space) instead of the example's.
+fn spec_with(dir: &Path, name: &str, workers: u32, extra: &str, search: &str) -> JobSpec {
     let example = std::fs::read_to_string(
         Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/bank-marketing-distributed.toml"),
     )
@@ -29,6 +34,9 @@ fn spec(dir: &Path, name: &str, workers: u32, extra: &str) -> JobSpec {
         .collect();
     let mut text = String::new();
     for line in example.lines() {
+        if line.starts_with("[search") || line.starts_with("# Hyperparameter search") {
+            break;
+        }
         let key = line.split(" = ").next().unwrap_or("");
         if replaced.contains(&key) {
             continue;
@@ -51,6 +59,7 @@ fn spec(dir: &Path, name: &str, workers: u32, extra: &str) -> JobSpec {
         text.push_str(&line);
         text.push('\n');
     }
+    text.push_str(search);
     let path = dir.join(format!("{name}.toml"));
     std::fs::write(&path, text).unwrap();
     JobSpec::from_file(&path).unwrap()
@@ -230,4 +239,80 @@ async fn a_stopped_peer_fails_the_step_within_the_deadline_and_the_group_recover
     let log = common::log_text(&client, &id).await;
     assert_eq!(done.state, "succeeded", "{}\n{log}", done.error);
     assert!(log.contains("resumed from the checkpoint at"), "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_asha_search_of_eight_trials_publishes_the_best() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_scheduler, _executors, client) = cluster(tmp.path(), "dp-search").await;
+    let search = "[search]\nstrategy = \"asha\"\ntrials = 8\nparallel = 3\nmin_epochs = 1\nreduction = 3\nseed = 2\n\
+                  [search.space]\nlearning_rate = { log_uniform = [0.0005, 0.02] }\n\
+                  hidden = { choice = [[16], [32], [32, 16]] }\nbatch_size = { choice = [256, 512] }\n";
+    let s = spec_with(
+        tmp.path(),
+        "bank-search",
+        1,
+        "patience = 0\nepochs = 9",
+        search,
+    );
+    let (done, log) = run(&client, &s).await;
+    assert_eq!(done.trials.len(), 8, "{log}");
+    let best: Vec<_> = done.trials.iter().filter(|t| t.best).collect();
+    assert_eq!(best.len(), 1, "{log}");
+    let best = best[0];
+    assert_eq!(best.state, "completed");
+    assert_eq!(done.metrics["best_trial"], f64::from(best.index));
+    // Successive halving: every trial ran the first rung (1 epoch), fewer ran on, and the
+    // weak ones were stopped early.
+    assert!(done.trials.iter().all(|t| !t.losses.is_empty()), "{log}");
+    let went_on = done.trials.iter().filter(|t| t.losses.len() > 1).count();
+    assert!(
+        (1..8).contains(&went_on),
+        "{went_on} trials passed the first rung\n{log}"
+    );
+    assert!(done.trials.iter().any(|t| t.state == "stopped"), "{log}");
+    // The best has the lowest final validation loss of the completed trials, and its
+    // model is what the search published.
+    for t in done.trials.iter().filter(|t| t.state == "completed") {
+        assert!(best.losses.last() <= t.losses.last(), "{log}");
+    }
+    assert!(!done.artifact.is_empty());
+    assert!(
+        (done.metrics["test_auc"] - best.metrics["test_auc"]).abs() < 1e-9,
+        "{log}"
+    );
+    assert!(log.contains("publishes it from its checkpoint"), "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_cancelled_job_resumes_from_its_checkpoint() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_scheduler, _executors, client) = cluster(tmp.path(), "dp-resume").await;
+    let extra = "checkpoint_steps = 20\ncheckpoint_secs = 0\nepochs = 12";
+    let id = client
+        .submit(&spec(tmp.path(), "bank-dp-cancel", 2, extra))
+        .await
+        .unwrap()
+        .id;
+    rank_one_after_a_checkpoint(&client, &id).await;
+    client.cancel(&id).await.unwrap();
+    let cancelled = common::wait_done(&client, &id, Duration::from_secs(60)).await;
+    assert_eq!(cancelled.state, "cancelled");
+    let again = client.resume(&id).await.unwrap();
+    assert_ne!(again.id, id);
+    let done = common::wait_done(&client, &again.id, Duration::from_secs(900)).await;
+    let log = common::log_text(&client, &again.id).await;
+    assert_eq!(done.state, "succeeded", "{}\n{log}", done.error);
+    assert!(log.contains(&format!("resume job {id}")), "{log}");
+    assert!(log.contains("resumed from the checkpoint at"), "{log}");
+    assert!(
+        !log.contains("features: writing"),
+        "the resumed job ran the feature stage again\n{log}"
+    );
+    // A job that succeeded cannot be resumed.
+    let err = client.resume(&again.id).await.unwrap_err();
+    assert!(
+        err.to_string().contains("only a cancelled or failed job"),
+        "{err}"
+    );
 }

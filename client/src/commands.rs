@@ -64,6 +64,17 @@ fn fmt_metrics(j: &JobInfo) -> String {
 pub async fn submit(client: &Client, spec_path: &Path, follow: bool, as_json: bool) -> Result<()> {
     let spec = JobSpec::from_file(spec_path)?;
     let job = client.submit(&spec).await?;
+    submitted(client, job, follow, as_json).await
+}
+
+/// `halyard resume ID`: a new job that continues a cancelled or failed one.
+pub async fn resume(client: &Client, id: &str, follow: bool, as_json: bool) -> Result<()> {
+    let job = client.resume(id).await?;
+    submitted(client, job, follow, as_json).await
+}
+
+/// Say what was submitted, or follow it to its end.
+async fn submitted(client: &Client, job: JobInfo, follow: bool, as_json: bool) -> Result<()> {
     if !follow {
         if as_json {
             out(&job_json(&job).to_string());

@@ -18,8 +18,8 @@ use halyard_core::proto::prediction_service_client::PredictionServiceClient;
 use halyard_core::proto::{
     CancelRequest, ClusterStatusRequest, ClusterStatusResponse, DeployRequest, ExperimentRequest,
     ExperimentResponse, GetJobRequest, GetModelRequest, GetModelResponse, JobInfo, ListJobsRequest,
-    ListModelsRequest, LogLine, LogsRequest, PredictRequest, PredictResponse, SubmitRequest,
-    WatchRequest,
+    ListModelsRequest, LogLine, LogsRequest, PredictRequest, PredictResponse, ResumeRequest,
+    SubmitRequest, WatchRequest,
 };
 use halyard_core::spec::JobSpec;
 use tonic::transport::Channel;
@@ -108,6 +108,17 @@ impl Client {
             .inner
             .clone()
             .cancel(CancelRequest { job_id: id.into() })
+            .await?;
+        job_of(resp.into_inner().job)
+    }
+
+    /// Submit a cancelled or failed data-parallel job again, continuing from its last
+    /// checkpoint; returns the new job.
+    pub async fn resume(&self, id: &str) -> Result<JobInfo> {
+        let resp = self
+            .inner
+            .clone()
+            .resume(ResumeRequest { job_id: id.into() })
             .await?;
         job_of(resp.into_inner().job)
     }

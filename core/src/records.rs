@@ -114,11 +114,19 @@ pub struct JobRecord {
     /// A search job's trials (the leader runs each rung of a trial as a job of its own).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub search: Option<crate::search::SearchState>,
+    /// Not placed before this time (ms since the epoch): after a worker group failed, one
+    /// lease period passes first, so that a dead executor has left the live set.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub not_before_ms: i64,
     /// The search job this job is a trial of.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub parent: Option<String>,
     /// Scheduler-side events.
     pub events: Vec<LogLine>,
+}
+
+fn is_zero(v: &i64) -> bool {
+    *v == 0
 }
 
 /// Log lines kept per job record and per progress report; older ones are dropped.
@@ -152,6 +160,7 @@ impl JobRecord {
             model_version: None,
             cancel_requested: false,
             workers: Vec::new(),
+            not_before_ms: 0,
             search: None,
             parent: None,
             events: Vec::new(),

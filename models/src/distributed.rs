@@ -506,7 +506,9 @@ pub fn train_response_parallel(
 
     let roles = row_roles(data.local, features)?;
     let local = preprocessor.transform(data.local, |_| true)?;
-    let early_stopping = rc.train.patience > 0;
+    // Validation rows are held out for early stopping, and for a search's rungs (their
+    // loss ranks the trials).
+    let early_stopping = rc.train.patience > 0 || policy.stop_after_epoch.is_some();
     let select = |keep: &dyn Fn(Role) -> bool| local.partition(|i| !keep(roles[i])).0;
     let (train_set, valid_set) = if early_stopping {
         (

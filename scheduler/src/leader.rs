@@ -241,6 +241,9 @@ impl Leader<'_> {
             self.coord.update_job(self.leadership, job, &new).await?;
             return Ok(());
         }
+        if now_ms() < job.value.not_before_ms {
+            return Ok(());
+        }
         let need = &job.value.spec.resources;
         // The executors with the most free slots that fit: one, or one per worker of a
         // data-parallel group (all of them or none).
@@ -349,6 +352,11 @@ impl Leader<'_> {
                 new.log(&self.source, format!("{lost}; attempts exhausted"));
             } else {
                 new.state = JobState::Pending;
+                if new.spec.train.workers.is_some() {
+                    // A dead peer's lease may still stand: let it expire before the group
+                    // is formed again, or the new group would include it.
+                    new.not_before_ms = now_ms() + self.cfg.lease_ttl.as_millis() as i64;
+                }
                 new.log(&self.source, format!("{lost}; task requeued"));
             }
         } else {
@@ -462,11 +470,22 @@ impl Leader<'_> {
             let c = &child.value;
             match c.state {
                 JobState::Succeeded => {
-                    let loss = c
+                    let Some(loss) = c
                         .metrics
                         .get("valid_log_loss")
                         .copied()
-                        .unwrap_or(f64::INFINITY);
+                        .filter(|l| l.is_finite())
+                    else {
+                        // (Records hold finite numbers only: JSON has no infinity.)
+                        t.state = TrialState::Failed;
+                        t.error = Some("its job reported no validation loss".into());
+                        new.log(
+                            &self.source,
+                            format!("trial {} failed: no validation loss", t.index),
+                        );
+                        changed = true;
+                        continue;
+                    };
                     t.losses.push(loss);
                     t.epochs = c
                         .metrics

@@ -9,7 +9,7 @@ use halyard_core::proto::job_service_server::JobService;
 use halyard_core::proto::{
     CancelRequest, CancelResponse, ClusterStatusRequest, ClusterStatusResponse, ExecutorInfo,
     GetJobRequest, GetJobResponse, JobEvent, JobInfo, ListJobsRequest, ListJobsResponse, LogLine,
-    LogsRequest, LogsResponse, SubmitRequest, SubmitResponse, WatchRequest,
+    LogsRequest, LogsResponse, ResumeRequest, SubmitRequest, SubmitResponse, WatchRequest,
 };
 use halyard_core::records::{JobRecord, TaskProgress};
 use halyard_core::spec::JobSpec;
@@ -161,6 +161,44 @@ impl JobService for JobApi {
         let job = self.coord.request_cancel(&id).await.map_err(to_status)?;
         info!(job = %id, "cancel requested");
         Ok(Response::new(CancelResponse {
+            job: Some(job_info(&job, None)),
+        }))
+    }
+
+    async fn resume(
+        &self,
+        request: Request<ResumeRequest>,
+    ) -> Result<Response<SubmitResponse>, Status> {
+        let id = request.into_inner().job_id;
+        let Some(old) = self.coord.get_job(&id).await.map_err(to_status)? else {
+            return Err(to_status(halyard_core::Error::NoSuchJob(id)));
+        };
+        let old = old.value;
+        use halyard_core::records::JobState;
+        if !matches!(old.state, JobState::Cancelled | JobState::Failed) {
+            return Err(Status::failed_precondition(format!(
+                "job {id} is {}: only a cancelled or failed job can be resumed",
+                old.state.as_str()
+            )));
+        }
+        if old.spec.train.workers.is_none() || old.spec.search.is_some() {
+            return Err(Status::failed_precondition(format!(
+                "job {id} kept no checkpoints: only data-parallel jobs ([train] workers) resume; submit it again"
+            )));
+        }
+        let mut spec = old.spec.clone();
+        spec.train.resume_from = Some(old.id.clone());
+        if let Some(f) = &mut spec.features {
+            f.table_of = Some(f.table_of.clone().unwrap_or_else(|| old.id.clone()));
+        }
+        let mut job = JobRecord::new(new_job_id(&spec.name), spec);
+        job.log(
+            &format!("scheduler/{}", self.id),
+            format!("submitted to resume job {id} from its last checkpoint"),
+        );
+        self.coord.submit_job(&job).await.map_err(to_status)?;
+        info!(job = %job.id, resumes = %id, "job resumed");
+        Ok(Response::new(SubmitResponse {
             job: Some(job_info(&job, None)),
         }))
     }
