@@ -170,14 +170,13 @@ async fn a_killed_worker_is_replaced_and_training_resumes_from_the_checkpoint() 
     let victim = rank_one_after_a_checkpoint(&client, &id).await;
     let killed_at = Instant::now();
     proc_of(&mut executors, &victim).kill();
-    let resumed = common::wait_for("training to resume", Duration::from_secs(120), || async {
+    common::wait_for("training to resume", Duration::from_secs(120), || async {
         common::log_text(&client, &id)
             .await
             .contains("resumed from the checkpoint at")
             .then_some(())
     })
     .await;
-    let _ = resumed;
     eprintln!(
         "from kill -9 to training resumed: {:?}",
         killed_at.elapsed()

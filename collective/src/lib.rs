@@ -360,7 +360,7 @@ impl Ring {
 
     async fn broadcast_op(&mut self, data: &mut Vec<u8>) -> Result<()> {
         let c = 4 * self.cfg.chunk_floats.max(1);
-        let forwards = (self.rank + 1) % self.size != 0;
+        let forwards = self.rank + 1 < self.size;
         let out = forwards.then(|| self.open());
         if self.rank == 0 {
             let out = out.expect("rank 0 forwards");

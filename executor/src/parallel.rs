@@ -61,6 +61,7 @@ pub(crate) enum Worked {
 }
 
 /// Train as rank `a.rank` of the group.
+#[allow(clippy::too_many_arguments)]
 pub(crate) async fn train(
     a: &Versioned<TaskAssignment>,
     coord: &Coordinator,
@@ -182,7 +183,7 @@ pub(crate) async fn train(
     Ok(match trained {
         Outcome::Trained(Some(t)) => {
             let l = lineage(&rows.location, rows.digest, rows.total, &t);
-            Worked::Model(Box::new((t, l)))
+            Worked::Model(Box::new((*t, l)))
         }
         Outcome::Trained(None) => Worked::Done,
         Outcome::Paused { valid_loss, epoch } => Worked::Paused { valid_loss, epoch },

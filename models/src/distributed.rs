@@ -819,7 +819,7 @@ pub fn train_response_parallel(
         let mean = best_losses.iter().sum::<f64>() / best_losses.len() as f64;
         trained.metrics.insert("valid_log_loss".into(), mean);
     }
-    Ok(Outcome::Trained(Some(trained)))
+    Ok(Outcome::Trained(Some(Box::new(trained))))
 }
 
 /// What data-parallel training ended with.
@@ -827,7 +827,7 @@ pub fn train_response_parallel(
 pub enum Outcome {
     /// Trained to the end: rank 0 has the model (with `valid_log_loss`, the members' mean
     /// best validation loss, among its metrics); the other ranks have `None`.
-    Trained(Option<TrainedModel>),
+    Trained(Option<Box<TrainedModel>>),
     /// Stopped after `[train] stop_after_epoch` (a search's rung), checkpointed.
     Paused {
         /// Best validation loss so far.

@@ -214,7 +214,7 @@ fn run(
                     },
                 );
                 out.map(|o| match o {
-                    Outcome::Trained(m) => (m, events),
+                    Outcome::Trained(m) => (m.map(|m| *m), events),
                     Outcome::Paused { .. } => panic!("paused without stop_after_epoch"),
                 })
             })
