@@ -113,8 +113,11 @@ enum Command {
     /// single-process DataFusion, in this process, and compares their times
     Bench {
         /// What to measure
-        #[arg(value_parser = ["scheduling", "serving", "features"])]
+        #[arg(value_parser = ["scheduling", "serving", "features", "allreduce"])]
         what: String,
+        /// allreduce: ranks of the ring (in this process, each with its own gRPC server)
+        #[arg(long, default_value_t = 2)]
+        ranks: usize,
         /// features: rows of the generated events table
         #[arg(long, default_value_t = 10_000_000)]
         rows: usize,
@@ -124,7 +127,7 @@ enum Command {
         /// features: SQL executors of the embedded cluster
         #[arg(long, default_value_t = 2)]
         executors: usize,
-        /// features: runs of each engine (medians are reported)
+        /// features: runs of each engine; allreduce: runs of each size (medians are reported)
         #[arg(long, default_value_t = 3)]
         runs: usize,
         /// features: folder for the generated tables (reused) and outputs
@@ -526,6 +529,7 @@ async fn run(cli: Cli) -> Result<(), AnyError> {
         }
         Command::Bench {
             what,
+            ranks,
             rows,
             customers,
             executors,
@@ -541,6 +545,29 @@ async fn run(cli: Cli) -> Result<(), AnyError> {
             conn,
         } => {
             init_tracing("warn");
+            if what == "allreduce" {
+                let sizes = [100_000, 1_000_000, 10_000_000];
+                let figures =
+                    halyard_client::allreduce_bench::run(ranks.max(2), &sizes, runs.max(1)).await?;
+                let copy = halyard_client::allreduce_bench::memcpy_bandwidth(10_000_000, 9);
+                println!(
+                    "ring all-reduce, {} ranks on loopback gRPC (median of {} runs); memory copy of 40 MB: {:.2} GB/s",
+                    ranks.max(2),
+                    runs.max(1),
+                    copy / 1e9
+                );
+                for f in figures {
+                    println!(
+                        "  {:>10} floats: {:>9.2} ms  algorithm {:.3} GB/s  bus {:.3} GB/s  = {:.1} % of the copy",
+                        f.floats,
+                        f.median.as_secs_f64() * 1e3,
+                        f.algo_bandwidth / 1e9,
+                        f.bus_bandwidth / 1e9,
+                        100.0 * f.bus_bandwidth / copy
+                    );
+                }
+                return Ok(());
+            }
             if what == "features" {
                 let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
                 let b = halyard_client::features_bench::FeaturesBench {

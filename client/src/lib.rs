@@ -3,6 +3,7 @@
 //! `model`, `deploy`, `promote`, `rollback`, `experiment`), the load generator of
 //! `halyard bench serving`, and `datagen`, the synthetic marketing data set of the demo.
 
+pub mod allreduce_bench;
 pub mod bench;
 pub mod commands;
 pub mod datagen;

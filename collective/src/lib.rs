@@ -22,6 +22,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use halyard_core::proto::collective_service_client::CollectiveServiceClient;
 use halyard_core::proto::collective_service_server::{CollectiveService, CollectiveServiceServer};
 use halyard_core::proto::{CollectiveChunk, PushAck};
@@ -219,7 +220,7 @@ impl Ring {
         Outbound { tx, call }
     }
 
-    fn chunk(&self, step: usize, chunk: usize, data: Vec<u8>, total: u64) -> CollectiveChunk {
+    fn chunk(&self, step: usize, chunk: usize, data: Bytes, total: u64) -> CollectiveChunk {
         CollectiveChunk {
             group: self.group.clone(),
             op: self.op,
@@ -336,10 +337,7 @@ impl Ring {
                         4 * part.len()
                     )));
                 }
-                for (x, b) in part.iter_mut().zip(m.data.chunks_exact(4)) {
-                    let v = f32::from_le_bytes(b.try_into().expect("4 bytes"));
-                    *x = if reducing { *x + v } else { v };
-                }
+                combine(part, &m.data, reducing);
                 if s + 1 < steps {
                     self.send(&out, self.chunk(s + 1, j, bytes_of(part), 0))?;
                 }
@@ -371,7 +369,7 @@ impl Ring {
                 data.chunks(c).collect()
             };
             for (j, piece) in pieces.into_iter().enumerate() {
-                self.send(&out, self.chunk(0, j, piece.to_vec(), total))?;
+                self.send(&out, self.chunk(0, j, Bytes::copy_from_slice(piece), total))?;
             }
             return self.finish(out).await;
         }
@@ -409,8 +407,35 @@ impl Drop for Ring {
     }
 }
 
-fn bytes_of(values: &[f32]) -> Vec<u8> {
-    values.iter().flat_map(|v| v.to_le_bytes()).collect()
+/// Little-endian bytes of `values`.
+fn bytes_of(values: &[f32]) -> Bytes {
+    if cfg!(target_endian = "little") {
+        Bytes::copy_from_slice(bytemuck::cast_slice(values))
+    } else {
+        values.iter().flat_map(|v| v.to_le_bytes()).collect()
+    }
+}
+
+/// Add (`reducing`) or copy little-endian `bytes` into `part`.
+fn combine(part: &mut [f32], bytes: &[u8], reducing: bool) {
+    match bytemuck::try_cast_slice::<u8, f32>(bytes) {
+        Ok(values) if cfg!(target_endian = "little") => {
+            if reducing {
+                for (x, v) in part.iter_mut().zip(values) {
+                    *x += *v;
+                }
+            } else {
+                part.copy_from_slice(values);
+            }
+        }
+        // Unaligned (or big-endian): element by element.
+        _ => {
+            for (x, b) in part.iter_mut().zip(bytes.chunks_exact(4)) {
+                let v = f32::from_le_bytes(b.try_into().expect("4 bytes"));
+                *x = if reducing { *x + v } else { v };
+            }
+        }
+    }
 }
 
 /// A [`Ring`] driven from a training thread (not a runtime thread): the models crate's

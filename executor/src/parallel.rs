@@ -216,9 +216,12 @@ fn describe(event: &DpEvent, progress: &mut TaskProgress) -> Option<String> {
             member,
             steps,
             checksum,
+            samples,
+            seconds,
         } => Some(format!(
-            "member {}: the replicas' weights agreed bit for bit before every one of {steps} steps and after the last (checksum {checksum:08x})",
-            member + 1
+            "member {}: the replicas' weights agreed bit for bit before every one of {steps} steps and after the last (checksum {checksum:08x}); trained {samples} samples in {seconds:.2} s: {:.0} samples/s",
+            member + 1,
+            *samples as f64 / seconds.max(1e-9)
         )),
         DpEvent::Epoch(r) => {
             let e = r.epoch;

@@ -146,6 +146,10 @@ pub enum DpEvent {
         steps: u64,
         /// The final weights' checksum, the same on every rank.
         checksum: u32,
+        /// Rows the group trained on in this run (a resumed run counts from its resume).
+        samples: u64,
+        /// Seconds this run trained the member (steps, validation and checkpoints).
+        seconds: f64,
     },
 }
 
@@ -628,6 +632,7 @@ pub fn train_response_parallel(
         };
         model = load_params(model, &st.params);
         let n = st.params.len();
+        let (started, mut samples) = (Instant::now(), 0u64);
         last_save.1 = st.at.step;
         let mut stopped_early = false;
         let checkpoint = |st: &MemberState, consumed: Vec<u64>, finished: &[Vec<f32>]| {
@@ -684,6 +689,7 @@ pub fn train_response_parallel(
                     )));
                 }
                 let rows_in_step = buf[n + 1];
+                samples += rows_in_step as u64;
                 st.loss_sum += f64::from(buf[n]);
                 if rows_in_step > 0.0 {
                     let g: Vec<f32> = buf[..n].iter().map(|x| x / rows_in_step).collect();
@@ -793,6 +799,8 @@ pub fn train_response_parallel(
             member,
             steps: st.at.step,
             checksum: sum,
+            samples,
+            seconds: started.elapsed().as_secs_f64(),
         })
         .is_break()
         {

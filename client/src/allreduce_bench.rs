@@ -1,0 +1,111 @@
+//! `halyard bench allreduce`: the ring all-reduce between in-process ranks, each with its
+//! own gRPC server on loopback (the path executors use), against a memory copy of the same
+//! bytes on this machine.
+//!
+//! Reported per size: the median time of one all-reduce; the algorithm bandwidth (vector
+//! bytes / time) and the bus bandwidth (`2 (n - 1) / n` × algorithm bandwidth: what each
+//! rank sends and receives, NCCL's convention, comparable across ring sizes); and the bus
+//! bandwidth as a fraction of the copy bandwidth, the bound for a transfer on one machine.
+
+use std::time::{Duration, Instant};
+
+use halyard_collective::{Mailboxes, Ring, RingConfig, serve};
+
+use crate::{ClientError, Result};
+
+/// One size's figures.
+#[derive(Debug, Clone)]
+pub struct AllReduceFigure {
+    /// Floats in the vector.
+    pub floats: usize,
+    /// Median time of one all-reduce.
+    pub median: Duration,
+    /// Vector bytes per second.
+    pub algo_bandwidth: f64,
+    /// Bytes each rank moved per second.
+    pub bus_bandwidth: f64,
+}
+
+/// Median time of copying `floats` floats (bytes per second).
+pub fn memcpy_bandwidth(floats: usize, runs: usize) -> f64 {
+    let src = vec![1.5f32; floats];
+    let mut dst = vec![0.0f32; floats];
+    let mut times = Vec::new();
+    for _ in 0..runs.max(3) {
+        let t = Instant::now();
+        dst.copy_from_slice(&src);
+        std::hint::black_box(&mut dst);
+        times.push(t.elapsed());
+    }
+    times.sort();
+    (4 * floats) as f64 / times[times.len() / 2].as_secs_f64()
+}
+
+/// All-reduce `sizes` over a ring of `ranks` in-process ranks, `runs` times each.
+pub async fn run(ranks: usize, sizes: &[usize], runs: usize) -> Result<Vec<AllReduceFigure>> {
+    let err = |e: String| ClientError::Rpc(format!("all-reduce bench: {e}"));
+    let mut peers = Vec::new();
+    let mut boxes = Vec::new();
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    for _ in 0..ranks {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .map_err(|e| err(e.to_string()))?;
+        peers.push(
+            listener
+                .local_addr()
+                .map_err(|e| err(e.to_string()))?
+                .to_string(),
+        );
+        let b = Mailboxes::default();
+        let mut stopped = stopped.clone();
+        tokio::spawn(serve(listener, b.clone(), async move {
+            let _ = stopped.wait_for(|s| *s).await;
+        }));
+        boxes.push(b);
+    }
+    let mut rings = boxes
+        .into_iter()
+        .enumerate()
+        .map(|(r, b)| Ring::new("bench/1", r, &peers, b, RingConfig::default()))
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(|e| err(e.to_string()))?;
+    let mut figures = Vec::new();
+    for &floats in sizes {
+        let mut times = Vec::new();
+        // One warm-up run, then the measured ones.
+        for run in 0..=runs.max(1) {
+            let started = Instant::now();
+            let tasks: Vec<_> = rings
+                .drain(..)
+                .map(|mut ring| {
+                    tokio::spawn(async move {
+                        let mut v = vec![ring.rank() as f32; floats];
+                        let r = ring.all_reduce(&mut v).await;
+                        (ring, r)
+                    })
+                })
+                .collect();
+            for t in tasks {
+                let (ring, r) = t.await.map_err(|e| err(e.to_string()))?;
+                r.map_err(|e| err(e.to_string()))?;
+                rings.push(ring);
+            }
+            rings.sort_by_key(|r| r.rank());
+            if run > 0 {
+                times.push(started.elapsed());
+            }
+        }
+        times.sort();
+        let median = times[times.len() / 2];
+        let algo = (4 * floats) as f64 / median.as_secs_f64();
+        figures.push(AllReduceFigure {
+            floats,
+            median,
+            algo_bandwidth: algo,
+            bus_bandwidth: algo * 2.0 * (ranks - 1) as f64 / ranks as f64,
+        });
+    }
+    let _ = stop.send(true);
+    Ok(figures)
+}
