@@ -579,9 +579,7 @@ impl Leader<'_> {
                                 continue;
                             }
                         };
-                        let mut record = JobRecord::new(id.clone(), child);
-                        record.parent = Some(new.id.clone());
-                        self.coord.submit_job(&record).await?;
+                        self.submit_child(&new.id, &id, child).await?;
                         new.log(
                             &self.source,
                             format!(
@@ -624,9 +622,7 @@ impl Leader<'_> {
                                             e,
                                         )
                                     })?;
-                                let mut record = JobRecord::new(id.clone(), child);
-                                record.parent = Some(new.id.clone());
-                                self.coord.submit_job(&record).await?;
+                                self.submit_child(&new.id, &id, child).await?;
                                 new.log(
                                     &self.source,
                                     format!(
@@ -649,6 +645,24 @@ impl Leader<'_> {
             self.coord.update_job(self.leadership, job, &new).await?;
         }
         Ok(())
+    }
+}
+
+impl Leader<'_> {
+    /// Submit a search's job `id`. Its id is chosen by the search's state, so a leader that
+    /// failed after submitting it and before recording it finds it there: that is success.
+    async fn submit_child(
+        &self,
+        parent: &str,
+        id: &str,
+        spec: halyard_core::spec::JobSpec,
+    ) -> Result<()> {
+        let mut record = JobRecord::new(id.to_string(), spec);
+        record.parent = Some(parent.to_string());
+        match self.coord.submit_job(&record).await {
+            Ok(_) | Err(Error::Conflict { .. }) => Ok(()),
+            Err(e) => Err(e),
+        }
     }
 }
 
