@@ -30,6 +30,12 @@ pub async fn train_local(
     if let Some(d) = device {
         spec.train.device = d;
     }
+    if spec.train.workers.is_some() || spec.search.is_some() {
+        eprintln!(
+            "note: [train] workers and [search] take effect on a cluster (halyard submit); \
+             here the spec trains once, alone, with its own parameters"
+        );
+    }
     // S3 credentials come from the AWS_* environment.
     let s3 = S3Config::default();
     let input = match &spec.features {
