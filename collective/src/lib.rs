@@ -26,8 +26,7 @@ use bytes::Bytes;
 use halyard_core::proto::collective_service_client::CollectiveServiceClient;
 use halyard_core::proto::collective_service_server::{CollectiveService, CollectiveServiceServer};
 use halyard_core::proto::{CollectiveChunk, PushAck};
-use tokio::sync::mpsc;
-use tokio::task::JoinHandle;
+use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::UnboundedReceiverStream;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Response, Status, Streaming};
@@ -157,7 +156,28 @@ pub struct Ring {
 /// The open stream to the next rank for one operation.
 struct Outbound {
     tx: mpsc::UnboundedSender<CollectiveChunk>,
-    call: JoinHandle<std::result::Result<Response<PushAck>, Status>>,
+    /// The call's end: `Some(Ok)` when the next rank took everything, `Some(Err)` as soon
+    /// as it failed (refused, reset, dead), which fails the operation at once.
+    done: watch::Receiver<Option<std::result::Result<(), String>>>,
+}
+
+impl Outbound {
+    /// Resolves when the call to the next rank has failed (never when it succeeds).
+    async fn failed(&self) -> String {
+        let mut done = self.done.clone();
+        loop {
+            let ended = done.borrow_and_update().clone();
+            match ended {
+                Some(Err(e)) => return e,
+                // It took everything: nothing more can fail.
+                Some(Ok(())) => return std::future::pending().await,
+                None => {}
+            }
+            if done.changed().await.is_err() && done.borrow().is_none() {
+                return "its stream task ended".into();
+            }
+        }
+    }
 }
 
 impl Ring {
@@ -216,8 +236,14 @@ impl Ring {
     fn open(&self) -> Outbound {
         let (tx, rx) = mpsc::unbounded_channel();
         let mut client = self.next.clone().expect("a ring of more than one");
-        let call = tokio::spawn(async move { client.push(UnboundedReceiverStream::new(rx)).await });
-        Outbound { tx, call }
+        let (done_tx, done) = watch::channel(None);
+        tokio::spawn(async move {
+            let result = client.push(UnboundedReceiverStream::new(rx)).await;
+            let _ = done_tx.send(Some(
+                result.map(|_| ()).map_err(|s| s.message().to_string()),
+            ));
+        });
+        Outbound { tx, done }
     }
 
     fn chunk(&self, step: usize, chunk: usize, data: Bytes, total: u64) -> CollectiveChunk {
@@ -245,15 +271,27 @@ impl Ring {
         }
     }
 
+    /// The next chunk from the previous rank; fails at the deadline, or at once when the
+    /// stream to the next rank (`out`) fails.
     async fn recv(
         &self,
         rx: &mut mpsc::UnboundedReceiver<CollectiveChunk>,
+        out: Option<&Outbound>,
         step: usize,
         chunk: usize,
     ) -> Result<CollectiveChunk> {
         let prev = (self.rank + self.size - 1) % self.size;
-        let m = tokio::time::timeout(self.cfg.deadline, rx.recv())
-            .await
+        let next_failed = async {
+            match out {
+                Some(out) => out.failed().await,
+                None => std::future::pending().await,
+            }
+        };
+        let got = tokio::select! {
+            got = tokio::time::timeout(self.cfg.deadline, rx.recv()) => got,
+            why = next_failed => return Err(self.peer_failed(&why)),
+        };
+        let m = got
             .map_err(|_| CollectiveError::Deadline {
                 rank: prev,
                 op: self.op,
@@ -275,15 +313,19 @@ impl Ring {
     /// Close the stream to the next rank and wait for it to take everything.
     async fn finish(&self, out: Outbound) -> Result<()> {
         drop(out.tx);
-        match tokio::time::timeout(self.cfg.deadline, out.call).await {
+        let mut done = out.done;
+        let ended = tokio::time::timeout(self.cfg.deadline, done.wait_for(Option::is_some)).await;
+        match ended {
             Err(_) => Err(CollectiveError::Deadline {
                 rank: (self.rank + 1) % self.size,
                 op: self.op,
                 waited: self.cfg.deadline,
             }),
-            Ok(Err(e)) => Err(self.peer_failed(&e.to_string())),
-            Ok(Ok(Err(status))) => Err(self.peer_failed(status.message())),
-            Ok(Ok(Ok(_))) => Ok(()),
+            Ok(Err(_)) => Err(self.peer_failed("its stream task ended")),
+            Ok(Ok(r)) => match &*r {
+                Some(Err(e)) => Err(self.peer_failed(e)),
+                _ => Ok(()),
+            },
         }
     }
 
@@ -328,7 +370,7 @@ impl Ring {
                 (rank + 2 * size - (s - (size - 1))) % size
             };
             for (j, &(lo, hi)) in chunks(k).iter().enumerate() {
-                let m = self.recv(&mut rx, s, j).await?;
+                let m = self.recv(&mut rx, Some(&out), s, j).await?;
                 let part = &mut data[lo..hi];
                 if m.data.len() != 4 * part.len() {
                     return Err(CollectiveError::Protocol(format!(
@@ -377,7 +419,7 @@ impl Ring {
         let mut got = Vec::new();
         let mut j = 0;
         loop {
-            let m = self.recv(&mut rx, 0, j).await?;
+            let m = self.recv(&mut rx, out.as_ref(), 0, j).await?;
             let total = m.total as usize;
             got.extend_from_slice(&m.data);
             if let Some(out) = &out {
