@@ -229,15 +229,15 @@ async fn run(
                     }
                     info!(job = %a.value.job_id, attempt = a.value.attempt, "task started");
                     let cancel = Arc::new(AtomicBool::new(false));
-                    let handle = tokio::spawn(task::run(
+                    let handle = tokio::spawn(task::run(task::Task {
                         a,
-                        coord.clone(),
-                        store.clone(),
-                        cfg.s3.clone(),
-                        cfg.gpus,
-                        cancel.clone(),
-                        boxes.clone(),
-                    ));
+                        coord: coord.clone(),
+                        store: store.clone(),
+                        s3: cfg.s3.clone(),
+                        gpus: cfg.gpus,
+                        cancel: cancel.clone(),
+                        boxes: boxes.clone(),
+                    }));
                     running.insert(key, Running { cancel, handle });
                 }
             }

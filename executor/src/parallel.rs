@@ -8,17 +8,15 @@
 //! it as the group's, and the leader forms the group again.
 
 use std::ops::ControlFlow;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use arrow::array::RecordBatch;
 use bytes::Bytes;
-use halyard_collective::{BlockingRing, Mailboxes, Ring, RingConfig};
-use halyard_core::coord::{Coordinator, Versioned};
-use halyard_core::records::{TaskAssignment, TaskProgress};
+use halyard_collective::{BlockingRing, Ring, RingConfig};
+use halyard_core::records::TaskProgress;
 use halyard_core::spec::SPLIT_COLUMN;
-use halyard_core::store::{FEATURES_MANIFEST, S3Config, Store, checkpoint_path, features_dir};
+use halyard_core::store::{FEATURES_MANIFEST, Store, checkpoint_path, features_dir};
 use halyard_models::ModelError;
 use halyard_models::artifact::DataLineage;
 use halyard_models::distributed::{
@@ -32,8 +30,8 @@ use tracing::info;
 
 use crate::error::{ExecutorError, Result};
 use crate::task::{
-    Input, feature_input, lineage, model_configs, placement, read_feature_table, read_inputs,
-    report, sql_context,
+    Input, Task, epoch_line, feature_input, lineage, model_configs, panic_message, placement,
+    read_feature_table, read_inputs, sql_context,
 };
 
 /// How long a rank waits for rank 0's feature table.
@@ -61,22 +59,12 @@ pub(crate) enum Worked {
 }
 
 /// Train as rank `a.rank` of the group.
-#[allow(clippy::too_many_arguments)]
-pub(crate) async fn train(
-    a: &Versioned<TaskAssignment>,
-    coord: &Coordinator,
-    store: &Store,
-    s3: &S3Config,
-    gpus: u32,
-    cancel: &Arc<AtomicBool>,
-    progress: &mut TaskProgress,
-    boxes: &Mailboxes,
-) -> Result<Worked> {
-    let spec = a.value.spec.clone();
+pub(crate) async fn train(t: &Task, progress: &mut TaskProgress) -> Result<Worked> {
+    let (a, spec) = (&t.a, &t.a.value.spec);
     let (rank, workers) = (a.value.rank as usize, a.value.group.len().max(1));
-    let placement = placement(&spec, gpus);
-    let (mut features, rc) = model_configs(&spec, placement);
-    let rows = read_rows(a, coord, store, s3, cancel, progress, &features).await?;
+    let placement = placement(spec, t.gpus);
+    let (mut features, rc) = model_configs(spec, placement);
+    let rows = read_rows(t, progress, &features).await?;
     features.split_column = Some(SPLIT_COLUMN.to_string());
     let peers = if a.value.group.is_empty() {
         vec![String::new()]
@@ -87,7 +75,7 @@ pub(crate) async fn train(
         &a.value.group_id(),
         rank,
         &peers,
-        boxes.clone(),
+        t.boxes.clone(),
         RingConfig {
             deadline: Duration::from_secs_f64(spec.train.step_timeout_secs),
             ..RingConfig::default()
@@ -99,10 +87,10 @@ pub(crate) async fn train(
         rows.local.iter().map(RecordBatch::num_rows).sum::<usize>(),
         spec.model.kind.as_str()
     ));
-    report(coord, a, progress).await;
+    t.report(progress).await;
     let runtime = Handle::current();
     let mut checkpoints = StoreCheckpoints {
-        store: store.clone(),
+        store: t.store.clone(),
         own: checkpoint_path(&a.value.job_id),
         earlier: spec.train.resume_from.as_deref().map(checkpoint_path),
         runtime: runtime.clone(),
@@ -113,7 +101,7 @@ pub(crate) async fn train(
         stop_after_epoch: spec.train.stop_after_epoch,
     };
     let (tx, mut rx) = mpsc::unbounded_channel::<DpEvent>();
-    let stop = cancel.clone();
+    let stop = t.cancel.clone();
     let thread_rows = (rows.all, rows.local, rows.ids);
     let threads = spec.resources.cpus.max(1) as usize;
     let handle = std::thread::Builder::new()
@@ -156,10 +144,7 @@ pub(crate) async fn train(
             .unwrap_or_else(|p| {
                 Err(ModelError::Internal(format!(
                     "training panicked: {}",
-                    p.downcast_ref::<String>()
-                        .cloned()
-                        .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
-                        .unwrap_or_default()
+                    panic_message(p.as_ref())
                 )))
             })
         })
@@ -167,8 +152,8 @@ pub(crate) async fn train(
     while let Some(event) = rx.recv().await {
         if let Some(line) = describe(&event, progress) {
             progress.log(line);
-            if !report(coord, a, progress).await {
-                cancel.store(true, Ordering::Relaxed);
+            if !t.report(progress).await {
+                t.cancel.store(true, Ordering::Relaxed);
             }
         }
     }
@@ -176,7 +161,7 @@ pub(crate) async fn train(
         .await
         .map_err(|e| ExecutorError::Panicked(e.to_string()))?
         .map_err(|_| ExecutorError::Panicked("training thread vanished".into()))??;
-    if cancel.load(Ordering::Relaxed) {
+    if t.cancelled() {
         return Err(ModelError::Cancelled.into());
     }
     info!(job = %a.value.job_id, rank, "worker finished");
@@ -224,21 +209,9 @@ fn describe(event: &DpEvent, progress: &mut TaskProgress) -> Option<String> {
             *samples as f64 / seconds.max(1e-9)
         )),
         DpEvent::Epoch(r) => {
-            let e = r.epoch;
-            progress.epoch = e.epoch;
-            progress.loss = Some(e.loss);
-            let valid = e
-                .valid_loss
-                .map(|v| format!(" validation log loss {v:.5}"))
-                .unwrap_or_default();
-            Some(format!(
-                "member {}/{} epoch {}/{} loss {:.5}{valid}",
-                r.member + 1,
-                r.members,
-                e.epoch,
-                e.epochs,
-                e.loss
-            ))
+            progress.epoch = r.epoch.epoch;
+            progress.loss = Some(r.epoch.loss);
+            Some(epoch_line(r))
         }
     }
 }
@@ -246,19 +219,15 @@ fn describe(event: &DpEvent, progress: &mut TaskProgress) -> Option<String> {
 /// Read this rank's rows (and rank 0's every row): the feature table's shards, or the
 /// source file split by row index.
 async fn read_rows(
-    a: &Versioned<TaskAssignment>,
-    coord: &Coordinator,
-    store: &Store,
-    s3: &S3Config,
-    cancel: &AtomicBool,
+    t: &Task,
     progress: &mut TaskProgress,
     features: &halyard_models::features::FeatureConfig,
 ) -> Result<Rows> {
-    let spec = &a.value.spec;
+    let (a, spec, store) = (&t.a, &t.a.value.spec, &t.store);
     let (rank, workers) = (a.value.rank as usize, a.value.group.len().max(1));
     let mut log = |line: String| progress.log(line);
     if spec.features.is_none() {
-        let input = read_inputs(spec, s3, &mut log).await?;
+        let input = read_inputs(spec, &t.s3, &mut log).await?;
         let table = input.table(spec)?;
         let all = with_split_column(&table.batches, features, SPLIT_COLUMN)?;
         let (local, ids) = rows_of_rank(&all, rank, workers)?;
@@ -272,89 +241,69 @@ async fn read_rows(
         });
     }
     let dir = features_dir(&a.value.feature_job());
-    let mine = |i: usize| i % workers == rank;
-    let (all, local) = if rank == 0 {
-        let ctx = sql_context(coord, s3, &mut log).await?;
-        let all = feature_input(&ctx, spec, store, &dir, s3, &mut log).await?;
-        let (all_rows, _) = shard_rows(&all, spec, |_| true)?;
-        let local = shard_rows(&all, spec, mine)?;
-        (Some((all_rows, all.clone())), (local, all))
+    let input = if rank == 0 {
+        let ctx = sql_context(&t.coord, &t.s3, &mut log).await?;
+        feature_input(&ctx, spec, store, &dir, &t.s3, &mut log).await?
     } else {
         log(format!(
             "waiting for rank 0's feature table in {}",
             store.url_of(&dir)
         ));
-        let manifest = wait_for(store, &format!("{dir}/{FEATURES_MANIFEST}"), cancel).await?;
-        let input =
-            read_feature_table(store, &dir, &manifest, Some((rank, workers)), &mut log).await?;
-        // The input holds only this rank's shards: number them back.
-        let read = shard_rows(&input, spec, |_| true)?;
-        let ids = renumber(&read.1, &input.shard_rows, mine);
-        (None, ((read.0, ids), input))
+        let manifest = wait_for(store, &format!("{dir}/{FEATURES_MANIFEST}"), &t.cancel).await?;
+        read_feature_table(store, &dir, &manifest, Some((rank, workers)), &mut log).await?
     };
-    let ((local, ids), input) = local;
+    // Rank 0 read every shard, the others only theirs: each shard is parsed once.
+    let (mut all, mut local, mut ids) = (Vec::new(), Vec::new(), Vec::new());
+    for (shard, batches, shard_ids) in shard_tables(&input, spec)? {
+        if shard % workers == rank {
+            local.extend(batches.iter().cloned());
+            ids.extend(shard_ids);
+        }
+        all.extend(batches);
+    }
     let (location, digest) = input.features.clone().unwrap_or_default();
-    let total = input.shard_rows.iter().sum::<u64>() as usize;
     Ok(Rows {
-        all: all.map(|(rows, _)| rows),
+        all: (rank == 0).then_some(all),
         local,
         ids,
         location,
         digest,
-        total,
+        total: input.shard_rows.iter().sum::<u64>() as usize,
     })
 }
 
-/// The rows of the shards `keep` selects, each shard read and ordered on its own (so a
-/// row's place never depends on which shards sit beside it), with ids = the shard's offset
-/// in the whole table plus the row's place in it.
-fn shard_rows(
+/// A shard's number, its rows and their ids.
+type ShardRows = (usize, Vec<RecordBatch>, Vec<u64>);
+
+/// Every shard `input` holds, read and ordered on its own (so a row's place never depends
+/// on which shards sit beside it): its number, its rows, and their ids (the shard's offset
+/// in the whole table plus the row's place in it).
+fn shard_tables(
     input: &Input,
     spec: &halyard_core::spec::JobSpec,
-    keep: impl Fn(usize) -> bool,
-) -> Result<(Vec<RecordBatch>, Vec<u64>)> {
-    let mut batches = Vec::new();
-    let mut ids = Vec::new();
-    let mut offset = 0u64;
-    for (i, part) in input.parts.iter().enumerate() {
-        if keep(i) {
-            let one = Input {
+) -> Result<Vec<ShardRows>> {
+    let offsets: Vec<u64> = input
+        .shard_rows
+        .iter()
+        .scan(0u64, |at, rows| {
+            let start = *at;
+            *at += rows;
+            Some(start)
+        })
+        .collect();
+    input
+        .parts
+        .iter()
+        .zip(&input.shards)
+        .map(|(part, &shard)| {
+            let table = Input {
                 parts: vec![part.clone()],
                 ..input.clone()
-            };
-            let table = one.table(spec)?;
-            ids.extend(offset..offset + table.rows as u64);
-            offset += table.rows as u64;
-            batches.extend(table.batches);
-        } else {
-            offset += input.shard_rows.get(i).copied().unwrap_or(0);
-        }
-    }
-    Ok((batches, ids))
-}
-
-/// Ids computed as if the shards read were the whole table (`read_ids`), turned into ids
-/// in the whole table, whose shards have `shard_rows` rows and of which `mine` were read.
-fn renumber(read_ids: &[u64], shard_rows: &[u64], mine: impl Fn(usize) -> bool) -> Vec<u64> {
-    // Offsets of the read shards in the read rows and in the whole table.
-    let mut spans = Vec::new();
-    let (mut read_at, mut whole_at) = (0u64, 0u64);
-    for (i, &rows) in shard_rows.iter().enumerate() {
-        if mine(i) {
-            spans.push((read_at, whole_at, rows));
-            read_at += rows;
-        }
-        whole_at += rows;
-    }
-    read_ids
-        .iter()
-        .map(|&id| {
-            let (r, w, _) = spans
-                .iter()
-                .copied()
-                .find(|(r, _, n)| id >= *r && id < r + n)
-                .unwrap_or((0, 0, 0));
-            id - r + w
+            }
+            .table(spec)?;
+            let start = offsets.get(shard).copied().unwrap_or(0);
+            let ids = (start..start + table.rows as u64).collect();
+            Ok((shard, table.batches, ids))
         })
         .collect()
 }

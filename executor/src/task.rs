@@ -29,7 +29,8 @@ use halyard_models::forecast::nbeats::NBeatsTrainConfig;
 use halyard_models::forecast::{Series, split_last};
 use halyard_models::logistic::{Optimizer, TrainConfig};
 use halyard_models::pipeline::{
-    ResponseConfig, ResponseKind, TrainedModel, train_forecaster, train_response_model,
+    MemberReport, ResponseConfig, ResponseKind, TrainedModel, train_forecaster,
+    train_response_model,
 };
 use tokio::sync::{mpsc, oneshot};
 use tracing::{info, warn};
@@ -172,32 +173,41 @@ pub(crate) async fn sql_context(
     Ok(remote_context(&endpoint, s3, SQL_PARTITIONS).await?)
 }
 
-pub(crate) async fn run(
-    a: Versioned<TaskAssignment>,
-    coord: Coordinator,
-    store: Store,
-    s3: S3Config,
-    gpus: u32,
-    cancel: Arc<AtomicBool>,
-    boxes: halyard_collective::Mailboxes,
-) {
+/// One task and what its executor lends it.
+pub(crate) struct Task {
+    /// The assignment, as read (reports are fenced on it).
+    pub a: Versioned<TaskAssignment>,
+    pub coord: Coordinator,
+    pub store: Store,
+    pub s3: S3Config,
+    /// GPUs the executor advertises.
+    pub gpus: u32,
+    /// Set when the task must stop.
+    pub cancel: Arc<AtomicBool>,
+    /// Where a data-parallel group's chunks for this executor arrive.
+    pub boxes: halyard_collective::Mailboxes,
+}
+
+impl Task {
+    /// Report, unless the assignment is gone; `false` means the task must stop.
+    pub(crate) async fn report(&self, p: &TaskProgress) -> bool {
+        report(&self.coord, &self.a, p).await
+    }
+
+    /// Whether the task was told to stop.
+    pub(crate) fn cancelled(&self) -> bool {
+        self.cancel.load(Ordering::Relaxed)
+    }
+}
+
+pub(crate) async fn run(t: Task) {
+    let a = &t.a;
     let mut progress = TaskProgress::started(&a.value);
     progress.log(format!("attempt {} started", a.value.attempt));
-    if !report(&coord, &a, &progress).await {
+    if !t.report(&progress).await {
         return;
     }
-    match train_and_publish(
-        &a,
-        &coord,
-        &store,
-        &s3,
-        gpus,
-        &cancel,
-        &mut progress,
-        &boxes,
-    )
-    .await
-    {
+    match train_and_publish(&t, &mut progress).await {
         Ok(()) if a.value.rank != 0 => {
             info!(job = %a.value.job_id, rank = a.value.rank, "worker done");
             return;
@@ -223,25 +233,15 @@ pub(crate) async fn run(
             progress.log(format!("failed: {e}"));
         }
     }
-    report(&coord, &a, &progress).await;
+    t.report(&progress).await;
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn train_and_publish(
-    a: &Versioned<TaskAssignment>,
-    coord: &Coordinator,
-    store: &Store,
-    s3: &S3Config,
-    gpus: u32,
-    cancel: &Arc<AtomicBool>,
-    progress: &mut TaskProgress,
-    boxes: &halyard_collective::Mailboxes,
-) -> Result<()> {
-    let spec = a.value.spec.clone();
+async fn train_and_publish(t: &Task, progress: &mut TaskProgress) -> Result<()> {
+    let spec = &t.a.value.spec;
     let (trained, lineage) = if spec.train.workers.is_some() {
         use crate::parallel::Worked;
-        match crate::parallel::train(a, coord, store, s3, gpus, cancel, progress, boxes).await? {
-            Worked::Model(t) => *t,
+        match crate::parallel::train(t, progress).await? {
+            Worked::Model(m) => *m,
             // Ranks other than 0 publish nothing.
             Worked::Done => return Ok(()),
             Worked::Paused { valid_loss, epoch } => {
@@ -256,7 +256,7 @@ async fn train_and_publish(
             }
         }
     } else {
-        train_alone(a, coord, store, s3, gpus, cancel, progress).await?
+        train_alone(t, progress).await?
     };
     if !spec.train.publish {
         progress.metrics = trained.metrics;
@@ -266,52 +266,47 @@ async fn train_and_publish(
         progress.log("trained; not published ([train] publish = false)");
         return Ok(());
     }
-    publish(a, coord, store, progress, trained, lineage).await
+    publish(&t.a, &t.coord, &t.store, progress, trained, lineage).await
 }
 
-async fn train_alone(
-    a: &Versioned<TaskAssignment>,
-    coord: &Coordinator,
-    store: &Store,
-    s3: &S3Config,
-    gpus: u32,
-    cancel: &Arc<AtomicBool>,
-    progress: &mut TaskProgress,
-) -> Result<Trained> {
-    let spec = a.value.spec.clone();
+async fn train_alone(t: &Task, progress: &mut TaskProgress) -> Result<Trained> {
+    let (a, spec) = (&t.a, &t.a.value.spec);
     let input = if spec.features.is_some() {
-        let ctx = sql_context(coord, s3, &mut |line| progress.log(line)).await?;
-        report(coord, a, progress).await;
+        let ctx = sql_context(&t.coord, &t.s3, &mut |line| progress.log(line)).await?;
+        t.report(progress).await;
         let dir = features_dir(&a.value.feature_job());
-        feature_input(&ctx, &spec, store, &dir, s3, &mut |line| progress.log(line)).await?
+        feature_input(&ctx, spec, &t.store, &dir, &t.s3, &mut |line| {
+            progress.log(line)
+        })
+        .await?
     } else {
-        read_inputs(&spec, s3, &mut |line| progress.log(line)).await?
+        read_inputs(spec, &t.s3, &mut |line| progress.log(line)).await?
     };
-    let placement = placement(&spec, gpus);
+    let placement = placement(spec, t.gpus);
     progress.log(format!(
         "training {} on the {placement}",
         spec.model.kind.as_str()
     ));
-    report(coord, a, progress).await;
+    t.report(progress).await;
     let (mut rx, done_rx) = spawn_training(
         &a.value.job_id,
         input,
         spec.clone(),
         placement,
-        cancel.clone(),
+        t.cancel.clone(),
     )?;
     while let Some(r) = rx.recv().await {
         progress.epoch = r.epoch;
         progress.loss = Some(r.loss);
         progress.log(r.line);
-        if !report(coord, a, progress).await {
-            cancel.store(true, Ordering::Relaxed);
+        if !t.report(progress).await {
+            t.cancel.store(true, Ordering::Relaxed);
         }
     }
     let trained = done_rx
         .await
         .map_err(|_| ExecutorError::Panicked("training thread vanished".into()))??;
-    if cancel.load(Ordering::Relaxed) {
+    if t.cancelled() {
         return Err(halyard_models::ModelError::Cancelled.into());
     }
     Ok(trained)
@@ -403,6 +398,8 @@ pub struct Input {
     pub features: Option<(String, String)>,
     /// Rows of every shard of the feature table (all of them, also those not read).
     pub shard_rows: Vec<u64>,
+    /// The shard number of each part.
+    pub shards: Vec<usize>,
 }
 
 impl Input {
@@ -461,6 +458,7 @@ pub async fn read_inputs(
         test: read_test_source(spec, s3, log).await?,
         features: None,
         shard_rows: Vec::new(),
+        shards: Vec::new(),
     })
 }
 
@@ -535,9 +533,11 @@ pub(crate) async fn read_feature_table(
             message: e.to_string(),
         })?;
     let mut parts = Vec::with_capacity(table.shards.len());
+    let mut shards = Vec::with_capacity(table.shards.len());
     for (i, shard) in table.shards.iter().enumerate() {
         if only.is_none_or(|(rank, workers)| i % workers == rank) {
             parts.push(store.get(&format!("{dir}/{}", shard.file)).await?);
+            shards.push(i);
         }
     }
     let read: usize = parts.iter().map(Bytes::len).sum();
@@ -552,6 +552,7 @@ pub(crate) async fn read_feature_table(
         test: None,
         features: Some((store.url_of(dir), digest(manifest))),
         shard_rows: table.shards.iter().map(|s| s.rows).collect(),
+        shards,
     })
 }
 
@@ -577,18 +578,38 @@ pub fn spawn_training(
             let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                 train_blocking(&input, &spec, placement, &cancel, &tx)
             }))
-            .unwrap_or_else(|p| {
-                let msg = p
-                    .downcast_ref::<String>()
-                    .cloned()
-                    .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
-                    .unwrap_or_default();
-                Err(ExecutorError::Panicked(msg))
-            });
+            .unwrap_or_else(|p| Err(ExecutorError::Panicked(panic_message(p.as_ref()))));
             let _ = done_tx.send(result);
         })
         .map_err(|e| ExecutorError::Panicked(e.to_string()))?;
     Ok((rx, done_rx))
+}
+
+/// What a caught panic said.
+pub(crate) fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
+    p.downcast_ref::<String>()
+        .cloned()
+        .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_default()
+}
+
+/// A response model's epoch for the job's log: `[member m/M ]epoch e/E loss l[ validation
+/// log loss v]`.
+pub(crate) fn epoch_line(r: &MemberReport) -> String {
+    let e = &r.epoch;
+    let member = if r.members > 1 {
+        format!("member {}/{} ", r.member + 1, r.members)
+    } else {
+        String::new()
+    };
+    let valid = e
+        .valid_loss
+        .map(|v| format!(" validation log loss {v:.5}"))
+        .unwrap_or_default();
+    format!(
+        "{member}epoch {}/{} loss {:.5}{valid}",
+        e.epoch, e.epochs, e.loss
+    )
 }
 
 /// Parse and train, on the calling (dedicated) thread.
@@ -640,23 +661,10 @@ fn train_blocking(
         features.split_column = Some(SPLIT_COLUMN.to_string());
     }
     let trained = train_response_model(&table.batches, &features, &rc, |r| {
-        let e = r.epoch;
-        let member = if r.members > 1 {
-            format!("member {}/{} ", r.member + 1, r.members)
-        } else {
-            String::new()
-        };
-        let valid = e
-            .valid_loss
-            .map(|v| format!(" validation log loss {v:.5}"))
-            .unwrap_or_default();
         let _ = reports.send(Progress {
-            epoch: e.epoch,
-            loss: e.loss,
-            line: format!(
-                "{member}epoch {}/{} loss {:.5}{valid}",
-                e.epoch, e.epochs, e.loss
-            ),
+            epoch: r.epoch.epoch,
+            loss: r.epoch.loss,
+            line: epoch_line(&r),
         });
         flow()
     })?;
