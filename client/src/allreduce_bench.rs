@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use halyard_collective::{Mailboxes, Ring, RingConfig, serve};
 
+use crate::bench::median_of;
 use crate::{ClientError, Result};
 
 /// One size's figures.
@@ -37,8 +38,7 @@ pub fn memcpy_bandwidth(floats: usize, runs: usize) -> f64 {
         std::hint::black_box(&mut dst);
         times.push(t.elapsed());
     }
-    times.sort();
-    (4 * floats) as f64 / times[times.len() / 2].as_secs_f64()
+    (4 * floats) as f64 / median_of(times).as_secs_f64()
 }
 
 /// All-reduce `sizes` over a ring of `ranks` in-process ranks, `runs` times each.
@@ -96,8 +96,7 @@ pub async fn run(ranks: usize, sizes: &[usize], runs: usize) -> Result<Vec<AllRe
                 times.push(started.elapsed());
             }
         }
-        times.sort();
-        let median = times[times.len() / 2];
+        let median = median_of(times);
         let algo = (4 * floats) as f64 / median.as_secs_f64();
         figures.push(AllReduceFigure {
             floats,

@@ -24,6 +24,12 @@ fn median(v: &[Duration]) -> Duration {
     v[v.len() / 2]
 }
 
+/// The median of unsorted durations.
+pub(crate) fn median_of(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    median(&v)
+}
+
 impl SchedulingFigures {
     /// A one-paragraph summary.
     pub fn summary(&self) -> String {

@@ -259,9 +259,7 @@ pub struct Timings {
 impl Timings {
     /// The median run.
     pub fn median(&self) -> Duration {
-        let mut v = self.runs.clone();
-        v.sort();
-        v[v.len() / 2]
+        crate::bench::median_of(self.runs.clone())
     }
 }
 

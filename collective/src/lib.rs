@@ -454,29 +454,23 @@ fn bytes_of(values: &[f32]) -> Bytes {
     if cfg!(target_endian = "little") {
         Bytes::copy_from_slice(bytemuck::cast_slice(values))
     } else {
-        values.iter().flat_map(|v| v.to_le_bytes()).collect()
+        Bytes::from(halyard_models::distributed::float_bytes(values))
     }
 }
 
 /// Add (`reducing`) or copy little-endian `bytes` into `part`.
 fn combine(part: &mut [f32], bytes: &[u8], reducing: bool) {
-    match bytemuck::try_cast_slice::<u8, f32>(bytes) {
-        Ok(values) if cfg!(target_endian = "little") => {
-            if reducing {
-                for (x, v) in part.iter_mut().zip(values) {
-                    *x += *v;
-                }
-            } else {
-                part.copy_from_slice(values);
-            }
+    // In place when aligned on a little-endian machine; else decoded first.
+    let values: std::borrow::Cow<[f32]> = match bytemuck::try_cast_slice::<u8, f32>(bytes) {
+        Ok(v) if cfg!(target_endian = "little") => v.into(),
+        _ => halyard_models::distributed::floats(bytes).into(),
+    };
+    if reducing {
+        for (x, v) in part.iter_mut().zip(values.iter()) {
+            *x += *v;
         }
-        // Unaligned (or big-endian): element by element.
-        _ => {
-            for (x, b) in part.iter_mut().zip(bytes.chunks_exact(4)) {
-                let v = f32::from_le_bytes(b.try_into().expect("4 bytes"));
-                *x = if reducing { *x + v } else { v };
-            }
-        }
+    } else {
+        part.copy_from_slice(&values);
     }
 }
 

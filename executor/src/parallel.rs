@@ -278,10 +278,7 @@ type ShardRows = (usize, Vec<RecordBatch>, Vec<u64>);
 /// Every shard `input` holds, read and ordered on its own (so a row's place never depends
 /// on which shards sit beside it): its number, its rows, and their ids (the shard's offset
 /// in the whole table plus the row's place in it).
-fn shard_tables(
-    input: &Input,
-    spec: &halyard_core::spec::JobSpec,
-) -> Result<Vec<ShardRows>> {
+fn shard_tables(input: &Input, spec: &halyard_core::spec::JobSpec) -> Result<Vec<ShardRows>> {
     let offsets: Vec<u64> = input
         .shard_rows
         .iter()

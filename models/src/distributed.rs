@@ -286,14 +286,9 @@ pub fn float_bytes(values: &[f32]) -> Vec<u8> {
 
 /// FNV-1a over the bits of `values`: equal replicas have equal checksums.
 pub fn checksum(values: &[f32]) -> u32 {
-    let mut h: u32 = 0x811c_9dc5;
-    for v in values {
-        for b in v.to_le_bytes() {
-            h ^= u32::from(b);
-            h = h.wrapping_mul(0x0100_0193);
-        }
-    }
-    h
+    let h = crate::features::fnv1a_bytes(values.iter().flat_map(|v| v.to_le_bytes()));
+    // Folded to 32 bits: it travels as two exact 16-bit halves of an f32 each.
+    (h ^ (h >> 32)) as u32
 }
 
 /// The module's float parameters, flattened in visiting order.
@@ -421,28 +416,26 @@ impl GlobalRows {
         let start: u64 = rows[..rank].iter().sum();
         // Two exact 16-bit halves per id (ids below 2^32).
         let mut buf = vec![0.0f32; 2 * total as usize];
-        for (k, id) in local_ids.iter().enumerate() {
-            if *id >= 1 << 32 {
-                return Err(ModelError::Unsupported(format!(
+        for (k, &id) in local_ids.iter().enumerate() {
+            let id = u32::try_from(id).map_err(|_| {
+                ModelError::Unsupported(format!(
                     "row id {id} is too large for data-parallel training (at most 2^32 rows)"
-                )));
-            }
-            let at = 2 * (start as usize + k);
-            buf[at] = (id >> 16) as f32;
-            buf[at + 1] = (id & 0xffff) as f32;
+                ))
+            })?;
+            put_u32(&mut buf, start as usize + k, id);
         }
         group.all_reduce(&mut buf)?;
         let mut all: Vec<(u64, u32, usize)> = Vec::with_capacity(total as usize);
         let mut r = 0u32;
         let mut left = rows.first().copied().unwrap_or(0);
         let mut local = 0usize;
-        for pair in buf.chunks_exact(2) {
+        for i in 0..total as usize {
             while left == 0 {
                 r += 1;
                 left = rows[r as usize];
                 local = 0;
             }
-            all.push(((pair[0] as u64) << 16 | pair[1] as u64, r, local));
+            all.push((u64::from(get_u32(&buf, i)), r, local));
             left -= 1;
             local += 1;
         }
@@ -680,7 +673,7 @@ pub fn train_response_parallel(
                     buf[n] = l as f32 * b;
                     buf[n + 1] = b;
                 }
-                put_checksum(&mut buf[n + 2..], rank, checksum(&st.params));
+                put_u32(&mut buf[n + 2..], rank, checksum(&st.params));
                 group.all_reduce(&mut buf)?;
                 if let Some(sums) = disagreement(&buf[n + 2..], size) {
                     return Err(collective_error(format!(
@@ -692,7 +685,10 @@ pub fn train_response_parallel(
                 samples += rows_in_step as u64;
                 st.loss_sum += f64::from(buf[n]);
                 if rows_in_step > 0.0 {
-                    let g: Vec<f32> = buf[..n].iter().map(|x| x / rows_in_step).collect();
+                    let g = &mut buf[..n];
+                    for x in g.iter_mut() {
+                        *x /= rows_in_step;
+                    }
                     let lr = cosine_lr(
                         tc.learning_rate,
                         at.step as usize,
@@ -701,7 +697,7 @@ pub fn train_response_parallel(
                         0.05,
                     );
                     st.adam_t += 1;
-                    adam.step(st.adam_t, lr, &mut st.params, &g, &mut st.m, &mut st.v);
+                    adam.step(st.adam_t, lr, &mut st.params, g, &mut st.m, &mut st.v);
                     model = load_params(model, &st.params);
                 }
                 st.at.step_in_epoch += 1;
@@ -788,7 +784,7 @@ pub fn train_response_parallel(
         // One last comparison, of the final weights.
         let mut sums = vec![0.0f32; 2 * size];
         let sum = checksum(&st.params);
-        put_checksum(&mut sums, rank, sum);
+        put_u32(&mut sums, rank, sum);
         group.all_reduce(&mut sums)?;
         if disagreement(&sums, size).is_some() {
             return Err(collective_error(format!(
@@ -904,17 +900,21 @@ impl MemberState {
     }
 }
 
-/// Put rank `rank`'s checksum in its two slots (two exact 16-bit halves).
-fn put_checksum(slots: &mut [f32], rank: usize, sum: u32) {
-    slots[2 * rank] = (sum >> 16) as f32;
-    slots[2 * rank + 1] = (sum & 0xffff) as f32;
+/// Put `v` in slot pair `i` as two 16-bit halves, each exact in an f32 and exact in a sum
+/// where the other ranks put zeros.
+fn put_u32(slots: &mut [f32], i: usize, v: u32) {
+    slots[2 * i] = (v >> 16) as f32;
+    slots[2 * i + 1] = (v & 0xffff) as f32;
+}
+
+/// The value in slot pair `i`.
+fn get_u32(slots: &[f32], i: usize) -> u32 {
+    ((slots[2 * i] as u32) << 16) | slots[2 * i + 1] as u32
 }
 
 /// Every rank's checksum, when they differ.
 fn disagreement(slots: &[f32], size: usize) -> Option<Vec<u32>> {
-    let sums: Vec<u32> = (0..size)
-        .map(|r| ((slots[2 * r] as u32) << 16) | slots[2 * r + 1] as u32)
-        .collect();
+    let sums: Vec<u32> = (0..size).map(|r| get_u32(slots, r)).collect();
     sums.iter().any(|s| *s != sums[0]).then_some(sums)
 }
 

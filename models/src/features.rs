@@ -335,9 +335,14 @@ fn one_hot(values: &[Option<String>], roles: &[Role], cfg: &FeatureConfig) -> Co
 
 /// FNV-1a, 64 bit: stable across processes and versions (unlike std's hasher).
 pub fn fnv1a(s: &str) -> u64 {
+    fnv1a_bytes(s.bytes())
+}
+
+/// FNV-1a, 64 bit, of a byte sequence.
+pub fn fnv1a_bytes(bytes: impl IntoIterator<Item = u8>) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in s.as_bytes() {
-        h ^= u64::from(*b);
+    for b in bytes {
+        h ^= u64::from(b);
         h = h.wrapping_mul(0x0000_0100_0000_01b3);
     }
     h
