@@ -203,8 +203,9 @@ fn describe(event: &DpEvent, progress: &mut TaskProgress) -> Option<String> {
             checksum,
             samples,
             seconds,
+            all_reduce_seconds,
         } => Some(format!(
-            "member {}: the replicas' weights agreed bit for bit before every one of {steps} steps and after the last (checksum {checksum:08x}); trained {samples} samples in {seconds:.2} s: {:.0} samples/s",
+            "member {}: the replicas' weights agreed bit for bit before every one of {steps} steps and after the last (checksum {checksum:08x}); trained {samples} samples in {seconds:.2} s: {:.0} samples/s ({all_reduce_seconds:.2} s of it in the steps' all-reduces)",
             member + 1,
             *samples as f64 / seconds.max(1e-9)
         )),

@@ -20,7 +20,7 @@
 //!   lost is at most one interval.
 
 use std::ops::ControlFlow;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use arrow::array::RecordBatch;
 use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
@@ -150,6 +150,9 @@ pub enum DpEvent {
         samples: u64,
         /// Seconds this run trained the member (steps, validation and checkpoints).
         seconds: f64,
+        /// Of those, seconds in the steps' all-reduces (the transfer and the wait for the
+        /// slowest rank).
+        all_reduce_seconds: f64,
     },
 }
 
@@ -625,7 +628,7 @@ pub fn train_response_parallel(
         };
         model = load_params(model, &st.params);
         let n = st.params.len();
-        let (started, mut samples) = (Instant::now(), 0u64);
+        let (started, mut samples, mut all_reduce) = (Instant::now(), 0u64, Duration::ZERO);
         last_save.1 = st.at.step;
         let mut stopped_early = false;
         let checkpoint = |st: &MemberState, consumed: Vec<u64>, finished: &[Vec<f32>]| {
@@ -674,7 +677,9 @@ pub fn train_response_parallel(
                     buf[n + 1] = b;
                 }
                 put_u32(&mut buf[n + 2..], rank, checksum(&st.params));
+                let waited = Instant::now();
                 group.all_reduce(&mut buf)?;
+                all_reduce += waited.elapsed();
                 if let Some(sums) = disagreement(&buf[n + 2..], size) {
                     return Err(collective_error(format!(
                         "the replicas' weights differ before step {} of member {member} (checksums by rank {sums:08x?})",
@@ -797,6 +802,7 @@ pub fn train_response_parallel(
             checksum: sum,
             samples,
             seconds: started.elapsed().as_secs_f64(),
+            all_reduce_seconds: all_reduce.as_secs_f64(),
         })
         .is_break()
         {
