@@ -185,10 +185,9 @@ async fn a_killed_worker_is_replaced_and_training_resumes_from_the_checkpoint() 
     let log = common::log_text(&client, &id).await;
     assert_eq!(done.state, "succeeded", "{}\n{log}", done.error);
     assert!(done.attempt >= 2, "{log}");
-    assert!(
-        !done.workers.contains(&victim) || done.workers.is_empty(),
-        "{log}"
-    );
+    // The group that finished: two live workers, the victim not among them.
+    assert_eq!(done.workers.len(), 2, "{log}");
+    assert!(!done.workers.contains(&victim), "{log}");
     assert!(
         log.contains(&format!("executor {victim} lost")) || log.contains("worker group failed"),
         "{log}"
