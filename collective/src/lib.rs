@@ -7,7 +7,6 @@
 //!   Each segment's sum is made by one rank and copied to the others: every rank ends with
 //!   the same bits.
 //! - [`Ring::broadcast`]: rank 0's bytes, chunked, passed along the ring.
-//! - [`Ring::barrier`]: an all-reduce of one value.
 //!
 //! Every wait has a deadline: a peer that stops answering (dead, stopped, partitioned) fails
 //! the operation with [`CollectiveError::Deadline`] on every rank instead of hanging it.
@@ -435,11 +434,6 @@ impl Ring {
         }
         *data = got;
         Ok(())
-    }
-
-    /// Wait until every rank has reached this point.
-    pub async fn barrier(&mut self) -> Result<()> {
-        self.all_reduce(&mut [1.0]).await
     }
 }
 
