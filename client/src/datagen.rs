@@ -63,8 +63,79 @@ pub struct Generated {
     pub response_rate: f64,
 }
 
-fn pick<'a, T: Copy>(rng: &mut StdRng, items: &'a [(&'a str, T)]) -> (&'a str, T) {
-    items[rng.random_range(0..items.len())]
+fn pick(rng: &mut StdRng, items: &[(&'static str, f64)]) -> &'static str {
+    items[rng.random_range(0..items.len())].0
+}
+
+/// The effect of `name` in `table` (0 for a name the table does not hold).
+fn effect(table: &[(&str, f64)], name: &str) -> f64 {
+    table
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map_or(0.0, |(_, fx)| *fx)
+}
+
+/// The columns of a `responses.csv` row that drive `responded` ([`EFFECTS`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Customer<'a> {
+    pub income: f64,
+    pub previous_responses: u32,
+    pub days_since_last_contact: u32,
+    pub emails_opened_30d: u32,
+    pub segment: &'a str,
+    pub channel: &'a str,
+    pub campaign: &'a str,
+    pub offer: &'a str,
+}
+
+impl<'a> Customer<'a> {
+    /// A data row of `responses.csv` as written by [`generate`]: the customer and whether
+    /// they responded; `None` for the header or a row of another shape.
+    pub fn from_row(line: &'a str) -> Option<(Customer<'a>, bool)> {
+        let f: Vec<&str> = line.trim_end().split(',').collect();
+        let [
+            _,
+            _,
+            income,
+            _,
+            _,
+            segment,
+            channel,
+            campaign,
+            offer,
+            previous,
+            days,
+            opened,
+            responded,
+        ] = f.as_slice()
+        else {
+            return None;
+        };
+        let customer = Customer {
+            income: income.parse().ok()?,
+            previous_responses: previous.parse().ok()?,
+            days_since_last_contact: days.parse().ok()?,
+            emails_opened_30d: opened.parse().ok()?,
+            segment,
+            channel,
+            campaign,
+            offer,
+        };
+        Some((customer, *responded == "yes"))
+    }
+
+    /// The true log-odds of a response: what a perfect model would rank customers by, so
+    /// tests can hold a trained model's AUC against the best one possible on the same rows.
+    pub fn log_odds(&self) -> f64 {
+        -2.4 + 0.35 * f64::from(self.previous_responses)
+            - 0.004 * f64::from(self.days_since_last_contact)
+            + 0.15 * f64::from(self.emails_opened_30d)
+            + 0.3 * (self.income - 50_000.0) / 20_000.0
+            + effect(&CHANNELS, self.channel)
+            + effect(&OFFERS, self.offer)
+            + effect(&SEGMENTS, self.segment)
+            + effect(&CAMPAIGNS, self.campaign)
+    }
 }
 
 /// Write the data set under `dir` (`dir/campaign/…`).
@@ -85,20 +156,24 @@ pub fn generate(dir: &Path, rows: usize, seed: u64) -> Result<Generated> {
             .round();
         let tenure: u32 = rng.random_range(0..120);
         let region = REGIONS[rng.random_range(0..REGIONS.len())];
-        let (segment, seg_fx) = pick(&mut rng, &SEGMENTS);
-        let (channel, ch_fx) = pick(&mut rng, &CHANNELS);
-        let (campaign, camp_fx) = pick(&mut rng, &CAMPAIGNS);
-        let (offer, off_fx) = pick(&mut rng, &OFFERS);
+        let segment = pick(&mut rng, &SEGMENTS);
+        let channel = pick(&mut rng, &CHANNELS);
+        let campaign = pick(&mut rng, &CAMPAIGNS);
+        let offer = pick(&mut rng, &OFFERS);
         let previous: u32 = (0..5).filter(|_| rng.random_bool(0.18)).count() as u32;
         let days: u32 = rng.random_range(0..365);
         let opened: u32 = rng.random_range(0..9);
-        let z = -2.4 + 0.35 * f64::from(previous) - 0.004 * f64::from(days)
-            + 0.15 * f64::from(opened)
-            + 0.3 * (income - 50_000.0) / 20_000.0
-            + ch_fx
-            + off_fx
-            + seg_fx
-            + camp_fx;
+        let customer = Customer {
+            income,
+            previous_responses: previous,
+            days_since_last_contact: days,
+            emails_opened_30d: opened,
+            segment,
+            channel,
+            campaign,
+            offer,
+        };
+        let z = customer.log_odds();
         let p = 1.0 / (1.0 + (-z).exp());
         let responded = rng.random_bool(p);
         responders += usize::from(responded);
@@ -162,4 +237,50 @@ fn write(path: &Path, text: &str) -> Result<()> {
             path: path.display().to_string(),
             source,
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn responses_follow_the_documented_log_odds() {
+        let dir = tempfile::tempdir().unwrap();
+        let generated = generate(dir.path(), 20_000, 4).unwrap();
+        let text = std::fs::read_to_string(&generated.responses).unwrap();
+        let rows: Vec<(Customer, bool)> = text
+            .lines()
+            .skip(1)
+            .map(|l| Customer::from_row(l).unwrap())
+            .collect();
+        assert_eq!(rows.len(), 20_000);
+        assert!(Customer::from_row(text.lines().next().unwrap()).is_none());
+        // Calibration: the true probabilities average to the observed rate (the standard
+        // error of a rate over 20 000 rows is about 0.003).
+        let expected: f64 = rows
+            .iter()
+            .map(|(c, _)| 1.0 / (1.0 + (-c.log_odds()).exp()))
+            .sum::<f64>()
+            / 20_000.0;
+        assert!(
+            (expected - generated.response_rate).abs() < 0.01,
+            "expected {expected}, observed {}",
+            generated.response_rate
+        );
+        // And by group: direct mail (+0.6) answers more than push (-0.4), as documented.
+        let rate = |channel: &str| {
+            let of: Vec<bool> = rows
+                .iter()
+                .filter(|(c, _)| c.channel == channel)
+                .map(|(_, r)| *r)
+                .collect();
+            of.iter().filter(|r| **r).count() as f64 / of.len() as f64
+        };
+        assert!(
+            rate("direct_mail") > rate("push") + 0.05,
+            "{} vs {}",
+            rate("direct_mail"),
+            rate("push")
+        );
+    }
 }
