@@ -1,3 +1,5 @@
+//! Compiles the wire protocol (`proto/halyard.proto`) into Rust with tonic and prost.
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=proto/halyard.proto");
     tonic_prost_build::configure()

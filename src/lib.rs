@@ -6,7 +6,10 @@ pub mod train;
 
 use std::path::PathBuf;
 
-use halyard_core::config::{CoordinatorConfig, ExecutorConfig, SchedulerConfig, Settings};
+use halyard_core::config::{
+    CoordinatorConfig, DEFAULT_DATA_DIR, DEFAULT_EXECUTORS, ExecutorConfig, SchedulerConfig,
+    Settings,
+};
 use halyard_executor::{ExecutorHandle, start_executor};
 use halyard_scheduler::{SchedulerHandle, start_scheduler};
 use tracing::info;
@@ -23,6 +26,68 @@ pub enum Error {
     /// An executor did not start.
     #[error(transparent)]
     Executor(#[from] halyard_executor::ExecutorError),
+    /// A role that needs etcd was started without it.
+    #[error(
+        "halyard {0} needs etcd: pass --etcd HOST:PORT or set HALYARD_ETCD (for a one-process cluster without etcd, run `halyard standalone`)"
+    )]
+    NeedsEtcd(String),
+}
+
+/// The options of `halyard scheduler` and `halyard executor` need etcd.
+fn require_etcd(s: &Settings, role: &str) -> Result<(), Error> {
+    if s.etcd.as_ref().is_none_or(|e| e.is_empty()) {
+        return Err(Error::NeedsEtcd(role.to_string()));
+    }
+    Ok(())
+}
+
+/// Wait for Ctrl-C or SIGTERM.
+async fn wait_for_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("signal handler");
+        tokio::select! { _ = ctrl_c => {}, _ = term.recv() => {} }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
+/// `halyard standalone`: run a standalone cluster until Ctrl-C or SIGTERM.
+pub async fn run_standalone(settings: Settings) -> Result<(), Error> {
+    let cluster = start_standalone(settings).await?;
+    eprintln!(
+        "halyard standalone: API on {}, {} executors, models in {}; Ctrl-C stops",
+        cluster.scheduler.addr,
+        cluster.executors.len(),
+        cluster.store_url
+    );
+    wait_for_signal().await;
+    cluster.stop().await;
+    Ok(())
+}
+
+/// `halyard scheduler`: run a scheduler on etcd until Ctrl-C or SIGTERM.
+pub async fn run_scheduler(settings: Settings) -> Result<(), Error> {
+    require_etcd(&settings, "scheduler")?;
+    let cfg = SchedulerConfig::from_settings(&settings)?;
+    let coord = cfg.coordinator.connect().await?;
+    let handle = start_scheduler(cfg, coord).await?;
+    wait_for_signal().await;
+    handle.stop().await;
+    Ok(())
+}
+
+/// `halyard executor`: run an executor on etcd until Ctrl-C or SIGTERM.
+pub async fn run_executor(settings: Settings) -> Result<(), Error> {
+    require_etcd(&settings, "executor")?;
+    let cfg = ExecutorConfig::from_settings(&settings)?;
+    let coord = cfg.coordinator.connect().await?;
+    let handle = start_executor(cfg, coord).await?;
+    wait_for_signal().await;
+    handle.stop().await;
+    Ok(())
 }
 
 /// A running standalone cluster.
@@ -45,9 +110,6 @@ impl Standalone {
     }
 }
 
-/// Default folder of standalone state.
-pub const DEFAULT_DATA_DIR: &str = "halyard-data";
-
 /// Start a scheduler and `executors` executors in this process. Coordination is embedded
 /// unless `etcd` is set; the object store is `<data_dir>/store` unless `store` is set.
 pub async fn start_standalone(settings: Settings) -> Result<Standalone, Error> {
@@ -66,7 +128,7 @@ pub async fn start_standalone(settings: Settings) -> Result<Standalone, Error> {
     if settings.id.is_none() {
         sched_cfg.id = "standalone".into();
     }
-    let n = settings.executors.unwrap_or(2).max(1);
+    let n = settings.executors.unwrap_or(DEFAULT_EXECUTORS).max(1);
     let cores = std::thread::available_parallelism().map_or(1, |c| c.get() as u32);
     let scheduler = start_scheduler(sched_cfg, coord.clone()).await?;
     let mut executors = Vec::new();

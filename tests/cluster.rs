@@ -15,7 +15,7 @@ async fn jobs_survive_killed_executor_and_killed_leader() {
     let dir = tmp.path();
     let cl = EtcdCluster::new(dir, "it");
     let store = dir.join("store");
-    let data = halyard_client::datagen::generate(&dir.join("data"), 6000, 3).unwrap();
+    let data = halyard_cli::datagen::generate(&dir.join("data"), 6000, 3).unwrap();
 
     let sched_ports = [free_port(), free_port()];
     let sched = |i: usize| {

@@ -12,8 +12,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use common::{EtcdCluster, Proc};
+use halyard_cli::datagen::{self, Customer};
 use halyard_client::Client;
-use halyard_client::datagen::{self, Customer};
 use halyard_core::spec::JobSpec;
 
 /// Rows of the generated data: as many as bank marketing, so steps and checkpoints come as

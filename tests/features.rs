@@ -72,7 +72,7 @@ fn parquet_rows(bytes: Bytes) -> Vec<RecordBatch> {
 
 /// Generated customers plus a campaign dimension table.
 fn write_inputs(dir: &Path) {
-    let g = halyard_client::datagen::generate(&dir.join("gen"), 3000, 11).unwrap();
+    let g = halyard_cli::datagen::generate(&dir.join("gen"), 3000, 11).unwrap();
     std::fs::copy(&g.responses, dir.join("responses.csv")).unwrap();
     let mut c = String::from("campaign,tier,budget\n");
     for (i, name) in [

@@ -32,7 +32,7 @@ fn load(store: &Path, name: &str) -> LoadedModel {
 async fn mlp_and_nbeats_jobs_train_publish_and_serve() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
-    let data = halyard_client::datagen::generate(dir, 3000, 9).unwrap();
+    let data = halyard_cli::datagen::generate(dir, 3000, 9).unwrap();
     let settings = halyard_core::config::Settings {
         listen: Some("127.0.0.1:0".into()),
         data_dir: Some(dir.join("state")),

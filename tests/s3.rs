@@ -83,7 +83,7 @@ async fn a_job_reads_data_from_s3_and_publishes_to_s3() {
     let s3_root = tmp.path().join("s3");
     std::fs::create_dir_all(s3_root.join("lake/campaign")).unwrap();
     std::fs::create_dir_all(s3_root.join("models")).unwrap();
-    let data = halyard_client::datagen::generate(&tmp.path().join("gen"), 2000, 5).unwrap();
+    let data = halyard_cli::datagen::generate(&tmp.path().join("gen"), 2000, 5).unwrap();
     std::fs::copy(&data.responses, s3_root.join("lake/campaign/responses.csv")).unwrap();
     let (addr, _server) = halyard_s3_server::spawn(&s3_root, AK, SK).await.unwrap();
 
@@ -92,9 +92,9 @@ async fn a_job_reads_data_from_s3_and_publishes_to_s3() {
         data_dir: Some(tmp.path().join("state")),
         store: Some("s3://models/halyard".into()),
         executors: Some(1),
-        s3: creds(&format!("http://{addr}"), SK),
         ..Default::default()
-    };
+    }
+    .with_s3(creds(&format!("http://{addr}"), SK));
     let cluster = halyard::start_standalone(settings).await.unwrap();
     let client = common::connect(&cluster.scheduler.addr.to_string()).await;
     let spec_path = tmp.path().join("s3job.toml");
@@ -126,7 +126,7 @@ async fn feature_stage_reads_and_writes_s3() {
     let s3_root = tmp.path().join("s3");
     std::fs::create_dir_all(s3_root.join("lake/campaign")).unwrap();
     std::fs::create_dir_all(s3_root.join("models")).unwrap();
-    let data = halyard_client::datagen::generate(&tmp.path().join("gen"), 1500, 9).unwrap();
+    let data = halyard_cli::datagen::generate(&tmp.path().join("gen"), 1500, 9).unwrap();
     std::fs::copy(&data.responses, s3_root.join("lake/campaign/responses.csv")).unwrap();
     let (addr, _server) = halyard_s3_server::spawn(&s3_root, AK, SK).await.unwrap();
     let spec_text = |name: &str| {
@@ -147,9 +147,9 @@ async fn feature_stage_reads_and_writes_s3() {
             // stage meets the wrong secret.
             store: ok.then(|| "s3://models/halyard".to_string()),
             executors: Some(2),
-            s3: creds(&format!("http://{addr}"), secret),
             ..Default::default()
-        };
+        }
+        .with_s3(creds(&format!("http://{addr}"), secret));
         let cluster = halyard::start_standalone(settings).await.unwrap();
         let client = common::connect(&cluster.scheduler.addr.to_string()).await;
         let path = tmp.path().join(format!("{name}.toml"));

@@ -11,9 +11,9 @@ use std::path::Path;
 use std::time::Duration;
 
 use common::*;
+use halyard_cli::load::{LoadConfig, LoadReport, predict_bodies, records};
+use halyard_cli::registry::DeployAction;
 use halyard_client::Client;
-use halyard_client::load::{LoadConfig, LoadReport, predict_bodies, records};
-use halyard_client::registry::DeployAction;
 use halyard_core::proto::deploy_request::Change;
 use halyard_core::proto::{DeployRequest, DeployVersion, PredictRequest, Promote, Rollback};
 use halyard_core::spec::JobSpec;
@@ -162,7 +162,7 @@ fn struct_of(record: &serde_json::Map<String, Value>) -> prost_types::Struct {
 async fn endpoint_scores_equal_the_models_crate_and_bad_requests_get_4xx() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
-    let data = halyard_client::datagen::generate(dir, 3000, 5).unwrap();
+    let data = halyard_cli::datagen::generate(dir, 3000, 5).unwrap();
     let cluster = two_executor_standalone(dir).await;
     let gw = cluster.scheduler.addr.to_string();
     let exec = cluster.executors[0].addr.to_string();
@@ -398,7 +398,7 @@ async fn endpoint_scores_equal_the_models_crate_and_bad_requests_get_4xx() {
 async fn canary_promote_and_rollback_under_load_fail_no_request() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
-    let data = halyard_client::datagen::generate(dir, 2000, 6).unwrap();
+    let data = halyard_cli::datagen::generate(dir, 2000, 6).unwrap();
     let cluster = two_executor_standalone(dir).await;
     let gw = cluster.scheduler.addr.to_string();
     let client = connect(&gw).await;
@@ -412,7 +412,7 @@ async fn canary_promote_and_rollback_under_load_fail_no_request() {
     let spec = mlp_spec(dir, "ab", &data.responses, 1);
     let table = read_table(&spec, &data.responses);
     let rows = records(&table.batches, &["responded"]).unwrap();
-    let load = tokio::spawn(halyard_client::load::run(
+    let load = tokio::spawn(halyard_cli::load::run(
         LoadConfig {
             addr: gw.clone(),
             model: "ab".into(),
@@ -496,7 +496,7 @@ async fn canary_promote_and_rollback_under_load_fail_no_request() {
     assert!(by(2).p_value > 0.0 && by(2).p_value < 1.0 && by(2).ci_low < by(2).ci_high);
 
     // The CLI's deploy path refuses a version that does not exist.
-    let err = halyard_client::registry::deploy(
+    let err = halyard_cli::registry::deploy(
         &client,
         "ab",
         DeployAction::Version {
@@ -518,7 +518,7 @@ async fn killing_a_serving_executor_under_load_fails_no_request() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     let cl = EtcdCluster::new(dir, "serving-it");
-    let data = halyard_client::datagen::generate(&dir.join("data"), 2000, 7).unwrap();
+    let data = halyard_cli::datagen::generate(&dir.join("data"), 2000, 7).unwrap();
     let gw = format!("127.0.0.1:{}", free_port());
     let _sched = cl.scheduler("sched", &gw);
     let exec = |i: usize| cl.executor(&format!("exec-{i}"));
@@ -559,7 +559,7 @@ async fn killing_a_serving_executor_under_load_fails_no_request() {
     let spec = JobSpec::from_file(&dir.join("kill.toml")).unwrap();
     let table = read_table(&spec, &data.responses);
     let rows = records(&table.batches, &["responded"]).unwrap();
-    let load = tokio::spawn(halyard_client::load::run(
+    let load = tokio::spawn(halyard_cli::load::run(
         LoadConfig {
             addr: gw.clone(),
             model: "kill".into(),

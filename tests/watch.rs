@@ -9,7 +9,7 @@ use std::time::Duration;
 async fn watch_streams_changes_and_ends_with_the_final_state() {
     let tmp = tempfile::tempdir().unwrap();
     let (cluster, client) = common::standalone(tmp.path(), 1).await;
-    let data = halyard_client::datagen::generate(&tmp.path().join("data"), 3000, 9).unwrap();
+    let data = halyard_cli::datagen::generate(&tmp.path().join("data"), 3000, 9).unwrap();
     let spec = common::spec(tmp.path(), "watched", &data.responses, 60, 32);
     let job = client.submit(&spec).await.unwrap();
     let mut stream = client.watch(&job.id).await.unwrap();

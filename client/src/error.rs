@@ -3,7 +3,7 @@
 /// Result alias for `halyard-client`.
 pub type Result<T, E = ClientError> = std::result::Result<T, E>;
 
-/// What a client command can meet.
+/// What a call to a scheduler can meet.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     /// The scheduler could not be reached.
@@ -19,30 +19,6 @@ pub enum ClientError {
     /// The scheduler refused or failed a request.
     #[error("{0}")]
     Rpc(String),
-    /// A local problem: spec file, data generation.
-    #[error(transparent)]
-    Core(#[from] halyard_core::Error),
-    /// Writing output failed.
-    #[error("{path}: {source}")]
-    Io {
-        /// The path.
-        path: String,
-        /// The cause.
-        source: std::io::Error,
-    },
-    /// A SQL query failed, or the SQL cluster could not be reached.
-    #[error(transparent)]
-    Sql(#[from] halyard_features::FeatureError),
-    /// The job ended without success.
-    #[error("job {id} {state}{}", if .error.is_empty() { String::new() } else { format!(": {}", .error) })]
-    JobFailed {
-        /// The job.
-        id: String,
-        /// Its final state.
-        state: String,
-        /// Its error.
-        error: String,
-    },
 }
 
 impl From<tonic::Status> for ClientError {

@@ -1,17 +1,8 @@
-//! `halyard-client`: the typed Rust SDK of the job API and the model registry, the client
-//! commands of the CLI (`submit`, `jobs`, `job`, `logs`, `cancel`, `cluster`, `models`,
-//! `model`, `deploy`, `promote`, `rollback`, `experiment`), the load generator of
-//! `halyard bench serving`, and `datagen`, the synthetic marketing data set of the demo.
+//! `halyard-client`: the typed Rust SDK of the job API, the model registry and the
+//! prediction API over gRPC. It depends on `halyard-core` (the protocol and the job spec)
+//! and tonic alone; the CLI built on it is `halyard-cli`.
 
-pub mod allreduce_bench;
-pub mod bench;
-pub mod commands;
-pub mod datagen;
 mod error;
-pub mod features_bench;
-pub mod load;
-pub mod registry;
-pub mod sql;
 
 use halyard_core::proto::job_service_client::JobServiceClient;
 use halyard_core::proto::model_service_client::ModelServiceClient;
@@ -26,6 +17,10 @@ use halyard_core::spec::JobSpec;
 use tonic::transport::Channel;
 
 pub use error::{ClientError, Result};
+/// The wire protocol's messages, as the calls take and return them.
+pub use halyard_core::proto;
+/// The job spec: parse and validate a TOML spec before [`Client::submit`].
+pub use halyard_core::spec;
 
 /// Default scheduler address.
 pub const DEFAULT_SCHEDULER: &str = "127.0.0.1:7070";

@@ -1,6 +1,7 @@
 //! Role configuration, resolved in one place: command-line flags, then `HALYARD_*`
-//! environment variables (the binary's clap declares both), then the config file
-//! (`--config FILE`, TOML with the keys of [`Settings`]), then defaults.
+//! environment variables (the binary derives both from [`SETTINGS`]), then the config
+//! file (`--config FILE`, TOML with the keys of [`Settings`]), then defaults. Each setting
+//! is declared once, in the `settings!` block below.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -13,49 +14,167 @@ use crate::error::{Error, Result};
 use crate::kv::{EmbeddedKv, EtcdKv};
 use crate::store::{S3Config, Store};
 
-/// Every setting a role can take, each optional: the layers are merged with
-/// [`Settings::or`], and each role config fills what is still unset with its defaults.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct Settings {
+/// Declares every setting once — its name, type, default and doc — and derives from that
+/// one declaration the [`Settings`] struct (the config file's keys), the merging of layers
+/// ([`Settings::or`]), the parsing of flag and environment values ([`Settings::set`]) and
+/// [`SETTINGS`], the table the binary builds its flags (`--NAME-WITH-DASHES`) and
+/// `HALYARD_NAME` variables from and `docs/configuration.md` is generated from.
+macro_rules! settings {
+    ($(
+        $(#[doc = $doc:literal])+
+        $field:ident: $ty:ty, default: $default:expr $(, $secret:ident)?;
+    )*) => {
+        /// Every setting a role can take, each optional: the layers are merged with
+        /// [`Settings::or`], and each role config fills what is still unset with its
+        /// defaults. Declared once, with [`SETTINGS`], by `settings!`.
+        #[derive(Debug, Clone, Default, Deserialize)]
+        #[serde(default, deny_unknown_fields)]
+        pub struct Settings {
+            $( $(#[doc = $doc])+ pub $field: Option<$ty>, )*
+        }
+
+        impl Settings {
+            /// `self`, with what it leaves unset taken from `lower`.
+            pub fn or(self, lower: Settings) -> Settings {
+                Settings { $( $field: self.$field.or(lower.$field), )* }
+            }
+
+            /// Set the setting `key` from a flag's or a variable's text (a list is
+            /// comma-separated).
+            pub fn set(&mut self, key: &str, value: &str) -> Result<()> {
+                match key {
+                    $( stringify!($field) => {
+                        self.$field = Some(SettingValue::parse(value).map_err(|reason| {
+                            Error::invalid("config", key, value, reason)
+                        })?);
+                    } )*
+                    _ => return Err(Error::invalid("config", key, value, "no such setting")),
+                }
+                Ok(())
+            }
+        }
+
+        /// Every setting, in declaration order.
+        pub const SETTINGS: &[SettingDef] = &[
+            $( SettingDef {
+                key: stringify!($field),
+                doc: concat!($($doc, "\n"),+),
+                default: || ($default).to_string(),
+                secret: settings!(@secret $($secret)?),
+            }, )*
+        ];
+    };
+    (@secret) => { false };
+    (@secret secret) => { true };
+}
+
+/// One setting's declaration: what the flags, variables and docs are derived from.
+#[derive(Debug, Clone, Copy)]
+pub struct SettingDef {
+    /// The config file's key; the flag is `--` and the key with `-` for `_`, the
+    /// variable `HALYARD_` and the key in capitals.
+    pub key: &'static str,
+    /// What it sets (the doc comment's lines).
+    pub doc: &'static str,
+    /// What an unset setting means, as text.
+    pub default: fn() -> String,
+    /// A secret: its value is never shown (in `--help` or the environment).
+    pub secret: bool,
+}
+
+impl SettingDef {
+    /// The command-line flag, without its dashes: `lease-ttl`.
+    pub fn flag(&self) -> String {
+        self.key.replace('_', "-")
+    }
+
+    /// The environment variable: `HALYARD_LEASE_TTL`.
+    pub fn env(&self) -> String {
+        format!("HALYARD_{}", self.key.to_uppercase())
+    }
+
+    /// The doc as one line.
+    pub fn help(&self) -> String {
+        self.doc.split_whitespace().collect::<Vec<_>>().join(" ")
+    }
+}
+
+/// A setting's type, parsed from a flag's or a variable's text.
+trait SettingValue: Sized {
+    fn parse(text: &str) -> std::result::Result<Self, String>;
+}
+
+macro_rules! setting_value_from_str {
+    ($($t:ty),*) => {$(
+        impl SettingValue for $t {
+            fn parse(text: &str) -> std::result::Result<Self, String> {
+                text.trim().parse().map_err(|e| format!("{e}"))
+            }
+        }
+    )*};
+}
+setting_value_from_str!(String, PathBuf, u64, u32, usize);
+
+impl SettingValue for Vec<String> {
+    fn parse(text: &str) -> std::result::Result<Self, String> {
+        Ok(text
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(String::from)
+            .collect())
+    }
+}
+
+settings! {
     /// `HOST:PORT` to listen on.
-    pub listen: Option<String>,
-    /// `HOST:PORT` other nodes use to reach this one (default: `listen`).
-    pub advertise: Option<String>,
-    /// Node id (default: derived from host and port).
-    pub id: Option<String>,
-    /// etcd endpoints; none means the embedded coordinator (standalone only).
-    pub etcd: Option<Vec<String>>,
+    listen: String, default: format!(
+        "127.0.0.1:{DEFAULT_SCHEDULER_PORT} (scheduler, standalone), 127.0.0.1:{DEFAULT_EXECUTOR_PORT} (executor)"
+    );
+    /// `HOST:PORT` other nodes use to reach this one.
+    advertise: String, default: "`listen`";
+    /// Node id.
+    id: String, default: "ROLE-HOSTNAME-PORT";
+    /// etcd endpoints, comma-separated; required by `scheduler` and `executor`, while
+    /// `standalone` uses its embedded coordinator without it.
+    etcd: Vec<String>, default: "none";
     /// Key prefix of this cluster in etcd (several clusters can share one etcd).
-    pub etcd_root: Option<String>,
+    etcd_root: String, default: DEFAULT_ETCD_ROOT;
     /// Object store URL: `file:///dir` or `s3://bucket/prefix`.
-    pub store: Option<String>,
-    /// Standalone: folder for the object store.
-    pub data_dir: Option<PathBuf>,
-    /// Lease time-to-live in seconds, for executors and the leader.
-    pub lease_ttl_secs: Option<u64>,
+    store: String, default: "`data_dir`/store";
+    /// Folder for local state and the default object store.
+    data_dir: PathBuf, default: DEFAULT_DATA_DIR;
+    /// Lease time-to-live in seconds: a dead executor or leader is noticed within this.
+    lease_ttl: u64, default: DEFAULT_LEASE_TTL_SECS;
     /// Executor: CPU slots offered to tasks.
-    pub cpu_slots: Option<u32>,
+    cpu_slots: u32, default: "all cores (standalone: cores / executors)";
     /// Executor: memory offered to tasks, MiB.
-    pub memory_mb: Option<u64>,
+    memory_mb: u64, default: DEFAULT_MEMORY_MB;
     /// Executor: GPUs offered.
-    pub gpus: Option<u32>,
+    gpus: u32, default: 0;
     /// Standalone: executors started in the process.
-    pub executors: Option<u32>,
-    /// Executor serving: most records scored in one micro-batch.
-    pub max_batch: Option<usize>,
-    /// Executor serving: longest a micro-batch waits for more requests, microseconds.
-    pub batch_wait_us: Option<u64>,
+    executors: u32, default: DEFAULT_EXECUTORS;
+    /// Serving: most records an executor scores in one micro-batch.
+    max_batch: usize, default: DEFAULT_MAX_BATCH;
+    /// Serving: longest a micro-batch waits for more requests, in microseconds; 0 scores
+    /// a lone request at once and batches only what queues under load.
+    batch_wait_us: u64, default: 0;
     /// `HOST:PORT` of the SQL (Ballista) service: the leader's scheduler, an executor's
-    /// data (Arrow Flight) service. Port 0 picks a free one; the address is advertised
-    /// through the coordinator.
-    pub sql_listen: Option<String>,
-    /// S3 settings.
-    pub s3: S3Config,
+    /// data (Arrow Flight) service; advertised through the coordinator (port 0 picks a
+    /// free one).
+    sql_listen: String, default: "the `listen` host, a free port";
+    /// S3 endpoint URL of an S3-compatible server, such as `http://127.0.0.1:9000`.
+    s3_endpoint: String, default: "AWS_ENDPOINT_URL, else AWS";
+    /// S3 region.
+    s3_region: String, default: "AWS_REGION, else us-east-1";
+    /// S3 access key id.
+    s3_access_key_id: String, default: "AWS_ACCESS_KEY_ID";
+    /// S3 secret access key; never logged or shown.
+    s3_secret_access_key: String, default: "AWS_SECRET_ACCESS_KEY", secret;
 }
 
 impl Settings {
-    /// Read a TOML config file.
+    /// Read a TOML config file (the keys of [`SETTINGS`]).
     pub fn from_file(path: &Path) -> Result<Settings> {
         let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
             path: path.to_path_buf(),
@@ -67,32 +186,44 @@ impl Settings {
         })
     }
 
-    /// `self`, with what it leaves unset taken from `lower`.
-    pub fn or(self, lower: Settings) -> Settings {
-        Settings {
-            listen: self.listen.or(lower.listen),
-            advertise: self.advertise.or(lower.advertise),
-            id: self.id.or(lower.id),
-            etcd: self.etcd.or(lower.etcd),
-            etcd_root: self.etcd_root.or(lower.etcd_root),
-            store: self.store.or(lower.store),
-            data_dir: self.data_dir.or(lower.data_dir),
-            lease_ttl_secs: self.lease_ttl_secs.or(lower.lease_ttl_secs),
-            cpu_slots: self.cpu_slots.or(lower.cpu_slots),
-            memory_mb: self.memory_mb.or(lower.memory_mb),
-            gpus: self.gpus.or(lower.gpus),
-            executors: self.executors.or(lower.executors),
-            max_batch: self.max_batch.or(lower.max_batch),
-            batch_wait_us: self.batch_wait_us.or(lower.batch_wait_us),
-            sql_listen: self.sql_listen.or(lower.sql_listen),
-            s3: S3Config {
-                endpoint: self.s3.endpoint.or(lower.s3.endpoint),
-                region: self.s3.region.or(lower.s3.region),
-                access_key_id: self.s3.access_key_id.or(lower.s3.access_key_id),
-                secret_access_key: self.s3.secret_access_key.or(lower.s3.secret_access_key),
-            },
+    /// The S3 settings.
+    pub fn s3(&self) -> S3Config {
+        S3Config {
+            endpoint: self.s3_endpoint.clone(),
+            region: self.s3_region.clone(),
+            access_key_id: self.s3_access_key_id.clone(),
+            secret_access_key: self.s3_secret_access_key.clone(),
         }
     }
+
+    /// `self` with the S3 settings of `s3`.
+    pub fn with_s3(self, s3: S3Config) -> Settings {
+        Settings {
+            s3_endpoint: s3.endpoint,
+            s3_region: s3.region,
+            s3_access_key_id: s3.access_key_id,
+            s3_secret_access_key: s3.secret_access_key,
+            ..self
+        }
+    }
+}
+
+/// `docs/configuration.md`'s table of settings, generated from [`SETTINGS`].
+pub fn settings_table() -> String {
+    let mut out = String::from(
+        "| file key | flag | variable | default | what it sets |\n|---|---|---|---|---|\n",
+    );
+    for s in SETTINGS {
+        out.push_str(&format!(
+            "| `{}` | `--{}` | `{}` | {} | {} |\n",
+            s.key,
+            s.flag(),
+            s.env(),
+            (s.default)(),
+            s.help()
+        ));
+    }
+    out
 }
 
 /// Default scheduler port.
@@ -101,6 +232,16 @@ pub const DEFAULT_SCHEDULER_PORT: u16 = 7070;
 pub const DEFAULT_EXECUTOR_PORT: u16 = 7071;
 /// Default lease TTL, seconds: how long a dead node goes unnoticed at most.
 pub const DEFAULT_LEASE_TTL_SECS: u64 = 5;
+/// Default key prefix in etcd.
+pub const DEFAULT_ETCD_ROOT: &str = "/halyard";
+/// Default folder of local state (standalone's store).
+pub const DEFAULT_DATA_DIR: &str = "halyard-data";
+/// Default memory an executor offers, MiB.
+pub const DEFAULT_MEMORY_MB: u64 = 4096;
+/// Default executors of a standalone cluster.
+pub const DEFAULT_EXECUTORS: u32 = 2;
+/// Default most records of a serving micro-batch.
+pub const DEFAULT_MAX_BATCH: usize = 256;
 
 /// Where coordination state lives.
 #[derive(Debug, Clone)]
@@ -122,7 +263,10 @@ impl CoordinatorConfig {
         match &s.etcd {
             Some(endpoints) if !endpoints.is_empty() => CoordinatorConfig::Etcd {
                 endpoints: endpoints.clone(),
-                root: s.etcd_root.clone().unwrap_or_else(|| "/halyard".into()),
+                root: s
+                    .etcd_root
+                    .clone()
+                    .unwrap_or_else(|| DEFAULT_ETCD_ROOT.into()),
             },
             _ => CoordinatorConfig::Embedded,
         }
@@ -136,9 +280,10 @@ impl CoordinatorConfig {
                 let kv = EtcdKv::connect(endpoints).await?;
                 Ok(Coordinator::new(Arc::new(kv), root))
             }
-            CoordinatorConfig::Embedded => {
-                Ok(Coordinator::new(Arc::new(EmbeddedKv::new()), "/halyard"))
-            }
+            CoordinatorConfig::Embedded => Ok(Coordinator::new(
+                Arc::new(EmbeddedKv::new()),
+                DEFAULT_ETCD_ROOT,
+            )),
         }
     }
 }
@@ -191,7 +336,7 @@ impl SchedulerConfig {
             lease_ttl: Duration::from_secs(lease_ttl(s)?),
             sql_listen: sql_listen(s, &listen),
             advertise_host: host_of(s.advertise.as_deref().unwrap_or(&listen)).to_string(),
-            s3: s.s3.clone(),
+            s3: s.s3(),
             listen,
             tick: Duration::from_millis(100),
             max_attempts: 5,
@@ -211,11 +356,11 @@ fn sql_listen(s: &Settings, listen: &str) -> String {
 }
 
 fn lease_ttl(s: &Settings) -> Result<u64> {
-    let ttl = s.lease_ttl_secs.unwrap_or(DEFAULT_LEASE_TTL_SECS);
+    let ttl = s.lease_ttl.unwrap_or(DEFAULT_LEASE_TTL_SECS);
     if ttl < 2 {
         return Err(Error::invalid(
             "config",
-            "lease_ttl_secs",
+            "lease_ttl",
             ttl,
             "must be at least 2 (etcd's shortest lease)",
         ));
@@ -266,7 +411,7 @@ impl ExecutorConfig {
         let store_url = match (&s.store, &s.data_dir) {
             (Some(url), _) => url.clone(),
             (None, Some(dir)) => file_url(&dir.join("store"))?,
-            (None, None) => file_url(Path::new("halyard-data/store"))?,
+            (None, None) => file_url(&Path::new(DEFAULT_DATA_DIR).join("store"))?,
         };
         let sql_listen = sql_listen(s, &listen);
         Ok(ExecutorConfig {
@@ -279,11 +424,11 @@ impl ExecutorConfig {
             cpu_slots: s.cpu_slots.unwrap_or_else(|| {
                 std::thread::available_parallelism().map_or(1, |n| n.get() as u32)
             }),
-            memory_mb: s.memory_mb.unwrap_or(4096),
+            memory_mb: s.memory_mb.unwrap_or(DEFAULT_MEMORY_MB),
             gpus: s.gpus.unwrap_or(0),
             coordinator: CoordinatorConfig::from_settings(s),
             store_url,
-            s3: s.s3.clone(),
+            s3: s.s3(),
             lease_ttl: Duration::from_secs(lease_ttl(s)?),
             poll: Duration::from_millis(100),
             max_batch: match s.max_batch {
@@ -296,7 +441,7 @@ impl ExecutorConfig {
                     ));
                 }
                 Some(n) => n,
-                None => 256,
+                None => DEFAULT_MAX_BATCH,
             },
             batch_wait: Duration::from_micros(s.batch_wait_us.unwrap_or(0)),
             sql_listen,
@@ -320,4 +465,77 @@ pub fn file_url(dir: &Path) -> Result<String> {
         source,
     })?;
     Ok(format!("file://{}", abs.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn docs_configuration_md_lists_every_setting_as_declared() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/configuration.md");
+        let text = std::fs::read_to_string(&path).unwrap();
+        let (begin, end) = (
+            "<!-- settings: begin (generated) -->\n",
+            "<!-- settings: end -->",
+        );
+        let a = text.find(begin).expect("the begin marker") + begin.len();
+        let b = text.find(end).expect("the end marker");
+        let table = settings_table();
+        if text[a..b] == table {
+            return;
+        }
+        if std::env::var_os("HALYARD_UPDATE_DOCS").is_some() {
+            std::fs::write(&path, format!("{}{table}{}", &text[..a], &text[b..])).unwrap();
+            return;
+        }
+        panic!(
+            "{} is stale: run HALYARD_UPDATE_DOCS=1 cargo test -p halyard-core --lib config",
+            path.display()
+        );
+    }
+
+    #[test]
+    fn flags_and_variables_set_each_setting_by_its_type() {
+        let mut s = Settings::default();
+        s.set("etcd", "a:2379, b:2379").unwrap();
+        s.set("lease_ttl", "7").unwrap();
+        s.set("data_dir", "/tmp/x").unwrap();
+        assert_eq!(
+            s.etcd,
+            Some(vec!["a:2379".to_string(), "b:2379".to_string()])
+        );
+        assert_eq!(s.lease_ttl, Some(7));
+        assert_eq!(s.data_dir, Some(PathBuf::from("/tmp/x")));
+        let err = s.set("lease_ttl", "soon").unwrap_err().to_string();
+        assert!(err.contains("lease_ttl") && err.contains("soon"), "{err}");
+        assert!(s.set("no_such_thing", "1").is_err());
+        // Every declared setting is reachable by its key.
+        for def in SETTINGS {
+            Settings::default().set(def.key, "3").unwrap();
+        }
+    }
+
+    #[test]
+    fn layers_merge_key_by_key_and_a_file_uses_the_same_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("halyard.toml");
+        std::fs::write(
+            &file,
+            "lease_ttl = 9\nmemory_mb = 512\ns3_region = \"eu-west-1\"\n",
+        )
+        .unwrap();
+        let from_file = Settings::from_file(&file).unwrap();
+        let mut flags = Settings::default();
+        flags.set("lease_ttl", "3").unwrap();
+        let s = flags.or(from_file);
+        assert_eq!(s.lease_ttl, Some(3));
+        assert_eq!(s.memory_mb, Some(512));
+        assert_eq!(s.s3().region.as_deref(), Some("eu-west-1"));
+        std::fs::write(&file, "lease_ttl_secs = 9\n").unwrap();
+        assert!(
+            Settings::from_file(&file).is_err(),
+            "an unknown key is refused"
+        );
+    }
 }

@@ -2,11 +2,14 @@
 
 use std::path::PathBuf;
 
+use crate::Failure;
+
 /// Result alias for `halyard-core`.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// Everything that can go wrong in `halyard-core`. Expected errors (bad input, lost node,
-/// lost leadership) are apart from internal ones; [`Error::is_retryable`] decides retries.
+/// lost leadership) are apart from internal ones: [`Error::failure`] classifies each, and
+/// [`Error::is_retryable`] decides retries.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// A job spec or config value breaks a rule.
@@ -104,6 +107,26 @@ pub enum Error {
 }
 
 impl Error {
+    /// What this failure means for the caller ([`Failure`]): the one classification
+    /// that wire codes and retries follow.
+    pub fn failure(&self) -> Failure {
+        match self {
+            Error::Invalid { .. } | Error::Toml { .. } | Error::Data { .. } => Failure::Invalid,
+            Error::StoreUrl { .. } | Error::Bind { .. } => Failure::Invalid,
+            Error::NotFound { .. } | Error::NoSuchJob(_) => Failure::NotFound,
+            Error::Coordinator(_)
+            | Error::Conflict { .. }
+            | Error::Fenced
+            | Error::LeaseLost(_) => Failure::Unavailable,
+            Error::Store { .. } | Error::Io { .. } | Error::Corrupt { .. } => Failure::Internal,
+        }
+    }
+
+    /// Whether trying again can succeed.
+    pub fn is_retryable(&self) -> bool {
+        self.failure().is_retryable()
+    }
+
     /// Shorthand for [`Error::Invalid`].
     pub fn invalid(
         location: impl Into<String>,

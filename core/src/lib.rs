@@ -8,6 +8,7 @@ pub mod config;
 pub mod coord;
 pub mod data;
 pub mod error;
+pub mod failure;
 pub mod kv;
 pub mod records;
 pub mod registry;
@@ -16,6 +17,7 @@ pub mod spec;
 pub mod store;
 
 pub use error::{Error, Result};
+pub use failure::Failure;
 
 /// Bind a server's listen address (`HOST:PORT`; port 0 picks a free one), returning the
 /// listener and the address it got.

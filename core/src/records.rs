@@ -254,8 +254,9 @@ pub struct TaskProgress {
     pub model_version: Option<u64>,
     /// Why it failed.
     pub error: Option<String>,
-    /// The failure was the worker group's (a peer died or stopped answering): the leader
-    /// forms the group again and training resumes from the last checkpoint.
+    /// The failure is a retryable one ([`crate::Failure::is_retryable`]: a worker group's,
+    /// an unreachable coordinator or SQL cluster): the leader places the task again, and a
+    /// data-parallel group resumes from its last checkpoint.
     #[serde(default)]
     pub retry: bool,
     /// Executor-side log lines (bounded).

@@ -306,6 +306,21 @@ pub fn checkpoint_path(job_id: &str) -> String {
 /// feature table.
 pub const FEATURES_MANIFEST: &str = "features.json";
 
+/// The manifest of the feature table in folder `dir` (a [`features_dir`]).
+pub fn features_manifest_path(dir: &str) -> String {
+    format!("{dir}/{FEATURES_MANIFEST}")
+}
+
+/// The file name of a feature table's shard `i`.
+pub fn feature_shard_file(i: usize) -> String {
+    format!("part-{i:05}.parquet")
+}
+
+/// A shard `file` (as the manifest names it) of the feature table in folder `dir`.
+pub fn feature_shard_path(dir: &str, file: &str) -> String {
+    format!("{dir}/{file}")
+}
+
 /// Read a published model version: `None` while its manifest is not written.
 pub async fn read_model(store: &Store, name: &str, version: u64) -> Result<Option<(Bytes, Bytes)>> {
     let dir = model_dir(name, version);

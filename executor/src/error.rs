@@ -22,3 +22,16 @@ pub enum ExecutorError {
     #[error("training thread panicked: {0}")]
     Panicked(String),
 }
+
+impl ExecutorError {
+    /// What this failure means ([`halyard_core::Failure`]): a task that fails with a
+    /// retryable one is placed again; any other fails its job.
+    pub fn failure(&self) -> halyard_core::Failure {
+        match self {
+            ExecutorError::Core(e) => e.failure(),
+            ExecutorError::Model(e) => halyard_serving::api::model_failure(e),
+            ExecutorError::Features(e) => e.failure(),
+            ExecutorError::Sql(_) | ExecutorError::Panicked(_) => halyard_core::Failure::Internal,
+        }
+    }
+}

@@ -16,7 +16,7 @@ use bytes::Bytes;
 use halyard_collective::{BlockingRing, Ring, RingConfig};
 use halyard_core::records::TaskProgress;
 use halyard_core::spec::SPLIT_COLUMN;
-use halyard_core::store::{FEATURES_MANIFEST, Store, checkpoint_path, features_dir};
+use halyard_core::store::{Store, checkpoint_path, features_dir, features_manifest_path};
 use halyard_models::ModelError;
 use halyard_models::artifact::DataLineage;
 use halyard_models::distributed::{
@@ -222,7 +222,7 @@ fn describe(event: &DpEvent, progress: &mut TaskProgress) -> Option<String> {
 async fn read_rows(
     t: &Task,
     progress: &mut TaskProgress,
-    features: &halyard_models::features::FeatureConfig,
+    features: &halyard_models::preprocess::FeatureConfig,
 ) -> Result<Rows> {
     let (a, spec, store) = (&t.a, &t.a.value.spec, &t.store);
     let (rank, workers) = (a.value.rank as usize, a.value.group.len().max(1));
@@ -250,7 +250,7 @@ async fn read_rows(
             "waiting for rank 0's feature table in {}",
             store.url_of(&dir)
         ));
-        let manifest = wait_for(store, &format!("{dir}/{FEATURES_MANIFEST}"), &t.cancel).await?;
+        let manifest = wait_for(store, &features_manifest_path(&dir), &t.cancel).await?;
         read_feature_table(store, &dir, &manifest, Some((rank, workers)), &mut log).await?
     };
     // Rank 0 read every shard, the others only theirs: each shard is parsed once.

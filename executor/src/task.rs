@@ -17,13 +17,13 @@ use halyard_core::spec::{
     SeriesLayout,
 };
 use halyard_core::store::{
-    FEATURES_MANIFEST, S3Config, Store, features_dir, publish_model, read_url,
+    S3Config, Store, feature_shard_path, features_dir, features_manifest_path, publish_model,
+    read_url,
 };
 use halyard_features::session::remote_context;
 use halyard_features::stage::{FeatureTable, run_stage};
 use halyard_models::artifact::{DataLineage, FORMAT, Manifest, tensor_shapes};
 use halyard_models::device::{GPU_BUILD, Placement};
-use halyard_models::features::{Encoding, FeatureConfig};
 use halyard_models::forecast::data::{from_long_table, read_wide_csv};
 use halyard_models::forecast::nbeats::NBeatsTrainConfig;
 use halyard_models::forecast::{Series, split_last};
@@ -32,6 +32,7 @@ use halyard_models::pipeline::{
     MemberReport, ResponseConfig, ResponseKind, TrainedModel, train_forecaster,
     train_response_model,
 };
+use halyard_models::preprocess::{Encoding, FeatureConfig};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{info, warn};
 
@@ -225,10 +226,7 @@ pub(crate) async fn run(t: Task) {
         Err(e) => {
             warn!(job = %a.value.job_id, error = %e, "task failed");
             progress.state = TaskState::Failed;
-            progress.retry = matches!(
-                e,
-                ExecutorError::Model(halyard_models::ModelError::Collective(_))
-            );
+            progress.retry = e.failure().is_retryable();
             progress.error = Some(e.to_string());
             progress.log(format!("failed: {e}"));
         }
@@ -493,7 +491,7 @@ pub async fn feature_input(
     let Some(features) = &spec.features else {
         return read_inputs(spec, s3, log).await;
     };
-    let manifest_path = format!("{dir}/{FEATURES_MANIFEST}");
+    let manifest_path = features_manifest_path(dir);
     let manifest = match store.get(&manifest_path).await {
         Ok(bytes) => {
             log(format!(
@@ -526,7 +524,7 @@ pub(crate) async fn read_feature_table(
     only: Option<(usize, usize)>,
     log: &mut (dyn FnMut(String) + Send),
 ) -> Result<Input> {
-    let manifest_path = format!("{dir}/{FEATURES_MANIFEST}");
+    let manifest_path = features_manifest_path(dir);
     let table: FeatureTable =
         serde_json::from_slice(manifest).map_err(|e| halyard_features::FeatureError::Output {
             location: store.url_of(&manifest_path),
@@ -536,7 +534,7 @@ pub(crate) async fn read_feature_table(
     let mut shards = Vec::with_capacity(table.shards.len());
     for (i, shard) in table.shards.iter().enumerate() {
         if only.is_none_or(|(rank, workers)| i % workers == rank) {
-            parts.push(store.get(&format!("{dir}/{}", shard.file)).await?);
+            parts.push(store.get(&feature_shard_path(dir, &shard.file)).await?);
             shards.push(i);
         }
     }

@@ -44,6 +44,22 @@ pub enum FeatureError {
     Core(#[from] halyard_core::Error),
 }
 
+impl FeatureError {
+    /// What this failure means for the caller: bad SQL or sources are the job's to fix;
+    /// an unreachable SQL cluster is passing.
+    pub fn failure(&self) -> halyard_core::Failure {
+        use halyard_core::Failure;
+        match self {
+            FeatureError::Sql(_)
+            | FeatureError::Source { .. }
+            | FeatureError::MissingColumn { .. } => Failure::Invalid,
+            FeatureError::Cluster(_) => Failure::Unavailable,
+            FeatureError::Output { .. } => Failure::Internal,
+            FeatureError::Core(e) => e.failure(),
+        }
+    }
+}
+
 impl From<datafusion::error::DataFusionError> for FeatureError {
     fn from(e: datafusion::error::DataFusionError) -> Self {
         FeatureError::Sql(describe(&e))

@@ -430,7 +430,7 @@ pub async fn run_stage(
     let n = spec.shards;
     progress(format!("features: writing {n} shard(s) to {out}"));
     let writes = (0..n).map(|i| {
-        let file = format!("part-{i:05}.parquet");
+        let file = halyard_core::store::feature_shard_file(i);
         let filter = if n > 1 {
             format!(" WHERE hash_bucket({}, {n}) = {i}", quote(shard_key))
         } else {
@@ -438,7 +438,7 @@ pub async fn run_stage(
         };
         let sql = format!(
             "COPY (SELECT * FROM {FEATURES_VIEW}{filter}) TO {} STORED AS PARQUET",
-            literal(&format!("{out}/{file}"))
+            literal(&halyard_core::store::feature_shard_path(out, &file))
         );
         async move {
             let batches = collect_retrying(ctx, &sql).await?;

@@ -11,9 +11,9 @@ use std::sync::Arc;
 use arrow::array::{Float64Array, RecordBatch, StringArray};
 use arrow::datatypes::{DataType, Field, Schema};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use halyard_models::features::{Encoding, FeatureConfig};
 use halyard_models::logistic::TrainConfig;
 use halyard_models::pipeline::{ResponseConfig, ResponseKind, train_response_model};
+use halyard_models::preprocess::{Encoding, FeatureConfig};
 use halyard_models::runtime::Runtime;
 
 /// A bank-marketing-shaped table: 7 numerics, 9 categoricals, a label.

@@ -14,9 +14,9 @@ use safetensors::tensor::{Dtype, TensorView};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{ModelError, Result};
-use crate::features::Preprocessor;
 use crate::forecast::nbeats::ForecastConfig;
 use crate::mlp::MlpConfig;
+use crate::preprocess::Preprocessor;
 
 /// The manifest's format tag.
 pub const FORMAT: &str = "halyard-model/2";

@@ -32,11 +32,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::device::{cosine_lr, finite_loss, training_device, weighted_bce};
 use crate::error::{ModelError, Result};
-use crate::features::{Encoded, FeatureConfig, Preprocessor, Role, row_roles};
 use crate::logistic::{EpochReport, TrainConfig};
 use crate::metrics::log_loss;
 use crate::mlp::{InputLayout, MlpConfig, ResponseMlp, mlp_tensors};
 use crate::pipeline::{MemberReport, ResponseConfig, ResponseKind, TrainedModel, finish_response};
+use crate::preprocess::{Encoded, FeatureConfig, Preprocessor, Role, row_roles};
 
 /// A group of workers that can sum vectors and share bytes. Every rank makes the same calls
 /// in the same order.
@@ -289,7 +289,7 @@ pub fn float_bytes(values: &[f32]) -> Vec<u8> {
 
 /// FNV-1a over the bits of `values`: equal replicas have equal checksums.
 pub fn checksum(values: &[f32]) -> u32 {
-    let h = crate::features::fnv1a_bytes(values.iter().flat_map(|v| v.to_le_bytes()));
+    let h = crate::preprocess::fnv1a_bytes(values.iter().flat_map(|v| v.to_le_bytes()));
     // Folded to 32 bits: it travels as two exact 16-bit halves of an f32 each.
     (h ^ (h >> 32)) as u32
 }

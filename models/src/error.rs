@@ -94,11 +94,11 @@ pub enum ModelError {
     /// A manifest or weights file is not a Halyard artifact.
     #[error("invalid artifact: {0}")]
     Artifact(String),
-    /// Training was stopped by its caller.
     /// The group of data-parallel workers failed (a peer stopped answering, left, or
     /// disagreed); the group must be formed again.
     #[error("worker group failed: {0}")]
     Collective(String),
+    /// Training was stopped by its caller.
     #[error("training cancelled")]
     Cancelled,
     /// A bug: an invariant did not hold.

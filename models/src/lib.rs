@@ -17,13 +17,13 @@ pub mod artifact;
 pub mod device;
 pub mod distributed;
 pub mod error;
-pub mod features;
 pub mod forecast;
+pub mod json_records;
 pub mod logistic;
 pub mod metrics;
 pub mod mlp;
 pub mod pipeline;
-pub mod records;
+pub mod preprocess;
 pub mod runtime;
 
 pub use error::{ModelError, Result};

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::device::{Placement, finite_loss, training_device, weighted_bce};
 use crate::error::{ModelError, Result};
-use crate::features::Encoded;
+use crate::preprocess::Encoded;
 
 /// Optimizers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -18,9 +18,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::device::{cosine_lr, finite_loss, to_vec, training_device, weighted_bce};
 use crate::error::{ModelError, Result};
-use crate::features::{ColumnEncoding, Encoded, Preprocessor};
 use crate::logistic::{EpochReport, TrainConfig};
 use crate::metrics::log_loss;
+use crate::preprocess::{ColumnEncoding, Encoded, Preprocessor};
 
 /// Where each model input sits in the preprocessor's dense feature vector.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -14,7 +14,6 @@ use serde::{Deserialize, Serialize};
 
 use crate::artifact::{Architecture, export_module, merge_members};
 use crate::error::{ModelError, Result};
-use crate::features::{Encoded, FeatureConfig, Preprocessor, Role, row_roles};
 use crate::forecast::Series;
 use crate::forecast::classical::{Method, forecast};
 use crate::forecast::metrics::score;
@@ -22,6 +21,7 @@ use crate::forecast::nbeats::{NBeatsTrainConfig, StepReport, train_nbeats};
 use crate::logistic::{EpochReport, TrainConfig, train};
 use crate::metrics::classification;
 use crate::mlp::{InputLayout, MlpConfig, train_mlp};
+use crate::preprocess::{Encoded, FeatureConfig, Preprocessor, Role, row_roles};
 use crate::runtime::Runtime;
 
 /// Which response model, and its shape.

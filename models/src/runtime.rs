@@ -18,10 +18,10 @@ use candle_core::{Device, Tensor};
 
 use crate::artifact::{Architecture, FORMAT, Manifest};
 use crate::error::{ModelError, Result};
-use crate::features::Encoded;
 use crate::forecast::nbeats::{NBeatsConfig, history_windows, unscale};
 use crate::forecast::{Series, check_series};
 use crate::mlp::{InputLayout, MlpConfig};
+use crate::preprocess::Encoded;
 
 fn candle_err(e: candle_core::Error) -> ModelError {
     ModelError::Internal(format!("candle: {e}"))

@@ -10,9 +10,9 @@ use halyard_models::distributed::{
     CheckpointPolicy, Checkpoints, Collective, DpEvent, Outcome, Position, WorkerData,
     train_response_parallel,
 };
-use halyard_models::features::{Encoding, FeatureConfig};
 use halyard_models::logistic::TrainConfig;
 use halyard_models::pipeline::{ResponseConfig, ResponseKind, TrainedModel};
+use halyard_models::preprocess::{Encoding, FeatureConfig};
 use rand::{Rng, SeedableRng};
 
 /// Threads summing through shared slots, in rank order (the same bits on every rank).

@@ -8,11 +8,11 @@ use arrow::array::{Float64Array, RecordBatch, StringArray};
 use arrow::datatypes::{DataType, Field, Schema};
 use burn::tensor::{Device, Tensor, TensorData};
 use halyard_models::artifact::{Architecture, export_module, merge_members};
-use halyard_models::features::{Encoded, Encoding, FeatureConfig, Preprocessor};
 use halyard_models::forecast::Series;
 use halyard_models::forecast::nbeats::{NBeatsTrainConfig, forecast_member, train_nbeats};
 use halyard_models::logistic::{TrainConfig, train};
 use halyard_models::mlp::{InputLayout, MlpConfig, train_mlp};
+use halyard_models::preprocess::{Encoded, Encoding, FeatureConfig, Preprocessor};
 use halyard_models::runtime::Runtime;
 use rand::{Rng, SeedableRng};
 

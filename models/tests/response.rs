@@ -7,9 +7,9 @@ use arrow::array::{Float64Array, RecordBatch, StringArray};
 use arrow::datatypes::{DataType, Field, Schema};
 use halyard_models::ModelError;
 use halyard_models::artifact::{Architecture, read_tensors};
-use halyard_models::features::{Encoding, FeatureConfig, Preprocessor};
 use halyard_models::logistic::{Optimizer, TrainConfig};
 use halyard_models::pipeline::{ResponseConfig, ResponseKind, TrainedModel, train_response_model};
+use halyard_models::preprocess::{Encoding, FeatureConfig, Preprocessor};
 use halyard_models::runtime::LoadedModel;
 use rand::{Rng, SeedableRng};
 
@@ -126,7 +126,7 @@ fn learns_known_effects_and_reaches_the_bayes_auc() {
     assert!(w[p.columns[0].offset] > 0.5, "weights {w:?}");
     let chan = &p.columns[1];
     let vocab = match &chan.encoding {
-        halyard_models::features::ColumnEncoding::OneHot { vocabulary } => vocabulary.clone(),
+        halyard_models::preprocess::ColumnEncoding::OneHot { vocabulary } => vocabulary.clone(),
         other => panic!("{other:?}"),
     };
     let email = vocab.iter().position(|v| v == "email").unwrap();

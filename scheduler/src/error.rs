@@ -1,4 +1,6 @@
-//! The one error type of `halyard-scheduler`.
+//! The one error type of `halyard-scheduler`, and its errors as gRPC statuses.
+
+use halyard_core::Failure;
 
 /// Result alias for `halyard-scheduler`.
 pub type Result<T, E = SchedulerError> = std::result::Result<T, E>;
@@ -11,18 +13,14 @@ pub enum SchedulerError {
     Core(#[from] halyard_core::Error),
 }
 
-/// The wire codes a client can act on; internals stay in the log.
+/// The wire status of a core error, by its [`Failure`]: a caller's or passing failure
+/// says what was wrong; an internal one goes to the log and the caller is pointed there.
 pub(crate) fn to_status(e: halyard_core::Error) -> tonic::Status {
-    use halyard_core::Error as E;
-    match &e {
-        E::Invalid { .. } | E::Toml { .. } => tonic::Status::invalid_argument(e.to_string()),
-        E::NoSuchJob(_) => tonic::Status::not_found(e.to_string()),
-        E::Coordinator(_) | E::Fenced | E::Conflict { .. } | E::LeaseLost(_) => {
-            tonic::Status::unavailable(e.to_string())
-        }
-        _ => {
+    match e.failure() {
+        Failure::Internal => {
             tracing::error!(error = %e, "internal error");
-            tonic::Status::internal("internal error; see the scheduler's log")
+            Failure::Internal.status("internal error; see the scheduler's log")
         }
+        failure => failure.status(e.to_string()),
     }
 }

@@ -14,6 +14,8 @@ use halyard_features::cluster::SqlScheduler;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
+use crate::decide::{Free, Verdict, choose_executors, free_capacity, supervise};
+
 /// Campaign, lead until leadership is lost or shutdown, campaign again.
 pub(crate) async fn run(
     cfg: SchedulerConfig,
@@ -198,16 +200,14 @@ impl Leader<'_> {
         if jobs.is_empty() {
             return Ok(());
         }
-        let tasks = self.coord.all_tasks().await?;
-        let mut free: HashMap<String, Free> = executors
-            .iter()
-            .map(|e| (e.id.clone(), Free::of(e)))
+        let tasks: Vec<TaskAssignment> = self
+            .coord
+            .all_tasks()
+            .await?
+            .into_iter()
+            .map(|t| t.value)
             .collect();
-        for t in &tasks {
-            if let Some(f) = free.get_mut(&t.value.executor) {
-                f.take(&t.value.spec.resources);
-            }
-        }
+        let mut free = free_capacity(executors, &tasks);
         let addresses: HashMap<&str, &str> = executors
             .iter()
             .map(|e| (e.id.as_str(), e.address.as_str()))
@@ -248,16 +248,9 @@ impl Leader<'_> {
         // The executors with the most free slots that fit: one, or one per worker of a
         // data-parallel group (all of them or none).
         let wanted = job.value.spec.train.workers.unwrap_or(1) as usize;
-        let mut fitting: Vec<(&String, &Free)> =
-            free.iter().filter(|(_, f)| f.fits(need)).collect();
-        fitting.sort_by_key(|(id, f)| (std::cmp::Reverse(f.cpus), (*id).clone()));
-        if fitting.len() < wanted {
+        let Some(chosen) = choose_executors(free, need, wanted) else {
             return Ok(());
-        }
-        let chosen: Vec<String> = fitting[..wanted]
-            .iter()
-            .map(|(id, _)| (*id).clone())
-            .collect();
+        };
         let executor = chosen[0].clone();
         new.state = JobState::Running;
         new.attempt += 1;
@@ -326,31 +319,38 @@ impl Leader<'_> {
             .get_progress(&new.id)
             .await?
             .filter(|p| p.attempt == new.attempt);
-        let state = progress.as_ref().map(|p| p.state);
-        if new.cancel_requested {
-            new.state = JobState::Cancelled;
-            new.log(&self.source, "cancelled");
-        } else if state == Some(TaskState::Succeeded) {
-            let p = progress.as_ref().expect("state came from it");
-            new.state = JobState::Succeeded;
-            new.metrics = p.metrics.clone();
-            new.artifact = p.artifact.clone();
-            new.model_version = p.model_version;
-            new.log(&self.source, "succeeded");
-        } else if state == Some(TaskState::Failed) && !progress.as_ref().is_some_and(|p| p.retry) {
-            new.state = JobState::Failed;
-            new.error = progress.as_ref().and_then(|p| p.error.clone());
-            new.log(&self.source, "failed");
-        } else if let Some(lost) = self.lost(&new, free, progress.as_ref()) {
-            // An executor's lease expired (its key is gone), or the worker group failed:
-            // requeue the task (a group resumes from its last checkpoint).
-            new.executor = None;
-            new.workers.clear();
-            if new.attempt >= self.cfg.max_attempts {
+        let live = |e: &str| free.contains_key(e);
+        match supervise(&new, progress.as_ref(), &live, self.cfg.max_attempts) {
+            Verdict::RunsOn => return Ok(()),
+            Verdict::Cancel => {
+                new.state = JobState::Cancelled;
+                new.log(&self.source, "cancelled");
+            }
+            Verdict::Succeed => {
+                let p = progress.as_ref().expect("success came from a report");
+                new.state = JobState::Succeeded;
+                new.metrics = p.metrics.clone();
+                new.artifact = p.artifact.clone();
+                new.model_version = p.model_version;
+                new.log(&self.source, "succeeded");
+            }
+            Verdict::Fail => {
+                new.state = JobState::Failed;
+                new.error = progress.as_ref().and_then(|p| p.error.clone());
+                new.log(&self.source, "failed");
+            }
+            Verdict::GiveUp(lost) => {
+                new.executor = None;
+                new.workers.clear();
                 new.state = JobState::Failed;
                 new.error = Some(format!("{lost} ({} attempts); giving up", new.attempt));
                 new.log(&self.source, format!("{lost}; attempts exhausted"));
-            } else {
+            }
+            Verdict::Requeue(lost) => {
+                // An executor's lease expired (its key is gone), or the task failed with a
+                // retryable failure: requeue it (a group resumes from its last checkpoint).
+                new.executor = None;
+                new.workers.clear();
                 new.state = JobState::Pending;
                 if new.spec.train.workers.is_some() {
                     // A dead peer's lease may still stand: let it expire before the group
@@ -359,8 +359,6 @@ impl Leader<'_> {
                 }
                 new.log(&self.source, format!("{lost}; task requeued"));
             }
-        } else {
-            return Ok(());
         }
         // The executor's log lines join the job's before its progress key goes.
         if let Some(p) = &progress {
@@ -374,36 +372,6 @@ impl Leader<'_> {
             }
         }
         Ok(())
-    }
-}
-
-impl Leader<'_> {
-    /// Why a running job's task must be placed again, if it must: one of its executors'
-    /// leases expired, or its worker group failed.
-    fn lost(
-        &self,
-        job: &JobRecord,
-        free: &HashMap<String, Free>,
-        progress: Option<&halyard_core::records::TaskProgress>,
-    ) -> Option<String> {
-        let mut executors: Vec<&String> = job.workers.iter().collect();
-        if executors.is_empty() {
-            executors.extend(job.executor.iter());
-        }
-        if let Some(gone) = executors.iter().find(|e| !free.contains_key(e.as_str())) {
-            return Some(format!("executor {gone} lost"));
-        }
-        if executors.is_empty() {
-            return Some("executor lost".into());
-        }
-        progress
-            .filter(|p| p.retry && p.state == TaskState::Failed)
-            .map(|p| {
-                format!(
-                    "worker group failed: {}",
-                    p.error.as_deref().unwrap_or("no reason given")
-                )
-            })
     }
 }
 
@@ -687,30 +655,4 @@ fn trial_spec(
         f.table_of = Some(search.id.clone());
     }
     Ok(spec)
-}
-
-/// Free capacity of one executor during a tick.
-#[derive(Debug, Clone, Copy)]
-struct Free {
-    cpus: u32,
-    memory_mb: u64,
-    gpus: u32,
-}
-
-impl Free {
-    fn of(e: &ExecutorInfo) -> Self {
-        Free {
-            cpus: e.cpu_slots,
-            memory_mb: e.memory_mb,
-            gpus: e.gpus,
-        }
-    }
-    fn fits(&self, need: &halyard_core::spec::ResourceSpec) -> bool {
-        self.cpus >= need.cpus && self.memory_mb >= need.memory_mb && self.gpus >= need.gpus
-    }
-    fn take(&mut self, need: &halyard_core::spec::ResourceSpec) {
-        self.cpus = self.cpus.saturating_sub(need.cpus);
-        self.memory_mb = self.memory_mb.saturating_sub(need.memory_mb);
-        self.gpus = self.gpus.saturating_sub(need.gpus);
-    }
 }

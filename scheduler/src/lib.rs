@@ -8,6 +8,7 @@
 //! its leadership ([`halyard_core::coord`]). Nothing here lives only in memory: a standby
 //! that takes over resumes from the coordinator's state.
 
+mod decide;
 mod error;
 mod leader;
 mod models;

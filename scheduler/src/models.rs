@@ -2,6 +2,7 @@
 //! promote, rollback, undeploy) and the A/B analysis of outcomes. Any scheduler answers:
 //! deployment changes are compare-and-swap writes, not leader work.
 
+use halyard_core::Failure;
 use halyard_core::coord::Coordinator;
 use halyard_core::proto::deploy_request::Change as WireChange;
 use halyard_core::proto::model_service_server::ModelService;
@@ -27,7 +28,7 @@ impl ModelApi {
     async fn model(&self, name: &str) -> Result<GetModelResponse, Status> {
         let versions = self.coord.model_versions(name).await.map_err(to_status)?;
         if versions.is_empty() {
-            return Err(Status::not_found(format!(
+            return Err(Failure::NotFound.status(format!(
                 "no model {name}: no job named {name} has published a version (see `halyard models`)"
             )));
         }
@@ -122,7 +123,7 @@ impl ModelService for ModelApi {
             },
             Some(WireChange::Rollback(_)) => Change::Rollback,
             Some(WireChange::Undeploy(_)) => Change::Undeploy,
-            None => return Err(Status::invalid_argument("the request names no change")),
+            None => return Err(Failure::Invalid.status("the request names no change")),
         };
         let d = self
             .coord
@@ -141,7 +142,7 @@ impl ModelService for ModelApi {
         let deployment = self.coord.deployment(&name).await.map_err(to_status)?;
         let outcomes = self.coord.outcomes(&name).await.map_err(to_status)?;
         if deployment.is_none() && outcomes.is_empty() {
-            return Err(Status::not_found(format!(
+            return Err(Failure::NotFound.status(format!(
                 "model {name} was never deployed and has no outcomes"
             )));
         }

@@ -4,6 +4,7 @@ use std::pin::Pin;
 use std::time::Duration;
 
 use futures::Stream;
+use halyard_core::Failure;
 use halyard_core::coord::Coordinator;
 use halyard_core::proto::job_service_server::JobService;
 use halyard_core::proto::{
@@ -37,7 +38,7 @@ impl JobApi {
             .await
             .map_err(to_status)?
             .map(|j| j.value)
-            .ok_or_else(|| Status::not_found(format!("no job {id}")))
+            .ok_or_else(|| Failure::NotFound.status(format!("no job {id}")))
     }
 
     async fn info(&self, id: &str) -> Result<JobInfo, Status> {
@@ -109,7 +110,7 @@ impl JobService for JobApi {
     ) -> Result<Response<SubmitResponse>, Status> {
         let req = request.into_inner();
         if req.protocol_version != halyard_core::PROTOCOL_VERSION {
-            return Err(Status::failed_precondition(format!(
+            return Err(Failure::Refused.status(format!(
                 "client speaks protocol {}, this scheduler {}: use matching halyard versions",
                 req.protocol_version,
                 halyard_core::PROTOCOL_VERSION
@@ -176,13 +177,13 @@ impl JobService for JobApi {
         let old = old.value;
         use halyard_core::records::JobState;
         if !matches!(old.state, JobState::Cancelled | JobState::Failed) {
-            return Err(Status::failed_precondition(format!(
+            return Err(Failure::Refused.status(format!(
                 "job {id} is {}: only a cancelled or failed job can be resumed",
                 old.state.as_str()
             )));
         }
         if old.spec.train.workers.is_none() || old.spec.search.is_some() {
-            return Err(Status::failed_precondition(format!(
+            return Err(Failure::Refused.status(format!(
                 "job {id} kept no checkpoints: only data-parallel jobs ([train] workers) resume; submit it again"
             )));
         }
@@ -240,7 +241,7 @@ impl JobService for JobApi {
                     }
                     Ok(None) => {
                         let _ = tx
-                            .send(Err(Status::not_found(format!("no job {id}"))))
+                            .send(Err(Failure::NotFound.status(format!("no job {id}"))))
                             .await;
                         return;
                     }

@@ -2,8 +2,9 @@
 //! error type, which always says what to fix.
 
 use axum::http::StatusCode;
+use halyard_core::Failure;
 use halyard_models::forecast::Series;
-use halyard_models::records::Record;
+use halyard_models::json_records::Record;
 use serde::{Deserialize, Serialize};
 
 /// A scoring request: one record or a batch, raw feature values as in the training data.
@@ -116,12 +117,13 @@ pub struct FeedbackReply {
     pub conversions: u64,
 }
 
-/// Why a request failed: an HTTP status (4xx: the caller's to fix) and a message.
+/// Why a request failed: a [`Failure`] (its HTTP status and gRPC code come from there)
+/// and a message.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{message}")]
 pub struct ApiError {
-    /// HTTP status.
-    pub status: StatusCode,
+    /// What kind of failure.
+    pub failure: Failure,
     /// What was wrong and what to do.
     pub message: String,
 }
@@ -129,59 +131,62 @@ pub struct ApiError {
 impl ApiError {
     /// 400: the request is wrong.
     pub fn bad_request(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, message)
+        Self::new(Failure::Invalid, message)
     }
     /// 404: no such model, version or alias.
     pub fn not_found(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::NOT_FOUND, message)
+        Self::new(Failure::NotFound, message)
     }
     /// 503: nothing can serve it right now; retrying may help.
     pub fn unavailable(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::SERVICE_UNAVAILABLE, message)
+        Self::new(Failure::Unavailable, message)
     }
     /// 500: a bug or a broken artifact.
     pub fn internal(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::INTERNAL_SERVER_ERROR, message)
+        Self::new(Failure::Internal, message)
     }
-    /// Any status.
-    pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
+    /// Any failure.
+    pub fn new(failure: Failure, message: impl Into<String>) -> Self {
         ApiError {
-            status,
+            failure,
             message: message.into(),
         }
     }
 
+    /// The HTTP status of this error.
+    pub fn http_status(&self) -> StatusCode {
+        StatusCode::from_u16(self.failure.http_status())
+            .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+    }
+
     /// The gRPC status of the same error.
     pub fn to_status(&self) -> tonic::Status {
-        let code = match self.status {
-            StatusCode::NOT_FOUND => tonic::Code::NotFound,
-            StatusCode::SERVICE_UNAVAILABLE => tonic::Code::Unavailable,
-            StatusCode::PAYLOAD_TOO_LARGE => tonic::Code::ResourceExhausted,
-            s if s.is_client_error() => tonic::Code::InvalidArgument,
-            _ => tonic::Code::Internal,
-        };
-        tonic::Status::new(code, self.message.clone())
+        self.failure.status(self.message.clone())
     }
 }
 
 impl From<halyard_models::ModelError> for ApiError {
     fn from(e: halyard_models::ModelError) -> Self {
-        use halyard_models::ModelError as M;
-        match e {
-            M::Internal(_) | M::Artifact(_) | M::Cancelled | M::Diverged { .. } => {
-                ApiError::internal(e.to_string())
-            }
-            _ => ApiError::bad_request(e.to_string()),
-        }
+        ApiError::new(model_failure(&e), e.to_string())
+    }
+}
+
+/// The [`Failure`] of a model error (`models` knows nothing of the cluster's classes, so
+/// the mapping lives here, beside the other).
+pub fn model_failure(e: &halyard_models::ModelError) -> Failure {
+    use halyard_models::ModelError as M;
+    match e {
+        M::Collective(_) => Failure::Unavailable,
+        M::Internal(_) | M::Artifact(_) | M::Cancelled | M::Diverged { .. } => Failure::Internal,
+        _ => Failure::Invalid,
     }
 }
 
 impl From<halyard_core::Error> for ApiError {
     fn from(e: halyard_core::Error) -> Self {
-        use halyard_core::Error as C;
-        match e {
-            C::Invalid { .. } => ApiError::bad_request(e.to_string()),
-            _ => ApiError::unavailable(format!("coordinator: {e}")),
+        match e.failure() {
+            Failure::Internal => ApiError::internal(format!("coordinator: {e}")),
+            failure => ApiError::new(failure, e.to_string()),
         }
     }
 }

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
 use std::time::{Duration, Instant};
 
-use halyard_models::features::Encoded;
+use halyard_models::preprocess::Encoded;
 use halyard_models::runtime::LoadedModel;
 use tokio::sync::oneshot;
 use tracing::warn;

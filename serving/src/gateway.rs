@@ -236,7 +236,10 @@ impl Gateway {
                 .ok()
                 .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_string))
                 .unwrap_or_else(|| String::from_utf8_lossy(&bytes).into_owned());
-            Err(ApiError::new(status, message))
+            Err(ApiError::new(
+                halyard_core::Failure::from_http_status(status.as_u16()),
+                message,
+            ))
         }
     }
 

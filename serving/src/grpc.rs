@@ -9,7 +9,7 @@ use halyard_core::proto::{
     GetSchemaResponse, PredictRequest, PredictResponse, Prediction, SeriesForecast,
 };
 use halyard_models::forecast::Series;
-use halyard_models::records::Record;
+use halyard_models::json_records::Record;
 use prost_types::value::Kind;
 use serde_json::{Number, Value};
 use tonic::{Request, Response, Status};

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use halyard_core::coord::Coordinator;
 use halyard_core::registry::{Deployment, DeploymentState, ServingInfo};
 use halyard_core::store::{Store, read_model};
-use halyard_models::records::{Record, RecordEncoder};
+use halyard_models::json_records::{Record, RecordEncoder};
 use halyard_models::runtime::LoadedModel;
 use serde_json::{Value, json};
 use tokio::sync::watch;

@@ -34,7 +34,7 @@ pub const MAX_BODY: usize = 4 << 20;
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = serde_json::json!({ "error": self.message });
-        (self.status, Json(body)).into_response()
+        (self.http_status(), Json(body)).into_response()
     }
 }
 
@@ -49,7 +49,7 @@ fn body_of(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
     body.map_err(|e| {
         if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
+                halyard_core::Failure::TooLarge,
                 format!(
                     "request body is larger than {} MiB: send fewer records per request",
                     MAX_BODY >> 20

@@ -11,7 +11,7 @@ use arrow::array::RecordBatch;
 
 use super::Series;
 use crate::error::{ModelError, Result};
-use crate::features::{concat_column, numeric_values, string_values};
+use crate::preprocess::{concat_column, numeric_values, string_values};
 
 /// Parse the M4 wide CSV layout. Empty cells end a series; a cell that is not a number is
 /// an error naming its line and column.

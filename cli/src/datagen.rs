@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use crate::{ClientError, Result};
+use crate::{CliError, Result};
 
 /// The true effects behind `responded`, on the log-odds scale (documented in the README).
 pub const EFFECTS: &str = "\
@@ -61,6 +61,19 @@ pub struct Generated {
     pub rows: usize,
     /// Share of responders.
     pub response_rate: f64,
+}
+
+impl std::fmt::Display for Generated {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "wrote {} ({} rows, {:.1}% responded) and {}",
+            self.responses.display(),
+            self.rows,
+            self.response_rate * 100.0,
+            self.kpis.display()
+        )
+    }
 }
 
 fn pick(rng: &mut StdRng, items: &[(&'static str, f64)]) -> &'static str {
@@ -141,7 +154,7 @@ impl<'a> Customer<'a> {
 /// Write the data set under `dir` (`dir/campaign/…`).
 pub fn generate(dir: &Path, rows: usize, seed: u64) -> Result<Generated> {
     let out = dir.join("campaign");
-    std::fs::create_dir_all(&out).map_err(|source| ClientError::Io {
+    std::fs::create_dir_all(&out).map_err(|source| CliError::Io {
         path: out.display().to_string(),
         source,
     })?;
@@ -233,7 +246,7 @@ fn write(path: &Path, text: &str) -> Result<()> {
     let tmp = path.with_extension("csv.tmp");
     std::fs::write(&tmp, text)
         .and_then(|()| std::fs::rename(&tmp, path))
-        .map_err(|source| ClientError::Io {
+        .map_err(|source| CliError::Io {
             path: path.display().to_string(),
             source,
         })

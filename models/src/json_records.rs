@@ -20,7 +20,7 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 
 use crate::error::{ModelError, Result};
-use crate::features::{ColumnEncoding, Encoded, FeatureColumn, Preprocessor, bucket_of, fnv1a};
+use crate::preprocess::{ColumnEncoding, Encoded, FeatureColumn, Preprocessor, bucket_of, fnv1a};
 
 /// A JSON record: feature name → raw value.
 pub type Record = Map<String, Value>;
@@ -280,7 +280,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::features::{Encoding, FeatureConfig};
+    use crate::preprocess::{Encoding, FeatureConfig};
 
     fn batch() -> RecordBatch {
         let schema = Arc::new(Schema::new(vec![

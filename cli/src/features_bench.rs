@@ -18,7 +18,7 @@ use halyard_features::stage::run_stage;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use crate::{ClientError, Result};
+use crate::{CliError, Result};
 
 /// Settings of a run.
 #[derive(Debug, Clone)]
@@ -91,8 +91,8 @@ const DAY0: i32 = 20089;
 const CAMPAIGNS: usize = 200;
 const EVENT_FILES: usize = 8;
 
-fn io(path: &Path, e: impl std::fmt::Display) -> ClientError {
-    ClientError::Io {
+fn io(path: &Path, e: impl std::fmt::Display) -> CliError {
+    CliError::Io {
         path: path.display().to_string(),
         source: std::io::Error::other(e.to_string()),
     }
@@ -344,4 +344,27 @@ pub async fn run(b: &FeaturesBench) -> Result<(Timings, Timings)> {
     }
     scheduler.stop().await;
     Ok((cluster, local))
+}
+
+/// The report of one `halyard bench features` run: both engines' medians and their ratio.
+pub fn summary(b: &FeaturesBench, cluster: &Timings, local: &Timings) -> String {
+    let (c, l) = (cluster.median(), local.median());
+    let rate = |d: Duration| b.rows as f64 / d.as_secs_f64();
+    format!(
+        "feature stage over {} events -> {} feature rows (median of {} runs each):\n  \
+         cluster ({} executors x {} slots): {:.2} s, {:.0} events/s\n  \
+         single-process DataFusion ({} partitions): {:.2} s, {:.0} events/s\n  \
+         cluster / single process: {:.2}x",
+        b.rows,
+        cluster.rows,
+        b.runs,
+        b.executors,
+        b.slots,
+        c.as_secs_f64(),
+        rate(c),
+        b.partitions,
+        l.as_secs_f64(),
+        rate(l),
+        c.as_secs_f64() / l.as_secs_f64()
+    )
 }

@@ -11,8 +11,9 @@ use halyard_core::store::S3Config;
 use halyard_features::session::{local_context, remote_context};
 use halyard_features::stage::{collect_retrying, register_source};
 
-use crate::Client;
-use crate::error::{ClientError, Result};
+use halyard_client::Client;
+
+use crate::{CliError, Result};
 
 /// Where queries run.
 pub enum Target<'a> {
@@ -40,7 +41,7 @@ pub async fn context(
         Target::Cluster(client) => {
             let status = client.cluster().await?;
             if status.sql_endpoint.is_empty() {
-                return Err(ClientError::Rpc(
+                return Err(CliError::Failed(
                     "the cluster advertises no SQL scheduler yet (its leader starts one); try again, or use --local".into(),
                 ));
             }
@@ -50,7 +51,7 @@ pub async fn context(
     let mut sources = Vec::with_capacity(tables.len());
     for t in tables {
         let (name, path) = t.split_once('=').ok_or_else(|| {
-            ClientError::Rpc(format!(
+            CliError::Failed(format!(
                 "--table {t:?}: write NAME=PATH, such as events=data/events.csv"
             ))
         })?;
@@ -81,13 +82,13 @@ pub async fn run(ctx: &SessionContext, sql: &str) -> Result<Vec<RecordBatch>> {
 
 /// Print rows as a table, or write them to `output` (`.csv` or `.parquet`).
 pub fn emit(batches: &[RecordBatch], output: Option<&Path>) -> Result<()> {
-    let io = |path: &Path, e: std::io::Error| ClientError::Io {
+    let io = |path: &Path, e: std::io::Error| CliError::Io {
         path: path.display().to_string(),
         source: e,
     };
     let Some(path) = output else {
         let text = arrow::util::pretty::pretty_format_batches(batches)
-            .map_err(|e| ClientError::Rpc(e.to_string()))?;
+            .map_err(|e| CliError::Failed(e.to_string()))?;
         let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
         println!("{text}\n{rows} row(s)");
         return Ok(());
@@ -100,18 +101,18 @@ pub fn emit(batches: &[RecordBatch], output: Option<&Path>) -> Result<()> {
             .map(|b| b.schema())
             .unwrap_or_else(|| std::sync::Arc::new(arrow::datatypes::Schema::empty()));
         let mut w = parquet::arrow::ArrowWriter::try_new(file, schema, None)
-            .map_err(|e| ClientError::Rpc(e.to_string()))?;
+            .map_err(|e| CliError::Failed(e.to_string()))?;
         for b in batches {
-            w.write(b).map_err(|e| ClientError::Rpc(e.to_string()))?;
+            w.write(b).map_err(|e| CliError::Failed(e.to_string()))?;
         }
-        w.close().map_err(|e| ClientError::Rpc(e.to_string()))?;
+        w.close().map_err(|e| CliError::Failed(e.to_string()))?;
     } else if lower.ends_with(".csv") {
         let mut w = arrow::csv::Writer::new(file);
         for b in batches {
-            w.write(b).map_err(|e| ClientError::Rpc(e.to_string()))?;
+            w.write(b).map_err(|e| CliError::Failed(e.to_string()))?;
         }
     } else {
-        return Err(ClientError::Rpc(format!(
+        return Err(CliError::Failed(format!(
             "--output {}: the name must end in .csv or .parquet",
             path.display()
         )));
@@ -135,7 +136,7 @@ pub async fn interactive(ctx: &SessionContext, output: Option<PathBuf>) -> Resul
     };
     prompt(false);
     for line in stdin.lock().lines() {
-        let line = line.map_err(|e| ClientError::Io {
+        let line = line.map_err(|e| CliError::Io {
             path: "stdin".into(),
             source: e,
         })?;
@@ -199,4 +200,62 @@ mod tests {
         assert_eq!(s, ["SELECT 'a;b'", "-- one; two\nSELECT \"x;\" FROM t"]);
         assert_eq!(rest.trim(), "SELECT 3");
     }
+}
+
+/// `halyard sql`'s flags.
+#[derive(Debug, Clone, clap::Args)]
+pub struct SqlArgs {
+    /// A statement to run (repeat for several, run in order)
+    #[arg(short = 'e', long = "execute")]
+    pub execute: Vec<String>,
+    /// A table to register first, NAME=PATH (file, folder ending in '/', file:// or
+    /// s3:// URL; format from the extension)
+    #[arg(long = "table")]
+    pub tables: Vec<String>,
+    /// CSV field separator of the --table files
+    #[arg(long, default_value = ",")]
+    pub delimiter: char,
+    /// Write the last result to this .csv or .parquet file instead of printing it
+    #[arg(short, long)]
+    pub output: Option<PathBuf>,
+    /// Run in this process on single-process DataFusion, without a cluster
+    #[arg(long)]
+    pub local: bool,
+}
+
+/// `halyard sql`: run the statements of `args` (or, without any, read them from standard
+/// input) on the cluster whose scheduler is at `scheduler`, or locally.
+pub async fn command(args: SqlArgs, scheduler: &str) -> Result<()> {
+    if !args.delimiter.is_ascii() {
+        return Err(CliError::Failed(format!(
+            "--delimiter {:?}: must be one ASCII character",
+            args.delimiter
+        )));
+    }
+    // S3 credentials come from the AWS_* environment.
+    let s3 = S3Config::default();
+    let client;
+    let target = if args.local {
+        Target::Local
+    } else {
+        client = Client::connect(scheduler).await?;
+        Target::Cluster(&client)
+    };
+    let ctx = context(target, &args.tables, args.delimiter as u8, &s3).await?;
+    if args.execute.is_empty() {
+        return interactive(&ctx, args.output).await;
+    }
+    let last = args.execute.len() - 1;
+    for (i, q) in args.execute.iter().enumerate() {
+        let batches = run(&ctx, q).await?;
+        emit(
+            &batches,
+            if i == last {
+                args.output.as_deref()
+            } else {
+                None
+            },
+        )?;
+    }
+    Ok(())
 }

@@ -7,7 +7,9 @@ use std::time::{Duration, Instant};
 
 use halyard_core::spec::JobSpec;
 
-use crate::{Client, ClientError, Result};
+use halyard_client::Client;
+
+use crate::{CliError, Result};
 
 /// Figures of one run.
 #[derive(Debug, Clone)]
@@ -75,7 +77,7 @@ pub async fn scheduling(
             data.responses.display()
         ),
     )
-    .map_err(|source| ClientError::Io {
+    .map_err(|source| CliError::Io {
         path: spec_path.display().to_string(),
         source,
     })?;
@@ -97,7 +99,7 @@ pub async fn scheduling(
     for id in &ids {
         let state = wait_state(client, id, true).await?;
         if state != "succeeded" {
-            return Err(ClientError::JobFailed {
+            return Err(CliError::JobFailed {
                 id: id.clone(),
                 state,
                 error: "benchmark job did not succeed".into(),
@@ -175,7 +177,7 @@ pub async fn serving(b: &ServingBench) -> Result<String> {
     )
     .await?;
     if warm.ok == 0 {
-        return Err(ClientError::Rpc(format!(
+        return Err(CliError::Failed(format!(
             "no request to {} succeeded while warming up: {}",
             b.addr,
             warm.failures.first().map_or("(no answer)", String::as_str)
@@ -216,4 +218,133 @@ pub async fn serving(b: &ServingBench) -> Result<String> {
         out.push_str(&line);
     }
     Ok(out)
+}
+
+/// What `halyard bench` measures, with each benchmark's own flags.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum BenchCommand {
+    /// Submit-to-running latency and jobs/s of a running cluster, with trivial jobs
+    Scheduling {
+        /// Sequential jobs for the latency figure
+        #[arg(long, default_value_t = 30)]
+        jobs: usize,
+        /// Jobs submitted at once for the throughput figure
+        #[arg(long, default_value_t = 30)]
+        batch: usize,
+    },
+    /// Load a deployed model's prediction endpoint from this process: saturation
+    /// throughput, latency at half load, batched throughput
+    Serving {
+        /// The deployed model [default: the spec's name]
+        #[arg(long)]
+        model: Option<String>,
+        /// Job spec whose data supplies the records
+        #[arg(long, default_value = "examples/bank-marketing.toml")]
+        spec: std::path::PathBuf,
+        /// Address to load, any scheduler or executor [default: --scheduler]
+        #[arg(long)]
+        target: Option<String>,
+        /// Concurrent connections
+        #[arg(long, default_value_t = 32)]
+        connections: usize,
+        /// Seconds per phase
+        #[arg(long, default_value_t = 10.0)]
+        seconds: f64,
+        /// Records per request of the batch phase (0 skips it)
+        #[arg(long, default_value_t = 30)]
+        batch: usize,
+    },
+    /// A campaign-events feature stage on an embedded SQL cluster and on single-process
+    /// DataFusion, in this process, and the ratio of their times
+    Features {
+        /// Rows of the generated events table
+        #[arg(long, default_value_t = 10_000_000)]
+        rows: usize,
+        /// Customers (rows of the feature table)
+        #[arg(long, default_value_t = 500_000)]
+        customers: usize,
+        /// SQL executors of the embedded cluster
+        #[arg(long, default_value_t = 2)]
+        executors: usize,
+        /// Runs of each engine (medians are reported)
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+        /// Folder for the generated tables (reused) and outputs
+        #[arg(long, default_value = "halyard-data/bench-features")]
+        dir: std::path::PathBuf,
+    },
+    /// The ring all-reduce on loopback (each rank with its own gRPC server in this
+    /// process) against a memory copy
+    Allreduce {
+        /// Ranks of the ring
+        #[arg(long, default_value_t = 2)]
+        ranks: usize,
+        /// Runs of each size (medians are reported)
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+    },
+}
+
+/// Run one benchmark; `scheduler` is the cluster's address for those that need one.
+/// Returns the report to print.
+pub async fn run(what: BenchCommand, scheduler: &str) -> Result<String> {
+    match what {
+        BenchCommand::Scheduling { jobs, batch } => {
+            let client = Client::connect(scheduler).await?;
+            let dir = std::env::temp_dir().join(format!("halyard-bench-{}", std::process::id()));
+            let figures = scheduling(&client, &dir, jobs.max(1), batch.max(1)).await;
+            let _ = std::fs::remove_dir_all(&dir);
+            Ok(figures?.summary())
+        }
+        BenchCommand::Serving {
+            model,
+            spec,
+            target,
+            connections,
+            seconds,
+            batch,
+        } => {
+            let model = match model {
+                Some(m) => m,
+                None => JobSpec::from_file(&spec)?.name,
+            };
+            serving(&ServingBench {
+                addr: target.unwrap_or_else(|| scheduler.to_string()),
+                model,
+                spec,
+                connections: connections.max(1),
+                seconds,
+                batch,
+            })
+            .await
+        }
+        BenchCommand::Features {
+            rows,
+            customers,
+            executors,
+            runs,
+            dir,
+        } => {
+            let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+            let b = crate::features_bench::FeaturesBench {
+                dir,
+                rows,
+                customers,
+                executors: executors.max(1),
+                // Together the executors have the cores the single process has.
+                slots: (cores / executors.max(1)).max(1),
+                partitions: cores,
+                runs: runs.max(1),
+            };
+            let (cluster, local) = crate::features_bench::run(&b).await?;
+            Ok(crate::features_bench::summary(&b, &cluster, &local))
+        }
+        BenchCommand::Allreduce { ranks, runs } => {
+            let (ranks, runs) = (ranks.max(2), runs.max(1));
+            let sizes = [100_000, 1_000_000, 10_000_000];
+            let figures = crate::allreduce_bench::run(ranks, &sizes, runs).await?;
+            let copy = crate::allreduce_bench::memcpy_bandwidth(10_000_000, 9);
+            Ok(crate::allreduce_bench::summary(ranks, runs, copy, &figures))
+        }
+    }
 }

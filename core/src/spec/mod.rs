@@ -1,7 +1,8 @@
 //! The job spec: one TOML file that says what to train, on what, and with which resources.
 //!
 //! Parsing refuses unknown keys; [`JobSpec::validate`] checks every value against its rule
-//! and names the field, the value and the rule. Every field is documented in
+//! (the rule tables of `rules.rs`, one per section) and names the field, the value and the
+//! rule. The `[search]` section is `search.rs`. Every field is documented in
 //! `docs/job-spec.md`; keep the two in step.
 
 use std::path::Path;
@@ -9,6 +10,11 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+
+mod rules;
+mod search;
+
+pub use search::{Dist, Params, SearchSpec, Strategy, apply};
 
 /// A whole job spec.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -42,7 +48,7 @@ pub struct JobSpec {
     /// Hyperparameter search: trials of this spec with sampled parameters, run as tasks
     /// across the executors; the best is published.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub search: Option<crate::search::SearchSpec>,
+    pub search: Option<SearchSpec>,
 }
 
 /// The `[features]` section: named sources, SQL over them, the split rule and the shards.
@@ -638,7 +644,7 @@ impl DataSpec {
         self.format_at("[data]")
     }
 
-    fn format_at(&self, location: &str) -> Result<DataFormat> {
+    pub(super) fn format_at(&self, location: &str) -> Result<DataFormat> {
         if let Some(f) = self.format {
             return Ok(f);
         }
@@ -721,463 +727,9 @@ impl JobSpec {
     pub fn to_toml(&self) -> String {
         toml::to_string(self).expect("a job spec always serialises")
     }
-
-    /// Check every value against its rule.
-    pub fn validate(&self, origin: &str) -> Result<()> {
-        let at = |section: &str| {
-            if section.is_empty() {
-                origin.to_string()
-            } else {
-                format!("{origin} {section}")
-            }
-        };
-        let name_ok = !self.name.is_empty()
-            && self.name.len() <= 64
-            && self
-                .name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-            && self
-                .name
-                .chars()
-                .next()
-                .is_some_and(|c| c.is_ascii_alphanumeric());
-        if !name_ok {
-            return Err(Error::invalid(
-                at(""),
-                "name",
-                format!("{:?}", self.name),
-                "must be 1 to 64 letters, digits, '-' or '_', starting with a letter or digit",
-            ));
-        }
-        let d = &self.data;
-        match &self.features {
-            Some(f) => f.validate(&at("[features]"))?,
-            None if d.source.trim().is_empty() => {
-                return Err(Error::invalid(
-                    at("[data]"),
-                    "source",
-                    "\"\"",
-                    "must name a file or URL (or add a [features] section whose SQL builds the input)",
-                ));
-            }
-            None => {
-                d.format_at(&at("[data]"))?;
-            }
-        }
-        if d.delimiter.len() != 1 {
-            return Err(Error::invalid(
-                at("[data]"),
-                "delimiter",
-                format!("{:?}", d.delimiter),
-                "must be exactly one ASCII character",
-            ));
-        }
-        let forecasting = self.model.kind == ModelKind::Nbeats;
-        if !forecasting && d.label.trim().is_empty() {
-            return Err(Error::invalid(
-                at("[data]"),
-                "label",
-                "\"\"",
-                "must name the column to predict",
-            ));
-        }
-        if let Some(f) = &self.features {
-            match &self.forecast {
-                None if f.split.is_none() => {
-                    return Err(Error::invalid(
-                        at("[features]"),
-                        "split",
-                        "(absent)",
-                        "a response model needs [features.split]: method = \"hash\", \"modulo\" or \"time\"",
-                    ));
-                }
-                Some(fc) if fc.layout != SeriesLayout::Long || fc.time_column.is_none() => {
-                    return Err(Error::invalid(
-                        at("[forecast]"),
-                        "time_column",
-                        "(absent)",
-                        "a forecaster fed by [features] needs layout = \"long\" and time_column (the shards keep no row order)",
-                    ));
-                }
-                _ => {}
-            }
-        }
-        match (&self.forecast, forecasting) {
-            (None, true) => {
-                return Err(Error::invalid(
-                    at(""),
-                    "forecast",
-                    "(absent)",
-                    "a [forecast] section with at least `horizon` is needed for [model] type = \"nbeats\"",
-                ));
-            }
-            (Some(_), false) => {
-                return Err(Error::invalid(
-                    at(""),
-                    "forecast",
-                    "(present)",
-                    format!(
-                        "[forecast] only applies to [model] type = \"nbeats\", not {:?}",
-                        self.model.kind.as_str()
-                    ),
-                ));
-            }
-            (Some(f), true) => f.validate(&at("[forecast]"))?,
-            (None, false) => {}
-        }
-        if d.exclude.contains(&d.label) {
-            return Err(Error::invalid(
-                at("[data]"),
-                "exclude",
-                format!("{:?}", d.exclude),
-                format!("must not contain the label column {:?}", d.label),
-            ));
-        }
-        if let Some(c) = d.crosses.iter().find(|c| c.len() < 2) {
-            return Err(Error::invalid(
-                at("[data]"),
-                "crosses",
-                format!("{c:?}"),
-                "each cross must list at least two columns",
-            ));
-        }
-        let m = &self.model;
-        if m.max_categories < 1 {
-            return Err(Error::invalid(
-                at("[model]"),
-                "max_categories",
-                m.max_categories,
-                "must be at least 1",
-            ));
-        }
-        if !(2..=1 << 20).contains(&m.hash_buckets) {
-            return Err(Error::invalid(
-                at("[model]"),
-                "hash_buckets",
-                m.hash_buckets,
-                "must be between 2 and 1048576",
-            ));
-        }
-        if m.hidden.is_empty() || m.hidden.iter().any(|&h| !(1..=65_536).contains(&h)) {
-            return Err(Error::invalid(
-                at("[model]"),
-                "hidden",
-                format!("{:?}", m.hidden),
-                "must list one or more layer widths between 1 and 65536",
-            ));
-        }
-        if m.numeric_buckets == 1 || m.numeric_buckets > 1024 {
-            return Err(Error::invalid(
-                at("[model]"),
-                "numeric_buckets",
-                m.numeric_buckets,
-                "must be 0 (off) or between 2 and 1024",
-            ));
-        }
-        if !(1..=1024).contains(&m.max_embedding) {
-            return Err(Error::invalid(
-                at("[model]"),
-                "max_embedding",
-                m.max_embedding,
-                "must be between 1 and 1024",
-            ));
-        }
-        if !(1..=64).contains(&m.ensemble) {
-            return Err(Error::invalid(
-                at("[model]"),
-                "ensemble",
-                m.ensemble,
-                "must be between 1 and 64",
-            ));
-        }
-        if !(m.l2.is_finite() && m.l2 >= 0.0) {
-            return Err(Error::invalid(
-                at("[model]"),
-                "l2",
-                m.l2,
-                "must be a finite number >= 0",
-            ));
-        }
-        let t = &self.train;
-        if t.epochs < 1 {
-            return Err(Error::invalid(
-                at("[train]"),
-                "epochs",
-                t.epochs,
-                "must be at least 1",
-            ));
-        }
-        if t.epochs > 100_000 {
-            return Err(Error::invalid(
-                at("[train]"),
-                "epochs",
-                t.epochs,
-                "must be at most 100000",
-            ));
-        }
-        if let Some(search) = &self.search {
-            search.validate(&at("[search]"), self)?;
-        }
-        if let Some(w) = t.workers {
-            if !(1..=64).contains(&w) {
-                return Err(Error::invalid(
-                    at("[train]"),
-                    "workers",
-                    w,
-                    "must be between 1 and 64",
-                ));
-            }
-            if m.kind != ModelKind::Mlp {
-                return Err(Error::invalid(
-                    at("[train]"),
-                    "workers",
-                    w,
-                    format!(
-                        "data-parallel training trains [model] type = \"mlp\", not {:?}",
-                        m.kind.as_str()
-                    ),
-                ));
-            }
-            if let Some(f) = &self.features
-                && f.shards < w as usize
-            {
-                return Err(Error::invalid(
-                    at("[features]"),
-                    "shards",
-                    f.shards,
-                    format!(
-                        "must be at least [train] workers ({w}): each worker reads its own shards"
-                    ),
-                ));
-            }
-        }
-        if !(t.step_timeout_secs.is_finite() && (0.1..=3600.0).contains(&t.step_timeout_secs)) {
-            return Err(Error::invalid(
-                at("[train]"),
-                "step_timeout_secs",
-                t.step_timeout_secs,
-                "must be between 0.1 and 3600",
-            ));
-        }
-        if !(t.checkpoint_secs.is_finite() && t.checkpoint_secs >= 0.0) {
-            return Err(Error::invalid(
-                at("[train]"),
-                "checkpoint_secs",
-                t.checkpoint_secs,
-                "must be a number of seconds >= 0",
-            ));
-        }
-        if t.batch_size < 1 {
-            return Err(Error::invalid(
-                at("[train]"),
-                "batch_size",
-                t.batch_size,
-                "must be at least 1",
-            ));
-        }
-        if !(t.learning_rate.is_finite() && t.learning_rate > 0.0) {
-            return Err(Error::invalid(
-                at("[train]"),
-                "learning_rate",
-                t.learning_rate,
-                "must be > 0",
-            ));
-        }
-        if !(t.weight_decay.is_finite() && t.weight_decay >= 0.0) {
-            return Err(Error::invalid(
-                at("[train]"),
-                "weight_decay",
-                t.weight_decay,
-                "must be a finite number >= 0",
-            ));
-        }
-        if t.holdout_every < 2 {
-            return Err(Error::invalid(
-                at("[train]"),
-                "holdout_every",
-                t.holdout_every,
-                "must be at least 2 (every n-th row is held out for testing)",
-            ));
-        }
-        if t.device == DeviceKind::Gpu && self.resources.gpus == 0 {
-            return Err(Error::invalid(
-                at("[resources]"),
-                "gpus",
-                0,
-                "must be at least 1 when [train] device = \"gpu\"",
-            ));
-        }
-        let r = &self.resources;
-        if r.cpus < 1 {
-            return Err(Error::invalid(
-                at("[resources]"),
-                "cpus",
-                r.cpus,
-                "must be at least 1",
-            ));
-        }
-        if r.memory_mb < 1 {
-            return Err(Error::invalid(
-                at("[resources]"),
-                "memory_mb",
-                r.memory_mb,
-                "must be at least 1",
-            ));
-        }
-        Ok(())
-    }
 }
 
 impl FeaturesSpec {
-    fn validate(&self, at: &str) -> Result<()> {
-        if self.sources.is_empty() {
-            return Err(Error::invalid(
-                at,
-                "sources",
-                "[]",
-                "list at least one [[features.sources]] table",
-            ));
-        }
-        let mut names = std::collections::BTreeSet::new();
-        for src in &self.sources {
-            if !is_identifier(&src.name) {
-                return Err(Error::invalid(
-                    at,
-                    "sources.name",
-                    format!("{:?}", src.name),
-                    "must be a SQL name: letters, digits and '_', starting with a letter or '_'",
-                ));
-            }
-            if !names.insert(src.name.to_ascii_lowercase()) {
-                return Err(Error::invalid(
-                    at,
-                    "sources.name",
-                    format!("{:?}", src.name),
-                    "names two sources",
-                ));
-            }
-            if src.path.trim().is_empty() {
-                return Err(Error::invalid(
-                    at,
-                    "sources.path",
-                    "\"\"",
-                    format!("source {:?} needs a path or URL", src.name),
-                ));
-            }
-            // A folder's format is read off its files' names when the stage lists them.
-            if !src.path.ends_with('/') {
-                src.resolved_format(at)?;
-            }
-            if src.delimiter.len() != 1 {
-                return Err(Error::invalid(
-                    at,
-                    "sources.delimiter",
-                    format!("{:?}", src.delimiter),
-                    "must be exactly one ASCII character",
-                ));
-            }
-            if src.row_index.is_some() && src.path.ends_with('/') {
-                return Err(Error::invalid(
-                    at,
-                    "sources.row_index",
-                    format!("{:?}", src.row_index),
-                    format!(
-                        "source {:?} is a folder: rows have a file order only within one file",
-                        src.name
-                    ),
-                ));
-            }
-        }
-        match (&self.sql, self.steps.is_empty()) {
-            (Some(q), true) if !q.trim().is_empty() => {}
-            (None, false) => {
-                for step in &self.steps {
-                    if !is_identifier(&step.name) || step.sql.trim().is_empty() {
-                        return Err(Error::invalid(
-                            at,
-                            "steps",
-                            format!("{:?}", step.name),
-                            "every step needs a SQL name and a query",
-                        ));
-                    }
-                }
-            }
-            _ => {
-                return Err(Error::invalid(
-                    at,
-                    "sql",
-                    "(one of sql or steps)",
-                    "give either sql = \"SELECT …\" or [[features.steps]], not both and not neither",
-                ));
-            }
-        }
-        if !(1..=4096).contains(&self.shards) {
-            return Err(Error::invalid(
-                at,
-                "shards",
-                self.shards,
-                "must be between 1 and 4096",
-            ));
-        }
-        if self.shards > 1 && self.split.is_none() && self.shard_key.is_none() {
-            return Err(Error::invalid(
-                at,
-                "shard_key",
-                "(absent)",
-                "with more than one shard and no split, name the column that assigns rows to shards",
-            ));
-        }
-        match &self.split {
-            None => {}
-            Some(SplitSpec::Hash {
-                test_percent,
-                validation_percent,
-                ..
-            }) => {
-                let ok = |p: f64| p.is_finite() && (0.0..100.0).contains(&p);
-                if !ok(*test_percent)
-                    || !ok(*validation_percent)
-                    || test_percent + validation_percent >= 100.0
-                    || *test_percent <= 0.0
-                {
-                    return Err(Error::invalid(
-                        at,
-                        "split.test_percent",
-                        format!("{test_percent} (validation {validation_percent})"),
-                        "test_percent must be above 0, and with validation_percent below 100",
-                    ));
-                }
-            }
-            Some(SplitSpec::Modulo {
-                every,
-                test_remainder,
-                validation_remainder,
-                ..
-            }) if *every < 2
-                || test_remainder >= every
-                || validation_remainder.is_some_and(|v| v >= *every || v == *test_remainder) =>
-            {
-                return Err(Error::invalid(
-                    at,
-                    "split.every",
-                    every,
-                    "every must be at least 2 and the remainders distinct and below it",
-                ));
-            }
-            Some(SplitSpec::Time { test_from, .. }) if test_from.trim().is_empty() => {
-                return Err(Error::invalid(
-                    at,
-                    "split.test_from",
-                    "\"\"",
-                    "must give the first test date or time",
-                ));
-            }
-            Some(_) => {}
-        }
-        Ok(())
-    }
-
     /// The SQL text of the whole pipeline (for the job's lineage).
     pub fn queries(&self) -> Vec<(&str, &str)> {
         match &self.sql {
@@ -1226,67 +778,11 @@ impl SourceSpec {
     }
 }
 
-fn is_identifier(name: &str) -> bool {
+pub(super) fn is_identifier(name: &str) -> bool {
     name.chars()
         .next()
         .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
         && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
-}
-
-impl ForecastSpec {
-    fn validate(&self, at: &str) -> Result<()> {
-        if !(1..=10_000).contains(&self.horizon) {
-            return Err(Error::invalid(
-                at,
-                "horizon",
-                self.horizon,
-                "must be between 1 and 10000",
-            ));
-        }
-        if !(1..=10_000).contains(&self.period) {
-            return Err(Error::invalid(
-                at,
-                "period",
-                self.period,
-                "must be between 1 and 10000",
-            ));
-        }
-        if self.layout == SeriesLayout::Long
-            && (self.id_column.is_none() || self.value_column.is_none())
-        {
-            return Err(Error::invalid(
-                at,
-                "layout",
-                "\"long\"",
-                "needs id_column and value_column",
-            ));
-        }
-        if self.lookbacks.is_empty() || self.lookbacks.iter().any(|&l| !(1..=100).contains(&l)) {
-            return Err(Error::invalid(
-                at,
-                "lookbacks",
-                format!("{:?}", self.lookbacks),
-                "must list one or more multiples of the horizon between 1 and 100",
-            ));
-        }
-        for (field, v, max) in [
-            ("blocks", self.blocks, 256),
-            ("layers", self.layers, 64),
-            ("width", self.width, 65_536),
-            ("history_horizons", self.history_horizons, 100_000),
-            ("steps", self.steps, 10_000_000),
-        ] {
-            if !(1..=max).contains(&v) {
-                return Err(Error::invalid(
-                    at,
-                    field,
-                    v,
-                    format!("must be between 1 and {max}"),
-                ));
-            }
-        }
-        Ok(())
-    }
 }
 
 /// Turn a data source as written in a spec into a URL: URLs stay, relative paths are taken

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use halyard_collective::{Mailboxes, Ring, RingConfig, serve};
 
 use crate::bench::median_of;
-use crate::{ClientError, Result};
+use crate::{CliError, Result};
 
 /// One size's figures.
 #[derive(Debug, Clone)]
@@ -43,7 +43,7 @@ pub fn memcpy_bandwidth(floats: usize, runs: usize) -> f64 {
 
 /// All-reduce `sizes` over a ring of `ranks` in-process ranks, `runs` times each.
 pub async fn run(ranks: usize, sizes: &[usize], runs: usize) -> Result<Vec<AllReduceFigure>> {
-    let err = |e: String| ClientError::Rpc(format!("all-reduce bench: {e}"));
+    let err = |e: String| CliError::Failed(format!("all-reduce bench: {e}"));
     let mut peers = Vec::new();
     let mut boxes = Vec::new();
     let (stop, stopped) = tokio::sync::watch::channel(false);
@@ -107,4 +107,24 @@ pub async fn run(ranks: usize, sizes: &[usize], runs: usize) -> Result<Vec<AllRe
     }
     let _ = stop.send(true);
     Ok(figures)
+}
+
+/// The report of one `halyard bench allreduce` run: each size's median time and bandwidths
+/// against the memory copy's `copy` bytes/s.
+pub fn summary(ranks: usize, runs: usize, copy: f64, figures: &[AllReduceFigure]) -> String {
+    let mut out = format!(
+        "ring all-reduce, {ranks} ranks on loopback gRPC (median of {runs} runs); memory copy of 40 MB: {:.2} GB/s",
+        copy / 1e9
+    );
+    for f in figures {
+        out.push_str(&format!(
+            "\n  {:>10} floats: {:>9.2} ms  algorithm {:.3} GB/s  bus {:.3} GB/s  = {:.1} % of the copy",
+            f.floats,
+            f.median.as_secs_f64() * 1e3,
+            f.algo_bandwidth / 1e9,
+            f.bus_bandwidth / 1e9,
+            100.0 * f.bus_bandwidth / copy
+        ));
+    }
+    out
 }

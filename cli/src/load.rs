@@ -18,7 +18,7 @@ use hyper_util::rt::TokioIo;
 use serde_json::{Map, Value, json};
 use tokio::net::TcpStream;
 
-use crate::{ClientError, Result};
+use crate::{CliError, Result};
 
 /// An array's values as JSON, nulls as null.
 fn column(a: &dyn Array, value: impl Fn(usize) -> Value) -> Vec<Value> {
@@ -37,7 +37,7 @@ pub fn records(batches: &[RecordBatch], drop: &[&str]) -> Result<Vec<Map<String,
                 continue;
             }
             let dt = field.data_type();
-            let err = |e: arrow::error::ArrowError| ClientError::Rpc(e.to_string());
+            let err = |e: arrow::error::ArrowError| CliError::Failed(e.to_string());
             let values: Vec<Value> = if dt.is_integer() {
                 let a = cast(col, &DataType::Int64).map_err(err)?;
                 let a = a.as_primitive::<Int64Type>();
@@ -273,7 +273,7 @@ async fn connection(
 /// Run the load and gather every connection's report.
 pub async fn run(cfg: LoadConfig, bodies: Vec<Bytes>) -> Result<LoadReport> {
     if bodies.is_empty() || cfg.connections == 0 {
-        return Err(ClientError::Rpc(
+        return Err(CliError::Failed(
             "a load needs bodies and connections".into(),
         ));
     }
@@ -287,7 +287,7 @@ pub async fn run(cfg: LoadConfig, bodies: Vec<Bytes>) -> Result<LoadReport> {
     for t in tasks {
         let r = t
             .await
-            .map_err(|e| ClientError::Rpc(format!("a load connection panicked: {e}")))?;
+            .map_err(|e| CliError::Failed(format!("a load connection panicked: {e}")))?;
         report.merge(r);
     }
     report.elapsed = start.elapsed();

@@ -9,8 +9,10 @@ use halyard_core::proto::{
 use halyard_core::registry::parse_split;
 use serde_json::{Value, json};
 
+use halyard_client::Client;
+
+use crate::Result;
 use crate::commands::out;
-use crate::{Client, Result};
 
 fn nan_null(x: f64) -> Value {
     if x.is_finite() { json!(x) } else { Value::Null }
@@ -158,6 +160,28 @@ pub enum DeployAction {
     Rollback,
     /// `undeploy NAME`.
     Undeploy,
+}
+
+impl DeployAction {
+    /// `deploy`'s flags: `--version` (with `--alias`, `--percent`) or `--split`.
+    pub fn from_flags(
+        version: Option<u64>,
+        alias: String,
+        percent: Option<u32>,
+        split: Option<String>,
+    ) -> Result<DeployAction> {
+        match (version, split) {
+            (Some(version), None) => Ok(DeployAction::Version {
+                version,
+                alias,
+                percent,
+            }),
+            (None, Some(split)) => Ok(DeployAction::Split(split)),
+            _ => Err(crate::CliError::Failed(
+                "deploy takes --version N or --split VERSION=WEIGHT,…, one of the two".into(),
+            )),
+        }
+    }
 }
 
 /// `halyard deploy | promote | rollback | undeploy`: change the deployment, show the result.

@@ -9,7 +9,9 @@ use halyard_core::spec::JobSpec;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 
-use crate::{Client, ClientError, Result};
+use halyard_client::Client;
+
+use crate::{CliError, Result};
 
 /// A job as JSON, for scripts.
 pub fn job_json(j: &JobInfo) -> serde_json::Value {
@@ -104,7 +106,7 @@ fn finish(job: JobInfo) -> Result<()> {
     if job.state == "succeeded" {
         Ok(())
     } else {
-        Err(ClientError::JobFailed {
+        Err(CliError::JobFailed {
             id: job.id,
             state: job.state,
             error: job.error,
@@ -183,7 +185,7 @@ pub async fn follow_job(client: &Client, id: &str, show: bool) -> Result<JobInfo
     if let Some(b) = bar {
         b.finish_and_clear();
     }
-    last.ok_or_else(|| ClientError::Rpc(format!("no news of job {id}")))
+    last.ok_or_else(|| CliError::Failed(format!("no news of job {id}")))
 }
 
 /// `halyard jobs`.

@@ -1,0 +1,518 @@
+//! The job spec's rules. Each section has a table: every value with whether its rule
+//! holds, in the order they are checked; [`JobSpec::validate`] reports the first broken
+//! rule with the section, the field, the value as written and the rule. The `[features]`
+//! sources and steps, whose rules repeat per item, are checked item by item.
+
+use std::fmt::Display;
+
+use super::{
+    DeviceKind, FeaturesSpec, ForecastSpec, JobSpec, ModelKind, SeriesLayout, SplitSpec,
+    is_identifier,
+};
+use crate::error::{Error, Result};
+
+/// One rule of a table: a field, its value as written, whether the rule holds, and the rule.
+struct Rule {
+    field: String,
+    value: String,
+    holds: bool,
+    rule: String,
+}
+
+fn rule(
+    field: impl Into<String>,
+    value: impl Display,
+    holds: bool,
+    text: impl Into<String>,
+) -> Rule {
+    Rule {
+        field: field.into(),
+        value: value.to_string(),
+        holds,
+        rule: text.into(),
+    }
+}
+
+/// The first rule of `table` that does not hold, as the error of section `at`.
+fn first_broken(at: &str, table: impl IntoIterator<Item = Rule>) -> Result<()> {
+    match table.into_iter().find(|r| !r.holds) {
+        Some(r) => Err(Error::invalid(at, r.field, r.value, r.rule)),
+        None => Ok(()),
+    }
+}
+
+impl JobSpec {
+    /// Check every value against its rule; `origin` (the file) prefixes the error's section.
+    pub fn validate(&self, origin: &str) -> Result<()> {
+        let at = |section: &str| {
+            if section.is_empty() {
+                origin.to_string()
+            } else {
+                format!("{origin} {section}")
+            }
+        };
+        first_broken(&at(""), self.top_rules())?;
+        match &self.features {
+            Some(f) => f.validate(&at("[features]"))?,
+            None => {
+                first_broken(
+                    &at("[data]"),
+                    [rule(
+                        "source",
+                        "\"\"",
+                        !self.data.source.trim().is_empty(),
+                        "must name a file or URL (or add a [features] section whose SQL builds the input)",
+                    )],
+                )?;
+                self.data.format_at(&at("[data]"))?;
+            }
+        }
+        first_broken(&at("[data]"), self.data_rules())?;
+        first_broken(&at("[features]"), self.features_rules())?;
+        first_broken(&at("[forecast]"), self.forecast_rules())?;
+        if let Some(f) = &self.forecast {
+            f.validate(&at("[forecast]"))?;
+        }
+        first_broken(&at("[model]"), self.model_rules())?;
+        first_broken(&at("[train]"), self.train_rules())?;
+        if let Some(search) = &self.search {
+            search.validate(&at("[search]"), self)?;
+        }
+        first_broken(&at("[resources]"), self.resources_rules())
+    }
+
+    /// The spec's own keys, and which sections its model needs.
+    fn top_rules(&self) -> Vec<Rule> {
+        let name = &self.name;
+        let forecasting = self.model.kind == ModelKind::Nbeats;
+        vec![
+            rule(
+                "name",
+                format!("{name:?}"),
+                !name.is_empty()
+                    && name.len() <= 64
+                    && name
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+                    && name
+                        .chars()
+                        .next()
+                        .is_some_and(|c| c.is_ascii_alphanumeric()),
+                "must be 1 to 64 letters, digits, '-' or '_', starting with a letter or digit",
+            ),
+            rule(
+                "forecast",
+                "(absent)",
+                !(forecasting && self.forecast.is_none()),
+                "a [forecast] section with at least `horizon` is needed for [model] type = \"nbeats\"",
+            ),
+            rule(
+                "forecast",
+                "(present)",
+                forecasting || self.forecast.is_none(),
+                format!(
+                    "[forecast] only applies to [model] type = \"nbeats\", not {:?}",
+                    self.model.kind.as_str()
+                ),
+            ),
+        ]
+    }
+
+    fn data_rules(&self) -> Vec<Rule> {
+        let d = &self.data;
+        let forecasting = self.model.kind == ModelKind::Nbeats;
+        let short_cross = d.crosses.iter().find(|c| c.len() < 2);
+        vec![
+            rule(
+                "delimiter",
+                format!("{:?}", d.delimiter),
+                d.delimiter.len() == 1,
+                "must be exactly one ASCII character",
+            ),
+            rule(
+                "label",
+                "\"\"",
+                forecasting || !d.label.trim().is_empty(),
+                "must name the column to predict",
+            ),
+            rule(
+                "exclude",
+                format!("{:?}", d.exclude),
+                !d.exclude.contains(&d.label),
+                format!("must not contain the label column {:?}", d.label),
+            ),
+            rule(
+                "crosses",
+                format!("{short_cross:?}"),
+                short_cross.is_none(),
+                "each cross must list at least two columns",
+            ),
+        ]
+    }
+
+    /// What a job fed by `[features]` needs of them.
+    fn features_rules(&self) -> Vec<Rule> {
+        let Some(f) = &self.features else {
+            return Vec::new();
+        };
+        let workers = self.train.workers.unwrap_or(1) as usize;
+        vec![
+            rule(
+                "split",
+                "(absent)",
+                self.forecast.is_some() || f.split.is_some(),
+                "a response model needs [features.split]: method = \"hash\", \"modulo\" or \"time\"",
+            ),
+            rule(
+                "shards",
+                f.shards,
+                f.shards >= workers,
+                format!(
+                    "must be at least [train] workers ({workers}): each worker reads its own shards"
+                ),
+            ),
+        ]
+    }
+
+    /// What a forecaster fed by `[features]` needs.
+    fn forecast_rules(&self) -> Vec<Rule> {
+        match (&self.features, &self.forecast) {
+            (Some(_), Some(fc)) => vec![rule(
+                "time_column",
+                "(absent)",
+                fc.layout == SeriesLayout::Long && fc.time_column.is_some(),
+                "a forecaster fed by [features] needs layout = \"long\" and time_column (the shards keep no row order)",
+            )],
+            _ => Vec::new(),
+        }
+    }
+
+    fn model_rules(&self) -> Vec<Rule> {
+        let m = &self.model;
+        vec![
+            rule(
+                "max_categories",
+                m.max_categories,
+                m.max_categories >= 1,
+                "must be at least 1",
+            ),
+            rule(
+                "hash_buckets",
+                m.hash_buckets,
+                (2..=1 << 20).contains(&m.hash_buckets),
+                "must be between 2 and 1048576",
+            ),
+            rule(
+                "hidden",
+                format!("{:?}", m.hidden),
+                !m.hidden.is_empty() && m.hidden.iter().all(|h| (1..=65_536).contains(h)),
+                "must list one or more layer widths between 1 and 65536",
+            ),
+            rule(
+                "numeric_buckets",
+                m.numeric_buckets,
+                m.numeric_buckets != 1 && m.numeric_buckets <= 1024,
+                "must be 0 (off) or between 2 and 1024",
+            ),
+            rule(
+                "max_embedding",
+                m.max_embedding,
+                (1..=1024).contains(&m.max_embedding),
+                "must be between 1 and 1024",
+            ),
+            rule(
+                "ensemble",
+                m.ensemble,
+                (1..=64).contains(&m.ensemble),
+                "must be between 1 and 64",
+            ),
+            rule(
+                "l2",
+                m.l2,
+                m.l2.is_finite() && m.l2 >= 0.0,
+                "must be a finite number >= 0",
+            ),
+        ]
+    }
+
+    fn train_rules(&self) -> Vec<Rule> {
+        let t = &self.train;
+        let workers = t.workers.unwrap_or(1);
+        vec![
+            rule("epochs", t.epochs, t.epochs >= 1, "must be at least 1"),
+            rule(
+                "epochs",
+                t.epochs,
+                t.epochs <= 100_000,
+                "must be at most 100000",
+            ),
+            rule(
+                "workers",
+                workers,
+                (1..=64).contains(&workers),
+                "must be between 1 and 64",
+            ),
+            rule(
+                "workers",
+                workers,
+                t.workers.is_none() || self.model.kind == ModelKind::Mlp,
+                format!(
+                    "data-parallel training trains [model] type = \"mlp\", not {:?}",
+                    self.model.kind.as_str()
+                ),
+            ),
+            rule(
+                "step_timeout_secs",
+                t.step_timeout_secs,
+                t.step_timeout_secs.is_finite() && (0.1..=3600.0).contains(&t.step_timeout_secs),
+                "must be between 0.1 and 3600",
+            ),
+            rule(
+                "checkpoint_secs",
+                t.checkpoint_secs,
+                t.checkpoint_secs.is_finite() && t.checkpoint_secs >= 0.0,
+                "must be a number of seconds >= 0",
+            ),
+            rule(
+                "batch_size",
+                t.batch_size,
+                t.batch_size >= 1,
+                "must be at least 1",
+            ),
+            rule(
+                "learning_rate",
+                t.learning_rate,
+                t.learning_rate.is_finite() && t.learning_rate > 0.0,
+                "must be > 0",
+            ),
+            rule(
+                "weight_decay",
+                t.weight_decay,
+                t.weight_decay.is_finite() && t.weight_decay >= 0.0,
+                "must be a finite number >= 0",
+            ),
+            rule(
+                "holdout_every",
+                t.holdout_every,
+                t.holdout_every >= 2,
+                "must be at least 2 (every n-th row is held out for testing)",
+            ),
+        ]
+    }
+
+    fn resources_rules(&self) -> Vec<Rule> {
+        let r = &self.resources;
+        vec![
+            rule(
+                "gpus",
+                r.gpus,
+                self.train.device != DeviceKind::Gpu || r.gpus >= 1,
+                "must be at least 1 when [train] device = \"gpu\"",
+            ),
+            rule("cpus", r.cpus, r.cpus >= 1, "must be at least 1"),
+            rule(
+                "memory_mb",
+                r.memory_mb,
+                r.memory_mb >= 1,
+                "must be at least 1",
+            ),
+        ]
+    }
+}
+
+impl FeaturesSpec {
+    pub(super) fn validate(&self, at: &str) -> Result<()> {
+        if self.sources.is_empty() {
+            return Err(Error::invalid(
+                at,
+                "sources",
+                "[]",
+                "list at least one [[features.sources]] table",
+            ));
+        }
+        let mut names = std::collections::BTreeSet::new();
+        for src in &self.sources {
+            if !is_identifier(&src.name) {
+                return Err(Error::invalid(
+                    at,
+                    "sources.name",
+                    format!("{:?}", src.name),
+                    "must be a SQL name: letters, digits and '_', starting with a letter or '_'",
+                ));
+            }
+            if !names.insert(src.name.to_ascii_lowercase()) {
+                return Err(Error::invalid(
+                    at,
+                    "sources.name",
+                    format!("{:?}", src.name),
+                    "names two sources",
+                ));
+            }
+            if src.path.trim().is_empty() {
+                return Err(Error::invalid(
+                    at,
+                    "sources.path",
+                    "\"\"",
+                    format!("source {:?} needs a path or URL", src.name),
+                ));
+            }
+            // A folder's format is read off its files' names when the stage lists them.
+            if !src.path.ends_with('/') {
+                src.resolved_format(at)?;
+            }
+            if src.delimiter.len() != 1 {
+                return Err(Error::invalid(
+                    at,
+                    "sources.delimiter",
+                    format!("{:?}", src.delimiter),
+                    "must be exactly one ASCII character",
+                ));
+            }
+            if src.row_index.is_some() && src.path.ends_with('/') {
+                return Err(Error::invalid(
+                    at,
+                    "sources.row_index",
+                    format!("{:?}", src.row_index),
+                    format!(
+                        "source {:?} is a folder: rows have a file order only within one file",
+                        src.name
+                    ),
+                ));
+            }
+        }
+        match (&self.sql, self.steps.is_empty()) {
+            (Some(q), true) if !q.trim().is_empty() => {}
+            (None, false) => {
+                for step in &self.steps {
+                    if !is_identifier(&step.name) || step.sql.trim().is_empty() {
+                        return Err(Error::invalid(
+                            at,
+                            "steps",
+                            format!("{:?}", step.name),
+                            "every step needs a SQL name and a query",
+                        ));
+                    }
+                }
+            }
+            _ => {
+                return Err(Error::invalid(
+                    at,
+                    "sql",
+                    "(one of sql or steps)",
+                    "give either sql = \"SELECT …\" or [[features.steps]], not both and not neither",
+                ));
+            }
+        }
+        if !(1..=4096).contains(&self.shards) {
+            return Err(Error::invalid(
+                at,
+                "shards",
+                self.shards,
+                "must be between 1 and 4096",
+            ));
+        }
+        if self.shards > 1 && self.split.is_none() && self.shard_key.is_none() {
+            return Err(Error::invalid(
+                at,
+                "shard_key",
+                "(absent)",
+                "with more than one shard and no split, name the column that assigns rows to shards",
+            ));
+        }
+        match &self.split {
+            None => {}
+            Some(SplitSpec::Hash {
+                test_percent,
+                validation_percent,
+                ..
+            }) => {
+                let ok = |p: f64| p.is_finite() && (0.0..100.0).contains(&p);
+                if !ok(*test_percent)
+                    || !ok(*validation_percent)
+                    || test_percent + validation_percent >= 100.0
+                    || *test_percent <= 0.0
+                {
+                    return Err(Error::invalid(
+                        at,
+                        "split.test_percent",
+                        format!("{test_percent} (validation {validation_percent})"),
+                        "test_percent must be above 0, and with validation_percent below 100",
+                    ));
+                }
+            }
+            Some(SplitSpec::Modulo {
+                every,
+                test_remainder,
+                validation_remainder,
+                ..
+            }) if *every < 2
+                || test_remainder >= every
+                || validation_remainder.is_some_and(|v| v >= *every || v == *test_remainder) =>
+            {
+                return Err(Error::invalid(
+                    at,
+                    "split.every",
+                    every,
+                    "every must be at least 2 and the remainders distinct and below it",
+                ));
+            }
+            Some(SplitSpec::Time { test_from, .. }) if test_from.trim().is_empty() => {
+                return Err(Error::invalid(
+                    at,
+                    "split.test_from",
+                    "\"\"",
+                    "must give the first test date or time",
+                ));
+            }
+            Some(_) => {}
+        }
+        Ok(())
+    }
+}
+
+impl ForecastSpec {
+    fn validate(&self, at: &str) -> Result<()> {
+        let mut table = vec![
+            rule(
+                "horizon",
+                self.horizon,
+                (1..=10_000).contains(&self.horizon),
+                "must be between 1 and 10000",
+            ),
+            rule(
+                "period",
+                self.period,
+                (1..=10_000).contains(&self.period),
+                "must be between 1 and 10000",
+            ),
+            rule(
+                "layout",
+                "\"long\"",
+                self.layout != SeriesLayout::Long
+                    || (self.id_column.is_some() && self.value_column.is_some()),
+                "needs id_column and value_column",
+            ),
+            rule(
+                "lookbacks",
+                format!("{:?}", self.lookbacks),
+                !self.lookbacks.is_empty() && self.lookbacks.iter().all(|l| (1..=100).contains(l)),
+                "must list one or more multiples of the horizon between 1 and 100",
+            ),
+        ];
+        for (field, v, max) in [
+            ("blocks", self.blocks, 256),
+            ("layers", self.layers, 64),
+            ("width", self.width, 65_536),
+            ("history_horizons", self.history_horizons, 100_000),
+            ("steps", self.steps, 10_000_000),
+        ] {
+            table.push(rule(
+                field,
+                v,
+                (1..=max).contains(&v),
+                format!("must be between 1 and {max}"),
+            ));
+        }
+        first_broken(at, table)
+    }
+}
