@@ -22,6 +22,9 @@ mkdir -p "$dir/s3/models"
 pids+=($!)
 sleep 1
 export HALYARD_ETCD=127.0.0.1:2379 HALYARD_S3_ENDPOINT=http://127.0.0.1:9000
+# Every node shares the cluster's admin key (the first to start writes it, mode 0600); the
+# CLI reads the same file.
+export HALYARD_KEY_FILE="$dir/admin.key"
 for i in 0 1; do
   "$bin/halyard" scheduler --id "scheduler-$i" --listen "127.0.0.1:$((7070 + i))" >"$dir/scheduler-$i.log" 2>&1 &
   pids+=($!)
@@ -36,7 +39,8 @@ sleep 2
 cat <<MSG
 
 cluster up: schedulers on 127.0.0.1:7070 (and standby 7071), $n executors, models in s3://models/halyard
-(S3 server on 127.0.0.1:9000 serving $dir/s3). Try:
+(S3 server on 127.0.0.1:9000 serving $dir/s3); admin key in $dir/admin.key. Try, in a
+shell with HALYARD_KEY_FILE=$dir/admin.key:
   $bin/halyard datagen && $bin/halyard submit examples/campaign-response.toml --follow
   kill the leader's process and watch 127.0.0.1:7071 take over: $bin/halyard cluster --scheduler 127.0.0.1:7071
 Ctrl-C stops the cluster.

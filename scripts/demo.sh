@@ -25,6 +25,8 @@ state=$(mktemp -d)
 pid=$!
 trap 'kill $pid 2>/dev/null || true; wait $pid 2>/dev/null || true' EXIT
 export HALYARD_SCHEDULER="127.0.0.1:$port"
+# The standalone cluster wrote its admin key there; the CLI sends it.
+export HALYARD_KEY_FILE="$state/admin.key"
 for _ in $(seq 1 100); do "$halyard" cluster >/dev/null 2>&1 && break; sleep 0.1; done
 
 "$halyard" datagen

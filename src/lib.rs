@@ -58,10 +58,11 @@ async fn wait_for_signal() {
 pub async fn run_standalone(settings: Settings) -> Result<(), Error> {
     let cluster = start_standalone(settings).await?;
     eprintln!(
-        "halyard standalone: API on {}, {} executors, models in {}; Ctrl-C stops",
+        "halyard standalone: API on {}, {} executors, models in {}; admin key in {} (the CLI on this machine finds it); Ctrl-C stops",
         cluster.scheduler.addr,
         cluster.executors.len(),
-        cluster.store_url
+        cluster.store_url,
+        cluster.key_file.display()
     );
     wait_for_signal().await;
     cluster.stop().await;
@@ -98,6 +99,10 @@ pub struct Standalone {
     pub executors: Vec<ExecutorHandle>,
     /// The object store's URL.
     pub store_url: String,
+    /// The file holding the cluster's admin key (mode 0600).
+    pub key_file: PathBuf,
+    /// The admin key (`hk_…`): what the local CLI sends.
+    pub admin_key: String,
 }
 
 impl Standalone {
@@ -130,7 +135,16 @@ pub async fn start_standalone(settings: Settings) -> Result<Standalone, Error> {
     }
     let n = settings.executors.unwrap_or(DEFAULT_EXECUTORS).max(1);
     let cores = std::thread::available_parallelism().map_or(1, |c| c.get() as u32);
+    let key_file = sched_cfg.key_file.clone();
     let scheduler = start_scheduler(sched_cfg, coord.clone()).await?;
+    // The scheduler made the key file on its first start, or read the one there.
+    let admin_key = std::fs::read_to_string(&key_file)
+        .map_err(|source| halyard_core::Error::Io {
+            path: key_file.clone(),
+            source,
+        })?
+        .trim()
+        .to_string();
     let mut executors = Vec::new();
     for i in 0..n {
         let exec_settings = Settings {
@@ -150,5 +164,7 @@ pub async fn start_standalone(settings: Settings) -> Result<Standalone, Error> {
         scheduler,
         executors,
         store_url,
+        key_file,
+        admin_key,
     })
 }

@@ -6,10 +6,12 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use halyard_cli::bench::BenchCommand;
 use halyard_cli::registry::{self, DeployAction};
-use halyard_client::{Client, commands};
-use halyard_core::config::{ExecutorConfig, SchedulerConfig, Settings};
+use halyard_cli::sql::SqlArgs;
+use halyard_cli::{commands, datagen};
+use halyard_core::config::{SETTINGS, Settings};
 use halyard_core::spec::DeviceKind;
 
 #[derive(Parser)]
@@ -94,6 +96,16 @@ enum Command {
         follow: bool,
         /// Print JSON
         #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Make, list and revoke API keys (admin only); see docs/security.md
+    Keys {
+        #[command(subcommand)]
+        what: KeysCommand,
+        /// Print JSON
+        #[arg(long, global = true)]
         json: bool,
         #[command(flatten)]
         conn: Conn,
@@ -273,6 +285,37 @@ struct Conn {
     /// Scheduler address, HOST:PORT
     #[arg(long, env = "HALYARD_SCHEDULER", default_value = halyard_client::DEFAULT_SCHEDULER)]
     scheduler: String,
+    /// API key (hk_…) [default: for a scheduler on this machine, the admin key in
+    /// HALYARD_KEY_FILE or DATA_DIR/admin.key (halyard-data/admin.key)]
+    #[arg(long, env = "HALYARD_KEY", hide_env_values = true)]
+    key: Option<String>,
+}
+
+/// `halyard keys`' subcommands.
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Make a key and print its secret, once
+    Create {
+        /// What it may do: admin, operator, submitter, predictor or viewer
+        #[arg(long)]
+        role: String,
+        /// A name people recognise it by [default: the role]
+        #[arg(long, default_value = "")]
+        name: String,
+        /// Predictor keys: the models it may score, `*` matching any text (campaign-*)
+        #[arg(long, default_value = "")]
+        models: String,
+        /// Lifetime, such as 30d, 12h, 45m or 90s [default: none]
+        #[arg(long, default_value = "")]
+        expires: String,
+    },
+    /// List the keys (never their secrets)
+    List,
+    /// Revoke a key: every node refuses it within seconds
+    Revoke {
+        /// The key's id (12 hex digits)
+        id: String,
+    },
 }
 
 /// Server settings: `--config FILE` and one flag per setting of
@@ -362,7 +405,7 @@ async fn run(cli: Cli) -> Result<(), AnyError> {
         Command::Standalone(_) | Command::Scheduler(_) | Command::Executor(_)
     );
     init_tracing(if quiet { "warn" } else { "info" });
-    let client = |conn: Conn| async move { Client::connect(&conn.scheduler).await };
+    let client = |conn: Conn| halyard_cli::keys::connect_owned(conn.scheduler, conn.key);
     match cli.command {
         Command::Standalone(args) => halyard::run_standalone(args.settings()?).await?,
         Command::Scheduler(args) => halyard::run_scheduler(args.settings()?).await?,
@@ -387,7 +430,31 @@ async fn run(cli: Cli) -> Result<(), AnyError> {
         } => commands::resume(&client(conn).await?, &id, follow, json).await?,
         Command::Cluster { json, conn } => commands::cluster(&client(conn).await?, json).await?,
         Command::Bench { what, conn } => {
-            println!("{}", halyard_cli::bench::run(what, &conn.scheduler).await?)
+            println!(
+                "{}",
+                halyard_cli::bench::run(what, &conn.scheduler, conn.key).await?
+            )
+        }
+        Command::Keys { what, json, conn } => {
+            let c = client(conn).await?;
+            match what {
+                KeysCommand::Create {
+                    role,
+                    name,
+                    models,
+                    expires,
+                } => {
+                    let request = halyard_client::proto::CreateKeyRequest {
+                        name,
+                        role,
+                        models,
+                        expires,
+                    };
+                    halyard_cli::keys::create(&c, request, json).await?
+                }
+                KeysCommand::List => halyard_cli::keys::list(&c, json).await?,
+                KeysCommand::Revoke { id } => halyard_cli::keys::revoke(&c, &id, json).await?,
+            }
         }
         Command::Models { json, conn } => registry::models(&client(conn).await?, json).await?,
         Command::Model { name, json, conn } => {
@@ -423,7 +490,9 @@ async fn run(cli: Cli) -> Result<(), AnyError> {
         Command::Experiment { name, json, conn } => {
             registry::experiment(&client(conn).await?, &name, json).await?
         }
-        Command::Sql { args, conn } => halyard_cli::sql::command(args, &conn.scheduler).await?,
+        Command::Sql { args, conn } => {
+            halyard_cli::sql::command(args, &conn.scheduler, conn.key).await?
+        }
         Command::Train {
             spec,
             device,

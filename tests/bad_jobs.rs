@@ -18,7 +18,7 @@ async fn bad_jobs_fail_clearly_and_the_cluster_keeps_running() {
         ..Default::default()
     };
     let cluster = halyard::start_standalone(settings).await.unwrap();
-    let client = common::connect(&cluster.scheduler.addr.to_string()).await;
+    let client = common::client_of(&cluster).await;
 
     let write = |name: &str, text: &str| {
         let p = dir.join(name);

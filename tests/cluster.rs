@@ -26,13 +26,13 @@ async fn jobs_survive_killed_executor_and_killed_leader() {
     };
     let exec = |i: usize| cl.executor(&format!("exec-{i}")).0;
     let mut sched_a = sched(0);
-    let a = connect(&format!("127.0.0.1:{}", sched_ports[0])).await;
+    let a = cl.connect(&format!("127.0.0.1:{}", sched_ports[0])).await;
     wait_for("sched-0 to lead", Duration::from_secs(20), || async {
         (a.cluster().await.ok()?.leader == "sched-0").then_some(())
     })
     .await;
     let _sched_b = sched(1);
-    let b = connect(&format!("127.0.0.1:{}", sched_ports[1])).await;
+    let b = cl.connect(&format!("127.0.0.1:{}", sched_ports[1])).await;
     let mut execs = [exec(0), exec(1)];
     wait_for("two executors", Duration::from_secs(20), || async {
         (a.cluster().await.ok()?.executors.len() == 2).then_some(())

@@ -126,7 +126,7 @@ async fn cluster(dir: &Path, name: &str) -> (Proc, Vec<(String, Proc)>, Client) 
             (id, p)
         })
         .collect();
-    let client = common::connect(&api).await;
+    let client = etcd.connect(&api).await;
     common::wait_for("three executors", Duration::from_secs(60), || async {
         (client.cluster().await.ok()?.executors.len() == 3).then_some(())
     })

@@ -334,7 +334,7 @@ async fn processes_answer_like_datafusion_and_survive_a_killed_executor() {
     let scheduler = etcd.scheduler("sql-scheduler", &api);
     let (mut exec_a, _) = etcd.executor("sql-exec-a");
     let (_exec_b, _) = etcd.executor("sql-exec-b");
-    let client = common::connect(&api).await;
+    let client = etcd.connect(&api).await;
     let endpoint = common::wait_for(
         "the sql endpoint and two executors",
         Duration::from_secs(30),

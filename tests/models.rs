@@ -41,7 +41,7 @@ async fn mlp_and_nbeats_jobs_train_publish_and_serve() {
         ..Default::default()
     };
     let cluster = halyard::start_standalone(settings).await.unwrap();
-    let client = common::connect(&cluster.scheduler.addr.to_string()).await;
+    let client = common::client_of(&cluster).await;
     let store = dir.join("state").join("store");
 
     let mlp = write_spec(

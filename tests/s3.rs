@@ -96,7 +96,7 @@ async fn a_job_reads_data_from_s3_and_publishes_to_s3() {
     }
     .with_s3(creds(&format!("http://{addr}"), SK));
     let cluster = halyard::start_standalone(settings).await.unwrap();
-    let client = common::connect(&cluster.scheduler.addr.to_string()).await;
+    let client = common::client_of(&cluster).await;
     let spec_path = tmp.path().join("s3job.toml");
     std::fs::write(
         &spec_path,
@@ -151,7 +151,7 @@ async fn feature_stage_reads_and_writes_s3() {
         }
         .with_s3(creds(&format!("http://{addr}"), secret));
         let cluster = halyard::start_standalone(settings).await.unwrap();
-        let client = common::connect(&cluster.scheduler.addr.to_string()).await;
+        let client = common::client_of(&cluster).await;
         let path = tmp.path().join(format!("{name}.toml"));
         std::fs::write(&path, spec_text(name)).unwrap();
         let spec = halyard_core::spec::JobSpec::from_file(&path).unwrap();

@@ -166,8 +166,8 @@ async fn endpoint_scores_equal_the_models_crate_and_bad_requests_get_4xx() {
     let cluster = two_executor_standalone(dir).await;
     let gw = cluster.scheduler.addr.to_string();
     let exec = cluster.executors[0].addr.to_string();
-    let client = connect(&gw).await;
-    let http = reqwest::Client::new();
+    let client = client_of(&cluster).await;
+    let http = http_client(&cluster.admin_key);
     let spec = mlp_spec(dir, "resp", &data.responses, 1);
     train(&client, &spec).await;
     deploy(&client, "resp", 1, "production", None).await;
@@ -301,7 +301,7 @@ async fn endpoint_scores_equal_the_models_crate_and_bad_requests_get_4xx() {
             // request does not race the close on a pooled one.
             let fresh;
             let client = if *status == 413 {
-                fresh = reqwest::Client::builder()
+                fresh = http_builder(&cluster.admin_key)
                     .pool_max_idle_per_host(0)
                     .build()
                     .unwrap();
@@ -401,8 +401,8 @@ async fn canary_promote_and_rollback_under_load_fail_no_request() {
     let data = halyard_cli::datagen::generate(dir, 2000, 6).unwrap();
     let cluster = two_executor_standalone(dir).await;
     let gw = cluster.scheduler.addr.to_string();
-    let client = connect(&gw).await;
-    let http = reqwest::Client::new();
+    let client = client_of(&cluster).await;
+    let http = http_client(&cluster.admin_key);
     for seed in [1, 2] {
         train(&client, &mlp_spec(dir, "ab", &data.responses, seed)).await;
     }
@@ -420,6 +420,7 @@ async fn canary_promote_and_rollback_under_load_fail_no_request() {
             duration: Duration::from_secs(7),
             rate: Some(200.0),
             check: true,
+            key: Some(cluster.admin_key.clone()),
         },
         predict_bodies(&rows, 2, 500),
     ));
@@ -522,7 +523,8 @@ async fn killing_a_serving_executor_under_load_fails_no_request() {
     let gw = format!("127.0.0.1:{}", free_port());
     let _sched = cl.scheduler("sched", &gw);
     let exec = |i: usize| cl.executor(&format!("exec-{i}"));
-    let client = connect(&gw).await;
+    let client = cl.connect(&gw).await;
+    let key = cl.admin_key().await;
     let (mut victim, _) = exec(0);
     let _survivor = exec(1);
     wait_for("two executors", Duration::from_secs(20), || async {
@@ -531,7 +533,7 @@ async fn killing_a_serving_executor_under_load_fails_no_request() {
     .await;
     train(&client, &spec(dir, "kill", &data.responses, 3, 256)).await;
     deploy(&client, "kill", 1, "production", None).await;
-    let http = reqwest::Client::new();
+    let http = http_client(&key);
     let serving_on = |n: usize| {
         let http = http.clone();
         let gw = gw.clone();
@@ -567,6 +569,7 @@ async fn killing_a_serving_executor_under_load_fails_no_request() {
             duration: Duration::from_secs(6),
             rate: Some(200.0),
             check: true,
+            key: Some(key.clone()),
         },
         predict_bodies(&rows, 1, 500),
     ));

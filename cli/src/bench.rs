@@ -128,6 +128,8 @@ pub struct ServingBench {
     pub seconds: f64,
     /// Records per request in the batch phase (0: skip it).
     pub batch: usize,
+    /// The API key sent with every request.
+    pub key: Option<String>,
 }
 
 fn latency_line(r: &crate::load::LoadReport) -> String {
@@ -166,6 +168,7 @@ pub async fn serving(b: &ServingBench) -> Result<String> {
         duration,
         rate,
         check: false,
+        key: b.key.clone(),
     };
     // Warm up (connections, the model's first calls); stop at once if nothing answers.
     let warm = run(
@@ -285,12 +288,12 @@ pub enum BenchCommand {
     },
 }
 
-/// Run one benchmark; `scheduler` is the cluster's address for those that need one.
-/// Returns the report to print.
-pub async fn run(what: BenchCommand, scheduler: &str) -> Result<String> {
+/// Run one benchmark; `scheduler` is the cluster's address for those that need one, `key`
+/// the API key (`--key`). Returns the report to print.
+pub async fn run(what: BenchCommand, scheduler: &str, key: Option<String>) -> Result<String> {
     match what {
         BenchCommand::Scheduling { jobs, batch } => {
-            let client = Client::connect(scheduler).await?;
+            let client = crate::keys::connect(scheduler, key).await?;
             let dir = std::env::temp_dir().join(format!("halyard-bench-{}", std::process::id()));
             let figures = scheduling(&client, &dir, jobs.max(1), batch.max(1)).await;
             let _ = std::fs::remove_dir_all(&dir);
@@ -308,8 +311,10 @@ pub async fn run(what: BenchCommand, scheduler: &str) -> Result<String> {
                 Some(m) => m,
                 None => JobSpec::from_file(&spec)?.name,
             };
+            let addr = target.unwrap_or_else(|| scheduler.to_string());
             serving(&ServingBench {
-                addr: target.unwrap_or_else(|| scheduler.to_string()),
+                key: crate::keys::discover(&addr, key),
+                addr,
                 model,
                 spec,
                 connections: connections.max(1),

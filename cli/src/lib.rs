@@ -1,6 +1,7 @@
 //! `halyard-cli`: what the `halyard` binary's client commands do, each a library function
 //! over the `halyard-client` SDK — the job commands (`submit`, `jobs`, `job`, `logs`,
-//! `cancel`, `resume`, `cluster`), the registry commands (`models`, `model`, `deploy`,
+//! `cancel`, `resume`, `cluster`), the key commands and where the CLI finds its key, the
+//! registry commands (`models`, `model`, `deploy`,
 //! `promote`, `rollback`, `undeploy`, `experiment`), the SQL shell, `datagen` (the
 //! synthetic marketing data set of the demo), and the benchmarks of `halyard bench` with
 //! the load generator of its serving benchmark.
@@ -11,6 +12,7 @@ pub mod commands;
 pub mod datagen;
 mod error;
 pub mod features_bench;
+pub mod keys;
 pub mod load;
 pub mod registry;
 pub mod sql;

@@ -95,6 +95,8 @@ pub struct LoadConfig {
     pub rate: Option<f64>,
     /// Parse every answer and count the versions that served (costs client CPU).
     pub check: bool,
+    /// The API key sent with every request (`authorization: Bearer …`).
+    pub key: Option<String>,
 }
 
 /// What a load run saw.
@@ -168,6 +170,10 @@ async fn send(
     let req = hyper::Request::post(format!("/v1/models/{}:predict", cfg.model))
         .header("host", &cfg.addr)
         .header("content-type", "application/json")
+        .header(
+            "authorization",
+            format!("Bearer {}", cfg.key.as_deref().unwrap_or("")),
+        )
         .body(Full::new(body))
         .map_err(|e| e.to_string())?;
     let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;

@@ -225,7 +225,7 @@ pub struct SqlArgs {
 
 /// `halyard sql`: run the statements of `args` (or, without any, read them from standard
 /// input) on the cluster whose scheduler is at `scheduler`, or locally.
-pub async fn command(args: SqlArgs, scheduler: &str) -> Result<()> {
+pub async fn command(args: SqlArgs, scheduler: &str, key: Option<String>) -> Result<()> {
     if !args.delimiter.is_ascii() {
         return Err(CliError::Failed(format!(
             "--delimiter {:?}: must be one ASCII character",
@@ -238,7 +238,7 @@ pub async fn command(args: SqlArgs, scheduler: &str) -> Result<()> {
     let target = if args.local {
         Target::Local
     } else {
-        client = Client::connect(scheduler).await?;
+        client = crate::keys::connect(scheduler, key).await?;
         Target::Cluster(&client)
     };
     let ctx = context(target, &args.tables, args.delimiter as u8, &s3).await?;

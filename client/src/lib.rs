@@ -4,16 +4,20 @@
 
 mod error;
 
+use halyard_core::auth::BearerKey;
 use halyard_core::proto::job_service_client::JobServiceClient;
+use halyard_core::proto::key_service_client::KeyServiceClient;
 use halyard_core::proto::model_service_client::ModelServiceClient;
 use halyard_core::proto::prediction_service_client::PredictionServiceClient;
 use halyard_core::proto::{
-    CancelRequest, ClusterStatusRequest, ClusterStatusResponse, DeployRequest, ExperimentRequest,
-    ExperimentResponse, GetJobRequest, GetModelRequest, GetModelResponse, JobInfo, ListJobsRequest,
+    CancelRequest, ClusterStatusRequest, ClusterStatusResponse, CreateKeyRequest,
+    CreateKeyResponse, DeployRequest, ExperimentRequest, ExperimentResponse, GetJobRequest,
+    GetModelRequest, GetModelResponse, JobInfo, KeyInfo, ListJobsRequest, ListKeysRequest,
     ListModelsRequest, LogLine, LogsRequest, PredictRequest, PredictResponse, ResumeRequest,
-    SubmitRequest, WatchRequest,
+    RevokeKeyRequest, SubmitRequest, WatchRequest,
 };
 use halyard_core::spec::JobSpec;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
 pub use error::{ClientError, Result};
@@ -29,17 +33,31 @@ fn job_of(job: Option<JobInfo>) -> Result<JobInfo> {
     job.ok_or_else(|| ClientError::Rpc("the scheduler answered without a job".into()))
 }
 
+/// A channel whose calls carry the client's key.
+type Keyed = InterceptedService<Channel, BearerKey>;
+
 /// A connection to a scheduler.
 #[derive(Debug, Clone)]
 pub struct Client {
-    inner: JobServiceClient<Channel>,
-    models: ModelServiceClient<Channel>,
-    predictions: PredictionServiceClient<Channel>,
+    inner: JobServiceClient<Keyed>,
+    models: ModelServiceClient<Keyed>,
+    predictions: PredictionServiceClient<Keyed>,
+    keys: KeyServiceClient<Keyed>,
 }
 
 impl Client {
-    /// Connect to `addr` (`HOST:PORT` or `http://HOST:PORT`).
+    /// Connect to `addr` (`HOST:PORT` or `http://HOST:PORT`) without a key: only health
+    /// checks pass. See [`Client::connect_with_key`].
     pub async fn connect(addr: &str) -> Result<Client> {
+        Client::connect_with_key(addr, None).await
+    }
+
+    /// Connect to `addr`, sending `key` (`hk_…`) with every call.
+    pub async fn connect_with_key(addr: &str, key: Option<&str>) -> Result<Client> {
+        let bearer = BearerKey::new(key).map_err(|e| ClientError::Connect {
+            addr: addr.into(),
+            message: e.to_string(),
+        })?;
         let url = if addr.contains("://") {
             addr.to_string()
         } else {
@@ -58,9 +76,10 @@ impl Client {
                 message: e.to_string(),
             })?;
         Ok(Client {
-            inner: JobServiceClient::new(channel.clone()),
-            models: ModelServiceClient::new(channel.clone()),
-            predictions: PredictionServiceClient::new(channel),
+            inner: JobServiceClient::with_interceptor(channel.clone(), bearer.clone()),
+            models: ModelServiceClient::with_interceptor(channel.clone(), bearer.clone()),
+            predictions: PredictionServiceClient::with_interceptor(channel.clone(), bearer.clone()),
+            keys: KeyServiceClient::with_interceptor(channel, bearer),
         })
     }
 
@@ -182,6 +201,32 @@ impl Client {
             .models
             .clone()
             .experiment(ExperimentRequest { name: name.into() })
+            .await?
+            .into_inner())
+    }
+
+    /// Make an API key (admin only); the answer holds its secret, shown this once.
+    pub async fn create_key(&self, request: CreateKeyRequest) -> Result<CreateKeyResponse> {
+        Ok(self.keys.clone().create_key(request).await?.into_inner())
+    }
+
+    /// Every API key (admin only), without secrets.
+    pub async fn keys(&self) -> Result<Vec<KeyInfo>> {
+        Ok(self
+            .keys
+            .clone()
+            .list_keys(ListKeysRequest {})
+            .await?
+            .into_inner()
+            .keys)
+    }
+
+    /// Revoke the key with this id (admin only).
+    pub async fn revoke_key(&self, id: &str) -> Result<KeyInfo> {
+        Ok(self
+            .keys
+            .clone()
+            .revoke_key(RevokeKeyRequest { id: id.into() })
             .await?
             .into_inner())
     }

@@ -22,6 +22,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use halyard_core::auth::BearerKey;
 use halyard_core::proto::collective_service_client::CollectiveServiceClient;
 use halyard_core::proto::collective_service_server::{CollectiveService, CollectiveServiceServer};
 use halyard_core::proto::{CollectiveChunk, PushAck};
@@ -145,7 +146,10 @@ pub struct Ring {
     group: String,
     rank: usize,
     size: usize,
-    next: Option<CollectiveServiceClient<Channel>>,
+    /// The connection to the next rank.
+    next: Option<Channel>,
+    /// This node's key, sent with every push (the next rank's door checks it).
+    key: BearerKey,
     next_addr: String,
     boxes: Mailboxes,
     op: u64,
@@ -203,10 +207,7 @@ impl Ring {
                 .tcp_nodelay(true)
                 .initial_stream_window_size(Some(8 << 20))
                 .initial_connection_window_size(Some(16 << 20));
-            Some(
-                CollectiveServiceClient::new(endpoint.connect_lazy())
-                    .max_encoding_message_size(64 << 20),
-            )
+            Some(endpoint.connect_lazy())
         } else {
             None
         };
@@ -215,11 +216,18 @@ impl Ring {
             rank,
             size,
             next,
+            key: BearerKey::default(),
             next_addr,
             boxes,
             op: 0,
             cfg,
         })
+    }
+
+    /// The ring, sending `key` with every push to the next rank.
+    pub fn with_key(mut self, key: BearerKey) -> Ring {
+        self.key = key;
+        self
     }
 
     /// This rank.
@@ -234,7 +242,9 @@ impl Ring {
 
     fn open(&self) -> Outbound {
         let (tx, rx) = mpsc::unbounded_channel();
-        let mut client = self.next.clone().expect("a ring of more than one");
+        let channel = self.next.clone().expect("a ring of more than one");
+        let mut client = CollectiveServiceClient::with_interceptor(channel, self.key.clone())
+            .max_encoding_message_size(64 << 20);
         let (done_tx, done) = watch::channel(None);
         tokio::spawn(async move {
             let result = client.push(UnboundedReceiverStream::new(rx)).await;

@@ -144,6 +144,10 @@ settings! {
     store: String, default: "`data_dir`/store";
     /// Folder for local state and the default object store.
     data_dir: PathBuf, default: DEFAULT_DATA_DIR;
+    /// File holding the cluster's admin key (`hk_…`): the node's own credential. A node
+    /// listening on loopback makes it (mode 0600) when it is missing; any other node needs
+    /// it.
+    key_file: PathBuf, default: "`data_dir`/admin.key";
     /// Lease time-to-live in seconds: a dead executor or leader is noticed within this.
     lease_ttl: u64, default: DEFAULT_LEASE_TTL_SECS;
     /// Executor: CPU slots offered to tasks.
@@ -318,6 +322,8 @@ pub struct SchedulerConfig {
     pub advertise_host: String,
     /// S3 settings for the SQL scheduler's planning (it lists and reads source files).
     pub s3: S3Config,
+    /// The file of the cluster's admin key, the node's own credential.
+    pub key_file: PathBuf,
 }
 
 impl SchedulerConfig {
@@ -337,11 +343,26 @@ impl SchedulerConfig {
             sql_listen: sql_listen(s, &listen),
             advertise_host: host_of(s.advertise.as_deref().unwrap_or(&listen)).to_string(),
             s3: s.s3(),
+            key_file: key_file(s),
             listen,
             tick: Duration::from_millis(100),
             max_attempts: 5,
         })
     }
+}
+
+/// The folder of local state.
+fn data_dir(s: &Settings) -> PathBuf {
+    s.data_dir
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR))
+}
+
+/// The file of the cluster's admin key.
+fn key_file(s: &Settings) -> PathBuf {
+    s.key_file
+        .clone()
+        .unwrap_or_else(|| data_dir(s).join(crate::auth::ADMIN_KEY_FILE))
 }
 
 /// The host part of `HOST:PORT`.
@@ -399,6 +420,8 @@ pub struct ExecutorConfig {
     pub batch_wait: Duration,
     /// `HOST:PORT` of the executor's SQL data service (Ballista's Arrow Flight).
     pub sql_listen: String,
+    /// The file of the cluster's admin key, the node's own credential.
+    pub key_file: PathBuf,
 }
 
 impl ExecutorConfig {
@@ -408,10 +431,9 @@ impl ExecutorConfig {
             .listen
             .clone()
             .unwrap_or_else(|| format!("127.0.0.1:{DEFAULT_EXECUTOR_PORT}"));
-        let store_url = match (&s.store, &s.data_dir) {
-            (Some(url), _) => url.clone(),
-            (None, Some(dir)) => file_url(&dir.join("store"))?,
-            (None, None) => file_url(&Path::new(DEFAULT_DATA_DIR).join("store"))?,
+        let store_url = match &s.store {
+            Some(url) => url.clone(),
+            None => file_url(&data_dir(s).join("store"))?,
         };
         let sql_listen = sql_listen(s, &listen);
         Ok(ExecutorConfig {
@@ -445,6 +467,7 @@ impl ExecutorConfig {
             },
             batch_wait: Duration::from_micros(s.batch_wait_us.unwrap_or(0)),
             sql_listen,
+            key_file: key_file(s),
         })
     }
 

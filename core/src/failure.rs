@@ -19,6 +19,11 @@ pub enum Failure {
     Unavailable,
     /// The request is larger than the server takes.
     TooLarge,
+    /// No credential came with the request, or one the cluster does not accept (unknown,
+    /// expired, revoked).
+    Unauthenticated,
+    /// A known credential without the right to do this.
+    Forbidden,
     /// A bug, a broken artifact, or a fault of the environment that trying again here
     /// will not fix (the object store's client has already retried): the details go to
     /// the log, the caller gets a pointer to it.
@@ -35,7 +40,12 @@ impl Failure {
     pub fn is_callers(self) -> bool {
         matches!(
             self,
-            Failure::Invalid | Failure::NotFound | Failure::Refused | Failure::TooLarge
+            Failure::Invalid
+                | Failure::NotFound
+                | Failure::Refused
+                | Failure::TooLarge
+                | Failure::Unauthenticated
+                | Failure::Forbidden
         )
     }
 
@@ -47,6 +57,8 @@ impl Failure {
             Failure::Refused => tonic::Code::FailedPrecondition,
             Failure::Unavailable => tonic::Code::Unavailable,
             Failure::TooLarge => tonic::Code::ResourceExhausted,
+            Failure::Unauthenticated => tonic::Code::Unauthenticated,
+            Failure::Forbidden => tonic::Code::PermissionDenied,
             Failure::Internal => tonic::Code::Internal,
         }
     }
@@ -59,6 +71,8 @@ impl Failure {
             Failure::Refused => 409,
             Failure::Unavailable => 503,
             Failure::TooLarge => 413,
+            Failure::Unauthenticated => 401,
+            Failure::Forbidden => 403,
             Failure::Internal => 500,
         }
     }
@@ -66,6 +80,8 @@ impl Failure {
     /// The failure an HTTP status stands for (a forwarded reply's).
     pub fn from_http_status(status: u16) -> Failure {
         match status {
+            401 => Failure::Unauthenticated,
+            403 => Failure::Forbidden,
             404 => Failure::NotFound,
             409 => Failure::Refused,
             413 => Failure::TooLarge,
@@ -85,12 +101,14 @@ impl Failure {
 mod tests {
     use super::*;
 
-    const ALL: [Failure; 6] = [
+    const ALL: [Failure; 8] = [
         Failure::Invalid,
         Failure::NotFound,
         Failure::Refused,
         Failure::Unavailable,
         Failure::TooLarge,
+        Failure::Unauthenticated,
+        Failure::Forbidden,
         Failure::Internal,
     ];
 

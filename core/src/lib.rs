@@ -4,6 +4,7 @@
 //! Only this crate knows the coordinator's key layout ([`coord`]) and the object-store
 //! path layout ([`store`]).
 
+pub mod auth;
 pub mod config;
 pub mod coord;
 pub mod data;

@@ -121,6 +121,9 @@ pub struct JobRecord {
     /// The search job this job is a trial of.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub parent: Option<String>,
+    /// The id of the API key that submitted it (a submitter may cancel only its own).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
     /// Scheduler-side events.
     pub events: Vec<LogLine>,
 }
@@ -163,6 +166,7 @@ impl JobRecord {
             not_before_ms: 0,
             search: None,
             parent: None,
+            owner: None,
             events: Vec::new(),
         }
     }

@@ -8,18 +8,20 @@
 //! has registered again.
 
 mod error;
+mod input;
 mod parallel;
 mod task;
+mod training;
 
-pub use task::{
-    Input, JobSeries, Progress, feature_input, placement, read_inputs, read_series, spawn_training,
-};
+pub use input::{Input, JobSeries, feature_input, read_inputs, read_series};
+pub use training::{Progress, placement, spawn_training};
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 
+use halyard_core::auth::{BearerKey, Verifier, is_loopback, node_key};
 use halyard_core::config::ExecutorConfig;
 use halyard_core::coord::Coordinator;
 use halyard_core::proto::prediction_service_server::PredictionServiceServer;
@@ -63,7 +65,12 @@ pub async fn start_executor(cfg: ExecutorConfig, coord: Coordinator) -> Result<E
             "this executor advertises GPUs but was built without the `gpu` feature: GPU jobs placed here will fail; build with --features gpu"
         );
     }
+    // The node's own key (made on a loopback node's first start); every request is
+    // checked against the keys in the coordinator. Checked before anything listens.
+    let token = node_key(&cfg.key_file, is_loopback(&cfg.listen), &coord).await?;
     let (listener, addr) = halyard_core::bind(&cfg.listen).await?;
+    let bearer = BearerKey::new(Some(&token))?;
+    let verifier = Verifier::new(coord.clone());
     let (shutdown, shutdown_rx) = watch::channel(false);
     let advertise = if cfg.advertise.ends_with(":0") {
         addr.to_string()
@@ -81,7 +88,7 @@ pub async fn start_executor(cfg: ExecutorConfig, coord: Coordinator) -> Result<E
             ..BatchConfig::default()
         },
     );
-    let gateway = Gateway::new(cfg.id.clone(), coord.clone(), Some(host.clone()));
+    let gateway = Gateway::new(cfg.id.clone(), coord.clone(), Some(host.clone()), &token);
     let (_reporter, health) = tonic_health::server::health_reporter();
     // Data-parallel groups' chunks arrive here (the collective service on this port).
     let boxes = halyard_collective::Mailboxes::default();
@@ -95,6 +102,7 @@ pub async fn start_executor(cfg: ExecutorConfig, coord: Coordinator) -> Result<E
         listener,
         http,
         grpc,
+        verifier,
         shutdown_rx.clone(),
     ));
     let server = tokio::spawn(async move {
@@ -128,7 +136,16 @@ pub async fn start_executor(cfg: ExecutorConfig, coord: Coordinator) -> Result<E
     let serving = tokio::spawn(host.run(lease.clone(), shutdown_rx.clone()));
     let routing = tokio::spawn(gateway.run(shutdown_rx.clone()));
     let sql = tokio::spawn(follow_sql_leader(sql, coord.clone(), shutdown_rx.clone()));
-    let worker = tokio::spawn(run(cfg, coord, store, info, lease, boxes, shutdown_rx));
+    let worker = tokio::spawn(run(
+        cfg,
+        coord,
+        store,
+        info,
+        lease,
+        boxes,
+        bearer,
+        shutdown_rx,
+    ));
     Ok(ExecutorHandle {
         addr,
         id,
@@ -177,6 +194,7 @@ async fn run(
     info: ExecutorInfo,
     lease_cell: Arc<AtomicI64>,
     boxes: halyard_collective::Mailboxes,
+    bearer: BearerKey,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut lease = lease_cell.load(Ordering::Relaxed);
@@ -237,6 +255,7 @@ async fn run(
                         gpus: cfg.gpus,
                         cancel: cancel.clone(),
                         boxes: boxes.clone(),
+                        key: bearer.clone(),
                     }));
                     running.insert(key, Running { cancel, handle });
                 }

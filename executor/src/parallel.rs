@@ -29,10 +29,9 @@ use tokio::sync::mpsc;
 use tracing::info;
 
 use crate::error::{ExecutorError, Result};
-use crate::task::{
-    Input, Task, epoch_line, feature_input, lineage, model_configs, panic_message, placement,
-    read_feature_table, read_inputs, sql_context,
-};
+use crate::input::{Input, feature_input, read_feature_table, read_inputs, sql_context};
+use crate::task::Task;
+use crate::training::{epoch_line, lineage, model_configs, panic_message, placement};
 
 /// How long a rank waits for rank 0's feature table.
 const FEATURES_WAIT: Duration = Duration::from_secs(1800);
@@ -81,7 +80,8 @@ pub(crate) async fn train(t: &Task, progress: &mut TaskProgress) -> Result<Worke
             ..RingConfig::default()
         },
     )
-    .map_err(|e| ModelError::Collective(e.to_string()))?;
+    .map_err(|e| ModelError::Collective(e.to_string()))?
+    .with_key(t.key.clone());
     progress.log(format!(
         "worker {rank} of {workers}: {} local rows; training {} on the {placement}",
         rows.local.iter().map(RecordBatch::num_rows).sum::<usize>(),

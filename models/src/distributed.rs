@@ -493,16 +493,7 @@ pub fn train_response_parallel(
         ));
     }
     let (rank, size) = (group.rank(), group.size());
-    // The preprocessor: fitted by rank 0 on every row, the same on every rank.
-    let mut bytes = match (rank, data.all) {
-        (0, Some(all)) => serde_json::to_vec(&Preprocessor::fit(all, features)?)
-            .map_err(|e| ModelError::Internal(e.to_string()))?,
-        (0, None) => return Err(ModelError::Internal("rank 0 needs every row".into())),
-        _ => Vec::new(),
-    };
-    group.broadcast(&mut bytes)?;
-    let preprocessor: Preprocessor = serde_json::from_slice(&bytes)
-        .map_err(|e| collective_error(format!("the broadcast preprocessor: {e}")))?;
+    let preprocessor = shared_preprocessor(group, data.all, features)?;
 
     let roles = row_roles(data.local, features)?;
     let local = preprocessor.transform(data.local, |_| true)?;
@@ -520,27 +511,7 @@ pub fn train_response_parallel(
         (select(&|r| r != Role::Test), Encoded::empty(local.dim))
     };
 
-    // Rows, positives and validation rows of every rank.
-    let mut counts = vec![0.0f32; 3 * size];
-    counts[3 * rank] = train_set.rows as f32;
-    counts[3 * rank + 1] = train_set.y.iter().filter(|&&y| y > 0.5).count() as f32;
-    counts[3 * rank + 2] = valid_set.rows as f32;
-    group.all_reduce(&mut counts)?;
-    let rows: Vec<u64> = (0..size).map(|r| counts[3 * r] as u64).collect();
-    let total: u64 = rows.iter().sum();
-    let positives: u64 = (0..size).map(|r| counts[3 * r + 1] as u64).sum();
-    if total == 0 {
-        return Err(ModelError::NoRows {
-            purpose: "train on",
-            rows: 0,
-        });
-    }
-    if positives == 0 || positives == total {
-        return Err(ModelError::SingleClass {
-            label: features.label.clone(),
-            class: u8::from(positives > 0),
-        });
-    }
+    let (rows, total, positives) = group_rows(group, &train_set, &valid_set, &features.label)?;
     let train_ids: Vec<u64> = (0..local.rows)
         .filter(|&i| roles[i] == Role::Train || (!early_stopping && roles[i] == Role::Validation))
         .map(|i| data.ids[i])
@@ -576,28 +547,12 @@ pub fn train_response_parallel(
         weight_decay: tc.weight_decay as f32,
     };
 
-    // A checkpoint from rank 0, shared with the group.
-    let mut bytes = if rank == 0 {
-        checkpoints.load()?.unwrap_or_default()
-    } else {
-        Vec::new()
-    };
-    group.broadcast(&mut bytes)?;
-    let mut resume = if bytes.is_empty() {
-        None
-    } else {
-        let c = Checkpoint::decode(&bytes)?;
-        if c.workers != size || c.rows != rows || c.seed != tc.seed {
-            return Err(ModelError::Unsupported(format!(
-                "the checkpoint was written by {} workers with rows {:?} (seed {}); this group has {size} with {rows:?} (seed {}): it cannot resume from it",
-                c.workers, c.rows, c.seed, tc.seed
-            )));
-        }
-        if on_event(DpEvent::Resumed(c.at)).is_break() {
-            return Err(ModelError::Cancelled);
-        }
-        Some(c)
-    };
+    let mut resume = shared_checkpoint(group, checkpoints, &rows, tc.seed)?;
+    if let Some(c) = &resume
+        && on_event(DpEvent::Resumed(c.at)).is_break()
+    {
+        return Err(ModelError::Cancelled);
+    }
     let members = rc.ensemble.max(1);
     let mut best_losses = Vec::new();
     let mut finished: Vec<Vec<f32>> = resume
@@ -627,7 +582,16 @@ pub fn train_response_parallel(
             }
         };
         model = load_params(model, &st.params);
-        let n = st.params.len();
+        let step = Step {
+            cfg: &cfg,
+            train: &train_set,
+            tc: &tc,
+            adam: &adam,
+            device: &device,
+            member,
+            epochs_total,
+            warmup,
+        };
         let (started, mut samples, mut all_reduce) = (Instant::now(), 0u64, Duration::ZERO);
         last_save.1 = st.at.step;
         let mut stopped_early = false;
@@ -651,60 +615,9 @@ pub fn train_response_parallel(
                     .iter()
                     .filter_map(|g| global.mine.get(g).copied())
                     .collect();
-                // [gradient · b, loss · b, b, checksums of every rank (two 16-bit halves)]
-                let mut buf = vec![0.0f32; n + 2 + 2 * size];
-                if !chunk.is_empty() {
-                    let (num, cat) = mlp_tensors(&cfg.layout, &train_set, &chunk, &device);
-                    let loss = weighted_bce(
-                        model.forward(num, cat),
-                        train_set.labels(&chunk),
-                        tc.positive_weight,
-                        &device,
-                    );
-                    let b = chunk.len() as f32;
-                    let l = finite_loss(
-                        &loss,
-                        format_args!(
-                            "member {member} epoch {} step {}",
-                            at.epoch, at.step_in_epoch
-                        ),
-                    )?;
-                    let grads = GradientsParams::from_grads(loss.backward(), &model);
-                    for (o, g) in buf.iter_mut().zip(flatten_grads(&model, &grads)) {
-                        *o = g * b;
-                    }
-                    buf[n] = l as f32 * b;
-                    buf[n + 1] = b;
-                }
-                put_u32(&mut buf[n + 2..], rank, checksum(&st.params));
-                let waited = Instant::now();
-                group.all_reduce(&mut buf)?;
-                all_reduce += waited.elapsed();
-                if let Some(sums) = disagreement(&buf[n + 2..], size) {
-                    return Err(collective_error(format!(
-                        "the replicas' weights differ before step {} of member {member} (checksums by rank {sums:08x?})",
-                        at.step
-                    )));
-                }
-                let rows_in_step = buf[n + 1];
+                let rows_in_step;
+                (model, rows_in_step) = step.run(group, model, &mut st, &chunk, &mut all_reduce)?;
                 samples += rows_in_step as u64;
-                st.loss_sum += f64::from(buf[n]);
-                if rows_in_step > 0.0 {
-                    let g = &mut buf[..n];
-                    for x in g.iter_mut() {
-                        *x /= rows_in_step;
-                    }
-                    let lr = cosine_lr(
-                        tc.learning_rate,
-                        at.step as usize,
-                        epochs_total as usize,
-                        warmup as usize,
-                        0.05,
-                    );
-                    st.adam_t += 1;
-                    adam.step(st.adam_t, lr, &mut st.params, g, &mut st.m, &mut st.v);
-                    model = load_params(model, &st.params);
-                }
                 st.at.step_in_epoch += 1;
                 st.at.step += 1;
                 if on_event(DpEvent::Step(st.at)).is_break() {
@@ -731,25 +644,9 @@ pub fn train_response_parallel(
                 valid_loss: None,
             };
             if early_stopping {
-                let mut lv = [0.0f32; 2];
-                if valid_set.rows > 0 {
-                    let inner = model.valid();
-                    let p = inner.predict(&cfg.layout, &valid_set, &inner.devices()[0])?;
-                    lv = [
-                        (log_loss(&p, &valid_set.y) * valid_set.rows as f64) as f32,
-                        valid_set.rows as f32,
-                    ];
-                }
-                group.all_reduce(&mut lv)?;
-                if lv[1] > 0.0 {
-                    let vl = f64::from(lv[0] / lv[1]);
-                    report.valid_loss = Some(vl);
-                    if st.best.as_ref().is_none_or(|(b, _)| vl < *b) {
-                        st.best = Some((vl, st.params.clone()));
-                        st.since_best = 0;
-                    } else {
-                        st.since_best += 1;
-                    }
+                report.valid_loss = group_valid_loss(group, &model, &cfg, &valid_set)?;
+                if let Some(vl) = report.valid_loss {
+                    st.track_best(vl);
                 }
             }
             if on_event(DpEvent::Epoch(MemberReport {
@@ -786,16 +683,7 @@ pub fn train_response_parallel(
                 }
             }
         }
-        // One last comparison, of the final weights.
-        let mut sums = vec![0.0f32; 2 * size];
-        let sum = checksum(&st.params);
-        put_u32(&mut sums, rank, sum);
-        group.all_reduce(&mut sums)?;
-        if disagreement(&sums, size).is_some() {
-            return Err(collective_error(format!(
-                "the replicas' final weights of member {member} differ"
-            )));
-        }
+        let sum = final_checksum(group, &st.params, member)?;
         if on_event(DpEvent::Agreed {
             member,
             steps: st.at.step,
@@ -817,19 +705,229 @@ pub fn train_response_parallel(
         return Ok(Outcome::Trained(None));
     }
     let all = data.all.expect("checked for rank 0");
-    let (device, _) = seeded_model(&cfg, &tc, tc.seed)?;
-    let weights = finished
-        .iter()
-        .map(|p| {
-            crate::artifact::export_module(&load_params(ResponseMlp::new(&cfg, &device), p).valid())
-        })
-        .collect::<Result<Vec<_>>>()?;
+    let weights = export_members(&cfg, &tc, &finished)?;
     let mut trained = finish_response(all, features, preprocessor, Some(cfg), weights)?;
     if !best_losses.is_empty() {
         let mean = best_losses.iter().sum::<f64>() / best_losses.len() as f64;
         trained.metrics.insert("valid_log_loss".into(), mean);
     }
     Ok(Outcome::Trained(Some(Box::new(trained))))
+}
+
+/// The preprocessor: fitted by rank 0 on every row (`all`), broadcast, the same on every
+/// rank.
+fn shared_preprocessor(
+    group: &mut dyn Collective,
+    all: Option<&[RecordBatch]>,
+    features: &FeatureConfig,
+) -> Result<Preprocessor> {
+    let mut bytes = match (group.rank(), all) {
+        (0, Some(all)) => serde_json::to_vec(&Preprocessor::fit(all, features)?)
+            .map_err(|e| ModelError::Internal(e.to_string()))?,
+        (0, None) => return Err(ModelError::Internal("rank 0 needs every row".into())),
+        _ => Vec::new(),
+    };
+    group.broadcast(&mut bytes)?;
+    serde_json::from_slice(&bytes)
+        .map_err(|e| collective_error(format!("the broadcast preprocessor: {e}")))
+}
+
+/// Every rank's training rows, and the group's rows and positives in all; refuses a group
+/// with no rows or one class.
+fn group_rows(
+    group: &mut dyn Collective,
+    train_set: &Encoded,
+    valid_set: &Encoded,
+    label: &str,
+) -> Result<(Vec<u64>, u64, u64)> {
+    let (rank, size) = (group.rank(), group.size());
+    // Rows, positives and validation rows of every rank.
+    let mut counts = vec![0.0f32; 3 * size];
+    counts[3 * rank] = train_set.rows as f32;
+    counts[3 * rank + 1] = train_set.y.iter().filter(|&&y| y > 0.5).count() as f32;
+    counts[3 * rank + 2] = valid_set.rows as f32;
+    group.all_reduce(&mut counts)?;
+    let rows: Vec<u64> = (0..size).map(|r| counts[3 * r] as u64).collect();
+    let total: u64 = rows.iter().sum();
+    let positives: u64 = (0..size).map(|r| counts[3 * r + 1] as u64).sum();
+    if total == 0 {
+        return Err(ModelError::NoRows {
+            purpose: "train on",
+            rows: 0,
+        });
+    }
+    if positives == 0 || positives == total {
+        return Err(ModelError::SingleClass {
+            label: label.to_string(),
+            class: u8::from(positives > 0),
+        });
+    }
+    Ok((rows, total, positives))
+}
+
+/// Rank 0's checkpoint, shared with the group; refused when another group (size, rows,
+/// seed) wrote it.
+fn shared_checkpoint(
+    group: &mut dyn Collective,
+    checkpoints: &mut dyn Checkpoints,
+    rows: &[u64],
+    seed: u64,
+) -> Result<Option<Checkpoint>> {
+    let size = group.size();
+    let mut bytes = if group.rank() == 0 {
+        checkpoints.load()?.unwrap_or_default()
+    } else {
+        Vec::new()
+    };
+    group.broadcast(&mut bytes)?;
+    if bytes.is_empty() {
+        return Ok(None);
+    }
+    let c = Checkpoint::decode(&bytes)?;
+    if c.workers != size || c.rows != rows || c.seed != seed {
+        return Err(ModelError::Unsupported(format!(
+            "the checkpoint was written by {} workers with rows {:?} (seed {}); this group has {size} with {rows:?} (seed {seed}): it cannot resume from it",
+            c.workers, c.rows, c.seed
+        )));
+    }
+    Ok(Some(c))
+}
+
+/// The replicas' checksum of their final weights of `member`, compared across the group.
+fn final_checksum(group: &mut dyn Collective, params: &[f32], member: usize) -> Result<u32> {
+    let (rank, size) = (group.rank(), group.size());
+    let mut sums = vec![0.0f32; 2 * size];
+    let sum = checksum(params);
+    put_u32(&mut sums, rank, sum);
+    group.all_reduce(&mut sums)?;
+    if disagreement(&sums, size).is_some() {
+        return Err(collective_error(format!(
+            "the replicas' final weights of member {member} differ"
+        )));
+    }
+    Ok(sum)
+}
+
+/// Each finished member's flat weights as the artifact's safetensors bytes.
+fn export_members(
+    cfg: &MlpConfig,
+    tc: &TrainConfig,
+    finished: &[Vec<f32>],
+) -> Result<Vec<Vec<u8>>> {
+    let (device, _) = seeded_model(cfg, tc, tc.seed)?;
+    finished
+        .iter()
+        .map(|p| {
+            crate::artifact::export_module(&load_params(ResponseMlp::new(cfg, &device), p).valid())
+        })
+        .collect()
+}
+
+/// What every step of a member reads.
+struct Step<'a> {
+    cfg: &'a MlpConfig,
+    train: &'a Encoded,
+    tc: &'a TrainConfig,
+    adam: &'a AdamW,
+    device: &'a Device,
+    member: usize,
+    epochs_total: u64,
+    warmup: u64,
+}
+
+impl Step<'_> {
+    /// One step of the group at `st.at`, this rank training on its rows `chunk` of the
+    /// step: the gradients of every rank summed by one all-reduce (with every rank's
+    /// weights checksum: replicas that differ fail the step), divided by the group's rows,
+    /// and the same AdamW update applied on every rank. Returns the model and the group's
+    /// rows in the step; `all_reduce` gathers the time spent in the all-reduce.
+    fn run(
+        &self,
+        group: &mut dyn Collective,
+        mut model: ResponseMlp,
+        st: &mut MemberState,
+        chunk: &[usize],
+        all_reduce: &mut Duration,
+    ) -> Result<(ResponseMlp, f32)> {
+        let (rank, size, at, n) = (group.rank(), group.size(), st.at, st.params.len());
+        let member = self.member;
+        // [gradient · b, loss · b, b, checksums of every rank (two 16-bit halves)]
+        let mut buf = vec![0.0f32; n + 2 + 2 * size];
+        if !chunk.is_empty() {
+            let (num, cat) = mlp_tensors(&self.cfg.layout, self.train, chunk, self.device);
+            let loss = weighted_bce(
+                model.forward(num, cat),
+                self.train.labels(chunk),
+                self.tc.positive_weight,
+                self.device,
+            );
+            let b = chunk.len() as f32;
+            let l = finite_loss(
+                &loss,
+                format_args!(
+                    "member {member} epoch {} step {}",
+                    at.epoch, at.step_in_epoch
+                ),
+            )?;
+            let grads = GradientsParams::from_grads(loss.backward(), &model);
+            for (o, g) in buf.iter_mut().zip(flatten_grads(&model, &grads)) {
+                *o = g * b;
+            }
+            buf[n] = l as f32 * b;
+            buf[n + 1] = b;
+        }
+        put_u32(&mut buf[n + 2..], rank, checksum(&st.params));
+        let waited = Instant::now();
+        group.all_reduce(&mut buf)?;
+        *all_reduce += waited.elapsed();
+        if let Some(sums) = disagreement(&buf[n + 2..], size) {
+            return Err(collective_error(format!(
+                "the replicas' weights differ before step {} of member {member} (checksums by rank {sums:08x?})",
+                at.step
+            )));
+        }
+        let rows_in_step = buf[n + 1];
+        st.loss_sum += f64::from(buf[n]);
+        if rows_in_step > 0.0 {
+            let g = &mut buf[..n];
+            for x in g.iter_mut() {
+                *x /= rows_in_step;
+            }
+            let lr = cosine_lr(
+                self.tc.learning_rate,
+                at.step as usize,
+                self.epochs_total as usize,
+                self.warmup as usize,
+                0.05,
+            );
+            st.adam_t += 1;
+            self.adam
+                .step(st.adam_t, lr, &mut st.params, g, &mut st.m, &mut st.v);
+            model = load_params(model, &st.params);
+        }
+        Ok((model, rows_in_step))
+    }
+}
+
+/// The validation loss of `model` over every rank's validation rows, `None` when the group
+/// has none.
+fn group_valid_loss(
+    group: &mut dyn Collective,
+    model: &ResponseMlp,
+    cfg: &MlpConfig,
+    valid_set: &Encoded,
+) -> Result<Option<f64>> {
+    let mut lv = [0.0f32; 2];
+    if valid_set.rows > 0 {
+        let inner = model.valid();
+        let p = inner.predict(&cfg.layout, valid_set, &inner.devices()[0])?;
+        lv = [
+            (log_loss(&p, &valid_set.y) * valid_set.rows as f64) as f32,
+            valid_set.rows as f32,
+        ];
+    }
+    group.all_reduce(&mut lv)?;
+    Ok((lv[1] > 0.0).then(|| f64::from(lv[0] / lv[1])))
 }
 
 /// What data-parallel training ended with.
@@ -876,6 +974,16 @@ impl MemberState {
             params,
             m: vec![0.0; n],
             v: vec![0.0; n],
+        }
+    }
+
+    /// Keep `valid_loss`'s weights when they are the best so far; count the epochs since.
+    fn track_best(&mut self, valid_loss: f64) {
+        if self.best.as_ref().is_none_or(|(b, _)| valid_loss < *b) {
+            self.best = Some((valid_loss, self.params.clone()));
+            self.since_best = 0;
+        } else {
+            self.since_best += 1;
         }
     }
 

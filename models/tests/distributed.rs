@@ -4,8 +4,7 @@
 use std::ops::ControlFlow;
 use std::sync::{Arc, Barrier, Mutex};
 
-use arrow::array::{Float64Array, RecordBatch, StringArray};
-use arrow::datatypes::{DataType, Field, Schema};
+use arrow::array::{ArrayRef, Float64Array, RecordBatch, StringArray};
 use halyard_models::distributed::{
     CheckpointPolicy, Checkpoints, Collective, DpEvent, Outcome, Position, WorkerData,
     train_response_parallel,
@@ -111,21 +110,12 @@ fn data(rows: usize) -> RecordBatch {
             _ => "train",
         });
     }
-    let schema = Arc::new(Schema::new(vec![
-        Field::new("x", DataType::Float64, true),
-        Field::new("channel", DataType::Utf8, true),
-        Field::new("responded", DataType::Utf8, true),
-        Field::new("halyard_split", DataType::Utf8, true),
-    ]));
-    RecordBatch::try_new(
-        schema,
-        vec![
-            Arc::new(Float64Array::from(xs)),
-            Arc::new(StringArray::from(chans)),
-            Arc::new(StringArray::from(ys)),
-            Arc::new(StringArray::from(split)),
-        ],
-    )
+    RecordBatch::try_from_iter([
+        ("x", Arc::new(Float64Array::from(xs)) as ArrayRef),
+        ("channel", Arc::new(StringArray::from(chans))),
+        ("responded", Arc::new(StringArray::from(ys))),
+        ("halyard_split", Arc::new(StringArray::from(split))),
+    ])
     .unwrap()
 }
 

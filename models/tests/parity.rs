@@ -4,8 +4,7 @@
 use std::ops::ControlFlow;
 use std::sync::Arc;
 
-use arrow::array::{Float64Array, RecordBatch, StringArray};
-use arrow::datatypes::{DataType, Field, Schema};
+use arrow::array::{ArrayRef, Float64Array, RecordBatch, StringArray};
 use burn::tensor::{Device, Tensor, TensorData};
 use halyard_models::artifact::{Architecture, export_module, merge_members};
 use halyard_models::forecast::Series;
@@ -37,20 +36,12 @@ fn records(rows: usize) -> RecordBatch {
             },
         );
     }
-    RecordBatch::try_new(
-        Arc::new(Schema::new(vec![
-            Field::new("x", DataType::Float64, true),
-            Field::new("channel", DataType::Utf8, true),
-            Field::new("segment", DataType::Utf8, true),
-            Field::new("y", DataType::Utf8, true),
-        ])),
-        vec![
-            Arc::new(Float64Array::from(x)),
-            Arc::new(StringArray::from(c)),
-            Arc::new(StringArray::from(seg)),
-            Arc::new(StringArray::from(y)),
-        ],
-    )
+    RecordBatch::try_from_iter([
+        ("x", Arc::new(Float64Array::from(x)) as ArrayRef),
+        ("channel", Arc::new(StringArray::from(c))),
+        ("segment", Arc::new(StringArray::from(seg))),
+        ("y", Arc::new(StringArray::from(y))),
+    ])
     .unwrap()
 }
 

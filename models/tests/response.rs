@@ -3,7 +3,7 @@
 use std::ops::ControlFlow;
 use std::sync::Arc;
 
-use arrow::array::{Float64Array, RecordBatch, StringArray};
+use arrow::array::{ArrayRef, Float64Array, RecordBatch, StringArray};
 use arrow::datatypes::{DataType, Field, Schema};
 use halyard_models::ModelError;
 use halyard_models::artifact::{Architecture, read_tensors};
@@ -28,19 +28,11 @@ fn synthetic(rows: usize, seed: u64) -> RecordBatch {
         chans.push(chan);
         ys.push(if rng.random_bool(p) { "yes" } else { "no" });
     }
-    let schema = Arc::new(Schema::new(vec![
-        Field::new("x", DataType::Float64, true),
-        Field::new("channel", DataType::Utf8, true),
-        Field::new("responded", DataType::Utf8, true),
-    ]));
-    RecordBatch::try_new(
-        schema,
-        vec![
-            Arc::new(Float64Array::from(xs)),
-            Arc::new(StringArray::from(chans)),
-            Arc::new(StringArray::from(ys)),
-        ],
-    )
+    RecordBatch::try_from_iter([
+        ("x", Arc::new(Float64Array::from(xs)) as ArrayRef),
+        ("channel", Arc::new(StringArray::from(chans))),
+        ("responded", Arc::new(StringArray::from(ys))),
+    ])
     .unwrap()
 }
 

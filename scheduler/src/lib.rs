@@ -10,15 +10,18 @@
 
 mod decide;
 mod error;
+mod keys;
 mod leader;
 mod models;
 mod service;
 
 use std::net::SocketAddr;
 
+use halyard_core::auth::{Verifier, is_loopback, node_key};
 use halyard_core::config::SchedulerConfig;
 use halyard_core::coord::Coordinator;
 use halyard_core::proto::job_service_server::JobServiceServer;
+use halyard_core::proto::key_service_server::KeyServiceServer;
 use halyard_core::proto::model_service_server::ModelServiceServer;
 use halyard_core::proto::prediction_service_server::PredictionServiceServer;
 use halyard_serving::Gateway;
@@ -50,7 +53,11 @@ impl SchedulerHandle {
 
 /// Start a scheduler: bind its API, then campaign for leadership in the background.
 pub async fn start_scheduler(cfg: SchedulerConfig, coord: Coordinator) -> Result<SchedulerHandle> {
+    // The node's own key (made on a loopback node's first start); every request is
+    // checked against the keys in the coordinator. Checked before anything listens.
+    let token = node_key(&cfg.key_file, is_loopback(&cfg.listen), &coord).await?;
     let (listener, addr) = halyard_core::bind(&cfg.listen).await?;
+    let verifier = Verifier::new(coord.clone());
     let (shutdown, shutdown_rx) = watch::channel(false);
     let svc = service::JobApi::new(coord.clone(), cfg.id.clone());
     let (health_reporter, health) = tonic_health::server::health_reporter();
@@ -58,7 +65,7 @@ pub async fn start_scheduler(cfg: SchedulerConfig, coord: Coordinator) -> Result
         .set_serving::<JobServiceServer<service::JobApi>>()
         .await;
     // The prediction gateway: this node holds no model and forwards to executors.
-    let gateway = Gateway::new(cfg.id.clone(), coord.clone(), None);
+    let gateway = Gateway::new(cfg.id.clone(), coord.clone(), None, &token);
     let grpc = tonic::service::Routes::new(health)
         .add_service(JobServiceServer::new(svc))
         .add_service(ModelServiceServer::new(models::ModelApi::new(
@@ -66,9 +73,10 @@ pub async fn start_scheduler(cfg: SchedulerConfig, coord: Coordinator) -> Result
         )))
         .add_service(PredictionServiceServer::new(PredictionApi::new(
             gateway.clone(),
-        )));
+        )))
+        .add_service(KeyServiceServer::new(keys::KeyApi::new(coord.clone())));
     let http = halyard_serving::http::router(gateway.clone());
-    let api = halyard_serving::http::serve(listener, http, grpc, shutdown_rx.clone());
+    let api = halyard_serving::http::serve(listener, http, grpc, verifier, shutdown_rx.clone());
     let server = tokio::spawn(async move {
         if let Err(e) = api.await {
             tracing::error!(error = %e, "scheduler api stopped");

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use futures::Stream;
 use halyard_core::Failure;
+use halyard_core::auth::{Action, Caller};
 use halyard_core::coord::Coordinator;
 use halyard_core::proto::job_service_server::JobService;
 use halyard_core::proto::{
@@ -108,6 +109,7 @@ impl JobService for JobApi {
         &self,
         request: Request<SubmitRequest>,
     ) -> Result<Response<SubmitResponse>, Status> {
+        let caller = Caller::of(&request)?;
         let req = request.into_inner();
         if req.protocol_version != halyard_core::PROTOCOL_VERSION {
             return Err(Failure::Refused.status(format!(
@@ -118,7 +120,11 @@ impl JobService for JobApi {
         }
         let spec = JobSpec::from_toml(&req.spec_toml, "job spec").map_err(to_status)?;
         let mut job = JobRecord::new(new_job_id(&spec.name), spec);
-        job.log(&format!("scheduler/{}", self.id), "submitted");
+        job.owner = Some(caller.key.id.clone());
+        job.log(
+            &format!("scheduler/{}", self.id),
+            format!("submitted by key {}", caller.key.label()),
+        );
         self.coord.submit_job(&job).await.map_err(to_status)?;
         info!(job = %job.id, name = %job.spec.name, "job submitted");
         Ok(Response::new(SubmitResponse {
@@ -158,7 +164,18 @@ impl JobService for JobApi {
         &self,
         request: Request<CancelRequest>,
     ) -> Result<Response<CancelResponse>, Status> {
+        let caller = Caller::of(&request)?;
         let id = request.into_inner().job_id;
+        if !caller.may(Action::CancelAny) {
+            let job = self.load_job(&id).await?;
+            if job.owner.as_deref() != Some(caller.key.id.as_str()) {
+                return Err(Failure::Forbidden.status(format!(
+                    "job {id} was not submitted by key {}: role {} may cancel only its own jobs",
+                    caller.key.label(),
+                    caller.key.role
+                )));
+            }
+        }
         let job = self.coord.request_cancel(&id).await.map_err(to_status)?;
         info!(job = %id, "cancel requested");
         Ok(Response::new(CancelResponse {
@@ -170,6 +187,7 @@ impl JobService for JobApi {
         &self,
         request: Request<ResumeRequest>,
     ) -> Result<Response<SubmitResponse>, Status> {
+        let caller = Caller::of(&request)?;
         let id = request.into_inner().job_id;
         let Some(old) = self.coord.get_job(&id).await.map_err(to_status)? else {
             return Err(to_status(halyard_core::Error::NoSuchJob(id)));
@@ -193,9 +211,13 @@ impl JobService for JobApi {
             f.table_of = Some(f.table_of.clone().unwrap_or_else(|| old.id.clone()));
         }
         let mut job = JobRecord::new(new_job_id(&spec.name), spec);
+        job.owner = Some(caller.key.id.clone());
         job.log(
             &format!("scheduler/{}", self.id),
-            format!("submitted to resume job {id} from its last checkpoint"),
+            format!(
+                "submitted by key {} to resume job {id} from its last checkpoint",
+                caller.key.label()
+            ),
         );
         self.coord.submit_job(&job).await.map_err(to_status)?;
         info!(job = %job.id, resumes = %id, "job resumed");

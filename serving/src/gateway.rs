@@ -84,9 +84,21 @@ pub(crate) fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
 }
 
 impl Gateway {
-    /// A gateway for node `node`, serving from `host` when given.
-    pub fn new(node: String, coord: Coordinator, host: Option<Arc<Host>>) -> Arc<Gateway> {
+    /// A gateway for node `node`, serving from `host` when given; it forwards to other
+    /// nodes with the node's own key `token` (the caller's key was checked here).
+    pub fn new(
+        node: String,
+        coord: Coordinator,
+        host: Option<Arc<Host>>,
+        token: &str,
+    ) -> Arc<Gateway> {
+        let mut auth = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}"))
+            .expect("a key is ASCII");
+        auth.set_sensitive(true);
+        let headers =
+            reqwest::header::HeaderMap::from_iter([(reqwest::header::AUTHORIZATION, auth)]);
         let client = reqwest::Client::builder()
+            .default_headers(headers)
             .pool_max_idle_per_host(64)
             .timeout(ATTEMPT_TIMEOUT)
             .build()

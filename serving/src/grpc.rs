@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use halyard_core::auth::Caller;
 use halyard_core::proto::prediction_service_server::PredictionService;
 use halyard_core::proto::{
     FeedbackRequest, FeedbackResponse, ForecastRequest, ForecastResponse, GetSchemaRequest,
@@ -73,6 +74,7 @@ impl PredictionService for PredictionApi {
         &self,
         req: Request<PredictRequest>,
     ) -> Result<Response<PredictResponse>, Status> {
+        Caller::of(&req)?.may_score(&req.get_ref().model)?;
         let r = req.into_inner();
         let body = PredictBody {
             records: r
@@ -110,6 +112,7 @@ impl PredictionService for PredictionApi {
         &self,
         req: Request<ForecastRequest>,
     ) -> Result<Response<ForecastResponse>, Status> {
+        Caller::of(&req)?.may_score(&req.get_ref().model)?;
         let r = req.into_inner();
         let body = ForecastBody {
             series: r
@@ -150,6 +153,7 @@ impl PredictionService for PredictionApi {
         &self,
         req: Request<FeedbackRequest>,
     ) -> Result<Response<FeedbackResponse>, Status> {
+        Caller::of(&req)?.may_score(&req.get_ref().model)?;
         let r = req.into_inner();
         let body = FeedbackBody {
             version: r.version,
@@ -172,6 +176,7 @@ impl PredictionService for PredictionApi {
         &self,
         req: Request<GetSchemaRequest>,
     ) -> Result<Response<GetSchemaResponse>, Status> {
+        Caller::of(&req)?.may_score(&req.get_ref().model)?;
         let schema = self
             .gateway
             .schema(&req.into_inner().model, false)

@@ -21,6 +21,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::serve::ListenerExt;
+use halyard_core::auth::Verifier;
 use serde::Serialize;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -119,14 +120,23 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
 }
 
 /// Serve `http` and the gRPC services in `grpc` on `listener` until `shutdown`: one
-/// port for HTTP/1.1, HTTP/2 and gRPC.
+/// port for HTTP/1.1, HTTP/2 and gRPC, every request checked by `verifier`
+/// ([`crate::access`]).
 pub async fn serve(
     listener: TcpListener,
     http: Router,
     grpc: tonic::service::Routes,
+    verifier: Verifier,
     mut shutdown: watch::Receiver<bool>,
 ) -> std::io::Result<()> {
-    let app = grpc.into_axum_router().merge(http);
+    // Every request passes the door first: its route and its key.
+    let app = grpc
+        .into_axum_router()
+        .merge(http)
+        .layer(axum::middleware::from_fn_with_state(
+            verifier,
+            crate::access::guard,
+        ));
     // Small answers must not wait for Nagle's algorithm.
     let listener = listener.tap_io(|tcp| {
         let _ = tcp.set_nodelay(true);

@@ -9,6 +9,7 @@
 //! it. Bad requests get a 4xx that says what to fix ([`api::ApiError`]); only a broken
 //! artifact or a bug gives a 5xx other than 503 (retry: nothing loaded or reachable).
 
+pub mod access;
 pub mod api;
 pub mod batcher;
 pub mod experiment;

@@ -91,12 +91,12 @@ where
     }
 }
 
-/// Connect to a scheduler once it answers.
-pub async fn connect(addr: &str) -> Client {
+/// Connect to a scheduler once it answers, with the API key `key`.
+pub async fn connect(addr: &str, key: &str) -> Client {
     wait_for(
         &format!("scheduler at {addr}"),
         Duration::from_secs(30),
-        || async { Client::connect(addr).await.ok() },
+        || async { Client::connect_with_key(addr, Some(key)).await.ok() },
     )
     .await
 }
@@ -111,8 +111,28 @@ pub async fn standalone(dir: &Path, executors: u32) -> (halyard::Standalone, Cli
         ..Default::default()
     };
     let cluster = halyard::start_standalone(settings).await.unwrap();
-    let client = connect(&cluster.scheduler.addr.to_string()).await;
+    let client = client_of(&cluster).await;
     (cluster, client)
+}
+
+/// A client of a standalone cluster, with its admin key.
+pub async fn client_of(cluster: &halyard::Standalone) -> Client {
+    connect(&cluster.scheduler.addr.to_string(), &cluster.admin_key).await
+}
+
+/// An HTTP client that sends the API key `key` with every request.
+pub fn http_client(key: &str) -> reqwest::Client {
+    http_builder(key).build().unwrap()
+}
+
+/// The builder of [`http_client`], for other settings.
+pub fn http_builder(key: &str) -> reqwest::ClientBuilder {
+    let mut auth = reqwest::header::HeaderValue::from_str(&format!("Bearer {key}")).unwrap();
+    auth.set_sensitive(true);
+    reqwest::Client::builder().default_headers(reqwest::header::HeaderMap::from_iter([(
+        reqwest::header::AUTHORIZATION,
+        auth,
+    )]))
 }
 
 /// A job's log (scheduler events and executor progress) as one text.
@@ -164,8 +184,8 @@ pub fn published_versions(store: &Path, name: &str) -> Vec<u64> {
     v
 }
 
-/// Processes of one cluster on a real etcd: the key root, the store and the flags they
-/// share (2 s leases, so lost nodes are noticed quickly).
+/// Processes of one cluster on a real etcd: the key root, the store, the admin key file
+/// and the flags they share (2 s leases, so lost nodes are noticed quickly).
 pub struct EtcdCluster {
     pub dir: PathBuf,
     pub etcd: String,
@@ -186,6 +206,7 @@ impl EtcdCluster {
 
     /// A `role` process `id` on `listen`, in this cluster, with `extra` flags.
     fn spawn(&self, role: &str, id: &str, listen: &str, extra: &[&str]) -> Proc {
+        let key_file = self.key_file().display().to_string();
         let mut args = vec![
             role,
             "--listen",
@@ -198,9 +219,37 @@ impl EtcdCluster {
             &self.root,
             "--lease-ttl",
             "2",
+            "--key-file",
+            &key_file,
         ];
         args.extend_from_slice(extra);
         Proc::spawn(id, &self.dir, &args)
+    }
+
+    /// The admin key file every process of the cluster shares (the first one makes it).
+    pub fn key_file(&self) -> PathBuf {
+        self.dir.join("admin.key")
+    }
+
+    /// The cluster's admin key, once its first process has written it.
+    pub async fn admin_key(&self) -> String {
+        let file = self.key_file();
+        wait_for(
+            "the cluster's admin key",
+            Duration::from_secs(30),
+            || async {
+                std::fs::read_to_string(&file)
+                    .ok()
+                    .map(|k| k.trim().to_string())
+                    .filter(|k| !k.is_empty())
+            },
+        )
+        .await
+    }
+
+    /// A client of the scheduler at `addr`, with the cluster's admin key.
+    pub async fn connect(&self, addr: &str) -> Client {
+        connect(addr, &self.admin_key().await).await
     }
 
     /// A scheduler `id` listening on `listen`.

@@ -1,0 +1,130 @@
+//! The CLI's key: where it is found (`--key`, `HALYARD_KEY`, or, for a scheduler on this
+//! machine, the admin key file a standalone cluster wrote), and `halyard keys create | list
+//! | revoke`.
+
+use std::path::PathBuf;
+
+use halyard_client::Client;
+use halyard_client::proto::{CreateKeyRequest, KeyInfo};
+use halyard_core::auth::{ADMIN_KEY_FILE, is_loopback};
+use halyard_core::config::DEFAULT_DATA_DIR;
+use serde_json::json;
+
+use crate::Result;
+use crate::commands::out;
+
+/// The key files a CLI on the scheduler's machine may read, in order: `HALYARD_KEY_FILE`,
+/// then `admin.key` in `HALYARD_DATA_DIR` or in `halyard-data/` here.
+fn local_key_files() -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    if let Some(f) = std::env::var_os("HALYARD_KEY_FILE") {
+        files.push(PathBuf::from(f));
+    }
+    let dir = std::env::var_os("HALYARD_DATA_DIR")
+        .map_or_else(|| PathBuf::from(DEFAULT_DATA_DIR), PathBuf::from);
+    files.push(dir.join(ADMIN_KEY_FILE));
+    files
+}
+
+/// The key to send to `scheduler`: `key` when given (`--key` or `HALYARD_KEY`), else, for
+/// a scheduler on loopback, the admin key file of a cluster started here (readable only by
+/// its owner, like a local socket).
+pub fn discover(scheduler: &str, key: Option<String>) -> Option<String> {
+    if let Some(k) = key.filter(|k| !k.trim().is_empty()) {
+        return Some(k.trim().to_string());
+    }
+    let host = scheduler.rsplit_once("://").map_or(scheduler, |(_, h)| h);
+    if !is_loopback(host) {
+        return None;
+    }
+    local_key_files()
+        .iter()
+        .find_map(|f| std::fs::read_to_string(f).ok())
+        .map(|t| t.trim().to_string())
+}
+
+/// Connect to `scheduler` with the key [`discover`] finds.
+pub async fn connect(scheduler: &str, key: Option<String>) -> Result<Client> {
+    Ok(Client::connect_with_key(scheduler, discover(scheduler, key).as_deref()).await?)
+}
+
+fn key_json(k: &KeyInfo) -> serde_json::Value {
+    json!({
+        "id": k.id,
+        "name": k.name,
+        "role": k.role,
+        "models": if k.models.is_empty() { json!(null) } else { json!(k.models) },
+        "expires_ms": if k.expires_ms == 0 { json!(null) } else { json!(k.expires_ms) },
+        "created_ms": k.created_ms,
+        "creator": k.creator,
+        "revoked": k.revoked,
+    })
+}
+
+/// `halyard keys create`: make a key and print its secret, this once.
+pub async fn create(client: &Client, request: CreateKeyRequest, as_json: bool) -> Result<()> {
+    let made = client.create_key(request).await?;
+    let key = made.key.unwrap_or_default();
+    if as_json {
+        let mut v = key_json(&key);
+        v["token"] = json!(made.token);
+        out(&v.to_string());
+    } else {
+        out(&format!(
+            "key {} ({}), role {}: {}\nthis secret is shown once: keep it in a secret store, send it as `authorization: Bearer …` or HALYARD_KEY",
+            key.id, key.name, key.role, made.token
+        ));
+    }
+    Ok(())
+}
+
+/// `halyard keys list`: every key, without secrets.
+pub async fn list(client: &Client, as_json: bool) -> Result<()> {
+    let keys = client.keys().await?;
+    if as_json {
+        out(&json!(keys.iter().map(key_json).collect::<Vec<_>>()).to_string());
+        return Ok(());
+    }
+    let mut text = format!(
+        "{:<13} {:<24} {:<10} {:<16} {:<8} creator",
+        "id", "name", "role", "models", "state"
+    );
+    let now = halyard_core::records::now_ms();
+    for k in &keys {
+        let state = if k.revoked {
+            "revoked"
+        } else if k.expires_ms != 0 && k.expires_ms <= now {
+            "expired"
+        } else {
+            "active"
+        };
+        let models = if k.models.is_empty() { "*" } else { &k.models };
+        text.push_str(&format!(
+            "\n{:<13} {:<24} {:<10} {:<16} {:<8} {}",
+            k.id, k.name, k.role, models, state, k.creator
+        ));
+    }
+    out(&text);
+    Ok(())
+}
+
+/// `halyard keys revoke`: every node refuses the key within seconds.
+pub async fn revoke(client: &Client, id: &str, as_json: bool) -> Result<()> {
+    let k = client.revoke_key(id).await?;
+    if as_json {
+        out(&key_json(&k).to_string());
+    } else {
+        out(&format!(
+            "key {} ({}) revoked: every node refuses it within {} s",
+            k.id,
+            k.name,
+            halyard_core::auth::KEY_CACHE_TTL.as_secs() + 1
+        ));
+    }
+    Ok(())
+}
+
+/// [`connect`], owning its arguments (for a closure that makes the future).
+pub async fn connect_owned(scheduler: String, key: Option<String>) -> Result<Client> {
+    connect(&scheduler, key).await
+}

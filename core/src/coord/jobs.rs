@@ -1,0 +1,193 @@
+//! The job queue and the job state machine, task assignment and progress: the
+//! coordinator's methods over `jobs/`, `active/`, `tasks/` and `progress/`.
+
+use super::{Coordinator, Leadership, Versioned, decode, encode, put};
+use crate::error::{Error, Result};
+use crate::kv::TxnOp;
+use crate::records::{JobRecord, TaskAssignment, TaskProgress};
+
+impl Coordinator {
+    // ---- jobs --------------------------------------------------------------------------
+
+    /// Store a new job. Any scheduler may do this: a new key changes no existing state.
+    pub async fn submit_job(&self, job: &JobRecord) -> Result<i64> {
+        let key = self.job_key(&job.id);
+        let out = self
+            .cas(
+                &key,
+                0,
+                vec![
+                    put(key.clone(), encode(job)),
+                    put(self.active_key(&job.id), Vec::new()),
+                ],
+            )
+            .await?;
+        if !out.succeeded {
+            return Err(Error::Conflict { key });
+        }
+        Ok(out.revision)
+    }
+
+    /// One job.
+    pub async fn get_job(&self, id: &str) -> Result<Option<Versioned<JobRecord>>> {
+        self.get_versioned(&self.job_key(id)).await
+    }
+
+    /// All jobs, oldest first.
+    pub async fn list_jobs(&self) -> Result<Vec<Versioned<JobRecord>>> {
+        let entries = self.kv.range(&self.key("jobs/")).await?;
+        let mut jobs = entries
+            .iter()
+            .map(decode)
+            .collect::<Result<Vec<Versioned<JobRecord>>>>()?;
+        jobs.sort_by_key(|j| (j.value.created_ms, j.value.id.clone()));
+        Ok(jobs)
+    }
+
+    /// Jobs that have not ended, oldest first: what the leader supervises. Reads only the
+    /// active index and those jobs, however long the history.
+    pub async fn list_active_jobs(&self) -> Result<Vec<Versioned<JobRecord>>> {
+        let prefix = self.key("active/");
+        let mut jobs = Vec::new();
+        for entry in self.kv.range(&prefix).await? {
+            let id = &entry.key[prefix.len()..];
+            // A job ended between the two reads: its index key is gone now, skip it.
+            if let Some(job) = self.get_job(id).await?
+                && !job.value.state.is_terminal()
+            {
+                jobs.push(job);
+            }
+        }
+        jobs.sort_by_key(|j| (j.value.created_ms, j.value.id.clone()));
+        Ok(jobs)
+    }
+
+    /// A job write, plus dropping the job from the active index when it has ended.
+    fn job_write(&self, job: &JobRecord) -> Vec<TxnOp> {
+        let mut ops = vec![put(self.job_key(&job.id), encode(job))];
+        if job.state.is_terminal() {
+            ops.push(TxnOp::Delete {
+                key: self.active_key(&job.id),
+            });
+        }
+        ops
+    }
+
+    /// Change a job (leader only): compare-and-swap on the job, fenced on leadership.
+    pub async fn update_job(
+        &self,
+        leadership: &Leadership,
+        old: &Versioned<JobRecord>,
+        new: &JobRecord,
+    ) -> Result<i64> {
+        let key = self.job_key(&new.id);
+        self.fenced(leadership, &key, old.revision, self.job_write(new))
+            .await
+    }
+
+    /// Record a user's cancel request (any scheduler). Retries lost races.
+    pub async fn request_cancel(&self, id: &str) -> Result<JobRecord> {
+        loop {
+            let Some(old) = self.get_job(id).await? else {
+                return Err(Error::NoSuchJob(id.to_string()));
+            };
+            if old.value.state.is_terminal() || old.value.cancel_requested {
+                return Ok(old.value);
+            }
+            let mut new = old.value.clone();
+            new.cancel_requested = true;
+            new.log("client", "cancel requested");
+            let key = self.job_key(id);
+            let out = self
+                .cas(&key, old.revision, vec![put(key.clone(), encode(&new))])
+                .await?;
+            if out.succeeded {
+                return Ok(new);
+            }
+        }
+    }
+
+    // ---- tasks -------------------------------------------------------------------------
+
+    /// Place a job's tasks (one, or a data-parallel group's, all or none): the job record
+    /// update and the assignments in one fenced transaction.
+    pub async fn assign_task(
+        &self,
+        leadership: &Leadership,
+        old: &Versioned<JobRecord>,
+        new: &JobRecord,
+        tasks: &[TaskAssignment],
+    ) -> Result<i64> {
+        let key = self.job_key(&new.id);
+        let mut ops = self.job_write(new);
+        for task in tasks {
+            ops.push(put(
+                self.task_key(&task.executor, &task.job_id),
+                encode(task),
+            ));
+        }
+        ops.push(TxnOp::Delete {
+            key: self.progress_key(&new.id),
+        });
+        self.fenced(leadership, &key, old.revision, ops).await
+    }
+
+    /// Take a job's tasks away (requeue, finish, cancel) and update the job, in one fenced
+    /// transaction. The executors' later progress writes then fail.
+    pub async fn release_task(
+        &self,
+        leadership: &Leadership,
+        old: &Versioned<JobRecord>,
+        new: &JobRecord,
+    ) -> Result<i64> {
+        let key = self.job_key(&new.id);
+        let mut ops = self.job_write(new);
+        let mut executors: Vec<&String> = old.value.workers.iter().collect();
+        executors.extend(old.value.executor.iter());
+        executors.sort();
+        executors.dedup();
+        for executor in executors {
+            ops.push(TxnOp::Delete {
+                key: self.task_key(executor, &new.id),
+            });
+        }
+        ops.push(TxnOp::Delete {
+            key: self.progress_key(&new.id),
+        });
+        self.fenced(leadership, &key, old.revision, ops).await
+    }
+
+    /// Tasks assigned to one executor.
+    pub async fn tasks_for(&self, executor: &str) -> Result<Vec<Versioned<TaskAssignment>>> {
+        let entries = self
+            .kv
+            .range(&self.key(&format!("tasks/{executor}/")))
+            .await?;
+        entries.iter().map(decode).collect()
+    }
+
+    /// Every assignment in the cluster.
+    pub async fn all_tasks(&self) -> Result<Vec<Versioned<TaskAssignment>>> {
+        let entries = self.kv.range(&self.key("tasks/")).await?;
+        entries.iter().map(decode).collect()
+    }
+
+    /// Report progress on a task, only while the assignment read at `assignment` stands:
+    /// [`Error::Conflict`] means the task was taken away and the executor must stop.
+    pub async fn report_progress(
+        &self,
+        assignment: &Versioned<TaskAssignment>,
+        progress: &TaskProgress,
+    ) -> Result<()> {
+        self.fenced_on_task(
+            assignment,
+            vec![put(self.progress_key(&progress.job_id), encode(progress))],
+        )
+        .await
+    }
+
+    /// The latest progress report of a job's current task.
+    pub async fn get_progress(&self, job: &str) -> Result<Option<TaskProgress>> {
+        self.get_value(&self.progress_key(job)).await
+    }
+}

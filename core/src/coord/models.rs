@@ -1,0 +1,231 @@
+//! Model versions, deployments, serving advertisements, the SQL endpoint and outcomes:
+//! the coordinator's methods over `models/`, `deployments/`, `serving/`, `sql/` and
+//! `outcomes/`.
+
+use super::{Coordinator, Leadership, Versioned, decode, encode, put};
+use crate::error::{Error, Result};
+use crate::kv::{Compare, TxnOp};
+use crate::records::TaskAssignment;
+use crate::registry::{Change, Deployment, ModelVersion, Outcomes, ServingInfo};
+
+impl Coordinator {
+    // ---- models ------------------------------------------------------------------------
+
+    /// Allocate the next version number of a model (1, 2, …): never the same twice.
+    pub async fn next_model_version(&self, name: &str) -> Result<u64> {
+        let key = self.model_counter_key(name);
+        loop {
+            let (current, revision) = match self.kv.get(&key).await? {
+                Some(e) => {
+                    let text = String::from_utf8_lossy(&e.value).into_owned();
+                    let n: u64 = text.parse().map_err(|_| Error::Corrupt {
+                        key: key.clone(),
+                        message: format!("not a number: {text:?}"),
+                    })?;
+                    (n, e.mod_revision)
+                }
+                None => (1, 0),
+            };
+            let out = self
+                .cas(
+                    &key,
+                    revision,
+                    vec![put(key.clone(), (current + 1).to_string().into_bytes())],
+                )
+                .await?;
+            if out.succeeded {
+                return Ok(current);
+            }
+        }
+    }
+
+    /// Register a published version, only while the task's assignment read at
+    /// `assignment` stands ([`Error::Conflict`] otherwise).
+    pub async fn register_version(
+        &self,
+        assignment: &Versioned<TaskAssignment>,
+        version: &ModelVersion,
+    ) -> Result<()> {
+        self.fenced_on_task(
+            assignment,
+            vec![put(
+                self.version_key(&version.name, version.version),
+                encode(version),
+            )],
+        )
+        .await
+    }
+
+    /// A model's registered versions, oldest first.
+    pub async fn model_versions(&self, name: &str) -> Result<Vec<ModelVersion>> {
+        let mut out: Vec<ModelVersion> = self.values(&format!("models/{name}/versions/")).await?;
+        out.sort_by_key(|v| v.version);
+        Ok(out)
+    }
+
+    /// One registered version.
+    pub async fn model_version(&self, name: &str, version: u64) -> Result<Option<ModelVersion>> {
+        self.get_value(&self.version_key(name, version)).await
+    }
+
+    /// Names of the models with at least one registered version, sorted.
+    pub async fn model_names(&self) -> Result<Vec<String>> {
+        let prefix = self.key("models/");
+        let mut names: Vec<String> = self
+            .kv
+            .range(&prefix)
+            .await?
+            .iter()
+            .filter_map(|e| {
+                let rest = &e.key[prefix.len()..];
+                let (name, tail) = rest.split_once('/')?;
+                tail.starts_with("versions/").then(|| name.to_string())
+            })
+            .collect();
+        names.dedup();
+        Ok(names)
+    }
+
+    /// A model's deployment, if it was ever deployed.
+    pub async fn deployment(&self, name: &str) -> Result<Option<Deployment>> {
+        self.get_value(&self.deployment_key(name)).await
+    }
+
+    /// Every deployment, by name.
+    pub async fn deployments(&self) -> Result<Vec<Deployment>> {
+        self.values("deployments/").await
+    }
+
+    /// Change a model's deployment (any scheduler): compare-and-swap, retrying lost
+    /// races. Versions named by the change must be registered.
+    pub async fn change_deployment(&self, name: &str, change: &Change) -> Result<Deployment> {
+        let versions: Vec<u64> = self
+            .model_versions(name)
+            .await?
+            .iter()
+            .map(|v| v.version)
+            .collect();
+        if versions.is_empty() {
+            return Err(Error::invalid(
+                "deployment",
+                "model",
+                name,
+                "no version of this model is registered (see `halyard models`)",
+            ));
+        }
+        let key = self.deployment_key(name);
+        loop {
+            let (old, revision) = match self.kv.get(&key).await? {
+                Some(e) => {
+                    let v: Versioned<Deployment> = decode(&e)?;
+                    (v.value, v.revision)
+                }
+                None => (
+                    Deployment {
+                        name: name.to_string(),
+                        ..Deployment::default()
+                    },
+                    0,
+                ),
+            };
+            let new = old.apply(change, |v| versions.contains(&v))?;
+            let out = self
+                .cas(&key, revision, vec![put(key.clone(), encode(&new))])
+                .await?;
+            if out.succeeded {
+                return Ok(new);
+            }
+        }
+    }
+
+    /// Publish what an executor serves, bound to its lease (it vanishes with the executor).
+    pub async fn advertise_serving(&self, info: &ServingInfo, lease: i64) -> Result<()> {
+        self.kv
+            .txn(
+                Vec::new(),
+                vec![TxnOp::Put {
+                    key: self.serving_key(&info.executor),
+                    value: encode(info),
+                    lease: Some(lease),
+                }],
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Advertise the leader's SQL (Ballista) scheduler endpoint, under the leader's lease
+    /// and fenced on its leadership: it vanishes with the leader.
+    pub async fn advertise_sql_endpoint(
+        &self,
+        leadership: &Leadership,
+        endpoint: &str,
+    ) -> Result<()> {
+        let when = vec![Compare::ModRevision {
+            key: self.leader_key(),
+            revision: leadership.revision,
+        }];
+        let then = vec![TxnOp::Put {
+            key: self.sql_endpoint_key(),
+            value: endpoint.as_bytes().to_vec(),
+            lease: Some(leadership.lease),
+        }];
+        if self.kv.txn(when, then).await?.succeeded {
+            Ok(())
+        } else {
+            Err(Error::Fenced)
+        }
+    }
+
+    /// The SQL scheduler endpoint (`HOST:PORT`) of the current leader, if it runs one.
+    pub async fn sql_endpoint(&self) -> Result<Option<String>> {
+        self.get_text(&self.sql_endpoint_key()).await
+    }
+
+    /// What every live executor serves.
+    pub async fn serving(&self) -> Result<Vec<ServingInfo>> {
+        self.values("serving/").await
+    }
+
+    /// Add one outcome for a version: compare-and-swap, retrying lost races.
+    pub async fn record_outcome(
+        &self,
+        name: &str,
+        version: u64,
+        converted: bool,
+    ) -> Result<Outcomes> {
+        let key = self.outcomes_key(name, version);
+        loop {
+            let (mut counts, revision) = match self.kv.get(&key).await? {
+                Some(e) => {
+                    let v: Versioned<Outcomes> = decode(&e)?;
+                    (v.value, v.revision)
+                }
+                None => (Outcomes::default(), 0),
+            };
+            counts.trials += 1;
+            counts.conversions += u64::from(converted);
+            let out = self
+                .cas(&key, revision, vec![put(key.clone(), encode(&counts))])
+                .await?;
+            if out.succeeded {
+                return Ok(counts);
+            }
+        }
+    }
+
+    /// Outcomes recorded for each version of a model.
+    pub async fn outcomes(&self, name: &str) -> Result<Vec<(u64, Outcomes)>> {
+        let prefix = self.key(&format!("outcomes/{name}/"));
+        let mut out = Vec::new();
+        for e in self.kv.range(&prefix).await? {
+            let version = e.key[prefix.len()..].parse().map_err(|_| Error::Corrupt {
+                key: e.key.clone(),
+                message: "the key does not end in a version number".into(),
+            })?;
+            let counts: Versioned<Outcomes> = decode(&e)?;
+            out.push((version, counts.value));
+        }
+        out.sort_by_key(|(v, _)| *v);
+        Ok(out)
+    }
+}

@@ -1,0 +1,270 @@
+//! Training on a dedicated OS thread: the device, the models crate's configs from a
+//! spec, progress from the training loop, and the lineage recorded with a model.
+
+use std::ops::ControlFlow;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use bytes::Bytes;
+use datafusion::prelude::SessionContext;
+use halyard_core::coord::{Coordinator, Versioned};
+use halyard_core::data::digest;
+use halyard_core::data::{read_parquet_parts, read_table, sort_table};
+use halyard_core::records::{TaskAssignment, TaskProgress, TaskState, now_ms};
+use halyard_core::registry::ModelVersion;
+use halyard_core::spec::SPLIT_COLUMN;
+use halyard_core::spec::{
+    CategoricalEncoding, ClassWeight, DeviceKind, ForecastSpec, JobSpec, ModelKind, OptimizerKind,
+    SeriesLayout,
+};
+use halyard_core::store::{
+    S3Config, Store, feature_shard_path, features_dir, features_manifest_path, publish_model,
+    read_url,
+};
+use halyard_features::session::remote_context;
+use halyard_features::stage::{FeatureTable, run_stage};
+use halyard_models::artifact::{DataLineage, FORMAT, Manifest, tensor_shapes};
+use halyard_models::device::{GPU_BUILD, Placement};
+use halyard_models::forecast::data::{from_long_table, read_wide_csv};
+use halyard_models::forecast::nbeats::NBeatsTrainConfig;
+use halyard_models::forecast::{Series, split_last};
+use halyard_models::logistic::{Optimizer, TrainConfig};
+use halyard_models::pipeline::{
+    MemberReport, ResponseConfig, ResponseKind, TrainedModel, train_forecaster,
+    train_response_model,
+};
+use halyard_models::preprocess::{Encoding, FeatureConfig};
+use tokio::sync::{mpsc, oneshot};
+use tracing::{info, warn};
+
+use crate::error::{ExecutorError, Result};
+use crate::input::*;
+use crate::task::*;
+
+/// The training device for a job: `auto` takes the GPU when this build has GPU support and
+/// the executor advertises a GPU.
+pub fn placement(spec: &JobSpec, gpus: u32) -> Placement {
+    match spec.train.device {
+        DeviceKind::Cpu => Placement::Cpu,
+        DeviceKind::Gpu => Placement::Gpu,
+        DeviceKind::Auto if GPU_BUILD && gpus > 0 => Placement::Gpu,
+        DeviceKind::Auto => Placement::Cpu,
+    }
+}
+
+/// The models crate's configs from a job spec.
+pub(crate) fn model_configs(
+    spec: &JobSpec,
+    placement: Placement,
+) -> (FeatureConfig, ResponseConfig) {
+    let features = FeatureConfig {
+        label: spec.data.label.clone(),
+        positive: spec.data.positive.clone(),
+        exclude: spec.data.exclude.clone(),
+        categorical: spec.data.categorical.clone(),
+        encoding: match spec.model.encoding {
+            CategoricalEncoding::OneHot => Encoding::OneHot,
+            CategoricalEncoding::Hashed => Encoding::Hashed,
+        },
+        max_categories: spec.model.max_categories,
+        hash_buckets: spec.model.hash_buckets,
+        holdout_every: spec.train.holdout_every,
+        split_column: None,
+        numeric_buckets: spec.model.numeric_buckets,
+        crosses: spec.data.crosses.clone(),
+    };
+    let train = TrainConfig {
+        epochs: spec.train.epochs,
+        batch_size: spec.train.batch_size,
+        learning_rate: spec.train.learning_rate,
+        optimizer: match spec.train.optimizer {
+            OptimizerKind::Adam => Optimizer::Adam,
+            OptimizerKind::Sgd => Optimizer::Sgd,
+        },
+        l2: spec.model.l2,
+        weight_decay: spec.train.weight_decay,
+        patience: spec.train.patience,
+        positive_weight: 1.0,
+        seed: spec.train.seed,
+        placement,
+    };
+    let kind = match spec.model.kind {
+        ModelKind::Mlp => ResponseKind::Mlp {
+            hidden: spec.model.hidden.clone(),
+            max_embedding: spec.model.max_embedding,
+        },
+        // A forecaster's spec never reaches the response path (it has `[forecast]`).
+        ModelKind::LogisticRegression | ModelKind::Nbeats => ResponseKind::LogisticRegression,
+    };
+    (
+        features,
+        ResponseConfig {
+            kind,
+            train,
+            ensemble: spec.model.ensemble,
+            balance_classes: spec.train.class_weight == ClassWeight::Balanced,
+        },
+    )
+}
+
+/// The forecaster's training settings from a job spec.
+pub(crate) fn forecast_config(
+    f: &ForecastSpec,
+    spec: &JobSpec,
+    placement: Placement,
+) -> NBeatsTrainConfig {
+    NBeatsTrainConfig {
+        steps: f.steps,
+        batch_size: spec.train.batch_size,
+        learning_rate: spec.train.learning_rate,
+        history_horizons: f.history_horizons,
+        lookbacks: f.lookbacks.clone(),
+        blocks: f.blocks,
+        layers: f.layers,
+        width: f.width,
+        seed: spec.train.seed,
+        placement,
+    }
+}
+
+/// A progress line from the training thread.
+#[derive(Debug, Clone)]
+pub struct Progress {
+    /// Epoch (response models) or step (forecasters).
+    pub epoch: u32,
+    /// Training loss.
+    pub loss: f64,
+    /// A line for the job's log.
+    pub line: String,
+}
+
+pub(crate) type Trained = (TrainedModel, DataLineage);
+
+/// Train on a dedicated OS thread (training is CPU-bound and must not stall the runtime).
+/// Progress lines arrive on the channel; the result on the oneshot.
+pub fn spawn_training(
+    name: &str,
+    input: Input,
+    spec: JobSpec,
+    placement: Placement,
+    cancel: Arc<AtomicBool>,
+) -> Result<(
+    mpsc::UnboundedReceiver<Progress>,
+    oneshot::Receiver<Result<Trained>>,
+)> {
+    let (tx, rx) = mpsc::unbounded_channel::<Progress>();
+    let (done_tx, done_rx) = oneshot::channel();
+    std::thread::Builder::new()
+        .name(format!("train-{name}"))
+        .spawn(move || {
+            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                train_blocking(&input, &spec, placement, &cancel, &tx)
+            }))
+            .unwrap_or_else(|p| Err(ExecutorError::Panicked(panic_message(p.as_ref()))));
+            let _ = done_tx.send(result);
+        })
+        .map_err(|e| ExecutorError::Panicked(e.to_string()))?;
+    Ok((rx, done_rx))
+}
+
+/// What a caught panic said.
+pub(crate) fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
+    p.downcast_ref::<String>()
+        .cloned()
+        .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_default()
+}
+
+/// A response model's epoch for the job's log: `[member m/M ]epoch e/E loss l[ validation
+/// log loss v]`.
+pub(crate) fn epoch_line(r: &MemberReport) -> String {
+    let e = &r.epoch;
+    let member = if r.members > 1 {
+        format!("member {}/{} ", r.member + 1, r.members)
+    } else {
+        String::new()
+    };
+    let valid = e
+        .valid_loss
+        .map(|v| format!(" validation log loss {v:.5}"))
+        .unwrap_or_default();
+    format!(
+        "{member}epoch {}/{} loss {:.5}{valid}",
+        e.epoch, e.epochs, e.loss
+    )
+}
+
+/// Parse and train, on the calling (dedicated) thread.
+fn train_blocking(
+    input: &Input,
+    spec: &JobSpec,
+    placement: Placement,
+    cancel: &AtomicBool,
+    reports: &mpsc::UnboundedSender<Progress>,
+) -> Result<(TrainedModel, DataLineage)> {
+    let flow = || {
+        if cancel.load(Ordering::Relaxed) {
+            ControlFlow::Break(())
+        } else {
+            ControlFlow::Continue(())
+        }
+    };
+    if let Some(f) = &spec.forecast {
+        let series = read_series(input, spec, f)?;
+        let (train, test) = (series.train, series.test);
+        let tc = forecast_config(f, spec, placement);
+        let trained = train_forecaster(&train, &test, f.horizon, f.period, &tc, |r| {
+            let _ = reports.send(Progress {
+                // Steps over all members, the units of JobSpec::progress_total.
+                epoch: u32::try_from(r.member * r.steps + r.step).unwrap_or(u32::MAX),
+                loss: r.loss,
+                line: format!(
+                    "member {}/{} step {}/{} scaled MAE {:.5}",
+                    r.member + 1,
+                    r.members,
+                    r.step,
+                    r.steps,
+                    r.loss
+                ),
+            });
+            flow()
+        })?;
+        let lineage = lineage(
+            input.location(spec),
+            series.digest,
+            series.in_source,
+            &trained,
+        );
+        return Ok((trained, lineage));
+    }
+    let table = input.table(spec)?;
+    let (mut features, rc) = model_configs(spec, placement);
+    if input.features.is_some() {
+        features.split_column = Some(SPLIT_COLUMN.to_string());
+    }
+    let trained = train_response_model(&table.batches, &features, &rc, |r| {
+        let _ = reports.send(Progress {
+            epoch: r.epoch.epoch,
+            loss: r.epoch.loss,
+            line: epoch_line(&r),
+        });
+        flow()
+    })?;
+    let lineage = lineage(input.location(spec), table.digest, table.rows, &trained);
+    Ok((trained, lineage))
+}
+
+pub(crate) fn lineage(
+    source: &str,
+    digest: String,
+    rows: usize,
+    trained: &TrainedModel,
+) -> DataLineage {
+    DataLineage {
+        source: source.to_string(),
+        digest,
+        rows,
+        train_rows: trained.train_rows,
+        test_rows: trained.test_rows,
+    }
+}

@@ -1,0 +1,258 @@
+//! The door of every node's port: each request, HTTP or gRPC, is matched against the route
+//! table ([`ROUTES`]) and its key checked against the role matrix
+//! ([`halyard_core::auth::MATRIX`]) before any handler runs. A route missing from the
+//! table is refused, so a new route cannot be open by mistake.
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::header::{AUTHORIZATION, CONTENT_TYPE};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use halyard_core::Failure;
+use halyard_core::auth::{Action, Verifier, bearer};
+
+use crate::api::ApiError;
+
+/// Who may call a route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Anyone: health checks, which say nothing but "up".
+    Open,
+    /// A key whose role may do this.
+    Key(Action),
+    /// A key whose role may do this on the model the path names (`/v1/models/{name}…`).
+    ModelKey(Action),
+}
+
+/// Every route of a node's port: method, path (`{model}` stands for one path segment),
+/// and who may call it.
+pub const ROUTES: &[(&str, &str, Access)] = &[
+    (
+        "POST",
+        "/halyard.v1.JobService/Submit",
+        Access::Key(Action::Submit),
+    ),
+    (
+        "POST",
+        "/halyard.v1.JobService/GetJob",
+        Access::Key(Action::ReadJobs),
+    ),
+    (
+        "POST",
+        "/halyard.v1.JobService/ListJobs",
+        Access::Key(Action::ReadJobs),
+    ),
+    (
+        "POST",
+        "/halyard.v1.JobService/Cancel",
+        Access::Key(Action::CancelOwn),
+    ),
+    (
+        "POST",
+        "/halyard.v1.JobService/Resume",
+        Access::Key(Action::Submit),
+    ),
+    (
+        "POST",
+        "/halyard.v1.JobService/Watch",
+        Access::Key(Action::ReadJobs),
+    ),
+    (
+        "POST",
+        "/halyard.v1.JobService/Logs",
+        Access::Key(Action::ReadJobs),
+    ),
+    (
+        "POST",
+        "/halyard.v1.JobService/ClusterStatus",
+        Access::Key(Action::ReadJobs),
+    ),
+    (
+        "POST",
+        "/halyard.v1.ModelService/ListModels",
+        Access::Key(Action::ReadModels),
+    ),
+    (
+        "POST",
+        "/halyard.v1.ModelService/GetModel",
+        Access::Key(Action::ReadModels),
+    ),
+    (
+        "POST",
+        "/halyard.v1.ModelService/Deploy",
+        Access::Key(Action::Deploy),
+    ),
+    (
+        "POST",
+        "/halyard.v1.ModelService/Experiment",
+        Access::Key(Action::ReadModels),
+    ),
+    // The model of a gRPC prediction is in its body: the handler checks the key's scope.
+    (
+        "POST",
+        "/halyard.v1.PredictionService/Predict",
+        Access::Key(Action::Predict),
+    ),
+    (
+        "POST",
+        "/halyard.v1.PredictionService/Forecast",
+        Access::Key(Action::Predict),
+    ),
+    (
+        "POST",
+        "/halyard.v1.PredictionService/Feedback",
+        Access::Key(Action::Predict),
+    ),
+    (
+        "POST",
+        "/halyard.v1.PredictionService/GetSchema",
+        Access::Key(Action::Predict),
+    ),
+    (
+        "POST",
+        "/halyard.v1.CollectiveService/Push",
+        Access::Key(Action::Internal),
+    ),
+    (
+        "POST",
+        "/halyard.v1.KeyService/CreateKey",
+        Access::Key(Action::ManageKeys),
+    ),
+    (
+        "POST",
+        "/halyard.v1.KeyService/ListKeys",
+        Access::Key(Action::ManageKeys),
+    ),
+    (
+        "POST",
+        "/halyard.v1.KeyService/RevokeKey",
+        Access::Key(Action::ManageKeys),
+    ),
+    ("POST", "/grpc.health.v1.Health/Check", Access::Open),
+    ("POST", "/grpc.health.v1.Health/Watch", Access::Open),
+    ("GET", "/v1/models", Access::Key(Action::ReadModels)),
+    (
+        "GET",
+        "/v1/models/{model}",
+        Access::ModelKey(Action::Predict),
+    ),
+    (
+        "POST",
+        "/v1/models/{model}",
+        Access::ModelKey(Action::Predict),
+    ),
+    ("GET", "/healthz", Access::Open),
+];
+
+/// The access rule of `method path`, and the model the path names; `None`: no such route.
+pub fn route(method: &str, path: &str) -> Option<(Access, Option<String>)> {
+    ROUTES.iter().find_map(|(m, pattern, access)| {
+        if *m != method {
+            return None;
+        }
+        match pattern.strip_suffix("{model}") {
+            Some(prefix) => {
+                let rest = path.strip_prefix(prefix)?;
+                if rest.is_empty() || rest.contains('/') {
+                    return None;
+                }
+                // `name:predict` names the model `name`.
+                let model = rest.split_once(':').map_or(rest, |(name, _)| name);
+                Some((*access, Some(model.to_string())))
+            }
+            None => (*pattern == path).then_some((*access, None)),
+        }
+    })
+}
+
+/// The key a request carries (`authorization: Bearer hk_…`, an HTTP header or gRPC
+/// metadata alike).
+pub fn token_of(req: &Request) -> Option<&str> {
+    req.headers()
+        .get(AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(bearer)
+}
+
+/// A refusal in the caller's protocol: a gRPC status, or an HTTP status with a JSON body.
+fn refuse(grpc: bool, failure: Failure, message: String) -> Response {
+    if grpc {
+        failure.status(message).into_http::<Body>().into_response()
+    } else {
+        ApiError::new(failure, message).into_response()
+    }
+}
+
+/// The middleware: let the request through with its [`halyard_core::auth::Caller`] in its
+/// extensions, or refuse it (401 no usable key, 403 a key without the right, 404 no such
+/// route).
+pub async fn guard(State(verifier): State<Verifier>, mut req: Request, next: Next) -> Response {
+    let grpc = req
+        .headers()
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|c| c.starts_with("application/grpc"));
+    let (access, model) = match route(req.method().as_str(), req.uri().path()) {
+        Some(r) => r,
+        None => {
+            let message = format!("no route {} {}", req.method(), req.uri().path());
+            return refuse(grpc, Failure::NotFound, message);
+        }
+    };
+    let action = match access {
+        Access::Open => return next.run(req).await,
+        Access::Key(action) | Access::ModelKey(action) => action,
+    };
+    match verifier
+        .check(token_of(&req), action, model.as_deref())
+        .await
+    {
+        Ok(caller) => {
+            req.extensions_mut().insert(caller);
+            next.run(req).await
+        }
+        Err(denied) => {
+            tracing::info!(path = %req.uri().path(), reason = %denied, "request refused");
+            refuse(grpc, denied.failure(), denied.to_string())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes_match_whole_paths_and_name_the_model() {
+        let model = |m: &str| Some(m.to_string());
+        // (method, path, rule)
+        let table: [(&str, &str, Option<(Access, Option<String>)>); 7] = [
+            (
+                "POST",
+                "/halyard.v1.JobService/Submit",
+                Some((Access::Key(Action::Submit), None)),
+            ),
+            ("GET", "/halyard.v1.JobService/Submit", None),
+            ("POST", "/halyard.v1.JobService/SubmitAll", None),
+            (
+                "POST",
+                "/v1/models/churn:predict",
+                Some((Access::ModelKey(Action::Predict), model("churn"))),
+            ),
+            (
+                "GET",
+                "/v1/models/churn",
+                Some((Access::ModelKey(Action::Predict), model("churn"))),
+            ),
+            ("GET", "/v1/models/churn/x", None),
+            (
+                "GET",
+                "/v1/models",
+                Some((Access::Key(Action::ReadModels), None)),
+            ),
+        ];
+        for (method, path, rule) in table {
+            assert_eq!(route(method, path), rule, "{method} {path}");
+        }
+    }
+}

@@ -1,0 +1,285 @@
+//! Secure by default, on real processes over a real etcd: every route of the scheduler's
+//! and an executor's port answers each credential (none, unknown, expired, revoked, and a
+//! key of every role) as the role matrix says; every gRPC method the protocol declares is
+//! in the route table; a revoked key is refused by another node within 5 s; a node asked
+//! to listen beyond loopback without a key file refuses to start and says why.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{EtcdCluster, free_port, wait_for};
+use halyard_client::proto::CreateKeyRequest;
+use halyard_core::auth::{Role, allows};
+use halyard_serving::access::{Access, ROUTES};
+
+/// What a route answered: the HTTP status, and for gRPC the `grpc-status` of a
+/// trailers-only answer (a refusal; an answer with a body carries it in trailers).
+async fn call(
+    http: &reqwest::Client,
+    addr: &str,
+    method: &str,
+    path: &str,
+    key: Option<&str>,
+) -> (u16, Option<String>) {
+    let grpc = path.starts_with("/halyard.") || path.starts_with("/grpc.");
+    let path = path.replace("{model}", "allowed-model:predict");
+    let mut req = match method {
+        "GET" => http.get(format!("http://{addr}{path}")),
+        _ => http.post(format!("http://{addr}{path}")),
+    };
+    if grpc {
+        // One empty message: the 5-byte frame header of a zero-length message.
+        req = req
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .body(vec![0u8; 5]);
+    } else if method == "POST" {
+        req = req.header("content-type", "application/json").body("{}");
+    }
+    if let Some(k) = key {
+        req = req.header("authorization", format!("Bearer {k}"));
+    }
+    let resp = req
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{method} {path}: {e}"));
+    let status = resp.status().as_u16();
+    let grpc_status = resp
+        .headers()
+        .get("grpc-status")
+        .map(|v| v.to_str().unwrap().to_string());
+    (status, grpc_status)
+}
+
+/// Whether the answer is the door's refusal: 401/403, or gRPC UNAUTHENTICATED (16) /
+/// PERMISSION_DENIED (7).
+fn refused(answer: &(u16, Option<String>)) -> Option<&'static str> {
+    match answer {
+        (401, _) => Some("401"),
+        (403, _) => Some("403"),
+        (_, Some(s)) if s == "16" => Some("401"),
+        (_, Some(s)) if s == "7" => Some("403"),
+        _ => None,
+    }
+}
+
+async fn make_key(
+    admin: &halyard_client::Client,
+    role: &str,
+    models: &str,
+    expires: &str,
+) -> String {
+    admin
+        .create_key(CreateKeyRequest {
+            name: format!("test-{role}"),
+            role: role.into(),
+            models: models.into(),
+            expires: expires.into(),
+        })
+        .await
+        .unwrap()
+        .token
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_route_answers_each_credential_as_the_role_matrix_says() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cl = EtcdCluster::new(tmp.path(), "security");
+    let api = format!("127.0.0.1:{}", free_port());
+    let _scheduler = cl.scheduler("sec-scheduler", &api);
+    let (_executor, exec_addr) = cl.executor("sec-exec");
+    let admin = cl.connect(&api).await;
+    wait_for("the executor", Duration::from_secs(30), || async {
+        (admin.cluster().await.ok()?.executors.len() == 1).then_some(())
+    })
+    .await;
+    let admin_key = cl.admin_key().await;
+    let mut keys = vec![(Role::Admin, admin_key.clone())];
+    for role in [
+        Role::Operator,
+        Role::Submitter,
+        Role::Predictor,
+        Role::Viewer,
+    ] {
+        let models = if role == Role::Predictor {
+            "allowed-*"
+        } else {
+            ""
+        };
+        keys.push((role, make_key(&admin, role.as_str(), models, "").await));
+    }
+    let expired = make_key(&admin, "admin", "", "1s").await;
+    let revoked = make_key(&admin, "admin", "", "").await;
+    let revoked_id = revoked[3..15].to_string();
+    admin.revoke_key(&revoked_id).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let unknown = format!("hk_0123456789ab_{}", "0".repeat(64));
+
+    let http = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    let mut checked = 0;
+    for addr in [api.as_str(), exec_addr.as_str()] {
+        for (method, path, access) in ROUTES {
+            let action = match access {
+                Access::Open => {
+                    let answer = call(&http, addr, method, path, None).await;
+                    assert_eq!(
+                        refused(&answer),
+                        None,
+                        "open route {method} {path} at {addr}: {answer:?}"
+                    );
+                    continue;
+                }
+                Access::Key(a) | Access::ModelKey(a) => *a,
+            };
+            for (what, key) in [
+                ("no key", None),
+                ("unknown key", Some(unknown.as_str())),
+                ("expired key", Some(expired.as_str())),
+                ("revoked key", Some(revoked.as_str())),
+            ] {
+                let answer = call(&http, addr, method, path, key).await;
+                assert_eq!(
+                    refused(&answer),
+                    Some("401"),
+                    "{what} on {method} {path} at {addr}: {answer:?}"
+                );
+            }
+            for (role, key) in &keys {
+                let answer = call(&http, addr, method, path, Some(key)).await;
+                let want = if allows(*role, action) {
+                    None
+                } else {
+                    Some("403")
+                };
+                assert_eq!(
+                    refused(&answer),
+                    want,
+                    "{role} on {method} {path} at {addr}: {answer:?}"
+                );
+                checked += 1;
+            }
+        }
+    }
+    assert!(
+        checked >= 2 * 20 * 5,
+        "checked {checked} route and role pairs"
+    );
+
+    // A predictor scores only the models its pattern matches.
+    let predictor = &keys.iter().find(|(r, _)| *r == Role::Predictor).unwrap().1;
+    let other = http
+        .post(format!("http://{api}/v1/models/churn:predict"))
+        .header("authorization", format!("Bearer {predictor}"))
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(other.status().as_u16(), 403);
+    let body = other.text().await.unwrap();
+    assert!(
+        body.contains("allowed-*") && body.contains("churn"),
+        "{body}"
+    );
+    // A request without a key says what to do.
+    let bare = http
+        .get(format!("http://{api}/v1/models"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bare.status().as_u16(), 401);
+    assert!(bare.text().await.unwrap().contains("authorization: Bearer"));
+}
+
+#[test]
+fn every_grpc_method_of_the_protocol_is_in_the_route_table() {
+    let proto = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/core/proto/halyard.proto"
+    ))
+    .unwrap();
+    let mut service = "";
+    let mut methods = Vec::new();
+    for line in proto.lines().map(str::trim) {
+        if let Some(rest) = line.strip_prefix("service ") {
+            service = rest.split_whitespace().next().unwrap();
+        } else if let Some(rest) = line.strip_prefix("rpc ") {
+            let name = rest.split('(').next().unwrap().trim();
+            methods.push(format!("/halyard.v1.{service}/{name}"));
+        }
+    }
+    assert!(methods.len() >= 20, "{methods:?}");
+    for m in &methods {
+        assert!(
+            ROUTES
+                .iter()
+                .any(|(verb, path, _)| *verb == "POST" && path == m),
+            "{m} is not in halyard_serving::access::ROUTES: give it an action there and in docs/security.md"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_key_is_refused_by_another_node_within_five_seconds() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cl = EtcdCluster::new(tmp.path(), "revoke");
+    let api = format!("127.0.0.1:{}", free_port());
+    let _scheduler = cl.scheduler("rev-scheduler", &api);
+    let (_executor, exec_addr) = cl.executor("rev-exec");
+    let admin = cl.connect(&api).await;
+    let viewer = make_key(&admin, "viewer", "", "").await;
+    let http = reqwest::Client::new();
+    let models = |addr: String| {
+        let (http, viewer) = (http.clone(), viewer.clone());
+        async move {
+            http.get(format!("http://{addr}/v1/models"))
+                .header("authorization", format!("Bearer {viewer}"))
+                .send()
+                .await
+                .map(|r| r.status().as_u16())
+                .ok()
+        }
+    };
+    // The executor knows the key (and caches it) before it is revoked.
+    wait_for(
+        "the executor to accept the key",
+        Duration::from_secs(30),
+        || async { (models(exec_addr.clone()).await == Some(200)).then_some(()) },
+    )
+    .await;
+    let revoked_at = Instant::now();
+    admin.revoke_key(&viewer[3..15]).await.unwrap();
+    wait_for(
+        "the executor to refuse the key",
+        Duration::from_secs(10),
+        || async { (models(exec_addr.clone()).await == Some(401)).then_some(()) },
+    )
+    .await;
+    let took = revoked_at.elapsed();
+    eprintln!("revocation reached the executor in {took:?}");
+    assert!(took < Duration::from_secs(5), "took {took:?}");
+}
+
+#[test]
+fn a_node_beyond_loopback_without_a_key_file_refuses_to_start() {
+    let tmp = tempfile::tempdir().unwrap();
+    let missing = tmp.path().join("no-such-admin.key");
+    let listen = format!("0.0.0.0:{}", free_port());
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_halyard"))
+        .args(["standalone", "--listen", &listen, "--data-dir"])
+        .arg(tmp.path().join("state"))
+        .arg("--key-file")
+        .arg(&missing)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "it started: {stderr}");
+    assert!(
+        stderr.contains("key_file") && stderr.contains("HALYARD_KEY_FILE"),
+        "{stderr}"
+    );
+    assert!(!missing.exists(), "it wrote a key file");
+}
