@@ -29,11 +29,10 @@ async fn call(
         _ => http.post(format!("http://{addr}{path}")),
     };
     if grpc {
-        // One empty message: the 5-byte frame header of a zero-length message.
         req = req
             .header("content-type", "application/grpc")
             .header("te", "trailers")
-            .body(vec![0u8; 5]);
+            .body(grpc_frame(&path));
     } else if method == "POST" {
         req = req.header("content-type", "application/json").body("{}");
     }
@@ -50,6 +49,21 @@ async fn call(
         .get("grpc-status")
         .map(|v| v.to_str().unwrap().to_string());
     (status, grpc_status)
+}
+
+/// One gRPC message for `path`: empty, but for the prediction service's, whose field 1 is
+/// the model (`allowed-model`, inside the predictor key's pattern).
+fn grpc_frame(path: &str) -> Vec<u8> {
+    let mut message = Vec::new();
+    if path.contains("PredictionService") {
+        let model = b"allowed-model";
+        message.extend_from_slice(&[0x0a, model.len() as u8]);
+        message.extend_from_slice(model);
+    }
+    let mut frame = vec![0u8];
+    frame.extend_from_slice(&(message.len() as u32).to_be_bytes());
+    frame.extend_from_slice(&message);
+    frame
 }
 
 /// Whether the answer is the door's refusal: 401/403, or gRPC UNAUTHENTICATED (16) /

@@ -91,13 +91,21 @@ fn effect(table: &[(&str, f64)], name: &str) -> f64 {
 /// The columns of a `responses.csv` row that drive `responded` ([`EFFECTS`]).
 #[derive(Debug, Clone, Copy)]
 pub struct Customer<'a> {
+    /// Yearly income.
     pub income: f64,
+    /// Campaigns answered before (0 to 5).
     pub previous_responses: u32,
+    /// Days since the last contact.
     pub days_since_last_contact: u32,
+    /// E-mails opened in the last 30 days.
     pub emails_opened_30d: u32,
+    /// Customer segment.
     pub segment: &'a str,
+    /// Contact channel.
     pub channel: &'a str,
+    /// Campaign.
     pub campaign: &'a str,
+    /// Offer made.
     pub offer: &'a str,
 }
 

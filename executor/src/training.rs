@@ -5,29 +5,13 @@ use std::ops::ControlFlow;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use bytes::Bytes;
-use datafusion::prelude::SessionContext;
-use halyard_core::coord::{Coordinator, Versioned};
-use halyard_core::data::digest;
-use halyard_core::data::{read_parquet_parts, read_table, sort_table};
-use halyard_core::records::{TaskAssignment, TaskProgress, TaskState, now_ms};
-use halyard_core::registry::ModelVersion;
 use halyard_core::spec::SPLIT_COLUMN;
 use halyard_core::spec::{
     CategoricalEncoding, ClassWeight, DeviceKind, ForecastSpec, JobSpec, ModelKind, OptimizerKind,
-    SeriesLayout,
 };
-use halyard_core::store::{
-    S3Config, Store, feature_shard_path, features_dir, features_manifest_path, publish_model,
-    read_url,
-};
-use halyard_features::session::remote_context;
-use halyard_features::stage::{FeatureTable, run_stage};
-use halyard_models::artifact::{DataLineage, FORMAT, Manifest, tensor_shapes};
+use halyard_models::artifact::DataLineage;
 use halyard_models::device::{GPU_BUILD, Placement};
-use halyard_models::forecast::data::{from_long_table, read_wide_csv};
 use halyard_models::forecast::nbeats::NBeatsTrainConfig;
-use halyard_models::forecast::{Series, split_last};
 use halyard_models::logistic::{Optimizer, TrainConfig};
 use halyard_models::pipeline::{
     MemberReport, ResponseConfig, ResponseKind, TrainedModel, train_forecaster,
@@ -35,11 +19,9 @@ use halyard_models::pipeline::{
 };
 use halyard_models::preprocess::{Encoding, FeatureConfig};
 use tokio::sync::{mpsc, oneshot};
-use tracing::{info, warn};
 
 use crate::error::{ExecutorError, Result};
 use crate::input::*;
-use crate::task::*;
 
 /// The training device for a job: `auto` takes the GPU when this build has GPU support and
 /// the executor advertises a GPU.

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use halyard_core::config::SchedulerConfig;
 use halyard_core::coord::{Coordinator, Leadership, Versioned};
 use halyard_core::records::{
-    ExecutorInfo, JobRecord, JobState, TaskAssignment, TaskState, append_lines, now_ms,
+    ExecutorInfo, JobRecord, JobState, TaskAssignment, append_lines, now_ms,
 };
 use halyard_core::search::{Next, SearchState, TrialState, best_trial, next_step};
 use halyard_core::{Error, Result};

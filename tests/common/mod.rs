@@ -12,7 +12,7 @@ use halyard_core::proto::JobInfo;
 use halyard_core::spec::JobSpec;
 
 /// A free TCP port on loopback.
-pub fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -21,21 +21,21 @@ pub fn free_port() -> u16 {
 }
 
 /// The etcd the tests use (`.ci/run` starts it and sets `HALYARD_TEST_ETCD`).
-pub fn etcd_endpoint() -> String {
+pub(crate) fn etcd_endpoint() -> String {
     std::env::var("HALYARD_TEST_ETCD").expect(
         "HALYARD_TEST_ETCD is not set: cluster tests need a real etcd; run .ci/run, which starts one",
     )
 }
 
 /// A spawned `halyard` process.
-pub struct Proc {
+pub(crate) struct Proc {
     pub name: String,
     pub child: Child,
     pub log: PathBuf,
 }
 
 impl Proc {
-    pub fn spawn(name: &str, dir: &Path, args: &[&str]) -> Proc {
+    pub(crate) fn spawn(name: &str, dir: &Path, args: &[&str]) -> Proc {
         let log = dir.join(format!("{name}.log"));
         let file = std::fs::File::create(&log).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_halyard"))
@@ -53,7 +53,7 @@ impl Proc {
     }
 
     /// kill -9.
-    pub fn kill(&mut self) {
+    pub(crate) fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -74,7 +74,7 @@ impl Drop for Proc {
 }
 
 /// Poll `f` until it returns `Some`, or panic after `timeout` naming `what`.
-pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut f: F) -> T
+pub(crate) async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut f: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Option<T>>,
@@ -92,7 +92,7 @@ where
 }
 
 /// Connect to a scheduler once it answers, with the API key `key`.
-pub async fn connect(addr: &str, key: &str) -> Client {
+pub(crate) async fn connect(addr: &str, key: &str) -> Client {
     wait_for(
         &format!("scheduler at {addr}"),
         Duration::from_secs(30),
@@ -103,7 +103,7 @@ pub async fn connect(addr: &str, key: &str) -> Client {
 
 /// A standalone cluster in this process with `executors` executors and its state under
 /// `dir/state`, and a client connected to it.
-pub async fn standalone(dir: &Path, executors: u32) -> (halyard::Standalone, Client) {
+pub(crate) async fn standalone(dir: &Path, executors: u32) -> (halyard::Standalone, Client) {
     let settings = halyard_core::config::Settings {
         listen: Some("127.0.0.1:0".into()),
         data_dir: Some(dir.join("state")),
@@ -116,17 +116,17 @@ pub async fn standalone(dir: &Path, executors: u32) -> (halyard::Standalone, Cli
 }
 
 /// A client of a standalone cluster, with its admin key.
-pub async fn client_of(cluster: &halyard::Standalone) -> Client {
+pub(crate) async fn client_of(cluster: &halyard::Standalone) -> Client {
     connect(&cluster.scheduler.addr.to_string(), &cluster.admin_key).await
 }
 
 /// An HTTP client that sends the API key `key` with every request.
-pub fn http_client(key: &str) -> reqwest::Client {
+pub(crate) fn http_client(key: &str) -> reqwest::Client {
     http_builder(key).build().unwrap()
 }
 
 /// The builder of [`http_client`], for other settings.
-pub fn http_builder(key: &str) -> reqwest::ClientBuilder {
+pub(crate) fn http_builder(key: &str) -> reqwest::ClientBuilder {
     let mut auth = reqwest::header::HeaderValue::from_str(&format!("Bearer {key}")).unwrap();
     auth.set_sensitive(true);
     reqwest::Client::builder().default_headers(reqwest::header::HeaderMap::from_iter([(
@@ -136,7 +136,7 @@ pub fn http_builder(key: &str) -> reqwest::ClientBuilder {
 }
 
 /// A job's log (scheduler events and executor progress) as one text.
-pub async fn log_text(client: &Client, id: &str) -> String {
+pub(crate) async fn log_text(client: &Client, id: &str) -> String {
     let lines: Vec<String> = client
         .logs(id)
         .await
@@ -148,7 +148,7 @@ pub async fn log_text(client: &Client, id: &str) -> String {
 }
 
 /// Write a response-model spec for `data` and parse it as the client does.
-pub fn spec(dir: &Path, name: &str, data: &Path, epochs: u32, batch: usize) -> JobSpec {
+pub(crate) fn spec(dir: &Path, name: &str, data: &Path, epochs: u32, batch: usize) -> JobSpec {
     let path = dir.join(format!("{name}.toml"));
     std::fs::write(
         &path,
@@ -163,7 +163,7 @@ pub fn spec(dir: &Path, name: &str, data: &Path, epochs: u32, batch: usize) -> J
 }
 
 /// Wait until the job ends; returns its final state.
-pub async fn wait_done(client: &Client, id: &str, timeout: Duration) -> JobInfo {
+pub(crate) async fn wait_done(client: &Client, id: &str, timeout: Duration) -> JobInfo {
     wait_for(&format!("job {id} to end"), timeout, || async {
         let j = client.job(id).await.ok()?;
         matches!(j.state.as_str(), "succeeded" | "failed" | "cancelled").then_some(j)
@@ -172,7 +172,7 @@ pub async fn wait_done(client: &Client, id: &str, timeout: Duration) -> JobInfo 
 }
 
 /// Versions of a model published in a `file://` store folder.
-pub fn published_versions(store: &Path, name: &str) -> Vec<u64> {
+pub(crate) fn published_versions(store: &Path, name: &str) -> Vec<u64> {
     let dir = store.join("models").join(name);
     let mut v: Vec<u64> = std::fs::read_dir(&dir)
         .map(|rd| {
@@ -186,7 +186,7 @@ pub fn published_versions(store: &Path, name: &str) -> Vec<u64> {
 
 /// Processes of one cluster on a real etcd: the key root, the store, the admin key file
 /// and the flags they share (2 s leases, so lost nodes are noticed quickly).
-pub struct EtcdCluster {
+pub(crate) struct EtcdCluster {
     pub dir: PathBuf,
     pub etcd: String,
     pub root: String,
@@ -195,7 +195,7 @@ pub struct EtcdCluster {
 
 impl EtcdCluster {
     /// A cluster under its own key root, storing in `dir/store`.
-    pub fn new(dir: &Path, name: &str) -> EtcdCluster {
+    pub(crate) fn new(dir: &Path, name: &str) -> EtcdCluster {
         EtcdCluster {
             dir: dir.to_path_buf(),
             etcd: etcd_endpoint(),
@@ -227,12 +227,12 @@ impl EtcdCluster {
     }
 
     /// The admin key file every process of the cluster shares (the first one makes it).
-    pub fn key_file(&self) -> PathBuf {
+    pub(crate) fn key_file(&self) -> PathBuf {
         self.dir.join("admin.key")
     }
 
     /// The cluster's admin key, once its first process has written it.
-    pub async fn admin_key(&self) -> String {
+    pub(crate) async fn admin_key(&self) -> String {
         let file = self.key_file();
         wait_for(
             "the cluster's admin key",
@@ -248,17 +248,17 @@ impl EtcdCluster {
     }
 
     /// A client of the scheduler at `addr`, with the cluster's admin key.
-    pub async fn connect(&self, addr: &str) -> Client {
+    pub(crate) async fn connect(&self, addr: &str) -> Client {
         connect(addr, &self.admin_key().await).await
     }
 
     /// A scheduler `id` listening on `listen`.
-    pub fn scheduler(&self, id: &str, listen: &str) -> Proc {
+    pub(crate) fn scheduler(&self, id: &str, listen: &str) -> Proc {
         self.spawn("scheduler", id, listen, &[])
     }
 
     /// An executor `id` with one slot on a free port; returns it and its address.
-    pub fn executor(&self, id: &str) -> (Proc, String) {
+    pub(crate) fn executor(&self, id: &str) -> (Proc, String) {
         let listen = format!("127.0.0.1:{}", free_port());
         let extra = ["--store", &self.store_url, "--cpu-slots", "1"];
         (self.spawn("executor", id, &listen, &extra), listen)

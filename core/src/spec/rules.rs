@@ -143,7 +143,7 @@ impl JobSpec {
             ),
             rule(
                 "crosses",
-                format!("{short_cross:?}"),
+                short_cross.map_or(String::new(), |c| format!("{c:?}")),
                 short_cross.is_none(),
                 "each cross must list at least two columns",
             ),
