@@ -142,8 +142,7 @@ pub async fn start_executor(cfg: ExecutorConfig, coord: Coordinator) -> Result<E
         store,
         info,
         lease,
-        boxes,
-        bearer,
+        Peers { boxes, bearer },
         shutdown_rx,
     ));
     Ok(ExecutorHandle {
@@ -186,6 +185,13 @@ struct Running {
     handle: JoinHandle<()>,
 }
 
+/// What the tasks of a data-parallel group need to reach their peers: the mailboxes their
+/// chunks arrive in, and the node's key for pushing to the next rank.
+struct Peers {
+    boxes: halyard_collective::Mailboxes,
+    bearer: BearerKey,
+}
+
 /// The executor's loop: keep the lease alive, start assigned tasks, stop revoked ones.
 async fn run(
     cfg: ExecutorConfig,
@@ -193,10 +199,10 @@ async fn run(
     store: Store,
     info: ExecutorInfo,
     lease_cell: Arc<AtomicI64>,
-    boxes: halyard_collective::Mailboxes,
-    bearer: BearerKey,
+    peers: Peers,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    let Peers { boxes, bearer } = peers;
     let mut lease = lease_cell.load(Ordering::Relaxed);
     let renew_every = cfg.lease_ttl / 3;
     let mut renewed = std::time::Instant::now();

@@ -13,8 +13,8 @@ use halyard_models::pipeline::TrainedModel;
 use tracing::{info, warn};
 
 use crate::error::{ExecutorError, Result};
-use crate::input::*;
-use crate::training::*;
+use crate::input::{feature_input, read_inputs, sql_context};
+use crate::training::{Trained, placement, spawn_training};
 
 /// Report, unless the assignment is gone; `false` means the task must stop. Only rank 0 of
 /// a data-parallel group reports (the others stop when the leader takes their task away).

@@ -21,7 +21,7 @@ use halyard_models::preprocess::{Encoding, FeatureConfig};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::error::{ExecutorError, Result};
-use crate::input::*;
+use crate::input::{Input, read_series};
 
 /// The training device for a job: `auto` takes the GPU when this build has GPU support and
 /// the executor advertises a GPU.

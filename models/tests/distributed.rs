@@ -211,10 +211,8 @@ fn run(
         })
         .collect();
     let mut results: Vec<_> = handles.into_iter().map(|h| h.join().unwrap()).collect();
-    for r in &results[1..] {
-        if let Ok((m, _)) = r {
-            assert!(m.is_none(), "only rank 0 returns the model");
-        }
+    for (m, _) in results[1..].iter().flatten() {
+        assert!(m.is_none(), "only rank 0 returns the model");
     }
     results.swap_remove(0).map(|(m, e)| (m.unwrap(), e))
 }

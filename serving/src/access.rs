@@ -226,7 +226,8 @@ mod tests {
     fn routes_match_whole_paths_and_name_the_model() {
         let model = |m: &str| Some(m.to_string());
         // (method, path, rule)
-        let table: [(&str, &str, Option<(Access, Option<String>)>); 7] = [
+        type Rule = Option<(Access, Option<String>)>;
+        let table: [(&str, &str, Rule); 7] = [
             (
                 "POST",
                 "/halyard.v1.JobService/Submit",
