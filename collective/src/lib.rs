@@ -533,3 +533,48 @@ pub async fn serve(
         )
         .await
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_ring_knows_its_next_rank_and_refuses_a_rank_outside_the_group() {
+        let peers: Vec<String> = ["a:1", "b:2", "c:3"].map(String::from).to_vec();
+        // (rank, the next rank's address)
+        for (rank, next) in [(0, "b:2"), (1, "c:3"), (2, "a:1")] {
+            let ring = Ring::new(
+                "g/1",
+                rank,
+                &peers,
+                Mailboxes::default(),
+                RingConfig::default(),
+            )
+            .unwrap();
+            assert_eq!(
+                (ring.rank(), ring.size(), ring.next_addr.as_str()),
+                (rank, 3, next)
+            );
+            assert!(ring.next.is_some());
+        }
+        let alone = Ring::new(
+            "g/1",
+            0,
+            &peers[..1],
+            Mailboxes::default(),
+            RingConfig::default(),
+        )
+        .unwrap();
+        assert!(alone.next.is_none(), "a group of one talks to nobody");
+        let err = Ring::new(
+            "g/1",
+            3,
+            &peers,
+            Mailboxes::default(),
+            RingConfig::default(),
+        )
+        .err()
+        .unwrap();
+        assert!(err.to_string().contains("rank 3 of a group of 3"), "{err}");
+    }
+}

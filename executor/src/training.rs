@@ -250,3 +250,39 @@ pub(crate) fn lineage(
         test_rows: trained.test_rows,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn auto_takes_a_gpu_only_when_the_build_and_the_executor_have_one() {
+        let spec = |device: &str| {
+            JobSpec::from_toml(
+                &format!(
+                    "name = \"p\"\n[data]\nsource = \"x.csv\"\nlabel = \"y\"\n[train]\ndevice = \"{device}\"\n[resources]\ngpus = 1\n"
+                ),
+                "test",
+            )
+            .unwrap()
+        };
+        let gpu_if_built = if GPU_BUILD {
+            Placement::Gpu
+        } else {
+            Placement::Cpu
+        };
+        // (device, GPUs the executor advertises, placement)
+        for (device, gpus, want) in [
+            ("cpu", 1, Placement::Cpu),
+            ("gpu", 0, Placement::Gpu),
+            ("auto", 0, Placement::Cpu),
+            ("auto", 1, gpu_if_built),
+        ] {
+            assert_eq!(
+                placement(&spec(device), gpus),
+                want,
+                "{device} with {gpus} GPU(s)"
+            );
+        }
+    }
+}
