@@ -297,3 +297,86 @@ fn a_node_beyond_loopback_without_a_key_file_refuses_to_start() {
     );
     assert!(!missing.exists(), "it wrote a key file");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tampered_artifact_is_refused_and_the_version_before_keeps_serving() {
+    use halyard_cli::registry::{DeployAction, deploy};
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let data = halyard_cli::datagen::generate(&dir.join("data"), 1500, 4).unwrap();
+    let (cluster, client) = common::standalone(dir, 1).await;
+    let spec = common::spec(dir, "tamper", &data.responses, 2, 128);
+    for _ in 0..2 {
+        let id = client.submit(&spec).await.unwrap().id;
+        let done = common::wait_done(&client, &id, Duration::from_secs(120)).await;
+        assert_eq!(done.state, "succeeded", "{}", done.error);
+    }
+    let version = |n: u64| DeployAction::Version {
+        version: n,
+        alias: "production".into(),
+        percent: None,
+    };
+    let http = common::http_client(&cluster.admin_key);
+    let gw = cluster.scheduler.addr.to_string();
+    let served = |http: reqwest::Client, gw: String| async move {
+        let v: serde_json::Value = http
+            .get(format!("http://{gw}/v1/models/tamper"))
+            .send()
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()
+            .and_then(|t| serde_json::from_str(&t).ok())?;
+        let versions: Vec<u64> = v["variants"]
+            .as_array()?
+            .iter()
+            .filter_map(|x| x["version"].as_u64())
+            .collect();
+        Some(versions)
+    };
+    deploy(&client, "tamper", version(1), false).await.unwrap();
+    wait_for("version 1 to serve", Duration::from_secs(30), || {
+        let (http, gw) = (http.clone(), gw.clone());
+        async move { (served(http, gw).await? == [1]).then_some(()) }
+    })
+    .await;
+    // Someone with write access to the store changes version 2's weights.
+    let weights = dir.join("state/store/models/tamper/2/model.safetensors");
+    let mut bytes = std::fs::read(&weights).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0x01;
+    std::fs::write(&weights, bytes).unwrap();
+    deploy(&client, "tamper", version(2), false).await.unwrap();
+    // The host tries to load it (and again every 5 s): it never serves it.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(served(http.clone(), gw.clone()).await, Some(vec![1]));
+    let answer = http
+        .post(format!("http://{gw}/v1/models/tamper:predict"))
+        .body(
+            r#"{"record": {"customer_id": "c", "age": 40, "income": 52000, "tenure_months": 12, "region": "north", "segment": "value", "channel": "email", "campaign": "loyalty", "offer": "none", "previous_responses": 1, "days_since_last_contact": 30, "emails_opened_30d": 3}}"#,
+        )
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let answer: serde_json::Value = serde_json::from_str(&answer).unwrap();
+    assert_eq!(answer["predictions"][0]["version"], 1, "{answer}");
+    // Put the byte back: the same version is now loaded (the host retries every 5 s), so
+    // the refusal was the changed byte's doing.
+    let mut bytes = std::fs::read(&weights).unwrap();
+    bytes[last] ^= 0x01;
+    std::fs::write(&weights, bytes).unwrap();
+    wait_for(
+        "the restored version 2 to serve",
+        Duration::from_secs(30),
+        || {
+            let (http, gw) = (http.clone(), gw.clone());
+            async move { (served(http, gw).await? == [2]).then_some(()) }
+        },
+    )
+    .await;
+    cluster.stop().await;
+}

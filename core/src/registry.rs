@@ -39,6 +39,34 @@ pub struct ModelVersion {
     pub data_digest: String,
     /// Registration time, ms since the epoch.
     pub created_ms: i64,
+    /// `sha256:<hex>` of each file of the artifact (`model.safetensors`, `manifest.json`),
+    /// recorded at publish and checked by every node that loads the version. Empty for a
+    /// version published before digests were recorded.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub files: BTreeMap<String, String>,
+}
+
+impl ModelVersion {
+    /// Whether `bytes` are the file `name` as it was published: `Err` names the file and
+    /// both digests when it was changed in the store since.
+    pub fn check_file(&self, name: &str, bytes: &[u8]) -> crate::Result<()> {
+        let Some(want) = self.files.get(name) else {
+            return Ok(());
+        };
+        let got = crate::data::digest(bytes);
+        if &got == want {
+            return Ok(());
+        }
+        Err(crate::Error::Corrupt {
+            key: format!(
+                "{}/{} version {} {name}",
+                self.artifact, self.name, self.version
+            ),
+            message: format!(
+                "its digest is {got}, not the {want} recorded when it was published: the artifact was changed in the object store, and is not loaded"
+            ),
+        })
+    }
 }
 
 /// A version and its share of the traffic.
@@ -327,6 +355,37 @@ pub struct ServingInfo {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_file_changed_since_publishing_is_refused_by_name() {
+        let v = ModelVersion {
+            name: "m".into(),
+            version: 2,
+            artifact: "file:///s/models/m/2".into(),
+            model_type: "mlp".into(),
+            metrics: Default::default(),
+            job_id: "j".into(),
+            data_source: String::new(),
+            data_digest: String::new(),
+            created_ms: 0,
+            files: [(
+                "model.safetensors".to_string(),
+                crate::data::digest(b"weights"),
+            )]
+            .into(),
+        };
+        assert!(v.check_file("model.safetensors", b"weights").is_ok());
+        let err = v
+            .check_file("model.safetensors", b"weightz")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("model.safetensors") && err.contains("changed"),
+            "{err}"
+        );
+        // A file without a recorded digest (published before digests) is not checked.
+        assert!(v.check_file("manifest.json", b"anything").is_ok());
+    }
 
     fn deployed(versions: &[u64]) -> impl Fn(u64) -> bool + '_ {
         move |v| versions.contains(&v)

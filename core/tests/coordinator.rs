@@ -282,6 +282,7 @@ fn version(name: &str, v: u64) -> ModelVersion {
         data_source: "file:///x.csv".into(),
         data_digest: "sha256:00".into(),
         created_ms: 0,
+        files: Default::default(),
     }
 }
 

@@ -5,9 +5,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use bytes::Bytes;
 use halyard_core::coord::{Coordinator, Versioned};
+use halyard_core::data::digest;
 use halyard_core::records::{TaskAssignment, TaskProgress, TaskState, now_ms};
 use halyard_core::registry::ModelVersion;
-use halyard_core::store::{S3Config, Store, features_dir, publish_model};
+use halyard_core::store::{
+    MANIFEST_FILE, S3Config, Store, WEIGHTS_FILE, features_dir, publish_model,
+};
 use halyard_models::artifact::{DataLineage, FORMAT, Manifest, tensor_shapes};
 use halyard_models::pipeline::TrainedModel;
 use tracing::{info, warn};
@@ -212,6 +215,11 @@ async fn publish(
         data_source: manifest.data.source.clone(),
         data_digest: manifest.data.digest.clone(),
         created_ms: manifest.created_ms,
+        files: [
+            (WEIGHTS_FILE.to_string(), digest(&weights)),
+            (MANIFEST_FILE.to_string(), digest(&manifest_bytes)),
+        ]
+        .into(),
     };
     let url = publish_model(
         store,

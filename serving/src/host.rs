@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use halyard_core::coord::Coordinator;
 use halyard_core::registry::{Deployment, DeploymentState, ServingInfo};
-use halyard_core::store::{Store, read_model};
+use halyard_core::store::{MANIFEST_FILE, Store, WEIGHTS_FILE, read_model};
 use halyard_models::json_records::{Record, RecordEncoder};
 use halyard_models::runtime::LoadedModel;
 use serde_json::{Value, json};
@@ -215,6 +215,23 @@ impl Host {
         }
     }
 
+    /// A version's files, checked against the digests its registry record holds: a file
+    /// changed in the store since it was published is refused, naming the file.
+    async fn read_checked(
+        &self,
+        name: &str,
+        version: u64,
+    ) -> halyard_core::Result<Option<(bytes::Bytes, bytes::Bytes)>> {
+        let Some((weights, manifest)) = read_model(&self.store, name, version).await? else {
+            return Ok(None);
+        };
+        if let Some(record) = self.coord.model_version(name, version).await? {
+            record.check_file(WEIGHTS_FILE, &weights)?;
+            record.check_file(MANIFEST_FILE, &manifest)?;
+        }
+        Ok(Some((weights, manifest)))
+    }
+
     async fn load(
         &self,
         name: &str,
@@ -226,7 +243,7 @@ impl Host {
             return None;
         }
         let started = Instant::now();
-        let result = match read_model(&self.store, name, version).await {
+        let result = match self.read_checked(name, version).await {
             Ok(Some((weights, manifest))) => {
                 tokio::task::spawn_blocking(move || LoadedModel::from_bytes(&weights, &manifest))
                     .await
