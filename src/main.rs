@@ -405,7 +405,8 @@ async fn run(cli: Cli) -> Result<(), AnyError> {
         Command::Standalone(_) | Command::Scheduler(_) | Command::Executor(_)
     );
     init_tracing(if quiet { "warn" } else { "info" });
-    let client = |conn: Conn| halyard_cli::keys::connect_owned(conn.scheduler, conn.key);
+    let client =
+        |conn: Conn| async move { halyard_cli::keys::connect(&conn.scheduler, conn.key).await };
     match cli.command {
         Command::Standalone(args) => halyard::run_standalone(args.settings()?).await?,
         Command::Scheduler(args) => halyard::run_scheduler(args.settings()?).await?,

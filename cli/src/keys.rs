@@ -123,8 +123,3 @@ pub async fn revoke(client: &Client, id: &str, as_json: bool) -> Result<()> {
     }
     Ok(())
 }
-
-/// [`connect`], owning its arguments (for a closure that makes the future).
-pub async fn connect_owned(scheduler: String, key: Option<String>) -> Result<Client> {
-    connect(&scheduler, key).await
-}

@@ -164,16 +164,14 @@ async fn connect(addr: &str) -> std::result::Result<Sender, String> {
 async fn send(
     sender: &mut Sender,
     cfg: &LoadConfig,
+    auth: &hyper::header::HeaderValue,
     body: Bytes,
 ) -> std::result::Result<Bytes, String> {
     sender.ready().await.map_err(|e| e.to_string())?;
     let req = hyper::Request::post(format!("/v1/models/{}:predict", cfg.model))
         .header("host", &cfg.addr)
         .header("content-type", "application/json")
-        .header(
-            "authorization",
-            format!("Bearer {}", cfg.key.as_deref().unwrap_or("")),
-        )
+        .header(hyper::header::AUTHORIZATION, auth.clone())
         .body(Full::new(body))
         .map_err(|e| e.to_string())?;
     let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
@@ -213,6 +211,13 @@ async fn connection(
 ) -> LoadReport {
     let mut report = LoadReport::default();
     let mut sender: Option<Sender> = None;
+    // Made once: every request of the connection sends the same key.
+    let mut auth = hyper::header::HeaderValue::from_str(&format!(
+        "Bearer {}",
+        cfg.key.as_deref().unwrap_or("")
+    ))
+    .unwrap_or_else(|_| hyper::header::HeaderValue::from_static(""));
+    auth.set_sensitive(true);
     let interval = cfg
         .rate
         .map(|r| Duration::from_secs_f64(cfg.connections as f64 / r.max(1e-9)));
@@ -241,10 +246,10 @@ async fn connection(
         let body = bodies[(index + k as usize * cfg.connections) % bodies.len()].clone();
         k += 1;
         let result = match &mut sender {
-            Some(s) => send(s, &cfg, body).await,
+            Some(s) => send(s, &cfg, &auth, body).await,
             None => match connect(&cfg.addr).await {
                 Ok(mut s) => {
-                    let r = send(&mut s, &cfg, body).await;
+                    let r = send(&mut s, &cfg, &auth, body).await;
                     sender = Some(s);
                     r
                 }

@@ -6,14 +6,17 @@
 //! (64 hex digits, 256 random bits) is checked against the record's hash. The secret is
 //! printed once, when the key is made.
 
+use std::collections::HashMap;
 use std::fmt;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use crate::Failure;
+use crate::data::digest;
 
 /// Prefix of every key's text.
 pub const KEY_PREFIX: &str = "hk_";
@@ -151,7 +154,7 @@ pub struct KeyRecord {
     pub name: String,
     /// What it may do.
     pub role: Role,
-    /// SHA-256 of the secret, hex.
+    /// `sha256:<hex>` of the secret.
     pub secret_sha256: String,
     /// For a predictor: the models it may score, a pattern where `*` matches any text
     /// (`campaign-*`); `None` is every model.
@@ -187,10 +190,6 @@ impl fmt::Debug for NewKey {
     }
 }
 
-fn sha256_hex(text: &str) -> String {
-    hex::encode(Sha256::digest(text.as_bytes()))
-}
-
 /// Make a key: a fresh id and 256-bit secret.
 pub fn generate(
     name: &str,
@@ -212,7 +211,7 @@ pub fn generate(
             id,
             name: name.to_string(),
             role,
-            secret_sha256: sha256_hex(&secret),
+            secret_sha256: digest(secret.as_bytes()),
             models,
             expires_ms,
             created_ms: now_ms,
@@ -315,7 +314,7 @@ impl KeyRecord {
 
     /// Whether `secret` is this key's (compared in constant time).
     pub fn secret_matches(&self, secret: &str) -> bool {
-        sha256_hex(secret)
+        digest(secret.as_bytes())
             .as_bytes()
             .ct_eq(self.secret_sha256.as_bytes())
             .into()
@@ -352,16 +351,22 @@ impl KeyRecord {
                 allowed: allowed.join(", "),
             });
         }
-        if let (Some(pattern), Some(model), Action::Predict) = (&self.models, model, action)
-            && !matches_pattern(pattern, model)
-        {
-            return Err(Denied::OutOfScope {
+        match (model, action) {
+            (Some(model), Action::Predict) => self.may_score(model),
+            _ => Ok(()),
+        }
+    }
+
+    /// Whether this key may score `model` (a predictor key's pattern).
+    pub fn may_score(&self, model: &str) -> Result<(), Denied> {
+        match &self.models {
+            Some(pattern) if !matches_pattern(pattern, model) => Err(Denied::OutOfScope {
                 key: self.label(),
                 pattern: pattern.clone(),
                 model: model.to_string(),
-            });
+            }),
+            _ => Ok(()),
         }
-        Ok(())
     }
 }
 
@@ -510,20 +515,13 @@ pub fn bearer(header: &str) -> Option<&str> {
 #[derive(Debug, Clone)]
 pub struct Caller {
     /// The key's record.
-    pub key: std::sync::Arc<KeyRecord>,
+    pub key: Arc<KeyRecord>,
 }
 
 impl Caller {
     /// Whether this caller may score `model` (a predictor key's pattern).
     pub fn may_score(&self, model: &str) -> Result<(), Denied> {
-        match &self.key.models {
-            Some(pattern) if !matches_pattern(pattern, model) => Err(Denied::OutOfScope {
-                key: self.key.label(),
-                pattern: pattern.clone(),
-                model: model.to_string(),
-            }),
-            _ => Ok(()),
-        }
+        self.key.may_score(model)
     }
 
     /// Whether this caller may `action` (checked again where the route alone cannot tell,
@@ -558,15 +556,14 @@ impl From<Denied> for tonic::Status {
 #[derive(Clone)]
 pub struct Verifier {
     coord: crate::coord::Coordinator,
-    ttl: std::time::Duration,
-    cache: std::sync::Arc<std::sync::Mutex<Cache>>,
+    ttl: Duration,
+    cache: Arc<Mutex<Cache>>,
 }
 
-type Cache =
-    std::collections::HashMap<String, (Option<std::sync::Arc<KeyRecord>>, std::time::Instant)>;
+type Cache = HashMap<String, (Option<Arc<KeyRecord>>, Instant)>;
 
 /// How long a node keeps a key's record before reading it again.
-pub const KEY_CACHE_TTL: std::time::Duration = std::time::Duration::from_secs(2);
+pub const KEY_CACHE_TTL: Duration = Duration::from_secs(2);
 
 impl fmt::Debug for Verifier {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -600,8 +597,8 @@ impl Verifier {
     }
 
     /// The record of key `id`, from the cache while fresh.
-    async fn record(&self, id: &str) -> Result<Option<std::sync::Arc<KeyRecord>>, Denied> {
-        let now = std::time::Instant::now();
+    async fn record(&self, id: &str) -> Result<Option<Arc<KeyRecord>>, Denied> {
+        let now = Instant::now();
         let cached = {
             let cache = self.cache.lock().expect("the key cache's lock");
             cache.get(id).cloned()
@@ -613,7 +610,7 @@ impl Verifier {
         }
         match self.coord.get_key(id).await {
             Ok(record) => {
-                let record = record.map(std::sync::Arc::new);
+                let record = record.map(Arc::new);
                 let mut cache = self.cache.lock().expect("the key cache's lock");
                 if cache.len() > 100_000 {
                     // Unknown ids sent by a flood must not grow it without bound.
@@ -652,7 +649,7 @@ fn admin_record(token: &str) -> Option<KeyRecord> {
         id: id.to_string(),
         name: "admin (key file)".into(),
         role: Role::Admin,
-        secret_sha256: sha256_hex(secret),
+        secret_sha256: digest(secret.as_bytes()),
         models: None,
         expires_ms: None,
         created_ms: crate::records::now_ms(),

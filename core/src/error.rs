@@ -9,7 +9,7 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// Everything that can go wrong in `halyard-core`. Expected errors (bad input, lost node,
 /// lost leadership) are apart from internal ones: [`Error::failure`] classifies each, and
-/// [`Error::is_retryable`] decides retries.
+/// its [`Failure::is_retryable`] decides retries.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// A job spec or config value breaks a rule.
@@ -120,11 +120,6 @@ impl Error {
             | Error::LeaseLost(_) => Failure::Unavailable,
             Error::Store { .. } | Error::Io { .. } | Error::Corrupt { .. } => Failure::Internal,
         }
-    }
-
-    /// Whether trying again can succeed.
-    pub fn is_retryable(&self) -> bool {
-        self.failure().is_retryable()
     }
 
     /// Shorthand for [`Error::Invalid`].

@@ -36,19 +36,6 @@ impl Failure {
         self == Failure::Unavailable
     }
 
-    /// Whether it is the caller's to fix.
-    pub fn is_callers(self) -> bool {
-        matches!(
-            self,
-            Failure::Invalid
-                | Failure::NotFound
-                | Failure::Refused
-                | Failure::TooLarge
-                | Failure::Unauthenticated
-                | Failure::Forbidden
-        )
-    }
-
     /// The gRPC code.
     pub fn grpc_code(self) -> tonic::Code {
         match self {
@@ -126,10 +113,8 @@ mod tests {
     }
 
     #[test]
-    fn only_passing_failures_are_retried_and_only_the_callers_are_theirs() {
+    fn only_passing_failures_are_retried() {
         let retried: Vec<_> = ALL.iter().filter(|f| f.is_retryable()).collect();
         assert_eq!(retried, [&Failure::Unavailable]);
-        assert!(!Failure::Internal.is_callers() && !Failure::Unavailable.is_callers());
-        assert!(Failure::Invalid.is_callers() && Failure::TooLarge.is_callers());
     }
 }

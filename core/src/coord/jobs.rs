@@ -1,7 +1,7 @@
 //! The job queue and the job state machine, task assignment and progress: the
 //! coordinator's methods over `jobs/`, `active/`, `tasks/` and `progress/`.
 
-use super::{Coordinator, Leadership, Versioned, decode, encode, put};
+use super::{Coordinator, Edit, Leadership, Versioned, decode, encode, put};
 use crate::error::{Error, Result};
 use crate::kv::TxnOp;
 use crate::records::{JobRecord, TaskAssignment, TaskProgress};
@@ -87,24 +87,16 @@ impl Coordinator {
 
     /// Record a user's cancel request (any scheduler). Retries lost races.
     pub async fn request_cancel(&self, id: &str) -> Result<JobRecord> {
-        loop {
-            let Some(old) = self.get_job(id).await? else {
-                return Err(Error::NoSuchJob(id.to_string()));
-            };
-            if old.value.state.is_terminal() || old.value.cancel_requested {
-                return Ok(old.value);
+        self.update(&self.job_key(id), |job: Option<JobRecord>| {
+            let mut job = job.ok_or_else(|| Error::NoSuchJob(id.to_string()))?;
+            if job.state.is_terminal() || job.cancel_requested {
+                return Ok(Edit::Keep(job));
             }
-            let mut new = old.value.clone();
-            new.cancel_requested = true;
-            new.log("client", "cancel requested");
-            let key = self.job_key(id);
-            let out = self
-                .cas(&key, old.revision, vec![put(key.clone(), encode(&new))])
-                .await?;
-            if out.succeeded {
-                return Ok(new);
-            }
-        }
+            job.cancel_requested = true;
+            job.log("client", "cancel requested");
+            Ok(Edit::Write(job))
+        })
+        .await
     }
 
     // ---- tasks -------------------------------------------------------------------------

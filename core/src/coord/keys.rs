@@ -1,7 +1,7 @@
 //! API keys: the coordinator's methods over `keys/<id>` (each a [`KeyRecord`], the
 //! secret's hash and never the secret).
 
-use super::{Coordinator, encode, put};
+use super::{Coordinator, Edit, encode, put};
 use crate::auth::KeyRecord;
 use crate::error::{Error, Result};
 
@@ -44,21 +44,13 @@ impl Coordinator {
 
     /// Revoke the key with this id; returns it revoked.
     pub async fn revoke_key(&self, id: &str) -> Result<KeyRecord> {
-        let key = self.key_key(id);
-        loop {
-            let Some(old) = self.get_versioned::<KeyRecord>(&key).await? else {
-                return Err(Error::NotFound {
-                    location: format!("API key {id}"),
-                });
-            };
-            let mut new = old.value.clone();
-            new.revoked = true;
-            let out = self
-                .cas(&key, old.revision, vec![put(key.clone(), encode(&new))])
-                .await?;
-            if out.succeeded {
-                return Ok(new);
-            }
-        }
+        self.update(&self.key_key(id), |key: Option<KeyRecord>| {
+            let mut key = key.ok_or_else(|| Error::NotFound {
+                location: format!("API key {id}"),
+            })?;
+            key.revoked = true;
+            Ok(Edit::Write(key))
+        })
+        .await
     }
 }

@@ -50,6 +50,14 @@ pub struct Versioned<T> {
     pub revision: i64,
 }
 
+/// What [`Coordinator::update`]'s edit decided.
+enum Edit<T> {
+    /// Write this value.
+    Write(T),
+    /// Leave the stored value, which is this.
+    Keep(T),
+}
+
 /// Proof of leadership: the term's lease and the revision of the leader key.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Leadership {
@@ -121,6 +129,32 @@ impl Coordinator {
             revision,
         }];
         self.kv.txn(when, then).await
+    }
+
+    /// Change the value at `key` by compare-and-swap: `edit` gets the current value (`None`
+    /// when there is none) and says what to write, or to keep it; a lost race reads again
+    /// and asks again. Returns the value as it stands after.
+    async fn update<T, F>(&self, key: &str, mut edit: F) -> Result<T>
+    where
+        T: Serialize + DeserializeOwned,
+        F: FnMut(Option<T>) -> Result<Edit<T>>,
+    {
+        loop {
+            let (current, revision) = match self.get_versioned::<T>(key).await? {
+                Some(v) => (Some(v.value), v.revision),
+                None => (None, 0),
+            };
+            let new = match edit(current)? {
+                Edit::Keep(value) => return Ok(value),
+                Edit::Write(value) => value,
+            };
+            let out = self
+                .cas(key, revision, vec![put(key.to_string(), encode(&new))])
+                .await?;
+            if out.succeeded {
+                return Ok(new);
+            }
+        }
     }
 
     /// A key's value with its revision.

@@ -2,7 +2,7 @@
 //! the coordinator's methods over `models/`, `deployments/`, `serving/`, `sql/` and
 //! `outcomes/`.
 
-use super::{Coordinator, Leadership, Versioned, decode, encode, put};
+use super::{Coordinator, Edit, Leadership, Versioned, decode, encode, put};
 use crate::error::{Error, Result};
 use crate::kv::{Compare, TxnOp};
 use crate::records::TaskAssignment;
@@ -113,29 +113,14 @@ impl Coordinator {
                 "no version of this model is registered (see `halyard models`)",
             ));
         }
-        let key = self.deployment_key(name);
-        loop {
-            let (old, revision) = match self.kv.get(&key).await? {
-                Some(e) => {
-                    let v: Versioned<Deployment> = decode(&e)?;
-                    (v.value, v.revision)
-                }
-                None => (
-                    Deployment {
-                        name: name.to_string(),
-                        ..Deployment::default()
-                    },
-                    0,
-                ),
-            };
-            let new = old.apply(change, |v| versions.contains(&v))?;
-            let out = self
-                .cas(&key, revision, vec![put(key.clone(), encode(&new))])
-                .await?;
-            if out.succeeded {
-                return Ok(new);
-            }
-        }
+        self.update(&self.deployment_key(name), |old: Option<Deployment>| {
+            let old = old.unwrap_or_else(|| Deployment {
+                name: name.to_string(),
+                ..Deployment::default()
+            });
+            Ok(Edit::Write(old.apply(change, |v| versions.contains(&v))?))
+        })
+        .await
     }
 
     /// Publish what an executor serves, bound to its lease (it vanishes with the executor).
@@ -193,24 +178,16 @@ impl Coordinator {
         version: u64,
         converted: bool,
     ) -> Result<Outcomes> {
-        let key = self.outcomes_key(name, version);
-        loop {
-            let (mut counts, revision) = match self.kv.get(&key).await? {
-                Some(e) => {
-                    let v: Versioned<Outcomes> = decode(&e)?;
-                    (v.value, v.revision)
-                }
-                None => (Outcomes::default(), 0),
-            };
-            counts.trials += 1;
-            counts.conversions += u64::from(converted);
-            let out = self
-                .cas(&key, revision, vec![put(key.clone(), encode(&counts))])
-                .await?;
-            if out.succeeded {
-                return Ok(counts);
-            }
-        }
+        self.update(
+            &self.outcomes_key(name, version),
+            |counts: Option<Outcomes>| {
+                let mut counts = counts.unwrap_or_default();
+                counts.trials += 1;
+                counts.conversions += u64::from(converted);
+                Ok(Edit::Write(counts))
+            },
+        )
+        .await
     }
 
     /// Outcomes recorded for each version of a model.
