@@ -12,7 +12,7 @@ use halyard_core::spec::{DeviceKind, JobSpec};
 use halyard_core::store::S3Config;
 use halyard_core::store::Store;
 use halyard_executor::{feature_input, placement, read_inputs, read_series, spawn_training};
-use halyard_features::session::local_context;
+use halyard_features::session::{DataAccess, local_context};
 use halyard_models::forecast::classical::evaluate;
 
 use crate::Error;
@@ -38,6 +38,8 @@ pub async fn train_local(
     }
     // S3 credentials come from the AWS_* environment.
     let s3 = S3Config::default();
+    // A user's own process reads what its user may.
+    let access = DataAccess::unconfined(&s3);
     let input = match &spec.features {
         // The feature stage runs here on single-process DataFusion, into OUT/features (or a
         // temporary folder).
@@ -45,13 +47,14 @@ pub async fn train_local(
             let scratch = tempfile_dir(out)?;
             let store = Store::open(&file_url(&scratch)?, &s3)?;
             let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-            let ctx = local_context(&s3, cores).map_err(halyard_executor::ExecutorError::from)?;
-            feature_input(&ctx, &spec, &store, "features", &s3, &mut |l| {
+            let ctx =
+                local_context(&access, cores).map_err(halyard_executor::ExecutorError::from)?;
+            feature_input(&ctx, &spec, &store, "features", &access, &mut |l| {
                 eprintln!("{l}")
             })
             .await?
         }
-        None => read_inputs(&spec, &s3, &mut |l| eprintln!("{l}")).await?,
+        None => read_inputs(&spec, &access, &mut |l| eprintln!("{l}")).await?,
     };
     let placement = placement(&spec, gpus);
     eprintln!("training {} on the {placement}", spec.model.kind.as_str());

@@ -14,6 +14,7 @@ async fn bad_jobs_fail_clearly_and_the_cluster_keeps_running() {
     let settings = halyard_core::config::Settings {
         listen: Some("127.0.0.1:0".into()),
         data_dir: Some(dir.join("state")),
+        data_roots: Some(vec![dir.display().to_string()]),
         executors: Some(1),
         ..Default::default()
     };

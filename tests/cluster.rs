@@ -145,8 +145,11 @@ async fn jobs_survive_killed_executor_and_killed_leader() {
         },
     )
     .await;
-    let s3 = halyard_core::store::S3Config::default();
-    let ctx = halyard_features::session::remote_context(&endpoint, &s3, 2)
+    let access = halyard_features::session::DataAccess::unconfined(
+        &halyard_core::store::S3Config::default(),
+    );
+    let key = cl.admin_key().await;
+    let ctx = halyard_features::session::remote_context(&endpoint, Some(&key), &access, 2)
         .await
         .unwrap();
     let csv = data.responses.to_str().unwrap();

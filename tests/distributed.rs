@@ -116,7 +116,18 @@ memory_mb = 1024
 
 /// A scheduler and three one-slot executors; returns the client and the executors by id.
 async fn cluster(dir: &Path, name: &str) -> (Proc, Vec<(String, Proc)>, Client) {
-    let etcd = EtcdCluster::new(dir, name);
+    cluster_reading(dir, name, None).await
+}
+
+/// [`cluster`], its jobs also allowed to read `data` (a folder outside `dir`).
+async fn cluster_reading(
+    dir: &Path,
+    name: &str,
+    data: Option<&Path>,
+) -> (Proc, Vec<(String, Proc)>, Client) {
+    let mut etcd = EtcdCluster::new(dir, name);
+    etcd.data_roots
+        .extend(data.map(|d| d.display().to_string()));
     let api = format!("127.0.0.1:{}", common::free_port());
     let scheduler = etcd.scheduler(&format!("{name}-scheduler"), &api);
     let executors: Vec<(String, Proc)> = (0..3)
@@ -223,7 +234,12 @@ async fn the_bank_marketing_example_trains_data_parallel_on_the_reference_data()
     let tmp = tempfile::tempdir().unwrap();
     let path = tmp.path().join("bank.toml");
     std::fs::write(&path, text).unwrap();
-    let (_scheduler, _executors, client) = cluster(tmp.path(), "dp-bank").await;
+    let (_scheduler, _executors, client) = cluster_reading(
+        tmp.path(),
+        "dp-bank",
+        Some(&reference_data().canonicalize().unwrap()),
+    )
+    .await;
     let (done, log) = run(&client, &JobSpec::from_file(&path).unwrap()).await;
     assert!(log.contains("worker group formed: 2 worker(s)"), "{log}");
     assert!(auc(&done) > 0.77, "bank marketing: test AUC {}", auc(&done));

@@ -15,7 +15,7 @@ use arrow::datatypes::DataType;
 use bytes::Bytes;
 use halyard_core::spec::JobSpec;
 use halyard_core::store::S3Config;
-use halyard_features::session::{local_context, remote_context};
+use halyard_features::session::{DataAccess, local_context, remote_context};
 use halyard_features::stage::{FeatureTable, collect_retrying, run_stage};
 
 /// Rows as sorted text lines (floats in full; compare them with [`assert_same`]).
@@ -139,7 +139,7 @@ fn write_spec(dir: &Path, name: &str, text: &str) -> JobSpec {
 
 /// The same stage on single-process DataFusion, into `out`.
 async fn reference(spec: &JobSpec, out: &Path) -> (FeatureTable, Vec<Vec<String>>) {
-    let ctx = local_context(&S3Config::default(), 4).unwrap();
+    let ctx = local_context(&DataAccess::unconfined(&S3Config::default()), 4).unwrap();
     let url = format!("file://{}", out.display());
     let table = run_stage(
         &ctx,
@@ -344,10 +344,13 @@ async fn processes_answer_like_datafusion_and_survive_a_killed_executor() {
         },
     )
     .await;
-    let s3 = S3Config::default();
+    let access = DataAccess::unconfined(&S3Config::default());
     let events = tmp.path().join("events.csv");
-    let cluster = remote_context(&endpoint, &s3, 4).await.unwrap();
-    let local = local_context(&s3, 4).unwrap();
+    let key = etcd.admin_key().await;
+    let cluster = remote_context(&endpoint, Some(&key), &access, 4)
+        .await
+        .unwrap();
+    let local = local_context(&access, 4).unwrap();
     for ctx in [&cluster, &local] {
         ctx.register_csv("events", events.to_str().unwrap(), Default::default())
             .await

@@ -36,6 +36,7 @@ async fn mlp_and_nbeats_jobs_train_publish_and_serve() {
     let settings = halyard_core::config::Settings {
         listen: Some("127.0.0.1:0".into()),
         data_dir: Some(dir.join("state")),
+        data_roots: Some(vec![dir.display().to_string()]),
         executors: Some(1),
         gpus: Some(1),
         ..Default::default()

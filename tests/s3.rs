@@ -90,6 +90,7 @@ async fn a_job_reads_data_from_s3_and_publishes_to_s3() {
     let settings = Settings {
         listen: Some("127.0.0.1:0".into()),
         data_dir: Some(tmp.path().join("state")),
+        data_roots: Some(vec![tmp.path().display().to_string(), "s3://lake".into()]),
         store: Some("s3://models/halyard".into()),
         executors: Some(1),
         ..Default::default()
@@ -143,6 +144,7 @@ async fn feature_stage_reads_and_writes_s3() {
         let settings = Settings {
             listen: Some("127.0.0.1:0".into()),
             data_dir: Some(tmp.path().join(format!("state-{name}"))),
+            data_roots: Some(vec![tmp.path().display().to_string(), "s3://lake".into()]),
             // The models go to a local folder in the denied case, so only the feature
             // stage meets the wrong secret.
             store: ok.then(|| "s3://models/halyard".to_string()),

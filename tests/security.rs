@@ -2,10 +2,12 @@
 //! and an executor's port answers each credential (none, unknown, expired, revoked, and a
 //! key of every role) as the role matrix says; every gRPC method the protocol declares is
 //! in the route table; a revoked key is refused by another node within 5 s; a node asked
-//! to listen beyond loopback without a key file refuses to start and says why.
+//! to listen beyond loopback without a key file refuses to start and says why; SQL and
+//! jobs read and write only under the data roots, and SQL writes need a writer's role.
 
 mod common;
 
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::{EtcdCluster, free_port, wait_for};
@@ -379,4 +381,129 @@ async fn a_tampered_artifact_is_refused_and_the_version_before_keeps_serving() {
     )
     .await;
     cluster.stop().await;
+}
+
+/// Run `sql` on the cluster's SQL port with `key`; the error's text on failure.
+async fn sql_on(
+    endpoint: &str,
+    key: Option<&str>,
+    tables: &[(&str, &Path)],
+    sql: &str,
+) -> Result<usize, String> {
+    use halyard_features::session::{DataAccess, remote_context};
+    let access = DataAccess::unconfined(&halyard_core::store::S3Config::default());
+    let ctx = remote_context(endpoint, key, &access, 2)
+        .await
+        .map_err(|e| e.to_string())?;
+    for (name, path) in tables {
+        let options = datafusion::prelude::CsvReadOptions::new()
+            .file_extension("")
+            .delimiter(b'|');
+        ctx.register_csv(*name, path.to_str().unwrap(), options)
+            .await
+            .map_err(|e| e.to_string())?;
+    }
+    let rows = halyard_features::stage::collect_retrying(&ctx, sql)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(rows.iter().map(|b| b.num_rows()).sum())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sql_and_jobs_read_and_write_only_under_the_data_roots() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let elsewhere = tempfile::tempdir().unwrap();
+    let secret = elsewhere.path().join("secret.csv");
+    std::fs::write(&secret, "customer,card\nann,4111-1111\n").unwrap();
+    let data = dir.join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let inside = data.join("inside.csv");
+    std::fs::write(&inside, "a,b\n1,2\n3,4\n").unwrap();
+    let link = data.join("link.csv");
+    std::os::unix::fs::symlink(&secret, &link).unwrap();
+    // The data roots are `dir` (common::standalone).
+    let (cluster, admin) = common::standalone(dir, 1).await;
+    let endpoint = wait_for("the sql endpoint", Duration::from_secs(30), || async {
+        let c = admin.cluster().await.ok()?;
+        (!c.sql_endpoint.is_empty()).then_some(c.sql_endpoint)
+    })
+    .await;
+    let key = Some(cluster.admin_key.as_str());
+    assert_eq!(
+        sql_on(&endpoint, key, &[("t", &inside)], "SELECT * FROM t").await,
+        Ok(2)
+    );
+    // Outside the roots, through `..`, and through a link inside a root: refused, the
+    // message says why and what to do, and no byte of the file comes back.
+    let passwd = Path::new("/etc/passwd");
+    let dotdot = data
+        .join("../../..")
+        .join(elsewhere.path().strip_prefix("/").unwrap())
+        .join("secret.csv");
+    for path in [secret.as_path(), link.as_path(), passwd, dotdot.as_path()] {
+        let err = sql_on(&endpoint, key, &[("t", path)], "SELECT * FROM t")
+            .await
+            .expect_err(&path.display().to_string());
+        assert!(
+            err.contains("lies outside the data roots"),
+            "{path:?}: {err}"
+        );
+        assert!(err.contains("--data-roots"), "{err}");
+        assert!(!err.contains("4111") && !err.contains("root:"), "{err}");
+    }
+    // COPY: refused outside (nothing written), allowed inside for a writer's role only.
+    let out = elsewhere.path().join("out");
+    let err = sql_on(
+        &endpoint,
+        key,
+        &[],
+        &format!("COPY (SELECT 1 AS x) TO '{}/' STORED AS CSV", out.display()),
+    )
+    .await
+    .unwrap_err();
+    assert!(err.contains("lies outside the data roots"), "{err}");
+    assert!(!out.exists());
+    let copy_inside = format!(
+        "COPY (SELECT 1 AS x) TO '{}/' STORED AS CSV",
+        dir.join("out").display()
+    );
+    let submitter = make_key(&admin, "submitter", "", "").await;
+    let err = sql_on(&endpoint, Some(&submitter), &[], &copy_inside)
+        .await
+        .unwrap_err();
+    assert!(err.contains("which may not"), "{err}");
+    assert!(!dir.join("out").exists());
+    assert_eq!(
+        sql_on(
+            &endpoint,
+            Some(&submitter),
+            &[("t", &inside)],
+            "SELECT * FROM t"
+        )
+        .await,
+        Ok(2)
+    );
+    assert_eq!(sql_on(&endpoint, key, &[], &copy_inside).await, Ok(1));
+    assert!(std::fs::read_dir(dir.join("out")).unwrap().count() > 0);
+    // No key, or a viewer's: refused at the port.
+    let err = sql_on(&endpoint, None, &[("t", &inside)], "SELECT * FROM t")
+        .await
+        .unwrap_err();
+    assert!(err.contains("no API key"), "{err}");
+    let viewer = make_key(&admin, "viewer", "", "").await;
+    let err = sql_on(
+        &endpoint,
+        Some(&viewer),
+        &[("t", &inside)],
+        "SELECT * FROM t",
+    )
+    .await
+    .unwrap_err();
+    assert!(err.contains("which may not"), "{err}");
+    // A job reading outside the roots is refused when it is submitted.
+    let spec = common::spec(dir, "escape", &secret, 1, 16);
+    let err = admin.submit(&spec).await.unwrap_err().to_string();
+    assert!(err.contains("lies outside the data roots"), "{err}");
+    assert!(admin.jobs().await.unwrap().is_empty());
 }

@@ -128,6 +128,7 @@ async fn two_executor_standalone(dir: &Path) -> halyard::Standalone {
     halyard::start_standalone(halyard_core::config::Settings {
         listen: Some("127.0.0.1:0".into()),
         data_dir: Some(dir.join("state")),
+        data_roots: Some(vec![dir.display().to_string()]),
         executors: Some(2),
         ..Default::default()
     })

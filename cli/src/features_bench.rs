@@ -13,7 +13,7 @@ use arrow::array::{
 use halyard_core::spec::{FeaturesSpec, SourceFormat, SourceSpec, SplitSpec};
 use halyard_core::store::S3Config;
 use halyard_features::cluster::{SqlExecutor, SqlScheduler};
-use halyard_features::session::{local_context, remote_context};
+use halyard_features::session::{DataAccess, local_context, remote_context};
 use halyard_features::stage::run_stage;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -274,20 +274,20 @@ pub async fn run(b: &FeaturesBench) -> Result<(Timings, Timings)> {
         b.rows,
         b.customers
     );
-    let s3 = S3Config::default();
+    let access = DataAccess::unconfined(&S3Config::default());
+    let (verifier, key) = halyard_core::auth::private_keys().await?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .map_err(|e| io(&b.dir, e))?;
-    let scheduler = SqlScheduler::start(listener, &s3).await?;
+    let scheduler = SqlScheduler::start(listener, &access, verifier, &key).await?;
     let endpoint = scheduler.addr.to_string();
     let mut executors = Vec::new();
     for i in 0..b.executors {
         let l = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .map_err(|e| io(&b.dir, e))?;
-        let mut e =
-            SqlExecutor::start(&format!("bench-executor-{i}"), "127.0.0.1", l, b.slots, &s3)
-                .await?;
+        let id = format!("bench-executor-{i}");
+        let mut e = SqlExecutor::start(&id, "127.0.0.1", l, b.slots, &access, &key).await?;
         e.follow(Some(&endpoint));
         executors.push(e);
     }
@@ -296,9 +296,9 @@ pub async fn run(b: &FeaturesBench) -> Result<(Timings, Timings)> {
     for run in 0..b.runs {
         for on_cluster in [true, false] {
             let ctx = if on_cluster {
-                remote_context(&endpoint, &s3, b.partitions).await?
+                remote_context(&endpoint, Some(&key), &access, b.partitions).await?
             } else {
-                local_context(&s3, b.partitions)?
+                local_context(&access, b.partitions)?
             };
             let out = b.dir.join(format!(
                 "out-{}-{run}",

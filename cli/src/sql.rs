@@ -8,7 +8,7 @@ use arrow::array::RecordBatch;
 use datafusion::prelude::SessionContext;
 use halyard_core::spec::{SourceFormat, SourceSpec};
 use halyard_core::store::S3Config;
-use halyard_features::session::{local_context, remote_context};
+use halyard_features::session::{DataAccess, local_context, remote_context};
 use halyard_features::stage::{collect_retrying, register_source};
 
 use halyard_client::Client;
@@ -36,7 +36,7 @@ pub async fn context(
     let ctx = match target {
         Target::Local => {
             let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-            local_context(s3, cores)?
+            local_context(&DataAccess::unconfined(s3), cores)?
         }
         Target::Cluster(client) => {
             let status = client.cluster().await?;
@@ -45,7 +45,13 @@ pub async fn context(
                     "the cluster advertises no SQL scheduler yet (its leader starts one); try again, or use --local".into(),
                 ));
             }
-            remote_context(&status.sql_endpoint, s3, PARTITIONS).await?
+            remote_context(
+                &status.sql_endpoint,
+                client.key(),
+                &DataAccess::unconfined(s3),
+                PARTITIONS,
+            )
+            .await?
         }
     };
     let mut sources = Vec::with_capacity(tables.len());

@@ -43,9 +43,29 @@ pub struct Client {
     models: ModelServiceClient<Keyed>,
     predictions: PredictionServiceClient<Keyed>,
     keys: KeyServiceClient<Keyed>,
+    key: KeyText,
+}
+
+/// The key's text, never printed.
+#[derive(Clone)]
+struct KeyText(Option<String>);
+
+impl std::fmt::Debug for KeyText {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() {
+            "<redacted>"
+        } else {
+            "none"
+        })
+    }
 }
 
 impl Client {
+    /// The key this client sends (the SQL port asks for it too).
+    pub fn key(&self) -> Option<&str> {
+        self.key.0.as_deref()
+    }
+
     /// Connect to `addr` (`HOST:PORT` or `http://HOST:PORT`) without a key: only health
     /// checks pass. See [`Client::connect_with_key`].
     pub async fn connect(addr: &str) -> Result<Client> {
@@ -80,6 +100,7 @@ impl Client {
             models: ModelServiceClient::with_interceptor(channel.clone(), bearer.clone()),
             predictions: PredictionServiceClient::with_interceptor(channel.clone(), bearer.clone()),
             keys: KeyServiceClient::with_interceptor(channel, bearer),
+            key: KeyText(key.map(|k| k.trim().to_string())),
         })
     }
 

@@ -503,6 +503,31 @@ mod tests {
         assert_eq!(parse_duration_ms("3w"), None);
         assert_eq!(parse_duration_ms(""), None);
     }
+
+    #[test]
+    fn every_key_refusal_reads_as_one() {
+        let forbidden = Denied::Forbidden {
+            key: "abc (ci)".into(),
+            role: Role::Viewer,
+            action: "sql-write",
+            allowed: "admin".into(),
+        };
+        for d in [
+            Denied::Missing,
+            Denied::Unknown,
+            Denied::Expired("abc (ci)".into()),
+            Denied::Revoked("abc (ci)".into()),
+            forbidden,
+        ] {
+            assert!(is_refusal(&format!("job failed: {d}")), "{d}");
+        }
+        let outside = crate::Error::Outside {
+            location: "file:///etc/passwd".into(),
+            roots: "/data".into(),
+        };
+        assert!(is_refusal(&outside.to_string()));
+        assert!(!is_refusal("executor lost: connection reset"));
+    }
 }
 
 /// The key of an `authorization` header's value: `Bearer hk_…`.
@@ -626,6 +651,33 @@ impl Verifier {
             },
         }
     }
+}
+
+/// Whether an error's text (which may have crossed a process as text) is a refusal: a
+/// missing, unknown or unentitled key, or a location outside the data roots. Trying
+/// again cannot help.
+pub fn is_refusal(text: &str) -> bool {
+    const MARKERS: [&str; 6] = [
+        "lies outside the data roots",
+        "no API key",
+        "unknown API key",
+        "expired: make a new one",
+        "was revoked",
+        ", which may not ",
+    ];
+    MARKERS.iter().any(|m| text.contains(m))
+}
+
+/// A coordinator of its own (embedded) that knows one admin key, for a SQL cluster run
+/// inside one process (a benchmark, a test): its verifier and the key.
+pub async fn private_keys() -> crate::Result<(Verifier, String)> {
+    let coord = crate::coord::Coordinator::new(
+        Arc::new(crate::kv::EmbeddedKv::new()),
+        crate::config::DEFAULT_ETCD_ROOT,
+    );
+    let key = generate("private", Role::Admin, None, None, "bootstrap", 0);
+    coord.create_key(&key.record).await?;
+    Ok((Verifier::new(coord), key.token))
 }
 
 /// File name of the admin key in a node's data directory.

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::confine::Roots;
 use crate::coord::Coordinator;
 use crate::error::{Error, Result};
 use crate::kv::{EmbeddedKv, EtcdKv};
@@ -148,6 +149,12 @@ settings! {
     /// listening on loopback makes it (mode 0600) when it is missing; any other node needs
     /// it.
     key_file: PathBuf, default: "`data_dir`/admin.key";
+    /// Folders and buckets jobs and SQL may read and write, comma-separated: folders,
+    /// `file://` URLs, `s3://bucket` or `s3://bucket/prefix`. Anything else (`..`, a
+    /// symbolic link out of a root, another bucket) is refused before it is touched.
+    data_roots: Vec<String>, default: "`data_dir`, the working directory and `store`";
+    /// Scheduler: most unfinished jobs one API key may have at once.
+    jobs_per_key: u32, default: DEFAULT_JOBS_PER_KEY;
     /// Lease time-to-live in seconds: a dead executor or leader is noticed within this.
     lease_ttl: u64, default: DEFAULT_LEASE_TTL_SECS;
     /// Executor: CPU slots offered to tasks.
@@ -238,6 +245,8 @@ pub const DEFAULT_EXECUTOR_PORT: u16 = 7071;
 pub const DEFAULT_LEASE_TTL_SECS: u64 = 5;
 /// Default key prefix in etcd.
 pub const DEFAULT_ETCD_ROOT: &str = "/halyard";
+/// Most unfinished jobs one key may have.
+pub const DEFAULT_JOBS_PER_KEY: u32 = 16;
 /// Default folder of local state (standalone's store).
 pub const DEFAULT_DATA_DIR: &str = "halyard-data";
 /// Default memory an executor offers, MiB.
@@ -324,6 +333,10 @@ pub struct SchedulerConfig {
     pub s3: S3Config,
     /// The file of the cluster's admin key, the node's own credential.
     pub key_file: PathBuf,
+    /// Where jobs and SQL may read and write.
+    pub roots: Roots,
+    /// Most unfinished jobs one key may have.
+    pub jobs_per_key: u32,
 }
 
 impl SchedulerConfig {
@@ -344,6 +357,8 @@ impl SchedulerConfig {
             advertise_host: host_of(s.advertise.as_deref().unwrap_or(&listen)).to_string(),
             s3: s.s3(),
             key_file: key_file(s),
+            roots: data_roots(s)?,
+            jobs_per_key: s.jobs_per_key.unwrap_or(DEFAULT_JOBS_PER_KEY),
             listen,
             tick: Duration::from_millis(100),
             max_attempts: 5,
@@ -363,6 +378,28 @@ fn key_file(s: &Settings) -> PathBuf {
     s.key_file
         .clone()
         .unwrap_or_else(|| data_dir(s).join(crate::auth::ADMIN_KEY_FILE))
+}
+
+/// The object store's URL: `store`, else the data directory's `store` folder (made).
+fn store_url(s: &Settings) -> Result<String> {
+    match &s.store {
+        Some(url) => Ok(url.clone()),
+        None => file_url(&data_dir(s).join("store")),
+    }
+}
+
+/// The data roots: those set, else the data directory and the working directory; the
+/// object store is always one (feature tables are written there).
+pub fn data_roots(s: &Settings) -> Result<Roots> {
+    let cwd = std::env::current_dir().map_err(|source| Error::Io {
+        path: PathBuf::from("."),
+        source,
+    })?;
+    let entries = match &s.data_roots {
+        Some(list) if !list.is_empty() => list.clone(),
+        _ => vec![data_dir(s).display().to_string(), cwd.display().to_string()],
+    };
+    Roots::parse(&entries, &cwd)?.with(&store_url(s)?)
 }
 
 /// The host part of `HOST:PORT`.
@@ -422,6 +459,8 @@ pub struct ExecutorConfig {
     pub sql_listen: String,
     /// The file of the cluster's admin key, the node's own credential.
     pub key_file: PathBuf,
+    /// Where jobs and SQL may read and write.
+    pub roots: Roots,
 }
 
 impl ExecutorConfig {
@@ -431,11 +470,9 @@ impl ExecutorConfig {
             .listen
             .clone()
             .unwrap_or_else(|| format!("127.0.0.1:{DEFAULT_EXECUTOR_PORT}"));
-        let store_url = match &s.store {
-            Some(url) => url.clone(),
-            None => file_url(&data_dir(s).join("store"))?,
-        };
+        let store_url = store_url(s)?;
         let sql_listen = sql_listen(s, &listen);
+        let roots = data_roots(s)?;
         Ok(ExecutorConfig {
             id: s
                 .id
@@ -468,6 +505,7 @@ impl ExecutorConfig {
             batch_wait: Duration::from_micros(s.batch_wait_us.unwrap_or(0)),
             sql_listen,
             key_file: key_file(s),
+            roots,
         })
     }
 

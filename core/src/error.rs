@@ -96,6 +96,16 @@ pub enum Error {
         /// The cause.
         source: std::io::Error,
     },
+    /// A location outside the data roots the cluster allows.
+    #[error(
+        "{location} lies outside the data roots this cluster allows ({roots}): move the data under one of them, or have the operator add its folder or bucket to --data-roots (HALYARD_DATA_ROOTS)"
+    )]
+    Outside {
+        /// The location asked for.
+        location: String,
+        /// The roots.
+        roots: String,
+    },
     /// Encoding or decoding a stored record failed: a bug or a foreign writer.
     #[error("corrupt record {key}: {message}")]
     Corrupt {
@@ -114,6 +124,7 @@ impl Error {
             Error::Invalid { .. } | Error::Toml { .. } | Error::Data { .. } => Failure::Invalid,
             Error::StoreUrl { .. } | Error::Bind { .. } => Failure::Invalid,
             Error::NotFound { .. } | Error::NoSuchJob(_) => Failure::NotFound,
+            Error::Outside { .. } => Failure::Forbidden,
             Error::Coordinator(_)
             | Error::Conflict { .. }
             | Error::Fenced

@@ -6,6 +6,7 @@
 
 pub mod auth;
 pub mod config;
+pub mod confine;
 pub mod coord;
 pub mod data;
 pub mod error;

@@ -7,8 +7,8 @@ use halyard_core::coord::Coordinator;
 use halyard_core::data::digest;
 use halyard_core::data::{read_parquet_parts, read_table, sort_table};
 use halyard_core::spec::{ForecastSpec, JobSpec, SeriesLayout};
-use halyard_core::store::{S3Config, Store, feature_shard_path, features_manifest_path, read_url};
-use halyard_features::session::remote_context;
+use halyard_core::store::{Store, feature_shard_path, features_manifest_path, read_url};
+use halyard_features::session::{DataAccess, remote_context};
 use halyard_features::stage::{FeatureTable, run_stage};
 use halyard_models::forecast::data::{from_long_table, read_wide_csv};
 use halyard_models::forecast::{Series, split_last};
@@ -34,14 +34,15 @@ async fn sql_endpoint(coord: &Coordinator) -> Result<String> {
 /// A context on the cluster's SQL (Ballista) scheduler.
 pub(crate) async fn sql_context(
     coord: &Coordinator,
-    s3: &S3Config,
+    token: &str,
+    access: &DataAccess,
     log: &mut (dyn FnMut(String) + Send),
 ) -> Result<SessionContext> {
     let endpoint = sql_endpoint(coord).await?;
     log(format!(
         "features: running the SQL on the cluster (scheduler {endpoint})"
     ));
-    Ok(remote_context(&endpoint, s3, SQL_PARTITIONS).await?)
+    Ok(remote_context(&endpoint, Some(token), access, SQL_PARTITIONS).await?)
 }
 
 /// What a job trains on: its source file, or the Parquet shards its feature stage wrote.
@@ -102,18 +103,20 @@ impl Input {
 }
 
 /// Read a job's data source (and its forecast test source), logging each read. A job with
-/// `[features]` reads its feature table instead ([`feature_input`]).
+/// `[features]` reads its feature table instead ([`feature_input`]). Each location must
+/// lie under `access`'s roots.
 pub async fn read_inputs(
     spec: &JobSpec,
-    s3: &S3Config,
+    access: &DataAccess,
     log: &mut (dyn FnMut(String) + Send),
 ) -> Result<Input> {
     let source = &spec.data.source;
-    let bytes = read_url(source, s3).await?;
+    access.roots.check_url(source)?;
+    let bytes = read_url(source, &access.s3).await?;
     log(format!("read {} bytes from {source}", bytes.len()));
     Ok(Input {
         parts: vec![bytes],
-        test: read_test_source(spec, s3, log).await?,
+        test: read_test_source(spec, access, log).await?,
         features: None,
         shard_rows: Vec::new(),
         shards: Vec::new(),
@@ -122,13 +125,14 @@ pub async fn read_inputs(
 
 async fn read_test_source(
     spec: &JobSpec,
-    s3: &S3Config,
+    access: &DataAccess,
     log: &mut (dyn FnMut(String) + Send),
 ) -> Result<Option<Bytes>> {
     Ok(
         match spec.forecast.as_ref().and_then(|f| f.test_source.clone()) {
             Some(url) => {
-                let b = read_url(&url, s3).await?;
+                access.roots.check_url(&url)?;
+                let b = read_url(&url, &access.s3).await?;
                 log(format!("read {} bytes from {url}", b.len()));
                 Some(b)
             }
@@ -145,11 +149,11 @@ pub async fn feature_input(
     spec: &JobSpec,
     store: &Store,
     dir: &str,
-    s3: &S3Config,
+    access: &DataAccess,
     log: &mut (dyn FnMut(String) + Send),
 ) -> Result<Input> {
     let Some(features) = &spec.features else {
-        return read_inputs(spec, s3, log).await;
+        return read_inputs(spec, access, log).await;
     };
     let manifest_path = features_manifest_path(dir);
     let manifest = match store.get(&manifest_path).await {
@@ -170,7 +174,7 @@ pub async fn feature_input(
         Err(e) => return Err(e.into()),
     };
     let mut input = read_feature_table(store, dir, &manifest, None, log).await?;
-    input.test = read_test_source(spec, s3, log).await?;
+    input.test = read_test_source(spec, access, log).await?;
     Ok(input)
 }
 

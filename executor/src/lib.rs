@@ -28,6 +28,7 @@ use halyard_core::proto::prediction_service_server::PredictionServiceServer;
 use halyard_core::records::{ExecutorInfo, now_ms};
 use halyard_core::store::Store;
 use halyard_features::cluster::SqlExecutor;
+use halyard_features::session::DataAccess;
 use halyard_serving::grpc::PredictionApi;
 use halyard_serving::{BatchConfig, Gateway, Host};
 use tokio::sync::watch;
@@ -125,7 +126,11 @@ pub async fn start_executor(cfg: ExecutorConfig, coord: Coordinator) -> Result<E
         halyard_core::config::host_of(&info.address),
         sql_listener,
         cfg.cpu_slots.max(1) as usize,
-        &cfg.s3,
+        &DataAccess {
+            s3: cfg.s3.clone(),
+            roots: cfg.roots.clone(),
+        },
+        &token,
     )
     .await
     .map_err(|e| ExecutorError::Sql(e.to_string()))?;
@@ -142,7 +147,11 @@ pub async fn start_executor(cfg: ExecutorConfig, coord: Coordinator) -> Result<E
         store,
         info,
         lease,
-        Peers { boxes, bearer },
+        Peers {
+            boxes,
+            bearer,
+            token: Arc::from(token.as_str()),
+        },
         shutdown_rx,
     ));
     Ok(ExecutorHandle {
@@ -190,6 +199,8 @@ struct Running {
 struct Peers {
     boxes: halyard_collective::Mailboxes,
     bearer: BearerKey,
+    /// The node key's text (the SQL scheduler's door reads it).
+    token: Arc<str>,
 }
 
 /// The executor's loop: keep the lease alive, start assigned tasks, stop revoked ones.
@@ -202,7 +213,15 @@ async fn run(
     peers: Peers,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let Peers { boxes, bearer } = peers;
+    let Peers {
+        boxes,
+        bearer,
+        token,
+    } = peers;
+    let data = DataAccess {
+        s3: cfg.s3.clone(),
+        roots: cfg.roots.clone(),
+    };
     let mut lease = lease_cell.load(Ordering::Relaxed);
     let renew_every = cfg.lease_ttl / 3;
     let mut renewed = std::time::Instant::now();
@@ -257,11 +276,12 @@ async fn run(
                         a,
                         coord: coord.clone(),
                         store: store.clone(),
-                        s3: cfg.s3.clone(),
+                        data: data.clone(),
                         gpus: cfg.gpus,
                         cancel: cancel.clone(),
                         boxes: boxes.clone(),
                         key: bearer.clone(),
+                        token: token.clone(),
                     }));
                     running.insert(key, Running { cancel, handle });
                 }

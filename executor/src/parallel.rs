@@ -228,7 +228,7 @@ async fn read_rows(
     let (rank, workers) = (a.value.rank as usize, a.value.group.len().max(1));
     let mut log = |line: String| progress.log(line);
     if spec.features.is_none() {
-        let input = read_inputs(spec, &t.s3, &mut log).await?;
+        let input = read_inputs(spec, &t.data, &mut log).await?;
         let table = input.table(spec)?;
         let all = with_split_column(&table.batches, features, SPLIT_COLUMN)?;
         let (local, ids) = rows_of_rank(&all, rank, workers)?;
@@ -243,8 +243,8 @@ async fn read_rows(
     }
     let dir = features_dir(&a.value.feature_job());
     let input = if rank == 0 {
-        let ctx = sql_context(&t.coord, &t.s3, &mut log).await?;
-        feature_input(&ctx, spec, store, &dir, &t.s3, &mut log).await?
+        let ctx = sql_context(&t.coord, &t.token, &t.data, &mut log).await?;
+        feature_input(&ctx, spec, store, &dir, &t.data, &mut log).await?
     } else {
         log(format!(
             "waiting for rank 0's feature table in {}",

@@ -8,12 +8,12 @@ use halyard_core::coord::{Coordinator, Versioned};
 use halyard_core::data::digest;
 use halyard_core::records::{TaskAssignment, TaskProgress, TaskState, now_ms};
 use halyard_core::registry::ModelVersion;
-use halyard_core::store::{
-    MANIFEST_FILE, S3Config, Store, WEIGHTS_FILE, features_dir, publish_model,
-};
+use halyard_core::store::{MANIFEST_FILE, Store, WEIGHTS_FILE, features_dir, publish_model};
 use halyard_models::artifact::{DataLineage, FORMAT, Manifest, tensor_shapes};
 use halyard_models::pipeline::TrainedModel;
 use tracing::{info, warn};
+
+use halyard_features::session::DataAccess;
 
 use crate::error::{ExecutorError, Result};
 use crate::input::{feature_input, read_inputs, sql_context};
@@ -46,7 +46,8 @@ pub(crate) struct Task {
     pub a: Versioned<TaskAssignment>,
     pub coord: Coordinator,
     pub store: Store,
-    pub s3: S3Config,
+    /// What the task's data may be, and how S3 is reached.
+    pub data: DataAccess,
     /// GPUs the executor advertises.
     pub gpus: u32,
     /// Set when the task must stop.
@@ -55,6 +56,8 @@ pub(crate) struct Task {
     pub boxes: halyard_collective::Mailboxes,
     /// The node's own key, for its calls to other nodes (the all-reduce ring).
     pub key: halyard_core::auth::BearerKey,
+    /// The same key's text, for the SQL scheduler.
+    pub token: Arc<str>,
 }
 
 impl Task {
@@ -138,15 +141,15 @@ async fn train_and_publish(t: &Task, progress: &mut TaskProgress) -> Result<()> 
 async fn train_alone(t: &Task, progress: &mut TaskProgress) -> Result<Trained> {
     let (a, spec) = (&t.a, &t.a.value.spec);
     let input = if spec.features.is_some() {
-        let ctx = sql_context(&t.coord, &t.s3, &mut |line| progress.log(line)).await?;
+        let ctx = sql_context(&t.coord, &t.token, &t.data, &mut |line| progress.log(line)).await?;
         t.report(progress).await;
         let dir = features_dir(&a.value.feature_job());
-        feature_input(&ctx, spec, &t.store, &dir, &t.s3, &mut |line| {
+        feature_input(&ctx, spec, &t.store, &dir, &t.data, &mut |line| {
             progress.log(line)
         })
         .await?
     } else {
-        read_inputs(spec, &t.s3, &mut |line| progress.log(line)).await?
+        read_inputs(spec, &t.data, &mut |line| progress.log(line)).await?
     };
     let placement = placement(spec, t.gpus);
     progress.log(format!(

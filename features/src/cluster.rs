@@ -32,35 +32,70 @@ use ballista_scheduler::cluster::BallistaCluster;
 use ballista_scheduler::config::SchedulerConfig as BallistaSchedulerConfig;
 use ballista_scheduler::metrics::default_metrics_collector;
 use ballista_scheduler::scheduler_server::SchedulerServer;
-use datafusion::prelude::SessionConfig;
+use datafusion::prelude::{SessionConfig, SessionContext};
 use datafusion_proto::protobuf::{LogicalPlanNode, PhysicalPlanNode};
-use halyard_core::store::S3Config;
+use halyard_core::auth::{BearerKey, Verifier};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::TcpListenerStream;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Channel;
 use tracing::{info, warn};
 
+use crate::door::SqlDoorLayer;
 use crate::error::{FeatureError, Result};
-use crate::session::{node_state, runtime};
+use crate::session::{DataAccess, node_state, runtime};
+
+/// A client of the SQL scheduler that presents the node's key.
+type SchedulerClient = SchedulerGrpcClient<InterceptedService<Channel, BearerKey>>;
+
+/// Connect to the SQL scheduler at `url` as this node (`key`).
+async fn scheduler_client(url: &str, key: &str) -> Result<SchedulerClient> {
+    let channel = tonic::transport::Endpoint::from_shared(url.to_string())
+        .map_err(|e| FeatureError::Cluster(format!("{url}: {e}")))?
+        .connect()
+        .await
+        .map_err(|e| FeatureError::Cluster(format!("{url}: {e}")))?;
+    let bearer = BearerKey::new(Some(key)).map_err(|e| FeatureError::Cluster(e.to_string()))?;
+    Ok(SchedulerGrpcClient::with_interceptor(channel, bearer)
+        .max_decoding_message_size(64 << 20)
+        .max_encoding_message_size(64 << 20))
+}
 
 /// A running Ballista scheduler, owned by the Halyard leader.
 pub struct SqlScheduler {
     /// The address it listens on.
     pub addr: SocketAddr,
+    /// The node's key, for its own calls.
+    key: String,
     ballista: SchedulerServer<LogicalPlanNode, PhysicalPlanNode>,
     shutdown: watch::Sender<bool>,
     server: JoinHandle<()>,
 }
 
 impl SqlScheduler {
-    /// Start a Ballista scheduler on `listener`. Its planning resolves data URLs with
-    /// Halyard's object stores.
-    pub async fn start(listener: TcpListener, s3: &S3Config) -> Result<SqlScheduler> {
+    /// Start a Ballista scheduler on `listener`, behind a door that checks every call's
+    /// key with `verifier` ([`crate::door`]); `key` is the node's own. Its planning
+    /// resolves data URLs with Halyard's object stores, confined to `access`'s roots.
+    pub async fn start(
+        listener: TcpListener,
+        access: &DataAccess,
+        verifier: Verifier,
+        key: &str,
+    ) -> Result<SqlScheduler> {
         let addr = listener
             .local_addr()
             .map_err(|e| FeatureError::Cluster(e.to_string()))?;
-        let rt = runtime(s3)?;
+        let rt = runtime(access)?;
+        let door = SqlDoorLayer::new(
+            verifier,
+            SessionContext::new_with_state(node_state(
+                SessionConfig::new_with_ballista(),
+                rt.clone(),
+            )),
+            access.roots.clone(),
+        );
         let session_builder =
             Arc::new(move |config: SessionConfig| Ok(node_state(config, rt.clone())));
         let config_producer: ConfigProducer = Arc::new(SessionConfig::new_with_ballista);
@@ -96,6 +131,7 @@ impl SqlScheduler {
                 let _ = rx.wait_for(|s| *s).await;
             };
             if let Err(e) = create_grpc_server(&GrpcServerConfig::default())
+                .layer(door)
                 .add_service(grpc)
                 .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stop)
                 .await
@@ -106,6 +142,7 @@ impl SqlScheduler {
         info!(%addr, "sql scheduler (ballista) listening");
         Ok(SqlScheduler {
             addr,
+            key: key.to_string(),
             ballista: server,
             shutdown,
             server: task,
@@ -130,10 +167,8 @@ impl SqlScheduler {
             warn!(%job, executor = executor_id, "cancelling a sql query that ran on a lost executor; it runs again");
             self.ballista.cancel_job(job).await?;
         }
-        let mut client = SchedulerGrpcClient::connect(format!("http://{}", self.addr))
-            .await
-            .map_err(|e| FeatureError::Cluster(e.to_string()))?;
-        client
+        scheduler_client(&format!("http://{}", self.addr), &self.key)
+            .await?
             .executor_stopped(ExecutorStoppedParams {
                 executor_id: executor_id.to_string(),
                 reason: reason.to_string(),
@@ -158,17 +193,21 @@ pub struct SqlExecutor {
     work_dir: std::path::PathBuf,
     flight: JoinHandle<()>,
     attached: Option<(String, JoinHandle<()>)>,
+    /// The node's key, presented to the SQL scheduler.
+    key: String,
 }
 
 impl SqlExecutor {
     /// Start the Flight service on `listener`; `host` is the name other nodes reach this
-    /// one by. `vcores` tasks run at once.
+    /// one by. `vcores` tasks run at once, reading and writing within `access`'s roots;
+    /// `key` is the node's, presented to the scheduler.
     pub async fn start(
         id: &str,
         host: &str,
         listener: TcpListener,
         vcores: usize,
-        s3: &S3Config,
+        access: &DataAccess,
+        key: &str,
     ) -> Result<SqlExecutor> {
         let addr = listener
             .local_addr()
@@ -193,7 +232,7 @@ impl SqlExecutor {
             os_info: Some(ExecutorOperatingSystemSpecification::default().into()),
             ballista_protocol_version: BALLISTA_PROTOCOL_VERSION,
         };
-        let rt = runtime(s3)?;
+        let rt = runtime(access)?;
         let state = node_state(SessionConfig::new_with_ballista(), rt.clone());
         let config_producer: ConfigProducer = Arc::new(SessionConfig::new_with_ballista);
         let runtime_producer: RuntimeProducer = Arc::new(move |_| Ok(rt.clone()));
@@ -226,6 +265,7 @@ impl SqlExecutor {
             work_dir: work_path,
             flight,
             attached: None,
+            key: key.to_string(),
         })
     }
 
@@ -242,13 +282,11 @@ impl SqlExecutor {
         let Some(endpoint) = endpoint else { return };
         let url = format!("http://{endpoint}");
         let executor = self.executor.clone();
+        let key = self.key.clone();
         let task = tokio::spawn(async move {
             loop {
-                match SchedulerGrpcClient::connect(url.clone()).await {
+                match scheduler_client(&url, &key).await {
                     Ok(client) => {
-                        let client = client
-                            .max_decoding_message_size(64 << 20)
-                            .max_encoding_message_size(64 << 20);
                         info!(%url, "sql executor attached");
                         if let Err(e) = poll_loop(
                             client,

@@ -83,6 +83,13 @@ impl From<ballista_core::error::BallistaError> for FeatureError {
 pub fn describe(e: &datafusion::error::DataFusionError) -> String {
     let inner = e.find_root();
     let text = inner.to_string();
+    // A refusal of the SQL port arrives as a gRPC status printed whole: keep its message.
+    let text = match text.split_once("message: \"") {
+        Some((_, rest)) if text.contains("Status {") => {
+            rest.split_once("\", ").map_or(rest, |(m, _)| m).to_string()
+        }
+        _ => text,
+    };
     text.trim_end_matches('.').to_string()
 }
 

@@ -2,6 +2,7 @@
 //!
 //! - [`cluster`]: the Ballista scheduler embedded in the leading Halyard scheduler and the
 //!   Ballista executor embedded in every Halyard executor, following the leader.
+//! - [`door`]: the key and role check before every call of the SQL scheduler's port.
 //! - [`session`]: DataFusion contexts (single-process, Ballista client, Ballista nodes), all
 //!   with Halyard's object stores ([`stores`]) and UDFs ([`udf`]).
 //! - [`stage`]: a job's feature stage: SQL over named sources, the split, Parquet shards
@@ -9,9 +10,12 @@
 //!
 //! **Invariants.** Plans carry URLs, never credentials: every node builds its S3 clients
 //! from its own configuration. A feature table is whole once `features.json` is written
-//! (after every shard); a rerun of the stage rewrites every shard.
+//! (after every shard); a rerun of the stage rewrites every shard. Every object store a
+//! node hands DataFusion is confined to its data roots, and the SQL scheduler's port
+//! admits only keys the cluster knows.
 
 pub mod cluster;
+pub mod door;
 mod error;
 pub mod session;
 pub mod stage;

@@ -13,16 +13,41 @@ use datafusion::execution::SessionState;
 use datafusion::execution::SessionStateBuilder;
 use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
 use datafusion::prelude::{SessionConfig, SessionContext};
+use halyard_core::confine::Roots;
 use halyard_core::store::S3Config;
 
 use crate::error::Result;
 use crate::stores::Stores;
 use crate::udf;
 
-/// The runtime every node uses: Halyard's object stores.
-pub fn runtime(s3: &S3Config) -> Result<Arc<RuntimeEnv>> {
+/// What a process's queries may read and write, and how it reaches S3.
+#[derive(Debug, Clone)]
+pub struct DataAccess {
+    /// S3 settings (the secret is redacted from `Debug`).
+    pub s3: S3Config,
+    /// The folders and buckets queries may touch.
+    pub roots: Roots,
+}
+
+impl DataAccess {
+    /// Access to anything this process's user may touch: a user's own process
+    /// (`halyard sql --local`, `halyard train`, a client planning for the cluster, which
+    /// confines what it runs).
+    pub fn unconfined(s3: &S3Config) -> DataAccess {
+        DataAccess {
+            s3: s3.clone(),
+            roots: Roots::any(),
+        }
+    }
+}
+
+/// The runtime every node uses: Halyard's object stores, confined to the roots.
+pub fn runtime(access: &DataAccess) -> Result<Arc<RuntimeEnv>> {
     Ok(RuntimeEnvBuilder::new()
-        .with_object_store_registry(Arc::new(Stores::new(s3.clone())))
+        .with_object_store_registry(Arc::new(Stores::new(
+            access.s3.clone(),
+            access.roots.clone(),
+        )))
         .build_arc()?)
 }
 
@@ -50,29 +75,40 @@ pub fn config(partitions: usize) -> SessionConfig {
 pub const SHUFFLE_TASK_BUFFER_BYTES: u64 = 1 << 30;
 
 /// A plain DataFusion state with the shared settings and the object stores.
-fn client_state(s3: &S3Config, partitions: usize) -> Result<SessionState> {
+fn client_state(config: SessionConfig, access: &DataAccess) -> Result<SessionState> {
     Ok(SessionStateBuilder::new()
         .with_default_features()
-        .with_config(config(partitions))
-        .with_runtime_env(runtime(s3)?)
+        .with_config(config)
+        .with_runtime_env(runtime(access)?)
         .build())
 }
 
 /// A single-process DataFusion context with the UDFs and object stores.
-pub fn local_context(s3: &S3Config, partitions: usize) -> Result<SessionContext> {
-    let ctx = SessionContext::new_with_state(client_state(s3, partitions)?);
+pub fn local_context(access: &DataAccess, partitions: usize) -> Result<SessionContext> {
+    let ctx = SessionContext::new_with_state(client_state(config(partitions), access)?);
     register_udfs(&ctx);
     Ok(ctx)
 }
 
 /// A context whose queries run on the Ballista cluster whose scheduler listens at
-/// `endpoint` (`HOST:PORT`).
+/// `endpoint` (`HOST:PORT`), presenting `key` (the SQL port checks it).
 pub async fn remote_context(
     endpoint: &str,
-    s3: &S3Config,
+    key: Option<&str>,
+    access: &DataAccess,
     partitions: usize,
 ) -> Result<SessionContext> {
-    let state = client_state(s3, partitions)?;
+    let mut config = config(partitions);
+    if let Some(key) = key {
+        config = config.with_ballista_grpc_metadata(
+            [(
+                "authorization".to_string(),
+                format!("Bearer {}", key.trim()),
+            )]
+            .into(),
+        );
+    }
+    let state = client_state(config, access)?;
     let ctx = SessionContext::remote_with_state(&format!("df://{endpoint}"), state).await?;
     // Ballista's upgrade resets the function list to its own: add ours back.
     register_udfs(&ctx);

@@ -122,14 +122,15 @@ const ATTEMPTS: u32 = 3;
 /// Plan and run `sql`, running it again (up to [`ATTEMPTS`] times in all) when it fails
 /// while executing: a query cancelled because an executor was lost (the SQL cluster
 /// cancels them, `cluster::SqlScheduler::executor_lost`) then runs whole on the others. A
-/// planning error (syntax, unknown column) fails at once.
+/// planning error (syntax, unknown column) and a refusal (a key, a role, the data roots)
+/// fail at once.
 pub async fn collect_retrying(ctx: &SessionContext, sql: &str) -> Result<Vec<RecordBatch>> {
     let mut attempt = 1;
     loop {
         let df = ctx.sql(sql).await?;
         match df.collect().await {
             Ok(batches) => return Ok(batches),
-            Err(e) if attempt < ATTEMPTS => {
+            Err(e) if attempt < ATTEMPTS && !halyard_core::auth::is_refusal(&e.to_string()) => {
                 tracing::warn!(attempt, error = %crate::error::describe(&e), "sql query failed while running; running it again");
                 tokio::time::sleep(std::time::Duration::from_secs(u64::from(attempt))).await;
                 attempt += 1;

@@ -9,7 +9,7 @@ use std::path::Path;
 use datafusion::prelude::{CsvReadOptions, SessionContext};
 use halyard_core::store::S3Config;
 use halyard_features::cluster::{SqlExecutor, SqlScheduler};
-use halyard_features::session::{local_context, remote_context};
+use halyard_features::session::{DataAccess, local_context, remote_context};
 
 /// Customers and events, deterministic.
 fn write_data(dir: &Path) {
@@ -91,21 +91,26 @@ async fn register(ctx: &SessionContext, dir: &Path) {
 async fn cluster_answers_equal_single_process_datafusion() {
     let dir = tempfile::tempdir().unwrap();
     write_data(dir.path());
-    let s3 = S3Config::default();
+    let access = DataAccess::unconfined(&S3Config::default());
+    let (verifier, key) = halyard_core::auth::private_keys().await.unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let scheduler = SqlScheduler::start(listener, &s3).await.unwrap();
+    let scheduler = SqlScheduler::start(listener, &access, verifier, &key)
+        .await
+        .unwrap();
     let endpoint = scheduler.addr.to_string();
     let mut executors = Vec::new();
     for id in ["sql-exec-a", "sql-exec-b"] {
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let mut e = SqlExecutor::start(id, "127.0.0.1", l, 2, &s3)
+        let mut e = SqlExecutor::start(id, "127.0.0.1", l, 2, &access, &key)
             .await
             .unwrap();
         e.follow(Some(&endpoint));
         executors.push(e);
     }
-    let cluster = remote_context(&endpoint, &s3, 4).await.unwrap();
-    let local = local_context(&s3, 4).unwrap();
+    let cluster = remote_context(&endpoint, Some(&key), &access, 4)
+        .await
+        .unwrap();
+    let local = local_context(&access, 4).unwrap();
     register(&cluster, dir.path()).await;
     register(&local, dir.path()).await;
     for q in QUERIES {

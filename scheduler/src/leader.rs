@@ -3,6 +3,7 @@
 use std::collections::{BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
+use halyard_core::auth::Verifier;
 use halyard_core::config::SchedulerConfig;
 use halyard_core::coord::{Coordinator, Leadership, Versioned};
 use halyard_core::records::{
@@ -11,6 +12,7 @@ use halyard_core::records::{
 use halyard_core::search::{Next, SearchState, TrialState, best_trial, next_step};
 use halyard_core::{Error, Result};
 use halyard_features::cluster::SqlScheduler;
+use halyard_features::session::DataAccess;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
@@ -20,6 +22,7 @@ use crate::decide::{Free, Verdict, choose_executors, free_capacity, supervise};
 pub(crate) async fn run(
     cfg: SchedulerConfig,
     coord: Coordinator,
+    door: SqlDoor,
     mut shutdown: watch::Receiver<bool>,
 ) {
     loop {
@@ -31,7 +34,7 @@ pub(crate) async fn run(
             _ = shutdown.wait_for(|s| *s) => return,
         };
         info!(id = %cfg.id, revision = leadership.revision, "became leader");
-        let reason = lead(&cfg, &coord, &leadership, &mut shutdown).await;
+        let reason = lead(&cfg, &coord, &door, &leadership, &mut shutdown).await;
         match reason {
             Ok(()) => {
                 if let Err(e) = coord.resign(&leadership).await {
@@ -82,6 +85,7 @@ async fn campaign(cfg: &SchedulerConfig, coord: &Coordinator) -> Leadership {
 async fn lead(
     cfg: &SchedulerConfig,
     coord: &Coordinator,
+    door: &SqlDoor,
     leadership: &Leadership,
     shutdown: &mut watch::Receiver<bool>,
 ) -> Result<()> {
@@ -90,6 +94,7 @@ async fn lead(
     let mut leader = Leader {
         cfg,
         coord,
+        door,
         leadership,
         source: format!("scheduler/{}", cfg.id),
         sql: None,
@@ -147,9 +152,20 @@ impl Leader<'_> {
     async fn sql_tick(&mut self, executors: &[ExecutorInfo]) -> Result<()> {
         if self.sql.is_none() {
             let started = match halyard_core::bind(&self.cfg.sql_listen).await {
-                Ok((listener, _)) => SqlScheduler::start(listener, &self.cfg.s3)
+                Ok((listener, _)) => {
+                    let access = DataAccess {
+                        s3: self.cfg.s3.clone(),
+                        roots: self.cfg.roots.clone(),
+                    };
+                    SqlScheduler::start(
+                        listener,
+                        &access,
+                        self.door.verifier.clone(),
+                        &self.door.token,
+                    )
                     .await
-                    .map_err(|e| e.to_string()),
+                    .map_err(|e| e.to_string())
+                }
                 Err(e) => Err(e.to_string()),
             };
             match started {
@@ -183,9 +199,18 @@ impl Leader<'_> {
     }
 }
 
+/// How the SQL scheduler checks its callers, and the node's own key.
+pub(crate) struct SqlDoor {
+    /// Checks callers' keys.
+    pub(crate) verifier: Verifier,
+    /// The node's key.
+    pub(crate) token: String,
+}
+
 struct Leader<'a> {
     cfg: &'a SchedulerConfig,
     coord: &'a Coordinator,
+    door: &'a SqlDoor,
     leadership: &'a Leadership,
     source: String,
     /// The SQL (Ballista) scheduler, run while leading.

@@ -59,7 +59,7 @@ pub async fn start_scheduler(cfg: SchedulerConfig, coord: Coordinator) -> Result
     let (listener, addr) = halyard_core::bind(&cfg.listen).await?;
     let verifier = Verifier::new(coord.clone());
     let (shutdown, shutdown_rx) = watch::channel(false);
-    let svc = service::JobApi::new(coord.clone(), cfg.id.clone());
+    let svc = service::JobApi::new(coord.clone(), &cfg);
     let (health_reporter, health) = tonic_health::server::health_reporter();
     health_reporter
         .set_serving::<JobServiceServer<service::JobApi>>()
@@ -84,7 +84,11 @@ pub async fn start_scheduler(cfg: SchedulerConfig, coord: Coordinator) -> Result
     });
     info!(id = %cfg.id, %addr, backend = coord.backend(), "scheduler listening");
     let routing = tokio::spawn(gateway.run(shutdown_rx.clone()));
-    let leader = tokio::spawn(leader::run(cfg, coord, shutdown_rx));
+    let door = leader::SqlDoor {
+        verifier: Verifier::new(coord.clone()),
+        token,
+    };
+    let leader = tokio::spawn(leader::run(cfg, coord, door, shutdown_rx));
     Ok(SchedulerHandle {
         addr,
         shutdown,

@@ -6,6 +6,8 @@ use std::time::Duration;
 use futures::Stream;
 use halyard_core::Failure;
 use halyard_core::auth::{Action, Caller};
+use halyard_core::config::SchedulerConfig;
+use halyard_core::confine::Roots;
 use halyard_core::coord::Coordinator;
 use halyard_core::proto::job_service_server::JobService;
 use halyard_core::proto::{
@@ -26,11 +28,40 @@ const WATCH_POLL: Duration = Duration::from_millis(100);
 pub(crate) struct JobApi {
     coord: Coordinator,
     id: String,
+    /// Where jobs may read.
+    roots: Roots,
+    /// Most unfinished jobs one key may have.
+    jobs_per_key: u32,
 }
 
 impl JobApi {
-    pub(crate) fn new(coord: Coordinator, id: String) -> Self {
-        JobApi { coord, id }
+    pub(crate) fn new(coord: Coordinator, cfg: &SchedulerConfig) -> Self {
+        JobApi {
+            coord,
+            id: cfg.id.clone(),
+            roots: cfg.roots.clone(),
+            jobs_per_key: cfg.jobs_per_key,
+        }
+    }
+
+    /// Refuse a job that reads outside the data roots, or one over its key's limit of
+    /// unfinished jobs.
+    async fn admit(&self, spec: &JobSpec, caller: &Caller) -> Result<(), Status> {
+        for location in spec.locations() {
+            self.roots.check_url(location).map_err(to_status)?;
+        }
+        let active = self.coord.list_active_jobs().await.map_err(to_status)?;
+        let mine = active
+            .iter()
+            .filter(|j| j.value.owner.as_deref() == Some(caller.key.id.as_str()))
+            .count();
+        if mine >= self.jobs_per_key as usize {
+            return Err(Failure::Refused.status(format!(
+                "key {} already has {mine} unfinished jobs, the most one key may have (--jobs-per-key): wait for one to finish or cancel one",
+                caller.key.label()
+            )));
+        }
+        Ok(())
     }
 
     async fn load_job(&self, id: &str) -> Result<JobRecord, Status> {
@@ -119,6 +150,7 @@ impl JobService for JobApi {
             )));
         }
         let spec = JobSpec::from_toml(&req.spec_toml, "job spec").map_err(to_status)?;
+        self.admit(&spec, &caller).await?;
         let mut job = JobRecord::new(new_job_id(&spec.name), spec);
         job.owner = Some(caller.key.id.clone());
         job.log(

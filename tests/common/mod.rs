@@ -38,7 +38,9 @@ impl Proc {
     pub(crate) fn spawn(name: &str, dir: &Path, args: &[&str]) -> Proc {
         let log = dir.join(format!("{name}.log"));
         let file = std::fs::File::create(&log).unwrap();
+        // Run in `dir`, as a user would: a standalone's data roots include it.
         let child = Command::new(env!("CARGO_BIN_EXE_halyard"))
+            .current_dir(dir)
             .args(args)
             .env("HALYARD_LOG", "info,halyard=debug")
             .stdout(Stdio::from(file.try_clone().unwrap()))
@@ -107,6 +109,7 @@ pub(crate) async fn standalone(dir: &Path, executors: u32) -> (halyard::Standalo
     let settings = halyard_core::config::Settings {
         listen: Some("127.0.0.1:0".into()),
         data_dir: Some(dir.join("state")),
+        data_roots: Some(vec![dir.display().to_string()]),
         executors: Some(executors),
         ..Default::default()
     };
@@ -191,6 +194,8 @@ pub(crate) struct EtcdCluster {
     pub etcd: String,
     pub root: String,
     pub store_url: String,
+    /// The data roots of its processes (`--data-roots`): `dir`, and more when a test adds.
+    pub data_roots: Vec<String>,
 }
 
 impl EtcdCluster {
@@ -201,12 +206,14 @@ impl EtcdCluster {
             etcd: etcd_endpoint(),
             root: format!("/halyard-{name}/{}", std::process::id()),
             store_url: format!("file://{}", dir.join("store").display()),
+            data_roots: vec![dir.display().to_string()],
         }
     }
 
     /// A `role` process `id` on `listen`, in this cluster, with `extra` flags.
     fn spawn(&self, role: &str, id: &str, listen: &str, extra: &[&str]) -> Proc {
         let key_file = self.key_file().display().to_string();
+        let roots = self.data_roots.join(",");
         let mut args = vec![
             role,
             "--listen",
@@ -221,6 +228,8 @@ impl EtcdCluster {
             "2",
             "--key-file",
             &key_file,
+            "--data-roots",
+            &roots,
         ];
         args.extend_from_slice(extra);
         Proc::spawn(id, &self.dir, &args)

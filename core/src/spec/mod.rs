@@ -712,6 +712,26 @@ impl JobSpec {
         Ok(spec)
     }
 
+    /// Every location the job reads: its data source, its feature sources and its forecast
+    /// test source (each must lie under the cluster's data roots).
+    pub fn locations(&self) -> Vec<&str> {
+        let mut out = Vec::new();
+        if !self.data.source.trim().is_empty() {
+            out.push(self.data.source.as_str());
+        }
+        if let Some(f) = &self.features {
+            out.extend(f.sources.iter().map(|s| s.path.as_str()));
+        }
+        if let Some(t) = self
+            .forecast
+            .as_ref()
+            .and_then(|f| f.test_source.as_deref())
+        {
+            out.push(t);
+        }
+        out
+    }
+
     /// Progress units a job counts to: epochs of a response model, or gradient steps over
     /// all members of a forecaster (the executor reports progress in the same units).
     pub fn progress_total(&self) -> u32 {
