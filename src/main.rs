@@ -8,6 +8,7 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use halyard_cli::bench::BenchCommand;
+use halyard_cli::keys::Connection;
 use halyard_cli::registry::{self, DeployAction};
 use halyard_cli::sql::SqlArgs;
 use halyard_cli::{commands, datagen};
@@ -50,7 +51,7 @@ enum Command {
         #[arg(long)]
         json: bool,
         #[command(flatten)]
-        conn: Conn,
+        conn: Connection,
     },
     /// List jobs
     Jobs {
@@ -58,7 +59,7 @@ enum Command {
         #[arg(long)]
         json: bool,
         #[command(flatten)]
-        conn: Conn,
+        conn: Connection,
     },
     /// Show one job: state, progress, metrics, artifact
     Job {
@@ -68,14 +69,14 @@ enum Command {
         #[arg(long)]
         json: bool,
         #[command(flatten)]
-        conn: Conn,
+        conn: Connection,
     },
     /// Show a job's log: scheduler events and executor progress
     Logs {
         /// Job id
         id: String,
         #[command(flatten)]
-        conn: Conn,
+        conn: Connection,
     },
     /// Cancel a job
     Cancel {
@@ -85,7 +86,7 @@ enum Command {
         #[arg(long)]
         json: bool,
         #[command(flatten)]
-        conn: Conn,
+        conn: Connection,
     },
     /// Continue a cancelled or failed data-parallel job from its last checkpoint, as a new job
     Resume {
@@ -98,7 +99,13 @@ enum Command {
         #[arg(long)]
         json: bool,
         #[command(flatten)]
-        conn: Conn,
+        conn: Connection,
+    },
+    /// Make TLS certificates for a cluster: a CA and one certificate per node; see
+    /// docs/security.md
+    Certs {
+        #[command(subcommand)]
+        what: CertsCommand,
     },
     /// Make, list and revoke API keys (admin only); see docs/security.md
     Keys {
@@ -108,7 +115,7 @@ enum Command {
         #[arg(long, global = true)]
         json: bool,
         #[command(flatten)]
-        conn: Conn,
+        conn: Connection,
     },
     /// Show the leader and the live executors
     Cluster {
@@ -116,7 +123,7 @@ enum Command {
         #[arg(long)]
         json: bool,
         #[command(flatten)]
-        conn: Conn,
+        conn: Connection,
     },
     /// Measure: a running cluster's scheduling and serving, or, in this process, the
     /// feature stage and the ring all-reduce (`halyard bench WHAT --help` for each)
@@ -124,7 +131,7 @@ enum Command {
         #[command(subcommand)]
         what: BenchCommand,
         #[command(flatten)]
-        conn: Conn,
+        conn: Connection,
     },
     /// List registered models: versions, traffic split, aliases
     Models {
@@ -132,7 +139,7 @@ enum Command {
         #[arg(long)]
         json: bool,
         #[command(flatten)]
-        conn: Conn,
+        conn: Connection,
     },
     /// Show a model: its versions (metrics, job, data lineage) and deployment
     Model {
@@ -142,7 +149,7 @@ enum Command {
         #[arg(long)]
         json: bool,
         #[command(flatten)]
-        conn: Conn,
+        conn: Connection,
     },
     /// Serve a model version (all traffic, or a canary's share), or set a traffic split
     ///
@@ -169,7 +176,7 @@ enum Command {
         #[arg(long)]
         json: bool,
         #[command(flatten)]
-        conn: Conn,
+        conn: Connection,
     },
     /// Make the canary (or --alias) version production, with all traffic
     Promote {
@@ -182,7 +189,7 @@ enum Command {
         #[arg(long)]
         json: bool,
         #[command(flatten)]
-        conn: Conn,
+        conn: Connection,
     },
     /// Restore the deployment as it was before its last change
     Rollback {
@@ -192,14 +199,14 @@ enum Command {
         #[arg(long)]
         json: bool,
         #[command(flatten)]
-        conn: Conn,
+        conn: Connection,
     },
     /// Stop serving a model (its versions stay registered)
     Undeploy {
         /// Model name
         name: String,
         #[command(flatten)]
-        conn: Conn,
+        conn: Connection,
     },
     /// A/B analysis: each variant's conversion rate from the outcomes fed back, the
     /// difference with production, its 95% interval and p-value
@@ -210,7 +217,7 @@ enum Command {
         #[arg(long)]
         json: bool,
         #[command(flatten)]
-        conn: Conn,
+        conn: Connection,
     },
     /// Run SQL on the cluster (its embedded Ballista) or, with --local, in this process
     ///
@@ -223,7 +230,7 @@ enum Command {
         #[command(flatten)]
         args: SqlArgs,
         #[command(flatten)]
-        conn: Conn,
+        conn: Connection,
     },
     /// Train a job spec here, without a cluster, and print its metrics
     ///
@@ -280,15 +287,21 @@ impl From<Device> for DeviceKind {
     }
 }
 
-#[derive(Args)]
-struct Conn {
-    /// Scheduler address, HOST:PORT
-    #[arg(long, env = "HALYARD_SCHEDULER", default_value = halyard_client::DEFAULT_SCHEDULER)]
-    scheduler: String,
-    /// API key (hk_…) [default: for a scheduler on this machine, the admin key in
-    /// HALYARD_KEY_FILE or DATA_DIR/admin.key (halyard-data/admin.key)]
-    #[arg(long, env = "HALYARD_KEY", hide_env_values = true)]
-    key: Option<String>,
+/// `halyard certs`' subcommands.
+#[derive(Subcommand)]
+enum CertsCommand {
+    /// Write ca.pem and ca.key, and NODE.pem and NODE.key for each node, into a folder;
+    /// start each node with --tls-cert NODE.pem --tls-key NODE.key --tls-ca ca.pem, and
+    /// give clients --tls-ca ca.pem
+    Init {
+        /// Folder to write to (existing files are never replaced)
+        #[arg(long, default_value = "halyard-certs")]
+        out: PathBuf,
+        /// The nodes' host names or IP addresses, comma-separated (each certificate also
+        /// names localhost and 127.0.0.1)
+        #[arg(long, value_delimiter = ',', required = true)]
+        nodes: Vec<String>,
+    },
 }
 
 /// `halyard keys`' subcommands.
@@ -405,8 +418,7 @@ async fn run(cli: Cli) -> Result<(), AnyError> {
         Command::Standalone(_) | Command::Scheduler(_) | Command::Executor(_)
     );
     init_tracing(if quiet { "warn" } else { "info" });
-    let client =
-        |conn: Conn| async move { halyard_cli::keys::connect(&conn.scheduler, conn.key).await };
+    let client = |conn: Connection| async move { halyard_cli::keys::connect(&conn).await };
     match cli.command {
         Command::Standalone(args) => halyard::run_standalone(args.settings()?).await?,
         Command::Scheduler(args) => halyard::run_scheduler(args.settings()?).await?,
@@ -431,10 +443,20 @@ async fn run(cli: Cli) -> Result<(), AnyError> {
         } => commands::resume(&client(conn).await?, &id, follow, json).await?,
         Command::Cluster { json, conn } => commands::cluster(&client(conn).await?, json).await?,
         Command::Bench { what, conn } => {
-            println!(
-                "{}",
-                halyard_cli::bench::run(what, &conn.scheduler, conn.key).await?
-            )
+            println!("{}", halyard_cli::bench::run(what, &conn).await?)
+        }
+        Command::Certs {
+            what: CertsCommand::Init { out, nodes },
+        } => {
+            let w = halyard_cli::certs::init(&out, &nodes)?;
+            println!("CA: {} (its key: ca.key, keep it offline)", w.ca.display());
+            for (name, cert, key) in &w.nodes {
+                println!(
+                    "{name}: --tls-cert {} --tls-key {}",
+                    cert.display(),
+                    key.display()
+                );
+            }
         }
         Command::Keys { what, json, conn } => {
             let c = client(conn).await?;
@@ -491,9 +513,7 @@ async fn run(cli: Cli) -> Result<(), AnyError> {
         Command::Experiment { name, json, conn } => {
             registry::experiment(&client(conn).await?, &name, json).await?
         }
-        Command::Sql { args, conn } => {
-            halyard_cli::sql::command(args, &conn.scheduler, conn.key).await?
-        }
+        Command::Sql { args, conn } => halyard_cli::sql::command(args, &conn).await?,
         Command::Train {
             spec,
             device,

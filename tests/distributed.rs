@@ -11,7 +11,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use common::{EtcdCluster, Proc};
+use common::{EtcdCluster, Proc, data_parallel_spec as spec};
 use halyard_cli::datagen::{self, Customer};
 use halyard_client::Client;
 use halyard_core::spec::JobSpec;
@@ -37,81 +37,6 @@ fn responses(dir: &Path) -> (PathBuf, f64) {
         .collect();
     let oracle = halyard_models::metrics::auc(&scores, &labels).unwrap();
     (generated.responses, oracle)
-}
-
-/// A data-parallel MLP job on the responses at `data`, its feature stage in SQL on the
-/// cluster (six shards, a modulo split on the row index, as the bank-marketing example
-/// does), small and quick for a debug build: `workers` workers, `train` lines replacing the
-/// `[train]` defaults of the same key, and `search` appended.
-fn spec(dir: &Path, name: &str, data: &Path, workers: u32, train: &str, search: &str) -> JobSpec {
-    let mut settings: Vec<(String, String)> = [
-        ("workers", workers.to_string().as_str()),
-        ("epochs", "6"),
-        ("batch_size", "512"),
-        ("learning_rate", "0.003"),
-        ("weight_decay", "0.0001"),
-        ("patience", "4"),
-        ("seed", "1"),
-        ("device", "\"cpu\""),
-        ("checkpoint_steps", "50"),
-        ("checkpoint_secs", "30"),
-        ("step_timeout_secs", "10"),
-    ]
-    .iter()
-    .map(|(k, v)| (k.to_string(), v.to_string()))
-    .collect();
-    for line in train.lines() {
-        let (key, value) = line.split_once(" = ").unwrap();
-        match settings.iter_mut().find(|(k, _)| k == key) {
-            Some(kv) => kv.1 = value.to_string(),
-            None => settings.push((key.to_string(), value.to_string())),
-        }
-    }
-    let train: String = settings
-        .iter()
-        .map(|(k, v)| format!("{k} = {v}\n"))
-        .collect();
-    let text = format!(
-        r#"name = "{name}"
-[[features.sources]]
-name = "responses"
-path = "{data}"
-row_index = "row"
-
-[features]
-sql = "SELECT * EXCLUDE (customer_id) FROM responses"
-shards = 6
-
-[features.split]
-method = "modulo"
-key = "row"
-every = 5
-test_remainder = 4
-validation_remainder = 3
-
-[data]
-label = "responded"
-positive = "yes"
-exclude = ["row"]
-
-[model]
-type = "mlp"
-encoding = "one_hot"
-hidden = [32]
-max_embedding = 8
-ensemble = 1
-
-[train]
-{train}
-[resources]
-cpus = 1
-memory_mb = 1024
-{search}"#,
-        data = data.display()
-    );
-    let path = dir.join(format!("{name}.toml"));
-    std::fs::write(&path, text).unwrap();
-    JobSpec::from_file(&path).unwrap()
 }
 
 /// A scheduler and three one-slot executors; returns the client and the executors by id.

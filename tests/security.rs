@@ -26,9 +26,14 @@ async fn call(
 ) -> (u16, Option<String>) {
     let grpc = path.starts_with("/halyard.") || path.starts_with("/grpc.");
     let path = path.replace("{model}", "allowed-model:predict");
+    let base = if addr.contains("://") {
+        addr.to_string()
+    } else {
+        format!("http://{addr}")
+    };
     let mut req = match method {
-        "GET" => http.get(format!("http://{addr}{path}")),
-        _ => http.post(format!("http://{addr}{path}")),
+        "GET" => http.get(format!("{base}{path}")),
+        _ => http.post(format!("{base}{path}")),
     };
     if grpc {
         req = req
@@ -298,6 +303,25 @@ fn a_node_beyond_loopback_without_a_key_file_refuses_to_start() {
         "{stderr}"
     );
     assert!(!missing.exists(), "it wrote a key file");
+    // With the key file but without TLS: refused too, naming the TLS flags.
+    std::fs::write(
+        &missing,
+        halyard_core::auth::generate("admin", Role::Admin, None, None, "test", 0).token,
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_halyard"))
+        .args(["standalone", "--listen", &listen, "--data-dir"])
+        .arg(tmp.path().join("state"))
+        .arg("--key-file")
+        .arg(&missing)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "it started: {stderr}");
+    assert!(
+        stderr.contains("--tls-cert") && stderr.contains("halyard certs init"),
+        "{stderr}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -506,4 +530,114 @@ async fn sql_and_jobs_read_and_write_only_under_the_data_roots() {
     let err = admin.submit(&spec).await.unwrap_err().to_string();
     assert!(err.contains("lies outside the data roots"), "{err}");
     assert!(admin.jobs().await.unwrap().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_mutual_tls_nodes_train_together_and_strangers_are_refused() {
+    use halyard_client::Client;
+    use tonic::transport::{Certificate, ClientTlsConfig, Identity};
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    // One node certificate shared by the test's processes; a stranger's from another CA.
+    let certs = halyard_cli::certs::init(&dir.join("certs"), &["node".into()]).unwrap();
+    let rogue = halyard_cli::certs::init(&dir.join("rogue"), &["node".into()]).unwrap();
+    let (_, cert, key) = &certs.nodes[0];
+    let mut cl = EtcdCluster::new(dir, "mtls");
+    cl.flags = [
+        "--tls-cert",
+        cert.to_str().unwrap(),
+        "--tls-key",
+        key.to_str().unwrap(),
+        "--tls-ca",
+        certs.ca.to_str().unwrap(),
+    ]
+    .map(String::from)
+    .to_vec();
+    let api = format!("127.0.0.1:{}", free_port());
+    let _scheduler = cl.scheduler("mtls-scheduler", &api);
+    let _a = cl.executor("mtls-exec-a");
+    let _b = cl.executor("mtls-exec-b");
+    let admin_key = cl.admin_key().await;
+    let ca_pem = std::fs::read_to_string(&certs.ca).unwrap();
+    let trust = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(&ca_pem));
+    let admin = wait_for(
+        "the scheduler over tls",
+        Duration::from_secs(30),
+        || async {
+            Client::connect_secure(&api, Some(&admin_key), Some(trust.clone()))
+                .await
+                .ok()
+        },
+    )
+    .await;
+    wait_for("two executors", Duration::from_secs(60), || async {
+        (admin.cluster().await.ok()?.executors.len() == 2).then_some(())
+    })
+    .await;
+
+    // A data-parallel job: its ring runs over mutual TLS between the executors.
+    let data = halyard_cli::datagen::generate(&dir.join("data"), 3000, 3).unwrap();
+    let spec = common::data_parallel_spec(dir, "mtls-dp", &data.responses, 2, "epochs = 2", "");
+    let id = admin.submit(&spec).await.unwrap().id;
+    let done = common::wait_done(&admin, &id, Duration::from_secs(300)).await;
+    assert_eq!(done.state, "succeeded", "{}", done.error);
+    let log = common::log_text(&admin, &id).await;
+    assert!(log.contains("worker group formed: 2 worker(s)"), "{log}");
+
+    // Plaintext to a TLS port: no answer.
+    let plain = async {
+        Client::connect_with_key(&api, Some(&admin_key))
+            .await
+            .ok()?
+            .cluster()
+            .await
+            .ok()
+    };
+    assert!(plain.await.is_none(), "a plaintext client was answered");
+    // A client certificate of another CA: refused in the handshake, key or not.
+    let rogue_id = Identity::from_pem(
+        std::fs::read(&rogue.nodes[0].1).unwrap(),
+        std::fs::read(&rogue.nodes[0].2).unwrap(),
+    );
+    let stranger = async {
+        Client::connect_secure(
+            &api,
+            Some(&admin_key),
+            Some(trust.clone().identity(rogue_id)),
+        )
+        .await
+        .ok()?
+        .cluster()
+        .await
+        .ok()
+    };
+    assert!(
+        stranger.await.is_none(),
+        "a certificate of another CA was accepted"
+    );
+    // The node-only route: the admin key without a node certificate is refused (403); with
+    // the cluster's node certificate it passes the door.
+    let push = "/halyard.v1.CollectiveService/Push";
+    let base = format!("https://{}", exec_addr_of(&admin).await);
+    let ca = reqwest::Certificate::from_pem(ca_pem.as_bytes()).unwrap();
+    let anonymous = common::http_builder(&admin_key)
+        .add_root_certificate(ca.clone())
+        .build()
+        .unwrap();
+    let answer = call(&anonymous, &base, "POST", push, Some(&admin_key)).await;
+    assert_eq!(refused(&answer), Some("403"), "{answer:?}");
+    let mut pem = std::fs::read(cert).unwrap();
+    pem.extend(std::fs::read(key).unwrap());
+    let node = common::http_builder(&admin_key)
+        .add_root_certificate(ca)
+        .identity(reqwest::Identity::from_pem(&pem).unwrap())
+        .build()
+        .unwrap();
+    let answer = call(&node, &base, "POST", push, Some(&admin_key)).await;
+    assert_eq!(refused(&answer), None, "{answer:?}");
+}
+
+/// The address of one executor of the cluster.
+async fn exec_addr_of(client: &halyard_client::Client) -> String {
+    client.cluster().await.unwrap().executors[0].address.clone()
 }

@@ -290,10 +290,10 @@ pub enum BenchCommand {
 
 /// Run one benchmark; `scheduler` is the cluster's address for those that need one, `key`
 /// the API key (`--key`). Returns the report to print.
-pub async fn run(what: BenchCommand, scheduler: &str, key: Option<String>) -> Result<String> {
+pub async fn run(what: BenchCommand, conn: &crate::keys::Connection) -> Result<String> {
     match what {
         BenchCommand::Scheduling { jobs, batch } => {
-            let client = crate::keys::connect(scheduler, key).await?;
+            let client = crate::keys::connect(conn).await?;
             let dir = std::env::temp_dir().join(format!("halyard-bench-{}", std::process::id()));
             let figures = scheduling(&client, &dir, jobs.max(1), batch.max(1)).await;
             let _ = std::fs::remove_dir_all(&dir);
@@ -311,9 +311,9 @@ pub async fn run(what: BenchCommand, scheduler: &str, key: Option<String>) -> Re
                 Some(m) => m,
                 None => JobSpec::from_file(&spec)?.name,
             };
-            let addr = target.unwrap_or_else(|| scheduler.to_string());
+            let addr = target.unwrap_or_else(|| conn.scheduler.clone());
             serving(&ServingBench {
-                key: crate::keys::discover(&addr, key),
+                key: crate::keys::discover(&addr, conn.key.clone()),
                 addr,
                 model,
                 spec,

@@ -43,9 +43,30 @@ pub fn discover(scheduler: &str, key: Option<String>) -> Option<String> {
         .map(|t| t.trim().to_string())
 }
 
-/// Connect to `scheduler` with the key [`discover`] finds.
-pub async fn connect(scheduler: &str, key: Option<String>) -> Result<Client> {
-    Ok(Client::connect_with_key(scheduler, discover(scheduler, key).as_deref()).await?)
+/// Where the CLI connects, and with what: the flags every client command shares.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Connection {
+    /// Scheduler address, HOST:PORT
+    #[arg(long, env = "HALYARD_SCHEDULER", default_value = halyard_client::DEFAULT_SCHEDULER)]
+    pub scheduler: String,
+    /// API key (hk_…) [default: for a scheduler on this machine, the admin key in
+    /// HALYARD_KEY_FILE or DATA_DIR/admin.key (halyard-data/admin.key)]
+    #[arg(long, env = "HALYARD_KEY", hide_env_values = true)]
+    pub key: Option<String>,
+    /// A CA certificate (PEM) to trust: the cluster serves TLS (its `ca.pem` from
+    /// `halyard certs init`)
+    #[arg(long, env = "HALYARD_TLS_CA")]
+    pub tls_ca: Option<PathBuf>,
+}
+
+/// Connect as `conn` says, with the key [`discover`] finds.
+pub async fn connect(conn: &Connection) -> Result<Client> {
+    let tls = match &conn.tls_ca {
+        Some(ca) => Some(halyard_core::tls::client_trusting(ca)?),
+        None => None,
+    };
+    let key = discover(&conn.scheduler, conn.key.clone());
+    Ok(Client::connect_secure(&conn.scheduler, key.as_deref(), tls).await?)
 }
 
 fn key_json(k: &KeyInfo) -> serde_json::Value {

@@ -231,7 +231,7 @@ pub struct SqlArgs {
 
 /// `halyard sql`: run the statements of `args` (or, without any, read them from standard
 /// input) on the cluster whose scheduler is at `scheduler`, or locally.
-pub async fn command(args: SqlArgs, scheduler: &str, key: Option<String>) -> Result<()> {
+pub async fn command(args: SqlArgs, conn: &crate::keys::Connection) -> Result<()> {
     if !args.delimiter.is_ascii() {
         return Err(CliError::Failed(format!(
             "--delimiter {:?}: must be one ASCII character",
@@ -244,7 +244,7 @@ pub async fn command(args: SqlArgs, scheduler: &str, key: Option<String>) -> Res
     let target = if args.local {
         Target::Local
     } else {
-        client = crate::keys::connect(scheduler, key).await?;
+        client = crate::keys::connect(conn).await?;
         Target::Cluster(&client)
     };
     let ctx = context(target, &args.tables, args.delimiter as u8, &s3).await?;

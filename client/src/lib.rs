@@ -74,19 +74,35 @@ impl Client {
 
     /// Connect to `addr`, sending `key` (`hk_…`) with every call.
     pub async fn connect_with_key(addr: &str, key: Option<&str>) -> Result<Client> {
+        Client::connect_secure(addr, key, None).await
+    }
+
+    /// Connect to `addr` over TLS when `tls` is given (trusting its CA), sending `key`.
+    pub async fn connect_secure(
+        addr: &str,
+        key: Option<&str>,
+        tls: Option<tonic::transport::ClientTlsConfig>,
+    ) -> Result<Client> {
         let bearer = BearerKey::new(key).map_err(|e| ClientError::Connect {
             addr: addr.into(),
             message: e.to_string(),
         })?;
+        let scheme = if tls.is_some() { "https" } else { "http" };
         let url = if addr.contains("://") {
             addr.to_string()
         } else {
-            format!("http://{addr}")
+            format!("{scheme}://{addr}")
         };
-        let endpoint = Channel::from_shared(url.clone()).map_err(|e| ClientError::Connect {
+        let mut endpoint = Channel::from_shared(url.clone()).map_err(|e| ClientError::Connect {
             addr: addr.into(),
             message: e.to_string(),
         })?;
+        if let Some(tls) = tls {
+            endpoint = endpoint.tls_config(tls).map_err(|e| ClientError::Connect {
+                addr: addr.into(),
+                message: format!("tls: {e}"),
+            })?;
+        }
         let channel = endpoint
             .connect_timeout(std::time::Duration::from_secs(3))
             .connect()

@@ -28,7 +28,7 @@ use halyard_core::proto::collective_service_server::{CollectiveService, Collecti
 use halyard_core::proto::{CollectiveChunk, PushAck};
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::UnboundedReceiverStream;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 use tonic::{Request, Response, Status, Streaming};
 
 pub use error::{CollectiveError, Result};
@@ -183,6 +183,23 @@ impl Outbound {
     }
 }
 
+/// A lazy connection to the next rank at `addr`, over TLS when `tls` is given.
+fn connect_next(addr: &str, cfg: &RingConfig, tls: Option<ClientTlsConfig>) -> Result<Channel> {
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let setup =
+        |e: &dyn std::fmt::Display| CollectiveError::Setup(format!("peer address {addr}: {e}"));
+    let mut endpoint = Endpoint::from_shared(format!("{scheme}://{addr}"))
+        .map_err(|e| setup(&e))?
+        .connect_timeout(cfg.deadline)
+        .tcp_nodelay(true)
+        .initial_stream_window_size(Some(8 << 20))
+        .initial_connection_window_size(Some(16 << 20));
+    if let Some(tls) = tls {
+        endpoint = endpoint.tls_config(tls).map_err(|e| setup(&e))?;
+    }
+    Ok(endpoint.connect_lazy())
+}
+
 impl Ring {
     /// Rank `rank` of the ring whose members listen on `peers` (`HOST:PORT`, in rank order);
     /// `boxes` are the mailboxes this rank's server fills.
@@ -201,13 +218,7 @@ impl Ring {
         }
         let next_addr = peers[(rank + 1) % size].clone();
         let next = if size > 1 {
-            let endpoint = Endpoint::from_shared(format!("http://{next_addr}"))
-                .map_err(|e| CollectiveError::Setup(format!("peer address {next_addr}: {e}")))?
-                .connect_timeout(cfg.deadline)
-                .tcp_nodelay(true)
-                .initial_stream_window_size(Some(8 << 20))
-                .initial_connection_window_size(Some(16 << 20));
-            Some(endpoint.connect_lazy())
+            Some(connect_next(&next_addr, &cfg, None)?)
         } else {
             None
         };
@@ -228,6 +239,14 @@ impl Ring {
     pub fn with_key(mut self, key: BearerKey) -> Ring {
         self.key = key;
         self
+    }
+
+    /// The ring, reaching the next rank over (mutual) TLS with `tls`.
+    pub fn with_tls(mut self, tls: Option<ClientTlsConfig>) -> Result<Ring> {
+        if self.next.is_some() && tls.is_some() {
+            self.next = Some(connect_next(&self.next_addr, &self.cfg, tls)?);
+        }
+        Ok(self)
     }
 
     /// This rank.

@@ -14,6 +14,7 @@ use crate::coord::Coordinator;
 use crate::error::{Error, Result};
 use crate::kv::{EmbeddedKv, EtcdKv};
 use crate::store::{S3Config, Store};
+use crate::tls::TlsFiles;
 
 /// Declares every setting once — its name, type, default and doc — and derives from that
 /// one declaration the [`Settings`] struct (the config file's keys), the merging of layers
@@ -155,6 +156,13 @@ settings! {
     data_roots: Vec<String>, default: "`data_dir`, the working directory and `store`";
     /// Scheduler: most unfinished jobs one API key may have at once.
     jobs_per_key: u32, default: DEFAULT_JOBS_PER_KEY;
+    /// This node's TLS certificate chain (PEM): its port serves TLS.
+    tls_cert: PathBuf, default: "none: plaintext, loopback only";
+    /// The private key of `tls_cert` (PEM).
+    tls_key: PathBuf, default: "none";
+    /// The cluster's CA certificate (PEM): calls between nodes use mutual TLS, and routes
+    /// only nodes may call need a client certificate it signed.
+    tls_ca: PathBuf, default: "none";
     /// Lease time-to-live in seconds: a dead executor or leader is noticed within this.
     lease_ttl: u64, default: DEFAULT_LEASE_TTL_SECS;
     /// Executor: CPU slots offered to tasks.
@@ -337,6 +345,8 @@ pub struct SchedulerConfig {
     pub roots: Roots,
     /// Most unfinished jobs one key may have.
     pub jobs_per_key: u32,
+    /// TLS of its port and its calls to other nodes.
+    pub tls: Option<TlsFiles>,
 }
 
 impl SchedulerConfig {
@@ -359,6 +369,7 @@ impl SchedulerConfig {
             key_file: key_file(s),
             roots: data_roots(s)?,
             jobs_per_key: s.jobs_per_key.unwrap_or(DEFAULT_JOBS_PER_KEY),
+            tls: TlsFiles::from_settings(s)?,
             listen,
             tick: Duration::from_millis(100),
             max_attempts: 5,
@@ -461,6 +472,8 @@ pub struct ExecutorConfig {
     pub key_file: PathBuf,
     /// Where jobs and SQL may read and write.
     pub roots: Roots,
+    /// TLS of its port and its calls to other nodes.
+    pub tls: Option<TlsFiles>,
 }
 
 impl ExecutorConfig {
@@ -506,6 +519,7 @@ impl ExecutorConfig {
             sql_listen,
             key_file: key_file(s),
             roots,
+            tls: TlsFiles::from_settings(s)?,
         })
     }
 

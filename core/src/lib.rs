@@ -17,6 +17,7 @@ pub mod registry;
 pub mod search;
 pub mod spec;
 pub mod store;
+pub mod tls;
 
 pub use error::{Error, Result};
 pub use failure::Failure;

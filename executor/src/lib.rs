@@ -27,6 +27,7 @@ use halyard_core::coord::Coordinator;
 use halyard_core::proto::prediction_service_server::PredictionServiceServer;
 use halyard_core::records::{ExecutorInfo, now_ms};
 use halyard_core::store::Store;
+use halyard_core::tls::{Tls, TlsFiles, require_beyond_loopback};
 use halyard_features::cluster::SqlExecutor;
 use halyard_features::session::DataAccess;
 use halyard_serving::grpc::PredictionApi;
@@ -69,6 +70,8 @@ pub async fn start_executor(cfg: ExecutorConfig, coord: Coordinator) -> Result<E
     // The node's own key (made on a loopback node's first start); every request is
     // checked against the keys in the coordinator. Checked before anything listens.
     let token = node_key(&cfg.key_file, is_loopback(&cfg.listen), &coord).await?;
+    require_beyond_loopback(&cfg.listen, cfg.tls.as_ref())?;
+    let tls = cfg.tls.as_ref().map(TlsFiles::load).transpose()?;
     let (listener, addr) = halyard_core::bind(&cfg.listen).await?;
     let bearer = BearerKey::new(Some(&token))?;
     let verifier = Verifier::new(coord.clone());
@@ -89,7 +92,13 @@ pub async fn start_executor(cfg: ExecutorConfig, coord: Coordinator) -> Result<E
             ..BatchConfig::default()
         },
     );
-    let gateway = Gateway::new(cfg.id.clone(), coord.clone(), Some(host.clone()), &token);
+    let gateway = Gateway::new(
+        cfg.id.clone(),
+        coord.clone(),
+        Some(host.clone()),
+        &token,
+        tls.as_ref(),
+    );
     let (_reporter, health) = tonic_health::server::health_reporter();
     // Data-parallel groups' chunks arrive here (the collective service on this port).
     let boxes = halyard_collective::Mailboxes::default();
@@ -104,6 +113,7 @@ pub async fn start_executor(cfg: ExecutorConfig, coord: Coordinator) -> Result<E
         http,
         grpc,
         verifier,
+        tls.clone(),
         shutdown_rx.clone(),
     ));
     let server = tokio::spawn(async move {
@@ -150,6 +160,7 @@ pub async fn start_executor(cfg: ExecutorConfig, coord: Coordinator) -> Result<E
         Peers {
             boxes,
             bearer,
+            tls,
             token: Arc::from(token.as_str()),
         },
         shutdown_rx,
@@ -199,6 +210,8 @@ struct Running {
 struct Peers {
     boxes: halyard_collective::Mailboxes,
     bearer: BearerKey,
+    /// TLS for calls to other nodes.
+    tls: Option<Tls>,
     /// The node key's text (the SQL scheduler's door reads it).
     token: Arc<str>,
 }
@@ -216,6 +229,7 @@ async fn run(
     let Peers {
         boxes,
         bearer,
+        tls,
         token,
     } = peers;
     let data = DataAccess {
@@ -282,6 +296,7 @@ async fn run(
                         boxes: boxes.clone(),
                         key: bearer.clone(),
                         token: token.clone(),
+                        tls: tls.clone(),
                     }));
                     running.insert(key, Running { cancel, handle });
                 }

@@ -80,6 +80,7 @@ pub(crate) async fn train(t: &Task, progress: &mut TaskProgress) -> Result<Worke
             ..RingConfig::default()
         },
     )
+    .and_then(|ring| ring.with_tls(t.tls.as_ref().map(|tls| tls.tonic_client())))
     .map_err(|e| ModelError::Collective(e.to_string()))?
     .with_key(t.key.clone());
     progress.log(format!(

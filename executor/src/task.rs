@@ -58,6 +58,8 @@ pub(crate) struct Task {
     pub key: halyard_core::auth::BearerKey,
     /// The same key's text, for the SQL scheduler.
     pub token: Arc<str>,
+    /// TLS for calls to other nodes (the all-reduce ring).
+    pub tls: Option<halyard_core::tls::Tls>,
 }
 
 impl Task {

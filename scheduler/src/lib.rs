@@ -24,6 +24,7 @@ use halyard_core::proto::job_service_server::JobServiceServer;
 use halyard_core::proto::key_service_server::KeyServiceServer;
 use halyard_core::proto::model_service_server::ModelServiceServer;
 use halyard_core::proto::prediction_service_server::PredictionServiceServer;
+use halyard_core::tls::{TlsFiles, require_beyond_loopback};
 use halyard_serving::Gateway;
 use halyard_serving::grpc::PredictionApi;
 use tokio::sync::watch;
@@ -56,6 +57,8 @@ pub async fn start_scheduler(cfg: SchedulerConfig, coord: Coordinator) -> Result
     // The node's own key (made on a loopback node's first start); every request is
     // checked against the keys in the coordinator. Checked before anything listens.
     let token = node_key(&cfg.key_file, is_loopback(&cfg.listen), &coord).await?;
+    require_beyond_loopback(&cfg.listen, cfg.tls.as_ref())?;
+    let tls = cfg.tls.as_ref().map(TlsFiles::load).transpose()?;
     let (listener, addr) = halyard_core::bind(&cfg.listen).await?;
     let verifier = Verifier::new(coord.clone());
     let (shutdown, shutdown_rx) = watch::channel(false);
@@ -65,7 +68,7 @@ pub async fn start_scheduler(cfg: SchedulerConfig, coord: Coordinator) -> Result
         .set_serving::<JobServiceServer<service::JobApi>>()
         .await;
     // The prediction gateway: this node holds no model and forwards to executors.
-    let gateway = Gateway::new(cfg.id.clone(), coord.clone(), None, &token);
+    let gateway = Gateway::new(cfg.id.clone(), coord.clone(), None, &token, tls.as_ref());
     let grpc = tonic::service::Routes::new(health)
         .add_service(JobServiceServer::new(svc))
         .add_service(ModelServiceServer::new(models::ModelApi::new(
@@ -76,7 +79,8 @@ pub async fn start_scheduler(cfg: SchedulerConfig, coord: Coordinator) -> Result
         )))
         .add_service(KeyServiceServer::new(keys::KeyApi::new(coord.clone())));
     let http = halyard_serving::http::router(gateway.clone());
-    let api = halyard_serving::http::serve(listener, http, grpc, verifier, shutdown_rx.clone());
+    let api =
+        halyard_serving::http::serve(listener, http, grpc, verifier, tls, shutdown_rx.clone());
     let server = tokio::spawn(async move {
         if let Err(e) = api.await {
             tracing::error!(error = %e, "scheduler api stopped");

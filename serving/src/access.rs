@@ -4,7 +4,7 @@
 //! table is refused, so a new route cannot be open by mistake.
 
 use axum::body::Body;
-use axum::extract::{Request, State};
+use axum::extract::{ConnectInfo, Request, State};
 use axum::http::header::{AUTHORIZATION, CONTENT_TYPE};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -12,6 +12,7 @@ use halyard_core::Failure;
 use halyard_core::auth::{Action, Verifier, bearer};
 
 use crate::api::ApiError;
+use crate::tls::Peer;
 
 /// Who may call a route.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -183,10 +184,20 @@ fn refuse(grpc: bool, failure: Failure, message: String) -> Response {
     }
 }
 
+/// What the door checks requests with.
+#[derive(Clone, Debug)]
+pub struct Door {
+    /// Checks keys.
+    pub verifier: Verifier,
+    /// Mutual TLS is on: a route only nodes may call ([`Action::Internal`]) also needs a
+    /// client certificate the cluster's CA signed.
+    pub mutual: bool,
+}
+
 /// The middleware: let the request through with its [`halyard_core::auth::Caller`] in its
-/// extensions, or refuse it (401 no usable key, 403 a key without the right, 404 no such
-/// route).
-pub async fn guard(State(verifier): State<Verifier>, mut req: Request, next: Next) -> Response {
+/// extensions, or refuse it (401 no usable key, 403 a key without the right or a node-only
+/// route without a node's certificate, 404 no such route).
+pub async fn guard(State(door): State<Door>, mut req: Request, next: Next) -> Response {
     let grpc = req
         .headers()
         .get(CONTENT_TYPE)
@@ -203,7 +214,20 @@ pub async fn guard(State(verifier): State<Verifier>, mut req: Request, next: Nex
         Access::Open => return next.run(req).await,
         Access::Key(action) | Access::ModelKey(action) => action,
     };
-    match verifier
+    let certified = req
+        .extensions()
+        .get::<ConnectInfo<Peer>>()
+        .is_some_and(|c| c.0.certified);
+    if door.mutual && action == Action::Internal && !certified {
+        let message = format!(
+            "{} is called only by nodes, with a client certificate of the cluster's CA",
+            req.uri().path()
+        );
+        tracing::info!(path = %req.uri().path(), "node route refused: no client certificate");
+        return refuse(grpc, Failure::Forbidden, message);
+    }
+    match door
+        .verifier
         .check(token_of(&req), action, model.as_deref())
         .await
     {

@@ -16,6 +16,7 @@ use axum::http::StatusCode;
 use bytes::Bytes;
 use halyard_core::coord::Coordinator;
 use halyard_core::registry::ServingInfo;
+use halyard_core::tls::Tls;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::sync::watch;
@@ -41,6 +42,8 @@ pub struct Gateway {
     coord: Coordinator,
     host: Option<Arc<Host>>,
     client: reqwest::Client,
+    /// `https` when nodes talk TLS, else `http`.
+    scheme: &'static str,
     /// What every executor serves, as last read.
     replicas: RwLock<Arc<Vec<ServingInfo>>>,
     next: AtomicUsize,
@@ -85,25 +88,30 @@ pub(crate) fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
 
 impl Gateway {
     /// A gateway for node `node`, serving from `host` when given; it forwards to other
-    /// nodes with the node's own key `token` (the caller's key was checked here).
+    /// nodes with the node's own key `token` (the caller's key was checked here), over
+    /// (mutual) TLS when `tls` is given.
     pub fn new(
         node: String,
         coord: Coordinator,
         host: Option<Arc<Host>>,
         token: &str,
+        tls: Option<&Tls>,
     ) -> Arc<Gateway> {
         let mut auth = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}"))
             .expect("a key is ASCII");
         auth.set_sensitive(true);
         let headers =
             reqwest::header::HeaderMap::from_iter([(reqwest::header::AUTHORIZATION, auth)]);
-        let client = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder()
             .default_headers(headers)
             .pool_max_idle_per_host(64)
-            .timeout(ATTEMPT_TIMEOUT)
-            .build()
-            .expect("a plain HTTP client builds");
+            .timeout(ATTEMPT_TIMEOUT);
+        if let Some(tls) = tls {
+            builder = builder.use_preconfigured_tls((*tls.client).clone());
+        }
+        let client = builder.build().expect("an HTTP client builds");
         Arc::new(Gateway {
+            scheme: if tls.is_some() { "https" } else { "http" },
             node,
             coord,
             host,
@@ -191,7 +199,7 @@ impl Gateway {
     ) -> Result<(StatusCode, Bytes), ApiError> {
         let mut last = None;
         for address in self.replicas(name) {
-            let url = format!("http://{address}{path}");
+            let url = format!("{}://{address}{path}", self.scheme);
             let req = match &body {
                 Some(b) => self
                     .client

@@ -22,12 +22,15 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::serve::ListenerExt;
 use halyard_core::auth::Verifier;
+use halyard_core::tls::Tls;
 use serde::Serialize;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use crate::access::Door;
 use crate::api::{ApiError, ForecastBody};
 use crate::gateway::{FORWARDED, Gateway, parse};
+use crate::tls::{Peer, TlsListener};
 
 /// Largest request body accepted.
 pub const MAX_BODY: usize = 4 << 20;
@@ -120,30 +123,47 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
 }
 
 /// Serve `http` and the gRPC services in `grpc` on `listener` until `shutdown`: one
-/// port for HTTP/1.1, HTTP/2 and gRPC, every request checked by `verifier`
-/// ([`crate::access`]).
+/// port for HTTP/1.1, HTTP/2 and gRPC, over TLS when `tls` is given, every request
+/// checked by `verifier` ([`crate::access`]).
 pub async fn serve(
     listener: TcpListener,
     http: Router,
     grpc: tonic::service::Routes,
     verifier: Verifier,
+    tls: Option<Tls>,
     mut shutdown: watch::Receiver<bool>,
 ) -> std::io::Result<()> {
     // Every request passes the door first: its route and its key.
+    let door = Door {
+        verifier,
+        mutual: tls.as_ref().is_some_and(|t| t.mutual),
+    };
     let app = grpc
         .into_axum_router()
         .merge(http)
         .layer(axum::middleware::from_fn_with_state(
-            verifier,
+            door,
             crate::access::guard,
         ));
-    // Small answers must not wait for Nagle's algorithm.
-    let listener = listener.tap_io(|tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
-            let _ = shutdown.wait_for(|s| *s).await;
-        })
-        .await
+    let stop = async move {
+        let _ = shutdown.wait_for(|s| *s).await;
+    };
+    match tls {
+        Some(tls) => {
+            let listener = TlsListener::new(listener, tls.server.clone())?;
+            let app = app.into_make_service_with_connect_info::<Peer>();
+            axum::serve(listener, app)
+                .with_graceful_shutdown(stop)
+                .await
+        }
+        None => {
+            // Small answers must not wait for Nagle's algorithm.
+            let listener = listener.tap_io(|tcp| {
+                let _ = tcp.set_nodelay(true);
+            });
+            axum::serve(listener, app)
+                .with_graceful_shutdown(stop)
+                .await
+        }
+    }
 }

@@ -17,6 +17,7 @@ pub mod gateway;
 pub mod grpc;
 pub mod host;
 pub mod http;
+pub mod tls;
 
 pub use api::ApiError;
 pub use batcher::BatchConfig;

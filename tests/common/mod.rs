@@ -196,6 +196,8 @@ pub(crate) struct EtcdCluster {
     pub store_url: String,
     /// The data roots of its processes (`--data-roots`): `dir`, and more when a test adds.
     pub data_roots: Vec<String>,
+    /// Flags every process of the cluster gets (TLS, say).
+    pub flags: Vec<String>,
 }
 
 impl EtcdCluster {
@@ -207,6 +209,7 @@ impl EtcdCluster {
             root: format!("/halyard-{name}/{}", std::process::id()),
             store_url: format!("file://{}", dir.join("store").display()),
             data_roots: vec![dir.display().to_string()],
+            flags: Vec::new(),
         }
     }
 
@@ -232,6 +235,7 @@ impl EtcdCluster {
             &roots,
         ];
         args.extend_from_slice(extra);
+        args.extend(self.flags.iter().map(String::as_str));
         Proc::spawn(id, &self.dir, &args)
     }
 
@@ -272,4 +276,86 @@ impl EtcdCluster {
         let extra = ["--store", &self.store_url, "--cpu-slots", "1"];
         (self.spawn("executor", id, &listen, &extra), listen)
     }
+}
+
+/// A data-parallel MLP job on the responses at `data`, its feature stage in SQL on the
+/// cluster (six shards, a modulo split on the row index, as the bank-marketing example
+/// does), small and quick for a debug build: `workers` workers, `train` lines replacing the
+/// `[train]` defaults of the same key, and `search` appended.
+pub(crate) fn data_parallel_spec(
+    dir: &Path,
+    name: &str,
+    data: &Path,
+    workers: u32,
+    train: &str,
+    search: &str,
+) -> JobSpec {
+    let mut settings: Vec<(String, String)> = [
+        ("workers", workers.to_string().as_str()),
+        ("epochs", "6"),
+        ("batch_size", "512"),
+        ("learning_rate", "0.003"),
+        ("weight_decay", "0.0001"),
+        ("patience", "4"),
+        ("seed", "1"),
+        ("device", "\"cpu\""),
+        ("checkpoint_steps", "50"),
+        ("checkpoint_secs", "30"),
+        ("step_timeout_secs", "10"),
+    ]
+    .iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    for line in train.lines() {
+        let (key, value) = line.split_once(" = ").unwrap();
+        match settings.iter_mut().find(|(k, _)| k == key) {
+            Some(kv) => kv.1 = value.to_string(),
+            None => settings.push((key.to_string(), value.to_string())),
+        }
+    }
+    let train: String = settings
+        .iter()
+        .map(|(k, v)| format!("{k} = {v}\n"))
+        .collect();
+    let text = format!(
+        r#"name = "{name}"
+[[features.sources]]
+name = "responses"
+path = "{data}"
+row_index = "row"
+
+[features]
+sql = "SELECT * EXCLUDE (customer_id) FROM responses"
+shards = 6
+
+[features.split]
+method = "modulo"
+key = "row"
+every = 5
+test_remainder = 4
+validation_remainder = 3
+
+[data]
+label = "responded"
+positive = "yes"
+exclude = ["row"]
+
+[model]
+type = "mlp"
+encoding = "one_hot"
+hidden = [32]
+max_embedding = 8
+ensemble = 1
+
+[train]
+{train}
+[resources]
+cpus = 1
+memory_mb = 1024
+{search}"#,
+        data = data.display()
+    );
+    let path = dir.join(format!("{name}.toml"));
+    std::fs::write(&path, text).unwrap();
+    JobSpec::from_file(&path).unwrap()
 }
