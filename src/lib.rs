@@ -126,7 +126,7 @@ pub async fn start_standalone(settings: Settings) -> Result<Standalone, Error> {
         data_dir: Some(data_dir),
         ..settings
     };
-    let coord = CoordinatorConfig::from_settings(&settings)
+    let coord = CoordinatorConfig::from_settings(&settings)?
         .connect()
         .await?;
     let mut sched_cfg = SchedulerConfig::from_settings(&settings)?;

@@ -448,7 +448,7 @@ async fn run(cli: Cli) -> Result<(), AnyError> {
         Command::Certs {
             what: CertsCommand::Init { out, nodes },
         } => {
-            let w = halyard_cli::certs::init(&out, &nodes)?;
+            let w = halyard_core::certs::init(&out, &nodes)?;
             println!("CA: {} (its key: ca.key, keep it offline)", w.ca.display());
             for (name, cert, key) in &w.nodes {
                 println!(

@@ -539,8 +539,8 @@ async fn with_mutual_tls_nodes_train_together_and_strangers_are_refused() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     // One node certificate shared by the test's processes; a stranger's from another CA.
-    let certs = halyard_cli::certs::init(&dir.join("certs"), &["node".into()]).unwrap();
-    let rogue = halyard_cli::certs::init(&dir.join("rogue"), &["node".into()]).unwrap();
+    let certs = halyard_core::certs::init(&dir.join("certs"), &["node".into()]).unwrap();
+    let rogue = halyard_core::certs::init(&dir.join("rogue"), &["node".into()]).unwrap();
     let (_, cert, key) = &certs.nodes[0];
     let mut cl = EtcdCluster::new(dir, "mtls");
     cl.flags = [

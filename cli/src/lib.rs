@@ -1,6 +1,6 @@
 //! `halyard-cli`: what the `halyard` binary's client commands do, each a library function
 //! over the `halyard-client` SDK — the job commands (`submit`, `jobs`, `job`, `logs`,
-//! `cancel`, `resume`, `cluster`), the certificates of `certs init`, the key commands and where the CLI finds its key, the
+//! `cancel`, `resume`, `cluster`), the key commands and where the CLI finds its key, the
 //! registry commands (`models`, `model`, `deploy`,
 //! `promote`, `rollback`, `undeploy`, `experiment`), the SQL shell, `datagen` (the
 //! synthetic marketing data set of the demo), and the benchmarks of `halyard bench` with
@@ -8,7 +8,6 @@
 
 pub mod allreduce_bench;
 pub mod bench;
-pub mod certs;
 pub mod commands;
 pub mod datagen;
 mod error;

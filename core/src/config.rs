@@ -12,7 +12,7 @@ use serde::Deserialize;
 use crate::confine::Roots;
 use crate::coord::Coordinator;
 use crate::error::{Error, Result};
-use crate::kv::{EmbeddedKv, EtcdKv};
+use crate::kv::{EmbeddedKv, EtcdAccess, EtcdKv};
 use crate::store::{S3Config, Store};
 use crate::tls::TlsFiles;
 
@@ -140,6 +140,17 @@ settings! {
     /// etcd endpoints, comma-separated; required by `scheduler` and `executor`, while
     /// `standalone` uses its embedded coordinator without it.
     etcd: Vec<String>, default: "none";
+    /// The CA certificate (PEM) of etcd's server certificate: the connection to etcd is
+    /// TLS.
+    etcd_ca: PathBuf, default: "none: plaintext";
+    /// This node's client certificate (PEM) for an etcd started with `--client-cert-auth`.
+    etcd_cert: PathBuf, default: "none";
+    /// The private key of `etcd_cert` (PEM).
+    etcd_key: PathBuf, default: "none";
+    /// An etcd user (etcd's own authentication, `etcdctl auth enable`).
+    etcd_user: String, default: "none";
+    /// The etcd user's password; never logged or shown.
+    etcd_password: String, default: "none", secret;
     /// Key prefix of this cluster in etcd (several clusters can share one etcd).
     etcd_root: String, default: DEFAULT_ETCD_ROOT;
     /// Object store URL: `file:///dir` or `s3://bucket/prefix`.
@@ -273,6 +284,8 @@ pub enum CoordinatorConfig {
         endpoints: Vec<String>,
         /// Key prefix.
         root: String,
+        /// TLS and user authentication.
+        access: EtcdAccess,
     },
     /// In-process (standalone mode).
     Embedded,
@@ -280,25 +293,57 @@ pub enum CoordinatorConfig {
 
 impl CoordinatorConfig {
     /// Embedded unless etcd endpoints are set.
-    pub fn from_settings(s: &Settings) -> Self {
-        match &s.etcd {
+    pub fn from_settings(s: &Settings) -> Result<Self> {
+        let access = EtcdAccess {
+            ca: s.etcd_ca.clone(),
+            cert: match (&s.etcd_cert, &s.etcd_key) {
+                (Some(c), Some(k)) => Some((c.clone(), k.clone())),
+                (None, None) => None,
+                (Some(p), None) | (None, Some(p)) => {
+                    return Err(Error::invalid(
+                        "config",
+                        "etcd_cert",
+                        p.display(),
+                        "--etcd-cert and --etcd-key come together",
+                    ));
+                }
+            },
+            user: match (&s.etcd_user, &s.etcd_password) {
+                (Some(u), Some(p)) => Some((u.clone(), p.clone())),
+                (None, None) => None,
+                _ => {
+                    return Err(Error::invalid(
+                        "config",
+                        "etcd_user",
+                        s.etcd_user.as_deref().unwrap_or("(none)"),
+                        "--etcd-user and --etcd-password come together",
+                    ));
+                }
+            },
+        };
+        Ok(match &s.etcd {
             Some(endpoints) if !endpoints.is_empty() => CoordinatorConfig::Etcd {
                 endpoints: endpoints.clone(),
                 root: s
                     .etcd_root
                     .clone()
                     .unwrap_or_else(|| DEFAULT_ETCD_ROOT.into()),
+                access,
             },
             _ => CoordinatorConfig::Embedded,
-        }
+        })
     }
 
     /// Connect to etcd; the embedded coordinator cannot be shared between processes,
     /// so a scheduler or executor needs etcd.
     pub async fn connect(&self) -> Result<Coordinator> {
         match self {
-            CoordinatorConfig::Etcd { endpoints, root } => {
-                let kv = EtcdKv::connect(endpoints).await?;
+            CoordinatorConfig::Etcd {
+                endpoints,
+                root,
+                access,
+            } => {
+                let kv = EtcdKv::connect(endpoints, access).await?;
                 Ok(Coordinator::new(Arc::new(kv), root))
             }
             CoordinatorConfig::Embedded => Ok(Coordinator::new(
@@ -361,7 +406,7 @@ impl SchedulerConfig {
                 .id
                 .clone()
                 .unwrap_or_else(|| default_id("scheduler", &listen)),
-            coordinator: CoordinatorConfig::from_settings(s),
+            coordinator: CoordinatorConfig::from_settings(s)?,
             lease_ttl: Duration::from_secs(lease_ttl(s)?),
             sql_listen: sql_listen(s, &listen),
             advertise_host: host_of(s.advertise.as_deref().unwrap_or(&listen)).to_string(),
@@ -498,7 +543,7 @@ impl ExecutorConfig {
             }),
             memory_mb: s.memory_mb.unwrap_or(DEFAULT_MEMORY_MB),
             gpus: s.gpus.unwrap_or(0),
-            coordinator: CoordinatorConfig::from_settings(s),
+            coordinator: CoordinatorConfig::from_settings(s)?,
             store_url,
             s3: s.s3(),
             lease_ttl: Duration::from_secs(lease_ttl(s)?),

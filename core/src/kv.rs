@@ -276,13 +276,77 @@ fn etcd_err(context: &str, e: etcd_client::Error) -> Error {
     Error::Coordinator(format!("etcd {context}: {e}"))
 }
 
+/// How a node reaches etcd securely: TLS (`--etcd-ca`, and a client certificate for an
+/// etcd started with `--client-cert-auth`) and etcd's own user authentication.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct EtcdAccess {
+    /// The CA that signed etcd's certificate (PEM): set, the connection is TLS.
+    pub ca: Option<std::path::PathBuf>,
+    /// This node's client certificate and key (PEM).
+    pub cert: Option<(std::path::PathBuf, std::path::PathBuf)>,
+    /// An etcd user and its password.
+    pub user: Option<(String, String)>,
+}
+
+impl std::fmt::Debug for EtcdAccess {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EtcdAccess")
+            .field("ca", &self.ca)
+            .field("cert", &self.cert)
+            .field("user", &self.user.as_ref().map(|(u, _)| u))
+            .finish()
+    }
+}
+
+impl EtcdAccess {
+    /// The TLS settings, when a CA is set.
+    fn tls(&self) -> Result<Option<etcd_client::TlsOptions>> {
+        let read = |field: &str, path: &std::path::Path| {
+            std::fs::read(path).map_err(|e| {
+                Error::invalid(
+                    "config",
+                    field,
+                    path.display(),
+                    format!("cannot read it: {e}"),
+                )
+            })
+        };
+        let Some(ca) = &self.ca else {
+            return match &self.cert {
+                Some((cert, _)) => Err(Error::invalid(
+                    "config",
+                    "etcd_cert",
+                    cert.display(),
+                    "a client certificate for etcd needs --etcd-ca (the CA of etcd's certificate)",
+                )),
+                None => Ok(None),
+            };
+        };
+        let mut tls = etcd_client::TlsOptions::new()
+            .ca_certificate(etcd_client::Certificate::from_pem(read("etcd_ca", ca)?));
+        if let Some((cert, key)) = &self.cert {
+            tls = tls.identity(etcd_client::Identity::from_pem(
+                read("etcd_cert", cert)?,
+                read("etcd_key", key)?,
+            ));
+        }
+        Ok(Some(tls))
+    }
+}
+
 impl EtcdKv {
     /// Connect to etcd at `endpoints` (`http://127.0.0.1:2379` or `127.0.0.1:2379`).
-    pub async fn connect(endpoints: &[String]) -> Result<Self> {
-        let options = etcd_client::ConnectOptions::new()
+    pub async fn connect(endpoints: &[String], access: &EtcdAccess) -> Result<Self> {
+        let mut options = etcd_client::ConnectOptions::new()
             .with_connect_timeout(Duration::from_secs(3))
             .with_timeout(Duration::from_secs(5))
             .with_keep_alive(Duration::from_secs(2), Duration::from_secs(2));
+        if let Some(tls) = access.tls()? {
+            options = options.with_tls(tls);
+        }
+        if let Some((user, password)) = &access.user {
+            options = options.with_user(user, password);
+        }
         let client = etcd_client::Client::connect(endpoints, Some(options))
             .await
             .map_err(|e| {

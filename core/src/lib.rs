@@ -5,6 +5,7 @@
 //! path layout ([`store`]).
 
 pub mod auth;
+pub mod certs;
 pub mod config;
 pub mod confine;
 pub mod coord;

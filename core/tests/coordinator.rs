@@ -1,6 +1,7 @@
 //! The coordinator conformance suite: every test runs against the embedded backend and a
 //! real etcd (`HALYARD_TEST_ETCD=HOST:PORT`, which `.ci/run` starts). Each test works under
-//! its own key root, so tests share one etcd safely.
+//! its own key root, so tests share one etcd safely. The whole suite also runs against a
+//! real etcd this test starts with TLS, `--client-cert-auth` and user authentication on.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,7 +27,9 @@ async fn etcd() -> Coordinator {
     let endpoint = std::env::var("HALYARD_TEST_ETCD").expect(
         "HALYARD_TEST_ETCD is not set: these tests need a real etcd; run .ci/run, which starts one",
     );
-    let kv = EtcdKv::connect(&[endpoint]).await.expect("etcd reachable");
+    let kv = EtcdKv::connect(&[endpoint], &Default::default())
+        .await
+        .expect("etcd reachable");
     Coordinator::new(Arc::new(kv), &root())
 }
 
@@ -435,3 +438,136 @@ conformance!(
     registry_versions_deployments_outcomes_and_serving,
     sql_endpoint_follows_the_leader,
 );
+
+/// A real etcd process, killed when dropped.
+struct EtcdProcess(std::process::Child);
+
+impl Drop for EtcdProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_suite_passes_against_etcd_with_tls_client_certificates_and_users() {
+    use halyard_core::kv::EtcdAccess;
+    let tmp = tempfile::tempdir().unwrap();
+    let certs =
+        halyard_core::certs::init(&tmp.path().join("certs"), &["etcd".into(), "node".into()])
+            .unwrap();
+    let rogue = halyard_core::certs::init(&tmp.path().join("rogue"), &["node".into()]).unwrap();
+    let (client_port, peer_port) = (free_port(), free_port());
+    let client_url = format!("https://127.0.0.1:{client_port}");
+    let peer_url = format!("http://127.0.0.1:{peer_port}");
+    let (_, etcd_cert, etcd_key) = &certs.nodes[0];
+    let _etcd = EtcdProcess(
+        std::process::Command::new("etcd")
+            .args(["--name", "tls", "--data-dir"])
+            .arg(tmp.path().join("data"))
+            .args([
+                "--listen-client-urls",
+                &client_url,
+                "--advertise-client-urls",
+                &client_url,
+            ])
+            .args([
+                "--listen-peer-urls",
+                &peer_url,
+                "--initial-advertise-peer-urls",
+                &peer_url,
+            ])
+            .args(["--initial-cluster", &format!("tls={peer_url}")])
+            .arg("--cert-file")
+            .arg(etcd_cert)
+            .arg("--key-file")
+            .arg(etcd_key)
+            .arg("--trusted-ca-file")
+            .arg(&certs.ca)
+            .arg("--client-cert-auth")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("etcd is installed (.ci/run installs etcd-server)"),
+    );
+    let endpoint = vec![format!("127.0.0.1:{client_port}")];
+    let (_, node_cert, node_key) = &certs.nodes[1];
+    let mut access = EtcdAccess {
+        ca: Some(certs.ca.clone()),
+        cert: Some((node_cert.clone(), node_key.clone())),
+        user: None,
+    };
+    // Up, then etcd's own users: a root user with a password, and authentication on.
+    let mut admin = None;
+    for _ in 0..100 {
+        if EtcdKv::connect(&endpoint, &access).await.is_ok() {
+            let tls = etcd_client::TlsOptions::new()
+                .ca_certificate(etcd_client::Certificate::from_pem(
+                    std::fs::read(&certs.ca).unwrap(),
+                ))
+                .identity(etcd_client::Identity::from_pem(
+                    std::fs::read(node_cert).unwrap(),
+                    std::fs::read(node_key).unwrap(),
+                ));
+            let options = etcd_client::ConnectOptions::new().with_tls(tls);
+            admin = Some(
+                etcd_client::Client::connect(&endpoint, Some(options))
+                    .await
+                    .unwrap(),
+            );
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut admin = admin.expect("the TLS etcd starts");
+    admin.user_add("root", "root-secret", None).await.unwrap();
+    admin.user_grant_role("root", "root").await.unwrap();
+    admin.auth_enable().await.unwrap();
+    access.user = Some(("root".into(), "root-secret".into()));
+
+    // Refused: plaintext, no client certificate, another CA's certificate, a wrong password.
+    let refused = [
+        EtcdAccess::default(),
+        EtcdAccess {
+            cert: None,
+            ..access.clone()
+        },
+        EtcdAccess {
+            cert: Some((rogue.nodes[0].1.clone(), rogue.nodes[0].2.clone())),
+            ..access.clone()
+        },
+        EtcdAccess {
+            user: Some(("root".into(), "wrong".into())),
+            ..access.clone()
+        },
+    ];
+    for (i, a) in refused.iter().enumerate() {
+        assert!(
+            EtcdKv::connect(&endpoint, a).await.is_err(),
+            "case {i}: {a:?} was let in"
+        );
+    }
+
+    // The whole conformance suite, over TLS with a client certificate and a user.
+    let coord = || async {
+        let kv = EtcdKv::connect(&endpoint, &access).await.unwrap();
+        Coordinator::new(Arc::new(kv), &root())
+    };
+    lease_keys_vanish_without_keep_alive(coord().await).await;
+    duplicate_executor_id_is_refused(coord().await).await;
+    one_leader_and_a_deposed_leader_is_fenced(coord().await).await;
+    job_writes_are_compare_and_swap(coord().await).await;
+    progress_is_fenced_on_the_assignment(coord().await).await;
+    a_worker_group_is_placed_and_released_whole(coord().await).await;
+    model_versions_are_unique_under_contention(coord().await).await;
+    registry_versions_deployments_outcomes_and_serving(coord().await).await;
+    sql_endpoint_follows_the_leader(coord().await).await;
+}

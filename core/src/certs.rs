@@ -1,4 +1,4 @@
-//! `halyard certs init`: a cluster CA and a certificate for each node (rcgen), for mutual
+//! Certificates for `halyard certs init`: a cluster CA and a certificate for each node (rcgen), for mutual
 //! TLS between nodes. Each node certificate names the node, `localhost` and `127.0.0.1`,
 //! and serves both as a server and as a client certificate.
 
@@ -9,7 +9,7 @@ use rcgen::{
     KeyPair, KeyUsagePurpose,
 };
 
-use crate::{CliError, Result};
+use crate::error::{Error, Result};
 
 /// The files `init` wrote.
 #[derive(Debug, Clone)]
@@ -20,14 +20,19 @@ pub struct Written {
     pub nodes: Vec<(String, PathBuf, PathBuf)>,
 }
 
-fn failed(e: rcgen::Error) -> CliError {
-    CliError::Failed(format!("cannot make a certificate: {e}"))
+fn failed(e: rcgen::Error) -> Error {
+    Error::invalid(
+        "certs",
+        "certificate",
+        "(new)",
+        format!("cannot make it: {e}"),
+    )
 }
 
 /// Write `0600` (keys) or `0644` (certificates) files; an existing file is not replaced.
 fn write(path: &Path, text: &str, secret: bool) -> Result<()> {
-    let io = |source| CliError::Io {
-        path: path.display().to_string(),
+    let io = |source| Error::Io {
+        path: path.to_path_buf(),
         source,
     };
     let mut options = std::fs::OpenOptions::new();
@@ -36,10 +41,12 @@ fn write(path: &Path, text: &str, secret: bool) -> Result<()> {
     std::os::unix::fs::OpenOptionsExt::mode(&mut options, if secret { 0o600 } else { 0o644 });
     let mut f = options.open(path).map_err(|e| {
         if e.kind() == std::io::ErrorKind::AlreadyExists {
-            CliError::Failed(format!(
-                "{} exists: certs init does not replace files (remove them, or choose another --out)",
-                path.display()
-            ))
+            Error::invalid(
+                "certs",
+                "out",
+                path.display(),
+                "exists: certs init does not replace files (remove them, or choose another --out)",
+            )
         } else {
             io(e)
         }
@@ -51,12 +58,15 @@ fn write(path: &Path, text: &str, secret: bool) -> Result<()> {
 /// `NODE.pem` and `NODE.key` signed by it, in `out`.
 pub fn init(out: &Path, nodes: &[String]) -> Result<Written> {
     if nodes.is_empty() {
-        return Err(CliError::Failed(
-            "name at least one node: --nodes scheduler-1,10.0.0.5,…".into(),
+        return Err(Error::invalid(
+            "certs",
+            "nodes",
+            "(none)",
+            "name at least one node: --nodes scheduler-1,10.0.0.5,…",
         ));
     }
-    std::fs::create_dir_all(out).map_err(|source| CliError::Io {
-        path: out.display().to_string(),
+    std::fs::create_dir_all(out).map_err(|source| Error::Io {
+        path: out.to_path_buf(),
         source,
     })?;
     let mut ca_params = CertificateParams::new(Vec::<String>::new()).map_err(failed)?;
@@ -119,7 +129,7 @@ mod tests {
         let w = init(dir.path(), &["scheduler-1".into(), "10.0.0.5".into()]).unwrap();
         assert_eq!(w.nodes.len(), 2);
         for (_, cert, key) in &w.nodes {
-            let tls = halyard_core::tls::TlsFiles {
+            let tls = crate::tls::TlsFiles {
                 cert: cert.clone(),
                 key: key.clone(),
                 ca: Some(w.ca.clone()),
