@@ -107,6 +107,18 @@ enum Command {
         #[command(subcommand)]
         what: CertsCommand,
     },
+    /// The audit log: every mutating call and refused attempt, with key, role, node,
+    /// target and outcome (admin and operator)
+    Audit {
+        /// Only calls within this long ago, such as 90m, 12h or 7d [default: all kept]
+        #[arg(long)]
+        since: Option<String>,
+        /// Print JSON lines
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        conn: Connection,
+    },
     /// Make, list and revoke API keys (admin only); see docs/security.md
     Keys {
         #[command(subcommand)]
@@ -457,6 +469,9 @@ async fn run(cli: Cli) -> Result<(), AnyError> {
                     key.display()
                 );
             }
+        }
+        Command::Audit { since, json, conn } => {
+            halyard_cli::keys::audit(&client(conn).await?, since.as_deref(), json).await?
         }
         Command::Keys { what, json, conn } => {
             let c = client(conn).await?;

@@ -641,3 +641,42 @@ async fn with_mutual_tls_nodes_train_together_and_strangers_are_refused() {
 async fn exec_addr_of(client: &halyard_client::Client) -> String {
     client.cluster().await.unwrap().executors[0].address.clone()
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mutating_calls_and_refused_attempts_reach_the_audit_log() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let data = halyard_cli::datagen::generate(&dir.join("data"), 500, 2).unwrap();
+    let (cluster, admin) = common::standalone(dir, 1).await;
+    let admin_id = &cluster.admin_key[3..15];
+    let viewer = make_key(&admin, "viewer", "", "").await;
+    let viewer_id = viewer[3..15].to_string();
+    let spec = common::spec(dir, "audited", &data.responses, 1, 64);
+    let job = admin.submit(&spec).await.unwrap().id;
+    admin.cancel(&job).await.unwrap();
+    let as_viewer = common::connect(&cluster.scheduler.addr.to_string(), &viewer).await;
+    assert!(as_viewer.submit(&spec).await.is_err());
+    assert!(as_viewer.audit(0).await.is_err(), "a viewer read the audit log");
+    admin.revoke_key(&viewer_id).await.unwrap();
+    let events = admin.audit(0).await.unwrap();
+    let find = |action: &str, key: &str, target: &str| {
+        events
+            .iter()
+            .find(|e| e.action == action && e.key_id == key && e.target == target)
+            .unwrap_or_else(|| panic!("no {action} by {key} on {target} in {events:#?}"))
+    };
+    assert_eq!(find("create-key", admin_id, "test-viewer (viewer)").outcome, "ok");
+    let submitted = find("submit", admin_id, "audited");
+    assert_eq!((submitted.outcome.as_str(), submitted.role.as_str()), ("ok", "admin"));
+    assert_eq!(submitted.node, "standalone");
+    assert_eq!(find("cancel", admin_id, &job).outcome, "ok");
+    // A refusal at the door names the action as the role matrix does, and the route.
+    let action = halyard_core::auth::Action::Submit.as_str();
+    let refused = find(action, &viewer_id, "/halyard.v1.JobService/Submit");
+    assert!(refused.outcome.starts_with("refused:"), "{refused:?}");
+    assert_eq!(find("revoke-key", admin_id, &viewer_id).outcome, "ok");
+    assert!(events.windows(2).all(|w| w[0].time_ms <= w[1].time_ms));
+    // No secret in the log.
+    let text = format!("{events:?}");
+    assert!(!text.contains(&viewer[16..]) && !text.contains(&cluster.admin_key[16..]));
+}

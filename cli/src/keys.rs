@@ -144,3 +144,52 @@ pub async fn revoke(client: &Client, id: &str, as_json: bool) -> Result<()> {
     }
     Ok(())
 }
+
+/// `halyard audit`: the audit log since `since` (a duration back from now, such as 1h or
+/// 7d; everything kept when `None`), as a table or JSON lines.
+pub async fn audit(client: &Client, since: Option<&str>, as_json: bool) -> Result<()> {
+    let since_ms = match since {
+        None => 0,
+        Some(text) => {
+            let back = halyard_core::auth::parse_duration_ms(text).ok_or_else(|| {
+                crate::CliError::Failed(format!(
+                    "--since {text:?}: write a number and a unit, such as 90m, 12h or 7d"
+                ))
+            })?;
+            halyard_core::records::now_ms() - back
+        }
+    };
+    let events = client.audit(since_ms).await?;
+    for e in &events {
+        if as_json {
+            out(&json!({
+                "time_ms": e.time_ms,
+                "key_id": e.key_id,
+                "key_name": e.key_name,
+                "role": e.role,
+                "node": e.node,
+                "action": e.action,
+                "target": e.target,
+                "outcome": e.outcome,
+            })
+            .to_string());
+        } else {
+            let time = chrono::DateTime::from_timestamp_millis(e.time_ms)
+                .map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string())
+                .unwrap_or_default();
+            let key = if e.key_name.is_empty() {
+                e.key_id.clone()
+            } else {
+                format!("{} ({})", e.key_id, e.key_name)
+            };
+            out(&format!(
+                "{time}  {key:<28} {:<9} {:<12} {:<11} {:<28} {}",
+                e.role, e.node, e.action, e.target, e.outcome
+            ));
+        }
+    }
+    if !as_json && events.is_empty() {
+        out("no audited calls in that time");
+    }
+    Ok(())
+}

@@ -247,6 +247,17 @@ impl Client {
         Ok(self.keys.clone().create_key(request).await?.into_inner())
     }
 
+    /// The audit log since `since_ms` (ms since the epoch; admin and operator).
+    pub async fn audit(&self, since_ms: i64) -> Result<Vec<halyard_core::proto::AuditEntry>> {
+        Ok(self
+            .keys
+            .clone()
+            .list_audit(halyard_core::proto::ListAuditRequest { since_ms })
+            .await?
+            .into_inner()
+            .events)
+    }
+
     /// Every API key (admin only), without secrets.
     pub async fn keys(&self) -> Result<Vec<KeyInfo>> {
         Ok(self

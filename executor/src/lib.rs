@@ -21,7 +21,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 
-use halyard_core::auth::{BearerKey, Verifier, is_loopback, node_key};
+use halyard_core::auth::{BearerKey, is_loopback, node_key};
 use halyard_core::config::ExecutorConfig;
 use halyard_core::coord::Coordinator;
 use halyard_core::proto::prediction_service_server::PredictionServiceServer;
@@ -30,6 +30,7 @@ use halyard_core::store::Store;
 use halyard_core::tls::{Tls, TlsFiles, require_beyond_loopback};
 use halyard_features::cluster::SqlExecutor;
 use halyard_features::session::DataAccess;
+use halyard_serving::access::Door;
 use halyard_serving::grpc::PredictionApi;
 use halyard_serving::{BatchConfig, Gateway, Host};
 use tokio::sync::watch;
@@ -74,7 +75,6 @@ pub async fn start_executor(cfg: ExecutorConfig, coord: Coordinator) -> Result<E
     let tls = cfg.tls.as_ref().map(TlsFiles::load).transpose()?;
     let (listener, addr) = halyard_core::bind(&cfg.listen).await?;
     let bearer = BearerKey::new(Some(&token))?;
-    let verifier = Verifier::new(coord.clone());
     let (shutdown, shutdown_rx) = watch::channel(false);
     let advertise = if cfg.advertise.ends_with(":0") {
         addr.to_string()
@@ -112,7 +112,7 @@ pub async fn start_executor(cfg: ExecutorConfig, coord: Coordinator) -> Result<E
         listener,
         http,
         grpc,
-        verifier,
+        Door::new(&coord, &cfg.id, tls.as_ref()),
         tls.clone(),
         shutdown_rx.clone(),
     ));

@@ -3,11 +3,11 @@
 
 use halyard_core::Failure;
 use halyard_core::auth::{Caller, KeyRecord, Role, generate, parse_duration_ms};
-use halyard_core::coord::Coordinator;
+use halyard_core::coord::{Auditor, Coordinator};
 use halyard_core::proto::key_service_server::KeyService;
 use halyard_core::proto::{
-    CreateKeyRequest, CreateKeyResponse, KeyInfo, ListKeysRequest, ListKeysResponse,
-    RevokeKeyRequest,
+    AuditEntry, CreateKeyRequest, CreateKeyResponse, KeyInfo, ListAuditRequest, ListAuditResponse,
+    ListKeysRequest, ListKeysResponse, RevokeKeyRequest,
 };
 use halyard_core::records::now_ms;
 use tonic::{Request, Response, Status};
@@ -19,36 +19,23 @@ use crate::error::to_status;
 #[derive(Debug, Clone)]
 pub(crate) struct KeyApi {
     coord: Coordinator,
+    audit: Auditor,
 }
 
 impl KeyApi {
-    pub(crate) fn new(coord: Coordinator) -> Self {
-        KeyApi { coord }
+    pub(crate) fn new(coord: Coordinator, node: &str) -> Self {
+        KeyApi {
+            audit: Auditor::new(coord.clone(), node),
+            coord,
+        }
     }
-}
 
-/// A key as the API shows it: no secret, no hash.
-pub(crate) fn key_info(k: &KeyRecord) -> KeyInfo {
-    KeyInfo {
-        id: k.id.clone(),
-        name: k.name.clone(),
-        role: k.role.as_str().into(),
-        models: k.models.clone().unwrap_or_default(),
-        expires_ms: k.expires_ms.unwrap_or(0),
-        created_ms: k.created_ms,
-        creator: k.creator.clone(),
-        revoked: k.revoked,
-    }
-}
-
-#[tonic::async_trait]
-impl KeyService for KeyApi {
-    async fn create_key(
+    /// Make a key for `caller`'s request (audited by `create_key`).
+    async fn create(
         &self,
-        request: Request<CreateKeyRequest>,
+        caller: &Caller,
+        r: CreateKeyRequest,
     ) -> Result<Response<CreateKeyResponse>, Status> {
-        let caller = Caller::of(&request)?;
-        let r = request.into_inner();
         let role = Role::parse(&r.role).ok_or_else(|| {
             Failure::Invalid.status(format!(
                 "role {:?}: use admin, operator, submitter, predictor or viewer",
@@ -90,6 +77,36 @@ impl KeyService for KeyApi {
             token: key.token,
         }))
     }
+}
+
+/// A key as the API shows it: no secret, no hash.
+pub(crate) fn key_info(k: &KeyRecord) -> KeyInfo {
+    KeyInfo {
+        id: k.id.clone(),
+        name: k.name.clone(),
+        role: k.role.as_str().into(),
+        models: k.models.clone().unwrap_or_default(),
+        expires_ms: k.expires_ms.unwrap_or(0),
+        created_ms: k.created_ms,
+        creator: k.creator.clone(),
+        revoked: k.revoked,
+    }
+}
+
+#[tonic::async_trait]
+impl KeyService for KeyApi {
+    async fn create_key(
+        &self,
+        request: Request<CreateKeyRequest>,
+    ) -> Result<Response<CreateKeyResponse>, Status> {
+        let caller = Caller::of(&request)?;
+        let r = request.into_inner();
+        let target = format!("{} ({})", r.name.trim(), r.role.trim());
+        let result = self.create(&caller, r).await;
+        self.audit
+            .call(&caller, "create-key", &target, result)
+            .await
+    }
 
     async fn list_keys(
         &self,
@@ -101,13 +118,40 @@ impl KeyService for KeyApi {
         }))
     }
 
+    async fn list_audit(
+        &self,
+        request: Request<ListAuditRequest>,
+    ) -> Result<Response<ListAuditResponse>, Status> {
+        let since = request.into_inner().since_ms;
+        let events = self.coord.audit_since(since).await.map_err(to_status)?;
+        Ok(Response::new(ListAuditResponse {
+            events: events
+                .into_iter()
+                .map(|e| AuditEntry {
+                    time_ms: e.time_ms,
+                    key_id: e.key_id,
+                    key_name: e.key_name,
+                    role: e.role,
+                    node: e.node,
+                    action: e.action,
+                    target: e.target,
+                    outcome: e.outcome,
+                })
+                .collect(),
+        }))
+    }
+
     async fn revoke_key(
         &self,
         request: Request<RevokeKeyRequest>,
     ) -> Result<Response<KeyInfo>, Status> {
         let caller = Caller::of(&request)?;
         let id = request.into_inner().id;
-        let key = self.coord.revoke_key(id.trim()).await.map_err(to_status)?;
+        let result = self.coord.revoke_key(id.trim()).await.map_err(to_status);
+        let key = self
+            .audit
+            .call(&caller, "revoke-key", id.trim(), result)
+            .await?;
         info!(key = %key.id, by = %caller.key.id, "api key revoked");
         Ok(Response::new(key_info(&key)))
     }

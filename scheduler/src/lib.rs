@@ -26,6 +26,7 @@ use halyard_core::proto::model_service_server::ModelServiceServer;
 use halyard_core::proto::prediction_service_server::PredictionServiceServer;
 use halyard_core::tls::{TlsFiles, require_beyond_loopback};
 use halyard_serving::Gateway;
+use halyard_serving::access::Door;
 use halyard_serving::grpc::PredictionApi;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -60,7 +61,7 @@ pub async fn start_scheduler(cfg: SchedulerConfig, coord: Coordinator) -> Result
     require_beyond_loopback(&cfg.listen, cfg.tls.as_ref())?;
     let tls = cfg.tls.as_ref().map(TlsFiles::load).transpose()?;
     let (listener, addr) = halyard_core::bind(&cfg.listen).await?;
-    let verifier = Verifier::new(coord.clone());
+    let door = Door::new(&coord, &cfg.id, tls.as_ref());
     let (shutdown, shutdown_rx) = watch::channel(false);
     let svc = service::JobApi::new(coord.clone(), &cfg);
     let (health_reporter, health) = tonic_health::server::health_reporter();
@@ -73,14 +74,17 @@ pub async fn start_scheduler(cfg: SchedulerConfig, coord: Coordinator) -> Result
         .add_service(JobServiceServer::new(svc))
         .add_service(ModelServiceServer::new(models::ModelApi::new(
             coord.clone(),
+            &cfg.id,
         )))
         .add_service(PredictionServiceServer::new(PredictionApi::new(
             gateway.clone(),
         )))
-        .add_service(KeyServiceServer::new(keys::KeyApi::new(coord.clone())));
+        .add_service(KeyServiceServer::new(keys::KeyApi::new(
+            coord.clone(),
+            &cfg.id,
+        )));
     let http = halyard_serving::http::router(gateway.clone());
-    let api =
-        halyard_serving::http::serve(listener, http, grpc, verifier, tls, shutdown_rx.clone());
+    let api = halyard_serving::http::serve(listener, http, grpc, door, tls, shutdown_rx.clone());
     let server = tokio::spawn(async move {
         if let Err(e) = api.await {
             tracing::error!(error = %e, "scheduler api stopped");
@@ -88,11 +92,11 @@ pub async fn start_scheduler(cfg: SchedulerConfig, coord: Coordinator) -> Result
     });
     info!(id = %cfg.id, %addr, backend = coord.backend(), "scheduler listening");
     let routing = tokio::spawn(gateway.run(shutdown_rx.clone()));
-    let door = leader::SqlDoor {
+    let sql_door = leader::SqlDoor {
         verifier: Verifier::new(coord.clone()),
         token,
     };
-    let leader = tokio::spawn(leader::run(cfg, coord, door, shutdown_rx));
+    let leader = tokio::spawn(leader::run(cfg, coord, sql_door, shutdown_rx));
     Ok(SchedulerHandle {
         addr,
         shutdown,

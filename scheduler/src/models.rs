@@ -3,7 +3,8 @@
 //! deployment changes are compare-and-swap writes, not leader work.
 
 use halyard_core::Failure;
-use halyard_core::coord::Coordinator;
+use halyard_core::auth::Caller;
+use halyard_core::coord::{Auditor, Coordinator};
 use halyard_core::proto::deploy_request::Change as WireChange;
 use halyard_core::proto::model_service_server::ModelService;
 use halyard_core::proto::{
@@ -18,11 +19,48 @@ use crate::error::to_status;
 
 pub(crate) struct ModelApi {
     coord: Coordinator,
+    audit: Auditor,
 }
 
 impl ModelApi {
-    pub(crate) fn new(coord: Coordinator) -> Self {
-        ModelApi { coord }
+    pub(crate) fn new(coord: Coordinator, node: &str) -> Self {
+        ModelApi {
+            audit: Auditor::new(coord.clone(), node),
+            coord,
+        }
+    }
+
+    /// Apply a deployment change (audited by `deploy`).
+    async fn change(&self, req: DeployRequest) -> Result<Response<GetModelResponse>, Status> {
+        let change = match req.change {
+            Some(WireChange::Deploy(d)) => Change::Deploy {
+                version: d.version,
+                alias: or_default(d.alias, PRODUCTION),
+                percent: d.percent,
+            },
+            Some(WireChange::Split(s)) => Change::Split(
+                s.variants
+                    .into_iter()
+                    .map(|v| Variant {
+                        version: v.version,
+                        weight: v.weight,
+                    })
+                    .collect(),
+            ),
+            Some(WireChange::Promote(p)) => Change::Promote {
+                alias: or_default(p.alias, CANARY),
+            },
+            Some(WireChange::Rollback(_)) => Change::Rollback,
+            Some(WireChange::Undeploy(_)) => Change::Undeploy,
+            None => return Err(Failure::Invalid.status("the request names no change")),
+        };
+        let d = self
+            .coord
+            .change_deployment(&req.name, &change)
+            .await
+            .map_err(to_status)?;
+        info!(model = %req.name, change = ?change, variants = ?d.current.variants, "deployment changed");
+        Ok(Response::new(self.model(&req.name).await?))
     }
 
     async fn model(&self, name: &str) -> Result<GetModelResponse, Status> {
@@ -102,36 +140,19 @@ impl ModelService for ModelApi {
         &self,
         request: Request<DeployRequest>,
     ) -> Result<Response<GetModelResponse>, Status> {
+        let caller = Caller::of(&request)?;
         let req = request.into_inner();
-        let change = match req.change {
-            Some(WireChange::Deploy(d)) => Change::Deploy {
-                version: d.version,
-                alias: or_default(d.alias, PRODUCTION),
-                percent: d.percent,
-            },
-            Some(WireChange::Split(s)) => Change::Split(
-                s.variants
-                    .into_iter()
-                    .map(|v| Variant {
-                        version: v.version,
-                        weight: v.weight,
-                    })
-                    .collect(),
-            ),
-            Some(WireChange::Promote(p)) => Change::Promote {
-                alias: or_default(p.alias, CANARY),
-            },
-            Some(WireChange::Rollback(_)) => Change::Rollback,
-            Some(WireChange::Undeploy(_)) => Change::Undeploy,
-            None => return Err(Failure::Invalid.status("the request names no change")),
+        let action = match &req.change {
+            Some(WireChange::Deploy(_)) => "deploy",
+            Some(WireChange::Split(_)) => "split",
+            Some(WireChange::Promote(_)) => "promote",
+            Some(WireChange::Rollback(_)) => "rollback",
+            Some(WireChange::Undeploy(_)) => "undeploy",
+            None => "deploy",
         };
-        let d = self
-            .coord
-            .change_deployment(&req.name, &change)
-            .await
-            .map_err(to_status)?;
-        info!(model = %req.name, change = ?change, variants = ?d.current.variants, "deployment changed");
-        Ok(Response::new(self.model(&req.name).await?))
+        let name = req.name.clone();
+        let result = self.change(req).await;
+        self.audit.call(&caller, action, &name, result).await
     }
 
     async fn experiment(

@@ -8,7 +8,7 @@ use halyard_core::Failure;
 use halyard_core::auth::{Action, Caller};
 use halyard_core::config::SchedulerConfig;
 use halyard_core::confine::Roots;
-use halyard_core::coord::Coordinator;
+use halyard_core::coord::{Auditor, Coordinator};
 use halyard_core::proto::job_service_server::JobService;
 use halyard_core::proto::{
     CancelRequest, CancelResponse, ClusterStatusRequest, ClusterStatusResponse, ExecutorInfo,
@@ -28,6 +28,7 @@ const WATCH_POLL: Duration = Duration::from_millis(100);
 pub(crate) struct JobApi {
     coord: Coordinator,
     id: String,
+    audit: Auditor,
     /// Where jobs may read.
     roots: Roots,
     /// Most unfinished jobs one key may have.
@@ -37,11 +38,106 @@ pub(crate) struct JobApi {
 impl JobApi {
     pub(crate) fn new(coord: Coordinator, cfg: &SchedulerConfig) -> Self {
         JobApi {
+            audit: Auditor::new(coord.clone(), &cfg.id),
             coord,
             id: cfg.id.clone(),
             roots: cfg.roots.clone(),
             jobs_per_key: cfg.jobs_per_key,
         }
+    }
+
+    /// Submit a job for `caller` (audited by the trait method).
+    async fn submit_job(
+        &self,
+        caller: &Caller,
+        req: SubmitRequest,
+    ) -> Result<Response<SubmitResponse>, Status> {
+        if req.protocol_version != halyard_core::PROTOCOL_VERSION {
+            return Err(Failure::Refused.status(format!(
+                "client speaks protocol {}, this scheduler {}: use matching halyard versions",
+                req.protocol_version,
+                halyard_core::PROTOCOL_VERSION
+            )));
+        }
+        let spec = JobSpec::from_toml(&req.spec_toml, "job spec").map_err(to_status)?;
+        self.admit(&spec, caller).await?;
+        let mut job = JobRecord::new(new_job_id(&spec.name), spec);
+        job.owner = Some(caller.key.id.clone());
+        job.log(
+            &format!("scheduler/{}", self.id),
+            format!("submitted by key {}", caller.key.label()),
+        );
+        self.coord.submit_job(&job).await.map_err(to_status)?;
+        info!(job = %job.id, name = %job.spec.name, "job submitted");
+        Ok(Response::new(SubmitResponse {
+            job: Some(job_info(&job, None)),
+        }))
+    }
+
+    /// Ask a job to stop: any job for a role that may cancel any, else only the caller's.
+    async fn cancel_job(
+        &self,
+        caller: &Caller,
+        id: &str,
+    ) -> Result<Response<CancelResponse>, Status> {
+        if !caller.may(Action::CancelAny) {
+            let job = self.load_job(id).await?;
+            if job.owner.as_deref() != Some(caller.key.id.as_str()) {
+                return Err(Failure::Forbidden.status(format!(
+                    "job {id} was not submitted by key {}: role {} may cancel only its own jobs",
+                    caller.key.label(),
+                    caller.key.role
+                )));
+            }
+        }
+        let job = self.coord.request_cancel(id).await.map_err(to_status)?;
+        info!(job = %id, "cancel requested");
+        Ok(Response::new(CancelResponse {
+            job: Some(job_info(&job, None)),
+        }))
+    }
+
+    /// Submit a failed or cancelled data-parallel job again, from its last checkpoint.
+    async fn resume_job(
+        &self,
+        caller: &Caller,
+        id: &str,
+    ) -> Result<Response<SubmitResponse>, Status> {
+        let Some(old) = self.coord.get_job(id).await.map_err(to_status)? else {
+            return Err(to_status(halyard_core::Error::NoSuchJob(id.to_string())));
+        };
+        let old = old.value;
+        use halyard_core::records::JobState;
+        if !matches!(old.state, JobState::Cancelled | JobState::Failed) {
+            return Err(Failure::Refused.status(format!(
+                "job {id} is {}: only a cancelled or failed job can be resumed",
+                old.state.as_str()
+            )));
+        }
+        if old.spec.train.workers.is_none() || old.spec.search.is_some() {
+            return Err(Failure::Refused.status(format!(
+                "job {id} kept no checkpoints: only data-parallel jobs ([train] workers) resume; submit it again"
+            )));
+        }
+        let mut spec = old.spec.clone();
+        spec.train.resume_from = Some(old.id.clone());
+        if let Some(f) = &mut spec.features {
+            f.table_of = Some(f.table_of.clone().unwrap_or_else(|| old.id.clone()));
+        }
+        let mut job = JobRecord::new(new_job_id(&spec.name), spec);
+        job.owner = Some(caller.key.id.clone());
+        job.log(
+            &format!("scheduler/{}", self.id),
+            format!(
+                "submitted by key {} to resume job {id} from its last checkpoint",
+                caller.key.label()
+            ),
+        );
+        self.coord.submit_job(&job).await.map_err(to_status)?;
+        info!(job = %job.id, resumes = %id, "job resumed");
+        Ok(Response::new(SubmitResponse {
+            job: Some(job_info(&job, None)),
+        }))
     }
 
     /// Refuse a job that reads outside the data roots, or one over its key's limit of
@@ -142,28 +238,38 @@ impl JobService for JobApi {
     ) -> Result<Response<SubmitResponse>, Status> {
         let caller = Caller::of(&request)?;
         let req = request.into_inner();
-        if req.protocol_version != halyard_core::PROTOCOL_VERSION {
-            return Err(Failure::Refused.status(format!(
-                "client speaks protocol {}, this scheduler {}: use matching halyard versions",
-                req.protocol_version,
-                halyard_core::PROTOCOL_VERSION
-            )));
-        }
-        let spec = JobSpec::from_toml(&req.spec_toml, "job spec").map_err(to_status)?;
-        self.admit(&spec, &caller).await?;
-        let mut job = JobRecord::new(new_job_id(&spec.name), spec);
-        job.owner = Some(caller.key.id.clone());
-        job.log(
-            &format!("scheduler/{}", self.id),
-            format!("submitted by key {}", caller.key.label()),
-        );
-        self.coord.submit_job(&job).await.map_err(to_status)?;
-        info!(job = %job.id, name = %job.spec.name, "job submitted");
-        Ok(Response::new(SubmitResponse {
-            job: Some(job_info(&job, None)),
-        }))
+        let target = req
+            .spec_toml
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("name"))
+            .map_or("", |rest| {
+                rest.trim_start_matches([' ', '=', '"'])
+                    .trim_end_matches('"')
+            })
+            .to_string();
+        let result = self.submit_job(&caller, req).await;
+        self.audit.call(&caller, "submit", &target, result).await
     }
 
+    async fn cancel(
+        &self,
+        request: Request<CancelRequest>,
+    ) -> Result<Response<CancelResponse>, Status> {
+        let caller = Caller::of(&request)?;
+        let id = request.into_inner().job_id;
+        let result = self.cancel_job(&caller, &id).await;
+        self.audit.call(&caller, "cancel", &id, result).await
+    }
+
+    async fn resume(
+        &self,
+        request: Request<ResumeRequest>,
+    ) -> Result<Response<SubmitResponse>, Status> {
+        let caller = Caller::of(&request)?;
+        let id = request.into_inner().job_id;
+        let result = self.resume_job(&caller, &id).await;
+        self.audit.call(&caller, "resume", &id, result).await
+    }
     async fn get_job(
         &self,
         request: Request<GetJobRequest>,
@@ -190,72 +296,6 @@ impl JobService for JobApi {
             out.push(job_info(&job.value, progress.as_ref()));
         }
         Ok(Response::new(ListJobsResponse { jobs: out }))
-    }
-
-    async fn cancel(
-        &self,
-        request: Request<CancelRequest>,
-    ) -> Result<Response<CancelResponse>, Status> {
-        let caller = Caller::of(&request)?;
-        let id = request.into_inner().job_id;
-        if !caller.may(Action::CancelAny) {
-            let job = self.load_job(&id).await?;
-            if job.owner.as_deref() != Some(caller.key.id.as_str()) {
-                return Err(Failure::Forbidden.status(format!(
-                    "job {id} was not submitted by key {}: role {} may cancel only its own jobs",
-                    caller.key.label(),
-                    caller.key.role
-                )));
-            }
-        }
-        let job = self.coord.request_cancel(&id).await.map_err(to_status)?;
-        info!(job = %id, "cancel requested");
-        Ok(Response::new(CancelResponse {
-            job: Some(job_info(&job, None)),
-        }))
-    }
-
-    async fn resume(
-        &self,
-        request: Request<ResumeRequest>,
-    ) -> Result<Response<SubmitResponse>, Status> {
-        let caller = Caller::of(&request)?;
-        let id = request.into_inner().job_id;
-        let Some(old) = self.coord.get_job(&id).await.map_err(to_status)? else {
-            return Err(to_status(halyard_core::Error::NoSuchJob(id)));
-        };
-        let old = old.value;
-        use halyard_core::records::JobState;
-        if !matches!(old.state, JobState::Cancelled | JobState::Failed) {
-            return Err(Failure::Refused.status(format!(
-                "job {id} is {}: only a cancelled or failed job can be resumed",
-                old.state.as_str()
-            )));
-        }
-        if old.spec.train.workers.is_none() || old.spec.search.is_some() {
-            return Err(Failure::Refused.status(format!(
-                "job {id} kept no checkpoints: only data-parallel jobs ([train] workers) resume; submit it again"
-            )));
-        }
-        let mut spec = old.spec.clone();
-        spec.train.resume_from = Some(old.id.clone());
-        if let Some(f) = &mut spec.features {
-            f.table_of = Some(f.table_of.clone().unwrap_or_else(|| old.id.clone()));
-        }
-        let mut job = JobRecord::new(new_job_id(&spec.name), spec);
-        job.owner = Some(caller.key.id.clone());
-        job.log(
-            &format!("scheduler/{}", self.id),
-            format!(
-                "submitted by key {} to resume job {id} from its last checkpoint",
-                caller.key.label()
-            ),
-        );
-        self.coord.submit_job(&job).await.map_err(to_status)?;
-        info!(job = %job.id, resumes = %id, "job resumed");
-        Ok(Response::new(SubmitResponse {
-            job: Some(job_info(&job, None)),
-        }))
     }
 
     type WatchStream = WatchStream;

@@ -9,7 +9,9 @@ use axum::http::header::{AUTHORIZATION, CONTENT_TYPE};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use halyard_core::Failure;
-use halyard_core::auth::{Action, Verifier, bearer};
+use halyard_core::auth::{Action, Verifier, bearer, parse_token};
+use halyard_core::coord::{Auditor, Coordinator};
+use halyard_core::tls::Tls;
 
 use crate::api::ApiError;
 use crate::tls::Peer;
@@ -129,6 +131,11 @@ pub const ROUTES: &[(&str, &str, Access)] = &[
         "/halyard.v1.KeyService/RevokeKey",
         Access::Key(Action::ManageKeys),
     ),
+    (
+        "POST",
+        "/halyard.v1.KeyService/ListAudit",
+        Access::Key(Action::ReadAudit),
+    ),
     ("POST", "/grpc.health.v1.Health/Check", Access::Open),
     ("POST", "/grpc.health.v1.Health/Watch", Access::Open),
     ("GET", "/v1/models", Access::Key(Action::ReadModels)),
@@ -189,9 +196,38 @@ fn refuse(grpc: bool, failure: Failure, message: String) -> Response {
 pub struct Door {
     /// Checks keys.
     pub verifier: Verifier,
+    /// Records refused attempts at mutating routes.
+    pub audit: Auditor,
     /// Mutual TLS is on: a route only nodes may call ([`Action::Internal`]) also needs a
     /// client certificate the cluster's CA signed.
     pub mutual: bool,
+}
+
+impl Door {
+    /// The door of node `node` of the cluster coordinated by `coord`, with mutual TLS
+    /// when `tls` has a CA.
+    pub fn new(coord: &Coordinator, node: &str, tls: Option<&Tls>) -> Self {
+        Door {
+            verifier: Verifier::new(coord.clone()),
+            audit: Auditor::new(coord.clone(), node),
+            mutual: tls.is_some_and(|t| t.mutual),
+        }
+    }
+}
+
+/// Whether a refused attempt at `action` goes to the audit log: every action that changes
+/// something, and the node-only routes.
+fn audited(action: Action) -> bool {
+    matches!(
+        action,
+        Action::Submit
+            | Action::CancelOwn
+            | Action::CancelAny
+            | Action::Deploy
+            | Action::ManageKeys
+            | Action::SqlWrite
+            | Action::Internal
+    )
 }
 
 /// The middleware: let the request through with its [`halyard_core::auth::Caller`] in its
@@ -218,12 +254,24 @@ pub async fn guard(State(door): State<Door>, mut req: Request, next: Next) -> Re
         .extensions()
         .get::<ConnectInfo<Peer>>()
         .is_some_and(|c| c.0.certified);
+    let path = req.uri().path().to_string();
+    let claimed = token_of(&req)
+        .and_then(parse_token)
+        .map(|(id, _)| id.to_string());
     if door.mutual && action == Action::Internal && !certified {
         let message = format!(
-            "{} is called only by nodes, with a client certificate of the cluster's CA",
-            req.uri().path()
+            "{path} is called only by nodes, with a client certificate of the cluster's CA"
         );
-        tracing::info!(path = %req.uri().path(), "node route refused: no client certificate");
+        tracing::info!(%path, "node route refused: no client certificate");
+        door.audit
+            .record(
+                None,
+                claimed.as_deref(),
+                action.as_str(),
+                &path,
+                Err(format!("refused: {message}")),
+            )
+            .await;
         return refuse(grpc, Failure::Forbidden, message);
     }
     match door
@@ -236,7 +284,13 @@ pub async fn guard(State(door): State<Door>, mut req: Request, next: Next) -> Re
             next.run(req).await
         }
         Err(denied) => {
-            tracing::info!(path = %req.uri().path(), reason = %denied, "request refused");
+            tracing::info!(%path, reason = %denied, "request refused");
+            if audited(action) {
+                let outcome = Err(format!("refused: {denied}"));
+                door.audit
+                    .record(None, claimed.as_deref(), action.as_str(), &path, outcome)
+                    .await;
+            }
             refuse(grpc, denied.failure(), denied.to_string())
         }
     }

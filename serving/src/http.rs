@@ -21,7 +21,6 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::serve::ListenerExt;
-use halyard_core::auth::Verifier;
 use halyard_core::tls::Tls;
 use serde::Serialize;
 use tokio::net::TcpListener;
@@ -124,20 +123,16 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
 
 /// Serve `http` and the gRPC services in `grpc` on `listener` until `shutdown`: one
 /// port for HTTP/1.1, HTTP/2 and gRPC, over TLS when `tls` is given, every request
-/// checked by `verifier` ([`crate::access`]).
+/// checked by `door` ([`crate::access`]).
 pub async fn serve(
     listener: TcpListener,
     http: Router,
     grpc: tonic::service::Routes,
-    verifier: Verifier,
+    door: Door,
     tls: Option<Tls>,
     mut shutdown: watch::Receiver<bool>,
 ) -> std::io::Result<()> {
     // Every request passes the door first: its route and its key.
-    let door = Door {
-        verifier,
-        mutual: tls.as_ref().is_some_and(|t| t.mutual),
-    };
     let app = grpc
         .into_axum_router()
         .merge(http)

@@ -37,9 +37,12 @@ use crate::kv::{Compare, KvBackend, KvEntry, TxnOp, TxnOutcome};
 
 use crate::records::{ExecutorInfo, TaskAssignment};
 
+mod audit;
 mod jobs;
 mod keys;
 mod models;
+
+pub use audit::{AuditEvent, Auditor};
 
 /// A value with the revision it was read at, for compare-and-swap.
 #[derive(Debug, Clone, PartialEq)]
