@@ -656,7 +656,10 @@ async fn mutating_calls_and_refused_attempts_reach_the_audit_log() {
     admin.cancel(&job).await.unwrap();
     let as_viewer = common::connect(&cluster.scheduler.addr.to_string(), &viewer).await;
     assert!(as_viewer.submit(&spec).await.is_err());
-    assert!(as_viewer.audit(0).await.is_err(), "a viewer read the audit log");
+    assert!(
+        as_viewer.audit(0).await.is_err(),
+        "a viewer read the audit log"
+    );
     admin.revoke_key(&viewer_id).await.unwrap();
     let events = admin.audit(0).await.unwrap();
     let find = |action: &str, key: &str, target: &str| {
@@ -665,9 +668,15 @@ async fn mutating_calls_and_refused_attempts_reach_the_audit_log() {
             .find(|e| e.action == action && e.key_id == key && e.target == target)
             .unwrap_or_else(|| panic!("no {action} by {key} on {target} in {events:#?}"))
     };
-    assert_eq!(find("create-key", admin_id, "test-viewer (viewer)").outcome, "ok");
+    assert_eq!(
+        find("create-key", admin_id, "test-viewer (viewer)").outcome,
+        "ok"
+    );
     let submitted = find("submit", admin_id, "audited");
-    assert_eq!((submitted.outcome.as_str(), submitted.role.as_str()), ("ok", "admin"));
+    assert_eq!(
+        (submitted.outcome.as_str(), submitted.role.as_str()),
+        ("ok", "admin")
+    );
     assert_eq!(submitted.node, "standalone");
     assert_eq!(find("cancel", admin_id, &job).outcome, "ok");
     // A refusal at the door names the action as the role matrix does, and the route.

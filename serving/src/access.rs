@@ -230,6 +230,23 @@ fn audited(action: Action) -> bool {
     )
 }
 
+/// tonic answers a gRPC message that does not decode with `INTERNAL`; it is the caller's
+/// input that is wrong: `INVALID_ARGUMENT`.
+fn undecodable_is_invalid(mut resp: Response) -> Response {
+    let headers = resp.headers_mut();
+    let undecodable = headers.get("grpc-status").is_some_and(|s| s == "13")
+        && headers
+            .get("grpc-message")
+            .and_then(|m| m.to_str().ok())
+            .is_some_and(|m| {
+                m.starts_with("failed%20to%20decode") || m.starts_with("failed to decode")
+            });
+    if undecodable {
+        headers.insert("grpc-status", axum::http::HeaderValue::from_static("3"));
+    }
+    resp
+}
+
 /// The middleware: let the request through with its [`halyard_core::auth::Caller`] in its
 /// extensions, or refuse it (401 no usable key, 403 a key without the right or a node-only
 /// route without a node's certificate, 404 no such route).
@@ -281,7 +298,7 @@ pub async fn guard(State(door): State<Door>, mut req: Request, next: Next) -> Re
     {
         Ok(caller) => {
             req.extensions_mut().insert(caller);
-            next.run(req).await
+            undecodable_is_invalid(next.run(req).await)
         }
         Err(denied) => {
             tracing::info!(%path, reason = %denied, "request refused");
