@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # A real multi-process Halyard cluster on loopback, without containers: etcd, an S3 server
 # with signature checks, two schedulers (leader + standby) and N executors storing models
-# in S3. Ctrl-C stops everything. Usage: deploy/local-cluster.sh [EXECUTORS]
+# in S3, with keys and mutual TLS on (a CA and node certificates from `halyard certs init`).
+# Ctrl-C stops everything. Usage: deploy/local-cluster.sh [EXECUTORS]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 n=${1:-2}
@@ -22,16 +23,24 @@ mkdir -p "$dir/s3/models"
 pids+=($!)
 sleep 1
 export HALYARD_ETCD=127.0.0.1:2379 HALYARD_S3_ENDPOINT=http://127.0.0.1:9000
+# Every node stores models in S3 (the schedulers too: their SQL writes feature tables there).
+export HALYARD_STORE=s3://models/halyard
+# Mutual TLS between nodes: one CA, a certificate per node; clients trust the CA.
+nodes="scheduler-0,scheduler-1$(for i in $(seq 0 $((n - 1))); do printf ',executor-%s' "$i"; done)"
+"$bin/halyard" certs init --out "$dir/certs" --nodes "$nodes" >/dev/null
+export HALYARD_TLS_CA="$dir/certs/ca.pem"
+tls() { echo --tls-cert "$dir/certs/$1.pem" --tls-key "$dir/certs/$1.key"; }
 # Every node shares the cluster's admin key (the first to start writes it, mode 0600); the
 # CLI reads the same file.
 export HALYARD_KEY_FILE="$dir/admin.key"
 for i in 0 1; do
-  "$bin/halyard" scheduler --id "scheduler-$i" --listen "127.0.0.1:$((7070 + i))" >"$dir/scheduler-$i.log" 2>&1 &
+  "$bin/halyard" scheduler --id "scheduler-$i" --listen "127.0.0.1:$((7070 + i))" \
+    $(tls "scheduler-$i") >"$dir/scheduler-$i.log" 2>&1 &
   pids+=($!)
 done
 for i in $(seq 0 $((n - 1))); do
   "$bin/halyard" executor --id "executor-$i" --listen "127.0.0.1:$((7100 + i))" \
-    --store s3://models/halyard >"$dir/executor-$i.log" 2>&1 &
+    $(tls "executor-$i") >"$dir/executor-$i.log" 2>&1 &
   pids+=($!)
 done
 sleep 2
@@ -39,8 +48,9 @@ sleep 2
 cat <<MSG
 
 cluster up: schedulers on 127.0.0.1:7070 (and standby 7071), $n executors, models in s3://models/halyard
-(S3 server on 127.0.0.1:9000 serving $dir/s3); admin key in $dir/admin.key. Try, in a
-shell with HALYARD_KEY_FILE=$dir/admin.key:
+(S3 server on 127.0.0.1:9000 serving $dir/s3); admin key in $dir/admin.key; every port
+serves TLS, nodes talk mutual TLS (certificates in $dir/certs). Try, in a shell with
+HALYARD_KEY_FILE=$dir/admin.key HALYARD_TLS_CA=$dir/certs/ca.pem:
   $bin/halyard datagen && $bin/halyard submit examples/campaign-response.toml --follow
   kill the leader's process and watch 127.0.0.1:7071 take over: $bin/halyard cluster --scheduler 127.0.0.1:7071
 Ctrl-C stops the cluster.

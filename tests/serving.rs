@@ -422,6 +422,7 @@ async fn canary_promote_and_rollback_under_load_fail_no_request() {
             rate: Some(200.0),
             check: true,
             key: Some(cluster.admin_key.clone()),
+            tls: None,
         },
         predict_bodies(&rows, 2, 500),
     ));
@@ -571,6 +572,7 @@ async fn killing_a_serving_executor_under_load_fails_no_request() {
             rate: Some(200.0),
             check: true,
             key: Some(key.clone()),
+            tls: None,
         },
         predict_bodies(&rows, 1, 500),
     ));

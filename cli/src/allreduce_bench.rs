@@ -41,8 +41,14 @@ pub fn memcpy_bandwidth(floats: usize, runs: usize) -> f64 {
     (4 * floats) as f64 / median_of(times).as_secs_f64()
 }
 
-/// All-reduce `sizes` over a ring of `ranks` in-process ranks, `runs` times each.
-pub async fn run(ranks: usize, sizes: &[usize], runs: usize) -> Result<Vec<AllReduceFigure>> {
+/// All-reduce `sizes` over a ring of `ranks` in-process ranks, `runs` times each, over
+/// mutual TLS when `tls` is given (each rank serves and calls with it).
+pub async fn run(
+    ranks: usize,
+    sizes: &[usize],
+    runs: usize,
+    tls: Option<&halyard_core::tls::Tls>,
+) -> Result<Vec<AllReduceFigure>> {
     let err = |e: String| CliError::Failed(format!("all-reduce bench: {e}"));
     let mut peers = Vec::new();
     let mut boxes = Vec::new();
@@ -59,15 +65,23 @@ pub async fn run(ranks: usize, sizes: &[usize], runs: usize) -> Result<Vec<AllRe
         );
         let b = Mailboxes::default();
         let mut stopped = stopped.clone();
-        tokio::spawn(serve(listener, b.clone(), async move {
-            let _ = stopped.wait_for(|s| *s).await;
-        }));
+        tokio::spawn(serve(
+            listener,
+            b.clone(),
+            tls.map(|t| t.tonic_server()),
+            async move {
+                let _ = stopped.wait_for(|s| *s).await;
+            },
+        ));
         boxes.push(b);
     }
     let mut rings = boxes
         .into_iter()
         .enumerate()
-        .map(|(r, b)| Ring::new("bench/1", r, &peers, b, RingConfig::default()))
+        .map(|(r, b)| {
+            Ring::new("bench/1", r, &peers, b, RingConfig::default())?
+                .with_tls(tls.map(|t| t.tonic_client()))
+        })
         .collect::<std::result::Result<Vec<_>, _>>()
         .map_err(|e| err(e.to_string()))?;
     let mut figures = Vec::new();
@@ -107,6 +121,45 @@ pub async fn run(ranks: usize, sizes: &[usize], runs: usize) -> Result<Vec<AllRe
     }
     let _ = stop.send(true);
     Ok(figures)
+}
+
+/// A CA and one node certificate in a temporary folder, loaded: mutual TLS for the
+/// benchmark's ranks.
+pub fn bench_tls() -> Result<halyard_core::tls::Tls> {
+    let dir =
+        tempfile::tempdir().map_err(|e| CliError::Failed(format!("temporary folder: {e}")))?;
+    let w = halyard_core::certs::init(dir.path(), &["bench".to_string()])?;
+    let (_, cert, key) = &w.nodes[0];
+    Ok(halyard_core::tls::TlsFiles {
+        cert: cert.clone(),
+        key: key.clone(),
+        ca: Some(w.ca.clone()),
+    }
+    .load()?)
+}
+
+/// Mutual TLS against plaintext, size by size: each size's median times and their ratio.
+pub fn tls_summary(
+    ranks: usize,
+    runs: usize,
+    plain: &[AllReduceFigure],
+    tls: &[AllReduceFigure],
+) -> String {
+    let mut out = format!(
+        "ring all-reduce, {ranks} ranks on loopback gRPC, mutual TLS against plaintext (median of {runs} runs, the two alternating per size)"
+    );
+    for (p, t) in plain.iter().zip(tls) {
+        out.push_str(&format!(
+            "\n  {:>10} floats: plaintext {:>9.2} ms ({:.3} GB/s bus), mTLS {:>9.2} ms ({:.3} GB/s bus): mTLS takes {:.2}x",
+            p.floats,
+            p.median.as_secs_f64() * 1e3,
+            p.bus_bandwidth / 1e9,
+            t.median.as_secs_f64() * 1e3,
+            t.bus_bandwidth / 1e9,
+            t.median.as_secs_f64() / p.median.as_secs_f64()
+        ));
+    }
+    out
 }
 
 /// The report of one `halyard bench allreduce` run: each size's median time and bandwidths

@@ -130,6 +130,11 @@ pub struct ServingBench {
     pub batch: usize,
     /// The API key sent with every request.
     pub key: Option<String>,
+    /// TLS to `addr` (trusting its CA).
+    pub tls: Option<std::sync::Arc<tokio_rustls::rustls::ClientConfig>>,
+    /// A plaintext node serving the same model, loaded in the same invocation for a
+    /// baseline (`HOST:PORT` and its key).
+    pub baseline: Option<(String, Option<String>)>,
 }
 
 fn latency_line(r: &crate::load::LoadReport) -> String {
@@ -161,6 +166,9 @@ pub async fn serving(b: &ServingBench) -> Result<String> {
     let rows = records(&table.batches, &drop)?;
     let duration = Duration::from_secs_f64(b.seconds);
     let single = predict_bodies(&rows, 1, rows.len().min(10_000));
+    if let Some((plain, plain_key)) = &b.baseline {
+        return against_baseline(b, plain, plain_key, single).await;
+    }
     let cfg = |rate| LoadConfig {
         addr: b.addr.clone(),
         model: b.model.clone(),
@@ -169,6 +177,7 @@ pub async fn serving(b: &ServingBench) -> Result<String> {
         rate,
         check: false,
         key: b.key.clone(),
+        tls: b.tls.clone(),
     };
     // Warm up (connections, the model's first calls); stop at once if nothing answers.
     let warm = run(
@@ -223,6 +232,72 @@ pub async fn serving(b: &ServingBench) -> Result<String> {
     Ok(out)
 }
 
+/// The target (over TLS, say) against a plaintext baseline serving the same model, phase
+/// by phase in turn: saturation of each, then each at half the baseline's saturation rate.
+async fn against_baseline(
+    b: &ServingBench,
+    plain: &str,
+    plain_key: &Option<String>,
+    bodies: Vec<bytes::Bytes>,
+) -> Result<String> {
+    use crate::load::{LoadConfig, run};
+    let duration = Duration::from_secs_f64(b.seconds);
+    let target = |rate| LoadConfig {
+        addr: b.addr.clone(),
+        model: b.model.clone(),
+        connections: b.connections,
+        duration,
+        rate,
+        check: false,
+        key: b.key.clone(),
+        tls: b.tls.clone(),
+    };
+    let baseline = |rate| LoadConfig {
+        addr: plain.to_string(),
+        key: plain_key.clone(),
+        tls: None,
+        ..target(rate)
+    };
+    for warm in [target(None), baseline(None)] {
+        let addr = warm.addr.clone();
+        let r = run(
+            LoadConfig {
+                duration: Duration::from_secs(1),
+                ..warm
+            },
+            bodies.clone(),
+        )
+        .await?;
+        if r.ok == 0 {
+            return Err(CliError::Failed(format!(
+                "no request to {addr} succeeded while warming up: {}",
+                r.failures.first().map_or("(no answer)", String::as_str)
+            )));
+        }
+    }
+    let sat_t = run(target(None), bodies.clone()).await?;
+    let sat_b = run(baseline(None), bodies.clone()).await?;
+    let half = sat_b.throughput() / 2.0;
+    let half_t = run(target(Some(half)), bodies.clone()).await?;
+    let half_b = run(baseline(Some(half)), bodies).await?;
+    let p99 = |r: &crate::load::LoadReport| r.quantile_us(0.99) as f64 / 1e3;
+    let out = format!(
+        "saturation, {c} connections: target {:.0}/s ({}), baseline {:.0}/s ({}): ratio {:.3}\n\
+         half load, {half:.0} requests/s offered to each: target {}; baseline {}: p99 ratio {:.3}",
+        sat_t.throughput(),
+        failures(&sat_t),
+        sat_b.throughput(),
+        failures(&sat_b),
+        sat_t.throughput() / sat_b.throughput().max(1e-9),
+        latency_line(&half_t),
+        latency_line(&half_b),
+        p99(&half_t) / p99(&half_b).max(1e-9),
+        c = b.connections,
+    );
+    eprintln!("{out}");
+    Ok(out)
+}
+
 /// What `halyard bench` measures, with each benchmark's own flags.
 #[derive(Debug, Clone, clap::Subcommand)]
 pub enum BenchCommand {
@@ -256,6 +331,14 @@ pub enum BenchCommand {
         /// Records per request of the batch phase (0 skips it)
         #[arg(long, default_value_t = 30)]
         batch: usize,
+        /// Also load this plaintext node serving the same model, phase by phase in the
+        /// same run, and report the target's throughput and half-load p99 as ratios of
+        /// it (TLS against plaintext: --tls-ca for the target)
+        #[arg(long)]
+        baseline: Option<String>,
+        /// The baseline's API key [default: as for the target]
+        #[arg(long, hide_env_values = true)]
+        baseline_key: Option<String>,
     },
     /// A campaign-events feature stage on an embedded SQL cluster and on single-process
     /// DataFusion, in this process, and the ratio of their times
@@ -285,6 +368,10 @@ pub enum BenchCommand {
         /// Runs of each size (medians are reported)
         #[arg(long, default_value_t = 3)]
         runs: usize,
+        /// Also run each size over mutual TLS (a throwaway CA) and report it against
+        /// plaintext
+        #[arg(long)]
+        mtls: bool,
     },
 }
 
@@ -306,20 +393,31 @@ pub async fn run(what: BenchCommand, conn: &crate::keys::Connection) -> Result<S
             connections,
             seconds,
             batch,
+            baseline,
+            baseline_key,
         } => {
             let model = match model {
                 Some(m) => m,
                 None => JobSpec::from_file(&spec)?.name,
             };
             let addr = target.unwrap_or_else(|| conn.scheduler.clone());
+            let tls = match &conn.tls_ca {
+                Some(ca) => Some(halyard_core::tls::http1_client_trusting(ca)?),
+                None => None,
+            };
             serving(&ServingBench {
                 key: crate::keys::discover(&addr, conn.key.clone()),
+                baseline: baseline.map(|plain| {
+                    let key = crate::keys::discover(&plain, baseline_key.or(conn.key.clone()));
+                    (plain, key)
+                }),
                 addr,
                 model,
                 spec,
                 connections: connections.max(1),
                 seconds,
                 batch,
+                tls,
             })
             .await
         }
@@ -344,10 +442,23 @@ pub async fn run(what: BenchCommand, conn: &crate::keys::Connection) -> Result<S
             let (cluster, local) = crate::features_bench::run(&b).await?;
             Ok(crate::features_bench::summary(&b, &cluster, &local))
         }
-        BenchCommand::Allreduce { ranks, runs } => {
+        BenchCommand::Allreduce { ranks, runs, mtls } => {
             let (ranks, runs) = (ranks.max(2), runs.max(1));
             let sizes = [100_000, 1_000_000, 10_000_000];
-            let figures = crate::allreduce_bench::run(ranks, &sizes, runs).await?;
+            if mtls {
+                let tls = crate::allreduce_bench::bench_tls()?;
+                let (mut plain, mut secure) = (Vec::new(), Vec::new());
+                for size in sizes {
+                    plain.extend(crate::allreduce_bench::run(ranks, &[size], runs, None).await?);
+                    secure.extend(
+                        crate::allreduce_bench::run(ranks, &[size], runs, Some(&tls)).await?,
+                    );
+                }
+                return Ok(crate::allreduce_bench::tls_summary(
+                    ranks, runs, &plain, &secure,
+                ));
+            }
+            let figures = crate::allreduce_bench::run(ranks, &sizes, runs, None).await?;
             let copy = crate::allreduce_bench::memcpy_bandwidth(10_000_000, 9);
             Ok(crate::allreduce_bench::summary(ranks, runs, copy, &figures))
         }

@@ -97,6 +97,8 @@ pub struct LoadConfig {
     pub check: bool,
     /// The API key sent with every request (`authorization: Bearer …`).
     pub key: Option<String>,
+    /// TLS to the node (trusting its CA), or plaintext.
+    pub tls: Option<Arc<tokio_rustls::rustls::ClientConfig>>,
 }
 
 /// What a load run saw.
@@ -151,10 +153,27 @@ impl LoadReport {
 
 type Sender = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
 
-async fn connect(addr: &str) -> std::result::Result<Sender, String> {
+async fn connect(
+    addr: &str,
+    tls: Option<&Arc<tokio_rustls::rustls::ClientConfig>>,
+) -> std::result::Result<Sender, String> {
     let tcp = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
     let _ = tcp.set_nodelay(true);
-    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+    let Some(tls) = tls else {
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+            .await
+            .map_err(|e| e.to_string())?;
+        tokio::spawn(conn);
+        return Ok(sender);
+    };
+    let host = halyard_core::config::host_of(addr).to_string();
+    let name = tokio_rustls::rustls::pki_types::ServerName::try_from(host)
+        .map_err(|e| format!("{addr}: {e}"))?;
+    let stream = tokio_rustls::TlsConnector::from(tls.clone())
+        .connect(name, tcp)
+        .await
+        .map_err(|e| format!("tls: {e}"))?;
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .map_err(|e| e.to_string())?;
     tokio::spawn(conn);
@@ -247,7 +266,7 @@ async fn connection(
         k += 1;
         let result = match &mut sender {
             Some(s) => send(s, &cfg, &auth, body).await,
-            None => match connect(&cfg.addr).await {
+            None => match connect(&cfg.addr, cfg.tls.as_ref()).await {
                 Ok(mut s) => {
                     let r = send(&mut s, &cfg, &auth, body).await;
                     sender = Some(s);

@@ -539,9 +539,14 @@ impl halyard_models::distributed::Collective for BlockingRing {
 pub async fn serve(
     listener: tokio::net::TcpListener,
     boxes: Mailboxes,
+    tls: Option<tonic::transport::ServerTlsConfig>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::result::Result<(), tonic::transport::Error> {
-    tonic::transport::Server::builder()
+    let mut server = tonic::transport::Server::builder();
+    if let Some(tls) = tls {
+        server = server.tls_config(tls)?;
+    }
+    server
         .initial_stream_window_size(Some(8 << 20))
         .initial_connection_window_size(Some(16 << 20))
         .tcp_nodelay(true)

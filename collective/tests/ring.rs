@@ -12,7 +12,7 @@ async fn ring(n: usize, cfg: RingConfig) -> Vec<Ring> {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         peers.push(listener.local_addr().unwrap().to_string());
         let b = Mailboxes::default();
-        tokio::spawn(serve(listener, b.clone(), std::future::pending()));
+        tokio::spawn(serve(listener, b.clone(), None, std::future::pending()));
         boxes.push(b);
     }
     boxes
@@ -132,7 +132,7 @@ async fn a_peer_that_is_gone_fails_the_operation_at_once_not_at_the_deadline() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let me = listener.local_addr().unwrap().to_string();
     let boxes = Mailboxes::default();
-    tokio::spawn(serve(listener, boxes.clone(), std::future::pending()));
+    tokio::spawn(serve(listener, boxes.clone(), None, std::future::pending()));
     let mut r = Ring::new("job-2/1", 0, &[me, dead.clone()], boxes, cfg).unwrap();
     let started = Instant::now();
     let err = r.all_reduce(&mut [1.0, 2.0]).await.unwrap_err();

@@ -205,6 +205,19 @@ pub fn client_trusting(ca_file: &Path) -> Result<tonic::transport::ClientTlsConf
         .ca_certificate(tonic::transport::Certificate::from_pem(pem)))
 }
 
+/// A rustls client configuration trusting `ca_file`, speaking HTTP/1.1 (the load
+/// generator of `halyard bench serving`).
+pub fn http1_client_trusting(ca_file: &Path) -> Result<Arc<rustls::ClientConfig>> {
+    let pem = read("tls_ca", ca_file)?;
+    let mut config = rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| bad("tls_ca", ca_file, e))?
+        .with_root_certificates(roots(ca_file, &pem)?)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
 /// A node about to listen on `listen` beyond loopback without TLS refuses, saying which
 /// flags to set.
 pub fn require_beyond_loopback(listen: &str, tls: Option<&TlsFiles>) -> Result<()> {
