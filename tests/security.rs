@@ -289,15 +289,20 @@ fn a_node_beyond_loopback_without_a_key_file_refuses_to_start() {
     let tmp = tempfile::tempdir().unwrap();
     let missing = tmp.path().join("no-such-admin.key");
     let listen = format!("0.0.0.0:{}", free_port());
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_halyard"))
-        .args(["standalone", "--listen", &listen, "--data-dir"])
-        .arg(tmp.path().join("state"))
-        .arg("--key-file")
-        .arg(&missing)
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "it started: {stderr}");
+    // Start a standalone on all interfaces; it must exit: its standard error.
+    let refused = || {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_halyard"))
+            .args(["standalone", "--listen", &listen, "--data-dir"])
+            .arg(tmp.path().join("state"))
+            .arg("--key-file")
+            .arg(&missing)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(!out.status.success(), "it started: {stderr}");
+        stderr
+    };
+    let stderr = refused();
     assert!(
         stderr.contains("key_file") && stderr.contains("HALYARD_KEY_FILE"),
         "{stderr}"
@@ -309,15 +314,7 @@ fn a_node_beyond_loopback_without_a_key_file_refuses_to_start() {
         halyard_core::auth::generate("admin", Role::Admin, None, None, "test", 0).token,
     )
     .unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_halyard"))
-        .args(["standalone", "--listen", &listen, "--data-dir"])
-        .arg(tmp.path().join("state"))
-        .arg("--key-file")
-        .arg(&missing)
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "it started: {stderr}");
+    let stderr = refused();
     assert!(
         stderr.contains("--tls-cert") && stderr.contains("halyard certs init"),
         "{stderr}"

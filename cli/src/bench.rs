@@ -137,6 +137,22 @@ pub struct ServingBench {
     pub baseline: Option<(String, Option<String>)>,
 }
 
+impl ServingBench {
+    /// A load phase on the target at `rate` (`None`: as fast as answers come).
+    fn load(&self, rate: Option<f64>) -> crate::load::LoadConfig {
+        crate::load::LoadConfig {
+            addr: self.addr.clone(),
+            model: self.model.clone(),
+            connections: self.connections,
+            duration: Duration::from_secs_f64(self.seconds),
+            rate,
+            check: false,
+            key: self.key.clone(),
+            tls: self.tls.clone(),
+        }
+    }
+}
+
 fn latency_line(r: &crate::load::LoadReport) -> String {
     format!(
         "p50 {:.3} ms, p99 {:.3} ms, max {:.3} ms",
@@ -164,21 +180,11 @@ pub async fn serving(b: &ServingBench) -> Result<String> {
     let mut drop: Vec<&str> = spec.data.exclude.iter().map(String::as_str).collect();
     drop.push(spec.data.label.as_str());
     let rows = records(&table.batches, &drop)?;
-    let duration = Duration::from_secs_f64(b.seconds);
     let single = predict_bodies(&rows, 1, rows.len().min(10_000));
     if let Some((plain, plain_key)) = &b.baseline {
         return against_baseline(b, plain, plain_key, single).await;
     }
-    let cfg = |rate| LoadConfig {
-        addr: b.addr.clone(),
-        model: b.model.clone(),
-        connections: b.connections,
-        duration,
-        rate,
-        check: false,
-        key: b.key.clone(),
-        tls: b.tls.clone(),
-    };
+    let cfg = |rate| b.load(rate);
     // Warm up (connections, the model's first calls); stop at once if nothing answers.
     let warm = run(
         LoadConfig {
@@ -241,17 +247,7 @@ async fn against_baseline(
     bodies: Vec<bytes::Bytes>,
 ) -> Result<String> {
     use crate::load::{LoadConfig, run};
-    let duration = Duration::from_secs_f64(b.seconds);
-    let target = |rate| LoadConfig {
-        addr: b.addr.clone(),
-        model: b.model.clone(),
-        connections: b.connections,
-        duration,
-        rate,
-        check: false,
-        key: b.key.clone(),
-        tls: b.tls.clone(),
-    };
+    let target = |rate| b.load(rate);
     let baseline = |rate| LoadConfig {
         addr: plain.to_string(),
         key: plain_key.clone(),
