@@ -21,6 +21,7 @@ fn creds(endpoint: &str, secret: &str) -> S3Config {
         region: Some("us-east-1".into()),
         access_key_id: Some(AK.into()),
         secret_access_key: Some(secret.into()),
+        ca_file: None,
     }
 }
 
@@ -192,4 +193,46 @@ async fn feature_stage_reads_and_writes_s3() {
         }
         cluster.stop().await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_https_endpoint_is_trusted_through_the_ca_bundle_and_refused_without_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(tmp.path().join("s3/secure")).unwrap();
+    let certs = halyard_core::certs::init(&tmp.path().join("certs"), &["s3".into()]).unwrap();
+    let (_, cert, key) = &certs.nodes[0];
+    let tls = halyard_core::tls::TlsFiles {
+        cert: cert.clone(),
+        key: key.clone(),
+        ca: None,
+    }
+    .load()
+    .unwrap();
+    let (addr, _server) =
+        halyard_s3_server::spawn_with(&tmp.path().join("s3"), AK, SK, Some(tls.server.clone()))
+            .await
+            .unwrap();
+    let endpoint = format!("https://127.0.0.1:{}", addr.port());
+    let trusted = S3Config {
+        ca_file: Some(certs.ca.clone()),
+        ..creds(&endpoint, SK)
+    };
+    let store = halyard_core::store::Store::open("s3://secure/halyard", &trusted).unwrap();
+    store
+        .put("x/a.bin", bytes::Bytes::from_static(b"over tls"))
+        .await
+        .unwrap();
+    assert_eq!(store.get("x/a.bin").await.unwrap().as_ref(), b"over tls");
+    assert!(tmp.path().join("s3/secure/halyard/x/a.bin").exists());
+    // Without the CA the server's certificate is not trusted: nothing is read or written.
+    let untrusted =
+        halyard_core::store::Store::open("s3://secure/halyard", &creds(&endpoint, SK)).unwrap();
+    assert!(untrusted.get("x/a.bin").await.is_err());
+    assert!(
+        untrusted
+            .put("x/b.bin", bytes::Bytes::from_static(b"no"))
+            .await
+            .is_err()
+    );
+    assert!(!tmp.path().join("s3/secure/halyard/x/b.bin").exists());
 }

@@ -201,6 +201,9 @@ settings! {
     s3_access_key_id: String, default: "AWS_ACCESS_KEY_ID";
     /// S3 secret access key; never logged or shown.
     s3_secret_access_key: String, default: "AWS_SECRET_ACCESS_KEY", secret;
+    /// CA certificates (a PEM bundle) to trust for an `https://` S3 endpoint, beside the
+    /// system's (a private S3 server's own CA).
+    s3_ca_file: PathBuf, default: "the system's roots only";
 }
 
 impl Settings {
@@ -223,6 +226,7 @@ impl Settings {
             region: self.s3_region.clone(),
             access_key_id: self.s3_access_key_id.clone(),
             secret_access_key: self.s3_secret_access_key.clone(),
+            ca_file: self.s3_ca_file.clone(),
         }
     }
 
@@ -233,6 +237,7 @@ impl Settings {
             s3_region: s3.region,
             s3_access_key_id: s3.access_key_id,
             s3_secret_access_key: s3.secret_access_key,
+            s3_ca_file: s3.ca_file,
             ..self
         }
     }

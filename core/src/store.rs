@@ -35,6 +35,9 @@ pub struct S3Config {
     pub access_key_id: Option<String>,
     /// Secret access key. Never logged or shown.
     pub secret_access_key: Option<String>,
+    /// CA certificates (a PEM bundle) trusted for an `https://` endpoint, beside the
+    /// system's.
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 impl std::fmt::Debug for S3Config {
@@ -43,6 +46,7 @@ impl std::fmt::Debug for S3Config {
             .field("endpoint", &self.endpoint)
             .field("region", &self.region)
             .field("access_key_id", &self.access_key_id)
+            .field("ca_file", &self.ca_file)
             .field(
                 "secret_access_key",
                 &self.secret_access_key.as_ref().map(|_| "<redacted>"),
@@ -220,6 +224,17 @@ pub fn build_s3(bucket: &str, cfg: &S3Config) -> object_store::Result<object_sto
     }
     if let Some(s) = &cfg.secret_access_key {
         b = b.with_secret_access_key(s);
+    }
+    if let Some(path) = &cfg.ca_file {
+        let pem = std::fs::read(path).map_err(|e| object_store::Error::Generic {
+            store: "S3",
+            source: format!("s3_ca_file {}: {e}", path.display()).into(),
+        })?;
+        let mut options = object_store::ClientOptions::new();
+        for cert in object_store::Certificate::from_pem_bundle(&pem)? {
+            options = options.with_root_certificate(cert);
+        }
+        b = b.with_client_options(options);
     }
     let retry = object_store::RetryConfig {
         max_retries: 2,
