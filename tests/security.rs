@@ -686,3 +686,76 @@ async fn mutating_calls_and_refused_attempts_reach_the_audit_log() {
     let text = format!("{events:?}");
     assert!(!text.contains(&viewer[16..]) && !text.contains(&cluster.admin_key[16..]));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_an_encryption_key_artifacts_are_sealed_in_the_store_and_still_serve() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let data = halyard_cli::datagen::generate(&dir.join("data"), 800, 5).unwrap();
+    let key_file = dir.join("encryption.key");
+    std::fs::write(&key_file, "5a".repeat(32)).unwrap();
+    let settings = halyard_core::config::Settings {
+        listen: Some("127.0.0.1:0".into()),
+        data_dir: Some(dir.join("state")),
+        data_roots: Some(vec![dir.display().to_string()]),
+        executors: Some(1),
+        encryption_key_file: Some(key_file.clone()),
+        ..Default::default()
+    };
+    let cluster = halyard::start_standalone(settings).await.unwrap();
+    let client = common::client_of(&cluster).await;
+    let spec = common::spec(dir, "sealed", &data.responses, 1, 64);
+    let id = client.submit(&spec).await.unwrap().id;
+    let done = common::wait_done(&client, &id, Duration::from_secs(120)).await;
+    assert_eq!(done.state, "succeeded", "{}", done.error);
+    // On disk: sealed, no plaintext of the manifest or the weights' header.
+    let model_dir = dir.join("state/store/models/sealed/1");
+    for file in ["model.safetensors", "manifest.json"] {
+        let raw = std::fs::read(model_dir.join(file)).unwrap();
+        assert!(halyard_core::seal::is_sealed(&raw), "{file} is not sealed");
+        assert!(
+            !raw.windows(8)
+                .any(|w| w == b"\"format\"" || w == b"customer"),
+            "{file}"
+        );
+    }
+    // Served: the node opens what it sealed (and the digests, of the plaintext, match).
+    client
+        .deploy(halyard_client::proto::DeployRequest {
+            name: "sealed".into(),
+            change: Some(halyard_client::proto::deploy_request::Change::Deploy(
+                halyard_core::proto::DeployVersion {
+                    version: 1,
+                    alias: "production".into(),
+                    percent: None,
+                },
+            )),
+        })
+        .await
+        .unwrap();
+    let http = common::http_client(&cluster.admin_key);
+    let addr = cluster.scheduler.addr.to_string();
+    wait_for(
+        "the sealed model to serve",
+        Duration::from_secs(30),
+        || async {
+            let r = http
+                .get(format!("http://{addr}/v1/models/sealed"))
+                .send()
+                .await
+                .ok()?;
+            (r.status().as_u16() == 200).then_some(())
+        },
+    )
+    .await;
+    // A store opened without the key cannot read it, and says which key it needs.
+    let url = format!("file://{}", dir.join("state/store").display());
+    let bare = halyard_core::store::Store::open(&url, &Default::default()).unwrap();
+    let err = bare
+        .get("models/sealed/1/manifest.json")
+        .await
+        .unwrap_err()
+        .to_string();
+    let sealer = halyard_core::seal::Sealer::from_hex(&"5a".repeat(32), "test").unwrap();
+    assert!(err.contains(sealer.id()), "{err}");
+}

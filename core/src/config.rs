@@ -13,6 +13,7 @@ use crate::confine::Roots;
 use crate::coord::Coordinator;
 use crate::error::{Error, Result};
 use crate::kv::{EmbeddedKv, EtcdAccess, EtcdKv};
+use crate::seal::Sealer;
 use crate::store::{S3Config, Store};
 use crate::tls::TlsFiles;
 
@@ -174,6 +175,12 @@ settings! {
     /// The cluster's CA certificate (PEM): calls between nodes use mutual TLS, and routes
     /// only nodes may call need a client certificate it signed.
     tls_ca: PathBuf, default: "none";
+    /// Client-side encryption of what nodes write to the object store (artifacts,
+    /// feature-table manifests, checkpoints): a 64-hex-digit AES-256 key; never logged or
+    /// shown.
+    encryption_key: String, default: "none", secret;
+    /// A file holding the encryption key (64 hex digits), instead of `encryption_key`.
+    encryption_key_file: PathBuf, default: "none";
     /// Lease time-to-live in seconds: a dead executor or leader is noticed within this.
     lease_ttl: u64, default: DEFAULT_LEASE_TTL_SECS;
     /// Executor: CPU slots offered to tasks.
@@ -524,6 +531,8 @@ pub struct ExecutorConfig {
     pub roots: Roots,
     /// TLS of its port and its calls to other nodes.
     pub tls: Option<TlsFiles>,
+    /// Client-side encryption of the store's objects.
+    pub sealer: Option<Arc<Sealer>>,
 }
 
 impl ExecutorConfig {
@@ -570,12 +579,13 @@ impl ExecutorConfig {
             key_file: key_file(s),
             roots,
             tls: TlsFiles::from_settings(s)?,
+            sealer: Sealer::from_settings(s)?.map(Arc::new),
         })
     }
 
     /// Open the artifact store.
     pub fn open_store(&self) -> Result<Store> {
-        Store::open(&self.store_url, &self.s3)
+        Ok(Store::open(&self.store_url, &self.s3)?.sealed(self.sealer.clone()))
     }
 }
 

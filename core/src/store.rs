@@ -61,6 +61,8 @@ pub struct Store {
     inner: Arc<dyn ObjectStore>,
     base_url: String,
     prefix: ObjectPath,
+    /// Seals what is written and opens what is read (client-side encryption).
+    sealer: Option<Arc<crate::seal::Sealer>>,
 }
 
 impl std::fmt::Debug for Store {
@@ -129,6 +131,7 @@ impl Store {
                     inner: Arc::new(fs),
                     base_url: format!("file://{}", rest.trim_end_matches('/')),
                     prefix: ObjectPath::default(),
+                    sealer: None,
                 })
             }
             "s3" => {
@@ -149,6 +152,7 @@ impl Store {
                         .trim_end_matches('/')
                         .to_string(),
                     prefix: ObjectPath::from(prefix.trim_matches('/')),
+                    sealer: None,
                 })
             }
             other => Err(Error::StoreUrl {
@@ -179,6 +183,10 @@ impl Store {
     /// Write one object. Objects appear whole or not at all (local files are renamed into
     /// place; an S3 PUT is atomic).
     pub async fn put(&self, rel: &str, bytes: Bytes) -> Result<()> {
+        let bytes = match &self.sealer {
+            Some(s) => Bytes::from(s.seal(rel, &bytes)),
+            None => bytes,
+        };
         self.inner
             .put_opts(
                 &self.path(rel),
@@ -197,10 +205,21 @@ impl Store {
             .get_opts(&self.path(rel), GetOptions::default())
             .await
             .map_err(|e| map_err(&self.url_of(rel), e))?;
-        result
+        let bytes = result
             .bytes()
             .await
-            .map_err(|e| map_err(&self.url_of(rel), e))
+            .map_err(|e| map_err(&self.url_of(rel), e))?;
+        if !crate::seal::is_sealed(&bytes) {
+            return Ok(bytes);
+        }
+        let plain = crate::seal::open(self.sealer.as_deref(), rel, &self.url_of(rel), &bytes)?;
+        Ok(Bytes::from(plain))
+    }
+
+    /// This store, sealing what it writes with `sealer` (and opening what it reads).
+    pub fn sealed(mut self, sealer: Option<Arc<crate::seal::Sealer>>) -> Store {
+        self.sealer = sealer;
+        self
     }
 }
 
