@@ -12,6 +12,8 @@ use std::time::Duration;
 use common::{Proc, free_port, wait_for};
 
 const S3_SECRET: &str = "s3-secret-that-must-not-leak-7f3a";
+/// The cluster's encryption key (64 hex digits), given on the command line.
+const ENCRYPTION_KEY: &str = "7e57c0de7e57c0de7e57c0de7e57c0de7e57c0de7e57c0de7e57c0de7e57c0de";
 
 /// Run the CLI with the environment of the test cluster; returns stdout and stderr.
 fn cli(dir: &Path, api: &str, key: Option<&str>, args: &[&str]) -> (bool, String) {
@@ -69,6 +71,8 @@ async fn no_secret_reaches_a_log_an_output_a_record_or_an_artifact() {
             "halyard-test",
             "--s3-secret-access-key",
             S3_SECRET,
+            "--encryption-key",
+            ENCRYPTION_KEY,
         ],
     );
     let key_file = state.join("admin.key");
@@ -164,6 +168,7 @@ async fn no_secret_reaches_a_log_an_output_a_record_or_an_artifact() {
         ("the admin key's secret", admin[16..].to_string()),
         ("the submitter key's secret", token[16..].to_string()),
         ("the S3 secret", S3_SECRET.to_string()),
+        ("the encryption key", ENCRYPTION_KEY.to_string()),
     ];
     let mut searched = 0;
     for (what, text) in outputs.iter().chain(files.iter()) {
