@@ -527,6 +527,21 @@ async fn sql_and_jobs_read_and_write_only_under_the_data_roots() {
     let err = admin.submit(&spec).await.unwrap_err().to_string();
     assert!(err.contains("lies outside the data roots"), "{err}");
     assert!(admin.jobs().await.unwrap().is_empty());
+    // The SQL port's refusals of writes and of locations outside the roots are audited.
+    let audit = admin.audit(0).await.unwrap();
+    let submitter_id = &submitter[3..15];
+    assert!(
+        audit.iter().any(|e| e.key_id == submitter_id
+            && e.action == halyard_core::auth::Action::SqlWrite.as_str()
+            && e.outcome.starts_with("refused:")),
+        "{audit:#?}"
+    );
+    assert!(
+        audit
+            .iter()
+            .any(|e| e.action == "sql" && e.outcome.contains("/etc/passwd")),
+        "{audit:#?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -279,7 +279,7 @@ pub async fn run(b: &FeaturesBench) -> Result<(Timings, Timings)> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .map_err(|e| io(&b.dir, e))?;
-    let scheduler = SqlScheduler::start(listener, &access, verifier, &key).await?;
+    let scheduler = SqlScheduler::start(listener, &access, verifier, None, &key).await?;
     let endpoint = scheduler.addr.to_string();
     let mut executors = Vec::new();
     for i in 0..b.executors {

@@ -35,6 +35,7 @@ use ballista_scheduler::scheduler_server::SchedulerServer;
 use datafusion::prelude::{SessionConfig, SessionContext};
 use datafusion_proto::protobuf::{LogicalPlanNode, PhysicalPlanNode};
 use halyard_core::auth::{BearerKey, Verifier};
+use halyard_core::coord::Auditor;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -82,6 +83,7 @@ impl SqlScheduler {
         listener: TcpListener,
         access: &DataAccess,
         verifier: Verifier,
+        audit: Option<Auditor>,
         key: &str,
     ) -> Result<SqlScheduler> {
         let addr = listener
@@ -95,7 +97,8 @@ impl SqlScheduler {
                 rt.clone(),
             )),
             access.roots.clone(),
-        );
+        )
+        .with_audit(audit);
         let session_builder =
             Arc::new(move |config: SessionConfig| Ok(node_state(config, rt.clone())));
         let config_producer: ConfigProducer = Arc::new(SessionConfig::new_with_ballista);

@@ -21,8 +21,9 @@ use datafusion::prelude::SessionContext;
 use datafusion_proto::logical_plan::AsLogicalPlan;
 use datafusion_proto::protobuf::LogicalPlanNode;
 use futures::future::BoxFuture;
-use halyard_core::auth::{Action, Verifier, bearer};
+use halyard_core::auth::{Action, Verifier, bearer, parse_token};
 use halyard_core::confine::Roots;
+use halyard_core::coord::Auditor;
 use http_body_util::BodyExt;
 use prost::Message;
 use tonic::Status;
@@ -91,6 +92,8 @@ pub struct SqlDoorLayer {
     ctx: Arc<SessionContext>,
     /// Where queries may read and write.
     roots: Arc<Roots>,
+    /// Records refused writes, node calls and locations outside the roots.
+    audit: Option<Auditor>,
 }
 
 impl SqlDoorLayer {
@@ -99,9 +102,16 @@ impl SqlDoorLayer {
     pub fn new(verifier: Verifier, ctx: SessionContext, roots: Roots) -> Self {
         SqlDoorLayer {
             verifier,
+            audit: None,
             ctx: Arc::new(ctx),
             roots: Arc::new(roots),
         }
+    }
+
+    /// The door, recording refusals with `audit`.
+    pub fn with_audit(mut self, audit: Option<Auditor>) -> Self {
+        self.audit = audit;
+        self
     }
 
     /// The action a call needs, reading the plan of a query; the request is rebuilt
@@ -166,21 +176,49 @@ impl SqlDoorLayer {
     }
 
     async fn admit(&self, req: http::Request<Body>) -> Result<http::Request<Body>, Status> {
-        let (action, mut req) = self.action(req).await?;
+        let path = req.uri().path().to_string();
         let token = req
             .headers()
             .get(http::header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(bearer);
-        match self.verifier.check(token, action, None).await {
+            .and_then(bearer)
+            .map(String::from);
+        let (action, mut req) = match self.action(req).await {
+            Ok(checked) => checked,
+            Err(status) => {
+                // A query naming a location outside the data roots.
+                if status.code() == tonic::Code::PermissionDenied {
+                    self.audit_refusal(token.as_deref(), "sql", &path, &status)
+                        .await;
+                }
+                return Err(status);
+            }
+        };
+        match self.verifier.check(token.as_deref(), action, None).await {
             Ok(caller) => {
                 req.extensions_mut().insert(caller);
                 Ok(req)
             }
             Err(denied) => {
-                tracing::info!(path = %req.uri().path(), reason = %denied, "sql call refused");
-                Err(Status::from(denied))
+                tracing::info!(%path, reason = %denied, "sql call refused");
+                let status = Status::from(denied);
+                if matches!(action, Action::SqlWrite | Action::Internal)
+                    || status.code() == tonic::Code::PermissionDenied
+                {
+                    self.audit_refusal(token.as_deref(), action.as_str(), &path, &status)
+                        .await;
+                }
+                Err(status)
             }
+        }
+    }
+
+    /// Record a refused call in the audit log, with the key id its caller claimed.
+    async fn audit_refusal(&self, token: Option<&str>, action: &str, path: &str, status: &Status) {
+        if let Some(audit) = &self.audit {
+            let claimed = token.and_then(parse_token).map(|(id, _)| id);
+            let outcome = Err(format!("refused: {}", status.message()));
+            audit.record(None, claimed, action, path, outcome).await;
         }
     }
 }

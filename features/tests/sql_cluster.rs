@@ -94,7 +94,7 @@ async fn cluster_answers_equal_single_process_datafusion() {
     let access = DataAccess::unconfined(&S3Config::default());
     let (verifier, key) = halyard_core::auth::private_keys().await.unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let scheduler = SqlScheduler::start(listener, &access, verifier, &key)
+    let scheduler = SqlScheduler::start(listener, &access, verifier, None, &key)
         .await
         .unwrap();
     let endpoint = scheduler.addr.to_string();

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use halyard_core::auth::Verifier;
 use halyard_core::config::SchedulerConfig;
-use halyard_core::coord::{Coordinator, Leadership, Versioned};
+use halyard_core::coord::{Auditor, Coordinator, Leadership, Versioned};
 use halyard_core::records::{
     ExecutorInfo, JobRecord, JobState, TaskAssignment, append_lines, now_ms,
 };
@@ -161,6 +161,7 @@ impl Leader<'_> {
                         listener,
                         &access,
                         self.door.verifier.clone(),
+                        Some(Auditor::new(self.coord.clone(), &self.cfg.id)),
                         &self.door.token,
                     )
                     .await
