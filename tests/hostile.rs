@@ -7,9 +7,6 @@ mod common;
 
 use std::time::Duration;
 
-use halyard_client::proto::DeployRequest;
-use halyard_client::proto::deploy_request::Change;
-use halyard_core::proto::DeployVersion;
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
 use serde_json::{Value, json};
@@ -152,17 +149,7 @@ fn prediction_bodies_and_grpc_messages_never_get_a_5xx() {
         let id = client.submit(&spec).await.unwrap().id;
         let done = common::wait_done(&client, &id, Duration::from_secs(180)).await;
         assert_eq!(done.state, "succeeded", "{}", done.error);
-        client
-            .deploy(DeployRequest {
-                name: "hostile".into(),
-                change: Some(Change::Deploy(DeployVersion {
-                    version: 1,
-                    alias: "production".into(),
-                    percent: None,
-                })),
-            })
-            .await
-            .unwrap();
+        common::deploy(&client, "hostile", 1, "production", None).await;
         let http = common::http_client(&cluster.admin_key);
         let addr = cluster.scheduler.addr.to_string();
         common::wait_for("the model to serve", Duration::from_secs(60), || async {

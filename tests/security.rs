@@ -735,19 +735,7 @@ async fn with_an_encryption_key_artifacts_are_sealed_in_the_store_and_still_serv
         );
     }
     // Served: the node opens what it sealed (and the digests, of the plaintext, match).
-    client
-        .deploy(halyard_client::proto::DeployRequest {
-            name: "sealed".into(),
-            change: Some(halyard_client::proto::deploy_request::Change::Deploy(
-                halyard_core::proto::DeployVersion {
-                    version: 1,
-                    alias: "production".into(),
-                    percent: None,
-                },
-            )),
-        })
-        .await
-        .unwrap();
+    common::deploy(&client, "sealed", 1, "production", None).await;
     let http = common::http_client(&cluster.admin_key);
     let addr = cluster.scheduler.addr.to_string();
     wait_for(

@@ -15,7 +15,7 @@ use halyard_cli::load::{LoadConfig, LoadReport, predict_bodies, records};
 use halyard_cli::registry::DeployAction;
 use halyard_client::Client;
 use halyard_core::proto::deploy_request::Change;
-use halyard_core::proto::{DeployRequest, DeployVersion, PredictRequest, Promote, Rollback};
+use halyard_core::proto::{DeployRequest, PredictRequest, Promote, Rollback};
 use halyard_core::spec::JobSpec;
 use halyard_models::runtime::LoadedModel;
 use serde_json::{Value, json};
@@ -40,20 +40,6 @@ async fn train(client: &Client, spec: &JobSpec) {
     let job = client.submit(spec).await.unwrap();
     let done = wait_done(client, &job.id, Duration::from_secs(180)).await;
     assert_eq!(done.state, "succeeded", "{done:?}");
-}
-
-async fn deploy(client: &Client, name: &str, version: u64, alias: &str, percent: Option<u32>) {
-    client
-        .deploy(DeployRequest {
-            name: name.into(),
-            change: Some(Change::Deploy(DeployVersion {
-                version,
-                alias: alias.into(),
-                percent,
-            })),
-        })
-        .await
-        .unwrap();
 }
 
 /// POST a JSON body; the status and the parsed answer.

@@ -359,3 +359,26 @@ memory_mb = 1024
     std::fs::write(&path, text).unwrap();
     JobSpec::from_file(&path).unwrap()
 }
+
+/// Deploy `version` of model `name` under `alias`, to `percent` of traffic when given.
+pub(crate) async fn deploy(
+    client: &Client,
+    name: &str,
+    version: u64,
+    alias: &str,
+    percent: Option<u32>,
+) {
+    client
+        .deploy(halyard_core::proto::DeployRequest {
+            name: name.into(),
+            change: Some(halyard_core::proto::deploy_request::Change::Deploy(
+                halyard_core::proto::DeployVersion {
+                    version,
+                    alias: alias.into(),
+                    percent,
+                },
+            )),
+        })
+        .await
+        .unwrap();
+}
