@@ -424,7 +424,7 @@ impl SchedulerConfig {
             advertise_host: host_of(s.advertise.as_deref().unwrap_or(&listen)).to_string(),
             s3: s.s3(),
             key_file: key_file(s),
-            roots: data_roots(s)?,
+            roots: data_roots(s, &store_url(s)?)?,
             jobs_per_key: s.jobs_per_key.unwrap_or(DEFAULT_JOBS_PER_KEY),
             tls: TlsFiles::from_settings(s)?,
             listen,
@@ -458,7 +458,7 @@ fn store_url(s: &Settings) -> Result<String> {
 
 /// The data roots: those set, else the data directory and the working directory; the
 /// object store is always one (feature tables are written there).
-pub fn data_roots(s: &Settings) -> Result<Roots> {
+pub fn data_roots(s: &Settings, store_url: &str) -> Result<Roots> {
     let cwd = std::env::current_dir().map_err(|source| Error::Io {
         path: PathBuf::from("."),
         source,
@@ -467,7 +467,7 @@ pub fn data_roots(s: &Settings) -> Result<Roots> {
         Some(list) if !list.is_empty() => list.clone(),
         _ => vec![data_dir(s).display().to_string(), cwd.display().to_string()],
     };
-    Roots::parse(&entries, &cwd)?.with(&store_url(s)?)
+    Roots::parse(&entries, &cwd)?.with(store_url)
 }
 
 /// The host part of `HOST:PORT`.
@@ -544,7 +544,7 @@ impl ExecutorConfig {
             .unwrap_or_else(|| format!("127.0.0.1:{DEFAULT_EXECUTOR_PORT}"));
         let store_url = store_url(s)?;
         let sql_listen = sql_listen(s, &listen);
-        let roots = data_roots(s)?;
+        let roots = data_roots(s, &store_url)?;
         Ok(ExecutorConfig {
             id: s
                 .id

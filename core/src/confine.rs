@@ -12,7 +12,7 @@ use crate::error::{Error, Result};
 /// The folders and buckets data may come from and go to.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Roots {
-    /// Absolute folders (checked with symbolic links resolved).
+    /// Absolute folders, with symbolic links resolved.
     dirs: Vec<PathBuf>,
     /// `(bucket, prefix)`: a bucket, or a prefix in it (no leading or trailing `/`).
     buckets: Vec<(String, String)>,
@@ -91,7 +91,9 @@ impl Roots {
                         .map_err(|_| bad(entry, "no such folder (a root with `..` must exist)"))?;
                     roots.dirs.push(real);
                 } else {
-                    roots.dirs.push(path);
+                    // Resolved once here, not at every check: links above a folder that
+                    // does not exist yet are resolved too.
+                    roots.dirs.push(resolve(&path).unwrap_or(path));
                 }
             }
         }
@@ -135,10 +137,7 @@ impl Roots {
         let Some(real) = path.is_absolute().then(|| resolve(path)).flatten() else {
             return Err(self.outside(shown));
         };
-        let inside = self.dirs.iter().any(|root| {
-            let root = resolve(root).unwrap_or_else(|| root.clone());
-            real.starts_with(root)
-        });
+        let inside = self.dirs.iter().any(|root| real.starts_with(root));
         if inside {
             Ok(())
         } else {

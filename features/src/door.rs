@@ -21,7 +21,7 @@ use datafusion::prelude::SessionContext;
 use datafusion_proto::logical_plan::AsLogicalPlan;
 use datafusion_proto::protobuf::LogicalPlanNode;
 use futures::future::BoxFuture;
-use halyard_core::auth::{Action, Verifier, bearer, parse_token};
+use halyard_core::auth::{Action, Verifier, bearer};
 use halyard_core::confine::Roots;
 use halyard_core::coord::Auditor;
 use http_body_util::BodyExt;
@@ -213,12 +213,10 @@ impl SqlDoorLayer {
         }
     }
 
-    /// Record a refused call in the audit log, with the key id its caller claimed.
+    /// Record a refused call in the audit log.
     async fn audit_refusal(&self, token: Option<&str>, action: &str, path: &str, status: &Status) {
         if let Some(audit) = &self.audit {
-            let claimed = token.and_then(parse_token).map(|(id, _)| id);
-            let outcome = Err(format!("refused: {}", status.message()));
-            audit.record(None, claimed, action, path, outcome).await;
+            audit.refused(token, action, path, status.message()).await;
         }
     }
 }

@@ -121,7 +121,7 @@ impl ObjectStoreRegistry for Stores {
 }
 
 /// A store whose every location is checked against the roots first.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct Confined {
     inner: Arc<dyn ObjectStore>,
     /// The bucket (S3), or `None` for the local file system.
@@ -190,11 +190,7 @@ impl ObjectStore for Confined {
         &self,
         locations: BoxStream<'static, object_store::Result<Path>>,
     ) -> BoxStream<'static, object_store::Result<Path>> {
-        let guard = Confined {
-            inner: self.inner.clone(),
-            bucket: self.bucket.clone(),
-            roots: self.roots.clone(),
-        };
+        let guard = self.clone();
         let checked = locations
             .map(move |p| p.and_then(|p| guard.check(Some(&p)).map(|()| p)))
             .boxed();

@@ -17,7 +17,7 @@ mod service;
 
 use std::net::SocketAddr;
 
-use halyard_core::auth::{Verifier, is_loopback, node_key};
+use halyard_core::auth::{is_loopback, node_key};
 use halyard_core::config::SchedulerConfig;
 use halyard_core::coord::Coordinator;
 use halyard_core::proto::job_service_server::JobServiceServer;
@@ -84,7 +84,8 @@ pub async fn start_scheduler(cfg: SchedulerConfig, coord: Coordinator) -> Result
             &cfg.id,
         )));
     let http = halyard_serving::http::router(gateway.clone());
-    let api = halyard_serving::http::serve(listener, http, grpc, door, tls, shutdown_rx.clone());
+    let api =
+        halyard_serving::http::serve(listener, http, grpc, door.clone(), tls, shutdown_rx.clone());
     let server = tokio::spawn(async move {
         if let Err(e) = api.await {
             tracing::error!(error = %e, "scheduler api stopped");
@@ -93,7 +94,8 @@ pub async fn start_scheduler(cfg: SchedulerConfig, coord: Coordinator) -> Result
     info!(id = %cfg.id, %addr, backend = coord.backend(), "scheduler listening");
     let routing = tokio::spawn(gateway.run(shutdown_rx.clone()));
     let sql_door = leader::SqlDoor {
-        verifier: Verifier::new(coord.clone()),
+        // The same verifier, so the node keeps one cache of keys.
+        verifier: door.verifier.clone(),
         token,
     };
     let leader = tokio::spawn(leader::run(cfg, coord, sql_door, shutdown_rx));

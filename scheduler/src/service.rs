@@ -238,15 +238,7 @@ impl JobService for JobApi {
     ) -> Result<Response<SubmitResponse>, Status> {
         let caller = Caller::of(&request)?;
         let req = request.into_inner();
-        let target = req
-            .spec_toml
-            .lines()
-            .find_map(|l| l.trim().strip_prefix("name"))
-            .map_or("", |rest| {
-                rest.trim_start_matches([' ', '=', '"'])
-                    .trim_end_matches('"')
-            })
-            .to_string();
+        let target = JobSpec::name_in(&req.spec_toml).unwrap_or_default();
         let result = self.submit_job(&caller, req).await;
         self.audit.call(&caller, "submit", &target, result).await
     }

@@ -9,7 +9,7 @@ use axum::http::header::{AUTHORIZATION, CONTENT_TYPE};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use halyard_core::Failure;
-use halyard_core::auth::{Action, Verifier, bearer, parse_token};
+use halyard_core::auth::{Action, Verifier, bearer};
 use halyard_core::coord::{Auditor, Coordinator};
 use halyard_core::tls::Tls;
 
@@ -271,23 +271,14 @@ pub async fn guard(State(door): State<Door>, mut req: Request, next: Next) -> Re
         .extensions()
         .get::<ConnectInfo<Peer>>()
         .is_some_and(|c| c.0.certified);
-    let path = req.uri().path().to_string();
-    let claimed = token_of(&req)
-        .and_then(parse_token)
-        .map(|(id, _)| id.to_string());
     if door.mutual && action == Action::Internal && !certified {
+        let path = req.uri().path();
         let message = format!(
             "{path} is called only by nodes, with a client certificate of the cluster's CA"
         );
         tracing::info!(%path, "node route refused: no client certificate");
         door.audit
-            .record(
-                None,
-                claimed.as_deref(),
-                action.as_str(),
-                &path,
-                Err(format!("refused: {message}")),
-            )
+            .refused(token_of(&req), action.as_str(), path, &message)
             .await;
         return refuse(grpc, Failure::Forbidden, message);
     }
@@ -301,11 +292,11 @@ pub async fn guard(State(door): State<Door>, mut req: Request, next: Next) -> Re
             undecodable_is_invalid(next.run(req).await)
         }
         Err(denied) => {
+            let path = req.uri().path();
             tracing::info!(%path, reason = %denied, "request refused");
             if audited(action) {
-                let outcome = Err(format!("refused: {denied}"));
                 door.audit
-                    .record(None, claimed.as_deref(), action.as_str(), &path, outcome)
+                    .refused(token_of(&req), action.as_str(), path, &denied)
                     .await;
             }
             refuse(grpc, denied.failure(), denied.to_string())

@@ -78,6 +78,26 @@ impl Auditor {
 }
 
 impl Auditor {
+    /// Record a refused attempt at `action` on `target` by a caller who sent `token` (its
+    /// claimed key id is recorded; the key was not accepted, so no name or role).
+    pub async fn refused(
+        &self,
+        token: Option<&str>,
+        action: &str,
+        target: &str,
+        why: impl std::fmt::Display,
+    ) {
+        let claimed = token.and_then(crate::auth::parse_token).map(|(id, _)| id);
+        self.record(
+            None,
+            claimed,
+            action,
+            target,
+            Err(format!("refused: {why}")),
+        )
+        .await;
+    }
+
     /// Record a handled call's outcome (`result`) and pass it on.
     pub async fn call<T>(
         &self,

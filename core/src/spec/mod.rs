@@ -712,6 +712,13 @@ impl JobSpec {
         Ok(spec)
     }
 
+    /// The top-level `name` of a spec's text, even of a spec that does not validate (the
+    /// audit log names what was submitted).
+    pub fn name_in(text: &str) -> Option<String> {
+        let doc: toml::Table = toml::from_str(text).ok()?;
+        doc.get("name")?.as_str().map(String::from)
+    }
+
     /// Every location the job reads: its data source, its feature sources and its forecast
     /// test source (each must lie under the cluster's data roots).
     pub fn locations(&self) -> Vec<&str> {
