@@ -153,6 +153,21 @@ enum Command {
         #[command(flatten)]
         conn: Connection,
     },
+    /// List audiences: the versions scoring jobs wrote, with size and churn
+    ///
+    /// Each run of a job with a `[score]` section writes a new immutable version of the
+    /// audience named by the job's `name`: `audience.parquet` (the keys, score, rank,
+    /// model version and scoring time), and `added.parquet` / `removed.parquet` with only
+    /// the keys that entered or left since the version before (what to send downstream).
+    Audiences {
+        /// One audience's versions (default: every audience's)
+        name: Option<String>,
+        /// Print JSON
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        conn: Connection,
+    },
     /// Show a model: its versions (metrics, job, data lineage) and deployment
     Model {
         /// Model name (the job spec's `name`)
@@ -495,6 +510,9 @@ async fn run(cli: Cli) -> Result<(), AnyError> {
             }
         }
         Command::Models { json, conn } => registry::models(&client(conn).await?, json).await?,
+        Command::Audiences { name, json, conn } => {
+            registry::audiences(&client(conn).await?, name.as_deref(), json).await?
+        }
         Command::Model { name, json, conn } => {
             registry::model(&client(conn).await?, &name, json).await?
         }

@@ -1,21 +1,66 @@
-//! `halyard train`: run a job spec's training in this process, without a cluster, and print
+//! `halyard train`: run a job spec's pipeline in this process, without a cluster, and print
 //! its metrics (and, for a forecaster, the M4 classical methods on the same split). The
 //! figures of `benches/RESULTS.md` come from here.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::Instant;
 
+use async_trait::async_trait;
+use datafusion::prelude::SessionContext;
 use halyard_core::config::file_url;
 use halyard_core::spec::{DeviceKind, JobSpec};
 use halyard_core::store::S3Config;
 use halyard_core::store::Store;
-use halyard_executor::{feature_input, placement, read_inputs, read_series, spawn_training};
+use halyard_executor::pipeline::{self, Host, Run};
+use halyard_executor::{ExecutorError, Trained, placement, read_series};
 use halyard_features::session::{DataAccess, local_context};
+use halyard_models::device::Placement;
 use halyard_models::forecast::classical::evaluate;
 
 use crate::Error;
+
+/// This process as a pipeline's host: lines to stderr, SQL on single-process DataFusion,
+/// the model kept for printing and writing to a folder.
+struct Local {
+    access: DataAccess,
+    gpus: u32,
+    cancel: Arc<AtomicBool>,
+    trained: Option<Trained>,
+}
+
+#[async_trait]
+impl Host for Local {
+    fn log(&mut self, line: String) {
+        eprintln!("{line}");
+    }
+
+    async fn report(&mut self) -> bool {
+        true
+    }
+
+    async fn sql(&mut self) -> halyard_executor::Result<SessionContext> {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        Ok(local_context(&self.access, cores)?)
+    }
+
+    fn cancel(&self) -> Arc<AtomicBool> {
+        self.cancel.clone()
+    }
+
+    fn placement(&self, spec: &JobSpec) -> Placement {
+        placement(spec, self.gpus)
+    }
+
+    async fn publish(&mut self, trained: Trained) -> halyard_executor::Result<()> {
+        self.trained = Some(trained);
+        Ok(())
+    }
+
+    fn unpublished(&mut self, _metrics: BTreeMap<String, f64>) {}
+}
 
 /// Train `spec_path` here. `device` overrides the spec's `[train] device`; `gpus` is what
 /// `auto` may use. `out`: a folder for `model.safetensors` and `manifest.json`.
@@ -30,48 +75,45 @@ pub async fn train_local(
     if let Some(d) = device {
         spec.train.device = d;
     }
+    if spec.score.is_some() {
+        return Err(ExecutorError::Invalid(
+            "a [score] job scores with a registered model on a cluster: submit it with halyard submit".into(),
+        )
+        .into());
+    }
     if spec.train.workers.is_some() || spec.search.is_some() {
         eprintln!(
             "note: [train] workers and [search] take effect on a cluster (halyard submit); \
              here the spec trains once, alone, with its own parameters"
         );
     }
+    spec.train.workers = None;
+    // Here "publish" hands the model back to print it and write it to OUT.
+    spec.train.publish = true;
     // S3 credentials come from the AWS_* environment.
     let s3 = S3Config::default();
-    // A user's own process reads what its user may.
-    let access = DataAccess::unconfined(&s3);
-    let input = match &spec.features {
-        // The feature stage runs here on single-process DataFusion, into OUT/features (or a
-        // temporary folder).
-        Some(_) => {
-            let scratch = tempfile_dir(out)?;
-            let store = Store::open(&file_url(&scratch)?, &s3)?;
-            let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-            let ctx =
-                local_context(&access, cores).map_err(halyard_executor::ExecutorError::from)?;
-            feature_input(&ctx, &spec, &store, "features", &access, &mut |l| {
-                eprintln!("{l}")
-            })
-            .await?
-        }
-        None => read_inputs(&spec, &access, &mut |l| eprintln!("{l}")).await?,
+    // The feature table is written to OUT/features (or a temporary folder).
+    let scratch = tempfile_dir(out)?;
+    let store = Store::open(&file_url(&scratch)?, &s3)?;
+    let run = Run {
+        spec: &spec,
+        store: &store,
+        // A user's own process reads what its user may.
+        data: &DataAccess::unconfined(&s3),
+        table_dir: "features".into(),
     };
-    let placement = placement(&spec, gpus);
-    eprintln!("training {} on the {placement}", spec.model.kind.as_str());
+    let mut host = Local {
+        access: DataAccess::unconfined(&s3),
+        gpus,
+        cancel: Arc::new(AtomicBool::new(false)),
+        trained: None,
+    };
     let started = Instant::now();
-    let (mut rx, done) = spawn_training(
-        &spec.name,
-        input.clone(),
-        spec.clone(),
-        placement,
-        Arc::new(AtomicBool::new(false)),
-    )?;
-    while let Some(p) = rx.recv().await {
-        eprintln!("{}", p.line);
-    }
-    let (trained, lineage) = done.await.map_err(|_| {
-        halyard_executor::ExecutorError::Panicked("training thread vanished".into())
-    })??;
+    pipeline::run(&run, &spec.stages(), &mut host).await?;
+    let (trained, lineage) = host.trained.ok_or_else(|| {
+        ExecutorError::Panicked("the pipeline ended without a trained model".into())
+    })?;
+    let placement = placement(&spec, gpus);
     let secs = started.elapsed().as_secs_f64();
     println!(
         "{} ({}) trained on the {placement} in {secs:.1} s: {} train, {} test",
@@ -98,6 +140,7 @@ pub async fn train_local(
         println!("  weights in {}", w.display());
     }
     if baselines && let Some(f) = &spec.forecast {
+        let input = pipeline::input(&run, None, &mut |_| {}).await?;
         let series = read_series(&input, &spec, f)?;
         let (train, test) = (series.train, series.test);
         let started = Instant::now();
@@ -106,7 +149,7 @@ pub async fn train_local(
             move || evaluate(&train, &test, period, horizon)
         })
         .await
-        .map_err(|e| halyard_executor::ExecutorError::Panicked(e.to_string()))?;
+        .map_err(|e| ExecutorError::Panicked(e.to_string()))?;
         println!(
             "classical methods on the same split ({:.1} s):",
             started.elapsed().as_secs_f64()

@@ -294,3 +294,47 @@ pub async fn experiment(client: &Client, name: &str, as_json: bool) -> Result<()
     ));
     Ok(())
 }
+
+/// `halyard audiences [NAME]`: every audience's versions (or one audience's), with size
+/// and churn from the version before.
+pub async fn audiences(client: &Client, name: Option<&str>, as_json: bool) -> Result<()> {
+    let list = client.audiences(name).await?;
+    if as_json {
+        let rows: Vec<Value> = list
+            .iter()
+            .map(|a| {
+                json!({
+                    "name": a.name, "version": a.version, "location": a.location,
+                    "job_id": a.job_id, "model": a.model, "model_version": a.model_version,
+                    "rule": a.rule, "size": a.size, "scored": a.scored,
+                    "excluded": a.excluded, "rejected": a.rejected,
+                    "entered": a.entered, "left": a.left, "created_ms": a.created_ms,
+                })
+            })
+            .collect();
+        out(&Value::Array(rows).to_string());
+        return Ok(());
+    }
+    if list.is_empty() {
+        out("no audiences yet: a job with a [score] section writes one (docs/targeting.md)");
+        return Ok(());
+    }
+    out(&format!(
+        "{:<24} {:>7} {:>10} {:>9} {:>9} {:<24} {:<20} LOCATION",
+        "AUDIENCE", "VERSION", "SIZE", "ENTERED", "LEFT", "MODEL", "RULE"
+    ));
+    for a in &list {
+        out(&format!(
+            "{:<24} {:>7} {:>10} {:>9} {:>9} {:<24} {:<20} {}",
+            a.name,
+            a.version,
+            a.size,
+            a.entered,
+            a.left,
+            format!("{} v{}", a.model, a.model_version),
+            a.rule,
+            a.location
+        ));
+    }
+    Ok(())
+}

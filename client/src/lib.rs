@@ -10,11 +10,11 @@ use halyard_core::proto::key_service_client::KeyServiceClient;
 use halyard_core::proto::model_service_client::ModelServiceClient;
 use halyard_core::proto::prediction_service_client::PredictionServiceClient;
 use halyard_core::proto::{
-    CancelRequest, ClusterStatusRequest, ClusterStatusResponse, CreateKeyRequest,
+    AudienceInfo, CancelRequest, ClusterStatusRequest, ClusterStatusResponse, CreateKeyRequest,
     CreateKeyResponse, DeployRequest, ExperimentRequest, ExperimentResponse, GetJobRequest,
-    GetModelRequest, GetModelResponse, JobInfo, KeyInfo, ListJobsRequest, ListKeysRequest,
-    ListModelsRequest, LogLine, LogsRequest, PredictRequest, PredictResponse, ResumeRequest,
-    RevokeKeyRequest, SubmitRequest, WatchRequest,
+    GetModelRequest, GetModelResponse, JobInfo, KeyInfo, ListAudiencesRequest, ListJobsRequest,
+    ListKeysRequest, ListModelsRequest, LogLine, LogsRequest, PredictRequest, PredictResponse,
+    ResumeRequest, RevokeKeyRequest, SubmitRequest, WatchRequest,
 };
 use halyard_core::spec::JobSpec;
 use tonic::service::interceptor::InterceptedService;
@@ -215,6 +215,19 @@ impl Client {
             .await?
             .into_inner()
             .models)
+    }
+
+    /// Audience versions, oldest first: one audience's, or every one's with `name = None`.
+    pub async fn audiences(&self, name: Option<&str>) -> Result<Vec<AudienceInfo>> {
+        Ok(self
+            .models
+            .clone()
+            .list_audiences(ListAudiencesRequest {
+                name: name.unwrap_or_default().into(),
+            })
+            .await?
+            .into_inner()
+            .audiences)
     }
 
     /// One model: versions and deployment.

@@ -110,6 +110,29 @@ pub fn read_parquet_parts(parts: &[Bytes], origin: &str, digest: String) -> Resu
     })
 }
 
+/// `batches` (all of schema `schema`) as one Parquet file (zstd); `origin` names it in
+/// errors.
+pub fn write_parquet(
+    schema: arrow::datatypes::SchemaRef,
+    batches: &[arrow::array::RecordBatch],
+    origin: &str,
+) -> Result<Bytes> {
+    let err = |e: parquet::errors::ParquetError| Error::Data {
+        file: origin.to_string(),
+        message: format!("writing Parquet: {e}"),
+    };
+    let props = parquet::file::properties::WriterProperties::builder()
+        .set_compression(parquet::basic::Compression::ZSTD(Default::default()))
+        .build();
+    let mut out = Vec::new();
+    let mut w = parquet::arrow::ArrowWriter::try_new(&mut out, schema, Some(props)).map_err(err)?;
+    for b in batches {
+        w.write(b).map_err(err)?;
+    }
+    w.close().map_err(err)?;
+    Ok(Bytes::from(out))
+}
+
 /// A schema's column names, comma-separated, for error messages.
 pub fn column_list(schema: &arrow::datatypes::Schema) -> String {
     schema

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::spec::JobSpec;
+use crate::spec::{JobSpec, Stage};
 
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> i64 {
@@ -124,11 +124,21 @@ pub struct JobRecord {
     /// The id of the API key that submitted it (a submitter may cancel only its own).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub owner: Option<String>,
+    /// Which of the spec's steps ([`JobSpec::steps`]) runs now: 0, the first.
+    #[serde(default, skip_serializing_if = "is_zero_u32")]
+    pub step: u32,
+    /// The attempt before the current step's first (attempts are counted per step).
+    #[serde(default, skip_serializing_if = "is_zero_u32")]
+    pub step_from: u32,
     /// Scheduler-side events.
     pub events: Vec<LogLine>,
 }
 
 fn is_zero(v: &i64) -> bool {
+    *v == 0
+}
+
+fn is_zero_u32(v: &u32) -> bool {
     *v == 0
 }
 
@@ -167,6 +177,8 @@ impl JobRecord {
             search: None,
             parent: None,
             owner: None,
+            step: 0,
+            step_from: 0,
             events: Vec::new(),
         }
     }
@@ -203,6 +215,10 @@ pub struct TaskAssignment {
     /// alone.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub group: Vec<String>,
+    /// The stages this task runs (one step of [`JobSpec::steps`]); empty: the whole
+    /// pipeline.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub stages: Vec<Stage>,
 }
 
 impl TaskAssignment {
@@ -213,6 +229,15 @@ impl TaskAssignment {
             .as_ref()
             .and_then(|f| f.table_of.clone())
             .unwrap_or_else(|| self.job_id.clone())
+    }
+
+    /// The stages this task runs.
+    pub fn stages(&self) -> Vec<Stage> {
+        if self.stages.is_empty() {
+            self.spec.stages()
+        } else {
+            self.stages.clone()
+        }
     }
 
     /// The group's name, the same on every rank: `<job>/<attempt>`.

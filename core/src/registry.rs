@@ -497,3 +497,38 @@ mod tests {
         );
     }
 }
+
+/// One immutable version of an audience: who a scoring job picked, and how it differs
+/// from the version before.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AudienceVersion {
+    /// Audience name (the scoring job spec's `name`).
+    pub name: String,
+    /// Version number, from 1.
+    pub version: u64,
+    /// URL of the version's folder (`audience.parquet`, `added.parquet`, `removed.parquet`,
+    /// `audience.json`).
+    pub location: String,
+    /// The job that wrote it.
+    pub job_id: String,
+    /// The model that scored.
+    pub model: String,
+    /// Its version.
+    pub model_version: u64,
+    /// The rule that picked it, as written (`top_k = 1000`, …).
+    pub rule: String,
+    /// Rows in the audience.
+    pub size: u64,
+    /// Rows scored (the table's rows less the rejected ones).
+    pub scored: u64,
+    /// Rows the `exclude` predicate left out.
+    pub excluded: u64,
+    /// Rows that could not be scored (in the run's rejects files).
+    pub rejected: u64,
+    /// Keys in this version and not the previous one.
+    pub entered: u64,
+    /// Keys in the previous version and not this one.
+    pub left: u64,
+    /// Scoring time, ms since the epoch.
+    pub created_ms: i64,
+}

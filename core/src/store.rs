@@ -331,6 +331,17 @@ pub fn features_dir(job_id: &str) -> String {
     format!("jobs/{job_id}/features")
 }
 
+/// Folder of a scoring job's scores: one `part-NNNNN.parquet` per shard of its table,
+/// rejects beside them, and a marker per worker when it is done (or failed).
+pub fn scores_dir(job_id: &str) -> String {
+    format!("jobs/{job_id}/scores")
+}
+
+/// Folder of an audience version.
+pub fn audience_dir(name: &str, version: u64) -> String {
+    format!("audiences/{name}/{version}")
+}
+
 /// A data-parallel job's latest checkpoint (rank 0 replaces it whole).
 pub fn checkpoint_path(job_id: &str) -> String {
     format!("jobs/{job_id}/checkpoint/latest.ckpt")

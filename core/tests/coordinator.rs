@@ -179,6 +179,7 @@ async fn lead_and_place(c: &Coordinator) -> Leadership {
         assigned_ms: 0,
         rank: 0,
         group: Vec::new(),
+        stages: Vec::new(),
     };
     c.assign_task(&lead, &v, &placed, &[task]).await.unwrap();
     lead
@@ -209,6 +210,7 @@ async fn a_worker_group_is_placed_and_released_whole(c: Coordinator) {
             assigned_ms: 0,
             rank: rank as u32,
             group: peers.clone(),
+            stages: Vec::new(),
         })
         .collect();
     c.assign_task(&lead, &v, &placed, &tasks).await.unwrap();

@@ -18,6 +18,10 @@ pub enum ExecutorError {
     /// The SQL data service could not start.
     #[error("sql executor: {0}")]
     Sql(String),
+    /// The job asks for what its input or this host cannot give (a scoring table without
+    /// the model's columns, scoring outside a cluster).
+    #[error("{0}")]
+    Invalid(String),
     /// The training thread died.
     #[error("training thread panicked: {0}")]
     Panicked(String),
@@ -31,6 +35,7 @@ impl ExecutorError {
             ExecutorError::Core(e) => e.failure(),
             ExecutorError::Model(e) => halyard_serving::api::model_failure(e),
             ExecutorError::Features(e) => e.failure(),
+            ExecutorError::Invalid(_) => halyard_core::Failure::Invalid,
             ExecutorError::Sql(_) | ExecutorError::Panicked(_) => halyard_core::Failure::Internal,
         }
     }

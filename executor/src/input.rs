@@ -9,7 +9,7 @@ use halyard_core::data::{read_parquet_parts, read_table, sort_table};
 use halyard_core::spec::{ForecastSpec, JobSpec, SeriesLayout};
 use halyard_core::store::{Store, feature_shard_path, features_manifest_path, read_url};
 use halyard_features::session::{DataAccess, remote_context};
-use halyard_features::stage::{FeatureTable, run_stage};
+use halyard_features::stage::FeatureTable;
 use halyard_models::forecast::data::{from_long_table, read_wide_csv};
 use halyard_models::forecast::{Series, split_last};
 
@@ -103,8 +103,8 @@ impl Input {
 }
 
 /// Read a job's data source (and its forecast test source), logging each read. A job with
-/// `[features]` reads its feature table instead ([`feature_input`]). Each location must
-/// lie under `access`'s roots.
+/// `[features]` reads its feature table instead. Each location must lie under `access`'s
+/// roots.
 pub async fn read_inputs(
     spec: &JobSpec,
     access: &DataAccess,
@@ -123,7 +123,7 @@ pub async fn read_inputs(
     })
 }
 
-async fn read_test_source(
+pub(crate) async fn read_test_source(
     spec: &JobSpec,
     access: &DataAccess,
     log: &mut (dyn FnMut(String) + Send),
@@ -139,43 +139,6 @@ async fn read_test_source(
             None => None,
         },
     )
-}
-
-/// Run a job's feature stage on `ctx` (a Ballista cluster's, or a single-process context)
-/// into `dir` of `store`, unless an earlier attempt already wrote the whole table there;
-/// then read the shards.
-pub async fn feature_input(
-    ctx: &SessionContext,
-    spec: &JobSpec,
-    store: &Store,
-    dir: &str,
-    access: &DataAccess,
-    log: &mut (dyn FnMut(String) + Send),
-) -> Result<Input> {
-    let Some(features) = &spec.features else {
-        return read_inputs(spec, access, log).await;
-    };
-    let manifest_path = features_manifest_path(dir);
-    let manifest = match store.get(&manifest_path).await {
-        Ok(bytes) => {
-            log(format!(
-                "features: reusing the table an earlier attempt wrote to {}",
-                store.url_of(dir)
-            ));
-            bytes
-        }
-        Err(halyard_core::Error::NotFound { .. }) => {
-            let table = run_stage(ctx, features, &spec.data.label, &store.url_of(dir), log).await?;
-            let bytes =
-                Bytes::from(serde_json::to_vec_pretty(&table).expect("feature table serialises"));
-            store.put(&manifest_path, bytes.clone()).await?;
-            bytes
-        }
-        Err(e) => return Err(e.into()),
-    };
-    let mut input = read_feature_table(store, dir, &manifest, None, log).await?;
-    input.test = read_test_source(spec, access, log).await?;
-    Ok(input)
 }
 
 /// Read the shards of the feature table whose manifest (`features.json`'s bytes) is

@@ -10,11 +10,13 @@
 mod error;
 mod input;
 mod parallel;
+pub mod pipeline;
+mod score;
 mod task;
 mod training;
 
-pub use input::{Input, JobSeries, feature_input, read_inputs, read_series};
-pub use training::{Progress, placement, spawn_training};
+pub use input::{Input, JobSeries, read_inputs, read_series};
+pub use training::{Progress, Trained, placement, spawn_training};
 
 use std::collections::HashMap;
 use std::net::SocketAddr;

@@ -1,14 +1,15 @@
 //! One worker of a data-parallel group: read this rank's rows, join the ring, train with
 //! the group on a dedicated thread, checkpoint (rank 0) to object storage.
 //!
-//! Rank 0 runs the job's feature stage (when it has one), reads every row (it fits the
-//! preprocessor and computes the test metrics), reports progress and publishes; the other
-//! ranks wait for the feature table, read only their shards (shard `i` goes to rank
-//! `i % workers`) and report nothing: a failure anywhere breaks the ring, rank 0 reports
-//! it as the group's, and the leader forms the group again.
+//! The feature table is finished before the group forms (the leader runs the features
+//! stage as a step of its own). Rank 0 reads every row (it fits the preprocessor and
+//! computes the test metrics), reports progress and publishes; the other ranks read only
+//! their shards (shard `i` goes to rank `i % workers`) and report nothing: a failure
+//! anywhere breaks the ring, rank 0 reports it as the group's, and the leader forms the
+//! group again.
 
 use std::ops::ControlFlow;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use arrow::array::RecordBatch;
@@ -16,25 +17,21 @@ use bytes::Bytes;
 use halyard_collective::{BlockingRing, Ring, RingConfig};
 use halyard_core::records::TaskProgress;
 use halyard_core::spec::SPLIT_COLUMN;
-use halyard_core::store::{Store, checkpoint_path, features_dir, features_manifest_path};
+use halyard_core::store::{Store, checkpoint_path};
 use halyard_models::ModelError;
-use halyard_models::artifact::DataLineage;
 use halyard_models::distributed::{
     CheckpointPolicy, Checkpoints, DpEvent, Outcome, Position, WorkerData, rows_of_rank,
     train_response_parallel, with_split_column,
 };
-use halyard_models::pipeline::TrainedModel;
 use tokio::runtime::Handle;
 use tokio::sync::mpsc;
 use tracing::info;
 
 use crate::error::{ExecutorError, Result};
-use crate::input::{Input, feature_input, read_feature_table, read_inputs, sql_context};
+use crate::input::{Input, read_feature_table, read_inputs};
+use crate::pipeline::{Grouped, Run, table_manifest};
 use crate::task::Task;
 use crate::training::{epoch_line, lineage, model_configs, panic_message, placement};
-
-/// How long a rank waits for rank 0's feature table.
-const FEATURES_WAIT: Duration = Duration::from_secs(1800);
 
 /// This rank's rows and, on rank 0, every row.
 struct Rows {
@@ -47,23 +44,13 @@ struct Rows {
     total: usize,
 }
 
-/// What a worker ended with.
-pub(crate) enum Worked {
-    /// Rank 0: the model and its lineage.
-    Model(Box<(TrainedModel, DataLineage)>),
-    /// Paused after `[train] stop_after_epoch`, with the best validation loss so far.
-    Paused { valid_loss: Option<f64>, epoch: u32 },
-    /// A rank other than 0 finished.
-    Done,
-}
-
 /// Train as rank `a.rank` of the group.
-pub(crate) async fn train(t: &Task, progress: &mut TaskProgress) -> Result<Worked> {
+pub(crate) async fn train(t: &Task, progress: &mut TaskProgress, run: &Run<'_>) -> Result<Grouped> {
     let (a, spec) = (&t.a, &t.a.value.spec);
     let (rank, workers) = (a.value.rank as usize, a.value.group.len().max(1));
     let placement = placement(spec, t.gpus);
     let (mut features, rc) = model_configs(spec, placement);
-    let rows = read_rows(t, progress, &features).await?;
+    let rows = read_rows(t, progress, &features, run).await?;
     features.split_column = Some(SPLIT_COLUMN.to_string());
     let peers = if a.value.group.is_empty() {
         vec![String::new()]
@@ -169,10 +156,10 @@ pub(crate) async fn train(t: &Task, progress: &mut TaskProgress) -> Result<Worke
     Ok(match trained {
         Outcome::Trained(Some(t)) => {
             let l = lineage(&rows.location, rows.digest, rows.total, &t);
-            Worked::Model(Box::new((*t, l)))
+            Grouped::Model(Box::new((*t, l)))
         }
-        Outcome::Trained(None) => Worked::Done,
-        Outcome::Paused { valid_loss, epoch } => Worked::Paused { valid_loss, epoch },
+        Outcome::Trained(None) => Grouped::Done,
+        Outcome::Paused { valid_loss, epoch } => Grouped::Paused { valid_loss, epoch },
     })
 }
 
@@ -224,6 +211,7 @@ async fn read_rows(
     t: &Task,
     progress: &mut TaskProgress,
     features: &halyard_models::preprocess::FeatureConfig,
+    run: &Run<'_>,
 ) -> Result<Rows> {
     let (a, spec, store) = (&t.a, &t.a.value.spec, &t.store);
     let (rank, workers) = (a.value.rank as usize, a.value.group.len().max(1));
@@ -242,18 +230,9 @@ async fn read_rows(
             total: table.rows,
         });
     }
-    let dir = features_dir(&a.value.feature_job());
-    let input = if rank == 0 {
-        let ctx = sql_context(&t.coord, &t.token, &t.data, &mut log).await?;
-        feature_input(&ctx, spec, store, &dir, &t.data, &mut log).await?
-    } else {
-        log(format!(
-            "waiting for rank 0's feature table in {}",
-            store.url_of(&dir)
-        ));
-        let manifest = wait_for(store, &features_manifest_path(&dir), &t.cancel).await?;
-        read_feature_table(store, &dir, &manifest, Some((rank, workers)), &mut log).await?
-    };
+    let manifest = table_manifest(run).await?;
+    let only = (rank != 0).then_some((rank, workers));
+    let input = read_feature_table(store, &run.table_dir, &manifest, only, &mut log).await?;
     // Rank 0 read every shard, the others only theirs: each shard is parsed once.
     let (mut all, mut local, mut ids) = (Vec::new(), Vec::new(), Vec::new());
     for (shard, batches, shard_ids) in shard_tables(&input, spec)? {
@@ -305,29 +284,6 @@ fn shard_tables(input: &Input, spec: &halyard_core::spec::JobSpec) -> Result<Vec
             Ok((shard, table.batches, ids))
         })
         .collect()
-}
-
-/// Wait for `path` to appear in the store (another rank writes it).
-async fn wait_for(store: &Store, path: &str, cancel: &AtomicBool) -> Result<Bytes> {
-    let started = std::time::Instant::now();
-    loop {
-        match store.get(path).await {
-            Ok(bytes) => return Ok(bytes),
-            Err(halyard_core::Error::NotFound { .. }) => {}
-            Err(e) => return Err(e.into()),
-        }
-        if cancel.load(Ordering::Relaxed) {
-            return Err(ModelError::Cancelled.into());
-        }
-        if started.elapsed() > FEATURES_WAIT {
-            return Err(ModelError::Collective(format!(
-                "rank 0 wrote no feature table to {} in {FEATURES_WAIT:?}",
-                store.url_of(path)
-            ))
-            .into());
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
 }
 
 /// Checkpoints in object storage: the job's own, or else the one of the job it resumes.

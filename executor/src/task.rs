@@ -1,5 +1,6 @@
 //! One task's life: report it started, read its input, train, publish, report the end.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -13,11 +14,16 @@ use halyard_models::artifact::{DataLineage, FORMAT, Manifest, tensor_shapes};
 use halyard_models::pipeline::TrainedModel;
 use tracing::{info, warn};
 
+use async_trait::async_trait;
+use datafusion::prelude::SessionContext;
+use halyard_core::spec::JobSpec;
 use halyard_features::session::DataAccess;
+use halyard_models::device::Placement;
 
 use crate::error::{ExecutorError, Result};
-use crate::input::{feature_input, read_inputs, sql_context};
-use crate::training::{Trained, placement, spawn_training};
+use crate::input::sql_context;
+use crate::pipeline::{self, Flow, Grouped, Host, Run};
+use crate::training::{Progress, Trained, placement};
 
 /// Report, unless the assignment is gone; `false` means the task must stop. Only rank 0 of
 /// a data-parallel group reports (the others stop when the leader takes their task away).
@@ -81,7 +87,22 @@ pub(crate) async fn run(t: Task) {
     if !t.report(&progress).await {
         return;
     }
-    match train_and_publish(&t, &mut progress).await {
+    let spec = &a.value.spec;
+    let stages = a.value.stages();
+    let run = Run {
+        spec,
+        store: &t.store,
+        data: &t.data,
+        table_dir: features_dir(&a.value.feature_job()),
+    };
+    let result = {
+        let mut host = TaskHost {
+            t: &t,
+            progress: &mut progress,
+        };
+        pipeline::run(&run, &stages, &mut host).await
+    };
+    match result {
         Ok(()) if a.value.rank != 0 => {
             info!(job = %a.value.job_id, rank = a.value.rank, "worker done");
             return;
@@ -107,80 +128,69 @@ pub(crate) async fn run(t: Task) {
     t.report(&progress).await;
 }
 
-async fn train_and_publish(t: &Task, progress: &mut TaskProgress) -> Result<()> {
-    let spec = &t.a.value.spec;
-    let (trained, lineage) = if spec.train.workers.is_some() {
-        use crate::parallel::Worked;
-        match crate::parallel::train(t, progress).await? {
-            Worked::Model(m) => *m,
-            // Ranks other than 0 publish nothing.
-            Worked::Done => return Ok(()),
-            Worked::Paused { valid_loss, epoch } => {
-                progress
-                    .metrics
-                    .insert("epochs_trained".into(), f64::from(epoch));
-                if let Some(l) = valid_loss {
-                    progress.metrics.insert("valid_log_loss".into(), l);
-                }
-                progress.log(format!("paused after epoch {epoch}, checkpointed"));
-                return Ok(());
-            }
-        }
-    } else {
-        train_alone(t, progress).await?
-    };
-    if !spec.train.publish {
-        progress.metrics = trained.metrics;
-        progress
-            .metrics
-            .insert("epochs_trained".into(), f64::from(progress.epoch));
-        progress.log("trained; not published ([train] publish = false)");
-        return Ok(());
-    }
-    publish(&t.a, &t.coord, &t.store, progress, trained, lineage).await
+/// The executor as a pipeline's host: progress goes to the coordinator (fenced on the
+/// assignment), SQL to the cluster's SQL scheduler, models to the registry.
+pub(crate) struct TaskHost<'a> {
+    pub t: &'a Task,
+    pub progress: &'a mut TaskProgress,
 }
 
-async fn train_alone(t: &Task, progress: &mut TaskProgress) -> Result<Trained> {
-    let (a, spec) = (&t.a, &t.a.value.spec);
-    let input = if spec.features.is_some() {
-        let ctx = sql_context(&t.coord, &t.token, &t.data, &mut |line| progress.log(line)).await?;
-        t.report(progress).await;
-        let dir = features_dir(&a.value.feature_job());
-        feature_input(&ctx, spec, &t.store, &dir, &t.data, &mut |line| {
-            progress.log(line)
+#[async_trait]
+impl Host for TaskHost<'_> {
+    fn log(&mut self, line: String) {
+        self.progress.log(line);
+    }
+
+    async fn report(&mut self) -> bool {
+        self.t.report(self.progress).await
+    }
+
+    fn progress(&mut self, p: &Progress) {
+        self.progress.epoch = p.epoch;
+        self.progress.loss = Some(p.loss);
+    }
+
+    async fn sql(&mut self) -> Result<SessionContext> {
+        let t = self.t;
+        sql_context(&t.coord, &t.token, &t.data, &mut |line| {
+            self.progress.log(line)
         })
-        .await?
-    } else {
-        read_inputs(spec, &t.data, &mut |line| progress.log(line)).await?
-    };
-    let placement = placement(spec, t.gpus);
-    progress.log(format!(
-        "training {} on the {placement}",
-        spec.model.kind.as_str()
-    ));
-    t.report(progress).await;
-    let (mut rx, done_rx) = spawn_training(
-        &a.value.job_id,
-        input,
-        spec.clone(),
-        placement,
-        t.cancel.clone(),
-    )?;
-    while let Some(r) = rx.recv().await {
-        progress.epoch = r.epoch;
-        progress.loss = Some(r.loss);
-        progress.log(r.line);
-        if !t.report(progress).await {
-            t.cancel.store(true, Ordering::Relaxed);
-        }
-    }
-    let trained = done_rx
         .await
-        .map_err(|_| ExecutorError::Panicked("training thread vanished".into()))??;
-    if t.cancelled() {
-        return Err(halyard_models::ModelError::Cancelled.into());
     }
-    Ok(trained)
+
+    fn cancel(&self) -> Arc<AtomicBool> {
+        self.t.cancel.clone()
+    }
+
+    fn placement(&self, spec: &JobSpec) -> Placement {
+        placement(spec, self.t.gpus)
+    }
+
+    async fn train_group(&mut self, run: &Run<'_>) -> Option<Result<Grouped>> {
+        Some(crate::parallel::train(self.t, self.progress, run).await)
+    }
+
+    async fn publish(&mut self, (trained, lineage): Trained) -> Result<()> {
+        let t = self.t;
+        publish(&t.a, &t.coord, &t.store, self.progress, trained, lineage).await
+    }
+
+    fn unpublished(&mut self, metrics: BTreeMap<String, f64>) {
+        let epoch = f64::from(self.progress.epoch);
+        self.progress.metrics = metrics;
+        self.progress
+            .metrics
+            .entry("epochs_trained".into())
+            .or_insert(epoch);
+    }
+
+    async fn score(&mut self, run: &Run<'_>) -> Result<Flow> {
+        crate::score::score(self.t, self.progress, run).await
+    }
+
+    async fn audience(&mut self, run: &Run<'_>) -> Result<()> {
+        crate::score::audience(self.t, self.progress, run).await
+    }
 }
 
 /// Allocate a version, write the artifact and register it (only while the assignment

@@ -120,7 +120,8 @@ pub struct Progress {
     pub line: String,
 }
 
-pub(crate) type Trained = (TrainedModel, DataLineage);
+/// A trained model and the lineage of its data.
+pub type Trained = (TrainedModel, DataLineage);
 
 /// Train on a dedicated OS thread (training is CPU-bound and must not stall the runtime).
 /// Progress lines arrive on the channel; the result on the oneshot.

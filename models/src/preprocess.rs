@@ -494,6 +494,42 @@ impl Preprocessor {
         })
     }
 
+    /// What of `schema` does not fit the model's input: each column it needs that is
+    /// missing, and each numeric one (standardised or bucketed) that is not a number.
+    /// Empty: every row of such a table can be encoded.
+    pub fn schema_problems(&self, schema: &Schema) -> Vec<String> {
+        let mut out = Vec::new();
+        for col in &self.columns {
+            let raw: Vec<&str> = if col.sources.is_empty() {
+                vec![col.name.as_str()]
+            } else {
+                col.sources.iter().map(String::as_str).collect()
+            };
+            for name in raw {
+                match schema.field_with_name(name) {
+                    Err(_) => out.push(format!(
+                        "missing column {name:?} (trained as {})",
+                        col.source_type
+                    )),
+                    Ok(f) => {
+                        let numeric = matches!(
+                            col.encoding,
+                            ColumnEncoding::Numeric { .. } | ColumnEncoding::Buckets { .. }
+                        );
+                        if numeric && !is_numeric(f.data_type()) {
+                            out.push(format!(
+                                "column {name:?} is {}, the model was trained on a number ({})",
+                                f.data_type(),
+                                col.source_type
+                            ));
+                        }
+                    }
+                }
+            }
+        }
+        out
+    }
+
     /// Encode the rows of `batches` selected by `keep(row_index)`. Labels are read when
     /// the label column is present (scoring input may lack it: labels are then empty).
     pub fn transform(

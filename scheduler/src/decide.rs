@@ -106,7 +106,9 @@ pub(crate) fn supervise(
         return Verdict::Fail;
     }
     match lost(job, live, progress) {
-        Some(why) if job.attempt >= max_attempts => Verdict::GiveUp(why),
+        Some(why) if job.attempt - job.step_from.min(job.attempt) >= max_attempts => {
+            Verdict::GiveUp(why)
+        }
         Some(why) => Verdict::Requeue(why),
         None => Verdict::RunsOn,
     }

@@ -10,6 +10,7 @@ use halyard_core::records::{
     ExecutorInfo, JobRecord, JobState, TaskAssignment, append_lines, now_ms,
 };
 use halyard_core::search::{Next, SearchState, TrialState, best_trial, next_step};
+use halyard_core::spec::Stage;
 use halyard_core::{Error, Result};
 use halyard_features::cluster::SqlScheduler;
 use halyard_features::session::DataAccess;
@@ -271,9 +272,21 @@ impl Leader<'_> {
             return Ok(());
         }
         let need = &job.value.spec.resources;
+        let steps = job.value.spec.steps();
+        let stages = steps
+            .get(job.value.step as usize)
+            .cloned()
+            .unwrap_or_default();
+        // The feature stage drives the SQL cluster from one executor; the main step runs
+        // on the job's workers.
+        let workers = if stages == [Stage::Features] {
+            None
+        } else {
+            job.value.spec.workers()
+        };
         // The executors with the most free slots that fit: one, or one per worker of a
-        // data-parallel group (all of them or none).
-        let wanted = job.value.spec.train.workers.unwrap_or(1) as usize;
+        // group (all of them or none).
+        let wanted = workers.unwrap_or(1) as usize;
         let Some(chosen) = choose_executors(free, need, wanted) else {
             return Ok(());
         };
@@ -281,7 +294,7 @@ impl Leader<'_> {
         new.state = JobState::Running;
         new.attempt += 1;
         new.executor = Some(executor.clone());
-        let group: Vec<String> = match job.value.spec.train.workers {
+        let group: Vec<String> = match workers {
             Some(_) => {
                 new.workers = chosen.clone();
                 chosen
@@ -297,15 +310,23 @@ impl Leader<'_> {
             }
             None => Vec::new(),
         };
+        let what = stages
+            .iter()
+            .map(|s| s.as_str())
+            .collect::<Vec<_>>()
+            .join(" → ");
         new.log(
             &self.source,
-            match job.value.spec.train.workers {
+            match workers {
                 Some(n) => format!(
-                    "attempt {} placed on {n} worker(s): {} (rank 0 first)",
+                    "{what}: attempt {} placed on {n} worker(s): {} (rank 0 first)",
                     new.attempt,
                     chosen.join(", ")
                 ),
-                None => format!("attempt {} placed on executor {executor}", new.attempt),
+                None => format!(
+                    "{what}: attempt {} placed on executor {executor}",
+                    new.attempt
+                ),
             },
         );
         let tasks: Vec<TaskAssignment> = chosen
@@ -319,6 +340,7 @@ impl Leader<'_> {
                 assigned_ms: now_ms(),
                 rank: rank as u32,
                 group: group.clone(),
+                stages: stages.clone(),
             })
             .collect();
         self.coord
@@ -352,10 +374,26 @@ impl Leader<'_> {
                 new.state = JobState::Cancelled;
                 new.log(&self.source, "cancelled");
             }
+            Verdict::Succeed if (new.step as usize) + 1 < new.spec.steps().len() => {
+                // A step ended; the next is placed like a new task (attempts counted anew).
+                let p = progress.as_ref().expect("success came from a report");
+                new.metrics.extend(p.metrics.clone());
+                new.executor = None;
+                new.workers.clear();
+                new.state = JobState::Pending;
+                new.step += 1;
+                new.step_from = new.attempt;
+                let next = new.spec.steps()[new.step as usize]
+                    .iter()
+                    .map(|s| s.as_str())
+                    .collect::<Vec<_>>()
+                    .join(" → ");
+                new.log(&self.source, format!("step done; next: {next}"));
+            }
             Verdict::Succeed => {
                 let p = progress.as_ref().expect("success came from a report");
+                new.metrics.extend(p.metrics.clone());
                 new.state = JobState::Succeeded;
-                new.metrics = p.metrics.clone();
                 new.artifact = p.artifact.clone();
                 new.model_version = p.model_version;
                 new.log(&self.source, "succeeded");
@@ -378,7 +416,7 @@ impl Leader<'_> {
                 new.executor = None;
                 new.workers.clear();
                 new.state = JobState::Pending;
-                if new.spec.train.workers.is_some() {
+                if new.spec.workers().is_some() {
                     // A dead peer's lease may still stand: let it expire before the group
                     // is formed again, or the new group would include it.
                     new.not_before_ms = now_ms() + self.cfg.lease_ttl.as_millis() as i64;

@@ -8,8 +8,9 @@ use halyard_core::coord::{Auditor, Coordinator};
 use halyard_core::proto::deploy_request::Change as WireChange;
 use halyard_core::proto::model_service_server::ModelService;
 use halyard_core::proto::{
-    DeployRequest, DeploymentInfo, ExperimentRequest, ExperimentResponse, GetModelRequest,
-    GetModelResponse, ListModelsRequest, ListModelsResponse, ModelVersionInfo, VariantInfo,
+    AudienceInfo, DeployRequest, DeploymentInfo, ExperimentRequest, ExperimentResponse,
+    GetModelRequest, GetModelResponse, ListAudiencesRequest, ListAudiencesResponse,
+    ListModelsRequest, ListModelsResponse, ModelVersionInfo, VariantInfo,
 };
 use halyard_core::registry::{CANARY, Change, Deployment, PRODUCTION, Variant};
 use tonic::{Request, Response, Status};
@@ -153,6 +154,46 @@ impl ModelService for ModelApi {
         let name = req.name.clone();
         let result = self.change(req).await;
         self.audit.call(&caller, action, &name, result).await
+    }
+
+    async fn list_audiences(
+        &self,
+        request: Request<ListAudiencesRequest>,
+    ) -> Result<Response<ListAudiencesResponse>, Status> {
+        let name = request.into_inner().name;
+        let name = (!name.is_empty()).then_some(name);
+        let found = self
+            .coord
+            .audiences(name.as_deref())
+            .await
+            .map_err(to_status)?;
+        if found.is_empty()
+            && let Some(n) = &name
+        {
+            return Err(Failure::NotFound.status(format!(
+                "no audience {n}: a [score] job named {n} writes one (halyard audiences lists them)"
+            )));
+        }
+        let audiences = found
+            .into_iter()
+            .map(|a| AudienceInfo {
+                name: a.name,
+                version: a.version,
+                location: a.location,
+                job_id: a.job_id,
+                model: a.model,
+                model_version: a.model_version,
+                rule: a.rule,
+                size: a.size,
+                scored: a.scored,
+                excluded: a.excluded,
+                rejected: a.rejected,
+                entered: a.entered,
+                left: a.left,
+                created_ms: a.created_ms,
+            })
+            .collect();
+        Ok(Response::new(ListAudiencesResponse { audiences }))
     }
 
     async fn experiment(

@@ -146,6 +146,17 @@ impl JobApi {
         for location in spec.locations() {
             self.roots.check_url(location).map_err(to_status)?;
         }
+        // A scoring job's model must be registered now, not found missing after its
+        // feature stage ran.
+        if let Some(s) = &spec.score {
+            let v = self.coord.resolve_model(s).await.map_err(to_status)?;
+            if v.model_type == halyard_core::spec::ModelKind::Nbeats.as_str() {
+                return Err(Failure::Invalid.status(format!(
+                    "[score] model = {:?}: version {} is a forecaster; batch scoring needs a response model",
+                    s.model, v.version
+                )));
+            }
+        }
         let active = self.coord.list_active_jobs().await.map_err(to_status)?;
         let mine = active
             .iter()

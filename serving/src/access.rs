@@ -90,6 +90,11 @@ pub const ROUTES: &[(&str, &str, Access)] = &[
         "/halyard.v1.ModelService/Experiment",
         Access::Key(Action::ReadModels),
     ),
+    (
+        "POST",
+        "/halyard.v1.ModelService/ListAudiences",
+        Access::Key(Action::ReadModels),
+    ),
     // The model of a gRPC prediction is in its body: the handler checks the key's scope.
     (
         "POST",

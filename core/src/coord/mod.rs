@@ -14,6 +14,8 @@
 //! <root>/progress/<job>            TaskProgress (written by the assigned executor)
 //! <root>/models/<name>/next        next model version number
 //! <root>/models/<name>/versions/<n> ModelVersion (immutable once written)
+//! <root>/audiences/<name>/next     next audience version number
+//! <root>/audiences/<name>/versions/<n> AudienceVersion (immutable once written)
 //! <root>/deployments/<name>        Deployment: traffic split, aliases, history
 //! <root>/serving/<executor>        ServingInfo, bound to the executor's lease
 //! <root>/outcomes/<name>/<version> Outcomes fed back for a version

@@ -1,19 +1,26 @@
-//! Model versions, deployments, serving advertisements, the SQL endpoint and outcomes:
-//! the coordinator's methods over `models/`, `deployments/`, `serving/`, `sql/` and
-//! `outcomes/`.
+//! Model versions, audiences, deployments, serving advertisements, the SQL endpoint and
+//! outcomes: the coordinator's methods over `models/`, `audiences/`, `deployments/`,
+//! `serving/`, `sql/` and `outcomes/`.
 
 use super::{Coordinator, Edit, Leadership, Versioned, decode, encode, put};
 use crate::error::{Error, Result};
 use crate::kv::{Compare, TxnOp};
 use crate::records::TaskAssignment;
-use crate::registry::{Change, Deployment, ModelVersion, Outcomes, ServingInfo};
+use crate::registry::{
+    AudienceVersion, Change, Deployment, ModelVersion, Outcomes, PRODUCTION, ServingInfo,
+};
+use crate::spec::ScoreSpec;
 
 impl Coordinator {
     // ---- models ------------------------------------------------------------------------
 
     /// Allocate the next version number of a model (1, 2, …): never the same twice.
     pub async fn next_model_version(&self, name: &str) -> Result<u64> {
-        let key = self.model_counter_key(name);
+        self.next_number(self.model_counter_key(name)).await
+    }
+
+    /// Allocate the next number of the counter at `key` (1, 2, …).
+    async fn next_number(&self, key: String) -> Result<u64> {
         loop {
             let (current, revision) = match self.kv.get(&key).await? {
                 Some(e) => {
@@ -54,6 +61,89 @@ impl Coordinator {
             )],
         )
         .await
+    }
+
+    /// Allocate the next version number of an audience (1, 2, …).
+    pub async fn next_audience_version(&self, name: &str) -> Result<u64> {
+        self.next_number(self.key(&format!("audiences/{name}/next")))
+            .await
+    }
+
+    /// Register an audience version, only while the task's assignment read at
+    /// `assignment` stands ([`Error::Conflict`] otherwise).
+    pub async fn register_audience(
+        &self,
+        assignment: &Versioned<TaskAssignment>,
+        audience: &AudienceVersion,
+    ) -> Result<()> {
+        let key = self.key(&format!(
+            "audiences/{}/versions/{:020}",
+            audience.name, audience.version
+        ));
+        self.fenced_on_task(assignment, vec![put(key, encode(audience))])
+            .await
+    }
+
+    /// An audience's versions, oldest first; every audience's with `name = None`.
+    pub async fn audiences(&self, name: Option<&str>) -> Result<Vec<AudienceVersion>> {
+        let prefix = match name {
+            Some(n) => format!("audiences/{n}/versions/"),
+            None => "audiences/".to_string(),
+        };
+        let mut out: Vec<AudienceVersion> = Vec::new();
+        for e in self.kv.range(&self.key(&prefix)).await? {
+            // (The counters sit beside the versions.)
+            if e.key.contains("/versions/") {
+                out.push(decode(&e)?.value);
+            }
+        }
+        out.sort_by(|a, b| (&a.name, a.version).cmp(&(&b.name, b.version)));
+        Ok(out)
+    }
+
+    /// The version a `[score]` section names: its `version`, the version behind its
+    /// `alias`, or else production's, or else the latest. [`Error::Invalid`] names what
+    /// is not registered.
+    pub async fn resolve_model(&self, s: &ScoreSpec) -> Result<ModelVersion> {
+        let name = &s.model;
+        let not = |field: &str, value: String, rule: String| {
+            Error::invalid("[score]", field, value, rule)
+        };
+        let by_alias = |d: &Option<Deployment>, a: &str| {
+            d.as_ref().and_then(|d| d.current.aliases.get(a).copied())
+        };
+        let version = match (s.version, &s.alias) {
+            (Some(v), _) => v,
+            (None, Some(a)) => by_alias(&self.deployment(name).await?, a).ok_or_else(|| {
+                not(
+                    "alias",
+                    format!("{a:?}"),
+                    format!("model {name} has no version under that alias (halyard model {name} shows its aliases)"),
+                )
+            })?,
+            (None, None) => match by_alias(&self.deployment(name).await?, PRODUCTION) {
+                Some(v) => v,
+                None => self
+                    .model_versions(name)
+                    .await?
+                    .last()
+                    .map(|v| v.version)
+                    .ok_or_else(|| {
+                        not(
+                            "model",
+                            format!("{name:?}"),
+                            "no such model is registered (halyard models lists them)".into(),
+                        )
+                    })?,
+            },
+        };
+        self.model_version(name, version).await?.ok_or_else(|| {
+            not(
+                "version",
+                version.to_string(),
+                format!("model {name} has no such version (halyard model {name} lists them)"),
+            )
+        })
     }
 
     /// A model's registered versions, oldest first.

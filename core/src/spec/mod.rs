@@ -12,9 +12,13 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result};
 
 mod rules;
+mod score;
 mod search;
+mod stage;
 
+pub use score::{AudienceRule, Pick, ScoreSpec};
 pub use search::{Dist, Params, SearchSpec, Strategy, apply};
+pub use stage::Stage;
 
 /// A whole job spec.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -49,6 +53,10 @@ pub struct JobSpec {
     /// across the executors; the best is published.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub search: Option<SearchSpec>,
+    /// Batch scoring: a registered model scores the table and the scores become an
+    /// audience; the job trains nothing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub score: Option<ScoreSpec>,
 }
 
 /// The `[features]` section: named sources, SQL over them, the split rule and the shards.

@@ -12,14 +12,14 @@ use super::{
 use crate::error::{Error, Result};
 
 /// One rule of a table: a field, its value as written, whether the rule holds, and the rule.
-struct Rule {
+pub(super) struct Rule {
     field: String,
     value: String,
     holds: bool,
     rule: String,
 }
 
-fn rule(
+pub(super) fn rule(
     field: impl Into<String>,
     value: impl Display,
     holds: bool,
@@ -34,7 +34,7 @@ fn rule(
 }
 
 /// The first rule of `table` that does not hold, as the error of section `at`.
-fn first_broken(at: &str, table: impl IntoIterator<Item = Rule>) -> Result<()> {
+pub(super) fn first_broken(at: &str, table: impl IntoIterator<Item = Rule>) -> Result<()> {
     match table.into_iter().find(|r| !r.holds) {
         Some(r) => Err(Error::invalid(at, r.field, r.value, r.rule)),
         None => Ok(()),
@@ -78,6 +78,9 @@ impl JobSpec {
         if let Some(search) = &self.search {
             search.validate(&at("[search]"), self)?;
         }
+        if let Some(score) = &self.score {
+            score.validate(&at("[score]"))?;
+        }
         first_broken(&at("[resources]"), self.resources_rules())
     }
 
@@ -115,6 +118,12 @@ impl JobSpec {
                     self.model.kind.as_str()
                 ),
             ),
+            rule(
+                "score",
+                "(present)",
+                self.score.is_none() || (self.search.is_none() && self.forecast.is_none()),
+                "a [score] job scores with a registered model: it takes no [search] or [forecast]",
+            ),
         ]
     }
 
@@ -132,7 +141,7 @@ impl JobSpec {
             rule(
                 "label",
                 "\"\"",
-                forecasting || !d.label.trim().is_empty(),
+                forecasting || self.score.is_some() || !d.label.trim().is_empty(),
                 "must name the column to predict",
             ),
             rule(
@@ -155,12 +164,12 @@ impl JobSpec {
         let Some(f) = &self.features else {
             return Vec::new();
         };
-        let workers = self.train.workers.unwrap_or(1) as usize;
+        let workers = self.workers().unwrap_or(1) as usize;
         vec![
             rule(
                 "split",
                 "(absent)",
-                self.forecast.is_some() || f.split.is_some(),
+                self.forecast.is_some() || self.score.is_some() || f.split.is_some(),
                 "a response model needs [features.split]: method = \"hash\", \"modulo\" or \"time\"",
             ),
             rule(
@@ -168,7 +177,7 @@ impl JobSpec {
                 f.shards,
                 f.shards >= workers,
                 format!(
-                    "must be at least [train] workers ({workers}): each worker reads its own shards"
+                    "must be at least the job's workers ({workers}): each worker reads its own shards"
                 ),
             ),
         ]
