@@ -617,10 +617,17 @@ async fn vocabularies(
             )
         })
         .collect();
+    // One column: no PARTITION BY (its key would be a constant, which Ballista's planner
+    // drops from the sort the window needs, failing the query).
+    let by = if cols.len() > 1 {
+        "PARTITION BY c "
+    } else {
+        ""
+    };
     let sql = format!(
         "SELECT c, v, n, d FROM (\
-           SELECT c, v, n, count(*) OVER (PARTITION BY c) AS d, \
-                  row_number() OVER (PARTITION BY c ORDER BY n DESC, v) AS r \
+           SELECT c, v, n, count(*) OVER ({by}) AS d, \
+                  row_number() OVER ({by}ORDER BY n DESC, v) AS r \
            FROM ({}) counts) ranked \
          WHERE r <= {TOP_VALUES}",
         counts.join(" UNION ALL ")

@@ -683,10 +683,17 @@ impl DataSpec {
 impl JobSpec {
     /// Parse and validate a spec. `origin` names the text in errors (a file name).
     pub fn from_toml(text: &str, origin: &str) -> Result<JobSpec> {
-        let spec: JobSpec = toml::from_str(text).map_err(|e| Error::Toml {
+        let mut spec: JobSpec = toml::from_str(text).map_err(|e| Error::Toml {
             source_name: origin.to_string(),
             message: e.to_string().trim_end().to_string(),
         })?;
+        // A scoring job's shards are assigned by its key unless it says otherwise.
+        if let (Some(f), Some(s)) = (spec.features.as_mut(), spec.score.as_ref())
+            && f.shard_key.is_none()
+            && f.split.is_none()
+        {
+            f.shard_key = s.key.first().cloned();
+        }
         spec.validate(origin)?;
         Ok(spec)
     }
