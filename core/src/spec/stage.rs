@@ -107,7 +107,7 @@ mod tests {
         assert_eq!(unpublished.stages(), [Train]);
         let features = "[features]\nsql = \"SELECT * FROM t\"\n[[features.sources]]\nname = \"t\"\npath = \"t.csv\"\n";
         let trained = spec(&format!(
-            "{features}[features.split]\nmethod = \"hash\"\nkey = \"id\"\n"
+            "{features}[features.split]\nmethod = \"hash\"\nkey = \"id\"\ntest_percent = 20\n"
         ));
         assert_eq!(trained.stages(), [Features, Train, Publish]);
         assert_eq!(trained.steps(), [vec![Features], vec![Train, Publish]]);
