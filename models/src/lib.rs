@@ -25,5 +25,6 @@ pub mod mlp;
 pub mod pipeline;
 pub mod preprocess;
 pub mod runtime;
+pub mod uplift;
 
 pub use error::{ModelError, Result};
