@@ -258,5 +258,25 @@ async fn train(run: &Run<'_>, host: &mut dyn Host) -> Result<Option<Trained>> {
     if cancel.load(Ordering::Relaxed) {
         return Err(halyard_models::ModelError::Cancelled.into());
     }
+    if let Some(line) = randomisation_check(&trained.0.metrics) {
+        host.log(line);
+    }
     Ok(Some(trained))
+}
+
+/// An uplift job's randomisation check for its log: the treated share, and a warning when
+/// the features predict who was treated (the effect estimates are then confounded).
+fn randomisation_check(metrics: &BTreeMap<String, f64>) -> Option<String> {
+    let share = metrics.get("treatment_share")?;
+    let auc = metrics.get("treatment_auc").copied().unwrap_or(f64::NAN);
+    let limit = halyard_models::pipeline::TREATMENT_AUC_WARNING;
+    Some(if auc > limit {
+        format!(
+            "warning: the features predict treatment (AUC {auc:.3} > {limit}): this does not look like a randomised experiment, and the uplift estimates may be confounded; treated share {share:.3}"
+        )
+    } else {
+        format!(
+            "randomisation check: treated share {share:.3}; the features predict treatment with AUC {auc:.3} (about 0.5 when treatment was random)"
+        )
+    })
 }

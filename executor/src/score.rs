@@ -41,7 +41,7 @@ use serde::{Deserialize, Serialize};
 use tracing::info;
 
 use crate::error::{ExecutorError, Result};
-use crate::input::read_feature_table;
+use crate::input::{read_feature_table, read_inputs};
 use crate::pipeline::{Flow, Run, table_manifest};
 use crate::task::Task;
 
@@ -113,25 +113,14 @@ async fn score_shards(
         "scoring with {} version {} ({}), worker {rank} of {workers}",
         version.name, version.version, version.model_type
     ));
-    let manifest = table_manifest(run).await?;
-    let mut log = |l: String| progress.log(l);
-    let input = read_feature_table(
-        &t.store,
-        &run.table_dir,
-        &manifest,
-        Some((rank, workers)),
-        &mut log,
-    )
-    .await?;
+    let tables = shards_to_score(t, progress, run, (rank, workers)).await?;
     t.report(progress).await;
-    let (location, digest) = input.features.clone().unwrap_or_default();
     let scored_at = now_ms();
     let mut total = Counts::default();
-    for (part, &shard) in input.parts.iter().zip(&input.shards) {
+    for (shard, table) in tables {
         if t.cancel.load(Ordering::Relaxed) {
             return Err(halyard_models::ModelError::Cancelled.into());
         }
-        let table = read_parquet_parts(std::slice::from_ref(part), &location, digest.clone())?;
         let excluded = match &s.exclude {
             Some(pred) => Some(exclusions(&table.schema, &table.batches, pred).await?),
             None => None,
@@ -166,6 +155,57 @@ async fn score_shards(
     }
     info!(job = %t.a.value.job_id, rank, scored = total.scored, "shards scored");
     Ok(total)
+}
+
+/// This worker's shards of the table, read: the feature table's shards numbered `rank`
+/// modulo `workers`, or (a job reading its `[data] source`) the whole source as shard 0
+/// on rank 0.
+async fn shards_to_score(
+    t: &Task,
+    progress: &mut TaskProgress,
+    run: &Run<'_>,
+    (rank, workers): (usize, usize),
+) -> Result<Vec<(usize, halyard_core::data::Table)>> {
+    let mut log = |l: String| progress.log(l);
+    if run.spec.features.is_none() {
+        if rank != 0 {
+            return Ok(Vec::new());
+        }
+        let input = read_inputs(run.spec, run.data, &mut log).await?;
+        return Ok(vec![(0, input.table(run.spec)?)]);
+    }
+    let manifest = table_manifest(run).await?;
+    let input = read_feature_table(
+        &t.store,
+        &run.table_dir,
+        &manifest,
+        Some((rank, workers)),
+        &mut log,
+    )
+    .await?;
+    let (location, digest) = input.features.clone().unwrap_or_default();
+    input
+        .parts
+        .iter()
+        .zip(&input.shards)
+        .map(|(part, &shard)| {
+            Ok((
+                shard,
+                read_parquet_parts(std::slice::from_ref(part), &location, digest.clone())?,
+            ))
+        })
+        .collect()
+}
+
+/// Shards of the scored table: the feature table's, or 1 for a `[data] source`.
+async fn shard_count(run: &Run<'_>) -> Result<usize> {
+    if run.spec.features.is_none() {
+        return Ok(1);
+    }
+    let manifest = table_manifest(run).await?;
+    let table: FeatureTable = serde_json::from_slice(&manifest)
+        .map_err(|e| ExecutorError::Invalid(format!("feature table manifest: {e}")))?;
+    Ok(table.shards.len())
 }
 
 /// Whether each row is excluded by the SQL predicate `pred` (a null result keeps the row).
@@ -308,11 +348,20 @@ impl ShardJob {
             .filter(|&i| reason[i as usize].is_some())
             .collect();
         let kept = take_rows(&all, &good)?;
+        // The label, when the table has it, is not read (its values may be anything).
+        let inputs = match kept.schema().index_of(&pre.label) {
+            Ok(i) => {
+                let mut b = kept.clone();
+                b.remove_column(i);
+                b
+            }
+            Err(_) => kept.clone(),
+        };
         let mut scores = Vec::with_capacity(kept.num_rows());
         let mut at = 0;
-        while at < kept.num_rows() {
-            let n = SCORE_BATCH.min(kept.num_rows() - at);
-            let part = kept.slice(at, n);
+        while at < inputs.num_rows() {
+            let n = SCORE_BATCH.min(inputs.num_rows() - at);
+            let part = inputs.slice(at, n);
             scores.extend(self.model.score(&[part])?.into_iter().map(f64::from));
             at += n;
         }
@@ -421,11 +470,9 @@ pub(crate) async fn audience(t: &Task, progress: &mut TaskProgress, run: &Run<'_
     let dir = scores_dir(&a.value.job_id);
     let workers = a.value.group.len().max(1);
     let counts = wait_for_workers(t, &dir, workers).await?;
-    let manifest = table_manifest(run).await?;
-    let table: FeatureTable = serde_json::from_slice(&manifest)
-        .map_err(|e| ExecutorError::Invalid(format!("feature table manifest: {e}")))?;
-    let mut parts = Vec::with_capacity(table.shards.len());
-    for i in 0..table.shards.len() {
+    let shards = shard_count(run).await?;
+    let mut parts = Vec::with_capacity(shards);
+    for i in 0..shards {
         parts.push(
             t.store
                 .get(&format!("{dir}/{}", feature_shard_file(i)))

@@ -224,7 +224,7 @@ async fn publish(
         name: spec.name.clone(),
         version,
         artifact: String::new(),
-        model_type: spec.model.kind.as_str().to_string(),
+        model_type: trained.architecture.kind().to_string(),
         metrics: trained.metrics.clone(),
         job_id: a.value.job_id.clone(),
         data_source: manifest.data.source.clone(),

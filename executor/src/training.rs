@@ -15,7 +15,7 @@ use halyard_models::forecast::nbeats::NBeatsTrainConfig;
 use halyard_models::logistic::{Optimizer, TrainConfig};
 use halyard_models::pipeline::{
     MemberReport, ResponseConfig, ResponseKind, TrainedModel, train_forecaster,
-    train_response_model,
+    train_response_model, train_uplift_model,
 };
 use halyard_models::preprocess::{Encoding, FeatureConfig};
 use tokio::sync::{mpsc, oneshot};
@@ -225,14 +225,18 @@ fn train_blocking(
     if input.features.is_some() {
         features.split_column = Some(SPLIT_COLUMN.to_string());
     }
-    let trained = train_response_model(&table.batches, &features, &rc, |r| {
+    let report = |r: MemberReport| {
         let _ = reports.send(Progress {
             epoch: r.epoch.epoch,
             loss: r.epoch.loss,
             line: epoch_line(&r),
         });
         flow()
-    })?;
+    };
+    let trained = match &spec.data.treatment {
+        Some(t) => train_uplift_model(&table.batches, &features, t, &rc, report)?,
+        None => train_response_model(&table.batches, &features, &rc, report)?,
+    };
     let lineage = lineage(input.location(spec), table.digest, table.rows, &trained);
     Ok((trained, lineage))
 }

@@ -61,6 +61,17 @@ pub enum Architecture {
         /// Horizon, members, scaling rules.
         config: ForecastConfig,
     },
+    /// An uplift model (T-learner): one response model on the treated rows (tensors
+    /// under `treated.`) and one on the control rows (`control.`), on the same
+    /// preprocessing; its score is the difference of their probabilities.
+    Uplift {
+        /// The treated arm's model.
+        treated: Box<Architecture>,
+        /// The control arm's model.
+        control: Box<Architecture>,
+        /// The column that said who was treated (an input of neither arm).
+        treatment: String,
+    },
 }
 
 impl Architecture {
@@ -70,6 +81,7 @@ impl Architecture {
             Architecture::LogisticRegression { .. } => "logistic_regression",
             Architecture::Mlp { .. } => "mlp",
             Architecture::NBeats { .. } => "nbeats",
+            Architecture::Uplift { .. } => "uplift",
         }
     }
 
@@ -79,6 +91,7 @@ impl Architecture {
             Architecture::LogisticRegression { preprocessor, .. }
             | Architecture::Mlp { preprocessor, .. } => Some(preprocessor),
             Architecture::NBeats { .. } => None,
+            Architecture::Uplift { treated, .. } => treated.preprocessor(),
         }
     }
 }
@@ -143,12 +156,46 @@ pub fn read_tensors(bytes: &[u8]) -> Result<BTreeMap<String, RawTensor>> {
 
 /// Several members' weights in one file, member `k`'s tensors under `members.<k>.`.
 pub fn merge_members(members: &[Vec<u8>]) -> Result<Vec<u8>> {
+    let prefixes: Vec<String> = (0..members.len())
+        .map(|k| format!("members.{k}."))
+        .collect();
+    let files: Vec<(&str, &[u8])> = prefixes
+        .iter()
+        .zip(members)
+        .map(|(p, b)| (p.as_str(), b.as_slice()))
+        .collect();
+    prefixed(&files)
+}
+
+/// Weights files in one, file `k`'s tensors under `prefixes[k]` (`treated.`, …).
+pub fn prefixed(files: &[(&str, &[u8])]) -> Result<Vec<u8>> {
     let mut all = Vec::new();
-    for (k, bytes) in members.iter().enumerate() {
+    for (prefix, bytes) in files {
         for (name, (shape, data)) in read_tensors(bytes)? {
-            all.push((format!("members.{k}.{name}"), shape, data));
+            all.push((format!("{prefix}{name}"), shape, data));
         }
     }
+    serialize(&all)
+}
+
+/// The tensors under `prefix` of a weights file, with the prefix taken off.
+pub fn unprefixed(bytes: &[u8], prefix: &str) -> Result<Vec<u8>> {
+    let all: Vec<(String, Vec<usize>, Vec<u8>)> = read_tensors(bytes)?
+        .into_iter()
+        .filter_map(|(name, (shape, data))| {
+            name.strip_prefix(prefix)
+                .map(|n| (n.to_string(), shape, data))
+        })
+        .collect();
+    if all.is_empty() {
+        return Err(ModelError::Artifact(format!(
+            "weights file: no tensor under {prefix:?}"
+        )));
+    }
+    serialize(&all)
+}
+
+fn serialize(all: &[(String, Vec<usize>, Vec<u8>)]) -> Result<Vec<u8>> {
     let views = all
         .iter()
         .map(|(name, shape, data)| {

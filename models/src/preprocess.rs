@@ -277,6 +277,30 @@ pub(crate) fn numeric_values(arrays: &[ArrayRef]) -> Result<Vec<f64>> {
     Ok(out)
 }
 
+/// A 0/1 column (a treatment flag) as 0.0 and 1.0; any other value, or a missing one,
+/// is an error naming the row (1-based).
+pub fn binary_column(batches: &[RecordBatch], name: &str) -> Result<Vec<f32>> {
+    let arrays = concat_column(batches, name)?;
+    let bad = |what: String| {
+        ModelError::Unsupported(format!(
+            "treatment column {name:?}: {what}; it must hold 0 (control) or 1 (treated) in every row"
+        ))
+    };
+    if !is_numeric(arrays[0].data_type()) {
+        return Err(bad(format!("it is {}", arrays[0].data_type())));
+    }
+    numeric_values(&arrays)?
+        .into_iter()
+        .enumerate()
+        .map(|(i, v)| match v {
+            0.0 => Ok(0.0),
+            1.0 => Ok(1.0),
+            v if v.is_nan() => Err(bad(format!("data row {} is missing", i + 1))),
+            v => Err(bad(format!("data row {} holds {v}", i + 1))),
+        })
+        .collect()
+}
+
 /// Column values as strings (`None` for missing).
 pub(crate) fn string_values(arrays: &[ArrayRef]) -> Result<Vec<Option<String>>> {
     let mut out = Vec::new();

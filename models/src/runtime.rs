@@ -79,6 +79,8 @@ struct NBeatsNet {
 enum Net {
     Response(Vec<ResponseNet>),
     Forecast(Vec<NBeatsNet>),
+    /// The treated arm's and the control arm's models.
+    Uplift(Box<Runtime>, Box<Runtime>),
 }
 
 /// A loaded artifact, ready to score.
@@ -129,6 +131,19 @@ const CPU: Device = Device::Cpu;
 impl Runtime {
     /// Build from an architecture and its safetensors bytes.
     pub fn new(architecture: Architecture, weights: &[u8]) -> Result<Runtime> {
+        if let Architecture::Uplift {
+            treated, control, ..
+        } = &architecture
+        {
+            let arm = |a: &Architecture, prefix: &str| {
+                Runtime::new(a.clone(), &crate::artifact::unprefixed(weights, prefix)?)
+            };
+            let net = Net::Uplift(
+                Box::new(arm(treated, "treated.")?),
+                Box::new(arm(control, "control.")?),
+            );
+            return Ok(Runtime { architecture, net });
+        }
         let t = candle_core::safetensors::load_buffer(weights, &CPU)
             .map_err(|e| ModelError::Artifact(format!("weights file: {e}")))?;
         let net = match &architecture {
@@ -157,6 +172,7 @@ impl Runtime {
                     .map(|k| load_mlp(&t, &format!("members.{k}"), config))
                     .collect::<Result<_>>()?,
             ),
+            Architecture::Uplift { .. } => unreachable!("handled above"),
             Architecture::NBeats { config } => Net::Forecast(
                 config
                     .members
@@ -183,6 +199,10 @@ impl Runtime {
 
     /// Response probabilities of preprocessed rows.
     pub fn score_encoded(&self, data: &Encoded) -> Result<Vec<f32>> {
+        if let Net::Uplift(treated, control) = &self.net {
+            let (t, c) = (treated.score_encoded(data)?, control.score_encoded(data)?);
+            return Ok(t.iter().zip(&c).map(|(t, c)| t - c).collect());
+        }
         let Net::Response(members) = &self.net else {
             return Err(ModelError::Unsupported(
                 "a forecaster cannot score rows".into(),
@@ -209,6 +229,37 @@ impl Runtime {
             )));
         }
         Ok(out)
+    }
+
+    /// Values per row of [`Runtime::predict_encoded`]: 1 (the response probability), or 3
+    /// for an uplift model (the uplift, the treated and the control arm's probabilities).
+    pub fn outputs(&self) -> usize {
+        match &self.net {
+            Net::Uplift(..) => 3,
+            _ => 1,
+        }
+    }
+
+    /// Every row's [`Runtime::outputs`] values, row after row.
+    pub fn predict_encoded(&self, data: &Encoded) -> Result<Vec<f32>> {
+        let Net::Uplift(treated, control) = &self.net else {
+            return self.score_encoded(data);
+        };
+        let (t, c) = (treated.score_encoded(data)?, control.score_encoded(data)?);
+        Ok(t.iter()
+            .zip(&c)
+            .flat_map(|(t, c)| [t - c, *t, *c])
+            .collect())
+    }
+
+    /// The treated and the control arm's probabilities of an uplift model's rows.
+    pub fn arms_encoded(&self, data: &Encoded) -> Result<(Vec<f32>, Vec<f32>)> {
+        match &self.net {
+            Net::Uplift(t, c) => Ok((t.score_encoded(data)?, c.score_encoded(data)?)),
+            _ => Err(ModelError::Unsupported(
+                "only an uplift model has treated and control arms".into(),
+            )),
+        }
     }
 
     /// Log-odds of one member, before averaging (the parity tests compare these).
@@ -240,6 +291,9 @@ impl Runtime {
         match &self.net {
             Net::Response(m) => self.logits(&m[member], data),
             Net::Forecast(_) => Err(ModelError::Unsupported("a forecaster has no logits".into())),
+            Net::Uplift(..) => Err(ModelError::Unsupported(
+                "an uplift model's logits are its arms'".into(),
+            )),
         }
     }
 
@@ -304,7 +358,9 @@ impl Runtime {
     pub fn member_forecast(&self, member: usize, series: &[Series]) -> Result<Vec<Vec<f64>>> {
         match &self.net {
             Net::Forecast(m) => self.forecast_member(&m[member], series),
-            Net::Response(_) => Err(ModelError::Unsupported("not a forecaster".into())),
+            Net::Response(_) | Net::Uplift(..) => {
+                Err(ModelError::Unsupported("not a forecaster".into()))
+            }
         }
     }
 

@@ -34,10 +34,16 @@ pub struct PredictBody {
 /// One score and the version that produced it.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Prediction {
-    /// Response probability.
+    /// Response probability; for an uplift model, the uplift (treated less control).
     pub score: f64,
     /// Version that served it.
     pub version: u64,
+    /// An uplift model's treated arm: the response probability if treated.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub treated: Option<f64>,
+    /// An uplift model's control arm: the response probability if not treated.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub control: Option<f64>,
 }
 
 /// The answer to a [`PredictBody`]: one prediction per record, in order.

@@ -50,6 +50,8 @@ struct Job {
 pub struct Batcher {
     tx: SyncSender<Job>,
     dim: usize,
+    /// Values per row the model answers ([`halyard_models::runtime::Runtime::outputs`]).
+    outputs: usize,
 }
 
 impl std::fmt::Debug for Batcher {
@@ -62,6 +64,7 @@ impl Batcher {
     /// Start the scoring thread of `model` (named `label` in logs and thread names).
     pub fn start(model: Arc<LoadedModel>, dim: usize, cfg: BatchConfig, label: &str) -> Self {
         let (tx, rx) = sync_channel(cfg.queue);
+        let outputs = model.runtime.outputs();
         let name = format!("score-{label}");
         let spawned = std::thread::Builder::new()
             .name(name.clone())
@@ -81,10 +84,17 @@ impl Batcher {
         if let Err(e) = spawned {
             warn!(error = %e, "cannot start a scoring thread");
         }
-        Batcher { tx, dim }
+        Batcher { tx, dim, outputs }
     }
 
-    /// Score encoded rows (waiting for the thread's answer).
+    /// Values per row of [`Batcher::score`]'s answer: 1, or 3 for an uplift model (the
+    /// uplift, the treated and the control arm's probabilities).
+    pub fn outputs(&self) -> usize {
+        self.outputs
+    }
+
+    /// Score encoded rows (waiting for the thread's answer): [`Batcher::outputs`] values
+    /// per row, row after row.
     pub async fn score(&self, data: Encoded) -> Result<Vec<f32>, ApiError> {
         debug_assert_eq!(data.dim, self.dim);
         let (reply, rx) = oneshot::channel();
@@ -137,10 +147,11 @@ fn run(model: &LoadedModel, dim: usize, rx: &Receiver<Job>, cfg: BatchConfig) {
             }
             score(model, x, rows, dim)
         };
+        let k = model.runtime.outputs();
         let mut at = 0;
         for j in jobs {
             let out = match &result {
-                Ok(scores) => Ok(scores[at..at + j.rows].to_vec()),
+                Ok(scores) => Ok(scores[at * k..(at + j.rows) * k].to_vec()),
                 Err(e) => Err(e.clone()),
             };
             at += j.rows;
@@ -159,6 +170,6 @@ fn score(model: &LoadedModel, x: Vec<f32>, rows: usize, dim: usize) -> Result<Ve
     };
     model
         .runtime
-        .score_encoded(&data)
+        .predict_encoded(&data)
         .map_err(|e| e.to_string())
 }

@@ -102,6 +102,8 @@ impl PredictionService for PredictionApi {
                 .map(|p| Prediction {
                     score: p.score,
                     version: p.version,
+                    treated: p.treated,
+                    control: p.control,
                 })
                 .collect(),
             executor: reply.executor,

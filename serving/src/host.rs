@@ -395,7 +395,7 @@ impl Host {
             };
             of_row.push(v);
         }
-        let mut scores = vec![0f64; records.len()];
+        let mut scores = vec![[None; 3]; records.len()];
         let mut versions: Vec<u64> = of_row.clone();
         versions.sort_unstable();
         versions.dedup();
@@ -413,8 +413,11 @@ impl Host {
                 ApiError::bad_request(renumber(&e.to_string(), &rows))
             })?;
             let s = batcher.score(encoded).await?;
+            let per = batcher.outputs();
             for (k, &i) in rows.iter().enumerate() {
-                scores[i] = f64::from(s[k]);
+                for (o, v) in s[k * per..(k + 1) * per].iter().enumerate() {
+                    scores[i][o] = Some(f64::from(*v));
+                }
             }
         }
         Ok(PredictReply {
@@ -422,7 +425,12 @@ impl Host {
             predictions: scores
                 .into_iter()
                 .zip(of_row)
-                .map(|(score, version)| Prediction { score, version })
+                .map(|([score, treated, control], version)| Prediction {
+                    score: score.unwrap_or(f64::NAN),
+                    version,
+                    treated,
+                    control,
+                })
                 .collect(),
             executor: self.executor.clone(),
         })

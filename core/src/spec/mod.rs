@@ -299,6 +299,10 @@ pub struct DataSpec {
     /// feature whose value joins theirs (`[["month", "day"]]`).
     #[serde(default)]
     pub crosses: Vec<Vec<String>>,
+    /// An uplift job: the column that says who was treated (0 or 1). The model learns the
+    /// treatment's effect on the label (a T-learner over `[model] type`), not the label.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub treatment: Option<String>,
 }
 
 /// File format of a data source.
@@ -632,6 +636,7 @@ impl Default for DataSpec {
             exclude: Vec::new(),
             categorical: Vec::new(),
             crosses: Vec::new(),
+            treatment: None,
         }
     }
 }

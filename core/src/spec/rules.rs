@@ -156,6 +156,24 @@ impl JobSpec {
                 short_cross.is_none(),
                 "each cross must list at least two columns",
             ),
+            rule(
+                "treatment",
+                format!("{:?}", d.treatment),
+                d.treatment
+                    .as_ref()
+                    .is_none_or(|t| *t != d.label && !t.trim().is_empty()),
+                "must name the 0/1 column that says who was treated, not the label",
+            ),
+            rule(
+                "treatment",
+                format!("{:?}", d.treatment),
+                d.treatment.is_none()
+                    || (self.search.is_none()
+                        && self.train.workers.is_none()
+                        && self.forecast.is_none()
+                        && self.score.is_none()),
+                "an uplift job trains alone: no [search], [train] workers, [forecast] or [score]",
+            ),
         ]
     }
 
