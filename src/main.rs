@@ -119,6 +119,22 @@ enum Command {
         #[command(flatten)]
         conn: Connection,
     },
+    /// Run a job spec on a schedule: nightly retraining, rescoring, audience refresh
+    ///
+    /// The leader submits each due run as an ordinary job (`<schedule>-<due ms>`, linked
+    /// to the schedule) exactly once, also across a leader failover; a run still going
+    /// when the next is due is not started twice (that due time is recorded as skipped).
+    /// Cron patterns have five fields (minute hour day-of-month month day-of-week) and
+    /// are read in UTC. See docs/targeting.md.
+    Schedule {
+        #[command(subcommand)]
+        what: ScheduleCommand,
+        /// Print JSON
+        #[arg(long, global = true)]
+        json: bool,
+        #[command(flatten)]
+        conn: Connection,
+    },
     /// Make, list and revoke API keys (admin only); see docs/security.md
     Keys {
         #[command(subcommand)]
@@ -331,6 +347,51 @@ enum CertsCommand {
     },
 }
 
+/// `halyard schedule`'s subcommands.
+#[derive(Subcommand)]
+enum ScheduleCommand {
+    /// Create a schedule
+    ///
+    /// `halyard schedule create nightly-audience --spec audience.toml --cron "0 3 * * *"`
+    /// scores and refreshes an audience every night at 03:00 UTC;
+    /// `--every 24h` runs every 24 hours from now.
+    Create {
+        /// The schedule's name (runs are jobs NAME-<due ms>)
+        name: String,
+        /// The job spec each run submits
+        #[arg(long)]
+        spec: PathBuf,
+        /// Interval between runs: 24h, 90m, 30s
+        #[arg(long, conflicts_with = "cron", required_unless_present = "cron")]
+        every: Option<String>,
+        /// Cron pattern, five fields, UTC: "0 3 * * *"
+        #[arg(long)]
+        cron: Option<String>,
+    },
+    /// List schedules: timing, state, next run, last run
+    List,
+    /// A schedule's runs, oldest first, with their jobs' states
+    History {
+        /// Schedule name
+        name: String,
+    },
+    /// Stop firing runs (the due times pass)
+    Pause {
+        /// Schedule name
+        name: String,
+    },
+    /// Fire runs again, from the next due time after now
+    Resume {
+        /// Schedule name
+        name: String,
+    },
+    /// Delete a schedule; its runs stay as jobs
+    Delete {
+        /// Schedule name
+        name: String,
+    },
+}
+
 /// `halyard keys`' subcommands.
 #[derive(Subcommand)]
 enum KeysCommand {
@@ -487,6 +548,28 @@ async fn run(cli: Cli) -> Result<(), AnyError> {
         }
         Command::Audit { since, json, conn } => {
             halyard_cli::keys::audit(&client(conn).await?, since.as_deref(), json).await?
+        }
+        Command::Schedule { what, json, conn } => {
+            use halyard_cli::schedules;
+            let c = client(conn).await?;
+            match what {
+                ScheduleCommand::Create {
+                    name,
+                    spec,
+                    every,
+                    cron,
+                } => {
+                    schedules::create(&c, &name, &spec, every.as_deref(), cron.as_deref(), json)
+                        .await?
+                }
+                ScheduleCommand::List => schedules::list(&c, json).await?,
+                ScheduleCommand::History { name } => schedules::history(&c, &name, json).await?,
+                ScheduleCommand::Pause { name } => schedules::pause(&c, &name, true, json).await?,
+                ScheduleCommand::Resume { name } => {
+                    schedules::pause(&c, &name, false, json).await?
+                }
+                ScheduleCommand::Delete { name } => schedules::delete(&c, &name, json).await?,
+            }
         }
         Command::Keys { what, json, conn } => {
             let c = client(conn).await?;

@@ -15,6 +15,7 @@ pub mod features_bench;
 pub mod keys;
 pub mod load;
 pub mod registry;
+pub mod schedules;
 pub mod sql;
 
 pub use error::{CliError, Result};

@@ -11,10 +11,11 @@ use halyard_core::proto::model_service_client::ModelServiceClient;
 use halyard_core::proto::prediction_service_client::PredictionServiceClient;
 use halyard_core::proto::{
     AudienceInfo, CancelRequest, ClusterStatusRequest, ClusterStatusResponse, CreateKeyRequest,
-    CreateKeyResponse, DeployRequest, ExperimentRequest, ExperimentResponse, GetJobRequest,
-    GetModelRequest, GetModelResponse, JobInfo, KeyInfo, ListAudiencesRequest, ListJobsRequest,
-    ListKeysRequest, ListModelsRequest, LogLine, LogsRequest, PredictRequest, PredictResponse,
-    ResumeRequest, RevokeKeyRequest, SubmitRequest, WatchRequest,
+    CreateKeyResponse, CreateScheduleRequest, DeleteScheduleRequest, DeployRequest,
+    ExperimentRequest, ExperimentResponse, GetJobRequest, GetModelRequest, GetModelResponse,
+    JobInfo, KeyInfo, ListAudiencesRequest, ListJobsRequest, ListKeysRequest, ListModelsRequest,
+    ListSchedulesRequest, LogLine, LogsRequest, PauseScheduleRequest, PredictRequest,
+    PredictResponse, ResumeRequest, RevokeKeyRequest, ScheduleInfo, SubmitRequest, WatchRequest,
 };
 use halyard_core::spec::JobSpec;
 use tonic::service::interceptor::InterceptedService;
@@ -131,6 +132,64 @@ impl Client {
             })
             .await?;
         job_of(resp.into_inner().job)
+    }
+
+    /// Create a schedule: `spec` submitted `every` interval (`24h`) or on a `cron`
+    /// pattern (five fields, UTC); give one of them.
+    pub async fn create_schedule(
+        &self,
+        name: &str,
+        spec: &JobSpec,
+        every: Option<&str>,
+        cron: Option<&str>,
+    ) -> Result<ScheduleInfo> {
+        Ok(self
+            .inner
+            .clone()
+            .create_schedule(CreateScheduleRequest {
+                name: name.into(),
+                spec_toml: spec.to_toml(),
+                every: every.unwrap_or_default().into(),
+                cron: cron.unwrap_or_default().into(),
+            })
+            .await?
+            .into_inner())
+    }
+
+    /// Every schedule with its runs, or the one named.
+    pub async fn schedules(&self, name: Option<&str>) -> Result<Vec<ScheduleInfo>> {
+        Ok(self
+            .inner
+            .clone()
+            .list_schedules(ListSchedulesRequest {
+                name: name.unwrap_or_default().into(),
+            })
+            .await?
+            .into_inner()
+            .schedules)
+    }
+
+    /// Pause (or, with `paused = false`, resume) a schedule.
+    pub async fn pause_schedule(&self, name: &str, paused: bool) -> Result<ScheduleInfo> {
+        Ok(self
+            .inner
+            .clone()
+            .pause_schedule(PauseScheduleRequest {
+                name: name.into(),
+                paused,
+            })
+            .await?
+            .into_inner())
+    }
+
+    /// Delete a schedule (its runs stay as jobs).
+    pub async fn delete_schedule(&self, name: &str) -> Result<ScheduleInfo> {
+        Ok(self
+            .inner
+            .clone()
+            .delete_schedule(DeleteScheduleRequest { name: name.into() })
+            .await?
+            .into_inner())
     }
 
     /// One job.

@@ -80,6 +80,9 @@ pub enum Error {
     /// No job with this id.
     #[error("no job {0}")]
     NoSuchJob(String),
+    /// A schedule name is unknown.
+    #[error("no schedule {0}: halyard schedule list shows them")]
+    NoSuchSchedule(String),
     /// A listen address could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -123,7 +126,9 @@ impl Error {
         match self {
             Error::Invalid { .. } | Error::Toml { .. } | Error::Data { .. } => Failure::Invalid,
             Error::StoreUrl { .. } | Error::Bind { .. } => Failure::Invalid,
-            Error::NotFound { .. } | Error::NoSuchJob(_) => Failure::NotFound,
+            Error::NotFound { .. } | Error::NoSuchJob(_) | Error::NoSuchSchedule(_) => {
+                Failure::NotFound
+            }
             Error::Outside { .. } => Failure::Forbidden,
             Error::Coordinator(_)
             | Error::Conflict { .. }

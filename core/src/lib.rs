@@ -15,6 +15,7 @@ pub mod failure;
 pub mod kv;
 pub mod records;
 pub mod registry;
+pub mod schedule;
 pub mod seal;
 pub mod search;
 pub mod spec;

@@ -124,6 +124,9 @@ pub struct JobRecord {
     /// The id of the API key that submitted it (a submitter may cancel only its own).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub owner: Option<String>,
+    /// The schedule whose run this job is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule: Option<String>,
     /// Which of the spec's steps ([`JobSpec::steps`]) runs now: 0, the first.
     #[serde(default, skip_serializing_if = "is_zero_u32")]
     pub step: u32,
@@ -177,6 +180,7 @@ impl JobRecord {
             search: None,
             parent: None,
             owner: None,
+            schedule: None,
             step: 0,
             step_from: 0,
             events: Vec::new(),

@@ -9,6 +9,7 @@ use halyard_core::coord::{Auditor, Coordinator, Leadership, Versioned};
 use halyard_core::records::{
     ExecutorInfo, JobRecord, JobState, TaskAssignment, append_lines, now_ms,
 };
+use halyard_core::schedule::Run;
 use halyard_core::search::{Next, SearchState, TrialState, best_trial, next_step};
 use halyard_core::spec::Stage;
 use halyard_core::{Error, Result};
@@ -223,6 +224,7 @@ struct Leader<'a> {
 
 impl Leader<'_> {
     async fn tick(&mut self, executors: &[ExecutorInfo]) -> Result<()> {
+        self.fire_schedules().await?;
         let jobs = self.coord.list_active_jobs().await?;
         if jobs.is_empty() {
             return Ok(());
@@ -681,6 +683,73 @@ impl Leader<'_> {
 }
 
 impl Leader<'_> {
+    /// Submit the run of every schedule that is due (one per schedule: due times missed
+    /// while no leader ran are coalesced), unless its last run is still going.
+    async fn fire_schedules(&self) -> Result<()> {
+        let now = now_ms();
+        for s in self.coord.schedules().await? {
+            if s.value.paused || s.value.next_ms > now {
+                continue;
+            }
+            let mut new = s.value.clone();
+            let due = new.next_ms;
+            let last = new.runs.iter().rev().find_map(|r| r.job.clone());
+            let going = match &last {
+                Some(id) => self
+                    .coord
+                    .get_job(id)
+                    .await?
+                    .is_some_and(|j| !j.value.state.is_terminal()),
+                None => false,
+            };
+            let result = if going {
+                let why = format!("run {} was still going", last.unwrap_or_default());
+                new.record(
+                    Run {
+                        due_ms: due,
+                        job: None,
+                        skipped: Some(why.clone()),
+                    },
+                    now,
+                );
+                warn!(schedule = %new.name, due_ms = due, reason = %why, "scheduled run skipped");
+                self.coord.skip_schedule(self.leadership, &s, &new).await
+            } else {
+                let id = new.run_id(due);
+                let mut job = JobRecord::new(id.clone(), new.spec.clone());
+                job.owner = new.owner.clone();
+                job.schedule = Some(new.name.clone());
+                job.log(
+                    &self.source,
+                    format!(
+                        "run of schedule {} ({}) due at {due} ms",
+                        new.name, new.timing
+                    ),
+                );
+                new.record(
+                    Run {
+                        due_ms: due,
+                        job: Some(id.clone()),
+                        skipped: None,
+                    },
+                    now,
+                );
+                info!(schedule = %new.name, job = %id, due_ms = due, "scheduled run submitted");
+                self.coord
+                    .fire_schedule(self.leadership, &s, &new, &job)
+                    .await
+            };
+            match result {
+                // Another writer changed the schedule (paused, deleted): next tick re-reads.
+                Err(Error::Conflict { .. }) => {}
+                other => {
+                    other?;
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Submit a search's job `id`. Its id is chosen by the search's state, so a leader that
     /// failed after submitting it and before recording it finds it there: that is success.
     async fn submit_child(

@@ -1,4 +1,4 @@
-//! The job API (gRPC): submit, get, list, cancel, watch, logs, cluster status.
+//! The job API (gRPC): submit, get, list, cancel, watch, logs, cluster status, schedules.
 
 use std::pin::Pin;
 use std::time::Duration;
@@ -11,11 +11,14 @@ use halyard_core::confine::Roots;
 use halyard_core::coord::{Auditor, Coordinator};
 use halyard_core::proto::job_service_server::JobService;
 use halyard_core::proto::{
-    CancelRequest, CancelResponse, ClusterStatusRequest, ClusterStatusResponse, ExecutorInfo,
-    GetJobRequest, GetJobResponse, JobEvent, JobInfo, ListJobsRequest, ListJobsResponse, LogLine,
-    LogsRequest, LogsResponse, ResumeRequest, SubmitRequest, SubmitResponse, WatchRequest,
+    CancelRequest, CancelResponse, ClusterStatusRequest, ClusterStatusResponse,
+    CreateScheduleRequest, DeleteScheduleRequest, ExecutorInfo, GetJobRequest, GetJobResponse,
+    JobEvent, JobInfo, ListJobsRequest, ListJobsResponse, ListSchedulesRequest,
+    ListSchedulesResponse, LogLine, LogsRequest, LogsResponse, PauseScheduleRequest, ResumeRequest,
+    ScheduleInfo, ScheduleRun, SubmitRequest, SubmitResponse, WatchRequest,
 };
-use halyard_core::records::{JobRecord, TaskProgress};
+use halyard_core::records::{JobRecord, TaskProgress, now_ms};
+use halyard_core::schedule::{Schedule, Timing};
 use halyard_core::spec::JobSpec;
 use tonic::{Request, Response, Status};
 use tracing::info;
@@ -171,6 +174,90 @@ impl JobApi {
         Ok(())
     }
 
+    /// Create a schedule for `caller`: the spec is admitted as a submission would be.
+    async fn create_schedule_for(
+        &self,
+        caller: &Caller,
+        req: CreateScheduleRequest,
+    ) -> Result<Response<ScheduleInfo>, Status> {
+        let spec = JobSpec::from_toml(&req.spec_toml, "job spec").map_err(to_status)?;
+        self.admit(&spec, caller).await?;
+        let blank = |s: &str| (!s.trim().is_empty()).then(|| s.to_string());
+        let timing = Timing::parse(blank(&req.every).as_deref(), blank(&req.cron).as_deref())
+            .map_err(to_status)?;
+        let mut schedule = Schedule::new(&req.name, spec, timing, now_ms()).map_err(to_status)?;
+        schedule.owner = Some(caller.key.id.clone());
+        match self.coord.create_schedule(&schedule).await {
+            Err(halyard_core::Error::Conflict { .. }) => {
+                return Err(Failure::Refused.status(format!(
+                    "a schedule {} exists: delete it first (halyard schedule delete {})",
+                    req.name, req.name
+                )));
+            }
+            other => other.map_err(to_status)?,
+        }
+        info!(schedule = %schedule.name, timing = %schedule.timing, "schedule created");
+        Ok(Response::new(self.schedule_info(&schedule).await?))
+    }
+
+    /// Pause, resume or delete a schedule: its owner, or a role that may cancel any job.
+    async fn change_schedule(
+        &self,
+        caller: &Caller,
+        name: &str,
+        change: Option<bool>,
+    ) -> Result<Response<ScheduleInfo>, Status> {
+        let Some(s) = self.coord.get_schedule(name).await.map_err(to_status)? else {
+            return Err(to_status(halyard_core::Error::NoSuchSchedule(name.into())));
+        };
+        if !caller.may(Action::CancelAny)
+            && s.value.owner.as_deref() != Some(caller.key.id.as_str())
+        {
+            return Err(Failure::Forbidden.status(format!(
+                "schedule {name} was not created by key {}: role {} may change only its own",
+                caller.key.label(),
+                caller.key.role
+            )));
+        }
+        let s = match change {
+            Some(paused) => self.coord.set_schedule_paused(name, paused, now_ms()).await,
+            None => self.coord.delete_schedule(name).await,
+        }
+        .map_err(to_status)?;
+        Ok(Response::new(self.schedule_info(&s).await?))
+    }
+
+    async fn schedule_info(&self, s: &Schedule) -> Result<ScheduleInfo, Status> {
+        let mut runs = Vec::with_capacity(s.runs.len());
+        for r in &s.runs {
+            let state = match &r.job {
+                Some(id) => self
+                    .coord
+                    .get_job(id)
+                    .await
+                    .map_err(to_status)?
+                    .map_or("gone".to_string(), |j| j.value.state.as_str().to_string()),
+                None => "skipped".into(),
+            };
+            runs.push(ScheduleRun {
+                due_ms: r.due_ms,
+                job_id: r.job.clone().unwrap_or_default(),
+                state,
+                skipped: r.skipped.clone().unwrap_or_default(),
+            });
+        }
+        Ok(ScheduleInfo {
+            name: s.name.clone(),
+            job_name: s.spec.name.clone(),
+            timing: s.timing.to_string(),
+            paused: s.paused,
+            next_ms: s.next_ms,
+            created_ms: s.created_ms,
+            runs,
+            owner: s.owner.clone().unwrap_or_default(),
+        })
+    }
+
     async fn load_job(&self, id: &str) -> Result<JobRecord, Status> {
         self.coord
             .get_job(id)
@@ -208,7 +295,8 @@ pub fn job_info(job: &JobRecord, progress: Option<&TaskProgress>) -> JobInfo {
         metrics: job.metrics.clone().into_iter().collect(),
         artifact: job.artifact.clone().unwrap_or_default(),
         error: job.error.clone().unwrap_or_default(),
-        model_type: job.spec.model.kind.as_str().to_string(),
+        model_type: job.spec.kind().to_string(),
+        schedule: job.schedule.clone().unwrap_or_default(),
         cancel_requested: job.cancel_requested,
         workers: job.workers.clone(),
         trials: job
@@ -273,6 +361,67 @@ impl JobService for JobApi {
         let result = self.resume_job(&caller, &id).await;
         self.audit.call(&caller, "resume", &id, result).await
     }
+    async fn create_schedule(
+        &self,
+        request: Request<CreateScheduleRequest>,
+    ) -> Result<Response<ScheduleInfo>, Status> {
+        let caller = Caller::of(&request)?;
+        let req = request.into_inner();
+        let name = req.name.clone();
+        let result = self.create_schedule_for(&caller, req).await;
+        self.audit
+            .call(&caller, "create schedule", &name, result)
+            .await
+    }
+
+    async fn list_schedules(
+        &self,
+        request: Request<ListSchedulesRequest>,
+    ) -> Result<Response<ListSchedulesResponse>, Status> {
+        let name = request.into_inner().name;
+        let all = self.coord.schedules().await.map_err(to_status)?;
+        let mut schedules = Vec::new();
+        for s in all
+            .iter()
+            .filter(|s| name.is_empty() || s.value.name == name)
+        {
+            schedules.push(self.schedule_info(&s.value).await?);
+        }
+        if schedules.is_empty() && !name.is_empty() {
+            return Err(to_status(halyard_core::Error::NoSuchSchedule(name)));
+        }
+        Ok(Response::new(ListSchedulesResponse { schedules }))
+    }
+
+    async fn pause_schedule(
+        &self,
+        request: Request<PauseScheduleRequest>,
+    ) -> Result<Response<ScheduleInfo>, Status> {
+        let caller = Caller::of(&request)?;
+        let req = request.into_inner();
+        let action = if req.paused {
+            "pause schedule"
+        } else {
+            "resume schedule"
+        };
+        let result = self
+            .change_schedule(&caller, &req.name, Some(req.paused))
+            .await;
+        self.audit.call(&caller, action, &req.name, result).await
+    }
+
+    async fn delete_schedule(
+        &self,
+        request: Request<DeleteScheduleRequest>,
+    ) -> Result<Response<ScheduleInfo>, Status> {
+        let caller = Caller::of(&request)?;
+        let name = request.into_inner().name;
+        let result = self.change_schedule(&caller, &name, None).await;
+        self.audit
+            .call(&caller, "delete schedule", &name, result)
+            .await
+    }
+
     async fn get_job(
         &self,
         request: Request<GetJobRequest>,

@@ -72,6 +72,27 @@ pub const ROUTES: &[(&str, &str, Access)] = &[
     ),
     (
         "POST",
+        "/halyard.v1.JobService/CreateSchedule",
+        Access::Key(Action::Submit),
+    ),
+    (
+        "POST",
+        "/halyard.v1.JobService/ListSchedules",
+        Access::Key(Action::ReadJobs),
+    ),
+    // A submitter may pause or delete only its own schedules: the handler checks.
+    (
+        "POST",
+        "/halyard.v1.JobService/PauseSchedule",
+        Access::Key(Action::Submit),
+    ),
+    (
+        "POST",
+        "/halyard.v1.JobService/DeleteSchedule",
+        Access::Key(Action::Submit),
+    ),
+    (
+        "POST",
         "/halyard.v1.ModelService/ListModels",
         Access::Key(Action::ReadModels),
     ),

@@ -3,7 +3,7 @@
 //!
 //! Written once over [`KvBackend`]; the etcd and the embedded backends only supply the
 //! primitives. This module alone knows the key layout (its methods are grouped by
-//! prefix: membership and election here, `jobs.rs`, `models.rs`):
+//! prefix: membership and election here, `jobs.rs`, `models.rs`, `schedules.rs`):
 //!
 //! ```text
 //! <root>/leader                    scheduler id, bound to the leader's lease
@@ -16,6 +16,7 @@
 //! <root>/models/<name>/versions/<n> ModelVersion (immutable once written)
 //! <root>/audiences/<name>/next     next audience version number
 //! <root>/audiences/<name>/versions/<n> AudienceVersion (immutable once written)
+//! <root>/schedules/<name>          Schedule: a job spec fired on a timing, its runs
 //! <root>/deployments/<name>        Deployment: traffic split, aliases, history
 //! <root>/serving/<executor>        ServingInfo, bound to the executor's lease
 //! <root>/outcomes/<name>/<version> Outcomes fed back for a version
@@ -43,6 +44,7 @@ mod audit;
 mod jobs;
 mod keys;
 mod models;
+mod schedules;
 
 pub use audit::{AuditEvent, Auditor};
 

@@ -825,6 +825,20 @@ impl SourceSpec {
     }
 }
 
+/// Whether `name` can name a job, model, audience or schedule: 1 to 64 letters, digits,
+/// `-` or `_`, starting with a letter or digit.
+pub fn is_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        && name
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphanumeric())
+}
+
 pub(super) fn is_identifier(name: &str) -> bool {
     name.chars()
         .next()

@@ -92,15 +92,7 @@ impl JobSpec {
             rule(
                 "name",
                 format!("{name:?}"),
-                !name.is_empty()
-                    && name.len() <= 64
-                    && name
-                        .chars()
-                        .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-                    && name
-                        .chars()
-                        .next()
-                        .is_some_and(|c| c.is_ascii_alphanumeric()),
+                super::is_name(name),
                 "must be 1 to 64 letters, digits, '-' or '_', starting with a letter or digit",
             ),
             rule(

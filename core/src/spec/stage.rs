@@ -75,6 +75,18 @@ impl JobSpec {
             .collect()
     }
 
+    /// What the job makes, for listings: `score` (an audience), `uplift`, or the model
+    /// type.
+    pub fn kind(&self) -> &'static str {
+        if self.score.is_some() {
+            "score"
+        } else if self.data.treatment.is_some() {
+            "uplift"
+        } else {
+            self.model.kind.as_str()
+        }
+    }
+
     /// Executors a task of the job's main step runs on (a data-parallel training group or
     /// scoring workers); `None`: one, alone.
     pub fn workers(&self) -> Option<u32> {
