@@ -486,7 +486,7 @@ pub(crate) async fn audience(t: &Task, progress: &mut TaskProgress, run: &Run<'_
     let picked = pick(&all, s)?;
     let version_used = all
         .column_by_name("model_version")
-        .and_then(|c| c.as_any().downcast_ref::<UInt64Array>().map(|c| c.clone()))
+        .and_then(|c| c.as_any().downcast_ref::<UInt64Array>().cloned())
         .filter(|c| !c.is_empty())
         .map_or(0, |c| c.value(0));
     // The previous version, for the churn.
