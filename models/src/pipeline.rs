@@ -85,13 +85,7 @@ pub fn train_response_model(
     rc: &ResponseConfig,
     mut on_epoch: impl FnMut(MemberReport) -> ControlFlow<()>,
 ) -> Result<TrainedModel> {
-    let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
-    if rows == 0 {
-        return Err(ModelError::NoRows {
-            purpose: "train on",
-            rows,
-        });
-    }
+    let rows = rows_to_train_on(batches)?;
     let preprocessor = Preprocessor::fit(batches, features)?;
     // One pass over the columns, then the splits: test rows; for early stopping, the
     // validation rows among the others (row_roles: by split column or row index).
@@ -138,6 +132,18 @@ pub fn train_response_model(
     )?;
     let runtime = Runtime::new(architecture(preprocessor, mlp_config, members), &weights)?;
     response_metrics(runtime, weights, &test_set, &fit_rows)
+}
+
+/// The rows of `batches`, or an error when there are none.
+fn rows_to_train_on(batches: &[RecordBatch]) -> Result<usize> {
+    let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
+    if rows == 0 {
+        return Err(ModelError::NoRows {
+            purpose: "train on",
+            rows,
+        });
+    }
+    Ok(rows)
 }
 
 /// The MLP's shape for `preprocessor`'s input, or `None` for a logistic regression.
@@ -213,13 +219,7 @@ pub fn train_uplift_model(
     rc: &ResponseConfig,
     mut on_epoch: impl FnMut(MemberReport) -> ControlFlow<()>,
 ) -> Result<TrainedModel> {
-    let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
-    if rows == 0 {
-        return Err(ModelError::NoRows {
-            purpose: "train on",
-            rows,
-        });
-    }
+    let rows = rows_to_train_on(batches)?;
     let flags = crate::preprocess::binary_column(batches, treatment)?;
     let mut features = features.clone();
     if !features.exclude.iter().any(|c| c == treatment) {

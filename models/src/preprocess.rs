@@ -289,14 +289,25 @@ pub fn binary_column(batches: &[RecordBatch], name: &str) -> Result<Vec<f32>> {
     if !is_numeric(arrays[0].data_type()) {
         return Err(bad(format!("it is {}", arrays[0].data_type())));
     }
-    numeric_values(&arrays)?
+    zero_one(numeric_values(&arrays)?, |i, v| {
+        bad(match v {
+            None => format!("data row {} is missing", i + 1),
+            Some(v) => format!("data row {} holds {v}", i + 1),
+        })
+    })
+}
+
+/// Values that must be 0 or 1, as 0.0 and 1.0; `bad(row, value)` (0-based row, `None`
+/// for a missing value) makes the error for any other.
+fn zero_one(values: Vec<f64>, bad: impl Fn(usize, Option<f64>) -> ModelError) -> Result<Vec<f32>> {
+    values
         .into_iter()
         .enumerate()
         .map(|(i, v)| match v {
             0.0 => Ok(0.0),
             1.0 => Ok(1.0),
-            v if v.is_nan() => Err(bad(format!("data row {} is missing", i + 1))),
-            v => Err(bad(format!("data row {} holds {v}", i + 1))),
+            v if v.is_nan() => Err(bad(i, None)),
+            v => Err(bad(i, Some(v))),
         })
         .collect()
 }
@@ -636,16 +647,9 @@ impl Preprocessor {
             value,
         };
         if is_numeric(&dt) && self.positive.is_none() {
-            numeric_values(&arrays)?
-                .into_iter()
-                .enumerate()
-                .map(|(i, v)| match v {
-                    0.0 => Ok(0.0),
-                    1.0 => Ok(1.0),
-                    v if v.is_nan() => Err(bad(i, "(missing)".into())),
-                    v => Err(bad(i, v.to_string())),
-                })
-                .collect()
+            zero_one(numeric_values(&arrays)?, |i, v| {
+                bad(i, v.map_or("(missing)".into(), |v| v.to_string()))
+            })
         } else {
             string_values(&arrays)?
                 .into_iter()
