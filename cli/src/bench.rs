@@ -355,6 +355,30 @@ pub enum BenchCommand {
         #[arg(long, default_value = "halyard-data/bench-features")]
         dir: std::path::PathBuf,
     },
+    /// Batch scoring on a running cluster (a [score] job, Parquet in, scores Parquet out)
+    /// against a single-process loop over the same runtime and artifact, in this process
+    Scoring {
+        /// Rows to score (the demo data's columns, generated once into --dir)
+        #[arg(long, default_value_t = 10_000_000)]
+        rows: usize,
+        /// The registered model that scores (trained on halyard datagen's columns)
+        #[arg(long, default_value = "campaign-response")]
+        model: String,
+        /// The cluster's object store folder, where the single-process loop reads the
+        /// model's latest version
+        #[arg(long, default_value = "halyard-data/store")]
+        store: std::path::PathBuf,
+        /// Scoring workers of the cluster's job
+        #[arg(long, default_value_t = 2)]
+        workers: u32,
+        /// Runs of each (alternating; medians are reported)
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+        /// Folder for the generated table (reused) and the single-process scores; it must
+        /// lie under the cluster's data roots
+        #[arg(long, default_value = "halyard-data/bench-scoring")]
+        dir: std::path::PathBuf,
+    },
     /// The ring all-reduce on loopback (each rank with its own gRPC server in this
     /// process) against a memory copy
     Allreduce {
@@ -437,6 +461,26 @@ pub async fn run(what: BenchCommand, conn: &crate::keys::Connection) -> Result<S
             };
             let (cluster, local) = crate::features_bench::run(&b).await?;
             Ok(crate::features_bench::summary(&b, &cluster, &local))
+        }
+        BenchCommand::Scoring {
+            rows,
+            model,
+            store,
+            workers,
+            runs,
+            dir,
+        } => {
+            let client = crate::keys::connect(conn).await?;
+            let b = crate::scoring_bench::ScoringBench {
+                dir,
+                rows,
+                model,
+                store,
+                workers,
+                runs,
+            };
+            let figures = crate::scoring_bench::run(&client, &b).await?;
+            Ok(crate::scoring_bench::summary(&b, &figures))
         }
         BenchCommand::Allreduce { ranks, runs, mtls } => {
             let (ranks, runs) = (ranks.max(2), runs.max(1));

@@ -16,6 +16,7 @@ pub mod keys;
 pub mod load;
 pub mod registry;
 pub mod schedules;
+pub mod scoring_bench;
 pub mod sql;
 
 pub use error::{CliError, Result};
