@@ -146,6 +146,7 @@ async fn reference(spec: &JobSpec, out: &Path) -> (FeatureTable, Vec<Vec<String>
         spec.features.as_ref().unwrap(),
         "responded",
         &url,
+        true,
         &mut |_| {},
     )
     .await

@@ -309,7 +309,7 @@ pub async fn run(b: &FeaturesBench) -> Result<(Timings, Timings)> {
             let t = Instant::now();
             // When each phase ended: the progress lines mark them.
             let mut marks: Vec<(Duration, String)> = Vec::new();
-            let table = run_stage(&ctx, &spec, "converted", &url, &mut |line| {
+            let table = run_stage(&ctx, &spec, "converted", &url, true, &mut |line| {
                 marks.push((t.elapsed(), line));
             })
             .await?;

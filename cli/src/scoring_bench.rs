@@ -142,7 +142,7 @@ fn score_spec(b: &ScoringBench, input: &Path) -> Result<JobSpec> {
         r#"name = "bench-scoring"
 [[features.sources]]
 name = "customers"
-path = "{}"
+path = "file://{}"
 [features]
 sql = "SELECT * FROM customers"
 shards = {}

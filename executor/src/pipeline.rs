@@ -164,6 +164,8 @@ async fn features(run: &Run<'_>, host: &mut dyn Host) -> Result<Flow> {
                 features,
                 &run.spec.data.label,
                 &store.url_of(dir),
+                // (A scoring job needs no column statistics.)
+                run.spec.score.is_none(),
                 &mut |l| lines.push(l),
             )
             .await;

@@ -20,7 +20,10 @@ use arrow::array::{
     Array, ArrayRef, BooleanArray, Float64Array, Int64Array, RecordBatch, StringArray, UInt32Array,
     UInt64Array,
 };
-use arrow::compute::{cast, concat_batches, take};
+use arrow::compute::kernels::boolean::not;
+use arrow::compute::{
+    SortColumn, SortOptions, cast, concat_batches, filter_record_batch, lexsort_to_indices, take,
+};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow::util::display::{ArrayFormatter, FormatOptions};
 use bytes::Bytes;
@@ -603,28 +606,45 @@ fn rule_text(p: Pick) -> String {
 /// The audience from every score: rows not excluded, by score (highest first, ties by
 /// key), as many as the rule keeps, with their rank (1 = highest).
 fn pick(all: &RecordBatch, s: &ScoreSpec) -> Result<RecordBatch> {
-    let score = all
-        .column_by_name("score")
-        .and_then(|c| c.as_any().downcast_ref::<Float64Array>())
-        .ok_or_else(|| ExecutorError::Invalid("scores file without a score column".into()))?;
     let excluded = all
         .column_by_name("excluded")
         .and_then(|c| c.as_any().downcast_ref::<BooleanArray>())
         .ok_or_else(|| ExecutorError::Invalid("scores file without an excluded column".into()))?;
-    let keys = key_texts(all, &s.key)?;
-    let mut order: Vec<u32> = (0..all.num_rows() as u32)
-        .filter(|&i| !excluded.value(i as usize))
+    let eligible =
+        filter_record_batch(all, &not(excluded).map_err(arrow_err)?).map_err(arrow_err)?;
+    let column = |name: &str| {
+        eligible
+            .column_by_name(name)
+            .cloned()
+            .ok_or_else(|| ExecutorError::Invalid(format!("scores file without a {name} column")))
+    };
+    let mut by = vec![SortColumn {
+        values: column("score")?,
+        options: Some(SortOptions {
+            descending: true,
+            nulls_first: false,
+        }),
+    }];
+    for k in &s.key {
+        by.push(SortColumn {
+            values: column(k)?,
+            options: Some(SortOptions::default()),
+        });
+    }
+    let order = lexsort_to_indices(&by, None).map_err(arrow_err)?;
+    let score = column("score")?;
+    let score = score
+        .as_any()
+        .downcast_ref::<Float64Array>()
+        .ok_or_else(|| ExecutorError::Invalid("scores file: score is not a number".into()))?;
+    let sorted: Vec<f64> = order
+        .values()
+        .iter()
+        .map(|&i| score.value(i as usize))
         .collect();
-    order.sort_by(|&a, &b| {
-        score
-            .value(b as usize)
-            .total_cmp(&score.value(a as usize))
-            .then_with(|| keys[a as usize].cmp(&keys[b as usize]))
-    });
-    let sorted: Vec<f64> = order.iter().map(|&i| score.value(i as usize)).collect();
-    order.truncate(s.audience.size(&sorted));
-    let picked = take_rows(all, &order)?;
-    let rank: ArrayRef = Arc::new(UInt64Array::from_iter_values(1..=order.len() as u64));
+    let keep = s.audience.size(&sorted);
+    let picked = take_rows(&eligible, &order.values()[..keep])?;
+    let rank: ArrayRef = Arc::new(UInt64Array::from_iter_values(1..=keep as u64));
     let mut fields: Vec<Field> = picked
         .schema()
         .fields()

@@ -377,13 +377,16 @@ pub async fn prepare(ctx: &SessionContext, spec: &FeaturesSpec) -> Result<()> {
 }
 
 /// Run the whole stage on `ctx`, writing into the folder `out_url` (`file://…` or
-/// `s3://…`). `label` (may be empty) must be a column of the output. Progress lines go to
-/// `progress`. Returns the manifest, which the caller writes as `features.json`.
+/// `s3://…`). `label` (may be empty) must be a column of the output. `column_stats`: also
+/// compute each column's statistics for the manifest (moments, quantiles, vocabularies;
+/// a scoring job skips them). Progress lines go to `progress`. Returns the manifest, which
+/// the caller writes as `features.json`.
 pub async fn run_stage(
     ctx: &SessionContext,
     spec: &FeaturesSpec,
     label: &str,
     out_url: &str,
+    column_stats: bool,
     progress: &mut (dyn FnMut(String) + Send),
 ) -> Result<FeatureTable> {
     prepare(ctx, spec).await?;
@@ -452,7 +455,7 @@ pub async fn run_stage(
     let shards = futures::future::try_join_all(writes).await?;
     let rows: u64 = shards.iter().map(|s| s.rows).sum();
     progress(format!("features: {rows} rows written"));
-    let mut table = statistics(ctx, &format!("{out}/"), shards).await?;
+    let mut table = statistics(ctx, &format!("{out}/"), shards, column_stats).await?;
     table.queries = spec
         .queries()
         .into_iter()
@@ -473,8 +476,14 @@ pub async fn run_stage(
 }
 
 /// Statistics over the written shards: three queries, run at once (the split's counts,
-/// every numeric column's moments and quantiles, every string column's vocabulary).
-async fn statistics(ctx: &SessionContext, dir: &str, shards: Vec<Shard>) -> Result<FeatureTable> {
+/// and with `column_stats` every numeric column's moments and quantiles and every string
+/// column's vocabulary).
+async fn statistics(
+    ctx: &SessionContext,
+    dir: &str,
+    shards: Vec<Shard>,
+    column_stats: bool,
+) -> Result<FeatureTable> {
     ctx.register_parquet(OUTPUT_TABLE, dir, ParquetReadOptions::default())
         .await?;
     let schema = ctx.table(OUTPUT_TABLE).await?.schema().inner().clone();
@@ -490,17 +499,19 @@ async fn statistics(ctx: &SessionContext, dir: &str, shards: Vec<Shard>) -> Resu
     let numeric_cols: Vec<&str> = schema
         .fields()
         .iter()
-        .filter(|f| f.data_type().is_numeric() && f.name() != SPLIT_COLUMN)
+        .filter(|f| column_stats && f.data_type().is_numeric() && f.name() != SPLIT_COLUMN)
         .map(|f| f.name().as_str())
         .collect();
     let string_cols: Vec<&str> = schema
         .fields()
         .iter()
         .filter(|f| {
-            matches!(
-                f.data_type(),
-                DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View | DataType::Boolean
-            ) && f.name() != SPLIT_COLUMN
+            column_stats
+                && matches!(
+                    f.data_type(),
+                    DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View | DataType::Boolean
+                )
+                && f.name() != SPLIT_COLUMN
         })
         .map(|f| f.name().as_str())
         .collect();
