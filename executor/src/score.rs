@@ -631,7 +631,9 @@ fn pick(all: &RecordBatch, s: &ScoreSpec) -> Result<RecordBatch> {
             options: Some(SortOptions::default()),
         });
     }
-    let order = lexsort_to_indices(&by, None).map_err(arrow_err)?;
+    // Only the rows the rule can keep are sorted (a partial sort for top_k / top_fraction).
+    let limit = s.audience.limit(eligible.num_rows());
+    let order = lexsort_to_indices(&by, limit).map_err(arrow_err)?;
     let score = column("score")?;
     let score = score
         .as_any()
@@ -642,7 +644,10 @@ fn pick(all: &RecordBatch, s: &ScoreSpec) -> Result<RecordBatch> {
         .iter()
         .map(|&i| score.value(i as usize))
         .collect();
-    let keep = s.audience.size(&sorted);
+    let keep = match limit {
+        Some(n) => n.min(sorted.len()),
+        None => s.audience.size(&sorted),
+    };
     let picked = take_rows(&eligible, &order.values()[..keep])?;
     let rank: ArrayRef = Arc::new(UInt64Array::from_iter_values(1..=keep as u64));
     let mut fields: Vec<Field> = picked

@@ -76,6 +76,16 @@ impl AudienceRule {
         }
     }
 
+    /// The most rows the rule can keep of `rows` eligible ones, when it is known before
+    /// the scores are sorted (`top_k`, `top_fraction`): only that many need sorting.
+    pub fn limit(&self, rows: usize) -> Option<usize> {
+        match self.pick() {
+            Pick::TopK(k) => Some(rows.min(usize::try_from(k).unwrap_or(usize::MAX))),
+            Pick::TopFraction(f) => Some(((rows as f64 * f).round() as usize).min(rows)),
+            Pick::All | Pick::Threshold(_) => None,
+        }
+    }
+
     /// How many of `scored` rows, sorted by score (highest first), the rule keeps:
     /// `scores` are those sorted scores.
     pub fn size(&self, scores: &[f64]) -> usize {
@@ -201,5 +211,8 @@ mod tests {
         assert_eq!(sized(r(None, Some(0.4), None)), 2);
         assert_eq!(sized(r(None, None, Some(0.5))), 3);
         assert_eq!(sized(r(None, None, Some(0.95))), 0);
+        assert_eq!(r(Some(2), None, None).limit(5), Some(2));
+        assert_eq!(r(None, Some(0.4), None).limit(5), Some(2));
+        assert_eq!(r(None, None, Some(0.5)).limit(5), None);
     }
 }
