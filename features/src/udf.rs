@@ -9,11 +9,14 @@
 //! | `day_of_week(date)` | ISO day of the week, 1 = Monday … 7 = Sunday |
 //! | `week_of_year(date)` | ISO week number, 1 … 53 |
 //! | `is_holiday(date, 'YYYY-MM-DD', …)` | whether the date is one of the listed days |
+//! | `rfm_segment(r, f, m)` | the named RFM segment of quintile scores 1 … 5 ([`rfm_name`]) |
 
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use arrow::array::{Array, ArrayRef, AsArray, BooleanArray, Date32Array, Int32Array, Int64Array};
+use arrow::array::{
+    Array, ArrayRef, AsArray, BooleanArray, Date32Array, Int32Array, Int64Array, StringArray,
+};
 use arrow::compute::cast;
 use arrow::datatypes::{DataType, Date32Type, Float64Type, Int64Type};
 use chrono::{Datelike, NaiveDate};
@@ -32,6 +35,7 @@ pub fn all() -> Vec<Arc<ScalarUDF>> {
         Arc::new(ScalarUDF::from(Udf::new(Kind::DayOfWeek))),
         Arc::new(ScalarUDF::from(Udf::new(Kind::WeekOfYear))),
         Arc::new(ScalarUDF::from(Udf::new(Kind::IsHoliday))),
+        Arc::new(ScalarUDF::from(Udf::new(Kind::RfmSegment))),
     ]
 }
 
@@ -42,6 +46,7 @@ enum Kind {
     DayOfWeek,
     WeekOfYear,
     IsHoliday,
+    RfmSegment,
 }
 
 #[derive(Debug, PartialEq, Eq, Hash)]
@@ -67,6 +72,7 @@ impl ScalarUDFImpl for Udf {
             Kind::DayOfWeek => "day_of_week",
             Kind::WeekOfYear => "week_of_year",
             Kind::IsHoliday => "is_holiday",
+            Kind::RfmSegment => "rfm_segment",
         }
     }
 
@@ -93,6 +99,10 @@ impl ScalarUDFImpl for Udf {
             Kind::IsHoliday => {
                 plan_err!("{name}(date, 'YYYY-MM-DD', …) needs a date and at least one holiday")
             }
+            Kind::RfmSegment if args.len() == 3 => Ok(vec![DataType::Int64; 3]),
+            Kind::RfmSegment => plan_err!(
+                "{name}(r, f, m) takes the three quintile scores, 1 … 5 (ntile(5) OVER (ORDER BY …))"
+            ),
         }
     }
 
@@ -101,6 +111,7 @@ impl ScalarUDFImpl for Udf {
             Kind::Bucketize | Kind::DayOfWeek | Kind::WeekOfYear => DataType::Int32,
             Kind::HashBucket => DataType::Int64,
             Kind::IsHoliday => DataType::Boolean,
+            Kind::RfmSegment => DataType::Utf8,
         })
     }
 
@@ -116,6 +127,7 @@ impl ScalarUDFImpl for Udf {
             Kind::DayOfWeek => calendar(&arrays[0], |d| d.weekday().number_from_monday() as i32)?,
             Kind::WeekOfYear => calendar(&arrays[0], |d| d.iso_week().week() as i32)?,
             Kind::IsHoliday => is_holiday(&arrays)?,
+            Kind::RfmSegment => rfm_segment(&arrays)?,
         };
         if scalar {
             Ok(ColumnarValue::Scalar(
@@ -208,6 +220,58 @@ fn is_holiday(arrays: &[ArrayRef]) -> Result<ArrayRef> {
     Ok(Arc::new(out))
 }
 
+/// The classic RFM segment of recency, frequency and monetary quintile scores (1 … 5, 5
+/// the most recent, most frequent, highest spending), by the recency score and the mean of
+/// the other two rounded up (`fm`); `None` for a score outside 1 … 5. Every one of the 125
+/// cells has one name:
+///
+/// | r \ fm | 1 | 2 | 3 | 4 | 5 |
+/// |---|---|---|---|---|---|
+/// | 5, 4 | new_customers | potential_loyalists | loyal | champions | champions |
+/// | 3 | promising | need_attention | loyal | loyal | loyal |
+/// | 2 | hibernating | about_to_sleep | at_risk | at_risk | at_risk |
+/// | 1 | lost | hibernating | at_risk | cant_lose_them | cant_lose_them |
+pub fn rfm_name(r: i64, f: i64, m: i64) -> Option<&'static str> {
+    if ![r, f, m].iter().all(|s| (1..=5).contains(s)) {
+        return None;
+    }
+    let fm = (f + m + 1) / 2;
+    Some(match (r, fm) {
+        (4..=5, 4..=5) => "champions",
+        (4..=5, 3) | (3, 3..=5) => "loyal",
+        (4..=5, 2) => "potential_loyalists",
+        (4..=5, _) => "new_customers",
+        (3, 2) => "need_attention",
+        (3, _) => "promising",
+        (1, 4..=5) => "cant_lose_them",
+        (_, 3..=5) => "at_risk",
+        (2, 2) => "about_to_sleep",
+        (1, 1) => "lost",
+        _ => "hibernating",
+    })
+}
+
+fn rfm_segment(arrays: &[ArrayRef]) -> Result<ArrayRef> {
+    let [r, f, m] = [0, 1, 2].map(|k| arrays[k].as_primitive::<Int64Type>());
+    let mut out = Vec::with_capacity(r.len());
+    for i in 0..r.len() {
+        if r.is_null(i) || f.is_null(i) || m.is_null(i) {
+            out.push(None);
+            continue;
+        }
+        let (a, b, c) = (r.value(i), f.value(i), m.value(i));
+        match rfm_name(a, b, c) {
+            Some(n) => out.push(Some(n)),
+            None => {
+                return exec_err!(
+                    "rfm_segment({a}, {b}, {c}): scores run from 1 to 5; compute them with ntile(5) OVER (ORDER BY …)"
+                );
+            }
+        }
+    }
+    Ok(Arc::new(StringArray::from(out)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -252,6 +316,60 @@ mod tests {
         let want_int = fnv1a(b"17") % 1000;
         assert!(t.contains(&format!("| {want} ")), "{t}");
         assert!(t.contains(&format!("| {want_int} ")), "{t}");
+    }
+
+    #[test]
+    fn every_rfm_cell_has_one_segment_as_the_grid_says() {
+        let mut count = std::collections::BTreeMap::new();
+        for r in 1..=5 {
+            for f in 1..=5 {
+                for m in 1..=5 {
+                    *count.entry(rfm_name(r, f, m).unwrap()).or_insert(0) += 1;
+                }
+            }
+        }
+        assert_eq!(count.values().sum::<i32>(), 125);
+        assert_eq!(count.len(), 11, "{count:?}");
+        for (cell, want) in [
+            ((5, 5, 5), "champions"),
+            ((4, 4, 3), "champions"),
+            ((1, 5, 5), "cant_lose_them"),
+            ((2, 5, 5), "at_risk"),
+            ((1, 1, 1), "lost"),
+            ((5, 1, 1), "new_customers"),
+            ((4, 1, 1), "new_customers"),
+            ((5, 2, 1), "potential_loyalists"),
+            ((5, 2, 2), "potential_loyalists"),
+            ((3, 1, 1), "promising"),
+            ((3, 2, 2), "need_attention"),
+            ((3, 5, 5), "loyal"),
+            ((2, 2, 2), "about_to_sleep"),
+            ((2, 1, 1), "hibernating"),
+            ((1, 2, 2), "hibernating"),
+        ] {
+            assert_eq!(rfm_name(cell.0, cell.1, cell.2), Some(want), "{cell:?}");
+        }
+        assert_eq!(rfm_name(0, 3, 3), None);
+        assert_eq!(rfm_name(3, 6, 3), None);
+    }
+
+    #[tokio::test]
+    async fn rfm_quintiles_in_sql_name_each_customer() {
+        let t = one(
+            "WITH c AS (SELECT * FROM (VALUES ('a', 1, 50, 900.0), ('b', 30, 2, 20.0), ('c', 400, 1, 5.0),              ('d', 2, 40, 700.0), ('e', 200, 9, 300.0)) t(id, days_since, orders, spend)),              s AS (SELECT id, ntile(5) OVER (ORDER BY days_since DESC) AS r, ntile(5) OVER (ORDER BY orders) AS f,              ntile(5) OVER (ORDER BY spend) AS m FROM c)              SELECT id, rfm_segment(r, f, m) AS segment FROM s ORDER BY id",
+        )
+        .await;
+        assert!(t.contains("| a  | champions "), "{t}");
+        assert!(t.contains("| c  | lost "), "{t}");
+        let ctx = SessionContext::new();
+        for f in all() {
+            ctx.register_udf(f.as_ref().clone());
+        }
+        let e = match ctx.sql("SELECT rfm_segment(7, 1, 1)").await {
+            Ok(df) => df.collect().await.unwrap_err().to_string(),
+            Err(e) => e.to_string(),
+        };
+        assert!(e.contains("from 1 to 5"), "{e}");
     }
 
     #[tokio::test]
