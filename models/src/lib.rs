@@ -19,6 +19,7 @@ pub mod distributed;
 pub mod error;
 pub mod forecast;
 pub mod json_records;
+pub mod kmeans;
 pub mod logistic;
 pub mod metrics;
 pub mod mlp;
