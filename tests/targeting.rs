@@ -504,3 +504,102 @@ async fn an_uplift_model_finds_whom_the_campaign_changes_and_serves_both_arms() 
         ids.len()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_kmeans_job_segments_customers_and_serves_the_segment_and_distances() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let g = halyard_cli::datagen::generate(&dir.join("data"), 3000, 9).unwrap();
+    let (cluster, client) = standalone(dir, 2).await;
+    let spec = write_spec(
+        dir,
+        "segments",
+        &format!(
+            "name = \"segments\"\n[data]\nsource = \"{}\"\nlabel = \"responded\"\nexclude = [\"customer_id\"]\n\
+             [model]\ntype = \"kmeans\"\nk = [3, 5]\n",
+            g.responses.display()
+        ),
+    );
+    let job = client.submit(&spec).await.unwrap();
+    let done = wait_done(&client, &job.id, Duration::from_secs(300)).await;
+    let log = log_text(&client, &job.id).await;
+    assert_eq!(done.state, "succeeded", "{log}");
+    assert!(
+        log.contains("k-means k = 3") && log.contains("k-means k = 5"),
+        "{log}"
+    );
+    let m = &done.metrics;
+    let k = m["k"] as usize;
+    assert!(k == 3 || k == 5, "{m:?}");
+    // The kept k is the one with the better held-out silhouette.
+    let other = if k == 3 { 5 } else { 3 };
+    assert!(
+        m["silhouette"] >= m[&format!("silhouette_k{other}")],
+        "{m:?}"
+    );
+    assert!(m["silhouette"] > 0.0, "{m:?}");
+
+    // The profile: every row in one segment, shares summing to one, response rates.
+    let manifest: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(dir.join("state/store/models/segments/1/manifest.json")).unwrap(),
+    )
+    .unwrap();
+    let profile = manifest["architecture"]["profile"].as_array().unwrap();
+    assert_eq!(profile.len(), k);
+    let rows: u64 = profile.iter().map(|p| p["rows"].as_u64().unwrap()).sum();
+    assert_eq!(rows, 3000);
+    for p in profile {
+        let rate = p["response_rate"].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&rate), "{p}");
+        assert!(p["means"]["age"].as_f64().is_some(), "{p}");
+        assert!(p["top"]["region"][0].as_str().is_some(), "{p}");
+    }
+
+    // Served: the segment, and the distance to every centre (the nearest is the segment).
+    deploy(&client, "segments", 1, "production", None).await;
+    let http = http_client(&cluster.admin_key);
+    let url = format!(
+        "http://{}/v1/models/segments:predict",
+        cluster.scheduler.addr
+    );
+    let body = serde_json::json!({"records": [
+        {"age": 30, "income": 40000, "tenure_months": 6, "region": "north", "segment": "value",
+         "channel": "email", "campaign": "loyalty", "offer": "none", "previous_responses": 0,
+         "days_since_last_contact": 10, "emails_opened_30d": 1},
+        {"age": 70, "income": 150000, "tenure_months": 120, "region": "west", "segment": "premium",
+         "channel": "direct_mail", "campaign": "winback", "offer": "20_percent", "previous_responses": 5,
+         "days_since_last_contact": 300, "emails_opened_30d": 9}
+    ]})
+    .to_string();
+    let v: serde_json::Value = wait_for(
+        "the k-means model to serve",
+        Duration::from_secs(30),
+        || {
+            let (http, url, body) = (http.clone(), url.clone(), body.clone());
+            async move {
+                let r = http
+                    .post(url)
+                    .header("content-type", "application/json")
+                    .body(body)
+                    .send()
+                    .await
+                    .ok()?;
+                r.status().is_success().then_some(())?;
+                serde_json::from_slice(&r.bytes().await.ok()?).ok()
+            }
+        },
+    )
+    .await;
+    for p in v["predictions"].as_array().unwrap() {
+        let segment = p["score"].as_f64().unwrap() as usize;
+        let d: Vec<f64> = p["distances"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_f64().unwrap())
+            .collect();
+        assert_eq!(d.len(), k, "{v}");
+        let nearest = (0..k).min_by(|a, b| d[*a].total_cmp(&d[*b])).unwrap();
+        assert_eq!(segment, nearest, "{v}");
+    }
+}

@@ -15,7 +15,7 @@ use halyard_models::forecast::nbeats::NBeatsTrainConfig;
 use halyard_models::logistic::{Optimizer, TrainConfig};
 use halyard_models::pipeline::{
     MemberReport, ResponseConfig, ResponseKind, TrainedModel, train_forecaster,
-    train_response_model, train_uplift_model,
+    train_response_model, train_segments, train_uplift_model,
 };
 use halyard_models::preprocess::{Encoding, FeatureConfig};
 use tokio::sync::{mpsc, oneshot};
@@ -76,7 +76,9 @@ pub(crate) fn model_configs(
             max_embedding: spec.model.max_embedding,
         },
         // A forecaster's spec never reaches the response path (it has `[forecast]`).
-        ModelKind::LogisticRegression | ModelKind::Nbeats => ResponseKind::LogisticRegression,
+        ModelKind::LogisticRegression | ModelKind::Nbeats | ModelKind::Kmeans => {
+            ResponseKind::LogisticRegression
+        }
     };
     (
         features,
@@ -234,6 +236,26 @@ fn train_blocking(
         flow()
     };
     let trained = match &spec.data.treatment {
+        _ if spec.model.kind == ModelKind::Kmeans => {
+            let mut tried = 0;
+            train_segments(
+                &table.batches,
+                &features,
+                &spec.model.k,
+                spec.train.seed,
+                |k, inertia, silhouette| {
+                    tried += 1;
+                    let _ = reports.send(Progress {
+                        epoch: tried,
+                        loss: inertia,
+                        line: format!(
+                            "k-means k = {k}: inertia {inertia:.1}, held-out silhouette {silhouette:.4}"
+                        ),
+                    });
+                    flow()
+                },
+            )?
+        }
         Some(t) => train_uplift_model(&table.batches, &features, t, &rc, report)?,
         None => train_response_model(&table.batches, &features, &rc, report)?,
     };

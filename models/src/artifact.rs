@@ -21,6 +21,24 @@ use crate::preprocess::Preprocessor;
 /// The manifest's format tag.
 pub const FORMAT: &str = "halyard-model/2";
 
+/// What one segment of a k-means model holds, in the raw data's units.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SegmentProfile {
+    /// Segment number, from 0.
+    pub segment: usize,
+    /// Rows assigned to it.
+    pub rows: usize,
+    /// Its share of the rows.
+    pub share: f64,
+    /// Mean of each numeric column.
+    pub means: BTreeMap<String, f64>,
+    /// The most frequent value of each categorical column, with its share in the segment.
+    pub top: BTreeMap<String, (String, f64)>,
+    /// Response rate of the label column, when the job named one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub response_rate: Option<f64>,
+}
+
 /// Where the training data came from.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DataLineage {
@@ -61,6 +79,16 @@ pub enum Architecture {
         /// Horizon, members, scaling rules.
         config: ForecastConfig,
     },
+    /// k-means segmentation: the centres (tensor `centers`, `k × dim`) in the
+    /// preprocessed space, and each segment's profile.
+    KMeans {
+        /// Preprocessing of raw records.
+        preprocessor: Preprocessor,
+        /// Segments.
+        k: usize,
+        /// One profile per segment, in segment order.
+        profile: Vec<SegmentProfile>,
+    },
     /// An uplift model (T-learner): one response model on the treated rows (tensors
     /// under `treated.`) and one on the control rows (`control.`), on the same
     /// preprocessing; its score is the difference of their probabilities.
@@ -82,6 +110,7 @@ impl Architecture {
             Architecture::Mlp { .. } => "mlp",
             Architecture::NBeats { .. } => "nbeats",
             Architecture::Uplift { .. } => "uplift",
+            Architecture::KMeans { .. } => "kmeans",
         }
     }
 
@@ -89,7 +118,8 @@ impl Architecture {
     pub fn preprocessor(&self) -> Option<&Preprocessor> {
         match self {
             Architecture::LogisticRegression { preprocessor, .. }
-            | Architecture::Mlp { preprocessor, .. } => Some(preprocessor),
+            | Architecture::Mlp { preprocessor, .. }
+            | Architecture::KMeans { preprocessor, .. } => Some(preprocessor),
             Architecture::NBeats { .. } => None,
             Architecture::Uplift { treated, .. } => treated.preprocessor(),
         }
@@ -176,6 +206,12 @@ pub fn prefixed(files: &[(&str, &[u8])]) -> Result<Vec<u8>> {
         }
     }
     serialize(&all)
+}
+
+/// A k-means model's weights file: the centres as one tensor `centers`, `k × dim`.
+pub fn centers_file(centers: &[f32], k: usize, dim: usize) -> Result<Vec<u8>> {
+    let data: Vec<u8> = centers.iter().flat_map(|v| v.to_le_bytes()).collect();
+    serialize(&[("centers".to_string(), vec![k, dim], data)])
 }
 
 /// The tensors under `prefix` of a weights file, with the prefix taken off.

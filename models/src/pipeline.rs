@@ -374,6 +374,162 @@ pub fn train_uplift_model(
     })
 }
 
+/// Rows of the held-out part whose silhouette chooses k.
+const SILHOUETTE_SAMPLE: usize = 2000;
+
+/// Segment customers with k-means ([`crate::kmeans`]): the preprocessing of `features`
+/// (the label, when named, is not an input: it only profiles the segments), fitted on the
+/// training rows for each of `ks`; the k with the best silhouette on up to 2,000 held-out
+/// rows is kept. `on_k(k, inertia, silhouette)` reports each. Metrics: `k`, `inertia`,
+/// `silhouette`, `silhouette_k<k>` for each tried, `init_share`. The artifact holds the
+/// centres and each segment's profile over all rows (size, numeric means, top categories,
+/// response rate).
+pub fn train_segments(
+    batches: &[RecordBatch],
+    features: &FeatureConfig,
+    ks: &[usize],
+    seed: u64,
+    mut on_k: impl FnMut(usize, f64, f64) -> ControlFlow<()>,
+) -> Result<TrainedModel> {
+    let rows = rows_to_train_on(batches)?;
+    let has_label = !features.label.is_empty();
+    let preprocessor = Preprocessor::fit(batches, features)?;
+    let roles = row_roles(batches, features)?;
+    let all = preprocessor.transform(batches, |_| true)?;
+    let (fit_rows, _) = all.partition(|i| roles[i] == Role::Test);
+    let held_out: Vec<usize> = (0..rows)
+        .filter(|&i| roles[i] == Role::Test)
+        .take(SILHOUETTE_SAMPLE)
+        .collect();
+    let mut metrics = BTreeMap::new();
+    let mut best: Option<(f64, crate::kmeans::KMeansFit)> = None;
+    for &k in ks {
+        let fit = crate::kmeans::fit(
+            &fit_rows.x,
+            fit_rows.rows,
+            all.dim,
+            &crate::kmeans::KMeansConfig::new(k, seed),
+        )?;
+        let s = crate::kmeans::silhouette(&all.x, &held_out, &fit);
+        metrics.insert(format!("silhouette_k{k}"), s);
+        if on_k(k, fit.inertia, s).is_break() {
+            return Err(ModelError::Cancelled);
+        }
+        if best.as_ref().is_none_or(|(b, _)| s > *b) {
+            best = Some((s, fit));
+        }
+    }
+    let (s, fit) =
+        best.ok_or_else(|| ModelError::Unsupported("[model] k lists no cluster count".into()))?;
+    metrics.insert("k".into(), fit.k as f64);
+    metrics.insert("silhouette".into(), s);
+    metrics.insert("inertia".into(), fit.inertia);
+    metrics.insert("init_share".into(), fit.init_share);
+    let labels: Vec<usize> = (0..rows)
+        .map(|i| crate::kmeans::nearest(all.row(i), &fit.centers, all.dim).0)
+        .collect();
+    let profile = segment_profiles(
+        batches,
+        &preprocessor,
+        &labels,
+        fit.k,
+        has_label.then_some(&all.y),
+    )?;
+    let weights = crate::artifact::centers_file(&fit.centers, fit.k, fit.dim)?;
+    let runtime = Runtime::new(
+        Architecture::KMeans {
+            preprocessor,
+            k: fit.k,
+            profile,
+        },
+        &weights,
+    )?;
+    Ok(TrainedModel {
+        architecture: runtime.architecture,
+        weights,
+        metrics,
+        train_rows: fit_rows.rows,
+        test_rows: rows - fit_rows.rows,
+    })
+}
+
+/// Each segment's size, numeric means, most frequent categories and response rate.
+fn segment_profiles(
+    batches: &[RecordBatch],
+    pre: &Preprocessor,
+    labels: &[usize],
+    k: usize,
+    y: Option<&Vec<f32>>,
+) -> Result<Vec<crate::artifact::SegmentProfile>> {
+    use crate::preprocess::ColumnEncoding;
+    let rows = labels.len();
+    let mut out: Vec<crate::artifact::SegmentProfile> = (0..k)
+        .map(|segment| {
+            let n = labels.iter().filter(|l| **l == segment).count();
+            let responses = y.map(|y| {
+                labels
+                    .iter()
+                    .zip(y)
+                    .filter(|(l, _)| **l == segment)
+                    .map(|(_, v)| f64::from(*v))
+                    .sum::<f64>()
+                    / n.max(1) as f64
+            });
+            crate::artifact::SegmentProfile {
+                segment,
+                rows: n,
+                share: n as f64 / rows.max(1) as f64,
+                means: BTreeMap::new(),
+                top: BTreeMap::new(),
+                response_rate: responses,
+            }
+        })
+        .collect();
+    for col in pre.columns.iter().filter(|c| c.sources.is_empty()) {
+        match col.encoding {
+            ColumnEncoding::Numeric { .. } | ColumnEncoding::Buckets { .. } => {
+                let values = crate::preprocess::numeric_values(&crate::preprocess::concat_column(
+                    batches, &col.name,
+                )?)?;
+                let mut sums = vec![(0.0, 0usize); k];
+                for (v, l) in values.iter().zip(labels) {
+                    if v.is_finite() {
+                        sums[*l].0 += v;
+                        sums[*l].1 += 1;
+                    }
+                }
+                for (p, (s, n)) in out.iter_mut().zip(sums) {
+                    if n > 0 {
+                        p.means.insert(col.name.clone(), s / n as f64);
+                    }
+                }
+            }
+            ColumnEncoding::OneHot { .. } | ColumnEncoding::Hashed { .. } => {
+                let values = crate::preprocess::string_values(&crate::preprocess::concat_column(
+                    batches, &col.name,
+                )?)?;
+                let mut counts: Vec<BTreeMap<&str, usize>> = vec![BTreeMap::new(); k];
+                for (v, l) in values.iter().zip(labels) {
+                    if let Some(v) = v {
+                        *counts[*l].entry(v.as_str()).or_default() += 1;
+                    }
+                }
+                for (p, c) in out.iter_mut().zip(counts) {
+                    let total: usize = c.values().sum();
+                    if let Some((v, n)) = c
+                        .into_iter()
+                        .max_by(|a, b| a.1.cmp(&b.1).then(b.0.cmp(a.0)))
+                    {
+                        p.top
+                            .insert(col.name.clone(), (v.to_string(), n as f64 / total as f64));
+                    }
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
 /// The uplift metrics of a ranking under `prefix`, with bootstrap intervals when
 /// `intervals`.
 fn uplift_metrics(

@@ -393,7 +393,8 @@ impl Preprocessor {
                 purpose: "train on",
                 rows: 0,
             })?;
-        if schema.field_with_name(&cfg.label).is_err() {
+        // (A model with no label, k-means, names none.)
+        if !cfg.label.is_empty() && schema.field_with_name(&cfg.label).is_err() {
             return Err(ModelError::MissingColumn {
                 column: cfg.label.clone(),
                 available: column_names(&schema),

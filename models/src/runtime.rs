@@ -81,6 +81,11 @@ enum Net {
     Forecast(Vec<NBeatsNet>),
     /// The treated arm's and the control arm's models.
     Uplift(Box<Runtime>, Box<Runtime>),
+    /// k-means centres, row-major `k × dim`.
+    KMeans {
+        centers: Vec<f32>,
+        dim: usize,
+    },
 }
 
 /// A loaded artifact, ready to score.
@@ -173,6 +178,27 @@ impl Runtime {
                     .collect::<Result<_>>()?,
             ),
             Architecture::Uplift { .. } => unreachable!("handled above"),
+            Architecture::KMeans {
+                preprocessor, k, ..
+            } => {
+                let c = t.get("centers").ok_or_else(|| {
+                    ModelError::Artifact("weights file: no tensor \"centers\"".into())
+                })?;
+                if c.dims() != [*k, preprocessor.dim] {
+                    return Err(ModelError::Artifact(format!(
+                        "centres are {:?}, the manifest says {k} × {}",
+                        c.dims(),
+                        preprocessor.dim
+                    )));
+                }
+                Net::KMeans {
+                    centers: c
+                        .flatten_all()
+                        .and_then(|c| c.to_vec1::<f32>())
+                        .map_err(candle_err)?,
+                    dim: preprocessor.dim,
+                }
+            }
             Architecture::NBeats { config } => Net::Forecast(
                 config
                     .members
@@ -202,6 +228,11 @@ impl Runtime {
         if let Net::Uplift(treated, control) = &self.net {
             let (t, c) = (treated.score_encoded(data)?, control.score_encoded(data)?);
             return Ok(t.iter().zip(&c).map(|(t, c)| t - c).collect());
+        }
+        if let Net::KMeans { centers, dim } = &self.net {
+            return Ok((0..data.rows)
+                .map(|i| crate::kmeans::nearest(data.row(i), centers, *dim).0 as f32)
+                .collect());
         }
         let Net::Response(members) = &self.net else {
             return Err(ModelError::Unsupported(
@@ -236,12 +267,28 @@ impl Runtime {
     pub fn outputs(&self) -> usize {
         match &self.net {
             Net::Uplift(..) => 3,
+            Net::KMeans { centers, dim } => 1 + centers.len() / dim,
             _ => 1,
         }
     }
 
     /// Every row's [`Runtime::outputs`] values, row after row.
     pub fn predict_encoded(&self, data: &Encoded) -> Result<Vec<f32>> {
+        if let Net::KMeans { centers, dim } = &self.net {
+            let mut out = Vec::with_capacity(data.rows * self.outputs());
+            for i in 0..data.rows {
+                let row = data.row(i);
+                out.push(crate::kmeans::nearest(row, centers, *dim).0 as f32);
+                out.extend(centers.chunks(*dim).map(|c| {
+                    row.iter()
+                        .zip(c)
+                        .map(|(a, b)| (a - b) * (a - b))
+                        .sum::<f32>()
+                        .sqrt()
+                }));
+            }
+            return Ok(out);
+        }
         let Net::Uplift(treated, control) = &self.net else {
             return self.score_encoded(data);
         };
@@ -293,6 +340,9 @@ impl Runtime {
             Net::Forecast(_) => Err(ModelError::Unsupported("a forecaster has no logits".into())),
             Net::Uplift(..) => Err(ModelError::Unsupported(
                 "an uplift model's logits are its arms'".into(),
+            )),
+            Net::KMeans { .. } => Err(ModelError::Unsupported(
+                "a k-means model has no logits".into(),
             )),
         }
     }
@@ -358,7 +408,7 @@ impl Runtime {
     pub fn member_forecast(&self, member: usize, series: &[Series]) -> Result<Vec<Vec<f64>>> {
         match &self.net {
             Net::Forecast(m) => self.forecast_member(&m[member], series),
-            Net::Response(_) | Net::Uplift(..) => {
+            Net::Response(_) | Net::Uplift(..) | Net::KMeans { .. } => {
                 Err(ModelError::Unsupported("not a forecaster".into()))
             }
         }

@@ -32,9 +32,10 @@ pub struct PredictBody {
 }
 
 /// One score and the version that produced it.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Prediction {
-    /// Response probability; for an uplift model, the uplift (treated less control).
+    /// Response probability; for an uplift model, the uplift (treated less control); for
+    /// a k-means model, the segment (0, 1, …).
     pub score: f64,
     /// Version that served it.
     pub version: u64,
@@ -44,6 +45,10 @@ pub struct Prediction {
     /// An uplift model's control arm: the response probability if not treated.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub control: Option<f64>,
+    /// A k-means model: the record's distance to each segment's centre (in the
+    /// preprocessed space), by segment.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub distances: Option<Vec<f64>>,
 }
 
 /// The answer to a [`PredictBody`]: one prediction per record, in order.

@@ -52,6 +52,8 @@ pub struct Batcher {
     dim: usize,
     /// Values per row the model answers ([`halyard_models::runtime::Runtime::outputs`]).
     outputs: usize,
+    /// The model's kind (`Architecture::kind`), which says what the values are.
+    kind: &'static str,
 }
 
 impl std::fmt::Debug for Batcher {
@@ -65,6 +67,7 @@ impl Batcher {
     pub fn start(model: Arc<LoadedModel>, dim: usize, cfg: BatchConfig, label: &str) -> Self {
         let (tx, rx) = sync_channel(cfg.queue);
         let outputs = model.runtime.outputs();
+        let kind = model.runtime.architecture.kind();
         let name = format!("score-{label}");
         let spawned = std::thread::Builder::new()
             .name(name.clone())
@@ -84,13 +87,25 @@ impl Batcher {
         if let Err(e) = spawned {
             warn!(error = %e, "cannot start a scoring thread");
         }
-        Batcher { tx, dim, outputs }
+        Batcher {
+            tx,
+            dim,
+            outputs,
+            kind,
+        }
     }
 
-    /// Values per row of [`Batcher::score`]'s answer: 1, or 3 for an uplift model (the
-    /// uplift, the treated and the control arm's probabilities).
+    /// Values per row of [`Batcher::score`]'s answer: 1, 3 for an uplift model (the
+    /// uplift, the treated and the control arm's probabilities), 1 + k for k-means (the
+    /// segment, then each centre's distance).
     pub fn outputs(&self) -> usize {
         self.outputs
+    }
+
+    /// The model's kind: `uplift` answers the uplift and both arms, `kmeans` the segment
+    /// and each centre's distance, the others one probability.
+    pub fn kind(&self) -> &'static str {
+        self.kind
     }
 
     /// Score encoded rows (waiting for the thread's answer): [`Batcher::outputs`] values

@@ -104,6 +104,7 @@ impl PredictionService for PredictionApi {
                     version: p.version,
                     treated: p.treated,
                     control: p.control,
+                    distances: p.distances.unwrap_or_default(),
                 })
                 .collect(),
             executor: reply.executor,

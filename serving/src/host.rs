@@ -395,7 +395,7 @@ impl Host {
             };
             of_row.push(v);
         }
-        let mut scores = vec![[None; 3]; records.len()];
+        let mut predictions: Vec<Option<Prediction>> = vec![None; records.len()];
         let mut versions: Vec<u64> = of_row.clone();
         versions.sort_unstable();
         versions.dedup();
@@ -415,22 +415,30 @@ impl Host {
             let s = batcher.score(encoded).await?;
             let per = batcher.outputs();
             for (k, &i) in rows.iter().enumerate() {
-                for (o, v) in s[k * per..(k + 1) * per].iter().enumerate() {
-                    scores[i][o] = Some(f64::from(*v));
+                let out: Vec<f64> = s[k * per..(k + 1) * per]
+                    .iter()
+                    .map(|v| f64::from(*v))
+                    .collect();
+                let mut p = Prediction {
+                    score: out[0],
+                    version: v,
+                    treated: None,
+                    control: None,
+                    distances: None,
+                };
+                match batcher.kind() {
+                    "uplift" => (p.treated, p.control) = (out.get(1).copied(), out.get(2).copied()),
+                    "kmeans" => p.distances = Some(out[1..].to_vec()),
+                    _ => {}
                 }
+                predictions[i] = Some(p);
             }
         }
         Ok(PredictReply {
             model: name.to_string(),
-            predictions: scores
+            predictions: predictions
                 .into_iter()
-                .zip(of_row)
-                .map(|([score, treated, control], version)| Prediction {
-                    score: score.unwrap_or(f64::NAN),
-                    version,
-                    treated,
-                    control,
-                })
+                .map(|p| p.expect("every record was scored by its version"))
                 .collect(),
             executor: self.executor.clone(),
         })

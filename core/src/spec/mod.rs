@@ -347,6 +347,10 @@ pub struct ModelSpec {
     /// Members trained with consecutive seeds and averaged.
     #[serde(default = "default_ensemble")]
     pub ensemble: usize,
+    /// k-means: the cluster counts to try; the one with the best silhouette on held-out
+    /// rows is kept.
+    #[serde(default = "default_k")]
+    pub k: Vec<usize>,
 }
 
 /// Model families.
@@ -360,6 +364,9 @@ pub enum ModelKind {
     Mlp,
     /// N-BEATS ensemble for trend forecasting (needs `[forecast]`).
     Nbeats,
+    /// k-means customer segmentation (`[data] label`, when given, only profiles the
+    /// segments).
+    Kmeans,
 }
 
 impl ModelKind {
@@ -369,6 +376,7 @@ impl ModelKind {
             ModelKind::LogisticRegression => "logistic_regression",
             ModelKind::Mlp => "mlp",
             ModelKind::Nbeats => "nbeats",
+            ModelKind::Kmeans => "kmeans",
         }
     }
 }
@@ -571,6 +579,9 @@ fn default_max_embedding() -> usize {
 fn default_ensemble() -> usize {
     1
 }
+fn default_k() -> Vec<usize> {
+    vec![8]
+}
 fn default_weight_decay() -> f64 {
     1e-4
 }
@@ -596,6 +607,7 @@ impl Default for ModelSpec {
             hidden: default_hidden(),
             max_embedding: default_max_embedding(),
             ensemble: default_ensemble(),
+            k: default_k(),
         }
     }
 }

@@ -133,7 +133,10 @@ impl JobSpec {
             rule(
                 "label",
                 "\"\"",
-                forecasting || self.score.is_some() || !d.label.trim().is_empty(),
+                forecasting
+                    || self.score.is_some()
+                    || self.model.kind == ModelKind::Kmeans
+                    || !d.label.trim().is_empty(),
                 "must name the column to predict",
             ),
             rule(
@@ -179,7 +182,10 @@ impl JobSpec {
             rule(
                 "split",
                 "(absent)",
-                self.forecast.is_some() || self.score.is_some() || f.split.is_some(),
+                self.forecast.is_some()
+                    || self.score.is_some()
+                    || self.model.kind == ModelKind::Kmeans
+                    || f.split.is_some(),
                 "a response model needs [features.split]: method = \"hash\", \"modulo\" or \"time\"",
             ),
             rule(
@@ -244,6 +250,22 @@ impl JobSpec {
                 m.ensemble,
                 (1..=64).contains(&m.ensemble),
                 "must be between 1 and 64",
+            ),
+            rule(
+                "k",
+                format!("{:?}", m.k),
+                !m.k.is_empty() && m.k.iter().all(|k| (2..=1000).contains(k)),
+                "must list cluster counts between 2 and 1000, such as [4, 6, 8]",
+            ),
+            rule(
+                "type",
+                "\"kmeans\"",
+                m.kind != ModelKind::Kmeans
+                    || (self.data.treatment.is_none()
+                        && self.forecast.is_none()
+                        && self.search.is_none()
+                        && self.train.workers.is_none()),
+                "k-means trains alone: no [data] treatment, [forecast], [search] or [train] workers",
             ),
             rule(
                 "l2",
