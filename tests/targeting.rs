@@ -555,6 +555,12 @@ async fn a_kmeans_job_segments_customers_and_serves_the_segment_and_distances() 
         assert!(p["top"]["region"][0].as_str().is_some(), "{p}");
     }
 
+    // The registry carries the profile too (halyard model NAME prints it).
+    let registered = client.model("segments").await.unwrap();
+    let carried: serde_json::Value =
+        serde_json::from_str(&registered.versions[0].profile_json).unwrap();
+    assert_eq!(&carried, &manifest["architecture"]["profile"]);
+
     // Served: the segment, and the distance to every centre (the nearest is the segment).
     deploy(&client, "segments", 1, "production", None).await;
     let http = http_client(&cluster.admin_key);

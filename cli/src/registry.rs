@@ -42,6 +42,7 @@ pub fn model_json(m: &GetModelResponse) -> Value {
             "data_source": v.data_source,
             "data_digest": v.data_digest,
             "created_ms": v.created_ms,
+            "profile": serde_json::from_str::<Value>(&v.profile_json).unwrap_or(Value::Null),
         })).collect::<Vec<_>>(),
         "deployment": deployment_json(m.deployment.as_ref()),
     })
@@ -125,6 +126,50 @@ fn show_model(m: &GetModelResponse) {
             v.job_id,
             v.data_source,
             v.data_digest.get(..19).unwrap_or(&v.data_digest)
+        ));
+    }
+    if let Some(v) = m.versions.last()
+        && let Ok(Value::Array(segments)) = serde_json::from_str::<Value>(&v.profile_json)
+    {
+        show_profile(v.version, &segments);
+    }
+}
+
+/// A segmentation model's profile: one line per segment (size, share, response rate,
+/// numeric means, top categories).
+fn show_profile(version: u64, segments: &[Value]) {
+    out(&format!("segments of version {version}:"));
+    out(&format!(
+        "{:>7} {:>8} {:>6} {:>9}  MEANS; TOP VALUES",
+        "SEGMENT", "ROWS", "SHARE", "RESPONSE"
+    ));
+    for p in segments {
+        let means = p["means"].as_object().map_or(String::new(), |m| {
+            m.iter()
+                .map(|(k, v)| format!("{k} {:.1}", v.as_f64().unwrap_or(f64::NAN)))
+                .collect::<Vec<_>>()
+                .join(", ")
+        });
+        let top = p["top"].as_object().map_or(String::new(), |m| {
+            m.iter()
+                .map(|(k, v)| {
+                    format!(
+                        "{k} {} ({:.0}%)",
+                        v[0].as_str().unwrap_or(""),
+                        v[1].as_f64().unwrap_or(0.0) * 100.0
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join(", ")
+        });
+        out(&format!(
+            "{:>7} {:>8} {:>5.1}% {:>9}  {means}; {top}",
+            p["segment"],
+            p["rows"],
+            p["share"].as_f64().unwrap_or(0.0) * 100.0,
+            p["response_rate"]
+                .as_f64()
+                .map_or("-".into(), |r| format!("{:.1}%", r * 100.0))
         ));
     }
 }

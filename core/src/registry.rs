@@ -44,6 +44,10 @@ pub struct ModelVersion {
     /// version published before digests were recorded.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub files: BTreeMap<String, String>,
+    /// A segmentation model's segment profiles (as its manifest holds them), for
+    /// `halyard model NAME`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub profile: Option<serde_json::Value>,
 }
 
 impl ModelVersion {
@@ -373,6 +377,7 @@ mod tests {
                 crate::data::digest(b"weights"),
             )]
             .into(),
+            profile: None,
         };
         assert!(v.check_file("model.safetensors", b"weights").is_ok());
         let err = v

@@ -288,6 +288,7 @@ fn version(name: &str, v: u64) -> ModelVersion {
         data_digest: "sha256:00".into(),
         created_ms: 0,
         files: Default::default(),
+        profile: None,
     }
 }
 

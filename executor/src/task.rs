@@ -235,6 +235,12 @@ async fn publish(
             (MANIFEST_FILE.to_string(), digest(&manifest_bytes)),
         ]
         .into(),
+        profile: match &trained.architecture {
+            halyard_models::artifact::Architecture::KMeans { profile, .. } => {
+                serde_json::to_value(profile).ok()
+            }
+            _ => None,
+        },
     };
     let url = publish_model(
         store,

@@ -85,6 +85,7 @@ impl ModelApi {
                     data_source: v.data_source,
                     data_digest: v.data_digest,
                     created_ms: v.created_ms,
+                    profile_json: v.profile.map(|p| p.to_string()).unwrap_or_default(),
                 })
                 .collect(),
             deployment: deployment.as_ref().map(deployment_info),
