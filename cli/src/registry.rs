@@ -164,8 +164,8 @@ fn show_profile(version: u64, segments: &[Value]) {
         });
         out(&format!(
             "{:>7} {:>8} {:>5.1}% {:>9}  {means}; {top}",
-            p["segment"],
-            p["rows"],
+            p["segment"].as_u64().unwrap_or(0),
+            p["rows"].as_u64().unwrap_or(0),
             p["share"].as_f64().unwrap_or(0.0) * 100.0,
             p["response_rate"]
                 .as_f64()
