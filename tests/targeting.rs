@@ -369,6 +369,39 @@ fn uplift_csv(path: &Path, rows: usize) {
     std::fs::write(path, csv).unwrap();
 }
 
+/// The answer of `model`'s `:predict` to `body`, once a node serves it.
+async fn predict_when_served(
+    cluster: &halyard::Standalone,
+    model: &str,
+    body: serde_json::Value,
+) -> serde_json::Value {
+    let http = http_client(&cluster.admin_key);
+    let url = format!(
+        "http://{}/v1/models/{model}:predict",
+        cluster.scheduler.addr
+    );
+    let body = body.to_string();
+    wait_for(
+        &format!("{model} to serve"),
+        Duration::from_secs(30),
+        || {
+            let (http, url, body) = (http.clone(), url.clone(), body.clone());
+            async move {
+                let r = http
+                    .post(url)
+                    .header("content-type", "application/json")
+                    .body(body)
+                    .send()
+                    .await
+                    .ok()?;
+                r.status().is_success().then_some(())?;
+                serde_json::from_slice(&r.bytes().await.ok()?).ok()
+            }
+        },
+    )
+    .await
+}
+
 /// The Qini coefficient of ranking the test rows (every fifth) by their true effect.
 fn oracle_qini(data: &Path) -> f64 {
     let text = std::fs::read_to_string(data).unwrap();
@@ -437,28 +470,14 @@ async fn an_uplift_model_finds_whom_the_campaign_changes_and_serves_both_arms() 
 
     // Served: the uplift and both arms' probabilities.
     deploy(&client, "who", 1, "production", None).await;
-    let http = http_client(&cluster.admin_key);
-    let url = format!("http://{}/v1/models/who:predict", cluster.scheduler.addr);
-    let body = serde_json::json!({"records": [
-        {"age": 40, "region": "a"}, {"age": 40, "region": "c"}
-    ]})
-    .to_string();
-    let v: serde_json::Value =
-        wait_for("the uplift model to serve", Duration::from_secs(30), || {
-            let (http, url, body) = (http.clone(), url.clone(), body.clone());
-            async move {
-                let r = http
-                    .post(url)
-                    .header("content-type", "application/json")
-                    .body(body)
-                    .send()
-                    .await
-                    .ok()?;
-                r.status().is_success().then_some(())?;
-                serde_json::from_slice(&r.bytes().await.ok()?).ok()
-            }
-        })
-        .await;
+    let v = predict_when_served(
+        &cluster,
+        "who",
+        serde_json::json!({"records": [
+            {"age": 40, "region": "a"}, {"age": 40, "region": "c"}
+        ]}),
+    )
+    .await;
     let p = &v["predictions"];
     for i in 0..2 {
         let (s, t, c) = (
@@ -563,37 +582,17 @@ async fn a_kmeans_job_segments_customers_and_serves_the_segment_and_distances() 
 
     // Served: the segment, and the distance to every centre (the nearest is the segment).
     deploy(&client, "segments", 1, "production", None).await;
-    let http = http_client(&cluster.admin_key);
-    let url = format!(
-        "http://{}/v1/models/segments:predict",
-        cluster.scheduler.addr
-    );
-    let body = serde_json::json!({"records": [
+    let v = predict_when_served(
+        &cluster,
+        "segments",
+        serde_json::json!({"records": [
         {"age": 30, "income": 40000, "tenure_months": 6, "region": "north", "segment": "value",
          "channel": "email", "campaign": "loyalty", "offer": "none", "previous_responses": 0,
          "days_since_last_contact": 10, "emails_opened_30d": 1},
         {"age": 70, "income": 150000, "tenure_months": 120, "region": "west", "segment": "premium",
          "channel": "direct_mail", "campaign": "winback", "offer": "20_percent", "previous_responses": 5,
          "days_since_last_contact": 300, "emails_opened_30d": 9}
-    ]})
-    .to_string();
-    let v: serde_json::Value = wait_for(
-        "the k-means model to serve",
-        Duration::from_secs(30),
-        || {
-            let (http, url, body) = (http.clone(), url.clone(), body.clone());
-            async move {
-                let r = http
-                    .post(url)
-                    .header("content-type", "application/json")
-                    .body(body)
-                    .send()
-                    .await
-                    .ok()?;
-                r.status().is_success().then_some(())?;
-                serde_json::from_slice(&r.bytes().await.ok()?).ok()
-            }
-        },
+    ]}),
     )
     .await;
     for p in v["predictions"].as_array().unwrap() {
