@@ -608,3 +608,69 @@ async fn a_kmeans_job_segments_customers_and_serves_the_segment_and_distances() 
         assert_eq!(segment, nearest, "{v}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn per_segment_quotas_take_the_top_of_each_segment() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let g = halyard_cli::datagen::generate(&dir.join("data"), 2000, 12).unwrap();
+    let (_cluster, client) = standalone(dir, 2).await;
+    let store = dir.join("state").join("store");
+    train(&client, dir, &g.responses, 1).await;
+    let spec = write_spec(
+        dir,
+        "quota",
+        &format!(
+            "name = \"quota\"\n[data]\nsource = \"{}\"\n[score]\nmodel = \"resp\"\nkey = [\"customer_id\"]\n\
+             segment = \"region\"\n[score.audience]\nper_segment = 25\n",
+            g.responses.display()
+        ),
+    );
+    let job = client.submit(&spec).await.unwrap();
+    let done = wait_done(&client, &job.id, Duration::from_secs(300)).await;
+    assert_eq!(
+        done.state,
+        "succeeded",
+        "{}",
+        log_text(&client, &job.id).await
+    );
+    // Every region's 25 highest scores, and nothing else.
+    let scores = read_parquet(
+        &store
+            .join("jobs")
+            .join(&job.id)
+            .join("scores/part-00000.parquet"),
+    );
+    let mut by_region: BTreeMap<String, Vec<(f64, String)>> = BTreeMap::new();
+    for ((r, s), k) in texts(&scores, "region")
+        .into_iter()
+        .zip(floats(&scores, "score"))
+        .zip(texts(&scores, "customer_id"))
+    {
+        by_region.entry(r).or_default().push((s, k));
+    }
+    let mut want = BTreeSet::new();
+    for rows in by_region.values_mut() {
+        rows.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+        want.extend(rows.iter().take(25).map(|(_, k)| k.clone()));
+    }
+    let audience = read_parquet(&store.join("audiences/quota/1/audience.parquet"));
+    let got: BTreeSet<String> = texts(&audience, "customer_id").into_iter().collect();
+    assert_eq!(by_region.len(), 5);
+    assert_eq!(got.len(), 125);
+    assert_eq!(got, want);
+    assert_eq!(
+        texts(&audience, "region").len(),
+        125,
+        "the segment column is carried"
+    );
+    // A quota without a segment column is refused when the spec is read.
+    let path = dir.join("bad.toml");
+    std::fs::write(
+        &path,
+        "name = \"bad\"\n[data]\nsource = \"x.csv\"\n[score]\nmodel = \"resp\"\nkey = [\"id\"]\n[score.audience]\nper_segment = 5\n",
+    )
+    .unwrap();
+    let err = JobSpec::from_file(&path).unwrap_err().to_string();
+    assert!(err.contains("per_segment needs segment"), "{err}");
+}

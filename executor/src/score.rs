@@ -298,10 +298,10 @@ impl ShardJob {
         // Plan-time checks, before any row is scored: the keys and the model's columns.
         let mut problems: Vec<String> = self
             .spec
-            .key
+            .carried()
             .iter()
             .filter(|k| schema.field_with_name(k).is_err())
-            .map(|k| format!("missing key column {k:?}"))
+            .map(|k| format!("missing key or segment column {k:?}"))
             .collect();
         problems.extend(pre.schema_problems(&schema));
         if !problems.is_empty() {
@@ -379,11 +379,11 @@ impl ShardJob {
         };
         let keys: Vec<ArrayRef> = self
             .spec
-            .key
+            .carried()
             .iter()
             .map(|k| kept.column_by_name(k).expect("checked above").clone())
             .collect();
-        let out_schema = scores_schema(&schema, &self.spec.key)?;
+        let out_schema = scores_schema(&schema, &self.spec.carried())?;
         let n = scores.len();
         let mut columns = keys;
         columns.push(Arc::new(Float64Array::from(scores)));
@@ -600,6 +600,7 @@ fn rule_text(p: Pick) -> String {
         Pick::TopK(k) => format!("top_k = {k}"),
         Pick::TopFraction(f) => format!("top_fraction = {f}"),
         Pick::Threshold(t) => format!("threshold = {t}"),
+        Pick::PerSegment(n) => format!("per_segment = {n}"),
     }
 }
 
@@ -644,11 +645,32 @@ fn pick(all: &RecordBatch, s: &ScoreSpec) -> Result<RecordBatch> {
         .iter()
         .map(|&i| score.value(i as usize))
         .collect();
-    let keep = match limit {
-        Some(n) => n.min(sorted.len()),
-        None => s.audience.size(&sorted),
+    let chosen: Vec<u32> = match (s.audience.pick(), &s.segment) {
+        // The highest `n` of each segment, in score order.
+        (Pick::PerSegment(n), Some(col)) => {
+            let segments = key_texts(&eligible, std::slice::from_ref(col))?;
+            let mut taken: std::collections::HashMap<&str, u64> = Default::default();
+            order
+                .values()
+                .iter()
+                .copied()
+                .filter(|&i| {
+                    let c = taken.entry(segments[i as usize].as_str()).or_default();
+                    *c += 1;
+                    *c <= n
+                })
+                .collect()
+        }
+        _ => {
+            let keep = match limit {
+                Some(n) => n.min(sorted.len()),
+                None => s.audience.size(&sorted),
+            };
+            order.values()[..keep].to_vec()
+        }
     };
-    let picked = take_rows(&eligible, &order.values()[..keep])?;
+    let keep = chosen.len();
+    let picked = take_rows(&eligible, &chosen)?;
     let rank: ArrayRef = Arc::new(UInt64Array::from_iter_values(1..=keep as u64));
     let mut fields: Vec<Field> = picked
         .schema()

@@ -32,6 +32,11 @@ pub struct ScoreSpec {
     /// count (default 1).
     #[serde(default)]
     pub workers: Option<u32>,
+    /// A column that names each row's segment (an RFM segment, a region, a k-means
+    /// model's earlier scores): carried into the scores and the audience, and what
+    /// `[score.audience] per_segment` counts by.
+    #[serde(default)]
+    pub segment: Option<String>,
     /// Who the audience is: exactly one rule (absent: every scored row).
     #[serde(default)]
     pub audience: AudienceRule,
@@ -50,6 +55,9 @@ pub struct AudienceRule {
     /// Every row scoring at least this.
     #[serde(default)]
     pub threshold: Option<f64>,
+    /// The `per_segment` highest scores of each segment (`[score] segment`).
+    #[serde(default)]
+    pub per_segment: Option<u64>,
 }
 
 /// An audience rule, once validated.
@@ -63,15 +71,23 @@ pub enum Pick {
     TopFraction(f64),
     /// Scores at least this.
     Threshold(f64),
+    /// The highest `n` of each segment.
+    PerSegment(u64),
 }
 
 impl AudienceRule {
     /// The one rule given (validation refuses more than one).
     pub fn pick(&self) -> Pick {
-        match (self.top_k, self.top_fraction, self.threshold) {
-            (Some(k), _, _) => Pick::TopK(k),
-            (_, Some(f), _) => Pick::TopFraction(f),
-            (_, _, Some(t)) => Pick::Threshold(t),
+        match (
+            self.top_k,
+            self.top_fraction,
+            self.threshold,
+            self.per_segment,
+        ) {
+            (Some(k), ..) => Pick::TopK(k),
+            (_, Some(f), ..) => Pick::TopFraction(f),
+            (_, _, Some(t), _) => Pick::Threshold(t),
+            (.., Some(n)) => Pick::PerSegment(n),
             _ => Pick::All,
         }
     }
@@ -82,7 +98,7 @@ impl AudienceRule {
         match self.pick() {
             Pick::TopK(k) => Some(rows.min(usize::try_from(k).unwrap_or(usize::MAX))),
             Pick::TopFraction(f) => Some(((rows as f64 * f).round() as usize).min(rows)),
-            Pick::All | Pick::Threshold(_) => None,
+            Pick::All | Pick::Threshold(_) | Pick::PerSegment(_) => None,
         }
     }
 
@@ -90,7 +106,7 @@ impl AudienceRule {
     /// `scores` are those sorted scores.
     pub fn size(&self, scores: &[f64]) -> usize {
         match self.pick() {
-            Pick::All => scores.len(),
+            Pick::All | Pick::PerSegment(_) => scores.len(),
             Pick::TopK(k) => scores.len().min(usize::try_from(k).unwrap_or(usize::MAX)),
             Pick::TopFraction(f) => ((scores.len() as f64 * f).round() as usize).min(scores.len()),
             Pick::Threshold(t) => scores.iter().take_while(|s| **s >= t).count(),
@@ -99,6 +115,17 @@ impl AudienceRule {
 }
 
 impl ScoreSpec {
+    /// The table's columns each score carries: the keys, then the segment column.
+    pub fn carried(&self) -> Vec<String> {
+        let mut out = self.key.clone();
+        if let Some(s) = &self.segment
+            && !out.contains(s)
+        {
+            out.push(s.clone());
+        }
+        out
+    }
+
     pub(super) fn validate(&self, at: &str) -> Result<()> {
         first_broken(at, self.rules())?;
         first_broken(&format!("{at} audience"), self.audience.rules())
@@ -144,6 +171,13 @@ impl ScoreSpec {
                 "must be a SQL predicate over the table's columns, or absent",
             ),
             rule(
+                "segment",
+                format!("{:?}", self.segment),
+                self.segment.as_ref().is_none_or(|c| is_identifier(c))
+                    && (self.audience.per_segment.is_none() || self.segment.is_some()),
+                "audience.per_segment needs segment = \"COLUMN\", a column of the table naming each row's segment",
+            ),
+            rule(
                 "workers",
                 format!("{:?}", self.workers),
                 self.workers.is_none_or(|w| (1..=64).contains(&w)),
@@ -159,6 +193,7 @@ impl AudienceRule {
             self.top_k.is_some(),
             self.top_fraction.is_some(),
             self.threshold.is_some(),
+            self.per_segment.is_some(),
         ]
         .iter()
         .filter(|g| **g)
@@ -168,12 +203,18 @@ impl AudienceRule {
                 "top_k",
                 format!("{self:?}"),
                 given <= 1,
-                "give one of top_k, top_fraction or threshold",
+                "give one of top_k, top_fraction, threshold or per_segment",
             ),
             rule(
                 "top_k",
                 format!("{:?}", self.top_k),
                 self.top_k != Some(0),
+                "must be at least 1",
+            ),
+            rule(
+                "per_segment",
+                format!("{:?}", self.per_segment),
+                self.per_segment != Some(0),
                 "must be at least 1",
             ),
             rule(
@@ -205,6 +246,7 @@ mod tests {
             top_k: k,
             top_fraction: f,
             threshold: t,
+            per_segment: None,
         };
         assert_eq!(sized(r(Some(2), None, None)), 2);
         assert_eq!(sized(r(Some(99), None, None)), 5);
