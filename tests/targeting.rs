@@ -468,6 +468,32 @@ async fn an_uplift_model_finds_whom_the_campaign_changes_and_serves_both_arms() 
     let model = client.model("who").await.unwrap();
     assert_eq!(model.versions[0].model_type, "uplift");
 
+    // The X-learner on the same data finds the same customers.
+    let x_spec = write_spec(
+        dir,
+        "who-x",
+        &format!(
+            "name = \"who-x\"\n[data]\nsource = \"{}\"\nlabel = \"responded\"\ntreatment = \"treated\"\nexclude = [\"id\"]\n\
+             [model]\nuplift = \"x_learner\"\n[train]\nepochs = 8\nbatch_size = 128\nlearning_rate = 0.05\n",
+            data.display()
+        ),
+    );
+    let job = client.submit(&x_spec).await.unwrap();
+    let done = wait_done(&client, &job.id, Duration::from_secs(300)).await;
+    assert_eq!(
+        done.state,
+        "succeeded",
+        "{}",
+        log_text(&client, &job.id).await
+    );
+    let x_qini = done.metrics["test_qini"];
+    eprintln!("T-learner qini {qini}, X-learner {x_qini}, true effects' {oracle}");
+    assert!(
+        x_qini > 0.6 * oracle,
+        "X-learner qini {x_qini}, true effects' {oracle}"
+    );
+    assert!(x_qini > response + 0.5 * oracle, "{:?}", done.metrics);
+
     // Served: the uplift and both arms' probabilities.
     deploy(&client, "who", 1, "production", None).await;
     let v = predict_when_served(

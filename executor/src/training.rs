@@ -256,7 +256,10 @@ fn train_blocking(
                 },
             )?
         }
-        Some(t) => train_uplift_model(&table.batches, &features, t, &rc, report)?,
+        Some(t) => {
+            let x = spec.model.uplift == halyard_core::spec::UpliftLearner::XLearner;
+            train_uplift_model(&table.batches, &features, t, x, &rc, report)?
+        }
         None => train_response_model(&table.batches, &features, &rc, report)?,
     };
     let lineage = lineage(input.location(spec), table.digest, table.rows, &trained);

@@ -21,6 +21,19 @@ use crate::preprocess::Preprocessor;
 /// The manifest's format tag.
 pub const FORMAT: &str = "halyard-model/2";
 
+/// An X-learner's second stage: models of the imputed effects on the treated rows
+/// (`tau_treated.` tensors) and on the control rows (`tau_control.`), each predicting
+/// `(effect + 1) / 2` through a sigmoid, blended by the treated share.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct XStage {
+    /// Effect model fitted on the treated rows (`y − μ0(x)`).
+    pub treated: Box<Architecture>,
+    /// Effect model fitted on the control rows (`μ1(x) − y`).
+    pub control: Box<Architecture>,
+    /// The treated share `g`: the uplift is `g·τ_control + (1 − g)·τ_treated`.
+    pub propensity: f64,
+}
+
 /// What one segment of a k-means model holds, in the raw data's units.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SegmentProfile {
@@ -99,6 +112,9 @@ pub enum Architecture {
         control: Box<Architecture>,
         /// The column that said who was treated (an input of neither arm).
         treatment: String,
+        /// An X-learner's second stage; `None`: a T-learner.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        x_learner: Option<XStage>,
     },
 }
 

@@ -216,6 +216,7 @@ pub fn train_uplift_model(
     batches: &[RecordBatch],
     features: &FeatureConfig,
     treatment: &str,
+    x_learner: bool,
     rc: &ResponseConfig,
     mut on_epoch: impl FnMut(MemberReport) -> ControlFlow<()>,
 ) -> Result<TrainedModel> {
@@ -244,6 +245,9 @@ pub fn train_uplift_model(
             (fit, Encoded::empty(all.dim))
         }
     };
+    // Members trained in all, for progress: both arms, the pooled reference and, for an
+    // X-learner, the two effect models.
+    let stages = if x_learner { 5 } else { 3 };
     let mut arms = Vec::new();
     for (k, (arm, name)) in [(1.0, "treated"), (0.0, "control")].into_iter().enumerate() {
         let (train_set, valid_set) = fit_of(Some(arm));
@@ -259,18 +263,71 @@ pub fn train_uplift_model(
             &valid_set,
             mlp.as_ref(),
             rc,
-            (k * members, 3 * members),
+            (k * members, stages * members),
             &mut on_epoch,
         )?;
         arms.push(w);
     }
     let arm_arch = || Box::new(architecture(preprocessor.clone(), mlp.clone(), members));
-    let weights = crate::artifact::prefixed(&[("treated.", &arms[0]), ("control.", &arms[1])])?;
+    let mut files: Vec<(&str, Vec<u8>)> =
+        vec![("treated.", arms[0].clone()), ("control.", arms[1].clone())];
+    let x_stage = if x_learner {
+        // Impute each row's effect with the other arm's model: y − μ0(x) on the treated
+        // rows, μ1(x) − y on the control rows; fit each as (effect + 1) / 2 through a
+        // sigmoid (a cross-entropy fit with soft labels estimates their mean).
+        let mu1 = Runtime::new(*arm_arch(), &arms[0])?;
+        let mu0 = Runtime::new(*arm_arch(), &arms[1])?;
+        let relabel = |set: &Encoded, other: &Runtime, treated: bool| -> Result<Encoded> {
+            let p = other.score_encoded(set)?;
+            let mut e = set.clone();
+            e.y = set
+                .y
+                .iter()
+                .zip(&p)
+                .map(|(y, p)| (if treated { y - p } else { p - y } + 1.0) / 2.0)
+                .collect();
+            Ok(e)
+        };
+        let soft = ResponseConfig {
+            balance_classes: false,
+            ..rc.clone()
+        };
+        let mut taus = Vec::new();
+        for (k, (arm, other, treated)) in [(1.0, &mu0, true), (0.0, &mu1, false)]
+            .into_iter()
+            .enumerate()
+        {
+            let (train_set, valid_set) = fit_of(Some(arm));
+            taus.push(train_members(
+                &relabel(&train_set, other, treated)?,
+                &relabel(&valid_set, other, treated)?,
+                mlp.as_ref(),
+                &soft,
+                ((3 + k) * members, stages * members),
+                &mut on_epoch,
+            )?);
+        }
+        let fit_idx: Vec<usize> = (0..rows).filter(|&i| roles[i] != Role::Test).collect();
+        let propensity =
+            fit_idx.iter().map(|&i| f64::from(flags[i])).sum::<f64>() / fit_idx.len().max(1) as f64;
+        files.push(("tau_treated.", taus.remove(0)));
+        files.push(("tau_control.", taus.remove(0)));
+        Some(crate::artifact::XStage {
+            treated: arm_arch(),
+            control: arm_arch(),
+            propensity,
+        })
+    } else {
+        None
+    };
+    let named: Vec<(&str, &[u8])> = files.iter().map(|(p, w)| (*p, w.as_slice())).collect();
+    let weights = crate::artifact::prefixed(&named)?;
     let runtime = Runtime::new(
         Architecture::Uplift {
             treated: arm_arch(),
             control: arm_arch(),
             treatment: treatment.to_string(),
+            x_learner: x_stage,
         },
         &weights,
     )?;
@@ -281,7 +338,7 @@ pub fn train_uplift_model(
         &pooled_valid,
         mlp.as_ref(),
         rc,
-        (2 * members, 3 * members),
+        (2 * members, stages * members),
         &mut on_epoch,
     )?;
     let pooled = Runtime::new(
@@ -300,7 +357,11 @@ pub fn train_uplift_model(
     let y: Vec<f64> = test_set.y.iter().map(|v| f64::from(*v)).collect();
     let t: Vec<f64> = test_idx.iter().map(|&i| f64::from(flags[i])).collect();
     let (pt, pc) = runtime.arms_encoded(&test_set)?;
-    let uplift: Vec<f64> = pt.iter().zip(&pc).map(|(a, b)| f64::from(a - b)).collect();
+    let uplift: Vec<f64> = runtime
+        .score_encoded(&test_set)?
+        .into_iter()
+        .map(f64::from)
+        .collect();
     let mut metrics = BTreeMap::new();
     uplift_metrics(&mut metrics, "test_", &y, &uplift, &t, true)?;
     let response: Vec<f64> = pooled

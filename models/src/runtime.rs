@@ -79,8 +79,13 @@ struct NBeatsNet {
 enum Net {
     Response(Vec<ResponseNet>),
     Forecast(Vec<NBeatsNet>),
-    /// The treated arm's and the control arm's models.
-    Uplift(Box<Runtime>, Box<Runtime>),
+    /// The treated arm's and the control arm's models, and an X-learner's effect models
+    /// with the treated share.
+    Uplift(
+        Box<Runtime>,
+        Box<Runtime>,
+        Option<(Box<Runtime>, Box<Runtime>, f32)>,
+    ),
     /// k-means centres, row-major `k × dim`.
     KMeans {
         centers: Vec<f32>,
@@ -137,16 +142,25 @@ impl Runtime {
     /// Build from an architecture and its safetensors bytes.
     pub fn new(architecture: Architecture, weights: &[u8]) -> Result<Runtime> {
         if let Architecture::Uplift {
-            treated, control, ..
+            treated,
+            control,
+            x_learner,
+            ..
         } = &architecture
         {
             let arm = |a: &Architecture, prefix: &str| {
                 Runtime::new(a.clone(), &crate::artifact::unprefixed(weights, prefix)?)
+                    .map(Box::new)
             };
-            let net = Net::Uplift(
-                Box::new(arm(treated, "treated.")?),
-                Box::new(arm(control, "control.")?),
-            );
+            let x = match x_learner {
+                Some(x) => Some((
+                    arm(&x.treated, "tau_treated.")?,
+                    arm(&x.control, "tau_control.")?,
+                    x.propensity as f32,
+                )),
+                None => None,
+            };
+            let net = Net::Uplift(arm(treated, "treated.")?, arm(control, "control.")?, x);
             return Ok(Runtime { architecture, net });
         }
         let t = candle_core::safetensors::load_buffer(weights, &CPU)
@@ -225,7 +239,16 @@ impl Runtime {
 
     /// Response probabilities of preprocessed rows.
     pub fn score_encoded(&self, data: &Encoded) -> Result<Vec<f32>> {
-        if let Net::Uplift(treated, control) = &self.net {
+        if let Net::Uplift(treated, control, x) = &self.net {
+            if let Some((tau_t, tau_c, g)) = x {
+                // τ = 2σ(z) − 1 of each effect model, blended by the treated share.
+                let (a, b) = (tau_t.score_encoded(data)?, tau_c.score_encoded(data)?);
+                return Ok(a
+                    .iter()
+                    .zip(&b)
+                    .map(|(a, b)| g * (2.0 * b - 1.0) + (1.0 - g) * (2.0 * a - 1.0))
+                    .collect());
+            }
             let (t, c) = (treated.score_encoded(data)?, control.score_encoded(data)?);
             return Ok(t.iter().zip(&c).map(|(t, c)| t - c).collect());
         }
@@ -289,20 +312,22 @@ impl Runtime {
             }
             return Ok(out);
         }
-        let Net::Uplift(treated, control) = &self.net else {
+        let Net::Uplift(treated, control, _) = &self.net else {
             return self.score_encoded(data);
         };
+        let uplift = self.score_encoded(data)?;
         let (t, c) = (treated.score_encoded(data)?, control.score_encoded(data)?);
-        Ok(t.iter()
-            .zip(&c)
-            .flat_map(|(t, c)| [t - c, *t, *c])
+        Ok(uplift
+            .iter()
+            .zip(t.iter().zip(&c))
+            .flat_map(|(u, (t, c))| [*u, *t, *c])
             .collect())
     }
 
     /// The treated and the control arm's probabilities of an uplift model's rows.
     pub fn arms_encoded(&self, data: &Encoded) -> Result<(Vec<f32>, Vec<f32>)> {
         match &self.net {
-            Net::Uplift(t, c) => Ok((t.score_encoded(data)?, c.score_encoded(data)?)),
+            Net::Uplift(t, c, _) => Ok((t.score_encoded(data)?, c.score_encoded(data)?)),
             _ => Err(ModelError::Unsupported(
                 "only an uplift model has treated and control arms".into(),
             )),

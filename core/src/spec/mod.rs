@@ -351,6 +351,21 @@ pub struct ModelSpec {
     /// rows is kept.
     #[serde(default = "default_k")]
     pub k: Vec<usize>,
+    /// Uplift jobs (`[data] treatment`): the meta-learner.
+    #[serde(default)]
+    pub uplift: UpliftLearner,
+}
+
+/// How an uplift job learns the treatment's effect.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UpliftLearner {
+    /// Two models, one per arm; the uplift is the difference of their probabilities.
+    #[default]
+    TLearner,
+    /// The two arm models, then models of each arm's imputed effects, blended by the
+    /// treated share (Künzel et al. 2019).
+    XLearner,
 }
 
 /// Model families.
@@ -608,6 +623,7 @@ impl Default for ModelSpec {
             max_embedding: default_max_embedding(),
             ensemble: default_ensemble(),
             k: default_k(),
+            uplift: UpliftLearner::default(),
         }
     }
 }

@@ -252,6 +252,12 @@ impl JobSpec {
                 "must be between 1 and 64",
             ),
             rule(
+                "uplift",
+                format!("{:?}", m.uplift),
+                m.uplift == super::UpliftLearner::TLearner || self.data.treatment.is_some(),
+                "an uplift learner needs [data] treatment, the column that says who was treated",
+            ),
+            rule(
                 "k",
                 format!("{:?}", m.k),
                 !m.k.is_empty() && m.k.iter().all(|k| (2..=1000).contains(k)),
