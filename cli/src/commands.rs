@@ -30,6 +30,7 @@ pub fn job_json(j: &JobInfo) -> serde_json::Value {
         "error": if j.error.is_empty() { json!(null) } else { json!(j.error) },
         "cancel_requested": j.cancel_requested,
         "workers": j.workers,
+        "schedule": if j.schedule.is_empty() { json!(null) } else { json!(j.schedule) },
         "trials": j.trials.iter().map(|t| json!({
             "index": t.index,
             "params": serde_json::from_str::<serde_json::Value>(&t.params).unwrap_or_default(),
@@ -97,7 +98,12 @@ async fn submitted(client: &Client, job: JobInfo, follow: bool, as_json: bool) -
             "metrics (held-out rows unless train_):\n{}",
             fmt_metrics(&last)
         ));
-        out(&format!("model: {}", last.artifact));
+        let what = if last.model_type == "score" {
+            "audience"
+        } else {
+            "model"
+        };
+        out(&format!("{what}: {}", last.artifact));
     }
     finish(last)
 }
@@ -263,6 +269,9 @@ pub async fn job(client: &Client, id: &str, as_json: bool) -> Result<()> {
     }
     if !j.error.is_empty() {
         out(&format!("error:     {}", j.error));
+    }
+    if !j.schedule.is_empty() {
+        out(&format!("schedule:  {} (a scheduled run)", j.schedule));
     }
     if !j.workers.is_empty() {
         out(&format!(
