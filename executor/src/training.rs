@@ -160,14 +160,14 @@ pub(crate) fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
         .unwrap_or_default()
 }
 
-/// A response model's epoch for the job's log: `[member m/M ]epoch e/E loss l[ validation
-/// log loss v]`.
+/// A response model's epoch for the job's log: `[member m/M |model: ]epoch e/E loss l[
+/// validation log loss v]`.
 pub(crate) fn epoch_line(r: &MemberReport) -> String {
     let e = &r.epoch;
-    let member = if r.members > 1 {
-        format!("member {}/{} ", r.member + 1, r.members)
-    } else {
-        String::new()
+    let member = match r.model {
+        Some(model) => format!("{model}: "),
+        None if r.members > 1 => format!("member {}/{} ", r.member + 1, r.members),
+        None => String::new(),
     };
     let valid = e
         .valid_loss

@@ -652,6 +652,7 @@ pub fn train_response_parallel(
             if on_event(DpEvent::Epoch(MemberReport {
                 member,
                 members,
+                model: None,
                 epoch: report,
             }))
             .is_break()

@@ -74,6 +74,9 @@ pub struct MemberReport {
     pub member: usize,
     /// Members in all.
     pub members: usize,
+    /// Which model of a recipe that trains several (an uplift job's `treated arm`,
+    /// `control arm`, `pooled reference`, `treated effect`, `control effect`).
+    pub model: Option<&'static str>,
     /// The epoch's report.
     pub epoch: EpochReport,
 }
@@ -127,7 +130,7 @@ pub fn train_response_model(
         valid_set,
         mlp_config.as_ref(),
         rc,
-        (0, members),
+        (0, members, None),
         &mut on_epoch,
     )?;
     let runtime = Runtime::new(architecture(preprocessor, mlp_config, members), &weights)?;
@@ -168,7 +171,7 @@ fn train_members(
     valid_set: &Encoded,
     mlp: Option<&MlpConfig>,
     rc: &ResponseConfig,
-    (first, all): (usize, usize),
+    (first, all, model): (usize, usize, Option<&'static str>),
     on_epoch: &mut dyn FnMut(MemberReport) -> ControlFlow<()>,
 ) -> Result<Vec<u8>> {
     let positives = train_set.y.iter().filter(|&&y| y > 0.5).count();
@@ -185,6 +188,7 @@ fn train_members(
             on_epoch(MemberReport {
                 member: first + member,
                 members: all,
+                model,
                 epoch,
             })
         };
@@ -249,7 +253,13 @@ pub fn train_uplift_model(
     // X-learner, the two effect models.
     let stages = if x_learner { 5 } else { 3 };
     let mut arms = Vec::new();
-    for (k, (arm, name)) in [(1.0, "treated"), (0.0, "control")].into_iter().enumerate() {
+    for (k, (arm, name, model)) in [
+        (1.0, "treated", "treated arm"),
+        (0.0, "control", "control arm"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
         let (train_set, valid_set) = fit_of(Some(arm));
         let positives = train_set.y.iter().filter(|&&y| y > 0.5).count();
         if positives == 0 || positives == train_set.rows {
@@ -263,7 +273,7 @@ pub fn train_uplift_model(
             &valid_set,
             mlp.as_ref(),
             rc,
-            (k * members, stages * members),
+            (k * members, stages * members, Some(model)),
             &mut on_epoch,
         )?;
         arms.push(w);
@@ -303,7 +313,11 @@ pub fn train_uplift_model(
                 &relabel(&valid_set, other, treated)?,
                 mlp.as_ref(),
                 &soft,
-                ((3 + k) * members, stages * members),
+                (
+                    (3 + k) * members,
+                    stages * members,
+                    Some(["treated effect", "control effect"][k]),
+                ),
                 &mut on_epoch,
             )?);
         }
@@ -338,7 +352,7 @@ pub fn train_uplift_model(
         &pooled_valid,
         mlp.as_ref(),
         rc,
-        (2 * members, stages * members),
+        (2 * members, stages * members, Some("pooled reference")),
         &mut on_epoch,
     )?;
     let pooled = Runtime::new(
