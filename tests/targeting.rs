@@ -108,14 +108,7 @@ async fn train(client: &halyard_client::Client, dir: &Path, data: &Path, seed: u
             data.display()
         ),
     );
-    let job = client.submit(&spec).await.unwrap();
-    let done = wait_done(client, &job.id, Duration::from_secs(300)).await;
-    assert_eq!(
-        done.state,
-        "succeeded",
-        "{}",
-        log_text(client, &job.id).await
-    );
+    succeed(client, &spec).await;
     client
         .model("resp")
         .await
@@ -142,10 +135,7 @@ async fn two_workers_score_like_one_process_and_audiences_keep_their_churn() {
         "customer_id",
         "resp",
     );
-    let job = client.submit(&spec).await.unwrap();
-    let done = wait_done(&client, &job.id, Duration::from_secs(300)).await;
-    let log = log_text(&client, &job.id).await;
-    assert_eq!(done.state, "succeeded", "{log}");
+    let (done, log) = succeed(&client, &spec).await;
     // The leader ran the feature stage as a step of its own, then scored on two workers.
     assert!(log.contains("features: attempt 1 placed"), "{log}");
     assert!(
@@ -154,7 +144,7 @@ async fn two_workers_score_like_one_process_and_audiences_keep_their_churn() {
     );
 
     // Every row scored once, as this process scores it with the same artifact.
-    let scored = scores_of(&store, &job.id);
+    let scored = scores_of(&store, &done.id);
     let source = halyard_core::spec::DataSpec {
         source: g.responses.display().to_string(),
         ..Default::default()
@@ -218,14 +208,7 @@ async fn two_workers_score_like_one_process_and_audiences_keep_their_churn() {
 
     // A new model version, a second run: version 2 and its churn.
     assert_eq!(train(&client, dir, &g.responses, 7).await, 2);
-    let job2 = client.submit(&spec).await.unwrap();
-    let done2 = wait_done(&client, &job2.id, Duration::from_secs(300)).await;
-    assert_eq!(
-        done2.state,
-        "succeeded",
-        "{}",
-        log_text(&client, &job2.id).await
-    );
+    succeed(&client, &spec).await;
     let v = client.audiences(Some("nightly")).await.unwrap();
     assert_eq!(v.len(), 2);
     assert_eq!(v[1].model_version, 2);
@@ -307,20 +290,13 @@ async fn bad_scoring_input_fails_clearly_and_unscorable_rows_are_kept_aside() {
         "cid",
         "resp",
     );
-    let job = client.submit(&spec).await.unwrap();
-    let done = wait_done(&client, &job.id, Duration::from_secs(300)).await;
-    assert_eq!(
-        done.state,
-        "succeeded",
-        "{}",
-        log_text(&client, &job.id).await
-    );
+    let (done, _) = succeed(&client, &spec).await;
     let expected = (1..=1500).filter(|i| i % 100 == 7).count() as u64;
     let a = client.audiences(Some("nightly")).await.unwrap();
     assert_eq!(a.last().unwrap().rejected, expected);
     assert_eq!(a.last().unwrap().scored, 1500 - expected);
     let mut rejected = 0;
-    for e in std::fs::read_dir(store.join("jobs").join(&job.id).join("scores")).unwrap() {
+    for e in std::fs::read_dir(store.join("jobs").join(&done.id).join("scores")).unwrap() {
         let p = e.unwrap().path();
         if p.file_name()
             .unwrap()
@@ -367,6 +343,19 @@ fn uplift_csv(path: &Path, rows: usize) {
         csv.push_str(&format!("c{i},{age},{region},{treated},{responded}\n"));
     }
     std::fs::write(path, csv).unwrap();
+}
+
+/// Submit `spec`, wait for its job to end, and insist that it succeeded (its log says
+/// why not): the job and its log.
+async fn succeed(
+    client: &halyard_client::Client,
+    spec: &JobSpec,
+) -> (halyard_client::proto::JobInfo, String) {
+    let job = client.submit(spec).await.unwrap();
+    let done = wait_done(client, &job.id, Duration::from_secs(300)).await;
+    let log = log_text(client, &job.id).await;
+    assert_eq!(done.state, "succeeded", "{log}");
+    (done, log)
 }
 
 /// The answer of `model`'s `:predict` to `body`, once a node serves it.
@@ -440,10 +429,7 @@ async fn an_uplift_model_finds_whom_the_campaign_changes_and_serves_both_arms() 
             data.display()
         ),
     );
-    let job = client.submit(&spec).await.unwrap();
-    let done = wait_done(&client, &job.id, Duration::from_secs(300)).await;
-    let log = log_text(&client, &job.id).await;
-    assert_eq!(done.state, "succeeded", "{log}");
+    let (done, log) = succeed(&client, &spec).await;
     assert!(log.contains("randomisation check: treated share"), "{log}");
     let m = &done.metrics;
     let (qini, response) = (m["test_qini"], m["test_response_ranking_qini"]);
@@ -478,14 +464,7 @@ async fn an_uplift_model_finds_whom_the_campaign_changes_and_serves_both_arms() 
             data.display()
         ),
     );
-    let job = client.submit(&x_spec).await.unwrap();
-    let done = wait_done(&client, &job.id, Duration::from_secs(300)).await;
-    assert_eq!(
-        done.state,
-        "succeeded",
-        "{}",
-        log_text(&client, &job.id).await
-    );
+    let (done, _) = succeed(&client, &x_spec).await;
     let x_qini = done.metrics["test_qini"];
     eprintln!("T-learner qini {qini}, X-learner {x_qini}, true effects' {oracle}");
     assert!(
@@ -527,14 +506,7 @@ async fn an_uplift_model_finds_whom_the_campaign_changes_and_serves_both_arms() 
             data.display()
         ),
     );
-    let job = client.submit(&score).await.unwrap();
-    let done = wait_done(&client, &job.id, Duration::from_secs(300)).await;
-    assert_eq!(
-        done.state,
-        "succeeded",
-        "{}",
-        log_text(&client, &job.id).await
-    );
+    succeed(&client, &score).await;
     let audience = read_parquet(&dir.join("state/store/audiences/by-uplift/1/audience.parquet"));
     let ids: BTreeSet<String> = texts(&audience, "id").into_iter().collect();
     let text = std::fs::read_to_string(&data).unwrap();
@@ -565,10 +537,7 @@ async fn a_kmeans_job_segments_customers_and_serves_the_segment_and_distances() 
             g.responses.display()
         ),
     );
-    let job = client.submit(&spec).await.unwrap();
-    let done = wait_done(&client, &job.id, Duration::from_secs(300)).await;
-    let log = log_text(&client, &job.id).await;
-    assert_eq!(done.state, "succeeded", "{log}");
+    let (done, log) = succeed(&client, &spec).await;
     assert!(
         log.contains("k-means k = 3") && log.contains("k-means k = 5"),
         "{log}"
@@ -652,19 +621,12 @@ async fn per_segment_quotas_take_the_top_of_each_segment() {
             g.responses.display()
         ),
     );
-    let job = client.submit(&spec).await.unwrap();
-    let done = wait_done(&client, &job.id, Duration::from_secs(300)).await;
-    assert_eq!(
-        done.state,
-        "succeeded",
-        "{}",
-        log_text(&client, &job.id).await
-    );
+    let (done, _) = succeed(&client, &spec).await;
     // Every region's 25 highest scores, and nothing else.
     let scores = read_parquet(
         &store
             .join("jobs")
-            .join(&job.id)
+            .join(&done.id)
             .join("scores/part-00000.parquet"),
     );
     let mut by_region: BTreeMap<String, Vec<(f64, String)>> = BTreeMap::new();

@@ -37,13 +37,13 @@ pub struct ScoringBench {
     pub runs: usize,
 }
 
-/// Times of the runs, in seconds.
+/// Times of the runs.
 #[derive(Debug, Default)]
 pub struct Figures {
     /// The cluster's `[score]` jobs, submit to succeeded.
-    pub cluster: Vec<f64>,
+    pub cluster: Vec<Duration>,
     /// The single-process loops.
-    pub local: Vec<f64>,
+    pub local: Vec<Duration>,
     /// The model version scored.
     pub version: u64,
 }
@@ -182,11 +182,12 @@ pub async fn run(client: &Client, b: &ScoringBench) -> Result<Figures> {
         let rows = tokio::task::spawn_blocking(move || local_run(&i, &m, &o))
             .await
             .map_err(|e| CliError::Failed(e.to_string()))??;
-        figures.local.push(started.elapsed().as_secs_f64());
+        let took = started.elapsed();
+        figures.local.push(took);
         eprintln!(
             "run {}: one process scored {rows} rows in {:.2} s",
             run + 1,
-            figures.local.last().unwrap_or(&0.0)
+            took.as_secs_f64()
         );
         let started = Instant::now();
         let job = client.submit(&spec).await?;
@@ -204,28 +205,26 @@ pub async fn run(client: &Client, b: &ScoringBench) -> Result<Figures> {
                 error: done.error,
             });
         }
-        figures.cluster.push(started.elapsed().as_secs_f64());
+        let took = started.elapsed();
+        figures.cluster.push(took);
         eprintln!(
             "run {}: the cluster's job {} scored {} rows in {:.2} s",
             run + 1,
             job.id,
             done.metrics.get("scored").copied().unwrap_or(0.0),
-            figures.cluster.last().unwrap_or(&0.0)
+            took.as_secs_f64()
         );
     }
     Ok(figures)
 }
 
-fn median(v: &[f64]) -> f64 {
-    let mut s = v.to_vec();
-    s.sort_by(f64::total_cmp);
-    s[s.len() / 2]
-}
-
 /// The report: medians, rows per second (and per core), the cluster against one process.
 pub fn summary(b: &ScoringBench, f: &Figures) -> String {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
-    let (c, l) = (median(&f.cluster), median(&f.local));
+    let (c, l) = (
+        crate::bench::median_of(f.cluster.clone()).as_secs_f64(),
+        crate::bench::median_of(f.local.clone()).as_secs_f64(),
+    );
     let rate = |secs: f64| b.rows as f64 / secs;
     format!(
         "batch scoring: {} rows of the demo data, model {} version {}, {} run(s) each, medians, {cores} cores\n\

@@ -61,6 +61,14 @@ struct Counts {
     rejected: u64,
 }
 
+impl std::ops::AddAssign for Counts {
+    fn add_assign(&mut self, o: Counts) {
+        self.scored += o.scored;
+        self.excluded += o.excluded;
+        self.rejected += o.rejected;
+    }
+}
+
 /// The score stage on this worker's shards.
 pub(crate) async fn score(t: &Task, progress: &mut TaskProgress, run: &Run<'_>) -> Result<Flow> {
     let a = &t.a.value;
@@ -147,9 +155,7 @@ async fn score_shards(
                 .put(&format!("{dir}/rejects-{shard:05}.parquet"), rejects)
                 .await?;
         }
-        total.scored += out.counts.scored;
-        total.excluded += out.counts.excluded;
-        total.rejected += out.counts.rejected;
+        total += out.counts;
         progress.log(format!(
             "shard {shard}: {} scored, {} excluded, {} rejected",
             out.counts.scored, out.counts.excluded, out.counts.rejected
@@ -635,16 +641,6 @@ fn pick(all: &RecordBatch, s: &ScoreSpec) -> Result<RecordBatch> {
     // Only the rows the rule can keep are sorted (a partial sort for top_k / top_fraction).
     let limit = s.audience.limit(eligible.num_rows());
     let order = lexsort_to_indices(&by, limit).map_err(arrow_err)?;
-    let score = column("score")?;
-    let score = score
-        .as_any()
-        .downcast_ref::<Float64Array>()
-        .ok_or_else(|| ExecutorError::Invalid("scores file: score is not a number".into()))?;
-    let sorted: Vec<f64> = order
-        .values()
-        .iter()
-        .map(|&i| score.value(i as usize))
-        .collect();
     let chosen: Vec<u32> = match (s.audience.pick(), &s.segment) {
         // The highest `n` of each segment, in score order.
         (Pick::PerSegment(n), Some(col)) => {
@@ -661,12 +657,22 @@ fn pick(all: &RecordBatch, s: &ScoreSpec) -> Result<RecordBatch> {
                 })
                 .collect()
         }
+        // The partial sort kept what top_k / top_fraction keep; a threshold cuts the rest.
+        _ if limit.is_some() => order.values().to_vec(),
         _ => {
-            let keep = match limit {
-                Some(n) => n.min(sorted.len()),
-                None => s.audience.size(&sorted),
-            };
-            order.values()[..keep].to_vec()
+            let score = column("score")?;
+            let score = score
+                .as_any()
+                .downcast_ref::<Float64Array>()
+                .ok_or_else(|| {
+                    ExecutorError::Invalid("scores file: score is not a number".into())
+                })?;
+            let sorted: Vec<f64> = order
+                .values()
+                .iter()
+                .map(|&i| score.value(i as usize))
+                .collect();
+            order.values()[..s.audience.size(&sorted)].to_vec()
         }
     };
     let keep = chosen.len();
@@ -727,9 +733,7 @@ async fn wait_for_workers(t: &Task, dir: &str, workers: usize) -> Result<Counts>
             match t.store.get(&marker(dir, attempt, rank, "done")).await {
                 Ok(b) => {
                     let c: Counts = serde_json::from_slice(&b).unwrap_or_default();
-                    total.scored += c.scored;
-                    total.excluded += c.excluded;
-                    total.rejected += c.rejected;
+                    total += c;
                     continue;
                 }
                 Err(halyard_core::Error::NotFound { .. }) => {}

@@ -85,13 +85,7 @@ impl JobApi {
     ) -> Result<Response<CancelResponse>, Status> {
         if !caller.may(Action::CancelAny) {
             let job = self.load_job(id).await?;
-            if job.owner.as_deref() != Some(caller.key.id.as_str()) {
-                return Err(Failure::Forbidden.status(format!(
-                    "job {id} was not submitted by key {}: role {} may cancel only its own jobs",
-                    caller.key.label(),
-                    caller.key.role
-                )));
-            }
+            own(caller, job.owner.as_deref(), &format!("job {id}"), "cancel")?;
         }
         let job = self.coord.request_cancel(id).await.map_err(to_status)?;
         info!(job = %id, "cancel requested");
@@ -210,14 +204,13 @@ impl JobApi {
         let Some(s) = self.coord.get_schedule(name).await.map_err(to_status)? else {
             return Err(to_status(halyard_core::Error::NoSuchSchedule(name.into())));
         };
-        if !caller.may(Action::CancelAny)
-            && s.value.owner.as_deref() != Some(caller.key.id.as_str())
-        {
-            return Err(Failure::Forbidden.status(format!(
-                "schedule {name} was not created by key {}: role {} may change only its own",
-                caller.key.label(),
-                caller.key.role
-            )));
+        if !caller.may(Action::CancelAny) {
+            own(
+                caller,
+                s.value.owner.as_deref(),
+                &format!("schedule {name}"),
+                "change",
+            )?;
         }
         let s = match change {
             Some(paused) => self.coord.set_schedule_paused(name, paused, now_ms()).await,
@@ -322,6 +315,19 @@ pub fn job_info(job: &JobRecord, progress: Option<&TaskProgress>) -> JobInfo {
     }
 }
 
+/// Whether `caller` made what `owner` names (`what`, a job or a schedule): a role that may
+/// not act on everyone's may `verb` only its own.
+fn own(caller: &Caller, owner: Option<&str>, what: &str, verb: &str) -> Result<(), Status> {
+    if owner == Some(caller.key.id.as_str()) {
+        return Ok(());
+    }
+    Err(Failure::Forbidden.status(format!(
+        "{what} was not made by key {}: role {} may {verb} only its own",
+        caller.key.label(),
+        caller.key.role
+    )))
+}
+
 fn new_job_id(name: &str) -> String {
     let id = uuid::Uuid::new_v4().simple().to_string();
     format!("{name}-{}", &id[..8])
@@ -370,7 +376,7 @@ impl JobService for JobApi {
         let name = req.name.clone();
         let result = self.create_schedule_for(&caller, req).await;
         self.audit
-            .call(&caller, "create schedule", &name, result)
+            .call(&caller, "create-schedule", &name, result)
             .await
     }
 
@@ -400,9 +406,9 @@ impl JobService for JobApi {
         let caller = Caller::of(&request)?;
         let req = request.into_inner();
         let action = if req.paused {
-            "pause schedule"
+            "pause-schedule"
         } else {
-            "resume schedule"
+            "resume-schedule"
         };
         let result = self
             .change_schedule(&caller, &req.name, Some(req.paused))
@@ -418,7 +424,7 @@ impl JobService for JobApi {
         let name = request.into_inner().name;
         let result = self.change_schedule(&caller, &name, None).await;
         self.audit
-            .call(&caller, "delete schedule", &name, result)
+            .call(&caller, "delete-schedule", &name, result)
             .await
     }
 

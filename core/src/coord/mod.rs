@@ -373,7 +373,21 @@ impl Coordinator {
         revision: i64,
         then: Vec<TxnOp>,
     ) -> Result<i64> {
-        let when = vec![
+        self.fenced_if(leadership, key, revision, Vec::new(), then)
+            .await
+    }
+
+    /// [`Coordinator::fenced`] with more comparisons (`also`); a failed one is a lost race
+    /// ([`Error::Conflict`] on `key`) like a changed `key`.
+    async fn fenced_if(
+        &self,
+        leadership: &Leadership,
+        key: &str,
+        revision: i64,
+        also: Vec<Compare>,
+        then: Vec<TxnOp>,
+    ) -> Result<i64> {
+        let mut when = vec![
             Compare::ModRevision {
                 key: self.leader_key(),
                 revision: leadership.revision,
@@ -383,6 +397,7 @@ impl Coordinator {
                 revision,
             },
         ];
+        when.extend(also);
         let out = self.kv.txn(when, then).await?;
         if out.succeeded {
             return Ok(out.revision);

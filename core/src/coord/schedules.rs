@@ -84,36 +84,18 @@ impl Coordinator {
         job: &JobRecord,
     ) -> Result<i64> {
         let job_key = self.job_key(&job.id);
-        let when = vec![
-            Compare::ModRevision {
-                key: self.leader_key(),
-                revision: leadership.revision,
-            },
-            Compare::ModRevision {
-                key: self.schedule_key(&new.name),
-                revision: old.revision,
-            },
-            Compare::ModRevision {
-                key: job_key.clone(),
-                revision: 0,
-            },
-        ];
+        let key = self.schedule_key(&new.name);
+        let job_is_new = vec![Compare::ModRevision {
+            key: job_key.clone(),
+            revision: 0,
+        }];
         let then = vec![
             put(job_key, encode(job)),
             put(self.active_key(&job.id), Vec::new()),
-            put(self.schedule_key(&new.name), encode(new)),
+            put(key.clone(), encode(new)),
         ];
-        let out = self.kv.txn(when, then).await?;
-        if out.succeeded {
-            return Ok(out.revision);
-        }
-        if self.is_leader(leadership).await? {
-            Err(Error::Conflict {
-                key: self.schedule_key(&new.name),
-            })
-        } else {
-            Err(Error::Fenced)
-        }
+        self.fenced_if(leadership, &key, old.revision, job_is_new, then)
+            .await
     }
 
     /// Record a due time that did not fire (leader only; fenced like any leader write).

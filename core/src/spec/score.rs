@@ -106,10 +106,8 @@ impl AudienceRule {
     /// `scores` are those sorted scores.
     pub fn size(&self, scores: &[f64]) -> usize {
         match self.pick() {
-            Pick::All | Pick::PerSegment(_) => scores.len(),
-            Pick::TopK(k) => scores.len().min(usize::try_from(k).unwrap_or(usize::MAX)),
-            Pick::TopFraction(f) => ((scores.len() as f64 * f).round() as usize).min(scores.len()),
             Pick::Threshold(t) => scores.iter().take_while(|s| **s >= t).count(),
+            _ => self.limit(scores.len()).unwrap_or(scores.len()),
         }
     }
 }
