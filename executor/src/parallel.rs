@@ -16,6 +16,7 @@ use arrow::array::RecordBatch;
 use bytes::Bytes;
 use halyard_collective::{BlockingRing, Ring, RingConfig};
 use halyard_core::records::TaskProgress;
+use halyard_core::spec::ModelKind;
 use halyard_core::spec::SPLIT_COLUMN;
 use halyard_core::store::{Store, checkpoint_path};
 use halyard_models::ModelError;
@@ -23,6 +24,7 @@ use halyard_models::distributed::{
     CheckpointPolicy, Checkpoints, DpEvent, Outcome, Position, WorkerData, rows_of_rank,
     train_response_parallel, with_split_column,
 };
+use halyard_models::pipeline::{SegmentData, train_segments_group};
 use tokio::runtime::Handle;
 use tokio::sync::mpsc;
 use tracing::info;
@@ -31,7 +33,7 @@ use crate::error::{ExecutorError, Result};
 use crate::input::{Input, read_feature_table, read_inputs};
 use crate::pipeline::{Grouped, Run, table_manifest};
 use crate::task::Task;
-use crate::training::{epoch_line, lineage, model_configs, panic_message, placement};
+use crate::training::{cluster_line, epoch_line, lineage, model_configs, panic_message, placement};
 
 /// This rank's rows and, on rank 0, every row.
 struct Rows {
@@ -92,6 +94,9 @@ pub(crate) async fn train(t: &Task, progress: &mut TaskProgress, run: &Run<'_>) 
     let stop = t.cancel.clone();
     let thread_rows = (rows.all, rows.local, rows.ids);
     let threads = spec.resources.cpus.max(1) as usize;
+    // A k-means job fits its centres data-parallel; every other kind trains the MLP.
+    let segments =
+        (spec.model.kind == ModelKind::Kmeans).then(|| (spec.model.k.clone(), spec.train.seed));
     let handle = std::thread::Builder::new()
         .name(format!("train-{}-rank{rank}", a.value.job_id))
         .spawn(move || {
@@ -110,23 +115,36 @@ pub(crate) async fn train(t: &Task, progress: &mut TaskProgress, run: &Run<'_>) 
                 .build()
                 .map_err(|e| ModelError::Internal(e.to_string()))?;
             std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                pool.install(|| {
-                    train_response_parallel(
+                let on_event = |e| {
+                    let _ = tx.send(e);
+                    if stop.load(Ordering::Relaxed) {
+                        ControlFlow::Break(())
+                    } else {
+                        ControlFlow::Continue(())
+                    }
+                };
+                pool.install(|| match &segments {
+                    Some((ks, seed)) => train_segments_group(
+                        SegmentData {
+                            all: data.all,
+                            local: data.local,
+                        },
+                        &features,
+                        ks,
+                        *seed,
+                        &mut group,
+                        |r| on_event(DpEvent::Clustered(r.clone())),
+                    )
+                    .map(|m| Outcome::Trained(m.map(Box::new))),
+                    None => train_response_parallel(
                         data,
                         &features,
                         &rc,
                         policy,
                         &mut group,
                         &mut checkpoints,
-                        |e| {
-                            let _ = tx.send(e);
-                            if stop.load(Ordering::Relaxed) {
-                                ControlFlow::Break(())
-                            } else {
-                                ControlFlow::Continue(())
-                            }
-                        },
-                    )
+                        on_event,
+                    ),
                 })
             }))
             .unwrap_or_else(|p| {
@@ -197,6 +215,11 @@ fn describe(event: &DpEvent, progress: &mut TaskProgress) -> Option<String> {
             member + 1,
             *samples as f64 / seconds.max(1e-9)
         )),
+        DpEvent::Clustered(r) => {
+            progress.epoch += 1;
+            progress.loss = Some(r.inertia);
+            Some(cluster_line(r))
+        }
         DpEvent::Epoch(r) => {
             progress.epoch = r.epoch.epoch;
             progress.loss = Some(r.epoch.loss);

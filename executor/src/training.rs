@@ -14,7 +14,7 @@ use halyard_models::device::{GPU_BUILD, Placement};
 use halyard_models::forecast::nbeats::NBeatsTrainConfig;
 use halyard_models::logistic::{Optimizer, TrainConfig};
 use halyard_models::pipeline::{
-    MemberReport, ResponseConfig, ResponseKind, TrainedModel, train_forecaster,
+    ClusterReport, MemberReport, ResponseConfig, ResponseKind, TrainedModel, train_forecaster,
     train_response_model, train_segments, train_uplift_model,
 };
 use halyard_models::preprocess::{Encoding, FeatureConfig};
@@ -22,6 +22,19 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::error::{ExecutorError, Result};
 use crate::input::{Input, read_series};
+
+/// A job log's line for one k of a k-means job.
+pub(crate) fn cluster_line(r: &ClusterReport) -> String {
+    format!(
+        "k-means k = {}: inertia {:.1}, held-out silhouette {:.4} ({} Lloyd iterations in the best run, {:.0}% of it initialising; {:.2} s)",
+        r.k,
+        r.inertia,
+        r.silhouette,
+        r.iterations,
+        100.0 * r.init_share,
+        r.seconds
+    )
+}
 
 /// The training device for a job: `auto` takes the GPU when this build has GPU support and
 /// the executor advertises a GPU.
@@ -243,14 +256,12 @@ fn train_blocking(
                 &features,
                 &spec.model.k,
                 spec.train.seed,
-                |k, inertia, silhouette| {
+                |r| {
                     tried += 1;
                     let _ = reports.send(Progress {
                         epoch: tried,
-                        loss: inertia,
-                        line: format!(
-                            "k-means k = {k}: inertia {inertia:.1}, held-out silhouette {silhouette:.4}"
-                        ),
+                        loss: r.inertia,
+                        line: cluster_line(r),
                     });
                     flow()
                 },

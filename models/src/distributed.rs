@@ -35,7 +35,9 @@ use crate::error::{ModelError, Result};
 use crate::logistic::{EpochReport, TrainConfig};
 use crate::metrics::log_loss;
 use crate::mlp::{InputLayout, MlpConfig, ResponseMlp, mlp_tensors};
-use crate::pipeline::{MemberReport, ResponseConfig, ResponseKind, TrainedModel, finish_response};
+use crate::pipeline::{
+    ClusterReport, MemberReport, ResponseConfig, ResponseKind, TrainedModel, finish_response,
+};
 use crate::preprocess::{Encoded, FeatureConfig, Preprocessor, Role, row_roles};
 
 /// A group of workers that can sum vectors and share bytes. Every rank makes the same calls
@@ -135,6 +137,8 @@ pub enum DpEvent {
     Step(Position),
     /// An epoch finished.
     Epoch(MemberReport),
+    /// A k-means fit finished (rank 0).
+    Clustered(ClusterReport),
     /// Rank 0 wrote a checkpoint.
     Checkpointed(Position),
     /// A member finished: every rank's weights had the same checksum before each of its
@@ -716,12 +720,16 @@ pub fn train_response_parallel(
 }
 
 /// The preprocessor: fitted by rank 0 on every row (`all`), broadcast, the same on every
-/// rank.
-fn shared_preprocessor(
+/// rank (a group of one fits it and broadcasts nothing).
+pub(crate) fn shared_preprocessor(
     group: &mut dyn Collective,
     all: Option<&[RecordBatch]>,
     features: &FeatureConfig,
 ) -> Result<Preprocessor> {
+    if group.size() == 1 {
+        let all = all.ok_or_else(|| ModelError::Internal("rank 0 needs every row".into()))?;
+        return Preprocessor::fit(all, features);
+    }
     let mut bytes = match (group.rank(), all) {
         (0, Some(all)) => serde_json::to_vec(&Preprocessor::fit(all, features)?)
             .map_err(|e| ModelError::Internal(e.to_string()))?,

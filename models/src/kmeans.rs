@@ -4,12 +4,22 @@
 //! distance from the centres so far, the candidates weighted by the rows closest to them,
 //! then k-means++ on the weighted candidates), then Lloyd's iterations until no centre moves
 //! more than `tol` (relative to the data's scale) or `max_iter`. k is chosen from a list by
-//! the silhouette on a sample. Single-process: the data-parallel version (partial sums
-//! through the collective) is not built.
+//! the silhouette on a sample.
+//!
+//! Data-parallel: [`fit_group`] runs on every rank of a [`Collective`] group, each holding
+//! its own rows. Every sum over rows (the sampling mass, the candidates' weights, Lloyd's
+//! per-centre sums and counts, the inertia) is a local partial sum reduced by the group's
+//! all-reduce, and every choice (the first centre, k-means++ on the candidates, empty
+//! clusters) is made from reduced values by the same code with the same seed on every
+//! rank, so the ranks hold the same centres at every step without sending them. The
+//! all-reduce carries `f32`: sums over the group keep about seven significant digits (a
+//! group of one, [`fit`], sums in `f64`). Rows never move; what crosses the network per
+//! Lloyd iteration is `k × (dim + 1) + 1` floats.
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
+use crate::distributed::{Collective, Solo};
 use crate::error::{ModelError, Result};
 
 /// k-means settings.
@@ -72,16 +82,27 @@ fn dist2(a: &[f32], b: &[f32]) -> f64 {
         .sum()
 }
 
+/// Squared distance in `f32`: the hot loop's (every row against every centre).
+fn dist2_fast(a: &[f32], b: &[f32]) -> f32 {
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| {
+            let d = x - y;
+            d * d
+        })
+        .sum()
+}
+
 /// The nearest of `centers` (row-major, `dim` wide) to `row`, and its squared distance.
 pub fn nearest(row: &[f32], centers: &[f32], dim: usize) -> (usize, f64) {
-    centers
-        .chunks(dim)
-        .enumerate()
-        .map(|(c, center)| (c, dist2(row, center)))
-        .fold(
-            (0, f64::INFINITY),
-            |best, cur| if cur.1 < best.1 { cur } else { best },
-        )
+    let mut best = (0, f32::INFINITY);
+    for (c, center) in centers.chunks_exact(dim).enumerate() {
+        let d = dist2_fast(row, center);
+        if d < best.1 {
+            best = (c, d);
+        }
+    }
+    (best.0, f64::from(best.1))
 }
 
 /// k-means++ on weighted points: `k` of them, each next one drawn in proportion to its
@@ -141,63 +162,183 @@ fn plus_plus(points: &[f32], weights: &[f64], dim: usize, k: usize, rng: &mut St
     centers
 }
 
-/// k-means|| initial centres of `x` (`rows × dim`).
-fn init_parallel(
-    x: &[f32],
+/// This rank's rows and the group around them.
+struct Part<'a, 'g> {
+    x: &'a [f32],
     rows: usize,
     dim: usize,
+    group: &'g mut dyn Collective,
+    /// First global row of each rank (rank order), and the total after the last.
+    offsets: Vec<u64>,
+}
+
+impl Part<'_, '_> {
+    fn row(&self, i: usize) -> &[f32] {
+        &self.x[i * self.dim..(i + 1) * self.dim]
+    }
+
+    fn total(&self) -> u64 {
+        *self.offsets.last().expect("offsets end with the total")
+    }
+
+    /// `values` summed over the group (exact in a group of one; `f32` on the wire).
+    fn sum(&mut self, values: &[f64]) -> Result<Vec<f64>> {
+        if self.group.size() == 1 {
+            return Ok(values.to_vec());
+        }
+        let mut wire: Vec<f32> = values.iter().map(|v| *v as f32).collect();
+        self.group.all_reduce(&mut wire)?;
+        Ok(wire.into_iter().map(f64::from).collect())
+    }
+
+    /// Every rank's `slots` floats, in rank order, on every rank (`slots` may differ by
+    /// rank: the caller passes each rank's count). Exact: each slot of the reduced vector
+    /// has one contributor, the others add zeros.
+    fn gather(&mut self, mine: &[f32], counts: &[usize]) -> Result<Vec<f32>> {
+        if self.group.size() == 1 {
+            return Ok(mine.to_vec());
+        }
+        let start: usize = counts[..self.group.rank()].iter().sum();
+        let mut wire = vec![0f32; counts.iter().sum()];
+        wire[start..start + mine.len()].copy_from_slice(mine);
+        self.group.all_reduce(&mut wire)?;
+        Ok(wire)
+    }
+
+    /// The rows at global indices `picks`, on every rank.
+    fn pick(&mut self, picks: &[u64]) -> Result<Vec<f32>> {
+        let (rank, dim) = (self.group.rank(), self.dim);
+        let (lo, hi) = (self.offsets[rank], self.offsets[rank + 1]);
+        let mut out = vec![0f32; picks.len() * dim];
+        for (slot, &g) in picks.iter().enumerate() {
+            if (lo..hi).contains(&g) {
+                out[slot * dim..(slot + 1) * dim].copy_from_slice(self.row((g - lo) as usize));
+            }
+        }
+        if self.group.size() > 1 {
+            self.group.all_reduce(&mut out)?;
+        }
+        Ok(out)
+    }
+}
+
+/// Each rank's row count (exact up to 2^40 rows: sent as two 16-bit-split `f32` digits),
+/// as the first global row of each rank and the total.
+fn row_offsets(group: &mut dyn Collective, rows: usize) -> Result<Vec<u64>> {
+    let (rank, size) = (group.rank(), group.size());
+    let mut wire = vec![0f32; 2 * size];
+    wire[2 * rank] = (rows >> 16) as f32;
+    wire[2 * rank + 1] = (rows & 0xffff) as f32;
+    if size > 1 {
+        group.all_reduce(&mut wire)?;
+    }
+    let mut offsets = vec![0u64];
+    for r in 0..size {
+        let n = ((wire[2 * r] as u64) << 16) + wire[2 * r + 1] as u64;
+        offsets.push(offsets[r] + n);
+    }
+    Ok(offsets)
+}
+
+/// k-means|| initial centres. `shared` draws the group's common choices (the same on every
+/// rank), `local` this rank's sampling.
+fn init_parallel(
+    p: &mut Part<'_, '_>,
     cfg: &KMeansConfig,
-    rng: &mut StdRng,
-) -> Vec<f32> {
-    let first = rng.random_range(0..rows);
-    let mut candidates = x[first * dim..(first + 1) * dim].to_vec();
-    let mut d2: Vec<f64> = (0..rows)
-        .map(|i| dist2(&x[i * dim..(i + 1) * dim], &candidates))
+    shared: &mut StdRng,
+    local: &mut StdRng,
+) -> Result<Vec<f32>> {
+    let (rows, dim, size) = (p.rows, p.dim, p.group.size());
+    let first = shared.random_range(0..p.total());
+    let mut candidates = p.pick(&[first])?;
+    // Each row's squared distance to the nearest candidate so far, and that candidate.
+    let mut d2: Vec<f32> = (0..rows)
+        .map(|i| dist2_fast(p.row(i), &candidates))
         .collect();
+    let mut near = vec![0u32; rows];
     let l = 2.0 * cfg.k as f64;
     for _ in 0..cfg.init_rounds {
-        let phi: f64 = d2.iter().sum();
+        let phi = p.sum(&[d2.iter().map(|d| f64::from(*d)).sum()])?[0];
         if phi <= 0.0 {
             break;
         }
-        let before = candidates.len();
+        let mut mine = Vec::new();
         for (i, d) in d2.iter().enumerate() {
-            if rng.random::<f64>() < (l * d / phi).min(1.0) {
-                candidates.extend_from_slice(&x[i * dim..(i + 1) * dim]);
+            if local.random::<f64>() < (l * f64::from(*d) / phi).min(1.0) {
+                mine.extend_from_slice(p.row(i));
             }
         }
-        let added = &candidates[before..].to_vec();
-        for (i, d) in d2.iter_mut().enumerate() {
-            let row = &x[i * dim..(i + 1) * dim];
-            *d = d.min(nearest(row, added, dim).1);
+        let mut counts = vec![0.0; size];
+        counts[p.group.rank()] = (mine.len() / dim) as f64;
+        let counts: Vec<usize> = p
+            .sum(&counts)?
+            .into_iter()
+            .map(|c| c as usize * dim)
+            .collect();
+        let added = p.gather(&mine, &counts)?;
+        let before = (candidates.len() / dim) as u32;
+        for i in 0..rows {
+            let (c, d) = nearest(p.row(i), &added, dim);
+            if (d as f32) < d2[i] {
+                d2[i] = d as f32;
+                near[i] = before + c as u32;
+            }
         }
+        candidates.extend_from_slice(&added);
     }
     // Weigh each candidate by the rows nearest to it; k-means++ on them.
     let mut weights = vec![0.0; candidates.len() / dim];
-    for i in 0..rows {
-        weights[nearest(&x[i * dim..(i + 1) * dim], &candidates, dim).0] += 1.0;
+    for n in &near {
+        weights[*n as usize] += 1.0;
     }
+    let weights = p.sum(&weights)?;
     if weights.len() <= cfg.k {
         // Fewer candidates than clusters (tiny or duplicate-heavy data): pad by sampling.
-        let mut centers = candidates;
-        while centers.len() < cfg.k * dim {
-            let r = rng.random_range(0..rows);
-            centers.extend_from_slice(&x[r * dim..(r + 1) * dim]);
-        }
-        return centers;
+        let picks: Vec<u64> = (weights.len()..cfg.k)
+            .map(|_| shared.random_range(0..p.total()))
+            .collect();
+        candidates.extend(p.pick(&picks)?);
+        return Ok(candidates);
     }
-    plus_plus(&candidates, &weights, dim, cfg.k, rng)
+    Ok(plus_plus(&candidates, &weights, dim, cfg.k, shared))
 }
 
 /// Fit k-means to `x` (`rows × dim`, row-major): the best of `cfg.runs` runs.
 pub fn fit(x: &[f32], rows: usize, dim: usize, cfg: &KMeansConfig) -> Result<KMeansFit> {
+    fit_group(x, rows, dim, cfg, &mut Solo)
+}
+
+/// Fit k-means as one rank of `group`, over the rows of every rank (`x`, `rows × dim`, is
+/// this rank's): the best of `cfg.runs` runs. Every rank returns the same fit.
+pub fn fit_group(
+    x: &[f32],
+    rows: usize,
+    dim: usize,
+    cfg: &KMeansConfig,
+    group: &mut dyn Collective,
+) -> Result<KMeansFit> {
+    let offsets = row_offsets(group, rows)?;
+    let mut part = Part {
+        x,
+        rows,
+        dim,
+        group,
+        offsets,
+    };
+    let total = part.total();
+    if cfg.k < 2 || total < cfg.k as u64 {
+        return Err(ModelError::Unsupported(format!(
+            "k-means with k = {} needs k ≥ 2 and at least k rows; the data has {total}",
+            cfg.k
+        )));
+    }
     let mut best: Option<KMeansFit> = None;
     for run in 0..cfg.runs.max(1) {
         let one = KMeansConfig {
             seed: cfg.seed.wrapping_add(run as u64),
             ..cfg.clone()
         };
-        let f = fit_once(x, rows, dim, &one)?;
+        let f = fit_once(&mut part, &one)?;
         if best.as_ref().is_none_or(|b| f.inertia < b.inertia) {
             best = Some(f);
         }
@@ -205,59 +346,44 @@ pub fn fit(x: &[f32], rows: usize, dim: usize, cfg: &KMeansConfig) -> Result<KMe
     Ok(best.expect("at least one run"))
 }
 
-fn fit_once(x: &[f32], rows: usize, dim: usize, cfg: &KMeansConfig) -> Result<KMeansFit> {
-    if cfg.k < 2 || rows < cfg.k {
-        return Err(ModelError::Unsupported(format!(
-            "k-means with k = {} needs k ≥ 2 and at least k rows; the data has {rows}",
-            cfg.k
-        )));
-    }
+fn fit_once(p: &mut Part<'_, '_>, cfg: &KMeansConfig) -> Result<KMeansFit> {
+    let (rows, dim, k) = (p.rows, p.dim, cfg.k);
     let started = std::time::Instant::now();
-    let mut rng = StdRng::seed_from_u64(cfg.seed);
-    let mut centers = init_parallel(x, rows, dim, cfg, &mut rng);
+    let mut shared = StdRng::seed_from_u64(cfg.seed);
+    let mut local = StdRng::seed_from_u64(cfg.seed ^ (p.group.rank() as u64).rotate_left(32));
+    let mut centers = init_parallel(p, cfg, &mut shared, &mut local)?;
     let init_secs = started.elapsed().as_secs_f64();
-    let scale = x.iter().map(|v| f64::from(*v).powi(2)).sum::<f64>() / rows as f64;
-    let mut assign = vec![0usize; rows];
+    let norms: f64 = p.x.iter().map(|v| f64::from(*v).powi(2)).sum();
+    let scale = p.sum(&[norms])?[0] / p.total() as f64;
+    // Each row's squared distance to its centre in the last pass.
+    let mut d_own = vec![0f32; rows];
     let mut iterations = 0;
     for _ in 0..cfg.max_iter {
         iterations += 1;
-        let mut sums = vec![0f64; cfg.k * dim];
-        let mut counts = vec![0usize; cfg.k];
-        for i in 0..rows {
-            let row = &x[i * dim..(i + 1) * dim];
-            let (c, _) = nearest(row, &centers, dim);
-            assign[i] = c;
-            counts[c] += 1;
-            for (s, v) in sums[c * dim..(c + 1) * dim].iter_mut().zip(row) {
+        // Per centre: `dim` sums, then the count.
+        let mut partial = vec![0f64; k * (dim + 1)];
+        for (i, own) in d_own.iter_mut().enumerate() {
+            let row = p.row(i);
+            let (c, d) = nearest(row, &centers, dim);
+            *own = d as f32;
+            let slot = &mut partial[c * (dim + 1)..(c + 1) * (dim + 1)];
+            for (s, v) in slot.iter_mut().zip(row) {
                 *s += f64::from(*v);
             }
+            slot[dim] += 1.0;
         }
+        let reduced = p.sum(&partial)?;
         let mut moved: f64 = 0.0;
-        for c in 0..cfg.k {
-            if counts[c] == 0 {
-                // An empty cluster takes the row farthest from its centre.
-                let far = (0..rows)
-                    .max_by(|&a, &b| {
-                        let da = dist2(
-                            &x[a * dim..(a + 1) * dim],
-                            &centers[assign[a] * dim..(assign[a] + 1) * dim],
-                        );
-                        let db = dist2(
-                            &x[b * dim..(b + 1) * dim],
-                            &centers[assign[b] * dim..(assign[b] + 1) * dim],
-                        );
-                        da.total_cmp(&db)
-                    })
-                    .unwrap_or(0);
-                let row = x[far * dim..(far + 1) * dim].to_vec();
+        for c in 0..k {
+            let slot = &reduced[c * (dim + 1)..(c + 1) * (dim + 1)];
+            if slot[dim] == 0.0 {
+                // An empty cluster takes the row farthest from its centre, group-wide.
+                let row = farthest(p, &mut d_own)?;
                 moved = f64::INFINITY;
                 centers[c * dim..(c + 1) * dim].copy_from_slice(&row);
                 continue;
             }
-            let new: Vec<f32> = sums[c * dim..(c + 1) * dim]
-                .iter()
-                .map(|s| (s / counts[c] as f64) as f32)
-                .collect();
+            let new: Vec<f32> = slot[..dim].iter().map(|s| (s / slot[dim]) as f32).collect();
             moved = moved.max(dist2(&new, &centers[c * dim..(c + 1) * dim]));
             centers[c * dim..(c + 1) * dim].copy_from_slice(&new);
         }
@@ -265,18 +391,43 @@ fn fit_once(x: &[f32], rows: usize, dim: usize, cfg: &KMeansConfig) -> Result<KM
             break;
         }
     }
-    let inertia = (0..rows)
-        .map(|i| nearest(&x[i * dim..(i + 1) * dim], &centers, dim).1)
-        .sum();
+    let local_inertia: f64 = (0..rows).map(|i| nearest(p.row(i), &centers, dim).1).sum();
+    let inertia = p.sum(&[local_inertia])?[0];
     let total = started.elapsed().as_secs_f64().max(f64::MIN_POSITIVE);
     Ok(KMeansFit {
         centers,
-        k: cfg.k,
+        k,
         dim,
         inertia,
         iterations,
         init_share: init_secs / total,
     })
+}
+
+/// The group's row farthest from its centre (`d_own`: each local row's squared distance);
+/// it is marked taken (distance 0) where it lies, so the next empty cluster takes another.
+fn farthest(p: &mut Part<'_, '_>, d_own: &mut [f32]) -> Result<Vec<f32>> {
+    let (dim, size) = (p.dim, p.group.size());
+    let far = (0..p.rows).max_by(|&a, &b| d_own[a].total_cmp(&d_own[b]));
+    let mut mine = vec![-1f32; dim + 1];
+    if let Some(i) = far {
+        mine[0] = d_own[i];
+        mine[1..].copy_from_slice(p.row(i));
+    }
+    let all = p.gather(&mine, &vec![dim + 1; size])?;
+    let winner = (0..size)
+        .max_by(|&a, &b| {
+            all[a * (dim + 1)]
+                .total_cmp(&all[b * (dim + 1)])
+                .then(b.cmp(&a))
+        })
+        .expect("a group has a rank");
+    if winner == p.group.rank()
+        && let Some(i) = far
+    {
+        d_own[i] = 0.0;
+    }
+    Ok(all[winner * (dim + 1) + 1..(winner + 1) * (dim + 1)].to_vec())
 }
 
 /// Mean silhouette of `rows` (indices into `x`) under `fit`: for each row, `(b − a) /

@@ -13,6 +13,7 @@ use arrow::array::RecordBatch;
 use serde::{Deserialize, Serialize};
 
 use crate::artifact::{Architecture, export_module, merge_members};
+use crate::distributed::{Collective, Solo, shared_preprocessor};
 use crate::error::{ModelError, Result};
 use crate::forecast::Series;
 use crate::forecast::classical::{Method, forecast};
@@ -455,60 +456,138 @@ const SILHOUETTE_SAMPLE: usize = 2000;
 /// Segment customers with k-means ([`crate::kmeans`]): the preprocessing of `features`
 /// (the label, when named, is not an input: it only profiles the segments), fitted on the
 /// training rows for each of `ks`; the k with the best silhouette on up to 2,000 held-out
-/// rows is kept. `on_k(k, inertia, silhouette)` reports each. Metrics: `k`, `inertia`,
-/// `silhouette`, `silhouette_k<k>` for each tried, `init_share`. The artifact holds the
-/// centres and each segment's profile over all rows (size, numeric means, top categories,
-/// response rate).
+/// rows is kept. `on_k` reports each k. Metrics: `k`, `inertia`, `silhouette`,
+/// `silhouette_k<k>` for each tried, `init_share`. The artifact holds the centres and each
+/// segment's profile over all rows (size, numeric means, top categories, response rate).
 pub fn train_segments(
     batches: &[RecordBatch],
     features: &FeatureConfig,
     ks: &[usize],
     seed: u64,
-    mut on_k: impl FnMut(usize, f64, f64) -> ControlFlow<()>,
+    on_k: impl FnMut(&ClusterReport) -> ControlFlow<()>,
 ) -> Result<TrainedModel> {
-    let rows = rows_to_train_on(batches)?;
-    let has_label = !features.label.is_empty();
-    let preprocessor = Preprocessor::fit(batches, features)?;
-    let roles = row_roles(batches, features)?;
-    let all = preprocessor.transform(batches, |_| true)?;
-    let (fit_rows, _) = all.partition(|i| roles[i] == Role::Test);
-    let held_out: Vec<usize> = (0..rows)
-        .filter(|&i| roles[i] == Role::Test)
-        .take(SILHOUETTE_SAMPLE)
-        .collect();
+    rows_to_train_on(batches)?;
+    let data = SegmentData {
+        all: Some(batches),
+        local: batches,
+    };
+    train_segments_group(data, features, ks, seed, &mut Solo, on_k)?
+        .ok_or_else(|| ModelError::Internal("a group of one has no rank 0".into()))
+}
+
+/// One k tried.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClusterReport {
+    /// Clusters.
+    pub k: usize,
+    /// The fit's inertia (over the training rows of the whole group).
+    pub inertia: f64,
+    /// Mean silhouette on the held-out sample.
+    pub silhouette: f64,
+    /// Lloyd iterations of the best run.
+    pub iterations: usize,
+    /// Share of the best run's time spent initialising.
+    pub init_share: f64,
+    /// Seconds the fit took (every run).
+    pub seconds: f64,
+}
+
+/// A k-means worker's rows: its own and, on rank 0, every row (for the preprocessor, the
+/// silhouette and the profiles).
+#[derive(Debug, Clone, Copy)]
+pub struct SegmentData<'a> {
+    /// Every row (rank 0 only).
+    pub all: Option<&'a [RecordBatch]>,
+    /// This worker's rows.
+    pub local: &'a [RecordBatch],
+}
+
+/// [`train_segments`] as one rank of `group`: the centres are fitted data-parallel
+/// ([`crate::kmeans::fit_group`]) over the training rows every rank holds; rank 0 alone
+/// scores the silhouettes, reports (`on_k`), profiles the segments and returns the model;
+/// the other ranks return `None`. The split column or the holdout rule of `features`
+/// decides the training rows, as for the other models.
+pub fn train_segments_group(
+    data: SegmentData<'_>,
+    features: &FeatureConfig,
+    ks: &[usize],
+    seed: u64,
+    group: &mut dyn Collective,
+    mut on_k: impl FnMut(&ClusterReport) -> ControlFlow<()>,
+) -> Result<Option<TrainedModel>> {
+    let lead = group.rank() == 0;
+    let preprocessor = shared_preprocessor(group, data.all, features)?;
+    // Rank 0's view of every row.
+    let whole = match data.all {
+        Some(all) if lead => Some((
+            preprocessor.transform(all, |_| true)?,
+            row_roles(all, features)?,
+        )),
+        _ => None,
+    };
+    // The rows this rank fits on (in a group of one, every row).
+    let (fit_rows, _) = match &whole {
+        Some((all, roles)) if group.size() == 1 => all.partition(|i| roles[i] == Role::Test),
+        _ => {
+            let roles = row_roles(data.local, features)?;
+            let local = preprocessor.transform(data.local, |_| true)?;
+            local.partition(|i| roles[i] == Role::Test)
+        }
+    };
+    let held_out: Vec<usize> = whole.as_ref().map_or_else(Vec::new, |(_, roles)| {
+        (0..roles.len())
+            .filter(|&i| roles[i] == Role::Test)
+            .take(SILHOUETTE_SAMPLE)
+            .collect()
+    });
     let mut metrics = BTreeMap::new();
     let mut best: Option<(f64, crate::kmeans::KMeansFit)> = None;
     for &k in ks {
-        let fit = crate::kmeans::fit(
+        let started = std::time::Instant::now();
+        let fit = crate::kmeans::fit_group(
             &fit_rows.x,
             fit_rows.rows,
-            all.dim,
+            fit_rows.dim,
             &crate::kmeans::KMeansConfig::new(k, seed),
+            group,
         )?;
+        let Some((all, _)) = &whole else { continue };
         let s = crate::kmeans::silhouette(&all.x, &held_out, &fit);
         metrics.insert(format!("silhouette_k{k}"), s);
-        if on_k(k, fit.inertia, s).is_break() {
+        let report = ClusterReport {
+            k,
+            inertia: fit.inertia,
+            silhouette: s,
+            iterations: fit.iterations,
+            init_share: fit.init_share,
+            seconds: started.elapsed().as_secs_f64(),
+        };
+        if on_k(&report).is_break() {
             return Err(ModelError::Cancelled);
         }
         if best.as_ref().is_none_or(|(b, _)| s > *b) {
             best = Some((s, fit));
         }
     }
+    let Some((all, roles)) = whole else {
+        return Ok(None);
+    };
     let (s, fit) =
         best.ok_or_else(|| ModelError::Unsupported("[model] k lists no cluster count".into()))?;
     metrics.insert("k".into(), fit.k as f64);
     metrics.insert("silhouette".into(), s);
     metrics.insert("inertia".into(), fit.inertia);
     metrics.insert("init_share".into(), fit.init_share);
-    let labels: Vec<usize> = (0..rows)
+    let labels: Vec<usize> = (0..all.rows)
         .map(|i| crate::kmeans::nearest(all.row(i), &fit.centers, all.dim).0)
         .collect();
+    let batches = data.all.expect("rank 0 holds every row");
     let profile = segment_profiles(
         batches,
         &preprocessor,
         &labels,
         fit.k,
-        has_label.then_some(&all.y),
+        (!features.label.is_empty()).then_some(&all.y),
     )?;
     let weights = crate::artifact::centers_file(&fit.centers, fit.k, fit.dim)?;
     let runtime = Runtime::new(
@@ -519,13 +598,14 @@ pub fn train_segments(
         },
         &weights,
     )?;
-    Ok(TrainedModel {
+    let test_rows = roles.iter().filter(|r| **r == Role::Test).count();
+    Ok(Some(TrainedModel {
         architecture: runtime.architecture,
         weights,
         metrics,
-        train_rows: fit_rows.rows,
-        test_rows: rows - fit_rows.rows,
-    })
+        train_rows: all.rows - test_rows,
+        test_rows,
+    }))
 }
 
 /// Each segment's size, numeric means, most frequent categories and response rate.

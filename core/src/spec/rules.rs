@@ -269,9 +269,8 @@ impl JobSpec {
                 m.kind != ModelKind::Kmeans
                     || (self.data.treatment.is_none()
                         && self.forecast.is_none()
-                        && self.search.is_none()
-                        && self.train.workers.is_none()),
-                "k-means trains alone: no [data] treatment, [forecast], [search] or [train] workers",
+                        && self.search.is_none()),
+                "k-means takes no [data] treatment, [forecast] or [search]",
             ),
             rule(
                 "l2",
@@ -302,9 +301,10 @@ impl JobSpec {
             rule(
                 "workers",
                 workers,
-                t.workers.is_none() || self.model.kind == ModelKind::Mlp,
+                t.workers.is_none()
+                    || matches!(self.model.kind, ModelKind::Mlp | ModelKind::Kmeans),
                 format!(
-                    "data-parallel training trains [model] type = \"mlp\", not {:?}",
+                    "data-parallel training trains [model] type = \"mlp\" or \"kmeans\", not {:?}",
                     self.model.kind.as_str()
                 ),
             ),
