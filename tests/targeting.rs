@@ -604,6 +604,75 @@ async fn a_kmeans_job_segments_customers_and_serves_the_segment_and_distances() 
     }
 }
 
+/// Four well-separated blobs in four numeric columns (750 rows each, row `i` in blob
+/// `i % 4`), and their true centres.
+fn blobs_csv(path: &Path) -> Vec<[f64; 4]> {
+    let centres = vec![
+        [0.0, 0.0, 0.0, 0.0],
+        [20.0, 0.0, 5.0, 0.0],
+        [0.0, 20.0, 0.0, 5.0],
+        [20.0, 20.0, 5.0, 5.0],
+    ];
+    let mut csv = String::from("id,x1,x2,x3,x4\n");
+    for i in 0..3000 {
+        let c = centres[i % 4];
+        // Noise in [-1, 1) that varies by row and column without a generator.
+        let x: Vec<String> = c
+            .iter()
+            .enumerate()
+            .map(|(j, m)| {
+                let noise = ((i * 7919 + j * 104_729) % 2000) as f64 / 1000.0 - 1.0;
+                format!("{:.4}", m + noise)
+            })
+            .collect();
+        csv.push_str(&format!("c{i},{}\n", x.join(",")));
+    }
+    std::fs::write(path, csv).unwrap();
+    centres
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_kmeans_job_on_two_workers_recovers_the_centres_like_one_process() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let data = dir.join("blobs.csv");
+    let centres = blobs_csv(&data);
+    let (_cluster, client) = standalone(dir, 2).await;
+    let spec_of = |name: &str, workers: &str| {
+        write_spec(
+            dir,
+            name,
+            &format!(
+                "name = \"{name}\"\n[data]\nsource = \"{}\"\nexclude = [\"id\"]\n\
+                 [model]\ntype = \"kmeans\"\nk = [4]\n[train]\n{workers}",
+                data.display()
+            ),
+        )
+    };
+    let (two, log) = succeed(&client, &spec_of("blobs2", "workers = 2\n")).await;
+    // Rank 0 holds every other row of the 3,000 and fits with rank 1 through the ring.
+    assert!(log.contains("worker 0 of 2: 1500 local rows"), "{log}");
+    assert!(log.contains("k-means k = 4"), "{log}");
+    let (one, _) = succeed(&client, &spec_of("blobs1", "")).await;
+    let (a, b) = (two.metrics["inertia"], one.metrics["inertia"]);
+    assert!(
+        (a - b).abs() <= 1e-4 * b,
+        "two workers' inertia {a} against one process's {b}"
+    );
+    // Each true centre is one segment's mean (the profile holds raw means), 750 rows each.
+    let registered = client.model("blobs2").await.unwrap();
+    let profile: serde_json::Value =
+        serde_json::from_str(&registered.versions[0].profile_json).unwrap();
+    for c in centres {
+        let found = profile.as_array().unwrap().iter().any(|p| {
+            p["rows"].as_u64() == Some(750)
+                && (1..=4)
+                    .all(|j| (p["means"][format!("x{j}")].as_f64().unwrap() - c[j - 1]).abs() < 0.2)
+        });
+        assert!(found, "no segment at {c:?}: {profile}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn per_segment_quotas_take_the_top_of_each_segment() {
     let tmp = tempfile::tempdir().unwrap();
