@@ -41,15 +41,14 @@ pub fn memcpy_bandwidth(floats: usize, runs: usize) -> f64 {
     (4 * floats) as f64 / median_of(times).as_secs_f64()
 }
 
-/// All-reduce `sizes` over a ring of `ranks` in-process ranks, `runs` times each, over
-/// mutual TLS when `tls` is given (each rank serves and calls with it).
-pub async fn run(
+/// A ring of `ranks` in-process ranks, each with its own gRPC server on loopback (over
+/// mutual TLS when `tls` is given), and the switch that stops the servers.
+pub async fn loopback_ring(
     ranks: usize,
-    sizes: &[usize],
-    runs: usize,
+    group: &str,
     tls: Option<&halyard_core::tls::Tls>,
-) -> Result<Vec<AllReduceFigure>> {
-    let err = |e: String| CliError::Failed(format!("all-reduce bench: {e}"));
+) -> Result<(Vec<Ring>, tokio::sync::watch::Sender<bool>)> {
+    let err = |e: String| CliError::Failed(format!("loopback ring: {e}"));
     let mut peers = Vec::new();
     let mut boxes = Vec::new();
     let (stop, stopped) = tokio::sync::watch::channel(false);
@@ -75,15 +74,28 @@ pub async fn run(
         ));
         boxes.push(b);
     }
-    let mut rings = boxes
+    let rings = boxes
         .into_iter()
         .enumerate()
         .map(|(r, b)| {
-            Ring::new("bench/1", r, &peers, b, RingConfig::default())?
+            Ring::new(group, r, &peers, b, RingConfig::default())?
                 .with_tls(tls.map(|t| t.tonic_client()))
         })
         .collect::<std::result::Result<Vec<_>, _>>()
         .map_err(|e| err(e.to_string()))?;
+    Ok((rings, stop))
+}
+
+/// All-reduce `sizes` over a ring of `ranks` in-process ranks, `runs` times each, over
+/// mutual TLS when `tls` is given (each rank serves and calls with it).
+pub async fn run(
+    ranks: usize,
+    sizes: &[usize],
+    runs: usize,
+    tls: Option<&halyard_core::tls::Tls>,
+) -> Result<Vec<AllReduceFigure>> {
+    let err = |e: String| CliError::Failed(format!("all-reduce bench: {e}"));
+    let (mut rings, stop) = loopback_ring(ranks, "bench/1", tls).await?;
     let mut figures = Vec::new();
     for &floats in sizes {
         let mut times = Vec::new();

@@ -379,6 +379,29 @@ pub enum BenchCommand {
         #[arg(long, default_value = "halyard-data/bench-scoring")]
         dir: std::path::PathBuf,
     },
+    /// k-means on generated points: a data-parallel group of ranks in this process (the
+    /// real ring on loopback gRPC) against one process, same points and seed
+    Kmeans {
+        /// Points
+        #[arg(long, default_value_t = 10_000_000)]
+        rows: usize,
+        /// Coordinates per point
+        #[arg(long, default_value_t = 12)]
+        dim: usize,
+        /// Clusters (also the blobs the points are drawn around)
+        #[arg(long, default_value_t = 100)]
+        k: usize,
+        /// Half-width of the uniform noise around each blob's centre (centres lie in
+        /// [-10, 10] on each axis): larger overlaps the blobs more
+        #[arg(long, default_value_t = 5.0)]
+        spread: f32,
+        /// Ranks of the group
+        #[arg(long, default_value_t = 2)]
+        ranks: usize,
+        /// Fits of each (alternating; medians are reported)
+        #[arg(long, default_value_t = 1)]
+        runs: usize,
+    },
     /// The ring all-reduce on loopback (each rank with its own gRPC server in this
     /// process) against a memory copy
     Allreduce {
@@ -481,6 +504,24 @@ pub async fn run(what: BenchCommand, conn: &crate::keys::Connection) -> Result<S
             };
             let figures = crate::scoring_bench::run(&client, &b).await?;
             Ok(crate::scoring_bench::summary(&b, &figures))
+        }
+        BenchCommand::Kmeans {
+            rows,
+            dim,
+            k,
+            spread,
+            ranks,
+            runs,
+        } => {
+            crate::kmeans_bench::run(crate::kmeans_bench::KMeansBench {
+                rows,
+                dim,
+                k,
+                spread,
+                ranks: ranks.max(1),
+                runs,
+            })
+            .await
         }
         BenchCommand::Allreduce { ranks, runs, mtls } => {
             let (ranks, runs) = (ranks.max(2), runs.max(1));

@@ -13,6 +13,7 @@ pub mod datagen;
 mod error;
 pub mod features_bench;
 pub mod keys;
+pub mod kmeans_bench;
 pub mod load;
 pub mod registry;
 pub mod schedules;

@@ -430,6 +430,28 @@ fn farthest(p: &mut Part<'_, '_>, d_own: &mut [f32]) -> Result<Vec<f32>> {
     Ok(all[winner * (dim + 1) + 1..(winner + 1) * (dim + 1)].to_vec())
 }
 
+/// `rows × dim` points (row-major) around `centres` centres drawn uniformly in
+/// `[-10, 10]^dim`, each point a centre (row `i` takes centre `i % centres`) plus noise
+/// uniform in `[-spread, spread)` on each axis; the centres too. For tests and benchmarks.
+pub fn blobs(
+    rows: usize,
+    dim: usize,
+    centres: usize,
+    spread: f32,
+    seed: u64,
+) -> (Vec<f32>, Vec<f32>) {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let truth: Vec<f32> = (0..centres * dim)
+        .map(|_| rng.random_range(-10.0..10.0))
+        .collect();
+    let mut x = Vec::with_capacity(rows * dim);
+    for i in 0..rows {
+        let c = &truth[(i % centres) * dim..(i % centres + 1) * dim];
+        x.extend(c.iter().map(|m| m + rng.random_range(-spread..spread)));
+    }
+    (x, truth)
+}
+
 /// Mean silhouette of `rows` (indices into `x`) under `fit`: for each row, `(b − a) /
 /// max(a, b)` with `a` the mean distance to the other rows of its cluster and `b` the
 /// smallest mean distance to another cluster's rows (Euclidean, as scikit-learn).
@@ -476,17 +498,10 @@ mod tests {
 
     #[test]
     fn blobs_with_known_centres_are_recovered() {
-        let truth = [[0.0f32, 0.0], [10.0, 0.0], [0.0, 10.0], [10.0, 10.0]];
-        let mut rng = StdRng::seed_from_u64(3);
-        let mut x = Vec::new();
-        for i in 0..2000 {
-            let c = truth[i % 4];
-            x.push(c[0] + rng.random::<f32>() - 0.5);
-            x.push(c[1] + rng.random::<f32>() - 0.5);
-        }
+        let (x, truth) = blobs(2000, 2, 4, 0.5, 3);
         let fit = fit(&x, 2000, 2, &KMeansConfig::new(4, 1)).unwrap();
-        for c in truth {
-            let (_, d) = nearest(&c, &fit.centers, 2);
+        for c in truth.chunks(2) {
+            let (_, d) = nearest(c, &fit.centers, 2);
             assert!(d < 0.01, "centre {c:?} not found: {:?}", fit.centers);
         }
         let sample: Vec<usize> = (0..400).collect();
