@@ -17,6 +17,7 @@ pub mod artifact;
 pub mod device;
 pub mod distributed;
 pub mod error;
+pub mod experiment;
 pub mod forecast;
 pub mod json_records;
 pub mod kmeans;
@@ -26,6 +27,7 @@ pub mod mlp;
 pub mod pipeline;
 pub mod preprocess;
 pub mod runtime;
+pub mod stats;
 pub mod uplift;
 
 pub use error::{ModelError, Result};
