@@ -252,10 +252,20 @@ enum Command {
         conn: Connection,
     },
     /// A/B analysis: each variant's conversion rate from the outcomes fed back, the
-    /// difference with production, its 95% interval and p-value
+    /// difference with production, its 95% interval and p-value; `halyard experiment
+    /// analyze` analyses a past campaign's table
+    ///
+    /// `halyard experiment NAME` reads the cluster's live counts. `halyard experiment
+    /// analyze --table campaign.csv --variant segment --control "No E-Mail" --metric visit
+    /// --metric spend --covariate history` reads a table with one row per customer and
+    /// reports the sample-ratio check, fixed-horizon and always-valid intervals, CUPED and
+    /// the detectable effect per variant and metric (docs/experiments.md).
+    #[command(args_conflicts_with_subcommands = true)]
     Experiment {
+        #[command(subcommand)]
+        what: Option<ExperimentCommand>,
         /// Model name
-        name: String,
+        name: Option<String>,
         /// Print JSON
         #[arg(long)]
         json: bool,
@@ -345,6 +355,13 @@ enum CertsCommand {
         #[arg(long, value_delimiter = ',', required = true)]
         nodes: Vec<String>,
     },
+}
+
+/// `halyard experiment`'s subcommands.
+#[derive(Subcommand)]
+enum ExperimentCommand {
+    /// Analyse a campaign that already ran, from its table (CSV or Parquet, local or S3)
+    Analyze(halyard_cli::experiment::AnalyzeArgs),
 }
 
 /// `halyard schedule`'s subcommands.
@@ -626,7 +643,21 @@ async fn run(cli: Cli) -> Result<(), AnyError> {
         Command::Undeploy { name, conn } => {
             registry::deploy(&client(conn).await?, &name, DeployAction::Undeploy, false).await?
         }
-        Command::Experiment { name, json, conn } => {
+        Command::Experiment {
+            what: Some(ExperimentCommand::Analyze(args)),
+            ..
+        } => halyard_cli::experiment::command(args).await?,
+        Command::Experiment {
+            what: None,
+            name,
+            json,
+            conn,
+        } => {
+            let name = name.ok_or_else(|| {
+                halyard_cli::CliError::Failed(
+                    "name the model (halyard experiment NAME), or analyse a table (halyard experiment analyze --help)".into(),
+                )
+            })?;
             registry::experiment(&client(conn).await?, &name, json).await?
         }
         Command::Sql { args, conn } => halyard_cli::sql::command(args, &conn).await?,

@@ -11,6 +11,7 @@ pub mod bench;
 pub mod commands;
 pub mod datagen;
 mod error;
+pub mod experiment;
 pub mod features_bench;
 pub mod keys;
 pub mod kmeans_bench;
