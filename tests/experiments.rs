@@ -13,6 +13,23 @@ fn analyze(args: &[&str]) -> Output {
         .unwrap()
 }
 
+/// The arguments that analyse the committed sample with `metrics`, then `extra`.
+fn sample_args<'a>(metrics: &[&'a str], extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec![
+        "--table",
+        SAMPLE,
+        "--variant",
+        "variant",
+        "--control",
+        "control",
+    ];
+    for m in metrics {
+        args.extend(["--metric", m]);
+    }
+    args.extend(extra);
+    args
+}
+
 const SAMPLE: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
     "/models/tests/fixtures/experiment_sample.csv"
@@ -20,22 +37,10 @@ const SAMPLE: &str = concat!(
 
 #[test]
 fn the_cli_reports_the_reference_figures_and_the_srm_check_first() {
-    let args = [
-        "--table",
-        SAMPLE,
-        "--variant",
-        "variant",
-        "--control",
-        "control",
-        "--metric",
-        "visit",
-        "--metric",
-        "spend",
-        "--covariate",
-        "history",
-        "--segment",
-        "region",
-    ];
+    let args = sample_args(
+        &["visit", "spend"],
+        &["--covariate", "history", "--segment", "region"],
+    );
     let out = analyze(&[&args[..], &["--json"]].concat());
     assert!(
         out.status.success(),
@@ -83,32 +88,12 @@ fn the_cli_reports_the_reference_figures_and_the_srm_check_first() {
 #[test]
 fn a_broken_split_is_flagged_and_bad_input_fails_naming_it() {
     // A 1:1:2 split read as equal: the check flags it before any result.
-    let out = analyze(&[
-        "--table",
-        SAMPLE,
-        "--variant",
-        "variant",
-        "--control",
-        "control",
-        "--metric",
-        "visit",
-        "--split",
-        "1,1,2",
-    ]);
+    let out = analyze(&sample_args(&["visit"], &["--split", "1,1,2"]));
     let text = String::from_utf8(out.stdout).unwrap();
     assert!(text.starts_with(&format!("file://{SAMPLE}")), "{text}");
     assert!(text.contains("SAMPLE RATIO MISMATCH"), "{text}");
 
-    let out = analyze(&[
-        "--table",
-        SAMPLE,
-        "--variant",
-        "variant",
-        "--control",
-        "control",
-        "--metric",
-        "region",
-    ]);
+    let out = analyze(&sample_args(&["region"], &[]));
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8(out.stderr).unwrap();
     assert!(

@@ -164,6 +164,32 @@ pub struct Comparison {
     pub p_value: f64,
 }
 
+impl Comparison {
+    /// The comparison of the means `(control, variant)` whose difference has standard
+    /// error `se`, with the interval `± quantile · se` and the test's
+    /// `(statistic, df, p_value)`.
+    fn of(
+        (control, variant): (f64, f64),
+        se: f64,
+        quantile: f64,
+        (statistic, df, p_value): (f64, Option<f64>, f64),
+    ) -> Comparison {
+        let difference = variant - control;
+        Comparison {
+            control,
+            variant,
+            difference,
+            relative: relative(difference, control),
+            se,
+            ci_low: difference - quantile * se,
+            ci_high: difference + quantile * se,
+            statistic,
+            df,
+            p_value,
+        }
+    }
+}
+
 fn normal() -> Normal {
     Normal::new(0.0, 1.0).expect("the standard normal")
 }
@@ -190,19 +216,8 @@ pub fn proportions(control: &Moments, variant: &Moments, confidence: f64) -> Com
     let pooled = (p1 * n1 + p2 * n2) / (n1 + n2);
     let se0 = (pooled * (1.0 - pooled) * (1.0 / n1 + 1.0 / n2)).sqrt();
     let statistic = if se0 > 0.0 { difference / se0 } else { 0.0 };
-    let z = z_of(confidence);
-    Comparison {
-        control: p2,
-        variant: p1,
-        difference,
-        relative: relative(difference, p2),
-        se,
-        ci_low: difference - z * se,
-        ci_high: difference + z * se,
-        statistic,
-        df: None,
-        p_value: 2.0 * normal().sf(statistic.abs()),
-    }
+    let p_value = 2.0 * normal().sf(statistic.abs());
+    Comparison::of((p2, p1), se, z_of(confidence), (statistic, None, p_value))
 }
 
 /// Welch's comparison of the means of `y` with per-group variances `var_c`, `var_v`.
@@ -224,18 +239,7 @@ fn welch_with(
         // Zero variance in both groups: nothing varies, nothing differs.
         Err(_) => (1.0, z_of(confidence)),
     };
-    Comparison {
-        control: mean_c,
-        variant: mean_v,
-        difference,
-        relative: relative(difference, mean_c),
-        se,
-        ci_low: difference - t * se,
-        ci_high: difference + t * se,
-        statistic,
-        df: Some(df),
-        p_value,
-    }
+    Comparison::of((mean_c, mean_v), se, t, (statistic, Some(df), p_value))
 }
 
 /// Welch's t-test and interval of the difference of the means of `y`.
