@@ -6,7 +6,9 @@
 //! pause a trial at a rung and promote it later). A rung is a number of epochs: `min_epochs`,
 //! then × `reduction` until `[train] epochs`. A trial that finished a rung is promoted when
 //! its validation loss is in the best `1 / reduction` of the trials that finished that rung;
-//! a trial never promoted is stopped early when the search ends.
+//! a trial never promoted is stopped early when the search ends. When nothing is left to
+//! run and no trial reached the last rung, the best trial of the highest rung reached goes
+//! on to the end.
 
 use std::collections::BTreeMap;
 
@@ -148,11 +150,26 @@ pub fn next_step(state: &SearchState, reduction: u32, parallel: usize) -> Next {
     if let Some(t) = state.trials.iter().find(|t| t.state == TrialState::Pending) {
         return Next::Run(t.index);
     }
-    if running == 0 {
-        Next::Finish
-    } else {
-        Next::Wait
+    if running > 0 {
+        return Next::Wait;
     }
+    // A finite search can end with no trial promoted to the last rung (8 trials with
+    // reduction 3: 8 finish the first rung, 2 the second, a third of 2 is none): the best
+    // trial of the highest rung reached goes on, so the search always ends with a model.
+    if !state
+        .trials
+        .iter()
+        .any(|t| t.state == TrialState::Completed)
+        && let Some(t) = state
+            .trials
+            .iter()
+            .filter(|t| t.state == TrialState::Paused)
+            .filter_map(|t| t.losses.last().map(|l| (t.losses.len(), *l, t.index)))
+            .min_by(|a, b| b.0.cmp(&a.0).then(a.1.total_cmp(&b.1)).then(a.2.cmp(&b.2)))
+    {
+        return Next::Run(t.2);
+    }
+    Next::Finish
 }
 
 /// The completed trial with the lowest validation loss at its last rung.
@@ -256,6 +273,27 @@ mod tests {
         );
         // Every promotion came from the best third of its rung at the time.
         assert_eq!(runs.iter().filter(|&&i| i == best).count(), 3);
+    }
+
+    #[test]
+    fn a_search_whose_last_rung_nobody_reached_finishes_its_best_trial() {
+        // 8 trials, reduction 3: all finish rung 0, trials 1 and 7 were promoted and
+        // finished rung 1; a third of 2 is none, so nobody would reach rung 2.
+        let s = search(Strategy::Asha, 8);
+        let mut state = SearchState::new(&s, 9);
+        for t in &mut state.trials {
+            t.state = TrialState::Paused;
+            t.losses = vec![0.6 - t.index as f64 / 100.0];
+        }
+        // Trials 1 and 7 were the best of rung 0.
+        state.trials[1].losses[0] = 0.50;
+        state.trials[7].losses[0] = 0.51;
+        state.trials[1].losses.push(0.49);
+        state.trials[7].losses.push(0.48);
+        assert_eq!(next_step(&state, 3, 2), Next::Run(7));
+        state.trials[7].losses.push(0.47);
+        state.trials[7].state = TrialState::Completed;
+        assert_eq!(next_step(&state, 3, 2), Next::Finish);
     }
 
     #[test]
