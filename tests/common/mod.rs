@@ -11,13 +11,23 @@ use halyard_client::Client;
 use halyard_core::proto::JobInfo;
 use halyard_core::spec::JobSpec;
 
-/// A free TCP port on loopback.
+/// A free TCP port on loopback, never one this test process handed out before: the
+/// process given a port binds it only when it starts, and the OS may give the same free
+/// port to the next caller meanwhile (two executors once raced for one).
 pub(crate) fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    loop {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut given = GIVEN.lock().unwrap();
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
 }
 
 /// The etcd the tests use (`.ci/run` starts it and sets `HALYARD_TEST_ETCD`).
