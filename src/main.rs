@@ -251,9 +251,10 @@ enum Command {
         #[command(flatten)]
         conn: Connection,
     },
-    /// A/B analysis: each variant's conversion rate from the outcomes fed back, the
-    /// difference with production, its 95% interval and p-value; `halyard experiment
-    /// analyze` analyses a past campaign's table
+    /// A/B analysis: the sample-ratio check, each variant's conversion rate from the
+    /// outcomes fed back, the difference with production, fixed-horizon and always-valid
+    /// 95% intervals and p-values; `halyard experiment analyze` analyses a past campaign's
+    /// table
     ///
     /// `halyard experiment NAME` reads the cluster's live counts. `halyard experiment
     /// analyze --table campaign.csv --variant segment --control "No E-Mail" --metric visit

@@ -453,21 +453,32 @@ async fn canary_promote_and_rollback_under_load_fail_no_request() {
     assert_eq!(seen.len(), 1, "one key, one variant: {seen:?}");
 
     // Outcomes per variant feed the experiment report.
-    for i in 0..40 {
-        let (version, converted) = if i % 2 == 0 {
-            (1, i % 8 == 0)
-        } else {
-            (2, i % 4 == 1)
-        };
-        let (status, v) = post(
-            &http,
-            &gw,
-            "/v1/models/ab:feedback",
-            json!({"version": version, "converted": converted}).to_string(),
-        )
-        .await;
-        assert_eq!(status, 200, "{v}");
-    }
+    let feed = |range: std::ops::Range<usize>| {
+        let (http, gw) = (http.clone(), gw.clone());
+        async move {
+            for i in range {
+                let (version, converted) = if i % 2 == 0 {
+                    (1, i % 8 == 0)
+                } else {
+                    (2, i % 4 == 1)
+                };
+                let (status, v) = post(
+                    &http,
+                    &gw,
+                    "/v1/models/ab:feedback",
+                    json!({"version": version, "converted": converted}).to_string(),
+                )
+                .await;
+                assert_eq!(status, 200, "{v}");
+            }
+        }
+    };
+    feed(0..40).await;
+    // 20 outcomes each: too few for a comparison, and the report says how many more.
+    let e = client.experiment("ab").await.unwrap();
+    let v2 = *e.variants.iter().find(|s| s.version == 2).unwrap();
+    assert!(v2.p_value.is_nan() && v2.needed == 10, "{v2:?}");
+    feed(40..160).await;
     let (status, v) = post(
         &http,
         &gw,
@@ -479,10 +490,29 @@ async fn canary_promote_and_rollback_under_load_fail_no_request() {
     let e = client.experiment("ab").await.unwrap();
     assert_eq!(e.control, 1);
     let by = |v: u64| *e.variants.iter().find(|s| s.version == v).unwrap();
-    assert_eq!((by(1).trials, by(1).conversions), (20, 5));
-    assert_eq!((by(2).trials, by(2).conversions), (20, 10));
+    assert_eq!((by(1).trials, by(1).conversions), (80, 20));
+    assert_eq!((by(2).trials, by(2).conversions), (80, 40));
     assert!((by(2).difference - 0.25).abs() < 1e-12);
     assert!(by(2).p_value > 0.0 && by(2).p_value < 1.0 && by(2).ci_low < by(2).ci_high);
+    assert!(by(2).seq_low < by(2).ci_low && by(2).seq_p_value >= by(2).p_value);
+    assert_eq!(by(2).needed, 0);
+    // The same report over HTTP, as JSON.
+    let got = http
+        .get(format!("http://{gw}/v1/experiments/ab"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(got.status(), 200);
+    let j: serde_json::Value = serde_json::from_slice(&got.bytes().await.unwrap()).unwrap();
+    assert_eq!(j["control"], 1);
+    assert_eq!(j["variants"][1]["needed"], 0);
+    assert!((j["variants"][1]["p_value"].as_f64().unwrap() - by(2).p_value).abs() < 1e-12);
+    let missing = http
+        .get(format!("http://{gw}/v1/experiments/nope"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(missing.status(), 404);
 
     // The CLI's deploy path refuses a version that does not exist.
     let err = halyard_cli::registry::deploy(

@@ -14,10 +14,6 @@ use halyard_client::Client;
 use crate::Result;
 use crate::commands::out;
 
-fn nan_null(x: f64) -> Value {
-    if x.is_finite() { json!(x) } else { Value::Null }
-}
-
 fn deployment_json(d: Option<&DeploymentInfo>) -> Value {
     d.map_or(Value::Null, |d| {
         json!({
@@ -277,25 +273,9 @@ pub async fn deploy(
     Ok(())
 }
 
-/// An experiment as JSON.
+/// An experiment as JSON (the same as `GET /v1/experiments/NAME`; NaN is null).
 pub fn experiment_json(e: &ExperimentResponse) -> Value {
-    json!({
-        "name": e.name,
-        "control": e.control,
-        "confidence": e.confidence,
-        "variants": e.variants.iter().map(|v| json!({
-            "version": v.version,
-            "weight": v.weight,
-            "trials": v.trials,
-            "conversions": v.conversions,
-            "rate": v.rate,
-            "difference": v.difference,
-            "ci_low": nan_null(v.ci_low),
-            "ci_high": nan_null(v.ci_high),
-            "p_value": nan_null(v.p_value),
-            "significant": v.significant,
-        })).collect::<Vec<_>>(),
-    })
+    serde_json::to_value(e).unwrap_or(Value::Null)
 }
 
 /// `halyard experiment NAME`.
@@ -311,29 +291,70 @@ pub async fn experiment(client: &Client, name: &str, as_json: bool) -> Result<()
         e.control,
         e.confidence * 100.0
     ));
-    out(&format!(
-        "{:>7} {:>6} {:>8} {:>8} {:>8} {:>9} {:>21} {:>8}",
-        "VERSION", "WEIGHT", "OUTCOMES", "CONVERTS", "RATE", "DIFF", "INTERVAL", "P-VALUE"
-    ));
-    for v in &e.variants {
-        let (diff, ci, p) = if v.p_value.is_finite() {
-            (
-                format!("{:+.4}", v.difference),
-                format!("[{:+.4}, {:+.4}]", v.ci_low, v.ci_high),
-                format!("{:.4}{}", v.p_value, if v.significant { " *" } else { "" }),
-            )
-        } else if v.version == e.control {
-            ("control".into(), "-".into(), "-".into())
-        } else {
-            ("-".into(), "-".into(), "-".into())
-        };
+    // The sample-ratio check comes before any result: when it fires, none can be trusted.
+    let outcomes: Vec<String> = e
+        .variants
+        .iter()
+        .filter(|v| v.weight > 0)
+        .map(|v| format!("version {} {} (weight {})", v.version, v.trials, v.weight))
+        .collect();
+    if e.srm_mismatch {
         out(&format!(
-            "{:>7} {:>6} {:>8} {:>8} {:>8.4} {:>9} {:>21} {:>8}",
-            v.version, v.weight, v.trials, v.conversions, v.rate, diff, ci, p
+            "SAMPLE RATIO MISMATCH: outcomes {} against the split: chi-square {:.2}, p = {:.2e} < 0.001. The assignment or the feedback is broken: do not trust the results below.",
+            outcomes.join(", "),
+            e.srm_chi2,
+            e.srm_p_value
+        ));
+    } else if e.srm_p_value.is_finite() {
+        out(&format!(
+            "sample ratio: outcomes {} against the split: chi-square {:.2}, p = {:.4}: no mismatch",
+            outcomes.join(", "),
+            e.srm_chi2,
+            e.srm_p_value
         ));
     }
     out(&format!(
-        "* significant at {:.0}% (two-sided two-proportion z-test); feed outcomes with POST /v1/models/{}:feedback",
+        "{:>7} {:>6} {:>8} {:>8} {:>8} {:>9} {:>21} {:>8} {:>21} {:>8} {:>10}",
+        "VERSION",
+        "WEIGHT",
+        "OUTCOMES",
+        "CONVERTS",
+        "RATE",
+        "DIFF",
+        "FIXED INTERVAL",
+        "P",
+        "ALWAYS-VALID",
+        "P",
+        "DETECTABLE"
+    ));
+    for v in &e.variants {
+        let head = format!(
+            "{:>7} {:>6} {:>8} {:>8} {:>8.4}",
+            v.version, v.weight, v.trials, v.conversions, v.rate
+        );
+        if v.version == e.control {
+            out(&format!("{head} {:>9}", "control"));
+        } else if v.needed > 0 {
+            out(&format!(
+                "{head} {:>9}  too few outcomes for a comparison: {} more in the smaller group",
+                "-", v.needed
+            ));
+        } else if v.p_value.is_finite() {
+            out(&format!(
+                "{head} {:>+9.4} {:>21} {:>8} {:>21} {:>8.4} {:>10.4}",
+                v.difference,
+                format!("[{:+.4}, {:+.4}]", v.ci_low, v.ci_high),
+                format!("{:.4}{}", v.p_value, if v.significant { " *" } else { "" }),
+                format!("[{:+.4}, {:+.4}]", v.seq_low, v.seq_high),
+                v.seq_p_value,
+                v.detectable
+            ));
+        } else {
+            out(&format!("{head} {:>9}", "-"));
+        }
+    }
+    out(&format!(
+        "* significant at {:.0}% for one planned look (two-proportion z-test); read ALWAYS-VALID when looking more than once; feed outcomes with POST /v1/models/{}:feedback (docs/experiments.md)",
         e.confidence * 100.0,
         e.name
     ));

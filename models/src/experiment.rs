@@ -304,7 +304,7 @@ fn compare(
         sequential: None,
         cuped: None,
         detectable: None,
-        note: too_few(control, variant, binary),
+        note: too_few(control, variant, binary).map(|s| s.to_string()),
     };
     if r.note.is_some() {
         return r;

@@ -48,6 +48,22 @@ pub struct Moments {
 }
 
 impl Moments {
+    /// The moments of a 0/1 metric from its counts.
+    pub fn rate(trials: u64, successes: u64) -> Moments {
+        let n = trials as f64;
+        let p = if trials == 0 {
+            0.0
+        } else {
+            successes as f64 / n
+        };
+        Moments {
+            n: trials,
+            mean_y: p,
+            m2_y: n * p * (1.0 - p),
+            ..Moments::default()
+        }
+    }
+
     /// Add an observation (`x` = 0 when there is no covariate).
     pub fn add(&mut self, y: f64, x: f64) {
         self.merge(&Moments {
@@ -335,30 +351,61 @@ pub fn detectable(se: f64, confidence: f64, power: f64) -> f64 {
     (z_of(confidence) + normal().inverse_cdf(power)) * se
 }
 
-/// Why a comparison cannot be made yet: how many more observations (or successes, or
-/// failures) the smaller group needs. `None`: enough.
-pub fn too_few(control: &Moments, variant: &Moments, binary: bool) -> Option<String> {
+/// What a comparison still lacks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Shortfall {
+    /// `observations`, `successes` or `failures`.
+    pub kind: &'static str,
+    /// `smaller group`, `control` or `variant`.
+    pub group: &'static str,
+    /// What it has.
+    pub have: u64,
+    /// How many more it needs.
+    pub more: u64,
+}
+
+impl std::fmt::Display for Shortfall {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (needs, test) = if self.kind == "observations" {
+            (MIN_OBSERVATIONS, "a comparison")
+        } else {
+            (MIN_EVENTS, "a proportion test")
+        };
+        write!(
+            f,
+            "too few {} in the {}: {}, {test} needs {needs} ({} more)",
+            self.kind, self.group, self.have, self.more
+        )
+    }
+}
+
+/// Why a comparison cannot be made yet: what the smaller group (or, for a 0/1 metric, a
+/// group's successes or failures) lacks. `None`: enough.
+pub fn too_few(control: &Moments, variant: &Moments, binary: bool) -> Option<Shortfall> {
     let n = control.n.min(variant.n);
     if n < MIN_OBSERVATIONS {
-        return Some(format!(
-            "too few observations: the smaller group has {n}, a comparison needs {MIN_OBSERVATIONS} ({} more)",
-            MIN_OBSERVATIONS - n
-        ));
+        return Some(Shortfall {
+            kind: "observations",
+            group: "smaller group",
+            have: n,
+            more: MIN_OBSERVATIONS - n,
+        });
     }
     if binary {
-        for (what, g) in [("control", control), ("variant", variant)] {
+        for (group, g) in [("control", control), ("variant", variant)] {
             let s = g.successes();
-            let f = g.n - s;
-            if s < MIN_EVENTS || f < MIN_EVENTS {
-                let (kind, have) = if s < f {
-                    ("successes", s)
-                } else {
-                    ("failures", f)
-                };
-                return Some(format!(
-                    "too few {kind} in the {what}: {have}, a proportion test needs {MIN_EVENTS} ({} more)",
-                    MIN_EVENTS - have
-                ));
+            let (kind, have) = if s < g.n - s {
+                ("successes", s)
+            } else {
+                ("failures", g.n - s)
+            };
+            if have < MIN_EVENTS {
+                return Some(Shortfall {
+                    kind,
+                    group,
+                    have,
+                    more: MIN_EVENTS - have,
+                });
             }
         }
     }

@@ -243,5 +243,8 @@ fn bad_input_is_refused_and_too_few_observations_say_how_many_more() {
     let v = &report.overall.metrics[0].variants[0];
     assert!(v.fixed.is_none());
     let note = v.note.as_deref().unwrap();
-    assert!(note.contains("has 1") && note.contains("29 more"), "{note}");
+    assert!(
+        note.contains("smaller group: 1") && note.contains("29 more"),
+        "{note}"
+    );
 }

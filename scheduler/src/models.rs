@@ -201,18 +201,11 @@ impl ModelService for ModelApi {
         &self,
         request: Request<ExperimentRequest>,
     ) -> Result<Response<ExperimentResponse>, Status> {
+        use halyard_serving::experiment::{never_deployed, report};
         let name = request.into_inner().name;
-        let deployment = self.coord.deployment(&name).await.map_err(to_status)?;
-        let outcomes = self.coord.outcomes(&name).await.map_err(to_status)?;
-        if deployment.is_none() && outcomes.is_empty() {
-            return Err(Failure::NotFound.status(format!(
-                "model {name} was never deployed and has no outcomes"
-            )));
+        match report(&self.coord, &name).await.map_err(to_status)? {
+            Some(r) => Ok(Response::new(r)),
+            None => Err(Failure::NotFound.status(never_deployed(&name))),
         }
-        Ok(Response::new(halyard_serving::experiment::analyse(
-            &name,
-            deployment.as_ref(),
-            &outcomes,
-        )))
     }
 }

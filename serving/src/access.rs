@@ -175,6 +175,11 @@ pub const ROUTES: &[(&str, &str, Access)] = &[
         "/v1/models/{model}",
         Access::ModelKey(Action::Predict),
     ),
+    (
+        "GET",
+        "/v1/experiments/{model}",
+        Access::Key(Action::ReadModels),
+    ),
     ("GET", "/healthz", Access::Open),
 ];
 

@@ -1,42 +1,36 @@
 //! A/B analysis of the outcomes fed back per version: each variant's conversion rate, its
-//! difference with the control's, a Wald confidence interval of that difference and the
-//! two-sided p-value of the pooled two-proportion z-test.
+//! difference with the control's, the Wald interval and pooled z-test of that difference
+//! (fixed horizon), the always-valid interval and p-value, the detectable effect, and the
+//! sample-ratio check of the outcomes against the deployed split
+//! ([`halyard_models::stats`], formulas in `docs/experiments.md`).
 
 use halyard_core::proto::{ExperimentResponse, VariantStats};
 use halyard_core::registry::{Deployment, Outcomes, PRODUCTION};
+use halyard_models::stats::{Moments, detectable, proportions, sequential, srm, too_few};
 
 /// Confidence level of the intervals.
 pub const CONFIDENCE: f64 = 0.95;
-/// The normal quantile of [`CONFIDENCE`] (two-sided).
-const Z: f64 = 1.959_963_984_540_054;
+/// Power of the detectable effect.
+const POWER: f64 = 0.8;
 
-/// `erfc(x)` (Numerical Recipes' Chebyshev fit, relative error below 1.2e-7).
-fn erfc(x: f64) -> f64 {
-    let z = x.abs();
-    let t = 1.0 / (1.0 + 0.5 * z);
-    let poly = -z * z - 1.265_512_23
-        + t * (1.000_023_68
-            + t * (0.374_091_96
-                + t * (0.096_784_18
-                    + t * (-0.186_288_06
-                        + t * (0.278_868_07
-                            + t * (-1.135_203_98
-                                + t * (1.488_515_87 + t * (-0.822_152_23 + t * 0.170_872_77))))))));
-    let r = t * poly.exp();
-    if x >= 0.0 { r } else { 2.0 - r }
-}
-
-/// Two-sided p-value of a standard normal statistic.
-pub fn p_value(z: f64) -> f64 {
-    erfc(z.abs() / std::f64::consts::SQRT_2)
-}
-
-fn rate(o: &Outcomes) -> f64 {
-    if o.trials == 0 {
-        0.0
-    } else {
-        o.conversions as f64 / o.trials as f64
+/// The experiment report of model `name` from the registry's deployment and outcomes;
+/// `None` when it was never deployed and has no outcomes. The message for that case is
+/// [`never_deployed`].
+pub async fn report(
+    coord: &halyard_core::coord::Coordinator,
+    name: &str,
+) -> halyard_core::Result<Option<ExperimentResponse>> {
+    let deployment = coord.deployment(name).await?;
+    let outcomes = coord.outcomes(name).await?;
+    if deployment.is_none() && outcomes.is_empty() {
+        return Ok(None);
     }
+    Ok(Some(analyse(name, deployment.as_ref(), &outcomes)))
+}
+
+/// Why there is no report for `name`.
+pub fn never_deployed(name: &str) -> String {
+    format!("model {name} was never deployed and has no outcomes")
 }
 
 /// Compare every variant (and every version with outcomes) with the control: the
@@ -70,39 +64,57 @@ pub fn analyse(
             .map(|(_, o)| *o)
             .unwrap_or_default()
     };
-    let c = counts(control);
-    let pc = rate(&c);
+    let moments = |v: u64| {
+        let o = counts(v);
+        Moments::rate(o.trials, o.conversions)
+    };
+    let c = moments(control);
+    let weighted: Vec<&(u64, u32)> = versions.iter().filter(|(_, w)| *w > 0).collect();
+    let check = srm(
+        &weighted
+            .iter()
+            .map(|(v, _)| counts(*v).trials)
+            .collect::<Vec<_>>(),
+        &weighted
+            .iter()
+            .map(|(_, w)| f64::from(*w))
+            .collect::<Vec<_>>(),
+    );
     let variants = versions
         .into_iter()
         .map(|(version, weight)| {
             let o = counts(version);
-            let p = rate(&o);
+            let m = moments(version);
             let mut s = VariantStats {
                 version,
                 weight,
                 trials: o.trials,
                 conversions: o.conversions,
-                rate: p,
-                difference: p - pc,
+                rate: m.mean_y,
+                difference: m.mean_y - c.mean_y,
                 ci_low: f64::NAN,
                 ci_high: f64::NAN,
                 p_value: f64::NAN,
                 significant: false,
+                seq_low: f64::NAN,
+                seq_high: f64::NAN,
+                seq_p_value: f64::NAN,
+                detectable: f64::NAN,
+                needed: 0,
             };
-            if version != control && o.trials > 0 && c.trials > 0 {
-                let (n1, n2) = (o.trials as f64, c.trials as f64);
-                let se = (p * (1.0 - p) / n1 + pc * (1.0 - pc) / n2).sqrt();
-                s.ci_low = s.difference - Z * se;
-                s.ci_high = s.difference + Z * se;
-                let pooled = (o.conversions + c.conversions) as f64 / (n1 + n2);
-                let se0 = (pooled * (1.0 - pooled) * (1.0 / n1 + 1.0 / n2)).sqrt();
-                s.p_value = if se0 > 0.0 {
-                    p_value(s.difference / se0)
-                } else {
-                    1.0
-                };
-                s.significant = s.p_value < 1.0 - CONFIDENCE;
+            if version == control {
+                return s;
             }
+            if let Some(short) = too_few(&c, &m, true) {
+                s.needed = short.more;
+                return s;
+            }
+            let f = proportions(&c, &m, CONFIDENCE);
+            let q = sequential(f.difference, f.se, c.n + m.n, CONFIDENCE);
+            (s.ci_low, s.ci_high, s.p_value) = (f.ci_low, f.ci_high, f.p_value);
+            (s.seq_low, s.seq_high, s.seq_p_value) = (q.ci_low, q.ci_high, q.p_value);
+            s.significant = s.p_value < 1.0 - CONFIDENCE;
+            s.detectable = detectable(f.se, CONFIDENCE, POWER);
             s
         })
         .collect();
@@ -111,6 +123,9 @@ pub fn analyse(
         control,
         variants,
         confidence: CONFIDENCE,
+        srm_chi2: check.as_ref().map_or(f64::NAN, |s| s.chi2),
+        srm_p_value: check.as_ref().map_or(f64::NAN, |s| s.p_value),
+        srm_mismatch: check.is_some_and(|s| s.mismatch),
     }
 }
 
@@ -118,13 +133,6 @@ pub fn analyse(
 mod tests {
     use super::*;
     use halyard_core::registry::{DeploymentState, Variant};
-
-    #[test]
-    fn normal_tail_matches_known_values() {
-        assert!((p_value(1.959_964) - 0.05).abs() < 1e-6);
-        assert!((p_value(0.0) - 1.0).abs() < 1e-6);
-        assert!((p_value(-2.575_829) - 0.01).abs() < 1e-6);
-    }
 
     #[test]
     fn a_clear_winner_is_significant_and_a_tie_is_not() {
@@ -156,11 +164,27 @@ mod tests {
         // Pooled z = 0.05 / sqrt(0.125 * 0.875 * 0.002) = 3.381: p = 0.00072.
         assert!((v2.p_value - 0.000_722).abs() < 2e-5, "{}", v2.p_value);
         assert!(v2.significant && v2.ci_low > 0.0);
+        // The always-valid interval is wider and holds the fixed one.
+        assert!(v2.seq_low < v2.ci_low && v2.seq_high > v2.ci_high);
+        assert!(v2.seq_p_value > v2.p_value);
+        assert!(!r.srm_mismatch && r.srm_p_value > 0.9, "{r:?}");
         let r = analyse("m", Some(&d), &[(1, o(1000, 100)), (2, o(1000, 104))]);
         assert!(!r.variants[1].significant && r.variants[1].ci_low < 0.0);
         assert!(
             r.variants[0].p_value.is_nan(),
             "the control is not compared with itself"
+        );
+        // A 50/50 split that delivered 1,000 against 1,300 outcomes is flagged.
+        let r = analyse("m", Some(&d), &[(1, o(1000, 100)), (2, o(1300, 130))]);
+        assert!(r.srm_mismatch && r.srm_p_value < 0.001, "{r:?}");
+        // Too few outcomes: no p-value, and how many more are needed.
+        let r = analyse("m", Some(&d), &[(1, o(20, 5)), (2, o(20, 10))]);
+        assert!(r.variants[1].p_value.is_nan());
+        assert_eq!(r.variants[1].needed, 10);
+        let r = analyse("m", Some(&d), &[(1, o(100, 4)), (2, o(100, 10))]);
+        assert_eq!(
+            r.variants[1].needed, 6,
+            "the control has 4 conversions of 10"
         );
     }
 }

@@ -396,6 +396,15 @@ impl Gateway {
         })
     }
 
+    /// `GET /v1/experiments/{name}`: the experiment report as JSON.
+    pub async fn experiment(&self, name: &str) -> Result<serde_json::Value, ApiError> {
+        use crate::experiment::{never_deployed, report};
+        let r = report(&self.coord, name)
+            .await?
+            .ok_or_else(|| ApiError::not_found(never_deployed(name)))?;
+        serde_json::to_value(&r).map_err(|e| ApiError::internal(e.to_string()))
+    }
+
     /// Deployed models and where they are served.
     pub async fn overview(&self) -> Result<serde_json::Value, ApiError> {
         #[derive(Serialize)]

@@ -107,6 +107,10 @@ async fn get_model(
     reply(gw.schema(&name, headers.contains_key(FORWARDED)).await)
 }
 
+async fn get_experiment(State(gw): State<Arc<Gateway>>, Path(name): Path<String>) -> Response {
+    reply(gw.experiment(&name).await)
+}
+
 async fn list_models(State(gw): State<Arc<Gateway>>) -> Response {
     reply(gw.overview().await)
 }
@@ -116,6 +120,7 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
     Router::new()
         .route("/v1/models", get(list_models))
         .route("/v1/models/{target}", get(get_model).post(post_model))
+        .route("/v1/experiments/{name}", get(get_experiment))
         .route("/healthz", get(|| async { "ok" }))
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(gateway)
