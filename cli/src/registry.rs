@@ -314,12 +314,13 @@ pub async fn experiment(client: &Client, name: &str, as_json: bool) -> Result<()
         ));
     }
     out(&format!(
-        "{:>7} {:>6} {:>8} {:>8} {:>8} {:>9} {:>21} {:>8} {:>21} {:>8} {:>10}",
+        "{:>7} {:>6} {:>8} {:>8} {:>8} {:>7} {:>9} {:>21} {:>8} {:>21} {:>8} {:>10}",
         "VERSION",
         "WEIGHT",
         "OUTCOMES",
         "CONVERTS",
         "RATE",
+        "P(BEST)",
         "DIFF",
         "FIXED INTERVAL",
         "P",
@@ -329,8 +330,8 @@ pub async fn experiment(client: &Client, name: &str, as_json: bool) -> Result<()
     ));
     for v in &e.variants {
         let head = format!(
-            "{:>7} {:>6} {:>8} {:>8} {:>8.4}",
-            v.version, v.weight, v.trials, v.conversions, v.rate
+            "{:>7} {:>6} {:>8} {:>8} {:>8.4} {:>7.3}",
+            v.version, v.weight, v.trials, v.conversions, v.rate, v.prob_best
         );
         if v.version == e.control {
             out(&format!("{head} {:>9}", "control"));
@@ -354,7 +355,7 @@ pub async fn experiment(client: &Client, name: &str, as_json: bool) -> Result<()
         }
     }
     out(&format!(
-        "* significant at {:.0}% for one planned look (two-proportion z-test); read ALWAYS-VALID when looking more than once; feed outcomes with POST /v1/models/{}:feedback (docs/experiments.md)",
+        "* significant at {:.0}% for one planned look (two-proportion z-test); read ALWAYS-VALID when looking more than once; P(BEST): the posterior probability of the highest rate; feed outcomes with POST /v1/models/{}:feedback (docs/experiments.md)",
         e.confidence * 100.0,
         e.name
     ));

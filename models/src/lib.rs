@@ -14,6 +14,7 @@
 //! - [`records`]: JSON scoring records encoded by an artifact's preprocessor.
 
 pub mod artifact;
+pub mod bandit;
 pub mod device;
 pub mod distributed;
 pub mod error;

@@ -6,7 +6,9 @@
 
 use halyard_core::proto::{ExperimentResponse, VariantStats};
 use halyard_core::registry::{Deployment, Outcomes, PRODUCTION};
+use halyard_models::bandit::{Arm, prob_best};
 use halyard_models::stats::{Moments, detectable, proportions, sequential, srm, too_few};
+use rand::SeedableRng;
 
 /// Confidence level of the intervals.
 pub const CONFIDENCE: f64 = 0.95;
@@ -80,9 +82,26 @@ pub fn analyse(
             .map(|(_, w)| f64::from(*w))
             .collect::<Vec<_>>(),
     );
+    // Draws of the posteriors, seeded: the same counts give the same report.
+    let best = prob_best(
+        &versions
+            .iter()
+            .map(|(v, _)| {
+                let o = counts(*v);
+                Arm {
+                    trials: o.trials,
+                    successes: o.conversions,
+                }
+            })
+            .collect::<Vec<_>>(),
+        20_000,
+        &mut rand::rngs::StdRng::seed_from_u64(0),
+    )
+    .unwrap_or_default();
     let variants = versions
         .into_iter()
-        .map(|(version, weight)| {
+        .enumerate()
+        .map(|(i, (version, weight))| {
             let o = counts(version);
             let m = moments(version);
             let mut s = VariantStats {
@@ -101,6 +120,7 @@ pub fn analyse(
                 seq_p_value: f64::NAN,
                 detectable: f64::NAN,
                 needed: 0,
+                prob_best: best.get(i).copied().unwrap_or(f64::NAN),
             };
             if version == control {
                 return s;
@@ -168,6 +188,10 @@ mod tests {
         assert!(v2.seq_low < v2.ci_low && v2.seq_high > v2.ci_high);
         assert!(v2.seq_p_value > v2.p_value);
         assert!(!r.srm_mismatch && r.srm_p_value > 0.9, "{r:?}");
+        assert!(
+            v2.prob_best > 0.99 && r.variants[0].prob_best < 0.01,
+            "{r:?}"
+        );
         let r = analyse("m", Some(&d), &[(1, o(1000, 100)), (2, o(1000, 104))]);
         assert!(!r.variants[1].significant && r.variants[1].ci_low < 0.0);
         assert!(
