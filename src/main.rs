@@ -204,7 +204,11 @@ enum Command {
         /// Model name
         name: String,
         /// Version to deploy
-        #[arg(long, conflicts_with = "split", required_unless_present = "split")]
+        #[arg(
+            long,
+            conflicts_with_all = ["split", "bandit"],
+            required_unless_present_any = ["split", "bandit"]
+        )]
         version: Option<u64>,
         /// Alias to give the version
         #[arg(long, default_value = "production")]
@@ -213,8 +217,20 @@ enum Command {
         #[arg(long, requires = "version")]
         percent: Option<u32>,
         /// Traffic split as VERSION=WEIGHT pairs, such as 3=90,4=10
-        #[arg(long)]
+        #[arg(long, conflicts_with = "bandit")]
         split: Option<String>,
+        /// Thompson-sampling allocation between these versions (such as 3,4,5): the
+        /// leader re-weighs them every --every by the posterior probability that each
+        /// converts best (from the outcomes fed back); any later deploy, split or promote
+        /// ends it (docs/experiments.md)
+        #[arg(long, value_delimiter = ',')]
+        bandit: Option<Vec<u64>>,
+        /// With --bandit: the share each version keeps at least, in percent
+        #[arg(long, default_value = "1%", requires = "bandit")]
+        floor: String,
+        /// With --bandit: time between reallocations (30s, 5m, 1h)
+        #[arg(long, default_value = "60s", requires = "bandit")]
+        every: String,
         /// Print JSON
         #[arg(long)]
         json: bool,
@@ -623,10 +639,16 @@ async fn run(cli: Cli) -> Result<(), AnyError> {
             alias,
             percent,
             split,
+            bandit,
+            floor,
+            every,
             json,
             conn,
         } => {
-            let action = DeployAction::from_flags(version, alias, percent, split)?;
+            let action = match bandit {
+                Some(versions) => DeployAction::bandit(versions, &floor, &every)?,
+                None => DeployAction::from_flags(version, alias, percent, split)?,
+            };
             registry::deploy(&client(conn).await?, &name, action, json).await?
         }
         Command::Promote {

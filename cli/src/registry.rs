@@ -4,7 +4,7 @@
 use halyard_core::proto::deploy_request::Change;
 use halyard_core::proto::{
     DeployRequest, DeployVersion, DeploymentInfo, ExperimentResponse, GetModelResponse, Promote,
-    Rollback, SplitTraffic, Undeploy, VariantInfo,
+    Rollback, SplitTraffic, StartBandit, Undeploy, VariantInfo,
 };
 use halyard_core::registry::parse_split;
 use serde_json::{Value, json};
@@ -201,9 +201,41 @@ pub enum DeployAction {
     Rollback,
     /// `undeploy NAME`.
     Undeploy,
+    /// `deploy NAME --bandit 3,4,5 [--floor 1%] [--every 60s]`.
+    Bandit {
+        /// The versions.
+        versions: Vec<u64>,
+        /// Each one's least share, basis points.
+        floor_bp: u32,
+        /// Seconds between reallocations.
+        every_secs: u64,
+    },
 }
 
 impl DeployAction {
+    /// `deploy --bandit`'s flags: `--floor` in percent (`1%`, `0.5`), `--every` a duration.
+    pub fn bandit(versions: Vec<u64>, floor: &str, every: &str) -> Result<DeployAction> {
+        let pct: f64 = floor.trim().trim_end_matches('%').parse().map_err(|_| {
+            crate::CliError::Failed(format!(
+                "--floor {floor:?} is not a percentage: write it as 1% or 0.5"
+            ))
+        })?;
+        if !(0.0..50.0).contains(&pct) {
+            return Err(crate::CliError::Failed(format!(
+                "--floor {floor:?} must lie between 0% and 50%"
+            )));
+        }
+        let every_secs = match halyard_core::schedule::Timing::parse(Some(every), None)? {
+            halyard_core::schedule::Timing::Every(secs) => secs,
+            halyard_core::schedule::Timing::Cron(_) => unreachable!("--every parses a duration"),
+        };
+        Ok(DeployAction::Bandit {
+            versions,
+            floor_bp: (pct * 100.0).round() as u32,
+            every_secs,
+        })
+    }
+
     /// `deploy`'s flags: `--version` (with `--alias`, `--percent`) or `--split`.
     pub fn from_flags(
         version: Option<u64>,
@@ -254,6 +286,15 @@ pub async fn deploy(
         DeployAction::Promote(alias) => Change::Promote(Promote { alias }),
         DeployAction::Rollback => Change::Rollback(Rollback {}),
         DeployAction::Undeploy => Change::Undeploy(Undeploy {}),
+        DeployAction::Bandit {
+            versions,
+            floor_bp,
+            every_secs,
+        } => Change::Bandit(StartBandit {
+            versions,
+            floor_bp,
+            every_secs,
+        }),
     };
     let m = client
         .deploy(DeployRequest {

@@ -82,6 +82,22 @@ pub struct Variant {
     pub weight: u32,
 }
 
+/// Thompson-sampling allocation of a deployment's traffic (`halyard deploy --bandit`):
+/// the leader re-weighs the versions every `every_secs` by the posterior probability that
+/// each converts best, each keeping `floor_bp`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BanditPolicy {
+    /// The versions it allocates between.
+    pub versions: Vec<u64>,
+    /// The share each keeps at least, in basis points of [`BANDIT_SCALE`] (100 = 1 %).
+    pub floor_bp: u32,
+    /// Seconds between reallocations.
+    pub every_secs: u64,
+}
+
+/// A bandit's weights add up to this (basis points).
+pub const BANDIT_SCALE: u32 = 10_000;
+
 /// What serves a model: the traffic split and the aliases.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct DeploymentState {
@@ -89,6 +105,9 @@ pub struct DeploymentState {
     pub variants: Vec<Variant>,
     /// Names of versions (`production`, `canary`, any other); a request may pin one.
     pub aliases: BTreeMap<String, u64>,
+    /// The allocation policy re-weighing `variants`, when a bandit runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bandit: Option<BanditPolicy>,
 }
 
 /// A model's deployment, with the states it replaced (newest last).
@@ -128,6 +147,11 @@ pub enum Change {
     Rollback,
     /// Stop serving the model.
     Undeploy,
+    /// Start Thompson-sampling allocation between the policy's versions (equal shares to
+    /// begin with); any later change other than [`Change::Rebalance`] ends it.
+    Bandit(BanditPolicy),
+    /// The leader's reallocation of a running bandit: new weights, the same policy.
+    Rebalance(Vec<Variant>),
 }
 
 impl DeploymentState {
@@ -222,6 +246,10 @@ impl Deployment {
         };
         let old = &self.current;
         let mut next = old.clone();
+        // A change by hand ends a running bandit.
+        if !matches!(change, Change::Rebalance(_)) {
+            next.bandit = None;
+        }
         match change {
             Change::Deploy {
                 version,
@@ -323,6 +351,72 @@ impl Deployment {
             }
             Change::Undeploy => {
                 next = DeploymentState::default();
+            }
+            Change::Bandit(policy) => {
+                let n = policy.versions.len();
+                if n < 2 {
+                    return Err(invalid(
+                        "bandit",
+                        n,
+                        "name at least two versions to allocate between",
+                    ));
+                }
+                for (i, v) in policy.versions.iter().enumerate() {
+                    check(*v)?;
+                    if policy.versions[..i].contains(v) {
+                        return Err(invalid("bandit", v, "a version appears twice"));
+                    }
+                }
+                if policy.floor_bp as usize * n >= BANDIT_SCALE as usize {
+                    return Err(invalid(
+                        "floor",
+                        format!("{:.2}%", f64::from(policy.floor_bp) / 100.0),
+                        &format!("the {n} versions' floors must leave traffic to allocate"),
+                    ));
+                }
+                if policy.every_secs == 0 {
+                    return Err(invalid("every", 0, "must be at least one second"));
+                }
+                let share = BANDIT_SCALE / n as u32;
+                next.variants = policy
+                    .versions
+                    .iter()
+                    .enumerate()
+                    .map(|(i, v)| Variant {
+                        version: *v,
+                        // The first takes the remainder of the division.
+                        weight: share + if i == 0 { BANDIT_SCALE % n as u32 } else { 0 },
+                    })
+                    .collect();
+                if !next
+                    .aliases
+                    .get(PRODUCTION)
+                    .is_some_and(|p| policy.versions.contains(p))
+                {
+                    next.aliases.insert(PRODUCTION.into(), policy.versions[0]);
+                }
+                next.bandit = Some(policy.clone());
+            }
+            Change::Rebalance(variants) => {
+                let Some(policy) = &old.bandit else {
+                    return Err(invalid(
+                        "rebalance",
+                        &self.name,
+                        "no bandit runs on this deployment",
+                    ));
+                };
+                if variants.len() != policy.versions.len()
+                    || variants
+                        .iter()
+                        .any(|v| v.weight == 0 || !policy.versions.contains(&v.version))
+                {
+                    return Err(invalid(
+                        "rebalance",
+                        &self.name,
+                        "the weights must cover the bandit's versions, each positive",
+                    ));
+                }
+                next.variants = variants.clone();
             }
         }
         let mut out = self.clone();
@@ -482,10 +576,64 @@ mod tests {
     }
 
     #[test]
+    fn a_bandit_starts_equal_rebalances_and_ends_with_a_change_by_hand() {
+        let d = Deployment {
+            name: "m".into(),
+            ..Deployment::default()
+        };
+        let exists = |v: u64| (1..=3).contains(&v);
+        let policy = BanditPolicy {
+            versions: vec![1, 2, 3],
+            floor_bp: 100,
+            every_secs: 60,
+        };
+        let d = d.apply(&Change::Bandit(policy.clone()), exists).unwrap();
+        let weights: Vec<u32> = d.current.variants.iter().map(|v| v.weight).collect();
+        assert_eq!(weights, vec![3334, 3333, 3333]);
+        assert_eq!(d.current.aliases[PRODUCTION], 1);
+        let shift = parse_split("1=100,2=9800,3=100").unwrap();
+        let d = d.apply(&Change::Rebalance(shift.clone()), exists).unwrap();
+        assert_eq!(d.current.variants, shift);
+        assert_eq!(d.current.bandit.as_ref(), Some(&policy));
+        // Weights for versions the bandit does not run are refused.
+        let err = d.apply(
+            &Change::Rebalance(parse_split("1=50,4=50").unwrap()),
+            exists,
+        );
+        assert!(err.is_err());
+        // Rollback restores the state before the last change, policy included.
+        let back = d.apply(&Change::Rollback, exists).unwrap();
+        assert_eq!(back.current.variants.len(), 3);
+        assert!(back.current.bandit.is_some());
+        // A split by hand ends the bandit; the leader can no longer rebalance.
+        let manual = d
+            .apply(&Change::Split(parse_split("2=100").unwrap()), exists)
+            .unwrap();
+        assert!(manual.current.bandit.is_none());
+        assert!(manual.apply(&Change::Rebalance(shift), exists).is_err());
+        // Too few versions, or floors that leave nothing to allocate, are refused.
+        let bad = |versions: Vec<u64>, floor_bp| {
+            Deployment::default()
+                .apply(
+                    &Change::Bandit(BanditPolicy {
+                        versions,
+                        floor_bp,
+                        every_secs: 60,
+                    }),
+                    exists,
+                )
+                .unwrap_err()
+                .to_string()
+        };
+        assert!(bad(vec![1], 100).contains("at least two"));
+        assert!(bad(vec![1, 2], 5000).contains("floors"));
+    }
+
+    #[test]
     fn split_by_key_is_stable_and_follows_the_weights() {
         let state = DeploymentState {
             variants: parse_split("3=90,4=10").unwrap(),
-            aliases: BTreeMap::new(),
+            ..DeploymentState::default()
         };
         let mut fours = 0;
         for i in 0..10_000 {

@@ -9,6 +9,7 @@ use halyard_core::coord::{Auditor, Coordinator, Leadership, Versioned};
 use halyard_core::records::{
     ExecutorInfo, JobRecord, JobState, TaskAssignment, append_lines, now_ms,
 };
+use halyard_core::registry::Change;
 use halyard_core::schedule::Run;
 use halyard_core::search::{Next, SearchState, TrialState, best_trial, next_step};
 use halyard_core::spec::Stage;
@@ -225,6 +226,7 @@ struct Leader<'a> {
 impl Leader<'_> {
     async fn tick(&mut self, executors: &[ExecutorInfo]) -> Result<()> {
         self.fire_schedules().await?;
+        self.rebalance_bandits().await?;
         let jobs = self.coord.list_active_jobs().await?;
         if jobs.is_empty() {
             return Ok(());
@@ -745,6 +747,49 @@ impl Leader<'_> {
                 other => {
                     other?;
                 }
+            }
+        }
+        Ok(())
+    }
+
+    /// Re-weigh every running bandit whose interval has passed since its deployment last
+    /// changed: a `Rebalance` change through the registry (so it is in the deployment's
+    /// history and rollback restores the weights before it). Unchanged weights are not
+    /// written; the draws are seeded by the deployment's last change, so every tick until
+    /// the next change computes the same weights.
+    async fn rebalance_bandits(&self) -> Result<()> {
+        let now = now_ms();
+        for d in self.coord.deployments().await? {
+            let Some(policy) = &d.current.bandit else {
+                continue;
+            };
+            if now - d.updated_ms < policy.every_secs as i64 * 1000 {
+                continue;
+            }
+            let outcomes = self.coord.outcomes(&d.name).await?;
+            let weights = match halyard_serving::experiment::bandit_weights(
+                policy,
+                &outcomes,
+                d.updated_ms as u64,
+            ) {
+                Ok(w) => w,
+                Err(e) => {
+                    warn!(model = %d.name, error = %e, "bandit not re-weighed");
+                    continue;
+                }
+            };
+            if weights == d.current.variants {
+                continue;
+            }
+            match self
+                .coord
+                .change_deployment(&d.name, &Change::Rebalance(weights.clone()))
+                .await
+            {
+                Ok(_) => info!(model = %d.name, weights = ?weights, "bandit re-weighed"),
+                // Changed by hand meanwhile (the bandit may have ended): next tick re-reads.
+                Err(Error::Conflict { .. }) | Err(Error::Invalid { .. }) => {}
+                Err(e) => return Err(e),
             }
         }
         Ok(())

@@ -12,7 +12,7 @@ use halyard_core::proto::{
     GetModelRequest, GetModelResponse, ListAudiencesRequest, ListAudiencesResponse,
     ListModelsRequest, ListModelsResponse, ModelVersionInfo, VariantInfo,
 };
-use halyard_core::registry::{CANARY, Change, Deployment, PRODUCTION, Variant};
+use halyard_core::registry::{BanditPolicy, CANARY, Change, Deployment, PRODUCTION, Variant};
 use tonic::{Request, Response, Status};
 use tracing::info;
 
@@ -53,6 +53,11 @@ impl ModelApi {
             },
             Some(WireChange::Rollback(_)) => Change::Rollback,
             Some(WireChange::Undeploy(_)) => Change::Undeploy,
+            Some(WireChange::Bandit(b)) => Change::Bandit(BanditPolicy {
+                versions: b.versions,
+                floor_bp: b.floor_bp,
+                every_secs: b.every_secs,
+            }),
             None => return Err(Failure::Invalid.status("the request names no change")),
         };
         let d = self
@@ -150,6 +155,7 @@ impl ModelService for ModelApi {
             Some(WireChange::Promote(_)) => "promote",
             Some(WireChange::Rollback(_)) => "rollback",
             Some(WireChange::Undeploy(_)) => "undeploy",
+            Some(WireChange::Bandit(_)) => "bandit",
             None => "deploy",
         };
         let name = req.name.clone();

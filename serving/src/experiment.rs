@@ -5,8 +5,10 @@
 //! ([`halyard_models::stats`], formulas in `docs/experiments.md`).
 
 use halyard_core::proto::{ExperimentResponse, VariantStats};
-use halyard_core::registry::{Deployment, Outcomes, PRODUCTION};
-use halyard_models::bandit::{Arm, prob_best};
+use halyard_core::registry::{
+    BANDIT_SCALE, BanditPolicy, Deployment, Outcomes, PRODUCTION, Variant,
+};
+use halyard_models::bandit::{Arm, prob_best, shares};
 use halyard_models::stats::{Moments, detectable, proportions, sequential, srm, too_few};
 use rand::SeedableRng;
 
@@ -14,6 +16,48 @@ use rand::SeedableRng;
 pub const CONFIDENCE: f64 = 0.95;
 /// Power of the detectable effect.
 const POWER: f64 = 0.8;
+
+/// A running bandit's next weights: the posterior probability that each of its versions
+/// converts best (from `outcomes`, 20,000 draws seeded by `seed`), each share at least the
+/// policy's floor, in basis points adding up to [`BANDIT_SCALE`].
+pub fn bandit_weights(
+    policy: &BanditPolicy,
+    outcomes: &[(u64, Outcomes)],
+    seed: u64,
+) -> halyard_models::Result<Vec<Variant>> {
+    let arms: Vec<Arm> = policy
+        .versions
+        .iter()
+        .map(|v| {
+            let o = outcomes
+                .iter()
+                .find(|(x, _)| x == v)
+                .map(|(_, o)| *o)
+                .unwrap_or_default();
+            Arm {
+                trials: o.trials,
+                successes: o.conversions,
+            }
+        })
+        .collect();
+    let p = prob_best(&arms, 20_000, &mut rand::rngs::StdRng::seed_from_u64(seed))?;
+    let floor = f64::from(policy.floor_bp) / f64::from(BANDIT_SCALE);
+    let mut weights: Vec<u32> = shares(&p, floor)
+        .iter()
+        .map(|s| ((s * f64::from(BANDIT_SCALE)).round() as u32).max(policy.floor_bp.max(1)))
+        .collect();
+    // Rounding may leave the sum a little off: the largest absorbs it.
+    let sum: u32 = weights.iter().sum();
+    if let Some(top) = (0..weights.len()).max_by_key(|&i| weights[i]) {
+        weights[top] = (weights[top] + BANDIT_SCALE).saturating_sub(sum).max(1);
+    }
+    Ok(policy
+        .versions
+        .iter()
+        .zip(weights)
+        .map(|(&version, weight)| Variant { version, weight })
+        .collect())
+}
 
 /// The experiment report of model `name` from the registry's deployment and outcomes;
 /// `None` when it was never deployed and has no outcomes. The message for that case is
@@ -155,6 +199,30 @@ mod tests {
     use halyard_core::registry::{DeploymentState, Variant};
 
     #[test]
+    fn bandit_weights_follow_the_better_version_above_the_floors() {
+        let policy = BanditPolicy {
+            versions: vec![1, 2, 3],
+            floor_bp: 100,
+            every_secs: 60,
+        };
+        let o = |trials, conversions| Outcomes {
+            trials,
+            conversions,
+        };
+        let seen = [(1, o(2000, 200)), (2, o(2000, 400)), (3, o(2000, 300))];
+        let w = bandit_weights(&policy, &seen, 1).unwrap();
+        assert_eq!(w.iter().map(|v| v.weight).sum::<u32>(), BANDIT_SCALE);
+        assert!(w[1].weight >= 9_700, "{w:?}");
+        // The losers keep their floor, no less.
+        assert!(w[0].weight == 100 && w[2].weight == 100, "{w:?}");
+        // The same outcomes and seed give the same weights.
+        assert_eq!(w, bandit_weights(&policy, &seen, 1).unwrap());
+        // A version without outcomes is explored: its uniform prior often beats 20 %.
+        let w = bandit_weights(&policy, &seen[..2], 1).unwrap();
+        assert!(w[2].weight > 1_000, "{w:?}");
+    }
+
+    #[test]
     fn a_clear_winner_is_significant_and_a_tie_is_not() {
         let d = Deployment {
             name: "m".into(),
@@ -170,6 +238,7 @@ mod tests {
                     },
                 ],
                 aliases: [(PRODUCTION.to_string(), 1)].into(),
+                ..DeploymentState::default()
             },
             ..Deployment::default()
         };
