@@ -1,9 +1,17 @@
 //! `halyard experiment analyze`, the real binary: its JSON carries the analysis the
 //! models crate checks against scipy/statsmodels/gbstats (`models/tests/experiments.rs`),
 //! its text shows the sample-ratio check before any result, and bad input fails with exit
-//! code 1 naming what is wrong.
+//! code 1 naming what is wrong. And a bandit deployment on a standalone cluster: the leader
+//! moves traffic to the version that converts best, keeps the floor, and stops when the
+//! split is set by hand.
+
+mod common;
 
 use std::process::{Command, Output};
+use std::time::Duration;
+
+use common::*;
+use halyard_cli::registry::{DeployAction, deploy};
 
 fn analyze(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_halyard"))
@@ -114,4 +122,81 @@ fn a_broken_split_is_flagged_and_bad_input_fails_naming_it() {
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8(out.stderr).unwrap();
     assert!(err.contains("no/such/file.csv"), "{err}");
+}
+
+/// Weights of the deployment's variants, by version.
+async fn weights(client: &halyard_client::Client, name: &str) -> Vec<(u64, u32)> {
+    let m = client.model(name).await.unwrap();
+    m.deployment
+        .map(|d| d.variants.iter().map(|v| (v.version, v.weight)).collect())
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_bandit_moves_traffic_to_the_better_version_and_stops_when_set_by_hand() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let g = halyard_cli::datagen::generate(&dir.join("data"), 2000, 3).unwrap();
+    let (cluster, client) = standalone(dir, 1).await;
+    for _ in 0..2 {
+        let job = client
+            .submit(&spec(dir, "offer", &g.responses, 1, 256))
+            .await
+            .unwrap();
+        assert_eq!(
+            wait_done(&client, &job.id, Duration::from_secs(300))
+                .await
+                .state,
+            "succeeded"
+        );
+    }
+    let action = DeployAction::bandit(vec![1, 2], "5%", "1s").unwrap();
+    deploy(&client, "offer", action, true).await.unwrap();
+    assert_eq!(weights(&client, "offer").await, vec![(1, 5000), (2, 5000)]);
+    // Version 2 converts four times as often.
+    let http = http_client(&cluster.admin_key);
+    let url = format!("http://{}/v1/models/offer:feedback", cluster.scheduler.addr);
+    for i in 0..400 {
+        let (version, converted) = if i % 2 == 0 {
+            (1, i % 20 == 0)
+        } else {
+            (2, i % 5 == 1)
+        };
+        let r = http
+            .post(&url)
+            .header("content-type", "application/json")
+            .body(serde_json::json!({"version": version, "converted": converted}).to_string())
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success(), "{:?}", r.text().await);
+    }
+    let moved = wait_for(
+        "the bandit to re-weigh",
+        Duration::from_secs(20),
+        || async {
+            let w = weights(&client, "offer").await;
+            (w.len() == 2 && w[1].1 > 9_000).then_some(w)
+        },
+    )
+    .await;
+    assert_eq!(
+        moved[0],
+        (1, 500),
+        "the loser keeps its 5 % floor: {moved:?}"
+    );
+    // The registry shows the policy (halyard model prints it).
+    let shown = client.model("offer").await.unwrap().deployment.unwrap();
+    let policy = shown.bandit.unwrap();
+    assert_eq!(
+        (policy.versions, policy.floor_bp, policy.every_secs),
+        (vec![1, 2], 500, 1)
+    );
+    // A split by hand ends the bandit: the leader leaves it alone.
+    let split = DeployAction::from_flags(None, String::new(), None, Some("1=100".into())).unwrap();
+    deploy(&client, "offer", split, true).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(weights(&client, "offer").await, vec![(1, 100)]);
+    let shown = client.model("offer").await.unwrap().deployment.unwrap();
+    assert!(shown.bandit.is_none());
 }

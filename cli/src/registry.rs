@@ -21,6 +21,11 @@ fn deployment_json(d: Option<&DeploymentInfo>) -> Value {
             "aliases": d.aliases,
             "history": d.history,
             "updated_ms": d.updated_ms,
+            "bandit": d.bandit.as_ref().map(|b| json!({
+                "versions": b.versions,
+                "floor_bp": b.floor_bp,
+                "every_secs": b.every_secs,
+            })),
         })
     })
 }
@@ -100,6 +105,14 @@ fn show_model(m: &GetModelResponse) {
         aliases_text(m.deployment.as_ref())
     ));
     if let Some(d) = &m.deployment {
+        if let Some(b) = &d.bandit {
+            out(&format!(
+                "bandit:   Thompson sampling between versions {:?}, re-weighed every {} s, each keeping {:.2}% (weights in basis points)",
+                b.versions,
+                b.every_secs,
+                f64::from(b.floor_bp) / 100.0
+            ));
+        }
         out(&format!("rollback: {} earlier states kept", d.history));
     }
     out(&format!(

@@ -10,7 +10,7 @@ use halyard_core::proto::model_service_server::ModelService;
 use halyard_core::proto::{
     AudienceInfo, DeployRequest, DeploymentInfo, ExperimentRequest, ExperimentResponse,
     GetModelRequest, GetModelResponse, ListAudiencesRequest, ListAudiencesResponse,
-    ListModelsRequest, ListModelsResponse, ModelVersionInfo, VariantInfo,
+    ListModelsRequest, ListModelsResponse, ModelVersionInfo, StartBandit, VariantInfo,
 };
 use halyard_core::registry::{BanditPolicy, CANARY, Change, Deployment, PRODUCTION, Variant};
 use tonic::{Request, Response, Status};
@@ -112,6 +112,11 @@ fn deployment_info(d: &Deployment) -> DeploymentInfo {
         aliases: d.current.aliases.clone().into_iter().collect(),
         history: d.history.len() as u32,
         updated_ms: d.updated_ms,
+        bandit: d.current.bandit.as_ref().map(|b| StartBandit {
+            versions: b.versions.clone(),
+            floor_bp: b.floor_bp,
+            every_secs: b.every_secs,
+        }),
     }
 }
 
