@@ -214,8 +214,20 @@ enum Command {
         #[arg(long, default_value = "production")]
         alias: String,
         /// Share of traffic (1-99) for a non-production alias, beside production
-        #[arg(long, requires = "version")]
+        #[arg(long, requires = "version", conflicts_with = "ramp")]
         percent: Option<u32>,
+        /// Ramp --version up as the canary beside production through these shares in
+        /// percent (such as 1,10,50), one step every --step; the leader promotes it after
+        /// the last step, or rolls it back if --guardrail breaks (docs/experiments.md)
+        #[arg(long, value_delimiter = ',', requires = "version")]
+        ramp: Option<Vec<u32>>,
+        /// With --ramp: least time at each step (30s, 10m, 1h)
+        #[arg(long, default_value = "1h", requires = "ramp")]
+        step: String,
+        /// With --ramp: roll back when the canary converts worse than production by the
+        /// always-valid interval of the outcomes fed back
+        #[arg(long, value_enum, requires = "ramp")]
+        guardrail: Option<Guardrail>,
         /// Traffic split as VERSION=WEIGHT pairs, such as 3=90,4=10
         #[arg(long, conflicts_with = "bandit")]
         split: Option<String>,
@@ -372,6 +384,13 @@ enum CertsCommand {
         #[arg(long, value_delimiter = ',', required = true)]
         nodes: Vec<String>,
     },
+}
+
+/// What a ramp guards.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Guardrail {
+    /// The conversion rate fed back with :feedback
+    Conversion,
 }
 
 /// `halyard experiment`'s subcommands.
@@ -638,6 +657,9 @@ async fn run(cli: Cli) -> Result<(), AnyError> {
             version,
             alias,
             percent,
+            ramp,
+            step,
+            guardrail,
             split,
             bandit,
             floor,
@@ -645,9 +667,15 @@ async fn run(cli: Cli) -> Result<(), AnyError> {
             json,
             conn,
         } => {
-            let action = match bandit {
-                Some(versions) => DeployAction::bandit(versions, &floor, &every)?,
-                None => DeployAction::from_flags(version, alias, percent, split)?,
+            let action = match (bandit, ramp, version) {
+                (Some(versions), _, _) => DeployAction::bandit(versions, &floor, &every)?,
+                (None, Some(steps), Some(version)) => DeployAction::ramp(
+                    version,
+                    steps,
+                    &step,
+                    guardrail == Some(Guardrail::Conversion),
+                )?,
+                _ => DeployAction::from_flags(version, alias, percent, split)?,
             };
             registry::deploy(&client(conn).await?, &name, action, json).await?
         }

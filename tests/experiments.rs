@@ -132,10 +132,8 @@ async fn weights(client: &halyard_client::Client, name: &str) -> Vec<(u64, u32)>
         .unwrap_or_default()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_bandit_moves_traffic_to_the_better_version_and_stops_when_set_by_hand() {
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path();
+/// A standalone cluster in `dir` with two versions of model `offer`.
+async fn two_versions(dir: &std::path::Path) -> (halyard::Standalone, halyard_client::Client) {
     let g = halyard_cli::datagen::generate(&dir.join("data"), 2000, 3).unwrap();
     let (cluster, client) = standalone(dir, 1).await;
     for _ in 0..2 {
@@ -150,18 +148,21 @@ async fn a_bandit_moves_traffic_to_the_better_version_and_stops_when_set_by_hand
             "succeeded"
         );
     }
-    let action = DeployAction::bandit(vec![1, 2], "5%", "1s").unwrap();
-    deploy(&client, "offer", action, true).await.unwrap();
-    assert_eq!(weights(&client, "offer").await, vec![(1, 5000), (2, 5000)]);
-    // Version 2 converts four times as often.
+    (cluster, client)
+}
+
+/// Feed `offer` 200 outcomes per version: version 1 converts `rates.0` percent of the
+/// time, version 2 `rates.1` percent.
+async fn feed(cluster: &halyard::Standalone, rates: (usize, usize)) {
     let http = http_client(&cluster.admin_key);
     let url = format!("http://{}/v1/models/offer:feedback", cluster.scheduler.addr);
     for i in 0..400 {
-        let (version, converted) = if i % 2 == 0 {
-            (1, i % 20 == 0)
+        let (version, rate) = if i % 2 == 0 {
+            (1, rates.0)
         } else {
-            (2, i % 5 == 1)
+            (2, rates.1)
         };
+        let converted = (i / 2) % 100 < rate;
         let r = http
             .post(&url)
             .header("content-type", "application/json")
@@ -171,6 +172,17 @@ async fn a_bandit_moves_traffic_to_the_better_version_and_stops_when_set_by_hand
             .unwrap();
         assert!(r.status().is_success(), "{:?}", r.text().await);
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_bandit_moves_traffic_to_the_better_version_and_stops_when_set_by_hand() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (cluster, client) = two_versions(tmp.path()).await;
+    let action = DeployAction::bandit(vec![1, 2], "5%", "1s").unwrap();
+    deploy(&client, "offer", action, true).await.unwrap();
+    assert_eq!(weights(&client, "offer").await, vec![(1, 5000), (2, 5000)]);
+    // Version 2 converts four times as often.
+    feed(&cluster, (10, 40)).await;
     let moved = wait_for(
         "the bandit to re-weigh",
         Duration::from_secs(20),
@@ -199,4 +211,53 @@ async fn a_bandit_moves_traffic_to_the_better_version_and_stops_when_set_by_hand
     assert_eq!(weights(&client, "offer").await, vec![(1, 100)]);
     let shown = client.model("offer").await.unwrap().deployment.unwrap();
     assert!(shown.bandit.is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_ramp_steps_up_and_promotes_or_rolls_back_when_its_guardrail_breaks() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (cluster, client) = two_versions(tmp.path()).await;
+    let production = |v| DeployAction::Version {
+        version: v,
+        alias: "production".into(),
+        percent: None,
+    };
+    // Healthy: no guardrail breaks, so version 2 goes 10 % → 50 % → production.
+    deploy(&client, "offer", production(1), true).await.unwrap();
+    let ramp = DeployAction::ramp(2, vec![10, 50], "1s", true).unwrap();
+    deploy(&client, "offer", ramp, true).await.unwrap();
+    assert_eq!(weights(&client, "offer").await, vec![(1, 90), (2, 10)]);
+    let promoted = wait_for("the ramp to promote", Duration::from_secs(20), || async {
+        let d = client.model("offer").await.ok()?.deployment?;
+        (d.aliases.get("production") == Some(&2) && d.ramp.is_none()).then_some(d)
+    })
+    .await;
+    assert_eq!(promoted.variants.len(), 1);
+
+    // Broken: version 1 ramps against production 2 and converts far worse: rolled back
+    // before its first step ends, with the reason in the audit log.
+    let since = halyard_core::records::now_ms();
+    let ramp = DeployAction::ramp(1, vec![10, 50], "1h", true).unwrap();
+    deploy(&client, "offer", ramp, true).await.unwrap();
+    feed(&cluster, (5, 40)).await;
+    wait_for(
+        "the guardrail to roll back",
+        Duration::from_secs(20),
+        || async {
+            let d = client.model("offer").await.ok()?.deployment?;
+            (d.ramp.is_none() && !d.aliases.contains_key("canary")).then_some(())
+        },
+    )
+    .await;
+    assert_eq!(weights(&client, "offer").await, vec![(2, 100)]);
+    let audit = client.audit(since).await.unwrap();
+    let rollback = audit
+        .iter()
+        .find(|e| e.action == "ramp-rollback")
+        .unwrap_or_else(|| panic!("{audit:?}"));
+    assert_eq!(rollback.target, "offer");
+    assert!(
+        rollback.outcome.contains("guardrail conversion broke"),
+        "{rollback:?}"
+    );
 }

@@ -4,7 +4,7 @@
 use halyard_core::proto::deploy_request::Change;
 use halyard_core::proto::{
     DeployRequest, DeployVersion, DeploymentInfo, ExperimentResponse, GetModelResponse, Promote,
-    Rollback, SplitTraffic, StartBandit, Undeploy, VariantInfo,
+    Rollback, SplitTraffic, StartBandit, StartRamp, Undeploy, VariantInfo,
 };
 use halyard_core::registry::parse_split;
 use serde_json::{Value, json};
@@ -21,6 +21,13 @@ fn deployment_json(d: Option<&DeploymentInfo>) -> Value {
             "aliases": d.aliases,
             "history": d.history,
             "updated_ms": d.updated_ms,
+            "ramp": d.ramp.as_ref().map(|r| json!({
+                "canary": r.version,
+                "steps": r.steps,
+                "step": r.step,
+                "step_secs": r.step_secs,
+                "guard_conversion": r.guard_conversion,
+            })),
             "bandit": d.bandit.as_ref().map(|b| json!({
                 "versions": b.versions,
                 "floor_bp": b.floor_bp,
@@ -111,6 +118,20 @@ fn show_model(m: &GetModelResponse) {
                 b.versions,
                 b.every_secs,
                 f64::from(b.floor_bp) / 100.0
+            ));
+        }
+        if let Some(r) = &d.ramp {
+            out(&format!(
+                "ramp:     canary version {} at step {} of {:?} (percent), each at least {} s; {}",
+                r.version,
+                r.step + 1,
+                r.steps,
+                r.step_secs,
+                if r.guard_conversion {
+                    "rolled back if it converts worse (always-valid)"
+                } else {
+                    "no guardrail"
+                }
             ));
         }
         out(&format!("rollback: {} earlier states kept", d.history));
@@ -214,6 +235,8 @@ pub enum DeployAction {
     Rollback,
     /// `undeploy NAME`.
     Undeploy,
+    /// `deploy NAME --version N --ramp 1,10,50 [--step 1h] [--guardrail conversion]`.
+    Ramp(StartRamp),
     /// `deploy NAME --bandit 3,4,5 [--floor 1%] [--every 60s]`.
     Bandit {
         /// The versions.
@@ -225,7 +248,33 @@ pub enum DeployAction {
     },
 }
 
+/// Seconds of a duration flag (`30s`, `10m`, `1h`).
+fn seconds(flag: &str, text: &str) -> Result<u64> {
+    match halyard_core::schedule::Timing::parse(Some(text), None) {
+        Ok(halyard_core::schedule::Timing::Every(secs)) => Ok(secs),
+        _ => Err(crate::CliError::Failed(format!(
+            "{flag} {text:?} is not a duration: write it as 30s, 10m or 1h"
+        ))),
+    }
+}
+
 impl DeployAction {
+    /// `deploy --version N --ramp …`'s flags.
+    pub fn ramp(
+        version: u64,
+        steps: Vec<u32>,
+        step: &str,
+        guard_conversion: bool,
+    ) -> Result<DeployAction> {
+        Ok(DeployAction::Ramp(StartRamp {
+            version,
+            steps,
+            step_secs: seconds("--step", step)?,
+            guard_conversion,
+            step: 0,
+        }))
+    }
+
     /// `deploy --bandit`'s flags: `--floor` in percent (`1%`, `0.5`), `--every` a duration.
     pub fn bandit(versions: Vec<u64>, floor: &str, every: &str) -> Result<DeployAction> {
         let pct: f64 = floor.trim().trim_end_matches('%').parse().map_err(|_| {
@@ -238,10 +287,7 @@ impl DeployAction {
                 "--floor {floor:?} must lie between 0% and 50%"
             )));
         }
-        let every_secs = match halyard_core::schedule::Timing::parse(Some(every), None)? {
-            halyard_core::schedule::Timing::Every(secs) => secs,
-            halyard_core::schedule::Timing::Cron(_) => unreachable!("--every parses a duration"),
-        };
+        let every_secs = seconds("--every", every)?;
         Ok(DeployAction::Bandit {
             versions,
             floor_bp: (pct * 100.0).round() as u32,
@@ -308,6 +354,7 @@ pub async fn deploy(
             floor_bp,
             every_secs,
         }),
+        DeployAction::Ramp(ramp) => Change::Ramp(ramp),
     };
     let m = client
         .deploy(DeployRequest {

@@ -95,6 +95,24 @@ pub struct BanditPolicy {
     pub every_secs: u64,
 }
 
+/// A canary's ramp (`halyard deploy --ramp`): its share of traffic steps up every
+/// `step_secs` while its guardrail holds; after the last step the leader promotes it, and
+/// when the guardrail breaks the leader rolls it back.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RampPolicy {
+    /// The version ramped up.
+    pub canary: u64,
+    /// Its shares in percent, ascending, each 1 … 99.
+    pub steps: Vec<u32>,
+    /// The step it is at (an index into `steps`).
+    pub step: usize,
+    /// Least seconds at each step.
+    pub step_secs: u64,
+    /// Roll back when the canary converts worse than production by the always-valid
+    /// interval (an interval wholly below 0).
+    pub guard_conversion: bool,
+}
+
 /// A bandit's weights add up to this (basis points).
 pub const BANDIT_SCALE: u32 = 10_000;
 
@@ -108,6 +126,9 @@ pub struct DeploymentState {
     /// The allocation policy re-weighing `variants`, when a bandit runs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bandit: Option<BanditPolicy>,
+    /// The canary's ramp, when one runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ramp: Option<RampPolicy>,
 }
 
 /// A model's deployment, with the states it replaced (newest last).
@@ -152,6 +173,14 @@ pub enum Change {
     Bandit(BanditPolicy),
     /// The leader's reallocation of a running bandit: new weights, the same policy.
     Rebalance(Vec<Variant>),
+    /// Start ramping `policy.canary` up beside production, at its first step (the policy's
+    /// `step` is ignored).
+    Ramp(RampPolicy),
+    /// The leader's move of a running ramp to its next step.
+    RampStep,
+    /// The leader's rollback of a running ramp whose guardrail broke: production takes
+    /// all traffic again and the canary alias is dropped.
+    RampAbort,
 }
 
 impl DeploymentState {
@@ -203,6 +232,20 @@ fn invalid(field: &str, value: impl std::fmt::Display, rule: &str) -> Error {
     Error::invalid("deployment", field, value, rule)
 }
 
+/// Production and a canary at `percent` of the traffic.
+fn ramp_split(production: u64, canary: u64, percent: u32) -> Vec<Variant> {
+    vec![
+        Variant {
+            version: production,
+            weight: 100 - percent,
+        },
+        Variant {
+            version: canary,
+            weight: percent,
+        },
+    ]
+}
+
 /// Parse a split written as `3=90,4=10`.
 pub fn parse_split(text: &str) -> Result<Vec<Variant>> {
     text.split(',')
@@ -246,9 +289,12 @@ impl Deployment {
         };
         let old = &self.current;
         let mut next = old.clone();
-        // A change by hand ends a running bandit.
+        // A change by hand ends a running bandit or ramp.
         if !matches!(change, Change::Rebalance(_)) {
             next.bandit = None;
+        }
+        if !matches!(change, Change::RampStep) {
+            next.ramp = None;
         }
         match change {
             Change::Deploy {
@@ -396,6 +442,79 @@ impl Deployment {
                     next.aliases.insert(PRODUCTION.into(), policy.versions[0]);
                 }
                 next.bandit = Some(policy.clone());
+            }
+            Change::Ramp(policy) => {
+                check(policy.canary)?;
+                let Some(prod) = old.aliases.get(PRODUCTION).copied() else {
+                    return Err(invalid(
+                        "ramp",
+                        policy.canary,
+                        "a ramp beside production needs a production version: deploy one first",
+                    ));
+                };
+                if prod == policy.canary {
+                    return Err(invalid(
+                        "ramp",
+                        policy.canary,
+                        "this version is production already",
+                    ));
+                }
+                let steps = &policy.steps;
+                if steps.is_empty()
+                    || steps.iter().any(|s| !(1..=99).contains(s))
+                    || steps.windows(2).any(|w| w[0] >= w[1])
+                {
+                    return Err(invalid(
+                        "ramp",
+                        format!("{steps:?}"),
+                        "give ascending shares between 1 and 99, such as 1,10,50 (the last step promotes)",
+                    ));
+                }
+                if policy.step_secs == 0 {
+                    return Err(invalid("step", 0, "must be at least one second"));
+                }
+                next.variants = ramp_split(prod, policy.canary, steps[0]);
+                next.aliases.insert(CANARY.into(), policy.canary);
+                next.ramp = Some(RampPolicy {
+                    step: 0,
+                    ..policy.clone()
+                });
+            }
+            Change::RampStep => {
+                let Some(ramp) = next.ramp.as_mut() else {
+                    return Err(invalid(
+                        "ramp",
+                        &self.name,
+                        "no ramp runs on this deployment",
+                    ));
+                };
+                let prod = old.aliases.get(PRODUCTION).copied().unwrap_or_default();
+                if ramp.step + 1 >= ramp.steps.len() {
+                    return Err(invalid(
+                        "ramp",
+                        &self.name,
+                        "the ramp is at its last step: promote the canary",
+                    ));
+                }
+                ramp.step += 1;
+                next.variants = ramp_split(prod, ramp.canary, ramp.steps[ramp.step]);
+            }
+            Change::RampAbort => {
+                let Some(ramp) = &old.ramp else {
+                    return Err(invalid(
+                        "ramp",
+                        &self.name,
+                        "no ramp runs on this deployment",
+                    ));
+                };
+                let prod = old.aliases.get(PRODUCTION).copied().unwrap_or_default();
+                next.variants = vec![Variant {
+                    version: prod,
+                    weight: 100,
+                }];
+                if next.aliases.get(CANARY) == Some(&ramp.canary) {
+                    next.aliases.remove(CANARY);
+                }
             }
             Change::Rebalance(variants) => {
                 let Some(policy) = &old.bandit else {
@@ -627,6 +746,66 @@ mod tests {
         };
         assert!(bad(vec![1], 100).contains("at least two"));
         assert!(bad(vec![1, 2], 5000).contains("floors"));
+    }
+
+    #[test]
+    fn a_ramp_steps_up_aborts_to_production_and_ends_with_a_change_by_hand() {
+        let exists = |v: u64| (1..=2).contains(&v);
+        let d = Deployment {
+            name: "m".into(),
+            ..Deployment::default()
+        }
+        .apply(
+            &Change::Deploy {
+                version: 1,
+                alias: PRODUCTION.into(),
+                percent: None,
+            },
+            exists,
+        )
+        .unwrap();
+        let policy = RampPolicy {
+            canary: 2,
+            steps: vec![1, 10, 50],
+            step: 7,
+            step_secs: 60,
+            guard_conversion: true,
+        };
+        let d = d.apply(&Change::Ramp(policy), exists).unwrap();
+        assert_eq!(d.current.variants, parse_split("1=99,2=1").unwrap());
+        assert_eq!(d.current.aliases[CANARY], 2);
+        assert_eq!(d.current.ramp.as_ref().unwrap().step, 0);
+        let d = d.apply(&Change::RampStep, exists).unwrap();
+        let d = d.apply(&Change::RampStep, exists).unwrap();
+        assert_eq!(d.current.variants, parse_split("1=50,2=50").unwrap());
+        assert!(
+            d.apply(&Change::RampStep, exists).is_err(),
+            "past the last step"
+        );
+        let aborted = d.apply(&Change::RampAbort, exists).unwrap();
+        assert_eq!(aborted.current.variants, parse_split("1=100").unwrap());
+        assert!(aborted.current.ramp.is_none() && !aborted.current.aliases.contains_key(CANARY));
+        let promoted = d
+            .apply(
+                &Change::Promote {
+                    alias: CANARY.into(),
+                },
+                exists,
+            )
+            .unwrap();
+        assert!(promoted.current.ramp.is_none());
+        assert_eq!(promoted.current.aliases[PRODUCTION], 2);
+        let bad = |steps: Vec<u32>| {
+            let p = RampPolicy {
+                canary: 2,
+                steps,
+                step: 0,
+                step_secs: 60,
+                guard_conversion: false,
+            };
+            d.apply(&Change::Ramp(p), exists).is_err()
+        };
+        assert!(bad(vec![]) && bad(vec![10, 5]) && bad(vec![0, 50]) && bad(vec![50, 100]));
     }
 
     #[test]

@@ -9,7 +9,7 @@ use halyard_core::coord::{Auditor, Coordinator, Leadership, Versioned};
 use halyard_core::records::{
     ExecutorInfo, JobRecord, JobState, TaskAssignment, append_lines, now_ms,
 };
-use halyard_core::registry::Change;
+use halyard_core::registry::{CANARY, Change, PRODUCTION};
 use halyard_core::schedule::Run;
 use halyard_core::search::{Next, SearchState, TrialState, best_trial, next_step};
 use halyard_core::spec::Stage;
@@ -227,6 +227,7 @@ impl Leader<'_> {
     async fn tick(&mut self, executors: &[ExecutorInfo]) -> Result<()> {
         self.fire_schedules().await?;
         self.rebalance_bandits().await?;
+        self.advance_ramps().await?;
         let jobs = self.coord.list_active_jobs().await?;
         if jobs.is_empty() {
             return Ok(());
@@ -781,16 +782,96 @@ impl Leader<'_> {
             if weights == d.current.variants {
                 continue;
             }
-            match self
-                .coord
-                .change_deployment(&d.name, &Change::Rebalance(weights.clone()))
-                .await
-            {
-                Ok(_) => info!(model = %d.name, weights = ?weights, "bandit re-weighed"),
-                // Changed by hand meanwhile (the bandit may have ended): next tick re-reads.
-                Err(Error::Conflict { .. }) | Err(Error::Invalid { .. }) => {}
-                Err(e) => return Err(e),
+            let why = format!("weights {weights:?} from the outcomes so far");
+            self.change_deployment(&d.name, Change::Rebalance(weights), "bandit-rebalance", why)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Move every running ramp on: roll the canary back when its guardrail broke, else,
+    /// once its step has lasted `step_secs`, step it up, or promote it after the last.
+    async fn advance_ramps(&self) -> Result<()> {
+        let now = now_ms();
+        for d in self.coord.deployments().await? {
+            let Some(ramp) = &d.current.ramp else {
+                continue;
+            };
+            if ramp.guard_conversion {
+                let outcomes = self.coord.outcomes(&d.name).await?;
+                let of = |v: Option<u64>| {
+                    outcomes
+                        .iter()
+                        .find(|(x, _)| Some(*x) == v)
+                        .map(|(_, o)| *o)
+                        .unwrap_or_default()
+                };
+                let production = d.current.aliases.get(PRODUCTION).copied();
+                if let Some(why) = halyard_serving::experiment::conversion_breach(
+                    of(production),
+                    of(Some(ramp.canary)),
+                ) {
+                    warn!(model = %d.name, canary = ramp.canary, reason = %why, "ramp rolled back");
+                    self.change_deployment(&d.name, Change::RampAbort, "ramp-rollback", why)
+                        .await?;
+                    continue;
+                }
             }
+            if now - d.updated_ms < ramp.step_secs as i64 * 1000 {
+                continue;
+            }
+            let (change, action, why) = if ramp.step + 1 < ramp.steps.len() {
+                let share = ramp.steps[ramp.step + 1];
+                (
+                    Change::RampStep,
+                    "ramp-step",
+                    format!("canary version {} to {share}%", ramp.canary),
+                )
+            } else {
+                (
+                    Change::Promote {
+                        alias: CANARY.into(),
+                    },
+                    "ramp-promote",
+                    format!(
+                        "canary version {} held its guardrail through every step",
+                        ramp.canary
+                    ),
+                )
+            };
+            info!(model = %d.name, action, reason = %why, "ramp moved on");
+            self.change_deployment(&d.name, change, action, why).await?;
+        }
+        Ok(())
+    }
+
+    /// A change the leader makes to a deployment on its own, recorded in the audit log
+    /// as `action` by the leader with `why`. A conflict or a refusal (the deployment was
+    /// changed by hand meanwhile, ending the policy) is left for the next tick.
+    async fn change_deployment(
+        &self,
+        name: &str,
+        change: Change,
+        action: &str,
+        why: String,
+    ) -> Result<()> {
+        match self.coord.change_deployment(name, &change).await {
+            Ok(_) => {}
+            Err(Error::Conflict { .. }) | Err(Error::Invalid { .. }) => return Ok(()),
+            Err(e) => return Err(e),
+        }
+        let event = halyard_core::coord::AuditEvent {
+            time_ms: now_ms(),
+            key_id: String::new(),
+            key_name: "leader".into(),
+            role: String::new(),
+            node: self.cfg.id.clone(),
+            action: action.into(),
+            target: name.into(),
+            outcome: format!("ok: {why}"),
+        };
+        if let Err(e) = self.coord.record_audit(&event).await {
+            warn!(error = %e, action, model = name, "cannot write the audit log");
         }
         Ok(())
     }

@@ -10,9 +10,11 @@ use halyard_core::proto::model_service_server::ModelService;
 use halyard_core::proto::{
     AudienceInfo, DeployRequest, DeploymentInfo, ExperimentRequest, ExperimentResponse,
     GetModelRequest, GetModelResponse, ListAudiencesRequest, ListAudiencesResponse,
-    ListModelsRequest, ListModelsResponse, ModelVersionInfo, StartBandit, VariantInfo,
+    ListModelsRequest, ListModelsResponse, ModelVersionInfo, StartBandit, StartRamp, VariantInfo,
 };
-use halyard_core::registry::{BanditPolicy, CANARY, Change, Deployment, PRODUCTION, Variant};
+use halyard_core::registry::{
+    BanditPolicy, CANARY, Change, Deployment, PRODUCTION, RampPolicy, Variant,
+};
 use tonic::{Request, Response, Status};
 use tracing::info;
 
@@ -57,6 +59,13 @@ impl ModelApi {
                 versions: b.versions,
                 floor_bp: b.floor_bp,
                 every_secs: b.every_secs,
+            }),
+            Some(WireChange::Ramp(r)) => Change::Ramp(RampPolicy {
+                canary: r.version,
+                steps: r.steps,
+                step: 0,
+                step_secs: r.step_secs,
+                guard_conversion: r.guard_conversion,
             }),
             None => return Err(Failure::Invalid.status("the request names no change")),
         };
@@ -117,6 +126,13 @@ fn deployment_info(d: &Deployment) -> DeploymentInfo {
             floor_bp: b.floor_bp,
             every_secs: b.every_secs,
         }),
+        ramp: d.current.ramp.as_ref().map(|r| StartRamp {
+            version: r.canary,
+            steps: r.steps.clone(),
+            step_secs: r.step_secs,
+            guard_conversion: r.guard_conversion,
+            step: r.step as u32,
+        }),
     }
 }
 
@@ -161,6 +177,7 @@ impl ModelService for ModelApi {
             Some(WireChange::Rollback(_)) => "rollback",
             Some(WireChange::Undeploy(_)) => "undeploy",
             Some(WireChange::Bandit(_)) => "bandit",
+            Some(WireChange::Ramp(_)) => "ramp",
             None => "deploy",
         };
         let name = req.name.clone();

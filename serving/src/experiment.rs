@@ -59,6 +59,35 @@ pub fn bandit_weights(
         .collect())
 }
 
+/// Why a ramping canary must be rolled back: it converts worse than production with the
+/// always-valid interval of the difference wholly below 0 (valid however often the leader
+/// looks). `None`: the guardrail holds, or there are too few outcomes to tell.
+pub fn conversion_breach(production: Outcomes, canary: Outcomes) -> Option<String> {
+    let p = Moments::rate(production.trials, production.conversions);
+    let c = Moments::rate(canary.trials, canary.conversions);
+    if too_few(&p, &c, true).is_some() {
+        return None;
+    }
+    let f = proportions(&p, &c, CONFIDENCE);
+    let q = sequential(f.difference, f.se, p.n + c.n, CONFIDENCE);
+    (q.ci_high < 0.0).then(|| {
+        format!(
+            "guardrail conversion broke: the canary converts {:.4} ({} of {}) against production's {:.4} ({} of {}), difference {:+.4}, always-valid {:.0}% interval [{:+.4}, {:+.4}], p = {:.2e}",
+            c.mean_y,
+            canary.conversions,
+            canary.trials,
+            p.mean_y,
+            production.conversions,
+            production.trials,
+            f.difference,
+            CONFIDENCE * 100.0,
+            q.ci_low,
+            q.ci_high,
+            q.p_value
+        )
+    })
+}
+
 /// The experiment report of model `name` from the registry's deployment and outcomes;
 /// `None` when it was never deployed and has no outcomes. The message for that case is
 /// [`never_deployed`].
@@ -220,6 +249,28 @@ mod tests {
         // A version without outcomes is explored: its uniform prior often beats 20 %.
         let w = bandit_weights(&policy, &seen[..2], 1).unwrap();
         assert!(w[2].weight > 1_000, "{w:?}");
+    }
+
+    #[test]
+    fn the_conversion_guardrail_breaks_only_on_an_always_valid_loss() {
+        let o = |trials, conversions| Outcomes {
+            trials,
+            conversions,
+        };
+        let why = conversion_breach(o(400, 120), o(400, 40)).unwrap();
+        assert!(
+            why.contains("guardrail conversion broke") && why.contains("40 of 400"),
+            "{why}"
+        );
+        assert!(conversion_breach(o(400, 120), o(400, 118)).is_none());
+        assert!(
+            conversion_breach(o(400, 120), o(400, 160)).is_none(),
+            "a better canary"
+        );
+        assert!(
+            conversion_breach(o(20, 10), o(20, 0)).is_none(),
+            "too few to tell"
+        );
     }
 
     #[test]
