@@ -53,6 +53,12 @@ enum Command {
         #[command(flatten)]
         conn: Connection,
     },
+    /// Check a job spec without submitting it: its rules, and that the local files it
+    /// names exist and have the columns it names (every problem at once)
+    Validate {
+        /// The job spec file
+        spec: PathBuf,
+    },
     /// List jobs
     Jobs {
         /// Print JSON
@@ -569,7 +575,17 @@ async fn run(cli: Cli) -> Result<(), AnyError> {
             follow,
             json,
             conn,
-        } => commands::submit(&client(conn).await?, &spec, follow, json).await?,
+        } => {
+            // The spec is read and checked before any network call; its local files too
+            // when the scheduler is on this machine (it reads the same files).
+            let spec = if halyard_core::auth::is_loopback(&conn.scheduler) {
+                commands::checked_spec(&spec)?
+            } else {
+                halyard_core::spec::JobSpec::from_file(&spec)?
+            };
+            commands::submit(&client(conn).await?, spec, follow, json).await?
+        }
+        Command::Validate { spec } => commands::validate(&spec)?,
         Command::Jobs { json, conn } => commands::jobs(&client(conn).await?, json).await?,
         Command::Job { id, json, conn } => commands::job(&client(conn).await?, &id, json).await?,
         Command::Logs { id, conn } => commands::logs(&client(conn).await?, &id).await?,

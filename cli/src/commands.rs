@@ -64,10 +64,54 @@ fn fmt_metrics(j: &JobInfo) -> String {
 
 /// `halyard submit`: validate the spec here, submit it, and with `follow` show progress
 /// until the job ends; fails unless the job succeeded.
-pub async fn submit(client: &Client, spec_path: &Path, follow: bool, as_json: bool) -> Result<()> {
-    let spec = JobSpec::from_file(spec_path)?;
+pub async fn submit(client: &Client, spec: JobSpec, follow: bool, as_json: bool) -> Result<()> {
     let job = client.submit(&spec).await?;
     submitted(client, job, follow, as_json).await
+}
+
+/// Read and check a spec before any network call: its rules, and every local file and
+/// column it names (all problems at once). `halyard validate` and `halyard submit` (for a
+/// scheduler on this machine, which reads the same files) call it.
+pub fn checked_spec(spec_path: &Path) -> Result<JobSpec> {
+    let spec = JobSpec::from_file(spec_path)?;
+    let problems = spec.local_problems();
+    if problems.is_empty() {
+        return Ok(spec);
+    }
+    for p in &problems {
+        eprintln!("{}: {p}", spec_path.display());
+    }
+    Err(crate::CliError::Failed(format!(
+        "{}: {} problem(s) with the data it names (above); fix them and run halyard validate {} again",
+        spec_path.display(),
+        problems.len(),
+        spec_path.display()
+    )))
+}
+
+/// `halyard validate SPEC`: check a spec locally and say what it would run.
+pub fn validate(spec_path: &Path) -> Result<()> {
+    let spec = checked_spec(spec_path)?;
+    let stages: Vec<String> = spec.stages().iter().map(|s| s.to_string()).collect();
+    let input = match &spec.features {
+        Some(f) => format!(
+            "[features] SQL over {}",
+            f.sources
+                .iter()
+                .map(|s| format!("{} ({})", s.name, s.path))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        None => spec.data.source.clone(),
+    };
+    out(&format!(
+        "{}: valid — job {} ({}): {}; reads {input}",
+        spec_path.display(),
+        spec.name,
+        spec.kind(),
+        stages.join(" → ")
+    ));
+    Ok(())
 }
 
 /// `halyard resume ID`: a new job that continues a cancelled or failed one.
