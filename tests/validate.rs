@@ -59,6 +59,20 @@ fn specs_are_checked_locally_with_every_problem_at_once() {
         assert!(!err.contains("cannot reach"), "{err}");
     }
 
+    // Every broken rule at once, each with its line.
+    let rules = spec(
+        "rules",
+        "label = \"responded\"\n[train]\nepochs = 0\nbatch_size = 0\n",
+    );
+    let out = halyard(&["validate", &rules]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("line 6:") && err.contains("epochs = 0") && err.contains("line 7:"),
+        "{err}"
+    );
+    assert!(err.contains("broken rule(s)"), "{err}");
+
     let out = halyard(&["submit", "nope.toml"]);
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);

@@ -89,8 +89,36 @@ pub fn checked_spec(spec_path: &Path) -> Result<JobSpec> {
     )))
 }
 
-/// `halyard validate SPEC`: check a spec locally and say what it would run.
+/// `halyard validate SPEC`: check a spec locally — every broken rule with its line, then
+/// its local files and columns — and say what it would run.
 pub fn validate(spec_path: &Path) -> Result<()> {
+    let origin = spec_path.display().to_string();
+    let text = std::fs::read_to_string(spec_path).map_err(|source| crate::CliError::Io {
+        path: origin.clone(),
+        source,
+    })?;
+    let problems = JobSpec::parse_unchecked(&text, &origin)?.problems(&origin);
+    if !problems.is_empty() {
+        for e in &problems {
+            let line = match e {
+                halyard_core::Error::Invalid {
+                    location, field, ..
+                } => {
+                    let section = location.strip_prefix(&origin).unwrap_or(location).trim();
+                    JobSpec::line_of(&text, section, field)
+                }
+                _ => None,
+            };
+            match line {
+                Some(n) => eprintln!("line {n}: {e}"),
+                None => eprintln!("{e}"),
+            }
+        }
+        return Err(crate::CliError::Failed(format!(
+            "{origin}: {} broken rule(s) (above)",
+            problems.len()
+        )));
+    }
     let spec = checked_spec(spec_path)?;
     let stages: Vec<String> = spec.stages().iter().map(|s| s.to_string()).collect();
     let input = match &spec.features {

@@ -717,6 +717,14 @@ impl DataSpec {
 impl JobSpec {
     /// Parse and validate a spec. `origin` names the text in errors (a file name).
     pub fn from_toml(text: &str, origin: &str) -> Result<JobSpec> {
+        let spec = JobSpec::parse_unchecked(text, origin)?;
+        spec.validate(origin)?;
+        Ok(spec)
+    }
+
+    /// Parse a spec's text without checking its rules (`JobSpec::problems` lists what
+    /// breaks them): TOML syntax, unknown keys and wrong types are the only errors.
+    pub fn parse_unchecked(text: &str, origin: &str) -> Result<JobSpec> {
         let mut spec: JobSpec = toml::from_str(text).map_err(|e| Error::Toml {
             source_name: origin.to_string(),
             message: e.to_string().trim_end().to_string(),
@@ -728,8 +736,25 @@ impl JobSpec {
         {
             f.shard_key = s.key.first().cloned();
         }
-        spec.validate(origin)?;
         Ok(spec)
+    }
+
+    /// The 1-based line where `field` is written in `section` (`""` for the top level,
+    /// `"[train]"`, `"[score.audience]"`) of a spec's `text`; `None` when it is not written
+    /// there (a default broke the rule, or the rule spans sections).
+    pub fn line_of(text: &str, section: &str, field: &str) -> Option<usize> {
+        let mut current = "";
+        for (i, line) in text.lines().enumerate() {
+            let t = line.split('#').next().unwrap_or("").trim();
+            if t.starts_with('[') {
+                current = t;
+                continue;
+            }
+            if current == section && t.split('=').next().map(str::trim) == Some(field) {
+                return Some(i + 1);
+            }
+        }
+        None
     }
 
     /// Read, parse and validate a spec file, and make a relative data source absolute

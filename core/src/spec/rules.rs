@@ -43,7 +43,17 @@ pub(super) fn first_broken(at: &str, table: impl IntoIterator<Item = Rule>) -> R
 
 impl JobSpec {
     /// Check every value against its rule; `origin` (the file) prefixes the error's section.
+    /// The first broken rule is the error ([`JobSpec::problems`] lists them all).
     pub fn validate(&self, origin: &str) -> Result<()> {
+        match self.problems(origin).into_iter().next() {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    /// Every broken rule of the spec, section by section (a section whose own check
+    /// fails reports that one problem).
+    pub fn problems(&self, origin: &str) -> Vec<crate::Error> {
         let at = |section: &str| {
             if section.is_empty() {
                 origin.to_string()
@@ -51,37 +61,52 @@ impl JobSpec {
                 format!("{origin} {section}")
             }
         };
-        first_broken(&at(""), self.top_rules())?;
-        match &self.features {
-            Some(f) => f.validate(&at("[features]"))?,
-            None => {
-                first_broken(
-                    &at("[data]"),
-                    [rule(
-                        "source",
-                        "\"\"",
-                        !self.data.source.trim().is_empty(),
-                        "must name a file or URL (or add a [features] section whose SQL builds the input)",
-                    )],
-                )?;
-                self.data.format_at(&at("[data]"))?;
-            }
-        }
-        first_broken(&at("[data]"), self.data_rules())?;
-        first_broken(&at("[features]"), self.features_rules())?;
-        first_broken(&at("[forecast]"), self.forecast_rules())?;
-        if let Some(f) = &self.forecast {
-            f.validate(&at("[forecast]"))?;
-        }
-        first_broken(&at("[model]"), self.model_rules())?;
-        first_broken(&at("[train]"), self.train_rules())?;
-        if let Some(search) = &self.search {
-            search.validate(&at("[search]"), self)?;
-        }
-        if let Some(score) = &self.score {
-            score.validate(&at("[score]"))?;
-        }
-        first_broken(&at("[resources]"), self.resources_rules())
+        let broken = |section: &str, rules: Vec<Rule>| -> Vec<crate::Error> {
+            rules
+                .into_iter()
+                .filter(|r| !r.holds)
+                .map(|r| Error::invalid(at(section), r.field, r.value, r.rule))
+                .collect()
+        };
+        let check = |r: Option<Result<()>>| r.and_then(|r| r.err()).into_iter().collect();
+        let input = match &self.features {
+            Some(f) => check(Some(f.validate(&at("[features]")))),
+            None if self.data.source.trim().is_empty() => broken(
+                "[data]",
+                vec![rule(
+                    "source",
+                    "\"\"",
+                    false,
+                    "must name a file or URL (or add a [features] section whose SQL builds the input)",
+                )],
+            ),
+            None => check(Some(self.data.format_at(&at("[data]")).map(|_| ()))),
+        };
+        // In the order of the file's sections, as the first error has always been.
+        [
+            broken("", self.top_rules()),
+            input,
+            broken("[data]", self.data_rules()),
+            broken("[features]", self.features_rules()),
+            broken("[forecast]", self.forecast_rules()),
+            check(
+                self.forecast
+                    .as_ref()
+                    .map(|f| f.validate(&at("[forecast]"))),
+            ),
+            broken("[model]", self.model_rules()),
+            broken("[train]", self.train_rules()),
+            check(
+                self.search
+                    .as_ref()
+                    .map(|s| s.validate(&at("[search]"), self)),
+            ),
+            check(self.score.as_ref().map(|s| s.validate(&at("[score]")))),
+            broken("[resources]", self.resources_rules()),
+        ]
+        .into_iter()
+        .flatten()
+        .collect()
     }
 
     /// The spec's own keys, and which sections its model needs.
