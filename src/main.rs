@@ -53,6 +53,13 @@ enum Command {
         #[command(flatten)]
         conn: Connection,
     },
+    /// Check what goes wrong on first contact: the scheduler reachable (and which address
+    /// was tried, from which flag or variable), the key found and accepted, the data
+    /// directory writable and its free space, GPU support; one line per check with the fix
+    Doctor {
+        #[command(flatten)]
+        conn: Connection,
+    },
     /// Check a job spec without submitting it: its rules, and that the local files it
     /// names exist and have the columns it names (every problem at once)
     Validate {
@@ -586,6 +593,7 @@ async fn run(cli: Cli) -> Result<(), AnyError> {
             commands::submit(&client(conn).await?, spec, follow, json).await?
         }
         Command::Validate { spec } => commands::validate(&spec)?,
+        Command::Doctor { conn } => halyard_cli::doctor::run(&conn).await?,
         Command::Jobs { json, conn } => commands::jobs(&client(conn).await?, json).await?,
         Command::Job { id, json, conn } => commands::job(&client(conn).await?, &id, json).await?,
         Command::Logs { id, conn } => commands::logs(&client(conn).await?, &id).await?,

@@ -10,6 +10,7 @@ pub mod allreduce_bench;
 pub mod bench;
 pub mod commands;
 pub mod datagen;
+pub mod doctor;
 mod error;
 pub mod experiment;
 pub mod features_bench;
