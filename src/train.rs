@@ -92,8 +92,9 @@ pub async fn train_local(
     spec.train.publish = true;
     // S3 credentials come from the AWS_* environment.
     let s3 = S3Config::default();
-    // The feature table is written to OUT/features (or a temporary folder).
-    let scratch = tempfile_dir(out)?;
+    // The feature table is written to OUT/features, or to a temporary folder removed
+    // when training ends, failed or not (the guard deletes it when dropped).
+    let (scratch, _guard) = scratch_dir(out)?;
     let store = Store::open(&file_url(&scratch)?, &s3)?;
     let run = Run {
         spec: &spec,
@@ -172,14 +173,23 @@ pub async fn train_local(
 }
 
 /// Where `halyard train` writes a feature table: `OUT/` when given (kept), else a fresh
-/// folder under the system's temporary directory.
-fn tempfile_dir(out: Option<&Path>) -> Result<std::path::PathBuf, Error> {
-    let dir = match out {
-        Some(d) => d.to_path_buf(),
-        None => std::env::temp_dir().join(format!("halyard-train-{}", std::process::id())),
-    };
-    std::fs::create_dir_all(&dir).map_err(|e| io(&dir, e))?;
-    Ok(dir)
+/// folder under the system's temporary directory, removed with the returned guard.
+fn scratch_dir(
+    out: Option<&Path>,
+) -> Result<(std::path::PathBuf, Option<tempfile::TempDir>), Error> {
+    match out {
+        Some(d) => {
+            std::fs::create_dir_all(d).map_err(|e| io(d, e))?;
+            Ok((d.to_path_buf(), None))
+        }
+        None => {
+            let tmp = tempfile::Builder::new()
+                .prefix("halyard-train-")
+                .tempdir()
+                .map_err(|e| io(&std::env::temp_dir(), e))?;
+            Ok((tmp.path().to_path_buf(), Some(tmp)))
+        }
+    }
 }
 
 fn io(path: &Path, source: std::io::Error) -> Error {

@@ -1,0 +1,60 @@
+//! `halyard train`, the real binary, no cluster: it trains a spec in this process, prints
+//! the metrics, writes the weights to `--out`, and leaves no temporary folder behind,
+//! whether training succeeded or failed.
+
+use std::process::{Command, Output};
+
+fn train(tmp: &std::path::Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_halyard"))
+        .arg("train")
+        .args(args)
+        .env("TMPDIR", tmp)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn local_training_reports_writes_its_output_and_cleans_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let scratch = dir.path().join("tmp");
+    std::fs::create_dir_all(&scratch).unwrap();
+    let g = halyard_cli::datagen::generate(&dir.path().join("data"), 1000, 4).unwrap();
+    let spec = |name: &str, label: &str| {
+        let path = dir.path().join(format!("{name}.toml"));
+        std::fs::write(
+            &path,
+            format!(
+                "name = \"{name}\"\n[data]\nsource = \"{}\"\nlabel = \"{label}\"\nexclude = [\"customer_id\"]\n[train]\nepochs = 1\n",
+                g.responses.display()
+            ),
+        )
+        .unwrap();
+        path.display().to_string()
+    };
+    let out_dir = dir.path().join("out");
+    let out = train(
+        &scratch,
+        &[
+            &spec("good", "responded"),
+            "--out",
+            out_dir.to_str().unwrap(),
+        ],
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("test_auc"), "{text}");
+    assert!(out_dir.join("model.safetensors").exists());
+    assert!(out_dir.join("training.json").exists());
+
+    let out = train(&scratch, &[&spec("plain", "responded")]);
+    assert!(out.status.success());
+    // A label that is not a class fails training, after the scratch folder was made.
+    let out = train(&scratch, &[&spec("bad", "region")]);
+    assert_eq!(out.status.code(), Some(1));
+    let left: Vec<_> = std::fs::read_dir(&scratch).unwrap().collect();
+    assert!(left.is_empty(), "temporary folders left behind: {left:?}");
+}
