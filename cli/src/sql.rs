@@ -19,8 +19,13 @@ use crate::{CliError, Result};
 pub enum Target<'a> {
     /// The cluster whose scheduler API is here.
     Cluster(&'a Client),
-    /// Single-process DataFusion in this process.
-    Local,
+    /// Single-process DataFusion in this process; `keep_order`: one partition, so a query
+    /// without ORDER BY returns the rows in the files' order (a file converted with
+    /// `--output` keeps its row order, which a split by row index relies on).
+    Local {
+        /// Run with one partition.
+        keep_order: bool,
+    },
 }
 
 /// Partitions per stage.
@@ -34,9 +39,10 @@ pub async fn context(
     s3: &S3Config,
 ) -> Result<SessionContext> {
     let ctx = match target {
-        Target::Local => {
+        Target::Local { keep_order } => {
             let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-            local_context(&DataAccess::unconfined(s3), cores)?
+            let partitions = if keep_order { 1 } else { cores };
+            local_context(&DataAccess::unconfined(s3), partitions)?
         }
         Target::Cluster(client) => {
             let status = client.cluster().await?;
@@ -221,7 +227,8 @@ pub struct SqlArgs {
     /// CSV field separator of the --table files
     #[arg(long, default_value = ",")]
     pub delimiter: char,
-    /// Write the last result to this .csv or .parquet file instead of printing it
+    /// Write the last result to this .csv or .parquet file instead of printing it (with
+    /// --local, in one partition: rows keep the files' order unless the query sorts them)
     #[arg(short, long)]
     pub output: Option<PathBuf>,
     /// Run in this process on single-process DataFusion, without a cluster
@@ -242,7 +249,9 @@ pub async fn command(args: SqlArgs, conn: &crate::keys::Connection) -> Result<()
     let s3 = S3Config::default();
     let client;
     let target = if args.local {
-        Target::Local
+        Target::Local {
+            keep_order: args.output.is_some(),
+        }
     } else {
         client = crate::keys::connect(conn).await?;
         Target::Cluster(&client)
