@@ -13,9 +13,13 @@ use sha2::{Digest, Sha256};
 use crate::error::{Error, Result};
 use crate::spec::{DataFormat, DataSpec};
 
-/// Rows read to infer a CSV schema. A later value that does not fit is an error that
-/// names its line and column.
-const INFER_ROWS: usize = 1000;
+/// A CSV file up to this size has its columns' types inferred from every row (integers
+/// and decimals in one column widen to decimals); a larger one from its first
+/// [`INFER_ROWS`] rows. A later value that does not fit is an error that names its line
+/// and column.
+const INFER_WHOLE_BYTES: usize = 64 << 20;
+/// Rows read to infer the types of a CSV file over [`INFER_WHOLE_BYTES`].
+const INFER_ROWS: usize = 100_000;
 
 /// A data source read into memory.
 #[derive(Debug, Clone)]
@@ -185,7 +189,10 @@ fn read_csv(bytes: &Bytes, spec: &DataSpec, file: &str) -> Result<(SchemaRef, Ve
         .with_header(spec.has_header)
         .with_delimiter(spec.delimiter_byte());
     let (schema, _) = format
-        .infer_schema(Cursor::new(&bytes[..]), Some(INFER_ROWS))
+        .infer_schema(
+            Cursor::new(&bytes[..]),
+            (bytes.len() > INFER_WHOLE_BYTES).then_some(INFER_ROWS),
+        )
         .map_err(|e| err(describe_csv_error(&e.to_string(), None, spec.has_header)))?;
     let schema = Arc::new(schema);
     let reader = arrow::csv::ReaderBuilder::new(schema.clone())
@@ -231,8 +238,9 @@ fn describe_csv_error(message: &str, schema: Option<&SchemaRef>, has_header: boo
             .map(|f| format!(" ({:?})", f.name()))
             .unwrap_or_default();
         return format!(
-            "line {line}, column {}{name}: value {value:?} is not a valid {ty}; \
-             fix the value or leave the cell empty for a missing value",
+            "line {line}, column {}{name}: value {value:?} is not a valid {ty} (the type \
+             inferred from the file's rows; a file over 64 MiB is read from its first \
+             100,000 rows); fix the value, or leave the cell empty for a missing value",
             col + 1
         );
     }

@@ -121,8 +121,24 @@ fn a_ragged_row_names_its_line() {
 }
 
 #[test]
+fn a_column_whose_decimals_start_late_reads_as_decimals() {
+    // Whole numbers for 6,000 rows, then decimals (an economic indicator such as 5228.1):
+    // the types come from every row of a small file, so the column widens to Float64.
+    let mut text = String::from("age,employed,y\n");
+    for i in 0..6000 {
+        text.push_str(&format!("{},{},{}\n", 20 + i % 50, 5000 + i % 300, i % 2));
+    }
+    text.push_str("33,5228.1,1\n");
+    let t = read_table(&Bytes::from(text), &data_spec(), "f.csv").unwrap();
+    assert_eq!(t.rows, 6001);
+    let employed = t.schema.field_with_name("employed").unwrap();
+    assert_eq!(employed.data_type(), &arrow::datatypes::DataType::Float64);
+}
+
+#[test]
 fn a_non_numeric_value_in_a_numeric_column_names_line_and_column() {
-    // Past the rows used to infer the schema: arrow's parse error, reworded.
+    // Past the first rows: the column reads as text, and the mostly-numeric check names
+    // the odd value.
     let mut text = String::from("age,income,y\n");
     for i in 0..1500 {
         text.push_str(&format!("{},{},{}\n", 20 + i % 50, 1000 + i, i % 2));

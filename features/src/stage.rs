@@ -119,18 +119,38 @@ fn count_of(batches: &[RecordBatch]) -> u64 {
 /// Runs of a query that fails while executing, before its error stands.
 const ATTEMPTS: u32 = 3;
 
+/// Rows of each CSV source read to infer its columns' types (DataFusion's default is
+/// 1,000: a column whose decimals first appear later was read as integers and failed).
+/// Integers and decimals in one column widen to decimals.
+pub const CSV_INFER_ROWS: usize = 100_000;
+
+/// Whether a query's error is in the data itself (a value its column's type cannot hold,
+/// a row with the wrong number of fields): running the query again cannot help.
+pub fn is_data_error(text: &str) -> bool {
+    const MARKERS: [&str; 3] = [
+        "Error while parsing value",
+        "incorrect number of fields",
+        "Parser error",
+    ];
+    MARKERS.iter().any(|m| text.contains(m))
+}
+
 /// Plan and run `sql`, running it again (up to [`ATTEMPTS`] times in all) when it fails
 /// while executing: a query cancelled because an executor was lost (the SQL cluster
 /// cancels them, `cluster::SqlScheduler::executor_lost`) then runs whole on the others. A
-/// planning error (syntax, unknown column) and a refusal (a key, a role, the data roots)
-/// fail at once.
+/// planning error (syntax, unknown column), a refusal (a key, a role, the data roots) and
+/// an error in the data ([`is_data_error`]) fail at once.
 pub async fn collect_retrying(ctx: &SessionContext, sql: &str) -> Result<Vec<RecordBatch>> {
     let mut attempt = 1;
     loop {
         let df = ctx.sql(sql).await?;
         match df.collect().await {
             Ok(batches) => return Ok(batches),
-            Err(e) if attempt < ATTEMPTS && !halyard_core::auth::is_refusal(&e.to_string()) => {
+            Err(e)
+                if attempt < ATTEMPTS
+                    && !halyard_core::auth::is_refusal(&e.to_string())
+                    && !is_data_error(&e.to_string()) =>
+            {
                 tracing::warn!(attempt, error = %crate::error::describe(&e), "sql query failed while running; running it again");
                 tokio::time::sleep(std::time::Duration::from_secs(u64::from(attempt))).await;
                 attempt += 1;
@@ -217,6 +237,7 @@ async fn register_file(
             let opts = CsvReadOptions::new()
                 .delimiter(src.delimiter_byte())
                 .has_header(src.has_header)
+                .schema_infer_max_records(CSV_INFER_ROWS)
                 .file_extension(&ext);
             ctx.register_csv(table, path, opts).await
         }
@@ -672,4 +693,57 @@ async fn vocabularies(
             .sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{collect_retrying, is_data_error, register_source};
+    use crate::session::{DataAccess, local_context};
+
+    #[tokio::test]
+    async fn a_source_whose_decimals_start_late_reads_as_decimals() {
+        // Whole numbers for 6,000 rows, then a decimal: DataFusion's default inference
+        // (1,000 rows) read the column as integers and the query failed at that row.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("econ.csv");
+        let mut csv = String::from("id,employed\n");
+        for i in 0..6000 {
+            csv.push_str(&format!("{i},{}\n", 5000 + i % 300));
+        }
+        csv.push_str("6000,5228.1\n");
+        std::fs::write(&path, csv).unwrap();
+        let ctx = local_context(&DataAccess::unconfined(&Default::default()), 2).unwrap();
+        let src = halyard_core::spec::SourceSpec {
+            name: "econ".into(),
+            path: format!("file://{}", path.display()),
+            format: None,
+            delimiter: ",".into(),
+            has_header: true,
+            row_index: None,
+        };
+        register_source(&ctx, &src).await.unwrap();
+        let batches = collect_retrying(&ctx, "SELECT max(employed) AS m FROM econ")
+            .await
+            .unwrap();
+        let m =
+            arrow::compute::cast(batches[0].column(0), &arrow::datatypes::DataType::Utf8).unwrap();
+        assert_eq!(
+            m.as_any()
+                .downcast_ref::<arrow::array::StringArray>()
+                .unwrap()
+                .value(0),
+            "5299.0"
+        );
+    }
+
+    #[test]
+    fn errors_in_the_data_are_not_retried() {
+        assert!(is_data_error(
+            "Arrow error: Parser error: Error while parsing value '5228.1' as type 'Int64' for column 19 at line 7764"
+        ));
+        assert!(is_data_error(
+            "Arrow error: Csv error: incorrect number of fields for line 3, expected 3 got 2"
+        ));
+        assert!(!is_data_error("executor lost: connection refused"));
+    }
 }
