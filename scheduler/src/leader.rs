@@ -9,7 +9,7 @@ use halyard_core::coord::{Auditor, Coordinator, Leadership, Versioned};
 use halyard_core::records::{
     ExecutorInfo, JobRecord, JobState, TaskAssignment, append_lines, now_ms,
 };
-use halyard_core::registry::{CANARY, Change, PRODUCTION};
+use halyard_core::registry::{CANARY, Change, Deployment, Outcomes, PRODUCTION};
 use halyard_core::schedule::Run;
 use halyard_core::search::{Next, SearchState, TrialState, best_trial, next_step};
 use halyard_core::spec::Stage;
@@ -102,6 +102,7 @@ async fn lead(
         source: format!("scheduler/{}", cfg.id),
         sql: None,
         sql_executors: BTreeSet::new(),
+        bandits_weighed: HashMap::new(),
     };
     let result = leader.run(shutdown, renew_every, &mut renewed).await;
     if let Some(sql) = leader.sql.take() {
@@ -221,13 +222,17 @@ struct Leader<'a> {
     sql: Option<SqlScheduler>,
     /// Executors the SQL scheduler was last told about.
     sql_executors: BTreeSet<String>,
+    /// Per running bandit, the deployment change and the outcomes its weights were last
+    /// computed from: the same inputs give the same weights, so they are not drawn again.
+    bandits_weighed: HashMap<String, (i64, Vec<(u64, Outcomes)>)>,
 }
 
 impl Leader<'_> {
     async fn tick(&mut self, executors: &[ExecutorInfo]) -> Result<()> {
         self.fire_schedules().await?;
-        self.rebalance_bandits().await?;
-        self.advance_ramps().await?;
+        let deployments = self.coord.deployments().await?;
+        self.rebalance_bandits(&deployments).await?;
+        self.advance_ramps(&deployments).await?;
         let jobs = self.coord.list_active_jobs().await?;
         if jobs.is_empty() {
             return Ok(());
@@ -756,11 +761,16 @@ impl Leader<'_> {
     /// Re-weigh every running bandit whose interval has passed since its deployment last
     /// changed: a `Rebalance` change through the registry (so it is in the deployment's
     /// history and rollback restores the weights before it). Unchanged weights are not
-    /// written; the draws are seeded by the deployment's last change, so every tick until
-    /// the next change computes the same weights.
-    async fn rebalance_bandits(&self) -> Result<()> {
+    /// written; the draws are seeded by the deployment's last change, so the same change
+    /// and outcomes give the same weights, and they are drawn once.
+    async fn rebalance_bandits(&mut self, deployments: &[Deployment]) -> Result<()> {
         let now = now_ms();
-        for d in self.coord.deployments().await? {
+        self.bandits_weighed.retain(|name, _| {
+            deployments
+                .iter()
+                .any(|d| &d.name == name && d.current.bandit.is_some())
+        });
+        for d in deployments {
             let Some(policy) = &d.current.bandit else {
                 continue;
             };
@@ -768,6 +778,13 @@ impl Leader<'_> {
                 continue;
             }
             let outcomes = self.coord.outcomes(&d.name).await?;
+            if self
+                .bandits_weighed
+                .get(&d.name)
+                .is_some_and(|(at, seen)| *at == d.updated_ms && *seen == outcomes)
+            {
+                continue;
+            }
             let weights = match halyard_serving::experiment::bandit_weights(
                 policy,
                 &outcomes,
@@ -779,6 +796,8 @@ impl Leader<'_> {
                     continue;
                 }
             };
+            self.bandits_weighed
+                .insert(d.name.clone(), (d.updated_ms, outcomes));
             if weights == d.current.variants {
                 continue;
             }
@@ -791,9 +810,9 @@ impl Leader<'_> {
 
     /// Move every running ramp on: roll the canary back when its guardrail broke, else,
     /// once its step has lasted `step_secs`, step it up, or promote it after the last.
-    async fn advance_ramps(&self) -> Result<()> {
+    async fn advance_ramps(&self, deployments: &[Deployment]) -> Result<()> {
         let now = now_ms();
-        for d in self.coord.deployments().await? {
+        for d in deployments {
             let Some(ramp) = &d.current.ramp else {
                 continue;
             };
