@@ -1,14 +1,13 @@
 //! `halyard doctor`: the things that go wrong on first contact, checked one by one, each
 //! with a line that says what was found and, when it is wrong, what to do.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use halyard_client::Client;
-use halyard_core::config::DEFAULT_DATA_DIR;
 
 use crate::commands::out;
-use crate::keys::{Connection, discover};
+use crate::keys::{Connection, KeySource, discover_with_source, local_data_dir};
 use crate::{CliError, Result};
 
 /// Below this much free space the data directory is a warning.
@@ -47,41 +46,27 @@ fn address_source(conn: &Connection) -> &'static str {
     }
 }
 
-/// Where the key came from, without showing it.
-fn key_source(conn: &Connection) -> Option<String> {
-    if conn.key.as_deref().is_some_and(|k| !k.trim().is_empty()) {
-        return Some(if std::env::var_os("HALYARD_KEY").is_some() {
-            "HALYARD_KEY".into()
-        } else {
-            "--key".into()
-        });
-    }
-    discover(&conn.scheduler, None)?;
-    let file = std::env::var_os("HALYARD_KEY_FILE")
-        .map(PathBuf::from)
-        .filter(|f| f.exists())
-        .unwrap_or_else(|| data_dir().join(halyard_core::auth::ADMIN_KEY_FILE));
-    Some(format!("the key file {}", file.display()))
-}
-
-fn data_dir() -> PathBuf {
-    std::env::var_os("HALYARD_DATA_DIR")
-        .map_or_else(|| PathBuf::from(DEFAULT_DATA_DIR), PathBuf::from)
-}
-
 /// The scheduler and the key: reachable, and the key accepted.
 async fn cluster(conn: &Connection) -> Vec<Check> {
     let source = address_source(conn);
     let addr = &conn.scheduler;
-    let key = key_source(conn);
-    let mut checks = vec![match &key {
-        Some(k) => check(Verdict::Ok, "key", format!("found in {k}")),
+    let found = discover_with_source(addr, conn.key.clone());
+    let mut checks = vec![match &found {
+        Some((_, KeySource::Given)) if std::env::var_os("HALYARD_KEY").is_some() => {
+            check(Verdict::Ok, "key", "found in HALYARD_KEY")
+        }
+        Some((_, KeySource::Given)) => check(Verdict::Ok, "key", "found in --key"),
+        Some((_, KeySource::File(f))) => check(
+            Verdict::Ok,
+            "key",
+            format!("found in the key file {}", f.display()),
+        ),
         None => check(
             Verdict::Warn,
             "key",
             format!(
                 "none: pass --key or HALYARD_KEY (for a scheduler on this machine, the admin key file {} is read when present)",
-                data_dir()
+                local_data_dir()
                     .join(halyard_core::auth::ADMIN_KEY_FILE)
                     .display()
             ),
@@ -101,7 +86,7 @@ async fn cluster(conn: &Connection) -> Vec<Check> {
         },
         None => None,
     };
-    let token = discover(addr, conn.key.clone());
+    let token = found.map(|(k, _)| k);
     let answer = tokio::time::timeout(Duration::from_secs(5), async {
         let client = Client::connect_secure(addr, token.as_deref(), tls).await?;
         client.cluster().await
@@ -221,7 +206,7 @@ fn gpu() -> Check {
 /// Run every check, print one line each; an error when any failed.
 pub async fn run(conn: &Connection) -> Result<()> {
     let mut checks = cluster(conn).await;
-    checks.extend(data(&data_dir()));
+    checks.extend(data(&local_data_dir()));
     checks.push(gpu());
     for c in &checks {
         let mark = match c.verdict {

@@ -13,34 +13,53 @@ use serde_json::json;
 use crate::Result;
 use crate::commands::out;
 
+/// The data directory a CLI on this machine looks in: `HALYARD_DATA_DIR`, else
+/// `halyard-data/` here.
+pub fn local_data_dir() -> PathBuf {
+    std::env::var_os("HALYARD_DATA_DIR")
+        .map_or_else(|| PathBuf::from(DEFAULT_DATA_DIR), PathBuf::from)
+}
+
 /// The key files a CLI on the scheduler's machine may read, in order: `HALYARD_KEY_FILE`,
-/// then `admin.key` in `HALYARD_DATA_DIR` or in `halyard-data/` here.
+/// then `admin.key` in [`local_data_dir`].
 fn local_key_files() -> Vec<PathBuf> {
     let mut files = Vec::new();
     if let Some(f) = std::env::var_os("HALYARD_KEY_FILE") {
         files.push(PathBuf::from(f));
     }
-    let dir = std::env::var_os("HALYARD_DATA_DIR")
-        .map_or_else(|| PathBuf::from(DEFAULT_DATA_DIR), PathBuf::from);
-    files.push(dir.join(ADMIN_KEY_FILE));
+    files.push(local_data_dir().join(ADMIN_KEY_FILE));
     files
 }
 
-/// The key to send to `scheduler`: `key` when given (`--key` or `HALYARD_KEY`), else, for
-/// a scheduler on loopback, the admin key file of a cluster started here (readable only by
-/// its owner, like a local socket).
-pub fn discover(scheduler: &str, key: Option<String>) -> Option<String> {
+/// Where a key came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeySource {
+    /// `--key` or `HALYARD_KEY`.
+    Given,
+    /// A key file of a cluster started on this machine.
+    File(PathBuf),
+}
+
+/// The key to send to `scheduler`, and where it came from: `key` when given (`--key` or
+/// `HALYARD_KEY`), else, for a scheduler on loopback, the admin key file of a cluster
+/// started here (readable only by its owner, like a local socket).
+pub fn discover_with_source(scheduler: &str, key: Option<String>) -> Option<(String, KeySource)> {
     if let Some(k) = key.filter(|k| !k.trim().is_empty()) {
-        return Some(k.trim().to_string());
+        return Some((k.trim().to_string(), KeySource::Given));
     }
     let host = scheduler.rsplit_once("://").map_or(scheduler, |(_, h)| h);
     if !is_loopback(host) {
         return None;
     }
-    local_key_files()
-        .iter()
-        .find_map(|f| std::fs::read_to_string(f).ok())
-        .map(|t| t.trim().to_string())
+    local_key_files().into_iter().find_map(|f| {
+        let text = std::fs::read_to_string(&f).ok()?;
+        Some((text.trim().to_string(), KeySource::File(f)))
+    })
+}
+
+/// The key to send to `scheduler` ([`discover_with_source`] without the source).
+pub fn discover(scheduler: &str, key: Option<String>) -> Option<String> {
+    discover_with_source(scheduler, key).map(|(k, _)| k)
 }
 
 /// Where the CLI connects, and with what: the flags every client command shares.
