@@ -15,17 +15,14 @@ fn local(url: &str) -> Option<PathBuf> {
 fn columns(path: &Path, format: DataFormat, delimiter: u8) -> Result<Vec<String>, String> {
     match format {
         DataFormat::Csv => {
-            use std::io::BufRead;
+            // Arrow's reader, as jobs read the file: quoting handled the same way.
             let file = std::fs::File::open(path).map_err(|e| e.to_string())?;
-            let mut first = String::new();
-            std::io::BufReader::new(file)
-                .read_line(&mut first)
+            let (schema, _) = arrow::csv::reader::Format::default()
+                .with_header(true)
+                .with_delimiter(delimiter)
+                .infer_schema(std::io::BufReader::new(file), Some(1))
                 .map_err(|e| e.to_string())?;
-            Ok(first
-                .trim_end_matches(['\r', '\n'])
-                .split(delimiter as char)
-                .map(|c| c.trim().trim_matches('"').to_string())
-                .collect())
+            Ok(schema.fields().iter().map(|f| f.name().clone()).collect())
         }
         DataFormat::Parquet => {
             let file = std::fs::File::open(path).map_err(|e| e.to_string())?;
