@@ -2,7 +2,7 @@
 //! Parquet table (local or S3) with one row per customer ([`halyard_models::experiment`]).
 
 use halyard_core::data::read_table;
-use halyard_core::spec::DataSpec;
+use halyard_core::spec::{DataSpec, resolve_source};
 use halyard_core::store::{S3Config, read_url};
 use halyard_models::experiment::{Analysis, AnalysisSpec, MetricResult, Report, analyze};
 use halyard_models::stats::SRM_P_VALUE;
@@ -53,15 +53,7 @@ pub async fn command(args: AnalyzeArgs) -> Result<()> {
             args.confidence
         )));
     }
-    let url = if args.table.contains("://") {
-        args.table.clone()
-    } else {
-        let path = std::fs::canonicalize(&args.table).map_err(|source| CliError::Io {
-            path: args.table.clone(),
-            source,
-        })?;
-        format!("file://{}", path.display())
-    };
+    let url = resolve_source(&args.table, std::path::Path::new("."))?;
     let bytes = read_url(&url, &S3Config::default()).await?;
     let data = DataSpec {
         source: url.clone(),

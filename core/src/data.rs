@@ -239,9 +239,10 @@ fn describe_csv_error(message: &str, schema: Option<&SchemaRef>, has_header: boo
             .unwrap_or_default();
         return format!(
             "line {line}, column {}{name}: value {value:?} is not a valid {ty} (the type \
-             inferred from the file's rows; a file over 64 MiB is read from its first \
-             100,000 rows); fix the value, or leave the cell empty for a missing value",
-            col + 1
+             inferred from the file's rows; a file over {} MiB is read from its first \
+             {INFER_ROWS} rows); fix the value, or leave the cell empty for a missing value",
+            col + 1,
+            INFER_WHOLE_BYTES >> 20
         );
     }
     if let Some(rest) = message.split("incorrect number of fields for line ").nth(1) {

@@ -170,6 +170,8 @@ struct Part<'a, 'g> {
     group: &'g mut dyn Collective,
     /// First global row of each rank (rank order), and the total after the last.
     offsets: Vec<u64>,
+    /// Mean squared norm of the group's rows: the scale of the convergence tolerance.
+    scale: f64,
 }
 
 impl Part<'_, '_> {
@@ -324,6 +326,7 @@ pub fn fit_group(
         dim,
         group,
         offsets,
+        scale: 0.0,
     };
     let total = part.total();
     if cfg.k < 2 || total < cfg.k as u64 {
@@ -332,6 +335,8 @@ pub fn fit_group(
             cfg.k
         )));
     }
+    let norms: f64 = x.iter().map(|v| f64::from(*v).powi(2)).sum();
+    part.scale = part.sum(&[norms])?[0] / total as f64;
     let mut best: Option<KMeansFit> = None;
     for run in 0..cfg.runs.max(1) {
         let one = KMeansConfig {
@@ -353,8 +358,6 @@ fn fit_once(p: &mut Part<'_, '_>, cfg: &KMeansConfig) -> Result<KMeansFit> {
     let mut local = StdRng::seed_from_u64(cfg.seed ^ (p.group.rank() as u64).rotate_left(32));
     let mut centers = init_parallel(p, cfg, &mut shared, &mut local)?;
     let init_secs = started.elapsed().as_secs_f64();
-    let norms: f64 = p.x.iter().map(|v| f64::from(*v).powi(2)).sum();
-    let scale = p.sum(&[norms])?[0] / p.total() as f64;
     // Each row's squared distance to its centre in the last pass.
     let mut d_own = vec![0f32; rows];
     let mut iterations = 0;
@@ -387,7 +390,7 @@ fn fit_once(p: &mut Part<'_, '_>, cfg: &KMeansConfig) -> Result<KMeansFit> {
             moved = moved.max(dist2(&new, &centers[c * dim..(c + 1) * dim]));
             centers[c * dim..(c + 1) * dim].copy_from_slice(&new);
         }
-        if moved <= cfg.tol * scale.max(f64::MIN_POSITIVE) {
+        if moved <= cfg.tol * p.scale.max(f64::MIN_POSITIVE) {
             break;
         }
     }
