@@ -817,18 +817,12 @@ impl Leader<'_> {
                 continue;
             };
             if ramp.guard_conversion {
+                use halyard_serving::experiment::{conversion_breach, outcomes_of};
                 let outcomes = self.coord.outcomes(&d.name).await?;
-                let of = |v: Option<u64>| {
-                    outcomes
-                        .iter()
-                        .find(|(x, _)| Some(*x) == v)
-                        .map(|(_, o)| *o)
-                        .unwrap_or_default()
-                };
                 let production = d.current.aliases.get(PRODUCTION).copied();
-                if let Some(why) = halyard_serving::experiment::conversion_breach(
-                    of(production),
-                    of(Some(ramp.canary)),
+                if let Some(why) = conversion_breach(
+                    production.map_or_else(Outcomes::default, |p| outcomes_of(&outcomes, p)),
+                    outcomes_of(&outcomes, ramp.canary),
                 ) {
                     warn!(model = %d.name, canary = ramp.canary, reason = %why, "ramp rolled back");
                     self.change_deployment(&d.name, Change::RampAbort, "ramp-rollback", why)

@@ -17,6 +17,31 @@ pub const CONFIDENCE: f64 = 0.95;
 /// Power of the detectable effect.
 const POWER: f64 = 0.8;
 
+/// Posterior draws behind P(best) and a bandit's weights.
+const POSTERIOR_DRAWS: usize = 20_000;
+
+/// The outcomes fed back for `version` (zero when none were).
+pub fn outcomes_of(outcomes: &[(u64, Outcomes)], version: u64) -> Outcomes {
+    outcomes
+        .iter()
+        .find(|(v, _)| *v == version)
+        .map(|(_, o)| *o)
+        .unwrap_or_default()
+}
+
+/// `versions`' conversions as arms of the posterior draws.
+fn arms(outcomes: &[(u64, Outcomes)], versions: impl Iterator<Item = u64>) -> Vec<Arm> {
+    versions
+        .map(|v| {
+            let o = outcomes_of(outcomes, v);
+            Arm {
+                trials: o.trials,
+                successes: o.conversions,
+            }
+        })
+        .collect()
+}
+
 /// A running bandit's next weights: the posterior probability that each of its versions
 /// converts best (from `outcomes`, 20,000 draws seeded by `seed`), each share at least the
 /// policy's floor, in basis points adding up to [`BANDIT_SCALE`].
@@ -25,22 +50,11 @@ pub fn bandit_weights(
     outcomes: &[(u64, Outcomes)],
     seed: u64,
 ) -> halyard_models::Result<Vec<Variant>> {
-    let arms: Vec<Arm> = policy
-        .versions
-        .iter()
-        .map(|v| {
-            let o = outcomes
-                .iter()
-                .find(|(x, _)| x == v)
-                .map(|(_, o)| *o)
-                .unwrap_or_default();
-            Arm {
-                trials: o.trials,
-                successes: o.conversions,
-            }
-        })
-        .collect();
-    let p = prob_best(&arms, 20_000, &mut rand::rngs::StdRng::seed_from_u64(seed))?;
+    let p = prob_best(
+        &arms(outcomes, policy.versions.iter().copied()),
+        POSTERIOR_DRAWS,
+        &mut rand::rngs::StdRng::seed_from_u64(seed),
+    )?;
     let floor = f64::from(policy.floor_bp) / f64::from(BANDIT_SCALE);
     let mut weights: Vec<u32> = shares(&p, floor)
         .iter()
@@ -132,13 +146,7 @@ pub fn analyse(
         .copied()
         .or_else(|| versions.first().map(|v| v.0))
         .unwrap_or(0);
-    let counts = |v: u64| {
-        outcomes
-            .iter()
-            .find(|(x, _)| *x == v)
-            .map(|(_, o)| *o)
-            .unwrap_or_default()
-    };
+    let counts = |v: u64| outcomes_of(outcomes, v);
     let moments = |v: u64| {
         let o = counts(v);
         Moments::rate(o.trials, o.conversions)
@@ -157,17 +165,8 @@ pub fn analyse(
     );
     // Draws of the posteriors, seeded: the same counts give the same report.
     let best = prob_best(
-        &versions
-            .iter()
-            .map(|(v, _)| {
-                let o = counts(*v);
-                Arm {
-                    trials: o.trials,
-                    successes: o.conversions,
-                }
-            })
-            .collect::<Vec<_>>(),
-        20_000,
+        &arms(outcomes, versions.iter().map(|(v, _)| *v)),
+        POSTERIOR_DRAWS,
         &mut rand::rngs::StdRng::seed_from_u64(0),
     )
     .unwrap_or_default();
