@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use halyard_core::auth::BearerKey;
+use halyard_core::metrics::Histogram;
 use halyard_core::proto::collective_service_client::CollectiveServiceClient;
 use halyard_core::proto::collective_service_server::{CollectiveService, CollectiveServiceServer};
 use halyard_core::proto::{CollectiveChunk, PushAck};
@@ -154,6 +155,8 @@ pub struct Ring {
     boxes: Mailboxes,
     op: u64,
     cfg: RingConfig,
+    /// Where each all-reduce's duration is recorded, if anywhere.
+    timer: Option<Histogram>,
 }
 
 /// The open stream to the next rank for one operation.
@@ -232,7 +235,14 @@ impl Ring {
             boxes,
             op: 0,
             cfg,
+            timer: None,
         })
+    }
+
+    /// The ring, recording each all-reduce's duration in `timer`.
+    pub fn with_timer(mut self, timer: Histogram) -> Ring {
+        self.timer = Some(timer);
+        self
     }
 
     /// The ring, sending `key` with every push to the next rank.
@@ -368,8 +378,12 @@ impl Ring {
         if self.size == 1 {
             return Ok(());
         }
+        let started = Instant::now();
         let result = self.all_reduce_op(data).await;
         self.op += 1;
+        if let Some(t) = &self.timer {
+            t.observe(started.elapsed().as_secs_f64());
+        }
         result
     }
 

@@ -13,6 +13,7 @@ pub mod data;
 pub mod error;
 pub mod failure;
 pub mod kv;
+pub mod metrics;
 pub mod records;
 pub mod registry;
 pub mod schedule;

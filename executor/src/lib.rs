@@ -26,6 +26,7 @@ use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use halyard_core::auth::{BearerKey, is_loopback, node_key};
 use halyard_core::config::ExecutorConfig;
 use halyard_core::coord::Coordinator;
+use halyard_core::metrics::{Metrics, Node};
 use halyard_core::proto::prediction_service_server::PredictionServiceServer;
 use halyard_core::records::{ExecutorInfo, now_ms};
 use halyard_core::store::Store;
@@ -72,6 +73,8 @@ pub async fn start_executor(cfg: ExecutorConfig, coord: Coordinator) -> Result<E
     }
     // The node's own key (made on a loopback node's first start); every request is
     // checked against the keys in the coordinator. Checked before anything listens.
+    let metrics = Metrics::new(Node::Executor);
+    let coord = coord.timed(&metrics);
     let token = node_key(&cfg.key_file, is_loopback(&cfg.listen), &coord).await?;
     require_beyond_loopback(&cfg.listen, cfg.tls.as_ref())?;
     let tls = cfg.tls.as_ref().map(TlsFiles::load).transpose()?;
@@ -93,6 +96,7 @@ pub async fn start_executor(cfg: ExecutorConfig, coord: Coordinator) -> Result<E
             max_wait: cfg.batch_wait,
             ..BatchConfig::default()
         },
+        metrics.clone(),
     );
     let gateway = Gateway::new(
         cfg.id.clone(),
@@ -100,6 +104,7 @@ pub async fn start_executor(cfg: ExecutorConfig, coord: Coordinator) -> Result<E
         Some(host.clone()),
         &token,
         tls.as_ref(),
+        metrics.clone(),
     );
     let (_reporter, health) = tonic_health::server::health_reporter();
     // Data-parallel groups' chunks arrive here (the collective service on this port).
@@ -159,11 +164,12 @@ pub async fn start_executor(cfg: ExecutorConfig, coord: Coordinator) -> Result<E
         store,
         info,
         lease,
-        Peers {
+        Lent {
             boxes,
             bearer,
             tls,
             token: Arc::from(token.as_str()),
+            metrics,
         },
         shutdown_rx,
     ));
@@ -207,15 +213,17 @@ struct Running {
     handle: JoinHandle<()>,
 }
 
-/// What the tasks of a data-parallel group need to reach their peers: the mailboxes their
-/// chunks arrive in, and the node's key for pushing to the next rank.
-struct Peers {
+/// What the executor lends its tasks: for a data-parallel group to reach its peers, the
+/// mailboxes their chunks arrive in and the node's key for pushing to the next rank; and
+/// the node's metrics.
+struct Lent {
     boxes: halyard_collective::Mailboxes,
     bearer: BearerKey,
     /// TLS for calls to other nodes.
     tls: Option<Tls>,
     /// The node key's text (the SQL scheduler's door reads it).
     token: Arc<str>,
+    metrics: Metrics,
 }
 
 /// The executor's loop: keep the lease alive, start assigned tasks, stop revoked ones.
@@ -225,15 +233,16 @@ async fn run(
     store: Store,
     info: ExecutorInfo,
     lease_cell: Arc<AtomicI64>,
-    peers: Peers,
+    lent: Lent,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let Peers {
+    let Lent {
         boxes,
         bearer,
         tls,
         token,
-    } = peers;
+        metrics,
+    } = lent;
     let data = DataAccess {
         s3: cfg.s3.clone(),
         roots: cfg.roots.clone(),
@@ -269,6 +278,12 @@ async fn run(
         }
         match coord.tasks_for(&cfg.id).await {
             Ok(assigned) => {
+                let used: u32 = assigned.iter().map(|a| a.value.spec.resources.cpus).sum();
+                let slots = &metrics.executor_slots;
+                slots.with_label_values(&["used"]).set(i64::from(used));
+                slots
+                    .with_label_values(&["free"])
+                    .set(i64::from(cfg.cpu_slots.saturating_sub(used)));
                 let current: Vec<(String, u32)> = assigned
                     .iter()
                     .map(|a| (a.value.job_id.clone(), a.value.attempt))
@@ -299,6 +314,7 @@ async fn run(
                         key: bearer.clone(),
                         token: token.clone(),
                         tls: tls.clone(),
+                        metrics: metrics.clone(),
                     }));
                     running.insert(key, Running { cancel, handle });
                 }

@@ -71,7 +71,8 @@ pub(crate) async fn train(t: &Task, progress: &mut TaskProgress, run: &Run<'_>) 
     )
     .and_then(|ring| ring.with_tls(t.tls.as_ref().map(|tls| tls.tonic_client())))
     .map_err(|e| ModelError::Collective(e.to_string()))?
-    .with_key(t.key.clone());
+    .with_key(t.key.clone())
+    .with_timer(t.metrics.allreduce_seconds.clone());
     progress.log(format!(
         "worker {rank} of {workers}: {} local rows; training {} on the {placement}",
         rows.local.iter().map(RecordBatch::num_rows).sum::<usize>(),
@@ -156,7 +157,14 @@ pub(crate) async fn train(t: &Task, progress: &mut TaskProgress, run: &Run<'_>) 
         })
         .map_err(|e| ExecutorError::Panicked(e.to_string()))?;
     while let Some(event) = rx.recv().await {
+        if let DpEvent::Agreed {
+            samples, seconds, ..
+        } = &event
+        {
+            t.rate(*samples as f64 / seconds.max(1e-9));
+        }
         if let Some(line) = describe(&event, progress) {
+            t.loss(progress);
             progress.log(line);
             if !t.report(progress).await {
                 t.cancel.store(true, Ordering::Relaxed);

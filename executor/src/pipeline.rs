@@ -40,6 +40,8 @@ pub trait Host: Send {
     fn progress(&mut self, _p: &Progress) {}
     /// A SQL context for the feature stage.
     async fn sql(&mut self) -> Result<SessionContext>;
+    /// The feature stage wrote a table of `rows` rows.
+    fn table_written(&mut self, _rows: u64) {}
     /// The flag that tells training to stop.
     fn cancel(&self) -> Arc<AtomicBool>;
     /// Where training runs.
@@ -173,6 +175,7 @@ async fn features(run: &Run<'_>, host: &mut dyn Host) -> Result<Flow> {
                 host.log(l);
             }
             let table = table?;
+            host.table_written(table.rows);
             let bytes =
                 Bytes::from(serde_json::to_vec_pretty(&table).expect("feature table serialises"));
             store.put(&manifest_path, bytes).await?;

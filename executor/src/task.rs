@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use bytes::Bytes;
 use halyard_core::coord::{Coordinator, Versioned};
 use halyard_core::data::digest;
+use halyard_core::metrics::Metrics;
 use halyard_core::records::{TaskAssignment, TaskProgress, TaskState, now_ms};
 use halyard_core::registry::ModelVersion;
 use halyard_core::store::{MANIFEST_FILE, Store, WEIGHTS_FILE, features_dir, publish_model};
@@ -66,6 +67,8 @@ pub(crate) struct Task {
     pub token: Arc<str>,
     /// TLS for calls to other nodes (the all-reduce ring).
     pub tls: Option<halyard_core::tls::Tls>,
+    /// The executor's metrics.
+    pub metrics: Metrics,
 }
 
 impl Task {
@@ -78,14 +81,56 @@ impl Task {
     pub(crate) fn cancelled(&self) -> bool {
         self.cancel.load(Ordering::Relaxed)
     }
+
+    /// Show the job's last training loss in the executor's metrics.
+    pub(crate) fn loss(&self, p: &TaskProgress) {
+        if let Some(loss) = p.loss {
+            let job = self.a.value.job_id.as_str();
+            self.metrics
+                .training_loss
+                .with_label_values(&[job])
+                .set(loss);
+        }
+    }
+
+    /// Show the job's training throughput (rows per second) in the executor's metrics.
+    pub(crate) fn rate(&self, rows_per_second: f64) {
+        let job = self.a.value.job_id.as_str();
+        self.metrics
+            .training_rows_per_second
+            .with_label_values(&[job])
+            .set(rows_per_second);
+    }
+
+    /// Drop the job's series: it no longer trains here.
+    fn forget(&self) {
+        let job = self.a.value.job_id.as_str();
+        let _ = self.metrics.training_loss.remove_label_values(&[job]);
+        let _ = self
+            .metrics
+            .training_rows_per_second
+            .remove_label_values(&[job]);
+    }
 }
 
 pub(crate) async fn run(t: Task) {
+    let started = std::time::Instant::now();
+    let outcome = run_task(&t).await;
+    t.forget();
+    t.metrics
+        .task_seconds
+        .with_label_values(&[outcome])
+        .observe(started.elapsed().as_secs_f64());
+}
+
+/// Run the task; how it ended (`succeeded`, `failed`, `stopped`, or `gone`: the
+/// assignment was taken away before it started).
+async fn run_task(t: &Task) -> &'static str {
     let a = &t.a;
     let mut progress = TaskProgress::started(&a.value);
     progress.log(format!("attempt {} started", a.value.attempt));
     if !t.report(&progress).await {
-        return;
+        return "gone";
     }
     let spec = &a.value.spec;
     let stages = a.value.stages();
@@ -97,15 +142,16 @@ pub(crate) async fn run(t: Task) {
     };
     let result = {
         let mut host = TaskHost {
-            t: &t,
+            t,
             progress: &mut progress,
+            last_epoch: None,
         };
         pipeline::run(&run, &stages, &mut host).await
     };
     match result {
         Ok(()) if a.value.rank != 0 => {
             info!(job = %a.value.job_id, rank = a.value.rank, "worker done");
-            return;
+            return "succeeded";
         }
         Ok(()) => {
             progress.state = TaskState::Succeeded;
@@ -115,7 +161,7 @@ pub(crate) async fn run(t: Task) {
         }
         Err(ExecutorError::Model(halyard_models::ModelError::Cancelled)) => {
             info!(job = %a.value.job_id, "task stopped");
-            return;
+            return "stopped";
         }
         Err(e) => {
             warn!(job = %a.value.job_id, error = %e, "task failed");
@@ -126,6 +172,10 @@ pub(crate) async fn run(t: Task) {
         }
     }
     t.report(&progress).await;
+    match progress.state {
+        TaskState::Succeeded => "succeeded",
+        _ => "failed",
+    }
 }
 
 /// The executor as a pipeline's host: progress goes to the coordinator (fenced on the
@@ -133,6 +183,8 @@ pub(crate) async fn run(t: Task) {
 pub(crate) struct TaskHost<'a> {
     pub t: &'a Task,
     pub progress: &'a mut TaskProgress,
+    /// When the last epoch ended (for the training throughput).
+    pub last_epoch: Option<std::time::Instant>,
 }
 
 #[async_trait]
@@ -148,6 +200,18 @@ impl Host for TaskHost<'_> {
     fn progress(&mut self, p: &Progress) {
         self.progress.epoch = p.epoch;
         self.progress.loss = Some(p.loss);
+        self.t.loss(self.progress);
+        let now = std::time::Instant::now();
+        if let Some(last) = self.last_epoch.replace(now)
+            && p.rows > 0
+        {
+            let seconds = now.duration_since(last).as_secs_f64().max(1e-9);
+            self.t.rate(p.rows as f64 / seconds);
+        }
+    }
+
+    fn table_written(&mut self, rows: u64) {
+        self.t.metrics.feature_rows.inc_by(rows);
     }
 
     async fn sql(&mut self) -> Result<SessionContext> {

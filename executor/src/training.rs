@@ -131,6 +131,8 @@ pub struct Progress {
     pub epoch: u32,
     /// Training loss.
     pub loss: f64,
+    /// Rows trained on since the previous report (0: not counted).
+    pub rows: usize,
     /// A line for the job's log.
     pub line: String,
 }
@@ -216,6 +218,7 @@ fn train_blocking(
                 // Steps over all members, the units of JobSpec::progress_total.
                 epoch: u32::try_from(r.member * r.steps + r.step).unwrap_or(u32::MAX),
                 loss: r.loss,
+                rows: 0,
                 line: format!(
                     "member {}/{} step {}/{} scaled MAE {:.5}",
                     r.member + 1,
@@ -244,6 +247,8 @@ fn train_blocking(
         let _ = reports.send(Progress {
             epoch: r.epoch.epoch,
             loss: r.epoch.loss,
+            // An epoch is one pass over the training rows.
+            rows: table.rows,
             line: epoch_line(&r),
         });
         flow()
@@ -261,6 +266,7 @@ fn train_blocking(
                     let _ = reports.send(Progress {
                         epoch: tried,
                         loss: r.inertia,
+                        rows: 0,
                         line: cluster_line(r),
                     });
                     flow()

@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 use halyard_core::auth::Verifier;
 use halyard_core::config::SchedulerConfig;
 use halyard_core::coord::{Auditor, Coordinator, Leadership, Versioned};
+use halyard_core::metrics::Metrics;
 use halyard_core::records::{
     ExecutorInfo, JobRecord, JobState, TaskAssignment, append_lines, now_ms,
 };
@@ -26,6 +27,7 @@ pub(crate) async fn run(
     cfg: SchedulerConfig,
     coord: Coordinator,
     door: SqlDoor,
+    metrics: Metrics,
     mut shutdown: watch::Receiver<bool>,
 ) {
     loop {
@@ -37,7 +39,10 @@ pub(crate) async fn run(
             _ = shutdown.wait_for(|s| *s) => return,
         };
         info!(id = %cfg.id, revision = leadership.revision, "became leader");
-        let reason = lead(&cfg, &coord, &door, &leadership, &mut shutdown).await;
+        metrics.leader.set(1);
+        metrics.leader_changes.inc();
+        let reason = lead(&cfg, &coord, &door, &metrics, &leadership, &mut shutdown).await;
+        metrics.leader.set(0);
         match reason {
             Ok(()) => {
                 if let Err(e) = coord.resign(&leadership).await {
@@ -89,6 +94,7 @@ async fn lead(
     cfg: &SchedulerConfig,
     coord: &Coordinator,
     door: &SqlDoor,
+    metrics: &Metrics,
     leadership: &Leadership,
     shutdown: &mut watch::Receiver<bool>,
 ) -> Result<()> {
@@ -98,6 +104,7 @@ async fn lead(
         cfg,
         coord,
         door,
+        metrics,
         leadership,
         source: format!("scheduler/{}", cfg.id),
         sql: None,
@@ -216,6 +223,7 @@ struct Leader<'a> {
     cfg: &'a SchedulerConfig,
     coord: &'a Coordinator,
     door: &'a SqlDoor,
+    metrics: &'a Metrics,
     leadership: &'a Leadership,
     source: String,
     /// The SQL (Ballista) scheduler, run while leading.
@@ -234,17 +242,21 @@ impl Leader<'_> {
         self.rebalance_bandits(&deployments).await?;
         self.advance_ramps(&deployments).await?;
         let jobs = self.coord.list_active_jobs().await?;
+        let tasks: Vec<TaskAssignment> = if jobs.is_empty() {
+            Vec::new()
+        } else {
+            self.coord
+                .all_tasks()
+                .await?
+                .into_iter()
+                .map(|t| t.value)
+                .collect()
+        };
+        let mut free = free_capacity(executors, &tasks);
+        self.gauge(&jobs, executors, &free);
         if jobs.is_empty() {
             return Ok(());
         }
-        let tasks: Vec<TaskAssignment> = self
-            .coord
-            .all_tasks()
-            .await?
-            .into_iter()
-            .map(|t| t.value)
-            .collect();
-        let mut free = free_capacity(executors, &tasks);
         let addresses: HashMap<&str, &str> = executors
             .iter()
             .map(|e| (e.id.as_str(), e.address.as_str()))
@@ -263,6 +275,28 @@ impl Leader<'_> {
             }
         }
         Ok(())
+    }
+
+    /// Set the cluster's gauges from what this tick read.
+    fn gauge(
+        &self,
+        jobs: &[Versioned<JobRecord>],
+        executors: &[ExecutorInfo],
+        free: &HashMap<String, Free>,
+    ) {
+        let m = self.metrics;
+        for state in [JobState::Pending, JobState::Running] {
+            let n = jobs.iter().filter(|j| j.value.state == state).count();
+            m.jobs.with_label_values(&[state.as_str()]).set(n as i64);
+        }
+        m.executors.set(executors.len() as i64);
+        let total: u64 = executors.iter().map(|e| u64::from(e.cpu_slots)).sum();
+        let unused: u64 = free.values().map(|f| u64::from(f.cpus)).sum();
+        let slots = &m.cluster_slots;
+        slots.with_label_values(&["free"]).set(unused as i64);
+        slots
+            .with_label_values(&["used"])
+            .set(total.saturating_sub(unused) as i64);
     }
 
     async fn place(

@@ -20,6 +20,7 @@ use std::net::SocketAddr;
 use halyard_core::auth::{is_loopback, node_key};
 use halyard_core::config::SchedulerConfig;
 use halyard_core::coord::Coordinator;
+use halyard_core::metrics::{Metrics, Node};
 use halyard_core::proto::job_service_server::JobServiceServer;
 use halyard_core::proto::key_service_server::KeyServiceServer;
 use halyard_core::proto::model_service_server::ModelServiceServer;
@@ -57,6 +58,8 @@ impl SchedulerHandle {
 pub async fn start_scheduler(cfg: SchedulerConfig, coord: Coordinator) -> Result<SchedulerHandle> {
     // The node's own key (made on a loopback node's first start); every request is
     // checked against the keys in the coordinator. Checked before anything listens.
+    let metrics = Metrics::new(Node::Scheduler);
+    let coord = coord.timed(&metrics);
     let token = node_key(&cfg.key_file, is_loopback(&cfg.listen), &coord).await?;
     require_beyond_loopback(&cfg.listen, cfg.tls.as_ref())?;
     let tls = cfg.tls.as_ref().map(TlsFiles::load).transpose()?;
@@ -69,7 +72,14 @@ pub async fn start_scheduler(cfg: SchedulerConfig, coord: Coordinator) -> Result
         .set_serving::<JobServiceServer<service::JobApi>>()
         .await;
     // The prediction gateway: this node holds no model and forwards to executors.
-    let gateway = Gateway::new(cfg.id.clone(), coord.clone(), None, &token, tls.as_ref());
+    let gateway = Gateway::new(
+        cfg.id.clone(),
+        coord.clone(),
+        None,
+        &token,
+        tls.as_ref(),
+        metrics.clone(),
+    );
     let grpc = tonic::service::Routes::new(health)
         .add_service(JobServiceServer::new(svc))
         .add_service(ModelServiceServer::new(models::ModelApi::new(
@@ -98,7 +108,7 @@ pub async fn start_scheduler(cfg: SchedulerConfig, coord: Coordinator) -> Result
         verifier: door.verifier.clone(),
         token,
     };
-    let leader = tokio::spawn(leader::run(cfg, coord, sql_door, shutdown_rx));
+    let leader = tokio::spawn(leader::run(cfg, coord, sql_door, metrics, shutdown_rx));
     Ok(SchedulerHandle {
         addr,
         shutdown,

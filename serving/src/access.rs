@@ -180,6 +180,7 @@ pub const ROUTES: &[(&str, &str, Access)] = &[
         "/v1/experiments/{model}",
         Access::Key(Action::ReadModels),
     ),
+    ("GET", "/metrics", Access::Key(Action::ReadMetrics)),
     ("GET", "/healthz", Access::Open),
 ];
 

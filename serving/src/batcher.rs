@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
 use std::time::{Duration, Instant};
 
+use halyard_core::metrics::{Histogram, IntGauge};
 use halyard_models::preprocess::Encoded;
 use halyard_models::runtime::LoadedModel;
 use tokio::sync::oneshot;
@@ -39,6 +40,16 @@ impl Default for BatchConfig {
     }
 }
 
+/// Where a scoring thread reports its batches and queue (one model's series of the node's
+/// [`halyard_core::metrics::Metrics`]).
+#[derive(Debug, Clone)]
+pub struct BatchMetrics {
+    /// Rows per scored batch.
+    pub rows: Histogram,
+    /// Rows waiting in the queue.
+    pub queued: IntGauge,
+}
+
 struct Job {
     x: Vec<f32>,
     rows: usize,
@@ -54,6 +65,7 @@ pub struct Batcher {
     outputs: usize,
     /// The model's kind (`Architecture::kind`), which says what the values are.
     kind: &'static str,
+    queued: IntGauge,
 }
 
 impl std::fmt::Debug for Batcher {
@@ -64,7 +76,14 @@ impl std::fmt::Debug for Batcher {
 
 impl Batcher {
     /// Start the scoring thread of `model` (named `label` in logs and thread names).
-    pub fn start(model: Arc<LoadedModel>, dim: usize, cfg: BatchConfig, label: &str) -> Self {
+    pub fn start(
+        model: Arc<LoadedModel>,
+        dim: usize,
+        cfg: BatchConfig,
+        label: &str,
+        metrics: BatchMetrics,
+    ) -> Self {
+        let queued = metrics.queued.clone();
         let (tx, rx) = sync_channel(cfg.queue);
         let outputs = model.runtime.outputs();
         let kind = model.runtime.architecture.kind();
@@ -77,10 +96,10 @@ impl Batcher {
                     .thread_name(move |_| name.clone())
                     .build();
                 match pool {
-                    Ok(pool) => pool.install(move || run(&model, dim, &rx, cfg)),
+                    Ok(pool) => pool.install(move || run(&model, dim, &rx, cfg, &metrics)),
                     Err(e) => {
                         warn!(error = %e, "no scoring pool; scoring on the global pool");
-                        run(&model, dim, &rx, cfg);
+                        run(&model, dim, &rx, cfg, &metrics);
                     }
                 }
             });
@@ -92,6 +111,7 @@ impl Batcher {
             dim,
             outputs,
             kind,
+            queued,
         }
     }
 
@@ -113,13 +133,14 @@ impl Batcher {
     pub async fn score(&self, data: Encoded) -> Result<Vec<f32>, ApiError> {
         debug_assert_eq!(data.dim, self.dim);
         let (reply, rx) = oneshot::channel();
+        let rows = data.rows;
         let job = Job {
             x: data.x,
-            rows: data.rows,
+            rows,
             reply,
         };
         match self.tx.try_send(job) {
-            Ok(()) => {}
+            Ok(()) => self.queued.add(rows as i64),
             Err(TrySendError::Full(_)) => {
                 return Err(ApiError::unavailable(
                     "the model's scoring queue is full: retry, or add executors",
@@ -135,7 +156,13 @@ impl Batcher {
     }
 }
 
-fn run(model: &LoadedModel, dim: usize, rx: &Receiver<Job>, cfg: BatchConfig) {
+fn run(
+    model: &LoadedModel,
+    dim: usize,
+    rx: &Receiver<Job>,
+    cfg: BatchConfig,
+    metrics: &BatchMetrics,
+) {
     while let Ok(first) = rx.recv() {
         let mut jobs = vec![first];
         let mut rows = jobs[0].rows;
@@ -152,6 +179,8 @@ fn run(model: &LoadedModel, dim: usize, rx: &Receiver<Job>, cfg: BatchConfig) {
             rows += j.rows;
             jobs.push(j);
         }
+        metrics.queued.sub(rows as i64);
+        metrics.rows.observe(rows as f64);
         let result = if jobs.len() == 1 {
             let j = &mut jobs[0];
             score(model, std::mem::take(&mut j.x), j.rows, dim)

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use axum::http::StatusCode;
 use bytes::Bytes;
 use halyard_core::coord::Coordinator;
+use halyard_core::metrics::Metrics;
 use halyard_core::registry::ServingInfo;
 use halyard_core::tls::Tls;
 use serde::Serialize;
@@ -48,6 +49,7 @@ pub struct Gateway {
     replicas: RwLock<Arc<Vec<ServingInfo>>>,
     next: AtomicUsize,
     failed: Mutex<HashMap<String, Instant>>,
+    metrics: Metrics,
 }
 
 impl std::fmt::Debug for Gateway {
@@ -96,6 +98,7 @@ impl Gateway {
         host: Option<Arc<Host>>,
         token: &str,
         tls: Option<&Tls>,
+        metrics: Metrics,
     ) -> Arc<Gateway> {
         let mut auth = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}"))
             .expect("a key is ASCII");
@@ -119,7 +122,41 @@ impl Gateway {
             replicas: RwLock::new(Arc::default()),
             next: AtomicUsize::new(0),
             failed: Mutex::new(HashMap::new()),
+            metrics,
         })
+    }
+
+    /// The node's metrics.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// Run one prediction API call (`call`: `predict`, `forecast` or `feedback`) of model
+    /// `name`, counting it and its latency. A model the cluster does not serve is counted
+    /// as `-`: callers cannot grow the label set by naming models.
+    pub async fn observed<T>(
+        &self,
+        name: &str,
+        call: &str,
+        work: impl std::future::Future<Output = Result<T, ApiError>>,
+    ) -> Result<T, ApiError> {
+        let started = Instant::now();
+        let result = work.await;
+        let known = result.is_ok() || self.serving().iter().any(|r| r.models.contains_key(name));
+        let model = if known { name } else { "-" };
+        let code = match &result {
+            Ok(_) => StatusCode::OK,
+            Err(e) => e.http_status(),
+        };
+        self.metrics
+            .prediction_requests
+            .with_label_values(&[model, call, code.as_str()])
+            .inc();
+        self.metrics
+            .prediction_seconds
+            .with_label_values(&[model, call])
+            .observe(started.elapsed().as_secs_f64());
+        result
     }
 
     /// The coordinator.

@@ -89,9 +89,9 @@ impl PredictionService for PredictionApi {
             version: r.version,
             alias: opt(r.alias),
         };
-        let reply = self
-            .gateway
-            .predict(&r.model, body, false)
+        let gw = &self.gateway;
+        let reply = gw
+            .observed(&r.model, "predict", gw.predict(&r.model, body, false))
             .await
             .map_err(|e| e.to_status())?;
         Ok(Response::new(PredictResponse {
@@ -132,9 +132,9 @@ impl PredictionService for PredictionApi {
             version: r.version,
             alias: opt(r.alias),
         };
-        let reply = self
-            .gateway
-            .forecast(&r.model, body, false)
+        let gw = &self.gateway;
+        let reply = gw
+            .observed(&r.model, "forecast", gw.forecast(&r.model, body, false))
             .await
             .map_err(|e| e.to_status())?;
         Ok(Response::new(ForecastResponse {
@@ -163,9 +163,9 @@ impl PredictionService for PredictionApi {
             key: opt(r.key),
             converted: r.converted,
         };
-        let reply = self
-            .gateway
-            .feedback(&r.model, body)
+        let gw = &self.gateway;
+        let reply = gw
+            .observed(&r.model, "feedback", gw.feedback(&r.model, body))
             .await
             .map_err(|e| e.to_status())?;
         Ok(Response::new(FeedbackResponse {

@@ -13,6 +13,7 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use halyard_core::coord::Coordinator;
+use halyard_core::metrics::Metrics;
 use halyard_core::registry::{Deployment, DeploymentState, ServingInfo};
 use halyard_core::store::{MANIFEST_FILE, Store, WEIGHTS_FILE, read_model};
 use halyard_models::json_records::{Record, RecordEncoder};
@@ -24,7 +25,7 @@ use tracing::{info, warn};
 use crate::api::{
     ApiError, ForecastBody, ForecastReply, PredictBody, PredictReply, Prediction, SeriesForecast,
 };
-use crate::batcher::{BatchConfig, Batcher};
+use crate::batcher::{BatchConfig, BatchMetrics, Batcher};
 
 /// How often the host looks at the deployments.
 pub const REFRESH: Duration = Duration::from_millis(100);
@@ -63,6 +64,7 @@ pub struct Host {
     table: RwLock<Arc<Table>>,
     /// Spreads unkeyed requests over a split.
     counter: AtomicU64,
+    metrics: Metrics,
 }
 
 impl std::fmt::Debug for Host {
@@ -95,6 +97,7 @@ impl Host {
         coord: Coordinator,
         store: Store,
         batch: BatchConfig,
+        metrics: Metrics,
     ) -> Arc<Host> {
         Arc::new(Host {
             executor,
@@ -104,6 +107,7 @@ impl Host {
             batch,
             table: RwLock::new(Arc::new(Table::new())),
             counter: AtomicU64::new(0),
+            metrics,
         })
     }
 
@@ -261,7 +265,16 @@ impl Host {
                     let label = format!("{name}-{version}");
                     (
                         RecordEncoder::new(p.clone()),
-                        Batcher::start(model.clone(), p.dim, self.batch, &label),
+                        Batcher::start(
+                            model.clone(),
+                            p.dim,
+                            self.batch,
+                            &label,
+                            BatchMetrics {
+                                rows: self.metrics.batch_rows.with_label_values(&[name]),
+                                queued: self.metrics.queue_depth.with_label_values(&[name]),
+                            },
+                        ),
                     )
                 });
                 info!(model = %name, version, ms = started.elapsed().as_millis() as u64, "loaded");
@@ -413,6 +426,10 @@ impl Host {
                 ApiError::bad_request(renumber(&e.to_string(), &rows))
             })?;
             let s = batcher.score(encoded).await?;
+            self.metrics
+                .predicted_records
+                .with_label_values(&[name, &v.to_string()])
+                .inc_by(rows.len() as u64);
             let per = batcher.outputs();
             for (k, &i) in rows.iter().enumerate() {
                 let out: Vec<f64> = s[k * per..(k + 1) * per]

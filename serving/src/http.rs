@@ -7,6 +7,7 @@
 //! POST /v1/models/{name}:predict    {"record": {...}} or {"records": [...]}, key, version, alias
 //! POST /v1/models/{name}:forecast   {"series": [{"id", "values"}], "horizon": N}
 //! POST /v1/models/{name}:feedback   {"version" or "key", "converted": bool}
+//! GET  /metrics                    the node's metrics for Prometheus (docs/monitoring.md)
 //! GET  /healthz
 //! ```
 
@@ -80,8 +81,11 @@ async fn post_model(
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let forwarded = headers.contains_key(FORWARDED);
-    let result = async {
-        let (name, verb) = target(&t)?;
+    let (name, verb) = match target(&t) {
+        Ok(t) => t,
+        Err(e) => return e.into_response(),
+    };
+    let call = async {
         let body = body_of(body)?;
         match verb {
             "predict" => Ok(Json(gw.predict_bytes(name, body, forwarded).await?).into_response()),
@@ -94,8 +98,11 @@ async fn post_model(
                 "unknown call {other:?}: use :predict, :forecast or :feedback"
             ))),
         }
-    }
-    .await;
+    };
+    let result = match verb {
+        "predict" | "forecast" | "feedback" => gw.observed(name, verb, call).await,
+        _ => call.await,
+    };
     result.unwrap_or_else(|e: ApiError| e.into_response())
 }
 
@@ -115,12 +122,25 @@ async fn list_models(State(gw): State<Arc<Gateway>>) -> Response {
     reply(gw.overview().await)
 }
 
+/// `GET /metrics`: the node's metrics for Prometheus.
+async fn metrics(State(gw): State<Arc<Gateway>>) -> Response {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            halyard_core::metrics::CONTENT_TYPE,
+        )],
+        gw.metrics().render(),
+    )
+        .into_response()
+}
+
 /// The HTTP routes over `gateway`.
 pub fn router(gateway: Arc<Gateway>) -> Router {
     Router::new()
         .route("/v1/models", get(list_models))
         .route("/v1/models/{target}", get(get_model).post(post_model))
         .route("/v1/experiments/{name}", get(get_experiment))
+        .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok" }))
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(gateway)

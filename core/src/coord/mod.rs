@@ -124,6 +124,14 @@ impl Coordinator {
         }
     }
 
+    /// The same coordinator, its operations timed into a node's `metrics`.
+    pub fn timed(&self, metrics: &crate::metrics::Metrics) -> Self {
+        Coordinator {
+            kv: Arc::new(crate::metrics::Timed::new(self.kv.clone(), metrics.clone())),
+            root: self.root.clone(),
+        }
+    }
+
     /// The backend's name.
     pub fn backend(&self) -> &'static str {
         self.kv.name()
