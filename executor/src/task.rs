@@ -281,6 +281,7 @@ async fn publish(
         job_id: a.value.job_id.clone(),
         halyard_version: halyard_core::VERSION.into(),
         created_ms: now_ms(),
+        reference: trained.reference,
     };
     let weights = trained.weights;
     let manifest_bytes = serde_json::to_vec_pretty(&manifest).expect("manifest serialises");

@@ -167,6 +167,10 @@ pub struct Manifest {
     pub halyard_version: String,
     /// Creation time, ms since the epoch.
     pub created_ms: i64,
+    /// The training distributions of the input columns, the reference of drift
+    /// monitoring (tabular models; absent in artifacts written before it existed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reference: Option<crate::drift::Reference>,
 }
 
 /// A burn module's weights as safetensors bytes in PyTorch layout.

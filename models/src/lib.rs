@@ -17,6 +17,7 @@ pub mod artifact;
 pub mod bandit;
 pub mod device;
 pub mod distributed;
+pub mod drift;
 pub mod error;
 pub mod experiment;
 pub mod forecast;

@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::artifact::{Architecture, export_module, merge_members};
 use crate::distributed::{Collective, Solo, shared_preprocessor};
+use crate::drift::Reference;
 use crate::error::{ModelError, Result};
 use crate::forecast::Series;
 use crate::forecast::classical::{Method, forecast};
@@ -66,6 +67,17 @@ pub struct TrainedModel {
     pub train_rows: usize,
     /// Rows (series) held out.
     pub test_rows: usize,
+    /// The training distributions of the input columns, for drift monitoring (tabular
+    /// models).
+    pub reference: Option<Reference>,
+}
+
+/// The drift reference of a tabular model trained on `batches`.
+fn reference_of(batches: &[RecordBatch], architecture: &Architecture) -> Result<Option<Reference>> {
+    architecture
+        .preprocessor()
+        .map(|p| Reference::fit(batches, p))
+        .transpose()
 }
 
 /// Progress of a member's epoch.
@@ -135,7 +147,7 @@ pub fn train_response_model(
         &mut on_epoch,
     )?;
     let runtime = Runtime::new(architecture(preprocessor, mlp_config, members), &weights)?;
-    response_metrics(runtime, weights, &test_set, &fit_rows)
+    response_metrics(batches, runtime, weights, &test_set, &fit_rows)
 }
 
 /// The rows of `batches`, or an error when there are none.
@@ -442,6 +454,7 @@ pub fn train_uplift_model(
     }
     metrics.retain(|_, v| v.is_finite());
     Ok(TrainedModel {
+        reference: reference_of(batches, &runtime.architecture)?,
         architecture: runtime.architecture,
         weights,
         metrics,
@@ -600,6 +613,7 @@ pub fn train_segments_group(
     )?;
     let test_rows = roles.iter().filter(|r| **r == Role::Test).count();
     Ok(Some(TrainedModel {
+        reference: reference_of(batches, &runtime.architecture)?,
         architecture: runtime.architecture,
         weights,
         metrics,
@@ -741,6 +755,7 @@ fn architecture(
 
 /// Score the held-out and the fitted rows with the serving runtime.
 fn response_metrics(
+    batches: &[RecordBatch],
     runtime: Runtime,
     weights: Vec<u8>,
     test_set: &Encoded,
@@ -754,6 +769,7 @@ fn response_metrics(
     ));
     metrics.retain(|_, v| v.is_finite());
     Ok(TrainedModel {
+        reference: reference_of(batches, &runtime.architecture)?,
         architecture: runtime.architecture,
         weights,
         metrics,
@@ -777,7 +793,7 @@ pub fn finish_response(
     let members = weights.len();
     let weights = merge_members(&weights)?;
     let runtime = Runtime::new(architecture(preprocessor, mlp, members), &weights)?;
-    response_metrics(runtime, weights, &test_set, &fit_rows)
+    response_metrics(batches, runtime, weights, &test_set, &fit_rows)
 }
 
 /// Train an N-BEATS forecaster on `train` and score it on `test` (the true futures of the
@@ -842,5 +858,6 @@ pub fn train_forecaster(
         metrics,
         train_rows: train.len(),
         test_rows: test.len(),
+        reference: None,
     })
 }

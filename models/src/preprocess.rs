@@ -90,7 +90,7 @@ pub enum ColumnEncoding {
 }
 
 /// Up to `n` buckets' inner edges at the quantiles of `values` (sorted, finite), ties merged.
-fn quantile_edges(values: &mut [f64], n: usize) -> Vec<f64> {
+pub(crate) fn quantile_edges(values: &mut [f64], n: usize) -> Vec<f64> {
     values.sort_by(f64::total_cmp);
     let mut edges: Vec<f64> = Vec::new();
     if values.is_empty() {

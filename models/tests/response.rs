@@ -168,6 +168,7 @@ fn artifact_scores_raw_records_like_the_trained_model() {
         job_id: "j".into(),
         halyard_version: "0".into(),
         created_ms: 0,
+        reference: model.reference.clone(),
     };
     let loaded =
         LoadedModel::from_bytes(&model.weights, &serde_json::to_vec(&manifest).unwrap()).unwrap();
