@@ -314,6 +314,22 @@ enum Command {
         #[command(flatten)]
         conn: Connection,
     },
+    /// Drift of a served model's inputs against its training data, per version and feature
+    ///
+    /// Every executor counts the records it scores into the training data's quantile bins
+    /// and top categories and scores each window of 10,000 records: the Wasserstein
+    /// distance over the training standard deviation for numbers, the Jensen-Shannon
+    /// distance for categories, drift at 0.1 (Evidently's defaults), and the PSI. This
+    /// merges every executor's last window (docs/monitoring.md).
+    Monitor {
+        /// Model name
+        name: String,
+        /// Print JSON
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        conn: Connection,
+    },
     /// Run SQL on the cluster (its embedded Ballista) or, with --local, in this process
     ///
     /// `halyard sql --table events=data/events.csv -e "SELECT channel, count(*) FROM events GROUP BY channel"`.
@@ -734,6 +750,9 @@ async fn run(cli: Cli) -> Result<(), AnyError> {
                 )
             })?;
             registry::experiment(&client(conn).await?, &name, json).await?
+        }
+        Command::Monitor { name, json, conn } => {
+            registry::monitor(&client(conn).await?, &name, json).await?
         }
         Command::Sql { args, conn } => halyard_cli::sql::command(args, &conn).await?,
         Command::Train {

@@ -137,25 +137,28 @@ impl Drop for Prometheus {
     }
 }
 
-/// The first row of a CSV file as a JSON record, without its label `responded`.
-fn first_record(csv: &Path) -> Value {
+/// The rows of a CSV file (without quoting) as JSON records, without the label
+/// `responded`.
+fn csv_records(csv: &Path) -> Vec<serde_json::Map<String, Value>> {
     let text = std::fs::read_to_string(csv).unwrap();
     let mut lines = text.lines();
     let header: Vec<&str> = lines.next().unwrap().split(',').collect();
-    let row: Vec<&str> = lines.next().unwrap().split(',').collect();
-    let record: serde_json::Map<String, Value> = header
-        .iter()
-        .zip(&row)
-        .filter(|(h, _)| **h != "responded")
-        .map(|(h, v)| {
-            let value = match v.parse::<f64>() {
-                Ok(x) => json!(x),
-                Err(_) => json!(v),
-            };
-            (h.to_string(), value)
+    lines
+        .map(|line| {
+            header
+                .iter()
+                .zip(line.split(','))
+                .filter(|(h, _)| **h != "responded")
+                .map(|(h, v)| {
+                    let value = match v.parse::<f64>() {
+                        Ok(x) => json!(x),
+                        Err(_) => json!(v),
+                    };
+                    (h.to_string(), value)
+                })
+                .collect()
         })
-        .collect();
-    Value::Object(record)
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -182,7 +185,7 @@ async fn prometheus_scrapes_predictions_jobs_and_tasks_from_every_node() {
     // 5 of 1 record straight to the executor, 2 refused (a record without its columns) and
     // 1 for a model nobody serves.
     let http = http_client(&cluster.admin_key);
-    let record = first_record(&data.responses);
+    let record = Value::Object(csv_records(&data.responses).swap_remove(0));
     let body = |n: usize| json!({ "records": vec![record.clone(); n] }).to_string();
     let predict = |addr: &str, model: &str, b: String| {
         http.post(format!("http://{addr}/v1/models/{model}:predict"))
@@ -300,5 +303,92 @@ async fn prometheus_scrapes_predictions_jobs_and_tasks_from_every_node() {
             > 0.0
     );
     drop(prom);
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shifted_feature_is_flagged_by_the_drift_monitor_and_the_others_are_not() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let data = halyard_cli::datagen::generate(dir, 12_000, 3).unwrap();
+    let (cluster, client) = standalone(dir, 1).await;
+    let exec = cluster.executors[0].addr.to_string();
+    let spec = spec(dir, "drifting", &data.responses, 1, 512);
+    let job = client.submit(&spec).await.unwrap();
+    let done = wait_done(&client, &job.id, Duration::from_secs(180)).await;
+    assert_eq!(done.state, "succeeded", "{done:?}");
+    deploy(&client, "drifting", 1, "production", None).await;
+    let http = http_client(&cluster.admin_key);
+    let predict = |records: &[serde_json::Map<String, Value>]| {
+        http.post(format!("http://{exec}/v1/models/drifting:predict"))
+            .header("content-type", "application/json")
+            .body(json!({ "records": records }).to_string())
+            .send()
+    };
+    let mut records = csv_records(&data.responses);
+    records.truncate(10_000);
+    // Nothing scored before a whole window.
+    let report: Value = serde_json::from_str(&client.drift("drifting").await.unwrap()).unwrap();
+    assert_eq!(report["versions"], json!([]), "{report}");
+    // The training rows themselves, with every income doubled: one window of 10,000.
+    for r in &mut records {
+        let income = r["income"].as_f64().unwrap();
+        r.insert("income".into(), json!(income * 2.0));
+    }
+    wait_for(
+        "the model to be served",
+        Duration::from_secs(30),
+        || async {
+            let r = predict(&records[..1]).await.ok()?;
+            r.status().is_success().then_some(())
+        },
+    )
+    .await;
+    for chunk in records[1..].chunks(1000) {
+        let r = predict(chunk).await.unwrap();
+        assert_eq!(r.status().as_u16(), 200);
+    }
+    let report: Value = wait_for("a drift window", Duration::from_secs(10), || async {
+        let r: Value = serde_json::from_str(&client.drift("drifting").await.ok()?).ok()?;
+        (!r["versions"].as_array()?.is_empty()).then_some(r)
+    })
+    .await;
+    let v = &report["versions"][0];
+    assert_eq!(v["version"], 1, "{report}");
+    assert_eq!(v["rows"], 10_000, "{report}");
+    let features = v["features"].as_array().unwrap();
+    let drifted: Vec<&str> = features
+        .iter()
+        .filter(|f| f["drifted"] == json!(true))
+        .map(|f| f["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(drifted, ["income"], "{report}");
+    let income = features.iter().find(|f| f["name"] == "income").unwrap();
+    assert_eq!(income["method"], "wasserstein");
+    assert!(
+        features.iter().any(|f| f["method"] == "jensen_shannon"),
+        "{report}"
+    );
+    // The executor's metrics say the same.
+    let text = http
+        .get(format!("http://{exec}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        text.contains(
+            "halyard_drift_detected{feature=\"income\",model=\"drifting\",version=\"1\"} 1"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            "halyard_drift_detected{feature=\"segment\",model=\"drifting\",version=\"1\"} 0"
+        ),
+        "{text}"
+    );
     cluster.stop().await;
 }

@@ -506,3 +506,57 @@ pub async fn audiences(client: &Client, name: Option<&str>, as_json: bool) -> Re
     }
     Ok(())
 }
+
+/// `halyard monitor NAME`: each served version's input drift against its training data.
+pub async fn monitor(client: &Client, name: &str, as_json: bool) -> Result<()> {
+    let text = client.drift(name).await?;
+    if as_json {
+        out(&text);
+        return Ok(());
+    }
+    let r: Value = serde_json::from_str(&text)
+        .map_err(|e| crate::CliError::Failed(format!("the drift report does not decode: {e}")))?;
+    let versions = r["versions"].as_array().cloned().unwrap_or_default();
+    if versions.is_empty() {
+        out(&format!(
+            "model {name}: no whole window yet (each executor scores every {} records of a version it serves against the training data)",
+            r["window"]
+        ));
+        return Ok(());
+    }
+    for v in &versions {
+        let executors: Vec<&str> = v["executors"]
+            .as_array()
+            .map(|a| a.iter().filter_map(Value::as_str).collect())
+            .unwrap_or_default();
+        let closed = v["closed_ms"].as_i64().unwrap_or(0);
+        let ago = (halyard_core::records::now_ms() - closed).max(0) / 1000;
+        out(&format!(
+            "model {name} version {}: {} records from {} ({}), last window closed {ago} s ago; drift at score >= {}",
+            v["version"],
+            v["rows"],
+            executors.len(),
+            executors.join(", "),
+            r["threshold"]
+        ));
+        out(&format!(
+            "{:<28} {:<15} {:>8} {:>8}  {}",
+            "FEATURE", "METHOD", "SCORE", "PSI", "DRIFT"
+        ));
+        for f in v["features"].as_array().into_iter().flatten() {
+            out(&format!(
+                "{:<28} {:<15} {:>8.4} {:>8.4}  {}",
+                f["name"].as_str().unwrap_or(""),
+                f["method"].as_str().unwrap_or(""),
+                f["score"].as_f64().unwrap_or(f64::NAN),
+                f["psi"].as_f64().unwrap_or(f64::NAN),
+                if f["drifted"].as_bool() == Some(true) {
+                    "DRIFT"
+                } else {
+                    "-"
+                }
+            ));
+        }
+    }
+    Ok(())
+}

@@ -11,7 +11,7 @@ use halyard_core::proto::model_service_client::ModelServiceClient;
 use halyard_core::proto::prediction_service_client::PredictionServiceClient;
 use halyard_core::proto::{
     AudienceInfo, CancelRequest, ClusterStatusRequest, ClusterStatusResponse, CreateKeyRequest,
-    CreateKeyResponse, CreateScheduleRequest, DeleteScheduleRequest, DeployRequest,
+    CreateKeyResponse, CreateScheduleRequest, DeleteScheduleRequest, DeployRequest, DriftRequest,
     ExperimentRequest, ExperimentResponse, GetJobRequest, GetModelRequest, GetModelResponse,
     JobInfo, KeyInfo, ListAudiencesRequest, ListJobsRequest, ListKeysRequest, ListModelsRequest,
     ListSchedulesRequest, LogLine, LogsRequest, PauseScheduleRequest, PredictRequest,
@@ -312,6 +312,17 @@ impl Client {
             .experiment(ExperimentRequest { name: name.into() })
             .await?
             .into_inner())
+    }
+
+    /// The drift report of model `name`, as JSON.
+    pub async fn drift(&self, name: &str) -> Result<String> {
+        Ok(self
+            .models
+            .clone()
+            .drift(DriftRequest { name: name.into() })
+            .await?
+            .into_inner()
+            .json)
     }
 
     /// Make an API key (admin only); the answer holds its secret, shown this once.

@@ -569,6 +569,22 @@ pub struct ServingInfo {
     pub models: BTreeMap<String, Vec<u64>>,
 }
 
+/// An executor's last whole window of a served version's inputs, under its lease (the
+/// drift monitor merges the windows of every executor serving the version).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DriftWindow {
+    /// The executor.
+    pub executor: String,
+    /// The model.
+    pub model: String,
+    /// The version whose inputs were counted.
+    pub version: u64,
+    /// When the window closed, ms since the epoch.
+    pub closed_ms: i64,
+    /// The counts and their reference, as `halyard_models::drift::Window` writes them.
+    pub window: serde_json::Value,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -8,9 +8,10 @@ use halyard_core::coord::{Auditor, Coordinator};
 use halyard_core::proto::deploy_request::Change as WireChange;
 use halyard_core::proto::model_service_server::ModelService;
 use halyard_core::proto::{
-    AudienceInfo, DeployRequest, DeploymentInfo, ExperimentRequest, ExperimentResponse,
-    GetModelRequest, GetModelResponse, ListAudiencesRequest, ListAudiencesResponse,
-    ListModelsRequest, ListModelsResponse, ModelVersionInfo, StartBandit, StartRamp, VariantInfo,
+    AudienceInfo, DeployRequest, DeploymentInfo, DriftRequest, DriftResponse, ExperimentRequest,
+    ExperimentResponse, GetModelRequest, GetModelResponse, ListAudiencesRequest,
+    ListAudiencesResponse, ListModelsRequest, ListModelsResponse, ModelVersionInfo, StartBandit,
+    StartRamp, VariantInfo,
 };
 use halyard_core::registry::{
     BanditPolicy, CANARY, Change, Deployment, PRODUCTION, RampPolicy, Variant,
@@ -235,5 +236,17 @@ impl ModelService for ModelApi {
             Some(r) => Ok(Response::new(r)),
             None => Err(Failure::NotFound.status(never_deployed(&name))),
         }
+    }
+
+    async fn drift(
+        &self,
+        request: Request<DriftRequest>,
+    ) -> Result<Response<DriftResponse>, Status> {
+        let name = request.into_inner().name;
+        let r = halyard_serving::drift::report(&self.coord, &name)
+            .await
+            .map_err(|e| e.to_status())?;
+        let json = serde_json::to_string(&r).expect("a report serialises");
+        Ok(Response::new(DriftResponse { json }))
     }
 }

@@ -113,6 +113,11 @@ pub const ROUTES: &[(&str, &str, Access)] = &[
     ),
     (
         "POST",
+        "/halyard.v1.ModelService/Drift",
+        Access::Key(Action::ReadModels),
+    ),
+    (
+        "POST",
         "/halyard.v1.ModelService/ListAudiences",
         Access::Key(Action::ReadModels),
     ),
@@ -180,6 +185,7 @@ pub const ROUTES: &[(&str, &str, Access)] = &[
         "/v1/experiments/{model}",
         Access::Key(Action::ReadModels),
     ),
+    ("GET", "/v1/drift/{model}", Access::Key(Action::ReadModels)),
     ("GET", "/metrics", Access::Key(Action::ReadMetrics)),
     ("GET", "/healthz", Access::Open),
 ];

@@ -9,13 +9,14 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
 use halyard_core::coord::Coordinator;
 use halyard_core::metrics::Metrics;
-use halyard_core::registry::{Deployment, DeploymentState, ServingInfo};
+use halyard_core::registry::{Deployment, DeploymentState, DriftWindow, ServingInfo};
 use halyard_core::store::{MANIFEST_FILE, Store, WEIGHTS_FILE, read_model};
+use halyard_models::drift::{self, Sketch, Window};
 use halyard_models::json_records::{Record, RecordEncoder};
 use halyard_models::runtime::LoadedModel;
 use serde_json::{Value, json};
@@ -41,6 +42,8 @@ pub struct Loaded {
     pub model: Arc<LoadedModel>,
     /// Its record encoder and scoring thread (response models).
     scorer: Option<(RecordEncoder, Batcher)>,
+    /// Counts of the inputs it scored, against its training data (tabular models).
+    drift: Option<Mutex<Sketch>>,
 }
 
 /// A model as this executor serves it: a deployment state whose versions are all loaded.
@@ -65,6 +68,8 @@ pub struct Host {
     /// Spreads unkeyed requests over a split.
     counter: AtomicU64,
     metrics: Metrics,
+    /// The executor's current lease ([`Host::run`] sets it): drift windows live under it.
+    lease: OnceLock<Arc<AtomicI64>>,
 }
 
 impl std::fmt::Debug for Host {
@@ -108,6 +113,7 @@ impl Host {
             table: RwLock::new(Arc::new(Table::new())),
             counter: AtomicU64::new(0),
             metrics,
+            lease: OnceLock::new(),
         })
     }
 
@@ -128,6 +134,7 @@ impl Host {
     /// Follow the deployments until `shutdown`; advertise what is loaded under `lease`
     /// (the executor's current lease, which changes when it registers again).
     pub async fn run(self: Arc<Self>, lease: Arc<AtomicI64>, mut shutdown: watch::Receiver<bool>) {
+        let _ = self.lease.set(lease.clone());
         let mut failed: HashMap<(String, u64), Instant> = HashMap::new();
         let mut advertised: Option<(i64, ServingInfo)> = None;
         loop {
@@ -278,10 +285,16 @@ impl Host {
                     )
                 });
                 info!(model = %name, version, ms = started.elapsed().as_millis() as u64, "loaded");
+                let drift = model
+                    .manifest
+                    .reference
+                    .clone()
+                    .map(|r| Mutex::new(Sketch::new(r)));
                 Some(Arc::new(Loaded {
                     version,
                     model,
                     scorer,
+                    drift,
                 }))
             }
             Err(e) => {
@@ -425,6 +438,7 @@ impl Host {
                 // Record numbers are the request's, not the group's.
                 ApiError::bad_request(renumber(&e.to_string(), &rows))
             })?;
+            self.observe(name, loaded, &refs);
             let s = batcher.score(encoded).await?;
             self.metrics
                 .predicted_records
@@ -459,6 +473,54 @@ impl Host {
                 .collect(),
             executor: self.executor.clone(),
         })
+    }
+
+    /// Count scored records into the version's drift sketch; a whole window is scored
+    /// into the metrics and published for the drift monitor.
+    fn observe(&self, name: &str, loaded: &Loaded, records: &[&Record]) {
+        let Some(sketch) = &loaded.drift else { return };
+        let closed = {
+            let mut sketch = sketch.lock().expect("sketch lock");
+            for r in records {
+                sketch.observe(r);
+            }
+            (sketch.rows() >= drift::WINDOW).then(|| sketch.take())
+        };
+        if let Some(window) = closed {
+            self.window_closed(name, loaded.version, window);
+        }
+    }
+
+    fn window_closed(&self, name: &str, version: u64, window: Window) {
+        let v = version.to_string();
+        for d in window.scores() {
+            let m = &self.metrics;
+            m.drift_score
+                .with_label_values(&[name, &v, &d.name, &d.method])
+                .set(d.score);
+            m.drift_score
+                .with_label_values(&[name, &v, &d.name, "psi"])
+                .set(d.psi);
+            m.drift_flag
+                .with_label_values(&[name, &v, &d.name])
+                .set(if d.drifted { 1.0 } else { 0.0 });
+        }
+        let Some(lease) = self.lease.get().map(|l| l.load(Ordering::Relaxed)) else {
+            return;
+        };
+        let record = DriftWindow {
+            executor: self.executor.clone(),
+            model: name.to_string(),
+            version,
+            closed_ms: halyard_core::records::now_ms(),
+            window: serde_json::to_value(&window).expect("a window serialises"),
+        };
+        let coord = self.coord.clone();
+        tokio::spawn(async move {
+            if let Err(e) = coord.put_drift(&record, lease).await {
+                warn!(model = %record.model, version = record.version, error = %e, "cannot publish a drift window");
+            }
+        });
     }
 
     /// Forecast series; `None` when this executor does not serve the model.

@@ -7,6 +7,7 @@
 //! POST /v1/models/{name}:predict    {"record": {...}} or {"records": [...]}, key, version, alias
 //! POST /v1/models/{name}:forecast   {"series": [{"id", "values"}], "horizon": N}
 //! POST /v1/models/{name}:feedback   {"version" or "key", "converted": bool}
+//! GET  /v1/drift/{name}            drift of the served inputs against the training data
 //! GET  /metrics                    the node's metrics for Prometheus (docs/monitoring.md)
 //! GET  /healthz
 //! ```
@@ -118,6 +119,10 @@ async fn get_experiment(State(gw): State<Arc<Gateway>>, Path(name): Path<String>
     reply(gw.experiment(&name).await)
 }
 
+async fn get_drift(State(gw): State<Arc<Gateway>>, Path(name): Path<String>) -> Response {
+    reply(crate::drift::report(gw.coord(), &name).await)
+}
+
 async fn list_models(State(gw): State<Arc<Gateway>>) -> Response {
     reply(gw.overview().await)
 }
@@ -140,6 +145,7 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
         .route("/v1/models", get(list_models))
         .route("/v1/models/{target}", get(get_model).post(post_model))
         .route("/v1/experiments/{name}", get(get_experiment))
+        .route("/v1/drift/{name}", get(get_drift))
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok" }))
         .layer(DefaultBodyLimit::max(MAX_BODY))

@@ -3,7 +3,8 @@
 //! threads ([`batcher`]); every node (schedulers too) runs a [`gateway::Gateway`] that
 //! answers for any deployed model over HTTP/JSON ([`http`]) and gRPC ([`grpc`]) on the
 //! node's one port, serving locally or forwarding to an executor that holds the model.
-//! [`experiment`] analyses the outcomes fed back per version.
+//! [`experiment`] analyses the outcomes fed back per version; [`drift`] compares the
+//! inputs served with the training data.
 //!
 //! **Invariants.** A request is answered by a whole, loaded version and the answer names
 //! it. Bad requests get a 4xx that says what to fix ([`api::ApiError`]); only a broken
@@ -12,6 +13,7 @@
 pub mod access;
 pub mod api;
 pub mod batcher;
+pub mod drift;
 pub mod experiment;
 pub mod gateway;
 pub mod grpc;

@@ -249,6 +249,9 @@ impl Coordinator {
     fn sql_endpoint_key(&self) -> String {
         self.key("sql/endpoint")
     }
+    fn drift_key(&self, name: &str, version: u64, executor: &str) -> String {
+        self.key(&format!("drift/{name}/{version}/{executor}"))
+    }
     fn outcomes_key(&self, name: &str, version: u64) -> String {
         self.key(&format!("outcomes/{name}/{version}"))
     }

@@ -7,7 +7,8 @@ use crate::error::{Error, Result};
 use crate::kv::{Compare, TxnOp};
 use crate::records::TaskAssignment;
 use crate::registry::{
-    AudienceVersion, Change, Deployment, ModelVersion, Outcomes, PRODUCTION, ServingInfo,
+    AudienceVersion, Change, Deployment, DriftWindow, ModelVersion, Outcomes, PRODUCTION,
+    ServingInfo,
 };
 use crate::spec::ScoreSpec;
 
@@ -259,6 +260,27 @@ impl Coordinator {
     /// What every live executor serves.
     pub async fn serving(&self) -> Result<Vec<ServingInfo>> {
         self.values("serving/").await
+    }
+
+    /// Publish an executor's last window of a version's inputs, under the executor's
+    /// lease: it vanishes with the executor.
+    pub async fn put_drift(&self, w: &DriftWindow, lease: i64) -> Result<()> {
+        self.kv
+            .txn(
+                Vec::new(),
+                vec![TxnOp::Put {
+                    key: self.drift_key(&w.model, w.version, &w.executor),
+                    value: encode(w),
+                    lease: Some(lease),
+                }],
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Every executor's last window of every version of model `name`.
+    pub async fn drift_windows(&self, name: &str) -> Result<Vec<DriftWindow>> {
+        self.values(&format!("drift/{name}/")).await
     }
 
     /// Add one outcome for a version: compare-and-swap, retrying lost races.
