@@ -1,6 +1,7 @@
 //! Scoring latency of the candle serving runtime: one record and a batch of 1,024, for the
 //! bank-marketing-shaped logistic regression and MLP (preprocessed rows, so the figure is
-//! the model's own cost; `score_raw` adds the Arrow preprocessing of raw records).
+//! the model's own cost; `score_raw` adds the Arrow preprocessing of raw records), and
+//! the drift sketch's count of a JSON record beside the record's encoding.
 //!
 //! `cargo bench -p halyard-models --bench inference`
 
@@ -104,8 +105,58 @@ fn bench(c: &mut Criterion) {
         g.bench_function(format!("{name}/score_raw_1"), |b| {
             b.iter(|| black_box(rt.score(std::slice::from_ref(&raw1)).unwrap()))
         });
+        if name == "logistic" {
+            drift(&mut g, &m, &pre);
+        }
     }
     g.finish();
+}
+
+/// The drift sketch's cost per served record (16 columns: 7 numbers, 9 categories),
+/// beside the cost of encoding the same JSON record for the model.
+fn drift(
+    g: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    m: &halyard_models::pipeline::TrainedModel,
+    pre: &halyard_models::preprocess::Preprocessor,
+) {
+    use halyard_models::drift::Sketch;
+    use halyard_models::json_records::{Record, RecordEncoder};
+    let records: Vec<Record> = (0..1024)
+        .map(|i| {
+            let mut r = Record::new();
+            for k in 0..7 {
+                r.insert(
+                    format!("n{k}"),
+                    serde_json::json!(((i * (k + 3) * 7919) % 1000) as f64),
+                );
+            }
+            for k in 0..9 {
+                r.insert(
+                    format!("c{k}"),
+                    serde_json::json!(format!("v{}", (i * (k + 5)) % (3 + k * 2))),
+                );
+            }
+            r
+        })
+        .collect();
+    let mut sketch = Sketch::new(
+        m.reference
+            .clone()
+            .expect("a tabular model has a reference"),
+    );
+    g.throughput(Throughput::Elements(1024));
+    g.bench_function("drift_observe/1024", |b| {
+        b.iter(|| {
+            for r in &records {
+                sketch.observe(black_box(r));
+            }
+        })
+    });
+    let encoder = RecordEncoder::new(pre.clone());
+    let refs: Vec<&Record> = records.iter().collect();
+    g.bench_function("encode_json/1024", |b| {
+        b.iter(|| black_box(encoder.encode(&refs).unwrap()))
+    });
 }
 
 criterion_group!(benches, bench);
