@@ -445,12 +445,12 @@ mod tests {
             (Role::Operator, &operator),
             (
                 Role::Submitter,
-                &[ReadJobs, Submit, CancelOwn, ReadModels, SqlRead],
+                &[ReadJobs, Submit, CancelOwn, ReadModels, SqlRead, ReadMetrics],
             ),
             (Role::Predictor, &[Predict]),
-            (Role::Viewer, &[ReadJobs, ReadModels]),
+            (Role::Viewer, &[ReadJobs, ReadModels, ReadMetrics]),
         ];
-        assert_eq!(all.len(), 12, "every action is in the matrix once");
+        assert_eq!(all.len(), 13, "every action is in the matrix once");
         for (role, may) in table {
             for action in &all {
                 assert_eq!(
