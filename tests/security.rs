@@ -154,7 +154,7 @@ async fn every_route_answers_each_credential_as_the_role_matrix_says() {
                     );
                     continue;
                 }
-                Access::Key(a) | Access::ModelKey(a) => *a,
+                Access::Key(a) | Access::ModelKey(a) | Access::Page(a) => *a,
             };
             for (what, key) in [
                 ("no key", None),

@@ -97,22 +97,10 @@ pub fn validate(spec_path: &Path) -> Result<()> {
         path: origin.clone(),
         source,
     })?;
-    let problems = JobSpec::parse_unchecked(&text, &origin)?.problems(&origin);
+    let problems = JobSpec::problems_in(&text, &origin)?;
     if !problems.is_empty() {
-        for e in &problems {
-            let line = match e {
-                halyard_core::Error::Invalid {
-                    location, field, ..
-                } => {
-                    let section = location.strip_prefix(&origin).unwrap_or(location).trim();
-                    JobSpec::line_of(&text, section, field)
-                }
-                _ => None,
-            };
-            match line {
-                Some(n) => eprintln!("line {n}: {e}"),
-                None => eprintln!("{e}"),
-            }
+        for p in &problems {
+            eprintln!("{p}");
         }
         return Err(crate::CliError::Failed(format!(
             "{origin}: {} broken rule(s) (above)",

@@ -445,7 +445,14 @@ mod tests {
             (Role::Operator, &operator),
             (
                 Role::Submitter,
-                &[ReadJobs, Submit, CancelOwn, ReadModels, SqlRead, ReadMetrics],
+                &[
+                    ReadJobs,
+                    Submit,
+                    CancelOwn,
+                    ReadModels,
+                    SqlRead,
+                    ReadMetrics,
+                ],
             ),
             (Role::Predictor, &[Predict]),
             (Role::Viewer, &[ReadJobs, ReadModels, ReadMetrics]),

@@ -78,6 +78,22 @@ impl Failure {
         }
     }
 
+    /// The failure a gRPC status code stands for.
+    pub fn from_grpc_code(code: tonic::Code) -> Failure {
+        match code {
+            tonic::Code::InvalidArgument | tonic::Code::OutOfRange => Failure::Invalid,
+            tonic::Code::NotFound => Failure::NotFound,
+            tonic::Code::FailedPrecondition | tonic::Code::AlreadyExists | tonic::Code::Aborted => {
+                Failure::Refused
+            }
+            tonic::Code::Unavailable => Failure::Unavailable,
+            tonic::Code::ResourceExhausted => Failure::TooLarge,
+            tonic::Code::Unauthenticated => Failure::Unauthenticated,
+            tonic::Code::PermissionDenied => Failure::Forbidden,
+            _ => Failure::Internal,
+        }
+    }
+
     /// A gRPC status with this failure's code and `message`.
     pub fn status(self, message: impl Into<String>) -> tonic::Status {
         tonic::Status::new(self.grpc_code(), message)

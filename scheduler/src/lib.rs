@@ -8,6 +8,7 @@
 //! its leadership ([`halyard_core::coord`]). Nothing here lives only in memory: a standby
 //! that takes over resumes from the coordinator's state.
 
+mod console;
 mod decide;
 mod error;
 mod keys;
@@ -66,7 +67,8 @@ pub async fn start_scheduler(cfg: SchedulerConfig, coord: Coordinator) -> Result
     let (listener, addr) = halyard_core::bind(&cfg.listen).await?;
     let door = Door::new(&coord, &cfg.id, tls.as_ref());
     let (shutdown, shutdown_rx) = watch::channel(false);
-    let svc = service::JobApi::new(coord.clone(), &cfg);
+    let svc = std::sync::Arc::new(service::JobApi::new(coord.clone(), &cfg));
+    let model_api = std::sync::Arc::new(models::ModelApi::new(coord.clone(), &cfg.id));
     let (health_reporter, health) = tonic_health::server::health_reporter();
     health_reporter
         .set_serving::<JobServiceServer<service::JobApi>>()
@@ -81,11 +83,8 @@ pub async fn start_scheduler(cfg: SchedulerConfig, coord: Coordinator) -> Result
         metrics.clone(),
     );
     let grpc = tonic::service::Routes::new(health)
-        .add_service(JobServiceServer::new(svc))
-        .add_service(ModelServiceServer::new(models::ModelApi::new(
-            coord.clone(),
-            &cfg.id,
-        )))
+        .add_service(JobServiceServer::from_arc(svc.clone()))
+        .add_service(ModelServiceServer::from_arc(model_api.clone()))
         .add_service(PredictionServiceServer::new(PredictionApi::new(
             gateway.clone(),
         )))
@@ -93,7 +92,13 @@ pub async fn start_scheduler(cfg: SchedulerConfig, coord: Coordinator) -> Result
             coord.clone(),
             &cfg.id,
         )));
-    let http = halyard_serving::http::router(gateway.clone());
+    let console = console::router(std::sync::Arc::new(console::Console {
+        jobs: svc,
+        models: model_api,
+        verifier: door.verifier.clone(),
+        tls: tls.is_some(),
+    }));
+    let http = halyard_serving::http::router(gateway.clone()).merge(console);
     let api =
         halyard_serving::http::serve(listener, http, grpc, door.clone(), tls, shutdown_rx.clone());
     let server = tokio::spawn(async move {

@@ -25,6 +25,27 @@ pub enum Access {
     Key(Action),
     /// A key whose role may do this on the model the path names (`/v1/models/{name}…`).
     ModelKey(Action),
+    /// A console page or form: a key whose role may do this, from the `authorization`
+    /// header or the console's session cookie ([`SESSION_COOKIE`]); a browser without
+    /// either is sent to the sign-in page.
+    Page(Action),
+}
+
+/// The console's session cookie: the signed-in key, `HttpOnly` and `SameSite=Strict`.
+/// Only [`Access::Page`] routes read it, so it never authorises an API call.
+pub const SESSION_COOKIE: &str = "halyard_session";
+
+/// The value of cookie `name` in `headers`.
+pub fn cookie<'a>(headers: &'a axum::http::HeaderMap, name: &str) -> Option<&'a str> {
+    headers
+        .get_all(axum::http::header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v)
+        .filter(|v| !v.is_empty())
 }
 
 /// Every route of a node's port: method, path (`{model}` stands for one path segment),
@@ -187,6 +208,37 @@ pub const ROUTES: &[(&str, &str, Access)] = &[
     ),
     ("GET", "/v1/drift/{model}", Access::Key(Action::ReadModels)),
     ("GET", "/metrics", Access::Key(Action::ReadMetrics)),
+    // The console (schedulers only; docs/console.md) and its JSON API.
+    ("GET", "/login", Access::Open),
+    ("POST", "/login", Access::Open),
+    ("POST", "/logout", Access::Open),
+    ("GET", "/console.css", Access::Open),
+    ("GET", "/console.js", Access::Open),
+    ("GET", "/", Access::Page(Action::ReadJobs)),
+    ("GET", "/jobs", Access::Page(Action::ReadJobs)),
+    ("GET", "/jobs/{model}", Access::Page(Action::ReadJobs)),
+    ("GET", "/live/jobs/{model}", Access::Page(Action::ReadJobs)),
+    ("GET", "/models", Access::Page(Action::ReadModels)),
+    ("GET", "/models/{model}", Access::Page(Action::ReadModels)),
+    (
+        "GET",
+        "/live/models/{model}",
+        Access::Page(Action::ReadModels),
+    ),
+    ("POST", "/console/submit", Access::Page(Action::Submit)),
+    (
+        "POST",
+        "/console/cancel/{model}",
+        Access::Page(Action::CancelOwn),
+    ),
+    (
+        "POST",
+        "/console/deploy/{model}",
+        Access::Page(Action::Deploy),
+    ),
+    ("GET", "/v1/cluster", Access::Key(Action::ReadJobs)),
+    ("GET", "/v1/jobs", Access::Key(Action::ReadJobs)),
+    ("GET", "/v1/jobs/{model}", Access::Key(Action::ReadJobs)),
     ("GET", "/healthz", Access::Open),
 ];
 
@@ -301,10 +353,28 @@ pub async fn guard(State(door): State<Door>, mut req: Request, next: Next) -> Re
             return refuse(grpc, Failure::NotFound, message);
         }
     };
-    let action = match access {
+    let (action, page) = match access {
         Access::Open => return next.run(req).await,
-        Access::Key(action) | Access::ModelKey(action) => action,
+        Access::Key(action) | Access::ModelKey(action) => (action, false),
+        Access::Page(action) => (action, true),
     };
+    // A console page reads the session cookie when no header names a key; the path's
+    // segment there is a job or model name that no key pattern restricts.
+    let token = token_of(&req).map(str::to_string).or_else(|| {
+        page.then(|| cookie(req.headers(), SESSION_COOKIE).map(str::to_string))
+            .flatten()
+    });
+    let model = if page { None } else { model };
+    let browser = req
+        .headers()
+        .get(axum::http::header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|a| a.contains("text/html"));
+    if page && token.is_none() && browser {
+        let next: String =
+            url::form_urlencoded::byte_serialize(req.uri().path().as_bytes()).collect();
+        return axum::response::Redirect::to(&format!("/login?next={next}")).into_response();
+    }
     let certified = req
         .extensions()
         .get::<ConnectInfo<Peer>>()
@@ -322,7 +392,7 @@ pub async fn guard(State(door): State<Door>, mut req: Request, next: Next) -> Re
     }
     match door
         .verifier
-        .check(token_of(&req), action, model.as_deref())
+        .check(token.as_deref(), action, model.as_deref())
         .await
     {
         Ok(caller) => {
@@ -334,7 +404,7 @@ pub async fn guard(State(door): State<Door>, mut req: Request, next: Next) -> Re
             tracing::info!(%path, reason = %denied, "request refused");
             if audited(action) {
                 door.audit
-                    .refused(token_of(&req), action.as_str(), path, &denied)
+                    .refused(token.as_deref(), action.as_str(), path, &denied)
                     .await;
             }
             refuse(grpc, denied.failure(), denied.to_string())

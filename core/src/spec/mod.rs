@@ -757,6 +757,30 @@ impl JobSpec {
         None
     }
 
+    /// Every broken rule of spec `text` (from `origin`), each with its line where the
+    /// spec writes the field: `line 7: …`. `Err` when the text is not a job spec's TOML.
+    pub fn problems_in(text: &str, origin: &str) -> Result<Vec<String>> {
+        let problems = JobSpec::parse_unchecked(text, origin)?.problems(origin);
+        Ok(problems
+            .iter()
+            .map(|e| {
+                let line = match e {
+                    Error::Invalid {
+                        location, field, ..
+                    } => {
+                        let section = location.strip_prefix(origin).unwrap_or(location).trim();
+                        JobSpec::line_of(text, section, field)
+                    }
+                    _ => None,
+                };
+                match line {
+                    Some(n) => format!("line {n}: {e}"),
+                    None => e.to_string(),
+                }
+            })
+            .collect())
+    }
+
     /// Read, parse and validate a spec file, and make a relative data source absolute
     /// against the file's folder.
     pub fn from_file(path: &Path) -> Result<JobSpec> {
@@ -764,8 +788,14 @@ impl JobSpec {
             path: path.to_path_buf(),
             source,
         })?;
-        let mut spec = JobSpec::from_toml(&text, &path.display().to_string())?;
         let base = path.parent().unwrap_or(Path::new("."));
+        JobSpec::from_text(&text, &path.display().to_string(), base)
+    }
+
+    /// Parse and validate a spec's `text` (from `origin`), and make its relative data
+    /// sources absolute against folder `base`.
+    pub fn from_text(text: &str, origin: &str, base: &Path) -> Result<JobSpec> {
+        let mut spec = JobSpec::from_toml(text, origin)?;
         if !spec.data.source.trim().is_empty() {
             spec.data.source = resolve_source(&spec.data.source, base)?;
         }

@@ -1,0 +1,1066 @@
+//! The web console, served by every scheduler on its API port: server-rendered pages over
+//! the same job and model services as the gRPC API (so the same rights and the same audit
+//! log), small scripts that refresh the live parts every second, and a JSON API for other
+//! tools (`/v1/cluster`, `/v1/jobs`, `/v1/jobs/{id}`).
+//!
+//! **Sign-in.** The login form takes an API key; it is kept in an `HttpOnly`,
+//! `SameSite=Strict` cookie (`Secure` under TLS) that the node's door accepts on the
+//! console's routes only, never on the APIs. Every form that changes something carries a
+//! CSRF token derived from the key (SHA-256 of a fixed label and the key), checked here.
+//! Buttons a role may not press are not shown, and the services check the right again.
+
+mod html;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Extension, Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
+use axum::response::{Html, IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
+use halyard_core::Failure;
+use halyard_core::auth::{Action, Caller, Verifier};
+use halyard_core::proto::deploy_request::Change;
+use halyard_core::proto::job_service_server::JobService;
+use halyard_core::proto::model_service_server::ModelService;
+use halyard_core::proto::{
+    CancelRequest, ClusterStatusRequest, DeployRequest, DeployVersion, DriftRequest,
+    ExperimentRequest, GetJobRequest, GetModelRequest, JobInfo, ListJobsRequest, ListModelsRequest,
+    LogsRequest, Promote, Rollback, SubmitRequest, Undeploy,
+};
+use halyard_core::records::now_ms;
+use halyard_serving::access::SESSION_COOKIE;
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use tonic::Status;
+
+use crate::models::ModelApi;
+use crate::service::JobApi;
+use html::{ago, chart, curves, esc, number, page, table, thousands};
+
+/// What the console's handlers call.
+pub(crate) struct Console {
+    pub(crate) jobs: Arc<JobApi>,
+    pub(crate) models: Arc<ModelApi>,
+    /// Checks the key of a sign-in.
+    pub(crate) verifier: Verifier,
+    /// The node serves TLS: the cookie is `Secure`.
+    pub(crate) tls: bool,
+}
+
+type Shared = State<Arc<Console>>;
+
+/// The console's routes (their rights are in `halyard_serving::access::ROUTES`).
+pub(crate) fn router(console: Arc<Console>) -> Router {
+    Router::new()
+        .route("/", get(cluster_page))
+        .route("/login", get(login_page).post(login))
+        .route("/logout", post(logout))
+        .route(
+            "/console.css",
+            get(|| asset("text/css", include_str!("console.css"))),
+        )
+        .route(
+            "/console.js",
+            get(|| asset("text/javascript", include_str!("console.js"))),
+        )
+        .route("/jobs", get(jobs_page))
+        .route("/jobs/{id}", get(job_page))
+        .route("/live/jobs/{id}", get(job_live))
+        .route("/models", get(models_page))
+        .route("/models/{name}", get(model_page))
+        .route("/live/models/{name}", get(model_live))
+        .route("/console/submit", post(submit))
+        .route("/console/cancel/{id}", post(cancel))
+        .route("/console/deploy/{name}", post(deploy))
+        .route("/v1/cluster", get(cluster_json))
+        .route("/v1/jobs", get(jobs_json))
+        .route("/v1/jobs/{id}", get(job_json))
+        .with_state(console)
+}
+
+async fn asset(kind: &'static str, body: &'static str) -> Response {
+    ([(header::CONTENT_TYPE, kind)], body).into_response()
+}
+
+/// The CSRF token of a session's key.
+pub(crate) fn csrf_of(key: &str) -> String {
+    let mut h = Sha256::new();
+    h.update(b"halyard-console-csrf\0");
+    h.update(key.as_bytes());
+    hex::encode(&h.finalize()[..16])
+}
+
+/// A form body's or a query string's fields.
+fn fields(text: &[u8]) -> HashMap<String, String> {
+    url::form_urlencoded::parse(text).into_owned().collect()
+}
+
+/// A field, empty when absent.
+fn field<'a>(f: &'a HashMap<String, String>, name: &str) -> &'a str {
+    f.get(name).map_or("", String::as_str)
+}
+
+/// The query string's fields.
+fn query(uri: &Uri) -> HashMap<String, String> {
+    fields(uri.query().unwrap_or("").as_bytes())
+}
+
+/// The session's key, from its cookie.
+fn session_key(headers: &HeaderMap) -> Option<String> {
+    halyard_serving::access::cookie(headers, SESSION_COOKIE).map(str::to_string)
+}
+
+/// Who is signed in, and the CSRF token of their forms.
+fn who(caller: &Caller, headers: &HeaderMap) -> (String, String) {
+    let k = &caller.key;
+    let name = format!("{} ({})", k.name, k.role.as_str());
+    let csrf = session_key(headers)
+        .map(|s| csrf_of(&s))
+        .unwrap_or_default();
+    (name, csrf)
+}
+
+/// A form's CSRF token against its session's: the refusal, if any (400: the door, not
+/// this check, answers 403 for a missing right). A call with an `authorization` header
+/// carries its key itself, which no other site can make a browser send: no token needed.
+fn csrf_refusal(headers: &HeaderMap, form: &HashMap<String, String>) -> Option<Response> {
+    if headers.contains_key(header::AUTHORIZATION) {
+        return None;
+    }
+    let token = field(form, "csrf");
+    let want = session_key(headers).map(|k| csrf_of(&k));
+    if !token.is_empty() && want.as_deref() == Some(token) {
+        None
+    } else {
+        Some((
+            StatusCode::BAD_REQUEST,
+            Html("<p class=\"error\">This form is stale or came from another site: reload the page and try again.</p>"),
+        )
+            .into_response())
+    }
+}
+
+/// A service call on behalf of `caller`, as the gRPC API would make it.
+fn as_caller<T>(caller: &Caller, message: T) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(message);
+    r.extensions_mut().insert(caller.clone());
+    r
+}
+
+/// A refused or failed service call as a page.
+fn failed(status: Status) -> Response {
+    let code = StatusCode::from_u16(Failure::from_grpc_code(status.code()).http_status())
+        .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    (
+        code,
+        Html(format!(
+            "<!doctype html><link rel=\"stylesheet\" href=\"/console.css\"><main><h1>{}</h1><p class=\"error\">{}</p><p><a href=\"/\">Back to the console</a></p></main>",
+            code.as_u16(),
+            esc(status.message())
+        )),
+    )
+        .into_response()
+}
+
+// ---- sign-in ------------------------------------------------------------------------
+
+fn login_form(next: &str, error: &str) -> String {
+    let error = if error.is_empty() {
+        String::new()
+    } else {
+        format!("<p class=\"error\">{}</p>", esc(error))
+    };
+    format!(
+        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>Sign in · Halyard</title>\
+         <link rel=\"stylesheet\" href=\"/console.css\"></head><body><main class=\"login\">\
+         <h1>Halyard</h1>{error}<form method=\"post\" action=\"/login\">\
+         <label>API key <input type=\"password\" name=\"key\" autocomplete=\"current-password\" required autofocus></label>\
+         <input type=\"hidden\" name=\"next\" value=\"{}\"><button>Sign in</button></form>\
+         <p class=\"hint\">On the cluster's machine, <code>halyard standalone</code> wrote an admin key to its data \
+         directory; <code>halyard keys create --role viewer</code> makes one that can only look.</p></main></body></html>",
+        esc(next)
+    )
+}
+
+async fn login_page(uri: Uri) -> Html<String> {
+    let q = query(&uri);
+    Html(login_form(field(&q, "next"), ""))
+}
+
+/// Only a path of this console, so a sign-in never sends anyone elsewhere.
+fn local_path(next: &str) -> &str {
+    if next.starts_with('/') && !next.starts_with("//") && !next.contains('\\') {
+        next
+    } else {
+        "/"
+    }
+}
+
+async fn login(State(c): Shared, body: Bytes) -> Response {
+    let f = fields(&body);
+    let (key, next) = (field(&f, "key").trim(), field(&f, "next"));
+    if key.is_empty() {
+        return (
+            StatusCode::BAD_REQUEST,
+            Html(login_form(next, "enter an API key")),
+        )
+            .into_response();
+    }
+    match c.verifier.check(Some(key), Action::ReadJobs, None).await {
+        Ok(caller) => {
+            tracing::info!(key = %caller.key.id, "console sign-in");
+            let secure = if c.tls { "; Secure" } else { "" };
+            let cookie = format!(
+                "{SESSION_COOKIE}={key}; Path=/; HttpOnly; SameSite=Strict; Max-Age=43200{secure}"
+            );
+            let mut r = Redirect::to(local_path(next)).into_response();
+            if let Ok(v) = HeaderValue::from_str(&cookie) {
+                r.headers_mut().insert(header::SET_COOKIE, v);
+            }
+            r
+        }
+        Err(denied) => (
+            StatusCode::UNAUTHORIZED,
+            Html(login_form(next, &denied.to_string())),
+        )
+            .into_response(),
+    }
+}
+
+async fn logout() -> Response {
+    let mut r = Redirect::to("/login").into_response();
+    r.headers_mut().insert(
+        header::SET_COOKIE,
+        HeaderValue::from_static("halyard_session=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0"),
+    );
+    r
+}
+
+// ---- cluster --------------------------------------------------------------------------
+
+async fn cluster_page(
+    State(c): Shared,
+    Extension(caller): Extension<Caller>,
+    headers: HeaderMap,
+) -> Response {
+    let status = match c
+        .jobs
+        .cluster_status(as_caller(&caller, ClusterStatusRequest {}))
+        .await
+    {
+        Ok(s) => s.into_inner(),
+        Err(e) => return failed(e),
+    };
+    let jobs = match c
+        .jobs
+        .list_jobs(as_caller(&caller, ListJobsRequest {}))
+        .await
+    {
+        Ok(j) => j.into_inner().jobs,
+        Err(e) => return failed(e),
+    };
+    let slots: u32 = status.executors.iter().map(|e| e.cpu_slots).sum();
+    let running = jobs.iter().filter(|j| j.state == "running").count();
+    let pending = jobs.iter().filter(|j| j.state == "pending").count();
+    let rows: Vec<Vec<String>> = status
+        .executors
+        .iter()
+        .map(|e| {
+            vec![
+                esc(&e.id),
+                esc(&e.address),
+                format!("{} of {}", e.running_tasks, e.cpu_slots),
+                thousands(e.memory_mb),
+                e.gpus.to_string(),
+                esc(&e.version),
+            ]
+        })
+        .collect();
+    let body = format!(
+        "<section class=\"tiles\"><div><span>Leader</span><b>{}</b></div>\
+         <div><span>Executors</span><b>{}</b></div><div><span>CPU slots</span><b>{}</b></div>\
+         <div><span>Jobs running</span><b>{running}</b></div><div><span>Jobs waiting</span><b>{pending}</b></div>\
+         <div><span>SQL scheduler</span><b>{}</b></div></section><h2>Executors</h2>{}",
+        esc(if status.leader.is_empty() {
+            "none (election under way)"
+        } else {
+            &status.leader
+        }),
+        status.executors.len(),
+        thousands(u64::from(slots)),
+        esc(if status.sql_endpoint.is_empty() {
+            "not running"
+        } else {
+            &status.sql_endpoint
+        }),
+        table(
+            &[
+                "Executor",
+                "Address",
+                "Tasks / slots",
+                "Memory (MB)",
+                "GPUs",
+                "Version"
+            ],
+            &rows,
+            "No executor has registered: start one with `halyard executor`."
+        )
+    );
+    let (who, csrf) = who(&caller, &headers);
+    Html(page("Cluster", "/", &who, &csrf, &body)).into_response()
+}
+
+// ---- jobs -----------------------------------------------------------------------------
+
+fn progress(j: &JobInfo) -> String {
+    if j.epochs > 0 && j.state == "running" {
+        format!("{} / {}", j.epoch, j.epochs)
+    } else {
+        "–".into()
+    }
+}
+
+fn state_badge(state: &str) -> String {
+    format!("<span class=\"state {}\">{}</span>", esc(state), esc(state))
+}
+
+async fn jobs_page(
+    State(c): Shared,
+    Extension(caller): Extension<Caller>,
+    headers: HeaderMap,
+    uri: Uri,
+) -> Response {
+    let q = query(&uri);
+    let (state, model, error) = (field(&q, "state"), field(&q, "model"), field(&q, "error"));
+    let mut jobs = match c
+        .jobs
+        .list_jobs(as_caller(&caller, ListJobsRequest {}))
+        .await
+    {
+        Ok(j) => j.into_inner().jobs,
+        Err(e) => return failed(e),
+    };
+    jobs.retain(|j| {
+        (state.is_empty() || j.state == state) && (model.is_empty() || j.name == model)
+    });
+    jobs.sort_by_key(|j| std::cmp::Reverse(j.created_ms));
+    let now = now_ms();
+    let rows: Vec<Vec<String>> = jobs
+        .iter()
+        .map(|j| {
+            vec![
+                format!("<a href=\"/jobs/{0}\">{0}</a>", esc(&j.id)),
+                esc(&j.name),
+                state_badge(&j.state),
+                progress(j),
+                j.metrics
+                    .get("test_auc")
+                    .map(|v| number(*v))
+                    .unwrap_or_else(|| "–".into()),
+                ago(j.created_ms, now),
+            ]
+        })
+        .collect();
+    let (who, csrf) = who(&caller, &headers);
+    let options: String = ["", "pending", "running", "succeeded", "failed", "cancelled"]
+        .iter()
+        .map(|s| {
+            let sel = if *s == state { " selected" } else { "" };
+            let label = if s.is_empty() { "any state" } else { s };
+            format!("<option value=\"{s}\"{sel}>{label}</option>")
+        })
+        .collect();
+    let mut body = format!(
+        "<form class=\"filters\" method=\"get\" action=\"/jobs\"><select name=\"state\">{options}</select>\
+         <input name=\"model\" placeholder=\"model name\" value=\"{}\"><button>Filter</button></form>{}",
+        esc(model),
+        table(
+            &["Job", "Model", "State", "Epoch", "Test AUC", "Submitted"],
+            &rows,
+            "No job matches. Submit one below, or with `halyard submit SPEC`."
+        )
+    );
+    if caller.may(Action::Submit) {
+        let error = if error.is_empty() {
+            String::new()
+        } else {
+            format!(
+                "<pre class=\"error\" id=\"submit-error\">{}</pre>",
+                esc(error)
+            )
+        };
+        body.push_str(&format!(
+            "<h2>Submit a job</h2>{error}<form method=\"post\" action=\"/console/submit\" class=\"submit\">\
+             <textarea name=\"spec\" rows=\"14\" placeholder=\"name = &quot;campaign-response&quot;&#10;[data]&#10;source = &quot;data/campaign/responses.csv&quot;&#10;label = &quot;responded&quot;\" required></textarea>\
+             <input type=\"hidden\" name=\"csrf\" value=\"{csrf}\"><button>Validate and submit</button></form>\
+             <p class=\"hint\">The spec is checked before it runs; every problem is listed with its line (docs/job-spec.md).</p>"
+        ));
+    }
+    Html(page("Jobs", "/jobs", &who, &csrf, &body)).into_response()
+}
+
+/// The live parts of a job's page: state, progress, the curve and the log tail.
+async fn job_parts(
+    c: &Console,
+    caller: &Caller,
+    id: &str,
+) -> Result<(JobInfo, String, String), Status> {
+    let job = c
+        .jobs
+        .get_job(as_caller(caller, GetJobRequest { job_id: id.into() }))
+        .await?
+        .into_inner()
+        .job
+        .unwrap_or_default();
+    let lines = c
+        .jobs
+        .logs(as_caller(caller, LogsRequest { job_id: id.into() }))
+        .await?
+        .into_inner()
+        .lines;
+    let series = curves(lines.iter().map(|l| l.message.as_str()));
+    let x_label = if job.model_type == "nbeats" {
+        "step"
+    } else {
+        "epoch"
+    };
+    let curve = chart(&series, x_label, "loss");
+    let tail: Vec<String> = lines
+        .iter()
+        .rev()
+        .take(40)
+        .rev()
+        .map(|l| esc(&l.message))
+        .collect();
+    Ok((job, curve, tail.join("\n")))
+}
+
+/// The job's state line, error, model and (while it runs, for a role that may) its
+/// cancel button.
+fn job_summary(j: &JobInfo, caller: &Caller, csrf: &str) -> String {
+    let mut s = format!(
+        "<p>{} · attempt {} · {}{}</p>",
+        state_badge(&j.state),
+        j.attempt,
+        if j.executor.is_empty() {
+            "not placed".to_string()
+        } else {
+            format!("on {}", esc(&j.executor))
+        },
+        if j.epochs > 0 && j.state == "running" {
+            format!(" · epoch {} of {}", j.epoch, j.epochs)
+        } else {
+            String::new()
+        }
+    );
+    if !j.error.is_empty() {
+        s.push_str(&format!("<p class=\"error\">{}</p>", esc(&j.error)));
+    }
+    if !j.artifact.is_empty() {
+        s.push_str(&format!(
+            "<p>Model: <a href=\"/models/{0}\">{0}</a> · artifact <code>{1}</code></p>",
+            esc(&j.name),
+            esc(&j.artifact)
+        ));
+    }
+    let ended = matches!(j.state.as_str(), "succeeded" | "failed" | "cancelled");
+    if !ended && (caller.may(Action::CancelOwn) || caller.may(Action::CancelAny)) {
+        s.push_str(&format!(
+            "<form method=\"post\" action=\"/console/cancel/{0}\" data-confirm=\"Cancel job {0}?\">\
+             <input type=\"hidden\" name=\"csrf\" value=\"{csrf}\"><button class=\"danger\">Cancel</button></form>",
+            esc(&j.id)
+        ));
+    }
+    s
+}
+
+/// The job's metrics (a compact grid) and a search's trials.
+fn job_results(j: &JobInfo) -> String {
+    let mut s = String::new();
+    if !j.metrics.is_empty() {
+        s.push_str("<h2>Metrics</h2><dl class=\"metrics\">");
+        for (k, v) in &j.metrics {
+            s.push_str(&format!(
+                "<div><dt>{}</dt><dd>{}</dd></div>",
+                esc(k),
+                number(*v)
+            ));
+        }
+        s.push_str("</dl>");
+    }
+    if !j.trials.is_empty() {
+        let rows: Vec<Vec<String>> = j
+            .trials
+            .iter()
+            .map(|t| {
+                let losses: Vec<String> = t.losses.iter().map(|l| format!("{l:.4}")).collect();
+                vec![
+                    t.index.to_string(),
+                    esc(&t.params),
+                    format!("{}{}", esc(&t.state), if t.best { " ★" } else { "" }),
+                    t.epochs.to_string(),
+                    losses.join(" → "),
+                ]
+            })
+            .collect();
+        s.push_str("<h2>Trials</h2>");
+        s.push_str(&table(
+            &[
+                "Trial",
+                "Parameters",
+                "State",
+                "Epochs",
+                "Validation loss by rung",
+            ],
+            &rows,
+            "",
+        ));
+    }
+    s
+}
+
+async fn job_page(
+    State(c): Shared,
+    Extension(caller): Extension<Caller>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
+    let (job, curve, log) = match job_parts(&c, &caller, &id).await {
+        Ok(p) => p,
+        Err(e) => return failed(e),
+    };
+    let (who, csrf) = who(&caller, &headers);
+    let ended = matches!(job.state.as_str(), "succeeded" | "failed" | "cancelled");
+    let body = format!(
+        "<div data-live=\"/live/jobs/{}\" data-done=\"{ended}\"><div id=\"summary\">{}</div>\
+         <h2>Training curve</h2><div id=\"curve\">{curve}</div><div id=\"results\">{}</div>\
+         <h2>Log</h2><pre id=\"log\">{log}</pre></div>",
+        esc(&id),
+        job_summary(&job, &caller, &csrf),
+        job_results(&job)
+    );
+    Html(page(&format!("Job {id}"), "/jobs", &who, &csrf, &body)).into_response()
+}
+
+async fn job_live(
+    State(c): Shared,
+    Extension(caller): Extension<Caller>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
+    let (_, csrf) = who(&caller, &headers);
+    match job_parts(&c, &caller, &id).await {
+        Ok((job, curve, log)) => axum::Json(json!({
+            "done": matches!(job.state.as_str(), "succeeded" | "failed" | "cancelled"),
+            "parts": {
+                "summary": job_summary(&job, &caller, &csrf),
+                "curve": curve,
+                "results": job_results(&job),
+                "log": log,
+            },
+        }))
+        .into_response(),
+        Err(e) => failed(e),
+    }
+}
+
+async fn submit(
+    State(c): Shared,
+    Extension(caller): Extension<Caller>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let f = fields(&body);
+    if let Some(r) = csrf_refusal(&headers, &f) {
+        return r;
+    }
+    let text = field(&f, "spec");
+    // Every problem at once, each at its line, before anything is sent to run.
+    let problems = match halyard_core::spec::JobSpec::problems_in(text, "job spec") {
+        Ok(p) => p,
+        Err(e) => vec![e.to_string()],
+    };
+    if !problems.is_empty() {
+        let q: String =
+            url::form_urlencoded::byte_serialize(problems.join("\n").as_bytes()).collect();
+        return Redirect::to(&format!("/jobs?error={q}")).into_response();
+    }
+    // Paths are the scheduler's, as a `halyard submit` on its machine would send them.
+    let base = std::env::current_dir().unwrap_or_default();
+    let spec = match halyard_core::spec::JobSpec::from_text(text, "job spec", &base) {
+        Ok(s) => s,
+        Err(e) => {
+            let q: String =
+                url::form_urlencoded::byte_serialize(e.to_string().as_bytes()).collect();
+            return Redirect::to(&format!("/jobs?error={q}")).into_response();
+        }
+    };
+    let req = SubmitRequest {
+        protocol_version: halyard_core::PROTOCOL_VERSION,
+        spec_toml: spec.to_toml(),
+    };
+    match c.jobs.submit(as_caller(&caller, req)).await {
+        Ok(r) => {
+            let id = r.into_inner().job.map(|j| j.id).unwrap_or_default();
+            Redirect::to(&format!("/jobs/{id}")).into_response()
+        }
+        Err(e) if e.code() == tonic::Code::InvalidArgument => {
+            let q: String = url::form_urlencoded::byte_serialize(e.message().as_bytes()).collect();
+            Redirect::to(&format!("/jobs?error={q}")).into_response()
+        }
+        Err(e) => failed(e),
+    }
+}
+
+async fn cancel(
+    State(c): Shared,
+    Extension(caller): Extension<Caller>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Response {
+    if let Some(r) = csrf_refusal(&headers, &fields(&body)) {
+        return r;
+    }
+    match c
+        .jobs
+        .cancel(as_caller(&caller, CancelRequest { job_id: id.clone() }))
+        .await
+    {
+        Ok(_) => Redirect::to(&format!("/jobs/{id}")).into_response(),
+        Err(e) => failed(e),
+    }
+}
+
+// ---- models ---------------------------------------------------------------------------
+
+fn split_text(d: Option<&halyard_core::proto::DeploymentInfo>) -> String {
+    match d {
+        Some(d) if !d.variants.is_empty() => d
+            .variants
+            .iter()
+            .map(|v| format!("v{} {}%", v.version, v.weight))
+            .collect::<Vec<_>>()
+            .join(", "),
+        _ => "not deployed".into(),
+    }
+}
+
+async fn models_page(
+    State(c): Shared,
+    Extension(caller): Extension<Caller>,
+    headers: HeaderMap,
+) -> Response {
+    let models = match c
+        .models
+        .list_models(as_caller(&caller, ListModelsRequest {}))
+        .await
+    {
+        Ok(m) => m.into_inner().models,
+        Err(e) => return failed(e),
+    };
+    let now = now_ms();
+    let rows: Vec<Vec<String>> = models
+        .iter()
+        .map(|m| {
+            let last = m.versions.iter().max_by_key(|v| v.version);
+            vec![
+                format!("<a href=\"/models/{0}\">{0}</a>", esc(&m.name)),
+                m.versions.len().to_string(),
+                last.map(|v| esc(&v.model_type)).unwrap_or_default(),
+                esc(&split_text(m.deployment.as_ref())),
+                last.map(|v| ago(v.created_ms, now)).unwrap_or_default(),
+            ]
+        })
+        .collect();
+    let (who, csrf) = who(&caller, &headers);
+    let body = table(
+        &["Model", "Versions", "Type", "Serving", "Last version"],
+        &rows,
+        "No model yet: a job that succeeds publishes one.",
+    );
+    Html(page("Models", "/models", &who, &csrf, &body)).into_response()
+}
+
+/// The live parts of a model's page: its experiment and its drift.
+async fn model_parts(c: &Console, caller: &Caller, name: &str) -> (String, String) {
+    let experiment = match c
+        .models
+        .experiment(as_caller(caller, ExperimentRequest { name: name.into() }))
+        .await
+    {
+        Ok(e) => {
+            let e = e.into_inner();
+            let rows: Vec<Vec<String>> = e
+                .variants
+                .iter()
+                .map(|v| {
+                    let control = v.version == e.control;
+                    vec![
+                        format!("v{}{}", v.version, if control { " (control)" } else { "" }),
+                        format!("{}%", v.weight),
+                        thousands(v.trials),
+                        thousands(v.conversions),
+                        format!("{:.2}%", v.rate * 100.0),
+                        if control {
+                            "–".into()
+                        } else {
+                            format!(
+                                "{:+.2} pts [{:+.2}, {:+.2}]",
+                                v.difference * 100.0,
+                                v.seq_low * 100.0,
+                                v.seq_high * 100.0
+                            )
+                        },
+                        if control {
+                            "–".into()
+                        } else {
+                            format!("{:.4}", v.seq_p_value)
+                        },
+                    ]
+                })
+                .collect();
+            let srm = if e.srm_mismatch {
+                format!(
+                    "<p class=\"error\">Sample ratio mismatch (p = {:.1e}): the assignment or the feedback is broken; do not trust these results.</p>",
+                    e.srm_p_value
+                )
+            } else {
+                String::new()
+            };
+            format!(
+                "{srm}{}",
+                table(
+                    &[
+                        "Variant",
+                        "Weight",
+                        "Outcomes",
+                        "Conversions",
+                        "Rate",
+                        "Difference (always-valid 95%)",
+                        "p (always valid)"
+                    ],
+                    &rows,
+                    "No outcome fed back yet (POST /v1/models/NAME:feedback)."
+                )
+            )
+        }
+        Err(e) => format!("<p class=\"empty\">{}</p>", esc(e.message())),
+    };
+    let drift = match c
+        .models
+        .drift(as_caller(caller, DriftRequest { name: name.into() }))
+        .await
+    {
+        Ok(d) => {
+            let r: serde_json::Value =
+                serde_json::from_str(&d.into_inner().json).unwrap_or_default();
+            let mut out = String::new();
+            for v in r["versions"].as_array().into_iter().flatten() {
+                let rows: Vec<Vec<String>> = v["features"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|f| {
+                        let drifted = f["drifted"].as_bool() == Some(true);
+                        vec![
+                            esc(f["name"].as_str().unwrap_or("")),
+                            esc(f["method"].as_str().unwrap_or("")),
+                            number(f["score"].as_f64().unwrap_or(f64::NAN)),
+                            number(f["psi"].as_f64().unwrap_or(f64::NAN)),
+                            if drifted {
+                                "<span class=\"state failed\">drift</span>".into()
+                            } else {
+                                "–".into()
+                            },
+                        ]
+                    })
+                    .collect();
+                out.push_str(&format!(
+                    "<h3>Version {} · {} records</h3>{}",
+                    v["version"],
+                    thousands(v["rows"].as_u64().unwrap_or(0)),
+                    table(&["Feature", "Method", "Score", "PSI", "Drift"], &rows, "")
+                ));
+            }
+            if out.is_empty() {
+                out = format!(
+                    "<p class=\"empty\">No whole window yet: each executor scores every {} records it serves against the training data.</p>",
+                    thousands(r["window"].as_u64().unwrap_or(0))
+                );
+            }
+            out
+        }
+        Err(e) => format!("<p class=\"empty\">{}</p>", esc(e.message())),
+    };
+    (experiment, drift)
+}
+
+async fn model_page(
+    State(c): Shared,
+    Extension(caller): Extension<Caller>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> Response {
+    let m = match c
+        .models
+        .get_model(as_caller(&caller, GetModelRequest { name: name.clone() }))
+        .await
+    {
+        Ok(m) => m.into_inner(),
+        Err(e) => return failed(e),
+    };
+    let (who, csrf) = who(&caller, &headers);
+    let now = now_ms();
+    let deployed = m.deployment.as_ref();
+    let may_deploy = caller.may(Action::Deploy);
+    let mut versions = m.versions.clone();
+    versions.sort_by_key(|v| std::cmp::Reverse(v.version));
+    let rows: Vec<Vec<String>> = versions
+        .iter()
+        .map(|v| {
+            let key = ["test_auc", "test_log_loss", "test_smape", "silhouette", "test_qini"]
+                .iter()
+                .filter_map(|k| v.metrics.get(*k).map(|x| format!("{k} {}", number(*x))))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let serving = deployed
+                .and_then(|d| d.variants.iter().find(|x| x.version == v.version))
+                .map(|x| format!("{}%", x.weight))
+                .unwrap_or_else(|| "–".into());
+            let mut row = vec![
+                format!("v{}", v.version),
+                esc(&v.model_type),
+                esc(&key),
+                format!("<a href=\"/jobs/{0}\">{0}</a>", esc(&v.job_id)),
+                format!("<code title=\"{}\">{}</code>", esc(&v.data_digest), esc(&v.data_source)),
+                ago(v.created_ms, now),
+                serving,
+            ];
+            if may_deploy {
+                row.push(format!(
+                    "<form method=\"post\" action=\"/console/deploy/{n}\" data-confirm=\"Send all traffic of {n} to version {v}?\">\
+                     <input type=\"hidden\" name=\"csrf\" value=\"{csrf}\"><input type=\"hidden\" name=\"action\" value=\"deploy\">\
+                     <input type=\"hidden\" name=\"version\" value=\"{v}\"><button name=\"deploy-{v}\">Deploy</button></form>\
+                     <form method=\"post\" action=\"/console/deploy/{n}\" class=\"inline\" data-confirm=\"Send a share of {n}'s traffic to version {v}?\">\
+                     <input type=\"hidden\" name=\"csrf\" value=\"{csrf}\"><input type=\"hidden\" name=\"action\" value=\"canary\">\
+                     <input type=\"hidden\" name=\"version\" value=\"{v}\"><input name=\"percent\" type=\"number\" min=\"1\" max=\"99\" value=\"10\" aria-label=\"canary percent\">\
+                     <button>Canary</button></form>",
+                    n = esc(&name),
+                    v = v.version
+                ));
+            }
+            row
+        })
+        .collect();
+    let mut head = vec![
+        "Version",
+        "Type",
+        "Test metrics",
+        "Job",
+        "Data",
+        "Published",
+        "Traffic",
+    ];
+    if may_deploy {
+        head.push("Change");
+    }
+    let mut body = format!(
+        "<p>Serving: <b id=\"split\">{}</b>{}</p>",
+        esc(&split_text(deployed)),
+        deployed
+            .map(|d| {
+                let aliases: Vec<String> = d
+                    .aliases
+                    .iter()
+                    .map(|(a, v)| format!("{} → v{v}", esc(a)))
+                    .collect();
+                format!(
+                    " · aliases {} · {} earlier state(s) kept for rollback",
+                    aliases.join(", "),
+                    d.history
+                )
+            })
+            .unwrap_or_default()
+    );
+    if may_deploy && deployed.is_some_and(|d| !d.variants.is_empty()) {
+        let canary =
+            deployed.is_some_and(|d| d.aliases.contains_key(halyard_core::registry::CANARY));
+        for (action, label, confirm) in [
+            (
+                "promote",
+                "Promote canary",
+                "Make the canary production, with all traffic?",
+            ),
+            (
+                "rollback",
+                "Roll back",
+                "Restore the deployment before the last change?",
+            ),
+            (
+                "undeploy",
+                "Undeploy",
+                "Stop serving this model? Its versions stay registered.",
+            ),
+        ] {
+            if action == "promote" && !canary {
+                continue;
+            }
+            body.push_str(&format!(
+                "<form method=\"post\" action=\"/console/deploy/{}\" class=\"inline\" data-confirm=\"{confirm}\">\
+                 <input type=\"hidden\" name=\"csrf\" value=\"{csrf}\"><input type=\"hidden\" name=\"action\" value=\"{action}\">\
+                 <button class=\"{}\">{label}</button></form>",
+                esc(&name),
+                if action == "promote" { "" } else { "danger" }
+            ));
+        }
+    }
+    body.push_str("<h2>Versions</h2>");
+    body.push_str(&table(&head, &rows, "No version."));
+    let (experiment, drift) = model_parts(&c, &caller, &name).await;
+    body.push_str(&format!(
+        "<div data-live=\"/live/models/{}\"><h2>Experiment</h2><div id=\"experiment\">{experiment}</div>\
+         <h2>Input drift</h2><div id=\"drift\">{drift}</div></div>",
+        esc(&name)
+    ));
+    Html(page(
+        &format!("Model {name}"),
+        "/models",
+        &who,
+        &csrf,
+        &body,
+    ))
+    .into_response()
+}
+
+async fn model_live(
+    State(c): Shared,
+    Extension(caller): Extension<Caller>,
+    Path(name): Path<String>,
+) -> Response {
+    let (experiment, drift) = model_parts(&c, &caller, &name).await;
+    axum::Json(json!({ "done": false, "parts": { "experiment": experiment, "drift": drift } }))
+        .into_response()
+}
+
+async fn deploy(
+    State(c): Shared,
+    Extension(caller): Extension<Caller>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> Response {
+    let f = fields(&body);
+    if let Some(r) = csrf_refusal(&headers, &f) {
+        return r;
+    }
+    let version = || {
+        field(&f, "version")
+            .parse::<u64>()
+            .map_err(|_| Status::invalid_argument("say which version (a number)"))
+    };
+    let percent = field(&f, "percent").parse::<u32>().unwrap_or(10);
+    let change = match field(&f, "action") {
+        "deploy" => version().map(|v| {
+            Change::Deploy(DeployVersion {
+                version: v,
+                alias: String::new(),
+                percent: None,
+            })
+        }),
+        "canary" => version().map(|v| {
+            Change::Deploy(DeployVersion {
+                version: v,
+                alias: halyard_core::registry::CANARY.into(),
+                percent: Some(percent),
+            })
+        }),
+        "promote" => Ok(Change::Promote(Promote {
+            alias: String::new(),
+        })),
+        "rollback" => Ok(Change::Rollback(Rollback {})),
+        "undeploy" => Ok(Change::Undeploy(Undeploy {})),
+        other => Err(Status::invalid_argument(format!(
+            "unknown change {other:?}"
+        ))),
+    };
+    let change = match change {
+        Ok(c) => c,
+        Err(e) => return failed(e),
+    };
+    let req = DeployRequest {
+        name: name.clone(),
+        change: Some(change),
+    };
+    match c.models.deploy(as_caller(&caller, req)).await {
+        Ok(_) => Redirect::to(&format!("/models/{name}")).into_response(),
+        Err(e) => failed(e),
+    }
+}
+
+// ---- the JSON API -----------------------------------------------------------------------
+
+fn json_of(r: Result<serde_json::Value, Status>) -> Response {
+    match r {
+        Ok(v) => axum::Json(v).into_response(),
+        Err(s) => {
+            let failure = Failure::from_grpc_code(s.code());
+            halyard_serving::ApiError::new(failure, s.message().to_string()).into_response()
+        }
+    }
+}
+
+async fn cluster_json(State(c): Shared, Extension(caller): Extension<Caller>) -> Response {
+    let r = c
+        .jobs
+        .cluster_status(as_caller(&caller, ClusterStatusRequest {}))
+        .await
+        .map(|s| {
+            let s = s.into_inner();
+            json!({
+                "leader": s.leader,
+                "sql_endpoint": s.sql_endpoint,
+                "executors": s.executors.iter().map(|e| json!({
+                    "id": e.id, "address": e.address, "cpu_slots": e.cpu_slots,
+                    "running_tasks": e.running_tasks, "memory_mb": e.memory_mb,
+                    "gpus": e.gpus, "version": e.version,
+                })).collect::<Vec<_>>(),
+            })
+        });
+    json_of(r)
+}
+
+fn job_json_value(j: &JobInfo) -> serde_json::Value {
+    json!({
+        "id": j.id, "name": j.name, "state": j.state, "attempt": j.attempt,
+        "executor": j.executor, "created_ms": j.created_ms, "updated_ms": j.updated_ms,
+        "epoch": j.epoch, "epochs": j.epochs, "loss": j.loss, "metrics": j.metrics,
+        "artifact": j.artifact, "error": j.error, "model_type": j.model_type,
+        "workers": j.workers, "schedule": j.schedule,
+    })
+}
+
+async fn jobs_json(State(c): Shared, Extension(caller): Extension<Caller>) -> Response {
+    let r = c
+        .jobs
+        .list_jobs(as_caller(&caller, ListJobsRequest {}))
+        .await
+        .map(|r| json!({ "jobs": r.into_inner().jobs.iter().map(job_json_value).collect::<Vec<_>>() }));
+    json_of(r)
+}
+
+async fn job_json(
+    State(c): Shared,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+) -> Response {
+    let r = c
+        .jobs
+        .get_job(as_caller(&caller, GetJobRequest { job_id: id }))
+        .await
+        .map(|r| job_json_value(&r.into_inner().job.unwrap_or_default()));
+    json_of(r)
+}
