@@ -319,6 +319,45 @@ async fn the_console_trains_deploys_and_rolls_back_in_a_real_browser() {
         .await;
     assert!(experiment.contains('3'), "{experiment}");
     b.screenshot("model-deployed").await;
+
+    // The serving page: predictions sent while it is open move its numbers.
+    b.go(&format!("{console}/serving")).await;
+    b.wait_text("h1", "Serving", Duration::from_secs(10)).await;
+    let record = json!({"customer_id": 1, "age": 40, "income": 50000, "tenure_months": 12,
+        "region": "north", "segment": "value", "channel": "email", "campaign": "spring",
+        "offer": "none", "previous_responses": 0, "days_since_last_contact": 30,
+        "emails_opened_30d": 2});
+    let sender = {
+        let (http, console) = (http.clone(), console.clone());
+        let body = json!({ "records": vec![record; 5] }).to_string();
+        tokio::spawn(async move {
+            for _ in 0..60 {
+                let r = http
+                    .post(format!("{console}/v1/models/console-demo:predict"))
+                    .header("content-type", "application/json")
+                    .body(body.clone())
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(r.status().as_u16(), 200, "{}", r.text().await.unwrap());
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+    };
+    let mut best_rate = 0.0f64;
+    while !sender.is_finished() {
+        let rate = b.text("#serving td .rate").await;
+        best_rate = best_rate.max(rate.parse().unwrap_or(0.0));
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    sender.await.unwrap();
+    assert!(best_rate > 0.0, "the requests/s never moved");
+    b.wait_text("#serving td .total", "60", Duration::from_secs(10))
+        .await;
+    b.screenshot("serving").await;
+    b.go(&format!("{console}/models/console-demo")).await;
+    b.wait_text("main", "Versions", Duration::from_secs(10))
+        .await;
     b.click("form[data-confirm^='Restore'] button").await;
     b.confirm().await;
     b.wait_text("#split", "not deployed", Duration::from_secs(10))

@@ -110,6 +110,24 @@ impl Prometheus {
             .sum()
     }
 
+    /// Query `q`: Prometheus's status (`success`, or why not) and the series it found.
+    async fn run(&self, q: &str) -> (String, usize) {
+        let url = format!("http://{}/api/v1/query", self.addr);
+        let resp = reqwest::Client::new()
+            .get(url)
+            .query(&[("query", q)])
+            .send()
+            .await
+            .unwrap();
+        let v: Value = serde_json::from_slice(&resp.bytes().await.unwrap()).unwrap();
+        let status = match v["status"].as_str() {
+            Some("success") => "success".to_string(),
+            _ => format!("{}: {}", v["errorType"], v["error"]),
+        };
+        let series = v["data"]["result"].as_array().map_or(0, Vec::len);
+        (status, series)
+    }
+
     /// Wait until query `q` has the value `want`.
     async fn wait_for_value(&self, q: &str, want: f64) {
         let mut last = None;
@@ -302,6 +320,30 @@ async fn prometheus_scrapes_predictions_jobs_and_tasks_from_every_node() {
             .unwrap_or(0.0)
             > 0.0
     );
+    // Every query of the Grafana dashboard (deploy/grafana/halyard.json) is valid PromQL
+    // over these metrics, and the request rate panel has data.
+    let dashboard: Value =
+        serde_json::from_str(include_str!("../deploy/grafana/halyard.json")).unwrap();
+    let exprs: Vec<&str> = dashboard["panels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|p| p["targets"].as_array().unwrap())
+        .map(|t| t["expr"].as_str().unwrap())
+        .collect();
+    assert!(exprs.len() >= 16, "{exprs:?}");
+    for q in &exprs {
+        let (status, _) = prom.run(q).await;
+        assert_eq!(status, "success", "dashboard query {q}");
+    }
+    // (A rate needs two scrapes of the series: one a second.)
+    let rate = exprs[0];
+    wait_for(
+        &format!("data for {rate}"),
+        Duration::from_secs(15),
+        || async { (prom.run(rate).await.1 >= 1).then_some(()) },
+    )
+    .await;
     drop(prom);
     cluster.stop().await;
 }

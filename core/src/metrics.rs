@@ -372,6 +372,85 @@ impl KvBackend for Timed {
     }
 }
 
+/// One sample of the text exposition format: a metric name, its labels and its value.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sample {
+    /// The series' name (`halyard_prediction_requests_total`, `…_bucket`).
+    pub name: String,
+    /// Its labels, in order.
+    pub labels: Vec<(String, String)>,
+    /// Its value.
+    pub value: f64,
+}
+
+impl Sample {
+    /// The value of label `name`, if the sample has it.
+    pub fn label(&self, name: &str) -> Option<&str> {
+        self.labels
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// The samples of a text exposition (what [`Metrics::render`] writes, or any node's
+/// `/metrics`); comments and lines that do not parse are skipped.
+pub fn parse(text: &str) -> Vec<Sample> {
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .filter_map(parse_line)
+        .collect()
+}
+
+fn parse_line(line: &str) -> Option<Sample> {
+    let (name, mut rest) = match line.find(['{', ' ']) {
+        Some(i) => line.split_at(i),
+        None => return None,
+    };
+    let mut labels = Vec::new();
+    if let Some(inner) = rest.strip_prefix('{') {
+        let mut chars = inner.char_indices();
+        let mut key = String::new();
+        let end = loop {
+            let (i, c) = chars.next()?;
+            match c {
+                '}' => break i,
+                ',' | ' ' => {}
+                '=' => {
+                    if chars.next()?.1 != '"' {
+                        return None;
+                    }
+                    let mut value = String::new();
+                    loop {
+                        match chars.next()?.1 {
+                            '\\' => match chars.next()?.1 {
+                                'n' => value.push('\n'),
+                                other => value.push(other),
+                            },
+                            '"' => break,
+                            other => value.push(other),
+                        }
+                    }
+                    labels.push((std::mem::take(&mut key), value));
+                }
+                other => key.push(other),
+            }
+        };
+        rest = &inner[end + 1..];
+    }
+    let value = rest.split_whitespace().next()?;
+    let value = match value {
+        "+Inf" => f64::INFINITY,
+        "-Inf" => f64::NEG_INFINITY,
+        v => v.parse().ok()?,
+    };
+    Some(Sample {
+        name: name.to_string(),
+        labels,
+        value,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -393,6 +472,32 @@ mod tests {
             text.contains("halyard_coordinator_errors_total{op=\"keep_alive\"} 1"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn the_exposition_parses_back_into_its_samples() {
+        let m = Metrics::new(Node::Executor);
+        m.predicted_records
+            .with_label_values(&["a \"quoted\" \\ name", "3"])
+            .inc_by(5);
+        m.prediction_seconds
+            .with_label_values(&["a", "predict"])
+            .observe(0.003);
+        let samples = parse(&m.render());
+        let records = samples
+            .iter()
+            .find(|s| s.name == "halyard_predicted_records_total")
+            .unwrap();
+        assert_eq!(records.label("model"), Some("a \"quoted\" \\ name"));
+        assert_eq!((records.label("version"), records.value), (Some("3"), 5.0));
+        let inf = samples
+            .iter()
+            .find(|s| {
+                s.name == "halyard_prediction_request_duration_seconds_bucket"
+                    && s.label("le") == Some("+Inf")
+            })
+            .unwrap();
+        assert_eq!(inf.value, 1.0);
     }
 
     #[test]

@@ -97,6 +97,8 @@ pub async fn start_scheduler(cfg: SchedulerConfig, coord: Coordinator) -> Result
         models: model_api,
         verifier: door.verifier.clone(),
         tls: tls.is_some(),
+        gateway: gateway.clone(),
+        reads: Default::default(),
     }));
     let http = halyard_serving::http::router(gateway.clone()).merge(console);
     let api =

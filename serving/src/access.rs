@@ -218,6 +218,8 @@ pub const ROUTES: &[(&str, &str, Access)] = &[
     ("GET", "/jobs", Access::Page(Action::ReadJobs)),
     ("GET", "/jobs/{model}", Access::Page(Action::ReadJobs)),
     ("GET", "/live/jobs/{model}", Access::Page(Action::ReadJobs)),
+    ("GET", "/serving", Access::Page(Action::ReadModels)),
+    ("GET", "/live/serving", Access::Page(Action::ReadModels)),
     ("GET", "/models", Access::Page(Action::ReadModels)),
     ("GET", "/models/{model}", Access::Page(Action::ReadModels)),
     (

@@ -131,6 +131,30 @@ impl Gateway {
         &self.metrics
     }
 
+    /// Each serving executor's `GET /metrics` text (with the node's key), or why it could
+    /// not be read.
+    pub async fn scrape_executors(&self) -> Vec<(String, Result<String, String>)> {
+        let serving = self.serving();
+        let reads = serving.iter().map(|r| async move {
+            let url = format!("{}://{}/metrics", self.scheme, r.address);
+            let text = async {
+                let resp = self
+                    .client
+                    .get(&url)
+                    .send()
+                    .await
+                    .map_err(|e| e.to_string())?;
+                if !resp.status().is_success() {
+                    return Err(format!("answered {}", resp.status()));
+                }
+                resp.text().await.map_err(|e| e.to_string())
+            }
+            .await;
+            (r.executor.clone(), text)
+        });
+        futures::future::join_all(reads).await
+    }
+
     /// Run one prediction API call (`call`: `predict`, `forecast` or `feedback`) of model
     /// `name`, counting it and its latency. A model the cluster does not serve is counted
     /// as `-`: callers cannot grow the label set by naming models.

@@ -60,7 +60,12 @@ pub(crate) fn ago(ms: i64, now_ms: i64) -> String {
 }
 
 /// The navigation's pages: path and title.
-const NAV: &[(&str, &str)] = &[("/", "Cluster"), ("/jobs", "Jobs"), ("/models", "Models")];
+const NAV: &[(&str, &str)] = &[
+    ("/", "Cluster"),
+    ("/jobs", "Jobs"),
+    ("/models", "Models"),
+    ("/serving", "Serving"),
+];
 
 /// A whole page: `title`, the navigation (the current page marked), who is signed in,
 /// and `body`.

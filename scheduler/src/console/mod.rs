@@ -10,6 +10,7 @@
 //! Buttons a role may not press are not shown, and the services check the right again.
 
 mod html;
+mod serving;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -48,6 +49,10 @@ pub(crate) struct Console {
     pub(crate) verifier: Verifier,
     /// The node serves TLS: the cookie is `Secure`.
     pub(crate) tls: bool,
+    /// The node's gateway: it reads the executors' metrics.
+    pub(crate) gateway: Arc<halyard_serving::Gateway>,
+    /// The executors' metrics as last read, for the serving page's rates.
+    pub(crate) reads: serving::Reads,
 }
 
 type Shared = State<Arc<Console>>;
@@ -69,6 +74,8 @@ pub(crate) fn router(console: Arc<Console>) -> Router {
         .route("/jobs", get(jobs_page))
         .route("/jobs/{id}", get(job_page))
         .route("/live/jobs/{id}", get(job_live))
+        .route("/serving", get(serving_page))
+        .route("/live/serving", get(serving_live))
         .route("/models", get(models_page))
         .route("/models/{name}", get(model_page))
         .route("/live/models/{name}", get(model_live))
@@ -999,6 +1006,73 @@ async fn deploy(
         Ok(_) => Redirect::to(&format!("/models/{name}")).into_response(),
         Err(e) => failed(e),
     }
+}
+
+// ---- serving --------------------------------------------------------------------------
+
+/// The serving table: per model and executor, rates since the previous read and latency.
+async fn serving_part(c: &Console) -> String {
+    let (rows, unreachable) = c.reads.rows(c.gateway.scrape_executors().await);
+    let per_second = |x: Option<f64>| x.map_or("…".to_string(), |v| format!("{v:.1}"));
+    let ms = |x: Option<f64>| x.map_or("–".to_string(), |v| format!("{:.1}", v * 1e3));
+    let cells: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| {
+            vec![
+                format!("<a href=\"/models/{0}\">{0}</a>", esc(&r.model)),
+                esc(&r.executor),
+                format!("<span class=\"rate\">{}</span>", per_second(r.ok_rate)),
+                per_second(r.error_rate),
+                ms(r.p50),
+                ms(r.p99),
+                per_second(r.records_rate),
+                format!("<span class=\"total\">{}</span>", thousands(r.total as u64)),
+                thousands(r.errors as u64),
+            ]
+        })
+        .collect();
+    let mut out = table(
+        &[
+            "Model",
+            "Executor",
+            "Requests/s",
+            "Errors/s",
+            "p50 (ms)",
+            "p99 (ms)",
+            "Records/s",
+            "Requests",
+            "Errors",
+        ],
+        &cells,
+        "No executor serves a model yet: deploy one from its model page.",
+    );
+    if !unreachable.is_empty() {
+        out.push_str(&format!(
+            "<p class=\"error\">Not read: {}</p>",
+            esc(&unreachable.join("; "))
+        ));
+    }
+    out
+}
+
+async fn serving_page(
+    State(c): Shared,
+    Extension(caller): Extension<Caller>,
+    headers: HeaderMap,
+) -> Response {
+    let (who, csrf) = who(&caller, &headers);
+    let body = format!(
+        "<p class=\"hint\">Read from every serving executor's metrics each second: rates and \
+         latency over the last second (since it started, before the second read).</p>\
+         <div data-live=\"/live/serving\"><div id=\"serving\">{}</div></div>",
+        serving_part(&c).await
+    );
+    Html(page("Serving", "/serving", &who, &csrf, &body)).into_response()
+}
+
+async fn serving_live(State(c): Shared) -> Response {
+    axum::Json(json!({ "done": false, "parts": { "serving": serving_part(&c).await } }))
+        .into_response()
 }
 
 // ---- the JSON API -----------------------------------------------------------------------
