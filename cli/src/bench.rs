@@ -336,6 +336,22 @@ pub enum BenchCommand {
         #[arg(long, hide_env_values = true)]
         baseline_key: Option<String>,
     },
+    /// Time each web console page with many jobs and model versions in the cluster (a
+    /// scratch cluster: the bench adds trained versions and cancelled jobs to it)
+    Console {
+        /// Jobs in the cluster at least
+        #[arg(long, default_value_t = 1000)]
+        jobs: usize,
+        /// Versions of the bench's model at least
+        #[arg(long, default_value_t = 100)]
+        versions: usize,
+        /// Fetches of each page (the median and the slowest are reported)
+        #[arg(long, default_value_t = 20)]
+        runs: usize,
+        /// Folder for the generated data; it must lie under the cluster's data roots
+        #[arg(long, default_value = "halyard-data/bench-console")]
+        dir: std::path::PathBuf,
+    },
     /// A campaign-events feature stage on an embedded SQL cluster and on single-process
     /// DataFusion, in this process, and the ratio of their times
     Features {
@@ -463,6 +479,23 @@ pub async fn run(what: BenchCommand, conn: &crate::keys::Connection) -> Result<S
                 tls,
             })
             .await
+        }
+        BenchCommand::Console {
+            jobs,
+            versions,
+            runs,
+            dir,
+        } => {
+            let client = crate::keys::connect(conn).await?;
+            let b = crate::console_bench::ConsoleBench {
+                key: crate::keys::discover(&conn.scheduler, conn.key.clone()),
+                addr: conn.scheduler.clone(),
+                jobs,
+                versions,
+                runs,
+                dir,
+            };
+            crate::console_bench::run(&client, &b).await
         }
         BenchCommand::Features {
             rows,

@@ -9,6 +9,7 @@
 pub mod allreduce_bench;
 pub mod bench;
 pub mod commands;
+pub mod console_bench;
 pub mod datagen;
 pub mod doctor;
 mod error;

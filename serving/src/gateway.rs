@@ -203,7 +203,8 @@ impl Gateway {
         }
     }
 
-    fn serving(&self) -> Arc<Vec<ServingInfo>> {
+    /// What every executor serves, as last read.
+    pub fn serving(&self) -> Arc<Vec<ServingInfo>> {
         self.replicas.read().expect("replicas lock").clone()
     }
 

@@ -270,6 +270,23 @@ async fn cluster_page(
         Err(e) => return failed(e),
     };
     let slots: u32 = status.executors.iter().map(|e| e.cpu_slots).sum();
+    let serving = c.gateway.serving();
+    let serves = |id: &str| -> String {
+        let models: Vec<String> = serving
+            .iter()
+            .filter(|s| s.executor == id)
+            .flat_map(|s| &s.models)
+            .map(|(name, versions)| {
+                let v: Vec<String> = versions.iter().map(|v| format!("v{v}")).collect();
+                format!("{} {}", esc(name), v.join(", "))
+            })
+            .collect();
+        if models.is_empty() {
+            "–".into()
+        } else {
+            models.join("; ")
+        }
+    };
     let running = jobs.iter().filter(|j| j.state == "running").count();
     let pending = jobs.iter().filter(|j| j.state == "pending").count();
     let rows: Vec<Vec<String>> = status
@@ -282,6 +299,7 @@ async fn cluster_page(
                 format!("{} of {}", e.running_tasks, e.cpu_slots),
                 thousands(e.memory_mb),
                 e.gpus.to_string(),
+                serves(&e.id),
                 esc(&e.version),
             ]
         })
@@ -310,6 +328,7 @@ async fn cluster_page(
                 "Tasks / slots",
                 "Memory (MB)",
                 "GPUs",
+                "Serves",
                 "Version"
             ],
             &rows,
