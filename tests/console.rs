@@ -193,15 +193,6 @@ impl Drop for Browser {
     }
 }
 
-fn have(tool: &str) -> bool {
-    Command::new(tool)
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_console_trains_deploys_and_rolls_back_in_a_real_browser() {
     if !have("chromium") || !have("chromedriver") {

@@ -13,17 +13,6 @@ use common::*;
 use halyard_core::proto::CreateKeyRequest;
 use serde_json::{Value, json};
 
-/// Whether `tool` is on the PATH (`.ci/run` installs Debian's `prometheus`, which has both
-/// `prometheus` and `promtool`).
-fn have(tool: &str) -> bool {
-    Command::new(tool)
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok()
-}
-
 /// `promtool check metrics` on `text`: its complaints, empty when it passes.
 fn promtool_check(text: &str) -> String {
     use std::io::Write;
@@ -90,8 +79,8 @@ impl Prometheus {
         Prometheus { child, addr }
     }
 
-    /// The value of instant query `q` (the sum over its series), once it has one.
-    async fn value(&self, q: &str) -> Option<f64> {
+    /// Prometheus's answer to instant query `q` (`None` while it does not answer).
+    async fn query(&self, q: &str) -> Option<Value> {
         let url = format!("http://{}/api/v1/query", self.addr);
         let resp = reqwest::Client::new()
             .get(url)
@@ -99,7 +88,12 @@ impl Prometheus {
             .send()
             .await
             .ok()?;
-        let v: Value = serde_json::from_slice(&resp.bytes().await.ok()?).ok()?;
+        serde_json::from_slice(&resp.bytes().await.ok()?).ok()
+    }
+
+    /// The value of instant query `q` (the sum over its series), once it has one.
+    async fn value(&self, q: &str) -> Option<f64> {
+        let v = self.query(q).await?;
         let series = v["data"]["result"].as_array()?;
         if series.is_empty() {
             return None;
@@ -112,14 +106,7 @@ impl Prometheus {
 
     /// Query `q`: Prometheus's status (`success`, or why not) and the series it found.
     async fn run(&self, q: &str) -> (String, usize) {
-        let url = format!("http://{}/api/v1/query", self.addr);
-        let resp = reqwest::Client::new()
-            .get(url)
-            .query(&[("query", q)])
-            .send()
-            .await
-            .unwrap();
-        let v: Value = serde_json::from_slice(&resp.bytes().await.unwrap()).unwrap();
+        let v = self.query(q).await.unwrap_or_default();
         let status = match v["status"].as_str() {
             Some("success") => "success".to_string(),
             _ => format!("{}: {}", v["errorType"], v["error"]),
@@ -194,10 +181,7 @@ async fn prometheus_scrapes_predictions_jobs_and_tasks_from_every_node() {
     let gw = cluster.scheduler.addr.to_string();
     let exec = cluster.executors[0].addr.to_string();
     let spec = spec(dir, "watched", &data.responses, 2, 256);
-    let job = client.submit(&spec).await.unwrap();
-    let done = wait_done(&client, &job.id, Duration::from_secs(180)).await;
-    assert_eq!(done.state, "succeeded", "{done:?}");
-    deploy(&client, "watched", 1, "production", None).await;
+    train_and_deploy(&client, &spec, 1).await;
 
     // Traffic: 7 requests of 3 records through the scheduler (forwarded to the executor),
     // 5 of 1 record straight to the executor, 2 refused (a record without its columns) and
@@ -356,10 +340,7 @@ async fn a_shifted_feature_is_flagged_by_the_drift_monitor_and_the_others_are_no
     let (cluster, client) = standalone(dir, 1).await;
     let exec = cluster.executors[0].addr.to_string();
     let spec = spec(dir, "drifting", &data.responses, 1, 512);
-    let job = client.submit(&spec).await.unwrap();
-    let done = wait_done(&client, &job.id, Duration::from_secs(180)).await;
-    assert_eq!(done.state, "succeeded", "{done:?}");
-    deploy(&client, "drifting", 1, "production", None).await;
+    train_and_deploy(&client, &spec, 1).await;
     let http = http_client(&cluster.admin_key);
     let predict = |records: &[serde_json::Map<String, Value>]| {
         http.post(format!("http://{exec}/v1/models/drifting:predict"))

@@ -392,3 +392,22 @@ pub(crate) async fn deploy(
         .await
         .unwrap();
 }
+
+/// Whether `tool` runs (`TOOL --version`): a test that needs a program `.ci/run` installs
+/// skips with one line without it.
+pub(crate) fn have(tool: &str) -> bool {
+    Command::new(tool)
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok()
+}
+
+/// Train `spec` to success and deploy the version it published, `version`, as production.
+pub(crate) async fn train_and_deploy(client: &Client, spec: &JobSpec, version: u64) {
+    let job = client.submit(spec).await.unwrap();
+    let done = wait_done(client, &job.id, Duration::from_secs(180)).await;
+    assert_eq!(done.state, "succeeded", "{done:?}");
+    deploy(client, &spec.name, version, "production", None).await;
+}

@@ -157,6 +157,21 @@ fn as_caller<T>(caller: &Caller, message: T) -> tonic::Request<T> {
     r
 }
 
+/// A service call's refusal or failure, answered as a page.
+struct Refusal(Box<Status>);
+
+impl IntoResponse for Refusal {
+    fn into_response(self) -> Response {
+        failed(*self.0)
+    }
+}
+
+/// A service call's answer, or its refusal.
+fn answer<T>(r: Result<tonic::Response<T>, Status>) -> Result<T, Refusal> {
+    r.map(tonic::Response::into_inner)
+        .map_err(|s| Refusal(Box::new(s)))
+}
+
 /// A refused or failed service call as a page.
 fn failed(status: Status) -> Response {
     let code = StatusCode::from_u16(Failure::from_grpc_code(status.code()).http_status())
@@ -252,23 +267,18 @@ async fn cluster_page(
     State(c): Shared,
     Extension(caller): Extension<Caller>,
     headers: HeaderMap,
-) -> Response {
-    let status = match c
-        .jobs
-        .cluster_status(as_caller(&caller, ClusterStatusRequest {}))
-        .await
-    {
-        Ok(s) => s.into_inner(),
-        Err(e) => return failed(e),
-    };
-    let jobs = match c
-        .jobs
-        .list_jobs(as_caller(&caller, ListJobsRequest {}))
-        .await
-    {
-        Ok(j) => j.into_inner().jobs,
-        Err(e) => return failed(e),
-    };
+) -> Result<Response, Refusal> {
+    let status = answer(
+        c.jobs
+            .cluster_status(as_caller(&caller, ClusterStatusRequest {}))
+            .await,
+    )?;
+    let jobs = answer(
+        c.jobs
+            .list_jobs(as_caller(&caller, ListJobsRequest {}))
+            .await,
+    )?
+    .jobs;
     let slots: u32 = status.executors.iter().map(|e| e.cpu_slots).sum();
     let serving = c.gateway.serving();
     let serves = |id: &str| -> String {
@@ -336,7 +346,7 @@ async fn cluster_page(
         )
     );
     let (who, csrf) = who(&caller, &headers);
-    Html(page("Cluster", "/", &who, &csrf, &body)).into_response()
+    Ok(Html(page("Cluster", "/", &who, &csrf, &body)).into_response())
 }
 
 // ---- jobs -----------------------------------------------------------------------------
@@ -358,17 +368,15 @@ async fn jobs_page(
     Extension(caller): Extension<Caller>,
     headers: HeaderMap,
     uri: Uri,
-) -> Response {
+) -> Result<Response, Refusal> {
     let q = query(&uri);
     let (state, model, error) = (field(&q, "state"), field(&q, "model"), field(&q, "error"));
-    let mut jobs = match c
-        .jobs
-        .list_jobs(as_caller(&caller, ListJobsRequest {}))
-        .await
-    {
-        Ok(j) => j.into_inner().jobs,
-        Err(e) => return failed(e),
-    };
+    let mut jobs = answer(
+        c.jobs
+            .list_jobs(as_caller(&caller, ListJobsRequest {}))
+            .await,
+    )?
+    .jobs;
     jobs.retain(|j| {
         (state.is_empty() || j.state == state) && (model.is_empty() || j.name == model)
     });
@@ -425,7 +433,7 @@ async fn jobs_page(
              <p class=\"hint\">The spec is checked before it runs; every problem is listed with its line (docs/job-spec.md).</p>"
         ));
     }
-    Html(page("Jobs", "/jobs", &who, &csrf, &body)).into_response()
+    Ok(Html(page("Jobs", "/jobs", &who, &csrf, &body)).into_response())
 }
 
 /// The live parts of a job's page: state, progress, the curve and the log tail.
@@ -679,15 +687,13 @@ async fn models_page(
     State(c): Shared,
     Extension(caller): Extension<Caller>,
     headers: HeaderMap,
-) -> Response {
-    let models = match c
-        .models
-        .list_models(as_caller(&caller, ListModelsRequest {}))
-        .await
-    {
-        Ok(m) => m.into_inner().models,
-        Err(e) => return failed(e),
-    };
+) -> Result<Response, Refusal> {
+    let models = answer(
+        c.models
+            .list_models(as_caller(&caller, ListModelsRequest {}))
+            .await,
+    )?
+    .models;
     let now = now_ms();
     let rows: Vec<Vec<String>> = models
         .iter()
@@ -708,7 +714,7 @@ async fn models_page(
         &rows,
         "No model yet: a job that succeeds publishes one.",
     );
-    Html(page("Models", "/models", &who, &csrf, &body)).into_response()
+    Ok(Html(page("Models", "/models", &who, &csrf, &body)).into_response())
 }
 
 /// The live parts of a model's page: its experiment and its drift.
@@ -830,15 +836,12 @@ async fn model_page(
     Extension(caller): Extension<Caller>,
     headers: HeaderMap,
     Path(name): Path<String>,
-) -> Response {
-    let m = match c
-        .models
-        .get_model(as_caller(&caller, GetModelRequest { name: name.clone() }))
-        .await
-    {
-        Ok(m) => m.into_inner(),
-        Err(e) => return failed(e),
-    };
+) -> Result<Response, Refusal> {
+    let m = answer(
+        c.models
+            .get_model(as_caller(&caller, GetModelRequest { name: name.clone() }))
+            .await,
+    )?;
     let (who, csrf) = who(&caller, &headers);
     let now = now_ms();
     let deployed = m.deployment.as_ref();
@@ -952,14 +955,14 @@ async fn model_page(
          <h2>Input drift</h2><div id=\"drift\">{drift}</div></div>",
         esc(&name)
     ));
-    Html(page(
+    Ok(Html(page(
         &format!("Model {name}"),
         "/models",
         &who,
         &csrf,
         &body,
     ))
-    .into_response()
+    .into_response())
 }
 
 async fn model_live(
