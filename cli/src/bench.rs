@@ -135,6 +135,9 @@ pub struct ServingBench {
     /// A plaintext node serving the same model, loaded in the same invocation for a
     /// baseline (`HOST:PORT` and its key).
     pub baseline: Option<(String, Option<String>)>,
+    /// Compare saturation with and without a Prometheus-like scrape of the target's
+    /// `/metrics` once a second, in alternating rounds.
+    pub scrape: bool,
 }
 
 impl ServingBench {
@@ -183,6 +186,9 @@ pub async fn serving(b: &ServingBench) -> Result<String> {
     let single = predict_bodies(&rows, 1, rows.len().min(10_000));
     if let Some((plain, plain_key)) = &b.baseline {
         return against_baseline(b, plain, plain_key, single).await;
+    }
+    if b.scrape {
+        return against_scraping(b, single).await;
     }
     let cfg = |rate| b.load(rate);
     // Warm up (connections, the model's first calls); stop at once if nothing answers.
@@ -235,6 +241,81 @@ pub async fn serving(b: &ServingBench) -> Result<String> {
         eprintln!("{}", line.trim_start());
         out.push_str(&line);
     }
+    Ok(out)
+}
+
+/// Scrape `addr`'s `/metrics` once a second until `stop`; the scrapes and bytes read.
+async fn scrape_every_second(
+    addr: String,
+    key: String,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> Result<(usize, usize)> {
+    let (mut scrapes, mut bytes) = (0, 0);
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        let (status, size, _) = crate::console_bench::get(&addr, &key, "/metrics").await?;
+        if status != 200 {
+            return Err(CliError::Failed(format!(
+                "GET {addr}/metrics answered {status}"
+            )));
+        }
+        scrapes += 1;
+        bytes += size;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    Ok((scrapes, bytes))
+}
+
+/// Saturation throughput with and without a scrape of the target's metrics once a
+/// second: three rounds of each, alternating, and the ratio of the medians.
+async fn against_scraping(b: &ServingBench, bodies: Vec<bytes::Bytes>) -> Result<String> {
+    use crate::load::{LoadConfig, run};
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    if b.tls.is_some() {
+        return Err(CliError::Failed(
+            "--scrape measures a plaintext target: drop --tls-ca".into(),
+        ));
+    }
+    let key = b.key.clone().unwrap_or_default();
+    run(
+        LoadConfig {
+            duration: Duration::from_secs(1),
+            ..b.load(None)
+        },
+        bodies.clone(),
+    )
+    .await?;
+    let (mut with, mut without) = (Vec::new(), Vec::new());
+    let (mut scrapes, mut bytes) = (0, 0);
+    for _ in 0..3 {
+        without.push(run(b.load(None), bodies.clone()).await?.throughput());
+        let stop = Arc::new(AtomicBool::new(false));
+        let scraper = tokio::spawn(scrape_every_second(
+            b.addr.clone(),
+            key.clone(),
+            stop.clone(),
+        ));
+        with.push(run(b.load(None), bodies.clone()).await?.throughput());
+        stop.store(true, Ordering::Relaxed);
+        let (n, size) = scraper
+            .await
+            .map_err(|e| CliError::Failed(e.to_string()))??;
+        scrapes += n;
+        bytes += size;
+    }
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let (w, wo) = (median(with.clone()), median(without.clone()));
+    let out = format!(
+        "saturation, {} connections, 3 rounds each: without scraping {wo:.0} predictions/s {without:.0?}, \
+         scraping /metrics once a second {w:.0}/s {with:.0?} ({scrapes} scrapes, {:.1} KiB each): ratio {:.3}",
+        b.connections,
+        bytes as f64 / scrapes.max(1) as f64 / 1024.0,
+        w / wo.max(1e-9)
+    );
+    eprintln!("{out}");
     Ok(out)
 }
 
@@ -335,6 +416,11 @@ pub enum BenchCommand {
         /// The baseline's API key [default: as for the target]
         #[arg(long, hide_env_values = true)]
         baseline_key: Option<String>,
+        /// Instead of the phases: saturation with and without a scrape of the target's
+        /// `/metrics` once a second (as Prometheus would), three alternating rounds each,
+        /// and the ratio of their medians (plaintext targets only)
+        #[arg(long)]
+        scrape: bool,
     },
     /// Time each web console page with many jobs and model versions in the cluster (a
     /// scratch cluster: the bench adds trained versions and cancelled jobs to it)
@@ -454,6 +540,7 @@ pub async fn run(what: BenchCommand, conn: &crate::keys::Connection) -> Result<S
             batch,
             baseline,
             baseline_key,
+            scrape,
         } => {
             let model = match model {
                 Some(m) => m,
@@ -477,6 +564,7 @@ pub async fn run(what: BenchCommand, conn: &crate::keys::Connection) -> Result<S
                 seconds,
                 batch,
                 tls,
+                scrape,
             })
             .await
         }

@@ -117,8 +117,9 @@ async fn fill(client: &Client, b: &ConsoleBench, spec: &JobSpec) -> Result<Strin
     Ok(any)
 }
 
-/// GET `path` over one HTTP/1.1 connection: the status and the time to the whole body.
-async fn get(addr: &str, key: &str, path: &str) -> Result<(u16, Duration)> {
+/// GET `path` over one HTTP/1.1 connection: the status, the body's size and the time to
+/// the whole body.
+pub(crate) async fn get(addr: &str, key: &str, path: &str) -> Result<(u16, usize, Duration)> {
     let failed = |e: String| CliError::Failed(format!("GET {path}: {e}"));
     let tcp = TcpStream::connect(addr)
         .await
@@ -140,11 +141,13 @@ async fn get(addr: &str, key: &str, path: &str) -> Result<(u16, Duration)> {
         .await
         .map_err(|e| failed(e.to_string()))?;
     let status = resp.status().as_u16();
-    resp.into_body()
+    let body = resp
+        .into_body()
         .collect()
         .await
-        .map_err(|e| failed(e.to_string()))?;
-    Ok((status, started.elapsed()))
+        .map_err(|e| failed(e.to_string()))?
+        .to_bytes();
+    Ok((status, body.len(), started.elapsed()))
 }
 
 /// Run the bench; a table of pages with their median and slowest times.
@@ -176,7 +179,7 @@ pub async fn run(client: &Client, b: &ConsoleBench) -> Result<String> {
     for page in &pages {
         let mut times = Vec::with_capacity(b.runs);
         for _ in 0..b.runs.max(1) {
-            let (status, t) = get(&b.addr, &key, page).await?;
+            let (status, _, t) = get(&b.addr, &key, page).await?;
             if status != 200 {
                 return Err(CliError::Failed(format!("GET {page} answered {status}")));
             }
