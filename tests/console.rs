@@ -168,6 +168,26 @@ impl Browser {
         std::fs::write(self.shots.join(format!("{name}.png")), png).unwrap();
     }
 
+    /// Wait until the form field `css`'s value contains `want`.
+    async fn wait_text_value(&self, css: &str, want: &str) {
+        let script = "const e = document.querySelector(arguments[0]); return e ? e.value : '';";
+        wait_for(
+            &format!("{css} to hold {want:?}"),
+            Duration::from_secs(10),
+            || async {
+                let v = self
+                    .call(
+                        "POST",
+                        "/execute/sync",
+                        json!({"script": script, "args": [css]}),
+                    )
+                    .await;
+                v.as_str().is_some_and(|t| t.contains(want)).then_some(())
+            },
+        )
+        .await;
+    }
+
     /// Wait until `css`'s text contains `want`.
     async fn wait_text(&self, css: &str, want: &str, timeout: Duration) -> String {
         let mut last = String::new();
@@ -257,7 +277,18 @@ async fn the_console_trains_deploys_and_rolls_back_in_a_real_browser() {
          [model]\ntype = \"mlp\"\nhidden = [32]\n[train]\nepochs = 12\nbatch_size = 64\nlearning_rate = 0.01\n",
         data.responses.display()
     );
-    b.type_into("textarea[name=spec]", &spec).await;
+    // Read from a file, as a user would upload it.
+    let spec_file = dir.join("console-demo.toml");
+    std::fs::write(&spec_file, &spec).unwrap();
+    b.type_into("textarea[name=spec]", "").await;
+    let input = b.find("input[type=file]").await.unwrap();
+    b.call(
+        "POST",
+        &format!("/element/{input}/value"),
+        json!({ "text": spec_file.display().to_string() }),
+    )
+    .await;
+    b.wait_text_value("#spec", "console-demo").await;
     b.click("form.submit button").await;
     let first = b.wait_text("h1", "Job ", Duration::from_secs(10)).await;
     let job_url = b.url().await;
@@ -284,6 +315,51 @@ async fn the_console_trains_deploys_and_rolls_back_in_a_real_browser() {
         "{log}"
     );
     b.screenshot("job-succeeded").await;
+    // The signed-in key's jobs: this one.
+    b.go(&format!("{console}/jobs?mine=on")).await;
+    b.wait_text("main table", "console-demo", Duration::from_secs(10))
+        .await;
+    assert!(b.text("main table").await.contains("you"));
+
+    // The JSON API: events of the job, a spec refused with its lines, the document.
+    let http = http_client(&cluster.admin_key);
+    let job_id = job_url.rsplit('/').next().unwrap().to_string();
+    let events: Value = serde_json::from_slice(
+        &http
+            .get(format!("{console}/v1/jobs/{job_id}/events"))
+            .send()
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(events["state"], "succeeded");
+    assert!(
+        events["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["message"] == "published"),
+        "{events}"
+    );
+    let refused = http
+        .post(format!("{console}/v1/jobs"))
+        .header("content-type", "application/toml")
+        .body("name = \"x\"\n[data]\nlabel = \"y\"\n[train]\nepochs = 0\n")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status().as_u16(), 400);
+    let why = refused.text().await.unwrap();
+    assert!(why.contains("line 5"), "{why}");
+    let doc = reqwest::get(format!("{console}/v1/openapi.json"))
+        .await
+        .unwrap();
+    assert_eq!(doc.status().as_u16(), 200, "the document needs no key");
+    let doc: Value = serde_json::from_slice(&doc.bytes().await.unwrap()).unwrap();
+    assert!(doc["paths"]["/v1/jobs/{id}/events"].is_object());
 
     // Deploy from the model's page, feed outcomes back, roll back.
     b.go(&format!("{console}/models/console-demo")).await;
@@ -293,7 +369,6 @@ async fn the_console_trains_deploys_and_rolls_back_in_a_real_browser() {
     b.confirm().await;
     b.wait_text("#split", "v1 100%", Duration::from_secs(10))
         .await;
-    let http = http_client(&cluster.admin_key);
     for converted in [true, false, false] {
         let r = http
             .post(format!("{console}/v1/models/console-demo:feedback"))
@@ -387,6 +462,9 @@ async fn the_console_trains_deploys_and_rolls_back_in_a_real_browser() {
         .await;
     assert_eq!(b.count("textarea").await, 0);
     b.screenshot("viewer-jobs").await;
+    b.go(&format!("{console}/jobs?mine=on")).await;
+    b.wait_text("main", "No job matches", Duration::from_secs(10))
+        .await;
     for shot in [
         "cluster",
         "jobs-bad-spec",

@@ -290,6 +290,7 @@ pub fn job_info(job: &JobRecord, progress: Option<&TaskProgress>) -> JobInfo {
         error: job.error.clone().unwrap_or_default(),
         model_type: job.spec.kind().to_string(),
         schedule: job.schedule.clone().unwrap_or_default(),
+        owner: job.owner.clone().unwrap_or_default(),
         cancel_requested: job.cancel_requested,
         workers: job.workers.clone(),
         trials: job

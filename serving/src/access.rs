@@ -48,7 +48,8 @@ pub fn cookie<'a>(headers: &'a axum::http::HeaderMap, name: &str) -> Option<&'a 
         .filter(|v| !v.is_empty())
 }
 
-/// Every route of a node's port: method, path (`{model}` stands for one path segment),
+/// Every route of a node's port: method, path (`{model}` stands for one path segment: a
+/// model's or a job's name),
 /// and who may call it.
 pub const ROUTES: &[(&str, &str, Access)] = &[
     (
@@ -240,7 +241,19 @@ pub const ROUTES: &[(&str, &str, Access)] = &[
     ),
     ("GET", "/v1/cluster", Access::Key(Action::ReadJobs)),
     ("GET", "/v1/jobs", Access::Key(Action::ReadJobs)),
+    ("POST", "/v1/jobs", Access::Key(Action::Submit)),
     ("GET", "/v1/jobs/{model}", Access::Key(Action::ReadJobs)),
+    (
+        "GET",
+        "/v1/jobs/{model}/events",
+        Access::Key(Action::ReadJobs),
+    ),
+    (
+        "POST",
+        "/v1/jobs/{model}/cancel",
+        Access::Key(Action::CancelOwn),
+    ),
+    ("GET", "/v1/openapi.json", Access::Open),
     ("GET", "/healthz", Access::Open),
 ];
 
@@ -250,9 +263,9 @@ pub fn route(method: &str, path: &str) -> Option<(Access, Option<String>)> {
         if *m != method {
             return None;
         }
-        match pattern.strip_suffix("{model}") {
-            Some(prefix) => {
-                let rest = path.strip_prefix(prefix)?;
+        match pattern.split_once("{model}") {
+            Some((prefix, suffix)) => {
+                let rest = path.strip_prefix(prefix)?.strip_suffix(suffix)?;
                 if rest.is_empty() || rest.contains('/') {
                     return None;
                 }
@@ -423,7 +436,7 @@ mod tests {
         let model = |m: &str| Some(m.to_string());
         // (method, path, rule)
         type Rule = Option<(Access, Option<String>)>;
-        let table: [(&str, &str, Rule); 7] = [
+        let table: [(&str, &str, Rule); 8] = [
             (
                 "POST",
                 "/halyard.v1.JobService/Submit",
@@ -442,6 +455,11 @@ mod tests {
                 Some((Access::ModelKey(Action::Predict), model("churn"))),
             ),
             ("GET", "/v1/models/churn/x", None),
+            (
+                "GET",
+                "/v1/jobs/j-1/events",
+                Some((Access::Key(Action::ReadJobs), model("j-1"))),
+            ),
             (
                 "GET",
                 "/v1/models",

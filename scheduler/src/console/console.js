@@ -38,3 +38,15 @@ document.addEventListener("DOMContentLoaded", () => {
   const log = document.getElementById("log");
   if (log) { log.scrollTop = log.scrollHeight; }
 });
+
+// A spec file chosen in the jobs page is read into its text box (nothing is sent until
+// the form is submitted).
+document.addEventListener("DOMContentLoaded", () => {
+  document.querySelectorAll("input[type=file][data-into]").forEach((input) => {
+    input.addEventListener("change", async () => {
+      const file = input.files && input.files[0];
+      const target = document.getElementById(input.dataset.into);
+      if (file && target) { target.value = await file.text(); }
+    });
+  });
+});

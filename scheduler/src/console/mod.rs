@@ -83,8 +83,14 @@ pub(crate) fn router(console: Arc<Console>) -> Router {
         .route("/console/cancel/{id}", post(cancel))
         .route("/console/deploy/{name}", post(deploy))
         .route("/v1/cluster", get(cluster_json))
-        .route("/v1/jobs", get(jobs_json))
+        .route("/v1/jobs", get(jobs_json).post(submit_json))
         .route("/v1/jobs/{id}", get(job_json))
+        .route("/v1/jobs/{id}/events", get(job_events_json))
+        .route("/v1/jobs/{id}/cancel", post(cancel_json))
+        .route(
+            "/v1/openapi.json",
+            get(|| asset("application/json", include_str!("openapi.json"))),
+        )
         .with_state(console)
 }
 
@@ -371,6 +377,9 @@ async fn jobs_page(
 ) -> Result<Response, Refusal> {
     let q = query(&uri);
     let (state, model, error) = (field(&q, "state"), field(&q, "model"), field(&q, "error"));
+    // `mine`: the signed-in key's jobs.
+    let mine = field(&q, "mine") == "on";
+    let me = caller.key.id.as_str();
     let mut jobs = answer(
         c.jobs
             .list_jobs(as_caller(&caller, ListJobsRequest {}))
@@ -378,7 +387,9 @@ async fn jobs_page(
     )?
     .jobs;
     jobs.retain(|j| {
-        (state.is_empty() || j.state == state) && (model.is_empty() || j.name == model)
+        (state.is_empty() || j.state == state)
+            && (model.is_empty() || j.name == model)
+            && (!mine || j.owner == me)
     });
     jobs.sort_by_key(|j| std::cmp::Reverse(j.created_ms));
     let now = now_ms();
@@ -395,6 +406,11 @@ async fn jobs_page(
                     .map(|v| number(*v))
                     .unwrap_or_else(|| "–".into()),
                 ago(j.created_ms, now),
+                if j.owner == me {
+                    "you".into()
+                } else {
+                    esc(&j.owner)
+                },
             ]
         })
         .collect();
@@ -409,10 +425,20 @@ async fn jobs_page(
         .collect();
     let mut body = format!(
         "<form class=\"filters\" method=\"get\" action=\"/jobs\"><select name=\"state\">{options}</select>\
-         <input name=\"model\" placeholder=\"model name\" value=\"{}\"><button>Filter</button></form>{}",
+         <input name=\"model\" placeholder=\"model name\" value=\"{}\">\
+         <label><input type=\"checkbox\" name=\"mine\"{}> mine</label><button>Filter</button></form>{}",
         esc(model),
+        if mine { " checked" } else { "" },
         table(
-            &["Job", "Model", "State", "Epoch", "Test AUC", "Submitted"],
+            &[
+                "Job",
+                "Model",
+                "State",
+                "Epoch",
+                "Test AUC",
+                "Submitted",
+                "Owner (key)"
+            ],
             &rows,
             "No job matches. Submit one below, or with `halyard submit SPEC`."
         )
@@ -428,7 +454,8 @@ async fn jobs_page(
         };
         body.push_str(&format!(
             "<h2>Submit a job</h2>{error}<form method=\"post\" action=\"/console/submit\" class=\"submit\">\
-             <textarea name=\"spec\" rows=\"14\" placeholder=\"name = &quot;campaign-response&quot;&#10;[data]&#10;source = &quot;data/campaign/responses.csv&quot;&#10;label = &quot;responded&quot;\" required></textarea>\
+             <label class=\"hint\">Paste the spec, or read it from a file: <input type=\"file\" accept=\".toml,text/plain\" data-into=\"spec\"></label>\
+             <textarea name=\"spec\" id=\"spec\" rows=\"14\" placeholder=\"name = &quot;campaign-response&quot;&#10;[data]&#10;source = &quot;data/campaign/responses.csv&quot;&#10;label = &quot;responded&quot;\" required></textarea>\
              <input type=\"hidden\" name=\"csrf\" value=\"{csrf}\"><button>Validate and submit</button></form>\
              <p class=\"hint\">The spec is checked before it runs; every problem is listed with its line (docs/job-spec.md).</p>"
         ));
@@ -1131,7 +1158,7 @@ async fn cluster_json(State(c): Shared, Extension(caller): Extension<Caller>) ->
 
 fn job_json_value(j: &JobInfo) -> serde_json::Value {
     json!({
-        "id": j.id, "name": j.name, "state": j.state, "attempt": j.attempt,
+        "id": j.id, "name": j.name, "state": j.state, "attempt": j.attempt, "owner": j.owner,
         "executor": j.executor, "created_ms": j.created_ms, "updated_ms": j.updated_ms,
         "epoch": j.epoch, "epochs": j.epochs, "loss": j.loss, "metrics": j.metrics,
         "artifact": j.artifact, "error": j.error, "model_type": j.model_type,
@@ -1159,4 +1186,129 @@ async fn job_json(
         .await
         .map(|r| job_json_value(&r.into_inner().job.unwrap_or_default()));
     json_of(r)
+}
+
+/// `POST /v1/jobs`: submit the spec in the body (TOML), as `halyard submit` on the
+/// scheduler's machine would (relative paths are the scheduler's).
+async fn submit_json(
+    State(c): Shared,
+    Extension(caller): Extension<Caller>,
+    body: Bytes,
+) -> Response {
+    let text = String::from_utf8_lossy(&body);
+    let problems = match halyard_core::spec::JobSpec::problems_in(&text, "job spec") {
+        Ok(p) => p,
+        Err(e) => vec![e.to_string()],
+    };
+    if !problems.is_empty() {
+        return json_of(Err(Status::invalid_argument(problems.join("\n"))));
+    }
+    let base = std::env::current_dir().unwrap_or_default();
+    let spec = match halyard_core::spec::JobSpec::from_text(&text, "job spec", &base) {
+        Ok(s) => s,
+        Err(e) => return json_of(Err(Status::invalid_argument(e.to_string()))),
+    };
+    let req = SubmitRequest {
+        protocol_version: halyard_core::PROTOCOL_VERSION,
+        spec_toml: spec.to_toml(),
+    };
+    let r = c
+        .jobs
+        .submit(as_caller(&caller, req))
+        .await
+        .map(|r| job_json_value(&r.into_inner().job.unwrap_or_default()));
+    json_of(r)
+}
+
+/// `GET /v1/jobs/{id}/events`: the job's events and log lines, oldest first.
+async fn job_events_json(
+    State(c): Shared,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+) -> Response {
+    let job = c
+        .jobs
+        .get_job(as_caller(&caller, GetJobRequest { job_id: id.clone() }))
+        .await;
+    let lines = c
+        .jobs
+        .logs(as_caller(&caller, LogsRequest { job_id: id.clone() }))
+        .await;
+    let r = job.and_then(|j| {
+        let state = j.into_inner().job.unwrap_or_default().state;
+        let events: Vec<serde_json::Value> = lines?
+            .into_inner()
+            .lines
+            .iter()
+            .map(|l| json!({ "time_ms": l.time_ms, "source": l.source, "message": l.message }))
+            .collect();
+        Ok(json!({ "job": id, "state": state, "events": events }))
+    });
+    json_of(r)
+}
+
+/// `POST /v1/jobs/{id}/cancel`.
+async fn cancel_json(
+    State(c): Shared,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+) -> Response {
+    let r = c
+        .jobs
+        .cancel(as_caller(&caller, CancelRequest { job_id: id }))
+        .await
+        .map(|r| job_json_value(&r.into_inner().job.unwrap_or_default()));
+    json_of(r)
+}
+
+#[cfg(test)]
+mod tests {
+    use halyard_serving::access::ROUTES;
+
+    /// A documented path in the route table's terms: `{…}` as `{model}`, a `:call` suffix
+    /// dropped.
+    fn as_route(path: &str) -> String {
+        let mut out = String::new();
+        let mut inside = false;
+        for c in path.chars() {
+            match c {
+                '{' => {
+                    inside = true;
+                    out.push_str("{model}");
+                }
+                '}' => inside = false,
+                _ if !inside => out.push(c),
+                _ => {}
+            }
+        }
+        match out.split_once("{model}:") {
+            Some((head, _)) => format!("{head}{{model}}"),
+            None => out,
+        }
+    }
+
+    #[test]
+    fn the_openapi_document_lists_every_json_route_and_no_other() {
+        let doc: serde_json::Value = serde_json::from_str(include_str!("openapi.json")).unwrap();
+        let mut documented = std::collections::BTreeSet::new();
+        for (path, ops) in doc["paths"].as_object().unwrap() {
+            for method in ops.as_object().unwrap().keys() {
+                let m = method.to_uppercase();
+                let route = as_route(path);
+                assert!(
+                    ROUTES.iter().any(|(rm, rp, _)| *rm == m && *rp == route),
+                    "{m} {path} is documented but not in ROUTES"
+                );
+                documented.insert((m, route));
+            }
+        }
+        for (m, p, _) in ROUTES {
+            if p.starts_with("/v1/") || *p == "/metrics" || *p == "/healthz" {
+                assert!(
+                    documented.contains(&(m.to_string(), p.to_string())),
+                    "{m} {p} is a JSON route missing from openapi.json"
+                );
+            }
+        }
+    }
 }
