@@ -269,6 +269,8 @@ async fn the_console_trains_deploys_and_rolls_back_in_a_real_browser() {
         error.contains("source") && error.contains("epochs"),
         "{error}"
     );
+    // Nothing typed is lost: the refused spec is still in the box.
+    b.wait_text_value("#spec", "epochs = 0").await;
     b.screenshot("jobs-bad-spec").await;
 
     // The demo spec: the job's page follows it live to the end.

@@ -551,6 +551,7 @@ impl JobService for JobApi {
                 memory_mb: e.memory_mb,
                 gpus: e.gpus,
                 version: e.version,
+                started_ms: e.started_ms,
             })
             .collect();
         let sql_endpoint = self

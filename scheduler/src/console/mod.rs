@@ -286,6 +286,7 @@ async fn cluster_page(
     )?
     .jobs;
     let slots: u32 = status.executors.iter().map(|e| e.cpu_slots).sum();
+    let now = now_ms();
     let serving = c.gateway.serving();
     let serves = |id: &str| -> String {
         let models: Vec<String> = serving
@@ -316,6 +317,7 @@ async fn cluster_page(
                 thousands(e.memory_mb),
                 e.gpus.to_string(),
                 serves(&e.id),
+                ago(e.started_ms, now),
                 esc(&e.version),
             ]
         })
@@ -345,6 +347,7 @@ async fn cluster_page(
                 "Memory (MB)",
                 "GPUs",
                 "Serves",
+                "Registered",
                 "Version"
             ],
             &rows,
@@ -375,14 +378,26 @@ async fn jobs_page(
     headers: HeaderMap,
     uri: Uri,
 ) -> Result<Response, Refusal> {
-    let q = query(&uri);
-    let (state, model, error) = (field(&q, "state"), field(&q, "model"), field(&q, "error"));
+    jobs_view(&c, &caller, &headers, &query(&uri), "", "").await
+}
+
+/// The jobs page filtered by `q`; `error` and `spec` fill the submit form again after a
+/// refused submission, so nothing typed is lost.
+async fn jobs_view(
+    c: &Console,
+    caller: &Caller,
+    headers: &HeaderMap,
+    q: &HashMap<String, String>,
+    error: &str,
+    spec: &str,
+) -> Result<Response, Refusal> {
+    let (state, model) = (field(q, "state"), field(q, "model"));
     // `mine`: the signed-in key's jobs.
-    let mine = field(&q, "mine") == "on";
+    let mine = field(q, "mine") == "on";
     let me = caller.key.id.as_str();
     let mut jobs = answer(
         c.jobs
-            .list_jobs(as_caller(&caller, ListJobsRequest {}))
+            .list_jobs(as_caller(caller, ListJobsRequest {}))
             .await,
     )?
     .jobs;
@@ -414,7 +429,7 @@ async fn jobs_page(
             ]
         })
         .collect();
-    let (who, csrf) = who(&caller, &headers);
+    let (who, csrf) = who(caller, headers);
     let options: String = ["", "pending", "running", "succeeded", "failed", "cancelled"]
         .iter()
         .map(|s| {
@@ -455,9 +470,10 @@ async fn jobs_page(
         body.push_str(&format!(
             "<h2>Submit a job</h2>{error}<form method=\"post\" action=\"/console/submit\" class=\"submit\">\
              <label class=\"hint\">Paste the spec, or read it from a file: <input type=\"file\" accept=\".toml,text/plain\" data-into=\"spec\"></label>\
-             <textarea name=\"spec\" id=\"spec\" rows=\"14\" placeholder=\"name = &quot;campaign-response&quot;&#10;[data]&#10;source = &quot;data/campaign/responses.csv&quot;&#10;label = &quot;responded&quot;\" required></textarea>\
+             <textarea name=\"spec\" id=\"spec\" rows=\"14\" placeholder=\"name = &quot;campaign-response&quot;&#10;[data]&#10;source = &quot;data/campaign/responses.csv&quot;&#10;label = &quot;responded&quot;\" required>{}</textarea>\
              <input type=\"hidden\" name=\"csrf\" value=\"{csrf}\"><button>Validate and submit</button></form>\
-             <p class=\"hint\">The spec is checked before it runs; every problem is listed with its line (docs/job-spec.md).</p>"
+             <p class=\"hint\">The spec is checked before it runs; every problem is listed with its line (docs/job-spec.md).</p>",
+            esc(spec)
         ));
     }
     Ok(Html(page("Jobs", "/jobs", &who, &csrf, &body)).into_response())
@@ -567,7 +583,26 @@ fn job_results(j: &JobInfo) -> String {
                 ]
             })
             .collect();
+        // Each trial's validation loss at the end of each rung it finished.
+        let series: Vec<html::Series> = j
+            .trials
+            .iter()
+            .filter(|t| !t.losses.is_empty())
+            .map(|t| {
+                let name = format!("trial {}{}", t.index, if t.best { " (best)" } else { "" });
+                let points = t
+                    .losses
+                    .iter()
+                    .enumerate()
+                    .map(|(k, l)| ((k + 1) as f64, *l))
+                    .collect();
+                (name, points)
+            })
+            .collect();
         s.push_str("<h2>Trials</h2>");
+        if !series.is_empty() {
+            s.push_str(&chart(&series, "rung", "validation loss"));
+        }
         s.push_str(&table(
             &[
                 "Trial",
@@ -628,6 +663,18 @@ async fn job_live(
     }
 }
 
+/// The jobs page again, with why the spec was refused and the spec as it was sent (400).
+async fn refused_spec(
+    c: &Console,
+    caller: &Caller,
+    headers: &HeaderMap,
+    why: &str,
+    spec: &str,
+) -> Response {
+    let page = jobs_view(c, caller, headers, &HashMap::new(), why, spec).await;
+    (StatusCode::BAD_REQUEST, page.into_response()).into_response()
+}
+
 async fn submit(
     State(c): Shared,
     Extension(caller): Extension<Caller>,
@@ -645,19 +692,13 @@ async fn submit(
         Err(e) => vec![e.to_string()],
     };
     if !problems.is_empty() {
-        let q: String =
-            url::form_urlencoded::byte_serialize(problems.join("\n").as_bytes()).collect();
-        return Redirect::to(&format!("/jobs?error={q}")).into_response();
+        return refused_spec(&c, &caller, &headers, &problems.join("\n"), text).await;
     }
     // Paths are the scheduler's, as a `halyard submit` on its machine would send them.
     let base = std::env::current_dir().unwrap_or_default();
     let spec = match halyard_core::spec::JobSpec::from_text(text, "job spec", &base) {
         Ok(s) => s,
-        Err(e) => {
-            let q: String =
-                url::form_urlencoded::byte_serialize(e.to_string().as_bytes()).collect();
-            return Redirect::to(&format!("/jobs?error={q}")).into_response();
-        }
+        Err(e) => return refused_spec(&c, &caller, &headers, &e.to_string(), text).await,
     };
     let req = SubmitRequest {
         protocol_version: halyard_core::PROTOCOL_VERSION,
@@ -669,8 +710,7 @@ async fn submit(
             Redirect::to(&format!("/jobs/{id}")).into_response()
         }
         Err(e) if e.code() == tonic::Code::InvalidArgument => {
-            let q: String = url::form_urlencoded::byte_serialize(e.message().as_bytes()).collect();
-            Redirect::to(&format!("/jobs?error={q}")).into_response()
+            refused_spec(&c, &caller, &headers, e.message(), text).await
         }
         Err(e) => failed(e),
     }
@@ -1285,6 +1325,31 @@ mod tests {
             Some((head, _)) => format!("{head}{{model}}"),
             None => out,
         }
+    }
+
+    #[test]
+    fn a_search_shows_each_trial_s_losses_by_rung_as_a_line() {
+        use halyard_core::proto::{JobInfo, TrialInfo};
+        let trial = |index, losses: Vec<f64>, best| TrialInfo {
+            index,
+            losses,
+            best,
+            state: "completed".into(),
+            ..Default::default()
+        };
+        let job = JobInfo {
+            trials: vec![
+                trial(0, vec![0.61, 0.55], true),
+                trial(1, vec![0.64], false),
+                trial(2, vec![], false),
+            ],
+            ..Default::default()
+        };
+        let html = super::job_results(&job);
+        // Two trials finished a rung: two lines, the best one named so.
+        assert_eq!(html.matches("<polyline").count(), 2, "{html}");
+        assert!(html.contains("trial 0 (best)"), "{html}");
+        assert!(html.contains("0.6100 → 0.5500"), "{html}");
     }
 
     #[test]
