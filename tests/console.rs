@@ -467,6 +467,18 @@ async fn the_console_trains_deploys_and_rolls_back_in_a_real_browser() {
     b.go(&format!("{console}/jobs?mine=on")).await;
     b.wait_text("main", "No job matches", Duration::from_secs(10))
         .await;
+    // The viewer's key is revoked: the next page sends the browser to sign in again.
+    let viewer_id = viewer[3..15].to_string();
+    client.revoke_key(&viewer_id).await.unwrap();
+    wait_for(
+        "the console to ask for a key again",
+        Duration::from_secs(15),
+        || async {
+            b.go(&format!("{console}/jobs")).await;
+            b.url().await.contains("/login?next=%2Fjobs").then_some(())
+        },
+    )
+    .await;
     for shot in [
         "cluster",
         "jobs-bad-spec",

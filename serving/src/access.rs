@@ -385,10 +385,13 @@ pub async fn guard(State(door): State<Door>, mut req: Request, next: Next) -> Re
         .get(axum::http::header::ACCEPT)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|a| a.contains("text/html"));
-    if page && token.is_none() && browser {
+    let to_login = |req: &Request| {
         let next: String =
             url::form_urlencoded::byte_serialize(req.uri().path().as_bytes()).collect();
-        return axum::response::Redirect::to(&format!("/login?next={next}")).into_response();
+        axum::response::Redirect::to(&format!("/login?next={next}")).into_response()
+    };
+    if page && token.is_none() && browser {
+        return to_login(&req);
     }
     let certified = req
         .extensions()
@@ -421,6 +424,10 @@ pub async fn guard(State(door): State<Door>, mut req: Request, next: Next) -> Re
                 door.audit
                     .refused(token.as_deref(), action.as_str(), path, &denied)
                     .await;
+            }
+            // A browser whose session key expired or was revoked signs in again.
+            if page && browser && denied.failure() == Failure::Unauthenticated {
+                return to_login(&req);
             }
             refuse(grpc, denied.failure(), denied.to_string())
         }
