@@ -1,7 +1,8 @@
-//! The README's "By hand" block works as written: its commands are read from README.md
-//! itself (so the two cannot drift) and run by bash against a standalone cluster, with
-//! only what a person does between them filled in — the binary instead of `cargo build`,
-//! a free port instead of 7070, a job id for `ID`, and a wait for the model to load.
+//! The README's "By hand" block and the tutorial work as written: their commands are read
+//! from README.md and docs/tutorial.md themselves (so the texts and the tests cannot drift)
+//! and run by bash against a standalone cluster, with only what a person does between them
+//! filled in — the binary instead of `cargo build`, a free port instead of 7070, a job id
+//! for `ID`, and a wait for a deployed model to load.
 
 use std::path::Path;
 use std::process::Command;
@@ -21,14 +22,22 @@ fn by_hand_block(readme: &str) -> &str {
     body.split_once("\n```").expect("the block ends").0
 }
 
-/// The block as a bash script (see the module's comment for what is filled in).
-fn script(block: &str) -> String {
+/// Every ```sh block of a document, in order.
+fn sh_blocks(doc: &str) -> Vec<&str> {
+    doc.split("```sh\n")
+        .skip(1)
+        .map(|b| b.split_once("\n```").expect("the block ends").0)
+        .collect()
+}
+
+/// The blocks as one bash script (see the module's comment for what is filled in).
+fn script(blocks: &[&str]) -> String {
     let mut s = String::from(
         "set -euo pipefail\nhalyard() { \"$HALYARD_BIN\" \"$@\"; }\n\
          trap 'kill $standalone 2>/dev/null || true' EXIT\n",
     );
     let mut have_id = false;
-    for line in block.lines() {
+    for line in blocks.iter().flat_map(|b| b.lines()) {
         if line.starts_with("cargo build") {
             continue;
         }
@@ -76,10 +85,9 @@ fn copy_dir(from: &Path, to: &Path) {
     }
 }
 
-#[test]
-fn the_readme_by_hand_block_runs_as_written() {
-    let block = by_hand_block(include_str!("../README.md"));
-    let script = script(block);
+/// Run `script` in a fresh folder holding a copy of `examples/`; its standard output, or a
+/// panic with the script, its output and the standalone's log.
+fn run(script: &str) -> String {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     copy_dir(
@@ -89,7 +97,7 @@ fn the_readme_by_hand_block_runs_as_written() {
     let addr = format!("127.0.0.1:{}", common::free_port());
     let out = Command::new("bash")
         .arg("-c")
-        .arg(&script)
+        .arg(script)
         .current_dir(dir)
         .env("HALYARD_BIN", env!("CARGO_BIN_EXE_halyard"))
         .env("HALYARD_LISTEN", &addr)
@@ -99,17 +107,53 @@ fn the_readme_by_hand_block_runs_as_written() {
         .env_remove("HALYARD_DATA_DIR")
         .output()
         .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     let stderr = String::from_utf8_lossy(&out.stderr);
     let log = std::fs::read_to_string(dir.join("standalone.log")).unwrap_or_default();
-    let shown = format!(
-        "script:\n{script}\nstdout:\n{stdout}\nstderr:\n{stderr}\nstandalone log (tail):\n{}",
-        log.lines().rev().take(30).collect::<Vec<_>>().join("\n")
+    let tail: Vec<&str> = log.lines().rev().take(30).collect();
+    assert!(
+        out.status.success(),
+        "script:\n{script}\nstdout:\n{stdout}\nstderr:\n{stderr}\nstandalone log (last lines first):\n{}",
+        tail.join("\n")
     );
-    assert!(out.status.success(), "{shown}");
+    stdout
+}
+
+#[test]
+fn the_readme_by_hand_block_runs_as_written() {
+    let block = by_hand_block(include_str!("../README.md"));
+    let out = run(&script(&[block]));
     // The job's metrics (submit --follow), its listing, the model's schema and a score.
-    assert!(stdout.contains("test_auc"), "{shown}");
-    assert!(stdout.contains("campaign-response"), "{shown}");
-    assert!(stdout.contains("\"income\""), "{shown}");
-    assert!(stdout.contains("\"predictions\""), "{shown}");
+    for want in [
+        "test_auc",
+        "campaign-response",
+        "\"income\"",
+        "\"predictions\"",
+    ] {
+        assert!(out.contains(want), "{want} not in:\n{out}");
+    }
+}
+
+#[test]
+fn the_tutorial_runs_as_written() {
+    let blocks = sh_blocks(include_str!("../docs/tutorial.md"));
+    assert!(blocks.len() >= 5, "{blocks:?}");
+    let mut script = script(&blocks);
+    // The leader rolls the canary back as soon as the evidence is in; a reader sees it in
+    // the audit log a moment later.
+    script.push_str(
+        "for _ in $(seq 1 100); do halyard audit | grep -q ramp-rollback && break; sleep 0.2; done\n\
+         echo '-- audit'; halyard audit\n",
+    );
+    let out = run(&script);
+    for want in [
+        "valid — job campaign-response",
+        "succeeded",
+        "\"predictions\"",
+        "canary version 2",
+        "control",
+        "ramp-rollback campaign-response",
+    ] {
+        assert!(out.contains(want), "{want} not in:\n{out}");
+    }
 }
