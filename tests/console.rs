@@ -134,30 +134,27 @@ impl Browser {
         .await;
     }
 
-    /// `document.querySelector(css)`'s text, or "" when there is none.
-    async fn text(&self, css: &str) -> String {
-        let script = "const e = document.querySelector(arguments[0]); return e ? e.innerText : '';";
-        let v = self
-            .call(
-                "POST",
-                "/execute/sync",
-                json!({"script": script, "args": [css]}),
-            )
-            .await;
-        v.as_str().unwrap_or("").to_string()
-    }
-
-    /// The number of elements matching `css`.
-    async fn count(&self, css: &str) -> u64 {
-        let script = "return document.querySelectorAll(arguments[0]).length;";
+    /// What `script` returns in the page, called with `css` as its `arguments[0]`.
+    async fn exec(&self, script: &str, css: &str) -> Value {
         self.call(
             "POST",
             "/execute/sync",
             json!({"script": script, "args": [css]}),
         )
         .await
-        .as_u64()
-        .unwrap_or(0)
+    }
+
+    /// `document.querySelector(css)`'s text, or "" when there is none.
+    async fn text(&self, css: &str) -> String {
+        let script = "const e = document.querySelector(arguments[0]); return e ? e.innerText : '';";
+        let v = self.exec(script, css).await;
+        v.as_str().unwrap_or("").to_string()
+    }
+
+    /// The number of elements matching `css`.
+    async fn count(&self, css: &str) -> u64 {
+        let script = "return document.querySelectorAll(arguments[0]).length;";
+        self.exec(script, css).await.as_u64().unwrap_or(0)
     }
 
     async fn screenshot(&self, name: &str) {
@@ -175,13 +172,7 @@ impl Browser {
             &format!("{css} to hold {want:?}"),
             Duration::from_secs(10),
             || async {
-                let v = self
-                    .call(
-                        "POST",
-                        "/execute/sync",
-                        json!({"script": script, "args": [css]}),
-                    )
-                    .await;
+                let v = self.exec(script, css).await;
                 v.as_str().is_some_and(|t| t.contains(want)).then_some(())
             },
         )
@@ -215,10 +206,7 @@ impl Drop for Browser {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_console_trains_deploys_and_rolls_back_in_a_real_browser() {
-    if !have("chromium") || !have("chromedriver") {
-        eprintln!(
-            "skipped: chromium and chromedriver are not installed (apt-get install chromium chromium-driver; .ci/run does)"
-        );
+    if missing(&["chromium", "chromedriver"], "chromium chromium-driver") {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
@@ -304,10 +292,9 @@ async fn the_console_trains_deploys_and_rolls_back_in_a_real_browser() {
         "the job was still going when its page opened ({first}: {at_first})"
     );
     let points = b
-        .call(
-            "POST",
-            "/execute/sync",
-            json!({"script": "const p = document.querySelector('#curve polyline'); return p ? p.getAttribute('points').split(' ').length : 0;", "args": []}),
+        .exec(
+            "const p = document.querySelector(arguments[0]); return p ? p.getAttribute('points').split(' ').length : 0;",
+            "#curve polyline",
         )
         .await;
     assert!(points.as_u64().unwrap_or(0) >= 2, "curve points: {points}");

@@ -168,10 +168,7 @@ fn csv_records(csv: &Path) -> Vec<serde_json::Map<String, Value>> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prometheus_scrapes_predictions_jobs_and_tasks_from_every_node() {
-    if !have("prometheus") || !have("promtool") {
-        eprintln!(
-            "skipped: prometheus and promtool are not installed (apt-get install prometheus; .ci/run does)"
-        );
+    if missing(&["prometheus", "promtool"], "prometheus") {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();

@@ -49,7 +49,41 @@ impl SchedulingFigures {
     }
 }
 
-async fn wait_state(client: &Client, id: &str, done: bool) -> Result<String> {
+/// A trivial job spec named `name` in `dir`: one epoch on 200 generated rows.
+pub(crate) fn trivial_spec(dir: &std::path::Path, name: &str) -> Result<JobSpec> {
+    let data = crate::datagen::generate(dir, 200, 1)?;
+    let spec_path = dir.join(format!("{name}.toml"));
+    std::fs::write(
+        &spec_path,
+        format!(
+            "name = \"{name}\"\n[data]\nsource = \"{}\"\nlabel = \"responded\"\n\
+             exclude = [\"customer_id\"]\n[train]\nepochs = 1\n",
+            data.responses.display()
+        ),
+    )
+    .map_err(|source| CliError::Io {
+        path: spec_path.display().to_string(),
+        source,
+    })?;
+    Ok(JobSpec::from_file(&spec_path)?)
+}
+
+/// Wait until every job of `ids` has ended; an error names the first that did not succeed.
+pub(crate) async fn all_succeed(client: &Client, ids: &[String]) -> Result<()> {
+    for id in ids {
+        let state = wait_state(client, id, true).await?;
+        if state != "succeeded" {
+            return Err(CliError::JobFailed {
+                id: id.clone(),
+                state,
+                error: "benchmark job did not succeed".into(),
+            });
+        }
+    }
+    Ok(())
+}
+
+pub(crate) async fn wait_state(client: &Client, id: &str, done: bool) -> Result<String> {
     loop {
         let j = client.job(id).await?;
         let terminal = matches!(j.state.as_str(), "succeeded" | "failed" | "cancelled");
@@ -67,21 +101,7 @@ pub async fn scheduling(
     latency_jobs: usize,
     batch: usize,
 ) -> Result<SchedulingFigures> {
-    let data = crate::datagen::generate(work_dir, 200, 1)?;
-    let spec_path = work_dir.join("bench.toml");
-    std::fs::write(
-        &spec_path,
-        format!(
-            "name = \"bench-trivial\"\n[data]\nsource = \"{}\"\nlabel = \"responded\"\n\
-             exclude = [\"customer_id\"]\n[train]\nepochs = 1\n",
-            data.responses.display()
-        ),
-    )
-    .map_err(|source| CliError::Io {
-        path: spec_path.display().to_string(),
-        source,
-    })?;
-    let spec = JobSpec::from_file(&spec_path)?;
+    let spec = trivial_spec(work_dir, "bench-trivial")?;
     let mut latencies = Vec::with_capacity(latency_jobs);
     for _ in 0..latency_jobs {
         let start = Instant::now();
@@ -96,16 +116,7 @@ pub async fn scheduling(
     for _ in 0..batch {
         ids.push(client.submit(&spec).await?.id);
     }
-    for id in &ids {
-        let state = wait_state(client, id, true).await?;
-        if state != "succeeded" {
-            return Err(CliError::JobFailed {
-                id: id.clone(),
-                state,
-                error: "benchmark job did not succeed".into(),
-            });
-        }
-    }
+    all_succeed(client, &ids).await?;
     Ok(SchedulingFigures {
         submit_to_running: latencies,
         jobs_per_second: batch as f64 / start.elapsed().as_secs_f64(),

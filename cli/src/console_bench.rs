@@ -10,11 +10,9 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use halyard_client::Client;
 use halyard_core::spec::JobSpec;
-use http_body_util::{BodyExt, Empty};
-use hyper_util::rt::TokioIo;
-use tokio::net::TcpStream;
+use http_body_util::{BodyExt, Full};
 
-use crate::bench::median_of;
+use crate::bench::{all_succeed, median_of, trivial_spec, wait_state};
 use crate::{CliError, Result};
 
 /// What the console bench does.
@@ -38,34 +36,6 @@ const MODEL: &str = "console-bench";
 /// Jobs submitted at once (the default per-key limit of unfinished jobs is 16).
 const WAVE: usize = 8;
 
-fn spec(b: &ConsoleBench) -> Result<JobSpec> {
-    let data = crate::datagen::generate(&b.dir, 200, 1)?;
-    let path = b.dir.join("console-bench.toml");
-    std::fs::write(
-        &path,
-        format!(
-            "name = \"{MODEL}\"\n[data]\nsource = \"{}\"\nlabel = \"responded\"\n\
-             exclude = [\"customer_id\"]\n[train]\nepochs = 1\n",
-            data.responses.display()
-        ),
-    )
-    .map_err(|source| CliError::Io {
-        path: path.display().to_string(),
-        source,
-    })?;
-    Ok(JobSpec::from_file(&path)?)
-}
-
-async fn wait_ended(client: &Client, id: &str) -> Result<halyard_core::proto::JobInfo> {
-    loop {
-        let j = client.job(id).await?;
-        if matches!(j.state.as_str(), "succeeded" | "failed" | "cancelled") {
-            return Ok(j);
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 /// Bring the cluster to `versions` versions and `jobs` jobs; the id of a trained job.
 async fn fill(client: &Client, b: &ConsoleBench, spec: &JobSpec) -> Result<String> {
     let have = client
@@ -81,16 +51,7 @@ async fn fill(client: &Client, b: &ConsoleBench, spec: &JobSpec) -> Result<Strin
         for _ in 0..wave {
             ids.push(client.submit(spec).await?.id);
         }
-        for id in &ids {
-            let j = wait_ended(client, id).await?;
-            if j.state != "succeeded" {
-                return Err(CliError::JobFailed {
-                    id: id.clone(),
-                    state: j.state,
-                    error: j.error,
-                });
-            }
-        }
+        all_succeed(client, &ids).await?;
         missing -= wave;
     }
     let mut missing = b.jobs.saturating_sub(client.jobs().await?.len());
@@ -103,7 +64,7 @@ async fn fill(client: &Client, b: &ConsoleBench, spec: &JobSpec) -> Result<Strin
             ids.push(id);
         }
         for id in &ids {
-            wait_ended(client, id).await?;
+            wait_state(client, id, true).await?;
         }
         missing -= wave;
     }
@@ -121,19 +82,12 @@ async fn fill(client: &Client, b: &ConsoleBench, spec: &JobSpec) -> Result<Strin
 /// the whole body.
 pub(crate) async fn get(addr: &str, key: &str, path: &str) -> Result<(u16, usize, Duration)> {
     let failed = |e: String| CliError::Failed(format!("GET {path}: {e}"));
-    let tcp = TcpStream::connect(addr)
-        .await
-        .map_err(|e| failed(e.to_string()))?;
-    let _ = tcp.set_nodelay(true);
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
-        .await
-        .map_err(|e| failed(e.to_string()))?;
-    tokio::spawn(conn);
+    let mut sender = crate::load::connect(addr, None).await.map_err(failed)?;
     let req = hyper::Request::get(path)
         .header("host", addr)
         .header("accept", "text/html")
         .header("authorization", format!("Bearer {key}"))
-        .body(Empty::<Bytes>::new())
+        .body(Full::new(Bytes::new()))
         .map_err(|e| failed(e.to_string()))?;
     let started = Instant::now();
     let resp = sender
@@ -156,7 +110,7 @@ pub async fn run(client: &Client, b: &ConsoleBench) -> Result<String> {
         path: b.dir.display().to_string(),
         source,
     })?;
-    let spec = spec(b)?;
+    let spec = trivial_spec(&b.dir, MODEL)?;
     let job = fill(client, b, &spec).await?;
     let key: Arc<str> = b.key.clone().unwrap_or_default().into();
     let jobs = client.jobs().await?.len();

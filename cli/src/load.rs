@@ -153,7 +153,8 @@ impl LoadReport {
 
 type Sender = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
 
-async fn connect(
+/// An HTTP/1.1 connection to `addr` (over TLS when `tls` is given).
+pub(crate) async fn connect(
     addr: &str,
     tls: Option<&Arc<tokio_rustls::rustls::ClientConfig>>,
 ) -> std::result::Result<Sender, String> {

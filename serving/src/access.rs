@@ -368,18 +368,19 @@ pub async fn guard(State(door): State<Door>, mut req: Request, next: Next) -> Re
             return refuse(grpc, Failure::NotFound, message);
         }
     };
-    let (action, page) = match access {
+    // Only a model-scoped route checks its path's name against the key's model pattern;
+    // elsewhere the segment names a job or a model any reader may see.
+    let (action, page, model) = match access {
         Access::Open => return next.run(req).await,
-        Access::Key(action) | Access::ModelKey(action) => (action, false),
-        Access::Page(action) => (action, true),
+        Access::Key(action) => (action, false, None),
+        Access::ModelKey(action) => (action, false, model),
+        Access::Page(action) => (action, true, None),
     };
-    // A console page reads the session cookie when no header names a key; the path's
-    // segment there is a job or model name that no key pattern restricts.
+    // A console page reads the session cookie when no header names a key.
     let token = token_of(&req).map(str::to_string).or_else(|| {
         page.then(|| cookie(req.headers(), SESSION_COOKIE).map(str::to_string))
             .flatten()
     });
-    let model = if page { None } else { model };
     let browser = req
         .headers()
         .get(axum::http::header::ACCEPT)

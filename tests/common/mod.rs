@@ -393,15 +393,28 @@ pub(crate) async fn deploy(
         .unwrap();
 }
 
-/// Whether `tool` runs (`TOOL --version`): a test that needs a program `.ci/run` installs
-/// skips with one line without it.
-pub(crate) fn have(tool: &str) -> bool {
-    Command::new(tool)
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok()
+/// Whether a program of `tools` does not run (`TOOL --version`); then says so in one line,
+/// naming the Debian `packages` that `.ci/run` installs: the test skips.
+pub(crate) fn missing(tools: &[&str], packages: &str) -> bool {
+    let absent: Vec<&str> = tools
+        .iter()
+        .copied()
+        .filter(|tool| {
+            Command::new(tool)
+                .arg("--version")
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .is_err()
+        })
+        .collect();
+    if !absent.is_empty() {
+        eprintln!(
+            "skipped: {} not installed (apt-get install {packages}; .ci/run does)",
+            absent.join(" and ")
+        );
+    }
+    !absent.is_empty()
 }
 
 /// Train `spec` to success and deploy the version it published, `version`, as production.

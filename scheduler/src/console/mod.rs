@@ -663,6 +663,23 @@ async fn job_live(
     }
 }
 
+/// The submission of spec `text` (the console's form and `POST /v1/jobs`), checked first:
+/// `Err` lists every problem, each at its line. Relative paths are the scheduler's, as a
+/// `halyard submit` on its machine would send them.
+fn submit_request(text: &str) -> Result<SubmitRequest, String> {
+    use halyard_core::spec::JobSpec;
+    let problems = JobSpec::problems_in(text, "job spec").map_err(|e| e.to_string())?;
+    if !problems.is_empty() {
+        return Err(problems.join("\n"));
+    }
+    let base = std::env::current_dir().unwrap_or_default();
+    let spec = JobSpec::from_text(text, "job spec", &base).map_err(|e| e.to_string())?;
+    Ok(SubmitRequest {
+        protocol_version: halyard_core::PROTOCOL_VERSION,
+        spec_toml: spec.to_toml(),
+    })
+}
+
 /// The jobs page again, with why the spec was refused and the spec as it was sent (400).
 async fn refused_spec(
     c: &Console,
@@ -686,23 +703,9 @@ async fn submit(
         return r;
     }
     let text = field(&f, "spec");
-    // Every problem at once, each at its line, before anything is sent to run.
-    let problems = match halyard_core::spec::JobSpec::problems_in(text, "job spec") {
-        Ok(p) => p,
-        Err(e) => vec![e.to_string()],
-    };
-    if !problems.is_empty() {
-        return refused_spec(&c, &caller, &headers, &problems.join("\n"), text).await;
-    }
-    // Paths are the scheduler's, as a `halyard submit` on its machine would send them.
-    let base = std::env::current_dir().unwrap_or_default();
-    let spec = match halyard_core::spec::JobSpec::from_text(text, "job spec", &base) {
-        Ok(s) => s,
-        Err(e) => return refused_spec(&c, &caller, &headers, &e.to_string(), text).await,
-    };
-    let req = SubmitRequest {
-        protocol_version: halyard_core::PROTOCOL_VERSION,
-        spec_toml: spec.to_toml(),
+    let req = match submit_request(text) {
+        Ok(r) => r,
+        Err(why) => return refused_spec(&c, &caller, &headers, &why, text).await,
     };
     match c.jobs.submit(as_caller(&caller, req)).await {
         Ok(r) => {
@@ -904,18 +907,18 @@ async fn model_page(
     headers: HeaderMap,
     Path(name): Path<String>,
 ) -> Result<Response, Refusal> {
-    let m = answer(
+    let mut m = answer(
         c.models
             .get_model(as_caller(&caller, GetModelRequest { name: name.clone() }))
             .await,
     )?;
+    m.versions.sort_by_key(|v| std::cmp::Reverse(v.version));
     let (who, csrf) = who(&caller, &headers);
     let now = now_ms();
     let deployed = m.deployment.as_ref();
     let may_deploy = caller.may(Action::Deploy);
-    let mut versions = m.versions.clone();
-    versions.sort_by_key(|v| std::cmp::Reverse(v.version));
-    let rows: Vec<Vec<String>> = versions
+    let rows: Vec<Vec<String>> = m
+        .versions
         .iter()
         .map(|v| {
             let key = ["test_auc", "test_log_loss", "test_smape", "silhouette", "test_qini"]
@@ -1235,22 +1238,9 @@ async fn submit_json(
     Extension(caller): Extension<Caller>,
     body: Bytes,
 ) -> Response {
-    let text = String::from_utf8_lossy(&body);
-    let problems = match halyard_core::spec::JobSpec::problems_in(&text, "job spec") {
-        Ok(p) => p,
-        Err(e) => vec![e.to_string()],
-    };
-    if !problems.is_empty() {
-        return json_of(Err(Status::invalid_argument(problems.join("\n"))));
-    }
-    let base = std::env::current_dir().unwrap_or_default();
-    let spec = match halyard_core::spec::JobSpec::from_text(&text, "job spec", &base) {
-        Ok(s) => s,
-        Err(e) => return json_of(Err(Status::invalid_argument(e.to_string()))),
-    };
-    let req = SubmitRequest {
-        protocol_version: halyard_core::PROTOCOL_VERSION,
-        spec_toml: spec.to_toml(),
+    let req = match submit_request(&String::from_utf8_lossy(&body)) {
+        Ok(r) => r,
+        Err(why) => return json_of(Err(Status::invalid_argument(why))),
     };
     let r = c
         .jobs
