@@ -404,6 +404,10 @@ pub struct SchedulerConfig {
     pub jobs_per_key: u32,
     /// TLS of its port and its calls to other nodes.
     pub tls: Option<TlsFiles>,
+    /// Object store URL (the event log's Parquet files).
+    pub store_url: String,
+    /// The folder of the node's event log (`<data dir>/events`).
+    pub events_dir: PathBuf,
 }
 
 impl SchedulerConfig {
@@ -427,6 +431,8 @@ impl SchedulerConfig {
             roots: data_roots(s, &store_url(s)?)?,
             jobs_per_key: s.jobs_per_key.unwrap_or(DEFAULT_JOBS_PER_KEY),
             tls: TlsFiles::from_settings(s)?,
+            store_url: store_url(s)?,
+            events_dir: events_dir(s),
             listen,
             tick: Duration::from_millis(100),
             max_attempts: 5,
@@ -439,6 +445,11 @@ fn data_dir(s: &Settings) -> PathBuf {
     s.data_dir
         .clone()
         .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR))
+}
+
+/// The folder of a node's event log.
+fn events_dir(s: &Settings) -> PathBuf {
+    data_dir(s).join("events")
 }
 
 /// The file of the cluster's admin key.
@@ -533,6 +544,8 @@ pub struct ExecutorConfig {
     pub tls: Option<TlsFiles>,
     /// Client-side encryption of the store's objects.
     pub sealer: Option<Arc<Sealer>>,
+    /// The folder of the node's event log (`<data dir>/events`).
+    pub events_dir: PathBuf,
 }
 
 impl ExecutorConfig {
@@ -580,6 +593,7 @@ impl ExecutorConfig {
             roots,
             tls: TlsFiles::from_settings(s)?,
             sealer: Sealer::from_settings(s)?.map(Arc::new),
+            events_dir: events_dir(s),
         })
     }
 

@@ -109,6 +109,15 @@ pub enum Error {
         /// The roots.
         roots: String,
     },
+    /// The event log could not take an append (a full or failing disk): nothing of it
+    /// was kept; trying again later can succeed.
+    #[error("event log {}: {message}: retry later", path.display())]
+    EventLog {
+        /// The log's folder.
+        path: PathBuf,
+        /// What went wrong.
+        message: String,
+    },
     /// Encoding or decoding a stored record failed: a bug or a foreign writer.
     #[error("corrupt record {key}: {message}")]
     Corrupt {
@@ -133,7 +142,8 @@ impl Error {
             Error::Coordinator(_)
             | Error::Conflict { .. }
             | Error::Fenced
-            | Error::LeaseLost(_) => Failure::Unavailable,
+            | Error::LeaseLost(_)
+            | Error::EventLog { .. } => Failure::Unavailable,
             Error::Store { .. } | Error::Io { .. } | Error::Corrupt { .. } => Failure::Internal,
         }
     }

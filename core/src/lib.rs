@@ -11,6 +11,7 @@ pub mod confine;
 pub mod coord;
 pub mod data;
 pub mod error;
+pub mod events;
 pub mod failure;
 pub mod kv;
 pub mod metrics;

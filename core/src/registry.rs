@@ -549,13 +549,117 @@ impl Deployment {
     }
 }
 
-/// Outcomes fed back for one version of a model.
+/// Outcomes fed back for one version of a model: the `conversion` metric's counts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct Outcomes {
     /// Outcomes recorded.
     pub trials: u64,
     /// Of which conversions.
     pub conversions: u64,
+}
+
+/// The metric a `converted` outcome feeds (values 0 and 1).
+pub const CONVERSION: &str = "conversion";
+
+/// The running moments of one metric's values: count, sum and the sum of squared
+/// deviations (Welford's update, Chan's merge: no cancellation at large means).
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+pub struct MetricSums {
+    /// Values.
+    pub n: u64,
+    /// Their sum.
+    pub sum: f64,
+    /// Sum of squared deviations from their mean.
+    pub m2: f64,
+}
+
+impl MetricSums {
+    /// The mean (0 when empty).
+    pub fn mean(&self) -> f64 {
+        if self.n == 0 {
+            0.0
+        } else {
+            self.sum / self.n as f64
+        }
+    }
+
+    /// Add one value.
+    pub fn push(&mut self, x: f64) {
+        let before = self.mean();
+        self.n += 1;
+        self.sum += x;
+        self.m2 += (x - before) * (x - self.mean());
+    }
+
+    /// Add another set's values.
+    pub fn merge(&mut self, o: &MetricSums) {
+        if o.n == 0 {
+            return;
+        }
+        if self.n == 0 {
+            *self = *o;
+            return;
+        }
+        let (na, nb) = (self.n as f64, o.n as f64);
+        let delta = o.mean() - self.mean();
+        self.m2 += o.m2 + delta * delta * na * nb / (na + nb);
+        self.n += o.n;
+        self.sum += o.sum;
+    }
+}
+
+/// What one node's event log counted for one version of a model.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct VersionTally {
+    /// Exposures: predictions served with a request key.
+    pub exposures: u64,
+    /// Outcomes by metric name.
+    pub metrics: BTreeMap<String, MetricSums>,
+}
+
+impl VersionTally {
+    /// Add another tally's counts.
+    pub fn merge(&mut self, o: &VersionTally) {
+        self.exposures += o.exposures;
+        for (name, m) in &o.metrics {
+            self.metrics.entry(name.clone()).or_default().merge(m);
+        }
+    }
+
+    /// The `conversion` metric as counts.
+    pub fn outcomes(&self) -> Outcomes {
+        self.metrics
+            .get(CONVERSION)
+            .map_or_else(Outcomes::default, |m| Outcomes {
+                trials: m.n,
+                conversions: m.sum.round() as u64,
+            })
+    }
+}
+
+/// One node's event-log counts for one model (published to the coordinator; the live
+/// views add up every node's).
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct NodeTally {
+    /// The event log (one per node's data folder).
+    pub node: String,
+    /// The model.
+    pub model: String,
+    /// When it was counted (ms since the epoch).
+    pub updated_ms: i64,
+    /// Counts per version.
+    pub versions: BTreeMap<u64, VersionTally>,
+}
+
+/// The sum of nodes' tallies per version.
+pub fn total(tallies: &[NodeTally]) -> BTreeMap<u64, VersionTally> {
+    let mut out: BTreeMap<u64, VersionTally> = BTreeMap::new();
+    for t in tallies {
+        for (v, c) in &t.versions {
+            out.entry(*v).or_default().merge(c);
+        }
+    }
+    out
 }
 
 /// What one executor serves, under its lease: model name → loaded versions.

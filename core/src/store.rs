@@ -326,6 +326,17 @@ pub async fn publish_model(
     Ok(store.url_of(&dir))
 }
 
+/// Folder of a model's event-log files (exposures and outcomes, Parquet).
+pub fn events_dir(model: &str) -> String {
+    format!("events/{model}/")
+}
+
+/// The Parquet file of one event-log segment's events of `model` in `hour`
+/// (`YYYY-MM-DDTHH`), written by log `node`: `events/<model>/hour=<hour>/<node>-<seq>.parquet`.
+pub fn events_file(model: &str, hour: &str, node: &str, seq: u64) -> String {
+    format!("{}hour={hour}/{node}-{seq:012}.parquet", events_dir(model))
+}
+
 /// Folder of a job's feature table: Parquet shards and `features.json`.
 pub fn features_dir(job_id: &str) -> String {
     format!("jobs/{job_id}/features")

@@ -10,7 +10,9 @@ use halyard_core::Error;
 use halyard_core::coord::{Coordinator, Leadership};
 use halyard_core::kv::{EmbeddedKv, EtcdKv};
 use halyard_core::records::{ExecutorInfo, JobRecord, JobState, TaskAssignment, TaskProgress};
-use halyard_core::registry::{Change, ModelVersion, ServingInfo};
+use halyard_core::registry::{
+    CONVERSION, Change, MetricSums, ModelVersion, NodeTally, ServingInfo, VersionTally,
+};
 use halyard_core::spec::JobSpec;
 
 const TTL: Duration = Duration::from_secs(2);
@@ -351,21 +353,34 @@ async fn registry_versions_deployments_outcomes_and_serving(c: Coordinator) {
     assert_eq!(d.current.versions(), vec![1]);
     assert_eq!(c.deployments().await.unwrap(), vec![d]);
 
-    // Concurrent outcomes are all counted.
-    let mut handles = Vec::new();
-    for i in 0..12 {
-        let c = c.clone();
-        handles.push(tokio::spawn(async move {
-            c.record_outcome("m", 1 + i % 2, i % 3 == 0).await.unwrap()
-        }));
-    }
-    for h in handles {
-        h.await.unwrap();
-    }
+    // Each node's published counts replace its last; the outcomes add up every node's.
+    let tally = |node: &str, trials: u64, conversions: u64| {
+        let mut conversion = MetricSums::default();
+        for i in 0..trials {
+            conversion.push(if i < conversions { 1.0 } else { 0.0 });
+        }
+        NodeTally {
+            node: node.into(),
+            model: "m".into(),
+            updated_ms: 1,
+            versions: [(
+                1,
+                VersionTally {
+                    exposures: trials + 1,
+                    metrics: [(CONVERSION.to_string(), conversion)].into(),
+                },
+            )]
+            .into(),
+        }
+    };
+    c.publish_tally(&tally("a", 5, 1)).await.unwrap();
+    c.publish_tally(&tally("a", 7, 2)).await.unwrap();
+    c.publish_tally(&tally("b", 4, 3)).await.unwrap();
+    assert_eq!(c.tallies("m").await.unwrap().len(), 2);
     let o = c.outcomes("m").await.unwrap();
-    assert_eq!(o.len(), 2);
-    assert_eq!(o[0].1.trials + o[1].1.trials, 12);
-    assert_eq!(o[0].1.conversions + o[1].1.conversions, 4);
+    assert_eq!(o.len(), 1);
+    assert_eq!((o[0].0, o[0].1.trials, o[0].1.conversions), (1, 11, 5));
+    assert!(c.tallies("m2").await.unwrap().is_empty());
 
     // What an executor serves vanishes with its lease.
     let lease = c.grant_lease(TTL).await.unwrap();

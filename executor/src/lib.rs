@@ -98,6 +98,13 @@ pub async fn start_executor(cfg: ExecutorConfig, coord: Coordinator) -> Result<E
         },
         metrics.clone(),
     );
+    // Event files stay unsealed: the SQL cluster reads them.
+    let events = halyard_core::events::EventLog::open(
+        &cfg.events_dir,
+        &cfg.id,
+        Store::open(&cfg.store_url, &cfg.s3)?,
+        coord.clone(),
+    )?;
     let gateway = Gateway::new(
         cfg.id.clone(),
         coord.clone(),
@@ -105,6 +112,7 @@ pub async fn start_executor(cfg: ExecutorConfig, coord: Coordinator) -> Result<E
         &token,
         tls.as_ref(),
         metrics.clone(),
+        events,
     );
     let (_reporter, health) = tonic_health::server::health_reporter();
     // Data-parallel groups' chunks arrive here (the collective service on this port).

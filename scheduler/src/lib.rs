@@ -68,12 +68,18 @@ pub async fn start_scheduler(cfg: SchedulerConfig, coord: Coordinator) -> Result
     let door = Door::new(&coord, &cfg.id, tls.as_ref());
     let (shutdown, shutdown_rx) = watch::channel(false);
     let svc = std::sync::Arc::new(service::JobApi::new(coord.clone(), &cfg));
-    let model_api = std::sync::Arc::new(models::ModelApi::new(coord.clone(), &cfg.id));
     let (health_reporter, health) = tonic_health::server::health_reporter();
     health_reporter
         .set_serving::<JobServiceServer<service::JobApi>>()
         .await;
     // The prediction gateway: this node holds no model and forwards to executors.
+    // Event files stay unsealed: the SQL cluster reads them.
+    let events = halyard_core::events::EventLog::open(
+        &cfg.events_dir,
+        &cfg.id,
+        halyard_core::store::Store::open(&cfg.store_url, &cfg.s3)?,
+        coord.clone(),
+    )?;
     let gateway = Gateway::new(
         cfg.id.clone(),
         coord.clone(),
@@ -81,7 +87,13 @@ pub async fn start_scheduler(cfg: SchedulerConfig, coord: Coordinator) -> Result
         &token,
         tls.as_ref(),
         metrics.clone(),
+        events,
     );
+    let model_api = std::sync::Arc::new(models::ModelApi::new(
+        coord.clone(),
+        &cfg.id,
+        gateway.clone(),
+    ));
     let grpc = tonic::service::Routes::new(health)
         .add_service(JobServiceServer::from_arc(svc.clone()))
         .add_service(ModelServiceServer::from_arc(model_api.clone()))

@@ -24,13 +24,21 @@ use crate::error::to_status;
 pub(crate) struct ModelApi {
     coord: Coordinator,
     audit: Auditor,
+    /// The node's gateway: experiment reports include its event log's counts as they
+    /// stand.
+    gateway: std::sync::Arc<halyard_serving::gateway::Gateway>,
 }
 
 impl ModelApi {
-    pub(crate) fn new(coord: Coordinator, node: &str) -> Self {
+    pub(crate) fn new(
+        coord: Coordinator,
+        node: &str,
+        gateway: std::sync::Arc<halyard_serving::gateway::Gateway>,
+    ) -> Self {
         ModelApi {
             audit: Auditor::new(coord.clone(), node),
             coord,
+            gateway,
         }
     }
 
@@ -230,9 +238,14 @@ impl ModelService for ModelApi {
         &self,
         request: Request<ExperimentRequest>,
     ) -> Result<Response<ExperimentResponse>, Status> {
-        use halyard_serving::experiment::{never_deployed, report};
+        use halyard_serving::experiment::never_deployed;
         let name = request.into_inner().name;
-        match report(&self.coord, &name).await.map_err(to_status)? {
+        match self
+            .gateway
+            .experiment_report(&name)
+            .await
+            .map_err(to_status)?
+        {
             Some(r) => Ok(Response::new(r)),
             None => Err(Failure::NotFound.status(never_deployed(&name))),
         }

@@ -103,7 +103,9 @@ pub struct ForecastReply {
     pub executor: String,
 }
 
-/// An outcome: did the customer convert after being served by a version?
+/// An outcome: did the customer convert after being served by a version (`converted`),
+/// or what was a metric's value for them (`metric` and `value`: revenue, visits, …)?
+/// `POST :feedback` takes one, or a JSON array of them.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FeedbackBody {
@@ -113,19 +115,66 @@ pub struct FeedbackBody {
     /// Or the request key, to find the variant by the current split.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key: Option<String>,
-    /// Whether the customer converted.
-    pub converted: bool,
+    /// Whether the customer converted (the `conversion` metric, 1 or 0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub converted: Option<bool>,
+    /// Or a metric's name (lowercase letters, digits and `_`, at most 64)…
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metric: Option<String>,
+    /// …and its value (a finite number).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<f64>,
 }
 
-/// The counts after recording an outcome.
+/// Longest request key an outcome or exposure keeps.
+pub const MAX_KEY_BYTES: usize = 256;
+
+impl FeedbackBody {
+    /// The metric and value this outcome records, or why it records none.
+    pub fn outcome(&self) -> Result<(&str, f64), ApiError> {
+        use halyard_core::registry::CONVERSION;
+        let (metric, value) = match (self.converted, &self.metric, self.value) {
+            (Some(c), None, None) => (CONVERSION, f64::from(u8::from(c))),
+            (None, Some(m), Some(v)) => (m.as_str(), v),
+            _ => {
+                return Err(ApiError::bad_request(
+                    "say what happened: send `converted` (true or false), or `metric` and `value` (such as {\"metric\": \"revenue\", \"value\": 12.5})",
+                ));
+            }
+        };
+        let well_named = !metric.is_empty()
+            && metric.len() <= 64
+            && metric.starts_with(|c: char| c.is_ascii_lowercase())
+            && metric
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+        if !well_named {
+            return Err(ApiError::bad_request(format!(
+                "metric {metric:?}: a metric's name is lowercase letters, digits and _, starting with a letter, at most 64"
+            )));
+        }
+        if !value.is_finite() || (metric == CONVERSION && value != 0.0 && value != 1.0) {
+            return Err(ApiError::bad_request(format!(
+                "metric {metric}: value {value} is not {}",
+                if metric == CONVERSION { "0 or 1" } else { "a finite number" }
+            )));
+        }
+        if self.key.as_ref().is_some_and(|k| k.len() > MAX_KEY_BYTES) {
+            return Err(ApiError::bad_request(format!(
+                "key: longer than {MAX_KEY_BYTES} bytes"
+            )));
+        }
+        Ok((metric, value))
+    }
+}
+
+/// What `:feedback` wrote.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FeedbackReply {
-    /// The version credited.
+    /// The version credited (for a batch, the last outcome's).
     pub version: u64,
-    /// Outcomes recorded for it.
-    pub trials: u64,
-    /// Of which conversions.
-    pub conversions: u64,
+    /// Outcomes written to the event log (all of the request's: an error writes none).
+    pub accepted: u64,
 }
 
 /// Why a request failed: a [`Failure`] (its HTTP status and gRPC code come from there)

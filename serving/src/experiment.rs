@@ -1,12 +1,12 @@
 //! A/B analysis of the outcomes fed back per version: each variant's conversion rate, its
 //! difference with the control's, the Wald interval and pooled z-test of that difference
 //! (fixed horizon), the always-valid interval and p-value, the detectable effect, and the
-//! sample-ratio check of the outcomes against the deployed split
+//! sample-ratio check of the exposures (or outcomes) against the deployed split
 //! ([`halyard_models::stats`], formulas in `docs/experiments.md`).
 
 use halyard_core::proto::{ExperimentResponse, VariantStats};
 use halyard_core::registry::{
-    BANDIT_SCALE, BanditPolicy, Deployment, Outcomes, PRODUCTION, Variant,
+    BANDIT_SCALE, BanditPolicy, Deployment, NodeTally, Outcomes, PRODUCTION, Variant, total,
 };
 use halyard_models::bandit::{Arm, prob_best, shares};
 use halyard_models::stats::{Moments, detectable, proportions, sequential, srm, too_few};
@@ -102,19 +102,25 @@ pub fn conversion_breach(production: Outcomes, canary: Outcomes) -> Option<Strin
     })
 }
 
-/// The experiment report of model `name` from the registry's deployment and outcomes;
-/// `None` when it was never deployed and has no outcomes. The message for that case is
-/// [`never_deployed`].
-pub async fn report(
-    coord: &halyard_core::coord::Coordinator,
+/// The experiment report of model `name` from its deployment and the event-log counts of
+/// every node; `None` when it was never deployed and nothing was counted. The message for
+/// that case is [`never_deployed`].
+pub fn report(
     name: &str,
-) -> halyard_core::Result<Option<ExperimentResponse>> {
-    let deployment = coord.deployment(name).await?;
-    let outcomes = coord.outcomes(name).await?;
-    if deployment.is_none() && outcomes.is_empty() {
-        return Ok(None);
+    deployment: Option<&Deployment>,
+    tallies: &[NodeTally],
+) -> Option<ExperimentResponse> {
+    let totals = total(tallies);
+    if deployment.is_none() && totals.is_empty() {
+        return None;
     }
-    Ok(Some(analyse(name, deployment.as_ref(), &outcomes)))
+    let outcomes: Vec<(u64, Outcomes)> = totals
+        .iter()
+        .map(|(v, t)| (*v, t.outcomes()))
+        .filter(|(_, o)| o.trials > 0)
+        .collect();
+    let exposures: Vec<(u64, u64)> = totals.iter().map(|(v, t)| (*v, t.exposures)).collect();
+    Some(analyse(name, deployment, &outcomes, &exposures))
 }
 
 /// Why there is no report for `name`.
@@ -128,6 +134,7 @@ pub fn analyse(
     name: &str,
     deployment: Option<&Deployment>,
     outcomes: &[(u64, Outcomes)],
+    exposures: &[(u64, u64)],
 ) -> ExperimentResponse {
     let state = deployment.map(|d| d.current.clone()).unwrap_or_default();
     let mut versions: Vec<(u64, u32)> = state
@@ -152,11 +159,26 @@ pub fn analyse(
         Moments::rate(o.trials, o.conversions)
     };
     let c = moments(control);
+    let exposed = |v: u64| {
+        exposures
+            .iter()
+            .find(|(x, _)| *x == v)
+            .map_or(0, |(_, n)| *n)
+    };
     let weighted: Vec<&(u64, u32)> = versions.iter().filter(|(_, w)| *w > 0).collect();
+    // Exposures are what the split assigns; outcomes stand in when nothing was exposed
+    // (callers that send no key).
+    let by_exposures = weighted.iter().any(|(v, _)| exposed(*v) > 0);
     let check = srm(
         &weighted
             .iter()
-            .map(|(v, _)| counts(*v).trials)
+            .map(|(v, _)| {
+                if by_exposures {
+                    exposed(*v)
+                } else {
+                    counts(*v).trials
+                }
+            })
             .collect::<Vec<_>>(),
         &weighted
             .iter()
@@ -181,6 +203,7 @@ pub fn analyse(
                 weight,
                 trials: o.trials,
                 conversions: o.conversions,
+                exposures: exposed(version),
                 rate: m.mean_y,
                 difference: m.mean_y - c.mean_y,
                 ci_low: f64::NAN,
@@ -218,6 +241,7 @@ pub fn analyse(
         srm_chi2: check.as_ref().map_or(f64::NAN, |s| s.chi2),
         srm_p_value: check.as_ref().map_or(f64::NAN, |s| s.p_value),
         srm_mismatch: check.is_some_and(|s| s.mismatch),
+        srm_counts: if by_exposures { "exposures" } else { "outcomes" }.to_string(),
     }
 }
 
@@ -296,7 +320,7 @@ mod tests {
             trials,
             conversions,
         };
-        let r = analyse("m", Some(&d), &[(1, o(1000, 100)), (2, o(1000, 150))]);
+        let r = analyse("m", Some(&d), &[(1, o(1000, 100)), (2, o(1000, 150))], &[]);
         assert_eq!(r.control, 1);
         let v2 = &r.variants[1];
         assert!((v2.difference - 0.05).abs() < 1e-12);
@@ -311,20 +335,30 @@ mod tests {
             v2.prob_best > 0.99 && r.variants[0].prob_best < 0.01,
             "{r:?}"
         );
-        let r = analyse("m", Some(&d), &[(1, o(1000, 100)), (2, o(1000, 104))]);
+        let r = analyse("m", Some(&d), &[(1, o(1000, 100)), (2, o(1000, 104))], &[]);
         assert!(!r.variants[1].significant && r.variants[1].ci_low < 0.0);
         assert!(
             r.variants[0].p_value.is_nan(),
             "the control is not compared with itself"
         );
         // A 50/50 split that delivered 1,000 against 1,300 outcomes is flagged.
-        let r = analyse("m", Some(&d), &[(1, o(1000, 100)), (2, o(1300, 130))]);
+        let r = analyse("m", Some(&d), &[(1, o(1000, 100)), (2, o(1300, 130))], &[]);
         assert!(r.srm_mismatch && r.srm_p_value < 0.001, "{r:?}");
+        assert_eq!(r.srm_counts, "outcomes");
+        // Exposures, when there are any, are what the check counts: balanced outcomes
+        // from 1,000 against 1,300 exposures are flagged, and the reverse passes.
+        let even = [(1, o(1000, 100)), (2, o(1000, 130))];
+        let r = analyse("m", Some(&d), &even, &[(1, 1000), (2, 1300)]);
+        assert!(r.srm_mismatch && r.srm_counts == "exposures", "{r:?}");
+        assert_eq!(r.variants[1].exposures, 1300);
+        let uneven = [(1, o(1000, 100)), (2, o(1300, 130))];
+        let r = analyse("m", Some(&d), &uneven, &[(1, 2000), (2, 2010)]);
+        assert!(!r.srm_mismatch, "{r:?}");
         // Too few outcomes: no p-value, and how many more are needed.
-        let r = analyse("m", Some(&d), &[(1, o(20, 5)), (2, o(20, 10))]);
+        let r = analyse("m", Some(&d), &[(1, o(20, 5)), (2, o(20, 10))], &[]);
         assert!(r.variants[1].p_value.is_nan());
         assert_eq!(r.variants[1].needed, 10);
-        let r = analyse("m", Some(&d), &[(1, o(100, 4)), (2, o(100, 10))]);
+        let r = analyse("m", Some(&d), &[(1, o(100, 4)), (2, o(100, 10))], &[]);
         assert_eq!(
             r.variants[1].needed, 6,
             "the control has 4 conversions of 10"

@@ -1,13 +1,14 @@
 //! The prediction gateway that every node runs: it answers for any deployed model, from
 //! its own host when this executor serves the model, else by forwarding to an executor
 //! that does (round robin over the replicas the coordinator lists, the next one on a
-//! failure). Outcomes are recorded here, in the coordinator.
+//! failure). Outcomes (`:feedback`) and exposures (a keyed prediction scored here) are
+//! appended to the node's event log ([`halyard_core::events`]).
 //!
 //! **Invariants.** A forwarded request carries [`FORWARDED`] and is never forwarded again,
 //! so requests cannot loop. Only connection failures and 503s move on to another replica:
 //! a 4xx is the caller's to fix and is returned as is.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
@@ -16,7 +17,8 @@ use axum::http::StatusCode;
 use bytes::Bytes;
 use halyard_core::coord::Coordinator;
 use halyard_core::metrics::Metrics;
-use halyard_core::registry::ServingInfo;
+use halyard_core::events::{Event, EventLog};
+use halyard_core::registry::{Deployment, NodeTally, ServingInfo};
 use halyard_core::tls::Tls;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -36,6 +38,11 @@ const REFRESH: Duration = Duration::from_millis(200);
 const BENCH_FAILED: Duration = Duration::from_secs(3);
 /// How long one forwarded attempt may take.
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long `:feedback` trusts a deployment it read (a split changed by hand reaches
+/// outcomes sent by key within this).
+const DEPLOYMENT_TTL: Duration = Duration::from_secs(1);
+/// Most outcomes one `:feedback` request takes.
+pub const MAX_FEEDBACK_BATCH: usize = 10_000;
 
 /// A node's gateway.
 pub struct Gateway {
@@ -50,6 +57,11 @@ pub struct Gateway {
     next: AtomicUsize,
     failed: Mutex<HashMap<String, Instant>>,
     metrics: Metrics,
+    events: Arc<EventLog>,
+    /// Deployments as last read, for `:feedback` by key.
+    deployments: Mutex<HashMap<String, (Instant, Option<Deployment>)>>,
+    /// Versions known to exist (versions are immutable: never forgotten).
+    versions: Mutex<HashSet<(String, u64)>>,
 }
 
 impl std::fmt::Debug for Gateway {
@@ -99,6 +111,7 @@ impl Gateway {
         token: &str,
         tls: Option<&Tls>,
         metrics: Metrics,
+        events: Arc<EventLog>,
     ) -> Arc<Gateway> {
         let mut auth = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}"))
             .expect("a key is ASCII");
@@ -123,6 +136,9 @@ impl Gateway {
             next: AtomicUsize::new(0),
             failed: Mutex::new(HashMap::new()),
             metrics,
+            events,
+            deployments: Mutex::new(HashMap::new()),
+            versions: Mutex::new(HashSet::new()),
         })
     }
 
@@ -417,19 +433,90 @@ impl Gateway {
             .await
     }
 
-    /// Record an outcome for the version that served (or the variant of `key`).
+    /// A deployment, read at most every [`DEPLOYMENT_TTL`].
+    async fn deployment(&self, name: &str) -> Result<Option<Deployment>, ApiError> {
+        if let Some((at, d)) = self.deployments.lock().expect("cache lock").get(name)
+            && at.elapsed() < DEPLOYMENT_TTL
+        {
+            return Ok(d.clone());
+        }
+        let d = self.coord.deployment(name).await?;
+        self.deployments
+            .lock()
+            .expect("cache lock")
+            .insert(name.to_string(), (Instant::now(), d.clone()));
+        Ok(d)
+    }
+
+    /// Refuse a version of `name` that does not exist.
+    async fn known_version(&self, name: &str, version: u64) -> Result<(), ApiError> {
+        let id = (name.to_string(), version);
+        if self.versions.lock().expect("cache lock").contains(&id) {
+            return Ok(());
+        }
+        if self.coord.model_version(name, version).await?.is_none() {
+            return Err(ApiError::not_found(format!(
+                "model {name} has no version {version}"
+            )));
+        }
+        self.versions.lock().expect("cache lock").insert(id);
+        Ok(())
+    }
+
+    /// Record outcomes, each for the version that served (or the variant of its `key`),
+    /// and answer once they are in the node's event log on disk. Any bad outcome refuses
+    /// the whole request (naming it); a log that cannot write answers 503.
     pub async fn feedback(
         &self,
         name: &str,
-        body: FeedbackBody,
+        batch: Vec<FeedbackBody>,
     ) -> Result<FeedbackReply, ApiError> {
+        if batch.is_empty() || batch.len() > MAX_FEEDBACK_BATCH {
+            return Err(ApiError::bad_request(format!(
+                "{} outcomes: send 1 to {MAX_FEEDBACK_BATCH} per request",
+                batch.len()
+            )));
+        }
+        let now = halyard_core::records::now_ms();
+        let mut events = Vec::with_capacity(batch.len());
+        let many = batch.len() > 1;
+        for (i, body) in batch.iter().enumerate() {
+            let at = |e: ApiError| {
+                if many {
+                    ApiError {
+                        message: format!("outcome {i}: {}", e.message),
+                        ..e
+                    }
+                } else {
+                    e
+                }
+            };
+            let (metric, value) = body.outcome().map_err(at)?;
+            let version = self.credited(name, body).await.map_err(at)?;
+            events.push(Event::outcome(
+                name,
+                version,
+                body.key.as_deref().unwrap_or(""),
+                metric,
+                value,
+                now,
+            ));
+        }
+        let version = events.last().map_or(0, |e| e.version);
+        let accepted = events.len() as u64;
+        self.events.append(events).await?;
+        Ok(FeedbackReply { version, accepted })
+    }
+
+    /// The version an outcome credits: the one it names, else its key's variant.
+    async fn credited(&self, name: &str, body: &FeedbackBody) -> Result<u64, ApiError> {
         let version = match (body.version, &body.key) {
             (Some(v), _) => v,
             (None, Some(key)) => {
-                let d =
-                    self.coord.deployment(name).await?.ok_or_else(|| {
-                        ApiError::not_found(format!("no model {name} is deployed"))
-                    })?;
+                let d = self
+                    .deployment(name)
+                    .await?
+                    .ok_or_else(|| ApiError::not_found(format!("no model {name} is deployed")))?;
                 d.current.variant_for(key).ok_or_else(|| {
                     ApiError::bad_request(format!(
                         "model {name} has no traffic split to find the key's variant: send `version`"
@@ -442,28 +529,29 @@ impl Gateway {
                 ));
             }
         };
-        if self.coord.model_version(name, version).await?.is_none() {
-            return Err(ApiError::not_found(format!(
-                "model {name} has no version {version}"
-            )));
-        }
-        let counts = self
-            .coord
-            .record_outcome(name, version, body.converted)
-            .await?;
-        Ok(FeedbackReply {
-            version,
-            trials: counts.trials,
-            conversions: counts.conversions,
-        })
+        self.known_version(name, version).await?;
+        Ok(version)
+    }
+
+    /// The experiment report of `name`: every node's published counts, this node's as
+    /// they stand (what was just fed here shows at once).
+    pub async fn experiment_report(
+        &self,
+        name: &str,
+    ) -> halyard_core::Result<Option<halyard_core::proto::ExperimentResponse>> {
+        let mut tallies: Vec<NodeTally> = self.coord.tallies(name).await?;
+        tallies.retain(|t| t.node != self.events.node());
+        tallies.extend(self.events.tally(name));
+        let deployment = self.coord.deployment(name).await?;
+        Ok(crate::experiment::report(name, deployment.as_ref(), &tallies))
     }
 
     /// `GET /v1/experiments/{name}`: the experiment report as JSON.
     pub async fn experiment(&self, name: &str) -> Result<serde_json::Value, ApiError> {
-        use crate::experiment::{never_deployed, report};
-        let r = report(&self.coord, name)
+        let r = self
+            .experiment_report(name)
             .await?
-            .ok_or_else(|| ApiError::not_found(never_deployed(name)))?;
+            .ok_or_else(|| ApiError::not_found(crate::experiment::never_deployed(name)))?;
         serde_json::to_value(&r).map_err(|e| ApiError::internal(e.to_string()))
     }
 

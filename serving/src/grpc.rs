@@ -162,16 +162,17 @@ impl PredictionService for PredictionApi {
             version: r.version,
             key: opt(r.key),
             converted: r.converted,
+            metric: r.metric,
+            value: r.value,
         };
         let gw = &self.gateway;
         let reply = gw
-            .observed(&r.model, "feedback", gw.feedback(&r.model, body))
+            .observed(&r.model, "feedback", gw.feedback(&r.model, vec![body]))
             .await
             .map_err(|e| e.to_status())?;
         Ok(Response::new(FeedbackResponse {
             version: reply.version,
-            trials: reply.trials,
-            conversions: reply.conversions,
+            accepted: reply.accepted,
         }))
     }
 

@@ -6,7 +6,7 @@
 //! GET  /v1/models/{name}            input schema, variants and aliases
 //! POST /v1/models/{name}:predict    {"record": {...}} or {"records": [...]}, key, version, alias
 //! POST /v1/models/{name}:forecast   {"series": [{"id", "values"}], "horizon": N}
-//! POST /v1/models/{name}:feedback   {"version" or "key", "converted": bool}
+//! POST /v1/models/{name}:feedback   {"version" or "key", "converted": bool, or "metric" and "value"}, or an array of them
 //! GET  /v1/drift/{name}            drift of the served inputs against the training data
 //! GET  /metrics                    the node's metrics for Prometheus (docs/monitoring.md)
 //! GET  /healthz
@@ -29,7 +29,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::access::Door;
-use crate::api::{ApiError, ForecastBody};
+use crate::api::{ApiError, FeedbackBody, ForecastBody};
 use crate::gateway::{FORWARDED, Gateway, parse};
 use crate::tls::{Peer, TlsListener};
 
@@ -94,7 +94,14 @@ async fn post_model(
                 let b: ForecastBody = parse(&body)?;
                 Ok(Json(gw.forecast(name, b, forwarded).await?).into_response())
             }
-            "feedback" => Ok(Json(gw.feedback(name, parse(&body)?).await?).into_response()),
+            "feedback" => {
+                let batch: Vec<FeedbackBody> = if body.trim_ascii_start().starts_with(b"[") {
+                    parse(&body)?
+                } else {
+                    vec![parse(&body)?]
+                };
+                Ok(Json(gw.feedback(name, batch).await?).into_response())
+            }
             other => Err(ApiError::not_found(format!(
                 "unknown call {other:?}: use :predict, :forecast or :feedback"
             ))),

@@ -252,8 +252,8 @@ impl Coordinator {
     fn drift_key(&self, name: &str, version: u64, executor: &str) -> String {
         self.key(&format!("drift/{name}/{version}/{executor}"))
     }
-    fn outcomes_key(&self, name: &str, version: u64) -> String {
-        self.key(&format!("outcomes/{name}/{version}"))
+    fn tally_key(&self, name: &str, node: &str) -> String {
+        self.key(&format!("tallies/{name}/{node}"))
     }
 
     // ---- leases ------------------------------------------------------------------------

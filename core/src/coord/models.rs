@@ -7,7 +7,7 @@ use crate::error::{Error, Result};
 use crate::kv::{Compare, TxnOp};
 use crate::records::TaskAssignment;
 use crate::registry::{
-    AudienceVersion, Change, Deployment, DriftWindow, ModelVersion, Outcomes, PRODUCTION,
+    AudienceVersion, Change, Deployment, DriftWindow, ModelVersion, NodeTally, Outcomes, PRODUCTION,
     ServingInfo,
 };
 use crate::spec::ScoreSpec;
@@ -283,38 +283,29 @@ impl Coordinator {
         self.values(&format!("drift/{name}/")).await
     }
 
-    /// Add one outcome for a version: compare-and-swap, retrying lost races.
-    pub async fn record_outcome(
-        &self,
-        name: &str,
-        version: u64,
-        converted: bool,
-    ) -> Result<Outcomes> {
-        self.update(
-            &self.outcomes_key(name, version),
-            |counts: Option<Outcomes>| {
-                let mut counts = counts.unwrap_or_default();
-                counts.trials += 1;
-                counts.conversions += u64::from(converted);
-                Ok(Edit::Write(counts))
-            },
-        )
-        .await
+    /// Publish one node's event-log counts for a model (replacing its last; not on a
+    /// lease: a node that died still counted what it acknowledged).
+    pub async fn publish_tally(&self, t: &NodeTally) -> Result<()> {
+        self.kv
+            .txn(
+                Vec::new(),
+                vec![put(self.tally_key(&t.model, &t.node), encode(t))],
+            )
+            .await?;
+        Ok(())
     }
 
-    /// Outcomes recorded for each version of a model.
+    /// Every node's published counts for model `name`.
+    pub async fn tallies(&self, name: &str) -> Result<Vec<NodeTally>> {
+        self.values(&format!("tallies/{name}/")).await
+    }
+
+    /// The `conversion` outcomes of each version of a model, summed over every node.
     pub async fn outcomes(&self, name: &str) -> Result<Vec<(u64, Outcomes)>> {
-        let prefix = self.key(&format!("outcomes/{name}/"));
-        let mut out = Vec::new();
-        for e in self.kv.range(&prefix).await? {
-            let version = e.key[prefix.len()..].parse().map_err(|_| Error::Corrupt {
-                key: e.key.clone(),
-                message: "the key does not end in a version number".into(),
-            })?;
-            let counts: Versioned<Outcomes> = decode(&e)?;
-            out.push((version, counts.value));
-        }
-        out.sort_by_key(|(v, _)| *v);
-        Ok(out)
+        Ok(crate::registry::total(&self.tallies(name).await?)
+            .into_iter()
+            .map(|(v, t)| (v, t.outcomes()))
+            .filter(|(_, o)| o.trials > 0)
+            .collect())
     }
 }
