@@ -26,7 +26,8 @@ use tokio::sync::watch;
 use tracing::{debug, warn};
 
 use crate::api::{
-    ApiError, FeedbackBody, FeedbackReply, ForecastBody, ForecastReply, PredictBody, PredictReply,
+    ApiError, FeedbackBody, FeedbackReply, ForecastBody, ForecastReply, MAX_KEY_BYTES, PredictBody,
+    PredictReply,
 };
 use crate::host::Host;
 
@@ -85,6 +86,32 @@ impl Verb {
             Verb::Predict => "predict",
             Verb::Forecast => "forecast",
         }
+    }
+}
+
+/// The keys a prediction exposes: the request's `key` (one exposure), or each record's
+/// `key_field` (one per record, in order); none without a key.
+fn exposure_keys(body: &PredictBody) -> Vec<String> {
+    let clip = |k: String| {
+        if k.len() <= MAX_KEY_BYTES {
+            k
+        } else {
+            let mut end = MAX_KEY_BYTES;
+            while !k.is_char_boundary(end) {
+                end -= 1;
+            }
+            k[..end].to_string()
+        }
+    };
+    match (&body.key, &body.key_field) {
+        (Some(k), None) => vec![clip(k.clone())],
+        (_, Some(f)) => body
+            .records
+            .iter()
+            .chain(body.record.iter())
+            .map(|r| r.get(f).and_then(crate::host::key_string).map_or_else(String::new, clip))
+            .collect(),
+        (None, None) => Vec::new(),
     }
 }
 
@@ -385,10 +412,25 @@ impl Gateway {
         body: PredictBody,
         forwarded: bool,
     ) -> Result<PredictReply, ApiError> {
-        self.local_or_forward(name, Verb::Predict, body, forwarded, |h, b| async move {
-            h.predict(name, b).await
-        })
-        .await
+        let keys = exposure_keys(&body);
+        let reply = self
+            .local_or_forward(name, Verb::Predict, body, forwarded, |h, b| async move {
+                h.predict(name, b).await
+            })
+            .await?;
+        // The node that scored records the exposures (a forwarded request's are the
+        // replica's).
+        if !keys.is_empty() && reply.executor == self.node {
+            let now = halyard_core::records::now_ms();
+            // One key per request (its first prediction's version) or one per record.
+            let events = keys
+                .iter()
+                .zip(&reply.predictions)
+                .map(|(k, p)| Event::exposure(name, p.version, k, now))
+                .collect();
+            self.events.record(events);
+        }
+        Ok(reply)
     }
 
     /// Score from raw JSON bytes (the HTTP path): parsed once, refused here when

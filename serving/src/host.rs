@@ -86,7 +86,7 @@ enum Choice<'a> {
     ByKey(&'a DeploymentState),
 }
 
-fn key_string(v: &Value) -> Option<String> {
+pub(crate) fn key_string(v: &Value) -> Option<String> {
     match v {
         Value::String(s) => Some(s.clone()),
         Value::Number(n) => Some(n.to_string()),

@@ -275,9 +275,9 @@ impl EtcdCluster {
         connect(addr, &self.admin_key().await).await
     }
 
-    /// A scheduler `id` listening on `listen`.
+    /// A scheduler `id` listening on `listen` (the cluster's store holds its event files).
     pub(crate) fn scheduler(&self, id: &str, listen: &str) -> Proc {
-        self.spawn("scheduler", id, listen, &[])
+        self.spawn("scheduler", id, listen, &["--store", &self.store_url])
     }
 
     /// An executor `id` with one slot on a free port; returns it and its address.
