@@ -11,6 +11,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "#[derive(serde::Serialize)]",
         )
         .type_attribute(".halyard.v1.VariantStats", "#[derive(serde::Serialize)]")
+        .type_attribute(".halyard.v1.MetricStats", "#[derive(serde::Serialize)]")
         .compile_protos(&["proto/halyard.proto"], &["proto"])?;
     Ok(())
 }

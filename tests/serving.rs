@@ -403,6 +403,7 @@ async fn canary_promote_and_rollback_under_load_fail_no_request() {
         LoadConfig {
             addr: gw.clone(),
             model: "ab".into(),
+            call: "predict",
             connections: 4,
             duration: Duration::from_secs(7),
             rate: Some(200.0),
@@ -583,6 +584,7 @@ async fn killing_a_serving_executor_under_load_fails_no_request() {
         LoadConfig {
             addr: gw.clone(),
             model: "kill".into(),
+            call: "predict",
             connections: 4,
             duration: Duration::from_secs(6),
             rate: Some(200.0),

@@ -49,16 +49,21 @@ impl SchedulingFigures {
     }
 }
 
-/// A trivial job spec named `name` in `dir`: one epoch on 200 generated rows.
+/// A trivial job spec named `name` in `dir`: one epoch on 200 generated rows (the data's
+/// path is absolute: a relative `dir` would be resolved again from the spec's folder).
 pub(crate) fn trivial_spec(dir: &std::path::Path, name: &str) -> Result<JobSpec> {
     let data = crate::datagen::generate(dir, 200, 1)?;
+    let data = std::path::absolute(&data.responses).map_err(|source| CliError::Io {
+        path: data.responses.display().to_string(),
+        source,
+    })?;
     let spec_path = dir.join(format!("{name}.toml"));
     std::fs::write(
         &spec_path,
         format!(
             "name = \"{name}\"\n[data]\nsource = \"{}\"\nlabel = \"responded\"\n\
              exclude = [\"customer_id\"]\n[train]\nepochs = 1\n",
-            data.responses.display()
+            data.display()
         ),
     )
     .map_err(|source| CliError::Io {
@@ -157,6 +162,7 @@ impl ServingBench {
         crate::load::LoadConfig {
             addr: self.addr.clone(),
             model: self.model.clone(),
+            call: "predict",
             connections: self.connections,
             duration: Duration::from_secs_f64(self.seconds),
             rate,
@@ -449,6 +455,29 @@ pub enum BenchCommand {
         #[arg(long, default_value = "halyard-data/bench-console")]
         dir: std::path::PathBuf,
     },
+    /// Outcomes per second one node's event log acknowledges (`:feedback` in batches,
+    /// from this process), the time until another node's experiment report shows them,
+    /// and (with --etcd) the rate of one compare-and-swap per outcome on one etcd key
+    Events {
+        /// The node to load, a scheduler or executor [default: --scheduler]
+        #[arg(long)]
+        target: Option<String>,
+        /// Concurrent connections
+        #[arg(long, default_value_t = 8)]
+        connections: usize,
+        /// Outcomes per request (1 to 10000)
+        #[arg(long, default_value_t = 500)]
+        batch: usize,
+        /// Seconds of load
+        #[arg(long, default_value_t = 10.0)]
+        seconds: f64,
+        /// An etcd endpoint (HOST:PORT) for the compare-and-swap baseline
+        #[arg(long)]
+        etcd: Option<String>,
+        /// Folder for the bench model's data; it must lie under the cluster's data roots
+        #[arg(long, default_value = "halyard-data/bench-events")]
+        dir: std::path::PathBuf,
+    },
     /// A campaign-events feature stage on an embedded SQL cluster and on single-process
     /// DataFusion, in this process, and the ratio of their times
     Features {
@@ -595,6 +624,26 @@ pub async fn run(what: BenchCommand, conn: &crate::keys::Connection) -> Result<S
                 dir,
             };
             crate::console_bench::run(&client, &b).await
+        }
+        BenchCommand::Events {
+            target,
+            connections,
+            batch,
+            seconds,
+            etcd,
+            dir,
+        } => {
+            let client = crate::keys::connect(conn).await?;
+            let b = crate::events_bench::EventsBench {
+                key: crate::keys::discover(&conn.scheduler, conn.key.clone()),
+                addr: target.unwrap_or_else(|| conn.scheduler.clone()),
+                connections,
+                batch,
+                seconds,
+                etcd,
+                dir,
+            };
+            crate::events_bench::run(&client, &b).await
         }
         BenchCommand::Features {
             rows,

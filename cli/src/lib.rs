@@ -13,6 +13,7 @@ pub mod console_bench;
 pub mod datagen;
 pub mod doctor;
 mod error;
+pub mod events_bench;
 pub mod experiment;
 pub mod features_bench;
 pub mod keys;

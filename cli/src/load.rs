@@ -87,6 +87,8 @@ pub struct LoadConfig {
     pub addr: String,
     /// The model.
     pub model: String,
+    /// The call: `predict` or `feedback`.
+    pub call: &'static str,
     /// Concurrent connections.
     pub connections: usize,
     /// How long to send.
@@ -188,7 +190,7 @@ async fn send(
     body: Bytes,
 ) -> std::result::Result<Bytes, String> {
     sender.ready().await.map_err(|e| e.to_string())?;
-    let req = hyper::Request::post(format!("/v1/models/{}:predict", cfg.model))
+    let req = hyper::Request::post(format!("/v1/models/{}:{}", cfg.model, cfg.call))
         .header("host", &cfg.addr)
         .header("content-type", "application/json")
         .header(hyper::header::AUTHORIZATION, auth.clone())

@@ -379,6 +379,42 @@ pub fn experiment_json(e: &ExperimentResponse) -> Value {
     serde_json::to_value(e).unwrap_or(Value::Null)
 }
 
+/// The experiment's metrics other than conversion, one table each.
+fn print_metrics(e: &ExperimentResponse) {
+    let mut names: Vec<&str> = e.metrics.iter().map(|m| m.metric.as_str()).collect();
+    names.dedup();
+    for name in names {
+        out(&format!(
+            "{name} (mean):\n{:>7} {:>8} {:>12} {:>12} {:>25} {:>8} {:>25} {:>8}",
+            "VERSION", "N", "MEAN", "DIFF", "FIXED INTERVAL", "P", "ALWAYS-VALID", "P"
+        ));
+        for m in e.metrics.iter().filter(|m| m.metric == name) {
+            let head = format!("{:>7} {:>8} {:>12.4}", m.version, m.n, m.mean);
+            if m.version == e.control {
+                out(&format!("{head} {:>12}", "control"));
+            } else if m.needed > 0 {
+                out(&format!(
+                    "{head} {:>12}  too few values for a comparison: {} more in the smaller group",
+                    "-", m.needed
+                ));
+            } else {
+                out(&format!(
+                    "{head} {:>+12.4} {:>25} {:>8} {:>25} {:>8.4}",
+                    m.difference,
+                    format!("[{:+.4}, {:+.4}]", m.ci_low, m.ci_high),
+                    format!(
+                        "{:.4}{}",
+                        m.p_value,
+                        if m.p_value < 1.0 - e.confidence { " *" } else { "" }
+                    ),
+                    format!("[{:+.4}, {:+.4}]", m.seq_low, m.seq_high),
+                    m.seq_p_value,
+                ));
+            }
+        }
+    }
+}
+
 /// `halyard experiment NAME`.
 pub async fn experiment(client: &Client, name: &str, as_json: bool) -> Result<()> {
     let e = client.experiment(name).await?;
@@ -397,18 +433,27 @@ pub async fn experiment(client: &Client, name: &str, as_json: bool) -> Result<()
         .variants
         .iter()
         .filter(|v| v.weight > 0)
-        .map(|v| format!("version {} {} (weight {})", v.version, v.trials, v.weight))
+        .map(|v| {
+            let n = if e.srm_counts == "exposures" {
+                v.exposures
+            } else {
+                v.trials
+            };
+            format!("version {} {n} (weight {})", v.version, v.weight)
+        })
         .collect();
     if e.srm_mismatch {
         out(&format!(
-            "SAMPLE RATIO MISMATCH: outcomes {} against the split: chi-square {:.2}, p = {:.2e} < 0.001. The assignment or the feedback is broken: do not trust the results below.",
+            "SAMPLE RATIO MISMATCH: {} {} against the split: chi-square {:.2}, p = {:.2e} < 0.001. The assignment or the feedback is broken: do not trust the results below.",
+            e.srm_counts,
             outcomes.join(", "),
             e.srm_chi2,
             e.srm_p_value
         ));
     } else if e.srm_p_value.is_finite() {
         out(&format!(
-            "sample ratio: outcomes {} against the split: chi-square {:.2}, p = {:.4}: no mismatch",
+            "sample ratio: {} {} against the split: chi-square {:.2}, p = {:.4}: no mismatch",
+            e.srm_counts,
             outcomes.join(", "),
             e.srm_chi2,
             e.srm_p_value
@@ -455,8 +500,9 @@ pub async fn experiment(client: &Client, name: &str, as_json: bool) -> Result<()
             out(&format!("{head} {:>9}", "-"));
         }
     }
+    print_metrics(&e);
     out(&format!(
-        "* significant at {:.0}% for one planned look (two-proportion z-test); read ALWAYS-VALID when looking more than once; P(BEST): the posterior probability of the highest rate; feed outcomes with POST /v1/models/{}:feedback (docs/experiments.md)",
+        "* significant at {:.0}% for one planned look (two-proportion z-test; Welch's t-test for other metrics); read ALWAYS-VALID when looking more than once; P(BEST): the posterior probability of the highest rate; feed outcomes with POST /v1/models/{}:feedback (docs/experiments.md)",
         e.confidence * 100.0,
         e.name
     ));

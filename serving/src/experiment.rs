@@ -4,12 +4,15 @@
 //! sample-ratio check of the exposures (or outcomes) against the deployed split
 //! ([`halyard_models::stats`], formulas in `docs/experiments.md`).
 
-use halyard_core::proto::{ExperimentResponse, VariantStats};
+use halyard_core::proto::{ExperimentResponse, MetricStats, VariantStats};
 use halyard_core::registry::{
-    BANDIT_SCALE, BanditPolicy, Deployment, NodeTally, Outcomes, PRODUCTION, Variant, total,
+    BANDIT_SCALE, BanditPolicy, CONVERSION, Deployment, NodeTally, Outcomes, PRODUCTION, Variant,
+    total,
 };
 use halyard_models::bandit::{Arm, prob_best, shares};
-use halyard_models::stats::{Moments, detectable, proportions, sequential, srm, too_few};
+use halyard_models::stats::{
+    Moments, detectable, proportions, sequential, srm, too_few, welch,
+};
 use rand::SeedableRng;
 
 /// Confidence level of the intervals.
@@ -120,7 +123,72 @@ pub fn report(
         .filter(|(_, o)| o.trials > 0)
         .collect();
     let exposures: Vec<(u64, u64)> = totals.iter().map(|(v, t)| (*v, t.exposures)).collect();
-    Some(analyse(name, deployment, &outcomes, &exposures))
+    let mut r = analyse(name, deployment, &outcomes, &exposures);
+    let versions: Vec<u64> = r.variants.iter().map(|v| v.version).collect();
+    r.metrics = metric_stats(r.control, &versions, &totals);
+    Some(r)
+}
+
+/// Every metric but conversion, per version (of `versions`, then any other with values),
+/// against `control`'s mean: Welch's test and the always-valid interval.
+pub fn metric_stats(
+    control: u64,
+    versions: &[u64],
+    totals: &std::collections::BTreeMap<u64, halyard_core::registry::VersionTally>,
+) -> Vec<MetricStats> {
+    let names: std::collections::BTreeSet<&String> = totals
+        .values()
+        .flat_map(|t| t.metrics.keys())
+        .filter(|m| *m != CONVERSION)
+        .collect();
+    let mut order: Vec<u64> = versions.to_vec();
+    order.extend(totals.keys().filter(|v| !versions.contains(v)));
+    let moments = |metric: &str, v: u64| {
+        let s = totals
+            .get(&v)
+            .and_then(|t| t.metrics.get(metric))
+            .copied()
+            .unwrap_or_default();
+        Moments {
+            n: s.n,
+            mean_y: s.mean(),
+            m2_y: s.m2,
+            ..Moments::default()
+        }
+    };
+    let mut out = Vec::new();
+    for metric in names {
+        let c = moments(metric, control);
+        for &version in &order {
+            let m = moments(metric, version);
+            let mut s = MetricStats {
+                metric: metric.clone(),
+                version,
+                n: m.n,
+                mean: m.mean_y,
+                difference: m.mean_y - c.mean_y,
+                ci_low: f64::NAN,
+                ci_high: f64::NAN,
+                p_value: f64::NAN,
+                seq_low: f64::NAN,
+                seq_high: f64::NAN,
+                seq_p_value: f64::NAN,
+                needed: 0,
+            };
+            if version != control {
+                if let Some(short) = too_few(&c, &m, false) {
+                    s.needed = short.more;
+                } else {
+                    let f = welch(&c, &m, CONFIDENCE);
+                    let q = sequential(f.difference, f.se, c.n + m.n, CONFIDENCE);
+                    (s.ci_low, s.ci_high, s.p_value) = (f.ci_low, f.ci_high, f.p_value);
+                    (s.seq_low, s.seq_high, s.seq_p_value) = (q.ci_low, q.ci_high, q.p_value);
+                }
+            }
+            out.push(s);
+        }
+    }
+    out
 }
 
 /// Why there is no report for `name`.
@@ -242,6 +310,7 @@ pub fn analyse(
         srm_p_value: check.as_ref().map_or(f64::NAN, |s| s.p_value),
         srm_mismatch: check.is_some_and(|s| s.mismatch),
         srm_counts: if by_exposures { "exposures" } else { "outcomes" }.to_string(),
+        metrics: Vec::new(),
     }
 }
 
@@ -363,5 +432,59 @@ mod tests {
             r.variants[1].needed, 6,
             "the control has 4 conversions of 10"
         );
+    }
+
+    #[test]
+    fn live_metrics_match_welch_on_the_same_values_however_the_nodes_split_them() {
+        use halyard_core::registry::{MetricSums, VersionTally};
+        use halyard_models::stats::welch;
+        // Revenue per customer: version 2 0.3 above the control, at a large mean.
+        let values = |v: u64, n: usize| -> Vec<f64> {
+            (0..n)
+                .map(|i| 1e6 + 10.0 + (v as f64 - 1.0) * 0.3 + ((i * 7919) % 13) as f64 * 0.5)
+                .collect()
+        };
+        let (a, b) = (values(1, 400), values(2, 300));
+        // Two nodes counted halves of each; the tallies merge.
+        let sums = |xs: &[f64]| {
+            let mut s = MetricSums::default();
+            xs.iter().for_each(|x| s.push(*x));
+            s
+        };
+        let mut totals = std::collections::BTreeMap::new();
+        for (v, xs) in [(1u64, &a), (2, &b)] {
+            let (left, right) = xs.split_at(xs.len() / 3);
+            let mut t = VersionTally::default();
+            t.metrics.insert("revenue".into(), sums(left));
+            let mut other = VersionTally::default();
+            other.metrics.insert("revenue".into(), sums(right));
+            t.merge(&other);
+            totals.insert(v, t);
+        }
+        let got = metric_stats(1, &[1, 2], &totals);
+        assert_eq!(got.len(), 2);
+        let reference = |xs: &[f64]| {
+            let mut m = Moments::default();
+            xs.iter().for_each(|x| m.add(*x, 0.0));
+            m
+        };
+        let want = welch(&reference(&a), &reference(&b), CONFIDENCE);
+        let g = &got[1];
+        assert_eq!((g.metric.as_str(), g.version, g.n), ("revenue", 2, 300));
+        for (x, y) in [
+            (g.difference, want.difference),
+            (g.ci_low, want.ci_low),
+            (g.ci_high, want.ci_high),
+            (g.p_value, want.p_value),
+        ] {
+            assert!((x - y).abs() <= 1e-8 * y.abs(), "{x} vs {y}");
+        }
+        assert!(g.seq_low < g.ci_low && g.seq_p_value >= g.p_value);
+        assert!(got[0].p_value.is_nan(), "the control is not compared with itself");
+        // Too few values: how many more, no p-value.
+        let mut few = totals.clone();
+        few.get_mut(&2).unwrap().metrics.insert("revenue".into(), sums(&b[..12]));
+        let g = &metric_stats(1, &[1, 2], &few)[1];
+        assert!(g.p_value.is_nan() && g.needed == 18, "{g:?}");
     }
 }
