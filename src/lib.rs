@@ -91,6 +91,19 @@ pub async fn run_executor(settings: Settings) -> Result<(), Error> {
     Ok(())
 }
 
+/// `halyard reseal`: seal again with the first encryption key every object of the store
+/// sealed with another (key rotation); what it did, in words.
+pub async fn reseal(settings: Settings) -> Result<String, Error> {
+    let cfg = ExecutorConfig::from_settings(&settings)?;
+    let store = cfg.open_store()?;
+    let (seen, resealed) = store.reseal().await?;
+    let key = cfg.sealer.as_ref().map_or("none", |s| s.id()).to_string();
+    Ok(format!(
+        "{resealed} of {seen} objects in {} sealed again with key {key}; objects sealed with an older key: none left",
+        store.url()
+    ))
+}
+
 /// A running standalone cluster.
 pub struct Standalone {
     /// The scheduler (its `addr` is the cluster's API).

@@ -39,6 +39,10 @@ enum Command {
     Scheduler(ServerArgs),
     /// Run an executor: registers in etcd, trains assigned tasks, publishes models
     Executor(ServerArgs),
+    /// Rotate the encryption key: seal again with the first key of --encryption-key-file
+    /// every object of --store sealed with another (run with the nodes' settings, the new
+    /// key first and the old ones after it, while no job runs; then drop the old keys)
+    Reseal(ServerArgs),
     /// Submit a job spec (TOML); with --follow, show progress until it ends
     Submit {
         /// The job spec file
@@ -593,6 +597,7 @@ async fn run(cli: Cli) -> Result<(), AnyError> {
         Command::Standalone(args) => halyard::run_standalone(args.settings()?).await?,
         Command::Scheduler(args) => halyard::run_scheduler(args.settings()?).await?,
         Command::Executor(args) => halyard::run_executor(args.settings()?).await?,
+        Command::Reseal(args) => println!("{}", halyard::reseal(args.settings()?).await?),
         Command::Submit {
             spec,
             follow,

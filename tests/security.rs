@@ -759,6 +759,59 @@ async fn with_an_encryption_key_artifacts_are_sealed_in_the_store_and_still_serv
         .await
         .unwrap_err()
         .to_string();
-    let sealer = halyard_core::seal::Sealer::from_hex(&"5a".repeat(32), "test").unwrap();
+    let sealer = halyard_core::seal::Sealer::from_text(&"5a".repeat(32), "test").unwrap();
     assert!(err.contains(sealer.id()), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotated_key_reseals_every_object_and_the_old_key_can_go() {
+    use halyard_core::seal::Sealer;
+    use halyard_core::store::Store;
+    let tmp = tempfile::tempdir().unwrap();
+    let store_dir = tmp.path().join("store");
+    let url = format!("file://{}", store_dir.display());
+    let (old, new) = ("5a".repeat(32), "c3".repeat(32));
+    let with = |keys: &str| {
+        Store::open(&url, &Default::default())
+            .unwrap()
+            .sealed(Some(std::sync::Arc::new(Sealer::from_text(keys, "test").unwrap())))
+    };
+    let before = with(&old);
+    before.put("models/m/1/model.safetensors", bytes::Bytes::from_static(b"weights")).await.unwrap();
+    before.put("jobs/j/features/features.json", bytes::Bytes::from_static(b"{}")).await.unwrap();
+    Store::open(&url, &Default::default())
+        .unwrap()
+        .put("events/m/x.parquet", bytes::Bytes::from_static(b"plain"))
+        .await
+        .unwrap();
+    // The new key first, the old one after it.
+    let keys = tmp.path().join("keys");
+    std::fs::write(&keys, format!("{new}\n{old}\n")).unwrap();
+    let reseal = || {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_halyard"))
+            .args(["reseal", "--store", &url, "--encryption-key-file"])
+            .arg(&keys)
+            .arg("--data-dir")
+            .arg(tmp.path().join("state"))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let said = reseal();
+    assert!(said.starts_with("2 of 3 objects"), "{said}");
+    assert!(reseal().starts_with("0 of 3 objects"), "a second run has nothing to do");
+    // The new key alone opens everything; the old key alone opens nothing sealed.
+    let after = with(&new);
+    assert_eq!(&after.get("models/m/1/model.safetensors").await.unwrap()[..], b"weights");
+    assert_eq!(&after.get("jobs/j/features/features.json").await.unwrap()[..], b"{}");
+    assert_eq!(&after.get("events/m/x.parquet").await.unwrap()[..], b"plain");
+    let err = with(&old)
+        .get("models/m/1/model.safetensors")
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains(Sealer::from_text(&new, "t").unwrap().id()), "{err}");
+    // No secret in what it printed.
+    assert!(!said.contains(&new) && !said.contains(&old));
 }

@@ -5,6 +5,11 @@
 //! the ciphertext, whose authentication covers the object's path in the store, so an
 //! object moved to another path does not open. An object without the tag is read as it is
 //! (written before encryption was on, or by the SQL cluster).
+//!
+//! **Rotation.** A node may hold several keys (one per line of the key file, or
+//! comma-separated): the first seals, every one opens. To rotate, put the new key first and
+//! keep the old one after it on every node, restart them, run `halyard reseal` (every
+//! object sealed with another key is sealed again with the first), then drop the old key.
 
 use aes_gcm::aead::{Aead, KeyInit, Payload};
 use aes_gcm::{Aes256Gcm, Nonce};
@@ -18,22 +23,28 @@ const MAGIC: &[u8; 8] = b"HLYSEAL1";
 const ID_LEN: usize = 12;
 const NONCE_LEN: usize = 12;
 
-/// A node's encryption key.
+/// One encryption key.
 #[derive(Clone)]
-pub struct Sealer {
+struct Key {
     cipher: Aes256Gcm,
     id: String,
 }
 
+/// A node's encryption keys: the first seals, every one opens.
+#[derive(Clone)]
+pub struct Sealer {
+    keys: Vec<Key>,
+}
+
 impl std::fmt::Debug for Sealer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Sealer").field("id", &self.id).finish()
+        f.debug_struct("Sealer").field("ids", &self.ids()).finish()
     }
 }
 
-impl Sealer {
+impl Key {
     /// The key whose text is `hex` (64 hex digits); `origin` names it in errors.
-    pub fn from_hex(hex_text: &str, origin: &str) -> Result<Sealer> {
+    fn from_hex(hex_text: &str, origin: &str) -> Result<Key> {
         let bad = || {
             Error::invalid(
                 "config",
@@ -52,13 +63,42 @@ impl Sealer {
             .chars()
             .take(ID_LEN)
             .collect();
-        Ok(Sealer { cipher, id })
+        Ok(Key { cipher, id })
+    }
+}
+
+impl Sealer {
+    /// The keys in `text`: 64 hex digits each, one per line or comma-separated (blank
+    /// lines and `#` comments skipped), the sealing key first; `origin` names it in errors.
+    pub fn from_text(text: &str, origin: &str) -> Result<Sealer> {
+        let mut keys: Vec<Key> = Vec::new();
+        for part in text
+            .lines()
+            .map(|l| l.split('#').next().unwrap_or(""))
+            .flat_map(|l| l.split(','))
+            .map(str::trim)
+            .filter(|p| !p.is_empty())
+        {
+            let key = Key::from_hex(part, origin)?;
+            if !keys.iter().any(|k| k.id == key.id) {
+                keys.push(key);
+            }
+        }
+        if keys.is_empty() {
+            return Err(Error::invalid(
+                "config",
+                origin,
+                "(empty)",
+                "no encryption key: write one (`openssl rand -hex 32`)",
+            ));
+        }
+        Ok(Sealer { keys })
     }
 
-    /// The key of the settings: `encryption_key`, else the file `encryption_key_file`.
+    /// The keys of the settings: `encryption_key`, else the file `encryption_key_file`.
     pub fn from_settings(s: &crate::config::Settings) -> Result<Option<Sealer>> {
         if let Some(text) = &s.encryption_key {
-            return Sealer::from_hex(text, "encryption_key").map(Some);
+            return Sealer::from_text(text, "encryption_key").map(Some);
         }
         let Some(path) = &s.encryption_key_file else {
             return Ok(None);
@@ -67,19 +107,25 @@ impl Sealer {
             path: path.clone(),
             source,
         })?;
-        Sealer::from_hex(&text, "encryption_key_file").map(Some)
+        Sealer::from_text(&text, "encryption_key_file").map(Some)
     }
 
-    /// The key's id (recorded in every object it seals).
+    /// The sealing key's id (recorded in every object it seals).
     pub fn id(&self) -> &str {
-        &self.id
+        &self.keys[0].id
     }
 
-    /// `plain` sealed for the store path `path`.
+    /// Every key's id, the sealing key's first.
+    pub fn ids(&self) -> Vec<&str> {
+        self.keys.iter().map(|k| k.id.as_str()).collect()
+    }
+
+    /// `plain` sealed with the first key for the store path `path`.
     pub fn seal(&self, path: &str, plain: &[u8]) -> Vec<u8> {
+        let key = &self.keys[0];
         let mut nonce = [0u8; NONCE_LEN];
         rand::rng().fill_bytes(&mut nonce);
-        let sealed = self
+        let sealed = key
             .cipher
             .encrypt(
                 Nonce::from_slice(&nonce),
@@ -91,7 +137,7 @@ impl Sealer {
             .expect("AES-GCM seals any message under 64 GiB");
         let mut out = Vec::with_capacity(MAGIC.len() + ID_LEN + NONCE_LEN + sealed.len());
         out.extend_from_slice(MAGIC);
-        out.extend_from_slice(self.id.as_bytes());
+        out.extend_from_slice(key.id.as_bytes());
         out.extend_from_slice(&nonce);
         out.extend_from_slice(&sealed);
         out
@@ -101,6 +147,12 @@ impl Sealer {
 /// Whether `bytes` is a sealed object.
 pub fn is_sealed(bytes: &[u8]) -> bool {
     bytes.starts_with(MAGIC)
+}
+
+/// The id of the key that sealed `bytes`, when they are a sealed object.
+pub fn sealed_with(bytes: &[u8]) -> Option<String> {
+    let id = bytes.get(MAGIC.len()..MAGIC.len() + ID_LEN)?;
+    is_sealed(bytes).then(|| String::from_utf8_lossy(id).into_owned())
 }
 
 /// The plaintext of the object at `path` (`location` names it in errors): opened with
@@ -118,14 +170,16 @@ pub fn open(sealer: Option<&Sealer>, path: &str, location: &str, bytes: &[u8]) -
         return Err(corrupt("a sealed object cut short".into()));
     }
     let id = String::from_utf8_lossy(&bytes[MAGIC.len()..MAGIC.len() + ID_LEN]).into_owned();
-    let sealer = match sealer {
-        Some(s) if s.id == id => s,
-        Some(s) => {
-            return Err(corrupt(format!(
-                "sealed with encryption key {id}, but this node has key {}: give it key {id} (--encryption-key-file)",
-                s.id
-            )));
-        }
+    let key = match sealer {
+        Some(s) => match s.keys.iter().find(|k| k.id == id) {
+            Some(k) => k,
+            None => {
+                return Err(corrupt(format!(
+                    "sealed with encryption key {id}, but this node has key {}: give it key {id} (--encryption-key-file)",
+                    s.ids().join(", ")
+                )));
+            }
+        },
         None => {
             return Err(corrupt(format!(
                 "sealed with encryption key {id}, and this node has none: give it that key (--encryption-key-file)"
@@ -133,8 +187,7 @@ pub fn open(sealer: Option<&Sealer>, path: &str, location: &str, bytes: &[u8]) -
         }
     };
     let nonce = &bytes[MAGIC.len() + ID_LEN..header];
-    sealer
-        .cipher
+    key.cipher
         .decrypt(
             Nonce::from_slice(nonce),
             Payload {
@@ -153,8 +206,8 @@ mod tests {
 
     #[test]
     fn sealed_objects_open_only_with_their_key_at_their_path() {
-        let key = Sealer::from_hex(&"ab".repeat(32), "test").unwrap();
-        let other = Sealer::from_hex(&"cd".repeat(32), "test").unwrap();
+        let key = Sealer::from_text(&"ab".repeat(32), "test").unwrap();
+        let other = Sealer::from_text(&"cd".repeat(32), "test").unwrap();
         let plain = b"{\"weights\": [1, 2, 3]}";
         let sealed = key.seal("models/m/1/model.safetensors", plain);
         assert!(is_sealed(&sealed));
@@ -175,9 +228,27 @@ mod tests {
         assert_eq!(open_at(Some(&key), "x", plain).unwrap(), plain);
         // Two seals of one message differ (fresh nonces).
         assert_ne!(key.seal("p", plain), key.seal("p", plain));
-        for bad in ["", "abcd", &"zz".repeat(32)] {
-            assert!(Sealer::from_hex(bad, "test").is_err());
+        for bad in ["", "abcd", &"zz".repeat(32), "# only a comment\n"] {
+            assert!(Sealer::from_text(bad, "test").is_err());
         }
         assert!(!format!("{key:?}").contains("abab"));
+    }
+
+    #[test]
+    fn with_several_keys_the_first_seals_and_every_one_opens() {
+        let old = Sealer::from_text(&"ab".repeat(32), "test").unwrap();
+        let file = format!("# rotated 2026-12-02\n{}\n\n{}  # old\n", "cd".repeat(32), "ab".repeat(32));
+        let both = Sealer::from_text(&file, "test").unwrap();
+        let same = Sealer::from_text(&format!("{},{}", "cd".repeat(32), "ab".repeat(32)), "t").unwrap();
+        assert_eq!(both.ids(), same.ids());
+        assert_eq!(both.ids()[1], old.id());
+        let by_old = old.seal("p", b"plain");
+        assert_eq!(open(Some(&both), "p", "loc", &by_old).unwrap(), b"plain");
+        let by_new = both.seal("p", b"plain");
+        assert_eq!(sealed_with(&by_new).as_deref(), Some(both.id()));
+        assert_eq!(sealed_with(&by_old).as_deref(), Some(old.id()));
+        assert_eq!(sealed_with(b"plain"), None);
+        let err = open(Some(&old), "p", "loc", &by_new).unwrap_err().to_string();
+        assert!(err.contains(both.id()) && err.contains(old.id()), "{err}");
     }
 }
