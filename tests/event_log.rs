@@ -62,9 +62,11 @@ async fn acknowledged_outcomes_survive_kill_9_and_are_counted_once() {
             })
         })
         .collect();
-    wait_for("2,000 acknowledged outcomes", Duration::from_secs(60), || async {
-        (acked.lock().unwrap().len() >= 2_000).then_some(())
-    })
+    wait_for(
+        "2,000 acknowledged outcomes",
+        Duration::from_secs(60),
+        || async { (acked.lock().unwrap().len() >= 2_000).then_some(()) },
+    )
     .await;
     sched.kill();
     for f in feeders {
@@ -72,7 +74,10 @@ async fn acknowledged_outcomes_survive_kill_9_and_are_counted_once() {
     }
     let acked: BTreeSet<String> = acked.lock().unwrap().iter().cloned().collect();
     let sent = *sent.lock().unwrap();
-    println!("{} outcomes acknowledged of {sent} sent before kill -9", acked.len());
+    println!(
+        "{} outcomes acknowledged of {sent} sent before kill -9",
+        acked.len()
+    );
 
     // Restarted, the node counts every acknowledged outcome (and perhaps those of the
     // requests cut off, written but not answered), never more than were sent.
@@ -89,7 +94,10 @@ async fn acknowledged_outcomes_survive_kill_9_and_are_counted_once() {
         "{counted} counted, {} acknowledged, {sent} sent",
         acked.len()
     );
-    let converted = acked.iter().filter(|k| k.rsplit('-').next().unwrap().parse::<usize>().unwrap() % 4 == 0).count();
+    let converted = acked
+        .iter()
+        .filter(|k| k.rsplit('-').next().unwrap().parse::<usize>().unwrap() % 4 == 0)
+        .count();
     assert!(v1.conversions as usize >= converted, "{v1:?}");
 
     // The Parquet files, read by the cluster's SQL: each outcome once, every
@@ -100,7 +108,9 @@ async fn acknowledged_outcomes_survive_kill_9_and_are_counted_once() {
         let status = std::process::Command::new(env!("CARGO_BIN_EXE_halyard"))
             .args(["sql", "--scheduler", &addr, "--key", &key])
             .arg("-e")
-            .arg(format!("CREATE EXTERNAL TABLE ev STORED AS PARQUET LOCATION '{location}'"))
+            .arg(format!(
+                "CREATE EXTERNAL TABLE ev STORED AS PARQUET LOCATION '{location}'"
+            ))
             .arg("-e")
             .arg("SELECT key FROM ev WHERE kind = 'outcome' AND model = 'offer' AND version = 1")
             .arg("--output")
@@ -119,5 +129,8 @@ async fn acknowledged_outcomes_survive_kill_9_and_are_counted_once() {
     let unique: BTreeSet<String> = keys.iter().cloned().collect();
     assert_eq!(unique.len(), keys.len(), "an outcome written twice");
     assert_eq!(keys.len(), counted, "the files hold what was counted");
-    assert!(acked.is_subset(&unique), "an acknowledged outcome is missing from the files");
+    assert!(
+        acked.is_subset(&unique),
+        "an acknowledged outcome is missing from the files"
+    );
 }

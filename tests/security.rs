@@ -774,11 +774,25 @@ async fn a_rotated_key_reseals_every_object_and_the_old_key_can_go() {
     let with = |keys: &str| {
         Store::open(&url, &Default::default())
             .unwrap()
-            .sealed(Some(std::sync::Arc::new(Sealer::from_text(keys, "test").unwrap())))
+            .sealed(Some(std::sync::Arc::new(
+                Sealer::from_text(keys, "test").unwrap(),
+            )))
     };
     let before = with(&old);
-    before.put("models/m/1/model.safetensors", bytes::Bytes::from_static(b"weights")).await.unwrap();
-    before.put("jobs/j/features/features.json", bytes::Bytes::from_static(b"{}")).await.unwrap();
+    before
+        .put(
+            "models/m/1/model.safetensors",
+            bytes::Bytes::from_static(b"weights"),
+        )
+        .await
+        .unwrap();
+    before
+        .put(
+            "jobs/j/features/features.json",
+            bytes::Bytes::from_static(b"{}"),
+        )
+        .await
+        .unwrap();
     Store::open(&url, &Default::default())
         .unwrap()
         .put("events/m/x.parquet", bytes::Bytes::from_static(b"plain"))
@@ -795,23 +809,42 @@ async fn a_rotated_key_reseals_every_object_and_the_old_key_can_go() {
             .arg(tmp.path().join("state"))
             .output()
             .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8_lossy(&out.stdout).into_owned()
     };
     let said = reseal();
     assert!(said.starts_with("2 of 3 objects"), "{said}");
-    assert!(reseal().starts_with("0 of 3 objects"), "a second run has nothing to do");
+    assert!(
+        reseal().starts_with("0 of 3 objects"),
+        "a second run has nothing to do"
+    );
     // The new key alone opens everything; the old key alone opens nothing sealed.
     let after = with(&new);
-    assert_eq!(&after.get("models/m/1/model.safetensors").await.unwrap()[..], b"weights");
-    assert_eq!(&after.get("jobs/j/features/features.json").await.unwrap()[..], b"{}");
-    assert_eq!(&after.get("events/m/x.parquet").await.unwrap()[..], b"plain");
+    assert_eq!(
+        &after.get("models/m/1/model.safetensors").await.unwrap()[..],
+        b"weights"
+    );
+    assert_eq!(
+        &after.get("jobs/j/features/features.json").await.unwrap()[..],
+        b"{}"
+    );
+    assert_eq!(
+        &after.get("events/m/x.parquet").await.unwrap()[..],
+        b"plain"
+    );
     let err = with(&old)
         .get("models/m/1/model.safetensors")
         .await
         .unwrap_err()
         .to_string();
-    assert!(err.contains(Sealer::from_text(&new, "t").unwrap().id()), "{err}");
+    assert!(
+        err.contains(Sealer::from_text(&new, "t").unwrap().id()),
+        "{err}"
+    );
     // No secret in what it printed.
     assert!(!said.contains(&new) && !said.contains(&old));
 }

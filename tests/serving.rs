@@ -522,31 +522,64 @@ async fn canary_promote_and_rollback_under_load_fail_no_request() {
     let revenue: Vec<Value> = (0..80)
         .map(|i| json!({"version": 1 + i % 2, "metric": "revenue", "value": 10.0 + (i % 2) as f64 * 5.0 + (i % 7) as f64}))
         .collect();
-    let (status, v) = post(&http, &gw, "/v1/models/ab:feedback", Value::from(revenue).to_string()).await;
+    let (status, v) = post(
+        &http,
+        &gw,
+        "/v1/models/ab:feedback",
+        Value::from(revenue).to_string(),
+    )
+    .await;
     assert_eq!((status, v["accepted"].as_u64()), (200, Some(80)), "{v}");
     let e = client.experiment("ab").await.unwrap();
-    let r2 = e.metrics.iter().find(|m| m.metric == "revenue" && m.version == 2).unwrap();
+    let r2 = e
+        .metrics
+        .iter()
+        .find(|m| m.metric == "revenue" && m.version == 2)
+        .unwrap();
     assert_eq!(r2.n, 40);
-    assert!(r2.difference > 3.0 && r2.ci_low > 0.0 && r2.p_value < 0.001, "{r2:?}");
+    assert!(
+        r2.difference > 3.0 && r2.ci_low > 0.0 && r2.p_value < 0.001,
+        "{r2:?}"
+    );
     assert!(!e.metrics.iter().any(|m| m.metric == "conversion"));
     // Bad outcomes are refused whole, naming what is wrong; nothing of them is counted.
     for (body, says) in [
-        (json!({"version": 1, "metric": "revenue", "value": "12"}).to_string(), "invalid type: string"),
-        (json!({"version": 1, "metric": "Revenue", "value": 1}).to_string(), "metric \"Revenue\""),
-        (json!({"version": 1, "metric": "conversion", "value": 2}).to_string(), "not 0 or 1"),
+        (
+            json!({"version": 1, "metric": "revenue", "value": "12"}).to_string(),
+            "invalid type: string",
+        ),
+        (
+            json!({"version": 1, "metric": "Revenue", "value": 1}).to_string(),
+            "metric \"Revenue\"",
+        ),
+        (
+            json!({"version": 1, "metric": "conversion", "value": 2}).to_string(),
+            "not 0 or 1",
+        ),
         (json!({"version": 1}).to_string(), "`converted`"),
-        (json!([{"version": 1, "converted": true}, {"version": 9, "converted": true}]).to_string(), "outcome 1: model ab has no version 9"),
+        (
+            json!([{"version": 1, "converted": true}, {"version": 9, "converted": true}])
+                .to_string(),
+            "outcome 1: model ab has no version 9",
+        ),
         ("[]".to_string(), "send 1 to 10000"),
     ] {
         let (status, v) = post(&http, &gw, "/v1/models/ab:feedback", body.clone()).await;
         assert!(
-            (status == 400 || status == 404) && v["error"].as_str().is_some_and(|m| m.contains(says)),
+            (status == 400 || status == 404)
+                && v["error"].as_str().is_some_and(|m| m.contains(says)),
             "{body}: {status} {v}"
         );
     }
     let after = client.experiment("ab").await.unwrap();
-    let by = |e: &halyard_core::proto::ExperimentResponse, v: u64| e.variants.iter().find(|s| s.version == v).unwrap().trials;
-    assert_eq!((by(&after, 1), by(&after, 2)), (80, 80), "a refused batch counted nothing");
+    let by = |e: &halyard_core::proto::ExperimentResponse, v: u64| {
+        e.variants.iter().find(|s| s.version == v).unwrap().trials
+    };
+    assert_eq!(
+        (by(&after, 1), by(&after, 2)),
+        (80, 80),
+        "a refused batch counted nothing"
+    );
     let missing = http
         .get(format!("http://{gw}/v1/experiments/nope"))
         .send()

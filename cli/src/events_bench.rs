@@ -105,10 +105,12 @@ async fn trials(node: &str, key: &str, version: u64) -> Result<u64> {
         return Ok(0);
     }
     if !status.is_success() {
-        return Err(failed(format!("{status}: {}", String::from_utf8_lossy(&body))));
+        return Err(failed(format!(
+            "{status}: {}",
+            String::from_utf8_lossy(&body)
+        )));
     }
-    let v: serde_json::Value =
-        serde_json::from_slice(&body).map_err(|e| failed(e.to_string()))?;
+    let v: serde_json::Value = serde_json::from_slice(&body).map_err(|e| failed(e.to_string()))?;
     Ok(v["variants"]
         .as_array()
         .into_iter()
@@ -162,9 +164,7 @@ async fn etcd_counter(endpoint: &str, connections: usize, seconds: f64) -> Resul
             .map_err(|e| CliError::Failed(format!("a baseline task panicked: {e}")))??;
     }
     let rate = done.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64();
-    let _ = kv
-        .txn(Vec::new(), vec![TxnOp::Delete { key }])
-        .await;
+    let _ = kv.txn(Vec::new(), vec![TxnOp::Delete { key }]).await;
     Ok(rate)
 }
 

@@ -405,7 +405,11 @@ fn print_metrics(e: &ExperimentResponse) {
                     format!(
                         "{:.4}{}",
                         m.p_value,
-                        if m.p_value < 1.0 - e.confidence { " *" } else { "" }
+                        if m.p_value < 1.0 - e.confidence {
+                            " *"
+                        } else {
+                            ""
+                        }
                     ),
                     format!("[{:+.4}, {:+.4}]", m.seq_low, m.seq_high),
                     m.seq_p_value,

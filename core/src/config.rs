@@ -168,6 +168,9 @@ settings! {
     data_roots: Vec<String>, default: "`data_dir`, the working directory and `store`";
     /// Scheduler: most unfinished jobs one API key may have at once.
     jobs_per_key: u32, default: DEFAULT_JOBS_PER_KEY;
+    /// Scheduler: days the audit log keeps an event (the leader deletes older ones
+    /// hourly); 0 keeps every event.
+    audit_days: u32, default: DEFAULT_AUDIT_DAYS;
     /// This node's TLS certificate chain (PEM): its port serves TLS.
     tls_cert: PathBuf, default: "none: plaintext, loopback only";
     /// The private key of `tls_cert` (PEM).
@@ -176,10 +179,12 @@ settings! {
     /// only nodes may call need a client certificate it signed.
     tls_ca: PathBuf, default: "none";
     /// Client-side encryption of what nodes write to the object store (artifacts,
-    /// feature-table manifests, checkpoints): a 64-hex-digit AES-256 key; never logged or
+    /// feature-table manifests, checkpoints): a 64-hex-digit AES-256 key (several,
+    /// comma-separated, while rotating: the first seals, every one opens); never logged or
     /// shown.
     encryption_key: String, default: "none", secret;
-    /// A file holding the encryption key (64 hex digits), instead of `encryption_key`.
+    /// A file holding the encryption keys (64 hex digits, one per line, the sealing key
+    /// first), instead of `encryption_key`.
     encryption_key_file: PathBuf, default: "none";
     /// Lease time-to-live in seconds: a dead executor or leader is noticed within this.
     lease_ttl: u64, default: DEFAULT_LEASE_TTL_SECS;
@@ -278,6 +283,8 @@ pub const DEFAULT_LEASE_TTL_SECS: u64 = 5;
 pub const DEFAULT_ETCD_ROOT: &str = "/halyard";
 /// Most unfinished jobs one key may have.
 pub const DEFAULT_JOBS_PER_KEY: u32 = 16;
+/// Days the audit log keeps an event.
+pub const DEFAULT_AUDIT_DAYS: u32 = 90;
 /// Default folder of local state (standalone's store).
 pub const DEFAULT_DATA_DIR: &str = "halyard-data";
 /// Default memory an executor offers, MiB.
@@ -406,6 +413,8 @@ pub struct SchedulerConfig {
     pub tls: Option<TlsFiles>,
     /// Object store URL (the event log's Parquet files).
     pub store_url: String,
+    /// How long the audit log keeps an event; `None`: for ever.
+    pub audit_retention: Option<Duration>,
     /// The folder of the node's event log (`<data dir>/events`).
     pub events_dir: PathBuf,
 }
@@ -433,6 +442,10 @@ impl SchedulerConfig {
             tls: TlsFiles::from_settings(s)?,
             store_url: store_url(s)?,
             events_dir: events_dir(s),
+            audit_retention: match s.audit_days.unwrap_or(DEFAULT_AUDIT_DAYS) {
+                0 => None,
+                days => Some(Duration::from_secs(u64::from(days) * 86_400)),
+            },
             listen,
             tick: Duration::from_millis(100),
             max_attempts: 5,

@@ -237,9 +237,14 @@ mod tests {
     #[test]
     fn with_several_keys_the_first_seals_and_every_one_opens() {
         let old = Sealer::from_text(&"ab".repeat(32), "test").unwrap();
-        let file = format!("# rotated 2026-12-02\n{}\n\n{}  # old\n", "cd".repeat(32), "ab".repeat(32));
+        let file = format!(
+            "# rotated 2026-12-02\n{}\n\n{}  # old\n",
+            "cd".repeat(32),
+            "ab".repeat(32)
+        );
         let both = Sealer::from_text(&file, "test").unwrap();
-        let same = Sealer::from_text(&format!("{},{}", "cd".repeat(32), "ab".repeat(32)), "t").unwrap();
+        let same =
+            Sealer::from_text(&format!("{},{}", "cd".repeat(32), "ab".repeat(32)), "t").unwrap();
         assert_eq!(both.ids(), same.ids());
         assert_eq!(both.ids()[1], old.id());
         let by_old = old.seal("p", b"plain");
@@ -248,7 +253,9 @@ mod tests {
         assert_eq!(sealed_with(&by_new).as_deref(), Some(both.id()));
         assert_eq!(sealed_with(&by_old).as_deref(), Some(old.id()));
         assert_eq!(sealed_with(b"plain"), None);
-        let err = open(Some(&old), "p", "loc", &by_new).unwrap_err().to_string();
+        let err = open(Some(&old), "p", "loc", &by_new)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains(both.id()) && err.contains(old.id()), "{err}");
     }
 }

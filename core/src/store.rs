@@ -241,8 +241,15 @@ impl Store {
             let Some(parts) = meta.location.prefix_match(&self.prefix) else {
                 continue;
             };
-            let rel = parts.map(|p| p.as_ref().to_string()).collect::<Vec<_>>().join("/");
-            let raw = match self.inner.get_opts(&meta.location, GetOptions::default()).await {
+            let rel = parts
+                .map(|p| p.as_ref().to_string())
+                .collect::<Vec<_>>()
+                .join("/");
+            let raw = match self
+                .inner
+                .get_opts(&meta.location, GetOptions::default())
+                .await
+            {
                 Ok(r) => r.bytes().await,
                 Err(e) => Err(e),
             }

@@ -424,6 +424,31 @@ async fn sql_endpoint_follows_the_leader(c: Coordinator) {
     );
 }
 
+/// The audit log keeps what is newer than the cut and loses what is older, in batches
+/// past etcd's limit of operations per transaction.
+async fn the_audit_log_is_trimmed_by_time(c: Coordinator) {
+    use halyard_core::coord::AuditEvent;
+    let event = |t: i64| AuditEvent {
+        time_ms: t,
+        key_id: "k".into(),
+        key_name: "admin".into(),
+        role: "admin".into(),
+        node: "n".into(),
+        action: "submit".into(),
+        target: format!("job-{t}"),
+        outcome: "ok".into(),
+    };
+    for t in 1..=260 {
+        c.record_audit(&event(t * 1000)).await.unwrap();
+    }
+    assert_eq!(c.trim_audit(0).await.unwrap(), 0);
+    assert_eq!(c.trim_audit(250_500).await.unwrap(), 250);
+    let left = c.audit_since(0).await.unwrap();
+    assert_eq!(left.len(), 10);
+    assert_eq!(left[0].target, "job-251000");
+    assert_eq!(c.trim_audit(250_500).await.unwrap(), 0);
+}
+
 macro_rules! conformance {
     ($($name:ident),* $(,)?) => {
         mod embedded_backend {
@@ -455,6 +480,7 @@ conformance!(
     model_versions_are_unique_under_contention,
     registry_versions_deployments_outcomes_and_serving,
     sql_endpoint_follows_the_leader,
+    the_audit_log_is_trimmed_by_time,
 );
 
 /// A real etcd process, killed when dropped.
@@ -588,4 +614,5 @@ async fn the_suite_passes_against_etcd_with_tls_client_certificates_and_users() 
     model_versions_are_unique_under_contention(coord().await).await;
     registry_versions_deployments_outcomes_and_serving(coord().await).await;
     sql_endpoint_follows_the_leader(coord().await).await;
+    the_audit_log_is_trimmed_by_time(coord().await).await;
 }

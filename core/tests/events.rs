@@ -67,7 +67,10 @@ async fn wait_for<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
         if let Some(v) = f() {
             return v;
         }
-        assert!(start.elapsed() < Duration::from_secs(20), "timed out waiting for {what}");
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "timed out waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -91,7 +94,14 @@ async fn acknowledged_events_are_counted_flushed_once_and_rebuilt_after_a_restar
         let batch = (0..100)
             .map(|i| {
                 let n = chunk * 100 + i;
-                Event::outcome("offer", 1 + n % 2, &format!("c{n}"), CONVERSION, f64::from(u8::from(n % 5 == 0)), 1_700_000_000_000 + i64::from(n as u32) * 3_600)
+                Event::outcome(
+                    "offer",
+                    1 + n % 2,
+                    &format!("c{n}"),
+                    CONVERSION,
+                    f64::from(u8::from(n % 5 == 0)),
+                    1_700_000_000_000 + i64::from(n as u32) * 3_600,
+                )
             })
             .collect();
         log.append(batch).await.unwrap();
@@ -129,8 +139,12 @@ async fn acknowledged_events_are_counted_flushed_once_and_rebuilt_after_a_restar
     .await;
     let (_, files) = parquet_rows(root, "offer");
     assert!(
-        files.iter().any(|f| f.contains("hour=2023-11-14T22/node-1-"))
-            && files.iter().any(|f| f.contains("hour=2023-11-14T23/node-1-")),
+        files
+            .iter()
+            .any(|f| f.contains("hour=2023-11-14T22/node-1-"))
+            && files
+                .iter()
+                .any(|f| f.contains("hour=2023-11-14T23/node-1-")),
         "{files:?}"
     );
 
@@ -143,9 +157,16 @@ async fn acknowledged_events_are_counted_flushed_once_and_rebuilt_after_a_restar
     assert_eq!(log.node(), "node-1");
     let again = log.tally("offer").unwrap();
     assert_eq!(again.versions, t.versions);
-    log.append(vec![Event::outcome("offer", 1, "", CONVERSION, 1.0, 1_700_000_000_000)])
-        .await
-        .unwrap();
+    log.append(vec![Event::outcome(
+        "offer",
+        1,
+        "",
+        CONVERSION,
+        1.0,
+        1_700_000_000_000,
+    )])
+    .await
+    .unwrap();
     assert_eq!(outcomes(&log.tally("offer").unwrap(), 1), (501, 101.0));
     wait_for("the new event to be flushed", || {
         (segments_left(&dir) == 0 && parquet_rows(root, "offer").0 == 1_801).then_some(())

@@ -22,6 +22,9 @@ use tracing::{info, warn};
 
 use crate::decide::{Free, Verdict, choose_executors, free_capacity, supervise};
 
+/// How often the leader trims the audit log.
+const AUDIT_TRIM_EVERY: Duration = Duration::from_secs(3600);
+
 /// Campaign, lead until leadership is lost or shutdown, campaign again.
 pub(crate) async fn run(
     cfg: SchedulerConfig,
@@ -110,6 +113,7 @@ async fn lead(
         sql: None,
         sql_executors: BTreeSet::new(),
         bandits_weighed: HashMap::new(),
+        audit_trimmed: None,
     };
     let result = leader.run(shutdown, renew_every, &mut renewed).await;
     if let Some(sql) = leader.sql.take() {
@@ -233,10 +237,37 @@ struct Leader<'a> {
     /// Per running bandit, the deployment change and the outcomes its weights were last
     /// computed from: the same inputs give the same weights, so they are not drawn again.
     bandits_weighed: HashMap<String, (i64, Vec<(u64, Outcomes)>)>,
+    /// When this leader last trimmed the audit log.
+    audit_trimmed: Option<Instant>,
 }
 
 impl Leader<'_> {
+    /// Delete audit events older than the retention: when leadership begins, then hourly.
+    async fn trim_audit(&mut self) {
+        let Some(keep) = self.cfg.audit_retention else {
+            return;
+        };
+        if self
+            .audit_trimmed
+            .is_some_and(|t| t.elapsed() < AUDIT_TRIM_EVERY)
+        {
+            return;
+        }
+        self.audit_trimmed = Some(Instant::now());
+        let before = halyard_core::records::now_ms() - keep.as_millis() as i64;
+        match self.coord.trim_audit(before).await {
+            Ok(0) => {}
+            Ok(n) => info!(
+                deleted = n,
+                days = keep.as_secs() / 86_400,
+                "audit log trimmed"
+            ),
+            Err(e) => warn!(error = %e, "cannot trim the audit log: next hour"),
+        }
+    }
+
     async fn tick(&mut self, executors: &[ExecutorInfo]) -> Result<()> {
+        self.trim_audit().await;
         self.fire_schedules().await?;
         let deployments = self.coord.deployments().await?;
         self.rebalance_bandits(&deployments).await?;

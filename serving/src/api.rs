@@ -156,7 +156,11 @@ impl FeedbackBody {
         if !value.is_finite() || (metric == CONVERSION && value != 0.0 && value != 1.0) {
             return Err(ApiError::bad_request(format!(
                 "metric {metric}: value {value} is not {}",
-                if metric == CONVERSION { "0 or 1" } else { "a finite number" }
+                if metric == CONVERSION {
+                    "0 or 1"
+                } else {
+                    "a finite number"
+                }
             )));
         }
         if self.key.as_ref().is_some_and(|k| k.len() > MAX_KEY_BYTES) {

@@ -10,9 +10,7 @@ use halyard_core::registry::{
     total,
 };
 use halyard_models::bandit::{Arm, prob_best, shares};
-use halyard_models::stats::{
-    Moments, detectable, proportions, sequential, srm, too_few, welch,
-};
+use halyard_models::stats::{Moments, detectable, proportions, sequential, srm, too_few, welch};
 use rand::SeedableRng;
 
 /// Confidence level of the intervals.
@@ -309,7 +307,12 @@ pub fn analyse(
         srm_chi2: check.as_ref().map_or(f64::NAN, |s| s.chi2),
         srm_p_value: check.as_ref().map_or(f64::NAN, |s| s.p_value),
         srm_mismatch: check.is_some_and(|s| s.mismatch),
-        srm_counts: if by_exposures { "exposures" } else { "outcomes" }.to_string(),
+        srm_counts: if by_exposures {
+            "exposures"
+        } else {
+            "outcomes"
+        }
+        .to_string(),
         metrics: Vec::new(),
     }
 }
@@ -481,10 +484,16 @@ mod tests {
             assert!((x - y).abs() <= 1e-6 * y.abs(), "{x} vs {y}");
         }
         assert!(g.seq_low < g.ci_low && g.seq_p_value >= g.p_value);
-        assert!(got[0].p_value.is_nan(), "the control is not compared with itself");
+        assert!(
+            got[0].p_value.is_nan(),
+            "the control is not compared with itself"
+        );
         // Too few values: how many more, no p-value.
         let mut few = totals.clone();
-        few.get_mut(&2).unwrap().metrics.insert("revenue".into(), sums(&b[..12]));
+        few.get_mut(&2)
+            .unwrap()
+            .metrics
+            .insert("revenue".into(), sums(&b[..12]));
         let g = &metric_stats(1, &[1, 2], &few)[1];
         assert!(g.p_value.is_nan() && g.needed == 18, "{g:?}");
     }

@@ -16,8 +16,8 @@ use std::time::{Duration, Instant};
 use axum::http::StatusCode;
 use bytes::Bytes;
 use halyard_core::coord::Coordinator;
-use halyard_core::metrics::Metrics;
 use halyard_core::events::{Event, EventLog};
+use halyard_core::metrics::Metrics;
 use halyard_core::registry::{Deployment, NodeTally, ServingInfo};
 use halyard_core::tls::Tls;
 use serde::Serialize;
@@ -109,7 +109,11 @@ fn exposure_keys(body: &PredictBody) -> Vec<String> {
             .records
             .iter()
             .chain(body.record.iter())
-            .map(|r| r.get(f).and_then(crate::host::key_string).map_or_else(String::new, clip))
+            .map(|r| {
+                r.get(f)
+                    .and_then(crate::host::key_string)
+                    .map_or_else(String::new, clip)
+            })
             .collect(),
         (None, None) => Vec::new(),
     }
@@ -585,7 +589,11 @@ impl Gateway {
         tallies.retain(|t| t.node != self.events.node());
         tallies.extend(self.events.tally(name));
         let deployment = self.coord.deployment(name).await?;
-        Ok(crate::experiment::report(name, deployment.as_ref(), &tallies))
+        Ok(crate::experiment::report(
+            name,
+            deployment.as_ref(),
+            &tallies,
+        ))
     }
 
     /// `GET /v1/experiments/{name}`: the experiment report as JSON.

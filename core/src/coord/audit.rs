@@ -128,6 +128,35 @@ impl Coordinator {
         Ok(())
     }
 
+    /// Delete the events recorded before `before_ms` (the key names their time, so no
+    /// record is read); how many were deleted.
+    pub async fn trim_audit(&self, before_ms: i64) -> Result<usize> {
+        let prefix = self.key("audit/");
+        let old: Vec<String> = self
+            .kv
+            .range(&prefix)
+            .await?
+            .into_iter()
+            .map(|e| e.key)
+            .filter(|k| {
+                k[prefix.len()..]
+                    .split('-')
+                    .next()
+                    .and_then(|t| t.parse::<i64>().ok())
+                    .is_some_and(|t| t < before_ms)
+            })
+            .collect();
+        // etcd takes at most 128 operations per transaction.
+        for chunk in old.chunks(100) {
+            let ops = chunk
+                .iter()
+                .map(|key| crate::kv::TxnOp::Delete { key: key.clone() })
+                .collect();
+            self.kv.txn(Vec::new(), ops).await?;
+        }
+        Ok(old.len())
+    }
+
     /// Events at or after `since_ms`, oldest first.
     pub async fn audit_since(&self, since_ms: i64) -> Result<Vec<AuditEvent>> {
         let mut events: Vec<AuditEvent> = self.values("audit/").await?;

@@ -7,8 +7,8 @@ use crate::error::{Error, Result};
 use crate::kv::{Compare, TxnOp};
 use crate::records::TaskAssignment;
 use crate::registry::{
-    AudienceVersion, Change, Deployment, DriftWindow, ModelVersion, NodeTally, Outcomes, PRODUCTION,
-    ServingInfo,
+    AudienceVersion, Change, Deployment, DriftWindow, ModelVersion, NodeTally, Outcomes,
+    PRODUCTION, ServingInfo,
 };
 use crate::spec::ScoreSpec;
 

@@ -27,7 +27,9 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
-use arrow::array::{ArrayRef, Float64Array, RecordBatch, StringArray, TimestampMillisecondArray, UInt64Array};
+use arrow::array::{
+    ArrayRef, Float64Array, RecordBatch, StringArray, TimestampMillisecondArray, UInt64Array,
+};
 use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
@@ -244,9 +246,7 @@ fn claim(root: &Path, preferred: &str) -> Result<(PathBuf, File)> {
 }
 
 fn sync_dir(dir: &Path) -> Result<()> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io(dir))
+    File::open(dir).and_then(|d| d.sync_all()).map_err(io(dir))
 }
 
 fn read_checkpoint(dir: &Path) -> Result<Checkpoint> {
@@ -310,7 +310,12 @@ impl EventLog {
     /// Open (or create) this node's log under `root` (`<data dir>/events`), rebuild its
     /// counts, and start flushing to `store` and publishing to `coord`. `preferred` (the
     /// node id) names the folder when it is free.
-    pub fn open(root: &Path, preferred: &str, store: Store, coord: Coordinator) -> Result<Arc<EventLog>> {
+    pub fn open(
+        root: &Path,
+        preferred: &str,
+        store: Store,
+        coord: Coordinator,
+    ) -> Result<Arc<EventLog>> {
         let (dir, lock) = claim(root, preferred)?;
         let node = shared_node(&dir);
         let checkpoint = read_checkpoint(&dir)?;
@@ -374,7 +379,9 @@ impl EventLog {
 
     fn send(&self, a: Append) -> std::result::Result<(), String> {
         match &*self.tx.lock().expect("event log lock") {
-            Some(tx) => tx.send(a).map_err(|_| "the event log's writer stopped".to_string()),
+            Some(tx) => tx
+                .send(a)
+                .map_err(|_| "the event log's writer stopped".to_string()),
             None => Err("the event log is closed".to_string()),
         }
     }
@@ -514,7 +521,9 @@ fn write_loop(
                     let _ = closed.send(seg.seq);
                     seg = next;
                 }
-                Err(e) => warn!(error = %e, "cannot start a new event-log segment: appending to the old one"),
+                Err(e) => {
+                    warn!(error = %e, "cannot start a new event-log segment: appending to the old one")
+                }
             }
         }
     }
@@ -532,10 +541,7 @@ fn commit(shared: &Shared, seg: &mut Segment, buf: &mut Vec<u8>, batch: Vec<Appe
             wal::encode(buf, e);
         }
     }
-    let written = seg
-        .file
-        .write_all(buf)
-        .and_then(|_| seg.file.sync_data());
+    let written = seg.file.write_all(buf).and_then(|_| seg.file.sync_data());
     let outcome = match written {
         Ok(()) => {
             seg.len += buf.len() as u64;
@@ -616,7 +622,12 @@ async fn flush(
         }
         write_checkpoint(dir, &next)?;
         *checkpoint = next;
-        tracing::debug!(segment = seq, events = events.len(), files = files.len(), "event-log segment flushed");
+        tracing::debug!(
+            segment = seq,
+            events = events.len(),
+            files = files.len(),
+            "event-log segment flushed"
+        );
     }
     std::fs::remove_file(&path).map_err(io(&path))
 }

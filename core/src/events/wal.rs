@@ -20,7 +20,10 @@ pub(super) fn segment_path(dir: &Path, seq: u64) -> PathBuf {
 
 /// The segment number of a file name, when it is a segment's.
 pub(super) fn segment_seq(name: &str) -> Option<u64> {
-    name.strip_prefix("wal-")?.strip_suffix(".log")?.parse().ok()
+    name.strip_prefix("wal-")?
+        .strip_suffix(".log")?
+        .parse()
+        .ok()
 }
 
 /// Append `e`'s frame to `buf`.
@@ -131,7 +134,10 @@ mod tests {
             encode(&mut first_two, e);
         }
         for cut in first_two.len()..buf.len() {
-            assert_eq!(decode(&buf[..cut]), (sample()[..2].to_vec(), first_two.len()));
+            assert_eq!(
+                decode(&buf[..cut]),
+                (sample()[..2].to_vec(), first_two.len())
+            );
         }
         let mut flipped = buf.clone();
         *flipped.last_mut().unwrap() ^= 1;
