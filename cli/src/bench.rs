@@ -269,7 +269,8 @@ async fn scrape_every_second(
 ) -> Result<(usize, usize)> {
     let (mut scrapes, mut bytes) = (0, 0);
     while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-        let (status, size, _) = crate::console_bench::get(&addr, &key, "/metrics").await?;
+        let (status, body, _) = crate::console_bench::get(&addr, &key, "/metrics").await?;
+        let size = body.len();
         if status != 200 {
             return Err(CliError::Failed(format!(
                 "GET {addr}/metrics answered {status}"

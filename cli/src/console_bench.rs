@@ -78,9 +78,9 @@ async fn fill(client: &Client, b: &ConsoleBench, spec: &JobSpec) -> Result<Strin
     Ok(any)
 }
 
-/// GET `path` over one HTTP/1.1 connection: the status, the body's size and the time to
-/// the whole body.
-pub(crate) async fn get(addr: &str, key: &str, path: &str) -> Result<(u16, usize, Duration)> {
+/// GET `path` over one HTTP/1.1 connection: the status, the body and the time to the whole
+/// body.
+pub(crate) async fn get(addr: &str, key: &str, path: &str) -> Result<(u16, Bytes, Duration)> {
     let failed = |e: String| CliError::Failed(format!("GET {path}: {e}"));
     let mut sender = crate::load::connect(addr, None).await.map_err(failed)?;
     let req = hyper::Request::get(path)
@@ -101,7 +101,7 @@ pub(crate) async fn get(addr: &str, key: &str, path: &str) -> Result<(u16, usize
         .await
         .map_err(|e| failed(e.to_string()))?
         .to_bytes();
-    Ok((status, body.len(), started.elapsed()))
+    Ok((status, body, started.elapsed()))
 }
 
 /// Run the bench; a table of pages with their median and slowest times.

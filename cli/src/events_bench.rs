@@ -15,7 +15,6 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use halyard_client::Client;
-use http_body_util::{BodyExt, Full};
 
 use crate::bench::{all_succeed, trivial_spec};
 use crate::{CliError, Result};
@@ -83,28 +82,13 @@ fn bodies(version: u64, batch: usize) -> Vec<Bytes> {
 
 /// The outcomes of `version` in the experiment report of `node` (HTTP, with `key`).
 async fn trials(node: &str, key: &str, version: u64) -> Result<u64> {
-    let failed = |e: String| CliError::Failed(format!("GET {node}/v1/experiments/{MODEL}: {e}"));
-    let mut sender = crate::load::connect(node, None).await.map_err(failed)?;
-    let req = hyper::Request::get(format!("/v1/experiments/{MODEL}"))
-        .header("host", node)
-        .header("authorization", format!("Bearer {key}"))
-        .body(Full::new(Bytes::new()))
-        .map_err(|e| failed(e.to_string()))?;
-    let resp = sender
-        .send_request(req)
-        .await
-        .map_err(|e| failed(e.to_string()))?;
-    let status = resp.status();
-    let body = resp
-        .into_body()
-        .collect()
-        .await
-        .map_err(|e| failed(e.to_string()))?
-        .to_bytes();
+    let path = format!("/v1/experiments/{MODEL}");
+    let (status, body, _) = crate::console_bench::get(node, key, &path).await?;
     if status == 404 {
         return Ok(0);
     }
-    if !status.is_success() {
+    let failed = |e: String| CliError::Failed(format!("GET {node}{path}: {e}"));
+    if status != 200 {
         return Err(failed(format!(
             "{status}: {}",
             String::from_utf8_lossy(&body)
