@@ -58,3 +58,62 @@ fn local_training_reports_writes_its_output_and_cleans_up() {
     let left: Vec<_> = std::fs::read_dir(&scratch).unwrap().collect();
     assert!(left.is_empty(), "temporary folders left behind: {left:?}");
 }
+
+/// The committed fixture: an income column with blank, `NA` and `?` cells, zip codes with
+/// leading zeros, signup dates.
+const MARKERS: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/tests/fixtures/markers_and_types.csv"
+);
+
+#[test]
+fn missing_markers_and_stated_types_train_and_their_absence_is_explained() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = |name: &str, extra: &str| {
+        let path = dir.path().join(format!("{name}.toml"));
+        std::fs::write(
+            &path,
+            format!(
+                "name = \"{name}\"\n[data]\nsource = \"{MARKERS}\"\nlabel = \"responded\"\nexclude = [\"customer_id\"]\n{extra}\n[train]\nepochs = 2\n"
+            ),
+        )
+        .unwrap();
+        path.display().to_string()
+    };
+    // By default blank, NA and ? are missing values: income stays numeric and it trains,
+    // zip read as text keeps its leading zeros.
+    let out = train(
+        dir.path(),
+        &[&spec(
+            "markers",
+            "types = { zip = \"string\", signup = \"date\" }",
+        )],
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("test_auc"), "{text}");
+    // Without the markers, the job stops and says which cells and what to set.
+    let out = train(dir.path(), &[&spec("strict", "missing = []")]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("markers_and_types.csv")
+            && err.contains("column 3 (\"income\")")
+            && err.contains("[data] missing = [\"NA\", \"?\"]"),
+        "{err}"
+    );
+    // A stated column that does not exist is named, with the columns there are.
+    let out = train(
+        dir.path(),
+        &[&spec("typo", "types = { zipcode = \"string\" }")],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("\"zipcode\"") && err.contains("customer_id, age, income"),
+        "{err}"
+    );
+}

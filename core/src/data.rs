@@ -60,7 +60,7 @@ pub fn read_table(bytes: &Bytes, spec: &DataSpec, file: &str) -> Result<Table> {
             let batches = reader
                 .collect::<std::result::Result<Vec<_>, _>>()
                 .map_err(|e| err(e.to_string()))?;
-            (schema, batches)
+            cast_stated(schema, batches, spec).map_err(err)?
         }
     };
     let rows = batches.iter().map(|b| b.num_rows()).sum();
@@ -70,6 +70,38 @@ pub fn read_table(bytes: &Bytes, spec: &DataSpec, file: &str) -> Result<Table> {
         rows,
         digest: digest(bytes),
     })
+}
+
+/// A Parquet table's columns cast to the spec's stated `types`.
+fn cast_stated(
+    schema: SchemaRef,
+    batches: Vec<RecordBatch>,
+    spec: &DataSpec,
+) -> std::result::Result<(SchemaRef, Vec<RecordBatch>), String> {
+    if spec.types.is_empty() {
+        return Ok((schema, batches));
+    }
+    let stated = Arc::new(with_stated_types(schema.as_ref().clone(), spec)?);
+    let mut out = Vec::with_capacity(batches.len());
+    for b in batches {
+        let mut columns = Vec::with_capacity(b.num_columns());
+        for (i, field) in stated.fields().iter().enumerate() {
+            let c = b.column(i);
+            columns.push(if c.data_type() == field.data_type() {
+                c.clone()
+            } else {
+                arrow::compute::cast(c, field.data_type()).map_err(|e| {
+                    format!(
+                        "column {:?} cannot be read as {} ([data] types): {e}",
+                        field.name(),
+                        field.data_type()
+                    )
+                })?
+            });
+        }
+        out.push(RecordBatch::try_new(stated.clone(), columns).map_err(|e| e.to_string())?);
+    }
+    Ok((stated, out))
 }
 
 /// Read Parquet files (a feature table's shards) as one table; `origin` names them in
@@ -177,6 +209,44 @@ pub fn sort_table(table: Table, by: &[&str], origin: &str) -> Result<Table> {
     })
 }
 
+/// The cells a CSV read takes as missing: empty and whitespace-only ones, and the spec's
+/// `missing` values.
+fn missing_values(spec: &DataSpec) -> std::result::Result<regex::Regex, String> {
+    let mut alternatives = vec![r"\s*".to_string()];
+    alternatives.extend(spec.missing.iter().map(|m| regex::escape(m.trim())));
+    regex::Regex::new(&format!("^(?:{})$", alternatives.join("|")))
+        .map_err(|e| format!("[data] missing: {e}"))
+}
+
+/// `schema` with the spec's stated `types` in place of the inferred ones; a stated column
+/// the file lacks is an error naming the columns it has.
+fn with_stated_types(
+    schema: arrow::datatypes::Schema,
+    spec: &DataSpec,
+) -> std::result::Result<arrow::datatypes::Schema, String> {
+    for name in spec.types.keys() {
+        if schema.field_with_name(name).is_err() {
+            return Err(format!(
+                "[data] types names column {name:?}, which the file does not have; it has: {}",
+                column_list(&schema)
+            ));
+        }
+    }
+    let fields: Vec<arrow::datatypes::Field> = schema
+        .fields()
+        .iter()
+        .map(|f| match spec.types.get(f.name()) {
+            Some(t) => f
+                .as_ref()
+                .clone()
+                .with_data_type(t.arrow())
+                .with_nullable(true),
+            None => f.as_ref().clone(),
+        })
+        .collect();
+    Ok(arrow::datatypes::Schema::new(fields))
+}
+
 fn read_csv(bytes: &Bytes, spec: &DataSpec, file: &str) -> Result<(SchemaRef, Vec<RecordBatch>)> {
     let err = |message: String| Error::Data {
         file: file.to_string(),
@@ -185,19 +255,22 @@ fn read_csv(bytes: &Bytes, spec: &DataSpec, file: &str) -> Result<(SchemaRef, Ve
     if bytes.iter().all(|b| b.is_ascii_whitespace()) {
         return Err(err("the file is empty".into()));
     }
+    let missing = missing_values(spec).map_err(err)?;
     let format = Format::default()
         .with_header(spec.has_header)
-        .with_delimiter(spec.delimiter_byte());
+        .with_delimiter(spec.delimiter_byte())
+        .with_null_regex(missing.clone());
     let (schema, _) = format
         .infer_schema(
             Cursor::new(&bytes[..]),
             (bytes.len() > INFER_WHOLE_BYTES).then_some(INFER_ROWS),
         )
         .map_err(|e| err(describe_csv_error(&e.to_string(), None, spec.has_header)))?;
-    let schema = Arc::new(schema);
+    let schema = Arc::new(with_stated_types(schema, spec).map_err(err)?);
     let reader = arrow::csv::ReaderBuilder::new(schema.clone())
         .with_header(spec.has_header)
         .with_delimiter(spec.delimiter_byte())
+        .with_null_regex(missing)
         .with_batch_size(8192)
         .build(Cursor::new(&bytes[..]))
         .map_err(|e| err(e.to_string()))?;
@@ -211,8 +284,21 @@ fn read_csv(bytes: &Bytes, spec: &DataSpec, file: &str) -> Result<(SchemaRef, Ve
             ))
         })?);
     }
-    check_mostly_numeric(&schema, &batches, spec.has_header).map_err(err)?;
+    check_mostly_numeric(&schema, &batches, spec).map_err(err)?;
     Ok((schema, batches))
+}
+
+/// A column name as a TOML key: bare when it can be, else quoted.
+fn toml_key(name: &str) -> String {
+    if !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+    {
+        name.to_string()
+    } else {
+        format!("{name:?}")
+    }
 }
 
 /// Reword arrow's CSV errors: 1-based column numbers with the column's name.
@@ -239,10 +325,15 @@ fn describe_csv_error(message: &str, schema: Option<&SchemaRef>, has_header: boo
             .unwrap_or_default();
         return format!(
             "line {line}, column {}{name}: value {value:?} is not a valid {ty} (the type \
-             inferred from the file's rows; a file over {} MiB is read from its first \
-             {INFER_ROWS} rows); fix the value, or leave the cell empty for a missing value",
+             stated in [data] types, or inferred from the file's rows: a file over {} MiB \
+             is read from its first {INFER_ROWS} rows); fix the value, state the column's \
+             type ([data] types = {{ {} = \"float\" }}, or \"string\"), or list the value in \
+             [data] missing",
             col + 1,
-            INFER_WHOLE_BYTES >> 20
+            INFER_WHOLE_BYTES >> 20,
+            schema
+                .and_then(|s| s.fields().get(col))
+                .map_or_else(|| "COLUMN".to_string(), |f| toml_key(f.name()))
         );
     }
     if let Some(rest) = message.split("incorrect number of fields for line ").nth(1) {
@@ -265,19 +356,22 @@ fn describe_csv_error(message: &str, schema: Option<&SchemaRef>, has_header: boo
     message.to_string()
 }
 
-/// A string column whose values are nearly all numbers holds a few bad cells: report the
-/// first, instead of silently treating a numeric column as categorical.
+/// A string column whose values are nearly all numbers holds a few bad cells (under 1 %
+/// of them, or up to 3 distinct markers such as `-` or `n/a` in under a third): report
+/// the first, with the counts and the markers, instead of silently treating a numeric
+/// column as categorical. Columns whose type the spec states are left alone.
 fn check_mostly_numeric(
     schema: &SchemaRef,
     batches: &[RecordBatch],
-    has_header: bool,
+    spec: &DataSpec,
 ) -> std::result::Result<(), String> {
     for (col, field) in schema.fields().iter().enumerate() {
-        if field.data_type() != &DataType::Utf8 {
+        if field.data_type() != &DataType::Utf8 || spec.types.contains_key(field.name()) {
             continue;
         }
         let (mut numeric, mut other) = (0usize, 0usize);
-        let mut first_bad: Option<(usize, String)> = None;
+        let mut first_bad: Option<usize> = None;
+        let mut markers: Vec<String> = Vec::new();
         let mut row_base = 0usize;
         for batch in batches {
             let Some(arr) = batch.column(col).as_any().downcast_ref::<StringArray>() else {
@@ -288,30 +382,39 @@ fn check_mostly_numeric(
                     continue;
                 }
                 let v = arr.value(i).trim();
-                if v.is_empty() {
-                    continue;
-                }
                 if v.parse::<f64>().is_ok() {
                     numeric += 1;
                 } else {
                     other += 1;
-                    if first_bad.is_none() {
-                        first_bad = Some((row_base + i, v.to_string()));
+                    first_bad.get_or_insert(row_base + i);
+                    if markers.len() <= 3 && !markers.iter().any(|m| m == v) {
+                        markers.push(v.to_string());
                     }
                 }
             }
             row_base += batch.num_rows();
         }
+        let few = other * 100 <= numeric || (markers.len() <= 3 && other * 2 <= numeric);
         if numeric >= 20
-            && other * 100 <= numeric
-            && let Some((row, value)) = first_bad
+            && few
+            && let Some(row) = first_bad
         {
-            let line = row + 1 + usize::from(has_header);
+            let line = row + 1 + usize::from(spec.has_header);
+            let list = markers
+                .iter()
+                .map(|m| format!("{m:?}"))
+                .collect::<Vec<_>>()
+                .join(", ");
             return Err(format!(
-                "line {line}, column {} ({:?}): value {value:?} is not a number, \
-                 but {numeric} other values of this column are; fix the value or leave the cell empty",
+                "line {line}, column {} ({:?}): value {:?} is not a number, but {numeric} \
+                 other values of this column are ({other} are not: {list}{}); fix the values, \
+                 leave the cells empty, list them as missing values ([data] missing = [{list}]) \
+                 or state that the column is text ([data] types = {{ {} = \"string\" }})",
                 col + 1,
-                field.name()
+                field.name(),
+                markers[0],
+                if markers.len() > 3 { ", …" } else { "" },
+                toml_key(field.name())
             ));
         }
     }

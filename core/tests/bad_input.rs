@@ -158,6 +158,104 @@ fn a_non_numeric_value_in_a_numeric_column_names_line_and_column() {
     assert!(err.contains("\"abc\" is not a number"), "{err}");
 }
 
+/// Read `text` with `[data]` lines `extra` added to the good spec.
+fn read_with(text: &str, extra: &str) -> halyard_core::Result<halyard_core::data::Table> {
+    let spec = JobSpec::from_toml(
+        &GOOD.replace("label = \"y\"", &format!("label = \"y\"\n{extra}")),
+        "t",
+    )
+    .unwrap()
+    .data;
+    read_table(&Bytes::from(text.to_string()), &spec, "f.csv")
+}
+
+#[test]
+fn blank_cells_and_missing_markers_are_missing_values_in_a_numeric_column() {
+    use arrow::array::Array;
+    use arrow::datatypes::DataType;
+    // Whitespace-only cells and NA/null/? leave a numeric column numeric, with nulls.
+    let mut text = String::from("age,income,city,y\n");
+    for i in 0..200 {
+        let income = match i % 25 {
+            3 => " ".to_string(),
+            7 => "NA".to_string(),
+            11 => "?".to_string(),
+            19 => "null".to_string(),
+            _ => format!("{}", 1000 + i),
+        };
+        text.push_str(&format!("{},{income},c{},{}\n", 20 + i % 50, i % 3, i % 2));
+    }
+    let t = read_with(&text, "").unwrap();
+    let income = t.schema.index_of("income").unwrap();
+    assert_eq!(t.schema.field(income).data_type(), &DataType::Int64);
+    let nulls: usize = t
+        .batches
+        .iter()
+        .map(|b| b.column(income).null_count())
+        .sum();
+    assert_eq!(nulls, 32, "4 of every 25 rows are missing");
+    // Without the markers listed, "NA" is a value, and the column's odd cells are named.
+    let err = read_with(&text, "missing = []").unwrap_err().to_string();
+    assert!(
+        err.contains("line 9, column 2 (\"income\")")
+            && err.contains("(24 are not: \"NA\", \"?\", \"null\")")
+            && err.contains("[data] missing = [\"NA\", \"?\", \"null\"]"),
+        "{err}"
+    );
+    // Stated as text, it is text.
+    let t = read_with(&text, "missing = []\ntypes = { income = \"string\" }").unwrap();
+    assert_eq!(t.schema.field(income).data_type(), &DataType::Utf8);
+}
+
+#[test]
+fn stated_types_replace_the_inferred_ones() {
+    use arrow::datatypes::DataType;
+    let text = "zip,signup,score,y\n01234,2024-05-01,3,1\n98765,2024-06-11,4,0\n";
+    // Inferred: zip is a number (the leading zero lost), signup a date, score an integer.
+    let t = read_with(text, "").unwrap();
+    assert_eq!(t.schema.field(0).data_type(), &DataType::Int64);
+    let t = read_with(
+        text,
+        "types = { zip = \"string\", score = \"float\", signup = \"date\" }",
+    )
+    .unwrap();
+    let types: Vec<&DataType> = t.schema.fields().iter().map(|f| f.data_type()).collect();
+    assert_eq!(
+        types[..3],
+        [&DataType::Utf8, &DataType::Date32, &DataType::Float64]
+    );
+    let zip = t.batches[0]
+        .column(0)
+        .as_any()
+        .downcast_ref::<arrow::array::StringArray>()
+        .unwrap();
+    assert_eq!(zip.value(0), "01234");
+    // A stated column the file lacks is named with the columns it has.
+    let err = read_with(text, "types = { zap = \"string\" }")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("\"zap\"") && err.contains("zip, signup, score, y"),
+        "{err}"
+    );
+    // A value the stated type cannot read names its line and column and the setting.
+    let err = read_with(text, "types = { signup = \"int\" }")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("line 2, column 2 (\"signup\")") && err.contains("[data] types"),
+        "{err}"
+    );
+    // An unknown type is a spec error.
+    let err = JobSpec::from_toml(
+        &GOOD.replace("label = \"y\"", "label = \"y\"\ntypes = { zip = \"text\" }"),
+        "job.toml",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("text") && err.contains("float"), "{err}");
+}
+
 #[test]
 fn an_empty_file_is_refused() {
     assert!(csv_error("").contains("empty"));

@@ -42,7 +42,7 @@ fn columns(path: &Path, format: DataFormat, delimiter: u8) -> Result<Vec<String>
 impl JobSpec {
     /// Every problem with the local files this spec names, at once: a `[data] source`,
     /// `[[features.sources]]` path or `[forecast] test_source` that does not exist, and
-    /// every column the spec names (label, treatment, exclude, categorical, crosses) that
+    /// every column the spec names (label, treatment, exclude, categorical, crosses, types) that
     /// the data file's header lacks. Remote locations (S3) are not checked.
     pub fn local_problems(&self) -> Vec<String> {
         let mut problems = Vec::new();
@@ -105,6 +105,7 @@ impl JobSpec {
         named.extend(d.exclude.iter().map(|c| ("exclude", c.as_str())));
         named.extend(d.categorical.iter().map(|c| ("categorical", c.as_str())));
         named.extend(d.crosses.iter().flatten().map(|c| ("crosses", c.as_str())));
+        named.extend(d.types.keys().map(|c| ("types", c.as_str())));
         for (field, column) in named {
             if !have.iter().any(|h| h == column) {
                 problems.push(format!(

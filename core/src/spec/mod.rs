@@ -5,6 +5,7 @@
 //! rule. The `[search]` section is `search.rs`. Every field is documented in
 //! `docs/job-spec.md`; keep the two in step.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
@@ -304,6 +305,47 @@ pub struct DataSpec {
     /// treatment's effect on the label (a T-learner over `[model] type`), not the label.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub treatment: Option<String>,
+    /// Column types stated instead of inferred (`{ "nr.employed" = "float", signup =
+    /// "date" }`): `int`, `float`, `bool`, `string`, `date` (YYYY-MM-DD) or `timestamp`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub types: BTreeMap<String, ColumnType>,
+    /// CSV cells read as missing values, besides empty and whitespace-only ones (which
+    /// always are).
+    #[serde(default = "default_missing")]
+    pub missing: Vec<String>,
+}
+
+/// A column type a spec may state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ColumnType {
+    /// Whole numbers (64 bits).
+    Int,
+    /// Decimal numbers (64 bits).
+    Float,
+    /// `true`/`false`.
+    Bool,
+    /// Text: a category.
+    String,
+    /// A calendar date, `YYYY-MM-DD`.
+    Date,
+    /// A date and time, ISO 8601.
+    Timestamp,
+}
+
+impl ColumnType {
+    /// The Arrow type a column of this type is read as.
+    pub fn arrow(self) -> arrow::datatypes::DataType {
+        use arrow::datatypes::{DataType, TimeUnit};
+        match self {
+            ColumnType::Int => DataType::Int64,
+            ColumnType::Float => DataType::Float64,
+            ColumnType::Bool => DataType::Boolean,
+            ColumnType::String => DataType::Utf8,
+            ColumnType::Date => DataType::Date32,
+            ColumnType::Timestamp => DataType::Timestamp(TimeUnit::Millisecond, None),
+        }
+    }
 }
 
 /// File format of a data source.
@@ -538,6 +580,12 @@ pub struct ResourceSpec {
 fn default_delimiter() -> String {
     ",".into()
 }
+/// Cells read as missing by default (with empty and whitespace-only ones).
+fn default_missing() -> Vec<String> {
+    ["NA", "N/A", "null", "NULL", "?"]
+        .map(String::from)
+        .to_vec()
+}
 fn default_true() -> bool {
     true
 }
@@ -666,6 +714,8 @@ impl Default for DataSpec {
             categorical: Vec::new(),
             crosses: Vec::new(),
             treatment: None,
+            types: BTreeMap::new(),
+            missing: default_missing(),
         }
     }
 }
