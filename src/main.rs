@@ -367,6 +367,11 @@ enum Command {
         #[arg(long)]
         baselines: bool,
     },
+    /// Profile a data file before training on it: per column the type it is read as,
+    /// missing values, distinct values, range or most frequent values, how a model encodes
+    /// it, and warnings (constant, a likely id, a likely leak of --label, dates read as
+    /// text, mostly missing)
+    Profile(halyard_cli::profile::ProfileArgs),
     /// Write the synthetic marketing data set of the demo (campaign responses, daily KPIs)
     Datagen {
         /// Output folder; files go to OUT/campaign/
@@ -770,6 +775,7 @@ async fn run(cli: Cli) -> Result<(), AnyError> {
             let device = device.map(DeviceKind::from);
             halyard::train::train_local(&spec, device, gpus, out.as_deref(), baselines).await?
         }
+        Command::Profile(args) => halyard_cli::profile::command(args).await?,
         Command::Datagen { out, rows, seed } => {
             println!("{}", datagen::generate(&out, rows, seed)?)
         }

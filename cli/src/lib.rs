@@ -19,6 +19,7 @@ pub mod features_bench;
 pub mod keys;
 pub mod kmeans_bench;
 pub mod load;
+pub mod profile;
 pub mod registry;
 pub mod schedules;
 pub mod scoring_bench;

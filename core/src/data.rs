@@ -289,7 +289,7 @@ fn read_csv(bytes: &Bytes, spec: &DataSpec, file: &str) -> Result<(SchemaRef, Ve
 }
 
 /// A column name as a TOML key: bare when it can be, else quoted.
-fn toml_key(name: &str) -> String {
+pub fn toml_key(name: &str) -> String {
     if !name.is_empty()
         && name
             .chars()
