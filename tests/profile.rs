@@ -86,6 +86,18 @@ fn missing_markers_count_as_missing_and_amounts_are_not_ids() {
     assert!(c["income"].3.is_empty(), "{:?}", c["income"]);
     assert!(c["customer_id"].3.contains("a likely id"));
     assert_eq!(c["signup"].0, "date");
+    let signup = p["columns"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "signup")
+        .unwrap();
+    assert!(
+        signup["encoding"]
+            .as_str()
+            .unwrap()
+            .starts_with("days since 1970")
+    );
     // A label that is not a column is named with the columns there are.
     let out = Command::new(env!("CARGO_BIN_EXE_halyard"))
         .args(["profile", &fixture("markers_and_types.csv"), "--label", "y"])

@@ -215,6 +215,8 @@ pub fn profile(table: &Table, file: &str, label: Option<&str>) -> Result<Profile
             "the label".to_string()
         } else if numeric {
             "standardised number".to_string()
+        } else if matches!(kind.as_str(), "date" | "timestamp") {
+            "days since 1970 (standardised), weekday and month (one-hot)".to_string()
         } else if distinct <= MAX_CATEGORIES {
             format!("one-hot: {distinct} values and `other`")
         } else {

@@ -109,6 +109,8 @@ impl Reference {
                 ColumnEncoding::OneHot { .. } | ColumnEncoding::Hashed { .. } => {
                     categorical_profile(string_values(&arrays)?)
                 }
+                // A date drifts through its days (the numeric column of the same name).
+                ColumnEncoding::DatePart { .. } => continue,
             };
             columns.push(ColumnReference {
                 name: col.name.clone(),
@@ -236,6 +238,10 @@ impl Sketch {
                     let x = match value {
                         Some(Value::Number(n)) => n.as_f64().unwrap_or(f64::NAN),
                         Some(Value::Bool(b)) => f64::from(u8::from(*b)),
+                        // A date column's values: days since 1970-01-01.
+                        Some(Value::String(s)) => {
+                            crate::preprocess::parse_days(s).unwrap_or(f64::NAN)
+                        }
                         _ => f64::NAN,
                     };
                     bucket_of(x, edges).min(edges.len() + 1)

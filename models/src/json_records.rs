@@ -90,6 +90,36 @@ fn number(record: &Record, row: usize, name: &str) -> Result<f64> {
     }
 }
 
+/// A date feature's value: days since 1970-01-01 of an ISO date or date and time (NaN
+/// for null).
+fn days(record: &Record, row: usize, name: &str) -> Result<f64> {
+    match field(record, row, name)? {
+        Value::Null => Ok(f64::NAN),
+        Value::String(s) => crate::preprocess::parse_days(s).ok_or_else(|| {
+            bad(
+                row,
+                name,
+                format!("{s:?} is not a date: send YYYY-MM-DD (or an ISO 8601 date and time)"),
+            )
+        }),
+        other => Err(bad(
+            row,
+            name,
+            format!("expected a date (\"YYYY-MM-DD\"), got {}", describe(other)),
+        )),
+    }
+}
+
+/// A numeric feature's value: a number, or a date's days when the column was trained on
+/// dates.
+fn value_of(record: &Record, row: usize, col: &FeatureColumn) -> Result<f64> {
+    if crate::preprocess::is_temporal_name(&col.source_type) {
+        days(record, row, &col.name)
+    } else {
+        number(record, row, &col.name)
+    }
+}
+
 /// A categorical value as the training data's string cast rendered it (`None`: missing).
 fn category(
     record: &Record,
@@ -143,9 +173,16 @@ impl Preprocessor {
                 ColumnEncoding::Numeric { .. } | ColumnEncoding::Buckets { .. }
             ) || is_integer_type(&c.source_type)
                 || is_float_type(&c.source_type);
+            let kind = if crate::preprocess::is_temporal_name(&c.source_type) {
+                "date"
+            } else if numeric {
+                "number"
+            } else {
+                "string"
+            };
             out.push(InputField {
                 name: c.name.clone(),
-                kind: if numeric { "number" } else { "string" },
+                kind,
                 training_type: c.source_type.clone(),
                 categories: match &c.encoding {
                     ColumnEncoding::OneHot { vocabulary } => Some(vocabulary.clone()),
@@ -235,7 +272,7 @@ impl RecordEncoder {
             for (k, col) in pre.columns.iter().enumerate() {
                 match &col.encoding {
                     ColumnEncoding::Numeric { mean, std } => {
-                        let v = number(record, r, &col.name)?;
+                        let v = value_of(record, r, col)?;
                         out[col.offset] = if v.is_finite() {
                             ((v - mean) / std) as f32
                         } else {
@@ -243,8 +280,13 @@ impl RecordEncoder {
                         };
                     }
                     ColumnEncoding::Buckets { edges } => {
-                        let v = number(record, r, &col.name)?;
+                        let v = value_of(record, r, col)?;
                         out[col.offset + bucket_of(v, edges)] = 1.0;
+                    }
+                    ColumnEncoding::DatePart { part } => {
+                        if let Some(slot) = part.slot(days(record, r, &col.name)?) {
+                            out[col.offset + slot] = 1.0;
+                        }
                     }
                     ColumnEncoding::OneHot { vocabulary } => {
                         let v = pre.category_of(record, r, col)?;
@@ -413,5 +455,76 @@ mod tests {
         let pre = Preprocessor::fit(&[batch()], &config(Encoding::OneHot)).unwrap();
         let names: Vec<String> = pre.input_fields().into_iter().map(|f| f.name).collect();
         assert_eq!(names, ["age", "balance", "job", "day", "loan"]);
+    }
+
+    #[test]
+    fn dates_become_days_weekday_and_month_alike_from_arrow_and_json() {
+        use arrow::array::Date32Array;
+        // 2024-05-01 (a Wednesday), 2024-12-29 (a Sunday), missing, 1970-01-01 (a Thursday).
+        let day = |y: i32, m: u32, d: u32| {
+            (chrono::NaiveDate::from_ymd_opt(y, m, d).unwrap()
+                - chrono::NaiveDate::from_ymd_opt(1970, 1, 1).unwrap())
+            .num_days() as i32
+        };
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("signup", DataType::Date32, true),
+            Field::new("y", DataType::Utf8, false),
+        ]));
+        let b = RecordBatch::try_new(
+            schema,
+            vec![
+                Arc::new(Date32Array::from(vec![
+                    Some(day(2024, 5, 1)),
+                    Some(day(2024, 12, 29)),
+                    None,
+                    Some(0),
+                ])),
+                Arc::new(StringArray::from(vec!["yes", "no", "no", "yes"])),
+            ],
+        )
+        .unwrap();
+        let cfg = FeatureConfig {
+            categorical: vec![],
+            crosses: vec![],
+            numeric_buckets: 0,
+            ..config(Encoding::OneHot)
+        };
+        let pre = Preprocessor::fit(std::slice::from_ref(&b), &cfg).unwrap();
+        let kinds: Vec<&ColumnEncoding> = pre.columns.iter().map(|c| &c.encoding).collect();
+        assert!(
+            matches!(kinds[0], ColumnEncoding::Numeric { .. }),
+            "{kinds:?}"
+        );
+        assert_eq!(pre.dim, 1 + 7 + 12, "days, weekday, month");
+        let arrow = pre.transform(&[b], |_| true).unwrap();
+        let hot = |row: usize| -> Vec<usize> {
+            (1..pre.dim).filter(|&k| arrow.row(row)[k] > 0.5).collect()
+        };
+        // Weekday slots 1..=7 (Monday first), month slots 8..=19.
+        assert_eq!(hot(0), vec![1 + 2, 8 + 4], "Wednesday, May");
+        assert_eq!(hot(1), vec![1 + 6, 8 + 11], "Sunday, December");
+        assert!(hot(2).is_empty(), "a missing date sets no part");
+        assert_eq!(hot(3), vec![1 + 3, 8], "Thursday, January");
+        // The days are the numeric feature: 1970-01-01 is the earliest.
+        assert!(arrow.row(3)[0] < arrow.row(0)[0] && arrow.row(0)[0] < arrow.row(1)[0]);
+        // A request sends the dates as text (a date and time is a fraction of a day on).
+        let recs: Vec<Record> = [
+            json!({"signup": "2024-05-01"}),
+            json!({"signup": "2024-12-29T00:00:00Z"}),
+            json!({"signup": null}),
+            json!({"signup": "1970-01-01 00:00"}),
+        ]
+        .into_iter()
+        .map(|v| v.as_object().unwrap().clone())
+        .collect();
+        let refs: Vec<&Record> = recs.iter().collect();
+        let enc = RecordEncoder::new(pre.clone());
+        assert_eq!(enc.encode(&refs).unwrap().x, arrow.x);
+        let e = enc
+            .encode(&[&json!({"signup": "01/05/2024"}).as_object().unwrap().clone()])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("not a date: send YYYY-MM-DD"), "{e}");
+        assert_eq!(pre.input_fields()[0].kind, "date");
     }
 }

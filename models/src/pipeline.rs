@@ -694,6 +694,8 @@ fn segment_profiles(
                     }
                 }
             }
+            // A date's mean day is its numeric column's.
+            ColumnEncoding::DatePart { .. } => {}
         }
     }
     Ok(out)

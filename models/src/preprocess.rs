@@ -87,6 +87,81 @@ pub enum ColumnEncoding {
         /// Bucket edges, ascending.
         edges: Vec<f64>,
     },
+    /// One-hot of a part of a date (the column's days since 1970-01-01 are its
+    /// [`ColumnEncoding::Numeric`] feature); a missing date sets no slot.
+    DatePart {
+        /// Which part.
+        part: DatePart,
+    },
+}
+
+/// A calendar part of a date, one-hot encoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DatePart {
+    /// Monday (slot 0) to Sunday (slot 6).
+    Weekday,
+    /// January (slot 0) to December (slot 11).
+    Month,
+}
+
+impl DatePart {
+    /// Slots it takes.
+    pub fn width(self) -> usize {
+        match self {
+            DatePart::Weekday => 7,
+            DatePart::Month => 12,
+        }
+    }
+
+    /// The slot of the date `days` after 1970-01-01 (a Thursday); `None` when missing.
+    pub fn slot(self, days: f64) -> Option<usize> {
+        use chrono::Datelike;
+        if !days.is_finite() {
+            return None;
+        }
+        let day = days.floor() as i64;
+        match self {
+            DatePart::Weekday => Some((day + 3).rem_euclid(7) as usize),
+            DatePart::Month => {
+                let date = chrono::DateTime::from_timestamp(day.checked_mul(86_400)?, 0)?;
+                Some(date.month0() as usize)
+            }
+        }
+    }
+}
+
+/// Whether a column of this type is a date or a time: read as days since 1970-01-01.
+pub fn is_temporal(dt: &DataType) -> bool {
+    matches!(
+        dt,
+        DataType::Date32 | DataType::Date64 | DataType::Timestamp(..)
+    )
+}
+
+/// Whether a column trained as `source_type` (an Arrow type's name) was a date or a time.
+pub fn is_temporal_name(source_type: &str) -> bool {
+    source_type.starts_with("Date") || source_type.starts_with("Timestamp")
+}
+
+/// Days since 1970-01-01 of an ISO date (`2024-05-01`) or date and time
+/// (`2024-05-01T10:30:00`, with a space, fractions or an offset), as a request sends it.
+pub fn parse_days(s: &str) -> Option<f64> {
+    let s = s.trim();
+    if let Ok(d) = chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d") {
+        return Some(d.and_hms_opt(0, 0, 0)?.and_utc().timestamp() as f64 / 86_400.0);
+    }
+    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(s) {
+        return Some(t.timestamp_millis() as f64 / 86_400_000.0);
+    }
+    [
+        "%Y-%m-%dT%H:%M:%S%.f",
+        "%Y-%m-%d %H:%M:%S%.f",
+        "%Y-%m-%d %H:%M",
+    ]
+    .iter()
+    .find_map(|f| chrono::NaiveDateTime::parse_from_str(s, f).ok())
+    .map(|t| t.and_utc().timestamp_millis() as f64 / 86_400_000.0)
 }
 
 /// Up to `n` buckets' inner edges at the quantiles of `values` (sorted, finite), ties merged.
@@ -263,16 +338,36 @@ pub(crate) fn concat_column(batches: &[RecordBatch], name: &str) -> Result<Vec<A
 
 /// Column values as f64 (NaN for missing).
 pub(crate) fn numeric_values(arrays: &[ArrayRef]) -> Result<Vec<f64>> {
+    let internal = |e: arrow::error::ArrowError| ModelError::Internal(e.to_string());
     let mut out = Vec::new();
     for a in arrays {
+        // Dates and times: days since 1970-01-01 (through milliseconds).
+        let per_unit = if is_temporal(a.data_type()) {
+            86_400_000.0
+        } else {
+            1.0
+        };
         let a = if a.data_type() == &DataType::Boolean {
-            cast(a, &DataType::UInt8).map_err(|e| ModelError::Internal(e.to_string()))?
+            cast(a, &DataType::UInt8).map_err(internal)?
+        } else if is_temporal(a.data_type()) {
+            let ms = cast(
+                a,
+                &DataType::Timestamp(arrow::datatypes::TimeUnit::Millisecond, None),
+            )
+            .map_err(internal)?;
+            cast(&ms, &DataType::Int64).map_err(internal)?
         } else {
             a.clone()
         };
-        let f = cast(&a, &DataType::Float64).map_err(|e| ModelError::Internal(e.to_string()))?;
+        let f = cast(&a, &DataType::Float64).map_err(internal)?;
         let f = f.as_primitive::<Float64Type>();
-        out.extend((0..f.len()).map(|i| if f.is_null(i) { f64::NAN } else { f.value(i) }));
+        out.extend((0..f.len()).map(|i| {
+            if f.is_null(i) {
+                f64::NAN
+            } else {
+                f.value(i) / per_unit
+            }
+        }));
     }
     Ok(out)
 }
@@ -427,7 +522,22 @@ impl Preprocessor {
             }
             let dt = field.data_type();
             let arrays = concat_column(batches, name)?;
-            let encoding = if is_numeric(dt) && !forced.contains(name.as_str()) {
+            let temporal = is_temporal(dt);
+            if temporal && !forced.contains(name.as_str()) {
+                // A date: its days are the numeric feature below, its weekday and month
+                // are one-hot parts.
+                for part in [DatePart::Weekday, DatePart::Month] {
+                    extra.push(FeatureColumn {
+                        name: name.clone(),
+                        sources: Vec::new(),
+                        source_type: dt.to_string(),
+                        offset: 0,
+                        width: part.width(),
+                        encoding: ColumnEncoding::DatePart { part },
+                    });
+                }
+            }
+            let encoding = if (is_numeric(dt) || temporal) && !forced.contains(name.as_str()) {
                 let values = numeric_values(&arrays)?;
                 let train: Vec<f64> = values
                     .iter()
@@ -457,10 +567,7 @@ impl Preprocessor {
                 dt,
                 DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View
             ) || is_numeric(dt)
-                || matches!(
-                    dt,
-                    DataType::Date32 | DataType::Date64 | DataType::Timestamp(..)
-                )
+                || temporal
             {
                 match cfg.encoding {
                     Encoding::Hashed => ColumnEncoding::Hashed {
@@ -479,6 +586,7 @@ impl Preprocessor {
                 ColumnEncoding::OneHot { vocabulary } => vocabulary.len() + 1,
                 ColumnEncoding::Hashed { buckets } => *buckets,
                 ColumnEncoding::Buckets { edges } => edges.len() + 2,
+                ColumnEncoding::DatePart { part } => part.width(),
             };
             columns.push(FeatureColumn {
                 name: name.clone(),
@@ -547,6 +655,15 @@ impl Preprocessor {
                         "missing column {name:?} (trained as {})",
                         col.source_type
                     )),
+                    Ok(f) if is_temporal_name(&col.source_type) => {
+                        if !is_temporal(f.data_type()) {
+                            out.push(format!(
+                                "column {name:?} is {}, the model was trained on dates ({}): state its type ([data] types = {{ {name} = \"date\" }})",
+                                f.data_type(),
+                                col.source_type
+                            ));
+                        }
+                    }
                     Ok(f) => {
                         let numeric = matches!(
                             col.encoding,
@@ -609,6 +726,14 @@ impl Preprocessor {
                     let values = numeric_values(&concat_column(batches, &col.name)?)?;
                     for (r, &i) in selected.iter().enumerate() {
                         x[r * self.dim + col.offset + bucket_of(values[i], edges)] = 1.0;
+                    }
+                }
+                ColumnEncoding::DatePart { part } => {
+                    let days = numeric_values(&concat_column(batches, &col.name)?)?;
+                    for (r, &i) in selected.iter().enumerate() {
+                        if let Some(slot) = part.slot(days[i]) {
+                            x[r * self.dim + col.offset + slot] = 1.0;
+                        }
                     }
                 }
                 ColumnEncoding::Hashed { buckets } => {
