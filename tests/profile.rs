@@ -1,6 +1,8 @@
 //! `halyard profile`, the real binary, on committed fixtures: each column's type, missing
 //! share, distinct count and encoding, and the warnings a user needs before training.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::process::Command;
 
@@ -10,12 +12,7 @@ fn profile(file: &str, args: &[&str]) -> serde_json::Value {
         .args(args)
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
+    serde_json::from_str(&common::succeeded(&out)).unwrap()
 }
 
 fn fixture(name: &str) -> String {

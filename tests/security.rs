@@ -809,12 +809,7 @@ async fn a_rotated_key_reseals_every_object_and_the_old_key_can_go() {
             .arg(tmp.path().join("state"))
             .output()
             .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        common::succeeded(&out)
     };
     let said = reseal();
     assert!(said.starts_with("2 of 3 objects"), "{said}");

@@ -2,6 +2,8 @@
 //! order (it once reordered rows past the first 8,192 on a machine with several cores,
 //! which breaks any split by row index).
 
+mod common;
+
 use std::process::Command;
 
 #[test]
@@ -23,11 +25,7 @@ fn converting_a_file_keeps_its_row_order() {
         .arg(&output)
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::succeeded(&out);
     let text = std::fs::read_to_string(&output).unwrap();
     let ids: Vec<u64> = text
         .lines()

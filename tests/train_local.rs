@@ -2,6 +2,8 @@
 //! the metrics, writes the weights to `--out`, and leaves no temporary folder behind,
 //! whether training succeeded or failed.
 
+mod common;
+
 use std::process::{Command, Output};
 
 fn train(tmp: &std::path::Path, args: &[&str]) -> Output {
@@ -40,12 +42,7 @@ fn local_training_reports_writes_its_output_and_cleans_up() {
             out_dir.to_str().unwrap(),
         ],
     );
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{text}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = common::succeeded(&out);
     assert!(text.contains("test_auc"), "{text}");
     assert!(out_dir.join("model.safetensors").exists());
     assert!(out_dir.join("training.json").exists());
@@ -89,12 +86,7 @@ fn missing_markers_and_stated_types_train_and_their_absence_is_explained() {
             "types = { zip = \"string\", signup = \"date\" }",
         )],
     );
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{text}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = common::succeeded(&out);
     assert!(text.contains("test_auc"), "{text}");
     // Without the markers, the job stops and says which cells and what to set.
     let out = train(dir.path(), &[&spec("strict", "missing = []")]);

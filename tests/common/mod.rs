@@ -85,6 +85,18 @@ impl Drop for Proc {
     }
 }
 
+/// The standard output of a finished `halyard` run, after checking that it succeeded
+/// (else the test fails with both of its outputs).
+pub(crate) fn succeeded(out: &std::process::Output) -> String {
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
 /// Poll `f` until it returns `Some`, or panic after `timeout` naming `what`.
 pub(crate) async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut f: F) -> T
 where
