@@ -436,6 +436,9 @@ enum Guardrail {
 enum ExperimentCommand {
     /// Analyse a campaign that already ran, from its table (CSV or Parquet, local or S3)
     Analyze(halyard_cli::experiment::AnalyzeArgs),
+    /// Before a test: the customers per group a fixed-horizon test needs to detect an
+    /// effect (a rate's, or a mean's with --sd), and the days it takes at --daily
+    Plan(halyard_cli::experiment::PlanArgs),
 }
 
 /// `halyard schedule`'s subcommands.
@@ -748,6 +751,10 @@ async fn run(cli: Cli) -> Result<(), AnyError> {
             what: Some(ExperimentCommand::Analyze(args)),
             ..
         } => halyard_cli::experiment::command(args).await?,
+        Command::Experiment {
+            what: Some(ExperimentCommand::Plan(args)),
+            ..
+        } => halyard_cli::experiment::plan(&args)?,
         Command::Experiment {
             what: None,
             name,

@@ -261,3 +261,76 @@ async fn a_ramp_steps_up_and_promotes_or_rolls_back_when_its_guardrail_breaks() 
         "{rollback:?}"
     );
 }
+
+#[test]
+fn a_test_is_planned_before_it_starts() {
+    let plan = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_halyard"))
+            .args(["experiment", "plan"])
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    // 10 % → 11 %: statsmodels' 14,748.01 per group (models/tests/fixtures/plan_reference.json).
+    let out = plan(&[
+        "--baseline",
+        "0.10",
+        "--effect",
+        "10%",
+        "--daily",
+        "1000",
+        "--json",
+    ]);
+    let j: serde_json::Value = serde_json::from_str(&succeeded(&out)).unwrap();
+    assert_eq!(
+        (j["per_group"].as_f64(), j["total"].as_f64()),
+        (Some(14_749.0), Some(29_498.0))
+    );
+    assert_eq!(j["days"], 30.0);
+    let text = succeeded(&plan(&[
+        "--baseline",
+        "0.10",
+        "--effect",
+        "0.01",
+        "--groups",
+        "3",
+    ]));
+    assert!(
+        text.contains("14749 per group, 44247 in all (3 groups)"),
+        "{text}"
+    );
+    // A mean with its standard deviation.
+    let j: serde_json::Value = serde_json::from_str(&succeeded(&plan(&[
+        "--baseline",
+        "1.05",
+        "--effect",
+        "0.25",
+        "--sd",
+        "15.9",
+        "--json",
+    ])))
+    .unwrap();
+    assert_eq!(j["per_group"], 63_497.0);
+    // Bad input says what is wrong.
+    for (args, says) in [
+        (
+            vec!["--baseline", "0.1", "--effect", "lots"],
+            "--effect \"lots\"",
+        ),
+        (
+            vec!["--baseline", "0.95", "--effect", "0.1"],
+            "between 0 and 1",
+        ),
+        (
+            vec!["--baseline", "0.1", "--effect", "0.01", "--power", "2"],
+            "--power",
+        ),
+    ] {
+        let out = plan(&args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.code() == Some(1) && err.contains(says),
+            "{args:?}: {err}"
+        );
+    }
+}

@@ -1,5 +1,6 @@
 //! `halyard experiment analyze`: the analysis of a campaign that already ran, from a CSV or
-//! Parquet table (local or S3) with one row per customer ([`halyard_models::experiment`]).
+//! Parquet table (local or S3) with one row per customer ([`halyard_models::experiment`]);
+//! `halyard experiment plan`: the sample size a fixed-horizon test needs, before it starts.
 
 use halyard_core::data::read_table;
 use halyard_core::spec::{DataSpec, resolve_source};
@@ -77,6 +78,114 @@ pub async fn command(args: AnalyzeArgs) -> Result<()> {
     } else {
         out(&render(&report, &spec, &url));
     }
+    Ok(())
+}
+
+/// What `halyard experiment plan` was given.
+#[derive(Debug, Clone, clap::Args)]
+pub struct PlanArgs {
+    /// The control's conversion rate (0 to 1), or its mean with --sd
+    #[arg(long)]
+    pub baseline: f64,
+    /// The smallest difference worth detecting: absolute (0.01), or relative to the
+    /// baseline with a % sign (10%)
+    #[arg(long)]
+    pub effect: String,
+    /// A mean metric's standard deviation (revenue, spend); without it the metric is a rate
+    #[arg(long)]
+    pub sd: Option<f64>,
+    /// Groups in the test, the control included (each variant is compared with it)
+    #[arg(long, default_value_t = 2)]
+    pub groups: u32,
+    /// Confidence level of the two-sided test
+    #[arg(long, default_value_t = 0.95)]
+    pub confidence: f64,
+    /// Power: the chance of detecting a difference of --effect
+    #[arg(long, default_value_t = 0.8)]
+    pub power: f64,
+    /// Eligible customers per day: how many days the test takes
+    #[arg(long)]
+    pub daily: Option<f64>,
+    /// Print JSON
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `halyard experiment plan`.
+pub fn plan(args: &PlanArgs) -> Result<()> {
+    let bad = |what: String| Err(CliError::Failed(what));
+    if !(0.5..1.0).contains(&args.confidence) || !(0.5..1.0).contains(&args.power) {
+        return bad("--confidence and --power lie in [0.5, 1), such as 0.95 and 0.8".into());
+    }
+    if args.groups < 2 {
+        return bad(format!(
+            "--groups {}: a test has at least 2 (control and a variant)",
+            args.groups
+        ));
+    }
+    let effect = match args.effect.trim().strip_suffix('%') {
+        Some(rel) => rel.trim().parse::<f64>().map(|r| r / 100.0 * args.baseline),
+        None => args.effect.trim().parse::<f64>(),
+    }
+    .map_err(|_| {
+        CliError::Failed(format!(
+            "--effect {:?}: a number (0.01) or a percentage (10%)",
+            args.effect
+        ))
+    })?;
+    let rate = args.sd.is_none();
+    let within = |p: f64| (0.0..=1.0).contains(&p);
+    if rate && !(within(args.baseline) && within(args.baseline + effect)) {
+        return bad(format!(
+            "--baseline {} with --effect {}: a rate and the rate it moves to lie between 0 and 1 (for a mean metric give --sd)",
+            args.baseline, args.effect
+        ));
+    }
+    if effect == 0.0 || !effect.is_finite() || args.sd.is_some_and(|s| s.is_nan() || s <= 0.0) {
+        return bad("--effect must be non-zero and --sd positive".into());
+    }
+    let p =
+        halyard_models::stats::plan(args.baseline, effect, args.sd, args.confidence, args.power);
+    let per_group = p.per_group.ceil();
+    let total = per_group * f64::from(args.groups);
+    let days = args.daily.map(|d| (total / d).ceil());
+    if args.json {
+        out(&serde_json::json!({
+            "baseline": args.baseline,
+            "effect": effect,
+            "sd": p.sd,
+            "confidence": args.confidence,
+            "power": args.power,
+            "groups": args.groups,
+            "per_group": per_group,
+            "total": total,
+            "days": days,
+        })
+        .to_string());
+        return Ok(());
+    }
+    let what = if rate {
+        format!(
+            "a rate of {:.4} to {:.4}",
+            args.baseline,
+            args.baseline + effect
+        )
+    } else {
+        format!("a mean of {} by {effect:+} (sd {})", args.baseline, p.sd)
+    };
+    out(&format!(
+        "fixed-horizon test of {what}, {} two-sided, {:.0}% power: {per_group:.0} per group, {total:.0} in all ({} groups){}",
+        pct(args.confidence),
+        args.power * 100.0,
+        args.groups,
+        days.map_or(String::new(), |d| format!(
+            ", about {d:.0} days at {} a day",
+            args.daily.unwrap_or(0.0)
+        ))
+    ));
+    out(
+        "read it once, at that size; looking before then needs the always-valid figures (halyard experiment NAME), which are wider: plan for more (docs/experiments.md)",
+    );
     Ok(())
 }
 

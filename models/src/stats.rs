@@ -345,6 +345,28 @@ pub fn sample_size(sd: f64, effect: f64, confidence: f64, power: f64) -> f64 {
     2.0 * (z * sd / effect).powi(2)
 }
 
+/// A fixed-horizon test planned before it starts.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Plan {
+    /// The metric's standard deviation used (for a rate, `sqrt((p₁q₁ + p₂q₂) / 2)`).
+    pub sd: f64,
+    /// Observations each group needs (not rounded).
+    pub per_group: f64,
+}
+
+/// Plan a test of a difference `effect` from `baseline`: a rate when `sd` is `None` (the
+/// baseline is the control's rate), else a mean with standard deviation `sd`.
+pub fn plan(baseline: f64, effect: f64, sd: Option<f64>, confidence: f64, power: f64) -> Plan {
+    let sd = sd.unwrap_or_else(|| {
+        let (p1, p2) = (baseline, baseline + effect);
+        ((p1 * (1.0 - p1) + p2 * (1.0 - p2)) / 2.0).sqrt()
+    });
+    Plan {
+        sd,
+        per_group: sample_size(sd, effect, confidence, power),
+    }
+}
+
 /// The smallest difference a fixed-horizon test with standard error `se` detects with
 /// `power`: `(z₁₋α/₂ + z_power) se`.
 pub fn detectable(se: f64, confidence: f64, power: f64) -> f64 {

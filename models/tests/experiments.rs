@@ -292,3 +292,27 @@ fn bad_input_is_refused_and_too_few_observations_say_how_many_more() {
         "{note}"
     );
 }
+
+#[test]
+fn planned_sample_sizes_agree_with_statsmodels() {
+    let cases: Vec<serde_json::Value> =
+        serde_json::from_str(include_str!("fixtures/plan_reference.json")).unwrap();
+    assert_eq!(cases.len(), 5);
+    for c in cases {
+        let f = |k: &str| c[k].as_f64().unwrap();
+        let sd = c["sd"].as_f64();
+        let p = halyard_models::stats::plan(
+            f("baseline"),
+            f("effect"),
+            sd,
+            f("confidence"),
+            f("power"),
+        );
+        let want = f("per_group");
+        assert!(
+            ((p.per_group - want) / want).abs() < 5e-4,
+            "{c}: {} against statsmodels' {want}",
+            p.per_group
+        );
+    }
+}
