@@ -616,3 +616,61 @@ async fn the_suite_passes_against_etcd_with_tls_client_certificates_and_users() 
     sql_endpoint_follows_the_leader(coord().await).await;
     the_audit_log_is_trimmed_by_time(coord().await).await;
 }
+
+/// One job record that cannot be read does not stop the leader's view of the others: it
+/// is quarantined with the reason, once, and left as it is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreadable_job_is_quarantined_and_the_others_go_on() {
+    use halyard_core::kv::{KvBackend, TxnOp};
+    let kv = Arc::new(EmbeddedKv::new());
+    let root = root();
+    let c = Coordinator::new(kv.clone(), &root);
+    c.submit_job(&JobRecord::new("good".into(), spec()))
+        .await
+        .unwrap();
+    let put = |key: String, value: &[u8]| TxnOp::Put {
+        key,
+        value: value.to_vec(),
+        lease: None,
+    };
+    kv.txn(
+        Vec::new(),
+        vec![
+            put(
+                format!("{root}/jobs/bad"),
+                b"{\"id\": \"bad\", \"format\": 99",
+            ),
+            put(format!("{root}/active/bad"), b""),
+        ],
+    )
+    .await
+    .unwrap();
+    let active = c.list_active_jobs().await.unwrap();
+    assert_eq!(active.len(), 1);
+    assert_eq!(active[0].value.id, "good");
+    let q = c.quarantined_jobs().await.unwrap();
+    assert_eq!(q.len(), 1);
+    assert!(
+        q[0].0 == "bad" && q[0].1.contains("corrupt record"),
+        "{q:?}"
+    );
+    // Once: the index no longer names it; the record is kept for inspection.
+    assert_eq!(c.list_active_jobs().await.unwrap().len(), 1);
+    assert!(
+        kv.get(&format!("{root}/active/bad"))
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(kv.get(&format!("{root}/jobs/bad")).await.unwrap().is_some());
+    // The full listing leaves it out too; asking for it by id says what is wrong.
+    let all = c.list_jobs().await.unwrap();
+    assert_eq!(all.len(), 1);
+    assert!(
+        c.get_job("bad")
+            .await
+            .unwrap_err()
+            .to_string()
+            .contains("corrupt record")
+    );
+}

@@ -36,30 +36,78 @@ impl Coordinator {
     /// All jobs, oldest first.
     pub async fn list_jobs(&self) -> Result<Vec<Versioned<JobRecord>>> {
         let entries = self.kv.range(&self.key("jobs/")).await?;
-        let mut jobs = entries
-            .iter()
-            .map(decode)
-            .collect::<Result<Vec<Versioned<JobRecord>>>>()?;
+        let mut jobs: Vec<Versioned<JobRecord>> = Vec::with_capacity(entries.len());
+        for e in &entries {
+            // One record that cannot be read does not hide the others (`halyard job ID`
+            // shows its error).
+            match decode(e) {
+                Ok(job) => jobs.push(job),
+                Err(err) => {
+                    tracing::warn!(key = %e.key, error = %err, "an unreadable job record left out of the list")
+                }
+            }
+        }
         jobs.sort_by_key(|j| (j.value.created_ms, j.value.id.clone()));
         Ok(jobs)
     }
 
     /// Jobs that have not ended, oldest first: what the leader supervises. Reads only the
-    /// active index and those jobs, however long the history.
+    /// active index and those jobs, however long the history. A job whose record cannot
+    /// be read (corrupt, or written by a newer Halyard) is quarantined: taken out of the
+    /// active index and recorded under `quarantine/<job>` with the reason, so the rest go
+    /// on; its record stays as it is for inspection.
     pub async fn list_active_jobs(&self) -> Result<Vec<Versioned<JobRecord>>> {
         let prefix = self.key("active/");
         let mut jobs = Vec::new();
         for entry in self.kv.range(&prefix).await? {
             let id = &entry.key[prefix.len()..];
-            // A job ended between the two reads: its index key is gone now, skip it.
-            if let Some(job) = self.get_job(id).await?
-                && !job.value.state.is_terminal()
-            {
-                jobs.push(job);
+            match self.get_job(id).await {
+                // A job ended between the two reads: its index key is gone now, skip it.
+                Ok(Some(job)) if !job.value.state.is_terminal() => jobs.push(job),
+                Ok(_) => {}
+                Err(e @ Error::Corrupt { .. }) => self.quarantine_job(id, &e.to_string()).await?,
+                Err(e) => return Err(e),
             }
         }
         jobs.sort_by_key(|j| (j.value.created_ms, j.value.id.clone()));
         Ok(jobs)
+    }
+
+    /// Take job `id` out of the active index and record why under `quarantine/<id>`.
+    async fn quarantine_job(&self, id: &str, reason: &str) -> Result<()> {
+        tracing::error!(job = %id, reason = %reason, "job record quarantined: it cannot be read; the other jobs go on");
+        self.kv
+            .txn(
+                Vec::new(),
+                vec![
+                    put(
+                        self.key(&format!("quarantine/{id}")),
+                        reason.as_bytes().to_vec(),
+                    ),
+                    TxnOp::Delete {
+                        key: self.active_key(id),
+                    },
+                ],
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Jobs quarantined by the leader: id and reason.
+    pub async fn quarantined_jobs(&self) -> Result<Vec<(String, String)>> {
+        let prefix = self.key("quarantine/");
+        Ok(self
+            .kv
+            .range(&prefix)
+            .await?
+            .into_iter()
+            .map(|e| {
+                (
+                    e.key[prefix.len()..].to_string(),
+                    String::from_utf8_lossy(&e.value).into_owned(),
+                )
+            })
+            .collect())
     }
 
     /// A job write, plus dropping the job from the active index when it has ended.
