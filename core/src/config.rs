@@ -306,8 +306,11 @@ pub enum CoordinatorConfig {
         /// TLS and user authentication.
         access: EtcdAccess,
     },
-    /// In-process (standalone mode).
-    Embedded,
+    /// In-process (standalone mode), kept in a journal file.
+    Embedded {
+        /// The journal (`<data dir>/coordinator.journal`).
+        journal: PathBuf,
+    },
 }
 
 impl CoordinatorConfig {
@@ -349,7 +352,9 @@ impl CoordinatorConfig {
                     .unwrap_or_else(|| DEFAULT_ETCD_ROOT.into()),
                 access,
             },
-            _ => CoordinatorConfig::Embedded,
+            _ => CoordinatorConfig::Embedded {
+                journal: data_dir(s).join("coordinator.journal"),
+            },
         })
     }
 
@@ -365,8 +370,8 @@ impl CoordinatorConfig {
                 let kv = EtcdKv::connect(endpoints, access).await?;
                 Ok(Coordinator::new(Arc::new(kv), root))
             }
-            CoordinatorConfig::Embedded => Ok(Coordinator::new(
-                Arc::new(EmbeddedKv::new()),
+            CoordinatorConfig::Embedded { journal } => Ok(Coordinator::new(
+                Arc::new(EmbeddedKv::open(journal)?),
                 DEFAULT_ETCD_ROOT,
             )),
         }

@@ -87,7 +87,9 @@ pub trait KvBackend: Send + Sync + 'static {
     async fn revoke(&self, lease: i64) -> Result<()>;
 }
 
-/// The embedded backend: one process, in memory. The default of `halyard standalone`.
+/// The embedded backend: one process, in memory, and with [`EmbeddedKv::open`] a journal
+/// on disk that keeps every write not bound to a lease across restarts
+/// ([`crate::journal`]). The default of `halyard standalone`.
 #[derive(Debug, Default)]
 pub struct EmbeddedKv {
     state: Mutex<EmbeddedState>,
@@ -99,6 +101,7 @@ struct EmbeddedState {
     next_lease: i64,
     data: BTreeMap<String, Stored>,
     leases: HashMap<i64, LeaseState>,
+    journal: Option<crate::journal::Journal>,
 }
 
 #[derive(Debug)]
@@ -115,9 +118,47 @@ struct LeaseState {
 }
 
 impl EmbeddedKv {
-    /// An empty store.
+    /// An empty store, in memory only.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A store kept in the journal at `path`: what it holds is read back (every write not
+    /// bound to a lease, at its revision), and every such write from now on is synced
+    /// there before it is acknowledged.
+    pub fn open(path: &std::path::Path) -> Result<Self> {
+        use crate::journal::{Journal, Record};
+        let (journal, records) = Journal::open(path)?;
+        let mut state = EmbeddedState::default();
+        for r in records {
+            match r {
+                Record::Put {
+                    key,
+                    value,
+                    revision,
+                } => {
+                    state.revision = state.revision.max(revision);
+                    state.data.insert(
+                        key,
+                        Stored {
+                            value,
+                            mod_revision: revision,
+                            lease: 0,
+                        },
+                    );
+                }
+                Record::Delete { key, revision } => {
+                    state.revision = state.revision.max(revision);
+                    state.data.remove(&key);
+                }
+                Record::Revision(r) => state.revision = state.revision.max(r),
+            }
+        }
+        tracing::info!(journal = %path.display(), keys = state.data.len(), revision = state.revision, "embedded coordinator opened");
+        state.journal = Some(journal);
+        Ok(EmbeddedKv {
+            state: Mutex::new(state),
+        })
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, EmbeddedState> {
@@ -148,6 +189,68 @@ impl EmbeddedState {
         if self.data.len() != before {
             self.revision += 1;
         }
+    }
+
+    /// The journal records of applying `then` at `revision`: puts without a lease, and
+    /// deletes (or leased puts) of keys that had none.
+    fn durable_effects(&self, then: &[TxnOp], revision: i64) -> Vec<crate::journal::Record> {
+        use crate::journal::Record;
+        let mut durable: HashMap<&str, bool> = HashMap::new();
+        let mut out = Vec::new();
+        for op in then {
+            let key = match op {
+                TxnOp::Put { key, .. } | TxnOp::Delete { key } => key.as_str(),
+            };
+            let was_durable = *durable
+                .get(key)
+                .unwrap_or(&self.data.get(key).is_some_and(|s| s.lease == 0));
+            match op {
+                TxnOp::Put {
+                    key,
+                    value,
+                    lease: None,
+                } => {
+                    out.push(Record::Put {
+                        key: key.clone(),
+                        value: value.clone(),
+                        revision,
+                    });
+                    durable.insert(key, true);
+                }
+                _ if was_durable => {
+                    out.push(Record::Delete {
+                        key: key.to_string(),
+                        revision,
+                    });
+                    durable.insert(key, false);
+                }
+                _ => {}
+            }
+        }
+        out
+    }
+
+    /// Rewrite a large journal as a snapshot of the keys without a lease.
+    fn compact_if_large(&mut self) -> Result<()> {
+        use crate::journal::Record;
+        if !self.journal.as_ref().is_some_and(|j| j.is_large()) {
+            return Ok(());
+        }
+        let mut records: Vec<Record> = vec![Record::Revision(self.revision)];
+        records.extend(
+            self.data
+                .iter()
+                .filter(|(_, s)| s.lease == 0)
+                .map(|(k, s)| Record::Put {
+                    key: k.clone(),
+                    value: s.value.clone(),
+                    revision: s.mod_revision,
+                }),
+        );
+        if let Some(j) = self.journal.as_mut() {
+            j.rewrite(&records)?;
+        }
+        Ok(())
     }
 
     fn entry(&self, key: &str, s: &Stored) -> KvEntry {
@@ -201,10 +304,15 @@ impl KvBackend for EmbeddedKv {
                 return Err(Error::LeaseLost(*l));
             }
         }
-        if !then.is_empty() {
-            state.revision += 1;
+        let revision = state.revision + i64::from(!then.is_empty());
+        // What outlives the process is on disk before anything changes here.
+        if state.journal.is_some() {
+            let records = state.durable_effects(&then, revision);
+            if let Some(journal) = state.journal.as_mut() {
+                journal.append(&records)?;
+            }
         }
-        let revision = state.revision;
+        state.revision = revision;
         for op in then {
             match op {
                 TxnOp::Put { key, value, lease } => {
@@ -222,6 +330,7 @@ impl KvBackend for EmbeddedKv {
                 }
             }
         }
+        state.compact_if_large()?;
         Ok(TxnOutcome {
             succeeded: true,
             revision,

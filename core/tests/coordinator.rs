@@ -25,6 +25,14 @@ async fn embedded() -> Coordinator {
     Coordinator::new(Arc::new(EmbeddedKv::new()), &root())
 }
 
+/// An embedded store kept in a journal (a fresh file).
+async fn journalled() -> Coordinator {
+    let path = std::env::temp_dir()
+        .join(format!("halyard-journal-{}", uuid::Uuid::new_v4().simple()))
+        .join("coordinator.journal");
+    Coordinator::new(Arc::new(EmbeddedKv::open(&path).unwrap()), &root())
+}
+
 async fn etcd() -> Coordinator {
     let endpoint = std::env::var("HALYARD_TEST_ETCD").expect(
         "HALYARD_TEST_ETCD is not set: these tests need a real etcd; run .ci/run, which starts one",
@@ -459,6 +467,14 @@ macro_rules! conformance {
                 }
             )*
         }
+        mod journalled_backend {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(super::journalled().await).await;
+                }
+            )*
+        }
         mod etcd_backend {
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -673,4 +689,79 @@ async fn an_unreadable_job_is_quarantined_and_the_others_go_on() {
             .to_string()
             .contains("corrupt record")
     );
+}
+
+/// A journalled store read again after its process ended keeps every write not bound to a
+/// lease, at its revision (compare-and-swap on it still works), and none bound to one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_journalled_store_keeps_what_outlives_leases_across_a_restart() {
+    use halyard_core::kv::{KvBackend, TxnOp};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("coordinator.journal");
+    let root = root();
+    let (job_revision, deployment) = {
+        let kv = Arc::new(EmbeddedKv::open(&path).unwrap());
+        let c = Coordinator::new(kv.clone(), &root);
+        let _lead = lead_and_place(&c).await;
+        let assigned = c.tasks_for("e1").await.unwrap().remove(0);
+        c.next_model_version("m").await.unwrap();
+        c.register_version(&assigned, &version("m", 1))
+            .await
+            .unwrap();
+        let production = Change::Deploy {
+            version: 1,
+            alias: "production".into(),
+            percent: None,
+        };
+        let d = c.change_deployment("m", &production).await.unwrap();
+        // On a lease: gone after the restart.
+        let lease = c.grant_lease(TTL).await.unwrap();
+        c.advertise_serving(
+            &ServingInfo {
+                executor: "e1".into(),
+                address: "127.0.0.1:1".into(),
+                models: [("m".to_string(), vec![1])].into(),
+            },
+            lease,
+        )
+        .await
+        .unwrap();
+        // Written, then deleted: gone too.
+        kv.txn(
+            Vec::new(),
+            vec![TxnOp::Put {
+                key: format!("{root}/scratch"),
+                value: b"x".to_vec(),
+                lease: None,
+            }],
+        )
+        .await
+        .unwrap();
+        kv.txn(
+            Vec::new(),
+            vec![TxnOp::Delete {
+                key: format!("{root}/scratch"),
+            }],
+        )
+        .await
+        .unwrap();
+        let j = c.list_jobs().await.unwrap().remove(0);
+        (j.revision, d)
+    };
+    let kv = Arc::new(EmbeddedKv::open(&path).unwrap());
+    let c = Coordinator::new(kv.clone(), &root);
+    let j = c.list_jobs().await.unwrap().remove(0);
+    assert_eq!(j.revision, job_revision);
+    assert_eq!(c.list_active_jobs().await.unwrap().len(), 1);
+    assert_eq!(c.model_versions("m").await.unwrap().len(), 1);
+    assert_eq!(c.deployment("m").await.unwrap(), Some(deployment));
+    assert!(
+        c.serving().await.unwrap().is_empty(),
+        "leased keys end with the process"
+    );
+    assert!(kv.get(&format!("{root}/scratch")).await.unwrap().is_none());
+    // Revisions go on from where they were: a new write is newer than every old one.
+    assert_eq!(c.next_model_version("m").await.unwrap(), 2);
+    let d = c.change_deployment("m", &Change::Rollback).await;
+    assert!(d.is_ok(), "{d:?}");
 }
