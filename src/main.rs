@@ -360,7 +360,8 @@ enum Command {
         /// GPUs `auto` may use here
         #[arg(long, default_value_t = 0, env = "HALYARD_GPUS")]
         gpus: u32,
-        /// Folder to write the weights and a training summary to
+        /// Folder to write the weights, a training summary and the test rows' predictions
+        /// (predictions.csv: row, the excluded id columns, label, score) to
         #[arg(long)]
         out: Option<PathBuf>,
         /// Forecasters: also score the M4 classical methods on the same split

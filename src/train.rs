@@ -15,7 +15,7 @@ use halyard_core::spec::{DeviceKind, JobSpec};
 use halyard_core::store::S3Config;
 use halyard_core::store::Store;
 use halyard_executor::pipeline::{self, Host, Run};
-use halyard_executor::{ExecutorError, Trained, placement, read_series};
+use halyard_executor::{ExecutorError, Trained, placement, read_series, test_predictions};
 use halyard_features::session::{DataAccess, local_context};
 use halyard_models::device::Placement;
 use halyard_models::forecast::classical::evaluate;
@@ -139,6 +139,13 @@ pub async fn train_local(
         std::fs::write(&m, serde_json::to_vec_pretty(&manifest).unwrap_or_default())
             .map_err(|e| io(&m, e))?;
         println!("  weights in {}", w.display());
+        // The test rows scored, to check with any tool.
+        let input = pipeline::input(&run, None, &mut |_| {}).await?;
+        if let Some(csv) = test_predictions(&spec, &input, &trained)? {
+            let p = dir.join("predictions.csv");
+            std::fs::write(&p, csv).map_err(|e| io(&p, e))?;
+            println!("  test rows' predictions in {}", p.display());
+        }
     }
     if baselines && let Some(f) = &spec.forecast {
         let input = pipeline::input(&run, None, &mut |_| {}).await?;

@@ -46,6 +46,24 @@ fn local_training_reports_writes_its_output_and_cleans_up() {
     assert!(text.contains("test_auc"), "{text}");
     assert!(out_dir.join("model.safetensors").exists());
     assert!(out_dir.join("training.json").exists());
+    // The test rows' predictions: every 5th row (holdout_every), with its id and label,
+    // and a probability; as many as the summary's test rows.
+    let csv = std::fs::read_to_string(out_dir.join("predictions.csv")).unwrap();
+    let mut lines = csv.lines();
+    assert_eq!(lines.next(), Some("row,customer_id,responded,score"));
+    let rows: Vec<Vec<&str>> = lines.map(|l| l.split(',').collect()).collect();
+    let summary: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out_dir.join("training.json")).unwrap()).unwrap();
+    assert_eq!(
+        rows.len() as u64,
+        summary["data"]["test_rows"].as_u64().unwrap()
+    );
+    assert!(rows.len() >= 180, "{} test rows of 1,000", rows.len());
+    for r in &rows {
+        assert_eq!(r[0].parse::<usize>().unwrap() % 5, 4, "{r:?}");
+        let score: f64 = r[3].parse().unwrap();
+        assert!((0.0..=1.0).contains(&score), "{r:?}");
+    }
 
     let out = train(&scratch, &[&spec("plain", "responded")]);
     assert!(out.status.success());

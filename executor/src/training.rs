@@ -283,6 +283,71 @@ fn train_blocking(
     Ok((trained, lineage))
 }
 
+/// The test rows' predictions of a model just trained on `input` as CSV: each row's
+/// index in the input (`row`), its excluded columns (ids), the label and the model's
+/// `score` (response probability; uplift; segment). `None` for a forecaster.
+pub fn test_predictions(
+    spec: &JobSpec,
+    input: &Input,
+    trained: &TrainedModel,
+) -> Result<Option<Vec<u8>>> {
+    use arrow::array::{ArrayRef, Float32Array, RecordBatch, UInt32Array, UInt64Array};
+    use arrow::datatypes::{DataType, Field, Schema};
+    if spec.forecast.is_some() {
+        return Ok(None);
+    }
+    let internal = |e: String| ExecutorError::Invalid(format!("test predictions: {e}"));
+    let table = input.table(spec)?;
+    let (mut features, _) = model_configs(spec, Placement::Cpu);
+    if input.features.is_some() {
+        features.split_column = Some(SPLIT_COLUMN.to_string());
+    }
+    let roles = halyard_models::preprocess::row_roles(&table.batches, &features)?;
+    let runtime =
+        halyard_models::runtime::Runtime::new(trained.architecture.clone(), &trained.weights)?;
+    let scores = runtime.score(&table.batches)?;
+    let test: Vec<u32> = roles
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| **r == halyard_models::preprocess::Role::Test)
+        .map(|(i, _)| i as u32)
+        .collect();
+    let all = arrow::compute::concat_batches(&table.schema, &table.batches)
+        .map_err(|e| internal(e.to_string()))?;
+    let indices = UInt32Array::from(test.clone());
+    let mut fields = vec![Field::new("row", DataType::UInt64, false)];
+    let mut columns: Vec<ArrayRef> = vec![Arc::new(UInt64Array::from(
+        test.iter().map(|&i| u64::from(i)).collect::<Vec<_>>(),
+    ))];
+    let keep = spec
+        .data
+        .exclude
+        .iter()
+        .chain(std::iter::once(&spec.data.label))
+        .filter(|c| !c.is_empty());
+    for name in keep {
+        let Ok(i) = table.schema.index_of(name) else {
+            continue;
+        };
+        let taken = arrow::compute::take(all.column(i), &indices, None)
+            .map_err(|e| internal(e.to_string()))?;
+        fields.push(Field::new(name, taken.data_type().clone(), true));
+        columns.push(taken);
+    }
+    fields.push(Field::new("score", DataType::Float32, false));
+    columns.push(Arc::new(Float32Array::from(
+        test.iter().map(|&i| scores[i as usize]).collect::<Vec<_>>(),
+    )));
+    let batch = RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)
+        .map_err(|e| internal(e.to_string()))?;
+    let mut out = Vec::new();
+    {
+        let mut w = arrow::csv::Writer::new(&mut out);
+        w.write(&batch).map_err(|e| internal(e.to_string()))?;
+    }
+    Ok(Some(out))
+}
+
 pub(crate) fn lineage(
     source: &str,
     digest: String,
