@@ -44,7 +44,7 @@ async fn a_killed_standalone_comes_back_with_its_jobs_models_and_deployments() {
     let model_before = client.model("kept").await.unwrap();
 
     first.kill();
-    let _second = start();
+    let second = start();
     let client = connect(&addr, key.trim()).await;
     let jobs = client.jobs().await.unwrap();
     assert_eq!(
@@ -82,4 +82,37 @@ async fn a_killed_standalone_comes_back_with_its_jobs_models_and_deployments() {
     .await;
     // A new job gets the next version: the counters came back too.
     train_and_deploy(&client, &spec, 2).await;
+
+    // A job killed while it trains is requeued after the restart, as after an executor
+    // loss, and publishes once.
+    let big = halyard_cli::datagen::generate(&dir.join("big"), 20_000, 4).unwrap();
+    let path = dir.join("long.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "name = \"long\"\n[data]\nsource = \"{}\"\nlabel = \"responded\"\nexclude = [\"customer_id\"]\n[model]\ntype = \"mlp\"\n[train]\nepochs = 300\nbatch_size = 64\n",
+            big.responses.display()
+        ),
+    )
+    .unwrap();
+    let long = client
+        .submit(&halyard_core::spec::JobSpec::from_file(&path).unwrap())
+        .await
+        .unwrap();
+    wait_for("the long job to train", Duration::from_secs(60), || async {
+        let j = client.job(&long.id).await.ok()?;
+        (j.state == "running" && j.epoch >= 1).then_some(())
+    })
+    .await;
+    let mut second = second;
+    second.kill();
+    let _third = start();
+    let client = connect(&addr, key.trim()).await;
+    let done = wait_done(&client, &long.id, Duration::from_secs(300)).await;
+    assert_eq!(
+        (done.state.as_str(), done.attempt),
+        ("succeeded", 2),
+        "{done:?}"
+    );
+    assert_eq!(client.model("long").await.unwrap().versions.len(), 1);
 }
