@@ -4,16 +4,15 @@
 //! grows past [`COMPACT_BYTES`]. Keys on a lease are not journalled: their leases end with
 //! the process, as etcd's do when nobody renews them.
 //!
-//! A record is the payload's length and CRC-32 (little-endian `u32`s), then the payload:
-//! the kind (`u8`: 0 put, 1 delete, 2 revision), the revision (`i64`), the key and the
-//! value (each a `u32` length and bytes). A record cut short or failing its CRC ends the
-//! journal: a crash can only cut the last, unacknowledged write.
+//! A record is a [`crate::frame`]: the kind (`u8`: 0 put, 1 delete, 2 revision), the
+//! revision (`i64`), the key and the value (each a `u32` length and bytes).
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
+use crate::frame::{self, Reader};
 
 /// The journal is rewritten as a snapshot past this size.
 pub const COMPACT_BYTES: u64 = 64 << 20;
@@ -52,63 +51,33 @@ impl Record {
             Record::Delete { key, revision } => (1, *revision, key, &[]),
             Record::Revision(r) => (2, *r, "", &[]),
         };
-        let start = buf.len();
-        buf.extend_from_slice(&[0; 8]);
-        buf.push(kind);
-        buf.extend_from_slice(&revision.to_le_bytes());
-        for part in [key.as_bytes(), value] {
-            buf.extend_from_slice(&(part.len() as u32).to_le_bytes());
-            buf.extend_from_slice(part);
-        }
-        let len = (buf.len() - start - 8) as u32;
-        let crc = crc32fast::hash(&buf[start + 8..]);
-        buf[start..start + 4].copy_from_slice(&len.to_le_bytes());
-        buf[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
+        frame::encode(buf, |b| {
+            b.push(kind);
+            b.extend_from_slice(&revision.to_le_bytes());
+            frame::put_bytes(b, key.as_bytes());
+            frame::put_bytes(b, value);
+        });
     }
 
     /// The records of a journal's bytes, and the length of their intact prefix.
     fn decode_all(bytes: &[u8]) -> (Vec<Record>, usize) {
-        let mut out = Vec::new();
-        let mut at = 0;
-        while let Some((r, next)) = Record::decode(bytes, at) {
-            out.push(r);
-            at = next;
-        }
-        (out, at)
-    }
-
-    fn decode(bytes: &[u8], at: usize) -> Option<(Record, usize)> {
-        let u32_at = |i: usize| -> Option<u32> {
-            Some(u32::from_le_bytes(bytes.get(i..i + 4)?.try_into().ok()?))
-        };
-        let len = u32_at(at)? as usize;
-        let crc = u32_at(at + 4)?;
-        let payload = bytes.get(at + 8..at + 8 + len)?;
-        if crc32fast::hash(payload) != crc || payload.len() < 9 {
-            return None;
-        }
-        let kind = payload[0];
-        let revision = i64::from_le_bytes(payload[1..9].try_into().ok()?);
-        let mut p = 9;
-        let mut part = || -> Option<&[u8]> {
-            let n = u32::from_le_bytes(payload.get(p..p + 4)?.try_into().ok()?) as usize;
-            let s = payload.get(p + 4..p + 4 + n)?;
-            p += 4 + n;
-            Some(s)
-        };
-        let key = String::from_utf8(part()?.to_vec()).ok()?;
-        let value = part()?.to_vec();
-        let r = match kind {
-            0 => Record::Put {
-                key,
-                value,
-                revision,
-            },
-            1 => Record::Delete { key, revision },
-            2 => Record::Revision(revision),
-            _ => return None,
-        };
-        Some((r, at + 8 + len))
+        frame::decode(bytes, |payload| {
+            let mut r = Reader(payload);
+            let kind = r.take(1)?[0];
+            let revision = r.u64()? as i64;
+            let key = r.string()?;
+            let value = r.bytes()?.to_vec();
+            Some(match kind {
+                0 => Record::Put {
+                    key,
+                    value,
+                    revision,
+                },
+                1 => Record::Delete { key, revision },
+                2 => Record::Revision(revision),
+                _ => return None,
+            })
+        })
     }
 }
 

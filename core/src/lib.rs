@@ -13,6 +13,7 @@ pub mod data;
 pub mod error;
 pub mod events;
 pub mod failure;
+pub mod frame;
 pub mod journal;
 pub mod kv;
 pub mod metrics;

@@ -1,17 +1,11 @@
-//! The write-ahead log's frames and segment files.
-//!
-//! A segment is `wal-<seq>.log` (12 digits, from 1) holding frames back to back: the
-//! payload's length and CRC-32 (little-endian `u32`s), then the payload: kind (`u8`),
-//! version (`u64`), time in ms (`i64`), value (`f64`), then model, key and metric, each a
-//! `u32` length and UTF-8 bytes. A frame that is cut short or fails its CRC ends the
-//! segment: a crash can only cut its last, unacknowledged write.
+//! The write-ahead log's segment files: `wal-<seq>.log` (12 digits, from 1) holding
+//! [`crate::frame`]s back to back, each an event: kind (`u8`), version (`u64`), time in ms
+//! (`i64`), value (`f64`), then model, key and metric (each a `u32` length and UTF-8).
 
 use std::path::{Path, PathBuf};
 
 use super::{Event, Kind};
-
-/// The bytes of a frame's header.
-const HEADER: usize = 8;
+use crate::frame::{self, Reader};
 
 /// The file of segment `seq` in `dir`.
 pub(super) fn segment_path(dir: &Path, seq: u64) -> PathBuf {
@@ -28,78 +22,37 @@ pub(super) fn segment_seq(name: &str) -> Option<u64> {
 
 /// Append `e`'s frame to `buf`.
 pub(super) fn encode(buf: &mut Vec<u8>, e: &Event) {
-    let start = buf.len();
-    buf.extend_from_slice(&[0; HEADER]);
-    buf.push(e.kind as u8);
-    buf.extend_from_slice(&e.version.to_le_bytes());
-    buf.extend_from_slice(&e.time_ms.to_le_bytes());
-    buf.extend_from_slice(&e.value.to_le_bytes());
-    for s in [&e.model, &e.key, &e.metric] {
-        buf.extend_from_slice(&(s.len() as u32).to_le_bytes());
-        buf.extend_from_slice(s.as_bytes());
-    }
-    let payload = &buf[start + HEADER..];
-    let len = (payload.len() as u32).to_le_bytes();
-    let crc = crc32fast::hash(payload).to_le_bytes();
-    buf[start..start + 4].copy_from_slice(&len);
-    buf[start + 4..start + HEADER].copy_from_slice(&crc);
+    frame::encode(buf, |b| {
+        b.push(e.kind as u8);
+        b.extend_from_slice(&e.version.to_le_bytes());
+        b.extend_from_slice(&e.time_ms.to_le_bytes());
+        b.extend_from_slice(&e.value.to_le_bytes());
+        for s in [&e.model, &e.key, &e.metric] {
+            frame::put_bytes(b, s.as_bytes());
+        }
+    });
 }
 
 /// The events of a segment's bytes, and how many bytes of whole, intact frames they
 /// came from (the rest is a torn or corrupt tail).
 pub(super) fn decode(bytes: &[u8]) -> (Vec<Event>, usize) {
-    let mut events = Vec::new();
-    let mut at = 0;
-    while let Some((e, next)) = frame(bytes, at) {
-        events.push(e);
-        at = next;
-    }
-    (events, at)
-}
-
-/// The frame at `at` and where the next begins; `None` at the end or at a bad frame.
-fn frame(bytes: &[u8], at: usize) -> Option<(Event, usize)> {
-    let header = bytes.get(at..at + HEADER)?;
-    let len = u32::from_le_bytes(header[..4].try_into().ok()?) as usize;
-    let crc = u32::from_le_bytes(header[4..].try_into().ok()?);
-    let payload = bytes.get(at + HEADER..at + HEADER + len)?;
-    if crc32fast::hash(payload) != crc {
-        return None;
-    }
-    let mut r = Reader(payload);
-    let kind = match r.take(1)?[0] {
-        0 => Kind::Exposure,
-        1 => Kind::Outcome,
-        _ => return None,
-    };
-    let version = u64::from_le_bytes(r.take(8)?.try_into().ok()?);
-    let time_ms = i64::from_le_bytes(r.take(8)?.try_into().ok()?);
-    let value = f64::from_le_bytes(r.take(8)?.try_into().ok()?);
-    let e = Event {
-        kind,
-        version,
-        time_ms,
-        value,
-        model: r.string()?,
-        key: r.string()?,
-        metric: r.string()?,
-    };
-    Some((e, at + HEADER + len))
-}
-
-struct Reader<'a>(&'a [u8]);
-
-impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
-        let (head, rest) = (self.0.get(..n)?, self.0.get(n..)?);
-        self.0 = rest;
-        Some(head)
-    }
-
-    fn string(&mut self) -> Option<String> {
-        let n = u32::from_le_bytes(self.take(4)?.try_into().ok()?) as usize;
-        String::from_utf8(self.take(n)?.to_vec()).ok()
-    }
+    frame::decode(bytes, |payload| {
+        let mut r = Reader(payload);
+        let kind = match r.take(1)?[0] {
+            0 => Kind::Exposure,
+            1 => Kind::Outcome,
+            _ => return None,
+        };
+        Some(Event {
+            kind,
+            version: r.u64()?,
+            time_ms: r.u64()? as i64,
+            value: f64::from_bits(r.u64()?),
+            model: r.string()?,
+            key: r.string()?,
+            metric: r.string()?,
+        })
+    })
 }
 
 #[cfg(test)]
