@@ -79,10 +79,27 @@ pub struct LogLine {
     pub message: String,
 }
 
+/// The format of the job records this Halyard writes; it refuses to read a newer one.
+pub const JOB_FORMAT: u32 = 1;
+
+/// A record format no newer than [`JOB_FORMAT`] (absent: written before formats were).
+fn known_format<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<u32, D::Error> {
+    let v = u32::deserialize(d)?;
+    if v > JOB_FORMAT {
+        return Err(serde::de::Error::custom(format!(
+            "written by a newer Halyard (job record format {v}; this one reads up to {JOB_FORMAT}): upgrade this node"
+        )));
+    }
+    Ok(v)
+}
+
 /// A job as the scheduler keeps it. Only the leader changes `state`, by fenced
 /// compare-and-swap.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct JobRecord {
+    /// The record's format ([`JOB_FORMAT`] when written by this Halyard).
+    #[serde(default, deserialize_with = "known_format")]
+    pub format: u32,
     /// Job id.
     pub id: String,
     /// The validated spec.
@@ -163,6 +180,7 @@ impl JobRecord {
     pub fn new(id: String, spec: JobSpec) -> Self {
         let now = now_ms();
         JobRecord {
+            format: JOB_FORMAT,
             id,
             spec,
             state: JobState::Pending,

@@ -679,7 +679,26 @@ async fn an_unreadable_job_is_quarantined_and_the_others_go_on() {
             .is_none()
     );
     assert!(kv.get(&format!("{root}/jobs/bad")).await.unwrap().is_some());
-    // The full listing leaves it out too; asking for it by id says what is wrong.
+    // A record of a newer format is refused the same way, saying so.
+    let mut newer = serde_json::to_value(JobRecord::new("newer".into(), spec())).unwrap();
+    newer["format"] = serde_json::json!(halyard_core::records::JOB_FORMAT + 1);
+    kv.txn(
+        Vec::new(),
+        vec![
+            put(format!("{root}/jobs/newer"), newer.to_string().as_bytes()),
+            put(format!("{root}/active/newer"), b""),
+        ],
+    )
+    .await
+    .unwrap();
+    assert_eq!(c.list_active_jobs().await.unwrap().len(), 1);
+    let q = c.quarantined_jobs().await.unwrap();
+    assert!(
+        q.iter()
+            .any(|(id, why)| id == "newer" && why.contains("written by a newer Halyard")),
+        "{q:?}"
+    );
+    // The full listing leaves them out too; asking for one by id says what is wrong.
     let all = c.list_jobs().await.unwrap();
     assert_eq!(all.len(), 1);
     assert!(
