@@ -139,17 +139,28 @@ pub async fn train_local(
         std::fs::write(&m, serde_json::to_vec_pretty(&manifest).unwrap_or_default())
             .map_err(|e| io(&m, e))?;
         println!("  weights in {}", w.display());
+    }
+    // Read once more for what comes after training: a response model's test predictions
+    // (with OUT) or a forecaster's classical methods (with --baselines).
+    let input =
+        if (out.is_some() && spec.forecast.is_none()) || (baselines && spec.forecast.is_some()) {
+            Some(pipeline::input(&run, None, &mut |_| {}).await?)
+        } else {
+            None
+        };
+    if let (Some(dir), Some(input)) = (out, &input) {
         // The test rows scored, to check with any tool.
-        let input = pipeline::input(&run, None, &mut |_| {}).await?;
-        if let Some(csv) = test_predictions(&spec, &input, &trained)? {
+        if let Some(csv) = test_predictions(&spec, input, &trained)? {
             let p = dir.join("predictions.csv");
             std::fs::write(&p, csv).map_err(|e| io(&p, e))?;
             println!("  test rows' predictions in {}", p.display());
         }
     }
-    if baselines && let Some(f) = &spec.forecast {
-        let input = pipeline::input(&run, None, &mut |_| {}).await?;
-        let series = read_series(&input, &spec, f)?;
+    if baselines
+        && let Some(f) = &spec.forecast
+        && let Some(input) = &input
+    {
+        let series = read_series(input, &spec, f)?;
         let (train, test) = (series.train, series.test);
         let started = Instant::now();
         let rows = tokio::task::spawn_blocking({

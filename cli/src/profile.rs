@@ -8,7 +8,8 @@ use std::collections::HashMap;
 use arrow::array::{Array, ArrayRef, RecordBatch};
 use arrow::datatypes::DataType;
 use halyard_core::data::{Table, read_table};
-use halyard_core::spec::DataSpec;
+// A categorical column's one-hot vocabulary, as a spec without `max_categories` has it.
+use halyard_core::spec::{DEFAULT_MAX_CATEGORIES as MAX_CATEGORIES, DataSpec};
 use halyard_core::store::{S3Config, read_url};
 use serde::Serialize;
 
@@ -16,8 +17,6 @@ use crate::{CliError, Result};
 
 /// Distinct values counted per column at most (memory stays bounded).
 const DISTINCT_CAP: usize = 100_000;
-/// The one-hot vocabulary of a categorical column (`[model] max_categories`' default).
-const MAX_CATEGORIES: usize = 64;
 
 /// What `halyard profile` was given.
 #[derive(Debug, Clone, clap::Args)]

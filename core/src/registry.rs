@@ -651,6 +651,15 @@ pub struct NodeTally {
     pub versions: BTreeMap<u64, VersionTally>,
 }
 
+/// The `conversion` outcomes of each version that has any, from the summed tallies.
+pub fn outcomes_of(totals: &BTreeMap<u64, VersionTally>) -> Vec<(u64, Outcomes)> {
+    totals
+        .iter()
+        .map(|(v, t)| (*v, t.outcomes()))
+        .filter(|(_, o)| o.trials > 0)
+        .collect()
+}
+
 /// The sum of nodes' tallies per version.
 pub fn total(tallies: &[NodeTally]) -> BTreeMap<u64, VersionTally> {
     let mut out: BTreeMap<u64, VersionTally> = BTreeMap::new();

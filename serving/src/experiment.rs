@@ -115,11 +115,7 @@ pub fn report(
     if deployment.is_none() && totals.is_empty() {
         return None;
     }
-    let outcomes: Vec<(u64, Outcomes)> = totals
-        .iter()
-        .map(|(v, t)| (*v, t.outcomes()))
-        .filter(|(_, o)| o.trials > 0)
-        .collect();
+    let outcomes = halyard_core::registry::outcomes_of(&totals);
     let exposures: Vec<(u64, u64)> = totals.iter().map(|(v, t)| (*v, t.exposures)).collect();
     let mut r = analyse(name, deployment, &outcomes, &exposures);
     let versions: Vec<u64> = r.variants.iter().map(|v| v.version).collect();

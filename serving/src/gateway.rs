@@ -45,6 +45,9 @@ const DEPLOYMENT_TTL: Duration = Duration::from_secs(1);
 /// Most outcomes one `:feedback` request takes.
 pub const MAX_FEEDBACK_BATCH: usize = 10_000;
 
+/// A deployment as read at a moment (`None`: the model has none).
+type ReadDeployment = (Instant, Option<Arc<Deployment>>);
+
 /// A node's gateway.
 pub struct Gateway {
     node: String,
@@ -60,9 +63,9 @@ pub struct Gateway {
     metrics: Metrics,
     events: Arc<EventLog>,
     /// Deployments as last read, for `:feedback` by key.
-    deployments: Mutex<HashMap<String, (Instant, Option<Deployment>)>>,
-    /// Versions known to exist (versions are immutable: never forgotten).
-    versions: Mutex<HashSet<(String, u64)>>,
+    deployments: Mutex<HashMap<String, ReadDeployment>>,
+    /// Versions known to exist, per model (versions are immutable: never forgotten).
+    versions: Mutex<HashMap<String, HashSet<u64>>>,
 }
 
 impl std::fmt::Debug for Gateway {
@@ -169,7 +172,7 @@ impl Gateway {
             metrics,
             events,
             deployments: Mutex::new(HashMap::new()),
-            versions: Mutex::new(HashSet::new()),
+            versions: Mutex::new(HashMap::new()),
         })
     }
 
@@ -480,13 +483,13 @@ impl Gateway {
     }
 
     /// A deployment, read at most every [`DEPLOYMENT_TTL`].
-    async fn deployment(&self, name: &str) -> Result<Option<Deployment>, ApiError> {
+    async fn deployment(&self, name: &str) -> Result<Option<Arc<Deployment>>, ApiError> {
         if let Some((at, d)) = self.deployments.lock().expect("cache lock").get(name)
             && at.elapsed() < DEPLOYMENT_TTL
         {
             return Ok(d.clone());
         }
-        let d = self.coord.deployment(name).await?;
+        let d = self.coord.deployment(name).await?.map(Arc::new);
         self.deployments
             .lock()
             .expect("cache lock")
@@ -496,8 +499,10 @@ impl Gateway {
 
     /// Refuse a version of `name` that does not exist.
     async fn known_version(&self, name: &str, version: u64) -> Result<(), ApiError> {
-        let id = (name.to_string(), version);
-        if self.versions.lock().expect("cache lock").contains(&id) {
+        let known = |v: &HashMap<String, HashSet<u64>>| {
+            v.get(name).is_some_and(|set| set.contains(&version))
+        };
+        if known(&self.versions.lock().expect("cache lock")) {
             return Ok(());
         }
         if self.coord.model_version(name, version).await?.is_none() {
@@ -505,7 +510,12 @@ impl Gateway {
                 "model {name} has no version {version}"
             )));
         }
-        self.versions.lock().expect("cache lock").insert(id);
+        self.versions
+            .lock()
+            .expect("cache lock")
+            .entry(name.to_string())
+            .or_default()
+            .insert(version);
         Ok(())
     }
 

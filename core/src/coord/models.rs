@@ -302,10 +302,7 @@ impl Coordinator {
 
     /// The `conversion` outcomes of each version of a model, summed over every node.
     pub async fn outcomes(&self, name: &str) -> Result<Vec<(u64, Outcomes)>> {
-        Ok(crate::registry::total(&self.tallies(name).await?)
-            .into_iter()
-            .map(|(v, t)| (v, t.outcomes()))
-            .filter(|(_, o)| o.trials > 0)
-            .collect())
+        let totals = crate::registry::total(&self.tallies(name).await?);
+        Ok(crate::registry::outcomes_of(&totals))
     }
 }

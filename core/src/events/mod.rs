@@ -317,7 +317,12 @@ impl EventLog {
         coord: Coordinator,
     ) -> Result<Arc<EventLog>> {
         let (dir, lock) = claim(root, preferred)?;
-        let node = shared_node(&dir);
+        // The log's name is its folder's.
+        let node = dir
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default()
+            .to_string();
         let checkpoint = read_checkpoint(&dir)?;
         let mut live = checkpoint.counts.clone();
         let mut pending = Vec::new();
@@ -358,8 +363,9 @@ impl EventLog {
                 .map_err(io(&dir))?
         };
         let held = lock.try_clone().map_err(io(&dir))?;
+        let node = shared.node.clone();
         let flusher = tokio::spawn(async move {
-            flush_loop(shared_node(&dir), dir, store, checkpoint, closed_rx).await;
+            flush_loop(node, dir, store, checkpoint, closed_rx).await;
             drop(held);
         });
         tokio::spawn(publish_loop(Arc::downgrade(&shared), coord));
@@ -440,14 +446,6 @@ impl Drop for EventLog {
     fn drop(&mut self) {
         self.close();
     }
-}
-
-/// A log's name: its folder's.
-fn shared_node(dir: &Path) -> String {
-    dir.file_name()
-        .and_then(|n| n.to_str())
-        .unwrap_or_default()
-        .to_string()
 }
 
 fn tally_of(shared: &Shared, model: &str) -> Option<NodeTally> {

@@ -589,8 +589,10 @@ fn default_missing() -> Vec<String> {
 fn default_true() -> bool {
     true
 }
+/// `[model] max_categories` when the spec leaves it out.
+pub const DEFAULT_MAX_CATEGORIES: usize = 64;
 fn default_max_categories() -> usize {
-    64
+    DEFAULT_MAX_CATEGORIES
 }
 fn default_hash_buckets() -> usize {
     256
