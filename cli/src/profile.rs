@@ -136,16 +136,13 @@ fn correlation(x: &[Option<f64>], y: &[Option<f64>]) -> Option<f64> {
 /// Whether a text looks like a date or a date and time (`2024-05-01`, `01/05/2024`,
 /// `2024-05-01 10:00`).
 fn looks_like_date(s: &str) -> bool {
-    let s = s.trim();
-    let digits_and = |seps: &[char]| {
-        s.len() >= 8
-            && s.chars().next().is_some_and(|c| c.is_ascii_digit())
-            && s.chars().all(|c| {
-                c.is_ascii_digit() || seps.contains(&c) || c == ' ' || c == ':' || c == 'T'
-            })
-    };
-    let parts: Vec<&str> = s.split(['-', '/', '.']).collect();
-    digits_and(&['-', '/', '.']) && parts.len() >= 3 && parts[..3].iter().all(|p| !p.is_empty())
+    let date = s.trim().split([' ', 'T']).next().unwrap_or_default();
+    let parts: Vec<&str> = date.split(['-', '/', '.']).collect();
+    date.len() >= 8
+        && parts.len() == 3
+        && parts
+            .iter()
+            .all(|p| (1..=4).contains(&p.len()) && p.chars().all(|c| c.is_ascii_digit()))
 }
 
 /// Profile one table.
@@ -181,18 +178,16 @@ pub fn profile(table: &Table, file: &str, label: Option<&str>) -> Result<Profile
         } else {
             Vec::new()
         };
+        // A number column's smallest and largest value.
+        let bounds = nums
+            .iter()
+            .flatten()
+            .filter(|v| v.is_finite())
+            .fold(None, |b: Option<(f64, f64)>, &v| {
+                Some(b.map_or((v, v), |(lo, hi)| (lo.min(v), hi.max(v))))
+            });
         let range = if numeric {
-            let finite: Vec<f64> = nums
-                .iter()
-                .flatten()
-                .copied()
-                .filter(|v| v.is_finite())
-                .collect();
-            (!finite.is_empty()).then(|| {
-                let min = finite.iter().copied().fold(f64::INFINITY, f64::min);
-                let max = finite.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-                (format!("{min}"), format!("{max}"))
-            })
+            bounds.map(|(lo, hi)| (format!("{lo}"), format!("{hi}")))
         } else if matches!(kind.as_str(), "date" | "timestamp") {
             let mut v: Vec<&String> = values.iter().flatten().collect();
             v.sort();
@@ -228,11 +223,8 @@ pub fn profile(table: &Table, file: &str, label: Option<&str>) -> Result<Profile
             warnings.push("constant: it tells the model nothing; exclude it".to_string());
         }
         // Every value differs: text, or whole numbers that run nearly one after another.
-        let sequence = kind == "int"
-            && range.as_ref().is_some_and(|(a, b)| {
-                let span = b.parse::<f64>().unwrap_or(0.0) - a.parse::<f64>().unwrap_or(0.0);
-                span < 2.0 * present as f64
-            });
+        let sequence =
+            kind == "int" && bounds.is_some_and(|(lo, hi)| hi - lo < 2.0 * present as f64);
         if !is_label && present >= 20 && distinct == present && (kind == "string" || sequence) {
             warnings.push("a likely id: every value differs; exclude it".to_string());
         }
