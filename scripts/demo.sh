@@ -25,6 +25,7 @@ fi
 phase install
 
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/halyard-target}"
+. scripts/rustflags.sh
 cargo build --bin halyard
 halyard="$CARGO_TARGET_DIR/debug/halyard"
 phase build
