@@ -2,7 +2,9 @@
 //! from README.md and docs/tutorial.md themselves (so the texts and the tests cannot drift)
 //! and run by bash against a standalone cluster, with only what a person does between them
 //! filled in — the binary instead of `cargo build`, a free port instead of 7070, a job id
-//! for `ID`, and a wait for a deployed model to load.
+//! for `ID`, and a wait for a deployed model to load. The other documents' `curl` examples
+//! run against a cluster serving the demo model, and the JSON a document shows under one
+//! must have the shape of the real answer.
 
 use std::path::Path;
 use std::process::Command;
@@ -155,5 +157,127 @@ fn the_tutorial_runs_as_written() {
         "ramp-rollback campaign-response",
     ] {
         assert!(out.contains(want), "{want} not in:\n{out}");
+    }
+}
+
+/// A document's `curl` example: the command (its quoted body may span lines) and the JSON
+/// answer the document shows on the line under it, if any.
+struct CurlExample {
+    doc: String,
+    command: String,
+    shown: Option<String>,
+}
+
+/// Every `curl` command in the ```sh blocks of `doc`.
+fn curl_examples(name: &str, doc: &str) -> Vec<CurlExample> {
+    let mut found = Vec::new();
+    for block in sh_blocks(doc) {
+        let mut lines = block.lines().peekable();
+        while let Some(line) = lines.next() {
+            if !line.starts_with("curl ") {
+                continue;
+            }
+            let mut command = line.to_string();
+            while command.matches('\'').count() % 2 == 1 {
+                command.push('\n');
+                command.push_str(
+                    lines
+                        .next()
+                        .expect("the quoted argument closes in its block"),
+                );
+            }
+            let shown = lines.next_if(|l| l.starts_with('{')).map(str::to_string);
+            found.push(CurlExample {
+                doc: name.to_string(),
+                command,
+                shown,
+            });
+        }
+    }
+    found
+}
+
+/// A JSON value's shape: its objects' keys and its values' kinds (an array by its first
+/// element), so a document's example answer is compared with a real one whose scores differ.
+fn shape(value: &serde_json::Value) -> serde_json::Value {
+    use serde_json::Value;
+    match value {
+        Value::Object(map) => {
+            Value::Object(map.iter().map(|(k, v)| (k.clone(), shape(v))).collect())
+        }
+        Value::Array(items) => Value::Array(items.first().map(shape).into_iter().collect()),
+        Value::Number(_) => "number".into(),
+        Value::String(_) => "string".into(),
+        Value::Bool(_) => "bool".into(),
+        Value::Null => Value::Null,
+    }
+}
+
+#[test]
+fn the_docs_curl_examples_run_as_written() {
+    let docs = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs");
+    let mut examples = Vec::new();
+    let mut names: Vec<_> = std::fs::read_dir(&docs)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.ends_with(".md") && n != "tutorial.md")
+        .collect();
+    names.sort();
+    for name in names {
+        examples.extend(curl_examples(
+            &name,
+            &std::fs::read_to_string(docs.join(&name)).unwrap(),
+        ));
+    }
+    assert!(
+        examples.iter().any(|e| e.doc == "serving.md")
+            && examples.iter().any(|e| e.doc == "monitoring.md"),
+        "the curl examples of serving.md and monitoring.md were not found"
+    );
+    if examples.iter().any(|e| e.command.contains("| promtool"))
+        && common::missing(&["promtool"], "prometheus")
+    {
+        examples.retain(|e| !e.command.contains("| promtool"));
+    }
+    // What the documents assume: a standalone cluster serving the demo model, and `$KEY`.
+    let setup = "halyard standalone\nhalyard datagen\n\
+                 halyard submit examples/campaign-response.toml --follow\n\
+                 halyard deploy campaign-response --version 1";
+    let mut script = script(&[setup]);
+    script.push_str("KEY=$(cat halyard-data/admin.key)\n");
+    for (i, example) in examples.iter().enumerate() {
+        // An answer of 4xx or 5xx fails the script (and so the test) with its body.
+        let command = example
+            .command
+            .replacen("curl -s ", "curl -sS --fail-with-body ", 1)
+            .replace("http://127.0.0.1:7070", "http://$HALYARD_SCHEDULER")
+            .replace("localhost:7070", "$HALYARD_SCHEDULER");
+        script.push_str(&format!("echo '-- example {i}'\n{command}\necho\n"));
+    }
+    let out = run(&script);
+    for (i, example) in examples.iter().enumerate() {
+        let answer = out
+            .split(&format!("-- example {i}\n"))
+            .nth(1)
+            .and_then(|rest| rest.split("-- example ").next())
+            .unwrap_or_else(|| panic!("no output of {}'s example:\n{out}", example.doc));
+        let Some(shown) = &example.shown else {
+            continue;
+        };
+        let shown: serde_json::Value = serde_json::from_str(shown).unwrap_or_else(|e| {
+            panic!(
+                "{}: the answer shown is not JSON ({e}): {shown}",
+                example.doc
+            )
+        });
+        let real: serde_json::Value = serde_json::from_str(answer.trim())
+            .unwrap_or_else(|e| panic!("{}: the answer is not JSON ({e}): {answer}", example.doc));
+        assert_eq!(
+            shape(&shown),
+            shape(&real),
+            "{}: the answer shown under `{}` is not shaped like the real one: {answer}",
+            example.doc,
+            example.command
+        );
     }
 }
