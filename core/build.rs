@@ -26,7 +26,9 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             // A protoc without the well-known types fails on `google/protobuf/struct.proto`.
-            eprintln!("error: compiling proto/halyard.proto failed: {e}\nif a google/protobuf file is not found: {INSTALL}");
+            eprintln!(
+                "error: compiling proto/halyard.proto failed: {e}\nif a google/protobuf file is not found: {INSTALL}"
+            );
             ExitCode::FAILURE
         }
     }

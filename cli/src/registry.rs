@@ -158,10 +158,44 @@ fn show_model(m: &GetModelResponse) {
             v.data_digest.get(..19).unwrap_or(&v.data_digest)
         ));
     }
-    if let Some(v) = m.versions.last()
-        && let Ok(Value::Array(segments)) = serde_json::from_str::<Value>(&v.profile_json)
-    {
-        show_profile(v.version, &segments);
+    if let Some(v) = m.versions.last() {
+        match serde_json::from_str::<Value>(&v.profile_json) {
+            Ok(Value::Array(segments)) => show_profile(v.version, &segments),
+            Ok(Value::Object(columns)) => show_importance(v.version, &columns),
+            _ => {}
+        }
+    }
+}
+
+/// The columns a tree model splits on, by the gain of their splits (the ten largest).
+fn show_importance(version: u64, columns: &serde_json::Map<String, Value>) {
+    let mut by_gain: Vec<(&String, f64, u64)> = columns
+        .iter()
+        .map(|(name, i)| {
+            (
+                name,
+                i["gain"].as_f64().unwrap_or(0.0),
+                i["splits"].as_u64().unwrap_or(0),
+            )
+        })
+        .collect();
+    by_gain.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(b.0)));
+    let total: f64 = by_gain
+        .iter()
+        .map(|c| c.1)
+        .sum::<f64>()
+        .max(f64::MIN_POSITIVE);
+    out(&format!(
+        "column importance of version {version} (share of the splits' gain; {} of {} columns):",
+        by_gain.len().min(10),
+        by_gain.len()
+    ));
+    out(&format!("{:<24} {:>6} {:>7}", "COLUMN", "GAIN", "SPLITS"));
+    for (name, gain, splits) in by_gain.iter().take(10) {
+        out(&format!(
+            "{name:<24} {:>5.1}% {splits:>7}",
+            gain / total * 100.0
+        ));
     }
 }
 

@@ -44,8 +44,8 @@ pub struct ModelVersion {
     /// version published before digests were recorded.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub files: BTreeMap<String, String>,
-    /// A segmentation model's segment profiles (as its manifest holds them), for
-    /// `halyard model NAME`.
+    /// For `halyard model NAME`: a segmentation model's segment profiles (an array, as its
+    /// manifest holds them) or a tree model's column importance (an object).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub profile: Option<serde_json::Value>,
 }

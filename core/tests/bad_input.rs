@@ -325,6 +325,29 @@ fn model_and_forecast_rules_name_field_value_and_rule() {
             "[model] numeric_buckets = 1: must be 0 (off) or between 2 and 1024",
         ),
         (
+            GOOD.replace(
+                "[train]",
+                "[model]\ntype = \"gbdt\"\nnum_leaves = 1\n[train]",
+            ),
+            "[model] num_leaves = 1: must be between 2 and 65536",
+        ),
+        (
+            GOOD.replace(
+                "[train]",
+                "[model]\ntype = \"gbdt\"\nbagging_fraction = 0.0\n[train]",
+            ),
+            "[model] bagging_fraction = 0: must be in (0, 1]",
+        ),
+        (
+            GOOD.replace("label = \"y\"", "label = \"y\"\ntreatment = \"t\"")
+                .replace("[train]", "[model]\ntype = \"gbdt\"\n[train]"),
+            "gbdt trains response models: no [data] treatment",
+        ),
+        (
+            GOOD.replace("[train]", "[model]\ntype = \"gbdt\"\n[train]\nworkers = 2"),
+            "data-parallel training trains [model] type = \"mlp\" or \"kmeans\", not \"gbdt\"",
+        ),
+        (
             GOOD.replace("label = \"y\"", "label = \"y\"\ncrosses = [[\"month\"]]"),
             "[data] crosses = [\"month\"]: each cross must list at least two columns",
         ),

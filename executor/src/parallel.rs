@@ -231,7 +231,7 @@ fn describe(event: &DpEvent, progress: &mut TaskProgress) -> Option<String> {
         DpEvent::Epoch(r) => {
             progress.epoch = r.epoch.epoch;
             progress.loss = Some(r.epoch.loss);
-            Some(epoch_line(r))
+            Some(epoch_line(r, "epoch"))
         }
     }
 }

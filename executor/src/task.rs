@@ -304,6 +304,9 @@ async fn publish(
             halyard_models::artifact::Architecture::KMeans { profile, .. } => {
                 serde_json::to_value(profile).ok()
             }
+            halyard_models::artifact::Architecture::Gbdt { importance, .. } => {
+                serde_json::to_value(importance).ok()
+            }
             _ => None,
         },
     };

@@ -12,6 +12,7 @@ use halyard_core::spec::{
 use halyard_models::artifact::DataLineage;
 use halyard_models::device::{GPU_BUILD, Placement};
 use halyard_models::forecast::nbeats::NBeatsTrainConfig;
+use halyard_models::gbdt::GbdtConfig;
 use halyard_models::logistic::{Optimizer, TrainConfig};
 use halyard_models::pipeline::{
     ClusterReport, MemberReport, ResponseConfig, ResponseKind, TrainedModel, train_forecaster,
@@ -88,6 +89,22 @@ pub(crate) fn model_configs(
             hidden: spec.model.hidden.clone(),
             max_embedding: spec.model.max_embedding,
         },
+        ModelKind::Gbdt => {
+            let m = &spec.model;
+            ResponseKind::Gbdt(GbdtConfig {
+                trees: m.trees,
+                num_leaves: m.num_leaves,
+                max_depth: m.max_depth,
+                min_data_in_leaf: m.min_data_in_leaf,
+                min_sum_hessian: m.min_sum_hessian,
+                lambda_l1: m.lambda_l1,
+                lambda_l2: m.lambda_l2,
+                max_bins: m.max_bins,
+                feature_fraction: m.feature_fraction,
+                bagging_fraction: m.bagging_fraction,
+                early_stopping: m.early_stopping,
+            })
+        }
         // A forecaster's spec never reaches the response path (it has `[forecast]`).
         ModelKind::LogisticRegression | ModelKind::Nbeats | ModelKind::Kmeans => {
             ResponseKind::LogisticRegression
@@ -175,9 +192,9 @@ pub(crate) fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
         .unwrap_or_default()
 }
 
-/// A response model's epoch for the job's log: `[member m/M |model: ]epoch e/E loss l[
-/// validation log loss v]`.
-pub(crate) fn epoch_line(r: &MemberReport) -> String {
+/// A response model's epoch for the job's log: `[member m/M |model: ]UNIT e/E loss l[
+/// validation log loss v]`, the unit being `epoch` or, for boosted trees, `trees`.
+pub(crate) fn epoch_line(r: &MemberReport, unit: &str) -> String {
     let e = &r.epoch;
     let member = match r.model {
         Some(model) => format!("{model}: "),
@@ -189,7 +206,7 @@ pub(crate) fn epoch_line(r: &MemberReport) -> String {
         .map(|v| format!(" validation log loss {v:.5}"))
         .unwrap_or_default();
     format!(
-        "{member}epoch {}/{} loss {:.5}{valid}",
+        "{member}{unit} {}/{} loss {:.5}{valid}",
         e.epoch, e.epochs, e.loss
     )
 }
@@ -243,13 +260,15 @@ fn train_blocking(
     if input.features.is_some() {
         features.split_column = Some(SPLIT_COLUMN.to_string());
     }
+    let trees = spec.model.kind == ModelKind::Gbdt;
     let report = |r: MemberReport| {
         let _ = reports.send(Progress {
             epoch: r.epoch.epoch,
             loss: r.epoch.loss,
-            // An epoch is one pass over the training rows.
-            rows: table.rows,
-            line: epoch_line(&r),
+            // An epoch is one pass over the training rows; trees report every few trees,
+            // which are not counted.
+            rows: if trees { 0 } else { table.rows },
+            line: epoch_line(&r, if trees { "trees" } else { "epoch" }),
         });
         flow()
     };

@@ -87,6 +87,20 @@ pub enum Architecture {
         /// Members averaged.
         members: usize,
     },
+    /// Gradient-boosted trees ([`crate::gbdt`]): member `k`'s forest under `members.<k>.`
+    /// (`base`, `roots`, `nodes`, `leaves`, `categories`, `numeric`), on the inputs of
+    /// [`crate::mlp::InputLayout`]; members' probabilities are averaged.
+    Gbdt {
+        /// Preprocessing of raw records.
+        preprocessor: Preprocessor,
+        /// Members averaged.
+        members: usize,
+        /// Trees per member.
+        trees: Vec<usize>,
+        /// Each input column's importance: the gain of its splits and how many there are,
+        /// summed over the members.
+        importance: BTreeMap<String, crate::gbdt::Importance>,
+    },
     /// N-BEATS forecaster ensemble.
     NBeats {
         /// Horizon, members, scaling rules.
@@ -124,6 +138,7 @@ impl Architecture {
         match self {
             Architecture::LogisticRegression { .. } => "logistic_regression",
             Architecture::Mlp { .. } => "mlp",
+            Architecture::Gbdt { .. } => "gbdt",
             Architecture::NBeats { .. } => "nbeats",
             Architecture::Uplift { .. } => "uplift",
             Architecture::KMeans { .. } => "kmeans",
@@ -135,6 +150,7 @@ impl Architecture {
         match self {
             Architecture::LogisticRegression { preprocessor, .. }
             | Architecture::Mlp { preprocessor, .. }
+            | Architecture::Gbdt { preprocessor, .. }
             | Architecture::KMeans { preprocessor, .. } => Some(preprocessor),
             Architecture::NBeats { .. } => None,
             Architecture::Uplift { treated, .. } => treated.preprocessor(),
@@ -230,8 +246,19 @@ pub fn prefixed(files: &[(&str, &[u8])]) -> Result<Vec<u8>> {
 
 /// A k-means model's weights file: the centres as one tensor `centers`, `k × dim`.
 pub fn centers_file(centers: &[f32], k: usize, dim: usize) -> Result<Vec<u8>> {
-    let data: Vec<u8> = centers.iter().flat_map(|v| v.to_le_bytes()).collect();
-    serialize(&[("centers".to_string(), vec![k, dim], data)])
+    f32_file(&[("centers".to_string(), vec![k, dim], centers.to_vec())])
+}
+
+/// A weights file of f32 tensors: `(name, shape, values)`.
+pub fn f32_file(tensors: &[(String, Vec<usize>, Vec<f32>)]) -> Result<Vec<u8>> {
+    let all: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
+        .iter()
+        .map(|(name, shape, values)| {
+            let data = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+            (name.clone(), shape.clone(), data)
+        })
+        .collect();
+    serialize(&all)
 }
 
 /// The tensors under `prefix` of a weights file, with the prefix taken off.

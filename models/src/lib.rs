@@ -21,6 +21,7 @@ pub mod drift;
 pub mod error;
 pub mod experiment;
 pub mod forecast;
+pub mod gbdt;
 pub mod json_records;
 pub mod kmeans;
 pub mod logistic;

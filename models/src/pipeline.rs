@@ -20,6 +20,7 @@ use crate::forecast::Series;
 use crate::forecast::classical::{Method, forecast};
 use crate::forecast::metrics::score;
 use crate::forecast::nbeats::{NBeatsTrainConfig, StepReport, train_nbeats};
+use crate::gbdt::{Forest, GbdtConfig, Importance, train_gbdt};
 use crate::logistic::{EpochReport, TrainConfig, train};
 use crate::metrics::classification;
 use crate::mlp::{InputLayout, MlpConfig, train_mlp};
@@ -39,6 +40,24 @@ pub enum ResponseKind {
         /// Widest embedding.
         max_embedding: usize,
     },
+    /// Gradient-boosted trees.
+    Gbdt(GbdtConfig),
+}
+
+/// A response recipe's learner, fitted to its preprocessor's inputs.
+#[derive(Debug, Clone)]
+enum Learner {
+    Linear,
+    Mlp(MlpConfig),
+    Gbdt(GbdtConfig, InputLayout),
+}
+
+/// Members trained and merged: their weights file, and for trees each member's tree count
+/// and the inputs' importance summed over the members.
+struct Members {
+    weights: Vec<u8>,
+    trees: Vec<usize>,
+    importance: Vec<Importance>,
 }
 
 /// A response model recipe.
@@ -109,7 +128,8 @@ pub fn train_response_model(
     let all = preprocessor.transform(batches, |_| true)?;
     let (fit_rows, test_set) = all.partition(|i| roles[i] == Role::Test);
     let original: Vec<usize> = (0..rows).filter(|&i| roles[i] != Role::Test).collect();
-    let early_stopping = matches!(rc.kind, ResponseKind::Mlp { .. }) && rc.train.patience > 0;
+    let learner = learner(&preprocessor, rc);
+    let early_stopping = stops_early(&learner, rc);
     let split =
         early_stopping.then(|| fit_rows.partition(|j| roles[original[j]] == Role::Validation));
     let no_rows = Encoded::empty(fit_rows.dim);
@@ -136,18 +156,20 @@ pub fn train_response_model(
             class: u8::from(positives > 0),
         });
     }
-    let mlp_config = mlp_config(&preprocessor, rc);
     let members = rc.ensemble.max(1);
-    let weights = train_members(
+    let trained = train_members(
         train_set,
         valid_set,
-        mlp_config.as_ref(),
+        &learner,
         rc,
         (0, members, None),
         &mut on_epoch,
     )?;
-    let runtime = Runtime::new(architecture(preprocessor, mlp_config, members), &weights)?;
-    response_metrics(batches, runtime, weights, &test_set, &fit_rows)
+    let runtime = Runtime::new(
+        architecture(preprocessor, &learner, members, Some(&trained)),
+        &trained.weights,
+    )?;
+    response_metrics(batches, runtime, trained.weights, &test_set, &fit_rows)
 }
 
 /// The rows of `batches`, or an error when there are none.
@@ -162,18 +184,28 @@ fn rows_to_train_on(batches: &[RecordBatch]) -> Result<usize> {
     Ok(rows)
 }
 
-/// The MLP's shape for `preprocessor`'s input, or `None` for a logistic regression.
-fn mlp_config(preprocessor: &Preprocessor, rc: &ResponseConfig) -> Option<MlpConfig> {
+/// The learner of `rc` on `preprocessor`'s input.
+fn learner(preprocessor: &Preprocessor, rc: &ResponseConfig) -> Learner {
     match &rc.kind {
         ResponseKind::Mlp {
             hidden,
             max_embedding,
-        } => Some(MlpConfig::new(
+        } => Learner::Mlp(MlpConfig::new(
             InputLayout::of(preprocessor),
             hidden.clone(),
             *max_embedding,
         )),
-        ResponseKind::LogisticRegression => None,
+        ResponseKind::Gbdt(cfg) => Learner::Gbdt(cfg.clone(), InputLayout::of(preprocessor)),
+        ResponseKind::LogisticRegression => Learner::Linear,
+    }
+}
+
+/// Whether the learner stops early on validation rows (which are then held out of its fit).
+fn stops_early(learner: &Learner, rc: &ResponseConfig) -> bool {
+    match learner {
+        Learner::Mlp(_) => rc.train.patience > 0,
+        Learner::Gbdt(cfg, _) => cfg.early_stopping > 0,
+        Learner::Linear => false,
     }
 }
 
@@ -182,11 +214,11 @@ fn mlp_config(preprocessor: &Preprocessor, rc: &ResponseConfig) -> Option<MlpCon
 fn train_members(
     train_set: &Encoded,
     valid_set: &Encoded,
-    mlp: Option<&MlpConfig>,
+    learner: &Learner,
     rc: &ResponseConfig,
     (first, all, model): (usize, usize, Option<&'static str>),
     on_epoch: &mut dyn FnMut(MemberReport) -> ControlFlow<()>,
-) -> Result<Vec<u8>> {
+) -> Result<Members> {
     let positives = train_set.y.iter().filter(|&&y| y > 0.5).count();
     let mut tc = rc.train.clone();
     if rc.balance_classes && positives > 0 {
@@ -194,6 +226,7 @@ fn train_members(
     }
     let members = rc.ensemble.max(1);
     let mut weights = Vec::with_capacity(members);
+    let (mut trees, mut importance) = (Vec::new(), Vec::new());
     for member in 0..members {
         let mut mtc = tc.clone();
         mtc.seed = tc.seed.wrapping_add(member as u64);
@@ -205,13 +238,30 @@ fn train_members(
                 epoch,
             })
         };
-        let bytes = match mlp {
-            Some(cfg) => export_module(&train_mlp(train_set, valid_set, cfg, &mtc, report)?)?,
-            None => export_module(&train(train_set, &mtc, report)?)?,
+        let bytes = match learner {
+            Learner::Mlp(cfg) => {
+                export_module(&train_mlp(train_set, valid_set, cfg, &mtc, report)?)?
+            }
+            Learner::Linear => export_module(&train(train_set, &mtc, report)?)?,
+            Learner::Gbdt(cfg, layout) => {
+                let (forest, imp): (Forest, Vec<Importance>) =
+                    train_gbdt(train_set, valid_set, layout, cfg, &mtc, report)?;
+                trees.push(forest.trees());
+                importance.resize(imp.len(), Importance::default());
+                for (sum, i) in importance.iter_mut().zip(imp) {
+                    sum.gain += i.gain;
+                    sum.splits += i.splits;
+                }
+                crate::artifact::f32_file(&forest.tensors())?
+            }
         };
         weights.push(bytes);
     }
-    merge_members(&weights)
+    Ok(Members {
+        weights: merge_members(&weights)?,
+        trees,
+        importance,
+    })
 }
 
 /// Bootstrap resamples behind each uplift metric's interval.
@@ -246,9 +296,14 @@ pub fn train_uplift_model(
     let preprocessor = Preprocessor::fit(batches, &features)?;
     let roles = row_roles(batches, &features)?;
     let all = preprocessor.transform(batches, |_| true)?;
-    let mlp = mlp_config(&preprocessor, rc);
+    let learner = learner(&preprocessor, rc);
+    if matches!(learner, Learner::Gbdt(..)) {
+        return Err(ModelError::Unsupported(
+            "an uplift job's arms are logistic_regression or mlp models; gbdt arms are not supported yet".into(),
+        ));
+    }
     let members = rc.ensemble.max(1);
-    let early_stopping = mlp.is_some() && rc.train.patience > 0;
+    let early_stopping = stops_early(&learner, rc);
     // The rows of one arm's fit (train and validation), or of both with `arm = None`.
     let fit_of = |arm: Option<f32>| -> (Encoded, Encoded) {
         let idx: Vec<usize> = (0..rows)
@@ -284,14 +339,14 @@ pub fn train_uplift_model(
         let w = train_members(
             &train_set,
             &valid_set,
-            mlp.as_ref(),
+            &learner,
             rc,
             (k * members, stages * members, Some(model)),
             &mut on_epoch,
         )?;
-        arms.push(w);
+        arms.push(w.weights);
     }
-    let arm_arch = || Box::new(architecture(preprocessor.clone(), mlp.clone(), members));
+    let arm_arch = || Box::new(architecture(preprocessor.clone(), &learner, members, None));
     let mut files: Vec<(&str, Vec<u8>)> =
         vec![("treated.", arms[0].clone()), ("control.", arms[1].clone())];
     let x_stage = if x_learner {
@@ -324,7 +379,7 @@ pub fn train_uplift_model(
             taus.push(train_members(
                 &relabel(&train_set, other, treated)?,
                 &relabel(&valid_set, other, treated)?,
-                mlp.as_ref(),
+                &learner,
                 &soft,
                 (
                     (3 + k) * members,
@@ -337,8 +392,8 @@ pub fn train_uplift_model(
         let fit_idx: Vec<usize> = (0..rows).filter(|&i| roles[i] != Role::Test).collect();
         let propensity =
             fit_idx.iter().map(|&i| f64::from(flags[i])).sum::<f64>() / fit_idx.len().max(1) as f64;
-        files.push(("tau_treated.", taus.remove(0)));
-        files.push(("tau_control.", taus.remove(0)));
+        files.push(("tau_treated.", taus.remove(0).weights));
+        files.push(("tau_control.", taus.remove(0).weights));
         Some(crate::artifact::XStage {
             treated: arm_arch(),
             control: arm_arch(),
@@ -363,14 +418,14 @@ pub fn train_uplift_model(
     let pooled = train_members(
         &pooled_train,
         &pooled_valid,
-        mlp.as_ref(),
+        &learner,
         rc,
         (2 * members, stages * members, Some("pooled reference")),
         &mut on_epoch,
     )?;
     let pooled = Runtime::new(
-        architecture(preprocessor.clone(), mlp.clone(), members),
-        &pooled,
+        architecture(preprocessor.clone(), &learner, members, None),
+        &pooled.weights,
     )?;
 
     let test_idx: Vec<usize> = (0..rows).filter(|&i| roles[i] == Role::Test).collect();
@@ -445,7 +500,7 @@ pub fn train_uplift_model(
     lr.positive_weight = 1.0;
     let check = export_module(&train(&check_train, &lr, |_| ControlFlow::Continue(()))?)?;
     let check = Runtime::new(
-        architecture(preprocessor.clone(), None, 1),
+        architecture(preprocessor.clone(), &Learner::Linear, 1, None),
         &merge_members(&[check])?,
     )?;
     let t32: Vec<f32> = t.iter().map(|v| *v as f32).collect();
@@ -739,19 +794,33 @@ fn uplift_metrics(
 
 fn architecture(
     preprocessor: Preprocessor,
-    mlp: Option<MlpConfig>,
+    learner: &Learner,
     members: usize,
+    trained: Option<&Members>,
 ) -> Architecture {
-    match mlp {
-        Some(config) => Architecture::Mlp {
+    match learner {
+        Learner::Mlp(config) => Architecture::Mlp {
             preprocessor,
-            config,
+            config: config.clone(),
             members,
         },
-        None => Architecture::LogisticRegression {
+        Learner::Linear => Architecture::LogisticRegression {
             preprocessor,
             members,
         },
+        Learner::Gbdt(..) => {
+            let (trees, importance) = trained.map_or((Vec::new(), Vec::new()), |t| {
+                (t.trees.clone(), t.importance.clone())
+            });
+            let layout = InputLayout::of(&preprocessor);
+            let names = crate::gbdt::input_names(&preprocessor, &layout);
+            Architecture::Gbdt {
+                importance: names.into_iter().zip(importance).collect(),
+                preprocessor,
+                members,
+                trees,
+            }
+        }
     }
 }
 
@@ -794,7 +863,11 @@ pub fn finish_response(
     let (fit_rows, test_set) = all.partition(|i| roles[i] == Role::Test);
     let members = weights.len();
     let weights = merge_members(&weights)?;
-    let runtime = Runtime::new(architecture(preprocessor, mlp, members), &weights)?;
+    let learner = mlp.map_or(Learner::Linear, Learner::Mlp);
+    let runtime = Runtime::new(
+        architecture(preprocessor, &learner, members, None),
+        &weights,
+    )?;
     response_metrics(batches, runtime, weights, &test_set, &fit_rows)
 }
 

@@ -20,6 +20,7 @@ use crate::artifact::{Architecture, FORMAT, Manifest};
 use crate::error::{ModelError, Result};
 use crate::forecast::nbeats::{NBeatsConfig, history_windows, unscale};
 use crate::forecast::{Series, check_series};
+use crate::gbdt::Forest;
 use crate::mlp::{InputLayout, MlpConfig};
 use crate::preprocess::Encoded;
 
@@ -86,6 +87,8 @@ enum Net {
         Box<Runtime>,
         Option<(Box<Runtime>, Box<Runtime>, f32)>,
     ),
+    /// Gradient-boosted trees: each member's forest, on the inputs of `layout`.
+    Trees(Vec<Forest>, InputLayout),
     /// k-means centres, row-major `k × dim`.
     KMeans {
         centers: Vec<f32>,
@@ -191,6 +194,25 @@ impl Runtime {
                     .map(|k| load_mlp(&t, &format!("members.{k}"), config))
                     .collect::<Result<_>>()?,
             ),
+            Architecture::Gbdt {
+                preprocessor,
+                members,
+                ..
+            } => {
+                let layout = InputLayout::of(preprocessor);
+                let forests = (0..*members)
+                    .map(|k| {
+                        let get = |name: &str| {
+                            take(&t, &format!("members.{k}.{name}"))?
+                                .flatten_all()
+                                .and_then(|v| v.to_vec1::<f32>())
+                                .map_err(candle_err)
+                        };
+                        Forest::from_tensors(get, &layout)
+                    })
+                    .collect::<Result<_>>()?;
+                Net::Trees(forests, layout)
+            }
             Architecture::Uplift { .. } => unreachable!("handled above"),
             Architecture::KMeans {
                 preprocessor, k, ..
@@ -257,25 +279,26 @@ impl Runtime {
                 .map(|i| crate::kmeans::nearest(data.row(i), centers, *dim).0 as f32)
                 .collect());
         }
-        let Net::Response(members) = &self.net else {
-            return Err(ModelError::Unsupported(
-                "a forecaster cannot score rows".into(),
-            ));
+        let members = match &self.net {
+            Net::Response(members) => members.len(),
+            Net::Trees(forests, _) => forests.len(),
+            _ => {
+                return Err(ModelError::Unsupported(
+                    "a forecaster cannot score rows".into(),
+                ));
+            }
         };
         if data.rows == 0 {
             return Ok(Vec::new());
         }
         let mut sum = vec![0f64; data.rows];
-        for m in members {
-            let z = self.logits(m, data)?;
+        for m in 0..members {
+            let z = self.member_logits(m, data)?;
             for (s, z) in sum.iter_mut().zip(z) {
                 *s += f64::from(sigmoid(z));
             }
         }
-        let out: Vec<f32> = sum
-            .iter()
-            .map(|s| (*s / members.len() as f64) as f32)
-            .collect();
+        let out: Vec<f32> = sum.iter().map(|s| (*s / members as f64) as f32).collect();
         if let Some(i) = out.iter().position(|p| !p.is_finite()) {
             return Err(ModelError::Internal(format!(
                 "prediction for row {} is not finite",
@@ -362,6 +385,15 @@ impl Runtime {
     pub fn member_logits(&self, member: usize, data: &Encoded) -> Result<Vec<f32>> {
         match &self.net {
             Net::Response(m) => self.logits(&m[member], data),
+            Net::Trees(forests, layout) => {
+                let mut inputs = Vec::new();
+                Ok((0..data.rows)
+                    .map(|i| {
+                        crate::gbdt::inputs_of(layout, data.row(i), &mut inputs);
+                        forests[member].raw_score(&inputs) as f32
+                    })
+                    .collect())
+            }
             Net::Forecast(_) => Err(ModelError::Unsupported("a forecaster has no logits".into())),
             Net::Uplift(..) => Err(ModelError::Unsupported(
                 "an uplift model's logits are its arms'".into(),
@@ -433,7 +465,7 @@ impl Runtime {
     pub fn member_forecast(&self, member: usize, series: &[Series]) -> Result<Vec<Vec<f64>>> {
         match &self.net {
             Net::Forecast(m) => self.forecast_member(&m[member], series),
-            Net::Response(_) | Net::Uplift(..) | Net::KMeans { .. } => {
+            Net::Response(_) | Net::Trees(..) | Net::Uplift(..) | Net::KMeans { .. } => {
                 Err(ModelError::Unsupported("not a forecaster".into()))
             }
         }

@@ -397,6 +397,62 @@ pub struct ModelSpec {
     /// Uplift jobs (`[data] treatment`): the meta-learner.
     #[serde(default)]
     pub uplift: UpliftLearner,
+    /// GBDT: boosting rounds (the most, with early stopping).
+    #[serde(default = "default_trees")]
+    pub trees: usize,
+    /// GBDT: leaves per tree.
+    #[serde(default = "default_num_leaves")]
+    pub num_leaves: usize,
+    /// GBDT: levels per tree (0: no limit beyond `num_leaves`).
+    #[serde(default)]
+    pub max_depth: usize,
+    /// GBDT: training rows a leaf needs at least.
+    #[serde(default = "default_min_data_in_leaf")]
+    pub min_data_in_leaf: usize,
+    /// GBDT: sum of hessians a leaf needs at least.
+    #[serde(default = "default_min_sum_hessian")]
+    pub min_sum_hessian: f64,
+    /// GBDT: L1 penalty on leaf values.
+    #[serde(default)]
+    pub lambda_l1: f64,
+    /// GBDT: L2 penalty on leaf values.
+    #[serde(default)]
+    pub lambda_l2: f64,
+    /// GBDT: bins per numeric column.
+    #[serde(default = "default_max_bins")]
+    pub max_bins: usize,
+    /// GBDT: share of the input columns each tree may split on.
+    #[serde(default = "default_fraction")]
+    pub feature_fraction: f64,
+    /// GBDT: share of the training rows each tree is grown on.
+    #[serde(default = "default_fraction")]
+    pub bagging_fraction: f64,
+    /// GBDT: stop after this many trees without a better validation log loss and keep the
+    /// best (0: never stop early).
+    #[serde(default = "default_early_stopping")]
+    pub early_stopping: usize,
+}
+
+fn default_trees() -> usize {
+    500
+}
+fn default_num_leaves() -> usize {
+    31
+}
+fn default_min_data_in_leaf() -> usize {
+    20
+}
+fn default_min_sum_hessian() -> f64 {
+    1e-3
+}
+fn default_max_bins() -> usize {
+    255
+}
+fn default_fraction() -> f64 {
+    1.0
+}
+fn default_early_stopping() -> usize {
+    50
 }
 
 /// How an uplift job learns the treatment's effect.
@@ -420,6 +476,8 @@ pub enum ModelKind {
     LogisticRegression,
     /// MLP with embeddings for response prediction.
     Mlp,
+    /// Gradient-boosted trees for response prediction.
+    Gbdt,
     /// N-BEATS ensemble for trend forecasting (needs `[forecast]`).
     Nbeats,
     /// k-means customer segmentation (`[data] label`, when given, only profiles the
@@ -433,6 +491,7 @@ impl ModelKind {
         match self {
             ModelKind::LogisticRegression => "logistic_regression",
             ModelKind::Mlp => "mlp",
+            ModelKind::Gbdt => "gbdt",
             ModelKind::Nbeats => "nbeats",
             ModelKind::Kmeans => "kmeans",
         }
@@ -675,6 +734,17 @@ impl Default for ModelSpec {
             ensemble: default_ensemble(),
             k: default_k(),
             uplift: UpliftLearner::default(),
+            trees: default_trees(),
+            num_leaves: default_num_leaves(),
+            max_depth: 0,
+            min_data_in_leaf: default_min_data_in_leaf(),
+            min_sum_hessian: default_min_sum_hessian(),
+            lambda_l1: 0.0,
+            lambda_l2: 0.0,
+            max_bins: default_max_bins(),
+            feature_fraction: default_fraction(),
+            bagging_fraction: default_fraction(),
+            early_stopping: default_early_stopping(),
         }
     }
 }
@@ -895,12 +965,16 @@ impl JobSpec {
         out
     }
 
-    /// Progress units a job counts to: epochs of a response model, or gradient steps over
-    /// all members of a forecaster (the executor reports progress in the same units).
+    /// Progress units a job counts to: epochs of a response model (trees of boosted trees),
+    /// or gradient steps over all members of a forecaster (the executor reports progress in
+    /// the same units).
     pub fn progress_total(&self) -> u32 {
         match &self.forecast {
             Some(f) if self.model.kind == ModelKind::Nbeats => {
                 u32::try_from(f.steps.saturating_mul(f.lookbacks.len())).unwrap_or(u32::MAX)
+            }
+            _ if self.model.kind == ModelKind::Gbdt => {
+                u32::try_from(self.model.trees).unwrap_or(u32::MAX)
             }
             _ => self.train.epochs,
         }

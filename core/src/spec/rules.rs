@@ -277,6 +277,73 @@ impl JobSpec {
                 "must be between 1 and 64",
             ),
             rule(
+                "trees",
+                m.trees,
+                (1..=100_000).contains(&m.trees),
+                "must be between 1 and 100000",
+            ),
+            rule(
+                "num_leaves",
+                m.num_leaves,
+                (2..=65_536).contains(&m.num_leaves),
+                "must be between 2 and 65536",
+            ),
+            rule(
+                "max_depth",
+                m.max_depth,
+                m.max_depth <= 64,
+                "must be 0 (no limit) or at most 64",
+            ),
+            rule(
+                "min_data_in_leaf",
+                m.min_data_in_leaf,
+                m.min_data_in_leaf >= 1,
+                "must be at least 1",
+            ),
+            rule(
+                "min_sum_hessian",
+                m.min_sum_hessian,
+                m.min_sum_hessian.is_finite() && m.min_sum_hessian >= 0.0,
+                "must be a finite number >= 0",
+            ),
+            rule(
+                "lambda_l1",
+                m.lambda_l1,
+                m.lambda_l1.is_finite() && m.lambda_l1 >= 0.0,
+                "must be a finite number >= 0",
+            ),
+            rule(
+                "lambda_l2",
+                m.lambda_l2,
+                m.lambda_l2.is_finite() && m.lambda_l2 >= 0.0,
+                "must be a finite number >= 0",
+            ),
+            rule(
+                "max_bins",
+                m.max_bins,
+                (2..=65_535).contains(&m.max_bins),
+                "must be between 2 and 65535",
+            ),
+            rule(
+                "feature_fraction",
+                m.feature_fraction,
+                m.feature_fraction > 0.0 && m.feature_fraction <= 1.0,
+                "must be in (0, 1]",
+            ),
+            rule(
+                "bagging_fraction",
+                m.bagging_fraction,
+                m.bagging_fraction > 0.0 && m.bagging_fraction <= 1.0,
+                "must be in (0, 1]",
+            ),
+            rule(
+                "type",
+                "\"gbdt\"",
+                m.kind != ModelKind::Gbdt
+                    || (self.data.treatment.is_none() && self.forecast.is_none()),
+                "gbdt trains response models: no [data] treatment (uplift arms are logistic_regression or mlp) and no [forecast]",
+            ),
+            rule(
                 "uplift",
                 format!("{:?}", m.uplift),
                 m.uplift == super::UpliftLearner::TLearner || self.data.treatment.is_some(),

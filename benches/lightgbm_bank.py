@@ -1,0 +1,67 @@
+"""LightGBM on UCI bank marketing with the split protocol of ../shared/data/README.md, the
+reference `[model] type = "gbdt"` is measured against (benches/RESULTS.md).
+
+Rows with index % 5 == 4 are the test set; rows with index % 5 == 3 are the early-stopping
+rows; the model is fitted on the others. Categorical columns are LightGBM's native
+categoricals. Prints the settings, the trees kept, the test AUC and log loss, and the fit's
+wall time (median of --repeat fits).
+
+    python3 -m venv /tmp/pyref && /tmp/pyref/bin/pip install lightgbm scikit-learn pandas
+    /tmp/pyref/bin/python benches/lightgbm_bank.py [--with-duration] [--threads 1]
+        [--trees 2000] [--learning-rate 0.02] [--num-leaves 31] [--no-early-stopping]
+"""
+import argparse
+import statistics
+import time
+from pathlib import Path
+
+import lightgbm as lgb
+import pandas as pd
+from sklearn.metrics import log_loss, roc_auc_score
+
+parser = argparse.ArgumentParser()
+parser.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared/data/bank-full.csv"))
+parser.add_argument("--with-duration", action="store_true")
+parser.add_argument("--threads", type=int, default=1)
+parser.add_argument("--trees", type=int, default=2000)
+parser.add_argument("--learning-rate", type=float, default=0.02)
+parser.add_argument("--num-leaves", type=int, default=31)
+parser.add_argument("--early-stopping", type=int, default=100)
+parser.add_argument("--no-early-stopping", action="store_true")
+parser.add_argument("--repeat", type=int, default=1)
+args = parser.parse_args()
+
+df = pd.read_csv(args.data, sep=";")
+y = (df.pop("y") == "yes").astype(int).to_numpy()
+if not args.with_duration:
+    df = df.drop(columns=["duration"])
+for c in df.columns:
+    if df[c].dtype == object:
+        df[c] = df[c].astype("category")
+index = pd.RangeIndex(len(df)).to_numpy()
+test, valid = index % 5 == 4, index % 5 == 3
+fit = ~(test | valid)
+params = dict(
+    objective="binary",
+    learning_rate=args.learning_rate,
+    num_leaves=args.num_leaves,
+    num_threads=args.threads,
+    seed=1,
+    deterministic=True,
+    force_row_wise=True,
+    verbose=-1,
+)
+print("settings:", params, "trees:", args.trees,
+      "early stopping:", "off" if args.no_early_stopping else args.early_stopping)
+times = []
+for _ in range(args.repeat):
+    dfit = lgb.Dataset(df[fit], y[fit])
+    dvalid = lgb.Dataset(df[valid], y[valid], reference=dfit)
+    callbacks = [] if args.no_early_stopping else [lgb.early_stopping(args.early_stopping, verbose=False)]
+    start = time.perf_counter()
+    booster = lgb.train(params, dfit, num_boost_round=args.trees, valid_sets=[dvalid], callbacks=callbacks)
+    times.append(time.perf_counter() - start)
+p = booster.predict(df[test], num_iteration=booster.best_iteration or None)
+print(f"trees kept: {booster.best_iteration or booster.num_trees()}")
+print(f"test AUC {roc_auc_score(y[test], p):.4f}  log loss {log_loss(y[test], p):.4f}")
+print(f"fit: median {statistics.median(times):.2f} s over {len(times)} (threads {args.threads})")
