@@ -129,6 +129,84 @@ pub struct Forest {
     categories: Vec<bool>,
     /// Numeric inputs (the first inputs).
     numeric: usize,
+    /// The same trees laid out for scoring many rows at once ([`Forest::raw_scores`]);
+    /// derived from the fields above by [`Flat::of`].
+    flat: Flat,
+}
+
+/// Rows scored together, tree by tree, in [`Forest::raw_scores`].
+const BLOCK: usize = 32;
+
+/// Fewer rows than this are walked one by one, each to its leaf and no further.
+const SCALAR_ROWS: usize = 8;
+
+/// The trees as one array of steps without branches: every node has two successors, and
+/// every leaf is a step to itself, so a row takes exactly a tree's depth in steps and many
+/// rows advance together.
+#[derive(Debug, Clone, Default, PartialEq)]
+struct Flat {
+    steps: Vec<Step>,
+    /// Each tree's root step and depth.
+    trees: Vec<(u32, u32)>,
+}
+
+/// One step of [`Flat`]: a split, or a leaf that steps to itself.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Step {
+    feature: u32,
+    /// Numeric: `value <= threshold` goes left. A leaf's is infinite (both successors are
+    /// itself).
+    threshold: f32,
+    /// Categorical: the offset of its flags, else `u32::MAX`.
+    categorical: u32,
+    /// Left and right successor.
+    next: [u32; 2],
+    /// A leaf's value (0 for a split).
+    value: f32,
+}
+
+impl Flat {
+    fn of(forest: &Forest) -> Flat {
+        let mut flat = Flat::default();
+        for &root in &forest.roots {
+            let start = flat.steps.len() as u32;
+            let depth = flat.push(forest, root, 0);
+            flat.trees.push((start, depth));
+        }
+        flat
+    }
+
+    /// Lay out the subtree at `at` from the next free step; returns its depth.
+    fn push(&mut self, forest: &Forest, at: Child, depth: u32) -> u32 {
+        let me = self.steps.len();
+        let mut step = Step {
+            feature: 0,
+            threshold: f32::INFINITY,
+            categorical: u32::MAX,
+            next: [me as u32; 2],
+            value: 0.0,
+        };
+        match at {
+            Child::Leaf(l) => {
+                step.value = forest.leaves[l as usize];
+                self.steps.push(step);
+                depth
+            }
+            Child::Node(n) => {
+                let node = forest.nodes[n as usize];
+                step.feature = node.feature;
+                step.threshold = node.threshold;
+                step.categorical = node.categorical.unwrap_or(u32::MAX);
+                self.steps.push(step);
+                let left = self.steps.len() as u32;
+                let dl = self.push(forest, node.left, depth + 1);
+                let right = self.steps.len() as u32;
+                let dr = self.push(forest, node.right, depth + 1);
+                self.steps[me].next = [left, right];
+                dl.max(dr)
+            }
+        }
+    }
 }
 
 /// Per input column: the gain its splits brought and how many splits use it.
@@ -164,7 +242,7 @@ impl Forest {
                     let v = inputs[node.feature as usize];
                     let left = match node.categorical {
                         Some(offset) => self.categories[offset as usize + v as usize],
-                        None => v <= node.threshold,
+                        None => numeric_left(v, node.threshold),
                     };
                     at = if left { node.left } else { node.right };
                 }
@@ -174,13 +252,62 @@ impl Forest {
 
     /// Response probabilities of `data`'s rows.
     pub fn score(&self, layout: &InputLayout, data: &Encoded) -> Vec<f32> {
-        let mut inputs = Vec::new();
-        (0..data.rows)
-            .map(|i| {
-                inputs_of(layout, data.row(i), &mut inputs);
-                sigmoid(self.raw_score(&inputs) as f32)
-            })
+        self.raw_scores(layout, data)
+            .into_iter()
+            .map(|z| sigmoid(z as f32))
             .collect()
+    }
+
+    /// The log-odds of `data`'s rows, equal to [`Forest::raw_score`] of each bit for bit
+    /// (the same leaves added in the same order), computed [`BLOCK`] rows at a time: each
+    /// tree walks all of them a step at a time, without a branch per step.
+    pub fn raw_scores(&self, layout: &InputLayout, data: &Encoded) -> Vec<f64> {
+        if data.rows < SCALAR_ROWS {
+            let mut inputs = Vec::new();
+            return (0..data.rows)
+                .map(|i| {
+                    inputs_of(layout, data.row(i), &mut inputs);
+                    self.raw_score(&inputs)
+                })
+                .collect();
+        }
+        let width = layout.numeric.len() + layout.categorical.len();
+        let mut inputs = Vec::with_capacity(BLOCK * width);
+        let mut row = Vec::with_capacity(width);
+        let mut out = vec![f64::from(self.base); data.rows];
+        let f = &self.flat;
+        let mut at = [0u32; BLOCK];
+        for (b, scores) in out.chunks_mut(BLOCK).enumerate() {
+            inputs.clear();
+            for i in b * BLOCK..b * BLOCK + scores.len() {
+                inputs_of(layout, data.row(i), &mut row);
+                inputs.extend_from_slice(&row);
+            }
+            let at = &mut at[..scores.len()];
+            for &(root, depth) in &f.trees {
+                at.fill(root);
+                for level in 0..depth {
+                    // Every row at a leaf (a step to itself): the tree is done for them.
+                    if level >= 4 && at.iter().all(|&s| f.steps[s as usize].next[0] == s) {
+                        break;
+                    }
+                    for (r, at) in at.iter_mut().enumerate() {
+                        let step = &f.steps[*at as usize];
+                        let v = inputs[r * width + step.feature as usize];
+                        let right = if step.categorical == u32::MAX {
+                            !numeric_left(v, step.threshold)
+                        } else {
+                            !self.categories[step.categorical as usize + v as usize]
+                        };
+                        *at = step.next[usize::from(right)];
+                    }
+                }
+                for (z, &at) in scores.iter_mut().zip(at.iter()) {
+                    *z += f64::from(f.steps[at as usize].value);
+                }
+            }
+        }
+        out
     }
 
     /// The tensors of the weights file: `base` `[1]`, `roots` `[trees]`, `nodes`
@@ -294,14 +421,17 @@ impl Forest {
             .into_iter()
             .map(|r| child(r, count))
             .collect::<Result<_>>()?;
-        Ok(Forest {
+        let mut forest = Forest {
             base,
             roots,
             nodes,
             leaves,
             categories,
             numeric: layout.numeric.len(),
-        })
+            flat: Flat::default(),
+        };
+        forest.flat = Flat::of(&forest);
+        Ok(forest)
     }
 }
 
@@ -319,6 +449,12 @@ pub fn input_names(pre: &crate::preprocess::Preprocessor, layout: &InputLayout) 
         .chain(layout.categorical.iter().map(|(o, _)| o))
         .map(|&o| at(o))
         .collect()
+}
+
+/// Whether a numeric split sends `value` left: at most the threshold (NaN goes right).
+/// Both walks, one row's and many rows', decide by this.
+fn numeric_left(value: f32, threshold: f32) -> bool {
+    value <= threshold
 }
 
 /// One row's model inputs: its numeric values, then each categorical column's slot.
@@ -686,6 +822,7 @@ pub fn train_gbdt(
         leaves: Vec::new(),
         categories: Vec::new(),
         numeric: layout.numeric.len(),
+        flat: Flat::default(),
     };
     let mut importance = vec![Importance::default(); inputs];
     let mut raw = vec![f64::from(base); train.rows];
@@ -788,6 +925,7 @@ pub fn train_gbdt(
         forest.leaves.truncate(leaves);
         forest.categories.truncate(categories);
     }
+    forest.flat = Flat::of(&forest);
     Ok((forest, importance))
 }
 
@@ -1054,6 +1192,15 @@ mod tests {
                 .map(|t| t.2.clone())
                 .unwrap())
         };
+        // Many rows at once: each row's walk, bit for bit (2,000 rows: 62 blocks and a part).
+        let mut inputs = Vec::new();
+        let one_by_one: Vec<f64> = (0..test.rows)
+            .map(|i| {
+                inputs_of(&lay, test.row(i), &mut inputs);
+                forest.raw_score(&inputs)
+            })
+            .collect();
+        assert_eq!(forest.raw_scores(&lay, &test), one_by_one);
         let back = Forest::from_tensors(get, &lay).unwrap();
         assert_eq!(back, forest);
         assert_eq!(back.score(&lay, &test), p);

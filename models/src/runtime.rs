@@ -385,15 +385,11 @@ impl Runtime {
     pub fn member_logits(&self, member: usize, data: &Encoded) -> Result<Vec<f32>> {
         match &self.net {
             Net::Response(m) => self.logits(&m[member], data),
-            Net::Trees(forests, layout) => {
-                let mut inputs = Vec::new();
-                Ok((0..data.rows)
-                    .map(|i| {
-                        crate::gbdt::inputs_of(layout, data.row(i), &mut inputs);
-                        forests[member].raw_score(&inputs) as f32
-                    })
-                    .collect())
-            }
+            Net::Trees(forests, layout) => Ok(forests[member]
+                .raw_scores(layout, data)
+                .into_iter()
+                .map(|z| z as f32)
+                .collect()),
             Net::Forecast(_) => Err(ModelError::Unsupported("a forecaster has no logits".into())),
             Net::Uplift(..) => Err(ModelError::Unsupported(
                 "an uplift model's logits are its arms'".into(),
