@@ -341,7 +341,7 @@ fn model_and_forecast_rules_name_field_value_and_rule() {
         (
             GOOD.replace("label = \"y\"", "label = \"y\"\ntreatment = \"t\"")
                 .replace("[train]", "[model]\ntype = \"gbdt\"\n[train]"),
-            "gbdt trains response models: no [data] treatment",
+            "[model] type = \"gbdt\": boosted trees and blends train response models: no [data] treatment",
         ),
         (
             GOOD.replace("[train]", "[model]\ntype = \"gbdt\"\n[train]\nworkers = 2"),

@@ -89,22 +89,12 @@ pub(crate) fn model_configs(
             hidden: spec.model.hidden.clone(),
             max_embedding: spec.model.max_embedding,
         },
-        ModelKind::Gbdt => {
-            let m = &spec.model;
-            ResponseKind::Gbdt(GbdtConfig {
-                trees: m.trees,
-                num_leaves: m.num_leaves,
-                max_depth: m.max_depth,
-                min_data_in_leaf: m.min_data_in_leaf,
-                min_sum_hessian: m.min_sum_hessian,
-                lambda_l1: m.lambda_l1,
-                lambda_l2: m.lambda_l2,
-                max_bins: m.max_bins,
-                feature_fraction: m.feature_fraction,
-                bagging_fraction: m.bagging_fraction,
-                early_stopping: m.early_stopping,
-            })
-        }
+        ModelKind::Gbdt => ResponseKind::Gbdt(gbdt_config(spec)),
+        ModelKind::Blend => ResponseKind::Blend {
+            hidden: spec.model.hidden.clone(),
+            max_embedding: spec.model.max_embedding,
+            trees: gbdt_config(spec),
+        },
         // A forecaster's spec never reaches the response path (it has `[forecast]`).
         ModelKind::LogisticRegression | ModelKind::Nbeats | ModelKind::Kmeans => {
             ResponseKind::LogisticRegression
@@ -119,6 +109,25 @@ pub(crate) fn model_configs(
             balance_classes: spec.train.class_weight == ClassWeight::Balanced,
         },
     )
+}
+
+/// The boosted trees' settings from a job spec.
+fn gbdt_config(spec: &JobSpec) -> GbdtConfig {
+    let m = &spec.model;
+    GbdtConfig {
+        trees: m.trees,
+        learning_rate: m.shrinkage.unwrap_or(spec.train.learning_rate),
+        num_leaves: m.num_leaves,
+        max_depth: m.max_depth,
+        min_data_in_leaf: m.min_data_in_leaf,
+        min_sum_hessian: m.min_sum_hessian,
+        lambda_l1: m.lambda_l1,
+        lambda_l2: m.lambda_l2,
+        max_bins: m.max_bins,
+        feature_fraction: m.feature_fraction,
+        bagging_fraction: m.bagging_fraction,
+        early_stopping: m.early_stopping,
+    }
 }
 
 /// The forecaster's training settings from a job spec.
@@ -260,8 +269,9 @@ fn train_blocking(
     if input.features.is_some() {
         features.split_column = Some(SPLIT_COLUMN.to_string());
     }
-    let trees = spec.model.kind == ModelKind::Gbdt;
     let report = |r: MemberReport| {
+        // Boosted trees (alone or a blend's) report every few trees.
+        let trees = spec.model.kind == ModelKind::Gbdt || r.model == Some("trees part");
         let _ = reports.send(Progress {
             epoch: r.epoch.epoch,
             loss: r.epoch.loss,

@@ -73,6 +73,7 @@ fn bench(c: &mut Criterion) {
     let layout = InputLayout::of(&pre);
     let cfg = GbdtConfig {
         trees: 500,
+        learning_rate: 0.02,
         num_leaves: 31,
         max_depth: 0,
         min_data_in_leaf: 20,
@@ -85,7 +86,6 @@ fn bench(c: &mut Criterion) {
         early_stopping: 0,
     };
     let tc = TrainConfig {
-        learning_rate: 0.02,
         seed: 1,
         ..TrainConfig::default()
     };

@@ -34,6 +34,15 @@ pub struct XStage {
     pub propensity: f64,
 }
 
+/// One model of a blend and its weight.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BlendPart {
+    /// The model.
+    pub architecture: Box<Architecture>,
+    /// Its probabilities' weight.
+    pub weight: f64,
+}
+
 /// What one segment of a k-means model holds, in the raw data's units.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SegmentProfile {
@@ -101,6 +110,12 @@ pub enum Architecture {
         /// summed over the members.
         importance: BTreeMap<String, crate::gbdt::Importance>,
     },
+    /// A blend of response models on the same preprocessing (part `k`'s tensors under
+    /// `part.<k>.`): the weighted sum of their probabilities.
+    Blend {
+        /// The models and their weights (summing to 1).
+        parts: Vec<BlendPart>,
+    },
     /// N-BEATS forecaster ensemble.
     NBeats {
         /// Horizon, members, scaling rules.
@@ -139,6 +154,7 @@ impl Architecture {
             Architecture::LogisticRegression { .. } => "logistic_regression",
             Architecture::Mlp { .. } => "mlp",
             Architecture::Gbdt { .. } => "gbdt",
+            Architecture::Blend { .. } => "blend",
             Architecture::NBeats { .. } => "nbeats",
             Architecture::Uplift { .. } => "uplift",
             Architecture::KMeans { .. } => "kmeans",
@@ -154,6 +170,7 @@ impl Architecture {
             | Architecture::KMeans { preprocessor, .. } => Some(preprocessor),
             Architecture::NBeats { .. } => None,
             Architecture::Uplift { treated, .. } => treated.preprocessor(),
+            Architecture::Blend { parts } => parts.first()?.architecture.preprocessor(),
         }
     }
 }

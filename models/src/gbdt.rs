@@ -55,6 +55,8 @@ const REPORT_EVERY: usize = 10;
 pub struct GbdtConfig {
     /// Boosting rounds (the most, with early stopping).
     pub trees: usize,
+    /// Shrinkage of each tree's leaf values.
+    pub learning_rate: f64,
     /// Leaves per tree.
     pub num_leaves: usize,
     /// Levels per tree (0: no limit beyond `num_leaves`).
@@ -732,7 +734,7 @@ impl Grower<'_> {
 }
 
 /// Train a forest on `train` (early stopping on `valid` when it has rows and
-/// `cfg.early_stopping > 0`). Uses `tc.learning_rate`, `tc.seed` and `tc.positive_weight`.
+/// `cfg.early_stopping > 0`). Uses `tc.seed` and `tc.positive_weight` of the training settings.
 /// `on_round` is called every few trees; `ControlFlow::Break` stops with
 /// [`ModelError::Cancelled`]. Also returns each input's importance.
 pub fn train_gbdt(
@@ -865,7 +867,7 @@ pub fn train_gbdt(
             &features,
             &g,
             &h,
-            tc.learning_rate,
+            cfg.learning_rate,
         );
         forest.roots.push(root);
         // The serving path's own walk over the rows' values: the scores kept here are the
@@ -1107,6 +1109,7 @@ mod tests {
     fn cfg(trees: usize) -> GbdtConfig {
         GbdtConfig {
             trees,
+            learning_rate: 0.1,
             num_leaves: 31,
             max_depth: 0,
             min_data_in_leaf: 20,
@@ -1122,7 +1125,6 @@ mod tests {
 
     fn tc(seed: u64) -> TrainConfig {
         TrainConfig {
-            learning_rate: 0.1,
             seed,
             ..TrainConfig::default()
         }

@@ -42,6 +42,16 @@ pub enum ResponseKind {
     },
     /// Gradient-boosted trees.
     Gbdt(GbdtConfig),
+    /// An MLP (of `ensemble` members) and boosted trees trained on the same rows, their
+    /// probabilities averaged with the weight that minimises the validation rows' log loss.
+    Blend {
+        /// The MLP's hidden layer widths.
+        hidden: Vec<usize>,
+        /// The MLP's widest embedding.
+        max_embedding: usize,
+        /// The trees.
+        trees: GbdtConfig,
+    },
 }
 
 /// A response recipe's learner, fitted to its preprocessor's inputs.
@@ -128,8 +138,9 @@ pub fn train_response_model(
     let all = preprocessor.transform(batches, |_| true)?;
     let (fit_rows, test_set) = all.partition(|i| roles[i] == Role::Test);
     let original: Vec<usize> = (0..rows).filter(|&i| roles[i] != Role::Test).collect();
-    let learner = learner(&preprocessor, rc);
-    let early_stopping = stops_early(&learner, rc);
+    let parts = learners(&preprocessor, rc);
+    // A blend fits its weight on the validation rows.
+    let early_stopping = parts.len() > 1 || stops_early(&parts[0].0, rc);
     let split =
         early_stopping.then(|| fit_rows.partition(|j| roles[original[j]] == Role::Validation));
     let no_rows = Encoded::empty(fit_rows.dim);
@@ -157,19 +168,93 @@ pub fn train_response_model(
         });
     }
     let members = rc.ensemble.max(1);
-    let trained = train_members(
-        train_set,
-        valid_set,
-        &learner,
-        rc,
-        (0, members, None),
-        &mut on_epoch,
-    )?;
-    let runtime = Runtime::new(
-        architecture(preprocessor, &learner, members, Some(&trained)),
-        &trained.weights,
-    )?;
-    response_metrics(batches, runtime, trained.weights, &test_set, &fit_rows)
+    if let [(learner, _)] = parts.as_slice() {
+        let trained = train_members(
+            train_set,
+            valid_set,
+            learner,
+            rc,
+            (0, members, None),
+            &mut on_epoch,
+        )?;
+        let runtime = Runtime::new(
+            architecture(preprocessor, learner, members, Some(&trained)),
+            &trained.weights,
+        )?;
+        return response_metrics(batches, runtime, trained.weights, &test_set, &fit_rows);
+    }
+    // A blend: the MLP's members, then the trees (one member), each scored on the
+    // validation rows.
+    let all_members = members + 1;
+    let mut blended = Vec::new();
+    for (k, (learner, name)) in parts.iter().enumerate() {
+        let part_members = if matches!(learner, Learner::Gbdt(..)) {
+            1
+        } else {
+            members
+        };
+        let part_rc = ResponseConfig {
+            ensemble: part_members,
+            ..rc.clone()
+        };
+        let trained = train_members(
+            train_set,
+            valid_set,
+            learner,
+            &part_rc,
+            (k * members, all_members, Some(*name)),
+            &mut on_epoch,
+        )?;
+        let arch = architecture(preprocessor.clone(), learner, part_members, Some(&trained));
+        let valid_scores =
+            Runtime::new(arch.clone(), &trained.weights)?.score_encoded(valid_set)?;
+        blended.push((arch, trained.weights, valid_scores));
+    }
+    let weight = blend_weight(&blended[0].2, &blended[1].2, &valid_set.y);
+    let files: Vec<(String, &[u8])> = blended
+        .iter()
+        .enumerate()
+        .map(|(k, b)| (format!("part.{k}."), b.1.as_slice()))
+        .collect();
+    let files: Vec<(&str, &[u8])> = files.iter().map(|(p, b)| (p.as_str(), *b)).collect();
+    let weights = crate::artifact::prefixed(&files)?;
+    let architecture = Architecture::Blend {
+        parts: blended
+            .into_iter()
+            .zip([1.0 - weight, weight])
+            .map(
+                |((architecture, _, _), weight)| crate::artifact::BlendPart {
+                    architecture: Box::new(architecture),
+                    weight,
+                },
+            )
+            .collect(),
+    };
+    let runtime = Runtime::new(architecture, &weights)?;
+    let mut model = response_metrics(batches, runtime, weights, &test_set, &fit_rows)?;
+    model.metrics.insert("blend_trees_weight".into(), weight);
+    Ok(model)
+}
+
+/// The weight `w` of the second scores in `(1 − w)·a + w·b` (in steps of 0.01) with the
+/// least log loss on `labels`; the first of equals.
+fn blend_weight(a: &[f32], b: &[f32], labels: &[f32]) -> f64 {
+    let loss = |w: f64| {
+        let p: Vec<f32> = a
+            .iter()
+            .zip(b)
+            .map(|(&a, &b)| ((1.0 - w) * f64::from(a) + w * f64::from(b)) as f32)
+            .collect();
+        crate::metrics::log_loss(&p, labels)
+    };
+    (0..=100)
+        .map(|k| f64::from(k) / 100.0)
+        .map(|w| (w, loss(w)))
+        .fold(
+            (0.5, f64::INFINITY),
+            |best, (w, l)| if l < best.1 { (w, l) } else { best },
+        )
+        .0
 }
 
 /// The rows of `batches`, or an error when there are none.
@@ -184,12 +269,43 @@ fn rows_to_train_on(batches: &[RecordBatch]) -> Result<usize> {
     Ok(rows)
 }
 
-/// The learner of `rc` on `preprocessor`'s input.
+/// The learners of `rc` on `preprocessor`'s input with their names in progress reports:
+/// one, or a blend's MLP and trees.
+fn learners(preprocessor: &Preprocessor, rc: &ResponseConfig) -> Vec<(Learner, &'static str)> {
+    match &rc.kind {
+        ResponseKind::Blend {
+            hidden,
+            max_embedding,
+            trees,
+        } => vec![
+            (
+                Learner::Mlp(MlpConfig::new(
+                    InputLayout::of(preprocessor),
+                    hidden.clone(),
+                    *max_embedding,
+                )),
+                "mlp part",
+            ),
+            (
+                Learner::Gbdt(trees.clone(), InputLayout::of(preprocessor)),
+                "trees part",
+            ),
+        ],
+        _ => vec![(learner(preprocessor, rc), "")],
+    }
+}
+
+/// The learner of `rc` on `preprocessor`'s input (a blend's: its MLP).
 fn learner(preprocessor: &Preprocessor, rc: &ResponseConfig) -> Learner {
     match &rc.kind {
         ResponseKind::Mlp {
             hidden,
             max_embedding,
+        }
+        | ResponseKind::Blend {
+            hidden,
+            max_embedding,
+            ..
         } => Learner::Mlp(MlpConfig::new(
             InputLayout::of(preprocessor),
             hidden.clone(),
@@ -935,4 +1051,23 @@ pub fn train_forecaster(
         test_rows: test.len(),
         reference: None,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::blend_weight;
+
+    #[test]
+    fn the_blend_weight_leans_to_the_better_scores() {
+        let labels = [1.0, 0.0, 1.0, 0.0, 1.0, 0.0, 0.0, 1.0];
+        let right: Vec<f32> = labels
+            .iter()
+            .map(|&y| if y > 0.5 { 0.9 } else { 0.1 })
+            .collect();
+        let flat = [0.5f32; 8];
+        assert_eq!(blend_weight(&flat, &right, &labels), 1.0);
+        assert_eq!(blend_weight(&right, &flat, &labels), 0.0);
+        // The same scores: every weight gives the same loss, and the first (0) is kept.
+        assert_eq!(blend_weight(&right, &right, &labels), 0.0);
+    }
 }

@@ -89,6 +89,8 @@ enum Net {
     ),
     /// Gradient-boosted trees: each member's forest, on the inputs of `layout`.
     Trees(Vec<Forest>, InputLayout),
+    /// A blend's models and their weights.
+    Blend(Vec<(Runtime, f64)>),
     /// k-means centres, row-major `k × dim`.
     KMeans {
         centers: Vec<f32>,
@@ -166,6 +168,19 @@ impl Runtime {
             let net = Net::Uplift(arm(treated, "treated.")?, arm(control, "control.")?, x);
             return Ok(Runtime { architecture, net });
         }
+        if let Architecture::Blend { parts } = &architecture {
+            let net = Net::Blend(
+                parts
+                    .iter()
+                    .enumerate()
+                    .map(|(k, p)| {
+                        let w = crate::artifact::unprefixed(weights, &format!("part.{k}."))?;
+                        Ok((Runtime::new((*p.architecture).clone(), &w)?, p.weight))
+                    })
+                    .collect::<Result<_>>()?,
+            );
+            return Ok(Runtime { architecture, net });
+        }
         let t = candle_core::safetensors::load_buffer(weights, &CPU)
             .map_err(|e| ModelError::Artifact(format!("weights file: {e}")))?;
         let net = match &architecture {
@@ -213,7 +228,9 @@ impl Runtime {
                     .collect::<Result<_>>()?;
                 Net::Trees(forests, layout)
             }
-            Architecture::Uplift { .. } => unreachable!("handled above"),
+            Architecture::Uplift { .. } | Architecture::Blend { .. } => {
+                unreachable!("handled above")
+            }
             Architecture::KMeans {
                 preprocessor, k, ..
             } => {
@@ -273,6 +290,15 @@ impl Runtime {
             }
             let (t, c) = (treated.score_encoded(data)?, control.score_encoded(data)?);
             return Ok(t.iter().zip(&c).map(|(t, c)| t - c).collect());
+        }
+        if let Net::Blend(parts) = &self.net {
+            let mut sum = vec![0f64; data.rows];
+            for (part, weight) in parts {
+                for (s, p) in sum.iter_mut().zip(part.score_encoded(data)?) {
+                    *s += weight * f64::from(p);
+                }
+            }
+            return Ok(sum.into_iter().map(|s| s as f32).collect());
         }
         if let Net::KMeans { centers, dim } = &self.net {
             return Ok((0..data.rows)
@@ -394,6 +420,9 @@ impl Runtime {
             Net::Uplift(..) => Err(ModelError::Unsupported(
                 "an uplift model's logits are its arms'".into(),
             )),
+            Net::Blend(..) => Err(ModelError::Unsupported(
+                "a blend's logits are its parts'".into(),
+            )),
             Net::KMeans { .. } => Err(ModelError::Unsupported(
                 "a k-means model has no logits".into(),
             )),
@@ -461,9 +490,11 @@ impl Runtime {
     pub fn member_forecast(&self, member: usize, series: &[Series]) -> Result<Vec<Vec<f64>>> {
         match &self.net {
             Net::Forecast(m) => self.forecast_member(&m[member], series),
-            Net::Response(_) | Net::Trees(..) | Net::Uplift(..) | Net::KMeans { .. } => {
-                Err(ModelError::Unsupported("not a forecaster".into()))
-            }
+            Net::Response(_)
+            | Net::Trees(..)
+            | Net::Blend(..)
+            | Net::Uplift(..)
+            | Net::KMeans { .. } => Err(ModelError::Unsupported("not a forecaster".into())),
         }
     }
 

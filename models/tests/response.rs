@@ -468,6 +468,7 @@ fn gbdt_cfg(trees: usize) -> ResponseConfig {
     ResponseConfig {
         kind: ResponseKind::Gbdt(halyard_models::gbdt::GbdtConfig {
             trees,
+            learning_rate: 0.1,
             num_leaves: 15,
             max_depth: 0,
             min_data_in_leaf: 20,
@@ -480,7 +481,6 @@ fn gbdt_cfg(trees: usize) -> ResponseConfig {
             early_stopping: 20,
         }),
         train: TrainConfig {
-            learning_rate: 0.1,
             seed: 7,
             ..TrainConfig::default()
         },
@@ -572,5 +572,74 @@ fn boosted_trees_learn_the_effects_and_serve_the_training_scores_bit_for_bit() {
     assert_eq!(
         served_auc, trees_auc,
         "served scores differ from the training-time ones"
+    );
+}
+
+#[test]
+fn a_blend_weighs_its_mlp_and_trees_on_the_validation_rows_and_serves_what_it_measured() {
+    let batch = synthetic(4000, 5);
+    let ResponseKind::Gbdt(trees) = gbdt_cfg(200).kind else {
+        unreachable!("gbdt_cfg makes trees")
+    };
+    let cfg = ResponseConfig {
+        kind: ResponseKind::Blend {
+            hidden: vec![16],
+            max_embedding: 4,
+            trees,
+        },
+        train: TrainConfig {
+            epochs: 6,
+            batch_size: 128,
+            learning_rate: 0.01,
+            patience: 3,
+            seed: 7,
+            ..TrainConfig::default()
+        },
+        ensemble: 2,
+        balance_classes: false,
+    };
+    let mut parts = Vec::new();
+    let model = train_response_model(
+        std::slice::from_ref(&batch),
+        &features(Encoding::OneHot),
+        &cfg,
+        |r| {
+            parts.push((r.model, r.member, r.members));
+            ControlFlow::Continue(())
+        },
+    )
+    .unwrap();
+    // Progress names the parts: two MLP members, then the trees as the third.
+    assert_eq!(parts.first(), Some(&(Some("mlp part"), 0, 3)));
+    assert_eq!(parts.last(), Some(&(Some("trees part"), 2, 3)));
+    let Architecture::Blend { parts } = &model.architecture else {
+        panic!("not a blend: {:?}", model.architecture.kind());
+    };
+    assert_eq!(parts.len(), 2);
+    assert_eq!(parts[0].architecture.kind(), "mlp");
+    assert_eq!(parts[1].architecture.kind(), "gbdt");
+    let w = model.metrics["blend_trees_weight"];
+    assert_eq!(parts[1].weight, w);
+    assert!((parts[0].weight + w - 1.0).abs() < 1e-12 && (0.0..=1.0).contains(&w));
+    assert!(model.metrics["test_auc"] > 0.8, "{:?}", model.metrics);
+    // Loaded from its weights file, the blend gives the test AUC it recorded.
+    let runtime =
+        halyard_models::runtime::Runtime::new(model.architecture.clone(), &model.weights).unwrap();
+    let raw = batch.project(&[0, 1]).unwrap();
+    let served = runtime.score(&[raw]).unwrap();
+    let test_rows: Vec<usize> = (0..4000).filter(|i| i % 5 == 4).collect();
+    let y = batch
+        .column(2)
+        .as_any()
+        .downcast_ref::<StringArray>()
+        .unwrap();
+    let labels: Vec<f32> = test_rows
+        .iter()
+        .map(|&i| f32::from(u8::from(y.value(i) == "yes")))
+        .collect();
+    let scores: Vec<f32> = test_rows.iter().map(|&i| served[i]).collect();
+    assert_eq!(
+        halyard_models::metrics::auc(&scores, &labels).unwrap(),
+        model.metrics["test_auc"]
     );
 }

@@ -400,6 +400,10 @@ pub struct ModelSpec {
     /// GBDT: boosting rounds (the most, with early stopping).
     #[serde(default = "default_trees")]
     pub trees: usize,
+    /// GBDT: the trees' learning rate (the shrinkage of each tree's leaf values); absent:
+    /// `[train] learning_rate`. A blend's MLP keeps `[train] learning_rate`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shrinkage: Option<f64>,
     /// GBDT: leaves per tree.
     #[serde(default = "default_num_leaves")]
     pub num_leaves: usize,
@@ -478,6 +482,9 @@ pub enum ModelKind {
     Mlp,
     /// Gradient-boosted trees for response prediction.
     Gbdt,
+    /// The MLP and the boosted trees trained on the same rows, their probabilities
+    /// averaged with a weight fitted on the validation rows.
+    Blend,
     /// N-BEATS ensemble for trend forecasting (needs `[forecast]`).
     Nbeats,
     /// k-means customer segmentation (`[data] label`, when given, only profiles the
@@ -492,6 +499,7 @@ impl ModelKind {
             ModelKind::LogisticRegression => "logistic_regression",
             ModelKind::Mlp => "mlp",
             ModelKind::Gbdt => "gbdt",
+            ModelKind::Blend => "blend",
             ModelKind::Nbeats => "nbeats",
             ModelKind::Kmeans => "kmeans",
         }
@@ -735,6 +743,7 @@ impl Default for ModelSpec {
             k: default_k(),
             uplift: UpliftLearner::default(),
             trees: default_trees(),
+            shrinkage: None,
             num_leaves: default_num_leaves(),
             max_depth: 0,
             min_data_in_leaf: default_min_data_in_leaf(),
@@ -965,7 +974,8 @@ impl JobSpec {
         out
     }
 
-    /// Progress units a job counts to: epochs of a response model (trees of boosted trees),
+    /// Progress units a job counts to: epochs of a response model (trees of boosted trees
+    /// and of a blend, whose MLP's epochs come first),
     /// or gradient steps over all members of a forecaster (the executor reports progress in
     /// the same units).
     pub fn progress_total(&self) -> u32 {
@@ -973,7 +983,7 @@ impl JobSpec {
             Some(f) if self.model.kind == ModelKind::Nbeats => {
                 u32::try_from(f.steps.saturating_mul(f.lookbacks.len())).unwrap_or(u32::MAX)
             }
-            _ if self.model.kind == ModelKind::Gbdt => {
+            _ if matches!(self.model.kind, ModelKind::Gbdt | ModelKind::Blend) => {
                 u32::try_from(self.model.trees).unwrap_or(u32::MAX)
             }
             _ => self.train.epochs,

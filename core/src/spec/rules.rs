@@ -337,11 +337,17 @@ impl JobSpec {
                 "must be in (0, 1]",
             ),
             rule(
+                "shrinkage",
+                format!("{:?}", m.shrinkage),
+                m.shrinkage.is_none_or(|r| r.is_finite() && r > 0.0),
+                "must be > 0",
+            ),
+            rule(
                 "type",
-                "\"gbdt\"",
-                m.kind != ModelKind::Gbdt
+                format!("{:?}", m.kind.as_str()),
+                !matches!(m.kind, ModelKind::Gbdt | ModelKind::Blend)
                     || (self.data.treatment.is_none() && self.forecast.is_none()),
-                "gbdt trains response models: no [data] treatment (uplift arms are logistic_regression or mlp) and no [forecast]",
+                "boosted trees and blends train response models: no [data] treatment (uplift arms are logistic_regression or mlp) and no [forecast]",
             ),
             rule(
                 "uplift",
