@@ -58,11 +58,14 @@ enum Command {
         conn: Connection,
     },
     /// Check what goes wrong on first contact: the scheduler reachable (and which address
-    /// was tried, from which flag or variable), the key found and accepted, the data
+    /// was tried, from which flag or variable; on this machine, whether its port is free or
+    /// taken), the key found and accepted, etcd and the object store (when given), the data
     /// directory writable and its free space, GPU support; one line per check with the fix
     Doctor {
         #[command(flatten)]
         conn: Connection,
+        #[command(flatten)]
+        services: halyard_cli::doctor::Services,
     },
     /// Check a job spec without submitting it: its rules, and that the local files it
     /// names exist and have the columns it names (every problem at once)
@@ -623,7 +626,7 @@ async fn run(cli: Cli) -> Result<(), AnyError> {
             commands::submit(&client(conn).await?, spec, follow, json).await?
         }
         Command::Validate { spec } => commands::validate(&spec)?,
-        Command::Doctor { conn } => halyard_cli::doctor::run(&conn).await?,
+        Command::Doctor { conn, services } => halyard_cli::doctor::run(&conn, &services).await?,
         Command::Jobs { json, conn } => commands::jobs(&client(conn).await?, json).await?,
         Command::Job { id, json, conn } => commands::job(&client(conn).await?, &id, json).await?,
         Command::Logs { id, conn } => commands::logs(&client(conn).await?, &id).await?,

@@ -1,5 +1,7 @@
 //! `halyard doctor`: the things that go wrong on first contact, checked one by one, each
-//! with a line that says what was found and, when it is wrong, what to do.
+//! with a line that says what was found and, when it is wrong, what to do: the scheduler
+//! (and, when it does not answer on this machine, whether its port is free or taken), the
+//! key, etcd and the object store when given, the data directory and its disk, GPU support.
 
 use std::path::Path;
 use std::time::Duration;
@@ -17,8 +19,25 @@ const LOW_DISK_BYTES: u64 = 2 << 30;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Verdict {
     Ok,
+    /// Nothing to check: the setting it needs was not given.
+    Skip,
     Warn,
     Fail,
+}
+
+/// What `halyard doctor` checks beyond the scheduler: the services a multi-process cluster
+/// uses, named by the same variables its nodes read.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct Services {
+    /// etcd endpoints (HOST:PORT, comma-separated): reachable, and the server's version
+    /// (plaintext, without a user) [default: not checked; a standalone needs none]
+    #[arg(long, env = "HALYARD_ETCD", value_delimiter = ',')]
+    pub etcd: Vec<String>,
+    /// The object store (`file:///dir` or `s3://bucket/prefix`, S3 credentials from
+    /// `AWS_*`): a probe object is written, read back and deleted [default: not checked; a
+    /// standalone's store is in its data directory]
+    #[arg(long, env = "HALYARD_STORE")]
+    pub store: Option<String>,
 }
 
 /// One check's line.
@@ -123,6 +142,111 @@ async fn cluster(conn: &Connection) -> Vec<Check> {
     checks
 }
 
+/// A scheduler address that did not answer: whether anything listens there (a local
+/// address only).
+fn port(addr: &str) -> Option<Check> {
+    let local =
+        addr.starts_with("127.") || addr.starts_with("localhost:") || addr.starts_with("[::1]:");
+    if !local {
+        return None;
+    }
+    Some(match std::net::TcpListener::bind(addr) {
+        Ok(_) => check(
+            Verdict::Warn,
+            "port",
+            format!(
+                "nothing listens on {addr}: start `halyard standalone` (it listens on 127.0.0.1:7070 by default) or pass the scheduler's address"
+            ),
+        ),
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => check(
+            Verdict::Fail,
+            "port",
+            format!(
+                "{addr} is taken by a program that is not a Halyard scheduler answering this key: stop it, or give `halyard standalone --listen` another port"
+            ),
+        ),
+        Err(e) => check(Verdict::Warn, "port", format!("{addr}: {e}")),
+    })
+}
+
+/// etcd: reachable within 5 s, and its version.
+async fn etcd(endpoints: &[String]) -> Check {
+    if endpoints.is_empty() {
+        return check(
+            Verdict::Skip,
+            "etcd",
+            "not checked: pass --etcd or set HALYARD_ETCD for a multi-process cluster (a standalone needs none)",
+        );
+    }
+    let list = endpoints.join(",");
+    let answer = tokio::time::timeout(Duration::from_secs(5), async {
+        let kv = halyard_core::kv::EtcdKv::connect(endpoints, &Default::default()).await?;
+        kv.version().await
+    })
+    .await;
+    match answer {
+        Ok(Ok(version)) => check(
+            Verdict::Ok,
+            "etcd",
+            format!("{list} answers: etcd {version}"),
+        ),
+        Ok(Err(e)) => check(
+            Verdict::Fail,
+            "etcd",
+            format!(
+                "{e}: start etcd there or correct --etcd / HALYARD_ETCD (an etcd with TLS or users is checked by the nodes' own flags, not here)"
+            ),
+        ),
+        Err(_) => check(
+            Verdict::Fail,
+            "etcd",
+            format!(
+                "{list} did not answer within 5 s: is etcd running there, and is the address right?"
+            ),
+        ),
+    }
+}
+
+/// The object store: a probe object written, read back and deleted.
+async fn store(url: Option<&str>) -> Check {
+    let Some(url) = url else {
+        return check(
+            Verdict::Skip,
+            "store",
+            "not checked: pass --store or set HALYARD_STORE for a cluster's store (a standalone's is in its data directory)",
+        );
+    };
+    // At the top: a file store keeps no folder behind once the probe is deleted.
+    let rel = format!("halyard-doctor-probe-{}", std::process::id());
+    let probe = bytes::Bytes::from_static(b"halyard doctor probe");
+    let answer = tokio::time::timeout(Duration::from_secs(10), async {
+        let store = halyard_core::store::Store::open(url, &Default::default())?;
+        store.put(&rel, probe.clone()).await?;
+        let back = store.get(&rel).await?;
+        store.delete(&rel).await?;
+        Ok::<_, halyard_core::Error>(back == probe)
+    })
+    .await;
+    match answer {
+        Ok(Ok(true)) => check(
+            Verdict::Ok,
+            "store",
+            format!("{url}: writable (a probe object written, read back and deleted)"),
+        ),
+        Ok(Ok(false)) => check(
+            Verdict::Fail,
+            "store",
+            format!("{url}: a probe object read back different from what was written"),
+        ),
+        Ok(Err(e)) => check(Verdict::Fail, "store", e.to_string()),
+        Err(_) => check(
+            Verdict::Fail,
+            "store",
+            format!("{url} did not answer within 10 s: is the S3 endpoint right?"),
+        ),
+    }
+}
+
 /// The data directory: writable, and its free space.
 fn data(dir: &Path) -> Vec<Check> {
     if !dir.exists() {
@@ -204,13 +328,22 @@ fn gpu() -> Check {
 }
 
 /// Run every check, print one line each; an error when any failed.
-pub async fn run(conn: &Connection) -> Result<()> {
+pub async fn run(conn: &Connection, services: &Services) -> Result<()> {
     let mut checks = cluster(conn).await;
+    if checks
+        .iter()
+        .any(|c| c.what == "scheduler" && c.verdict == Verdict::Fail)
+    {
+        checks.extend(port(&conn.scheduler));
+    }
+    checks.push(etcd(&services.etcd).await);
+    checks.push(store(services.store.as_deref()).await);
     checks.extend(data(&local_data_dir()));
     checks.push(gpu());
     for c in &checks {
         let mark = match c.verdict {
             Verdict::Ok => "ok  ",
+            Verdict::Skip => "-   ",
             Verdict::Warn => "warn",
             Verdict::Fail => "FAIL",
         };

@@ -475,6 +475,17 @@ impl EtcdKv {
         Ok(kv)
     }
 
+    /// The version of the etcd server this client reached (its maintenance status).
+    pub async fn version(&self) -> Result<String> {
+        let status = self
+            .client
+            .clone()
+            .status()
+            .await
+            .map_err(|e| etcd_err("status", e))?;
+        Ok(status.version().to_string())
+    }
+
     fn to_entry(kv: &etcd_client::KeyValue) -> KvEntry {
         KvEntry {
             key: String::from_utf8_lossy(kv.key()).into_owned(),

@@ -198,6 +198,15 @@ impl Store {
             .map_err(|e| map_err(&self.url_of(rel), e))
     }
 
+    /// Delete one object (one that is not there is not an error).
+    pub async fn delete(&self, rel: &str) -> Result<()> {
+        use object_store::ObjectStoreExt;
+        match self.inner.delete(&self.path(rel)).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(map_err(&self.url_of(rel), e)),
+        }
+    }
+
     /// Read one object.
     pub async fn get(&self, rel: &str) -> Result<Bytes> {
         let result = self
