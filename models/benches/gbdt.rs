@@ -72,18 +72,8 @@ fn bench(c: &mut Criterion) {
     let (valid, test) = rest.partition(|j| j % 2 == 1);
     let layout = InputLayout::of(&pre);
     let cfg = GbdtConfig {
-        trees: 500,
-        learning_rate: 0.02,
-        num_leaves: 31,
-        max_depth: 0,
-        min_data_in_leaf: 20,
-        min_sum_hessian: 1e-3,
-        lambda_l1: 0.0,
-        lambda_l2: 0.0,
-        max_bins: 255,
-        feature_fraction: 1.0,
-        bagging_fraction: 1.0,
         early_stopping: 0,
+        ..GbdtConfig::new(500, 0.02)
     };
     let tc = TrainConfig {
         seed: 1,

@@ -80,6 +80,27 @@ pub struct GbdtConfig {
     pub early_stopping: usize,
 }
 
+impl GbdtConfig {
+    /// `trees` rounds at `learning_rate`, every other setting LightGBM's default (which the
+    /// job spec's defaults, set in `halyard-core`, also are); for tests and benches.
+    pub fn new(trees: usize, learning_rate: f64) -> GbdtConfig {
+        GbdtConfig {
+            trees,
+            learning_rate,
+            num_leaves: 31,
+            max_depth: 0,
+            min_data_in_leaf: 20,
+            min_sum_hessian: 1e-3,
+            lambda_l1: 0.0,
+            lambda_l2: 0.0,
+            max_bins: 255,
+            feature_fraction: 1.0,
+            bagging_fraction: 1.0,
+            early_stopping: 50,
+        }
+    }
+}
+
 /// Where a branch leads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Child {
@@ -639,9 +660,24 @@ impl Grower<'_> {
     fn best_split(&self, hist: &[Stats], total: Stats, features: &[usize]) -> Option<Split> {
         let parent = self.penalty.score(total);
         let mut best: Option<Split> = None;
-        let mut consider = |split: Split| {
-            if split.gain > 1e-12 && best.as_ref().is_none_or(|b| split.gain > b.gain) {
-                best = Some(split);
+        // A left side (its statistics; numeric: the last bin sent left, categorical: the
+        // bins sent left) becomes the best split if both sides may be leaves and it gains
+        // more than any before it.
+        let mut consider = |feature: usize, bin: u16, left_bins: Option<Vec<bool>>, left: Stats| {
+            let right = total.minus(left);
+            if !self.allowed(left) || !self.allowed(right) {
+                return;
+            }
+            let gain = self.penalty.score(left) + self.penalty.score(right) - parent;
+            if gain > 1e-12 && best.as_ref().is_none_or(|b| gain > b.gain) {
+                best = Some(Split {
+                    gain,
+                    feature,
+                    bin,
+                    left_bins,
+                    left,
+                    right,
+                });
             }
         };
         for &f in features {
@@ -651,34 +687,12 @@ impl Grower<'_> {
                     let mut left = Stats::default();
                     for (b, s) in h.iter().enumerate().take(h.len() - 1) {
                         left.add(*s);
-                        let right = total.minus(left);
-                        if !self.allowed(left) || !self.allowed(right) {
-                            continue;
-                        }
-                        consider(Split {
-                            gain: self.penalty.score(left) + self.penalty.score(right) - parent,
-                            feature: f,
-                            bin: b as u16,
-                            left_bins: None,
-                            left,
-                            right,
-                        });
+                        consider(f, b as u16, None, left);
                     }
                 }
                 Binning::Categorical(width) => {
                     for (left_bins, left) in self.category_sets(h, *width) {
-                        let right = total.minus(left);
-                        if !self.allowed(left) || !self.allowed(right) {
-                            continue;
-                        }
-                        consider(Split {
-                            gain: self.penalty.score(left) + self.penalty.score(right) - parent,
-                            feature: f,
-                            bin: 0,
-                            left_bins: Some(left_bins),
-                            left,
-                            right,
-                        });
+                        consider(f, 0, Some(left_bins), left);
                     }
                 }
             }
@@ -1105,21 +1119,20 @@ mod tests {
         e
     }
 
-    /// LightGBM's defaults, with `trees` rounds.
     fn cfg(trees: usize) -> GbdtConfig {
-        GbdtConfig {
-            trees,
-            learning_rate: 0.1,
-            num_leaves: 31,
-            max_depth: 0,
-            min_data_in_leaf: 20,
-            min_sum_hessian: 1e-3,
-            lambda_l1: 0.0,
-            lambda_l2: 0.0,
-            max_bins: 255,
-            feature_fraction: 1.0,
-            bagging_fraction: 1.0,
-            early_stopping: 50,
+        GbdtConfig::new(trees, 0.1)
+    }
+
+    /// A tensor of [`Forest::tensors`] by name, as the runtime reads it.
+    fn reader(
+        tensors: &[(String, Vec<usize>, Vec<f32>)],
+    ) -> impl Fn(&str) -> Result<Vec<f32>> + '_ {
+        |name| {
+            Ok(tensors
+                .iter()
+                .find(|t| t.0 == name)
+                .map(|t| t.2.clone())
+                .unwrap())
         }
     }
 
@@ -1187,13 +1200,7 @@ mod tests {
         assert!(importance[1].gain < importance[0].gain && importance[1].gain < importance[2].gain);
         // Through the tensors and back: the same scores, bit for bit.
         let tensors = forest.tensors();
-        let get = |name: &str| {
-            Ok(tensors
-                .iter()
-                .find(|t| t.0 == name)
-                .map(|t| t.2.clone())
-                .unwrap())
-        };
+        let get = reader(&tensors);
         // Many rows at once: each row's walk, bit for bit (2,000 rows: 62 blocks and a part).
         let mut inputs = Vec::new();
         let one_by_one: Vec<f64> = (0..test.rows)
@@ -1240,15 +1247,9 @@ mod tests {
         let mut tensors = forest.tensors();
         let nodes = tensors.iter_mut().find(|t| t.0 == "nodes").unwrap();
         nodes.2[3] = 0.0; // the first node's left child: itself
-        let get = |name: &str| {
-            Ok(tensors
-                .iter()
-                .find(|t| t.0 == name)
-                .map(|t| t.2.clone())
-                .unwrap())
-        };
+        let get = reader(&tensors);
         let err = Forest::from_tensors(get, &lay).unwrap_err().to_string();
         assert!(err.contains("leads back up"), "{err}");
-        assert!(Forest::from_tensors(get, &layout(3, &[6])).is_err());
+        assert!(Forest::from_tensors(reader(&tensors), &layout(3, &[6])).is_err());
     }
 }

@@ -78,6 +78,32 @@ fn fit(
     train_response_model(batches, features, cfg, |_| ControlFlow::Continue(()))
 }
 
+/// `model` as a service loads it: from its weights file and its manifest's JSON (`rows`:
+/// the data's row count, for the lineage).
+fn loaded(model: &TrainedModel, rows: usize) -> LoadedModel {
+    let manifest = halyard_models::artifact::Manifest {
+        format: halyard_models::artifact::FORMAT.into(),
+        name: "t".into(),
+        version: 1,
+        architecture: model.architecture.clone(),
+        tensors: Default::default(),
+        metrics: model.metrics.clone(),
+        spec: serde_json::json!({}),
+        data: halyard_models::artifact::DataLineage {
+            source: "mem".into(),
+            digest: "sha256:0".into(),
+            rows,
+            train_rows: model.train_rows,
+            test_rows: model.test_rows,
+        },
+        job_id: "j".into(),
+        halyard_version: "0".into(),
+        created_ms: 0,
+        reference: model.reference.clone(),
+    };
+    LoadedModel::from_bytes(&model.weights, &serde_json::to_vec(&manifest).unwrap()).unwrap()
+}
+
 fn preprocessor(m: &TrainedModel) -> &Preprocessor {
     m.architecture.preprocessor().unwrap()
 }
@@ -150,28 +176,7 @@ fn artifact_scores_raw_records_like_the_trained_model() {
         &train_cfg(),
     )
     .unwrap();
-    let manifest = halyard_models::artifact::Manifest {
-        format: halyard_models::artifact::FORMAT.into(),
-        name: "t".into(),
-        version: 1,
-        architecture: model.architecture.clone(),
-        tensors: Default::default(),
-        metrics: model.metrics.clone(),
-        spec: serde_json::json!({}),
-        data: halyard_models::artifact::DataLineage {
-            source: "mem".into(),
-            digest: "sha256:0".into(),
-            rows: 1000,
-            train_rows: model.train_rows,
-            test_rows: model.test_rows,
-        },
-        job_id: "j".into(),
-        halyard_version: "0".into(),
-        created_ms: 0,
-        reference: model.reference.clone(),
-    };
-    let loaded =
-        LoadedModel::from_bytes(&model.weights, &serde_json::to_vec(&manifest).unwrap()).unwrap();
+    let loaded = loaded(&model, 1000);
     // Score without the label column, as a service would send it, and by hand from the
     // weights: sigmoid(w . x + b).
     let raw = batch.project(&[0, 1]).unwrap();
@@ -193,7 +198,7 @@ fn artifact_scores_raw_records_like_the_trained_model() {
         assert!((p - by_hand).abs() < 1e-5, "row {i}: {p} vs {by_hand}");
     }
     assert!(matches!(
-        manifest.architecture,
+        loaded.manifest.architecture,
         Architecture::LogisticRegression { .. }
     ));
 }
@@ -467,18 +472,9 @@ fn crossed_categoricals_learn_an_interaction_a_linear_model_cannot() {
 fn gbdt_cfg(trees: usize) -> ResponseConfig {
     ResponseConfig {
         kind: ResponseKind::Gbdt(halyard_models::gbdt::GbdtConfig {
-            trees,
-            learning_rate: 0.1,
             num_leaves: 15,
-            max_depth: 0,
-            min_data_in_leaf: 20,
-            min_sum_hessian: 1e-3,
-            lambda_l1: 0.0,
-            lambda_l2: 0.0,
-            max_bins: 255,
-            feature_fraction: 1.0,
-            bagging_fraction: 1.0,
             early_stopping: 20,
+            ..halyard_models::gbdt::GbdtConfig::new(trees, 0.1)
         }),
         train: TrainConfig {
             seed: 7,
@@ -531,28 +527,7 @@ fn boosted_trees_learn_the_effects_and_serve_the_training_scores_bit_for_bit() {
     assert_eq!(rounds[0], 10);
     assert!(importance["x"].gain > importance["channel"].gain && importance["channel"].splits > 0);
     // Served through the artifact (manifest JSON and weights): the test metrics' scores.
-    let manifest = halyard_models::artifact::Manifest {
-        format: halyard_models::artifact::FORMAT.into(),
-        name: "t".into(),
-        version: 1,
-        architecture: model.architecture.clone(),
-        tensors: Default::default(),
-        metrics: model.metrics.clone(),
-        spec: serde_json::json!({}),
-        data: halyard_models::artifact::DataLineage {
-            source: "mem".into(),
-            digest: "sha256:0".into(),
-            rows: 4000,
-            train_rows: model.train_rows,
-            test_rows: model.test_rows,
-        },
-        job_id: "j".into(),
-        halyard_version: "0".into(),
-        created_ms: 0,
-        reference: None,
-    };
-    let loaded =
-        LoadedModel::from_bytes(&model.weights, &serde_json::to_vec(&manifest).unwrap()).unwrap();
+    let loaded = loaded(&model, 4000);
     let raw = batch.project(&[0, 1]).unwrap();
     let served = loaded.score(&[raw]).unwrap();
     let test_rows: Vec<usize> = (0..4000).filter(|i| i % 5 == 4).collect();
