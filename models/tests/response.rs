@@ -618,3 +618,65 @@ fn a_blend_weighs_its_mlp_and_trees_on_the_validation_rows_and_serves_what_it_me
         model.metrics["test_auc"]
     );
 }
+
+#[test]
+fn boosted_trees_train_on_constant_missing_many_valued_and_non_finite_columns() {
+    let base = synthetic(3000, 9);
+    let rows = base.num_rows();
+    let column = |f: &dyn Fn(usize) -> Option<f64>| -> ArrayRef {
+        Arc::new(Float64Array::from((0..rows).map(f).collect::<Vec<_>>()))
+    };
+    let batch = RecordBatch::try_from_iter([
+        ("x", base.column(0).clone()),
+        ("channel", base.column(1).clone()),
+        ("constant", column(&|_| Some(5.0))),
+        ("all_missing", column(&|_| None)),
+        // NaN and infinities every seventh row: the mean stands in for them.
+        (
+            "noisy",
+            column(&|i| {
+                Some(match i % 7 {
+                    0 => f64::NAN,
+                    1 => f64::INFINITY,
+                    2 => f64::NEG_INFINITY,
+                    _ => (i % 13) as f64,
+                })
+            }),
+        ),
+        // 3,000 distinct values: the most frequent `max_categories` are kept.
+        (
+            "customer",
+            Arc::new(StringArray::from(
+                (0..rows).map(|i| format!("c{i}")).collect::<Vec<_>>(),
+            )) as ArrayRef,
+        ),
+        ("responded", base.column(2).clone()),
+    ])
+    .unwrap();
+    let model = fit(
+        std::slice::from_ref(&batch),
+        &features(Encoding::OneHot),
+        &gbdt_cfg(100),
+    )
+    .unwrap();
+    let Architecture::Gbdt { importance, .. } = &model.architecture else {
+        panic!("not a tree model");
+    };
+    // Columns without information earn no split; x carries the signal.
+    for useless in ["constant", "all_missing"] {
+        assert_eq!(importance[useless].splits, 0, "{useless}: {importance:?}");
+    }
+    assert!(
+        importance["x"].gain > importance["noisy"].gain,
+        "{importance:?}"
+    );
+    assert!(model.metrics["test_auc"] > 0.8, "{:?}", model.metrics);
+    // Served: customers in the `other` slot and non-finite numbers still get a probability.
+    let scores = loaded(&model, rows).score(&[batch.slice(0, 7)]).unwrap();
+    assert!(
+        scores
+            .iter()
+            .all(|p| p.is_finite() && (0.0..=1.0).contains(p)),
+        "{scores:?}"
+    );
+}
