@@ -18,7 +18,7 @@ use halyard_core::spec::DeviceKind;
 #[derive(Parser)]
 #[command(
     name = "halyard",
-    version,
+    version = concat!(env!("CARGO_PKG_VERSION"), " (commit ", env!("HALYARD_COMMIT"), ")"),
     about = "Distributed training and serving of marketing-analytics models",
     long_about = "Distributed training and serving of marketing-analytics models.\n\n\
         Quick start: `halyard standalone` in one terminal; then `halyard datagen` and \
@@ -388,6 +388,15 @@ enum Command {
         #[arg(long, default_value_t = 42)]
         seed: u64,
     },
+    /// Print a shell completion script: `halyard completions bash > /etc/bash_completion.d/halyard`,
+    /// `halyard completions zsh > "${fpath[1]}/_halyard"`, `halyard completions fish >
+    /// ~/.config/fish/completions/halyard.fish`
+    Completions {
+        /// The shell
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff): `halyard man > halyard.1 && man ./halyard.1`
+    Man,
 }
 
 /// `--device`: where `halyard train` trains.
@@ -626,6 +635,19 @@ async fn run(cli: Cli) -> Result<(), AnyError> {
             commands::submit(&client(conn).await?, spec, follow, json).await?
         }
         Command::Validate { spec } => commands::validate(&spec)?,
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            use std::io::Write;
+            // Into a buffer first: clap_complete panics on a closed pipe, a write error
+            // here is an error like any other.
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "halyard", &mut script);
+            std::io::stdout().write_all(&script)?;
+        }
+        Command::Man => {
+            use clap::CommandFactory;
+            clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout())?;
+        }
         Command::Doctor { conn, services } => halyard_cli::doctor::run(&conn, &services).await?,
         Command::Jobs { json, conn } => commands::jobs(&client(conn).await?, json).await?,
         Command::Job { id, json, conn } => commands::job(&client(conn).await?, &id, json).await?,
