@@ -197,6 +197,78 @@ async fn endpoint_scores_equal_the_models_crate_and_bad_requests_get_4xx() {
         assert_eq!(got[i], f64::from(expected[i]), "row {i}");
         assert_eq!(v["predictions"][i]["version"], 1);
     }
+
+    // The Open Inference Protocol: one tensor per column, the same rows, the same scores.
+    let inputs: Vec<Value> = rows[0]
+        .keys()
+        .map(|name| {
+            let data: Vec<Value> = rows[..n]
+                .iter()
+                .map(|r| r.get(name).cloned().unwrap_or(Value::Null))
+                .collect();
+            let datatype = if data.iter().any(Value::is_string) {
+                "BYTES"
+            } else {
+                "FP64"
+            };
+            json!({"name": name, "shape": [n], "datatype": datatype, "data": data})
+        })
+        .collect();
+    let (status, v) = post(
+        &http,
+        &gw,
+        "/v2/models/resp/infer",
+        json!({"id": "req-1", "inputs": inputs}).to_string(),
+    )
+    .await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(
+        (
+            v["model_name"].clone(),
+            v["model_version"].clone(),
+            v["id"].clone()
+        ),
+        (json!("resp"), json!("1"), json!("req-1"))
+    );
+    assert_eq!(v["outputs"][0]["name"], "score");
+    let oip: Vec<f64> = v["outputs"][0]["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s.as_f64().unwrap())
+        .collect();
+    assert_eq!(oip, got, "the protocol's scores are :predict's");
+    let (status, v) = post(
+        &http,
+        &gw,
+        "/v2/models/resp/infer",
+        json!({"inputs": [
+            {"name": "age", "shape": [2], "datatype": "FP64", "data": [40, 50]},
+            {"name": "channel", "shape": [1], "datatype": "BYTES", "data": ["email"]}
+        ]})
+        .to_string(),
+    )
+    .await;
+    assert_eq!(status, 400, "{v}");
+    assert!(
+        v["error"].as_str().unwrap().contains("input \"channel\""),
+        "{v}"
+    );
+    let meta = http
+        .get(format!("http://{gw}/v2/models/resp"))
+        .send()
+        .await
+        .unwrap()
+        .json_or_null()
+        .await;
+    assert!(
+        meta["inputs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|i| i["name"] == "channel" && i["datatype"] == "BYTES"),
+        "{meta}"
+    );
     // A lone row is one matrix row: the models crate scores it alone too (a product's
     // summation order depends on the matrix shape, by an ulp or so).
     let alone = |i: usize| f64::from(model.score(&[first.slice(i, 1)]).unwrap()[0]);

@@ -208,6 +208,24 @@ pub const ROUTES: &[(&str, &str, Access)] = &[
         Access::Key(Action::ReadModels),
     ),
     ("GET", "/v1/drift/{model}", Access::Key(Action::ReadModels)),
+    // The Open Inference Protocol (crate::oip): health open, the rest as `:predict`.
+    ("GET", "/v2/health/live", Access::Open),
+    ("GET", "/v2/health/ready", Access::Open),
+    (
+        "GET",
+        "/v2/models/{model}",
+        Access::ModelKey(Action::Predict),
+    ),
+    (
+        "GET",
+        "/v2/models/{model}/ready",
+        Access::ModelKey(Action::Predict),
+    ),
+    (
+        "POST",
+        "/v2/models/{model}/infer",
+        Access::ModelKey(Action::Predict),
+    ),
     ("GET", "/metrics", Access::Key(Action::ReadMetrics)),
     // The console (schedulers only; docs/console.md) and its JSON API.
     ("GET", "/login", Access::Open),

@@ -11,6 +11,8 @@
 //! GET  /metrics                    the node's metrics for Prometheus (docs/monitoring.md)
 //! GET  /healthz
 //! ```
+//!
+//! and the Open Inference Protocol's `/v2/…` routes ([`crate::oip`]).
 
 use std::sync::Arc;
 
@@ -50,7 +52,7 @@ fn reply<T: Serialize>(r: Result<T, ApiError>) -> Response {
     }
 }
 
-fn body_of(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
+pub(crate) fn body_of(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
     body.map_err(|e| {
         if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::new(
@@ -155,8 +157,9 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
         .route("/v1/drift/{name}", get(get_drift))
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok" }))
+        .with_state(gateway.clone())
+        .merge(crate::oip::router(gateway))
         .layer(DefaultBodyLimit::max(MAX_BODY))
-        .with_state(gateway)
 }
 
 /// Serve `http` and the gRPC services in `grpc` on `listener` until `shutdown`: one

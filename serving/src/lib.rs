@@ -19,6 +19,7 @@ pub mod gateway;
 pub mod grpc;
 pub mod host;
 pub mod http;
+pub mod oip;
 pub mod tls;
 
 pub use api::ApiError;
