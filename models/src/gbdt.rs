@@ -12,10 +12,10 @@
 //! with the mean), a categorical column is the index of its one-hot (or hashed) slot, the
 //! last slot being the category seen too rarely or never.
 //!
-//! The trees are stored as f32 tensors ([`Forest::tensors`]) and scored by
-//! [`Forest::raw_score`], the same code at training time and in the serving runtime: a
-//! served score equals the training-time score bit for bit. Training is deterministic for
-//! a given seed.
+//! The trees are stored as f32 tensors ([`Forest::tensors`]). Training keeps its scores
+//! with the one-row walk ([`Forest::raw_score`]); the serving runtime scores batches with
+//! [`Forest::raw_scores`], which adds the same leaves in the same order: a served score
+//! equals the training-time score bit for bit. Training is deterministic for a given seed.
 
 use std::ops::ControlFlow;
 
