@@ -145,9 +145,7 @@ async fn cluster(conn: &Connection) -> Vec<Check> {
 /// A scheduler address that did not answer: whether anything listens there (a local
 /// address only).
 fn port(addr: &str) -> Option<Check> {
-    let local =
-        addr.starts_with("127.") || addr.starts_with("localhost:") || addr.starts_with("[::1]:");
-    if !local {
+    if !halyard_core::auth::is_loopback(addr) {
         return None;
     }
     Some(match std::net::TcpListener::bind(addr) {

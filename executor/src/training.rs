@@ -271,7 +271,8 @@ fn train_blocking(
     }
     let report = |r: MemberReport| {
         // Boosted trees (alone or a blend's) report every few trees.
-        let trees = spec.model.kind == ModelKind::Gbdt || r.model == Some("trees part");
+        let trees = spec.model.kind == ModelKind::Gbdt
+            || r.model == Some(halyard_models::pipeline::TREES_PART);
         let _ = reports.send(Progress {
             epoch: r.epoch.epoch,
             loss: r.epoch.loss,

@@ -488,7 +488,7 @@ pub fn inputs_of(layout: &InputLayout, row: &[f32], out: &mut Vec<f32>) {
         layout
             .categorical
             .iter()
-            .map(|&(o, w)| row[o..o + w].iter().position(|&v| v > 0.5).unwrap_or(w - 1) as f32),
+            .map(|&block| crate::mlp::category_of(row, block) as f32),
     );
 }
 
@@ -807,20 +807,18 @@ pub fn train_gbdt(
     for b in &binnings {
         offsets.push(offsets.last().unwrap() + b.bins());
     }
-    let bin_all = |values: &[f32]| -> Vec<u16> {
-        values
-            .chunks_exact(inputs.max(1))
-            .flat_map(|row| row.iter().zip(&binnings).map(|(&v, b)| b.bin(v)))
-            .collect()
-    };
+    let bins = train_inputs
+        .chunks_exact(inputs.max(1))
+        .flat_map(|row| row.iter().zip(&binnings).map(|(&v, b)| b.bin(v)))
+        .collect();
     let grower = Grower {
         cfg,
         penalty: Penalty {
             l1: cfg.lambda_l1,
             l2: cfg.lambda_l2,
         },
-        bins: bin_all(&train_inputs),
-        binnings: binnings.clone(),
+        bins,
+        binnings,
         offsets,
         inputs,
     };

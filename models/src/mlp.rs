@@ -56,12 +56,23 @@ impl InputLayout {
         for &i in rows {
             let row = data.row(i);
             num.extend(self.numeric.iter().map(|&o| row[o]));
-            cat.extend(self.categorical.iter().map(|&(o, w)| {
-                row[o..o + w].iter().position(|&v| v > 0.5).unwrap_or(w - 1) as i64
-            }));
+            cat.extend(
+                self.categorical
+                    .iter()
+                    .map(|&block| category_of(row, block) as i64),
+            );
         }
         (num, cat)
     }
+}
+
+/// The category of a row in a categorical block `(offset, width)`: the set slot, or the
+/// last (`other`) when none is set (a missing date part).
+pub fn category_of(row: &[f32], (offset, width): (usize, usize)) -> usize {
+    row[offset..offset + width]
+        .iter()
+        .position(|&v| v > 0.5)
+        .unwrap_or(width - 1)
 }
 
 /// The MLP's shape; stored in the manifest.

@@ -211,13 +211,10 @@ pub fn train_response_model(
         blended.push((arch, trained.weights, valid_scores));
     }
     let weight = blend_weight(&blended[0].2, &blended[1].2, &valid_set.y);
-    let files: Vec<(String, &[u8])> = blended
-        .iter()
-        .enumerate()
-        .map(|(k, b)| (format!("part.{k}."), b.1.as_slice()))
-        .collect();
-    let files: Vec<(&str, &[u8])> = files.iter().map(|(p, b)| (p.as_str(), *b)).collect();
-    let weights = crate::artifact::prefixed(&files)?;
+    let weights = crate::artifact::prefixed(&[
+        ("part.0.", blended[0].1.as_slice()),
+        ("part.1.", blended[1].1.as_slice()),
+    ])?;
     let architecture = Architecture::Blend {
         parts: blended
             .into_iter()
@@ -269,26 +266,20 @@ fn rows_to_train_on(batches: &[RecordBatch]) -> Result<usize> {
     Ok(rows)
 }
 
+/// A blend's parts as progress reports name them ([`MemberReport::model`]).
+pub const MLP_PART: &str = "mlp part";
+/// See [`MLP_PART`]; the trees report every few trees, not every epoch.
+pub const TREES_PART: &str = "trees part";
+
 /// The learners of `rc` on `preprocessor`'s input with their names in progress reports:
 /// one, or a blend's MLP and trees.
 fn learners(preprocessor: &Preprocessor, rc: &ResponseConfig) -> Vec<(Learner, &'static str)> {
     match &rc.kind {
-        ResponseKind::Blend {
-            hidden,
-            max_embedding,
-            trees,
-        } => vec![
-            (
-                Learner::Mlp(MlpConfig::new(
-                    InputLayout::of(preprocessor),
-                    hidden.clone(),
-                    *max_embedding,
-                )),
-                "mlp part",
-            ),
+        ResponseKind::Blend { trees, .. } => vec![
+            (learner(preprocessor, rc), MLP_PART),
             (
                 Learner::Gbdt(trees.clone(), InputLayout::of(preprocessor)),
-                "trees part",
+                TREES_PART,
             ),
         ],
         _ => vec![(learner(preprocessor, rc), "")],

@@ -182,27 +182,42 @@ fn metadata(schema: &Value) -> Value {
     })
 }
 
-/// `GET /v2/models/{name}` and `GET /v2/models/{name}/ready`.
+/// An answer about a served model made from its schema, or the schema lookup's error (404
+/// when it is not served).
+async fn about(
+    gw: &Gateway,
+    name: &str,
+    headers: &HeaderMap,
+    answer: impl FnOnce(&Value) -> Value,
+) -> Response {
+    match gw.schema(name, headers.contains_key(FORWARDED)).await {
+        Ok(schema) => Json(answer(&schema)).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+/// `GET /v2/models/{name}`.
 async fn model(
     State(gw): State<Arc<Gateway>>,
     Path(name): Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    match gw.schema(&name, headers.contains_key(FORWARDED)).await {
-        Ok(schema) => Json(metadata(&schema)).into_response(),
-        Err(e) => e.into_response(),
-    }
+    about(&gw, &name, &headers, metadata).await
 }
 
+/// `GET /v2/models/{name}/ready`.
 async fn ready(
     State(gw): State<Arc<Gateway>>,
     Path(name): Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    match gw.schema(&name, headers.contains_key(FORWARDED)).await {
-        Ok(_) => Json(json!({"name": name, "ready": true})).into_response(),
-        Err(e) => e.into_response(),
-    }
+    about(
+        &gw,
+        &name,
+        &headers,
+        |_| json!({"name": name, "ready": true}),
+    )
+    .await
 }
 
 /// The protocol's routes over `gateway`.
