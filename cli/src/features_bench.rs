@@ -220,12 +220,8 @@ pub fn generate(dir: &Path, rows: usize, customers: usize, seed: u64) -> Result<
 /// The feature stage's spec over the generated tables.
 pub fn spec(dir: &Path, shards: usize) -> FeaturesSpec {
     let source = |name: &str, path: String| SourceSpec {
-        name: name.into(),
-        path,
         format: Some(SourceFormat::Parquet),
-        delimiter: ",".into(),
-        has_header: true,
-        row_index: None,
+        ..SourceSpec::new(name, path)
     };
     let url = |p: &str| format!("file://{}/{p}", dir.display());
     FeaturesSpec {

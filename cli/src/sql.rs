@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use arrow::array::RecordBatch;
 use datafusion::prelude::SessionContext;
-use halyard_core::spec::{SourceFormat, SourceSpec};
+use halyard_core::spec::SourceSpec;
 use halyard_core::store::S3Config;
 use halyard_features::session::{DataAccess, local_context, remote_context};
 use halyard_features::stage::{collect_retrying, register_source};
@@ -73,12 +73,8 @@ pub async fn context(
             url.push('/');
         }
         sources.push(SourceSpec {
-            name: name.to_string(),
-            path: url,
-            format: None::<SourceFormat>,
             delimiter: (delimiter as char).to_string(),
-            has_header: true,
-            row_index: None,
+            ..SourceSpec::new(name, url)
         });
     }
     for src in &sources {

@@ -9,6 +9,7 @@ pub mod certs;
 pub mod config;
 pub mod confine;
 pub mod coord;
+pub mod csv;
 pub mod data;
 pub mod error;
 pub mod events;

@@ -7,9 +7,10 @@ use std::collections::BTreeMap;
 
 use arrow::array::{Array, AsArray, RecordBatch};
 use arrow::compute::cast;
-use arrow::datatypes::{DataType, Float64Type, UInt64Type};
+use arrow::datatypes::{DataType, Float64Type, Schema, UInt64Type};
 use datafusion::prelude::{CsvReadOptions, JsonReadOptions, ParquetReadOptions, SessionContext};
 use futures::StreamExt;
+use halyard_core::csv;
 use halyard_core::data::column_list;
 use halyard_core::spec::{FeaturesSpec, SPLIT_COLUMN, SourceFormat, SourceSpec, SplitSpec};
 use halyard_core::store::describe_store_error;
@@ -119,18 +120,15 @@ fn count_of(batches: &[RecordBatch]) -> u64 {
 /// Runs of a query that fails while executing, before its error stands.
 const ATTEMPTS: u32 = 3;
 
-/// Rows of each CSV source read to infer its columns' types (DataFusion's default is
-/// 1,000: a column whose decimals first appear later was read as integers and failed).
-/// Integers and decimals in one column widen to decimals.
-pub const CSV_INFER_ROWS: usize = 100_000;
-
 /// Whether a query's error is in the data itself (a value its column's type cannot hold,
 /// a row with the wrong number of fields): running the query again cannot help.
 pub fn is_data_error(text: &str) -> bool {
-    const MARKERS: [&str; 3] = [
+    const MARKERS: [&str; 5] = [
         "Error while parsing value",
         "incorrect number of fields",
         "Parser error",
+        "Cannot cast string",
+        "Error parsing timestamp",
     ];
     MARKERS.iter().any(|m| text.contains(m))
 }
@@ -230,15 +228,18 @@ async fn register_file(
     path: &str,
     src: &SourceSpec,
     format: SourceFormat,
+    schema: Option<&Schema>,
 ) -> Result<()> {
     let ext = extension(path, format);
     let r = match format {
         SourceFormat::Csv => {
-            let opts = CsvReadOptions::new()
+            let mut opts = CsvReadOptions::new()
                 .delimiter(src.delimiter_byte())
                 .has_header(src.has_header)
-                .schema_infer_max_records(CSV_INFER_ROWS)
                 .file_extension(&ext);
+            if let Some(s) = schema {
+                opts = opts.schema(s);
+            }
             ctx.register_csv(table, path, opts).await
         }
         SourceFormat::Parquet => {
@@ -257,7 +258,105 @@ async fn register_file(
     r.map_err(|e| source_error(src, crate::error::describe(&e)))
 }
 
-/// Register one source table (what `halyard sql --table` does too).
+/// A CSV file's columns by the source's rules ([`halyard_core::csv`], as `[data]` reads
+/// them): a file up to 64 MiB is read whole — its types inferred from every row, every
+/// value checked (an error names its line and column), dates in `date_format` found;
+/// a larger one is typed from stretches spread across it and checked in its first.
+async fn csv_schema(ctx: &SessionContext, src: &SourceSpec, file: &str) -> Result<Schema> {
+    let url = Url::parse(file).map_err(|e| source_error(src, format!("not a URL: {e}")))?;
+    let store = ctx
+        .runtime_env()
+        .object_store_registry
+        .get_store(&url)
+        .map_err(|e| source_error(src, crate::error::describe(&e)))?;
+    let path =
+        ObjectPath::from_url_path(url.path()).map_err(|e| source_error(src, e.to_string()))?;
+    let at = |message: String| FeatureError::Source {
+        name: src.name.clone(),
+        location: file.to_string(),
+        message,
+    };
+    let store_error = |e: object_store::Error| at(describe_store_error(&e));
+    let size = store.head(&path).await.map_err(store_error)?.size as usize;
+    let rules = src.csv_rules();
+    let head = if size <= csv::INFER_WHOLE_BYTES {
+        let bytes = store.get(&path).await.map_err(store_error)?.bytes().await;
+        let bytes = bytes.map_err(store_error)?;
+        if bytes.iter().all(|b| b.is_ascii_whitespace()) {
+            return Err(at("the file is empty".into()));
+        }
+        let schema = rules.infer(&bytes).map_err(at)?;
+        return Ok(rules.read(&bytes, &schema).map_err(at)?.0.as_ref().clone());
+    } else {
+        let ranges: Vec<std::ops::Range<u64>> = csv::sample_offsets(size)
+            .into_iter()
+            .map(|o| o as u64..(o + csv::SAMPLE_PART_BYTES).min(size) as u64)
+            .collect();
+        store.get_ranges(&path, &ranges).await.map_err(store_error)?
+    };
+    let parts: Vec<&[u8]> = head.iter().map(|b| &b[..]).collect();
+    let schema = rules.infer(&csv::spread_sample(&parts)).map_err(at)?;
+    // The first stretch's complete lines, read with those types, check the values and
+    // find the dates (its line numbers are the file's).
+    let first = csv::spread_sample(&parts[..1]);
+    Ok(rules.read(&first, &schema).map_err(at)?.0.as_ref().clone())
+}
+
+/// Every column of `schema` as text: how the raw CSV is read before [`typed_columns`]
+/// turns markers into missing values and casts.
+fn as_text(schema: &Schema) -> Schema {
+    Schema::new(
+        schema
+            .fields()
+            .iter()
+            .map(|f| f.as_ref().clone().with_data_type(DataType::Utf8).with_nullable(true))
+            .collect::<Vec<_>>(),
+    )
+}
+
+/// The select list that gives `raw`'s columns `schema`'s types: for a CSV source, a cell
+/// matching a missing-value marker (or blank) is null, and text is cast (dates in
+/// `date_format` parsed with it); for Parquet and JSON the stated types are cast.
+fn typed_columns(schema: &Schema, src: &SourceSpec, format: SourceFormat) -> String {
+    const BLANKS: &str = "' \t\r\n'";
+    let markers: Vec<String> = std::iter::once(String::new())
+        .chain(src.missing.iter().map(|m| m.trim().to_string()))
+        .map(|m| literal(&m))
+        .collect();
+    schema
+        .fields()
+        .iter()
+        .map(|f| {
+            let c = quote(f.name());
+            let ty = f.data_type();
+            if format != SourceFormat::Csv {
+                return if src.types.contains_key(f.name()) {
+                    format!("arrow_cast({c}, {}) AS {c}", literal(&ty.to_string()))
+                } else {
+                    c
+                };
+            }
+            let trimmed = format!("btrim({c}, {BLANKS})");
+            let value = match (ty, &src.date_format) {
+                (DataType::Utf8, _) => c.clone(),
+                (DataType::Date32, Some(fmt)) => format!("to_date({trimmed}, {})", literal(fmt)),
+                (DataType::Timestamp(..), Some(fmt)) => {
+                    format!("to_timestamp_millis({trimmed}, {})", literal(fmt))
+                }
+                _ => format!("arrow_cast({trimmed}, {})", literal(&ty.to_string())),
+            };
+            format!(
+                "CASE WHEN {trimmed} IN ({}) THEN NULL ELSE {value} END AS {c}",
+                markers.join(", ")
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Register one source table (what `halyard sql --table` does too). A CSV source is read
+/// as text and typed by a view ([`typed_columns`]): DataFusion's CSV reader applies
+/// missing-value markers only while inferring types, not while reading.
 pub async fn register_source(ctx: &SessionContext, src: &SourceSpec) -> Result<()> {
     let files = source_files(ctx, src).await?;
     let format = match src.format {
@@ -269,34 +368,39 @@ pub async fn register_source(ctx: &SessionContext, src: &SourceSpec) -> Result<(
         }
         .resolved_format("[features]")?,
     };
-    if files.len() > 1 {
-        // Every file must have the first one's columns: a mismatch names both files.
-        let probe = format!("{}__probe", src.name);
-        let mut first: Option<(String, arrow::datatypes::SchemaRef)> = None;
-        for file in &files {
-            register_file(ctx, &probe, file, src, format).await?;
-            let schema = ctx.table(probe.as_str()).await?.schema().inner().clone();
+    // Every file must have the first one's columns: a mismatch names both files.
+    let probe = format!("{}__probe", src.name);
+    let mut first: Option<(String, Schema)> = None;
+    for file in &files {
+        let schema = if format == SourceFormat::Csv {
+            csv_schema(ctx, src, file).await?
+        } else if files.len() > 1 || !src.types.is_empty() {
+            register_file(ctx, &probe, file, src, format, None).await?;
+            let schema = ctx.table(probe.as_str()).await?.schema().inner().as_ref().clone();
             ctx.deregister_table(probe.as_str())?;
-            match &first {
-                None => first = Some((file.clone(), schema)),
-                Some((f0, s0)) => {
-                    let names = |s: &arrow::datatypes::SchemaRef| {
-                        s.fields()
-                            .iter()
-                            .map(|f| format!("{} {}", f.name(), f.data_type()))
-                            .collect::<Vec<_>>()
-                    };
-                    if names(s0) != names(&schema) {
-                        return Err(source_error(
-                            src,
-                            format!(
-                                "files differ in their columns: {f0} has [{}] but {file} has [{}]; \
-                                 make every file of a source share one schema",
-                                names(s0).join(", "),
-                                names(&schema).join(", ")
-                            ),
-                        ));
-                    }
+            schema
+        } else {
+            break;
+        };
+        match &first {
+            None => first = Some((file.clone(), schema)),
+            Some((f0, s0)) => {
+                let names = |s: &Schema| {
+                    s.fields()
+                        .iter()
+                        .map(|f| format!("{} {}", f.name(), f.data_type()))
+                        .collect::<Vec<_>>()
+                };
+                if names(s0) != names(&schema) {
+                    return Err(source_error(
+                        src,
+                        format!(
+                            "files differ in their columns: {f0} has [{}] but {file} has [{}]; \
+                             make every file of a source share one schema",
+                            names(s0).join(", "),
+                            names(&schema).join(", ")
+                        ),
+                    ));
                 }
             }
         }
@@ -306,7 +410,29 @@ pub async fn register_source(ctx: &SessionContext, src: &SourceSpec) -> Result<(
     } else {
         src.name.clone()
     };
-    register_file(ctx, &table, &src.path, src, format).await?;
+    match first {
+        // A CSV source, or another with stated types: read raw, typed by a view.
+        Some((_, schema)) if format == SourceFormat::Csv || !src.types.is_empty() => {
+            let raw = format!("{}__raw", src.name);
+            let schema = if format == SourceFormat::Csv {
+                schema
+            } else {
+                src.csv_rules()
+                    .with_stated_types(schema)
+                    .map_err(|m| source_error(src, m))?
+            };
+            let reading = (format == SourceFormat::Csv).then(|| as_text(&schema));
+            register_file(ctx, &raw, &src.path, src, format, reading.as_ref()).await?;
+            ctx.sql(&format!(
+                "CREATE VIEW {} AS SELECT {} FROM {}",
+                quote(&table),
+                typed_columns(&schema, src, format),
+                quote(&raw)
+            ))
+            .await?;
+        }
+        _ => register_file(ctx, &table, &src.path, src, format, None).await?,
+    }
     if let Some(idx) = &src.row_index {
         // One file, read as one partition (the stage turns off file-scan repartitioning),
         // so row_number() counts rows in file order.
@@ -713,14 +839,8 @@ mod tests {
         csv.push_str("6000,5228.1\n");
         std::fs::write(&path, csv).unwrap();
         let ctx = local_context(&DataAccess::unconfined(&Default::default()), 2).unwrap();
-        let src = halyard_core::spec::SourceSpec {
-            name: "econ".into(),
-            path: format!("file://{}", path.display()),
-            format: None,
-            delimiter: ",".into(),
-            has_header: true,
-            row_index: None,
-        };
+        let src =
+            halyard_core::spec::SourceSpec::new("econ", format!("file://{}", path.display()));
         register_source(&ctx, &src).await.unwrap();
         let batches = collect_retrying(&ctx, "SELECT max(employed) AS m FROM econ")
             .await

@@ -114,6 +114,17 @@ pub struct SourceSpec {
     /// only): what index-based split protocols need.
     #[serde(default)]
     pub row_index: Option<String>,
+    /// Column types stated instead of inferred, as in `[data] types` (CSV, Parquet and
+    /// JSON sources: a column is cast to its stated type).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub types: BTreeMap<String, ColumnType>,
+    /// CSV cells read as missing values besides empty and whitespace-only ones, as in
+    /// `[data] missing`.
+    #[serde(default = "default_missing")]
+    pub missing: Vec<String>,
+    /// How dates are written when they are not ISO 8601, as in `[data] date_format`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub date_format: Option<String>,
 }
 
 /// Formats a feature source can have.
@@ -313,6 +324,12 @@ pub struct DataSpec {
     /// always are).
     #[serde(default = "default_missing")]
     pub missing: Vec<String>,
+    /// How dates are written when they are not ISO 8601: a `strftime` pattern such as
+    /// `%d/%m/%Y` (day first) or `%m/%d/%Y %H:%M`. A text column whose every value reads
+    /// with it becomes a date (a timestamp when the pattern has a time), and so does a
+    /// column stated as `date` or `timestamp`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub date_format: Option<String>,
 }
 
 /// A column type a spec may state.
@@ -797,6 +814,7 @@ impl Default for DataSpec {
             treatment: None,
             types: BTreeMap::new(),
             missing: default_missing(),
+            date_format: None,
         }
     }
 }
@@ -812,6 +830,18 @@ impl Default for ResourceSpec {
 }
 
 impl DataSpec {
+    /// How its CSV cells read.
+    pub fn csv_rules(&self) -> crate::csv::CsvRules<'_> {
+        crate::csv::CsvRules {
+            section: "[data]".into(),
+            has_header: self.has_header,
+            delimiter: self.delimiter_byte(),
+            types: &self.types,
+            missing: &self.missing,
+            date_format: self.date_format.as_deref(),
+        }
+    }
+
     /// The format, from `format` or else the source's extension.
     pub fn resolved_format(&self) -> Result<DataFormat> {
         self.format_at("[data]")
@@ -1011,6 +1041,33 @@ impl FeaturesSpec {
 }
 
 impl SourceSpec {
+    /// A source `name` read from `path`, every other setting at its default.
+    pub fn new(name: impl Into<String>, path: impl Into<String>) -> SourceSpec {
+        SourceSpec {
+            name: name.into(),
+            path: path.into(),
+            format: None,
+            delimiter: default_delimiter(),
+            has_header: true,
+            row_index: None,
+            types: BTreeMap::new(),
+            missing: default_missing(),
+            date_format: None,
+        }
+    }
+
+    /// How its CSV cells read.
+    pub fn csv_rules(&self) -> crate::csv::CsvRules<'_> {
+        crate::csv::CsvRules {
+            section: format!("[[features.sources]] ({:?})", self.name),
+            has_header: self.has_header,
+            delimiter: self.delimiter_byte(),
+            types: &self.types,
+            missing: &self.missing,
+            date_format: self.date_format.as_deref(),
+        }
+    }
+
     /// The format, from `format` or else the path's extension.
     pub fn resolved_format(&self, at: &str) -> Result<SourceFormat> {
         if let Some(f) = self.format {

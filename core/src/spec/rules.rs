@@ -11,6 +11,10 @@ use super::{
 };
 use crate::error::{Error, Result};
 
+/// What a `date_format` must be.
+const DATE_FORMAT_RULE: &str =
+    "must be a strftime pattern with a date in it, such as \"%d/%m/%Y\" or \"%m/%d/%Y %H:%M\"";
+
 /// One rule of a table: a field, its value as written, whether the rule holds, and the rule.
 pub(super) struct Rule {
     field: String,
@@ -169,6 +173,14 @@ impl JobSpec {
                 format!("{:?}", d.exclude),
                 !d.exclude.contains(&d.label),
                 format!("must not contain the label column {:?}", d.label),
+            ),
+            rule(
+                "date_format",
+                format!("{:?}", d.date_format.as_deref().unwrap_or_default()),
+                d.date_format
+                    .as_deref()
+                    .is_none_or(crate::csv::is_date_format),
+                DATE_FORMAT_RULE,
             ),
             rule(
                 "crosses",
@@ -511,6 +523,16 @@ impl FeaturesSpec {
                     "sources.delimiter",
                     format!("{:?}", src.delimiter),
                     "must be exactly one ASCII character",
+                ));
+            }
+            if let Some(f) = &src.date_format
+                && !crate::csv::is_date_format(f)
+            {
+                return Err(Error::invalid(
+                    at,
+                    "sources.date_format",
+                    format!("{f:?}"),
+                    DATE_FORMAT_RULE,
                 ));
             }
             if src.row_index.is_some() && src.path.ends_with('/') {
