@@ -8,7 +8,9 @@ use std::collections::BTreeMap;
 use std::io::Cursor;
 use std::sync::Arc;
 
-use arrow::array::{Array, ArrayRef, Date32Array, RecordBatch, StringArray, TimestampMillisecondArray};
+use arrow::array::{
+    Array, ArrayRef, Date32Array, RecordBatch, StringArray, TimestampMillisecondArray,
+};
 use arrow::csv::reader::Format;
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 
@@ -137,8 +139,8 @@ impl CsvRules<'_> {
         Ok(Schema::new(fields))
     }
 
-    /// The schema Arrow's reader reads with: `schema`, with dates read as text when a date
-    /// format is set (Arrow reads ISO dates only).
+    /// The schema Arrow's reader reads with: `schema`, with stated dates read as text when
+    /// a date format is set (Arrow reads ISO dates only; inferred ones are ISO).
     fn reading_schema(&self, schema: &Schema) -> Schema {
         if self.date_format.is_none() {
             return schema.clone();
@@ -147,7 +149,10 @@ impl CsvRules<'_> {
             .fields()
             .iter()
             .map(|f| {
-                if matches!(f.data_type(), DataType::Date32 | DataType::Timestamp(..)) {
+                if matches!(
+                    self.types.get(f.name()),
+                    Some(ColumnType::Date | ColumnType::Timestamp)
+                ) {
                     f.as_ref().clone().with_data_type(DataType::Utf8)
                 } else {
                     f.as_ref().clone()
@@ -174,9 +179,8 @@ impl CsvRules<'_> {
             .map_err(|e| e.to_string())?;
         let mut batches = Vec::new();
         for batch in reader {
-            batches.push(
-                batch.map_err(|e| describe_csv_error(&e.to_string(), Some(&reading), self))?,
-            );
+            batches
+                .push(batch.map_err(|e| describe_csv_error(&e.to_string(), Some(&reading), self))?);
         }
         check_mostly_numeric(&reading, &batches, self)?;
         self.convert_dates(reading, batches)
@@ -193,7 +197,8 @@ impl CsvRules<'_> {
             return Ok((schema, batches));
         };
         let mut fields: Vec<Field> = schema.fields().iter().map(|f| f.as_ref().clone()).collect();
-        let mut columns: Vec<Vec<ArrayRef>> = batches.iter().map(|b| b.columns().to_vec()).collect();
+        let mut columns: Vec<Vec<ArrayRef>> =
+            batches.iter().map(|b| b.columns().to_vec()).collect();
         for (col, field) in schema.fields().iter().enumerate() {
             let stated = self.types.get(field.name());
             let wanted = match stated {
@@ -266,8 +271,13 @@ impl CsvRules<'_> {
     }
 }
 
-/// `arr`'s values read with `pattern` (nulls stay null); `Err(i)`: the first index that
-/// does not read.
+/// ISO 8601 patterns a column stated as a date also reads besides its `date_format`.
+pub const ISO_DATE: &str = "%Y-%m-%d";
+/// The same for a timestamp.
+pub const ISO_TIMESTAMPS: [&str; 2] = ["%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%d %H:%M:%S%.f"];
+
+/// `arr`'s values read with `pattern` or ISO 8601 (nulls stay null); `Err(i)`: the first
+/// index that does not read.
 fn parse_dates(
     arr: &StringArray,
     pattern: &str,
@@ -280,8 +290,11 @@ fn parse_dates(
             out.push(if arr.is_null(i) {
                 None
             } else {
-                let t = chrono::NaiveDateTime::parse_from_str(arr.value(i).trim(), pattern)
-                    .map_err(|_| i)?;
+                let v = arr.value(i).trim();
+                let t = std::iter::once(pattern)
+                    .chain(ISO_TIMESTAMPS)
+                    .find_map(|p| chrono::NaiveDateTime::parse_from_str(v, p).ok())
+                    .ok_or(i)?;
                 Some(t.and_utc().timestamp_millis())
             });
         }
@@ -292,8 +305,11 @@ fn parse_dates(
             out.push(if arr.is_null(i) {
                 None
             } else {
-                let d = chrono::NaiveDate::parse_from_str(arr.value(i).trim(), pattern)
-                    .map_err(|_| i)?;
+                let v = arr.value(i).trim();
+                let d = [pattern, ISO_DATE]
+                    .iter()
+                    .find_map(|p| chrono::NaiveDate::parse_from_str(v, p).ok())
+                    .ok_or(i)?;
                 Some((d - epoch).num_days() as i32)
             });
         }
@@ -336,7 +352,11 @@ pub fn spread_sample(parts: &[&[u8]]) -> Vec<u8> {
 
 /// Reword Arrow's CSV errors: the file's line, 1-based column numbers with the column's
 /// name, and the setting that fixes them.
-pub fn describe_csv_error(message: &str, schema: Option<&SchemaRef>, rules: &CsvRules<'_>) -> String {
+pub fn describe_csv_error(
+    message: &str,
+    schema: Option<&SchemaRef>,
+    rules: &CsvRules<'_>,
+) -> String {
     // "Parser error: Error while parsing value 'x' as type 'Float64' for column 3 at line 7. Row data: '[..]'"
     if let Some(rest) = message.split("Error while parsing value '").nth(1)
         && let Some((value, rest)) = rest.split_once("' as type '")
@@ -513,14 +533,15 @@ mod tests {
 
     #[test]
     fn dates_in_a_stated_format_read_as_dates_and_a_bad_one_is_named() {
-        let text = "day,when,n\n01/05/2024,03/02/2024 10:30,1\n31/12/2023,,2\n,04/02/2024 00:00,3\n";
+        let text = "day,when,n,iso\n01/05/2024,03/02/2024 10:30,1,2024-01-02\n31/12/2023,,2,2024-01-03\n,04/02/2024 00:00,3,\n";
         let types = BTreeMap::new();
         let r = rules(&types, &[], Some("%d/%m/%Y"));
         let schema = r.infer(text.as_bytes()).unwrap();
         let (schema, batches) = r.read(text.as_bytes(), &schema).unwrap();
         assert_eq!(schema.field(0).data_type(), &DataType::Date32);
-        // Not in the format: stays text.
+        // Not in the format: stays text; ISO dates stay dates.
         assert_eq!(schema.field(1).data_type(), &DataType::Utf8);
+        assert_eq!(schema.field(3).data_type(), &DataType::Date32);
         let days = batches[0]
             .column(0)
             .as_any()
@@ -538,11 +559,11 @@ mod tests {
         ));
         // Stated as a date, a value that does not read is named with its line.
         let stated = BTreeMap::from([("day".to_string(), ColumnType::Date)]);
-        let bad = "day,n\n01/05/2024,1\n2024-05-02,2\n";
+        let bad = "day,n\n01/05/2024,1\n2024-05-02,2\n2024/05/03,3\n";
         let r = rules(&stated, &[], Some("%d/%m/%Y"));
         let schema = r.infer(bad.as_bytes()).unwrap();
         let e = r.read(bad.as_bytes(), &schema).unwrap_err();
-        assert!(e.contains("line 3, column 1 (\"day\")"), "{e}");
+        assert!(e.contains("line 4, column 1 (\"day\")"), "{e}");
         assert!(e.contains("\"%d/%m/%Y\""), "{e}");
     }
 

@@ -71,7 +71,10 @@ fn cast_stated(
     if spec.types.is_empty() {
         return Ok((schema, batches));
     }
-    let stated = Arc::new(spec.csv_rules().with_stated_types(schema.as_ref().clone())?);
+    let stated = Arc::new(
+        spec.csv_rules()
+            .with_stated_types(schema.as_ref().clone())?,
+    );
     let mut out = Vec::with_capacity(batches.len());
     for b in batches {
         let mut columns = Vec::with_capacity(b.num_columns());

@@ -292,7 +292,10 @@ async fn csv_schema(ctx: &SessionContext, src: &SourceSpec, file: &str) -> Resul
             .into_iter()
             .map(|o| o as u64..(o + csv::SAMPLE_PART_BYTES).min(size) as u64)
             .collect();
-        store.get_ranges(&path, &ranges).await.map_err(store_error)?
+        store
+            .get_ranges(&path, &ranges)
+            .await
+            .map_err(store_error)?
     };
     let parts: Vec<&[u8]> = head.iter().map(|b| &b[..]).collect();
     let schema = rules.infer(&csv::spread_sample(&parts)).map_err(at)?;
@@ -309,7 +312,12 @@ fn as_text(schema: &Schema) -> Schema {
         schema
             .fields()
             .iter()
-            .map(|f| f.as_ref().clone().with_data_type(DataType::Utf8).with_nullable(true))
+            .map(|f| {
+                f.as_ref()
+                    .clone()
+                    .with_data_type(DataType::Utf8)
+                    .with_nullable(true)
+            })
             .collect::<Vec<_>>(),
     )
 }
@@ -339,10 +347,17 @@ fn typed_columns(schema: &Schema, src: &SourceSpec, format: SourceFormat) -> Str
             let trimmed = format!("btrim({c}, {BLANKS})");
             let value = match (ty, &src.date_format) {
                 (DataType::Utf8, _) => c.clone(),
-                (DataType::Date32, Some(fmt)) => format!("to_date({trimmed}, {})", literal(fmt)),
-                (DataType::Timestamp(..), Some(fmt)) => {
-                    format!("to_timestamp_millis({trimmed}, {})", literal(fmt))
-                }
+                (DataType::Date32, Some(fmt)) => format!(
+                    "to_date({trimmed}, {}, {})",
+                    literal(fmt),
+                    literal(csv::ISO_DATE)
+                ),
+                (DataType::Timestamp(..), Some(fmt)) => format!(
+                    "to_timestamp_millis({trimmed}, {}, {}, {})",
+                    literal(fmt),
+                    literal(csv::ISO_TIMESTAMPS[0]),
+                    literal(csv::ISO_TIMESTAMPS[1])
+                ),
                 _ => format!("arrow_cast({trimmed}, {})", literal(&ty.to_string())),
             };
             format!(
@@ -376,7 +391,13 @@ pub async fn register_source(ctx: &SessionContext, src: &SourceSpec) -> Result<(
             csv_schema(ctx, src, file).await?
         } else if files.len() > 1 || !src.types.is_empty() {
             register_file(ctx, &probe, file, src, format, None).await?;
-            let schema = ctx.table(probe.as_str()).await?.schema().inner().as_ref().clone();
+            let schema = ctx
+                .table(probe.as_str())
+                .await?
+                .schema()
+                .inner()
+                .as_ref()
+                .clone();
             ctx.deregister_table(probe.as_str())?;
             schema
         } else {
@@ -608,8 +629,13 @@ pub async fn run_stage(
         .into_iter()
         .map(|(n, q)| (n.to_string(), q.to_string()))
         .collect();
+    let dates = table
+        .columns
+        .iter()
+        .filter(|c| c.data_type.starts_with("Date") || c.data_type.starts_with("Timestamp"))
+        .count();
     progress(format!(
-        "features: statistics of {} numeric and {} string columns; split {}",
+        "features: statistics of {} numeric, {} string and {dates} date columns; split {}",
         table.numeric.len(),
         table.categorical.len(),
         table
@@ -839,20 +865,65 @@ mod tests {
         csv.push_str("6000,5228.1\n");
         std::fs::write(&path, csv).unwrap();
         let ctx = local_context(&DataAccess::unconfined(&Default::default()), 2).unwrap();
-        let src =
-            halyard_core::spec::SourceSpec::new("econ", format!("file://{}", path.display()));
+        let src = halyard_core::spec::SourceSpec::new("econ", format!("file://{}", path.display()));
         register_source(&ctx, &src).await.unwrap();
-        let batches = collect_retrying(&ctx, "SELECT max(employed) AS m FROM econ")
-            .await
-            .unwrap();
-        let m =
-            arrow::compute::cast(batches[0].column(0), &arrow::datatypes::DataType::Utf8).unwrap();
         assert_eq!(
-            m.as_any()
-                .downcast_ref::<arrow::array::StringArray>()
-                .unwrap()
-                .value(0),
+            one_value(&ctx, "SELECT max(employed) AS m FROM econ").await,
             "5299.0"
+        );
+    }
+
+    /// The one value of a one-row, one-column query, as text.
+    async fn one_value(ctx: &datafusion::prelude::SessionContext, sql: &str) -> String {
+        let batches = collect_retrying(ctx, sql).await.unwrap();
+        let v =
+            arrow::compute::cast(batches[0].column(0), &arrow::datatypes::DataType::Utf8).unwrap();
+        v.as_any()
+            .downcast_ref::<arrow::array::StringArray>()
+            .unwrap()
+            .value(0)
+            .to_string()
+    }
+
+    #[tokio::test]
+    async fn a_large_source_is_typed_from_stretches_across_it_and_markers_are_missing() {
+        // 70 MiB of whole numbers with `NA` cells, decimals only in the last rows: the
+        // head alone would read integers (and DataFusion would read `NA` as a value).
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("big.csv");
+        let mut csv = String::from("id,amount,Note\n");
+        let mut i = 0u64;
+        while csv.len() < 70 << 20 {
+            let amount = if i % 1000 == 7 {
+                "NA".to_string()
+            } else {
+                (i % 500).to_string()
+            };
+            csv.push_str(&format!("{i},{amount},x\n"));
+            i += 1;
+        }
+        for j in 0..3000 {
+            csv.push_str(&format!("{},{}.5, ?\n", i + j, j % 100));
+        }
+        std::fs::write(&path, csv).unwrap();
+        let ctx = local_context(&DataAccess::unconfined(&Default::default()), 2).unwrap();
+        let src = halyard_core::spec::SourceSpec::new("big", format!("file://{}", path.display()));
+        register_source(&ctx, &src).await.unwrap();
+        let schema = ctx.table("big").await.unwrap().schema().inner().clone();
+        assert_eq!(
+            schema.field(1).data_type(),
+            &arrow::datatypes::DataType::Float64
+        );
+        assert_eq!(
+            one_value(&ctx, "SELECT max(amount - floor(amount)) FROM big").await,
+            "0.5"
+        );
+        let missing = one_value(&ctx, "SELECT count(*) - count(amount) FROM big").await;
+        assert_eq!(missing, (i / 1000 + u64::from(i % 1000 > 7)).to_string());
+        // `?` (with blanks around it) is missing in a text column too.
+        assert_eq!(
+            one_value(&ctx, "SELECT count(*) - count(\"Note\") FROM big").await,
+            "3000"
         );
     }
 
