@@ -15,7 +15,9 @@ use halyard_core::spec::{DeviceKind, JobSpec};
 use halyard_core::store::S3Config;
 use halyard_core::store::Store;
 use halyard_executor::pipeline::{self, Host, Run};
-use halyard_executor::{ExecutorError, Trained, placement, read_series, test_predictions};
+use halyard_executor::{
+    ExecutorError, Trained, placement, read_series, test_forecasts, test_predictions,
+};
 use halyard_features::session::{DataAccess, local_context};
 use halyard_models::device::Placement;
 use halyard_models::forecast::classical::evaluate;
@@ -140,20 +142,24 @@ pub async fn train_local(
             .map_err(|e| io(&m, e))?;
         println!("  weights in {}", w.display());
     }
-    // Read once more for what comes after training: a response model's test predictions
-    // (with OUT) or a forecaster's classical methods (with --baselines).
-    let input =
-        if (out.is_some() && spec.forecast.is_none()) || (baselines && spec.forecast.is_some()) {
-            Some(pipeline::input(&run, None, &mut |_| {}).await?)
-        } else {
-            None
-        };
+    // Read once more for what comes after training: the test rows' predictions or
+    // forecasts (with OUT) or a forecaster's classical methods (with --baselines).
+    let input = if out.is_some() || (baselines && spec.forecast.is_some()) {
+        Some(pipeline::input(&run, None, &mut |_| {}).await?)
+    } else {
+        None
+    };
     if let (Some(dir), Some(input)) = (out, &input) {
         // The test rows scored, to check with any tool.
         if let Some(csv) = test_predictions(&spec, input, &trained)? {
             let p = dir.join("predictions.csv");
             std::fs::write(&p, csv).map_err(|e| io(&p, e))?;
             println!("  test rows' predictions in {}", p.display());
+        }
+        if let Some(csv) = test_forecasts(&spec, input, &trained)? {
+            let p = dir.join("forecasts.csv");
+            std::fs::write(&p, csv).map_err(|e| io(&p, e))?;
+            println!("  held-out points' forecasts in {}", p.display());
         }
     }
     if baselines

@@ -257,3 +257,52 @@ fn a_users_own_csv_trains_alike_through_data_and_features() {
         );
     }
 }
+
+#[test]
+fn a_forecasters_held_out_points_are_written_with_their_forecasts() {
+    let dir = tempfile::tempdir().unwrap();
+    let g = halyard_cli::datagen::generate(&dir.path().join("data"), 200, 3).unwrap();
+    let spec = dir.path().join("kpi.toml");
+    std::fs::write(
+        &spec,
+        format!(
+            "name = \"kpi\"\n[data]\nsource = \"{}\"\n[model]\ntype = \"nbeats\"\n\
+             [forecast]\nhorizon = 7\nperiod = 7\nlayout = \"long\"\nid_column = \"campaign\"\n\
+             value_column = \"conversions\"\nwidth = 16\nsteps = 20\n",
+            g.kpis.display()
+        ),
+    )
+    .unwrap();
+    let out = dir.path().join("out");
+    let run = train(
+        dir.path(),
+        &[spec.to_str().unwrap(), "--out", out.to_str().unwrap()],
+    );
+    let text = common::succeeded(&run);
+    assert!(text.contains("forecasts.csv"), "{text}");
+    // The actual values are each campaign's last 7 days in the source, in order.
+    let source = std::fs::read_to_string(&g.kpis).unwrap();
+    let mut header = source.lines().next().unwrap().split(',');
+    let id = header.clone().position(|c| c == "campaign").unwrap();
+    let value = header.position(|c| c == "conversions").unwrap();
+    let mut series: std::collections::BTreeMap<String, Vec<f64>> = Default::default();
+    for line in source.lines().skip(1) {
+        let f: Vec<&str> = line.split(',').collect();
+        series
+            .entry(f[id].to_string())
+            .or_default()
+            .push(f[value].parse().unwrap());
+    }
+    let csv = std::fs::read_to_string(out.join("forecasts.csv")).unwrap();
+    let mut lines = csv.lines();
+    assert_eq!(lines.next(), Some("series,step,actual,forecast"));
+    let rows: Vec<Vec<&str>> = lines.map(|l| l.split(',').collect()).collect();
+    assert_eq!(rows.len(), series.len() * 7, "{csv}");
+    for r in &rows {
+        let values = &series[r[0]];
+        let step: usize = r[1].parse().unwrap();
+        let actual: f64 = r[2].parse().unwrap();
+        assert_eq!(actual, values[values.len() - 7 + step - 1], "{r:?}");
+        assert!(r[3].parse::<f64>().unwrap().is_finite(), "{r:?}");
+    }
+}

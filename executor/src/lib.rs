@@ -16,7 +16,9 @@ mod task;
 mod training;
 
 pub use input::{Input, JobSeries, read_inputs, read_series};
-pub use training::{Progress, Trained, placement, spawn_training, test_predictions};
+pub use training::{
+    Progress, Trained, placement, spawn_training, test_forecasts, test_predictions,
+};
 
 use std::collections::HashMap;
 use std::net::SocketAddr;

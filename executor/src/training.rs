@@ -313,9 +313,47 @@ fn train_blocking(
     Ok((trained, lineage))
 }
 
+/// A forecaster's forecasts of its held-out points as CSV, one row per series and step:
+/// `series`, `step` (1 to the horizon), the `actual` value and the model's `forecast`.
+/// `None` for a response model.
+pub fn test_forecasts(
+    spec: &JobSpec,
+    input: &Input,
+    trained: &TrainedModel,
+) -> Result<Option<String>> {
+    use std::fmt::Write;
+    let Some(f) = &spec.forecast else {
+        return Ok(None);
+    };
+    let series = read_series(input, spec, f)?;
+    let h = series
+        .test
+        .iter()
+        .map(|s| s.values.len())
+        .min()
+        .unwrap_or(0)
+        .min(f.horizon);
+    let runtime =
+        halyard_models::runtime::Runtime::new(trained.architecture.clone(), &trained.weights)?;
+    let ours = runtime.forecast(&series.train, h)?;
+    let mut out = String::from("series,step,actual,forecast\n");
+    for ((s, test), fc) in series.train.iter().zip(&series.test).zip(&ours) {
+        let id = if s.id.contains([',', '"', '\n']) {
+            format!("\"{}\"", s.id.replace('"', "\"\""))
+        } else {
+            s.id.clone()
+        };
+        for (step, (actual, forecast)) in test.values.iter().zip(fc).take(h).enumerate() {
+            let _ = writeln!(out, "{id},{},{actual},{forecast}", step + 1);
+        }
+    }
+    Ok(Some(out))
+}
+
 /// The test rows' predictions of a model just trained on `input` as CSV: each row's
 /// index in the input (`row`), its excluded columns (ids), the label and the model's
-/// `score` (response probability; uplift; segment). `None` for a forecaster.
+/// `score` (response probability; uplift; segment). `None` for a forecaster
+/// ([`test_forecasts`]).
 pub fn test_predictions(
     spec: &JobSpec,
     input: &Input,
