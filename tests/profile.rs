@@ -57,7 +57,8 @@ fn the_profile_flags_ids_constants_leaks_and_dates_read_as_text() {
     assert_eq!(c["channel"].2, 3);
     assert!(c["channel"].3.is_empty(), "{:?}", c["channel"]);
     assert!(
-        c["joined"].3.contains("dates read as text") && c["joined"].3.contains("joined = \"date\""),
+        c["joined"].3.contains("dates read as text")
+            && c["joined"].3.contains("date_format = \"%d/%m/%Y\""),
         "{:?}",
         c["joined"]
     );

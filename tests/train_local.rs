@@ -204,6 +204,23 @@ fn a_users_own_csv_trains_alike_through_data_and_features() {
         let run = train(dir.path(), &[&spec, "--out", out.to_str().unwrap()]);
         let text = common::succeeded(&run);
         assert!(text.contains("test_auc"), "{text}");
+        // The log starts with the data's profile: the dates as dates, the blanks and
+        // markers of Tenure as missing, the id left out.
+        let log = String::from_utf8_lossy(&run.stderr);
+        let line = |column: &str| {
+            log.lines()
+                .find(|l| l.starts_with(&format!("data: {column} ")))
+                .unwrap_or_else(|| panic!("{how}: no profile line of {column}: {log}"))
+                .to_string()
+        };
+        assert!(line("LastVisit").contains(" date "), "{how}: {log}");
+        assert!(
+            line("Tenure").contains(" 3.3%"),
+            "{how}: {}",
+            line("Tenure")
+        );
+        assert!(line("Customer_Id").contains("left out"), "{how}: {log}");
+        assert!(line("Responded").contains("the label"), "{how}: {log}");
         let found = encodings(&out);
         for (name, ty, kind) in want {
             assert_eq!(

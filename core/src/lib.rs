@@ -18,6 +18,7 @@ pub mod frame;
 pub mod journal;
 pub mod kv;
 pub mod metrics;
+pub mod profile;
 pub mod records;
 pub mod registry;
 pub mod schedule;

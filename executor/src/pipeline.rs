@@ -251,7 +251,9 @@ async fn train(run: &Run<'_>, host: &mut dyn Host) -> Result<Option<Trained>> {
     let (mut rx, done_rx) =
         spawn_training(&spec.name, input, spec.clone(), placement, cancel.clone())?;
     while let Some(p) = rx.recv().await {
-        host.progress(&p);
+        if !p.note {
+            host.progress(&p);
+        }
         host.log(p.line);
         if !host.report().await {
             cancel.store(true, Ordering::Relaxed);

@@ -161,7 +161,12 @@ pub struct Progress {
     pub rows: usize,
     /// A line for the job's log.
     pub line: String,
+    /// Whether the line is for the log only (the data's profile), not a training report.
+    pub note: bool,
 }
+
+/// Rows of a response model's input profiled at the start of its job's log.
+pub(crate) const PROFILE_ROWS: usize = 100_000;
 
 /// A trained model and the lineage of its data.
 pub type Trained = (TrainedModel, DataLineage);
@@ -253,6 +258,7 @@ fn train_blocking(
                     r.steps,
                     r.loss
                 ),
+                note: false,
             });
             flow()
         })?;
@@ -265,6 +271,15 @@ fn train_blocking(
         return Ok((trained, lineage));
     }
     let table = input.table(spec)?;
+    for line in profile_lines(&table, input.location(spec), spec) {
+        let _ = reports.send(Progress {
+            epoch: 0,
+            loss: f64::NAN,
+            rows: 0,
+            line,
+            note: true,
+        });
+    }
     let (mut features, rc) = model_configs(spec, placement);
     if input.features.is_some() {
         features.split_column = Some(SPLIT_COLUMN.to_string());
@@ -280,6 +295,7 @@ fn train_blocking(
             // which are not counted.
             rows: if trees { 0 } else { table.rows },
             line: epoch_line(&r, if trees { "trees" } else { "epoch" }),
+            note: false,
         });
         flow()
     };
@@ -298,6 +314,7 @@ fn train_blocking(
                         loss: r.inertia,
                         rows: 0,
                         line: cluster_line(r),
+                        note: false,
                     });
                     flow()
                 },
@@ -348,6 +365,23 @@ pub fn test_forecasts(
         }
     }
     Ok(Some(out))
+}
+
+/// The profile of a response model's input (its first [`PROFILE_ROWS`] rows) as lines
+/// for the start of its job's log (`halyard profile`'s table).
+fn profile_lines(table: &halyard_core::data::Table, location: &str, spec: &JobSpec) -> Vec<String> {
+    use halyard_core::profile::{head, profile, render};
+    let label = Some(spec.data.label.as_str()).filter(|l| !l.is_empty());
+    let sample = head(table, PROFILE_ROWS);
+    let name = if table.rows > PROFILE_ROWS {
+        format!("{location} (its first {PROFILE_ROWS} rows)")
+    } else {
+        location.to_string()
+    };
+    match profile(&sample, &name, label, &spec.data.exclude) {
+        Ok(p) => render(&p).lines().map(|l| format!("data: {l}")).collect(),
+        Err(e) => vec![format!("data: no profile ({e})")],
+    }
 }
 
 /// The test rows' predictions of a model just trained on `input` as CSV: each row's
