@@ -364,7 +364,8 @@ enum Command {
         #[arg(long, default_value_t = 0, env = "HALYARD_GPUS")]
         gpus: u32,
         /// Folder to write the weights, a training summary and the test rows' predictions
-        /// (predictions.csv: row, the excluded id columns, label, score) to
+        /// (predictions.csv: row, the excluded id columns, label, score) or a forecaster's
+        /// held-out points (forecasts.csv: series, step, actual, forecast) to
         #[arg(long)]
         out: Option<PathBuf>,
         /// Forecasters: also score the M4 classical methods on the same split

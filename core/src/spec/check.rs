@@ -58,10 +58,17 @@ impl JobSpec {
                 None
             }
         };
+        let mut sources = Vec::new();
         let data = match &self.features {
             Some(f) => {
                 for s in &f.sources {
-                    exists(&format!("[[features.sources]] {}", s.name), &s.path);
+                    if let Some(path) = exists(&format!("[[features.sources]] {}", s.name), &s.path)
+                        && path.is_file()
+                        && s.has_header
+                        && !s.types.is_empty()
+                    {
+                        sources.push((s, path));
+                    }
                 }
                 None
             }
@@ -73,6 +80,24 @@ impl JobSpec {
             .and_then(|f| f.test_source.as_deref())
         {
             exists("[forecast] test_source", t);
+        }
+        // A source's stated types name columns of its file.
+        for (s, path) in sources {
+            let format = match s.resolved_format("[features]") {
+                Ok(super::SourceFormat::Csv) => DataFormat::Csv,
+                Ok(super::SourceFormat::Parquet) => DataFormat::Parquet,
+                _ => continue,
+            };
+            if let Ok(have) = columns(&path, format, s.delimiter_byte()) {
+                for column in s.types.keys().filter(|c| !have.contains(c)) {
+                    problems.push(format!(
+                        "[[features.sources]] {} types: column {column:?} is not in {}; its columns are: {}",
+                        s.name,
+                        path.display(),
+                        have.join(", ")
+                    ));
+                }
+            }
         }
         let Some(path) = data else {
             return problems;
@@ -142,6 +167,16 @@ mod tests {
         assert_eq!(p.len(), 2, "{p:?}");
         assert!(p[0].contains("\"converted\"") && p[0].contains("id, age, responded"));
         assert!(p[1].contains("\"email\""));
+        let typed = spec(
+            "[data]\nlabel = \"responded\"\n[[features.sources]]\nname = \"d\"\npath = \"d.csv\"\n\
+             types = { age = \"float\", Age = \"int\" }\n[features]\nsql = \"SELECT * FROM d\"\n\
+             split = { method = \"hash\", key = \"id\", test_percent = 20.0 }\n",
+        );
+        let p = typed.local_problems();
+        assert!(
+            p.len() == 1 && p[0].contains("[[features.sources]] d types: column \"Age\""),
+            "{p:?}"
+        );
         let gone = spec("[data]\nsource = \"nope.csv\"\nlabel = \"responded\"\n");
         let p = gone.local_problems();
         assert!(p.len() == 1 && p[0].contains("nope.csv") && p[0].contains("does not exist"));
