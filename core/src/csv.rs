@@ -283,38 +283,34 @@ fn parse_dates(
     pattern: &str,
     timestamp: bool,
 ) -> std::result::Result<ArrayRef, usize> {
-    let epoch = chrono::NaiveDate::from_ymd_opt(1970, 1, 1).expect("a valid date");
-    if timestamp {
-        let mut out = Vec::with_capacity(arr.len());
-        for i in 0..arr.len() {
-            out.push(if arr.is_null(i) {
-                None
-            } else {
-                let v = arr.value(i).trim();
-                let t = std::iter::once(pattern)
-                    .chain(ISO_TIMESTAMPS)
-                    .find_map(|p| chrono::NaiveDateTime::parse_from_str(v, p).ok())
-                    .ok_or(i)?;
-                Some(t.and_utc().timestamp_millis())
-            });
-        }
-        Ok(Arc::new(TimestampMillisecondArray::from(out)))
-    } else {
-        let mut out = Vec::with_capacity(arr.len());
-        for i in 0..arr.len() {
-            out.push(if arr.is_null(i) {
-                None
-            } else {
-                let v = arr.value(i).trim();
-                let d = [pattern, ISO_DATE]
-                    .iter()
-                    .find_map(|p| chrono::NaiveDate::parse_from_str(v, p).ok())
-                    .ok_or(i)?;
-                Some((d - epoch).num_days() as i32)
-            });
-        }
-        Ok(Arc::new(Date32Array::from(out)))
+    /// Each value read by `read` (nulls stay null), or the first index it cannot read.
+    fn each<T>(
+        arr: &StringArray,
+        read: impl Fn(&str) -> Option<T>,
+    ) -> std::result::Result<Vec<Option<T>>, usize> {
+        (0..arr.len())
+            .map(|i| match arr.is_null(i) {
+                true => Ok(None),
+                false => read(arr.value(i).trim()).map(Some).ok_or(i),
+            })
+            .collect()
     }
+    let epoch = chrono::NaiveDate::from_ymd_opt(1970, 1, 1).expect("a valid date");
+    Ok(if timestamp {
+        Arc::new(TimestampMillisecondArray::from(each(arr, |v| {
+            std::iter::once(pattern)
+                .chain(ISO_TIMESTAMPS)
+                .find_map(|p| chrono::NaiveDateTime::parse_from_str(v, p).ok())
+                .map(|t| t.and_utc().timestamp_millis())
+        })?))
+    } else {
+        Arc::new(Date32Array::from(each(arr, |v| {
+            [pattern, ISO_DATE]
+                .iter()
+                .find_map(|p| chrono::NaiveDate::parse_from_str(v, p).ok())
+                .map(|d| (d - epoch).num_days() as i32)
+        })?))
+    })
 }
 
 /// Where the stretches of a file of `len` bytes start when it is sampled: the first at 0,

@@ -4,6 +4,7 @@
 //! needs with SQL aggregates over the shards, and write `features.json` last.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use arrow::array::{Array, AsArray, RecordBatch};
 use arrow::compute::cast;
@@ -14,8 +15,8 @@ use halyard_core::csv;
 use halyard_core::data::column_list;
 use halyard_core::spec::{FeaturesSpec, SPLIT_COLUMN, SourceFormat, SourceSpec, SplitSpec};
 use halyard_core::store::describe_store_error;
-use object_store::ObjectStoreExt;
 use object_store::path::Path as ObjectPath;
+use object_store::{ObjectStore, ObjectStoreExt};
 use serde::{Deserialize, Serialize};
 use url::Url;
 
@@ -175,9 +176,13 @@ fn source_error(src: &SourceSpec, message: impl Into<String>) -> FeatureError {
     }
 }
 
-/// The files of a source: the file itself, or a folder's files.
-async fn source_files(ctx: &SessionContext, src: &SourceSpec) -> Result<Vec<String>> {
-    let url = Url::parse(&src.path).map_err(|e| source_error(src, format!("not a URL: {e}")))?;
+/// The object store, URL and path of `location`, one of `src`'s.
+fn store_of(
+    ctx: &SessionContext,
+    src: &SourceSpec,
+    location: &str,
+) -> Result<(Arc<dyn ObjectStore>, Url, ObjectPath)> {
+    let url = Url::parse(location).map_err(|e| source_error(src, format!("not a URL: {e}")))?;
     let store = ctx
         .runtime_env()
         .object_store_registry
@@ -185,6 +190,12 @@ async fn source_files(ctx: &SessionContext, src: &SourceSpec) -> Result<Vec<Stri
         .map_err(|e| source_error(src, crate::error::describe(&e)))?;
     let path =
         ObjectPath::from_url_path(url.path()).map_err(|e| source_error(src, e.to_string()))?;
+    Ok((store, url, path))
+}
+
+/// The files of a source: the file itself, or a folder's files.
+async fn source_files(ctx: &SessionContext, src: &SourceSpec) -> Result<Vec<String>> {
+    let (store, url, path) = store_of(ctx, src, &src.path)?;
     if !src.path.ends_with('/') {
         return match store.head(&path).await {
             Ok(_) => Ok(vec![src.path.clone()]),
@@ -263,14 +274,7 @@ async fn register_file(
 /// value checked (an error names its line and column), dates in `date_format` found;
 /// a larger one is typed from stretches spread across it and checked in its first.
 async fn csv_schema(ctx: &SessionContext, src: &SourceSpec, file: &str) -> Result<Schema> {
-    let url = Url::parse(file).map_err(|e| source_error(src, format!("not a URL: {e}")))?;
-    let store = ctx
-        .runtime_env()
-        .object_store_registry
-        .get_store(&url)
-        .map_err(|e| source_error(src, crate::error::describe(&e)))?;
-    let path =
-        ObjectPath::from_url_path(url.path()).map_err(|e| source_error(src, e.to_string()))?;
+    let (store, _, path) = store_of(ctx, src, file)?;
     let at = |message: String| FeatureError::Source {
         name: src.name.clone(),
         location: file.to_string(),
