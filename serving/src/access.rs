@@ -271,6 +271,16 @@ pub const ROUTES: &[(&str, &str, Access)] = &[
         "/v1/jobs/{model}/cancel",
         Access::Key(Action::CancelOwn),
     ),
+    (
+        "GET",
+        "/v1/models/{model}/versions",
+        Access::Key(Action::ReadModels),
+    ),
+    (
+        "POST",
+        "/v1/models/{model}/deploy",
+        Access::Key(Action::Deploy),
+    ),
     ("GET", "/v1/openapi.json", Access::Open),
     ("GET", "/healthz", Access::Open),
 ];

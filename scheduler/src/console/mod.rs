@@ -28,8 +28,8 @@ use halyard_core::proto::job_service_server::JobService;
 use halyard_core::proto::model_service_server::ModelService;
 use halyard_core::proto::{
     CancelRequest, ClusterStatusRequest, DeployRequest, DeployVersion, DriftRequest,
-    ExperimentRequest, GetJobRequest, GetModelRequest, JobInfo, ListJobsRequest, ListModelsRequest,
-    LogsRequest, Promote, Rollback, SubmitRequest, Undeploy,
+    ExperimentRequest, GetJobRequest, GetModelRequest, GetModelResponse, JobInfo, ListJobsRequest,
+    ListModelsRequest, LogsRequest, ModelVersionInfo, Promote, Rollback, SubmitRequest, Undeploy,
 };
 use halyard_core::records::now_ms;
 use halyard_serving::access::SESSION_COOKIE;
@@ -87,6 +87,8 @@ pub(crate) fn router(console: Arc<Console>) -> Router {
         .route("/v1/jobs/{id}", get(job_json))
         .route("/v1/jobs/{id}/events", get(job_events_json))
         .route("/v1/jobs/{id}/cancel", post(cancel_json))
+        .route("/v1/models/{name}/versions", get(versions_json))
+        .route("/v1/models/{name}/deploy", post(deploy_json))
         .route(
             "/v1/openapi.json",
             get(|| asset("application/json", include_str!("openapi.json"))),
@@ -1056,13 +1058,33 @@ async fn deploy(
     if let Some(r) = csrf_refusal(&headers, &f) {
         return r;
     }
-    let version = || {
-        field(&f, "version")
-            .parse::<u64>()
-            .map_err(|_| Status::invalid_argument("say which version (a number)"))
+    let change = change_of(
+        field(&f, "action"),
+        field(&f, "version").parse::<u64>().ok(),
+        field(&f, "percent").parse::<u32>().ok(),
+    );
+    let change = match change {
+        Ok(c) => c,
+        Err(e) => return failed(e),
     };
-    let percent = field(&f, "percent").parse::<u32>().unwrap_or(10);
-    let change = match field(&f, "action") {
+    let req = DeployRequest {
+        name: name.clone(),
+        change: Some(change),
+    };
+    match c.models.deploy(as_caller(&caller, req)).await {
+        Ok(_) => Redirect::to(&format!("/models/{name}")).into_response(),
+        Err(e) => failed(e),
+    }
+}
+
+/// A deployment change by name, as the model page's buttons and `POST
+/// /v1/models/{name}/deploy` say it: `deploy` or `canary` (a `version`; a canary takes
+/// `percent`, default 10), `promote`, `rollback`, `undeploy`.
+fn change_of(action: &str, version: Option<u64>, percent: Option<u32>) -> Result<Change, Status> {
+    let version =
+        || version.ok_or_else(|| Status::invalid_argument("say which version (a number)"));
+    let percent = percent.unwrap_or(10);
+    match action {
         "deploy" => version().map(|v| {
             Change::Deploy(DeployVersion {
                 version: v,
@@ -1083,20 +1105,8 @@ async fn deploy(
         "rollback" => Ok(Change::Rollback(Rollback {})),
         "undeploy" => Ok(Change::Undeploy(Undeploy {})),
         other => Err(Status::invalid_argument(format!(
-            "unknown change {other:?}"
+            "unknown change {other:?}: deploy, canary, promote, rollback or undeploy"
         ))),
-    };
-    let change = match change {
-        Ok(c) => c,
-        Err(e) => return failed(e),
-    };
-    let req = DeployRequest {
-        name: name.clone(),
-        change: Some(change),
-    };
-    match c.models.deploy(as_caller(&caller, req)).await {
-        Ok(_) => Redirect::to(&format!("/models/{name}")).into_response(),
-        Err(e) => failed(e),
     }
 }
 
@@ -1274,6 +1284,85 @@ async fn job_events_json(
             .collect();
         Ok(json!({ "job": id, "state": state, "events": events }))
     });
+    json_of(r)
+}
+
+/// A registered model as JSON: its versions (newest first, with metrics and lineage) and
+/// its deployment (variants with their weights, aliases).
+fn model_json_value(m: &GetModelResponse) -> serde_json::Value {
+    let mut versions: Vec<&ModelVersionInfo> = m.versions.iter().collect();
+    versions.sort_by_key(|v| std::cmp::Reverse(v.version));
+    let d = m.deployment.clone().unwrap_or_default();
+    json!({
+        "name": m.name,
+        "versions": versions.iter().map(|v| json!({
+            "version": v.version, "model_type": v.model_type, "metrics": v.metrics,
+            "artifact": v.artifact, "job_id": v.job_id, "data_source": v.data_source,
+            "created_ms": v.created_ms,
+        })).collect::<Vec<_>>(),
+        "deployment": {
+            "variants": d.variants.iter().map(|v| json!({ "version": v.version, "weight": v.weight }))
+                .collect::<Vec<_>>(),
+            "aliases": d.aliases,
+            "updated_ms": d.updated_ms,
+        },
+    })
+}
+
+/// `GET /v1/models/{name}/versions`: the registered model, as `halyard model NAME`.
+async fn versions_json(
+    State(c): Shared,
+    Extension(caller): Extension<Caller>,
+    Path(name): Path<String>,
+) -> Response {
+    let r = c
+        .models
+        .get_model(as_caller(&caller, GetModelRequest { name }))
+        .await
+        .map(|r| model_json_value(&r.into_inner()));
+    json_of(r)
+}
+
+/// `POST /v1/models/{name}/deploy`: `{"action": "deploy", "version": 2}` (or `canary`
+/// with `percent`, `promote`, `rollback`, `undeploy`); answers the model as
+/// [`versions_json`] does, with its new deployment.
+async fn deploy_json(
+    State(c): Shared,
+    Extension(caller): Extension<Caller>,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> Response {
+    let change = serde_json::from_slice::<serde_json::Value>(&body)
+        .ok()
+        .filter(|b| b["action"].is_string())
+        .ok_or_else(|| {
+            Status::invalid_argument(
+                "the body must be JSON such as {\"action\": \"deploy\", \"version\": 2}",
+            )
+        })
+        .and_then(|b| {
+            let percent = b["percent"]
+                .as_u64()
+                .map(|p| u32::try_from(p).unwrap_or(u32::MAX));
+            change_of(
+                b["action"].as_str().unwrap_or_default(),
+                b["version"].as_u64(),
+                percent,
+            )
+        });
+    let change = match change {
+        Ok(c) => c,
+        Err(e) => return json_of(Err(e)),
+    };
+    let req = DeployRequest {
+        name,
+        change: Some(change),
+    };
+    let r = c
+        .models
+        .deploy(as_caller(&caller, req))
+        .await
+        .map(|r| model_json_value(&r.into_inner()));
     json_of(r)
 }
 
