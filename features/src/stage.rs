@@ -348,6 +348,11 @@ fn typed_columns(schema: &Schema, src: &SourceSpec, format: SourceFormat) -> Str
                     c
                 };
             }
+            if ty == &DataType::Null {
+                // Every cell empty (Arrow reads such a column as nulls): DataFusion cannot
+                // cast text to Null.
+                return format!("NULL AS {c}");
+            }
             let trimmed = format!("btrim({c}, {BLANKS})");
             let value = match (ty, &src.date_format) {
                 (DataType::Utf8, _) => c.clone(),
@@ -929,6 +934,36 @@ mod tests {
             one_value(&ctx, "SELECT count(*) - count(\"Note\") FROM big").await,
             "3000"
         );
+    }
+
+    #[tokio::test]
+    async fn an_empty_column_times_and_markers_read_as_arrow_would() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.csv");
+        std::fs::write(
+            &path,
+            "a,empty,c,at\n1,,x,2024-01-02T10:00:00\n2,,NA,2024-01-03T11:30:00\n3, ,y,\n",
+        )
+        .unwrap();
+        let ctx = local_context(&DataAccess::unconfined(&Default::default()), 2).unwrap();
+        let src = halyard_core::spec::SourceSpec::new("t", format!("file://{}", path.display()));
+        register_source(&ctx, &src).await.unwrap();
+        let types = "SELECT arrow_typeof(empty), arrow_typeof(at), count(c), count(at) FROM t \
+                     GROUP BY arrow_typeof(empty), arrow_typeof(at)";
+        let batches = collect_retrying(&ctx, types).await.unwrap();
+        let row: Vec<String> = (0..4)
+            .map(|i| {
+                let v =
+                    arrow::compute::cast(batches[0].column(i), &arrow::datatypes::DataType::Utf8)
+                        .unwrap();
+                v.as_any()
+                    .downcast_ref::<arrow::array::StringArray>()
+                    .unwrap()
+                    .value(0)
+                    .to_string()
+            })
+            .collect();
+        assert_eq!(row, ["Null", "Timestamp(s)", "2", "2"]);
     }
 
     #[test]
