@@ -15,17 +15,12 @@ use serde_json::{Value, json};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tritonclient_gets_the_scores_of_predict() {
-    let python = std::env::var("HALYARD_PYTHON").unwrap_or_else(|_| "python3".into());
-    let importable = Command::new(&python)
-        .args(["-c", "import tritonclient.http, numpy"])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !importable {
-        eprintln!(
-            "skipped: {python} cannot import tritonclient.http (pip install 'tritonclient[http]'; .ci/run installs it in a virtual environment)"
-        );
+    let Some(python) = python_with(
+        "tritonclient.http, numpy",
+        "pip install 'tritonclient[http]'",
+    ) else {
         return;
-    }
+    };
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     let data = halyard_cli::datagen::generate(dir, 2000, 3).unwrap();

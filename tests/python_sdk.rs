@@ -6,21 +6,15 @@
 //! line where the Python (`HALYARD_PYTHON`, else `python3`) has no pytest; `.ci/run`
 //! installs it (with pandas and the package) in a virtual environment.
 
+mod common;
+
 use std::process::Command;
 
 #[test]
 fn the_python_client_passes_its_suite_against_a_real_standalone() {
-    let python = std::env::var("HALYARD_PYTHON").unwrap_or_else(|_| "python3".into());
-    let importable = Command::new(&python)
-        .args(["-c", "import pytest"])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !importable {
-        eprintln!(
-            "skipped: {python} cannot import pytest (pip install pytest pandas; .ci/run installs them in a virtual environment)"
-        );
+    let Some(python) = common::python_with("pytest, pandas", "pip install pytest pandas") else {
         return;
-    }
+    };
     let root = env!("CARGO_MANIFEST_DIR");
     let out = Command::new(&python)
         .args([

@@ -436,3 +436,21 @@ pub(crate) async fn train_and_deploy(client: &Client, spec: &JobSpec, version: u
     assert_eq!(done.state, "succeeded", "{done:?}");
     deploy(client, &spec.name, version, "production", None).await;
 }
+
+/// The Python the tests run (`HALYARD_PYTHON`, which `.ci/run` points at its virtual
+/// environment, else `python3`) when it can import `modules` (`import` syntax); else the
+/// one line saying why the test is skipped and what installs them, and `None`.
+pub(crate) fn python_with(modules: &str, install: &str) -> Option<String> {
+    let python = std::env::var("HALYARD_PYTHON").unwrap_or_else(|_| "python3".into());
+    let importable = Command::new(&python)
+        .args(["-c", &format!("import {modules}")])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !importable {
+        eprintln!(
+            "skipped: {python} cannot import {modules} ({install}; .ci/run installs it in a virtual environment)"
+        );
+        return None;
+    }
+    Some(python)
+}
