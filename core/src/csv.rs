@@ -46,16 +46,25 @@ pub struct CsvRules<'a> {
     pub date_format: Option<&'a str>,
 }
 
-/// The regular expression (as text) a cell matches when it is missing: empty,
-/// whitespace-only, or one of `missing` (surrounding blanks allowed).
-pub fn missing_pattern(missing: &[String]) -> String {
-    let mut alternatives = vec![r"\s*".to_string()];
-    alternatives.extend(
+/// The characters around a cell's value that do not count: a cell of only these is
+/// missing, and a marker may have them around it.
+pub const BLANKS: &str = " \t\r\n";
+
+/// What a cell holds, its [`BLANKS`] trimmed, when it is missing: nothing, or one of
+/// `missing` (trimmed too).
+pub fn missing_cells(missing: &[String]) -> impl Iterator<Item = &str> {
+    std::iter::once("").chain(
         missing
             .iter()
-            .map(|m| format!(r"\s*{}\s*", regex::escape(m.trim()))),
-    );
-    format!("^(?:{})$", alternatives.join("|"))
+            .map(|m| m.trim_matches(|c| BLANKS.contains(c))),
+    )
+}
+
+/// The regular expression (as text) a cell matches when it is missing
+/// ([`missing_cells`] with blanks around).
+pub fn missing_pattern(missing: &[String]) -> String {
+    let alternatives: Vec<String> = missing_cells(missing).map(regex::escape).collect();
+    format!("^\\s*(?:{})\\s*$", alternatives.join("|"))
 }
 
 /// Whether `pattern` is a `strftime` pattern with a date in it (day, month and year).
@@ -98,8 +107,12 @@ impl CsvRules<'_> {
     }
 
     /// Infer the columns' types from `bytes` (a whole file, or the sample
-    /// [`spread_sample`] made of a larger one), then put the stated types in.
+    /// [`spread_sample`] made of a larger one), then put the stated types in; a file of
+    /// nothing but blanks is an error.
     pub fn infer(&self, bytes: &[u8]) -> std::result::Result<Schema, String> {
+        if bytes.iter().all(|b| b.is_ascii_whitespace()) {
+            return Err("the file is empty".into());
+        }
         let sample = if bytes.len() > INFER_WHOLE_BYTES {
             let parts = sample_offsets(bytes.len())
                 .into_iter()

@@ -207,9 +207,6 @@ fn read_csv(bytes: &Bytes, spec: &DataSpec, file: &str) -> Result<(SchemaRef, Ve
         file: file.to_string(),
         message,
     };
-    if bytes.iter().all(|b| b.is_ascii_whitespace()) {
-        return Err(err("the file is empty".into()));
-    }
     let rules = spec.csv_rules();
     let schema = rules.infer(bytes).map_err(err)?;
     rules.read(bytes, &schema).map_err(err)

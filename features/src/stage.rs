@@ -283,24 +283,20 @@ async fn csv_schema(ctx: &SessionContext, src: &SourceSpec, file: &str) -> Resul
     let store_error = |e: object_store::Error| at(describe_store_error(&e));
     let size = store.head(&path).await.map_err(store_error)?.size as usize;
     let rules = src.csv_rules();
-    let head = if size <= csv::INFER_WHOLE_BYTES {
+    if size <= csv::INFER_WHOLE_BYTES {
         let bytes = store.get(&path).await.map_err(store_error)?.bytes().await;
         let bytes = bytes.map_err(store_error)?;
-        if bytes.iter().all(|b| b.is_ascii_whitespace()) {
-            return Err(at("the file is empty".into()));
-        }
         let schema = rules.infer(&bytes).map_err(at)?;
         return Ok(rules.read(&bytes, &schema).map_err(at)?.0.as_ref().clone());
-    } else {
-        let ranges: Vec<std::ops::Range<u64>> = csv::sample_offsets(size)
-            .into_iter()
-            .map(|o| o as u64..(o + csv::SAMPLE_PART_BYTES).min(size) as u64)
-            .collect();
-        store
-            .get_ranges(&path, &ranges)
-            .await
-            .map_err(store_error)?
-    };
+    }
+    let ranges: Vec<std::ops::Range<u64>> = csv::sample_offsets(size)
+        .into_iter()
+        .map(|o| o as u64..(o + csv::SAMPLE_PART_BYTES).min(size) as u64)
+        .collect();
+    let head = store
+        .get_ranges(&path, &ranges)
+        .await
+        .map_err(store_error)?;
     let parts: Vec<&[u8]> = head.iter().map(|b| &b[..]).collect();
     let schema = rules.infer(&csv::spread_sample(&parts)).map_err(at)?;
     // The first stretch's complete lines, read with those types, check the values and
@@ -330,11 +326,8 @@ fn as_text(schema: &Schema) -> Schema {
 /// matching a missing-value marker (or blank) is null, and text is cast (dates in
 /// `date_format` parsed with it); for Parquet and JSON the stated types are cast.
 fn typed_columns(schema: &Schema, src: &SourceSpec, format: SourceFormat) -> String {
-    const BLANKS: &str = "' \t\r\n'";
-    let markers: Vec<String> = std::iter::once(String::new())
-        .chain(src.missing.iter().map(|m| m.trim().to_string()))
-        .map(|m| literal(&m))
-        .collect();
+    let blanks = literal(csv::BLANKS);
+    let markers: Vec<String> = csv::missing_cells(&src.missing).map(literal).collect();
     schema
         .fields()
         .iter()
@@ -353,7 +346,7 @@ fn typed_columns(schema: &Schema, src: &SourceSpec, format: SourceFormat) -> Str
                 // cast text to Null.
                 return format!("NULL AS {c}");
             }
-            let trimmed = format!("btrim({c}, {BLANKS})");
+            let trimmed = format!("btrim({c}, {blanks})");
             let value = match (ty, &src.date_format) {
                 (DataType::Utf8, _) => c.clone(),
                 (DataType::Date32, Some(fmt)) => format!(

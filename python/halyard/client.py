@@ -167,25 +167,26 @@ class Client:
         return self._call("GET", "/v1/cluster")
 
     def submit(self, spec: Union[str, os.PathLike, Mapping[str, Any]], *, base: Optional[str] = None) -> Dict[str, Any]:
-        """Submit a job spec: a file, TOML text, or a dict. Relative data paths are read
+        """Submit a job spec: a file (a ``pathlib.Path``, or a path ending in ``.toml``), TOML
+        text, or a dict. Relative data paths are read
         from the spec file's folder (TOML text and dicts: ``base``, default the current
         folder), as ``halyard submit`` does. Returns the job (``id``, ``state``, …)."""
         if isinstance(spec, Mapping):
             value, folder = dict(spec), base or os.getcwd()
-        else:
-            text = os.fspath(spec)
-            if "\n" not in text and os.path.isfile(text):
-                with open(text, encoding="utf-8") as fh:
+        elif isinstance(spec, os.PathLike) or "\n" not in spec and spec.strip().endswith(".toml"):
+            path = os.fspath(spec)
+            try:
+                with open(path, encoding="utf-8") as fh:
                     value = _spec.loads(fh.read())
-                folder = base or os.path.dirname(os.path.abspath(text))
-            else:
-                try:
-                    value = _spec.loads(text)
-                except ValueError as e:
-                    if "\n" not in text and ("=" not in text or text.endswith(".toml")):
-                        raise HalyardError(0, f"{text}: no such spec file") from None
-                    raise HalyardError(0, f"the spec is not TOML: {e}") from None
-                folder = base or os.getcwd()
+            except OSError as e:
+                raise HalyardError(0, f"{path}: cannot read the spec file ({e.strerror})") from None
+            folder = base or os.path.dirname(os.path.abspath(path))
+        else:
+            try:
+                value = _spec.loads(spec)
+            except ValueError as e:
+                raise HalyardError(0, f"the spec is not TOML: {e}") from None
+            folder = base or os.getcwd()
         return self._call("POST", "/v1/jobs", raw=_spec.dumps(_spec.resolve_paths(value, folder)))
 
     def jobs(self) -> List[Dict[str, Any]]:
