@@ -214,6 +214,23 @@ enum Command {
         #[command(flatten)]
         conn: Connection,
     },
+    /// Write a model version's report: plots of its held-out evaluation, as one HTML file
+    ///
+    /// Response models: ROC and precision–recall curves, calibration, cumulative gains and
+    /// lift by decile, training curves, metrics. Uplift models: the Qini curve against the
+    /// response model's ranking and random targeting. Forecasters: a sample of series
+    /// against actuals and Naive2, the error per step ahead. The page is self-contained
+    /// (inline SVG, no script): open it offline or mail it. The console shows the same page
+    /// (a model's page, *report* beside each version).
+    Report {
+        /// `NAME@VERSION`, `NAME` (its newest version) or the id of the job that trained it
+        target: String,
+        /// The HTML file to write (default: `NAME-vVERSION.html` in this folder)
+        #[arg(long)]
+        out: Option<PathBuf>,
+        #[command(flatten)]
+        conn: Connection,
+    },
     /// Serve a model version (all traffic, or a canary's share), or set a traffic split
     ///
     /// `deploy NAME --version 3` makes version 3 production with all traffic.
@@ -731,6 +748,9 @@ async fn run(cli: Cli) -> Result<(), AnyError> {
         }
         Command::Model { name, json, conn } => {
             registry::model(&client(conn).await?, &name, json).await?
+        }
+        Command::Report { target, out, conn } => {
+            registry::report(&client(conn).await?, &target, out.as_deref()).await?
         }
         Command::Deploy {
             name,

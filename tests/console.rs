@@ -2,7 +2,8 @@
 //! which `.ci/run` installs), driven over WebDriver: sign in, submit a bad spec and read
 //! its errors, submit the demo spec and watch its page update live until it succeeds with
 //! a training curve, deploy the model, see outcomes fed back appear on its page, roll
-//! back; a viewer's key sees no button that changes anything. Screenshots of every page
+//! back; a viewer's key sees no button that changes anything; the version's report (its
+//! page, and the file `halyard report` writes, opened offline) shows every plot drawn. Screenshots of every page
 //! go to `$CARGO_TARGET_TMPDIR/console/`.
 
 mod common;
@@ -204,6 +205,39 @@ impl Drop for Browser {
     }
 }
 
+/// Each plot of a response model's report is on the page, laid out at a real size, with
+/// its lines drawn: ROC, precision–recall, calibration, gains, lift, training curves.
+async fn plots_are_drawn(b: &Browser) {
+    for id in ["roc", "pr", "calibration", "gains", "lift", "training"] {
+        let drawn = b
+            .exec(
+                "const s = document.querySelector(arguments[0]); if (!s) return 'missing'; \
+                 const r = s.getBoundingClientRect(); \
+                 const lines = s.querySelectorAll('polyline, path, rect').length; \
+                 return (r.width > 200 && r.height > 150 && lines > 2) ? 'drawn' : `${r.width}x${r.height}, ${lines} shapes`;",
+                &format!("#{id} svg"),
+            )
+            .await;
+        assert_eq!(drawn, json!("drawn"), "the {id} plot");
+    }
+    let text = b
+        .exec(
+            "return document.querySelector(arguments[0]).textContent;",
+            "body",
+        )
+        .await;
+    let text = text.as_str().unwrap_or_default();
+    for words in [
+        "ROC curve (AUC 0.",
+        "Calibration",
+        "Lift by decile",
+        "Metrics",
+        "auc",
+    ] {
+        assert!(text.contains(words), "{words:?} in the report: {text}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_console_trains_deploys_and_rolls_back_in_a_real_browser() {
     if missing(&["chromium", "chromedriver"], "chromium chromium-driver") {
@@ -304,6 +338,38 @@ async fn the_console_trains_deploys_and_rolls_back_in_a_real_browser() {
         "{log}"
     );
     b.screenshot("job-succeeded").await;
+
+    // The version's report: linked beside the version on the model's page, and the same
+    // page written by `halyard report`, read from the file with the network unused.
+    b.go(&format!("{console}/models/console-demo")).await;
+    b.wait_text("main table", "report", Duration::from_secs(10))
+        .await;
+    b.click("a.report").await;
+    b.wait_text("h1", "console-demo version 1", Duration::from_secs(10))
+        .await;
+    assert!(
+        b.url()
+            .await
+            .ends_with("/models/console-demo/report?version=1")
+    );
+    plots_are_drawn(&b).await;
+    b.screenshot("report").await;
+    let file = dir.join("console-demo-report.html");
+    halyard_cli::registry::report(&client, "console-demo@1", Some(&file))
+        .await
+        .unwrap();
+    b.go(&format!("file://{}", file.display())).await;
+    b.wait_text("h1", "console-demo version 1", Duration::from_secs(10))
+        .await;
+    plots_are_drawn(&b).await;
+    let fetched = b
+        .exec(
+            "return performance.getEntriesByType('resource').map(e => e.name).join(' ') + document.querySelectorAll(arguments[0]).length;",
+            "script, link, img, iframe",
+        )
+        .await;
+    assert_eq!(fetched, json!("0"), "the saved report loads nothing else");
+    b.screenshot("report-offline").await;
     // The signed-in key's jobs: this one.
     b.go(&format!("{console}/jobs?mine=on")).await;
     b.wait_text("main table", "console-demo", Duration::from_secs(10))

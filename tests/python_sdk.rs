@@ -42,7 +42,7 @@ fn the_python_client_passes_its_suite_against_a_real_standalone() {
     assert!(out.status.success(), "{text}");
     // Every test ran: none skipped for a missing piece (pandas is installed beside pytest).
     assert!(
-        text.contains("8 passed") && !text.contains("skipped"),
+        text.contains("9 passed") && !text.contains("skipped"),
         "{text}"
     );
 }

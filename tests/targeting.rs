@@ -453,6 +453,18 @@ async fn an_uplift_model_finds_whom_the_campaign_changes_and_serves_both_arms() 
     assert!(m["test_uplift_at_10"] > 0.1, "{m:?}");
     let model = client.model("who").await.unwrap();
     assert_eq!(model.versions[0].model_type, "uplift");
+    // Its report draws the Qini curve against the response ranking's and random targeting.
+    let report = client.report("who").await.unwrap();
+    assert_eq!((report.name.as_str(), report.version), ("who", 1));
+    assert!(
+        report.html.contains("<figure id=\"qini\"><svg")
+            && report.html.contains("ranked by the response model")
+            && report
+                .html
+                .contains(&format!("Qini curve (Qini {qini:.4})")),
+        "{}",
+        report.html
+    );
 
     // The X-learner on the same data finds the same customers.
     let x_spec = write_spec(

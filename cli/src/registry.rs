@@ -1,5 +1,5 @@
-//! The registry commands of the CLI: `models`, `model`, `deploy`, `promote`, `rollback`,
-//! `undeploy`, `experiment`. Tables on stdout, or JSON with `--json`.
+//! The registry commands of the CLI: `models`, `model`, `report`, `deploy`, `promote`,
+//! `rollback`, `undeploy`, `experiment`. Tables on stdout, or JSON with `--json`.
 
 use halyard_core::proto::deploy_request::Change;
 use halyard_core::proto::{
@@ -165,6 +165,32 @@ fn show_model(m: &GetModelResponse) {
             _ => {}
         }
     }
+}
+
+/// Write the report of the version `target` names to `out` (default
+/// `NAME-vVERSION.html` here) and say where.
+pub async fn report(
+    client: &Client,
+    target: &str,
+    out_path: Option<&std::path::Path>,
+) -> Result<()> {
+    let r = client.report(target).await?;
+    let path = out_path.map_or_else(
+        || std::path::PathBuf::from(format!("{}-v{}.html", r.name, r.version)),
+        std::path::Path::to_path_buf,
+    );
+    std::fs::write(&path, &r.html).map_err(|source| crate::CliError::Io {
+        path: path.display().to_string(),
+        source,
+    })?;
+    out(&format!(
+        "report of {} version {} written to {} ({} KiB; open it in a browser, no network needed)",
+        r.name,
+        r.version,
+        path.display(),
+        r.html.len().div_ceil(1024)
+    ));
+    Ok(())
 }
 
 /// The columns a tree model splits on, by the gain of their splits (the ten largest).

@@ -15,7 +15,8 @@ use halyard_core::proto::{
     ExperimentRequest, ExperimentResponse, GetJobRequest, GetModelRequest, GetModelResponse,
     JobInfo, KeyInfo, ListAudiencesRequest, ListJobsRequest, ListKeysRequest, ListModelsRequest,
     ListSchedulesRequest, LogLine, LogsRequest, PauseScheduleRequest, PredictRequest,
-    PredictResponse, ResumeRequest, RevokeKeyRequest, ScheduleInfo, SubmitRequest, WatchRequest,
+    PredictResponse, ReportRequest, ReportResponse, ResumeRequest, RevokeKeyRequest, ScheduleInfo,
+    SubmitRequest, WatchRequest,
 };
 use halyard_core::spec::JobSpec;
 use tonic::service::interceptor::InterceptedService;
@@ -295,6 +296,19 @@ impl Client {
             .models
             .clone()
             .get_model(GetModelRequest { name: name.into() })
+            .await?
+            .into_inner())
+    }
+
+    /// A model version's report, one self-contained HTML page: `target` is `NAME@VERSION`,
+    /// `NAME` (its newest version) or the id of the job that trained it.
+    pub async fn report(&self, target: &str) -> Result<ReportResponse> {
+        Ok(self
+            .models
+            .clone()
+            .report(ReportRequest {
+                target: target.into(),
+            })
             .await?
             .into_inner())
     }

@@ -48,6 +48,11 @@ pub struct ModelVersion {
     /// manifest holds them) or a tree model's column importance (an object).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub profile: Option<serde_json::Value>,
+    /// For `halyard report`: the held-out curves (`halyard_models::evaluation::Evaluation`
+    /// as JSON; a few KiB). Absent for a segmentation and for a version published before
+    /// reports existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub evaluation: Option<serde_json::Value>,
 }
 
 impl ModelVersion {
@@ -720,6 +725,7 @@ mod tests {
             )]
             .into(),
             profile: None,
+            evaluation: None,
         };
         assert!(v.check_file("model.safetensors", b"weights").is_ok());
         let err = v

@@ -299,6 +299,7 @@ fn version(name: &str, v: u64) -> ModelVersion {
         created_ms: 0,
         files: Default::default(),
         profile: None,
+        evaluation: None,
     }
 }
 

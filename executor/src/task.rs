@@ -309,6 +309,10 @@ async fn publish(
             }
             _ => None,
         },
+        evaluation: trained
+            .evaluation
+            .as_ref()
+            .and_then(|e| serde_json::to_value(e).ok()),
     };
     let url = publish_model(
         store,

@@ -6,6 +6,8 @@
 //! - [`logistic`], [`mlp`]: response models trained with burn.
 //! - [`forecast`]: M4 classical methods, N-BEATS, sMAPE / MASE / OWA.
 //! - [`metrics`]: AUC, log loss, calibration, lift.
+//! - [`evaluation`]: the held-out curves a version's report draws (ROC, precision–recall,
+//!   calibration, gains, Qini, forecasts against actuals).
 //! - [`artifact`]: safetensors weights in PyTorch layout plus a JSON manifest.
 //! - [`runtime`]: serving with candle-core (no burn in that path).
 //! - [`device`]: CPU (flex) or GPU (Vulkan, cargo feature `gpu`) training devices.
@@ -19,6 +21,7 @@ pub mod device;
 pub mod distributed;
 pub mod drift;
 pub mod error;
+pub mod evaluation;
 pub mod experiment;
 pub mod forecast;
 pub mod gbdt;

@@ -58,19 +58,10 @@ pub fn accuracy(probs: &[f32], labels: &[f32]) -> f64 {
 /// Expected calibration error: over ten equal-width probability bins, the row-weighted mean
 /// of |mean predicted − observed rate|.
 pub fn expected_calibration_error(probs: &[f32], labels: &[f32]) -> f64 {
-    let mut count = [0usize; 10];
-    let mut p_sum = [0f64; 10];
-    let mut y_sum = [0f64; 10];
-    for (&p, &y) in probs.iter().zip(labels) {
-        let bin = ((p as f64 * 10.0) as usize).min(9);
-        count[bin] += 1;
-        p_sum[bin] += p as f64;
-        y_sum[bin] += if y > 0.5 { 1.0 } else { 0.0 };
-    }
     let n = probs.len().max(1) as f64;
-    (0..10)
-        .filter(|&b| count[b] > 0)
-        .map(|b| (p_sum[b] - y_sum[b]).abs() / n)
+    crate::evaluation::calibration(probs, labels)
+        .iter()
+        .map(|b| b.rows as f64 * (b.predicted - b.observed).abs() / n)
         .sum()
 }
 

@@ -16,6 +16,7 @@ use crate::artifact::{Architecture, export_module, merge_members};
 use crate::distributed::{Collective, Solo, shared_preprocessor};
 use crate::drift::Reference;
 use crate::error::{ModelError, Result};
+use crate::evaluation::Evaluation;
 use crate::forecast::Series;
 use crate::forecast::classical::{Method, forecast};
 use crate::forecast::metrics::score;
@@ -99,6 +100,8 @@ pub struct TrainedModel {
     /// The training distributions of the input columns, for drift monitoring (tabular
     /// models).
     pub reference: Option<Reference>,
+    /// The held-out curves of the version's report (not for segmentations).
+    pub evaluation: Option<Evaluation>,
 }
 
 /// The drift reference of a tabular model trained on `batches`.
@@ -615,6 +618,11 @@ pub fn train_uplift_model(
         metrics.insert("treatment_auc".into(), a);
     }
     metrics.retain(|_, v| v.is_finite());
+    let evaluation = crate::evaluation::uplift(
+        y.len(),
+        crate::uplift::qini_curve(&y, &uplift, &t)?,
+        crate::uplift::qini_curve(&y, &response, &t)?,
+    );
     Ok(TrainedModel {
         reference: reference_of(batches, &runtime.architecture)?,
         architecture: runtime.architecture,
@@ -622,6 +630,7 @@ pub fn train_uplift_model(
         metrics,
         train_rows: rows - test_set.rows,
         test_rows: test_set.rows,
+        evaluation: Some(evaluation),
     })
 }
 
@@ -781,6 +790,7 @@ pub fn train_segments_group(
         metrics,
         train_rows: all.rows - test_rows,
         test_rows,
+        evaluation: None,
     }))
 }
 
@@ -939,7 +949,8 @@ fn response_metrics(
     test_set: &Encoded,
     fit_rows: &Encoded,
 ) -> Result<TrainedModel> {
-    let mut metrics = classification("test_", &runtime.score_encoded(test_set)?, &test_set.y);
+    let test_scores = runtime.score_encoded(test_set)?;
+    let mut metrics = classification("test_", &test_scores, &test_set.y);
     metrics.extend(classification(
         "train_",
         &runtime.score_encoded(fit_rows)?,
@@ -953,6 +964,7 @@ fn response_metrics(
         metrics,
         train_rows: fit_rows.rows,
         test_rows: test_set.rows,
+        evaluation: Some(crate::evaluation::response(&test_scores, &test_set.y)),
     })
 }
 
@@ -1004,6 +1016,7 @@ pub fn train_forecaster(
         &weights,
     )?;
     let mut metrics = BTreeMap::new();
+    let mut evaluation = None;
     if !test.is_empty() {
         if test.len() != train.len() {
             return Err(ModelError::Unsupported(format!(
@@ -1033,6 +1046,7 @@ pub fn train_forecaster(
         metrics.insert("naive2_smape".into(), n2.smape);
         metrics.insert("naive2_mase".into(), n2.mase);
         metrics.insert("test_series".into(), a.series as f64);
+        evaluation = Some(crate::evaluation::forecast(train, &actual, &ours, &naive2));
     }
     Ok(TrainedModel {
         architecture: runtime.architecture,
@@ -1041,6 +1055,7 @@ pub fn train_forecaster(
         train_rows: train.len(),
         test_rows: test.len(),
         reference: None,
+        evaluation,
     })
 }
 

@@ -4,6 +4,7 @@
 use std::ops::ControlFlow;
 use std::path::PathBuf;
 
+use halyard_models::evaluation::Evaluation;
 use halyard_models::forecast::classical::{Method, forecast, forecast_all, is_seasonal};
 use halyard_models::forecast::data::read_wide_csv;
 use halyard_models::forecast::metrics::score;
@@ -145,6 +146,26 @@ fn nbeats_beats_naive2_on_seasonal_series_and_refuses_bad_requests() {
     let m = &model.metrics;
     assert!(m["test_smape"] < m["naive2_smape"], "{m:?}");
     assert!(m["test_owa"] < 1.0, "{m:?}");
+    // The report's error per step ahead averages to the overall sMAPE, the model's and
+    // Naive2's; six series spread over the test set, each with three horizons of history.
+    let Some(Evaluation::Forecast(f)) = &model.evaluation else {
+        panic!("a forecaster's evaluation: {:?}", model.evaluation);
+    };
+    let mean = |e: &[f64]| e.iter().sum::<f64>() / e.len() as f64;
+    assert_eq!((f.horizon, f.step_smape.len(), f.series_scored), (h, h, 20));
+    assert!(
+        (mean(&f.step_smape) - m["test_smape"]).abs() < 1e-9,
+        "{f:?}"
+    );
+    assert!((mean(&f.step_smape_naive2) - m["naive2_smape"]).abs() < 1e-9);
+    let ids: Vec<&str> = f.series.iter().map(|s| s.id.as_str()).collect();
+    assert_eq!(ids, ["s0", "s3", "s6", "s10", "s13", "s16"]);
+    assert!(
+        f.series
+            .iter()
+            .all(|s| s.history.len() == 3 * h && s.forecast.len() == h)
+    );
+    assert_eq!(f.series[1].actual, test[3].values);
 
     let rt =
         halyard_models::runtime::Runtime::new(model.architecture.clone(), &model.weights).unwrap();

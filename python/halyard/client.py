@@ -124,7 +124,9 @@ class Client:
 
     # ---- HTTP ------------------------------------------------------------------------
 
-    def _call(self, method: str, path: str, body: Any = None, *, raw: Optional[str] = None) -> Any:
+    def _call(
+        self, method: str, path: str, body: Any = None, *, raw: Optional[str] = None, text: bool = False
+    ) -> Any:
         url = self.url + path
         headers = {"accept": "application/json"}
         data = None
@@ -139,13 +141,13 @@ class Client:
         req = urllib.request.Request(url, data=data, method=method, headers=headers)
         try:
             with urllib.request.urlopen(req, timeout=self.timeout, context=self._ssl) as r:
-                text = r.read().decode("utf-8")
+                answer = r.read().decode("utf-8")
         except urllib.error.HTTPError as e:
-            text = e.read().decode("utf-8", "replace")
+            answer = e.read().decode("utf-8", "replace")
             try:
-                message = json.loads(text).get("error", text)
+                message = json.loads(answer).get("error", answer)
             except (ValueError, AttributeError):
-                message = text.strip() or e.reason
+                message = answer.strip() or e.reason
             raise HalyardError(e.code, str(message), url) from None
         except urllib.error.URLError as e:
             raise HalyardError(
@@ -154,7 +156,9 @@ class Client:
                 "(the address comes from the argument, else HALYARD_SCHEDULER)",
                 url,
             ) from None
-        return json.loads(text) if text.strip() else None
+        if text:
+            return answer
+        return json.loads(answer) if answer.strip() else None
 
     @staticmethod
     def _name(name: str) -> str:
@@ -245,6 +249,24 @@ class Client:
         """A registered model: its versions (newest first) with metrics and lineage, and its
         deployment."""
         return self._call("GET", f"/v1/models/{self._name(name)}/versions")
+
+    def report(self, target: str, path: Union[str, "os.PathLike[str]", None] = None) -> str:
+        """Write a version's report (`halyard report`): ROC, precision-recall, calibration,
+        gains and lift, training curves and metrics for a response model; the Qini curve for
+        an uplift model; forecasts against actuals for a forecaster. One self-contained HTML
+        file (inline SVG, no script) that opens offline.
+
+        `target` is `NAME@VERSION` or `NAME` (its newest version); `path` defaults to
+        `NAME-vVERSION.html` (`NAME.html` without a version) in the working folder. Returns
+        the path written."""
+        name, _, version = target.partition("@")
+        query = f"?version={urllib.parse.quote(version)}" if version else ""
+        html = self._call("GET", f"/models/{self._name(name)}/report{query}", text=True)
+        if path is None:
+            path = f"{name}-v{version}.html" if version else f"{name}.html"
+        with open(path, "w", encoding="utf-8") as fh:
+            fh.write(html)
+        return os.fspath(path)
 
     def schema(self, name: str) -> Dict[str, Any]:
         """A deployed model's input schema (fields, types, known categories) and variants."""

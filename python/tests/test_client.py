@@ -51,6 +51,21 @@ def test_a_spec_file_trains_and_its_job_reads_back(client, trained):
     assert versions[0]["version"] == 1 and versions[0]["job_id"] == trained["id"]
 
 
+def test_a_report_is_one_page_that_reads_offline(client, trained, tmp_path):
+    path = client.report(f"{NAME}@1", tmp_path / "report.html")
+    html = open(path, encoding="utf-8").read()
+    assert f"{NAME} version 1" in html
+    for figure in ["roc", "pr", "calibration", "gains", "lift", "training"]:
+        assert f'<figure id="{figure}"><svg' in html, figure
+    # Self-contained: nothing to fetch.
+    assert "<script" not in html and "<link" not in html and "src=" not in html
+    # The newest version by name alone; a version that does not exist is explained.
+    assert os.path.basename(client.report(NAME, tmp_path / "newest.html")) == "newest.html"
+    with pytest.raises(halyard.HalyardError) as e:
+        client.report(f"{NAME}@99", tmp_path / "none.html")
+    assert e.value.status == 404 and "no version 99" in e.value.message, e.value
+
+
 def test_deployed_it_scores_dicts_and_data_frames_alike(client, cluster, trained):
     deployed = client.deploy(NAME, 1)
     assert deployed["deployment"]["variants"] == [{"version": 1, "weight": 100}], deployed

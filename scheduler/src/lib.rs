@@ -14,6 +14,7 @@ mod error;
 mod keys;
 mod leader;
 mod models;
+mod report;
 mod service;
 
 use std::net::SocketAddr;

@@ -10,11 +10,11 @@ use halyard_core::proto::model_service_server::ModelService;
 use halyard_core::proto::{
     AudienceInfo, DeployRequest, DeploymentInfo, DriftRequest, DriftResponse, ExperimentRequest,
     ExperimentResponse, GetModelRequest, GetModelResponse, ListAudiencesRequest,
-    ListAudiencesResponse, ListModelsRequest, ListModelsResponse, ModelVersionInfo, StartBandit,
-    StartRamp, VariantInfo,
+    ListAudiencesResponse, ListModelsRequest, ListModelsResponse, ModelVersionInfo, ReportRequest,
+    ReportResponse, StartBandit, StartRamp, VariantInfo,
 };
 use halyard_core::registry::{
-    BanditPolicy, CANARY, Change, Deployment, PRODUCTION, RampPolicy, Variant,
+    BanditPolicy, CANARY, Change, Deployment, ModelVersion, PRODUCTION, RampPolicy, Variant,
 };
 use tonic::{Request, Response, Status};
 use tracing::info;
@@ -116,6 +116,74 @@ impl ModelApi {
     }
 }
 
+impl ModelApi {
+    /// The version `target` names: `NAME@VERSION`, a job id (the version it published) or
+    /// `NAME` (its newest version).
+    async fn version_of(&self, target: &str) -> Result<ModelVersion, Status> {
+        let missing = |what: String| Failure::NotFound.status(what);
+        if let Some((name, version)) = target.rsplit_once('@') {
+            let version: u64 = version.parse().map_err(|_| {
+                Failure::Invalid.status(format!(
+                    "{target:?}: the version after @ must be a number, as in {name}@3"
+                ))
+            })?;
+            return self
+                .coord
+                .model_version(name, version)
+                .await
+                .map_err(to_status)?
+                .ok_or_else(|| {
+                    missing(format!(
+                        "model {name} has no version {version} (see `halyard model {name}`)"
+                    ))
+                });
+        }
+        if let Some(job) = self.coord.get_job(target).await.map_err(to_status)? {
+            let job = job.value;
+            let Some(version) = job.model_version else {
+                return Err(missing(format!(
+                    "job {target} published no model version (it is {}): a report needs a trained version",
+                    job.state.as_str()
+                )));
+            };
+            return self
+                .coord
+                .model_version(&job.spec.name, version)
+                .await
+                .map_err(to_status)?
+                .ok_or_else(|| {
+                    missing(format!(
+                        "job {target}'s version {version} is not registered"
+                    ))
+                });
+        }
+        self.coord
+            .model_versions(target)
+            .await
+            .map_err(to_status)?
+            .pop()
+            .ok_or_else(|| {
+                missing(format!(
+                    "no job and no model named {target}: name a model (NAME or NAME@VERSION, see `halyard models`) or a job (see `halyard jobs`)"
+                ))
+            })
+    }
+
+    /// The report page of the version `target` names.
+    pub(crate) async fn render_report(&self, target: &str) -> Result<ReportResponse, Status> {
+        let v = self.version_of(target.trim()).await?;
+        let lines = match self.coord.get_job(&v.job_id).await.map_err(to_status)? {
+            Some(job) => crate::service::job_lines(&self.coord, job.value).await?,
+            None => Vec::new(),
+        };
+        Ok(ReportResponse {
+            html: crate::report::render(&v, &lines),
+            name: v.name,
+            version: v.version,
+        })
+    }
+}
+
 fn deployment_info(d: &Deployment) -> DeploymentInfo {
     DeploymentInfo {
         variants: d
@@ -192,6 +260,15 @@ impl ModelService for ModelApi {
         let name = req.name.clone();
         let result = self.change(req).await;
         self.audit.call(&caller, action, &name, result).await
+    }
+
+    async fn report(
+        &self,
+        request: Request<ReportRequest>,
+    ) -> Result<Response<ReportResponse>, Status> {
+        Ok(Response::new(
+            self.render_report(&request.into_inner().target).await?,
+        ))
     }
 
     async fn list_audiences(

@@ -267,6 +267,19 @@ impl JobApi {
     }
 }
 
+/// A job's log: its record's events and its task's lines, oldest first.
+pub(crate) async fn job_lines(
+    coord: &Coordinator,
+    job: JobRecord,
+) -> Result<Vec<halyard_core::records::LogLine>, Status> {
+    let mut lines = job.events;
+    if let Some(p) = coord.get_progress(&job.id).await.map_err(to_status)? {
+        lines.extend(p.lines);
+    }
+    lines.sort_by_key(|l| l.time_ms);
+    Ok(lines)
+}
+
 /// The wire view of a job: its record merged with its current task's progress.
 pub fn job_info(job: &JobRecord, progress: Option<&TaskProgress>) -> JobInfo {
     let progress = progress.filter(|p| p.attempt == job.attempt);
@@ -509,11 +522,8 @@ impl JobService for JobApi {
 
     async fn logs(&self, request: Request<LogsRequest>) -> Result<Response<LogsResponse>, Status> {
         let id = request.into_inner().job_id;
-        let mut lines = self.load_job(&id).await?.events;
-        if let Some(p) = self.coord.get_progress(&id).await.map_err(to_status)? {
-            lines.extend(p.lines);
-        }
-        lines.sort_by_key(|l| l.time_ms);
+        let job = self.load_job(&id).await?;
+        let lines = job_lines(&self.coord, job).await?;
         Ok(Response::new(LogsResponse {
             lines: lines
                 .into_iter()

@@ -143,6 +143,11 @@ pub const ROUTES: &[(&str, &str, Access)] = &[
         "/halyard.v1.ModelService/ListAudiences",
         Access::Key(Action::ReadModels),
     ),
+    (
+        "POST",
+        "/halyard.v1.ModelService/Report",
+        Access::Key(Action::ReadModels),
+    ),
     // The model of a gRPC prediction is in its body: the handler checks the key's scope.
     (
         "POST",
@@ -241,6 +246,11 @@ pub const ROUTES: &[(&str, &str, Access)] = &[
     ("GET", "/live/serving", Access::Page(Action::ReadModels)),
     ("GET", "/models", Access::Page(Action::ReadModels)),
     ("GET", "/models/{model}", Access::Page(Action::ReadModels)),
+    (
+        "GET",
+        "/models/{model}/report",
+        Access::Page(Action::ReadModels),
+    ),
     (
         "GET",
         "/live/models/{model}",

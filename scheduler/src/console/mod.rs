@@ -9,7 +9,7 @@
 //! CSRF token derived from the key (SHA-256 of a fixed label and the key), checked here.
 //! Buttons a role may not press are not shown, and the services check the right again.
 
-mod html;
+pub(crate) mod html;
 mod serving;
 
 use std::collections::HashMap;
@@ -29,7 +29,8 @@ use halyard_core::proto::model_service_server::ModelService;
 use halyard_core::proto::{
     CancelRequest, ClusterStatusRequest, DeployRequest, DeployVersion, DriftRequest,
     ExperimentRequest, GetJobRequest, GetModelRequest, GetModelResponse, JobInfo, ListJobsRequest,
-    ListModelsRequest, LogsRequest, ModelVersionInfo, Promote, Rollback, SubmitRequest, Undeploy,
+    ListModelsRequest, LogsRequest, ModelVersionInfo, Promote, ReportRequest, Rollback,
+    SubmitRequest, Undeploy,
 };
 use halyard_core::records::now_ms;
 use halyard_serving::access::SESSION_COOKIE;
@@ -78,6 +79,7 @@ pub(crate) fn router(console: Arc<Console>) -> Router {
         .route("/live/serving", get(serving_live))
         .route("/models", get(models_page))
         .route("/models/{name}", get(model_page))
+        .route("/models/{name}/report", get(report_page))
         .route("/live/models/{name}", get(model_live))
         .route("/console/submit", post(submit))
         .route("/console/cancel/{id}", post(cancel))
@@ -903,6 +905,26 @@ async fn model_parts(c: &Console, caller: &Caller, name: &str) -> (String, Strin
     (experiment, drift)
 }
 
+/// `/models/{name}/report[?version=N]`: the version's report (`halyard report`), a page of
+/// its own that reads offline once saved.
+async fn report_page(
+    State(c): Shared,
+    Extension(caller): Extension<Caller>,
+    Path(name): Path<String>,
+    uri: Uri,
+) -> Result<Response, Refusal> {
+    let target = match query(&uri).get("version") {
+        Some(v) => format!("{name}@{v}"),
+        None => name,
+    };
+    let report = answer(
+        c.models
+            .report(as_caller(&caller, ReportRequest { target }))
+            .await,
+    )?;
+    Ok(Html(report.html).into_response())
+}
+
 async fn model_page(
     State(c): Shared,
     Extension(caller): Extension<Caller>,
@@ -933,7 +955,11 @@ async fn model_page(
                 .map(|x| format!("{}%", x.weight))
                 .unwrap_or_else(|| "–".into());
             let mut row = vec![
-                format!("v{}", v.version),
+                format!(
+                    "v{v} <a class=\"report\" href=\"/models/{n}/report?version={v}\">report</a>",
+                    n = esc(&name),
+                    v = v.version
+                ),
                 esc(&v.model_type),
                 esc(&key),
                 format!("<a href=\"/jobs/{0}\">{0}</a>", esc(&v.job_id)),
