@@ -1,6 +1,7 @@
 //! Triton's own client (`tritonclient[http]`, Python) against a node's Open Inference
 //! Protocol routes: the server is live, the model ready, its metadata lists the features,
-//! and one infer call with a tensor per feature gives exactly `:predict`'s scores. Skipped
+//! and one infer call with a tensor per feature gives exactly `:predict`'s scores, also
+//! pinned to the deployed version (`model_version`: the versioned routes). Skipped
 //! with one line where the Python (`HALYARD_PYTHON`, else `python3`) cannot import
 //! `tritonclient.http`; `.ci/run` installs it in a virtual environment.
 
@@ -115,4 +116,10 @@ async fn tritonclient_gets_the_scores_of_predict() {
         .map(|s| s.as_f64().unwrap())
         .collect();
     assert_eq!(scores, want, "tritonclient's scores are :predict's");
+    assert_eq!(got["versions"], serde_json::json!(["1"]), "{got}");
+    assert_eq!(got["version_ready"], true, "{got}");
+    assert_eq!(
+        got["pinned_scores"], got["scores"],
+        "pinned to version 1, the same scores"
+    );
 }

@@ -238,6 +238,50 @@ async fn endpoint_scores_equal_the_models_crate_and_bad_requests_get_4xx() {
         .map(|s| s.as_f64().unwrap())
         .collect();
     assert_eq!(oip, got, "the protocol's scores are :predict's");
+    // Pinned to the deployed version: the same scores; another version is a 404 naming
+    // the deployed ones, a version that is no number a 400.
+    let (status, v) = post(
+        &http,
+        &gw,
+        "/v2/models/resp/versions/1/infer",
+        json!({"inputs": inputs}).to_string(),
+    )
+    .await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(
+        v["outputs"][0]["data"],
+        json!(got),
+        "pinned: :predict's scores"
+    );
+    let get = |path: &str| {
+        let http = http.clone();
+        let url = format!("http://{gw}{path}");
+        async move {
+            let r = http.get(url).send().await.unwrap();
+            (r.status().as_u16(), r.json_or_null().await)
+        }
+    };
+    let (status, v) = get("/v2/models/resp/versions/1").await;
+    assert_eq!((status, v["versions"].clone()), (200, json!(["1"])), "{v}");
+    let (status, v) = get("/v2/models/resp/versions/1/ready").await;
+    assert_eq!((status, v["ready"].clone()), (200, json!(true)), "{v}");
+    let (status, v) = get("/v2/models/resp/versions/9/ready").await;
+    assert_eq!(status, 404, "{v}");
+    assert!(
+        v["error"]
+            .as_str()
+            .unwrap()
+            .contains("version 9 of model resp is not deployed; deployed: 1"),
+        "{v}"
+    );
+    let (status, v) = post(
+        &http,
+        &gw,
+        "/v2/models/resp/versions/latest/infer",
+        json!({"inputs": inputs}).to_string(),
+    )
+    .await;
+    assert_eq!(status, 400, "{v}");
     let (status, v) = post(
         &http,
         &gw,
@@ -269,6 +313,7 @@ async fn endpoint_scores_equal_the_models_crate_and_bad_requests_get_4xx() {
             .any(|i| i["name"] == "channel" && i["datatype"] == "BYTES"),
         "{meta}"
     );
+    assert_eq!(meta["versions"], json!(["1"]), "the deployed versions");
     // A lone row is one matrix row: the models crate scores it alone too (a product's
     // summation order depends on the matrix shape, by an ulp or so).
     let alone = |i: usize| f64::from(model.score(&[first.slice(i, 1)]).unwrap()[0]);

@@ -231,6 +231,21 @@ pub const ROUTES: &[(&str, &str, Access)] = &[
         "/v2/models/{model}/infer",
         Access::ModelKey(Action::Predict),
     ),
+    (
+        "GET",
+        "/v2/models/{model}/versions/{version}",
+        Access::ModelKey(Action::Predict),
+    ),
+    (
+        "GET",
+        "/v2/models/{model}/versions/{version}/ready",
+        Access::ModelKey(Action::Predict),
+    ),
+    (
+        "POST",
+        "/v2/models/{model}/versions/{version}/infer",
+        Access::ModelKey(Action::Predict),
+    ),
     ("GET", "/metrics", Access::Key(Action::ReadMetrics)),
     // The console (schedulers only; docs/console.md) and its JSON API.
     ("GET", "/login", Access::Open),
@@ -296,22 +311,26 @@ pub const ROUTES: &[(&str, &str, Access)] = &[
 ];
 
 /// The access rule of `method path`, and the model the path names; `None`: no such route.
+/// A pattern's `{model}` and `{version}` each stand for one non-empty path segment.
 pub fn route(method: &str, path: &str) -> Option<(Access, Option<String>)> {
     ROUTES.iter().find_map(|(m, pattern, access)| {
         if *m != method {
             return None;
         }
-        match pattern.split_once("{model}") {
-            Some((prefix, suffix)) => {
-                let rest = path.strip_prefix(prefix)?.strip_suffix(suffix)?;
-                if rest.is_empty() || rest.contains('/') {
-                    return None;
+        let (mut want, mut got) = (pattern.split('/'), path.split('/'));
+        let mut model = None;
+        loop {
+            match (want.next(), got.next()) {
+                (None, None) => return Some((*access, model)),
+                (Some("{model}"), Some(segment)) if !segment.is_empty() => {
+                    // `name:predict` names the model `name`.
+                    let name = segment.split_once(':').map_or(segment, |(name, _)| name);
+                    model = Some(name.to_string());
                 }
-                // `name:predict` names the model `name`.
-                let model = rest.split_once(':').map_or(rest, |(name, _)| name);
-                Some((*access, Some(model.to_string())))
+                (Some("{version}"), Some(segment)) if !segment.is_empty() => {}
+                (Some(w), Some(g)) if w == g => {}
+                _ => return None,
             }
-            None => (*pattern == path).then_some((*access, None)),
         }
     })
 }
@@ -482,7 +501,7 @@ mod tests {
         let model = |m: &str| Some(m.to_string());
         // (method, path, rule)
         type Rule = Option<(Access, Option<String>)>;
-        let table: [(&str, &str, Rule); 8] = [
+        let table: [(&str, &str, Rule); 11] = [
             (
                 "POST",
                 "/halyard.v1.JobService/Submit",
@@ -501,6 +520,13 @@ mod tests {
                 Some((Access::ModelKey(Action::Predict), model("churn"))),
             ),
             ("GET", "/v1/models/churn/x", None),
+            (
+                "POST",
+                "/v2/models/churn/versions/3/infer",
+                Some((Access::ModelKey(Action::Predict), model("churn"))),
+            ),
+            ("GET", "/v2/models/churn/versions//ready", None),
+            ("GET", "/v2/models/churn/versions/3/ready/x", None),
             (
                 "GET",
                 "/v1/jobs/j-1/events",

@@ -470,16 +470,25 @@ impl Gateway {
         .await
     }
 
-    /// The model's input schema.
-    pub async fn schema(&self, name: &str, forwarded: bool) -> Result<serde_json::Value, ApiError> {
-        if let Some(s) = self.host.as_ref().and_then(|h| h.schema(name)) {
-            return Ok(s);
+    /// The model's input schema: of `version` (404 when it is not deployed), else of the
+    /// production version.
+    pub async fn schema(
+        &self,
+        name: &str,
+        version: Option<u64>,
+        forwarded: bool,
+    ) -> Result<serde_json::Value, ApiError> {
+        if let Some(s) = self.host.as_ref().and_then(|h| h.schema(name, version)) {
+            return s;
         }
         if forwarded {
             return Err(not_here(name));
         }
-        self.forward_json(name, &format!("/v1/models/{name}"), None)
-            .await
+        let path = match version {
+            Some(v) => format!("/v1/models/{name}?version={v}"),
+            None => format!("/v1/models/{name}"),
+        };
+        self.forward_json(name, &path, None).await
     }
 
     /// A deployment, read at most every [`DEPLOYMENT_TTL`].

@@ -183,7 +183,7 @@ impl PredictionService for PredictionApi {
         Caller::of(&req)?.may_score(&req.get_ref().model)?;
         let schema = self
             .gateway
-            .schema(&req.into_inner().model, false)
+            .schema(&req.into_inner().model, None, false)
             .await
             .map_err(|e| e.to_status())?;
         Ok(Response::new(GetSchemaResponse {

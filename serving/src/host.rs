@@ -577,15 +577,28 @@ impl Host {
         })
     }
 
-    /// The model's input schema and what serves it; `None` when not served here.
-    pub fn schema(&self, name: &str) -> Option<Value> {
+    /// The model's input schema (of `version`, else of production or the first version
+    /// loaded) and what serves it; `None` when not served here, an error when `version`
+    /// is not deployed.
+    pub fn schema(&self, name: &str, version: Option<u64>) -> Option<Result<Value, ApiError>> {
         let served = self.served(name)?;
-        let main = served
-            .state
-            .aliases
-            .get(halyard_core::registry::PRODUCTION)
-            .or_else(|| served.versions.keys().next())
-            .and_then(|v| served.versions.get(v))?;
+        let chosen = match version {
+            Some(v) => Some(v),
+            None => served
+                .state
+                .aliases
+                .get(halyard_core::registry::PRODUCTION)
+                .or_else(|| served.versions.keys().next())
+                .copied(),
+        };
+        let Some(main) = chosen.and_then(|v| served.versions.get(&v)) else {
+            let v = version?;
+            let deployed: Vec<String> = served.versions.keys().map(u64::to_string).collect();
+            return Some(Err(ApiError::not_found(format!(
+                "version {v} of model {name} is not deployed; deployed: {}",
+                deployed.join(", ")
+            ))));
+        };
         let arch = &main.model.manifest.architecture;
         let mut out = json!({
             "model": name,
@@ -611,7 +624,7 @@ impl Host {
                 }
             }
         }
-        Some(out)
+        Some(Ok(out))
     }
 }
 

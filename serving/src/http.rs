@@ -21,7 +21,7 @@ use axum::Router;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Path, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::serve::ListenerExt;
@@ -116,12 +116,37 @@ async fn post_model(
     result.unwrap_or_else(|e: ApiError| e.into_response())
 }
 
+/// `GET /v1/models/{name}[?version=N]`: the schema of the production version, or of
+/// version `N`.
 async fn get_model(
     State(gw): State<Arc<Gateway>>,
     Path(name): Path<String>,
+    uri: Uri,
     headers: HeaderMap,
 ) -> Response {
-    reply(gw.schema(&name, headers.contains_key(FORWARDED)).await)
+    let version = match version_query(&uri) {
+        Ok(v) => v,
+        Err(e) => return e.into_response(),
+    };
+    reply(
+        gw.schema(&name, version, headers.contains_key(FORWARDED))
+            .await,
+    )
+}
+
+/// The `version` of a query string (`?version=3`), when there is one.
+fn version_query(uri: &Uri) -> Result<Option<u64>, ApiError> {
+    let query = uri.query().unwrap_or_default();
+    url::form_urlencoded::parse(query.as_bytes())
+        .find(|(k, _)| k == "version")
+        .map(|(_, v)| {
+            v.parse().map_err(|_| {
+                ApiError::bad_request(format!(
+                    "version={v}: a version is a number, as in ?version=3"
+                ))
+            })
+        })
+        .transpose()
 }
 
 async fn get_experiment(State(gw): State<Arc<Gateway>>, Path(name): Path<String>) -> Response {

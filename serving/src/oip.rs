@@ -4,15 +4,18 @@
 //! ```text
 //! GET  /v2/health/live            {"live": true}
 //! GET  /v2/health/ready           {"ready": true}
-//! GET  /v2/models/{name}          metadata: its inputs (one tensor per feature) and outputs
+//! GET  /v2/models/{name}          metadata: its inputs (one tensor per feature), outputs and
+//!                                 the deployed versions
 //! GET  /v2/models/{name}/ready    {"name", "ready": true}, or 404 when it is not served
 //! POST /v2/models/{name}/infer    one named 1-D tensor per feature, all of one length
+//! GET  /v2/models/{name}/versions/{v}[/ready], POST …/versions/{v}/infer: the same for one
+//!                                 deployed version (404 when it is not deployed)
 //! ```
 //!
 //! An inference request's tensors become records (row `i` takes element `i` of each
 //! tensor) and are scored exactly as `:predict` scores them: the `score` output equals its
-//! scores, `version` says which version served each row. Version-pinned routes
-//! (`/versions/{v}`) and the gRPC `GRPCInferenceService` are not served yet.
+//! scores, `version` says which version served each row; a versioned route pins the
+//! version as `:predict`'s `version` does. The gRPC `GRPCInferenceService` is not served.
 
 use std::sync::Arc;
 
@@ -128,11 +131,44 @@ fn response(name: &str, id: Option<String>, reply: PredictReply) -> Value {
     out
 }
 
+/// A version of a route's path: Halyard's versions are numbers.
+fn pinned(version: &str) -> Result<u64, ApiError> {
+    version.parse().map_err(|_| {
+        ApiError::bad_request(format!(
+            "version {version:?}: a version is a number, as in /v2/models/NAME/versions/3"
+        ))
+    })
+}
+
 /// `POST /v2/models/{name}/infer`.
 async fn infer(
     State(gw): State<Arc<Gateway>>,
     Path(name): Path<String>,
     headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    infer_as(&gw, &name, None, &headers, body).await
+}
+
+/// `POST /v2/models/{name}/versions/{version}/infer`.
+async fn infer_version(
+    State(gw): State<Arc<Gateway>>,
+    Path((name, version)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    match pinned(&version) {
+        Ok(v) => infer_as(&gw, &name, Some(v), &headers, body).await,
+        Err(e) => e.into_response(),
+    }
+}
+
+/// Score an inference request, pinned to `version` when there is one.
+async fn infer_as(
+    gw: &Gateway,
+    name: &str,
+    version: Option<u64>,
+    headers: &HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let forwarded = headers.contains_key(FORWARDED);
@@ -142,12 +178,13 @@ async fn infer(
         let records = records_of(request.inputs)?;
         let predict = PredictBody {
             records,
+            version,
             ..PredictBody::default()
         };
-        let reply = gw.predict(&name, predict, forwarded).await?;
-        Ok(Json(response(&name, request.id, reply)).into_response())
+        let reply = gw.predict(name, predict, forwarded).await?;
+        Ok(Json(response(name, request.id, reply)).into_response())
     };
-    gw.observed(&name, "predict", call)
+    gw.observed(name, "predict", call)
         .await
         .unwrap_or_else(|e: ApiError| e.into_response())
 }
@@ -170,9 +207,24 @@ fn metadata(schema: &Value) -> Value {
                 .collect()
         })
         .unwrap_or_default();
+    // The versions a versioned route can name: those the split or an alias serves.
+    let mut versions: Vec<u64> = schema["variants"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|v| v["version"].as_u64())
+        .chain(
+            schema["aliases"]
+                .as_object()
+                .into_iter()
+                .flat_map(|a| a.values().filter_map(Value::as_u64)),
+        )
+        .collect();
+    versions.sort_unstable();
+    versions.dedup();
     json!({
         "name": schema["model"],
-        "versions": [schema["schema_version"].to_string()],
+        "versions": versions.iter().map(u64::to_string).collect::<Vec<_>>(),
         "platform": format!("halyard-{}", schema["model_type"].as_str().unwrap_or("model")),
         "inputs": inputs,
         "outputs": [
@@ -182,16 +234,36 @@ fn metadata(schema: &Value) -> Value {
     })
 }
 
-/// An answer about a served model made from its schema, or the schema lookup's error (404
-/// when it is not served).
+/// An answer about a served model (of `version`, when pinned) made from its schema, or the
+/// schema lookup's error (404 when it or the version is not served).
 async fn about(
     gw: &Gateway,
     name: &str,
+    version: Option<&str>,
     headers: &HeaderMap,
     answer: impl FnOnce(&Value) -> Value,
 ) -> Response {
-    match gw.schema(name, headers.contains_key(FORWARDED)).await {
-        Ok(schema) => Json(answer(&schema)).into_response(),
+    let version = match version.map(pinned).transpose() {
+        Ok(v) => v,
+        Err(e) => return e.into_response(),
+    };
+    match gw
+        .schema(name, version, headers.contains_key(FORWARDED))
+        .await
+    {
+        Ok(schema) => {
+            let mut answer = answer(&schema);
+            if let Some(v) = version {
+                // This version's metadata: its inputs, its own version alone.
+                if answer.get("versions").is_some() {
+                    answer["versions"] = json!([v.to_string()]);
+                }
+                if answer.get("ready").is_some() {
+                    answer["version"] = json!(v.to_string());
+                }
+            }
+            Json(answer).into_response()
+        }
         Err(e) => e.into_response(),
     }
 }
@@ -202,7 +274,16 @@ async fn model(
     Path(name): Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    about(&gw, &name, &headers, metadata).await
+    about(&gw, &name, None, &headers, metadata).await
+}
+
+/// `GET /v2/models/{name}/versions/{version}`.
+async fn model_version(
+    State(gw): State<Arc<Gateway>>,
+    Path((name, version)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    about(&gw, &name, Some(&version), &headers, metadata).await
 }
 
 /// `GET /v2/models/{name}/ready`.
@@ -214,6 +295,23 @@ async fn ready(
     about(
         &gw,
         &name,
+        None,
+        &headers,
+        |_| json!({"name": name, "ready": true}),
+    )
+    .await
+}
+
+/// `GET /v2/models/{name}/versions/{version}/ready`.
+async fn ready_version(
+    State(gw): State<Arc<Gateway>>,
+    Path((name, version)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    about(
+        &gw,
+        &name,
+        Some(&version),
         &headers,
         |_| json!({"name": name, "ready": true}),
     )
@@ -235,6 +333,15 @@ pub fn router(gateway: Arc<Gateway>) -> axum::Router {
         .route("/v2/models/{name}", get(model))
         .route("/v2/models/{name}/ready", get(ready))
         .route("/v2/models/{name}/infer", post(infer))
+        .route("/v2/models/{name}/versions/{version}", get(model_version))
+        .route(
+            "/v2/models/{name}/versions/{version}/ready",
+            get(ready_version),
+        )
+        .route(
+            "/v2/models/{name}/versions/{version}/infer",
+            post(infer_version),
+        )
         .with_state(gateway)
 }
 
