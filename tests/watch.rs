@@ -22,7 +22,12 @@ async fn watch_streams_changes_and_ends_with_the_final_state() {
     .await;
     assert!(collected.is_ok(), "the stream did not end: {events:?}");
     let states: Vec<&str> = events.iter().map(|e| e.state.as_str()).collect();
-    assert_eq!(states.first(), Some(&"pending"), "{states:?}");
+    // The state at the call: pending, or already running (a submission wakes the leader,
+    // which may place the job before the watch starts).
+    assert!(
+        matches!(states.first(), Some(&"pending" | &"running")),
+        "{states:?}"
+    );
     assert_eq!(states.last(), Some(&"succeeded"), "{states:?}");
     assert!(states.contains(&"running"), "{states:?}");
     // No two consecutive events are the same, and epochs never go back.

@@ -68,6 +68,23 @@ pub struct TxnOutcome {
     pub revision: i64,
 }
 
+/// The keys of each write under a watched prefix, as a backend reports them (one message
+/// per transaction or lease expiry; a slow reader may miss messages, never the last one's
+/// wake-up). Closed when the watch broke (etcd restarted, the connection dropped): the
+/// reader watches again and re-reads what it needs, since writes may have been missed.
+pub type Changes = tokio::sync::mpsc::Receiver<Vec<String>>;
+
+/// Messages a watch holds for a slow reader before it drops new ones.
+const WATCH_BUFFER: usize = 64;
+
+/// Hand `keys` to a watch's reader; `false` when the reader is gone.
+fn notify(tx: &tokio::sync::mpsc::Sender<Vec<String>>, keys: Vec<String>) -> bool {
+    !matches!(
+        tx.try_send(keys),
+        Err(tokio::sync::mpsc::error::TrySendError::Closed(_))
+    )
+}
+
 /// The primitives of a coordination store, as etcd defines them.
 #[async_trait]
 pub trait KvBackend: Send + Sync + 'static {
@@ -85,6 +102,8 @@ pub trait KvBackend: Send + Sync + 'static {
     async fn keep_alive(&self, lease: i64) -> Result<()>;
     /// End a lease now, removing its keys.
     async fn revoke(&self, lease: i64) -> Result<()>;
+    /// The keys changed under `prefix` from now on (puts, deletes, lease expiries).
+    async fn watch(&self, prefix: &str) -> Result<Changes>;
 }
 
 /// The embedded backend: one process, in memory, and with [`EmbeddedKv::open`] a journal
@@ -102,6 +121,8 @@ struct EmbeddedState {
     data: BTreeMap<String, Stored>,
     leases: HashMap<i64, LeaseState>,
     journal: Option<crate::journal::Journal>,
+    /// Open watches: a prefix and its reader.
+    watches: Vec<(String, tokio::sync::mpsc::Sender<Vec<String>>)>,
 }
 
 #[derive(Debug)]
@@ -184,11 +205,37 @@ impl EmbeddedState {
 
     fn drop_lease(&mut self, id: i64) {
         self.leases.remove(&id);
-        let before = self.data.len();
-        self.data.retain(|_, s| s.lease != id);
-        if self.data.len() != before {
-            self.revision += 1;
+        let gone: Vec<String> = self
+            .data
+            .iter()
+            .filter(|(_, s)| s.lease == id)
+            .map(|(k, _)| k.clone())
+            .collect();
+        if gone.is_empty() {
+            return;
         }
+        for key in &gone {
+            self.data.remove(key);
+        }
+        self.revision += 1;
+        self.tell_watches(&gone);
+    }
+
+    /// Tell each watch whose prefix holds one of `keys` (a write's), forgetting watches
+    /// whose reader is gone.
+    fn tell_watches(&mut self, keys: &[String]) {
+        self.watches.retain(|(prefix, tx)| {
+            let under: Vec<String> = keys
+                .iter()
+                .filter(|k| k.starts_with(prefix.as_str()))
+                .cloned()
+                .collect();
+            if under.is_empty() {
+                !tx.is_closed()
+            } else {
+                notify(tx, under)
+            }
+        });
     }
 
     /// The journal records of applying `then` at `revision`: puts without a lease, and
@@ -313,6 +360,12 @@ impl KvBackend for EmbeddedKv {
             }
         }
         state.revision = revision;
+        let keys: Vec<String> = then
+            .iter()
+            .map(|op| match op {
+                TxnOp::Put { key, .. } | TxnOp::Delete { key } => key.clone(),
+            })
+            .collect();
         for op in then {
             match op {
                 TxnOp::Put { key, value, lease } => {
@@ -331,6 +384,7 @@ impl KvBackend for EmbeddedKv {
             }
         }
         state.compact_if_large()?;
+        state.tell_watches(&keys);
         Ok(TxnOutcome {
             succeeded: true,
             revision,
@@ -366,6 +420,12 @@ impl KvBackend for EmbeddedKv {
         let mut state = self.lock();
         state.drop_lease(lease);
         Ok(())
+    }
+
+    async fn watch(&self, prefix: &str) -> Result<Changes> {
+        let (tx, rx) = tokio::sync::mpsc::channel(WATCH_BUFFER);
+        self.lock().watches.push((prefix.to_string(), tx));
+        Ok(rx)
     }
 }
 
@@ -600,5 +660,47 @@ impl KvBackend for EtcdKv {
             Err(e) if e.to_string().contains("lease not found") => Ok(()),
             Err(e) => Err(etcd_err("lease revoke", e)),
         }
+    }
+
+    async fn watch(&self, prefix: &str) -> Result<Changes> {
+        let mut stream = self
+            .client
+            .clone()
+            .watch(prefix, Some(etcd_client::WatchOptions::new().with_prefix()))
+            .await
+            .map_err(|e| etcd_err("watch", e))?;
+        let (tx, rx) = tokio::sync::mpsc::channel(WATCH_BUFFER);
+        let prefix = prefix.to_string();
+        tokio::spawn(async move {
+            // Ends, closing the channel, when the reader is gone or the watch broke.
+            loop {
+                let message = tokio::select! {
+                    m = stream.message() => m,
+                    () = tx.closed() => return,
+                };
+                let resp = match message {
+                    Ok(Some(resp)) if !resp.canceled() => resp,
+                    Ok(_) => {
+                        tracing::warn!(%prefix, "etcd ended the watch");
+                        return;
+                    }
+                    Err(e) => {
+                        tracing::warn!(%prefix, error = %e, "etcd watch broke");
+                        return;
+                    }
+                };
+                let keys: Vec<String> = resp
+                    .events()
+                    .iter()
+                    .filter_map(|e| e.kv())
+                    .map(|kv| String::from_utf8_lossy(kv.key()).into_owned())
+                    .collect();
+                // The watch's creation and progress notices carry no events.
+                if !keys.is_empty() && !notify(&tx, keys) {
+                    return;
+                }
+            }
+        });
+        Ok(rx)
     }
 }

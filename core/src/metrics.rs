@@ -370,6 +370,13 @@ impl KvBackend for Timed {
         self.metrics.coordinator_op("revoke", t, &r);
         r
     }
+
+    async fn watch(&self, prefix: &str) -> Result<crate::kv::Changes> {
+        let t = Instant::now();
+        let r = self.inner.watch(prefix).await;
+        self.metrics.coordinator_op("watch", t, &r);
+        r
+    }
 }
 
 /// One sample of the text exposition format: a metric name, its labels and its value.

@@ -458,6 +458,63 @@ async fn the_audit_log_is_trimmed_by_time(c: Coordinator) {
     assert_eq!(c.trim_audit(250_500).await.unwrap(), 0);
 }
 
+/// Whether `wake` fires within a second.
+async fn woken(wake: &halyard_core::coord::Wake) -> bool {
+    tokio::time::timeout(Duration::from_secs(1), wake.changed())
+        .await
+        .is_ok()
+}
+
+/// Whether `wake` stays quiet for a fifth of a second.
+async fn quiet(wake: &halyard_core::coord::Wake) -> bool {
+    tokio::time::timeout(Duration::from_millis(200), wake.changed())
+        .await
+        .is_err()
+}
+
+/// Take the wake-ups `wake` has pending until it stays quiet.
+async fn settle(wake: &halyard_core::coord::Wake) {
+    while !quiet(wake).await {}
+}
+
+async fn wake_ups_follow_what_each_loop_acts_on(c: Coordinator) {
+    let (leader, e1, e2) = (c.leader_wake(), c.task_wake("e1"), c.task_wake("e2"));
+    // An opened watch wakes its loop once (for writes it may have missed): let every
+    // watch open, then take that wake-up.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for w in [&leader, &e1, &e2] {
+        assert!(woken(w).await, "a watch opened");
+    }
+    assert!(quiet(&leader).await && quiet(&e1).await, "nothing changed");
+    // A submission and its assignment to e1: the leader and e1 wake, e2 does not.
+    let lead = lead_and_place(&c).await;
+    assert!(woken(&leader).await, "the leader, on a submission");
+    assert!(woken(&e1).await, "e1, on its assignment");
+    assert!(quiet(&e2).await, "e2 has no task");
+    // A task's report wakes the leader.
+    let assigned = c.tasks_for("e1").await.unwrap().remove(0);
+    settle(&leader).await;
+    let p = TaskProgress::started(&assigned.value);
+    c.report_progress(&assigned, &p).await.unwrap();
+    assert!(woken(&leader).await, "the leader, on a task's report");
+    // The task taken away wakes e1.
+    let v = c.get_job("j").await.unwrap().unwrap();
+    let mut requeued = v.value.clone();
+    requeued.state = JobState::Pending;
+    c.release_task(&lead, &v, &requeued).await.unwrap();
+    assert!(woken(&e1).await, "e1, on its task taken away");
+    // An executor joining, and its lease ending, wake the leader.
+    settle(&leader).await;
+    let l = c.grant_lease(TTL).await.unwrap();
+    c.register_executor(&executor("e3"), l).await.unwrap();
+    assert!(woken(&leader).await, "the leader, on an executor joining");
+    c.revoke(l).await.unwrap();
+    assert!(
+        woken(&leader).await,
+        "the leader, on an executor's lease ending"
+    );
+}
+
 macro_rules! conformance {
     ($($name:ident),* $(,)?) => {
         mod embedded_backend {
@@ -498,6 +555,7 @@ conformance!(
     registry_versions_deployments_outcomes_and_serving,
     sql_endpoint_follows_the_leader,
     the_audit_log_is_trimmed_by_time,
+    wake_ups_follow_what_each_loop_acts_on,
 );
 
 /// A real etcd process, killed when dropped.
@@ -632,6 +690,7 @@ async fn the_suite_passes_against_etcd_with_tls_client_certificates_and_users() 
     registry_versions_deployments_outcomes_and_serving(coord().await).await;
     sql_endpoint_follows_the_leader(coord().await).await;
     the_audit_log_is_trimmed_by_time(coord().await).await;
+    wake_ups_follow_what_each_loop_acts_on(coord().await).await;
 }
 
 /// One job record that cannot be read does not stop the leader's view of the others: it

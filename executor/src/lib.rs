@@ -261,6 +261,9 @@ async fn run(
     let renew_every = cfg.lease_ttl / 3;
     let mut renewed = std::time::Instant::now();
     let mut running: HashMap<(String, u32), Running> = HashMap::new();
+    // A task assigned or taken away wakes the loop at once; the poll stays for a broken
+    // watch and the lease.
+    let wake = coord.task_wake(&cfg.id);
     loop {
         if *shutdown.borrow() {
             break;
@@ -333,6 +336,7 @@ async fn run(
         }
         tokio::select! {
             _ = tokio::time::sleep(cfg.poll) => {}
+            () = wake.changed() => {}
             _ = shutdown.wait_for(|s| *s) => break,
         }
     }

@@ -131,6 +131,9 @@ impl Leader<'_> {
         renewed: &mut Instant,
     ) -> Result<()> {
         let (cfg, coord, leadership) = (self.cfg, self.coord, self.leadership);
+        // A submission, a task's report or an executor coming or going wakes the next pass
+        // at once; the periodic pass stays for time-driven duties and a broken watch.
+        let wake = coord.leader_wake();
         loop {
             if *shutdown.borrow() {
                 return Ok(());
@@ -149,14 +152,19 @@ impl Leader<'_> {
                 }
             };
             self.sql_tick(&executors).await?;
-            match self.tick(&executors).await {
-                Ok(()) => {}
+            let failed = match self.tick(&executors).await {
+                Ok(()) => false,
                 Err(Error::Fenced) => return Err(Error::Fenced),
                 Err(Error::LeaseLost(l)) => return Err(Error::LeaseLost(l)),
-                Err(e) => warn!(error = %e, "tick failed; retrying"),
-            }
+                Err(e) => {
+                    warn!(error = %e, "tick failed; retrying");
+                    true
+                }
+            };
+            // After a failed pass, the next waits its period whatever changes.
             tokio::select! {
                 _ = tokio::time::sleep(cfg.tick) => {}
+                () = wake.changed(), if !failed => {}
                 _ = shutdown.wait_for(|s| *s) => return Ok(()),
             }
         }

@@ -45,6 +45,9 @@ mod jobs;
 mod keys;
 mod models;
 mod schedules;
+mod wake;
+
+pub use wake::Wake;
 
 pub use audit::{AuditEvent, Auditor};
 
