@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
-use tracing::warn;
+use tracing::{info, warn};
 
 use super::Coordinator;
 
@@ -55,15 +55,20 @@ impl Coordinator {
                 let (kv, notify, prefix) = (self.kv.clone(), notify.clone(), self.key(prefix));
                 tokio::spawn(async move {
                     let mut backoff = RETRY_MIN;
+                    let mut broke = false;
                     loop {
                         match kv.watch(&prefix).await {
                             Ok(mut changes) => {
+                                if broke {
+                                    info!(%prefix, "watch open again");
+                                }
                                 notify.notify_one();
                                 backoff = RETRY_MIN;
                                 while changes.recv().await.is_some() {
                                     notify.notify_one();
                                 }
-                                warn!(%prefix, "watch ended; watching again");
+                                warn!(%prefix, "watch broke; opening it again");
+                                broke = true;
                             }
                             Err(e) => warn!(%prefix, error = %e, "cannot watch; retrying"),
                         }

@@ -1,0 +1,123 @@
+//! etcd killed (-9) and started again on its data while jobs run: the leader's and the
+//! executors' watches break, the executors open theirs again (the scheduler, which loses its
+//! leadership with its lease, opens new ones when it leads again), and every
+//! job submitted before and after the restart succeeds exactly once, with one model
+//! version each. A private etcd (not `.ci/run`'s shared one), since this test kills it.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::*;
+
+/// An etcd on `client`/`peer` ports keeping its data in `dir/etcd`, logging to `dir/etcd.log`.
+fn start_etcd(dir: &Path, client: u16, peer: u16) -> Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("etcd.log"))
+        .unwrap();
+    let client_url = format!("http://127.0.0.1:{client}");
+    let peer_url = format!("http://127.0.0.1:{peer}");
+    Command::new("etcd")
+        .args(["--name", "restarted", "--data-dir"])
+        .arg(dir.join("etcd"))
+        .args(["--listen-client-urls", &client_url])
+        .args(["--advertise-client-urls", &client_url])
+        .args(["--listen-peer-urls", &peer_url])
+        .args(["--initial-advertise-peer-urls", &peer_url])
+        .args(["--initial-cluster", &format!("restarted={peer_url}")])
+        .stdout(Stdio::from(log.try_clone().unwrap()))
+        .stderr(Stdio::from(log))
+        .spawn()
+        .expect("etcd starts")
+}
+
+/// Kills the etcd it holds when dropped.
+struct Etcd(Child);
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_survive_an_etcd_restart_and_the_watches_come_back() {
+    if missing(&["etcd"], "etcd-server") {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let (client_port, peer_port) = (free_port(), free_port());
+    let mut etcd = Etcd(start_etcd(dir, client_port, peer_port));
+    let endpoint = format!("127.0.0.1:{client_port}");
+    wait_for("etcd to answer", Duration::from_secs(20), || async {
+        halyard_core::kv::EtcdKv::connect(std::slice::from_ref(&endpoint), &Default::default())
+            .await
+            .ok()
+    })
+    .await;
+    let mut cl = EtcdCluster::new(dir, "etcd-restart");
+    cl.etcd = endpoint;
+    let addr = format!("127.0.0.1:{}", free_port());
+    let scheduler = cl.scheduler("sched-0", &addr);
+    let executors = [cl.executor("exec-0").0, cl.executor("exec-1").0];
+    let client = cl.connect(&addr).await;
+    wait_for("two executors", Duration::from_secs(30), || async {
+        (client.cluster().await.ok()?.executors.len() == 2).then_some(())
+    })
+    .await;
+    let data = halyard_cli::datagen::generate(&dir.join("data"), 1500, 4).unwrap();
+    let job = |i: usize| spec(dir, &format!("restart-{i}"), &data.responses, 3, 256);
+
+    let mut ids = Vec::new();
+    for i in 0..4 {
+        ids.push(client.submit(&job(i)).await.unwrap().id);
+    }
+    // kill -9 etcd while those run, and start it again on the same data.
+    etcd.0.kill().unwrap();
+    etcd.0.wait().unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    etcd = Etcd(start_etcd(dir, client_port, peer_port));
+    for i in 4..8 {
+        let id = wait_for(
+            "a submission after the restart",
+            Duration::from_secs(60),
+            || async { client.submit(&job(i)).await.ok().map(|j| j.id) },
+        )
+        .await;
+        ids.push(id);
+    }
+    for (i, id) in ids.iter().enumerate() {
+        let done = wait_done(&client, id, Duration::from_secs(240)).await;
+        assert_eq!(done.state, "succeeded", "job {i}: {done:?}");
+        // Exactly once: the job's model has one version, published by this job.
+        let model = client.model(&format!("restart-{i}")).await.unwrap();
+        let versions: Vec<(u64, &str)> = model
+            .versions
+            .iter()
+            .map(|v| (v.version, v.job_id.as_str()))
+            .collect();
+        assert_eq!(versions, [(1, id.as_str())], "job {i}");
+    }
+    // The watches broke with etcd: each executor opened its watch again (the scheduler
+    // lost its leadership with its lease and opened new ones when it led again).
+    let log = |p: &Proc| std::fs::read_to_string(&p.log).unwrap();
+    assert!(
+        log(&scheduler).contains("watch broke"),
+        "sched-0 did not notice"
+    );
+    for e in &executors {
+        let text = log(e);
+        assert!(
+            text.contains("watch broke") && text.contains("watch open again"),
+            "{}'s watch was not opened again after the restart",
+            e.name
+        );
+    }
+    drop(etcd);
+}
