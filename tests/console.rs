@@ -199,10 +199,31 @@ impl Browser {
 }
 
 impl Drop for Browser {
+    /// End the session first (chromedriver closes the browser: killing chromedriver
+    /// alone leaves Chromium's processes running), then stop chromedriver.
     fn drop(&mut self) {
+        let session = self.base.trim_start_matches("http://");
+        if let Some((addr, path)) = session.split_once('/') {
+            let _ = end_session(addr, &format!("/{path}"));
+        }
         let _ = self.driver.kill();
         let _ = self.driver.wait();
     }
+}
+
+/// `DELETE path` on `addr` over a plain socket (a `Drop` cannot await), waiting for the
+/// answer so that the browser is gone when it returns.
+fn end_session(addr: &str, path: &str) -> std::io::Result<()> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr)?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(
+        stream,
+        "DELETE {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer)?;
+    Ok(())
 }
 
 /// Each plot of a response model's report is on the page, laid out at a real size, with

@@ -43,7 +43,8 @@ pub struct ResponseCurves {
     /// Positive test rows.
     pub positives: usize,
     /// `(false positive rate, true positive rate)` from `(0, 0)` to `(1, 1)`, one point per
-    /// distinct score (thresholds descending), thinned to [`MAX_POINTS`].
+    /// distinct score (thresholds descending), thinned to [`MAX_POINTS`] and rounded to
+    /// five decimals.
     pub roc: Vec<(f64, f64)>,
     /// `(recall, precision)`, one point per distinct score (thresholds descending), thinned.
     pub pr: Vec<(f64, f64)>,
@@ -248,13 +249,26 @@ pub fn thin(curve: Vec<(f64, f64)>, max: usize) -> Vec<(f64, f64)> {
     (0..max).map(|k| curve[k * last / (max - 1)]).collect()
 }
 
+/// Decimal places a stored curve keeps (a plot needs no more; the record stays small).
+const STORED_DECIMALS: i32 = 5;
+
+/// `curve` thinned to [`MAX_POINTS`], rounded to [`STORED_DECIMALS`]: what a record keeps.
+fn stored(curve: Vec<(f64, f64)>) -> Vec<(f64, f64)> {
+    let scale = 10f64.powi(STORED_DECIMALS);
+    let round = |v: f64| (v * scale).round() / scale;
+    thin(curve, MAX_POINTS)
+        .into_iter()
+        .map(|(x, y)| (round(x), round(y)))
+        .collect()
+}
+
 /// A response model's evaluation from its test scores.
 pub fn response(scores: &[f32], labels: &[f32]) -> Evaluation {
     Evaluation::Response(ResponseCurves {
         rows: labels.len(),
         positives: labels.iter().filter(|&&y| y > 0.5).count(),
-        roc: thin(roc_curve(scores, labels), MAX_POINTS),
-        pr: thin(pr_curve(scores, labels), MAX_POINTS),
+        roc: stored(roc_curve(scores, labels)),
+        pr: stored(pr_curve(scores, labels)),
         calibration: calibration(scores, labels),
         deciles: deciles(scores, labels),
     })
@@ -265,8 +279,8 @@ pub fn response(scores: &[f32], labels: &[f32]) -> Evaluation {
 pub fn uplift(rows: usize, qini: Vec<(f64, f64)>, response_ranking: Vec<(f64, f64)>) -> Evaluation {
     Evaluation::Uplift(UpliftCurves {
         rows,
-        qini: thin(qini, MAX_POINTS),
-        response_ranking_qini: thin(response_ranking, MAX_POINTS),
+        qini: stored(qini),
+        response_ranking_qini: stored(response_ranking),
     })
 }
 

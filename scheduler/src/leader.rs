@@ -134,6 +134,7 @@ impl Leader<'_> {
         // A submission, a task's report or an executor coming or going wakes the next pass
         // at once; the periodic pass stays for time-driven duties and a broken watch.
         let wake = coord.leader_wake();
+        let mut last_timed: Option<Instant> = None;
         loop {
             if *shutdown.borrow() {
                 return Ok(());
@@ -152,7 +153,11 @@ impl Leader<'_> {
                 }
             };
             self.sql_tick(&executors).await?;
-            let failed = match self.tick(&executors).await {
+            let timed = last_timed.is_none_or(|t| t.elapsed() >= cfg.tick);
+            if timed {
+                last_timed = Some(Instant::now());
+            }
+            let failed = match self.tick(&executors, timed).await {
                 Ok(()) => false,
                 Err(Error::Fenced) => return Err(Error::Fenced),
                 Err(Error::LeaseLost(l)) => return Err(Error::LeaseLost(l)),
@@ -274,12 +279,17 @@ impl Leader<'_> {
         }
     }
 
-    async fn tick(&mut self, executors: &[ExecutorInfo]) -> Result<()> {
-        self.trim_audit().await;
-        self.fire_schedules().await?;
-        let deployments = self.coord.deployments().await?;
-        self.rebalance_bandits(&deployments).await?;
-        self.advance_ramps(&deployments).await?;
+    /// One pass: the jobs (placement, supervision, searches), and with `timed` also the
+    /// duties driven by time rather than by writes (schedules, bandits, ramps, the audit
+    /// log), which a wake-up between two periods skips.
+    async fn tick(&mut self, executors: &[ExecutorInfo], timed: bool) -> Result<()> {
+        if timed {
+            self.trim_audit().await;
+            self.fire_schedules().await?;
+            let deployments = self.coord.deployments().await?;
+            self.rebalance_bandits(&deployments).await?;
+            self.advance_ramps(&deployments).await?;
+        }
         let jobs = self.coord.list_active_jobs().await?;
         let tasks: Vec<TaskAssignment> = if jobs.is_empty() {
             Vec::new()

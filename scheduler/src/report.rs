@@ -114,6 +114,17 @@ fn range_of(values: impl Iterator<Item = f64>, fallback: Range<f64>) -> Range<f6
     (lo - pad)..(hi + pad)
 }
 
+/// A tick label: whole numbers without decimals (epochs, steps, counts), others with up
+/// to three.
+fn tick(v: &f64) -> String {
+    if (v - v.round()).abs() < 1e-9 {
+        format!("{:.0}", v.round() + 0.0)
+    } else {
+        let text = format!("{v:.3}");
+        text.trim_end_matches('0').to_string()
+    }
+}
+
 /// A line plot of `lines` titled `title` (a legend when there is more than one line).
 fn line_plot(size: (u32, u32), title: &str, axes: &Axes<'_>, lines: &[Line]) -> String {
     svg(size, |root| {
@@ -128,6 +139,8 @@ fn line_plot(size: (u32, u32), title: &str, axes: &Axes<'_>, lines: &[Line]) -> 
             .configure_mesh()
             .x_desc(axes.x)
             .y_desc(axes.y)
+            .x_label_formatter(&tick)
+            .y_label_formatter(&tick)
             .light_line_style(WHITE.mix(0.0))
             .label_style(("sans-serif", 12))
             .draw()
