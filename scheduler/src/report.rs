@@ -19,6 +19,7 @@ use halyard_models::evaluation::{
     Evaluation, ForecastSample, ResponseCurves, SeriesSample, UpliftCurves,
 };
 use plotters::coord::Shift;
+use plotters::coord::types::RangedCoordf64;
 use plotters::prelude::*;
 
 use crate::console::html::{Series, curves, esc, number};
@@ -125,16 +126,26 @@ fn tick(v: &f64) -> String {
     }
 }
 
+/// A plot's frame on `root`: its title, margins and label areas, over `x` and `y`.
+fn frame<'a, 'b>(
+    root: &'a DrawingArea<SVGBackend<'b>, Shift>,
+    title: &str,
+    x: Range<f64>,
+    y: Range<f64>,
+) -> Result<ChartContext<'a, SVGBackend<'b>, Cartesian2d<RangedCoordf64, RangedCoordf64>>, String> {
+    ChartBuilder::on(root)
+        .caption(title, ("sans-serif", 17))
+        .margin(10)
+        .x_label_area_size(36)
+        .y_label_area_size(52)
+        .build_cartesian_2d(x, y)
+        .map_err(|e| e.to_string())
+}
+
 /// A line plot of `lines` titled `title` (a legend when there is more than one line).
 fn line_plot(size: (u32, u32), title: &str, axes: &Axes<'_>, lines: &[Line]) -> String {
     svg(size, |root| {
-        let mut chart = ChartBuilder::on(root)
-            .caption(title, ("sans-serif", 17))
-            .margin(10)
-            .x_label_area_size(36)
-            .y_label_area_size(52)
-            .build_cartesian_2d(axes.x_range.clone(), axes.y_range.clone())
-            .map_err(|e| e.to_string())?;
+        let mut chart = frame(root, title, axes.x_range.clone(), axes.y_range.clone())?;
         chart
             .configure_mesh()
             .x_desc(axes.x)
@@ -190,13 +201,12 @@ fn line_plot(size: (u32, u32), title: &str, axes: &Axes<'_>, lines: &[Line]) -> 
 fn bar_plot(title: &str, x: &str, y: &str, bars: &[(String, f64)], reference: f64) -> String {
     let top = bars.iter().map(|b| b.1).fold(reference, f64::max) * 1.1;
     svg(PLOT, |root| {
-        let mut chart = ChartBuilder::on(root)
-            .caption(title, ("sans-serif", 17))
-            .margin(10)
-            .x_label_area_size(36)
-            .y_label_area_size(52)
-            .build_cartesian_2d(0.5f64..bars.len() as f64 + 0.5, 0f64..top.max(1e-9))
-            .map_err(|e| e.to_string())?;
+        let mut chart = frame(
+            root,
+            title,
+            0.5..bars.len() as f64 + 0.5,
+            0.0..top.max(1e-9),
+        )?;
         let labels: Vec<String> = bars.iter().map(|b| b.0.clone()).collect();
         chart
             .configure_mesh()
