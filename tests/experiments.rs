@@ -91,6 +91,26 @@ fn the_cli_reports_the_reference_figures_and_the_srm_check_first() {
         "{text}"
     );
     assert!(text.contains("CUPED on history"), "{text}");
+
+    // A ratio metric: spend per visiting customer, after the plain metrics.
+    let out = analyze(&sample_args(
+        &["visit"],
+        &["--ratio", "spend_per_visit=spend/visit"],
+    ));
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        text.find("spend_per_visit (ratio): control ratio 99.0315 over")
+            > text.find("visit (rate, primary)"),
+        "{text}"
+    );
+    let out = analyze(&sample_args(&["visit"], &["--ratio", "spend_per_visit"]));
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "a malformed --ratio is a usage error"
+    );
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(err.contains("NAME=NUMERATOR/DENOMINATOR"), "{err}");
 }
 
 #[test]

@@ -28,6 +28,11 @@ pub struct AnalyzeArgs {
     /// only 0 and 1 is a rate (two-proportion test), any other a mean (Welch's t-test)
     #[arg(long = "metric", required = true)]
     pub metrics: Vec<String>,
+    /// A ratio metric, NAME=NUMERATOR/DENOMINATOR (repeat for several), such as
+    /// revenue_per_visit=revenue/visits: per variant the sum of one column over the sum of
+    /// the other, compared by the delta method (after the --metric columns)
+    #[arg(long = "ratio", value_parser = parse_ratio)]
+    pub ratios: Vec<(String, String, String)>,
     /// A pre-experiment column (last year's spend, say) for CUPED variance reduction
     #[arg(long)]
     pub covariate: Option<String>,
@@ -44,6 +49,21 @@ pub struct AnalyzeArgs {
     /// Print JSON
     #[arg(long)]
     pub json: bool,
+}
+
+/// `NAME=NUMERATOR/DENOMINATOR`.
+fn parse_ratio(text: &str) -> std::result::Result<(String, String, String), String> {
+    let parts = text
+        .split_once('=')
+        .and_then(|(name, cols)| cols.split_once('/').map(|(n, d)| (name, n, d)))
+        .map(|(name, n, d)| (name.trim(), n.trim(), d.trim()))
+        .filter(|(name, n, d)| !name.is_empty() && !n.is_empty() && !d.is_empty());
+    match parts {
+        Some((name, n, d)) => Ok((name.into(), n.into(), d.into())),
+        None => Err(format!(
+            "{text:?} is not NAME=NUMERATOR/DENOMINATOR, such as revenue_per_visit=revenue/visits"
+        )),
+    }
 }
 
 /// Run the analysis and print it.
@@ -65,6 +85,7 @@ pub async fn command(args: AnalyzeArgs) -> Result<()> {
         variant: args.variant,
         control: args.control,
         metrics: args.metrics,
+        ratios: args.ratios,
         covariate: args.covariate,
         segment: args.segment,
         split: args.split,
@@ -240,13 +261,15 @@ fn block(s: &mut String, a: &Analysis, r: &Report, indent: &str) {
 }
 
 fn metric(s: &mut String, m: &MetricResult, primary: bool, r: &Report, indent: &str) {
-    let rate = m.kind == "binary";
+    let what = match m.kind.as_str() {
+        "binary" => "rate",
+        "ratio" => "ratio",
+        _ => "mean",
+    };
     s.push_str(&format!(
-        "\n{indent}{} ({}{}): control {} {:.4} over {}\n",
+        "\n{indent}{} ({what}{}): control {what} {:.4} over {}\n",
         m.metric,
-        if rate { "rate" } else { "mean" },
         if primary { ", primary" } else { "" },
-        if rate { "rate" } else { "mean" },
         m.control_mean,
         m.control_n
     ));
@@ -254,7 +277,7 @@ fn metric(s: &mut String, m: &MetricResult, primary: bool, r: &Report, indent: &
         "{indent}  {:<16} {:>8} {:>10} {:>10} {:>24} {:>9} {:>24} {:>9} {:>10}\n",
         "VARIANT",
         "N",
-        if rate { "RATE" } else { "MEAN" },
+        what.to_uppercase(),
         "DIFF",
         format!("{} FIXED", pct(r.confidence)),
         "P",

@@ -14,8 +14,8 @@ use serde::{Deserialize, Serialize};
 use crate::error::{ModelError, Result};
 use crate::preprocess::{concat_column, numeric_values, string_values};
 use crate::stats::{
-    Comparison, Cuped, Moments, Sequential, Srm, cuped, detectable, proportions, sequential, srm,
-    too_few, welch,
+    Comparison, Cuped, Moments, Sequential, Srm, cuped, detectable, proportions, ratio, ratio_of,
+    sequential, srm, too_few, welch,
 };
 
 /// What to analyse.
@@ -27,6 +27,9 @@ pub struct AnalysisSpec {
     pub control: String,
     /// Metric columns (numeric or boolean); the first is the primary.
     pub metrics: Vec<String>,
+    /// Ratio metrics, after the others: a name, the numerator's column and the
+    /// denominator's (revenue per visit: `("revenue_per_visit", "revenue", "visits")`).
+    pub ratios: Vec<(String, String, String)>,
     /// A pre-experiment covariate column for CUPED.
     pub covariate: Option<String>,
     /// A column to break the results down by.
@@ -66,7 +69,8 @@ pub struct VariantResult {
 pub struct MetricResult {
     /// The column.
     pub metric: String,
-    /// `binary` (every value 0 or 1) or `continuous`.
+    /// `binary` (every value 0 or 1), `continuous`, or `ratio` (`Σ numerator / Σ
+    /// denominator`, compared by the delta method).
     pub kind: String,
     /// The control's observations and mean.
     pub control_n: u64,
@@ -152,6 +156,17 @@ pub fn analyze(batches: &[RecordBatch], spec: &AnalysisSpec) -> Result<Report> {
         .as_deref()
         .map(|c| numbers(batches, c, "covariate"))
         .transpose()?;
+    let ratios: Vec<(String, Vec<f64>, Vec<f64>)> = spec
+        .ratios
+        .iter()
+        .map(|(name, num, den)| {
+            Ok((
+                name.clone(),
+                numbers(batches, num, "ratio numerator")?,
+                numbers(batches, den, "ratio denominator")?,
+            ))
+        })
+        .collect::<Result<_>>()?;
     let mut names: Vec<String> = variants.clone();
     names.sort();
     names.dedup();
@@ -191,6 +206,7 @@ pub fn analyze(batches: &[RecordBatch], spec: &AnalysisSpec) -> Result<Report> {
         metrics: &metrics,
         binary: &binary,
         covariate: covariate.as_deref(),
+        ratios: &ratios,
     };
     let overall = data.analysis(&all, spec);
     let mut segments = Vec::new();
@@ -220,6 +236,7 @@ struct Data<'a> {
     metrics: &'a [(String, Vec<f64>)],
     binary: &'a [bool],
     covariate: Option<&'a [f64]>,
+    ratios: &'a [(String, Vec<f64>, Vec<f64>)],
 }
 
 impl Data<'_> {
@@ -273,6 +290,23 @@ impl Data<'_> {
                         .collect(),
                 }
             })
+            .chain(self.ratios.iter().map(|(name, num, den)| {
+                let mut m = vec![Moments::default(); self.names.len()];
+                for (&r, &g) in rows.iter().zip(&group) {
+                    m[g].add(num[r], den[r]);
+                }
+                let c = &m[control];
+                MetricResult {
+                    metric: name.clone(),
+                    kind: "ratio".into(),
+                    control_n: c.n,
+                    control_mean: ratio_of(c).map_or(f64::NAN, |(r, _)| r),
+                    variants: (0..self.names.len())
+                        .filter(|&g| g != control)
+                        .map(|g| compare_ratio(&self.names[g], c, &m[g], spec))
+                        .collect(),
+                }
+            }))
             .collect();
         Analysis {
             rows: rows.len() as u64,
@@ -285,6 +319,34 @@ impl Data<'_> {
             srm: srm(&counts, &weights),
             metrics,
         }
+    }
+}
+
+/// A variant against the control on a ratio metric (`y` the numerator, `x` the
+/// denominator).
+fn compare_ratio(
+    name: &str,
+    control: &Moments,
+    variant: &Moments,
+    spec: &AnalysisSpec,
+) -> VariantResult {
+    let fixed = ratio(control, variant, spec.confidence);
+    VariantResult {
+        variant: name.to_string(),
+        n: variant.n,
+        mean: ratio_of(variant).map_or(f64::NAN, |(r, _)| r),
+        sequential: fixed
+            .as_ref()
+            .map(|f| sequential(f.difference, f.se, control.n + variant.n, spec.confidence)),
+        cuped: None,
+        detectable: fixed
+            .as_ref()
+            .map(|f| detectable(f.se, spec.confidence, spec.power)),
+        note: fixed.is_none().then(|| {
+            "no comparison: a group has fewer than two observations or no denominator (its sum is 0)"
+                .to_string()
+        }),
+        fixed,
     }
 }
 

@@ -267,6 +267,37 @@ pub fn welch(control: &Moments, variant: &Moments, confidence: f64) -> Compariso
     )
 }
 
+/// A ratio metric of one group (`Σy / Σx`: revenue per visit, with `y` each customer's
+/// revenue and `x` their visits) and the variance of its estimate by the delta method:
+/// `(var y − 2 r cov + r² var x) / (x̄² n)`, as GrowthBook's `RatioStatistic`; `None`
+/// when the denominator's mean is 0.
+pub fn ratio_of(m: &Moments) -> Option<(f64, f64)> {
+    if m.mean_x == 0.0 || m.n < 2 {
+        return None;
+    }
+    let r = m.mean_y / m.mean_x;
+    let var =
+        (m.var_y() - 2.0 * r * m.cov() + r * r * m.var_x()) / (m.mean_x * m.mean_x * m.n as f64);
+    Some((r, var.max(0.0)))
+}
+
+/// Two ratio metrics (`y` the numerator, `x` the denominator, per customer): the
+/// difference of the ratios with its delta-method standard error, a z-test and interval;
+/// `None` when a group's denominator has mean 0.
+pub fn ratio(control: &Moments, variant: &Moments, confidence: f64) -> Option<Comparison> {
+    let (rc, vc) = ratio_of(control)?;
+    let (rv, vv) = ratio_of(variant)?;
+    let se = (vc + vv).sqrt();
+    let statistic = if se > 0.0 { (rv - rc) / se } else { 0.0 };
+    let p_value = 2.0 * normal().sf(statistic.abs());
+    Some(Comparison::of(
+        (rc, rv),
+        se,
+        z_of(confidence),
+        (statistic, None, p_value),
+    ))
+}
+
 /// A CUPED comparison.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Cuped {

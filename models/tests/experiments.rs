@@ -42,6 +42,7 @@ fn spec(variant: &str, control: &str, metrics: &[&str], segment: Option<&str>) -
         variant: variant.into(),
         control: control.into(),
         metrics: metrics.iter().map(|m| m.to_string()).collect(),
+        ratios: Vec::new(),
         covariate: Some("history".into()),
         segment: segment.map(str::to_string),
         split: None,
@@ -136,6 +137,56 @@ fn the_sample_campaign_agrees_with_scipy_statsmodels_and_gbstats() {
     for (value, a) in &report.segments {
         agrees(&format!("sample {value}"), a, &r["segments"][value]);
     }
+}
+
+/// Ratio metrics (`Σ numerator / Σ denominator` per variant) against GrowthBook's
+/// `RatioStatistic` (delta method) and scipy's normal test
+/// (`fixtures/ratio_reference.py` writes `fixtures/ratio_reference.json`).
+#[test]
+fn ratio_metrics_agree_with_gbstats_delta_method() {
+    let batches = read_csv(include_bytes!("fixtures/experiment_sample.csv"));
+    let reference: Value =
+        serde_json::from_str(include_str!("fixtures/ratio_reference.json")).unwrap();
+    let mut s = spec("variant", "control", &["visit"], None);
+    s.ratios = vec![
+        ("spend_per_visit".into(), "spend".into(), "visit".into()),
+        ("spend_per_history".into(), "spend".into(), "history".into()),
+    ];
+    let report = analyze(&batches, &s).unwrap();
+    let cases = reference["cases"].as_array().unwrap();
+    assert_eq!(cases.len(), 4);
+    for case in cases {
+        let name = case["metric"].as_str().unwrap();
+        let variant = case["variant"].as_str().unwrap();
+        let m = report
+            .overall
+            .metrics
+            .iter()
+            .find(|m| m.metric == name)
+            .unwrap_or_else(|| panic!("no metric {name}"));
+        assert_eq!(m.kind, "ratio");
+        let what = format!("{name} {variant}");
+        close(
+            &format!("{what} control ratio"),
+            m.control_mean,
+            &case["control_ratio"],
+        );
+        let v = m.variants.iter().find(|v| v.variant == variant).unwrap();
+        close(&format!("{what} ratio"), v.mean, &case["variant_ratio"]);
+        let f = v.fixed.as_ref().unwrap();
+        for (key, got) in [
+            ("difference", f.difference),
+            ("se", f.se),
+            ("p_value", f.p_value),
+            ("ci_low", f.ci_low),
+            ("ci_high", f.ci_high),
+        ] {
+            close(&format!("{what} {key}"), got, &case[key]);
+        }
+        assert!(v.sequential.is_some() && v.detectable.is_some(), "{what}");
+    }
+    // The ratio metrics come after the plain ones: the primary stays the first --metric.
+    assert_eq!(report.overall.metrics[0].metric, "visit");
 }
 
 #[test]
