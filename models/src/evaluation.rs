@@ -129,9 +129,9 @@ fn ranked(scores: &[f32]) -> Vec<usize> {
     idx
 }
 
-/// `(false positives, true positives)` after each distinct score, highest first.
-fn counts_by_threshold(scores: &[f32], labels: &[f32]) -> Vec<(f64, f64)> {
-    let idx = ranked(scores);
+/// `(false positives, true positives)` after each distinct score, highest first, from the
+/// rows ranked by score (`idx`, [`ranked`]).
+fn counts_by_threshold(idx: &[usize], scores: &[f32], labels: &[f32]) -> Vec<(f64, f64)> {
     let mut out = Vec::new();
     let (mut fp, mut tp) = (0.0, 0.0);
     for (k, &i) in idx.iter().enumerate() {
@@ -151,7 +151,11 @@ fn counts_by_threshold(scores: &[f32], labels: &[f32]) -> Vec<(f64, f64)> {
 /// distinct score (`sklearn.metrics.roc_curve(drop_intermediate=False)`). Empty with one
 /// class only.
 pub fn roc_curve(scores: &[f32], labels: &[f32]) -> Vec<(f64, f64)> {
-    let counts = counts_by_threshold(scores, labels);
+    roc_of(&counts_by_threshold(&ranked(scores), scores, labels))
+}
+
+/// The ROC curve from the counts by threshold.
+fn roc_of(counts: &[(f64, f64)]) -> Vec<(f64, f64)> {
     let Some(&(negatives, positives)) = counts.last() else {
         return Vec::new();
     };
@@ -161,8 +165,8 @@ pub fn roc_curve(scores: &[f32], labels: &[f32]) -> Vec<(f64, f64)> {
     std::iter::once((0.0, 0.0))
         .chain(
             counts
-                .into_iter()
-                .map(|(fp, tp)| (fp / negatives, tp / positives)),
+                .iter()
+                .map(|&(fp, tp)| (fp / negatives, tp / positives)),
         )
         .collect()
 }
@@ -171,14 +175,18 @@ pub fn roc_curve(scores: &[f32], labels: &[f32]) -> Vec<(f64, f64)> {
 /// (`sklearn.metrics.precision_recall_curve`, without its closing `(0, 1)`). Empty without
 /// positives.
 pub fn pr_curve(scores: &[f32], labels: &[f32]) -> Vec<(f64, f64)> {
-    let counts = counts_by_threshold(scores, labels);
+    pr_of(&counts_by_threshold(&ranked(scores), scores, labels))
+}
+
+/// The precision–recall curve from the counts by threshold.
+fn pr_of(counts: &[(f64, f64)]) -> Vec<(f64, f64)> {
     let positives = counts.last().map_or(0.0, |c| c.1);
     if positives == 0.0 {
         return Vec::new();
     }
     counts
-        .into_iter()
-        .map(|(fp, tp)| (tp / positives, tp / (tp + fp)))
+        .iter()
+        .map(|&(fp, tp)| (tp / positives, tp / (tp + fp)))
         .collect()
 }
 
@@ -213,8 +221,12 @@ pub fn calibration(probs: &[f32], labels: &[f32]) -> Vec<CalibrationBin> {
 /// The rows ranked by score (ties in row order) in [`GROUPS`] groups, group `k` holding
 /// ranks `k·n/10 .. (k+1)·n/10`: each group's rate, lift and cumulative gain.
 pub fn deciles(scores: &[f32], labels: &[f32]) -> Vec<Decile> {
-    let n = scores.len();
-    let idx = ranked(scores);
+    deciles_of(&ranked(scores), labels)
+}
+
+/// The groups of the rows ranked by score (`idx`, [`ranked`]).
+fn deciles_of(idx: &[usize], labels: &[f32]) -> Vec<Decile> {
+    let n = idx.len();
     let all = labels.iter().filter(|&&y| y > 0.5).count();
     let base = all as f64 / n.max(1) as f64;
     let mut so_far = 0;
@@ -264,13 +276,16 @@ fn stored(curve: Vec<(f64, f64)>) -> Vec<(f64, f64)> {
 
 /// A response model's evaluation from its test scores.
 pub fn response(scores: &[f32], labels: &[f32]) -> Evaluation {
+    // One ranking of the rows serves every curve.
+    let idx = ranked(scores);
+    let counts = counts_by_threshold(&idx, scores, labels);
     Evaluation::Response(ResponseCurves {
         rows: labels.len(),
         positives: labels.iter().filter(|&&y| y > 0.5).count(),
-        roc: stored(roc_curve(scores, labels)),
-        pr: stored(pr_curve(scores, labels)),
+        roc: stored(roc_of(&counts)),
+        pr: stored(pr_of(&counts)),
         calibration: calibration(scores, labels),
-        deciles: deciles(scores, labels),
+        deciles: deciles_of(&idx, labels),
     })
 }
 

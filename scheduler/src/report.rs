@@ -21,6 +21,7 @@ use halyard_models::evaluation::{
 use plotters::coord::Shift;
 use plotters::coord::types::RangedCoordf64;
 use plotters::prelude::*;
+use serde::Deserialize;
 
 use crate::console::html::{Series, curves, esc, number};
 
@@ -545,8 +546,8 @@ fn metrics_table(v: &ModelVersion) -> String {
 pub(crate) fn render(v: &ModelVersion, lines: &[LogLine]) -> String {
     let evaluation = v
         .evaluation
-        .clone()
-        .and_then(|e| serde_json::from_value::<Evaluation>(e).ok());
+        .as_ref()
+        .and_then(|e| Evaluation::deserialize(e).ok());
     let mut plots = match &evaluation {
         Some(Evaluation::Response(r)) => response_plots(v, r),
         Some(Evaluation::Uplift(u)) => uplift_plots(v, u),

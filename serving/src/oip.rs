@@ -190,7 +190,7 @@ async fn infer_as(
 }
 
 /// The protocol's metadata of a served model, from its schema.
-fn metadata(schema: &Value) -> Value {
+fn metadata(schema: &Value, version: Option<u64>) -> Value {
     let inputs: Vec<Value> = schema["inputs"]
         .as_array()
         .map(|fields| {
@@ -207,7 +207,8 @@ fn metadata(schema: &Value) -> Value {
                 .collect()
         })
         .unwrap_or_default();
-    // The versions a versioned route can name: those the split or an alias serves.
+    // The versions a versioned route can name: those the split or an alias serves; a
+    // pinned version's metadata names it alone.
     let mut versions: Vec<u64> = schema["variants"]
         .as_array()
         .into_iter()
@@ -222,6 +223,9 @@ fn metadata(schema: &Value) -> Value {
         .collect();
     versions.sort_unstable();
     versions.dedup();
+    if let Some(v) = version {
+        versions = vec![v];
+    }
     json!({
         "name": schema["model"],
         "versions": versions.iter().map(u64::to_string).collect::<Vec<_>>(),
@@ -234,14 +238,15 @@ fn metadata(schema: &Value) -> Value {
     })
 }
 
-/// An answer about a served model (of `version`, when pinned) made from its schema, or the
-/// schema lookup's error (404 when it or the version is not served).
+/// An answer about a served model (of `version`, when pinned) made by `answer` from its
+/// schema and the pinned version, or the schema lookup's error (404 when it or the
+/// version is not served).
 async fn about(
     gw: &Gateway,
     name: &str,
     version: Option<&str>,
     headers: &HeaderMap,
-    answer: impl FnOnce(&Value) -> Value,
+    answer: impl FnOnce(&Value, Option<u64>) -> Value,
 ) -> Response {
     let version = match version.map(pinned).transpose() {
         Ok(v) => v,
@@ -251,21 +256,18 @@ async fn about(
         .schema(name, version, headers.contains_key(FORWARDED))
         .await
     {
-        Ok(schema) => {
-            let mut answer = answer(&schema);
-            if let Some(v) = version {
-                // This version's metadata: its inputs, its own version alone.
-                if answer.get("versions").is_some() {
-                    answer["versions"] = json!([v.to_string()]);
-                }
-                if answer.get("ready").is_some() {
-                    answer["version"] = json!(v.to_string());
-                }
-            }
-            Json(answer).into_response()
-        }
+        Ok(schema) => Json(answer(&schema, version)).into_response(),
         Err(e) => e.into_response(),
     }
+}
+
+/// The protocol's readiness answer (with the version, when pinned).
+fn readiness(name: &str, version: Option<u64>) -> Value {
+    let mut out = json!({"name": name, "ready": true});
+    if let Some(v) = version {
+        out["version"] = json!(v.to_string());
+    }
+    out
 }
 
 /// `GET /v2/models/{name}`.
@@ -292,14 +294,7 @@ async fn ready(
     Path(name): Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    about(
-        &gw,
-        &name,
-        None,
-        &headers,
-        |_| json!({"name": name, "ready": true}),
-    )
-    .await
+    about(&gw, &name, None, &headers, |_, v| readiness(&name, v)).await
 }
 
 /// `GET /v2/models/{name}/versions/{version}/ready`.
@@ -308,13 +303,9 @@ async fn ready_version(
     Path((name, version)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> Response {
-    about(
-        &gw,
-        &name,
-        Some(&version),
-        &headers,
-        |_| json!({"name": name, "ready": true}),
-    )
+    about(&gw, &name, Some(&version), &headers, |_, v| {
+        readiness(&name, v)
+    })
     .await
 }
 

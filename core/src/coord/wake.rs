@@ -81,15 +81,11 @@ impl Coordinator {
         Wake { notify, watches }
     }
 
-    /// What the leader acts on: submissions and cancel requests (`jobs/`, `active/`), task
-    /// reports (`progress/`), executors joining or leaving (`executors/`).
+    /// What the leader acts on: submissions and cancel requests (`jobs/`: a submission
+    /// writes its `active/` key in the same transaction, so that prefix needs no watch of
+    /// its own), task reports (`progress/`), executors joining or leaving (`executors/`).
     pub fn leader_wake(&self) -> Wake {
-        self.wake_on(&[
-            "active/".into(),
-            "jobs/".into(),
-            "progress/".into(),
-            "executors/".into(),
-        ])
+        self.wake_on(&["jobs/".into(), "progress/".into(), "executors/".into()])
     }
 
     /// What executor `id` acts on: its task assignments.

@@ -1341,12 +1341,16 @@ async fn versions_json(
     Extension(caller): Extension<Caller>,
     Path(name): Path<String>,
 ) -> Response {
-    let r = c
-        .models
-        .get_model(as_caller(&caller, GetModelRequest { name }))
-        .await
-        .map(|r| model_json_value(&r.into_inner()));
-    json_of(r)
+    model_answer(
+        c.models
+            .get_model(as_caller(&caller, GetModelRequest { name }))
+            .await,
+    )
+}
+
+/// A model service's answer as the JSON routes give it ([`model_json_value`]).
+fn model_answer(r: Result<tonic::Response<GetModelResponse>, Status>) -> Response {
+    json_of(r.map(|r| model_json_value(&r.into_inner())))
 }
 
 /// `POST /v1/models/{name}/deploy`: `{"action": "deploy", "version": 2}` (or `canary`
@@ -1384,12 +1388,7 @@ async fn deploy_json(
         name,
         change: Some(change),
     };
-    let r = c
-        .models
-        .deploy(as_caller(&caller, req))
-        .await
-        .map(|r| model_json_value(&r.into_inner()));
-    json_of(r)
+    model_answer(c.models.deploy(as_caller(&caller, req)).await)
 }
 
 /// `POST /v1/jobs/{id}/cancel`.
