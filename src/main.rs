@@ -165,6 +165,23 @@ enum Command {
         #[command(flatten)]
         conn: Connection,
     },
+    /// Delete what the object store holds and no record needs any more: version folders
+    /// never registered, checkpoints of ended jobs nothing can resume, feature tables of
+    /// jobs ended more than `keep_feature_days` ago (admin and operator)
+    ///
+    /// The leader also runs this every `gc_hours`. Nothing written within `gc_grace_mins`
+    /// is touched, nor anything the coordinator has no record of; the rules are in
+    /// docs/guarantees.md.
+    Gc {
+        /// Only list what would be deleted
+        #[arg(long)]
+        dry_run: bool,
+        /// Print JSON
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        conn: Connection,
+    },
     /// Show the leader and the live executors
     Cluster {
         /// Print JSON
@@ -680,6 +697,11 @@ async fn run(cli: Cli) -> Result<(), AnyError> {
             conn,
         } => commands::resume(&client(conn).await?, &id, follow, json).await?,
         Command::Cluster { json, conn } => commands::cluster(&client(conn).await?, json).await?,
+        Command::Gc {
+            dry_run,
+            json,
+            conn,
+        } => commands::gc(&client(conn).await?, dry_run, json).await?,
         Command::Bench { what, conn } => {
             println!("{}", halyard_cli::bench::run(what, &conn).await?)
         }

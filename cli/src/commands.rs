@@ -402,6 +402,39 @@ pub async fn cancel(client: &Client, id: &str, as_json: bool) -> Result<()> {
     Ok(())
 }
 
+/// `halyard gc [--dry-run]`: the object store's garbage, deleted or listed.
+pub async fn gc(client: &Client, dry_run: bool, as_json: bool) -> Result<()> {
+    let g = client.collect_garbage(dry_run).await?;
+    let bytes: u64 = g.folders.iter().map(|f| f.bytes).sum();
+    let objects: u64 = g.folders.iter().map(|f| f.objects).sum();
+    if as_json {
+        let folders: Vec<_> = g
+            .folders
+            .iter()
+            .map(|f| json!({"kind": f.kind, "folder": f.folder, "objects": f.objects, "bytes": f.bytes}))
+            .collect();
+        out(
+            &json!({"store": g.store, "dry_run": g.dry_run, "folders": folders,
+                    "objects": objects, "bytes": bytes})
+            .to_string(),
+        );
+        return Ok(());
+    }
+    for f in &g.folders {
+        out(&format!(
+            "{:<30} {:>8} objects {:>12} bytes  {}",
+            f.kind, f.objects, f.bytes, f.folder
+        ));
+    }
+    let verb = if g.dry_run { "would delete" } else { "deleted" };
+    out(&format!(
+        "{verb} {} folders, {objects} objects, {bytes} bytes in {}",
+        g.folders.len(),
+        g.store
+    ));
+    Ok(())
+}
+
 /// `halyard cluster`.
 pub async fn cluster(client: &Client, as_json: bool) -> Result<()> {
     let c = client.cluster().await?;

@@ -10,10 +10,11 @@ use halyard_core::proto::key_service_client::KeyServiceClient;
 use halyard_core::proto::model_service_client::ModelServiceClient;
 use halyard_core::proto::prediction_service_client::PredictionServiceClient;
 use halyard_core::proto::{
-    AudienceInfo, CancelRequest, ClusterStatusRequest, ClusterStatusResponse, CreateKeyRequest,
-    CreateKeyResponse, CreateScheduleRequest, DeleteScheduleRequest, DeployRequest, DriftRequest,
-    ExperimentRequest, ExperimentResponse, GetJobRequest, GetModelRequest, GetModelResponse,
-    JobInfo, KeyInfo, ListAudiencesRequest, ListJobsRequest, ListKeysRequest, ListModelsRequest,
+    AudienceInfo, CancelRequest, ClusterStatusRequest, ClusterStatusResponse,
+    CollectGarbageRequest, CollectGarbageResponse, CreateKeyRequest, CreateKeyResponse,
+    CreateScheduleRequest, DeleteScheduleRequest, DeployRequest, DriftRequest, ExperimentRequest,
+    ExperimentResponse, GetJobRequest, GetModelRequest, GetModelResponse, JobInfo, KeyInfo,
+    ListAudiencesRequest, ListJobsRequest, ListKeysRequest, ListModelsRequest,
     ListSchedulesRequest, LogLine, LogsRequest, PauseScheduleRequest, PredictRequest,
     PredictResponse, ReportRequest, ReportResponse, ResumeRequest, RevokeKeyRequest, ScheduleInfo,
     SubmitRequest, WatchRequest,
@@ -262,6 +263,16 @@ impl Client {
             .inner
             .clone()
             .cluster_status(ClusterStatusRequest {})
+            .await?
+            .into_inner())
+    }
+
+    /// The object store's garbage: deleted, or with `dry_run` only listed.
+    pub async fn collect_garbage(&self, dry_run: bool) -> Result<CollectGarbageResponse> {
+        Ok(self
+            .inner
+            .clone()
+            .collect_garbage(CollectGarbageRequest { dry_run })
             .await?
             .into_inner())
     }

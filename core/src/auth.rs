@@ -95,6 +95,8 @@ pub enum Action {
     ManageKeys,
     /// Read the audit log.
     ReadAudit,
+    /// List and delete the object store's garbage (`halyard gc`).
+    CollectGarbage,
     /// Scrape a node's metrics (`GET /metrics`).
     ReadMetrics,
     /// A node's call to another node (the all-reduce ring, forwarded predictions).
@@ -116,6 +118,7 @@ impl Action {
             Action::SqlWrite => "define tables and write with SQL",
             Action::ManageKeys => "manage keys",
             Action::ReadAudit => "read the audit log",
+            Action::CollectGarbage => "collect garbage",
             Action::ReadMetrics => "read metrics",
             Action::Internal => "call nodes as a node",
         }
@@ -138,6 +141,7 @@ pub const MATRIX: &[(Action, &[Role])] = &[
     (Action::SqlWrite, &[Admin, Operator]),
     (Action::ManageKeys, &[Admin]),
     (Action::ReadAudit, &[Admin, Operator]),
+    (Action::CollectGarbage, &[Admin, Operator]),
     (Action::ReadMetrics, &[Admin, Operator, Submitter, Viewer]),
     (Action::Internal, &[Admin]),
 ];

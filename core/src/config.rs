@@ -171,6 +171,17 @@ settings! {
     /// Scheduler: days the audit log keeps an event (the leader deletes older ones
     /// hourly); 0 keeps every event.
     audit_days: u32, default: DEFAULT_AUDIT_DAYS;
+    /// Scheduler: hours between the leader's garbage collections of the object store
+    /// (`halyard gc` runs one at once); 0: never.
+    gc_hours: u64, default: crate::gc::DEFAULT_GC_HOURS;
+    /// Garbage collection: minutes an object is left alone after it was written, whatever
+    /// the records say.
+    gc_grace_mins: u64, default: crate::gc::DEFAULT_GC_GRACE_MINS;
+    /// Garbage collection: failed or cancelled jobs whose checkpoints and feature tables
+    /// are kept for `halyard resume`, newest first.
+    keep_checkpoints: u32, default: crate::gc::DEFAULT_KEEP_CHECKPOINTS;
+    /// Garbage collection: days an ended job's feature table is kept; 0 keeps it for ever.
+    keep_feature_days: u32, default: crate::gc::DEFAULT_KEEP_FEATURE_DAYS;
     /// This node's TLS certificate chain (PEM): its port serves TLS.
     tls_cert: PathBuf, default: "none: plaintext, loopback only";
     /// The private key of `tls_cert` (PEM).
@@ -422,6 +433,10 @@ pub struct SchedulerConfig {
     pub audit_retention: Option<Duration>,
     /// The folder of the node's event log (`<data dir>/events`).
     pub events_dir: PathBuf,
+    /// What garbage collection may remove.
+    pub gc: crate::gc::GcPolicy,
+    /// Time between the leader's garbage collections; `None`: never.
+    pub gc_every: Option<Duration>,
 }
 
 impl SchedulerConfig {
@@ -451,11 +466,26 @@ impl SchedulerConfig {
                 0 => None,
                 days => Some(Duration::from_secs(u64::from(days) * 86_400)),
             },
+            gc: gc_policy(s),
+            gc_every: match s.gc_hours.unwrap_or(crate::gc::DEFAULT_GC_HOURS) {
+                0 => None,
+                hours => Some(Duration::from_secs(hours * 3600)),
+            },
             listen,
             tick: Duration::from_millis(100),
             max_attempts: 5,
         })
     }
+}
+
+/// What garbage collection may remove.
+fn gc_policy(s: &Settings) -> crate::gc::GcPolicy {
+    use crate::gc::*;
+    GcPolicy::new(
+        s.gc_grace_mins.unwrap_or(DEFAULT_GC_GRACE_MINS),
+        s.keep_checkpoints.unwrap_or(DEFAULT_KEEP_CHECKPOINTS),
+        s.keep_feature_days.unwrap_or(DEFAULT_KEEP_FEATURE_DAYS),
+    )
 }
 
 /// The folder of local state.

@@ -15,6 +15,7 @@ pub mod error;
 pub mod events;
 pub mod failure;
 pub mod frame;
+pub mod gc;
 pub mod journal;
 pub mod kv;
 pub mod metrics;

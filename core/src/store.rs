@@ -8,7 +8,13 @@
 //! models/<name>/<version>/manifest.json      written last: its presence marks a whole artifact
 //! jobs/<job>/features/part-NNNNN.parquet      the feature stage's shards
 //! jobs/<job>/features/features.json           written last: shards, row counts, statistics
+//! jobs/<job>/checkpoint/latest.ckpt           a data-parallel job's last checkpoint
+//! jobs/<job>/scores/…                         a scoring job's scores
+//! audiences/<name>/<version>/…                an audience version
+//! events/<model>/hour=<hour>/<node>-<seq>.parquet   the event log
 //! ```
+//!
+//! What no record references any more is collected by [`crate::gc`].
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -53,6 +59,17 @@ impl std::fmt::Debug for S3Config {
             )
             .finish()
     }
+}
+
+/// One object of a [`Store::list`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listed {
+    /// Its path relative to the store's base.
+    pub rel: String,
+    /// Bytes.
+    pub size: u64,
+    /// Last written, ms since the epoch.
+    pub modified_ms: i64,
 }
 
 /// An object store with a base location: everything is read and written relative to it.
@@ -126,7 +143,10 @@ impl Store {
                     path: dir.to_path_buf(),
                     source,
                 })?;
-                let fs = LocalFileSystem::new_with_prefix(dir).map_err(|e| map_err(url, e))?;
+                // Folders a deletion empties go with it (garbage collection leaves none).
+                let fs = LocalFileSystem::new_with_prefix(dir)
+                    .map_err(|e| map_err(url, e))?
+                    .with_automatic_cleanup(true);
                 Ok(Store {
                     inner: Arc::new(fs),
                     base_url: format!("file://{}", rest.trim_end_matches('/')),
@@ -230,7 +250,6 @@ impl Store {
     /// no job runs (a checkpoint rewritten meanwhile could be overwritten by its older
     /// content); plain objects stay plain.
     pub async fn reseal(&self) -> Result<(usize, usize)> {
-        use futures::TryStreamExt;
         let Some(sealer) = self.sealer.clone() else {
             return Err(Error::invalid(
                 "config",
@@ -239,40 +258,56 @@ impl Store {
                 "resealing needs the keys: the new one first, then the old ones",
             ));
         };
-        let objects: Vec<object_store::ObjectMeta> = self
-            .inner
-            .list(Some(&self.prefix))
-            .try_collect()
-            .await
-            .map_err(|e| map_err(&self.base_url, e))?;
+        let objects = self.list("").await?;
         let mut resealed = 0;
-        for meta in &objects {
-            let Some(parts) = meta.location.prefix_match(&self.prefix) else {
-                continue;
-            };
-            let rel = parts
-                .map(|p| p.as_ref().to_string())
-                .collect::<Vec<_>>()
-                .join("/");
+        for object in &objects {
+            let rel = &object.rel;
             let raw = match self
                 .inner
-                .get_opts(&meta.location, GetOptions::default())
+                .get_opts(&self.path(rel), GetOptions::default())
                 .await
             {
                 Ok(r) => r.bytes().await,
                 Err(e) => Err(e),
             }
-            .map_err(|e| map_err(&self.url_of(&rel), e))?;
+            .map_err(|e| map_err(&self.url_of(rel), e))?;
             match crate::seal::sealed_with(&raw) {
                 Some(id) if id != sealer.id() => {
-                    let plain = crate::seal::open(Some(&sealer), &rel, &self.url_of(&rel), &raw)?;
-                    self.put(&rel, Bytes::from(plain)).await?;
+                    let plain = crate::seal::open(Some(&sealer), rel, &self.url_of(rel), &raw)?;
+                    self.put(rel, Bytes::from(plain)).await?;
                     resealed += 1;
                 }
                 _ => {}
             }
         }
         Ok((objects.len(), resealed))
+    }
+
+    /// Every object under `rel` (a folder relative to the base; `""`: all of them).
+    pub async fn list(&self, rel: &str) -> Result<Vec<Listed>> {
+        use futures::TryStreamExt;
+        let objects: Vec<object_store::ObjectMeta> = self
+            .inner
+            .list(Some(&self.path(rel)))
+            .try_collect()
+            .await
+            .map_err(|e| map_err(&self.url_of(rel), e))?;
+        Ok(objects
+            .into_iter()
+            .filter_map(|meta| {
+                let rel = meta
+                    .location
+                    .prefix_match(&self.prefix)?
+                    .map(|p| p.as_ref().to_string())
+                    .collect::<Vec<_>>()
+                    .join("/");
+                Some(Listed {
+                    rel,
+                    size: meta.size,
+                    modified_ms: meta.last_modified.timestamp_millis(),
+                })
+            })
+            .collect())
     }
 
     /// This store, sealing what it writes with `sealer` (and opening what it reads).
@@ -412,9 +447,67 @@ pub fn audience_dir(name: &str, version: u64) -> String {
     format!("audiences/{name}/{version}")
 }
 
+/// Folder of a data-parallel job's checkpoints.
+pub fn checkpoint_dir(job_id: &str) -> String {
+    format!("jobs/{job_id}/checkpoint")
+}
+
 /// A data-parallel job's latest checkpoint (rank 0 replaces it whole).
 pub fn checkpoint_path(job_id: &str) -> String {
-    format!("jobs/{job_id}/checkpoint/latest.ckpt")
+    format!("{}/latest.ckpt", checkpoint_dir(job_id))
+}
+
+/// The folders under which model versions and jobs' files lie ([`Store::list`] them).
+pub const MODELS_DIR: &str = "models";
+/// See [`MODELS_DIR`].
+pub const JOBS_DIR: &str = "jobs";
+
+/// The record an object of the store belongs to, for garbage collection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Owner<'a> {
+    /// A file of a model version's folder.
+    Version {
+        /// Model name.
+        name: &'a str,
+        /// Version number.
+        version: u64,
+    },
+    /// A file of a job's checkpoint folder.
+    Checkpoint {
+        /// Job id.
+        job: &'a str,
+    },
+    /// A file of a job's feature table.
+    Features {
+        /// Job id.
+        job: &'a str,
+    },
+}
+
+impl Owner<'_> {
+    /// The whole folder of the owner's files.
+    pub fn folder(&self) -> String {
+        match *self {
+            Owner::Version { name, version } => model_dir(name, version),
+            Owner::Checkpoint { job } => checkpoint_dir(job),
+            Owner::Features { job } => features_dir(job),
+        }
+    }
+}
+
+/// Whose file the object at `rel` is; `None` for anything else (audiences, scores,
+/// events, a name that is not a version number).
+pub fn owner_of(rel: &str) -> Option<Owner<'_>> {
+    let parts: Vec<&str> = rel.split('/').collect();
+    match parts.as_slice() {
+        [MODELS_DIR, name, version, _, ..] => Some(Owner::Version {
+            name,
+            version: version.parse().ok()?,
+        }),
+        [JOBS_DIR, job, "checkpoint", _, ..] => Some(Owner::Checkpoint { job }),
+        [JOBS_DIR, job, "features", _, ..] => Some(Owner::Features { job }),
+        _ => None,
+    }
 }
 
 /// The feature stage's manifest, written after every shard: its presence marks a whole

@@ -215,11 +215,10 @@ impl SqlExecutor {
         let addr = listener
             .local_addr()
             .map_err(|e| FeatureError::Cluster(e.to_string()))?;
-        let work_dir = tempfile::Builder::new()
-            .prefix("halyard-sql-")
-            .tempdir()
-            .map_err(|e| FeatureError::Cluster(format!("cannot make a work folder: {e}")))?
-            .keep();
+        // The folders executors killed on this machine left behind go first.
+        let temp = std::env::temp_dir();
+        crate::workdir::sweep(&temp);
+        let work_dir = crate::workdir::make(&temp)?;
         let work_path = work_dir.clone();
         let work_dir = work_dir.display().to_string();
         let metadata = ExecutorRegistration {

@@ -5,6 +5,8 @@
 //! - [`door`]: the key and role check before every call of the SQL scheduler's port.
 //! - [`session`]: DataFusion contexts (single-process, Ballista client, Ballista nodes), all
 //!   with Halyard's object stores ([`stores`]) and UDFs ([`udf`]).
+//! - [`workdir`]: the SQL executors' work folders, and the sweep of those left by a
+//!   process that is gone.
 //! - [`stage`]: a job's feature stage: SQL over named sources, the split, Parquet shards
 //!   written in parallel, statistics by SQL aggregates.
 //!
@@ -21,5 +23,6 @@ pub mod session;
 pub mod stage;
 pub mod stores;
 pub mod udf;
+pub mod workdir;
 
 pub use error::{FeatureError, Result, describe};

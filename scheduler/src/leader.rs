@@ -14,6 +14,7 @@ use halyard_core::registry::{CANARY, Change, Deployment, Outcomes, PRODUCTION};
 use halyard_core::schedule::Run;
 use halyard_core::search::{Next, SearchState, TrialState, best_trial, next_step};
 use halyard_core::spec::Stage;
+use halyard_core::store::Store;
 use halyard_core::{Error, Result};
 use halyard_features::cluster::SqlScheduler;
 use halyard_features::session::DataAccess;
@@ -29,6 +30,7 @@ const AUDIT_TRIM_EVERY: Duration = Duration::from_secs(3600);
 pub(crate) async fn run(
     cfg: SchedulerConfig,
     coord: Coordinator,
+    store: Store,
     door: SqlDoor,
     metrics: Metrics,
     mut shutdown: watch::Receiver<bool>,
@@ -44,7 +46,16 @@ pub(crate) async fn run(
         info!(id = %cfg.id, revision = leadership.revision, "became leader");
         metrics.leader.set(1);
         metrics.leader_changes.inc();
-        let reason = lead(&cfg, &coord, &door, &metrics, &leadership, &mut shutdown).await;
+        let reason = lead(
+            &cfg,
+            &coord,
+            &store,
+            &door,
+            &metrics,
+            &leadership,
+            &mut shutdown,
+        )
+        .await;
         metrics.leader.set(0);
         match reason {
             Ok(()) => {
@@ -96,6 +107,7 @@ async fn campaign(cfg: &SchedulerConfig, coord: &Coordinator) -> Leadership {
 async fn lead(
     cfg: &SchedulerConfig,
     coord: &Coordinator,
+    store: &Store,
     door: &SqlDoor,
     metrics: &Metrics,
     leadership: &Leadership,
@@ -106,6 +118,7 @@ async fn lead(
     let mut leader = Leader {
         cfg,
         coord,
+        store,
         door,
         metrics,
         leadership,
@@ -114,6 +127,7 @@ async fn lead(
         sql_executors: BTreeSet::new(),
         bandits_weighed: HashMap::new(),
         audit_trimmed: None,
+        collected: None,
     };
     let result = leader.run(shutdown, renew_every, &mut renewed).await;
     if let Some(sql) = leader.sql.take() {
@@ -239,6 +253,7 @@ pub(crate) struct SqlDoor {
 struct Leader<'a> {
     cfg: &'a SchedulerConfig,
     coord: &'a Coordinator,
+    store: &'a Store,
     door: &'a SqlDoor,
     metrics: &'a Metrics,
     leadership: &'a Leadership,
@@ -252,6 +267,8 @@ struct Leader<'a> {
     bandits_weighed: HashMap<String, (i64, Vec<(u64, Outcomes)>)>,
     /// When this leader last trimmed the audit log.
     audit_trimmed: Option<Instant>,
+    /// When this leader last started a garbage collection, and the collection.
+    collected: Option<(Instant, tokio::task::JoinHandle<()>)>,
 }
 
 impl Leader<'_> {
@@ -279,12 +296,33 @@ impl Leader<'_> {
         }
     }
 
+    /// Collect the object store's garbage when leadership begins, then every `gc_every`,
+    /// in the background (a large store takes a while to list): one collection at a time.
+    fn collect_garbage(&mut self) {
+        let Some(every) = self.cfg.gc_every else {
+            return;
+        };
+        if let Some((started, task)) = &self.collected
+            && (started.elapsed() < every || !task.is_finished())
+        {
+            return;
+        }
+        let (coord, store, policy) = (self.coord.clone(), self.store.clone(), self.cfg.gc);
+        let task = tokio::spawn(async move {
+            if let Err(e) = halyard_core::gc::run(&coord, &store, &policy, false).await {
+                warn!(error = %e, "garbage collection failed: next period");
+            }
+        });
+        self.collected = Some((Instant::now(), task));
+    }
+
     /// One pass: the jobs (placement, supervision, searches), and with `timed` also the
     /// duties driven by time rather than by writes (schedules, bandits, ramps, the audit
     /// log), which a wake-up between two periods skips.
     async fn tick(&mut self, executors: &[ExecutorInfo], timed: bool) -> Result<()> {
         if timed {
             self.trim_audit().await;
+            self.collect_garbage();
             self.fire_schedules().await?;
             let deployments = self.coord.deployments().await?;
             self.rebalance_bandits(&deployments).await?;

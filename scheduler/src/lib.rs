@@ -68,7 +68,8 @@ pub async fn start_scheduler(cfg: SchedulerConfig, coord: Coordinator) -> Result
     let (listener, addr) = halyard_core::bind(&cfg.listen).await?;
     let door = Door::new(&coord, &cfg.id, tls.as_ref());
     let (shutdown, shutdown_rx) = watch::channel(false);
-    let svc = std::sync::Arc::new(service::JobApi::new(coord.clone(), &cfg));
+    let store = halyard_core::store::Store::open(&cfg.store_url, &cfg.s3)?;
+    let svc = std::sync::Arc::new(service::JobApi::new(coord.clone(), &cfg, store.clone()));
     let (health_reporter, health) = tonic_health::server::health_reporter();
     health_reporter
         .set_serving::<JobServiceServer<service::JobApi>>()
@@ -78,7 +79,7 @@ pub async fn start_scheduler(cfg: SchedulerConfig, coord: Coordinator) -> Result
     let events = halyard_core::events::EventLog::open(
         &cfg.events_dir,
         &cfg.id,
-        halyard_core::store::Store::open(&cfg.store_url, &cfg.s3)?,
+        store.clone(),
         coord.clone(),
     )?;
     let gateway = Gateway::new(
@@ -128,7 +129,14 @@ pub async fn start_scheduler(cfg: SchedulerConfig, coord: Coordinator) -> Result
         verifier: door.verifier.clone(),
         token,
     };
-    let leader = tokio::spawn(leader::run(cfg, coord, sql_door, metrics, shutdown_rx));
+    let leader = tokio::spawn(leader::run(
+        cfg,
+        coord,
+        store,
+        sql_door,
+        metrics,
+        shutdown_rx,
+    ));
     Ok(SchedulerHandle {
         addr,
         shutdown,

@@ -12,10 +12,11 @@ use halyard_core::coord::{Auditor, Coordinator};
 use halyard_core::proto::job_service_server::JobService;
 use halyard_core::proto::{
     CancelRequest, CancelResponse, ClusterStatusRequest, ClusterStatusResponse,
-    CreateScheduleRequest, DeleteScheduleRequest, ExecutorInfo, GetJobRequest, GetJobResponse,
-    JobEvent, JobInfo, ListJobsRequest, ListJobsResponse, ListSchedulesRequest,
-    ListSchedulesResponse, LogLine, LogsRequest, LogsResponse, PauseScheduleRequest, ResumeRequest,
-    ScheduleInfo, ScheduleRun, SubmitRequest, SubmitResponse, WatchRequest,
+    CollectGarbageRequest, CollectGarbageResponse, CreateScheduleRequest, DeleteScheduleRequest,
+    ExecutorInfo, GarbageFolder, GetJobRequest, GetJobResponse, JobEvent, JobInfo, ListJobsRequest,
+    ListJobsResponse, ListSchedulesRequest, ListSchedulesResponse, LogLine, LogsRequest,
+    LogsResponse, PauseScheduleRequest, ResumeRequest, ScheduleInfo, ScheduleRun, SubmitRequest,
+    SubmitResponse, WatchRequest,
 };
 use halyard_core::records::{JobRecord, TaskProgress, now_ms};
 use halyard_core::schedule::{Schedule, Timing};
@@ -36,17 +37,47 @@ pub(crate) struct JobApi {
     roots: Roots,
     /// Most unfinished jobs one key may have.
     jobs_per_key: u32,
+    /// The object store, for garbage collection.
+    store: halyard_core::store::Store,
+    /// What garbage collection may remove.
+    gc: halyard_core::gc::GcPolicy,
 }
 
 impl JobApi {
-    pub(crate) fn new(coord: Coordinator, cfg: &SchedulerConfig) -> Self {
+    pub(crate) fn new(
+        coord: Coordinator,
+        cfg: &SchedulerConfig,
+        store: halyard_core::store::Store,
+    ) -> Self {
         JobApi {
             audit: Auditor::new(coord.clone(), &cfg.id),
             coord,
             id: cfg.id.clone(),
             roots: cfg.roots.clone(),
             jobs_per_key: cfg.jobs_per_key,
+            store,
+            gc: cfg.gc,
         }
+    }
+
+    /// Find (and unless `dry_run` delete) the store's garbage.
+    async fn garbage(&self, dry_run: bool) -> Result<Response<CollectGarbageResponse>, Status> {
+        let found = halyard_core::gc::run(&self.coord, &self.store, &self.gc, dry_run)
+            .await
+            .map_err(to_status)?;
+        Ok(Response::new(CollectGarbageResponse {
+            folders: found
+                .into_iter()
+                .map(|g| GarbageFolder {
+                    kind: g.kind.as_str().to_string(),
+                    folder: g.folder,
+                    objects: g.objects.len() as u64,
+                    bytes: g.bytes,
+                })
+                .collect(),
+            dry_run,
+            store: self.store.url().to_string(),
+        }))
     }
 
     /// Submit a job for `caller` (audited by the trait method).
@@ -534,6 +565,19 @@ impl JobService for JobApi {
                 })
                 .collect(),
         }))
+    }
+
+    async fn collect_garbage(
+        &self,
+        request: Request<CollectGarbageRequest>,
+    ) -> Result<Response<CollectGarbageResponse>, Status> {
+        let caller = Caller::of(&request)?;
+        let dry_run = request.into_inner().dry_run;
+        let result = self.garbage(dry_run).await;
+        if dry_run {
+            return result;
+        }
+        self.audit.call(&caller, "gc", "object store", result).await
     }
 
     async fn cluster_status(

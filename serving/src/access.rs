@@ -115,6 +115,11 @@ pub const ROUTES: &[(&str, &str, Access)] = &[
     ),
     (
         "POST",
+        "/halyard.v1.JobService/CollectGarbage",
+        Access::Key(Action::CollectGarbage),
+    ),
+    (
+        "POST",
         "/halyard.v1.ModelService/ListModels",
         Access::Key(Action::ReadModels),
     ),

@@ -20,18 +20,21 @@ impl Coordinator {
         self.next_number(self.model_counter_key(name)).await
     }
 
+    /// How many version numbers of a model were ever issued (registered or not): the
+    /// numbers 1 to this one.
+    pub async fn issued_model_versions(&self, name: &str) -> Result<u64> {
+        let key = self.model_counter_key(name);
+        match self.kv.get(&key).await? {
+            None => Ok(0),
+            Some(e) => Ok(counter(&key, &e.value)?.saturating_sub(1)),
+        }
+    }
+
     /// Allocate the next number of the counter at `key` (1, 2, …).
     async fn next_number(&self, key: String) -> Result<u64> {
         loop {
             let (current, revision) = match self.kv.get(&key).await? {
-                Some(e) => {
-                    let text = String::from_utf8_lossy(&e.value).into_owned();
-                    let n: u64 = text.parse().map_err(|_| Error::Corrupt {
-                        key: key.clone(),
-                        message: format!("not a number: {text:?}"),
-                    })?;
-                    (n, e.mod_revision)
-                }
+                Some(e) => (counter(&key, &e.value)?, e.mod_revision),
                 None => (1, 0),
             };
             let out = self
@@ -305,4 +308,13 @@ impl Coordinator {
         let totals = crate::registry::total(&self.tallies(name).await?);
         Ok(crate::registry::outcomes_of(&totals))
     }
+}
+
+/// The next number a counter at `key` holds.
+fn counter(key: &str, value: &[u8]) -> Result<u64> {
+    let text = String::from_utf8_lossy(value);
+    text.parse().map_err(|_| Error::Corrupt {
+        key: key.to_string(),
+        message: format!("not a number: {text:?}"),
+    })
 }
