@@ -22,6 +22,7 @@ fn creds(endpoint: &str, secret: &str) -> S3Config {
         access_key_id: Some(AK.into()),
         secret_access_key: Some(secret.into()),
         ca_file: None,
+        retry_secs: Some(2),
     }
 }
 
@@ -235,4 +236,138 @@ async fn an_https_endpoint_is_trusted_through_the_ca_bundle_and_refused_without_
             .is_err()
     );
     assert!(!tmp.path().join("s3/secure/halyard/x/b.bin").exists());
+}
+
+/// The S3 server on `addr` (a port it held before: an outage ends), serving `root`.
+async fn s3_on(addr: std::net::SocketAddr, root: &std::path::Path) -> tokio::task::JoinHandle<()> {
+    let listener = common::wait_for("the S3 port", Duration::from_secs(10), || async {
+        tokio::net::TcpListener::bind(addr).await.ok()
+    })
+    .await;
+    let root = root.to_path_buf();
+    tokio::spawn(async move {
+        let _ = halyard_s3_server::serve(listener, &root, AK, SK).await;
+    })
+}
+
+/// The S3 server stops (listener and every connection closed) while a data-parallel job
+/// writes a checkpoint every step, and comes back 4 s later: the writes retry, the job
+/// succeeds once, its one version whole in S3. Then it stays down past `s3_retry_secs`:
+/// the job publishing meanwhile fails with a message that says the S3 server did not
+/// answer, no half version is visible, and the model deployed before keeps answering
+/// predictions throughout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_s3_outage_is_ridden_out_and_a_long_one_fails_the_job_clearly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let s3_root = dir.join("s3");
+    std::fs::create_dir_all(s3_root.join("models")).unwrap();
+    let data = halyard_cli::datagen::generate(&dir.join("gen"), 3000, 11).unwrap();
+    let addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let mut s3 = s3_on(addr, &s3_root).await;
+    let settings = Settings {
+        listen: Some("127.0.0.1:0".into()),
+        data_dir: Some(dir.join("state")),
+        data_roots: Some(vec![dir.display().to_string()]),
+        store: Some("s3://models/halyard".into()),
+        executors: Some(2),
+        ..Default::default()
+    }
+    .with_s3(S3Config {
+        retry_secs: Some(12),
+        ..creds(&format!("http://{addr}"), SK)
+    });
+    let cluster = halyard::start_standalone(settings).await.unwrap();
+    let client = common::client_of(&cluster).await;
+
+    // A model deployed and answering before any outage.
+    let first = common::spec(dir, "served", &data.responses, 1, 256);
+    common::train_and_deploy(&client, &first, 1).await;
+    let http = common::http_client(&cluster.admin_key);
+    let api = cluster.scheduler.addr;
+    let table = halyard_core::data::read_table(
+        &Bytes::from(std::fs::read(&data.responses).unwrap()),
+        &first.data,
+        "responses.csv",
+    )
+    .unwrap();
+    let rows = halyard_cli::load::records(&table.batches, &["responded"]).unwrap();
+    let body = serde_json::json!({ "record": rows[0] }).to_string();
+    let predict = || async {
+        http.post(format!("http://{api}/v1/models/served:predict"))
+            .header("content-type", "application/json")
+            .body(body.clone())
+            .send()
+            .await
+            .map(|r| r.status().as_u16())
+            .unwrap_or(0)
+    };
+    common::wait_for("the model to serve", Duration::from_secs(60), || async {
+        (predict().await == 200).then_some(())
+    })
+    .await;
+
+    // A short outage from before the job starts: its feature stage writes its shards to
+    // S3 through the SQL cluster, which cannot end while the server is down.
+    let spec = common::data_parallel_spec(
+        dir,
+        "outage",
+        &data.responses,
+        2,
+        "epochs = 2\ncheckpoint_steps = 1\ncheckpoint_secs = 0\nstep_timeout_secs = 60",
+        "",
+    );
+    s3.abort();
+    let _ = (&mut s3).await;
+    let job = client.submit(&spec).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let during = client.job(&job.id).await.unwrap();
+    assert_eq!(
+        (during.state.as_str(), during.attempt),
+        ("running", 1),
+        "the job waits for the store, neither failed nor retried: {during:?}"
+    );
+    assert_eq!(predict().await, 200, "serving during the outage");
+    s3 = s3_on(addr, &s3_root).await;
+    let done = common::wait_done(&client, &job.id, Duration::from_secs(300)).await;
+    // Two attempts: the feature step's and the training step's; none lost to the outage.
+    assert_eq!(
+        (done.state.as_str(), done.attempt),
+        ("succeeded", 2),
+        "{done:?}"
+    );
+    let store = s3_root.join("models/halyard");
+    assert_eq!(common::published_versions(&store, "outage"), vec![1]);
+    assert!(store.join("models/outage/1/manifest.json").exists());
+
+    // An outage longer than the retry time: the publish fails the job, clearly.
+    s3.abort();
+    let _ = (&mut s3).await;
+    let long = common::spec(dir, "long-outage", &data.responses, 1, 256);
+    let job = client.submit(&long).await.unwrap();
+    let done = common::wait_done(&client, &job.id, Duration::from_secs(120)).await;
+    assert_eq!(done.state, "failed", "{done:?}");
+    assert!(
+        done.error
+            .contains("the S3 server did not answer within s3_retry_secs")
+            && done.error.contains("s3://models/halyard"),
+        "{}",
+        done.error
+    );
+    assert_eq!(predict().await, 200, "serving during the long outage");
+    let _s3 = s3_on(addr, &s3_root).await;
+    assert!(
+        client.model("long-outage").await.is_err(),
+        "no version of the failed job is registered"
+    );
+    assert!(
+        !s3_root
+            .join("models/halyard/models/long-outage/1/manifest.json")
+            .exists(),
+        "no half version is visible"
+    );
+    cluster.stop().await;
 }

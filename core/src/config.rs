@@ -227,6 +227,9 @@ settings! {
     /// CA certificates (a PEM bundle) to trust for an `https://` S3 endpoint, beside the
     /// system's (a private S3 server's own CA).
     s3_ca_file: PathBuf, default: "the system's roots only";
+    /// Seconds an S3 read or write is retried, with backoff and jitter, while the server
+    /// is unreachable or failing, before the task fails (serving keeps what it loaded).
+    s3_retry_secs: u64, default: crate::store::DEFAULT_S3_RETRY_SECS;
 }
 
 impl Settings {
@@ -250,6 +253,7 @@ impl Settings {
             access_key_id: self.s3_access_key_id.clone(),
             secret_access_key: self.s3_secret_access_key.clone(),
             ca_file: self.s3_ca_file.clone(),
+            retry_secs: self.s3_retry_secs,
         }
     }
 
@@ -261,6 +265,7 @@ impl Settings {
             s3_access_key_id: s3.access_key_id,
             s3_secret_access_key: s3.secret_access_key,
             s3_ca_file: s3.ca_file,
+            s3_retry_secs: s3.retry_secs,
             ..self
         }
     }

@@ -44,7 +44,14 @@ pub struct S3Config {
     /// CA certificates (a PEM bundle) trusted for an `https://` endpoint, beside the
     /// system's.
     pub ca_file: Option<std::path::PathBuf>,
+    /// Seconds a request is retried, with backoff and jitter, while the server cannot be
+    /// reached or answers with a server error; unset: [`DEFAULT_S3_RETRY_SECS`].
+    pub retry_secs: Option<u64>,
 }
+
+/// How long an S3 request is retried by default, seconds: an S3 server restarted or
+/// briefly unreachable costs a task this long at most before it fails.
+pub const DEFAULT_S3_RETRY_SECS: u64 = 120;
 
 impl std::fmt::Debug for S3Config {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -53,6 +60,7 @@ impl std::fmt::Debug for S3Config {
             .field("region", &self.region)
             .field("access_key_id", &self.access_key_id)
             .field("ca_file", &self.ca_file)
+            .field("retry_secs", &self.retry_secs)
             .field(
                 "secret_access_key",
                 &self.secret_access_key.as_ref().map(|_| "<redacted>"),
@@ -106,9 +114,24 @@ fn map_err(location: &str, e: object_store::Error) -> Error {
 /// credentials (the credentials themselves are never part of it).
 pub fn describe_store_error(e: &object_store::Error) -> String {
     let text = e.to_string();
-    if text.contains("403")
+    if let Some(tries) = text
+        .split_once(" retries, max_retries")
+        .and_then(|(head, _)| head.rsplit_once("after "))
+        .map(|(_, n)| n)
+    {
+        // object_store's retries ran out: the server stayed unreachable or failing.
+        let last = text.rsplit(" - ").next().unwrap_or(&text).trim();
+        return format!(
+            "the S3 server did not answer within s3_retry_secs ({tries} retries with backoff; \
+             the last: {last}): check that it runs and that --s3-endpoint / \
+             HALYARD_S3_ENDPOINT names it"
+        );
+    }
+    if text.contains("status 403")
+        || text.contains("403 Forbidden")
         || text.contains("SignatureDoesNotMatch")
         || text.contains("InvalidAccessKeyId")
+        || text.contains("AccessDenied")
     {
         "access denied by the S3 server: check the access key id and secret \
          (--s3-access-key-id / HALYARD_S3_ACCESS_KEY_ID or AWS_ACCESS_KEY_ID)"
@@ -349,10 +372,16 @@ pub fn build_s3(bucket: &str, cfg: &S3Config) -> object_store::Result<object_sto
         }
         b = b.with_client_options(options);
     }
+    // Bounded by time, not by count: backoff from 100 ms doubling to 5 s, with jitter
+    // (object_store's), until `retry_secs` have passed since the first try.
     let retry = object_store::RetryConfig {
-        max_retries: 2,
-        retry_timeout: Duration::from_secs(10),
-        ..Default::default()
+        max_retries: 10_000,
+        retry_timeout: Duration::from_secs(cfg.retry_secs.unwrap_or(DEFAULT_S3_RETRY_SECS)),
+        backoff: object_store::BackoffConfig {
+            init_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(5),
+            base: 2.0,
+        },
     };
     b.with_retry(retry).build()
 }
@@ -539,4 +568,38 @@ pub async fn read_model(store: &Store, name: &str, version: u64) -> Result<Optio
     };
     let weights = store.get(&format!("{dir}/{WEIGHTS_FILE}")).await?;
     Ok(Some((weights, manifest)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn generic(text: &str) -> object_store::Error {
+        object_store::Error::Generic {
+            store: "S3",
+            source: text.to_string().into(),
+        }
+    }
+
+    #[test]
+    fn an_outage_and_a_refusal_are_told_apart_and_said_plainly() {
+        // A port or a duration with 403 in it is no refusal.
+        let outage = generic(
+            "Error performing PUT http://127.0.0.1:40371/b/x in 12.403s, after 34 retries, \
+             max_retries: 10000, retry_timeout: 12s  - HTTP error: error sending request",
+        );
+        assert_eq!(
+            describe_store_error(&outage),
+            "the S3 server did not answer within s3_retry_secs (34 retries with backoff; the \
+             last: HTTP error: error sending request): check that it runs and that \
+             --s3-endpoint / HALYARD_S3_ENDPOINT names it"
+        );
+        let refused = generic(
+            "Error performing PUT http://127.0.0.1:9000/b/x in 2ms - Client error with status \
+             403 Forbidden: SignatureDoesNotMatch",
+        );
+        assert!(describe_store_error(&refused).starts_with("access denied by the S3 server"));
+        let other = generic("Error performing GET http://h/b/x in 1ms - bucket not found");
+        assert_eq!(describe_store_error(&other), other.to_string());
+    }
 }

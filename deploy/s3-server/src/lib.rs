@@ -12,7 +12,8 @@ use s3s::service::S3ServiceBuilder;
 use tokio::net::TcpListener;
 
 /// Serve `root` (each sub-folder is a bucket) on `listener`, accepting only requests
-/// signed with `access_key`/`secret_key`. Runs until the task is dropped or aborted.
+/// signed with `access_key`/`secret_key`. Runs until the task is dropped or aborted, which
+/// closes the listener and every open connection with it (an outage, for tests).
 pub async fn serve(
     listener: TcpListener,
     root: &Path,
@@ -36,10 +37,13 @@ pub async fn serve_with(
     builder.set_auth(SimpleAuth::from_single(access_key, secret_key));
     let service = builder.build();
     let http = ConnBuilder::new(TokioExecutor::new());
+    // The connections end with this task: a dropped set aborts its tasks.
+    let mut connections = tokio::task::JoinSet::new();
     loop {
         let (socket, _) = listener.accept().await?;
+        while connections.try_join_next().is_some() {}
         let (http, service, acceptor) = (http.clone(), service.clone(), acceptor.clone());
-        tokio::spawn(async move {
+        connections.spawn(async move {
             match acceptor {
                 Some(acceptor) => {
                     if let Ok(tls) = acceptor.accept(socket).await {
