@@ -276,8 +276,7 @@ fn data(dir: &Path) -> Vec<Check> {
             ),
         ),
     }];
-    if let Ok(s) = rustix::fs::statvfs(dir) {
-        let free = s.f_bavail.saturating_mul(s.f_frsize);
+    if let Some(free) = halyard_core::disk::free_bytes(dir) {
         let gib = free as f64 / f64::from(1u32 << 30);
         checks.push(if free < LOW_DISK_BYTES {
             check(

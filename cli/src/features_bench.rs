@@ -283,7 +283,7 @@ pub async fn run(b: &FeaturesBench) -> Result<(Timings, Timings)> {
             .await
             .map_err(|e| io(&b.dir, e))?;
         let id = format!("bench-executor-{i}");
-        let mut e = SqlExecutor::start(&id, "127.0.0.1", l, b.slots, &access, &key).await?;
+        let mut e = SqlExecutor::start(&id, "127.0.0.1", l, b.slots, &access, &key, None).await?;
         e.follow(Some(&endpoint));
         executors.push(e);
     }

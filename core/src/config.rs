@@ -205,6 +205,10 @@ settings! {
     memory_mb: u64, default: DEFAULT_MEMORY_MB;
     /// Executor: GPUs offered.
     gpus: u32, default: 0;
+    /// Executor: MiB its SQL work folder (shuffle files and results, in `TMPDIR`) may
+    /// hold: a task that would start past it fails naming the folder and the budget (a task
+    /// also fails before writing when its disk has less than 64 MiB left); 0: no budget.
+    disk_budget_mb: u64, default: 0;
     /// Standalone: executors started in the process.
     executors: u32, default: DEFAULT_EXECUTORS;
     /// Serving: most records an executor scores in one micro-batch.
@@ -573,6 +577,8 @@ pub struct ExecutorConfig {
     pub memory_mb: u64,
     /// GPUs.
     pub gpus: u32,
+    /// Bytes the SQL work folder may hold; `None`: no budget.
+    pub disk_budget: Option<u64>,
     /// Coordination.
     pub coordinator: CoordinatorConfig,
     /// Artifact store URL.
@@ -623,6 +629,7 @@ impl ExecutorConfig {
             }),
             memory_mb: s.memory_mb.unwrap_or(DEFAULT_MEMORY_MB),
             gpus: s.gpus.unwrap_or(0),
+            disk_budget: s.disk_budget_mb.filter(|&mb| mb > 0).map(|mb| mb << 20),
             coordinator: CoordinatorConfig::from_settings(s)?,
             store_url,
             s3: s.s3(),

@@ -46,6 +46,18 @@ pub enum Error {
         /// The missing location.
         location: String,
     },
+    /// A write would not fit: the disk is (nearly) full, or a folder is at its budget.
+    #[error("{}", disk_full(path, *free, *need, *limit))]
+    DiskFull {
+        /// The file or folder written.
+        path: PathBuf,
+        /// Bytes free on its disk (with `limit`: left in the budget).
+        free: u64,
+        /// Bytes the write needs (with `limit`: the folder's bytes).
+        need: u64,
+        /// The folder's budget, bytes, when that is what is exceeded.
+        limit: Option<u64>,
+    },
     /// Reading or writing object storage failed.
     #[error("object store {location}: {message}")]
     Store {
@@ -128,6 +140,27 @@ pub enum Error {
     },
 }
 
+fn disk_full(path: &std::path::Path, free: u64, need: u64, limit: Option<u64>) -> String {
+    use crate::disk::{KEEP_FREE_BYTES, size_text};
+    match limit {
+        Some(budget) => format!(
+            "disk budget: {} holds {} (shuffle files and results), the node's budget is {} \
+             (disk_budget_mb): raise it, or give the node a larger disk",
+            path.display(),
+            size_text(need),
+            size_text(budget)
+        ),
+        None => format!(
+            "no room on the disk of {}: {} free, the write needs {} and {} stays free; free \
+             space there or move the folder to a larger disk",
+            path.display(),
+            size_text(free),
+            size_text(need),
+            size_text(KEEP_FREE_BYTES)
+        ),
+    }
+}
+
 impl Error {
     /// What this failure means for the caller ([`Failure`]): the one classification
     /// that wire codes and retries follow.
@@ -143,7 +176,8 @@ impl Error {
             | Error::Conflict { .. }
             | Error::Fenced
             | Error::LeaseLost(_)
-            | Error::EventLog { .. } => Failure::Unavailable,
+            | Error::EventLog { .. }
+            | Error::DiskFull { .. } => Failure::Unavailable,
             Error::Store { .. } | Error::Io { .. } | Error::Corrupt { .. } => Failure::Internal,
         }
     }

@@ -11,6 +11,7 @@ pub mod confine;
 pub mod coord;
 pub mod csv;
 pub mod data;
+pub mod disk;
 pub mod error;
 pub mod events;
 pub mod failure;

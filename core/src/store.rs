@@ -88,6 +88,8 @@ pub struct Store {
     prefix: ObjectPath,
     /// Seals what is written and opens what is read (client-side encryption).
     sealer: Option<Arc<crate::seal::Sealer>>,
+    /// A `file://` store's folder: writes check the room on its disk first.
+    local: Option<std::path::PathBuf>,
 }
 
 impl std::fmt::Debug for Store {
@@ -175,6 +177,7 @@ impl Store {
                     base_url: format!("file://{}", rest.trim_end_matches('/')),
                     prefix: ObjectPath::default(),
                     sealer: None,
+                    local: Some(dir.to_path_buf()),
                 })
             }
             "s3" => {
@@ -196,6 +199,7 @@ impl Store {
                         .to_string(),
                     prefix: ObjectPath::from(prefix.trim_matches('/')),
                     sealer: None,
+                    local: None,
                 })
             }
             other => Err(Error::StoreUrl {
@@ -230,6 +234,9 @@ impl Store {
             Some(s) => Bytes::from(s.seal(rel, &bytes)),
             None => bytes,
         };
+        if let Some(dir) = &self.local {
+            crate::disk::room_for(&dir.join(rel), bytes.len() as u64)?;
+        }
         self.inner
             .put_opts(
                 &self.path(rel),

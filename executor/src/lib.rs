@@ -158,6 +158,7 @@ pub async fn start_executor(cfg: ExecutorConfig, coord: Coordinator) -> Result<E
             roots: cfg.roots.clone(),
         },
         &token,
+        cfg.disk_budget,
     )
     .await
     .map_err(|e| ExecutorError::Sql(e.to_string()))?;

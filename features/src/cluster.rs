@@ -203,7 +203,8 @@ pub struct SqlExecutor {
 impl SqlExecutor {
     /// Start the Flight service on `listener`; `host` is the name other nodes reach this
     /// one by. `vcores` tasks run at once, reading and writing within `access`'s roots;
-    /// `key` is the node's, presented to the scheduler.
+    /// `key` is the node's, presented to the scheduler. A task does not start once the
+    /// work folder holds `disk_budget` bytes or its disk is full.
     pub async fn start(
         id: &str,
         host: &str,
@@ -211,6 +212,7 @@ impl SqlExecutor {
         vcores: usize,
         access: &DataAccess,
         key: &str,
+        disk_budget: Option<u64>,
     ) -> Result<SqlExecutor> {
         let addr = listener
             .local_addr()
@@ -238,7 +240,7 @@ impl SqlExecutor {
         let state = node_state(SessionConfig::new_with_ballista(), rt.clone());
         let config_producer: ConfigProducer = Arc::new(SessionConfig::new_with_ballista);
         let runtime_producer: RuntimeProducer = Arc::new(move |_| Ok(rt.clone()));
-        let executor = Arc::new(Executor::with_default_execution_engine(
+        let executor = Arc::new(Executor::new(
             metadata,
             &work_dir,
             runtime_producer,
@@ -246,6 +248,7 @@ impl SqlExecutor {
             Arc::new(BallistaFunctionRegistry::from(&state)),
             Arc::new(LoggingMetricsCollector::default()),
             vcores,
+            Arc::new(crate::workdir::BudgetedEngine::new(disk_budget)),
         ));
         let flight = arrow_flight::flight_service_server::FlightServiceServer::new(
             BallistaFlightService::new(work_dir),

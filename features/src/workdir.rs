@@ -7,6 +7,10 @@
 //! (from `/proc`, so that a reused process id is not taken for the owner). Every SQL
 //! executor, when it starts, removes the folders whose owner is no longer running on this
 //! machine. Where `/proc` is missing nothing is swept.
+//!
+//! [`BudgetedEngine`] checks the folder against the node's disk budget (`disk_budget_mb`)
+//! and its disk's free space before every task writes shuffle output there: a task that
+//! would start past either fails, naming the folder and the budget.
 
 use std::path::{Path, PathBuf};
 
@@ -64,18 +68,51 @@ fn owner_runs(dir: &Path) -> Option<bool> {
     Some(started(pid) == Some(start))
 }
 
-fn size_of(dir: &Path) -> u64 {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return 0;
-    };
-    entries
-        .flatten()
-        .map(|e| match e.file_type() {
-            Ok(t) if t.is_dir() => size_of(&e.path()),
-            Ok(_) => e.metadata().map(|m| m.len()).unwrap_or(0),
-            Err(_) => 0,
-        })
-        .sum()
+/// Ballista's execution engine, refusing a task while the work folder is at the node's
+/// budget or its disk is full ([`halyard_core::disk::within_budget`]).
+pub struct BudgetedEngine {
+    inner: ballista_executor::execution_engine::DefaultExecutionEngine,
+    /// Bytes the work folder may hold; `None`: only the disk's free space counts.
+    budget: Option<u64>,
+}
+
+impl BudgetedEngine {
+    /// An engine for a work folder of at most `budget` bytes.
+    pub fn new(budget: Option<u64>) -> Self {
+        BudgetedEngine {
+            inner: Default::default(),
+            budget,
+        }
+    }
+}
+
+impl ballista_executor::execution_engine::ExecutionEngine for BudgetedEngine {
+    fn create_query_stage_exec(
+        &self,
+        job_id: ballista_core::JobId,
+        stage_id: usize,
+        task_id: usize,
+        global_output_partition_ids: Vec<usize>,
+        plan: std::sync::Arc<dyn datafusion::physical_plan::ExecutionPlan>,
+        work_dir: &str,
+        config: &datafusion::prelude::SessionConfig,
+    ) -> datafusion::error::Result<
+        std::sync::Arc<dyn ballista_executor::execution_engine::QueryStageExecutor>,
+    > {
+        halyard_core::disk::within_budget(Path::new(work_dir), self.budget).map_err(|e| {
+            warn!(work_dir, stage_id, task_id, error = %e, "sql task refused: disk");
+            datafusion::error::DataFusionError::ResourcesExhausted(e.to_string())
+        })?;
+        self.inner.create_query_stage_exec(
+            job_id,
+            stage_id,
+            task_id,
+            global_output_partition_ids,
+            plan,
+            work_dir,
+            config,
+        )
+    }
 }
 
 /// Remove the work folders in `parent` whose owner no longer runs; returns each with its
@@ -92,7 +129,7 @@ pub fn sweep(parent: &Path) -> Vec<(PathBuf, u64)> {
         if !ours || owner_runs(&path) != Some(false) {
             continue;
         }
-        let bytes = size_of(&path);
+        let bytes = halyard_core::disk::usage(&path);
         match std::fs::remove_dir_all(&path) {
             Ok(()) => {
                 info!(dir = %path.display(), bytes, "removed the work folder of a sql executor that is gone");

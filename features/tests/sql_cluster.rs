@@ -101,7 +101,7 @@ async fn cluster_answers_equal_single_process_datafusion() {
     let mut executors = Vec::new();
     for id in ["sql-exec-a", "sql-exec-b"] {
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let mut e = SqlExecutor::start(id, "127.0.0.1", l, 2, &access, &key)
+        let mut e = SqlExecutor::start(id, "127.0.0.1", l, 2, &access, &key, None)
             .await
             .unwrap();
         e.follow(Some(&endpoint));
@@ -135,5 +135,65 @@ async fn cluster_answers_equal_single_process_datafusion() {
     for e in executors {
         e.stop();
     }
+    scheduler.stop().await;
+}
+
+/// An executor whose work folder is at its disk budget takes no task: the query fails
+/// with a message naming the folder and the budget, and an executor with room answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_executor_at_its_disk_budget_refuses_tasks_clearly() {
+    let dir = tempfile::tempdir().unwrap();
+    write_data(dir.path());
+    let access = DataAccess::unconfined(&S3Config::default());
+    let (verifier, key) = halyard_core::auth::private_keys().await.unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let scheduler = SqlScheduler::start(listener, &access, verifier, None, &key)
+        .await
+        .unwrap();
+    let endpoint = scheduler.addr.to_string();
+    // One byte: the folder's owner file alone is over it.
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let mut full = SqlExecutor::start("sql-exec-full", "127.0.0.1", l, 2, &access, &key, Some(1))
+        .await
+        .unwrap();
+    full.follow(Some(&endpoint));
+    let cluster = remote_context(&endpoint, Some(&key), &access, 4)
+        .await
+        .unwrap();
+    register(&cluster, dir.path()).await;
+    let err = cluster
+        .sql(QUERIES[0])
+        .await
+        .unwrap()
+        .collect()
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("disk budget")
+            && err.contains("halyard-sql-")
+            && err.contains("disk_budget_mb"),
+        "{err}"
+    );
+    full.stop();
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let mut roomy = SqlExecutor::start(
+        "sql-exec-roomy",
+        "127.0.0.1",
+        l,
+        2,
+        &access,
+        &key,
+        Some(64 << 20),
+    )
+    .await
+    .unwrap();
+    roomy.follow(Some(&endpoint));
+    let cluster = remote_context(&endpoint, Some(&key), &access, 4)
+        .await
+        .unwrap();
+    register(&cluster, dir.path()).await;
+    assert!(!rows(&cluster, QUERIES[0]).await.is_empty());
+    roomy.stop();
     scheduler.stop().await;
 }
