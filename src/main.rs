@@ -260,8 +260,8 @@ enum Command {
         /// Version to deploy
         #[arg(
             long,
-            conflicts_with_all = ["split", "bandit"],
-            required_unless_present_any = ["split", "bandit"]
+            conflicts_with_all = ["split", "bandit", "replicas"],
+            required_unless_present_any = ["split", "bandit", "replicas"]
         )]
         version: Option<u64>,
         /// Alias to give the version
@@ -283,7 +283,7 @@ enum Command {
         #[arg(long, value_enum, requires = "ramp")]
         guardrail: Option<Guardrail>,
         /// Traffic split as VERSION=WEIGHT pairs, such as 3=90,4=10
-        #[arg(long, conflicts_with = "bandit")]
+        #[arg(long, conflicts_with_all = ["bandit", "replicas"])]
         split: Option<String>,
         /// Thompson-sampling allocation between these versions (such as 3,4,5): the
         /// leader re-weighs them every --every by the posterior probability that each
@@ -297,6 +297,11 @@ enum Command {
         /// With --bandit: time between reallocations (30s, 5m, 1h)
         #[arg(long, default_value = "60s", requires = "bandit")]
         every: String,
+        /// Serve the model on this many executors, chosen by the leader among those with
+        /// memory for it (--memory-mb), and moved when one dies; 0: on every executor it
+        /// fits on (the default). The traffic split stays as it is
+        #[arg(long, conflicts_with = "bandit")]
+        replicas: Option<u32>,
         /// Print JSON
         #[arg(long)]
         json: bool,
@@ -786,12 +791,14 @@ async fn run(cli: Cli) -> Result<(), AnyError> {
             bandit,
             floor,
             every,
+            replicas,
             json,
             conn,
         } => {
-            let action = match (bandit, ramp, version) {
-                (Some(versions), _, _) => DeployAction::bandit(versions, &floor, &every)?,
-                (None, Some(steps), Some(version)) => DeployAction::ramp(
+            let action = match (replicas, bandit, ramp, version) {
+                (Some(count), ..) => DeployAction::Replicas(count),
+                (None, Some(versions), _, _) => DeployAction::bandit(versions, &floor, &every)?,
+                (None, None, Some(steps), Some(version)) => DeployAction::ramp(
                     version,
                     steps,
                     &step,

@@ -813,3 +813,104 @@ async fn killing_a_serving_executor_under_load_fails_no_request() {
     assert_eq!(status, 200, "{v}");
     assert_eq!(v["executor"], "exec-2");
 }
+
+/// Where a model is placed and who serves it, once the two agree with `check`.
+async fn placement_settled(
+    client: &Client,
+    model: &str,
+    check: impl Fn(&halyard_core::proto::DeploymentInfo) -> bool,
+) -> halyard_core::proto::DeploymentInfo {
+    wait_for(
+        &format!("{model}'s placement"),
+        Duration::from_secs(40),
+        || async {
+            let d = client.model(model).await.ok()?.deployment?;
+            let mut placed = d.placed_on.clone();
+            let mut serving: Vec<String> = d
+                .served_by
+                .iter()
+                .filter(|s| !s.versions.is_empty())
+                .map(|s| s.executor.clone())
+                .collect();
+            placed.sort();
+            serving.sort();
+            (placed == serving && check(&d)).then_some(d)
+        },
+    )
+    .await
+}
+
+/// A deployment with `--replicas 2` is loaded by two executors with memory for it, never
+/// by one offering none; when one of them is killed the leader places the model on the
+/// third and it answers there; with no replica count it goes on every executor it fits on
+/// and says how many did not fit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_go_where_memory_allows_and_move_when_an_executor_dies() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let mut cl = EtcdCluster::new(dir, "placement");
+    let data = halyard_cli::datagen::generate(&dir.join("data"), 1500, 5).unwrap();
+    let gw = format!("127.0.0.1:{}", free_port());
+    let _sched = cl.scheduler("sched", &gw);
+    let mut execs: std::collections::BTreeMap<String, Proc> = (0..3)
+        .map(|i| {
+            let id = format!("exec-{i}");
+            let (p, _) = cl.executor(&id);
+            (id, p)
+        })
+        .collect();
+    cl.flags = vec!["--memory-mb".into(), "0".into()];
+    let (_small, _) = cl.executor("exec-small");
+    let client = cl.connect(&gw).await;
+    wait_for("four executors", Duration::from_secs(30), || async {
+        (client.cluster().await.ok()?.executors.len() == 4).then_some(())
+    })
+    .await;
+    train(&client, &spec(dir, "placed", &data.responses, 2, 256)).await;
+    let set_replicas = |count: u32| {
+        client.deploy(DeployRequest {
+            name: "placed".into(),
+            change: Some(Change::Replicas(halyard_core::proto::SetReplicas { count })),
+        })
+    };
+    set_replicas(2).await.unwrap();
+    deploy(&client, "placed", 1, "production", None).await;
+    let d = placement_settled(&client, "placed", |d| d.placed_on.len() == 2).await;
+    assert_eq!((d.replicas, d.unplaced), (2, 0), "{d:?}");
+    assert!(d.memory_bytes > 0, "{d:?}");
+    assert!(!d.placed_on.contains(&"exec-small".to_string()), "{d:?}");
+    let key = cl.admin_key().await;
+    let http = http_client(&key);
+    let spec = JobSpec::from_file(&dir.join("placed.toml")).unwrap();
+    let rows = records(&read_table(&spec, &data.responses).batches, &["responded"]).unwrap();
+    let body = json!({ "record": rows[0] }).to_string();
+    let predict = || async {
+        http.post(format!("http://{gw}/v1/models/placed:predict"))
+            .header("content-type", "application/json")
+            .body(body.clone())
+            .send()
+            .await
+            .map(|r| r.status().as_u16())
+            .unwrap_or(0)
+    };
+    assert_eq!(predict().await, 200);
+
+    // One of the two dies: the model moves to the third, the survivor keeps it.
+    let victim = d.placed_on[0].clone();
+    let survivor = d.placed_on[1].clone();
+    execs.get_mut(&victim).unwrap().kill();
+    let moved = placement_settled(&client, "placed", |d| {
+        d.placed_on.len() == 2 && !d.placed_on.contains(&victim)
+    })
+    .await;
+    assert!(moved.placed_on.contains(&survivor), "{moved:?}");
+    assert!(!moved.placed_on.contains(&"exec-small".to_string()));
+    assert_eq!(predict().await, 200);
+
+    // Every executor it fits on: the two left with memory; the one offering none is the
+    // replica that does not fit.
+    set_replicas(0).await.unwrap();
+    let all = placement_settled(&client, "placed", |d| d.replicas == 0 && d.unplaced == 1).await;
+    assert_eq!(all.placed_on.len(), 2, "{all:?}");
+    assert!(!all.placed_on.contains(&"exec-small".to_string()));
+}

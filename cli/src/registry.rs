@@ -4,7 +4,7 @@
 use halyard_core::proto::deploy_request::Change;
 use halyard_core::proto::{
     DeployRequest, DeployVersion, DeploymentInfo, ExperimentResponse, GetModelResponse, Promote,
-    Rollback, SplitTraffic, StartBandit, StartRamp, Undeploy, VariantInfo,
+    Rollback, SetReplicas, SplitTraffic, StartBandit, StartRamp, Undeploy, VariantInfo,
 };
 use halyard_core::registry::parse_split;
 use serde_json::{Value, json};
@@ -33,6 +33,11 @@ fn deployment_json(d: Option<&DeploymentInfo>) -> Value {
                 "floor_bp": b.floor_bp,
                 "every_secs": b.every_secs,
             })),
+            "replicas": (d.replicas > 0).then_some(d.replicas),
+            "placed_on": d.placed_on,
+            "unplaced": d.unplaced,
+            "memory_bytes": d.memory_bytes,
+            "served_by": d.served_by.iter().map(|s| json!({"executor": s.executor, "versions": s.versions})).collect::<Vec<_>>(),
         })
     })
 }
@@ -66,6 +71,33 @@ fn split_text(d: Option<&DeploymentInfo>) -> String {
             .join(","),
         _ => "-".into(),
     }
+}
+
+/// Where the leader placed a deployment, and what it could not place.
+fn placed_text(d: &DeploymentInfo) -> String {
+    let asked = if d.replicas == 0 {
+        "every executor it fits on".to_string()
+    } else {
+        format!("{} replica(s)", d.replicas)
+    };
+    let on = if d.placed_on.is_empty() {
+        "no executor".to_string()
+    } else {
+        d.placed_on.join(", ")
+    };
+    let short = if d.unplaced > 0 {
+        format!(
+            "; {} more would not fit (no executor with {} free: raise --memory-mb or add executors)",
+            d.unplaced,
+            halyard_core::disk::size_text(d.memory_bytes)
+        )
+    } else {
+        String::new()
+    };
+    format!(
+        "{on} ({asked}, {} each){short}",
+        halyard_core::disk::size_text(d.memory_bytes)
+    )
 }
 
 fn aliases_text(d: Option<&DeploymentInfo>) -> String {
@@ -135,6 +167,13 @@ fn show_model(m: &GetModelResponse) {
             ));
         }
         out(&format!("rollback: {} earlier states kept", d.history));
+        out(&format!("placed:   {}", placed_text(d)));
+        for s in &d.served_by {
+            out(&format!(
+                "serving:  {} has versions {:?} loaded",
+                s.executor, s.versions
+            ));
+        }
     }
     out(&format!(
         "{:>7} {:<20} {:>9} {:>9} {:<30} DATA",
@@ -297,6 +336,8 @@ pub enum DeployAction {
     Undeploy,
     /// `deploy NAME --version N --ramp 1,10,50 [--step 1h] [--guardrail conversion]`.
     Ramp(StartRamp),
+    /// `deploy NAME --replicas N`: on N executors (0: every one it fits on).
+    Replicas(u32),
     /// `deploy NAME --bandit 3,4,5 [--floor 1%] [--every 60s]`.
     Bandit {
         /// The versions.
@@ -415,6 +456,7 @@ pub async fn deploy(
             every_secs,
         }),
         DeployAction::Ramp(ramp) => Change::Ramp(ramp),
+        DeployAction::Replicas(count) => Change::Replicas(SetReplicas { count }),
     };
     let m = client
         .deploy(DeployRequest {

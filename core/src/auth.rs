@@ -461,7 +461,7 @@ mod tests {
             (Role::Predictor, &[Predict]),
             (Role::Viewer, &[ReadJobs, ReadModels, ReadMetrics]),
         ];
-        assert_eq!(all.len(), 13, "every action is in the matrix once");
+        assert_eq!(all.len(), 14, "every action is in the matrix once");
         for (role, may) in table {
             for action in &all {
                 assert_eq!(

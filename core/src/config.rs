@@ -201,7 +201,8 @@ settings! {
     lease_ttl: u64, default: DEFAULT_LEASE_TTL_SECS;
     /// Executor: CPU slots offered to tasks.
     cpu_slots: u32, default: "all cores (standalone: cores / executors)";
-    /// Executor: memory offered to tasks, MiB.
+    /// Executor: memory offered to tasks, MiB; and, counted apart, to the deployed models
+    /// the leader places on it (docs/serving.md).
     memory_mb: u64, default: DEFAULT_MEMORY_MB;
     /// Executor: GPUs offered.
     gpus: u32, default: 0;

@@ -20,6 +20,7 @@ pub mod gc;
 pub mod journal;
 pub mod kv;
 pub mod metrics;
+pub mod placement;
 pub mod profile;
 pub mod records;
 pub mod registry;

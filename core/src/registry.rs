@@ -53,6 +53,14 @@ pub struct ModelVersion {
     /// reports existed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub evaluation: Option<serde_json::Value>,
+    /// Memory a node needs to serve it, bytes: its weights file's size (what loading it
+    /// takes); 0 when unknown (published before it was recorded), which fits anywhere.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub memory_bytes: u64,
+}
+
+fn is_zero(v: &u64) -> bool {
+    *v == 0
 }
 
 impl ModelVersion {
@@ -147,6 +155,10 @@ pub struct Deployment {
     pub history: Vec<DeploymentState>,
     /// Last change, ms since the epoch.
     pub updated_ms: i64,
+    /// Executors that serve it ([`crate::placement`]); `None`: every live executor it fits
+    /// on. Kept across changes and rollbacks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replicas: Option<u32>,
 }
 
 /// A change to a deployment.
@@ -186,6 +198,9 @@ pub enum Change {
     /// The leader's rollback of a running ramp whose guardrail broke: production takes
     /// all traffic again and the canary alias is dropped.
     RampAbort,
+    /// Serve the model on this many executors (`None`: every one it fits on); the
+    /// traffic split stays as it is.
+    Replicas(Option<u32>),
 }
 
 impl DeploymentState {
@@ -386,6 +401,19 @@ impl Deployment {
                     version,
                     weight: 100,
                 }];
+            }
+            Change::Replicas(n) => {
+                if *n == Some(0) {
+                    return Err(invalid(
+                        "replicas",
+                        0,
+                        "serve on at least 1 executor (undeploy to stop serving; 0 in a request means every executor)",
+                    ));
+                }
+                let mut out = self.clone();
+                out.replicas = *n;
+                out.updated_ms = crate::records::now_ms();
+                return Ok(out);
             }
             Change::Rollback => {
                 let mut out = self.clone();
@@ -719,6 +747,7 @@ mod tests {
             data_source: String::new(),
             data_digest: String::new(),
             created_ms: 0,
+            memory_bytes: 0,
             files: [(
                 "model.safetensors".to_string(),
                 crate::data::digest(b"weights"),

@@ -298,6 +298,7 @@ fn version(name: &str, v: u64) -> ModelVersion {
         data_digest: "sha256:00".into(),
         created_ms: 0,
         files: Default::default(),
+        memory_bytes: 0,
         profile: None,
         evaluation: None,
     }

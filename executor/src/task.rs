@@ -295,6 +295,7 @@ async fn publish(
         data_source: manifest.data.source.clone(),
         data_digest: manifest.data.digest.clone(),
         created_ms: manifest.created_ms,
+        memory_bytes: weights.len() as u64,
         files: [
             (WEIGHTS_FILE.to_string(), digest(&weights)),
             (MANIFEST_FILE.to_string(), digest(&manifest_bytes)),

@@ -1,12 +1,13 @@
 //! Leader election and the leader's duties: placement, supervision, completion.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
 use halyard_core::auth::Verifier;
 use halyard_core::config::SchedulerConfig;
 use halyard_core::coord::{Auditor, Coordinator, Leadership, Versioned};
 use halyard_core::metrics::Metrics;
+use halyard_core::placement::{Demand, Placement, Room, place};
 use halyard_core::records::{
     ExecutorInfo, JobRecord, JobState, TaskAssignment, append_lines, now_ms,
 };
@@ -128,6 +129,7 @@ async fn lead(
         bandits_weighed: HashMap::new(),
         audit_trimmed: None,
         collected: None,
+        version_memory: HashMap::new(),
     };
     let result = leader.run(shutdown, renew_every, &mut renewed).await;
     if let Some(sql) = leader.sql.take() {
@@ -269,6 +271,8 @@ struct Leader<'a> {
     audit_trimmed: Option<Instant>,
     /// When this leader last started a garbage collection, and the collection.
     collected: Option<(Instant, tokio::task::JoinHandle<()>)>,
+    /// Each registered version's memory (a record never changes it).
+    version_memory: HashMap<(String, u64), u64>,
 }
 
 impl Leader<'_> {
@@ -316,6 +320,79 @@ impl Leader<'_> {
         self.collected = Some((Instant::now(), task));
     }
 
+    /// Place the deployed models on the live executors by memory and replicas
+    /// ([`halyard_core::placement`]); write what changed.
+    async fn place_models(
+        &mut self,
+        executors: &[ExecutorInfo],
+        deployments: &[Deployment],
+    ) -> Result<()> {
+        let mut demands = Vec::new();
+        for d in deployments {
+            let versions = d.current.versions();
+            if versions.is_empty() {
+                continue;
+            }
+            let mut memory_bytes = 0;
+            for v in versions {
+                let key = (d.name.clone(), v);
+                let bytes = match self.version_memory.get(&key) {
+                    Some(b) => *b,
+                    None => {
+                        let Some(record) = self.coord.model_version(&d.name, v).await? else {
+                            continue;
+                        };
+                        self.version_memory.insert(key, record.memory_bytes);
+                        record.memory_bytes
+                    }
+                };
+                memory_bytes += bytes;
+            }
+            demands.push(Demand {
+                model: d.name.clone(),
+                memory_bytes,
+                replicas: d.replicas,
+            });
+        }
+        let rooms: Vec<Room> = executors
+            .iter()
+            .map(|e| Room {
+                executor: e.id.clone(),
+                memory_bytes: e.memory_mb << 20,
+            })
+            .collect();
+        let before: BTreeMap<String, Placement> = self
+            .coord
+            .placements()
+            .await?
+            .into_iter()
+            .map(|p| (p.model.clone(), p))
+            .collect();
+        let now = place(&demands, &rooms, &before);
+        let changed: Vec<Placement> = now
+            .values()
+            .filter(|p| before.get(&p.model) != Some(*p))
+            .cloned()
+            .collect();
+        let gone: Vec<String> = before
+            .keys()
+            .filter(|m| !now.contains_key(*m))
+            .cloned()
+            .collect();
+        if changed.is_empty() && gone.is_empty() {
+            return Ok(());
+        }
+        for p in &changed {
+            if p.short() > 0 {
+                warn!(model = %p.model, wanted = p.wanted, placed = p.executors.len(), memory_bytes = p.memory_bytes, "not every replica fits: no executor with room for the rest");
+            }
+            info!(model = %p.model, executors = ?p.executors, "model placed");
+        }
+        self.coord
+            .set_placements(self.leadership, &changed, &gone)
+            .await
+    }
+
     /// One pass: the jobs (placement, supervision, searches), and with `timed` also the
     /// duties driven by time rather than by writes (schedules, bandits, ramps, the audit
     /// log), which a wake-up between two periods skips.
@@ -327,6 +404,7 @@ impl Leader<'_> {
             let deployments = self.coord.deployments().await?;
             self.rebalance_bandits(&deployments).await?;
             self.advance_ramps(&deployments).await?;
+            self.place_models(executors, &deployments).await?;
         }
         let jobs = self.coord.list_active_jobs().await?;
         let tasks: Vec<TaskAssignment> = if jobs.is_empty() {

@@ -5,16 +5,18 @@
 use halyard_core::Failure;
 use halyard_core::auth::Caller;
 use halyard_core::coord::{Auditor, Coordinator};
+use halyard_core::placement::Placement;
 use halyard_core::proto::deploy_request::Change as WireChange;
 use halyard_core::proto::model_service_server::ModelService;
 use halyard_core::proto::{
     AudienceInfo, DeployRequest, DeploymentInfo, DriftRequest, DriftResponse, ExperimentRequest,
     ExperimentResponse, GetModelRequest, GetModelResponse, ListAudiencesRequest,
     ListAudiencesResponse, ListModelsRequest, ListModelsResponse, ModelVersionInfo, ReportRequest,
-    ReportResponse, StartBandit, StartRamp, VariantInfo,
+    ReportResponse, ServedBy, StartBandit, StartRamp, VariantInfo,
 };
 use halyard_core::registry::{
-    BanditPolicy, CANARY, Change, Deployment, ModelVersion, PRODUCTION, RampPolicy, Variant,
+    BanditPolicy, CANARY, Change, Deployment, ModelVersion, PRODUCTION, RampPolicy, ServingInfo,
+    Variant,
 };
 use tonic::{Request, Response, Status};
 use tracing::info;
@@ -69,6 +71,7 @@ impl ModelApi {
                 floor_bp: b.floor_bp,
                 every_secs: b.every_secs,
             }),
+            Some(WireChange::Replicas(r)) => Change::Replicas((r.count > 0).then_some(r.count)),
             Some(WireChange::Ramp(r)) => Change::Ramp(RampPolicy {
                 canary: r.version,
                 steps: r.steps,
@@ -111,7 +114,15 @@ impl ModelApi {
                     profile_json: v.profile.map(|p| p.to_string()).unwrap_or_default(),
                 })
                 .collect(),
-            deployment: deployment.as_ref().map(deployment_info),
+            deployment: match deployment {
+                Some(d) => {
+                    let placed = self.coord.placements().await.map_err(to_status)?;
+                    let serving = self.coord.serving().await.map_err(to_status)?;
+                    let placed = placed.iter().find(|p| p.model == name);
+                    Some(deployment_info(&d, placed, &serving))
+                }
+                None => None,
+            },
         })
     }
 }
@@ -184,8 +195,26 @@ impl ModelApi {
     }
 }
 
-fn deployment_info(d: &Deployment) -> DeploymentInfo {
+/// A deployment as the API shows it, with where it is `placed` and who `serving` it.
+fn deployment_info(
+    d: &Deployment,
+    placed: Option<&Placement>,
+    serving: &[ServingInfo],
+) -> DeploymentInfo {
     DeploymentInfo {
+        replicas: d.replicas.unwrap_or(0),
+        placed_on: placed.map(|p| p.executors.clone()).unwrap_or_default(),
+        unplaced: placed.map(Placement::short).unwrap_or(0),
+        memory_bytes: placed.map(|p| p.memory_bytes).unwrap_or(0),
+        served_by: serving
+            .iter()
+            .filter_map(|s| {
+                Some(ServedBy {
+                    executor: s.executor.clone(),
+                    versions: s.models.get(&d.name)?.clone(),
+                })
+            })
+            .collect(),
         variants: d
             .current
             .variants
@@ -255,6 +284,7 @@ impl ModelService for ModelApi {
             Some(WireChange::Undeploy(_)) => "undeploy",
             Some(WireChange::Bandit(_)) => "bandit",
             Some(WireChange::Ramp(_)) => "ramp",
+            Some(WireChange::Replicas(_)) => "replicas",
             None => "deploy",
         };
         let name = req.name.clone();

@@ -634,6 +634,7 @@ mod tests {
             data_digest: "sha256:00".into(),
             created_ms: 1_764_000_000_000,
             files: Default::default(),
+            memory_bytes: 0,
             profile: None,
             evaluation: evaluation.map(|e| serde_json::to_value(e).unwrap()),
         }

@@ -138,9 +138,9 @@ impl Host {
         let mut failed: HashMap<(String, u64), Instant> = HashMap::new();
         let mut advertised: Option<(i64, ServingInfo)> = None;
         loop {
-            match self.coord.deployments().await {
+            match self.wanted_here().await {
                 Ok(deployments) => self.refresh(&deployments, &mut failed).await,
-                Err(e) => warn!(error = %e, "cannot read deployments"),
+                Err(e) => warn!(error = %e, "cannot read deployments and placements"),
             }
             let info = self.serving_info();
             let lease_now = lease.load(Ordering::Relaxed);
@@ -155,6 +155,22 @@ impl Host {
                 _ = shutdown.wait_for(|s| *s) => break,
             }
         }
+    }
+
+    /// The deployments the leader placed on this executor
+    /// ([`halyard_core::placement`]).
+    async fn wanted_here(&self) -> halyard_core::Result<Vec<Deployment>> {
+        let placed: std::collections::BTreeSet<String> = self
+            .coord
+            .placements()
+            .await?
+            .into_iter()
+            .filter(|p| p.executors.contains(&self.executor))
+            .map(|p| p.model)
+            .collect();
+        let mut deployments = self.coord.deployments().await?;
+        deployments.retain(|d| placed.contains(&d.name));
+        Ok(deployments)
     }
 
     fn serving_info(&self) -> ServingInfo {
@@ -220,7 +236,7 @@ impl Host {
         }
         if changed || next.len() != old.len() {
             for name in old.keys().filter(|n| !next.contains_key(*n)) {
-                info!(model = %name, "no longer deployed: unloaded");
+                info!(model = %name, "no longer deployed or placed here: unloaded");
             }
             *self.table.write().expect("table lock") = Arc::new(next);
         }

@@ -249,6 +249,9 @@ impl Coordinator {
     fn serving_key(&self, executor: &str) -> String {
         self.key(&format!("serving/{executor}"))
     }
+    fn placement_key(&self, model: &str) -> String {
+        self.key(&format!("placements/{model}"))
+    }
     fn sql_endpoint_key(&self) -> String {
         self.key("sql/endpoint")
     }

@@ -255,6 +255,37 @@ impl Coordinator {
         }
     }
 
+    /// Where each deployed model is served ([`crate::placement`]).
+    pub async fn placements(&self) -> Result<Vec<crate::placement::Placement>> {
+        self.values("placements/").await
+    }
+
+    /// Write the placements that changed and delete those of models no longer deployed,
+    /// while `leadership` stands ([`Error::Fenced`] otherwise).
+    pub async fn set_placements(
+        &self,
+        leadership: &Leadership,
+        changed: &[crate::placement::Placement],
+        gone: &[String],
+    ) -> Result<()> {
+        let when = vec![Compare::ModRevision {
+            key: self.leader_key(),
+            revision: leadership.revision,
+        }];
+        let then = changed
+            .iter()
+            .map(|p| put(self.placement_key(&p.model), encode(p)))
+            .chain(gone.iter().map(|m| TxnOp::Delete {
+                key: self.placement_key(m),
+            }))
+            .collect();
+        if self.kv.txn(when, then).await?.succeeded {
+            Ok(())
+        } else {
+            Err(Error::Fenced)
+        }
+    }
+
     /// The SQL scheduler endpoint (`HOST:PORT`) of the current leader, if it runs one.
     pub async fn sql_endpoint(&self) -> Result<Option<String>> {
         self.get_text(&self.sql_endpoint_key()).await
