@@ -121,3 +121,121 @@ async fn jobs_survive_an_etcd_restart_and_the_watches_come_back() {
     }
     drop(etcd);
 }
+
+/// etcd stopped for `HALYARD_ETCD_OUTAGE_SECS` (default 20; the two minutes by
+/// setting it to 120), much longer than the nodes' 2 s leases: a deployed model answers
+/// every prediction throughout, through the scheduler's gateway (routing from the last
+/// state it read) and at an executor directly; after etcd is back a job submitted then
+/// succeeds once and the model still answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serving_goes_on_through_an_etcd_outage() {
+    if missing(&["etcd"], "etcd-server") {
+        return;
+    }
+    let outage = Duration::from_secs(
+        std::env::var("HALYARD_ETCD_OUTAGE_SECS")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(20),
+    );
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let (client_port, peer_port) = (free_port(), free_port());
+    let mut etcd = Etcd(start_etcd(dir, client_port, peer_port));
+    let endpoint = format!("127.0.0.1:{client_port}");
+    wait_for("etcd to answer", Duration::from_secs(20), || async {
+        halyard_core::kv::EtcdKv::connect(std::slice::from_ref(&endpoint), &Default::default())
+            .await
+            .ok()
+    })
+    .await;
+    let mut cl = EtcdCluster::new(dir, "etcd-outage");
+    cl.etcd = endpoint;
+    let addr = format!("127.0.0.1:{}", free_port());
+    let _scheduler = cl.scheduler("sched-0", &addr);
+    let (_exec0, exec0_addr) = cl.executor("exec-0");
+    let (_exec1, _) = cl.executor("exec-1");
+    let client = cl.connect(&addr).await;
+    wait_for("two executors", Duration::from_secs(30), || async {
+        (client.cluster().await.ok()?.executors.len() == 2).then_some(())
+    })
+    .await;
+    let data = halyard_cli::datagen::generate(&dir.join("data"), 1500, 4).unwrap();
+    let served = spec(dir, "steady", &data.responses, 2, 256);
+    train_and_deploy(&client, &served, 1).await;
+    let key = cl.admin_key().await;
+    let http = http_client(&key);
+    let table = halyard_core::data::read_table(
+        &bytes::Bytes::from(std::fs::read(&data.responses).unwrap()),
+        &served.data,
+        "responses.csv",
+    )
+    .unwrap();
+    let rows = halyard_cli::load::records(&table.batches, &["responded"]).unwrap();
+    let body = serde_json::json!({ "record": rows[0] }).to_string();
+    let predict = |at: String| {
+        let (http, body) = (http.clone(), body.clone());
+        async move {
+            http.post(format!("http://{at}/v1/models/steady:predict"))
+                .header("content-type", "application/json")
+                .body(body)
+                .timeout(Duration::from_secs(5))
+                .send()
+                .await
+                .map(|r| r.status().as_u16())
+                .unwrap_or(0)
+        }
+    };
+    for at in [&addr, &exec0_addr] {
+        let at = at.clone();
+        wait_for("both doors to answer", Duration::from_secs(60), || {
+            let p = predict(at.clone());
+            async move { (p.await == 200).then_some(()) }
+        })
+        .await;
+    }
+
+    etcd.0.kill().unwrap();
+    etcd.0.wait().unwrap();
+    let started = std::time::Instant::now();
+    let mut answered = 0;
+    let mut failed = Vec::new();
+    while started.elapsed() < outage {
+        for at in [&addr, &exec0_addr] {
+            match predict(at.clone()).await {
+                200 => answered += 1,
+                code => failed.push((started.elapsed().as_millis(), at.clone(), code)),
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    etcd = Etcd(start_etcd(dir, client_port, peer_port));
+    assert!(
+        failed.is_empty(),
+        "{} of {} predictions failed during a {} s etcd outage (ms, door, status): {failed:?}",
+        failed.len(),
+        failed.len() + answered,
+        outage.as_secs()
+    );
+    println!(
+        "{answered} predictions answered during a {} s etcd outage",
+        outage.as_secs()
+    );
+
+    // The cluster resumes: a job submitted now succeeds once; the model still answers.
+    let after = spec(dir, "after-outage", &data.responses, 2, 256);
+    let id = wait_for(
+        "a submission after the outage",
+        Duration::from_secs(60),
+        || async { client.submit(&after).await.ok().map(|j| j.id) },
+    )
+    .await;
+    let done = wait_done(&client, &id, Duration::from_secs(240)).await;
+    assert_eq!(done.state, "succeeded", "{done:?}");
+    assert_eq!(
+        client.model("after-outage").await.unwrap().versions.len(),
+        1
+    );
+    assert_eq!(predict(addr.clone()).await, 200);
+    drop(etcd);
+}
