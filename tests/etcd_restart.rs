@@ -6,44 +6,9 @@
 
 mod common;
 
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use common::*;
-
-/// An etcd on `client`/`peer` ports keeping its data in `dir/etcd`, logging to `dir/etcd.log`.
-fn start_etcd(dir: &Path, client: u16, peer: u16) -> Child {
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(dir.join("etcd.log"))
-        .unwrap();
-    let client_url = format!("http://127.0.0.1:{client}");
-    let peer_url = format!("http://127.0.0.1:{peer}");
-    Command::new("etcd")
-        .args(["--name", "restarted", "--data-dir"])
-        .arg(dir.join("etcd"))
-        .args(["--listen-client-urls", &client_url])
-        .args(["--advertise-client-urls", &client_url])
-        .args(["--listen-peer-urls", &peer_url])
-        .args(["--initial-advertise-peer-urls", &peer_url])
-        .args(["--initial-cluster", &format!("restarted={peer_url}")])
-        .stdout(Stdio::from(log.try_clone().unwrap()))
-        .stderr(Stdio::from(log))
-        .spawn()
-        .expect("etcd starts")
-}
-
-/// Kills the etcd it holds when dropped.
-struct Etcd(Child);
-
-impl Drop for Etcd {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn jobs_survive_an_etcd_restart_and_the_watches_come_back() {

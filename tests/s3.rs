@@ -238,18 +238,6 @@ async fn an_https_endpoint_is_trusted_through_the_ca_bundle_and_refused_without_
     assert!(!tmp.path().join("s3/secure/halyard/x/b.bin").exists());
 }
 
-/// The S3 server on `addr` (a port it held before: an outage ends), serving `root`.
-async fn s3_on(addr: std::net::SocketAddr, root: &std::path::Path) -> tokio::task::JoinHandle<()> {
-    let listener = common::wait_for("the S3 port", Duration::from_secs(10), || async {
-        tokio::net::TcpListener::bind(addr).await.ok()
-    })
-    .await;
-    let root = root.to_path_buf();
-    tokio::spawn(async move {
-        let _ = halyard_s3_server::serve(listener, &root, AK, SK).await;
-    })
-}
-
 /// The S3 server stops (listener and every connection closed) while a data-parallel job
 /// writes a checkpoint every step, and comes back 4 s later: the writes retry, the job
 /// succeeds once, its one version whole in S3. Then it stays down past `s3_retry_secs`:
@@ -267,7 +255,7 @@ async fn an_s3_outage_is_ridden_out_and_a_long_one_fails_the_job_clearly() {
         .unwrap()
         .local_addr()
         .unwrap();
-    let mut s3 = s3_on(addr, &s3_root).await;
+    let mut s3 = common::s3_on(addr, &s3_root, AK, SK).await;
     let settings = Settings {
         listen: Some("127.0.0.1:0".into()),
         data_dir: Some(dir.join("state")),
@@ -331,7 +319,7 @@ async fn an_s3_outage_is_ridden_out_and_a_long_one_fails_the_job_clearly() {
         "the job waits for the store, neither failed nor retried: {during:?}"
     );
     assert_eq!(predict().await, 200, "serving during the outage");
-    s3 = s3_on(addr, &s3_root).await;
+    s3 = common::s3_on(addr, &s3_root, AK, SK).await;
     let done = common::wait_done(&client, &job.id, Duration::from_secs(300)).await;
     // Two attempts: the feature step's and the training step's; none lost to the outage.
     assert_eq!(
@@ -358,7 +346,7 @@ async fn an_s3_outage_is_ridden_out_and_a_long_one_fails_the_job_clearly() {
         done.error
     );
     assert_eq!(predict().await, 200, "serving during the long outage");
-    let _s3 = s3_on(addr, &s3_root).await;
+    let _s3 = common::s3_on(addr, &s3_root, AK, SK).await;
     assert!(
         client.model("long-outage").await.is_err(),
         "no version of the failed job is registered"

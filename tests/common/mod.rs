@@ -454,3 +454,60 @@ pub(crate) fn python_with(modules: &str, install: &str) -> Option<String> {
     }
     Some(python)
 }
+
+/// An etcd on `client`/`peer` ports keeping its data in `dir/etcd`, logging to `dir/etcd.log`.
+pub(crate) fn start_etcd(dir: &Path, client: u16, peer: u16) -> Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("etcd.log"))
+        .unwrap();
+    let client_url = format!("http://127.0.0.1:{client}");
+    let peer_url = format!("http://127.0.0.1:{peer}");
+    Command::new("etcd")
+        .args(["--name", "restarted", "--data-dir"])
+        .arg(dir.join("etcd"))
+        .args(["--listen-client-urls", &client_url])
+        .args(["--advertise-client-urls", &client_url])
+        .args(["--listen-peer-urls", &peer_url])
+        .args(["--initial-advertise-peer-urls", &peer_url])
+        .args(["--initial-cluster", &format!("restarted={peer_url}")])
+        .stdout(Stdio::from(log.try_clone().unwrap()))
+        .stderr(Stdio::from(log))
+        .spawn()
+        .expect("etcd starts")
+}
+
+/// A private etcd (a test that kills it cannot share `.ci/run`'s) that is killed when
+/// dropped.
+pub(crate) struct Etcd(pub Child);
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The S3 server (in-process, signatures checked) on `addr`, serving `root` with one
+/// credential; aborting the task is an outage (listener and connections closed), and
+/// calling this again on the same address ends it.
+pub(crate) async fn s3_on(
+    addr: std::net::SocketAddr,
+    root: &Path,
+    access_key: &str,
+    secret_key: &str,
+) -> tokio::task::JoinHandle<()> {
+    let listener = wait_for("the S3 port", Duration::from_secs(10), || async {
+        tokio::net::TcpListener::bind(addr).await.ok()
+    })
+    .await;
+    let (root, ak, sk) = (
+        root.to_path_buf(),
+        access_key.to_string(),
+        secret_key.to_string(),
+    );
+    tokio::spawn(async move {
+        let _ = halyard_s3_server::serve(listener, &root, &ak, &sk).await;
+    })
+}

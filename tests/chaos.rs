@@ -1,0 +1,425 @@
+//! The chaos suite (issue 21): a whole cluster — a private etcd, two schedulers, three
+//! executors, the S3 server holding the store — runs a stream of jobs (plain and
+//! data-parallel with a feature stage) and a steady prediction load with feedback, while a
+//! random, seeded schedule of faults hits it: kill -9 and restart of an executor or a
+//! scheduler, SIGSTOP and SIGCONT of an executor, a kill -9 and restart of etcd, an outage
+//! of the S3 server. Then a checker verifies the invariants:
+//!
+//! 1. every job ended exactly once: succeeded with exactly one registered version
+//!    published by it, whose artifact is whole in the store and whose metrics are the
+//!    job's; or failed with a message and no version;
+//! 2. no version number was issued to two jobs;
+//! 3. every acknowledged feedback event is counted once (at least the acknowledged, at
+//!    most the sent);
+//! 4. no prediction failed at both schedulers' doors while a replica was alive (there are
+//!    always two: one executor at most is faulted at a time).
+//!
+//! `HALYARD_CHAOS_SEED=N` replays a schedule; `HALYARD_CHAOS=large` runs the large scale
+//! (more jobs and faults). On a violation the test prints the seed, the schedule and every
+//! violation.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+const AK: &str = "chaos-access-key";
+const SK: &str = "chaos-secret-key-0123456789";
+
+/// splitmix64: a seeded schedule, replayable from the seed alone.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Fault {
+    KillExecutor(usize),
+    KillScheduler(usize),
+    StopExecutor(usize),
+    EtcdRestart,
+    S3Outage,
+}
+
+fn draw(rng: &mut Rng) -> Fault {
+    match rng.below(5) {
+        0 => Fault::KillExecutor(rng.below(3) as usize),
+        1 => Fault::KillScheduler(rng.below(2) as usize),
+        2 => Fault::StopExecutor(rng.below(3) as usize),
+        3 => Fault::EtcdRestart,
+        _ => Fault::S3Outage,
+    }
+}
+
+fn signal(p: &Proc, sig: &str) {
+    let status = std::process::Command::new("kill")
+        .args([sig, &p.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success(), "kill {sig} {}", p.name);
+}
+
+/// A prediction, then its outcome, at the first door that answers.
+async fn predict_and_feed(
+    http: &reqwest::Client,
+    doors: &[String],
+    body: &serde_json::Value,
+    key: &str,
+    converted: bool,
+) -> (bool, Option<bool>) {
+    let mut predicted = false;
+    for door in doors {
+        let r = http
+            .post(format!("http://{door}/v1/models/steady:predict"))
+            .header("content-type", "application/json")
+            .body(body.to_string())
+            .timeout(Duration::from_secs(5))
+            .send()
+            .await;
+        if r.is_ok_and(|r| r.status().is_success()) {
+            predicted = true;
+            break;
+        }
+    }
+    if !predicted {
+        return (false, None);
+    }
+    for door in doors {
+        let r = http
+            .post(format!("http://{door}/v1/models/steady:feedback"))
+            .header("content-type", "application/json")
+            .body(serde_json::json!({"version": 1, "key": key, "converted": converted}).to_string())
+            .timeout(Duration::from_secs(5))
+            .send()
+            .await;
+        if r.is_ok_and(|r| r.status().is_success()) {
+            return (true, Some(true));
+        }
+    }
+    (true, Some(false))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_seeded_schedule_of_faults_breaks_no_invariant() {
+    if missing(&["etcd"], "etcd-server") {
+        return;
+    }
+    let large = std::env::var("HALYARD_CHAOS").is_ok_and(|v| v == "large");
+    let (jobs_n, faults_n): (usize, usize) = if large { (16, 24) } else { (4, 6) };
+    let seed: u64 = std::env::var("HALYARD_CHAOS_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64
+        });
+    println!(
+        "chaos seed {seed} ({} scale): HALYARD_CHAOS_SEED={seed} replays it",
+        if large { "large" } else { "small" }
+    );
+    let mut rng = Rng(seed);
+
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let (client_port, peer_port) = (free_port(), free_port());
+    let mut etcd = Etcd(start_etcd(dir, client_port, peer_port));
+    let endpoint = format!("127.0.0.1:{client_port}");
+    wait_for("etcd to answer", Duration::from_secs(20), || async {
+        halyard_core::kv::EtcdKv::connect(std::slice::from_ref(&endpoint), &Default::default())
+            .await
+            .ok()
+    })
+    .await;
+    let s3_root = dir.join("s3");
+    std::fs::create_dir_all(s3_root.join("models")).unwrap();
+    let s3_addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let mut s3 = s3_on(s3_addr, &s3_root, AK, SK).await;
+    let mut cl = EtcdCluster::new(dir, "chaos");
+    cl.etcd = endpoint;
+    cl.store_url = "s3://models/halyard".into();
+    cl.flags = [
+        "--s3-endpoint",
+        &format!("http://{s3_addr}"),
+        "--s3-access-key-id",
+        AK,
+        "--s3-secret-access-key",
+        SK,
+        "--s3-region",
+        "us-east-1",
+        "--s3-retry-secs",
+        "60",
+    ]
+    .map(String::from)
+    .to_vec();
+    let doors: Vec<String> = (0..2)
+        .map(|_| format!("127.0.0.1:{}", free_port()))
+        .collect();
+    let mut schedulers: Vec<Proc> = doors
+        .iter()
+        .enumerate()
+        .map(|(i, d)| cl.scheduler(&format!("sched-{i}"), d))
+        .collect();
+    let mut executors: Vec<Proc> = (0..3)
+        .map(|i| cl.executor(&format!("exec-{i}")).0)
+        .collect();
+    let client = cl.connect(&doors[0]).await;
+    wait_for("three executors", Duration::from_secs(60), || async {
+        (client.cluster().await.ok()?.executors.len() == 3).then_some(())
+    })
+    .await;
+    let data = halyard_cli::datagen::generate(&dir.join("data"), 1500, 3).unwrap();
+    train_and_deploy(&client, &spec(dir, "steady", &data.responses, 2, 256), 1).await;
+
+    // The steady load: a prediction and its outcome, at the first door that answers.
+    let key = cl.admin_key().await;
+    let http = http_client(&key);
+    let table = halyard_core::data::read_table(
+        &bytes::Bytes::from(std::fs::read(&data.responses).unwrap()),
+        &spec(dir, "steady", &data.responses, 2, 256).data,
+        "responses.csv",
+    )
+    .unwrap();
+    let rows = halyard_cli::load::records(&table.batches, &["responded"]).unwrap();
+    let record = serde_json::json!({ "record": rows[0] });
+    wait_for("the model to answer", Duration::from_secs(60), || async {
+        predict_and_feed(&http, &doors, &record, "warm-up", false)
+            .await
+            .0
+            .then_some(())
+    })
+    .await;
+    let started = Instant::now();
+    let stop = Arc::new(AtomicBool::new(false));
+    let acked = Arc::new(Mutex::new(0usize));
+    let sent = Arc::new(Mutex::new(1usize));
+    let failures = Arc::new(Mutex::new(Vec::<u128>::new()));
+    let load = {
+        let (http, doors, record) = (http.clone(), doors.clone(), record.clone());
+        let (stop, acked, sent, failures) =
+            (stop.clone(), acked.clone(), sent.clone(), failures.clone());
+        tokio::spawn(async move {
+            let mut n = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                n += 1;
+                let key = format!("c{n}");
+                let (predicted, fed) =
+                    predict_and_feed(&http, &doors, &record, &key, n % 3 == 0).await;
+                if !predicted {
+                    failures.lock().unwrap().push(started.elapsed().as_millis());
+                }
+                if fed.is_some() {
+                    *sent.lock().unwrap() += 1;
+                }
+                if fed == Some(true) {
+                    *acked.lock().unwrap() += 1;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+    };
+
+    // Jobs through the schedule: every other one data-parallel with a feature stage.
+    let mut ids: Vec<(String, String)> = Vec::new();
+    let mut schedule: Vec<String> = Vec::new();
+    let submit = |i: usize| {
+        let name = format!("chaos-{i}");
+        if i % 2 == 0 {
+            (name.clone(), spec(dir, &name, &data.responses, 2, 256))
+        } else {
+            let s = data_parallel_spec(
+                dir,
+                &name,
+                &data.responses,
+                2,
+                "epochs = 2\ncheckpoint_steps = 2\ncheckpoint_secs = 0\nstep_timeout_secs = 10",
+                "",
+            );
+            (name, s)
+        }
+    };
+    let every = faults_n.div_ceil(jobs_n).max(1);
+    for f in 0..faults_n {
+        if f % every == 0 && ids.len() < jobs_n {
+            let (name, s) = submit(ids.len());
+            let id = wait_for("a submission", Duration::from_secs(120), || async {
+                for door in &doors {
+                    if let Ok(c) = halyard_client::Client::connect_with_key(door, Some(&key)).await
+                        && let Ok(j) = c.submit(&s).await
+                    {
+                        return Some(j.id);
+                    }
+                }
+                None
+            })
+            .await;
+            ids.push((name, id));
+        }
+        tokio::time::sleep(Duration::from_millis(1500 + rng.below(2500))).await;
+        let fault = draw(&mut rng);
+        let at = started.elapsed().as_millis();
+        schedule.push(format!("{at} ms: {fault:?}"));
+        match fault {
+            Fault::KillExecutor(i) => {
+                executors[i].kill();
+                executors[i] = cl.executor(&format!("exec-{i}")).0;
+            }
+            Fault::KillScheduler(i) => {
+                schedulers[i].kill();
+                schedulers[i] = cl.scheduler(&format!("sched-{i}"), &doors[i]);
+            }
+            Fault::StopExecutor(i) => {
+                signal(&executors[i], "-STOP");
+                tokio::time::sleep(Duration::from_secs(3)).await;
+                signal(&executors[i], "-CONT");
+            }
+            Fault::EtcdRestart => {
+                etcd.0.kill().unwrap();
+                etcd.0.wait().unwrap();
+                tokio::time::sleep(Duration::from_millis(1000 + rng.below(2000))).await;
+                etcd = Etcd(start_etcd(dir, client_port, peer_port));
+            }
+            Fault::S3Outage => {
+                s3.abort();
+                let _ = (&mut s3).await;
+                tokio::time::sleep(Duration::from_secs(3)).await;
+                s3 = s3_on(s3_addr, &s3_root, AK, SK).await;
+            }
+        }
+    }
+    while ids.len() < jobs_n {
+        let (name, s) = submit(ids.len());
+        let id = wait_for("a submission", Duration::from_secs(120), || async {
+            client.submit(&s).await.ok().map(|j| j.id)
+        })
+        .await;
+        ids.push((name, id));
+    }
+
+    // The checker.
+    let client = wait_for("a scheduler", Duration::from_secs(60), || async {
+        let c = halyard_client::Client::connect_with_key(&doors[0], Some(&key))
+            .await
+            .ok()?;
+        c.cluster().await.ok()?;
+        Some(c)
+    })
+    .await;
+    let mut violations: Vec<String> = Vec::new();
+    let mut jobs_by_version: BTreeMap<(String, u64), String> = BTreeMap::new();
+    for (name, id) in &ids {
+        let done = wait_done(&client, id, Duration::from_secs(600)).await;
+        let model = client.model(name).await.ok();
+        let versions: Vec<_> = model
+            .iter()
+            .flat_map(|m| m.versions.iter())
+            .filter(|v| &v.job_id == id)
+            .cloned()
+            .collect();
+        match done.state.as_str() {
+            "succeeded" => {
+                if versions.len() != 1 {
+                    violations.push(format!(
+                        "job {id} succeeded with {} versions",
+                        versions.len()
+                    ));
+                }
+                for v in &versions {
+                    let manifest = s3_root.join(format!(
+                        "models/halyard/models/{name}/{}/manifest.json",
+                        v.version
+                    ));
+                    if !manifest.exists() {
+                        violations
+                            .push(format!("job {id}'s version {} has no manifest", v.version));
+                    }
+                    if v.metrics != done.metrics {
+                        violations.push(format!(
+                            "job {id}'s version {} has other metrics than the job",
+                            v.version
+                        ));
+                    }
+                    if let Some(other) =
+                        jobs_by_version.insert((name.clone(), v.version), id.clone())
+                    {
+                        violations.push(format!(
+                            "version {name}@{} issued to {other} and {id}",
+                            v.version
+                        ));
+                    }
+                }
+            }
+            "failed" => {
+                if !versions.is_empty() || done.error.is_empty() {
+                    violations.push(format!(
+                        "job {id} failed with {} versions and error {:?}",
+                        versions.len(),
+                        done.error
+                    ));
+                }
+                println!("job {id} failed: {}", done.error);
+            }
+            other => violations.push(format!("job {id} ended {other}")),
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    load.await.unwrap();
+    let (acked, sent) = (*acked.lock().unwrap(), *sent.lock().unwrap());
+    let report = wait_for("the experiment report", Duration::from_secs(60), || async {
+        client.experiment("steady").await.ok()
+    })
+    .await;
+    // Every node publishes its counts once a second.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let report = client.experiment("steady").await.unwrap_or(report);
+    let counted = report
+        .variants
+        .iter()
+        .find(|v| v.version == 1)
+        .map_or(0, |v| v.trials as usize);
+    if counted < acked || counted > sent {
+        violations.push(format!(
+            "{counted} outcomes counted, {acked} acknowledged, {sent} sent"
+        ));
+    }
+    let failures = failures.lock().unwrap().clone();
+    if !failures.is_empty() {
+        violations.push(format!(
+            "{} predictions failed at both doors (ms after the start): {failures:?}",
+            failures.len()
+        ));
+    }
+    let succeeded = jobs_by_version.len();
+    println!(
+        "chaos seed {seed}: {} faults, {} jobs ({succeeded} succeeded), {acked} outcomes acknowledged of {sent} sent and {counted} counted, {} predictions failed\nschedule:\n{}",
+        schedule.len(),
+        ids.len(),
+        failures.len(),
+        schedule.join("\n")
+    );
+    assert!(
+        violations.is_empty(),
+        "chaos seed {seed} (HALYARD_CHAOS_SEED={seed} replays it) broke invariants:\n{}\nschedule:\n{}",
+        violations.join("\n"),
+        schedule.join("\n")
+    );
+    drop(etcd);
+}
