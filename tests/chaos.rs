@@ -222,7 +222,7 @@ async fn a_seeded_schedule_of_faults_breaks_no_invariant() {
                 n += 1;
                 let key = format!("c{n}");
                 let (predicted, fed) =
-                    predict_and_feed(&http, &doors, &record, &key, n % 3 == 0).await;
+                    predict_and_feed(&http, &doors, &record, &key, n.is_multiple_of(3)).await;
                 if !predicted {
                     failures.lock().unwrap().push(started.elapsed().as_millis());
                 }
@@ -240,9 +240,11 @@ async fn a_seeded_schedule_of_faults_breaks_no_invariant() {
     // Jobs through the schedule: every other one data-parallel with a feature stage.
     let mut ids: Vec<(String, String)> = Vec::new();
     let mut schedule: Vec<String> = Vec::new();
+    // Per fault kind, ms from the fault to full service again.
+    let mut back: BTreeMap<String, Vec<u128>> = BTreeMap::new();
     let submit = |i: usize| {
         let name = format!("chaos-{i}");
-        if i % 2 == 0 {
+        if i.is_multiple_of(2) {
             (name.clone(), spec(dir, &name, &data.responses, 2, 256))
         } else {
             let s = data_parallel_spec(
@@ -276,6 +278,7 @@ async fn a_seeded_schedule_of_faults_breaks_no_invariant() {
         tokio::time::sleep(Duration::from_millis(1500 + rng.below(2500))).await;
         let fault = draw(&mut rng);
         let at = started.elapsed().as_millis();
+        let fault_ms = halyard_core::records::now_ms();
         schedule.push(format!("{at} ms: {fault:?}"));
         match fault {
             Fault::KillExecutor(i) => {
@@ -304,6 +307,62 @@ async fn a_seeded_schedule_of_faults_breaks_no_invariant() {
                 s3 = s3_on(s3_addr, &s3_root, AK, SK).await;
             }
         }
+        // Full service again: both doors answer, with a leader and three live executors, a
+        // killed executor's successor registered.
+        let restarted = match fault {
+            Fault::KillExecutor(i) => Some(format!("exec-{i}")),
+            _ => None,
+        };
+        let why = Mutex::new(String::new());
+        let full = wait_for(
+            "full service after a fault",
+            Duration::from_secs(120),
+            || async {
+                for door in &doors {
+                    let Ok(c) = halyard_client::Client::connect_with_key(door, Some(&key)).await
+                    else {
+                        *why.lock().unwrap() = format!("{door} does not answer");
+                        return None;
+                    };
+                    let status = match c.cluster().await {
+                        Ok(s) => s,
+                        Err(e) => {
+                            *why.lock().unwrap() = format!("{door}: {e}");
+                            return None;
+                        }
+                    };
+                    *why.lock().unwrap() = format!(
+                        "{door}: leader {:?}, executors {:?}",
+                        status.leader,
+                        status
+                            .executors
+                            .iter()
+                            .map(|e| (&e.id, e.started_ms))
+                            .collect::<Vec<_>>()
+                    );
+                    let fresh = restarted.as_ref().is_none_or(|id| {
+                        status
+                            .executors
+                            .iter()
+                            .any(|e| &e.id == id && e.started_ms >= fault_ms)
+                    });
+                    if status.leader.is_empty() || status.executors.len() != 3 || !fresh {
+                        return None;
+                    }
+                }
+                Some(started.elapsed().as_millis() - at)
+            },
+        )
+        .await;
+        if full > 20_000 {
+            println!(
+                "{fault:?} at {at} ms: full service only after {full} ms; last seen: {}",
+                why.lock().unwrap()
+            );
+        }
+        let kind = format!("{fault:?}");
+        let kind = kind.split('(').next().unwrap_or_default().to_string();
+        back.entry(kind).or_default().push(full);
     }
     while ids.len() < jobs_n {
         let (name, s) = submit(ids.len());
@@ -408,6 +467,15 @@ async fn a_seeded_schedule_of_faults_breaks_no_invariant() {
         ));
     }
     let succeeded = jobs_by_version.len();
+    for (kind, times) in &mut back {
+        times.sort_unstable();
+        println!(
+            "{kind}: {} times, full service again after median {} ms, max {} ms",
+            times.len(),
+            times[times.len() / 2],
+            times[times.len() - 1]
+        );
+    }
     println!(
         "chaos seed {seed}: {} faults, {} jobs ({succeeded} succeeded), {acked} outcomes acknowledged of {sent} sent and {counted} counted, {} predictions failed\nschedule:\n{}",
         schedule.len(),

@@ -77,6 +77,10 @@ pub enum Error {
     /// The coordinator (etcd) could not be reached or refused a request.
     #[error("coordinator: {0}")]
     Coordinator(String),
+    /// An executor id is registered by a live executor (or by a dead one whose lease has
+    /// not ended yet).
+    #[error("executor id {0} is already registered by a live executor: pick another --id")]
+    IdInUse(String),
     /// A compare-and-swap lost: someone else wrote first. Re-read and retry.
     #[error("conflict on {key}: it changed since it was read")]
     Conflict {
@@ -178,6 +182,7 @@ impl Error {
             | Error::LeaseLost(_)
             | Error::EventLog { .. }
             | Error::DiskFull { .. } => Failure::Unavailable,
+            Error::IdInUse(_) => Failure::Refused,
             Error::Store { .. } | Error::Io { .. } | Error::Corrupt { .. } => Failure::Internal,
         }
     }

@@ -162,7 +162,7 @@ pub async fn start_executor(cfg: ExecutorConfig, coord: Coordinator) -> Result<E
     )
     .await
     .map_err(|e| ExecutorError::Sql(e.to_string()))?;
-    let lease = register(&coord, &info, &cfg).await?;
+    let lease = register_at_start(&coord, &info, &cfg).await?;
     info!(id = %cfg.id, %addr, slots = cfg.cpu_slots, store = %store.url(), "executor registered");
     let id = cfg.id.clone();
     let lease = Arc::new(AtomicI64::new(lease));
@@ -212,9 +212,40 @@ async fn follow_sql_leader(
     sql.stop();
 }
 
+/// Register at start. An executor restarted at once after a crash finds its id still
+/// held by its dead self's lease: it waits for that lease to end (two lease periods at
+/// most) before it concludes that another live executor has the id.
+async fn register_at_start(
+    coord: &Coordinator,
+    info: &ExecutorInfo,
+    cfg: &ExecutorConfig,
+) -> Result<i64> {
+    let deadline =
+        tokio::time::Instant::now() + 2 * cfg.lease_ttl + std::time::Duration::from_secs(1);
+    let mut told = false;
+    loop {
+        match register(coord, info, cfg).await {
+            Err(ExecutorError::Core(halyard_core::Error::IdInUse(id)))
+                if tokio::time::Instant::now() < deadline =>
+            {
+                if !told {
+                    info!(%id, lease_ttl = ?cfg.lease_ttl, "the id is still registered (a previous run's lease?): waiting for it to end");
+                    told = true;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+            }
+            other => return other,
+        }
+    }
+}
+
 async fn register(coord: &Coordinator, info: &ExecutorInfo, cfg: &ExecutorConfig) -> Result<i64> {
     let lease = coord.grant_lease(cfg.lease_ttl).await?;
-    coord.register_executor(info, lease).await?;
+    if let Err(e) = coord.register_executor(info, lease).await {
+        // Unused: let it go now rather than at the end of its time-to-live.
+        let _ = coord.revoke(lease).await;
+        return Err(e.into());
+    }
     Ok(lease)
 }
 

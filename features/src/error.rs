@@ -62,8 +62,28 @@ impl FeatureError {
 
 impl From<datafusion::error::DataFusionError> for FeatureError {
     fn from(e: datafusion::error::DataFusionError) -> Self {
-        FeatureError::Sql(describe(&e))
+        let text = describe(&e);
+        if is_transport(&text) {
+            FeatureError::Cluster(text)
+        } else {
+            FeatureError::Sql(text)
+        }
     }
+}
+
+/// Whether an error's text is the SQL cluster's connection failing (a node killed or
+/// restarting, leadership moving) rather than the query: passing, so the task is placed
+/// again instead of failing its job.
+fn is_transport(text: &str) -> bool {
+    const MARKERS: [&str; 6] = [
+        "tonic::transport::Error",
+        "tcp connect error",
+        "Connection refused",
+        "connection reset",
+        "transport error",
+        "error trying to connect",
+    ];
+    MARKERS.iter().any(|m| text.contains(m))
 }
 
 impl From<arrow::error::ArrowError> for FeatureError {
@@ -95,3 +115,25 @@ pub fn describe(e: &datafusion::error::DataFusionError) -> String {
 
 /// Results of this crate.
 pub type Result<T, E = FeatureError> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_lost_connection_is_passing_and_a_bad_query_is_the_job_s() {
+        let lost = datafusion::error::DataFusionError::Execution(
+            "tonic::transport::Error(Transport, ConnectError(ConnectError(\"tcp connect error\", \
+             127.0.0.1:38909, Os { code: 111, kind: ConnectionRefused, message: \"Connection \
+             refused\" })))"
+                .into(),
+        );
+        let e = FeatureError::from(lost);
+        assert_eq!(e.failure(), halyard_core::Failure::Unavailable, "{e}");
+        let bad = datafusion::error::DataFusionError::Plan("no column named spend".into());
+        assert_eq!(
+            FeatureError::from(bad).failure(),
+            halyard_core::Failure::Invalid
+        );
+    }
+}

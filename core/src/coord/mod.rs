@@ -296,10 +296,7 @@ impl Coordinator {
             )
             .await?;
         if !out.succeeded {
-            return Err(Error::Coordinator(format!(
-                "executor id {} is already registered by a live executor: pick another --id",
-                info.id
-            )));
+            return Err(Error::IdInUse(info.id.clone()));
         }
         Ok(())
     }
