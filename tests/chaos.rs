@@ -137,15 +137,7 @@ async fn a_seeded_schedule_of_faults_breaks_no_invariant() {
 
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
-    let (client_port, peer_port) = (free_port(), free_port());
-    let mut etcd = Etcd(start_etcd(dir, client_port, peer_port));
-    let endpoint = format!("127.0.0.1:{client_port}");
-    wait_for("etcd to answer", Duration::from_secs(20), || async {
-        halyard_core::kv::EtcdKv::connect(std::slice::from_ref(&endpoint), &Default::default())
-            .await
-            .ok()
-    })
-    .await;
+    let (mut etcd, endpoint, client_port, peer_port) = private_etcd(dir).await;
     let s3_root = dir.join("s3");
     std::fs::create_dir_all(s3_root.join("models")).unwrap();
     let s3_addr = std::net::TcpListener::bind("127.0.0.1:0")
@@ -192,14 +184,11 @@ async fn a_seeded_schedule_of_faults_breaks_no_invariant() {
     // The steady load: a prediction and its outcome, at the first door that answers.
     let key = cl.admin_key().await;
     let http = http_client(&key);
-    let table = halyard_core::data::read_table(
-        &bytes::Bytes::from(std::fs::read(&data.responses).unwrap()),
-        &spec(dir, "steady", &data.responses, 2, 256).data,
-        "responses.csv",
-    )
+    let record: serde_json::Value = serde_json::from_str(&first_record_body(
+        &spec(dir, "steady", &data.responses, 2, 256),
+        &data.responses,
+    ))
     .unwrap();
-    let rows = halyard_cli::load::records(&table.batches, &["responded"]).unwrap();
-    let record = serde_json::json!({ "record": rows[0] });
     wait_for("the model to answer", Duration::from_secs(60), || async {
         predict_and_feed(&http, &doors, &record, "warm-up", false)
             .await

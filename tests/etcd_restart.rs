@@ -17,15 +17,7 @@ async fn jobs_survive_an_etcd_restart_and_the_watches_come_back() {
     }
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
-    let (client_port, peer_port) = (free_port(), free_port());
-    let mut etcd = Etcd(start_etcd(dir, client_port, peer_port));
-    let endpoint = format!("127.0.0.1:{client_port}");
-    wait_for("etcd to answer", Duration::from_secs(20), || async {
-        halyard_core::kv::EtcdKv::connect(std::slice::from_ref(&endpoint), &Default::default())
-            .await
-            .ok()
-    })
-    .await;
+    let (mut etcd, endpoint, client_port, peer_port) = private_etcd(dir).await;
     let mut cl = EtcdCluster::new(dir, "etcd-restart");
     cl.etcd = endpoint;
     let addr = format!("127.0.0.1:{}", free_port());
@@ -105,15 +97,7 @@ async fn serving_goes_on_through_an_etcd_outage() {
     );
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
-    let (client_port, peer_port) = (free_port(), free_port());
-    let mut etcd = Etcd(start_etcd(dir, client_port, peer_port));
-    let endpoint = format!("127.0.0.1:{client_port}");
-    wait_for("etcd to answer", Duration::from_secs(20), || async {
-        halyard_core::kv::EtcdKv::connect(std::slice::from_ref(&endpoint), &Default::default())
-            .await
-            .ok()
-    })
-    .await;
+    let (mut etcd, endpoint, client_port, peer_port) = private_etcd(dir).await;
     let mut cl = EtcdCluster::new(dir, "etcd-outage");
     cl.etcd = endpoint;
     let addr = format!("127.0.0.1:{}", free_port());
@@ -130,26 +114,10 @@ async fn serving_goes_on_through_an_etcd_outage() {
     train_and_deploy(&client, &served, 1).await;
     let key = cl.admin_key().await;
     let http = http_client(&key);
-    let table = halyard_core::data::read_table(
-        &bytes::Bytes::from(std::fs::read(&data.responses).unwrap()),
-        &served.data,
-        "responses.csv",
-    )
-    .unwrap();
-    let rows = halyard_cli::load::records(&table.batches, &["responded"]).unwrap();
-    let body = serde_json::json!({ "record": rows[0] }).to_string();
+    let body = first_record_body(&served, &data.responses);
     let predict = |at: String| {
         let (http, body) = (http.clone(), body.clone());
-        async move {
-            http.post(format!("http://{at}/v1/models/steady:predict"))
-                .header("content-type", "application/json")
-                .body(body)
-                .timeout(Duration::from_secs(5))
-                .send()
-                .await
-                .map(|r| r.status().as_u16())
-                .unwrap_or(0)
-        }
+        async move { predict_status(&http, &at, "steady", &body).await }
     };
     for at in [&addr, &exec0_addr] {
         let at = at.clone();

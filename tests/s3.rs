@@ -275,24 +275,9 @@ async fn an_s3_outage_is_ridden_out_and_a_long_one_fails_the_job_clearly() {
     let first = common::spec(dir, "served", &data.responses, 1, 256);
     common::train_and_deploy(&client, &first, 1).await;
     let http = common::http_client(&cluster.admin_key);
-    let api = cluster.scheduler.addr;
-    let table = halyard_core::data::read_table(
-        &Bytes::from(std::fs::read(&data.responses).unwrap()),
-        &first.data,
-        "responses.csv",
-    )
-    .unwrap();
-    let rows = halyard_cli::load::records(&table.batches, &["responded"]).unwrap();
-    let body = serde_json::json!({ "record": rows[0] }).to_string();
-    let predict = || async {
-        http.post(format!("http://{api}/v1/models/served:predict"))
-            .header("content-type", "application/json")
-            .body(body.clone())
-            .send()
-            .await
-            .map(|r| r.status().as_u16())
-            .unwrap_or(0)
-    };
+    let api = cluster.scheduler.addr.to_string();
+    let body = common::first_record_body(&first, &data.responses);
+    let predict = || common::predict_status(&http, &api, "served", &body);
     common::wait_for("the model to serve", Duration::from_secs(60), || async {
         (predict().await == 200).then_some(())
     })

@@ -882,18 +882,13 @@ async fn replicas_go_where_memory_allows_and_move_when_an_executor_dies() {
     let key = cl.admin_key().await;
     let http = http_client(&key);
     let spec = JobSpec::from_file(&dir.join("placed.toml")).unwrap();
-    let rows = records(&read_table(&spec, &data.responses).batches, &["responded"]).unwrap();
-    let body = json!({ "record": rows[0] }).to_string();
-    let predict = || async {
-        http.post(format!("http://{gw}/v1/models/placed:predict"))
-            .header("content-type", "application/json")
-            .body(body.clone())
-            .send()
-            .await
-            .map(|r| r.status().as_u16())
-            .unwrap_or(0)
-    };
-    assert_eq!(predict().await, 200);
+    let body = first_record_body(&spec, &data.responses);
+    let predict = || predict_status(&http, &gw, "placed", &body);
+    // The gateway reads who serves what every 100 ms.
+    wait_for("the gateway to route", Duration::from_secs(10), || async {
+        (predict().await == 200).then_some(())
+    })
+    .await;
 
     // One of the two dies: the model moves to the third, the survivor keeps it.
     let victim = d.placed_on[0].clone();

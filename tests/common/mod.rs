@@ -511,3 +511,45 @@ pub(crate) async fn s3_on(
         let _ = halyard_s3_server::serve(listener, &root, &ak, &sk).await;
     })
 }
+
+/// A private etcd in `dir` (see [`start_etcd`]) once it answers: it, its client endpoint,
+/// and its two ports (to start it again on the same data).
+pub(crate) async fn private_etcd(dir: &Path) -> (Etcd, String, u16, u16) {
+    let (client_port, peer_port) = (free_port(), free_port());
+    let etcd = Etcd(start_etcd(dir, client_port, peer_port));
+    let endpoint = format!("127.0.0.1:{client_port}");
+    wait_for("etcd to answer", Duration::from_secs(20), || async {
+        halyard_core::kv::EtcdKv::connect(std::slice::from_ref(&endpoint), &Default::default())
+            .await
+            .ok()
+    })
+    .await;
+    (etcd, endpoint, client_port, peer_port)
+}
+
+/// The `:predict` body of the first record of the responses CSV at `data`, read with
+/// `spec`'s `[data]` rules (the label left out).
+pub(crate) fn first_record_body(spec: &JobSpec, data: &Path) -> String {
+    let bytes = bytes::Bytes::from(std::fs::read(data).unwrap());
+    let table = halyard_core::data::read_table(&bytes, &spec.data, "responses.csv").unwrap();
+    let rows = halyard_cli::load::records(&table.batches, &["responded"]).unwrap();
+    serde_json::json!({ "record": rows[0] }).to_string()
+}
+
+/// The status of a `:predict` of `body` for `model` at `at` (`HOST:PORT`); 0 when nothing
+/// answered within 5 s.
+pub(crate) async fn predict_status(
+    http: &reqwest::Client,
+    at: &str,
+    model: &str,
+    body: &str,
+) -> u16 {
+    http.post(format!("http://{at}/v1/models/{model}:predict"))
+        .header("content-type", "application/json")
+        .body(body.to_string())
+        .timeout(Duration::from_secs(5))
+        .send()
+        .await
+        .map(|r| r.status().as_u16())
+        .unwrap_or(0)
+}
