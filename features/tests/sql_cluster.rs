@@ -87,10 +87,9 @@ async fn register(ctx: &SessionContext, dir: &Path) {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn cluster_answers_equal_single_process_datafusion() {
-    let dir = tempfile::tempdir().unwrap();
-    write_data(dir.path());
+/// An in-process SQL scheduler on a free port: it, its endpoint, the data access and key
+/// its nodes share.
+async fn scheduler() -> (SqlScheduler, String, DataAccess, String) {
     let access = DataAccess::unconfined(&S3Config::default());
     let (verifier, key) = halyard_core::auth::private_keys().await.unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -98,14 +97,34 @@ async fn cluster_answers_equal_single_process_datafusion() {
         .await
         .unwrap();
     let endpoint = scheduler.addr.to_string();
+    (scheduler, endpoint, access, key)
+}
+
+/// An executor `id` of two slots following the scheduler at `endpoint`, its work folder
+/// capped at `budget` bytes.
+async fn executor(
+    id: &str,
+    endpoint: &str,
+    access: &DataAccess,
+    key: &str,
+    budget: Option<u64>,
+) -> SqlExecutor {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let mut e = SqlExecutor::start(id, "127.0.0.1", l, 2, access, key, budget)
+        .await
+        .unwrap();
+    e.follow(Some(endpoint));
+    e
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn cluster_answers_equal_single_process_datafusion() {
+    let dir = tempfile::tempdir().unwrap();
+    write_data(dir.path());
+    let (scheduler, endpoint, access, key) = scheduler().await;
     let mut executors = Vec::new();
     for id in ["sql-exec-a", "sql-exec-b"] {
-        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let mut e = SqlExecutor::start(id, "127.0.0.1", l, 2, &access, &key, None)
-            .await
-            .unwrap();
-        e.follow(Some(&endpoint));
-        executors.push(e);
+        executors.push(executor(id, &endpoint, &access, &key, None).await);
     }
     let cluster = remote_context(&endpoint, Some(&key), &access, 4)
         .await
@@ -144,19 +163,9 @@ async fn cluster_answers_equal_single_process_datafusion() {
 async fn an_executor_at_its_disk_budget_refuses_tasks_clearly() {
     let dir = tempfile::tempdir().unwrap();
     write_data(dir.path());
-    let access = DataAccess::unconfined(&S3Config::default());
-    let (verifier, key) = halyard_core::auth::private_keys().await.unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let scheduler = SqlScheduler::start(listener, &access, verifier, None, &key)
-        .await
-        .unwrap();
-    let endpoint = scheduler.addr.to_string();
+    let (scheduler, endpoint, access, key) = scheduler().await;
     // One byte: the folder's owner file alone is over it.
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let mut full = SqlExecutor::start("sql-exec-full", "127.0.0.1", l, 2, &access, &key, Some(1))
-        .await
-        .unwrap();
-    full.follow(Some(&endpoint));
+    let full = executor("sql-exec-full", &endpoint, &access, &key, Some(1)).await;
     let cluster = remote_context(&endpoint, Some(&key), &access, 4)
         .await
         .unwrap();
@@ -176,19 +185,7 @@ async fn an_executor_at_its_disk_budget_refuses_tasks_clearly() {
         "{err}"
     );
     full.stop();
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let mut roomy = SqlExecutor::start(
-        "sql-exec-roomy",
-        "127.0.0.1",
-        l,
-        2,
-        &access,
-        &key,
-        Some(64 << 20),
-    )
-    .await
-    .unwrap();
-    roomy.follow(Some(&endpoint));
+    let roomy = executor("sql-exec-roomy", &endpoint, &access, &key, Some(64 << 20)).await;
     let cluster = remote_context(&endpoint, Some(&key), &access, 4)
         .await
         .unwrap();
