@@ -327,6 +327,11 @@ impl Leader<'_> {
         executors: &[ExecutorInfo],
         deployments: &[Deployment],
     ) -> Result<()> {
+        // No live executor: the coordinator is coming back (leases lapsed in an outage)
+        // or the cluster is starting; the placements stand until executors register.
+        if executors.is_empty() {
+            return Ok(());
+        }
         let mut demands = Vec::new();
         for d in deployments {
             let versions = d.current.versions();
