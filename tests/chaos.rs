@@ -77,20 +77,13 @@ fn signal(p: &Proc, sig: &str) {
 async fn predict_and_feed(
     http: &reqwest::Client,
     doors: &[String],
-    body: &serde_json::Value,
+    body: &str,
     key: &str,
     converted: bool,
 ) -> (bool, Option<bool>) {
     let mut predicted = false;
     for door in doors {
-        let r = http
-            .post(format!("http://{door}/v1/models/steady:predict"))
-            .header("content-type", "application/json")
-            .body(body.to_string())
-            .timeout(Duration::from_secs(5))
-            .send()
-            .await;
-        if r.is_ok_and(|r| r.status().is_success()) {
+        if predict_status(http, door, "steady", body).await == 200 {
             predicted = true;
             break;
         }
@@ -111,6 +104,26 @@ async fn predict_and_feed(
         }
     }
     (true, Some(false))
+}
+
+/// Submit `spec` at the first door that takes it (a scheduler may be restarting, etcd
+/// away); its job id.
+async fn submit_at_either(
+    doors: &[String],
+    key: &str,
+    spec: &halyard_core::spec::JobSpec,
+) -> String {
+    wait_for("a submission", Duration::from_secs(120), || async {
+        for door in doors {
+            if let Ok(c) = halyard_client::Client::connect_with_key(door, Some(key)).await
+                && let Ok(j) = c.submit(spec).await
+            {
+                return Some(j.id);
+            }
+        }
+        None
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -179,16 +192,13 @@ async fn a_seeded_schedule_of_faults_breaks_no_invariant() {
     })
     .await;
     let data = halyard_cli::datagen::generate(&dir.join("data"), 1500, 3).unwrap();
-    train_and_deploy(&client, &spec(dir, "steady", &data.responses, 2, 256), 1).await;
+    let steady = spec(dir, "steady", &data.responses, 2, 256);
+    train_and_deploy(&client, &steady, 1).await;
 
     // The steady load: a prediction and its outcome, at the first door that answers.
     let key = cl.admin_key().await;
     let http = http_client(&key);
-    let record: serde_json::Value = serde_json::from_str(&first_record_body(
-        &spec(dir, "steady", &data.responses, 2, 256),
-        &data.responses,
-    ))
-    .unwrap();
+    let record = first_record_body(&steady, &data.responses);
     wait_for("the model to answer", Duration::from_secs(60), || async {
         predict_and_feed(&http, &doors, &record, "warm-up", false)
             .await
@@ -251,18 +261,7 @@ async fn a_seeded_schedule_of_faults_breaks_no_invariant() {
     for f in 0..faults_n {
         if f % every == 0 && ids.len() < jobs_n {
             let (name, s) = submit(ids.len());
-            let id = wait_for("a submission", Duration::from_secs(120), || async {
-                for door in &doors {
-                    if let Ok(c) = halyard_client::Client::connect_with_key(door, Some(&key)).await
-                        && let Ok(j) = c.submit(&s).await
-                    {
-                        return Some(j.id);
-                    }
-                }
-                None
-            })
-            .await;
-            ids.push((name, id));
+            ids.push((name, submit_at_either(&doors, &key, &s).await));
         }
         tokio::time::sleep(Duration::from_millis(1500 + rng.below(2500))).await;
         let fault = draw(&mut rng);
@@ -305,7 +304,7 @@ async fn a_seeded_schedule_of_faults_breaks_no_invariant() {
         let why = Mutex::new(String::new());
         let full = wait_for(
             "full service after a fault",
-            Duration::from_secs(120),
+            Duration::from_secs(300),
             || async {
                 for door in &doors {
                     let Ok(c) = halyard_client::Client::connect_with_key(door, Some(&key)).await
@@ -320,15 +319,6 @@ async fn a_seeded_schedule_of_faults_breaks_no_invariant() {
                             return None;
                         }
                     };
-                    *why.lock().unwrap() = format!(
-                        "{door}: leader {:?}, executors {:?}",
-                        status.leader,
-                        status
-                            .executors
-                            .iter()
-                            .map(|e| (&e.id, e.started_ms))
-                            .collect::<Vec<_>>()
-                    );
                     let fresh = restarted.as_ref().is_none_or(|id| {
                         status
                             .executors
@@ -336,6 +326,15 @@ async fn a_seeded_schedule_of_faults_breaks_no_invariant() {
                             .any(|e| &e.id == id && e.started_ms >= fault_ms)
                     });
                     if status.leader.is_empty() || status.executors.len() != 3 || !fresh {
+                        *why.lock().unwrap() = format!(
+                            "{door}: leader {:?}, executors {:?}",
+                            status.leader,
+                            status
+                                .executors
+                                .iter()
+                                .map(|e| (&e.id, e.started_ms))
+                                .collect::<Vec<_>>()
+                        );
                         return None;
                     }
                 }
@@ -345,7 +344,7 @@ async fn a_seeded_schedule_of_faults_breaks_no_invariant() {
         .await;
         if full > 20_000 {
             println!(
-                "{fault:?} at {at} ms: full service only after {full} ms; last seen: {}",
+                "{fault:?} at {at} ms: full service only after {full} ms; the last state short of it: {}",
                 why.lock().unwrap()
             );
         }
@@ -355,11 +354,7 @@ async fn a_seeded_schedule_of_faults_breaks_no_invariant() {
     }
     while ids.len() < jobs_n {
         let (name, s) = submit(ids.len());
-        let id = wait_for("a submission", Duration::from_secs(120), || async {
-            client.submit(&s).await.ok().map(|j| j.id)
-        })
-        .await;
-        ids.push((name, id));
+        ids.push((name, submit_at_either(&doors, &key, &s).await));
     }
 
     // The checker.

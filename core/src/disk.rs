@@ -1,6 +1,7 @@
 //! Local disk: room before a write, and what a folder holds. A full disk fails the write
-//! that would meet it with [`Error::DiskFull`], naming the path, the room left and what
-//! the write needed, instead of an I/O error half-way through.
+//! that would meet it with [`Error::DiskFull`] (a folder at its budget with
+//! [`Error::DiskBudget`]), naming the path and the sizes, instead of an I/O error half-way
+//! through.
 
 use std::path::{Path, PathBuf};
 
@@ -31,7 +32,6 @@ pub fn room_for(path: &Path, need: u64) -> Result<()> {
             path: path.to_path_buf(),
             free,
             need,
-            limit: None,
         }),
         _ => Ok(()),
     }
@@ -58,11 +58,10 @@ pub fn within_budget(dir: &Path, budget: Option<u64>) -> Result<()> {
     if let Some(budget) = budget {
         let used = usage(dir);
         if used >= budget {
-            return Err(Error::DiskFull {
+            return Err(Error::DiskBudget {
                 path: PathBuf::from(dir),
-                free: budget.saturating_sub(used),
-                need: used,
-                limit: Some(budget),
+                used,
+                budget,
             });
         }
     }

@@ -46,17 +46,37 @@ pub enum Error {
         /// The missing location.
         location: String,
     },
-    /// A write would not fit: the disk is (nearly) full, or a folder is at its budget.
-    #[error("{}", disk_full(path, *free, *need, *limit))]
+    /// A write would not fit on its disk: it would leave less than
+    /// [`crate::disk::KEEP_FREE_BYTES`] free.
+    #[error(
+        "no room on the disk of {}: {} free, the write needs {} and {} stays free; free space there or move the folder to a larger disk",
+        path.display(),
+        crate::disk::size_text(*free),
+        crate::disk::size_text(*need),
+        crate::disk::size_text(crate::disk::KEEP_FREE_BYTES)
+    )]
     DiskFull {
-        /// The file or folder written.
+        /// The file written.
         path: PathBuf,
-        /// Bytes free on its disk (with `limit`: left in the budget).
+        /// Bytes free on its disk.
         free: u64,
-        /// Bytes the write needs (with `limit`: the folder's bytes).
+        /// Bytes the write needs.
         need: u64,
-        /// The folder's budget, bytes, when that is what is exceeded.
-        limit: Option<u64>,
+    },
+    /// A folder holds its node's budget or more.
+    #[error(
+        "disk budget: {} holds {} (shuffle files and results), the node's budget is {} (disk_budget_mb): raise it, or give the node a larger disk",
+        path.display(),
+        crate::disk::size_text(*used),
+        crate::disk::size_text(*budget)
+    )]
+    DiskBudget {
+        /// The folder.
+        path: PathBuf,
+        /// Bytes it holds.
+        used: u64,
+        /// Its budget, bytes.
+        budget: u64,
     },
     /// Reading or writing object storage failed.
     #[error("object store {location}: {message}")]
@@ -144,27 +164,6 @@ pub enum Error {
     },
 }
 
-fn disk_full(path: &std::path::Path, free: u64, need: u64, limit: Option<u64>) -> String {
-    use crate::disk::{KEEP_FREE_BYTES, size_text};
-    match limit {
-        Some(budget) => format!(
-            "disk budget: {} holds {} (shuffle files and results), the node's budget is {} \
-             (disk_budget_mb): raise it, or give the node a larger disk",
-            path.display(),
-            size_text(need),
-            size_text(budget)
-        ),
-        None => format!(
-            "no room on the disk of {}: {} free, the write needs {} and {} stays free; free \
-             space there or move the folder to a larger disk",
-            path.display(),
-            size_text(free),
-            size_text(need),
-            size_text(KEEP_FREE_BYTES)
-        ),
-    }
-}
-
 impl Error {
     /// What this failure means for the caller ([`Failure`]): the one classification
     /// that wire codes and retries follow.
@@ -181,7 +180,8 @@ impl Error {
             | Error::Fenced
             | Error::LeaseLost(_)
             | Error::EventLog { .. }
-            | Error::DiskFull { .. } => Failure::Unavailable,
+            | Error::DiskFull { .. }
+            | Error::DiskBudget { .. } => Failure::Unavailable,
             Error::IdInUse(_) => Failure::Refused,
             Error::Store { .. } | Error::Io { .. } | Error::Corrupt { .. } => Failure::Internal,
         }

@@ -130,6 +130,7 @@ async fn lead(
         audit_trimmed: None,
         collected: None,
         version_memory: HashMap::new(),
+        placements: None,
     };
     let result = leader.run(shutdown, renew_every, &mut renewed).await;
     if let Some(sql) = leader.sql.take() {
@@ -273,6 +274,8 @@ struct Leader<'a> {
     collected: Option<(Instant, tokio::task::JoinHandle<()>)>,
     /// Each registered version's memory (a record never changes it).
     version_memory: HashMap<(String, u64), u64>,
+    /// The placements as this leader last read or wrote them.
+    placements: Option<BTreeMap<String, Placement>>,
 }
 
 impl Leader<'_> {
@@ -366,13 +369,18 @@ impl Leader<'_> {
                 memory_bytes: e.memory_mb << 20,
             })
             .collect();
-        let before: BTreeMap<String, Placement> = self
-            .coord
-            .placements()
-            .await?
-            .into_iter()
-            .map(|p| (p.model.clone(), p))
-            .collect();
+        // Only the leader writes placements: read them once per leadership, then keep
+        // what was written.
+        let before = match self.placements.take() {
+            Some(p) => p,
+            None => self
+                .coord
+                .placements()
+                .await?
+                .into_iter()
+                .map(|p| (p.model.clone(), p))
+                .collect(),
+        };
         let now = place(&demands, &rooms, &before);
         let changed: Vec<Placement> = now
             .values()
@@ -385,6 +393,7 @@ impl Leader<'_> {
             .cloned()
             .collect();
         if changed.is_empty() && gone.is_empty() {
+            self.placements = Some(before);
             return Ok(());
         }
         for p in &changed {
@@ -393,9 +402,12 @@ impl Leader<'_> {
             }
             info!(model = %p.model, executors = ?p.executors, "model placed");
         }
+        // A failed write leaves `placements` unset: the next pass reads them again.
         self.coord
             .set_placements(self.leadership, &changed, &gone)
-            .await
+            .await?;
+        self.placements = Some(now);
+        Ok(())
     }
 
     /// One pass: the jobs (placement, supervision, searches), and with `timed` also the

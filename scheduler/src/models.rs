@@ -116,10 +116,10 @@ impl ModelApi {
                 .collect(),
             deployment: match deployment {
                 Some(d) => {
-                    let placed = self.coord.placements().await.map_err(to_status)?;
-                    let serving = self.coord.serving().await.map_err(to_status)?;
-                    let placed = placed.iter().find(|p| p.model == name);
-                    Some(deployment_info(&d, placed, &serving))
+                    let placed = self.coord.placement(name).await.map_err(to_status)?;
+                    // Who serves what, as this node's gateway last read it (every 100 ms).
+                    let serving = self.gateway.serving();
+                    Some(deployment_info(&d, placed.as_ref(), &serving))
                 }
                 None => None,
             },

@@ -260,6 +260,11 @@ impl Coordinator {
         self.values("placements/").await
     }
 
+    /// Where deployed model `name` is served, if the leader placed it.
+    pub async fn placement(&self, name: &str) -> Result<Option<crate::placement::Placement>> {
+        self.get_value(&self.placement_key(name)).await
+    }
+
     /// Write the placements that changed and delete those of models no longer deployed,
     /// while `leadership` stands ([`Error::Fenced`] otherwise).
     pub async fn set_placements(
