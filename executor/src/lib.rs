@@ -304,9 +304,12 @@ async fn run(
             match coord.keep_alive(lease).await {
                 Ok(()) => renewed = std::time::Instant::now(),
                 Err(e) => {
-                    // Lost (expired or unreachable): stop everything, then register anew.
-                    warn!(id = %cfg.id, error = %e, "lease lost; stopping tasks and taking no work");
-                    stop_all(&mut running).await;
+                    // Lost (expired or unreachable): cancel every task, then register anew
+                    // at once. The tasks end on their own (a step, an S3 retry can take a
+                    // while); their assignments went with the lease, so nothing they write
+                    // after is taken (writes are fenced on the assignment).
+                    warn!(id = %cfg.id, error = %e, "lease lost; cancelling tasks and taking no work");
+                    drop(cancel_all(&mut running));
                     match register(&coord, &info, &cfg).await {
                         Ok(l) => {
                             lease = l;
@@ -377,11 +380,20 @@ async fn run(
     info!(id = %cfg.id, "executor stopped");
 }
 
+/// Cancel every task and forget it: each ends when it next looks at its flag.
+fn cancel_all(running: &mut HashMap<(String, u32), Running>) -> Vec<JoinHandle<()>> {
+    running
+        .drain()
+        .map(|(_, r)| {
+            r.cancel.store(true, Ordering::Relaxed);
+            r.handle
+        })
+        .collect()
+}
+
+/// Cancel every task and wait for each to end.
 async fn stop_all(running: &mut HashMap<(String, u32), Running>) {
-    for r in running.values() {
-        r.cancel.store(true, Ordering::Relaxed);
-    }
-    for (_, r) in running.drain() {
-        let _ = r.handle.await;
+    for handle in cancel_all(running) {
+        let _ = handle.await;
     }
 }
