@@ -149,7 +149,7 @@ async fn jobs_survive_killed_executor_and_killed_leader() {
         &halyard_core::store::S3Config::default(),
     );
     let key = cl.admin_key().await;
-    let ctx = halyard_features::session::remote_context(&endpoint, Some(&key), &access, 2)
+    let ctx = halyard_features::session::remote_context(&endpoint, Some(&key), None, &access, 2)
         .await
         .unwrap();
     let csv = data.responses.to_str().unwrap();

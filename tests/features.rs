@@ -348,7 +348,7 @@ async fn processes_answer_like_datafusion_and_survive_a_killed_executor() {
     let access = DataAccess::unconfined(&S3Config::default());
     let events = tmp.path().join("events.csv");
     let key = etcd.admin_key().await;
-    let cluster = remote_context(&endpoint, Some(&key), &access, 4)
+    let cluster = remote_context(&endpoint, Some(&key), None, &access, 4)
         .await
         .unwrap();
     let local = local_context(&access, 4).unwrap();

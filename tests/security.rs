@@ -413,7 +413,7 @@ async fn sql_on(
 ) -> Result<usize, String> {
     use halyard_features::session::{DataAccess, remote_context};
     let access = DataAccess::unconfined(&halyard_core::store::S3Config::default());
-    let ctx = remote_context(endpoint, key, &access, 2)
+    let ctx = remote_context(endpoint, key, None, &access, 2)
         .await
         .map_err(|e| e.to_string())?;
     for (name, path) in tables {
@@ -595,6 +595,27 @@ async fn with_mutual_tls_nodes_train_together_and_strangers_are_refused() {
     assert_eq!(done.state, "succeeded", "{}", done.error);
     let log = common::log_text(&admin, &id).await;
     assert!(log.contains("worker group formed: 2 worker(s)"), "{log}");
+    // Its feature stage ran on the SQL cluster, whose ports serve TLS too; so does a
+    // query from the CLI, trusting the CA (results come through the SQL scheduler).
+    assert!(
+        log.contains("features: running the SQL on the cluster"),
+        "{log}"
+    );
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_halyard"))
+        .args(["sql", "--scheduler", &api, "--key", &admin_key, "--tls-ca"])
+        .arg(&certs.ca)
+        .arg("-e")
+        .arg("SELECT k, count(*) AS n FROM (VALUES (1), (2), (1)) AS t(k) GROUP BY k ORDER BY k")
+        .arg("--output")
+        .arg(dir.join("sql.csv"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(
+        std::fs::read_to_string(dir.join("sql.csv")).unwrap(),
+        "k,n\n1,2\n2,1\n"
+    );
 
     // Plaintext to a TLS port: no answer.
     let plain = async {

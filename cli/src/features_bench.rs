@@ -275,7 +275,7 @@ pub async fn run(b: &FeaturesBench) -> Result<(Timings, Timings)> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .map_err(|e| io(&b.dir, e))?;
-    let scheduler = SqlScheduler::start(listener, &access, verifier, None, &key).await?;
+    let scheduler = SqlScheduler::start(listener, &access, verifier, None, &key, None).await?;
     let endpoint = scheduler.addr.to_string();
     let mut executors = Vec::new();
     for i in 0..b.executors {
@@ -283,7 +283,8 @@ pub async fn run(b: &FeaturesBench) -> Result<(Timings, Timings)> {
             .await
             .map_err(|e| io(&b.dir, e))?;
         let id = format!("bench-executor-{i}");
-        let mut e = SqlExecutor::start(&id, "127.0.0.1", l, b.slots, &access, &key, None).await?;
+        let mut e =
+            SqlExecutor::start(&id, "127.0.0.1", l, b.slots, &access, &key, None, None).await?;
         e.follow(Some(&endpoint));
         executors.push(e);
     }
@@ -292,7 +293,7 @@ pub async fn run(b: &FeaturesBench) -> Result<(Timings, Timings)> {
     for run in 0..b.runs {
         for on_cluster in [true, false] {
             let ctx = if on_cluster {
-                remote_context(&endpoint, Some(&key), &access, b.partitions).await?
+                remote_context(&endpoint, Some(&key), None, &access, b.partitions).await?
             } else {
                 local_context(&access, b.partitions)?
             };

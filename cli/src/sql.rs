@@ -54,6 +54,7 @@ pub async fn context(
             remote_context(
                 &status.sql_endpoint,
                 client.key(),
+                client.tls().cloned(),
                 &DataAccess::unconfined(s3),
                 PARTITIONS,
             )

@@ -47,6 +47,8 @@ pub struct Client {
     predictions: PredictionServiceClient<Keyed>,
     keys: KeyServiceClient<Keyed>,
     key: KeyText,
+    /// The TLS settings it connected with (the SQL port is reached with the same).
+    tls: Option<tonic::transport::ClientTlsConfig>,
 }
 
 /// The key's text, never printed.
@@ -67,6 +69,11 @@ impl Client {
     /// The key this client sends (the SQL port asks for it too).
     pub fn key(&self) -> Option<&str> {
         self.key.0.as_deref()
+    }
+
+    /// The TLS settings this client connected with, if any.
+    pub fn tls(&self) -> Option<&tonic::transport::ClientTlsConfig> {
+        self.tls.as_ref()
     }
 
     /// Connect to `addr` (`HOST:PORT` or `http://HOST:PORT`) without a key: only health
@@ -100,7 +107,7 @@ impl Client {
             addr: addr.into(),
             message: e.to_string(),
         })?;
-        if let Some(tls) = tls {
+        if let Some(tls) = tls.clone() {
             endpoint = endpoint.tls_config(tls).map_err(|e| ClientError::Connect {
                 addr: addr.into(),
                 message: format!("tls: {e}"),
@@ -120,6 +127,7 @@ impl Client {
             predictions: PredictionServiceClient::with_interceptor(channel.clone(), bearer.clone()),
             keys: KeyServiceClient::with_interceptor(channel, bearer),
             key: KeyText(key.map(|k| k.trim().to_string())),
+            tls,
         })
     }
 

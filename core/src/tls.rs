@@ -194,6 +194,13 @@ impl Tls {
             None => config,
         }
     }
+
+    /// tonic's server settings for a port API clients call too: a client certificate is
+    /// optional, but one the CA did not sign is refused in the handshake (the routes only
+    /// nodes may call check that one was presented).
+    pub fn tonic_server_for_clients(&self) -> tonic::transport::ServerTlsConfig {
+        self.tonic_server().client_auth_optional(true)
+    }
 }
 
 /// tonic's client settings for an API client: trust `ca_file` (a cluster CA, or a node's

@@ -35,6 +35,7 @@ async fn sql_endpoint(coord: &Coordinator) -> Result<String> {
 pub(crate) async fn sql_context(
     coord: &Coordinator,
     token: &str,
+    tls: Option<&halyard_core::tls::Tls>,
     access: &DataAccess,
     log: &mut (dyn FnMut(String) + Send),
 ) -> Result<SessionContext> {
@@ -42,7 +43,14 @@ pub(crate) async fn sql_context(
     log(format!(
         "features: running the SQL on the cluster (scheduler {endpoint})"
     ));
-    Ok(remote_context(&endpoint, Some(token), access, SQL_PARTITIONS).await?)
+    Ok(remote_context(
+        &endpoint,
+        Some(token),
+        tls.map(halyard_core::tls::Tls::tonic_client),
+        access,
+        SQL_PARTITIONS,
+    )
+    .await?)
 }
 
 /// What a job trains on: its source file, or the Parquet shards its feature stage wrote.

@@ -159,6 +159,7 @@ pub async fn start_executor(cfg: ExecutorConfig, coord: Coordinator) -> Result<E
         },
         &token,
         cfg.disk_budget,
+        tls.as_ref(),
     )
     .await
     .map_err(|e| ExecutorError::Sql(e.to_string()))?;

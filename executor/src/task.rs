@@ -216,7 +216,7 @@ impl Host for TaskHost<'_> {
 
     async fn sql(&mut self) -> Result<SessionContext> {
         let t = self.t;
-        sql_context(&t.coord, &t.token, &t.data, &mut |line| {
+        sql_context(&t.coord, &t.token, t.tls.as_ref(), &t.data, &mut |line| {
             self.progress.log(line)
         })
         .await

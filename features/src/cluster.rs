@@ -11,8 +11,10 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use arrow_flight::flight_service_server::FlightServiceServer;
 use ballista_core::config::TaskSchedulingPolicy;
-use ballista_core::extension::SessionConfigExt;
+use ballista_core::extension::{BallistaConfigGrpcEndpoint, SessionConfigExt};
+use ballista_core::flight_proxy_service::BallistaFlightProxyService;
 use ballista_core::registry::BallistaFunctionRegistry;
 use ballista_core::serde::BallistaCodec;
 use ballista_core::serde::protobuf::scheduler_grpc_client::SchedulerGrpcClient;
@@ -36,32 +38,53 @@ use datafusion::prelude::{SessionConfig, SessionContext};
 use datafusion_proto::protobuf::{LogicalPlanNode, PhysicalPlanNode};
 use halyard_core::auth::{BearerKey, Verifier};
 use halyard_core::coord::Auditor;
+use halyard_core::tls::Tls;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::Channel;
+use tonic::transport::{Channel, ServerTlsConfig};
 use tracing::{info, warn};
 
 use crate::door::SqlDoorLayer;
 use crate::error::{FeatureError, Result};
-use crate::session::{DataAccess, node_state, runtime};
+use crate::session::{DataAccess, node_state, runtime, tls_endpoints, with_tls};
+
+/// The largest gRPC message on the SQL cluster's ports.
+const MAX_MESSAGE: usize = 64 << 20;
+
+/// Ballista's gRPC server settings, serving TLS with `tls`.
+fn grpc_server(tls: Option<ServerTlsConfig>) -> Result<tonic::transport::Server> {
+    let server = create_grpc_server(&GrpcServerConfig::default());
+    match tls {
+        Some(tls) => server
+            .tls_config(tls)
+            .map_err(|e| FeatureError::Cluster(format!("cannot serve tls: {e}"))),
+        None => Ok(server),
+    }
+}
 
 /// A client of the SQL scheduler that presents the node's key.
 type SchedulerClient = SchedulerGrpcClient<InterceptedService<Channel, BearerKey>>;
 
-/// Connect to the SQL scheduler at `url` as this node (`key`).
-async fn scheduler_client(url: &str, key: &str) -> Result<SchedulerClient> {
-    let channel = tonic::transport::Endpoint::from_shared(url.to_string())
-        .map_err(|e| FeatureError::Cluster(format!("{url}: {e}")))?
-        .connect()
-        .await
-        .map_err(|e| FeatureError::Cluster(format!("{url}: {e}")))?;
+/// Connect to the SQL scheduler at `endpoint` (`HOST:PORT`) as this node (`key`, and its
+/// certificate when the cluster serves TLS).
+async fn scheduler_client(endpoint: &str, key: &str, tls: Option<&Tls>) -> Result<SchedulerClient> {
+    let failed = |e: &dyn std::fmt::Display| FeatureError::Cluster(format!("{endpoint}: {e}"));
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let mut channel = tonic::transport::Endpoint::from_shared(format!("{scheme}://{endpoint}"))
+        .map_err(|e| failed(&e))?;
+    if let Some(tls) = tls {
+        channel = channel
+            .tls_config(tls.tonic_client())
+            .map_err(|e| failed(&e))?;
+    }
+    let channel = channel.connect().await.map_err(|e| failed(&e))?;
     let bearer = BearerKey::new(Some(key)).map_err(|e| FeatureError::Cluster(e.to_string()))?;
     Ok(SchedulerGrpcClient::with_interceptor(channel, bearer)
-        .max_decoding_message_size(64 << 20)
-        .max_encoding_message_size(64 << 20))
+        .max_decoding_message_size(MAX_MESSAGE)
+        .max_encoding_message_size(MAX_MESSAGE))
 }
 
 /// A running Ballista scheduler, owned by the Halyard leader.
@@ -70,6 +93,8 @@ pub struct SqlScheduler {
     pub addr: SocketAddr,
     /// The node's key, for its own calls.
     key: String,
+    /// The node's TLS, when the port serves it.
+    tls: Option<Tls>,
     ballista: SchedulerServer<LogicalPlanNode, PhysicalPlanNode>,
     shutdown: watch::Sender<bool>,
     server: JoinHandle<()>,
@@ -79,12 +104,18 @@ impl SqlScheduler {
     /// Start a Ballista scheduler on `listener`, behind a door that checks every call's
     /// key with `verifier` ([`crate::door`]); `key` is the node's own. Its planning
     /// resolves data URLs with Halyard's object stores, confined to `access`'s roots.
+    ///
+    /// With `tls` the port serves TLS, the executors' calls need a certificate of the
+    /// cluster's CA (when it has one), and clients fetch results through this port (the
+    /// scheduler fetches them from the executors as a node), so the executors' Flight
+    /// ports can refuse everyone but nodes.
     pub async fn start(
         listener: TcpListener,
         access: &DataAccess,
         verifier: Verifier,
         audit: Option<Auditor>,
         key: &str,
+        tls: Option<&Tls>,
     ) -> Result<SqlScheduler> {
         let addr = listener
             .local_addr()
@@ -98,7 +129,8 @@ impl SqlScheduler {
             )),
             access.roots.clone(),
         )
-        .with_audit(audit);
+        .with_audit(audit)
+        .with_node_certificates(tls.is_some_and(|t| t.mutual));
         let session_builder =
             Arc::new(move |config: SessionConfig| Ok(node_state(config, rt.clone())));
         let config_producer: ConfigProducer = Arc::new(SessionConfig::new_with_ballista);
@@ -114,6 +146,7 @@ impl SqlScheduler {
             // A failed shuffle fetch fails the query (its caller runs it again) instead of
             // rerunning map stages in place (see `executor_lost`).
             stage_max_failures: 1,
+            enable_embedded_flight_proxy: tls.is_some(),
             ..BallistaSchedulerConfig::default()
         }
         .with_scheduler_policy(TaskSchedulingPolicy::PullStaged);
@@ -126,26 +159,42 @@ impl SqlScheduler {
         );
         server.init().await?;
         let grpc = SchedulerGrpcServer::new(server.clone())
-            .max_decoding_message_size(64 << 20)
-            .max_encoding_message_size(64 << 20);
+            .max_decoding_message_size(MAX_MESSAGE)
+            .max_encoding_message_size(MAX_MESSAGE);
+        let proxy = tls.map(|tls| {
+            FlightServiceServer::new(BallistaFlightProxyService::new(
+                MAX_MESSAGE,
+                MAX_MESSAGE,
+                true,
+                Some(Arc::new(BallistaConfigGrpcEndpoint::new(tls_endpoints(
+                    tls.tonic_client(),
+                    None,
+                )))),
+            ))
+            .max_decoding_message_size(MAX_MESSAGE)
+            .max_encoding_message_size(MAX_MESSAGE)
+        });
+        let listening = grpc_server(tls.map(Tls::tonic_server_for_clients))?;
         let (shutdown, mut rx) = watch::channel(false);
         let task = tokio::spawn(async move {
             let stop = async move {
                 let _ = rx.wait_for(|s| *s).await;
             };
-            if let Err(e) = create_grpc_server(&GrpcServerConfig::default())
+            if let Err(e) = listening
                 .layer(door)
                 .add_service(grpc)
+                .add_optional_service(proxy)
                 .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stop)
                 .await
             {
                 warn!(error = %e, "sql scheduler stopped");
             }
         });
-        info!(%addr, "sql scheduler (ballista) listening");
+        info!(%addr, tls = tls.is_some(), "sql scheduler (ballista) listening");
         Ok(SqlScheduler {
             addr,
             key: key.to_string(),
+            tls: tls.cloned(),
             ballista: server,
             shutdown,
             server: task,
@@ -170,7 +219,7 @@ impl SqlScheduler {
             warn!(%job, executor = executor_id, "cancelling a sql query that ran on a lost executor; it runs again");
             self.ballista.cancel_job(job).await?;
         }
-        scheduler_client(&format!("http://{}", self.addr), &self.key)
+        scheduler_client(&self.addr.to_string(), &self.key, self.tls.as_ref())
             .await?
             .executor_stopped(ExecutorStoppedParams {
                 executor_id: executor_id.to_string(),
@@ -191,6 +240,8 @@ impl SqlScheduler {
 /// A Ballista executor embedded in a Halyard executor: a Flight service for shuffle data
 /// and results, and a poll loop attached to the current SQL scheduler.
 pub struct SqlExecutor {
+    /// The address its Flight service listens on.
+    pub addr: SocketAddr,
     executor: Arc<Executor>,
     /// Shuffle files and results; removed when the executor stops.
     work_dir: std::path::PathBuf,
@@ -198,6 +249,8 @@ pub struct SqlExecutor {
     attached: Option<(String, JoinHandle<()>)>,
     /// The node's key, presented to the SQL scheduler.
     key: String,
+    /// The node's TLS, when the cluster serves it.
+    tls: Option<Tls>,
 }
 
 impl SqlExecutor {
@@ -205,6 +258,11 @@ impl SqlExecutor {
     /// one by. `vcores` tasks run at once, reading and writing within `access`'s roots;
     /// `key` is the node's, presented to the scheduler. A task does not start once the
     /// work folder holds `disk_budget` bytes or its disk is full.
+    ///
+    /// With `tls` the Flight service serves TLS and, when the cluster has a CA, answers
+    /// only nodes (a certificate the CA signed); this node reaches the scheduler and the
+    /// other executors with its certificate.
+    #[allow(clippy::too_many_arguments)]
     pub async fn start(
         id: &str,
         host: &str,
@@ -213,6 +271,7 @@ impl SqlExecutor {
         access: &DataAccess,
         key: &str,
         disk_budget: Option<u64>,
+        tls: Option<&Tls>,
     ) -> Result<SqlExecutor> {
         let addr = listener
             .local_addr()
@@ -238,7 +297,12 @@ impl SqlExecutor {
         };
         let rt = runtime(access)?;
         let state = node_state(SessionConfig::new_with_ballista(), rt.clone());
-        let config_producer: ConfigProducer = Arc::new(SessionConfig::new_with_ballista);
+        // Shuffle reads from the other executors go over TLS as this node.
+        let node_tls = tls.map(Tls::tonic_client);
+        let config_producer: ConfigProducer = Arc::new(move || match &node_tls {
+            Some(t) => with_tls(SessionConfig::new_with_ballista(), t.clone(), None),
+            None => SessionConfig::new_with_ballista(),
+        });
         let runtime_producer: RuntimeProducer = Arc::new(move |_| Ok(rt.clone()));
         let executor = Arc::new(Executor::new(
             metadata,
@@ -250,13 +314,12 @@ impl SqlExecutor {
             vcores,
             Arc::new(crate::workdir::BudgetedEngine::new(disk_budget)),
         ));
-        let flight = arrow_flight::flight_service_server::FlightServiceServer::new(
-            BallistaFlightService::new(work_dir),
-        )
-        .max_decoding_message_size(64 << 20)
-        .max_encoding_message_size(64 << 20);
+        let flight = FlightServiceServer::new(BallistaFlightService::new(work_dir))
+            .max_decoding_message_size(MAX_MESSAGE)
+            .max_encoding_message_size(MAX_MESSAGE);
+        let mut listening = grpc_server(tls.map(Tls::tonic_server))?;
         let flight = tokio::spawn(async move {
-            if let Err(e) = create_grpc_server(&GrpcServerConfig::default())
+            if let Err(e) = listening
                 .add_service(flight)
                 .serve_with_incoming(TcpListenerStream::new(listener))
                 .await
@@ -264,13 +327,15 @@ impl SqlExecutor {
                 warn!(error = %e, "sql executor flight service stopped");
             }
         });
-        info!(%addr, id, "sql executor (ballista) flight service listening");
+        info!(%addr, id, tls = tls.is_some(), "sql executor (ballista) flight service listening");
         Ok(SqlExecutor {
+            addr,
             executor,
             work_dir: work_path,
             flight,
             attached: None,
             key: key.to_string(),
+            tls: tls.cloned(),
         })
     }
 
@@ -285,12 +350,13 @@ impl SqlExecutor {
             task.abort();
         }
         let Some(endpoint) = endpoint else { return };
-        let url = format!("http://{endpoint}");
+        let url = endpoint.to_string();
         let executor = self.executor.clone();
         let key = self.key.clone();
+        let tls = self.tls.clone();
         let task = tokio::spawn(async move {
             loop {
-                match scheduler_client(&url, &key).await {
+                match scheduler_client(&url, &key, tls.as_ref()).await {
                     Ok(client) => {
                         info!(%url, "sql executor attached");
                         if let Err(e) = poll_loop(

@@ -28,13 +28,22 @@ use http_body_util::BodyExt;
 use prost::Message;
 use tonic::Status;
 use tonic::body::Body;
+use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 
 /// The largest query (its serialised plan) the door reads.
 const MAX_QUERY_BYTES: usize = 64 << 20;
 
+/// The result fetch of the scheduler's Flight proxy (served with TLS only): Ballista's
+/// fetches carry no metadata, so their key comes in the user agent
+/// ([`crate::session::KEY_AGENT`]).
+const FETCH: &str = "/arrow.flight.protocol.FlightService/DoGet";
+
 /// What a Ballista scheduler method needs: `None` for a method the door does not know
 /// (refused), `Some(None)` for a query whose plan decides.
 fn action_of(path: &str) -> Option<Option<Action>> {
+    if path == FETCH {
+        return Some(Some(Action::SqlRead));
+    }
     let method = path.strip_prefix("/ballista.protobuf.SchedulerGrpc/")?;
     Some(match method {
         "RegisterExecutor"
@@ -84,6 +93,22 @@ fn locations(plan: &LogicalPlan) -> Vec<String> {
     out
 }
 
+/// The key a call presents: its bearer token, or, for a result fetch, the key in its user
+/// agent.
+fn token_of(req: &http::Request<Body>, path: &str) -> Option<String> {
+    let header = |name| req.headers().get(name).and_then(|v| v.to_str().ok());
+    header(http::header::AUTHORIZATION)
+        .and_then(bearer)
+        .or_else(|| {
+            (path == FETCH)
+                .then(|| header(http::header::USER_AGENT))
+                .flatten()
+                .and_then(|agent| agent.strip_prefix(crate::session::KEY_AGENT))
+                .and_then(|rest| rest.split_whitespace().next())
+        })
+        .map(String::from)
+}
+
 /// The tower layer that puts [`SqlDoor`] before the scheduler's services.
 #[derive(Clone)]
 pub struct SqlDoorLayer {
@@ -94,6 +119,8 @@ pub struct SqlDoorLayer {
     roots: Arc<Roots>,
     /// Records refused writes, node calls and locations outside the roots.
     audit: Option<Auditor>,
+    /// Whether node calls need a client certificate of the cluster's CA (mutual TLS).
+    node_certificates: bool,
 }
 
 impl SqlDoorLayer {
@@ -103,6 +130,7 @@ impl SqlDoorLayer {
         SqlDoorLayer {
             verifier,
             audit: None,
+            node_certificates: false,
             ctx: Arc::new(ctx),
             roots: Arc::new(roots),
         }
@@ -111,6 +139,13 @@ impl SqlDoorLayer {
     /// The door, recording refusals with `audit`.
     pub fn with_audit(mut self, audit: Option<Auditor>) -> Self {
         self.audit = audit;
+        self
+    }
+
+    /// The door, requiring (`true`) a client certificate that the cluster's CA signed on
+    /// the executors' calls, as Halyard's own node routes do under mutual TLS.
+    pub fn with_node_certificates(mut self, required: bool) -> Self {
+        self.node_certificates = required;
         self
     }
 
@@ -177,12 +212,12 @@ impl SqlDoorLayer {
 
     async fn admit(&self, req: http::Request<Body>) -> Result<http::Request<Body>, Status> {
         let path = req.uri().path().to_string();
-        let token = req
-            .headers()
-            .get(http::header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(bearer)
-            .map(String::from);
+        let token = token_of(&req, &path);
+        let certified = req
+            .extensions()
+            .get::<TlsConnectInfo<TcpConnectInfo>>()
+            .and_then(TlsConnectInfo::peer_certs)
+            .is_some_and(|certs| !certs.is_empty());
         let (action, mut req) = match self.action(req).await {
             Ok(checked) => checked,
             Err(status) => {
@@ -194,6 +229,14 @@ impl SqlDoorLayer {
                 return Err(status);
             }
         };
+        if action == Action::Internal && self.node_certificates && !certified {
+            let status = Status::permission_denied(
+                "a node's call to the SQL port needs a client certificate of the cluster's CA (--tls-cert, --tls-key, --tls-ca)",
+            );
+            self.audit_refusal(token.as_deref(), action.as_str(), &path, &status)
+                .await;
+            return Err(status);
+        }
         match self.verifier.check(token.as_deref(), action, None).await {
             Ok(caller) => {
                 req.extensions_mut().insert(caller);

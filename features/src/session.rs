@@ -6,15 +6,17 @@ use std::sync::Arc;
 
 use ballista::prelude::SessionContextExt;
 use ballista_core::extension::{
-    SessionConfigExt, ballista_aggregate_functions, ballista_scalar_functions,
+    EndpointOverrideFn, SessionConfigExt, ballista_aggregate_functions, ballista_scalar_functions,
     ballista_window_functions,
 };
+use ballista_core::utils::{GrpcClientConfig, create_grpc_client_endpoint};
 use datafusion::execution::SessionState;
 use datafusion::execution::SessionStateBuilder;
 use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
 use datafusion::prelude::{SessionConfig, SessionContext};
 use halyard_core::confine::Roots;
 use halyard_core::store::S3Config;
+use tonic::transport::{ClientTlsConfig, Endpoint};
 
 use crate::error::Result;
 use crate::stores::Stores;
@@ -91,10 +93,12 @@ pub fn local_context(access: &DataAccess, partitions: usize) -> Result<SessionCo
 }
 
 /// A context whose queries run on the Ballista cluster whose scheduler listens at
-/// `endpoint` (`HOST:PORT`), presenting `key` (the SQL port checks it).
+/// `endpoint` (`HOST:PORT`), presenting `key` (the SQL port checks it); over TLS with
+/// `tls` when the cluster serves it (results then come through the scheduler).
 pub async fn remote_context(
     endpoint: &str,
     key: Option<&str>,
+    tls: Option<ClientTlsConfig>,
     access: &DataAccess,
     partitions: usize,
 ) -> Result<SessionContext> {
@@ -108,11 +112,52 @@ pub async fn remote_context(
             .into(),
         );
     }
+    if let Some(tls) = tls {
+        config = with_tls(config, tls, key);
+    }
     let state = client_state(config, access)?;
     let ctx = SessionContext::remote_with_state(&format!("df://{endpoint}"), state).await?;
     // Ballista's upgrade resets the function list to its own: add ours back.
     register_udfs(&ctx);
     Ok(ctx)
+}
+
+/// The user agent's prefix that carries a key on Ballista's result fetches: they send no
+/// metadata, so the SQL port's door reads the key there (only over TLS: the fetches go
+/// through the scheduler only when it serves TLS).
+pub const KEY_AGENT: &str = "halyard-key ";
+
+/// `config` with every connection Ballista makes over TLS with `tls`, presenting `key`
+/// on result fetches too ([`KEY_AGENT`]).
+pub fn with_tls(config: SessionConfig, tls: ClientTlsConfig, key: Option<&str>) -> SessionConfig {
+    config
+        .with_ballista_use_tls(true)
+        .with_ballista_override_create_grpc_client_endpoint(tls_endpoints(tls, key))
+}
+
+/// Ballista's endpoints made TLS: Ballista writes the scheduler's URL as `http://`
+/// whatever `use_tls` says, so a plain endpoint is made again as `https://` (with
+/// Ballista's default client settings); every endpoint then gets `tls`, and `key` in its
+/// user agent.
+pub fn tls_endpoints(tls: ClientTlsConfig, key: Option<&str>) -> EndpointOverrideFn {
+    let agent = key.map(|k| format!("{KEY_AGENT}{}", k.trim()));
+    Arc::new(move |endpoint: Endpoint| {
+        let endpoint = if endpoint.uri().scheme() == Some(&http::uri::Scheme::HTTP) {
+            let mut parts = endpoint.uri().clone().into_parts();
+            parts.scheme = Some(http::uri::Scheme::HTTPS);
+            create_grpc_client_endpoint(
+                http::Uri::from_parts(parts)?,
+                Some(&GrpcClientConfig::default()),
+            )?
+        } else {
+            endpoint
+        };
+        let endpoint = endpoint.tls_config(tls.clone())?;
+        Ok(match &agent {
+            Some(agent) => endpoint.user_agent(agent.clone())?,
+            None => endpoint,
+        })
+    })
 }
 
 fn register_udfs(ctx: &SessionContext) {

@@ -6,10 +6,19 @@
 use std::fmt::Write as _;
 use std::path::Path;
 
+use std::time::Duration;
+
+use arrow_flight::Ticket;
+use arrow_flight::flight_service_client::FlightServiceClient;
+use ballista_core::serde::protobuf::PollWorkParams;
+use ballista_core::serde::protobuf::scheduler_grpc_client::SchedulerGrpcClient;
 use datafusion::prelude::{CsvReadOptions, SessionContext};
 use halyard_core::store::S3Config;
+use halyard_core::tls::{Tls, TlsFiles};
 use halyard_features::cluster::{SqlExecutor, SqlScheduler};
 use halyard_features::session::{DataAccess, local_context, remote_context};
+use tonic::Code;
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint, Identity};
 
 /// Customers and events, deterministic.
 fn write_data(dir: &Path) {
@@ -87,13 +96,13 @@ async fn register(ctx: &SessionContext, dir: &Path) {
     }
 }
 
-/// An in-process SQL scheduler on a free port: it, its endpoint, the data access and key
-/// its nodes share.
-async fn scheduler() -> (SqlScheduler, String, DataAccess, String) {
+/// An in-process SQL scheduler on a free port (serving `tls`): it, its endpoint, the
+/// data access and key its nodes share.
+async fn scheduler(tls: Option<&Tls>) -> (SqlScheduler, String, DataAccess, String) {
     let access = DataAccess::unconfined(&S3Config::default());
     let (verifier, key) = halyard_core::auth::private_keys().await.unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let scheduler = SqlScheduler::start(listener, &access, verifier, None, &key)
+    let scheduler = SqlScheduler::start(listener, &access, verifier, None, &key, tls)
         .await
         .unwrap();
     let endpoint = scheduler.addr.to_string();
@@ -101,16 +110,17 @@ async fn scheduler() -> (SqlScheduler, String, DataAccess, String) {
 }
 
 /// An executor `id` of two slots following the scheduler at `endpoint`, its work folder
-/// capped at `budget` bytes.
+/// capped at `budget` bytes, serving `tls`.
 async fn executor(
     id: &str,
     endpoint: &str,
     access: &DataAccess,
     key: &str,
     budget: Option<u64>,
+    tls: Option<&Tls>,
 ) -> SqlExecutor {
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let mut e = SqlExecutor::start(id, "127.0.0.1", l, 2, access, key, budget)
+    let mut e = SqlExecutor::start(id, "127.0.0.1", l, 2, access, key, budget, tls)
         .await
         .unwrap();
     e.follow(Some(endpoint));
@@ -121,12 +131,12 @@ async fn executor(
 async fn cluster_answers_equal_single_process_datafusion() {
     let dir = tempfile::tempdir().unwrap();
     write_data(dir.path());
-    let (scheduler, endpoint, access, key) = scheduler().await;
+    let (scheduler, endpoint, access, key) = scheduler(None).await;
     let mut executors = Vec::new();
     for id in ["sql-exec-a", "sql-exec-b"] {
-        executors.push(executor(id, &endpoint, &access, &key, None).await);
+        executors.push(executor(id, &endpoint, &access, &key, None, None).await);
     }
-    let cluster = remote_context(&endpoint, Some(&key), &access, 4)
+    let cluster = remote_context(&endpoint, Some(&key), None, &access, 4)
         .await
         .unwrap();
     let local = local_context(&access, 4).unwrap();
@@ -163,10 +173,10 @@ async fn cluster_answers_equal_single_process_datafusion() {
 async fn an_executor_at_its_disk_budget_refuses_tasks_clearly() {
     let dir = tempfile::tempdir().unwrap();
     write_data(dir.path());
-    let (scheduler, endpoint, access, key) = scheduler().await;
+    let (scheduler, endpoint, access, key) = scheduler(None).await;
     // One byte: the folder's owner file alone is over it.
-    let full = executor("sql-exec-full", &endpoint, &access, &key, Some(1)).await;
-    let cluster = remote_context(&endpoint, Some(&key), &access, 4)
+    let full = executor("sql-exec-full", &endpoint, &access, &key, Some(1), None).await;
+    let cluster = remote_context(&endpoint, Some(&key), None, &access, 4)
         .await
         .unwrap();
     register(&cluster, dir.path()).await;
@@ -185,12 +195,128 @@ async fn an_executor_at_its_disk_budget_refuses_tasks_clearly() {
         "{err}"
     );
     full.stop();
-    let roomy = executor("sql-exec-roomy", &endpoint, &access, &key, Some(64 << 20)).await;
-    let cluster = remote_context(&endpoint, Some(&key), &access, 4)
+    let roomy = executor(
+        "sql-exec-roomy",
+        &endpoint,
+        &access,
+        &key,
+        Some(64 << 20),
+        None,
+    )
+    .await;
+    let cluster = remote_context(&endpoint, Some(&key), None, &access, 4)
         .await
         .unwrap();
     register(&cluster, dir.path()).await;
     assert!(!rows(&cluster, QUERIES[0]).await.is_empty());
     roomy.stop();
+    scheduler.stop().await;
+}
+
+/// The Flight call Ballista fetches results and shuffle partitions with, with a ticket no
+/// query made; `key` in its `authorization`.
+async fn fetch(channel: Channel, key: Option<&str>) -> tonic::Status {
+    let mut request = tonic::Request::new(Ticket {
+        ticket: vec![1, 2, 3].into(),
+    });
+    if let Some(key) = key {
+        request
+            .metadata_mut()
+            .insert("authorization", format!("Bearer {key}").parse().unwrap());
+    }
+    match FlightServiceClient::new(channel).do_get(request).await {
+        Ok(_) => panic!("a made-up ticket was answered"),
+        Err(status) => status,
+    }
+}
+
+/// With TLS, the SQL cluster's ports speak nothing else: queries run over it (results
+/// come through the scheduler, shuffles between executors go as nodes) and answer as
+/// single-process DataFusion does; a plaintext client gets no answer; a result fetch at
+/// the scheduler needs a key; the scheduler's node calls need a certificate of the
+/// cluster's CA besides the node key; an executor's Flight port refuses a caller without
+/// such a certificate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn with_tls_the_sql_ports_answer_only_keys_over_tls_and_nodes() {
+    let dir = tempfile::tempdir().unwrap();
+    write_data(dir.path());
+    let certs = halyard_core::certs::init(&dir.path().join("certs"), &["node".into()]).unwrap();
+    let (_, cert, cert_key) = &certs.nodes[0];
+    let tls = TlsFiles {
+        cert: cert.clone(),
+        key: cert_key.clone(),
+        ca: Some(certs.ca.clone()),
+    }
+    .load()
+    .unwrap();
+    let (scheduler, endpoint, access, key) = scheduler(Some(&tls)).await;
+    let mut executors = Vec::new();
+    for id in ["tls-exec-a", "tls-exec-b"] {
+        executors.push(executor(id, &endpoint, &access, &key, None, Some(&tls)).await);
+    }
+    let trust = halyard_core::tls::client_trusting(&certs.ca).unwrap();
+    let cluster = remote_context(&endpoint, Some(&key), Some(trust.clone()), &access, 4)
+        .await
+        .unwrap();
+    let local = local_context(&access, 4).unwrap();
+    register(&cluster, dir.path()).await;
+    register(&local, dir.path()).await;
+    for q in QUERIES {
+        assert_eq!(rows(&cluster, q).await, rows(&local, q).await, "{q}");
+    }
+
+    // Plaintext to the TLS port: no answer.
+    let plain = remote_context(&endpoint, Some(&key), None, &access, 4)
+        .await
+        .unwrap();
+    register(&plain, dir.path()).await;
+    let answer = tokio::time::timeout(Duration::from_secs(120), async {
+        plain.sql(QUERIES[0]).await?.collect().await
+    })
+    .await
+    .expect("a plaintext query neither failed nor ended");
+    assert!(answer.is_err(), "a plaintext client was answered");
+
+    // A result fetch at the scheduler: no key, 401; with the key it passes the door and
+    // the proxy refuses the made-up ticket.
+    let secure = |addr: &str, tls: ClientTlsConfig| {
+        Endpoint::from_shared(format!("https://{addr}"))
+            .unwrap()
+            .tls_config(tls)
+            .unwrap()
+    };
+    let to_scheduler = secure(&endpoint, trust.clone()).connect().await.unwrap();
+    let status = fetch(to_scheduler.clone(), None).await;
+    assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+    let status = fetch(to_scheduler.clone(), Some(&key)).await;
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert!(status.message().contains("ticket"), "{status:?}");
+
+    // A node call with the node key but no certificate: refused, naming what is missing.
+    let bearer = halyard_core::auth::BearerKey::new(Some(&key)).unwrap();
+    let status = SchedulerGrpcClient::with_interceptor(to_scheduler, bearer)
+        .poll_work(PollWorkParams::default())
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+    assert!(status.message().contains("certificate"), "{status:?}");
+
+    // An executor's Flight port: with a node certificate Ballista itself answers (the
+    // ticket is made up); without one the TLS handshake ends before Ballista.
+    let flight = executors[0].addr.to_string();
+    let node = trust.clone().identity(Identity::from_pem(
+        std::fs::read(cert).unwrap(),
+        std::fs::read(cert_key).unwrap(),
+    ));
+    let status = fetch(secure(&flight, node).connect().await.unwrap(), None).await;
+    assert_ne!(status.code(), Code::Unavailable, "{status:?}");
+    let refused = match secure(&flight, trust).connect().await {
+        Err(e) => format!("{e:?}"),
+        Ok(channel) => format!("{:?}", fetch(channel, Some(&key)).await),
+    };
+    assert!(refused.contains("CertificateRequired"), "{refused}");
+    for e in executors {
+        e.stop();
+    }
     scheduler.stop().await;
 }

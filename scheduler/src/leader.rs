@@ -208,6 +208,7 @@ impl Leader<'_> {
                         self.door.verifier.clone(),
                         Some(Auditor::new(self.coord.clone(), &self.cfg.id)),
                         &self.door.token,
+                        self.door.tls.as_ref(),
                     )
                     .await
                     .map_err(|e| e.to_string())
@@ -251,6 +252,8 @@ pub(crate) struct SqlDoor {
     pub(crate) verifier: Verifier,
     /// The node's key.
     pub(crate) token: String,
+    /// The node's TLS: the SQL port serves it too.
+    pub(crate) tls: Option<halyard_core::tls::Tls>,
 }
 
 struct Leader<'a> {

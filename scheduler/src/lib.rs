@@ -115,8 +115,14 @@ pub async fn start_scheduler(cfg: SchedulerConfig, coord: Coordinator) -> Result
         reads: Default::default(),
     }));
     let http = halyard_serving::http::router(gateway.clone()).merge(console);
-    let api =
-        halyard_serving::http::serve(listener, http, grpc, door.clone(), tls, shutdown_rx.clone());
+    let api = halyard_serving::http::serve(
+        listener,
+        http,
+        grpc,
+        door.clone(),
+        tls.clone(),
+        shutdown_rx.clone(),
+    );
     let server = tokio::spawn(async move {
         if let Err(e) = api.await {
             tracing::error!(error = %e, "scheduler api stopped");
@@ -128,6 +134,7 @@ pub async fn start_scheduler(cfg: SchedulerConfig, coord: Coordinator) -> Result
         // The same verifier, so the node keeps one cache of keys.
         verifier: door.verifier.clone(),
         token,
+        tls,
     };
     let leader = tokio::spawn(leader::run(
         cfg,
