@@ -319,6 +319,25 @@ fn a_node_beyond_loopback_without_a_key_file_refuses_to_start() {
         stderr.contains("--tls-cert") && stderr.contains("halyard certs init"),
         "{stderr}"
     );
+    // On loopback, but with its SQL (Ballista) port beyond it: refused the same way,
+    // naming that address (`timeout` ends it should it start after all).
+    let sql = format!("0.0.0.0:{}", free_port());
+    let out = std::process::Command::new("timeout")
+        .arg("60")
+        .arg(env!("CARGO_BIN_EXE_halyard"))
+        .args(["standalone", "--listen", &format!("127.0.0.1:{}", free_port())])
+        .args(["--sql-listen", &sql, "--data-dir"])
+        .arg(tmp.path().join("state"))
+        .arg("--key-file")
+        .arg(&missing)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&sql) && stderr.contains("--tls-cert"),
+        "{stderr}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -79,6 +79,8 @@ pub async fn start_executor(cfg: ExecutorConfig, coord: Coordinator) -> Result<E
     let coord = coord.timed(&metrics);
     let token = node_key(&cfg.key_file, is_loopback(&cfg.listen), &coord).await?;
     require_beyond_loopback(&cfg.listen, cfg.tls.as_ref())?;
+    // The SQL (Ballista) port too: it serves TLS with the same certificate.
+    require_beyond_loopback(&cfg.sql_listen, cfg.tls.as_ref())?;
     let tls = cfg.tls.as_ref().map(TlsFiles::load).transpose()?;
     let (listener, addr) = halyard_core::bind(&cfg.listen).await?;
     let bearer = BearerKey::new(Some(&token))?;

@@ -64,6 +64,8 @@ pub async fn start_scheduler(cfg: SchedulerConfig, coord: Coordinator) -> Result
     let coord = coord.timed(&metrics);
     let token = node_key(&cfg.key_file, is_loopback(&cfg.listen), &coord).await?;
     require_beyond_loopback(&cfg.listen, cfg.tls.as_ref())?;
+    // The SQL (Ballista) port too: it serves TLS with the same certificate.
+    require_beyond_loopback(&cfg.sql_listen, cfg.tls.as_ref())?;
     let tls = cfg.tls.as_ref().map(TlsFiles::load).transpose()?;
     let (listener, addr) = halyard_core::bind(&cfg.listen).await?;
     let door = Door::new(&coord, &cfg.id, tls.as_ref());
