@@ -325,7 +325,11 @@ fn a_node_beyond_loopback_without_a_key_file_refuses_to_start() {
     let out = std::process::Command::new("timeout")
         .arg("60")
         .arg(env!("CARGO_BIN_EXE_halyard"))
-        .args(["standalone", "--listen", &format!("127.0.0.1:{}", free_port())])
+        .args([
+            "standalone",
+            "--listen",
+            &format!("127.0.0.1:{}", free_port()),
+        ])
         .args(["--sql-listen", &sql, "--data-dir"])
         .arg(tmp.path().join("state"))
         .arg("--key-file")
@@ -774,6 +778,27 @@ async fn with_an_encryption_key_artifacts_are_sealed_in_the_store_and_still_serv
             "{file}"
         );
     }
+    // A feature stage's table, written by the SQL cluster: sealed too, and read back by
+    // the stage's statistics query and by the training that follows.
+    let spec =
+        common::data_parallel_spec(dir, "sealed-features", &data.responses, 1, "epochs = 1", "");
+    let features_job = client.submit(&spec).await.unwrap().id;
+    let done = common::wait_done(&client, &features_job, Duration::from_secs(180)).await;
+    assert_eq!(done.state, "succeeded", "{}", done.error);
+    let table = dir.join(format!("state/store/jobs/{features_job}/features"));
+    let mut shards = 0;
+    for entry in std::fs::read_dir(&table).unwrap() {
+        let path = entry.unwrap().path();
+        let raw = std::fs::read(&path).unwrap();
+        assert!(
+            halyard_core::seal::is_sealed(&raw),
+            "{} is not sealed",
+            path.display()
+        );
+        assert!(!raw.windows(4).any(|w| w == b"PAR1"), "{}", path.display());
+        shards += usize::from(path.extension().is_some_and(|e| e == "parquet"));
+    }
+    assert_eq!(shards, 6, "{}", table.display());
     // Served: the node opens what it sealed (and the digests, of the plaintext, match).
     common::deploy(&client, "sealed", 1, "production", None).await;
     let http = common::http_client(&cluster.admin_key);

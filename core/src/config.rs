@@ -447,6 +447,8 @@ pub struct SchedulerConfig {
     pub gc: crate::gc::GcPolicy,
     /// Time between the leader's garbage collections; `None`: never.
     pub gc_every: Option<Duration>,
+    /// Client-side encryption: the SQL cluster's feature tables in the store.
+    pub sealer: Option<Arc<Sealer>>,
 }
 
 impl SchedulerConfig {
@@ -468,6 +470,7 @@ impl SchedulerConfig {
             s3: s.s3(),
             key_file: key_file(s),
             roots: data_roots(s, &store_url(s)?)?,
+            sealer: Sealer::from_settings(s)?.map(Arc::new),
             jobs_per_key: s.jobs_per_key.unwrap_or(DEFAULT_JOBS_PER_KEY),
             tls: TlsFiles::from_settings(s)?,
             store_url: store_url(s)?,

@@ -22,6 +22,12 @@ const MAGIC: &[u8; 8] = b"HLYSEAL1";
 /// Hex digits of a key id.
 const ID_LEN: usize = 12;
 const NONCE_LEN: usize = 12;
+/// AES-GCM's authentication tag.
+const TAG_LEN: usize = 16;
+/// Bytes a sealed object has beyond its plaintext.
+pub const OVERHEAD: usize = MAGIC.len() + ID_LEN + NONCE_LEN + TAG_LEN;
+/// Bytes at the start of an object that say whether it is sealed ([`is_sealed`]).
+pub const MAGIC_LEN: usize = MAGIC.len();
 
 /// One encryption key.
 #[derive(Clone)]

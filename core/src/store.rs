@@ -469,7 +469,21 @@ pub fn events_file(model: &str, hour: &str, node: &str, seq: u64) -> String {
 
 /// Folder of a job's feature table: Parquet shards and `features.json`.
 pub fn features_dir(job_id: &str) -> String {
-    format!("jobs/{job_id}/features")
+    format!("{JOBS_DIR}/{job_id}/{FEATURES_FOLDER}")
+}
+
+/// The folder of a job's feature table, under the job's.
+const FEATURES_FOLDER: &str = "features";
+
+/// Whether the object at `rel` (a path in the store) is one the SQL cluster writes and
+/// reads, sealed through its object stores when the nodes have an encryption key: a
+/// feature table's files.
+pub fn sealed_by_sql(rel: &str) -> bool {
+    let mut parts = rel.split('/');
+    parts.next() == Some(JOBS_DIR)
+        && parts.next().is_some_and(|job| !job.is_empty())
+        && parts.next() == Some(FEATURES_FOLDER)
+        && parts.next().is_some()
 }
 
 /// Folder of a scoring job's scores: one `part-NNNNN.parquet` per shard of its table,

@@ -150,15 +150,13 @@ pub async fn start_executor(cfg: ExecutorConfig, coord: Coordinator) -> Result<E
         started_ms: now_ms(),
     };
     let (sql_listener, _) = halyard_core::bind(&cfg.sql_listen).await?;
+    let data = data_access(&cfg)?;
     let sql = SqlExecutor::start(
         &cfg.id,
         halyard_core::config::host_of(&info.address),
         sql_listener,
         cfg.cpu_slots.max(1) as usize,
-        &DataAccess {
-            s3: cfg.s3.clone(),
-            roots: cfg.roots.clone(),
-        },
+        &data,
         &token,
         cfg.disk_budget,
         tls.as_ref(),
@@ -184,6 +182,7 @@ pub async fn start_executor(cfg: ExecutorConfig, coord: Coordinator) -> Result<E
             tls,
             token: Arc::from(token.as_str()),
             metrics,
+            data,
         },
         shutdown_rx,
     ));
@@ -193,6 +192,16 @@ pub async fn start_executor(cfg: ExecutorConfig, coord: Coordinator) -> Result<E
         shutdown,
         tasks: vec![server, serving, routing, sql, worker],
     })
+}
+
+/// What this executor's SQL and jobs may read and write, and the keys its SQL seals with.
+fn data_access(cfg: &ExecutorConfig) -> Result<DataAccess> {
+    Ok(DataAccess::node(
+        &cfg.s3,
+        &cfg.roots,
+        &cfg.store_url,
+        cfg.sealer.as_ref(),
+    )?)
 }
 
 /// Keep the embedded Ballista executor attached to the leader's SQL scheduler: it moves
@@ -269,6 +278,8 @@ struct Lent {
     /// The node key's text (the SQL scheduler's door reads it).
     token: Arc<str>,
     metrics: Metrics,
+    /// What its jobs' SQL may read and write.
+    data: DataAccess,
 }
 
 /// The executor's loop: keep the lease alive, start assigned tasks, stop revoked ones.
@@ -287,11 +298,8 @@ async fn run(
         tls,
         token,
         metrics,
+        data,
     } = lent;
-    let data = DataAccess {
-        s3: cfg.s3.clone(),
-        roots: cfg.roots.clone(),
-    };
     let mut lease = lease_cell.load(Ordering::Relaxed);
     let renew_every = cfg.lease_ttl / 3;
     let mut renewed = std::time::Instant::now();

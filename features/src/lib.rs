@@ -19,6 +19,7 @@
 pub mod cluster;
 pub mod door;
 mod error;
+pub mod sealed;
 pub mod session;
 pub mod stage;
 pub mod stores;

@@ -15,10 +15,12 @@ use datafusion::execution::SessionStateBuilder;
 use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
 use datafusion::prelude::{SessionConfig, SessionContext};
 use halyard_core::confine::Roots;
+use halyard_core::seal::Sealer;
 use halyard_core::store::S3Config;
 use tonic::transport::{ClientTlsConfig, Endpoint};
 
 use crate::error::Result;
+use crate::sealed::Sealing;
 use crate::stores::Stores;
 use crate::udf;
 
@@ -29,9 +31,28 @@ pub struct DataAccess {
     pub s3: S3Config,
     /// The folders and buckets queries may touch.
     pub roots: Roots,
+    /// Seals the feature tables the SQL cluster writes in Halyard's store.
+    pub sealing: Option<Sealing>,
 }
 
 impl DataAccess {
+    /// A node's access: within `roots`, sealing the feature tables in its store at
+    /// `store_url` with `sealer`'s keys when it has any.
+    pub fn node(
+        s3: &S3Config,
+        roots: &Roots,
+        store_url: &str,
+        sealer: Option<&Arc<Sealer>>,
+    ) -> halyard_core::Result<DataAccess> {
+        Ok(DataAccess {
+            s3: s3.clone(),
+            roots: roots.clone(),
+            sealing: sealer
+                .map(|s| Sealing::new(store_url, s.clone()))
+                .transpose()?,
+        })
+    }
+
     /// Access to anything this process's user may touch: a user's own process
     /// (`halyard sql --local`, `halyard train`, a client planning for the cluster, which
     /// confines what it runs).
@@ -39,6 +60,7 @@ impl DataAccess {
         DataAccess {
             s3: s3.clone(),
             roots: Roots::any(),
+            sealing: None,
         }
     }
 }
@@ -49,6 +71,7 @@ pub fn runtime(access: &DataAccess) -> Result<Arc<RuntimeEnv>> {
         .with_object_store_registry(Arc::new(Stores::new(
             access.s3.clone(),
             access.roots.clone(),
+            access.sealing.clone(),
         )))
         .build_arc()?)
 }

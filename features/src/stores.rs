@@ -24,11 +24,15 @@ use object_store::{
 };
 use url::Url;
 
+use crate::sealed::Sealing;
+
 /// Resolves `file://` to the local file system and `s3://bucket` to an S3 client for that
 /// bucket, created on first use; each confined to the roots.
 pub struct Stores {
     s3: S3Config,
     roots: Arc<Roots>,
+    /// Seals the SQL cluster's objects in Halyard's store, when the node has a key.
+    sealing: Option<Sealing>,
     local: Arc<dyn ObjectStore>,
     buckets: Mutex<HashMap<String, Arc<dyn ObjectStore>>>,
 }
@@ -44,18 +48,35 @@ impl fmt::Debug for Stores {
 }
 
 impl Stores {
-    /// A registry with these S3 settings, confined to `roots`.
-    pub fn new(s3: S3Config, roots: Roots) -> Self {
+    /// A registry with these S3 settings, confined to `roots`, sealing with `sealing`
+    /// ([`crate::sealed`]).
+    pub fn new(s3: S3Config, roots: Roots, sealing: Option<Sealing>) -> Self {
         let roots = Arc::new(roots);
-        Stores {
+        let mut stores = Stores {
             s3,
-            local: Arc::new(Confined {
-                inner: Arc::new(LocalFileSystem::new()),
-                bucket: None,
-                roots: roots.clone(),
-            }),
+            local: Arc::new(LocalFileSystem::new()),
             roots,
+            sealing,
             buckets: Mutex::new(HashMap::new()),
+        };
+        stores.local = stores.guarded(
+            &Url::parse("file:///").expect("a file URL"),
+            stores.local.clone(),
+        );
+        stores
+    }
+
+    /// `store`, the one for `url`'s bucket, confined to the roots and sealing when it
+    /// holds Halyard's store.
+    fn guarded(&self, url: &Url, store: Arc<dyn ObjectStore>) -> Arc<dyn ObjectStore> {
+        let confined: Arc<dyn ObjectStore> = Arc::new(Confined {
+            inner: store,
+            bucket: url.host_str().map(String::from),
+            roots: self.roots.clone(),
+        });
+        match &self.sealing {
+            Some(sealing) if sealing.covers(url) => sealing.wrap(confined),
+            _ => confined,
         }
     }
 
@@ -71,15 +92,11 @@ impl ObjectStoreRegistry for Stores {
         store: Arc<dyn ObjectStore>,
     ) -> Option<Arc<dyn ObjectStore>> {
         // A store registered by a session is confined like the node's own.
-        let confined = Arc::new(Confined {
-            inner: store,
-            bucket: url.host_str().map(String::from),
-            roots: self.roots.clone(),
-        });
+        let guarded = self.guarded(url, store);
         self.buckets
             .lock()
             .expect("store registry lock")
-            .insert(Self::key(url), confined)
+            .insert(Self::key(url), guarded)
     }
 
     fn get_store(&self, url: &Url) -> Result<Arc<dyn ObjectStore>> {
@@ -102,11 +119,7 @@ impl ObjectStoreRegistry for Stores {
                 let inner = build_s3(bucket, &self.s3).map_err(|e| {
                     DataFusionError::Configuration(format!("s3 bucket {bucket}: {e}"))
                 })?;
-                let store: Arc<dyn ObjectStore> = Arc::new(Confined {
-                    inner: Arc::new(inner),
-                    bucket: Some(bucket.to_string()),
-                    roots: self.roots.clone(),
-                });
+                let store = self.guarded(url, Arc::new(inner));
                 self.buckets
                     .lock()
                     .expect("store registry lock")
@@ -234,7 +247,7 @@ mod tests {
         std::fs::write(dir.path().join("secret.csv"), "a\n1\n").unwrap();
         std::os::unix::fs::symlink(dir.path().join("secret.csv"), root.join("link.csv")).unwrap();
         let roots = Roots::parse(&[root.display().to_string()], std::path::Path::new("/")).unwrap();
-        let stores = Stores::new(S3Config::default(), roots);
+        let stores = Stores::new(S3Config::default(), roots, None);
         let store = stores.get_store(&Url::parse("file:///").unwrap()).unwrap();
         let inside = Path::from_absolute_path(root.join("in.csv")).unwrap();
         let outside = Path::from_absolute_path(dir.path().join("secret.csv")).unwrap();

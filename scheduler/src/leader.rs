@@ -196,23 +196,23 @@ impl Leader<'_> {
     /// about executors whose lease expired.
     async fn sql_tick(&mut self, executors: &[ExecutorInfo]) -> Result<()> {
         if self.sql.is_none() {
+            let access = DataAccess::node(
+                &self.cfg.s3,
+                &self.cfg.roots,
+                &self.cfg.store_url,
+                self.cfg.sealer.as_ref(),
+            )?;
             let started = match halyard_core::bind(&self.cfg.sql_listen).await {
-                Ok((listener, _)) => {
-                    let access = DataAccess {
-                        s3: self.cfg.s3.clone(),
-                        roots: self.cfg.roots.clone(),
-                    };
-                    SqlScheduler::start(
-                        listener,
-                        &access,
-                        self.door.verifier.clone(),
-                        Some(Auditor::new(self.coord.clone(), &self.cfg.id)),
-                        &self.door.token,
-                        self.door.tls.as_ref(),
-                    )
-                    .await
-                    .map_err(|e| e.to_string())
-                }
+                Ok((listener, _)) => SqlScheduler::start(
+                    listener,
+                    &access,
+                    self.door.verifier.clone(),
+                    Some(Auditor::new(self.coord.clone(), &self.cfg.id)),
+                    &self.door.token,
+                    self.door.tls.as_ref(),
+                )
+                .await
+                .map_err(|e| e.to_string()),
                 Err(e) => Err(e.to_string()),
             };
             match started {
