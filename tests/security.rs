@@ -7,7 +7,7 @@
 
 mod common;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use common::{EtcdCluster, free_port, wait_for};
@@ -748,6 +748,23 @@ async fn mutating_calls_and_refused_attempts_reach_the_audit_log() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_an_encryption_key_artifacts_are_sealed_in_the_store_and_still_serve() {
+    /// Every file under `dir`.
+    fn walk(dir: &std::path::Path) -> Vec<PathBuf> {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return Vec::new();
+        };
+        entries
+            .flatten()
+            .flat_map(|e| {
+                let path = e.path();
+                if path.is_dir() {
+                    walk(&path)
+                } else {
+                    vec![path]
+                }
+            })
+            .collect()
+    }
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     let data = halyard_cli::datagen::generate(&dir.join("data"), 800, 5).unwrap();
@@ -816,6 +833,57 @@ async fn with_an_encryption_key_artifacts_are_sealed_in_the_store_and_still_serv
         },
     )
     .await;
+    // Outcomes: the event log's files in the store are sealed, and `halyard sql` with
+    // the nodes' key in its environment reads them on the cluster.
+    let body: Vec<_> = (0..40)
+        .map(|i| serde_json::json!({"version": 1, "key": format!("k{i}"), "converted": i % 4 == 0}))
+        .collect();
+    let answer = http
+        .post(format!("http://{addr}/v1/models/sealed:feedback"))
+        .header("content-type", "application/json")
+        .body(serde_json::Value::from(body).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert!(answer.status().is_success(), "{:?}", answer.text().await);
+    let events = dir.join("state/store/events/sealed");
+    let files = wait_for("the event files", Duration::from_secs(60), || async {
+        let files: Vec<PathBuf> = walk(&events)
+            .into_iter()
+            .filter(|p| p.extension().is_some_and(|e| e == "parquet"))
+            .collect();
+        (!files.is_empty()).then_some(files)
+    })
+    .await;
+    for file in &files {
+        let raw = std::fs::read(file).unwrap();
+        assert!(halyard_core::seal::is_sealed(&raw), "{}", file.display());
+        assert!(!raw.windows(3).any(|w| w == b"k17"), "{}", file.display());
+    }
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_halyard"))
+        .args(["sql", "--scheduler", &addr, "--key", &cluster.admin_key])
+        .env("HALYARD_ENCRYPTION_KEY_FILE", &key_file)
+        .env("HALYARD_DATA_DIR", dir.join("state"))
+        .arg("-e")
+        .arg(format!(
+            "CREATE EXTERNAL TABLE ev STORED AS PARQUET LOCATION 'file://{}/'",
+            events.display()
+        ))
+        .arg("-e")
+        .arg("SELECT count(*) AS n FROM ev WHERE kind = 'outcome' AND key = 'k17'")
+        .arg("--output")
+        .arg(dir.join("events.csv"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        std::fs::read_to_string(dir.join("events.csv")).unwrap(),
+        "n\n1\n"
+    );
     // A store opened without the key cannot read it, and says which key it needs.
     let url = format!("file://{}", dir.join("state/store").display());
     let bare = halyard_core::store::Store::open(&url, &Default::default()).unwrap();

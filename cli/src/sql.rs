@@ -8,6 +8,7 @@ use arrow::array::RecordBatch;
 use datafusion::prelude::SessionContext;
 use halyard_core::spec::SourceSpec;
 use halyard_core::store::S3Config;
+use halyard_features::sealed::Sealing;
 use halyard_features::session::{DataAccess, local_context, remote_context};
 use halyard_features::stage::{collect_retrying, register_source};
 
@@ -38,11 +39,17 @@ pub async fn context(
     delimiter: u8,
     s3: &S3Config,
 ) -> Result<SessionContext> {
+    // With the nodes' encryption key in the environment, the store's feature tables and
+    // event files (sealed) are read too.
+    let mut access = DataAccess::unconfined(s3);
+    if let Some((store, sealer)) = halyard_core::config::sealing_from_env()? {
+        access.sealing = Some(Sealing::new(&store, sealer)?);
+    }
     let ctx = match target {
         Target::Local { keep_order } => {
             let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
             let partitions = if keep_order { 1 } else { cores };
-            local_context(&DataAccess::unconfined(s3), partitions)?
+            local_context(&access, partitions)?
         }
         Target::Cluster(client) => {
             let status = client.cluster().await?;
@@ -55,7 +62,7 @@ pub async fn context(
                 &status.sql_endpoint,
                 client.key(),
                 client.tls().cloned(),
-                &DataAccess::unconfined(s3),
+                &access,
                 PARTITIONS,
             )
             .await?

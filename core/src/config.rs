@@ -190,7 +190,8 @@ settings! {
     /// only nodes may call need a client certificate it signed.
     tls_ca: PathBuf, default: "none";
     /// Client-side encryption of what nodes write to the object store (artifacts,
-    /// feature-table manifests, checkpoints): a 64-hex-digit AES-256 key (several,
+    /// feature tables, checkpoints; every scheduler and executor needs it): a
+    /// 64-hex-digit AES-256 key (several,
     /// comma-separated, while rotating: the first seals, every one opens); never logged or
     /// shown.
     encryption_key: String, default: "none", secret;
@@ -525,6 +526,26 @@ fn store_url(s: &Settings) -> Result<String> {
     match &s.store {
         Some(url) => Ok(url.clone()),
         None => file_url(&data_dir(s).join("store")),
+    }
+}
+
+/// The keys and the store's URL of client-side encryption, for a command that reads the
+/// store with SQL on this machine (`halyard sql`): from the environment the nodes take
+/// them from (`HALYARD_ENCRYPTION_KEY_FILE` or `HALYARD_ENCRYPTION_KEY`, `HALYARD_STORE`,
+/// `HALYARD_DATA_DIR`); `None` without a key.
+pub fn sealing_from_env() -> Result<Option<(String, Arc<Sealer>)>> {
+    let mut s = Settings::default();
+    for def in SETTINGS
+        .iter()
+        .filter(|d| ["encryption_key", "encryption_key_file", "store", "data_dir"].contains(&d.key))
+    {
+        if let Ok(value) = std::env::var(def.env()) {
+            s.set(def.key, &value)?;
+        }
+    }
+    match Sealer::from_settings(&s)? {
+        Some(sealer) => Ok(Some((store_url(&s)?, Arc::new(sealer)))),
+        None => Ok(None),
     }
 }
 

@@ -458,7 +458,7 @@ pub async fn publish_model(
 
 /// Folder of a model's event-log files (exposures and outcomes, Parquet).
 pub fn events_dir(model: &str) -> String {
-    format!("events/{model}/")
+    format!("{EVENTS_DIR}/{model}/")
 }
 
 /// The Parquet file of one event-log segment's events of `model` in `hour`
@@ -475,15 +475,23 @@ pub fn features_dir(job_id: &str) -> String {
 /// The folder of a job's feature table, under the job's.
 const FEATURES_FOLDER: &str = "features";
 
-/// Whether the object at `rel` (a path in the store) is one the SQL cluster writes and
-/// reads, sealed through its object stores when the nodes have an encryption key: a
-/// feature table's files.
+/// The folder of the event log's files.
+const EVENTS_DIR: &str = "events";
+
+/// Whether the object at `rel` (a path in the store) is one the SQL cluster writes or
+/// reads, sealed and opened by its object stores when the nodes have an encryption key: a
+/// feature table's files and the event log's.
 pub fn sealed_by_sql(rel: &str) -> bool {
     let mut parts = rel.split('/');
-    parts.next() == Some(JOBS_DIR)
-        && parts.next().is_some_and(|job| !job.is_empty())
-        && parts.next() == Some(FEATURES_FOLDER)
-        && parts.next().is_some()
+    match parts.next() {
+        Some(JOBS_DIR) => {
+            parts.next().is_some_and(|job| !job.is_empty())
+                && parts.next() == Some(FEATURES_FOLDER)
+                && parts.next().is_some()
+        }
+        Some(EVENTS_DIR) => parts.next().is_some(),
+        _ => false,
+    }
 }
 
 /// Folder of a scoring job's scores: one `part-NNNNN.parquet` per shard of its table,
@@ -594,6 +602,24 @@ pub async fn read_model(store: &Store, name: &str, version: u64) -> Result<Optio
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_sql_clusters_objects_are_feature_tables_and_event_files() {
+        let shard = feature_shard_path(&features_dir("j1"), &feature_shard_file(3));
+        assert!(sealed_by_sql(&shard));
+        assert!(sealed_by_sql(&features_manifest_path(&features_dir("j1"))));
+        assert!(sealed_by_sql(&events_file("offer", "2026-12-03T01", "node-1", 7)));
+        for other in [
+            "jobs/j1/checkpoint/state.json",
+            "jobs//features/part-00000.parquet",
+            "jobs/j1/features",
+            "models/offer/1/model.safetensors",
+            "events",
+            "eventsx/offer/a.parquet",
+        ] {
+            assert!(!sealed_by_sql(other), "{other}");
+        }
+    }
 
     fn generic(text: &str) -> object_store::Error {
         object_store::Error::Generic {

@@ -102,11 +102,11 @@ pub async fn start_executor(cfg: ExecutorConfig, coord: Coordinator) -> Result<E
         },
         metrics.clone(),
     );
-    // Event files stay unsealed: the SQL cluster reads them.
+    // Event files are sealed with the node's key, if any; the SQL cluster opens them.
     let events = halyard_core::events::EventLog::open(
         &cfg.events_dir,
         &cfg.id,
-        Store::open(&cfg.store_url, &cfg.s3)?,
+        store.clone(),
         coord.clone(),
     )?;
     let gateway = Gateway::new(

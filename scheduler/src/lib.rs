@@ -70,14 +70,15 @@ pub async fn start_scheduler(cfg: SchedulerConfig, coord: Coordinator) -> Result
     let (listener, addr) = halyard_core::bind(&cfg.listen).await?;
     let door = Door::new(&coord, &cfg.id, tls.as_ref());
     let (shutdown, shutdown_rx) = watch::channel(false);
-    let store = halyard_core::store::Store::open(&cfg.store_url, &cfg.s3)?;
+    let store =
+        halyard_core::store::Store::open(&cfg.store_url, &cfg.s3)?.sealed(cfg.sealer.clone());
     let svc = std::sync::Arc::new(service::JobApi::new(coord.clone(), &cfg, store.clone()));
     let (health_reporter, health) = tonic_health::server::health_reporter();
     health_reporter
         .set_serving::<JobServiceServer<service::JobApi>>()
         .await;
     // The prediction gateway: this node holds no model and forwards to executors.
-    // Event files stay unsealed: the SQL cluster reads them.
+    // Event files are sealed with the node's key, if any; the SQL cluster opens them.
     let events = halyard_core::events::EventLog::open(
         &cfg.events_dir,
         &cfg.id,
