@@ -894,6 +894,9 @@ async fn with_an_encryption_key_artifacts_are_sealed_in_the_store_and_still_serv
         .to_string();
     let sealer = halyard_core::seal::Sealer::from_text(&"5a".repeat(32), "test").unwrap();
     assert!(err.contains(sealer.id()), "{err}");
+    // The registry records the key's id with the version.
+    let model = client.model("sealed").await.unwrap();
+    assert_eq!(model.versions[0].sealed_with, sealer.id());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

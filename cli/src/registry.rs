@@ -56,6 +56,7 @@ pub fn model_json(m: &GetModelResponse) -> Value {
             "data_digest": v.data_digest,
             "created_ms": v.created_ms,
             "profile": serde_json::from_str::<Value>(&v.profile_json).unwrap_or(Value::Null),
+            "sealed_with": (!v.sealed_with.is_empty()).then_some(&v.sealed_with),
         })).collect::<Vec<_>>(),
         "deployment": deployment_json(m.deployment.as_ref()),
     })
@@ -195,6 +196,19 @@ fn show_model(m: &GetModelResponse) {
             v.job_id,
             v.data_source,
             v.data_digest.get(..19).unwrap_or(&v.data_digest)
+        ));
+    }
+    let mut sealed: std::collections::BTreeMap<&str, Vec<String>> = Default::default();
+    for v in m.versions.iter().filter(|v| !v.sealed_with.is_empty()) {
+        sealed
+            .entry(&v.sealed_with)
+            .or_default()
+            .push(v.version.to_string());
+    }
+    for (key, versions) in sealed {
+        out(&format!(
+            "sealed with encryption key {key}: version {}",
+            versions.join(", ")
         ));
     }
     if let Some(v) = m.versions.last() {

@@ -57,6 +57,10 @@ pub struct ModelVersion {
     /// takes); 0 when unknown (published before it was recorded), which fits anywhere.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub memory_bytes: u64,
+    /// The id of the encryption key its files are sealed with (client-side encryption);
+    /// `None` when stored in the clear.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sealed_with: Option<String>,
 }
 
 fn is_zero(v: &u64) -> bool {
@@ -738,6 +742,7 @@ mod tests {
     #[test]
     fn a_file_changed_since_publishing_is_refused_by_name() {
         let v = ModelVersion {
+            sealed_with: None,
             name: "m".into(),
             version: 2,
             artifact: "file:///s/models/m/2".into(),

@@ -340,6 +340,11 @@ impl Store {
             .collect())
     }
 
+    /// The id of the key this store seals with, if it seals.
+    pub fn sealing_key(&self) -> Option<&str> {
+        self.sealer.as_deref().map(crate::seal::Sealer::id)
+    }
+
     /// This store, sealing what it writes with `sealer` (and opening what it reads).
     pub fn sealed(mut self, sealer: Option<Arc<crate::seal::Sealer>>) -> Store {
         self.sealer = sealer;
@@ -608,7 +613,12 @@ mod tests {
         let shard = feature_shard_path(&features_dir("j1"), &feature_shard_file(3));
         assert!(sealed_by_sql(&shard));
         assert!(sealed_by_sql(&features_manifest_path(&features_dir("j1"))));
-        assert!(sealed_by_sql(&events_file("offer", "2026-12-03T01", "node-1", 7)));
+        assert!(sealed_by_sql(&events_file(
+            "offer",
+            "2026-12-03T01",
+            "node-1",
+            7
+        )));
         for other in [
             "jobs/j1/checkpoint/state.json",
             "jobs//features/part-00000.parquet",

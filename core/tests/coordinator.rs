@@ -288,6 +288,7 @@ async fn model_versions_are_unique_under_contention(c: Coordinator) {
 
 fn version(name: &str, v: u64) -> ModelVersion {
     ModelVersion {
+        sealed_with: None,
         name: name.into(),
         version: v,
         artifact: format!("file:///store/models/{name}/{v}"),

@@ -296,6 +296,7 @@ async fn publish(
         data_digest: manifest.data.digest.clone(),
         created_ms: manifest.created_ms,
         memory_bytes: weights.len() as u64,
+        sealed_with: store.sealing_key().map(String::from),
         files: [
             (WEIGHTS_FILE.to_string(), digest(&weights)),
             (MANIFEST_FILE.to_string(), digest(&manifest_bytes)),

@@ -112,6 +112,7 @@ impl ModelApi {
                     data_digest: v.data_digest,
                     created_ms: v.created_ms,
                     profile_json: v.profile.map(|p| p.to_string()).unwrap_or_default(),
+                    sealed_with: v.sealed_with.unwrap_or_default(),
                 })
                 .collect(),
             deployment: match deployment {

@@ -620,6 +620,7 @@ mod tests {
 
     fn version(model_type: &str, evaluation: Option<Evaluation>) -> ModelVersion {
         ModelVersion {
+            sealed_with: None,
             name: "m".into(),
             version: 3,
             artifact: String::new(),
