@@ -497,6 +497,11 @@ pub enum BenchCommand {
         /// Folder for the generated tables (reused) and outputs
         #[arg(long, default_value = "halyard-data/bench-features")]
         dir: std::path::PathBuf,
+        /// Also run the query on DuckDB, the single-node reference, alternating with the
+        /// two engines (`benches/duckdb_features.py` with this Python, which needs the
+        /// `duckdb` package), and compare the query phases
+        #[arg(long, value_name = "PYTHON")]
+        duckdb: Option<std::path::PathBuf>,
     },
     /// Batch scoring on a running cluster (a [score] job, Parquet in, scores Parquet out)
     /// against a single-process loop over the same runtime and artifact, in this process
@@ -652,6 +657,7 @@ pub async fn run(what: BenchCommand, conn: &crate::keys::Connection) -> Result<S
             executors,
             runs,
             dir,
+            duckdb,
         } => {
             let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
             let b = crate::features_bench::FeaturesBench {
@@ -663,9 +669,10 @@ pub async fn run(what: BenchCommand, conn: &crate::keys::Connection) -> Result<S
                 slots: (cores / executors.max(1)).max(1),
                 partitions: cores,
                 runs: runs.max(1),
+                duckdb,
             };
-            let (cluster, local) = crate::features_bench::run(&b).await?;
-            Ok(crate::features_bench::summary(&b, &cluster, &local))
+            let timings = crate::features_bench::run(&b).await?;
+            Ok(crate::features_bench::summary(&b, &timings))
         }
         BenchCommand::Scoring {
             rows,

@@ -37,7 +37,12 @@ pub struct FeaturesBench {
     pub partitions: usize,
     /// Runs of each engine (alternating); medians are reported.
     pub runs: usize,
+    /// The Python that runs the query on DuckDB too (`benches/duckdb_features.py`).
+    pub duckdb: Option<PathBuf>,
 }
+
+/// The DuckDB run, shipped in the binary so that the bench runs from any folder.
+const DUCKDB_SCRIPT: &str = include_str!("../../benches/duckdb_features.py");
 
 /// The feature query: per-customer aggregates over events joined to campaigns, daily
 /// windows (7-day rolling revenue, previous day's touches), channel mix, joined to the
@@ -248,6 +253,8 @@ pub fn spec(dir: &Path, shards: usize) -> FeaturesSpec {
 pub struct Timings {
     /// Whole stage: sources, query, shards, statistics.
     pub runs: Vec<Duration>,
+    /// The query and the shards it writes (the phase DuckDB runs too).
+    pub query: Vec<Duration>,
     /// Rows of the feature table.
     pub rows: u64,
 }
@@ -257,10 +264,65 @@ impl Timings {
     pub fn median(&self) -> Duration {
         crate::bench::median_of(self.runs.clone())
     }
+
+    /// The median query phase.
+    pub fn median_query(&self) -> Duration {
+        crate::bench::median_of(self.query.clone())
+    }
 }
 
-/// Run the benchmark; returns (cluster, single process).
-pub async fn run(b: &FeaturesBench) -> Result<(Timings, Timings)> {
+/// What a run measured.
+#[derive(Debug, Clone, Default)]
+pub struct Measured {
+    /// The SQL cluster.
+    pub cluster: Timings,
+    /// Single-process DataFusion.
+    pub local: Timings,
+    /// DuckDB's query phase, when asked for.
+    pub duckdb: Option<Timings>,
+}
+
+/// One run of the query phase on DuckDB with `python`: its seconds and rows.
+fn duckdb_run(
+    python: &Path,
+    b: &FeaturesBench,
+    data: &Path,
+    run: usize,
+) -> Result<(Duration, u64)> {
+    let script = b.dir.join("duckdb_features.py");
+    let query = b.dir.join("query.sql");
+    std::fs::write(&script, DUCKDB_SCRIPT).map_err(|e| io(&script, e))?;
+    std::fs::write(&query, QUERY).map_err(|e| io(&query, e))?;
+    let out = std::process::Command::new(python)
+        .arg(&script)
+        .arg(data)
+        .arg(b.dir.join(format!("out-duckdb-{run}")))
+        .arg(&query)
+        .args(["--threads", &b.partitions.to_string()])
+        .output()
+        .map_err(|e| io(python, e))?;
+    let failed = |why: String| {
+        CliError::Failed(format!(
+            "the DuckDB run ({} {}) failed: {why} (it needs `pip install duckdb`)",
+            python.display(),
+            script.display()
+        ))
+    };
+    if !out.status.success() {
+        return Err(failed(
+            String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        ));
+    }
+    let answer: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .map_err(|e| failed(format!("its answer is not JSON: {e}")))?;
+    match (answer["seconds"].as_f64(), answer["rows"].as_u64()) {
+        (Some(s), Some(rows)) => Ok((Duration::from_secs_f64(s), rows)),
+        _ => Err(failed(format!("no seconds and rows in {answer}"))),
+    }
+}
+
+/// Run the benchmark.
+pub async fn run(b: &FeaturesBench) -> Result<Measured> {
     let data = b.dir.join("data");
     let started = Instant::now();
     generate(&data, b.rows, b.customers, 7)?;
@@ -290,6 +352,7 @@ pub async fn run(b: &FeaturesBench) -> Result<(Timings, Timings)> {
     }
     let spec = spec(&data, 2);
     let (mut cluster, mut local) = (Timings::default(), Timings::default());
+    let mut duckdb = b.duckdb.as_ref().map(|_| Timings::default());
     for run in 0..b.runs {
         for on_cluster in [true, false] {
             let ctx = if on_cluster {
@@ -320,6 +383,9 @@ pub async fn run(b: &FeaturesBench) -> Result<(Timings, Timings)> {
             let (planned, written) = (phase("writing"), phase("rows written"));
             let timings = if on_cluster { &mut cluster } else { &mut local };
             timings.runs.push(took);
+            timings
+                .query
+                .push(Duration::from_secs_f64(written - planned));
             timings.rows = table.rows;
             eprintln!(
                 "run {}: {} {:.2} s (sources and plan {planned:.2} s, query and shards {:.2} s, statistics {:.2} s), {} feature rows",
@@ -335,19 +401,35 @@ pub async fn run(b: &FeaturesBench) -> Result<(Timings, Timings)> {
                 table.rows
             );
         }
+        if let (Some(python), Some(timings)) = (&b.duckdb, duckdb.as_mut()) {
+            let (took, rows) = duckdb_run(python, b, &data, run)?;
+            eprintln!(
+                "run {}: DuckDB query and shards {:.2} s, {rows} feature rows",
+                run + 1,
+                took.as_secs_f64()
+            );
+            timings.query.push(took);
+            timings.rows = rows;
+        }
     }
     for e in executors {
         e.stop();
     }
     scheduler.stop().await;
-    Ok((cluster, local))
+    Ok(Measured {
+        cluster,
+        local,
+        duckdb,
+    })
 }
 
-/// The report of one `halyard bench features` run: both engines' medians and their ratio.
-pub fn summary(b: &FeaturesBench, cluster: &Timings, local: &Timings) -> String {
+/// The report of one `halyard bench features` run: both engines' medians and their ratio,
+/// and the query phase against DuckDB's when it ran.
+pub fn summary(b: &FeaturesBench, m: &Measured) -> String {
+    let (cluster, local) = (&m.cluster, &m.local);
     let (c, l) = (cluster.median(), local.median());
     let rate = |d: Duration| b.rows as f64 / d.as_secs_f64();
-    format!(
+    let mut text = format!(
         "feature stage over {} events -> {} feature rows (median of {} runs each):\n  \
          cluster ({} executors x {} slots): {:.2} s, {:.0} events/s\n  \
          single-process DataFusion ({} partitions): {:.2} s, {:.0} events/s\n  \
@@ -363,5 +445,22 @@ pub fn summary(b: &FeaturesBench, cluster: &Timings, local: &Timings) -> String 
         l.as_secs_f64(),
         rate(l),
         c.as_secs_f64() / l.as_secs_f64()
-    )
+    );
+    if let Some(duck) = &m.duckdb {
+        let (cq, lq, dq) = (
+            cluster.median_query().as_secs_f64(),
+            local.median_query().as_secs_f64(),
+            duck.median_query().as_secs_f64(),
+        );
+        text.push_str(&format!(
+            "\n  the query and its shards alone (median): cluster {cq:.2} s, single process \
+             {lq:.2} s, DuckDB {dq:.2} s ({} threads, {} feature rows)\n  \
+             cluster / DuckDB: {:.2}x; single process / DuckDB: {:.2}x",
+            b.partitions,
+            duck.rows,
+            cq / dq,
+            lq / dq
+        ));
+    }
+    text
 }

@@ -325,7 +325,10 @@ async fn with_tls_the_sql_ports_answer_only_keys_over_tls_and_nodes() {
         // connection it closed: a failed connection either way, not an answer.
         Ok(channel) => failed_connection(&fetch(channel, Some(&key)).await),
     };
-    assert!(refused, "a caller without a certificate reached the flight service");
+    assert!(
+        refused,
+        "a caller without a certificate reached the flight service"
+    );
     for e in executors {
         e.stop();
     }
