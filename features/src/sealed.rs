@@ -281,12 +281,14 @@ impl ObjectStore for Sealed {
 
     fn list(&self, prefix: Option<&Path>) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
         let this = self.clone();
+        // One small read per sealed object, a few at once (a folder of event files).
         self.inner
             .list(prefix)
-            .then(move |meta| {
+            .map(move |meta| {
                 let this = this.clone();
                 async move { this.plain_meta(meta?).await }
             })
+            .buffered(16)
             .boxed()
     }
 
