@@ -1,6 +1,7 @@
 //! Client-side encryption of what the SQL cluster keeps in Halyard's store: a feature
-//! table's files are written by `COPY … TO` on the executors and read back by queries, not
-//! through `halyard_core::store::Store`, so the node's object store for the store's bucket
+//! table's files are written by `COPY … TO` on the executors, and they and the event log's
+//! files are read by queries, not through `halyard_core::store::Store`, so the node's
+//! object store for the store's bucket
 //! (or file system) seals and opens them itself, with the same keys and format
 //! (`halyard_core::seal`; authenticated with the object's path in the store, so
 //! `Store::get` opens what a query wrote and `halyard reseal` rotates it).

@@ -31,12 +31,13 @@ pub struct DataAccess {
     pub s3: S3Config,
     /// The folders and buckets queries may touch.
     pub roots: Roots,
-    /// Seals the feature tables the SQL cluster writes in Halyard's store.
+    /// Seals the feature tables and event files the SQL cluster keeps in Halyard's store.
     pub sealing: Option<Sealing>,
 }
 
 impl DataAccess {
-    /// A node's access: within `roots`, sealing the feature tables in its store at
+    /// A node's access: within `roots`, sealing the feature tables and event files in its
+    /// store at
     /// `store_url` with `sealer`'s keys when it has any.
     pub fn node(
         s3: &S3Config,
