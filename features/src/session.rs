@@ -37,8 +37,7 @@ pub struct DataAccess {
 
 impl DataAccess {
     /// A node's access: within `roots`, sealing the feature tables and event files in its
-    /// store at
-    /// `store_url` with `sealer`'s keys when it has any.
+    /// store at `store_url` with `sealer`'s keys when it has any.
     pub fn node(
         s3: &S3Config,
         roots: &Roots,
