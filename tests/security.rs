@@ -2,8 +2,11 @@
 //! and an executor's port answers each credential (none, unknown, expired, revoked, and a
 //! key of every role) as the role matrix says; every gRPC method the protocol declares is
 //! in the route table; a revoked key is refused by another node within 5 s; a node asked
-//! to listen beyond loopback without a key file refuses to start and says why; SQL and
-//! jobs read and write only under the data roots, and SQL writes need a writer's role.
+//! to listen beyond loopback without a key file (or TLS) refuses to start and says why; SQL
+//! and jobs read and write only under the data roots, and SQL writes need a writer's role;
+//! nodes talk mutual TLS (their SQL cluster too) and strangers are refused; artifacts,
+//! feature tables and event files are sealed with an encryption key; a tampered artifact
+//! is refused; mutating calls reach the audit log; no secret reaches a log or an output.
 
 mod common;
 

@@ -1,7 +1,7 @@
 //! The SQL cluster against single-process DataFusion: same queries, same answers (float
 //! aggregates rounded to 6 places: partial sums add up in a different order).
 //! In-process Ballista scheduler and two executors (the real-process versions are in the
-//! workspace's `tests/features.rs`).
+//! workspace's `tests/features.rs`), in plaintext and with TLS (and who its ports refuse).
 
 use std::fmt::Write as _;
 use std::path::Path;
