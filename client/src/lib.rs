@@ -97,22 +97,11 @@ impl Client {
             addr: addr.into(),
             message: e.to_string(),
         })?;
-        let scheme = if tls.is_some() { "https" } else { "http" };
-        let url = if addr.contains("://") {
-            addr.to_string()
-        } else {
-            format!("{scheme}://{addr}")
-        };
-        let mut endpoint = Channel::from_shared(url.clone()).map_err(|e| ClientError::Connect {
-            addr: addr.into(),
-            message: e.to_string(),
-        })?;
-        if let Some(tls) = tls.clone() {
-            endpoint = endpoint.tls_config(tls).map_err(|e| ClientError::Connect {
+        let endpoint =
+            halyard_core::tls::endpoint(addr, tls.clone()).map_err(|e| ClientError::Connect {
                 addr: addr.into(),
-                message: format!("tls: {e}"),
+                message: e.to_string(),
             })?;
-        }
         let channel = endpoint
             .connect_timeout(std::time::Duration::from_secs(3))
             .connect()

@@ -29,7 +29,7 @@ use halyard_core::proto::collective_service_server::{CollectiveService, Collecti
 use halyard_core::proto::{CollectiveChunk, PushAck};
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::UnboundedReceiverStream;
-use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
+use tonic::transport::{Channel, ClientTlsConfig};
 use tonic::{Request, Response, Status, Streaming};
 
 pub use error::{CollectiveError, Result};
@@ -188,18 +188,12 @@ impl Outbound {
 
 /// A lazy connection to the next rank at `addr`, over TLS when `tls` is given.
 fn connect_next(addr: &str, cfg: &RingConfig, tls: Option<ClientTlsConfig>) -> Result<Channel> {
-    let scheme = if tls.is_some() { "https" } else { "http" };
-    let setup =
-        |e: &dyn std::fmt::Display| CollectiveError::Setup(format!("peer address {addr}: {e}"));
-    let mut endpoint = Endpoint::from_shared(format!("{scheme}://{addr}"))
-        .map_err(|e| setup(&e))?
+    let endpoint = halyard_core::tls::endpoint(addr, tls)
+        .map_err(|e| CollectiveError::Setup(format!("peer address {addr}: {e}")))?
         .connect_timeout(cfg.deadline)
         .tcp_nodelay(true)
         .initial_stream_window_size(Some(8 << 20))
         .initial_connection_window_size(Some(16 << 20));
-    if let Some(tls) = tls {
-        endpoint = endpoint.tls_config(tls).map_err(|e| setup(&e))?;
-    }
     Ok(endpoint.connect_lazy())
 }
 

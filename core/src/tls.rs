@@ -203,6 +203,25 @@ impl Tls {
     }
 }
 
+/// A gRPC endpoint for `addr` (`HOST:PORT`, or a URL taken as it is): `https://` with
+/// `tls`, `http://` without.
+pub fn endpoint(
+    addr: &str,
+    tls: Option<tonic::transport::ClientTlsConfig>,
+) -> std::result::Result<tonic::transport::Endpoint, tonic::transport::Error> {
+    let url = if addr.contains("://") {
+        addr.to_string()
+    } else {
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://{addr}")
+    };
+    let endpoint = tonic::transport::Endpoint::from_shared(url)?;
+    match tls {
+        Some(tls) => endpoint.tls_config(tls),
+        None => Ok(endpoint),
+    }
+}
+
 /// tonic's client settings for an API client: trust `ca_file` (a cluster CA, or a node's
 /// self-signed certificate).
 pub fn client_trusting(ca_file: &Path) -> Result<tonic::transport::ClientTlsConfig> {

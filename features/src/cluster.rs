@@ -71,16 +71,12 @@ type SchedulerClient = SchedulerGrpcClient<InterceptedService<Channel, BearerKey
 /// Connect to the SQL scheduler at `endpoint` (`HOST:PORT`) as this node (`key`, and its
 /// certificate when the cluster serves TLS).
 async fn scheduler_client(endpoint: &str, key: &str, tls: Option<&Tls>) -> Result<SchedulerClient> {
-    let failed = |e: &dyn std::fmt::Display| FeatureError::Cluster(format!("{endpoint}: {e}"));
-    let scheme = if tls.is_some() { "https" } else { "http" };
-    let mut channel = tonic::transport::Endpoint::from_shared(format!("{scheme}://{endpoint}"))
-        .map_err(|e| failed(&e))?;
-    if let Some(tls) = tls {
-        channel = channel
-            .tls_config(tls.tonic_client())
-            .map_err(|e| failed(&e))?;
-    }
-    let channel = channel.connect().await.map_err(|e| failed(&e))?;
+    let failed = |e: tonic::transport::Error| FeatureError::Cluster(format!("{endpoint}: {e}"));
+    let channel = halyard_core::tls::endpoint(endpoint, tls.map(Tls::tonic_client))
+        .map_err(failed)?
+        .connect()
+        .await
+        .map_err(failed)?;
     let bearer = BearerKey::new(Some(key)).map_err(|e| FeatureError::Cluster(e.to_string()))?;
     Ok(SchedulerGrpcClient::with_interceptor(channel, bearer)
         .max_decoding_message_size(MAX_MESSAGE)
