@@ -190,10 +190,9 @@ settings! {
     /// only nodes may call need a client certificate it signed.
     tls_ca: PathBuf, default: "none";
     /// Client-side encryption of what nodes write to the object store (artifacts,
-    /// feature tables, checkpoints; every scheduler and executor needs it): a
-    /// 64-hex-digit AES-256 key (several,
-    /// comma-separated, while rotating: the first seals, every one opens); never logged or
-    /// shown.
+    /// feature tables, checkpoints, event files; every scheduler and executor needs it): a
+    /// 64-hex-digit AES-256 key (several, comma-separated, while rotating: the first
+    /// seals, every one opens); never logged or shown.
     encryption_key: String, default: "none", secret;
     /// A file holding the encryption keys (64 hex digits, one per line, the sealing key
     /// first), instead of `encryption_key`.
@@ -448,7 +447,8 @@ pub struct SchedulerConfig {
     pub gc: crate::gc::GcPolicy,
     /// Time between the leader's garbage collections; `None`: never.
     pub gc_every: Option<Duration>,
-    /// Client-side encryption: the SQL cluster's feature tables in the store.
+    /// Client-side encryption: its event files, and the feature tables and event files
+    /// its SQL scheduler reads.
     pub sealer: Option<Arc<Sealer>>,
 }
 

@@ -293,10 +293,11 @@ impl SqlExecutor {
         };
         let rt = runtime(access)?;
         let state = node_state(SessionConfig::new_with_ballista(), rt.clone());
-        // Shuffle reads from the other executors go over TLS as this node.
-        let node_tls = tls.map(Tls::tonic_client);
-        let config_producer: ConfigProducer = Arc::new(move || match &node_tls {
-            Some(t) => with_tls(SessionConfig::new_with_ballista(), t.clone(), None),
+        // Shuffle reads from the other executors go over TLS as this node (one endpoint
+        // hook for every task).
+        let endpoints = tls.map(|t| tls_endpoints(t.tonic_client(), None));
+        let config_producer: ConfigProducer = Arc::new(move || match &endpoints {
+            Some(e) => with_tls(SessionConfig::new_with_ballista(), e.clone()),
             None => SessionConfig::new_with_ballista(),
         });
         let runtime_producer: RuntimeProducer = Arc::new(move |_| Ok(rt.clone()));
@@ -346,15 +347,16 @@ impl SqlExecutor {
             task.abort();
         }
         let Some(endpoint) = endpoint else { return };
-        let url = endpoint.to_string();
+        let endpoint = endpoint.to_string();
+        let attached_to = endpoint.clone();
         let executor = self.executor.clone();
         let key = self.key.clone();
         let tls = self.tls.clone();
         let task = tokio::spawn(async move {
             loop {
-                match scheduler_client(&url, &key, tls.as_ref()).await {
+                match scheduler_client(&endpoint, &key, tls.as_ref()).await {
                     Ok(client) => {
-                        info!(%url, "sql executor attached");
+                        info!(%endpoint, "sql executor attached");
                         if let Err(e) = poll_loop(
                             client,
                             executor.clone(),
@@ -365,15 +367,17 @@ impl SqlExecutor {
                         )
                         .await
                         {
-                            warn!(%url, error = %e, "sql executor poll loop ended; attaching again");
+                            warn!(%endpoint, error = %e, "sql executor poll loop ended; attaching again");
                         }
                     }
-                    Err(e) => warn!(%url, error = %e, "cannot reach the sql scheduler; retrying"),
+                    Err(e) => {
+                        warn!(%endpoint, error = %e, "cannot reach the sql scheduler; retrying")
+                    }
                 }
                 tokio::time::sleep(std::time::Duration::from_millis(500)).await;
             }
         });
-        self.attached = Some((endpoint.to_string(), task));
+        self.attached = Some((attached_to, task));
     }
 
     /// Stop the poll loop and the Flight service, and remove the work folder.

@@ -1,8 +1,8 @@
 //! Client-side encryption of what the SQL cluster keeps in Halyard's store: a feature
 //! table's files are written by `COPY … TO` on the executors, and they and the event log's
 //! files are read by queries, not through `halyard_core::store::Store`, so the node's
-//! object store for the store's bucket
-//! (or file system) seals and opens them itself, with the same keys and format
+//! object store for the store's bucket (or file system) seals and opens them itself, with
+//! the same keys and format
 //! (`halyard_core::seal`; authenticated with the object's path in the store, so
 //! `Store::get` opens what a query wrote and `halyard reseal` rotates it).
 //!
@@ -109,6 +109,14 @@ impl fmt::Display for Sealed {
     }
 }
 
+/// `meta` with the plaintext's size.
+fn plain_sized(meta: ObjectMeta, plain: &Bytes) -> ObjectMeta {
+    ObjectMeta {
+        size: plain.len() as u64,
+        ..meta
+    }
+}
+
 fn generic(e: impl std::error::Error + Send + Sync + 'static) -> object_store::Error {
     object_store::Error::Generic {
         store: "sealed",
@@ -151,38 +159,36 @@ impl Sealed {
         Ok(meta)
     }
 
-    /// The plaintext of the object at `location` (`rel` in the store) and its meta.
+    /// The plaintext of the object at `location` (`rel` in the store) and its meta. An
+    /// object kept opened is checked against the store's size and tag (one `head`); any
+    /// other is fetched once, whole.
     async fn open(&self, location: &Path, rel: &str) -> object_store::Result<(ObjectMeta, Bytes)> {
-        let meta = self.inner.head(location).await?;
-        let cached = {
+        let kept = {
             let opened = self.opened.lock().expect("opened objects lock");
             opened
                 .iter()
-                .find(|o| o.location == *location && o.size == meta.size && o.e_tag == meta.e_tag)
-                .map(|o| o.plain.clone())
+                .find(|o| o.location == *location)
+                .map(|o| (o.size, o.e_tag.clone(), o.plain.clone()))
         };
-        let plain = match cached {
-            Some(plain) => plain,
-            None => {
-                let raw = self.inner.get(location).await?.bytes().await?;
-                let plain = Bytes::from(
-                    seal::open(Some(&self.sealer), rel, location.as_ref(), &raw)
-                        .map_err(generic)?,
-                );
-                self.keep(Opened {
-                    location: location.clone(),
-                    size: raw.len() as u64,
-                    e_tag: meta.e_tag.clone(),
-                    plain: plain.clone(),
-                });
-                plain
+        if let Some((size, e_tag, plain)) = kept {
+            let meta = self.inner.head(location).await?;
+            if meta.size == size && meta.e_tag == e_tag {
+                return Ok((plain_sized(meta, &plain), plain));
             }
-        };
-        let meta = ObjectMeta {
-            size: plain.len() as u64,
-            ..meta
-        };
-        Ok((meta, plain))
+        }
+        let fetched = self.inner.get(location).await?;
+        let meta = fetched.meta.clone();
+        let raw = fetched.bytes().await?;
+        let plain = Bytes::from(
+            seal::open(Some(&self.sealer), rel, location.as_ref(), &raw).map_err(generic)?,
+        );
+        self.keep(Opened {
+            location: location.clone(),
+            size: raw.len() as u64,
+            e_tag: meta.e_tag.clone(),
+            plain: plain.clone(),
+        });
+        Ok((plain_sized(meta, &plain), plain))
     }
 
     fn keep(&self, object: Opened) {

@@ -136,7 +136,7 @@ pub async fn remote_context(
         );
     }
     if let Some(tls) = tls {
-        config = with_tls(config, tls, key);
+        config = with_tls(config, tls_endpoints(tls, key));
     }
     let state = client_state(config, access)?;
     let ctx = SessionContext::remote_with_state(&format!("df://{endpoint}"), state).await?;
@@ -150,12 +150,12 @@ pub async fn remote_context(
 /// through the scheduler only when it serves TLS).
 pub const KEY_AGENT: &str = "halyard-key ";
 
-/// `config` with every connection Ballista makes over TLS with `tls`, presenting `key`
-/// on result fetches too ([`KEY_AGENT`]).
-pub fn with_tls(config: SessionConfig, tls: ClientTlsConfig, key: Option<&str>) -> SessionConfig {
+/// `config` with every connection Ballista makes over TLS, as `endpoints` makes them
+/// ([`tls_endpoints`]).
+pub fn with_tls(config: SessionConfig, endpoints: EndpointOverrideFn) -> SessionConfig {
     config
         .with_ballista_use_tls(true)
-        .with_ballista_override_create_grpc_client_endpoint(tls_endpoints(tls, key))
+        .with_ballista_override_create_grpc_client_endpoint(endpoints)
 }
 
 /// Ballista's endpoints made TLS: Ballista writes the scheduler's URL as `http://`

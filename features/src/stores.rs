@@ -52,32 +52,24 @@ impl Stores {
     /// ([`crate::sealed`]).
     pub fn new(s3: S3Config, roots: Roots, sealing: Option<Sealing>) -> Self {
         let roots = Arc::new(roots);
-        let mut stores = Stores {
+        let local = guard(
+            &roots,
+            sealing.as_ref(),
+            &Url::parse("file:///").expect("a file URL"),
+            Arc::new(LocalFileSystem::new()),
+        );
+        Stores {
             s3,
-            local: Arc::new(LocalFileSystem::new()),
+            local,
             roots,
             sealing,
             buckets: Mutex::new(HashMap::new()),
-        };
-        stores.local = stores.guarded(
-            &Url::parse("file:///").expect("a file URL"),
-            stores.local.clone(),
-        );
-        stores
+        }
     }
 
-    /// `store`, the one for `url`'s bucket, confined to the roots and sealing when it
-    /// holds Halyard's store.
+    /// `store`, the one for `url`'s bucket, guarded as [`guard`] says.
     fn guarded(&self, url: &Url, store: Arc<dyn ObjectStore>) -> Arc<dyn ObjectStore> {
-        let confined: Arc<dyn ObjectStore> = Arc::new(Confined {
-            inner: store,
-            bucket: url.host_str().map(String::from),
-            roots: self.roots.clone(),
-        });
-        match &self.sealing {
-            Some(sealing) if sealing.covers(url) => sealing.wrap(confined),
-            _ => confined,
-        }
+        guard(&self.roots, self.sealing.as_ref(), url, store)
     }
 
     fn key(url: &Url) -> String {
@@ -130,6 +122,25 @@ impl ObjectStoreRegistry for Stores {
                 "no object store for {other}:// URLs: use file:// or s3://"
             ))),
         }
+    }
+}
+
+/// `store`, the one for `url`'s bucket, confined to `roots` and, when it holds Halyard's
+/// store, sealing with `sealing`.
+fn guard(
+    roots: &Arc<Roots>,
+    sealing: Option<&Sealing>,
+    url: &Url,
+    store: Arc<dyn ObjectStore>,
+) -> Arc<dyn ObjectStore> {
+    let confined: Arc<dyn ObjectStore> = Arc::new(Confined {
+        inner: store,
+        bucket: url.host_str().map(String::from),
+        roots: roots.clone(),
+    });
+    match sealing {
+        Some(sealing) if sealing.covers(url) => sealing.wrap(confined),
+        _ => confined,
     }
 }
 
