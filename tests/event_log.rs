@@ -105,18 +105,18 @@ async fn acknowledged_outcomes_survive_kill_9_and_are_counted_once() {
     let location = format!("{}/events/offer/", cl.store_url);
     let out = dir.join("keys.csv");
     let keys = wait_for("the event files", Duration::from_secs(60), || async {
-        let status = std::process::Command::new(env!("CARGO_BIN_EXE_halyard"))
-            .args(["sql", "--scheduler", &addr, "--key", &key])
-            .arg("-e")
-            .arg(format!(
-                "CREATE EXTERNAL TABLE ev STORED AS PARQUET LOCATION '{location}'"
-            ))
-            .arg("-e")
-            .arg("SELECT key FROM ev WHERE kind = 'outcome' AND model = 'offer' AND version = 1")
-            .arg("--output")
-            .arg(&out)
-            .output()
-            .unwrap();
+        let table = format!("CREATE EXTERNAL TABLE ev STORED AS PARQUET LOCATION '{location}'");
+        let status = sql_command(
+            &addr,
+            &key,
+            &[
+                &table,
+                "SELECT key FROM ev WHERE kind = 'outcome' AND model = 'offer' AND version = 1",
+            ],
+            &out,
+        )
+        .output()
+        .unwrap();
         if !status.status.success() {
             println!("sql: {}", String::from_utf8_lossy(&status.stderr));
             return None;

@@ -627,15 +627,16 @@ async fn with_mutual_tls_nodes_train_together_and_strangers_are_refused() {
         log.contains("features: running the SQL on the cluster"),
         "{log}"
     );
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_halyard"))
-        .args(["sql", "--scheduler", &api, "--key", &admin_key, "--tls-ca"])
-        .arg(&certs.ca)
-        .arg("-e")
-        .arg("SELECT k, count(*) AS n FROM (VALUES (1), (2), (1)) AS t(k) GROUP BY k ORDER BY k")
-        .arg("--output")
-        .arg(dir.join("sql.csv"))
-        .output()
-        .unwrap();
+    let out = common::sql_command(
+        &api,
+        &admin_key,
+        &["SELECT k, count(*) AS n FROM (VALUES (1), (2), (1)) AS t(k) GROUP BY k ORDER BY k"],
+        &dir.join("sql.csv"),
+    )
+    .arg("--tls-ca")
+    .arg(&certs.ca)
+    .output()
+    .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     assert_eq!(
@@ -751,23 +752,6 @@ async fn mutating_calls_and_refused_attempts_reach_the_audit_log() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_an_encryption_key_artifacts_are_sealed_in_the_store_and_still_serve() {
-    /// Every file under `dir`.
-    fn walk(dir: &std::path::Path) -> Vec<PathBuf> {
-        let Ok(entries) = std::fs::read_dir(dir) else {
-            return Vec::new();
-        };
-        entries
-            .flatten()
-            .flat_map(|e| {
-                let path = e.path();
-                if path.is_dir() {
-                    walk(&path)
-                } else {
-                    vec![path]
-                }
-            })
-            .collect()
-    }
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     let data = halyard_cli::datagen::generate(&dir.join("data"), 800, 5).unwrap();
@@ -851,7 +835,7 @@ async fn with_an_encryption_key_artifacts_are_sealed_in_the_store_and_still_serv
     assert!(answer.status().is_success(), "{:?}", answer.text().await);
     let events = dir.join("state/store/events/sealed");
     let files = wait_for("the event files", Duration::from_secs(60), || async {
-        let files: Vec<PathBuf> = walk(&events)
+        let files: Vec<PathBuf> = common::files_under(&events)
             .into_iter()
             .filter(|p| p.extension().is_some_and(|e| e == "parquet"))
             .collect();
@@ -863,21 +847,23 @@ async fn with_an_encryption_key_artifacts_are_sealed_in_the_store_and_still_serv
         assert!(halyard_core::seal::is_sealed(&raw), "{}", file.display());
         assert!(!raw.windows(3).any(|w| w == b"k17"), "{}", file.display());
     }
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_halyard"))
-        .args(["sql", "--scheduler", &addr, "--key", &cluster.admin_key])
-        .env("HALYARD_ENCRYPTION_KEY_FILE", &key_file)
-        .env("HALYARD_DATA_DIR", dir.join("state"))
-        .arg("-e")
-        .arg(format!(
-            "CREATE EXTERNAL TABLE ev STORED AS PARQUET LOCATION 'file://{}/'",
-            events.display()
-        ))
-        .arg("-e")
-        .arg("SELECT count(*) AS n FROM ev WHERE kind = 'outcome' AND key = 'k17'")
-        .arg("--output")
-        .arg(dir.join("events.csv"))
-        .output()
-        .unwrap();
+    let table = format!(
+        "CREATE EXTERNAL TABLE ev STORED AS PARQUET LOCATION 'file://{}/'",
+        events.display()
+    );
+    let out = common::sql_command(
+        &addr,
+        &cluster.admin_key,
+        &[
+            &table,
+            "SELECT count(*) AS n FROM ev WHERE kind = 'outcome' AND key = 'k17'",
+        ],
+        &dir.join("events.csv"),
+    )
+    .env("HALYARD_ENCRYPTION_KEY_FILE", &key_file)
+    .env("HALYARD_DATA_DIR", dir.join("state"))
+    .output()
+    .unwrap();
     assert!(
         out.status.success(),
         "{}",

@@ -282,6 +282,18 @@ pub struct Measured {
     pub duckdb: Option<Timings>,
 }
 
+/// Where the DuckDB script and the query it reads lie in the bench's folder.
+fn duckdb_files(dir: &Path) -> (PathBuf, PathBuf) {
+    (dir.join("duckdb_features.py"), dir.join("query.sql"))
+}
+
+/// Write the DuckDB script and the query into the bench's folder, once per bench.
+fn write_duckdb_files(dir: &Path) -> Result<()> {
+    let (script, query) = duckdb_files(dir);
+    std::fs::write(&script, DUCKDB_SCRIPT).map_err(|e| io(&script, e))?;
+    std::fs::write(&query, QUERY).map_err(|e| io(&query, e))
+}
+
 /// One run of the query phase on DuckDB with `python`: its seconds and rows.
 fn duckdb_run(
     python: &Path,
@@ -289,10 +301,7 @@ fn duckdb_run(
     data: &Path,
     run: usize,
 ) -> Result<(Duration, u64)> {
-    let script = b.dir.join("duckdb_features.py");
-    let query = b.dir.join("query.sql");
-    std::fs::write(&script, DUCKDB_SCRIPT).map_err(|e| io(&script, e))?;
-    std::fs::write(&query, QUERY).map_err(|e| io(&query, e))?;
+    let (script, query) = duckdb_files(&b.dir);
     let out = std::process::Command::new(python)
         .arg(&script)
         .arg(data)
@@ -353,6 +362,9 @@ pub async fn run(b: &FeaturesBench) -> Result<Measured> {
     let spec = spec(&data, 2);
     let (mut cluster, mut local) = (Timings::default(), Timings::default());
     let mut duckdb = b.duckdb.as_ref().map(|_| Timings::default());
+    if duckdb.is_some() {
+        write_duckdb_files(&b.dir)?;
+    }
     for run in 0..b.runs {
         for on_cluster in [true, false] {
             let ctx = if on_cluster {

@@ -209,6 +209,37 @@ pub(crate) fn published_versions(store: &Path, name: &str) -> Vec<u64> {
     v
 }
 
+/// Every file under `dir`, at any depth (none when it does not exist).
+pub(crate) fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .flat_map(|e| {
+            let path = e.path();
+            if path.is_dir() {
+                files_under(&path)
+            } else {
+                vec![path]
+            }
+        })
+        .collect()
+}
+
+/// `halyard sql` on the cluster whose scheduler is at `addr`, with `key`: `statements` in
+/// order, the last one's rows written to `output` (CSV); more flags or environment may be
+/// added before it runs.
+pub(crate) fn sql_command(addr: &str, key: &str, statements: &[&str], output: &Path) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_halyard"));
+    command.args(["sql", "--scheduler", addr, "--key", key]);
+    for s in statements {
+        command.arg("-e").arg(s);
+    }
+    command.arg("--output").arg(output);
+    command
+}
+
 /// Processes of one cluster on a real etcd: the key root, the store, the admin key file
 /// and the flags they share (2 s leases, so lost nodes are noticed quickly).
 pub(crate) struct EtcdCluster {
