@@ -36,9 +36,12 @@ use crate::logistic::{EpochReport, TrainConfig};
 use crate::metrics::log_loss;
 use crate::mlp::{InputLayout, MlpConfig, ResponseMlp, mlp_tensors};
 use crate::pipeline::{
-    ClusterReport, MemberReport, ResponseConfig, ResponseKind, TrainedModel, finish_response,
+    ClusterReport, Finished, MemberReport, ResponseConfig, ResponseKind, TrainedModel,
+    finish_response,
 };
 use crate::preprocess::{Encoded, FeatureConfig, Preprocessor, Role, row_roles};
+
+mod trees;
 
 /// A group of workers that can sum vectors and share bytes. Every rank makes the same calls
 /// in the same order.
@@ -482,20 +485,34 @@ pub fn train_response_parallel(
     checkpoints: &mut dyn Checkpoints,
     mut on_event: impl FnMut(DpEvent) -> ControlFlow<()>,
 ) -> Result<Outcome> {
-    let ResponseKind::Mlp {
-        hidden,
-        max_embedding,
-    } = &rc.kind
-    else {
-        return Err(ModelError::Unsupported(
-            "data-parallel training ([train] workers) trains the mlp model only".into(),
-        ));
-    };
     if features.split_column.is_none() {
         return Err(ModelError::Internal(
             "data-parallel training needs the split column".into(),
         ));
     }
+    let (hidden, max_embedding) = match &rc.kind {
+        ResponseKind::Mlp {
+            hidden,
+            max_embedding,
+        } => (hidden, max_embedding),
+        ResponseKind::Gbdt(cfg) => {
+            return trees::train_trees_parallel(
+                data,
+                features,
+                rc,
+                cfg,
+                policy,
+                group,
+                checkpoints,
+                on_event,
+            );
+        }
+        _ => {
+            return Err(ModelError::Unsupported(
+                "data-parallel training ([train] workers) trains mlp and gbdt models only".into(),
+            ));
+        }
+    };
     let (rank, size) = (group.rank(), group.size());
     let preprocessor = shared_preprocessor(group, data.all, features)?;
 
@@ -711,7 +728,7 @@ pub fn train_response_parallel(
     }
     let all = data.all.expect("checked for rank 0");
     let weights = export_members(&cfg, &tc, &finished)?;
-    let mut trained = finish_response(all, features, preprocessor, Some(cfg), weights)?;
+    let mut trained = finish_response(all, features, preprocessor, Finished::Mlp(cfg, weights))?;
     if !best_losses.is_empty() {
         let mean = best_losses.iter().sum::<f64>() / best_losses.len() as f64;
         trained.metrics.insert("valid_log_loss".into(), mean);
@@ -1021,6 +1038,38 @@ impl MemberState {
             finished: finished.to_vec(),
         }
     }
+}
+
+/// The most workers whose sums [`sum_i64`] keeps exact.
+const MAX_EXACT_GROUP: usize = 256;
+
+/// Sum `values` over the group exactly (wrapping, as two's complement): each travels as
+/// four 16-bit limbs, whose sums over up to [`MAX_EXACT_GROUP`] ranks stay below 2^24 and
+/// so exact in an f32 all-reduce.
+pub(crate) fn sum_i64(group: &mut dyn Collective, values: &mut [i64]) -> Result<()> {
+    if group.size() == 1 {
+        return Ok(());
+    }
+    if group.size() > MAX_EXACT_GROUP {
+        return Err(ModelError::Unsupported(format!(
+            "exact sums over {} workers: at most {MAX_EXACT_GROUP}",
+            group.size()
+        )));
+    }
+    let mut limbs = vec![0.0f32; 4 * values.len()];
+    for (v, l) in values.iter().zip(limbs.chunks_exact_mut(4)) {
+        let u = *v as u64;
+        for (k, l) in l.iter_mut().enumerate() {
+            *l = ((u >> (16 * k)) & 0xffff) as f32;
+        }
+    }
+    group.all_reduce(&mut limbs)?;
+    for (v, l) in values.iter_mut().zip(limbs.chunks_exact(4)) {
+        *v = l.iter().enumerate().fold(0u64, |acc, (k, &l)| {
+            acc.wrapping_add((l as u64).wrapping_shl(16 * k as u32))
+        }) as i64;
+    }
+    Ok(())
 }
 
 /// Put `v` in slot pair `i` as two 16-bit halves, each exact in an f32 and exact in a sum

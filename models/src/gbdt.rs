@@ -24,9 +24,9 @@ use rand::rngs::StdRng;
 use rand::seq::index::sample;
 use serde::{Deserialize, Serialize};
 
+use crate::distributed::{Collective, Solo, float_bytes, floats, sum_i64};
 use crate::error::{ModelError, Result};
 use crate::logistic::{EpochReport, TrainConfig};
-use crate::metrics::log_loss;
 use crate::mlp::InputLayout;
 use crate::preprocess::Encoded;
 use crate::runtime::sigmoid;
@@ -376,6 +376,21 @@ impl Forest {
         ]
     }
 
+    /// Read back from a weights file of [`Forest::tensors`] (as [`crate::artifact::f32_file`]
+    /// writes it), checked as [`Forest::from_tensors`] checks.
+    pub fn from_file(bytes: &[u8], layout: &InputLayout) -> Result<Forest> {
+        let tensors = crate::artifact::read_tensors(bytes)?;
+        Forest::from_tensors(
+            |name| {
+                tensors
+                    .get(name)
+                    .map(|(_, data)| floats(data))
+                    .ok_or_else(|| ModelError::Artifact(format!("tree weights: no {name}")))
+            },
+            layout,
+        )
+    }
+
     /// Read back from [`Forest::tensors`], checking every reference against `layout`.
     pub fn from_tensors(
         get: impl Fn(&str) -> Result<Vec<f32>>,
@@ -551,12 +566,15 @@ fn thresholds(mut values: Vec<f32>, max_bins: usize) -> Vec<f32> {
     out
 }
 
-/// Gradient statistics of a bin, a leaf or a side.
-#[derive(Debug, Clone, Copy, Default)]
+/// Gradient statistics of a bin, a leaf or a side, in fixed point (units of
+/// [`Penalty::unit`]): integer sums are exact in any order, so a histogram summed over a
+/// group of workers, or taken as its parent's minus a child's, is the same bits however
+/// the rows are split among workers (the trees of 1, 2 or 3 workers are identical).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 struct Stats {
-    g: f64,
-    h: f64,
-    n: u32,
+    g: i64,
+    h: i64,
+    n: i64,
 }
 
 impl Stats {
@@ -575,27 +593,37 @@ impl Stats {
     }
 }
 
-/// The penalised loss reduction terms.
+/// The penalised loss reduction terms, and the fixed point's unit.
 #[derive(Debug, Clone, Copy)]
 struct Penalty {
     l1: f64,
     l2: f64,
+    /// The value of one fixed-point step of a gradient or hessian sum.
+    unit: f64,
 }
 
 impl Penalty {
+    fn g(self, s: Stats) -> f64 {
+        s.g as f64 * self.unit
+    }
+
+    fn h(self, s: Stats) -> f64 {
+        s.h as f64 * self.unit
+    }
+
     fn shrunk(self, g: f64) -> f64 {
         g.signum() * (g.abs() - self.l1).max(0.0)
     }
 
     /// How much a leaf with these statistics lowers the loss.
     fn score(self, s: Stats) -> f64 {
-        let g = self.shrunk(s.g);
-        g * g / (s.h + self.l2)
+        let g = self.shrunk(self.g(s));
+        g * g / (self.h(s) + self.l2)
     }
 
     /// The leaf's value (before the learning rate).
     fn value(self, s: Stats) -> f64 {
-        -self.shrunk(s.g) / (s.h + self.l2)
+        -self.shrunk(self.g(s)) / (self.h(s) + self.l2)
     }
 }
 
@@ -627,7 +655,7 @@ struct Growing {
 struct Grower<'a> {
     cfg: &'a GbdtConfig,
     penalty: Penalty,
-    binnings: Vec<Binning>,
+    binnings: &'a [Binning],
     /// Where each input's bins start in a histogram.
     offsets: Vec<usize>,
     /// Row-major bins, `rows × inputs`.
@@ -636,7 +664,7 @@ struct Grower<'a> {
 }
 
 impl Grower<'_> {
-    fn histogram(&self, rows: &[u32], g: &[f64], h: &[f64]) -> Vec<Stats> {
+    fn histogram(&self, rows: &[u32], g: &[i64], h: &[i64]) -> Vec<Stats> {
         let mut hist = vec![Stats::default(); *self.offsets.last().unwrap_or(&0)];
         for &r in rows {
             let r = r as usize;
@@ -653,7 +681,7 @@ impl Grower<'_> {
     }
 
     fn allowed(&self, s: Stats) -> bool {
-        s.n as usize >= self.cfg.min_data_in_leaf && s.h >= self.cfg.min_sum_hessian
+        s.n >= self.cfg.min_data_in_leaf as i64 && self.penalty.h(s) >= self.cfg.min_sum_hessian
     }
 
     /// The best split of a leaf over the inputs `features`, if any lowers the loss.
@@ -716,9 +744,10 @@ impl Grower<'_> {
         }
         let mut ordered: Vec<usize> = present
             .into_iter()
-            .filter(|&c| h[c].n as usize >= MIN_DATA_PER_GROUP)
+            .filter(|&c| h[c].n >= MIN_DATA_PER_GROUP as i64)
             .collect();
-        let key = |c: usize| h[c].g / (h[c].h + CAT_SMOOTH);
+        let p = self.penalty;
+        let key = |c: usize| p.g(h[c]) / (p.h(h[c]) + CAT_SMOOTH);
         ordered.sort_by(|&a, &b| key(a).total_cmp(&key(b)).then(a.cmp(&b)));
         let longest = MAX_CAT_THRESHOLD.min(ordered.len().saturating_sub(1));
         for from_end in [false, true] {
@@ -747,9 +776,197 @@ impl Grower<'_> {
     }
 }
 
+/// Bins are fitted on at most this many training rows (a sample drawn with the seed).
+const BINNING_ROWS: usize = 200_000;
+
+/// Each input's bins, fitted once on the training rows: a group's rank 0 fits them on every
+/// training row and shares them ([`Binnings::shared`]), so every worker bins alike.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Binnings(Vec<Binning>);
+
+impl PartialEq for Binning {
+    fn eq(&self, o: &Binning) -> bool {
+        match (self, o) {
+            (Binning::Numeric(a), Binning::Numeric(b)) => {
+                a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits())
+            }
+            (Binning::Categorical(a), Binning::Categorical(b)) => a == b,
+            _ => false,
+        }
+    }
+}
+
+impl Binnings {
+    /// Fit on the numeric inputs of `train`'s rows (at most [`BINNING_ROWS`] of them, drawn
+    /// with `seed`), at most `max_bins` bins each; a categorical input's slots are its bins.
+    pub fn fit(train: &Encoded, layout: &InputLayout, max_bins: usize, seed: u64) -> Binnings {
+        let sampled: Vec<usize> = if train.rows > BINNING_ROWS {
+            let mut s =
+                sample(&mut StdRng::seed_from_u64(seed), train.rows, BINNING_ROWS).into_vec();
+            s.sort_unstable();
+            s
+        } else {
+            (0..train.rows).collect()
+        };
+        let max_bins = max_bins.clamp(2, usize::from(u16::MAX));
+        let numeric = layout.numeric.iter().map(|&o| {
+            let values = sampled.iter().map(|&i| train.row(i)[o]).collect();
+            Binning::Numeric(thresholds(values, max_bins))
+        });
+        let categorical = layout
+            .categorical
+            .iter()
+            .map(|&(_, width)| Binning::Categorical(width));
+        Binnings(numeric.chain(categorical).collect())
+    }
+
+    /// Rank 0's binnings (`fit` runs there only), the same bits on every rank.
+    pub fn shared(
+        group: &mut dyn Collective,
+        layout: &InputLayout,
+        fit: impl FnOnce() -> Result<Binnings>,
+    ) -> Result<Binnings> {
+        if group.size() == 1 {
+            return fit();
+        }
+        let mut bytes = if group.rank() == 0 {
+            fit()?.to_bytes()
+        } else {
+            Vec::new()
+        };
+        group.broadcast(&mut bytes)?;
+        Binnings::from_bytes(&bytes, layout)
+    }
+
+    /// Each numeric input's threshold count, then its thresholds, as little-endian f32.
+    fn to_bytes(&self) -> Vec<u8> {
+        let mut values = Vec::new();
+        for b in &self.0 {
+            if let Binning::Numeric(t) = b {
+                values.push(t.len() as f32);
+                values.extend_from_slice(t);
+            }
+        }
+        float_bytes(&values)
+    }
+
+    fn from_bytes(bytes: &[u8], layout: &InputLayout) -> Result<Binnings> {
+        let bad = || ModelError::Collective("the broadcast bins do not match the inputs".into());
+        let values = floats(bytes);
+        let mut rest = values.as_slice();
+        let mut out = Vec::new();
+        for _ in &layout.numeric {
+            let (&n, tail) = rest.split_first().ok_or_else(bad)?;
+            let n = n as usize;
+            let t = tail.get(..n).ok_or_else(bad)?;
+            out.push(Binning::Numeric(t.to_vec()));
+            rest = &tail[n..];
+        }
+        if !rest.is_empty() {
+            return Err(bad());
+        }
+        out.extend(
+            layout
+                .categorical
+                .iter()
+                .map(|&(_, width)| Binning::Categorical(width)),
+        );
+        Ok(Binnings(out))
+    }
+}
+
+/// One worker's rows for the trees.
+#[derive(Debug, Clone, Copy)]
+pub struct TreeRows<'a> {
+    /// Its training rows.
+    pub train: &'a Encoded,
+    /// Each training row's number in the whole data set: a tree's rows are bagged by it,
+    /// so they do not depend on which worker holds them.
+    pub ids: &'a [u64],
+    /// Its validation rows (early stopping).
+    pub valid: &'a Encoded,
+}
+
+/// The best validation loss so far: after how many trees, and the forest's size then.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Best {
+    /// Trees.
+    pub trees: usize,
+    /// The loss's bits (exact through a checkpoint's JSON).
+    pub loss_bits: u64,
+    /// Nodes, leaves and categorical flags of the forest at that point.
+    pub nodes: usize,
+    /// See `nodes`.
+    pub leaves: usize,
+    /// See `nodes`.
+    pub categories: usize,
+}
+
+/// Where a member's boosting stands, which a checkpoint keeps: every tree grown so far,
+/// the inputs' importance, and the best validation loss so far.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Boosted {
+    /// The trees.
+    pub forest: Forest,
+    /// Each input's importance.
+    pub importance: Vec<Importance>,
+    /// The best validation loss so far.
+    pub best: Option<Best>,
+}
+
+/// Losses are summed in fixed point, in units of 2^-24 per row (exact in any order).
+const LOSS_UNIT: f64 = 1.0 / (1u64 << 24) as f64;
+
+/// The log loss of rows with log-odds `raw` and labels `y`, summed in [`LOSS_UNIT`]s (the
+/// probabilities clipped as [`crate::metrics::log_loss`] clips them).
+fn loss_units(raw: &[f64], y: &[f32]) -> i64 {
+    raw.iter()
+        .zip(y)
+        .map(|(&z, &y)| {
+            let p = f64::from(sigmoid(z as f32)).clamp(1e-15, 1.0 - 1e-15);
+            let l = if y > 0.5 { -p.ln() } else { -(1.0 - p).ln() };
+            (l / LOSS_UNIT).round() as i64
+        })
+        .sum()
+}
+
+/// SplitMix64's mixing of `x`.
+fn mix(x: u64) -> u64 {
+    let mut z = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// The seed of tree `t`'s draws.
+fn tree_seed(seed: u64, t: usize) -> u64 {
+    mix(seed ^ mix(t as u64))
+}
+
+/// Whether row `id` is among the rows tree `t` grows on: a draw from the row's number, the
+/// tree and the seed, so any worker holding the row draws the same.
+fn bagged(seed: u64, t: usize, id: u64, fraction: f64) -> bool {
+    ((mix(tree_seed(seed, t) ^ id) >> 11) as f64 / (1u64 << 53) as f64) < fraction
+}
+
+/// The model inputs of every row of `data`, row-major.
+fn all_inputs(layout: &InputLayout, data: &Encoded) -> Vec<f32> {
+    let mut row = Vec::new();
+    let mut all = Vec::with_capacity(data.rows * inputs_width(layout));
+    for i in 0..data.rows {
+        inputs_of(layout, data.row(i), &mut row);
+        all.extend_from_slice(&row);
+    }
+    all
+}
+
+fn inputs_width(layout: &InputLayout) -> usize {
+    layout.numeric.len() + layout.categorical.len()
+}
+
 /// Train a forest on `train` (early stopping on `valid` when it has rows and
-/// `cfg.early_stopping > 0`). Uses `tc.seed` and `tc.positive_weight` of the training settings.
-/// `on_round` is called every few trees; `ControlFlow::Break` stops with
+/// `cfg.early_stopping > 0`), alone; rows are numbered by their place in `train`. See
+/// [`boost`]. `on_round` is called every few trees; `ControlFlow::Break` stops with
 /// [`ModelError::Cancelled`]. Also returns each input's importance.
 pub fn train_gbdt(
     train: &Encoded,
@@ -757,114 +974,155 @@ pub fn train_gbdt(
     layout: &InputLayout,
     cfg: &GbdtConfig,
     tc: &TrainConfig,
+    on_round: impl FnMut(EpochReport) -> ControlFlow<()>,
+) -> Result<(Forest, Vec<Importance>)> {
+    let ids: Vec<u64> = (0..train.rows as u64).collect();
+    let rows = TreeRows {
+        train,
+        ids: &ids,
+        valid,
+    };
+    let binnings = Binnings::fit(train, layout, cfg.max_bins, tc.seed);
+    train_gbdt_rows(rows, &binnings, layout, cfg, tc, on_round)
+}
+
+/// [`train_gbdt`] with the rows' numbers and the bins given.
+pub fn train_gbdt_rows(
+    rows: TreeRows<'_>,
+    binnings: &Binnings,
+    layout: &InputLayout,
+    cfg: &GbdtConfig,
+    tc: &TrainConfig,
     mut on_round: impl FnMut(EpochReport) -> ControlFlow<()>,
 ) -> Result<(Forest, Vec<Importance>)> {
-    if train.rows == 0 {
+    let boosted = boost(
+        rows,
+        binnings,
+        layout,
+        cfg,
+        tc,
+        &mut Solo,
+        None,
+        |_, report| Ok(report.map_or(ControlFlow::Continue(()), &mut on_round)),
+    )?;
+    Ok((boosted.forest, boosted.importance))
+}
+
+/// Boost one forest as a worker of `group` (every rank makes the same calls and ends with
+/// the same trees): each tree's gradient histograms are built on each worker's rows and
+/// summed over the group in fixed point (exact, so the trees do not depend on how the rows
+/// are split among workers); the larger child's histogram is its parent's minus the
+/// smaller's; rows are bagged by their number and inputs drawn per tree from the seed;
+/// early stopping watches the group's validation loss and keeps the best trees. `resume`
+/// continues from a checkpoint's state. `after_tree` sees the state after every tree, with
+/// a progress report every few trees; `Break` stops with [`ModelError::Cancelled`].
+#[allow(clippy::too_many_arguments)]
+pub fn boost(
+    rows: TreeRows<'_>,
+    binnings: &Binnings,
+    layout: &InputLayout,
+    cfg: &GbdtConfig,
+    tc: &TrainConfig,
+    group: &mut dyn Collective,
+    resume: Option<Boosted>,
+    mut after_tree: impl FnMut(&Boosted, Option<EpochReport>) -> Result<ControlFlow<()>>,
+) -> Result<Boosted> {
+    let TreeRows { train, ids, valid } = rows;
+    let inputs = inputs_width(layout);
+    let train_inputs = all_inputs(layout, train);
+    let valid_inputs = all_inputs(layout, valid);
+    let positives = train.y.iter().filter(|&&y| y > 0.5).count();
+    // The group's training rows, positives and validation rows.
+    let mut counts = [train.rows as i64, positives as i64, valid.rows as i64];
+    sum_i64(group, &mut counts)?;
+    let [total, positives, valid_total] = counts;
+    if total == 0 {
         return Err(ModelError::NoRows {
             purpose: "train on",
             rows: 0,
         });
     }
-    let mut rng = StdRng::seed_from_u64(tc.seed);
-    let mut row_inputs = Vec::new();
-    let rows_of = |data: &Encoded, row_inputs: &mut Vec<f32>| -> Vec<f32> {
-        let mut all =
-            Vec::with_capacity(data.rows * (layout.numeric.len() + layout.categorical.len()));
-        for i in 0..data.rows {
-            inputs_of(layout, data.row(i), row_inputs);
-            all.extend_from_slice(row_inputs);
-        }
-        all
-    };
-    let train_inputs = rows_of(train, &mut row_inputs);
-    let valid_inputs = rows_of(valid, &mut row_inputs);
-    let inputs = layout.numeric.len() + layout.categorical.len();
-    // Bins from at most 200,000 training rows.
-    let sampled: Vec<usize> = if train.rows > 200_000 {
-        let mut s = sample(&mut rng, train.rows, 200_000).into_vec();
-        s.sort_unstable();
-        s
-    } else {
-        (0..train.rows).collect()
-    };
-    let max_bins = cfg.max_bins.clamp(2, usize::from(u16::MAX));
-    let binnings: Vec<Binning> = (0..inputs)
-        .map(|f| {
-            if f < layout.numeric.len() {
-                Binning::Numeric(thresholds(
-                    sampled
-                        .iter()
-                        .map(|&i| train_inputs[i * inputs + f])
-                        .collect(),
-                    max_bins,
-                ))
-            } else {
-                Binning::Categorical(layout.categorical[f - layout.numeric.len()].1)
-            }
-        })
-        .collect();
+    let pw = tc.positive_weight;
+    // Fixed point with room for the group's gradient sums below 2^62.
+    let bits = 62.0 - (total as f64 * pw.max(1.0)).log2().ceil();
+    if bits < 16.0 {
+        return Err(ModelError::Unsupported(format!(
+            "{total} training rows with positive_weight {pw} overflow the trees' gradient sums; lower [train] positive_weight or train on fewer rows"
+        )));
+    }
+    let unit = 2f64.powi(-(bits.min(40.0) as i32));
     let mut offsets = vec![0];
-    for b in &binnings {
+    for b in &binnings.0 {
         offsets.push(offsets.last().unwrap() + b.bins());
     }
     let bins = train_inputs
         .chunks_exact(inputs.max(1))
-        .flat_map(|row| row.iter().zip(&binnings).map(|(&v, b)| b.bin(v)))
+        .flat_map(|row| row.iter().zip(&binnings.0).map(|(&v, b)| b.bin(v)))
         .collect();
     let grower = Grower {
         cfg,
         penalty: Penalty {
             l1: cfg.lambda_l1,
             l2: cfg.lambda_l2,
+            unit,
         },
         bins,
-        binnings,
+        binnings: &binnings.0,
         offsets,
         inputs,
     };
-
-    let weight = |y: f32| if y > 0.5 { tc.positive_weight } else { 1.0 };
-    let (wsum, wpos) = train.y.iter().fold((0.0, 0.0), |(s, p), &y| {
-        (s + weight(y), p + if y > 0.5 { weight(y) } else { 0.0 })
-    });
-    let rate = (wpos / wsum).clamp(1e-6, 1.0 - 1e-6);
+    let wpos = positives as f64 * pw;
+    let rate = (wpos / (wpos + (total - positives) as f64)).clamp(1e-6, 1.0 - 1e-6);
     let base = (rate / (1.0 - rate)).ln() as f32;
-    let mut forest = Forest {
-        base,
-        roots: Vec::new(),
-        nodes: Vec::new(),
-        leaves: Vec::new(),
-        categories: Vec::new(),
-        numeric: layout.numeric.len(),
-        flat: Flat::default(),
+    let mut state = match resume {
+        Some(s) if s.forest.base.to_bits() != base.to_bits() => {
+            return Err(ModelError::Unsupported(
+                "the checkpoint's trees start from another base rate: they were trained on other rows".into(),
+            ));
+        }
+        Some(s) => s,
+        None => Boosted {
+            forest: Forest {
+                base,
+                roots: Vec::new(),
+                nodes: Vec::new(),
+                leaves: Vec::new(),
+                categories: Vec::new(),
+                numeric: layout.numeric.len(),
+                flat: Flat::default(),
+            },
+            importance: vec![Importance::default(); inputs],
+            best: None,
+        },
     };
-    let mut importance = vec![Importance::default(); inputs];
-    let mut raw = vec![f64::from(base); train.rows];
-    let mut raw_valid = vec![f64::from(base); valid.rows];
-    let (mut g, mut h) = (vec![0.0; train.rows], vec![0.0; train.rows]);
-    let early = cfg.early_stopping > 0 && valid.rows > 0;
-    let mut best: Option<(usize, f64, usize, usize, usize)> = None;
-    for t in 0..cfg.trees.max(1) {
+    // The scores so far: base, then every tree's leaf in order (as the serving walk adds).
+    let scores = |forest: &Forest, all: &[f32]| -> Vec<f64> {
+        all.chunks_exact(inputs.max(1))
+            .map(|row| forest.raw_score(row))
+            .collect()
+    };
+    let mut raw = scores(&state.forest, &train_inputs);
+    let mut raw_valid = scores(&state.forest, &valid_inputs);
+    let (mut g, mut h) = (vec![0i64; train.rows], vec![0i64; train.rows]);
+    let early = cfg.early_stopping > 0 && valid_total > 0;
+    let trees = cfg.trees.max(1);
+    for t in state.forest.trees()..trees {
         for i in 0..train.rows {
             let p = 1.0 / (1.0 + (-raw[i]).exp());
-            let (y, w) = (f64::from(train.y[i]), weight(train.y[i]));
-            g[i] = w * (p - y);
-            h[i] = (w * p * (1.0 - p)).max(1e-16);
+            let y = f64::from(train.y[i]);
+            let w = if y > 0.5 { pw } else { 1.0 };
+            g[i] = (w * (p - y) / unit).round() as i64;
+            h[i] = ((w * p * (1.0 - p) / unit).round() as i64).max(1);
         }
-        let rows: Vec<u32> = if cfg.bagging_fraction < 1.0 {
-            let n =
-                ((train.rows as f64 * cfg.bagging_fraction).ceil() as usize).clamp(1, train.rows);
-            let mut s: Vec<u32> = sample(&mut rng, train.rows, n)
-                .into_iter()
-                .map(|i| i as u32)
-                .collect();
-            s.sort_unstable();
-            s
-        } else {
-            (0..train.rows as u32).collect()
-        };
+        let tree_rows: Vec<u32> = (0..train.rows as u32)
+            .filter(|&i| {
+                cfg.bagging_fraction >= 1.0
+                    || bagged(tc.seed, t, ids[i as usize], cfg.bagging_fraction)
+            })
+            .collect();
         let features: Vec<usize> = if cfg.feature_fraction < 1.0 && inputs > 1 {
             let n = ((inputs as f64 * cfg.feature_fraction).ceil() as usize).clamp(1, inputs);
+            let mut rng = StdRng::seed_from_u64(tree_seed(tc.seed, t));
             let mut s = sample(&mut rng, inputs, n).into_vec();
             s.sort_unstable();
             s
@@ -873,14 +1131,14 @@ pub fn train_gbdt(
         };
         let root = grow_tree(
             &grower,
-            &mut forest,
-            &mut importance,
-            rows,
+            &mut state,
+            tree_rows,
             &features,
-            &g,
-            &h,
+            (&g, &h),
             cfg.learning_rate,
-        );
+            group,
+        )?;
+        let forest = &mut state.forest;
         forest.roots.push(root);
         // The serving path's own walk over the rows' values: the scores kept here are the
         // scores the runtime gives.
@@ -893,71 +1151,105 @@ pub fn train_gbdt(
         {
             *z += f64::from(forest.leaves[forest.leaf_of(root, row) as usize]);
         }
-        if raw.iter().any(|z| !z.is_finite()) {
+        // The group's validation loss, and whether any score diverged.
+        let diverged = raw.iter().chain(&raw_valid).any(|z| !z.is_finite());
+        let mut sums = [
+            if early {
+                loss_units(&raw_valid, &valid.y)
+            } else {
+                0
+            },
+            i64::from(diverged),
+        ];
+        sum_i64(group, &mut sums)?;
+        if sums[1] > 0 {
             return Err(ModelError::Diverged {
                 at: format!("tree {}", t + 1),
             });
         }
-        let valid_loss = (valid.rows > 0).then(|| {
-            let p: Vec<f32> = raw_valid.iter().map(|&z| sigmoid(z as f32)).collect();
-            log_loss(&p, &valid.y)
-        });
-        let done = t + 1 == cfg.trees.max(1);
+        let valid_loss = early.then(|| sums[0] as f64 * LOSS_UNIT / valid_total as f64);
+        let done = t + 1 == trees;
         let mut stop = false;
-        if let (true, Some(loss)) = (early, valid_loss) {
-            if best.is_none_or(|b| loss < b.1) {
-                best = Some((
-                    t + 1,
-                    loss,
-                    forest.nodes.len(),
-                    forest.leaves.len(),
-                    forest.categories.len(),
-                ));
-            } else if best.is_some_and(|b| t + 1 - b.0 >= cfg.early_stopping) {
+        if let Some(loss) = valid_loss {
+            if state
+                .best
+                .is_none_or(|b| loss < f64::from_bits(b.loss_bits))
+            {
+                state.best = Some(Best {
+                    trees: t + 1,
+                    loss_bits: loss.to_bits(),
+                    nodes: forest.nodes.len(),
+                    leaves: forest.leaves.len(),
+                    categories: forest.categories.len(),
+                });
+            } else if state
+                .best
+                .is_some_and(|b| t + 1 - b.trees >= cfg.early_stopping)
+            {
                 stop = true;
             }
         }
-        if (t + 1) % REPORT_EVERY == 0 || done || stop {
-            let p: Vec<f32> = raw.iter().map(|&z| sigmoid(z as f32)).collect();
-            let report = EpochReport {
+        let report = if (t + 1) % REPORT_EVERY == 0 || done || stop {
+            let mut loss = [loss_units(&raw, &train.y)];
+            sum_i64(group, &mut loss)?;
+            Some(EpochReport {
                 epoch: (t + 1) as u32,
                 epochs: cfg.trees as u32,
-                loss: log_loss(&p, &train.y),
+                loss: loss[0] as f64 * LOSS_UNIT / total as f64,
                 valid_loss,
-            };
-            if on_round(report).is_break() {
-                return Err(ModelError::Cancelled);
-            }
+            })
+        } else {
+            None
+        };
+        if after_tree(&state, report)?.is_break() {
+            return Err(ModelError::Cancelled);
         }
         if stop {
             break;
         }
     }
-    if let Some((trees, _, nodes, leaves, categories)) = best {
-        forest.roots.truncate(trees);
-        forest.nodes.truncate(nodes);
-        forest.leaves.truncate(leaves);
-        forest.categories.truncate(categories);
+    if early && let Some(b) = state.best {
+        let forest = &mut state.forest;
+        forest.roots.truncate(b.trees);
+        forest.nodes.truncate(b.nodes);
+        forest.leaves.truncate(b.leaves);
+        forest.categories.truncate(b.categories);
     }
-    forest.flat = Flat::of(&forest);
-    Ok((forest, importance))
+    state.forest.flat = Flat::of(&state.forest);
+    Ok(state)
 }
 
-/// Grow one tree leaf-wise on `rows`, appending its nodes and leaves to `forest`; returns
-/// its root.
-#[allow(clippy::too_many_arguments)]
+/// Sum a histogram (or any statistics) over the group, exactly.
+fn summed(group: &mut dyn Collective, hist: &mut [Stats]) -> Result<()> {
+    if group.size() == 1 {
+        return Ok(());
+    }
+    let mut flat: Vec<i64> = hist.iter().flat_map(|s| [s.g, s.h, s.n]).collect();
+    sum_i64(group, &mut flat)?;
+    for (s, v) in hist.iter_mut().zip(flat.chunks_exact(3)) {
+        *s = Stats {
+            g: v[0],
+            h: v[1],
+            n: v[2],
+        };
+    }
+    Ok(())
+}
+
+/// Grow one tree leaf-wise on `rows` (this worker's), appending its nodes and leaves to
+/// the forest; returns its root. Every choice reads the group's summed statistics.
 fn grow_tree(
     grower: &Grower,
-    forest: &mut Forest,
-    importance: &mut [Importance],
+    state: &mut Boosted,
     rows: Vec<u32>,
     features: &[usize],
-    g: &[f64],
-    h: &[f64],
+    (g, h): (&[i64], &[i64]),
     learning_rate: f64,
-) -> Child {
+    group: &mut dyn Collective,
+) -> Result<Child> {
     let cfg = grower.cfg;
-    let hist = grower.histogram(&rows, g, h);
+    let forest = &mut state.forest;
+    let mut hist = grower.histogram(&rows, g, h);
     let mut stats = Stats::default();
     for &r in &rows {
         stats.add(Stats {
@@ -966,6 +1258,10 @@ fn grow_tree(
             n: 1,
         });
     }
+    // The root's statistics ride with its histogram.
+    hist.push(stats);
+    summed(group, &mut hist)?;
+    let stats = hist.pop().expect("pushed above");
     let mut leaves = vec![Growing {
         best: grower.best_split(&hist, stats, features),
         rows,
@@ -1015,25 +1311,24 @@ fn grow_tree(
             right: Child::Leaf(u32::MAX),
         });
         attach(forest, &mut root, leaf.parent, Child::Node(node as u32));
-        importance[split.feature].gain += split.gain;
-        importance[split.feature].splits += 1;
+        state.importance[split.feature].gain += split.gain;
+        state.importance[split.feature].splits += 1;
         let (left_rows, right_rows): (Vec<u32>, Vec<u32>) = leaf
             .rows
             .iter()
             .partition(|&&r| grower.goes_left(&split, r as usize));
-        let (small, large) = if left_rows.len() <= right_rows.len() {
-            (&left_rows, true)
-        } else {
-            (&right_rows, false)
-        };
-        let small_hist = grower.histogram(small, g, h);
+        // The child with fewer rows in the whole group gets its histogram built.
+        let small_left = split.left.n <= split.right.n;
+        let mut small_hist =
+            grower.histogram(if small_left { &left_rows } else { &right_rows }, g, h);
+        summed(group, &mut small_hist)?;
         let large_hist: Vec<Stats> = leaf
             .hist
             .iter()
             .zip(&small_hist)
             .map(|(p, s)| p.minus(*s))
             .collect();
-        let (left_hist, right_hist) = if large {
+        let (left_hist, right_hist) = if small_left {
             (small_hist, large_hist)
         } else {
             (large_hist, small_hist)
@@ -1055,12 +1350,17 @@ fn grow_tree(
     // Leaves in the order they hang, for a deterministic layout.
     leaves.sort_by_key(|l| l.parent);
     for leaf in leaves {
-        let value = (grower.penalty.value(leaf.stats) * learning_rate) as f32;
+        // A leaf no row reached (a tree bagged no rows) adds nothing.
+        let value = if leaf.stats.n == 0 {
+            0.0
+        } else {
+            (grower.penalty.value(leaf.stats) * learning_rate) as f32
+        };
         let index = forest.leaves.len() as u32;
         forest.leaves.push(value);
         attach(forest, &mut root, leaf.parent, Child::Leaf(index));
     }
-    root.expect("a tree has a root")
+    Ok(root.expect("a tree has a root"))
 }
 
 fn attach(

@@ -21,7 +21,7 @@ use crate::forecast::Series;
 use crate::forecast::classical::{Method, forecast};
 use crate::forecast::metrics::score;
 use crate::forecast::nbeats::{NBeatsTrainConfig, StepReport, train_nbeats};
-use crate::gbdt::{Forest, GbdtConfig, Importance, train_gbdt};
+use crate::gbdt::{Binnings, Forest, GbdtConfig, Importance, TreeRows, train_gbdt_rows};
 use crate::logistic::{EpochReport, TrainConfig, train};
 use crate::metrics::classification;
 use crate::mlp::{InputLayout, MlpConfig, train_mlp};
@@ -151,6 +151,13 @@ pub fn train_response_model(
         Some((train, valid)) => (train, valid),
         None => (&fit_rows, &no_rows),
     };
+    // The training rows' numbers in `batches` (trees bag rows by them, as data-parallel
+    // workers do).
+    let train_ids: Vec<u64> = original
+        .iter()
+        .filter(|&&i| split.is_none() || roles[i] != Role::Validation)
+        .map(|&i| i as u64)
+        .collect();
     if train_set.rows == 0 {
         return Err(ModelError::NoRows {
             purpose: "train on",
@@ -173,8 +180,7 @@ pub fn train_response_model(
     let members = rc.ensemble.max(1);
     if let [(learner, _)] = parts.as_slice() {
         let trained = train_members(
-            train_set,
-            valid_set,
+            (train_set, Some(&train_ids), valid_set),
             learner,
             rc,
             (0, members, None),
@@ -201,8 +207,7 @@ pub fn train_response_model(
             ..rc.clone()
         };
         let trained = train_members(
-            train_set,
-            valid_set,
+            (train_set, Some(&train_ids), valid_set),
             learner,
             &part_rc,
             (k * members, all_members, Some(*name)),
@@ -319,11 +324,14 @@ fn stops_early(learner: &Learner, rc: &ResponseConfig) -> bool {
     }
 }
 
-/// Train `rc.ensemble` members on `train_set` (early stopping on `valid_set`), their
-/// weights merged; progress counts them as members `first..` of `all`.
+/// The rows a learner fits: training rows, their numbers in the data set (trees bag rows
+/// by them; `None`: numbered by place), validation rows.
+type FitRows<'a> = (&'a Encoded, Option<&'a [u64]>, &'a Encoded);
+
+/// Train `rc.ensemble` members on the training rows (early stopping on the validation
+/// rows), their weights merged; progress counts them as members `first..` of `all`.
 fn train_members(
-    train_set: &Encoded,
-    valid_set: &Encoded,
+    (train_set, train_ids, valid_set): FitRows<'_>,
     learner: &Learner,
     rc: &ResponseConfig,
     (first, all, model): (usize, usize, Option<&'static str>),
@@ -337,6 +345,8 @@ fn train_members(
     let members = rc.ensemble.max(1);
     let mut weights = Vec::with_capacity(members);
     let (mut trees, mut importance) = (Vec::new(), Vec::new());
+    // Trees: every member bins alike (as data-parallel workers do).
+    let mut binnings = None;
     for member in 0..members {
         let mut mtc = tc.clone();
         mtc.seed = tc.seed.wrapping_add(member as u64);
@@ -354,14 +364,24 @@ fn train_members(
             }
             Learner::Linear => export_module(&train(train_set, &mtc, report)?)?,
             Learner::Gbdt(cfg, layout) => {
-                let (forest, imp): (Forest, Vec<Importance>) =
-                    train_gbdt(train_set, valid_set, layout, cfg, &mtc, report)?;
-                trees.push(forest.trees());
-                importance.resize(imp.len(), Importance::default());
-                for (sum, i) in importance.iter_mut().zip(imp) {
-                    sum.gain += i.gain;
-                    sum.splits += i.splits;
-                }
+                let numbered: Vec<u64>;
+                let ids = match train_ids {
+                    Some(ids) => ids,
+                    None => {
+                        numbered = (0..train_set.rows as u64).collect();
+                        &numbered
+                    }
+                };
+                let rows = TreeRows {
+                    train: train_set,
+                    ids,
+                    valid: valid_set,
+                };
+                let binnings = binnings.get_or_insert_with(|| {
+                    Binnings::fit(train_set, layout, cfg.max_bins, rc.train.seed)
+                });
+                let (forest, imp) = train_gbdt_rows(rows, binnings, layout, cfg, &mtc, report)?;
+                add_forest(&mut trees, &mut importance, &forest, &imp);
                 crate::artifact::f32_file(&forest.tensors())?
             }
         };
@@ -372,6 +392,21 @@ fn train_members(
         trees,
         importance,
     })
+}
+
+/// Count a member's trees and add its inputs' importance to the members' sum.
+fn add_forest(
+    trees: &mut Vec<usize>,
+    importance: &mut Vec<Importance>,
+    forest: &Forest,
+    imp: &[Importance],
+) {
+    trees.push(forest.trees());
+    importance.resize(imp.len(), Importance::default());
+    for (sum, i) in importance.iter_mut().zip(imp) {
+        sum.gain += i.gain;
+        sum.splits += i.splits;
+    }
 }
 
 /// Bootstrap resamples behind each uplift metric's interval.
@@ -447,8 +482,7 @@ pub fn train_uplift_model(
             )));
         }
         let w = train_members(
-            &train_set,
-            &valid_set,
+            (&train_set, None, &valid_set),
             &learner,
             rc,
             (k * members, stages * members, Some(model)),
@@ -486,9 +520,12 @@ pub fn train_uplift_model(
             .enumerate()
         {
             let (train_set, valid_set) = fit_of(Some(arm));
+            let (train_set, valid_set) = (
+                relabel(&train_set, other, treated)?,
+                relabel(&valid_set, other, treated)?,
+            );
             taus.push(train_members(
-                &relabel(&train_set, other, treated)?,
-                &relabel(&valid_set, other, treated)?,
+                (&train_set, None, &valid_set),
                 &learner,
                 &soft,
                 (
@@ -526,8 +563,7 @@ pub fn train_uplift_model(
     // The pooled response model, for the reference ranking.
     let (pooled_train, pooled_valid) = fit_of(None);
     let pooled = train_members(
-        &pooled_train,
-        &pooled_valid,
+        (&pooled_train, None, &pooled_valid),
         &learner,
         rc,
         (2 * members, stages * members, Some("pooled reference")),
@@ -968,26 +1004,57 @@ fn response_metrics(
     })
 }
 
-/// A model trained elsewhere (data-parallel: every member's weights), scored on every row's
-/// test part with the serving runtime.
-pub fn finish_response(
+/// What data-parallel workers trained: an MLP's members' weights files, or each tree
+/// member's forest and its inputs' importance.
+pub(crate) enum Finished {
+    Mlp(MlpConfig, Vec<Vec<u8>>),
+    Trees(GbdtConfig, Vec<(Forest, Vec<Importance>)>),
+}
+
+/// A model trained elsewhere (data-parallel), scored on every row's test part with the
+/// serving runtime.
+pub(crate) fn finish_response(
     batches: &[RecordBatch],
     features: &FeatureConfig,
     preprocessor: Preprocessor,
-    mlp: Option<MlpConfig>,
-    weights: Vec<Vec<u8>>,
+    finished: Finished,
 ) -> Result<TrainedModel> {
     let roles = row_roles(batches, features)?;
     let all = preprocessor.transform(batches, |_| true)?;
     let (fit_rows, test_set) = all.partition(|i| roles[i] == Role::Test);
-    let members = weights.len();
-    let weights = merge_members(&weights)?;
-    let learner = mlp.map_or(Learner::Linear, Learner::Mlp);
+    let (learner, count, members) = match finished {
+        Finished::Mlp(cfg, weights) => (
+            Learner::Mlp(cfg),
+            weights.len(),
+            Members {
+                weights: merge_members(&weights)?,
+                trees: Vec::new(),
+                importance: Vec::new(),
+            },
+        ),
+        Finished::Trees(cfg, forests) => {
+            let (mut trees, mut importance, mut weights) = (Vec::new(), Vec::new(), Vec::new());
+            for (forest, imp) in &forests {
+                add_forest(&mut trees, &mut importance, forest, imp);
+                weights.push(crate::artifact::f32_file(&forest.tensors())?);
+            }
+            let layout = InputLayout::of(&preprocessor);
+            (
+                Learner::Gbdt(cfg, layout),
+                forests.len(),
+                Members {
+                    weights: merge_members(&weights)?,
+                    trees,
+                    importance,
+                },
+            )
+        }
+    };
     let runtime = Runtime::new(
-        architecture(preprocessor, &learner, members, None),
-        &weights,
+        architecture(preprocessor, &learner, count, Some(&members)),
+        &members.weights,
     )?;
-    response_metrics(batches, runtime, weights, &test_set, &fit_rows)
+    response_metrics(batches, runtime, members.weights, &test_set, &fit_rows)
 }
 
 /// Train an N-BEATS forecaster on `train` and score it on `test` (the true futures of the

@@ -11,8 +11,9 @@ use common::group;
 use halyard_models::distributed::{
     CheckpointPolicy, Checkpoints, DpEvent, Outcome, Position, WorkerData, train_response_parallel,
 };
+use halyard_models::gbdt::GbdtConfig;
 use halyard_models::logistic::TrainConfig;
-use halyard_models::pipeline::{ResponseConfig, ResponseKind, TrainedModel};
+use halyard_models::pipeline::{ResponseConfig, ResponseKind, TrainedModel, train_response_model};
 use halyard_models::preprocess::{Encoding, FeatureConfig};
 use rand::{Rng, SeedableRng};
 
@@ -100,9 +101,34 @@ fn config() -> ResponseConfig {
     }
 }
 
+/// Boosted trees: two members, bagging and column sampling on, early stopping.
+fn trees() -> ResponseConfig {
+    let mut cfg = GbdtConfig::new(60, 0.1);
+    cfg.num_leaves = 8;
+    cfg.min_data_in_leaf = 10;
+    cfg.bagging_fraction = 0.8;
+    cfg.feature_fraction = 0.8;
+    cfg.early_stopping = 10;
+    ResponseConfig {
+        kind: ResponseKind::Gbdt(cfg),
+        ..config()
+    }
+}
+
 /// Train with `size` threads, rank r on rows `i % size == r`; stop every rank after
 /// `stop_at` steps of member 0 when given. Returns rank 0's model (or the error).
 fn run(
+    size: usize,
+    checkpoints: &Memory,
+    every_steps: u64,
+    stop_at: Option<u64>,
+) -> halyard_models::Result<(TrainedModel, Vec<DpEvent>)> {
+    run_with(&config(), size, checkpoints, every_steps, stop_at)
+}
+
+/// [`run`] of the recipe `rc`.
+fn run_with(
+    rc: &ResponseConfig,
     size: usize,
     checkpoints: &Memory,
     every_steps: u64,
@@ -118,17 +144,17 @@ fn run(
         .into_iter()
         .map(|mut g| {
             let all = all.clone();
+            let rc = rc.clone();
+            let trees = matches!(rc.kind, ResponseKind::Gbdt(_));
             let mut ckpt = checkpoints.clone();
             std::thread::spawn(move || {
                 let idx: Vec<u32> = (0..all.num_rows() as u32)
                     .filter(|i| *i as usize % g.size == g.rank)
                     .collect();
                 let ids: Vec<u64> = idx.iter().map(|&i| u64::from(i)).collect();
-                let local = arrow::compute::take_record_batch(
-                    &all,
-                    &arrow::array::UInt32Array::from(idx),
-                )
-                .unwrap();
+                let local =
+                    arrow::compute::take_record_batch(&all, &arrow::array::UInt32Array::from(idx))
+                        .unwrap();
                 let mut events = Vec::new();
                 let all_rows = [all];
                 let data = WorkerData {
@@ -139,14 +165,26 @@ fn run(
                 let out = train_response_parallel(
                     data,
                     &features(),
-                    &config(),
+                    &rc,
                     policy,
                     &mut g,
                     &mut ckpt,
                     |e| {
-                        let stop = matches!((&e, stop_at), (DpEvent::Step(p), Some(s)) if p.member == 0 && p.step >= s);
+                        // Where member 0 is: its steps, or (trees) its trees at a report.
+                        let at = match &e {
+                            DpEvent::Step(p) if p.member == 0 => Some(p.step),
+                            DpEvent::Epoch(r) if r.member == 0 && trees => {
+                                Some(u64::from(r.epoch.epoch))
+                            }
+                            _ => None,
+                        };
+                        let stop = matches!((at, stop_at), (Some(a), Some(s)) if a >= s);
                         events.push(e);
-                        if stop { ControlFlow::Break(()) } else { ControlFlow::Continue(()) }
+                        if stop {
+                            ControlFlow::Break(())
+                        } else {
+                            ControlFlow::Continue(())
+                        }
                     },
                 );
                 out.map(|o| match o {
@@ -225,5 +263,83 @@ fn a_run_resumed_from_its_checkpoint_ends_like_an_uninterrupted_one() {
     }
     // A group of another size refuses the checkpoint with a clear error.
     let err = run(3, &ckpt, 7, None).unwrap_err();
+    assert!(err.to_string().contains("cannot resume"), "{err}");
+}
+
+#[test]
+fn trees_are_identical_for_one_two_and_three_workers_and_alone() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let rc = trees();
+    let (one, events) = run_with(&rc, 1, &Memory::default(), 0, None).unwrap();
+    let (two, _) = run_with(&rc, 2, &Memory::default(), 0, None).unwrap();
+    let (three, events3) = run_with(&rc, 3, &Memory::default(), 0, None).unwrap();
+    // Histograms are summed exactly and rows bagged by their number: the same trees, bit
+    // for bit, whatever the group.
+    assert_eq!(two.weights, one.weights);
+    assert_eq!(three.weights, one.weights);
+    assert_eq!(two.metrics, one.metrics);
+    // And the same as training alone on every row.
+    let alone = train_response_model(&[data(3000)], &features(), &rc, |_| {
+        ControlFlow::Continue(())
+    })
+    .unwrap();
+    assert_eq!(alone.weights, one.weights);
+    assert!(
+        one.metrics["test_auc"] > 0.75,
+        "{}",
+        one.metrics["test_auc"]
+    );
+    // Early stopping kept fewer than the 60 trees of each member.
+    let kept: Vec<u64> = events3
+        .iter()
+        .filter_map(|e| match e {
+            DpEvent::Agreed { steps, .. } => Some(*steps),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(kept.len(), 2, "{events3:?}");
+    assert!(kept.iter().all(|&t| t > 0 && t < 60), "{kept:?}");
+    assert!(
+        events
+            .iter()
+            .any(|e| matches!(e, DpEvent::Epoch(r) if r.epoch.epoch == 10))
+    );
+}
+
+#[test]
+fn trees_resumed_from_a_checkpoint_by_another_group_end_like_an_uninterrupted_run() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let rc = trees();
+    let whole = run_with(&rc, 2, &Memory::default(), 0, None).unwrap().0;
+    let ckpt = Memory::default();
+    // Stopped in member 0 at the report after 12 trees (the 20th; reports come every 10
+    // trees, before that tree's checkpoint), checkpointed every 5 trees.
+    let stopped = run_with(&rc, 2, &ckpt, 5, Some(12));
+    assert!(matches!(
+        stopped,
+        Err(halyard_models::ModelError::Cancelled)
+    ));
+    let saved = ckpt.saved.lock().unwrap().clone();
+    assert_eq!(
+        saved.last().map(|p| (p.member, p.step)),
+        Some((0, 15)),
+        "{saved:?}"
+    );
+    // A group of three resumes it: a tree's state does not depend on the group.
+    let (resumed, events) = run_with(&rc, 3, &ckpt, 5, None).unwrap();
+    assert!(
+        events
+            .iter()
+            .any(|e| matches!(e, DpEvent::Resumed(p) if p.member == 0 && p.step == 15)),
+        "{events:?}"
+    );
+    assert_eq!(resumed.weights, whole.weights);
+    assert_eq!(resumed.metrics, whole.metrics);
+    // A checkpoint of other rows is refused.
+    let other = Memory::default();
+    *other.latest.lock().unwrap() = ckpt.latest.lock().unwrap().clone();
+    let mut fewer = trees();
+    fewer.train.seed += 1;
+    let err = run_with(&fewer, 2, &other, 5, None).unwrap_err();
     assert!(err.to_string().contains("cannot resume"), "{err}");
 }
