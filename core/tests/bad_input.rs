@@ -344,8 +344,8 @@ fn model_and_forecast_rules_name_field_value_and_rule() {
             "[model] type = \"gbdt\": boosted trees and blends train response models: no [data] treatment",
         ),
         (
-            GOOD.replace("[train]", "[model]\ntype = \"gbdt\"\n[train]\nworkers = 2"),
-            "data-parallel training trains [model] type = \"mlp\" or \"kmeans\", not \"gbdt\"",
+            GOOD.replace("[train]", "[model]\ntype = \"blend\"\n[train]\nworkers = 2"),
+            "data-parallel training trains [model] type = \"mlp\", \"gbdt\" or \"kmeans\", not \"blend\"",
         ),
         (
             GOOD.replace("label = \"y\"", "label = \"y\"\ncrosses = [[\"month\"]]"),

@@ -91,11 +91,13 @@ pub(crate) async fn train(t: &Task, progress: &mut TaskProgress, run: &Run<'_>) 
         every_secs: spec.train.checkpoint_secs,
         stop_after_epoch: spec.train.stop_after_epoch,
     };
+    let trees = spec.model.kind == ModelKind::Gbdt;
     let (tx, mut rx) = mpsc::unbounded_channel::<DpEvent>();
     let stop = t.cancel.clone();
     let thread_rows = (rows.all, rows.local, rows.ids);
     let threads = spec.resources.cpus.max(1) as usize;
-    // A k-means job fits its centres data-parallel; every other kind trains the MLP.
+    // A k-means job fits its centres data-parallel; every other kind trains the MLP or
+    // the trees.
     let segments =
         (spec.model.kind == ModelKind::Kmeans).then(|| (spec.model.k.clone(), spec.train.seed));
     let handle = std::thread::Builder::new()
@@ -163,7 +165,7 @@ pub(crate) async fn train(t: &Task, progress: &mut TaskProgress, run: &Run<'_>) 
         {
             t.rate(*samples as f64 / seconds.max(1e-9));
         }
-        if let Some(line) = describe(&event, progress) {
+        if let Some(line) = describe(&event, progress, trees) {
             t.loss(progress);
             progress.log(line);
             if !t.report(progress).await {
@@ -189,25 +191,36 @@ pub(crate) async fn train(t: &Task, progress: &mut TaskProgress, run: &Run<'_>) 
     })
 }
 
-/// A line for the job's log (rank 0 reports them), keeping the epoch and loss current.
-fn describe(event: &DpEvent, progress: &mut TaskProgress) -> Option<String> {
+/// A line for the job's log (rank 0 reports them), keeping the epoch and loss current;
+/// `trees`: positions and epochs count trees.
+fn describe(event: &DpEvent, progress: &mut TaskProgress, trees: bool) -> Option<String> {
     let at = |p: &Position| {
-        format!(
-            "member {} epoch {} step {} ({} steps done by the member)",
-            p.member + 1,
-            p.epoch,
-            p.step_in_epoch,
-            p.step
-        )
+        if trees {
+            format!("member {} after {} trees", p.member + 1, p.step)
+        } else {
+            format!(
+                "member {} epoch {} step {} ({} steps done by the member)",
+                p.member + 1,
+                p.epoch,
+                p.step_in_epoch,
+                p.step
+            )
+        }
     };
     match event {
         DpEvent::Formed {
             workers,
             rows,
             steps_per_epoch,
-        } => Some(format!(
-            "worker group formed: {workers} worker(s), training rows by rank {rows:?}, {steps_per_epoch} steps per epoch"
-        )),
+        } => Some(if trees {
+            format!(
+                "worker group formed: {workers} worker(s), training rows by rank {rows:?}, at most {steps_per_epoch} trees per member"
+            )
+        } else {
+            format!(
+                "worker group formed: {workers} worker(s), training rows by rank {rows:?}, {steps_per_epoch} steps per epoch"
+            )
+        }),
         DpEvent::Resumed(p) => Some(format!("resumed from the checkpoint at {}", at(p))),
         DpEvent::Checkpointed(p) => Some(format!("checkpoint written at {}", at(p))),
         DpEvent::Step(_) => None,
@@ -218,11 +231,18 @@ fn describe(event: &DpEvent, progress: &mut TaskProgress) -> Option<String> {
             samples,
             seconds,
             all_reduce_seconds,
-        } => Some(format!(
-            "member {}: the replicas' weights agreed bit for bit before every one of {steps} steps and after the last (checksum {checksum:08x}); trained {samples} samples in {seconds:.2} s: {:.0} samples/s ({all_reduce_seconds:.2} s of it in the steps' all-reduces)",
-            member + 1,
-            *samples as f64 / seconds.max(1e-9)
-        )),
+        } => {
+            let (member, rate) = (member + 1, *samples as f64 / seconds.max(1e-9));
+            Some(if trees {
+                format!(
+                    "member {member}: the workers' {steps} trees agreed bit for bit (checksum {checksum:08x}); {samples} rows × trees in {seconds:.2} s: {rate:.0} per second ({all_reduce_seconds:.2} s of it in the histograms' all-reduces)"
+                )
+            } else {
+                format!(
+                    "member {member}: the replicas' weights agreed bit for bit before every one of {steps} steps and after the last (checksum {checksum:08x}); trained {samples} samples in {seconds:.2} s: {rate:.0} samples/s ({all_reduce_seconds:.2} s of it in the steps' all-reduces)"
+                )
+            })
+        }
         DpEvent::Clustered(r) => {
             progress.epoch += 1;
             progress.loss = Some(r.inertia);
@@ -231,7 +251,7 @@ fn describe(event: &DpEvent, progress: &mut TaskProgress) -> Option<String> {
         DpEvent::Epoch(r) => {
             progress.epoch = r.epoch.epoch;
             progress.loss = Some(r.epoch.loss);
-            Some(epoch_line(r, "epoch"))
+            Some(epoch_line(r, if trees { "trees" } else { "epoch" }))
         }
     }
 }

@@ -412,9 +412,12 @@ impl JobSpec {
                 "workers",
                 workers,
                 t.workers.is_none()
-                    || matches!(self.model.kind, ModelKind::Mlp | ModelKind::Kmeans),
+                    || matches!(
+                        self.model.kind,
+                        ModelKind::Mlp | ModelKind::Gbdt | ModelKind::Kmeans
+                    ),
                 format!(
-                    "data-parallel training trains [model] type = \"mlp\" or \"kmeans\", not {:?}",
+                    "data-parallel training trains [model] type = \"mlp\", \"gbdt\" or \"kmeans\", not {:?}",
                     self.model.kind.as_str()
                 ),
             ),
