@@ -72,10 +72,19 @@ async fn cluster_reading(
 }
 
 /// [`spec`] training boosted trees (`bagging_fraction` on, so rows are drawn by number).
-fn trees_spec(dir: &Path, name: &str, data: &Path, workers: u32, train: &str) -> JobSpec {
+fn trees_spec(
+    dir: &Path,
+    name: &str,
+    data: &Path,
+    workers: u32,
+    train: &str,
+    search: &str,
+) -> JobSpec {
+    // The MLP spec (checked), then its model section replaced and the search added.
     spec(dir, name, data, workers, train, "");
     let path = dir.join(format!("{name}.toml"));
-    let text = std::fs::read_to_string(&path).unwrap().replace(
+    let text = std::fs::read_to_string(&path).unwrap() + search;
+    let text = text.replace(
         "type = \"mlp\"\nencoding = \"one_hot\"\nhidden = [32]\nmax_embedding = 8\n",
         "type = \"gbdt\"\ntrees = 120\nnum_leaves = 15\nmin_data_in_leaf = 50\nbagging_fraction = 0.8\nfeature_fraction = 0.9\nearly_stopping = 20\n",
     );
@@ -330,6 +339,38 @@ async fn an_asha_search_of_eight_trials_publishes_the_best() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_asha_search_over_trees_counts_its_rungs_in_trees_and_publishes_the_best() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (data, _) = responses(tmp.path());
+    let (_scheduler, _executors, client) = cluster(tmp.path(), "dp-tree-search").await;
+    let search = "[search]\nstrategy = \"asha\"\ntrials = 6\nparallel = 3\nmin_epochs = 10\nreduction = 3\nseed = 3\n\
+                  [search.space]\nlearning_rate = { log_uniform = [0.02, 0.3] }\n\
+                  num_leaves = { choice = [7, 15, 31] }\nlambda_l2 = { uniform = [0.0, 5.0] }\n";
+    let s = trees_spec(tmp.path(), "trees-search", &data, 1, "seed = 1", search);
+    let (done, log) = run(&client, &s).await;
+    assert!(log.contains("rungs at trees [10, 30, 90, 120]"), "{log}");
+    assert_eq!(done.trials.len(), 6, "{log}");
+    // Early stopping needs 20 trees without a better loss: every trial paused at 10 trees.
+    assert!(done.trials.iter().all(|t| !t.losses.is_empty()), "{log}");
+    assert!(
+        log.contains("paused after 10 trees: validation log loss"),
+        "{log}"
+    );
+    let went_on = done.trials.iter().filter(|t| t.losses.len() > 1).count();
+    assert!((1..6).contains(&went_on), "{went_on} trials went on\n{log}");
+    let best: Vec<_> = done.trials.iter().filter(|t| t.best).collect();
+    assert_eq!(best.len(), 1, "{log}");
+    let best = best[0];
+    assert_eq!(best.state, "completed", "{log}");
+    for t in done.trials.iter().filter(|t| t.state == "completed") {
+        assert!(best.losses.last() <= t.losses.last(), "{log}");
+    }
+    // The published model is the best trial's trees (its checkpoint, nothing retrained).
+    assert_eq!(done.metrics["test_auc"], best.metrics["test_auc"], "{log}");
+    assert!(log.contains("publishes it from its checkpoint"), "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_cancelled_job_resumes_from_its_checkpoint() {
     let tmp = tempfile::tempdir().unwrap();
     let (data, _) = responses(tmp.path());
@@ -375,7 +416,7 @@ async fn trees_of_one_two_and_three_workers_are_the_same_and_a_killed_worker_res
         let name = format!("trees-dp-{workers}");
         let (done, log) = run(
             &client,
-            &trees_spec(tmp.path(), &name, &data, workers, train),
+            &trees_spec(tmp.path(), &name, &data, workers, train, ""),
         )
         .await;
         assert!(
@@ -397,7 +438,14 @@ async fn trees_of_one_two_and_three_workers_are_the_same_and_a_killed_worker_res
     }
     // A worker killed after a checkpoint: the group forms again and resumes the trees.
     let id = client
-        .submit(&trees_spec(tmp.path(), "trees-dp-killed", &data, 2, train))
+        .submit(&trees_spec(
+            tmp.path(),
+            "trees-dp-killed",
+            &data,
+            2,
+            train,
+            "",
+        ))
         .await
         .unwrap()
         .id;

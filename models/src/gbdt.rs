@@ -1104,7 +1104,9 @@ pub fn boost(
     let mut raw = scores(&state.forest, &train_inputs);
     let mut raw_valid = scores(&state.forest, &valid_inputs);
     let (mut g, mut h) = (vec![0i64; train.rows], vec![0i64; train.rows]);
-    let early = cfg.early_stopping > 0 && valid_total > 0;
+    // The validation loss is watched when there are validation rows; early stopping acts on
+    // it when `early_stopping > 0`.
+    let watch = valid_total > 0;
     let trees = cfg.trees.max(1);
     for t in state.forest.trees()..trees {
         for i in 0..train.rows {
@@ -1154,7 +1156,7 @@ pub fn boost(
         // The group's validation loss, and whether any score diverged.
         let diverged = raw.iter().chain(&raw_valid).any(|z| !z.is_finite());
         let mut sums = [
-            if early {
+            if watch {
                 loss_units(&raw_valid, &valid.y)
             } else {
                 0
@@ -1167,7 +1169,7 @@ pub fn boost(
                 at: format!("tree {}", t + 1),
             });
         }
-        let valid_loss = early.then(|| sums[0] as f64 * LOSS_UNIT / valid_total as f64);
+        let valid_loss = watch.then(|| sums[0] as f64 * LOSS_UNIT / valid_total as f64);
         let done = t + 1 == trees;
         let mut stop = false;
         if let Some(loss) = valid_loss {
@@ -1182,9 +1184,10 @@ pub fn boost(
                     leaves: forest.leaves.len(),
                     categories: forest.categories.len(),
                 });
-            } else if state
-                .best
-                .is_some_and(|b| t + 1 - b.trees >= cfg.early_stopping)
+            } else if cfg.early_stopping > 0
+                && state
+                    .best
+                    .is_some_and(|b| t + 1 - b.trees >= cfg.early_stopping)
             {
                 stop = true;
             }
@@ -1208,7 +1211,9 @@ pub fn boost(
             break;
         }
     }
-    if early && let Some(b) = state.best {
+    if cfg.early_stopping > 0
+        && let Some(b) = state.best
+    {
         let forest = &mut state.forest;
         forest.roots.truncate(b.trees);
         forest.nodes.truncate(b.nodes);

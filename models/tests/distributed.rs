@@ -134,12 +134,27 @@ fn run_with(
     every_steps: u64,
     stop_at: Option<u64>,
 ) -> halyard_models::Result<(TrainedModel, Vec<DpEvent>)> {
-    let all = data(3000);
     let policy = CheckpointPolicy {
         every_steps,
         every_secs: 0.0,
         stop_after_epoch: None,
     };
+    let (outcome, events) = run_group(rc, size, checkpoints, policy, stop_at)?;
+    match outcome {
+        Outcome::Trained(m) => Ok((*m.expect("rank 0 returns the model"), events)),
+        Outcome::Paused { .. } => panic!("paused without stop_after_epoch"),
+    }
+}
+
+/// Train `rc` with `size` threads under `policy`; rank 0's outcome and events.
+fn run_group(
+    rc: &ResponseConfig,
+    size: usize,
+    checkpoints: &Memory,
+    policy: CheckpointPolicy,
+    stop_at: Option<u64>,
+) -> halyard_models::Result<(Outcome, Vec<DpEvent>)> {
+    let all = data(3000);
     let handles: Vec<_> = group(size)
         .into_iter()
         .map(|mut g| {
@@ -187,18 +202,18 @@ fn run_with(
                         }
                     },
                 );
-                out.map(|o| match o {
-                    Outcome::Trained(m) => (m.map(|m| *m), events),
-                    Outcome::Paused { .. } => panic!("paused without stop_after_epoch"),
-                })
+                out.map(|o| (o, events))
             })
         })
         .collect();
     let mut results: Vec<_> = handles.into_iter().map(|h| h.join().unwrap()).collect();
-    for (m, _) in results[1..].iter().flatten() {
-        assert!(m.is_none(), "only rank 0 returns the model");
+    for (o, _) in results[1..].iter().flatten() {
+        assert!(
+            !matches!(o, Outcome::Trained(Some(_))),
+            "only rank 0 returns the model"
+        );
     }
-    results.swap_remove(0).map(|(m, e)| (m.unwrap(), e))
+    results.swap_remove(0)
 }
 
 /// One test trains at a time: the thread groups of two tests in one process disturb each
@@ -342,4 +357,48 @@ fn trees_resumed_from_a_checkpoint_by_another_group_end_like_an_uninterrupted_ru
     fewer.train.seed += 1;
     let err = run_with(&fewer, 2, &other, 5, None).unwrap_err();
     assert!(err.to_string().contains("cannot resume"), "{err}");
+}
+
+#[test]
+fn a_search_rung_pauses_trees_after_its_tree_count_and_the_next_rung_continues_them() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let rc = trees();
+    let whole = run_with(&rc, 2, &Memory::default(), 0, None).unwrap().0;
+    let ckpt = Memory::default();
+    let rung = |trees: u32| CheckpointPolicy {
+        every_steps: 0,
+        every_secs: 0.0,
+        stop_after_epoch: Some(trees),
+    };
+    // The first rung: 15 trees, checkpointed, with the validation loss that ranks trials.
+    let (first, _) = run_group(&rc, 2, &ckpt, rung(15), None).unwrap();
+    let Outcome::Paused { valid_loss, epoch } = first else {
+        panic!("{first:?}")
+    };
+    assert_eq!(epoch, 15);
+    assert!(
+        valid_loss.is_some_and(|l| l > 0.0 && l < 0.7),
+        "{valid_loss:?}"
+    );
+    assert_eq!(ckpt.saved.lock().unwrap().last().map(|p| p.step), Some(15));
+    // The last rung runs to the end (early stopping here) and checkpoints it; its model is
+    // the uninterrupted one.
+    let (last, _) = run_group(&rc, 3, &ckpt, rung(60), None).unwrap();
+    let Outcome::Trained(Some(model)) = last else {
+        panic!("{last:?}")
+    };
+    assert_eq!(model.weights, whole.weights);
+    assert!(model.metrics["valid_log_loss"] <= valid_loss.unwrap());
+    // Publishing from that checkpoint trains nothing more: the same model.
+    let saved = ckpt.saved.lock().unwrap().len();
+    let (publish, events) = run_group(&rc, 1, &ckpt, rung(60), None).unwrap();
+    let Outcome::Trained(Some(published)) = publish else {
+        panic!("{publish:?}")
+    };
+    assert_eq!(published.weights, whole.weights);
+    assert!(
+        !events.iter().any(|e| matches!(e, DpEvent::Epoch(_))),
+        "{events:?}"
+    );
+    assert_eq!(ckpt.saved.lock().unwrap().len(), saved);
 }

@@ -679,12 +679,13 @@ impl Leader<'_> {
         let mut state = match new.search.take() {
             Some(s) => s,
             None => {
-                let s = SearchState::new(&spec, new.spec.train.epochs);
+                let (budget, unit) = new.spec.rung_budget();
+                let s = SearchState::new(&spec, budget);
                 new.state = JobState::Running;
                 new.log(
                     &self.source,
                     format!(
-                        "search: {} trial(s), {:?} strategy, rungs at epochs {:?}, {} at once",
+                        "search: {} trial(s), {:?} strategy, rungs at {unit} {:?}, {} at once",
                         s.trials.len(),
                         spec.strategy,
                         s.rungs,
@@ -762,10 +763,13 @@ impl Leader<'_> {
                     new.log(
                         &self.source,
                         format!(
-                            "trial {} {} after epoch {}: validation log loss {loss:.5}",
+                            "trial {} {} after {}: validation log loss {loss:.5}",
                             t.index,
                             t.state.as_str(),
-                            t.epochs
+                            match new.spec.rung_budget().1 {
+                                "trees" => format!("{} trees", t.epochs),
+                                _ => format!("epoch {}", t.epochs),
+                            }
                         ),
                     );
                 }
@@ -873,7 +877,7 @@ impl Leader<'_> {
                             Some(best) => {
                                 let t = &state.trials[best];
                                 let id = format!("{}-best", new.id);
-                                let last = *state.rungs.last().unwrap_or(&new.spec.train.epochs);
+                                let last = *state.rungs.last().unwrap_or(&new.spec.rung_budget().0);
                                 let child = trial_spec(&new, &t.params, last, t.job.clone(), true)
                                     .map_err(|e| {
                                         Error::invalid(

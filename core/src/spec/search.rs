@@ -26,14 +26,16 @@ pub struct SearchSpec {
     /// Seed of the sampling.
     #[serde(default = "default_seed")]
     pub seed: u64,
-    /// ASHA: epochs of the first rung.
+    /// ASHA: epochs of the first rung (trees, for boosted trees).
     #[serde(default = "default_min_epochs")]
     pub min_epochs: u32,
     /// ASHA: each rung trains `reduction` times longer and keeps `1 / reduction` of the trials.
     #[serde(default = "default_reduction")]
     pub reduction: u32,
     /// The parameters searched: `[train]` `learning_rate`, `weight_decay`, `batch_size`,
-    /// `patience`; `[model]` `hidden`, `max_embedding`, `max_categories`.
+    /// `patience`; `[model]` `hidden`, `max_embedding`, `max_categories`; for boosted trees
+    /// `num_leaves`, `max_depth`, `min_data_in_leaf`, `min_sum_hessian`, `lambda_l1`,
+    /// `lambda_l2`, `feature_fraction`, `bagging_fraction`, `max_bins`.
     pub space: BTreeMap<String, Dist>,
 }
 
@@ -87,6 +89,15 @@ const PARAMS: &[&str] = &[
     "hidden",
     "max_embedding",
     "max_categories",
+    "num_leaves",
+    "max_depth",
+    "min_data_in_leaf",
+    "min_sum_hessian",
+    "lambda_l1",
+    "lambda_l2",
+    "feature_fraction",
+    "bagging_fraction",
+    "max_bins",
 ];
 
 impl SearchSpec {
@@ -169,15 +180,18 @@ impl SearchSpec {
                 "must be at least 2",
             ));
         }
-        if self.min_epochs < 1 || self.min_epochs > spec.train.epochs {
+        let (budget, unit) = spec.rung_budget();
+        if self.min_epochs < 1 || self.min_epochs > budget {
+            let limit = if unit == "trees" {
+                "[model] trees"
+            } else {
+                "[train] epochs"
+            };
             return Err(Error::invalid(
                 at,
                 "min_epochs",
                 self.min_epochs,
-                format!(
-                    "must be between 1 and [train] epochs ({})",
-                    spec.train.epochs
-                ),
+                format!("must be between 1 and {limit} ({budget}): a rung counts {unit}"),
             ));
         }
         if spec.model.ensemble != 1 {
@@ -189,12 +203,15 @@ impl SearchSpec {
             ));
         }
         // Every sampled trial must make a valid spec.
-        if spec.model.kind != crate::spec::ModelKind::Mlp {
+        if !matches!(
+            spec.model.kind,
+            crate::spec::ModelKind::Mlp | crate::spec::ModelKind::Gbdt
+        ) {
             return Err(Error::invalid(
                 at,
                 "strategy",
                 format!("{:?}", self.strategy),
-                "a search trains [model] type = \"mlp\" (its trials run data-parallel, with checkpoints)",
+                "a search trains [model] type = \"mlp\" or \"gbdt\" (its trials run data-parallel, with checkpoints)",
             ));
         }
         for params in self.sample().iter().take(50) {
@@ -296,6 +313,15 @@ pub fn apply(spec: &mut JobSpec, params: &Params) -> std::result::Result<(), Str
             "patience" => spec.train.patience = int(v)? as u32,
             "max_embedding" => spec.model.max_embedding = int(v)? as usize,
             "max_categories" => spec.model.max_categories = int(v)? as usize,
+            "num_leaves" => spec.model.num_leaves = int(v)? as usize,
+            "max_depth" => spec.model.max_depth = int(v)? as usize,
+            "min_data_in_leaf" => spec.model.min_data_in_leaf = int(v)? as usize,
+            "min_sum_hessian" => spec.model.min_sum_hessian = float(v)?,
+            "lambda_l1" => spec.model.lambda_l1 = float(v)?,
+            "lambda_l2" => spec.model.lambda_l2 = float(v)?,
+            "feature_fraction" => spec.model.feature_fraction = float(v)?,
+            "bagging_fraction" => spec.model.bagging_fraction = float(v)?,
+            "max_bins" => spec.model.max_bins = int(v)? as usize,
             "hidden" => {
                 spec.model.hidden = match v {
                     serde_json::Value::Array(a) => a

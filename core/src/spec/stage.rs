@@ -87,6 +87,16 @@ impl JobSpec {
         }
     }
 
+    /// Where a search's rungs count to, and in what: `[model] trees` for boosted trees
+    /// (rungs count trees), else `[train] epochs`.
+    pub fn rung_budget(&self) -> (u32, &'static str) {
+        if self.model.kind == super::ModelKind::Gbdt {
+            (u32::try_from(self.model.trees).unwrap_or(u32::MAX), "trees")
+        } else {
+            (self.train.epochs, "epochs")
+        }
+    }
+
     /// Executors a task of the job's main step runs on (a data-parallel training group or
     /// scoring workers); `None`: one, alone.
     pub fn workers(&self) -> Option<u32> {

@@ -6,7 +6,9 @@
 //! 1, 2 or 3 workers grows the same trees as training alone.
 //!
 //! Rank 0 checkpoints every `every_steps` trees (or `every_secs` seconds): the finished
-//! members' forests and the trees so far of the member in progress. A tree's state does
+//! members' forests and the trees so far of the member in progress. A search's rung
+//! (`stop_after_epoch`) counts trees: the group checkpoints and pauses after that many, and
+//! a trial that ends (all its trees, or early stopping) checkpoints its end. A tree's state does
 //! not depend on the group, so a group of any size resumes from it; the training scores are
 //! rebuilt by walking the trees.
 
@@ -81,16 +83,14 @@ pub(super) fn train_trees_parallel(
     checkpoints: &mut dyn Checkpoints,
     mut on_event: impl FnMut(DpEvent) -> ControlFlow<()>,
 ) -> Result<Outcome> {
-    if policy.stop_after_epoch.is_some() {
-        return Err(ModelError::Unsupported(
-            "a search's rungs stop mlp models after an epoch; gbdt trains whole".into(),
-        ));
-    }
     let rank = group.rank();
     let preprocessor = shared_preprocessor(group, data.all, features)?;
     let layout = InputLayout::of(&preprocessor);
-    // Validation rows are held out for early stopping, else trained on.
-    let early = cfg.early_stopping > 0;
+    // A search's rung ends after this many trees (`[train] stop_after_epoch`).
+    let rung = policy.stop_after_epoch.map(|t| t as usize);
+    // Validation rows are held out for early stopping and a search's rungs (their loss
+    // ranks the trials), else trained on.
+    let early = cfg.early_stopping > 0 || rung.is_some();
     let fits = |r: Role| r == Role::Train || (!early && r == Role::Validation);
     let roles = row_roles(data.local, features)?;
     let local = preprocessor.transform(data.local, |_| true)?;
@@ -144,6 +144,7 @@ pub(super) fn train_trees_parallel(
         let resume = current.take();
         let first_tree = resume.as_ref().map_or(0, |b| b.forest.trees());
         let (mut last_saved, mut grown_to) = (first_tree, first_tree);
+        let mut paused: Option<Option<f64>> = None;
         let started = Instant::now();
         let mut timed = Timed {
             group: &mut *group,
@@ -176,11 +177,12 @@ pub(super) fn train_trees_parallel(
                         return Ok(ControlFlow::Break(()));
                     }
                 }
+                let pause = rung.is_some_and(|r| trees >= r && trees < cfg.trees);
                 let due = (policy.every_steps > 0
                     && (trees - last_saved) as u64 >= policy.every_steps)
                     || (policy.every_secs > 0.0
                         && last_save.elapsed().as_secs_f64() >= policy.every_secs);
-                if rank == 0 && due {
+                if rank == 0 && (due || pause) {
                     let bytes = encode(tc.seed, total, &finished, Some(state))?;
                     checkpoints.save(bytes, &position(member, trees))?;
                     (last_save, last_saved) = (Instant::now(), trees);
@@ -188,9 +190,22 @@ pub(super) fn train_trees_parallel(
                         return Ok(ControlFlow::Break(()));
                     }
                 }
+                if pause {
+                    paused = Some(state.best.map(|b| f64::from_bits(b.loss_bits)));
+                    return Ok(ControlFlow::Break(()));
+                }
                 Ok(ControlFlow::Continue(()))
             },
-        )?;
+        );
+        let boosted = match (boosted, paused) {
+            (Err(ModelError::Cancelled), Some(valid_loss)) => {
+                return Ok(Outcome::Paused {
+                    valid_loss,
+                    epoch: grown_to as u32,
+                });
+            }
+            (boosted, _) => boosted?,
+        };
         let waited = timed.waited;
         let trees = boosted.forest.trees();
         let values: Vec<f32> = boosted
@@ -213,6 +228,14 @@ pub(super) fn train_trees_parallel(
             return Err(ModelError::Cancelled);
         }
         finished.push(boosted);
+        // A search's trial checkpoints its end too: the best trial's job publishes from it.
+        if rung.is_some() && rank == 0 {
+            let trees = finished.last().map_or(0, |b| b.forest.trees());
+            checkpoints.save(
+                encode(tc.seed, total, &finished, None)?,
+                &position(member, trees),
+            )?;
+        }
     }
     if rank != 0 {
         return Ok(Outcome::Trained(None));
