@@ -5,12 +5,14 @@
 //! histograms with the larger child's histogram taken as its parent's minus the smaller's,
 //! native categorical splits (categories sorted by their gradient statistics, a prefix sent
 //! left, as LightGBM's many-versus-many splits), L1 and L2 regularisation, row and feature
-//! subsampling per tree, and early stopping on the validation rows' log loss.
+//! subsampling per tree, missing values sent to the better side of each split, and early
+//! stopping on the validation rows' log loss.
 //!
 //! Inputs are the preprocessor's columns through [`InputLayout`]: a numeric column is its
-//! standardised value (trees do not care about the scaling; a missing value was imputed
-//! with the mean), a categorical column is the index of its one-hot (or hashed) slot, the
-//! last slot being the category seen too rarely or never.
+//! standardised value (trees do not care about the scaling; missing is NaN, with
+//! [`crate::preprocess::Preprocessor::keep_missing`], or else the mean), a categorical
+//! column is the index of its one-hot (or hashed) slot, the last slot being the category
+//! seen too rarely or never.
 //!
 //! The trees are stored as f32 tensors ([`Forest::tensors`]). Training keeps its scores
 //! with the one-row walk ([`Forest::raw_score`]); the serving runtime scores batches with
@@ -126,14 +128,17 @@ impl Child {
     }
 }
 
-/// A split. Numeric: `value <= threshold` goes left. Categorical: the categories whose
-/// flag in `categories[offset..offset + width]` is set go left.
+/// A split. Numeric: `value <= threshold` goes left, a missing value (NaN) to the side
+/// `missing_left` says. Categorical: the categories whose flag in
+/// `categories[offset..offset + width]` is set go left.
 #[derive(Debug, Clone, Copy, PartialEq)]
 struct Node {
     feature: u32,
     threshold: f32,
     /// Categorical: where its flags start in [`Forest::categories`].
     categorical: Option<u32>,
+    /// Numeric: where a missing value goes.
+    missing_left: bool,
     left: Child,
     right: Child,
 }
@@ -182,6 +187,8 @@ struct Step {
     threshold: f32,
     /// Categorical: the offset of its flags, else `u32::MAX`.
     categorical: u32,
+    /// Numeric: where a missing value goes.
+    missing_left: bool,
     /// Left and right successor.
     next: [u32; 2],
     /// A leaf's value (0 for a split).
@@ -206,6 +213,7 @@ impl Flat {
             feature: 0,
             threshold: f32::INFINITY,
             categorical: u32::MAX,
+            missing_left: false,
             next: [me as u32; 2],
             value: 0.0,
         };
@@ -220,6 +228,7 @@ impl Flat {
                 step.feature = node.feature;
                 step.threshold = node.threshold;
                 step.categorical = node.categorical.unwrap_or(u32::MAX);
+                step.missing_left = node.missing_left;
                 self.steps.push(step);
                 let left = self.steps.len() as u32;
                 let dl = self.push(forest, node.left, depth + 1);
@@ -265,7 +274,7 @@ impl Forest {
                     let v = inputs[node.feature as usize];
                     let left = match node.categorical {
                         Some(offset) => self.categories[offset as usize + v as usize],
-                        None => numeric_left(v, node.threshold),
+                        None => numeric_left(v, node.threshold, node.missing_left),
                     };
                     at = if left { node.left } else { node.right };
                 }
@@ -318,7 +327,7 @@ impl Forest {
                         let step = &f.steps[*at as usize];
                         let v = inputs[r * width + step.feature as usize];
                         let right = if step.categorical == u32::MAX {
-                            !numeric_left(v, step.threshold)
+                            !numeric_left(v, step.threshold, step.missing_left)
                         } else {
                             !self.categories[step.categorical as usize + v as usize]
                         };
@@ -336,7 +345,8 @@ impl Forest {
     /// The tensors of the weights file: `base` `[1]`, `roots` `[trees]`, `nodes`
     /// `[nodes, 5]` (input, threshold, categorical offset or −1, left, right; a child is a
     /// node's index or `−(leaf + 1)`), `leaves` `[leaves]`, `categories` `[flags + 1]`
-    /// (0 or 1), `numeric` `[1]`.
+    /// (0 or 1), `missing` `[nodes + 1]` (1: a node sends missing values left; absent in
+    /// artifacts written before it, whose inputs are never missing), `numeric` `[1]`.
     pub fn tensors(&self) -> Vec<(String, Vec<usize>, Vec<f32>)> {
         let nodes: Vec<f32> = self
             .nodes
@@ -358,6 +368,12 @@ impl Forest {
             .collect();
         // safetensors keeps no empty tensor: one padding flag.
         categories.push(0.0);
+        let mut missing: Vec<f32> = self
+            .nodes
+            .iter()
+            .map(|n| f32::from(u8::from(n.missing_left)))
+            .collect();
+        missing.push(0.0);
         vec![
             ("base".into(), vec![1], vec![self.base]),
             (
@@ -372,6 +388,7 @@ impl Forest {
                 self.leaves.clone(),
             ),
             ("categories".into(), vec![categories.len()], categories),
+            ("missing".into(), vec![missing.len()], missing),
             ("numeric".into(), vec![1], vec![self.numeric as f32]),
         ]
     }
@@ -421,6 +438,16 @@ impl Forest {
             }
         };
         let count = raw.len() / 5;
+        let missing = match get("missing") {
+            Ok(mut m) => {
+                m.pop();
+                if m.len() != count {
+                    return Err(bad("the missing-value flags do not match the nodes"));
+                }
+                m.into_iter().map(|f| f > 0.5).collect()
+            }
+            Err(_) => vec![false; count],
+        };
         let mut nodes = Vec::with_capacity(count);
         for (i, r) in raw.chunks_exact(5).enumerate() {
             let feature = r[0] as usize;
@@ -451,6 +478,7 @@ impl Forest {
                 feature: feature as u32,
                 threshold: r[1],
                 categorical,
+                missing_left: missing[i],
                 left,
                 right,
             });
@@ -489,10 +517,11 @@ pub fn input_names(pre: &crate::preprocess::Preprocessor, layout: &InputLayout) 
         .collect()
 }
 
-/// Whether a numeric split sends `value` left: at most the threshold (NaN goes right).
-/// Both walks, one row's and many rows', decide by this.
-fn numeric_left(value: f32, threshold: f32) -> bool {
-    value <= threshold
+/// Whether a numeric split sends `value` left: at most the threshold, or missing (NaN)
+/// when the split sends missing values left. Both walks, one row's and many rows', decide
+/// by this.
+fn numeric_left(value: f32, threshold: f32, missing_left: bool) -> bool {
+    value <= threshold || (missing_left && value.is_nan())
 }
 
 /// One row's model inputs: its numeric values, then each categorical column's slot.
@@ -510,7 +539,8 @@ pub fn inputs_of(layout: &InputLayout, row: &[f32], out: &mut Vec<f32>) {
 /// How one input is binned.
 #[derive(Debug, Clone)]
 enum Binning {
-    /// Bin `b` holds the values in `(thresholds[b - 1], thresholds[b]]`.
+    /// Bin `b` holds the values in `(thresholds[b - 1], thresholds[b]]`; the last bin,
+    /// after the values', holds missing values (NaN).
     Numeric(Vec<f32>),
     /// A category's slot is its bin.
     Categorical(usize),
@@ -519,13 +549,14 @@ enum Binning {
 impl Binning {
     fn bins(&self) -> usize {
         match self {
-            Binning::Numeric(t) => t.len() + 1,
+            Binning::Numeric(t) => t.len() + 2,
             Binning::Categorical(w) => *w,
         }
     }
 
     fn bin(&self, v: f32) -> u16 {
         match self {
+            Binning::Numeric(t) if v.is_nan() => (t.len() + 1) as u16,
             // The thresholds below v: v <= thresholds[b] exactly when bin <= b.
             Binning::Numeric(t) => t.partition_point(|&x| x < v) as u16,
             Binning::Categorical(w) => (v as usize).min(w - 1) as u16,
@@ -533,9 +564,11 @@ impl Binning {
     }
 }
 
-/// Thresholds of a numeric input from its values: between neighbouring distinct values,
-/// at most `max_bins - 1` of them, placed so the bins hold similar row counts.
+/// Thresholds of a numeric input from its values (missing ones aside): between
+/// neighbouring distinct values, at most `max_bins - 1` of them, placed so the bins hold
+/// similar row counts.
 fn thresholds(mut values: Vec<f32>, max_bins: usize) -> Vec<f32> {
+    values.retain(|v| !v.is_nan());
     values.sort_by(f32::total_cmp);
     let mut distinct: Vec<(f32, usize)> = Vec::new();
     for v in values.iter().copied() {
@@ -636,6 +669,8 @@ struct Split {
     bin: u16,
     /// Categorical: the bins sent left.
     left_bins: Option<Vec<bool>>,
+    /// Numeric: missing values go left.
+    missing_left: bool,
     left: Stats,
     right: Stats,
 }
@@ -691,7 +726,11 @@ impl Grower<'_> {
         // A left side (its statistics; numeric: the last bin sent left, categorical: the
         // bins sent left) becomes the best split if both sides may be leaves and it gains
         // more than any before it.
-        let mut consider = |feature: usize, bin: u16, left_bins: Option<Vec<bool>>, left: Stats| {
+        let mut consider = |feature: usize,
+                            bin: u16,
+                            left_bins: Option<Vec<bool>>,
+                            missing_left: bool,
+                            left: Stats| {
             let right = total.minus(left);
             if !self.allowed(left) || !self.allowed(right) {
                 return;
@@ -703,6 +742,7 @@ impl Grower<'_> {
                     feature,
                     bin,
                     left_bins,
+                    missing_left,
                     left,
                     right,
                 });
@@ -711,16 +751,29 @@ impl Grower<'_> {
         for &f in features {
             let h = &hist[self.offsets[f]..self.offsets[f + 1]];
             match &self.binnings[f] {
-                Binning::Numeric(_) => {
+                Binning::Numeric(t) => {
+                    // The values' bins, then the missing values' bin.
+                    let (values, missing) = h.split_at(h.len() - 1);
+                    let missing = missing[0];
                     let mut left = Stats::default();
-                    for (b, s) in h.iter().enumerate().take(h.len() - 1) {
+                    for (b, s) in values.iter().enumerate().take(values.len() - 1) {
                         left.add(*s);
-                        consider(f, b as u16, None, left);
+                        if missing.n == 0 {
+                            // No missing value here: one seen later goes where the mean
+                            // (0 after scaling) goes, as if imputed.
+                            consider(f, b as u16, None, 0.0 <= t[b], left);
+                        } else {
+                            // Missing values to the better side.
+                            consider(f, b as u16, None, false, left);
+                            let mut with = left;
+                            with.add(missing);
+                            consider(f, b as u16, None, true, with);
+                        }
                     }
                 }
                 Binning::Categorical(width) => {
                     for (left_bins, left) in self.category_sets(h, *width) {
-                        consider(f, 0, Some(left_bins), left);
+                        consider(f, 0, Some(left_bins), false, left);
                     }
                 }
             }
@@ -771,7 +824,11 @@ impl Grower<'_> {
         let b = self.bins[row * self.inputs + split.feature];
         match &split.left_bins {
             Some(set) => set[b as usize],
-            None => b <= split.bin,
+            None => {
+                b <= split.bin
+                    || (split.missing_left
+                        && usize::from(b) == self.binnings[split.feature].bins() - 1)
+            }
         }
     }
 }
@@ -1311,6 +1368,7 @@ fn grow_tree(
             feature: split.feature as u32,
             threshold,
             categorical,
+            missing_left: split.missing_left,
             // Set when the children become leaves or nodes.
             left: Child::Leaf(u32::MAX),
             right: Child::Leaf(u32::MAX),
@@ -1536,6 +1594,96 @@ mod tests {
         };
         assert_eq!(run(1), run(1));
         assert_ne!(run(1), run(2));
+    }
+
+    #[test]
+    fn missing_values_go_to_the_better_side_and_serve_as_trained() {
+        // x in [-1, 1] for 70 % of rows, missing (NaN) for the rest; the missing rows and
+        // those with x > 0.5 respond 90 % of the time, the others 10 %.
+        let mut rng = StdRng::seed_from_u64(3);
+        let mut e = Encoded {
+            dim: 1,
+            ..Encoded::default()
+        };
+        for _ in 0..4000 {
+            let missing = rng.random::<f32>() < 0.3;
+            let x: f32 = if missing {
+                f32::NAN
+            } else {
+                rng.random_range(-1.0..1.0)
+            };
+            let rate = if missing || x > 0.5 { 0.9 } else { 0.1 };
+            e.x.push(x);
+            e.y.push(f32::from(u8::from(rng.random::<f32>() < rate)));
+            e.rows += 1;
+        }
+        let lay = layout(1, &[]);
+        let (forest, _) = train_gbdt(&e, &Encoded::empty(1), &lay, &cfg(40), &tc(1), |_| {
+            ControlFlow::Continue(())
+        })
+        .unwrap();
+        let p = |x: f32| sigmoid(forest.raw_score(&[x]) as f32);
+        // Missing is a branch of its own: not where the mean (0) goes.
+        assert!(p(f32::NAN) > 0.8, "missing: {}", p(f32::NAN));
+        assert!(p(0.0) < 0.2, "x = 0: {}", p(0.0));
+        assert!(p(0.9) > 0.8, "x = 0.9: {}", p(0.9));
+        // Batches walk missing values as one row does, and the flags read back.
+        let test = Encoded {
+            x: vec![
+                f32::NAN,
+                0.0,
+                0.9,
+                -0.7,
+                f32::NAN,
+                0.6,
+                0.1,
+                f32::NAN,
+                -0.2,
+                0.55,
+            ],
+            y: vec![0.0; 10],
+            rows: 10,
+            dim: 1,
+        };
+        let one: Vec<f64> = test.x.iter().map(|&x| forest.raw_score(&[x])).collect();
+        assert_eq!(forest.raw_scores(&lay, &test), one);
+        let tensors = forest.tensors();
+        assert!(
+            tensors
+                .iter()
+                .any(|t| t.0 == "missing" && t.2.contains(&1.0))
+        );
+        assert_eq!(
+            Forest::from_tensors(reader(&tensors), &lay).unwrap(),
+            forest
+        );
+    }
+
+    #[test]
+    fn trees_written_before_missing_flags_read_with_missing_values_right() {
+        let (train, valid) = (data(500, 8), data(100, 9));
+        let lay = layout(2, &[6]);
+        let (forest, _) = train_gbdt(&train, &valid, &lay, &cfg(3), &tc(1), |_| {
+            ControlFlow::Continue(())
+        })
+        .unwrap();
+        let old: Vec<_> = forest
+            .tensors()
+            .into_iter()
+            .filter(|t| t.0 != "missing")
+            .collect();
+        let back = Forest::from_tensors(
+            |name| {
+                old.iter()
+                    .find(|t| t.0 == name)
+                    .map(|t| t.2.clone())
+                    .ok_or_else(|| ModelError::Artifact(format!("no {name}")))
+            },
+            &lay,
+        )
+        .unwrap();
+        assert!(back.nodes.iter().all(|n| !n.missing_left));
+        assert_eq!(back.roots, forest.roots);
     }
 
     #[test]

@@ -272,12 +272,7 @@ impl RecordEncoder {
             for (k, col) in pre.columns.iter().enumerate() {
                 match &col.encoding {
                     ColumnEncoding::Numeric { mean, std } => {
-                        let v = value_of(record, r, col)?;
-                        out[col.offset] = if v.is_finite() {
-                            ((v - mean) / std) as f32
-                        } else {
-                            0.0
-                        };
+                        out[col.offset] = pre.standardised(value_of(record, r, col)?, *mean, *std);
                     }
                     ColumnEncoding::Buckets { edges } => {
                         let v = value_of(record, r, col)?;
@@ -416,14 +411,26 @@ mod tests {
 
     #[test]
     fn json_records_encode_exactly_as_arrow_rows() {
-        for encoding in [Encoding::OneHot, Encoding::Hashed] {
+        // Missing numbers imputed (every model but trees) or kept as NaN (trees).
+        for (encoding, keep_missing) in [
+            (Encoding::OneHot, false),
+            (Encoding::Hashed, false),
+            (Encoding::OneHot, true),
+        ] {
             let b = batch();
-            let pre = Preprocessor::fit(std::slice::from_ref(&b), &config(encoding)).unwrap();
+            let mut pre = Preprocessor::fit(std::slice::from_ref(&b), &config(encoding)).unwrap();
+            pre.keep_missing = keep_missing;
             let arrow = pre.transform(&[b], |_| true).unwrap();
             let recs = records();
             let refs: Vec<&Record> = recs.iter().collect();
             let json = RecordEncoder::new(pre).encode(&refs).unwrap();
-            assert_eq!(json.x, arrow.x, "{encoding:?}");
+            let bits = |x: &[f32]| x.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&json.x), bits(&arrow.x), "{encoding:?}");
+            assert_eq!(
+                arrow.x.iter().filter(|v| v.is_nan()).count(),
+                if keep_missing { 3 } else { 0 },
+                "the missing age, balance and day"
+            );
             assert_eq!(json.rows, 6);
         }
     }

@@ -134,7 +134,9 @@ pub fn train_response_model(
     mut on_epoch: impl FnMut(MemberReport) -> ControlFlow<()>,
 ) -> Result<TrainedModel> {
     let rows = rows_to_train_on(batches)?;
-    let preprocessor = Preprocessor::fit(batches, features)?;
+    let mut preprocessor = Preprocessor::fit(batches, features)?;
+    // Trees alone see missing numbers as missing (a blend's MLP needs them imputed).
+    preprocessor.keep_missing = matches!(rc.kind, ResponseKind::Gbdt(_));
     // One pass over the columns, then the splits: test rows; for early stopping, the
     // validation rows among the others (row_roles: by split column or row index).
     let roles = row_roles(batches, features)?;

@@ -217,6 +217,11 @@ pub struct Preprocessor {
     pub columns: Vec<FeatureColumn>,
     /// Length of the feature vector.
     pub dim: usize,
+    /// A missing, NaN or infinite numeric value stays NaN instead of becoming the mean
+    /// (boosted trees send it to the better side of each split); false for every other
+    /// model, and in artifacts written before the field.
+    #[serde(default)]
+    pub keep_missing: bool,
 }
 
 /// A dense matrix of rows and their labels.
@@ -635,7 +640,20 @@ impl Preprocessor {
             positive: cfg.positive.clone(),
             columns,
             dim: offset,
+            keep_missing: false,
         })
+    }
+
+    /// A numeric value as model input: standardised; missing, NaN or infinite the mean (0),
+    /// or NaN with [`Preprocessor::keep_missing`].
+    pub fn standardised(&self, v: f64, mean: f64, std: f64) -> f32 {
+        if v.is_finite() {
+            ((v - mean) / std) as f32
+        } else if self.keep_missing {
+            f32::NAN
+        } else {
+            0.0
+        }
     }
 
     /// What of `schema` does not fit the model's input: each column it needs that is
@@ -699,12 +717,7 @@ impl Preprocessor {
                 ColumnEncoding::Numeric { mean, std } => {
                     let values = numeric_values(&concat_column(batches, &col.name)?)?;
                     for (r, &i) in selected.iter().enumerate() {
-                        let v = values[i];
-                        x[r * self.dim + col.offset] = if v.is_finite() {
-                            ((v - mean) / std) as f32
-                        } else {
-                            0.0
-                        };
+                        x[r * self.dim + col.offset] = self.standardised(values[i], *mean, *std);
                     }
                 }
                 ColumnEncoding::OneHot { vocabulary } => {

@@ -631,7 +631,7 @@ fn boosted_trees_train_on_constant_missing_many_valued_and_non_finite_columns() 
         ("channel", base.column(1).clone()),
         ("constant", column(&|_| Some(5.0))),
         ("all_missing", column(&|_| None)),
-        // NaN and infinities every seventh row: the mean stands in for them.
+        // NaN and infinities every seventh row: missing, sent to the better side of a split.
         (
             "noisy",
             column(&|i| {

@@ -84,7 +84,9 @@ pub(super) fn train_trees_parallel(
     mut on_event: impl FnMut(DpEvent) -> ControlFlow<()>,
 ) -> Result<Outcome> {
     let rank = group.rank();
-    let preprocessor = shared_preprocessor(group, data.all, features)?;
+    let mut preprocessor = shared_preprocessor(group, data.all, features)?;
+    // Trees see missing numbers as missing (sent to the better side of each split).
+    preprocessor.keep_missing = true;
     let layout = InputLayout::of(&preprocessor);
     // A search's rung ends after this many trees (`[train] stop_after_epoch`).
     let rung = policy.stop_after_epoch.map(|t| t as usize);
