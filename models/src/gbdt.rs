@@ -684,7 +684,24 @@ struct Growing {
     best: Option<Split>,
     /// Where it hangs: (parent node, left side), or the root.
     parent: Option<(usize, bool)>,
+    /// Its best split's children, made ready before it was chosen ([`PREPARE_AHEAD`]).
+    prepared: Option<Prepared>,
 }
+
+/// A leaf's split made ready: the rows each child gets, and the summed histogram of the
+/// child with fewer rows in the whole group (`Split::left.n <= Split::right.n`: the left).
+struct Prepared {
+    left: Vec<u32>,
+    right: Vec<u32>,
+    small: Vec<Stats>,
+}
+
+/// In a group, one all-reduce readies the splits of up to this many leaves: the leaf to
+/// split next and the next best ones, whose children are then ready when they come up.
+/// The tree is the one-at-a-time tree (leaves are still split in order of gain); a group
+/// pays fewer round trips per tree, and a leaf readied but never split costs its smaller
+/// child's histogram. Alone there is no round trip to save: one.
+const PREPARE_AHEAD: usize = 4;
 
 /// The binned training rows and what trees are grown with.
 struct Grower<'a> {
@@ -1331,24 +1348,40 @@ fn grow_tree(
         stats,
         depth: 0,
         parent: None,
+        prepared: None,
     }];
     let mut root = None;
     let can_split =
         |l: &Growing| l.best.is_some() && (cfg.max_depth == 0 || l.depth < cfg.max_depth);
+    let gain = |l: &Growing| l.best.as_ref().map_or(f64::NEG_INFINITY, |b| b.gain);
     while leaves.len() < cfg.num_leaves.max(2) {
         let Some(k) = (0..leaves.len())
             .filter(|&k| can_split(&leaves[k]))
             .max_by(|&a, &b| {
-                let (ga, gb) = (
-                    leaves[a].best.as_ref().unwrap().gain,
-                    leaves[b].best.as_ref().unwrap().gain,
-                );
                 // The first of equal gains.
-                ga.total_cmp(&gb).then(b.cmp(&a))
+                gain(&leaves[a])
+                    .total_cmp(&gain(&leaves[b]))
+                    .then(b.cmp(&a))
             })
         else {
             break;
         };
+        if leaves[k].prepared.is_none() {
+            // Ready this leaf's split and, in a group, the next best leaves' too.
+            let ahead = if group.size() == 1 { 1 } else { PREPARE_AHEAD };
+            let room = cfg.num_leaves.max(2) - leaves.len();
+            let mut picks: Vec<usize> = (0..leaves.len())
+                .filter(|&j| j != k && can_split(&leaves[j]) && leaves[j].prepared.is_none())
+                .collect();
+            picks.sort_by(|&a, &b| {
+                gain(&leaves[b])
+                    .total_cmp(&gain(&leaves[a]))
+                    .then(a.cmp(&b))
+            });
+            picks.truncate(ahead.min(room) - 1);
+            picks.insert(0, k);
+            prepare(grower, &mut leaves, &picks, (g, h), group)?;
+        }
         let leaf = leaves.swap_remove(k);
         let split = leaf
             .best
@@ -1376,15 +1409,12 @@ fn grow_tree(
         attach(forest, &mut root, leaf.parent, Child::Node(node as u32));
         state.importance[split.feature].gain += split.gain;
         state.importance[split.feature].splits += 1;
-        let (left_rows, right_rows): (Vec<u32>, Vec<u32>) = leaf
-            .rows
-            .iter()
-            .partition(|&&r| grower.goes_left(&split, r as usize));
-        // The child with fewer rows in the whole group gets its histogram built.
+        let Prepared {
+            left: left_rows,
+            right: right_rows,
+            small: small_hist,
+        } = leaf.prepared.expect("prepared above");
         let small_left = split.left.n <= split.right.n;
-        let mut small_hist =
-            grower.histogram(if small_left { &left_rows } else { &right_rows }, g, h);
-        summed(group, &mut small_hist)?;
         let large_hist: Vec<Stats> = leaf
             .hist
             .iter()
@@ -1407,6 +1437,7 @@ fn grow_tree(
                 stats,
                 depth: leaf.depth + 1,
                 parent: Some((node, side)),
+                prepared: None,
             });
         }
     }
@@ -1424,6 +1455,44 @@ fn grow_tree(
         attach(forest, &mut root, leaf.parent, Child::Leaf(index));
     }
     Ok(root.expect("a tree has a root"))
+}
+
+/// Ready the splits of `leaves[picks]`: each one's rows parted between its children and
+/// the histogram of its smaller child (by the group's count) built on this worker's rows,
+/// all of them summed over the group with one all-reduce.
+fn prepare(
+    grower: &Grower,
+    leaves: &mut [Growing],
+    picks: &[usize],
+    (g, h): (&[i64], &[i64]),
+    group: &mut dyn Collective,
+) -> Result<()> {
+    let width = *grower.offsets.last().unwrap_or(&0);
+    let mut parts = Vec::with_capacity(picks.len());
+    let mut all = Vec::with_capacity(picks.len() * width);
+    for &j in picks {
+        let leaf = &mut leaves[j];
+        let split = leaf
+            .best
+            .as_ref()
+            .expect("only leaves with a split are readied");
+        let (left, right): (Vec<u32>, Vec<u32>) = std::mem::take(&mut leaf.rows)
+            .into_iter()
+            .partition(|&r| grower.goes_left(split, r as usize));
+        let small_left = split.left.n <= split.right.n;
+        all.extend(grower.histogram(if small_left { &left } else { &right }, g, h));
+        parts.push((left, right));
+    }
+    summed(group, &mut all)?;
+    for ((&j, (left, right)), small) in picks.iter().zip(parts).zip(all.chunks_exact(width.max(1)))
+    {
+        leaves[j].prepared = Some(Prepared {
+            left,
+            right,
+            small: small.to_vec(),
+        });
+    }
+    Ok(())
 }
 
 fn attach(
