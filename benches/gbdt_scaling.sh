@@ -5,8 +5,9 @@
 # and leaves, no early stopping. The figure is the workers' own ("member 1: the workers' N
 # trees agreed … in S s …"): the boosting, without reading and binning the rows. Also
 # checks that both runs end with the same metrics (the trees are the same bit for bit).
+# The pair runs REPEAT times, alternating (this machine is shared: medians and their ratio).
 # Needs a release build and a running etcd ($ETCD, default 127.0.0.1:2379).
-# Usage: benches/gbdt_scaling.sh [ROWS] [TREES] [LEAVES]
+# Usage: benches/gbdt_scaling.sh [ROWS] [TREES] [LEAVES] [REPEAT]
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 B=${HALYARD:-${CARGO_TARGET_DIR:-$here/target}/release/halyard}
@@ -14,6 +15,7 @@ ETCD=${ETCD:-127.0.0.1:2379}
 ROWS=${1:-1000000}
 TREES=${2:-50}
 LEAVES=${3:-31}
+REPEAT=${4:-3}
 cores=$(nproc)
 work=$(mktemp -d)
 pids=()
@@ -72,13 +74,20 @@ cluster() {
   echo "the cluster did not start"; cat "$work/sched.log"; exit 1
 }
 
-echo "machine: $cores cores ($(lscpu | sed -n 's/^Model name: *//p')); $ROWS rows, $TREES trees of $LEAVES leaves"
+echo "machine: $cores cores ($(lscpu | sed -n 's/^Model name: *//p')); $ROWS rows, $TREES trees of $LEAVES leaves, $REPEAT runs each"
+declare -A secs
+for r in $(seq 1 "$REPEAT"); do
 for w in 1 2; do
   cluster "$w"
   id=$("$B" submit "$(spec "$w")" --scheduler "$api" --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])')
   until "$B" job "$id" --scheduler "$api" --json | python3 -c 'import json,sys; sys.exit(0 if json.load(sys.stdin)["state"] in ("succeeded","failed") else 1)'; do sleep 1; done
   line=$("$B" logs "$id" --scheduler "$api" | grep -o "trees agreed bit for bit.*" || { "$B" logs "$id" --scheduler "$api" | tail -5; echo failed; })
   metrics=$("$B" job "$id" --scheduler "$api" --json | python3 -c 'import json,sys; m=json.load(sys.stdin)["metrics"]; print("test AUC %.6f log loss %.6f" % (m.get("test_auc", 0), m.get("test_log_loss", 0)))')
-  echo "workers $w: $line ($metrics)"
+  echo "run $r, workers $w: $line ($metrics)"
+  secs[$w]+="$(echo "$line" | sed -n 's/.* in \([0-9.]*\) s:.*/\1/p') "
   stop_cluster
 done
+done
+median() { tr ' ' '\n' | grep . | sort -g | awk '{a[NR]=$1} END {print (NR % 2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
+m1=$(echo "${secs[1]}" | median); m2=$(echo "${secs[2]}" | median)
+echo "median boosting: 1 worker $m1 s, 2 workers $m2 s: $(python3 -c "print(round($m1/$m2, 2))")x"
