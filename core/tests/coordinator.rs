@@ -515,6 +515,31 @@ async fn wake_ups_follow_what_each_loop_acts_on(c: Coordinator) {
         woken(&leader).await,
         "the leader, on an executor's lease ending"
     );
+    // A placement wakes the serving executors; an advertisement wakes the gateway.
+    let (serving, gateway) = (c.serving_wake(), c.gateway_wake());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    settle(&serving).await;
+    settle(&gateway).await;
+    let placed = halyard_core::placement::Placement {
+        model: "m".into(),
+        executors: vec!["e1".into()],
+        wanted: 1,
+        memory_bytes: 0,
+    };
+    c.set_placements(&lead, &[placed], &[]).await.unwrap();
+    assert!(woken(&serving).await, "serving executors, on a placement");
+    assert!(
+        quiet(&gateway).await,
+        "the gateway routes by advertisements only"
+    );
+    let l = c.grant_lease(TTL).await.unwrap();
+    let info = ServingInfo {
+        executor: "e1".into(),
+        address: "127.0.0.1:1".into(),
+        models: Default::default(),
+    };
+    c.advertise_serving(&info, l).await.unwrap();
+    assert!(woken(&gateway).await, "the gateway, on an advertisement");
 }
 
 macro_rules! conformance {

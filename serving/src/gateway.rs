@@ -33,8 +33,9 @@ use crate::host::Host;
 
 /// Header marking a request forwarded by another node.
 pub const FORWARDED: &str = "x-halyard-forwarded";
-/// How often the gateway reads which executors serve what.
-const REFRESH: Duration = Duration::from_millis(200);
+/// How often the gateway reads which executors serve what without being woken: a change
+/// to their advertisements wakes it at once.
+const REFRESH: Duration = Duration::from_millis(1000);
 /// How long a replica that failed is skipped.
 const BENCH_FAILED: Duration = Duration::from_secs(3);
 /// How long one forwarded attempt may take.
@@ -241,12 +242,14 @@ impl Gateway {
     /// Keep the list of serving executors fresh until `shutdown`. (Deployments are read
     /// only when needed: executors apply them, the gateway just routes.)
     pub async fn run(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+        let wake = self.coord.gateway_wake();
         loop {
             match self.coord.serving().await {
                 Ok(replicas) => *self.replicas.write().expect("replicas lock") = Arc::new(replicas),
                 Err(e) => warn!(error = %e, "cannot read serving state"),
             }
             tokio::select! {
+                _ = wake.changed() => {}
                 _ = tokio::time::sleep(REFRESH) => {}
                 _ = shutdown.wait_for(|s| *s) => break,
             }

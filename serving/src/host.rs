@@ -28,8 +28,10 @@ use crate::api::{
 };
 use crate::batcher::{BatchConfig, BatchMetrics, Batcher};
 
-/// How often the host looks at the deployments.
-pub const REFRESH: Duration = Duration::from_millis(100);
+/// How often the host looks at the deployments without being woken: a change to them or
+/// to the placements wakes it at once ([`halyard_core::coord::Coordinator::serving_wake`]);
+/// this pass retries failed loads and re-advertises under a new lease.
+pub const REFRESH: Duration = Duration::from_millis(1000);
 /// How long a version that failed to load waits before the next try.
 const RETRY_LOAD: Duration = Duration::from_secs(5);
 
@@ -137,6 +139,7 @@ impl Host {
         let _ = self.lease.set(lease.clone());
         let mut failed: HashMap<(String, u64), Instant> = HashMap::new();
         let mut advertised: Option<(i64, ServingInfo)> = None;
+        let wake = self.coord.serving_wake();
         loop {
             match self.wanted_here().await {
                 Ok(deployments) => self.refresh(&deployments, &mut failed).await,
@@ -151,6 +154,7 @@ impl Host {
                 }
             }
             tokio::select! {
+                _ = wake.changed() => {}
                 _ = tokio::time::sleep(REFRESH) => {}
                 _ = shutdown.wait_for(|s| *s) => break,
             }

@@ -92,4 +92,15 @@ impl Coordinator {
     pub fn task_wake(&self, id: &str) -> Wake {
         self.wake_on(&[format!("tasks/{id}/")])
     }
+
+    /// What a serving executor acts on: the deployments (splits, aliases, bandits, ramps)
+    /// and the leader's placements of them.
+    pub fn serving_wake(&self) -> Wake {
+        self.wake_on(&["deployments/".into(), "placements/".into()])
+    }
+
+    /// What the gateway routes by: the executors' advertisements of what they serve.
+    pub fn gateway_wake(&self) -> Wake {
+        self.wake_on(&["serving/".into()])
+    }
 }
