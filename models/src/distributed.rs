@@ -800,12 +800,7 @@ fn shared_checkpoint(
     seed: u64,
 ) -> Result<Option<Checkpoint>> {
     let size = group.size();
-    let mut bytes = if group.rank() == 0 {
-        checkpoints.load()?.unwrap_or_default()
-    } else {
-        Vec::new()
-    };
-    group.broadcast(&mut bytes)?;
+    let bytes = rank_zero_checkpoint(group, checkpoints)?;
     if bytes.is_empty() {
         return Ok(None);
     }
@@ -817,6 +812,20 @@ fn shared_checkpoint(
         )));
     }
     Ok(Some(c))
+}
+
+/// Rank 0's latest checkpoint's bytes on every rank (empty: none).
+fn rank_zero_checkpoint(
+    group: &mut dyn Collective,
+    checkpoints: &mut dyn Checkpoints,
+) -> Result<Vec<u8>> {
+    let mut bytes = if group.rank() == 0 {
+        checkpoints.load()?.unwrap_or_default()
+    } else {
+        Vec::new()
+    };
+    group.broadcast(&mut bytes)?;
+    Ok(bytes)
 }
 
 /// The replicas' checksum of their final weights of `member`, compared across the group.

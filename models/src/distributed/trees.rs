@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{
     CheckpointPolicy, Checkpoints, Collective, DpEvent, Outcome, Position, WorkerData,
-    final_checksum, group_rows, shared_preprocessor,
+    final_checksum, group_rows, rank_zero_checkpoint, shared_preprocessor,
 };
 use crate::error::{ModelError, Result};
 use crate::gbdt::{Best, Binnings, Boosted, Forest, GbdtConfig, Importance, TreeRows, boost};
@@ -385,12 +385,7 @@ fn shared_checkpoint(
     seed: u64,
     layout: &InputLayout,
 ) -> Result<(Vec<Boosted>, Option<Boosted>)> {
-    let mut bytes = if group.rank() == 0 {
-        checkpoints.load()?.unwrap_or_default()
-    } else {
-        Vec::new()
-    };
-    group.broadcast(&mut bytes)?;
+    let bytes = rank_zero_checkpoint(group, checkpoints)?;
     if bytes.is_empty() {
         return Ok((Vec::new(), None));
     }
