@@ -744,16 +744,12 @@ pub(crate) fn shared_preprocessor(
     features: &FeatureConfig,
 ) -> Result<Preprocessor> {
     if group.size() == 1 {
-        let all = all.ok_or_else(|| ModelError::Internal("rank 0 needs every row".into()))?;
-        return Preprocessor::fit(all, features);
+        return Preprocessor::fit(every_row(all)?, features);
     }
-    let mut bytes = match (group.rank(), all) {
-        (0, Some(all)) => serde_json::to_vec(&Preprocessor::fit(all, features)?)
-            .map_err(|e| ModelError::Internal(e.to_string()))?,
-        (0, None) => return Err(ModelError::Internal("rank 0 needs every row".into())),
-        _ => Vec::new(),
-    };
-    group.broadcast(&mut bytes)?;
+    let bytes = from_rank_zero(group, || {
+        serde_json::to_vec(&Preprocessor::fit(every_row(all)?, features)?)
+            .map_err(|e| ModelError::Internal(e.to_string()))
+    })?;
     serde_json::from_slice(&bytes)
         .map_err(|e| collective_error(format!("the broadcast preprocessor: {e}")))
 }
@@ -814,18 +810,31 @@ fn shared_checkpoint(
     Ok(Some(c))
 }
 
-/// Rank 0's latest checkpoint's bytes on every rank (empty: none).
-fn rank_zero_checkpoint(
+/// Every row, which rank 0 holds.
+pub(crate) fn every_row(all: Option<&[RecordBatch]>) -> Result<&[RecordBatch]> {
+    all.ok_or_else(|| ModelError::Internal("rank 0 needs every row".into()))
+}
+
+/// The bytes `make` gives on rank 0 (where alone it runs), on every rank.
+pub(crate) fn from_rank_zero(
     group: &mut dyn Collective,
-    checkpoints: &mut dyn Checkpoints,
+    make: impl FnOnce() -> Result<Vec<u8>>,
 ) -> Result<Vec<u8>> {
     let mut bytes = if group.rank() == 0 {
-        checkpoints.load()?.unwrap_or_default()
+        make()?
     } else {
         Vec::new()
     };
     group.broadcast(&mut bytes)?;
     Ok(bytes)
+}
+
+/// Rank 0's latest checkpoint's bytes on every rank (empty: none).
+fn rank_zero_checkpoint(
+    group: &mut dyn Collective,
+    checkpoints: &mut dyn Checkpoints,
+) -> Result<Vec<u8>> {
+    from_rank_zero(group, || Ok(checkpoints.load()?.unwrap_or_default()))
 }
 
 /// The replicas' checksum of their final weights of `member`, compared across the group.

@@ -26,9 +26,10 @@ use rand::rngs::StdRng;
 use rand::seq::index::sample;
 use serde::{Deserialize, Serialize};
 
-use crate::distributed::{Collective, Solo, float_bytes, floats, sum_i64};
+use crate::distributed::{Collective, Solo, float_bytes, floats, from_rank_zero, sum_i64};
 use crate::error::{ModelError, Result};
 use crate::logistic::{EpochReport, TrainConfig};
+use crate::metrics::row_log_loss;
 use crate::mlp::InputLayout;
 use crate::preprocess::Encoded;
 use crate::runtime::sigmoid;
@@ -855,20 +856,8 @@ const BINNING_ROWS: usize = 200_000;
 
 /// Each input's bins, fitted once on the training rows: a group's rank 0 fits them on every
 /// training row and shares them ([`Binnings::shared`]), so every worker bins alike.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub struct Binnings(Vec<Binning>);
-
-impl PartialEq for Binning {
-    fn eq(&self, o: &Binning) -> bool {
-        match (self, o) {
-            (Binning::Numeric(a), Binning::Numeric(b)) => {
-                a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits())
-            }
-            (Binning::Categorical(a), Binning::Categorical(b)) => a == b,
-            _ => false,
-        }
-    }
-}
 
 impl Binnings {
     /// Fit on the numeric inputs of `train`'s rows (at most [`BINNING_ROWS`] of them, drawn
@@ -903,12 +892,7 @@ impl Binnings {
         if group.size() == 1 {
             return fit();
         }
-        let mut bytes = if group.rank() == 0 {
-            fit()?.to_bytes()
-        } else {
-            Vec::new()
-        };
-        group.broadcast(&mut bytes)?;
+        let bytes = from_rank_zero(group, || Ok(fit()?.to_bytes()))?;
         Binnings::from_bytes(&bytes, layout)
     }
 
@@ -991,16 +975,11 @@ pub struct Boosted {
 /// Losses are summed in fixed point, in units of 2^-24 per row (exact in any order).
 const LOSS_UNIT: f64 = 1.0 / (1u64 << 24) as f64;
 
-/// The log loss of rows with log-odds `raw` and labels `y`, summed in [`LOSS_UNIT`]s (the
-/// probabilities clipped as [`crate::metrics::log_loss`] clips them).
+/// The log loss of rows with log-odds `raw` and labels `y`, summed in [`LOSS_UNIT`]s.
 fn loss_units(raw: &[f64], y: &[f32]) -> i64 {
     raw.iter()
         .zip(y)
-        .map(|(&z, &y)| {
-            let p = f64::from(sigmoid(z as f32)).clamp(1e-15, 1.0 - 1e-15);
-            let l = if y > 0.5 { -p.ln() } else { -(1.0 - p).ln() };
-            (l / LOSS_UNIT).round() as i64
-        })
+        .map(|(&z, &y)| (row_log_loss(f64::from(sigmoid(z as f32)), y) / LOSS_UNIT).round() as i64)
         .sum()
 }
 

@@ -33,16 +33,18 @@ pub fn auc(scores: &[f32], labels: &[f32]) -> Option<f64> {
 
 /// Mean binary cross-entropy, probabilities clipped to [1e-15, 1 - 1e-15].
 pub fn log_loss(probs: &[f32], labels: &[f32]) -> f64 {
-    let eps = 1e-15f64;
     let total: f64 = probs
         .iter()
         .zip(labels)
-        .map(|(&p, &y)| {
-            let p = (p as f64).clamp(eps, 1.0 - eps);
-            if y > 0.5 { -p.ln() } else { -(1.0 - p).ln() }
-        })
+        .map(|(&p, &y)| row_log_loss(f64::from(p), y))
         .sum();
     total / probs.len().max(1) as f64
+}
+
+/// One row's log loss, the probability clipped to `[1e-15, 1 - 1e-15]`.
+pub fn row_log_loss(p: f64, y: f32) -> f64 {
+    let p = p.clamp(1e-15, 1.0 - 1e-15);
+    if y > 0.5 { -p.ln() } else { -(1.0 - p).ln() }
 }
 
 /// Share of rows classified right at threshold 0.5.

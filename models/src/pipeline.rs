@@ -327,7 +327,7 @@ fn stops_early(learner: &Learner, rc: &ResponseConfig) -> bool {
 }
 
 /// The rows a learner fits: training rows, their numbers in the data set (trees bag rows
-/// by them; `None`: numbered by place), validation rows.
+/// by them; `None` for recipes without trees), validation rows.
 type FitRows<'a> = (&'a Encoded, Option<&'a [u64]>, &'a Encoded);
 
 /// Train `rc.ensemble` members on the training rows (early stopping on the validation
@@ -366,14 +366,10 @@ fn train_members(
             }
             Learner::Linear => export_module(&train(train_set, &mtc, report)?)?,
             Learner::Gbdt(cfg, layout) => {
-                let numbered: Vec<u64>;
-                let ids = match train_ids {
-                    Some(ids) => ids,
-                    None => {
-                        numbered = (0..train_set.rows as u64).collect();
-                        &numbered
-                    }
-                };
+                // (Every recipe that trains trees numbers its rows.)
+                let ids = train_ids.ok_or_else(|| {
+                    ModelError::Internal("trees need their training rows' numbers".into())
+                })?;
                 let rows = TreeRows {
                     train: train_set,
                     ids,

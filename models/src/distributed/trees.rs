@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use super::{
-    CheckpointPolicy, Checkpoints, Collective, DpEvent, Outcome, Position, WorkerData,
+    CheckpointPolicy, Checkpoints, Collective, DpEvent, Outcome, Position, WorkerData, every_row,
     final_checksum, group_rows, rank_zero_checkpoint, shared_preprocessor,
 };
 use crate::error::{ModelError, Result};
@@ -113,9 +113,7 @@ pub(super) fn train_trees_parallel(
     }
     // Rank 0 bins every training row (as training alone does) and shares the bins.
     let binnings = Binnings::shared(group, &layout, || {
-        let all = data
-            .all
-            .ok_or_else(|| ModelError::Internal("rank 0 needs every row".into()))?;
+        let all = every_row(data.all)?;
         let roles = row_roles(all, features)?;
         let every = preprocessor.transform(all, |_| true)?;
         let train_all = every.partition(|i| !fits(roles[i])).0;
