@@ -9,7 +9,7 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use halyard_cli::bench::BenchCommand;
 use halyard_cli::keys::Connection;
-use halyard_cli::registry::{self, DeployAction};
+use halyard_cli::registry::{self, DeployAction, Guardrail};
 use halyard_cli::sql::SqlArgs;
 use halyard_cli::{commands, datagen};
 use halyard_core::config::{SETTINGS, Settings};
@@ -278,10 +278,11 @@ enum Command {
         /// With --ramp: least time at each step (30s, 10m, 1h)
         #[arg(long, default_value = "1h", requires = "ramp")]
         step: String,
-        /// With --ramp: roll back when the canary converts worse than production by the
-        /// always-valid interval of the outcomes fed back
-        #[arg(long, value_enum, requires = "ramp")]
-        guardrail: Option<Guardrail>,
+        /// With --ramp: what rolls the canary back when it is worse than production by
+        /// an always-valid interval, one or more of conversion, errors, latency (such as
+        /// --guardrail errors,latency)
+        #[arg(long, value_enum, value_delimiter = ',', requires = "ramp")]
+        guardrail: Vec<Guardrail>,
         /// Traffic split as VERSION=WEIGHT pairs, such as 3=90,4=10
         #[arg(long, conflicts_with_all = ["bandit", "replicas"])]
         split: Option<String>,
@@ -475,13 +476,6 @@ enum CertsCommand {
         #[arg(long, value_delimiter = ',', required = true)]
         nodes: Vec<String>,
     },
-}
-
-/// What a ramp guards.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-enum Guardrail {
-    /// The conversion rate fed back with :feedback
-    Conversion,
 }
 
 /// `halyard experiment`'s subcommands.
@@ -798,12 +792,9 @@ async fn run(cli: Cli) -> Result<(), AnyError> {
             let action = match (replicas, bandit, ramp, version) {
                 (Some(count), ..) => DeployAction::Replicas(count),
                 (None, Some(versions), _, _) => DeployAction::bandit(versions, &floor, &every)?,
-                (None, None, Some(steps), Some(version)) => DeployAction::ramp(
-                    version,
-                    steps,
-                    &step,
-                    guardrail == Some(Guardrail::Conversion),
-                )?,
+                (None, None, Some(steps), Some(version)) => {
+                    DeployAction::ramp(version, steps, &step, &guardrail)?
+                }
                 _ => DeployAction::from_flags(version, alias, percent, split)?,
             };
             registry::deploy(&client(conn).await?, &name, action, json).await?

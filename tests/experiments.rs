@@ -11,7 +11,7 @@ use std::process::{Command, Output};
 use std::time::Duration;
 
 use common::*;
-use halyard_cli::registry::{DeployAction, deploy};
+use halyard_cli::registry::{DeployAction, Guardrail, deploy};
 
 fn analyze(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_halyard"))
@@ -244,7 +244,7 @@ async fn a_ramp_steps_up_and_promotes_or_rolls_back_when_its_guardrail_breaks() 
     };
     // Healthy: no guardrail breaks, so version 2 goes 10 % → 50 % → production.
     deploy(&client, "offer", production(1), true).await.unwrap();
-    let ramp = DeployAction::ramp(2, vec![10, 50], "1s", true).unwrap();
+    let ramp = DeployAction::ramp(2, vec![10, 50], "1s", &[Guardrail::Conversion]).unwrap();
     deploy(&client, "offer", ramp, true).await.unwrap();
     assert_eq!(weights(&client, "offer").await, vec![(1, 90), (2, 10)]);
     let promoted = wait_for("the ramp to promote", Duration::from_secs(20), || async {
@@ -257,7 +257,7 @@ async fn a_ramp_steps_up_and_promotes_or_rolls_back_when_its_guardrail_breaks() 
     // Broken: version 1 ramps against production 2 and converts far worse: rolled back
     // before its first step ends, with the reason in the audit log.
     let since = halyard_core::records::now_ms();
-    let ramp = DeployAction::ramp(1, vec![10, 50], "1h", true).unwrap();
+    let ramp = DeployAction::ramp(1, vec![10, 50], "1h", &[Guardrail::Conversion]).unwrap();
     deploy(&client, "offer", ramp, true).await.unwrap();
     feed(&cluster, (5, 40)).await;
     wait_for(
@@ -353,4 +353,118 @@ fn a_test_is_planned_before_it_starts() {
             "{args:?}: {err}"
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_canary_that_fails_requests_is_rolled_back_by_its_errors_guardrail() {
+    let tmp = tempfile::tempdir().unwrap();
+    let g = halyard_cli::datagen::generate(&tmp.path().join("data"), 2000, 3).unwrap();
+    let (cluster, client) = standalone(tmp.path(), 1).await;
+    // Version 1 is trained without `channel`, version 2 with it: requests that leave
+    // `channel` out are answered by version 1 and refused by version 2.
+    let mut without = spec(tmp.path(), "offer", &g.responses, 1, 256);
+    without.data.exclude.push("channel".into());
+    let with = spec(tmp.path(), "offer", &g.responses, 1, 256);
+    for s in [&without, &with] {
+        let job = client.submit(s).await.unwrap();
+        let done = wait_done(&client, &job.id, Duration::from_secs(300)).await;
+        assert_eq!(done.state, "succeeded", "{done:?}");
+    }
+    let production = DeployAction::Version {
+        version: 1,
+        alias: "production".into(),
+        percent: None,
+    };
+    deploy(&client, "offer", production, true).await.unwrap();
+    let since = halyard_core::records::now_ms();
+    let guards = [Guardrail::Errors, Guardrail::Latency];
+    let ramp = DeployAction::ramp(2, vec![50], "1h", &guards).unwrap();
+    deploy(&client, "offer", ramp, true).await.unwrap();
+    let shown = client.model("offer").await.unwrap().deployment.unwrap();
+    let r = shown.ramp.unwrap();
+    assert!(
+        r.guard_errors && r.guard_latency && !r.guard_conversion,
+        "{r:?}"
+    );
+    wait_for("both versions to load", Duration::from_secs(30), || async {
+        let d = client.model("offer").await.ok()?.deployment?;
+        d.served_by
+            .iter()
+            .any(|s| s.versions.contains(&1) && s.versions.contains(&2))
+            .then_some(())
+    })
+    .await;
+
+    let mut body: serde_json::Value =
+        serde_json::from_str(&first_record_body(&without, &g.responses)).unwrap();
+    body["record"].as_object_mut().unwrap().remove("channel");
+    let http = http_client(&cluster.admin_key);
+    let url = format!("http://{}/v1/models/offer:predict", cluster.scheduler.addr);
+    let (mut answered, mut refused) = (0, 0);
+    for i in 0..300 {
+        body["key"] = serde_json::json!(format!("customer-{i}"));
+        let r = http
+            .post(&url)
+            .header("content-type", "application/json")
+            .body(body.to_string())
+            .send()
+            .await
+            .unwrap();
+        match r.status().as_u16() {
+            200 => answered += 1,
+            400 => {
+                let text = r.text().await.unwrap();
+                assert!(text.contains("channel"), "{text}");
+                refused += 1;
+            }
+            // Rolled back already: only version 1 serves.
+            s => panic!("status {s}: {:?}", r.text().await),
+        }
+    }
+    assert!(
+        answered > 100 && refused > 30,
+        "{answered} answered, {refused} refused"
+    );
+
+    // The report counts each version's requests and failures.
+    let e = wait_for(
+        "the requests to be counted",
+        Duration::from_secs(10),
+        || async {
+            let e = client.experiment("offer").await.ok()?;
+            (e.variants.iter().map(|v| v.requests).sum::<u64>() >= 300).then_some(e)
+        },
+    )
+    .await;
+    let v = |n| *e.variants.iter().find(|v| v.version == n).unwrap();
+    let (v1, v2) = (v(1), v(2));
+    assert_eq!(v1.errors, 0, "{v1:?}");
+    assert_eq!(v2.errors, v2.requests, "{v2:?}");
+    assert_eq!(v2.errors, refused as u64, "{v2:?}");
+    assert!(v1.p50_ms > 0.0 && v1.p99_ms >= v1.p50_ms, "{v1:?}");
+
+    wait_for(
+        "the errors guardrail to roll back",
+        Duration::from_secs(20),
+        || async {
+            let d = client.model("offer").await.ok()?.deployment?;
+            (d.ramp.is_none() && !d.aliases.contains_key("canary")).then_some(())
+        },
+    )
+    .await;
+    assert_eq!(weights(&client, "offer").await, vec![(1, 100)]);
+    let audit = client.audit(since).await.unwrap();
+    let rollback = audit
+        .iter()
+        .find(|e| e.action == "ramp-rollback")
+        .unwrap_or_else(|| panic!("{audit:?}"));
+    // Counted as the leader saw them: every request the canary got failed, none of
+    // production's.
+    assert!(
+        rollback
+            .outcome
+            .contains("guardrail errors broke: the canary failed ")
+            && rollback.outcome.contains("against production's 0 of "),
+        "{rollback:?}"
+    );
 }

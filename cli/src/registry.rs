@@ -27,6 +27,8 @@ fn deployment_json(d: Option<&DeploymentInfo>) -> Value {
                 "step": r.step,
                 "step_secs": r.step_secs,
                 "guard_conversion": r.guard_conversion,
+                "guard_errors": r.guard_errors,
+                "guard_latency": r.guard_latency,
             })),
             "bandit": d.bandit.as_ref().map(|b| json!({
                 "versions": b.versions,
@@ -160,11 +162,7 @@ fn show_model(m: &GetModelResponse) {
                 r.step + 1,
                 r.steps,
                 r.step_secs,
-                if r.guard_conversion {
-                    "rolled back if it converts worse (always-valid)"
-                } else {
-                    "no guardrail"
-                }
+                guards_text(r)
             ));
         }
         out(&format!("rollback: {} earlier states kept", d.history));
@@ -373,19 +371,52 @@ fn seconds(flag: &str, text: &str) -> Result<u64> {
     }
 }
 
+/// What a ramp guards (`--guardrail`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Guardrail {
+    /// The conversion rate fed back with :feedback
+    Conversion,
+    /// The share of prediction requests the canary fails
+    Errors,
+    /// The share of the canary's requests slower than production's p99
+    Latency,
+}
+
+/// The guardrails a ramp holds, in words.
+fn guards_text(r: &StartRamp) -> String {
+    let named: Vec<&str> = [
+        (r.guard_conversion, "conversion"),
+        (r.guard_errors, "errors"),
+        (r.guard_latency, "latency"),
+    ]
+    .into_iter()
+    .filter_map(|(on, name)| on.then_some(name))
+    .collect();
+    if named.is_empty() {
+        "no guardrail".to_string()
+    } else {
+        format!(
+            "rolled back if worse than production (always-valid) in {}",
+            named.join(", ")
+        )
+    }
+}
+
 impl DeployAction {
     /// `deploy --version N --ramp …`'s flags.
     pub fn ramp(
         version: u64,
         steps: Vec<u32>,
         step: &str,
-        guard_conversion: bool,
+        guards: &[Guardrail],
     ) -> Result<DeployAction> {
         Ok(DeployAction::Ramp(StartRamp {
             version,
             steps,
             step_secs: seconds("--step", step)?,
-            guard_conversion,
+            guard_conversion: guards.contains(&Guardrail::Conversion),
+            guard_errors: guards.contains(&Guardrail::Errors),
+            guard_latency: guards.contains(&Guardrail::Latency),
             step: 0,
         }))
     }
@@ -493,6 +524,24 @@ pub async fn deploy(
 /// An experiment as JSON (the same as `GET /v1/experiments/NAME`; NaN is null).
 pub fn experiment_json(e: &ExperimentResponse) -> Value {
     serde_json::to_value(e).unwrap_or(Value::Null)
+}
+
+/// The variants' serving figures (what the errors and latency guardrails compare), when
+/// any served a request.
+fn print_serving(e: &ExperimentResponse) {
+    if e.variants.iter().all(|v| v.requests == 0) {
+        return;
+    }
+    out(&format!(
+        "serving (since each node started):\n{:>7} {:>9} {:>7} {:>10} {:>9} {:>9}",
+        "VERSION", "REQUESTS", "ERRORS", "ERROR RATE", "P50 MS", "P99 MS"
+    ));
+    for v in e.variants.iter().filter(|v| v.requests > 0) {
+        out(&format!(
+            "{:>7} {:>9} {:>7} {:>10.4} {:>9.3} {:>9.3}",
+            v.version, v.requests, v.errors, v.error_rate, v.p50_ms, v.p99_ms
+        ));
+    }
 }
 
 /// The experiment's metrics other than conversion, one table each.
@@ -621,6 +670,7 @@ pub async fn experiment(client: &Client, name: &str, as_json: bool) -> Result<()
         }
     }
     print_metrics(&e);
+    print_serving(&e);
     out(&format!(
         "* significant at {:.0}% for one planned look (two-proportion z-test; Welch's t-test for other metrics); read ALWAYS-VALID when looking more than once; P(BEST): the posterior probability of the highest rate; feed outcomes with POST /v1/models/{}:feedback (docs/experiments.md)",
         e.confidence * 100.0,

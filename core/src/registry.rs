@@ -128,6 +128,14 @@ pub struct RampPolicy {
     /// Roll back when the canary converts worse than production by the always-valid
     /// interval (an interval wholly below 0).
     pub guard_conversion: bool,
+    /// Roll back when the canary fails a larger share of its requests than production
+    /// (always-valid interval of the difference wholly above 0).
+    #[serde(default)]
+    pub guard_errors: bool,
+    /// Roll back when a larger share of the canary's requests than of production's takes
+    /// longer than production's p99 (always-valid interval wholly above 0).
+    #[serde(default)]
+    pub guard_latency: bool,
 }
 
 /// A bandit's weights add up to this (basis points).
@@ -645,19 +653,105 @@ impl MetricSums {
     }
 }
 
-/// What one node's event log counted for one version of a model.
+/// Longest served time a [`Latency`] tells apart (longer ones count as this), µs.
+const LATENCY_MAX_US: u64 = 600_000_000;
+
+/// The times a version took to score its requests, in microseconds: an HdrHistogram
+/// (two significant digits, 1 µs to 10 minutes) that merges across nodes. On the wire it
+/// is the list of recorded `[value, count]` pairs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Latency(hdrhistogram::Histogram<u64>);
+
+impl Default for Latency {
+    fn default() -> Self {
+        Latency(
+            hdrhistogram::Histogram::new_with_bounds(1, LATENCY_MAX_US, 2)
+                .expect("valid histogram bounds"),
+        )
+    }
+}
+
+impl Latency {
+    /// Count one request that took `micros`.
+    pub fn record(&mut self, micros: u64) {
+        self.0.saturating_record(micros.max(1));
+    }
+
+    /// Add another's counts.
+    pub fn merge(&mut self, o: &Latency) {
+        self.0.add(&o.0).expect("latencies share their bounds");
+    }
+
+    /// Requests counted.
+    pub fn len(&self) -> u64 {
+        self.0.len()
+    }
+
+    /// Whether none was counted.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The time under which a share `q` of the requests finished, µs (0 when empty).
+    pub fn quantile_us(&self, q: f64) -> u64 {
+        self.0.value_at_quantile(q)
+    }
+
+    /// Requests that took longer than `micros` (beyond the histogram bucket that holds
+    /// it, so a request in that bucket is not counted as slower).
+    pub fn slower_than(&self, micros: u64) -> u64 {
+        self.len() - self.0.count_between(0, micros)
+    }
+}
+
+impl Serialize for Latency {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.collect_seq(
+            self.0
+                .iter_recorded()
+                .map(|v| [v.value_iterated_to(), v.count_at_value()]),
+        )
+    }
+}
+
+impl<'de> Deserialize<'de> for Latency {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let pairs = Vec::<[u64; 2]>::deserialize(d)?;
+        let mut l = Latency::default();
+        for [value, count] in pairs {
+            l.0.saturating_record_n(value.max(1), count);
+        }
+        Ok(l)
+    }
+}
+
+/// What one node counted for one version of a model: exposures and outcomes from its
+/// event log, and the requests it served (since the node started: serving counts are
+/// kept in memory and published, not logged, so a restarted node counts from zero).
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 pub struct VersionTally {
     /// Exposures: predictions served with a request key.
     pub exposures: u64,
     /// Outcomes by metric name.
     pub metrics: BTreeMap<String, MetricSums>,
+    /// Prediction requests the version was chosen for.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub requests: u64,
+    /// Of which failed: it could not read a record or score it.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub errors: u64,
+    /// How long it took to read and score each request's records.
+    #[serde(default, skip_serializing_if = "Latency::is_empty")]
+    pub latency: Latency,
 }
 
 impl VersionTally {
     /// Add another tally's counts.
     pub fn merge(&mut self, o: &VersionTally) {
         self.exposures += o.exposures;
+        self.requests += o.requests;
+        self.errors += o.errors;
+        self.latency.merge(&o.latency);
         for (name, m) in &o.metrics {
             self.metrics.entry(name.clone()).or_default().merge(m);
         }
@@ -738,6 +832,36 @@ pub struct DriftWindow {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn latencies_merge_across_nodes_and_travel_as_recorded_pairs() {
+        let (mut a, mut b, mut all) = (Latency::default(), Latency::default(), Latency::default());
+        for us in 1..=1000u64 {
+            let l = if us % 3 == 0 { &mut a } else { &mut b };
+            l.record(us * 10);
+            all.record(us * 10);
+        }
+        a.merge(&b);
+        assert_eq!(a, all);
+        assert_eq!(a.len(), 1000);
+        // Two significant digits: the p99 of 10 µs … 10 ms is 9.9 ms to within 1 %.
+        let p99 = a.quantile_us(0.99) as f64;
+        assert!((p99 - 9_900.0).abs() <= 99.0, "{p99}");
+        // Ten took longer than 9.9 ms; the one in 9.9 ms's bucket (64 µs wide there) is
+        // not counted as slower.
+        assert_eq!(a.slower_than(9_900), 9);
+        let t = VersionTally {
+            requests: 1000,
+            errors: 3,
+            latency: a.clone(),
+            ..VersionTally::default()
+        };
+        let json = serde_json::to_string(&t).unwrap();
+        assert_eq!(serde_json::from_str::<VersionTally>(&json).unwrap(), t);
+        // A tally without requests is written as before (older nodes read it).
+        let plain = serde_json::to_string(&VersionTally::default()).unwrap();
+        assert_eq!(plain, r#"{"exposures":0,"metrics":{}}"#);
+    }
 
     #[test]
     fn a_file_changed_since_publishing_is_refused_by_name() {
@@ -939,6 +1063,8 @@ mod tests {
             step: 7,
             step_secs: 60,
             guard_conversion: true,
+            guard_errors: true,
+            guard_latency: false,
         };
         let d = d.apply(&Change::Ramp(policy), exists).unwrap();
         assert_eq!(d.current.variants, parse_split("1=99,2=1").unwrap());
@@ -971,6 +1097,8 @@ mod tests {
                 step: 0,
                 step_secs: 60,
                 guard_conversion: false,
+                guard_errors: false,
+                guard_latency: false,
             };
             d.apply(&Change::Ramp(p), exists).is_err()
         };

@@ -379,6 +379,7 @@ async fn registry_versions_deployments_outcomes_and_serving(c: Coordinator) {
                 VersionTally {
                     exposures: trials + 1,
                     metrics: [(CONVERSION.to_string(), conversion)].into(),
+                    ..VersionTally::default()
                 },
             )]
             .into(),

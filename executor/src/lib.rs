@@ -90,6 +90,13 @@ pub async fn start_executor(cfg: ExecutorConfig, coord: Coordinator) -> Result<E
     } else {
         cfg.advertise.clone()
     };
+    // Event files are sealed with the node's key, if any; the SQL cluster opens them.
+    let events = halyard_core::events::EventLog::open(
+        &cfg.events_dir,
+        &cfg.id,
+        store.clone(),
+        coord.clone(),
+    )?;
     let host = Host::new(
         cfg.id.clone(),
         advertise.clone(),
@@ -101,14 +108,8 @@ pub async fn start_executor(cfg: ExecutorConfig, coord: Coordinator) -> Result<E
             ..BatchConfig::default()
         },
         metrics.clone(),
+        events.clone(),
     );
-    // Event files are sealed with the node's key, if any; the SQL cluster opens them.
-    let events = halyard_core::events::EventLog::open(
-        &cfg.events_dir,
-        &cfg.id,
-        store.clone(),
-        coord.clone(),
-    )?;
     let gateway = Gateway::new(
         cfg.id.clone(),
         coord.clone(),

@@ -11,7 +11,7 @@ use halyard_core::placement::{Demand, Placement, Room, place};
 use halyard_core::records::{
     ExecutorInfo, JobRecord, JobState, TaskAssignment, append_lines, now_ms,
 };
-use halyard_core::registry::{CANARY, Change, Deployment, Outcomes, PRODUCTION};
+use halyard_core::registry::{CANARY, Change, Deployment, Outcomes, PRODUCTION, total};
 use halyard_core::schedule::Run;
 use halyard_core::search::{Next, SearchState, TrialState, best_trial, next_step};
 use halyard_core::spec::Stage;
@@ -1039,13 +1039,15 @@ impl Leader<'_> {
             let Some(ramp) = &d.current.ramp else {
                 continue;
             };
-            if ramp.guard_conversion {
-                use halyard_serving::experiment::{conversion_breach, outcomes_of};
-                let outcomes = self.coord.outcomes(&d.name).await?;
-                let production = d.current.aliases.get(PRODUCTION).copied();
-                if let Some(why) = conversion_breach(
-                    production.map_or_else(Outcomes::default, |p| outcomes_of(&outcomes, p)),
-                    outcomes_of(&outcomes, ramp.canary),
+            if ramp.guard_conversion || ramp.guard_errors || ramp.guard_latency {
+                let totals = total(&self.coord.tallies(&d.name).await?);
+                let of =
+                    |v: Option<u64>| v.and_then(|v| totals.get(&v)).cloned().unwrap_or_default();
+                let production = of(d.current.aliases.get(PRODUCTION).copied());
+                if let Some(why) = halyard_serving::experiment::ramp_breach(
+                    ramp,
+                    &production,
+                    &of(Some(ramp.canary)),
                 ) {
                     warn!(model = %d.name, canary = ramp.canary, reason = %why, "ramp rolled back");
                     self.change_deployment(&d.name, Change::RampAbort, "ramp-rollback", why)

@@ -78,6 +78,8 @@ impl ModelApi {
                 step: 0,
                 step_secs: r.step_secs,
                 guard_conversion: r.guard_conversion,
+                guard_errors: r.guard_errors,
+                guard_latency: r.guard_latency,
             }),
             None => return Err(Failure::Invalid.status("the request names no change")),
         };
@@ -238,6 +240,8 @@ fn deployment_info(
             steps: r.steps.clone(),
             step_secs: r.step_secs,
             guard_conversion: r.guard_conversion,
+            guard_errors: r.guard_errors,
+            guard_latency: r.guard_latency,
             step: r.step as u32,
         }),
     }

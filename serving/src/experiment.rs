@@ -6,11 +6,13 @@
 
 use halyard_core::proto::{ExperimentResponse, MetricStats, VariantStats};
 use halyard_core::registry::{
-    BANDIT_SCALE, BanditPolicy, CONVERSION, Deployment, NodeTally, Outcomes, PRODUCTION, Variant,
-    total,
+    BANDIT_SCALE, BanditPolicy, CONVERSION, Deployment, NodeTally, Outcomes, PRODUCTION,
+    RampPolicy, Variant, VersionTally, total,
 };
 use halyard_models::bandit::{Arm, prob_best, shares};
-use halyard_models::stats::{Moments, detectable, proportions, sequential, srm, too_few, welch};
+use halyard_models::stats::{
+    MIN_OBSERVATIONS, Moments, Sequential, detectable, proportions, sequential, srm, too_few, welch,
+};
 use rand::SeedableRng;
 
 /// Confidence level of the intervals.
@@ -103,6 +105,111 @@ pub fn conversion_breach(production: Outcomes, canary: Outcomes) -> Option<Strin
     })
 }
 
+/// A guardrail's share (failed requests, slow requests) of the canary against
+/// production's, as `(requests, of which counted)` each: the always-valid interval of the
+/// difference, on counts adjusted as Agresti and Caffo do (one counted and one uncounted
+/// request added to each group, so a group without a single failure still has a
+/// variance). `None`: fewer than [`MIN_OBSERVATIONS`] requests in either group.
+fn share_difference(production: (u64, u64), canary: (u64, u64)) -> Option<Sequential> {
+    if production.0.min(canary.0) < MIN_OBSERVATIONS {
+        return None;
+    }
+    let p = Moments::rate(production.0 + 2, production.1 + 1);
+    let c = Moments::rate(canary.0 + 2, canary.1 + 1);
+    let f = proportions(&p, &c, CONFIDENCE);
+    Some(sequential(
+        f.difference,
+        f.se,
+        production.0 + canary.0,
+        CONFIDENCE,
+    ))
+}
+
+/// Share `k` of `n` (0 when `n` is 0).
+fn share(k: u64, n: u64) -> f64 {
+    if n == 0 { 0.0 } else { k as f64 / n as f64 }
+}
+
+/// Why a ramping canary must be rolled back for its failures: it fails a larger share of
+/// its prediction requests than production, the always-valid interval of the difference
+/// wholly above 0. `None`: the guardrail holds, or there are too few requests to tell.
+pub fn errors_breach(production: &VersionTally, canary: &VersionTally) -> Option<String> {
+    let (p, c) = (
+        (production.requests, production.errors),
+        (canary.requests, canary.errors),
+    );
+    let q = share_difference(p, c)?;
+    (q.ci_low > 0.0).then(|| {
+        format!(
+            "guardrail errors broke: the canary failed {} of {} prediction requests ({:.4}) against production's {} of {} ({:.4}); always-valid {:.0}% interval of the difference (adjusted counts) [{:+.4}, {:+.4}], p = {:.2e}",
+            c.1,
+            c.0,
+            share(c.1, c.0),
+            p.1,
+            p.0,
+            share(p.1, p.0),
+            CONFIDENCE * 100.0,
+            q.ci_low,
+            q.ci_high,
+            q.p_value
+        )
+    })
+}
+
+/// Why a ramping canary must be rolled back for its latency: a larger share of its
+/// requests than of production's takes longer than production's p99, the always-valid
+/// interval of the difference wholly above 0. `None`: the guardrail holds, or there are
+/// too few requests to tell.
+pub fn latency_breach(production: &VersionTally, canary: &VersionTally) -> Option<String> {
+    let (lp, lc) = (&production.latency, &canary.latency);
+    if lp.is_empty() {
+        return None;
+    }
+    let threshold = lp.quantile_us(0.99);
+    let p = (lp.len(), lp.slower_than(threshold));
+    let c = (lc.len(), lc.slower_than(threshold));
+    let q = share_difference(p, c)?;
+    (q.ci_low > 0.0).then(|| {
+        format!(
+            "guardrail latency broke: {} of the canary's {} requests ({:.4}) took longer than production's p99 of {:.2} ms, against {} of production's {} ({:.4}); the canary's p99 is {:.2} ms; always-valid {:.0}% interval of the difference (adjusted counts) [{:+.4}, {:+.4}], p = {:.2e}",
+            c.1,
+            c.0,
+            share(c.1, c.0),
+            threshold as f64 / 1000.0,
+            p.1,
+            p.0,
+            share(p.1, p.0),
+            lc.quantile_us(0.99) as f64 / 1000.0,
+            CONFIDENCE * 100.0,
+            q.ci_low,
+            q.ci_high,
+            q.p_value
+        )
+    })
+}
+
+/// Why a ramping canary must be rolled back by the guardrails its `ramp` holds (the
+/// first that broke), from the summed tallies of production and the canary. `None`:
+/// every one holds.
+pub fn ramp_breach(
+    ramp: &RampPolicy,
+    production: &VersionTally,
+    canary: &VersionTally,
+) -> Option<String> {
+    type Check = fn(&VersionTally, &VersionTally) -> Option<String>;
+    let checks: [(bool, Check); 3] = [
+        (ramp.guard_conversion, |p, c| {
+            conversion_breach(p.outcomes(), c.outcomes())
+        }),
+        (ramp.guard_errors, errors_breach),
+        (ramp.guard_latency, latency_breach),
+    ];
+    checks
+        .into_iter()
+        .filter(|(on, _)| *on)
+        .find_map(|(_, check)| check(production, canary))
+}
+
 /// The experiment report of model `name` from its deployment and the event-log counts of
 /// every node; `None` when it was never deployed and nothing was counted. The message for
 /// that case is [`never_deployed`].
@@ -118,9 +225,34 @@ pub fn report(
     let outcomes = halyard_core::registry::outcomes_of(&totals);
     let exposures: Vec<(u64, u64)> = totals.iter().map(|(v, t)| (*v, t.exposures)).collect();
     let mut r = analyse(name, deployment, &outcomes, &exposures);
+    for v in &mut r.variants {
+        if let Some(t) = totals.get(&v.version) {
+            served_stats(v, t);
+        }
+    }
     let versions: Vec<u64> = r.variants.iter().map(|v| v.version).collect();
     r.metrics = metric_stats(r.control, &versions, &totals);
     Some(r)
+}
+
+/// A variant's serving figures from its summed tally: requests, failures and their
+/// share, the median and 99th percentile of their times.
+fn served_stats(v: &mut VariantStats, t: &VersionTally) {
+    v.requests = t.requests;
+    v.errors = t.errors;
+    v.error_rate = if t.requests == 0 {
+        f64::NAN
+    } else {
+        share(t.errors, t.requests)
+    };
+    let ms = |q| {
+        if t.latency.is_empty() {
+            f64::NAN
+        } else {
+            t.latency.quantile_us(q) as f64 / 1000.0
+        }
+    };
+    (v.p50_ms, v.p99_ms) = (ms(0.5), ms(0.99));
 }
 
 /// Every metric but conversion, per version (of `versions`, then any other with values),
@@ -278,6 +410,11 @@ pub fn analyse(
                 detectable: f64::NAN,
                 needed: 0,
                 prob_best: best.get(i).copied().unwrap_or(f64::NAN),
+                requests: 0,
+                errors: 0,
+                error_rate: f64::NAN,
+                p50_ms: f64::NAN,
+                p99_ms: f64::NAN,
             };
             if version == control {
                 return s;
@@ -361,6 +498,122 @@ mod tests {
         assert!(
             conversion_breach(o(20, 10), o(20, 0)).is_none(),
             "too few to tell"
+        );
+    }
+
+    /// A tally of `requests` with `errors` failures and the given times (µs).
+    fn served(requests: u64, errors: u64, times: &[u64]) -> VersionTally {
+        let mut t = VersionTally {
+            requests,
+            errors,
+            ..VersionTally::default()
+        };
+        for &us in times {
+            t.latency.record(us);
+        }
+        t
+    }
+
+    #[test]
+    fn the_errors_guardrail_breaks_on_a_failing_canary_only() {
+        let why = errors_breach(&served(1000, 0, &[]), &served(100, 30, &[])).unwrap();
+        assert!(
+            why.contains("guardrail errors broke")
+                && why.contains("failed 30 of 100")
+                && why.contains("production's 0 of 1000"),
+            "{why}"
+        );
+        // Every request failing, against production never failing: the adjusted counts
+        // still give an interval (a zero-variance one would too, for the wrong reason).
+        assert!(errors_breach(&served(500, 0, &[]), &served(40, 40, &[])).is_some());
+        assert!(errors_breach(&served(1000, 10, &[]), &served(100, 1, &[])).is_none());
+        assert!(
+            errors_breach(&served(1000, 10, &[]), &served(1000, 0, &[])).is_none(),
+            "a canary that fails less"
+        );
+        assert!(
+            errors_breach(&served(1000, 0, &[]), &served(29, 29, &[])).is_none(),
+            "too few requests to tell"
+        );
+    }
+
+    #[test]
+    fn the_latency_guardrail_breaks_when_the_canary_is_slower_than_production_p99() {
+        let times = |n: u64, spread: u64, base: u64| -> Vec<u64> {
+            (0..n).map(|i| base + (i * 7919) % spread).collect()
+        };
+        let production = served(2000, 0, &times(2000, 400, 800));
+        // The same times: holds.
+        assert!(latency_breach(&production, &served(500, 0, &times(500, 400, 800))).is_none());
+        // A fifth of the canary's requests take 5 ms: breaks, naming production's p99.
+        let mut slow = times(400, 400, 800);
+        slow.extend(std::iter::repeat_n(5_000, 100));
+        let why = latency_breach(&production, &served(500, 0, &slow)).unwrap();
+        assert!(
+            why.contains("guardrail latency broke") && why.contains("100 of the canary's 500"),
+            "{why}"
+        );
+        let p99 = production.latency.quantile_us(0.99) as f64 / 1000.0;
+        assert!(
+            why.contains(&format!("production's p99 of {p99:.2} ms")),
+            "{why}"
+        );
+        assert!(latency_breach(&served(0, 0, &[]), &served(500, 0, &slow)).is_none());
+        // The ramp checks only what it guards.
+        let ramp = |errors, latency| RampPolicy {
+            canary: 2,
+            steps: vec![50],
+            step: 0,
+            step_secs: 60,
+            guard_conversion: false,
+            guard_errors: errors,
+            guard_latency: latency,
+        };
+        let canary = served(500, 0, &slow);
+        assert!(ramp_breach(&ramp(true, false), &production, &canary).is_none());
+        let why = ramp_breach(&ramp(true, true), &production, &canary).unwrap();
+        assert!(why.contains("guardrail latency broke"), "{why}");
+    }
+
+    /// Over 1,000 A/A ramps watched 20 times each, a guardrail that looks at every tick
+    /// breaks at most 5 % of the time (it is always valid), for failures at 2 % and for
+    /// latencies drawn from one log-normal distribution.
+    #[test]
+    fn the_serving_guardrails_rarely_break_in_a_and_a_tests_looked_at_20_times() {
+        use rand::Rng;
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        let (runs, looks, per_look) = (1000, 20, 100);
+        let (mut error_alarms, mut latency_alarms) = (0, 0);
+        for _ in 0..runs {
+            let (mut p, mut c) = (VersionTally::default(), VersionTally::default());
+            let (mut error_alarm, mut latency_alarm) = (false, false);
+            for _ in 0..looks {
+                for t in [&mut p, &mut c] {
+                    for _ in 0..per_look {
+                        t.requests += 1;
+                        t.errors += u64::from(rng.random::<f64>() < 0.02);
+                        // exp(N(7, 0.5)) µs: a median of about 1.1 ms.
+                        let z: f64 = (0..12).map(|_| rng.random::<f64>()).sum::<f64>() - 6.0;
+                        t.latency.record((7.0 + 0.5 * z).exp() as u64);
+                    }
+                }
+                error_alarm |= errors_breach(&p, &c).is_some();
+                latency_alarm |= latency_breach(&p, &c).is_some();
+            }
+            error_alarms += u64::from(error_alarm);
+            latency_alarms += u64::from(latency_alarm);
+        }
+        let rate = |n: u64| n as f64 / runs as f64;
+        eprintln!(
+            "A/A ramps breaking: errors {:.3}, latency {:.3}",
+            rate(error_alarms),
+            rate(latency_alarms)
+        );
+        assert!(rate(error_alarms) <= 0.05, "errors: {}", rate(error_alarms));
+        assert!(
+            rate(latency_alarms) <= 0.05,
+            "latency: {}",
+            rate(latency_alarms)
         );
     }
 

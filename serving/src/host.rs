@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
 use halyard_core::coord::Coordinator;
+use halyard_core::events::EventLog;
 use halyard_core::metrics::Metrics;
 use halyard_core::registry::{Deployment, DeploymentState, DriftWindow, ServingInfo};
 use halyard_core::store::{MANIFEST_FILE, Store, WEIGHTS_FILE, read_model};
@@ -70,6 +71,8 @@ pub struct Host {
     /// Spreads unkeyed requests over a split.
     counter: AtomicU64,
     metrics: Metrics,
+    /// Counts each version's requests, failures and times (the guardrails read them).
+    events: Arc<EventLog>,
     /// The executor's current lease ([`Host::run`] sets it): drift windows live under it.
     lease: OnceLock<Arc<AtomicI64>>,
 }
@@ -105,6 +108,7 @@ impl Host {
         store: Store,
         batch: BatchConfig,
         metrics: Metrics,
+        events: Arc<EventLog>,
     ) -> Arc<Host> {
         Arc::new(Host {
             executor,
@@ -115,6 +119,7 @@ impl Host {
             table: RwLock::new(Arc::new(Table::new())),
             counter: AtomicU64::new(0),
             metrics,
+            events,
             lease: OnceLock::new(),
         })
     }
@@ -446,30 +451,57 @@ impl Host {
         versions.sort_unstable();
         versions.dedup();
         for v in versions {
-            let loaded = &served.versions[&v];
-            let Some((encoder, batcher)) = loaded.scorer.as_ref() else {
-                return Err(ApiError::bad_request(format!(
-                    "model {name} version {v} is a forecaster: POST /v1/models/{name}:forecast"
-                )));
-            };
             let rows: Vec<usize> = (0..records.len()).filter(|&i| of_row[i] == v).collect();
-            let refs: Vec<&Record> = rows.iter().map(|&i| &records[i]).collect();
-            let encoded = encoder.encode(&refs).map_err(|e| {
-                // Record numbers are the request's, not the group's.
-                ApiError::bad_request(renumber(&e.to_string(), &rows))
-            })?;
-            self.observe(name, loaded, &refs);
-            let s = batcher.score(encoded).await?;
-            self.metrics
-                .predicted_records
-                .with_label_values(&[name, &v.to_string()])
-                .inc_by(rows.len() as u64);
-            let per = batcher.outputs();
-            for (k, &i) in rows.iter().enumerate() {
-                let out: Vec<f64> = s[k * per..(k + 1) * per]
-                    .iter()
-                    .map(|v| f64::from(*v))
-                    .collect();
+            let started = Instant::now();
+            let scored = self
+                .score_rows(name, &served.versions[&v], &records, &rows)
+                .await;
+            self.events
+                .served(name, v, scored.is_ok(), started.elapsed());
+            for (p, &i) in scored?.into_iter().zip(&rows) {
+                predictions[i] = Some(p);
+            }
+        }
+        Ok(PredictReply {
+            model: name.to_string(),
+            predictions: predictions
+                .into_iter()
+                .map(|p| p.expect("every record was scored by its version"))
+                .collect(),
+            executor: self.executor.clone(),
+        })
+    }
+
+    /// Score `rows` of `records` with one loaded version, in the order of `rows`.
+    async fn score_rows(
+        &self,
+        name: &str,
+        loaded: &Loaded,
+        records: &[Record],
+        rows: &[usize],
+    ) -> Result<Vec<Prediction>, ApiError> {
+        let v = loaded.version;
+        let Some((encoder, batcher)) = loaded.scorer.as_ref() else {
+            return Err(ApiError::bad_request(format!(
+                "model {name} version {v} is a forecaster: POST /v1/models/{name}:forecast"
+            )));
+        };
+        let refs: Vec<&Record> = rows.iter().map(|&i| &records[i]).collect();
+        let encoded = encoder.encode(&refs).map_err(|e| {
+            // Record numbers are the request's, not the group's.
+            ApiError::bad_request(renumber(&e.to_string(), rows))
+        })?;
+        self.observe(name, loaded, &refs);
+        let s = batcher.score(encoded).await?;
+        self.metrics
+            .predicted_records
+            .with_label_values(&[name, &v.to_string()])
+            .inc_by(rows.len() as u64);
+        let per = batcher.outputs();
+        Ok(s.chunks(per)
+            .take(rows.len())
+            .map(|out| {
+                let out: Vec<f64> = out.iter().map(|x| f64::from(*x)).collect();
                 let mut p = Prediction {
                     score: out[0],
                     version: v,
@@ -482,17 +514,9 @@ impl Host {
                     "kmeans" => p.distances = Some(out[1..].to_vec()),
                     _ => {}
                 }
-                predictions[i] = Some(p);
-            }
-        }
-        Ok(PredictReply {
-            model: name.to_string(),
-            predictions: predictions
-                .into_iter()
-                .map(|p| p.expect("every record was scored by its version"))
-                .collect(),
-            executor: self.executor.clone(),
-        })
+                p
+            })
+            .collect())
     }
 
     /// Count scored records into the version's drift sketch; a whole window is scored

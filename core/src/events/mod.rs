@@ -418,6 +418,31 @@ impl EventLog {
         }
     }
 
+    /// Count a prediction request that `version` of `model` answered (`ok`) or failed,
+    /// and the time it took. Serving counts are kept in memory and published with the
+    /// event counts, not logged: a restarted node counts them from zero.
+    pub fn served(&self, model: &str, version: u64, ok: bool, took: Duration) {
+        {
+            let mut live = self.shared.live.lock().expect("counts lock");
+            let t = match live.get_mut(model) {
+                Some(versions) => versions.entry(version).or_default(),
+                None => live
+                    .entry(model.to_string())
+                    .or_default()
+                    .entry(version)
+                    .or_default(),
+            };
+            t.requests += 1;
+            t.errors += u64::from(!ok);
+            t.latency
+                .record(u64::try_from(took.as_micros()).unwrap_or(u64::MAX));
+        }
+        let mut dirty = self.shared.dirty.lock().expect("dirty lock");
+        if !dirty.contains(model) {
+            dirty.insert(model.to_string());
+        }
+    }
+
     /// This node's counts for `model` as they stand (every acknowledged event).
     pub fn tally(&self, model: &str) -> Option<NodeTally> {
         tally_of(&self.shared, model)
