@@ -260,8 +260,8 @@ enum Command {
         /// Version to deploy
         #[arg(
             long,
-            conflicts_with_all = ["split", "bandit", "replicas"],
-            required_unless_present_any = ["split", "bandit", "replicas"]
+            conflicts_with_all = ["split", "bandit", "replicas", "metrics"],
+            required_unless_present_any = ["split", "bandit", "replicas", "metrics"]
         )]
         version: Option<u64>,
         /// Alias to give the version
@@ -303,6 +303,12 @@ enum Command {
         /// fits on (the default). The traffic split stays as it is
         #[arg(long, conflicts_with = "bandit")]
         replicas: Option<u32>,
+        /// Declare the experiment's metrics as NAME:KIND[:ROLE] (KIND binary or
+        /// continuous; ROLE primary, secondary or guardrail; the first is primary unless
+        /// another is), such as visit:binary,spend:continuous,unsubscribe:binary:guardrail.
+        /// Feedback under any other metric is then refused; `none` takes any again
+        #[arg(long, value_delimiter = ',', conflicts_with_all = ["split", "bandit", "replicas"])]
+        metrics: Option<Vec<String>>,
         /// Print JSON
         #[arg(long)]
         json: bool,
@@ -786,10 +792,18 @@ async fn run(cli: Cli) -> Result<(), AnyError> {
             floor,
             every,
             replicas,
+            metrics,
             json,
             conn,
         } => {
             let action = match (replicas, bandit, ramp, version) {
+                _ if metrics.is_some() => DeployAction::Metrics(
+                    metrics
+                        .into_iter()
+                        .flatten()
+                        .filter(|m| !m.trim().is_empty() && m.trim() != "none")
+                        .collect(),
+                ),
                 (Some(count), ..) => DeployAction::Replicas(count),
                 (None, Some(versions), _, _) => DeployAction::bandit(versions, &floor, &every)?,
                 (None, None, Some(steps), Some(version)) => {

@@ -468,3 +468,131 @@ async fn a_canary_that_fails_requests_is_rolled_back_by_its_errors_guardrail() {
         "{rollback:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn declared_metrics_refuse_other_feedback_and_order_the_report() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (cluster, client) = two_versions(tmp.path()).await;
+    let split = DeployAction::from_flags(None, String::new(), None, Some("1=50,2=50".into()));
+    deploy(&client, "offer", split.unwrap(), true)
+        .await
+        .unwrap();
+    let declare = |m: &[&str]| DeployAction::Metrics(m.iter().map(|s| s.to_string()).collect());
+    // Refused whole, naming the problem.
+    for (bad, says) in [
+        (
+            &["visit:binary:primary", "spend:continuous:primary"][..],
+            "one primary",
+        ),
+        (&["visit:boolean"][..], "unknown kind \"boolean\""),
+        (&["visit:binary", "visit:continuous"][..], "declared twice"),
+        (&["conversion:continuous"][..], "is binary"),
+        (&["Visit:binary"][..], "lowercase"),
+    ] {
+        let e = deploy(&client, "offer", declare(bad), true)
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains(says), "{bad:?}: {e}");
+    }
+    // The first is primary unless another says so.
+    deploy(
+        &client,
+        "offer",
+        declare(&[
+            "visit:binary",
+            "unsubscribe:binary:guardrail",
+            "spend:continuous",
+        ]),
+        true,
+    )
+    .await
+    .unwrap();
+    let shown = client.model("offer").await.unwrap().deployment.unwrap();
+    assert_eq!(
+        shown.metrics,
+        [
+            "visit:binary:primary",
+            "unsubscribe:binary:guardrail",
+            "spend:continuous:secondary"
+        ]
+    );
+    // The split is untouched.
+    assert_eq!(weights(&client, "offer").await, vec![(1, 50), (2, 50)]);
+
+    let http = http_client(&cluster.admin_key);
+    let url = format!("http://{}/v1/models/offer:feedback", cluster.scheduler.addr);
+    let post = |body: serde_json::Value| {
+        let (http, url) = (http.clone(), url.clone());
+        async move {
+            let r = http
+                .post(&url)
+                .header("content-type", "application/json")
+                .body(body.to_string())
+                .send()
+                .await
+                .unwrap();
+            (r.status().as_u16(), r.text().await.unwrap())
+        }
+    };
+    let (status, text) =
+        post(serde_json::json!({"version": 1, "metric": "revenue", "value": 3.0})).await;
+    assert_eq!(status, 400, "{text}");
+    assert!(
+        text.contains("declares the metrics visit, unsubscribe, spend, not revenue"),
+        "{text}"
+    );
+    let (status, text) = post(serde_json::json!({"version": 1, "converted": true})).await;
+    assert_eq!(status, 400, "{text}");
+    assert!(text.contains("not conversion"), "{text}");
+    let (status, text) =
+        post(serde_json::json!({"version": 1, "metric": "visit", "value": 0.5})).await;
+    assert_eq!(status, 400, "{text}");
+    assert!(
+        text.contains("not 0 or 1 (it is declared binary)"),
+        "{text}"
+    );
+    // A batch with one undeclared outcome counts none of it.
+    let (status, text) = post(serde_json::json!([
+        {"version": 1, "metric": "visit", "value": 1},
+        {"version": 2, "metric": "clicks", "value": 4}
+    ]))
+    .await;
+    assert_eq!(status, 400, "{text}");
+    assert!(text.contains("outcome 1:"), "{text}");
+    for (version, metric, value) in [(1, "visit", 1.0), (2, "visit", 0.0), (2, "spend", 12.5)] {
+        let (status, text) =
+            post(serde_json::json!({"version": version, "metric": metric, "value": value})).await;
+        assert_eq!(status, 200, "{text}");
+    }
+    let e = client.experiment("offer").await.unwrap();
+    let order: Vec<(&str, &str, u64)> = e
+        .metrics
+        .iter()
+        .map(|m| (m.metric.as_str(), m.role.as_str(), m.n))
+        .collect();
+    assert_eq!(
+        order,
+        [
+            ("visit", "primary", 1),
+            ("visit", "primary", 1),
+            ("spend", "secondary", 0),
+            ("spend", "secondary", 1),
+            ("unsubscribe", "guardrail", 0),
+            ("unsubscribe", "guardrail", 0),
+        ]
+    );
+
+    // `--metrics none` takes any metric again (once the node's cached deployment, at most
+    // a second old, is read again).
+    deploy(&client, "offer", declare(&[]), true).await.unwrap();
+    wait_for(
+        "undeclared metrics to be taken",
+        Duration::from_secs(10),
+        || async {
+            let (status, _) =
+                post(serde_json::json!({"version": 1, "metric": "revenue", "value": 3.0})).await;
+            (status == 200).then_some(())
+        },
+    )
+    .await;
+}

@@ -3,8 +3,9 @@
 
 use halyard_core::proto::deploy_request::Change;
 use halyard_core::proto::{
-    DeployRequest, DeployVersion, DeploymentInfo, ExperimentResponse, GetModelResponse, Promote,
-    Rollback, SetReplicas, SplitTraffic, StartBandit, StartRamp, Undeploy, VariantInfo,
+    DeclareMetrics, DeployRequest, DeployVersion, DeploymentInfo, ExperimentResponse,
+    GetModelResponse, Promote, Rollback, SetReplicas, SplitTraffic, StartBandit, StartRamp,
+    Undeploy, VariantInfo,
 };
 use halyard_core::registry::parse_split;
 use serde_json::{Value, json};
@@ -36,6 +37,7 @@ fn deployment_json(d: Option<&DeploymentInfo>) -> Value {
                 "every_secs": b.every_secs,
             })),
             "replicas": (d.replicas > 0).then_some(d.replicas),
+            "metrics": d.metrics,
             "placed_on": d.placed_on,
             "unplaced": d.unplaced,
             "memory_bytes": d.memory_bytes,
@@ -164,6 +166,9 @@ fn show_model(m: &GetModelResponse) {
                 r.step_secs,
                 guards_text(r)
             ));
+        }
+        if !d.metrics.is_empty() {
+            out(&format!("metrics:  {}", d.metrics.join(", ")));
         }
         out(&format!("rollback: {} earlier states kept", d.history));
         out(&format!("placed:   {}", placed_text(d)));
@@ -350,6 +355,9 @@ pub enum DeployAction {
     Ramp(StartRamp),
     /// `deploy NAME --replicas N`: on N executors (0: every one it fits on).
     Replicas(u32),
+    /// `deploy NAME --metrics visit:binary:primary,spend:continuous`: the experiment's
+    /// metrics (empty: take any).
+    Metrics(Vec<String>),
     /// `deploy NAME --bandit 3,4,5 [--floor 1%] [--every 60s]`.
     Bandit {
         /// The versions.
@@ -502,6 +510,7 @@ pub async fn deploy(
         }),
         DeployAction::Ramp(ramp) => Change::Ramp(ramp),
         DeployAction::Replicas(count) => Change::Replicas(SetReplicas { count }),
+        DeployAction::Metrics(metrics) => Change::Metrics(DeclareMetrics { metrics }),
     };
     let m = client
         .deploy(DeployRequest {
@@ -546,11 +555,20 @@ fn print_serving(e: &ExperimentResponse) {
 
 /// The experiment's metrics other than conversion, one table each.
 fn print_metrics(e: &ExperimentResponse) {
-    let mut names: Vec<&str> = e.metrics.iter().map(|m| m.metric.as_str()).collect();
+    let mut names: Vec<(&str, &str)> = e
+        .metrics
+        .iter()
+        .map(|m| (m.metric.as_str(), m.role.as_str()))
+        .collect();
     names.dedup();
-    for name in names {
+    for (name, role) in names {
+        let what = if role.is_empty() {
+            "mean".to_string()
+        } else {
+            format!("mean, {role}")
+        };
         out(&format!(
-            "{name} (mean):\n{:>7} {:>8} {:>12} {:>12} {:>25} {:>8} {:>25} {:>8}",
+            "{name} ({what}):\n{:>7} {:>8} {:>12} {:>12} {:>25} {:>8} {:>25} {:>8}",
             "VERSION", "N", "MEAN", "DIFF", "FIXED INTERVAL", "P", "ALWAYS-VALID", "P"
         ));
         for m in e.metrics.iter().filter(|m| m.metric == name) {

@@ -171,6 +171,163 @@ pub struct Deployment {
     /// on. Kept across changes and rollbacks.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replicas: Option<u32>,
+    /// The metrics its experiment declares (none: any well-named metric is taken). Kept
+    /// across changes and rollbacks.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub metrics: Vec<MetricDecl>,
+}
+
+/// How a declared metric's values are read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MetricKind {
+    /// 0 or 1 per outcome (a visit, a conversion): compared as a rate.
+    Binary,
+    /// Any finite number (revenue, spend): compared by Welch's test.
+    Continuous,
+}
+
+/// A declared metric's part in the analysis.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MetricRole {
+    /// The one metric the experiment is decided on (shown first).
+    Primary,
+    /// Reported beside it.
+    Secondary,
+    /// Watched for harm (reported after the secondaries).
+    Guardrail,
+}
+
+impl MetricRole {
+    /// Its name as declared.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MetricRole::Primary => "primary",
+            MetricRole::Secondary => "secondary",
+            MetricRole::Guardrail => "guardrail",
+        }
+    }
+}
+
+/// A metric an experiment declares: `NAME:KIND[:ROLE]` (`visit:binary:primary`,
+/// `spend:continuous`, `unsubscribe:binary:guardrail`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MetricDecl {
+    /// The name outcomes are fed under.
+    pub name: String,
+    /// How its values are read.
+    pub kind: MetricKind,
+    /// Its part in the analysis.
+    pub role: MetricRole,
+}
+
+/// Why `name` cannot name a metric, if it cannot.
+pub fn check_metric_name(name: &str) -> std::result::Result<(), String> {
+    let well_named = !name.is_empty()
+        && name.len() <= 64
+        && name.starts_with(|c: char| c.is_ascii_lowercase())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+    if well_named {
+        Ok(())
+    } else {
+        Err(format!(
+            "metric {name:?}: a metric's name is lowercase letters, digits and _, starting with a letter, at most 64"
+        ))
+    }
+}
+
+impl MetricDecl {
+    /// The declaration as written, `NAME:KIND:ROLE`.
+    pub fn text(&self) -> String {
+        let kind = match self.kind {
+            MetricKind::Binary => "binary",
+            MetricKind::Continuous => "continuous",
+        };
+        format!("{}:{kind}:{}", self.name, self.role.as_str())
+    }
+
+    /// Why `value` is not one of this metric's values, if it is not.
+    pub fn check(&self, value: f64) -> std::result::Result<(), String> {
+        match self.kind {
+            MetricKind::Binary if value != 0.0 && value != 1.0 => Err(format!(
+                "metric {}: value {value} is not 0 or 1 (it is declared binary)",
+                self.name
+            )),
+            _ if !value.is_finite() => Err(format!(
+                "metric {}: value {value} is not a finite number",
+                self.name
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    /// Parse declarations `NAME:KIND[:ROLE]`: a role left out is `secondary`, except
+    /// that the first metric is `primary` when none is said to be; exactly one is
+    /// primary, each name once, and `conversion` is binary. An empty list clears the
+    /// declarations.
+    pub fn parse_all(items: &[String]) -> Result<Vec<MetricDecl>> {
+        const FORM: &str = "write NAME:KIND[:ROLE], KIND binary or continuous, ROLE primary, secondary or guardrail (such as visit:binary:primary,spend:continuous)";
+        let mut out: Vec<MetricDecl> = Vec::new();
+        let mut stated = Vec::new();
+        for item in items {
+            let parts: Vec<&str> = item.trim().split(':').collect();
+            let bad = |why: &str| invalid("metrics", item, &format!("{why}: {FORM}"));
+            let (name, kind, role) = match parts.as_slice() {
+                [n, k] => (*n, *k, None),
+                [n, k, r] => (*n, *k, Some(*r)),
+                _ => return Err(bad("not a declaration")),
+            };
+            check_metric_name(name).map_err(|e| bad(&e))?;
+            let kind = match kind {
+                "binary" => MetricKind::Binary,
+                "continuous" => MetricKind::Continuous,
+                other => return Err(bad(&format!("unknown kind {other:?}"))),
+            };
+            if name == CONVERSION && kind != MetricKind::Binary {
+                return Err(bad("conversion (what `converted` feeds) is binary"));
+            }
+            let role = match role {
+                None => None,
+                Some("primary") => Some(MetricRole::Primary),
+                Some("secondary") => Some(MetricRole::Secondary),
+                Some("guardrail") => Some(MetricRole::Guardrail),
+                Some(other) => return Err(bad(&format!("unknown role {other:?}"))),
+            };
+            if out.iter().any(|d| d.name == name) {
+                return Err(bad(&format!("{name} is declared twice")));
+            }
+            stated.push(role.is_some());
+            out.push(MetricDecl {
+                name: name.to_string(),
+                kind,
+                role: role.unwrap_or(MetricRole::Secondary),
+            });
+        }
+        let primaries = out.iter().filter(|d| d.role == MetricRole::Primary).count();
+        if primaries > 1 {
+            return Err(invalid(
+                "metrics",
+                items.join(","),
+                "declare one primary metric (the one the experiment is decided on)",
+            ));
+        }
+        if primaries == 0
+            && let Some(first) = out.first_mut()
+        {
+            if stated[0] {
+                return Err(invalid(
+                    "metrics",
+                    items.join(","),
+                    "declare one primary metric (the one the experiment is decided on)",
+                ));
+            }
+            first.role = MetricRole::Primary;
+        }
+        Ok(out)
+    }
 }
 
 /// A change to a deployment.
@@ -213,6 +370,9 @@ pub enum Change {
     /// Serve the model on this many executors (`None`: every one it fits on); the
     /// traffic split stays as it is.
     Replicas(Option<u32>),
+    /// Declare the experiment's metrics (empty: take any); the traffic split stays as
+    /// it is.
+    Metrics(Vec<MetricDecl>),
 }
 
 impl DeploymentState {
@@ -425,6 +585,11 @@ impl Deployment {
                 let mut out = self.clone();
                 out.replicas = *n;
                 out.updated_ms = crate::records::now_ms();
+                return Ok(out);
+            }
+            Change::Metrics(declared) => {
+                let mut out = self.clone();
+                out.metrics = declared.clone();
                 return Ok(out);
             }
             Change::Rollback => {
@@ -832,6 +997,75 @@ pub struct DriftWindow {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn declared_metrics_parse_and_outlive_changes_to_the_split() {
+        let parse = |items: &[&str]| {
+            MetricDecl::parse_all(&items.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+        };
+        let m = parse(&[
+            "visit:binary",
+            "spend:continuous:primary",
+            "unsub:binary:guardrail",
+        ])
+        .unwrap();
+        let text: Vec<String> = m.iter().map(MetricDecl::text).collect();
+        assert_eq!(
+            text,
+            [
+                "visit:binary:secondary",
+                "spend:continuous:primary",
+                "unsub:binary:guardrail"
+            ]
+        );
+        // Written back as read.
+        assert_eq!(
+            parse(&text.iter().map(String::as_str).collect::<Vec<_>>()).unwrap(),
+            m
+        );
+        assert_eq!(
+            parse(&["visit:binary"]).unwrap()[0].role,
+            MetricRole::Primary
+        );
+        assert!(parse(&[]).unwrap().is_empty());
+        for bad in [
+            &["visit"][..],
+            &["visit:binary:main"],
+            &["visit:binary:secondary"],
+            &["a:binary:primary", "b:binary:primary"],
+            &["conversion:continuous"],
+            &["9lives:binary"],
+        ] {
+            assert!(parse(bad).is_err(), "{bad:?}");
+        }
+        assert!(m[0].check(1.0).is_ok() && m[0].check(0.5).is_err());
+        assert!(m[1].check(-3.25).is_ok() && m[1].check(f64::NAN).is_err());
+
+        let exists = |v: u64| (1..=2).contains(&v);
+        let d = Deployment {
+            name: "m".into(),
+            ..Deployment::default()
+        };
+        let d = d.apply(&Change::Metrics(m.clone()), exists).unwrap();
+        let d = d
+            .apply(
+                &Change::Deploy {
+                    version: 1,
+                    alias: PRODUCTION.into(),
+                    percent: None,
+                },
+                exists,
+            )
+            .unwrap();
+        let d = d.apply(&Change::Rollback, exists).unwrap();
+        assert_eq!(d.metrics, m);
+        assert!(
+            d.apply(&Change::Metrics(vec![]), exists)
+                .unwrap()
+                .metrics
+                .is_empty()
+        );
+    }
 
     #[test]
     fn latencies_merge_across_nodes_and_travel_as_recorded_pairs() {

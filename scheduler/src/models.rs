@@ -15,8 +15,8 @@ use halyard_core::proto::{
     ReportResponse, ServedBy, StartBandit, StartRamp, VariantInfo,
 };
 use halyard_core::registry::{
-    BanditPolicy, CANARY, Change, Deployment, ModelVersion, PRODUCTION, RampPolicy, ServingInfo,
-    Variant,
+    BanditPolicy, CANARY, Change, Deployment, MetricDecl, ModelVersion, PRODUCTION, RampPolicy,
+    ServingInfo, Variant,
 };
 use tonic::{Request, Response, Status};
 use tracing::info;
@@ -72,6 +72,9 @@ impl ModelApi {
                 every_secs: b.every_secs,
             }),
             Some(WireChange::Replicas(r)) => Change::Replicas((r.count > 0).then_some(r.count)),
+            Some(WireChange::Metrics(m)) => {
+                Change::Metrics(MetricDecl::parse_all(&m.metrics).map_err(to_status)?)
+            }
             Some(WireChange::Ramp(r)) => Change::Ramp(RampPolicy {
                 canary: r.version,
                 steps: r.steps,
@@ -206,6 +209,7 @@ fn deployment_info(
 ) -> DeploymentInfo {
     DeploymentInfo {
         replicas: d.replicas.unwrap_or(0),
+        metrics: d.metrics.iter().map(MetricDecl::text).collect(),
         placed_on: placed.map(|p| p.executors.clone()).unwrap_or_default(),
         unplaced: placed.map(Placement::short).unwrap_or(0),
         memory_bytes: placed.map(|p| p.memory_bytes).unwrap_or(0),
@@ -290,6 +294,7 @@ impl ModelService for ModelApi {
             Some(WireChange::Bandit(_)) => "bandit",
             Some(WireChange::Ramp(_)) => "ramp",
             Some(WireChange::Replicas(_)) => "replicas",
+            Some(WireChange::Metrics(_)) => "metrics",
             None => "deploy",
         };
         let name = req.name.clone();

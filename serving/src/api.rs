@@ -142,17 +142,7 @@ impl FeedbackBody {
                 ));
             }
         };
-        let well_named = !metric.is_empty()
-            && metric.len() <= 64
-            && metric.starts_with(|c: char| c.is_ascii_lowercase())
-            && metric
-                .chars()
-                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
-        if !well_named {
-            return Err(ApiError::bad_request(format!(
-                "metric {metric:?}: a metric's name is lowercase letters, digits and _, starting with a letter, at most 64"
-            )));
-        }
+        halyard_core::registry::check_metric_name(metric).map_err(ApiError::bad_request)?;
         if !value.is_finite() || (metric == CONVERSION && value != 0.0 && value != 1.0) {
             return Err(ApiError::bad_request(format!(
                 "metric {metric}: value {value} is not {}",

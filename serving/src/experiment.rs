@@ -6,8 +6,8 @@
 
 use halyard_core::proto::{ExperimentResponse, MetricStats, VariantStats};
 use halyard_core::registry::{
-    BANDIT_SCALE, BanditPolicy, CONVERSION, Deployment, NodeTally, Outcomes, PRODUCTION,
-    RampPolicy, Variant, VersionTally, total,
+    BANDIT_SCALE, BanditPolicy, CONVERSION, Deployment, MetricDecl, NodeTally, Outcomes,
+    PRODUCTION, RampPolicy, Variant, VersionTally, total,
 };
 use halyard_models::bandit::{Arm, prob_best, shares};
 use halyard_models::stats::{
@@ -231,7 +231,8 @@ pub fn report(
         }
     }
     let versions: Vec<u64> = r.variants.iter().map(|v| v.version).collect();
-    r.metrics = metric_stats(r.control, &versions, &totals);
+    let declared = deployment.map_or(&[][..], |d| &d.metrics[..]);
+    r.metrics = metric_stats(r.control, &versions, &totals, declared);
     Some(r)
 }
 
@@ -256,16 +257,28 @@ fn served_stats(v: &mut VariantStats, t: &VersionTally) {
 }
 
 /// Every metric but conversion, per version (of `versions`, then any other with values),
-/// against `control`'s mean: Welch's test and the always-valid interval.
+/// against `control`'s mean: Welch's test and the always-valid interval. `declared`
+/// metrics come first, by role (primary, secondary, guardrail) and then as declared,
+/// each even before it has values; undeclared ones with values follow by name.
 pub fn metric_stats(
     control: u64,
     versions: &[u64],
     totals: &std::collections::BTreeMap<u64, halyard_core::registry::VersionTally>,
+    declared: &[MetricDecl],
 ) -> Vec<MetricStats> {
-    let names: std::collections::BTreeSet<&String> = totals
-        .values()
-        .flat_map(|t| t.metrics.keys())
-        .filter(|m| *m != CONVERSION)
+    let mut by_role: Vec<&MetricDecl> = declared.iter().collect();
+    by_role.sort_by_key(|d| d.role);
+    let seen: std::collections::BTreeSet<&String> =
+        totals.values().flat_map(|t| t.metrics.keys()).collect();
+    let names: Vec<(&String, &str)> = by_role
+        .iter()
+        .map(|d| (&d.name, d.role.as_str()))
+        .chain(
+            seen.into_iter()
+                .filter(|m| !declared.iter().any(|d| &d.name == *m))
+                .map(|m| (m, "")),
+        )
+        .filter(|(m, _)| *m != CONVERSION)
         .collect();
     let mut order: Vec<u64> = versions.to_vec();
     order.extend(totals.keys().filter(|v| !versions.contains(v)));
@@ -283,7 +296,7 @@ pub fn metric_stats(
         }
     };
     let mut out = Vec::new();
-    for metric in names {
+    for (metric, role) in names {
         let c = moments(metric, control);
         for &version in &order {
             let m = moments(metric, version);
@@ -300,6 +313,7 @@ pub fn metric_stats(
                 seq_high: f64::NAN,
                 seq_p_value: f64::NAN,
                 needed: 0,
+                role: role.to_string(),
             };
             if version != control {
                 if let Some(short) = too_few(&c, &m, false) {
@@ -714,7 +728,7 @@ mod tests {
             t.merge(&other);
             totals.insert(v, t);
         }
-        let got = metric_stats(1, &[1, 2], &totals);
+        let got = metric_stats(1, &[1, 2], &totals, &[]);
         assert_eq!(got.len(), 2);
         let reference = |xs: &[f64]| {
             let mut m = Moments::default();
@@ -743,7 +757,7 @@ mod tests {
             .unwrap()
             .metrics
             .insert("revenue".into(), sums(&b[..12]));
-        let g = &metric_stats(1, &[1, 2], &few)[1];
+        let g = &metric_stats(1, &[1, 2], &few, &[])[1];
         assert!(g.p_value.is_nan() && g.needed == 18, "{g:?}");
     }
 }

@@ -18,7 +18,7 @@ use bytes::Bytes;
 use halyard_core::coord::Coordinator;
 use halyard_core::events::{Event, EventLog};
 use halyard_core::metrics::Metrics;
-use halyard_core::registry::{Deployment, NodeTally, ServingInfo};
+use halyard_core::registry::{Deployment, MetricDecl, NodeTally, ServingInfo};
 use halyard_core::tls::Tls;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -40,6 +40,27 @@ const REFRESH: Duration = Duration::from_millis(1000);
 const BENCH_FAILED: Duration = Duration::from_secs(3);
 /// How long one forwarded attempt may take.
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Why `value` of `metric` cannot be fed back to model `name`, whose experiment declares
+/// `declared` (none: any well-named metric is taken).
+fn declared_value(
+    name: &str,
+    declared: &[MetricDecl],
+    metric: &str,
+    value: f64,
+) -> Result<(), ApiError> {
+    if declared.is_empty() {
+        return Ok(());
+    }
+    let Some(d) = declared.iter().find(|d| d.name == metric) else {
+        let names: Vec<&str> = declared.iter().map(|d| d.name.as_str()).collect();
+        return Err(ApiError::bad_request(format!(
+            "model {name} declares the metrics {}, not {metric}: feed one of those, or declare it with `halyard deploy {name} --metrics …`",
+            names.join(", ")
+        )));
+    };
+    d.check(value).map_err(ApiError::bad_request)
+}
+
 /// How long `:feedback` trusts a deployment it read (a split changed by hand reaches
 /// outcomes sent by key within this).
 const DEPLOYMENT_TTL: Duration = Duration::from_secs(1);
@@ -548,6 +569,9 @@ impl Gateway {
         let now = halyard_core::records::now_ms();
         let mut events = Vec::with_capacity(batch.len());
         let many = batch.len() > 1;
+        // The experiment's declared metrics, when it declares any.
+        let deployment = self.deployment(name).await?;
+        let declared = deployment.as_ref().map_or(&[][..], |d| &d.metrics[..]);
         for (i, body) in batch.iter().enumerate() {
             let at = |e: ApiError| {
                 if many {
@@ -560,6 +584,7 @@ impl Gateway {
                 }
             };
             let (metric, value) = body.outcome().map_err(at)?;
+            declared_value(name, declared, metric, value).map_err(at)?;
             let version = self.credited(name, body).await.map_err(at)?;
             events.push(Event::outcome(
                 name,
