@@ -426,7 +426,8 @@ async fn a_canary_that_fails_requests_is_rolled_back_by_its_errors_guardrail() {
         "{answered} answered, {refused} refused"
     );
 
-    // The report counts each version's requests and failures.
+    // The report counts each version's requests and failures (the canary's too once it
+    // was rolled back).
     let e = wait_for(
         "the requests to be counted",
         Duration::from_secs(10),

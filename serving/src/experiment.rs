@@ -350,9 +350,14 @@ pub fn analyse(
         .iter()
         .map(|v| (v.version, v.weight))
         .collect();
-    for (v, _) in outcomes {
-        if !versions.iter().any(|(x, _)| x == v) {
-            versions.push((*v, 0));
+    // Versions no longer in the split that were counted (a canary rolled back) follow.
+    for v in outcomes
+        .iter()
+        .map(|o| o.0)
+        .chain(exposures.iter().map(|e| e.0))
+    {
+        if !versions.iter().any(|(x, _)| *x == v) {
+            versions.push((v, 0));
         }
     }
     let control = state
