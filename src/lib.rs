@@ -116,6 +116,8 @@ pub struct Standalone {
     pub key_file: PathBuf,
     /// The admin key (`hk_…`): what the local CLI sends.
     pub admin_key: String,
+    /// The coordination store its nodes share.
+    pub coord: halyard_core::coord::Coordinator,
 }
 
 impl Standalone {
@@ -179,5 +181,6 @@ pub async fn start_standalone(settings: Settings) -> Result<Standalone, Error> {
         store_url,
         key_file,
         admin_key,
+        coord,
     })
 }

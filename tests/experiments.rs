@@ -154,8 +154,16 @@ async fn weights(client: &halyard_client::Client, name: &str) -> Vec<(u64, u32)>
 
 /// A standalone cluster in `dir` with two versions of model `offer`.
 async fn two_versions(dir: &std::path::Path) -> (halyard::Standalone, halyard_client::Client) {
+    two_versions_on(dir, 1).await
+}
+
+/// [`two_versions`] with `executors` executors.
+async fn two_versions_on(
+    dir: &std::path::Path,
+    executors: u32,
+) -> (halyard::Standalone, halyard_client::Client) {
     let g = halyard_cli::datagen::generate(&dir.join("data"), 2000, 3).unwrap();
-    let (cluster, client) = standalone(dir, 1).await;
+    let (cluster, client) = standalone(dir, executors).await;
     for _ in 0..2 {
         let job = client
             .submit(&spec(dir, "offer", &g.responses, 1, 256))
@@ -593,6 +601,117 @@ async fn declared_metrics_refuse_other_feedback_and_order_the_report() {
             let (status, _) =
                 post(serde_json::json!({"version": 1, "metric": "revenue", "value": 3.0})).await;
             (status == 200).then_some(())
+        },
+    )
+    .await;
+}
+
+/// The version that scored each of `keys` (one keyed prediction each, through the
+/// scheduler, which spreads them over the executors).
+async fn versions_of(
+    cluster: &halyard::Standalone,
+    body: &serde_json::Value,
+    keys: &[String],
+) -> Vec<u64> {
+    let http = http_client(&cluster.admin_key);
+    let url = format!("http://{}/v1/models/offer:predict", cluster.scheduler.addr);
+    let mut out = Vec::new();
+    for k in keys {
+        let mut b = body.clone();
+        b["key"] = serde_json::json!(k);
+        let r = http
+            .post(&url)
+            .header("content-type", "application/json")
+            .body(b.to_string())
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success(), "{:?}", r.text().await);
+        let reply: serde_json::Value = serde_json::from_str(&r.text().await.unwrap()).unwrap();
+        out.push(reply["predictions"][0]["version"].as_u64().unwrap());
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_bandit_keeps_each_key_on_the_version_it_got_across_executors() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (cluster, client) = two_versions_on(tmp.path(), 2).await;
+    let action = DeployAction::bandit(vec![1, 2], "5%", "1s").unwrap();
+    deploy(&client, "offer", action, true).await.unwrap();
+    wait_for(
+        "both executors to serve both versions",
+        Duration::from_secs(30),
+        || async {
+            let d = client.model("offer").await.ok()?.deployment?;
+            (d.served_by.len() == 2 && d.served_by.iter().all(|s| s.versions == [1, 2]))
+                .then_some(())
+        },
+    )
+    .await;
+    let g = tmp.path().join("data/campaign/responses.csv");
+    let s = spec(tmp.path(), "offer", &g, 1, 256);
+    let body: serde_json::Value = serde_json::from_str(&first_record_body(&s, &g)).unwrap();
+    let keys: Vec<String> = (0..200).map(|i| format!("early-{i}")).collect();
+    let first = versions_of(&cluster, &body, &keys).await;
+    let on_one = first.iter().filter(|v| **v == 1).count();
+    assert!(
+        (60..=140).contains(&on_one),
+        "{on_one} of 200 on version 1 at 50/50"
+    );
+
+    // Version 2 converts four times as often: the bandit moves the traffic.
+    feed(&cluster, (10, 40)).await;
+    wait_for(
+        "the bandit to re-weigh",
+        Duration::from_secs(20),
+        || async {
+            let w = weights(&client, "offer").await;
+            (w.len() == 2 && w[1].1 > 9_000).then_some(w)
+        },
+    )
+    .await;
+    // Every early key stays where it was, on whichever executor it lands now ...
+    let again = versions_of(&cluster, &body, &keys).await;
+    assert_eq!(again, first);
+    // ... while new keys follow the new weights.
+    let late: Vec<String> = (0..100).map(|i| format!("late-{i}")).collect();
+    let new = versions_of(&cluster, &body, &late).await;
+    assert!(new.iter().filter(|v| **v == 2).count() > 80, "{new:?}");
+
+    // An outcome fed back by key credits the key's sticky version.
+    let i = first.iter().position(|v| *v == 1).unwrap();
+    let http = http_client(&cluster.admin_key);
+    let r = http
+        .post(format!(
+            "http://{}/v1/models/offer:feedback",
+            cluster.scheduler.addr
+        ))
+        .header("content-type", "application/json")
+        .body(serde_json::json!({"key": keys[i], "converted": true}).to_string())
+        .send()
+        .await
+        .unwrap();
+    let r: serde_json::Value = serde_json::from_str(&r.text().await.unwrap()).unwrap();
+    assert_eq!(r["version"], 1, "{r}");
+
+    // A split by hand ends the bandit: the leader deletes its assignments.
+    assert!(!cluster.coord.sticky("offer").await.unwrap().is_empty());
+    let split = DeployAction::from_flags(None, String::new(), None, Some("1=50,2=50".into()));
+    deploy(&client, "offer", split.unwrap(), true)
+        .await
+        .unwrap();
+    wait_for(
+        "the sticky assignments to go",
+        Duration::from_secs(20),
+        || async {
+            cluster
+                .coord
+                .sticky("offer")
+                .await
+                .ok()?
+                .is_empty()
+                .then_some(())
         },
     )
     .await;

@@ -967,6 +967,28 @@ pub fn total(tallies: &[NodeTally]) -> BTreeMap<u64, VersionTally> {
     out
 }
 
+/// Sticky assignments one node made while a bandit ran: each key and the version it got
+/// (the first record of a key, by the coordinator's revision, is the one every node
+/// keeps).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct StickyBatch {
+    /// Request keys (customer ids).
+    pub keys: Vec<String>,
+    /// The version each got.
+    pub versions: Vec<u64>,
+}
+
+/// A stored [`StickyBatch`] with where and when it was written.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StickyRecord {
+    /// Its key in the coordinator (names it among a model's records).
+    pub id: String,
+    /// The coordinator's revision when it was written: the earlier record of a key wins.
+    pub revision: i64,
+    /// The assignments.
+    pub batch: StickyBatch,
+}
+
 /// What one executor serves, under its lease: model name → loaded versions.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct ServingInfo {

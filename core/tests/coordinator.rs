@@ -461,6 +461,31 @@ async fn the_audit_log_is_trimmed_by_time(c: Coordinator) {
     assert_eq!(c.trim_audit(250_500).await.unwrap(), 0);
 }
 
+async fn sticky_assignments_are_kept_in_write_order_and_cleared_whole(c: Coordinator) {
+    use halyard_core::registry::StickyBatch;
+    let batch = |keys: &[&str], version: u64| StickyBatch {
+        keys: keys.iter().map(|k| k.to_string()).collect(),
+        versions: vec![version; keys.len()],
+    };
+    assert!(c.sticky("m").await.unwrap().is_empty());
+    c.put_sticky("m", "node-b", 7, &batch(&["k1"], 2)).await.unwrap();
+    c.put_sticky("m", "node-a", 9, &batch(&["k1", "k2"], 1)).await.unwrap();
+    c.put_sticky("other", "node-a", 1, &batch(&["k1"], 3)).await.unwrap();
+    let records = c.sticky("m").await.unwrap();
+    // Oldest write first, whatever the names' order.
+    assert_eq!(records.len(), 2);
+    assert!(records[0].revision < records[1].revision);
+    assert_eq!(records[0].batch, batch(&["k1"], 2));
+    assert!(records[0].id.ends_with("m/node-b/000000000007"), "{}", records[0].id);
+    // Each of etcd's transactions takes at most 128 deletes: 150 records go in two.
+    for seq in 0..150 {
+        c.put_sticky("m", "node-c", 100 + seq, &batch(&["k"], 1)).await.unwrap();
+    }
+    assert_eq!(c.clear_sticky("m").await.unwrap(), 152);
+    assert!(c.sticky("m").await.unwrap().is_empty());
+    assert_eq!(c.sticky("other").await.unwrap().len(), 1);
+}
+
 /// Whether `wake` fires within a second.
 async fn woken(wake: &halyard_core::coord::Wake) -> bool {
     tokio::time::timeout(Duration::from_secs(1), wake.changed())
@@ -584,6 +609,7 @@ conformance!(
     sql_endpoint_follows_the_leader,
     the_audit_log_is_trimmed_by_time,
     wake_ups_follow_what_each_loop_acts_on,
+    sticky_assignments_are_kept_in_write_order_and_cleared_whole,
 );
 
 /// A real etcd process, killed when dropped.
@@ -719,6 +745,7 @@ async fn the_suite_passes_against_etcd_with_tls_client_certificates_and_users() 
     sql_endpoint_follows_the_leader(coord().await).await;
     the_audit_log_is_trimmed_by_time(coord().await).await;
     wake_ups_follow_what_each_loop_acts_on(coord().await).await;
+    sticky_assignments_are_kept_in_write_order_and_cleared_whole(coord().await).await;
 }
 
 /// One job record that cannot be read does not stop the leader's view of the others: it

@@ -26,6 +26,9 @@ use crate::decide::{Free, Verdict, choose_executors, free_capacity, supervise};
 
 /// How often the leader trims the audit log.
 const AUDIT_TRIM_EVERY: Duration = Duration::from_secs(3600);
+/// How long after a bandit ended the leader goes on deleting its sticky assignments
+/// (well beyond the time a node takes to record the last it made).
+const STICKY_GRACE: Duration = Duration::from_secs(10);
 
 /// Campaign, lead until leadership is lost or shutdown, campaign again.
 pub(crate) async fn run(
@@ -127,6 +130,7 @@ async fn lead(
         sql: None,
         sql_executors: BTreeSet::new(),
         bandits_weighed: HashMap::new(),
+        sticky_cleared: HashMap::new(),
         audit_trimmed: None,
         collected: None,
         version_memory: HashMap::new(),
@@ -271,6 +275,9 @@ struct Leader<'a> {
     /// Per running bandit, the deployment change and the outcomes its weights were last
     /// computed from: the same inputs give the same weights, so they are not drawn again.
     bandits_weighed: HashMap<String, (i64, Vec<(u64, Outcomes)>)>,
+    /// Deployments without a bandit, since when this leader deletes their sticky
+    /// assignments.
+    sticky_cleared: HashMap<String, Instant>,
     /// When this leader last trimmed the audit log.
     audit_trimmed: Option<Instant>,
     /// When this leader last started a garbage collection, and the collection.
@@ -988,6 +995,24 @@ impl Leader<'_> {
     /// and outcomes give the same weights, and they are drawn once.
     async fn rebalance_bandits(&mut self, deployments: &[Deployment]) -> Result<()> {
         let now = now_ms();
+        // A bandit's sticky assignments go once it has ended: deleted on every pass for
+        // a while after (a node may still record the last ones it made), then left.
+        for d in deployments {
+            if d.current.bandit.is_some() {
+                self.sticky_cleared.remove(&d.name);
+                continue;
+            }
+            let since = *self
+                .sticky_cleared
+                .entry(d.name.clone())
+                .or_insert_with(Instant::now);
+            if since.elapsed() < STICKY_GRACE {
+                let n = self.coord.clear_sticky(&d.name).await?;
+                if n > 0 {
+                    info!(model = %d.name, records = n, "a bandit's sticky assignments deleted");
+                }
+            }
+        }
         self.bandits_weighed.retain(|name, _| {
             deployments
                 .iter()

@@ -30,6 +30,7 @@ use crate::api::{
     PredictReply,
 };
 use crate::host::Host;
+use crate::sticky::Sticky;
 
 /// Header marking a request forwarded by another node.
 pub const FORWARDED: &str = "x-halyard-forwarded";
@@ -88,6 +89,8 @@ pub struct Gateway {
     deployments: Mutex<HashMap<String, ReadDeployment>>,
     /// Versions known to exist, per model (versions are immutable: never forgotten).
     versions: Mutex<HashMap<String, HashSet<u64>>>,
+    /// Keys' versions while a bandit runs (the host's when it serves, else its own).
+    sticky: Arc<Sticky>,
 }
 
 impl std::fmt::Debug for Gateway {
@@ -182,6 +185,9 @@ impl Gateway {
             builder = builder.use_preconfigured_tls((*tls.client).clone());
         }
         let client = builder.build().expect("an HTTP client builds");
+        let sticky = host
+            .as_ref()
+            .map_or_else(|| Sticky::new(&node, coord.clone()), |h| h.sticky().clone());
         Arc::new(Gateway {
             scheme: if tls.is_some() { "https" } else { "http" },
             node,
@@ -195,6 +201,7 @@ impl Gateway {
             events,
             deployments: Mutex::new(HashMap::new()),
             versions: Mutex::new(HashMap::new()),
+            sticky,
         })
     }
 
@@ -610,7 +617,7 @@ impl Gateway {
                     .deployment(name)
                     .await?
                     .ok_or_else(|| ApiError::not_found(format!("no model {name} is deployed")))?;
-                d.current.variant_for(key).ok_or_else(|| {
+                self.sticky.credit(name, key, &d.current).await?.ok_or_else(|| {
                     ApiError::bad_request(format!(
                         "model {name} has no traffic split to find the key's variant: send `version`"
                     ))

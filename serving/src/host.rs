@@ -28,6 +28,7 @@ use crate::api::{
     ApiError, ForecastBody, ForecastReply, PredictBody, PredictReply, Prediction, SeriesForecast,
 };
 use crate::batcher::{BatchConfig, BatchMetrics, Batcher};
+use crate::sticky::Sticky;
 
 /// How often the host looks at the deployments without being woken: a change to them or
 /// to the placements wakes it at once ([`halyard_core::coord::Coordinator::serving_wake`]);
@@ -73,6 +74,8 @@ pub struct Host {
     metrics: Metrics,
     /// Counts each version's requests, failures and times (the guardrails read them).
     events: Arc<EventLog>,
+    /// Keys' versions while a bandit runs.
+    sticky: Arc<Sticky>,
     /// The executor's current lease ([`Host::run`] sets it): drift windows live under it.
     lease: OnceLock<Arc<AtomicI64>>,
 }
@@ -110,6 +113,7 @@ impl Host {
         metrics: Metrics,
         events: Arc<EventLog>,
     ) -> Arc<Host> {
+        let sticky = Sticky::new(&executor, coord.clone());
         Arc::new(Host {
             executor,
             address,
@@ -120,8 +124,14 @@ impl Host {
             counter: AtomicU64::new(0),
             metrics,
             events,
+            sticky,
             lease: OnceLock::new(),
         })
+    }
+
+    /// Keys' versions while a bandit runs (the gateway credits outcomes by them).
+    pub fn sticky(&self) -> &Arc<Sticky> {
+        &self.sticky
     }
 
     /// This executor's id.
@@ -439,8 +449,8 @@ impl Host {
                         })?,
                         None => request_key.clone(),
                     };
-                    state
-                        .variant_for(&k)
+                    self.sticky
+                        .assign(name, &k, state)
                         .expect("a split with positive weights")
                 }
             };

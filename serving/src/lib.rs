@@ -20,6 +20,7 @@ pub mod grpc;
 pub mod host;
 pub mod http;
 pub mod oip;
+pub mod sticky;
 pub mod tls;
 
 pub use api::ApiError;

@@ -8,7 +8,7 @@ use crate::kv::{Compare, TxnOp};
 use crate::records::TaskAssignment;
 use crate::registry::{
     AudienceVersion, Change, Deployment, DriftWindow, ModelVersion, NodeTally, Outcomes,
-    PRODUCTION, ServingInfo,
+    PRODUCTION, ServingInfo, StickyBatch, StickyRecord,
 };
 use crate::spec::ScoreSpec;
 
@@ -337,6 +337,61 @@ impl Coordinator {
     /// Every node's published counts for model `name`.
     pub async fn tallies(&self, name: &str) -> Result<Vec<NodeTally>> {
         self.values(&format!("tallies/{name}/")).await
+    }
+
+    /// Record batch `seq` of node `node`'s sticky assignments for model `name` (not on a
+    /// lease: they outlive the node).
+    pub async fn put_sticky(
+        &self,
+        name: &str,
+        node: &str,
+        seq: u64,
+        batch: &StickyBatch,
+    ) -> Result<()> {
+        let key = self.key(&format!("sticky/{name}/{node}/{seq:012}"));
+        self.kv
+            .txn(Vec::new(), vec![put(key, encode(batch))])
+            .await?;
+        Ok(())
+    }
+
+    /// Every node's sticky assignments for model `name`, oldest record first.
+    pub async fn sticky(&self, name: &str) -> Result<Vec<StickyRecord>> {
+        let mut out: Vec<StickyRecord> = self
+            .kv
+            .range(&self.key(&format!("sticky/{name}/")))
+            .await?
+            .iter()
+            .map(|e| {
+                decode::<StickyBatch>(e).map(|v| StickyRecord {
+                    id: e.key.clone(),
+                    revision: v.revision,
+                    batch: v.value,
+                })
+            })
+            .collect::<Result<_>>()?;
+        out.sort_by_key(|r| r.revision);
+        Ok(out)
+    }
+
+    /// Delete model `name`'s sticky assignments (its bandit ended); how many records.
+    pub async fn clear_sticky(&self, name: &str) -> Result<usize> {
+        let keys: Vec<String> = self
+            .kv
+            .range(&self.key(&format!("sticky/{name}/")))
+            .await?
+            .into_iter()
+            .map(|e| e.key)
+            .collect();
+        // etcd takes at most 128 operations per transaction.
+        for chunk in keys.chunks(100) {
+            let ops = chunk
+                .iter()
+                .map(|key| TxnOp::Delete { key: key.clone() })
+                .collect();
+            self.kv.txn(Vec::new(), ops).await?;
+        }
+        Ok(keys.len())
     }
 
     /// The `conversion` outcomes of each version of a model, summed over every node.

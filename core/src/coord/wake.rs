@@ -99,6 +99,11 @@ impl Coordinator {
         self.wake_on(&["deployments/".into(), "placements/".into()])
     }
 
+    /// What keeps bandits' assignments sticky across nodes: every node's records of them.
+    pub fn sticky_wake(&self) -> Wake {
+        self.wake_on(&["sticky/".into()])
+    }
+
     /// What the gateway routes by: the executors' advertisements of what they serve.
     pub fn gateway_wake(&self) -> Wake {
         self.wake_on(&["serving/".into()])
