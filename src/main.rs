@@ -487,7 +487,8 @@ enum CertsCommand {
 /// `halyard experiment`'s subcommands.
 #[derive(Subcommand)]
 enum ExperimentCommand {
-    /// Analyse a campaign that already ran, from its table (CSV or Parquet, local or S3)
+    /// Analyse a campaign that already ran, from its table (CSV or Parquet, local or S3),
+    /// or a deployed model's experiment from its event log in the store (--events)
     Analyze(halyard_cli::experiment::AnalyzeArgs),
     /// Before a test: the customers per group a fixed-horizon test needs to detect an
     /// effect (a rate's, or a mean's with --sd), and the days it takes at --daily
@@ -830,8 +831,9 @@ async fn run(cli: Cli) -> Result<(), AnyError> {
         }
         Command::Experiment {
             what: Some(ExperimentCommand::Analyze(args)),
+            conn,
             ..
-        } => halyard_cli::experiment::command(args).await?,
+        } => halyard_cli::experiment::command(args, &conn).await?,
         Command::Experiment {
             what: Some(ExperimentCommand::Plan(args)),
             ..

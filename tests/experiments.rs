@@ -716,3 +716,155 @@ async fn a_bandit_keeps_each_key_on_the_version_it_got_across_executors() {
     )
     .await;
 }
+
+/// Whether two JSON values are equal, numbers to 1e-9 relative (sums taken in another
+/// order differ in the last bits).
+fn close(a: &serde_json::Value, b: &serde_json::Value) -> bool {
+    use serde_json::Value;
+    match (a, b) {
+        (Value::Number(x), Value::Number(y)) => {
+            let (x, y) = (x.as_f64().unwrap(), y.as_f64().unwrap());
+            (x - y).abs() <= 1e-9 * x.abs().max(y.abs()).max(1.0)
+        }
+        (Value::Array(x), Value::Array(y)) => {
+            x.len() == y.len() && x.iter().zip(y).all(|(x, y)| close(x, y))
+        }
+        (Value::Object(x), Value::Object(y)) => {
+            x.len() == y.len() && x.iter().all(|(k, v)| y.get(k).is_some_and(|w| close(v, w)))
+        }
+        _ => a == b,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_live_experiment_analysed_from_its_event_log_equals_the_same_campaign_as_a_table() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (cluster, client) = two_versions(tmp.path()).await;
+    let split = DeployAction::from_flags(None, String::new(), None, Some("1=50,2=50".into()));
+    deploy(&client, "offer", split.unwrap(), true)
+        .await
+        .unwrap();
+    wait_for("both versions to load", Duration::from_secs(30), || async {
+        let d = client.model("offer").await.ok()?.deployment?;
+        d.served_by
+            .iter()
+            .any(|s| s.versions == [1, 2])
+            .then_some(())
+    })
+    .await;
+    let g = tmp.path().join("data/campaign/responses.csv");
+    let s = spec(tmp.path(), "offer", &g, 1, 256);
+    let body: serde_json::Value = serde_json::from_str(&first_record_body(&s, &g)).unwrap();
+    let keys: Vec<String> = (0..300).map(|i| format!("c{i}")).collect();
+    let variants = versions_of(&cluster, &body, &keys).await;
+
+    // Outcomes by key: a visit for some customers (more often on version 2), spend for
+    // those who visited (a third of it fed in two parts, which the log sums); a
+    // pre-experiment covariate and a segment per customer in a table of their own.
+    let mut outcomes = Vec::new();
+    let mut campaign = String::from("customer_id,variant,visit,spend,history,segment\n");
+    let mut table = String::from("customer_id,history,segment\n");
+    for (i, (k, v)) in keys.iter().zip(&variants).enumerate() {
+        let visit = (i * 7919 % 10) < if *v == 1 { 3 } else { 5 };
+        let history = (i % 13) as f64 * 2.0 + (i % 5) as f64;
+        let spend = if visit {
+            history * if *v == 2 { 1.5 } else { 1.0 } + 4.0
+        } else {
+            0.0
+        };
+        outcomes.push(serde_json::json!({"key": k, "metric": "visit", "value": u8::from(visit)}));
+        if visit {
+            if i % 3 == 0 {
+                for part in [spend / 4.0, spend * 3.0 / 4.0] {
+                    outcomes.push(serde_json::json!({"key": k, "metric": "spend", "value": part}));
+                }
+            } else {
+                outcomes.push(serde_json::json!({"key": k, "metric": "spend", "value": spend}));
+            }
+        }
+        let segment = ["north", "south"][i % 2];
+        campaign.push_str(&format!(
+            "{k},{v},{},{spend},{history},{segment}\n",
+            u8::from(visit)
+        ));
+        table.push_str(&format!("{k},{history},{segment}\n"));
+    }
+    // One customer of the log is missing from the keys table: left out, and said so.
+    table = table.replacen("c7,", "gone,", 1);
+    campaign = campaign
+        .lines()
+        .filter(|l| !l.starts_with("c7,"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    std::fs::write(tmp.path().join("campaign.csv"), &campaign).unwrap();
+    std::fs::write(tmp.path().join("customers.csv"), &table).unwrap();
+    let http = http_client(&cluster.admin_key);
+    let r = http
+        .post(format!(
+            "http://{}/v1/models/offer:feedback",
+            cluster.scheduler.addr
+        ))
+        .header("content-type", "application/json")
+        .body(serde_json::Value::Array(outcomes).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "{:?}", r.text().await);
+
+    let common = [
+        "--control",
+        "1",
+        "--metric",
+        "visit",
+        "--metric",
+        "spend",
+        "--ratio",
+        "spend_per_visit=spend/visit",
+        "--covariate",
+        "history",
+        "--segment",
+        "segment",
+        "--json",
+    ];
+    let campaign_path = tmp.path().join("campaign.csv").display().to_string();
+    let mut offline = vec!["--table", &campaign_path, "--variant", "variant"];
+    offline.extend(common);
+    let out = analyze(&offline);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let expected: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+
+    // The same from the event log, by SQL on the cluster's Ballista, once the nodes have
+    // flushed it to Parquet (every 2 s).
+    let folder = format!("{}/events/offer/", cluster.store_url);
+    let customers = tmp.path().join("customers.csv").display().to_string();
+    let live = wait_for("the event files", Duration::from_secs(30), || async {
+        let out = Command::new(env!("CARGO_BIN_EXE_halyard"))
+            .env("HALYARD_SCHEDULER", cluster.scheduler.addr.to_string())
+            .env("HALYARD_KEY", &cluster.admin_key)
+            .args(["experiment", "analyze", "--events", &folder])
+            .args(["--keys", &customers, "--key-column", "customer_id"])
+            .args(common)
+            .output()
+            .unwrap();
+        if !out.status.success() {
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(err.contains("no event files under"), "{err}");
+            return None;
+        }
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+        // Every outcome flushed: the visits sum to the campaign's.
+        close(&report, &expected).then_some((report, stderr))
+    })
+    .await;
+    assert!(
+        live.1
+            .contains("1 of 300 keys of the event log have no row in"),
+        "{}",
+        live.1
+    );
+}

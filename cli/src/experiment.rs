@@ -16,11 +16,30 @@ use crate::{CliError, Result};
 pub struct AnalyzeArgs {
     /// The campaign's table: a CSV or Parquet file, a local path or an s3:// URL (S3
     /// credentials from the AWS_* environment)
+    #[arg(long, required_unless_present = "events", conflicts_with = "events")]
+    pub table: Option<String>,
+    /// Instead of --table, a deployed model's event log in the store: its folder, such as
+    /// halyard-data/store/events/offer/ (or s3://…/events/offer/). One row per request key:
+    /// its variant is the version of its first exposure, each metric the sum of the values
+    /// fed back for it (0 when none). Read by SQL on the cluster's Ballista (the
+    /// scheduler from HALYARD_SCHEDULER and HALYARD_KEY, or the flags before `analyze`),
+    /// or in this process with --local
     #[arg(long)]
-    pub table: String,
-    /// The column naming each row's variant
-    #[arg(long)]
-    pub variant: String,
+    pub events: Option<String>,
+    /// With --events: a table (CSV or Parquet) with a row per key, joined on
+    /// --key-column, whose columns --covariate and --segment may name (keys without a row
+    /// are left out and counted)
+    #[arg(long, requires = "events")]
+    pub keys: Option<String>,
+    /// With --keys: its column holding the request keys
+    #[arg(long, requires = "keys", default_value = "key")]
+    pub key_column: String,
+    /// With --events: run the SQL in this process instead of on the cluster
+    #[arg(long, requires = "events")]
+    pub local: bool,
+    /// The column naming each row's variant (with --events: the version, always)
+    #[arg(long, required_unless_present = "events")]
+    pub variant: Option<String>,
     /// The control's value in the variant column
     #[arg(long)]
     pub control: String,
@@ -66,23 +85,38 @@ fn parse_ratio(text: &str) -> std::result::Result<(String, String, String), Stri
     }
 }
 
-/// Run the analysis and print it.
-pub async fn command(args: AnalyzeArgs) -> Result<()> {
+/// Run the analysis and print it; `conn` reaches the cluster for `--events`.
+pub async fn command(args: AnalyzeArgs, conn: &crate::keys::Connection) -> Result<()> {
     if !(0.5..1.0).contains(&args.confidence) {
         return Err(CliError::Failed(format!(
             "--confidence {} must lie in [0.5, 1), such as 0.95",
             args.confidence
         )));
     }
-    let url = resolve_source(&args.table, std::path::Path::new("."))?;
-    let bytes = read_url(&url, &S3Config::default()).await?;
-    let data = DataSpec {
-        source: url.clone(),
-        ..DataSpec::default()
+    let (batches, source, variant) = match (&args.table, &args.events) {
+        (Some(table), _) => {
+            let url = resolve_source(table, std::path::Path::new("."))?;
+            let bytes = read_url(&url, &S3Config::default()).await?;
+            let data = DataSpec {
+                source: url.clone(),
+                ..DataSpec::default()
+            };
+            let batches = read_table(&bytes, &data, &url)?.batches;
+            (batches, url, args.variant.clone().unwrap_or_default())
+        }
+        (None, Some(events)) => (
+            events_table(&args, conn).await?,
+            events.clone(),
+            EVENTS_VARIANT.to_string(),
+        ),
+        (None, None) => {
+            return Err(CliError::Failed(
+                "say what to analyse: --table FILE or --events FOLDER".into(),
+            ));
+        }
     };
-    let table = read_table(&bytes, &data, &url)?;
     let spec = AnalysisSpec {
-        variant: args.variant,
+        variant,
         control: args.control,
         metrics: args.metrics,
         ratios: args.ratios,
@@ -93,13 +127,138 @@ pub async fn command(args: AnalyzeArgs) -> Result<()> {
         power: 0.8,
     };
     let report =
-        analyze(&table.batches, &spec).map_err(|e| CliError::Failed(format!("{url}: {e}")))?;
+        analyze(&batches, &spec).map_err(|e| CliError::Failed(format!("{source}: {e}")))?;
     if args.json {
         out(&serde_json::to_string_pretty(&report).map_err(|e| CliError::Failed(e.to_string()))?);
     } else {
-        out(&render(&report, &spec, &url));
+        out(&render(&report, &spec, &source));
     }
     Ok(())
+}
+
+/// The column of the per-key table of an event log that names each key's version.
+const EVENTS_VARIANT: &str = "variant";
+
+/// `name` double-quoted for SQL, refused when it holds a quote.
+fn quoted(flag: &str, name: &str) -> Result<String> {
+    if name.contains('"') || name.is_empty() {
+        return Err(CliError::Failed(format!(
+            "{flag} {name:?}: a column's name without double quotes"
+        )));
+    }
+    Ok(format!("\"{name}\""))
+}
+
+/// The per-key table of `--events`: one row per request key, its variant (the version of
+/// its first exposure, else of its first outcome), the sum of each metric the analysis
+/// reads (0 when none was fed back), and with `--keys` the covariate and segment columns
+/// of that table, joined on `--key-column`. Run as SQL on the cluster (or locally).
+async fn events_table(
+    args: &AnalyzeArgs,
+    conn: &crate::keys::Connection,
+) -> Result<Vec<arrow::array::RecordBatch>> {
+    use crate::sql::{Target, context, run};
+    let events = args.events.as_deref().unwrap_or_default();
+    let mut metrics: Vec<&str> = args.metrics.iter().map(String::as_str).collect();
+    for (_, n, d) in &args.ratios {
+        metrics.extend([n.as_str(), d.as_str()]);
+    }
+    metrics.sort_unstable();
+    metrics.dedup();
+    let from_keys: Vec<&String> = args
+        .covariate
+        .iter()
+        .chain(&args.segment)
+        .filter(|c| !metrics.contains(&c.as_str()))
+        .collect();
+    if args.keys.is_none() && !from_keys.is_empty() {
+        return Err(CliError::Failed(format!(
+            "--covariate and --segment with --events name columns of --keys FILE (a row per key); {} is not a metric of the event log",
+            from_keys[0]
+        )));
+    }
+    let mut sums = Vec::new();
+    for m in &metrics {
+        halyard_core::registry::check_metric_name(m).map_err(CliError::Failed)?;
+        if [EVENTS_VARIANT, "key"].contains(m) {
+            return Err(CliError::Failed(format!(
+                "--metric {m}: with --events the columns key and variant are the request key and its version"
+            )));
+        }
+        sums.push(format!(
+            "COALESCE(SUM(CASE WHEN kind = 'outcome' AND metric = '{m}' THEN value END), 0) AS \"{m}\""
+        ));
+    }
+    let per_key = format!(
+        "SELECT key, first_value(CAST(version AS VARCHAR) ORDER BY kind, time) AS {EVENTS_VARIANT}, {} FROM events WHERE key <> '' GROUP BY key",
+        sums.join(", ")
+    );
+    let mut folder = halyard_core::spec::resolve_source(events, std::path::Path::new("."))?;
+    if !folder.ends_with('/') {
+        folder.push('/');
+    }
+    let mut tables = Vec::new();
+    if let Some(keys) = &args.keys {
+        tables.push(format!("keys={keys}"));
+    }
+    let client;
+    let target = if args.local {
+        Target::Local { keep_order: false }
+    } else {
+        client = crate::keys::connect(conn).await?;
+        Target::Cluster(&client)
+    };
+    let ctx = context(target, &tables, b',', &S3Config::default()).await?;
+    run(
+        &ctx,
+        &format!("CREATE EXTERNAL TABLE events STORED AS PARQUET LOCATION '{folder}'"),
+    )
+    .await
+    .map_err(|e| {
+        if e.to_string().contains("No files found") {
+            CliError::Failed(format!(
+                "no event files under {folder} yet: each node writes its events there every 2 s once it has any (check the store and the model's name)"
+            ))
+        } else {
+            e
+        }
+    })?;
+    let Some(_) = &args.keys else {
+        return run(&ctx, &per_key).await;
+    };
+    let on = quoted("--key-column", &args.key_column)?;
+    let mut extra = Vec::new();
+    for c in &from_keys {
+        extra.push(format!("k.{}", quoted("--covariate/--segment", c)?));
+    }
+    let select = |what: &str| {
+        format!("SELECT {what} FROM ({per_key}) e JOIN keys k ON e.key = CAST(k.{on} AS VARCHAR)")
+    };
+    let joined = run(
+        &ctx,
+        &select(
+            &std::iter::once("e.*".to_string())
+                .chain(extra)
+                .collect::<Vec<_>>()
+                .join(", "),
+        ),
+    )
+    .await?;
+    let all: usize = run(&ctx, &format!("SELECT key FROM ({per_key}) e"))
+        .await?
+        .iter()
+        .map(|b| b.num_rows())
+        .sum();
+    let kept: usize = joined.iter().map(|b| b.num_rows()).sum();
+    if kept < all {
+        eprintln!(
+            "{} of {all} keys of the event log have no row in {} (column {}): left out",
+            all - kept,
+            args.keys.as_deref().unwrap_or_default(),
+            args.key_column
+        );
+    }
+    Ok(joined)
 }
 
 /// What `halyard experiment plan` was given.

@@ -468,18 +468,30 @@ async fn sticky_assignments_are_kept_in_write_order_and_cleared_whole(c: Coordin
         versions: vec![version; keys.len()],
     };
     assert!(c.sticky("m").await.unwrap().is_empty());
-    c.put_sticky("m", "node-b", 7, &batch(&["k1"], 2)).await.unwrap();
-    c.put_sticky("m", "node-a", 9, &batch(&["k1", "k2"], 1)).await.unwrap();
-    c.put_sticky("other", "node-a", 1, &batch(&["k1"], 3)).await.unwrap();
+    c.put_sticky("m", "node-b", 7, &batch(&["k1"], 2))
+        .await
+        .unwrap();
+    c.put_sticky("m", "node-a", 9, &batch(&["k1", "k2"], 1))
+        .await
+        .unwrap();
+    c.put_sticky("other", "node-a", 1, &batch(&["k1"], 3))
+        .await
+        .unwrap();
     let records = c.sticky("m").await.unwrap();
     // Oldest write first, whatever the names' order.
     assert_eq!(records.len(), 2);
     assert!(records[0].revision < records[1].revision);
     assert_eq!(records[0].batch, batch(&["k1"], 2));
-    assert!(records[0].id.ends_with("m/node-b/000000000007"), "{}", records[0].id);
+    assert!(
+        records[0].id.ends_with("m/node-b/000000000007"),
+        "{}",
+        records[0].id
+    );
     // Each of etcd's transactions takes at most 128 deletes: 150 records go in two.
     for seq in 0..150 {
-        c.put_sticky("m", "node-c", 100 + seq, &batch(&["k"], 1)).await.unwrap();
+        c.put_sticky("m", "node-c", 100 + seq, &batch(&["k"], 1))
+            .await
+            .unwrap();
     }
     assert_eq!(c.clear_sticky("m").await.unwrap(), 152);
     assert!(c.sticky("m").await.unwrap().is_empty());
