@@ -279,8 +279,8 @@ enum Command {
         #[arg(long, default_value = "1h", requires = "ramp")]
         step: String,
         /// With --ramp: what rolls the canary back when it is worse than production by
-        /// an always-valid interval, one or more of conversion, errors, latency (such as
-        /// --guardrail errors,latency)
+        /// an always-valid interval, one or more of conversion, errors, latency, metrics
+        /// (those --metrics declares guardrails), such as --guardrail errors,latency
         #[arg(long, value_enum, value_delimiter = ',', requires = "ramp")]
         guardrail: Vec<Guardrail>,
         /// Traffic split as VERSION=WEIGHT pairs, such as 3=90,4=10
@@ -303,9 +303,10 @@ enum Command {
         /// fits on (the default). The traffic split stays as it is
         #[arg(long, conflicts_with = "bandit")]
         replicas: Option<u32>,
-        /// Declare the experiment's metrics as NAME:KIND[:ROLE] (KIND binary or
+        /// Declare the experiment's metrics as NAME:KIND[:ROLE][:inverse] (KIND binary or
         /// continuous; ROLE primary, secondary or guardrail; the first is primary unless
-        /// another is), such as visit:binary,spend:continuous,unsubscribe:binary:guardrail.
+        /// another is; inverse: lower is better), such as
+        /// visit:binary,spend:continuous,unsubscribe:binary:guardrail:inverse.
         /// Feedback under any other metric is then refused; `none` takes any again
         #[arg(long, value_delimiter = ',', conflicts_with_all = ["split", "bandit", "replicas"])]
         metrics: Option<Vec<String>>,

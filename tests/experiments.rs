@@ -868,3 +868,71 @@ async fn a_live_experiment_analysed_from_its_event_log_equals_the_same_campaign_
         live.1
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_declared_guardrail_metric_rolls_a_ramp_back() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (cluster, client) = two_versions(tmp.path()).await;
+    let production = DeployAction::Version {
+        version: 1,
+        alias: "production".into(),
+        percent: None,
+    };
+    deploy(&client, "offer", production, true).await.unwrap();
+    let ramp = || DeployAction::ramp(2, vec![50], "1h", &[Guardrail::Metrics]).unwrap();
+    let e = deploy(&client, "offer", ramp(), true).await.unwrap_err();
+    assert!(
+        e.to_string().contains("declares no guardrail metric"),
+        "{e}"
+    );
+    let declare = ["visit:binary", "unsubscribe:binary:guardrail:inverse"];
+    let declare = DeployAction::Metrics(declare.iter().map(|s| s.to_string()).collect());
+    deploy(&client, "offer", declare, true).await.unwrap();
+    let since = halyard_core::records::now_ms();
+    deploy(&client, "offer", ramp(), true).await.unwrap();
+
+    // 2 % of production's customers unsubscribe, 25 % of the canary's (a thousand
+    // each: a rate needs 10 of each outcome per group before it is compared).
+    let outcomes: Vec<serde_json::Value> = (0..2000)
+        .map(|i| {
+            let (version, unsubscribed) = if i % 2 == 0 {
+                (1, (i / 2) % 50 == 0)
+            } else {
+                (2, (i / 2) % 4 == 0)
+            };
+            serde_json::json!({"version": version, "metric": "unsubscribe", "value": u8::from(unsubscribed)})
+        })
+        .collect();
+    let http = http_client(&cluster.admin_key);
+    let r = http
+        .post(format!(
+            "http://{}/v1/models/offer:feedback",
+            cluster.scheduler.addr
+        ))
+        .header("content-type", "application/json")
+        .body(serde_json::Value::Array(outcomes).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "{:?}", r.text().await);
+    wait_for(
+        "the guardrail to roll back",
+        Duration::from_secs(20),
+        || async {
+            let d = client.model("offer").await.ok()?.deployment?;
+            (d.ramp.is_none() && !d.aliases.contains_key("canary")).then_some(())
+        },
+    )
+    .await;
+    assert_eq!(weights(&client, "offer").await, vec![(1, 100)]);
+    let audit = client.audit(since).await.unwrap();
+    let rollback = audit
+        .iter()
+        .find(|e| e.action == "ramp-rollback")
+        .unwrap_or_else(|| panic!("{audit:?}"));
+    assert!(
+        rollback.outcome.contains("guardrail unsubscribe broke")
+            && rollback.outcome.contains("lower is better"),
+        "{rollback:?}"
+    );
+}

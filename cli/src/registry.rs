@@ -30,6 +30,7 @@ fn deployment_json(d: Option<&DeploymentInfo>) -> Value {
                 "guard_conversion": r.guard_conversion,
                 "guard_errors": r.guard_errors,
                 "guard_latency": r.guard_latency,
+                "guard_metrics": r.guard_metrics,
             })),
             "bandit": d.bandit.as_ref().map(|b| json!({
                 "versions": b.versions,
@@ -388,6 +389,8 @@ pub enum Guardrail {
     Errors,
     /// The share of the canary's requests slower than production's p99
     Latency,
+    /// Every metric the deployment declares a guardrail (--metrics NAME:KIND:guardrail)
+    Metrics,
 }
 
 /// The guardrails a ramp holds, in words.
@@ -396,6 +399,7 @@ fn guards_text(r: &StartRamp) -> String {
         (r.guard_conversion, "conversion"),
         (r.guard_errors, "errors"),
         (r.guard_latency, "latency"),
+        (r.guard_metrics, "the declared guardrail metrics"),
     ]
     .into_iter()
     .filter_map(|(on, name)| on.then_some(name))
@@ -425,6 +429,7 @@ impl DeployAction {
             guard_conversion: guards.contains(&Guardrail::Conversion),
             guard_errors: guards.contains(&Guardrail::Errors),
             guard_latency: guards.contains(&Guardrail::Latency),
+            guard_metrics: guards.contains(&Guardrail::Metrics),
             step: 0,
         }))
     }

@@ -136,6 +136,10 @@ pub struct RampPolicy {
     /// longer than production's p99 (always-valid interval wholly above 0).
     #[serde(default)]
     pub guard_latency: bool,
+    /// Roll back when the canary is worse than production in a metric the deployment
+    /// declares a guardrail ([`MetricDecl`]), by the always-valid interval.
+    #[serde(default)]
+    pub guard_metrics: bool,
 }
 
 /// A bandit's weights add up to this (basis points).
@@ -220,6 +224,9 @@ pub struct MetricDecl {
     pub kind: MetricKind,
     /// Its part in the analysis.
     pub role: MetricRole,
+    /// Lower is better (unsubscribes, complaints): a guardrail breaks when it rises.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub inverse: bool,
 }
 
 /// Why `name` cannot name a metric, if it cannot.
@@ -246,7 +253,8 @@ impl MetricDecl {
             MetricKind::Binary => "binary",
             MetricKind::Continuous => "continuous",
         };
-        format!("{}:{kind}:{}", self.name, self.role.as_str())
+        let inverse = if self.inverse { ":inverse" } else { "" };
+        format!("{}:{kind}:{}{inverse}", self.name, self.role.as_str())
     }
 
     /// Why `value` is not one of this metric's values, if it is not.
@@ -264,17 +272,21 @@ impl MetricDecl {
         }
     }
 
-    /// Parse declarations `NAME:KIND[:ROLE]`: a role left out is `secondary`, except
-    /// that the first metric is `primary` when none is said to be; exactly one is
-    /// primary, each name once, and `conversion` is binary. An empty list clears the
-    /// declarations.
+    /// Parse declarations `NAME:KIND[:ROLE][:inverse]`: a role left out is `secondary`,
+    /// except that the first metric is `primary` when none is said to be; exactly one is
+    /// primary, each name once, and `conversion` is binary; `inverse`: lower is better.
+    /// An empty list clears the declarations.
     pub fn parse_all(items: &[String]) -> Result<Vec<MetricDecl>> {
-        const FORM: &str = "write NAME:KIND[:ROLE], KIND binary or continuous, ROLE primary, secondary or guardrail (such as visit:binary:primary,spend:continuous)";
+        const FORM: &str = "write NAME:KIND[:ROLE][:inverse], KIND binary or continuous, ROLE primary, secondary or guardrail, inverse when lower is better (such as visit:binary:primary,unsubscribe:binary:guardrail:inverse)";
         let mut out: Vec<MetricDecl> = Vec::new();
         let mut stated = Vec::new();
         for item in items {
-            let parts: Vec<&str> = item.trim().split(':').collect();
+            let mut parts: Vec<&str> = item.trim().split(':').collect();
             let bad = |why: &str| invalid("metrics", item, &format!("{why}: {FORM}"));
+            let inverse = parts.len() > 2 && parts.last() == Some(&"inverse");
+            if inverse {
+                parts.pop();
+            }
             let (name, kind, role) = match parts.as_slice() {
                 [n, k] => (*n, *k, None),
                 [n, k, r] => (*n, *k, Some(*r)),
@@ -304,6 +316,7 @@ impl MetricDecl {
                 name: name.to_string(),
                 kind,
                 role: role.unwrap_or(MetricRole::Secondary),
+                inverse,
             });
         }
         let primaries = out.iter().filter(|d| d.role == MetricRole::Primary).count();
@@ -683,6 +696,18 @@ impl Deployment {
                 if policy.step_secs == 0 {
                     return Err(invalid("step", 0, "must be at least one second"));
                 }
+                if policy.guard_metrics
+                    && !self.metrics.iter().any(|m| m.role == MetricRole::Guardrail)
+                {
+                    return Err(invalid(
+                        "guardrail",
+                        "metrics",
+                        &format!(
+                            "model {} declares no guardrail metric: declare one first (halyard deploy {} --metrics NAME:KIND:guardrail)",
+                            self.name, self.name
+                        ),
+                    ));
+                }
                 next.variants = ramp_split(prod, policy.canary, steps[0]);
                 next.aliases.insert(CANARY.into(), policy.canary);
                 next.ramp = Some(RampPolicy {
@@ -1028,7 +1053,7 @@ mod tests {
         let m = parse(&[
             "visit:binary",
             "spend:continuous:primary",
-            "unsub:binary:guardrail",
+            "unsub:binary:guardrail:inverse",
         ])
         .unwrap();
         let text: Vec<String> = m.iter().map(MetricDecl::text).collect();
@@ -1037,9 +1062,10 @@ mod tests {
             [
                 "visit:binary:secondary",
                 "spend:continuous:primary",
-                "unsub:binary:guardrail"
+                "unsub:binary:guardrail:inverse"
             ]
         );
+        assert!(m[2].inverse && !m[0].inverse);
         // Written back as read.
         assert_eq!(
             parse(&text.iter().map(String::as_str).collect::<Vec<_>>()).unwrap(),
@@ -1321,6 +1347,7 @@ mod tests {
             guard_conversion: true,
             guard_errors: true,
             guard_latency: false,
+            guard_metrics: false,
         };
         let d = d.apply(&Change::Ramp(policy), exists).unwrap();
         assert_eq!(d.current.variants, parse_split("1=99,2=1").unwrap());
@@ -1355,6 +1382,7 @@ mod tests {
                 guard_conversion: false,
                 guard_errors: false,
                 guard_latency: false,
+                guard_metrics: false,
             };
             d.apply(&Change::Ramp(p), exists).is_err()
         };

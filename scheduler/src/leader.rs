@@ -1064,13 +1064,18 @@ impl Leader<'_> {
             let Some(ramp) = &d.current.ramp else {
                 continue;
             };
-            if ramp.guard_conversion || ramp.guard_errors || ramp.guard_latency {
+            if ramp.guard_conversion
+                || ramp.guard_errors
+                || ramp.guard_latency
+                || ramp.guard_metrics
+            {
                 let totals = total(&self.coord.tallies(&d.name).await?);
                 let of =
                     |v: Option<u64>| v.and_then(|v| totals.get(&v)).cloned().unwrap_or_default();
                 let production = of(d.current.aliases.get(PRODUCTION).copied());
                 if let Some(why) = halyard_serving::experiment::ramp_breach(
                     ramp,
+                    &d.metrics,
                     &production,
                     &of(Some(ramp.canary)),
                 ) {

@@ -83,6 +83,7 @@ impl ModelApi {
                 guard_conversion: r.guard_conversion,
                 guard_errors: r.guard_errors,
                 guard_latency: r.guard_latency,
+                guard_metrics: r.guard_metrics,
             }),
             None => return Err(Failure::Invalid.status("the request names no change")),
         };
@@ -246,6 +247,7 @@ fn deployment_info(
             guard_conversion: r.guard_conversion,
             guard_errors: r.guard_errors,
             guard_latency: r.guard_latency,
+            guard_metrics: r.guard_metrics,
             step: r.step as u32,
         }),
     }

@@ -6,8 +6,8 @@
 
 use halyard_core::proto::{ExperimentResponse, MetricStats, VariantStats};
 use halyard_core::registry::{
-    BANDIT_SCALE, BanditPolicy, CONVERSION, Deployment, MetricDecl, NodeTally, Outcomes,
-    PRODUCTION, RampPolicy, Variant, VersionTally, total,
+    BANDIT_SCALE, BanditPolicy, CONVERSION, Deployment, MetricDecl, MetricKind, MetricRole,
+    NodeTally, Outcomes, PRODUCTION, RampPolicy, Variant, VersionTally, total,
 };
 use halyard_models::bandit::{Arm, prob_best, shares};
 use halyard_models::stats::{
@@ -188,11 +188,64 @@ pub fn latency_breach(production: &VersionTally, canary: &VersionTally) -> Optio
     })
 }
 
+/// Why a ramping canary must be rolled back for a metric declared a guardrail: it is
+/// worse than production (lower; higher for an `inverse` metric) by the always-valid
+/// interval of the difference, a rate's or (continuous) a mean's by Welch. `None`: it
+/// holds, or there are too few values to tell.
+pub fn metric_breach(
+    decl: &MetricDecl,
+    production: &VersionTally,
+    canary: &VersionTally,
+) -> Option<String> {
+    let moments = |t: &VersionTally| {
+        let s = t.metrics.get(&decl.name).copied().unwrap_or_default();
+        Moments {
+            n: s.n,
+            mean_y: s.mean(),
+            m2_y: s.m2,
+            ..Moments::default()
+        }
+    };
+    let (p, c) = (moments(production), moments(canary));
+    let binary = decl.kind == MetricKind::Binary;
+    if too_few(&p, &c, binary).is_some() {
+        return None;
+    }
+    let f = if binary {
+        proportions(&p, &c, CONFIDENCE)
+    } else {
+        welch(&p, &c, CONFIDENCE)
+    };
+    let q = sequential(f.difference, f.se, p.n + c.n, CONFIDENCE);
+    let worse = if decl.inverse {
+        q.ci_low > 0.0
+    } else {
+        q.ci_high < 0.0
+    };
+    worse.then(|| {
+        format!(
+            "guardrail {} broke: the canary's mean {:.4} ({} values) against production's {:.4} ({} values), difference {:+.4} ({} is better), always-valid {:.0}% interval [{:+.4}, {:+.4}], p = {:.2e}",
+            decl.name,
+            c.mean_y,
+            c.n,
+            p.mean_y,
+            p.n,
+            f.difference,
+            if decl.inverse { "lower" } else { "higher" },
+            CONFIDENCE * 100.0,
+            q.ci_low,
+            q.ci_high,
+            q.p_value
+        )
+    })
+}
+
 /// Why a ramping canary must be rolled back by the guardrails its `ramp` holds (the
-/// first that broke), from the summed tallies of production and the canary. `None`:
-/// every one holds.
+/// first that broke; the metrics `declared` guardrails with `guard_metrics`), from the
+/// summed tallies of production and the canary. `None`: every one holds.
 pub fn ramp_breach(
     ramp: &RampPolicy,
+    declared: &[MetricDecl],
     production: &VersionTally,
     canary: &VersionTally,
 ) -> Option<String> {
@@ -208,6 +261,12 @@ pub fn ramp_breach(
         .into_iter()
         .filter(|(on, _)| *on)
         .find_map(|(_, check)| check(production, canary))
+        .or_else(|| {
+            declared
+                .iter()
+                .filter(|d| ramp.guard_metrics && d.role == MetricRole::Guardrail)
+                .find_map(|d| metric_breach(d, production, canary))
+        })
 }
 
 /// The experiment report of model `name` from its deployment and the event-log counts of
@@ -587,11 +646,71 @@ mod tests {
             guard_conversion: false,
             guard_errors: errors,
             guard_latency: latency,
+            guard_metrics: false,
         };
         let canary = served(500, 0, &slow);
-        assert!(ramp_breach(&ramp(true, false), &production, &canary).is_none());
-        let why = ramp_breach(&ramp(true, true), &production, &canary).unwrap();
+        assert!(ramp_breach(&ramp(true, false), &[], &production, &canary).is_none());
+        let why = ramp_breach(&ramp(true, true), &[], &production, &canary).unwrap();
         assert!(why.contains("guardrail latency broke"), "{why}");
+    }
+
+    #[test]
+    fn a_declared_guardrail_metric_breaks_when_it_moves_the_wrong_way() {
+        let fed = |values: &[(f64, u64)]| {
+            let mut t = VersionTally::default();
+            let m = t.metrics.entry("unsubscribe".into()).or_default();
+            for &(v, n) in values {
+                for _ in 0..n {
+                    m.push(v);
+                }
+            }
+            t
+        };
+        let decl = |inverse| MetricDecl {
+            name: "unsubscribe".into(),
+            kind: MetricKind::Binary,
+            role: MetricRole::Guardrail,
+            inverse,
+        };
+        // 2 % of production's customers unsubscribe, 20 % of the canary's.
+        let (p, c) = (fed(&[(1.0, 10), (0.0, 490)]), fed(&[(1.0, 40), (0.0, 160)]));
+        let why = metric_breach(&decl(true), &p, &c).unwrap();
+        assert!(
+            why.contains("guardrail unsubscribe broke") && why.contains("lower is better"),
+            "{why}"
+        );
+        // Higher is better: the same figures are no harm.
+        assert!(metric_breach(&decl(false), &p, &c).is_none());
+        assert!(metric_breach(&decl(false), &c, &p).is_some());
+        // A continuous guardrail (spend falling) by Welch.
+        let spend = MetricDecl {
+            name: "unsubscribe".into(),
+            kind: MetricKind::Continuous,
+            ..decl(false)
+        };
+        let (p, c) = (
+            fed(&[(10.0, 100), (14.0, 100)]),
+            fed(&[(6.0, 100), (8.0, 100)]),
+        );
+        assert!(metric_breach(&spend, &p, &c).is_some());
+        // Only with --guardrail metrics, and only for guardrails.
+        let ramp = |on| RampPolicy {
+            canary: 2,
+            steps: vec![50],
+            step: 0,
+            step_secs: 60,
+            guard_conversion: false,
+            guard_errors: false,
+            guard_latency: false,
+            guard_metrics: on,
+        };
+        assert!(ramp_breach(&ramp(true), std::slice::from_ref(&spend), &p, &c).is_some());
+        assert!(ramp_breach(&ramp(false), std::slice::from_ref(&spend), &p, &c).is_none());
+        let secondary = MetricDecl {
+            role: MetricRole::Secondary,
+            ..spend
+        };
+        assert!(ramp_breach(&ramp(true), &[secondary], &p, &c).is_none());
     }
 
     /// Over 1,000 A/A ramps watched 20 times each, a guardrail that looks at every tick
