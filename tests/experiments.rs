@@ -202,6 +202,56 @@ async fn feed(cluster: &halyard::Standalone, rates: (usize, usize)) {
     }
 }
 
+/// POST `body` to `offer`'s `:feedback` on the scheduler: the status and the reply.
+async fn feedback(cluster: &halyard::Standalone, body: &serde_json::Value) -> (u16, String) {
+    let r = http_client(&cluster.admin_key)
+        .post(format!(
+            "http://{}/v1/models/offer:feedback",
+            cluster.scheduler.addr
+        ))
+        .header("content-type", "application/json")
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap();
+    (r.status().as_u16(), r.text().await.unwrap())
+}
+
+/// Make `version` production with all traffic.
+fn production(version: u64) -> DeployAction {
+    DeployAction::Version {
+        version,
+        alias: "production".into(),
+        percent: None,
+    }
+}
+
+/// Wait until `offer`'s ramp was rolled back (production `to` takes all traffic again)
+/// and return the leader's audit event of it, recorded after `since`.
+async fn rolled_back(
+    client: &halyard_client::Client,
+    since: i64,
+    to: u64,
+) -> halyard_core::proto::AuditEntry {
+    wait_for(
+        "the guardrail to roll back",
+        Duration::from_secs(20),
+        || async {
+            let d = client.model("offer").await.ok()?.deployment?;
+            (d.ramp.is_none() && !d.aliases.contains_key("canary")).then_some(())
+        },
+    )
+    .await;
+    assert_eq!(weights(client, "offer").await, vec![(to, 100)]);
+    let audit = client.audit(since).await.unwrap();
+    let rollback = audit
+        .iter()
+        .find(|e| e.action == "ramp-rollback")
+        .unwrap_or_else(|| panic!("{audit:?}"));
+    assert_eq!(rollback.target, "offer");
+    rollback.clone()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_bandit_moves_traffic_to_the_better_version_and_stops_when_set_by_hand() {
     let tmp = tempfile::tempdir().unwrap();
@@ -245,11 +295,6 @@ async fn a_bandit_moves_traffic_to_the_better_version_and_stops_when_set_by_hand
 async fn a_ramp_steps_up_and_promotes_or_rolls_back_when_its_guardrail_breaks() {
     let tmp = tempfile::tempdir().unwrap();
     let (cluster, client) = two_versions(tmp.path()).await;
-    let production = |v| DeployAction::Version {
-        version: v,
-        alias: "production".into(),
-        percent: None,
-    };
     // Healthy: no guardrail breaks, so version 2 goes 10 % → 50 % → production.
     deploy(&client, "offer", production(1), true).await.unwrap();
     let ramp = DeployAction::ramp(2, vec![10, 50], "1s", &[Guardrail::Conversion]).unwrap();
@@ -268,22 +313,7 @@ async fn a_ramp_steps_up_and_promotes_or_rolls_back_when_its_guardrail_breaks() 
     let ramp = DeployAction::ramp(1, vec![10, 50], "1h", &[Guardrail::Conversion]).unwrap();
     deploy(&client, "offer", ramp, true).await.unwrap();
     feed(&cluster, (5, 40)).await;
-    wait_for(
-        "the guardrail to roll back",
-        Duration::from_secs(20),
-        || async {
-            let d = client.model("offer").await.ok()?.deployment?;
-            (d.ramp.is_none() && !d.aliases.contains_key("canary")).then_some(())
-        },
-    )
-    .await;
-    assert_eq!(weights(&client, "offer").await, vec![(2, 100)]);
-    let audit = client.audit(since).await.unwrap();
-    let rollback = audit
-        .iter()
-        .find(|e| e.action == "ramp-rollback")
-        .unwrap_or_else(|| panic!("{audit:?}"));
-    assert_eq!(rollback.target, "offer");
+    let rollback = rolled_back(&client, since, 2).await;
     assert!(
         rollback.outcome.contains("guardrail conversion broke"),
         "{rollback:?}"
@@ -378,12 +408,7 @@ async fn a_canary_that_fails_requests_is_rolled_back_by_its_errors_guardrail() {
         let done = wait_done(&client, &job.id, Duration::from_secs(300)).await;
         assert_eq!(done.state, "succeeded", "{done:?}");
     }
-    let production = DeployAction::Version {
-        version: 1,
-        alias: "production".into(),
-        percent: None,
-    };
-    deploy(&client, "offer", production, true).await.unwrap();
+    deploy(&client, "offer", production(1), true).await.unwrap();
     let since = halyard_core::records::now_ms();
     let guards = [Guardrail::Errors, Guardrail::Latency];
     let ramp = DeployAction::ramp(2, vec![50], "1h", &guards).unwrap();
@@ -452,21 +477,7 @@ async fn a_canary_that_fails_requests_is_rolled_back_by_its_errors_guardrail() {
     assert_eq!(v2.errors, refused as u64, "{v2:?}");
     assert!(v1.p50_ms > 0.0 && v1.p99_ms >= v1.p50_ms, "{v1:?}");
 
-    wait_for(
-        "the errors guardrail to roll back",
-        Duration::from_secs(20),
-        || async {
-            let d = client.model("offer").await.ok()?.deployment?;
-            (d.ramp.is_none() && !d.aliases.contains_key("canary")).then_some(())
-        },
-    )
-    .await;
-    assert_eq!(weights(&client, "offer").await, vec![(1, 100)]);
-    let audit = client.audit(since).await.unwrap();
-    let rollback = audit
-        .iter()
-        .find(|e| e.action == "ramp-rollback")
-        .unwrap_or_else(|| panic!("{audit:?}"));
+    let rollback = rolled_back(&client, since, 1).await;
     // Counted as the leader saw them: every request the canary got failed, none of
     // production's.
     assert!(
@@ -528,20 +539,9 @@ async fn declared_metrics_refuse_other_feedback_and_order_the_report() {
     // The split is untouched.
     assert_eq!(weights(&client, "offer").await, vec![(1, 50), (2, 50)]);
 
-    let http = http_client(&cluster.admin_key);
-    let url = format!("http://{}/v1/models/offer:feedback", cluster.scheduler.addr);
     let post = |body: serde_json::Value| {
-        let (http, url) = (http.clone(), url.clone());
-        async move {
-            let r = http
-                .post(&url)
-                .header("content-type", "application/json")
-                .body(body.to_string())
-                .send()
-                .await
-                .unwrap();
-            (r.status().as_u16(), r.text().await.unwrap())
-        }
+        let cluster = &cluster;
+        async move { feedback(cluster, &body).await }
     };
     let (status, text) =
         post(serde_json::json!({"version": 1, "metric": "revenue", "value": 3.0})).await;
@@ -681,18 +681,12 @@ async fn a_bandit_keeps_each_key_on_the_version_it_got_across_executors() {
 
     // An outcome fed back by key credits the key's sticky version.
     let i = first.iter().position(|v| *v == 1).unwrap();
-    let http = http_client(&cluster.admin_key);
-    let r = http
-        .post(format!(
-            "http://{}/v1/models/offer:feedback",
-            cluster.scheduler.addr
-        ))
-        .header("content-type", "application/json")
-        .body(serde_json::json!({"key": keys[i], "converted": true}).to_string())
-        .send()
-        .await
-        .unwrap();
-    let r: serde_json::Value = serde_json::from_str(&r.text().await.unwrap()).unwrap();
+    let (_, r) = feedback(
+        &cluster,
+        &serde_json::json!({"key": keys[i], "converted": true}),
+    )
+    .await;
+    let r: serde_json::Value = serde_json::from_str(&r).unwrap();
     assert_eq!(r["version"], 1, "{r}");
 
     // A split by hand ends the bandit: the leader deletes its assignments.
@@ -798,18 +792,8 @@ async fn a_live_experiment_analysed_from_its_event_log_equals_the_same_campaign_
         .collect();
     std::fs::write(tmp.path().join("campaign.csv"), &campaign).unwrap();
     std::fs::write(tmp.path().join("customers.csv"), &table).unwrap();
-    let http = http_client(&cluster.admin_key);
-    let r = http
-        .post(format!(
-            "http://{}/v1/models/offer:feedback",
-            cluster.scheduler.addr
-        ))
-        .header("content-type", "application/json")
-        .body(serde_json::Value::Array(outcomes).to_string())
-        .send()
-        .await
-        .unwrap();
-    assert!(r.status().is_success(), "{:?}", r.text().await);
+    let (status, text) = feedback(&cluster, &serde_json::Value::Array(outcomes)).await;
+    assert_eq!(status, 200, "{text}");
 
     let common = [
         "--control",
@@ -873,12 +857,7 @@ async fn a_live_experiment_analysed_from_its_event_log_equals_the_same_campaign_
 async fn a_declared_guardrail_metric_rolls_a_ramp_back() {
     let tmp = tempfile::tempdir().unwrap();
     let (cluster, client) = two_versions(tmp.path()).await;
-    let production = DeployAction::Version {
-        version: 1,
-        alias: "production".into(),
-        percent: None,
-    };
-    deploy(&client, "offer", production, true).await.unwrap();
+    deploy(&client, "offer", production(1), true).await.unwrap();
     let ramp = || DeployAction::ramp(2, vec![50], "1h", &[Guardrail::Metrics]).unwrap();
     let e = deploy(&client, "offer", ramp(), true).await.unwrap_err();
     assert!(
@@ -903,33 +882,9 @@ async fn a_declared_guardrail_metric_rolls_a_ramp_back() {
             serde_json::json!({"version": version, "metric": "unsubscribe", "value": u8::from(unsubscribed)})
         })
         .collect();
-    let http = http_client(&cluster.admin_key);
-    let r = http
-        .post(format!(
-            "http://{}/v1/models/offer:feedback",
-            cluster.scheduler.addr
-        ))
-        .header("content-type", "application/json")
-        .body(serde_json::Value::Array(outcomes).to_string())
-        .send()
-        .await
-        .unwrap();
-    assert!(r.status().is_success(), "{:?}", r.text().await);
-    wait_for(
-        "the guardrail to roll back",
-        Duration::from_secs(20),
-        || async {
-            let d = client.model("offer").await.ok()?.deployment?;
-            (d.ramp.is_none() && !d.aliases.contains_key("canary")).then_some(())
-        },
-    )
-    .await;
-    assert_eq!(weights(&client, "offer").await, vec![(1, 100)]);
-    let audit = client.audit(since).await.unwrap();
-    let rollback = audit
-        .iter()
-        .find(|e| e.action == "ramp-rollback")
-        .unwrap_or_else(|| panic!("{audit:?}"));
+    let (status, text) = feedback(&cluster, &serde_json::Value::Array(outcomes)).await;
+    assert_eq!(status, 200, "{text}");
+    let rollback = rolled_back(&client, since, 1).await;
     assert!(
         rollback.outcome.contains("guardrail unsubscribe broke")
             && rollback.outcome.contains("lower is better"),
