@@ -217,6 +217,33 @@ async fn feedback(cluster: &halyard::Standalone, body: &serde_json::Value) -> (u
     (r.status().as_u16(), r.text().await.unwrap())
 }
 
+/// Wait until `executors` executors have versions 1 and 2 of `offer` loaded.
+async fn both_loaded(client: &halyard_client::Client, executors: usize) {
+    wait_for("both versions to load", Duration::from_secs(30), || async {
+        let d = client.model("offer").await.ok()?.deployment?;
+        let loaded = d
+            .served_by
+            .iter()
+            .filter(|s| s.versions.contains(&1) && s.versions.contains(&2))
+            .count();
+        (loaded >= executors).then_some(())
+    })
+    .await;
+}
+
+/// The `:predict` body of the first record of the data [`two_versions`] trained on.
+fn first_record(dir: &std::path::Path) -> serde_json::Value {
+    let g = dir.join("data/campaign/responses.csv");
+    let s = spec(dir, "offer", &g, 1, 256);
+    serde_json::from_str(&first_record_body(&s, &g)).unwrap()
+}
+
+/// Set `offer`'s split by hand (`1=50,2=50`).
+async fn set_split(client: &halyard_client::Client, split: &str) {
+    let action = DeployAction::from_flags(None, String::new(), None, Some(split.into())).unwrap();
+    deploy(client, "offer", action, true).await.unwrap();
+}
+
 /// Make `version` production with all traffic.
 fn production(version: u64) -> DeployAction {
     DeployAction::Version {
@@ -283,8 +310,7 @@ async fn a_bandit_moves_traffic_to_the_better_version_and_stops_when_set_by_hand
         (vec![1, 2], 500, 1)
     );
     // A split by hand ends the bandit: the leader leaves it alone.
-    let split = DeployAction::from_flags(None, String::new(), None, Some("1=100".into())).unwrap();
-    deploy(&client, "offer", split, true).await.unwrap();
+    set_split(&client, "1=100").await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(weights(&client, "offer").await, vec![(1, 100)]);
     let shown = client.model("offer").await.unwrap().deployment.unwrap();
@@ -419,14 +445,7 @@ async fn a_canary_that_fails_requests_is_rolled_back_by_its_errors_guardrail() {
         r.guard_errors && r.guard_latency && !r.guard_conversion,
         "{r:?}"
     );
-    wait_for("both versions to load", Duration::from_secs(30), || async {
-        let d = client.model("offer").await.ok()?.deployment?;
-        d.served_by
-            .iter()
-            .any(|s| s.versions.contains(&1) && s.versions.contains(&2))
-            .then_some(())
-    })
-    .await;
+    both_loaded(&client, 1).await;
 
     let mut body: serde_json::Value =
         serde_json::from_str(&first_record_body(&without, &g.responses)).unwrap();
@@ -493,10 +512,7 @@ async fn a_canary_that_fails_requests_is_rolled_back_by_its_errors_guardrail() {
 async fn declared_metrics_refuse_other_feedback_and_order_the_report() {
     let tmp = tempfile::tempdir().unwrap();
     let (cluster, client) = two_versions(tmp.path()).await;
-    let split = DeployAction::from_flags(None, String::new(), None, Some("1=50,2=50".into()));
-    deploy(&client, "offer", split.unwrap(), true)
-        .await
-        .unwrap();
+    set_split(&client, "1=50,2=50").await;
     let declare = |m: &[&str]| DeployAction::Metrics(m.iter().map(|s| s.to_string()).collect());
     // Refused whole, naming the problem.
     for (bad, says) in [
@@ -639,19 +655,8 @@ async fn a_bandit_keeps_each_key_on_the_version_it_got_across_executors() {
     let (cluster, client) = two_versions_on(tmp.path(), 2).await;
     let action = DeployAction::bandit(vec![1, 2], "5%", "1s").unwrap();
     deploy(&client, "offer", action, true).await.unwrap();
-    wait_for(
-        "both executors to serve both versions",
-        Duration::from_secs(30),
-        || async {
-            let d = client.model("offer").await.ok()?.deployment?;
-            (d.served_by.len() == 2 && d.served_by.iter().all(|s| s.versions == [1, 2]))
-                .then_some(())
-        },
-    )
-    .await;
-    let g = tmp.path().join("data/campaign/responses.csv");
-    let s = spec(tmp.path(), "offer", &g, 1, 256);
-    let body: serde_json::Value = serde_json::from_str(&first_record_body(&s, &g)).unwrap();
+    both_loaded(&client, 2).await;
+    let body = first_record(tmp.path());
     let keys: Vec<String> = (0..200).map(|i| format!("early-{i}")).collect();
     let first = versions_of(&cluster, &body, &keys).await;
     let on_one = first.iter().filter(|v| **v == 1).count();
@@ -691,10 +696,7 @@ async fn a_bandit_keeps_each_key_on_the_version_it_got_across_executors() {
 
     // A split by hand ends the bandit: the leader deletes its assignments.
     assert!(!cluster.coord.sticky("offer").await.unwrap().is_empty());
-    let split = DeployAction::from_flags(None, String::new(), None, Some("1=50,2=50".into()));
-    deploy(&client, "offer", split.unwrap(), true)
-        .await
-        .unwrap();
+    set_split(&client, "1=50,2=50").await;
     wait_for(
         "the sticky assignments to go",
         Duration::from_secs(20),
@@ -734,21 +736,9 @@ fn close(a: &serde_json::Value, b: &serde_json::Value) -> bool {
 async fn a_live_experiment_analysed_from_its_event_log_equals_the_same_campaign_as_a_table() {
     let tmp = tempfile::tempdir().unwrap();
     let (cluster, client) = two_versions(tmp.path()).await;
-    let split = DeployAction::from_flags(None, String::new(), None, Some("1=50,2=50".into()));
-    deploy(&client, "offer", split.unwrap(), true)
-        .await
-        .unwrap();
-    wait_for("both versions to load", Duration::from_secs(30), || async {
-        let d = client.model("offer").await.ok()?.deployment?;
-        d.served_by
-            .iter()
-            .any(|s| s.versions == [1, 2])
-            .then_some(())
-    })
-    .await;
-    let g = tmp.path().join("data/campaign/responses.csv");
-    let s = spec(tmp.path(), "offer", &g, 1, 256);
-    let body: serde_json::Value = serde_json::from_str(&first_record_body(&s, &g)).unwrap();
+    set_split(&client, "1=50,2=50").await;
+    both_loaded(&client, 1).await;
+    let body = first_record(tmp.path());
     let keys: Vec<String> = (0..300).map(|i| format!("c{i}")).collect();
     let variants = versions_of(&cluster, &body, &keys).await;
 
