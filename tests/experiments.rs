@@ -238,6 +238,24 @@ fn first_record(dir: &std::path::Path) -> serde_json::Value {
     serde_json::from_str(&first_record_body(&s, &g)).unwrap()
 }
 
+/// Feed outcomes in which version 2 converts four times as often as version 1 and wait
+/// until the bandit gives it over 90 % of the traffic; the weights then.
+async fn version_2_wins(
+    cluster: &halyard::Standalone,
+    client: &halyard_client::Client,
+) -> Vec<(u64, u32)> {
+    feed(cluster, (10, 40)).await;
+    wait_for(
+        "the bandit to re-weigh",
+        Duration::from_secs(20),
+        || async {
+            let w = weights(client, "offer").await;
+            (w.len() == 2 && w[1].1 > 9_000).then_some(w)
+        },
+    )
+    .await
+}
+
 /// Set `offer`'s split by hand (`1=50,2=50`).
 async fn set_split(client: &halyard_client::Client, split: &str) {
     let action = DeployAction::from_flags(None, String::new(), None, Some(split.into())).unwrap();
@@ -286,17 +304,7 @@ async fn a_bandit_moves_traffic_to_the_better_version_and_stops_when_set_by_hand
     let action = DeployAction::bandit(vec![1, 2], "5%", "1s").unwrap();
     deploy(&client, "offer", action, true).await.unwrap();
     assert_eq!(weights(&client, "offer").await, vec![(1, 5000), (2, 5000)]);
-    // Version 2 converts four times as often.
-    feed(&cluster, (10, 40)).await;
-    let moved = wait_for(
-        "the bandit to re-weigh",
-        Duration::from_secs(20),
-        || async {
-            let w = weights(&client, "offer").await;
-            (w.len() == 2 && w[1].1 > 9_000).then_some(w)
-        },
-    )
-    .await;
+    let moved = version_2_wins(&cluster, &client).await;
     assert_eq!(
         moved[0],
         (1, 500),
@@ -665,17 +673,7 @@ async fn a_bandit_keeps_each_key_on_the_version_it_got_across_executors() {
         "{on_one} of 200 on version 1 at 50/50"
     );
 
-    // Version 2 converts four times as often: the bandit moves the traffic.
-    feed(&cluster, (10, 40)).await;
-    wait_for(
-        "the bandit to re-weigh",
-        Duration::from_secs(20),
-        || async {
-            let w = weights(&client, "offer").await;
-            (w.len() == 2 && w[1].1 > 9_000).then_some(w)
-        },
-    )
-    .await;
+    version_2_wins(&cluster, &client).await;
     // Every early key stays where it was, on whichever executor it lands now ...
     let again = versions_of(&cluster, &body, &keys).await;
     assert_eq!(again, first);
