@@ -125,8 +125,9 @@ async fn jobs_survive_an_etcd_restart_and_the_watches_come_back() {
 /// setting it to 120), much longer than the nodes' 2 s leases: a deployed model answers
 /// every prediction throughout and for 10 s after etcd is back (while the nodes register
 /// and lead again), through the scheduler's gateway (routing from the last state it read)
-/// and at an executor directly; then a job submitted succeeds once and the model still
-/// answers.
+/// and at an executor directly; a job training when etcd went away succeeds exactly once
+/// after it is back (its delay printed); then a job submitted succeeds once and the model
+/// still answers.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serving_goes_on_through_an_etcd_outage() {
     if missing(&["etcd"], "etcd-server") {
@@ -158,10 +159,21 @@ async fn serving_goes_on_through_an_etcd_outage() {
         .await;
     }
 
+    // A job in flight: training (past its first epoch, far from its last) when etcd goes.
+    let mut long = spec(dir, "in-flight", &data.responses, 2000, 256);
+    long.train.patience = 0;
+    let in_flight = client.submit(&long).await.unwrap().id;
+    wait_for("the job to train", Duration::from_secs(120), || async {
+        let j = client.job(&in_flight).await.ok()?;
+        (j.state == "running" && j.epoch >= 1).then_some(())
+    })
+    .await;
+
     etcd.0.kill().unwrap();
     etcd.0.wait().unwrap();
     let (answered, failed) = probe(&http, &doors, &body, outage).await;
     etcd = Etcd(start_etcd(dir, client_port, peer_port));
+    let back = halyard_core::records::now_ms();
     // And while the cluster comes back (leases lapsed: executors register again, the
     // leader leads again and places the models): the loaded models keep answering.
     let (answered_after, failed_after) = probe(&http, &doors, &body, Duration::from_secs(10)).await;
@@ -173,6 +185,19 @@ async fn serving_goes_on_through_an_etcd_outage() {
     println!(
         "{answered} predictions answered during a {} s etcd outage, {answered_after} in the 10 s after",
         outage.as_secs()
+    );
+
+    // The job in flight ends once, with one version, however many attempts it took.
+    let done = wait_done(&client, &in_flight, Duration::from_secs(600)).await;
+    assert_eq!(done.state, "succeeded", "{done:?}");
+    assert_eq!(client.model("in-flight").await.unwrap().versions.len(), 1);
+    // Its last write (the end) against etcd's return.
+    println!(
+        "the job training when etcd went away for {} s succeeded at attempt {}, {:.1} s after etcd was back (it had been submitted {:.1} s before the outage)",
+        outage.as_secs(),
+        done.attempt,
+        (done.updated_ms - back) as f64 / 1000.0,
+        (back - outage.as_millis() as i64 - done.created_ms) as f64 / 1000.0
     );
 
     // The cluster resumes: a job submitted now succeeds once; the model still answers.
