@@ -501,6 +501,8 @@ async fn a_canary_that_fails_requests_is_rolled_back_by_its_errors_guardrail() {
     let (v1, v2) = (v(1), v(2));
     assert_eq!(v1.errors, 0, "{v1:?}");
     assert_eq!(v2.errors, v2.requests, "{v2:?}");
+    // No outcomes and (once rolled back) out of the split: no posterior of its own.
+    assert!(v2.prob_best.is_nan() || v2.weight > 0, "{v2:?}");
     assert_eq!(v2.errors, refused as u64, "{v2:?}");
     assert!(v1.p50_ms > 0.0 && v1.p99_ms >= v1.p50_ms, "{v1:?}");
 

@@ -457,17 +457,31 @@ pub fn analyse(
             .map(|(_, w)| f64::from(*w))
             .collect::<Vec<_>>(),
     );
-    // Draws of the posteriors, seeded: the same counts give the same report.
-    let best = prob_best(
-        &arms(outcomes, versions.iter().map(|(v, _)| *v)),
+    // Draws of the posteriors, seeded: the same counts give the same report. Over the
+    // versions in the split or with outcomes: one only served (a canary rolled back before
+    // any outcome) would bring its flat prior in.
+    let contenders: Vec<u64> = versions
+        .iter()
+        .map(|(v, w)| (*v, *w))
+        .filter(|(v, w)| *w > 0 || counts(*v).trials > 0)
+        .map(|(v, _)| v)
+        .collect();
+    let drawn = prob_best(
+        &arms(outcomes, contenders.iter().copied()),
         POSTERIOR_DRAWS,
         &mut rand::rngs::StdRng::seed_from_u64(0),
     )
     .unwrap_or_default();
+    let best = |v: u64| {
+        contenders
+            .iter()
+            .position(|c| *c == v)
+            .and_then(|i| drawn.get(i).copied())
+            .unwrap_or(f64::NAN)
+    };
     let variants = versions
         .into_iter()
-        .enumerate()
-        .map(|(i, (version, weight))| {
+        .map(|(version, weight)| {
             let o = counts(version);
             let m = moments(version);
             let mut s = VariantStats {
@@ -487,7 +501,7 @@ pub fn analyse(
                 seq_p_value: f64::NAN,
                 detectable: f64::NAN,
                 needed: 0,
-                prob_best: best.get(i).copied().unwrap_or(f64::NAN),
+                prob_best: best(version),
                 requests: 0,
                 errors: 0,
                 error_rate: f64::NAN,

@@ -3,7 +3,9 @@
 //!
 //! A key's first prediction under a bandit takes its variant by hashing into the current
 //! weights (as any split does); the node remembers it and, within [`SYNC_EVERY`], records
-//! it in the coordinator (`sticky/<model>/<node>/<n>`, a batch per node and interval).
+//! it in the coordinator (`sticky/<model>/<versions>/<node>/<n>`, a batch per node and
+//! interval; `<versions>` names the bandit's arms, `3-4-5`, so a bandit over other
+//! versions starts afresh).
 //! Every node serving or taking feedback for the model reads every node's records (woken
 //! by a watch, and at least every [`SYNC_EVERY`]); a key recorded twice (two nodes took it
 //! at once) keeps the version of the earlier record, by the coordinator's revision, on
@@ -16,7 +18,7 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use halyard_core::coord::Coordinator;
-use halyard_core::registry::{DeploymentState, StickyBatch, StickyRecord};
+use halyard_core::registry::{BanditPolicy, DeploymentState, StickyBatch, StickyRecord};
 use tracing::warn;
 
 /// Longest a new assignment waits to be recorded, and between two reads of the records.
@@ -25,7 +27,7 @@ pub const SYNC_EVERY: Duration = Duration::from_millis(500);
 /// Revision of an assignment made here and not yet read back from the coordinator.
 const UNRECORDED: i64 = i64::MAX;
 
-/// One model's assignments as this node knows them.
+/// One bandit's assignments as this node knows them.
 #[derive(Debug, Default)]
 struct Assignments {
     /// Key → (version, revision of the record that gave it).
@@ -63,6 +65,14 @@ impl Assignments {
     }
 }
 
+/// Where a bandit's assignments live: the model and the bandit's versions (`offer/3-4-5`;
+/// a model's name has no `/`, so the leader's clearing of `sticky/<model>/` takes them
+/// all).
+fn scope(model: &str, bandit: &BanditPolicy) -> String {
+    let versions: Vec<String> = bandit.versions.iter().map(u64::to_string).collect();
+    format!("{model}/{}", versions.join("-"))
+}
+
 /// A node's sticky assignments (see the module documentation).
 #[derive(Debug)]
 pub struct Sticky {
@@ -95,7 +105,7 @@ impl Sticky {
             return state.variant_for(key);
         };
         let mut models = self.models.lock().expect("sticky lock");
-        let a = models.entry(model.to_string()).or_default();
+        let a = models.entry(scope(model, bandit)).or_default();
         if let Some((version, _)) = a.by_key.get(key)
             && bandit.versions.contains(version)
         {
@@ -116,18 +126,23 @@ impl Sticky {
         key: &str,
         state: &DeploymentState,
     ) -> halyard_core::Result<Option<u64>> {
-        if state.bandit.is_none() {
+        let Some(bandit) = &state.bandit else {
             return Ok(state.variant_for(key));
-        }
-        let followed = self.models.lock().expect("sticky lock").contains_key(model);
+        };
+        let scope = scope(model, bandit);
+        let followed = self
+            .models
+            .lock()
+            .expect("sticky lock")
+            .contains_key(&scope);
         if !followed {
-            let records = self.coord.sticky(model).await?;
+            let records = self.coord.sticky(&scope).await?;
             let mut models = self.models.lock().expect("sticky lock");
-            models.entry(model.to_string()).or_default().merge(&records);
+            models.entry(scope.clone()).or_default().merge(&records);
         }
         let models = self.models.lock().expect("sticky lock");
         Ok(models
-            .get(model)
+            .get(&scope)
             .and_then(|a| a.by_key.get(key))
             .map(|(version, _)| *version)
             .or_else(|| state.variant_for(key)))
@@ -205,6 +220,59 @@ mod tests {
                 versions: pairs.iter().map(|(_, v)| *v).collect(),
             },
         }
+    }
+
+    /// A split of `versions`, equal weights, under a bandit over them.
+    fn bandit(versions: &[u64]) -> DeploymentState {
+        DeploymentState {
+            variants: versions
+                .iter()
+                .map(|&version| halyard_core::registry::Variant { version, weight: 1 })
+                .collect(),
+            bandit: Some(BanditPolicy {
+                versions: versions.to_vec(),
+                floor_bp: 100,
+                every_secs: 60,
+            }),
+            ..DeploymentState::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn keys_keep_their_version_across_nodes_and_a_bandit_over_other_versions_starts_afresh() {
+        let coord = Coordinator::new(
+            Arc::new(halyard_core::kv::EmbeddedKv::new()),
+            "/sticky-test",
+        );
+        let (a, b) = (
+            Sticky::new("a", coord.clone()),
+            Sticky::new("b", coord.clone()),
+        );
+        let keys: Vec<String> = (0..50).map(|i| format!("k{i}")).collect();
+        let first: Vec<u64> = keys
+            .iter()
+            .map(|k| a.assign("m", k, &bandit(&[1, 2])).unwrap())
+            .collect();
+        a.sync().await.unwrap();
+        // Node b, under weights that would send every key to version 2, keeps them.
+        let mut moved = bandit(&[1, 2]);
+        moved.variants[0].weight = 0;
+        for (k, v) in keys.iter().zip(&first) {
+            assert_eq!(b.credit("m", k, &moved).await.unwrap(), Some(*v));
+            assert_eq!(b.assign("m", k, &moved), Some(*v));
+        }
+        // A bandit over versions 2 and 3: a key first on version 1 takes a new version
+        // once, and keeps it after the records are read again (the old record does not
+        // win it back).
+        let other = bandit(&[2, 3]);
+        let i = first.iter().position(|v| *v == 1).unwrap();
+        let new = a.assign("m", &keys[i], &other).unwrap();
+        assert!(new == 2 || new == 3);
+        a.sync().await.unwrap();
+        b.sync().await.unwrap();
+        assert_eq!(a.assign("m", &keys[i], &other), Some(new));
+        assert_eq!(b.assign("m", &keys[i], &other), Some(new));
+        assert!(a.models.lock().unwrap()["m/2-3"].pending.is_empty());
     }
 
     #[test]

@@ -21,7 +21,7 @@
 //! <root>/serving/<executor>        ServingInfo, bound to the executor's lease
 //! <root>/outcomes/<name>/<version> Outcomes fed back for a version
 //! <root>/keys/<id>                 KeyRecord: an API key's role, scope and hash
-//! <root>/sticky/<name>/<node>/<n>  StickyBatch: keys a node assigned while a bandit ran
+//! <root>/sticky/<name>/<arms>/<node>/<n> StickyBatch: keys a node assigned under a bandit
 //! ```
 //!
 //! **Invariants.** Every write that changes a job's state is one transaction that compares

@@ -339,8 +339,8 @@ impl Coordinator {
         self.values(&format!("tallies/{name}/")).await
     }
 
-    /// Record batch `seq` of node `node`'s sticky assignments for model `name` (not on a
-    /// lease: they outlive the node).
+    /// Record batch `seq` of node `node`'s sticky assignments under `name` (a model, and
+    /// for one bandit `model/versions`; not on a lease: they outlive the node).
     pub async fn put_sticky(
         &self,
         name: &str,
@@ -355,7 +355,8 @@ impl Coordinator {
         Ok(())
     }
 
-    /// Every node's sticky assignments for model `name`, oldest record first.
+    /// Every node's sticky assignments under `name` (a model's, or one bandit's), oldest
+    /// record first.
     pub async fn sticky(&self, name: &str) -> Result<Vec<StickyRecord>> {
         let mut out: Vec<StickyRecord> = self
             .kv
@@ -374,7 +375,8 @@ impl Coordinator {
         Ok(out)
     }
 
-    /// Delete model `name`'s sticky assignments (its bandit ended); how many records.
+    /// Delete every sticky assignment under `name` (a model's bandit ended); how many
+    /// records.
     pub async fn clear_sticky(&self, name: &str) -> Result<usize> {
         let keys: Vec<String> = self
             .kv
