@@ -231,29 +231,34 @@ async fn events_table(
     for c in &from_keys {
         extra.push(format!("k.{}", quoted("--covariate/--segment", c)?));
     }
-    let select = |what: &str| {
-        format!("SELECT {what} FROM ({per_key}) e JOIN keys k ON e.key = CAST(k.{on} AS VARCHAR)")
-    };
-    let joined = run(
+    // One query: every key of the log, marked when the keys table has no row for it;
+    // the marked ones are counted and left out here.
+    let marked = run(
         &ctx,
-        &select(
-            &std::iter::once("e.*".to_string())
-                .chain(extra)
-                .collect::<Vec<_>>()
-                .join(", "),
+        &format!(
+            "SELECT e.*, {}k.{on} IS NULL AS unmatched FROM ({per_key}) e LEFT JOIN keys k ON e.key = CAST(k.{on} AS VARCHAR)",
+            extra.iter().map(|c| format!("{c}, ")).collect::<String>()
         ),
     )
     .await?;
-    let all: usize = run(&ctx, &format!("SELECT key FROM ({per_key}) e"))
-        .await?
-        .iter()
-        .map(|b| b.num_rows())
-        .sum();
-    let kept: usize = joined.iter().map(|b| b.num_rows()).sum();
-    if kept < all {
+    let arrow_error = |e: arrow::error::ArrowError| CliError::Failed(format!("--keys: {e}"));
+    let (mut all, mut left_out, mut joined) = (0, 0, Vec::with_capacity(marked.len()));
+    for b in &marked {
+        use arrow::array::AsArray;
+        let last = b.num_columns() - 1;
+        let unmatched = b.column(last).as_boolean();
+        all += b.num_rows();
+        left_out += unmatched.true_count();
+        let keep = arrow::compute::not(unmatched).map_err(arrow_error)?;
+        let kept = arrow::compute::filter_record_batch(b, &keep).map_err(arrow_error)?;
+        joined.push(
+            kept.project(&(0..last).collect::<Vec<_>>())
+                .map_err(arrow_error)?,
+        );
+    }
+    if left_out > 0 {
         eprintln!(
-            "{} of {all} keys of the event log have no row in {} (column {}): left out",
-            all - kept,
+            "{left_out} of {all} keys of the event log have no row in {} (column {}): left out",
             args.keys.as_deref().unwrap_or_default(),
             args.key_column
         );
