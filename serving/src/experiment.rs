@@ -76,6 +76,18 @@ pub fn bandit_weights(
         .collect())
 }
 
+/// The always-valid interval and p-value of a guardrail's difference, as the audit log
+/// shows them.
+fn always_valid(q: &Sequential) -> String {
+    format!(
+        "always-valid {:.0}% interval [{:+.4}, {:+.4}], p = {:.2e}",
+        CONFIDENCE * 100.0,
+        q.ci_low,
+        q.ci_high,
+        q.p_value
+    )
+}
+
 /// Why a ramping canary must be rolled back: it converts worse than production with the
 /// always-valid interval of the difference wholly below 0 (valid however often the leader
 /// looks). `None`: the guardrail holds, or there are too few outcomes to tell.
@@ -89,7 +101,7 @@ pub fn conversion_breach(production: Outcomes, canary: Outcomes) -> Option<Strin
     let q = sequential(f.difference, f.se, p.n + c.n, CONFIDENCE);
     (q.ci_high < 0.0).then(|| {
         format!(
-            "guardrail conversion broke: the canary converts {:.4} ({} of {}) against production's {:.4} ({} of {}), difference {:+.4}, always-valid {:.0}% interval [{:+.4}, {:+.4}], p = {:.2e}",
+            "guardrail conversion broke: the canary converts {:.4} ({} of {}) against production's {:.4} ({} of {}), difference {:+.4}, {}",
             c.mean_y,
             canary.conversions,
             canary.trials,
@@ -97,10 +109,7 @@ pub fn conversion_breach(production: Outcomes, canary: Outcomes) -> Option<Strin
             production.conversions,
             production.trials,
             f.difference,
-            CONFIDENCE * 100.0,
-            q.ci_low,
-            q.ci_high,
-            q.p_value
+            always_valid(&q)
         )
     })
 }
@@ -141,17 +150,14 @@ pub fn errors_breach(production: &VersionTally, canary: &VersionTally) -> Option
     let q = share_difference(p, c)?;
     (q.ci_low > 0.0).then(|| {
         format!(
-            "guardrail errors broke: the canary failed {} of {} prediction requests ({:.4}) against production's {} of {} ({:.4}); always-valid {:.0}% interval of the difference (adjusted counts) [{:+.4}, {:+.4}], p = {:.2e}",
+            "guardrail errors broke: the canary failed {} of {} prediction requests ({:.4}) against production's {} of {} ({:.4}); adjusted counts, {}",
             c.1,
             c.0,
             share(c.1, c.0),
             p.1,
             p.0,
             share(p.1, p.0),
-            CONFIDENCE * 100.0,
-            q.ci_low,
-            q.ci_high,
-            q.p_value
+            always_valid(&q)
         )
     })
 }
@@ -171,7 +177,7 @@ pub fn latency_breach(production: &VersionTally, canary: &VersionTally) -> Optio
     let q = share_difference(p, c)?;
     (q.ci_low > 0.0).then(|| {
         format!(
-            "guardrail latency broke: {} of the canary's {} requests ({:.4}) took longer than production's p99 of {:.2} ms, against {} of production's {} ({:.4}); the canary's p99 is {:.2} ms; always-valid {:.0}% interval of the difference (adjusted counts) [{:+.4}, {:+.4}], p = {:.2e}",
+            "guardrail latency broke: {} of the canary's {} requests ({:.4}) took longer than production's p99 of {:.2} ms, against {} of production's {} ({:.4}); the canary's p99 is {:.2} ms; adjusted counts, {}",
             c.1,
             c.0,
             share(c.1, c.0),
@@ -180,10 +186,7 @@ pub fn latency_breach(production: &VersionTally, canary: &VersionTally) -> Optio
             p.0,
             share(p.1, p.0),
             lc.quantile_us(0.99) as f64 / 1000.0,
-            CONFIDENCE * 100.0,
-            q.ci_low,
-            q.ci_high,
-            q.p_value
+            always_valid(&q)
         )
     })
 }
@@ -224,7 +227,7 @@ pub fn metric_breach(
     };
     worse.then(|| {
         format!(
-            "guardrail {} broke: the canary's mean {:.4} ({} values) against production's {:.4} ({} values), difference {:+.4} ({} is better), always-valid {:.0}% interval [{:+.4}, {:+.4}], p = {:.2e}",
+            "guardrail {} broke: the canary's mean {:.4} ({} values) against production's {:.4} ({} values), difference {:+.4} ({} is better), {}",
             decl.name,
             c.mean_y,
             c.n,
@@ -232,10 +235,7 @@ pub fn metric_breach(
             p.n,
             f.difference,
             if decl.inverse { "lower" } else { "higher" },
-            CONFIDENCE * 100.0,
-            q.ci_low,
-            q.ci_high,
-            q.p_value
+            always_valid(&q)
         )
     })
 }
