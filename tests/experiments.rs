@@ -182,8 +182,6 @@ async fn two_versions_on(
 /// Feed `offer` 200 outcomes per version: version 1 converts `rates.0` percent of the
 /// time, version 2 `rates.1` percent.
 async fn feed(cluster: &halyard::Standalone, rates: (usize, usize)) {
-    let http = http_client(&cluster.admin_key);
-    let url = format!("http://{}/v1/models/offer:feedback", cluster.scheduler.addr);
     for i in 0..400 {
         let (version, rate) = if i % 2 == 0 {
             (1, rates.0)
@@ -191,22 +189,29 @@ async fn feed(cluster: &halyard::Standalone, rates: (usize, usize)) {
             (2, rates.1)
         };
         let converted = (i / 2) % 100 < rate;
-        let r = http
-            .post(&url)
-            .header("content-type", "application/json")
-            .body(serde_json::json!({"version": version, "converted": converted}).to_string())
-            .send()
-            .await
-            .unwrap();
-        assert!(r.status().is_success(), "{:?}", r.text().await);
+        let (status, text) = feedback(
+            cluster,
+            &serde_json::json!({"version": version, "converted": converted}),
+        )
+        .await;
+        assert_eq!(status, 200, "{text}");
     }
 }
 
 /// POST `body` to `offer`'s `:feedback` on the scheduler: the status and the reply.
 async fn feedback(cluster: &halyard::Standalone, body: &serde_json::Value) -> (u16, String) {
+    call(cluster, "feedback", body).await
+}
+
+/// POST `body` to `offer`'s `:VERB` on the scheduler: the status and the reply.
+async fn call(
+    cluster: &halyard::Standalone,
+    verb: &str,
+    body: &serde_json::Value,
+) -> (u16, String) {
     let r = http_client(&cluster.admin_key)
         .post(format!(
-            "http://{}/v1/models/offer:feedback",
+            "http://{}/v1/models/offer:{verb}",
             cluster.scheduler.addr
         ))
         .header("content-type", "application/json")
@@ -458,27 +463,17 @@ async fn a_canary_that_fails_requests_is_rolled_back_by_its_errors_guardrail() {
     let mut body: serde_json::Value =
         serde_json::from_str(&first_record_body(&without, &g.responses)).unwrap();
     body["record"].as_object_mut().unwrap().remove("channel");
-    let http = http_client(&cluster.admin_key);
-    let url = format!("http://{}/v1/models/offer:predict", cluster.scheduler.addr);
     let (mut answered, mut refused) = (0, 0);
     for i in 0..300 {
         body["key"] = serde_json::json!(format!("customer-{i}"));
-        let r = http
-            .post(&url)
-            .header("content-type", "application/json")
-            .body(body.to_string())
-            .send()
-            .await
-            .unwrap();
-        match r.status().as_u16() {
-            200 => answered += 1,
-            400 => {
-                let text = r.text().await.unwrap();
+        match call(&cluster, "predict", &body).await {
+            (200, _) => answered += 1,
+            (400, text) => {
                 assert!(text.contains("channel"), "{text}");
                 refused += 1;
             }
             // Rolled back already: only version 1 serves.
-            s => panic!("status {s}: {:?}", r.text().await),
+            (s, text) => panic!("status {s}: {text}"),
         }
     }
     assert!(
@@ -639,21 +634,13 @@ async fn versions_of(
     body: &serde_json::Value,
     keys: &[String],
 ) -> Vec<u64> {
-    let http = http_client(&cluster.admin_key);
-    let url = format!("http://{}/v1/models/offer:predict", cluster.scheduler.addr);
     let mut out = Vec::new();
     for k in keys {
         let mut b = body.clone();
         b["key"] = serde_json::json!(k);
-        let r = http
-            .post(&url)
-            .header("content-type", "application/json")
-            .body(b.to_string())
-            .send()
-            .await
-            .unwrap();
-        assert!(r.status().is_success(), "{:?}", r.text().await);
-        let reply: serde_json::Value = serde_json::from_str(&r.text().await.unwrap()).unwrap();
+        let (status, text) = call(cluster, "predict", &b).await;
+        assert_eq!(status, 200, "{text}");
+        let reply: serde_json::Value = serde_json::from_str(&text).unwrap();
         out.push(reply["predictions"][0]["version"].as_u64().unwrap());
     }
     out
