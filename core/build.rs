@@ -36,8 +36,6 @@ fn main() -> ExitCode {
 
 fn compile() -> std::io::Result<()> {
     tonic_prost_build::configure()
-        // Collective chunks are decoded without a copy.
-        .bytes(".halyard.v1.CollectiveChunk.data")
         // The experiment report is also JSON (the CLI's --json, GET /v1/experiments/NAME).
         .type_attribute(
             ".halyard.v1.ExperimentResponse",

@@ -675,16 +675,17 @@ async fn with_mutual_tls_nodes_train_together_and_strangers_are_refused() {
         stranger.await.is_none(),
         "a certificate of another CA was accepted"
     );
-    // The node-only route: the admin key without a node certificate is refused (403); with
-    // the cluster's node certificate it passes the door.
-    let push = "/halyard.v1.CollectiveService/Push";
+    // The node-only route (a ring link's upgrade): the admin key without a node certificate
+    // is refused (403); with the cluster's node certificate it passes the door and reaches
+    // the route, which wants an upgrade this request does not ask for (400).
+    let link = "/v1/collective/link?group=g%2F1&from=0";
     let base = format!("https://{}", exec_addr_of(&admin).await);
     let ca = reqwest::Certificate::from_pem(ca_pem.as_bytes()).unwrap();
     let anonymous = common::http_builder(&admin_key)
         .add_root_certificate(ca.clone())
         .build()
         .unwrap();
-    let answer = call(&anonymous, &base, "POST", push, Some(&admin_key)).await;
+    let answer = call(&anonymous, &base, "GET", link, Some(&admin_key)).await;
     assert_eq!(refused(&answer), Some("403"), "{answer:?}");
     let mut pem = std::fs::read(cert).unwrap();
     pem.extend(std::fs::read(key).unwrap());
@@ -693,8 +694,8 @@ async fn with_mutual_tls_nodes_train_together_and_strangers_are_refused() {
         .identity(reqwest::Identity::from_pem(&pem).unwrap())
         .build()
         .unwrap();
-    let answer = call(&node, &base, "POST", push, Some(&admin_key)).await;
-    assert_eq!(refused(&answer), None, "{answer:?}");
+    let answer = call(&node, &base, "GET", link, Some(&admin_key)).await;
+    assert_eq!(answer, (400, None), "{answer:?}");
 }
 
 /// The address of one executor of the cluster.

@@ -67,7 +67,7 @@ pub async fn loopback_ring(
         tokio::spawn(serve(
             listener,
             b.clone(),
-            tls.map(|t| t.tonic_server()),
+            tls.map(|t| t.server.clone()),
             async move {
                 let _ = stopped.wait_for(|s| *s).await;
             },
@@ -78,8 +78,10 @@ pub async fn loopback_ring(
         .into_iter()
         .enumerate()
         .map(|(r, b)| {
-            Ring::new(group, r, &peers, b, RingConfig::default())?
-                .with_tls(tls.map(|t| t.tonic_client()))
+            Ok::<_, halyard_collective::CollectiveError>(
+                Ring::new(group, r, &peers, b, RingConfig::default())?
+                    .with_tls(tls.map(|t| t.client.clone())),
+            )
         })
         .collect::<std::result::Result<Vec<_>, _>>()
         .map_err(|e| err(e.to_string()))?;

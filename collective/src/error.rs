@@ -32,6 +32,9 @@ pub enum CollectiveError {
         /// How long.
         waited: Duration,
     },
+    /// An earlier operation failed and left the ring unusable.
+    #[error("the ring broke in {0}")]
+    Broken(String),
     /// A peer sent something out of order: the ranks' calls differ.
     #[error("ranks out of step: {0}")]
     Protocol(String),

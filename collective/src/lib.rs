@@ -1,135 +1,57 @@
 //! `halyard-collective`: collective operations between the executors of one data-parallel
-//! training group, over gRPC (`CollectiveService` in `proto/halyard.proto`).
+//! training group, over one long-lived connection per link of the ring.
 //!
+//! - Links ([`link`]): rank `r` dials rank `r + 1` once per group — an HTTP/1.1 upgrade on
+//!   the executor's port (`GET /v1/collective/link`), so the door checks the node key and,
+//!   with mutual TLS, the node certificate — and keeps the connection, plain TCP or TLS,
+//!   for every operation of the group.
+//! - Frames ([`transfer`]): a 24-byte header and the payload, one frame per ring step; the
+//!   payload is written from the caller's buffer, added from a small scratch buffer or read
+//!   straight into the destination, with both links polled from one loop: no message
+//!   framing, no per-chunk allocation or task.
 //! - [`Ring::all_reduce`]: a ring all-reduce, reduce-scatter then all-gather. The vector is
-//!   cut into one segment per rank and every segment into chunks; a rank forwards each chunk
-//!   as soon as it has added (or copied) it, so every link of the ring carries data at once.
-//!   Each segment's sum is made by one rank and copied to the others: every rank ends with
-//!   the same bits.
-//! - [`Ring::broadcast`]: rank 0's bytes, chunked, passed along the ring.
+//!   cut into one segment per rank; a rank forwards each byte of a segment as soon as it has
+//!   added (or copied) it, so every link of the ring carries data at once. Each segment's
+//!   sum is made by one rank and copied to the others: every rank ends with the same bits.
+//! - [`Ring::broadcast`]: rank 0's bytes passed along the ring, each rank forwarding what
+//!   it has as it arrives.
 //!
 //! Every wait has a deadline: a peer that stops answering (dead, stopped, partitioned) fails
-//! the operation with [`CollectiveError::Deadline`] on every rank instead of hanging it.
+//! the operation with [`CollectiveError::Deadline`] on every rank instead of hanging it, and
+//! a failed operation breaks the ring (the group is formed again).
 //!
 //! **Invariants.** Every rank of a group makes the same calls in the same order (operations
-//! are numbered by call). A rank receives only from the rank before it and sends only to
-//! the rank after it; chunks of one operation arrive in order on one stream.
+//! are numbered by call, and every frame's header names its operation and step: ranks out
+//! of step fail with [`CollectiveError::Protocol`]). A rank receives only from the rank
+//! before it and sends only to the rank after it.
+
+#[cfg(target_endian = "big")]
+compile_error!(
+    "the ring's frames carry little-endian floats in place: a big-endian build needs byte swaps in collective/src/transfer.rs"
+);
 
 mod error;
+pub mod link;
+mod transfer;
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use halyard_core::auth::BearerKey;
 use halyard_core::metrics::Histogram;
-use halyard_core::proto::collective_service_client::CollectiveServiceClient;
-use halyard_core::proto::collective_service_server::{CollectiveService, CollectiveServiceServer};
-use halyard_core::proto::{CollectiveChunk, PushAck};
-use tokio::sync::{mpsc, watch};
-use tokio_stream::wrappers::UnboundedReceiverStream;
-use tonic::transport::{Channel, ClientTlsConfig};
-use tonic::{Request, Response, Status, Streaming};
+use tokio::io::AsyncReadExt;
 
 pub use error::{CollectiveError, Result};
-
-/// Unclaimed inbound streams are dropped after this long (a group that failed).
-const STALE_AFTER: Duration = Duration::from_secs(300);
-
-/// Inbound chunk streams, by group and operation, until the local rank takes them.
-#[derive(Clone, Default)]
-pub struct Mailboxes {
-    inner: Arc<Mutex<HashMap<(String, u64), Slot>>>,
-}
-
-struct Slot {
-    tx: Option<mpsc::UnboundedSender<CollectiveChunk>>,
-    rx: Option<mpsc::UnboundedReceiver<CollectiveChunk>>,
-    created: Instant,
-}
-
-impl Mailboxes {
-    fn with_slot<T>(&self, group: &str, op: u64, take: impl FnOnce(&mut Slot) -> T) -> T {
-        let mut map = self.inner.lock().expect("mailboxes lock");
-        map.retain(|_, s| s.created.elapsed() < STALE_AFTER);
-        let key = (group.to_string(), op);
-        let slot = map.entry(key.clone()).or_insert_with(|| {
-            let (tx, rx) = mpsc::unbounded_channel();
-            Slot {
-                tx: Some(tx),
-                rx: Some(rx),
-                created: Instant::now(),
-            }
-        });
-        let out = take(slot);
-        if slot.tx.is_none() && slot.rx.is_none() {
-            map.remove(&key);
-        }
-        out
-    }
-
-    fn sender(&self, group: &str, op: u64) -> Option<mpsc::UnboundedSender<CollectiveChunk>> {
-        self.with_slot(group, op, |s| s.tx.take())
-    }
-
-    fn receiver(&self, group: &str, op: u64) -> Option<mpsc::UnboundedReceiver<CollectiveChunk>> {
-        self.with_slot(group, op, |s| s.rx.take())
-    }
-
-    /// Drop everything kept for `group` (it ended or failed).
-    pub fn forget(&self, group: &str) {
-        self.inner
-            .lock()
-            .expect("mailboxes lock")
-            .retain(|(g, _), _| g != group);
-    }
-
-    /// The gRPC service that fills these mailboxes.
-    pub fn service(&self) -> CollectiveServiceServer<CollectiveApi> {
-        CollectiveServiceServer::new(CollectiveApi {
-            boxes: self.clone(),
-        })
-        .max_decoding_message_size(64 << 20)
-    }
-}
-
-/// The receiving side: hands each inbound stream to its group's mailbox.
-pub struct CollectiveApi {
-    boxes: Mailboxes,
-}
-
-#[tonic::async_trait]
-impl CollectiveService for CollectiveApi {
-    async fn push(
-        &self,
-        request: Request<Streaming<CollectiveChunk>>,
-    ) -> std::result::Result<Response<PushAck>, Status> {
-        let mut stream = request.into_inner();
-        let Some(first) = stream.message().await? else {
-            return Ok(Response::new(PushAck {}));
-        };
-        let Some(tx) = self.boxes.sender(&first.group, first.op) else {
-            return Err(Status::already_exists(format!(
-                "group {} operation {} already has a sender",
-                first.group, first.op
-            )));
-        };
-        let gone = || Status::aborted("the receiving rank left the operation");
-        tx.send(first).map_err(|_| gone())?;
-        while let Some(chunk) = stream.message().await? {
-            tx.send(chunk).map_err(|_| gone())?;
-        }
-        Ok(Response::new(PushAck {}))
-    }
-}
+use link::{Inbound, Link};
+pub use link::{LINK_PATH, Mailboxes, serve};
+use transfer::{Fault, HEADER, Incoming, Mode, Outgoing, Transfer};
 
 /// Settings of a ring.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct RingConfig {
-    /// The longest wait for a peer: a chunk, a connection, the end of a stream.
+    /// The longest wait for a peer: a connection, a byte of a frame.
     pub deadline: Duration,
-    /// Floats (all-reduce) or 4× bytes (broadcast) per chunk.
+    /// The most floats one read or write moves (and the scratch buffer's size).
     pub chunk_floats: usize,
 }
 
@@ -137,9 +59,15 @@ impl Default for RingConfig {
     fn default() -> Self {
         RingConfig {
             deadline: Duration::from_secs(30),
-            chunk_floats: 64 * 1024,
+            chunk_floats: 256 * 1024,
         }
     }
+}
+
+/// The two links of a rank: to the next rank and from the previous one.
+struct Links {
+    next: Link,
+    prev: Link,
 }
 
 /// One rank's side of a ring of executors.
@@ -147,54 +75,22 @@ pub struct Ring {
     group: String,
     rank: usize,
     size: usize,
-    /// The connection to the next rank.
-    next: Option<Channel>,
-    /// This node's key, sent with every push (the next rank's door checks it).
+    /// This node's key, sent when it opens its link (the next rank's door checks it).
     key: BearerKey,
+    /// TLS to the next rank (its port's), when the cluster has it.
+    tls: Option<Arc<rustls::ClientConfig>>,
     next_addr: String,
     boxes: Mailboxes,
     op: u64,
     cfg: RingConfig,
     /// Where each all-reduce's duration is recorded, if anywhere.
     timer: Option<Histogram>,
-}
-
-/// The open stream to the next rank for one operation.
-struct Outbound {
-    tx: mpsc::UnboundedSender<CollectiveChunk>,
-    /// The call's end: `Some(Ok)` when the next rank took everything, `Some(Err)` as soon
-    /// as it failed (refused, reset, dead), which fails the operation at once.
-    done: watch::Receiver<Option<std::result::Result<(), String>>>,
-}
-
-impl Outbound {
-    /// Resolves when the call to the next rank has failed (never when it succeeds).
-    async fn failed(&self) -> String {
-        let mut done = self.done.clone();
-        loop {
-            let ended = done.borrow_and_update().clone();
-            match ended {
-                Some(Err(e)) => return e,
-                // It took everything: nothing more can fail.
-                Some(Ok(())) => return std::future::pending().await,
-                None => {}
-            }
-            if done.changed().await.is_err() && done.borrow().is_none() {
-                return "its stream task ended".into();
-            }
-        }
-    }
-}
-
-/// A lazy connection to the next rank at `addr`, over TLS when `tls` is given.
-fn connect_next(addr: &str, cfg: &RingConfig, tls: Option<ClientTlsConfig>) -> Result<Channel> {
-    let endpoint = halyard_core::tls::endpoint(addr, tls)
-        .map_err(|e| CollectiveError::Setup(format!("peer address {addr}: {e}")))?
-        .connect_timeout(cfg.deadline)
-        .tcp_nodelay(true)
-        .initial_stream_window_size(Some(8 << 20))
-        .initial_connection_window_size(Some(16 << 20));
-    Ok(endpoint.connect_lazy())
+    /// Open after the first operation.
+    links: Option<Links>,
+    /// Why an earlier operation failed: the ring is no longer usable.
+    broken: Option<String>,
+    /// Received floats waiting to be added.
+    scratch: Vec<f32>,
 }
 
 impl Ring {
@@ -213,23 +109,20 @@ impl Ring {
                 "rank {rank} of a group of {size}"
             )));
         }
-        let next_addr = peers[(rank + 1) % size].clone();
-        let next = if size > 1 {
-            Some(connect_next(&next_addr, &cfg, None)?)
-        } else {
-            None
-        };
         Ok(Ring {
             group: group.to_string(),
             rank,
             size,
-            next,
             key: BearerKey::default(),
-            next_addr,
+            tls: None,
+            next_addr: peers[(rank + 1) % size].clone(),
             boxes,
             op: 0,
             cfg,
             timer: None,
+            links: None,
+            broken: None,
+            scratch: Vec::new(),
         })
     }
 
@@ -239,18 +132,16 @@ impl Ring {
         self
     }
 
-    /// The ring, sending `key` with every push to the next rank.
+    /// The ring, presenting `key` when it opens its link to the next rank.
     pub fn with_key(mut self, key: BearerKey) -> Ring {
         self.key = key;
         self
     }
 
     /// The ring, reaching the next rank over (mutual) TLS with `tls`.
-    pub fn with_tls(mut self, tls: Option<ClientTlsConfig>) -> Result<Ring> {
-        if self.next.is_some() && tls.is_some() {
-            self.next = Some(connect_next(&self.next_addr, &self.cfg, tls)?);
-        }
-        Ok(self)
+    pub fn with_tls(mut self, tls: Option<Arc<rustls::ClientConfig>>) -> Ring {
+        self.tls = tls;
+        self
     }
 
     /// This rank.
@@ -263,108 +154,103 @@ impl Ring {
         self.size
     }
 
-    fn open(&self) -> Outbound {
-        let (tx, rx) = mpsc::unbounded_channel();
-        let channel = self.next.clone().expect("a ring of more than one");
-        let mut client = CollectiveServiceClient::with_interceptor(channel, self.key.clone())
-            .max_encoding_message_size(64 << 20);
-        let (done_tx, done) = watch::channel(None);
-        tokio::spawn(async move {
-            let result = client.push(UnboundedReceiverStream::new(rx)).await;
-            let _ = done_tx.send(Some(
-                result.map(|_| ()).map_err(|s| s.message().to_string()),
-            ));
-        });
-        Outbound { tx, done }
+    fn prev(&self) -> usize {
+        (self.rank + self.size - 1) % self.size
     }
 
-    fn chunk(&self, step: usize, chunk: usize, data: Bytes, total: u64) -> CollectiveChunk {
-        CollectiveChunk {
-            group: self.group.clone(),
-            op: self.op,
-            from_rank: self.rank as u32,
-            step: step as u32,
-            chunk: chunk as u32,
-            data,
-            total,
-        }
+    fn next(&self) -> usize {
+        (self.rank + 1) % self.size
     }
 
-    fn send(&self, out: &Outbound, chunk: CollectiveChunk) -> Result<()> {
-        out.tx
-            .send(chunk)
-            .map_err(|_| self.peer_failed("its stream closed"))
-    }
-
-    fn peer_failed(&self, why: &str) -> CollectiveError {
+    fn next_failed(&self, why: &str) -> CollectiveError {
         CollectiveError::Peer {
-            rank: (self.rank + 1) % self.size,
-            message: format!("{} ({})", why, self.next_addr),
+            rank: self.next(),
+            message: format!("{why} ({})", self.next_addr),
         }
     }
 
-    /// The next chunk from the previous rank; fails at the deadline, or at once when the
-    /// stream to the next rank (`out`) fails.
-    async fn recv(
-        &self,
-        rx: &mut mpsc::UnboundedReceiver<CollectiveChunk>,
-        out: Option<&Outbound>,
-        step: usize,
-        chunk: usize,
-    ) -> Result<CollectiveChunk> {
-        let prev = (self.rank + self.size - 1) % self.size;
-        let next_failed = async {
-            match out {
-                Some(out) => out.failed().await,
-                None => std::future::pending().await,
-            }
-        };
-        let got = tokio::select! {
-            got = tokio::time::timeout(self.cfg.deadline, rx.recv()) => got,
-            why = next_failed => return Err(self.peer_failed(&why)),
-        };
-        let m = got
-            .map_err(|_| CollectiveError::Deadline {
+    fn deadline(&self, rank: usize) -> CollectiveError {
+        CollectiveError::Deadline {
+            rank,
+            op: self.op,
+            waited: self.cfg.deadline,
+        }
+    }
+
+    /// Open both links (once per group): dial the next rank, take the previous rank's.
+    async fn connect(&mut self) -> Result<()> {
+        if let Some(why) = &self.broken {
+            return Err(CollectiveError::Broken(why.clone()));
+        }
+        if self.links.is_some() {
+            return Ok(());
+        }
+        let inbound = self.boxes.receiver(&self.group).ok_or_else(|| {
+            CollectiveError::Protocol(format!("group {} joined twice on this node", self.group))
+        })?;
+        let deadline = self.cfg.deadline;
+        let dial = link::dial(
+            &self.next_addr,
+            self.tls.as_ref(),
+            &self.key,
+            &self.group,
+            self.rank,
+        );
+        let next = tokio::time::timeout(deadline, dial)
+            .await
+            .map_err(|_| self.deadline(self.next()))?
+            .map_err(|e| self.next_failed(&e))?;
+        let prev = self.prev();
+        let Inbound { from, link } = tokio::time::timeout(deadline, inbound)
+            .await
+            .map_err(|_| self.deadline(prev))?
+            .map_err(|_| CollectiveError::Peer {
                 rank: prev,
-                op: self.op,
-                waited: self.cfg.deadline,
-            })?
-            .ok_or_else(|| CollectiveError::Peer {
-                rank: prev,
-                message: "it ended its stream before the operation finished".into(),
+                message: "its link failed to open".into(),
             })?;
-        if m.step as usize != step || m.chunk as usize != chunk {
+        if from != prev {
             return Err(CollectiveError::Protocol(format!(
-                "expected step {step} chunk {chunk} from rank {prev}, got step {} chunk {}",
-                m.step, m.chunk
+                "rank {from} opened a link to rank {} where rank {prev} should",
+                self.rank
             )));
         }
-        Ok(m)
+        self.links = Some(Links { next, prev: link });
+        Ok(())
     }
 
-    /// Close the stream to the next rank and wait for it to take everything.
-    async fn finish(&self, out: Outbound) -> Result<()> {
-        drop(out.tx);
-        let mut done = out.done;
-        let ended = tokio::time::timeout(self.cfg.deadline, done.wait_for(Option::is_some)).await;
-        match ended {
-            Err(_) => Err(CollectiveError::Deadline {
-                rank: (self.rank + 1) % self.size,
-                op: self.op,
-                waited: self.cfg.deadline,
-            }),
-            Ok(Err(_)) => Err(self.peer_failed("its stream task ended")),
-            Ok(Ok(r)) => match &*r {
-                Some(Err(e)) => Err(self.peer_failed(e)),
-                _ => Ok(()),
-            },
+    /// Move one operation's frames; a failure breaks the ring.
+    async fn transfer(
+        &mut self,
+        buf: &mut [u8],
+        sends: Vec<Outgoing>,
+        recvs: Vec<Incoming>,
+    ) -> Result<()> {
+        let floats = self.cfg.chunk_floats.max(1);
+        if self.scratch.len() != floats {
+            self.scratch = vec![0.0; floats];
         }
+        let links = self.links.as_mut().expect("connected before a transfer");
+        let result = Transfer::new(buf, self.op, sends, recvs, &mut self.scratch, 4 * floats)
+            .run(&mut links.next, &mut links.prev, self.cfg.deadline)
+            .await;
+        result.map_err(|f| self.fail(f))
     }
 
-    fn inbound(&self) -> Result<mpsc::UnboundedReceiver<CollectiveChunk>> {
-        self.boxes
-            .receiver(&self.group, self.op)
-            .ok_or_else(|| CollectiveError::Protocol(format!("operation {} taken twice", self.op)))
+    /// The error of `fault`; the ring is broken from now on.
+    fn fail(&mut self, fault: Fault) -> CollectiveError {
+        let e = match fault {
+            Fault::Prev(message) => CollectiveError::Peer {
+                rank: self.prev(),
+                message,
+            },
+            Fault::Next(why) => self.next_failed(&why),
+            Fault::Protocol(why) => CollectiveError::Protocol(why),
+            Fault::Silent { prev: true } => self.deadline(self.prev()),
+            Fault::Silent { prev: false } => self.deadline(self.next()),
+        };
+        self.broken = Some(format!("operation {}: {e}", self.op));
+        self.links = None;
+        e
     }
 
     /// Sum `data` element-wise over the ring; every rank ends with the same bits.
@@ -382,46 +268,30 @@ impl Ring {
     }
 
     async fn all_reduce_op(&mut self, data: &mut [f32]) -> Result<()> {
+        self.connect().await?;
         let (n, size, rank) = (data.len(), self.size, self.rank);
-        let segment = |k: usize| (k * n / size, (k + 1) * n / size);
-        let c = self.cfg.chunk_floats.max(1);
-        let chunks = |k: usize| {
-            let (lo, hi) = segment(k);
-            (lo..hi)
-                .step_by(c)
-                .map(move |s| (s, (s + c).min(hi)))
-                .collect::<Vec<_>>()
-        };
-        let mut rx = self.inbound()?;
-        let out = self.open();
-        for (j, &(lo, hi)) in chunks(rank).iter().enumerate() {
-            self.send(&out, self.chunk(0, j, bytes_of(&data[lo..hi]), 0))?;
-        }
+        // Bytes of segment `k`.
+        let segment = |k: usize| 4 * (k * n / size)..4 * ((k + 1) * n / size);
+        // The segment received at step `s` (and sent on at step `s + 1`).
+        let received = |s: usize| (rank + 2 * size - s - 1) % size;
         let steps = 2 * (size - 1);
-        for s in 0..steps {
-            let reducing = s < size - 1;
-            let k = if reducing {
-                (rank + 2 * size - s - 1) % size
-            } else {
-                (rank + 2 * size - (s - (size - 1))) % size
-            };
-            for (j, &(lo, hi)) in chunks(k).iter().enumerate() {
-                let m = self.recv(&mut rx, Some(&out), s, j).await?;
-                let part = &mut data[lo..hi];
-                if m.data.len() != 4 * part.len() {
-                    return Err(CollectiveError::Protocol(format!(
-                        "chunk of {} bytes where {} were due",
-                        m.data.len(),
-                        4 * part.len()
-                    )));
-                }
-                combine(part, &m.data, reducing);
-                if s + 1 < steps {
-                    self.send(&out, self.chunk(s + 1, j, bytes_of(part), 0))?;
-                }
-            }
-        }
-        self.finish(out).await
+        let sends = (0..steps)
+            .map(|s| Outgoing {
+                step: s as u32,
+                range: segment(if s == 0 { rank } else { received(s - 1) }),
+                gate: s.checked_sub(1),
+            })
+            .collect();
+        let recvs = (0..steps)
+            .map(|s| Incoming {
+                step: s as u32,
+                range: segment(received(s)),
+                mode: if s < size - 1 { Mode::Add } else { Mode::Copy },
+                header_read: false,
+            })
+            .collect();
+        self.transfer(bytemuck::cast_slice_mut(data), sends, recvs)
+            .await
     }
 
     /// Replace `data` on every rank with rank 0's.
@@ -435,73 +305,50 @@ impl Ring {
     }
 
     async fn broadcast_op(&mut self, data: &mut Vec<u8>) -> Result<()> {
-        let c = 4 * self.cfg.chunk_floats.max(1);
-        let forwards = self.rank + 1 < self.size;
-        let out = forwards.then(|| self.open());
+        self.connect().await?;
         if self.rank == 0 {
-            let out = out.expect("rank 0 forwards");
-            let total = data.len() as u64;
-            let pieces: Vec<&[u8]> = if data.is_empty() {
-                vec![&[]]
-            } else {
-                data.chunks(c).collect()
+            let whole = Outgoing {
+                step: 0,
+                range: 0..data.len(),
+                gate: None,
             };
-            for (j, piece) in pieces.into_iter().enumerate() {
-                self.send(&out, self.chunk(0, j, Bytes::copy_from_slice(piece), total))?;
-            }
-            return self.finish(out).await;
+            return self.transfer(data, vec![whole], Vec::new()).await;
         }
-        let mut rx = self.inbound()?;
-        let mut got = Vec::new();
-        let mut j = 0;
-        loop {
-            let m = self.recv(&mut rx, out.as_ref(), 0, j).await?;
-            let total = m.total as usize;
-            got.extend_from_slice(&m.data);
-            if let Some(out) = &out {
-                self.send(out, m)?;
-            }
-            j += 1;
-            if got.len() >= total {
-                break;
-            }
+        // The length comes first: the buffer is sized before the bytes arrive.
+        let mut head = [0u8; HEADER];
+        let links = self.links.as_mut().expect("connected");
+        let read = tokio::time::timeout(self.cfg.deadline, links.prev.read_exact(&mut head)).await;
+        let total = match read {
+            Err(_) => Err(Fault::Silent { prev: true }),
+            Ok(Err(e)) => Err(Fault::Prev(e.to_string())),
+            Ok(Ok(_)) => transfer::check_header(&head, self.op, 0),
         }
-        if let Some(out) = out {
-            self.finish(out).await?;
-        }
-        *data = got;
-        Ok(())
+        .map_err(|f| self.fail(f))? as usize;
+        data.clear();
+        data.resize(total, 0);
+        let forwards = self.rank + 1 < self.size;
+        let sends = if forwards {
+            vec![Outgoing {
+                step: 0,
+                range: 0..total,
+                gate: Some(0),
+            }]
+        } else {
+            Vec::new()
+        };
+        let recv = Incoming {
+            step: 0,
+            range: 0..total,
+            mode: Mode::Copy,
+            header_read: true,
+        };
+        self.transfer(data, sends, vec![recv]).await
     }
 }
 
 impl Drop for Ring {
     fn drop(&mut self) {
         self.boxes.forget(&self.group);
-    }
-}
-
-/// Little-endian bytes of `values`.
-fn bytes_of(values: &[f32]) -> Bytes {
-    if cfg!(target_endian = "little") {
-        Bytes::copy_from_slice(bytemuck::cast_slice(values))
-    } else {
-        Bytes::from(halyard_models::distributed::float_bytes(values))
-    }
-}
-
-/// Add (`reducing`) or copy little-endian `bytes` into `part`.
-fn combine(part: &mut [f32], bytes: &[u8], reducing: bool) {
-    // In place when aligned on a little-endian machine; else decoded first.
-    let values: std::borrow::Cow<[f32]> = match bytemuck::try_cast_slice::<u8, f32>(bytes) {
-        Ok(v) if cfg!(target_endian = "little") => v.into(),
-        _ => halyard_models::distributed::floats(bytes).into(),
-    };
-    if reducing {
-        for (x, v) in part.iter_mut().zip(values.iter()) {
-            *x += *v;
-        }
-    } else {
-        part.copy_from_slice(&values);
     }
 }
 
@@ -542,30 +389,6 @@ impl halyard_models::distributed::Collective for BlockingRing {
     }
 }
 
-/// Serve `boxes` alone on `listener` (benches and tests; an executor serves them on its
-/// own port beside its other services) until `shutdown` resolves.
-pub async fn serve(
-    listener: tokio::net::TcpListener,
-    boxes: Mailboxes,
-    tls: Option<tonic::transport::ServerTlsConfig>,
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> std::result::Result<(), tonic::transport::Error> {
-    let mut server = tonic::transport::Server::builder();
-    if let Some(tls) = tls {
-        server = server.tls_config(tls)?;
-    }
-    server
-        .initial_stream_window_size(Some(8 << 20))
-        .initial_connection_window_size(Some(16 << 20))
-        .tcp_nodelay(true)
-        .add_service(boxes.service())
-        .serve_with_incoming_shutdown(
-            tokio_stream::wrappers::TcpListenerStream::new(listener),
-            shutdown,
-        )
-        .await
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -587,17 +410,19 @@ mod tests {
                 (ring.rank(), ring.size(), ring.next_addr.as_str()),
                 (rank, 3, next)
             );
-            assert!(ring.next.is_some());
         }
-        let alone = Ring::new(
+        // A group of one talks to nobody (its only peer's address is not even dialable).
+        let mut alone = Ring::new(
             "g/1",
             0,
-            &peers[..1],
+            &["nowhere".to_string()],
             Mailboxes::default(),
             RingConfig::default(),
         )
         .unwrap();
-        assert!(alone.next.is_none(), "a group of one talks to nobody");
+        let mut v = [1.5f32, -2.0];
+        alone.all_reduce(&mut v).await.unwrap();
+        assert_eq!(v, [1.5, -2.0]);
         let err = Ring::new(
             "g/1",
             3,

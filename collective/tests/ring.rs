@@ -149,3 +149,105 @@ async fn a_peer_that_is_gone_fails_the_operation_at_once_not_at_the_deadline() {
         started.elapsed()
     );
 }
+
+/// Rings of `n` ranks whose servers and links use mutual TLS with certificates of one CA.
+async fn tls_ring(n: usize, dir: &std::path::Path) -> Vec<Ring> {
+    let made = halyard_core::certs::init(dir, &["ring".to_string()]).unwrap();
+    let (_, cert, key) = &made.nodes[0];
+    let tls = halyard_core::tls::TlsFiles {
+        cert: cert.clone(),
+        key: key.clone(),
+        ca: Some(made.ca.clone()),
+    }
+    .load()
+    .unwrap();
+    let mut peers = Vec::new();
+    let mut boxes = Vec::new();
+    for _ in 0..n {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        peers.push(listener.local_addr().unwrap().to_string());
+        let b = Mailboxes::default();
+        let server = serve(
+            listener,
+            b.clone(),
+            Some(tls.server.clone()),
+            std::future::pending(),
+        );
+        tokio::spawn(server);
+        boxes.push(b);
+    }
+    boxes
+        .into_iter()
+        .enumerate()
+        .map(|(r, b)| {
+            Ring::new("job-3/1", r, &peers, b, RingConfig::default())
+                .unwrap()
+                .with_tls(Some(tls.client.clone()))
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 3)]
+async fn over_mutual_tls_the_ring_sums_and_broadcasts_as_in_the_clear() {
+    let dir = tempfile::tempdir().unwrap();
+    let rings = tls_ring(3, dir.path()).await;
+    let len = 300_001;
+    let mut tasks = Vec::new();
+    for mut r in rings {
+        tasks.push(tokio::spawn(async move {
+            let mut v = values(r.rank(), len);
+            r.all_reduce(&mut v).await.unwrap();
+            let mut b = if r.rank() == 0 {
+                vec![7u8; 1 << 20]
+            } else {
+                Vec::new()
+            };
+            r.broadcast(&mut b).await.unwrap();
+            (v, b)
+        }));
+    }
+    let mut results = Vec::new();
+    for t in tasks {
+        results.push(t.await.unwrap());
+    }
+    let each: Vec<Vec<f32>> = (0..3).map(|r| values(r, len)).collect();
+    let want: Vec<f32> = (0..len).map(|i| each.iter().map(|v| v[i]).sum()).collect();
+    for (v, b) in &results {
+        assert_eq!(v.len(), len);
+        for (a, w) in v.iter().zip(&want) {
+            assert!((a - w).abs() <= 1e-3 * w.abs().max(1.0), "{a} vs {w}");
+        }
+        assert_eq!(b, &vec![7u8; 1 << 20]);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ranks_out_of_step_fail_clearly_and_the_ring_stays_broken() {
+    let rings = ring(2, RingConfig::default()).await;
+    let mut tasks = Vec::new();
+    for mut r in rings {
+        tasks.push(tokio::spawn(async move {
+            // The ranks disagree on the vector's length.
+            let mut v = vec![1.0f32; 100 + 10 * r.rank()];
+            let first = r.all_reduce(&mut v).await.unwrap_err();
+            let again = r.all_reduce(&mut [1.0, 2.0]).await.unwrap_err();
+            (first, again)
+        }));
+    }
+    let mut firsts = Vec::new();
+    for t in tasks {
+        let (first, again) = t.await.unwrap();
+        assert!(
+            matches!(again, CollectiveError::Broken(_)),
+            "a broken ring was used again: {again}"
+        );
+        assert!(again.to_string().contains("operation 0"), "{again}");
+        firsts.push(first);
+    }
+    assert!(
+        firsts
+            .iter()
+            .any(|e| matches!(e, CollectiveError::Protocol(m) if m.contains("bytes where"))),
+        "{firsts:?}"
+    );
+}

@@ -816,6 +816,11 @@ impl BearerKey {
         value.set_sensitive(true);
         Ok(BearerKey(Some(value)))
     }
+
+    /// The `authorization` header's value (`Bearer hk_…`), for a call that is not gRPC.
+    pub fn header_bytes(&self) -> Option<&[u8]> {
+        self.0.as_ref().map(|v| v.as_encoded_bytes())
+    }
 }
 
 impl tonic::service::Interceptor for BearerKey {

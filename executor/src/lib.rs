@@ -120,14 +120,12 @@ pub async fn start_executor(cfg: ExecutorConfig, coord: Coordinator) -> Result<E
         events,
     );
     let (_reporter, health) = tonic_health::server::health_reporter();
-    // Data-parallel groups' chunks arrive here (the collective service on this port).
+    // Data-parallel groups' ring links open here (an upgrade on this port, behind the door).
     let boxes = halyard_collective::Mailboxes::default();
-    let grpc = tonic::service::Routes::new(health)
-        .add_service(PredictionServiceServer::new(PredictionApi::new(
-            gateway.clone(),
-        )))
-        .add_service(boxes.service());
-    let http = halyard_serving::http::router(gateway.clone());
+    let grpc = tonic::service::Routes::new(health).add_service(PredictionServiceServer::new(
+        PredictionApi::new(gateway.clone()),
+    ));
+    let http = halyard_serving::http::router(gateway.clone()).merge(boxes.router());
     let server = tokio::spawn(halyard_serving::http::serve(
         listener,
         http,

@@ -69,8 +69,8 @@ pub(crate) async fn train(t: &Task, progress: &mut TaskProgress, run: &Run<'_>) 
             ..RingConfig::default()
         },
     )
-    .and_then(|ring| ring.with_tls(t.tls.as_ref().map(|tls| tls.tonic_client())))
     .map_err(|e| ModelError::Collective(e.to_string()))?
+    .with_tls(t.tls.as_ref().map(|tls| tls.client.clone()))
     .with_key(t.key.clone())
     .with_timer(t.metrics.allreduce_seconds.clone());
     progress.log(format!(

@@ -174,11 +174,7 @@ pub const ROUTES: &[(&str, &str, Access)] = &[
         "/halyard.v1.PredictionService/GetSchema",
         Access::Key(Action::Predict),
     ),
-    (
-        "POST",
-        "/halyard.v1.CollectiveService/Push",
-        Access::Key(Action::Internal),
-    ),
+    ("GET", "/v1/collective/link", Access::Key(Action::Internal)),
     (
         "POST",
         "/halyard.v1.KeyService/CreateKey",
