@@ -1,11 +1,13 @@
 //! `halyard bench allreduce`: the ring all-reduce between in-process ranks, each with its
-//! own gRPC server on loopback (the path executors use), against a memory copy of the same
-//! bytes on this machine.
+//! own server on loopback and its links opened as executors open them, against a plain TCP
+//! stream between two threads (the transport's own limit on this machine) and a memory
+//! copy of the same bytes.
 //!
 //! Reported per size: the median time of one all-reduce; the algorithm bandwidth (vector
 //! bytes / time) and the bus bandwidth (`2 (n - 1) / n` × algorithm bandwidth: what each
-//! rank sends and receives, NCCL's convention, comparable across ring sizes); and the bus
-//! bandwidth as a fraction of the copy bandwidth, the bound for a transfer on one machine.
+//! rank sends and receives, NCCL's convention, comparable across ring sizes); the TCP
+//! stream's bandwidth moving the vector's bytes, measured right after the ring, and the
+//! bus bandwidth as a fraction of it and of the copy bandwidth.
 
 use std::time::{Duration, Instant};
 
@@ -41,7 +43,57 @@ pub fn memcpy_bandwidth(floats: usize, runs: usize) -> f64 {
     (4 * floats) as f64 / median_of(times).as_secs_f64()
 }
 
-/// A ring of `ranks` in-process ranks, each with its own gRPC server on loopback (over
+/// A plain TCP stream between two threads on loopback: the median bytes/s of sending
+/// `bytes` through one connection (1 MiB writes; the reader answers each transfer with one
+/// byte, which ends its timing), `runs` times after a warm-up.
+pub fn tcp_bandwidth(bytes: usize, runs: usize) -> Result<f64> {
+    use std::io::{Read, Write};
+    let io = |e: std::io::Error| CliError::Failed(format!("tcp baseline: {e}"));
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").map_err(io)?;
+    let addr = listener.local_addr().map_err(io)?;
+    let transfers = runs.max(1) + 1;
+    let reader = std::thread::spawn(move || -> std::io::Result<()> {
+        let (mut s, _) = listener.accept()?;
+        s.set_nodelay(true)?;
+        let mut buf = vec![0u8; 1 << 20];
+        for _ in 0..transfers {
+            let mut left = bytes;
+            while left > 0 {
+                let n = s.read(&mut buf[..left.min(1 << 20)])?;
+                if n == 0 {
+                    return Err(std::io::ErrorKind::UnexpectedEof.into());
+                }
+                left -= n;
+            }
+            s.write_all(&[1])?;
+        }
+        Ok(())
+    });
+    let mut s = std::net::TcpStream::connect(addr).map_err(io)?;
+    s.set_nodelay(true).map_err(io)?;
+    let data = vec![1u8; 1 << 20];
+    let mut times = Vec::new();
+    for transfer in 0..transfers {
+        let started = Instant::now();
+        let mut left = bytes;
+        while left > 0 {
+            let n = left.min(data.len());
+            s.write_all(&data[..n]).map_err(io)?;
+            left -= n;
+        }
+        s.read_exact(&mut [0u8; 1]).map_err(io)?;
+        if transfer > 0 {
+            times.push(started.elapsed());
+        }
+    }
+    reader
+        .join()
+        .map_err(|_| CliError::Failed("tcp baseline: the reader thread panicked".into()))?
+        .map_err(io)?;
+    Ok(bytes as f64 / median_of(times).as_secs_f64())
+}
+
+/// A ring of `ranks` in-process ranks, each with its own server on loopback (over
 /// mutual TLS when `tls` is given), and the switch that stops the servers.
 pub async fn loopback_ring(
     ranks: usize,
@@ -160,7 +212,7 @@ pub fn tls_summary(
     tls: &[AllReduceFigure],
 ) -> String {
     let mut out = format!(
-        "ring all-reduce, {ranks} ranks on loopback gRPC, mutual TLS against plaintext (median of {runs} runs, the two alternating per size)"
+        "ring all-reduce, {ranks} ranks on loopback links, mutual TLS against plaintext (median of {runs} runs, the two alternating per size)"
     );
     for (p, t) in plain.iter().zip(tls) {
         out.push_str(&format!(
@@ -177,19 +229,27 @@ pub fn tls_summary(
 }
 
 /// The report of one `halyard bench allreduce` run: each size's median time and bandwidths
-/// against the memory copy's `copy` bytes/s.
-pub fn summary(ranks: usize, runs: usize, copy: f64, figures: &[AllReduceFigure]) -> String {
+/// against the TCP stream's (`tcp`, bytes/s per size) and the memory copy's `copy` bytes/s.
+pub fn summary(
+    ranks: usize,
+    runs: usize,
+    copy: f64,
+    figures: &[AllReduceFigure],
+    tcp: &[f64],
+) -> String {
     let mut out = format!(
-        "ring all-reduce, {ranks} ranks on loopback gRPC (median of {runs} runs); memory copy of 40 MB: {:.2} GB/s",
+        "ring all-reduce, {ranks} ranks on loopback links (median of {runs} runs), against a TCP stream between two threads moving the vector's bytes (measured after each size) and a memory copy of 40 MB ({:.2} GB/s)",
         copy / 1e9
     );
-    for f in figures {
+    for (f, tcp) in figures.iter().zip(tcp) {
         out.push_str(&format!(
-            "\n  {:>10} floats: {:>9.2} ms  algorithm {:.3} GB/s  bus {:.3} GB/s  = {:.1} % of the copy",
+            "\n  {:>10} floats: {:>9.2} ms  algorithm {:.3} GB/s  bus {:.3} GB/s  TCP stream {:.3} GB/s  bus / TCP = {:.1} %  = {:.1} % of the copy",
             f.floats,
             f.median.as_secs_f64() * 1e3,
             f.algo_bandwidth / 1e9,
             f.bus_bandwidth / 1e9,
+            tcp / 1e9,
+            100.0 * f.bus_bandwidth / tcp,
             100.0 * f.bus_bandwidth / copy
         ));
     }

@@ -550,8 +550,9 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 1)]
         runs: usize,
     },
-    /// The ring all-reduce on loopback (each rank with its own gRPC server in this
-    /// process) against a memory copy
+    /// The ring all-reduce on loopback (each rank with its own server in this process,
+    /// linked as executors are) against a plain TCP stream between two threads and a
+    /// memory copy
     Allreduce {
         /// Ranks of the ring
         #[arg(long, default_value_t = 2)]
@@ -728,9 +729,22 @@ pub async fn run(what: BenchCommand, conn: &crate::keys::Connection) -> Result<S
                     ranks, runs, &plain, &secure,
                 ));
             }
-            let figures = crate::allreduce_bench::run(ranks, &sizes, runs, None).await?;
+            let (mut figures, mut tcp) = (Vec::new(), Vec::new());
+            for size in sizes {
+                figures.extend(crate::allreduce_bench::run(ranks, &[size], runs, None).await?);
+                let bytes = 4 * size;
+                tcp.push(
+                    tokio::task::spawn_blocking(move || {
+                        crate::allreduce_bench::tcp_bandwidth(bytes, runs)
+                    })
+                    .await
+                    .map_err(|e| CliError::Failed(format!("tcp baseline: {e}")))??,
+                );
+            }
             let copy = crate::allreduce_bench::memcpy_bandwidth(10_000_000, 9);
-            Ok(crate::allreduce_bench::summary(ranks, runs, copy, &figures))
+            Ok(crate::allreduce_bench::summary(
+                ranks, runs, copy, &figures, &tcp,
+            ))
         }
     }
 }
