@@ -36,15 +36,20 @@ spec() {
   echo "$work/w$1.toml"
 }
 
+# The reference data's folder and the work folder are the cluster's data roots.
+roots="$(cd "$here/../shared/data" && pwd),$work"
+
 # A scheduler and N executors (pinned) under a fresh key root; sets $api.
 cluster() {
   local n=$1 root=/bench-dp-$RANDOM-$$
   api=127.0.0.1:$(free_port)
-  "$B" scheduler --listen "$api" --etcd "$ETCD" --etcd-root "$root" --lease-ttl "$TTL" >"$work/sched.log" 2>&1 &
+  "$B" scheduler --listen "$api" --etcd "$ETCD" --etcd-root "$root" --lease-ttl "$TTL" \
+    --data-roots "$roots" >"$work/sched.log" 2>&1 &
   pids+=($!)
   for i in $(seq 0 $((n - 1))); do
     taskset -c $((i % cores)) "$B" executor --listen "127.0.0.1:$(free_port)" --id "w$i" --etcd "$ETCD" \
-      --etcd-root "$root" --store "file://$work/store" --cpu-slots 1 --lease-ttl "$TTL" >"$work/w$i.log" 2>&1 &
+      --etcd-root "$root" --store "file://$work/store" --cpu-slots 1 --lease-ttl "$TTL" \
+      --data-roots "$roots" >"$work/w$i.log" 2>&1 &
     pids+=($!)
   done
   for _ in $(seq 1 100); do

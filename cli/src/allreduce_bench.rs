@@ -153,25 +153,36 @@ pub async fn run(
     let mut figures = Vec::new();
     for &floats in sizes {
         let mut times = Vec::new();
+        // Each rank's vector is allocated once and written before each run, untimed: as a
+        // trainer's gradient buffer is (a fresh or all-zero allocation would time the
+        // kernel mapping its pages instead).
+        let mut vectors: Vec<Vec<f32>> = vec![vec![0.0; floats]; rings.len()];
         // One warm-up run, then the measured ones.
         for run in 0..=runs.max(1) {
+            for (rank, v) in vectors.iter_mut().enumerate() {
+                v.fill(rank as f32 + 1.0);
+            }
             let started = Instant::now();
             let tasks: Vec<_> = rings
                 .drain(..)
-                .map(|mut ring| {
+                .zip(vectors.drain(..))
+                .map(|(mut ring, mut v)| {
                     tokio::spawn(async move {
-                        let mut v = vec![ring.rank() as f32; floats];
                         let r = ring.all_reduce(&mut v).await;
-                        (ring, r)
+                        (ring, v, r)
                     })
                 })
                 .collect();
             for t in tasks {
-                let (ring, r) = t.await.map_err(|e| err(e.to_string()))?;
+                let (ring, v, r) = t.await.map_err(|e| err(e.to_string()))?;
                 r.map_err(|e| err(e.to_string()))?;
+                let sum = (ranks * (ranks + 1) / 2) as f32;
+                if v.first().is_some_and(|x| *x != sum) || v.last().is_some_and(|x| *x != sum) {
+                    return Err(err(format!("rank {} summed wrong", ring.rank())));
+                }
                 rings.push(ring);
+                vectors.push(v);
             }
-            rings.sort_by_key(|r| r.rank());
             if run > 0 {
                 times.push(started.elapsed());
             }
