@@ -41,6 +41,14 @@ fn require_etcd(s: &Settings, role: &str) -> Result<(), Error> {
     Ok(())
 }
 
+/// How long a node started without etcd in reach waits for it.
+fn etcd_wait(s: &Settings) -> std::time::Duration {
+    std::time::Duration::from_secs(
+        s.etcd_wait_secs
+            .unwrap_or(halyard_core::config::DEFAULT_ETCD_WAIT_SECS),
+    )
+}
+
 /// Wait for Ctrl-C or SIGTERM.
 async fn wait_for_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
@@ -73,7 +81,10 @@ pub async fn run_standalone(settings: Settings) -> Result<(), Error> {
 pub async fn run_scheduler(settings: Settings) -> Result<(), Error> {
     require_etcd(&settings, "scheduler")?;
     let cfg = SchedulerConfig::from_settings(&settings)?;
-    let coord = cfg.coordinator.connect().await?;
+    let coord = cfg
+        .coordinator
+        .connect_waiting(etcd_wait(&settings))
+        .await?;
     let handle = start_scheduler(cfg, coord).await?;
     wait_for_signal().await;
     handle.stop().await;
@@ -84,7 +95,10 @@ pub async fn run_scheduler(settings: Settings) -> Result<(), Error> {
 pub async fn run_executor(settings: Settings) -> Result<(), Error> {
     require_etcd(&settings, "executor")?;
     let cfg = ExecutorConfig::from_settings(&settings)?;
-    let coord = cfg.coordinator.connect().await?;
+    let coord = cfg
+        .coordinator
+        .connect_waiting(etcd_wait(&settings))
+        .await?;
     let handle = start_executor(cfg, coord).await?;
     wait_for_signal().await;
     handle.stop().await;

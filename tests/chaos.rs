@@ -321,8 +321,8 @@ async fn a_seeded_schedule_of_faults_breaks_no_invariant() {
             }
         }
         tokio::time::sleep(wait).await;
-        // etcd and the store first: a node started while etcd is down exits at once ("etcd
-        // at … does not answer"), as it would for a user.
+        // etcd and the store first: a node started while etcd is down would wait for it
+        // (`etcd_wait_secs`), and the fault's recovery time would count that wait.
         let mut mending = faults.clone();
         mending.sort_by_key(|f| !matches!(f, Fault::EtcdRestart | Fault::S3Outage));
         for fault in &mending {

@@ -217,3 +217,63 @@ async fn serving_goes_on_through_an_etcd_outage() {
     assert_eq!(predict_status(&http, &addr, "steady", &body).await, 200);
     drop(etcd);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_started_before_etcd_wait_for_it_and_join_when_it_comes() {
+    if missing(&["etcd"], "etcd-server") {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let (client_port, peer_port) = (free_port(), free_port());
+    let mut cl = EtcdCluster::new(dir, "etcd-late");
+    cl.etcd = format!("127.0.0.1:{client_port}");
+    let addr = format!("127.0.0.1:{}", free_port());
+    let mut scheduler = cl.scheduler("sched-0", &addr);
+    let (mut executor, _) = cl.executor("exec-0");
+    // A node told to wait 2 s gives up, saying why.
+    let mut brief = EtcdCluster::new(dir, "etcd-late");
+    brief.etcd = cl.etcd.clone();
+    brief.flags = vec!["--etcd-wait-secs".into(), "2".into()];
+    let (mut impatient, _) = brief.executor("exec-impatient");
+    // Nothing answers at the etcd address yet: the others keep trying instead of exiting.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    for p in [&mut scheduler, &mut executor] {
+        let log = std::fs::read_to_string(&p.log).unwrap();
+        assert!(
+            p.child.try_wait().unwrap().is_none(),
+            "{} exited: {log}",
+            p.name
+        );
+        assert!(log.contains("etcd cannot be reached yet"), "{log}");
+    }
+    let started = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = impatient.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "an executor told to wait 2 s for etcd still runs"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let log = std::fs::read_to_string(&impatient.log).unwrap();
+    assert!(!status.success(), "{log}");
+    assert!(log.contains(&format!("etcd at {}", cl.etcd)), "{log}");
+    // etcd comes: both join, and the cluster works.
+    let _etcd = Etcd(start_etcd(dir, client_port, peer_port));
+    let client = cl.connect(&addr).await;
+    wait_for("the executor to join", Duration::from_secs(60), || async {
+        (client.cluster().await.ok()?.executors.len() == 1).then_some(())
+    })
+    .await;
+    let data = halyard_cli::datagen::generate(&dir.join("data"), 600, 4).unwrap();
+    let id = client
+        .submit(&spec(dir, "late", &data.responses, 2, 256))
+        .await
+        .unwrap()
+        .id;
+    let done = wait_done(&client, &id, Duration::from_secs(240)).await;
+    assert_eq!(done.state, "succeeded", "{done:?}");
+}

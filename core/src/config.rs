@@ -154,6 +154,9 @@ settings! {
     etcd_password: String, default: "none", secret;
     /// Key prefix of this cluster in etcd (several clusters can share one etcd).
     etcd_root: String, default: DEFAULT_ETCD_ROOT;
+    /// Seconds a scheduler or executor started while etcd cannot be reached keeps trying
+    /// (with backoff, 0.25 s doubling to 5 s, each failure logged) before it exits.
+    etcd_wait_secs: u64, default: DEFAULT_ETCD_WAIT_SECS;
     /// Object store URL: `file:///dir` or `s3://bucket/prefix`.
     store: String, default: "`data_dir`/store";
     /// Folder for local state and the default object store.
@@ -302,6 +305,9 @@ pub const DEFAULT_EXECUTOR_PORT: u16 = 7071;
 pub const DEFAULT_LEASE_TTL_SECS: u64 = 5;
 /// Default key prefix in etcd.
 pub const DEFAULT_ETCD_ROOT: &str = "/halyard";
+
+/// Default of `etcd_wait_secs`: as long as the object store's retries.
+pub const DEFAULT_ETCD_WAIT_SECS: u64 = 120;
 /// Most unfinished jobs one key may have.
 pub const DEFAULT_JOBS_PER_KEY: u32 = 16;
 /// Days the audit log keeps an event.
@@ -377,6 +383,24 @@ impl CoordinatorConfig {
                 journal: data_dir(s).join("coordinator.journal"),
             },
         })
+    }
+
+    /// [`connect`](Self::connect), trying again with backoff (0.25 s doubling to 5 s) while
+    /// etcd cannot be reached, for up to `wait`: a node started before etcd, or during its
+    /// restart, waits for it instead of exiting.
+    pub async fn connect_waiting(&self, wait: std::time::Duration) -> Result<Coordinator> {
+        let started = tokio::time::Instant::now();
+        let mut pause = std::time::Duration::from_millis(250);
+        loop {
+            match self.connect().await {
+                Err(Error::Coordinator(why)) if started.elapsed() + pause < wait => {
+                    tracing::warn!(error = %why, retry_in = ?pause, waited = ?started.elapsed(), "etcd cannot be reached yet: trying again");
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(std::time::Duration::from_secs(5));
+                }
+                other => return other,
+            }
+        }
     }
 
     /// Connect to etcd; the embedded coordinator cannot be shared between processes,
