@@ -65,7 +65,7 @@ for w in 1 2 4; do
   cluster "$w"
   id=$("$B" submit "$(spec "$w")" --scheduler "$api" --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])')
   until "$B" job "$id" --scheduler "$api" --json | python3 -c 'import json,sys; sys.exit(0 if json.load(sys.stdin)["state"] in ("succeeded","failed") else 1)'; do sleep 0.5; done
-  line=$("$B" logs "$id" --scheduler "$api" | grep -o "trained [0-9]* samples in [0-9.]* s: [0-9]* samples/s ([0-9.]* s of it in the steps' all-reduces)" || echo "failed")
+  line=$("$B" logs "$id" --scheduler "$api" | grep -o "trained [0-9]* samples in [0-9.]* s: [0-9]* samples/s ([^)]*)" || echo "failed")
   auc=$("$B" job "$id" --scheduler "$api" --json | python3 -c 'import json,sys; print(round(json.load(sys.stdin)["metrics"].get("test_auc", 0), 4))')
   echo "workers $w: $line (test AUC $auc)"
   stop_cluster

@@ -11,7 +11,7 @@
 
 use std::time::{Duration, Instant};
 
-use halyard_collective::{Mailboxes, Ring, RingConfig, serve};
+use halyard_collective::{Ring, RingConfig};
 
 use crate::bench::median_of;
 use crate::{CliError, Result};
@@ -100,44 +100,9 @@ pub async fn loopback_ring(
     group: &str,
     tls: Option<&halyard_core::tls::Tls>,
 ) -> Result<(Vec<Ring>, tokio::sync::watch::Sender<bool>)> {
-    let err = |e: String| CliError::Failed(format!("loopback ring: {e}"));
-    let mut peers = Vec::new();
-    let mut boxes = Vec::new();
-    let (stop, stopped) = tokio::sync::watch::channel(false);
-    for _ in 0..ranks {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .map_err(|e| err(e.to_string()))?;
-        peers.push(
-            listener
-                .local_addr()
-                .map_err(|e| err(e.to_string()))?
-                .to_string(),
-        );
-        let b = Mailboxes::default();
-        let mut stopped = stopped.clone();
-        tokio::spawn(serve(
-            listener,
-            b.clone(),
-            tls.map(|t| t.server.clone()),
-            async move {
-                let _ = stopped.wait_for(|s| *s).await;
-            },
-        ));
-        boxes.push(b);
-    }
-    let rings = boxes
-        .into_iter()
-        .enumerate()
-        .map(|(r, b)| {
-            Ok::<_, halyard_collective::CollectiveError>(
-                Ring::new(group, r, &peers, b, RingConfig::default())?
-                    .with_tls(tls.map(|t| t.client.clone())),
-            )
-        })
-        .collect::<std::result::Result<Vec<_>, _>>()
-        .map_err(|e| err(e.to_string()))?;
-    Ok((rings, stop))
+    halyard_collective::loopback(ranks, group, RingConfig::default(), tls)
+        .await
+        .map_err(|e| CliError::Failed(e.to_string()))
 }
 
 /// All-reduce `sizes` over a ring of `ranks` in-process ranks, `runs` times each, over

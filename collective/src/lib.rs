@@ -346,6 +346,47 @@ impl Ring {
     }
 }
 
+/// A ring of `ranks` ranks in this process, each with its own server on a free loopback
+/// port (over mutual TLS with `tls`: every rank serves and dials with it), for benches and
+/// tests; the servers stop when the returned switch is set to `true` or dropped.
+pub async fn loopback(
+    ranks: usize,
+    group: &str,
+    cfg: RingConfig,
+    tls: Option<&halyard_core::tls::Tls>,
+) -> Result<(Vec<Ring>, tokio::sync::watch::Sender<bool>)> {
+    let setup = |e: std::io::Error| CollectiveError::Setup(format!("loopback ring: {e}"));
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let mut peers = Vec::new();
+    let mut boxes = Vec::new();
+    for _ in 0..ranks {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .map_err(setup)?;
+        peers.push(listener.local_addr().map_err(setup)?.to_string());
+        let b = Mailboxes::default();
+        let mut stopped = stopped.clone();
+        let shutdown = async move {
+            let _ = stopped.wait_for(|s| *s).await;
+        };
+        tokio::spawn(serve(
+            listener,
+            b.clone(),
+            tls.map(|t| t.server.clone()),
+            shutdown,
+        ));
+        boxes.push(b);
+    }
+    let rings = boxes
+        .into_iter()
+        .enumerate()
+        .map(|(r, b)| {
+            Ok(Ring::new(group, r, &peers, b, cfg)?.with_tls(tls.map(|t| t.client.clone())))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok((rings, stop))
+}
+
 impl Drop for Ring {
     fn drop(&mut self) {
         self.boxes.forget(&self.group);

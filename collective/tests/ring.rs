@@ -1,26 +1,16 @@
-//! Ring all-reduce and broadcast between real gRPC servers on loopback.
+//! Ring all-reduce and broadcast between real servers on loopback, over their links.
 
 use std::time::{Duration, Instant};
 
-use halyard_collective::{CollectiveError, Mailboxes, Ring, RingConfig, serve};
+use halyard_collective::{CollectiveError, Mailboxes, Ring, RingConfig, loopback, serve};
 
-/// `n` ranks, each with its own server; returns their rings.
-async fn ring(n: usize, cfg: RingConfig) -> Vec<Ring> {
-    let mut peers = Vec::new();
-    let mut boxes = Vec::new();
-    for _ in 0..n {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        peers.push(listener.local_addr().unwrap().to_string());
-        let b = Mailboxes::default();
-        tokio::spawn(serve(listener, b.clone(), None, std::future::pending()));
-        boxes.push(b);
-    }
-    boxes
-        .into_iter()
-        .enumerate()
-        .map(|(r, b)| Ring::new("job-1/1", r, &peers, b, cfg).unwrap())
-        .collect()
+/// `n` ranks, each with its own server; their rings and the switch that keeps the servers.
+async fn ring(n: usize, cfg: RingConfig) -> (Vec<Ring>, Servers) {
+    loopback(n, "job-1/1", cfg, None).await.unwrap()
 }
+
+/// Set to stop a loopback ring's servers (they stop when it is dropped).
+type Servers = tokio::sync::watch::Sender<bool>;
 
 fn values(rank: usize, len: usize) -> Vec<f32> {
     (0..len)
@@ -36,7 +26,7 @@ async fn all_reduce_sums_and_every_rank_gets_the_same_bits() {
             chunk_floats: 5,
             ..RingConfig::default()
         };
-        let rings = ring(n, cfg).await;
+        let (rings, _servers) = ring(n, cfg).await;
         let mut tasks = Vec::new();
         for mut r in rings {
             tasks.push(tokio::spawn(async move {
@@ -92,7 +82,7 @@ async fn a_silent_peer_fails_the_operation_within_the_deadline() {
         deadline: Duration::from_millis(800),
         ..RingConfig::default()
     };
-    let mut rings = ring(3, cfg).await;
+    let (mut rings, _servers) = ring(3, cfg).await;
     // Rank 2 never calls: ranks 0 and 1 must fail, not hang.
     let _silent = rings.pop().unwrap();
     let started = Instant::now();
@@ -151,7 +141,7 @@ async fn a_peer_that_is_gone_fails_the_operation_at_once_not_at_the_deadline() {
 }
 
 /// Rings of `n` ranks whose servers and links use mutual TLS with certificates of one CA.
-async fn tls_ring(n: usize, dir: &std::path::Path) -> Vec<Ring> {
+async fn tls_ring(n: usize, dir: &std::path::Path) -> (Vec<Ring>, Servers) {
     let made = halyard_core::certs::init(dir, &["ring".to_string()]).unwrap();
     let (_, cert, key) = &made.nodes[0];
     let tls = halyard_core::tls::TlsFiles {
@@ -161,36 +151,15 @@ async fn tls_ring(n: usize, dir: &std::path::Path) -> Vec<Ring> {
     }
     .load()
     .unwrap();
-    let mut peers = Vec::new();
-    let mut boxes = Vec::new();
-    for _ in 0..n {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        peers.push(listener.local_addr().unwrap().to_string());
-        let b = Mailboxes::default();
-        let server = serve(
-            listener,
-            b.clone(),
-            Some(tls.server.clone()),
-            std::future::pending(),
-        );
-        tokio::spawn(server);
-        boxes.push(b);
-    }
-    boxes
-        .into_iter()
-        .enumerate()
-        .map(|(r, b)| {
-            Ring::new("job-3/1", r, &peers, b, RingConfig::default())
-                .unwrap()
-                .with_tls(Some(tls.client.clone()))
-        })
-        .collect()
+    loopback(n, "job-3/1", RingConfig::default(), Some(&tls))
+        .await
+        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 3)]
 async fn over_mutual_tls_the_ring_sums_and_broadcasts_as_in_the_clear() {
     let dir = tempfile::tempdir().unwrap();
-    let rings = tls_ring(3, dir.path()).await;
+    let (rings, _servers) = tls_ring(3, dir.path()).await;
     let len = 300_001;
     let mut tasks = Vec::new();
     for mut r in rings {
@@ -223,7 +192,7 @@ async fn over_mutual_tls_the_ring_sums_and_broadcasts_as_in_the_clear() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ranks_out_of_step_fail_clearly_and_the_ring_stays_broken() {
-    let rings = ring(2, RingConfig::default()).await;
+    let (rings, _servers) = ring(2, RingConfig::default()).await;
     let mut tasks = Vec::new();
     for mut r in rings {
         tasks.push(tokio::spawn(async move {

@@ -231,6 +231,8 @@ fn describe(event: &DpEvent, progress: &mut TaskProgress, trees: bool) -> Option
             samples,
             seconds,
             all_reduce_seconds,
+            compute_seconds,
+            update_seconds,
         } => {
             let (member, rate) = (member + 1, *samples as f64 / seconds.max(1e-9));
             Some(if trees {
@@ -239,7 +241,7 @@ fn describe(event: &DpEvent, progress: &mut TaskProgress, trees: bool) -> Option
                 )
             } else {
                 format!(
-                    "member {member}: the replicas' weights agreed bit for bit before every one of {steps} steps and after the last (checksum {checksum:08x}); trained {samples} samples in {seconds:.2} s: {rate:.0} samples/s ({all_reduce_seconds:.2} s of it in the steps' all-reduces)"
+                    "member {member}: the replicas' weights agreed bit for bit before every one of {steps} steps and after the last (checksum {checksum:08x}); trained {samples} samples in {seconds:.2} s: {rate:.0} samples/s ({all_reduce_seconds:.2} s of it in the steps' all-reduces, {compute_seconds:.2} s computing this rank's gradients, {update_seconds:.2} s checking and updating the weights)"
                 )
             })
         }

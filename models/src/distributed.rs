@@ -160,6 +160,12 @@ pub enum DpEvent {
         /// Of those, seconds in the steps' all-reduces (the transfer and the wait for the
         /// slowest rank).
         all_reduce_seconds: f64,
+        /// Of those, seconds computing this rank's gradients (batch, forward, backward,
+        /// flattening); 0 for trees.
+        compute_seconds: f64,
+        /// Of those, seconds checking and updating the weights after the all-reduce
+        /// (checksums, AdamW, loading them into the model); 0 for trees.
+        update_seconds: f64,
     },
 }
 
@@ -613,7 +619,7 @@ pub fn train_response_parallel(
             epochs_total,
             warmup,
         };
-        let (started, mut samples, mut all_reduce) = (Instant::now(), 0u64, Duration::ZERO);
+        let (started, mut samples, mut times) = (Instant::now(), 0u64, StepTimes::default());
         last_save.1 = st.at.step;
         let mut stopped_early = false;
         let checkpoint = |st: &MemberState, consumed: Vec<u64>, finished: &[Vec<f32>]| {
@@ -637,7 +643,7 @@ pub fn train_response_parallel(
                     .filter_map(|g| global.mine.get(g).copied())
                     .collect();
                 let rows_in_step;
-                (model, rows_in_step) = step.run(group, model, &mut st, &chunk, &mut all_reduce)?;
+                (model, rows_in_step) = step.run(group, model, &mut st, &chunk, &mut times)?;
                 samples += rows_in_step as u64;
                 st.at.step_in_epoch += 1;
                 st.at.step += 1;
@@ -712,7 +718,9 @@ pub fn train_response_parallel(
             checksum: sum,
             samples,
             seconds: started.elapsed().as_secs_f64(),
-            all_reduce_seconds: all_reduce.as_secs_f64(),
+            all_reduce_seconds: times.all_reduce.as_secs_f64(),
+            compute_seconds: times.compute.as_secs_f64(),
+            update_seconds: times.update.as_secs_f64(),
         })
         .is_break()
         {
@@ -879,20 +887,32 @@ struct Step<'a> {
     warmup: u64,
 }
 
+/// Where a member's steps spent their time on this rank.
+#[derive(Debug, Default)]
+struct StepTimes {
+    /// This rank's gradients: batch, forward, backward, flattening.
+    compute: Duration,
+    /// The all-reduce: the transfer and the wait for the slowest rank.
+    all_reduce: Duration,
+    /// Checksums, AdamW and loading the weights back.
+    update: Duration,
+}
+
 impl Step<'_> {
     /// One step of the group at `st.at`, this rank training on its rows `chunk` of the
     /// step: the gradients of every rank summed by one all-reduce (with every rank's
     /// weights checksum: replicas that differ fail the step), divided by the group's rows,
     /// and the same AdamW update applied on every rank. Returns the model and the group's
-    /// rows in the step; `all_reduce` gathers the time spent in the all-reduce.
+    /// rows in the step; `times` gathers where the step's time went.
     fn run(
         &self,
         group: &mut dyn Collective,
         mut model: ResponseMlp,
         st: &mut MemberState,
         chunk: &[usize],
-        all_reduce: &mut Duration,
+        times: &mut StepTimes,
     ) -> Result<(ResponseMlp, f32)> {
+        let started = Instant::now();
         let (rank, size, at, n) = (group.rank(), group.size(), st.at, st.params.len());
         let member = self.member;
         // [gradient · b, loss · b, b, checksums of every rank (two 16-bit halves)]
@@ -920,10 +940,14 @@ impl Step<'_> {
             buf[n] = l as f32 * b;
             buf[n + 1] = b;
         }
+        let computed = Instant::now();
+        times.compute += computed - started;
         put_u32(&mut buf[n + 2..], rank, checksum(&st.params));
         let waited = Instant::now();
         group.all_reduce(&mut buf)?;
-        *all_reduce += waited.elapsed();
+        let reduced = Instant::now();
+        times.all_reduce += reduced - waited;
+        times.update += waited - computed;
         if let Some(sums) = disagreement(&buf[n + 2..], size) {
             return Err(collective_error(format!(
                 "the replicas' weights differ before step {} of member {member} (checksums by rank {sums:08x?})",
@@ -949,6 +973,7 @@ impl Step<'_> {
                 .step(st.adam_t, lr, &mut st.params, g, &mut st.m, &mut st.v);
             model = load_params(model, &st.params);
         }
+        times.update += reduced.elapsed();
         Ok((model, rows_in_step))
     }
 }

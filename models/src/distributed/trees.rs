@@ -222,6 +222,8 @@ pub(super) fn train_trees_parallel(
             samples: total * (grown_to - first_tree) as u64,
             seconds: started.elapsed().as_secs_f64(),
             all_reduce_seconds: waited.as_secs_f64(),
+            compute_seconds: 0.0,
+            update_seconds: 0.0,
         })
         .is_break()
         {
