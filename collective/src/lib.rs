@@ -177,7 +177,8 @@ impl Ring {
         }
     }
 
-    /// Open both links (once per group): dial the next rank, take the previous rank's.
+    /// Open both links once per group; a ring that failed before (to open its links or
+    /// in a transfer) is broken for good.
     async fn connect(&mut self) -> Result<()> {
         if let Some(why) = &self.broken {
             return Err(CollectiveError::Broken(why.clone()));
@@ -185,6 +186,15 @@ impl Ring {
         if self.links.is_some() {
             return Ok(());
         }
+        let opened = self.open_links().await;
+        if let Err(e) = &opened {
+            self.broke(e);
+        }
+        opened
+    }
+
+    /// Dial the next rank, take the previous rank's link.
+    async fn open_links(&mut self) -> Result<()> {
         let inbound = self.boxes.receiver(&self.group).ok_or_else(|| {
             CollectiveError::Protocol(format!("group {} joined twice on this node", self.group))
         })?;
@@ -248,9 +258,14 @@ impl Ring {
             Fault::Silent { prev: true } => self.deadline(self.prev()),
             Fault::Silent { prev: false } => self.deadline(self.next()),
         };
+        self.broke(&e);
+        e
+    }
+
+    /// Remember why the ring broke and close its links: later calls fail at once.
+    fn broke(&mut self, e: &CollectiveError) {
         self.broken = Some(format!("operation {}: {e}", self.op));
         self.links = None;
-        e
     }
 
     /// Sum `data` element-wise over the ring; every rank ends with the same bits.

@@ -25,7 +25,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
 
 /// The route that opens a link.
-pub const LINK_PATH: &str = "/v1/collective/link";
+pub use halyard_core::auth::RING_LINK_PATH as LINK_PATH;
 
 /// The protocol a link switches to (its frames: [`crate::transfer`]).
 pub const PROTOCOL: &str = "halyard-ring/1";

@@ -131,6 +131,12 @@ async fn a_peer_that_is_gone_fails_the_operation_at_once_not_at_the_deadline() {
         "unexpected error: {err}"
     );
     assert!(err.to_string().contains(&dead), "{err}");
+    // A ring that could not open its links is broken: the next call says why at once.
+    let again = r.all_reduce(&mut [1.0, 2.0]).await.unwrap_err();
+    assert!(
+        matches!(&again, CollectiveError::Broken(why) if why.contains(&dead)),
+        "{again}"
+    );
     // Waiting on the previous rank (the same dead one) would take 30 s: the failed stream
     // to the next rank ends the operation first.
     assert!(

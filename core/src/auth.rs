@@ -21,6 +21,10 @@ use crate::data::digest;
 /// Prefix of every key's text.
 pub const KEY_PREFIX: &str = "hk_";
 
+/// The node-only route on which a data-parallel group's rank opens its ring link to the
+/// next rank (served by `halyard-collective`, guarded by the door's route table).
+pub const RING_LINK_PATH: &str = "/v1/collective/link";
+
 /// What a key may do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

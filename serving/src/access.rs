@@ -174,7 +174,11 @@ pub const ROUTES: &[(&str, &str, Access)] = &[
         "/halyard.v1.PredictionService/GetSchema",
         Access::Key(Action::Predict),
     ),
-    ("GET", "/v1/collective/link", Access::Key(Action::Internal)),
+    (
+        "GET",
+        halyard_core::auth::RING_LINK_PATH,
+        Access::Key(Action::Internal),
+    ),
     (
         "POST",
         "/halyard.v1.KeyService/CreateKey",
