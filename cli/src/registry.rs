@@ -188,6 +188,9 @@ fn show_model(m: &GetModelResponse) {
         let metric = |k: &str| v.metrics.get(k).map_or("-".into(), |x| format!("{x:.4}"));
         let (a, b) = if v.model_type == "nbeats" {
             (metric("test_owa"), metric("test_smape"))
+        } else if v.metrics.contains_key("test_rmse") {
+            // Trees fitting numbers: errors, not a ranking.
+            (metric("test_rmse"), metric("test_mae"))
         } else {
             (metric("test_auc"), metric("test_log_loss"))
         };

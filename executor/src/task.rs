@@ -11,7 +11,7 @@ use halyard_core::metrics::Metrics;
 use halyard_core::records::{TaskAssignment, TaskProgress, TaskState, now_ms};
 use halyard_core::registry::ModelVersion;
 use halyard_core::store::{MANIFEST_FILE, Store, WEIGHTS_FILE, features_dir, publish_model};
-use halyard_models::artifact::{DataLineage, FORMAT, Manifest, tensor_shapes};
+use halyard_models::artifact::{DataLineage, Manifest, tensor_shapes};
 use halyard_models::pipeline::TrainedModel;
 use tracing::{info, warn};
 
@@ -270,7 +270,7 @@ async fn publish(
     let spec = &a.value.spec;
     let version = coord.next_model_version(&spec.name).await?;
     let manifest = Manifest {
-        format: FORMAT.into(),
+        format: trained.architecture.format().into(),
         name: spec.name.clone(),
         version,
         architecture: trained.architecture.clone(),

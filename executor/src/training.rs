@@ -7,12 +7,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use halyard_core::spec::SPLIT_COLUMN;
 use halyard_core::spec::{
-    CategoricalEncoding, ClassWeight, DeviceKind, ForecastSpec, JobSpec, ModelKind, OptimizerKind,
+    CategoricalEncoding, ClassWeight, DeviceKind, ForecastSpec, JobSpec, ModelKind, Objective,
+    OptimizerKind,
 };
 use halyard_models::artifact::DataLineage;
 use halyard_models::device::{GPU_BUILD, Placement};
 use halyard_models::forecast::nbeats::NBeatsTrainConfig;
-use halyard_models::gbdt::GbdtConfig;
+use halyard_models::gbdt::{GbdtConfig, Objective as GbdtObjective};
 use halyard_models::logistic::{Optimizer, TrainConfig};
 use halyard_models::pipeline::{
     ClusterReport, MemberReport, ResponseConfig, ResponseKind, TrainedModel, train_forecaster,
@@ -115,6 +116,12 @@ pub(crate) fn model_configs(
 fn gbdt_config(spec: &JobSpec) -> GbdtConfig {
     let m = &spec.model;
     GbdtConfig {
+        objective: match m.objective {
+            Objective::Binary => GbdtObjective::Binary,
+            Objective::L2 => GbdtObjective::L2,
+            Objective::L1 => GbdtObjective::L1,
+            Objective::Poisson => GbdtObjective::Poisson,
+        },
         trees: m.trees,
         learning_rate: m.shrinkage.unwrap_or(spec.train.learning_rate),
         num_leaves: m.num_leaves,

@@ -21,6 +21,11 @@ use crate::preprocess::Preprocessor;
 /// The manifest's format tag.
 pub const FORMAT: &str = "halyard-model/2";
 
+/// The format tag of an artifact whose scores are numbers or counts, not probabilities
+/// (boosted trees with an L2, L1 or Poisson objective): a Halyard that reads only
+/// [`FORMAT`] refuses it instead of serving its sums through a sigmoid.
+pub const FORMAT_NUMERIC: &str = "halyard-model/3";
+
 /// An X-learner's second stage: models of the imputed effects on the treated rows
 /// (`tau_treated.` tensors) and on the control rows (`tau_control.`), each predicting
 /// `(effect + 1) / 2` through a sigmoid, blended by the treated share.
@@ -106,6 +111,9 @@ pub enum Architecture {
         members: usize,
         /// Trees per member.
         trees: Vec<usize>,
+        /// What the trees fit (absent: binary log loss, probabilities).
+        #[serde(default, skip_serializing_if = "is_binary")]
+        objective: crate::gbdt::Objective,
         /// Each input column's importance: the gain of its splits and how many there are,
         /// summed over the members.
         importance: BTreeMap<String, crate::gbdt::Importance>,
@@ -161,6 +169,46 @@ impl Architecture {
         }
     }
 
+    /// The boosted trees' objective; `None` for every other model.
+    pub fn objective(&self) -> Option<crate::gbdt::Objective> {
+        match self {
+            Architecture::Gbdt { objective, .. } => Some(*objective),
+            _ => None,
+        }
+    }
+
+    /// Whether its scores are numbers or counts (a regression) rather than probabilities,
+    /// uplifts or segments.
+    pub fn scores_numbers(&self) -> bool {
+        self.objective().is_some_and(|o| !o.is_binary())
+    }
+
+    /// The manifest's format tag for it: [`FORMAT_NUMERIC`] when it, or a model inside it
+    /// (an X-learner's effect trees), scores numbers.
+    pub fn format(&self) -> &'static str {
+        let inside: Vec<&Architecture> = match self {
+            Architecture::Uplift {
+                treated,
+                control,
+                x_learner,
+                ..
+            } => [treated, control]
+                .into_iter()
+                .chain(x_learner.iter().flat_map(|x| [&x.treated, &x.control]))
+                .map(|a| a.as_ref())
+                .collect(),
+            Architecture::Blend { parts } => {
+                parts.iter().map(|p| p.architecture.as_ref()).collect()
+            }
+            _ => Vec::new(),
+        };
+        if self.scores_numbers() || inside.iter().any(|a| a.format() == FORMAT_NUMERIC) {
+            FORMAT_NUMERIC
+        } else {
+            FORMAT
+        }
+    }
+
     /// The preprocessing of a response model.
     pub fn preprocessor(&self) -> Option<&Preprocessor> {
         match self {
@@ -178,7 +226,7 @@ impl Architecture {
 /// The JSON manifest of a model version.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Manifest {
-    /// Always [`FORMAT`].
+    /// [`Architecture::format`]: [`FORMAT`], or [`FORMAT_NUMERIC`].
     pub format: String,
     /// Model name.
     pub name: String,
@@ -313,4 +361,8 @@ pub fn tensor_shapes(bytes: &[u8]) -> Result<BTreeMap<String, Vec<usize>>> {
         .into_iter()
         .map(|(k, (shape, _))| (k, shape))
         .collect())
+}
+
+fn is_binary(o: &crate::gbdt::Objective) -> bool {
+    o.is_binary()
 }

@@ -538,7 +538,8 @@ pub fn train_response_parallel(
         (select(&|r| r != Role::Test), Encoded::empty(local.dim))
     };
 
-    let (rows, total, positives) = group_rows(group, &train_set, &valid_set, &features.label)?;
+    let (rows, total, positives) =
+        group_rows(group, &train_set, &valid_set, (&features.label, true))?;
     let train_ids: Vec<u64> = (0..local.rows)
         .filter(|&i| roles[i] == Role::Train || (!early_stopping && roles[i] == Role::Validation))
         .map(|i| data.ids[i])
@@ -763,12 +764,12 @@ pub(crate) fn shared_preprocessor(
 }
 
 /// Every rank's training rows, and the group's rows and positives in all; refuses a group
-/// with no rows or one class.
+/// with no rows or, for a model of classes (`binary`), one class.
 fn group_rows(
     group: &mut dyn Collective,
     train_set: &Encoded,
     valid_set: &Encoded,
-    label: &str,
+    (label, binary): (&str, bool),
 ) -> Result<(Vec<u64>, u64, u64)> {
     let (rank, size) = (group.rank(), group.size());
     // Rows, positives and validation rows of every rank.
@@ -786,7 +787,7 @@ fn group_rows(
             rows: 0,
         });
     }
-    if positives == 0 || positives == total {
+    if binary && (positives == 0 || positives == total) {
         return Err(ModelError::SingleClass {
             label: label.to_string(),
             class: u8::from(positives > 0),

@@ -44,6 +44,18 @@ pub enum ModelError {
         /// The value.
         value: String,
     },
+    /// A label value of a model fitting numbers is not a finite number.
+    #[error(
+        "label {label:?} at data row {row}: value {value:?} is not a finite number; a model fitting numbers (objective l2, l1 or poisson) needs a number on every row: fill or drop that row"
+    )]
+    BadNumericLabel {
+        /// The label column.
+        label: String,
+        /// 1-based data row.
+        row: usize,
+        /// The value.
+        value: String,
+    },
     /// A column has a type that cannot be a feature.
     #[error("column {column:?} has type {data_type}, which cannot be a feature; exclude it")]
     UnsupportedType {

@@ -6,7 +6,8 @@
 //! native categorical splits (categories sorted by their gradient statistics, a prefix sent
 //! left, as LightGBM's many-versus-many splits), L1 and L2 regularisation, row and feature
 //! subsampling per tree, missing values sent to the better side of each split, and early
-//! stopping on the validation rows' log loss.
+//! stopping on the validation rows' loss. Objectives ([`Objective`]): binary log loss (a
+//! response), L2 and L1 (a number) and Poisson (a count).
 //!
 //! Inputs are the preprocessor's columns through [`InputLayout`]: a numeric column is its
 //! standardised value (trees do not care about the scaling; missing is NaN, with
@@ -52,10 +53,88 @@ const MIN_DATA_PER_GROUP: usize = 100;
 /// Training progress is reported after every this many trees (and after the last).
 const REPORT_EVERY: usize = 10;
 
+/// What the trees fit, as LightGBM's objectives of the same names.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Objective {
+    /// Binary log loss on 0/1 labels; scores are probabilities (the sigmoid of the sum).
+    #[default]
+    Binary,
+    /// Squared error on numeric labels; scores are the sum (the conditional mean).
+    L2,
+    /// Absolute error on numeric labels: gradients are the residuals' signs, and each new
+    /// leaf's value becomes the median of its rows' residuals (LightGBM's leaf renewal);
+    /// scores are the sum (the conditional median).
+    L1,
+    /// Poisson log likelihood on counts (labels ≥ 0) with a log link; scores are the
+    /// exponential of the sum (the expected count).
+    Poisson,
+}
+
+/// Poisson: the hessian is `exp(z + this)`, which damps the first steps (LightGBM's
+/// `poisson_max_delta_step`).
+const POISSON_MAX_DELTA_STEP: f64 = 0.7;
+
+impl Objective {
+    /// Its name in a job spec and a manifest.
+    pub fn name(self) -> &'static str {
+        match self {
+            Objective::Binary => "binary",
+            Objective::L2 => "l2",
+            Objective::L1 => "l1",
+            Objective::Poisson => "poisson",
+        }
+    }
+
+    /// Whether labels are classes (0/1) rather than numbers.
+    pub fn is_binary(self) -> bool {
+        self == Objective::Binary
+    }
+
+    /// The served score of a raw sum of leaves `z`.
+    pub fn output(self, z: f64) -> f32 {
+        match self {
+            Objective::Binary => sigmoid(z as f32),
+            Objective::L2 | Objective::L1 => z as f32,
+            Objective::Poisson => z.exp() as f32,
+        }
+    }
+
+    /// The gradient and hessian of one row's loss at raw score `z` with label `y`, the
+    /// row weighing `w`.
+    fn gradient(self, z: f64, y: f64, w: f64) -> (f64, f64) {
+        match self {
+            Objective::Binary => {
+                let p = 1.0 / (1.0 + (-z).exp());
+                (w * (p - y), w * p * (1.0 - p))
+            }
+            Objective::L2 => (w * (z - y), w),
+            Objective::L1 => (w * (z - y).signum() * f64::from(u8::from(z != y)), w),
+            Objective::Poisson => (w * (z.exp() - y), w * (z + POISSON_MAX_DELTA_STEP).exp()),
+        }
+    }
+
+    /// One row's loss at raw score `z` with label `y` (early stopping watches its mean):
+    /// log loss, squared error, absolute error, or the Poisson negative log likelihood
+    /// without its constant term (`exp(z) − y·z`, LightGBM's `poisson` metric).
+    fn row_loss(self, z: f64, y: f32) -> f64 {
+        let yf = f64::from(y);
+        match self {
+            Objective::Binary => row_log_loss(f64::from(sigmoid(z as f32)), y),
+            Objective::L2 => (z - yf) * (z - yf),
+            Objective::L1 => (z - yf).abs(),
+            Objective::Poisson => z.exp() - yf * z,
+        }
+    }
+}
+
 /// The trees' shape and regularisation (`[model]` of a `type = "gbdt"` job; the defaults
 /// are the job spec's).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct GbdtConfig {
+    /// What the trees fit.
+    #[serde(default)]
+    pub objective: Objective,
     /// Boosting rounds (the most, with early stopping).
     pub trees: usize,
     /// Shrinkage of each tree's leaf values.
@@ -88,6 +167,7 @@ impl GbdtConfig {
     /// job spec's defaults, set in `halyard-core`, also are); for tests and benches.
     pub fn new(trees: usize, learning_rate: f64) -> GbdtConfig {
         GbdtConfig {
+            objective: Objective::Binary,
             trees,
             learning_rate,
             num_leaves: 31,
@@ -148,7 +228,10 @@ struct Node {
 /// then categorical ones).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Forest {
-    /// The starting log-odds (the training rows' base rate).
+    /// What the trees fit: how a sum of leaves becomes a score.
+    objective: Objective,
+    /// The starting raw score (binary: the training rows' log-odds; L2: their mean label;
+    /// L1: their median; Poisson: the log of their mean).
     base: f32,
     /// Each tree's root.
     roots: Vec<Child>,
@@ -162,6 +245,14 @@ pub struct Forest {
     /// derived from the fields above by [`Flat::of`].
     flat: Flat,
 }
+
+/// The objectives by their code in the weights file (`objective`).
+const OBJECTIVES: [Objective; 4] = [
+    Objective::Binary,
+    Objective::L2,
+    Objective::L1,
+    Objective::Poisson,
+];
 
 /// Rows scored together, tree by tree, in [`Forest::raw_scores`].
 const BLOCK: usize = 32;
@@ -283,11 +374,17 @@ impl Forest {
         }
     }
 
-    /// Response probabilities of `data`'s rows.
+    /// What the trees fit.
+    pub fn objective(&self) -> Objective {
+        self.objective
+    }
+
+    /// The scores of `data`'s rows: response probabilities, or predicted numbers or counts
+    /// ([`Objective::output`]).
     pub fn score(&self, layout: &InputLayout, data: &Encoded) -> Vec<f32> {
         self.raw_scores(layout, data)
             .into_iter()
-            .map(|z| sigmoid(z as f32))
+            .map(|z| self.objective.output(z))
             .collect()
     }
 
@@ -347,7 +444,8 @@ impl Forest {
     /// `[nodes, 5]` (input, threshold, categorical offset or −1, left, right; a child is a
     /// node's index or `−(leaf + 1)`), `leaves` `[leaves]`, `categories` `[flags + 1]`
     /// (0 or 1), `missing` `[nodes + 1]` (1: a node sends missing values left; absent in
-    /// artifacts written before it, whose inputs are never missing), `numeric` `[1]`.
+    /// artifacts written before it, whose inputs are never missing), `numeric` `[1]`,
+    /// `objective` `[1]` (0 binary, 1 L2, 2 L1, 3 Poisson; absent before it: binary).
     pub fn tensors(&self) -> Vec<(String, Vec<usize>, Vec<f32>)> {
         let nodes: Vec<f32> = self
             .nodes
@@ -391,6 +489,16 @@ impl Forest {
             ("categories".into(), vec![categories.len()], categories),
             ("missing".into(), vec![missing.len()], missing),
             ("numeric".into(), vec![1], vec![self.numeric as f32]),
+            (
+                "objective".into(),
+                vec![1],
+                vec![
+                    OBJECTIVES
+                        .iter()
+                        .position(|&o| o == self.objective)
+                        .unwrap_or(0) as f32,
+                ],
+            ),
         ]
     }
 
@@ -416,6 +524,17 @@ impl Forest {
     ) -> Result<Forest> {
         let bad = |what: &str| ModelError::Artifact(format!("tree weights: {what}"));
         let base = *get("base")?.first().ok_or_else(|| bad("no base score"))?;
+        let objective = match get("objective") {
+            Ok(code) => *code
+                .first()
+                .and_then(|&c| {
+                    OBJECTIVES
+                        .get(c as usize)
+                        .filter(|_| c >= 0.0 && c.fract() == 0.0)
+                })
+                .ok_or_else(|| bad("an objective this version does not know"))?,
+            Err(_) => Objective::Binary,
+        };
         let numeric = get("numeric")?.first().copied().unwrap_or(-1.0);
         if numeric != layout.numeric.len() as f32 {
             return Err(bad(
@@ -489,6 +608,7 @@ impl Forest {
             .map(|r| child(r, count))
             .collect::<Result<_>>()?;
         let mut forest = Forest {
+            objective,
             base,
             roots,
             nodes,
@@ -972,15 +1092,76 @@ pub struct Boosted {
     pub best: Option<Best>,
 }
 
-/// Losses are summed in fixed point, in units of 2^-24 per row (exact in any order).
+/// Losses are summed in fixed point, in units of 2^-24 per row (times the labels' scale
+/// for numeric objectives): exact in any order.
 const LOSS_UNIT: f64 = 1.0 / (1u64 << 24) as f64;
 
-/// The log loss of rows with log-odds `raw` and labels `y`, summed in [`LOSS_UNIT`]s.
-fn loss_units(raw: &[f64], y: &[f32]) -> i64 {
+/// The loss of rows with raw scores `raw` and labels `y`, summed in `unit`s.
+fn loss_units(objective: Objective, unit: f64, raw: &[f64], y: &[f32]) -> i64 {
     raw.iter()
         .zip(y)
-        .map(|(&z, &y)| (row_log_loss(f64::from(sigmoid(z as f32)), y) / LOSS_UNIT).round() as i64)
+        .map(|(&z, &y)| (objective.row_loss(z, y) / unit).round() as i64)
         .sum()
+}
+
+/// The largest of each worker's `local` (≥ 0) over the group: every rank's value travels
+/// in its own slot of an exact sum.
+fn group_max(group: &mut dyn Collective, local: f64) -> Result<f64> {
+    let mut slots = vec![0i64; group.size()];
+    slots[group.rank()] = local.to_bits() as i64;
+    sum_i64(group, &mut slots)?;
+    Ok(slots
+        .into_iter()
+        .map(|b| f64::from_bits(b as u64))
+        .fold(0.0, f64::max))
+}
+
+/// An f32's place in the numbers' order as an unsigned integer.
+fn order_key(v: f32) -> u32 {
+    let b = v.to_bits();
+    if b >> 31 == 1 { !b } else { b | 0x8000_0000 }
+}
+
+/// The f32 of an [`order_key`].
+fn from_order_key(k: u32) -> f32 {
+    f32::from_bits(if k >> 31 == 1 { k & 0x7fff_ffff } else { !k })
+}
+
+/// The lower median (the ⌈n/2⌉-th smallest) of each of `groups` sets of values over the
+/// whole group of workers: `values[i]` belongs to set `of[i]`; `None` for an empty set.
+/// Found by bisection on the values' order, 32 rounds of one exact sum of counts each, so
+/// every rank finds the same value however the rows are split among workers.
+fn medians(
+    group: &mut dyn Collective,
+    values: &[f32],
+    of: &[u32],
+    groups: usize,
+) -> Result<Vec<Option<f32>>> {
+    let keys: Vec<u32> = values.iter().map(|&v| order_key(v)).collect();
+    let mut n = vec![0i64; groups];
+    for &s in of {
+        n[s as usize] += 1;
+    }
+    sum_i64(group, &mut n)?;
+    let (mut lo, mut hi) = (vec![0u32; groups], vec![u32::MAX; groups]);
+    for _ in 0..32 {
+        let mid: Vec<u32> = lo.iter().zip(&hi).map(|(&l, &h)| l + (h - l) / 2).collect();
+        let mut below = vec![0i64; groups];
+        for (&k, &s) in keys.iter().zip(of) {
+            below[s as usize] += i64::from(k <= mid[s as usize]);
+        }
+        sum_i64(group, &mut below)?;
+        for s in 0..groups {
+            if below[s] >= (n[s] + 1) / 2 {
+                hi[s] = mid[s];
+            } else {
+                lo[s] = (mid[s] + 1).min(hi[s]);
+            }
+        }
+    }
+    Ok((0..groups)
+        .map(|s| (n[s] > 0).then(|| from_order_key(lo[s])))
+        .collect())
 }
 
 /// SplitMix64's mixing of `x`.
@@ -1081,29 +1262,79 @@ pub fn boost(
     mut after_tree: impl FnMut(&Boosted, Option<EpochReport>) -> Result<ControlFlow<()>>,
 ) -> Result<Boosted> {
     let TreeRows { train, ids, valid } = rows;
+    let objective = cfg.objective;
     let inputs = inputs_width(layout);
     let train_inputs = all_inputs(layout, train);
     let valid_inputs = all_inputs(layout, valid);
     let positives = train.y.iter().filter(|&&y| y > 0.5).count();
-    // The group's training rows, positives and validation rows.
-    let mut counts = [train.rows as i64, positives as i64, valid.rows as i64];
+    let negatives = train.y.iter().chain(&valid.y).filter(|&&y| y < 0.0).count();
+    // The group's training rows, positives, validation rows and negative labels.
+    let mut counts = [
+        train.rows as i64,
+        positives as i64,
+        valid.rows as i64,
+        negatives as i64,
+    ];
     sum_i64(group, &mut counts)?;
-    let [total, positives, valid_total] = counts;
+    let [total, positives, valid_total, negatives] = counts;
     if total == 0 {
         return Err(ModelError::NoRows {
             purpose: "train on",
             rows: 0,
         });
     }
-    let pw = tc.positive_weight;
+    if objective == Objective::Poisson && negatives > 0 {
+        return Err(ModelError::Unsupported(format!(
+            "the poisson objective fits counts, but {negatives} rows have a negative label; use objective = \"l2\" or \"l1\" for numbers that can be negative"
+        )));
+    }
+    // The labels' largest size over the group (1 for classes): gradients, hessians and
+    // losses are bounded by multiples of it.
+    let label_max = if objective.is_binary() {
+        1.0
+    } else {
+        let local = train
+            .y
+            .iter()
+            .chain(&valid.y)
+            .fold(0f64, |m, &y| m.max(f64::from(y).abs()));
+        group_max(group, local)?
+    };
+    if !label_max.is_finite() {
+        return Err(ModelError::Unsupported(
+            "a label is not a finite number".into(),
+        ));
+    }
+    let pw = if objective.is_binary() {
+        tc.positive_weight
+    } else {
+        1.0
+    };
+    // A row's gradient and hessian are at most `size` (|z − y| with scores inside the
+    // labels' range; a Poisson hessian's exp(z + 0.7)), with room to spare.
+    let size = match objective {
+        Objective::Binary | Objective::L1 => 1.0,
+        Objective::L2 => 4.0 * label_max + 1.0,
+        Objective::Poisson => 4.0 * label_max * POISSON_MAX_DELTA_STEP.exp() + 1.0,
+    };
     // Fixed point with room for the group's gradient sums below 2^62.
-    let bits = 62.0 - (total as f64 * pw.max(1.0)).log2().ceil();
+    let bits = 62.0 - (total as f64 * pw.max(1.0) * size).log2().ceil();
     if bits < 16.0 {
         return Err(ModelError::Unsupported(format!(
-            "{total} training rows with positive_weight {pw} overflow the trees' gradient sums; lower [train] positive_weight or train on fewer rows"
+            "{total} training rows with positive_weight {pw} and labels up to {label_max} overflow the trees' gradient sums; lower [train] positive_weight, scale the label down or train on fewer rows"
         )));
     }
     let unit = 2f64.powi(-(bits.min(40.0) as i32));
+    // A row's share of a sum never exceeds this, so no sum overflows (a diverging
+    // score saturates here; the divergence check stops it).
+    let cap = (1i64 << 62) / total;
+    // Losses are summed in units scaled to the labels.
+    let loss_unit = LOSS_UNIT
+        * match objective {
+            Objective::Binary => 1.0,
+            Objective::L1 => 2.0 * label_max + 1.0,
+            Objective::L2 | Objective::Poisson => (2.0 * label_max + 1.0).powi(2),
+        };
     let mut offsets = vec![0];
     for b in &binnings.0 {
         offsets.push(offsets.last().unwrap() + b.bins());
@@ -1124,10 +1355,44 @@ pub fn boost(
         offsets,
         inputs,
     };
-    let wpos = positives as f64 * pw;
-    let rate = (wpos / (wpos + (total - positives) as f64)).clamp(1e-6, 1.0 - 1e-6);
-    let base = (rate / (1.0 - rate)).ln() as f32;
+    let base = match objective {
+        Objective::Binary => {
+            let wpos = positives as f64 * pw;
+            let rate = (wpos / (wpos + (total - positives) as f64)).clamp(1e-6, 1.0 - 1e-6);
+            (rate / (1.0 - rate)).ln() as f32
+        }
+        Objective::L2 | Objective::Poisson => {
+            // The mean label, summed in fixed point (the same bits for any split of rows).
+            let mut sum = [train
+                .y
+                .iter()
+                .map(|&y| (f64::from(y) / unit).round() as i64)
+                .sum()];
+            sum_i64(group, &mut sum)?;
+            let mean = sum[0] as f64 * unit / total as f64;
+            if objective == Objective::L2 {
+                mean as f32
+            } else if mean > 0.0 {
+                mean.ln() as f32
+            } else {
+                return Err(ModelError::Unsupported(
+                    "the poisson objective needs some counts above 0, but every training row's label is 0".into(),
+                ));
+            }
+        }
+        Objective::L1 => {
+            let at = vec![0u32; train.rows];
+            medians(group, &train.y, &at, 1)?[0].unwrap_or(0.0)
+        }
+    };
     let mut state = match resume {
+        Some(s) if s.forest.objective != objective => {
+            return Err(ModelError::Unsupported(format!(
+                "the checkpoint's trees fit the {} objective, this job {}",
+                s.forest.objective.name(),
+                objective.name()
+            )));
+        }
         Some(s) if s.forest.base.to_bits() != base.to_bits() => {
             return Err(ModelError::Unsupported(
                 "the checkpoint's trees start from another base rate: they were trained on other rows".into(),
@@ -1136,6 +1401,7 @@ pub fn boost(
         Some(s) => s,
         None => Boosted {
             forest: Forest {
+                objective,
                 base,
                 roots: Vec::new(),
                 nodes: Vec::new(),
@@ -1163,11 +1429,11 @@ pub fn boost(
     let trees = cfg.trees.max(1);
     for t in state.forest.trees()..trees {
         for i in 0..train.rows {
-            let p = 1.0 / (1.0 + (-raw[i]).exp());
             let y = f64::from(train.y[i]);
             let w = if y > 0.5 { pw } else { 1.0 };
-            g[i] = (w * (p - y) / unit).round() as i64;
-            h[i] = ((w * p * (1.0 - p) / unit).round() as i64).max(1);
+            let (gi, hi) = objective.gradient(raw[i], y, w);
+            g[i] = ((gi / unit).round() as i64).clamp(-cap, cap);
+            h[i] = ((hi / unit).round() as i64).clamp(1, cap);
         }
         let tree_rows: Vec<u32> = (0..train.rows as u32)
             .filter(|&i| {
@@ -1184,6 +1450,9 @@ pub fn boost(
         } else {
             (0..inputs).collect()
         };
+        let first_leaf = state.forest.leaves.len();
+        // L1 renews the new leaves from the rows the tree grew on.
+        let renewed = (objective == Objective::L1).then(|| tree_rows.clone());
         let root = grow_tree(
             &grower,
             &mut state,
@@ -1197,8 +1466,34 @@ pub fn boost(
         forest.roots.push(root);
         // The serving path's own walk over the rows' values: the scores kept here are the
         // scores the runtime gives.
-        for (z, row) in raw.iter_mut().zip(train_inputs.chunks_exact(inputs.max(1))) {
-            *z += f64::from(forest.leaves[forest.leaf_of(root, row) as usize]);
+        let reached: Vec<u32> = train_inputs
+            .chunks_exact(inputs.max(1))
+            .map(|row| forest.leaf_of(root, row))
+            .collect();
+        if let Some(tree_rows) = renewed {
+            // Each new leaf's value: the median residual of its (bagged) rows.
+            let (residuals, at): (Vec<f32>, Vec<u32>) = tree_rows
+                .iter()
+                .map(|&i| {
+                    let i = i as usize;
+                    (
+                        (f64::from(train.y[i]) - raw[i]) as f32,
+                        reached[i] - first_leaf as u32,
+                    )
+                })
+                .unzip();
+            let leaves = forest.leaves.len() - first_leaf;
+            for (leaf, m) in medians(group, &residuals, &at, leaves)?
+                .into_iter()
+                .enumerate()
+            {
+                if let Some(m) = m {
+                    forest.leaves[first_leaf + leaf] = (f64::from(m) * cfg.learning_rate) as f32;
+                }
+            }
+        }
+        for (z, &leaf) in raw.iter_mut().zip(&reached) {
+            *z += f64::from(forest.leaves[leaf as usize]);
         }
         for (z, row) in raw_valid
             .iter_mut()
@@ -1210,7 +1505,7 @@ pub fn boost(
         let diverged = raw.iter().chain(&raw_valid).any(|z| !z.is_finite());
         let mut sums = [
             if watch {
-                loss_units(&raw_valid, &valid.y)
+                loss_units(objective, loss_unit, &raw_valid, &valid.y)
             } else {
                 0
             },
@@ -1222,7 +1517,7 @@ pub fn boost(
                 at: format!("tree {}", t + 1),
             });
         }
-        let valid_loss = watch.then(|| sums[0] as f64 * LOSS_UNIT / valid_total as f64);
+        let valid_loss = watch.then(|| sums[0] as f64 * loss_unit / valid_total as f64);
         let done = t + 1 == trees;
         let mut stop = false;
         if let Some(loss) = valid_loss {
@@ -1246,12 +1541,12 @@ pub fn boost(
             }
         }
         let report = if (t + 1) % REPORT_EVERY == 0 || done || stop {
-            let mut loss = [loss_units(&raw, &train.y)];
+            let mut loss = [loss_units(objective, loss_unit, &raw, &train.y)];
             sum_i64(group, &mut loss)?;
             Some(EpochReport {
                 epoch: (t + 1) as u32,
                 epochs: cfg.trees as u32,
-                loss: loss[0] as f64 * LOSS_UNIT / total as f64,
+                loss: loss[0] as f64 * loss_unit / total as f64,
                 valid_loss,
             })
         } else {

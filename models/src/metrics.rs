@@ -106,6 +106,49 @@ pub fn classification(prefix: &str, probs: &[f32], labels: &[f32]) -> BTreeMap<S
     m
 }
 
+/// Errors of predicted numbers `pred` against labels `y`, keyed with `prefix`: `rmse`,
+/// `mae`, `r2` (one less the squared error over the labels' squared deviation from their
+/// mean), `mean_label`, `mean_prediction` and `rows`; with `poisson`, also
+/// `poisson_deviance`, the mean of `2·(y·ln(y/p) − y + p)` (scikit-learn's
+/// `mean_poisson_deviance`; `y·ln(y/p)` is 0 where `y` is 0).
+pub fn regression(prefix: &str, pred: &[f32], y: &[f32], poisson: bool) -> BTreeMap<String, f64> {
+    let mut m = BTreeMap::new();
+    m.insert(format!("{prefix}rows"), y.len() as f64);
+    if y.is_empty() {
+        return m;
+    }
+    let n = y.len() as f64;
+    let pairs = || {
+        pred.iter()
+            .zip(y)
+            .map(|(&p, &y)| (f64::from(p), f64::from(y)))
+    };
+    let mean_y = y.iter().map(|&v| f64::from(v)).sum::<f64>() / n;
+    let sse: f64 = pairs().map(|(p, y)| (p - y) * (p - y)).sum();
+    let sst: f64 = y.iter().map(|&v| (f64::from(v) - mean_y).powi(2)).sum();
+    m.insert(format!("{prefix}rmse"), (sse / n).sqrt());
+    m.insert(
+        format!("{prefix}mae"),
+        pairs().map(|(p, y)| (p - y).abs()).sum::<f64>() / n,
+    );
+    m.insert(format!("{prefix}r2"), 1.0 - sse / sst);
+    m.insert(format!("{prefix}mean_label"), mean_y);
+    m.insert(
+        format!("{prefix}mean_prediction"),
+        pairs().map(|(p, _)| p).sum::<f64>() / n,
+    );
+    if poisson {
+        let deviance: f64 = pairs()
+            .map(|(p, y)| {
+                let ylog = if y > 0.0 { y * (y / p).ln() } else { 0.0 };
+                2.0 * (ylog - y + p)
+            })
+            .sum();
+        m.insert(format!("{prefix}poisson_deviance"), deviance / n);
+    }
+    m
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -21,9 +21,9 @@ use crate::forecast::Series;
 use crate::forecast::classical::{Method, forecast};
 use crate::forecast::metrics::score;
 use crate::forecast::nbeats::{NBeatsTrainConfig, StepReport, train_nbeats};
-use crate::gbdt::{Binnings, Forest, GbdtConfig, Importance, TreeRows, train_gbdt_rows};
+use crate::gbdt::{Binnings, Forest, GbdtConfig, Importance, Objective, TreeRows, train_gbdt_rows};
 use crate::logistic::{EpochReport, TrainConfig, train};
-use crate::metrics::classification;
+use crate::metrics::{classification, regression};
 use crate::mlp::{InputLayout, MlpConfig, train_mlp};
 use crate::preprocess::{Encoded, FeatureConfig, Preprocessor, Role, row_roles};
 use crate::runtime::Runtime;
@@ -84,6 +84,38 @@ pub struct ResponseConfig {
     pub balance_classes: bool,
 }
 
+impl ResponseConfig {
+    /// What the model fits: the trees' objective; binary log loss for every other recipe.
+    pub fn objective(&self) -> Objective {
+        match &self.kind {
+            ResponseKind::Gbdt(cfg) => cfg.objective,
+            ResponseKind::Blend { trees, .. } => trees.objective,
+            _ => Objective::Binary,
+        }
+    }
+
+    /// Refuses what a model fitting numbers cannot do: weigh classes, or blend with an
+    /// MLP's probabilities.
+    pub(crate) fn check_objective(&self) -> Result<Objective> {
+        let objective = self.objective();
+        if objective.is_binary() {
+            return Ok(objective);
+        }
+        let name = objective.name();
+        if matches!(self.kind, ResponseKind::Blend { .. }) {
+            return Err(ModelError::Unsupported(format!(
+                "a blend averages probabilities, and the {name} objective fits numbers: use type = \"gbdt\""
+            )));
+        }
+        if self.balance_classes {
+            return Err(ModelError::Unsupported(format!(
+                "class_weight = \"balanced\" weighs classes, and the {name} objective fits numbers: drop it"
+            )));
+        }
+        Ok(objective)
+    }
+}
+
 /// A trained model, ready to publish.
 #[derive(Debug, Clone)]
 pub struct TrainedModel {
@@ -137,6 +169,8 @@ pub fn train_response_model(
     let mut preprocessor = Preprocessor::fit(batches, features)?;
     // Trees alone see missing numbers as missing (a blend's MLP needs them imputed).
     preprocessor.keep_missing = matches!(rc.kind, ResponseKind::Gbdt(_));
+    let objective = rc.check_objective()?;
+    preprocessor.numeric_label = !objective.is_binary();
     // One pass over the columns, then the splits: test rows; for early stopping, the
     // validation rows among the others (row_roles: by split column or row index).
     let roles = row_roles(batches, features)?;
@@ -173,7 +207,7 @@ pub fn train_response_model(
         });
     }
     let positives = train_set.y.iter().filter(|&&y| y > 0.5).count();
-    if positives == 0 || positives == train_set.rows {
+    if objective.is_binary() && (positives == 0 || positives == train_set.rows) {
         return Err(ModelError::SingleClass {
             label: features.label.clone(),
             class: u8::from(positives > 0),
@@ -436,29 +470,47 @@ pub fn train_uplift_model(
     if !features.exclude.iter().any(|c| c == treatment) {
         features.exclude.push(treatment.to_string());
     }
-    let preprocessor = Preprocessor::fit(batches, &features)?;
+    let mut preprocessor = Preprocessor::fit(batches, &features)?;
+    if !rc.objective().is_binary() || matches!(rc.kind, ResponseKind::Blend { .. }) {
+        return Err(ModelError::Unsupported(
+            "an uplift job's arms are logistic_regression, mlp or gbdt (binary) models".into(),
+        ));
+    }
+    // Tree arms see missing numbers as missing.
+    preprocessor.keep_missing = matches!(rc.kind, ResponseKind::Gbdt(_));
     let roles = row_roles(batches, &features)?;
     let all = preprocessor.transform(batches, |_| true)?;
     let learner = learner(&preprocessor, rc);
-    if matches!(learner, Learner::Gbdt(..)) {
-        return Err(ModelError::Unsupported(
-            "an uplift job's arms are logistic_regression or mlp models; gbdt arms are not supported yet".into(),
-        ));
-    }
     let members = rc.ensemble.max(1);
     let early_stopping = stops_early(&learner, rc);
-    // The rows of one arm's fit (train and validation), or of both with `arm = None`.
-    let fit_of = |arm: Option<f32>| -> (Encoded, Encoded) {
+    // The rows of one arm's fit (train and validation), or of both with `arm = None`, and
+    // the training rows' numbers (trees bag rows by them).
+    let fit_of = |arm: Option<f32>| -> (Encoded, Encoded, Vec<u64>) {
         let idx: Vec<usize> = (0..rows)
             .filter(|&i| roles[i] != Role::Test && arm.is_none_or(|a| flags[i] == a))
             .collect();
         let (_, fit) =
             all.partition(|i| roles[i] != Role::Test && arm.is_none_or(|a| flags[i] == a));
+        let trained_on = |i: &&usize| !early_stopping || roles[**i] != Role::Validation;
+        let ids = idx.iter().filter(trained_on).map(|&i| i as u64).collect();
         if early_stopping {
-            fit.partition(|j| roles[idx[j]] == Role::Validation)
+            let (train, valid) = fit.partition(|j| roles[idx[j]] == Role::Validation);
+            (train, valid, ids)
         } else {
-            (fit, Encoded::empty(all.dim))
+            (fit, Encoded::empty(all.dim), ids)
         }
+    };
+    // The X-learner's effect models fit numbers in [0, 1]: trees with squared error, the
+    // other recipes with log loss on soft labels.
+    let effect_learner = match &learner {
+        Learner::Gbdt(cfg, layout) => Learner::Gbdt(
+            GbdtConfig {
+                objective: Objective::L2,
+                ..cfg.clone()
+            },
+            layout.clone(),
+        ),
+        other => other.clone(),
     };
     // Members trained in all, for progress: both arms, the pooled reference and, for an
     // X-learner, the two effect models.
@@ -471,7 +523,7 @@ pub fn train_uplift_model(
     .into_iter()
     .enumerate()
     {
-        let (train_set, valid_set) = fit_of(Some(arm));
+        let (train_set, valid_set, ids) = fit_of(Some(arm));
         let positives = train_set.y.iter().filter(|&&y| y > 0.5).count();
         if positives == 0 || positives == train_set.rows {
             return Err(ModelError::Unsupported(format!(
@@ -480,23 +532,32 @@ pub fn train_uplift_model(
             )));
         }
         let w = train_members(
-            (&train_set, None, &valid_set),
+            (&train_set, Some(&ids), &valid_set),
             &learner,
             rc,
             (k * members, stages * members, Some(model)),
             &mut on_epoch,
         )?;
-        arms.push(w.weights);
+        arms.push(w);
     }
-    let arm_arch = || Box::new(architecture(preprocessor.clone(), &learner, members, None));
-    let mut files: Vec<(&str, Vec<u8>)> =
-        vec![("treated.", arms[0].clone()), ("control.", arms[1].clone())];
+    let arch_of = |learner: &Learner, trained: &Members| {
+        Box::new(architecture(
+            preprocessor.clone(),
+            learner,
+            members,
+            Some(trained),
+        ))
+    };
+    let mut files: Vec<(&str, Vec<u8>)> = vec![
+        ("treated.", arms[0].weights.clone()),
+        ("control.", arms[1].weights.clone()),
+    ];
     let x_stage = if x_learner {
         // Impute each row's effect with the other arm's model: y − μ0(x) on the treated
         // rows, μ1(x) − y on the control rows; fit each as (effect + 1) / 2 through a
         // sigmoid (a cross-entropy fit with soft labels estimates their mean).
-        let mu1 = Runtime::new(*arm_arch(), &arms[0])?;
-        let mu0 = Runtime::new(*arm_arch(), &arms[1])?;
+        let mu1 = Runtime::new(*arch_of(&learner, &arms[0]), &arms[0].weights)?;
+        let mu0 = Runtime::new(*arch_of(&learner, &arms[1]), &arms[1].weights)?;
         let relabel = |set: &Encoded, other: &Runtime, treated: bool| -> Result<Encoded> {
             let p = other.score_encoded(set)?;
             let mut e = set.clone();
@@ -517,14 +578,14 @@ pub fn train_uplift_model(
             .into_iter()
             .enumerate()
         {
-            let (train_set, valid_set) = fit_of(Some(arm));
+            let (train_set, valid_set, ids) = fit_of(Some(arm));
             let (train_set, valid_set) = (
                 relabel(&train_set, other, treated)?,
                 relabel(&valid_set, other, treated)?,
             );
             taus.push(train_members(
-                (&train_set, None, &valid_set),
-                &learner,
+                (&train_set, Some(&ids), &valid_set),
+                &effect_learner,
                 &soft,
                 (
                     (3 + k) * members,
@@ -537,11 +598,11 @@ pub fn train_uplift_model(
         let fit_idx: Vec<usize> = (0..rows).filter(|&i| roles[i] != Role::Test).collect();
         let propensity =
             fit_idx.iter().map(|&i| f64::from(flags[i])).sum::<f64>() / fit_idx.len().max(1) as f64;
-        files.push(("tau_treated.", taus.remove(0).weights));
-        files.push(("tau_control.", taus.remove(0).weights));
+        files.push(("tau_treated.", taus[0].weights.clone()));
+        files.push(("tau_control.", taus[1].weights.clone()));
         Some(crate::artifact::XStage {
-            treated: arm_arch(),
-            control: arm_arch(),
+            treated: arch_of(&effect_learner, &taus[0]),
+            control: arch_of(&effect_learner, &taus[1]),
             propensity,
         })
     } else {
@@ -551,26 +612,23 @@ pub fn train_uplift_model(
     let weights = crate::artifact::prefixed(&named)?;
     let runtime = Runtime::new(
         Architecture::Uplift {
-            treated: arm_arch(),
-            control: arm_arch(),
+            treated: arch_of(&learner, &arms[0]),
+            control: arch_of(&learner, &arms[1]),
             treatment: treatment.to_string(),
             x_learner: x_stage,
         },
         &weights,
     )?;
     // The pooled response model, for the reference ranking.
-    let (pooled_train, pooled_valid) = fit_of(None);
+    let (pooled_train, pooled_valid, pooled_ids) = fit_of(None);
     let pooled = train_members(
-        (&pooled_train, None, &pooled_valid),
+        (&pooled_train, Some(&pooled_ids), &pooled_valid),
         &learner,
         rc,
         (2 * members, stages * members, Some("pooled reference")),
         &mut on_epoch,
     )?;
-    let pooled = Runtime::new(
-        architecture(preprocessor.clone(), &learner, members, None),
-        &pooled.weights,
-    )?;
+    let pooled = Runtime::new(*arch_of(&learner, &pooled), &pooled.weights)?;
 
     let test_idx: Vec<usize> = (0..rows).filter(|&i| roles[i] == Role::Test).collect();
     let (_, test_set) = all.partition(|i| roles[i] == Role::Test);
@@ -627,8 +685,14 @@ pub fn train_uplift_model(
         flags.iter().map(|f| f64::from(*f)).sum::<f64>() / rows as f64,
     );
     // Randomisation check: can the features tell who was treated?
-    let (check_fit, _) = fit_of(None);
-    let mut check_train = check_fit.clone();
+    // (A linear model: missing numbers, kept missing for tree arms, become the mean, 0.)
+    let imputed = |e: &Encoded| {
+        let mut e = e.clone();
+        e.x.iter_mut().filter(|v| v.is_nan()).for_each(|v| *v = 0.0);
+        e
+    };
+    let (check_fit, _, _) = fit_of(None);
+    let mut check_train = imputed(&check_fit);
     let fit_idx: Vec<usize> = (0..rows).filter(|&i| roles[i] != Role::Test).collect();
     check_train.y = if early_stopping {
         // (fit_of split off the validation rows: label the training part alone.)
@@ -648,7 +712,7 @@ pub fn train_uplift_model(
         &merge_members(&[check])?,
     )?;
     let t32: Vec<f32> = t.iter().map(|v| *v as f32).collect();
-    if let Some(a) = crate::metrics::auc(&check.score_encoded(&test_set)?, &t32) {
+    if let Some(a) = crate::metrics::auc(&check.score_encoded(&imputed(&test_set))?, &t32) {
         metrics.insert("treatment_auc".into(), a);
     }
     metrics.retain(|_, v| v.is_finite());
@@ -959,7 +1023,7 @@ fn architecture(
             preprocessor,
             members,
         },
-        Learner::Gbdt(..) => {
+        Learner::Gbdt(cfg, _) => {
             let (trees, importance) = trained.map_or((Vec::new(), Vec::new()), |t| {
                 (t.trees.clone(), t.importance.clone())
             });
@@ -970,6 +1034,7 @@ fn architecture(
                 preprocessor,
                 members,
                 trees,
+                objective: cfg.objective,
             }
         }
     }
@@ -984,12 +1049,25 @@ fn response_metrics(
     fit_rows: &Encoded,
 ) -> Result<TrainedModel> {
     let test_scores = runtime.score_encoded(test_set)?;
+    let train_scores = runtime.score_encoded(fit_rows)?;
+    if let Some(objective) = runtime.architecture.objective().filter(|o| !o.is_binary()) {
+        // A model of numbers: errors, not a ranking of classes.
+        let poisson = objective == Objective::Poisson;
+        let mut metrics = regression("test_", &test_scores, &test_set.y, poisson);
+        metrics.extend(regression("train_", &train_scores, &fit_rows.y, poisson));
+        metrics.retain(|_, v| v.is_finite());
+        return Ok(TrainedModel {
+            reference: reference_of(batches, &runtime.architecture)?,
+            architecture: runtime.architecture,
+            weights,
+            metrics,
+            train_rows: fit_rows.rows,
+            test_rows: test_set.rows,
+            evaluation: None,
+        });
+    }
     let mut metrics = classification("test_", &test_scores, &test_set.y);
-    metrics.extend(classification(
-        "train_",
-        &runtime.score_encoded(fit_rows)?,
-        &fit_rows.y,
-    ));
+    metrics.extend(classification("train_", &train_scores, &fit_rows.y));
     metrics.retain(|_, v| v.is_finite());
     Ok(TrainedModel {
         reference: reference_of(batches, &runtime.architecture)?,

@@ -222,6 +222,10 @@ pub struct Preprocessor {
     /// model, and in artifacts written before the field.
     #[serde(default)]
     pub keep_missing: bool,
+    /// The label is a number (boosted trees fitting an L2, L1 or Poisson objective), not a
+    /// class: read as it is; false in artifacts written before the field.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub numeric_label: bool,
 }
 
 /// A dense matrix of rows and their labels.
@@ -641,6 +645,7 @@ impl Preprocessor {
             columns,
             dim: offset,
             keep_missing: false,
+            numeric_label: false,
         })
     }
 
@@ -776,10 +781,34 @@ impl Preprocessor {
         })
     }
 
-    /// Every row's label as 0 or 1.
+    /// Every row's label as 0 or 1, or with [`Preprocessor::numeric_label`] as its number.
     fn labels(&self, batches: &[RecordBatch]) -> Result<Vec<f32>> {
         let arrays = concat_column(batches, &self.label)?;
         let dt = arrays[0].data_type().clone();
+        if self.numeric_label {
+            let values: Vec<Option<String>> = if is_numeric(&dt) {
+                numeric_values(&arrays)?
+                    .into_iter()
+                    .map(|v| (!v.is_nan()).then(|| v.to_string()))
+                    .collect()
+            } else {
+                string_values(&arrays)?
+            };
+            return values
+                .into_iter()
+                .enumerate()
+                .map(|(i, v)| {
+                    let number = v.as_deref().and_then(|v| v.trim().parse::<f32>().ok());
+                    number
+                        .filter(|n| n.is_finite())
+                        .ok_or_else(|| ModelError::BadNumericLabel {
+                            label: self.label.clone(),
+                            row: i + 1,
+                            value: v.unwrap_or_else(|| "(missing)".into()),
+                        })
+                })
+                .collect();
+        }
         let bad = |row: usize, value: String| ModelError::BadLabel {
             label: self.label.clone(),
             row: row + 1,

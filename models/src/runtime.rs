@@ -16,7 +16,7 @@ use std::collections::HashMap;
 use arrow::array::RecordBatch;
 use candle_core::{Device, Tensor};
 
-use crate::artifact::{Architecture, FORMAT, Manifest};
+use crate::artifact::{Architecture, FORMAT, FORMAT_NUMERIC, Manifest};
 use crate::error::{ModelError, Result};
 use crate::forecast::nbeats::{NBeatsConfig, history_windows, unscale};
 use crate::forecast::{Series, check_series};
@@ -112,9 +112,9 @@ impl LoadedModel {
     pub fn from_bytes(weights: &[u8], manifest: &[u8]) -> Result<LoadedModel> {
         let manifest: Manifest = serde_json::from_slice(manifest)
             .map_err(|e| ModelError::Artifact(format!("manifest: {e}")))?;
-        if manifest.format != FORMAT {
+        if manifest.format != manifest.architecture.format() {
             return Err(ModelError::Artifact(format!(
-                "manifest format {:?}, expected {FORMAT:?} (retrain the model with this Halyard)",
+                "manifest format {:?}, expected {FORMAT:?} or, for a model scoring numbers, {FORMAT_NUMERIC:?} (retrain the model with this Halyard)",
                 manifest.format
             )));
         }
@@ -212,6 +212,7 @@ impl Runtime {
             Architecture::Gbdt {
                 preprocessor,
                 members,
+                objective,
                 ..
             } => {
                 let layout = InputLayout::of(preprocessor);
@@ -223,7 +224,15 @@ impl Runtime {
                                 .and_then(|v| v.to_vec1::<f32>())
                                 .map_err(candle_err)
                         };
-                        Forest::from_tensors(get, &layout)
+                        let forest = Forest::from_tensors(get, &layout)?;
+                        if forest.objective() != *objective {
+                            return Err(ModelError::Artifact(format!(
+                                "member {k}'s trees fit the {} objective, the manifest says {}",
+                                forest.objective().name(),
+                                objective.name()
+                            )));
+                        }
+                        Ok(forest)
                     })
                     .collect::<Result<_>>()?;
                 Net::Trees(forests, layout)
@@ -317,11 +326,16 @@ impl Runtime {
         if data.rows == 0 {
             return Ok(Vec::new());
         }
+        // A member's score of its logit (or, for trees, of its sum of leaves).
+        let output = match &self.net {
+            Net::Trees(forests, _) => forests[0].objective(),
+            _ => crate::gbdt::Objective::Binary,
+        };
         let mut sum = vec![0f64; data.rows];
         for m in 0..members {
             let z = self.member_logits(m, data)?;
             for (s, z) in sum.iter_mut().zip(z) {
-                *s += f64::from(sigmoid(z));
+                *s += f64::from(output.output(f64::from(z)));
             }
         }
         let out: Vec<f32> = sum.iter().map(|s| (*s / members as f64) as f32).collect();

@@ -11,7 +11,7 @@ use common::group;
 use halyard_models::distributed::{
     CheckpointPolicy, Checkpoints, DpEvent, Outcome, Position, WorkerData, train_response_parallel,
 };
-use halyard_models::gbdt::GbdtConfig;
+use halyard_models::gbdt::{GbdtConfig, Objective};
 use halyard_models::logistic::TrainConfig;
 use halyard_models::pipeline::{ResponseConfig, ResponseKind, TrainedModel, train_response_model};
 use halyard_models::preprocess::{Encoding, FeatureConfig};
@@ -40,6 +40,7 @@ impl Checkpoints for Memory {
 fn data(rows: usize) -> RecordBatch {
     let mut rng = rand::rngs::StdRng::seed_from_u64(3);
     let (mut xs, mut chans, mut ys, mut split) = (vec![], vec![], vec![], vec![]);
+    let mut spend = vec![];
     for i in 0..rows {
         let x: f64 = rng.random_range(-3.0..3.0);
         let chan = ["email", "sms", "push"][i % 3];
@@ -49,6 +50,9 @@ fn data(rows: usize) -> RecordBatch {
         } else {
             "no"
         });
+        // A number ≥ 0 for the trees fitting numbers.
+        let mean = (0.4 * x + if chan == "email" { 0.5 } else { 0.0 }).exp();
+        spend.push((mean * rng.random_range(0.2..1.8) * 10.0).round() / 10.0);
         xs.push(x);
         chans.push(chan);
         split.push(match i % 5 {
@@ -61,6 +65,7 @@ fn data(rows: usize) -> RecordBatch {
         ("x", Arc::new(Float64Array::from(xs)) as ArrayRef),
         ("channel", Arc::new(StringArray::from(chans))),
         ("responded", Arc::new(StringArray::from(ys))),
+        ("spend", Arc::new(Float64Array::from(spend))),
         ("halyard_split", Arc::new(StringArray::from(split))),
     ])
     .unwrap()
@@ -70,7 +75,7 @@ fn features() -> FeatureConfig {
     FeatureConfig {
         label: "responded".into(),
         positive: None,
-        exclude: vec![],
+        exclude: vec!["spend".into()],
         categorical: vec![],
         encoding: Encoding::OneHot,
         max_categories: 10,
@@ -112,6 +117,19 @@ fn trees() -> ResponseConfig {
     ResponseConfig {
         kind: ResponseKind::Gbdt(cfg),
         ..config()
+    }
+}
+
+/// The features of `rc`: a model of numbers fits `spend`, the others `responded`.
+fn features_of(rc: &ResponseConfig) -> FeatureConfig {
+    if rc.objective().is_binary() {
+        features()
+    } else {
+        FeatureConfig {
+            label: "spend".into(),
+            exclude: vec!["responded".into()],
+            ..features()
+        }
     }
 }
 
@@ -179,7 +197,7 @@ fn run_group(
                 };
                 let out = train_response_parallel(
                     data,
-                    &features(),
+                    &features_of(&rc),
                     &rc,
                     policy,
                     &mut g,
@@ -319,6 +337,35 @@ fn trees_are_identical_for_one_two_and_three_workers_and_alone() {
             .iter()
             .any(|e| matches!(e, DpEvent::Epoch(r) if r.epoch.epoch == 10))
     );
+}
+
+#[test]
+fn trees_fitting_numbers_are_identical_for_one_two_and_three_workers_and_alone() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    // L1 (base and leaves: medians found over the group) and Poisson (base: the group's
+    // mean, summed exactly).
+    for objective in [Objective::L1, Objective::Poisson] {
+        let mut rc = trees();
+        if let ResponseKind::Gbdt(cfg) = &mut rc.kind {
+            cfg.objective = objective;
+        }
+        let (one, _) = run_with(&rc, 1, &Memory::default(), 0, None).unwrap();
+        let (two, _) = run_with(&rc, 2, &Memory::default(), 0, None).unwrap();
+        let (three, _) = run_with(&rc, 3, &Memory::default(), 0, None).unwrap();
+        assert_eq!(two.weights, one.weights, "{objective:?}");
+        assert_eq!(three.weights, one.weights, "{objective:?}");
+        let alone = train_response_model(&[data(3000)], &features_of(&rc), &rc, |_| {
+            ControlFlow::Continue(())
+        })
+        .unwrap();
+        assert_eq!(alone.weights, one.weights, "{objective:?}");
+        // Better than the training rows' mean on the test rows.
+        assert!(
+            one.metrics["test_r2"] > 0.2,
+            "{objective:?}: {:?}",
+            one.metrics
+        );
+    }
 }
 
 #[test]

@@ -34,8 +34,9 @@ pub struct PredictBody {
 /// One score and the version that produced it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Prediction {
-    /// Response probability; for an uplift model, the uplift (treated less control); for
-    /// a k-means model, the segment (0, 1, …).
+    /// Response probability; for boosted trees fitting numbers (`objective` `l2`, `l1`,
+    /// `poisson`), the predicted number or count; for an uplift model, the uplift (treated
+    /// less control); for a k-means model, the segment (0, 1, …).
     pub score: f64,
     /// Version that served it.
     pub version: u64,

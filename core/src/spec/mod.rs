@@ -414,6 +414,10 @@ pub struct ModelSpec {
     /// Uplift jobs (`[data] treatment`): the meta-learner.
     #[serde(default)]
     pub uplift: UpliftLearner,
+    /// GBDT: what the trees fit: `binary` (a response, 0/1 or yes/no labels), `l2` or `l1`
+    /// (a number: squared or absolute error), `poisson` (a count ≥ 0).
+    #[serde(default)]
+    pub objective: Objective,
     /// GBDT: boosting rounds (the most, with early stopping).
     #[serde(default = "default_trees")]
     pub trees: usize,
@@ -474,6 +478,33 @@ fn default_fraction() -> f64 {
 }
 fn default_early_stopping() -> usize {
     50
+}
+
+/// What boosted trees fit (LightGBM's objectives of the same names).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Objective {
+    /// Binary log loss: a response probability.
+    #[default]
+    Binary,
+    /// Squared error: a number (the conditional mean).
+    L2,
+    /// Absolute error: a number (the conditional median), robust to outliers.
+    L1,
+    /// Poisson log likelihood: a count ≥ 0 (the expected count).
+    Poisson,
+}
+
+impl Objective {
+    /// Its name in a job spec.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Objective::Binary => "binary",
+            Objective::L2 => "l2",
+            Objective::L1 => "l1",
+            Objective::Poisson => "poisson",
+        }
+    }
 }
 
 /// How an uplift job learns the treatment's effect.
@@ -759,6 +790,7 @@ impl Default for ModelSpec {
             ensemble: default_ensemble(),
             k: default_k(),
             uplift: UpliftLearner::default(),
+            objective: Objective::default(),
             trees: default_trees(),
             shrinkage: None,
             num_leaves: default_num_leaves(),

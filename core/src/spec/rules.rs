@@ -358,8 +358,19 @@ impl JobSpec {
                 "type",
                 format!("{:?}", m.kind.as_str()),
                 !matches!(m.kind, ModelKind::Gbdt | ModelKind::Blend)
-                    || (self.data.treatment.is_none() && self.forecast.is_none()),
-                "boosted trees and blends train response models: no [data] treatment (uplift arms are logistic_regression or mlp) and no [forecast]",
+                    || (self.forecast.is_none()
+                        && (m.kind == ModelKind::Gbdt || self.data.treatment.is_none())),
+                "boosted trees and blends train response models: no [forecast], and a blend no [data] treatment (uplift arms are logistic_regression, mlp or gbdt)",
+            ),
+            rule(
+                "objective",
+                format!("{:?}", m.objective.as_str()),
+                m.objective == super::Objective::Binary
+                    || (m.kind == ModelKind::Gbdt
+                        && self.search.is_none()
+                        && self.data.treatment.is_none()
+                        && self.train.class_weight != super::ClassWeight::Balanced),
+                "l2, l1 and poisson fit numbers with type = \"gbdt\" only, without [search] (it ranks trials by validation log loss), [data] treatment (uplift arms fit responses) or class_weight = \"balanced\"",
             ),
             rule(
                 "uplift",

@@ -87,6 +87,8 @@ pub(super) fn train_trees_parallel(
     let mut preprocessor = shared_preprocessor(group, data.all, features)?;
     // Trees see missing numbers as missing (sent to the better side of each split).
     preprocessor.keep_missing = true;
+    let objective = rc.check_objective()?;
+    preprocessor.numeric_label = !objective.is_binary();
     let layout = InputLayout::of(&preprocessor);
     // A search's rung ends after this many trees (`[train] stop_after_epoch`).
     let rung = policy.stop_after_epoch.map(|t| t as usize);
@@ -106,7 +108,12 @@ pub(super) fn train_trees_parallel(
         .filter(|&i| fits(roles[i]))
         .map(|i| data.ids[i])
         .collect();
-    let (rows, total, positives) = group_rows(group, &train_set, &valid_set, &features.label)?;
+    let (rows, total, positives) = group_rows(
+        group,
+        &train_set,
+        &valid_set,
+        (&features.label, objective.is_binary()),
+    )?;
     let mut tc = rc.train.clone();
     if rc.balance_classes {
         tc.positive_weight = (total - positives) as f64 / positives as f64;

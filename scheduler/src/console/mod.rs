@@ -945,8 +945,17 @@ async fn model_page(
         .versions
         .iter()
         .map(|v| {
-            let key = ["test_auc", "test_log_loss", "test_smape", "silhouette", "test_qini"]
-                .iter()
+            let key = [
+                "test_auc",
+                "test_log_loss",
+                "test_rmse",
+                "test_mae",
+                "test_poisson_deviance",
+                "test_smape",
+                "silhouette",
+                "test_qini",
+            ]
+            .iter()
                 .filter_map(|k| v.metrics.get(*k).map(|x| format!("{k} {}", number(*x))))
                 .collect::<Vec<_>>()
                 .join(", ");
