@@ -69,6 +69,17 @@ fn each_broken_rule_names_field_value_and_rule() {
         let err = spec_error(&text);
         assert!(err.contains(expected), "expected {expected:?} in {err:?}");
     }
+    // Tree arms for an uplift job, and trees fitting a number, are specs that hold.
+    let arms = GOOD
+        .replace("label = \"y\"", "label = \"y\"\ntreatment = \"t\"")
+        .replace("[train]", "[model]\ntype = \"gbdt\"\n[train]");
+    JobSpec::from_toml(&arms, "job.toml").unwrap();
+    let numbers = GOOD.replace(
+        "[train]",
+        "[model]\ntype = \"gbdt\"\nobjective = \"l1\"\n[train]",
+    );
+    let s = JobSpec::from_toml(&numbers, "job.toml").unwrap();
+    assert_eq!(s.model.objective, halyard_core::spec::Objective::L1);
 }
 
 #[test]
@@ -340,8 +351,19 @@ fn model_and_forecast_rules_name_field_value_and_rule() {
         ),
         (
             GOOD.replace("label = \"y\"", "label = \"y\"\ntreatment = \"t\"")
-                .replace("[train]", "[model]\ntype = \"gbdt\"\n[train]"),
-            "[model] type = \"gbdt\": boosted trees and blends train response models: no [data] treatment",
+                .replace("[train]", "[model]\ntype = \"blend\"\n[train]"),
+            "[model] type = \"blend\": boosted trees and blends train response models: no [forecast], and a blend no [data] treatment",
+        ),
+        (
+            GOOD.replace("[train]", "[model]\nobjective = \"l2\"\n[train]"),
+            "[model] objective = \"l2\": l2, l1 and poisson fit numbers with type = \"gbdt\" only",
+        ),
+        (
+            GOOD.replace(
+                "[train]",
+                "[model]\ntype = \"gbdt\"\nobjective = \"poisson\"\n[train]\nclass_weight = \"balanced\"",
+            ),
+            "[model] objective = \"poisson\": l2, l1 and poisson fit numbers",
         ),
         (
             GOOD.replace("[train]", "[model]\ntype = \"blend\"\n[train]\nworkers = 2"),

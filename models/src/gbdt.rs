@@ -1092,17 +1092,9 @@ pub struct Boosted {
     pub best: Option<Best>,
 }
 
-/// Losses are summed in fixed point, in units of 2^-24 per row (times the labels' scale
-/// for numeric objectives): exact in any order.
+/// Losses of classes are summed in fixed point, in units of 2^-24 per row (exact in any
+/// order); losses of numbers in a unit sized to the labels ([`boost`]).
 const LOSS_UNIT: f64 = 1.0 / (1u64 << 24) as f64;
-
-/// The loss of rows with raw scores `raw` and labels `y`, summed in `unit`s.
-fn loss_units(objective: Objective, unit: f64, raw: &[f64], y: &[f32]) -> i64 {
-    raw.iter()
-        .zip(y)
-        .map(|(&z, &y)| (objective.row_loss(z, y) / unit).round() as i64)
-        .sum()
-}
 
 /// The largest of each worker's `local` (≥ 0) over the group: every rank's value travels
 /// in its own slot of an exact sum.
@@ -1328,13 +1320,33 @@ pub fn boost(
     // A row's share of a sum never exceeds this, so no sum overflows (a diverging
     // score saturates here; the divergence check stops it).
     let cap = (1i64 << 62) / total;
-    // Losses are summed in units scaled to the labels.
-    let loss_unit = LOSS_UNIT
-        * match objective {
-            Objective::Binary => 1.0,
-            Objective::L1 => 2.0 * label_max + 1.0,
-            Objective::L2 | Objective::Poisson => (2.0 * label_max + 1.0).powi(2),
-        };
+    // Losses are summed in 2^-24 per row for classes; for numbers in the finest unit that
+    // keeps the group's sum of the largest losses below 2^62 (a row's loss at most `worst`,
+    // and a row's share capped so that no sum overflows).
+    let loss_rows = total.max(valid_total).max(1);
+    let worst = match objective {
+        Objective::Binary => 0.0,
+        Objective::L2 => (4.0 * label_max + 1.0).powi(2),
+        Objective::L1 => 4.0 * label_max + 1.0,
+        Objective::Poisson => {
+            let top = 8.0 * label_max + 1.0;
+            top + label_max * (top.ln().abs() + 20.0)
+        }
+    };
+    let loss_unit = if objective.is_binary() {
+        LOSS_UNIT
+    } else {
+        2f64.powi((worst * loss_rows as f64).log2().ceil() as i32 - 62)
+    };
+    let loss_cap = (1i64 << 62) / loss_rows;
+    let loss_units = |raw: &[f64], y: &[f32]| -> i64 {
+        raw.iter()
+            .zip(y)
+            .map(|(&z, &y)| {
+                ((objective.row_loss(z, y) / loss_unit).round() as i64).clamp(-loss_cap, loss_cap)
+            })
+            .sum()
+    };
     let mut offsets = vec![0];
     for b in &binnings.0 {
         offsets.push(offsets.last().unwrap() + b.bins());
@@ -1505,7 +1517,7 @@ pub fn boost(
         let diverged = raw.iter().chain(&raw_valid).any(|z| !z.is_finite());
         let mut sums = [
             if watch {
-                loss_units(objective, loss_unit, &raw_valid, &valid.y)
+                loss_units(&raw_valid, &valid.y)
             } else {
                 0
             },
@@ -1541,7 +1553,7 @@ pub fn boost(
             }
         }
         let report = if (t + 1) % REPORT_EVERY == 0 || done || stop {
-            let mut loss = [loss_units(objective, loss_unit, &raw, &train.y)];
+            let mut loss = [loss_units(&raw, &train.y)];
             sum_i64(group, &mut loss)?;
             Some(EpochReport {
                 epoch: (t + 1) as u32,
