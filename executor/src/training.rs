@@ -214,7 +214,9 @@ pub(crate) fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
 }
 
 /// A response model's epoch for the job's log: `[member m/M |model: ]UNIT e/E loss l[
-/// validation log loss v]`, the unit being `epoch` or, for boosted trees, `trees`.
+/// validation log loss v]`, the unit being `epoch` or, for boosted trees, `trees` (whose
+/// losses are their objective's, `validation loss v`: log loss for a response, squared or
+/// absolute error or Poisson loss for a number).
 pub(crate) fn epoch_line(r: &MemberReport, unit: &str) -> String {
     let e = &r.epoch;
     let member = match r.model {
@@ -224,7 +226,10 @@ pub(crate) fn epoch_line(r: &MemberReport, unit: &str) -> String {
     };
     let valid = e
         .valid_loss
-        .map(|v| format!(" validation log loss {v:.5}"))
+        .map(|v| {
+            let name = if unit == "trees" { "loss" } else { "log loss" };
+            format!(" validation {name} {v:.5}")
+        })
         .unwrap_or_default();
     format!(
         "{member}{unit} {}/{} loss {:.5}{valid}",
