@@ -1050,24 +1050,21 @@ fn response_metrics(
 ) -> Result<TrainedModel> {
     let test_scores = runtime.score_encoded(test_set)?;
     let train_scores = runtime.score_encoded(fit_rows)?;
-    if let Some(objective) = runtime.architecture.objective().filter(|o| !o.is_binary()) {
+    let (mut metrics, evaluation) = match runtime.architecture.objective() {
         // A model of numbers: errors, not a ranking of classes.
-        let poisson = objective == Objective::Poisson;
-        let mut metrics = regression("test_", &test_scores, &test_set.y, poisson);
-        metrics.extend(regression("train_", &train_scores, &fit_rows.y, poisson));
-        metrics.retain(|_, v| v.is_finite());
-        return Ok(TrainedModel {
-            reference: reference_of(batches, &runtime.architecture)?,
-            architecture: runtime.architecture,
-            weights,
-            metrics,
-            train_rows: fit_rows.rows,
-            test_rows: test_set.rows,
-            evaluation: None,
-        });
-    }
-    let mut metrics = classification("test_", &test_scores, &test_set.y);
-    metrics.extend(classification("train_", &train_scores, &fit_rows.y));
+        Some(objective) if !objective.is_binary() => {
+            let poisson = objective == Objective::Poisson;
+            let mut m = regression("test_", &test_scores, &test_set.y, poisson);
+            m.extend(regression("train_", &train_scores, &fit_rows.y, poisson));
+            (m, None)
+        }
+        _ => {
+            let mut m = classification("test_", &test_scores, &test_set.y);
+            m.extend(classification("train_", &train_scores, &fit_rows.y));
+            let curves = crate::evaluation::response(&test_scores, &test_set.y);
+            (m, Some(curves))
+        }
+    };
     metrics.retain(|_, v| v.is_finite());
     Ok(TrainedModel {
         reference: reference_of(batches, &runtime.architecture)?,
@@ -1076,7 +1073,7 @@ fn response_metrics(
         metrics,
         train_rows: fit_rows.rows,
         test_rows: test_set.rows,
-        evaluation: Some(crate::evaluation::response(&test_scores, &test_set.y)),
+        evaluation,
     })
 }
 

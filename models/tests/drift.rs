@@ -1,16 +1,11 @@
 //! The drift distances against scipy on committed fixtures
 //! (`fixtures/drift_reference.py` writes `fixtures/drift_reference.json`).
 
+mod common;
+
+use common::floats;
 use halyard_models::drift::{jensen_shannon, psi, wasserstein};
 use serde_json::Value;
-
-fn floats(v: &Value) -> Vec<f64> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_f64().unwrap())
-        .collect()
-}
 
 #[test]
 fn wasserstein_jensen_shannon_and_psi_match_scipy() {

@@ -4,17 +4,20 @@
 //! `fixtures/regression_reference.json`: 3,000 generated rows, LightGBM's predictions on the
 //! test rows with the same trees, and scikit-learn's metrics of those predictions).
 
+mod common;
+
 use std::ops::ControlFlow;
 use std::sync::Arc;
 
 use arrow::array::{ArrayRef, Float64Array, RecordBatch, StringArray};
+use common::floats;
 use halyard_models::ModelError;
-use halyard_models::artifact::{Architecture, DataLineage, FORMAT_NUMERIC, Manifest};
+use halyard_models::artifact::{Architecture, FORMAT_NUMERIC, Manifest};
 use halyard_models::gbdt::{GbdtConfig, Objective};
 use halyard_models::logistic::TrainConfig;
 use halyard_models::metrics::regression;
 use halyard_models::pipeline::{ResponseConfig, ResponseKind, TrainedModel, train_response_model};
-use halyard_models::preprocess::{Encoding, FeatureConfig};
+use halyard_models::preprocess::FeatureConfig;
 use halyard_models::runtime::LoadedModel;
 use serde_json::Value;
 
@@ -58,21 +61,12 @@ fn rows() -> RecordBatch {
 /// `label` as the label, the other labels left out; every fifth row a test row.
 fn features(label: &str) -> FeatureConfig {
     FeatureConfig {
-        label: label.into(),
-        positive: None,
         exclude: LABELS
             .iter()
             .filter(|l| **l != label)
             .map(|l| l.to_string())
             .collect(),
-        categorical: vec![],
-        encoding: Encoding::OneHot,
-        max_categories: 10,
-        hash_buckets: 16,
-        holdout_every: 5,
-        split_column: None,
-        numeric_buckets: 0,
-        crosses: vec![],
+        ..common::features(label)
     }
 }
 
@@ -105,14 +99,6 @@ fn train(
         &trees(objective),
         |_| ControlFlow::Continue(()),
     )
-}
-
-fn floats(v: &Value) -> Vec<f64> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_f64().unwrap())
-        .collect()
 }
 
 #[test]
@@ -168,29 +154,7 @@ fn trees_fit_numbers_and_counts_as_well_as_lightgbm() {
         assert_eq!(*o, objective);
         assert_eq!(model.architecture.format(), FORMAT_NUMERIC);
         // Served as trained: the artifact's scores are the metrics' scores.
-        let manifest = Manifest {
-            format: model.architecture.format().into(),
-            name: name.into(),
-            version: 1,
-            architecture: model.architecture.clone(),
-            tensors: Default::default(),
-            metrics: model.metrics.clone(),
-            spec: serde_json::json!({}),
-            data: DataLineage {
-                source: "fixture".into(),
-                digest: "sha256:0".into(),
-                rows: batch.num_rows(),
-                train_rows: model.train_rows,
-                test_rows: model.test_rows,
-            },
-            job_id: "j".into(),
-            halyard_version: "0".into(),
-            created_ms: 0,
-            reference: model.reference.clone(),
-        };
-        let loaded =
-            LoadedModel::from_bytes(&model.weights, &serde_json::to_vec(&manifest).unwrap())
-                .unwrap();
+        let loaded = common::loaded(&model, batch.num_rows());
         let scores = loaded.score(std::slice::from_ref(&batch)).unwrap();
         let test: Vec<f32> = scores.iter().skip(4).step_by(5).copied().collect();
         let labels: Vec<f32> = floats(&case["labels"]).iter().map(|&v| v as f32).collect();
@@ -203,7 +167,8 @@ fn trees_fit_numbers_and_counts_as_well_as_lightgbm() {
             );
         }
         // An older reader's format is refused with the reason.
-        let mut old = manifest.clone();
+        let json = common::manifest_json(&model, batch.num_rows());
+        let mut old: Manifest = serde_json::from_slice(&json).unwrap();
         old.format = halyard_models::artifact::FORMAT.into();
         let err = LoadedModel::from_bytes(&model.weights, &serde_json::to_vec(&old).unwrap())
             .err()

@@ -1,16 +1,18 @@
 //! Response-model training on data with known effects, and the artifact round trip.
 
+mod common;
+
 use std::ops::ControlFlow;
 use std::sync::Arc;
 
 use arrow::array::{ArrayRef, Float64Array, RecordBatch, StringArray};
 use arrow::datatypes::{DataType, Field, Schema};
+use common::loaded;
 use halyard_models::ModelError;
 use halyard_models::artifact::{Architecture, read_tensors};
 use halyard_models::logistic::{Optimizer, TrainConfig};
 use halyard_models::pipeline::{ResponseConfig, ResponseKind, TrainedModel, train_response_model};
 use halyard_models::preprocess::{Encoding, FeatureConfig, Preprocessor};
-use halyard_models::runtime::LoadedModel;
 use rand::{Rng, SeedableRng};
 
 /// Rows whose response depends on `x` (positively) and `channel` (email > sms).
@@ -38,17 +40,8 @@ fn synthetic(rows: usize, seed: u64) -> RecordBatch {
 
 fn features(encoding: Encoding) -> FeatureConfig {
     FeatureConfig {
-        label: "responded".into(),
-        positive: None,
-        exclude: vec![],
-        categorical: vec![],
         encoding,
-        max_categories: 10,
-        hash_buckets: 16,
-        holdout_every: 5,
-        split_column: None,
-        numeric_buckets: 0,
-        crosses: vec![],
+        ..common::features("responded")
     }
 }
 
@@ -76,32 +69,6 @@ fn fit(
     cfg: &ResponseConfig,
 ) -> halyard_models::Result<TrainedModel> {
     train_response_model(batches, features, cfg, |_| ControlFlow::Continue(()))
-}
-
-/// `model` as a service loads it: from its weights file and its manifest's JSON (`rows`:
-/// the data's row count, for the lineage).
-fn loaded(model: &TrainedModel, rows: usize) -> LoadedModel {
-    let manifest = halyard_models::artifact::Manifest {
-        format: halyard_models::artifact::FORMAT.into(),
-        name: "t".into(),
-        version: 1,
-        architecture: model.architecture.clone(),
-        tensors: Default::default(),
-        metrics: model.metrics.clone(),
-        spec: serde_json::json!({}),
-        data: halyard_models::artifact::DataLineage {
-            source: "mem".into(),
-            digest: "sha256:0".into(),
-            rows,
-            train_rows: model.train_rows,
-            test_rows: model.test_rows,
-        },
-        job_id: "j".into(),
-        halyard_version: "0".into(),
-        created_ms: 0,
-        reference: model.reference.clone(),
-    };
-    LoadedModel::from_bytes(&model.weights, &serde_json::to_vec(&manifest).unwrap()).unwrap()
 }
 
 fn preprocessor(m: &TrainedModel) -> &Preprocessor {

@@ -4,27 +4,21 @@
 //! bootstrap interval holds the point estimate. And uplift models with boosted-tree arms
 //! (T- and X-learner) on a generated campaign whose effect is known.
 
+mod common;
+
 use std::ops::ControlFlow;
 use std::sync::Arc;
 
 use arrow::array::{ArrayRef, Float64Array, RecordBatch, StringArray};
+use common::floats;
 use halyard_models::artifact::{Architecture, FORMAT, FORMAT_NUMERIC};
 use halyard_models::gbdt::{GbdtConfig, Objective};
 use halyard_models::logistic::TrainConfig;
 use halyard_models::pipeline::{ResponseConfig, ResponseKind, train_uplift_model};
-use halyard_models::preprocess::{Encoding, FeatureConfig};
 use halyard_models::runtime::Runtime;
 use halyard_models::uplift::{TopK, bootstrap, qini_auc, uplift_at_k, uplift_auc};
 use rand::{Rng, SeedableRng};
 use serde_json::Value;
-
-fn floats(v: &Value) -> Vec<f64> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_f64().unwrap())
-        .collect()
-}
 
 fn close(got: f64, want: f64, what: &str) {
     assert!(
@@ -139,19 +133,7 @@ fn campaign(rows: usize) -> (RecordBatch, Vec<f64>) {
 #[test]
 fn tree_arms_find_whom_the_campaign_changes() {
     let (batch, effects) = campaign(8000);
-    let features = FeatureConfig {
-        label: "responded".into(),
-        positive: None,
-        exclude: vec![],
-        categorical: vec![],
-        encoding: Encoding::OneHot,
-        max_categories: 10,
-        hash_buckets: 16,
-        holdout_every: 5,
-        split_column: None,
-        numeric_buckets: 0,
-        crosses: vec![],
-    };
+    let features = common::features("responded");
     let rc = ResponseConfig {
         kind: ResponseKind::Gbdt(GbdtConfig {
             num_leaves: 7,
