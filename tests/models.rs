@@ -1,6 +1,7 @@
 //! Every model type through a standalone cluster: an MLP ensemble and an N-BEATS forecaster
-//! with a covariate train, publish and load in the candle runtime; a GPU job on a build
-//! without GPU support fails with a message that says how to fix it.
+//! with a covariate train, publish and load in the candle runtime; boosted trees fitting a
+//! count train, publish as `halyard-model/3` and serve counts; a GPU job on a build without
+//! GPU support fails with a message that says how to fix it.
 
 mod common;
 
@@ -67,7 +68,17 @@ async fn mlp_and_nbeats_jobs_train_publish_and_serve() {
             data.kpis.display()
         ),
     );
-    for spec in [&mlp, &nbeats] {
+    let counts = write_spec(
+        dir,
+        "counts",
+        &format!(
+            "name = \"responses-count\"\n[data]\nsource = \"{}\"\nlabel = \"previous_responses\"\n\
+             exclude = [\"customer_id\", \"responded\"]\n\
+             [model]\ntype = \"gbdt\"\nobjective = \"poisson\"\ntrees = 60\nnum_leaves = 7\n",
+            data.responses.display()
+        ),
+    );
+    for spec in [&mlp, &nbeats, &counts] {
         let job = client.submit(spec).await.unwrap();
         let done = common::wait_done(&client, &job.id, Duration::from_secs(180)).await;
         assert_eq!(done.state, "succeeded", "{}: {done:?}", spec.name);
@@ -131,6 +142,60 @@ async fn mlp_and_nbeats_jobs_train_publish_and_serve() {
     let out = f.forecast(&[history], 7).unwrap();
     assert_eq!(out[0].len(), 7);
     assert!(out[0].iter().all(|v| v.is_finite() && *v >= 0.0), "{out:?}");
+
+    // Trees fitting a count: errors instead of a ranking, a format older readers refuse,
+    // and the served score the artifact's expected count, not a probability.
+    let c = load(&store, "responses-count");
+    assert_eq!(c.manifest.format, halyard_models::artifact::FORMAT_NUMERIC);
+    for key in ["test_rmse", "test_mae", "test_r2", "test_poisson_deviance"] {
+        assert!(
+            c.manifest.metrics.contains_key(key),
+            "{key}: {:?}",
+            c.manifest.metrics
+        );
+    }
+    assert!(!c.manifest.metrics.contains_key("test_auc"));
+    common::deploy(&client, "responses-count", 1, "production", None).await;
+    let record = serde_json::json!({"record": {
+        "age": 44, "income": 52000, "tenure_months": 30, "region": "north", "segment": "premium",
+        "channel": "email", "campaign": "loyalty", "offer": "discount_10",
+        "days_since_last_contact": 12, "emails_opened_30d": 6
+    }});
+    let http = common::http_client(&cluster.admin_key);
+    let url = format!(
+        "http://{}/v1/models/responses-count:predict",
+        cluster.scheduler.addr
+    );
+    let served: serde_json::Value =
+        common::wait_for("the count model to serve", Duration::from_secs(30), || {
+            let (http, url, body) = (http.clone(), url.clone(), record.to_string());
+            async move {
+                let r = http
+                    .post(url)
+                    .header("content-type", "application/json")
+                    .body(body)
+                    .send()
+                    .await
+                    .ok()?;
+                r.status().is_success().then_some(())?;
+                serde_json::from_slice(&r.bytes().await.ok()?).ok()
+            }
+        })
+        .await;
+    let score = served["predictions"][0]["score"].as_f64().unwrap();
+    let encoder = halyard_models::json_records::RecordEncoder::new(
+        c.manifest.architecture.preprocessor().unwrap().clone(),
+    );
+    let encoded = encoder
+        .encode(&[record["record"].as_object().unwrap()])
+        .unwrap();
+    let local = c.runtime.score_encoded(&encoded).unwrap()[0];
+    eprintln!("served count {score}, the artifact's {local}");
+    assert!(score > 0.0, "{served}");
+    assert!(
+        (score - f64::from(local)).abs() < 1e-6,
+        "served {score}, artifact {local}"
+    );
 
     // A GPU job on this build: placed on the executor advertising a GPU, then failed with a
     // message naming the fix (a GPU build runs it instead).
