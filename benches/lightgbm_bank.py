@@ -3,8 +3,9 @@ reference `[model] type = "gbdt"` is measured against (benches/RESULTS.md).
 
 Rows with index % 5 == 4 are the test set; rows with index % 5 == 3 are the early-stopping
 rows; the model is fitted on the others. Categorical columns are LightGBM's native
-categoricals. Prints the settings, the trees kept, the test AUC and log loss, and the fit's
-wall time (median of --repeat fits).
+categoricals. Prints the settings, the trees kept, the test AUC and log loss, the fit's
+wall time (median of --repeat fits) and the batch prediction of the test rows (median of
+--repeat predictions with the same threads: rows/s).
 
     python3 -m venv /tmp/pyref && /tmp/pyref/bin/pip install lightgbm scikit-learn pandas
     /tmp/pyref/bin/python benches/lightgbm_bank.py [--with-duration] [--threads 1]
@@ -36,7 +37,7 @@ y = (df.pop("y") == "yes").astype(int).to_numpy()
 if not args.with_duration:
     df = df.drop(columns=["duration"])
 for c in df.columns:
-    if df[c].dtype == object:
+    if not pd.api.types.is_numeric_dtype(df[c]):
         df[c] = df[c].astype("category")
 index = pd.RangeIndex(len(df)).to_numpy()
 test, valid = index % 5 == 4, index % 5 == 3
@@ -65,3 +66,22 @@ p = booster.predict(df[test], num_iteration=booster.best_iteration or None)
 print(f"trees kept: {booster.best_iteration or booster.num_trees()}")
 print(f"test AUC {roc_auc_score(y[test], p):.4f}  log loss {log_loss(y[test], p):.4f}")
 print(f"fit: median {statistics.median(times):.2f} s over {len(times)} (threads {args.threads})")
+# Batch prediction of the test rows, as `cargo bench --bench gbdt -- gbdt_predict` times
+# Halyard's (the same rows, one call each): from the data frame (LightGBM converts its
+# categoricals on each call), and from a float matrix converted once (its C++ walk alone).
+rows = int(test.sum())
+frame = df[test]
+matrix = frame.copy()
+for c in matrix.columns:
+    if isinstance(matrix[c].dtype, pd.CategoricalDtype):
+        matrix[c] = matrix[c].cat.codes.astype("float64")
+matrix = matrix.to_numpy(dtype="float64")
+assert (booster.predict(matrix, num_iteration=booster.best_iteration or None) == p).all()
+for name, data in [("data frame", frame), ("float matrix", matrix)]:
+    predict_times = []
+    for _ in range(max(args.repeat, 5)):
+        start = time.perf_counter()
+        booster.predict(data, num_iteration=booster.best_iteration or None, num_threads=args.threads)
+        predict_times.append(time.perf_counter() - start)
+    median = statistics.median(predict_times)
+    print(f"predict from a {name}: {rows} rows, median {median * 1000:.1f} ms over {len(predict_times)}: {rows / median:,.0f} rows/s (threads {args.threads})")
