@@ -16,7 +16,7 @@ use std::ops::Range;
 use halyard_core::records::LogLine;
 use halyard_core::registry::ModelVersion;
 use halyard_models::evaluation::{
-    Evaluation, ForecastSample, ResponseCurves, SeriesSample, UpliftCurves,
+    Evaluation, ForecastSample, RegressionCurves, ResponseCurves, SeriesSample, UpliftCurves,
 };
 use plotters::coord::Shift;
 use plotters::coord::types::RangedCoordf64;
@@ -48,6 +48,8 @@ struct Line {
     dashed: bool,
     /// Marks at the points (few points: calibration bins, deciles).
     marks: bool,
+    /// Marks only, no line (a scatter of rows).
+    scatter: bool,
 }
 
 impl Line {
@@ -58,6 +60,7 @@ impl Line {
             colour,
             dashed: false,
             marks: false,
+            scatter: false,
         }
     }
 
@@ -68,6 +71,12 @@ impl Line {
 
     fn marked(mut self) -> Line {
         self.marks = true;
+        self
+    }
+
+    fn scattered(mut self) -> Line {
+        self.marks = true;
+        self.scatter = true;
         self
     }
 }
@@ -159,15 +168,17 @@ fn line_plot(size: (u32, u32), title: &str, axes: &Axes<'_>, lines: &[Line]) -> 
             .map_err(|e| e.to_string())?;
         for line in lines {
             let style = line.colour.stroke_width(2);
+            // (A scatter's line has no points: only its legend entry is drawn.)
+            let on_line = if line.scatter { &[][..] } else { &line.points[..] };
             let drawn = if line.dashed {
                 chart.draw_series(DashedLineSeries::new(
-                    line.points.iter().copied(),
+                    on_line.iter().copied(),
                     6,
                     4,
                     style,
                 ))
             } else {
-                chart.draw_series(LineSeries::new(line.points.iter().copied(), style))
+                chart.draw_series(LineSeries::new(on_line.iter().copied(), style))
             }
             .map_err(|e| e.to_string())?;
             let colour = line.colour;
@@ -357,6 +368,51 @@ fn response_plots(v: &ModelVersion, r: &ResponseCurves) -> Vec<(String, String)>
         ("gains".into(), gains),
         ("lift".into(), lift),
     ]
+}
+
+/// A model of numbers: its predictions against the truth, row by row (a sample) and by
+/// decile of prediction.
+fn regression_plots(v: &ModelVersion, r: &RegressionCurves) -> Vec<(String, String)> {
+    let values = r
+        .sample
+        .iter()
+        .chain(&r.deciles)
+        .flat_map(|&(p, y)| [p, y]);
+    let range = range_of(values, 0.0..1.0);
+    let diagonal = vec![(range.start, range.start), (range.end, range.end)];
+    let axes = Axes {
+        x: "predicted",
+        y: "actual",
+        x_range: range.clone(),
+        y_range: range,
+    };
+    let scatter = line_plot(
+        PLOT,
+        &format!(
+            "Predicted against actual (RMSE {})",
+            metric(v, "test_rmse")
+        ),
+        &axes,
+        &[
+            Line::new(
+                format!("{} of {} test rows", r.sample.len(), r.rows),
+                r.sample.clone(),
+                BLUE,
+            )
+            .scattered(),
+            Line::new("perfect", diagonal.clone(), GREY).dashed(),
+        ],
+    );
+    let deciles = line_plot(
+        PLOT,
+        "Mean actual by decile of prediction",
+        &axes,
+        &[
+            Line::new("model (deciles)", r.deciles.clone(), BLUE).marked(),
+            Line::new("perfect", diagonal, GREY).dashed(),
+        ],
+    );
+    vec![("predicted".into(), scatter), ("deciles".into(), deciles)]
 }
 
 /// The uplift model's Qini plot.
@@ -552,6 +608,7 @@ pub(crate) fn render(v: &ModelVersion, lines: &[LogLine]) -> String {
         Some(Evaluation::Response(r)) => response_plots(v, r),
         Some(Evaluation::Uplift(u)) => uplift_plots(v, u),
         Some(Evaluation::Forecast(f)) => forecast_plots(f),
+        Some(Evaluation::Regression(r)) => regression_plots(v, r),
         None => Vec::new(),
     };
     let x = if matches!(evaluation, Some(Evaluation::Forecast(_))) || v.model_type == "nbeats" {
@@ -615,7 +672,7 @@ footer{margin-top:24px;color:#777;font-size:85%}";
 #[cfg(test)]
 mod tests {
     use super::*;
-    use halyard_models::evaluation::{forecast, response, uplift};
+    use halyard_models::evaluation::{forecast, regression, response, uplift};
     use halyard_models::forecast::Series;
 
     fn version(model_type: &str, evaluation: Option<Evaluation>) -> ModelVersion {
@@ -662,6 +719,14 @@ mod tests {
         let scores: Vec<f32> = (0..200).map(|i| (i % 17) as f32 / 17.0).collect();
         let labels: Vec<f32> = (0..200).map(|i| f32::from(u8::from(i % 3 == 0))).collect();
         let log = [line("epoch 1/2 loss 0.6"), line("epoch 2/2 loss 0.5")];
+        // Trees fitting numbers: predicted against actual, and by decile.
+        let numbers: Vec<f32> = (0..300).map(|i| (i % 50) as f32 * 3.0).collect();
+        let truth: Vec<f32> = numbers.iter().map(|p| p + 5.0).collect();
+        let page = render(&version("gbdt", Some(regression(&numbers, &truth))), &[]);
+        assert_eq!(figures(&page), ["predicted", "deciles"]);
+        assert!(page.contains("Predicted against actual"), "{page}");
+        assert!(!page.contains("carries no held-out curves"));
+
         let page = render(&version("mlp", Some(response(&scores, &labels))), &log);
         assert_eq!(
             figures(&page),
