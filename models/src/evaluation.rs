@@ -33,6 +33,22 @@ pub enum Evaluation {
     Uplift(UpliftCurves),
     /// A forecaster on its test windows.
     Forecast(ForecastSample),
+    /// A model of numbers (boosted trees with an L2, L1 or Poisson objective) on its test
+    /// rows.
+    Regression(RegressionCurves),
+}
+
+/// A model of numbers on its test rows.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RegressionCurves {
+    /// Test rows.
+    pub rows: usize,
+    /// `(prediction, actual)` of up to [`MAX_POINTS`] test rows, evenly spaced in the
+    /// test set's order.
+    pub sample: Vec<(f64, f64)>,
+    /// The rows ranked by prediction in [`GROUPS`] groups of (nearly) equal size, lowest
+    /// first: each group's `(mean prediction, mean actual)`.
+    pub deciles: Vec<(f64, f64)>,
 }
 
 /// A response model on its test rows.
@@ -286,6 +302,33 @@ pub fn response(scores: &[f32], labels: &[f32]) -> Evaluation {
         pr: stored(pr_of(&counts)),
         calibration: calibration(scores, labels),
         deciles: deciles_of(&idx, labels),
+    })
+}
+
+/// A model of numbers' evaluation from its test predictions and the true values.
+pub fn regression(predictions: &[f32], actual: &[f32]) -> Evaluation {
+    let n = actual.len();
+    let pair = |i: usize| (f64::from(predictions[i]), f64::from(actual[i]));
+    let step = n.div_ceil(MAX_POINTS).max(1);
+    let sample = (0..n).step_by(step).map(pair).collect();
+    let mut idx = ranked(predictions);
+    idx.reverse();
+    let deciles = (0..GROUPS)
+        .map(|k| (k * n / GROUPS, (k + 1) * n / GROUPS))
+        .filter(|(from, to)| to > from)
+        .map(|(from, to)| {
+            let (p, y) = idx[from..to]
+                .iter()
+                .map(|&i| pair(i))
+                .fold((0.0, 0.0), |(a, b), (p, y)| (a + p, b + y));
+            let rows = (to - from) as f64;
+            (p / rows, y / rows)
+        })
+        .collect();
+    Evaluation::Regression(RegressionCurves {
+        rows: n,
+        sample,
+        deciles,
     })
 }
 

@@ -1056,7 +1056,8 @@ fn response_metrics(
             let poisson = objective == Objective::Poisson;
             let mut m = regression("test_", &test_scores, &test_set.y, poisson);
             m.extend(regression("train_", &train_scores, &fit_rows.y, poisson));
-            (m, None)
+            let curves = crate::evaluation::regression(&test_scores, &test_set.y);
+            (m, Some(curves))
         }
         _ => {
             let mut m = classification("test_", &test_scores, &test_set.y);

@@ -13,6 +13,7 @@ use arrow::array::{ArrayRef, Float64Array, RecordBatch, StringArray};
 use common::floats;
 use halyard_models::ModelError;
 use halyard_models::artifact::{Architecture, FORMAT_NUMERIC, Manifest};
+use halyard_models::evaluation::Evaluation;
 use halyard_models::gbdt::{GbdtConfig, Objective};
 use halyard_models::logistic::TrainConfig;
 use halyard_models::metrics::regression;
@@ -147,7 +148,14 @@ fn trees_fit_numbers_and_counts_as_well_as_lightgbm() {
             reference["lightgbm"]
         );
         assert!(!model.metrics.contains_key("test_auc"), "{name}");
-        assert!(model.evaluation.is_none());
+        // The report's curves: predictions against the truth, ten deciles rising with them.
+        let Some(Evaluation::Regression(curves)) = &model.evaluation else {
+            panic!("{name}: no regression curves");
+        };
+        assert_eq!(curves.rows, model.test_rows);
+        assert_eq!(curves.deciles.len(), 10);
+        assert!(curves.deciles.windows(2).all(|w| w[0].0 <= w[1].0));
+        assert!(curves.deciles[9].1 > curves.deciles[0].1, "{:?}", curves.deciles);
         let Architecture::Gbdt { objective: o, .. } = &model.architecture else {
             panic!("not trees");
         };
