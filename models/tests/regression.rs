@@ -155,7 +155,11 @@ fn trees_fit_numbers_and_counts_as_well_as_lightgbm() {
         assert_eq!(curves.rows, model.test_rows);
         assert_eq!(curves.deciles.len(), 10);
         assert!(curves.deciles.windows(2).all(|w| w[0].0 <= w[1].0));
-        assert!(curves.deciles[9].1 > curves.deciles[0].1, "{:?}", curves.deciles);
+        assert!(
+            curves.deciles[9].1 > curves.deciles[0].1,
+            "{:?}",
+            curves.deciles
+        );
         let Architecture::Gbdt { objective: o, .. } = &model.architecture else {
             panic!("not trees");
         };

@@ -169,14 +169,13 @@ fn line_plot(size: (u32, u32), title: &str, axes: &Axes<'_>, lines: &[Line]) -> 
         for line in lines {
             let style = line.colour.stroke_width(2);
             // (A scatter's line has no points: only its legend entry is drawn.)
-            let on_line = if line.scatter { &[][..] } else { &line.points[..] };
+            let on_line = if line.scatter {
+                &[][..]
+            } else {
+                &line.points[..]
+            };
             let drawn = if line.dashed {
-                chart.draw_series(DashedLineSeries::new(
-                    on_line.iter().copied(),
-                    6,
-                    4,
-                    style,
-                ))
+                chart.draw_series(DashedLineSeries::new(on_line.iter().copied(), 6, 4, style))
             } else {
                 chart.draw_series(LineSeries::new(on_line.iter().copied(), style))
             }
@@ -373,11 +372,7 @@ fn response_plots(v: &ModelVersion, r: &ResponseCurves) -> Vec<(String, String)>
 /// A model of numbers: its predictions against the truth, row by row (a sample) and by
 /// decile of prediction.
 fn regression_plots(v: &ModelVersion, r: &RegressionCurves) -> Vec<(String, String)> {
-    let values = r
-        .sample
-        .iter()
-        .chain(&r.deciles)
-        .flat_map(|&(p, y)| [p, y]);
+    let values = r.sample.iter().chain(&r.deciles).flat_map(|&(p, y)| [p, y]);
     let range = range_of(values, 0.0..1.0);
     let diagonal = vec![(range.start, range.start), (range.end, range.end)];
     let axes = Axes {
@@ -388,10 +383,7 @@ fn regression_plots(v: &ModelVersion, r: &RegressionCurves) -> Vec<(String, Stri
     };
     let scatter = line_plot(
         PLOT,
-        &format!(
-            "Predicted against actual (RMSE {})",
-            metric(v, "test_rmse")
-        ),
+        &format!("Predicted against actual (RMSE {})", metric(v, "test_rmse")),
         &axes,
         &[
             Line::new(
