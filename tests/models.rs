@@ -161,27 +161,7 @@ async fn mlp_and_nbeats_jobs_train_publish_and_serve() {
         "channel": "email", "campaign": "loyalty", "offer": "discount_10",
         "days_since_last_contact": 12, "emails_opened_30d": 6
     }});
-    let http = common::http_client(&cluster.admin_key);
-    let url = format!(
-        "http://{}/v1/models/responses-count:predict",
-        cluster.scheduler.addr
-    );
-    let served: serde_json::Value =
-        common::wait_for("the count model to serve", Duration::from_secs(30), || {
-            let (http, url, body) = (http.clone(), url.clone(), record.to_string());
-            async move {
-                let r = http
-                    .post(url)
-                    .header("content-type", "application/json")
-                    .body(body)
-                    .send()
-                    .await
-                    .ok()?;
-                r.status().is_success().then_some(())?;
-                serde_json::from_slice(&r.bytes().await.ok()?).ok()
-            }
-        })
-        .await;
+    let served = common::predict_when_served(&cluster, "responses-count", record.clone()).await;
     let score = served["predictions"][0]["score"].as_f64().unwrap();
     let encoder = halyard_models::json_records::RecordEncoder::new(
         c.manifest.architecture.preprocessor().unwrap().clone(),

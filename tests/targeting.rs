@@ -358,39 +358,6 @@ async fn succeed(
     (done, log)
 }
 
-/// The answer of `model`'s `:predict` to `body`, once a node serves it.
-async fn predict_when_served(
-    cluster: &halyard::Standalone,
-    model: &str,
-    body: serde_json::Value,
-) -> serde_json::Value {
-    let http = http_client(&cluster.admin_key);
-    let url = format!(
-        "http://{}/v1/models/{model}:predict",
-        cluster.scheduler.addr
-    );
-    let body = body.to_string();
-    wait_for(
-        &format!("{model} to serve"),
-        Duration::from_secs(30),
-        || {
-            let (http, url, body) = (http.clone(), url.clone(), body.clone());
-            async move {
-                let r = http
-                    .post(url)
-                    .header("content-type", "application/json")
-                    .body(body)
-                    .send()
-                    .await
-                    .ok()?;
-                r.status().is_success().then_some(())?;
-                serde_json::from_slice(&r.bytes().await.ok()?).ok()
-            }
-        },
-    )
-    .await
-}
-
 /// The Qini coefficient of ranking the test rows (every fifth) by their true effect.
 fn oracle_qini(data: &Path) -> f64 {
     let text = std::fs::read_to_string(data).unwrap();
@@ -487,7 +454,7 @@ async fn an_uplift_model_finds_whom_the_campaign_changes_and_serves_both_arms() 
 
     // Served: the uplift and both arms' probabilities.
     deploy(&client, "who", 1, "production", None).await;
-    let v = predict_when_served(
+    let v = common::predict_when_served(
         &cluster,
         "who",
         serde_json::json!({"records": [
@@ -589,7 +556,7 @@ async fn a_kmeans_job_segments_customers_and_serves_the_segment_and_distances() 
 
     // Served: the segment, and the distance to every centre (the nearest is the segment).
     deploy(&client, "segments", 1, "production", None).await;
-    let v = predict_when_served(
+    let v = common::predict_when_served(
         &cluster,
         "segments",
         serde_json::json!({"records": [

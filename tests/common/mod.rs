@@ -584,3 +584,36 @@ pub(crate) async fn predict_status(
         .map(|r| r.status().as_u16())
         .unwrap_or(0)
 }
+
+/// The answer of `model`'s `:predict` to `body`, once a node serves it.
+pub(crate) async fn predict_when_served(
+    cluster: &halyard::Standalone,
+    model: &str,
+    body: serde_json::Value,
+) -> serde_json::Value {
+    let http = http_client(&cluster.admin_key);
+    let url = format!(
+        "http://{}/v1/models/{model}:predict",
+        cluster.scheduler.addr
+    );
+    let body = body.to_string();
+    wait_for(
+        &format!("{model} to serve"),
+        Duration::from_secs(30),
+        || {
+            let (http, url, body) = (http.clone(), url.clone(), body.clone());
+            async move {
+                let r = http
+                    .post(url)
+                    .header("content-type", "application/json")
+                    .body(body)
+                    .send()
+                    .await
+                    .ok()?;
+                r.status().is_success().then_some(())?;
+                serde_json::from_slice(&r.bytes().await.ok()?).ok()
+            }
+        },
+    )
+    .await
+}
