@@ -786,28 +786,32 @@ impl Preprocessor {
         let arrays = concat_column(batches, &self.label)?;
         let dt = arrays[0].data_type().clone();
         if self.numeric_label {
-            let values: Vec<Option<String>> = if is_numeric(&dt) {
+            let bad = |i: usize, value: Option<String>| ModelError::BadNumericLabel {
+                label: self.label.clone(),
+                row: i + 1,
+                value: value.unwrap_or_else(|| "(missing)".into()),
+            };
+            let finite = |v: f32| v.is_finite().then_some(v);
+            return if is_numeric(&dt) {
                 numeric_values(&arrays)?
                     .into_iter()
-                    .map(|v| (!v.is_nan()).then(|| v.to_string()))
+                    .enumerate()
+                    .map(|(i, v)| {
+                        finite(v as f32).ok_or_else(|| bad(i, (!v.is_nan()).then(|| v.to_string())))
+                    })
                     .collect()
             } else {
                 string_values(&arrays)?
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, v)| {
+                        v.as_deref()
+                            .and_then(|t| t.trim().parse::<f32>().ok())
+                            .and_then(finite)
+                            .ok_or_else(|| bad(i, v))
+                    })
+                    .collect()
             };
-            return values
-                .into_iter()
-                .enumerate()
-                .map(|(i, v)| {
-                    let number = v.as_deref().and_then(|v| v.trim().parse::<f32>().ok());
-                    number
-                        .filter(|n| n.is_finite())
-                        .ok_or_else(|| ModelError::BadNumericLabel {
-                            label: self.label.clone(),
-                            row: i + 1,
-                            value: v.unwrap_or_else(|| "(missing)".into()),
-                        })
-                })
-                .collect();
         }
         let bad = |row: usize, value: String| ModelError::BadLabel {
             label: self.label.clone(),
