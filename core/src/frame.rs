@@ -73,3 +73,95 @@ pub fn put_bytes(buf: &mut Vec<u8>, part: &[u8]) {
     buf.extend_from_slice(&(part.len() as u32).to_le_bytes());
     buf.extend_from_slice(part);
 }
+
+/// Bytes before a whole file's payload: its kind (8 bytes), length (`u64`), CRC-32.
+const WHOLE_HEADER: usize = 8 + 8 + 4;
+
+/// A file written whole: `magic` (8 bytes naming what it holds), then the payload's length
+/// (`u64`) and CRC-32 (`u32`), little-endian, then the payload. [`open_whole`] tells it
+/// from a file cut short or changed since.
+pub fn seal_whole(magic: &[u8; 8], payload: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(WHOLE_HEADER + payload.len());
+    out.extend_from_slice(magic);
+    out.extend_from_slice(&(payload.len() as u64).to_le_bytes());
+    out.extend_from_slice(&crc32fast::hash(payload).to_le_bytes());
+    out.extend_from_slice(payload);
+    out
+}
+
+/// What [`open_whole`] found.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Whole<'a> {
+    /// The payload, its length and CRC as written.
+    Intact(&'a [u8]),
+    /// No magic: a file written before such files were sealed, taken as it is.
+    Unsealed(&'a [u8]),
+    /// Cut short, lengthened or changed since it was written: what is wrong.
+    Damaged(String),
+}
+
+/// Read a file written by [`seal_whole`] with `magic`.
+pub fn open_whole<'a>(magic: &[u8; 8], bytes: &'a [u8]) -> Whole<'a> {
+    if !bytes.starts_with(magic) {
+        return Whole::Unsealed(bytes);
+    }
+    let Some(header) = bytes.get(..WHOLE_HEADER) else {
+        return Whole::Damaged(format!(
+            "cut short: {} bytes, shorter than its {WHOLE_HEADER}-byte header",
+            bytes.len()
+        ));
+    };
+    let len = u64::from_le_bytes(header[8..16].try_into().expect("8 bytes"));
+    let crc = u32::from_le_bytes(header[16..].try_into().expect("4 bytes"));
+    let payload = &bytes[WHOLE_HEADER..];
+    if payload.len() as u64 != len {
+        return Whole::Damaged(format!(
+            "{} bytes of payload where its header says {len}",
+            payload.len()
+        ));
+    }
+    let actual = crc32fast::hash(payload);
+    if actual != crc {
+        return Whole::Damaged(format!(
+            "its bytes have changed since they were written (CRC-32 {actual:08x}, written {crc:08x})"
+        ));
+    }
+    Whole::Intact(payload)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MAGIC: &[u8; 8] = b"TESTFILE";
+
+    #[test]
+    fn a_whole_file_reads_back_and_any_change_to_it_is_told() {
+        let payload: Vec<u8> = (0..1000u32).map(|i| (i * 7 % 251) as u8).collect();
+        let sealed = seal_whole(MAGIC, &payload);
+        assert_eq!(open_whole(MAGIC, &sealed), Whole::Intact(&payload[..]));
+        // Every single flipped bit after the magic, and every cut, is caught.
+        for at in 8..sealed.len() {
+            let mut bad = sealed.clone();
+            bad[at] ^= 0x10;
+            assert!(
+                matches!(open_whole(MAGIC, &bad), Whole::Damaged(_)),
+                "a bit flipped at byte {at} went unseen"
+            );
+        }
+        for cut in [8, 19, 20, sealed.len() - 1] {
+            assert!(matches!(
+                open_whole(MAGIC, &sealed[..cut]),
+                Whole::Damaged(_)
+            ));
+        }
+        let mut longer = sealed.clone();
+        longer.push(0);
+        assert!(
+            matches!(open_whole(MAGIC, &longer), Whole::Damaged(why) if why.contains("1001 bytes"))
+        );
+        // A file without the magic (written before sealing) is taken as it is.
+        assert_eq!(open_whole(MAGIC, &payload), Whole::Unsealed(&payload[..]));
+        assert_eq!(open_whole(MAGIC, b""), Whole::Unsealed(&b""[..]));
+    }
+}

@@ -15,6 +15,7 @@ use std::time::Duration;
 use arrow::array::RecordBatch;
 use bytes::Bytes;
 use halyard_collective::{BlockingRing, Ring, RingConfig};
+use halyard_core::frame::{Whole, open_whole, seal_whole};
 use halyard_core::records::TaskProgress;
 use halyard_core::spec::ModelKind;
 use halyard_core::spec::SPLIT_COLUMN;
@@ -27,7 +28,7 @@ use halyard_models::distributed::{
 use halyard_models::pipeline::{SegmentData, train_segments_group};
 use tokio::runtime::Handle;
 use tokio::sync::mpsc;
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::error::{ExecutorError, Result};
 use crate::input::{Input, read_feature_table, read_inputs};
@@ -80,11 +81,13 @@ pub(crate) async fn train(t: &Task, progress: &mut TaskProgress, run: &Run<'_>) 
     ));
     t.report(progress).await;
     let runtime = Handle::current();
+    let (tx, mut rx) = mpsc::unbounded_channel::<Told>();
     let mut checkpoints = StoreCheckpoints {
         store: t.store.clone(),
         own: checkpoint_path(&a.value.job_id),
         earlier: spec.train.resume_from.as_deref().map(checkpoint_path),
         runtime: runtime.clone(),
+        notes: tx.clone(),
     };
     let policy = CheckpointPolicy {
         every_steps: spec.train.checkpoint_steps,
@@ -92,7 +95,6 @@ pub(crate) async fn train(t: &Task, progress: &mut TaskProgress, run: &Run<'_>) 
         stop_after_epoch: spec.train.stop_after_epoch,
     };
     let trees = spec.model.kind == ModelKind::Gbdt;
-    let (tx, mut rx) = mpsc::unbounded_channel::<DpEvent>();
     let stop = t.cancel.clone();
     let thread_rows = (rows.all, rows.local, rows.ids);
     let threads = spec.resources.cpus.max(1) as usize;
@@ -119,7 +121,7 @@ pub(crate) async fn train(t: &Task, progress: &mut TaskProgress, run: &Run<'_>) 
                 .map_err(|e| ModelError::Internal(e.to_string()))?;
             std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                 let on_event = |e| {
-                    let _ = tx.send(e);
+                    let _ = tx.send(Told::Group(e));
                     if stop.load(Ordering::Relaxed) {
                         ControlFlow::Break(())
                     } else {
@@ -158,14 +160,20 @@ pub(crate) async fn train(t: &Task, progress: &mut TaskProgress, run: &Run<'_>) 
             })
         })
         .map_err(|e| ExecutorError::Panicked(e.to_string()))?;
-    while let Some(event) = rx.recv().await {
-        if let DpEvent::Agreed {
-            samples, seconds, ..
-        } = &event
-        {
-            t.rate(*samples as f64 / seconds.max(1e-9));
-        }
-        if let Some(line) = describe(&event, progress, trees) {
+    while let Some(told) = rx.recv().await {
+        let line = match told {
+            Told::Note(line) => Some(line),
+            Told::Group(event) => {
+                if let DpEvent::Agreed {
+                    samples, seconds, ..
+                } = &event
+                {
+                    t.rate(*samples as f64 / seconds.max(1e-9));
+                }
+                describe(&event, progress, trees)
+            }
+        };
+        if let Some(line) = line {
             t.loss(progress);
             progress.log(line);
             if !t.report(progress).await {
@@ -339,35 +347,183 @@ fn shard_tables(input: &Input, spec: &halyard_core::spec::JobSpec) -> Result<Vec
         .collect()
 }
 
+/// Marks a checkpoint file: its length and CRC-32 follow ([`halyard_core::frame::seal_whole`]).
+const CHECKPOINT_MAGIC: &[u8; 8] = b"HLYDCKP1";
+
+/// What the training thread tells the task: the group's events, and notes of its own.
+enum Told {
+    Group(DpEvent),
+    /// A line for the job's log (a damaged checkpoint passed over).
+    Note(String),
+}
+
 /// Checkpoints in object storage: the job's own, or else the one of the job it resumes.
+/// Each is written sealed with its length and CRC-32; one that no longer matches them (a
+/// disk's or a person's change since) is passed over, said in the job's log, and training
+/// goes on from the next one or from the beginning: a damaged checkpoint costs time, never
+/// the job or its weights.
 struct StoreCheckpoints {
     store: Store,
     own: String,
     earlier: Option<String>,
     runtime: Handle,
+    notes: mpsc::UnboundedSender<Told>,
 }
 
 impl StoreCheckpoints {
     fn error(&self, path: &str, e: halyard_core::Error) -> ModelError {
         ModelError::Internal(format!("checkpoint {}: {e}", self.store.url_of(path)))
     }
+
+    fn passed_over(&self, path: &str, why: &str) {
+        let url = self.store.url_of(path);
+        warn!(checkpoint = %url, why, "damaged checkpoint passed over");
+        let _ = self.notes.send(Told::Note(format!(
+            "checkpoint {url} is damaged ({why}): not resumed from"
+        )));
+    }
 }
 
 impl Checkpoints for StoreCheckpoints {
     fn load(&mut self) -> halyard_models::Result<Option<Vec<u8>>> {
+        let mut damaged = false;
         for path in std::iter::once(&self.own).chain(self.earlier.iter()) {
-            match self.runtime.block_on(self.store.get(path)) {
-                Ok(bytes) => return Ok(Some(bytes.to_vec())),
-                Err(halyard_core::Error::NotFound { .. }) => {}
+            let bytes = match self.runtime.block_on(self.store.get(path)) {
+                Ok(bytes) => bytes,
+                Err(halyard_core::Error::NotFound { .. }) => continue,
+                // A sealed (encrypted) file that no longer opens.
+                Err(e @ halyard_core::Error::Corrupt { .. }) => {
+                    self.passed_over(path, &e.to_string());
+                    damaged = true;
+                    continue;
+                }
                 Err(e) => return Err(self.error(path, e)),
+            };
+            match open_whole(CHECKPOINT_MAGIC, &bytes) {
+                Whole::Intact(payload) | Whole::Unsealed(payload) => {
+                    return Ok(Some(payload.to_vec()));
+                }
+                Whole::Damaged(why) => {
+                    self.passed_over(path, &why);
+                    damaged = true;
+                }
             }
+        }
+        if damaged {
+            let _ = self.notes.send(Told::Note(
+                "no intact checkpoint to resume from: training starts from the beginning".into(),
+            ));
         }
         Ok(None)
     }
 
     fn save(&mut self, bytes: Vec<u8>, _at: &Position) -> halyard_models::Result<()> {
+        let sealed = seal_whole(CHECKPOINT_MAGIC, &bytes);
         self.runtime
-            .block_on(self.store.put(&self.own, Bytes::from(bytes)))
+            .block_on(self.store.put(&self.own, Bytes::from(sealed)))
             .map_err(|e| self.error(&self.own, e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A job's checkpoints on a `file://` store, and what they told the job's log.
+    fn checkpoints(
+        dir: &std::path::Path,
+        runtime: &tokio::runtime::Runtime,
+        earlier: Option<&str>,
+    ) -> (StoreCheckpoints, mpsc::UnboundedReceiver<Told>) {
+        let store = Store::open(
+            &format!("file://{}", dir.display()),
+            &halyard_core::store::S3Config::default(),
+        )
+        .unwrap();
+        let (tx, rx) = mpsc::unbounded_channel();
+        let c = StoreCheckpoints {
+            store,
+            own: checkpoint_path("job-2"),
+            earlier: earlier.map(checkpoint_path),
+            runtime: runtime.handle().clone(),
+            notes: tx,
+        };
+        (c, rx)
+    }
+
+    fn notes(rx: &mut mpsc::UnboundedReceiver<Told>) -> Vec<String> {
+        std::iter::from_fn(|| rx.try_recv().ok())
+            .filter_map(|t| match t {
+                Told::Note(n) => Some(n),
+                Told::Group(_) => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_damaged_checkpoint_is_passed_over_and_said_in_the_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        let at = Position {
+            member: 0,
+            epoch: 1,
+            step_in_epoch: 2,
+            step: 2,
+        };
+        // The job it resumes from wrote one; this job wrote its own since.
+        let (mut first, _) = checkpoints(dir.path(), &runtime, None);
+        first.own = checkpoint_path("job-1");
+        first
+            .save(b"the first job's weights".to_vec(), &at)
+            .unwrap();
+        let (mut c, mut rx) = checkpoints(dir.path(), &runtime, Some("job-1"));
+        c.save(b"the second job's weights".to_vec(), &at).unwrap();
+        assert_eq!(
+            c.load().unwrap().as_deref(),
+            Some(&b"the second job's weights"[..])
+        );
+        assert!(notes(&mut rx).is_empty());
+
+        // A byte of the job's own changes on the disk: the earlier job's is taken instead.
+        let own = dir.path().join(checkpoint_path("job-2"));
+        let mut bytes = std::fs::read(&own).unwrap();
+        let last = bytes.len() - 3;
+        bytes[last] ^= 1;
+        std::fs::write(&own, &bytes).unwrap();
+        assert_eq!(
+            c.load().unwrap().as_deref(),
+            Some(&b"the first job's weights"[..])
+        );
+        let said = notes(&mut rx);
+        assert_eq!(said.len(), 1, "{said:?}");
+        assert!(
+            said[0].contains("job-2/checkpoint/latest.ckpt is damaged")
+                && said[0].contains("changed since")
+                && said[0].contains("not resumed from"),
+            "{said:?}"
+        );
+
+        // Both damaged (the earlier one cut short): none, and the log says training starts
+        // over.
+        let earlier = dir.path().join(checkpoint_path("job-1"));
+        let len = std::fs::metadata(&earlier).unwrap().len();
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&earlier)
+            .unwrap()
+            .set_len(len - 5)
+            .unwrap();
+        assert_eq!(c.load().unwrap(), None);
+        let said = notes(&mut rx);
+        assert_eq!(said.len(), 3, "{said:?}");
+        assert!(said[1].contains("job-1/checkpoint/latest.ckpt is damaged"));
+        assert!(said[2].contains("starts from the beginning"), "{said:?}");
+
+        // A checkpoint written before checkpoints were sealed is read as it is.
+        std::fs::write(&own, b"an older halyard's checkpoint").unwrap();
+        assert_eq!(
+            c.load().unwrap().as_deref(),
+            Some(&b"an older halyard's checkpoint"[..])
+        );
     }
 }
