@@ -3,8 +3,12 @@
 //! data-parallel with a feature stage) and a steady prediction load with feedback, while a
 //! random, seeded schedule of faults hits it: kill -9 and restart of an executor or a
 //! scheduler, SIGSTOP and SIGCONT of an executor, a kill -9 and restart of etcd, an outage
-//! of the S3 server; one time in four two of them at once (on different processes, never
-//! both schedulers). Then a checker verifies the invariants:
+//! of the S3 server, an executor's disk full (its SQL work folder past its budget for 10
+//! s), damaged checkpoints (an executor killed once a data-parallel job submitted for it
+//! runs with a checkpoint, then a byte of every checkpoint in the store changed: the group
+//! resumes from a damaged one when the executor was one of its workers); each of the last two
+//! submits a job of its own that meets it; one time in four two of them at once (on
+//! different processes, never both schedulers). Then a checker verifies the invariants:
 //!
 //! 1. every job ended exactly once: succeeded with exactly one registered version
 //!    published by it, whose artifact is whole in the store and whose metrics are the
@@ -16,7 +20,8 @@
 //!    always one: two executors at most are faulted at a time).
 //!
 //! `HALYARD_CHAOS_SEED=N` replays a schedule; `HALYARD_CHAOS=large` runs the large scale
-//! (more jobs and faults). On a violation the test prints the seed, the schedule and every
+//! (more jobs and faults); `HALYARD_CHAOS_FAULTS=FullDisk,DamagedCheckpoints` draws only
+//! those kinds. On a violation the test prints the seed, the schedule and every
 //! violation.
 
 mod common;
@@ -54,22 +59,49 @@ enum Fault {
     StopExecutor(usize),
     EtcdRestart,
     S3Outage,
+    /// The executor's SQL work folder past its disk budget.
+    FullDisk(usize),
+    /// A byte of every checkpoint in the store changed, then the executor killed.
+    DamagedCheckpoints(usize),
 }
 
-fn draw(rng: &mut Rng) -> Fault {
-    match rng.below(5) {
-        0 => Fault::KillExecutor(rng.below(3) as usize),
-        1 => Fault::KillScheduler(rng.below(2) as usize),
-        2 => Fault::StopExecutor(rng.below(3) as usize),
-        3 => Fault::EtcdRestart,
-        _ => Fault::S3Outage,
+/// Each kind's name, as `HALYARD_CHAOS_FAULTS` lists them.
+const KINDS: [&str; 7] = [
+    "KillExecutor",
+    "KillScheduler",
+    "StopExecutor",
+    "EtcdRestart",
+    "S3Outage",
+    "FullDisk",
+    "DamagedCheckpoints",
+];
+
+/// The kind named `name` on the process `rng` picks.
+fn fault_of(name: &str, rng: &mut Rng) -> Fault {
+    match name {
+        "KillExecutor" => Fault::KillExecutor(rng.below(3) as usize),
+        "KillScheduler" => Fault::KillScheduler(rng.below(2) as usize),
+        "StopExecutor" => Fault::StopExecutor(rng.below(3) as usize),
+        "EtcdRestart" => Fault::EtcdRestart,
+        "S3Outage" => Fault::S3Outage,
+        "FullDisk" => Fault::FullDisk(rng.below(3) as usize),
+        "DamagedCheckpoints" => Fault::DamagedCheckpoints(rng.below(3) as usize),
+        other => panic!("HALYARD_CHAOS_FAULTS: no fault kind {other:?}; the kinds: {KINDS:?}"),
     }
+}
+
+fn draw(rng: &mut Rng, kinds: &[String]) -> Fault {
+    let kind = &kinds[rng.below(kinds.len() as u64) as usize];
+    fault_of(kind, rng)
 }
 
 /// The process a fault hits.
 fn target(f: Fault) -> String {
     match f {
-        Fault::KillExecutor(i) | Fault::StopExecutor(i) => format!("exec-{i}"),
+        Fault::KillExecutor(i)
+        | Fault::StopExecutor(i)
+        | Fault::FullDisk(i)
+        | Fault::DamagedCheckpoints(i) => format!("exec-{i}"),
         Fault::KillScheduler(i) => format!("sched-{i}"),
         Fault::EtcdRestart => "etcd".into(),
         Fault::S3Outage => "s3".into(),
@@ -78,13 +110,14 @@ fn target(f: Fault) -> String {
 
 /// One fault, or one time in four two at once: on different processes, and never both
 /// schedulers (the doors the checker predicts at).
-fn draw_faults(rng: &mut Rng) -> Vec<Fault> {
-    let first = draw(rng);
+fn draw_faults(rng: &mut Rng, kinds: &[String]) -> Vec<Fault> {
+    let first = draw(rng, kinds);
     if rng.below(4) != 0 {
         return vec![first];
     }
-    loop {
-        let second = draw(rng);
+    // Twenty tries for a second fault on another process (one kind alone may have one).
+    for _ in 0..20 {
+        let second = draw(rng, kinds);
         let both_doors = matches!(
             (first, second),
             (Fault::KillScheduler(_), Fault::KillScheduler(_))
@@ -93,6 +126,71 @@ fn draw_faults(rng: &mut Rng) -> Vec<Fault> {
             return vec![first, second];
         }
     }
+    vec![first]
+}
+
+/// Each executor's disk budget, MiB (`--disk-budget-mb`).
+const DISK_BUDGET_MB: u64 = 256;
+
+/// The SQL work folder (`halyard-sql-*` in `TMPDIR`) whose owner is process `pid`.
+fn work_folder(pid: u32) -> Option<std::path::PathBuf> {
+    std::fs::read_dir(std::env::temp_dir())
+        .ok()?
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("halyard-sql-"))
+                && std::fs::read_to_string(p.join("owner"))
+                    .is_ok_and(|o| o.split_whitespace().next() == Some(&pid.to_string()))
+        })
+}
+
+/// Change a byte in the middle of every job's checkpoint in the store; how many.
+fn damage_checkpoints(s3_root: &std::path::Path) -> usize {
+    let jobs = s3_root.join("models/halyard/jobs");
+    let mut damaged = 0;
+    for job in std::fs::read_dir(jobs).into_iter().flatten().flatten() {
+        let file = job.path().join("checkpoint/latest.ckpt");
+        if let Ok(mut bytes) = std::fs::read(&file)
+            && !bytes.is_empty()
+        {
+            let at = bytes.len() / 2;
+            bytes[at] ^= 0x5a;
+            if std::fs::write(&file, &bytes).is_ok() {
+                damaged += 1;
+            }
+        }
+    }
+    damaged
+}
+
+/// The executors of job `id`'s workers once it runs with a checkpoint in the store,
+/// awaited up to 60 s.
+async fn checkpointed_group(
+    doors: &[String],
+    key: &str,
+    s3_root: &std::path::Path,
+    id: &str,
+) -> Option<Vec<String>> {
+    let checkpoint = s3_root.join(format!("models/halyard/jobs/{id}/checkpoint/latest.ckpt"));
+    let until = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < until {
+        for door in doors {
+            let Ok(c) = halyard_client::Client::connect_with_key(door, Some(key)).await else {
+                continue;
+            };
+            if let Ok(j) = c.job(id).await
+                && j.state == "running"
+                && !j.workers.is_empty()
+                && checkpoint.exists()
+            {
+                return Some(j.workers);
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    None
 }
 
 fn signal(p: &Proc, sig: &str) {
@@ -177,6 +275,13 @@ async fn a_seeded_schedule_of_faults_breaks_no_invariant() {
         if large { "large" } else { "small" }
     );
     let mut rng = Rng(seed);
+    let kinds: Vec<String> = match std::env::var("HALYARD_CHAOS_FAULTS") {
+        Ok(list) => list.split(',').map(|k| k.trim().to_string()).collect(),
+        Err(_) => KINDS.map(String::from).to_vec(),
+    };
+    for k in &kinds {
+        fault_of(k, &mut Rng(0));
+    }
 
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
@@ -202,6 +307,8 @@ async fn a_seeded_schedule_of_faults_breaks_no_invariant() {
         "us-east-1",
         "--s3-retry-secs",
         "60",
+        "--disk-budget-mb",
+        &DISK_BUDGET_MB.to_string(),
     ]
     .map(String::from)
     .to_vec();
@@ -271,20 +378,19 @@ async fn a_seeded_schedule_of_faults_breaks_no_invariant() {
     let mut schedule: Vec<String> = Vec::new();
     // Per fault kind, ms from the fault to full service again.
     let mut back: BTreeMap<String, Vec<u128>> = BTreeMap::new();
+    // A data-parallel job with a feature stage, checkpointing every 2 steps.
+    let data_parallel = |name: &str, epochs: u32| {
+        let train = format!(
+            "epochs = {epochs}\ncheckpoint_steps = 2\ncheckpoint_secs = 0\nstep_timeout_secs = 10"
+        );
+        data_parallel_spec(dir, name, &data.responses, 2, &train, "")
+    };
     let submit = |i: usize| {
         let name = format!("chaos-{i}");
         if i.is_multiple_of(2) {
             (name.clone(), spec(dir, &name, &data.responses, 2, 256))
         } else {
-            let s = data_parallel_spec(
-                dir,
-                &name,
-                &data.responses,
-                2,
-                "epochs = 2\ncheckpoint_steps = 2\ncheckpoint_secs = 0\nstep_timeout_secs = 10",
-                "",
-            );
-            (name, s)
+            (name.clone(), data_parallel(&name, 2))
         }
     };
     let every = faults_n.div_ceil(jobs_n).max(1);
@@ -294,15 +400,56 @@ async fn a_seeded_schedule_of_faults_breaks_no_invariant() {
             ids.push((name, submit_at_either(&doors, &key, &s).await));
         }
         tokio::time::sleep(Duration::from_millis(1500 + rng.below(2500))).await;
-        let faults = draw_faults(&mut rng);
+        let faults = draw_faults(&mut rng, &kinds);
         let at = started.elapsed().as_millis();
         let fault_ms = halyard_core::records::now_ms();
         schedule.push(format!("{at} ms: {faults:?}"));
         // Every fault of the draw strikes, then the longest wait, then every one is mended.
         let mut wait = Duration::ZERO;
-        for fault in &faults {
+        let mut ballast: Vec<std::path::PathBuf> = Vec::new();
+        // The kinds that submit a job strike first, while the doors and etcd answer.
+        let mut striking = faults.clone();
+        striking.sort_by_key(|f| !matches!(f, Fault::FullDisk(_) | Fault::DamagedCheckpoints(_)));
+        for fault in &striking {
             match *fault {
                 Fault::KillExecutor(i) => executors[i].kill(),
+                Fault::FullDisk(i) => {
+                    // A sparse file as large as the budget: the folder holds the budget.
+                    let folder = work_folder(executors[i].child.id())
+                        .unwrap_or_else(|| panic!("exec-{i} has no sql work folder"));
+                    let file = folder.join("chaos-ballast");
+                    std::fs::File::create(&file)
+                        .and_then(|f| f.set_len(DISK_BUDGET_MB << 20))
+                        .unwrap();
+                    ballast.push(file);
+                    // A job whose feature stage meets the full disk.
+                    let name = format!("chaos-{}", ids.len());
+                    let id = submit_at_either(&doors, &key, &data_parallel(&name, 2)).await;
+                    ids.push((name, id));
+                    wait = wait.max(Duration::from_secs(10));
+                }
+                Fault::DamagedCheckpoints(i) => {
+                    // A longer data-parallel job, struck once it runs with a checkpoint.
+                    let name = format!("chaos-{}", ids.len());
+                    let id = submit_at_either(&doors, &key, &data_parallel(&name, 30)).await;
+                    ids.push((name, id.clone()));
+                    let workers = checkpointed_group(&doors, &key, &s3_root, &id).await;
+                    // Killed first: a group broken can write no newer checkpoint over
+                    // the damaged one.
+                    executors[i].kill();
+                    let n = damage_checkpoints(&s3_root);
+                    let exec = format!("exec-{i}");
+                    let struck = match workers {
+                        Some(w) if w.contains(&exec) => format!("a worker of {id}"),
+                        Some(_) => format!("not a worker of {id}"),
+                        None => format!("{id} not running with a checkpoint within 60 s"),
+                    };
+                    if let Some(line) = schedule.last_mut() {
+                        line.push_str(&format!(
+                            " ({n} checkpoints damaged, {exec} killed, {struck})"
+                        ));
+                    }
+                }
                 Fault::KillScheduler(i) => schedulers[i].kill(),
                 Fault::StopExecutor(i) => {
                     signal(&executors[i], "-STOP");
@@ -325,9 +472,15 @@ async fn a_seeded_schedule_of_faults_breaks_no_invariant() {
         // (`etcd_wait_secs`), and the fault's recovery time would count that wait.
         let mut mending = faults.clone();
         mending.sort_by_key(|f| !matches!(f, Fault::EtcdRestart | Fault::S3Outage));
+        for file in &ballast {
+            let _ = std::fs::remove_file(file);
+        }
         for fault in &mending {
             match *fault {
-                Fault::KillExecutor(i) => executors[i] = cl.executor(&format!("exec-{i}")).0,
+                Fault::KillExecutor(i) | Fault::DamagedCheckpoints(i) => {
+                    executors[i] = cl.executor(&format!("exec-{i}")).0;
+                }
+                Fault::FullDisk(_) => {}
                 Fault::KillScheduler(i) => {
                     schedulers[i] = cl.scheduler(&format!("sched-{i}"), &doors[i]);
                 }
@@ -351,7 +504,7 @@ async fn a_seeded_schedule_of_faults_breaks_no_invariant() {
         let restarted: Vec<String> = faults
             .iter()
             .filter_map(|f| match f {
-                Fault::KillExecutor(i) => Some(format!("exec-{i}")),
+                Fault::KillExecutor(i) | Fault::DamagedCheckpoints(i) => Some(format!("exec-{i}")),
                 _ => None,
             })
             .collect();
@@ -432,8 +585,26 @@ async fn a_seeded_schedule_of_faults_breaks_no_invariant() {
     .await;
     let mut violations: Vec<String> = Vec::new();
     let mut jobs_by_version: BTreeMap<(String, u64), String> = BTreeMap::new();
+    // What the jobs' logs say of the faults: resumptions, damaged checkpoints passed over,
+    // tasks refused by a full disk.
+    let mut told: BTreeMap<&str, usize> = BTreeMap::new();
     for (name, id) in &ids {
         let done = wait_done(&client, id, Duration::from_secs(600)).await;
+        for line in client.logs(id).await.unwrap_or_default() {
+            for (what, text) in [
+                ("resumed from a checkpoint", "resumed from the checkpoint"),
+                ("damaged checkpoints passed over", "is damaged"),
+                (
+                    "started over for want of an intact checkpoint",
+                    "starts from the beginning",
+                ),
+                ("lines naming the disk budget", "disk budget"),
+            ] {
+                if line.message.contains(text) {
+                    *told.entry(what).or_default() += 1;
+                }
+            }
+        }
         let model = client.model(name).await.ok();
         let versions: Vec<_> = model
             .iter()
@@ -524,6 +695,7 @@ async fn a_seeded_schedule_of_faults_breaks_no_invariant() {
             times[times.len() - 1]
         );
     }
+    println!("the jobs' logs: {told:?}");
     println!(
         "chaos seed {seed}: {} faults, {} jobs ({succeeded} succeeded), {acked} outcomes acknowledged of {sent} sent and {counted} counted, {} predictions failed\nschedule:\n{}",
         schedule.len(),

@@ -8,6 +8,10 @@ pub enum FeatureError {
     /// The SQL failed to parse, plan or run; the message is DataFusion's, with its position.
     #[error("sql: {0}")]
     Sql(String),
+    /// A node refused a task of the query for want of disk (its work folder at its budget,
+    /// its disk full): passing, another node or a later attempt may have room.
+    #[error("sql: {0}")]
+    NoRoom(String),
     /// A named source cannot be read.
     #[error("feature source {name:?} at {location}: {message}")]
     Source {
@@ -53,7 +57,7 @@ impl FeatureError {
             FeatureError::Sql(_)
             | FeatureError::Source { .. }
             | FeatureError::MissingColumn { .. } => Failure::Invalid,
-            FeatureError::Cluster(_) => Failure::Unavailable,
+            FeatureError::Cluster(_) | FeatureError::NoRoom(_) => Failure::Unavailable,
             FeatureError::Output { .. } => Failure::Internal,
             FeatureError::Core(e) => e.failure(),
         }
@@ -65,6 +69,8 @@ impl From<datafusion::error::DataFusionError> for FeatureError {
         let text = describe(&e);
         if is_transport(&text) {
             FeatureError::Cluster(text)
+        } else if no_room(&text) {
+            FeatureError::NoRoom(text)
         } else {
             FeatureError::Sql(text)
         }
@@ -83,6 +89,14 @@ fn is_transport(text: &str) -> bool {
         "transport error",
         "error trying to connect",
     ];
+    MARKERS.iter().any(|m| text.contains(m))
+}
+
+/// Whether an error's text holds a node's refusal for want of disk
+/// ([`halyard_core::Error::DiskBudget`], [`halyard_core::Error::DiskFull`]), which reaches
+/// the query's client as text inside Ballista's task failure.
+fn no_room(text: &str) -> bool {
+    const MARKERS: [&str; 2] = ["disk budget: ", "no room on the disk of "];
     MARKERS.iter().any(|m| text.contains(m))
 }
 
@@ -130,6 +144,27 @@ mod tests {
         );
         let e = FeatureError::from(lost);
         assert_eq!(e.failure(), halyard_core::Failure::Unavailable, "{e}");
+        // A node's refusal for want of disk, as Ballista's client reports the failed job.
+        for refusal in [
+            halyard_core::Error::DiskBudget {
+                path: "/tmp/halyard-sql-x".into(),
+                used: 300 << 20,
+                budget: 256 << 20,
+            },
+            halyard_core::Error::DiskFull {
+                path: "/tmp/halyard-sql-x/job/1/data.arrow".into(),
+                free: 1 << 20,
+                need: 0,
+            },
+        ] {
+            let wrapped = datafusion::error::DataFusionError::Execution(format!(
+                "Job 038HWN7CV4000 failed: Job failed due to stage 1 failed: Task failed due to \
+                 runtime execution error: DataFusionError(ResourcesExhausted({:?}))",
+                refusal.to_string()
+            ));
+            let e = FeatureError::from(wrapped);
+            assert_eq!(e.failure(), halyard_core::Failure::Unavailable, "{e}");
+        }
         let bad = datafusion::error::DataFusionError::Plan("no column named spend".into());
         assert_eq!(
             FeatureError::from(bad).failure(),
