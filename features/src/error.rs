@@ -81,13 +81,15 @@ impl From<datafusion::error::DataFusionError> for FeatureError {
 /// restarting, leadership moving) rather than the query: passing, so the task is placed
 /// again instead of failing its job.
 fn is_transport(text: &str) -> bool {
-    const MARKERS: [&str; 6] = [
+    const MARKERS: [&str; 8] = [
         "tonic::transport::Error",
         "tcp connect error",
         "Connection refused",
         "connection reset",
         "transport error",
         "error trying to connect",
+        "h2 protocol error",
+        "broken pipe",
     ];
     MARKERS.iter().any(|m| text.contains(m))
 }
@@ -143,6 +145,15 @@ mod tests {
                 .into(),
         );
         let e = FeatureError::from(lost);
+        assert_eq!(e.failure(), halyard_core::Failure::Unavailable, "{e}");
+        // A connection cut while a result streamed (the chaos suite met it).
+        let cut = datafusion::error::DataFusionError::Execution(
+            "code: 'Unknown error', message: \"h2 protocol error: error reading a body from \
+             connection\", source: hyper::Error(Body, Error { kind: Io(Custom { kind: \
+             BrokenPipe, error: \"stream closed because of a broken pipe\" }) })"
+                .into(),
+        );
+        let e = FeatureError::from(cut);
         assert_eq!(e.failure(), halyard_core::Failure::Unavailable, "{e}");
         // A node's refusal for want of disk, as Ballista's client reports the failed job.
         for refusal in [
