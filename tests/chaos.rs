@@ -588,6 +588,7 @@ async fn a_seeded_schedule_of_faults_breaks_no_invariant() {
     // What the jobs' logs say of the faults: resumptions, damaged checkpoints passed over,
     // tasks refused by a full disk.
     let mut told: BTreeMap<&str, usize> = BTreeMap::new();
+    let mut failed = 0usize;
     for (name, id) in &ids {
         let done = wait_done(&client, id, Duration::from_secs(600)).await;
         for line in client.logs(id).await.unwrap_or_default() {
@@ -599,6 +600,10 @@ async fn a_seeded_schedule_of_faults_breaks_no_invariant() {
                     "starts from the beginning",
                 ),
                 ("lines naming the disk budget", "disk budget"),
+                (
+                    "versions reported from an earlier run",
+                    "registered by an earlier run",
+                ),
             ] {
                 if line.message.contains(text) {
                     *told.entry(what).or_default() += 1;
@@ -654,6 +659,7 @@ async fn a_seeded_schedule_of_faults_breaks_no_invariant() {
                     ));
                 }
                 println!("job {id} failed: {}", done.error);
+                failed += 1;
             }
             other => violations.push(format!("job {id} ended {other}")),
         }
@@ -703,6 +709,18 @@ async fn a_seeded_schedule_of_faults_breaks_no_invariant() {
         failures.len(),
         schedule.join("\n")
     );
+    // A failed job or a violation keeps every process's log (each restart appended).
+    if failed > 0 || !violations.is_empty() {
+        let kept = std::env::temp_dir().join(format!("halyard-chaos-{seed}"));
+        std::fs::create_dir_all(&kept).unwrap();
+        for entry in std::fs::read_dir(dir).unwrap().flatten() {
+            let path = entry.path();
+            if path.extension().is_some_and(|e| e == "log") {
+                let _ = std::fs::copy(&path, kept.join(entry.file_name()));
+            }
+        }
+        println!("the processes' logs are kept in {}", kept.display());
+    }
     assert!(
         violations.is_empty(),
         "chaos seed {seed} (HALYARD_CHAOS_SEED={seed} replays it) broke invariants:\n{}\nschedule:\n{}",

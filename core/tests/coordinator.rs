@@ -309,11 +309,31 @@ async fn registry_versions_deployments_outcomes_and_serving(c: Coordinator) {
     // A version registers only while its task's assignment stands.
     let lead = lead_and_place(&c).await;
     let assigned = c.tasks_for("e1").await.unwrap().remove(0);
-    for n in [1, 2] {
-        c.register_version(&assigned, &version("m", n))
+    assert_eq!(
+        c.register_version(&assigned, &version("m", 1))
             .await
-            .unwrap();
-    }
+            .unwrap(),
+        None
+    );
+    // A job registers one version: a second run of the same attempt (its first run's
+    // report lost) gets the first back and registers nothing.
+    assert_eq!(
+        c.register_version(&assigned, &version("m", 2))
+            .await
+            .unwrap(),
+        Some(version("m", 1))
+    );
+    assert!(c.model_version("m", 2).await.unwrap().is_none());
+    assert_eq!(
+        c.version_of_job("m", "j").await.unwrap(),
+        Some(version("m", 1))
+    );
+    // Another job's version (registered under this assignment for the test).
+    let other = ModelVersion {
+        job_id: "j2".into(),
+        ..version("m", 2)
+    };
+    assert_eq!(c.register_version(&assigned, &other).await.unwrap(), None);
     assert_eq!(c.model_names().await.unwrap(), vec!["m".to_string()]);
     let listed: Vec<u64> = c
         .model_versions("m")
@@ -323,10 +343,7 @@ async fn registry_versions_deployments_outcomes_and_serving(c: Coordinator) {
         .map(|v| v.version)
         .collect();
     assert_eq!(listed, vec![1, 2]);
-    assert_eq!(
-        c.model_version("m", 2).await.unwrap().unwrap(),
-        version("m", 2)
-    );
+    assert_eq!(c.model_version("m", 2).await.unwrap().unwrap(), other);
     let v = c.get_job("j").await.unwrap().unwrap();
     c.release_task(&lead, &v, &v.value).await.unwrap();
     assert!(matches!(

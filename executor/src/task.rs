@@ -258,7 +258,8 @@ impl Host for TaskHost<'_> {
 }
 
 /// Allocate a version, write the artifact and register it (only while the assignment
-/// stands).
+/// stands, and only as the job's first version: a run of an attempt whose earlier run
+/// registered one reports that one).
 async fn publish(
     a: &Versioned<TaskAssignment>,
     coord: &Coordinator,
@@ -324,8 +325,9 @@ async fn publish(
         Bytes::from(manifest_bytes),
     )
     .await?;
-    // Registered only while the assignment stands: a task taken away publishes nothing.
-    coord
+    // Registered only while the assignment stands (a task taken away publishes nothing),
+    // and only as the job's first version.
+    let earlier = coord
         .register_version(
             a,
             &ModelVersion {
@@ -334,6 +336,17 @@ async fn publish(
             },
         )
         .await?;
+    if let Some(earlier) = earlier {
+        warn!(job = %a.value.job_id, version = earlier.version, unregistered = %url, "the job registered a version in an earlier run of this attempt: reporting it");
+        progress.log(format!(
+            "version {} was registered by an earlier run of this attempt, whose report was lost: reporting it ({url} stays unregistered, for garbage collection)",
+            earlier.version
+        ));
+        progress.metrics = earlier.metrics;
+        progress.artifact = Some(earlier.artifact);
+        progress.model_version = Some(earlier.version);
+        return Ok(());
+    }
     info!(job = %a.value.job_id, %url, version, "model published");
     progress.metrics = trained.metrics;
     progress.artifact = Some(url);

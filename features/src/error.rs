@@ -81,7 +81,10 @@ impl From<datafusion::error::DataFusionError> for FeatureError {
 /// restarting, leadership moving) rather than the query: passing, so the task is placed
 /// again instead of failing its job.
 fn is_transport(text: &str) -> bool {
-    const MARKERS: [&str; 8] = [
+    const MARKERS: [&str; 9] = [
+        // The SQL scheduler cancelled the query because an executor was lost
+        // (`cluster::SqlScheduler::executor_lost`): it runs whole again.
+        "failed: Cancelled",
         "tonic::transport::Error",
         "tcp connect error",
         "Connection refused",
@@ -154,6 +157,12 @@ mod tests {
                 .into(),
         );
         let e = FeatureError::from(cut);
+        assert_eq!(e.failure(), halyard_core::Failure::Unavailable, "{e}");
+        // A query the SQL scheduler cancelled when an executor was lost (the chaos suite).
+        let cancelled = datafusion::error::DataFusionError::Execution(
+            "Job 038HWVDG4E000 failed: Cancelled".into(),
+        );
+        let e = FeatureError::from(cancelled);
         assert_eq!(e.failure(), halyard_core::Failure::Unavailable, "{e}");
         // A node's refusal for want of disk, as Ballista's client reports the failed job.
         for refusal in [

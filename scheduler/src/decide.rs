@@ -3,6 +3,7 @@
 //! coordinator, asks these, and writes what they decide.
 
 use std::collections::HashMap;
+use std::time::Duration;
 
 use halyard_core::records::{ExecutorInfo, JobRecord, TaskAssignment, TaskProgress, TaskState};
 use halyard_core::spec::ResourceSpec;
@@ -114,6 +115,31 @@ pub(crate) fn supervise(
     }
 }
 
+/// The longest wait before a requeued task is placed again.
+const MAX_REQUEUE_WAIT: Duration = Duration::from_secs(30);
+
+/// How long a task requeued after its `used`-th attempt of the step (1 for the first)
+/// waits before it is placed again: a lone task's first retry goes at once, then 1 s,
+/// 2 s, 4 s…; a data-parallel group waits one lease period (a dead peer's lease must end
+/// first, or the new group would include it), then two, four… Both at most
+/// [`MAX_REQUEUE_WAIT`]. The waits spread the attempts over a passing fault (a node's disk
+/// full for a while, a leader moving) instead of spending them in its first seconds.
+pub(crate) fn requeue_wait(group: bool, used: u32, lease_ttl: Duration) -> Duration {
+    let doublings = used.saturating_sub(1).min(16);
+    let wait = if group {
+        lease_ttl.saturating_mul(1 << doublings)
+    } else if used <= 1 {
+        Duration::ZERO
+    } else {
+        Duration::from_secs(1).saturating_mul(1 << (doublings - 1))
+    };
+    if group {
+        wait.min(MAX_REQUEUE_WAIT).max(lease_ttl)
+    } else {
+        wait.min(MAX_REQUEUE_WAIT)
+    }
+}
+
 /// Why a running job's task must be placed again, if it must: one of its executors'
 /// leases expired, or its task failed with a retryable failure (a worker group's).
 fn lost(
@@ -144,6 +170,25 @@ fn lost(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn requeued_tasks_wait_longer_after_each_attempt() {
+        let ttl = Duration::from_secs(2);
+        let secs = |group, used| requeue_wait(group, used, ttl).as_secs_f64();
+        let lone: Vec<f64> = (1..=6).map(|n| secs(false, n)).collect();
+        assert_eq!(lone, [0.0, 1.0, 2.0, 4.0, 8.0, 16.0]);
+        let group: Vec<f64> = (1..=6).map(|n| secs(true, n)).collect();
+        assert_eq!(group, [2.0, 4.0, 8.0, 16.0, 30.0, 30.0]);
+        // Five attempts of a group span 30 s of waits, of a lone task 7 s.
+        assert_eq!((1..5).map(|n| secs(true, n)).sum::<f64>(), 30.0);
+        assert_eq!((1..5).map(|n| secs(false, n)).sum::<f64>(), 7.0);
+        // Never shorter than a lease for a group, never past the cap, however many.
+        assert_eq!(
+            requeue_wait(true, 0, Duration::from_secs(45)),
+            Duration::from_secs(45)
+        );
+        assert_eq!(requeue_wait(false, 1000, ttl), MAX_REQUEUE_WAIT);
+    }
 
     fn need(cpus: u32, memory_mb: u64, gpus: u32) -> ResourceSpec {
         ResourceSpec {

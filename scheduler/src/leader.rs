@@ -22,7 +22,7 @@ use halyard_features::session::DataAccess;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
-use crate::decide::{Free, Verdict, choose_executors, free_capacity, supervise};
+use crate::decide::{Free, Verdict, choose_executors, free_capacity, requeue_wait, supervise};
 
 /// How often the leader trims the audit log.
 const AUDIT_TRIM_EVERY: Duration = Duration::from_secs(3600);
@@ -652,11 +652,11 @@ impl Leader<'_> {
                 new.executor = None;
                 new.workers.clear();
                 new.state = JobState::Pending;
-                if new.spec.workers().is_some() {
-                    // A dead peer's lease may still stand: let it expire before the group
-                    // is formed again, or the new group would include it.
-                    new.not_before_ms = now_ms() + self.cfg.lease_ttl.as_millis() as i64;
-                }
+                // Each retry of the step waits longer; a group at least a lease period (a
+                // dead peer's lease must end before the group is formed again).
+                let used = new.attempt - new.step_from.min(new.attempt);
+                let wait = requeue_wait(new.spec.workers().is_some(), used, self.cfg.lease_ttl);
+                new.not_before_ms = now_ms() + wait.as_millis() as i64;
                 new.log(&self.source, format!("{lost}; task requeued"));
             }
         }

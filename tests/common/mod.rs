@@ -47,7 +47,12 @@ pub(crate) struct Proc {
 impl Proc {
     pub(crate) fn spawn(name: &str, dir: &Path, args: &[&str]) -> Proc {
         let log = dir.join(format!("{name}.log"));
-        let file = std::fs::File::create(&log).unwrap();
+        // Appended: a process started again under the same name keeps its past runs' lines.
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .unwrap();
         // Run in `dir`, as a user would: a standalone's data roots include it.
         let child = Command::new(env!("CARGO_BIN_EXE_halyard"))
             .current_dir(dir)

@@ -241,6 +241,10 @@ impl Coordinator {
     fn model_counter_key(&self, name: &str) -> String {
         self.key(&format!("models/{name}/next"))
     }
+    /// The version a job registered of a model: one per job.
+    fn job_version_key(&self, name: &str, job_id: &str) -> String {
+        self.key(&format!("models/{name}/jobs/{job_id}"))
+    }
     fn version_key(&self, name: &str, version: u64) -> String {
         self.key(&format!("models/{name}/versions/{version}"))
     }

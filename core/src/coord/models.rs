@@ -51,20 +51,58 @@ impl Coordinator {
     }
 
     /// Register a published version, only while the task's assignment read at
-    /// `assignment` stands ([`Error::Conflict`] otherwise).
+    /// `assignment` stands ([`Error::Conflict`] otherwise), and only as its job's first:
+    /// a job registers one version. When the job registered one before (an earlier run
+    /// of the same attempt, whose report was lost with the coordinator), nothing is
+    /// registered and that version is returned.
     pub async fn register_version(
         &self,
         assignment: &Versioned<TaskAssignment>,
         version: &ModelVersion,
-    ) -> Result<()> {
-        self.fenced_on_task(
-            assignment,
-            vec![put(
+    ) -> Result<Option<ModelVersion>> {
+        let task_key = self.task_key(&assignment.value.executor, &assignment.value.job_id);
+        let marker = self.job_version_key(&version.name, &version.job_id);
+        let when = vec![
+            Compare::ModRevision {
+                key: task_key.clone(),
+                revision: assignment.revision,
+            },
+            Compare::ModRevision {
+                key: marker.clone(),
+                revision: 0,
+            },
+        ];
+        let then = vec![
+            put(
                 self.version_key(&version.name, version.version),
                 encode(version),
-            )],
-        )
-        .await
+            ),
+            put(marker, version.version.to_string().into_bytes()),
+        ];
+        if self.kv.txn(when, then).await?.succeeded {
+            return Ok(None);
+        }
+        let stands = self
+            .kv
+            .get(&task_key)
+            .await?
+            .is_some_and(|e| e.mod_revision == assignment.revision);
+        match self.version_of_job(&version.name, &version.job_id).await? {
+            Some(earlier) if stands => Ok(Some(earlier)),
+            _ => Err(Error::Conflict { key: task_key }),
+        }
+    }
+
+    /// The version job `job_id` registered of model `name`, if it did.
+    pub async fn version_of_job(&self, name: &str, job_id: &str) -> Result<Option<ModelVersion>> {
+        let Some(text) = self.get_text(&self.job_version_key(name, job_id)).await? else {
+            return Ok(None);
+        };
+        let number = text.trim().parse::<u64>().map_err(|e| Error::Corrupt {
+            key: self.job_version_key(name, job_id),
+            message: format!("not a version number ({e})"),
+        })?;
+        self.model_version(name, number).await
     }
 
     /// Allocate the next version number of an audience (1, 2, …).
