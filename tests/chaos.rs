@@ -146,12 +146,22 @@ fn work_folder(pid: u32) -> Option<std::path::PathBuf> {
         })
 }
 
+/// The file of job `id`'s checkpoint in the S3 server's folder (bucket `models`, the
+/// store's root `halyard`).
+fn checkpoint_file(s3_root: &std::path::Path, id: &str) -> std::path::PathBuf {
+    s3_root
+        .join("models/halyard")
+        .join(halyard_core::store::checkpoint_path(id))
+}
+
 /// Change a byte in the middle of every job's checkpoint in the store; how many.
 fn damage_checkpoints(s3_root: &std::path::Path) -> usize {
-    let jobs = s3_root.join("models/halyard/jobs");
+    let jobs = s3_root
+        .join("models/halyard")
+        .join(halyard_core::store::JOBS_DIR);
     let mut damaged = 0;
     for job in std::fs::read_dir(jobs).into_iter().flatten().flatten() {
-        let file = job.path().join("checkpoint/latest.ckpt");
+        let file = checkpoint_file(s3_root, &job.file_name().to_string_lossy());
         if let Ok(mut bytes) = std::fs::read(&file)
             && !bytes.is_empty()
         {
@@ -173,7 +183,7 @@ async fn checkpointed_group(
     s3_root: &std::path::Path,
     id: &str,
 ) -> Option<Vec<String>> {
-    let checkpoint = s3_root.join(format!("models/halyard/jobs/{id}/checkpoint/latest.ckpt"));
+    let checkpoint = checkpoint_file(s3_root, id);
     let until = Instant::now() + Duration::from_secs(60);
     while Instant::now() < until {
         for door in doors {

@@ -243,7 +243,6 @@ pub async fn report(
     Ok(())
 }
 
-/// The columns a tree model splits on, by the gain of their splits (the ten largest).
 /// The held-out figures that say most of a version, by name: `auc 0.7757 log_loss 0.4764`
 /// for a response model, RMSE and MAE for trees fitting numbers, Qini and AUUC for an
 /// uplift model, OWA and sMAPE for a forecaster, the silhouette for segments.
@@ -269,6 +268,7 @@ fn key_metrics(v: &halyard_core::proto::ModelVersionInfo) -> String {
     }
 }
 
+/// The columns a tree model splits on, by the gain of their splits (the ten largest).
 fn show_importance(version: u64, columns: &serde_json::Map<String, Value>) {
     let mut by_gain: Vec<(&String, f64, u64)> = columns
         .iter()

@@ -388,26 +388,20 @@ impl Checkpoints for StoreCheckpoints {
     fn load(&mut self) -> halyard_models::Result<Option<Vec<u8>>> {
         let mut damaged = false;
         for path in std::iter::once(&self.own).chain(self.earlier.iter()) {
-            let bytes = match self.runtime.block_on(self.store.get(path)) {
-                Ok(bytes) => bytes,
+            let why = match self.runtime.block_on(self.store.get(path)) {
+                Ok(bytes) => match open_whole(CHECKPOINT_MAGIC, &bytes) {
+                    Whole::Intact(payload) | Whole::Unsealed(payload) => {
+                        return Ok(Some(payload.to_vec()));
+                    }
+                    Whole::Damaged(why) => why,
+                },
                 Err(halyard_core::Error::NotFound { .. }) => continue,
                 // A sealed (encrypted) file that no longer opens.
-                Err(e @ halyard_core::Error::Corrupt { .. }) => {
-                    self.passed_over(path, &e.to_string());
-                    damaged = true;
-                    continue;
-                }
+                Err(e @ halyard_core::Error::Corrupt { .. }) => e.to_string(),
                 Err(e) => return Err(self.error(path, e)),
             };
-            match open_whole(CHECKPOINT_MAGIC, &bytes) {
-                Whole::Intact(payload) | Whole::Unsealed(payload) => {
-                    return Ok(Some(payload.to_vec()));
-                }
-                Whole::Damaged(why) => {
-                    self.passed_over(path, &why);
-                    damaged = true;
-                }
-            }
+            self.passed_over(path, &why);
+            damaged = true;
         }
         if damaged {
             let _ = self.notes.send(Told::Note(

@@ -336,19 +336,21 @@ async fn publish(
             },
         )
         .await?;
-    if let Some(earlier) = earlier {
-        warn!(job = %a.value.job_id, version = earlier.version, unregistered = %url, "the job registered a version in an earlier run of this attempt: reporting it");
-        progress.log(format!(
-            "version {} was registered by an earlier run of this attempt, whose report was lost: reporting it ({url} stays unregistered, for garbage collection)",
-            earlier.version
-        ));
-        progress.metrics = earlier.metrics;
-        progress.artifact = Some(earlier.artifact);
-        progress.model_version = Some(earlier.version);
-        return Ok(());
-    }
-    info!(job = %a.value.job_id, %url, version, "model published");
-    progress.metrics = trained.metrics;
+    let (metrics, url, version) = match earlier {
+        Some(earlier) => {
+            warn!(job = %a.value.job_id, version = earlier.version, unregistered = %url, "the job registered a version in an earlier run of this attempt: reporting it");
+            progress.log(format!(
+                "version {} was registered by an earlier run of this attempt, whose report was lost: reporting it ({url} stays unregistered, for garbage collection)",
+                earlier.version
+            ));
+            (earlier.metrics, earlier.artifact, earlier.version)
+        }
+        None => {
+            info!(job = %a.value.job_id, %url, version, "model published");
+            (trained.metrics, url, version)
+        }
+    };
+    progress.metrics = metrics;
     progress.artifact = Some(url);
     progress.model_version = Some(version);
     Ok(())

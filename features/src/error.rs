@@ -8,10 +8,6 @@ pub enum FeatureError {
     /// The SQL failed to parse, plan or run; the message is DataFusion's, with its position.
     #[error("sql: {0}")]
     Sql(String),
-    /// A node refused a task of the query for want of disk (its work folder at its budget,
-    /// its disk full): passing, another node or a later attempt may have room.
-    #[error("sql: {0}")]
-    NoRoom(String),
     /// A named source cannot be read.
     #[error("feature source {name:?} at {location}: {message}")]
     Source {
@@ -57,7 +53,7 @@ impl FeatureError {
             FeatureError::Sql(_)
             | FeatureError::Source { .. }
             | FeatureError::MissingColumn { .. } => Failure::Invalid,
-            FeatureError::Cluster(_) | FeatureError::NoRoom(_) => Failure::Unavailable,
+            FeatureError::Cluster(_) => Failure::Unavailable,
             FeatureError::Output { .. } => Failure::Internal,
             FeatureError::Core(e) => e.failure(),
         }
@@ -67,24 +63,28 @@ impl FeatureError {
 impl From<datafusion::error::DataFusionError> for FeatureError {
     fn from(e: datafusion::error::DataFusionError) -> Self {
         let text = describe(&e);
-        if is_transport(&text) {
+        if is_passing(&text) {
             FeatureError::Cluster(text)
-        } else if no_room(&text) {
-            FeatureError::NoRoom(text)
         } else {
             FeatureError::Sql(text)
         }
     }
 }
 
-/// Whether an error's text is the SQL cluster's connection failing (a node killed or
-/// restarting, leadership moving) rather than the query: passing, so the task is placed
+/// Whether an error's text is the SQL cluster failing rather than the query (its
+/// connection lost to a node killed or restarting or to leadership moving, the query
+/// cancelled for a lost executor, a node out of disk): passing, so the task is placed
 /// again instead of failing its job.
-fn is_transport(text: &str) -> bool {
-    const MARKERS: [&str; 9] = [
+fn is_passing(text: &str) -> bool {
+    const MARKERS: [&str; 11] = [
         // The SQL scheduler cancelled the query because an executor was lost
         // (`cluster::SqlScheduler::executor_lost`): it runs whole again.
         "failed: Cancelled",
+        // A node refused a task for want of disk (`halyard_core::Error::DiskBudget`,
+        // `DiskFull`), reported as text inside Ballista's task failure: another node or a
+        // later attempt may have room.
+        "disk budget: ",
+        "no room on the disk of ",
         "tonic::transport::Error",
         "tcp connect error",
         "Connection refused",
@@ -94,14 +94,6 @@ fn is_transport(text: &str) -> bool {
         "h2 protocol error",
         "broken pipe",
     ];
-    MARKERS.iter().any(|m| text.contains(m))
-}
-
-/// Whether an error's text holds a node's refusal for want of disk
-/// ([`halyard_core::Error::DiskBudget`], [`halyard_core::Error::DiskFull`]), which reaches
-/// the query's client as text inside Ballista's task failure.
-fn no_room(text: &str) -> bool {
-    const MARKERS: [&str; 2] = ["disk budget: ", "no room on the disk of "];
     MARKERS.iter().any(|m| text.contains(m))
 }
 

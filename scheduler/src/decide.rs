@@ -107,12 +107,15 @@ pub(crate) fn supervise(
         return Verdict::Fail;
     }
     match lost(job, live, progress) {
-        Some(why) if job.attempt - job.step_from.min(job.attempt) >= max_attempts => {
-            Verdict::GiveUp(why)
-        }
+        Some(why) if attempts_in_step(job) >= max_attempts => Verdict::GiveUp(why),
         Some(why) => Verdict::Requeue(why),
         None => Verdict::RunsOn,
     }
+}
+
+/// Attempts `job` has made at its current step (each step counts its own).
+pub(crate) fn attempts_in_step(job: &JobRecord) -> u32 {
+    job.attempt - job.step_from.min(job.attempt)
 }
 
 /// The longest wait before a requeued task is placed again.
@@ -126,17 +129,15 @@ const MAX_REQUEUE_WAIT: Duration = Duration::from_secs(30);
 /// full for a while, a leader moving) instead of spending them in its first seconds.
 pub(crate) fn requeue_wait(group: bool, used: u32, lease_ttl: Duration) -> Duration {
     let doublings = used.saturating_sub(1).min(16);
-    let wait = if group {
-        lease_ttl.saturating_mul(1 << doublings)
-    } else if used <= 1 {
+    if group {
+        lease_ttl
+            .saturating_mul(1 << doublings)
+            .min(MAX_REQUEUE_WAIT)
+            .max(lease_ttl)
+    } else if doublings == 0 {
         Duration::ZERO
     } else {
-        Duration::from_secs(1).saturating_mul(1 << (doublings - 1))
-    };
-    if group {
-        wait.min(MAX_REQUEUE_WAIT).max(lease_ttl)
-    } else {
-        wait.min(MAX_REQUEUE_WAIT)
+        Duration::from_secs(1 << (doublings - 1)).min(MAX_REQUEUE_WAIT)
     }
 }
 

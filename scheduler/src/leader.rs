@@ -22,7 +22,9 @@ use halyard_features::session::DataAccess;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
-use crate::decide::{Free, Verdict, choose_executors, free_capacity, requeue_wait, supervise};
+use crate::decide::{
+    Free, Verdict, attempts_in_step, choose_executors, free_capacity, requeue_wait, supervise,
+};
 
 /// How often the leader trims the audit log.
 const AUDIT_TRIM_EVERY: Duration = Duration::from_secs(3600);
@@ -654,8 +656,8 @@ impl Leader<'_> {
                 new.state = JobState::Pending;
                 // Each retry of the step waits longer; a group at least a lease period (a
                 // dead peer's lease must end before the group is formed again).
-                let used = new.attempt - new.step_from.min(new.attempt);
-                let wait = requeue_wait(new.spec.workers().is_some(), used, self.cfg.lease_ttl);
+                let group = new.spec.workers().is_some();
+                let wait = requeue_wait(group, attempts_in_step(&new), self.cfg.lease_ttl);
                 new.not_before_ms = now_ms() + wait.as_millis() as i64;
                 new.log(&self.source, format!("{lost}; task requeued"));
             }
