@@ -105,6 +105,7 @@ pub async fn start_executor(cfg: ExecutorConfig, coord: Coordinator) -> Result<E
         BatchConfig {
             max_rows: cfg.max_batch,
             max_wait: cfg.batch_wait,
+            plain_rows: cfg.plain_rows,
             ..BatchConfig::default()
         },
         metrics.clone(),

@@ -1,7 +1,8 @@
-//! Scoring latency of the candle serving runtime: one record and a batch of 1,024, for the
-//! bank-marketing-shaped logistic regression and MLP (preprocessed rows, so the figure is
-//! the model's own cost; `score_raw` adds the Arrow preprocessing of raw records), and
-//! the drift sketch's count of a JSON record beside the record's encoding.
+//! Scoring latency of the serving runtime: one record and a batch of 1,024, for the
+//! bank-marketing-shaped logistic regression, MLP and 10-member MLP ensemble, each with
+//! candle and with the plain arrays (preprocessed rows, so the figure is the model's own
+//! cost; `score_raw` adds the Arrow preprocessing of raw records and scores as a server
+//! does by default), and the drift sketch's count of a JSON record beside the record's encoding.
 //!
 //! `cargo bench -p halyard-models --bench inference`
 
@@ -62,15 +63,14 @@ fn bench(c: &mut Criterion) {
         crosses: vec![],
     };
     let mut g = c.benchmark_group("score");
-    for (name, kind) in [
-        ("logistic", ResponseKind::LogisticRegression),
-        (
-            "mlp_128x64",
-            ResponseKind::Mlp {
-                hidden: vec![128, 64],
-                max_embedding: 16,
-            },
-        ),
+    let mlp = || ResponseKind::Mlp {
+        hidden: vec![128, 64],
+        max_embedding: 16,
+    };
+    for (name, kind, ensemble) in [
+        ("logistic", ResponseKind::LogisticRegression, 1),
+        ("mlp_128x64", mlp(), 1),
+        ("mlp_128x64_x10", mlp(), 10),
     ] {
         let rc = ResponseConfig {
             kind,
@@ -78,7 +78,7 @@ fn bench(c: &mut Criterion) {
                 epochs: 1,
                 ..TrainConfig::default()
             },
-            ensemble: 1,
+            ensemble,
             balance_classes: false,
         };
         let m = train_response_model(std::slice::from_ref(&data), &features, &rc, |_| {
@@ -92,14 +92,19 @@ fn bench(c: &mut Criterion) {
             .unwrap();
         let one = all.partition(|i| i != 0).0;
         let batch = all.partition(|i| i >= 1024).0;
-        g.throughput(Throughput::Elements(1));
-        g.bench_function(format!("{name}/1"), |b| {
-            b.iter(|| black_box(rt.score_encoded(&one).unwrap()))
-        });
-        g.throughput(Throughput::Elements(1024));
-        g.bench_function(format!("{name}/1024"), |b| {
-            b.iter(|| black_box(rt.score_encoded(&batch).unwrap()))
-        });
+        for (form, plain_rows) in [("candle", 0), ("plain", usize::MAX)] {
+            let rt = rt.clone().with_plain_rows(plain_rows);
+            g.throughput(Throughput::Elements(1));
+            g.bench_function(format!("{name}/{form}/1"), |b| {
+                b.iter(|| black_box(rt.score_encoded(&one).unwrap()))
+            });
+            g.throughput(Throughput::Elements(1024));
+            g.bench_function(format!("{name}/{form}/1024"), |b| {
+                b.iter(|| black_box(rt.score_encoded(&batch).unwrap()))
+            });
+        }
+        // As a server scores by default (its `plain_rows` setting: 4).
+        let rt = rt.with_plain_rows(4);
         let raw1 = data.slice(0, 1);
         g.throughput(Throughput::Elements(1));
         g.bench_function(format!("{name}/score_raw_1"), |b| {

@@ -17,6 +17,7 @@
 
 pub mod artifact;
 pub mod bandit;
+pub mod dense;
 pub mod device;
 pub mod distributed;
 pub mod drift;

@@ -1,6 +1,8 @@
 //! The serving runtime: loads an artifact and scores raw records or forecasts from
-//! histories with candle-core on the CPU. No burn type is used here; the parity tests hold
-//! this path equal to burn's forward pass (within 1e-5).
+//! histories with candle-core on the CPU; a request of a few rows goes through the
+//! response networks on plain arrays instead ([`crate::dense`]: no allocation per
+//! operation). No burn type is used here; the parity tests hold both paths equal to burn's
+//! forward pass (within 1e-5).
 //!
 //! Rules at scoring time (documented in `docs/models.md`):
 //! - a missing, NaN or infinite numeric value is the training mean (0 after scaling);
@@ -17,6 +19,7 @@ use arrow::array::RecordBatch;
 use candle_core::{Device, Tensor};
 
 use crate::artifact::{Architecture, FORMAT, FORMAT_NUMERIC, Manifest};
+use crate::dense::{DenseNet, Layer};
 use crate::error::{ModelError, Result};
 use crate::forecast::nbeats::{NBeatsConfig, history_windows, unscale};
 use crate::forecast::{Series, check_series};
@@ -52,6 +55,18 @@ impl Lin {
             .and_then(|y| y.broadcast_add(&self.b))
             .map_err(candle_err)
     }
+
+    /// The same layer on plain arrays.
+    fn dense(&self) -> Result<Layer> {
+        Ok(Layer::new(floats(&self.wt)?, floats(&self.b)?))
+    }
+}
+
+/// A tensor's values, row-major.
+fn floats(t: &Tensor) -> Result<Vec<f32>> {
+    t.flatten_all()
+        .and_then(|v| v.to_vec1::<f32>())
+        .map_err(candle_err)
 }
 
 fn take(t: &HashMap<String, Tensor>, name: &str) -> Result<Tensor> {
@@ -70,6 +85,75 @@ enum ResponseNet {
     },
 }
 
+impl ResponseNet {
+    /// The same network on plain arrays, for requests of a few rows.
+    fn dense(&self, layout: &InputLayout) -> Result<DenseNet> {
+        Ok(match self {
+            ResponseNet::Linear(lin) => DenseNet::Linear(lin.dense()?),
+            ResponseNet::Mlp {
+                embeddings,
+                hidden,
+                output,
+            } => {
+                let embeddings: Vec<(Vec<f32>, usize)> = embeddings
+                    .iter()
+                    .zip(&layout.categorical)
+                    .map(|(table, &(_, categories))| {
+                        let dims = table.dims();
+                        if dims.len() != 2 || dims[0] != categories {
+                            return Err(ModelError::Artifact(format!(
+                                "an embedding table is {dims:?} for a column of {categories} categories"
+                            )));
+                        }
+                        Ok((floats(table)?, dims[1]))
+                    })
+                    .collect::<Result<_>>()?;
+                let hidden: Vec<Layer> = hidden.iter().map(Lin::dense).collect::<Result<_>>()?;
+                let output = output.dense()?;
+                let widths = std::iter::once(
+                    layout.numeric.len() + embeddings.iter().map(|(_, w)| w).sum::<usize>(),
+                );
+                let outs = hidden.iter().map(|l| l.outputs());
+                for ((layer, want), k) in hidden
+                    .iter()
+                    .chain([&output])
+                    .zip(widths.chain(outs))
+                    .zip(0..)
+                {
+                    if layer.inputs() != want {
+                        return Err(ModelError::Artifact(format!(
+                            "layer {k} takes {} inputs where {want} come to it",
+                            layer.inputs()
+                        )));
+                    }
+                }
+                DenseNet::Mlp {
+                    layout: layout.clone(),
+                    embeddings,
+                    hidden,
+                    output,
+                }
+            }
+        })
+    }
+}
+
+/// A member of a response model, in both forms.
+#[derive(Debug, Clone)]
+struct Member {
+    candle: ResponseNet,
+    dense: DenseNet,
+}
+
+impl Member {
+    fn new(candle: ResponseNet, layout: &InputLayout) -> Result<Member> {
+        Ok(Member {
+            dense: candle.dense(layout)?,
+            candle,
+        })
+    }
+}
+
 #[derive(Debug, Clone)]
 struct NBeatsNet {
     cfg: NBeatsConfig,
@@ -78,7 +162,7 @@ struct NBeatsNet {
 
 #[derive(Debug, Clone)]
 enum Net {
-    Response(Vec<ResponseNet>),
+    Response(Vec<Member>),
     Forecast(Vec<NBeatsNet>),
     /// The treated arm's and the control arm's models, and an X-learner's effect models
     /// with the treated share.
@@ -127,6 +211,12 @@ impl LoadedModel {
         self.runtime.score(batches)
     }
 
+    /// See [`Runtime::with_plain_rows`].
+    pub fn with_plain_rows(mut self, rows: usize) -> LoadedModel {
+        self.runtime = self.runtime.with_plain_rows(rows);
+        self
+    }
+
     /// Forecasts: see [`Runtime::forecast`].
     pub fn forecast(&self, series: &[Series], horizon: usize) -> Result<Vec<Vec<f64>>> {
         self.runtime.forecast(series, horizon)
@@ -139,6 +229,9 @@ pub struct Runtime {
     /// What the weights are.
     pub architecture: Architecture,
     net: Net,
+    /// Requests of at most this many rows go through the plain arrays (0, candle only,
+    /// until [`Runtime::with_plain_rows`]: serving's `plain_rows` setting).
+    plain_rows: usize,
 }
 
 const CPU: Device = Device::Cpu;
@@ -166,7 +259,11 @@ impl Runtime {
                 None => None,
             };
             let net = Net::Uplift(arm(treated, "treated.")?, arm(control, "control.")?, x);
-            return Ok(Runtime { architecture, net });
+            return Ok(Runtime {
+                architecture,
+                net,
+                plain_rows: 0,
+            });
         }
         if let Architecture::Blend { parts } = &architecture {
             let net = Net::Blend(
@@ -179,7 +276,11 @@ impl Runtime {
                     })
                     .collect::<Result<_>>()?,
             );
-            return Ok(Runtime { architecture, net });
+            return Ok(Runtime {
+                architecture,
+                net,
+                plain_rows: 0,
+            });
         }
         let t = candle_core::safetensors::load_buffer(weights, &CPU)
             .map_err(|e| ModelError::Artifact(format!("weights file: {e}")))?;
@@ -198,7 +299,7 @@ impl Runtime {
                                 preprocessor.dim
                             )));
                         }
-                        Ok(ResponseNet::Linear(lin))
+                        Member::new(ResponseNet::Linear(lin), &InputLayout::of(preprocessor))
                     })
                     .collect::<Result<_>>()?,
             ),
@@ -206,7 +307,12 @@ impl Runtime {
                 config, members, ..
             } => Net::Response(
                 (0..*members)
-                    .map(|k| load_mlp(&t, &format!("members.{k}"), config))
+                    .map(|k| {
+                        Member::new(
+                            load_mlp(&t, &format!("members.{k}"), config)?,
+                            &config.layout,
+                        )
+                    })
                     .collect::<Result<_>>()?,
             ),
             Architecture::Gbdt {
@@ -270,7 +376,11 @@ impl Runtime {
                     .collect::<Result<_>>()?,
             ),
         };
-        Ok(Runtime { architecture, net })
+        Ok(Runtime {
+            architecture,
+            net,
+            plain_rows: 0,
+        })
     }
 
     /// Response probabilities of raw records (the training data's columns; the label may
@@ -398,8 +508,11 @@ impl Runtime {
     }
 
     /// Log-odds of one member, before averaging (the parity tests compare these).
-    fn logits(&self, net: &ResponseNet, data: &Encoded) -> Result<Vec<f32>> {
-        let z = match net {
+    fn logits(&self, member: &Member, data: &Encoded) -> Result<Vec<f32>> {
+        if data.rows <= self.plain_rows {
+            return Ok(member.dense.logits(data));
+        }
+        let z = match &member.candle {
             ResponseNet::Linear(lin) => {
                 let x =
                     Tensor::from_slice(&data.x, (data.rows, data.dim), &CPU).map_err(candle_err)?;
@@ -419,6 +532,34 @@ impl Runtime {
         z.flatten_all()
             .and_then(|z| z.to_vec1::<f32>())
             .map_err(candle_err)
+    }
+
+    /// The same runtime scoring requests of at most `rows` rows to a logistic regression
+    /// or an MLP on plain arrays (0: always candle; `usize::MAX`: never candle), its parts'
+    /// too.
+    pub fn with_plain_rows(mut self, rows: usize) -> Runtime {
+        self.plain_rows = rows;
+        self.net = match self.net {
+            Net::Uplift(t, c, x) => Net::Uplift(
+                Box::new(t.with_plain_rows(rows)),
+                Box::new(c.with_plain_rows(rows)),
+                x.map(|(t, c, g)| {
+                    (
+                        Box::new(t.with_plain_rows(rows)),
+                        Box::new(c.with_plain_rows(rows)),
+                        g,
+                    )
+                }),
+            ),
+            Net::Blend(parts) => Net::Blend(
+                parts
+                    .into_iter()
+                    .map(|(p, w)| (p.with_plain_rows(rows), w))
+                    .collect(),
+            ),
+            net => net,
+        };
+        self
     }
 
     /// One member's log-odds, before averaging (for the parity tests).

@@ -1,5 +1,6 @@
 //! burn (training) and candle (serving) compute the same outputs from the same weights,
-//! within 1e-5, for every model type.
+//! within 1e-5, for every model type; so do the plain arrays that score a request of a
+//! few rows of a response model.
 
 use std::ops::ControlFlow;
 use std::sync::Arc;
@@ -66,9 +67,28 @@ fn assert_close(a: &[f32], b: &[f32]) {
     for (i, (x, y)) in a.iter().zip(b).enumerate() {
         assert!(
             (x - y).abs() <= 1e-5 * x.abs().max(1.0),
-            "row {i}: burn {x} vs candle {y}"
+            "row {i}: burn {x} vs the runtime's {y}"
         );
     }
+}
+
+/// `expected` (burn's) within 1e-5 of the runtime's `scores` with candle and with plain
+/// arrays; and a request of a few rows, scored on plain arrays, gets the very bits those
+/// rows get in a request of all of them.
+fn assert_both_forms(
+    expected: &[f32],
+    rt: &Runtime,
+    data: &Encoded,
+    scores: impl Fn(&Runtime, &Encoded) -> Vec<f32>,
+) {
+    let all = scores(&rt.clone().with_plain_rows(usize::MAX), data);
+    assert_close(expected, &all);
+    assert_close(expected, &scores(&rt.clone().with_plain_rows(0), data));
+    let few = |i: usize| i % 197 == 3;
+    let (_, some) = data.partition(few);
+    assert_eq!(some.rows, 4);
+    let want: Vec<f32> = (0..data.rows).filter(|&i| few(i)).map(|i| all[i]).collect();
+    assert_eq!(scores(&rt.clone().with_plain_rows(4), &some), want);
 }
 
 fn tc() -> TrainConfig {
@@ -101,7 +121,7 @@ fn logistic_regression_burn_equals_candle() {
         &weights,
     )
     .unwrap();
-    assert_close(&burn_z, &rt.member_logits(0, &data).unwrap());
+    assert_both_forms(&burn_z, &rt, &data, |rt, d| rt.member_logits(0, d).unwrap());
 }
 
 #[test]
@@ -123,7 +143,7 @@ fn mlp_burn_equals_candle() {
         &weights,
     )
     .unwrap();
-    assert_close(&burn_p, &rt.score_encoded(&data).unwrap());
+    assert_both_forms(&burn_p, &rt, &data, |rt, d| rt.score_encoded(d).unwrap());
 }
 
 fn series(n: usize, covariates: bool) -> Vec<Series> {

@@ -28,6 +28,8 @@ pub struct BatchConfig {
     pub max_wait: Duration,
     /// Requests that may wait in the queue; more are refused with 503.
     pub queue: usize,
+    /// Most rows scored on plain arrays instead of candle's matrix products.
+    pub plain_rows: usize,
 }
 
 impl Default for BatchConfig {
@@ -36,6 +38,7 @@ impl Default for BatchConfig {
             max_rows: 256,
             max_wait: Duration::ZERO,
             queue: 4096,
+            plain_rows: halyard_core::config::DEFAULT_PLAIN_ROWS,
         }
     }
 }

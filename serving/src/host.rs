@@ -289,13 +289,14 @@ impl Host {
             return None;
         }
         let started = Instant::now();
+        let plain_rows = self.batch.plain_rows;
         let result = match self.read_checked(name, version).await {
-            Ok(Some((weights, manifest))) => {
-                tokio::task::spawn_blocking(move || LoadedModel::from_bytes(&weights, &manifest))
-                    .await
-                    .map_err(|e| e.to_string())
-                    .and_then(|r| r.map_err(|e| e.to_string()))
-            }
+            Ok(Some((weights, manifest))) => tokio::task::spawn_blocking(move || {
+                LoadedModel::from_bytes(&weights, &manifest).map(|m| m.with_plain_rows(plain_rows))
+            })
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|r| r.map_err(|e| e.to_string())),
             Ok(None) => Err("the artifact has no manifest in the store".to_string()),
             Err(e) => Err(e.to_string()),
         };
