@@ -353,7 +353,7 @@ async fn an_asha_search_over_trees_counts_its_rungs_in_trees_and_publishes_the_b
     // Early stopping needs 20 trees without a better loss: every trial paused at 10 trees.
     assert!(done.trials.iter().all(|t| !t.losses.is_empty()), "{log}");
     assert!(
-        log.contains("paused after 10 trees: validation log loss"),
+        log.contains("paused after 10 trees: validation loss"),
         "{log}"
     );
     let went_on = done.trials.iter().filter(|t| t.losses.len() > 1).count();
@@ -368,6 +368,47 @@ async fn an_asha_search_over_trees_counts_its_rungs_in_trees_and_publishes_the_b
     // The published model is the best trial's trees (its checkpoint, nothing retrained).
     assert_eq!(done.metrics["test_auc"], best.metrics["test_auc"], "{log}");
     assert!(log.contains("publishes it from its checkpoint"), "{log}");
+
+    // Trees fitting a number (squared error on the response as 0 or 1) search the same
+    // way, their trials ranked by the objective's own validation loss.
+    let numbers = search.replace("trials = 6", "trials = 3");
+    trees_spec(
+        tmp.path(),
+        "trees-search-l2",
+        &data,
+        1,
+        "seed = 1",
+        &numbers,
+    );
+    let path = tmp.path().join("trees-search-l2.toml");
+    let text = std::fs::read_to_string(&path)
+        .unwrap()
+        .replace("type = \"gbdt\"\n", "type = \"gbdt\"\nobjective = \"l2\"\n")
+        .replace("positive = \"yes\"\n", "")
+        .replace(
+            "EXCLUDE (customer_id) FROM",
+            "EXCLUDE (customer_id, responded), CASE WHEN responded = 'yes' THEN 1.0 ELSE 0.0 END AS responded FROM",
+        );
+    std::fs::write(&path, text).unwrap();
+    let s = JobSpec::from_file(&path).unwrap();
+    let (done, log) = run(&client, &s).await;
+    assert_eq!(done.trials.len(), 3, "{log}");
+    assert!(
+        log.contains("paused after 10 trees: validation loss"),
+        "{log}"
+    );
+    let best: Vec<_> = done.trials.iter().filter(|t| t.best).collect();
+    assert_eq!(best.len(), 1, "{log}");
+    for t in done.trials.iter().filter(|t| t.state == "completed") {
+        assert!(best[0].losses.last() <= t.losses.last(), "{log}");
+    }
+    // A squared error on 0/1 labels is below the variance of a Bernoulli (at most 0.25).
+    assert!(best[0].losses.last().is_some_and(|l| *l < 0.25), "{log}");
+    assert_eq!(
+        done.metrics["test_rmse"], best[0].metrics["test_rmse"],
+        "{log}"
+    );
+    assert!(!done.metrics.contains_key("test_auc"), "{:?}", done.metrics);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -160,13 +160,15 @@ async fn endpoint_scores_equal_the_models_crate_and_bad_requests_get_4xx() {
     deploy(&client, "resp", 1, "production", None).await;
     wait_serving(&http, &gw, "resp", &[1]).await;
 
-    // The models crate's scores of the same rows, from the same artifact.
+    // The models crate's scores of the same rows, from the same artifact, scoring as the
+    // executors do by default (a request of a few rows on plain arrays).
     let vdir = dir.join("state/store/models/resp/1");
     let model = LoadedModel::from_bytes(
         &std::fs::read(vdir.join("model.safetensors")).unwrap(),
         &std::fs::read(vdir.join("manifest.json")).unwrap(),
     )
-    .unwrap();
+    .unwrap()
+    .with_plain_rows(halyard_core::config::DEFAULT_PLAIN_ROWS);
     let table = read_table(&spec, &data.responses);
     // Scores of rows `0..n` as one matrix (summation order follows the matrix shape, so
     // each request is compared with the same rows scored together).
@@ -314,8 +316,8 @@ async fn endpoint_scores_equal_the_models_crate_and_bad_requests_get_4xx() {
         "{meta}"
     );
     assert_eq!(meta["versions"], json!(["1"]), "the deployed versions");
-    // A lone row is one matrix row: the models crate scores it alone too (a product's
-    // summation order depends on the matrix shape, by an ulp or so).
+    // A lone row goes through the plain arrays: the models crate scores it alone too (a
+    // matrix product's summation order depends on its shape, by an ulp or so).
     let alone = |i: usize| f64::from(model.score(&[first.slice(i, 1)]).unwrap()[0]);
     for (i, row) in rows.iter().enumerate().take(20) {
         let (status, v) = post(

@@ -80,6 +80,11 @@ fn each_broken_rule_names_field_value_and_rule() {
     );
     let s = JobSpec::from_toml(&numbers, "job.toml").unwrap();
     assert_eq!(s.model.objective, halyard_core::spec::Objective::L1);
+    // ... and searched over: the trials rank by the objective's validation loss.
+    let searched = format!(
+        "{numbers}\n[search]\nstrategy = \"random\"\ntrials = 4\n[search.space]\nnum_leaves = {{ choice = [7, 15] }}\n"
+    );
+    JobSpec::from_toml(&searched, "job.toml").unwrap();
 }
 
 #[test]

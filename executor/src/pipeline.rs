@@ -226,7 +226,7 @@ async fn train(run: &Run<'_>, host: &mut dyn Host) -> Result<Option<Trained>> {
             Grouped::Paused { valid_loss, epoch } => {
                 let mut metrics = BTreeMap::from([("epochs_trained".into(), f64::from(epoch))]);
                 if let Some(l) = valid_loss {
-                    metrics.insert("valid_log_loss".into(), l);
+                    metrics.insert("valid_loss".into(), l);
                 }
                 host.unpublished(metrics);
                 host.log(format!("paused after epoch {epoch}, checkpointed"));

@@ -740,7 +740,7 @@ pub fn train_response_parallel(
     let mut trained = finish_response(all, features, preprocessor, Finished::Mlp(cfg, weights))?;
     if !best_losses.is_empty() {
         let mean = best_losses.iter().sum::<f64>() / best_losses.len() as f64;
-        trained.metrics.insert("valid_log_loss".into(), mean);
+        trained.metrics.insert("valid_loss".into(), mean);
     }
     Ok(Outcome::Trained(Some(Box::new(trained))))
 }
@@ -1003,7 +1003,7 @@ fn group_valid_loss(
 /// What data-parallel training ended with.
 #[derive(Debug)]
 pub enum Outcome {
-    /// Trained to the end: rank 0 has the model (with `valid_log_loss`, the members' mean
+    /// Trained to the end: rank 0 has the model (with `valid_loss`, the members' mean
     /// best validation loss, among its metrics); the other ranks have `None`.
     Trained(Option<Box<TrainedModel>>),
     /// Stopped after `[train] stop_after_epoch` (a search's rung), checkpointed.

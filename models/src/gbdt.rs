@@ -157,8 +157,8 @@ pub struct GbdtConfig {
     pub feature_fraction: f64,
     /// Share of the training rows each tree is grown on.
     pub bagging_fraction: f64,
-    /// Stop after this many trees without a better validation log loss, and keep the best
-    /// (0: never stop early).
+    /// Stop after this many trees without a better validation loss (the objective's), and
+    /// keep the best (0: never stop early).
     pub early_stopping: usize,
 }
 

@@ -435,7 +435,7 @@ fn a_search_rung_pauses_trees_after_its_tree_count_and_the_next_rung_continues_t
         panic!("{last:?}")
     };
     assert_eq!(model.weights, whole.weights);
-    assert!(model.metrics["valid_log_loss"] <= valid_loss.unwrap());
+    assert!(model.metrics["valid_loss"] <= valid_loss.unwrap());
     // Publishing from that checkpoint trains nothing more: the same model.
     let saved = ckpt.saved.lock().unwrap().len();
     let (publish, events) = run_group(&rc, 1, &ckpt, rung(60), None).unwrap();

@@ -743,7 +743,9 @@ impl Leader<'_> {
                 JobState::Succeeded => {
                     let Some(loss) = c
                         .metrics
-                        .get("valid_log_loss")
+                        .get("valid_loss")
+                        // (a job an executor of before 2026-12-03 finished)
+                        .or_else(|| c.metrics.get("valid_log_loss"))
                         .copied()
                         .filter(|l| l.is_finite())
                     else {
@@ -763,8 +765,9 @@ impl Leader<'_> {
                         .get("epochs_trained")
                         .map_or(t.epochs, |e| *e as u32);
                     t.metrics = c.metrics.clone();
-                    // A trial trained to its end has test metrics; a paused one has not.
-                    t.state = if c.metrics.contains_key("test_auc") {
+                    // A trial trained to its end has test metrics (`test_auc`, or `test_rmse`
+                    // for trees fitting numbers); a paused one has not.
+                    t.state = if c.metrics.keys().any(|k| k.starts_with("test_")) {
                         TrialState::Completed
                     } else {
                         TrialState::Paused
@@ -772,7 +775,7 @@ impl Leader<'_> {
                     new.log(
                         &self.source,
                         format!(
-                            "trial {} {} after {}: validation log loss {loss:.5}",
+                            "trial {} {} after {}: validation loss {loss:.5}",
                             t.index,
                             t.state.as_str(),
                             match new.spec.rung_budget().1 {
@@ -900,7 +903,7 @@ impl Leader<'_> {
                                 new.log(
                                     &self.source,
                                     format!(
-                                        "best: trial {best} (validation log loss {:.5}); job {id} publishes it from its checkpoint",
+                                        "best: trial {best} (validation loss {:.5}); job {id} publishes it from its checkpoint",
                                         t.losses.last().copied().unwrap_or(f64::NAN)
                                     ),
                                 );

@@ -452,8 +452,8 @@ pub struct ModelSpec {
     /// GBDT: share of the training rows each tree is grown on.
     #[serde(default = "default_fraction")]
     pub bagging_fraction: f64,
-    /// GBDT: stop after this many trees without a better validation log loss and keep the
-    /// best (0: never stop early).
+    /// GBDT: stop after this many trees without a better validation loss (the objective's)
+    /// and keep the best (0: never stop early).
     #[serde(default = "default_early_stopping")]
     pub early_stopping: usize,
 }

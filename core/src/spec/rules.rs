@@ -367,10 +367,9 @@ impl JobSpec {
                 format!("{:?}", m.objective.as_str()),
                 m.objective == super::Objective::Binary
                     || (m.kind == ModelKind::Gbdt
-                        && self.search.is_none()
                         && self.data.treatment.is_none()
                         && self.train.class_weight != super::ClassWeight::Balanced),
-                "l2, l1 and poisson fit numbers with type = \"gbdt\" only, without [search] (it ranks trials by validation log loss), [data] treatment (uplift arms fit responses) or class_weight = \"balanced\"",
+                "l2, l1 and poisson fit numbers with type = \"gbdt\" only, without [data] treatment (uplift arms fit responses) or class_weight = \"balanced\"",
             ),
             rule(
                 "uplift",

@@ -266,7 +266,7 @@ pub(super) fn train_trees_parallel(
     )?;
     if !best.is_empty() {
         let mean = best.iter().sum::<f64>() / best.len() as f64;
-        trained.metrics.insert("valid_log_loss".into(), mean);
+        trained.metrics.insert("valid_loss".into(), mean);
     }
     Ok(Outcome::Trained(Some(Box::new(trained))))
 }
