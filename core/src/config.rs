@@ -221,9 +221,9 @@ settings! {
     /// a lone request at once and batches only what queues under load.
     batch_wait_us: u64, default: 0;
     /// Serving: a request of at most this many records to a logistic regression or an MLP
-    /// is scored on plain arrays, without candle's allocation per operation (4–5× less time
-    /// for one record); larger batches use candle's matrix products, faster from about six
-    /// rows on. 0: candle for every request.
+    /// is scored on plain arrays, without candle's allocation per operation (about 4× less
+    /// time for one record); larger batches use candle's matrix products, faster from about
+    /// five rows on. 0: candle for every request.
     plain_rows: usize, default: DEFAULT_PLAIN_ROWS;
     /// `HOST:PORT` of the SQL (Ballista) service: the leader's scheduler, an executor's
     /// data (Arrow Flight) service; advertised through the coordinator (port 0 picks a

@@ -16,8 +16,9 @@
 //!
 //! A row reads every weight of the model once: for one record that is the floor (the
 //! weights of a 10-member MLP, about a megabyte, stream from the caches); for many rows
-//! candle's matrix products, which reuse each weight across rows, are faster, so
-//! [`crate::runtime::Evaluator::Auto`] takes this path for a few rows only.
+//! candle's matrix products, which reuse each weight across rows, are faster from about
+//! five rows on, so a server takes this path for a few rows only
+//! ([`crate::runtime::Runtime::with_plain_rows`]).
 
 use crate::mlp::{InputLayout, category_of};
 use crate::preprocess::Encoded;
