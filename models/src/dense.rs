@@ -6,7 +6,7 @@
 //! allocations and most of the model's time. Here the weights are copied once, at load
 //! time, into arrays laid out input by input (`in × out`: PyTorch's `[out, in]`
 //! transposed), and a row goes through a layer as `y = b + Σᵢ xᵢ · wᵢ` over the inputs
-//! that are not zero, two buffers reused from layer to layer. A one-hot block or a ReLU
+//! that are not zero, buffers reused from layer to layer. A one-hot block or a ReLU
 //! output is mostly zeros, so most rows of the weights are never read.
 //!
 //! Each output's sum runs over the inputs in their order (no fused multiply-add), so a

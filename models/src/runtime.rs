@@ -79,6 +79,7 @@ fn take(t: &HashMap<String, Tensor>, name: &str) -> Result<Tensor> {
 enum ResponseNet {
     Linear(Lin),
     Mlp {
+        layout: InputLayout,
         embeddings: Vec<Tensor>,
         hidden: Vec<Lin>,
         output: Lin,
@@ -87,10 +88,11 @@ enum ResponseNet {
 
 impl ResponseNet {
     /// The same network on plain arrays, for requests of a few rows.
-    fn dense(&self, layout: &InputLayout) -> Result<DenseNet> {
+    fn dense(&self) -> Result<DenseNet> {
         Ok(match self {
             ResponseNet::Linear(lin) => DenseNet::Linear(lin.dense()?),
             ResponseNet::Mlp {
+                layout,
                 embeddings,
                 hidden,
                 output,
@@ -146,9 +148,9 @@ struct Member {
 }
 
 impl Member {
-    fn new(candle: ResponseNet, layout: &InputLayout) -> Result<Member> {
+    fn new(candle: ResponseNet) -> Result<Member> {
         Ok(Member {
-            dense: candle.dense(layout)?,
+            dense: candle.dense()?,
             candle,
         })
     }
@@ -259,11 +261,7 @@ impl Runtime {
                 None => None,
             };
             let net = Net::Uplift(arm(treated, "treated.")?, arm(control, "control.")?, x);
-            return Ok(Runtime {
-                architecture,
-                net,
-                plain_rows: 0,
-            });
+            return Ok(Runtime::of(architecture, net));
         }
         if let Architecture::Blend { parts } = &architecture {
             let net = Net::Blend(
@@ -276,11 +274,7 @@ impl Runtime {
                     })
                     .collect::<Result<_>>()?,
             );
-            return Ok(Runtime {
-                architecture,
-                net,
-                plain_rows: 0,
-            });
+            return Ok(Runtime::of(architecture, net));
         }
         let t = candle_core::safetensors::load_buffer(weights, &CPU)
             .map_err(|e| ModelError::Artifact(format!("weights file: {e}")))?;
@@ -299,7 +293,7 @@ impl Runtime {
                                 preprocessor.dim
                             )));
                         }
-                        Member::new(ResponseNet::Linear(lin), &InputLayout::of(preprocessor))
+                        Member::new(ResponseNet::Linear(lin))
                     })
                     .collect::<Result<_>>()?,
             ),
@@ -307,12 +301,7 @@ impl Runtime {
                 config, members, ..
             } => Net::Response(
                 (0..*members)
-                    .map(|k| {
-                        Member::new(
-                            load_mlp(&t, &format!("members.{k}"), config)?,
-                            &config.layout,
-                        )
-                    })
+                    .map(|k| Member::new(load_mlp(&t, &format!("members.{k}"), config)?))
                     .collect::<Result<_>>()?,
             ),
             Architecture::Gbdt {
@@ -376,11 +365,16 @@ impl Runtime {
                     .collect::<Result<_>>()?,
             ),
         };
-        Ok(Runtime {
+        Ok(Runtime::of(architecture, net))
+    }
+
+    /// A runtime scoring with candle only until [`Runtime::with_plain_rows`].
+    fn of(architecture: Architecture, net: Net) -> Runtime {
+        Runtime {
             architecture,
             net,
             plain_rows: 0,
-        })
+        }
     }
 
     /// Response probabilities of raw records (the training data's columns; the label may
@@ -519,15 +513,11 @@ impl Runtime {
                 lin.forward(&x)?
             }
             ResponseNet::Mlp {
+                layout,
                 embeddings,
                 hidden,
                 output,
-            } => {
-                let Architecture::Mlp { config, .. } = &self.architecture else {
-                    unreachable!("an MLP net comes from an MLP manifest")
-                };
-                mlp_forward(&config.layout, embeddings, hidden, output, data)?
-            }
+            } => mlp_forward(layout, embeddings, hidden, output, data)?,
         };
         z.flatten_all()
             .and_then(|z| z.to_vec1::<f32>())
@@ -704,6 +694,7 @@ fn load_mlp(t: &HashMap<String, Tensor>, prefix: &str, cfg: &MlpConfig) -> Resul
         .map(|i| Lin::load(t, &format!("{prefix}.hidden.{i}")))
         .collect::<Result<_>>()?;
     Ok(ResponseNet::Mlp {
+        layout: cfg.layout.clone(),
         embeddings,
         hidden,
         output: Lin::load(t, &format!("{prefix}.output"))?,
