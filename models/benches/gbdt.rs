@@ -98,10 +98,16 @@ fn bench(c: &mut Criterion) {
     g.bench_function(format!("batch_{}_rows_500_trees", test.rows), |b| {
         b.iter(|| black_box(forest.score(&layout, &test)))
     });
+    g.bench_function(format!("walked_batch_{}_rows_500_trees", test.rows), |b| {
+        b.iter(|| black_box(forest.walked_raw_scores(&layout, &test)))
+    });
     let one = test.partition(|i| i > 0).0;
     g.throughput(Throughput::Elements(1));
     g.bench_function("one_row_500_trees", |b| {
         b.iter(|| black_box(forest.score(&layout, &one)))
+    });
+    g.bench_function("walked_one_row_500_trees", |b| {
+        b.iter(|| black_box(forest.walked_raw_scores(&layout, &one)))
     });
     g.finish();
 }

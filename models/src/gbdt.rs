@@ -35,6 +35,8 @@ use crate::mlp::InputLayout;
 use crate::preprocess::Encoded;
 use crate::runtime::sigmoid;
 
+mod bits;
+
 /// A categorical column with at most this many categories is split one category against
 /// the rest (LightGBM's `max_cat_to_onehot`).
 const ONE_VS_REST_CATEGORIES: usize = 4;
@@ -268,6 +270,8 @@ struct Flat {
     steps: Vec<Step>,
     /// Each tree's root step and depth.
     trees: Vec<(u32, u32)>,
+    /// The same trees as bit vectors of leaves ([`bits`]), when none has more than 64.
+    bits: Option<bits::Bits>,
 }
 
 /// One step of [`Flat`]: a split, or a leaf that steps to itself.
@@ -288,8 +292,11 @@ struct Step {
 }
 
 impl Flat {
-    fn of(forest: &Forest) -> Flat {
-        let mut flat = Flat::default();
+    fn of(forest: &Forest, layout: &InputLayout) -> Flat {
+        let mut flat = Flat {
+            bits: bits::Bits::of(forest, layout),
+            ..Flat::default()
+        };
         for &root in &forest.roots {
             let start = flat.steps.len() as u32;
             let depth = flat.push(forest, root, 0);
@@ -389,23 +396,39 @@ impl Forest {
     }
 
     /// The log-odds of `data`'s rows, equal to [`Forest::raw_score`] of each bit for bit
-    /// (the same leaves added in the same order), computed [`BLOCK`] rows at a time: each
-    /// tree walks all of them a step at a time, without a branch per step.
+    /// (the same leaves added in the same order): through the bit-vector tables ([`bits`])
+    /// when the forest has them, else walking [`BLOCK`] rows at a time, a step at a time
+    /// without a branch per step (fewer than [`SCALAR_ROWS`] one by one).
     pub fn raw_scores(&self, layout: &InputLayout, data: &Encoded) -> Vec<f64> {
+        let mut out = vec![f64::from(self.base); data.rows];
+        match &self.flat.bits {
+            Some(bits) => bits.add_scores(layout, data, &mut out),
+            None => self.walk_scores(layout, data, &mut out),
+        }
+        out
+    }
+
+    /// The step walk of [`Forest::raw_scores`], whatever the forest has: for forests the
+    /// tables cannot hold, and to compare the two (`benches/gbdt.rs`).
+    pub fn walked_raw_scores(&self, layout: &InputLayout, data: &Encoded) -> Vec<f64> {
+        let mut out = vec![f64::from(self.base); data.rows];
+        self.walk_scores(layout, data, &mut out);
+        out
+    }
+
+    fn walk_scores(&self, layout: &InputLayout, data: &Encoded, out: &mut [f64]) {
         if data.rows < SCALAR_ROWS {
             let mut inputs = Vec::new();
-            return (0..data.rows)
-                .map(|i| {
-                    inputs_of(layout, data.row(i), &mut inputs);
-                    self.raw_score(&inputs)
-                })
-                .collect();
+            for (i, z) in out.iter_mut().enumerate() {
+                inputs_of(layout, data.row(i), &mut inputs);
+                *z = self.raw_score(&inputs);
+            }
+            return;
         }
+        let f = &self.flat;
         let width = layout.numeric.len() + layout.categorical.len();
         let mut inputs = Vec::with_capacity(BLOCK * width);
         let mut row = Vec::with_capacity(width);
-        let mut out = vec![f64::from(self.base); data.rows];
-        let f = &self.flat;
         let mut at = [0u32; BLOCK];
         for (b, scores) in out.chunks_mut(BLOCK).enumerate() {
             inputs.clear();
@@ -437,7 +460,6 @@ impl Forest {
                 }
             }
         }
-        out
     }
 
     /// The tensors of the weights file: `base` `[1]`, `roots` `[trees]`, `nodes`
@@ -617,7 +639,7 @@ impl Forest {
             numeric: layout.numeric.len(),
             flat: Flat::default(),
         };
-        forest.flat = Flat::of(&forest);
+        forest.flat = Flat::of(&forest, layout);
         Ok(forest)
     }
 }
@@ -1580,7 +1602,7 @@ pub fn boost(
         forest.leaves.truncate(b.leaves);
         forest.categories.truncate(b.categories);
     }
-    state.forest.flat = Flat::of(&state.forest);
+    state.forest.flat = Flat::of(&state.forest, layout);
     Ok(state)
 }
 

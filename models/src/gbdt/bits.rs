@@ -1,0 +1,307 @@
+//! Rows through many small trees without walking them, after QuickScorer (Lucchese et al.,
+//! SIGIR 2015). Each tree's leaves are numbered left to right and a row keeps, per tree, a
+//! bit vector of the leaves it may still reach, all set at first. A split whose test the
+//! row fails (it goes right) clears the leaves of the split's left subtree; once every
+//! failed test has cleared its bits, a tree's lowest bit still set is the leaf the row's
+//! walk would reach.
+//!
+//! Which splits on one input a row fails depends only on which interval of that input's
+//! thresholds its value falls in (numeric), or on its category slot (categorical). So
+//! each input keeps a table: for each interval or slot, every tree's mask with the bits
+//! of all those failed splits cleared. A row looks up its interval (a binary search over
+//! the input's distinct thresholds) and `and`s one row of masks per input into its bit
+//! vectors: no row walks a tree, no step waits for the load before it, and the loop over
+//! the trees is plain vector arithmetic. A missing value (NaN) has an interval of its own,
+//! in which the splits that send missing values right fail.
+//!
+//! Each row's score adds the same leaves in the same order as [`super::Forest::raw_score`],
+//! so the two agree bit for bit. [`ROWS`] rows are scored together so that their sums,
+//! one dependent chain of additions each, overlap.
+//!
+//! The bit vectors are `u32` when every tree has at most 32 leaves, `u64` up to 64; the
+//! tables take `intervals × trees` masks per input, and a forest whose tables would pass
+//! [`TABLE_BYTES`], or with a tree of more than 64 leaves, is scored by the step walk.
+
+use std::ops::BitAnd;
+
+use super::{Child, Forest, inputs_of};
+use crate::mlp::InputLayout;
+use crate::preprocess::Encoded;
+
+/// Rows scored together.
+const ROWS: usize = 8;
+
+/// The most memory the tables may take (64 MiB; a 500-tree forest of 31 leaves on a dozen
+/// inputs binned in 255 takes about 6 MiB).
+const TABLE_BYTES: usize = 64 << 20;
+
+/// A tree's bit vector of reachable leaves.
+pub(super) trait Mask: Copy + std::fmt::Debug + PartialEq + BitAnd<Output = Self> {
+    const ALL: Self;
+    const BITS: u32;
+    /// The mask from the low bits of a 64-bit one.
+    fn narrow(wide: u64) -> Self;
+    /// The lowest bit set.
+    fn first(self) -> u32;
+}
+
+impl Mask for u32 {
+    const ALL: u32 = u32::MAX;
+    const BITS: u32 = 32;
+    fn narrow(wide: u64) -> u32 {
+        wide as u32
+    }
+    fn first(self) -> u32 {
+        self.trailing_zeros()
+    }
+}
+
+impl Mask for u64 {
+    const ALL: u64 = u64::MAX;
+    const BITS: u32 = 64;
+    fn narrow(wide: u64) -> u64 {
+        wide
+    }
+    fn first(self) -> u32 {
+        self.trailing_zeros()
+    }
+}
+
+/// One input's masks: for each of its intervals (numeric) or slots (categorical), a mask
+/// per tree.
+#[derive(Debug, Clone, PartialEq)]
+struct Table<M> {
+    /// The input's position in [`inputs_of`]'s row.
+    input: usize,
+    /// Numeric: the split thresholds, distinct and ascending; interval `i` holds the values
+    /// above exactly `i` of them, interval `len + 1` the missing ones. Empty: categorical,
+    /// the slot is the interval.
+    thresholds: Vec<f32>,
+    /// `masks[interval * trees + tree]`.
+    masks: Vec<M>,
+}
+
+impl<M> Table<M> {
+    /// The interval of an input's value.
+    fn interval(&self, value: f32) -> usize {
+        if self.thresholds.is_empty() {
+            value as usize
+        } else if value.is_nan() {
+            self.thresholds.len() + 1
+        } else {
+            self.thresholds.partition_point(|&t| t < value)
+        }
+    }
+}
+
+/// A forest laid out for bit-vector scoring.
+#[derive(Debug, Clone, PartialEq)]
+pub(super) struct BitForest<M> {
+    /// Where each tree's leaves start in `leaves`, and one past the last tree's.
+    leaf_starts: Vec<u32>,
+    /// Every tree's leaf values, left to right.
+    leaves: Vec<f32>,
+    /// The inputs some split uses.
+    tables: Vec<Table<M>>,
+}
+
+/// The forest in the width its trees need.
+#[derive(Debug, Clone, PartialEq)]
+pub(super) enum Bits {
+    Narrow(BitForest<u32>),
+    Wide(BitForest<u64>),
+}
+
+impl Bits {
+    /// `None` when a tree has more than 64 leaves or the tables would pass [`TABLE_BYTES`].
+    pub(super) fn of(forest: &Forest, layout: &InputLayout) -> Option<Bits> {
+        BitForest::of(forest, layout)
+            .map(Bits::Narrow)
+            .or_else(|| BitForest::of(forest, layout).map(Bits::Wide))
+    }
+
+    /// Add each row's leaves to `out` (which holds the base score).
+    pub(super) fn add_scores(&self, layout: &InputLayout, data: &Encoded, out: &mut [f64]) {
+        match self {
+            Bits::Narrow(f) => f.add_scores(layout, data, out),
+            Bits::Wide(f) => f.add_scores(layout, data, out),
+        }
+    }
+}
+
+/// A split found while numbering a tree's leaves, with the mask that clears its left
+/// subtree's leaves.
+struct Found {
+    node: u32,
+    tree: u32,
+    mask: u64,
+}
+
+impl<M: Mask> BitForest<M> {
+    fn of(forest: &Forest, layout: &InputLayout) -> Option<BitForest<M>> {
+        let mut leaves = Vec::new();
+        let mut leaf_starts = vec![0];
+        let mut found = Vec::with_capacity(forest.nodes.len());
+        for (t, &root) in forest.roots.iter().enumerate() {
+            let start = leaves.len();
+            number(forest, root, t as u32, start, &mut leaves, &mut found);
+            if leaves.len() - start > M::BITS as usize {
+                return None;
+            }
+            leaf_starts.push(leaves.len() as u32);
+        }
+        let trees = forest.roots.len();
+        let node = |f: &Found| forest.nodes[f.node as usize];
+        let numeric = layout.numeric.len();
+        let mut by_input: Vec<Vec<&Found>> = vec![Vec::new(); numeric + layout.categorical.len()];
+        for f in &found {
+            by_input[node(f).feature as usize].push(f);
+        }
+        // Numeric inputs' splits by threshold, and their distinct thresholds.
+        let thresholds: Vec<Vec<f32>> = by_input[..numeric]
+            .iter_mut()
+            .map(|splits| {
+                splits.sort_by(|a, b| node(a).threshold.total_cmp(&node(b).threshold));
+                let mut t: Vec<f32> = splits.iter().map(|f| node(f).threshold).collect();
+                t.dedup_by(|a, b| a == b);
+                t
+            })
+            .collect();
+        let intervals = |input: usize| match input.checked_sub(numeric) {
+            None => thresholds[input].len() + 2,
+            Some(c) => layout.categorical[c].1,
+        };
+        let bytes: usize = (0..by_input.len())
+            .filter(|&i| !by_input[i].is_empty())
+            .map(|i| intervals(i) * trees * size_of::<M>())
+            .sum();
+        if bytes > TABLE_BYTES {
+            return None;
+        }
+        let clear = |masks: &mut [M], f: &Found| {
+            let m = &mut masks[f.tree as usize];
+            *m = *m & M::narrow(f.mask);
+        };
+        let mut tables = Vec::new();
+        for (input, splits) in by_input.iter().enumerate() {
+            if splits.is_empty() {
+                continue;
+            }
+            let mut masks = vec![M::ALL; intervals(input) * trees];
+            let thresholds = match thresholds.get(input) {
+                Some(thresholds) => {
+                    // Interval 0 fails no split; interval i + 1 also fails those at the
+                    // i-th threshold.
+                    let mut next = splits.iter().peekable();
+                    for (i, &t) in thresholds.iter().enumerate() {
+                        let (done, rest) = masks.split_at_mut((i + 1) * trees);
+                        let row = &mut rest[..trees];
+                        row.copy_from_slice(&done[i * trees..]);
+                        while let Some(f) = next.next_if(|f| node(f).threshold <= t) {
+                            clear(row, f);
+                        }
+                    }
+                    let missing = thresholds.len() + 1;
+                    for f in splits.iter().filter(|f| !node(f).missing_left) {
+                        clear(&mut masks[missing * trees..][..trees], f);
+                    }
+                    thresholds.clone()
+                }
+                None => {
+                    for f in splits {
+                        let n = node(f);
+                        for slot in 0..intervals(input) {
+                            let left = match n.categorical {
+                                Some(offset) => forest.categories[offset as usize + slot],
+                                None => {
+                                    super::numeric_left(slot as f32, n.threshold, n.missing_left)
+                                }
+                            };
+                            if !left {
+                                clear(&mut masks[slot * trees..][..trees], f);
+                            }
+                        }
+                    }
+                    Vec::new()
+                }
+            };
+            tables.push(Table {
+                input,
+                thresholds,
+                masks,
+            });
+        }
+        Some(BitForest {
+            leaf_starts,
+            leaves,
+            tables,
+        })
+    }
+
+    fn add_scores(&self, layout: &InputLayout, data: &Encoded, out: &mut [f64]) {
+        let trees = self.leaf_starts.len() - 1;
+        let mut reach = vec![M::ALL; ROWS * trees];
+        let mut inputs = Vec::new();
+        for (b, scores) in out.chunks_mut(ROWS).enumerate() {
+            for (i, reach) in reach.chunks_exact_mut(trees).take(scores.len()).enumerate() {
+                inputs_of(layout, data.row(b * ROWS + i), &mut inputs);
+                reach.fill(M::ALL);
+                for table in &self.tables {
+                    let interval = table.interval(inputs[table.input]);
+                    let masks = &table.masks[interval * trees..][..trees];
+                    for (r, &m) in reach.iter_mut().zip(masks) {
+                        *r = *r & m;
+                    }
+                }
+            }
+            // Tree by tree, each row's sum in order; the rows' sums overlap.
+            let mut z = [0f64; ROWS];
+            z[..scores.len()].copy_from_slice(scores);
+            for t in 0..trees {
+                let leaves = &self.leaves[self.leaf_starts[t] as usize..];
+                for (z, reach) in z
+                    .iter_mut()
+                    .zip(reach.chunks_exact(trees))
+                    .take(scores.len())
+                {
+                    *z += f64::from(leaves[reach[t].first() as usize]);
+                }
+            }
+            scores.copy_from_slice(&z[..scores.len()]);
+        }
+    }
+}
+
+/// Number the leaves of the subtree at `at` left to right from `leaves.len()` (the tree's
+/// first leaf at `tree_start`), pushing their values, and record each split with the mask
+/// that clears its left subtree's leaves.
+fn number(
+    forest: &Forest,
+    at: Child,
+    tree: u32,
+    tree_start: usize,
+    leaves: &mut Vec<f32>,
+    found: &mut Vec<Found>,
+) {
+    match at {
+        Child::Leaf(l) => leaves.push(forest.leaves[l as usize]),
+        Child::Node(n) => {
+            let node = forest.nodes[n as usize];
+            let lo = leaves.len() - tree_start;
+            number(forest, node.left, tree, tree_start, leaves, found);
+            let hi = leaves.len() - tree_start;
+            // Past 64 leaves the mask is meaningless; such a forest is refused.
+            let left = if hi - lo >= 64 || lo >= 64 {
+                0
+            } else {
+                ((1u64 << (hi - lo)) - 1) << lo
+            };
+            found.push(Found {
+                node: n,
+                tree,
+                mask: !left,
+            });
+            number(forest, node.right, tree, tree_start, leaves, found);
+        }
+    }
+}
