@@ -31,6 +31,9 @@ use crate::preprocess::Encoded;
 /// Rows scored together.
 const ROWS: usize = 8;
 
+/// Trees whose masks [`and_rows`] combines at once.
+const TREES: usize = 32;
+
 /// The most memory the tables may take (64 MiB; a 500-tree forest of 31 leaves on a dozen
 /// inputs binned in 255 takes about 6 MiB).
 const TABLE_BYTES: usize = 64 << 20;
@@ -240,35 +243,63 @@ impl<M: Mask> BitForest<M> {
 
     fn add_scores(&self, layout: &InputLayout, data: &Encoded, out: &mut [f64]) {
         let trees = self.leaf_starts.len() - 1;
-        let mut reach = vec![M::ALL; ROWS * trees];
+        let mut reach = vec![M::ALL; ROWS.min(out.len()) * trees];
         let mut inputs = Vec::new();
+        let mut rows: Vec<&[M]> = Vec::with_capacity(self.tables.len());
         for (b, scores) in out.chunks_mut(ROWS).enumerate() {
             for (i, reach) in reach.chunks_exact_mut(trees).take(scores.len()).enumerate() {
                 inputs_of(layout, data.row(b * ROWS + i), &mut inputs);
-                reach.fill(M::ALL);
-                for table in &self.tables {
+                rows.clear();
+                rows.extend(self.tables.iter().map(|table| {
                     let interval = table.interval(inputs[table.input]);
-                    let masks = &table.masks[interval * trees..][..trees];
-                    for (r, &m) in reach.iter_mut().zip(masks) {
-                        *r = *r & m;
-                    }
+                    &table.masks[interval * trees..][..trees]
+                }));
+                and_rows(&rows, reach);
+            }
+            if let Ok(scores) = <&mut [f64; ROWS]>::try_from(&mut *scores) {
+                self.add_leaves(&reach, scores);
+            } else {
+                for (reach, z) in reach.chunks_exact(trees).zip(scores) {
+                    self.add_leaves(reach, std::array::from_mut(z));
                 }
             }
-            // Tree by tree, each row's sum in order; the rows' sums overlap.
-            let mut z = [0f64; ROWS];
-            z[..scores.len()].copy_from_slice(scores);
-            for t in 0..trees {
-                let leaves = &self.leaves[self.leaf_starts[t] as usize..];
-                for (z, reach) in z
-                    .iter_mut()
-                    .zip(reach.chunks_exact(trees))
-                    .take(scores.len())
-                {
-                    *z += f64::from(leaves[reach[t].first() as usize]);
-                }
-            }
-            scores.copy_from_slice(&z[..scores.len()]);
         }
+    }
+
+    /// Add to each of `N` sums its row's leaves, tree by tree (the order of
+    /// [`super::Forest::raw_score`]); `reach` holds the rows' bit vectors one row after the
+    /// other. The rows' chains of additions overlap.
+    fn add_leaves<const N: usize>(&self, reach: &[M], z: &mut [f64; N]) {
+        let trees = self.leaf_starts.len() - 1;
+        let rows: [&[M]; N] = std::array::from_fn(|k| &reach[k * trees..][..trees]);
+        for (t, ends) in self.leaf_starts.windows(2).enumerate() {
+            let leaves = &self.leaves[ends[0] as usize..ends[1] as usize];
+            for (z, row) in z.iter_mut().zip(rows) {
+                *z += f64::from(leaves[row[t].first() as usize]);
+            }
+        }
+    }
+}
+
+/// `out[t]`: the `and` of every row's `t`-th mask, [`TREES`] trees at a time in registers.
+fn and_rows<M: Mask>(rows: &[&[M]], out: &mut [M]) {
+    let mut chunks = out.chunks_exact_mut(TREES);
+    let mut at = 0;
+    for out in &mut chunks {
+        let mut acc = [M::ALL; TREES];
+        for row in rows {
+            let row: &[M; TREES] = row[at..at + TREES]
+                .try_into()
+                .unwrap_or_else(|_| unreachable!());
+            for (a, &m) in acc.iter_mut().zip(row) {
+                *a = *a & m;
+            }
+        }
+        out.copy_from_slice(&acc);
+        at += TREES;
+    }
+    for (j, out) in chunks.into_remainder().iter_mut().enumerate() {
+        *out = rows.iter().fold(M::ALL, |a, row| a & row[at + j]);
     }
 }
 
