@@ -82,6 +82,8 @@ struct Table<M> {
     thresholds: Vec<f32>,
     /// `masks[interval * trees + tree]`.
     masks: Vec<M>,
+    /// Whether an interval's masks clear any bit (those that do not are skipped).
+    clears: Vec<bool>,
 }
 
 impl<M> Table<M> {
@@ -103,7 +105,7 @@ pub(super) struct BitForest<M> {
     /// Where each tree's leaves start in `leaves`, and one past the last tree's.
     leaf_starts: Vec<u32>,
     /// Every tree's leaf values, left to right.
-    leaves: Vec<f32>,
+    leaves: Vec<f64>,
     /// The inputs some split uses.
     tables: Vec<Table<M>>,
 }
@@ -228,10 +230,15 @@ impl<M: Mask> BitForest<M> {
                     Vec::new()
                 }
             };
+            let clears = masks
+                .chunks_exact(trees.max(1))
+                .map(|m| m.iter().any(|&m| m != M::ALL))
+                .collect();
             tables.push(Table {
                 input,
                 thresholds,
                 masks,
+                clears,
             });
         }
         Some(BitForest {
@@ -250,9 +257,10 @@ impl<M: Mask> BitForest<M> {
             for (i, reach) in reach.chunks_exact_mut(trees).take(scores.len()).enumerate() {
                 inputs_of(layout, data.row(b * ROWS + i), &mut inputs);
                 rows.clear();
-                rows.extend(self.tables.iter().map(|table| {
+                rows.extend(self.tables.iter().filter_map(|table| {
                     let interval = table.interval(inputs[table.input]);
-                    &table.masks[interval * trees..][..trees]
+                    let masks = &table.masks[interval * trees..][..trees];
+                    table.clears[interval].then_some(masks)
                 }));
                 and_rows(&rows, reach);
             }
@@ -275,7 +283,7 @@ impl<M: Mask> BitForest<M> {
         for (t, ends) in self.leaf_starts.windows(2).enumerate() {
             let leaves = &self.leaves[ends[0] as usize..ends[1] as usize];
             for (z, row) in z.iter_mut().zip(rows) {
-                *z += f64::from(leaves[row[t].first() as usize]);
+                *z += leaves[row[t].first() as usize];
             }
         }
     }
@@ -311,11 +319,11 @@ fn number(
     at: Child,
     tree: u32,
     tree_start: usize,
-    leaves: &mut Vec<f32>,
+    leaves: &mut Vec<f64>,
     found: &mut Vec<Found>,
 ) {
     match at {
-        Child::Leaf(l) => leaves.push(forest.leaves[l as usize]),
+        Child::Leaf(l) => leaves.push(f64::from(forest.leaves[l as usize])),
         Child::Node(n) => {
             let node = forest.nodes[n as usize];
             let lo = leaves.len() - tree_start;
