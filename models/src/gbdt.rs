@@ -2063,6 +2063,92 @@ mod tests {
         assert_eq!(back.roots, forest.roots);
     }
 
+    /// Batches through the bit-vector tables agree bit for bit with the one-row walk and the
+    /// step walk, with trees of up to 32 leaves (`u32` masks), up to 64 (`u64`) and beyond
+    /// (no tables: the step walk), on rows with missing and infinite values.
+    #[test]
+    fn tables_score_as_the_walk_for_every_tree_size() {
+        let (train, valid) = (data(6000, 10), data(500, 11));
+        let mut test = data(1003, 12);
+        for (i, v) in test.x.iter_mut().step_by(test.dim).enumerate() {
+            *v = match i % 7 {
+                0 => f32::NAN,
+                1 => f32::INFINITY,
+                2 => f32::NEG_INFINITY,
+                _ => *v,
+            };
+        }
+        let mut train = train;
+        for v in train.x.iter_mut().step_by(train.dim).step_by(5) {
+            *v = f32::NAN;
+        }
+        let lay = layout(2, &[6]);
+        for (leaves, width) in [(31, Some(32)), (48, Some(64)), (100, None)] {
+            let cfg = GbdtConfig {
+                num_leaves: leaves,
+                min_data_in_leaf: 2,
+                ..cfg(40)
+            };
+            let (forest, _) = train_gbdt(&train, &valid, &lay, &cfg, &tc(3), |_| {
+                ControlFlow::Continue(())
+            })
+            .unwrap();
+            let widest = (0..forest.trees())
+                .map(|t| {
+                    let mut sizes = Vec::new();
+                    let mut stack = vec![forest.roots[t]];
+                    while let Some(c) = stack.pop() {
+                        match c {
+                            Child::Leaf(_) => sizes.push(()),
+                            Child::Node(n) => {
+                                let n = forest.nodes[n as usize];
+                                stack.extend([n.left, n.right]);
+                            }
+                        }
+                    }
+                    sizes.len()
+                })
+                .max()
+                .unwrap();
+            let tables = match &forest.flat.bits {
+                Some(bits::Bits::Narrow(_)) => Some(32),
+                Some(bits::Bits::Wide(_)) => Some(64),
+                None => None,
+            };
+            assert_eq!(tables, width, "{leaves} leaves asked, {widest} grown");
+            assert!(widest > leaves / 2, "{leaves} leaves asked, {widest} grown");
+            // Values exactly at split thresholds (they go left).
+            let mut test = test.clone();
+            let at: Vec<(u32, f32)> = forest
+                .nodes
+                .iter()
+                .filter(|n| n.categorical.is_none())
+                .map(|n| (n.feature, n.threshold))
+                .collect();
+            for (i, &(input, t)) in at.iter().take(300).enumerate() {
+                test.x[(i * 3) * test.dim + input as usize] = t;
+            }
+            let mut inputs = Vec::new();
+            let one_by_one: Vec<f64> = (0..test.rows)
+                .map(|i| {
+                    inputs_of(&lay, test.row(i), &mut inputs);
+                    forest.raw_score(&inputs)
+                })
+                .collect();
+            assert_eq!(
+                forest.raw_scores(&lay, &test),
+                one_by_one,
+                "{leaves} leaves"
+            );
+            assert_eq!(forest.walked_raw_scores(&lay, &test), one_by_one);
+            // A lone row and the rows of a partial block.
+            for rows in [1, 3, 9] {
+                let part = test.partition(|i| i >= rows).0;
+                assert_eq!(forest.raw_scores(&lay, &part), one_by_one[..rows]);
+            }
+        }
+    }
+
     #[test]
     fn corrupt_tree_tensors_are_refused() {
         let (train, valid) = (data(500, 6), data(100, 7));
