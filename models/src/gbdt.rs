@@ -16,9 +16,9 @@
 //! seen too rarely or never.
 //!
 //! The trees are stored as f32 tensors ([`Forest::tensors`]). Training keeps its scores
-//! with the one-row walk ([`Forest::raw_score`]); the serving runtime scores batches with
-//! [`Forest::raw_scores`], which adds the same leaves in the same order: a served score
-//! equals the training-time score bit for bit. Training is deterministic for a given seed.
+//! with the one-row walk ([`Forest::raw_score`]); the serving runtime scores with
+//! [`Forest::raw_scores`] (bit-vector tables, `gbdt/bits.rs`), which adds the same leaves in the
+//! same order: a served score equals the training-time score bit for bit. Training is deterministic for a given seed.
 
 use std::ops::ControlFlow;
 
@@ -396,7 +396,7 @@ impl Forest {
     }
 
     /// The log-odds of `data`'s rows, equal to [`Forest::raw_score`] of each bit for bit
-    /// (the same leaves added in the same order): through the bit-vector tables ([`bits`])
+    /// (the same leaves added in the same order): through the bit-vector tables (`gbdt/bits.rs`)
     /// when the forest has them, else walking [`BLOCK`] rows at a time, a step at a time
     /// without a branch per step (fewer than [`SCALAR_ROWS`] one by one).
     pub fn raw_scores(&self, layout: &InputLayout, data: &Encoded) -> Vec<f64> {
