@@ -396,9 +396,9 @@ impl Forest {
     }
 
     /// The log-odds of `data`'s rows, equal to [`Forest::raw_score`] of each bit for bit
-    /// (the same leaves added in the same order): through the bit-vector tables (`gbdt/bits.rs`)
-    /// when the forest has them, else walking [`BLOCK`] rows at a time, a step at a time
-    /// without a branch per step (fewer than [`SCALAR_ROWS`] one by one).
+    /// (the same leaves added in the same order): through the bit-vector tables
+    /// (`gbdt/bits.rs`) when the forest has them, else walking 32 rows at a time, a step at
+    /// a time without a branch per step (fewer than 8 one by one).
     pub fn raw_scores(&self, layout: &InputLayout, data: &Encoded) -> Vec<f64> {
         let mut out = vec![f64::from(self.base); data.rows];
         match &self.flat.bits {
