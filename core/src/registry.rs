@@ -53,8 +53,10 @@ pub struct ModelVersion {
     /// reports existed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub evaluation: Option<serde_json::Value>,
-    /// Memory a node needs to serve it, bytes: its weights file's size (what loading it
-    /// takes); 0 when unknown (published before it was recorded), which fits anywhere.
+    /// Memory a node needs to serve it, bytes: its weights file's size plus what loading
+    /// derives from the weights (a response model's plain-array copy, a forest's scoring
+    /// tables; versions published before 2026-12-03 count the file alone); 0 when unknown
+    /// (published before it was recorded), which fits anywhere.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub memory_bytes: u64,
     /// The id of the encryption key its files are sealed with (client-side encryption);

@@ -257,6 +257,20 @@ impl Host for TaskHost<'_> {
     }
 }
 
+/// Memory a node needs to serve a version: its weights as read plus what loading derives
+/// from them (`Runtime::derived_bytes`); the weights alone, with a warning, when they do
+/// not load here.
+fn serving_bytes(architecture: &halyard_models::artifact::Architecture, weights: &[u8]) -> u64 {
+    let derived = match halyard_models::runtime::Runtime::new(architecture.clone(), weights) {
+        Ok(runtime) => runtime.derived_bytes(),
+        Err(e) => {
+            warn!(error = %e, "the trained weights do not load for serving: only their size is recorded as the memory they need");
+            0
+        }
+    };
+    weights.len() as u64 + derived
+}
+
 /// Allocate a version, write the artifact and register it (only while the assignment
 /// stands, and only as the job's first version: a run of an attempt whose earlier run
 /// registered one reports that one).
@@ -296,7 +310,7 @@ async fn publish(
         data_source: manifest.data.source.clone(),
         data_digest: manifest.data.digest.clone(),
         created_ms: manifest.created_ms,
-        memory_bytes: weights.len() as u64,
+        memory_bytes: serving_bytes(&trained.architecture, &weights),
         sealed_with: store.sealing_key().map(String::from),
         files: [
             (WEIGHTS_FILE.to_string(), digest(&weights)),

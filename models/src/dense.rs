@@ -33,6 +33,10 @@ pub(crate) struct Layer {
 }
 
 impl Layer {
+    fn bytes(&self) -> u64 {
+        ((self.w.len() + self.b.len()) * size_of::<f32>()) as u64
+    }
+
     /// From the weights in `in × out` order and the bias.
     pub(crate) fn new(w: Vec<f32>, b: Vec<f32>) -> Layer {
         debug_assert!(!b.is_empty() && w.len().is_multiple_of(b.len()));
@@ -119,6 +123,24 @@ pub(crate) enum DenseNet {
 }
 
 impl DenseNet {
+    /// The bytes of its arrays.
+    pub(crate) fn bytes(&self) -> u64 {
+        match self {
+            DenseNet::Linear(layer) => layer.bytes(),
+            DenseNet::Mlp {
+                embeddings,
+                hidden,
+                output,
+                ..
+            } => {
+                let tables: usize = embeddings.iter().map(|(t, _)| t.len()).sum();
+                (tables * size_of::<f32>()) as u64
+                    + hidden.iter().map(Layer::bytes).sum::<u64>()
+                    + output.bytes()
+            }
+        }
+    }
+
     /// The member's logit of every row of `data`.
     pub(crate) fn logits(&self, data: &Encoded) -> Vec<f32> {
         let mut buffers = Buffers::default();

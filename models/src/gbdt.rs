@@ -381,6 +381,14 @@ impl Forest {
         }
     }
 
+    /// Bytes of what loading derives from the stored trees for scoring: the step layout and
+    /// the bit-vector tables.
+    pub fn derived_bytes(&self) -> u64 {
+        let steps = self.flat.steps.len() * size_of::<Step>()
+            + self.flat.trees.len() * size_of::<(u32, u32)>();
+        steps as u64 + self.flat.bits.as_ref().map_or(0, bits::Bits::bytes)
+    }
+
     /// What the trees fit.
     pub fn objective(&self) -> Objective {
         self.objective
@@ -2116,6 +2124,30 @@ mod tests {
                 None => None,
             };
             assert_eq!(tables, width, "{leaves} leaves asked, {widest} grown");
+            // The tables' size, counted here from the nodes: one mask per tree for each
+            // interval of a numeric input's distinct thresholds (and the missing one), for
+            // each slot of a categorical input.
+            let steps = forest.flat.steps.len() * size_of::<Step>();
+            let mut numeric: Vec<Vec<u32>> = vec![Vec::new(); 2];
+            for n in forest.nodes.iter().filter(|n| n.categorical.is_none()) {
+                numeric[n.feature as usize].push(n.threshold.to_bits());
+            }
+            let intervals: usize = numeric
+                .iter_mut()
+                .filter(|t| !t.is_empty())
+                .map(|t| {
+                    t.sort_unstable();
+                    t.dedup();
+                    t.len() + 2
+                })
+                .sum::<usize>()
+                + 6 * usize::from(forest.nodes.iter().any(|n| n.feature == 2));
+            let masks = intervals * forest.trees() * width.unwrap_or(0) / 8;
+            let derived = forest.derived_bytes() as usize;
+            assert!(
+                derived >= steps + masks && derived < 2 * (steps + masks) + 100_000,
+                "{derived} bytes derived; steps {steps}, masks {masks}"
+            );
             assert!(widest > leaves / 2, "{leaves} leaves asked, {widest} grown");
             // Values exactly at split thresholds (they go left).
             let mut test = test.clone();

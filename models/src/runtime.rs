@@ -552,6 +552,25 @@ impl Runtime {
         self
     }
 
+    /// Bytes this runtime holds beyond its weights as read (about the weights file's
+    /// size): a response model's plain-array copy of its weights, a forest's step layout and
+    /// bit-vector tables; its parts' for an uplift model or a blend. The registry records
+    /// the weights' size plus this as the memory a node needs to serve the version.
+    pub fn derived_bytes(&self) -> u64 {
+        match &self.net {
+            Net::Response(members) => members.iter().map(|m| m.dense.bytes()).sum(),
+            Net::Trees(forests, _) => forests.iter().map(Forest::derived_bytes).sum(),
+            Net::Uplift(t, c, x) => {
+                t.derived_bytes()
+                    + c.derived_bytes()
+                    + x.as_ref()
+                        .map_or(0, |(t, c, _)| t.derived_bytes() + c.derived_bytes())
+            }
+            Net::Blend(parts) => parts.iter().map(|(p, _)| p.derived_bytes()).sum(),
+            Net::Forecast(_) | Net::KMeans { .. } => 0,
+        }
+    }
+
     /// One member's log-odds, before averaging (for the parity tests).
     pub fn member_logits(&self, member: usize, data: &Encoded) -> Result<Vec<f32>> {
         match &self.net {

@@ -144,6 +144,10 @@ fn mlp_burn_equals_candle() {
     )
     .unwrap();
     assert_both_forms(&burn_p, &rt, &data, |rt, d| rt.score_encoded(d).unwrap());
+    // The plain arrays hold every weight once more: the file's floats (safetensors: an
+    // 8-byte length, the JSON header, then the tensors' bytes).
+    let header = u64::from_le_bytes(weights[..8].try_into().unwrap());
+    assert_eq!(rt.derived_bytes(), weights.len() as u64 - 8 - header);
 }
 
 fn series(n: usize, covariates: bool) -> Vec<Series> {

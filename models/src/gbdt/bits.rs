@@ -125,6 +125,14 @@ impl Bits {
             .or_else(|| BitForest::of(forest, layout).map(Bits::Wide))
     }
 
+    /// The bytes of the tables and the leaves.
+    pub(super) fn bytes(&self) -> u64 {
+        match self {
+            Bits::Narrow(f) => f.bytes(),
+            Bits::Wide(f) => f.bytes(),
+        }
+    }
+
     /// Add each row's leaves to `out` (which holds the base score).
     pub(super) fn add_scores(&self, layout: &InputLayout, data: &Encoded, out: &mut [f64]) {
         match self {
@@ -246,6 +254,20 @@ impl<M: Mask> BitForest<M> {
             leaves,
             tables,
         })
+    }
+
+    fn bytes(&self) -> u64 {
+        let tables: usize = self
+            .tables
+            .iter()
+            .map(|t| {
+                t.masks.len() * size_of::<M>()
+                    + t.thresholds.len() * size_of::<f32>()
+                    + t.clears.len()
+            })
+            .sum();
+        (tables + self.leaves.len() * size_of::<f64>() + self.leaf_starts.len() * size_of::<u32>())
+            as u64
     }
 
     fn add_scores(&self, layout: &InputLayout, data: &Encoded, out: &mut [f64]) {
