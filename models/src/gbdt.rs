@@ -1882,6 +1882,17 @@ mod tests {
         }
     }
 
+    /// Each row's score by the one-row walk training uses.
+    fn walked_one_by_one(forest: &Forest, lay: &InputLayout, data: &Encoded) -> Vec<f64> {
+        let mut inputs = Vec::new();
+        (0..data.rows)
+            .map(|i| {
+                inputs_of(lay, data.row(i), &mut inputs);
+                forest.raw_score(&inputs)
+            })
+            .collect()
+    }
+
     fn tc(seed: u64) -> TrainConfig {
         TrainConfig {
             seed,
@@ -1948,13 +1959,7 @@ mod tests {
         let tensors = forest.tensors();
         let get = reader(&tensors);
         // Many rows at once: each row's walk, bit for bit (2,000 rows: 62 blocks and a part).
-        let mut inputs = Vec::new();
-        let one_by_one: Vec<f64> = (0..test.rows)
-            .map(|i| {
-                inputs_of(&lay, test.row(i), &mut inputs);
-                forest.raw_score(&inputs)
-            })
-            .collect();
+        let one_by_one = walked_one_by_one(&forest, &lay, &test);
         assert_eq!(forest.raw_scores(&lay, &test), one_by_one);
         let back = Forest::from_tensors(get, &lay).unwrap();
         assert_eq!(back, forest);
@@ -2160,13 +2165,7 @@ mod tests {
             for (i, &(input, t)) in at.iter().take(300).enumerate() {
                 test.x[(i * 3) * test.dim + input as usize] = t;
             }
-            let mut inputs = Vec::new();
-            let one_by_one: Vec<f64> = (0..test.rows)
-                .map(|i| {
-                    inputs_of(&lay, test.row(i), &mut inputs);
-                    forest.raw_score(&inputs)
-                })
-                .collect();
+            let one_by_one = walked_one_by_one(&forest, &lay, &test);
             assert_eq!(
                 forest.raw_scores(&lay, &test),
                 one_by_one,
