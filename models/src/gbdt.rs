@@ -1882,6 +1882,30 @@ mod tests {
         }
     }
 
+    /// `data` with two more categorical columns (3 and 4 slots, one-hot after its own),
+    /// the label re-drawn for the rows of one slot of each.
+    fn small_categories(data: Encoded) -> Encoded {
+        let mut rng = StdRng::seed_from_u64(data.rows as u64);
+        let mut e = Encoded {
+            dim: data.dim + 7,
+            ..Encoded::default()
+        };
+        for i in 0..data.rows {
+            let (b, c) = (rng.random_range(0..3usize), rng.random_range(0..4usize));
+            e.x.extend_from_slice(data.row(i));
+            e.x.extend((0..3).map(|k| f32::from(u8::from(k == b))));
+            e.x.extend((0..4).map(|k| f32::from(u8::from(k == c))));
+            let y = match (b, c) {
+                (1, _) => rng.random::<f32>() < 0.8,
+                (_, 3) => rng.random::<f32>() < 0.1,
+                _ => data.y[i] > 0.5,
+            };
+            e.y.push(f32::from(u8::from(y)));
+            e.rows += 1;
+        }
+        e
+    }
+
     /// Each row's score by the one-row walk training uses.
     fn walked_one_by_one(forest: &Forest, lay: &InputLayout, data: &Encoded) -> Vec<f64> {
         let mut inputs = Vec::new();
@@ -2081,8 +2105,12 @@ mod tests {
     /// (no tables: the step walk), on rows with missing and infinite values.
     #[test]
     fn tables_score_as_the_walk_for_every_tree_size() {
-        let (train, valid) = (data(6000, 10), data(500, 11));
-        let mut test = data(1003, 12);
+        // Two more categorical columns of 3 and 4 slots, which share one table.
+        let (train, valid) = (
+            small_categories(data(6000, 10)),
+            small_categories(data(500, 11)),
+        );
+        let mut test = small_categories(data(1003, 12));
         for (i, v) in test.x.iter_mut().step_by(test.dim).enumerate() {
             *v = match i % 7 {
                 0 => f32::NAN,
@@ -2095,7 +2123,7 @@ mod tests {
         for v in train.x.iter_mut().step_by(train.dim).step_by(5) {
             *v = f32::NAN;
         }
-        let lay = layout(2, &[6]);
+        let lay = layout(2, &[6, 3, 4]);
         for (leaves, width) in [(31, Some(32)), (48, Some(64)), (100, None)] {
             let cfg = GbdtConfig {
                 num_leaves: leaves,
@@ -2131,12 +2159,14 @@ mod tests {
             assert_eq!(tables, width, "{leaves} leaves asked, {widest} grown");
             // The tables' size, counted here from the nodes: one mask per tree for each
             // interval of a numeric input's distinct thresholds (and the missing one), for
-            // each slot of a categorical input.
+            // each slot of the 6-slot column, for each pair of slots of the other two.
             let steps = forest.flat.steps.len() * size_of::<Step>();
             let mut numeric: Vec<Vec<u32>> = vec![Vec::new(); 2];
             for n in forest.nodes.iter().filter(|n| n.categorical.is_none()) {
                 numeric[n.feature as usize].push(n.threshold.to_bits());
             }
+            let used = |input: u32| forest.nodes.iter().any(|n| n.feature == input);
+            assert!(used(2) && used(3) && used(4), "a categorical column unused");
             let intervals: usize = numeric
                 .iter_mut()
                 .filter(|t| !t.is_empty())
@@ -2146,13 +2176,19 @@ mod tests {
                     t.len() + 2
                 })
                 .sum::<usize>()
-                + 6 * usize::from(forest.nodes.iter().any(|n| n.feature == 2));
+                + 6
+                + 3 * 4;
             let masks = intervals * forest.trees() * width.unwrap_or(0) / 8;
             let derived = forest.derived_bytes() as usize;
             assert!(
-                derived >= steps + masks && derived < 2 * (steps + masks) + 100_000,
+                derived >= steps + masks && derived < steps + masks + 100_000,
                 "{derived} bytes derived; steps {steps}, masks {masks}"
             );
+            if let Some(bits) = &forest.flat.bits {
+                let mut inputs = bits.inputs_per_table();
+                inputs.sort_unstable();
+                assert_eq!(inputs, [1, 1, 1, 2], "{leaves} leaves");
+            }
             assert!(widest > leaves / 2, "{leaves} leaves asked, {widest} grown");
             // Values exactly at split thresholds (they go left).
             let mut test = test.clone();

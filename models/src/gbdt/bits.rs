@@ -12,7 +12,9 @@
 //! the input's distinct thresholds) and `and`s one row of masks per input into its bit
 //! vectors: no row walks a tree, no step waits for the load before it, and the loop over
 //! the trees is plain vector arithmetic. A missing value (NaN) has an interval of its own,
-//! in which the splits that send missing values right fail.
+//! in which the splits that send missing values right fail. Inputs with few intervals
+//! (most categorical columns) share a table with a row for each combination of their
+//! intervals, up to [`MERGED_INTERVALS`] rows: one `and` per row for all of them.
 //!
 //! Each row's score adds the same leaves in the same order as [`super::Forest::raw_score`],
 //! so the two agree bit for bit. [`ROWS`] rows are scored together so that their sums,
@@ -30,6 +32,9 @@ use crate::preprocess::Encoded;
 
 /// Rows scored together.
 const ROWS: usize = 8;
+
+/// Tables of inputs whose intervals multiply to at most this many are merged into one.
+const MERGED_INTERVALS: usize = 64;
 
 /// Trees whose masks [`and_rows`] combines at once.
 const TREES: usize = 32;
@@ -70,32 +75,88 @@ impl Mask for u64 {
     }
 }
 
-/// One input's masks: for each of its intervals (numeric) or slots (categorical), a mask
-/// per tree.
+/// One or more inputs' masks: for each of their intervals (numeric) or slots
+/// (categorical), a mask per tree.
 #[derive(Debug, Clone, PartialEq)]
 struct Table<M> {
-    /// The input's position in [`inputs_of`]'s row.
-    input: usize,
-    /// Numeric: the split thresholds, distinct and ascending; interval `i` holds the values
-    /// above exactly `i` of them, interval `len + 1` the missing ones. Empty: categorical,
-    /// the slot is the interval.
-    thresholds: Vec<f32>,
+    /// The inputs it reads; a table of several has a row of masks for each combination of
+    /// their intervals.
+    parts: Vec<Part>,
     /// `masks[interval * trees + tree]`.
     masks: Vec<M>,
     /// Whether an interval's masks clear any bit (those that do not are skipped).
     clears: Vec<bool>,
 }
 
+/// One input of a [`Table`].
+#[derive(Debug, Clone, PartialEq)]
+struct Part {
+    /// The input's position in [`inputs_of`]'s row.
+    input: usize,
+    /// Numeric: the split thresholds, distinct and ascending; interval `i` holds the values
+    /// above exactly `i` of them, interval `len + 1` the missing ones. Empty: categorical,
+    /// the slot is the interval.
+    thresholds: Vec<f32>,
+    /// What one interval of this input counts for in the table's interval.
+    stride: usize,
+}
+
 impl<M> Table<M> {
-    /// The interval of an input's value.
-    fn interval(&self, value: f32) -> usize {
-        if self.thresholds.is_empty() {
-            value as usize
-        } else if value.is_nan() {
-            self.thresholds.len() + 1
-        } else {
-            self.thresholds.partition_point(|&t| t < value)
+    /// The row of masks for a row's inputs.
+    fn interval(&self, inputs: &[f32]) -> usize {
+        self.parts
+            .iter()
+            .map(|p| {
+                let value = inputs[p.input];
+                let i = if p.thresholds.is_empty() {
+                    value as usize
+                } else if value.is_nan() {
+                    p.thresholds.len() + 1
+                } else {
+                    p.thresholds.partition_point(|&t| t < value)
+                };
+                i * p.stride
+            })
+            .sum()
+    }
+}
+
+impl<M: Mask> Table<M> {
+    fn new(parts: Vec<Part>, masks: Vec<M>, trees: usize) -> Table<M> {
+        let clears = masks
+            .chunks_exact(trees.max(1))
+            .map(|m| m.iter().any(|&m| m != M::ALL))
+            .collect();
+        Table {
+            parts,
+            masks,
+            clears,
         }
+    }
+
+    fn intervals(&self, trees: usize) -> usize {
+        self.masks.len() / trees.max(1)
+    }
+
+    /// One table for both: a row for each pair of their rows, the two `and`ed.
+    fn merged(self, other: Table<M>, trees: usize) -> Table<M> {
+        let n = other.intervals(trees);
+        let mut masks = Vec::with_capacity(self.masks.len() * n);
+        for a in self.masks.chunks_exact(trees) {
+            for b in other.masks.chunks_exact(trees) {
+                masks.extend(a.iter().zip(b).map(|(&a, &b)| a & b));
+            }
+        }
+        let parts = self
+            .parts
+            .into_iter()
+            .map(|p| Part {
+                stride: p.stride * n,
+                ..p
+            })
+            .chain(other.parts)
+            .collect();
+        Table::new(parts, masks, trees)
     }
 }
 
@@ -123,6 +184,15 @@ impl Bits {
         BitForest::of(forest, layout)
             .map(Bits::Narrow)
             .or_else(|| BitForest::of(forest, layout).map(Bits::Wide))
+    }
+
+    /// How many inputs each table reads, in the tables' order (for the tests).
+    #[cfg(test)]
+    pub(super) fn inputs_per_table(&self) -> Vec<usize> {
+        match self {
+            Bits::Narrow(f) => f.tables.iter().map(|t| t.parts.len()).collect(),
+            Bits::Wide(f) => f.tables.iter().map(|t| t.parts.len()).collect(),
+        }
     }
 
     /// The bytes of the tables and the leaves.
@@ -184,7 +254,7 @@ impl<M: Mask> BitForest<M> {
             None => thresholds[input].len() + 2,
             Some(c) => layout.categorical[c].1,
         };
-        let bytes: usize = (0..by_input.len())
+        let mut bytes: usize = (0..by_input.len())
             .filter(|&i| !by_input[i].is_empty())
             .map(|i| intervals(i) * trees * size_of::<M>())
             .sum();
@@ -238,16 +308,31 @@ impl<M: Mask> BitForest<M> {
                     Vec::new()
                 }
             };
-            let clears = masks
-                .chunks_exact(trees.max(1))
-                .map(|m| m.iter().any(|&m| m != M::ALL))
-                .collect();
-            tables.push(Table {
-                input,
-                thresholds,
+            tables.push(Table::new(
+                vec![Part {
+                    input,
+                    thresholds,
+                    stride: 1,
+                }],
                 masks,
-                clears,
-            });
+                trees,
+            ));
+        }
+        // Inputs with few intervals (most categorical columns) share a table: one `and`
+        // per row instead of one per input, for a few more rows of masks.
+        tables.sort_by_key(|t| t.intervals(trees));
+        while tables.len() >= 2 {
+            let (a, b) = (tables[0].intervals(trees), tables[1].intervals(trees));
+            let more = (a * b).saturating_sub(a + b) * trees * size_of::<M>();
+            if a * b > MERGED_INTERVALS || bytes + more > TABLE_BYTES {
+                break;
+            }
+            bytes += more;
+            let first = tables.remove(0);
+            let second = tables.remove(0);
+            let merged = first.merged(second, trees);
+            let at = tables.partition_point(|t| t.intervals(trees) <= merged.intervals(trees));
+            tables.insert(at, merged);
         }
         Some(BitForest {
             leaf_starts,
@@ -262,7 +347,7 @@ impl<M: Mask> BitForest<M> {
             .iter()
             .map(|t| {
                 t.masks.len() * size_of::<M>()
-                    + t.thresholds.len() * size_of::<f32>()
+                    + t.parts.iter().map(|p| p.thresholds.len()).sum::<usize>() * size_of::<f32>()
                     + t.clears.len()
             })
             .sum();
@@ -280,7 +365,7 @@ impl<M: Mask> BitForest<M> {
                 inputs_of(layout, data.row(b * ROWS + i), &mut inputs);
                 rows.clear();
                 rows.extend(self.tables.iter().filter_map(|table| {
-                    let interval = table.interval(inputs[table.input]);
+                    let interval = table.interval(&inputs);
                     let masks = &table.masks[interval * trees..][..trees];
                     table.clears[interval].then_some(masks)
                 }));
