@@ -155,7 +155,8 @@ settings! {
     /// Key prefix of this cluster in etcd (several clusters can share one etcd).
     etcd_root: String, default: DEFAULT_ETCD_ROOT;
     /// Seconds a scheduler or executor started while etcd cannot be reached keeps trying
-    /// (with backoff, 0.25 s doubling to 5 s, each failure logged) before it exits.
+    /// (with backoff, 0.25 s doubling to 5 s, each failure logged) before it exits; a
+    /// refused user or password ends it at once.
     etcd_wait_secs: u64, default: DEFAULT_ETCD_WAIT_SECS;
     /// Object store URL: `file:///dir` or `s3://bucket/prefix`.
     store: String, default: "`data_dir`/store";
@@ -394,7 +395,8 @@ impl CoordinatorConfig {
 
     /// [`connect`](Self::connect), trying again with backoff (0.25 s doubling to 5 s) while
     /// etcd cannot be reached, for up to `wait`: a node started before etcd, or during its
-    /// restart, waits for it instead of exiting.
+    /// restart, waits for it instead of exiting. Refused credentials
+    /// ([`Error::CoordinatorRefused`]) end it at once.
     pub async fn connect_waiting(&self, wait: std::time::Duration) -> Result<Coordinator> {
         let started = tokio::time::Instant::now();
         let mut pause = std::time::Duration::from_millis(250);

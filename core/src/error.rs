@@ -97,6 +97,11 @@ pub enum Error {
     /// The coordinator (etcd) could not be reached or refused a request.
     #[error("coordinator: {0}")]
     Coordinator(String),
+    /// etcd refused this node's credentials (a wrong user or password, a user without a
+    /// role on Halyard's keys, authentication off while a user is given): trying again
+    /// will not help.
+    #[error("coordinator refused this node: {0}")]
+    CoordinatorRefused(String),
     /// An executor id is registered by a live executor (or by a dead one whose lease has
     /// not ended yet).
     #[error("executor id {0} is already registered by a live executor: pick another --id")]
@@ -183,7 +188,10 @@ impl Error {
             | Error::DiskFull { .. }
             | Error::DiskBudget { .. } => Failure::Unavailable,
             Error::IdInUse(_) => Failure::Refused,
-            Error::Store { .. } | Error::Io { .. } | Error::Corrupt { .. } => Failure::Internal,
+            Error::Store { .. }
+            | Error::Io { .. }
+            | Error::Corrupt { .. }
+            | Error::CoordinatorRefused(_) => Failure::Internal,
         }
     }
 

@@ -441,6 +441,27 @@ impl std::fmt::Debug for EtcdKv {
     }
 }
 
+/// What to check when etcd's answer refuses this node's credentials (its gRPC status:
+/// a wrong user or password, no role on the keys, authentication off); `None` for any
+/// other failure, which may pass.
+fn refusal(e: &etcd_client::Error) -> Option<&'static str> {
+    let etcd_client::Error::GRpcStatus(status) = e else {
+        return None;
+    };
+    match status.code() {
+        tonic::Code::InvalidArgument | tonic::Code::Unauthenticated => {
+            Some("check --etcd-user and --etcd-password")
+        }
+        tonic::Code::PermissionDenied => {
+            Some("grant --etcd-user a role with read and write on Halyard's keys")
+        }
+        tonic::Code::FailedPrecondition => Some(
+            "etcd's authentication is off: enable it (`etcdctl auth enable`) or leave out --etcd-user",
+        ),
+        _ => None,
+    }
+}
+
 fn etcd_err(context: &str, e: etcd_client::Error) -> Error {
     Error::Coordinator(format!("etcd {context}: {e}"))
 }
@@ -516,23 +537,27 @@ impl EtcdKv {
         if let Some((user, password)) = &access.user {
             options = options.with_user(user, password);
         }
+        let at = endpoints.join(",");
         let client = etcd_client::Client::connect(endpoints, Some(options))
             .await
-            .map_err(|e| {
-                Error::Coordinator(format!(
-                    "cannot connect to etcd at {}: {e}; is etcd running there?",
-                    endpoints.join(",")
-                ))
+            .map_err(|e| match refusal(&e) {
+                Some(why) => Error::CoordinatorRefused(format!("etcd at {at}: {e}; {why}")),
+                None => Error::Coordinator(format!(
+                    "cannot connect to etcd at {at}: {e}; is etcd running there?"
+                )),
             })?;
-        let kv = EtcdKv { client };
+        let client = EtcdKv { client };
         // The client connects lazily; one read proves the server answers.
-        kv.get("/halyard-ping").await.map_err(|e| {
-            Error::Coordinator(format!(
-                "etcd at {} does not answer: {e}",
-                endpoints.join(",")
-            ))
-        })?;
-        Ok(kv)
+        client
+            .client
+            .clone()
+            .get("/halyard-ping", None)
+            .await
+            .map_err(|e| match refusal(&e) {
+                Some(why) => Error::CoordinatorRefused(format!("etcd at {at}: {e}; {why}")),
+                None => Error::Coordinator(format!("etcd at {at} does not answer: {e}")),
+            })?;
+        Ok(client)
     }
 
     /// The version of the etcd server this client reached (its maintenance status).

@@ -757,6 +757,25 @@ async fn the_suite_passes_against_etcd_with_tls_client_certificates_and_users() 
             "case {i}: {a:?} was let in"
         );
     }
+    // A wrong password is refused for good: a node waiting for etcd stops at once with
+    // what to check, instead of retrying until its wait runs out.
+    let wrong = halyard_core::config::CoordinatorConfig::Etcd {
+        endpoints: endpoint.clone(),
+        root: root(),
+        access: refused[3].clone(),
+    };
+    let waited = tokio::time::timeout(
+        Duration::from_secs(60),
+        wrong.connect_waiting(Duration::from_secs(600)),
+    )
+    .await
+    .expect("a refused password ends the wait for etcd");
+    match waited {
+        Err(e @ Error::CoordinatorRefused(_)) => {
+            assert!(e.to_string().contains("--etcd-password"), "{e}")
+        }
+        other => panic!("a wrong password: {:?}", other.err()),
+    }
 
     // The whole conformance suite, over TLS with a client certificate and a user.
     let coord = || async {
