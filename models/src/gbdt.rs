@@ -2213,6 +2213,14 @@ mod tests {
                 let part = test.partition(|i| i >= rows).0;
                 assert_eq!(forest.raw_scores(&lay, &part), one_by_one[..rows]);
             }
+            // No trees (an artifact can say so): the base score.
+            let mut none = forest.clone();
+            none.roots.clear();
+            none.flat = Flat::of(&none, &lay);
+            assert_eq!(
+                none.raw_scores(&lay, &test),
+                vec![f64::from(none.base); test.rows]
+            );
         }
     }
 

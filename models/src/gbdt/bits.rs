@@ -179,8 +179,12 @@ pub(super) enum Bits {
 }
 
 impl Bits {
-    /// `None` when a tree has more than 64 leaves or the tables would pass [`TABLE_BYTES`].
+    /// `None` when a tree has more than 64 leaves, the tables would pass [`TABLE_BYTES`] or
+    /// there are no trees.
     pub(super) fn of(forest: &Forest, layout: &InputLayout) -> Option<Bits> {
+        if forest.roots.is_empty() {
+            return None;
+        }
         BitForest::of(forest, layout)
             .map(Bits::Narrow)
             .or_else(|| BitForest::of(forest, layout).map(Bits::Wide))
