@@ -59,6 +59,15 @@ pub enum TxnOp {
     },
 }
 
+impl TxnOp {
+    /// The key it writes.
+    pub fn key(&self) -> &str {
+        match self {
+            TxnOp::Put { key, .. } | TxnOp::Delete { key } => key,
+        }
+    }
+}
+
 /// What a transaction did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TxnOutcome {
@@ -73,6 +82,10 @@ pub struct TxnOutcome {
 /// wake-up). Closed when the watch broke (etcd restarted, the connection dropped): the
 /// reader watches again and re-reads what it needs, since writes may have been missed.
 pub type Changes = tokio::sync::mpsc::Receiver<Vec<String>>;
+
+/// Keys one etcd transaction reads ([`KvBackend::get_many`]): etcd's default
+/// `--max-txn-ops` is 128.
+pub const MANY_KEYS: usize = 128;
 
 /// Messages a watch holds for a slow reader before it drops new ones.
 const WATCH_BUFFER: usize = 64;
@@ -94,6 +107,9 @@ pub trait KvBackend: Send + Sync + 'static {
     async fn get(&self, key: &str) -> Result<Option<KvEntry>>;
     /// All keys under a prefix, in key order.
     async fn range(&self, prefix: &str) -> Result<Vec<KvEntry>>;
+    /// Several keys read at one revision (one round trip to etcd per [`MANY_KEYS`]), in
+    /// the order asked.
+    async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<KvEntry>>>;
     /// Apply `then` atomically if every comparison holds.
     async fn txn(&self, when: Vec<Compare>, then: Vec<TxnOp>) -> Result<TxnOutcome>;
     /// A new lease; keys bound to it vanish when it is not kept alive for `ttl`.
@@ -328,6 +344,14 @@ impl KvBackend for EmbeddedKv {
             .range(prefix.to_string()..)
             .take_while(|(k, _)| k.starts_with(prefix))
             .map(|(k, s)| state.entry(k, s))
+            .collect())
+    }
+
+    async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<KvEntry>>> {
+        let state = self.lock();
+        Ok(keys
+            .iter()
+            .map(|k| state.data.get(k).map(|s| state.entry(k, s)))
             .collect())
     }
 
@@ -588,6 +612,7 @@ impl KvBackend for EtcdKv {
     }
 
     async fn get(&self, key: &str) -> Result<Option<KvEntry>> {
+        tracing::trace!(%key, "etcd get");
         let resp = self
             .client
             .clone()
@@ -598,6 +623,7 @@ impl KvBackend for EtcdKv {
     }
 
     async fn range(&self, prefix: &str) -> Result<Vec<KvEntry>> {
+        tracing::trace!(%prefix, "etcd range");
         let resp = self
             .client
             .clone()
@@ -607,8 +633,40 @@ impl KvBackend for EtcdKv {
         Ok(resp.kvs().iter().map(Self::to_entry).collect())
     }
 
+    async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<KvEntry>>> {
+        tracing::trace!(keys = keys.len(), "etcd get many");
+        // (`chunks` of nothing is no chunk: no round trip.)
+        let mut out = Vec::with_capacity(keys.len());
+        for chunk in keys.chunks(MANY_KEYS) {
+            let ops: Vec<etcd_client::TxnOp> = chunk
+                .iter()
+                .map(|k| etcd_client::TxnOp::get(k.as_str(), None))
+                .collect();
+            let resp = self
+                .client
+                .clone()
+                .txn(etcd_client::Txn::new().and_then(ops))
+                .await
+                .map_err(|e| etcd_err("get many", e))?;
+            for r in resp.op_responses() {
+                match r {
+                    etcd_client::TxnOpResponse::Get(g) => {
+                        out.push(g.kvs().first().map(Self::to_entry));
+                    }
+                    _ => {
+                        return Err(Error::Coordinator(
+                            "etcd get many: a read answered as a write".into(),
+                        ));
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
     async fn txn(&self, when: Vec<Compare>, then: Vec<TxnOp>) -> Result<TxnOutcome> {
         use etcd_client::{CompareOp, PutOptions};
+        tracing::trace!(when = ?when.first(), then = ?then.iter().map(TxnOp::key).collect::<Vec<_>>(), "etcd txn");
         let lease_used = then.iter().find_map(|op| match op {
             TxnOp::Put { lease: Some(l), .. } => Some(*l),
             _ => None,

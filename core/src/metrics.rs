@@ -343,6 +343,13 @@ impl KvBackend for Timed {
         r
     }
 
+    async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<KvEntry>>> {
+        let t = Instant::now();
+        let r = self.inner.get_many(keys).await;
+        self.metrics.coordinator_op("get_many", t, &r);
+        r
+    }
+
     async fn txn(&self, when: Vec<Compare>, then: Vec<TxnOp>) -> Result<TxnOutcome> {
         let t = Instant::now();
         let r = self.inner.txn(when, then).await;

@@ -267,6 +267,67 @@ async fn progress_is_fenced_on_the_assignment(c: Coordinator) {
     ));
 }
 
+async fn active_jobs_and_reports_are_read_in_batches(c: Coordinator) {
+    let l = c.grant_lease(TTL).await.unwrap();
+    let lead = c.campaign("s", l).await.unwrap().unwrap();
+    // More jobs than one etcd transaction reads.
+    let n = halyard_core::kv::MANY_KEYS * 2 + 3;
+    for i in 0..n {
+        c.submit_job(&JobRecord::new(format!("j{i:03}"), spec()))
+            .await
+            .unwrap();
+    }
+    // One ends (it leaves the active index); one is placed and reports.
+    let v = c.get_job("j005").await.unwrap().unwrap();
+    let mut ended = v.value.clone();
+    ended.state = JobState::Succeeded;
+    c.update_job(&lead, &v, &ended).await.unwrap();
+    let v = c.get_job("j200").await.unwrap().unwrap();
+    let mut placed = v.value.clone();
+    placed.state = JobState::Running;
+    placed.attempt = 1;
+    placed.executor = Some("e1".into());
+    let task = TaskAssignment {
+        job_id: "j200".into(),
+        attempt: 1,
+        executor: "e1".into(),
+        spec: spec(),
+        assigned_ms: 0,
+        rank: 0,
+        group: Vec::new(),
+        stages: Vec::new(),
+    };
+    c.assign_task(&lead, &v, &placed, &[task]).await.unwrap();
+    let assigned = c.tasks_for("e1").await.unwrap();
+    let mut p = TaskProgress::started(&assigned[0].value);
+    p.epoch = 4;
+    c.report_progress(&assigned[0], &p).await.unwrap();
+
+    let active = c.list_active_jobs().await.unwrap();
+    let ids: Vec<String> = active.iter().map(|j| j.value.id.clone()).collect();
+    let expected: Vec<String> = (0..n)
+        .filter(|&i| i != 5)
+        .map(|i| format!("j{i:03}"))
+        .collect();
+    assert_eq!(ids, expected);
+    let running = active.iter().find(|j| j.value.id == "j200").unwrap();
+    assert_eq!(running.value.state, JobState::Running);
+    assert_eq!(
+        running.revision,
+        c.get_job("j200").await.unwrap().unwrap().revision
+    );
+    let reports = c
+        .get_progress_of(&["j001", "j200", "nope", "j200"])
+        .await
+        .unwrap();
+    let epochs: Vec<Option<u32>> = reports
+        .iter()
+        .map(|r| r.as_ref().map(|r| r.epoch))
+        .collect();
+    assert_eq!(epochs, [None, Some(4), None, Some(4)]);
+    assert!(c.get_progress_of(&[]).await.unwrap().is_empty());
+}
+
 async fn model_versions_are_unique_under_contention(c: Coordinator) {
     assert_eq!(c.next_model_version("m").await.unwrap(), 1);
     assert_eq!(c.next_model_version("m").await.unwrap(), 2);
@@ -632,6 +693,7 @@ conformance!(
     one_leader_and_a_deposed_leader_is_fenced,
     job_writes_are_compare_and_swap,
     progress_is_fenced_on_the_assignment,
+    active_jobs_and_reports_are_read_in_batches,
     a_worker_group_is_placed_and_released_whole,
     model_versions_are_unique_under_contention,
     registry_versions_deployments_outcomes_and_serving,
@@ -787,6 +849,7 @@ async fn the_suite_passes_against_etcd_with_tls_client_certificates_and_users() 
     one_leader_and_a_deposed_leader_is_fenced(coord().await).await;
     job_writes_are_compare_and_swap(coord().await).await;
     progress_is_fenced_on_the_assignment(coord().await).await;
+    active_jobs_and_reports_are_read_in_batches(coord().await).await;
     a_worker_group_is_placed_and_released_whole(coord().await).await;
     model_versions_are_unique_under_contention(coord().await).await;
     registry_versions_deployments_outcomes_and_serving(coord().await).await;

@@ -29,6 +29,9 @@ use crate::error::{ExecutorError, Result};
 use crate::input::{Input, read_feature_table, read_inputs, read_test_source};
 use crate::training::{Progress, Trained, spawn_training};
 
+/// Training progress is reported at most this often (each report is a write to etcd).
+const REPORT_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
+
 /// What a job's stages run on, where they differ.
 #[async_trait]
 pub trait Host: Send {
@@ -250,14 +253,38 @@ async fn train(run: &Run<'_>, host: &mut dyn Host) -> Result<Option<Trained>> {
     let cancel = host.cancel();
     let (mut rx, done_rx) =
         spawn_training(&spec.name, input, spec.clone(), placement, cancel.clone())?;
-    while let Some(p) = rx.recv().await {
-        if !p.note {
-            host.progress(&p);
+    // Lines that come in a burst (a data profile, short epochs) are told together: at most
+    // one report per `REPORT_EVERY`, the last one as soon as it is due.
+    let mut told = std::time::Instant::now();
+    let mut untold = false;
+    loop {
+        let next = if untold {
+            let due = tokio::time::Instant::from_std(told + REPORT_EVERY);
+            tokio::time::timeout_at(due, rx.recv()).await.ok()
+        } else {
+            Some(rx.recv().await)
+        };
+        match next {
+            Some(Some(p)) => {
+                if !p.note {
+                    host.progress(&p);
+                }
+                host.log(p.line);
+                untold = true;
+            }
+            Some(None) => break,
+            None => {}
         }
-        host.log(p.line);
-        if !host.report().await {
-            cancel.store(true, Ordering::Relaxed);
+        if untold && told.elapsed() >= REPORT_EVERY {
+            untold = false;
+            told = std::time::Instant::now();
+            if !host.report().await {
+                cancel.store(true, Ordering::Relaxed);
+            }
         }
+    }
+    if untold && !host.report().await {
+        cancel.store(true, Ordering::Relaxed);
     }
     let trained = done_rx
         .await

@@ -9,7 +9,7 @@ use halyard_core::coord::{Auditor, Coordinator, Leadership, Versioned};
 use halyard_core::metrics::Metrics;
 use halyard_core::placement::{Demand, Placement, Room, place};
 use halyard_core::records::{
-    ExecutorInfo, JobRecord, JobState, TaskAssignment, append_lines, now_ms,
+    ExecutorInfo, JobRecord, JobState, TaskAssignment, TaskProgress, append_lines, now_ms,
 };
 use halyard_core::registry::{CANARY, Change, Deployment, Outcomes, PRODUCTION, total};
 use halyard_core::schedule::Run;
@@ -455,11 +455,26 @@ impl Leader<'_> {
             .iter()
             .map(|e| (e.id.as_str(), e.address.as_str()))
             .collect();
+        // The running tasks' reports, in one read.
+        let supervised: Vec<&str> = jobs
+            .iter()
+            .filter(|j| j.value.state == JobState::Running && j.value.spec.search.is_none())
+            .map(|j| j.value.id.as_str())
+            .collect();
+        let mut reports: HashMap<String, TaskProgress> = supervised
+            .iter()
+            .map(|id| id.to_string())
+            .zip(self.coord.get_progress_of(&supervised).await?)
+            .filter_map(|(id, p)| Some((id, p?)))
+            .collect();
         for job in jobs {
             let result = match job.value.state {
                 _ if job.value.spec.search.is_some() => self.search(&job).await,
                 JobState::Pending => self.place(&job, &mut free, &addresses).await,
-                JobState::Running => self.supervise(&job, &free).await,
+                JobState::Running => {
+                    let report = reports.remove(&job.value.id);
+                    self.supervise(&job, &free, report).await
+                }
                 _ => Ok(()),
             };
             match result {
@@ -593,18 +608,16 @@ impl Leader<'_> {
         Ok(())
     }
 
+    /// Follow a running job from its task's latest report (`report`, read this pass).
     async fn supervise(
         &self,
         job: &Versioned<JobRecord>,
         free: &HashMap<String, Free>,
+        report: Option<TaskProgress>,
     ) -> Result<()> {
         let mut new = job.value.clone();
         let executor = new.executor.clone().unwrap_or_default();
-        let progress = self
-            .coord
-            .get_progress(&new.id)
-            .await?
-            .filter(|p| p.attempt == new.attempt);
+        let progress = report.filter(|p| p.attempt == new.attempt);
         let live = |e: &str| free.contains_key(e);
         match supervise(&new, progress.as_ref(), &live, self.cfg.max_attempts) {
             Verdict::RunsOn => return Ok(()),

@@ -58,10 +58,17 @@ impl Coordinator {
     /// on; its record stays as it is for inspection.
     pub async fn list_active_jobs(&self) -> Result<Vec<Versioned<JobRecord>>> {
         let prefix = self.key("active/");
+        let ids: Vec<String> = self
+            .kv
+            .range(&prefix)
+            .await?
+            .into_iter()
+            .map(|e| e.key[prefix.len()..].to_string())
+            .collect();
+        let keys: Vec<String> = ids.iter().map(|id| self.job_key(id)).collect();
         let mut jobs = Vec::new();
-        for entry in self.kv.range(&prefix).await? {
-            let id = &entry.key[prefix.len()..];
-            match self.get_job(id).await {
+        for (id, entry) in ids.iter().zip(self.kv.get_many(&keys).await?) {
+            match entry.map(|e| decode::<JobRecord>(&e)).transpose() {
                 // A job ended between the two reads: its index key is gone now, skip it.
                 Ok(Some(job)) if !job.value.state.is_terminal() => jobs.push(job),
                 Ok(_) => {}
@@ -229,5 +236,17 @@ impl Coordinator {
     /// The latest progress report of a job's current task.
     pub async fn get_progress(&self, job: &str) -> Result<Option<TaskProgress>> {
         self.get_value(&self.progress_key(job)).await
+    }
+
+    /// The latest progress reports of several jobs' tasks, read at one revision, in the
+    /// order asked.
+    pub async fn get_progress_of(&self, jobs: &[&str]) -> Result<Vec<Option<TaskProgress>>> {
+        let keys: Vec<String> = jobs.iter().map(|j| self.progress_key(j)).collect();
+        self.kv
+            .get_many(&keys)
+            .await?
+            .iter()
+            .map(|e| e.as_ref().map(|e| decode(e).map(|v| v.value)).transpose())
+            .collect()
     }
 }
