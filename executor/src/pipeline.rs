@@ -249,14 +249,14 @@ async fn train(run: &Run<'_>, host: &mut dyn Host) -> Result<Option<Trained>> {
         "training {} on the {placement}",
         spec.model.kind.as_str()
     ));
-    host.report().await;
     let cancel = host.cancel();
     let (mut rx, done_rx) =
         spawn_training(&spec.name, input, spec.clone(), placement, cancel.clone())?;
-    // Lines that come in a burst (a data profile, short epochs) are told together: at most
-    // one report per `REPORT_EVERY`, the last one as soon as it is due.
+    // Lines that come in a burst (the line above, a data profile, short epochs) are told
+    // together: at most one report per `REPORT_EVERY` after the task's start was told, the
+    // last one as soon as it is due.
     let mut told = std::time::Instant::now();
-    let mut untold = false;
+    let mut untold = true;
     loop {
         let next = if untold {
             let due = tokio::time::Instant::from_std(told + REPORT_EVERY);

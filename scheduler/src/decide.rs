@@ -35,6 +35,13 @@ impl Free {
         self.memory_mb = self.memory_mb.saturating_sub(need.memory_mb);
         self.gpus = self.gpus.saturating_sub(need.gpus);
     }
+
+    /// Give back what `need` took (a task released).
+    pub(crate) fn give(&mut self, need: &ResourceSpec) {
+        self.cpus = self.cpus.saturating_add(need.cpus);
+        self.memory_mb = self.memory_mb.saturating_add(need.memory_mb);
+        self.gpus = self.gpus.saturating_add(need.gpus);
+    }
 }
 
 /// Each live executor's capacity less what its assigned tasks hold.

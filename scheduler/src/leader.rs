@@ -473,7 +473,17 @@ impl Leader<'_> {
                 JobState::Pending => self.place(&job, &mut free, &addresses).await,
                 JobState::Running => {
                     let report = reports.remove(&job.value.id);
-                    self.supervise(&job, &free, report).await
+                    let released = self.supervise(&job, &free, report).await;
+                    // A released task's slots are free for the jobs after it in this
+                    // pass (the next pass would count them free from the assignments).
+                    if matches!(released, Ok(true)) {
+                        for t in tasks.iter().filter(|t| t.job_id == job.value.id) {
+                            if let Some(f) = free.get_mut(&t.executor) {
+                                f.give(&t.spec.resources);
+                            }
+                        }
+                    }
+                    released.map(|_| ())
                 }
                 _ => Ok(()),
             };
@@ -608,19 +618,20 @@ impl Leader<'_> {
         Ok(())
     }
 
-    /// Follow a running job from its task's latest report (`report`, read this pass).
+    /// Follow a running job from its task's latest report (`report`, read this pass);
+    /// whether its task was released (ended, requeued or cancelled).
     async fn supervise(
         &self,
         job: &Versioned<JobRecord>,
         free: &HashMap<String, Free>,
         report: Option<TaskProgress>,
-    ) -> Result<()> {
+    ) -> Result<bool> {
         let mut new = job.value.clone();
         let executor = new.executor.clone().unwrap_or_default();
         let progress = report.filter(|p| p.attempt == new.attempt);
         let live = |e: &str| free.contains_key(e);
         match supervise(&new, progress.as_ref(), &live, self.cfg.max_attempts) {
-            Verdict::RunsOn => return Ok(()),
+            Verdict::RunsOn => return Ok(false),
             Verdict::Cancel => {
                 new.state = JobState::Cancelled;
                 new.log(&self.source, "cancelled");
@@ -686,7 +697,7 @@ impl Leader<'_> {
                 info!(job = %new.id, state = state.as_str(), artifact = ?new.artifact, error = ?new.error, "job ended")
             }
         }
-        Ok(())
+        Ok(true)
     }
 }
 
