@@ -253,8 +253,8 @@ async fn train(run: &Run<'_>, host: &mut dyn Host) -> Result<Option<Trained>> {
     let (mut rx, done_rx) =
         spawn_training(&spec.name, input, spec.clone(), placement, cancel.clone())?;
     // Lines that come in a burst (the line above, a data profile, short epochs) are told
-    // together: at most one report per `REPORT_EVERY` after the task's start was told, the
-    // last one as soon as it is due.
+    // together: at most one report per `REPORT_EVERY` after the task's start was told, each
+    // as soon as it is due.
     let mut told = std::time::Instant::now();
     let mut untold = true;
     loop {
@@ -283,9 +283,8 @@ async fn train(run: &Run<'_>, host: &mut dyn Host) -> Result<Option<Trained>> {
             }
         }
     }
-    if untold && !host.report().await {
-        cancel.store(true, Ordering::Relaxed);
-    }
+    // Lines still untold go out with the next report: the task's last, right after the
+    // publish (a write fewer for every short job).
     let trained = done_rx
         .await
         .map_err(|_| ExecutorError::Panicked("training thread vanished".into()))??;
