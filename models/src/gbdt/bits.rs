@@ -182,12 +182,15 @@ impl Bits {
     /// `None` when a tree has more than 64 leaves, the tables would pass [`TABLE_BYTES`] or
     /// there are no trees.
     pub(super) fn of(forest: &Forest, layout: &InputLayout) -> Option<Bits> {
-        if forest.roots.is_empty() {
-            return None;
-        }
-        BitForest::of(forest, layout)
-            .map(Bits::Narrow)
-            .or_else(|| BitForest::of(forest, layout).map(Bits::Wide))
+        let numbered = Numbered::of(forest);
+        let made = match numbered.widest {
+            0 => Err("the forest has no trees".to_string()),
+            1..=32 => BitForest::of(forest, layout, numbered).map(Bits::Narrow),
+            33..=64 => BitForest::of(forest, layout, numbered).map(Bits::Wide),
+            widest => Err(format!("a tree has {widest} leaves, more than 64")),
+        };
+        made.map_err(|why| tracing::debug!(%why, "trees scored by walking them, not by tables"))
+            .ok()
     }
 
     /// How many inputs each table reads, in the tables' order (for the tests).
@@ -224,19 +227,49 @@ struct Found {
     mask: u64,
 }
 
-impl<M: Mask> BitForest<M> {
-    fn of(forest: &Forest, layout: &InputLayout) -> Option<BitForest<M>> {
-        let mut leaves = Vec::new();
-        let mut leaf_starts = vec![0];
-        let mut found = Vec::with_capacity(forest.nodes.len());
+/// Every tree's leaves numbered left to right, and its splits.
+struct Numbered {
+    /// Every tree's leaf values, left to right.
+    leaves: Vec<f64>,
+    /// Where each tree's leaves start in `leaves`, and one past the last tree's.
+    leaf_starts: Vec<u32>,
+    found: Vec<Found>,
+    /// The most leaves of one tree (0: no trees).
+    widest: usize,
+}
+
+impl Numbered {
+    fn of(forest: &Forest) -> Numbered {
+        let mut n = Numbered {
+            leaves: Vec::new(),
+            leaf_starts: vec![0],
+            found: Vec::with_capacity(forest.nodes.len()),
+            widest: 0,
+        };
         for (t, &root) in forest.roots.iter().enumerate() {
-            let start = leaves.len();
-            number(forest, root, t as u32, start, &mut leaves, &mut found);
-            if leaves.len() - start > M::BITS as usize {
-                return None;
-            }
-            leaf_starts.push(leaves.len() as u32);
+            let start = n.leaves.len();
+            number(forest, root, t as u32, start, &mut n.leaves, &mut n.found);
+            n.widest = n.widest.max(n.leaves.len() - start);
+            n.leaf_starts.push(n.leaves.len() as u32);
         }
+        n
+    }
+}
+
+impl<M: Mask> BitForest<M> {
+    /// The tables of `forest`, numbered (its trees fit `M`); why not, when they would pass
+    /// [`TABLE_BYTES`].
+    fn of(
+        forest: &Forest,
+        layout: &InputLayout,
+        numbered: Numbered,
+    ) -> Result<BitForest<M>, String> {
+        let Numbered {
+            leaves,
+            leaf_starts,
+            found,
+            ..
+        } = numbered;
         let trees = forest.roots.len();
         let node = |f: &Found| forest.nodes[f.node as usize];
         let numeric = layout.numeric.len();
@@ -263,7 +296,11 @@ impl<M: Mask> BitForest<M> {
             .map(|i| intervals(i) * trees * size_of::<M>())
             .sum();
         if bytes > TABLE_BYTES {
-            return None;
+            return Err(format!(
+                "the tables would take {} MiB, more than {}",
+                bytes >> 20,
+                TABLE_BYTES >> 20
+            ));
         }
         let clear = |masks: &mut [M], f: &Found| {
             let m = &mut masks[f.tree as usize];
@@ -338,7 +375,7 @@ impl<M: Mask> BitForest<M> {
             let at = tables.partition_point(|t| t.intervals(trees) <= merged.intervals(trees));
             tables.insert(at, merged);
         }
-        Some(BitForest {
+        Ok(BitForest {
             leaf_starts,
             leaves,
             tables,
