@@ -182,12 +182,14 @@ impl Bits {
     /// `None` when a tree has more than 64 leaves, the tables would pass [`TABLE_BYTES`] or
     /// there are no trees.
     pub(super) fn of(forest: &Forest, layout: &InputLayout) -> Option<Bits> {
+        const NARROW: usize = <u32 as Mask>::BITS as usize;
+        const WIDE: usize = <u64 as Mask>::BITS as usize;
         let numbered = Numbered::of(forest);
         let made = match numbered.widest {
             0 => Err("the forest has no trees".to_string()),
-            1..=32 => BitForest::of(forest, layout, numbered).map(Bits::Narrow),
-            33..=64 => BitForest::of(forest, layout, numbered).map(Bits::Wide),
-            widest => Err(format!("a tree has {widest} leaves, more than 64")),
+            1..=NARROW => BitForest::of(forest, layout, numbered).map(Bits::Narrow),
+            w if w <= WIDE => BitForest::of(forest, layout, numbered).map(Bits::Wide),
+            widest => Err(format!("a tree has {widest} leaves, more than {WIDE}")),
         };
         made.map_err(|why| tracing::debug!(%why, "trees scored by walking them, not by tables"))
             .ok()
