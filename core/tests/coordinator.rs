@@ -176,23 +176,28 @@ async fn lead_and_place(c: &Coordinator) -> Leadership {
     let lead = c.campaign("s", l).await.unwrap().unwrap();
     let job = JobRecord::new("j".into(), spec());
     c.submit_job(&job).await.unwrap();
-    let v = c.get_job("j").await.unwrap().unwrap();
+    place(c, &lead, "j", "e1").await;
+    lead
+}
+
+/// Place the submitted job `id` on `executor` (its first attempt).
+async fn place(c: &Coordinator, lead: &Leadership, id: &str, executor: &str) {
+    let v = c.get_job(id).await.unwrap().unwrap();
     let mut placed = v.value.clone();
     placed.state = JobState::Running;
     placed.attempt = 1;
-    placed.executor = Some("e1".into());
+    placed.executor = Some(executor.into());
     let task = TaskAssignment {
-        job_id: "j".into(),
+        job_id: id.into(),
         attempt: 1,
-        executor: "e1".into(),
+        executor: executor.into(),
         spec: spec(),
         assigned_ms: 0,
         rank: 0,
         group: Vec::new(),
         stages: Vec::new(),
     };
-    c.assign_task(&lead, &v, &placed, &[task]).await.unwrap();
-    lead
+    c.assign_task(lead, &v, &placed, &[task]).await.unwrap();
 }
 
 async fn a_worker_group_is_placed_and_released_whole(c: Coordinator) {
@@ -282,22 +287,7 @@ async fn active_jobs_and_reports_are_read_in_batches(c: Coordinator) {
     let mut ended = v.value.clone();
     ended.state = JobState::Succeeded;
     c.update_job(&lead, &v, &ended).await.unwrap();
-    let v = c.get_job("j200").await.unwrap().unwrap();
-    let mut placed = v.value.clone();
-    placed.state = JobState::Running;
-    placed.attempt = 1;
-    placed.executor = Some("e1".into());
-    let task = TaskAssignment {
-        job_id: "j200".into(),
-        attempt: 1,
-        executor: "e1".into(),
-        spec: spec(),
-        assigned_ms: 0,
-        rank: 0,
-        group: Vec::new(),
-        stages: Vec::new(),
-    };
-    c.assign_task(&lead, &v, &placed, &[task]).await.unwrap();
+    place(&c, &lead, "j200", "e1").await;
     let assigned = c.tasks_for("e1").await.unwrap();
     let mut p = TaskProgress::started(&assigned[0].value);
     p.epoch = 4;
