@@ -77,11 +77,20 @@ pub struct TxnOutcome {
     pub revision: i64,
 }
 
-/// The keys of each write under a watched prefix, as a backend reports them (one message
-/// per transaction or lease expiry; a slow reader may miss messages, never the last one's
+/// The keys one write changed under a watched prefix, and the revision it made.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Change {
+    /// The keys, under the watch's prefix.
+    pub keys: Vec<String>,
+    /// The store's revision the write made.
+    pub revision: i64,
+}
+
+/// Each write under a watched prefix, as a backend reports them (one message per
+/// transaction or lease expiry; a slow reader may miss messages, never the last one's
 /// wake-up). Closed when the watch broke (etcd restarted, the connection dropped): the
 /// reader watches again and re-reads what it needs, since writes may have been missed.
-pub type Changes = tokio::sync::mpsc::Receiver<Vec<String>>;
+pub type Changes = tokio::sync::mpsc::Receiver<Change>;
 
 /// Keys one etcd transaction reads ([`KvBackend::get_many`]): etcd's default
 /// `--max-txn-ops` is 128.
@@ -90,10 +99,10 @@ pub const MANY_KEYS: usize = 128;
 /// Messages a watch holds for a slow reader before it drops new ones.
 const WATCH_BUFFER: usize = 64;
 
-/// Hand `keys` to a watch's reader; `false` when the reader is gone.
-fn notify(tx: &tokio::sync::mpsc::Sender<Vec<String>>, keys: Vec<String>) -> bool {
+/// Hand a change to a watch's reader; `false` when the reader is gone.
+fn notify(tx: &tokio::sync::mpsc::Sender<Change>, change: Change) -> bool {
     !matches!(
-        tx.try_send(keys),
+        tx.try_send(change),
         Err(tokio::sync::mpsc::error::TrySendError::Closed(_))
     )
 }
@@ -138,7 +147,7 @@ struct EmbeddedState {
     leases: HashMap<i64, LeaseState>,
     journal: Option<crate::journal::Journal>,
     /// Open watches: a prefix and its reader.
-    watches: Vec<(String, tokio::sync::mpsc::Sender<Vec<String>>)>,
+    watches: Vec<(String, tokio::sync::mpsc::Sender<Change>)>,
 }
 
 #[derive(Debug)]
@@ -234,12 +243,12 @@ impl EmbeddedState {
             self.data.remove(key);
         }
         self.revision += 1;
-        self.tell_watches(&gone);
+        self.tell_watches(&gone, self.revision);
     }
 
     /// Tell each watch whose prefix holds one of `keys` (a write's), forgetting watches
     /// whose reader is gone.
-    fn tell_watches(&mut self, keys: &[String]) {
+    fn tell_watches(&mut self, keys: &[String], revision: i64) {
         self.watches.retain(|(prefix, tx)| {
             let under: Vec<String> = keys
                 .iter()
@@ -249,7 +258,13 @@ impl EmbeddedState {
             if under.is_empty() {
                 !tx.is_closed()
             } else {
-                notify(tx, under)
+                notify(
+                    tx,
+                    Change {
+                        keys: under,
+                        revision,
+                    },
+                )
             }
         });
     }
@@ -408,7 +423,7 @@ impl KvBackend for EmbeddedKv {
             }
         }
         state.compact_if_large()?;
-        state.tell_watches(&keys);
+        state.tell_watches(&keys, revision);
         Ok(TxnOutcome {
             succeeded: true,
             revision,
@@ -772,14 +787,18 @@ impl KvBackend for EtcdKv {
                         return;
                     }
                 };
-                let keys: Vec<String> = resp
-                    .events()
-                    .iter()
-                    .filter_map(|e| e.kv())
-                    .map(|kv| String::from_utf8_lossy(kv.key()).into_owned())
-                    .collect();
+                let kvs: Vec<&etcd_client::KeyValue> =
+                    resp.events().iter().filter_map(|e| e.kv()).collect();
+                let change = Change {
+                    keys: kvs
+                        .iter()
+                        .map(|kv| String::from_utf8_lossy(kv.key()).into_owned())
+                        .collect(),
+                    // (A delete's event carries the revision of the delete.)
+                    revision: kvs.iter().map(|kv| kv.mod_revision()).max().unwrap_or(0),
+                };
                 // The watch's creation and progress notices carry no events.
-                if !keys.is_empty() && !notify(&tx, keys) {
+                if !change.keys.is_empty() && !notify(&tx, change) {
                     return;
                 }
             }

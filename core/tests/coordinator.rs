@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use halyard_core::Error;
-use halyard_core::coord::{Coordinator, Leadership};
+use halyard_core::coord::{Coordinator, Leadership, OwnWrites};
 use halyard_core::kv::{EmbeddedKv, EtcdKv};
 use halyard_core::records::{ExecutorInfo, JobRecord, JobState, TaskAssignment, TaskProgress};
 use halyard_core::registry::{
@@ -180,8 +180,8 @@ async fn lead_and_place(c: &Coordinator) -> Leadership {
     lead
 }
 
-/// Place the submitted job `id` on `executor` (its first attempt).
-async fn place(c: &Coordinator, lead: &Leadership, id: &str, executor: &str) {
+/// Place the submitted job `id` on `executor` (its first attempt); the write's revision.
+async fn place(c: &Coordinator, lead: &Leadership, id: &str, executor: &str) -> i64 {
     let v = c.get_job(id).await.unwrap().unwrap();
     let mut placed = v.value.clone();
     placed.state = JobState::Running;
@@ -197,7 +197,7 @@ async fn place(c: &Coordinator, lead: &Leadership, id: &str, executor: &str) {
         group: Vec::new(),
         stages: Vec::new(),
     };
-    c.assign_task(lead, &v, &placed, &[task]).await.unwrap();
+    c.assign_task(lead, &v, &placed, &[task]).await.unwrap()
 }
 
 async fn a_worker_group_is_placed_and_released_whole(c: Coordinator) {
@@ -648,6 +648,37 @@ async fn wake_ups_follow_what_each_loop_acts_on(c: Coordinator) {
     assert!(woken(&gateway).await, "the gateway, on an advertisement");
 }
 
+async fn the_leaders_own_writes_do_not_wake_it(c: Coordinator) {
+    let own = Arc::new(OwnWrites::default());
+    let leader = c.leader_wake_but(Some(own.clone()));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(woken(&leader).await, "the watches opened");
+    let l = c.grant_lease(TTL).await.unwrap();
+    let lead = c.campaign("s", l).await.unwrap().unwrap();
+    c.submit_job(&JobRecord::new("j".into(), spec()))
+        .await
+        .unwrap();
+    assert!(woken(&leader).await, "on a submission");
+    settle(&leader).await;
+    // Its assignment (the job and its report key written), told as its own: no wake-up.
+    let writing = own.writing();
+    writing.wrote(place(&c, &lead, "j", "e1").await);
+    assert!(quiet(&leader).await, "woken by its own assignment");
+    // The executor's report wakes it.
+    let assigned = c.tasks_for("e1").await.unwrap();
+    let p = TaskProgress::started(&assigned[0].value);
+    c.report_progress(&assigned[0], &p).await.unwrap();
+    assert!(woken(&leader).await, "on a report");
+    settle(&leader).await;
+    // A write in flight that fails (a stale read) leaves the next change to wake it.
+    let stale = c.get_job("j").await.unwrap().unwrap();
+    let writing = own.writing();
+    c.request_cancel("j").await.unwrap();
+    assert!(c.update_job(&lead, &stale, &stale.value).await.is_err());
+    drop(writing);
+    assert!(woken(&leader).await, "on a cancel request");
+}
+
 macro_rules! conformance {
     ($($name:ident),* $(,)?) => {
         mod embedded_backend {
@@ -690,6 +721,7 @@ conformance!(
     sql_endpoint_follows_the_leader,
     the_audit_log_is_trimmed_by_time,
     wake_ups_follow_what_each_loop_acts_on,
+    the_leaders_own_writes_do_not_wake_it,
     sticky_assignments_are_kept_in_write_order_and_cleared_whole,
 );
 
@@ -846,6 +878,7 @@ async fn the_suite_passes_against_etcd_with_tls_client_certificates_and_users() 
     sql_endpoint_follows_the_leader(coord().await).await;
     the_audit_log_is_trimmed_by_time(coord().await).await;
     wake_ups_follow_what_each_loop_acts_on(coord().await).await;
+    the_leaders_own_writes_do_not_wake_it(coord().await).await;
     sticky_assignments_are_kept_in_write_order_and_cleared_whole(coord().await).await;
 }
 

@@ -1,11 +1,12 @@
 //! Leader election and the leader's duties: placement, supervision, completion.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use halyard_core::auth::Verifier;
 use halyard_core::config::SchedulerConfig;
-use halyard_core::coord::{Auditor, Coordinator, Leadership, Versioned};
+use halyard_core::coord::{Auditor, Coordinator, Leadership, OwnWrites, Versioned};
 use halyard_core::metrics::Metrics;
 use halyard_core::placement::{Demand, Placement, Room, place};
 use halyard_core::records::{
@@ -137,6 +138,7 @@ async fn lead(
         collected: None,
         version_memory: HashMap::new(),
         placements: None,
+        own: Arc::new(OwnWrites::default()),
     };
     let result = leader.run(shutdown, renew_every, &mut renewed).await;
     if let Some(sql) = leader.sql.take() {
@@ -156,7 +158,7 @@ impl Leader<'_> {
         let (cfg, coord, leadership) = (self.cfg, self.coord, self.leadership);
         // A submission, a task's report or an executor coming or going wakes the next pass
         // at once; the periodic pass stays for time-driven duties and a broken watch.
-        let wake = coord.leader_wake();
+        let wake = coord.leader_wake_but(Some(self.own.clone()));
         let mut last_timed: Option<Instant> = None;
         loop {
             if *shutdown.borrow() {
@@ -288,6 +290,8 @@ struct Leader<'a> {
     version_memory: HashMap<(String, u64), u64>,
     /// The placements as this leader last read or wrote them.
     placements: Option<BTreeMap<String, Placement>>,
+    /// This leader's assignments and job ends, which need not wake it.
+    own: Arc<OwnWrites>,
 }
 
 impl Leader<'_> {
@@ -528,7 +532,8 @@ impl Leader<'_> {
         if new.cancel_requested {
             new.state = JobState::Cancelled;
             new.log(&self.source, "cancelled before it started");
-            self.coord.update_job(self.leadership, job, &new).await?;
+            let writing = self.own.writing();
+            writing.wrote(self.coord.update_job(self.leadership, job, &new).await?);
             return Ok(());
         }
         if now_ms() < job.value.not_before_ms {
@@ -606,9 +611,12 @@ impl Leader<'_> {
                 stages: stages.clone(),
             })
             .collect();
-        self.coord
-            .assign_task(self.leadership, job, &new, &tasks)
-            .await?;
+        let writing = self.own.writing();
+        writing.wrote(
+            self.coord
+                .assign_task(self.leadership, job, &new, &tasks)
+                .await?,
+        );
         for e in &chosen {
             if let Some(slot) = free.get_mut(e) {
                 slot.take(need);
@@ -690,7 +698,12 @@ impl Leader<'_> {
         if let Some(p) = &progress {
             append_lines(&mut new.events, p.lines.iter().cloned());
         }
-        self.coord.release_task(self.leadership, job, &new).await?;
+        // A job back to pending (its next step, a requeue) needs the pass it wakes.
+        let writing = (new.state != JobState::Pending).then(|| self.own.writing());
+        let revision = self.coord.release_task(self.leadership, job, &new).await?;
+        if let Some(w) = writing {
+            w.wrote(revision);
+        }
         match new.state {
             JobState::Pending => warn!(job = %new.id, %executor, "task requeued"),
             state => {
