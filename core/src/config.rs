@@ -156,7 +156,8 @@ settings! {
     etcd_root: String, default: DEFAULT_ETCD_ROOT;
     /// Seconds a scheduler or executor started while etcd cannot be reached keeps trying
     /// (with backoff, 0.25 s doubling to 5 s, each failure logged) before it exits; a
-    /// refused user or password ends it at once.
+    /// refused user or password, or an etcd certificate `etcd_ca` did not sign, ends it at
+    /// once.
     etcd_wait_secs: u64, default: DEFAULT_ETCD_WAIT_SECS;
     /// Object store URL: `file:///dir` or `s3://bucket/prefix`.
     store: String, default: "`data_dir`/store";

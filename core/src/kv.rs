@@ -484,6 +484,15 @@ impl std::fmt::Debug for EtcdKv {
 /// a wrong user or password, no role on the keys, authentication off); `None` for any
 /// other failure, which may pass.
 fn refusal(e: &etcd_client::Error) -> Option<&'static str> {
+    // (etcd_client's error names no source: a failed handshake is in the status's.)
+    let cause: &(dyn std::error::Error + 'static) = match e {
+        etcd_client::Error::GRpcStatus(status) => status,
+        etcd_client::Error::TransportError(t) => t,
+        other => other,
+    };
+    if let Some(why) = tls_refusal(cause) {
+        return Some(why);
+    }
     let etcd_client::Error::GRpcStatus(status) = e else {
         return None;
     };
@@ -499,6 +508,33 @@ fn refusal(e: &etcd_client::Error) -> Option<&'static str> {
         ),
         _ => None,
     }
+}
+
+/// A TLS handshake that failed on etcd's certificate (it fails the same way on every
+/// try), found among the error's sources. (This node's certificate refused by etcd is not
+/// told apart: etcd closes the connection, as a restarting etcd would.)
+fn tls_refusal(e: &(dyn std::error::Error + 'static)) -> Option<&'static str> {
+    let mut at = Some(e);
+    while let Some(err) = at {
+        match err.downcast_ref::<rustls::Error>() {
+            Some(rustls::Error::InvalidCertificate(_)) => {
+                return Some(
+                    "etcd's certificate is not signed by --etcd-ca or does not name the host of --etcd: check both",
+                );
+            }
+            // (An I/O error's `source` skips the error it wraps.)
+            _ => {
+                at = match err
+                    .downcast_ref::<std::io::Error>()
+                    .and_then(|io| io.get_ref())
+                {
+                    Some(inner) => Some(inner as &(dyn std::error::Error + 'static)),
+                    None => err.source(),
+                }
+            }
+        }
+    }
+    None
 }
 
 fn etcd_err(context: &str, e: etcd_client::Error) -> Error {

@@ -860,6 +860,29 @@ async fn the_suite_passes_against_etcd_with_tls_client_certificates_and_users() 
         }
         other => panic!("a wrong password: {:?}", other.err()),
     }
+    // So is etcd's certificate when the CA this node trusts did not sign it (the handshake
+    // fails the same way every time). This node's certificate signed by a CA etcd does not
+    // trust is not told apart: etcd closes the connection, as a restarting etcd would.
+    let untrusted = halyard_core::config::CoordinatorConfig::Etcd {
+        endpoints: endpoint.clone(),
+        root: root(),
+        access: EtcdAccess {
+            ca: Some(rogue.ca.clone()),
+            ..access.clone()
+        },
+    };
+    let waited = tokio::time::timeout(
+        Duration::from_secs(60),
+        untrusted.connect_waiting(Duration::from_secs(600)),
+    )
+    .await
+    .expect("an untrusted etcd certificate ends the wait for etcd");
+    match waited {
+        Err(e @ Error::CoordinatorRefused(_)) => {
+            assert!(e.to_string().contains("--etcd-ca"), "{e}")
+        }
+        other => panic!("an untrusted etcd certificate: {:?}", other.err()),
+    }
 
     // The whole conformance suite, over TLS with a client certificate and a user.
     let coord = || async {
