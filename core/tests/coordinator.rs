@@ -725,6 +725,28 @@ conformance!(
     sticky_assignments_are_kept_in_write_order_and_cleared_whole,
 );
 
+/// A node reaching etcd at `endpoints` with `access` stops waiting for it at once (within
+/// 60 s of a 600 s wait), refused, and the refusal names `flag`.
+async fn ends_the_wait(endpoints: &[String], access: halyard_core::kv::EtcdAccess, flag: &str) {
+    let config = halyard_core::config::CoordinatorConfig::Etcd {
+        endpoints: endpoints.to_vec(),
+        root: root(),
+        access,
+    };
+    let waited = tokio::time::timeout(
+        Duration::from_secs(60),
+        config.connect_waiting(Duration::from_secs(600)),
+    )
+    .await
+    .unwrap_or_else(|_| panic!("refused ({flag}), yet still waiting for etcd"));
+    match waited {
+        Err(e @ Error::CoordinatorRefused(_)) => {
+            assert!(e.to_string().contains(flag), "{e}")
+        }
+        other => panic!("refused ({flag}): {:?}", other.err()),
+    }
+}
+
 /// A real etcd process, killed when dropped.
 struct EtcdProcess(std::process::Child);
 
@@ -843,46 +865,15 @@ async fn the_suite_passes_against_etcd_with_tls_client_certificates_and_users() 
     }
     // A wrong password is refused for good: a node waiting for etcd stops at once with
     // what to check, instead of retrying until its wait runs out.
-    let wrong = halyard_core::config::CoordinatorConfig::Etcd {
-        endpoints: endpoint.clone(),
-        root: root(),
-        access: refused[3].clone(),
-    };
-    let waited = tokio::time::timeout(
-        Duration::from_secs(60),
-        wrong.connect_waiting(Duration::from_secs(600)),
-    )
-    .await
-    .expect("a refused password ends the wait for etcd");
-    match waited {
-        Err(e @ Error::CoordinatorRefused(_)) => {
-            assert!(e.to_string().contains("--etcd-password"), "{e}")
-        }
-        other => panic!("a wrong password: {:?}", other.err()),
-    }
+    ends_the_wait(&endpoint, refused[3].clone(), "--etcd-password").await;
     // So is etcd's certificate when the CA this node trusts did not sign it (the handshake
     // fails the same way every time). This node's certificate signed by a CA etcd does not
     // trust is not told apart: etcd closes the connection, as a restarting etcd would.
-    let untrusted = halyard_core::config::CoordinatorConfig::Etcd {
-        endpoints: endpoint.clone(),
-        root: root(),
-        access: EtcdAccess {
-            ca: Some(rogue.ca.clone()),
-            ..access.clone()
-        },
+    let untrusted = EtcdAccess {
+        ca: Some(rogue.ca.clone()),
+        ..access.clone()
     };
-    let waited = tokio::time::timeout(
-        Duration::from_secs(60),
-        untrusted.connect_waiting(Duration::from_secs(600)),
-    )
-    .await
-    .expect("an untrusted etcd certificate ends the wait for etcd");
-    match waited {
-        Err(e @ Error::CoordinatorRefused(_)) => {
-            assert!(e.to_string().contains("--etcd-ca"), "{e}")
-        }
-        other => panic!("an untrusted etcd certificate: {:?}", other.err()),
-    }
+    ends_the_wait(&endpoint, untrusted, "--etcd-ca").await;
 
     // The whole conformance suite, over TLS with a client certificate and a user.
     let coord = || async {
