@@ -276,9 +276,7 @@ impl EmbeddedState {
         let mut durable: HashMap<&str, bool> = HashMap::new();
         let mut out = Vec::new();
         for op in then {
-            let key = match op {
-                TxnOp::Put { key, .. } | TxnOp::Delete { key } => key.as_str(),
-            };
+            let key = op.key();
             let was_durable = *durable
                 .get(key)
                 .unwrap_or(&self.data.get(key).is_some_and(|s| s.lease == 0));
@@ -399,12 +397,7 @@ impl KvBackend for EmbeddedKv {
             }
         }
         state.revision = revision;
-        let keys: Vec<String> = then
-            .iter()
-            .map(|op| match op {
-                TxnOp::Put { key, .. } | TxnOp::Delete { key } => key.clone(),
-            })
-            .collect();
+        let keys: Vec<String> = then.iter().map(|op| op.key().to_string()).collect();
         for op in then {
             match op {
                 TxnOp::Put { key, value, lease } => {
@@ -516,23 +509,19 @@ fn refusal(e: &etcd_client::Error) -> Option<&'static str> {
 fn tls_refusal(e: &(dyn std::error::Error + 'static)) -> Option<&'static str> {
     let mut at = Some(e);
     while let Some(err) = at {
-        match err.downcast_ref::<rustls::Error>() {
-            Some(rustls::Error::InvalidCertificate(_)) => {
-                return Some(
-                    "etcd's certificate is not signed by --etcd-ca or does not name the host of --etcd: check both",
-                );
-            }
-            // (An I/O error's `source` skips the error it wraps.)
-            _ => {
-                at = match err
-                    .downcast_ref::<std::io::Error>()
-                    .and_then(|io| io.get_ref())
-                {
-                    Some(inner) => Some(inner as &(dyn std::error::Error + 'static)),
-                    None => err.source(),
-                }
-            }
+        if let Some(rustls::Error::InvalidCertificate(_)) = err.downcast_ref::<rustls::Error>() {
+            return Some(
+                "etcd's certificate is not signed by --etcd-ca or does not name the host of --etcd: check both",
+            );
         }
+        // (An I/O error's `source` skips the error it wraps.)
+        at = match err
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+        {
+            Some(inner) => Some(inner as &(dyn std::error::Error + 'static)),
+            None => err.source(),
+        };
     }
     None
 }
@@ -823,19 +812,24 @@ impl KvBackend for EtcdKv {
                         return;
                     }
                 };
-                let kvs: Vec<&etcd_client::KeyValue> =
-                    resp.events().iter().filter_map(|e| e.kv()).collect();
-                let change = Change {
-                    keys: kvs
-                        .iter()
-                        .map(|kv| String::from_utf8_lossy(kv.key()).into_owned())
-                        .collect(),
-                    // (A delete's event carries the revision of the delete.)
-                    revision: kvs.iter().map(|kv| kv.mod_revision()).max().unwrap_or(0),
-                };
+                // One change per write: a response may hold the events of several, in
+                // revision order (a delete's event carries the revision of the delete).
                 // The watch's creation and progress notices carry no events.
-                if !change.keys.is_empty() && !notify(&tx, change) {
-                    return;
+                let mut changes: Vec<Change> = Vec::new();
+                for kv in resp.events().iter().filter_map(|e| e.kv()) {
+                    let key = String::from_utf8_lossy(kv.key()).into_owned();
+                    match changes.last_mut() {
+                        Some(c) if c.revision == kv.mod_revision() => c.keys.push(key),
+                        _ => changes.push(Change {
+                            keys: vec![key],
+                            revision: kv.mod_revision(),
+                        }),
+                    }
+                }
+                for change in changes {
+                    if !notify(&tx, change) {
+                        return;
+                    }
                 }
             }
         });

@@ -532,8 +532,8 @@ impl Leader<'_> {
         if new.cancel_requested {
             new.state = JobState::Cancelled;
             new.log(&self.source, "cancelled before it started");
-            let writing = self.own.writing();
-            writing.wrote(self.coord.update_job(self.leadership, job, &new).await?);
+            self.own_write(self.coord.update_job(self.leadership, job, &new))
+                .await?;
             return Ok(());
         }
         if now_ms() < job.value.not_before_ms {
@@ -611,12 +611,8 @@ impl Leader<'_> {
                 stages: stages.clone(),
             })
             .collect();
-        let writing = self.own.writing();
-        writing.wrote(
-            self.coord
-                .assign_task(self.leadership, job, &new, &tasks)
-                .await?,
-        );
+        self.own_write(self.coord.assign_task(self.leadership, job, &new, &tasks))
+            .await?;
         for e in &chosen {
             if let Some(slot) = free.get_mut(e) {
                 slot.take(need);
@@ -624,6 +620,18 @@ impl Leader<'_> {
         }
         info!(job = %new.id, executors = ?chosen, attempt = new.attempt, "task placed");
         Ok(())
+    }
+
+    /// Send `write`, one of the leader's own that need not wake it (its pass goes on from
+    /// what it wrote).
+    async fn own_write(
+        &self,
+        write: impl std::future::Future<Output = Result<i64>>,
+    ) -> Result<i64> {
+        let writing = self.own.writing();
+        let revision = write.await?;
+        writing.wrote(revision);
+        Ok(revision)
     }
 
     /// Follow a running job from its task's latest report (`report`, read this pass);
@@ -699,10 +707,11 @@ impl Leader<'_> {
             append_lines(&mut new.events, p.lines.iter().cloned());
         }
         // A job back to pending (its next step, a requeue) needs the pass it wakes.
-        let writing = (new.state != JobState::Pending).then(|| self.own.writing());
-        let revision = self.coord.release_task(self.leadership, job, &new).await?;
-        if let Some(w) = writing {
-            w.wrote(revision);
+        let release = self.coord.release_task(self.leadership, job, &new);
+        if new.state == JobState::Pending {
+            release.await?;
+        } else {
+            self.own_write(release).await?;
         }
         match new.state {
             JobState::Pending => warn!(job = %new.id, %executor, "task requeued"),
