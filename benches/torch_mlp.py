@@ -1,8 +1,10 @@
 """PyTorch CPU baseline for `cargo bench -p halyard-models --bench mlp_train`.
 
-Same architecture and step: 64 inputs, hidden 256 and 256, one logit, batch 1024,
-BCE-with-logits, AdamW. Prints the median step time and samples/s over 30 timed steps
-after 5 warm-up steps.
+Same architectures and steps: the MLP (64 inputs, hidden 256 and 256, one logit, batch
+1024, BCE-with-logits, AdamW), median over 30 timed steps after 5 warm-up steps; and the
+N-BEATS member (input 144, horizon 48, 6 generic blocks of 4 ReLU layers of width 512 with
+backcast and forecast heads, batch 1024, L1 loss, Adam), median over 10 steps after 2.
+Prints each median step time and samples/s.
 
     python3 -m venv /tmp/torchenv && /tmp/torchenv/bin/pip install torch
     /tmp/torchenv/bin/python benches/torch_mlp.py
@@ -42,4 +44,60 @@ for _ in range(30):
     times.append(time.perf_counter() - t)
 med = statistics.median(times)
 print(f"torch {torch.__version__} threads {torch.get_num_threads()}: "
+      f"median step {med * 1e3:.3f} ms, {batch / med:,.0f} samples/s")
+
+
+class Block(torch.nn.Module):
+    def __init__(self, input_size, horizon, layers, width):
+        super().__init__()
+        sizes = [input_size] + [width] * layers
+        self.layers = torch.nn.ModuleList(
+            torch.nn.Linear(a, b) for a, b in zip(sizes, sizes[1:]))
+        self.backcast = torch.nn.Linear(width, input_size)
+        self.forecast = torch.nn.Linear(width, horizon)
+
+    def forward(self, x):
+        h = x
+        for layer in self.layers:
+            h = torch.relu(layer(h))
+        return self.backcast(h), self.forecast(h)
+
+
+class NBeats(torch.nn.Module):
+    def __init__(self, input_size=144, horizon=48, blocks=6, layers=4, width=512):
+        super().__init__()
+        self.blocks = torch.nn.ModuleList(
+            Block(input_size, horizon, layers, width) for _ in range(blocks))
+
+    def forward(self, x):
+        residual, forecast = x, None
+        for block in self.blocks:
+            b, f = block(residual)
+            residual = residual - b
+            forecast = f if forecast is None else forecast + f
+        return forecast
+
+
+nbeats = NBeats()
+nopt = torch.optim.Adam(nbeats.parameters(), lr=1e-3)
+nx = torch.sin((torch.arange(batch * 144) % 97).float() / 97).reshape(batch, 144)
+ny = torch.sin((torch.arange(batch * 48) % 97).float() / 97).reshape(batch, 48)
+
+
+def nbeats_step():
+    nopt.zero_grad()
+    loss = (nbeats(nx) - ny).abs().mean()
+    loss.backward()
+    nopt.step()
+
+
+for _ in range(2):
+    nbeats_step()
+times = []
+for _ in range(10):
+    t = time.perf_counter()
+    nbeats_step()
+    times.append(time.perf_counter() - t)
+med = statistics.median(times)
+print(f"torch {torch.__version__} threads {torch.get_num_threads()} N-BEATS: "
       f"median step {med * 1e3:.3f} ms, {batch / med:,.0f} samples/s")

@@ -1,20 +1,26 @@
 //! Samples/s of one MLP training step on the CPU (forward, BCE, backward, AdamW), burn flex.
 //!
 //! The architecture matches `benches/torch_mlp.py`: 64 numeric inputs, hidden 256 and 256,
-//! one logit, batch 1024; and the bank-marketing MLP's shape (8 categorical columns with
-//! embeddings, 7 numerics, hidden 128 and 64, batch 512).
+//! one logit, batch 1024. The bench allocates with mimalloc, as the `halyard` binary does;
+//! it runs the step once from the bench's thread and once from inside a rayon pool (as a
+//! data-parallel worker trains).
 //!
 //! `cargo bench -p halyard-models --bench mlp_train`
 
 use std::hint::black_box;
 
 use burn::nn::{Linear, LinearConfig};
-use burn::optim::{AdamWConfig, GradientsParams};
+use burn::optim::{AdamConfig, AdamWConfig, GradientsParams};
 use burn::prelude::Module;
 use burn::tensor::activation::relu;
 use burn::tensor::{Device, Tensor, TensorData};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use halyard_models::device::bce_with_logits;
+use halyard_models::forecast::nbeats::{NBeats, NBeatsConfig};
+
+// As in `src/main.rs`: glibc's malloc returns each step's freed buffers to the kernel.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[derive(Module, Debug)]
 struct Mlp {
@@ -47,11 +53,57 @@ fn bench(c: &mut Criterion) {
     let mut g = c.benchmark_group("mlp_train_step");
     g.throughput(Throughput::Elements(batch as u64));
     g.sample_size(30);
-    g.bench_function("burn_flex_64x256x256x1_batch1024", |b| {
+    let mut step = || {
+        let x = Tensor::<2>::from_data(TensorData::new(xs.clone(), [batch, inputs]), &device);
+        let y = Tensor::<2>::from_data(TensorData::new(ys.clone(), [batch, 1]), &device);
+        let loss = bce_with_logits(model.forward(x), y).mean();
+        let grads = GradientsParams::from_grads(loss.backward(), &model);
+        model = optim.step(1e-3, model.clone(), grads);
+        black_box(&model);
+    };
+    g.bench_function("burn_flex_64x256x256x1_batch1024", |b| b.iter(&mut step));
+    // The same step with the calling thread one of the pool's (as the executors train):
+    // the kernels' parallel parts do not wake threads beside a caller that waits.
+    let pool = rayon::ThreadPoolBuilder::new()
+        .build()
+        .expect("a thread pool");
+    g.bench_function("burn_flex_64x256x256x1_batch1024_in_pool", |b| {
+        pool.install(|| b.iter(&mut step))
+    });
+    g.finish();
+}
+
+/// One N-BEATS training step as `train_nbeats` takes it (forward, L1 loss, backward, Adam):
+/// the M4 hourly member of benches/RESULTS.md (input 144, horizon 48, 6 blocks × 4 layers
+/// of width 512, batch 1,024); `benches/torch_mlp.py` times the same step in PyTorch.
+fn nbeats(c: &mut Criterion) {
+    let device = Device::flex().autodiff();
+    device.seed(1);
+    let cfg = NBeatsConfig {
+        input_size: 144,
+        horizon: 48,
+        covariates: 0,
+        blocks: 6,
+        layers: 4,
+        width: 512,
+    };
+    let batch = 1024;
+    let mut model = NBeats::new(&cfg, &device);
+    let mut optim = AdamConfig::new().init();
+    let wave = |n: usize| -> Vec<f32> { (0..n).map(|i| ((i % 97) as f32 / 97.0).sin()).collect() };
+    let (xs, ys) = (wave(batch * cfg.input_size), wave(batch * cfg.horizon));
+    let mut g = c.benchmark_group("nbeats_train_step");
+    g.throughput(Throughput::Elements(batch as u64));
+    g.sample_size(10);
+    g.bench_function("burn_flex_144x6x4x512_batch1024", |b| {
         b.iter(|| {
-            let x = Tensor::<2>::from_data(TensorData::new(xs.clone(), [batch, inputs]), &device);
-            let y = Tensor::<2>::from_data(TensorData::new(ys.clone(), [batch, 1]), &device);
-            let loss = bce_with_logits(model.forward(x), y).mean();
+            let x = Tensor::<2>::from_data(
+                TensorData::new(xs.clone(), [batch, cfg.input_size]),
+                &device,
+            );
+            let y =
+                Tensor::<2>::from_data(TensorData::new(ys.clone(), [batch, cfg.horizon]), &device);
+            let loss = (model.forward(x, None) - y).abs().mean();
             let grads = GradientsParams::from_grads(loss.backward(), &model);
             model = optim.step(1e-3, model.clone(), grads);
             black_box(&model);
@@ -60,5 +112,5 @@ fn bench(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, bench);
+criterion_group!(benches, bench, nbeats);
 criterion_main!(benches);
