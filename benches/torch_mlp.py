@@ -35,16 +35,21 @@ def step():
     opt.step()
 
 
-for _ in range(5):
-    step()
-times = []
-for _ in range(30):
-    t = time.perf_counter()
-    step()
-    times.append(time.perf_counter() - t)
-med = statistics.median(times)
-print(f"torch {torch.__version__} threads {torch.get_num_threads()}: "
-      f"median step {med * 1e3:.3f} ms, {batch / med:,.0f} samples/s")
+def report(label, step, warm, timed):
+    """Run `step` `warm` times, then print the median of `timed` timed runs."""
+    for _ in range(warm):
+        step()
+    times = []
+    for _ in range(timed):
+        t = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - t)
+    med = statistics.median(times)
+    print(f"torch {torch.__version__} threads {torch.get_num_threads()}{label}: "
+          f"median step {med * 1e3:.3f} ms, {batch / med:,.0f} samples/s")
+
+
+report("", step, 5, 30)
 
 
 class Block(torch.nn.Module):
@@ -91,13 +96,4 @@ def nbeats_step():
     nopt.step()
 
 
-for _ in range(2):
-    nbeats_step()
-times = []
-for _ in range(10):
-    t = time.perf_counter()
-    nbeats_step()
-    times.append(time.perf_counter() - t)
-med = statistics.median(times)
-print(f"torch {torch.__version__} threads {torch.get_num_threads()} N-BEATS: "
-      f"median step {med * 1e3:.3f} ms, {batch / med:,.0f} samples/s")
+report(" N-BEATS", nbeats_step, 2, 10)
