@@ -17,7 +17,7 @@ use halyard_core::spec::DeviceKind;
 
 /// mimalloc rather than glibc's malloc: a training step frees and allocates tensor buffers
 /// of hundreds of kilobytes, which glibc returns to the kernel and faults in again each step
-/// (40 % of the MLP step's time; benches/RESULTS.md "Training speed").
+/// (the MLP step took 1.6–2× as long; benches/RESULTS.md "Training speed").
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

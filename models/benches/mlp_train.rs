@@ -3,7 +3,9 @@
 //! The architecture matches `benches/torch_mlp.py`: 64 numeric inputs, hidden 256 and 256,
 //! one logit, batch 1024. The bench allocates with mimalloc, as the `halyard` binary does;
 //! it runs the step once from the bench's thread and once from inside a rayon pool (as a
-//! data-parallel worker trains).
+//! data-parallel worker trains). The optimiser is handed the model, not a copy of it, as in
+//! `mlp.rs` and `train_nbeats`: with a second reference to its weights the backend could not
+//! update them in place.
 //!
 //! `cargo bench -p halyard-models --bench mlp_train`
 
@@ -40,11 +42,11 @@ fn bench(c: &mut Criterion) {
     let device = Device::flex().autodiff();
     device.seed(1);
     let (inputs, hidden, batch) = (64, 256, 1024);
-    let mut model = Mlp {
+    let mut model = Some(Mlp {
         l1: LinearConfig::new(inputs, hidden).init(&device),
         l2: LinearConfig::new(hidden, hidden).init(&device),
         out: LinearConfig::new(hidden, 1).init(&device),
-    };
+    });
     let mut optim = AdamWConfig::new().init();
     let xs: Vec<f32> = (0..batch * inputs)
         .map(|i| ((i * 7919) % 1000) as f32 / 1000.0 - 0.5)
@@ -56,14 +58,14 @@ fn bench(c: &mut Criterion) {
     let mut step = || {
         let x = Tensor::<2>::from_data(TensorData::new(xs.clone(), [batch, inputs]), &device);
         let y = Tensor::<2>::from_data(TensorData::new(ys.clone(), [batch, 1]), &device);
-        let loss = bce_with_logits(model.forward(x), y).mean();
-        let grads = GradientsParams::from_grads(loss.backward(), &model);
-        model = optim.step(1e-3, model.clone(), grads);
-        black_box(&model);
+        let m = model.take().expect("the model between steps");
+        let loss = bce_with_logits(m.forward(x), y).mean();
+        let grads = GradientsParams::from_grads(loss.backward(), &m);
+        model = Some(black_box(optim.step(1e-3, m, grads)));
     };
     g.bench_function("burn_flex_64x256x256x1_batch1024", |b| b.iter(&mut step));
-    // The same step with the calling thread one of the pool's (as the executors train):
-    // the kernels' parallel parts do not wake threads beside a caller that waits.
+    // The same step with the calling thread one of the pool's, as a data-parallel worker
+    // trains (`executor/src/parallel.rs`).
     let pool = rayon::ThreadPoolBuilder::new()
         .build()
         .expect("a thread pool");
@@ -88,7 +90,7 @@ fn nbeats(c: &mut Criterion) {
         width: 512,
     };
     let batch = 1024;
-    let mut model = NBeats::new(&cfg, &device);
+    let mut model = Some(NBeats::new(&cfg, &device));
     let mut optim = AdamConfig::new().init();
     let wave = |n: usize| -> Vec<f32> { (0..n).map(|i| ((i % 97) as f32 / 97.0).sin()).collect() };
     let (xs, ys) = (wave(batch * cfg.input_size), wave(batch * cfg.horizon));
@@ -103,10 +105,10 @@ fn nbeats(c: &mut Criterion) {
             );
             let y =
                 Tensor::<2>::from_data(TensorData::new(ys.clone(), [batch, cfg.horizon]), &device);
-            let loss = (model.forward(x, None) - y).abs().mean();
-            let grads = GradientsParams::from_grads(loss.backward(), &model);
-            model = optim.step(1e-3, model.clone(), grads);
-            black_box(&model);
+            let m = model.take().expect("the model between steps");
+            let loss = (m.forward(x, None) - y).abs().mean();
+            let grads = GradientsParams::from_grads(loss.backward(), &m);
+            model = Some(black_box(optim.step(1e-3, m, grads)));
         })
     });
     g.finish();
