@@ -119,6 +119,9 @@ pub trait KvBackend: Send + Sync + 'static {
     /// Several keys read at one revision (one round trip to etcd per [`MANY_KEYS`]), in
     /// the order asked.
     async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<KvEntry>>>;
+    /// All keys under each of several prefixes, read at one revision (one round trip to
+    /// etcd per [`MANY_KEYS`] prefixes), in the order asked.
+    async fn ranges(&self, prefixes: &[String]) -> Result<Vec<Vec<KvEntry>>>;
     /// Apply `then` atomically if every comparison holds.
     async fn txn(&self, when: Vec<Compare>, then: Vec<TxnOp>) -> Result<TxnOutcome>;
     /// A new lease; keys bound to it vanish when it is not kept alive for `ttl`.
@@ -337,6 +340,15 @@ impl EmbeddedState {
             lease: s.lease,
         }
     }
+
+    /// All keys under `prefix`, in key order.
+    fn range(&self, prefix: &str) -> Vec<KvEntry> {
+        self.data
+            .range(prefix.to_string()..)
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .map(|(k, s)| self.entry(k, s))
+            .collect()
+    }
 }
 
 #[async_trait]
@@ -351,13 +363,12 @@ impl KvBackend for EmbeddedKv {
     }
 
     async fn range(&self, prefix: &str) -> Result<Vec<KvEntry>> {
+        Ok(self.lock().range(prefix))
+    }
+
+    async fn ranges(&self, prefixes: &[String]) -> Result<Vec<Vec<KvEntry>>> {
         let state = self.lock();
-        Ok(state
-            .data
-            .range(prefix.to_string()..)
-            .take_while(|(k, _)| k.starts_with(prefix))
-            .map(|(k, s)| state.entry(k, s))
-            .collect())
+        Ok(prefixes.iter().map(|p| state.range(p)).collect())
     }
 
     async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<KvEntry>>> {
@@ -643,6 +654,29 @@ impl EtcdKv {
             lease: kv.lease(),
         }
     }
+
+    /// The answers of one transaction of reads, in order (`what` names it in errors).
+    async fn read_txn(
+        &self,
+        what: &str,
+        ops: Vec<etcd_client::TxnOp>,
+    ) -> Result<Vec<etcd_client::GetResponse>> {
+        let resp = self
+            .client
+            .clone()
+            .txn(etcd_client::Txn::new().and_then(ops))
+            .await
+            .map_err(|e| etcd_err(what, e))?;
+        resp.op_responses()
+            .into_iter()
+            .map(|r| match r {
+                etcd_client::TxnOpResponse::Get(g) => Ok(g),
+                _ => Err(Error::Coordinator(format!(
+                    "etcd {what}: a read answered as a write"
+                ))),
+            })
+            .collect()
+    }
 }
 
 #[async_trait]
@@ -673,6 +707,26 @@ impl KvBackend for EtcdKv {
         Ok(resp.kvs().iter().map(Self::to_entry).collect())
     }
 
+    async fn ranges(&self, prefixes: &[String]) -> Result<Vec<Vec<KvEntry>>> {
+        tracing::trace!(?prefixes, "etcd ranges");
+        let mut out = Vec::with_capacity(prefixes.len());
+        for chunk in prefixes.chunks(MANY_KEYS) {
+            let ops: Vec<etcd_client::TxnOp> = chunk
+                .iter()
+                .map(|p| {
+                    etcd_client::TxnOp::get(
+                        p.as_str(),
+                        Some(etcd_client::GetOptions::new().with_prefix()),
+                    )
+                })
+                .collect();
+            for r in self.read_txn("ranges", ops).await? {
+                out.push(r.kvs().iter().map(Self::to_entry).collect());
+            }
+        }
+        Ok(out)
+    }
+
     async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<KvEntry>>> {
         tracing::trace!(keys = keys.len(), "etcd get many");
         // (`chunks` of nothing is no chunk: no round trip.)
@@ -682,23 +736,8 @@ impl KvBackend for EtcdKv {
                 .iter()
                 .map(|k| etcd_client::TxnOp::get(k.as_str(), None))
                 .collect();
-            let resp = self
-                .client
-                .clone()
-                .txn(etcd_client::Txn::new().and_then(ops))
-                .await
-                .map_err(|e| etcd_err("get many", e))?;
-            for r in resp.op_responses() {
-                match r {
-                    etcd_client::TxnOpResponse::Get(g) => {
-                        out.push(g.kvs().first().map(Self::to_entry));
-                    }
-                    _ => {
-                        return Err(Error::Coordinator(
-                            "etcd get many: a read answered as a write".into(),
-                        ));
-                    }
-                }
+            for r in self.read_txn("get many", ops).await? {
+                out.push(r.kvs().first().map(Self::to_entry));
             }
         }
         Ok(out)

@@ -350,6 +350,13 @@ impl KvBackend for Timed {
         r
     }
 
+    async fn ranges(&self, prefixes: &[String]) -> Result<Vec<Vec<KvEntry>>> {
+        let t = Instant::now();
+        let r = self.inner.ranges(prefixes).await;
+        self.metrics.coordinator_op("ranges", t, &r);
+        r
+    }
+
     async fn txn(&self, when: Vec<Compare>, then: Vec<TxnOp>) -> Result<TxnOutcome> {
         let t = Instant::now();
         let r = self.inner.txn(when, then).await;

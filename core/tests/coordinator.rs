@@ -275,6 +275,7 @@ async fn progress_is_fenced_on_the_assignment(c: Coordinator) {
 async fn active_jobs_and_reports_are_read_in_batches(c: Coordinator) {
     let l = c.grant_lease(TTL).await.unwrap();
     let lead = c.campaign("s", l).await.unwrap().unwrap();
+    c.register_executor(&executor("e1"), l).await.unwrap();
     // More jobs than one etcd transaction reads.
     let n = halyard_core::kv::MANY_KEYS * 2 + 3;
     for i in 0..n {
@@ -306,16 +307,30 @@ async fn active_jobs_and_reports_are_read_in_batches(c: Coordinator) {
         running.revision,
         c.get_job("j200").await.unwrap().unwrap().revision
     );
-    let reports = c
-        .get_progress_of(&["j001", "j200", "nope", "j200"])
-        .await
-        .unwrap();
-    let epochs: Vec<Option<u32>> = reports
+
+    // The leader's pass reads the same jobs, with the tasks and the running one's report.
+    let view = c.leader_view().await.unwrap();
+    let view_ids: Vec<&str> = view.jobs.iter().map(|j| j.value.id.as_str()).collect();
+    assert_eq!(view_ids, ids);
+    assert_eq!(
+        view.jobs.iter().map(|j| j.revision).collect::<Vec<_>>(),
+        active.iter().map(|j| j.revision).collect::<Vec<_>>()
+    );
+    let tasks: Vec<(&str, &str)> = view
+        .tasks
         .iter()
-        .map(|r| r.as_ref().map(|r| r.epoch))
+        .map(|t| (t.value.executor.as_str(), t.value.job_id.as_str()))
         .collect();
-    assert_eq!(epochs, [None, Some(4), None, Some(4)]);
-    assert!(c.get_progress_of(&[]).await.unwrap().is_empty());
+    assert_eq!(tasks, [("e1", "j200")]);
+    assert_eq!(view.tasks[0].revision, assigned[0].revision);
+    let epochs: Vec<(&str, u32)> = view
+        .reports
+        .iter()
+        .map(|(id, r)| (id.as_str(), r.epoch))
+        .collect();
+    assert_eq!(epochs, [("j200", 4)]);
+    let executors: Vec<&str> = view.executors.iter().map(|e| e.id.as_str()).collect();
+    assert_eq!(executors, ["e1"]);
 }
 
 async fn model_versions_are_unique_under_contention(c: Coordinator) {

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use halyard_core::auth::Verifier;
 use halyard_core::config::SchedulerConfig;
-use halyard_core::coord::{Auditor, Coordinator, Leadership, OwnWrites, Versioned};
+use halyard_core::coord::{Auditor, Coordinator, LeaderView, Leadership, OwnWrites, Versioned};
 use halyard_core::metrics::Metrics;
 use halyard_core::placement::{Demand, Placement, Room, place};
 use halyard_core::records::{
@@ -168,21 +168,22 @@ impl Leader<'_> {
                 coord.keep_alive(leadership.lease).await?;
                 *renewed = Instant::now();
             }
-            // One read of the live executors serves both duties.
-            let executors = match coord.list_executors().await {
-                Ok(e) => e,
+            // One read (two round trips) serves the pass: the live executors, the active
+            // jobs, the tasks and their reports.
+            let view = match coord.leader_view().await {
+                Ok(v) => v,
                 Err(e) => {
-                    warn!(error = %e, "cannot list executors; retrying");
+                    warn!(error = %e, "cannot read the jobs and executors; retrying");
                     tokio::time::sleep(cfg.tick).await;
                     continue;
                 }
             };
-            self.sql_tick(&executors).await?;
+            self.sql_tick(&view.executors).await?;
             let timed = last_timed.is_none_or(|t| t.elapsed() >= cfg.tick);
             if timed {
                 last_timed = Some(Instant::now());
             }
-            let failed = match self.tick(&executors, timed).await {
+            let failed = match self.tick(view, timed).await {
                 Ok(()) => false,
                 Err(Error::Fenced) => return Err(Error::Fenced),
                 Err(Error::LeaseLost(l)) => return Err(Error::LeaseLost(l)),
@@ -429,7 +430,14 @@ impl Leader<'_> {
     /// One pass: the jobs (placement, supervision, searches), and with `timed` also the
     /// duties driven by time rather than by writes (schedules, bandits, ramps, the audit
     /// log), which a wake-up between two periods skips.
-    async fn tick(&mut self, executors: &[ExecutorInfo], timed: bool) -> Result<()> {
+    async fn tick(&mut self, view: LeaderView, timed: bool) -> Result<()> {
+        let LeaderView {
+            executors,
+            jobs,
+            tasks,
+            mut reports,
+        } = view;
+        let executors = &executors[..];
         if timed {
             self.trim_audit().await;
             self.collect_garbage();
@@ -439,17 +447,7 @@ impl Leader<'_> {
             self.advance_ramps(&deployments).await?;
             self.place_models(executors, &deployments).await?;
         }
-        let jobs = self.coord.list_active_jobs().await?;
-        let tasks: Vec<TaskAssignment> = if jobs.is_empty() {
-            Vec::new()
-        } else {
-            self.coord
-                .all_tasks()
-                .await?
-                .into_iter()
-                .map(|t| t.value)
-                .collect()
-        };
+        let tasks: Vec<TaskAssignment> = tasks.into_iter().map(|t| t.value).collect();
         let mut free = free_capacity(executors, &tasks);
         self.gauge(&jobs, executors, &free);
         if jobs.is_empty() {
@@ -458,18 +456,6 @@ impl Leader<'_> {
         let addresses: HashMap<&str, &str> = executors
             .iter()
             .map(|e| (e.id.as_str(), e.address.as_str()))
-            .collect();
-        // The running tasks' reports, in one read.
-        let supervised: Vec<&str> = jobs
-            .iter()
-            .filter(|j| j.value.state == JobState::Running && j.value.spec.search.is_none())
-            .map(|j| j.value.id.as_str())
-            .collect();
-        let mut reports: HashMap<String, TaskProgress> = supervised
-            .iter()
-            .map(|id| id.to_string())
-            .zip(self.coord.get_progress_of(&supervised).await?)
-            .filter_map(|(id, p)| Some((id, p?)))
             .collect();
         for job in jobs {
             let result = match job.value.state {

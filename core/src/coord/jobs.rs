@@ -3,8 +3,23 @@
 
 use super::{Coordinator, Edit, Leadership, Versioned, decode, encode, put};
 use crate::error::{Error, Result};
-use crate::kv::TxnOp;
-use crate::records::{JobRecord, TaskAssignment, TaskProgress};
+use std::collections::{HashMap, HashSet};
+
+use crate::kv::{KvEntry, TxnOp};
+use crate::records::{ExecutorInfo, JobRecord, TaskAssignment, TaskProgress};
+
+/// What one pass of the leader reads ([`Coordinator::leader_view`]).
+#[derive(Debug, Clone)]
+pub struct LeaderView {
+    /// The live executors.
+    pub executors: Vec<ExecutorInfo>,
+    /// The jobs that have not ended, oldest first.
+    pub jobs: Vec<Versioned<JobRecord>>,
+    /// Every task assignment.
+    pub tasks: Vec<Versioned<TaskAssignment>>,
+    /// The latest progress report of each active job with a task, by job id.
+    pub reports: HashMap<String, TaskProgress>,
+}
 
 impl Coordinator {
     // ---- jobs --------------------------------------------------------------------------
@@ -57,17 +72,82 @@ impl Coordinator {
     /// active index and recorded under `quarantine/<job>` with the reason, so the rest go
     /// on; its record stays as it is for inspection.
     pub async fn list_active_jobs(&self) -> Result<Vec<Versioned<JobRecord>>> {
-        let prefix = self.key("active/");
-        let ids: Vec<String> = self
-            .kv
-            .range(&prefix)
-            .await?
-            .into_iter()
-            .map(|e| e.key[prefix.len()..].to_string())
-            .collect();
+        let ids = self.active_ids(&self.kv.range(&self.key("active/")).await?);
         let keys: Vec<String> = ids.iter().map(|id| self.job_key(id)).collect();
+        let entries = self.kv.get_many(&keys).await?;
+        self.active_jobs(&ids, entries).await
+    }
+
+    /// What one pass of the leader reads, in two round trips to etcd (per 128 keys): the
+    /// live executors, the active index and every task assignment at one revision, then
+    /// the active jobs and the latest reports of those with a task. Jobs are read as
+    /// [`Coordinator::list_active_jobs`] reads them.
+    pub async fn leader_view(&self) -> Result<LeaderView> {
+        let prefixes = [
+            self.key("executors/"),
+            self.key("active/"),
+            self.key("tasks/"),
+        ];
+        let mut read = self.kv.ranges(&prefixes).await?.into_iter();
+        let (executors, active, tasks) = (
+            read.next().unwrap_or_default(),
+            read.next().unwrap_or_default(),
+            read.next().unwrap_or_default(),
+        );
+        let executors = executors
+            .iter()
+            .map(|e| decode(e).map(|v: Versioned<ExecutorInfo>| v.value))
+            .collect::<Result<Vec<_>>>()?;
+        let tasks = tasks.iter().map(decode).collect::<Result<Vec<_>>>()?;
+        let ids = self.active_ids(&active);
+        let assigned: HashSet<&str> = tasks
+            .iter()
+            .map(|t: &Versioned<TaskAssignment>| t.value.job_id.as_str())
+            .collect();
+        let reported: Vec<&String> = ids
+            .iter()
+            .filter(|id| assigned.contains(id.as_str()))
+            .collect();
+        let keys: Vec<String> = ids
+            .iter()
+            .map(|id| self.job_key(id))
+            .chain(reported.iter().map(|id| self.progress_key(id)))
+            .collect();
+        let mut entries = self.kv.get_many(&keys).await?;
+        let reports = entries.split_off(ids.len());
+        let reports = reported
+            .into_iter()
+            .zip(reports)
+            .filter_map(|(id, e)| Some((id.clone(), e?)))
+            .map(|(id, e)| decode(&e).map(|p: Versioned<TaskProgress>| (id, p.value)))
+            .collect::<Result<HashMap<_, _>>>()?;
+        Ok(LeaderView {
+            executors,
+            jobs: self.active_jobs(&ids, entries).await?,
+            tasks,
+            reports,
+        })
+    }
+
+    /// The job ids of the active index's entries.
+    fn active_ids(&self, active: &[KvEntry]) -> Vec<String> {
+        let prefix = self.key("active/");
+        active
+            .iter()
+            .filter_map(|e| e.key.strip_prefix(&prefix).map(String::from))
+            .collect()
+    }
+
+    /// The jobs of `ids` from their records as read (`entries`, in the same order), oldest
+    /// first: those that ended between the two reads left out, unreadable ones
+    /// quarantined.
+    async fn active_jobs(
+        &self,
+        ids: &[String],
+        entries: Vec<Option<KvEntry>>,
+    ) -> Result<Vec<Versioned<JobRecord>>> {
         let mut jobs = Vec::new();
-        for (id, entry) in ids.iter().zip(self.kv.get_many(&keys).await?) {
+        for (id, entry) in ids.iter().zip(entries) {
             match entry.map(|e| decode::<JobRecord>(&e)).transpose() {
                 // A job ended between the two reads: its index key is gone now, skip it.
                 Ok(Some(job)) if !job.value.state.is_terminal() => jobs.push(job),
@@ -236,17 +316,5 @@ impl Coordinator {
     /// The latest progress report of a job's current task.
     pub async fn get_progress(&self, job: &str) -> Result<Option<TaskProgress>> {
         self.get_value(&self.progress_key(job)).await
-    }
-
-    /// The latest progress reports of several jobs' tasks, read at one revision, in the
-    /// order asked.
-    pub async fn get_progress_of(&self, jobs: &[&str]) -> Result<Vec<Option<TaskProgress>>> {
-        let keys: Vec<String> = jobs.iter().map(|j| self.progress_key(j)).collect();
-        self.kv
-            .get_many(&keys)
-            .await?
-            .iter()
-            .map(|e| e.as_ref().map(|e| decode(e).map(|v| v.value)).transpose())
-            .collect()
     }
 }
