@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use halyard_core::Error;
-use halyard_core::coord::{Coordinator, Leadership, OwnWrites};
+use halyard_core::coord::{Coordinator, Leadership, OwnWrites, Versioned};
 use halyard_core::kv::{EmbeddedKv, EtcdKv};
 use halyard_core::records::{ExecutorInfo, JobRecord, JobState, TaskAssignment, TaskProgress};
 use halyard_core::registry::{
@@ -197,7 +197,99 @@ async fn place(c: &Coordinator, lead: &Leadership, id: &str, executor: &str) -> 
         group: Vec::new(),
         stages: Vec::new(),
     };
-    c.assign_task(lead, &v, &placed, &[task]).await.unwrap()
+    c.assign_task(lead, &v, &placed, &[task], None)
+        .await
+        .unwrap()
+}
+
+/// An ended job's release goes out in the next assignment's transaction: both at one
+/// revision, or neither when either job moved since it was read.
+async fn a_release_goes_out_with_the_next_assignment(c: Coordinator) {
+    let lead = lead_and_place(&c).await;
+    c.submit_job(&JobRecord::new("k".into(), spec()))
+        .await
+        .unwrap();
+    let ended = |j: &Versioned<JobRecord>| {
+        let mut e = j.value.clone();
+        e.state = JobState::Succeeded;
+        e
+    };
+    let k = c.get_job("k").await.unwrap().unwrap();
+    let mut placed = k.value.clone();
+    placed.state = JobState::Running;
+    placed.attempt = 1;
+    placed.executor = Some("e1".into());
+    let task = TaskAssignment {
+        job_id: "k".into(),
+        attempt: 1,
+        executor: "e1".into(),
+        spec: spec(),
+        assigned_ms: 0,
+        rank: 0,
+        group: Vec::new(),
+        stages: Vec::new(),
+    };
+    let on_e1 = || async {
+        c.tasks_for("e1")
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|t| t.value.job_id)
+            .collect::<Vec<_>>()
+    };
+
+    // Job j moved after it was read (a cancel request): nothing of either is written.
+    let j = c.get_job("j").await.unwrap().unwrap();
+    let stale = c.release_write(&j, &ended(&j));
+    c.request_cancel("j").await.unwrap();
+    assert!(matches!(
+        c.assign_task(
+            &lead,
+            &k,
+            &placed,
+            std::slice::from_ref(&task),
+            Some(&stale)
+        )
+        .await,
+        Err(Error::Conflict { .. })
+    ));
+    assert_eq!(on_e1().await, ["j"]);
+    assert_eq!(
+        c.get_job("k").await.unwrap().unwrap().value.state,
+        JobState::Pending
+    );
+
+    // Read again: one transaction ends j, takes its task away and places k.
+    let j = c.get_job("j").await.unwrap().unwrap();
+    let release = c.release_write(&j, &ended(&j));
+    let revision = c
+        .assign_task(&lead, &k, &placed, &[task], Some(&release))
+        .await
+        .unwrap();
+    let (j, k) = (
+        c.get_job("j").await.unwrap().unwrap(),
+        c.get_job("k").await.unwrap().unwrap(),
+    );
+    assert_eq!((j.value.state, j.revision), (JobState::Succeeded, revision));
+    assert_eq!((k.value.state, k.revision), (JobState::Running, revision));
+    assert_eq!(on_e1().await, ["k"]);
+    let active: Vec<String> = c
+        .list_active_jobs()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|j| j.value.id)
+        .collect();
+    assert_eq!(active, ["k"]);
+
+    // A release with nothing to go out with is sent alone.
+    let k = c.get_job("k").await.unwrap().unwrap();
+    let revision = c
+        .commit_release(&lead, c.release_write(&k, &ended(&k)))
+        .await
+        .unwrap();
+    assert_eq!(c.get_job("k").await.unwrap().unwrap().revision, revision);
+    assert!(on_e1().await.is_empty());
 }
 
 async fn a_worker_group_is_placed_and_released_whole(c: Coordinator) {
@@ -228,7 +320,9 @@ async fn a_worker_group_is_placed_and_released_whole(c: Coordinator) {
             stages: Vec::new(),
         })
         .collect();
-    c.assign_task(&lead, &v, &placed, &tasks).await.unwrap();
+    c.assign_task(&lead, &v, &placed, &tasks, None)
+        .await
+        .unwrap();
     for (rank, e) in ["e1", "e2", "e3"].into_iter().enumerate() {
         let mine = c.tasks_for(e).await.unwrap();
         assert_eq!(mine.len(), 1, "{e}");
@@ -731,6 +825,7 @@ conformance!(
     progress_is_fenced_on_the_assignment,
     active_jobs_and_reports_are_read_in_batches,
     a_worker_group_is_placed_and_released_whole,
+    a_release_goes_out_with_the_next_assignment,
     model_versions_are_unique_under_contention,
     registry_versions_deployments_outcomes_and_serving,
     sql_endpoint_follows_the_leader,
@@ -902,6 +997,7 @@ async fn the_suite_passes_against_etcd_with_tls_client_certificates_and_users() 
     progress_is_fenced_on_the_assignment(coord().await).await;
     active_jobs_and_reports_are_read_in_batches(coord().await).await;
     a_worker_group_is_placed_and_released_whole(coord().await).await;
+    a_release_goes_out_with_the_next_assignment(coord().await).await;
     model_versions_are_unique_under_contention(coord().await).await;
     registry_versions_deployments_outcomes_and_serving(coord().await).await;
     sql_endpoint_follows_the_leader(coord().await).await;

@@ -6,7 +6,9 @@ use std::time::{Duration, Instant};
 
 use halyard_core::auth::Verifier;
 use halyard_core::config::SchedulerConfig;
-use halyard_core::coord::{Auditor, Coordinator, LeaderView, Leadership, OwnWrites, Versioned};
+use halyard_core::coord::{
+    Auditor, Coordinator, LeaderView, Leadership, OwnWrites, Release, Versioned,
+};
 use halyard_core::metrics::Metrics;
 use halyard_core::placement::{Demand, Placement, Room, place};
 use halyard_core::records::{
@@ -15,7 +17,7 @@ use halyard_core::records::{
 use halyard_core::registry::{CANARY, Change, Deployment, Outcomes, PRODUCTION, total};
 use halyard_core::schedule::Run;
 use halyard_core::search::{Next, SearchState, TrialState, best_trial, next_step};
-use halyard_core::spec::Stage;
+use halyard_core::spec::{ResourceSpec, Stage};
 use halyard_core::store::Store;
 use halyard_core::{Error, Result};
 use halyard_features::cluster::SqlScheduler;
@@ -457,23 +459,46 @@ impl Leader<'_> {
             .iter()
             .map(|e| (e.id.as_str(), e.address.as_str()))
             .collect();
+        // An ended job's release waits for the next placement of this pass, to go out in
+        // its transaction (one write, and one wake-up of an executor that ends one task
+        // and starts the next), or alone at the end of the pass.
+        let mut held: Option<Ended> = None;
         for job in jobs {
             let result = match job.value.state {
                 _ if job.value.spec.search.is_some() => self.search(&job).await,
-                JobState::Pending => self.place(&job, &mut free, &addresses).await,
+                JobState::Pending => self.place(&job, &mut free, &addresses, &mut held).await,
                 JobState::Running => {
                     let report = reports.remove(&job.value.id);
                     let released = self.supervise(&job, &free, report).await;
                     // A released task's slots are free for the jobs after it in this
                     // pass (the next pass would count them free from the assignments).
-                    if matches!(released, Ok(true)) {
-                        for t in tasks.iter().filter(|t| t.job_id == job.value.id) {
-                            if let Some(f) = free.get_mut(&t.executor) {
-                                f.give(&t.spec.resources);
+                    let slots: Vec<(String, ResourceSpec)> = tasks
+                        .iter()
+                        .filter(|t| t.job_id == job.value.id)
+                        .map(|t| (t.executor.clone(), t.spec.resources.clone()))
+                        .collect();
+                    let mut give = || {
+                        for (e, need) in &slots {
+                            if let Some(f) = free.get_mut(e) {
+                                f.give(need);
                             }
                         }
+                    };
+                    match released {
+                        Ok(Released::No) => Ok(()),
+                        Ok(Released::Requeued) => {
+                            give();
+                            Ok(())
+                        }
+                        Ok(Released::Ended(end)) => {
+                            give();
+                            match held.replace(Ended { slots, ..end }) {
+                                Some(earlier) => self.end_alone(earlier, &mut free).await,
+                                None => Ok(()),
+                            }
+                        }
+                        Err(e) => Err(e),
                     }
-                    released.map(|_| ())
                 }
                 _ => Ok(()),
             };
@@ -483,7 +508,35 @@ impl Leader<'_> {
                 other => other?,
             }
         }
+        if let Some(end) = held {
+            match self.end_alone(end, &mut free).await {
+                Err(Error::Conflict { .. }) => {}
+                other => other?,
+            }
+        }
         Ok(())
+    }
+
+    /// Send an ended job's release on its own; when it fails, its slots are taken again.
+    async fn end_alone(&self, end: Ended, free: &mut HashMap<String, Free>) -> Result<()> {
+        let Ended { release, slots, .. } = &end;
+        match self
+            .own_write(self.coord.commit_release(self.leadership, release.clone()))
+            .await
+        {
+            Ok(_) => {
+                end.log();
+                Ok(())
+            }
+            Err(e) => {
+                for (executor, need) in slots {
+                    if let Some(f) = free.get_mut(executor) {
+                        f.take(need);
+                    }
+                }
+                Err(e)
+            }
+        }
     }
 
     /// Set the cluster's gauges from what this tick read.
@@ -513,6 +566,7 @@ impl Leader<'_> {
         job: &Versioned<JobRecord>,
         free: &mut HashMap<String, Free>,
         addresses: &HashMap<&str, &str>,
+        held: &mut Option<Ended>,
     ) -> Result<()> {
         let mut new = job.value.clone();
         if new.cancel_requested {
@@ -597,8 +651,28 @@ impl Leader<'_> {
                 stages: stages.clone(),
             })
             .collect();
-        self.own_write(self.coord.assign_task(self.leadership, job, &new, &tasks))
-            .await?;
+        let with = held.take();
+        let (new_ref, tasks_ref) = (&new, &tasks);
+        let assign = |release: Option<Release>| async move {
+            self.own_write(self.coord.assign_task(
+                self.leadership,
+                job,
+                new_ref,
+                tasks_ref,
+                release.as_ref(),
+            ))
+            .await
+        };
+        let placed = assign(with.as_ref().map(|e| e.release.clone())).await;
+        match (placed, with) {
+            (Ok(_), with) => with.iter().for_each(Ended::log),
+            // One of the two jobs moved: the release alone, then the placement alone.
+            (Err(Error::Conflict { .. }), Some(end)) => {
+                self.end_alone(end, free).await?;
+                assign(None).await?;
+            }
+            (Err(e), _) => return Err(e),
+        }
         for e in &chosen {
             if let Some(slot) = free.get_mut(e) {
                 slot.take(need);
@@ -627,13 +701,13 @@ impl Leader<'_> {
         job: &Versioned<JobRecord>,
         free: &HashMap<String, Free>,
         report: Option<TaskProgress>,
-    ) -> Result<bool> {
+    ) -> Result<Released> {
         let mut new = job.value.clone();
         let executor = new.executor.clone().unwrap_or_default();
         let progress = report.filter(|p| p.attempt == new.attempt);
         let live = |e: &str| free.contains_key(e);
         match supervise(&new, progress.as_ref(), &live, self.cfg.max_attempts) {
-            Verdict::RunsOn => return Ok(false),
+            Verdict::RunsOn => return Ok(Released::No),
             Verdict::Cancel => {
                 new.state = JobState::Cancelled;
                 new.log(&self.source, "cancelled");
@@ -692,20 +766,45 @@ impl Leader<'_> {
         if let Some(p) = &progress {
             append_lines(&mut new.events, p.lines.iter().cloned());
         }
-        // A job back to pending (its next step, a requeue) needs the pass it wakes.
-        let release = self.coord.release_task(self.leadership, job, &new);
-        if new.state == JobState::Pending {
-            release.await?;
-        } else {
-            self.own_write(release).await?;
+        // A job back to pending (its next step, a requeue) needs the pass it wakes; an
+        // ended job's release is the caller's to send.
+        if new.state != JobState::Pending {
+            return Ok(Released::Ended(Ended {
+                release: self.coord.release_write(job, &new),
+                slots: Vec::new(),
+                job: new,
+            }));
         }
-        match new.state {
-            JobState::Pending => warn!(job = %new.id, %executor, "task requeued"),
-            state => {
-                info!(job = %new.id, state = state.as_str(), artifact = ?new.artifact, error = ?new.error, "job ended")
-            }
-        }
-        Ok(true)
+        self.coord.release_task(self.leadership, job, &new).await?;
+        warn!(job = %new.id, %executor, "task requeued");
+        Ok(Released::Requeued)
+    }
+}
+
+/// What supervising a running job did to its task.
+enum Released {
+    /// Nothing: it runs on.
+    No,
+    /// Taken away and the job sent back to pending (written).
+    Requeued,
+    /// The job ended: its release, not yet written.
+    Ended(Ended),
+}
+
+/// An ended job's release, held to go out with the next placement.
+struct Ended {
+    release: Release,
+    /// The record as it ends.
+    job: JobRecord,
+    /// The slots its tasks held: executor, resources.
+    slots: Vec<(String, ResourceSpec)>,
+}
+
+impl Ended {
+    /// Log the end once it is written.
+    fn log(&self) {
+        let j = &self.job;
+        info!(job = %j.id, state = j.state.as_str(), artifact = ?j.artifact, error = ?j.error, "job ended");
     }
 }
 

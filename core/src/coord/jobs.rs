@@ -5,8 +5,17 @@ use super::{Coordinator, Edit, Leadership, Versioned, decode, encode, put};
 use crate::error::{Error, Result};
 use std::collections::{HashMap, HashSet};
 
-use crate::kv::{KvEntry, TxnOp};
+use crate::kv::{Compare, KvEntry, TxnOp};
 use crate::records::{ExecutorInfo, JobRecord, TaskAssignment, TaskProgress};
+
+/// A job's release, written on its own ([`Coordinator::commit_release`]) or with an
+/// assignment ([`Coordinator::assign_task`]): fenced on the job's record as read.
+#[derive(Debug, Clone)]
+pub struct Release {
+    key: String,
+    revision: i64,
+    ops: Vec<TxnOp>,
+}
 
 /// What one pass of the leader reads ([`Coordinator::leader_view`]).
 #[derive(Debug, Clone)]
@@ -237,13 +246,16 @@ impl Coordinator {
     // ---- tasks -------------------------------------------------------------------------
 
     /// Place a job's tasks (one, or a data-parallel group's, all or none): the job record
-    /// update and the assignments in one fenced transaction.
+    /// update and the assignments in one fenced transaction; with `release`, another
+    /// job's release ([`Coordinator::release_write`]) in the same transaction (one write,
+    /// and one wake-up of the executor that ends one task and starts the next).
     pub async fn assign_task(
         &self,
         leadership: &Leadership,
         old: &Versioned<JobRecord>,
         new: &JobRecord,
         tasks: &[TaskAssignment],
+        release: Option<&Release>,
     ) -> Result<i64> {
         let key = self.job_key(&new.id);
         let mut ops = self.job_write(new);
@@ -256,7 +268,16 @@ impl Coordinator {
         ops.push(TxnOp::Delete {
             key: self.progress_key(&new.id),
         });
-        self.fenced(leadership, &key, old.revision, ops).await
+        let mut also = Vec::new();
+        if let Some(r) = release {
+            also.push(Compare::ModRevision {
+                key: r.key.clone(),
+                revision: r.revision,
+            });
+            ops.extend(r.ops.iter().cloned());
+        }
+        self.fenced_if(leadership, &key, old.revision, also, ops)
+            .await
     }
 
     /// Take a job's tasks away (requeue, finish, cancel) and update the job, in one fenced
@@ -267,7 +288,12 @@ impl Coordinator {
         old: &Versioned<JobRecord>,
         new: &JobRecord,
     ) -> Result<i64> {
-        let key = self.job_key(&new.id);
+        self.commit_release(leadership, self.release_write(old, new))
+            .await
+    }
+
+    /// The writes of [`Coordinator::release_task`], to send with an assignment.
+    pub fn release_write(&self, old: &Versioned<JobRecord>, new: &JobRecord) -> Release {
         let mut ops = self.job_write(new);
         let mut executors: Vec<&String> = old.value.workers.iter().collect();
         executors.extend(old.value.executor.iter());
@@ -281,7 +307,16 @@ impl Coordinator {
         ops.push(TxnOp::Delete {
             key: self.progress_key(&new.id),
         });
-        self.fenced(leadership, &key, old.revision, ops).await
+        Release {
+            key: self.job_key(&new.id),
+            revision: old.revision,
+            ops,
+        }
+    }
+
+    /// Send a release held for an assignment that did not come ([`Coordinator::release_write`]).
+    pub async fn commit_release(&self, leadership: &Leadership, r: Release) -> Result<i64> {
+        self.fenced(leadership, &r.key, r.revision, r.ops).await
     }
 
     /// Tasks assigned to one executor.

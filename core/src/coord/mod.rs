@@ -48,7 +48,7 @@ mod models;
 mod schedules;
 mod wake;
 
-pub use jobs::LeaderView;
+pub use jobs::{LeaderView, Release};
 pub use wake::{OwnWrites, Wake, Writing};
 
 pub use audit::{AuditEvent, Auditor};
