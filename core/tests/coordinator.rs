@@ -469,21 +469,30 @@ async fn registry_versions_deployments_outcomes_and_serving(c: Coordinator) {
     // A version registers only while its task's assignment stands.
     let lead = lead_and_place(&c).await;
     let assigned = c.tasks_for("e1").await.unwrap().remove(0);
+    // The task's last report goes in the registration's transaction.
+    let reporting = |v| {
+        let mut p = TaskProgress::started(&assigned.value);
+        p.model_version = Some(v);
+        p
+    };
+    let reported = || async { c.get_progress("j").await.unwrap().unwrap().model_version };
     assert_eq!(
-        c.register_version(&assigned, &version("m", 1))
+        c.register_version(&assigned, &version("m", 1), Some(&reporting(1)))
             .await
             .unwrap(),
         None
     );
+    assert_eq!(reported().await, Some(1));
     // A job registers one version: a second run of the same attempt (its first run's
-    // report lost) gets the first back and registers nothing.
+    // report lost) gets the first back and registers nothing, its report neither.
     assert_eq!(
-        c.register_version(&assigned, &version("m", 2))
+        c.register_version(&assigned, &version("m", 2), Some(&reporting(2)))
             .await
             .unwrap(),
         Some(version("m", 1))
     );
     assert!(c.model_version("m", 2).await.unwrap().is_none());
+    assert_eq!(reported().await, Some(1));
     assert_eq!(
         c.version_of_job("m", "j").await.unwrap(),
         Some(version("m", 1))
@@ -493,7 +502,10 @@ async fn registry_versions_deployments_outcomes_and_serving(c: Coordinator) {
         job_id: "j2".into(),
         ..version("m", 2)
     };
-    assert_eq!(c.register_version(&assigned, &other).await.unwrap(), None);
+    assert_eq!(
+        c.register_version(&assigned, &other, None).await.unwrap(),
+        None
+    );
     assert_eq!(c.model_names().await.unwrap(), vec!["m".to_string()]);
     let listed: Vec<u64> = c
         .model_versions("m")
@@ -507,7 +519,7 @@ async fn registry_versions_deployments_outcomes_and_serving(c: Coordinator) {
     let v = c.get_job("j").await.unwrap().unwrap();
     c.release_task(&lead, &v, &v.value).await.unwrap();
     assert!(matches!(
-        c.register_version(&assigned, &version("m", 3)).await,
+        c.register_version(&assigned, &version("m", 3), None).await,
         Err(Error::Conflict { .. })
     ));
     assert!(c.model_version("m", 3).await.unwrap().is_none());
@@ -1098,7 +1110,7 @@ async fn a_journalled_store_keeps_what_outlives_leases_across_a_restart() {
         let _lead = lead_and_place(&c).await;
         let assigned = c.tasks_for("e1").await.unwrap().remove(0);
         c.next_model_version("m").await.unwrap();
-        c.register_version(&assigned, &version("m", 1))
+        c.register_version(&assigned, &version("m", 1), None)
             .await
             .unwrap();
         let production = Change::Deploy {

@@ -17,7 +17,7 @@ use tracing::{info, warn};
 
 use async_trait::async_trait;
 use datafusion::prelude::SessionContext;
-use halyard_core::spec::JobSpec;
+use halyard_core::spec::{JobSpec, Stage};
 use halyard_features::session::DataAccess;
 use halyard_models::device::Placement;
 
@@ -140,19 +140,23 @@ async fn run_task(t: &Task) -> &'static str {
         data: &t.data,
         table_dir: features_dir(&a.value.feature_job()),
     };
-    let result = {
+    let (result, reported) = {
         let mut host = TaskHost {
             t,
             progress: &mut progress,
             last_epoch: None,
+            reported: false,
         };
-        pipeline::run(&run, &stages, &mut host).await
+        let result = pipeline::run(&run, &stages, &mut host).await;
+        (result, host.reported)
     };
     match result {
         Ok(()) if a.value.rank != 0 => {
             info!(job = %a.value.job_id, rank = a.value.rank, "worker done");
             return "succeeded";
         }
+        // The registration wrote the last report.
+        Ok(()) if reported => return "succeeded",
         Ok(()) => {
             progress.state = TaskState::Succeeded;
             if progress.artifact.is_some() {
@@ -185,6 +189,8 @@ pub(crate) struct TaskHost<'a> {
     pub progress: &'a mut TaskProgress,
     /// When the last epoch ended (for the training throughput).
     pub last_epoch: Option<std::time::Instant>,
+    /// Whether the task's last report is written (with its model's registration).
+    pub reported: bool,
 }
 
 #[async_trait]
@@ -236,7 +242,20 @@ impl Host for TaskHost<'_> {
 
     async fn publish(&mut self, (trained, lineage): Trained) -> Result<()> {
         let t = self.t;
-        publish(&t.a, &t.coord, &t.store, self.progress, trained, lineage).await
+        // Publishing that ends the task (rank 0 reports) writes its last report with the
+        // registration.
+        let last = t.a.value.rank == 0 && t.a.value.stages().last() == Some(&Stage::Publish);
+        self.reported = publish(
+            &t.a,
+            &t.coord,
+            &t.store,
+            self.progress,
+            trained,
+            lineage,
+            last,
+        )
+        .await?;
+        Ok(())
     }
 
     fn unpublished(&mut self, metrics: BTreeMap<String, f64>) {
@@ -273,7 +292,8 @@ fn serving_bytes(architecture: &halyard_models::artifact::Architecture, weights:
 
 /// Allocate a version, write the artifact and register it (only while the assignment
 /// stands, and only as the job's first version: a run of an attempt whose earlier run
-/// registered one reports that one).
+/// registered one reports that one). With `last` (publishing ends the task), the task's
+/// last report, a success, goes in the registration's transaction; whether it did.
 async fn publish(
     a: &Versioned<TaskAssignment>,
     coord: &Coordinator,
@@ -281,7 +301,8 @@ async fn publish(
     progress: &mut TaskProgress,
     trained: TrainedModel,
     lineage: DataLineage,
-) -> Result<()> {
+    last: bool,
+) -> Result<bool> {
     let spec = &a.value.spec;
     let version = coord.next_model_version(&spec.name).await?;
     let manifest = Manifest {
@@ -341,6 +362,15 @@ async fn publish(
     .await?;
     // Registered only while the assignment stands (a task taken away publishes nothing),
     // and only as the job's first version.
+    let done = last.then(|| {
+        let mut done = progress.clone();
+        done.metrics = trained.metrics.clone();
+        done.artifact = Some(url.clone());
+        done.model_version = Some(version);
+        done.state = TaskState::Succeeded;
+        done.log("published");
+        done
+    });
     let earlier = coord
         .register_version(
             a,
@@ -348,8 +378,16 @@ async fn publish(
                 artifact: url.clone(),
                 ..record
             },
+            done.as_ref(),
         )
         .await?;
+    if earlier.is_none()
+        && let Some(done) = done
+    {
+        info!(job = %a.value.job_id, %url, version, "model published");
+        *progress = done;
+        return Ok(true);
+    }
     let (metrics, url, version) = match earlier {
         Some(earlier) => {
             warn!(job = %a.value.job_id, version = earlier.version, unregistered = %url, "the job registered a version in an earlier run of this attempt: reporting it");
@@ -367,5 +405,5 @@ async fn publish(
     progress.metrics = metrics;
     progress.artifact = Some(url);
     progress.model_version = Some(version);
-    Ok(())
+    Ok(false)
 }

@@ -5,7 +5,7 @@
 use super::{Coordinator, Edit, Leadership, Versioned, decode, encode, put};
 use crate::error::{Error, Result};
 use crate::kv::{Compare, TxnOp};
-use crate::records::TaskAssignment;
+use crate::records::{TaskAssignment, TaskProgress};
 use crate::registry::{
     AudienceVersion, Change, Deployment, DriftWindow, ModelVersion, NodeTally, Outcomes,
     PRODUCTION, ServingInfo, StickyBatch, StickyRecord,
@@ -54,11 +54,14 @@ impl Coordinator {
     /// `assignment` stands ([`Error::Conflict`] otherwise), and only as its job's first:
     /// a job registers one version. When the job registered one before (an earlier run
     /// of the same attempt, whose report was lost with the coordinator), nothing is
-    /// registered and that version is returned.
+    /// registered and that version is returned. With `report`, the task's progress report
+    /// is written in the same transaction (its last, when publishing ends the task), and
+    /// only when the version is registered.
     pub async fn register_version(
         &self,
         assignment: &Versioned<TaskAssignment>,
         version: &ModelVersion,
+        report: Option<&TaskProgress>,
     ) -> Result<Option<ModelVersion>> {
         let task_key = self.task_key(&assignment.value.executor, &assignment.value.job_id);
         let marker = self.job_version_key(&version.name, &version.job_id);
@@ -72,13 +75,14 @@ impl Coordinator {
                 revision: 0,
             },
         ];
-        let then = vec![
+        let mut then = vec![
             put(
                 self.version_key(&version.name, version.version),
                 encode(version),
             ),
             put(marker, version.version.to_string().into_bytes()),
         ];
+        then.extend(report.map(|p| put(self.progress_key(&p.job_id), encode(p))));
         if self.kv.txn(when, then).await?.succeeded {
             return Ok(None);
         }
