@@ -492,7 +492,7 @@ impl Leader<'_> {
                         }
                         Ok(Released::Ended(end)) => {
                             give();
-                            match held.replace(Ended { slots, ..end }) {
+                            match held.replace(Ended { slots, ..*end }) {
                                 Some(earlier) => self.end_alone(earlier, &mut free).await,
                                 None => Ok(()),
                             }
@@ -769,11 +769,11 @@ impl Leader<'_> {
         // A job back to pending (its next step, a requeue) needs the pass it wakes; an
         // ended job's release is the caller's to send.
         if new.state != JobState::Pending {
-            return Ok(Released::Ended(Ended {
+            return Ok(Released::Ended(Box::new(Ended {
                 release: self.coord.release_write(job, &new),
                 slots: Vec::new(),
                 job: new,
-            }));
+            })));
         }
         self.coord.release_task(self.leadership, job, &new).await?;
         warn!(job = %new.id, %executor, "task requeued");
@@ -788,7 +788,7 @@ enum Released {
     /// Taken away and the job sent back to pending (written).
     Requeued,
     /// The job ended: its release, not yet written.
-    Ended(Ended),
+    Ended(Box<Ended>),
 }
 
 /// An ended job's release, held to go out with the next placement.
