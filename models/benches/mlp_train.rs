@@ -111,6 +111,22 @@ fn nbeats(c: &mut Criterion) {
             model = Some(black_box(optim.step(1e-3, m, grads)));
         })
     });
+    // The same step without the optimiser (forward, loss, backward): where the time goes.
+    g.bench_function("burn_flex_144x6x4x512_batch1024_no_optim", |b| {
+        b.iter(|| {
+            let x = Tensor::<2>::from_data(
+                TensorData::new(xs.clone(), [batch, cfg.input_size]),
+                &device,
+            );
+            let y =
+                Tensor::<2>::from_data(TensorData::new(ys.clone(), [batch, cfg.horizon]), &device);
+            let m = model.take().expect("the model between steps");
+            let loss = (m.forward(x, None) - y).abs().mean();
+            let grads = GradientsParams::from_grads(loss.backward(), &m);
+            black_box(grads);
+            model = Some(m);
+        })
+    });
     g.finish();
 }
 
