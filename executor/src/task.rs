@@ -140,29 +140,22 @@ async fn run_task(t: &Task) -> &'static str {
         data: &t.data,
         table_dir: features_dir(&a.value.feature_job()),
     };
-    let (result, reported) = {
+    let result = {
         let mut host = TaskHost {
             t,
             progress: &mut progress,
             last_epoch: None,
-            reported: false,
         };
-        let result = pipeline::run(&run, &stages, &mut host).await;
-        (result, host.reported)
+        pipeline::run(&run, &stages, &mut host).await
     };
     match result {
         Ok(()) if a.value.rank != 0 => {
             info!(job = %a.value.job_id, rank = a.value.rank, "worker done");
             return "succeeded";
         }
-        // The registration wrote the last report.
-        Ok(()) if reported => return "succeeded",
-        Ok(()) => {
-            progress.state = TaskState::Succeeded;
-            if progress.artifact.is_some() {
-                progress.log("published");
-            }
-        }
+        // Publishing wrote the last report, a success, with the registration.
+        Ok(()) if progress.state == TaskState::Succeeded => return "succeeded",
+        Ok(()) => succeeded(&mut progress),
         Err(ExecutorError::Model(halyard_models::ModelError::Cancelled)) => {
             info!(job = %a.value.job_id, "task stopped");
             return "stopped";
@@ -189,8 +182,6 @@ pub(crate) struct TaskHost<'a> {
     pub progress: &'a mut TaskProgress,
     /// When the last epoch ended (for the training throughput).
     pub last_epoch: Option<std::time::Instant>,
-    /// Whether the task's last report is written (with its model's registration).
-    pub reported: bool,
 }
 
 #[async_trait]
@@ -245,7 +236,7 @@ impl Host for TaskHost<'_> {
         // Publishing that ends the task (rank 0 reports) writes its last report with the
         // registration.
         let last = t.a.value.rank == 0 && t.a.value.stages().last() == Some(&Stage::Publish);
-        self.reported = publish(
+        publish(
             &t.a,
             &t.coord,
             &t.store,
@@ -254,8 +245,7 @@ impl Host for TaskHost<'_> {
             lineage,
             last,
         )
-        .await?;
-        Ok(())
+        .await
     }
 
     fn unpublished(&mut self, metrics: BTreeMap<String, f64>) {
@@ -293,7 +283,8 @@ fn serving_bytes(architecture: &halyard_models::artifact::Architecture, weights:
 /// Allocate a version, write the artifact and register it (only while the assignment
 /// stands, and only as the job's first version: a run of an attempt whose earlier run
 /// registered one reports that one). With `last` (publishing ends the task), the task's
-/// last report, a success, goes in the registration's transaction; whether it did.
+/// last report, a success, goes in the registration's transaction: `progress` comes back
+/// succeeded when it did.
 async fn publish(
     a: &Versioned<TaskAssignment>,
     coord: &Coordinator,
@@ -302,7 +293,7 @@ async fn publish(
     trained: TrainedModel,
     lineage: DataLineage,
     last: bool,
-) -> Result<bool> {
+) -> Result<()> {
     let spec = &a.value.spec;
     let version = coord.next_model_version(&spec.name).await?;
     let manifest = Manifest {
@@ -361,49 +352,48 @@ async fn publish(
     )
     .await?;
     // Registered only while the assignment stands (a task taken away publishes nothing),
-    // and only as the job's first version.
-    let done = last.then(|| {
-        let mut done = progress.clone();
-        done.metrics = trained.metrics.clone();
-        done.artifact = Some(url.clone());
-        done.model_version = Some(version);
-        done.state = TaskState::Succeeded;
-        done.log("published");
-        done
-    });
-    let earlier = coord
-        .register_version(
-            a,
-            &ModelVersion {
-                artifact: url.clone(),
-                ..record
-            },
-            done.as_ref(),
-        )
-        .await?;
-    if earlier.is_none()
-        && let Some(done) = done
-    {
-        info!(job = %a.value.job_id, %url, version, "model published");
-        *progress = done;
-        return Ok(true);
+    // and only as the job's first version. What the task then reports; when publishing
+    // ends the task, that report, a success, goes in the registration's transaction.
+    let mut report = progress.clone();
+    published(&mut report, trained.metrics, url.clone(), version);
+    if last {
+        succeeded(&mut report);
     }
-    let (metrics, url, version) = match earlier {
+    let record = ModelVersion {
+        artifact: url.clone(),
+        ..record
+    };
+    match coord
+        .register_version(a, &record, last.then_some(&report))
+        .await?
+    {
+        None => {
+            info!(job = %a.value.job_id, %url, version, "model published");
+            *progress = report;
+        }
         Some(earlier) => {
             warn!(job = %a.value.job_id, version = earlier.version, unregistered = %url, "the job registered a version in an earlier run of this attempt: reporting it");
             progress.log(format!(
                 "version {} was registered by an earlier run of this attempt, whose report was lost: reporting it ({url} stays unregistered, for garbage collection)",
                 earlier.version
             ));
-            (earlier.metrics, earlier.artifact, earlier.version)
+            published(progress, earlier.metrics, earlier.artifact, earlier.version);
         }
-        None => {
-            info!(job = %a.value.job_id, %url, version, "model published");
-            (trained.metrics, url, version)
-        }
-    };
-    progress.metrics = metrics;
-    progress.artifact = Some(url);
-    progress.model_version = Some(version);
-    Ok(false)
+    }
+    Ok(())
+}
+
+/// Record a published version in a task's report.
+fn published(p: &mut TaskProgress, metrics: BTreeMap<String, f64>, url: String, version: u64) {
+    p.metrics = metrics;
+    p.artifact = Some(url);
+    p.model_version = Some(version);
+}
+
+/// Mark a task's report a success (saying so in its log when it published a model).
+fn succeeded(p: &mut TaskProgress) {
+    p.state = TaskState::Succeeded;
+    if p.artifact.is_some() {
+        p.log("published");
+    }
 }

@@ -469,30 +469,17 @@ impl Leader<'_> {
                 JobState::Pending => self.place(&job, &mut free, &addresses, &mut held).await,
                 JobState::Running => {
                     let report = reports.remove(&job.value.id);
-                    let released = self.supervise(&job, &free, report).await;
                     // A released task's slots are free for the jobs after it in this
                     // pass (the next pass would count them free from the assignments).
-                    let slots: Vec<(String, ResourceSpec)> = tasks
-                        .iter()
-                        .filter(|t| t.job_id == job.value.id)
-                        .map(|t| (t.executor.clone(), t.spec.resources.clone()))
-                        .collect();
-                    let mut give = || {
-                        for (e, need) in &slots {
-                            if let Some(f) = free.get_mut(e) {
-                                f.give(need);
-                            }
-                        }
-                    };
-                    match released {
+                    match self.supervise(&job, &free, report, &tasks).await {
                         Ok(Released::No) => Ok(()),
-                        Ok(Released::Requeued) => {
-                            give();
+                        Ok(Released::Requeued(slots)) => {
+                            slots.give(&mut free);
                             Ok(())
                         }
                         Ok(Released::Ended(end)) => {
-                            give();
-                            match held.replace(Ended { slots, ..*end }) {
+                            end.slots.give(&mut free);
+                            match held.replace(*end) {
                                 Some(earlier) => self.end_alone(earlier, &mut free).await,
                                 None => Ok(()),
                             }
@@ -519,24 +506,17 @@ impl Leader<'_> {
 
     /// Send an ended job's release on its own; when it fails, its slots are taken again.
     async fn end_alone(&self, end: Ended, free: &mut HashMap<String, Free>) -> Result<()> {
-        let Ended { release, slots, .. } = &end;
-        match self
-            .own_write(self.coord.commit_release(self.leadership, release.clone()))
-            .await
-        {
-            Ok(_) => {
-                end.log();
-                Ok(())
-            }
-            Err(e) => {
-                for (executor, need) in slots {
-                    if let Some(f) = free.get_mut(executor) {
-                        f.take(need);
-                    }
-                }
-                Err(e)
-            }
+        let written = self
+            .own_write(
+                self.coord
+                    .commit_release(self.leadership, end.release.clone()),
+            )
+            .await;
+        match written {
+            Ok(_) => end.log(),
+            Err(_) => end.slots.take(free),
         }
+        written.map(|_| ())
     }
 
     /// Set the cluster's gauges from what this tick read.
@@ -652,24 +632,25 @@ impl Leader<'_> {
             })
             .collect();
         let with = held.take();
-        let (new_ref, tasks_ref) = (&new, &tasks);
-        let assign = |release: Option<Release>| async move {
-            self.own_write(self.coord.assign_task(
+        let placed = self
+            .own_write(self.coord.assign_task(
                 self.leadership,
                 job,
-                new_ref,
-                tasks_ref,
-                release.as_ref(),
+                &new,
+                &tasks,
+                with.as_ref().map(|e| &e.release),
             ))
-            .await
-        };
-        let placed = assign(with.as_ref().map(|e| e.release.clone())).await;
+            .await;
         match (placed, with) {
             (Ok(_), with) => with.iter().for_each(Ended::log),
             // One of the two jobs moved: the release alone, then the placement alone.
             (Err(Error::Conflict { .. }), Some(end)) => {
                 self.end_alone(end, free).await?;
-                assign(None).await?;
+                self.own_write(
+                    self.coord
+                        .assign_task(self.leadership, job, &new, &tasks, None),
+                )
+                .await?;
             }
             (Err(e), _) => return Err(e),
         }
@@ -701,6 +682,7 @@ impl Leader<'_> {
         job: &Versioned<JobRecord>,
         free: &HashMap<String, Free>,
         report: Option<TaskProgress>,
+        tasks: &[TaskAssignment],
     ) -> Result<Released> {
         let mut new = job.value.clone();
         let executor = new.executor.clone().unwrap_or_default();
@@ -766,18 +748,25 @@ impl Leader<'_> {
         if let Some(p) = &progress {
             append_lines(&mut new.events, p.lines.iter().cloned());
         }
+        let slots = Slots(
+            tasks
+                .iter()
+                .filter(|t| t.job_id == new.id)
+                .map(|t| (t.executor.clone(), t.spec.resources.clone()))
+                .collect(),
+        );
         // A job back to pending (its next step, a requeue) needs the pass it wakes; an
         // ended job's release is the caller's to send.
         if new.state != JobState::Pending {
             return Ok(Released::Ended(Box::new(Ended {
                 release: self.coord.release_write(job, &new),
-                slots: Vec::new(),
                 job: new,
+                slots,
             })));
         }
         self.coord.release_task(self.leadership, job, &new).await?;
         warn!(job = %new.id, %executor, "task requeued");
-        Ok(Released::Requeued)
+        Ok(Released::Requeued(slots))
     }
 }
 
@@ -785,10 +774,33 @@ impl Leader<'_> {
 enum Released {
     /// Nothing: it runs on.
     No,
-    /// Taken away and the job sent back to pending (written).
-    Requeued,
+    /// Taken away and the job sent back to pending (written); the slots it held.
+    Requeued(Slots),
     /// The job ended: its release, not yet written.
     Ended(Box<Ended>),
+}
+
+/// The slots a job's tasks held: executor, resources.
+struct Slots(Vec<(String, ResourceSpec)>);
+
+impl Slots {
+    /// Count them free in `free`.
+    fn give(&self, free: &mut HashMap<String, Free>) {
+        self.each(free, Free::give);
+    }
+
+    /// Count them used again.
+    fn take(&self, free: &mut HashMap<String, Free>) {
+        self.each(free, Free::take);
+    }
+
+    fn each(&self, free: &mut HashMap<String, Free>, f: fn(&mut Free, &ResourceSpec)) {
+        for (executor, need) in &self.0 {
+            if let Some(slot) = free.get_mut(executor) {
+                f(slot, need);
+            }
+        }
+    }
 }
 
 /// An ended job's release, held to go out with the next placement.
@@ -796,8 +808,8 @@ struct Ended {
     release: Release,
     /// The record as it ends.
     job: JobRecord,
-    /// The slots its tasks held: executor, resources.
-    slots: Vec<(String, ResourceSpec)>,
+    /// The slots its tasks held.
+    slots: Slots,
 }
 
 impl Ended {

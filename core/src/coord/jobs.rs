@@ -1,10 +1,10 @@
 //! The job queue and the job state machine, task assignment and progress: the
 //! coordinator's methods over `jobs/`, `active/`, `tasks/` and `progress/`.
 
-use super::{Coordinator, Edit, Leadership, Versioned, decode, encode, put};
-use crate::error::{Error, Result};
 use std::collections::{HashMap, HashSet};
 
+use super::{Coordinator, Edit, Leadership, Versioned, decode, decode_values, encode, put};
+use crate::error::{Error, Result};
 use crate::kv::{Compare, KvEntry, TxnOp};
 use crate::records::{ExecutorInfo, JobRecord, TaskAssignment, TaskProgress};
 
@@ -97,16 +97,15 @@ impl Coordinator {
             self.key("active/"),
             self.key("tasks/"),
         ];
-        let mut read = self.kv.ranges(&prefixes).await?.into_iter();
-        let (executors, active, tasks) = (
-            read.next().unwrap_or_default(),
-            read.next().unwrap_or_default(),
-            read.next().unwrap_or_default(),
-        );
-        let executors = executors
-            .iter()
-            .map(|e| decode(e).map(|v: Versioned<ExecutorInfo>| v.value))
-            .collect::<Result<Vec<_>>>()?;
+        let [executors, active, tasks]: [Vec<KvEntry>; 3] = self
+            .kv
+            .ranges(&prefixes)
+            .await?
+            .try_into()
+            .map_err(|read: Vec<_>| {
+                Error::Coordinator(format!("3 prefixes read, {} answers", read.len()))
+            })?;
+        let executors: Vec<ExecutorInfo> = decode_values(&executors)?;
         let tasks = tasks.iter().map(decode).collect::<Result<Vec<_>>>()?;
         let ids = self.active_ids(&active);
         let assigned: HashSet<&str> = tasks
@@ -314,7 +313,7 @@ impl Coordinator {
         }
     }
 
-    /// Send a release held for an assignment that did not come ([`Coordinator::release_write`]).
+    /// Write a release on its own ([`Coordinator::release_write`]).
     pub async fn commit_release(&self, leadership: &Leadership, r: Release) -> Result<i64> {
         self.fenced(leadership, &r.key, r.revision, r.ops).await
     }

@@ -112,6 +112,14 @@ fn decode<T: DeserializeOwned>(entry: &KvEntry) -> Result<Versioned<T>> {
     })
 }
 
+/// The values of `entries`, without their revisions.
+fn decode_values<T: DeserializeOwned>(entries: &[KvEntry]) -> Result<Vec<T>> {
+    entries
+        .iter()
+        .map(|e| decode(e).map(|v: Versioned<T>| v.value))
+        .collect()
+}
+
 fn put(key: String, value: Vec<u8>) -> TxnOp {
     TxnOp::Put {
         key,
@@ -192,11 +200,7 @@ impl Coordinator {
 
     /// The values of every key under `prefix` (relative to the root), in key order.
     async fn values<T: DeserializeOwned>(&self, prefix: &str) -> Result<Vec<T>> {
-        let entries = self.kv.range(&self.key(prefix)).await?;
-        entries
-            .iter()
-            .map(|e| decode(e).map(|v: Versioned<T>| v.value))
-            .collect()
+        decode_values(&self.kv.range(&self.key(prefix)).await?)
     }
 
     /// Apply `then` only while the task assignment read at `assignment` stands:
