@@ -1,11 +1,12 @@
-//! Samples/s of one MLP training step on the CPU (forward, BCE, backward, AdamW), burn flex.
+//! Samples/s of one training step on the CPU, burn flex: the MLP (forward, BCE, backward,
+//! AdamW) and an N-BEATS member (forward, L1, backward, Adam; and without the optimiser).
 //!
-//! The architecture matches `benches/torch_mlp.py`: 64 numeric inputs, hidden 256 and 256,
-//! one logit, batch 1024. The bench allocates with mimalloc, as the `halyard` binary does;
-//! it runs the step once from the bench's thread and once from inside a rayon pool (as a
-//! data-parallel worker trains). The optimiser is handed the model, not a copy of it, as in
-//! `mlp.rs` and `train_nbeats`: with a second reference to its weights the backend could not
-//! update them in place.
+//! The architectures match `benches/torch_mlp.py`: 64 numeric inputs, hidden 256 and 256,
+//! one logit, batch 1024; the N-BEATS member below. The bench allocates with mimalloc, as
+//! the `halyard` binary does; it runs the MLP step once from the bench's thread and once
+//! from inside a rayon pool (as a data-parallel worker trains). The optimiser is handed the
+//! model, not a copy of it, as in `mlp.rs` and `train_nbeats`: with a second reference to
+//! its weights the backend could not update them in place.
 //!
 //! `cargo bench -p halyard-models --bench mlp_train`
 
@@ -97,35 +98,26 @@ fn nbeats(c: &mut Criterion) {
     let mut g = c.benchmark_group("nbeats_train_step");
     g.throughput(Throughput::Elements(batch as u64));
     g.sample_size(10);
+    // Forward, L1 loss, backward.
+    let grads_of = |m: &NBeats| {
+        let x = Tensor::<2>::from_data(
+            TensorData::new(xs.clone(), [batch, cfg.input_size]),
+            &device,
+        );
+        let y = Tensor::<2>::from_data(TensorData::new(ys.clone(), [batch, cfg.horizon]), &device);
+        let loss = (m.forward(x, None) - y).abs().mean();
+        GradientsParams::from_grads(loss.backward(), m)
+    };
     g.bench_function("burn_flex_144x6x4x512_batch1024", |b| {
         b.iter(|| {
-            let x = Tensor::<2>::from_data(
-                TensorData::new(xs.clone(), [batch, cfg.input_size]),
-                &device,
-            );
-            let y =
-                Tensor::<2>::from_data(TensorData::new(ys.clone(), [batch, cfg.horizon]), &device);
             let m = model.take().expect("the model between steps");
-            let loss = (m.forward(x, None) - y).abs().mean();
-            let grads = GradientsParams::from_grads(loss.backward(), &m);
+            let grads = grads_of(&m);
             model = Some(black_box(optim.step(1e-3, m, grads)));
         })
     });
-    // The same step without the optimiser (forward, loss, backward): where the time goes.
+    // The same step without the optimiser: where the time goes.
     g.bench_function("burn_flex_144x6x4x512_batch1024_no_optim", |b| {
-        b.iter(|| {
-            let x = Tensor::<2>::from_data(
-                TensorData::new(xs.clone(), [batch, cfg.input_size]),
-                &device,
-            );
-            let y =
-                Tensor::<2>::from_data(TensorData::new(ys.clone(), [batch, cfg.horizon]), &device);
-            let m = model.take().expect("the model between steps");
-            let loss = (m.forward(x, None) - y).abs().mean();
-            let grads = GradientsParams::from_grads(loss.backward(), &m);
-            black_box(grads);
-            model = Some(m);
-        })
+        b.iter(|| black_box(grads_of(model.as_ref().expect("the model"))))
     });
     g.finish();
 }
