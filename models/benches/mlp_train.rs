@@ -1,5 +1,7 @@
 //! Samples/s of one training step on the CPU, burn flex: the MLP (forward, BCE, backward,
 //! AdamW) and an N-BEATS member (forward, L1, backward, Adam; and without the optimiser).
+//! The steps take Halyard's fused AdamW (`halyard_models::adam`), as the training loops
+//! do; the N-BEATS step is also timed with burn's own Adam, the baseline.
 //!
 //! The architectures match `benches/torch_mlp.py`: 64 numeric inputs, hidden 256 and 256,
 //! one logit, batch 1024; the N-BEATS member below. The bench allocates with mimalloc, as
@@ -13,12 +15,13 @@
 use std::hint::black_box;
 
 use burn::nn::{Linear, LinearConfig};
-use burn::optim::{AdamConfig, AdamWConfig, GradientsParams};
+use burn::optim::{AdamConfig, GradientsParams};
 use burn::prelude::Module;
 use burn::tensor::activation::relu;
 use burn::tensor::{Device, Tensor, TensorData};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use halyard_models::device::bce_with_logits;
+use halyard_models::adam::adamw;
+use halyard_models::device::{Placement, bce_with_logits};
 use halyard_models::forecast::nbeats::{NBeats, NBeatsConfig};
 
 // As in `src/main.rs`: glibc's malloc returns each step's freed buffers to the kernel.
@@ -48,7 +51,7 @@ fn bench(c: &mut Criterion) {
         l2: LinearConfig::new(hidden, hidden).init(&device),
         out: LinearConfig::new(hidden, 1).init(&device),
     });
-    let mut optim = AdamWConfig::new().init();
+    let mut optim = adamw(1e-4, Placement::Cpu);
     let xs: Vec<f32> = (0..batch * inputs)
         .map(|i| ((i * 7919) % 1000) as f32 / 1000.0 - 0.5)
         .collect();
@@ -92,7 +95,8 @@ fn nbeats(c: &mut Criterion) {
     };
     let batch = 1024;
     let mut model = Some(NBeats::new(&cfg, &device));
-    let mut optim = AdamConfig::new().init();
+    let mut fused = adamw(0.0, Placement::Cpu);
+    let mut burn_adam = AdamConfig::new().init();
     let wave = |n: usize| -> Vec<f32> { (0..n).map(|i| ((i % 97) as f32 / 97.0).sin()).collect() };
     let (xs, ys) = (wave(batch * cfg.input_size), wave(batch * cfg.horizon));
     let mut g = c.benchmark_group("nbeats_train_step");
@@ -112,7 +116,15 @@ fn nbeats(c: &mut Criterion) {
         b.iter(|| {
             let m = model.take().expect("the model between steps");
             let grads = grads_of(&m);
-            model = Some(black_box(optim.step(1e-3, m, grads)));
+            model = Some(black_box(fused.step(1e-3, m, grads)));
+        })
+    });
+    // The baseline: burn's Adam (a dozen element-wise tensor operations on one thread).
+    g.bench_function("burn_flex_144x6x4x512_batch1024_burn_adam", |b| {
+        b.iter(|| {
+            let m = model.take().expect("the model between steps");
+            let grads = grads_of(&m);
+            model = Some(black_box(burn_adam.step(1e-3, m, grads)));
         })
     });
     // The same step without the optimiser: where the time goes.

@@ -30,6 +30,7 @@ use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use serde::{Deserialize, Serialize};
 
+use crate::adam::AdamW;
 use crate::device::{cosine_lr, finite_loss, training_device, weighted_bce};
 use crate::error::{ModelError, Result};
 use crate::logistic::{EpochReport, TrainConfig};
@@ -362,32 +363,6 @@ pub fn load_params<M: Module>(module: M, flat: &[f32]) -> M {
     module.map(&mut L(flat))
 }
 
-/// AdamW on flat vectors, the same arithmetic as burn's `AdamW` (decoupled weight decay,
-/// bias-corrected moments).
-#[derive(Debug, Clone, Copy)]
-struct AdamW {
-    beta_1: f32,
-    beta_2: f32,
-    epsilon: f32,
-    weight_decay: f32,
-}
-
-impl AdamW {
-    fn step(&self, t: u64, lr: f64, p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32]) {
-        let (b1, b2) = (self.beta_1, self.beta_2);
-        let c1 = 1.0 - b1.powi(t as i32);
-        let c2 = 1.0 - b2.powi(t as i32);
-        let decay = (1.0 - lr * f64::from(self.weight_decay)) as f32;
-        let lr = lr as f32;
-        for i in 0..p.len() {
-            m[i] = m[i] * b1 + g[i] * (1.0 - b1);
-            v[i] = v[i] * b2 + g[i] * g[i] * (1.0 - b2);
-            let delta = (m[i] / c1) / ((v[i] / c2).sqrt() + self.epsilon);
-            p[i] = p[i] * decay - delta * lr;
-        }
-    }
-}
-
 /// The device seeds one random generator per process: seeding and drawing the initial
 /// weights hold this lock, so that groups in one process (tests) draw the same weights.
 static INIT: std::sync::Mutex<()> = std::sync::Mutex::new(());
@@ -568,12 +543,7 @@ pub fn train_response_parallel(
         hidden.clone(),
         *max_embedding,
     );
-    let adam = AdamW {
-        beta_1: 0.9,
-        beta_2: 0.999,
-        epsilon: 1e-5,
-        weight_decay: tc.weight_decay as f32,
-    };
+    let adam = AdamW::new(tc.weight_decay as f32);
 
     let mut resume = shared_checkpoint(group, checkpoints, &rows, tc.seed)?;
     if let Some(c) = &resume

@@ -10,11 +10,13 @@
 //!   calibration, gains, Qini, forecasts against actuals).
 //! - [`artifact`]: safetensors weights in PyTorch layout plus a JSON manifest.
 //! - [`runtime`]: serving with candle-core (no burn in that path).
+//! - [`adam`]: AdamW fused into one pass over each parameter (the CPU training loops').
 //! - [`device`]: CPU (flex) or GPU (Vulkan, cargo feature `gpu`) training devices.
 //! - [`pipeline`]: the whole recipes.
 //! - [`distributed`]: data-parallel MLP training over a [`distributed::Collective`].
 //! - [`records`]: JSON scoring records encoded by an artifact's preprocessor.
 
+pub mod adam;
 pub mod artifact;
 pub mod bandit;
 pub mod dense;

@@ -9,13 +9,14 @@ use std::ops::ControlFlow;
 
 use burn::module::Module;
 use burn::nn::{Embedding, EmbeddingConfig, Linear, LinearConfig};
-use burn::optim::{AdamWConfig, GradientsParams};
+use burn::optim::GradientsParams;
 use burn::tensor::activation::{relu, sigmoid};
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use serde::{Deserialize, Serialize};
 
+use crate::adam::adamw;
 use crate::device::{cosine_lr, finite_loss, to_vec, training_device, weighted_bce};
 use crate::error::{ModelError, Result};
 use crate::logistic::{EpochReport, TrainConfig};
@@ -206,9 +207,7 @@ pub fn train_mlp(
     }
     let device = training_device(tc.placement, tc.seed)?;
     let mut model = ResponseMlp::new(cfg, &device);
-    let mut optim = AdamWConfig::new()
-        .with_weight_decay(tc.weight_decay as f32)
-        .init();
+    let mut optim = adamw(tc.weight_decay as f32, tc.placement);
     let mut rng = rand::rngs::StdRng::seed_from_u64(tc.seed);
     let mut order: Vec<usize> = (0..train.rows).collect();
     let batch_size = tc.batch_size.min(train.rows).max(1);

@@ -14,7 +14,7 @@ use std::ops::ControlFlow;
 
 use burn::module::Module;
 use burn::nn::{Linear, LinearConfig};
-use burn::optim::{AdamConfig, GradientsParams};
+use burn::optim::GradientsParams;
 use burn::tensor::activation::relu;
 use burn::tensor::{Device, Tensor, TensorData};
 use rand::rngs::StdRng;
@@ -22,6 +22,7 @@ use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
 use super::{Series, check_series};
+use crate::adam::adamw;
 use crate::device::{Placement, cosine_lr, finite_loss, to_vec, training_device};
 use crate::error::{ModelError, Result};
 
@@ -265,7 +266,7 @@ pub fn train_nbeats(
         let seed = tc.seed.wrapping_add(m as u64 * 1_000_003);
         let device = training_device(tc.placement, seed)?;
         let mut model = NBeats::new(&cfg, &device);
-        let mut optim = AdamConfig::new().init();
+        let mut optim = adamw(0.0, tc.placement);
         let mut rng = StdRng::seed_from_u64(seed);
         let mut loss_sum = 0.0;
         let mut loss_n = 0usize;
