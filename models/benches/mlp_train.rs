@@ -13,13 +13,14 @@
 //! `cargo bench -p halyard-models --bench mlp_train`
 
 use std::hint::black_box;
+use std::time::{Duration, Instant};
 
 use burn::nn::{Linear, LinearConfig};
-use burn::optim::{AdamConfig, GradientsParams};
+use burn::optim::{AdamConfig, GradientsParams, ModuleOptimizer};
 use burn::prelude::Module;
 use burn::tensor::activation::relu;
 use burn::tensor::{Device, Tensor, TensorData};
-use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use criterion::{Bencher, Criterion, Throughput, criterion_group, criterion_main};
 use halyard_models::adam::adamw;
 use halyard_models::device::{Placement, bce_with_logits};
 use halyard_models::forecast::nbeats::{NBeats, NBeatsConfig};
@@ -131,6 +132,27 @@ fn nbeats(c: &mut Criterion) {
     g.bench_function("burn_flex_144x6x4x512_batch1024_no_optim", |b| {
         b.iter(|| black_box(grads_of(model.as_ref().expect("the model"))))
     });
+    g.finish();
+    // The optimiser's step alone (6.3 M parameters), each step's gradients computed
+    // outside the timed part: the difference above is the whole step's noise on a shared
+    // machine.
+    let mut g = c.benchmark_group("nbeats_optimiser_step");
+    g.sample_size(10);
+    let mut alone = |b: &mut Bencher, optim: &mut ModuleOptimizer| {
+        b.iter_custom(|iters| {
+            let mut spent = Duration::ZERO;
+            for _ in 0..iters {
+                let m = model.take().expect("the model between steps");
+                let grads = grads_of(&m);
+                let start = Instant::now();
+                model = Some(black_box(optim.step(1e-3, m, grads)));
+                spent += start.elapsed();
+            }
+            spent
+        })
+    };
+    g.bench_function("fused_adamw", |b| alone(b, &mut fused));
+    g.bench_function("burn_adam", |b| alone(b, &mut burn_adam));
     g.finish();
 }
 
