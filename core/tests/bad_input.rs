@@ -371,8 +371,11 @@ fn model_and_forecast_rules_name_field_value_and_rule() {
             "[model] objective = \"poisson\": l2, l1 and poisson fit numbers",
         ),
         (
-            GOOD.replace("[train]", "[model]\ntype = \"blend\"\n[train]\nworkers = 2"),
-            "data-parallel training trains [model] type = \"mlp\", \"gbdt\" or \"kmeans\", not \"blend\"",
+            GOOD.replace(
+                "[train]",
+                "[model]\ntype = \"logistic_regression\"\n[train]\nworkers = 2",
+            ),
+            "data-parallel training trains [model] type = \"mlp\", \"gbdt\", \"blend\" or \"kmeans\", not \"logistic_regression\"",
         ),
         (
             GOOD.replace("label = \"y\"", "label = \"y\"\ncrosses = [[\"month\"]]"),

@@ -94,7 +94,9 @@ pub(crate) async fn train(t: &Task, progress: &mut TaskProgress, run: &Run<'_>) 
         every_secs: spec.train.checkpoint_secs,
         stop_after_epoch: spec.train.stop_after_epoch,
     };
-    let trees = spec.model.kind == ModelKind::Gbdt;
+    let mut trees = spec.model.kind == ModelKind::Gbdt;
+    // A blend trains its MLP part, then its trees part: each forms the group once.
+    let blend = spec.model.kind == ModelKind::Blend;
     let stop = t.cancel.clone();
     let thread_rows = (rows.all, rows.local, rows.ids);
     let threads = spec.resources.cpus.max(1) as usize;
@@ -160,6 +162,7 @@ pub(crate) async fn train(t: &Task, progress: &mut TaskProgress, run: &Run<'_>) 
             })
         })
         .map_err(|e| ExecutorError::Panicked(e.to_string()))?;
+    let mut formed_parts = 0;
     while let Some(told) = rx.recv().await {
         let line = match told {
             Told::Note(line) => Some(line),
@@ -169,6 +172,10 @@ pub(crate) async fn train(t: &Task, progress: &mut TaskProgress, run: &Run<'_>) 
                 } = &event
                 {
                     t.rate(*samples as f64 / seconds.max(1e-9));
+                }
+                if blend && matches!(event, DpEvent::Formed { .. }) {
+                    formed_parts += 1;
+                    trees = formed_parts > 1;
                 }
                 describe(&event, progress, trees)
             }

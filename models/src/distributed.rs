@@ -42,6 +42,7 @@ use crate::pipeline::{
 };
 use crate::preprocess::{Encoded, FeatureConfig, Preprocessor, Role, row_roles};
 
+mod blend;
 mod trees;
 
 /// A group of workers that can sum vectors and share bytes. Every rank makes the same calls
@@ -481,16 +482,30 @@ pub fn train_response_parallel(
                 data,
                 features,
                 rc,
-                cfg,
+                (cfg, false),
                 policy,
                 group,
                 checkpoints,
                 on_event,
             );
         }
+        ResponseKind::Blend { .. } => {
+            // Not generic over the callback: the blend trains its MLP part through this
+            // function.
+            return blend::train_blend_parallel(
+                data,
+                features,
+                rc,
+                policy,
+                group,
+                checkpoints,
+                &mut on_event,
+            );
+        }
         _ => {
             return Err(ModelError::Unsupported(
-                "data-parallel training ([train] workers) trains mlp and gbdt models only".into(),
+                "data-parallel training ([train] workers) trains mlp, gbdt and blend models only"
+                    .into(),
             ));
         }
     };

@@ -250,29 +250,40 @@ pub fn train_response_model(
             &mut on_epoch,
         )?;
         let arch = architecture(preprocessor.clone(), learner, part_members, Some(&trained));
-        let valid_scores =
-            Runtime::new(arch.clone(), &trained.weights)?.score_encoded(valid_set)?;
-        blended.push((arch, trained.weights, valid_scores));
+        blended.push((arch, trained.weights));
     }
-    let weight = blend_weight(&blended[0].2, &blended[1].2, &valid_set.y);
+    let [mlp, trees] = <[_; 2]>::try_from(blended).expect("a blend has two parts");
+    finish_blend(batches, mlp, trees, (valid_set, &test_set, &fit_rows))
+}
+
+/// A blend of the MLP part and the trees part (each its architecture and weights): the
+/// trees' weight fitted on the validation rows, then scored on the test rows. `rows`: the
+/// validation, test and fitting rows, encoded by the parts' preprocessor.
+pub(crate) fn finish_blend(
+    batches: &[RecordBatch],
+    mlp: (Architecture, Vec<u8>),
+    trees: (Architecture, Vec<u8>),
+    (valid_set, test_set, fit_rows): (&Encoded, &Encoded, &Encoded),
+) -> Result<TrainedModel> {
+    let scores = |(arch, weights): &(Architecture, Vec<u8>)| {
+        Runtime::new(arch.clone(), weights)?.score_encoded(valid_set)
+    };
+    let weight = blend_weight(&scores(&mlp)?, &scores(&trees)?, &valid_set.y);
     let weights = crate::artifact::prefixed(&[
-        ("part.0.", blended[0].1.as_slice()),
-        ("part.1.", blended[1].1.as_slice()),
+        ("part.0.", mlp.1.as_slice()),
+        ("part.1.", trees.1.as_slice()),
     ])?;
     let architecture = Architecture::Blend {
-        parts: blended
+        parts: [(mlp.0, 1.0 - weight), (trees.0, weight)]
             .into_iter()
-            .zip([1.0 - weight, weight])
-            .map(
-                |((architecture, _, _), weight)| crate::artifact::BlendPart {
-                    architecture: Box::new(architecture),
-                    weight,
-                },
-            )
+            .map(|(architecture, weight)| crate::artifact::BlendPart {
+                architecture: Box::new(architecture),
+                weight,
+            })
             .collect(),
     };
     let runtime = Runtime::new(architecture, &weights)?;
-    let mut model = response_metrics(batches, runtime, weights, &test_set, &fit_rows)?;
+    let mut model = response_metrics(batches, runtime, weights, test_set, fit_rows)?;
     model.metrics.insert("blend_trees_weight".into(), weight);
     Ok(model)
 }

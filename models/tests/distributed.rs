@@ -8,12 +8,15 @@ use std::sync::{Arc, Mutex};
 
 use arrow::array::{ArrayRef, Float64Array, RecordBatch, StringArray};
 use common::group;
+use halyard_models::artifact::{Architecture, unprefixed};
 use halyard_models::distributed::{
     CheckpointPolicy, Checkpoints, DpEvent, Outcome, Position, WorkerData, train_response_parallel,
 };
 use halyard_models::gbdt::{GbdtConfig, Objective};
 use halyard_models::logistic::TrainConfig;
-use halyard_models::pipeline::{ResponseConfig, ResponseKind, TrainedModel, train_response_model};
+use halyard_models::pipeline::{
+    MLP_PART, ResponseConfig, ResponseKind, TREES_PART, TrainedModel, train_response_model,
+};
 use halyard_models::preprocess::{Encoding, FeatureConfig};
 use rand::{Rng, SeedableRng};
 
@@ -120,6 +123,23 @@ fn trees() -> ResponseConfig {
     }
 }
 
+/// A blend: the MLP of [`config`] (two members) and the trees of [`trees`] (one member),
+/// without early stopping (their validation rows are held out for the blend's weight alone).
+fn blend() -> ResponseConfig {
+    let ResponseKind::Gbdt(mut trees) = trees().kind else {
+        unreachable!("trees() is boosted trees")
+    };
+    trees.early_stopping = 0;
+    ResponseConfig {
+        kind: ResponseKind::Blend {
+            hidden: vec![16],
+            max_embedding: 4,
+            trees,
+        },
+        ..config()
+    }
+}
+
 /// The features of `rc`: a model of numbers fits `spend`, the others `responded`.
 fn features_of(rc: &ResponseConfig) -> FeatureConfig {
     if rc.objective().is_binary() {
@@ -179,6 +199,7 @@ fn run_group(
             let all = all.clone();
             let rc = rc.clone();
             let trees = matches!(rc.kind, ResponseKind::Gbdt(_));
+            let blend = matches!(rc.kind, ResponseKind::Blend { .. });
             let mut ckpt = checkpoints.clone();
             std::thread::spawn(move || {
                 let idx: Vec<u32> = (0..all.num_rows() as u32)
@@ -203,10 +224,13 @@ fn run_group(
                     &mut g,
                     &mut ckpt,
                     |e| {
-                        // Where member 0 is: its steps, or (trees) its trees at a report.
+                        // Where member 0 is: its steps, or (trees, a blend's trees part) its
+                        // trees at a report.
                         let at = match &e {
-                            DpEvent::Step(p) if p.member == 0 => Some(p.step),
-                            DpEvent::Epoch(r) if r.member == 0 && trees => {
+                            DpEvent::Step(p) if p.member == 0 && !blend => Some(p.step),
+                            DpEvent::Epoch(r)
+                                if r.member == 0 && (trees || r.model == Some(TREES_PART)) =>
+                            {
                                 Some(u64::from(r.epoch.epoch))
                             }
                             _ => None,
@@ -368,15 +392,12 @@ fn trees_fitting_numbers_are_identical_for_one_two_and_three_workers_and_alone()
     }
 }
 
-#[test]
-fn trees_resumed_from_a_checkpoint_by_another_group_end_like_an_uninterrupted_run() {
-    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
-    let rc = trees();
-    let whole = run_with(&rc, 2, &Memory::default(), 0, None).unwrap().0;
+/// `rc` trained by two workers checkpointing every 5 trees, stopped in member 0 of the
+/// trees at the report after 12 trees (the 20th; reports come every 10 trees, before that
+/// tree's checkpoint): its checkpoints, the last at 15 trees.
+fn stopped_after_15_trees(rc: &ResponseConfig) -> Memory {
     let ckpt = Memory::default();
-    // Stopped in member 0 at the report after 12 trees (the 20th; reports come every 10
-    // trees, before that tree's checkpoint), checkpointed every 5 trees.
-    let stopped = run_with(&rc, 2, &ckpt, 5, Some(12));
+    let stopped = run_with(rc, 2, &ckpt, 5, Some(12));
     assert!(matches!(
         stopped,
         Err(halyard_models::ModelError::Cancelled)
@@ -387,6 +408,15 @@ fn trees_resumed_from_a_checkpoint_by_another_group_end_like_an_uninterrupted_ru
         Some((0, 15)),
         "{saved:?}"
     );
+    ckpt
+}
+
+#[test]
+fn trees_resumed_from_a_checkpoint_by_another_group_end_like_an_uninterrupted_run() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let rc = trees();
+    let whole = run_with(&rc, 2, &Memory::default(), 0, None).unwrap().0;
+    let ckpt = stopped_after_15_trees(&rc);
     // A group of three resumes it: a tree's state does not depend on the group.
     let (resumed, events) = run_with(&rc, 3, &ckpt, 5, None).unwrap();
     assert!(
@@ -448,4 +478,87 @@ fn a_search_rung_pauses_trees_after_its_tree_count_and_the_next_rung_continues_t
         "{events:?}"
     );
     assert_eq!(ckpt.saved.lock().unwrap().len(), saved);
+}
+
+/// A blend's trees part: the bytes of its trees in the model's weights file.
+fn trees_part(m: &TrainedModel) -> Vec<u8> {
+    unprefixed(&m.weights, "part.1.").unwrap()
+}
+
+#[test]
+fn a_blend_trains_data_parallel_its_trees_as_the_blend_alone() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let rc = blend();
+    let (two, events) = run_with(&rc, 2, &Memory::default(), 0, None).unwrap();
+    let alone = train_response_model(&[data(3000)], &features(), &rc, |_| {
+        ControlFlow::Continue(())
+    })
+    .unwrap();
+    // The trees part sees the MLP's input and trains on the training rows alone: the same
+    // trees, bit for bit, as the blend trained alone.
+    assert!(
+        trees_part(&two) == trees_part(&alone),
+        "the trees part differs from the blend's trained alone"
+    );
+    let Architecture::Blend { parts } = &two.architecture else {
+        panic!("{:?}", two.architecture)
+    };
+    let w = two.metrics["blend_trees_weight"];
+    assert!((0.0..=1.0).contains(&w), "{w}");
+    assert_eq!((parts[0].weight, parts[1].weight), (1.0 - w, w));
+    let auc = |m: &TrainedModel| m.metrics["test_auc"];
+    assert!(auc(&two) > 0.75, "{}", auc(&two));
+    assert!(
+        (auc(&two) - auc(&alone)).abs() < 0.01,
+        "{} vs {}",
+        auc(&two),
+        auc(&alone)
+    );
+    // Both parts report, each by name; the group formed once for each.
+    for part in [MLP_PART, TREES_PART] {
+        assert!(
+            events
+                .iter()
+                .any(|e| matches!(e, DpEvent::Epoch(r) if r.model == Some(part))),
+            "{part}: {events:?}"
+        );
+    }
+    let formed = events
+        .iter()
+        .filter(|e| matches!(e, DpEvent::Formed { .. }))
+        .count();
+    assert_eq!(formed, 2);
+}
+
+#[test]
+fn a_blend_stopped_in_its_trees_resumes_with_its_mlp_finished() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let rc = blend();
+    let whole = run_with(&rc, 2, &Memory::default(), 0, None).unwrap().0;
+    // (The MLP part checkpoints every 5 steps, and at each member's end.)
+    let ckpt = stopped_after_15_trees(&rc);
+    let (resumed, events) = run_with(&rc, 2, &ckpt, 5, None).unwrap();
+    // The MLP part resumes at its end (no step to run), the trees where they stopped.
+    assert!(
+        !events.iter().any(|e| matches!(e, DpEvent::Step(_))),
+        "{events:?}"
+    );
+    let resumed_at: Vec<&Position> = events
+        .iter()
+        .filter_map(|e| match e {
+            DpEvent::Resumed(p) => Some(p),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(resumed_at.len(), 2, "{events:?}");
+    assert_eq!((resumed_at[1].member, resumed_at[1].step), (0, 15));
+    assert!(
+        trees_part(&resumed) == trees_part(&whole),
+        "the resumed trees part differs from the uninterrupted run's"
+    );
+    let (a, b) = (resumed.metrics["test_auc"], whole.metrics["test_auc"]);
+    assert!(
+        (a - b).abs() <= 0.005,
+        "resumed AUC {a} vs uninterrupted {b}"
+    );
 }

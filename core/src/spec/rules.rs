@@ -424,10 +424,10 @@ impl JobSpec {
                 t.workers.is_none()
                     || matches!(
                         self.model.kind,
-                        ModelKind::Mlp | ModelKind::Gbdt | ModelKind::Kmeans
+                        ModelKind::Mlp | ModelKind::Gbdt | ModelKind::Blend | ModelKind::Kmeans
                     ),
                 format!(
-                    "data-parallel training trains [model] type = \"mlp\", \"gbdt\" or \"kmeans\", not {:?}",
+                    "data-parallel training trains [model] type = \"mlp\", \"gbdt\", \"blend\" or \"kmeans\", not {:?}",
                     self.model.kind.as_str()
                 ),
             ),

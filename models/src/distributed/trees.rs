@@ -71,13 +71,14 @@ fn position(member: usize, trees: usize) -> Position {
 /// trained model (test metrics over every test row); the other ranks
 /// `Outcome::Trained(None)`. Progress: `Epoch` every few trees (the epoch is the tree
 /// count), `Checkpointed` and `Resumed` at a tree count, `Agreed` when every rank's trees
-/// of a member have the same checksum.
+/// of a member have the same checksum. As a blend's part (`blend_part`) the trees see the
+/// MLP's input and the validation rows are held out (the blend's weight is fitted on them).
 #[allow(clippy::too_many_arguments)]
 pub(super) fn train_trees_parallel(
     data: WorkerData<'_>,
     features: &FeatureConfig,
     rc: &ResponseConfig,
-    cfg: &GbdtConfig,
+    (cfg, blend_part): (&GbdtConfig, bool),
     policy: CheckpointPolicy,
     group: &mut dyn Collective,
     checkpoints: &mut dyn Checkpoints,
@@ -85,16 +86,17 @@ pub(super) fn train_trees_parallel(
 ) -> Result<Outcome> {
     let rank = group.rank();
     let mut preprocessor = shared_preprocessor(group, data.all, features)?;
-    // Trees see missing numbers as missing (sent to the better side of each split).
-    preprocessor.keep_missing = true;
+    // Trees alone see missing numbers as missing (sent to the better side of each split);
+    // a blend's see the MLP's input, missing numbers imputed.
+    preprocessor.keep_missing = !blend_part;
     let objective = rc.check_objective()?;
     preprocessor.numeric_label = !objective.is_binary();
     let layout = InputLayout::of(&preprocessor);
     // A search's rung ends after this many trees (`[train] stop_after_epoch`).
     let rung = policy.stop_after_epoch.map(|t| t as usize);
-    // Validation rows are held out for early stopping and a search's rungs (their loss
-    // ranks the trials), else trained on.
-    let early = cfg.early_stopping > 0 || rung.is_some();
+    // Validation rows are held out for early stopping, a search's rungs (their loss ranks
+    // the trials) and a blend's weight, else trained on.
+    let early = blend_part || cfg.early_stopping > 0 || rung.is_some();
     let fits = |r: Role| r == Role::Train || (!early && r == Role::Validation);
     let roles = row_roles(data.local, features)?;
     let local = preprocessor.transform(data.local, |_| true)?;

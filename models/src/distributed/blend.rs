@@ -1,0 +1,222 @@
+//! A blend trained data-parallel: the MLP part as `[train] workers` trains an MLP, then the
+//! trees part as it trains boosted trees (on the MLP's input, the validation rows held
+//! out), then rank 0, which reads every row, fits the trees' weight on the validation rows
+//! as training alone does.
+//!
+//! Checkpoints: the MLP part writes its own, and one at the end of each member; the trees
+//! part's each carry the MLP part's last ([`FRAME`]), so that a group resuming in the trees
+//! part finds the MLP finished (it resumes from its end: no step to run) and the trees
+//! where they stopped.
+
+use std::ops::ControlFlow;
+
+use super::{
+    CheckpointPolicy, Checkpoints, Collective, DpEvent, Outcome, Position, WorkerData,
+    train_response_parallel, trees,
+};
+use crate::error::{ModelError, Result};
+use crate::pipeline::{
+    MLP_PART, ResponseConfig, ResponseKind, TREES_PART, TrainedModel, finish_blend,
+};
+use crate::preprocess::{FeatureConfig, Role, row_roles};
+
+/// The start of a checkpoint of the trees part: then the MLP part's checkpoint's length
+/// (`u64`, little-endian), its bytes, and the trees' checkpoint.
+const FRAME: &[u8; 16] = b"halyard-blend/1\0";
+
+/// A trees-part checkpoint's MLP and trees bytes; `None` for an MLP checkpoint.
+fn split(bytes: &[u8]) -> Result<Option<(&[u8], &[u8])>> {
+    let Some(rest) = bytes.strip_prefix(FRAME) else {
+        return Ok(None);
+    };
+    let bad = || ModelError::Artifact("blend checkpoint: shorter than its header".into());
+    let len = rest
+        .get(..8)
+        .map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")) as usize)
+        .ok_or_else(bad)?;
+    let mlp = rest.get(8..8 + len).ok_or_else(bad)?;
+    Ok(Some((mlp, &rest[8 + len..])))
+}
+
+fn frame(mlp: &[u8], trees: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(FRAME.len() + 8 + mlp.len() + trees.len());
+    out.extend_from_slice(FRAME);
+    out.extend_from_slice(&(mlp.len() as u64).to_le_bytes());
+    out.extend_from_slice(mlp);
+    out.extend_from_slice(trees);
+    out
+}
+
+/// The MLP part's view of the checkpoints: its own, or the one a trees checkpoint carries.
+struct MlpPart<'a>(&'a mut dyn Checkpoints);
+
+impl Checkpoints for MlpPart<'_> {
+    fn load(&mut self) -> Result<Option<Vec<u8>>> {
+        let Some(bytes) = self.0.load()? else {
+            return Ok(None);
+        };
+        Ok(Some(match split(&bytes)? {
+            Some((mlp, _)) => mlp.to_vec(),
+            None => bytes,
+        }))
+    }
+
+    fn save(&mut self, bytes: Vec<u8>, at: &Position) -> Result<()> {
+        self.0.save(bytes, at)
+    }
+}
+
+/// The trees part's view: its checkpoints framed with the MLP part's last (`mlp`).
+struct TreesPart<'a> {
+    inner: &'a mut dyn Checkpoints,
+    mlp: Vec<u8>,
+}
+
+impl Checkpoints for TreesPart<'_> {
+    fn load(&mut self) -> Result<Option<Vec<u8>>> {
+        let Some(bytes) = self.inner.load()? else {
+            return Ok(None);
+        };
+        Ok(split(&bytes)?.map(|(_, trees)| trees.to_vec()))
+    }
+
+    fn save(&mut self, bytes: Vec<u8>, at: &Position) -> Result<()> {
+        self.inner.save(frame(&self.mlp, &bytes), at)
+    }
+}
+
+/// Rank 0's model of a finished part.
+fn trained(outcome: Outcome, part: &str) -> Result<Option<TrainedModel>> {
+    match outcome {
+        Outcome::Trained(model) => Ok(model.map(|m| *m)),
+        Outcome::Paused { .. } => Err(ModelError::Internal(format!(
+            "the blend's {part} paused: a blend takes no [search]"
+        ))),
+    }
+}
+
+/// Train a blend (`rc.kind` is [`ResponseKind::Blend`]) data-parallel as one worker of
+/// `group`. Rank 0 returns the trained blend; the other ranks `Outcome::Trained(None)`.
+/// Progress reports name their part ([`MLP_PART`], [`TREES_PART`]).
+pub(super) fn train_blend_parallel(
+    data: WorkerData<'_>,
+    features: &FeatureConfig,
+    rc: &ResponseConfig,
+    policy: CheckpointPolicy,
+    group: &mut dyn Collective,
+    checkpoints: &mut dyn Checkpoints,
+    on_event: &mut dyn FnMut(DpEvent) -> ControlFlow<()>,
+) -> Result<Outcome> {
+    let ResponseKind::Blend {
+        hidden,
+        max_embedding,
+        trees,
+    } = &rc.kind
+    else {
+        return Err(ModelError::Internal("not a blend".into()));
+    };
+    if policy.stop_after_epoch.is_some() {
+        return Err(ModelError::Unsupported(
+            "a blend takes no [search]: search the mlp or the gbdt alone".into(),
+        ));
+    }
+    let named = |part: &'static str| {
+        move |mut e: DpEvent| {
+            if let DpEvent::Epoch(r) = &mut e {
+                r.model = Some(part);
+            }
+            e
+        }
+    };
+    let mlp_rc = ResponseConfig {
+        kind: ResponseKind::Mlp {
+            hidden: hidden.clone(),
+            max_embedding: *max_embedding,
+        },
+        ..rc.clone()
+    };
+    // Its validation rows held out (the blend's weight is fitted on them), and a
+    // checkpoint at the end of each member: the trees part's checkpoints carry the last.
+    let mlp_policy = CheckpointPolicy {
+        stop_after_epoch: Some(rc.train.epochs),
+        ..policy
+    };
+    let name = named(MLP_PART);
+    let mlp = train_response_parallel(
+        data,
+        features,
+        &mlp_rc,
+        mlp_policy,
+        group,
+        &mut MlpPart(checkpoints),
+        |e| on_event(name(e)),
+    )?;
+    let mlp = trained(mlp, MLP_PART)?;
+    let mlp_checkpoint = if group.rank() == 0 {
+        MlpPart(checkpoints).load()?.unwrap_or_default()
+    } else {
+        Vec::new()
+    };
+    let trees_rc = ResponseConfig {
+        kind: ResponseKind::Gbdt(trees.clone()),
+        ensemble: 1,
+        ..rc.clone()
+    };
+    let name = named(TREES_PART);
+    let trees = trees::train_trees_parallel(
+        data,
+        features,
+        &trees_rc,
+        (trees, true),
+        policy,
+        group,
+        &mut TreesPart {
+            inner: checkpoints,
+            mlp: mlp_checkpoint,
+        },
+        |e| on_event(name(e)),
+    )?;
+    let trees = trained(trees, TREES_PART)?;
+    let (Some(mlp), Some(trees)) = (mlp, trees) else {
+        return Ok(Outcome::Trained(None));
+    };
+    // Rank 0 reads every row: the validation, test and fitting rows as training alone
+    // encodes them.
+    let all = super::every_row(data.all)?;
+    let preprocessor = mlp
+        .architecture
+        .preprocessor()
+        .ok_or_else(|| ModelError::Internal("the blend's MLP has no preprocessor".into()))?;
+    let roles = row_roles(all, features)?;
+    let encoded = preprocessor.transform(all, |_| true)?;
+    let (fit_rows, test_set) = encoded.partition(|i| roles[i] == Role::Test);
+    let original: Vec<usize> = (0..roles.len())
+        .filter(|&i| roles[i] != Role::Test)
+        .collect();
+    let (_, valid_set) = fit_rows.partition(|j| roles[original[j]] == Role::Validation);
+    let blend = finish_blend(
+        all,
+        (mlp.architecture, mlp.weights),
+        (trees.architecture, trees.weights),
+        (&valid_set, &test_set, &fit_rows),
+    )?;
+    Ok(Outcome::Trained(Some(Box::new(blend))))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_trees_checkpoint_carries_the_mlps() {
+        let framed = frame(b"mlp bytes", b"trees bytes");
+        assert_eq!(
+            split(&framed).unwrap(),
+            Some((&b"mlp bytes"[..], &b"trees bytes"[..]))
+        );
+        // An MLP checkpoint is no frame; a cut frame is refused.
+        assert_eq!(split(b"\x08\0\0\0\0\0\0\0{}").unwrap(), None);
+        assert!(split(&framed[..FRAME.len() + 4]).is_err());
+        assert!(split(&framed[..FRAME.len() + 8 + 3]).is_err());
+    }
+}
