@@ -4,7 +4,8 @@
 //! replicas equal bit for bit; a worker killed with SIGKILL, or stopped with SIGSTOP, fails
 //! its group, and the job resumes from its last checkpoint and succeeds as well as an
 //! uninterrupted run. Boosted trees trained by 1, 2 or 3 workers, and resumed after a
-//! killed worker, have the same metrics exactly. The bank-marketing example's own figure is checked when the reference
+//! killed worker, have the same metrics exactly; a blend trains as its MLP part, then its
+//! trees part. The bank-marketing example's own figure is checked when the reference
 //! data is there (`HALYARD_REFERENCE_DATA`), and skipped with one line when it is not.
 
 mod common;
@@ -71,7 +72,28 @@ async fn cluster_reading(
     (scheduler, executors, client)
 }
 
-/// [`spec`] training boosted trees (`bagging_fraction` on, so rows are drawn by number).
+/// The trees of the specs below (`bagging_fraction` on, so rows are drawn by number).
+const TREES: &str = "trees = 120\nnum_leaves = 15\nmin_data_in_leaf = 50\nbagging_fraction = 0.8\nfeature_fraction = 0.9\nearly_stopping = 20\n";
+
+/// [`spec`] with its `[model]` section's MLP lines replaced by `model` and `search` added.
+fn spec_of_model(
+    (dir, name, data): (&Path, &str, &Path),
+    workers: u32,
+    train: &str,
+    search: &str,
+    model: &str,
+) -> JobSpec {
+    // The MLP spec (checked), then its model section replaced and the search added.
+    spec(dir, name, data, workers, train, "");
+    let path = dir.join(format!("{name}.toml"));
+    let text = std::fs::read_to_string(&path).unwrap() + search;
+    let mlp = "type = \"mlp\"\nencoding = \"one_hot\"\nhidden = [32]\nmax_embedding = 8\n";
+    assert!(text.contains(mlp), "the MLP section moved: {text}");
+    std::fs::write(&path, text.replace(mlp, model)).unwrap();
+    JobSpec::from_file(&path).unwrap()
+}
+
+/// [`spec`] training boosted trees.
 fn trees_spec(
     dir: &Path,
     name: &str,
@@ -80,17 +102,8 @@ fn trees_spec(
     train: &str,
     search: &str,
 ) -> JobSpec {
-    // The MLP spec (checked), then its model section replaced and the search added.
-    spec(dir, name, data, workers, train, "");
-    let path = dir.join(format!("{name}.toml"));
-    let text = std::fs::read_to_string(&path).unwrap() + search;
-    let text = text.replace(
-        "type = \"mlp\"\nencoding = \"one_hot\"\nhidden = [32]\nmax_embedding = 8\n",
-        "type = \"gbdt\"\ntrees = 120\nnum_leaves = 15\nmin_data_in_leaf = 50\nbagging_fraction = 0.8\nfeature_fraction = 0.9\nearly_stopping = 20\n",
-    );
-    assert!(text.contains("\"gbdt\""), "the MLP section moved: {text}");
-    std::fs::write(&path, text).unwrap();
-    JobSpec::from_file(&path).unwrap()
+    let model = format!("type = \"gbdt\"\n{TREES}");
+    spec_of_model((dir, name, data), workers, train, search, &model)
 }
 
 fn auc(job: &halyard_core::proto::JobInfo) -> f64 {
@@ -503,4 +516,36 @@ async fn trees_of_one_two_and_three_workers_are_the_same_and_a_killed_worker_res
     );
     // The resumed trees are the uninterrupted ones, bit for bit.
     assert_eq!(done.metrics, runs[0].metrics, "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_blend_trains_data_parallel_as_its_mlp_then_its_trees() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (data, oracle) = responses(tmp.path());
+    let (_scheduler, _executors, client) = cluster(tmp.path(), "dp-blend").await;
+    let model = format!(
+        "type = \"blend\"\nencoding = \"one_hot\"\nhidden = [32]\nmax_embedding = 8\n{TREES}"
+    );
+    let spec = spec_of_model((tmp.path(), "blend-dp", &data), 2, "", "", &model);
+    let (done, log) = run(&client, &spec).await;
+    // The group formed for each part; each part's progress is named in the log.
+    assert_eq!(
+        log.matches("worker group formed: 2 worker(s)").count(),
+        2,
+        "{log}"
+    );
+    for line in [
+        "mlp part: epoch",
+        "trees part: trees",
+        "trees agreed bit for bit",
+    ] {
+        assert!(log.contains(line), "{line:?} not in {log}");
+    }
+    let weight = done.metrics["blend_trees_weight"];
+    assert!((0.0..=1.0).contains(&weight), "{weight}");
+    assert!(
+        auc(&done) > oracle - 0.02,
+        "test AUC {} against the true model's {oracle}",
+        auc(&done)
+    );
 }
