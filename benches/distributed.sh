@@ -14,17 +14,7 @@ EPOCHS=${1:-4}
 BATCH=${2:-512}
 FAIL_EPOCHS=${3:-100}
 TTL=${TTL:-5}
-cores=$(nproc)
 work=$(mktemp -d)
-pids=()
-stop_cluster() {
-  for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
-  pids=()
-}
-cleanup() { stop_cluster; rm -rf "$work"; }
-trap cleanup EXIT
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-
 # The example without its search, with W workers and no early stopping.
 spec() {
   sed -e '/^# Hyperparameter search/,$d' \
@@ -37,34 +27,16 @@ spec() {
 }
 
 # The reference data's folder and the work folder are the cluster's data roots.
-roots="$(cd "$here/../shared/data" && pwd),$work"
-
-# A scheduler and N executors (pinned) under a fresh key root; sets $api.
-cluster() {
-  local n=$1 root=/bench-dp-$RANDOM-$$
-  api=127.0.0.1:$(free_port)
-  "$B" scheduler --listen "$api" --etcd "$ETCD" --etcd-root "$root" --lease-ttl "$TTL" \
-    --data-roots "$roots" >"$work/sched.log" 2>&1 &
-  pids+=($!)
-  for i in $(seq 0 $((n - 1))); do
-    taskset -c $((i % cores)) "$B" executor --listen "127.0.0.1:$(free_port)" --id "w$i" --etcd "$ETCD" \
-      --etcd-root "$root" --store "file://$work/store" --cpu-slots 1 --lease-ttl "$TTL" \
-      --data-roots "$roots" >"$work/w$i.log" 2>&1 &
-    pids+=($!)
-  done
-  for _ in $(seq 1 100); do
-    [ "$("$B" cluster --scheduler "$api" --json 2>/dev/null | python3 -c 'import json,sys; print(len(json.load(sys.stdin)["executors"]))' 2>/dev/null || echo 0)" = "$n" ] && return
-    sleep 0.2
-  done
-  echo "the cluster did not start"; exit 1
-}
-
+ROOTS="$(cd "$here/../shared/data" && pwd),$work"
+SCHED_ARGS="--lease-ttl $TTL"
+EXEC_ARGS="--lease-ttl $TTL"
+# shellcheck source=benches/cluster.sh
+. "$here/benches/cluster.sh"
 
 echo "machine: $cores cores ($(lscpu | sed -n 's/^Model name: *//p')); epochs $EPOCHS, batch $BATCH"
 for w in 1 2 4; do
   cluster "$w"
-  id=$("$B" submit "$(spec "$w")" --scheduler "$api" --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])')
-  until "$B" job "$id" --scheduler "$api" --json | python3 -c 'import json,sys; sys.exit(0 if json.load(sys.stdin)["state"] in ("succeeded","failed") else 1)'; do sleep 0.5; done
+  id=$(submit_and_wait "$(spec "$w")")
   line=$("$B" logs "$id" --scheduler "$api" | grep -o "trained [0-9]* samples in [0-9.]* s: [0-9]* samples/s ([^)]*)" || echo "failed")
   auc=$("$B" job "$id" --scheduler "$api" --json | python3 -c 'import json,sys; print(round(json.load(sys.stdin)["metrics"].get("test_auc", 0), 4))')
   echo "workers $w: $line (test AUC $auc)"

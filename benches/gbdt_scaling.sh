@@ -16,16 +16,11 @@ ROWS=${1:-1000000}
 TREES=${2:-50}
 LEAVES=${3:-31}
 REPEAT=${4:-3}
-cores=$(nproc)
 work=$(mktemp -d)
-pids=()
-stop_cluster() {
-  for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
-  pids=()
-}
-cleanup() { stop_cluster; rm -rf "$work"; }
-trap cleanup EXIT
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+ROOTS=$work
+EXEC_ARGS="--memory-mb 8192"
+# shellcheck source=benches/cluster.sh
+. "$here/benches/cluster.sh"
 
 "$B" datagen --out "$work/data" --rows "$ROWS" --seed 7 >/dev/null
 spec() {
@@ -55,32 +50,12 @@ EOF
   echo "$work/w$1.toml"
 }
 
-# A scheduler and N executors, executor i pinned to core i mod the cores; sets $api.
-cluster() {
-  local n=$1 root=/bench-gbdt-$RANDOM-$$
-  api=127.0.0.1:$(free_port)
-  "$B" scheduler --listen "$api" --etcd "$ETCD" --etcd-root "$root" --data-roots "$work" >"$work/sched.log" 2>&1 &
-  pids+=($!)
-  for i in $(seq 0 $((n - 1))); do
-    taskset -c $((i % cores)) "$B" executor --listen "127.0.0.1:$(free_port)" --id "w$i" --etcd "$ETCD" \
-      --etcd-root "$root" --store "file://$work/store" --data-roots "$work" --cpu-slots 1 \
-      --memory-mb 8192 >"$work/w$i.log" 2>&1 &
-    pids+=($!)
-  done
-  for _ in $(seq 1 150); do
-    [ "$("$B" cluster --scheduler "$api" --json 2>/dev/null | python3 -c 'import json,sys; print(len(json.load(sys.stdin)["executors"]))' 2>/dev/null || echo 0)" = "$n" ] && return
-    sleep 0.2
-  done
-  echo "the cluster did not start"; cat "$work/sched.log"; exit 1
-}
-
 echo "machine: $cores cores ($(lscpu | sed -n 's/^Model name: *//p')); $ROWS rows, $TREES trees of $LEAVES leaves, $REPEAT runs each"
 declare -A secs
 for r in $(seq 1 "$REPEAT"); do
 for w in 1 2; do
   cluster "$w"
-  id=$("$B" submit "$(spec "$w")" --scheduler "$api" --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])')
-  until "$B" job "$id" --scheduler "$api" --json | python3 -c 'import json,sys; sys.exit(0 if json.load(sys.stdin)["state"] in ("succeeded","failed") else 1)'; do sleep 1; done
+  id=$(submit_and_wait "$(spec "$w")")
   line=$("$B" logs "$id" --scheduler "$api" | grep -o "trees agreed bit for bit.*" || { "$B" logs "$id" --scheduler "$api" | tail -5; echo failed; })
   metrics=$("$B" job "$id" --scheduler "$api" --json | python3 -c 'import json,sys; m=json.load(sys.stdin)["metrics"]; print("test AUC %.6f log loss %.6f" % (m.get("test_auc", 0), m.get("test_log_loss", 0)))')
   echo "run $r, workers $w: $line ($metrics)"

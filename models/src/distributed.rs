@@ -31,6 +31,7 @@ use rand::seq::SliceRandom;
 use serde::{Deserialize, Serialize};
 
 use crate::adam::AdamW;
+use crate::artifact::Architecture;
 use crate::device::{cosine_lr, finite_loss, training_device, weighted_bce};
 use crate::error::{ModelError, Result};
 use crate::logistic::{EpochReport, TrainConfig};
@@ -38,7 +39,7 @@ use crate::metrics::log_loss;
 use crate::mlp::{InputLayout, MlpConfig, ResponseMlp, mlp_tensors};
 use crate::pipeline::{
     ClusterReport, Finished, MemberReport, ResponseConfig, ResponseKind, TrainedModel,
-    finish_response,
+    finish_response, finished_model,
 };
 use crate::preprocess::{Encoded, FeatureConfig, Preprocessor, Role, row_roles};
 
@@ -465,33 +466,38 @@ pub fn train_response_parallel(
     policy: CheckpointPolicy,
     group: &mut dyn Collective,
     checkpoints: &mut dyn Checkpoints,
-    mut on_event: impl FnMut(DpEvent) -> ControlFlow<()>,
+    on_event: impl FnMut(DpEvent) -> ControlFlow<()>,
 ) -> Result<Outcome> {
     if features.split_column.is_none() {
         return Err(ModelError::Internal(
             "data-parallel training needs the split column".into(),
         ));
     }
-    let (hidden, max_embedding) = match &rc.kind {
+    let run = match &rc.kind {
         ResponseKind::Mlp {
             hidden,
             max_embedding,
-        } => (hidden, max_embedding),
-        ResponseKind::Gbdt(cfg) => {
-            return trees::train_trees_parallel(
-                data,
-                features,
-                rc,
-                (cfg, false),
-                policy,
-                group,
-                checkpoints,
-                on_event,
-            );
-        }
+        } => mlp_parallel(
+            data,
+            features,
+            rc,
+            (hidden, *max_embedding),
+            policy,
+            group,
+            checkpoints,
+            on_event,
+        )?,
+        ResponseKind::Gbdt(cfg) => trees::train_trees_parallel(
+            data,
+            features,
+            rc,
+            (cfg, false),
+            policy,
+            group,
+            checkpoints,
+            on_event,
+        )?,
         ResponseKind::Blend { .. } => {
-            // Not generic over the callback: the blend trains its MLP part through this
-            // function.
             return blend::train_blend_parallel(
                 data,
                 features,
@@ -499,7 +505,7 @@ pub fn train_response_parallel(
                 policy,
                 group,
                 checkpoints,
-                &mut on_event,
+                on_event,
             );
         }
         _ => {
@@ -509,6 +515,22 @@ pub fn train_response_parallel(
             ));
         }
     };
+    run.outcome(data.all, features)
+}
+
+/// The response MLP (`hidden` layers, embeddings up to `max_embedding` wide) trained
+/// data-parallel as one worker of `group`, not yet scored.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn mlp_parallel(
+    data: WorkerData<'_>,
+    features: &FeatureConfig,
+    rc: &ResponseConfig,
+    (hidden, max_embedding): (&[usize], usize),
+    policy: CheckpointPolicy,
+    group: &mut dyn Collective,
+    checkpoints: &mut dyn Checkpoints,
+    mut on_event: impl FnMut(DpEvent) -> ControlFlow<()>,
+) -> Result<Run> {
     let (rank, size) = (group.rank(), group.size());
     let preprocessor = shared_preprocessor(group, data.all, features)?;
 
@@ -555,8 +577,8 @@ pub fn train_response_parallel(
 
     let cfg = MlpConfig::new(
         InputLayout::of(&preprocessor),
-        hidden.clone(),
-        *max_embedding,
+        hidden.to_vec(),
+        max_embedding,
     );
     let adam = AdamW::new(tc.weight_decay as f32);
 
@@ -690,7 +712,7 @@ pub fn train_response_parallel(
                     checkpoints.save(checkpoint(&st, vec![0; size], &finished).encode(), &st.at)?;
                 }
                 if st.at.epoch <= tc.epochs {
-                    return Ok(Outcome::Paused {
+                    return Ok(Run::Paused {
                         valid_loss: st.best.as_ref().map(|b| b.0),
                         epoch: paused_at,
                     });
@@ -718,16 +740,57 @@ pub fn train_response_parallel(
         finished.push(st.best.map(|(_, p)| p).unwrap_or(st.params));
     }
     if rank != 0 {
-        return Ok(Outcome::Trained(None));
+        return Ok(Run::Done(None));
     }
-    let all = data.all.expect("checked for rank 0");
     let weights = export_members(&cfg, &tc, &finished)?;
-    let mut trained = finish_response(all, features, preprocessor, Finished::Mlp(cfg, weights))?;
-    if !best_losses.is_empty() {
-        let mean = best_losses.iter().sum::<f64>() / best_losses.len() as f64;
-        trained.metrics.insert("valid_loss".into(), mean);
+    Ok(Run::Done(Some(Box::new(Done {
+        preprocessor,
+        finished: Finished::Mlp(cfg, weights),
+        best_losses,
+    }))))
+}
+
+/// Rank 0's end of a data-parallel run: what it trained, not yet scored.
+pub(crate) struct Done {
+    preprocessor: Preprocessor,
+    finished: Finished,
+    /// Each member's best validation loss (early stopping).
+    best_losses: Vec<f64>,
+}
+
+/// How a data-parallel run (or a blend's part) ended.
+pub(crate) enum Run {
+    /// Trained to the end: [`Done`] on rank 0, `None` on the others.
+    Done(Option<Box<Done>>),
+    /// See [`Outcome::Paused`].
+    Paused { valid_loss: Option<f64>, epoch: u32 },
+}
+
+impl Done {
+    /// The architecture and weights of what was trained.
+    pub(crate) fn model(self) -> Result<(Architecture, Vec<u8>)> {
+        finished_model(self.preprocessor, self.finished)
     }
-    Ok(Outcome::Trained(Some(Box::new(trained))))
+}
+
+impl Run {
+    /// The run's outcome: rank 0 scores the model on every test row (`all`), with
+    /// `valid_loss` the members' mean best validation loss.
+    fn outcome(self, all: Option<&[RecordBatch]>, features: &FeatureConfig) -> Result<Outcome> {
+        let done = match self {
+            Run::Paused { valid_loss, epoch } => return Ok(Outcome::Paused { valid_loss, epoch }),
+            Run::Done(None) => return Ok(Outcome::Trained(None)),
+            Run::Done(Some(done)) => done,
+        };
+        let mut trained =
+            finish_response(every_row(all)?, features, done.preprocessor, done.finished)?;
+        if !done.best_losses.is_empty() {
+            let n = done.best_losses.len() as f64;
+            let mean = done.best_losses.iter().sum::<f64>() / n;
+            trained.metrics.insert("valid_loss".into(), mean);
+        }
+        Ok(Outcome::Trained(Some(Box::new(trained))))
+    }
 }
 
 /// The preprocessor: fitted by rank 0 on every row (`all`), broadcast, the same on every

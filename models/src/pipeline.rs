@@ -1107,6 +1107,16 @@ pub(crate) fn finish_response(
     let roles = row_roles(batches, features)?;
     let all = preprocessor.transform(batches, |_| true)?;
     let (fit_rows, test_set) = all.partition(|i| roles[i] == Role::Test);
+    let (architecture, weights) = finished_model(preprocessor, finished)?;
+    let runtime = Runtime::new(architecture, &weights)?;
+    response_metrics(batches, runtime, weights, &test_set, &fit_rows)
+}
+
+/// The architecture and weights of a model trained elsewhere.
+pub(crate) fn finished_model(
+    preprocessor: Preprocessor,
+    finished: Finished,
+) -> Result<(Architecture, Vec<u8>)> {
     let (learner, count, members) = match finished {
         Finished::Mlp(cfg, weights) => (
             Learner::Mlp(cfg),
@@ -1135,11 +1145,10 @@ pub(crate) fn finish_response(
             )
         }
     };
-    let runtime = Runtime::new(
+    Ok((
         architecture(preprocessor, &learner, count, Some(&members)),
-        &members.weights,
-    )?;
-    response_metrics(batches, runtime, members.weights, &test_set, &fit_rows)
+        members.weights,
+    ))
 }
 
 /// Train an N-BEATS forecaster on `train` and score it on `test` (the true futures of the

@@ -11,13 +11,12 @@
 use std::ops::ControlFlow;
 
 use super::{
-    CheckpointPolicy, Checkpoints, Collective, DpEvent, Outcome, Position, WorkerData,
-    train_response_parallel, trees,
+    CheckpointPolicy, Checkpoints, Collective, DpEvent, Outcome, Position, Run, WorkerData,
+    mlp_parallel, trees,
 };
+use crate::artifact::Architecture;
 use crate::error::{ModelError, Result};
-use crate::pipeline::{
-    MLP_PART, ResponseConfig, ResponseKind, TREES_PART, TrainedModel, finish_blend,
-};
+use crate::pipeline::{MLP_PART, ResponseConfig, ResponseKind, TREES_PART, finish_blend};
 use crate::preprocess::{FeatureConfig, Role, row_roles};
 
 /// The start of a checkpoint of the trees part: then the MLP part's checkpoint's length
@@ -85,12 +84,12 @@ impl Checkpoints for TreesPart<'_> {
     }
 }
 
-/// Rank 0's model of a finished part.
-fn trained(outcome: Outcome, part: &str) -> Result<Option<TrainedModel>> {
-    match outcome {
-        Outcome::Trained(model) => Ok(model.map(|m| *m)),
-        Outcome::Paused { .. } => Err(ModelError::Internal(format!(
-            "the blend's {part} paused: a blend takes no [search]"
+/// Rank 0's architecture and weights of a finished part (`None` on the other ranks).
+fn part(run: Run, name: &str) -> Result<Option<(Architecture, Vec<u8>)>> {
+    match run {
+        Run::Done(done) => done.map(|d| d.model()).transpose(),
+        Run::Paused { .. } => Err(ModelError::Internal(format!(
+            "the blend's {name} paused: a blend takes no [search]"
         ))),
     }
 }
@@ -105,7 +104,7 @@ pub(super) fn train_blend_parallel(
     policy: CheckpointPolicy,
     group: &mut dyn Collective,
     checkpoints: &mut dyn Checkpoints,
-    on_event: &mut dyn FnMut(DpEvent) -> ControlFlow<()>,
+    mut on_event: impl FnMut(DpEvent) -> ControlFlow<()>,
 ) -> Result<Outcome> {
     let ResponseKind::Blend {
         hidden,
@@ -128,13 +127,6 @@ pub(super) fn train_blend_parallel(
             e
         }
     };
-    let mlp_rc = ResponseConfig {
-        kind: ResponseKind::Mlp {
-            hidden: hidden.clone(),
-            max_embedding: *max_embedding,
-        },
-        ..rc.clone()
-    };
     // Its validation rows held out (the blend's weight is fitted on them), and a
     // checkpoint at the end of each member: the trees part's checkpoints carry the last.
     let mlp_policy = CheckpointPolicy {
@@ -142,16 +134,17 @@ pub(super) fn train_blend_parallel(
         ..policy
     };
     let name = named(MLP_PART);
-    let mlp = train_response_parallel(
+    let mlp = mlp_parallel(
         data,
         features,
-        &mlp_rc,
+        rc,
+        (hidden, *max_embedding),
         mlp_policy,
         group,
         &mut MlpPart(checkpoints),
         |e| on_event(name(e)),
     )?;
-    let mlp = trained(mlp, MLP_PART)?;
+    let mlp = part(mlp, MLP_PART)?;
     let mlp_checkpoint = if group.rank() == 0 {
         MlpPart(checkpoints).load()?.unwrap_or_default()
     } else {
@@ -176,7 +169,7 @@ pub(super) fn train_blend_parallel(
         },
         |e| on_event(name(e)),
     )?;
-    let trees = trained(trees, TREES_PART)?;
+    let trees = part(trees, TREES_PART)?;
     let (Some(mlp), Some(trees)) = (mlp, trees) else {
         return Ok(Outcome::Trained(None));
     };
@@ -184,7 +177,7 @@ pub(super) fn train_blend_parallel(
     // encodes them.
     let all = super::every_row(data.all)?;
     let preprocessor = mlp
-        .architecture
+        .0
         .preprocessor()
         .ok_or_else(|| ModelError::Internal("the blend's MLP has no preprocessor".into()))?;
     let roles = row_roles(all, features)?;
@@ -194,12 +187,7 @@ pub(super) fn train_blend_parallel(
         .filter(|&i| roles[i] != Role::Test)
         .collect();
     let (_, valid_set) = fit_rows.partition(|j| roles[original[j]] == Role::Validation);
-    let blend = finish_blend(
-        all,
-        (mlp.architecture, mlp.weights),
-        (trees.architecture, trees.weights),
-        (&valid_set, &test_set, &fit_rows),
-    )?;
+    let blend = finish_blend(all, mlp, trees, (&valid_set, &test_set, &fit_rows))?;
     Ok(Outcome::Trained(Some(Box::new(blend))))
 }
 

@@ -18,13 +18,13 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use super::{
-    CheckpointPolicy, Checkpoints, Collective, DpEvent, Outcome, Position, WorkerData, every_row,
+    CheckpointPolicy, Checkpoints, Collective, Done, DpEvent, Position, Run, WorkerData, every_row,
     final_checksum, group_rows, rank_zero_checkpoint, shared_preprocessor,
 };
 use crate::error::{ModelError, Result};
 use crate::gbdt::{Best, Binnings, Boosted, Forest, GbdtConfig, Importance, TreeRows, boost};
 use crate::mlp::InputLayout;
-use crate::pipeline::{Finished, MemberReport, ResponseConfig, finish_response};
+use crate::pipeline::{Finished, MemberReport, ResponseConfig};
 use crate::preprocess::{Encoded, FeatureConfig, Role, row_roles};
 
 /// A collective that adds up the time spent in its calls.
@@ -67,9 +67,8 @@ fn position(member: usize, trees: usize) -> Position {
     }
 }
 
-/// Train boosted trees (`cfg`) data-parallel as one worker of `group`. Rank 0 returns the
-/// trained model (test metrics over every test row); the other ranks
-/// `Outcome::Trained(None)`. Progress: `Epoch` every few trees (the epoch is the tree
+/// Train boosted trees (`cfg`) data-parallel as one worker of `group`: rank 0 returns what
+/// it trained (not yet scored), the other ranks `Run::Done(None)`. Progress: `Epoch` every few trees (the epoch is the tree
 /// count), `Checkpointed` and `Resumed` at a tree count, `Agreed` when every rank's trees
 /// of a member have the same checksum. As a blend's part (`blend_part`) the trees see the
 /// MLP's input and the validation rows are held out (the blend's weight is fitted on them).
@@ -83,7 +82,7 @@ pub(super) fn train_trees_parallel(
     group: &mut dyn Collective,
     checkpoints: &mut dyn Checkpoints,
     mut on_event: impl FnMut(DpEvent) -> ControlFlow<()>,
-) -> Result<Outcome> {
+) -> Result<Run> {
     let rank = group.rank();
     let mut preprocessor = shared_preprocessor(group, data.all, features)?;
     // Trees alone see missing numbers as missing (sent to the better side of each split);
@@ -208,7 +207,7 @@ pub(super) fn train_trees_parallel(
         );
         let boosted = match (boosted, paused) {
             (Err(ModelError::Cancelled), Some(valid_loss)) => {
-                return Ok(Outcome::Paused {
+                return Ok(Run::Paused {
                     valid_loss,
                     epoch: grown_to as u32,
                 });
@@ -249,10 +248,9 @@ pub(super) fn train_trees_parallel(
         }
     }
     if rank != 0 {
-        return Ok(Outcome::Trained(None));
+        return Ok(Run::Done(None));
     }
-    let all = data.all.expect("rank 0 read every row");
-    let best: Vec<f64> = finished
+    let best_losses = finished
         .iter()
         .filter_map(|b| b.best.map(|b| f64::from_bits(b.loss_bits)))
         .collect();
@@ -260,17 +258,11 @@ pub(super) fn train_trees_parallel(
         .into_iter()
         .map(|b| (b.forest, b.importance))
         .collect();
-    let mut trained = finish_response(
-        all,
-        features,
+    Ok(Run::Done(Some(Box::new(Done {
         preprocessor,
-        Finished::Trees(cfg.clone(), forests),
-    )?;
-    if !best.is_empty() {
-        let mean = best.iter().sum::<f64>() / best.len() as f64;
-        trained.metrics.insert("valid_loss".into(), mean);
-    }
-    Ok(Outcome::Trained(Some(Box::new(trained))))
+        finished: Finished::Trees(cfg.clone(), forests),
+        best_losses,
+    }))))
 }
 
 /// A trees checkpoint's header; the members' forests follow as weights files.
