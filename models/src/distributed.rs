@@ -18,6 +18,9 @@
 //! - Rank 0 writes a [`Checkpoint`] every K steps or T seconds; a group that starts from one
 //!   resumes at its step (same parameters, moments, epoch permutation and cursor): what is
 //!   lost is at most one interval.
+//!
+//! Boosted trees train data-parallel in `distributed/trees.rs` (histograms summed exactly),
+//! a blend as its MLP, then its trees, in `distributed/blend.rs`.
 
 use std::ops::ControlFlow;
 use std::time::{Duration, Instant};
@@ -456,9 +459,9 @@ fn collective_error(e: impl std::fmt::Display) -> ModelError {
     ModelError::Collective(e.to_string())
 }
 
-/// Train the response MLP data-parallel as one worker of `group`. Rank 0 returns the
-/// trained model (test metrics over every test row); the other ranks return
-/// `Outcome::Trained(None)`.
+/// Train a response model data-parallel as one worker of `group`: the MLP, boosted trees
+/// (`trees.rs`) or a blend of both (`blend.rs`). Rank 0 returns the trained model (test
+/// metrics over every test row); the other ranks return `Outcome::Trained(None)`.
 pub fn train_response_parallel(
     data: WorkerData<'_>,
     features: &FeatureConfig,
