@@ -484,7 +484,7 @@ pub fn train_response_parallel(
             data,
             features,
             rc,
-            (hidden, *max_embedding),
+            (hidden, *max_embedding, None),
             policy,
             group,
             checkpoints,
@@ -494,7 +494,7 @@ pub fn train_response_parallel(
             data,
             features,
             rc,
-            (cfg, false),
+            (cfg, None),
             policy,
             group,
             checkpoints,
@@ -522,20 +522,24 @@ pub fn train_response_parallel(
 }
 
 /// The response MLP (`hidden` layers, embeddings up to `max_embedding` wide) trained
-/// data-parallel as one worker of `group`, not yet scored.
+/// data-parallel as one worker of `group`, not yet scored; on the `given` preprocessor (the
+/// same on every rank), or on one rank 0 fits and shares.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn mlp_parallel(
     data: WorkerData<'_>,
     features: &FeatureConfig,
     rc: &ResponseConfig,
-    (hidden, max_embedding): (&[usize], usize),
+    (hidden, max_embedding, given): (&[usize], usize, Option<Preprocessor>),
     policy: CheckpointPolicy,
     group: &mut dyn Collective,
     checkpoints: &mut dyn Checkpoints,
     mut on_event: impl FnMut(DpEvent) -> ControlFlow<()>,
 ) -> Result<Run> {
     let (rank, size) = (group.rank(), group.size());
-    let preprocessor = shared_preprocessor(group, data.all, features)?;
+    let preprocessor = match given {
+        Some(p) => p,
+        None => shared_preprocessor(group, data.all, features)?,
+    };
 
     let roles = row_roles(data.local, features)?;
     let local = preprocessor.transform(data.local, |_| true)?;

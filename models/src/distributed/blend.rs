@@ -12,7 +12,7 @@ use std::ops::ControlFlow;
 
 use super::{
     CheckpointPolicy, Checkpoints, Collective, DpEvent, Outcome, Position, Run, WorkerData,
-    mlp_parallel, trees,
+    mlp_parallel, shared_preprocessor, trees,
 };
 use crate::artifact::Architecture;
 use crate::error::{ModelError, Result};
@@ -133,12 +133,14 @@ pub(super) fn train_blend_parallel(
         stop_after_epoch: Some(rc.train.epochs),
         ..policy
     };
+    // One preprocessor for both parts (the trees see the MLP's input), fitted by rank 0.
+    let preprocessor = shared_preprocessor(group, data.all, features)?;
     let name = named(MLP_PART);
     let mlp = mlp_parallel(
         data,
         features,
         rc,
-        (hidden, *max_embedding),
+        (hidden, *max_embedding, Some(preprocessor.clone())),
         mlp_policy,
         group,
         &mut MlpPart(checkpoints),
@@ -160,7 +162,7 @@ pub(super) fn train_blend_parallel(
         data,
         features,
         &trees_rc,
-        (trees, true),
+        (trees, Some(preprocessor)),
         policy,
         group,
         &mut TreesPart {

@@ -25,7 +25,7 @@ use crate::error::{ModelError, Result};
 use crate::gbdt::{Best, Binnings, Boosted, Forest, GbdtConfig, Importance, TreeRows, boost};
 use crate::mlp::InputLayout;
 use crate::pipeline::{Finished, MemberReport, ResponseConfig};
-use crate::preprocess::{Encoded, FeatureConfig, Role, row_roles};
+use crate::preprocess::{Encoded, FeatureConfig, Preprocessor, Role, row_roles};
 
 /// A collective that adds up the time spent in its calls.
 struct Timed<'a> {
@@ -70,21 +70,26 @@ fn position(member: usize, trees: usize) -> Position {
 /// Train boosted trees (`cfg`) data-parallel as one worker of `group`: rank 0 returns what
 /// it trained (not yet scored), the other ranks `Run::Done(None)`. Progress: `Epoch` every few trees (the epoch is the tree
 /// count), `Checkpointed` and `Resumed` at a tree count, `Agreed` when every rank's trees
-/// of a member have the same checksum. As a blend's part (`blend_part`) the trees see the
-/// MLP's input and the validation rows are held out (the blend's weight is fitted on them).
+/// of a member have the same checksum. As a blend's part (`mlp_input`: the blend's MLP's
+/// preprocessor, the same on every rank) the trees see the MLP's input and the validation
+/// rows are held out (the blend's weight is fitted on them).
 #[allow(clippy::too_many_arguments)]
 pub(super) fn train_trees_parallel(
     data: WorkerData<'_>,
     features: &FeatureConfig,
     rc: &ResponseConfig,
-    (cfg, blend_part): (&GbdtConfig, bool),
+    (cfg, mlp_input): (&GbdtConfig, Option<Preprocessor>),
     policy: CheckpointPolicy,
     group: &mut dyn Collective,
     checkpoints: &mut dyn Checkpoints,
     mut on_event: impl FnMut(DpEvent) -> ControlFlow<()>,
 ) -> Result<Run> {
     let rank = group.rank();
-    let mut preprocessor = shared_preprocessor(group, data.all, features)?;
+    let blend_part = mlp_input.is_some();
+    let mut preprocessor = match mlp_input {
+        Some(p) => p,
+        None => shared_preprocessor(group, data.all, features)?,
+    };
     // Trees alone see missing numbers as missing (sent to the better side of each split);
     // a blend's see the MLP's input, missing numbers imputed.
     preprocessor.keep_missing = !blend_part;
