@@ -162,7 +162,7 @@ pub(super) fn train_blend_parallel(
         data,
         features,
         &trees_rc,
-        (trees, Some(preprocessor)),
+        (trees, Some(preprocessor.clone())),
         policy,
         group,
         &mut TreesPart {
@@ -178,10 +178,6 @@ pub(super) fn train_blend_parallel(
     // Rank 0 reads every row: the validation, test and fitting rows as training alone
     // encodes them.
     let all = super::every_row(data.all)?;
-    let preprocessor = mlp
-        .0
-        .preprocessor()
-        .ok_or_else(|| ModelError::Internal("the blend's MLP has no preprocessor".into()))?;
     let roles = row_roles(all, features)?;
     let encoded = preprocessor.transform(all, |_| true)?;
     let (fit_rows, test_set) = encoded.partition(|i| roles[i] == Role::Test);
