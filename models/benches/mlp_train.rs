@@ -10,6 +10,11 @@
 //! model, not a copy of it, as in `mlp.rs` and `train_nbeats`: with a second reference to
 //! its weights the backend could not update them in place.
 //!
+//! The third group, `dp_shard_gradients`, asks what two data-parallel workers can gain on
+//! this machine at best (issue 19 item 2): the gradients of a global batch of 8,192 rows
+//! computed by one single-threaded worker, against two single-threaded workers computing
+//! those of 4,096 rows each at the same time, with no all-reduce and no control plane.
+//!
 //! `cargo bench -p halyard-models --bench mlp_train`
 
 use std::hint::black_box;
@@ -23,6 +28,7 @@ use burn::tensor::{Device, Tensor, TensorData};
 use criterion::{Bencher, Criterion, Throughput, criterion_group, criterion_main};
 use halyard_models::adam::adamw;
 use halyard_models::device::{Placement, bce_with_logits};
+use halyard_models::distributed::flatten_grads;
 use halyard_models::forecast::nbeats::{NBeats, NBeatsConfig};
 
 // As in `src/main.rs`: glibc's malloc returns each step's freed buffers to the kernel.
@@ -156,5 +162,78 @@ fn nbeats(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, bench, nbeats);
+/// The gradient computation of a data-parallel worker (`distributed.rs`, `Step::run`:
+/// batch tensors, forward, BCE, backward, flattening), each worker on a one-thread pool
+/// as `[resources] cpus = 1` gives it. The network has the bank-marketing-distributed
+/// example's shape: its one-hot inputs (about 400 wide), hidden 128 and 64, one logit.
+/// Two workers of 4,096 rows each run at the same time on two threads; the ratio of the
+/// one worker's time for 8,192 rows to theirs is the most a 2-worker group can scale
+/// this step here, before any transfer.
+fn dp_shard_gradients(c: &mut Criterion) {
+    let (inputs, global) = (400, 8192);
+    let replica = || {
+        let device = Device::flex().autodiff();
+        device.seed(1);
+        let model = Mlp {
+            l1: LinearConfig::new(inputs, 128).init(&device),
+            l2: LinearConfig::new(128, 64).init(&device),
+            out: LinearConfig::new(64, 1).init(&device),
+        };
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(1)
+            .build()
+            .expect("a thread pool");
+        (device, model, pool)
+    };
+    // One-hot rows: a 1 in about one column of twenty.
+    let xs: Vec<f32> = (0..global * inputs)
+        .map(|i| ((i * 7919) % 20 == 0) as u8 as f32)
+        .collect();
+    let ys: Vec<f32> = (0..global).map(|i| (i % 9 == 0) as u8 as f32).collect();
+    let gradients = |device: &Device, m: &Mlp, rows: usize| {
+        let x = Tensor::<2>::from_data(
+            TensorData::new(xs[..rows * inputs].to_vec(), [rows, inputs]),
+            device,
+        );
+        let y = Tensor::<2>::from_data(TensorData::new(ys[..rows].to_vec(), [rows, 1]), device);
+        let loss = bce_with_logits(m.forward(x), y).mean();
+        let grads = GradientsParams::from_grads(loss.backward(), m);
+        black_box(flatten_grads(m, &grads))
+    };
+    let mut g = c.benchmark_group("dp_shard_gradients");
+    g.sample_size(20);
+    g.throughput(Throughput::Elements(global as u64));
+    let (device, model, pool) = replica();
+    g.bench_function("one_worker_8192_rows", |b| {
+        pool.install(|| b.iter(|| gradients(&device, &model, global)))
+    });
+    let other = replica();
+    g.bench_function("two_workers_4096_rows_each_at_once", |b| {
+        b.iter_custom(|iters| {
+            let start = Instant::now();
+            std::thread::scope(|s| {
+                for (device, model, pool) in
+                    [(&device, &model, &pool), (&other.0, &other.1, &other.2)]
+                {
+                    let gradients = &gradients;
+                    s.spawn(move || {
+                        pool.install(|| {
+                            for _ in 0..iters {
+                                gradients(device, model, global / 2);
+                            }
+                        })
+                    });
+                }
+            });
+            start.elapsed()
+        })
+    });
+    g.throughput(Throughput::Elements(global as u64 / 2));
+    g.bench_function("one_worker_4096_rows", |b| {
+        pool.install(|| b.iter(|| gradients(&device, &model, global / 2)))
+    });
+    g.finish();
+}
+
+criterion_group!(benches, bench, nbeats, dp_shard_gradients);
 criterion_main!(benches);
