@@ -754,8 +754,12 @@ pub(crate) fn mlp_parallel(
         preprocessor,
         finished: Finished::Mlp(cfg, weights),
         best_losses,
+        every_row: None,
     }))))
 }
+
+/// A finished run's architecture and weights, and every row encoded where it made them.
+pub(crate) type Trained = ((Architecture, Vec<u8>), Option<Encoded>);
 
 /// Rank 0's end of a data-parallel run: what it trained, not yet scored.
 pub(crate) struct Done {
@@ -763,6 +767,9 @@ pub(crate) struct Done {
     finished: Finished,
     /// Each member's best validation loss (early stopping).
     best_losses: Vec<f64>,
+    /// Every row as `preprocessor` encodes them, where the run encoded them all (the
+    /// trees bin every row on rank 0): the scoring takes them instead of encoding again.
+    every_row: Option<Encoded>,
 }
 
 /// How a data-parallel run (or a blend's part) ended.
@@ -774,9 +781,13 @@ pub(crate) enum Run {
 }
 
 impl Done {
-    /// The architecture and weights of what was trained.
-    pub(crate) fn model(self) -> Result<(Architecture, Vec<u8>)> {
-        finished_model(self.preprocessor, self.finished)
+    /// The architecture and weights of what was trained, and every row encoded where the
+    /// run encoded them.
+    pub(crate) fn model(self) -> Result<Trained> {
+        Ok((
+            finished_model(self.preprocessor, self.finished)?,
+            self.every_row,
+        ))
     }
 }
 
@@ -789,8 +800,12 @@ impl Run {
             Run::Done(None) => return Ok(Outcome::Trained(None)),
             Run::Done(Some(done)) => done,
         };
-        let mut trained =
-            finish_response(every_row(all)?, features, done.preprocessor, done.finished)?;
+        let mut trained = finish_response(
+            every_row(all)?,
+            features,
+            (done.preprocessor, done.every_row),
+            done.finished,
+        )?;
         if !done.best_losses.is_empty() {
             let n = done.best_losses.len() as f64;
             let mean = done.best_losses.iter().sum::<f64>() / n;

@@ -1101,11 +1101,14 @@ pub(crate) enum Finished {
 pub(crate) fn finish_response(
     batches: &[RecordBatch],
     features: &FeatureConfig,
-    preprocessor: Preprocessor,
+    (preprocessor, encoded): (Preprocessor, Option<Encoded>),
     finished: Finished,
 ) -> Result<TrainedModel> {
     let roles = row_roles(batches, features)?;
-    let all = preprocessor.transform(batches, |_| true)?;
+    let all = match encoded {
+        Some(all) => all,
+        None => preprocessor.transform(batches, |_| true)?,
+    };
     let (fit_rows, test_set) = all.partition(|i| roles[i] == Role::Test);
     let (architecture, weights) = finished_model(preprocessor, finished)?;
     let runtime = Runtime::new(architecture, &weights)?;

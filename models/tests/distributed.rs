@@ -341,6 +341,10 @@ fn trees_are_identical_for_one_two_and_three_workers_and_alone() {
     })
     .unwrap();
     assert_eq!(alone.weights, one.weights);
+    // Scored on the rows rank 0 encoded for the bins: the figures of training alone.
+    for metric in ["test_auc", "test_log_loss", "test_rows"] {
+        assert_eq!(alone.metrics[metric], one.metrics[metric], "{metric}");
+    }
     assert!(
         one.metrics["test_auc"] > 0.75,
         "{}",
@@ -508,6 +512,8 @@ fn a_blend_trains_data_parallel_its_trees_as_the_blend_alone() {
     assert_eq!((parts[0].weight, parts[1].weight), (1.0 - w, w));
     let auc = |m: &TrainedModel| m.metrics["test_auc"];
     assert!(auc(&two) > 0.75, "{}", auc(&two));
+    // Scored on the rows rank 0 encoded for the trees' bins: the same test rows.
+    assert_eq!(two.metrics["test_rows"], alone.metrics["test_rows"]);
     assert!(
         (auc(&two) - auc(&alone)).abs() < 0.01,
         "{} vs {}",

@@ -11,10 +11,9 @@
 use std::ops::ControlFlow;
 
 use super::{
-    CheckpointPolicy, Checkpoints, Collective, DpEvent, Outcome, Position, Run, WorkerData,
-    mlp_parallel, shared_preprocessor, trees,
+    CheckpointPolicy, Checkpoints, Collective, DpEvent, Outcome, Position, Run, Trained,
+    WorkerData, mlp_parallel, shared_preprocessor, trees,
 };
-use crate::artifact::Architecture;
 use crate::error::{ModelError, Result};
 use crate::pipeline::{MLP_PART, ResponseConfig, ResponseKind, TREES_PART, finish_blend};
 use crate::preprocess::{FeatureConfig, Role, row_roles};
@@ -84,8 +83,9 @@ impl Checkpoints for TreesPart<'_> {
     }
 }
 
-/// Rank 0's architecture and weights of a finished part (`None` on the other ranks).
-fn part(run: Run, name: &str) -> Result<Option<(Architecture, Vec<u8>)>> {
+/// Rank 0's architecture and weights of a finished part, and every row encoded where the
+/// part encoded them (`None` on the other ranks).
+fn part(run: Run, name: &str) -> Result<Option<Trained>> {
     match run {
         Run::Done(done) => done.map(|d| d.model()).transpose(),
         Run::Paused { .. } => Err(ModelError::Internal(format!(
@@ -172,14 +172,17 @@ pub(super) fn train_blend_parallel(
         |e| on_event(name(e)),
     )?;
     let trees = part(trees, TREES_PART)?;
-    let (Some(mlp), Some(trees)) = (mlp, trees) else {
+    let (Some((mlp, _)), Some((trees, encoded))) = (mlp, trees) else {
         return Ok(Outcome::Trained(None));
     };
     // Rank 0 reads every row: the validation, test and fitting rows as training alone
-    // encodes them.
+    // encodes them (the trees part's binning encoded them with the same preprocessor).
     let all = super::every_row(data.all)?;
     let roles = row_roles(all, features)?;
-    let encoded = preprocessor.transform(all, |_| true)?;
+    let encoded = match encoded {
+        Some(encoded) => encoded,
+        None => preprocessor.transform(all, |_| true)?,
+    };
     let (fit_rows, test_set) = encoded.partition(|i| roles[i] == Role::Test);
     let original: Vec<usize> = (0..roles.len())
         .filter(|&i| roles[i] != Role::Test)

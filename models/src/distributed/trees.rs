@@ -124,13 +124,17 @@ pub(super) fn train_trees_parallel(
     if rc.balance_classes {
         tc.positive_weight = (total - positives) as f64 / positives as f64;
     }
-    // Rank 0 bins every training row (as training alone does) and shares the bins.
+    // Rank 0 bins every training row (as training alone does) and shares the bins; it
+    // keeps every row encoded for the scoring at the end.
+    let mut encoded = None;
     let binnings = Binnings::shared(group, &layout, || {
         let all = every_row(data.all)?;
         let roles = row_roles(all, features)?;
         let every = preprocessor.transform(all, |_| true)?;
         let train_all = every.partition(|i| !fits(roles[i])).0;
-        Ok(Binnings::fit(&train_all, &layout, cfg.max_bins, tc.seed))
+        let binnings = Binnings::fit(&train_all, &layout, cfg.max_bins, tc.seed);
+        encoded = Some(every);
+        Ok(binnings)
     })?;
     if on_event(DpEvent::Formed {
         workers: group.size(),
@@ -267,6 +271,7 @@ pub(super) fn train_trees_parallel(
         preprocessor,
         finished: Finished::Trees(cfg.clone(), forests),
         best_losses,
+        every_row: encoded,
     }))))
 }
 
