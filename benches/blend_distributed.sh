@@ -7,7 +7,8 @@
 # --rows` instead (an MLP of 64 units, 4 epochs, and TREES trees, no early stopping).
 # Needs a release build, a running etcd ($ETCD, default 127.0.0.1:2379) and, without ROWS,
 # ../shared/data/bank-full.csv.
-# Usage: [ROWS=1000000] benches/blend_distributed.sh [WORKERS] [RUNS] [TREES]
+# SHOW_LOG=N prints the last N lines of each job's log.
+# Usage: [ROWS=1000000] [SHOW_LOG=N] benches/blend_distributed.sh [WORKERS] [RUNS] [TREES]
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 B=${HALYARD:-${CARGO_TARGET_DIR:-$here/target}/release/halyard}
@@ -77,8 +78,18 @@ for w in alone "$WORKERS"; do
   secs=$(python3 -c "import time; print(round(time.time() - $start, 1))")
   metrics=$("$B" job "$id" --scheduler "$api" --json | python3 -c 'import json,sys; j=json.load(sys.stdin); m=j["metrics"]; print("%s: test AUC %.4f log loss %.4f trees weight %.2f" % (j["state"], m.get("test_auc", 0), m.get("test_log_loss", 0), m.get("blend_trees_weight", -1)))')
   # A data-parallel run's parts: the MLP's training and the trees' boosting, as logged.
-  parts=$("$B" logs "$id" --scheduler "$api" | grep -o 'in [0-9.]* s: [0-9]* \(samples/s\|per second\)' | sed 's/: .*//' | paste -sd, - || true)
-  echo "run $r, $w: $secs s, $metrics${parts:+ (parts trained $parts)}"
+  log=$("$B" logs "$id" --scheduler "$api")
+  parts=$(grep -o 'in [0-9.]* s: [0-9]* \(samples/s\|per second\)' <<<"$log" | sed 's/: .*//' | paste -sd, - || true)
+  # Rank 0's end: from the trees' agreement to the log's last line (scoring, publishing).
+  end=$(python3 -c '
+import sys
+from datetime import datetime
+t = lambda l: datetime.strptime(l.split()[0], "%Y-%m-%dT%H:%M:%S.%fZ")
+lines = [l for l in sys.stdin.read().splitlines() if l[:2] == "20"]
+agreed = [l for l in lines if "trees agreed bit for bit" in l]
+print(round((t(lines[-1]) - t(agreed[-1])).total_seconds(), 2) if agreed else "")' <<<"$log")
+  echo "run $r, $w: $secs s, $metrics${parts:+ (parts trained $parts)}${end:+; $end s from the trees' agreement to the log's end}"
+  [ -z "${SHOW_LOG:-}" ] || tail -n "$SHOW_LOG" <<<"$log"
   stop_cluster
 done
 done
