@@ -10,6 +10,12 @@ wall time (median of --repeat fits) and the batch prediction of the test rows (m
     python3 -m venv /tmp/pyref && /tmp/pyref/bin/pip install lightgbm scikit-learn pandas
     /tmp/pyref/bin/python benches/lightgbm_bank.py [--with-duration] [--threads 1]
         [--trees 2000] [--learning-rate 0.02] [--num-leaves 31] [--no-early-stopping]
+        [--feature-fraction F] [--bagging-fraction B] [--lambda-l2 L] [--min-data-in-leaf N]
+        [--ensemble M]
+
+With --ensemble M, M boosters with seeds 1, 2, … M (each its own rows and columns drawn
+by the fractions) and their probabilities averaged, as `[model] ensemble` does; the fit's
+time is then the last member's.
 """
 import argparse
 import statistics
@@ -30,6 +36,11 @@ parser.add_argument("--num-leaves", type=int, default=31)
 parser.add_argument("--early-stopping", type=int, default=100)
 parser.add_argument("--no-early-stopping", action="store_true")
 parser.add_argument("--repeat", type=int, default=1)
+parser.add_argument("--feature-fraction", type=float, default=1.0)
+parser.add_argument("--bagging-fraction", type=float, default=1.0)
+parser.add_argument("--lambda-l2", type=float, default=0.0)
+parser.add_argument("--min-data-in-leaf", type=int, default=20)
+parser.add_argument("--ensemble", type=int, default=1)
 args = parser.parse_args()
 
 df = pd.read_csv(args.data, sep=";")
@@ -51,19 +62,29 @@ params = dict(
     deterministic=True,
     force_row_wise=True,
     verbose=-1,
+    feature_fraction=args.feature_fraction,
+    bagging_fraction=args.bagging_fraction,
+    # LightGBM bags only with a frequency; Halyard draws the rows of every tree.
+    bagging_freq=1 if args.bagging_fraction < 1 else 0,
+    lambda_l2=args.lambda_l2,
+    min_data_in_leaf=args.min_data_in_leaf,
 )
 print("settings:", params, "trees:", args.trees,
       "early stopping:", "off" if args.no_early_stopping else args.early_stopping)
-times = []
-for _ in range(args.repeat):
-    dfit = lgb.Dataset(df[fit], y[fit])
-    dvalid = lgb.Dataset(df[valid], y[valid], reference=dfit)
-    callbacks = [] if args.no_early_stopping else [lgb.early_stopping(args.early_stopping, verbose=False)]
-    start = time.perf_counter()
-    booster = lgb.train(params, dfit, num_boost_round=args.trees, valid_sets=[dvalid], callbacks=callbacks)
-    times.append(time.perf_counter() - start)
-p = booster.predict(df[test], num_iteration=booster.best_iteration or None)
-print(f"trees kept: {booster.best_iteration or booster.num_trees()}")
+members = []
+for member in range(args.ensemble):
+    times = []
+    for _ in range(args.repeat):
+        dfit = lgb.Dataset(df[fit], y[fit])
+        dvalid = lgb.Dataset(df[valid], y[valid], reference=dfit)
+        callbacks = [] if args.no_early_stopping else [lgb.early_stopping(args.early_stopping, verbose=False)]
+        start = time.perf_counter()
+        booster = lgb.train(dict(params, seed=1 + member), dfit, num_boost_round=args.trees,
+                            valid_sets=[dvalid], callbacks=callbacks)
+        times.append(time.perf_counter() - start)
+    members.append(booster)
+p = sum(b.predict(df[test], num_iteration=b.best_iteration or None) for b in members) / len(members)
+print("trees kept:", ", ".join(str(b.best_iteration or b.num_trees()) for b in members))
 print(f"test AUC {roc_auc_score(y[test], p):.4f}  log loss {log_loss(y[test], p):.4f}")
 print(f"fit: median {statistics.median(times):.2f} s over {len(times)} (threads {args.threads})")
 # Batch prediction of the test rows, as `cargo bench --bench gbdt -- gbdt_predict` times
@@ -76,7 +97,9 @@ for c in matrix.columns:
     if isinstance(matrix[c].dtype, pd.CategoricalDtype):
         matrix[c] = matrix[c].cat.codes.astype("float64")
 matrix = matrix.to_numpy(dtype="float64")
-assert (booster.predict(matrix, num_iteration=booster.best_iteration or None) == p).all()
+# (the last member's walk, timed below)
+alone = booster.predict(df[test], num_iteration=booster.best_iteration or None)
+assert (booster.predict(matrix, num_iteration=booster.best_iteration or None) == alone).all()
 for name, data in [("data frame", frame), ("float matrix", matrix)]:
     predict_times = []
     for _ in range(max(args.repeat, 5)):
