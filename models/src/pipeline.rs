@@ -1097,7 +1097,8 @@ pub(crate) enum Finished {
 }
 
 /// A model trained elsewhere (data-parallel), scored on every row's test part with the
-/// serving runtime.
+/// serving runtime; `encoded`: every row as `preprocessor` encodes them, where the run
+/// kept them (else they are encoded here).
 pub(crate) fn finish_response(
     batches: &[RecordBatch],
     features: &FeatureConfig,
