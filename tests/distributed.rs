@@ -548,4 +548,34 @@ async fn a_blend_trains_data_parallel_as_its_mlp_then_its_trees() {
         "test AUC {} against the true model's {oracle}",
         auc(&done)
     );
+
+    // A random search over both parts' parameters: each trial trains the whole blend
+    // (its one rung counts the trees), the best is published from its checkpoint.
+    let search = "[search]\nstrategy = \"random\"\ntrials = 2\nparallel = 2\nseed = 4\n\
+                  [search.space]\nnum_leaves = { choice = [7, 15] }\nhidden = { choice = [[16], [32]] }\n";
+    let spec = spec_of_model((tmp.path(), "blend-search", &data), 1, "", search, &model);
+    let (done, log) = run(&client, &spec).await;
+    assert!(log.contains("rungs at trees [120]"), "{log}");
+    assert_eq!(done.trials.len(), 2, "{log}");
+    assert!(
+        done.trials
+            .iter()
+            .all(|t| t.state == "completed" && t.losses.len() == 1),
+        "{log}"
+    );
+    let best: Vec<_> = done.trials.iter().filter(|t| t.best).collect();
+    assert_eq!(best.len(), 1, "{log}");
+    for t in &done.trials {
+        assert!(best[0].losses[0] <= t.losses[0], "{log}");
+    }
+    // The published blend is the best trial's (its checkpoint: nothing trained again).
+    assert_eq!(
+        done.metrics["test_auc"], best[0].metrics["test_auc"],
+        "{log}"
+    );
+    assert_eq!(
+        done.metrics["blend_trees_weight"], best[0].metrics["blend_trees_weight"],
+        "{log}"
+    );
+    assert!(log.contains("publishes it from its checkpoint"), "{log}");
 }

@@ -85,6 +85,24 @@ fn each_broken_rule_names_field_value_and_rule() {
         "{numbers}\n[search]\nstrategy = \"random\"\ntrials = 4\n[search.space]\nnum_leaves = {{ choice = [7, 15] }}\n"
     );
     JobSpec::from_toml(&searched, "job.toml").unwrap();
+    // A blend is searched over both parts' parameters, each trial trained to the end...
+    let blend = GOOD.replace("[train]", "[model]\ntype = \"blend\"\n[train]");
+    let space =
+        "[search.space]\nnum_leaves = { choice = [7, 15] }\nhidden = { choice = [[8], [16]] }\n";
+    let s = JobSpec::from_toml(
+        &format!("{blend}\n[search]\nstrategy = \"random\"\ntrials = 4\n{space}"),
+        "job.toml",
+    )
+    .unwrap();
+    assert_eq!(s.rung_budget(), (s.model.trees as u32, "trees"));
+    // ... not rung by rung: a rung would end inside one of its parts.
+    let err = spec_error(&format!(
+        "{blend}\n[search]\nstrategy = \"asha\"\ntrials = 4\n{space}"
+    ));
+    assert!(
+        err.contains("a blend's trial trains its mlp, then its trees, to the end"),
+        "{err}"
+    );
 }
 
 #[test]

@@ -268,7 +268,7 @@ pub(crate) fn finish_blend(
     let scores = |(arch, weights): &(Architecture, Vec<u8>)| {
         Runtime::new(arch.clone(), weights)?.score_encoded(valid_set)
     };
-    let weight = blend_weight(&scores(&mlp)?, &scores(&trees)?, &valid_set.y);
+    let (weight, valid_loss) = blend_weight(&scores(&mlp)?, &scores(&trees)?, &valid_set.y);
     let weights = crate::artifact::prefixed(&[
         ("part.0.", mlp.1.as_slice()),
         ("part.1.", trees.1.as_slice()),
@@ -285,12 +285,16 @@ pub(crate) fn finish_blend(
     let runtime = Runtime::new(architecture, &weights)?;
     let mut model = response_metrics(batches, runtime, weights, test_set, fit_rows)?;
     model.metrics.insert("blend_trees_weight".into(), weight);
+    // What a search ranks a blend's trials by (records hold finite numbers only).
+    if valid_loss.is_finite() {
+        model.metrics.insert("valid_loss".into(), valid_loss);
+    }
     Ok(model)
 }
 
 /// The weight `w` of the second scores in `(1 − w)·a + w·b` (in steps of 0.01) with the
-/// least log loss on `labels`; the first of equals.
-fn blend_weight(a: &[f32], b: &[f32], labels: &[f32]) -> f64 {
+/// least log loss on `labels`, the first of equals, and that log loss.
+fn blend_weight(a: &[f32], b: &[f32], labels: &[f32]) -> (f64, f64) {
     let loss = |w: f64| {
         let p: Vec<f32> = a
             .iter()
@@ -306,7 +310,6 @@ fn blend_weight(a: &[f32], b: &[f32], labels: &[f32]) -> f64 {
             (0.5, f64::INFINITY),
             |best, (w, l)| if l < best.1 { (w, l) } else { best },
         )
-        .0
 }
 
 /// The rows of `batches`, or an error when there are none.
@@ -1236,9 +1239,10 @@ mod tests {
             .map(|&y| if y > 0.5 { 0.9 } else { 0.1 })
             .collect();
         let flat = [0.5f32; 8];
-        assert_eq!(blend_weight(&flat, &right, &labels), 1.0);
-        assert_eq!(blend_weight(&right, &flat, &labels), 0.0);
+        let right_loss = crate::metrics::log_loss(&right, &labels);
+        assert_eq!(blend_weight(&flat, &right, &labels), (1.0, right_loss));
+        assert_eq!(blend_weight(&right, &flat, &labels), (0.0, right_loss));
         // The same scores: every weight gives the same loss, and the first (0) is kept.
-        assert_eq!(blend_weight(&right, &right, &labels), 0.0);
+        assert_eq!(blend_weight(&right, &right, &labels).0, 0.0);
     }
 }

@@ -568,3 +568,59 @@ fn a_blend_stopped_in_its_trees_resumes_with_its_mlp_finished() {
         "resumed AUC {a} vs uninterrupted {b}"
     );
 }
+
+#[test]
+fn a_blend_search_trial_trains_to_the_end_and_the_best_publishes_from_its_checkpoint() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let rc = blend();
+    let ResponseKind::Blend { trees, .. } = &rc.kind else {
+        unreachable!("blend() is a blend")
+    };
+    let all_trees = trees.trees as u32;
+    let whole = run_with(&rc, 2, &Memory::default(), 0, None).unwrap().0;
+    // A trial's one rung is the whole blend: trained to the end, with the validation loss
+    // that ranks trials (the blend's, at its fitted weight), and checkpointed at the end.
+    let trial = |until: u32| CheckpointPolicy {
+        every_steps: 0,
+        every_secs: 0.0,
+        stop_after_epoch: Some(until),
+    };
+    let ckpt = Memory::default();
+    let (out, _) = run_group(&rc, 2, &ckpt, trial(all_trees), None).unwrap();
+    let Outcome::Trained(Some(model)) = out else {
+        panic!("{out:?}")
+    };
+    let valid_loss = model.metrics["valid_loss"];
+    assert!(valid_loss > 0.0 && valid_loss < 0.7, "{valid_loss}");
+    assert!(trees_part(&model) == trees_part(&whole));
+    assert!(
+        ckpt.saved
+            .lock()
+            .unwrap()
+            .last()
+            .is_some_and(|p| p.step == u64::from(all_trees)),
+        "no checkpoint at the trees' end"
+    );
+    // The best trial's job publishes from that checkpoint: nothing trained again, the
+    // same blend.
+    let saved = ckpt.saved.lock().unwrap().len();
+    let (out, events) = run_group(&rc, 2, &ckpt, trial(all_trees), None).unwrap();
+    let Outcome::Trained(Some(published)) = out else {
+        panic!("{out:?}")
+    };
+    assert!(
+        !events
+            .iter()
+            .any(|e| matches!(e, DpEvent::Step(_) | DpEvent::Epoch(_))),
+        "{events:?}"
+    );
+    assert!(
+        published.weights == model.weights,
+        "the published blend differs"
+    );
+    assert_eq!(published.metrics["valid_loss"], valid_loss);
+    assert_eq!(ckpt.saved.lock().unwrap().len(), saved);
+    // A rung inside the blend is refused, with what to do.
+    let err = run_group(&rc, 2, &Memory::default(), trial(all_trees - 1), None).unwrap_err();
+    assert!(err.to_string().contains("strategy = \"random\""), "{err}");
+}

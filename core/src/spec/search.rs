@@ -205,13 +205,23 @@ impl SearchSpec {
         // Every sampled trial must make a valid spec.
         if !matches!(
             spec.model.kind,
-            crate::spec::ModelKind::Mlp | crate::spec::ModelKind::Gbdt
+            crate::spec::ModelKind::Mlp
+                | crate::spec::ModelKind::Gbdt
+                | crate::spec::ModelKind::Blend
         ) {
             return Err(Error::invalid(
                 at,
                 "strategy",
                 format!("{:?}", self.strategy),
-                "a search trains [model] type = \"mlp\" or \"gbdt\" (its trials run data-parallel, with checkpoints)",
+                "a search trains [model] type = \"mlp\", \"gbdt\" or \"blend\" (its trials run data-parallel, with checkpoints)",
+            ));
+        }
+        if spec.model.kind == crate::spec::ModelKind::Blend && self.strategy == Strategy::Asha {
+            return Err(Error::invalid(
+                at,
+                "strategy",
+                "asha",
+                "a blend's trial trains its mlp, then its trees, to the end (a rung would span both parts): use \"random\" or \"grid\"",
             ));
         }
         for params in self.sample().iter().take(50) {

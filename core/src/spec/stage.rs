@@ -88,9 +88,13 @@ impl JobSpec {
     }
 
     /// Where a search's rungs count to, and in what: `[model] trees` for boosted trees
-    /// (rungs count trees), else `[train] epochs`.
+    /// (rungs count trees) and for a blend (whose one rung is the whole blend, its MLP
+    /// trained to the end first), else `[train] epochs`.
     pub fn rung_budget(&self) -> (u32, &'static str) {
-        if self.model.kind == super::ModelKind::Gbdt {
+        if matches!(
+            self.model.kind,
+            super::ModelKind::Gbdt | super::ModelKind::Blend
+        ) {
             (u32::try_from(self.model.trees).unwrap_or(u32::MAX), "trees")
         } else {
             (self.train.epochs, "epochs")

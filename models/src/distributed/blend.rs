@@ -89,7 +89,7 @@ fn part(run: Run, name: &str) -> Result<Option<Trained>> {
     match run {
         Run::Done(done) => done.map(|d| d.model()).transpose(),
         Run::Paused { .. } => Err(ModelError::Internal(format!(
-            "the blend's {name} paused: a blend takes no [search]"
+            "the blend's {name} paused: a blend's search trial trains to the end"
         ))),
     }
 }
@@ -114,9 +114,14 @@ pub(super) fn train_blend_parallel(
     else {
         return Err(ModelError::Internal("not a blend".into()));
     };
-    if policy.stop_after_epoch.is_some() {
+    // A search's trial trains to the end (`stop_after_epoch` at the trees' count: its
+    // rung is the whole blend) and checkpoints it; a rung inside would span two parts.
+    if policy
+        .stop_after_epoch
+        .is_some_and(|t| (t as usize) < trees.trees)
+    {
         return Err(ModelError::Unsupported(
-            "a blend takes no [search]: search the mlp or the gbdt alone".into(),
+            "a blend's search trial trains to the end: use [search] strategy = \"random\" or \"grid\", not \"asha\"".into(),
         ));
     }
     let named = |part: &'static str| {
