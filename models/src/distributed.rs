@@ -1157,10 +1157,16 @@ impl MemberState {
 /// The most workers whose sums [`sum_i64`] keeps exact.
 const MAX_EXACT_GROUP: usize = 256;
 
+/// Bits per limb of [`sum_i64`] for a group of `size`: each limb's sum over the group stays
+/// below 2^24, and so exact in an f32 (23 bits for 2 ranks, 22 for 3 or 4, 16 for 256).
+fn limb_bits(size: usize) -> u32 {
+    24 - (size.max(1) as u32).next_power_of_two().trailing_zeros()
+}
+
 /// Sum `values` over the group exactly (wrapping, as two's complement): each travels as
-/// four 16-bit limbs, whose sums over up to [`MAX_EXACT_GROUP`] ranks stay below 2^24 and
-/// so exact in an f32 all-reduce.
-pub(crate) fn sum_i64(group: &mut dyn Collective, values: &mut [i64]) -> Result<()> {
+/// limbs of [`limb_bits`] bits (three for up to 4 ranks, else four), whose sums over up to
+/// [`MAX_EXACT_GROUP`] ranks stay below 2^24 and so exact in an f32 all-reduce.
+pub fn sum_i64(group: &mut dyn Collective, values: &mut [i64]) -> Result<()> {
     if group.size() == 1 {
         return Ok(());
     }
@@ -1170,17 +1176,20 @@ pub(crate) fn sum_i64(group: &mut dyn Collective, values: &mut [i64]) -> Result<
             group.size()
         )));
     }
-    let mut limbs = vec![0.0f32; 4 * values.len()];
-    for (v, l) in values.iter().zip(limbs.chunks_exact_mut(4)) {
+    let bits = limb_bits(group.size());
+    let per = 64_u32.div_ceil(bits) as usize;
+    let mask = (1u64 << bits) - 1;
+    let mut limbs = vec![0.0f32; per * values.len()];
+    for (v, l) in values.iter().zip(limbs.chunks_exact_mut(per)) {
         let u = *v as u64;
         for (k, l) in l.iter_mut().enumerate() {
-            *l = ((u >> (16 * k)) & 0xffff) as f32;
+            *l = ((u >> (bits * k as u32)) & mask) as f32;
         }
     }
     group.all_reduce(&mut limbs)?;
-    for (v, l) in values.iter_mut().zip(limbs.chunks_exact(4)) {
+    for (v, l) in values.iter_mut().zip(limbs.chunks_exact(per)) {
         *v = l.iter().enumerate().fold(0u64, |acc, (k, &l)| {
-            acc.wrapping_add((l as u64).wrapping_shl(16 * k as u32))
+            acc.wrapping_add((l as u64).wrapping_shl(bits * k as u32))
         }) as i64;
     }
     Ok(())

@@ -10,7 +10,8 @@ use arrow::array::{ArrayRef, Float64Array, RecordBatch, StringArray};
 use common::group;
 use halyard_models::artifact::{Architecture, unprefixed};
 use halyard_models::distributed::{
-    CheckpointPolicy, Checkpoints, DpEvent, Outcome, Position, WorkerData, train_response_parallel,
+    CheckpointPolicy, Checkpoints, DpEvent, Outcome, Position, WorkerData, sum_i64,
+    train_response_parallel,
 };
 use halyard_models::gbdt::{GbdtConfig, Objective};
 use halyard_models::logistic::TrainConfig;
@@ -623,4 +624,37 @@ fn a_blend_search_trial_trains_to_the_end_and_the_best_publishes_from_its_checkp
     // A rung inside the blend is refused, with what to do.
     let err = run_group(&rc, 2, &Memory::default(), trial(all_trees - 1), None).unwrap_err();
     assert!(err.to_string().contains("strategy = \"random\""), "{err}");
+}
+
+#[test]
+fn integer_sums_over_the_group_are_exact_for_every_group_size() {
+    // The histograms' sums: 64-bit integers in f32 limbs, as wide as the group allows
+    // (three limbs for up to 4 ranks, four beyond), wrapping as two's complement.
+    let mut rng = rand::rngs::StdRng::seed_from_u64(9);
+    for size in [2usize, 3, 4, 5, 8, 9] {
+        let values: Vec<Vec<i64>> = (0..size)
+            .map(|r| {
+                let mut v = vec![i64::MAX, i64::MIN, -1, 0, 1, (r as i64) << 62, -(r as i64)];
+                v.extend((0..64).map(|_| rng.random::<i64>()));
+                v.extend((0..64).map(|_| rng.random_range(-(1i64 << 40)..(1i64 << 40))));
+                v
+            })
+            .collect();
+        let expected: Vec<i64> = (0..values[0].len())
+            .map(|i| values.iter().fold(0i64, |a, v| a.wrapping_add(v[i])))
+            .collect();
+        let handles: Vec<_> = group(size)
+            .into_iter()
+            .zip(values)
+            .map(|(mut g, mut v)| {
+                std::thread::spawn(move || {
+                    sum_i64(&mut g, &mut v).unwrap();
+                    v
+                })
+            })
+            .collect();
+        for h in handles {
+            assert_eq!(h.join().unwrap(), expected, "group of {size}");
+        }
+    }
 }
