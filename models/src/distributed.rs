@@ -758,9 +758,6 @@ pub(crate) fn mlp_parallel(
     }))))
 }
 
-/// A finished run's architecture and weights, and every row encoded where it made them.
-pub(crate) type Trained = ((Architecture, Vec<u8>), Option<Encoded>);
-
 /// Rank 0's end of a data-parallel run: what it trained, not yet scored.
 pub(crate) struct Done {
     preprocessor: Preprocessor,
@@ -781,13 +778,18 @@ pub(crate) enum Run {
 }
 
 impl Done {
-    /// The architecture and weights of what was trained, and every row encoded where the
-    /// run encoded them.
-    pub(crate) fn model(self) -> Result<Trained> {
-        Ok((
-            finished_model(self.preprocessor, self.finished)?,
-            self.every_row,
-        ))
+    /// The architecture and weights of what was trained.
+    pub(crate) fn model(self) -> Result<(Architecture, Vec<u8>)> {
+        finished_model(self.preprocessor, self.finished)
+    }
+
+    /// Every row of `all` as the run's preprocessor encodes them: the rows the run kept,
+    /// else encoded now.
+    pub(crate) fn take_every_row(&mut self, all: &[RecordBatch]) -> Result<Encoded> {
+        match self.every_row.take() {
+            Some(rows) => Ok(rows),
+            None => self.preprocessor.transform(all, |_| true),
+        }
     }
 }
 
@@ -795,20 +797,17 @@ impl Run {
     /// The run's outcome: rank 0 scores the model on every test row (`all`), with
     /// `valid_loss` the members' mean best validation loss.
     fn outcome(self, all: Option<&[RecordBatch]>, features: &FeatureConfig) -> Result<Outcome> {
-        let done = match self {
+        let mut done = match self {
             Run::Paused { valid_loss, epoch } => return Ok(Outcome::Paused { valid_loss, epoch }),
             Run::Done(None) => return Ok(Outcome::Trained(None)),
             Run::Done(Some(done)) => done,
         };
-        let mut trained = finish_response(
-            every_row(all)?,
-            features,
-            (done.preprocessor, done.every_row),
-            done.finished,
-        )?;
-        if !done.best_losses.is_empty() {
-            let n = done.best_losses.len() as f64;
-            let mean = done.best_losses.iter().sum::<f64>() / n;
+        let all = every_row(all)?;
+        let encoded = done.take_every_row(all)?;
+        let best_losses = std::mem::take(&mut done.best_losses);
+        let mut trained = finish_response(all, features, encoded, done.model()?)?;
+        if !best_losses.is_empty() {
+            let mean = best_losses.iter().sum::<f64>() / best_losses.len() as f64;
             trained.metrics.insert("valid_loss".into(), mean);
         }
         Ok(Outcome::Trained(Some(Box::new(trained))))

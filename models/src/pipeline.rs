@@ -1100,21 +1100,15 @@ pub(crate) enum Finished {
 }
 
 /// A model trained elsewhere (data-parallel), scored on every row's test part with the
-/// serving runtime; `encoded`: every row as `preprocessor` encodes them, where the run
-/// kept them (else they are encoded here).
+/// serving runtime; `all`: every row of `batches` as its preprocessor encodes them.
 pub(crate) fn finish_response(
     batches: &[RecordBatch],
     features: &FeatureConfig,
-    (preprocessor, encoded): (Preprocessor, Option<Encoded>),
-    finished: Finished,
+    all: Encoded,
+    (architecture, weights): (Architecture, Vec<u8>),
 ) -> Result<TrainedModel> {
     let roles = row_roles(batches, features)?;
-    let all = match encoded {
-        Some(all) => all,
-        None => preprocessor.transform(batches, |_| true)?,
-    };
     let (fit_rows, test_set) = all.partition(|i| roles[i] == Role::Test);
-    let (architecture, weights) = finished_model(preprocessor, finished)?;
     let runtime = Runtime::new(architecture, &weights)?;
     response_metrics(batches, runtime, weights, &test_set, &fit_rows)
 }

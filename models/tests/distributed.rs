@@ -447,11 +447,6 @@ fn a_search_rung_pauses_trees_after_its_tree_count_and_the_next_rung_continues_t
     let rc = trees();
     let whole = run_with(&rc, 2, &Memory::default(), 0, None).unwrap().0;
     let ckpt = Memory::default();
-    let rung = |trees: u32| CheckpointPolicy {
-        every_steps: 0,
-        every_secs: 0.0,
-        stop_after_epoch: Some(trees),
-    };
     // The first rung: 15 trees, checkpointed, with the validation loss that ranks trials.
     let (first, _) = run_group(&rc, 2, &ckpt, rung(15), None).unwrap();
     let Outcome::Paused { valid_loss, epoch } = first else {
@@ -483,6 +478,15 @@ fn a_search_rung_pauses_trees_after_its_tree_count_and_the_next_rung_continues_t
         "{events:?}"
     );
     assert_eq!(ckpt.saved.lock().unwrap().len(), saved);
+}
+
+/// A search's rung: trained until `trees` (an MLP: epochs), checkpointed at its end.
+fn rung(trees: u32) -> CheckpointPolicy {
+    CheckpointPolicy {
+        every_steps: 0,
+        every_secs: 0.0,
+        stop_after_epoch: Some(trees),
+    }
 }
 
 /// A blend's trees part: the bytes of its trees in the model's weights file.
@@ -581,11 +585,7 @@ fn a_blend_search_trial_trains_to_the_end_and_the_best_publishes_from_its_checkp
     let whole = run_with(&rc, 2, &Memory::default(), 0, None).unwrap().0;
     // A trial's one rung is the whole blend: trained to the end, with the validation loss
     // that ranks trials (the blend's, at its fitted weight), and checkpointed at the end.
-    let trial = |until: u32| CheckpointPolicy {
-        every_steps: 0,
-        every_secs: 0.0,
-        stop_after_epoch: Some(until),
-    };
+    let trial = rung;
     let ckpt = Memory::default();
     let (out, _) = run_group(&rc, 2, &ckpt, trial(all_trees), None).unwrap();
     let Outcome::Trained(Some(model)) = out else {

@@ -11,8 +11,8 @@
 use std::ops::ControlFlow;
 
 use super::{
-    CheckpointPolicy, Checkpoints, Collective, DpEvent, Outcome, Position, Run, Trained,
-    WorkerData, mlp_parallel, shared_preprocessor, trees,
+    CheckpointPolicy, Checkpoints, Collective, Done, DpEvent, Outcome, Position, Run, WorkerData,
+    mlp_parallel, shared_preprocessor, trees,
 };
 use crate::error::{ModelError, Result};
 use crate::pipeline::{MLP_PART, ResponseConfig, ResponseKind, TREES_PART, finish_blend};
@@ -83,11 +83,10 @@ impl Checkpoints for TreesPart<'_> {
     }
 }
 
-/// Rank 0's architecture and weights of a finished part, and every row encoded where the
-/// part encoded them (`None` on the other ranks).
-fn part(run: Run, name: &str) -> Result<Option<Trained>> {
+/// Rank 0's finished part (`None` on the other ranks).
+fn part(run: Run, name: &str) -> Result<Option<Box<Done>>> {
     match run {
-        Run::Done(done) => done.map(|d| d.model()).transpose(),
+        Run::Done(done) => Ok(done),
         Run::Paused { .. } => Err(ModelError::Internal(format!(
             "the blend's {name} paused: a blend's search trial trains to the end"
         ))),
@@ -167,7 +166,7 @@ pub(super) fn train_blend_parallel(
         data,
         features,
         &trees_rc,
-        (trees, Some(preprocessor.clone())),
+        (trees, Some(preprocessor)),
         policy,
         group,
         &mut TreesPart {
@@ -177,17 +176,15 @@ pub(super) fn train_blend_parallel(
         |e| on_event(name(e)),
     )?;
     let trees = part(trees, TREES_PART)?;
-    let (Some((mlp, _)), Some((trees, encoded))) = (mlp, trees) else {
+    let (Some(mlp), Some(mut trees)) = (mlp, trees) else {
         return Ok(Outcome::Trained(None));
     };
     // Rank 0 reads every row: the validation, test and fitting rows as training alone
-    // encodes them (the trees part's binning encoded them with the same preprocessor).
+    // encodes them (the trees part's binning encoded them with the shared preprocessor).
     let all = super::every_row(data.all)?;
     let roles = row_roles(all, features)?;
-    let encoded = match encoded {
-        Some(encoded) => encoded,
-        None => preprocessor.transform(all, |_| true)?,
-    };
+    let encoded = trees.take_every_row(all)?;
+    let (mlp, trees) = (mlp.model()?, trees.model()?);
     let (fit_rows, test_set) = encoded.partition(|i| roles[i] == Role::Test);
     let original: Vec<usize> = (0..roles.len())
         .filter(|&i| roles[i] != Role::Test)
