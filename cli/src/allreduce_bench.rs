@@ -43,53 +43,80 @@ pub fn memcpy_bandwidth(floats: usize, runs: usize) -> f64 {
     (4 * floats) as f64 / median_of(times).as_secs_f64()
 }
 
-/// A plain TCP stream between two threads on loopback: the median bytes/s of sending
-/// `bytes` through one connection (1 MiB writes; the reader answers each transfer with one
-/// byte, which ends its timing), `runs` times after a warm-up.
-pub fn tcp_bandwidth(bytes: usize, runs: usize) -> Result<f64> {
+/// Plain TCP streams on loopback, each between its own writer and reader thread: one
+/// stream through 1 MiB buffers that stay in the cache (the transport's limit in one
+/// direction), or two at once (`both_ways`), each written from a buffer of `bytes` and read
+/// into another, as a two-rank ring's two links move its vectors, without the ring's
+/// arithmetic. Returns the median bytes/s of one stream moving `bytes` (1 MiB writes and
+/// reads; the reader answers each transfer with one byte, which ends its timing; a
+/// transfer of two streams lasts until the later ends), `runs` times after a warm-up.
+pub fn tcp_bandwidth(bytes: usize, runs: usize, both_ways: bool) -> Result<f64> {
     use std::io::{Read, Write};
+    use std::sync::{Arc, Barrier};
     let io = |e: std::io::Error| CliError::Failed(format!("tcp baseline: {e}"));
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").map_err(io)?;
-    let addr = listener.local_addr().map_err(io)?;
     let transfers = runs.max(1) + 1;
-    let reader = std::thread::spawn(move || -> std::io::Result<()> {
-        let (mut s, _) = listener.accept()?;
-        s.set_nodelay(true)?;
-        let mut buf = vec![0u8; 1 << 20];
-        for _ in 0..transfers {
-            let mut left = bytes;
-            while left > 0 {
-                let n = s.read(&mut buf[..left.min(1 << 20)])?;
-                if n == 0 {
-                    return Err(std::io::ErrorKind::UnexpectedEof.into());
+    let (streams, buffer) = if both_ways { (2, bytes) } else { (1, 1 << 20) };
+    let start = Arc::new(Barrier::new(streams));
+    let mut writers = Vec::new();
+    let mut readers = Vec::new();
+    for _ in 0..streams {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").map_err(io)?;
+        let addr = listener.local_addr().map_err(io)?;
+        readers.push(std::thread::spawn(move || -> std::io::Result<()> {
+            let (mut s, _) = listener.accept()?;
+            s.set_nodelay(true)?;
+            let mut buf = vec![0u8; buffer];
+            for _ in 0..transfers {
+                let mut done = 0;
+                while done < bytes {
+                    let at = done % buffer;
+                    let end = buffer.min(at + (bytes - done).min(1 << 20));
+                    let n = s.read(&mut buf[at..end])?;
+                    if n == 0 {
+                        return Err(std::io::ErrorKind::UnexpectedEof.into());
+                    }
+                    done += n;
                 }
-                left -= n;
+                s.write_all(&[1])?;
             }
-            s.write_all(&[1])?;
-        }
-        Ok(())
-    });
-    let mut s = std::net::TcpStream::connect(addr).map_err(io)?;
-    s.set_nodelay(true).map_err(io)?;
-    let data = vec![1u8; 1 << 20];
-    let mut times = Vec::new();
-    for transfer in 0..transfers {
-        let started = Instant::now();
-        let mut left = bytes;
-        while left > 0 {
-            let n = left.min(data.len());
-            s.write_all(&data[..n]).map_err(io)?;
-            left -= n;
-        }
-        s.read_exact(&mut [0u8; 1]).map_err(io)?;
-        if transfer > 0 {
-            times.push(started.elapsed());
-        }
+            Ok(())
+        }));
+        let mut s = std::net::TcpStream::connect(addr).map_err(io)?;
+        s.set_nodelay(true).map_err(io)?;
+        let start = start.clone();
+        writers.push(std::thread::spawn(
+            move || -> std::io::Result<Vec<Duration>> {
+                let data = vec![1u8; buffer];
+                let mut times = Vec::new();
+                for _ in 0..transfers {
+                    start.wait();
+                    let started = Instant::now();
+                    let mut done = 0;
+                    while done < bytes {
+                        let at = done % buffer;
+                        let n = (bytes - done).min(1 << 20).min(buffer - at);
+                        s.write_all(&data[at..at + n])?;
+                        done += n;
+                    }
+                    s.read_exact(&mut [0u8; 1])?;
+                    times.push(started.elapsed());
+                }
+                Ok(times)
+            },
+        ));
     }
-    reader
-        .join()
-        .map_err(|_| CliError::Failed("tcp baseline: the reader thread panicked".into()))?
-        .map_err(io)?;
+    let panicked = || CliError::Failed("tcp baseline: a thread panicked".into());
+    let mut per_stream = Vec::new();
+    for w in writers {
+        per_stream.push(w.join().map_err(|_| panicked())?.map_err(io)?);
+    }
+    for r in readers {
+        r.join().map_err(|_| panicked())?.map_err(io)?;
+    }
+    // Each transfer lasts until its slowest stream ends; the first is the warm-up.
+    let times: Vec<Duration> = (1..transfers)
+        .map(|t| per_stream.iter().map(|s| s[t]).max().unwrap_or_default())
+        .collect();
     Ok(bytes as f64 / median_of(times).as_secs_f64())
 }
 
@@ -205,27 +232,30 @@ pub fn tls_summary(
 }
 
 /// The report of one `halyard bench allreduce` run: each size's median time and bandwidths
-/// against the TCP stream's (`tcp`, bytes/s per size) and the memory copy's `copy` bytes/s.
+/// against the TCP streams' (`tcp`, per size: one stream's bytes/s alone, and each of two
+/// at once moving whole vectors) and the memory copy's `copy` bytes/s.
 pub fn summary(
     ranks: usize,
     runs: usize,
     copy: f64,
     figures: &[AllReduceFigure],
-    tcp: &[f64],
+    tcp: &[(f64, f64)],
 ) -> String {
     let mut out = format!(
-        "ring all-reduce, {ranks} ranks on loopback links (median of {runs} runs), against a TCP stream between two threads moving the vector's bytes (measured after each size) and a memory copy of 40 MB ({:.2} GB/s)",
+        "ring all-reduce, {ranks} ranks on loopback links (median of {runs} runs), against plain TCP between threads moving the vector's bytes (measured after each size: one stream alone through 1 MiB buffers, then two at once, one each way, each from and into vector-sized buffers, as a two-rank ring's links move its vectors, without its additions) and a memory copy of 40 MB ({:.2} GB/s)",
         copy / 1e9
     );
-    for (f, tcp) in figures.iter().zip(tcp) {
+    for (f, (one, two)) in figures.iter().zip(tcp) {
         out.push_str(&format!(
-            "\n  {:>10} floats: {:>9.2} ms  algorithm {:.3} GB/s  bus {:.3} GB/s  TCP stream {:.3} GB/s  bus / TCP = {:.1} %  = {:.1} % of the copy",
+            "\n  {:>10} floats: {:>9.2} ms  algorithm {:.3} GB/s  bus {:.3} GB/s  TCP stream {:.3} GB/s (bus / TCP = {:.1} %)  two streams {:.3} GB/s each (bus / two = {:.1} %)  = {:.1} % of the copy",
             f.floats,
             f.median.as_secs_f64() * 1e3,
             f.algo_bandwidth / 1e9,
             f.bus_bandwidth / 1e9,
-            tcp / 1e9,
-            100.0 * f.bus_bandwidth / tcp,
+            one / 1e9,
+            100.0 * f.bus_bandwidth / one,
+            two / 1e9,
+            100.0 * f.bus_bandwidth / two,
             100.0 * f.bus_bandwidth / copy
         ));
     }

@@ -551,8 +551,8 @@ pub enum BenchCommand {
         runs: usize,
     },
     /// The ring all-reduce on loopback (each rank with its own server in this process,
-    /// linked as executors are) against a plain TCP stream between two threads and a
-    /// memory copy
+    /// linked as executors are) against plain TCP between threads (one stream, then two at
+    /// once, one each way, moving whole vectors as a two-rank ring's links) and a memory copy
     Allreduce {
         /// Ranks of the ring
         #[arg(long, default_value_t = 2)]
@@ -735,7 +735,10 @@ pub async fn run(what: BenchCommand, conn: &crate::keys::Connection) -> Result<S
                 let bytes = 4 * size;
                 tcp.push(
                     tokio::task::spawn_blocking(move || {
-                        crate::allreduce_bench::tcp_bandwidth(bytes, runs)
+                        Ok::<_, CliError>((
+                            crate::allreduce_bench::tcp_bandwidth(bytes, runs, false)?,
+                            crate::allreduce_bench::tcp_bandwidth(bytes, runs, true)?,
+                        ))
                     })
                     .await
                     .map_err(|e| CliError::Failed(format!("tcp baseline: {e}")))??,

@@ -765,7 +765,11 @@ impl Leader<'_> {
             })));
         }
         self.coord.release_task(self.leadership, job, &new).await?;
-        warn!(job = %new.id, %executor, "task requeued");
+        if new.step == job.value.step {
+            warn!(job = %new.id, %executor, "task requeued");
+        } else {
+            info!(job = %new.id, %executor, step = new.step, "step done; next step queued");
+        }
         Ok(Released::Requeued(slots))
     }
 }
