@@ -522,27 +522,32 @@ pub fn train_response_parallel(
 }
 
 /// The response MLP (`hidden` layers, embeddings up to `max_embedding` wide) trained
-/// data-parallel as one worker of `group`, not yet scored; on the `given` preprocessor (the
-/// same on every rank), or on one rank 0 fits and shares.
+/// data-parallel as one worker of `group`, not yet scored; on a blend's `given` preprocessor
+/// and rows encoded with it, or on a preprocessor rank 0 fits and shares.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn mlp_parallel(
     data: WorkerData<'_>,
     features: &FeatureConfig,
     rc: &ResponseConfig,
-    (hidden, max_embedding, given): (&[usize], usize, Option<Preprocessor>),
+    (hidden, max_embedding, given): (&[usize], usize, Option<BlendInput<'_>>),
     policy: CheckpointPolicy,
     group: &mut dyn Collective,
     checkpoints: &mut dyn Checkpoints,
     mut on_event: impl FnMut(DpEvent) -> ControlFlow<()>,
 ) -> Result<Run> {
     let (rank, size) = (group.rank(), group.size());
-    let preprocessor = match given {
-        Some(p) => p,
-        None => shared_preprocessor(group, data.all, features)?,
+    let (preprocessor, given_rows) = match given {
+        Some((p, rows)) => (p, Some(rows)),
+        None => (shared_preprocessor(group, data.all, features)?, None),
     };
-
-    let roles = row_roles(data.local, features)?;
-    let local = preprocessor.transform(data.local, |_| true)?;
+    let encoded_here;
+    let LocalRows { roles, rows: local } = match given_rows {
+        Some(rows) => rows,
+        None => {
+            encoded_here = LocalRows::encode(&data, features, &preprocessor)?;
+            &encoded_here
+        }
+    };
     // Validation rows are held out for early stopping, and for a search's rungs (their
     // loss ranks the trials).
     let early_stopping = rc.train.patience > 0 || policy.stop_after_epoch.is_some();
@@ -813,6 +818,30 @@ impl Run {
         Ok(Outcome::Trained(Some(Box::new(trained))))
     }
 }
+
+/// This rank's rows encoded with a preprocessor, and each one's role in the split.
+pub(crate) struct LocalRows {
+    pub roles: Vec<Role>,
+    pub rows: Encoded,
+}
+
+impl LocalRows {
+    /// The rows of `data` on this rank, encoded with `preprocessor`.
+    pub(crate) fn encode(
+        data: &WorkerData<'_>,
+        features: &FeatureConfig,
+        preprocessor: &Preprocessor,
+    ) -> Result<LocalRows> {
+        Ok(LocalRows {
+            roles: row_roles(data.local, features)?,
+            rows: preprocessor.transform(data.local, |_| true)?,
+        })
+    }
+}
+
+/// What a blend hands each of its parts: the preprocessor both share (the same on every
+/// rank) and this rank's rows, encoded with it once.
+pub(crate) type BlendInput<'a> = (Preprocessor, &'a LocalRows);
 
 /// The preprocessor: fitted by rank 0 on every row (`all`), broadcast, the same on every
 /// rank (a group of one fits it and broadcasts nothing).

@@ -11,8 +11,8 @@
 use std::ops::ControlFlow;
 
 use super::{
-    CheckpointPolicy, Checkpoints, Collective, Done, DpEvent, Outcome, Position, Run, WorkerData,
-    mlp_parallel, shared_preprocessor, trees,
+    CheckpointPolicy, Checkpoints, Collective, Done, DpEvent, LocalRows, Outcome, Position, Run,
+    WorkerData, mlp_parallel, shared_preprocessor, trees,
 };
 use crate::error::{ModelError, Result};
 use crate::pipeline::{MLP_PART, ResponseConfig, ResponseKind, TREES_PART, finish_blend};
@@ -137,14 +137,16 @@ pub(super) fn train_blend_parallel(
         stop_after_epoch: Some(rc.train.epochs),
         ..policy
     };
-    // One preprocessor for both parts (the trees see the MLP's input), fitted by rank 0.
+    // One preprocessor for both parts (the trees see the MLP's input), fitted by rank 0,
+    // and this rank's rows encoded with it once.
     let preprocessor = shared_preprocessor(group, data.all, features)?;
+    let local = LocalRows::encode(&data, features, &preprocessor)?;
     let name = named(MLP_PART);
     let mlp = mlp_parallel(
         data,
         features,
         rc,
-        (hidden, *max_embedding, Some(preprocessor.clone())),
+        (hidden, *max_embedding, Some((preprocessor.clone(), &local))),
         mlp_policy,
         group,
         &mut MlpPart(checkpoints),
@@ -166,7 +168,7 @@ pub(super) fn train_blend_parallel(
         data,
         features,
         &trees_rc,
-        (trees, Some(preprocessor)),
+        (trees, Some((preprocessor, &local))),
         policy,
         group,
         &mut TreesPart {

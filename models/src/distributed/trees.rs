@@ -18,14 +18,14 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use super::{
-    CheckpointPolicy, Checkpoints, Collective, Done, DpEvent, Position, Run, WorkerData, every_row,
-    final_checksum, group_rows, rank_zero_checkpoint, shared_preprocessor,
+    BlendInput, CheckpointPolicy, Checkpoints, Collective, Done, DpEvent, LocalRows, Position, Run,
+    WorkerData, every_row, final_checksum, group_rows, rank_zero_checkpoint, shared_preprocessor,
 };
 use crate::error::{ModelError, Result};
 use crate::gbdt::{Best, Binnings, Boosted, Forest, GbdtConfig, Importance, TreeRows, boost};
 use crate::mlp::InputLayout;
 use crate::pipeline::{Finished, MemberReport, ResponseConfig};
-use crate::preprocess::{Encoded, FeatureConfig, Preprocessor, Role, row_roles};
+use crate::preprocess::{Encoded, FeatureConfig, Role, row_roles};
 
 /// A collective that adds up the time spent in its calls.
 struct Timed<'a> {
@@ -71,14 +71,15 @@ fn position(member: usize, trees: usize) -> Position {
 /// it trained (not yet scored), the other ranks `Run::Done(None)`. Progress: `Epoch` every few trees (the epoch is the tree
 /// count), `Checkpointed` and `Resumed` at a tree count, `Agreed` when every rank's trees
 /// of a member have the same checksum. As a blend's part (`mlp_input`: the blend's MLP's
-/// preprocessor, the same on every rank) the trees see the MLP's input and the validation
-/// rows are held out (the blend's weight is fitted on them).
+/// preprocessor, the same on every rank, and this rank's rows the MLP part encoded with it)
+/// the trees see the MLP's input and the validation rows are held out (the blend's weight
+/// is fitted on them).
 #[allow(clippy::too_many_arguments)]
 pub(super) fn train_trees_parallel(
     data: WorkerData<'_>,
     features: &FeatureConfig,
     rc: &ResponseConfig,
-    (cfg, mlp_input): (&GbdtConfig, Option<Preprocessor>),
+    (cfg, mlp_input): (&GbdtConfig, Option<BlendInput<'_>>),
     policy: CheckpointPolicy,
     group: &mut dyn Collective,
     checkpoints: &mut dyn Checkpoints,
@@ -86,9 +87,9 @@ pub(super) fn train_trees_parallel(
 ) -> Result<Run> {
     let rank = group.rank();
     let blend_part = mlp_input.is_some();
-    let mut preprocessor = match mlp_input {
-        Some(p) => p,
-        None => shared_preprocessor(group, data.all, features)?,
+    let (mut preprocessor, given_rows) = match mlp_input {
+        Some((p, rows)) => (p, Some(rows)),
+        None => (shared_preprocessor(group, data.all, features)?, None),
     };
     // Trees alone see missing numbers as missing (sent to the better side of each split);
     // a blend's see the MLP's input, missing numbers imputed.
@@ -102,8 +103,21 @@ pub(super) fn train_trees_parallel(
     // the trials) and a blend's weight, else trained on.
     let early = blend_part || cfg.early_stopping > 0 || rung.is_some();
     let fits = |r: Role| r == Role::Train || (!early && r == Role::Validation);
-    let roles = row_roles(data.local, features)?;
-    let local = preprocessor.transform(data.local, |_| true)?;
+    let encoded_here;
+    let LocalRows { roles, rows: local } = match given_rows {
+        // The blend's MLP encoded them: with missing numbers imputed and a 0/1 label, as
+        // here (a blend's objective is binary).
+        Some(rows) if !preprocessor.keep_missing && !preprocessor.numeric_label => rows,
+        Some(_) => {
+            return Err(ModelError::Internal(
+                "a blend's trees part was given rows encoded for another input".into(),
+            ));
+        }
+        None => {
+            encoded_here = LocalRows::encode(&data, features, &preprocessor)?;
+            &encoded_here
+        }
+    };
     let train_set = local.partition(|i| !fits(roles[i])).0;
     let valid_set = if early {
         local.partition(|i| roles[i] != Role::Validation).0
