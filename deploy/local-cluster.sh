@@ -10,7 +10,7 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/halyard-target}"
 command -v etcd >/dev/null || { echo "etcd not found: apt-get install etcd-server" >&2; exit 1; }
 # The flags of every other build of the shared target directory (else cargo rebuilds it all).
 . scripts/rustflags.sh
-cargo build --bin halyard --bin halyard-s3-server
+cargo build -p halyard --bin halyard -p halyard-s3-server --bin halyard-s3-server
 bin="$CARGO_TARGET_DIR/debug"
 dir=$(mktemp -d /tmp/halyard-cluster.XXXX)
 pids=()
