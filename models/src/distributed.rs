@@ -22,6 +22,7 @@
 //! Boosted trees train data-parallel in `distributed/trees.rs` (histograms summed exactly),
 //! a blend as its MLP, then its trees, in `distributed/blend.rs`.
 
+use std::borrow::Cow;
 use std::ops::ControlFlow;
 use std::time::{Duration, Instant};
 
@@ -522,32 +523,25 @@ pub fn train_response_parallel(
 }
 
 /// The response MLP (`hidden` layers, embeddings up to `max_embedding` wide) trained
-/// data-parallel as one worker of `group`, not yet scored; on a blend's `given` preprocessor
-/// and rows encoded with it, or on a preprocessor rank 0 fits and shares.
+/// data-parallel as one worker of `group`, not yet scored; on a blend's `given` rows and the
+/// preprocessor that encoded them, or on a preprocessor rank 0 fits and shares.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn mlp_parallel(
     data: WorkerData<'_>,
     features: &FeatureConfig,
     rc: &ResponseConfig,
-    (hidden, max_embedding, given): (&[usize], usize, Option<BlendInput<'_>>),
+    (hidden, max_embedding, given): (&[usize], usize, Option<&LocalRows>),
     policy: CheckpointPolicy,
     group: &mut dyn Collective,
     checkpoints: &mut dyn Checkpoints,
     mut on_event: impl FnMut(DpEvent) -> ControlFlow<()>,
 ) -> Result<Run> {
     let (rank, size) = (group.rank(), group.size());
-    let (preprocessor, given_rows) = match given {
-        Some((p, rows)) => (p, Some(rows)),
-        None => (shared_preprocessor(group, data.all, features)?, None),
-    };
-    let encoded_here;
-    let LocalRows { roles, rows: local } = match given_rows {
-        Some(rows) => rows,
-        None => {
-            encoded_here = LocalRows::encode(&data, features, &preprocessor)?;
-            &encoded_here
-        }
-    };
+    let preprocessor = given_or_shared_preprocessor(given, group, data.all, features)?;
+    let encoded = LocalRows::reuse_or_encode(given, &preprocessor, &data, features)?;
+    let LocalRows {
+        roles, rows: local, ..
+    } = &*encoded;
     // Validation rows are held out for early stopping, and for a search's rungs (their
     // loss ranks the trials).
     let early_stopping = rc.train.patience > 0 || policy.stop_after_epoch.is_some();
@@ -819,8 +813,11 @@ impl Run {
     }
 }
 
-/// This rank's rows encoded with a preprocessor, and each one's role in the split.
+/// This rank's rows as a preprocessor encodes them, and each one's role in the split.
+#[derive(Clone)]
 pub(crate) struct LocalRows {
+    /// The preprocessor that encoded them.
+    pub preprocessor: Preprocessor,
     pub roles: Vec<Role>,
     pub rows: Encoded,
 }
@@ -830,18 +827,43 @@ impl LocalRows {
     pub(crate) fn encode(
         data: &WorkerData<'_>,
         features: &FeatureConfig,
-        preprocessor: &Preprocessor,
+        preprocessor: Preprocessor,
     ) -> Result<LocalRows> {
         Ok(LocalRows {
             roles: row_roles(data.local, features)?,
             rows: preprocessor.transform(data.local, |_| true)?,
+            preprocessor,
         })
+    }
+
+    /// This rank's rows as `preprocessor` encodes them: `given` (a blend's, encoded once for
+    /// both parts) where that preprocessor encoded them, else encoded now.
+    pub(crate) fn reuse_or_encode<'a>(
+        given: Option<&'a LocalRows>,
+        preprocessor: &Preprocessor,
+        data: &WorkerData<'_>,
+        features: &FeatureConfig,
+    ) -> Result<Cow<'a, LocalRows>> {
+        match given {
+            Some(rows) if rows.preprocessor == *preprocessor => Ok(Cow::Borrowed(rows)),
+            _ => LocalRows::encode(data, features, preprocessor.clone()).map(Cow::Owned),
+        }
     }
 }
 
-/// What a blend hands each of its parts: the preprocessor both share (the same on every
-/// rank) and this rank's rows, encoded with it once.
-pub(crate) type BlendInput<'a> = (Preprocessor, &'a LocalRows);
+/// The preprocessor of a run: the one that encoded a blend's `given` rows, else
+/// [`shared_preprocessor`].
+fn given_or_shared_preprocessor(
+    given: Option<&LocalRows>,
+    group: &mut dyn Collective,
+    all: Option<&[RecordBatch]>,
+    features: &FeatureConfig,
+) -> Result<Preprocessor> {
+    match given {
+        Some(rows) => Ok(rows.preprocessor.clone()),
+        None => shared_preprocessor(group, all, features),
+    }
+}
 
 /// The preprocessor: fitted by rank 0 on every row (`all`), broadcast, the same on every
 /// rank (a group of one fits it and broadcasts nothing).

@@ -585,9 +585,8 @@ fn a_blend_search_trial_trains_to_the_end_and_the_best_publishes_from_its_checkp
     let whole = run_with(&rc, 2, &Memory::default(), 0, None).unwrap().0;
     // A trial's one rung is the whole blend: trained to the end, with the validation loss
     // that ranks trials (the blend's, at its fitted weight), and checkpointed at the end.
-    let trial = rung;
     let ckpt = Memory::default();
-    let (out, _) = run_group(&rc, 2, &ckpt, trial(all_trees), None).unwrap();
+    let (out, _) = run_group(&rc, 2, &ckpt, rung(all_trees), None).unwrap();
     let Outcome::Trained(Some(model)) = out else {
         panic!("{out:?}")
     };
@@ -605,7 +604,7 @@ fn a_blend_search_trial_trains_to_the_end_and_the_best_publishes_from_its_checkp
     // The best trial's job publishes from that checkpoint: nothing trained again, the
     // same blend.
     let saved = ckpt.saved.lock().unwrap().len();
-    let (out, events) = run_group(&rc, 2, &ckpt, trial(all_trees), None).unwrap();
+    let (out, events) = run_group(&rc, 2, &ckpt, rung(all_trees), None).unwrap();
     let Outcome::Trained(Some(published)) = out else {
         panic!("{out:?}")
     };
@@ -622,7 +621,7 @@ fn a_blend_search_trial_trains_to_the_end_and_the_best_publishes_from_its_checkp
     assert_eq!(published.metrics["valid_loss"], valid_loss);
     assert_eq!(ckpt.saved.lock().unwrap().len(), saved);
     // A rung inside the blend is refused, with what to do.
-    let err = run_group(&rc, 2, &Memory::default(), trial(all_trees - 1), None).unwrap_err();
+    let err = run_group(&rc, 2, &Memory::default(), rung(all_trees - 1), None).unwrap_err();
     assert!(err.to_string().contains("strategy = \"random\""), "{err}");
 }
 

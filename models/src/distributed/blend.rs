@@ -139,14 +139,17 @@ pub(super) fn train_blend_parallel(
     };
     // One preprocessor for both parts (the trees see the MLP's input), fitted by rank 0,
     // and this rank's rows encoded with it once.
-    let preprocessor = shared_preprocessor(group, data.all, features)?;
-    let local = LocalRows::encode(&data, features, &preprocessor)?;
+    let local = LocalRows::encode(
+        &data,
+        features,
+        shared_preprocessor(group, data.all, features)?,
+    )?;
     let name = named(MLP_PART);
     let mlp = mlp_parallel(
         data,
         features,
         rc,
-        (hidden, *max_embedding, Some((preprocessor.clone(), &local))),
+        (hidden, *max_embedding, Some(&local)),
         mlp_policy,
         group,
         &mut MlpPart(checkpoints),
@@ -168,7 +171,7 @@ pub(super) fn train_blend_parallel(
         data,
         features,
         &trees_rc,
-        (trees, Some((preprocessor, &local))),
+        (trees, Some(&local)),
         policy,
         group,
         &mut TreesPart {

@@ -18,8 +18,8 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use super::{
-    BlendInput, CheckpointPolicy, Checkpoints, Collective, Done, DpEvent, LocalRows, Position, Run,
-    WorkerData, every_row, final_checksum, group_rows, rank_zero_checkpoint, shared_preprocessor,
+    CheckpointPolicy, Checkpoints, Collective, Done, DpEvent, LocalRows, Position, Run, WorkerData,
+    every_row, final_checksum, given_or_shared_preprocessor, group_rows, rank_zero_checkpoint,
 };
 use crate::error::{ModelError, Result};
 use crate::gbdt::{Best, Binnings, Boosted, Forest, GbdtConfig, Importance, TreeRows, boost};
@@ -70,8 +70,8 @@ fn position(member: usize, trees: usize) -> Position {
 /// Train boosted trees (`cfg`) data-parallel as one worker of `group`: rank 0 returns what
 /// it trained (not yet scored), the other ranks `Run::Done(None)`. Progress: `Epoch` every few trees (the epoch is the tree
 /// count), `Checkpointed` and `Resumed` at a tree count, `Agreed` when every rank's trees
-/// of a member have the same checksum. As a blend's part (`mlp_input`: the blend's MLP's
-/// preprocessor, the same on every rank, and this rank's rows the MLP part encoded with it)
+/// of a member have the same checksum. As a blend's part (`mlp_input`: this rank's rows as
+/// the blend's preprocessor encoded them for its MLP, the same preprocessor on every rank)
 /// the trees see the MLP's input and the validation rows are held out (the blend's weight
 /// is fitted on them).
 #[allow(clippy::too_many_arguments)]
@@ -79,7 +79,7 @@ pub(super) fn train_trees_parallel(
     data: WorkerData<'_>,
     features: &FeatureConfig,
     rc: &ResponseConfig,
-    (cfg, mlp_input): (&GbdtConfig, Option<BlendInput<'_>>),
+    (cfg, mlp_input): (&GbdtConfig, Option<&LocalRows>),
     policy: CheckpointPolicy,
     group: &mut dyn Collective,
     checkpoints: &mut dyn Checkpoints,
@@ -87,10 +87,7 @@ pub(super) fn train_trees_parallel(
 ) -> Result<Run> {
     let rank = group.rank();
     let blend_part = mlp_input.is_some();
-    let (mut preprocessor, given_rows) = match mlp_input {
-        Some((p, rows)) => (p, Some(rows)),
-        None => (shared_preprocessor(group, data.all, features)?, None),
-    };
+    let mut preprocessor = given_or_shared_preprocessor(mlp_input, group, data.all, features)?;
     // Trees alone see missing numbers as missing (sent to the better side of each split);
     // a blend's see the MLP's input, missing numbers imputed.
     preprocessor.keep_missing = !blend_part;
@@ -103,21 +100,15 @@ pub(super) fn train_trees_parallel(
     // the trials) and a blend's weight, else trained on.
     let early = blend_part || cfg.early_stopping > 0 || rung.is_some();
     let fits = |r: Role| r == Role::Train || (!early && r == Role::Validation);
-    let encoded_here;
-    let LocalRows { roles, rows: local } = match given_rows {
-        // The blend's MLP encoded them: with missing numbers imputed and a 0/1 label, as
-        // here (a blend's objective is binary).
-        Some(rows) if !preprocessor.keep_missing && !preprocessor.numeric_label => rows,
-        Some(_) => {
-            return Err(ModelError::Internal(
-                "a blend's trees part was given rows encoded for another input".into(),
-            ));
-        }
-        None => {
-            encoded_here = LocalRows::encode(&data, features, &preprocessor)?;
-            &encoded_here
-        }
-    };
+    // A blend's rows were encoded as here (missing numbers imputed, a 0/1 label): reused.
+    let encoded = LocalRows::reuse_or_encode(mlp_input, &preprocessor, &data, features)?;
+    debug_assert!(
+        mlp_input.is_none() || matches!(encoded, std::borrow::Cow::Borrowed(_)),
+        "a blend's trees part encoded its rows again"
+    );
+    let LocalRows {
+        roles, rows: local, ..
+    } = &*encoded;
     let train_set = local.partition(|i| !fits(roles[i])).0;
     let valid_set = if early {
         local.partition(|i| roles[i] != Role::Validation).0
